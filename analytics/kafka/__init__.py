@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by the event producer and the analytics consumer."""
