@@ -126,3 +126,19 @@ def random_batch(spec: FeatureSpec, n: int, generator: torch.Generator | None = 
     )
     dense = torch.randn((n, spec.n_dense), generator=g)
     return {"sparse": sparse, "dense": dense}
+
+
+def make_builder(model_cls: type[nn.Module], config_cls: type[Any]) -> Any:
+    """A registry builder following the convention above: ``builder(features, tasks, preset, **overrides)``."""
+
+    def builder(
+        features: FeatureSpec | Mapping[str, Any],
+        tasks: Sequence[TaskSpec | Mapping[str, Any]],
+        preset: str = "default",
+        **overrides: Any,
+    ) -> nn.Module:
+        return model_cls(features, tasks, build_config(config_cls, preset, overrides))
+
+    builder.__name__ = f"build_{model_cls.__name__.lower()}"
+    builder.__doc__ = model_cls.__doc__
+    return builder

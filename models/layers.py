@@ -190,6 +190,7 @@ class Tower(nn.Module):
         self, d_in: int, hidden_dims: Sequence[int], activation_name: str = "relu", dropout: float = 0.0
     ):
         super().__init__()
+        self.d_in = d_in
         self.mlp = MLP(d_in, hidden_dims, activation_name, dropout)
         self.out = nn.Linear(self.mlp.d_out, 1)
 
