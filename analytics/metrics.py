@@ -1,0 +1,379 @@
+"""Metric definitions (YAML, validated) and their aggregation from per-user rows to sufficient statistics.
+
+A metric reads the per-user rows the event store keeps for one outcome name (``event``):
+``(variant_key, value_sum, event_count, pre_value_sum)``, one row per exposed user.
+
+- ``binomial``: share of users with at least one event (Proportion).
+- ``count``: events per user (SampleMean of event_count).
+- ``mean`` / ``continuous``: summed value per user (SampleMean of value_sum), optionally winsorised.
+- ``ratio``: sum over users of the numerator over the sum of the denominator (Ratio, delta method).
+
+With ``cuped: true`` the covariate is the user's pre-exposure value sum of the same event
+(``pre_value_sum``), winsorised like the metric.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from analytics import AnalyticsError
+from analytics.stats.models.settings import (
+    DEFAULT_SEQUENTIAL_TUNING_PARAMETER,
+    Correction,
+    DifferenceType,
+)
+from analytics.stats.models.statistics import CupedMean, Proportion, Ratio, SampleMean, TestStatistic
+
+logger = logging.getLogger(__name__)
+
+MetricType = Literal["binomial", "count", "mean", "continuous", "ratio"]
+UserRow = tuple[str, float, int, float]
+"""(variant_key, value_sum, event_count, pre_value_sum) for one exposed user."""
+
+
+class EventStore(Protocol):
+    """What the analysis reads from the event store (implemented by ``analytics.store``)."""
+
+    def experiments(self) -> list[str]: ...
+
+    def variant_counts(self, experiment_key: str) -> dict[str, int]: ...
+
+    def user_metric_values(
+        self, experiment_key: str, metric: str, until_ms: int | None = None
+    ) -> Iterator[UserRow]: ...
+
+    def exposure_timeline(self, experiment_key: str, bucket_ms: int) -> list[tuple[int, str, int]]: ...
+
+    def time_range(self, experiment_key: str) -> tuple[int, int]: ...
+
+
+class MetricConfigError(AnalyticsError, ValueError):
+    """An analysis config that does not validate; the message names file, line and key path."""
+
+
+class StoreContractError(AnalyticsError, RuntimeError):
+    """The store returned rows that break its contract (e.g. ratio rows not in the same user order)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Winsorization(_Strict):
+    """Caps applied to per-user values before aggregation: a quantile over all users, or a fixed value."""
+
+    lower_quantile: float | None = Field(default=None, ge=0.0, le=1.0)
+    upper_quantile: float | None = Field(default=None, ge=0.0, le=1.0)
+    lower_value: float | None = None
+    upper_value: float | None = None
+
+    @model_validator(mode="after")
+    def _one_cap_per_side(self) -> Winsorization:
+        if self.lower_quantile is not None and self.lower_value is not None:
+            raise ValueError("give lower_quantile or lower_value, not both")
+        if self.upper_quantile is not None and self.upper_value is not None:
+            raise ValueError("give upper_quantile or upper_value, not both")
+        if all(
+            v is None for v in (self.lower_quantile, self.upper_quantile, self.lower_value, self.upper_value)
+        ):
+            raise ValueError("set at least one of lower_quantile, upper_quantile, lower_value, upper_value")
+        return self
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """Clip ``values``; quantiles are taken over all users of all variants together."""
+        lower = self.lower_value
+        upper = self.upper_value
+        if self.lower_quantile is not None and values.size:
+            lower = float(np.quantile(values, self.lower_quantile))
+        if self.upper_quantile is not None and values.size:
+            upper = float(np.quantile(values, self.upper_quantile))
+        return np.clip(values, lower, upper) if (lower is not None or upper is not None) else values
+
+
+class MetricDefinition(_Strict):
+    """One metric of the analysis config."""
+
+    name: str = Field(min_length=1)
+    type: MetricType
+    description: str = ""
+    event: str | None = None
+    numerator: str | None = None
+    denominator: str | None = None
+    aggregation: Literal["sum", "count"] = "sum"
+    winsorize: Winsorization | None = None
+    cuped: bool = False
+    guardrail: bool = False
+    inverse: bool = False
+
+    @model_validator(mode="after")
+    def _check_type_fields(self) -> MetricDefinition:
+        if self.type == "ratio":
+            if self.numerator is None or self.denominator is None:
+                raise ValueError("ratio metrics need numerator and denominator (event names)")
+            if self.event is not None:
+                raise ValueError("ratio metrics take numerator/denominator, not event")
+            if self.cuped:
+                raise ValueError("cuped is not supported for ratio metrics")
+            if self.winsorize is not None:
+                raise ValueError("winsorize is not supported for ratio metrics")
+        else:
+            if self.event is None:
+                raise ValueError(f"{self.type} metrics need event (the outcome name)")
+            if self.numerator is not None or self.denominator is not None:
+                raise ValueError("numerator/denominator only apply to ratio metrics")
+        if self.type == "binomial" and self.winsorize is not None:
+            raise ValueError("winsorize does not apply to binomial metrics")
+        return self
+
+    @property
+    def events(self) -> list[str]:
+        """Outcome names this metric reads."""
+        if self.type == "ratio":
+            return [self.numerator or "", self.denominator or ""]
+        return [self.event or ""]
+
+
+class ExperimentSettings(_Strict):
+    """Per-experiment analysis settings; every field is optional."""
+
+    control: str | None = None
+    weights: dict[str, float] | None = None
+    status: str = "running"
+    metrics: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _positive_weights(self) -> ExperimentSettings:
+        if self.weights is not None and any(w <= 0 for w in self.weights.values()):
+            raise ValueError(f"weights must be > 0, got {self.weights}")
+        return self
+
+
+class AnalysisConfig(_Strict):
+    """The analysis config file: test settings, the metrics, and optional per-experiment settings."""
+
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    difference_type: DifferenceType = "relative"
+    correction: Correction = "holm"
+    sequential: bool = False
+    sequential_tuning_parameter: float = Field(default=DEFAULT_SEQUENTIAL_TUNING_PARAMETER, gt=0.0)
+    srm_threshold: float = Field(default=0.001, gt=0.0, lt=1.0)
+    timeline_points: int = Field(default=12, ge=1, le=200)
+    metrics: list[MetricDefinition] = Field(min_length=1)
+    experiments: dict[str, ExperimentSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> AnalysisConfig:
+        names = [m.name for m in self.metrics]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate metric names {duplicates}")
+        for key, settings in self.experiments.items():
+            unknown = sorted(set(settings.metrics or []) - set(names))
+            if unknown:
+                raise ValueError(f"experiments.{key}.metrics names unknown metrics {unknown}; known: {names}")
+        return self
+
+    def metric(self, name: str) -> MetricDefinition:
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric
+        raise KeyError(f"unknown metric {name!r}; known: {[m.name for m in self.metrics]}")
+
+    def experiment(self, key: str) -> ExperimentSettings:
+        return self.experiments.get(key, ExperimentSettings())
+
+    def metrics_for(self, key: str) -> list[MetricDefinition]:
+        selected = self.experiment(key).metrics
+        return list(self.metrics) if selected is None else [self.metric(name) for name in selected]
+
+
+def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    """1-based line of the deepest YAML node along a pydantic error location."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def load_analysis_config(path: str | Path) -> AnalysisConfig:
+    """Read and validate an analysis config.
+
+    Raises:
+        MetricConfigError: unreadable YAML or invalid content; the message names file, line and key path
+            for each problem (and the allowed keys for unknown ones).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except (OSError, yaml.YAMLError) as exc:
+        raise MetricConfigError(f"{path}: cannot read analysis config: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MetricConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return AnalysisConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = [
+                part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))
+            ]
+            key = ".".join(str(p) for p in loc) or "<root>"
+            line = _line_of(root, loc)
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                model = _model_at(loc[:-1], data)
+                message = f"unknown key; allowed keys: {sorted(model.model_fields)}" if model else message
+            problems.append(f"{path}:{line}: {key}: {message}")
+        raise MetricConfigError("invalid analysis config:\n  " + "\n  ".join(problems)) from None
+
+
+def _model_at(loc: Sequence[int | str], data: object) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at ``loc`` (for listing allowed keys)."""
+    model: type[BaseModel] | None = AnalysisConfig
+    for part in loc:
+        if model is AnalysisConfig and part == "metrics":
+            model = MetricDefinition
+        elif model is AnalysisConfig and part == "experiments":
+            model = None
+        elif model is None and isinstance(part, str):
+            model = ExperimentSettings
+        elif model is MetricDefinition and part == "winsorize":
+            model = Winsorization
+        elif isinstance(part, int):
+            continue
+        else:
+            return None
+    return model
+
+
+def _row_columns(rows: Iterable[UserRow]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Variant keys and value/count/pre columns of the per-user rows."""
+    materialised = rows if isinstance(rows, list) else list(rows)
+    if not materialised:
+        empty = np.zeros(0)
+        return [], empty, empty, empty
+    variants, value_sums, counts, pre_sums = zip(*materialised, strict=True)
+    return (
+        list(variants),
+        np.asarray(value_sums, dtype=np.float64),
+        np.asarray(counts, dtype=np.float64),
+        np.asarray(pre_sums, dtype=np.float64),
+    )
+
+
+def _variant_codes(variants: list[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct variant keys (first-seen order) and an integer code per row."""
+    index: dict[str, int] = {}
+    codes = np.fromiter(
+        (index.setdefault(v, len(index)) for v in variants), dtype=np.int64, count=len(variants)
+    )
+    return list(index), codes
+
+
+def _sums_by_variant(codes: np.ndarray, size: int, *columns: np.ndarray) -> list[np.ndarray]:
+    return [np.bincount(codes, weights=column, minlength=size) for column in columns]
+
+
+def _mean_statistics(keys: list[str], codes: np.ndarray, values: np.ndarray) -> dict[str, TestStatistic]:
+    n = np.bincount(codes, minlength=len(keys))
+    sums, squares = _sums_by_variant(codes, len(keys), values, values * values)
+    return {k: SampleMean(int(n[i]), float(sums[i]), float(squares[i])) for i, k in enumerate(keys)}
+
+
+def aggregate_rows(metric: MetricDefinition, rows: Iterable[UserRow]) -> dict[str, TestStatistic]:
+    """Sufficient statistics per variant from one metric's per-user rows (not for ratio metrics)."""
+    if metric.type == "ratio":
+        raise ValueError("ratio metrics need two row streams: use aggregate_ratio_rows")
+    variants, value_sums, counts, pre_sums = _row_columns(rows)
+    keys, codes = _variant_codes(variants)
+    n = np.bincount(codes, minlength=len(keys))
+    if metric.type == "binomial":
+        values = (counts > 0).astype(np.float64)
+    elif metric.type == "count":
+        values = counts
+    else:
+        values = counts if metric.aggregation == "count" else value_sums
+    if metric.winsorize is not None:
+        values = metric.winsorize.apply(values)
+        pre_sums = metric.winsorize.apply(pre_sums)
+    if metric.cuped:
+        sums, squares, pre, pre_squares, products = _sums_by_variant(
+            codes, len(keys), values, values * values, pre_sums, pre_sums * pre_sums, values * pre_sums
+        )
+        return {
+            k: CupedMean(
+                n=int(n[i]),
+                post=SampleMean(int(n[i]), float(sums[i]), float(squares[i])),
+                pre=SampleMean(int(n[i]), float(pre[i]), float(pre_squares[i])),
+                post_pre_sum_product=float(products[i]),
+            )
+            for i, k in enumerate(keys)
+        }
+    if metric.type == "binomial":
+        (sums,) = _sums_by_variant(codes, len(keys), values)
+        return {k: Proportion(int(n[i]), float(sums[i])) for i, k in enumerate(keys)}
+    return _mean_statistics(keys, codes, values)
+
+
+def aggregate_ratio_rows(
+    metric: MetricDefinition, numerator_rows: Iterable[UserRow], denominator_rows: Iterable[UserRow]
+) -> dict[str, TestStatistic]:
+    """Ratio statistics per variant from the numerator's and the denominator's per-user rows.
+
+    Raises:
+        StoreContractError: the two streams are not in the same user order (different lengths or
+            variants at the same position).
+    """
+    num_variants, num_sums, num_counts, _ = _row_columns(numerator_rows)
+    den_variants, den_sums, den_counts, _ = _row_columns(denominator_rows)
+    if num_variants != den_variants:
+        raise StoreContractError(
+            f"metric {metric.name!r}: rows of {metric.numerator!r} and {metric.denominator!r} are not in the "
+            "same user order (the store must return one row per exposed user in a stable order)"
+        )
+    num = num_counts if metric.aggregation == "count" else num_sums
+    den = den_counts if metric.aggregation == "count" else den_sums
+    keys, codes = _variant_codes(num_variants)
+    n = np.bincount(codes, minlength=len(keys))
+    num_sum, num_sq, den_sum, den_sq, products = _sums_by_variant(
+        codes, len(keys), num, num * num, den, den * den, num * den
+    )
+    return {
+        k: Ratio(
+            n=int(n[i]),
+            numerator=SampleMean(int(n[i]), float(num_sum[i]), float(num_sq[i])),
+            denominator=SampleMean(int(n[i]), float(den_sum[i]), float(den_sq[i])),
+            num_den_sum_product=float(products[i]),
+        )
+        for i, k in enumerate(keys)
+    }
+
+
+def aggregate(
+    metric: MetricDefinition, store: EventStore, experiment_key: str, until_ms: int | None = None
+) -> dict[str, TestStatistic]:
+    """Sufficient statistics per variant of ``metric`` in ``experiment_key`` (events up to ``until_ms``)."""
+    if metric.type == "ratio":
+        return aggregate_ratio_rows(
+            metric,
+            store.user_metric_values(experiment_key, metric.numerator or "", until_ms),
+            store.user_metric_values(experiment_key, metric.denominator or "", until_ms),
+        )
+    return aggregate_rows(metric, store.user_metric_values(experiment_key, metric.event or "", until_ms))

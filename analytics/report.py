@@ -1,0 +1,475 @@
+"""Experiment reports: the JSON schema the dashboard reads, built from the event store and the metric config.
+
+The dataclasses below are the schema of ``GET /api/experiments/<key>/report`` (``ExperimentReport``) and of
+each entry of ``GET /api/experiments`` (``ExperimentSummary``); ``to_dict()`` gives the JSON (tuples become
+lists, missing numbers are null). Lifts are fractions (0.05 = +5 %) for relative and metric units for
+absolute; times are milliseconds since the Unix epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from analytics.metrics import AnalysisConfig, EventStore, MetricDefinition, aggregate
+from analytics.stats.analysis import AnalysisSettings, Comparison, adjusted_p_values, compare_to_control
+from analytics.stats.models.results import FrequentistResult
+from analytics.stats.models.statistics import CupedMean, Proportion, Ratio, SampleMean, TestStatistic
+from analytics.stats.srm import srm_flagged, srm_p_value
+
+logger = logging.getLogger(__name__)
+
+_NICE_BUCKETS_MS = [
+    1_000,
+    5_000,
+    10_000,
+    30_000,
+    60_000,
+    300_000,
+    900_000,
+    1_800_000,
+    3_600_000,
+    10_800_000,
+    21_600_000,
+    43_200_000,
+    86_400_000,
+    604_800_000,
+]
+
+
+@dataclass(frozen=True)
+class Lift:
+    """A lift with its interval (the sequential confidence sequence when ``sequential`` is on)."""
+
+    estimate: float | None
+    ci: tuple[float, float] | None
+    se: float | None
+    p_value: float | None
+
+    @classmethod
+    def from_result(cls, result: FrequentistResult) -> Lift:
+        return cls(estimate=result.estimate, ci=result.ci, se=result.se, p_value=result.p_value)
+
+
+@dataclass(frozen=True)
+class VariantMetricResult:
+    """One variant on one metric. Lift fields are null for the control row.
+
+    ``value`` is the variant's metric value (CUPED-adjusted when the metric uses CUPED, see
+    ``unadjusted_value``); ``p_value`` belongs to the report's ``difference_type``; ``significant`` means
+    ``adjusted_p_value < alpha``.
+    """
+
+    variant: str
+    is_control: bool
+    users: int
+    value: float
+    unadjusted_value: float
+    absolute_lift: Lift | None = None
+    relative_lift: Lift | None = None
+    p_value: float | None = None
+    p_value_greater: float | None = None
+    p_value_less: float | None = None
+    adjusted_p_value: float | None = None
+    significant: bool = False
+    sequential: bool = False
+    chance_to_win: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricReport:
+    """All variants of one metric."""
+
+    name: str
+    type: str
+    description: str
+    guardrail: bool
+    inverse: bool
+    cuped: bool
+    variants: list[VariantMetricResult]
+
+
+@dataclass(frozen=True)
+class VariantSummary:
+    """Users of one variant against its configured share."""
+
+    key: str
+    is_control: bool
+    users: int
+    expected_share: float
+    observed_share: float
+
+
+@dataclass(frozen=True)
+class SrmResult:
+    """Sample-ratio-mismatch check; ``p_value`` is null with fewer than two variants or no users."""
+
+    p_value: float | None
+    flagged: bool
+    threshold: float
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    """Cumulative lift of one variant on one metric over all data up to ``time_ms``."""
+
+    time_ms: int
+    metric: str
+    variant: str
+    users: int
+    estimate: float | None
+    ci: tuple[float, float] | None
+    p_value: float | None
+
+
+@dataclass(frozen=True)
+class TrafficPoint:
+    """New and cumulative exposed users of one variant in the bucket starting at ``bucket_start_ms``."""
+
+    bucket_start_ms: int
+    variant: str
+    new_users: int
+    cumulative_users: int
+
+
+@dataclass(frozen=True)
+class ExperimentSummary:
+    """One row of the experiment list."""
+
+    experiment_key: str
+    status: str
+    control: str | None
+    total_users: int
+    variants: list[VariantSummary]
+    srm: SrmResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class ExperimentReport:
+    """Everything the dashboard shows for one experiment."""
+
+    experiment_key: str
+    status: str
+    control: str | None
+    generated_at_ms: int
+    alpha: float
+    correction: str
+    difference_type: str
+    sequential: bool
+    sequential_tuning_parameter: float
+    start_ms: int | None
+    end_ms: int | None
+    total_users: int
+    variants: list[VariantSummary]
+    srm: SrmResult
+    metrics: list[MetricReport]
+    timeline: list[TimelinePoint] = field(default_factory=list)
+    traffic_bucket_ms: int | None = None
+    traffic: list[TrafficPoint] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples to lists and non-finite floats to None, so the output is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def analysis_settings(config: AnalysisConfig) -> AnalysisSettings:
+    return AnalysisSettings(
+        alpha=config.alpha,
+        difference_type=config.difference_type,
+        correction=config.correction,
+        sequential=config.sequential,
+        sequential_tuning_parameter=config.sequential_tuning_parameter,
+    )
+
+
+def _variants_and_control(
+    store: EventStore, config: AnalysisConfig, experiment_key: str
+) -> tuple[dict[str, int], str | None, dict[str, float]]:
+    """Users per variant (configured variants included at 0), the control key and normalised weights.
+
+    The control is the configured one, else a variant named "control", else the first key in sort order.
+    """
+    settings = config.experiment(experiment_key)
+    counts = dict(store.variant_counts(experiment_key))
+    for key in settings.weights or {}:
+        counts.setdefault(key, 0)
+    counts = dict(sorted(counts.items()))
+    control = settings.control
+    if control is None and counts:
+        control = "control" if "control" in counts else next(iter(counts))
+    if control is not None:
+        counts.setdefault(control, 0)
+    raw_weights = settings.weights or dict.fromkeys(counts, 1.0)
+    total_weight = sum(raw_weights.values())
+    weights = {key: raw_weights.get(key, 0.0) / total_weight for key in counts}
+    return counts, control, weights
+
+
+def _summary_parts(
+    store: EventStore, config: AnalysisConfig, experiment_key: str
+) -> tuple[str | None, list[VariantSummary], SrmResult, int]:
+    counts, control, weights = _variants_and_control(store, config, experiment_key)
+    total = sum(counts.values())
+    variants = [
+        VariantSummary(
+            key=key,
+            is_control=key == control,
+            users=users,
+            expected_share=weights[key],
+            observed_share=users / total if total else 0.0,
+        )
+        for key, users in counts.items()
+    ]
+    p_value = None
+    weighted = [(users, weights[key]) for key, users in counts.items() if weights[key] > 0]
+    unplanned = sum(users for key, users in counts.items() if weights[key] == 0)
+    if len(weighted) >= 2 and total > 0:
+        p_value = 0.0 if unplanned else srm_p_value([u for u, _ in weighted], [w for _, w in weighted])
+    srm = SrmResult(
+        p_value=p_value, flagged=srm_flagged(p_value, config.srm_threshold), threshold=config.srm_threshold
+    )
+    return control, variants, srm, total
+
+
+def experiment_summary(store: EventStore, config: AnalysisConfig, experiment_key: str) -> ExperimentSummary:
+    """Status, users per variant and SRM of one experiment (cheap: no metric is read)."""
+    control, variants, srm, total = _summary_parts(store, config, experiment_key)
+    return ExperimentSummary(
+        experiment_key=experiment_key,
+        status=config.experiment(experiment_key).status,
+        control=control,
+        total_users=total,
+        variants=variants,
+        srm=srm,
+    )
+
+
+def _empty_statistic(metric: MetricDefinition) -> TestStatistic:
+    """The statistic of a variant without users, of the kind ``aggregate`` returns for ``metric``."""
+    zero = SampleMean(0, 0.0, 0.0)
+    if metric.cuped:
+        return CupedMean(0, zero, zero, 0.0)
+    if metric.type == "binomial":
+        return Proportion(0, 0.0)
+    if metric.type == "ratio":
+        return Ratio(0, zero, zero, 0.0)
+    return zero
+
+
+def _metric_statistics(
+    metric: MetricDefinition,
+    store: EventStore,
+    experiment_key: str,
+    keys: list[str],
+    until_ms: int | None = None,
+) -> dict[str, TestStatistic]:
+    stats = aggregate(metric, store, experiment_key, until_ms)
+    unknown = sorted(set(stats) - set(keys))
+    if unknown:
+        logger.warning(
+            "experiment %s metric %s: rows for unknown variants %s", experiment_key, metric.name, unknown
+        )
+    return {key: stats.get(key, _empty_statistic(metric)) for key in keys}
+
+
+def _variant_rows(
+    stats: dict[str, TestStatistic],
+    control: str | None,
+    comparisons: dict[str, Comparison],
+    adjusted: dict[str, float | None],
+    settings: AnalysisSettings,
+) -> list[VariantMetricResult]:
+    # CUPED means are only adjusted once both arms are pooled, so values are read off the test results.
+    first = next(iter(comparisons.values()), None)
+    control_value = first.absolute.control_mean if first is not None else None
+    rows = []
+    for key, stat in stats.items():
+        comparison = comparisons.get(key)
+        if key == control or comparison is None:
+            value = control_value if key == control and control_value is not None else stat.mean
+            rows.append(
+                VariantMetricResult(
+                    variant=key,
+                    is_control=key == control,
+                    users=stat.n,
+                    value=value,
+                    unadjusted_value=stat.unadjusted_mean,
+                    sequential=settings.sequential,
+                )
+            )
+            continue
+        primary = comparison.primary(settings.difference_type)
+        adjusted_p = adjusted.get(key)
+        rows.append(
+            VariantMetricResult(
+                variant=key,
+                is_control=False,
+                users=stat.n,
+                value=primary.treatment_mean,
+                unadjusted_value=stat.unadjusted_mean,
+                absolute_lift=Lift.from_result(comparison.absolute),
+                relative_lift=Lift.from_result(comparison.relative),
+                p_value=primary.p_value,
+                p_value_greater=primary.p_value_greater,
+                p_value_less=primary.p_value_less,
+                adjusted_p_value=adjusted_p,
+                significant=adjusted_p is not None and adjusted_p < settings.alpha,
+                sequential=settings.sequential,
+                chance_to_win=comparison.bayesian.chance_to_win,
+                error=primary.error,
+            )
+        )
+    return rows
+
+
+def _metric_reports(
+    store: EventStore, config: AnalysisConfig, experiment_key: str, keys: list[str], control: str | None
+) -> list[MetricReport]:
+    settings = analysis_settings(config)
+    analysed = []
+    for metric in config.metrics_for(experiment_key):
+        stats = _metric_statistics(metric, store, experiment_key, keys)
+        comparisons = compare_to_control(stats, control, settings, metric.inverse) if control else {}
+        analysed.append((metric, stats, comparisons))
+    flat = [
+        (i, key, c.primary(settings.difference_type))
+        for i, (_, _, cs) in enumerate(analysed)
+        for key, c in cs.items()
+    ]
+    adjusted_flat = adjusted_p_values([result for _, _, result in flat], settings)
+    adjusted: list[dict[str, float | None]] = [{} for _ in analysed]
+    for (i, key, _), p in zip(flat, adjusted_flat, strict=True):
+        adjusted[i][key] = p
+    reports = []
+    for (metric, stats, comparisons), adjusted_by_variant in zip(analysed, adjusted, strict=True):
+        rows = _variant_rows(stats, control, comparisons, adjusted_by_variant, settings)
+        reports.append(
+            MetricReport(
+                name=metric.name,
+                type=metric.type,
+                description=metric.description,
+                guardrail=metric.guardrail,
+                inverse=metric.inverse,
+                cuped=metric.cuped,
+                variants=rows,
+            )
+        )
+    return reports
+
+
+def _cut_points(start_ms: int, end_ms: int, points: int) -> list[int]:
+    """Evenly spaced times from just after the start to the end (inclusive), without duplicates."""
+    span = max(end_ms - start_ms, 0)
+    cuts = sorted({start_ms + math.ceil(span * k / points) for k in range(1, points + 1)})
+    return cuts or [end_ms]
+
+
+def _timeline(
+    store: EventStore,
+    config: AnalysisConfig,
+    experiment_key: str,
+    keys: list[str],
+    control: str,
+    start_ms: int,
+    end_ms: int,
+) -> list[TimelinePoint]:
+    settings = analysis_settings(config)
+    points = []
+    for until_ms in _cut_points(start_ms, end_ms, config.timeline_points):
+        for metric in config.metrics_for(experiment_key):
+            stats = _metric_statistics(metric, store, experiment_key, keys, until_ms)
+            for key, comparison in compare_to_control(stats, control, settings, metric.inverse).items():
+                result = comparison.primary(settings.difference_type)
+                points.append(
+                    TimelinePoint(
+                        time_ms=until_ms,
+                        metric=metric.name,
+                        variant=key,
+                        users=stats[key].n,
+                        estimate=result.estimate,
+                        ci=result.ci,
+                        p_value=result.p_value,
+                    )
+                )
+    return points
+
+
+def traffic_bucket_ms(start_ms: int, end_ms: int, target_buckets: int = 48) -> int:
+    """A round bucket width (1 s, 5 s, ..., 1 week) giving at most about ``target_buckets`` buckets."""
+    wanted = max(end_ms - start_ms, 1) / target_buckets
+    for width in _NICE_BUCKETS_MS:
+        if width >= wanted:
+            return width
+    week = _NICE_BUCKETS_MS[-1]
+    return week * math.ceil(wanted / week)
+
+
+def _traffic(store: EventStore, experiment_key: str, bucket_ms: int) -> list[TrafficPoint]:
+    cumulative: dict[str, int] = {}
+    points = []
+    for bucket_start, variant, new_users in sorted(store.exposure_timeline(experiment_key, bucket_ms)):
+        cumulative[variant] = cumulative.get(variant, 0) + new_users
+        points.append(TrafficPoint(bucket_start, variant, new_users, cumulative[variant]))
+    return points
+
+
+def build_report(
+    store: EventStore, config: AnalysisConfig, experiment_key: str, with_timeline: bool = True
+) -> ExperimentReport:
+    """Analyse one experiment: SRM, every metric and variant, and (optionally) the timelines.
+
+    Raises:
+        KeyError: the store has no such experiment.
+    """
+    if experiment_key not in store.experiments():
+        raise KeyError(f"unknown experiment {experiment_key!r}")
+    control, variants, srm, total = _summary_parts(store, config, experiment_key)
+    keys = [v.key for v in variants]
+    metrics = _metric_reports(store, config, experiment_key, keys, control)
+    start_ms = end_ms = bucket_ms = None
+    timeline: list[TimelinePoint] = []
+    traffic: list[TrafficPoint] = []
+    if total > 0:
+        start_ms, end_ms = store.time_range(experiment_key)
+        if with_timeline:
+            bucket_ms = traffic_bucket_ms(start_ms, end_ms)
+            traffic = _traffic(store, experiment_key, bucket_ms)
+            if control is not None:
+                timeline = _timeline(store, config, experiment_key, keys, control, start_ms, end_ms)
+    return ExperimentReport(
+        experiment_key=experiment_key,
+        status=config.experiment(experiment_key).status,
+        control=control,
+        generated_at_ms=int(time.time() * 1000),
+        alpha=config.alpha,
+        correction=config.correction,
+        difference_type=config.difference_type,
+        sequential=config.sequential,
+        sequential_tuning_parameter=config.sequential_tuning_parameter,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        total_users=total,
+        variants=variants,
+        srm=srm,
+        metrics=metrics,
+        timeline=timeline,
+        traffic_bucket_ms=bucket_ms,
+        traffic=traffic,
+    )

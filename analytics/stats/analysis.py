@@ -1,0 +1,85 @@
+"""Experiment-level analysis: every treatment against control for one metric, then correction across all.
+
+This is the small orchestrator between the per-variant statistics and the report: it runs the absolute
+and relative tests (fixed-horizon or sequential), a flat-prior chance-to-win, and the multiple-testing
+adjustment over all (metric, variant) comparisons of an experiment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from analytics.stats.bayesian.tests import EffectBayesianTest
+from analytics.stats.frequentist.tests import frequentist_test
+from analytics.stats.models.results import BayesianResult, FrequentistResult
+from analytics.stats.models.settings import (
+    DEFAULT_SEQUENTIAL_TUNING_PARAMETER,
+    BayesianConfig,
+    Correction,
+    DifferenceType,
+    FrequentistConfig,
+)
+from analytics.stats.models.statistics import TestStatistic
+from analytics.stats.multiple_testing import adjust_p_values
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """How every comparison of an experiment is tested and corrected."""
+
+    alpha: float = 0.05
+    difference_type: DifferenceType = "relative"
+    correction: Correction = "holm"
+    sequential: bool = False
+    sequential_tuning_parameter: float = DEFAULT_SEQUENTIAL_TUNING_PARAMETER
+
+    def frequentist(self, difference_type: DifferenceType) -> FrequentistConfig:
+        return FrequentistConfig(
+            alpha=self.alpha,
+            difference_type=difference_type,
+            sequential=self.sequential,
+            sequential_tuning_parameter=self.sequential_tuning_parameter,
+        )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One treatment against control on one metric."""
+
+    absolute: FrequentistResult
+    relative: FrequentistResult
+    bayesian: BayesianResult
+
+    def primary(self, difference_type: DifferenceType) -> FrequentistResult:
+        """The result whose p-value decides significance."""
+        return self.relative if difference_type == "relative" else self.absolute
+
+
+def compare_to_control(
+    stats: dict[str, TestStatistic], control: str, settings: AnalysisSettings, inverse: bool = False
+) -> dict[str, Comparison]:
+    """Comparisons of every non-control variant in ``stats`` against ``control``."""
+    stat_a = stats[control]
+    comparisons = {}
+    for variant, stat_b in stats.items():
+        if variant == control:
+            continue
+        comparisons[variant] = Comparison(
+            absolute=frequentist_test(stat_a, stat_b, settings.frequentist("absolute")).compute_result(),
+            relative=frequentist_test(stat_a, stat_b, settings.frequentist("relative")).compute_result(),
+            bayesian=EffectBayesianTest(
+                stat_a, stat_b, BayesianConfig(difference_type=settings.difference_type, inverse=inverse)
+            ).compute_result(),
+        )
+    return comparisons
+
+
+def adjusted_p_values(results: Sequence[FrequentistResult], settings: AnalysisSettings) -> list[float | None]:
+    """Correction over all results that have a p-value; None where the test returned an error."""
+    tested = {i: r.p_value for i, r in enumerate(results) if r.p_value is not None}
+    adjusted = adjust_p_values(list(tested.values()), settings.correction, settings.alpha)
+    out: list[float | None] = [None] * len(results)
+    for i, p in zip(tested, adjusted, strict=True):
+        out[i] = p
+    return out

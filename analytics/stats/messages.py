@@ -1,0 +1,24 @@
+"""Error codes carried by results for expected data problems (never raised as exceptions)."""
+
+NO_UNITS = "NO_UNITS"
+"""An arm has fewer than two units, so no variance can be estimated."""
+
+ZERO_VARIANCE = "ZERO_VARIANCE"
+"""Both arms have zero variance: the difference has no standard error."""
+
+BASELINE_ZERO = "BASELINE_ZERO"
+"""The control mean is zero, so a relative lift is undefined."""
+
+DENOMINATOR_ZERO = "DENOMINATOR_ZERO"
+"""A ratio metric's denominator sums to zero in an arm."""
+
+SINGLE_VARIANT = "SINGLE_VARIANT"
+"""Only one variant has traffic: nothing to compare."""
+
+MESSAGES: dict[str, str] = {
+    NO_UNITS: "an arm has fewer than 2 units",
+    ZERO_VARIANCE: "zero variance in both arms",
+    BASELINE_ZERO: "control mean is 0: relative lift undefined",
+    DENOMINATOR_ZERO: "ratio denominator sums to 0",
+    SINGLE_VARIANT: "only one variant has traffic",
+}

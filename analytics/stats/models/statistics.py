@@ -1,0 +1,240 @@
+"""Sufficient statistics per variant: the only thing the tests ever see of the raw data.
+
+Each class is frozen, merges with ``+`` (daily or per-partition aggregates add up) and derives mean and
+variance as properties. Variance guards return 0 for n <= 1 instead of raising, so a thin arm turns into an
+error code in the result rather than an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+
+def _sample_variance(n: float, total: float, total_squares: float) -> float:
+    """Unbiased variance from sums; 0 when it cannot be estimated (n <= 1) or rounds below 0."""
+    if n <= 1:
+        return 0.0
+    return max((total_squares - total * total / n) / (n - 1), 0.0)
+
+
+def _sample_covariance(n: float, sum_x: float, sum_y: float, sum_xy: float) -> float:
+    """Unbiased covariance from sums; 0 when n <= 1."""
+    if n <= 1:
+        return 0.0
+    return (sum_xy - sum_x * sum_y / n) / (n - 1)
+
+
+def _check_same_kind(left: object, right: object) -> None:
+    if type(left) is not type(right):
+        raise TypeError(f"cannot add {type(right).__name__} to {type(left).__name__}")
+
+
+@dataclass(frozen=True)
+class SampleMean:
+    """Per-unit values of a count, mean or continuous metric: n, sum and sum of squares."""
+
+    n: int
+    sum: float
+    sum_squares: float
+
+    @classmethod
+    def from_values(cls, values: np.ndarray) -> SampleMean:
+        """Summarise one value per unit."""
+        values = np.asarray(values, dtype=np.float64)
+        return cls(n=int(values.size), sum=float(values.sum()), sum_squares=float(np.dot(values, values)))
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.n if self.n > 0 else 0.0
+
+    @property
+    def variance(self) -> float:
+        return _sample_variance(self.n, self.sum, self.sum_squares)
+
+    @property
+    def unadjusted_mean(self) -> float:
+        return self.mean
+
+    def __add__(self, other: SampleMean) -> SampleMean:
+        _check_same_kind(self, other)
+        return SampleMean(self.n + other.n, self.sum + other.sum, self.sum_squares + other.sum_squares)
+
+
+@dataclass(frozen=True)
+class Proportion:
+    """Share of units that converted: n and the number of converters; variance p(1 - p)."""
+
+    n: int
+    sum: float
+
+    @classmethod
+    def from_values(cls, values: np.ndarray) -> Proportion:
+        """Summarise one 0/1 value per unit."""
+        values = np.asarray(values, dtype=np.float64)
+        return cls(n=int(values.size), sum=float(values.sum()))
+
+    @property
+    def sum_squares(self) -> float:
+        return self.sum
+
+    @property
+    def mean(self) -> float:
+        return self.sum / self.n if self.n > 0 else 0.0
+
+    @property
+    def variance(self) -> float:
+        if self.n <= 1:
+            return 0.0
+        p = self.mean
+        return p * (1.0 - p)
+
+    @property
+    def unadjusted_mean(self) -> float:
+        return self.mean
+
+    def __add__(self, other: Proportion) -> Proportion:
+        _check_same_kind(self, other)
+        return Proportion(self.n + other.n, self.sum + other.sum)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Ratio of two per-unit sums (clicks / impressions), with the cross product for the delta method.
+
+    The unit of randomisation is the user, the unit of analysis is the denominator, so the variance of
+    sum(num) / sum(den) comes from the delta method over the per-user pairs.
+    """
+
+    n: int
+    numerator: SampleMean
+    denominator: SampleMean
+    num_den_sum_product: float
+
+    @classmethod
+    def from_values(cls, numerator: np.ndarray, denominator: np.ndarray) -> Ratio:
+        """Summarise one (numerator, denominator) pair per unit."""
+        num = np.asarray(numerator, dtype=np.float64)
+        den = np.asarray(denominator, dtype=np.float64)
+        return cls(
+            n=int(num.size),
+            numerator=SampleMean.from_values(num),
+            denominator=SampleMean.from_values(den),
+            num_den_sum_product=float(np.dot(num, den)),
+        )
+
+    @property
+    def mean(self) -> float:
+        return self.numerator.sum / self.denominator.sum if self.denominator.sum != 0 else 0.0
+
+    @property
+    def unadjusted_mean(self) -> float:
+        return self.mean
+
+    @property
+    def covariance(self) -> float:
+        return _sample_covariance(self.n, self.numerator.sum, self.denominator.sum, self.num_den_sum_product)
+
+    @property
+    def variance(self) -> float:
+        """Per-unit variance of the ratio (delta method): divide by n for the variance of the estimate."""
+        mean_den = self.denominator.mean
+        if self.n <= 1 or mean_den == 0:
+            return 0.0
+        mean_num = self.numerator.mean
+        return max(
+            self.numerator.variance / mean_den**2
+            - 2.0 * self.covariance * mean_num / mean_den**3
+            + self.denominator.variance * mean_num**2 / mean_den**4,
+            0.0,
+        )
+
+    def __add__(self, other: Ratio) -> Ratio:
+        _check_same_kind(self, other)
+        return Ratio(
+            self.n + other.n,
+            self.numerator + other.numerator,
+            self.denominator + other.denominator,
+            self.num_den_sum_product + other.num_den_sum_product,
+        )
+
+
+@dataclass(frozen=True)
+class CupedMean:
+    """Post-exposure metric with its pre-exposure covariate (CUPED / regression adjustment).
+
+    ``theta`` and ``pooled_pre_mean`` are set by the test from both arms together (``with_pooled``); a
+    statistic that has not been pooled yet is unadjusted (theta 0).
+    """
+
+    n: int
+    post: SampleMean
+    pre: SampleMean
+    post_pre_sum_product: float
+    theta: float = 0.0
+    pooled_pre_mean: float = 0.0
+
+    @classmethod
+    def from_values(cls, post: np.ndarray, pre: np.ndarray) -> CupedMean:
+        """Summarise one (post, pre) pair per unit."""
+        post = np.asarray(post, dtype=np.float64)
+        pre = np.asarray(pre, dtype=np.float64)
+        return cls(
+            n=int(post.size),
+            post=SampleMean.from_values(post),
+            pre=SampleMean.from_values(pre),
+            post_pre_sum_product=float(np.dot(post, pre)),
+        )
+
+    @property
+    def covariance(self) -> float:
+        return _sample_covariance(self.n, self.post.sum, self.pre.sum, self.post_pre_sum_product)
+
+    @property
+    def unadjusted_mean(self) -> float:
+        return self.post.mean
+
+    @property
+    def mean(self) -> float:
+        """Adjusted mean: centred on the pooled pre mean so that its level stays comparable to the raw one."""
+        return self.post.mean - self.theta * (self.pre.mean - self.pooled_pre_mean)
+
+    @property
+    def variance(self) -> float:
+        """Per-unit variance of post - theta * pre (theta treated as fixed)."""
+        if self.n <= 1:
+            return 0.0
+        return max(
+            self.post.variance + self.theta**2 * self.pre.variance - 2.0 * self.theta * self.covariance, 0.0
+        )
+
+    def with_pooled(self, theta: float, pooled_pre_mean: float) -> CupedMean:
+        """Copy carrying the theta and pre mean estimated over all arms."""
+        return replace(self, theta=theta, pooled_pre_mean=pooled_pre_mean)
+
+    def __add__(self, other: CupedMean) -> CupedMean:
+        _check_same_kind(self, other)
+        return CupedMean(
+            self.n + other.n,
+            self.post + other.post,
+            self.pre + other.pre,
+            self.post_pre_sum_product + other.post_pre_sum_product,
+        )
+
+
+def pooled_theta(stats: list[CupedMean]) -> tuple[float, float]:
+    """CUPED theta = cov(post, pre) / var(pre) over all arms merged, and the pooled pre mean.
+
+    Pooling across arms keeps theta independent of the treatment assignment, so the adjustment cannot
+    absorb part of the treatment effect. Returns theta 0 when the covariate has no variance.
+    """
+    merged = stats[0]
+    for stat in stats[1:]:
+        merged = merged + stat
+    pre_variance = merged.pre.variance
+    theta = merged.covariance / pre_variance if pre_variance > 0 else 0.0
+    return theta, merged.pre.mean
+
+
+TestStatistic = SampleMean | Proportion | Ratio | CupedMean

@@ -1,0 +1,115 @@
+"""Power, minimum detectable effect and sample size for a fixed-horizon two-arm test.
+
+Normal approximation through statsmodels ``NormalIndPower``: with arm variances v_a, v_b the difference has
+standard error sqrt(v_a/n_a + v_b/n_b), passed to statsmodels as a standardised effect over the equivalent
+common standard deviation. For binomial metrics the treatment variance follows from the treatment rate.
+Sequential mode trades some power for safe peeking; these figures are for the fixed-horizon test.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from scipy.optimize import brentq
+from statsmodels.stats.power import NormalIndPower
+
+from analytics.stats.models.settings import Alternative, DifferenceType
+
+PowerMetricType = Literal["mean", "binomial"]
+_STATSMODELS_ALTERNATIVE = {"two-sided": "two-sided", "greater": "larger", "less": "smaller"}
+
+
+@dataclass(frozen=True)
+class PowerInputs:
+    """Baseline of the metric and the design of the test.
+
+    ``baseline_variance`` is the per-user variance for mean metrics; binomial metrics derive p(1 - p).
+    ``weights`` are the control and treatment traffic shares (normalised).
+    """
+
+    metric_type: PowerMetricType
+    baseline_mean: float
+    baseline_variance: float | None = None
+    weights: tuple[float, float] = (0.5, 0.5)
+    alpha: float = 0.05
+    alternative: Alternative = "two-sided"
+    difference_type: DifferenceType = "relative"
+
+    def __post_init__(self) -> None:
+        if self.metric_type == "mean" and (self.baseline_variance is None or self.baseline_variance <= 0):
+            raise ValueError("mean metrics need baseline_variance > 0")
+        if self.metric_type == "binomial" and not 0.0 < self.baseline_mean < 1.0:
+            raise ValueError(f"binomial baseline_mean must be in (0, 1), got {self.baseline_mean}")
+        if self.difference_type == "relative" and self.baseline_mean == 0:
+            raise ValueError("relative effects need a non-zero baseline_mean")
+        if len(self.weights) != 2 or min(self.weights) <= 0:
+            raise ValueError(f"weights must be two positive shares, got {self.weights}")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+
+    def absolute_effect(self, effect: float) -> float:
+        return effect * self.baseline_mean if self.difference_type == "relative" else effect
+
+    def arm_variances(self, absolute_effect: float) -> tuple[float, float]:
+        if self.metric_type == "binomial":
+            p_a = self.baseline_mean
+            p_b = min(max(p_a + absolute_effect, 0.0), 1.0)
+            return p_a * (1.0 - p_a), p_b * (1.0 - p_b)
+        assert self.baseline_variance is not None
+        return self.baseline_variance, self.baseline_variance
+
+    def max_effect(self) -> float:
+        """Largest effect worth searching over (a binomial rate cannot pass 1)."""
+        if self.metric_type == "binomial":
+            room = 1.0 - self.baseline_mean
+            return room / self.baseline_mean if self.difference_type == "relative" else room
+        assert self.baseline_variance is not None
+        scale = math.sqrt(self.baseline_variance) * 100.0
+        return scale / abs(self.baseline_mean) if self.difference_type == "relative" else scale
+
+
+def power(inputs: PowerInputs, n_total: float, effect: float) -> float:
+    """Probability of a significant result with ``n_total`` users when the true lift is ``effect``."""
+    share_a = inputs.weights[0] / sum(inputs.weights)
+    n_a, n_b = n_total * share_a, n_total * (1.0 - share_a)
+    delta = inputs.absolute_effect(effect)
+    var_a, var_b = inputs.arm_variances(delta)
+    common_sd = math.sqrt((var_a / n_a + var_b / n_b) / (1.0 / n_a + 1.0 / n_b))
+    if common_sd == 0:
+        return 1.0 if delta != 0 else inputs.alpha
+    return float(
+        NormalIndPower().power(
+            effect_size=delta / common_sd,
+            nobs1=n_a,
+            alpha=inputs.alpha,
+            ratio=n_b / n_a,
+            alternative=_STATSMODELS_ALTERNATIVE[inputs.alternative],
+        )
+    )
+
+
+def minimum_detectable_effect(inputs: PowerInputs, n_total: float, target_power: float = 0.8) -> float:
+    """Smallest positive lift (in ``inputs.difference_type`` units) detected with ``target_power``.
+
+    Raises:
+        ValueError: no effect within the metric's range reaches the target power.
+    """
+    upper = inputs.max_effect()
+    if power(inputs, n_total, upper * (1 - 1e-9)) < target_power:
+        raise ValueError(f"no effect up to {upper:.4g} reaches power {target_power} with {n_total:.0f} users")
+    return float(brentq(lambda e: power(inputs, n_total, e) - target_power, upper * 1e-9, upper * (1 - 1e-9)))
+
+
+def required_sample_size(inputs: PowerInputs, effect: float, target_power: float = 0.8) -> int:
+    """Total users (both arms) needed to detect ``effect`` with ``target_power``."""
+    if effect == 0:
+        raise ValueError("effect must be non-zero")
+    high = 4.0
+    while power(inputs, high, effect) < target_power:
+        high *= 2.0
+        if high > 1e13:
+            raise ValueError(f"effect {effect} is not detectable with any realistic sample size")
+    n = brentq(lambda m: power(inputs, m, effect) - target_power, 2.0, high)
+    return int(math.ceil(n))
