@@ -60,10 +60,17 @@ function pEquals(p) {
   return s.startsWith("<") ? `p${s}` : `p=${s}`;
 }
 
-function fmtTime(iso) {
-  if (!iso) return "";
-  const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? String(iso) : d.toISOString().replace("T", " ").slice(0, 16) + " UTC";
+function fmtTime(ms) {
+  if (ms === null || ms === undefined) return "";
+  const d = new Date(ms);
+  return Number.isNaN(d.getTime()) ? String(ms) : d.toISOString().replace("T", " ").slice(0, 16) + " UTC";
+}
+
+/** A lift in the report's units: % for relative, metric units for absolute. */
+function fmtLift(x, differenceType) {
+  if (differenceType !== "absolute") return fmtPct(x);
+  const s = fmtValue(x);
+  return x > 0 ? `+${s}` : s;
 }
 
 // ---------------------------------------------------------------- data shapes
@@ -72,55 +79,80 @@ function num(x) {
   return x === null || x === undefined ? null : Number(x);
 }
 
-/** One experiment summary of GET /experiments, tolerant of optional fields. */
+function variantUsers(variants) {
+  return Object.fromEntries((variants || []).map((v) => [v.key, num(v.users)]));
+}
+
+function normaliseSrm(srm = {}) {
+  return { pValue: num(srm.p_value), flagged: Boolean(srm.flagged), threshold: num(srm.threshold) };
+}
+
+/** One entry of GET /experiments (analytics.report.ExperimentSummary). */
 function normaliseSummary(e) {
-  const srm = e.srm || {};
   return {
-    key: e.key,
-    name: e.name || e.key,
-    stage: e.stage || e.layer || "",
+    key: e.experiment_key,
     status: e.status || "unknown",
     control: e.control,
-    users: e.users || {},
-    srm: { pValue: num(srm.p_value), flagged: Boolean(srm.flagged) },
+    totalUsers: num(e.total_users),
+    users: variantUsers(e.variants),
+    srm: normaliseSrm(e.srm),
   };
 }
 
-/** The report of GET /experiments/<key>/report. */
-function normaliseReport(r) {
-  const exp = r.experiment || {};
-  const settings = r.settings || {};
-  const srm = r.srm || {};
+/** The lift a row shows: relative or absolute, as the report's difference_type says. */
+function normaliseRow(v, differenceType) {
+  const lift = (differenceType === "absolute" ? v.absolute_lift : v.relative_lift) || null;
+  const lo = num(lift?.ci?.[0]), hi = num(lift?.ci?.[1]);
   return {
-    key: exp.key,
-    name: exp.name || exp.key,
-    stage: exp.stage || exp.layer || "",
-    status: exp.status || "unknown",
-    control: exp.control,
-    variants: (exp.variants || []).map((v) => v.key),
-    generatedAt: r.generated_at,
-    alpha: num(settings.alpha),
-    correction: settings.correction || "none",
-    sequential: Boolean(settings.sequential),
-    users: r.users || {},
-    srm: { pValue: num(srm.p_value), flagged: Boolean(srm.flagged), threshold: num(srm.threshold) },
+    variant: v.variant,
+    isControl: Boolean(v.is_control),
+    users: num(v.users),
+    value: num(v.value),
+    lift: lift && {
+      estimate: num(lift.estimate),
+      ciLow: lo,
+      ciHigh: hi,
+      // The sequential boundary: the half-width of the always-valid interval, which the lift must exceed.
+      boundary: lo !== null && hi !== null ? (hi - lo) / 2 : null,
+    },
+    pValue: num(v.p_value),
+    pAdjusted: num(v.adjusted_p_value),
+    significant: Boolean(v.significant),
+    chanceToWin: num(v.chance_to_win),
+    error: v.error || null,
+  };
+}
+
+/** GET /experiments/<key>/report (analytics.report.ExperimentReport). */
+function normaliseReport(r) {
+  const differenceType = r.difference_type || "relative";
+  const bucket = num(r.traffic_bucket_ms) || 0;
+  return {
+    key: r.experiment_key,
+    status: r.status || "unknown",
+    control: r.control,
+    variants: (r.variants || []).map((v) => v.key),
+    users: variantUsers(r.variants),
+    generatedAt: num(r.generated_at_ms),
+    alpha: num(r.alpha),
+    correction: r.correction || "none",
+    differenceType,
+    sequential: Boolean(r.sequential),
+    srm: normaliseSrm(r.srm),
     metrics: (r.metrics || []).map((m) => ({
-      key: m.key,
-      name: m.name || m.key,
+      name: m.name,
+      description: m.description || "",
       type: m.type || "",
       guardrail: Boolean(m.guardrail),
-      values: Object.fromEntries((m.variants || []).map((v) => [v.variant, { n: num(v.n), value: num(v.value) }])),
-      comparisons: Object.fromEntries((m.comparisons || []).map((c) => [c.variant, {
-        estimate: num(c.estimate),
-        ciLow: num(c.ci?.[0]),
-        ciHigh: num(c.ci?.[1]),
-        pValue: num(c.p_value),
-        pAdjusted: num(c.p_value_adjusted),
-        significant: Boolean(c.significant),
-        boundary: num(c.boundary),
-      }])),
+      inverse: Boolean(m.inverse),
+      rows: (m.variants || []).map((v) => normaliseRow(v, differenceType)),
     })),
-    timeseries: (r.timeseries || []).map((t) => ({ t: new Date(t.timestamp), users: t.users || {}, lifts: t.lifts || {} })),
+    timeline: (r.timeline || []).map((p) => ({
+      t: new Date(p.time_ms), metric: p.metric, variant: p.variant,
+      y: num(p.estimate), lo: num(p.ci?.[0]), hi: num(p.ci?.[1]),
+    })),
+    // Cumulative users at the end of each bucket.
+    traffic: (r.traffic || []).map((p) => ({ t: new Date(p.bucket_start_ms + bucket), variant: p.variant, y: num(p.cumulative_users) })),
   };
 }
 
@@ -187,8 +219,9 @@ function renderExperiments() {
       "data-experiment": e.key,
       onclick: () => select(e.key),
     },
-    el("td", {}, el("div", { class: "exp-name", text: e.name }), el("div", { class: "exp-key", text: e.key })),
-    el("td", { text: e.stage }),
+    el("td", {}, el("div", { class: "exp-name", text: e.key }),
+      el("div", { class: "exp-key", text: e.control ? `control: ${e.control}` : "" })),
+    el("td", { class: "num", "data-field": "total_users", text: e.totalUsers === null ? "–" : fmtInt(e.totalUsers) }),
     el("td", {}, statusBadge(e.status)),
     el("td", {}, users),
     el("td", {}, srmCell(e.srm)));
@@ -199,10 +232,10 @@ function renderExperiments() {
 // ---------------------------------------------------------------- metric table
 
 /** A lift CI drawn as a horizontal bar on a scale symmetric around zero. */
-function ciBar(cmp, scale, significant) {
+function ciBar(cmp, scale, significant, verdictCls) {
   const w = 180, h = 22, mid = w / 2, pad = 6;
   const x = (v) => mid + (v / scale) * (mid - pad);
-  const cls = !significant ? "ci-neutral" : cmp.estimate > 0 ? "ci-positive" : "ci-negative";
+  const cls = !significant ? "ci-neutral" : verdictCls === "win" ? "ci-positive" : "ci-negative";
   const node = svg("svg", { width: w, height: h, viewBox: `0 0 ${w} ${h}`, class: `ci-bar ${cls}`, role: "img",
     "aria-label": `CI ${fmtPct(cmp.ciLow)} to ${fmtPct(cmp.ciHigh)}` },
   svg("line", { x1: mid, x2: mid, y1: 1, y2: h - 1, class: "zero" }));
@@ -214,10 +247,18 @@ function ciBar(cmp, scale, significant) {
   return node;
 }
 
+function verdict(row, metric) {
+  if (!row.significant || !row.lift) return { text: "not significant", cls: "neutral" };
+  const up = row.lift.estimate > 0;
+  const good = up !== metric.inverse;
+  return { text: `significant ${up ? "▲" : "▼"}`, cls: good ? "win" : "lose" };
+}
+
 function renderMetrics(rep) {
   const table = document.getElementById("metrics");
   const level = rep.alpha === null ? "" : `${+(100 * (1 - rep.alpha)).toFixed(1)}% `;
-  const head = ["Metric", "Variant", "Users", "Value", "Lift", `${level}CI`, "", "p-value", `p (${rep.correction})`, "Result"];
+  const liftHead = rep.differenceType === "absolute" ? "Lift (abs.)" : "Lift";
+  const head = ["Metric", "Variant", "Users", "Value", liftHead, `${level}CI`, "", "p-value", `p (${rep.correction})`, "Result"];
   if (rep.sequential) head.splice(9, 0, "Boundary");
   table.tHead.replaceChildren(el("tr", {}, ...head.map((h) => el("th", { text: h }))));
   const tbody = table.tBodies[0];
@@ -225,47 +266,51 @@ function renderMetrics(rep) {
 
   let scale = 0;
   for (const m of rep.metrics) {
-    for (const c of Object.values(m.comparisons)) {
-      scale = Math.max(scale, Math.abs(c.ciLow ?? 0), Math.abs(c.ciHigh ?? 0), Math.abs(c.estimate ?? 0));
+    for (const r of m.rows) {
+      if (!r.lift) continue;
+      scale = Math.max(scale, Math.abs(r.lift.ciLow ?? 0), Math.abs(r.lift.ciHigh ?? 0), Math.abs(r.lift.estimate ?? 0));
     }
   }
   scale = scale > 0 ? scale * 1.1 : 0.01;
+  const fmt = (x) => fmtLift(x, rep.differenceType);
+  const cols = rep.sequential ? 7 : 6;
 
-  const variants = rep.variants.length ? rep.variants : Object.keys(rep.users);
   for (const m of rep.metrics) {
-    const rows = variants.filter((v) => v in m.values);
-    rows.forEach((v, i) => {
-      const val = m.values[v];
-      const cmp = v === rep.control ? null : m.comparisons[v];
+    m.rows.forEach((r, i) => {
+      const colour = `swatch c${Math.max(0, rep.variants.indexOf(r.variant)) % PALETTE.length}`;
       const cells = [];
       if (i === 0) {
-        cells.push(el("td", { rowspan: rows.length, class: "metric-name" },
-          el("div", { text: m.name }),
-          el("div", { class: "exp-key" }, `${m.key} · ${m.type}`, m.guardrail ? el("span", { class: "badge guard", text: "guardrail" }) : null)));
+        cells.push(el("td", { rowspan: m.rows.length, class: "metric-name" },
+          el("div", { class: "exp-name", text: m.name }),
+          el("div", { class: "exp-key" }, [m.description, m.type].filter(Boolean).join(" · "),
+            m.guardrail ? el("span", { class: "badge guard", text: "guardrail" }) : null,
+            m.inverse ? el("span", { class: "badge guard", text: "lower is better" }) : null)));
       }
-      cells.push(el("td", {}, el("i", { class: `swatch c${variants.indexOf(v) % PALETTE.length}` }), v,
-        v === rep.control ? el("span", { class: "muted", text: " (control)" }) : null));
-      cells.push(el("td", { class: "num", "data-field": "n", text: val.n === null ? "–" : fmtInt(val.n) }));
-      cells.push(el("td", { class: "num", "data-field": "value", text: fmtValue(val.value) }));
-      if (cmp) {
-        const liftCls = cmp.significant ? (cmp.estimate > 0 ? "pos" : "neg") : "";
-        cells.push(el("td", { class: `num lift ${liftCls}`, "data-field": "lift", text: fmtPct(cmp.estimate) }));
-        cells.push(el("td", { class: "num ci-text" },
-          "[", el("span", { "data-field": "ci_low", text: fmtPct(cmp.ciLow) }), ", ",
-          el("span", { "data-field": "ci_high", text: fmtPct(cmp.ciHigh) }), "]"));
-        cells.push(el("td", { class: "ci-cell" }, ciBar(cmp, scale, cmp.significant)));
-        cells.push(el("td", { class: "num", "data-field": "p_value", text: fmtP(cmp.pValue) }));
-        cells.push(el("td", { class: "num", "data-field": "p_value_adjusted", text: fmtP(cmp.pAdjusted) }));
-        if (rep.sequential) cells.push(el("td", { class: "num", "data-field": "boundary", text: fmtPct(cmp.boundary, false) }));
-        const verdict = !cmp.significant ? "not significant" : cmp.estimate > 0 ? "significant ▲" : "significant ▼";
-        const vcls = !cmp.significant ? "neutral" : cmp.estimate > 0 ? (m.guardrail ? "ok" : "win") : "lose";
-        cells.push(el("td", {}, el("span", { class: `badge ${vcls}`, "data-field": "significant",
-          "data-significant": String(cmp.significant), text: verdict })));
+      cells.push(el("td", {}, el("i", { class: colour }), r.variant,
+        r.isControl ? el("span", { class: "muted", text: " (control)" }) : null));
+      cells.push(el("td", { class: "num", "data-field": "users", text: r.users === null ? "–" : fmtInt(r.users) }));
+      cells.push(el("td", { class: "num", "data-field": "value", text: fmtValue(r.value) }));
+      if (r.isControl) {
+        cells.push(el("td", { colspan: cols, class: "muted baseline", text: "baseline" }));
+      } else if (r.error || !r.lift) {
+        cells.push(el("td", { colspan: cols, class: "muted baseline", "data-field": "error", text: r.error || "no result" }));
       } else {
-        const empty = rep.sequential ? 7 : 6;
-        cells.push(el("td", { colspan: empty, class: "muted baseline", text: "baseline" }));
+        const v = verdict(r, m);
+        cells.push(el("td", { class: `num lift ${r.significant ? v.cls : ""}`, "data-field": "lift", text: fmt(r.lift.estimate) }));
+        cells.push(el("td", { class: "num ci-text" },
+          "[", el("span", { "data-field": "ci_low", text: fmt(r.lift.ciLow) }), ", ",
+          el("span", { "data-field": "ci_high", text: fmt(r.lift.ciHigh) }), "]"));
+        cells.push(el("td", { class: "ci-cell" }, ciBar(r.lift, scale, r.significant, v.cls)));
+        cells.push(el("td", { class: "num", "data-field": "p_value", text: fmtP(r.pValue) }));
+        cells.push(el("td", { class: "num", "data-field": "adjusted_p_value", text: fmtP(r.pAdjusted) }));
+        if (rep.sequential) {
+          cells.push(el("td", { class: "num", title: "half-width of the always-valid interval" }, "±",
+            el("span", { "data-field": "boundary", text: fmtLift(r.lift.boundary, rep.differenceType).replace(/^\+/, "") })));
+        }
+        cells.push(el("td", {}, el("span", { class: `badge ${v.cls}`, "data-field": "significant",
+          "data-significant": String(r.significant), text: v.text })));
       }
-      tbody.append(el("tr", { "data-metric": m.key, "data-variant": v, class: i === 0 ? "metric-first" : "" }, ...cells));
+      tbody.append(el("tr", { "data-metric": m.name, "data-variant": r.variant, class: i === 0 ? "metric-first" : "" }, ...cells));
     });
   }
 }
@@ -339,29 +384,27 @@ function lineChart(series, { yFormat, zeroLine = false, width = 560, height = 24
 
 function renderCharts(rep) {
   const select = document.getElementById("lift-metric");
-  if (!rep.metrics.some((m) => m.key === state.liftMetric)) state.liftMetric = rep.metrics[0]?.key ?? null;
-  select.replaceChildren(...rep.metrics.map((m) => el("option", { value: m.key, selected: m.key === state.liftMetric, text: m.name })));
+  if (!rep.metrics.some((m) => m.name === state.liftMetric)) state.liftMetric = rep.metrics[0]?.name ?? null;
+  select.replaceChildren(...rep.metrics.map((m) => el("option", { value: m.name, selected: m.name === state.liftMetric, text: m.name })));
 
-  const variants = rep.variants.length ? rep.variants : Object.keys(rep.users);
-  const treatments = variants.filter((v) => v !== rep.control);
+  const colour = (v) => colourOf(rep.variants, v);
+  const treatments = rep.variants.filter((v) => v !== rep.control);
   const liftSeries = treatments.map((v) => ({
     label: `${v} vs ${rep.control}`,
-    colour: colourOf(variants, v),
-    points: rep.timeseries
-      .map((t) => ({ t: t.t, l: t.lifts?.[state.liftMetric]?.[v] }))
-      .filter((p) => p.l && p.l.estimate !== null && p.l.estimate !== undefined)
-      .map((p) => ({ t: p.t, y: Number(p.l.estimate), lo: num(p.l.ci?.[0]), hi: num(p.l.ci?.[1]) })),
+    colour: colour(v),
+    points: rep.timeline.filter((p) => p.metric === state.liftMetric && p.variant === v && p.y !== null),
   }));
-  document.getElementById("lift-chart").replaceChildren(
-    lineChart(liftSeries, { yFormat: (y) => fmtPct(y, true, Math.abs(y) >= 0.1 || y === 0 ? 0 : 1), zeroLine: true }));
+  const axis = rep.differenceType === "absolute"
+    ? fmtCompact
+    : (y) => fmtPct(y, true, Math.abs(y) >= 0.1 || y === 0 ? 0 : 1);
+  document.getElementById("lift-chart").replaceChildren(lineChart(liftSeries, { yFormat: axis, zeroLine: true }));
 
-  const trafficSeries = variants.map((v) => ({
+  const trafficSeries = rep.variants.map((v) => ({
     label: v,
-    colour: colourOf(variants, v),
-    points: rep.timeseries.filter((t) => v in t.users).map((t) => ({ t: t.t, y: Number(t.users[v]) })),
+    colour: colour(v),
+    points: rep.traffic.filter((p) => p.variant === v),
   }));
-  document.getElementById("traffic-chart").replaceChildren(
-    lineChart(trafficSeries, { yFormat: fmtCompact, zeroLine: true }));
+  document.getElementById("traffic-chart").replaceChildren(lineChart(trafficSeries, { yFormat: fmtCompact, zeroLine: true }));
 }
 
 // ---------------------------------------------------------------- report panel
@@ -372,13 +415,13 @@ function renderReport() {
   if (!rep) { section.hidden = true; return; }
   section.hidden = false;
   section.dataset.experiment = rep.key;
-  document.getElementById("report-title").textContent = rep.name;
+  document.getElementById("report-title").textContent = rep.key;
   const mode = rep.sequential ? "sequential (always-valid)" : "fixed horizon";
   document.getElementById("report-meta").replaceChildren(
-    el("span", { text: `${rep.key} · ${rep.stage} layer · control: ${rep.control}` }),
-    el("span", { text: ` · α = ${rep.alpha ?? "–"} · correction: ${rep.correction} · ${mode}` }),
+    el("span", { text: `control: ${rep.control} · ${rep.differenceType} lift · α = ${rep.alpha ?? "–"}` }),
+    el("span", { text: ` · correction: ${rep.correction} · ${mode}` }),
     el("span", { class: "muted", text: rep.generatedAt ? ` · computed ${fmtTime(rep.generatedAt)}` : "" }));
-  const variants = rep.variants.length ? rep.variants : Object.keys(rep.users);
+  const variants = rep.variants;
   document.getElementById("report-badges").replaceChildren(statusBadge(rep.status),
     ...variants.map((v) => el("span", { class: "user-chip", "data-variant": v },
       el("i", { class: `swatch c${variants.indexOf(v) % PALETTE.length}` }), `${v} `,

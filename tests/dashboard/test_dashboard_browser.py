@@ -173,6 +173,10 @@ def _experiments(body: dict | list) -> list[dict]:
     return body if isinstance(body, list) else body["experiments"]
 
 
+def _lift(row: dict, difference_type: str) -> dict:
+    return row["absolute_lift" if difference_type == "absolute" else "relative_lift"]
+
+
 # ---------------------------------------------------------------- tests
 
 
@@ -182,58 +186,73 @@ def test_dashboard_shows_the_report_numbers(chromium, dashboard_url: str) -> Non
     _open(chromium, dashboard_url + "/")
 
     for exp in listing:
-        row = chromium.find_element("css selector", f'tr[data-experiment="{exp["key"]}"]')
-        for variant, users in exp["users"].items():
-            chip = row.find_element("css selector", f'[data-variant="{variant}"] [data-field="users"]')
-            _assert_shows(chip.text, users, f"{exp['key']} users[{variant}]")
+        key = exp["experiment_key"]
+        row = chromium.find_element("css selector", f'tr[data-experiment="{key}"]')
+        _assert_shows(_field(row, "total_users"), exp["total_users"], f"{key} total users")
+        for variant in exp["variants"]:
+            chip = row.find_element("css selector", f'[data-variant="{variant["key"]}"] [data-field="users"]')
+            _assert_shows(chip.text, variant["users"], f"{key} users[{variant['key']}]")
         srm = _field(row, "srm")
         assert srm.startswith("⚠ SRM") is bool(exp["srm"]["flagged"]), srm
-        _assert_shows(srm.split(" p")[1].lstrip("="), exp["srm"]["p_value"], f"{exp['key']} SRM p-value")
+        _assert_shows(srm.split(" p")[1].lstrip("="), exp["srm"]["p_value"], f"{key} SRM p-value")
 
     for exp in listing:
-        report = _get_json(f"{dashboard_url}/api/experiments/{quote(exp['key'])}/report")
-        _show_experiment(chromium, exp["key"])
-        control = report["experiment"]["control"]
-        sequential = report["settings"]["sequential"]
+        key = exp["experiment_key"]
+        report = _get_json(f"{dashboard_url}/api/experiments/{quote(key)}/report")
+        _show_experiment(chromium, key)
+        difference_type = report["difference_type"]
         assert chromium.find_element("id", "srm-banner").is_displayed() is bool(report["srm"]["flagged"])
-        checked = 0
+        compared = 0
         for metric in report["metrics"]:
-            comparisons = {c["variant"]: c for c in metric["comparisons"]}
             for value in metric["variants"]:
-                where = f"{exp['key']}/{metric['key']}/{value['variant']}"
+                where = f"{key}/{metric['name']}/{value['variant']}"
                 row = chromium.find_element(
                     "css selector",
-                    f'#metrics tr[data-metric="{metric["key"]}"][data-variant="{value["variant"]}"]',
+                    f'#metrics tr[data-metric="{metric["name"]}"][data-variant="{value["variant"]}"]',
                 )
-                _assert_shows(_field(row, "n"), value["n"], f"{where} n")
+                _assert_shows(_field(row, "users"), value["users"], f"{where} users")
                 _assert_shows(_field(row, "value"), value["value"], f"{where} value")
-                if value["variant"] == control:
-                    assert not row.find_elements("css selector", '[data-field="lift"]')
+                lift = None if value["is_control"] else _lift(value, difference_type)
+                if lift is None or value["error"]:
+                    assert not row.find_elements("css selector", '[data-field="lift"]'), where
                     continue
-                cmp = comparisons[value["variant"]]
-                _assert_shows(_field(row, "lift"), cmp["estimate"], f"{where} lift")
-                _assert_shows(_field(row, "ci_low"), cmp["ci"][0], f"{where} CI low")
-                _assert_shows(_field(row, "ci_high"), cmp["ci"][1], f"{where} CI high")
-                _assert_shows(_field(row, "p_value"), cmp["p_value"], f"{where} p-value")
-                _assert_shows(_field(row, "p_value_adjusted"), cmp["p_value_adjusted"], f"{where} adjusted p")
+                _assert_shows(_field(row, "lift"), lift["estimate"], f"{where} lift")
+                _assert_shows(_field(row, "ci_low"), lift["ci"][0], f"{where} CI low")
+                _assert_shows(_field(row, "ci_high"), lift["ci"][1], f"{where} CI high")
+                _assert_shows(_field(row, "p_value"), value["p_value"], f"{where} p-value")
+                _assert_shows(
+                    _field(row, "adjusted_p_value"), value["adjusted_p_value"], f"{where} adjusted p"
+                )
                 badge = row.find_element("css selector", '[data-field="significant"]')
-                assert badge.get_attribute("data-significant") == str(bool(cmp["significant"])).lower(), where
+                assert badge.get_attribute("data-significant") == str(bool(value["significant"])).lower(), (
+                    where
+                )
                 assert row.find_elements("css selector", "svg.ci-bar rect.interval"), f"{where}: no CI bar"
-                if sequential:
-                    _assert_shows(_field(row, "boundary"), cmp["boundary"], f"{where} boundary")
-                checked += 1
-        assert checked == sum(len(m["comparisons"]) for m in report["metrics"])
+                if report["sequential"]:
+                    half_width = (lift["ci"][1] - lift["ci"][0]) / 2
+                    _assert_shows(_field(row, "boundary"), half_width, f"{where} sequential boundary")
+                compared += 1
+        assert compared > 0, f"{key}: no variant was compared with control"
 
-        treatments = [v["key"] for v in report["experiment"]["variants"] if v["key"] != control]
+        treatments = [v["key"] for v in report["variants"] if not v["is_control"]]
         shown_metric = chromium.find_element("id", "lift-metric").get_attribute("value")
-        assert shown_metric in {m["key"] for m in report["metrics"]}
+        assert shown_metric in {m["name"] for m in report["metrics"]}
         lift_lines = chromium.find_elements("css selector", "#lift-chart polyline")
-        assert len(lift_lines) == len(treatments)
+        assert [line.get_attribute("data-series").split(" vs ")[0] for line in lift_lines] == treatments
         for line, variant in zip(lift_lines, treatments, strict=True):
-            points = [t for t in report["timeseries"] if variant in t["lifts"].get(shown_metric, {})]
+            points = [
+                p
+                for p in report["timeline"]
+                if p["metric"] == shown_metric and p["variant"] == variant and p["estimate"] is not None
+            ]
             assert len(line.get_attribute("points").split()) == len(points)
         traffic_lines = chromium.find_elements("css selector", "#traffic-chart polyline")
-        assert sorted(line.get_attribute("data-series") for line in traffic_lines) == sorted(report["users"])
+        assert [line.get_attribute("data-series") for line in traffic_lines] == [
+            v["key"] for v in report["variants"]
+        ]
+        for line, variant in zip(traffic_lines, report["variants"], strict=True):
+            points = [p for p in report["traffic"] if p["variant"] == variant["key"]]
+            assert len(line.get_attribute("points").split()) == len(points)
 
     errors = [e for e in chromium.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, f"browser console errors: {errors}"
@@ -248,10 +267,11 @@ def test_dashboard_screenshot(chromium, dashboard_url: str) -> None:
     listing = _experiments(_get_json(f"{dashboard_url}/api/experiments"))
     ARTIFACTS.mkdir(exist_ok=True)
     for i, exp in enumerate(listing):
-        _open(chromium, f"{dashboard_url}/#/{quote(exp['key'])}")
+        key = exp["experiment_key"]
+        _open(chromium, f"{dashboard_url}/#/{quote(key)}")
         _wait(
             chromium,
-            lambda d, key=exp["key"]: d.find_element("id", "report").get_attribute("data-experiment") == key,
+            lambda d, key=key: d.find_element("id", "report").get_attribute("data-experiment") == key,
         )
         height = (
             int(
@@ -271,7 +291,7 @@ def test_dashboard_screenshot(chromium, dashboard_url: str) -> None:
         )
         png = base64.b64decode(shot["data"])
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
-        for target in [ARTIFACTS / f"dashboard-{exp['key']}.png"] + (
+        for target in [ARTIFACTS / f"dashboard-{key}.png"] + (
             [ARTIFACTS / "dashboard.png"] if i == 0 else []
         ):
             target.write_bytes(png)
@@ -285,3 +305,29 @@ def test_dashboard_refreshes_by_itself(chromium, dashboard_url: str) -> None:
         lambda d: int(d.find_element("tag name", "body").get_attribute("data-loaded")) >= loads + 2,
         10,
     )
+
+
+def test_fixture_follows_the_report_schema() -> None:
+    """The fixture keeps the exact field names of analytics.report's dataclasses."""
+    from dataclasses import fields
+
+    from analytics import report as schema
+
+    def names(cls: type) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+    fixture = json.loads(FIXTURE.read_text())
+    for summary in fixture["experiments"]:
+        assert set(summary) == names(schema.ExperimentSummary)
+        assert all(set(v) == names(schema.VariantSummary) for v in summary["variants"])
+        assert set(summary["srm"]) == names(schema.SrmResult)
+    for report in fixture["reports"].values():
+        assert set(report) == names(schema.ExperimentReport)
+        for metric in report["metrics"]:
+            assert set(metric) == names(schema.MetricReport)
+            for row in metric["variants"]:
+                assert set(row) == names(schema.VariantMetricResult)
+                for lift in (row["absolute_lift"], row["relative_lift"]):
+                    assert lift is None or set(lift) == names(schema.Lift)
+        assert all(set(p) == names(schema.TimelinePoint) for p in report["timeline"])
+        assert all(set(p) == names(schema.TrafficPoint) for p in report["traffic"])
