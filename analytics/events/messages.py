@@ -1,0 +1,155 @@
+"""Build and encode Exposure/Outcome events from plain values, so callers need not touch protobuf.
+
+Events travel as ``EventBatch`` records. A batch is the protobuf concatenation of its ``events`` entries, so we
+serialise each event once and frame it (tag + length) when batching: no re-encoding per batch.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+
+from analytics.events.errors import InvalidEvent
+from proto import common_pb2, events_pb2
+
+SCHEMA_VERSION = events_pb2.SCHEMA_VERSION_1
+KNOWN_SCHEMA_VERSIONS = frozenset({events_pb2.SCHEMA_VERSION_1})
+_BATCH_EVENTS_TAG = b"\x0a"  # field 1 (events), wire type 2 (length-delimited)
+
+
+def new_event_id() -> str:
+    """A unique event id (uuid4, 32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def make_exposure(
+    user_id: str,
+    experiment_key: str,
+    variant_key: str,
+    *,
+    request_id: str = "",
+    variation_id: int = 0,
+    stage: str = "ranking",
+    event_time_ms: int | None = None,
+    model_name: str = "",
+    model_version: str = "",
+    item_ids: Sequence[int] = (),
+    event_id: str | None = None,
+) -> events_pb2.Exposure:
+    """An Exposure with a fresh event id, the current schema version and (by default) the current time.
+
+    Raises:
+        InvalidEvent: when user_id, experiment_key or variant_key is empty.
+    """
+    for name, value in (
+        ("user_id", user_id),
+        ("experiment_key", experiment_key),
+        ("variant_key", variant_key),
+    ):
+        if not value:
+            raise InvalidEvent(f"Exposure.{name} must not be empty")
+    return events_pb2.Exposure(
+        event_id=event_id or new_event_id(),
+        schema_version=SCHEMA_VERSION,
+        request_id=request_id,
+        user_id=user_id,
+        experiment_key=experiment_key,
+        variant_key=variant_key,
+        variation_id=variation_id,
+        stage=stage,
+        event_time_ms=now_ms() if event_time_ms is None else event_time_ms,
+        model=common_pb2.ModelRef(name=model_name, version=model_version),
+        item_ids=item_ids,
+    )
+
+
+def make_outcome(
+    user_id: str,
+    metric: str,
+    value: float = 1.0,
+    *,
+    request_id: str = "",
+    experiment_key: str = "",
+    variant_key: str = "",
+    event_time_ms: int | None = None,
+    item_id: int = 0,
+    event_id: str | None = None,
+) -> events_pb2.Outcome:
+    """An Outcome (metric + value) with a fresh event id, the current schema version and time.
+
+    Raises:
+        InvalidEvent: when user_id or metric is empty.
+    """
+    for name, field in (("user_id", user_id), ("metric", metric)):
+        if not field:
+            raise InvalidEvent(f"Outcome.{name} must not be empty")
+    return events_pb2.Outcome(
+        event_id=event_id or new_event_id(),
+        schema_version=SCHEMA_VERSION,
+        request_id=request_id,
+        user_id=user_id,
+        experiment_key=experiment_key,
+        variant_key=variant_key,
+        event_time_ms=now_ms() if event_time_ms is None else event_time_ms,
+        metric=metric,
+        value=float(value),
+        item_id=item_id,
+    )
+
+
+def complete(message: events_pb2.Exposure | events_pb2.Outcome) -> None:
+    """Fill event id, schema version and event time in place when the caller left them unset.
+
+    Raises:
+        InvalidEvent: when the user id is missing or the schema version is unknown.
+    """
+    if not message.user_id:
+        raise InvalidEvent(f"{type(message).__name__}.user_id must not be empty")
+    if not message.event_id:
+        message.event_id = new_event_id()
+    if message.schema_version == events_pb2.SCHEMA_VERSION_UNSPECIFIED:
+        message.schema_version = SCHEMA_VERSION
+    elif message.schema_version not in KNOWN_SCHEMA_VERSIONS:
+        raise InvalidEvent(f"{type(message).__name__}.schema_version {message.schema_version} is unknown")
+    if not message.event_time_ms:
+        message.event_time_ms = now_ms()
+
+
+def encode_exposure(exposure: events_pb2.Exposure) -> bytes:
+    """Serialise one exposure as an ``Event``."""
+    return events_pb2.Event(exposure=exposure).SerializeToString()
+
+
+def encode_outcome(outcome: events_pb2.Outcome) -> bytes:
+    """Serialise one outcome as an ``Event``."""
+    return events_pb2.Event(outcome=outcome).SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def frame_batch(encoded_events: Iterable[bytes]) -> bytes:
+    """Join serialised ``Event`` messages into a serialised ``EventBatch``."""
+    return b"".join(_BATCH_EVENTS_TAG + _varint(len(ev)) + ev for ev in encoded_events)
+
+
+def framed_size(encoded_event: bytes) -> int:
+    """Bytes one event takes inside a batch."""
+    return 1 + len(_varint(len(encoded_event))) + len(encoded_event)
+
+
+def decode_batch(value: bytes) -> events_pb2.EventBatch:
+    """Parse a Kafka record value."""
+    return events_pb2.EventBatch.FromString(value)

@@ -1,0 +1,13 @@
+"""Exceptions of analytics.store."""
+
+
+class StoreError(Exception):
+    """Root exception of analytics.store."""
+
+
+class StoreClosed(StoreError):
+    """The store was used after close()."""
+
+
+class OffsetBackwards(StoreError, ValueError):
+    """An offset older than the one already applied for its partition was offered."""

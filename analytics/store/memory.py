@@ -1,0 +1,113 @@
+"""In-memory EventStore: same semantics as the SQLite store, nothing survives the process (tests, notebooks)."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+
+from analytics.store.base import EventStore, ExposureRow, OutcomeRow, TopicPartition
+from analytics.store.exceptions import OffsetBackwards
+
+
+class MemoryEventStore(EventStore):
+    """Dict-backed store; thread-safe, applies each call atomically."""
+
+    def __init__(self, attribution_window_ms: int | None = None) -> None:
+        super().__init__(attribution_window_ms)
+        self._lock = threading.Lock()
+        # experiment -> user -> [first_ms, first_event_id, variant, last_ms]
+        self._exposures: dict[str, dict[str, list]] = defaultdict(dict)
+        # user -> {(metric, ts, event_id): value}
+        self._outcomes: dict[str, dict[tuple[str, int, str], float]] = defaultdict(dict)
+        self._offsets: dict[TopicPartition, int] = {}
+
+    def apply(
+        self,
+        exposures: Sequence[ExposureRow],
+        outcomes: Sequence[OutcomeRow],
+        offsets: Mapping[TopicPartition, int],
+    ) -> None:
+        with self._lock:
+            for tp, offset in offsets.items():
+                applied = self._offsets.get(TopicPartition(*tp))
+                if applied is not None and offset < applied:
+                    raise OffsetBackwards(
+                        f"{tp[0]}[{tp[1]}]: offset {offset} is behind the applied offset {applied}"
+                    )
+            for event_id, experiment, variant, user, ts in exposures:
+                state = self._exposures[experiment].get(user)
+                if state is None:
+                    self._exposures[experiment][user] = [ts, event_id, variant, ts]
+                    continue
+                if (ts, event_id) < (state[0], state[1]):
+                    state[0], state[1], state[2] = ts, event_id, variant
+                state[3] = max(state[3], ts)
+            for event_id, user, metric, ts, value in outcomes:
+                self._outcomes[user].setdefault((metric, ts, event_id), value)
+            for tp, offset in offsets.items():
+                self._offsets[TopicPartition(*tp)] = offset
+
+    def offsets(self) -> dict[TopicPartition, int]:
+        with self._lock:
+            return dict(self._offsets)
+
+    def experiments(self) -> list[str]:
+        with self._lock:
+            return sorted(k for k, users in self._exposures.items() if users)
+
+    def variant_counts(self, experiment_key: str) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        with self._lock:
+            for state in self._exposures.get(experiment_key, {}).values():
+                counts[state[2]] += 1
+        return dict(sorted(counts.items()))
+
+    def user_metric_values(
+        self, experiment_key: str, metric: str, until_ms: int | None = None
+    ) -> Iterator[tuple[str, float, int, float]]:
+        until = float("inf") if until_ms is None else until_ms
+        rows = []
+        with self._lock:
+            for user, (first_ms, _, variant, _) in sorted(self._exposures.get(experiment_key, {}).items()):
+                if first_ms > until:
+                    continue
+                end = self._window_end(first_ms)
+                total, n, pre = 0.0, 0, 0.0
+                for (m, ts, _), value in self._outcomes.get(user, {}).items():
+                    if m != metric:
+                        continue
+                    if ts < first_ms:
+                        pre += value
+                    elif ts < end and ts <= until:
+                        total += value
+                        n += 1
+                rows.append((variant, total, n, pre))
+        return iter(rows)
+
+    def exposure_timeline(self, experiment_key: str, bucket_ms: int) -> list[tuple[int, str, int]]:
+        if bucket_ms <= 0:
+            raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
+        counts: dict[tuple[int, str], int] = defaultdict(int)
+        with self._lock:
+            for first_ms, _, variant, _ in self._exposures.get(experiment_key, {}).values():
+                counts[(first_ms // bucket_ms * bucket_ms, variant)] += 1
+        return [(b, v, n) for (b, v), n in sorted(counts.items())]
+
+    def time_range(self, experiment_key: str) -> tuple[int, int]:
+        with self._lock:
+            states = list(self._exposures.get(experiment_key, {}).values())
+        if not states:
+            return (0, 0)
+        return (min(s[0] for s in states), max(s[3] for s in states))
+
+    def metrics(self) -> list[str]:
+        with self._lock:
+            return sorted({key[0] for per_user in self._outcomes.values() for key in per_user})
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "exposed_users": sum(len(u) for u in self._exposures.values()),
+                "outcomes": sum(len(o) for o in self._outcomes.values()),
+            }
