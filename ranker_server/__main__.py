@@ -1,0 +1,127 @@
+"""``python -m ranker_server``: parse flags into ``ServerSettings`` and serve (nothing else happens here)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ranker_server.config import BatchingSettings, RuntimeSettings, ServerSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ranker_server",
+        description=(
+            "Serve Rank over gRPC for every ranking variant of the running experiments. Loads each model "
+            "version the experiment config names from the model repository, hot-reloads new versions and "
+            "config changes, logs exposures to Kafka."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = ServerSettings.model_fields
+    b, r = BatchingSettings.model_fields, RuntimeSettings.model_fields
+    parser.add_argument(
+        "--repository", type=Path, required=True, help="model repository: <name>/<version>/ packages"
+    )
+    parser.add_argument("--experiments", type=Path, required=True, help="experiment config (YAML or JSON)")
+    parser.add_argument(
+        "--host", default=d["host"].default, help="address to bind; 0.0.0.0 for all interfaces"
+    )
+    parser.add_argument("--port", type=int, default=d["port"].default, help="gRPC port (0 = pick a free one)")
+    parser.add_argument("--metrics-port", type=int, default=d["metrics_port"].default,
+                        help="Prometheus port (0 = off); worker i of --workers uses PORT+i")  # fmt: skip
+    parser.add_argument(
+        "--retrieval", metavar="HOST:PORT", help="retrieval service for requests without candidates"
+    )
+    parser.add_argument(
+        "--retrieve-k", type=int, default=d["retrieve_k"].default, help="candidates to retrieve"
+    )
+    parser.add_argument(
+        "--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers for exposure events (off if unset)"
+    )
+    parser.add_argument("--exposure-topic", default=d["exposure_topic"].default)
+    parser.add_argument("--workers", type=int, default=d["workers"].default,
+                        help="server processes sharing the port through SO_REUSEPORT")  # fmt: skip
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain; enables TLS with --tls-key")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key")
+    parser.add_argument(
+        "--auth-token-file", type=Path, help="file holding the bearer token clients must send"
+    )
+    parser.add_argument("--max-candidates", type=int, default=d["max_candidates"].default,
+                        help="larger requests get INVALID_ARGUMENT")  # fmt: skip
+    parser.add_argument("--default-timeout", type=float, default=d["default_timeout_s"].default,
+                        help="seconds allowed to a request that sets no deadline")  # fmt: skip
+    parser.add_argument("--poll-interval", type=float, default=d["poll_interval_s"].default,
+                        help="seconds between checks for new model versions")  # fmt: skip
+    parser.add_argument(
+        "--grace", type=float, default=d["grace_s"].default, help="shutdown drain period, seconds"
+    )
+    parser.add_argument("--max-batch-rows", type=int, default=b["max_batch_rows"].default,
+                        help="candidate rows per ONNX Runtime call")  # fmt: skip
+    parser.add_argument("--max-delay-ms", type=float, default=b["max_delay_ms"].default,
+                        help="how long a batch waits to fill up")  # fmt: skip
+    parser.add_argument("--max-queue-rows", type=int, default=b["max_queue_rows"].default,
+                        help="queued rows per model version before RESOURCE_EXHAUSTED")  # fmt: skip
+    parser.add_argument("--intra-op-threads", type=int, default=r["intra_op_threads"].default,
+                        help="ONNX Runtime threads per call (0 = one per core)")  # fmt: skip
+    parser.add_argument("--inference-threads", type=int, default=r["inference_threads"].default,
+                        help="concurrent ONNX Runtime calls")  # fmt: skip
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    return ServerSettings(
+        repository=args.repository,
+        experiments=args.experiments,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
+        retrieval=args.retrieval,
+        retrieve_k=args.retrieve_k,
+        kafka=args.kafka,
+        exposure_topic=args.exposure_topic,
+        workers=args.workers,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        auth_token_file=args.auth_token_file,
+        max_candidates=args.max_candidates,
+        default_timeout_s=args.default_timeout,
+        poll_interval_s=args.poll_interval,
+        grace_s=args.grace,
+        batching=BatchingSettings(
+            max_batch_rows=args.max_batch_rows,
+            max_delay_ms=args.max_delay_ms,
+            max_queue_rows=args.max_queue_rows,
+        ),
+        runtime=RuntimeSettings(
+            intra_op_threads=args.intra_op_threads, inference_threads=args.inference_threads
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        parser.error(problems)
+    from ranker_server.app import run  # after parsing: --help stays fast and needs no model libraries
+    from ranker_server.errors import RankerError
+
+    try:
+        return run(settings)
+    except RankerError as exc:
+        print(f"ranker_server: {exc.reason}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

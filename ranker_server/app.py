@@ -1,0 +1,124 @@
+"""Runs the server process(es) from ``ServerSettings``: wiring, signal handling, ``--workers N`` forking."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ranker_server import metrics
+from ranker_server.config import ServerSettings
+from ranker_server.errors import SettingsError
+from ranker_server.retrieval_client import RetrievalClient
+from ranker_server.routing import RouterSource, StaticRouterSource
+from ranker_server.server import RankerServer, TlsFiles
+
+logger = logging.getLogger(__name__)
+
+
+def router_source(settings: ServerSettings) -> RouterSource:
+    """The experiment router for ``settings.experiments``, hot-reloaded when the router package offers it.
+
+    Payloads naming a model that is not in the repository are rejected at load (with file, key and line).
+    """
+    from experiment_router import Router
+
+    def model_exists(stage: str, name: str, version: str) -> bool:
+        return stage != "ranking" or (settings.repository / name / version / "manifest.json").is_file()
+
+    try:
+        from experiment_router.reload import ConfigWatcher
+    except ImportError:
+        return StaticRouterSource(Router.from_file(settings.experiments, model_exists=model_exists))
+    return ConfigWatcher(settings.experiments, model_exists=model_exists)  # type: ignore[return-value]
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"{what} {path}: {exc.strerror}") from None
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: ServerSettings, source: RouterSource) -> AsyncIterator[RankerServer]:
+    """Start a fully wired server; stop it (gracefully) on exit."""
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = TlsFiles(_read(settings.tls_cert, "--tls-cert"), _read(settings.tls_key, "--tls-key"))
+    token = None
+    if settings.auth_token_file is not None:
+        token = _read(settings.auth_token_file, "--auth-token-file").decode().strip()
+        if not token:
+            raise SettingsError(f"--auth-token-file {settings.auth_token_file}: the file is empty")
+    producer = None
+    if settings.kafka:
+        from analytics.events.producer import EventProducer
+
+        producer = EventProducer(
+            settings.kafka, exposures_topic=settings.exposure_topic, client_id="mtrank-ranker"
+        )
+    retrieval = RetrievalClient(settings.retrieval) if settings.retrieval else None
+    server = RankerServer(settings, source, producer, retrieval, token, tls)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+        if retrieval is not None:
+            await retrieval.close()
+        if producer is not None:
+            producer.close()
+
+
+async def serve(settings: ServerSettings, worker: int = 0) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully."""
+    metrics.serve_metrics(settings.metrics_port + worker if settings.metrics_port else 0)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_server(settings, router_source(settings)):
+        await stop.wait()
+        logger.info("worker %d: shutting down", worker)
+
+
+def _worker_main(settings: ServerSettings, worker: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(serve(settings, worker))
+
+
+def run(settings: ServerSettings) -> int:
+    """Run one server, or fork ``settings.workers`` processes sharing the port (SO_REUSEPORT).
+
+    The fork happens before any gRPC server or channel exists in this process, as gRPC requires.
+    """
+    if settings.workers == 1:
+        asyncio.run(serve(settings))
+        return 0
+    if settings.port == 0:
+        raise SettingsError("--workers > 1 needs a fixed --port (the workers share it)")
+    context = multiprocessing.get_context("fork")
+    workers = [
+        context.Process(target=_worker_main, args=(settings, i), daemon=False)
+        for i in range(settings.workers)
+    ]
+    for process in workers:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in workers:  # each worker drains gracefully on SIGTERM
+            if process.is_alive():
+                process.terminate()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for process in workers:
+        process.join()
+    return max((p.exitcode or 0) for p in workers)

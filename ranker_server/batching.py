@@ -1,0 +1,193 @@
+"""Micro-batching of concurrent requests for one (model version, variant), after Triton's dynamic batcher.
+
+Requests queue as chunks of at most ``max_batch_rows`` rows (a very large candidate list is split); a worker
+takes queued chunks up to ``max_batch_rows`` rows, waiting at most ``max_delay_ms`` for more, runs them as one
+ONNX Runtime call in an executor thread and hands each request its slice. The queue is bounded in rows: a
+full queue answers at once (``QueueFull``) instead of growing latency without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ranker_server import metrics
+from ranker_server.config import BatchingSettings
+from ranker_server.errors import DeadlineExceeded, ModelNotReady, QueueFull
+
+logger = logging.getLogger(__name__)
+
+RunFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class _Chunk:
+    sparse: np.ndarray
+    dense: np.ndarray
+    deadline: float | None  # loop time
+    future: asyncio.Future[np.ndarray]
+    enqueued: float = field(default_factory=time.perf_counter)
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return len(self.sparse)
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """Where a request's time went, for the queue/compute histograms."""
+
+    queue_s: float
+    compute_s: float
+
+
+class MicroBatcher:
+    """Batches the requests of one (model version, variant); never mixes variants or versions."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        settings: BatchingSettings,
+        executor: Executor,
+        model: str,
+        version: str,
+        workers: int = 1,
+    ) -> None:
+        self._run = run
+        self._settings = settings
+        self._executor = executor
+        self._labels = (model, version)
+        self._queue: deque[_Chunk] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._tasks = [asyncio.get_running_loop().create_task(self._worker()) for _ in range(workers)]
+
+    async def infer(
+        self, sparse: np.ndarray, dense: np.ndarray, deadline: float | None = None
+    ) -> tuple[np.ndarray, BatchTiming]:
+        """Logits for every row, and the time spent queued and computing; ``deadline`` is loop time.
+
+        Raises:
+            QueueFull: when the queue cannot take these rows now.
+            ModelNotReady: when the batcher is shutting down.
+            DeadlineExceeded: when the deadline passed before the rows were scored.
+        """
+        if self._closing:
+            raise ModelNotReady(f"model {'/'.join(self._labels)} is shutting down")
+        rows = len(sparse)
+        if self._queued_rows + rows > self._settings.max_queue_rows:
+            raise QueueFull(
+                f"model {'/'.join(self._labels)}: {self._queued_rows} rows queued, limit "
+                f"{self._settings.max_queue_rows}; retry with backoff"
+            )
+        loop = asyncio.get_running_loop()
+        step = self._settings.max_batch_rows
+        chunks = [
+            _Chunk(sparse[i : i + step], dense[i : i + step], deadline, loop.create_future())
+            for i in range(0, max(rows, 1), step)
+        ]
+        self._queue.extend(chunks)
+        self._queued_rows += rows
+        metrics.QUEUE_ROWS.labels(*self._labels).set(self._queued_rows)
+        self._wakeup.set()
+        try:
+            parts = await asyncio.gather(*(c.future for c in chunks))
+        finally:
+            for chunk in chunks:  # a cancelled request (client gone, deadline): the worker skips its chunks
+                if not chunk.future.done():
+                    chunk.future.cancel()
+        timing = BatchTiming(max(c.queue_s for c in chunks), sum(c.compute_s for c in chunks))
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), timing
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop the workers."""
+        self._closing = True
+        while self._queue:
+            await asyncio.sleep(0.005)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _next_batch(self) -> list[_Chunk]:
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        batch = [self._queue.popleft()]
+        rows = batch[0].rows
+        limit = self._settings.max_batch_rows
+        wait_until = time.perf_counter() + self._settings.max_delay_ms / 1000
+        while rows < limit:
+            if not self._queue:
+                remaining = wait_until - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+                continue
+            if rows + self._queue[0].rows > limit:
+                break
+            chunk = self._queue.popleft()
+            batch.append(chunk)
+            rows += chunk.rows
+        return batch
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            self._queued_rows -= sum(c.rows for c in batch)
+            metrics.QUEUE_ROWS.labels(*self._labels).set(self._queued_rows)
+            now = loop.time()
+            live = []
+            for chunk in batch:
+                if chunk.future.done():  # cancelled by its caller
+                    continue
+                if chunk.deadline is not None and now > chunk.deadline:
+                    chunk.future.set_exception(DeadlineExceeded("deadline passed while queued"))
+                    continue
+                live.append(chunk)
+            if live:
+                await self._execute(live)
+
+    async def _execute(self, batch: list[_Chunk]) -> None:
+        started = time.perf_counter()
+        sparse = batch[0].sparse if len(batch) == 1 else np.concatenate([c.sparse for c in batch])
+        dense = batch[0].dense if len(batch) == 1 else np.concatenate([c.dense for c in batch])
+        try:
+            logits = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run, sparse, dense
+            )
+        except Exception as exc:  # the graph failed on this input: every request in the batch learns it
+            logger.exception("model %s: batch of %d rows failed", "/".join(self._labels), len(sparse))
+            for chunk in batch:
+                if not chunk.future.done():
+                    chunk.future.set_exception(exc)
+            return
+        compute = time.perf_counter() - started
+        metrics.EXEC_COUNT.labels(*self._labels).inc()
+        metrics.INFERENCE_COUNT.labels(*self._labels).inc(len(sparse))
+        metrics.BATCH_SIZE.labels(*self._labels).observe(len(sparse))
+        offset = 0
+        for chunk in batch:
+            chunk.queue_s = started - chunk.enqueued
+            chunk.compute_s = compute
+            if not chunk.future.done():
+                chunk.future.set_result(logits[offset : offset + chunk.rows])
+            offset += chunk.rows

@@ -1,0 +1,74 @@
+"""Server settings: one validated pydantic model built from the command line (see ``__main__``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class BatchingSettings(BaseModel):
+    """Micro-batching per (model version, variant), after Triton's dynamic batcher."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_rows: int = Field(2048, ge=1, description="most candidate rows in one ONNX Runtime call")
+    max_delay_ms: float = Field(
+        0.0,
+        ge=0.0,
+        description="how long a batch waits for more requests; 0 = take what queued while the previous batch ran",
+    )
+    max_queue_rows: int = Field(
+        65536, ge=1, description="rows waiting per model version before RESOURCE_EXHAUSTED"
+    )
+
+
+class RuntimeSettings(BaseModel):
+    """ONNX Runtime session options. Defaults chosen by measurement (benchmarks/results/ranker.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    intra_op_threads: int = Field(0, ge=0, description="0 = one per available core")
+    inter_op_threads: int = Field(1, ge=1)
+    allow_spinning: bool = Field(
+        False, description="spin-wait threads: faster alone, wasteful on shared cores"
+    )
+    inference_threads: int = Field(2, ge=1, description="executor threads calling session.run concurrently")
+    golden_rtol: float = 1e-3
+    golden_atol: float = 1e-4
+    warmup_rows: tuple[int, ...] = (1, 64, 512)
+
+
+class ServerSettings(BaseModel):
+    """Everything ``python -m ranker_server`` can be told; ``extra="forbid"`` makes typos fail loudly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repository: Path
+    experiments: Path
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics endpoint")
+    retrieval: str | None = Field(None, description="HOST:PORT of the retrieval service")
+    retrieve_k: int = Field(200, ge=1)
+    retrieval_timeout_s: float = Field(1.0, gt=0)
+    kafka: str | None = Field(None, description="bootstrap servers for exposure events")
+    exposure_topic: str = "mtrank.exposures"
+    exposure_buffer: int = Field(10000, ge=1)
+    workers: int = Field(1, ge=1)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth_token_file: Path | None = None
+    max_candidates: int = Field(5000, ge=1)
+    default_timeout_s: float = Field(5.0, gt=0, description="deadline applied when the client sets none")
+    poll_interval_s: float = Field(5.0, gt=0)
+    grace_s: float = Field(10.0, ge=0)
+    batching: BatchingSettings = BatchingSettings()
+    runtime: RuntimeSettings = RuntimeSettings()
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self

@@ -1,0 +1,130 @@
+"""Asynchronous exposure logging: a bounded buffer drained into an event sink off the request path.
+
+``log`` never blocks and never raises: when the buffer is full the events are dropped and counted
+(``mtrank_exposures_dropped``). The sink is ``analytics.events.producer.EventProducer`` in production; any
+object with ``send_exposures(list[Exposure])`` works (tests use ``MemorySink``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from proto import common_pb2, events_pb2
+from ranker_server import metrics
+
+logger = logging.getLogger(__name__)
+
+
+class ExposureSink(Protocol):
+    def send_exposures(self, exposures: list[events_pb2.Exposure]) -> None: ...
+
+
+class MemorySink:
+    """Keeps every exposure in a list: for tests and for running without Kafka."""
+
+    def __init__(self) -> None:
+        self.exposures: list[events_pb2.Exposure] = []
+
+    def send_exposures(self, exposures: list[events_pb2.Exposure]) -> None:
+        self.exposures.extend(exposures)
+
+
+@dataclass(frozen=True)
+class ExposureRecord:
+    """What the data plane knows about one exposure; turned into the event off the request path."""
+
+    request_id: str
+    user_id: str
+    experiment_key: str
+    variant_key: str
+    variation_id: int
+    stage: str
+    model_name: str
+    model_version: str
+    item_ids: Sequence[int]
+    event_time_ms: int
+
+
+def to_event(record: ExposureRecord) -> events_pb2.Exposure:
+    return events_pb2.Exposure(
+        event_id=uuid.uuid4().hex,
+        schema_version=events_pb2.SCHEMA_VERSION_1,
+        request_id=record.request_id,
+        user_id=record.user_id,
+        experiment_key=record.experiment_key,
+        variant_key=record.variant_key,
+        variation_id=record.variation_id,
+        stage=record.stage,
+        event_time_ms=record.event_time_ms,
+        model=common_pb2.ModelRef(name=record.model_name, version=record.model_version),
+        item_ids=list(record.item_ids),
+    )
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ExposureLogger:
+    """Buffers exposure records (at most ``capacity``) and hands them to ``sink`` in batches."""
+
+    def __init__(self, sink: ExposureSink, capacity: int = 10000, batch_size: int = 500) -> None:
+        self._sink = sink
+        self._capacity = capacity
+        self._batch_size = batch_size
+        self._buffer: deque[ExposureRecord] = deque()
+        self._wakeup = asyncio.Event()
+        # One dedicated thread: the sink's own work never competes with the inference executor.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exposures")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._drain_forever())
+
+    def log(self, records: Sequence[ExposureRecord]) -> None:
+        """Queue ``records``; drops (and counts) those that do not fit. Never blocks or raises."""
+        room = self._capacity - len(self._buffer)
+        if room < len(records):
+            metrics.EXPOSURES_DROPPED.inc(len(records) - max(room, 0))
+            records = records[: max(room, 0)]
+        self._buffer.extend(records)
+        metrics.EXPOSURE_BUFFER.set(len(self._buffer))
+        if records:
+            self._wakeup.set()
+
+    async def _drain_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            await self._drain()
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._buffer:
+            batch = [self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))]
+            metrics.EXPOSURE_BUFFER.set(len(self._buffer))
+            try:
+                await loop.run_in_executor(self._thread, self._send, batch)
+                metrics.EXPOSURES_SENT.inc(len(batch))
+            except Exception:  # the producer promises not to raise; if it does, count the loss and go on
+                logger.exception("exposure sink failed; %d events dropped", len(batch))
+                metrics.EXPOSURES_DROPPED.inc(len(batch))
+
+    def _send(self, batch: list[ExposureRecord]) -> None:
+        self._sink.send_exposures([to_event(r) for r in batch])
+
+    async def close(self) -> None:
+        """Hand over what is buffered, then stop (the sink's own flush/close is its owner's job)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._drain()
+        self._thread.shutdown(wait=True)

@@ -1,0 +1,106 @@
+"""Server interceptors: the single place where exceptions become gRPC status codes, and bearer-token auth."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from ranker_server import errors
+
+logger = logging.getLogger(__name__)
+
+_CODES: tuple[tuple[type[errors.RankerError], grpc.StatusCode], ...] = (
+    (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.ModelNotReady, grpc.StatusCode.UNAVAILABLE),
+    (errors.UpstreamError, grpc.StatusCode.UNAVAILABLE),
+    (errors.QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+)
+
+# Health probes must work without a token (orchestrators do not send one).
+_PUBLIC_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and the message the client sees for ``exc``; unexpected errors stay generic."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code, exc.reason
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+def _wrap_unary(
+    handler: grpc.RpcMethodHandler, behavior: Callable[[Any, aio.ServicerContext], Awaitable[Any]]
+) -> grpc.RpcMethodHandler:
+    return grpc.unary_unary_rpc_method_handler(
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class ExceptionToStatusInterceptor(aio.ServerInterceptor):
+    """Maps ``RankerError`` subclasses to status codes (after KServe's interceptor of the same name)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        method = handler_call_details.method
+
+        async def behavior(request: Any, context: aio.ServicerContext) -> Any:
+            try:
+                return await inner(request, context)
+            except errors.RankerError as exc:
+                code, message = status_for(exc)
+                logger.debug("%s -> %s: %s", method, code.name, message)
+            except aio.AbortError:
+                raise
+            except Exception:
+                logger.exception("%s failed", method)
+                code, message = grpc.StatusCode.INTERNAL, "internal error"
+            await context.abort(code, message)
+
+        return _wrap_unary(handler, behavior)
+
+
+class BearerTokenInterceptor(aio.ServerInterceptor):
+    """Rejects calls whose ``authorization`` metadata is not ``Bearer <token>`` (health checks excepted)."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("the bearer token must be non-empty")
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if handler_call_details.method in _PUBLIC_METHODS:
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = metadata.get("authorization", "")
+        given_bytes = given.encode() if isinstance(given, str) else given
+        if hmac.compare_digest(given_bytes, self._expected):
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+
+        async def deny(request: Any, context: aio.ServicerContext) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+
+        if handler is None or handler.unary_unary is None:
+            return grpc.unary_unary_rpc_method_handler(deny)
+        return _wrap_unary(handler, deny)

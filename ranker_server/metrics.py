@@ -1,0 +1,78 @@
+"""Prometheus metrics, named after Triton's (nv_inference_* -> mtrank_inference_*) where the meaning matches.
+
+Module-level so that several servers in one process (tests) share one registry; with ``--workers N`` each
+worker serves its own endpoint on ``metrics_port + worker index``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Enum, Gauge, Histogram, start_http_server
+
+MODEL_LABELS = ("model", "version")
+VARIANT_LABELS = ("model", "version", "variant")
+
+# Latency buckets in seconds, from 100 us to 5 s.
+_LATENCY = (1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+REQUEST_SUCCESS = Counter(
+    "mtrank_inference_request_success", "Rank requests answered successfully", VARIANT_LABELS
+)
+REQUEST_FAILURE = Counter(
+    "mtrank_inference_request_failure", "Rank requests that failed, by reason", (*VARIANT_LABELS, "reason")
+)
+INFERENCE_COUNT = Counter(
+    "mtrank_inference_count", "Candidate rows scored (Triton: inferences)", MODEL_LABELS
+)
+EXEC_COUNT = Counter("mtrank_inference_exec_count", "ONNX Runtime batch executions", MODEL_LABELS)
+REQUEST_DURATION = Histogram(
+    "mtrank_inference_request_duration_seconds",
+    "Rank request time in the server",
+    VARIANT_LABELS,
+    buckets=_LATENCY,
+)
+QUEUE_DURATION = Histogram(
+    "mtrank_inference_queue_duration_seconds",
+    "Time a request waited for a batch",
+    VARIANT_LABELS,
+    buckets=_LATENCY,
+)
+COMPUTE_DURATION = Histogram(
+    "mtrank_inference_compute_infer_duration_seconds",
+    "ONNX Runtime time of the batches a request was in",
+    VARIANT_LABELS,
+    buckets=_LATENCY,
+)
+BATCH_SIZE = Histogram(
+    "mtrank_inference_batch_size",
+    "Rows per ONNX Runtime execution",
+    MODEL_LABELS,
+    buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
+)
+QUEUE_ROWS = Gauge(
+    "mtrank_inference_pending_rows", "Rows waiting in a model version's batch queue", MODEL_LABELS
+)
+MODEL_STATE = Enum(
+    "mtrank_model_load_state",
+    "Load state of a model version",
+    MODEL_LABELS,
+    states=["loading", "ready", "draining", "unloaded", "failed"],
+)
+MODEL_LOADS = Counter(
+    "mtrank_model_load", "Model version load attempts, by outcome", (*MODEL_LABELS, "outcome")
+)
+PROVIDER = Gauge(
+    "mtrank_execution_provider",
+    "1 for the execution provider a model version obtained",
+    (*MODEL_LABELS, "provider"),
+)
+ITEM_OOV = Counter("mtrank_item_oov", "Candidate ids missing from the item feature table", MODEL_LABELS)
+EXPOSURES_SENT = Counter("mtrank_exposures_sent", "Exposure events handed to the event producer")
+EXPOSURES_DROPPED = Counter("mtrank_exposures_dropped", "Exposure events dropped (buffer full or sink error)")
+EXPOSURE_BUFFER = Gauge("mtrank_exposure_buffer_events", "Exposure events waiting for the event producer")
+SNAPSHOT_SWAPS = Counter("mtrank_snapshot_swaps", "Router + model set swaps, by outcome", ("outcome",))
+
+
+def serve_metrics(port: int) -> None:
+    """Expose the default registry over HTTP on ``port`` (0 disables it)."""
+    if port:
+        start_http_server(port)

@@ -1,0 +1,264 @@
+"""Model repository: the set of loaded model versions and the router they serve, swapped as one snapshot.
+
+A request reads ``repository.snapshot`` once and uses that router and those sessions to the end, so a swap
+never mixes an old assignment with a new model. ``refresh`` (polled) loads what the router in force names,
+verifies each package (sha256), checks its golden outputs and warms it up before the snapshot is swapped;
+replaced versions drain: they finish the requests that hold them, then close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ranker_server import metrics
+from ranker_server.batching import MicroBatcher
+from ranker_server.config import BatchingSettings, RuntimeSettings
+from ranker_server.errors import PackageError
+from ranker_server.features import ItemTable
+from ranker_server.inference import OnnxRanker
+from ranker_server.package import ModelPackage, manifest_digest, read_package
+from ranker_server.routing import Router, RouterSource, ranking_refs
+
+logger = logging.getLogger(__name__)
+
+ModelKey = tuple[str, str]
+
+
+class LoadedModel:
+    """One verified, warmed-up model version with its session, item table and batchers (one per variant)."""
+
+    def __init__(
+        self,
+        package: ModelPackage,
+        runner: OnnxRanker,
+        batching: BatchingSettings,
+        executor: Executor,
+        workers: int,
+    ) -> None:
+        self.package = package
+        self.runner = runner
+        self.table = ItemTable(package)
+        self.task_names = tuple(t.name for t in package.manifest.tasks)
+        self.binary_tasks = np.array([t.type == "binary" for t in package.manifest.tasks])
+        self._batching = batching
+        self._executor = executor
+        self._workers = workers
+        self._batchers: dict[str, MicroBatcher] = {}
+        self._active = 0
+
+    @property
+    def key(self) -> ModelKey:
+        return self.package.manifest.name, self.package.manifest.version
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[LoadedModel]:
+        """Hold the model for one request; draining waits until nobody holds it."""
+        self._active += 1
+        try:
+            yield self
+        finally:
+            self._active -= 1
+
+    def batcher(self, variant: str) -> MicroBatcher:
+        """The batcher of ``variant`` on this version: variants never share a batch."""
+        batcher = self._batchers.get(variant)
+        if batcher is None:
+            batcher = MicroBatcher(self.runner.run, self._batching, self._executor, *self.key, self._workers)
+            self._batchers[variant] = batcher
+        return batcher
+
+    async def drain(self, poll_s: float = 0.01) -> None:
+        """Wait for every request holding this version, then stop its batchers."""
+        while self._active:
+            await asyncio.sleep(poll_s)
+        await asyncio.gather(*(b.close() for b in self._batchers.values()))
+
+
+def load_model(
+    path: Path, runtime: RuntimeSettings, batching: BatchingSettings, executor: Executor
+) -> LoadedModel:
+    """Verify, load, check against the golden outputs and warm up the package in ``path`` (blocking).
+
+    Raises:
+        PackageError: when any step fails; nothing is half-loaded.
+    """
+    package = read_package(path)
+    label = f"{package.manifest.name}/{package.manifest.version}"
+    runner = OnnxRanker(str(package.onnx_path), runtime, label)
+    golden = package.golden
+    try:
+        sparse = np.asarray(golden["sparse"], np.int64)
+        dense = np.asarray(golden["dense"], np.float32)
+        expected = np.asarray(golden["logits"], np.float32)
+    except KeyError as exc:
+        raise PackageError(f"{path / 'golden.npz'}: missing array {exc}") from None
+    try:
+        actual = runner.run(sparse, dense)
+    except Exception as exc:  # ORT errors are untyped
+        raise PackageError(f"{label}: the graph fails on its golden inputs: {exc}") from exc
+    if actual.shape != expected.shape or not np.allclose(
+        actual, expected, rtol=runtime.golden_rtol, atol=runtime.golden_atol
+    ):
+        worst = float(np.max(np.abs(actual - expected))) if actual.shape == expected.shape else float("nan")
+        raise PackageError(
+            f"{label}: outputs differ from golden.npz (shape {actual.shape} vs {expected.shape}, max |diff| {worst})"
+        )
+    if len(package.manifest.tasks) != expected.shape[1]:
+        raise PackageError(
+            f"{label}: manifest lists {len(package.manifest.tasks)} tasks, logits have {expected.shape[1]}"
+        )
+    for rows in runtime.warmup_rows:  # first calls allocate arenas and pick kernels; pay that before traffic
+        rows = min(rows, batching.max_batch_rows)
+        index = np.arange(rows) % len(sparse)
+        runner.run(sparse[index], dense[index])
+    return LoadedModel(package, runner, batching, executor, runtime.inference_threads)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The router in force and every model version it can send traffic to."""
+
+    router: Router
+    models: Mapping[ModelKey, LoadedModel] = field(default_factory=dict)
+
+
+class ModelRepository:
+    """Loads what the router names from ``root/<name>/<version>/`` and keeps it current."""
+
+    def __init__(
+        self,
+        root: Path,
+        source: RouterSource,
+        runtime: RuntimeSettings,
+        batching: BatchingSettings,
+        executor: Executor,
+    ) -> None:
+        self._root = root
+        self._source = source
+        self._runtime = runtime
+        self._batching = batching
+        self._executor = executor
+        self._snapshot: Snapshot | None = None
+        self._failed: dict[ModelKey, str] = {}  # key -> manifest digest that failed; retried when it changes
+        self._lock = asyncio.Lock()
+        self._draining: set[asyncio.Task[None]] = set()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        if self._snapshot is None:
+            raise RuntimeError("ModelRepository.start() has not run")
+        return self._snapshot
+
+    @property
+    def ready(self) -> bool:
+        return self._snapshot is not None
+
+    async def start(self) -> None:
+        """Load everything the current router names.
+
+        Raises:
+            PackageError: when a named model is missing or broken: the server must not start half-loaded.
+        """
+        if not await self.refresh(strict=True):
+            raise PackageError("initial model load failed")
+
+    async def refresh(self, strict: bool = False) -> bool:
+        """Bring the snapshot in line with the router in force and the packages on disk.
+
+        Returns:
+            False when a needed model could not be loaded; the previous snapshot then stays in force.
+        """
+        async with self._lock:
+            router = self._source.current
+            old = self._snapshot
+            old_models = old.models if old is not None else {}
+            models: dict[ModelKey, LoadedModel] = {}
+            for key in sorted(ranking_refs(router)):
+                current = old_models.get(key)
+                path = self._root.joinpath(*key)
+                try:
+                    digest = manifest_digest(path)
+                except OSError:
+                    digest = "missing"
+                if current is not None and current.package.manifest_digest == digest:
+                    models[key] = current
+                    continue
+                if not strict and self._failed.get(key) == digest:
+                    if current is None:
+                        return False
+                    models[key] = current  # known-bad republish: keep serving the old one
+                    continue
+                try:
+                    models[key] = await self._load(key, path)
+                except PackageError as exc:
+                    self._failed[key] = digest
+                    metrics.MODEL_LOADS.labels(*key, "failed").inc()
+                    logger.error("model %s/%s not loaded: %s", *key, exc.reason)
+                    if strict:
+                        raise
+                    if current is None:
+                        metrics.MODEL_STATE.labels(*key).state("failed")
+                        metrics.SNAPSHOT_SWAPS.labels("rejected").inc()
+                        return False
+                    models[key] = current
+            if old is not None and old.router is router and models == dict(old_models):
+                return True
+            self._snapshot = Snapshot(router, models)
+            metrics.SNAPSHOT_SWAPS.labels("swapped").inc()
+            for key, model in old_models.items():
+                if models.get(key) is not model:
+                    self._retire(model, replaced=key in models)
+            return True
+
+    async def _load(self, key: ModelKey, path: Path) -> LoadedModel:
+        metrics.MODEL_STATE.labels(*key).state("loading")
+        loop = asyncio.get_running_loop()
+        # Loading is blocking and CPU-heavy: a worker thread keeps the event loop answering requests.
+        model = await loop.run_in_executor(
+            None, load_model, path, self._runtime, self._batching, self._executor
+        )
+        metrics.MODEL_LOADS.labels(*key, "loaded").inc()
+        metrics.MODEL_STATE.labels(*key).state("ready")
+        metrics.PROVIDER.labels(*key, model.runner.provider).set(1)
+        self._failed.pop(key, None)
+        logger.info("model %s/%s ready on %s", *key, model.runner.provider)
+        return model
+
+    def _retire(self, model: LoadedModel, replaced: bool) -> None:
+        key = model.key
+        if not replaced:
+            metrics.MODEL_STATE.labels(*key).state("draining")
+
+        async def drain() -> None:
+            await model.drain()
+            if not replaced:
+                metrics.MODEL_STATE.labels(*key).state("unloaded")
+            logger.info("model %s/%s drained (%s)", *key, "replaced" if replaced else "unloaded")
+
+        task = asyncio.get_running_loop().create_task(drain())
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def poll(self, interval_s: float) -> None:
+        """Refresh every ``interval_s`` seconds until cancelled; errors are logged, never fatal."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # a poll must never take the server down
+                logger.exception("model repository refresh failed")
+
+    async def close(self) -> None:
+        """Drain every loaded model (after the server stopped taking requests)."""
+        if self._snapshot is not None:
+            for model in self._snapshot.models.values():
+                await model.drain()
+        await asyncio.gather(*self._draining, return_exceptions=True)

@@ -1,0 +1,137 @@
+"""The server object: builds the pieces from settings, starts grpc.aio, stops gracefully.
+
+Lifecycle after the grpc examples: ``start`` binds and serves (health SERVING per service); ``stop`` first
+sets every service NOT_SERVING, then lets in-flight requests finish within the grace period, then drains the
+model repository and the exposure buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from proto import ranking_pb2, ranking_pb2_grpc
+from ranker_server.config import ServerSettings
+from ranker_server.dataplane import CandidateSource, RankDataPlane
+from ranker_server.exposure import ExposureLogger, ExposureSink
+from ranker_server.interceptors import BearerTokenInterceptor, ExceptionToStatusInterceptor
+from ranker_server.model_repository import ModelRepository
+from ranker_server.routing import RouterSource
+from ranker_server.servicer import RankerServicer
+
+logger = logging.getLogger(__name__)
+
+RANKER_SERVICE = ranking_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert_chain: bytes
+    private_key: bytes
+
+
+class RankerServer:
+    """One grpc.aio server process: Ranker + health + reflection over one model repository."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        router_source: RouterSource,
+        exposure_sink: ExposureSink | None = None,
+        retrieval: CandidateSource | None = None,
+        auth_token: str | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        self.settings = settings
+        self._router_source = router_source
+        self._exposure_sink = exposure_sink
+        self._retrieval = retrieval
+        self._auth_token = auth_token
+        self._tls = tls
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.runtime.inference_threads, thread_name_prefix="onnxruntime"
+        )
+        self._server: aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.repository: ModelRepository | None = None
+        self.exposures: ExposureLogger | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Load the models, bind, and serve; returns the bound port.
+
+        Raises:
+            PackageError: when a model the router names cannot be loaded.
+        """
+        settings = self.settings
+        self.repository = ModelRepository(
+            settings.repository, self._router_source, settings.runtime, settings.batching, self._executor
+        )
+        await self.repository.start()
+        if self._exposure_sink is not None:
+            self.exposures = ExposureLogger(self._exposure_sink, settings.exposure_buffer)
+            self.exposures.start()
+        dataplane = RankDataPlane(
+            self.repository,
+            self.exposures,
+            self._retrieval,
+            settings.max_candidates,
+            settings.retrieve_k,
+            settings.retrieval_timeout_s,
+        )
+        interceptors: list[aio.ServerInterceptor] = []
+        if self._auth_token:
+            interceptors.append(BearerTokenInterceptor(self._auth_token))
+        interceptors.append(ExceptionToStatusInterceptor())
+        # SO_REUSEPORT lets ``--workers N`` processes bind the same port; the kernel spreads connections.
+        server = aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 1)])
+        ranking_pb2_grpc.add_RankerServicer_to_server(
+            RankerServicer(dataplane, settings.default_timeout_s), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (RANKER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = f"{settings.host}:{settings.port}"
+        if self._tls is not None:
+            credentials = grpc.ssl_server_credentials([(self._tls.private_key, self._tls.cert_chain)])
+            self.port = server.add_secure_port(address, credentials)
+        else:
+            self.port = server.add_insecure_port(address)
+        await server.start()
+        self._server = server
+        for service in ("", RANKER_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(
+            asyncio.get_running_loop().create_task(self.repository.poll(settings.poll_interval_s))
+        )
+        logger.info("ranker serving on %s:%d", settings.host, self.port)
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """NOT_SERVING first, then drain in-flight requests within ``grace_s``, then release everything."""
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        await self._health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self.repository is not None:
+            await self.repository.close()
+        if self.exposures is not None:
+            await self.exposures.close()
+        self._executor.shutdown(wait=True)
+        logger.info("ranker stopped")
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

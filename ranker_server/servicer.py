@@ -1,0 +1,69 @@
+"""The Ranker gRPC servicer: transport only. Protobuf stops here; the data plane sees plain types."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from grpc import aio
+
+from proto import common_pb2, ranking_pb2, ranking_pb2_grpc
+from ranker_server.dataplane import RankDataPlane, RankQuery, RankResult
+
+
+def query_from_proto(request: ranking_pb2.RankRequest) -> RankQuery:
+    return RankQuery(
+        request_id=request.request_id,
+        user_id=request.user_id,
+        attributes=dict(request.attributes),
+        user_sparse=np.asarray(request.user_sparse, np.int64),
+        user_dense=np.asarray(request.user_dense, np.float32),
+        candidate_ids=np.asarray(request.candidate_ids, np.int64),
+        candidate_sparse=np.asarray(request.candidate_sparse, np.int64),
+        candidate_dense=np.asarray(request.candidate_dense, np.float32),
+        top_k=request.top_k,
+        retrieve_k=request.retrieve_k,
+    )
+
+
+def result_to_proto(result: RankResult) -> ranking_pb2.RankResponse:
+    response = ranking_pb2.RankResponse(
+        request_id=result.request_id,
+        candidate_ids=result.candidate_ids.tolist(),
+        task_names=result.task_names,
+        task_scores=[ranking_pb2.TaskScores(scores=row.tolist()) for row in result.task_scores],
+        merged_scores=result.merged_scores.tolist(),
+        assignments=[
+            common_pb2.Assignment(
+                experiment_key=a.experiment_key,
+                variant_key=a.variant_key,
+                variation_id=a.variation_id,
+                stage=a.stage,
+                layer=a.layer,
+            )
+            for a in result.assignments
+        ],
+        model=common_pb2.ModelRef(name=result.model[0], version=result.model[1]),
+    )
+    if result.retrieval_model is not None:
+        response.retrieval_model.CopyFrom(
+            common_pb2.ModelRef(name=result.retrieval_model[0], version=result.retrieval_model[1])
+        )
+    return response
+
+
+class RankerServicer(ranking_pb2_grpc.RankerServicer):
+    """Parses, calls the data plane with the call's deadline, builds the response."""
+
+    def __init__(self, dataplane: RankDataPlane, default_timeout_s: float) -> None:
+        self._dataplane = dataplane
+        self._default_timeout_s = default_timeout_s
+
+    async def Rank(  # noqa: N802 (gRPC method name)
+        self, request: ranking_pb2.RankRequest, context: aio.ServicerContext
+    ) -> ranking_pb2.RankResponse:
+        remaining = context.time_remaining()
+        timeout = self._default_timeout_s if remaining is None else remaining
+        deadline = asyncio.get_running_loop().time() + timeout
+        result = await self._dataplane.rank(query_from_proto(request), deadline)
+        return result_to_proto(result)

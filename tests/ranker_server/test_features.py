@@ -1,0 +1,81 @@
+"""Feature assembly: item table lookup with out-of-vocabulary rows, widths, request overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rank_packages import ITEM_DENSE, N_ITEMS
+
+from ranker_server.errors import InvalidInput
+from ranker_server.features import ItemTable, build_rows
+from ranker_server.package import read_package
+
+
+@pytest.fixture(scope="module")
+def package(repository: Path):
+    return read_package(repository / "tiny" / "1")
+
+
+def test_lookup_known_and_unknown_ids(package) -> None:
+    table = ItemTable(package)
+    ids = np.array([1005, 7, 1000 + N_ITEMS - 1, -3], np.int64)
+    sparse, dense, oov = table.lookup(ids)
+    assert oov == 2
+    assert sparse[:, 0].tolist() == [5, 0, (1000 + N_ITEMS - 1) % 100, 0]
+    row = int(np.flatnonzero(package.item_ids == 1005)[0])
+    np.testing.assert_array_equal(dense[0], package.item_dense[row])
+    np.testing.assert_array_equal(dense[1], np.zeros(ITEM_DENSE, np.float32))
+
+
+def test_rows_put_user_columns_first_and_apply_overrides(package) -> None:
+    table = ItemTable(package)
+    ids = np.array([1001, 1002], np.int64)
+    rows = build_rows(
+        package.layout,
+        table,
+        ids,
+        np.array([3, 4], np.int64),
+        np.array([0.5], np.float32),
+        np.array([9, 8], np.int64),
+        np.zeros(0, np.float32),
+    )
+    assert rows.sparse.tolist() == [[3, 4, 9], [3, 4, 8]]
+    assert rows.dense[:, 0].tolist() == [0.5, 0.5]
+    assert rows.oov == 0
+
+
+def test_out_of_range_ids_map_to_oov_index(package) -> None:
+    rows = build_rows(
+        package.layout,
+        ItemTable(package),
+        np.array([1001], np.int64),
+        np.array([10_000, -1], np.int64),
+        np.zeros(0, np.float32),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.float32),
+    )
+    assert rows.sparse[0, :2].tolist() == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [
+        ("user_sparse", {"user_sparse": np.array([1, 2, 3], np.int64)}),
+        ("user_dense", {"user_dense": np.array([1.0, 2.0], np.float32)}),
+        ("candidate_sparse", {"candidate_sparse": np.array([1, 2, 3], np.int64)}),
+        ("candidate_dense", {"candidate_dense": np.array([1.0], np.float32)}),
+    ],
+)
+def test_wrong_width_names_the_field(package, field: str, values: dict) -> None:
+    args = {
+        "user_sparse": np.zeros(0, np.int64),
+        "user_dense": np.zeros(0, np.float32),
+        "candidate_sparse": np.zeros(0, np.int64),
+        "candidate_dense": np.zeros(0, np.float32),
+        **values,
+    }
+    with pytest.raises(InvalidInput) as info:
+        build_rows(package.layout, ItemTable(package), np.array([1001, 1002], np.int64), **args)
+    assert info.value.field == field

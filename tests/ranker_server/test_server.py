@@ -1,0 +1,192 @@
+"""The server over a real channel: ranking, exposures, status codes, health, reflection, batching."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import grpc
+import numpy as np
+import pytest
+from conftest import FakePayload, FakeRouter, Running, code_of
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
+
+from proto import ranking_pb2
+from ranker_server.features import ItemTable, build_rows
+from ranker_server.package import read_package
+
+pytestmark = pytest.mark.integration
+
+CANDIDATES = list(range(1000, 1040)) + [5, 6]  # the last two are unknown to the item table
+
+
+def request(user: str, **fields: object) -> ranking_pb2.RankRequest:
+    values: dict[str, object] = {
+        "user_id": user,
+        "candidate_ids": CANDIDATES,
+        "user_sparse": [3, 4],
+        "user_dense": [0.25],
+    }
+    values.update(fields)
+    return ranking_pb2.RankRequest(**values)
+
+
+def expected_scores(running: Running, version: str, ids: list[int]) -> np.ndarray:
+    """Logits computed directly with the package's session (no batching, no server)."""
+    model = running.server.repository.snapshot.models[("tiny", version)]
+    package = read_package(model.package.path)
+    rows = build_rows(
+        package.layout,
+        ItemTable(package),
+        np.array(ids, np.int64),
+        np.array([3, 4], np.int64),
+        np.array([0.25], np.float32),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.float32),
+    )
+    return model.runner.run(rows.sparse, rows.dense)
+
+
+async def test_rank_scores_orders_and_logs_exposure(running: Running) -> None:
+    users = [f"user-{i}" for i in range(12)]
+    responses = [await running.stub.Rank(request(u, request_id=f"r-{u}", top_k=10)) for u in users]
+    versions = {r.model.version for r in responses}
+    assert versions == {"1", "2"}, "both variants should be served side by side"
+    for user, response in zip(users, responses, strict=True):
+        assert response.request_id == f"r-{user}"
+        assert len(response.candidate_ids) == 10
+        assert list(response.task_names) == ["click", "watch"]
+        merged = np.array(response.merged_scores)
+        assert np.all(np.diff(merged) <= 0)
+        logits = expected_scores(running, response.model.version, list(response.candidate_ids))
+        click = np.array(response.task_scores[0].scores)
+        watch = np.array(response.task_scores[1].scores)
+        np.testing.assert_allclose(click, 1 / (1 + np.exp(-logits[:, 0])), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(watch, logits[:, 1], rtol=1e-5, atol=1e-6)
+        weights = (1.0, 0.0) if response.model.version == "1" else (0.5, 0.5)
+        np.testing.assert_allclose(merged, weights[0] * click + weights[1] * watch, rtol=1e-5, atol=1e-6)
+        [assignment] = response.assignments
+        assert assignment.experiment_key == "rank-exp" and assignment.stage == "ranking"
+    await asyncio.sleep(0.2)  # exposures are handed over asynchronously
+    logged = running.sink.exposures
+    assert sorted(e.user_id for e in logged) == sorted(users)
+    first = next(e for e in logged if e.user_id == users[0])
+    assert first.request_id == f"r-{users[0]}" and list(first.item_ids) == list(responses[0].candidate_ids)
+    assert first.model.name == "tiny" and first.event_id and first.schema_version == 1
+
+
+async def test_top_k_zero_returns_all_and_full_ranking_is_sorted(running: Running) -> None:
+    response = await running.stub.Rank(request("user-a"))
+    assert sorted(response.candidate_ids) == sorted(CANDIDATES)
+
+
+async def test_users_outside_or_forced_get_no_exposure(running: Running) -> None:
+    out = await running.stub.Rank(request("out-1"))
+    forced = await running.stub.Rank(request("qa-1"))
+    assert out.model.version == "1" and len(out.assignments) == 0
+    assert len(forced.assignments) == 1
+    await asyncio.sleep(0.1)
+    assert running.sink.exposures == []
+
+
+async def test_unknown_item_ids_count_as_oov(running: Running) -> None:
+    before = REGISTRY.get_sample_value("mtrank_item_oov_total", {"model": "tiny", "version": "1"}) or 0
+    await running.stub.Rank(request("out-2"))
+    after = REGISTRY.get_sample_value("mtrank_item_oov_total", {"model": "tiny", "version": "1"})
+    assert after - before == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"user_id": ""}, "user_id"),
+        ({"candidate_ids": list(range(6000))}, "candidate_ids"),
+        ({"candidate_ids": [1000, 1001, 1000]}, "candidate_ids"),
+        ({"user_dense": [math.nan]}, "user_dense"),
+        ({"user_dense": [math.inf]}, "user_dense"),
+        ({"user_dense": [1.0, 2.0]}, "user_dense"),
+        ({"user_sparse": [1]}, "user_sparse"),
+        ({"candidate_ids": [1000], "candidate_dense": [1.0, math.nan]}, "candidate_dense"),
+        ({"candidate_ids": [1000], "candidate_dense": [1.0]}, "candidate_dense"),
+        ({"candidate_ids": [], "candidate_sparse": [1]}, "candidate_sparse"),
+        ({"candidate_ids": []}, "candidate_ids"),  # no retrieval service configured
+    ],
+)
+async def test_invalid_requests_name_the_field(running: Running, fields: dict, field: str) -> None:
+    user = fields.pop("user_id", "user-x")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await running.stub.Rank(request(user, **fields))
+    assert code_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(f"{field}:"), info.value.details()
+
+
+async def test_variant_naming_an_unserved_model_is_not_found(running: Running) -> None:
+    running.source.current = FakeRouter(variants=(("ghost", FakePayload("tiny", "9")),))
+    # the repository has not adopted the new router yet: the old snapshot still serves
+    assert (await running.stub.Rank(request("user-1"))).model.version in {"1", "2"}
+    assert not await running.server.repository.refresh()  # tiny/9 does not exist: the swap is refused
+    running.server.repository._snapshot = type(running.server.repository.snapshot)(
+        running.source.current, running.server.repository.snapshot.models
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await running.stub.Rank(request("user-1"))
+    assert code_of(info.value) == grpc.StatusCode.NOT_FOUND
+    assert "tiny/9" in info.value.details()
+
+
+async def test_concurrent_requests_are_batched_and_match_unbatched(running: Running) -> None:
+    labels = {"model": "tiny", "version": "1"}
+    before = REGISTRY.get_sample_value("mtrank_inference_exec_count_total", labels) or 0
+    users = [f"out-{i}" for i in range(40)]  # all on the default variant: one batcher
+    responses = await asyncio.gather(*(running.stub.Rank(request(u)) for u in users))
+    execs = REGISTRY.get_sample_value("mtrank_inference_exec_count_total", labels) - before
+    assert execs < len(users), "concurrent requests of one variant should share ONNX Runtime calls"
+    alone = await running.stub.Rank(request("out-solo"))
+    for response in responses:
+        assert list(response.candidate_ids) == list(alone.candidate_ids)
+        np.testing.assert_allclose(response.merged_scores, alone.merged_scores, rtol=1e-5)
+
+
+async def test_large_candidate_lists_are_split_across_batches(running: Running) -> None:
+    ids = list(range(2000, 2000 + 1000))  # max_batch_rows is 256 in the test settings
+    labels = {"model": "tiny", "version": "1"}
+    before = REGISTRY.get_sample_value("mtrank_inference_exec_count_total", labels) or 0
+    response = await running.stub.Rank(request("out-big", candidate_ids=ids))
+    assert sorted(response.candidate_ids) == ids
+    assert REGISTRY.get_sample_value("mtrank_inference_exec_count_total", labels) - before >= 4
+
+
+async def test_health_and_reflection(running: Running) -> None:
+    health = health_pb2_grpc.HealthStub(running.channel)
+    for service in ("", "mtrank.v1.Ranker"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(running.channel)
+    names = set()
+    async for reply in stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    ):
+        names |= {s.name for s in reply.list_services_response.service}
+    assert {"mtrank.v1.Ranker", "grpc.health.v1.Health"} <= names
+
+
+async def test_success_and_failure_metrics_are_labelled_by_variant(running: Running) -> None:
+    labels = {"model": "tiny", "version": "1", "variant": "default"}
+    before = REGISTRY.get_sample_value("mtrank_inference_request_success_total", labels) or 0
+    await running.stub.Rank(request("out-metrics"))
+    assert REGISTRY.get_sample_value("mtrank_inference_request_success_total", labels) == before + 1
+    assert REGISTRY.get_sample_value("mtrank_inference_request_duration_seconds_count", labels) >= 1
+    assert (
+        REGISTRY.get_sample_value(
+            "mtrank_model_load_state", {"model": "tiny", "version": "1", "mtrank_model_load_state": "ready"}
+        )
+        == 1
+    )
+    assert (
+        REGISTRY.get_sample_value(
+            "mtrank_execution_provider", {"model": "tiny", "version": "1", "provider": "CPUExecutionProvider"}
+        )
+        == 1
+    )
