@@ -1,0 +1,178 @@
+"""Every series the Grafana dashboard queries is one the servers really export.
+
+The exported names come from the prometheus_client registries after importing every module of the serving
+packages that uses prometheus_client, not from a hand-written list: renaming a metric in a server breaks
+this test until the dashboard follows.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY, CollectorRegistry
+
+ROOT = Path(__file__).resolve().parents[2]
+OBSERVABILITY = ROOT / "deploy" / "observability"
+DASHBOARDS = sorted((OBSERVABILITY / "grafana" / "dashboards").glob("*.json"))
+SERVING_PACKAGES = ("ranker_server", "retrieval_server", "analytics")
+
+# ---------------------------------------------------------------- PromQL
+
+
+_KEYWORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
+    "offset", "inf", "nan", "atan2",
+}  # fmt: skip
+_LABEL_VALUES = re.compile(r"^\s*label_values\((.*),\s*[A-Za-z_]\w*\s*\)\s*$", re.S)
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric (series) names an expression selects: identifiers that are not functions, keywords or labels."""
+    match = _LABEL_VALUES.match(expr)
+    if match:  # Grafana's label_values(selector, label) template query
+        expr = match.group(1)
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range selectors
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)  # label lists
+    names = set()
+    for token in re.finditer(r"(?<![\w$.])([A-Za-z_:][\w:]*)(\s*\()?", expr):
+        name, is_call = token.group(1), token.group(2)
+        if not is_call and name not in _KEYWORDS:
+            names.add(name)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ('sum by (le) (rate(a_bucket{x=~"$y"}[$__rate_interval]))', {"a_bucket"}),
+        ('label_values(b_total{model=~"$model"}, variant)', {"b_total"}),
+        ("sum(rate(c_total[5m])) / ignoring(variant) group_left sum(d)", {"c_total", "d"}),
+        ("histogram_quantile(0.99, e_bucket) or vector(0)", {"e_bucket"}),
+        ("f == 1", {"f"}),
+    ],
+)
+def test_promql_metric_names(expr: str, names: set[str]) -> None:
+    assert promql_metric_names(expr) == names
+
+
+def dashboard_queries(dashboard: dict) -> Iterator[tuple[str, str]]:
+    """(where, expression) for every panel target and every query-type template variable."""
+
+    def walk(panels: list[dict]) -> Iterator[tuple[str, str]]:
+        for panel in panels:
+            for target in panel.get("targets", []):
+                if target.get("expr"):
+                    yield f"panel {panel.get('title')!r} target {target.get('refId')}", target["expr"]
+            yield from walk(panel.get("panels", []))
+
+    yield from walk(dashboard.get("panels", []))
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable.get("type") == "query":
+            query = variable["query"]
+            yield f"variable ${variable['name']}", query["query"] if isinstance(query, dict) else query
+
+
+# ---------------------------------------------------------------- what the servers export
+
+
+def _metric_modules() -> list[str]:
+    """Every module of the serving packages whose source uses prometheus_client."""
+    modules = []
+    for package in SERVING_PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.name == "__main__.py" or "prometheus_client" not in path.read_text():
+                continue
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return modules
+
+
+def _sample_names(registry: CollectorRegistry) -> set[str]:
+    """Series names a registry exposes, derived from each family's type (labelled metrics without children
+    yet have no samples, so the names cannot be read off the samples alone)."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+        "summary": ("", "_sum", "_count", "_created"),
+        "info": ("_info",),
+    }
+    names = set()
+    for family in registry.collect():
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ("",)))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+@pytest.fixture(scope="module")
+def exported() -> set[str]:
+    modules = _metric_modules()
+    assert any(m.startswith("ranker_server") for m in modules), modules
+    registries = {id(REGISTRY): REGISTRY}
+    for name in modules:
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if isinstance(value, CollectorRegistry):
+                registries[id(value)] = value
+    names = set()
+    for registry in registries.values():
+        names |= _sample_names(registry)
+    return {n for n in names if n.startswith("mtrank_")}
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_there_are_dashboards() -> None:
+    assert DASHBOARDS, f"no Grafana dashboard JSON under {OBSERVABILITY}"
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_queried_metric_is_exported(path: Path, exported: set[str]) -> None:
+    dashboard = json.loads(path.read_text())
+    queries = list(dashboard_queries(dashboard))
+    assert queries, f"{path.name} queries nothing"
+    missing = []
+    for where, expr in queries:
+        names = promql_metric_names(expr)
+        assert names, f"{path.name} {where}: no metric in {expr!r}"
+        missing += [f"{where}: {name}" for name in sorted(names - exported)]
+    assert not missing, (
+        f"{path.name} queries metrics no server exports: {missing}; exported: {sorted(exported)}"
+    )
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_covers_the_serving_signals(path: Path) -> None:
+    dashboard = json.loads(path.read_text())
+    queried = " ".join(expr for _, expr in dashboard_queries(dashboard))
+    titles = " ".join(p.get("title", "") for p in dashboard["panels"]).lower()
+    for signal in ("requests/s", "latency", "errors", "batch size", "traffic per variant", "exposure"):
+        assert signal in titles, f"{path.name}: no panel about {signal!r}"
+    assert "histogram_quantile(0.5," in queried and "histogram_quantile(0.99," in queried
+    datasources = {
+        json.dumps(t["datasource"], sort_keys=True) for p in dashboard["panels"] for t in p.get("targets", [])
+    }
+    provisioned = yaml.safe_load(
+        (OBSERVABILITY / "grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    uids = {d["uid"] for d in provisioned["datasources"]}
+    assert {json.loads(d)["uid"] for d in datasources} <= uids, (
+        "a panel uses a datasource that is not provisioned"
+    )
+
+
+def test_grafana_provisioning_points_at_the_dashboards() -> None:
+    provider = yaml.safe_load((OBSERVABILITY / "grafana/provisioning/dashboards/mtrank.yml").read_text())
+    paths = {p["options"]["path"] for p in provider["providers"]}
+    assert paths == {"/var/lib/grafana/dashboards"}
+    uids = [json.loads(p.read_text())["uid"] for p in DASHBOARDS]
+    assert len(uids) == len(set(uids)), "dashboard uids must be unique"
