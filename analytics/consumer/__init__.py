@@ -1,0 +1,1 @@
+"""The analytics consumer group: Kafka events into per-user state (see ``processor``)."""

@@ -1,0 +1,78 @@
+"""``python -m analytics.consumer``: run one analytics consumer process until SIGTERM/Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from types import FrameType
+
+from analytics.consumer.processor import AnalyticsConsumer
+from analytics.events.producer import EXPOSURES_TOPIC, OUTCOMES_TOPIC
+from analytics.kafka.broker import DEFAULT_DATA_DIR
+from analytics.store import StoreError, open_store
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m analytics.consumer",
+        description="Consume exposures and outcomes from Kafka into the analytics event store. Offsets are "
+        "committed only after the state is durable; several processes with the same --group split the "
+        "partitions (they may share one SQLite --store file).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
+    parser.add_argument(
+        "--store", default=str(DEFAULT_DATA_DIR / "analytics" / "events.db"), help="SQLite file"
+    )
+    parser.add_argument("--group", default="mtrank-analytics", help="consumer group id")
+    parser.add_argument("--exposures-topic", default=EXPOSURES_TOPIC)
+    parser.add_argument("--outcomes-topic", default=OUTCOMES_TOPIC)
+    parser.add_argument("--session-timeout-ms", type=int, default=10_000, help="group session timeout")
+    parser.add_argument("--commit-interval-s", type=float, default=1.0, help="commit at least this often")
+    parser.add_argument(
+        "--commit-every-events", type=int, default=50_000, help="commit after this many events"
+    )
+    parser.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
+    parser.add_argument("--idle-exit-s", type=float, default=None, help="stop after this long without events")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    try:
+        store = open_store(args.store)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    consumer = AnalyticsConsumer(
+        args.bootstrap,
+        store,
+        group_id=args.group,
+        topics=(args.exposures_topic, args.outcomes_topic),
+        commit_every_events=args.commit_every_events,
+        commit_interval_s=args.commit_interval_s,
+        session_timeout_ms=args.session_timeout_ms,
+    )
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        consumer.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        consumer.run(max_seconds=args.max_seconds, idle_exit_s=args.idle_exit_s)
+    finally:
+        counts = store.counts()
+        store.close()
+    print(json.dumps({"events_applied": consumer.events_applied, "store": args.store, **counts}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

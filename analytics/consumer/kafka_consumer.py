@@ -1,0 +1,101 @@
+"""A thin wrapper over kafka-python's KafkaConsumer: poll, commit and rebalance callbacks, nothing else."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from analytics.store.base import TopicPartition
+
+log = logging.getLogger(__name__)
+
+PartitionsCallback = Callable[[list[TopicPartition]], None]
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, on_assign: PartitionsCallback, on_revoke: PartitionsCallback) -> None:
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+
+    def on_partitions_revoked(self, revoked: Sequence[KafkaTopicPartition]) -> None:
+        self._on_revoke([TopicPartition(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: Sequence[KafkaTopicPartition]) -> None:
+        self._on_assign([TopicPartition(tp.topic, tp.partition) for tp in assigned])
+
+
+class Consumer:
+    """Group consumer with manual commits (auto commit off: offsets follow durable state, never lead it).
+
+    Args:
+        bootstrap_servers: Kafka cluster.
+        group_id: consumer group.
+        session_timeout_ms: group session timeout (the embedded broker's joins take about half of it).
+        heartbeat_interval_ms: heartbeat period (a third of the session timeout or less).
+        kafka_config: extra ``KafkaConsumer`` settings.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str],
+        group_id: str,
+        *,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int | None = None,
+        client_id: str = "mtrank-analytics",
+        kafka_config: dict[str, Any] | None = None,
+    ) -> None:
+        config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "group_id": group_id,
+            "client_id": client_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": session_timeout_ms,
+            "heartbeat_interval_ms": heartbeat_interval_ms or max(session_timeout_ms // 4, 100),
+            "max_poll_records": 2000,
+            "max_partition_fetch_bytes": 4 << 20,
+            "fetch_max_wait_ms": 100,
+        }
+        config.update(kafka_config or {})
+        self._consumer = KafkaConsumer(**config)
+
+    def subscribe(
+        self, topics: Sequence[str], on_assign: PartitionsCallback, on_revoke: PartitionsCallback
+    ) -> None:
+        """Join the group for ``topics``; the callbacks run inside ``poll`` around each rebalance."""
+        self._consumer.subscribe(list(topics), listener=_Listener(on_assign, on_revoke))
+
+    def poll(
+        self, timeout_ms: int, max_records: int | None = None
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """Fetched records per partition (empty dict when nothing arrived within ``timeout_ms``)."""
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        return {TopicPartition(tp.topic, tp.partition): records for tp, records in batches.items()}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Next record to fetch from ``tp``."""
+        self._consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
+
+    def commit(self, next_offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit ``next_offsets`` (offset of the next record to read) synchronously."""
+        if next_offsets:
+            self._consumer.commit(
+                {
+                    KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(off, "", -1)
+                    for tp, off in next_offsets.items()
+                }
+            )
+
+    def assignment(self) -> set[TopicPartition]:
+        """Partitions currently assigned to this member."""
+        return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def close(self) -> None:
+        """Leave the group (no auto commit: offsets were committed with the state)."""
+        self._consumer.close(autocommit=False)

@@ -1,0 +1,171 @@
+"""The analytics consumer: Kafka events in, per-user state out, offsets committed only after the state is durable.
+
+It only turns events into stored state; statistics are computed elsewhere (``analytics.stats``) from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import Counter
+
+from analytics.consumer.checkpoint import Checkpoint
+from analytics.consumer.kafka_consumer import Consumer
+from analytics.events.messages import KNOWN_SCHEMA_VERSIONS
+from analytics.events.producer import EXPOSURES_TOPIC, OUTCOMES_TOPIC
+from analytics.store.base import EventStore, ExposureRow, OutcomeRow, TopicPartition
+from proto import events_pb2
+
+log = logging.getLogger(__name__)
+
+EVENTS_CONSUMED = Counter(
+    "mtrank_analytics_events_consumed_total", "Events read from Kafka and stored", ["kind"]
+)
+EVENTS_REJECTED = Counter(
+    "mtrank_analytics_events_rejected_total", "Events skipped as unreadable", ["reason"]
+)
+RECORDS_REPLAYED = Counter("mtrank_analytics_records_replayed_total", "Records skipped: already in the store")
+
+
+def decode_into(value: bytes, exposures: list[ExposureRow], outcomes: list[OutcomeRow]) -> int:
+    """Append the events of one Kafka record value to the row lists; returns how many were rejected."""
+    try:
+        batch = events_pb2.EventBatch.FromString(value)
+    except Exception:  # noqa: BLE001 - protobuf raises DecodeError or RuntimeWarning subclasses
+        EVENTS_REJECTED.labels("undecodable").inc()
+        log.warning("skipping a record that is not an EventBatch (%d bytes)", len(value))
+        return 1
+    rejected = 0
+    for event in batch.events:
+        kind = event.WhichOneof("payload")
+        if kind == "exposure":
+            x = event.exposure
+            if x.schema_version not in KNOWN_SCHEMA_VERSIONS or not x.user_id or not x.event_id:
+                rejected += 1
+                continue
+            exposures.append(
+                ExposureRow(x.event_id, x.experiment_key, x.variant_key, x.user_id, x.event_time_ms)
+            )
+        elif kind == "outcome":
+            o = event.outcome
+            if o.schema_version not in KNOWN_SCHEMA_VERSIONS or not o.user_id or not o.event_id:
+                rejected += 1
+                continue
+            outcomes.append(OutcomeRow(o.event_id, o.user_id, o.metric, o.event_time_ms, o.value))
+        else:
+            rejected += 1
+    if rejected:
+        EVENTS_REJECTED.labels("invalid").inc(rejected)
+        log.warning("skipped %d events with an unknown schema version or no user/event id", rejected)
+    return rejected
+
+
+class AnalyticsConsumer:
+    """Consumes exposures and outcomes into an EventStore.
+
+    Args:
+        bootstrap_servers: Kafka cluster.
+        store: where state and applied offsets live (the source of truth for where to resume).
+        group_id: consumer group; several processes in one group split the partitions.
+        topics: topics to read (exposures and outcomes by default).
+        commit_every_events: commit once this many events are waiting...
+        commit_interval_s: ...or this long after the previous commit.
+        session_timeout_ms: group session timeout.
+        kafka_config: extra ``KafkaConsumer`` settings.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str],
+        store: EventStore,
+        *,
+        group_id: str = "mtrank-analytics",
+        topics: Sequence[str] = (EXPOSURES_TOPIC, OUTCOMES_TOPIC),
+        commit_every_events: int = 50_000,
+        commit_interval_s: float = 1.0,
+        session_timeout_ms: int = 10_000,
+        kafka_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.topics = tuple(topics)
+        self.commit_every_events = commit_every_events
+        self.commit_interval_s = commit_interval_s
+        self.consumer = Consumer(
+            bootstrap_servers, group_id, session_timeout_ms=session_timeout_ms, kafka_config=kafka_config
+        )
+        self.checkpoint = Checkpoint(store, self.consumer)
+        self.events_applied = 0
+        self.records_seen = 0
+        self._stop = threading.Event()
+        self._last_commit = time.monotonic()
+
+    def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        applied = self.store.offsets()
+        for tp in partitions:
+            last = applied.get(tp)
+            self.checkpoint.start_partition(tp, last)
+            if last is not None:
+                self.consumer.seek(tp, last + 1)  # the store, not Kafka's committed offset, decides
+        log.info("assigned %s", sorted(partitions))
+
+    def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        self.commit()  # state first, then offsets, before another member takes the partitions
+        for tp in partitions:
+            self.checkpoint.drop_partition(tp)
+        log.info("revoked %s", sorted(partitions))
+
+    def commit(self) -> None:
+        """Make everything processed so far durable (store), then commit it to Kafka."""
+        n = self.checkpoint.size
+        self.checkpoint.commit()
+        self.events_applied += n
+        self._last_commit = time.monotonic()
+
+    def poll_once(self, timeout_ms: int = 200) -> int:
+        """Poll, add the new records to the checkpoint, commit when due; returns events added."""
+        added = 0
+        cp = self.checkpoint
+        for tp, records in self.consumer.poll(timeout_ms).items():
+            last_offset = None
+            for record in records:
+                if cp.is_applied(tp, record.offset):
+                    RECORDS_REPLAYED.inc()
+                    continue
+                before = cp.size
+                decode_into(record.value, cp.exposures, cp.outcomes)
+                added += cp.size - before
+                last_offset = record.offset
+            self.records_seen += len(records)
+            if last_offset is not None:
+                cp.set_offset(tp, last_offset)
+        if added:
+            EVENTS_CONSUMED.labels("all").inc(added)
+        due = time.monotonic() - self._last_commit >= self.commit_interval_s
+        if cp.size >= self.commit_every_events or (due and not cp.empty):
+            self.commit()
+        return added
+
+    def run(self, max_seconds: float | None = None, idle_exit_s: float | None = None) -> None:
+        """Consume until ``stop()`` (or ``max_seconds``; or ``idle_exit_s`` without new events), then commit."""
+        self.consumer.subscribe(self.topics, self._on_assign, self._on_revoke)
+        start = last_event = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if self.poll_once():
+                    last_event = time.monotonic()
+                now = time.monotonic()
+                if max_seconds is not None and now - start >= max_seconds:
+                    break
+                if idle_exit_s is not None and now - last_event >= idle_exit_s:
+                    break
+            self.commit()
+        finally:
+            self.consumer.close()
+
+    def stop(self) -> None:
+        """Ask ``run`` to commit and return (thread- and signal-safe)."""
+        self._stop.set()
