@@ -1,0 +1,208 @@
+"""Command line: validate, assign, preview and conformance (`python -m experiment_router --help`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import chisquare
+
+from experiment_router.conformance import load_cases, run_suite
+from experiment_router.errors import ConfigError
+from experiment_router.loader import repository_checker
+from experiment_router.router import Router
+
+EXIT_CONFIG = 2
+EXIT_CONFORMANCE = 1
+
+
+def _attr(text: str) -> tuple[str, Any]:
+    """Parse `k=v`; v is read as JSON when it parses (numbers, true, lists), else kept as a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree (one subcommand per verb)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m experiment_router",
+        description="Validate experiment configs, explain assignments, preview splits, run GrowthBook conformance.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  python -m experiment_router validate experiment_router/examples/two_layers.yaml\n"
+            "  python -m experiment_router assign --config experiments.yaml --user u42 --attr country=NL\n"
+            "  python -m experiment_router preview --config experiments.yaml --users 200000\n"
+            "  python -m experiment_router conformance tests/experiment_router/data/growthbook_cases.json\n"
+            "exit status: 0 ok, 1 a required conformance case failed, 2 invalid config"
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--model-repository",
+        metavar="DIR",
+        help="also check that every payload names <DIR>/<model>/<version>/manifest.json",
+    )
+
+    p = sub.add_parser(
+        "validate",
+        parents=[common],
+        help="check a config file; exit 2 with file:line errors when invalid",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("config", metavar="CONFIG", help="experiment config (YAML or JSON)")
+
+    p = sub.add_parser(
+        "assign",
+        parents=[common],
+        help="show every experiment's variant for one user, and why",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", required=True, metavar="CONFIG", help="experiment config (YAML or JSON)")
+    p.add_argument("--user", required=True, metavar="ID", help="user id (the user_id attribute)")
+    p.add_argument(
+        "--attr",
+        action="append",
+        type=_attr,
+        default=[],
+        metavar="K=V",
+        help="user attribute, repeatable; V is parsed as JSON when possible (--attr country=NL --attr age=31)",
+    )
+    p.add_argument(
+        "--at",
+        type=float,
+        default=None,
+        metavar="UNIX_TIME",
+        help="evaluate start/end windows at this Unix time instead of now",
+    )
+
+    p = sub.add_parser(
+        "preview",
+        parents=[common],
+        help="allocation counts per experiment/variant over N synthetic users, with an SRM p-value",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", required=True, metavar="CONFIG", help="experiment config (YAML or JSON)")
+    p.add_argument(
+        "--users", type=int, default=100_000, metavar="N", help="number of synthetic user ids (user-0 ...)"
+    )
+    p.add_argument(
+        "--attr", action="append", type=_attr, default=[], metavar="K=V", help="attribute shared by all users"
+    )
+    p.add_argument("--include-drafts", action="store_true", help="preview draft experiments as if running")
+
+    p = sub.add_parser(
+        "conformance",
+        help="run GrowthBook's cases.json; exit 1 if a required case fails",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("cases", metavar="PATH_TO_CASES_JSON", help="GrowthBook SDK cases.json")
+    p.add_argument("--show-failures", action="store_true", help="list the names of failing cases")
+    return parser
+
+
+def _load(args: argparse.Namespace, path: str) -> Router:
+    checker = repository_checker(args.model_repository) if getattr(args, "model_repository", None) else None
+    return Router.from_file(path, model_exists=checker)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    router = _load(args, args.config)
+    running = sum(1 for e in router.config.experiments if e.status == "running")
+    print(f"{args.config}: OK ({len(router.experiment_keys)} experiments, {running} running)")
+    return 0
+
+
+def cmd_assign(args: argparse.Namespace) -> int:
+    router = _load(args, args.config)
+    attrs = dict(args.attr)
+    assignments = router.assign(args.user, attrs, now=args.at)
+    if router.in_global_holdout(args.user, attrs):
+        print(f"user {args.user!r} is in the global holdout: every stage gets its default model")
+    width = max((len(a.experiment_key) for a in assignments), default=10)
+    for a in assignments:
+        variant = a.variant_key if a.in_experiment else "-"
+        log = "log exposure" if a.should_log else "no exposure"
+        print(
+            f"{a.experiment_key:<{width}}  [{a.stage}/{a.layer or 'no layer'}]  variant={variant:<10}  "
+            f"{log:<12}  {a.reason}  -> {a.payload.model_name} v{a.payload.model_version}"
+        )
+    for stage, payload in router.payloads(assignments).items():
+        weights = f" task_weights={dict(payload.task_weights)}" if payload.task_weights else ""
+        print(f"{stage}: {payload.model_name} v{payload.model_version}{weights}")
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    router = _load(args, args.config)
+    if args.include_drafts:
+        data = router.config.model_dump()
+        for exp in data["experiments"]:
+            if exp["status"] == "draft":
+                exp["status"] = "running"
+        router = Router.from_dict(data)
+    ids = [f"user-{i}" for i in range(args.users)]
+    result = router.assign_many(ids, dict(args.attr), now=time.time())
+    print(f"{args.users} synthetic users, attributes {dict(args.attr) or '{}'}")
+    for exp in router.config.experiments:
+        chosen = result[exp.key]
+        counts = np.bincount(chosen + 1, minlength=len(exp.variations) + 1)
+        print(f"{exp.key} [{exp.stage}, {exp.status}]: {counts[0]} not in experiment")
+        widths = np.array([hi - lo for lo, hi in router.ranges_of(exp.key)], dtype=float)
+        observed = counts[1:]
+        for var, n, w in zip(exp.variations, observed, widths, strict=True):
+            share = n / observed.sum() if observed.sum() else 0.0
+            expected = w / widths.sum() if widths.sum() else 0.0
+            print(f"  {var.key:<16} {n:>9}  {share:7.2%} (expected {expected:.2%})")
+        if observed.sum() > 0 and (widths > 0).all():
+            p = chisquare(observed, f_exp=widths / widths.sum() * observed.sum()).pvalue
+            flag = "  <- sample ratio mismatch" if p < 0.001 else ""
+            print(f"  SRM chi-square p-value: {p:.4f}{flag}")
+    return 0
+
+
+def cmd_conformance(args: argparse.Namespace) -> int:
+    reports = run_suite(load_cases(args.cases))
+    for r in reports:
+        note = f" ({r.excluded} excluded: depend on URLs/query strings)" if r.excluded else ""
+        print(f"{r.section}: {r.passed} passed, {r.failed} failed{note}")
+        if args.show_failures:
+            for name in r.failed_names:
+                print(f"  FAILED {name}")
+    return EXIT_CONFORMANCE if any(r.failed for r in reports) else 0
+
+
+COMMANDS = {
+    "validate": cmd_validate,
+    "assign": cmd_assign,
+    "preview": cmd_preview,
+    "conformance": cmd_conformance,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; config errors print file:line messages and exit 2 without a traceback."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"error: {exc.describe()}", file=sys.stderr)
+        return EXIT_CONFIG

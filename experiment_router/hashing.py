@@ -1,0 +1,138 @@
+"""GrowthBook-compatible bucketing primitives: pure functions, no I/O, no clock, no global state.
+
+Unit ids are hashed per UTF-16 code unit, exactly like GrowthBook's JavaScript SDK: an ASCII or BMP
+character contributes its code point, a character outside the BMP (emoji, rare CJK) contributes its two
+surrogates. So a non-ASCII id lands in the same bucket as in the JS SDK (GrowthBook's Python SDK hashes
+code points and differs from JS for characters outside the BMP).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+FNV_OFFSET_BASIS = 0x811C9DC5
+FNV_PRIME = 0x01000193
+_MASK32 = 0xFFFFFFFF
+
+BucketRange = tuple[float, float]
+
+
+def code_units(text: str) -> bytes | Sequence[int]:
+    """Return the UTF-16 code units of `text` as a sequence of ints (bytes for pure ASCII, the fast path)."""
+    if text.isascii():
+        return text.encode("ascii")
+    return memoryview(text.encode("utf-16-le")).cast("H").tolist()
+
+
+def fnv1a32_update(state: int, units: bytes | Sequence[int]) -> int:
+    """Continue an FNV-1a 32 hash from `state` over `units`; lets callers precompute a shared prefix."""
+    for unit in units:
+        state = ((state ^ unit) * FNV_PRIME) & _MASK32
+    return state
+
+
+def fnv1a32(text: str) -> int:
+    """FNV-1a 32-bit hash of `text` over its UTF-16 code units."""
+    return fnv1a32_update(FNV_OFFSET_BASIS, code_units(text))
+
+
+_TABLE_DIGITS = 6
+_TABLE_LOW = 10 ** (_TABLE_DIGITS - 1)
+
+
+@lru_cache(maxsize=1)
+def _decimal_prefix_states() -> array:
+    """FNV state after every 6-digit decimal prefix (100000..999999), built once with numpy (3.6 MB).
+
+    Hash v2's second round hashes the decimal string of a 32-bit number (up to 10 digits); starting from
+    this table leaves at most 4 digits to hash in Python.
+    """
+    states = np.full(1, FNV_OFFSET_BASIS, dtype=np.uint64)
+    for position in range(_TABLE_DIGITS):
+        digits = np.arange(1 if position == 0 else 0, 10, dtype=np.uint64) + ord("0")
+        states = (((states[:, None] ^ digits[None, :]) * FNV_PRIME) & _MASK32).reshape(-1)
+    return array("I", states.astype(np.uint32).tobytes())
+
+
+def fnv1a32_decimal(n: int) -> int:
+    """FNV-1a 32 of `str(n)` for a non-negative int, using the 6-digit prefix table."""
+    text = str(n).encode("ascii")
+    if n < _TABLE_LOW:
+        return fnv1a32_update(FNV_OFFSET_BASIS, text)
+    state = _decimal_prefix_states()[int(text[:_TABLE_DIGITS]) - _TABLE_LOW]
+    for unit in text[_TABLE_DIGITS:]:
+        state = ((state ^ unit) * FNV_PRIME) & _MASK32
+    return state
+
+
+def hash_unit(seed: str, value: str, version: int) -> float | None:
+    """Map (seed, unit id) to [0, 1) as GrowthBook does.
+
+    Args:
+        seed: the experiment seed (GrowthBook falls back to the experiment key).
+        value: the unit id (value of the hash attribute).
+        version: 1 (value + seed, 3 decimals) or 2 (double hash, 4 decimals).
+
+    Returns:
+        The bucket in [0, 1), or None for an unknown hash version.
+    """
+    if version == 2:
+        return (fnv1a32_decimal(fnv1a32(seed + value)) % 10000) / 10000
+    if version == 1:
+        return (fnv1a32(value + seed) % 1000) / 1000
+    return None
+
+
+def in_range(n: float, bucket_range: Sequence[float]) -> bool:
+    """Half-open range test start <= n < end."""
+    return bucket_range[0] <= n < bucket_range[1]
+
+
+def in_namespace(unit_id: str, namespace: Sequence) -> bool:
+    """Whether `unit_id` falls in namespace (id, start, end); hashed with v1 and seed "__" + id."""
+    n = hash_unit("__" + namespace[0], unit_id, 1)
+    if n is None:
+        return False
+    return namespace[1] <= n < namespace[2]
+
+
+def equal_weights(num_variations: int) -> list[float]:
+    """Equal weights for `num_variations` variations (empty for fewer than one)."""
+    if num_variations < 1:
+        return []
+    return [1 / num_variations] * num_variations
+
+
+def bucket_ranges(
+    num_variations: int, coverage: float = 1.0, weights: Sequence[float] | None = None
+) -> list[BucketRange]:
+    """Variation ranges [start, start + coverage * weight) over cumulative weights.
+
+    Lowering coverage shrinks each range from its end, so no user ever moves to another variation;
+    weights fall back to equal ones when their count is wrong or their sum is outside [0.99, 1.01].
+    """
+    coverage = min(max(coverage, 0.0), 1.0)
+    if weights is None or len(weights) != num_variations:
+        weights = equal_weights(num_variations)
+    total = sum(weights)
+    if total < 0.99 or total > 1.01:
+        weights = equal_weights(num_variations)
+    ranges: list[BucketRange] = []
+    cumulative = 0.0
+    for weight in weights:
+        start = cumulative
+        cumulative += weight
+        ranges.append((start, start + coverage * weight))
+    return ranges
+
+
+def choose_variation(n: float, ranges: Sequence[Sequence[float]]) -> int:
+    """Index of the range holding `n`, or -1 when it falls in none (outside coverage)."""
+    for index, bucket_range in enumerate(ranges):
+        if bucket_range[0] <= n < bucket_range[1]:
+            return index
+    return -1

@@ -1,0 +1,298 @@
+"""Read experiment config files into a validated RouterConfig, naming file, experiment, field and line.
+
+The whole file is validated before anything is returned, so a bad config never half-loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from experiment_router.conditions import validate_condition
+from experiment_router.errors import ConfigError, ConfigErrors, UnknownOperatorError
+from experiment_router.schema import STAGES, ExperimentConfig, RouterConfig
+
+logger = logging.getLogger(__name__)
+
+ModelExists = Callable[[str, str, str], bool]
+"""`model_exists(stage, model_name, model_version) -> bool`, asked for every payload of a config."""
+
+Path_ = tuple[str | int, ...]
+
+
+def _line_map(text: str) -> dict[Path_, int]:
+    """1-based line of every mapping key / sequence item, by path; flags duplicate mapping keys."""
+    lines: dict[Path_, int] = {}
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+
+    def walk(node: yaml.Node, path: Path_) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key in seen:
+                    raise ConfigError(
+                        f"duplicate key {key!r}",
+                        field=_dotted(path + (key,)),
+                        line=key_node.start_mark.line + 1,
+                    )
+                seen.add(key)
+                lines[path + (key,)] = key_node.start_mark.line + 1
+                walk(value_node, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Locator:
+    """Turns a path inside the document into (experiment key, dotted field, line)."""
+
+    def __init__(self, file: str, data: Any, lines: dict[Path_, int]) -> None:
+        self.file, self.data, self.lines = file, data, lines
+
+    def error(self, message: str, path: Path_) -> ConfigError:
+        line = None
+        for cut in range(len(path), -1, -1):
+            if path[:cut] in self.lines:
+                line = self.lines[path[:cut]]
+                break
+        experiment = None
+        if len(path) >= 2 and path[0] == "experiments" and isinstance(path[1], int):
+            try:
+                experiment = self.data["experiments"][path[1]].get("key")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                experiment = None
+        return ConfigError(message, file=self.file, experiment=experiment, field=_dotted(path), line=line)
+
+
+def parse_text(text: str, file: str = "<config>") -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML (or JSON, a YAML subset) keeping the line of every node."""
+    try:
+        data = json.loads(text) if file.endswith(".json") else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON: {exc.msg}", file=file, line=exc.lineno) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"invalid YAML: {exc}", file=file, line=mark.line + 1 if mark else None) from None
+    try:
+        lines = _line_map(text)
+    except ConfigError as exc:
+        exc.file = file
+        raise ConfigError(exc.message, file=file, field=exc.field, line=exc.line) from None
+    except yaml.YAMLError:
+        lines = {}
+    return data, lines
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any],
+    *,
+    model_exists: ModelExists | None = None,
+    text: str | None = None,
+) -> RouterConfig:
+    """Load and validate a config.
+
+    Args:
+        source: a file path, or an already parsed mapping.
+        model_exists: optional check that every payload names a model in the model repository.
+        text: the file's contents, when the caller has already read them (hot reload hashes them).
+
+    Raises:
+        ConfigError: every problem found, each naming file, experiment key, field and line.
+    """
+    if isinstance(source, Mapping):
+        file, data, lines = "<config>", source, {}
+    else:
+        file = str(source)
+        if text is None:
+            try:
+                text = Path(source).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"cannot read config: {exc.strerror}", file=file) from None
+        data, lines = parse_text(text, file)
+    locate = _Locator(file, data, lines)
+    if not isinstance(data, Mapping):
+        raise locate.error("the top level must be a mapping with 'defaults' and 'experiments'", ())
+    try:
+        config = RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigErrors([_pydantic_error(locate, err) for err in exc.errors()]) from None
+    problems = list(_semantic_problems(config, locate, model_exists))
+    if problems:
+        raise ConfigErrors(problems)
+    return config
+
+
+def _pydantic_error(locate: _Locator, err: Mapping[str, Any]) -> ConfigError:
+    path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = f"unknown field {path[-1]!r}; {_allowed_fields(path)}"
+    return locate.error(message, path)
+
+
+def _allowed_fields(path: Path_) -> str:
+    from experiment_router import schema
+
+    model: Any = schema.RouterConfig
+    for part in path[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return "check the spelling"
+        model = _inner_model(field.annotation)
+    if model is None:
+        return "check the spelling"
+    return f"allowed: {sorted(model.model_fields)}"
+
+
+def _inner_model(annotation: Any) -> Any:
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _semantic_problems(config: RouterConfig, locate: _Locator, model_exists: ModelExists | None):
+    """Cross-field checks pydantic cannot do field by field."""
+    first_index: dict[str, int] = {}
+    for i, exp in enumerate(config.experiments):
+        base: Path_ = ("experiments", i)
+        if exp.key in first_index:
+            yield locate.error(
+                f"duplicate experiment key {exp.key!r} (first at experiments[{first_index[exp.key]}])",
+                base + ("key",),
+            )
+        first_index.setdefault(exp.key, i)
+        yield from _experiment_problems(config, exp, base, locate)
+    yield from _layer_problems(config, locate)
+    if model_exists is not None:
+        for stage, payload in config.defaults.items():
+            if not model_exists(stage, payload.model_name, payload.model_version):
+                yield locate.error(
+                    f"{stage} model {payload.model_name}/{payload.model_version} is not in the model repository",
+                    ("defaults", stage),
+                )
+        for i, exp in enumerate(config.experiments):
+            for j, var in enumerate(exp.variations):
+                p = var.payload
+                if not model_exists(exp.stage, p.model_name, p.model_version):
+                    yield locate.error(
+                        f"{exp.stage} model {p.model_name}/{p.model_version} is not in the model repository",
+                        ("experiments", i, "variations", j, "payload", "model_name"),
+                    )
+    for stage, payload in config.defaults.items():
+        if stage == "retrieval" and payload.task_weights:
+            yield locate.error(
+                "task_weights only apply to the ranking stage", ("defaults", stage, "task_weights")
+            )
+
+
+def _experiment_problems(config: RouterConfig, exp: ExperimentConfig, base: Path_, locate: _Locator):
+    if exp.condition is not None:
+        try:
+            validate_condition(exp.condition)
+        except UnknownOperatorError as exc:
+            yield locate.error(str(exc), base + ("condition",))
+    if exp.holdout is not None and exp.holdout not in config.holdout_groups:
+        yield locate.error(
+            f"unknown holdout group {exp.holdout!r}; defined: {sorted(config.holdout_groups)}",
+            base + ("holdout",),
+        )
+    variation_keys = [v.key for v in exp.variations]
+    for j, key in enumerate(variation_keys):
+        if key in variation_keys[:j]:
+            yield locate.error(f"duplicate variation key {key!r}", base + ("variations", j, "key"))
+        if exp.stage == "retrieval" and exp.variations[j].payload.task_weights:
+            yield locate.error(
+                "task_weights only apply to the ranking stage",
+                base + ("variations", j, "payload", "task_weights"),
+            )
+    seen_users: dict[str, str] = {}
+    for key, users in exp.forced.items():
+        if key not in variation_keys:
+            yield locate.error(
+                f"forced variation {key!r} is not a variation key; variations: {variation_keys}",
+                base + ("forced", key),
+            )
+        for user in users:
+            if user in seen_users and seen_users[user] != key:
+                yield locate.error(
+                    f"user {user!r} is forced into both {seen_users[user]!r} and {key!r}",
+                    base + ("forced", key),
+                )
+            seen_users[user] = key
+
+
+def _layer_problems(config: RouterConfig, locate: _Locator):
+    """Running experiments in one layer must not overlap; one stage must not span several layers."""
+    by_layer: dict[str, list[tuple[int, ExperimentConfig]]] = {}
+    stage_layers: dict[str, dict[str | None, int]] = {s: {} for s in STAGES}
+    for i, exp in enumerate(config.experiments):
+        if exp.status != "running":
+            continue
+        layer = exp.layer.name if exp.layer else None
+        if layer is not None:
+            by_layer.setdefault(layer, []).append((i, exp))
+        layers_of_stage = stage_layers[exp.stage]
+        if layer is None and layers_of_stage or layer not in layers_of_stage and layers_of_stage:
+            other = next(iter(layers_of_stage.values()))
+            yield locate.error(
+                f"running {exp.stage} experiments must share one layer (a user would get two {exp.stage} models); "
+                f"{config.experiments[other].key!r} is in layer {_layer_name(config.experiments[other])}, "
+                f"this one in {_layer_name(exp)}",
+                ("experiments", i, "layer"),
+            )
+        layers_of_stage.setdefault(layer, i)
+    for members in by_layer.values():
+        ordered = sorted(members, key=lambda m: m[1].layer.range)  # type: ignore[union-attr]
+        for (_, a), (j, b) in zip(ordered, ordered[1:], strict=False):
+            if b.layer.range[0] < a.layer.range[1]:  # type: ignore[union-attr]
+                yield locate.error(
+                    f"layer {b.layer.name!r} range {list(b.layer.range)} overlaps experiment {a.key!r} "  # type: ignore[union-attr]
+                    f"range {list(a.layer.range)}",  # type: ignore[union-attr]
+                    ("experiments", j, "layer", "range"),
+                )
+
+
+def _layer_name(exp: ExperimentConfig) -> str:
+    return repr(exp.layer.name) if exp.layer else "no layer"
+
+
+def repository_checker(root: str | Path) -> ModelExists:
+    """A `model_exists` that looks for `<root>/<name>/<version>/manifest.json` of the right kind."""
+    base = Path(root)
+
+    def exists(stage: str, name: str, version: str) -> bool:
+        manifest = base / name / version / "manifest.json"
+        try:
+            kind = json.loads(manifest.read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError):
+            return False
+        return kind in (None, stage)
+
+    return exists

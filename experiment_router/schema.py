@@ -1,0 +1,143 @@
+"""Pydantic schema of experiment config files (extra="forbid": a typo is an error, not a silent default)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Stage = Literal["retrieval", "ranking"]
+STAGES: tuple[Stage, ...] = ("retrieval", "ranking")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PayloadConfig(_Strict):
+    """What a variation changes for its stage: the model version and, for ranking, the task weights."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model_name: str = Field(min_length=1)
+    model_version: str = Field(min_length=1)
+    task_weights: dict[str, float] | None = None
+
+    @field_validator("model_version", mode="before")
+    @classmethod
+    def _version_as_string(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class VariationConfig(_Strict):
+    """One arm of an experiment; give either a `weight` or an explicit bucket `range`, not both."""
+
+    key: str = Field(min_length=1)
+    name: str | None = None
+    weight: float | None = Field(default=None, ge=0.0)
+    range: tuple[float, float] | None = None
+    payload: PayloadConfig
+
+    @field_validator("range")
+    @classmethod
+    def _range_inside_unit(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not (0.0 <= value[0] <= value[1] <= 1.0):
+            raise ValueError(f"range must satisfy 0 <= start <= end <= 1, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _weight_or_range(self) -> VariationConfig:
+        if self.weight is not None and self.range is not None:
+            raise ValueError("give either 'weight' or 'range', not both")
+        return self
+
+
+class LayerConfig(_Strict):
+    """A namespace: experiments in one layer own disjoint slices [start, end) of it."""
+
+    name: str = Field(min_length=1)
+    range: tuple[float, float] = (0.0, 1.0)
+
+    @field_validator("range")
+    @classmethod
+    def _range_inside_unit(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not (0.0 <= value[0] < value[1] <= 1.0):
+            raise ValueError(f"range must satisfy 0 <= start < end <= 1, got {list(value)}")
+        return value
+
+
+class HoldoutConfig(_Strict):
+    """Users hashed into [0, coverage) are kept out of the experiments the holdout covers."""
+
+    key: str = Field(default="global-holdout", min_length=1)
+    seed: str | None = None
+    coverage: float = Field(ge=0.0, le=1.0)
+    hash_attribute: str = "user_id"
+    hash_version: Literal[1, 2] = 2
+
+
+class ExperimentConfig(_Strict):
+    """One experiment on one stage."""
+
+    key: str = Field(min_length=1)
+    name: str | None = None
+    stage: Stage
+    status: Literal["draft", "running", "stopped"] = "draft"
+    seed: str | None = None
+    hash_attribute: str = "user_id"
+    fallback_attribute: str | None = None
+    hash_version: Literal[1, 2] = 2
+    coverage: float = Field(default=1.0, ge=0.0, le=1.0)
+    start: datetime | None = None
+    end: datetime | None = None
+    condition: dict[str, Any] | None = None
+    layer: LayerConfig | None = None
+    holdout: str | None = None
+    sticky: bool = True
+    bucket_version: int = Field(default=0, ge=0)
+    min_bucket_version: int = Field(default=0, ge=0)
+    forced: dict[str, list[str]] = Field(default_factory=dict)
+    variations: list[VariationConfig] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        weights = [v.weight for v in self.variations]
+        ranges = [v.range for v in self.variations]
+        if any(r is not None for r in ranges) and any(r is None for r in ranges):
+            raise ValueError("either every variation has a 'range' or none has")
+        if any(w is not None for w in weights) and any(w is None for w in weights):
+            raise ValueError("either every variation has a 'weight' or none has (equal weights)")
+        if all(w is not None for w in weights):
+            total = sum(w for w in weights if w is not None)
+            if not 0.99 <= total <= 1.01:
+                raise ValueError(f"variation weights must sum to 1 (+-0.01), got {total:g}")
+        if all(r is not None for r in ranges):
+            spans = sorted(r for r in ranges if r is not None)
+            for a, b in zip(spans, spans[1:], strict=False):
+                if b[0] < a[1]:
+                    raise ValueError(f"variation ranges {list(a)} and {list(b)} overlap")
+        if self.min_bucket_version > self.bucket_version:
+            raise ValueError("min_bucket_version cannot exceed bucket_version")
+        if self.start and self.end and self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class RouterConfig(_Strict):
+    """A whole experiment file."""
+
+    version: Literal[1] = 1
+    defaults: dict[Stage, PayloadConfig]
+    holdout: HoldoutConfig | None = None
+    holdout_groups: dict[str, HoldoutConfig] = Field(default_factory=dict)
+    saved_groups: dict[str, list[Any]] = Field(default_factory=dict)
+    experiments: list[ExperimentConfig] = Field(default_factory=list)
+
+    @field_validator("defaults")
+    @classmethod
+    def _every_stage(cls, value: dict[Stage, PayloadConfig]) -> dict[Stage, PayloadConfig]:
+        missing = [s for s in STAGES if s not in value]
+        if missing:
+            raise ValueError(f"a default payload is required for every stage; missing: {missing}")
+        return value

@@ -1,0 +1,37 @@
+"""Shared fixtures and the conformance-case parametrization (as GrowthBook's SDK test modules do)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiment_router.conformance import REQUIRED_SECTIONS, depends_on_url
+
+DATA = Path(__file__).parent / "data"
+CASES_PATH = DATA / "growthbook_cases.json"
+EXAMPLES = Path(__file__).parents[2] / "experiment_router" / "examples"
+
+
+def _cases() -> dict:
+    with open(CASES_PATH, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`gb_case` parametrizes a test over every non-excluded case of every required section."""
+    if "gb_case" in metafunc.fixturenames:
+        cases = _cases()
+        params = [
+            pytest.param((section, case), id=f"{section}:{i}:{case[0] if isinstance(case[0], str) else ''}")
+            for section in REQUIRED_SECTIONS
+            for i, case in enumerate(cases[section])
+            if not depends_on_url(section, case)
+        ]
+        metafunc.parametrize("gb_case", params)
+
+
+@pytest.fixture(scope="session")
+def gb_cases() -> dict:
+    return _cases()
