@@ -318,6 +318,7 @@ class EventProducer:
                 "batch_size": self.max_record_bytes + 1024,
                 "max_request_size": 4 * self.max_record_bytes,
                 "max_block_ms": timeout_ms,
+                "bootstrap_timeout_ms": timeout_ms,
                 "request_timeout_ms": max(timeout_ms // 2, 1000),
                 "delivery_timeout_ms": timeout_ms,
                 "retries": 3,

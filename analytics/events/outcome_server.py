@@ -1,0 +1,107 @@
+"""Optional gRPC front door (``OutcomeReporter.ReportOutcomes``) for backends that do not talk to Kafka.
+
+``python -m analytics.events.outcome_server --bootstrap HOST:PORT`` serves it with the standard health service
+and reflection. The servicer is transport only: it validates, then hands the outcomes to an ``EventProducer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from analytics.events.messages import KNOWN_SCHEMA_VERSIONS
+from analytics.events.producer import OUTCOMES_TOPIC, EventProducer
+from analytics.kafka.broker import DEFAULT_DATA_DIR
+from proto import events_pb2, outcomes_pb2, outcomes_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = outcomes_pb2.DESCRIPTOR.services_by_name["OutcomeReporter"].full_name
+
+
+class OutcomeReporterServicer(outcomes_pb2_grpc.OutcomeReporterServicer):
+    """Validates outcomes and queues them on the producer (accepted = sent or kept for later delivery)."""
+
+    def __init__(self, producer: EventProducer) -> None:
+        self._producer = producer
+
+    def ReportOutcomes(  # noqa: N802 - gRPC method name
+        self, request: outcomes_pb2.ReportOutcomesRequest, context: grpc.ServicerContext
+    ) -> outcomes_pb2.ReportOutcomesResponse:
+        outcomes = list(request.outcomes)
+        for i, outcome in enumerate(outcomes):
+            for name in ("user_id", "metric"):
+                if not getattr(outcome, name):
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"outcomes[{i}].{name} must not be empty")
+            version = outcome.schema_version
+            if version != events_pb2.SCHEMA_VERSION_UNSPECIFIED and version not in KNOWN_SCHEMA_VERSIONS:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"outcomes[{i}].schema_version {version} is unknown"
+                )
+        accepted = self._producer.send_outcomes(outcomes)
+        return outcomes_pb2.ReportOutcomesResponse(accepted=accepted)
+
+
+def build_server(producer: EventProducer, address: str, max_workers: int = 8) -> tuple[grpc.Server, int]:
+    """A gRPC server (not started yet) with the reporter, health and reflection; returns it and its port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+    outcomes_pb2_grpc.add_OutcomeReporterServicer_to_server(OutcomeReporterServicer(producer), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in (SERVICE_NAME, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind the outcome server to {address}")
+    return server, port
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m analytics.events.outcome_server",
+        description="gRPC OutcomeReporter: accepts outcomes and writes them to Kafka (buffer + journal when the "
+        "broker is away).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
+    parser.add_argument("--address", default="127.0.0.1:50053", help="host:port to listen on")
+    parser.add_argument("--topic", default=OUTCOMES_TOPIC, help="outcomes topic")
+    parser.add_argument("--journal", default=str(DEFAULT_DATA_DIR / "journal" / "outcome-server.journal"))
+    parser.add_argument("--grace-s", type=float, default=5.0, help="drain time on SIGTERM")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    producer = EventProducer(
+        args.bootstrap,
+        outcomes_topic=args.topic,
+        journal_path=args.journal,
+        client_id="mtrank-outcome-server",
+    )
+    try:
+        server, port = build_server(producer, args.address)
+    except OSError as exc:
+        producer.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    server.start()
+    log.info("OutcomeReporter listening on port %d", port)
+    stopping.wait()
+    server.stop(args.grace_s).wait()
+    producer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
