@@ -1,0 +1,212 @@
+"""Config validation: every invalid case names file, experiment key, field and line; nothing half-loads."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from experiment_router import ConfigError, Router
+from experiment_router.loader import load_config, repository_checker
+from tests.experiment_router.helpers import EXAMPLES, base_config
+
+HEADER = """\
+version: 1
+defaults:
+  retrieval: {model_name: ssmtl-retrieval-only, model_version: "1"}
+  ranking: {model_name: mmoe, model_version: "1", task_weights: {click: 1.0}}
+experiments:
+"""
+
+GOOD_EXPERIMENT = """\
+  - key: exp-a
+    stage: ranking
+    status: running
+    layer: {name: ranking, range: [0.0, 0.5]}
+    variations:
+      - {key: control, weight: 0.5, payload: {model_name: mmoe, model_version: 1}}
+      - {key: treatment, weight: 0.5, payload: {model_name: mmoe+dml, model_version: 1}}
+"""
+
+
+def _write(tmp_path: Path, body: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(HEADER + textwrap.dedent(body) if not body.startswith("version") else body)
+    return path
+
+
+def _error(path: Path, **kwargs) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        Router.from_file(path, **kwargs)
+    return info.value
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_are_valid(example: Path) -> None:
+    router = Router.from_file(example)
+    assert router.experiment_keys
+
+
+def test_negative_weight_names_file_key_field_and_line(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        GOOD_EXPERIMENT.replace(
+            "weight: 0.5, payload: {model_name: mmoe,", "weight: -0.5, payload: {model_name: mmoe,"
+        ),
+    )
+    err = _error(path)
+    text = err.describe()
+    assert str(path) in text and "exp-a" in text
+    assert "experiments[0].variations[0].weight" in text
+    assert f"{path}:11:" in text  # the line of the first variation
+    assert "greater than or equal to 0" in text
+
+
+def test_coverage_outside_unit_interval(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path, GOOD_EXPERIMENT.replace("    status: running\n", "    status: running\n    coverage: 1.5\n")
+    )
+    err = _error(path)
+    assert err.field == "experiments[0].coverage" and err.experiment == "exp-a" and err.line == 9
+
+
+def test_weights_must_sum_to_one(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        GOOD_EXPERIMENT.replace(
+            "weight: 0.5, payload: {model_name: mmoe+dml", "weight: 0.7, payload: {model_name: mmoe+dml"
+        ),
+    )
+    assert "sum to 1" in _error(path).describe()
+
+
+def test_overlapping_layer_ranges(tmp_path: Path) -> None:
+    second = GOOD_EXPERIMENT.replace("exp-a", "exp-b").replace("[0.0, 0.5]", "[0.4, 1.0]")
+    err = _error(_write(tmp_path, GOOD_EXPERIMENT + second))
+    assert err.experiment == "exp-b" and err.field == "experiments[1].layer.range"
+    assert "overlaps experiment 'exp-a'" in err.message and err.line == 16
+
+
+def test_adjacent_layer_ranges_are_fine(tmp_path: Path) -> None:
+    second = GOOD_EXPERIMENT.replace("exp-a", "exp-b").replace("[0.0, 0.5]", "[0.5, 1.0]")
+    assert len(Router.from_file(_write(tmp_path, GOOD_EXPERIMENT + second)).experiment_keys) == 2
+
+
+def test_same_stage_in_two_layers_is_rejected(tmp_path: Path) -> None:
+    second = GOOD_EXPERIMENT.replace("exp-a", "exp-b").replace("name: ranking,", "name: other,")
+    assert "must share one layer" in _error(_write(tmp_path, GOOD_EXPERIMENT + second)).message
+
+
+def test_duplicate_experiment_keys(tmp_path: Path) -> None:
+    second = GOOD_EXPERIMENT.replace("[0.0, 0.5]", "[0.5, 1.0]")
+    err = _error(_write(tmp_path, GOOD_EXPERIMENT + second))
+    assert "duplicate experiment key 'exp-a'" in err.message and err.line == 13
+
+
+def test_duplicate_yaml_mapping_key(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path, GOOD_EXPERIMENT.replace("    status: running\n", "    status: running\n    status: draft\n")
+    )
+    err = _error(path)
+    assert "duplicate key 'status'" in err.message and err.line == 9
+
+
+def test_duplicate_variation_keys(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD_EXPERIMENT.replace("key: treatment", "key: control"))
+    assert "duplicate variation key 'control'" in _error(path).message
+
+
+def test_unknown_condition_operator(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD_EXPERIMENT + "    condition: {country: {$inn: [NL]}}\n")
+    err = _error(path)
+    assert err.field == "experiments[0].condition" and err.line == 13
+    assert "unknown operator '$inn'" in err.message and "$in" in err.message
+
+
+def test_invalid_regex_in_condition(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD_EXPERIMENT + "    condition: {agent: {$regex: '(unclosed'}}\n")
+    assert "invalid regular expression" in _error(path).message
+
+
+def test_unknown_field_lists_allowed_fields(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path, GOOD_EXPERIMENT.replace("    status: running\n", "    status: running\n    coverge: 0.5\n")
+    )
+    err = _error(path)
+    assert "unknown field 'coverge'" in err.message and "'coverage'" in err.message and err.line == 9
+
+
+def test_payload_model_missing_from_repository_callback(tmp_path: Path) -> None:
+    known = {("ranking", "mmoe", "1"), ("retrieval", "ssmtl-retrieval-only", "1")}
+    err = _error(_write(tmp_path, GOOD_EXPERIMENT), model_exists=lambda s, n, v: (s, n, v) in known)
+    assert "ranking model mmoe+dml/1 is not in the model repository" in err.message
+    assert err.field == "experiments[0].variations[1].payload.model_name" and err.line == 12
+
+
+def test_payload_model_checked_against_repository_directory(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for kind, name in (("ranking", "mmoe"), ("ranking", "mmoe+dml"), ("retrieval", "ssmtl-retrieval-only")):
+        (repo / name / "1").mkdir(parents=True)
+        (repo / name / "1" / "manifest.json").write_text(
+            json.dumps({"kind": kind, "name": name, "version": "1"})
+        )
+    path = _write(tmp_path, GOOD_EXPERIMENT)
+    assert Router.from_file(path, model_exists=repository_checker(repo))
+    (repo / "mmoe+dml" / "1" / "manifest.json").unlink()
+    assert "mmoe+dml/1" in _error(path, model_exists=repository_checker(repo)).message
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    bad = GOOD_EXPERIMENT.replace(
+        "    status: running\n", "    status: running\n    coverage: -1\n    colour: red\n"
+    )
+    err = _error(_write(tmp_path, bad))
+    assert len(err.errors) == 2  # type: ignore[attr-defined]
+    assert "coverage" in err.describe() and "colour" in err.describe()
+
+
+def test_task_weights_rejected_on_retrieval(tmp_path: Path) -> None:
+    body = GOOD_EXPERIMENT.replace("stage: ranking", "stage: retrieval").replace(
+        "name: ranking,", "name: retrieval,"
+    )
+    body = body.replace("model_version: 1}}", "model_version: 1, task_weights: {click: 1}}}", 1)
+    assert "task_weights only apply to the ranking stage" in _error(_write(tmp_path, body)).message
+
+
+def test_forced_variation_must_exist(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD_EXPERIMENT + "    forced: {treatmnt: [qa-1]}\n")
+    assert "forced variation 'treatmnt' is not a variation key" in _error(path).message
+
+
+def test_unknown_holdout_group(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD_EXPERIMENT + "    holdout: q4\n")
+    assert "unknown holdout group 'q4'" in _error(path).message
+
+
+def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, GOOD_EXPERIMENT + "    condition: {country: [NL\n")
+    err = _error(path)
+    assert "invalid YAML" in err.message and err.line is not None and err.file == str(path)
+
+
+def test_json_is_accepted_and_errors_have_lines(tmp_path: Path) -> None:
+    data = base_config()
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps(data, indent=2))
+    assert Router.from_file(path).experiment_keys == ("exp-a",)
+    data["experiments"][0]["coverage"] = 2
+    path.write_text(json.dumps(data, indent=2))
+    err = _error(path)
+    assert err.experiment == "exp-a" and err.line is not None and err.field == "experiments[0].coverage"
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config("/nonexistent/exp.yaml")
+
+
+def test_model_version_is_a_string(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, GOOD_EXPERIMENT))
+    assert config.experiments[0].variations[1].payload.model_version == "1"

@@ -1,0 +1,88 @@
+"""Hot reload: a changed file swaps the whole Router; a bad file is rejected, logged and counted."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+
+from experiment_router import ConfigError
+from experiment_router.reload import ConfigWatcher
+from tests.experiment_router.helpers import base_config, experiment
+
+
+def _count(result: str) -> float:
+    return REGISTRY.get_sample_value("mtrank_router_config_reload_total", {"result": result}) or 0.0
+
+
+def _write(path: Path, data: dict, bump: int) -> None:
+    path.write_text(yaml.safe_dump(data))
+    stamp = time.time() + bump  # distinct mtimes even on coarse filesystem clocks
+    os.utime(path, (stamp, stamp))
+
+
+def test_good_change_swaps_and_bad_change_keeps_previous(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "exp.yaml"
+    data = base_config()
+    _write(path, data, 0)
+    errors: list[ConfigError] = []
+    watcher = ConfigWatcher(path, interval_s=0.05, on_error=errors.append)
+    first = watcher.current
+    assert first.experiment_keys == ("exp-a",)
+    assert watcher.check_now() is False  # unchanged file: nothing to do
+
+    ok_before, bad_before = _count("success"), _count("failure")
+    data["experiments"].append(experiment("exp-b", stage="retrieval"))
+    _write(path, data, 10)
+    assert watcher.check_now() is True
+    second = watcher.current
+    assert second is not first and second.experiment_keys == ("exp-a", "exp-b")
+    assert _count("success") == ok_before + 1
+
+    data["experiments"][1]["coverage"] = 7
+    _write(path, data, 20)
+    with caplog.at_level(logging.ERROR, logger="experiment_router.reload"):
+        assert watcher.check_now() is False
+    assert watcher.current is second  # the previous config stays active
+    assert _count("failure") == bad_before + 1
+    assert len(errors) == 1 and errors[0].field == "experiments[1].coverage"
+    assert "rejected, keeping the previous one" in caplog.text and "exp-b" in caplog.text
+    assert watcher.check_now() is False and _count("failure") == bad_before + 1  # same bad file: once
+
+
+def test_polling_thread_picks_up_changes(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    data = base_config()
+    _write(path, data, 0)
+    reloaded = []
+    with ConfigWatcher(path, interval_s=0.02, on_reload=reloaded.append) as watcher:
+        data["experiments"][0]["status"] = "stopped"
+        _write(path, data, 10)
+        deadline = time.monotonic() + 10
+        while not reloaded and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert reloaded and watcher.current is reloaded[0]
+        assert watcher.current.assign("u")[0].reason == "stopped"
+
+
+def test_deleted_file_keeps_router(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    _write(path, base_config(), 0)
+    watcher = ConfigWatcher(path)
+    router = watcher.current
+    path.unlink()
+    assert watcher.check_now() is False and watcher.current is router
+
+
+def test_invalid_initial_file_raises(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("defaults: {}\n")
+    with pytest.raises(ConfigError):
+        ConfigWatcher(path)

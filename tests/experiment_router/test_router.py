@@ -1,0 +1,163 @@
+"""Router behaviour: payloads, exposure rule, forced users, holdouts, windows, and agreement with the
+reference evaluator and with the vectorised path."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from experiment_router import Router
+from experiment_router.evaluation import EvalContext, run_experiment
+from tests.experiment_router.helpers import EXAMPLES, base_config, experiment
+
+TWO_LAYERS = EXAMPLES / "two_layers.yaml"
+
+
+def test_two_layer_example_gives_each_stage_its_payload() -> None:
+    router = Router.from_file(TWO_LAYERS)
+    assignments = router.assign("user-1")
+    by_key = {a.experiment_key: a for a in assignments}
+    assert set(by_key) == {"retrieval-ssmtl", "ranking-mmoe-dml"}
+    ranking = by_key["ranking-mmoe-dml"]
+    assert ranking.stage == "ranking" and ranking.layer == "ranking"
+    assert ranking.payload.model_name in {"mmoe", "mmoe+dml"}
+    assert dict(ranking.payload.task_weights) == {"click": 1.0, "rating": 0.1}
+    payloads = router.payloads(assignments)
+    assert payloads["retrieval"].model_name in {"ssmtl-retrieval-only", "ssmtl"}
+    assert payloads["retrieval"].task_weights == {}
+    assert router.model_refs() == {
+        ("retrieval", "ssmtl-retrieval-only", "1"),
+        ("retrieval", "ssmtl", "1"),
+        ("ranking", "mmoe", "1"),
+        ("ranking", "mmoe+dml", "1"),
+    }
+    assert router.default_for("ranking").model_name == "mmoe"
+
+
+def test_should_log_only_when_in_experiment_by_hash() -> None:
+    router = Router.from_file(TWO_LAYERS)
+    seen = {"in": 0, "out": 0}
+    for i in range(2000):
+        for a in router.assign(f"user-{i}"):
+            assert a.should_log == a.in_experiment
+            seen["in" if a.in_experiment else "out"] += 1
+            if not a.in_experiment:
+                assert a.payload == router.default_for(a.stage) and a.variant_key is None
+    assert seen["in"] and seen["out"]  # the 2% global holdout puts some users outside
+
+
+def test_forced_users_get_their_variant_without_exposure() -> None:
+    router = Router.from_file(TWO_LAYERS)
+    forced = next(a for a in router.assign("qa-alice") if a.experiment_key == "retrieval-ssmtl")
+    assert forced.in_experiment and forced.variant_key == "treatment" and not forced.should_log
+    assert "forced" in forced.reason
+
+
+def test_condition_with_saved_group_excludes_qa_team() -> None:
+    router = Router.from_file(TWO_LAYERS)
+    ranking = next(a for a in router.assign("qa-bob") if a.experiment_key == "ranking-mmoe-dml")
+    assert not ranking.in_experiment and "not targeted" in ranking.reason
+
+
+def test_global_holdout_excludes_users_from_every_experiment() -> None:
+    router = Router.from_file(TWO_LAYERS)
+    held = [f"user-{i}" for i in range(3000) if router.in_global_holdout(f"user-{i}")]
+    assert 20 < len(held) < 110  # 2% of 3000 = 60
+    for user in held:
+        assert all(not a.in_experiment and "global holdout" in a.reason for a in router.assign(user))
+
+
+def test_draft_stopped_and_time_windows() -> None:
+    data = base_config()
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    data["experiments"] = [
+        experiment("draft", status="draft", layer={"name": "r", "range": [0, 0.2]}),
+        experiment("stopped", status="stopped", layer={"name": "r", "range": [0.2, 0.4]}),
+        experiment(
+            "window", start=start.isoformat(), end=end.isoformat(), layer={"name": "r", "range": [0, 1]}
+        ),
+    ]
+    router = Router.from_dict(data)
+    before, during, after = start.timestamp() - 1, start.timestamp() + 10, end.timestamp()
+    reasons = {a.experiment_key: a.reason for a in router.assign("u", now=before)}
+    assert reasons == {"draft": "draft", "stopped": "stopped", "window": "not started yet"}
+    assert next(a for a in router.assign("u", now=after) if a.experiment_key == "window").reason == "ended"
+    inside = [
+        next(a for a in router.assign(f"u{i}", now=during) if a.experiment_key == "window") for i in range(50)
+    ]
+    assert all(a.in_experiment for a in inside)
+
+
+def test_holdout_group_applies_only_to_its_experiments() -> None:
+    data = base_config()
+    data["holdout_groups"] = {"q4": {"key": "q4", "coverage": 0.5}}
+    data["experiments"] = [experiment("with", holdout="q4"), experiment("without", stage="retrieval")]
+    router = Router.from_dict(data)
+    results = [{a.experiment_key: a for a in router.assign(f"user-{i}")} for i in range(400)]
+    held = sum("holdout group 'q4'" in r["with"].reason for r in results)
+    assert 150 < held < 250
+    assert all(r["without"].in_experiment for r in results)
+
+
+def test_missing_hash_attribute_and_fallback() -> None:
+    data = base_config()
+    data["experiments"] = [experiment("by-device", hash_attribute="device_id")]
+    router = Router.from_dict(data)
+    (a,) = router.assign("u1")
+    assert not a.in_experiment and "no value for hash attribute 'device_id'" in a.reason
+    (b,) = router.assign("u1", {"device_id": "d-9"})
+    assert b.in_experiment
+
+
+def test_unknown_hash_attribute_value_types_are_stringified() -> None:
+    data = base_config()
+    data["experiments"] = [experiment("by-number", hash_attribute="account")]
+    router = Router.from_dict(data)
+    assert router.assign("u", {"account": 123}) == router.assign("v", {"account": "123"})
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_router_agrees_with_reference_evaluator(version: int) -> None:
+    data = base_config()
+    data["saved_groups"] = {"vip": ["user-3", "user-8"]}
+    data["experiments"] = [
+        experiment(
+            "ranked",
+            hash_version=version,
+            seed="s-1",
+            coverage=0.6,
+            layer={"name": "ranking", "range": [0.1, 0.8]},
+            condition={"$or": [{"country": {"$in": ["NL", "DE"]}}, {"user_id": {"$inGroup": "vip"}}]},
+            variations=[
+                {"key": "a", "weight": 0.2, "payload": {"model_name": "m", "model_version": "1"}},
+                {"key": "b", "weight": 0.3, "payload": {"model_name": "m", "model_version": "2"}},
+                {"key": "c", "weight": 0.5, "payload": {"model_name": "m", "model_version": "3"}},
+            ],
+        )
+    ]
+    router = Router.from_dict(data)
+    spec = router._experiments[0].spec
+    for i in range(1500):
+        attrs = {"country": ["NL", "US", "DE"][i % 3]}
+        (mine,) = router.assign(f"user-{i}", attrs)
+        ref = run_experiment(
+            spec,
+            EvalContext(
+                attributes={**attrs, "user_id": f"user-{i}"}, saved_groups={"vip": ["user-3", "user-8"]}
+            ),
+        )
+        assert (mine.in_experiment, mine.should_log) == (ref.in_experiment, ref.hash_used)
+        if mine.in_experiment:
+            assert mine.variation_id == ref.variation_id
+
+
+def test_vectorised_assignment_matches_per_user_assignment() -> None:
+    router = Router.from_file(TWO_LAYERS)
+    ids = [f"user-{i}" for i in range(3000)] + ["qa-alice", "qa-bob", "", "ü-ñ", "emoji-😀"]
+    bulk = router.assign_many(ids)
+    for i, user in enumerate(ids):
+        for a in router.assign(user):
+            assert bulk[a.experiment_key][i] == a.variation_id, (user, a)
+    assert set(np.unique(bulk["ranking-mmoe-dml"])) == {-1, 0, 1}
