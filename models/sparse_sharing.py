@@ -1,0 +1,260 @@
+"""Sparse sharing: one shared MLP, one binary parameter mask per task, masks found by magnitude pruning.
+
+Paper: T. Sun, Y. Shao, X. Li, P. Liu, H. Yan, X. Qiu, X. Huang, "Learning Sparse Sharing Architectures for
+Multiple Tasks", AAAI'20, https://arxiv.org/abs/1911.05034 — in the form CSRec (Bai et al., WWW'22,
+https://doi.org/10.1145/3485447.3512043) compares against: subnets ``x_t = MLP(x_o; M_t ⊙ Θ)`` (Eq. 1) feed
+linear towers ``y_t = w^T x_t + b`` (Eq. 2), and all tasks are trained *in parallel* (the summed task losses).
+
+The masks cover the weight matrices of the shared MLP (biases, embeddings and towers are not masked, as in the
+sparse-sharing reference code). They start random (density ``init_density``) and are pruned with the schedule
+of CSRec's Algorithm 1 (``models.schedules``), so that CSRec differs from this baseline only by what CSRec adds:
+alternating training and the contrastive loss. This module also holds what both share: the masked MLP, the
+sharing / conflict ratios of the paper's Fig. 5, and ``fold_masks`` for export.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from models.base import Batch, ModelConfigError, MultiTaskModel, build_config, task_losses
+from models.layers import MLP, FeatureEmbedding, FeatureSpec, TaskSpec, Tower
+from models.registry import register_model
+from models.schedules import PruningSchedule, magnitude_prune, sparsity
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MaskedSharingConfig:
+    """CSRec section 3.1.3: MLP (256, 192, 128), ReLU, alpha 0.1, epsilon 0.4, random-reverse contrastive
+    masks. ``init_density``, ``prune_every``, ``reverse_ratio`` and ``log_every`` are not given by the paper."""
+
+    hidden_dims: tuple[int, ...] = (256, 192, 128)
+    dropout: float = 0.0
+    alpha: float = 0.1
+    epsilon: float = 0.4
+    init_density: float = 0.9
+    prune_every: int = 50
+    rewind: bool = True
+    contrastive: str = "random_reverse"
+    reverse_ratio: float = 0.1
+    log_every: int = 50
+    embedding_l2: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.init_density <= 1:
+            raise ModelConfigError(f"init_density must be in (0, 1], got {self.init_density}")
+        if self.contrastive not in CONTRASTIVE_STRATEGIES:
+            raise ModelConfigError(
+                f"contrastive: {self.contrastive!r} is not one of {sorted(CONTRASTIVE_STRATEGIES)}"
+            )
+        if not 0 < self.reverse_ratio <= 1:
+            raise ModelConfigError(f"reverse_ratio must be in (0, 1], got {self.reverse_ratio}")
+        if self.log_every < 1:
+            raise ModelConfigError(f"log_every must be >= 1, got {self.log_every}")
+
+    @classmethod
+    def tiny(cls) -> Self:
+        return cls(hidden_dims=(16, 8), prune_every=2, log_every=2)
+
+    @property
+    def schedule(self) -> PruningSchedule:
+        try:
+            return PruningSchedule(self.alpha, self.epsilon, self.prune_every, self.rewind)
+        except ValueError as err:
+            raise ModelConfigError(str(err)) from None
+
+
+CONTRASTIVE_STRATEGIES = frozenset({"random_reverse", "shared_random_reverse"})
+
+
+class MaskedSharingModel(MultiTaskModel):
+    """Shared MLP with per-task masks, parallel training; CSRec subclasses it and changes ``objective``."""
+
+    def __init__(
+        self,
+        features: FeatureSpec | Mapping[str, Any],
+        tasks: Sequence[TaskSpec | Mapping[str, Any]],
+        config: MaskedSharingConfig,
+    ) -> None:
+        super().__init__(features, tasks, config.embedding_l2)
+        self.config = config
+        self.schedule = config.schedule
+        self.embedding = FeatureEmbedding(self.feature_spec)
+        self.base = MLP(self.feature_spec.d_in, config.hidden_dims, "relu", config.dropout)
+        self.linears = [m for m in self.base.net if isinstance(m, nn.Linear)]
+        self.build_towers(self.base.d_out, (), 0.0)
+        for i, linear in enumerate(self.linears):
+            # Theta^(0) of Algorithm 1 (line 1), kept for the rewinds of line 13; not part of checkpoints.
+            self.register_buffer(f"theta0_weight_{i}", linear.weight.detach().clone(), persistent=False)
+            self.register_buffer(f"theta0_bias_{i}", linear.bias.detach().clone(), persistent=False)
+            init = (torch.rand((self.n_tasks, *linear.weight.shape)) < config.init_density).float()
+            self.register_buffer(f"mask_{i}", init)
+        self.register_buffer("prune_rounds", torch.zeros(self.n_tasks, dtype=torch.long))
+        self.register_buffer("mask_final", torch.zeros(self.n_tasks, dtype=torch.bool))
+        self.last_metrics: dict[str, float] = {}
+
+    # masks -------------------------------------------------------------------------------------------------
+    def masks(self, task: int) -> list[Tensor]:
+        """Task ``task``'s mask per layer (views into the stacked buffers; edits land in the model)."""
+        return [getattr(self, f"mask_{i}")[task] for i in range(len(self.linears))]
+
+    def subnet(self, x: Tensor, masks: Sequence[Tensor]) -> Tensor:
+        """Eq. 1/7: the shared MLP with weights ``M ⊙ Θ``."""
+        layer = 0
+        for module in self.base.net:
+            if isinstance(module, nn.Linear):
+                x = F.linear(x, module.weight * masks[layer], module.bias)
+                layer += 1
+            else:
+                x = module(x)
+        return x
+
+    def shared_representation(self, batch: Batch) -> Tensor:
+        x = self.embedding(batch["sparse"], batch["dense"])
+        return torch.stack([self.subnet(x, self.masks(t)) for t in range(self.n_tasks)], dim=1)
+
+    def task_logit(self, x: Tensor, task: int, masks: Sequence[Tensor]) -> Tensor:
+        """One task's output through an arbitrary mask (the real one or a contrastive one)."""
+        return self.towers[task](self.subnet(x, masks))
+
+    # ratios of Fig. 5 ----------------------------------------------------------------------------------------
+    def shared_positions(self) -> list[Tensor]:
+        """Per layer, the weights every task's mask keeps."""
+        return [getattr(self, f"mask_{i}").bool().all(0) for i in range(len(self.linears))]
+
+    def sharing_ratio(self) -> float:
+        """Shared weights / all weights of the base MLP (section 3.3.2)."""
+        shared = self.shared_positions()
+        return sum(int(s.sum()) for s in shared) / sum(s.numel() for s in shared)
+
+    def conflict_ratio(self, batch: Batch, labels: Tensor) -> float:
+        """Shared weights whose per-task gradients have opposite signs / shared weights (section 3.3.3),
+        measured on ``batch`` with each task's own loss through its own subnet; leaves ``.grad`` untouched."""
+        x = self.embedding(batch["sparse"], batch["dense"])
+        weights = [linear.weight for linear in self.linears]
+        signs = []
+        for t in range(self.n_tasks):
+            out = self.task_logit(x, t, self.masks(t)).unsqueeze(1)
+            loss = task_losses(out, labels[:, t : t + 1], [self.tasks[t]]).sum()
+            grads = torch.autograd.grad(loss, weights, retain_graph=True, allow_unused=True)
+            signs.append(
+                [
+                    torch.zeros_like(w) if g is None else torch.sign(g)
+                    for g, w in zip(grads, weights, strict=True)
+                ]
+            )
+        conflicts, shared_total = 0, 0
+        for layer, shared in enumerate(self.shared_positions()):
+            stacked = torch.stack([s[layer] for s in signs])
+            opposite = (stacked.max(0).values > 0) & (stacked.min(0).values < 0) & shared
+            conflicts += int(opposite.sum())
+            shared_total += int(shared.sum())
+        return conflicts / shared_total if shared_total else 0.0
+
+    # training hooks (see models.schedules) ----------------------------------------------------------------------
+    def objective(self, batch: Batch, labels: Tensor, step: int) -> Tensor:
+        """Sparse sharing trains all tasks in parallel: the summed task losses of the masked subnets."""
+        return task_losses(self(batch), labels, self.tasks).sum()
+
+    def training_loss(self, batch: Batch, labels: Tensor, step: int) -> Tensor:
+        """The step's objective plus the auxiliary loss; measures the ratios every ``log_every`` steps."""
+        if step % self.config.log_every == 0:
+            self.last_metrics = {
+                "sharing_ratio": self.sharing_ratio(),
+                "conflict_ratio": self.conflict_ratio(batch, labels),
+            }
+            logger.info("step %d: sharing ratio %.4f, conflict ratio %.4f", step, *self.last_metrics.values())
+        return self.objective(batch, labels, step) + self.auxiliary_loss()
+
+    def tasks_to_prune(self, step: int) -> list[int]:
+        """Parallel training prunes every task once per ``every`` steps."""
+        return list(range(self.n_tasks)) if (step + 1) % self.schedule.every == 0 else []
+
+    @torch.no_grad()
+    def prune_task(self, task: int) -> None:
+        """Algorithm 1 lines 11-18 for one task: prune, then rewind Θ or fix the mask."""
+        if self.mask_final[task]:
+            return
+        masks = self.masks(task)
+        magnitude_prune([linear.weight for linear in self.linears], masks, self.schedule.alpha)
+        self.prune_rounds[task] += 1
+        level = sparsity(masks)
+        if level > self.schedule.epsilon:
+            self.mask_final[task] = True
+            logger.info(
+                "task %s: mask fixed at sparsity %.4f after %d rounds",
+                self.tasks[task].name,
+                level,
+                int(self.prune_rounds[task]),
+            )
+        elif self.schedule.rewind:
+            for i, linear in enumerate(self.linears):
+                linear.weight.copy_(getattr(self, f"theta0_weight_{i}"))
+                linear.bias.copy_(getattr(self, f"theta0_bias_{i}"))
+
+    def on_step(self, step: int) -> dict[str, float]:
+        """After the optimizer step: prune on schedule; returns the latest ratios and per-task densities."""
+        for task in self.tasks_to_prune(step):
+            self.prune_task(task)
+        densities = {f"density/{t.name}": 1 - sparsity(self.masks(i)) for i, t in enumerate(self.tasks)}
+        return {**self.last_metrics, **densities}
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        return {"sharing_ratio": self.sharing_ratio(), **self.last_metrics}
+
+    def selection_ready(self) -> bool:
+        """Checkpoints are comparable only once every mask is fixed (rewinds reset the MLP before that)."""
+        return bool(self.mask_final.all())
+
+    # export ---------------------------------------------------------------------------------------------------
+    def fold_masks(self) -> FoldedMaskedModel:
+        """A plain model with ``M_t ⊙ Θ`` written into T dense MLPs: same outputs, no mask ops in the graph."""
+        return FoldedMaskedModel(self)
+
+    def for_export(self) -> nn.Module:
+        return self.fold_masks()
+
+
+class FoldedMaskedModel(MultiTaskModel):
+    """Export form of a masked-sharing model: one ordinary MLP per task holding the masked weights."""
+
+    def __init__(self, source: MaskedSharingModel) -> None:
+        super().__init__(source.feature_spec, source.tasks)
+        cfg = source.config
+        self.embedding = FeatureEmbedding(self.feature_spec)
+        self.embedding.load_state_dict(source.embedding.state_dict())
+        self.subnets = nn.ModuleList(
+            MLP(self.feature_spec.d_in, cfg.hidden_dims, "relu", cfg.dropout) for _ in self.tasks
+        )
+        with torch.no_grad():
+            for t, subnet in enumerate(self.subnets):
+                linears = [m for m in subnet.net if isinstance(m, nn.Linear)]
+                for linear, src, mask in zip(linears, source.linears, source.masks(t), strict=True):
+                    linear.weight.copy_(src.weight * mask)
+                    linear.bias.copy_(src.bias)
+        self.towers = nn.ModuleList(Tower(source.base.d_out, (), "relu", 0.0) for _ in self.tasks)
+        self.towers.load_state_dict(source.towers.state_dict())
+        self.train(source.training)
+
+    def shared_representation(self, batch: Batch) -> Tensor:
+        x = self.embedding(batch["sparse"], batch["dense"])
+        return torch.stack([subnet(x) for subnet in self.subnets], dim=1)
+
+
+@register_model("sparse-sharing")
+def sparse_sharing(
+    features: FeatureSpec | Mapping[str, Any],
+    tasks: Sequence[TaskSpec | Mapping[str, Any]],
+    preset: str = "default",
+    **overrides: Any,
+) -> MaskedSharingModel:
+    """Sparse sharing baseline: parallel training, masks by Algorithm 1's pruning schedule."""
+    return MaskedSharingModel(features, tasks, build_config(MaskedSharingConfig, preset, overrides))

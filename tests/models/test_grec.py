@@ -1,0 +1,205 @@
+"""GRec: routing shapes per mode, expert capacity, router losses, routing FLOPs, top-k kept in ONNX."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from models.base import ModelConfigError, random_batch
+from models.grec import ROUTING_MODES, GRec, GRecConfig, SparseMoE, expert_capacity, grec, routing_flops
+from models.layers import FeatureSpec
+
+SPEC = FeatureSpec(sparse_vocab_sizes=(5, 7, 9), n_dense=3, embedding_dim=4)
+TASKS = [{"name": "income"}, {"name": "married"}]
+
+
+def build(routing: str, **overrides: object) -> GRec:
+    torch.manual_seed(0)
+    return grec(SPEC, TASKS, preset="tiny", routing=routing, aux_task_columns=("sparse_1",), **overrides)
+
+
+@pytest.mark.parametrize("routing", ROUTING_MODES)
+def test_forward_shapes_and_routing_record(routing: str) -> None:
+    model = build(routing)
+    out = model(random_batch(SPEC, 16))
+    ids, weights = model.last_routing
+    length = 2 + 1 + 3  # main task + one auxiliary task token, wide token, three deep tokens
+    assert model.seq_len == length
+    assert out.shape == (16, 2)
+    assert ids.shape == weights.shape == (16, 2, length, model.config.top_k)
+    assert ((ids >= 0) & (ids < model.config.n_experts)).all()
+    # each token's top-k experts are distinct
+    assert (ids.sort(-1).values.diff(dim=-1) > 0).all()
+
+
+@pytest.mark.parametrize("routing", ["sentence", "task", "task_sentence"])
+def test_sequence_level_modes_send_every_token_to_the_same_experts(routing: str) -> None:
+    model = build(routing, capacity_factor=100.0)
+    model(random_batch(SPEC, 32))
+    ids, _ = model.last_routing
+    assert (ids == ids[:, :, :1]).all()
+
+
+def test_task_routing_depends_on_the_task_only_and_task_sentence_on_the_flow_token() -> None:
+    task_model, ts_model = build("task"), build("task_sentence")
+    batch = random_batch(SPEC, 64)
+    task_model(batch)
+    ids, _ = task_model.last_routing
+    assert (ids == ids[:1]).all()  # identical for every row of a task
+    ts_model(batch)
+    ids, _ = ts_model.last_routing
+    flow = batch["sparse"][:, 1]
+    for value in flow.unique():
+        rows = ids[flow == value]
+        assert (rows == rows[:1]).all()  # same task sentence -> same experts
+
+
+def test_token_routing_can_differ_between_tokens_of_one_sequence() -> None:
+    model = build("token", capacity_factor=100.0)
+    with torch.no_grad():
+        model.router.weight.normal_(std=5.0)
+    model(random_batch(SPEC, 32))
+    ids, _ = model.last_routing
+    assert not (ids == ids[:, :, :1]).all()
+
+
+def test_capacity_drops_overflow_in_gshard_priority_order() -> None:
+    config = GRecConfig(d_model=4, n_heads=1, n_experts=4, top_k=2, expert_capacity=2, expert_hidden=4)
+    moe = SparseMoE(config, seq_len=5)
+    # every token prefers expert 0, then expert 1: 5 first choices and 5 second choices, 2 slots each
+    logits = torch.tensor([4.0, 2.0, 0.0, -1.0]).expand(1, 5, 4)
+    ids, weights, slots = moe.route(logits)
+    assert (ids[..., 0] == 0).all() and (ids[..., 1] == 1).all()
+    kept = weights > 0
+    assert kept[0, :, 0].tolist() == [True, True, False, False, False]
+    assert kept[0, :, 1].tolist() == [True, True, False, False, False]
+    assert sorted(slots[kept].tolist()) == [0, 1, 2, 3]  # expert 0 slots 0,1; expert 1 slots 2,3
+    assert (slots[~kept] == 4 * 2).all()
+    # kept weights are the top-2 probabilities renormalised
+    probs = torch.softmax(torch.tensor([4.0, 2.0]), 0)
+    assert torch.allclose(weights[0, 0], probs)
+
+
+def test_dropped_tokens_pass_through_the_residual_unchanged() -> None:
+    config = GRecConfig(d_model=4, n_heads=1, n_experts=2, top_k=1, expert_capacity=1, expert_hidden=4)
+    moe = SparseMoE(config, seq_len=3)
+    x = torch.randn(2, 3, 4)
+    logits = torch.tensor([1.0, 0.0]).expand(2, 3, 2)  # all to expert 0, capacity 1
+    out, _, weights = moe(x, moe.norm(x), logits)
+    assert torch.equal(out[:, 1:], x[:, 1:])
+    assert not torch.equal(out[:, 0], x[:, 0])
+    assert (weights[:, 1:] == 0).all()
+
+
+def test_capacity_factor_default_reproduces_the_papers_two_tokens() -> None:
+    # 8 experts, top-4, 5 tokens per sequence (the paper's setting): capacity 2 tokens
+    assert expert_capacity(GRecConfig(), seq_len=5) == 2
+    assert expert_capacity(GRecConfig(expert_capacity=3), seq_len=5) == 3
+
+
+@pytest.mark.parametrize("routing", ROUTING_MODES)
+def test_router_losses_are_positive_and_reach_the_router(routing: str) -> None:
+    model = build(routing)
+    model.train()
+    model(random_batch(SPEC, 16))
+    aux = model.auxiliary_loss()
+    assert aux.item() > 0
+    aux.backward()
+    assert model.router.weight.grad is not None and model.router.weight.grad.abs().sum() > 0
+    model.eval()
+    assert model.auxiliary_loss().item() == 0.0
+
+
+def test_balance_loss_is_one_under_uniform_routing() -> None:
+    model = build("token", balance_coef=1.0, z_loss_coef=0.0)
+    logits = torch.zeros(3, model.seq_len, model.config.n_experts)
+    ids = torch.arange(model.config.n_experts).repeat(3 * model.seq_len // 2 + 1)[: 3 * model.seq_len * 2]
+    ids = ids.reshape(3, model.seq_len, 2)  # every expert chosen equally often
+    assert model._router_losses(logits, ids).item() == pytest.approx(1.0)
+
+
+def test_routing_flops_by_hand_and_ordering_of_table_1() -> None:
+    base = dict(d_model=16, n_heads=2, n_experts=8, top_k=4, expert_capacity=2, expert_hidden=32)
+    seq_len, n_task_tokens, n_tasks = 10, 2, 2
+    flops = {
+        m: routing_flops(GRecConfig(routing=m, **base), seq_len, n_task_tokens, n_tasks)
+        for m in ROUTING_MODES
+    }
+    gate = 2 * 16 * 8
+    assert flops["token"].router == n_tasks * seq_len * gate
+    assert flops["sentence"].router == n_tasks * seq_len * gate  # concatenated sentence: as costly as tokens
+    assert flops["task"].router == n_tasks * gate
+    assert flops["task_sentence"].router == n_tasks * (n_task_tokens * 16 + gate)
+    # paper Table 1: token = sentence > task-sentence > task
+    assert (
+        flops["token"].router
+        == flops["sentence"].router
+        > flops["task_sentence"].router
+        > flops["task"].router
+    )
+    mean = routing_flops(GRecConfig(routing="sentence", sentence_pooling="mean", **base), seq_len, 2, 2)
+    assert mean.router == n_tasks * (seq_len * 16 + gate)
+    per_slot = 4 * 16 * 32
+    assert flops["token"].experts == n_tasks * 8 * 2 * per_slot
+    assert flops["token"].experts_used == n_tasks * min(seq_len * 4, 16) * per_slot
+    assert flops["task"].experts_used == n_tasks * 4 * 2 * per_slot
+
+
+def test_model_reports_its_own_routing_flops() -> None:
+    model = build("task_sentence")
+    assert model.routing_flops() == routing_flops(model.config, model.seq_len, 2, 2)
+
+
+def test_config_errors_name_the_key() -> None:
+    with pytest.raises(ModelConfigError, match="routing"):
+        build("expert")
+    with pytest.raises(ModelConfigError, match="aux_task_columns"):
+        grec(SPEC, TASKS, preset="tiny", aux_task_columns=("nope",))
+    with pytest.raises(ModelConfigError, match="unknown keys"):
+        grec(SPEC, TASKS, preset="tiny", n_expert=3)
+
+
+def test_sentence_router_reads_the_whole_sequence() -> None:
+    model = build("sentence")
+    assert model.router.in_features == model.seq_len * model.config.d_model
+    assert build("sentence", sentence_pooling="mean").router.in_features == model.config.d_model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("routing", ["token", "task_sentence"])
+def test_onnx_keeps_topk_routing_and_matches_pytorch(routing: str, tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    model = build(routing).eval()
+
+    class Positional(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+            return self.model({"sparse": sparse, "dense": dense})
+
+    batch = random_batch(SPEC, 1000, torch.Generator().manual_seed(3))
+    path = tmp_path / "grec.onnx"
+    torch.onnx.export(
+        Positional().eval(),
+        (batch["sparse"][:2], batch["dense"][:2]),
+        str(path),
+        input_names=["sparse", "dense"],
+        output_names=["logits"],
+        dynamo=False,
+        opset_version=17,
+        dynamic_axes={"sparse": {0: "batch"}, "dense": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"TopK", "ScatterElements", "GatherElements"} <= ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"sparse": batch["sparse"].numpy(), "dense": batch["dense"].numpy()})[0]
+    with torch.no_grad():
+        want = model(batch).numpy()
+    assert np.abs(got - want).max() <= 1e-4
+    assert math.isfinite(float(got.sum()))
