@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--grace", type=float, default=d["grace_s"].default, help="shutdown drain period, seconds"
     )
+    parser.add_argument("--not-serving-delay", type=float, default=d["not_serving_delay_s"].default,
+                        help="seconds health reports NOT_SERVING before the server stops taking requests")  # fmt: skip
     parser.add_argument("--max-batch-rows", type=int, default=b["max_batch_rows"].default,
                         help="candidate rows per ONNX Runtime call")  # fmt: skip
     parser.add_argument("--max-delay-ms", type=float, default=b["max_delay_ms"].default,
@@ -93,6 +95,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         default_timeout_s=args.default_timeout,
         poll_interval_s=args.poll_interval,
         grace_s=args.grace,
+        not_serving_delay_s=args.not_serving_delay,
         batching=BatchingSettings(
             max_batch_rows=args.max_batch_rows,
             max_delay_ms=args.max_delay_ms,
@@ -113,14 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         parser.error(problems)
-    from ranker_server.app import run  # after parsing: --help stays fast and needs no model libraries
+    from experiment_router.errors import ConfigError  # after parsing: --help stays fast
+    from ranker_server.app import run
     from ranker_server.errors import RankerError
 
     try:
         return run(settings)
     except RankerError as exc:
         print(f"ranker_server: {exc.reason}", file=sys.stderr)
-        return 2
+    except ConfigError as exc:
+        print(f"ranker_server: {exc}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -7,34 +7,39 @@ import contextlib
 import logging
 import multiprocessing
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from ranker_server import metrics
 from ranker_server.config import ServerSettings
 from ranker_server.errors import SettingsError
 from ranker_server.retrieval_client import RetrievalClient
-from ranker_server.routing import RouterSource, StaticRouterSource
+from ranker_server.routing import RouterSource
 from ranker_server.server import RankerServer, TlsFiles
 
 logger = logging.getLogger(__name__)
 
 
-def router_source(settings: ServerSettings) -> RouterSource:
-    """The experiment router for ``settings.experiments``, hot-reloaded when the router package offers it.
+@contextlib.contextmanager
+def watched_router(settings: ServerSettings) -> Iterator[RouterSource]:
+    """The experiment router for ``settings.experiments``, reloaded when the file changes.
 
-    Payloads naming a model that is not in the repository are rejected at load (with file, key and line).
+    A config naming a ranking model absent from the repository is rejected (at start: with file, key and
+    line; later: the previous config stays in force, as ``ConfigWatcher`` guarantees).
     """
-    from experiment_router import Router
+    from experiment_router.reload import ConfigWatcher
 
     def model_exists(stage: str, name: str, version: str) -> bool:
         return stage != "ranking" or (settings.repository / name / version / "manifest.json").is_file()
 
+    watcher = ConfigWatcher(
+        settings.experiments, interval_s=settings.poll_interval_s, model_exists=model_exists
+    )
+    watcher.start()
     try:
-        from experiment_router.reload import ConfigWatcher
-    except ImportError:
-        return StaticRouterSource(Router.from_file(settings.experiments, model_exists=model_exists))
-    return ConfigWatcher(settings.experiments, model_exists=model_exists)  # type: ignore[return-value]
+        yield watcher
+    finally:
+        watcher.stop()
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -82,9 +87,10 @@ async def serve(settings: ServerSettings, worker: int = 0) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running_server(settings, router_source(settings)):
-        await stop.wait()
-        logger.info("worker %d: shutting down", worker)
+    with watched_router(settings) as source:
+        async with running_server(settings, source):
+            await stop.wait()
+            logger.info("worker %d: shutting down", worker)
 
 
 def _worker_main(settings: ServerSettings, worker: int) -> None:

@@ -63,7 +63,10 @@ class ServerSettings(BaseModel):
     max_candidates: int = Field(5000, ge=1)
     default_timeout_s: float = Field(5.0, gt=0, description="deadline applied when the client sets none")
     poll_interval_s: float = Field(5.0, gt=0)
-    grace_s: float = Field(10.0, ge=0)
+    grace_s: float = Field(10.0, ge=0, description="how long shutdown waits for in-flight requests")
+    not_serving_delay_s: float = Field(
+        1.0, ge=0, description="shutdown: report NOT_SERVING this long, still serving, so balancers move away"
+    )
     batching: BatchingSettings = BatchingSettings()
     runtime: RuntimeSettings = RuntimeSettings()
 

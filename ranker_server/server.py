@@ -120,6 +120,8 @@ class RankerServer:
         """NOT_SERVING first, then drain in-flight requests within ``grace_s``, then release everything."""
         grace = self.settings.grace_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await asyncio.sleep(self.settings.not_serving_delay_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

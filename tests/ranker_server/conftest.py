@@ -88,6 +88,7 @@ def make_settings(repository: Path, **overrides: object) -> ServerSettings:
         "port": 0,
         "poll_interval_s": 0.2,
         "grace_s": 2.0,
+        "not_serving_delay_s": 0.0,
         "batching": BatchingSettings(max_batch_rows=256, max_delay_ms=1.0),
     }
     values.update(overrides)

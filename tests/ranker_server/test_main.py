@@ -1,0 +1,163 @@
+"""``python -m ranker_server`` as operators run it: real router config, --workers on one port, reload, SIGTERM."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from proto import ranking_pb2, ranking_pb2_grpc
+from ranker_server.__main__ import main
+
+CONFIG = """\
+version: 1
+defaults:
+  retrieval: {{model_name: graph, model_version: "1"}}
+  ranking: {{model_name: tiny, model_version: "1", task_weights: {{click: 1.0}}}}
+experiments:
+  - key: rank-exp
+    stage: ranking
+    status: running
+    layer: {{name: ranking, range: [0.0, 1.0]}}
+    coverage: 1.0
+    variations:
+      - key: control
+        weight: 0.5
+        payload: {{model_name: tiny, model_version: "{control}", task_weights: {{click: 1.0, watch: 0.0}}}}
+      - key: treatment
+        weight: 0.5
+        payload: {{model_name: tiny, model_version: "{treatment}", task_weights: {{click: 0.5, watch: 0.5}}}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_help_lists_the_operator_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in (
+        "--repository",
+        "--experiments",
+        "--workers",
+        "--tls-cert",
+        "--auth-token-file",
+        "--kafka",
+        "--retrieval",
+    ):
+        assert flag in out
+
+
+def test_a_config_naming_a_missing_model_fails_to_start_with_a_clear_error(
+    repository: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "experiments.yaml"
+    config.write_text(CONFIG.format(control="1", treatment="7"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ranker_server",
+            "--repository",
+            str(repository),
+            "--experiments",
+            str(config),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert str(config) in proc.stderr and "tiny" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def wait_serving(target: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with grpc.insecure_channel(target) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError:
+            time.sleep(0.2)
+    raise AssertionError(f"server at {target} never became SERVING")
+
+
+def successes(metrics_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("mtrank_inference_request_success_total{")
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_workers_share_the_port_reload_the_config_and_stop_on_sigterm(
+    repository: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(repository / "tiny", repo / "tiny")
+    config = tmp_path / "experiments.yaml"
+    config.write_text(CONFIG.format(control="1", treatment="1"))
+    port, metrics_port = free_port(), free_port()
+    while metrics_port + 1 == port:
+        metrics_port = free_port()
+    args = ["--repository", str(repo), "--experiments", str(config), "--port", str(port)]
+    args += ["--metrics-port", str(metrics_port), "--workers", "2", "--poll-interval", "0.2", "--grace", "2"]
+    args += ["--not-serving-delay", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "ranker_server", *args], stderr=subprocess.PIPE, text=True)
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_serving(target)
+        time.sleep(1.0)  # the second worker may bind a moment later
+        request = ranking_pb2.RankRequest(user_id="u", candidate_ids=list(range(1000, 1050)), top_k=5)
+        versions = set()
+        for i in range(40):  # a fresh channel per call: a new connection the kernel may hand to either worker
+            with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                request.user_id = f"user-{i}"
+                versions.add(ranking_pb2_grpc.RankerStub(channel).Rank(request, timeout=10).model.version)
+        assert versions == {"1"}
+        served = [successes(metrics_port), successes(metrics_port + 1)]
+        assert sum(served) == 40 and min(served) > 0, served
+
+        config.write_text(CONFIG.format(control="2", treatment="2"))  # both workers pick this up
+        deadline = time.monotonic() + 30
+        seen: set[str] = set()
+        while time.monotonic() < deadline and seen != {"2"}:
+            seen = set()
+            for i in range(10):
+                with grpc.insecure_channel(
+                    target, options=[("grpc.use_local_subchannel_pool", 1)]
+                ) as channel:
+                    request.user_id = f"user-{i}"
+                    seen.add(ranking_pb2_grpc.RankerStub(channel).Rank(request, timeout=10).model.version)
+            time.sleep(0.2)
+        assert seen == {"2"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, proc.stderr.read()[-2000:] if proc.stderr else ""

@@ -1,0 +1,134 @@
+"""Hot reload: verification before load, and a swap under load without a single failed request."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import FakePayload, FakeRouter, MutableSource, make_settings
+from grpc import aio
+from prometheus_client import REGISTRY
+from rank_packages import build_package
+
+from proto import ranking_pb2, ranking_pb2_grpc
+from ranker_server.errors import PackageError
+from ranker_server.exposure import MemorySink
+from ranker_server.server import RankerServer
+
+ONLY_V1 = FakeRouter(variants=(("control", FakePayload("tiny", "1")),))
+ONLY_V2 = FakeRouter(variants=(("control", FakePayload("tiny", "2")),), default=FakePayload("tiny", "2"))
+
+
+@pytest.fixture
+def repo(tmp_path: Path, repository: Path) -> Path:
+    shutil.copytree(repository / "tiny", tmp_path / "tiny")
+    return tmp_path
+
+
+async def start(repo: Path, router: FakeRouter) -> tuple[RankerServer, MutableSource]:
+    source = MutableSource(router)
+    server = RankerServer(make_settings(repo, poll_interval_s=0.05), source, MemorySink())
+    await server.start()
+    return server, source
+
+
+def failed_loads(version: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "mtrank_model_load_total", {"model": "tiny", "version": version, "outcome": "failed"}
+        )
+        or 0
+    )
+
+
+async def test_startup_refuses_a_package_with_a_bad_checksum(repo: Path) -> None:
+    onnx = repo / "tiny" / "1" / "model.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    server = RankerServer(make_settings(repo), MutableSource(ONLY_V1), None)
+    with pytest.raises(PackageError, match="sha256"):
+        await server.start()
+    await server.stop(0)
+
+
+async def test_new_version_with_wrong_golden_outputs_is_rejected_and_old_keeps_serving(repo: Path) -> None:
+    server, source = await start(repo, ONLY_V1)
+    try:
+        build_package(repo, "tiny", "3", seed=3, corrupt_golden=True)
+        before = failed_loads("3")
+        source.current = FakeRouter(variants=(("control", FakePayload("tiny", "3")),))
+        assert not await server.repository.refresh()
+        assert failed_loads("3") == before + 1
+        assert server.repository.snapshot.router is ONLY_V1
+        assert set(server.repository.snapshot.models) == {("tiny", "1")}
+    finally:
+        await server.stop(0)
+
+
+async def test_republished_version_is_reloaded_when_its_manifest_changes(repo: Path) -> None:
+    server, _ = await start(repo, ONLY_V1)
+    try:
+        old = server.repository.snapshot.models[("tiny", "1")]
+        assert await server.repository.refresh()
+        assert server.repository.snapshot.models[("tiny", "1")] is old  # nothing changed, nothing reloaded
+        build_package(repo, "tiny", "1", seed=7)
+        assert await server.repository.refresh()
+        new = server.repository.snapshot.models[("tiny", "1")]
+        assert new is not old and new.package.manifest_digest != old.package.manifest_digest
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.integration
+async def test_swap_under_load_fails_no_request(repo: Path) -> None:
+    server, source = await start(repo, ONLY_V1)
+    channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = ranking_pb2_grpc.RankerStub(channel)
+    versions: list[str] = []
+    failures: list[grpc.StatusCode] = []
+    stop = asyncio.Event()
+
+    async def client(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            req = ranking_pb2.RankRequest(user_id=f"u{i}-{n}", candidate_ids=list(range(1000, 1100)), top_k=5)
+            try:
+                versions.append((await stub.Rank(req, timeout=5)).model.version)
+            except aio.AioRpcError as exc:
+                failures.append(exc.code())
+
+    clients = [asyncio.create_task(client(i)) for i in range(8)]
+    try:
+        await asyncio.sleep(0.3)
+        old = server.repository.snapshot.models[("tiny", "1")]
+        source.current = ONLY_V2  # the config now names version 2 only: load, check, warm up, swap, drain v1
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if versions and versions[-1] == "2":
+                break
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*clients)
+        assert failures == []
+        assert len(versions) > 40, "the load must overlap the swap"
+        assert "1" in versions and versions[-1] == "2"
+        first_new = versions.index("2")
+        assert "1" not in versions[first_new + 8 :], "after the swap only in-flight requests may finish on v1"
+        assert set(server.repository.snapshot.models) == {("tiny", "2")}
+        for _ in range(50):
+            if old._active == 0 and all(b.idle for b in old._batchers.values()):
+                break
+            await asyncio.sleep(0.02)
+        state = {"model": "tiny", "version": "1", "mtrank_model_load_state": "unloaded"}
+        for _ in range(50):
+            if REGISTRY.get_sample_value("mtrank_model_load_state", state) == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert REGISTRY.get_sample_value("mtrank_model_load_state", state) == 1
+    finally:
+        stop.set()
+        await channel.close()
+        await server.stop(1)

@@ -1,0 +1,112 @@
+"""Requests without candidates go to the retrieval service with the retrieval-layer variant's model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import FakeAssignment, FakePayload, FakeRouter, MutableSource, code_of, make_settings
+from grpc import aio
+
+from proto import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
+from ranker_server.exposure import MemorySink
+from ranker_server.retrieval_client import RetrievalClient
+from ranker_server.routing import RETRIEVAL
+from ranker_server.server import RankerServer
+
+pytestmark = pytest.mark.integration
+
+
+class FakeRetriever(retrieval_pb2_grpc.RetrieverServicer):
+    def __init__(self) -> None:
+        self.requests: list[retrieval_pb2.RetrieveRequest] = []
+        self.fail = False
+
+    async def Retrieve(self, request, context):  # noqa: N802
+        self.requests.append(request)
+        if self.fail:
+            await context.abort(grpc.StatusCode.INTERNAL, "index exploded")
+        ids = list(range(1000, 1000 + request.k))
+        return retrieval_pb2.RetrieveResponse(
+            request_id=request.request_id,
+            candidate_ids=ids,
+            scores=[float(-i) for i in range(request.k)],
+            model=common_pb2.ModelRef(
+                name=request.model.name or "graph", version=request.model.version or "1"
+            ),
+        )
+
+
+@dataclass
+class TwoLayerRouter(FakeRouter):
+    """Adds a retrieval experiment: users "r-*" get graph/2, others stay on the default graph/1."""
+
+    def assign(self, user_id: str, attributes: Mapping[str, str] | None = None) -> list[FakeAssignment]:
+        ranking = super().assign(user_id, attributes)
+        if user_id.startswith("r-"):
+            extra = FakeAssignment(
+                "ret-exp", "wide", 1, RETRIEVAL, "retrieval", True, True, FakePayload("graph", "2")
+            )
+        else:
+            extra = FakeAssignment(
+                "ret-exp", None, -1, RETRIEVAL, "retrieval", False, False, self.retrieval_default
+            )
+        return [*ranking, extra]
+
+
+async def test_empty_candidates_are_retrieved_with_the_layer_variant(repository: Path) -> None:
+    retriever = FakeRetriever()
+    upstream = aio.server()
+    retrieval_pb2_grpc.add_RetrieverServicer_to_server(retriever, upstream)
+    upstream_port = upstream.add_insecure_port("127.0.0.1:0")
+    await upstream.start()
+    client = RetrievalClient(f"127.0.0.1:{upstream_port}")
+    sink = MemorySink()
+    server = RankerServer(
+        make_settings(repository, retrieve_k=30), MutableSource(TwoLayerRouter()), sink, client
+    )
+    port = await server.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ranking_pb2_grpc.RankerStub(channel)
+            in_exp = await stub.Rank(ranking_pb2.RankRequest(user_id="r-1", top_k=5, retrieve_k=12))
+            default = await stub.Rank(ranking_pb2.RankRequest(user_id="out-9", top_k=5))
+            with_candidates = await stub.Rank(
+                ranking_pb2.RankRequest(user_id="r-2", candidate_ids=[1000, 1001])
+            )
+            assert len(retriever.requests) == 2, "given candidates skip retrieval"
+            first, second = retriever.requests
+            assert (first.user_id, first.k, first.model.name, first.model.version) == (
+                "r-1",
+                12,
+                "graph",
+                "2",
+            )
+            assert (second.k, second.model.version) == (30, "1")
+            assert set(in_exp.candidate_ids) <= set(range(1000, 1012)) and len(in_exp.candidate_ids) == 5
+            assert (in_exp.retrieval_model.name, in_exp.retrieval_model.version) == ("graph", "2")
+            assert default.retrieval_model.version == "1"
+            assert not with_candidates.HasField("retrieval_model")
+            assert {a.stage for a in in_exp.assignments} == {"ranking", "retrieval"}
+            await asyncio.sleep(0.2)
+            stages = sorted((e.user_id, e.stage) for e in sink.exposures)
+            # r-2 gave candidates: its retrieval variant did not act, so only its ranking exposure is logged
+            assert stages == [("r-1", "ranking"), ("r-1", "retrieval"), ("r-2", "ranking")]
+            retrieval_exposure = next(e for e in sink.exposures if e.stage == "retrieval")
+            assert retrieval_exposure.model.version == "2" and list(retrieval_exposure.item_ids) == list(
+                in_exp.candidate_ids
+            )
+
+            retriever.fail = True
+            with pytest.raises(aio.AioRpcError) as info:
+                await stub.Rank(ranking_pb2.RankRequest(user_id="r-3"))
+            assert code_of(info.value) == grpc.StatusCode.UNAVAILABLE
+            assert "index exploded" in info.value.details()
+    finally:
+        await server.stop(1)
+        await client.close()
+        await upstream.stop(0)

@@ -1,0 +1,75 @@
+"""TLS server credentials and the bearer-token interceptor (both off by default)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import FakeRouter, MutableSource, code_of, make_settings
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from proto import ranking_pb2, ranking_pb2_grpc
+from ranker_server.app import running_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost, made with the openssl CLI."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+REQUEST = ranking_pb2.RankRequest(user_id="out-1", candidate_ids=[1000, 1001, 1002])
+
+
+async def test_tls_and_bearer_token(repository: Path, certificate: tuple[Path, Path], tmp_path: Path) -> None:
+    cert, key = certificate
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    settings = make_settings(repository, tls_cert=cert, tls_key=key, auth_token_file=token_file)
+    async with running_server(settings, MutableSource(FakeRouter())) as server:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        target = f"localhost:{server.port}"
+        async with aio.secure_channel(target, credentials) as channel:
+            stub = ranking_pb2_grpc.RankerStub(channel)
+            response = await stub.Rank(REQUEST, metadata=(("authorization", "Bearer s3cret-token"),))
+            assert len(response.candidate_ids) == 3
+            for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", "s3cret-token"),)):
+                with pytest.raises(aio.AioRpcError) as info:
+                    await stub.Rank(REQUEST, metadata=metadata)
+                assert code_of(info.value) == grpc.StatusCode.UNAUTHENTICATED
+            # health probes carry no token
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+        async with aio.insecure_channel(f"127.0.0.1:{server.port}") as plain:
+            with pytest.raises(aio.AioRpcError) as info:
+                await ranking_pb2_grpc.RankerStub(plain).Rank(REQUEST, timeout=2)
+            assert code_of(info.value) == grpc.StatusCode.UNAVAILABLE  # plaintext cannot talk to a TLS port
+
+
+async def test_security_is_off_by_default(repository: Path) -> None:
+    settings = make_settings(repository)
+    assert settings.tls_cert is None and settings.auth_token_file is None
+    async with running_server(settings, MutableSource(FakeRouter())) as server:
+        async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            assert (await ranking_pb2_grpc.RankerStub(channel).Rank(REQUEST)).candidate_ids
+
+
+def test_tls_needs_both_files(repository: Path, certificate: tuple[Path, Path]) -> None:
+    with pytest.raises(ValueError, match="tls_cert and tls_key"):
+        make_settings(repository, tls_cert=certificate[0])
