@@ -192,13 +192,16 @@ def synthetic_graph(
     num_communities: int = 6,
     mean_degree: float = 8.0,
     p_within: float = 0.8,
+    signal_per_community: int = 2,
+    noise: float = 0.3,
     seed: int = 0,
 ) -> Graph:
     """A community graph whose binary features depend on the community, so retrieval is learnable.
 
     Nodes get a community and a heavy-tailed activity; an edge picks two endpoints proportionally to activity,
-    inside one community with probability ``p_within``. Each community switches on its own block of features
-    (with noise), so features and structure carry the same signal.
+    inside one community with probability ``p_within``. Each community switches on its own small block of
+    ``signal_per_community`` features; the remaining columns are Bernoulli(``noise``) distractors, so an
+    untrained encoder (which mixes all columns) retrieves poorly and a trained one must learn which columns matter.
     """
     rng = np.random.default_rng(seed)
     community = rng.integers(0, num_communities, size=num_nodes)
@@ -215,9 +218,10 @@ def synthetic_graph(
             v[pick] = rng.choice(members[c], size=int(pick.sum()), p=weights)
     v[~within] = rng.integers(0, num_nodes, size=int((~within).sum()))
     edges = canonical_edges(np.stack([u, v], axis=1))[:num_edges]
-    block = max(1, num_features // num_communities)
-    probs = np.full((num_nodes, num_features), 0.05)
+    block = max(1, min(signal_per_community, num_features // num_communities))
+    probs = np.full((num_nodes, num_features), noise)
+    probs[:, : num_communities * block] = 0.02
     for c in range(num_communities):
-        probs[community == c, c * block : (c + 1) * block] = 0.7
+        probs[community == c, c * block : (c + 1) * block] = 0.8
     features = (rng.random((num_nodes, num_features)) < probs).astype(np.float32)
     return Graph(edges=edges, features=features, node_ids=np.arange(num_nodes, dtype=np.int64))

@@ -23,6 +23,13 @@ class Neighbourhood:
     hop2: np.ndarray  # int64 [B, f1 * f2]; children of hop1[:, j] are hop2[:, j*f2:(j+1)*f2]
     hop2_mask: np.ndarray  # float32 [B, f1 * f2]
 
+    def rows(self, start: int, stop: int) -> Neighbourhood:
+        """The neighbourhoods of ``nodes[start:stop]``."""
+        part = slice(start, stop)
+        return Neighbourhood(
+            self.nodes[part], self.hop1[part], self.hop1_mask[part], self.hop2[part], self.hop2_mask[part]
+        )
+
 
 class NeighbourSampler:
     """Samples neighbourhoods from a CSR adjacency built once from undirected edges."""

@@ -1,0 +1,183 @@
+"""Export a trained retrieval encoder as a model package and embed every node into its index.
+
+Package layout (docs/contracts.md, kind "retrieval")::
+
+    <repository>/<name>/<version>/
+        model.onnx       user encoder: node_features [B,F], hop1_features [B,f1,F], hop2_features [B,f1*f2,F],
+                         hop1_mask [B,f1], hop2_mask [B,f1*f2] -> embedding [B,E] (L2-normalised)
+        golden.npz       golden inputs (ONNX input names) and output "embedding"
+        index/graph.npz  what the server needs to embed a user on the fly: ids int64[N] (external node ids),
+                         indptr/indices (CSR over node positions, the graph the index was embedded on) and
+                         features float32[N,F]
+        index/embeddings.npy  float32[N,E], row i = node ids[i], computed by ``build_index`` with ONNX Runtime
+        manifest.json    format_version 1, kind "retrieval", sha256 of model.onnx and of every other file
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from models.graph.sampling import Neighbourhood, NeighbourSampler
+from models.graph.training import INDEX_SAMPLING_SEED, TrainResult
+from models.ssmtl import INPUT_NAMES, SSMTL
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class _PositionalEncoder(nn.Module):
+    """The dict-input model as a positional-input module, which is what the ONNX exporter traces."""
+
+    def __init__(self, model: SSMTL) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(dict(zip(INPUT_NAMES, inputs, strict=True)))
+
+
+def onnx_inputs(nb: Neighbourhood, features: np.ndarray) -> dict[str, np.ndarray]:
+    """The encoder's ONNX inputs for sampled neighbourhoods over a feature matrix."""
+    return {
+        "node_features": features[nb.nodes],
+        "hop1_features": features[nb.hop1],
+        "hop2_features": features[nb.hop2],
+        "hop1_mask": nb.hop1_mask.astype(np.float32),
+        "hop2_mask": nb.hop2_mask.astype(np.float32),
+    }
+
+
+def export_onnx(model: SSMTL, path: str | Path, example: dict[str, np.ndarray]) -> None:
+    """Export the user encoder with a dynamic batch axis (opset 17)."""
+    # The wrapper must be in eval mode too: the exporter restores the wrapper's mode recursively afterwards.
+    wrapper = _PositionalEncoder(model).eval()
+    args = tuple(torch.from_numpy(example[name]) for name in INPUT_NAMES)
+    torch.onnx.export(
+        wrapper,
+        args,
+        str(path),
+        input_names=list(INPUT_NAMES),
+        output_names=["embedding"],
+        dynamic_axes={name: {0: "batch"} for name in [*INPUT_NAMES, "embedding"]},
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tensor_specs(model: SSMTL) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    c = model.config
+    f1, f2 = c.fanouts
+    width = c.num_features
+    inputs = [
+        {"name": "node_features", "dtype": "float32", "shape": [-1, width]},
+        {"name": "hop1_features", "dtype": "float32", "shape": [-1, f1, width]},
+        {"name": "hop2_features", "dtype": "float32", "shape": [-1, f1 * f2, width]},
+        {"name": "hop1_mask", "dtype": "float32", "shape": [-1, f1]},
+        {"name": "hop2_mask", "dtype": "float32", "shape": [-1, f1 * f2]},
+    ]
+    return inputs, [{"name": "embedding", "dtype": "float32", "shape": [-1, c.embed_dim]}]
+
+
+def write_manifest(package: Path, manifest: dict[str, Any]) -> None:
+    """(Re)compute the checksums of every file in ``package`` and write ``manifest.json``."""
+    manifest["onnx_sha256"] = sha256_file(package / "model.onnx")
+    manifest["files"] = {
+        str(p.relative_to(package)): sha256_file(p)
+        for p in sorted(package.rglob("*"))
+        if p.is_file() and p.name not in ("model.onnx", "manifest.json")
+    }
+    (package / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def write_package(
+    result: TrainResult,
+    repository: str | Path,
+    name: str,
+    version: str,
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """Export ONNX + golden + graph store, build the index, write the manifest; returns the package folder."""
+    package = Path(repository) / name / str(version)
+    (package / "index").mkdir(parents=True, exist_ok=True)
+    features = result.graph.features.astype(np.float32)
+    rng = np.random.default_rng(INDEX_SAMPLING_SEED)
+    golden_nb = result.sampler.sample(np.arange(min(8, result.graph.num_nodes)), rng)
+    golden = onnx_inputs(golden_nb, features)
+    export_onnx(result.model, package / "model.onnx", golden)
+    with torch.no_grad():
+        golden["embedding"] = result.model({k: torch.from_numpy(v) for k, v in golden.items()}).numpy()
+    np.savez(package / "golden.npz", **golden)
+    np.savez_compressed(
+        package / "index" / "graph.npz",
+        ids=result.graph.node_ids.astype(np.int64),
+        indptr=result.sampler.indptr,
+        indices=result.sampler.indices,
+        features=features,
+    )
+    inputs, outputs = _tensor_specs(result.model)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "kind": "retrieval",
+        "name": name,
+        "version": str(version),
+        "family": "ssmtl",
+        "tasks": [],
+        "inputs": inputs,
+        "outputs": outputs,
+        "features": {},
+        "training_config": {
+            **result.config.model_dump(),
+            "model": result.model.training_config(),
+            "fanouts": list(result.model.config.fanouts),
+            "index_sampling_seed": INDEX_SAMPLING_SEED,
+        },
+        "metrics": metrics or {},
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    write_manifest(package, manifest)
+    build_index(package)
+    return package
+
+
+def build_index(package: str | Path, chunk: int = 256, progress: bool = False) -> np.ndarray:
+    """Batch job: embed every node of ``index/graph.npz`` with the package's ONNX encoder (ONNX Runtime) and
+    write ``index/embeddings.npy``; refreshes the manifest checksums. Returns the embeddings."""
+    import onnxruntime as ort
+
+    package = Path(package)
+    manifest = json.loads((package / "manifest.json").read_text())
+    fanouts = tuple(manifest["training_config"]["fanouts"])
+    store = np.load(package / "index" / "graph.npz")
+    features = store["features"]
+    sampler = NeighbourSampler.from_csr(store["indptr"], store["indices"], fanouts)
+    session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(manifest["training_config"].get("index_sampling_seed", INDEX_SAMPLING_SEED))
+    everyone = sampler.sample(np.arange(sampler.num_nodes, dtype=np.int64), rng)
+    parts = []
+    for start in tqdm(range(0, sampler.num_nodes, chunk), desc="index", disable=not progress):
+        feeds = onnx_inputs(everyone.rows(start, start + chunk), features)
+        parts.append(session.run(["embedding"], feeds)[0])
+    embeddings = np.concatenate(parts).astype(np.float32)
+    np.save(package / "index" / "embeddings.npy", embeddings)
+    write_manifest(package, manifest)
+    logger.info("indexed %d nodes into %s", len(embeddings), package / "index")
+    return embeddings

@@ -1,0 +1,77 @@
+"""Offline retrieval metrics on held-out friendships: Recall@K, MRR and NDCG@K, overall and by user degree.
+
+For every user with at least one held-out friend, all other nodes are ranked by inner product of embeddings,
+excluding the user and its already-known friends (see ``models.graph.split``). MRR uses the exact rank of the
+first held-out friend in the full ranking (not cut at K).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEGREE_SLICES: dict[str, tuple[int, int]] = {
+    "cold (deg<=2)": (0, 2),
+    "low (deg<=10)": (0, 10),
+    "mid (11-50)": (11, 50),
+    "high (>50)": (51, 1 << 62),
+}
+
+
+def adjacency_sets(num_nodes: int, edges: np.ndarray) -> list[np.ndarray]:
+    """Sorted neighbour arrays of every node for undirected ``edges``."""
+    both = np.concatenate([edges, edges[:, ::-1]], axis=0)
+    both = both[np.lexsort((both[:, 1], both[:, 0]))]
+    bounds = np.searchsorted(both[:, 0], np.arange(num_nodes + 1))
+    return [both[bounds[i] : bounds[i + 1], 1] for i in range(num_nodes)]
+
+
+def per_user_metrics(
+    embeddings: np.ndarray,
+    known_edges: np.ndarray,
+    heldout_edges: np.ndarray,
+    ks: tuple[int, ...] = (10, 50, 100),
+    ndcg_k: int = 50,
+    chunk: int = 512,
+) -> dict[str, np.ndarray]:
+    """Per-user metrics for users with a held-out friend: ``{"user", "recall@K"..., "mrr", "ndcg@K"}``."""
+    num_nodes = embeddings.shape[0]
+    known = adjacency_sets(num_nodes, known_edges)
+    heldout = adjacency_sets(num_nodes, heldout_edges)
+    users = np.array([u for u in range(num_nodes) if len(heldout[u])], dtype=np.int64)
+    top_k = max(max(ks), ndcg_k)
+    out: dict[str, list[float]] = {f"recall@{k}": [] for k in ks} | {"mrr": [], f"ndcg@{ndcg_k}": []}
+    discounts = 1.0 / np.log2(np.arange(2, top_k + 2))
+    for start in range(0, len(users), chunk):
+        batch = users[start : start + chunk]
+        scores = embeddings[batch] @ embeddings.T
+        for row, u in enumerate(batch):
+            scores[row, known[u]] = -np.inf
+            scores[row, u] = -np.inf
+        top = np.argpartition(-scores, top_k, axis=1)[:, :top_k]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1), 1)
+        for row, u in enumerate(batch):
+            relevant = heldout[u]
+            hits = np.isin(top[row], relevant)
+            for k in ks:
+                out[f"recall@{k}"].append(hits[:k].sum() / len(relevant))
+            best = scores[row, relevant].max()
+            out["mrr"].append(1.0 / (1.0 + np.count_nonzero(scores[row] > best)))
+            ideal = discounts[: min(len(relevant), ndcg_k)].sum()
+            out[f"ndcg@{ndcg_k}"].append(float((hits[:ndcg_k] * discounts[:ndcg_k]).sum() / ideal))
+    return {"user": users} | {name: np.asarray(values) for name, values in out.items()}
+
+
+def summarise(per_user: dict[str, np.ndarray], degree: np.ndarray) -> dict[str, dict[str, float]]:
+    """Mean of each metric overall and per degree slice (degree = the user's training degree)."""
+    users = per_user["user"]
+    names = [name for name in per_user if name != "user"]
+    slices = {"overall": np.ones(len(users), dtype=bool)}
+    for label, (low, high) in DEGREE_SLICES.items():
+        slices[label] = (degree[users] >= low) & (degree[users] <= high)
+    result: dict[str, dict[str, float]] = {}
+    for label, mask in slices.items():
+        result[label] = {"users": int(mask.sum())}
+        result[label] |= {
+            name: float(per_user[name][mask].mean()) if mask.any() else float("nan") for name in names
+        }
+    return result

@@ -1,0 +1,200 @@
+"""SSMTL retrieval model: graph data, sampling, losses, training, ONNX export parity and the package/index job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.graph.datasets import SHA256, GraphDataError, load_ego_facebook, synthetic_graph, write_verified
+from models.graph.export import build_index, onnx_inputs, sha256_file, write_package
+from models.graph.metrics import per_user_metrics, summarise
+from models.graph.sampling import NeighbourSampler
+from models.graph.split import split_edges
+from models.graph.training import TrainConfig, embed_all, evaluate, load_checkpoint, save_checkpoint, train
+from models.registry import create_model, list_models
+from models.ssmtl import SSMTL, cca_loss, retrieval_loss, scaled_cosine_error
+
+ort = pytest.importorskip("onnxruntime")
+
+EGO_FACEBOOK = Path(__file__).resolve().parents[3] / "shared" / "data" / "ego-facebook"
+TINY = {"hidden_dim": 16, "embed_dim": 8, "heads": 2, "fanouts": (4, 3), "ssl_nodes": 16}
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return synthetic_graph(num_nodes=300, num_features=32, num_communities=10, mean_degree=8, seed=1)
+
+
+@pytest.fixture(scope="module")
+def trained(graph):
+    torch.set_num_threads(1)
+    config = TrainConfig(dataset="synthetic", steps=60, batch_size=64, eval_every=20, lr=1e-2, model=TINY)
+    return train(config, graph=graph, progress=False)
+
+
+def test_registered_as_retrieval_model():
+    assert "ssmtl" in list_models()
+    model = create_model("ssmtl", num_features=5, **TINY)
+    assert isinstance(model, SSMTL) and model.kind == "retrieval"
+
+
+def test_split_partitions_edges(graph):
+    split = split_edges(graph.edges, 0.1, 0.2, seed=3)
+    together = np.concatenate([split.train, split.val, split.test])
+    assert len(together) == len(graph.edges)
+    assert len(np.unique(together, axis=0)) == len(graph.edges)
+    assert len(split.test) == round(0.2 * len(graph.edges))
+    again = split_edges(graph.edges, 0.1, 0.2, seed=3)
+    assert np.array_equal(again.test, split.test)
+
+
+def test_sampler_dense_shapes_masks_and_exclusion(graph):
+    sampler = NeighbourSampler(graph.num_nodes, graph.edges, (4, 3))
+    nodes = np.arange(graph.num_nodes)
+    nb = sampler.sample(nodes, np.random.default_rng(0))
+    assert nb.hop1.shape == (len(nodes), 4) and nb.hop2.shape == (len(nodes), 12)
+    degree = sampler.degree()
+    assert np.array_equal(nb.hop1_mask.sum(1), np.minimum(degree, 4))
+    neighbours = {u: set(sampler.indices[sampler.indptr[u] : sampler.indptr[u + 1]]) for u in nodes}
+    for u in nodes:
+        real = nb.hop1[u][nb.hop1_mask[u] > 0]
+        assert len(set(real)) == len(real)  # no neighbour twice
+        assert set(real) <= neighbours[u]
+        for j in range(4):
+            children = nb.hop2[u, j * 3 : (j + 1) * 3][nb.hop2_mask[u, j * 3 : (j + 1) * 3] > 0]
+            assert nb.hop1_mask[u, j] > 0 or len(children) == 0
+            assert set(children) <= neighbours[int(nb.hop1[u, j])]
+    partner = nb.hop1[:, 0].copy()
+    excluded = sampler.sample(nodes, np.random.default_rng(0), exclude=partner)
+    has = degree > 0
+    assert not np.any((excluded.hop1 == partner[:, None]) & (excluded.hop1_mask > 0))
+    assert not np.any((excluded.hop2 == partner[:, None]) & (excluded.hop2_mask > 0))
+    assert has.any()
+
+
+def test_losses_follow_equations():
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    expected = torch.nn.functional.cross_entropy(q @ q.T / 0.5, torch.arange(6))
+    assert torch.allclose(retrieval_loss(q, q, 0.5), expected)
+    z = torch.randn(64, 3)
+    assert cca_loss(z, z, 0.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert cca_loss(z, -z, 0.0).item() == pytest.approx(4 * 3, rel=1e-3)  # ||Za - Zb||^2 with unit columns
+    x = torch.rand(5, 7) + 0.1
+    assert scaled_cosine_error(x, 3 * x, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert scaled_cosine_error(x, -x, 2.0).item() == pytest.approx(4.0, rel=1e-5)  # (1 - (-1))^2
+
+
+def test_baseline_has_no_ssl_terms_and_ssmtl_has_all(graph):
+    sampler = NeighbourSampler(graph.num_nodes, graph.edges, (4, 3))
+    features = torch.from_numpy(graph.features)
+    pairs = graph.edges[:16]
+    baseline = create_model("ssmtl", num_features=graph.num_features, **TINY, beta=0.0, gamma=0.0)
+    losses = baseline.training_losses(features, sampler, pairs, np.random.default_rng(0))
+    assert losses["cca"].item() == 0.0 and losses["mae"].item() == 0.0
+    assert losses["total"].item() == pytest.approx(losses["retrieval"].item())
+    full = create_model("ssmtl", num_features=graph.num_features, **TINY, alpha=1.0, beta=0.5, gamma=2.0)
+    losses = full.training_losses(features, sampler, pairs, np.random.default_rng(0))
+    assert losses["cca"].item() > 0 and losses["mae"].item() > 0
+    total = losses["retrieval"] + 0.5 * losses["cca"] + 2.0 * losses["mae"]
+    assert losses["total"].item() == pytest.approx(total.item(), rel=1e-6)
+    losses["total"].backward()
+    assert full.mask_token.grad is not None and full.cca_head[0].weight.grad is not None
+    assert full.decoder.proj.weight.grad is not None
+
+
+def test_gather_route_equals_forward_contract(trained, graph):
+    nb = trained.sampler.sample(np.arange(10), np.random.default_rng(5))
+    with torch.no_grad():
+        gathered = trained.model.embed_sampled(nb, torch.from_numpy(graph.features))
+        direct = trained.model({k: torch.from_numpy(v) for k, v in onnx_inputs(nb, graph.features).items()})
+    assert torch.allclose(gathered, direct, atol=1e-5)
+    assert torch.allclose(direct.norm(dim=1), torch.ones(10), atol=1e-5)
+
+
+def test_training_beats_its_own_initialisation(trained, graph):
+    after = evaluate(trained, "test")["overall"]
+    torch.manual_seed(trained.config.seed)  # train() seeds torch the same way before building the model
+    initial = create_model("ssmtl", num_features=graph.num_features, **TINY)
+    per_user = per_user_metrics(embed_all(initial, torch.from_numpy(graph.features), trained.sampler),
+                                np.concatenate([trained.split.train, trained.split.val]), trained.split.test)
+    assert after["mrr"] > per_user["mrr"].mean()
+    assert after["recall@10"] > per_user["recall@10"].mean()
+    assert set(after) >= {"users", "recall@10", "recall@50", "recall@100", "mrr", "ndcg@50"}
+
+
+def test_metrics_on_a_known_ranking():
+    emb = np.array([[1.0, 0.0], [0.95, 0.3], [0.0, 1.0], [0.8, 0.2]], dtype=np.float32)
+    known = np.array([[0, 1]])
+    heldout = np.array([[0, 3]])
+    per_user = per_user_metrics(emb, known, heldout, ks=(1, 2), ndcg_k=2)
+    row = list(per_user["user"]).index(0)
+    assert per_user["recall@1"][row] == 1.0 and per_user["mrr"][row] == 1.0  # friend 1 excluded, 3 ranks first
+    row3 = list(per_user["user"]).index(3)
+    assert per_user["mrr"][row3] == pytest.approx(0.5)  # node 1 outranks node 0 for user 3
+    table = summarise(per_user, degree=np.array([1, 1, 0, 0]))
+    assert table["overall"]["users"] == 2 and table["cold (deg<=2)"]["users"] == 2
+
+
+def test_onnx_export_parity_package_and_index(trained, graph, tmp_path):
+    package = write_package(trained, tmp_path, "ssmtl", "1", {"test/recall@50": 0.5})
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert manifest["kind"] == "retrieval" and manifest["family"] == "ssmtl" and manifest["version"] == "1"
+    assert manifest["onnx_sha256"] == sha256_file(package / "model.onnx")
+    assert set(manifest["files"]) == {"golden.npz", "index/graph.npz", "index/embeddings.npy"}
+    for rel, digest in manifest["files"].items():
+        assert sha256_file(package / rel) == digest
+    assert manifest["training_config"]["fanouts"] == [4, 3]
+    session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [i["name"] for i in manifest["inputs"]]
+    golden = np.load(package / "golden.npz")
+    feeds = {i.name: golden[i.name] for i in session.get_inputs()}
+    np.testing.assert_allclose(session.run(["embedding"], feeds)[0], golden["embedding"], atol=1e-4)
+    # a batch size different from the traced one (dynamic axis) and fresh neighbourhoods
+    nb = trained.sampler.sample(np.arange(37), np.random.default_rng(9))
+    feeds = onnx_inputs(nb, graph.features)
+    with torch.no_grad():
+        expected = trained.model({k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+    np.testing.assert_allclose(session.run(["embedding"], feeds)[0], expected, atol=1e-4)
+    index = np.load(package / "index" / "embeddings.npy")
+    torch_index = embed_all(trained.model, torch.from_numpy(graph.features), trained.sampler)
+    np.testing.assert_allclose(index, torch_index, atol=1e-4)
+    assert np.array_equal(build_index(package), index)
+
+
+def test_checkpoint_round_trip(trained, graph, tmp_path):
+    save_checkpoint(trained, tmp_path / "ckpt.pt")
+    loaded = load_checkpoint(tmp_path / "ckpt.pt", graph=graph)
+    assert np.array_equal(loaded.split.test, trained.split.test)
+    a = embed_all(loaded.model, torch.from_numpy(graph.features), loaded.sampler)
+    b = embed_all(trained.model, torch.from_numpy(graph.features), trained.sampler)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_download_verification_writes_nothing_on_mismatch(tmp_path):
+    files = {name: b"x" for name in SHA256}
+    with pytest.raises(GraphDataError, match="sha256"):
+        write_verified(tmp_path, files)
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(GraphDataError, match="missing"):
+        write_verified(tmp_path, {"facebook_combined.txt": b""})
+
+
+@pytest.mark.skipif(not EGO_FACEBOOK.is_dir(), reason="shared ego-Facebook data not present")
+def test_ego_facebook_loader_matches_published_counts():
+    g = load_ego_facebook(EGO_FACEBOOK)
+    assert g.num_nodes == 4039 and len(g.edges) == 88234 and g.num_features == 1283
+    assert set(np.unique(g.features)) <= {0.0, 1.0}
+    assert np.all(g.edges[:, 0] < g.edges[:, 1])
+
+
+def test_loader_rejects_tampered_file(tmp_path):
+    (tmp_path / "facebook_combined.txt").write_text("0 1\n")
+    with pytest.raises(GraphDataError, match="sha256"):
+        load_ego_facebook(tmp_path)
+    with pytest.raises(GraphDataError, match="not found"):
+        load_ego_facebook(tmp_path / "nowhere")
