@@ -392,9 +392,13 @@ def _timeline(
 ) -> list[TimelinePoint]:
     settings = analysis_settings(config)
     points = []
-    for until_ms in _cut_points(start_ms, end_ms, config.timeline_points):
+    cuts = _cut_points(start_ms, end_ms, config.timeline_points)
+    for until_ms in cuts:
+        # The last point reads everything, so it equals the metric table even for outcomes logged after
+        # the last exposure.
+        read_until = None if until_ms == cuts[-1] else until_ms
         for metric in config.metrics_for(experiment_key):
-            stats = _metric_statistics(metric, store, experiment_key, keys, until_ms)
+            stats = _metric_statistics(metric, store, experiment_key, keys, read_until)
             for key, comparison in compare_to_control(stats, control, settings, metric.inverse).items():
                 result = comparison.primary(settings.difference_type)
                 points.append(

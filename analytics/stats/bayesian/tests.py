@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from scipy import stats as scipy_stats
+from scipy import special
 
 from analytics.stats.models.results import BayesianResult
 from analytics.stats.models.settings import BayesianConfig
@@ -21,7 +21,7 @@ def expected_loss(mean: float, sd: float) -> float:
     if sd == 0:
         return max(0.0, -mean)
     z = mean / sd
-    return float(sd * scipy_stats.norm.pdf(z) - mean * scipy_stats.norm.cdf(-z))
+    return float(sd * math.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi) - mean * special.ndtr(-z))
 
 
 class EffectBayesianTest(BaseABTest[BayesianConfig, BayesianResult]):
@@ -45,7 +45,7 @@ class EffectBayesianTest(BaseABTest[BayesianConfig, BayesianResult]):
             post_var = 1.0 / precision
             post_mean = post_var * (diff.estimate / diff.variance + config.prior_mean / config.prior_variance)
         post_sd = math.sqrt(post_var)
-        z = scipy_stats.norm.ppf(0.5 + config.interval_level / 2.0)
+        z = float(special.ndtri(0.5 + config.interval_level / 2.0))
         better = -1.0 if config.inverse else 1.0
         return BayesianResult(
             difference_type=config.difference_type,
@@ -54,7 +54,7 @@ class EffectBayesianTest(BaseABTest[BayesianConfig, BayesianResult]):
             estimate=post_mean,
             ci=(post_mean - z * post_sd, post_mean + z * post_sd),
             se=post_sd,
-            chance_to_win=float(scipy_stats.norm.sf(0.0, loc=better * post_mean, scale=post_sd)),
+            chance_to_win=float(special.ndtr(better * post_mean / post_sd)),
             risk_control=expected_loss(-better * post_mean, post_sd),
             risk_treatment=expected_loss(better * post_mean, post_sd),
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from scipy import stats as scipy_stats
+from scipy import special
 
 from analytics.stats.models.results import Difference, FrequentistResult
 from analytics.stats.models.settings import FrequentistConfig
@@ -37,14 +37,15 @@ class TTest(BaseABTest[FrequentistConfig, FrequentistResult]):
 
     def _interval_and_p_values(self, diff: Difference) -> tuple[tuple[float, float], float, float, float]:
         """Interval at the configured alpha, two-sided p, p for 'greater' and p for 'less'."""
+        # scipy.special's Student-t ufuncs: the same distribution as scipy.stats.t without its per-call
+        # overhead (calibration runs thousands of tests). stdtr is the CDF, stdtrit its inverse.
         t_stat = diff.estimate / diff.se
-        dist = scipy_stats.t(df=diff.df)
-        half_width = float(dist.ppf(1.0 - self.config.alpha / 2.0)) * diff.se
+        half_width = float(special.stdtrit(diff.df, 1.0 - self.config.alpha / 2.0)) * diff.se
         return (
             (diff.estimate - half_width, diff.estimate + half_width),
-            float(2.0 * dist.sf(abs(t_stat))),
-            float(dist.sf(t_stat)),
-            float(dist.cdf(t_stat)),
+            float(2.0 * special.stdtr(diff.df, -abs(t_stat))),
+            float(special.stdtr(diff.df, -t_stat)),
+            float(special.stdtr(diff.df, t_stat)),
         )
 
     def compute_result(self) -> FrequentistResult:

@@ -1,0 +1,276 @@
+"""Command line of the analytics engine: compare, srm, power, report and serve.
+
+Examples::
+
+    python -m analytics compare --input arms.json
+    python -m analytics srm --counts 1000 1200 --weights 0.5 0.5
+    python -m analytics power --metric-type binomial --baseline 0.1 --users 20000
+    python -m analytics report ranking-dml --store events.db --metrics analytics/examples/metrics.yaml
+    python -m analytics serve --store events.db --metrics analytics/examples/metrics.yaml --port 8080
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from analytics import AnalyticsError
+
+EXIT_USAGE = 2
+
+
+class CliError(AnalyticsError):
+    """A user error the CLI reports in one line, without a traceback."""
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, allow_nan=False))
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from analytics.stats.compare import CompareInput, compare
+
+    source = sys.stdin if args.input == "-" else None
+    try:
+        text = source.read() if source is not None else Path(args.input).read_text()
+        request = CompareInput.model_validate(json.loads(text))
+    except OSError as exc:
+        raise CliError(f"cannot read {args.input}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{args.input}: not JSON: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CliError(f"{args.input}: {problems}") from exc
+    _print_json(compare(request))
+
+
+def _cmd_srm(args: argparse.Namespace) -> None:
+    from analytics.stats.srm import SRM_THRESHOLD, srm_p_value
+
+    weights = args.weights or [1.0] * len(args.counts)
+    try:
+        p_value = srm_p_value(args.counts, weights)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    if args.json:
+        _print_json({"p_value": p_value, "flagged": p_value < SRM_THRESHOLD, "threshold": SRM_THRESHOLD})
+    else:
+        print(f"{p_value:.6g}")
+
+
+def _cmd_power(args: argparse.Namespace) -> None:
+    from analytics.stats.power import PowerInputs, minimum_detectable_effect, power, required_sample_size
+
+    if args.users is None and args.effect is None:
+        raise CliError("give --users (for the MDE), --effect (for the sample size) or both")
+    try:
+        inputs = PowerInputs(
+            metric_type=args.metric_type,
+            baseline_mean=args.baseline,
+            baseline_variance=args.std**2 if args.std is not None else None,
+            weights=tuple(args.weights),
+            alpha=args.alpha,
+            alternative=args.alternative,
+            difference_type=args.difference_type,
+        )
+        out: dict[str, Any] = {
+            "difference_type": args.difference_type,
+            "alpha": args.alpha,
+            "target_power": args.power,
+        }
+        if args.users is not None:
+            out["users"] = args.users
+            out["mde"] = minimum_detectable_effect(inputs, args.users, args.power)
+            if args.effect is not None:
+                out["power"] = power(inputs, args.users, args.effect)
+        if args.effect is not None:
+            out["effect"] = args.effect
+            out["required_users"] = required_sample_size(inputs, args.effect, args.power)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    _print_json(out)
+
+
+def _open(args: argparse.Namespace) -> tuple[Any, Any]:
+    from analytics.metrics import load_analysis_config
+    from analytics.store import StoreError, open_store
+
+    config = load_analysis_config(args.metrics)
+    if not Path(args.store).is_file():
+        raise CliError(f"no event store at {args.store}")
+    try:
+        return open_store(args.store), config
+    except StoreError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _format(value: float | None, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def _format_p(value: float | None) -> str:
+    return "<0.0001" if value is not None and value < 1e-4 else _format(value, ".4f")
+
+
+def _report_table(report: dict[str, Any]) -> str:
+    """Plain-text table: one block per metric, one row per variant."""
+    relative = report["difference_type"] == "relative"
+    srm = report["srm"]
+    srm_text = "n/a" if srm["p_value"] is None else f"p={srm['p_value']:.4g}"
+    lines = [
+        f"experiment {report['experiment_key']} ({report['status']}), control {report['control']}, "
+        f"{report['total_users']} users, SRM {srm_text}{' MISMATCH' if srm['flagged'] else ' ok'}",
+        f"alpha {report['alpha']}, correction {report['correction']}, "
+        f"{'sequential (always valid)' if report['sequential'] else 'fixed horizon'}",
+        "  " + ", ".join(f"{v['key']}: {v['users']} ({v['observed_share']:.1%})" for v in report["variants"]),
+    ]
+    header = f"  {'variant':<16}{'users':>9}{'value':>12}{'lift':>10}{'ci':>22}{'p':>9}{'p adj':>9}  sig"
+    lift_pattern = "+.2%" if relative else "+.4g"
+    for metric in report["metrics"]:
+        flags = [metric["type"]] + [name for name in ("guardrail", "cuped", "inverse") if metric[name]]
+        lines += ["", f"{metric['name']} [{', '.join(flags)}]", header]
+        for row in metric["variants"]:
+            lift = row["relative_lift" if relative else "absolute_lift"] or {}
+            ci = lift.get("ci")
+            ci_text = "-" if ci is None else f"[{format(ci[0], lift_pattern)}, {format(ci[1], lift_pattern)}]"
+            mark = "control" if row["is_control"] else ("yes" if row["significant"] else "no")
+            if row["error"]:
+                mark = row["error"]
+            lines.append(
+                f"  {row['variant']:<16}{row['users']:>9}{row['value']:>12.5g}"
+                f"{_format(lift.get('estimate'), lift_pattern):>10}{ci_text:>22}"
+                f"{_format_p(row['p_value']):>9}{_format_p(row['adjusted_p_value']):>9}  {mark}"
+            )
+    return "\n".join(lines)
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from analytics.report import build_report
+
+    store, config = _open(args)
+    with store:
+        if args.experiment not in store.experiments():
+            raise CliError(f"no experiment {args.experiment!r} in {args.store}; known: {store.experiments()}")
+        report = build_report(store, config, args.experiment, with_timeline=args.json).to_dict()
+    if args.json:
+        _print_json(report)
+    else:
+        print(_report_table(report))
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from analytics.server import AnalyticsServer
+
+    store, config = _open(args)
+    with store:
+        server = AnalyticsServer(
+            store, config, host=args.host, port=args.port, cache_seconds=args.cache_seconds
+        )
+        print(f"dashboard: {server.url}/", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="python -m analytics",
+        description="A/B statistics engine and dashboard server.",
+        formatter_class=formatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    compare = sub.add_parser(
+        "compare",
+        help="compare two arms given as sufficient statistics (JSON in, JSON out)",
+        description="Input: {metric_type: mean|binomial|ratio, difference_type: relative|absolute, alpha, "
+        "sequential, control: {...}, treatment: {...}}; arms are {n, sum, sum_squares} (mean), {n, sum} "
+        "(binomial) or {n, num_sum, num_sum_squares, den_sum, den_sum_squares, num_den_sum_product} (ratio), "
+        "plus {pre_sum, pre_sum_squares, post_pre_sum_product} for CUPED.",
+        formatter_class=formatter,
+    )
+    compare.add_argument("--input", required=True, help="JSON file, or - for stdin")
+    compare.set_defaults(func=_cmd_compare)
+
+    srm = sub.add_parser(
+        "srm", help="sample-ratio-mismatch p-value of users per variant", formatter_class=formatter
+    )
+    srm.add_argument("--counts", type=int, nargs="+", required=True, help="users per variant")
+    srm.add_argument("--weights", type=float, nargs="+", help="planned traffic shares (default: equal)")
+    srm.add_argument("--json", action="store_true", help="print p_value, flagged and threshold as JSON")
+    srm.set_defaults(func=_cmd_srm)
+
+    power = sub.add_parser(
+        "power",
+        help="power, minimum detectable effect and required users (fixed-horizon test)",
+        formatter_class=formatter,
+    )
+    power.add_argument("--metric-type", choices=["binomial", "mean"], required=True)
+    power.add_argument("--baseline", type=float, required=True, help="control rate (binomial) or mean")
+    power.add_argument("--std", type=float, help="per-user standard deviation (mean metrics)")
+    power.add_argument("--users", type=float, help="total users in both arms: report the MDE (and power)")
+    power.add_argument("--effect", type=float, help="lift to detect: report the required users (and power)")
+    power.add_argument("--power", type=float, default=0.8, help="target power")
+    power.add_argument("--alpha", type=float, default=0.05)
+    power.add_argument("--weights", type=float, nargs=2, default=[0.5, 0.5], help="control, treatment share")
+    power.add_argument("--alternative", choices=["two-sided", "greater", "less"], default="two-sided")
+    power.add_argument("--difference-type", choices=["relative", "absolute"], default="relative")
+    power.set_defaults(func=_cmd_power)
+
+    store_options = argparse.ArgumentParser(add_help=False)
+    store_options.add_argument("--store", required=True, help="SQLite event store written by the consumer")
+    store_options.add_argument("--metrics", required=True, help="analysis config YAML (metrics and settings)")
+
+    report = sub.add_parser(
+        "report",
+        parents=[store_options],
+        help="analyse one experiment and print a table",
+        formatter_class=formatter,
+    )
+    report.add_argument("experiment", help="experiment key")
+    report.add_argument("--json", action="store_true", help="print the dashboard's JSON report instead")
+    report.set_defaults(func=_cmd_report)
+
+    serve = sub.add_parser(
+        "serve",
+        parents=[store_options],
+        help="serve the dashboard and its JSON API",
+        formatter_class=formatter,
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--cache-seconds", type=float, default=2.0, help="how long a computed report is reused"
+    )
+    serve.set_defaults(func=_cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        args.func(args)
+    except AnalyticsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

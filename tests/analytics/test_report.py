@@ -1,0 +1,173 @@
+"""Reports built from the real in-memory event store: every number traced back to the engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from analytics.metrics import AnalysisConfig, aggregate
+from analytics.report import build_report, experiment_summary, traffic_bucket_ms
+from analytics.stats import messages
+from analytics.stats.frequentist.tests import TTest
+from analytics.stats.models.settings import FrequentistConfig
+from analytics.stats.multiple_testing import adjust_p_values
+from analytics.stats.srm import srm_p_value
+from analytics.store import ExposureRow, MemoryEventStore
+from tests.analytics.stats.simulated_events import START_MS, simulate_experiment
+
+DASHBOARD_FIXTURE = Path(__file__).parents[1] / "dashboard" / "fixtures" / "report.json"
+METRICS = [
+    {"name": "conversion", "type": "binomial", "event": "click"},
+    {
+        "name": "ctr",
+        "type": "ratio",
+        "numerator": "click",
+        "denominator": "impression",
+        "aggregation": "count",
+    },
+    {
+        "name": "watch",
+        "type": "continuous",
+        "event": "watch",
+        "cuped": True,
+        "winsorize": {"upper_quantile": 0.99},
+    },
+    {"name": "impressions", "type": "count", "event": "impression", "guardrail": True},
+]
+
+
+def config(**overrides) -> AnalysisConfig:
+    return AnalysisConfig.model_validate({"metrics": METRICS, "timeline_points": 4, **overrides})
+
+
+@pytest.fixture(scope="module")
+def store() -> MemoryEventStore:
+    store = MemoryEventStore()
+    simulate_experiment(store, "exp", users=1500, seed=11)
+    simulate_experiment(store, "three", users=900, seed=12, variants=("a", "b", "c"), weights=(1, 1, 1),
+                        click_rate=(0.1, 0.1, 0.1), watch_scale=(10.0, 10.0, 10.0))  # fmt: skip
+    return store
+
+
+def test_report_numbers_come_from_the_engine(store: MemoryEventStore) -> None:
+    cfg = config()
+    report = build_report(store, cfg, "exp")
+    assert report.control == "control"
+    counts = store.variant_counts("exp")
+    assert {v.key: v.users for v in report.variants} == counts
+    assert report.srm.p_value == pytest.approx(srm_p_value(list(counts.values()), [0.5, 0.5]))
+    p_values = []
+    for metric_report, definition in zip(report.metrics, cfg.metrics, strict=True):
+        stats = aggregate(definition, store, "exp")
+        expected = TTest(stats["control"], stats["treatment"], FrequentistConfig()).compute_result()
+        control_row, treatment_row = metric_report.variants
+        assert control_row.is_control and control_row.relative_lift is None
+        assert treatment_row.relative_lift.estimate == pytest.approx(expected.estimate, rel=1e-12)
+        assert treatment_row.relative_lift.ci == pytest.approx(expected.ci, rel=1e-12)
+        assert treatment_row.p_value == pytest.approx(expected.p_value, rel=1e-12)
+        assert treatment_row.value == pytest.approx(expected.treatment_mean)
+        assert control_row.value == pytest.approx(expected.control_mean)
+        p_values.append(expected.p_value)
+    adjusted = adjust_p_values(p_values, "holm", 0.05)
+    rows = [m.variants[1] for m in report.metrics]
+    assert [r.adjusted_p_value for r in rows] == pytest.approx(adjusted)
+    assert [r.significant for r in rows] == [p < 0.05 for p in adjusted]
+    # The simulated treatment clicks 30 % more per impression and watches 10 % longer; impressions are unchanged.
+    assert rows[1].significant and rows[2].significant and not rows[3].significant
+    assert report.metrics[3].guardrail and report.metrics[2].cuped
+
+
+def test_cuped_value_is_adjusted_and_unadjusted_is_raw(store: MemoryEventStore) -> None:
+    watch = build_report(store, config(), "exp", with_timeline=False).metrics[2]
+    raw = aggregate(config().metrics[2], store, "exp")
+    for row in watch.variants:
+        assert row.unadjusted_value == pytest.approx(raw[row.variant].post.mean)
+        assert row.value != row.unadjusted_value
+
+
+def test_timeline_and_traffic(store: MemoryEventStore) -> None:
+    report = build_report(store, config(), "exp")
+    start, end = store.time_range("exp")
+    assert (report.start_ms, report.end_ms) == (start, end)
+    times = sorted({p.time_ms for p in report.timeline})
+    assert len(times) == 4 and times[-1] == end
+    assert len(report.timeline) == 4 * len(METRICS)
+    last = {p.metric: p for p in report.timeline if p.time_ms == end}
+    for metric_report in report.metrics:
+        row = metric_report.variants[1]
+        assert last[metric_report.name].estimate == pytest.approx(row.relative_lift.estimate)
+        assert last[metric_report.name].users == row.users
+    users = [p.users for p in report.timeline if p.metric == "ctr"]
+    assert users == sorted(users)
+    assert report.traffic_bucket_ms == traffic_bucket_ms(start, end) == 1_800_000
+    final = {}
+    for point in report.traffic:
+        final[point.variant] = point.cumulative_users
+    assert final == store.variant_counts("exp")
+
+
+def test_three_variants_are_all_corrected_together(store: MemoryEventStore) -> None:
+    report = build_report(store, config(correction="bh"), "three", with_timeline=False)
+    assert report.control == "a"
+    rows = [r for m in report.metrics for r in m.variants if not r.is_control]
+    assert len(rows) == 2 * len(METRICS)
+    assert [r.adjusted_p_value for r in rows] == pytest.approx(
+        adjust_p_values([r.p_value for r in rows], "bh", 0.05)
+    )
+
+
+def test_srm_flag_uses_configured_weights(store: MemoryEventStore) -> None:
+    cfg = config(experiments={"exp": {"weights": {"control": 0.8, "treatment": 0.2}, "status": "stopped"}})
+    summary = experiment_summary(store, cfg, "exp")
+    assert summary.srm.flagged and summary.status == "stopped"
+    assert [v.expected_share for v in summary.variants] == [0.8, 0.2]
+
+
+def test_sequential_mode_widens_intervals(store: MemoryEventStore) -> None:
+    fixed = build_report(store, config(), "exp", with_timeline=False)
+    seq = build_report(store, config(sequential=True), "exp", with_timeline=False)
+    for f, s in zip(fixed.metrics, seq.metrics, strict=True):
+        fr, sr = f.variants[1], s.variants[1]
+        assert sr.sequential and not fr.sequential
+        assert (
+            sr.relative_lift.ci[1] - sr.relative_lift.ci[0] > fr.relative_lift.ci[1] - fr.relative_lift.ci[0]
+        )
+        assert sr.p_value >= fr.p_value
+
+
+def test_thin_variant_reports_an_error_code() -> None:
+    store = MemoryEventStore()
+    simulate_experiment(store, "exp", users=200, seed=1)
+    store.apply([ExposureRow("x1", "exp", "lonely", "lonely-user", START_MS)], [], {})
+    report = build_report(store, config(), "exp")
+    lonely = [r for r in report.metrics[0].variants if r.variant == "lonely"][0]
+    assert lonely.error == messages.NO_UNITS and lonely.adjusted_p_value is None and not lonely.significant
+    json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_unknown_experiment() -> None:
+    with pytest.raises(KeyError, match="unknown experiment"):
+        build_report(MemoryEventStore(), config(), "nope")
+
+
+def _keys(value, prefix=""):
+    if isinstance(value, dict):
+        out = set()
+        for k, v in value.items():
+            out |= {prefix + k} | _keys(v, prefix + k + ".")
+        return out
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return set().union(*(_keys(v, prefix) for v in value))
+    return set()
+
+
+def test_json_has_the_keys_the_dashboard_fixture_uses(store: MemoryEventStore) -> None:
+    """The dashboard is tested against a fixture; the real report must carry every key that fixture has."""
+    if not DASHBOARD_FIXTURE.is_file():
+        pytest.skip("dashboard fixture not present")
+    fixture = json.loads(DASHBOARD_FIXTURE.read_text())
+    report = build_report(store, config(), "exp").to_dict()
+    assert _keys(next(iter(fixture["reports"].values()))) <= _keys(report)
+    assert _keys(fixture["experiments"][0]) <= _keys(experiment_summary(store, config(), "exp").to_dict())
