@@ -1,0 +1,237 @@
+"""The analytics consumer against the real embedded broker: dedup, crash/restart, and a two-member group.
+
+Every test compares the consumed store with a reference built by applying the produced events directly.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from analytics.consumer.checkpoint import Checkpoint
+from analytics.consumer.exceptions import CheckpointOffsetBackwards
+from analytics.consumer.processor import AnalyticsConsumer
+from analytics.events.messages import make_exposure, make_outcome
+from analytics.events.producer import EventProducer
+from analytics.kafka.broker import EmbeddedBroker
+from analytics.store import (
+    EventStore,
+    ExposureRow,
+    MemoryEventStore,
+    OutcomeRow,
+    SQLiteEventStore,
+    TopicPartition,
+)
+from proto import events_pb2
+
+WINDOW_MS = 5_000
+SESSION_MS = 2_000
+
+
+def _dataset(seed: int, users: int, outcomes: int, t0: int = 1_000_000):
+    rng = random.Random(seed)
+    exposures = []
+    for u in range(users):
+        first = t0 + rng.randrange(10_000)
+        variant = rng.choice(["control", "treatment"])
+        exposures.append(make_exposure(f"u{u}", "exp1", variant, event_time_ms=first, request_id=f"r{u}"))
+        if (
+            rng.random() < 0.2
+        ):  # a later exposure (e.g. another request) keeps the first variant's attribution
+            exposures.append(make_exposure(f"u{u}", "exp1", "treatment", event_time_ms=first + 100))
+    outs = [
+        make_outcome(
+            f"u{rng.randrange(users)}",
+            rng.choice(["click", "watch_seconds"]),
+            rng.choice([1.0, 2.0, 7.5]),
+            event_time_ms=t0 - 2_000 + rng.randrange(20_000),
+        )
+        for _ in range(outcomes)
+    ]
+    return exposures, outs
+
+
+def _reference(exposures: list[events_pb2.Exposure], outcomes: list[events_pb2.Outcome]) -> MemoryEventStore:
+    store = MemoryEventStore(attribution_window_ms=WINDOW_MS)
+    store.apply(
+        [
+            ExposureRow(e.event_id, e.experiment_key, e.variant_key, e.user_id, e.event_time_ms)
+            for e in exposures
+        ],
+        [OutcomeRow(o.event_id, o.user_id, o.metric, o.event_time_ms, o.value) for o in outcomes],
+        {},
+    )
+    return store
+
+
+def _snapshot(store: EventStore) -> dict:
+    return {
+        "experiments": store.experiments(),
+        "variants": store.variant_counts("exp1"),
+        "click": list(store.user_metric_values("exp1", "click")),
+        "watch": list(store.user_metric_values("exp1", "watch_seconds")),
+        "timeline": store.exposure_timeline("exp1", 1_000),
+        "range": store.time_range("exp1"),
+    }
+
+
+def _wait_for(store: EventStore, counts: dict[str, int], timeout_s: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while store.counts() != counts:
+        assert time.monotonic() < deadline, f"store reached {store.counts()}, expected {counts}"
+        time.sleep(0.1)
+
+
+def _produce(
+    bootstrap: str, topics: tuple[str, str], exposures, outcomes, tmp_path: Path, per_record: int = 50
+):
+    with EventProducer(
+        bootstrap,
+        exposures_topic=topics[0],
+        outcomes_topic=topics[1],
+        journal_path=tmp_path / f"producer-{time.monotonic_ns()}.journal",
+        max_events_per_record=per_record,
+    ) as producer:
+        producer.send_exposures(exposures)
+        producer.send_outcomes(outcomes)
+        assert producer.flush(30)
+
+
+def test_checkpoint_refuses_offsets_going_backwards() -> None:
+    store = MemoryEventStore()
+    checkpoint = Checkpoint(store, consumer=None)
+    tp = TopicPartition("t", 0)
+    checkpoint.start_partition(tp, last_applied=4)
+    assert checkpoint.is_applied(tp, 4) and not checkpoint.is_applied(tp, 5)
+    with pytest.raises(CheckpointOffsetBackwards, match=r"t\[0\]: offset 3 is not after 4"):
+        checkpoint.set_offset(tp, 3)
+    checkpoint.outcomes.append(OutcomeRow("o", "u", "click", 1, 1.0))
+    checkpoint.set_offset(tp, 5)
+    checkpoint.commit()
+    assert store.offsets() == {tp: 5} and store.counts()["outcomes"] == 1 and checkpoint.empty
+
+
+@pytest.mark.integration
+def test_consume_dedups_and_matches_reference(
+    kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path
+) -> None:
+    exposures, outcomes = _dataset(seed=1, users=300, outcomes=1_000)
+    _produce(kafka_broker.bootstrap, fresh_topics, exposures, outcomes, tmp_path)
+    # redelivery of the same events (a producer retry after a lost ack) must not count twice
+    _produce(kafka_broker.bootstrap, fresh_topics, exposures[:50], outcomes[:200], tmp_path)
+    reference = _reference(exposures, outcomes)
+    with SQLiteEventStore(tmp_path / "s.db", attribution_window_ms=WINDOW_MS) as store:
+        consumer = AnalyticsConsumer(
+            kafka_broker.bootstrap,
+            store,
+            group_id="dedup",
+            topics=fresh_topics,
+            session_timeout_ms=SESSION_MS,
+        )
+        thread = threading.Thread(target=consumer.run, kwargs={"max_seconds": 60})
+        thread.start()
+        try:
+            _wait_for(store, reference.counts())
+        finally:
+            consumer.stop()
+            thread.join()
+        assert _snapshot(store) == _snapshot(reference)
+        assert consumer.events_applied == len(exposures) + len(outcomes) + 250  # duplicates read, not counted
+
+
+def _start_consumer(bootstrap: str, topics: tuple[str, str], store: Path, group: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "analytics.consumer", "--bootstrap", bootstrap, "--store", str(store),
+        "--group", group, "--exposures-topic", topics[0], "--outcomes-topic", topics[1],
+        "--session-timeout-ms", str(SESSION_MS), "--commit-interval-s", "0.05", "--commit-every-events", "300",
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_consumer_killed_mid_stream_then_restarted_gives_identical_numbers(
+    kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path
+) -> None:
+    exposures, outcomes = _dataset(seed=2, users=1_000, outcomes=6_000)
+    half_e, half_o = len(exposures) // 2, len(outcomes) // 2
+    _produce(
+        kafka_broker.bootstrap, fresh_topics, exposures[:half_e], outcomes[:half_o], tmp_path, per_record=10
+    )
+    path = tmp_path / "killed.db"
+    proc = _start_consumer(kafka_broker.bootstrap, fresh_topics, path, "killed")
+    try:
+        deadline = time.monotonic() + 30
+        with SQLiteEventStore(path) as partial:
+            while partial.counts()["outcomes"] < 300:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the consumer made no progress"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert 0 < partial.counts()["outcomes"] < len(outcomes)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    _produce(
+        kafka_broker.bootstrap, fresh_topics, exposures[half_e:], outcomes[half_o:], tmp_path, per_record=10
+    )
+    proc = _start_consumer(kafka_broker.bootstrap, fresh_topics, path, "killed")
+    reference = _reference(exposures, outcomes)
+    try:
+        with SQLiteEventStore(path, attribution_window_ms=WINDOW_MS) as store:
+            _wait_for(store, reference.counts())
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+            assert _snapshot(store) == _snapshot(reference)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_two_consumers_in_one_group_give_the_same_totals_as_one(
+    kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path
+) -> None:
+    path = tmp_path / "shared.db"
+    stores = [SQLiteEventStore(path, attribution_window_ms=WINDOW_MS) for _ in range(2)]
+    consumers = [
+        AnalyticsConsumer(
+            kafka_broker.bootstrap, s, group_id="pair", topics=fresh_topics, session_timeout_ms=SESSION_MS
+        )
+        for s in stores
+    ]
+    threads = [threading.Thread(target=c.run, kwargs={"max_seconds": 60}) for c in consumers]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not all(c.consumer.assignment() for c in consumers):  # both members hold partitions
+            assert time.monotonic() < deadline, "the group never split the partitions"
+            time.sleep(0.1)
+        exposures, outcomes = _dataset(seed=3, users=800, outcomes=3_000)
+        _produce(kafka_broker.bootstrap, fresh_topics, exposures, outcomes, tmp_path)
+        reference = _reference(exposures, outcomes)
+        _wait_for(stores[0], reference.counts())
+    finally:
+        for c in consumers:
+            c.stop()
+        for thread in threads:
+            thread.join()
+    assert all(c.events_applied > 0 for c in consumers)
+    assert sum(c.events_applied for c in consumers) == len(exposures) + len(outcomes)
+    assert _snapshot(stores[0]) == _snapshot(reference)
+    for s in stores:
+        s.close()
