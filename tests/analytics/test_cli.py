@@ -1,0 +1,182 @@
+"""The command line: compare and srm contracts, power, and report against a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats as scipy_stats
+
+from analytics.__main__ import main
+from analytics.store import SQLiteEventStore
+from tests.analytics.stats.simulated_events import simulate_experiment
+
+EXAMPLE = Path(__file__).parents[2] / "analytics" / "examples" / "metrics.yaml"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write(tmp_path: Path, payload: dict) -> str:
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(payload))
+    return str(path)
+
+
+def test_compare_mean_matches_scipy(tmp_path: Path, capsys) -> None:
+    payload = {
+        "metric_type": "mean",
+        "difference_type": "absolute",
+        "alpha": 0.05,
+        "sequential": False,
+        "control": {"n": 1000, "sum": 10000, "sum_squares": 120000},
+        "treatment": {"n": 1200, "sum": 12300, "sum_squares": 150000},
+    }
+    code, out, _ = run(capsys, "compare", "--input", write(tmp_path, payload))
+    result = json.loads(out)
+    reference = scipy_stats.ttest_ind_from_stats(
+        10.25, (23925 / 1199) ** 0.5, 1200, 10.0, (20000 / 999) ** 0.5, 1000, equal_var=False
+    )
+    assert code == 0
+    assert result["estimate"] == pytest.approx(0.25)
+    assert result["p_value"] == pytest.approx(reference.pvalue, rel=1e-9)
+    assert result["se"] == pytest.approx(0.191438, abs=1e-6)
+    assert len(result["ci"]) == 2 and result["ci"][0] < 0.25 < result["ci"][1]
+
+
+def test_compare_binomial_relative_sequential(tmp_path: Path, capsys) -> None:
+    payload = {
+        "metric_type": "binomial",
+        "difference_type": "relative",
+        "sequential": True,
+        "control": {"n": 10000, "sum": 1000},
+        "treatment": {"n": 10000, "sum": 1100},
+    }
+    result = json.loads(run(capsys, "compare", "--input", write(tmp_path, payload))[1])
+    assert result["estimate"] == pytest.approx(0.1)
+    assert result["sequential"] is True
+    assert (result["ci"][0] > 0) == (result["p_value"] < 0.05)
+
+
+def test_compare_ratio_and_cuped(tmp_path: Path, capsys) -> None:
+    arm = {
+        "n": 1000,
+        "num_sum": 300,
+        "num_sum_squares": 500,
+        "den_sum": 3000,
+        "den_sum_squares": 12000,
+        "num_den_sum_product": 1200,
+    }
+    payload = {
+        "metric_type": "ratio",
+        "difference_type": "absolute",
+        "control": arm,
+        "treatment": {**arm, "num_sum": 330},
+    }
+    result = json.loads(run(capsys, "compare", "--input", write(tmp_path, payload))[1])
+    assert result["estimate"] == pytest.approx(0.01)
+    cuped_arm = {
+        "n": 500,
+        "sum": 5000,
+        "sum_squares": 60000,
+        "pre_sum": 4900,
+        "pre_sum_squares": 58000,
+        "post_pre_sum_product": 57000,
+    }
+    payload = {
+        "metric_type": "mean",
+        "control": cuped_arm,
+        "treatment": {**cuped_arm, "sum": 5200, "post_pre_sum_product": 58900},
+    }
+    result = json.loads(run(capsys, "compare", "--input", write(tmp_path, payload))[1])
+    assert result["cuped"] is True and result["theta"] > 0
+    plain = json.loads(
+        run(capsys, "compare", "--input", write(tmp_path, {**payload, "control": {k: cuped_arm[k] for k in ("n", "sum", "sum_squares")},
+                                                           "treatment": {"n": 500, "sum": 5200, "sum_squares": 60000}}))[1]
+    )  # fmt: skip
+    assert result["se"] < plain["se"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"metric_type": "mean", "control": {"n": 10, "sum": 1}, "treatment": {"n": 10, "sum": 1, "sum_squares": 2}}, "control: mean arms need ['sum_squares']"),
+        ({"metric_type": "median", "control": {"n": 1}, "treatment": {"n": 1}}, "metric_type"),
+        ({"metric_type": "binomial", "control": {"n": 10, "sum": 1, "n_users": 3}, "treatment": {"n": 10, "sum": 1}}, "control.n_users: Extra inputs"),
+        ({"metric_type": "binomial", "control": {"n": 10, "sum": 1, "num_sum": 3}, "treatment": {"n": 10, "sum": 1}}, "do not apply"),
+    ],
+)  # fmt: skip
+def test_compare_errors_name_the_field(tmp_path: Path, capsys, payload, message) -> None:
+    code, _, err = run(capsys, "compare", "--input", write(tmp_path, payload))
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_srm_prints_the_p_value(capsys) -> None:
+    code, out, _ = run(capsys, "srm", "--counts", "1000", "1200", "--weights", "0.5", "0.5")
+    assert code == 0
+    assert float(out) == pytest.approx(scipy_stats.chisquare([1000, 1200]).pvalue, rel=1e-5)
+    flagged = json.loads(run(capsys, "srm", "--counts", "1000", "1200", "--json")[1])
+    assert flagged["flagged"] is True
+    assert run(capsys, "srm", "--counts", "1000", "1200", "--weights", "1")[0] == 2
+
+
+def test_power(capsys) -> None:
+    out = json.loads(
+        run(capsys, "power", "--metric-type", "binomial", "--baseline", "0.1", "--effect", "0.1")[1]
+    )
+    assert out["required_users"] == pytest.approx(29496, abs=4)
+    out = json.loads(
+        run(capsys, "power", "--metric-type", "mean", "--baseline", "10", "--std", "10", "--users", "2000")[1]
+    )
+    assert out["mde"] == pytest.approx(0.1253, abs=1e-3)
+
+
+def test_report_table_and_json_from_sqlite(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "events.db"
+    with SQLiteEventStore(db) as store:
+        simulate_experiment(store, "ranking-dml", users=800, seed=4, variants=("control", "dml"))
+    code, out, _ = run(capsys, "report", "ranking-dml", "--store", str(db), "--metrics", str(EXAMPLE))
+    assert code == 0
+    assert "experiment ranking-dml (running), control control, 800 users, SRM p=" in out
+    for name in (
+        "click_through",
+        "ctr [ratio]",
+        "watch_seconds [continuous, cuped]",
+        "impressions_per_user [count, guardrail]",
+    ):
+        assert name in out
+    report = json.loads(
+        run(capsys, "report", "ranking-dml", "--store", str(db), "--metrics", str(EXAMPLE), "--json")[1]
+    )
+    assert report["total_users"] == 800 and len(report["metrics"]) == 4
+    code, _, err = run(capsys, "report", "nope", "--store", str(db), "--metrics", str(EXAMPLE))
+    assert code == 2 and "no experiment 'nope'" in err
+    code, _, err = run(
+        capsys, "report", "x", "--store", str(tmp_path / "missing.db"), "--metrics", str(EXAMPLE)
+    )
+    assert code == 2 and "no event store" in err
+
+
+def test_module_entry_point_and_help() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "analytics", "srm", "--counts", "50", "50"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert float(done.stdout) == pytest.approx(1.0)
+    help_text = subprocess.run(
+        [sys.executable, "-m", "analytics", "compare", "--help"], capture_output=True, text=True
+    ).stdout
+    assert "sum_squares" in help_text
+
+
+def test_package_import_stays_light() -> None:
+    code = "import sys, analytics; assert 'statsmodels' not in sys.modules and 'scipy' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
