@@ -318,3 +318,59 @@ def _eval_operator(op: str, actual: Any, expected: Any, groups: SavedGroups) -> 
         case "$type":
             return _js_type(actual) == expected
     return False
+
+
+ConditionFn = Callable[[Mapping[str, Any], SavedGroups], bool]
+
+
+def compile_condition(condition: Mapping[str, Any]) -> ConditionFn:
+    """A function equivalent to `eval_condition(attrs, condition, groups)`, specialised once.
+
+    Plain fields compared with string literals, or with `$in` / `$nin` / `$eq` / `$ne` over strings, become
+    set lookups; anything else falls back to the general evaluator. The specialisation keeps the JS rules:
+    a string never equals a number or a boolean, and an array attribute matches `$in` if any element does.
+    """
+    checks = [_compile_field(key, value) for key, value in condition.items()]
+    if any(c is None for c in checks) or not checks:
+        return lambda attributes, groups: eval_condition(attributes, condition, groups)
+    compiled: list[Callable[[Mapping[str, Any]], bool]] = checks  # type: ignore[assignment]
+    if len(compiled) == 1:
+        only = compiled[0]
+        return lambda attributes, groups: only(attributes)
+    return lambda attributes, groups: all(check(attributes) for check in compiled)
+
+
+def _compile_field(path: str, value: Any) -> Callable[[Mapping[str, Any]], bool] | None:
+    if path.startswith("$"):
+        return None
+    if isinstance(value, str):
+        op, strings = "$eq", [value]
+    elif isinstance(value, Mapping) and len(value) == 1:
+        ((op, strings),) = value.items()
+        if op in ("$eq", "$ne") and isinstance(strings, str):
+            strings = [strings]
+        if op not in ("$in", "$nin", "$eq", "$ne") or not isinstance(strings, list):
+            return None
+        if op in ("$eq", "$ne") and not isinstance(value[op], str):
+            return None
+    else:
+        return None
+    if not all(type(s) is str for s in strings):
+        return None
+    wanted = frozenset(strings)
+    lists_match = op in (
+        "$in",
+        "$nin",
+    )  # `$eq: "x"` on an array attribute compares the whole array: never equal
+
+    def matches(attributes: Mapping[str, Any]) -> bool:
+        actual = attributes.get(path) if "." not in path else _get_path(attributes, path)
+        if type(actual) is str:
+            return actual in wanted
+        if lists_match and isinstance(actual, list):
+            return any(type(x) is str and x in wanted for x in actual)
+        return False
+
+    if op in ("$nin", "$ne"):
+        return lambda attributes: not matches(attributes)
+    return matches

@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 
 from experiment_router.bulk import UnitBatch, choose_bulk, hash_bulk
-from experiment_router.conditions import eval_condition
+from experiment_router.conditions import compile_condition, eval_condition
 from experiment_router.evaluation import EvalContext, ExperimentSpec, run_experiment, unit_string
 from experiment_router.hashing import (
     FNV_OFFSET_BASIS,
+    LOW_DIGIT_UNITS,
     bucket_ranges,
     code_units,
+    decimal_high_states,
     fnv1a32_decimal,
     fnv1a32_update,
     hash_unit,
@@ -168,9 +170,11 @@ class _Compiled:
         seed = self.seed = exp.seed or exp.key
         self.seed_units = code_units(seed)
         self.seed_prefix = fnv1a32_update(FNV_OFFSET_BASIS, self.seed_units)
+        self.high_states = decimal_high_states()  # built once per process, before the first request
         self.ns_units = code_units("__" + self.layer) if self.layer else b""
         self.ns_range = exp.layer.range if exp.layer else (0.0, 1.0)
         self.condition = exp.condition
+        self.condition_fn = compile_condition(exp.condition) if exp.condition is not None else None
         self.holdout = holdout
         self.start = exp.start.timestamp() if exp.start else None
         self.end = exp.end.timestamp() if exp.end else None
@@ -267,12 +271,21 @@ class _Compiled:
             n = hasher.layer_position(self.attribute, self.layer, self.ns_units)
             if not self.ns_range[0] <= n < self.ns_range[1]:
                 return self.outside_layer
-        if self.condition is not None and not eval_condition(hasher.attributes, self.condition, saved_groups):
+        if self.condition_fn is not None and not self.condition_fn(hasher.attributes, saved_groups):
             return self.not_targeted
-        if self.version == 1:
-            n = _bucket(state, units, 1, self.seed_units)
+        h = self.seed_prefix if self.version == 2 else state
+        for u in units if self.version == 2 else self.seed_units:
+            h = ((h ^ u) * _PRIME) & _MASK32
+        if self.version == 2:  # second round over str(h): table for the high digits, then the last four
+            if h >= 10000:
+                h2 = self.high_states[h // 10000]
+                for u in LOW_DIGIT_UNITS[h % 10000]:
+                    h2 = ((h2 ^ u) * _PRIME) & _MASK32
+            else:
+                h2 = fnv1a32_decimal(h)
+            n = (h2 % 10000) / 10000
         else:
-            n = _bucket(self.seed_prefix, units, 2, self.seed_units)
+            n = (h % 1000) / 1000
         for i, r in enumerate(self.ranges):
             if r[0] <= n < r[1]:
                 return self.in_variant[i]
