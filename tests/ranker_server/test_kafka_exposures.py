@@ -1,0 +1,72 @@
+"""Exposures reach Kafka through the real EventProducer and the embedded broker, one per logged assignment."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import FakeRouter, MutableSource, make_settings
+from grpc import aio
+from kafka import KafkaConsumer, TopicPartition
+
+from analytics.events.messages import decode_batch
+from analytics.kafka.broker import EmbeddedBroker
+from proto import events_pb2, ranking_pb2, ranking_pb2_grpc
+from ranker_server.app import running_server
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TOPIC = "ranker-test.exposures"
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(topics=(TOPIC,), partitions=2) as running:
+        yield running
+
+
+def read_exposures(bootstrap: str, expected: int, timeout_s: float = 30.0) -> list[events_pb2.Exposure]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100)
+    try:
+        deadline = time.monotonic() + timeout_s
+        parts = None
+        while not parts and time.monotonic() < deadline:
+            parts = consumer.partitions_for_topic(TOPIC)
+        partitions = [TopicPartition(TOPIC, p) for p in sorted(parts or ())]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        found: list[events_pb2.Exposure] = []
+        while len(found) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    batch = decode_batch(record.value)
+                    found += [e.exposure for e in batch.events if e.HasField("exposure")]
+        return found
+    finally:
+        consumer.close()
+
+
+async def test_exposures_arrive_on_kafka(broker: EmbeddedBroker, repository: Path) -> None:
+    settings = make_settings(repository, kafka=broker.bootstrap, exposure_topic=TOPIC)
+    users = [f"user-{i}" for i in range(10)] + ["out-1", "qa-1"]  # the last two must not be logged
+    async with running_server(settings, MutableSource(FakeRouter())) as server:
+        async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = ranking_pb2_grpc.RankerStub(channel)
+            await asyncio.gather(
+                *(
+                    stub.Rank(
+                        ranking_pb2.RankRequest(
+                            request_id=f"req-{u}", user_id=u, candidate_ids=[1000, 1001, 1002]
+                        )
+                    )
+                    for u in users
+                )
+            )
+    exposures = await asyncio.to_thread(read_exposures, broker.bootstrap, 10)
+    assert sorted(e.request_id for e in exposures) == sorted(f"req-user-{i}" for i in range(10))
+    assert all(
+        e.experiment_key == "rank-exp" and e.stage == "ranking" and len(e.item_ids) == 3 for e in exposures
+    )
