@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from experiment_router.conditions import validate_condition
 from experiment_router.errors import ConfigError, ConfigErrors, UnknownOperatorError
@@ -150,9 +150,7 @@ def _pydantic_error(locate: _Locator, err: Mapping[str, Any]) -> ConfigError:
 
 
 def _allowed_fields(path: Path_) -> str:
-    from experiment_router import schema
-
-    model: Any = schema.RouterConfig
+    model: Any = RouterConfig
     for part in path[:-1]:
         if isinstance(part, int) or model is None:
             continue
@@ -166,8 +164,6 @@ def _allowed_fields(path: Path_) -> str:
 
 
 def _inner_model(annotation: Any) -> Any:
-    from pydantic import BaseModel
-
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()):

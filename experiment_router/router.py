@@ -275,12 +275,12 @@ class _Compiled:
             return self.not_targeted
         h = self.seed_prefix if self.version == 2 else state
         for u in units if self.version == 2 else self.seed_units:
-            h = ((h ^ u) * _PRIME) & _MASK32
+            h = ((h ^ u) * 0x01000193) & 0xFFFFFFFF  # literals: LOAD_CONST in the hot loop
         if self.version == 2:  # second round over str(h): table for the high digits, then the last four
             if h >= 10000:
                 h2 = self.high_states[h // 10000]
                 for u in LOW_DIGIT_UNITS[h % 10000]:
-                    h2 = ((h2 ^ u) * _PRIME) & _MASK32
+                    h2 = ((h2 ^ u) * 0x01000193) & 0xFFFFFFFF
             else:
                 h2 = fnv1a32_decimal(h)
             n = (h2 % 10000) / 10000
