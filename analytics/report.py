@@ -106,7 +106,11 @@ class VariantSummary:
 
 @dataclass(frozen=True)
 class SrmResult:
-    """Sample-ratio-mismatch check; ``p_value`` is null with fewer than two variants or no users."""
+    """Sample-ratio-mismatch check; ``p_value`` is null with fewer than two variants or no users.
+
+    Users in a variant whose configured weight is 0 (or that the config does not list) give p = 0: traffic
+    went where the assignment never sends it.
+    """
 
     p_value: float | None
     flagged: bool
@@ -339,13 +343,19 @@ def _variant_rows(
     return rows
 
 
-def _metric_reports(
-    store: EventStore, config: AnalysisConfig, experiment_key: str, keys: list[str], control: str | None
+def analyse_metrics(
+    config: AnalysisConfig,
+    metrics: list[MetricDefinition],
+    statistics: list[dict[str, TestStatistic]],
+    control: str | None,
 ) -> list[MetricReport]:
+    """Metric tables from per-variant sufficient statistics (one dict per metric, same order as ``metrics``).
+
+    Every variant is compared with ``control``, then all comparisons are corrected together.
+    """
     settings = analysis_settings(config)
     analysed = []
-    for metric in config.metrics_for(experiment_key):
-        stats = _metric_statistics(metric, store, experiment_key, keys)
+    for metric, stats in zip(metrics, statistics, strict=True):
         comparisons = compare_to_control(stats, control, settings, metric.inverse) if control else {}
         analysed.append((metric, stats, comparisons))
     flat = [
@@ -446,7 +456,9 @@ def build_report(
         raise KeyError(f"unknown experiment {experiment_key!r}")
     control, variants, srm, total = _summary_parts(store, config, experiment_key)
     keys = [v.key for v in variants]
-    metrics = _metric_reports(store, config, experiment_key, keys, control)
+    definitions = config.metrics_for(experiment_key)
+    statistics = [_metric_statistics(metric, store, experiment_key, keys) for metric in definitions]
+    metrics = analyse_metrics(config, definitions, statistics, control)
     start_ms = end_ms = bucket_ms = None
     timeline: list[TimelinePoint] = []
     traffic: list[TrafficPoint] = []
