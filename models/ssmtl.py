@@ -50,8 +50,8 @@ class SSMTLConfig:
     attn_dropout: float = 0.1
     temperature: float = 0.1
     alpha: float = 1.0  # Eq. 6 weight of the retrieval loss
-    beta: float = 1e-3  # Eq. 6 weight of the CCA loss
-    gamma: float = 0.1  # Eq. 6 weight of the MAE loss
+    beta: float = 0.01  # Eq. 6 weight of the CCA loss
+    gamma: float = 0.5  # Eq. 6 weight of the MAE loss
     cca_lambda: float = 1e-3  # Eq. 3 decorrelation weight
     mae_exponent: float = 2.0  # Eq. 4 exponent y >= 1
     edge_drop: float = 0.2  # both SSL views

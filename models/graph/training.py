@@ -35,7 +35,7 @@ class TrainConfig(BaseModel):
     dataset: Literal["ego-facebook", "synthetic"] = "ego-facebook"
     data_path: str = "../shared/data/ego-facebook"
     seed: int = 0
-    steps: int = 300
+    steps: int = 200
     batch_size: int = Field(256, ge=2)
     lr: float = 3e-3
     weight_decay: float = 0.0

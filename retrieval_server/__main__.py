@@ -1,0 +1,77 @@
+"""``python -m retrieval_server``: parse flags, load the model versions, serve until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from retrieval_server.errors import PackageError
+from retrieval_server.index import EXACT_MAX_ITEMS
+from retrieval_server.model_repository import ModelRepository
+from retrieval_server.server import RetrievalServer
+
+logger = logging.getLogger("retrieval_server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m retrieval_server",
+        description="gRPC embedding-based retrieval (mtrank.v1.Retriever) over versioned model packages.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--repository", required=True, help="model repository root (<root>/<name>/<version>/)")
+    parser.add_argument("--model", action="append", required=True, metavar="NAME:VERSION",
+                        help="a version to serve (repeat for several); the first is the default")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind ([::] for all interfaces)")
+    parser.add_argument("--port", type=int, default=50052, help="gRPC port (0 = any free port)")
+    parser.add_argument("--metrics-port", type=int, default=9092, help="Prometheus /metrics port")
+    parser.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
+    parser.add_argument("--threads", type=int, default=4, help="threads for ONNX runs and index searches")
+    parser.add_argument("--exact-max-items", type=int, default=EXACT_MAX_ITEMS,
+                        help="corpora up to this size use exact search, larger ones HNSW")
+    parser.add_argument("--poll-interval", type=float, default=30.0,
+                        help="seconds between checks for rewritten packages to hot swap (0 = off)")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight requests on SIGTERM")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def parse_model(value: str) -> tuple[str, str]:
+    name, sep, version = value.partition(":")
+    if not sep or not name or not version:
+        raise SystemExit(f"--model expects NAME:VERSION, got {value!r}")
+    return name, version
+
+
+async def serve(args: argparse.Namespace) -> None:
+    repository = ModelRepository(args.repository, exact_max_items=args.exact_max_items)
+    for i, value in enumerate(args.model):
+        repository.load(*parse_model(value), default=i == 0)
+    server = RetrievalServer(repository, host=args.host, port=args.port, metrics_port=args.metrics_port,
+                             max_k=args.max_k, threads=args.threads, poll_interval_s=args.poll_interval)
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    logger.info("signal received: draining for up to %.1f s", args.grace)
+    await server.stop(args.grace)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(args))
+    except PackageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

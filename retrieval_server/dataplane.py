@@ -1,0 +1,95 @@
+"""Retrieval logic, free of gRPC: validate, resolve the model version, get the user vector, search, exclude."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from retrieval_server.errors import InvalidInput
+from retrieval_server.metrics import RetrievalMetrics
+from retrieval_server.model_repository import LoadedModel, ModelRepository
+
+
+@dataclass(frozen=True)
+class RetrieveQuery:
+    """A Retrieve request as plain data."""
+
+    user_id: str
+    k: int
+    request_id: str = ""
+    exclude_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    user_features: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    neighbor_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    model_name: str = ""
+    model_version: str = ""
+
+
+@dataclass(frozen=True)
+class RetrieveResult:
+    request_id: str
+    candidate_ids: np.ndarray
+    scores: np.ndarray
+    model: tuple[str, str]
+    embedded_on_the_fly: bool
+
+
+class RetrievalDataPlane:
+    """Answers queries against the repository; ONNX runs and index scans go to ``executor``."""
+
+    def __init__(self, repository: ModelRepository, metrics: RetrievalMetrics, max_k: int = 1000,
+                 executor: Executor | None = None) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.max_k = max_k
+        self._executor = executor
+
+    def _user_vector_inputs(self, model: LoadedModel, query: RetrieveQuery) -> tuple[int | None, np.ndarray | None]:
+        """(position, None) for an indexed user, (None, neighbour positions) for one to embed on the fly."""
+        position = model.position(query.user_id)
+        if position is not None:
+            return position, None
+        width = model.store.num_features
+        if len(query.user_features) == 0:
+            raise InvalidInput(
+                "user_features",
+                f"user {query.user_id!r} is not in the index of {model.name}:{model.version}; "
+                f"send its {width} features (and neighbor_ids) to embed it",
+            )
+        if len(query.user_features) != width:
+            raise InvalidInput("user_features", f"expected {width} values, got {len(query.user_features)}")
+        if not np.all(np.isfinite(query.user_features)):
+            raise InvalidInput("user_features", "values must be finite")
+        positions = [model.positions.get(int(n)) for n in query.neighbor_ids]
+        unknown = [int(n) for n, p in zip(query.neighbor_ids, positions, strict=True) if p is None]
+        if unknown:
+            raise InvalidInput("neighbor_ids", f"unknown node ids {unknown[:5]} (neighbours must be indexed nodes)")
+        return None, np.asarray(positions, dtype=np.int64)
+
+    def _search(self, model: LoadedModel, query: RetrieveQuery) -> RetrieveResult:
+        position, neighbours = self._user_vector_inputs(model, query)
+        if position is not None:
+            vector = model.embeddings[position]
+        else:
+            vector = model.embed(query.user_features, neighbours, seed=zlib.crc32(query.user_id.encode()))
+            self.metrics.on_the_fly.labels(model.name, model.version).inc()
+        exclude = [model.positions.get(int(i)) for i in query.exclude_ids]
+        exclude = [p for p in exclude if p is not None] + ([position] if position is not None else [])
+        found, scores = model.index.search(vector, query.k, np.asarray(exclude, dtype=np.int64))
+        return RetrieveResult(query.request_id, model.store.ids[found], scores, model.key, position is None)
+
+    async def retrieve(self, query: RetrieveQuery) -> RetrieveResult:
+        if query.k <= 0 or query.k > self.max_k:
+            raise InvalidInput("k", f"must be in 1..{self.max_k}, got {query.k}")
+        if not query.user_id:
+            raise InvalidInput("user_id", "must not be empty")
+        model = self.repository.get(query.model_name, query.model_version)  # resolved once per request
+        started = time.perf_counter()
+        result = await asyncio.get_running_loop().run_in_executor(self._executor, self._search, model, query)
+        self.metrics.latency.labels(model.name, model.version).observe(time.perf_counter() - started)
+        self.metrics.k.observe(query.k)
+        return result

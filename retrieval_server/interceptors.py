@@ -1,0 +1,65 @@
+"""One place that turns exceptions into gRPC status codes (after KServe's ExceptionToStatusInterceptor)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from retrieval_server.errors import InvalidInput, ModelNotFound, ModelNotReady
+from retrieval_server.metrics import RetrievalMetrics
+
+logger = logging.getLogger(__name__)
+
+STATUS = (
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (ModelNotFound, grpc.StatusCode.NOT_FOUND),
+    (ModelNotReady, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-facing message of an exception (INTERNAL hides unexpected details)."""
+    for kind, code in STATUS:
+        if isinstance(exc, kind):
+            return code, str(exc)
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+class ExceptionToStatusInterceptor(aio.ServerInterceptor):
+    """Wraps unary-unary handlers: known errors -> their code, anything else -> INTERNAL (logged)."""
+
+    def __init__(self, metrics: RetrievalMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or "Retriever" not in handler_call_details.method:
+            return handler
+        inner = handler.unary_unary
+        metrics = self._metrics
+
+        async def guarded(request: Any, context: aio.ServicerContext) -> Any:
+            try:
+                response = await inner(request, context)
+            except Exception as exc:  # noqa: BLE001 (this is the one place that maps them)
+                code, message = status_for(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    logger.exception("unexpected error in %s", handler_call_details.method)
+                metrics.requests.labels(code.name).inc()
+                await context.abort(code, message)
+            metrics.requests.labels("OK").inc()
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

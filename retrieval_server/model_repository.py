@@ -1,0 +1,200 @@
+"""Versioned retrieval model packages: verify, load (ONNX session + index + graph store), hot swap, unload.
+
+A package is ``<repository>/<name>/<version>/`` as written by ``python -m models.retrieval export`` (see
+docs/contracts.md). Loading verifies every sha256 of the manifest before anything is opened. A new version, or a
+rebuilt index of a served version, is loaded completely off to the side and then published with one dict
+assignment, so requests in flight keep the object they resolved and no request ever sees a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from retrieval_server.errors import ModelNotFound, ModelNotReady, PackageError
+from retrieval_server.graph_store import GraphStore
+from retrieval_server.index import EXACT_MAX_ITEMS, VectorIndex, build_index
+
+logger = logging.getLogger(__name__)
+
+ModelKey = tuple[str, str]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def session_providers() -> list[str]:
+    """CUDA first when this onnxruntime build and machine offer it, then CPU."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+@dataclass
+class LoadedModel:
+    """One served version: encoder session, index over the stored embeddings and the graph store."""
+
+    name: str
+    version: str
+    manifest: dict[str, Any]
+    session: ort.InferenceSession
+    index: VectorIndex
+    embeddings: np.ndarray
+    store: GraphStore
+    positions: dict[int, int]
+    provider: str
+    fingerprint: str
+    _run_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def key(self) -> ModelKey:
+        return (self.name, self.version)
+
+    def position(self, user_id: str) -> int | None:
+        """Index position of a user id (a decimal int64 string), ``None`` when unknown."""
+        try:
+            return self.positions.get(int(user_id))
+        except ValueError:
+            return None
+
+    def embed(self, features: np.ndarray, neighbour_positions: np.ndarray, seed: int) -> np.ndarray:
+        """Embed an unseen user on the fly with the ONNX encoder; deterministic for a given ``seed``."""
+        feeds = self.store.encoder_inputs(features, neighbour_positions, np.random.default_rng(seed))
+        return self.session.run(["embedding"], feeds)[0][0]
+
+
+def load_package(root: Path, name: str, version: str, exact_max_items: int = EXACT_MAX_ITEMS) -> LoadedModel:
+    """Verify and load ``root/name/version``.
+
+    Raises:
+        PackageError: missing files, checksum mismatch, wrong kind or inconsistent shapes; the message names the file.
+    """
+    package = root / name / version
+    manifest_path = package / "manifest.json"
+    if not manifest_path.is_file():
+        raise PackageError(f"{manifest_path}: not found")
+    raw = manifest_path.read_bytes()
+    manifest = json.loads(raw)
+    if manifest.get("kind") != "retrieval":
+        raise PackageError(f"{manifest_path}: kind is {manifest.get('kind')!r}, expected 'retrieval'")
+    expected = {"model.onnx": manifest.get("onnx_sha256"), **manifest.get("files", {})}
+    for rel in ("model.onnx", "index/embeddings.npy", "index/graph.npz"):
+        if rel not in expected or expected[rel] is None:
+            raise PackageError(f"{manifest_path}: no sha256 recorded for {rel}")
+    for rel, digest in expected.items():
+        path = package / rel
+        if not path.is_file():
+            raise PackageError(f"{path}: listed in the manifest but missing")
+        if _sha256(path) != digest:
+            raise PackageError(f"{path}: sha256 does not match the manifest")
+    fanouts = tuple(int(f) for f in manifest["training_config"]["fanouts"])
+    store = GraphStore.load(package / "index" / "graph.npz", fanouts)  # type: ignore[arg-type]
+    embeddings = np.load(package / "index" / "embeddings.npy").astype(np.float32)
+    if embeddings.shape[0] != len(store.ids):
+        raise PackageError(f"{package / 'index'}: {embeddings.shape[0]} embeddings for {len(store.ids)} ids")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # a CUDA build without CUDA libraries would log errors before falling back
+    wanted = session_providers()
+    session = ort.InferenceSession(str(package / "model.onnx"), sess_options=options, providers=wanted)
+    provider = session.get_providers()[0]
+    if provider != wanted[0]:
+        logger.warning("%s:%s: %s unavailable, running on %s", name, version, wanted[0], provider)
+    logger.info("loaded %s:%s on %s (%d items, %d-d)", name, version, provider, len(embeddings), embeddings.shape[1])
+    return LoadedModel(
+        name=name,
+        version=version,
+        manifest=manifest,
+        session=session,
+        index=build_index(embeddings, exact_max_items),
+        embeddings=embeddings,
+        store=store,
+        positions=store.position_map(),
+        provider=provider,
+        fingerprint=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+class ModelRepository:
+    """The versions the server holds, by (name, version), plus the default version."""
+
+    def __init__(self, root: str | Path, exact_max_items: int = EXACT_MAX_ITEMS) -> None:
+        self.root = Path(root)
+        self.exact_max_items = exact_max_items
+        self._models: dict[ModelKey, LoadedModel] = {}
+        self._default: ModelKey | None = None
+        self._load_lock = threading.Lock()
+
+    def load(self, name: str, version: str, default: bool = False) -> LoadedModel:
+        """Load (or reload) a version and publish it atomically; the old object serves until then."""
+        with self._load_lock:
+            loaded = load_package(self.root, name, version, self.exact_max_items)
+            self._models = {**self._models, loaded.key: loaded}
+            if default or self._default is None:
+                self._default = loaded.key
+        return loaded
+
+    def unload(self, name: str, version: str) -> None:
+        with self._load_lock:
+            if (name, version) == self._default:
+                raise PackageError(f"{name}:{version} is the default model; make another version the default first")
+            self._models = {k: v for k, v in self._models.items() if k != (name, version)}
+
+    def set_default(self, name: str, version: str) -> None:
+        if (name, version) not in self._models:
+            raise ModelNotFound(f"model {name}:{version} is not loaded")
+        self._default = (name, version)
+
+    def refresh(self) -> list[ModelKey]:
+        """Reload every served version whose manifest changed on disk (e.g. the index job rewrote its index)."""
+        changed = []
+        for key, model in list(self._models.items()):
+            path = self.root / key[0] / key[1] / "manifest.json"
+            try:
+                fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                continue
+            if fingerprint != model.fingerprint:
+                try:
+                    self.load(*key, default=key == self._default)
+                    changed.append(key)
+                except PackageError as exc:  # keep serving the old version
+                    logger.error("reload of %s:%s failed, keeping the loaded one: %s", *key, exc)
+        return changed
+
+    def get(self, name: str = "", version: str = "") -> LoadedModel:
+        """The named version, or the default when ``name`` is empty (a name alone picks the default's version
+        when it has that name, else the highest loaded version of that name)."""
+        models = self._models
+        if not models or self._default is None:
+            raise ModelNotReady("no model is loaded yet")
+        if not name:
+            return models[self._default]
+        if not version:
+            if self._default[0] == name:
+                return models[self._default]
+            versions = sorted((k[1] for k in models if k[0] == name), key=lambda v: (len(v), v))
+            if versions:
+                return models[(name, versions[-1])]
+        elif (name, version) in models:
+            return models[(name, version)]
+        loaded = ", ".join(f"{n}:{v}" for n, v in sorted(models))
+        raise ModelNotFound(f"model {name}:{version or '*'} is not loaded; loaded: {loaded}")
+
+    def loaded(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
+    @property
+    def default(self) -> ModelKey | None:
+        return self._default

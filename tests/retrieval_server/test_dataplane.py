@@ -1,0 +1,156 @@
+"""Data plane, model repository and indexes without any network."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from retrieval_server.dataplane import RetrievalDataPlane, RetrieveQuery
+from retrieval_server.errors import InvalidInput, ModelNotFound, ModelNotReady, PackageError
+from retrieval_server.index import ExactIndex, HNSWIndex
+from retrieval_server.metrics import RetrievalMetrics
+from retrieval_server.model_repository import ModelRepository
+from tests.retrieval_server.conftest import graph_arrays
+
+
+def make_plane(root, max_k: int = 50) -> RetrievalDataPlane:
+    repository = ModelRepository(root)
+    repository.load("ssmtl", "1", default=True)
+    repository.load("ssmtl", "2")
+    repository.load("baseline", "1")
+    return RetrievalDataPlane(repository, RetrievalMetrics(), max_k=max_k)
+
+
+def brute_force(embeddings: np.ndarray, user: int, k: int, exclude: set[int]) -> list[int]:
+    scores = embeddings @ embeddings[user]
+    order = [int(i) for i in np.argsort(-scores, kind="stable") if int(i) != user and int(i) not in exclude]
+    return order[:k]
+
+
+async def test_known_user_matches_exact_search_and_excludes(repository_root):
+    plane = make_plane(repository_root)
+    embeddings = np.load(repository_root / "ssmtl" / "1" / "index" / "embeddings.npy")
+    first = await plane.retrieve(RetrieveQuery(user_id="7", k=10))
+    assert first.model == ("ssmtl", "1") and not first.embedded_on_the_fly
+    assert first.candidate_ids.tolist() == brute_force(embeddings, 7, 10, set())
+    assert np.all(np.diff(first.scores) <= 1e-7)
+    excluded = {int(first.candidate_ids[0]), int(first.candidate_ids[3]), 123456789}
+    second = await plane.retrieve(RetrieveQuery(user_id="7", k=10, exclude_ids=np.array(sorted(excluded))))
+    assert 7 not in second.candidate_ids and not excluded & set(second.candidate_ids.tolist())
+    assert second.candidate_ids.tolist() == brute_force(embeddings, 7, 10, excluded)
+
+
+async def test_each_request_gets_the_version_it_names(repository_root):
+    plane = make_plane(repository_root)
+    results = {}
+    for name, version in (("ssmtl", "1"), ("ssmtl", "2"), ("baseline", "1"), ("", "")):
+        r = await plane.retrieve(RetrieveQuery(user_id="3", k=20, model_name=name, model_version=version))
+        results[(name, version)] = r
+        assert r.model == ((name, version) if name else ("ssmtl", "1"))
+    assert results[("ssmtl", "1")].candidate_ids.tolist() != results[("ssmtl", "2")].candidate_ids.tolist()
+    only_name = await plane.retrieve(RetrieveQuery(user_id="3", k=5, model_name="baseline"))
+    assert only_name.model == ("baseline", "1")
+    with pytest.raises(ModelNotFound, match="ssmtl:9"):
+        await plane.retrieve(RetrieveQuery(user_id="3", k=5, model_name="ssmtl", model_version="9"))
+
+
+async def test_unseen_user_is_embedded_from_features_and_neighbours(repository_root):
+    plane = make_plane(repository_root)
+    graph = graph_arrays(repository_root)
+    indptr, indices, features = graph["indptr"], graph["indices"], graph["features"]
+    degree = np.diff(indptr)
+    embeddings = np.load(repository_root / "ssmtl" / "1" / "index" / "embeddings.npy")
+    # a node whose whole 2-hop tree fits the fan-outs (8, 8): the sample is then the full neighbourhood
+    node = next(u for u in range(len(degree)) if 0 < degree[u] <= 8 and np.all(degree[indices[indptr[u]:indptr[u + 1]]] <= 8))
+    neighbours = graph["ids"][indices[indptr[node] : indptr[node + 1]]]
+    query = RetrieveQuery(user_id="new-user", k=5, user_features=features[node], neighbor_ids=neighbours)
+    result = await plane.retrieve(query)
+    assert result.embedded_on_the_fly
+    model = plane.repository.get("ssmtl", "1")
+    vector = model.embed(features[node], indices[indptr[node] : indptr[node + 1]], seed=0)
+    np.testing.assert_allclose(vector, embeddings[node], atol=1e-4)
+    assert result.candidate_ids[0] == graph["ids"][node]  # the same person, indexed, is the nearest item
+    assert result.scores[0] == pytest.approx(1.0, abs=1e-4)
+    cold = await plane.retrieve(RetrieveQuery(user_id="cold", k=5, user_features=features[node]))
+    assert len(cold.candidate_ids) == 5  # no neighbours at all: features alone
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        (RetrieveQuery(user_id="1", k=0), "k"),
+        (RetrieveQuery(user_id="1", k=51), "k"),
+        (RetrieveQuery(user_id="", k=5), "user_id"),
+        (RetrieveQuery(user_id="stranger", k=5), "user_features"),
+        (RetrieveQuery(user_id="stranger", k=5, user_features=np.ones(3, np.float32)), "user_features"),
+        (RetrieveQuery(user_id="stranger", k=5, user_features=np.full(16, np.nan, np.float32)), "user_features"),
+        (RetrieveQuery(user_id="stranger", k=5, user_features=np.ones(16, np.float32),
+                       neighbor_ids=np.array([1, 987654321])), "neighbor_ids"),
+    ],
+)
+async def test_bad_input_names_the_field(repository_root, query, field):
+    plane = make_plane(repository_root)
+    with pytest.raises(InvalidInput) as info:
+        await plane.retrieve(query)
+    assert info.value.field == field and str(info.value).startswith(f"{field}: ")
+
+
+def test_k_larger_than_the_corpus_returns_everything_else(repository_root):
+    index = ExactIndex(np.load(repository_root / "ssmtl" / "1" / "index" / "embeddings.npy"))
+    found, _ = index.search(index.embeddings[0], 10_000, np.array([0, 1]))
+    assert len(found) == index.size - 2 and not {0, 1} & set(found.tolist())
+
+
+def test_hnsw_agrees_with_exact_search_and_honours_exclusions():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    exact, approx = ExactIndex(vectors), HNSWIndex(vectors, m=16, ef_construction=100, ef_search=200)
+    recalls = []
+    for q in range(20):
+        exclude = np.array([q, q + 1, q + 2])
+        truth, truth_scores = exact.search(vectors[q], 50, exclude)
+        found, scores = approx.search(vectors[q], 50, exclude)
+        assert not set(exclude.tolist()) & set(found.tolist()) and len(found) == 50
+        recalls.append(len(set(found.tolist()) & set(truth.tolist())) / 50)
+        np.testing.assert_allclose(scores[:5], truth_scores[:5], atol=1e-5) if found[0] == truth[0] else None
+    assert np.mean(recalls) > 0.9
+
+
+def test_repository_verifies_checksums_and_kind(repository_root):
+    repository = ModelRepository(repository_root)
+    with pytest.raises(ModelNotReady):
+        repository.get()
+    embeddings = repository_root / "ssmtl" / "1" / "index" / "embeddings.npy"
+    embeddings.write_bytes(embeddings.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(PackageError, match="embeddings.npy: sha256"):
+        repository.load("ssmtl", "1")
+    manifest_path = repository_root / "ssmtl" / "2" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "kind": "ranking"}))
+    with pytest.raises(PackageError, match="kind"):
+        repository.load("ssmtl", "2")
+    with pytest.raises(PackageError, match="not found"):
+        repository.load("ssmtl", "404")
+
+
+async def test_refresh_swaps_in_a_rewritten_package(repository_root):
+    plane = make_plane(repository_root)
+    before = plane.repository.get("ssmtl", "1")
+    assert plane.repository.refresh() == []
+    package = repository_root / "ssmtl" / "1"
+    manifest = json.loads((package / "manifest.json").read_text())
+    (package / "manifest.json").write_text(json.dumps({**manifest, "created_at": "2030-01-01T00:00:00+00:00"}))
+    assert plane.repository.refresh() == [("ssmtl", "1")]
+    assert plane.repository.get("ssmtl", "1") is not before
+    assert plane.repository.default == ("ssmtl", "1")
+
+
+def test_serving_never_imports_torch():
+    code = "import sys, retrieval_server.server, retrieval_server.__main__; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,171 @@
+"""The real grpc.aio server on a free port: Retrieve, status codes, health, reflection, metrics, hot swap under
+load, graceful shutdown, and the command line under SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from proto import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+from retrieval_server.model_repository import ModelRepository
+from retrieval_server.server import RETRIEVER_SERVICE, RetrievalServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def served(repository_root):
+    repository = ModelRepository(repository_root)
+    repository.load("ssmtl", "1", default=True)
+    repository.load("baseline", "1")
+    server = RetrievalServer(repository, port=0, metrics_port=0, max_k=100)
+    await server.start()
+    channel = aio.insecure_channel(f"127.0.0.1:{server.port}")
+    yield server, channel
+    await channel.close()
+    await server.stop(0.5)
+
+
+async def test_retrieve_over_grpc_and_status_codes(served):
+    server, channel = served
+    stub = retrieval_pb2_grpc.RetrieverStub(channel)
+    response = await stub.Retrieve(retrieval_pb2.RetrieveRequest(request_id="r1", user_id="5", k=7, exclude_ids=[6]))
+    assert response.request_id == "r1" and len(response.candidate_ids) == 7 and len(response.scores) == 7
+    assert 5 not in response.candidate_ids and 6 not in response.candidate_ids
+    assert (response.model.name, response.model.version) == ("ssmtl", "1")
+    named = await stub.Retrieve(retrieval_pb2.RetrieveRequest(
+        user_id="5", k=3, model=common_pb2.ModelRef(name="baseline", version="1")))
+    assert named.model.name == "baseline"
+    cases = [
+        (retrieval_pb2.RetrieveRequest(user_id="5", k=0), grpc.StatusCode.INVALID_ARGUMENT, "k:"),
+        (retrieval_pb2.RetrieveRequest(user_id="5", k=101), grpc.StatusCode.INVALID_ARGUMENT, "k:"),
+        (retrieval_pb2.RetrieveRequest(user_id="nobody", k=3), grpc.StatusCode.INVALID_ARGUMENT, "user_features:"),
+        (retrieval_pb2.RetrieveRequest(user_id="nobody", k=3, user_features=[1.0, 2.0]),
+         grpc.StatusCode.INVALID_ARGUMENT, "user_features: expected 16 values, got 2"),
+        (retrieval_pb2.RetrieveRequest(user_id="5", k=3, model=common_pb2.ModelRef(name="x", version="1")),
+         grpc.StatusCode.NOT_FOUND, "model x:1"),
+    ]
+    for request, code, text in cases:
+        with pytest.raises(aio.AioRpcError) as info:
+            await stub.Retrieve(request)
+        assert info.value.code() == code and text in info.value.details()
+
+
+async def test_health_reflection_and_metrics(served):
+    server, channel = served
+    health = health_pb2_grpc.HealthStub(channel)
+    status = await health.Check(health_pb2.HealthCheckRequest(service=RETRIEVER_SERVICE))
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = [r async for r in reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))]
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert RETRIEVER_SERVICE in names and "grpc.health.v1.Health" in names
+    stub = retrieval_pb2_grpc.RetrieverStub(channel)
+    await stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id="1", k=10))
+    with pytest.raises(aio.AioRpcError):
+        await stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id="1", k=0))
+    body = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode())
+    assert 'retrieval_request_seconds_count{model="ssmtl",version="1"} 1.0' in body
+    assert "retrieval_k_count 1.0" in body
+    assert 'retrieval_index_size{index="exact",model="ssmtl",version="1"} 200.0' in body
+    assert 'retrieval_model_loaded{model="ssmtl",provider="CPUExecutionProvider",version="1"} 2.0' in body
+    assert 'retrieval_requests_total{code="INVALID_ARGUMENT"} 1.0' in body
+
+
+async def test_hot_swap_under_concurrent_load_fails_no_request(served):
+    server, channel = served
+    stub = retrieval_pb2_grpc.RetrieverStub(channel)
+    failures: list[BaseException] = []
+    seen: set[tuple[str, str]] = set()
+    stop = asyncio.Event()
+
+    async def client(worker: int) -> int:
+        done = 0
+        while not stop.is_set():
+            try:
+                r = await stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id=str(worker), k=20), timeout=10)
+                seen.add((r.model.name, r.model.version))
+                done += 1
+            except aio.AioRpcError as exc:
+                failures.append(exc)
+        return done
+
+    workers = [asyncio.create_task(client(w)) for w in range(16)]
+    await asyncio.sleep(0.3)
+    await server.reload("ssmtl", "1")  # rebuilt index of the served version
+    await server.reload("ssmtl", "2", default=True)  # a new version becomes the default
+    await asyncio.sleep(0.3)
+    after = await stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id="3", k=5))
+    stop.set()
+    counts = await asyncio.gather(*workers)
+    assert failures == [] and sum(counts) > 16
+    assert after.model.version == "2" and ("ssmtl", "2") in seen
+
+
+async def test_stop_reports_not_serving_before_draining(served):
+    server, channel = served
+    health = health_pb2_grpc.HealthStub(channel)
+    observed = []
+    real_stop = server._server.stop
+
+    async def stop_and_observe(grace):
+        observed.append((await health.Check(health_pb2.HealthCheckRequest(service=RETRIEVER_SERVICE))).status)
+        return await real_stop(grace)
+
+    server._server.stop = stop_and_observe
+    await server.stop(0.5)
+    assert observed == [health_pb2.HealthCheckResponse.NOT_SERVING]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_command_line_serves_and_exits_cleanly_on_sigterm(repository_root):
+    port, metrics_port = _free_port(), _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "retrieval_server", "--repository", str(repository_root), "--model", "ssmtl:1",
+         "--model", "baseline:1", "--port", str(port), "--metrics-port", str(metrics_port), "--grace", "1"],
+        env={**os.environ, "PYTHONPATH": os.getcwd()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = retrieval_pb2_grpc.RetrieverStub(channel)
+            response = stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id="2", k=4,
+                                     model=common_pb2.ModelRef(name="baseline", version="1")))
+            assert len(response.candidate_ids) == 4 and response.model.name == "baseline"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = process.stdout.read() if process.stdout else ""
+    assert "draining" in output and "CPUExecutionProvider" in output
+
+
+def test_command_line_help_and_bad_package(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "retrieval_server", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--repository" in out.stdout and "NAME:VERSION" in out.stdout
+    started = time.perf_counter()
+    bad = subprocess.run([sys.executable, "-m", "retrieval_server", "--repository", str(tmp_path), "--model", "a:1",
+                          "--port", "0", "--metrics-port", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "manifest.json: not found" in bad.stderr
+    assert time.perf_counter() - started < 60
+    assert np.isfinite(started)
