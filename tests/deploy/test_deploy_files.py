@@ -150,8 +150,12 @@ def test_serving_requirements_cover_the_project_without_torch() -> None:
 
 def test_serving_code_imports_without_torch_or_the_model_zoo() -> None:
     """What the serving image runs must import with torch and models/ absent (neither is in that image)."""
-    modules = ["ranker_server.app", "analytics.consumer.processor", "analytics.report", "experiment_router"]
-    modules += [m for m in ("retrieval_server.server", "analytics.server") if _module_exists(m)]
+    modules = [
+        "ranker_server.app",
+        "retrieval_server.server",
+        "analytics.consumer.processor",
+        "analytics.server",
+    ]
     script = (
         "import importlib, sys\n"
         "class Absent:\n"
@@ -166,13 +170,6 @@ def test_serving_code_imports_without_torch_or_the_model_zoo() -> None:
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
-
-
-def _module_exists(name: str) -> bool:
-    return importlib.util.find_spec(name.split(".")[0]) is not None and (
-        (ROOT / Path(*name.split("."))).with_suffix(".py").exists()
-        or (ROOT / Path(*name.split("."))).is_dir()
-    )
 
 
 # ---------------------------------------------------------------- entry points and their flags
@@ -196,8 +193,6 @@ def _parser_module(module: str) -> str:
 
 def entry_point_parser(module: str):
     """The real argparse parser of `python -m module`."""
-    if module in _PENDING and not (ROOT / Path(*module.split(".")) / "__main__.py").exists():
-        pytest.skip(f"python -m {module} is not in the tree yet")
     builder = getattr(importlib.import_module(_parser_module(module)), "build_parser", None)
     assert builder is not None, f"python -m {module}: no build_parser() to check flags against"
     return builder()
@@ -244,8 +239,6 @@ def _check_flags(invocation: Invocation, env: dict[str, str] | None = None) -> N
 
 
 SERVING_IMAGE_ENTRYPOINT = ["python", "-m"]
-# Entry points other sessions are writing right now (removed from this set once they land).
-_PENDING = {"retrieval_server", "analytics.server"}
 
 
 def _compose_invocations(compose: dict) -> Iterator[Invocation]:
@@ -315,8 +308,8 @@ def test_compose_kafka_runs_in_kraft_mode(compose: dict) -> None:
 def test_compose_commands_are_accepted_by_the_entry_points(compose: dict) -> None:
     invocations = list(_compose_invocations(compose))
     modules = {inv.module for inv in invocations}
-    assert {"ranker_server", "retrieval_server", "analytics.consumer", "analytics.server"} <= modules
-    for invocation in sorted(invocations, key=lambda i: i.module in _PENDING):
+    assert {"ranker_server", "retrieval_server", "analytics.consumer", "analytics"} <= modules
+    for invocation in invocations:
         _check_flags(invocation)
 
 
@@ -348,22 +341,49 @@ def test_compose_ports_healthchecks_and_scrape_targets_agree(compose: dict) -> N
         host, _, port = target.partition(":")
         if host == "localhost":
             continue
-        assert host in by_service, f"prometheus scrapes unknown service {host}"
-        assert _flag(by_service[host].args, "--metrics-port") == port, (
-            f"{target}: not the service's metrics port"
-        )
-        scraped.add(host)
+        assert host in services, f"prometheus scrapes unknown service {host}"
+        if host in by_service:
+            assert _flag(by_service[host].args, "--metrics-port") == port, f"{target}: not its --metrics-port"
+            scraped.add(host)
+        else:  # a third-party exporter
+            assert port in {str(p) for p in services[host].get("expose", [])}, f"{target}: port not exposed"
+            assert f":{port}" in " ".join(services[host].get("command", [])), f"{target}: not its listen port"
     assert scraped == {n for n, inv in by_service.items() if _flag(inv.args, "--metrics-port")}
 
 
 def test_compose_configs_validate(compose: dict) -> None:
     """Config files the services read exist in deploy/config and pass the packages' own validation."""
     for inv in _compose_invocations(compose):
-        for flag in ("--experiments", "--config"):
+        for flag in ("--experiments", "--metrics"):
             value = _flag(inv.args, flag)
             if value:
                 assert value.startswith("/config/"), value
                 _validate_config(flag, (DEPLOY / "config" / value.removeprefix("/config/")).read_text())
+
+
+def _retrieval_refs(experiments_yaml: Path) -> tuple[set[tuple[str, str]], tuple[str, str]]:
+    """Every retrieval model version the experiments name, and the retrieval default."""
+    from experiment_router import Router
+
+    router = Router.from_file(experiments_yaml)
+    refs = {(name, version) for stage, name, version in router.model_refs() if stage == "retrieval"}
+    default = router.default_for("retrieval")
+    return refs | {(default.model_name, default.model_version)}, (default.model_name, default.model_version)
+
+
+def _served_models(args: list[str]) -> list[tuple[str, str]]:
+    return [tuple(a.split("=", 1)[1].rsplit(":", 1)) for a in args if a.startswith("--model=")]
+
+
+def test_retrieval_serves_every_model_the_experiments_name(compose: dict, k8s: list[dict]) -> None:
+    refs, default = _retrieval_refs(DEPLOY / "config" / "experiments.yaml")
+    commands = [inv for inv in _compose_invocations(compose) if inv.module == "retrieval_server"]
+    commands += [inv for inv, _, _ in _k8s_invocations(k8s) if inv.module == "retrieval_server"]
+    assert len(commands) == 2
+    for inv in commands:
+        served = _served_models(inv.args)
+        assert set(served) == refs, f"{inv.where}: serves {served}, the experiments name {sorted(refs)}"
+        assert served[0] == default, f"{inv.where}: the first --model must be the retrieval default {default}"
 
 
 def _validate_config(flag: str, text: str) -> None:
@@ -429,8 +449,8 @@ def test_k8s_images_are_built_by_compose_or_pinned(k8s: list[dict], compose: dic
 def test_k8s_commands_are_accepted_by_the_entry_points(k8s: list[dict]) -> None:
     invocations = list(_k8s_invocations(k8s))
     modules = {inv.module for inv, _, _ in invocations}
-    assert {"ranker_server", "retrieval_server", "analytics.consumer", "analytics.server"} <= modules
-    for inv, _, env in sorted(invocations, key=lambda i: i[0].module in _PENDING):
+    assert {"ranker_server", "retrieval_server", "analytics.consumer", "analytics"} <= modules
+    for inv, _, env in invocations:
         _check_flags(inv, env)
 
 
@@ -547,7 +567,7 @@ def test_k8s_ranker_requests_a_gpu_and_uses_its_secrets(k8s: list[dict]) -> None
 
 def test_k8s_config_maps_carry_the_validated_configs(k8s: list[dict]) -> None:
     data = _of_kind(k8s, "ConfigMap")["mtrank-experiments"]["data"]
-    for key, flag in (("experiments.yaml", "--experiments"), ("analysis.yaml", "--config")):
+    for key, flag in (("experiments.yaml", "--experiments"), ("analysis.yaml", "--metrics")):
         assert data[key] == (DEPLOY / "config" / key).read_text(), (
             f"ConfigMap {key} differs from deploy/config"
         )
