@@ -82,6 +82,11 @@ class Consumer:
         """Next record to fetch from ``tp``."""
         self._consumer.seek(KafkaTopicPartition(tp.topic, tp.partition), offset)
 
+    def seek_to_beginning(self, tps: Sequence[TopicPartition]) -> None:
+        """Read ``tps`` from their first record."""
+        if tps:
+            self._consumer.seek_to_beginning(*(KafkaTopicPartition(tp.topic, tp.partition) for tp in tps))
+
     def commit(self, next_offsets: Mapping[TopicPartition, int]) -> None:
         """Commit ``next_offsets`` (offset of the next record to read) synchronously."""
         if next_offsets:

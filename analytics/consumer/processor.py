@@ -104,12 +104,18 @@ class AnalyticsConsumer:
         self._last_commit = time.monotonic()
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        # The store, not Kafka's committed offset, decides where to resume: a new or rebuilt store starts from
+        # the beginning even when the group has committed offsets.
         applied = self.store.offsets()
+        fresh = []
         for tp in partitions:
             last = applied.get(tp)
             self.checkpoint.start_partition(tp, last)
-            if last is not None:
-                self.consumer.seek(tp, last + 1)  # the store, not Kafka's committed offset, decides
+            if last is None:
+                fresh.append(tp)
+            else:
+                self.consumer.seek(tp, last + 1)
+        self.consumer.seek_to_beginning(fresh)
         log.info("assigned %s", sorted(partitions))
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:

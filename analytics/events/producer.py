@@ -279,7 +279,7 @@ class EventProducer:
             self._inflight_journal_pos = pos
 
     def _chunk_size(self) -> int:
-        return self.max_events_per_record * 16
+        return self.max_events_per_record * 64
 
     def _top_up_locked(self) -> None:
         room = self._chunk_size() - len(self._inflight)

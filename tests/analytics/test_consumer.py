@@ -146,6 +146,20 @@ def test_consume_dedups_and_matches_reference(
         assert _snapshot(store) == _snapshot(reference)
         assert consumer.events_applied == len(exposures) + len(outcomes) + 250  # duplicates read, not counted
 
+    # The group has committed offsets, but a new (empty) store is rebuilt from the beginning: the store decides.
+    rebuilt = MemoryEventStore(attribution_window_ms=WINDOW_MS)
+    consumer = AnalyticsConsumer(
+        kafka_broker.bootstrap, rebuilt, group_id="dedup", topics=fresh_topics, session_timeout_ms=SESSION_MS
+    )
+    thread = threading.Thread(target=consumer.run, kwargs={"max_seconds": 60})
+    thread.start()
+    try:
+        _wait_for(rebuilt, reference.counts())
+    finally:
+        consumer.stop()
+        thread.join()
+    assert _snapshot(rebuilt) == _snapshot(reference)
+
 
 def _start_consumer(bootstrap: str, topics: tuple[str, str], store: Path, group: str) -> subprocess.Popen:
     cmd = [
