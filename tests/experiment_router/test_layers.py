@@ -83,3 +83,21 @@ def test_raising_coverage_in_a_config_never_moves_a_bucketed_user(
     bucketed = before >= 0
     assert (after[bucketed] == before[bucketed]).all()
     assert (after >= 0).sum() >= bucketed.sum()
+
+
+def test_extending_an_explicit_variation_range_in_a_config_keeps_users() -> None:
+    def router(treatment_end: float) -> Router:
+        data = base_config()
+        exp = experiment("ranged")
+        exp["variations"][0]["range"] = [0.0, 0.2]
+        exp["variations"][1]["range"] = [0.5, treatment_end]
+        data["experiments"] = [exp]
+        return Router.from_dict(data)
+
+    before = router(0.6).assign_many(USERS[:5000])["ranged"]
+    after = router(0.9).assign_many(USERS[:5000])["ranged"]
+    bucketed = before >= 0
+    assert (after[bucketed] == before[bucketed]).all()
+    assert np.isclose((before == 1).mean(), 0.1, atol=0.02) and np.isclose(
+        (after == 1).mean(), 0.4, atol=0.03
+    )
