@@ -47,7 +47,10 @@ class OnnxRanker:
             raise PackageError(
                 f"{path}: expected inputs sparse/dense and output logits, found {sorted(names)}"
             )
-        logger.info("%s: asked for %s, obtained %s", label, wanted, self.session.get_providers())
+        obtained = self.session.get_providers()
+        if obtained[0] != wanted[0]:
+            logger.warning("%s: %s could not be used, running on %s", label, wanted[0], obtained[0])
+        logger.info("%s: asked for %s, obtained %s", label, wanted, obtained)
 
     def run(self, sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
         """Score a batch; blocks (call it from an executor thread, never on the event loop)."""

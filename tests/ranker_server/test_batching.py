@@ -1,0 +1,109 @@
+"""Micro-batcher on a stand-in run function: merging, splitting, back-pressure, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from ranker_server.batching import MicroBatcher
+from ranker_server.config import BatchingSettings
+from ranker_server.errors import DeadlineExceeded, QueueFull
+
+
+class Recorder:
+    """Returns each row's first sparse value as its logit and records the batch sizes it saw."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.sizes: list[int] = []
+        self.delay_s = delay_s
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        self.gate.wait(5)
+        time.sleep(self.delay_s)
+        self.sizes.append(len(sparse))
+        return sparse[:, :1].astype(np.float32)
+
+
+def rows(start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(start, start + n, dtype=np.int64).reshape(-1, 1), np.zeros((n, 0), np.float32)
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+async def test_concurrent_requests_merge_and_get_their_own_rows(executor) -> None:
+    run = Recorder()
+    run.gate.clear()  # hold the first batch so that the others queue up behind it
+    batcher = MicroBatcher(run, BatchingSettings(max_batch_rows=100, max_delay_ms=0), executor, "m", "1")
+    calls = [asyncio.ensure_future(batcher.infer(*rows(0, 10)))]
+    await asyncio.sleep(0.02)
+    calls += [asyncio.ensure_future(batcher.infer(*rows(i * 10, 10))) for i in range(1, 8)]
+    await asyncio.sleep(0.02)
+    run.gate.set()
+    results = await asyncio.gather(*calls)
+    for i, (logits, timing) in enumerate(results):
+        assert logits[:, 0].tolist() == list(range(i * 10, i * 10 + 10))
+        assert timing.compute_s > 0
+    assert run.sizes == [10, 70], "the first batch runs alone, the seven queued behind it share one call"
+    await batcher.close()
+
+
+async def test_max_delay_waits_for_company(executor) -> None:
+    run = Recorder()
+    batcher = MicroBatcher(run, BatchingSettings(max_batch_rows=100, max_delay_ms=50), executor, "m", "1")
+    first = asyncio.ensure_future(batcher.infer(*rows(0, 5)))
+    await asyncio.sleep(0.01)
+    second = asyncio.ensure_future(batcher.infer(*rows(5, 5)))
+    await asyncio.gather(first, second)
+    assert run.sizes == [10]
+    await batcher.close()
+
+
+async def test_large_requests_are_split_and_reassembled(executor) -> None:
+    run = Recorder()
+    batcher = MicroBatcher(run, BatchingSettings(max_batch_rows=64, max_delay_ms=0), executor, "m", "1")
+    logits, _ = await batcher.infer(*rows(0, 300))
+    assert logits[:, 0].tolist() == list(range(300))
+    assert max(run.sizes) <= 64 and sum(run.sizes) == 300
+    await batcher.close()
+
+
+async def test_full_queue_raises_queue_full(executor) -> None:
+    run = Recorder()
+    run.gate.clear()
+    batcher = MicroBatcher(run, BatchingSettings(max_batch_rows=10, max_queue_rows=30), executor, "m", "1")
+    held = [asyncio.ensure_future(batcher.infer(*rows(0, 10))) for _ in range(3)]
+    await asyncio.sleep(0.05)  # one batch is running, two wait: 20 rows queued
+    with pytest.raises(QueueFull, match="retry"):
+        await batcher.infer(*rows(0, 11))
+    held.append(asyncio.ensure_future(batcher.infer(*rows(0, 10))))  # exactly fills the queue: accepted
+    run.gate.set()
+    await asyncio.gather(*held)
+    await batcher.close()
+
+
+async def test_expired_requests_are_not_computed(executor) -> None:
+    run = Recorder()
+    run.gate.clear()
+    batcher = MicroBatcher(run, BatchingSettings(max_batch_rows=10), executor, "m", "1")
+    blocker = asyncio.ensure_future(batcher.infer(*rows(0, 10)))
+    await asyncio.sleep(0.02)
+    loop = asyncio.get_running_loop()
+    late = asyncio.ensure_future(batcher.infer(*rows(100, 3), deadline=loop.time() + 0.01))
+    await asyncio.sleep(0.05)
+    run.gate.set()
+    await blocker
+    with pytest.raises(DeadlineExceeded):
+        await late
+    assert run.sizes == [10]
+    await batcher.close()

@@ -1,0 +1,55 @@
+"""ONNX Runtime sessions: provider fallback, thread options, and the IO-binding path on GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ranker_server.config import RuntimeSettings
+from ranker_server.errors import PackageError
+from ranker_server.inference import OnnxRanker, session_options
+
+
+def golden(repository: Path) -> dict[str, np.ndarray]:
+    return dict(np.load(repository / "tiny" / "1" / "golden.npz"))
+
+
+def test_cpu_session_reports_its_provider_and_matches_golden(repository: Path) -> None:
+    runner = OnnxRanker(
+        str(repository / "tiny" / "1" / "model.onnx"),
+        RuntimeSettings(providers=("CPUExecutionProvider",)),
+        "t",
+    )
+    assert runner.provider == "CPUExecutionProvider" and not runner.on_gpu
+    data = golden(repository)
+    np.testing.assert_allclose(
+        runner.run(data["sparse"], data["dense"]), data["logits"], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_session_options_follow_settings() -> None:
+    options = session_options(RuntimeSettings(intra_op_threads=3, inter_op_threads=2))
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 2)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_a_graph_with_other_inputs_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx graph")
+    with pytest.raises(PackageError, match="cannot load"):
+        OnnxRanker(str(bad), RuntimeSettings(), "bad")
+
+
+@pytest.mark.gpu
+def test_cuda_io_binding_matches_cpu(repository: Path) -> None:
+    path = str(repository / "tiny" / "1" / "model.onnx")
+    gpu = OnnxRanker(path, RuntimeSettings(), "gpu")
+    if not gpu.on_gpu:
+        pytest.skip(f"CUDA not usable here (obtained {gpu.provider})")
+    cpu = OnnxRanker(path, RuntimeSettings(providers=("CPUExecutionProvider",)), "cpu")
+    data = golden(repository)
+    np.testing.assert_allclose(
+        gpu.run(data["sparse"], data["dense"]), cpu.run(data["sparse"], data["dense"]), rtol=1e-3, atol=1e-4
+    )
