@@ -94,8 +94,7 @@ def parse_text(text: str, file: str = "<config>") -> tuple[Any, dict[Path_, int]
         raise ConfigError(f"invalid YAML: {exc}", file=file, line=mark.line + 1 if mark else None) from None
     try:
         lines = _line_map(text)
-    except ConfigError as exc:
-        exc.file = file
+    except ConfigError as exc:  # a duplicate mapping key: add the file name
         raise ConfigError(exc.message, file=file, field=exc.field, line=exc.line) from None
     except yaml.YAMLError:
         lines = {}

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,13 @@ def _bucket(
     return (h2 % 10000) / 10000
 
 
+def _unix(moment: datetime | None) -> float | None:
+    """Unix time of a config timestamp; a time without a zone is read as UTC."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
 class _Hasher:
     """Per-request memo of each hash attribute's code units and FNV state (shared by all experiments)."""
 
@@ -187,8 +195,8 @@ class _Compiled:
         self.condition = exp.condition
         self.condition_fn = compile_condition(exp.condition) if exp.condition is not None else None
         self.holdout = holdout
-        self.start = exp.start.timestamp() if exp.start else None
-        self.end = exp.end.timestamp() if exp.end else None
+        self.start = _unix(exp.start)
+        self.end = _unix(exp.end)
         if exp.variations[0].range is not None:
             self.ranges = tuple(v.range for v in exp.variations)
         else:

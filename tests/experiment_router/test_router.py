@@ -161,3 +161,12 @@ def test_vectorised_assignment_matches_per_user_assignment() -> None:
         for a in router.assign(user):
             assert bulk[a.experiment_key][i] == a.variation_id, (user, a)
     assert set(np.unique(bulk["ranking-mmoe-dml"])) == {-1, 0, 1}
+
+
+def test_times_without_zone_are_utc() -> None:
+    data = base_config()
+    data["experiments"] = [experiment("naive", start="2026-03-01T00:00:00")]
+    router = Router.from_dict(data)
+    start = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
+    assert router.assign("u", now=start - 1)[0].reason == "not started yet"
+    assert router.assign("u", now=start)[0].in_experiment
