@@ -245,7 +245,7 @@ class RankDataPlane:
             task_scores=task_scores[:, order],
             merged_scores=merged[order],
             assignments=tuple(
-                AssignmentInfo(a.experiment_key, a.variant_key, a.variation_id, a.stage, a.layer)
+                AssignmentInfo(a.experiment_key, a.variant_key or "", a.variation_id, a.stage, a.layer or "")
                 for a in assignments
                 if a.in_experiment
             ),
@@ -297,7 +297,7 @@ class RankDataPlane:
                     request_id,
                     user_id,
                     a.experiment_key,
-                    a.variant_key,
+                    a.variant_key or "",
                     a.variation_id,
                     a.stage,
                     *model,

@@ -22,10 +22,10 @@ class Payload(Protocol):
 
 class Assignment(Protocol):
     experiment_key: str
-    variant_key: str
+    variant_key: str | None
     variation_id: int
     stage: str
-    layer: str
+    layer: str | None
     in_experiment: bool
     should_log: bool
     payload: Payload
