@@ -266,7 +266,7 @@ def _elem_match(actual: Any, condition: Any, groups: SavedGroups) -> bool:
     return any(isinstance(item, Mapping) and eval_condition(item, condition, groups) for item in actual)
 
 
-def _eval_operator(op: str, actual: Any, expected: Any, groups: SavedGroups) -> bool:  # noqa: C901 - a dispatch table
+def _eval_operator(op: str, actual: Any, expected: Any, groups: SavedGroups) -> bool:
     match op:
         case "$eq":
             return _strict_equal(actual, expected)

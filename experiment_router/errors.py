@@ -57,13 +57,10 @@ class ConfigErrors(ConfigError):
             first.message, file=first.file, experiment=first.experiment, field=first.field, line=first.line
         )
 
-    def describe(self) -> str:  # noqa: D102 - same contract as the parent
+    def describe(self) -> str:
+        """Every problem, one `file:line: ...` line each."""
         return "\n".join(e.describe() for e in self.errors)
 
 
 class UnknownOperatorError(RouterError, ValueError):
     """A targeting condition uses an operator this router does not know."""
-
-
-class ConformanceFailure(RouterError):
-    """A required GrowthBook conformance case failed."""

@@ -137,7 +137,7 @@ class ConfigWatcher:
         while not self._stop.wait(self.interval_s):
             try:
                 self.check_now()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any surprise; it keeps the old Router
+            except Exception:  # the watcher must outlive any surprise; it keeps the old Router
                 logger.exception("unexpected error while reloading %s", self.path)
 
     def stop(self, timeout: float | None = 5.0) -> None:
