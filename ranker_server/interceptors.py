@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from ranker_server import errors
@@ -37,12 +38,12 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 def _wrap_unary(
-    handler: grpc.RpcMethodHandler, behavior: Callable[[Any, aio.ServicerContext], Awaitable[Any]]
+    handler: grpc.RpcMethodHandler,
+    behavior: Callable[[Any, aio.ServicerContext], Awaitable[Any]],
+    deserializer: Callable[[bytes], Any] | None,
 ) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(
-        behavior,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
+        behavior, request_deserializer=deserializer, response_serializer=handler.response_serializer
     )
 
 
@@ -58,10 +59,17 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
+        deserialize = handler.request_deserializer
         method = handler_call_details.method
 
-        async def behavior(request: Any, context: aio.ServicerContext) -> Any:
+        async def behavior(raw: Any, context: aio.ServicerContext) -> Any:
             try:
+                # Parsing happens here, not in grpc, so that bytes that are no valid message get
+                # INVALID_ARGUMENT (grpc itself would answer INTERNAL).
+                try:
+                    request = deserialize(raw) if deserialize is not None else raw
+                except DecodeError as exc:
+                    raise errors.InvalidInput("request", f"cannot be parsed: {exc}") from None
                 return await inner(request, context)
             except errors.RankerError as exc:
                 code, message = status_for(exc)
@@ -73,7 +81,7 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
                 code, message = grpc.StatusCode.INTERNAL, "internal error"
             await context.abort(code, message)
 
-        return _wrap_unary(handler, behavior)
+        return _wrap_unary(handler, behavior, None)
 
 
 class BearerTokenInterceptor(aio.ServerInterceptor):
@@ -103,4 +111,4 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
 
         if handler is None or handler.unary_unary is None:
             return grpc.unary_unary_rpc_method_handler(deny)
-        return _wrap_unary(handler, deny)
+        return _wrap_unary(handler, deny, None)  # the request is never read: skip parsing it

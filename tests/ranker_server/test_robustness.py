@@ -171,3 +171,18 @@ def test_fuzzed_requests_get_a_proper_status_and_the_server_stays_up(threaded_se
             assert np.isfinite(np.array(response.merged_scores)).all()
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=st.binary(max_size=200))
+def test_fuzzed_bytes_are_parsed_or_rejected_as_invalid(threaded_server: str, payload: bytes) -> None:
+    with grpc.insecure_channel(threaded_server) as channel:
+        call = channel.unary_unary(
+            "/mtrank.v1.Ranker/Rank", request_serializer=None, response_deserializer=None
+        )
+        try:
+            call(payload, timeout=10)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), exc.details())
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
