@@ -23,18 +23,21 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from models.errors import ModelsError
 from models.layers import FeatureEmbedding, FeatureSpec, TaskSpec, Tower, coerce_tasks
 
 Batch = Mapping[str, Tensor]
 ConfigT = TypeVar("ConfigT")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ModelsError, ValueError):
     """A model config names an unknown preset or field."""
 
 
 class MultiTaskModel(nn.Module):
     """Base of every ranking model: features in, ``[B, T]`` out."""
+
+    kind = "ranking"
 
     def __init__(
         self,
@@ -80,6 +83,10 @@ class MultiTaskModel(nn.Module):
             return zero
         tables = [m.l2() for m in self.modules() if isinstance(m, FeatureEmbedding)]
         return self.embedding_l2 * sum(tables, zero)
+
+    def for_export(self) -> nn.Module:
+        """The module to export to ONNX (a model that trains with masks or schedules may fold them first)."""
+        return self
 
     def _device(self) -> torch.device:
         param = next(self.parameters(), None)
@@ -141,4 +148,5 @@ def make_builder(model_cls: type[nn.Module], config_cls: type[Any]) -> Any:
 
     builder.__name__ = f"build_{model_cls.__name__.lower()}"
     builder.__doc__ = model_cls.__doc__
+    builder.__annotations__["return"] = model_cls  # lets registry.model_kind read the class's kind
     return builder

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
+from models.errors import ModelsError
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(ModelsError, KeyError):
     """Raised for a model name nobody registered; the message lists the known names."""
 
     def __str__(self) -> str:
@@ -41,3 +44,17 @@ def create_model(name: str, **config: Any) -> nn.Module:
     except KeyError:
         raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
     return builder(**config)
+
+
+def model_kind(name: str) -> str:
+    """``"ranking"`` or ``"retrieval"``: the ``kind`` class attribute of the class the builder is annotated to
+    return (ranking when there is none), so contract tests can pick the models of one kind without building."""
+    try:
+        builder = _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+    try:
+        returned = typing.get_type_hints(builder).get("return")
+    except (NameError, TypeError):
+        returned = None
+    return str(getattr(returned, "kind", "ranking"))

@@ -1,0 +1,155 @@
+"""``python -m models train|evaluate|export``: train with early stopping over seeds, evaluate a checkpoint on
+its test split, export a checkpoint to a model package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import ValidationError
+
+import models  # noqa: F401  (populates the registry)
+from models.data import load_dataset
+from models.errors import ModelsError
+from models.export import export_package
+from models.registry import UnknownModelError, list_models
+from models.train import (
+    TrainConfig,
+    evaluate_model,
+    load_checkpoint,
+    markdown_table,
+    resolve_device,
+    run_training,
+)
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """``key=value`` with a JSON value when it parses (``n_experts=4``, ``expert_dims=[64,32]``)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--option expects key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch's validation metrics")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    train = sub.add_parser("train", help="train one model over one or more seeds", formatter_class=fmt)
+    train.add_argument("--config", type=Path, help="YAML file with TrainConfig keys; flags override it")
+    train.add_argument("--model", help=f"registry name; one of: {', '.join(list_models())}")
+    train.add_argument("--dataset", help="movielens | census | ali-ccp | aliexpress | synthetic (default)")
+    train.add_argument("--data", help="path of the data directory")
+    train.add_argument("--preset", choices=["default", "tiny"])
+    train.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                       help="model config override, repeatable")  # fmt: skip
+    train.add_argument("--max-epochs", type=int)
+    train.add_argument("--patience", type=int, help="epochs without validation improvement before stopping")
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seeds", type=int, nargs="+")
+    train.add_argument("--split-seed", type=int)
+    train.add_argument("--device", choices=["cpu", "cuda"])
+    train.add_argument("--max-steps-per-epoch", type=int)
+    train.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+    train.add_argument("--output", type=Path, help="write config, checkpoints, results.json/.md here")
+
+    evaluate = sub.add_parser("evaluate", help="test metrics of a checkpoint", formatter_class=fmt)
+    evaluate.add_argument("checkpoint", type=Path)
+    evaluate.add_argument("--data", help="override the data path stored in the checkpoint")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+
+    export = sub.add_parser("export", help="write a model package from a checkpoint", formatter_class=fmt)
+    export.add_argument("checkpoint", type=Path)
+    export.add_argument("--repository", type=Path, required=True, help="model repository root")
+    export.add_argument("--name", required=True)
+    export.add_argument("--version", required=True)
+    export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter")
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        if not args.config.exists():
+            raise ModelsError(f"config file {args.config} not found")
+        loaded = yaml.safe_load(args.config.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ModelsError(f"{args.config}: top level must be a mapping of TrainConfig keys")
+        values.update(loaded)
+    flags = {
+        "model": args.model, "dataset": args.dataset, "data": args.data, "preset": args.preset,
+        "max_epochs": args.max_epochs, "patience": args.patience, "batch_size": args.batch_size, "lr": args.lr,
+        "seeds": args.seeds, "split_seed": args.split_seed, "device": args.device,
+        "max_steps_per_epoch": args.max_steps_per_epoch,
+    }  # fmt: skip
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.option:
+        values["model_options"] = {**values.get("model_options", {}), **dict(args.option)}
+    if args.no_progress:
+        values["progress"] = False
+    if "model" not in values:
+        raise ModelsError("train needs --model (or 'model' in --config)")
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        where = f"{args.config}: " if args.config else ""
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ModelsError(f"{where}invalid training config: {details}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    torch.set_num_threads(args.threads)
+    try:
+        if args.command == "train":
+            report = run_training(_train_config(args), args.output)
+            print(markdown_table(report["config"]["model"], report["summary"]), end="")
+        elif args.command == "evaluate":
+            model, payload = load_checkpoint(args.checkpoint)
+            config = TrainConfig(**payload["config"])
+            splits = load_dataset(
+                config.dataset, args.data or config.data, config.split_seed, config.embedding_dim
+            )
+            device = resolve_device(args.device)
+            print(json.dumps(evaluate_model(model.to(device), splits.test, device), indent=2))
+        else:
+            model, payload = load_checkpoint(args.checkpoint)
+            target = export_package(
+                model,
+                args.repository,
+                args.name,
+                args.version,
+                family=payload["config"]["model"],
+                features=payload["manifest_features"],
+                training_config=payload["config"],
+                metrics=payload["metrics"],
+                item_features=payload["item_features"],
+                overwrite=args.overwrite,
+                dynamo=args.dynamo,
+            )
+            print(target)
+    except (ModelsError, UnknownModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

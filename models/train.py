@@ -1,0 +1,234 @@
+"""Training with early stopping on validation, fixed seeds, mean/std over seeds (DML section 1.6 of MODELS.md).
+
+Adam (lr 1e-3), batch 512, sum of per-task losses (log-loss for binary, MSE for regression) plus the model's
+``auxiliary_loss()`` (or the model's own ``training_loss`` hook, see models.schedules); evaluate on validation after every epoch, stop after ``patience`` epochs without a
+better ``sum(AUC) - sum(MSE)``, restore the best weights, report test metrics of that checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from models.base import MultiTaskModel
+from models.data import Splits, TabularData, load_dataset
+from models.errors import ModelsError
+from models.metrics import selection_score, task_metrics
+from models.registry import create_model
+from models.schedules import after_epoch, after_step, selection_ready, training_loss
+
+logger = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainConfig(BaseModel):
+    """Everything a run needs; written next to its outputs as ``config.json``."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="registry name, e.g. mmoe+dml")
+    dataset: str = "synthetic"
+    data: str | None = None
+    preset: Literal["default", "tiny"] = "default"
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    embedding_dim: int = 8
+    max_epochs: int = 100
+    patience: int = 3
+    batch_size: int = 512
+    lr: float = 1e-3
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    split_seed: int = 0
+    device: Literal["cpu", "cuda"] = "cpu"
+    max_steps_per_epoch: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    val: dict[str, float]
+    test: dict[str, float]
+    model: MultiTaskModel = field(repr=False)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelsError("--device cuda was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+@torch.no_grad()
+def predict(
+    model: MultiTaskModel, data: TabularData, device: torch.device, batch_size: int = 8192
+) -> np.ndarray:
+    model.eval()
+    outputs = []
+    for start in range(0, len(data), batch_size):
+        batch = data.torch_batch(slice(start, start + batch_size))
+        outputs.append(model({k: v.to(device) for k, v in batch.items()}).cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0, len(data.tasks)), np.float32)
+
+
+def evaluate_model(model: MultiTaskModel, data: TabularData, device: torch.device) -> dict[str, float]:
+    return task_metrics(predict(model, data, device), data.labels, data.tasks)
+
+
+def build_model(config: TrainConfig, splits: Splits) -> MultiTaskModel:
+    return create_model(  # type: ignore[return-value]
+        config.model,
+        features=splits.train.features,
+        tasks=splits.train.tasks,
+        preset=config.preset,
+        **config.model_options,
+    )
+
+
+def train_seed(config: TrainConfig, splits: Splits, seed: int) -> SeedResult:
+    """Train one model from ``seed`` and return its best-validation checkpoint's metrics."""
+    device = resolve_device(config.device)
+    set_seed(seed)
+    model = build_model(config, splits).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    rng = np.random.default_rng(seed)
+    best_score, best_state, best_epoch, best_val = -math.inf, None, -1, {}
+    started = time.perf_counter()
+    steps = math.ceil(len(splits.train) / config.batch_size)
+    if config.max_steps_per_epoch is not None:
+        steps = min(steps, config.max_steps_per_epoch)
+    epoch, global_step = 0, 0
+    for epoch in range(config.max_epochs):
+        model.train()
+        bar = tqdm(total=steps, desc=f"{config.model} seed {seed} epoch {epoch}", disable=not config.progress)
+        for step, (batch, labels) in enumerate(
+            splits.train.batches(config.batch_size, shuffle=True, generator=rng)
+        ):
+            if step >= steps:
+                break
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss = training_loss(model, batch, labels.to(device), global_step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            after_step(model, global_step)
+            global_step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        bar.close()
+        after_epoch(model, epoch)
+        val = evaluate_model(model, splits.val, device)
+        logger.info("%s seed %d epoch %d: val %s", config.model, seed, epoch, val)
+        if not selection_ready(model):
+            continue  # the model's schedule still reshapes it: no checkpoint choice yet
+        score = selection_score(val)
+        if score > best_score:
+            best_score, best_epoch, best_val = score, epoch, val
+            best_state = copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= config.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_val = evaluate_model(model, splits.val, device)
+    test = evaluate_model(model, splits.test, device)
+    return SeedResult(seed, best_epoch, epoch + 1, time.perf_counter() - started, best_val, test, model.cpu())
+
+
+def summarize(results: list[SeedResult]) -> dict[str, dict[str, float]]:
+    """Mean, sample standard deviation and standard error over seeds of every test metric."""
+    summary = {}
+    for key in results[0].test:
+        values = np.array([r.test[key] for r in results])
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary[key] = {
+            "mean": float(values.mean()),
+            "std": std,
+            "sem": std / math.sqrt(len(values)),
+            "n": len(values),
+        }
+    return summary
+
+
+def markdown_table(model: str, summary: dict[str, dict[str, float]]) -> str:
+    lines = ["| model | metric | mean | std | seeds |", "|---|---|---:|---:|---:|"]
+    for key, stats in summary.items():
+        lines.append(f"| {model} | {key} | {stats['mean']:.4f} | {stats['std']:.4f} | {stats['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_training(config: TrainConfig, output_dir: Path | None = None) -> dict[str, Any]:
+    """Train every seed; write config, per-seed checkpoints, ``results.json`` and ``results.md`` when asked."""
+    splits = load_dataset(config.dataset, config.data, config.split_seed, config.embedding_dim)
+    results = [train_seed(config, splits, seed) for seed in config.seeds]
+    summary = summarize(results)
+    report = {
+        "config": config.model_dump(),
+        "summary": summary,
+        "seeds": [
+            {k: getattr(r, k) for k in ("seed", "best_epoch", "epochs_run", "seconds", "val", "test")}
+            for r in results
+        ],
+    }
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
+        (output_dir / "results.json").write_text(json.dumps(report, indent=2))
+        (output_dir / "results.md").write_text(markdown_table(config.model, summary))
+        for r in results:
+            save_checkpoint(output_dir / f"seed{r.seed}" / CHECKPOINT, config, splits, r)
+    return report
+
+
+def save_checkpoint(path: Path, config: TrainConfig, splits: Splits, result: SeedResult) -> None:
+    """Weights plus what export needs to rebuild the model and describe its inputs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = splits.full()
+    item_features = full.item_features()
+    torch.save(
+        {
+            "config": config.model_dump(),
+            "seed": result.seed,
+            "features": splits.train.features.to_dict(),
+            "tasks": [{"name": t.name, "type": t.type} for t in splits.train.tasks],
+            "manifest_features": splits.train.manifest_features(),
+            "item_features": item_features,
+            "metrics": result.test,
+            "state_dict": result.model.state_dict(),
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: Path) -> tuple[MultiTaskModel, dict[str, Any]]:
+    """Rebuild the trained model (eval mode) and return it with the checkpoint's metadata."""
+    if not path.exists():
+        raise ModelsError(f"checkpoint {path} not found (train with --output first)")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    config = TrainConfig(**payload["config"])
+    model: MultiTaskModel = create_model(  # type: ignore[assignment]
+        config.model,
+        features=payload["features"],
+        tasks=payload["tasks"],
+        preset=config.preset,
+        **config.model_options,
+    )
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload
