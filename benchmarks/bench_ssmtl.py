@@ -4,7 +4,7 @@ Both variants share everything but the loss weights: same edge split per seed (8
 models/graph/split.py), same initialisation seed, same steps and checkpoint selection (best validation
 Recall@50). Writes benchmarks/results/ssmtl.json (every run) and ssmtl.md (mean +- std and the paired delta).
 
-    nice -n 10 python benchmarks/bench_ssmtl.py --seeds 5 --steps 300
+    nice -n 10 python benchmarks/bench_ssmtl.py --seeds 5 --steps 100 --batch-size 128
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from models.graph.training import TrainConfig, evaluate, load_graph, train
+from models.graph.training import TrainConfig, evaluate, load_graph, save_checkpoint, train
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ("recall@10", "recall@50", "recall@100", "mrr", "ndcg@50")
@@ -34,12 +34,16 @@ def _fmt(values: list[float]) -> str:
 
 def write_table(runs: list[dict], args: argparse.Namespace, path: Path) -> None:
     """Markdown: per slice and metric, each variant's mean ± std over seeds and the paired delta."""
-    seeds = sorted({r["seed"] for r in runs if r["variant"] == "ssmtl"} & {r["seed"] for r in runs if r["variant"] == "retrieval-only"})
+    seeds = sorted(
+        {r["seed"] for r in runs if r["variant"] == "ssmtl"}
+        & {r["seed"] for r in runs if r["variant"] == "retrieval-only"}
+    )
     by = {(r["variant"], r["seed"]): r for r in runs}
     lines = [
         "# SSMTL vs retrieval-only GAT on ego-Facebook (held-out friendships)",
         "",
-        f"Command: `nice -n 10 python benchmarks/bench_ssmtl.py --seeds {args.seeds} --steps {args.steps}`; "
+        f"Command: `nice -n 10 python benchmarks/bench_ssmtl.py --seeds {args.seeds} --steps {args.steps} "
+        f"--batch-size {args.batch_size}`; "
         f"{len(seeds)} paired seeds ({', '.join(map(str, seeds))}), {args.steps} steps of {args.batch_size} pairs, "
         f"1 CPU thread ({platform.processor() or platform.machine()}).",
         "Split: random 85/5/10 of the 88,234 friendships per seed; ranking over all 4,039 users excluding the user "
@@ -59,27 +63,37 @@ def write_table(runs: list[dict], args: argparse.Namespace, path: Path) -> None:
             ssl = [by[("ssmtl", s)]["test"][slice_name][metric] for s in seeds]
             delta = [b - a for a, b in zip(base, ssl, strict=True)]
             wins = sum(d > 0 for d in delta)
-            lines.append(f"| {slice_name} | {users} | {metric} | {_fmt(base)} | {_fmt(ssl)} | {_fmt(delta)} | {wins}/{len(seeds)} |")
+            lines.append(
+                f"| {slice_name} | {users} | {metric} | {_fmt(base)} | {_fmt(ssl)} | {_fmt(delta)} | {wins}/{len(seeds)} |"
+            )
     seconds = {v: statistics.mean(r["train_seconds"] for r in runs if r["variant"] == v) for v in VARIANTS}
-    lines += ["", "Mean training time per run: " + ", ".join(f"{v} {s:.0f} s" for v, s in seconds.items()) + "."]
+    lines += [
+        "",
+        "Mean training time per run: " + ", ".join(f"{v} {s:.0f} s" for v, s in seconds.items()) + ".",
+    ]
     lines += ["", "SSMTL loss weights and model config: see `config` in ssmtl.json."]
     path.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--data-path", default=TrainConfig().data_path)
     parser.add_argument("--out", default=str(RESULTS / "ssmtl"), help="output path without extension")
+    parser.add_argument("--checkpoints", type=Path, help="also save each run's checkpoint into this folder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    base = TrainConfig(data_path=args.data_path, steps=args.steps, batch_size=args.batch_size, eval_every=args.eval_every)
+    base = TrainConfig(
+        data_path=args.data_path, steps=args.steps, batch_size=args.batch_size, eval_every=args.eval_every
+    )
     graph = load_graph(base)
     runs: list[dict] = []
     for seed in range(args.seeds):
@@ -88,8 +102,19 @@ def main() -> None:
             started = time.perf_counter()
             result = train(config, graph=graph, progress=False)
             seconds = time.perf_counter() - started
-            runs.append({"variant": variant, "seed": seed, "train_seconds": seconds, "history": result.history,
-                         "config": result.model.training_config(), "test": evaluate(result, "test")})
+            if args.checkpoints:
+                args.checkpoints.mkdir(parents=True, exist_ok=True)
+                save_checkpoint(result, args.checkpoints / f"{variant}-seed{seed}.pt")
+            runs.append(
+                {
+                    "variant": variant,
+                    "seed": seed,
+                    "train_seconds": seconds,
+                    "history": result.history,
+                    "config": result.model.training_config(),
+                    "test": evaluate(result, "test"),
+                }
+            )
             logging.info("%s seed %d: test %s (%.0f s)", variant, seed, runs[-1]["test"]["overall"], seconds)
             # Write after every run so an interrupted benchmark keeps what it measured.
             out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))

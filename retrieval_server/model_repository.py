@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from retrieval_server.errors import ModelNotFound, ModelNotReady, PackageError
 from retrieval_server.graph_store import GraphStore
-from retrieval_server.index import EXACT_MAX_ITEMS, VectorIndex, build_index
+from retrieval_server.index import EXACT_MAX_ITEMS, FaissIndex, build_index
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class LoadedModel:
     version: str
     manifest: dict[str, Any]
     session: ort.InferenceSession
-    index: VectorIndex
+    index: FaissIndex
     embeddings: np.ndarray
     store: GraphStore
     positions: dict[int, int]

@@ -11,7 +11,7 @@ import pytest
 
 from retrieval_server.dataplane import RetrievalDataPlane, RetrieveQuery
 from retrieval_server.errors import InvalidInput, ModelNotFound, ModelNotReady, PackageError
-from retrieval_server.index import ExactIndex, HNSWIndex
+from retrieval_server.index import ExactIndex, HNSWIndex, build_index
 from retrieval_server.metrics import RetrievalMetrics
 from retrieval_server.model_repository import ModelRepository
 from tests.retrieval_server.conftest import graph_arrays
@@ -101,8 +101,10 @@ async def test_bad_input_names_the_field(repository_root, query, field):
 
 def test_k_larger_than_the_corpus_returns_everything_else(repository_root):
     index = ExactIndex(np.load(repository_root / "ssmtl" / "1" / "index" / "embeddings.npy"))
-    found, _ = index.search(index.embeddings[0], 10_000, np.array([0, 1]))
+    found, scores = index.search(index.embeddings[0], 10_000, np.array([0, 1, 1]))
     assert len(found) == index.size - 2 and not {0, 1} & set(found.tolist())
+    np.testing.assert_allclose(scores, index.embeddings[found] @ index.embeddings[0], atol=1e-5)
+    assert np.all(np.diff(scores) <= 1e-6)
 
 
 def test_hnsw_agrees_with_exact_search_and_honours_exclusions():
@@ -110,14 +112,15 @@ def test_hnsw_agrees_with_exact_search_and_honours_exclusions():
     vectors = rng.standard_normal((3000, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     exact, approx = ExactIndex(vectors), HNSWIndex(vectors, m=16, ef_construction=100, ef_search=200)
+    assert approx.kind == "hnsw" and build_index(vectors, exact_max_items=10).kind == "hnsw"
     recalls = []
     for q in range(20):
         exclude = np.array([q, q + 1, q + 2])
-        truth, truth_scores = exact.search(vectors[q], 50, exclude)
+        truth, _ = exact.search(vectors[q], 50, exclude)
         found, scores = approx.search(vectors[q], 50, exclude)
         assert not set(exclude.tolist()) & set(found.tolist()) and len(found) == 50
         recalls.append(len(set(found.tolist()) & set(truth.tolist())) / 50)
-        np.testing.assert_allclose(scores[:5], truth_scores[:5], atol=1e-5) if found[0] == truth[0] else None
+        np.testing.assert_allclose(scores, vectors[found] @ vectors[q], atol=1e-5)
     assert np.mean(recalls) > 0.9
 
 
