@@ -8,12 +8,15 @@ same port.
 from __future__ import annotations
 
 import collections
+import ctypes
 import importlib.resources
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TOPICS = ("mtrank.exposures", "mtrank.outcomes")
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = _PROJECT_ROOT / ".data"
+_PR_SET_PDEATHSIG = 1
 
 
 class BrokerError(RuntimeError):
@@ -39,6 +43,13 @@ class BrokerBinaryNotFound(BrokerError):
 
 class BrokerStartError(BrokerError):
     """The broker process did not come up (port busy, early exit, timeout)."""
+
+
+def _die_with_parent() -> None:
+    """Runs in the broker child before exec: Linux sends it SIGTERM when the parent dies (no orphan brokers)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -189,6 +200,7 @@ class EmbeddedBroker:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl, safe after fork
             )
         except OSError as exc:
             raise BrokerStartError(f"cannot run {binary}: {exc}") from exc

@@ -7,6 +7,7 @@ redelivered event is ignored by ``INSERT OR IGNORE`` and attribution reads a use
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -54,6 +55,8 @@ ON CONFLICT (experiment, user_id) DO UPDATE SET
     first_ms = MIN(first_ms, excluded.first_ms),
     last_ms = MAX(last_ms, excluded.last_ms)
 """
+_EXPOSURE_KEY = operator.itemgetter(1, 3)  # ExposureRow (experiment, user): the table's key order
+_OUTCOME_KEY = operator.itemgetter(1, 2, 3, 0)  # OutcomeRow (user, metric, ts, event_id)
 _INSERT_OUTCOME = (
     "INSERT OR IGNORE INTO outcomes (event_id, user_id, metric, ts, value) VALUES (?, ?, ?, ?, ?)"
 )
@@ -78,6 +81,7 @@ class SQLiteEventStore(EventStore):
         attribution_window_ms: see ``EventStore``.
         synchronous: SQLite ``synchronous`` pragma; NORMAL survives process crashes, FULL also power loss.
         busy_timeout_s: how long a writer waits for another process's transaction.
+        cache_mib: SQLite page cache; inserts slow down sharply once the hot part of the B-trees exceeds it.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class SQLiteEventStore(EventStore):
         attribution_window_ms: int | None = None,
         synchronous: str = "NORMAL",
         busy_timeout_s: float = 30.0,
+        cache_mib: int = 64,
     ) -> None:
         super().__init__(attribution_window_ms)
         self.path = Path(path)
@@ -97,6 +102,7 @@ class SQLiteEventStore(EventStore):
             db = self._db
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute(f"PRAGMA cache_size=-{cache_mib * 1024}")
             db.executescript(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
@@ -129,10 +135,11 @@ class SQLiteEventStore(EventStore):
                     raise OffsetBackwards(
                         f"{topic}[{partition}]: offset {offset} is behind the applied offset {row[0]}"
                     )
+            # in key order: B-tree inserts then touch neighbouring pages (several times faster than arrival order)
             if exposures:
-                db.executemany(_UPSERT_EXPOSURE, exposures)
+                db.executemany(_UPSERT_EXPOSURE, sorted(exposures, key=_EXPOSURE_KEY))
             if outcomes:
-                db.executemany(_INSERT_OUTCOME, outcomes)
+                db.executemany(_INSERT_OUTCOME, sorted(outcomes, key=_OUTCOME_KEY))
             db.executemany(
                 "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT (topic, partition) "
                 "DO UPDATE SET last_offset = excluded.last_offset",
