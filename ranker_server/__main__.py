@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queue-rows", type=int, default=b["max_queue_rows"].default,
                         help="queued rows per model version before RESOURCE_EXHAUSTED")  # fmt: skip
     parser.add_argument("--intra-op-threads", type=int, default=r["intra_op_threads"].default,
-                        help="ONNX Runtime threads per call (0 = one per core)")  # fmt: skip
+                        help="ONNX Runtime threads per call (0 = the available cores, divided among --workers)")  # fmt: skip
     parser.add_argument("--inference-threads", type=int, default=r["inference_threads"].default,
                         help="concurrent ONNX Runtime calls")  # fmt: skip
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -110,6 +111,10 @@ def run(settings: ServerSettings) -> int:
         return 0
     if settings.port == 0:
         raise SettingsError("--workers > 1 needs a fixed --port (the workers share it)")
+    if settings.runtime.intra_op_threads == 0:  # split the cores between workers instead of oversubscribing
+        threads = max(1, len(os.sched_getaffinity(0)) // settings.workers)
+        runtime = settings.runtime.model_copy(update={"intra_op_threads": threads})
+        settings = settings.model_copy(update={"runtime": runtime})
     context = multiprocessing.get_context("fork")
     workers = [
         context.Process(target=_worker_main, args=(settings, i), daemon=False)

@@ -29,7 +29,7 @@ class RuntimeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
-    intra_op_threads: int = Field(0, ge=0, description="0 = one per available core")
+    intra_op_threads: int = Field(0, ge=0, description="0 = the available cores (divided among --workers)")
     inter_op_threads: int = Field(1, ge=1)
     allow_spinning: bool = Field(
         False, description="spin-wait threads: faster alone, wasteful on shared cores"

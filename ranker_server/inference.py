@@ -21,7 +21,7 @@ def session_options(settings: RuntimeSettings) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = settings.intra_op_threads or (os.cpu_count() or 1)
+    options.intra_op_num_threads = settings.intra_op_threads or len(os.sched_getaffinity(0))
     options.inter_op_num_threads = settings.inter_op_threads
     spin = "1" if settings.allow_spinning else "0"
     options.add_session_config_entry("session.intra_op.allow_spinning", spin)
