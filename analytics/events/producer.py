@@ -15,7 +15,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from kafka.partitioner.default import murmur2
 from prometheus_client import Counter
 
 from analytics.events import messages
+from analytics.events.errors import InvalidEvent
 from analytics.events.journal import Journal
 from analytics.kafka.broker import DEFAULT_DATA_DIR
 from proto import events_pb2
@@ -125,30 +126,30 @@ class EventProducer:
     # ------------------------------------------------------------------ caller side
 
     def send_exposures(self, exposures: Iterable[events_pb2.Exposure]) -> int:
-        """Queue exposures (event id, schema version and time filled in when unset); returns how many queued.
+        """Queue exposures; returns how many were queued.
 
-        Raises:
-            InvalidEvent: an exposure has no user id or an unknown schema version (a caller bug, not broker loss).
+        Event id, schema version and time are filled in (in place) when unset. An exposure without a user id or
+        with an unknown schema version is a caller bug: it is logged and counted as dropped, never raised, so a
+        telemetry problem cannot fail a ranking request.
         """
-        items = []
-        for exposure in exposures:
-            messages.complete(exposure)
-            items.append(
-                (self.exposures_topic, exposure.user_id.encode(), messages.encode_exposure(exposure))
-            )
-        return self._enqueue(self.exposures_topic, items)
+        return self._send(exposures, self.exposures_topic, messages.encode_exposure)
 
     def send_outcomes(self, outcomes: Iterable[events_pb2.Outcome]) -> int:
-        """Queue outcomes (event id, schema version and time filled in when unset); returns how many queued.
+        """Queue outcomes; returns how many were queued (invalid ones are dropped as in ``send_exposures``)."""
+        return self._send(outcomes, self.outcomes_topic, messages.encode_outcome)
 
-        Raises:
-            InvalidEvent: an outcome has no user id or an unknown schema version.
-        """
+    def _send(self, events: Iterable[Any], topic: str, encode: Callable[[Any], bytes]) -> int:
         items = []
-        for outcome in outcomes:
-            messages.complete(outcome)
-            items.append((self.outcomes_topic, outcome.user_id.encode(), messages.encode_outcome(outcome)))
-        return self._enqueue(self.outcomes_topic, items)
+        for event in events:
+            try:
+                messages.complete(event)
+            except InvalidEvent as exc:
+                log.error("dropping an invalid event for %s: %s", topic, exc)
+                with self._lock:
+                    self._count_dropped(topic, 1)
+                continue
+            items.append((topic, event.user_id.encode(), encode(event)))
+        return self._enqueue(topic, items)
 
     def _enqueue(self, topic: str, items: list[_Item]) -> int:
         if not items:

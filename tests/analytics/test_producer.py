@@ -151,6 +151,8 @@ def test_no_journal_overflow_is_dropped_and_counted() -> None:
         assert producer.send_outcomes([make_outcome("u", "click") for _ in range(10)]) == 10
         assert producer.send_outcomes([make_outcome("u", "click") for _ in range(5)]) == 0
         assert producer.stats.dropped == 5
+        assert producer.send_exposures([events_pb2.Exposure(experiment_key="e")]) == 0  # no user id: dropped
+        assert producer.stats.dropped == 6
     finally:
         producer.close(timeout=0.5)
 
