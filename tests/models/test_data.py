@@ -1,0 +1,149 @@
+"""Loaders on small files in each real format, downloads through file:// URLs (never the network), and the
+synthetic world's ground truth."""
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.data import SyntheticConfig, SyntheticWorld, load_dataset
+from models.data.alibaba import load_ali_ccp, load_aliexpress
+from models.data.census import COLUMNS, load_census
+from models.data.download import RemoteFile, fetch
+from models.data.movielens import load_movielens, load_movielens_1m
+from models.errors import DataError
+
+SHARED = Path("/work/shared/data")
+
+
+def _ml1m(directory: Path, gz: bool) -> Path:
+    directory.mkdir()
+    (directory / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
+    (directory / "movies.dat").write_bytes(
+        "1::Toy Story (1995)::Animation|Children's|Comedy\n2::Caf\u00e9 (1999)::Drama\n".encode("latin-1")
+    )
+    ratings = "".join(
+        f"{u}::{m}::{r}::97830{i}\n" for i, (u, m, r) in enumerate([(1, 1, 5), (1, 2, 3), (2, 1, 4)] * 4)
+    )
+    if gz:
+        (directory / "ratings.partial-users-1-2.dat.gz").write_bytes(gzip.compress(ratings.encode()))
+    else:
+        (directory / "ratings.dat").write_text(ratings)
+    return directory
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_movielens_1m_format(tmp_path: Path, gz: bool) -> None:
+    data = load_movielens_1m(_ml1m(tmp_path / "ml", gz))
+    assert len(data) == 12
+    assert data.features.sparse_names == (
+        "user_id",
+        "gender",
+        "age",
+        "occupation",
+        "zip",
+        "item_id",
+        "year",
+        "genre",
+    )
+    assert data.sparse_sides == ("user",) * 5 + ("item",) * 3 and set(data.dense_sides) == {"item"}
+    assert data.features.n_dense == 18
+    np.testing.assert_array_equal(data.labels[:3], [[1, 5], [0, 3], [1, 4]])
+    assert data.sparse[:3, 5].tolist() == [1, 2, 1]  # raw movie ids are kept: requests carry them
+    items = data.item_features()
+    assert (
+        items["ids"].tolist() == [1, 2] and items["sparse"].shape == (2, 3) and items["dense"][1].sum() == 1
+    )
+
+
+def test_movielens_split_is_8_1_1_and_seeded(tmp_path: Path) -> None:
+    a = load_movielens(_ml1m(tmp_path / "ml", False), seed=3)
+    b = load_movielens(tmp_path / "ml", seed=3)
+    assert (len(a.train), len(a.val), len(a.test)) == (10, 1, 1)
+    np.testing.assert_array_equal(a.test.sparse, b.test.sparse)
+
+
+def test_movielens_100k_format(tmp_path: Path) -> None:
+    (tmp_path / "u.data").write_text("1\t2\t4\t881250949\n2\t1\t1\t881250950\n")
+    (tmp_path / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
+    flags = ["0"] * 19
+    item = "|".join(["1", "Toy Story (1995)", "01-Jan-1995", "", "http://x", *flags[:3], "1", *flags[4:]])
+    item2 = "|".join(["2", "GoldenEye (1995)", "01-Jan-1995", "", "http://y", *flags[:1], "1", *flags[2:]])
+    (tmp_path / "u.item").write_text(item + "\n" + item2 + "\n")
+    from models.data.movielens import load_movielens_100k
+
+    data = load_movielens_100k(tmp_path)
+    np.testing.assert_array_equal(data.labels, [[1, 4], [0, 1]])
+    assert data.features.n_dense == 19 and data.dense[0].sum() == 1
+
+
+def test_missing_movielens_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="ratings"):
+        load_movielens_1m(tmp_path)
+
+
+def test_census_format_and_split(tmp_path: Path) -> None:
+    rows = []
+    for i in range(30):
+        values = [str(i % 7)] * len(COLUMNS)
+        values[COLUMNS.index("marital_stat")] = "Never married" if i % 2 else "Divorced"
+        values[COLUMNS.index("income_50k")] = "50000+." if i % 3 == 0 else "- 50000."
+        rows.append(", ".join(values))
+    (tmp_path / "census-income.test.gz").write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+    splits = load_census(tmp_path, seed=1)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (24, 3, 3)
+    full = splits.full()
+    assert full.features.n_sparse == 32 and full.features.n_dense == 7
+    assert "instance_weight" not in full.features.sparse_names + full.features.dense_names
+    assert sorted(full.labels.sum(axis=0).tolist()) == [10.0, 15.0]
+
+
+@pytest.mark.skipif(not (SHARED / "ali-ccp").exists(), reason="shared data not present")
+def test_alibaba_sample_formats() -> None:
+    ccp = load_ali_ccp(SHARED / "ali-ccp")
+    assert (len(ccp.train), len(ccp.val), len(ccp.test)) == (100, 50, 50)
+    assert ccp.train.labels[:, 0].sum() == 7 and ccp.train.labels[:, 1].sum() == 1
+    assert ccp.train.sparse.min() >= 1 and ccp.train.features.n_dense == 8
+    express = load_aliexpress(SHARED / "aliexpress")
+    assert len(express.train) + len(express.val) == 100 and len(express.test) == 20
+    assert express.train.features.n_sparse == 16 and express.train.features.n_dense == 63
+
+
+def test_fetch_verifies_before_publishing(tmp_path: Path) -> None:
+    source = tmp_path / "remote.bin"
+    source.write_bytes(b"payload")
+    digest = hashlib.sha256(b"payload").hexdigest()
+    good = RemoteFile(source.as_uri(), "data.bin", sha256=digest)
+    target = fetch(good, tmp_path / "cache")
+    assert target.read_bytes() == b"payload"
+    assert fetch(good, tmp_path / "cache") == target  # cached copy is re-verified, not re-downloaded
+
+    bad = RemoteFile(source.as_uri(), "other.bin", sha256="0" * 64)
+    with pytest.raises(DataError, match="does not match"):
+        fetch(bad, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "other.bin").exists()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["data.bin"]
+    with pytest.raises(DataError, match="no checksum"):
+        fetch(RemoteFile(source.as_uri(), "unpinned.bin"), tmp_path / "cache")
+
+
+def test_synthetic_ground_truth_drives_the_labels() -> None:
+    world = SyntheticWorld(SyntheticConfig(n_users=30, n_items=20, seed=4))
+    data = world.sample(20_000, seed=0)
+    users, items = data.sparse[:, 0], data.sparse[:, 2]
+    p = world.click_probability(users, items)
+    assert abs(data.labels[:, 0].mean() - p.mean()) < 0.02
+    assert np.corrcoef(data.labels[:, 1], world.expected_rating(users, items))[0, 1] > 0.8
+    sparse, dense = world.features(users[:5], items[:5])
+    np.testing.assert_array_equal(sparse, data.sparse[:5])
+    np.testing.assert_array_equal(dense, data.dense[:5])
+    assert SyntheticWorld(SyntheticConfig(n_users=30, n_items=20, seed=4)).affinity(
+        users, items
+    ) == pytest.approx(world.affinity(users, items))
+
+
+def test_unknown_dataset_lists_the_known_ones() -> None:
+    with pytest.raises(DataError, match="known: ali-ccp, aliexpress, census, movielens, synthetic"):
+        load_dataset("netflix", None)

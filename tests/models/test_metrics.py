@@ -1,0 +1,42 @@
+"""Exact AUC against the pairwise definition (ties count half) and MSE."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.layers import TaskSpec
+from models.metrics import mse, roc_auc, selection_score, task_metrics
+
+
+def _pairwise_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return wins / (len(pos) * len(neg))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(-3, 3)), min_size=2, max_size=40))
+def test_auc_matches_pairwise_definition_with_ties(rows: list[tuple[bool, int]]) -> None:
+    labels = np.array([int(y) for y, _ in rows])
+    scores = np.array([float(s) for _, s in rows])
+    if labels.min() == labels.max():
+        assert np.isnan(roc_auc(labels, scores))
+    else:
+        assert roc_auc(labels, scores) == pytest.approx(_pairwise_auc(labels, scores), abs=1e-12)
+
+
+def test_auc_reference_values() -> None:
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert roc_auc(np.array([1, 0]), np.array([2.0, 1.0])) == 1.0
+    assert roc_auc(np.array([1, 0]), np.array([1.0, 1.0])) == 0.5
+
+
+def test_task_metrics_and_selection_score() -> None:
+    tasks = (TaskSpec("click"), TaskSpec("rating", "regression"))
+    outputs = np.array([[0.9, 3.0], [0.1, 4.0], [0.5, 5.0]])
+    labels = np.array([[1, 3.0], [0, 5.0], [1, 5.0]])
+    metrics = task_metrics(outputs, labels, tasks)
+    assert metrics == {"auc/click": 1.0, "mse/rating": pytest.approx(1 / 3)}
+    assert selection_score(metrics) == pytest.approx(1 - 1 / 3)
+    assert mse(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == 2.0
