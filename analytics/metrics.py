@@ -263,28 +263,30 @@ def _model_at(loc: Sequence[int | str], data: object) -> type[BaseModel] | None:
     return model
 
 
-def _row_columns(rows: Iterable[UserRow]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """Variant keys and value/count/pre columns of the per-user rows."""
-    materialised = rows if isinstance(rows, list) else list(rows)
-    if not materialised:
-        empty = np.zeros(0)
-        return [], empty, empty, empty
-    variants, value_sums, counts, pre_sums = zip(*materialised, strict=True)
+def _row_columns(rows: Iterable[UserRow]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct variant keys (first-seen order), a variant code per row and the value/count/pre columns.
+
+    One pass appending to flat lists: materialising the rows as a list of tuples first would keep a million
+    GC-tracked tuples alive and make the collector rescan them, which costs several times the pass itself.
+    """
+    index: dict[str, int] = {}
+    codes: list[int] = []
+    value_sums: list[float] = []
+    counts: list[float] = []
+    pre_sums: list[float] = []
+    code, add_value, add_count, add_pre = codes.append, value_sums.append, counts.append, pre_sums.append
+    for variant, value_sum, event_count, pre_value_sum in rows:
+        code(index.setdefault(variant, len(index)))
+        add_value(value_sum)
+        add_count(event_count)
+        add_pre(pre_value_sum)
     return (
-        list(variants),
+        list(index),
+        np.asarray(codes, dtype=np.int64),
         np.asarray(value_sums, dtype=np.float64),
         np.asarray(counts, dtype=np.float64),
         np.asarray(pre_sums, dtype=np.float64),
     )
-
-
-def _variant_codes(variants: list[str]) -> tuple[list[str], np.ndarray]:
-    """Distinct variant keys (first-seen order) and an integer code per row."""
-    index: dict[str, int] = {}
-    codes = np.fromiter(
-        (index.setdefault(v, len(index)) for v in variants), dtype=np.int64, count=len(variants)
-    )
-    return list(index), codes
 
 
 def _sums_by_variant(codes: np.ndarray, size: int, *columns: np.ndarray) -> list[np.ndarray]:
@@ -301,8 +303,7 @@ def aggregate_rows(metric: MetricDefinition, rows: Iterable[UserRow]) -> dict[st
     """Sufficient statistics per variant from one metric's per-user rows (not for ratio metrics)."""
     if metric.type == "ratio":
         raise ValueError("ratio metrics need two row streams: use aggregate_ratio_rows")
-    variants, value_sums, counts, pre_sums = _row_columns(rows)
-    keys, codes = _variant_codes(variants)
+    keys, codes, value_sums, counts, pre_sums = _row_columns(rows)
     n = np.bincount(codes, minlength=len(keys))
     if metric.type == "binomial":
         values = (counts > 0).astype(np.float64)
@@ -341,16 +342,15 @@ def aggregate_ratio_rows(
         StoreContractError: the two streams are not in the same user order (different lengths or
             variants at the same position).
     """
-    num_variants, num_sums, num_counts, _ = _row_columns(numerator_rows)
-    den_variants, den_sums, den_counts, _ = _row_columns(denominator_rows)
-    if num_variants != den_variants:
+    keys, codes, num_sums, num_counts, _ = _row_columns(numerator_rows)
+    den_keys, den_codes, den_sums, den_counts, _ = _row_columns(denominator_rows)
+    if den_keys != keys or not np.array_equal(codes, den_codes):
         raise StoreContractError(
             f"metric {metric.name!r}: rows of {metric.numerator!r} and {metric.denominator!r} are not in the "
             "same user order (the store must return one row per exposed user in a stable order)"
         )
     num = num_counts if metric.aggregation == "count" else num_sums
     den = den_counts if metric.aggregation == "count" else den_sums
-    keys, codes = _variant_codes(num_variants)
     n = np.bincount(codes, minlength=len(keys))
     num_sum, num_sq, den_sum, den_sq, products = _sums_by_variant(
         codes, len(keys), num, num * num, den, den * den, num * den
