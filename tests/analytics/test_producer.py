@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from analytics.events.client import OutcomeClient
 from analytics.events.errors import InvalidEvent, JournalError
@@ -197,3 +202,34 @@ def test_outcome_client_and_grpc_reporter(
     assert set(by_user) == {"u1", "u2", "u3"}
     assert by_user["u1"].event_id == ids[0] and by_user["u1"].item_id == 9 and by_user["u2"].value == 3.5
     assert by_user["u3"].event_id and by_user["u3"].schema_version == SCHEMA_VERSION
+
+
+@pytest.mark.integration
+def test_outcome_server_entry_point_serves_health_and_drains_on_sigterm(
+    kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path, topic_reader
+) -> None:
+    _, outcomes_topic = fresh_topics
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "analytics.events.outcome_server", "--bootstrap", kafka_broker.bootstrap,
+        "--address", f"127.0.0.1:{port}", "--topic", outcomes_topic, "--journal", str(tmp_path / "j"),
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            check = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="mtrank.v1.OutcomeReporter")
+            )
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+            request = outcomes_pb2.ReportOutcomesRequest(
+                outcomes=[events_pb2.Outcome(user_id=f"u{i}", metric="click", value=1.0) for i in range(5)]
+            )
+            assert outcomes_pb2_grpc.OutcomeReporterStub(channel).ReportOutcomes(request).accepted == 5
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(topic_reader(kafka_broker.bootstrap, outcomes_topic, 5)) == 5
