@@ -9,7 +9,8 @@ How the paper maps onto the zoo's ``[B, T]`` contract. GRec is one network condi
 (the main task token plus auxiliary task tokens, e.g. the paper's "flow" AAL/EUP/NSE next to CTR/CVR). Every row
 is therefore run once per task: the sequence of a (row, task) pair is
 
-    [main-task token, auxiliary task tokens..., wide token, one deep token per categorical column]
+    [main-task token, auxiliary task tokens..., wide token, deep tokens (one per categorical column, or per
+     group of columns with ``deep_tokens``)]
 
 (section 3.1: categorical columns -> embeddings, numeric columns -> normalisation + feed-forward). Auxiliary task
 tokens come from categorical columns named in ``aux_task_columns``; they are per-row descriptors, as the paper's
@@ -52,7 +53,8 @@ ROUTING_MODES: tuple[RoutingMode, ...] = ("token", "sentence", "task", "task_sen
 @dataclass(frozen=True)
 class GRecConfig:
     """GRec sizes. Defaults follow the paper's MoE (8 experts, top-4, capacity 2 tokens for its 5-token
-    sequences = capacity factor 0.8) and task-sentence routing; widths are scaled to tabular data."""
+    sequences = capacity factor 0.8) and task-sentence routing; widths are scaled to tabular data.
+    ``deep_tokens`` groups the categorical columns into that many deep tokens (None: one token per column)."""
 
     d_model: int = 32
     n_heads: int = 4
@@ -66,6 +68,7 @@ class GRecConfig:
     expert_capacity: int | None = None
     expert_hidden: int = 64
     aux_task_columns: tuple[str, ...] = ()
+    deep_tokens: int | None = None
     tower_hidden: tuple[int, ...] = (64,)
     dropout: float = 0.0
     router_jitter: float = 0.0
@@ -268,7 +271,13 @@ class GRec(MultiTaskModel):
             )
         self.aux_columns = [spec.sparse_names.index(c) for c in config.aux_task_columns]
         self.embedding = FeatureEmbedding(spec)
-        self.deep = nn.Linear(spec.embedding_dim, d)  # categorical encoder: one deep token per column
+        # Categorical encoder: each group of columns (one column by default) -> one deep token.
+        n_groups = spec.n_sparse if config.deep_tokens is None else min(config.deep_tokens, spec.n_sparse)
+        bounds = [
+            round(i * spec.n_sparse / max(n_groups, 1)) * spec.embedding_dim for i in range(n_groups + 1)
+        ]
+        self.deep_slices = list(zip(bounds[:-1], bounds[1:], strict=True))
+        self.deep = nn.ModuleList(nn.Linear(end - start, d) for start, end in self.deep_slices)
         # Wide component: numeric features expanded to [x, x^2, sqrt|x|], normalised, feed-forward (Fig. 2).
         self.wide = (
             nn.Sequential(nn.BatchNorm1d(3 * spec.n_dense), nn.Linear(3 * spec.n_dense, d), nn.LeakyReLU(0.2))
@@ -280,7 +289,7 @@ class GRec(MultiTaskModel):
             nn.Embedding(spec.sparse_vocab_sizes[i], d) for i in self.aux_columns
         )
         self.n_task_tokens = 1 + len(self.aux_columns)
-        self.seq_len = self.n_task_tokens + (1 if spec.n_dense else 0) + spec.n_sparse
+        self.seq_len = self.n_task_tokens + (1 if spec.n_dense else 0) + n_groups
         self.blocks = nn.Sequential(
             *(
                 ParallelTransformerBlock(d, config.n_heads, config.ff_mult, config.dropout)
@@ -312,13 +321,14 @@ class GRec(MultiTaskModel):
         return torch.cat([main, aux_tokens], dim=2)
 
     def feature_tokens(self, batch: Batch) -> Tensor:
-        """Wide & deep layer: ``[B, (1 if dense) + S, d]`` (wide token, then one deep token per column)."""
-        spec = self.feature_spec
+        """Wide & deep layer: ``[B, (1 if dense) + G, d]`` (wide token, then one deep token per column group)."""
         sparse, dense = batch["sparse"], batch["dense"]
         flat = self.embedding(sparse, dense)
-        deep = self.deep(
-            flat[:, : spec.n_sparse * spec.embedding_dim].reshape(-1, spec.n_sparse, spec.embedding_dim)
-        )
+        groups = [
+            linear(flat[:, start:end])
+            for linear, (start, end) in zip(self.deep, self.deep_slices, strict=True)
+        ]
+        deep = torch.stack(groups, dim=1) if groups else flat.new_zeros(flat.shape[0], 0, self.config.d_model)
         if self.wide is None:
             return deep
         x = dense.to(flat.dtype)

@@ -203,3 +203,12 @@ def test_onnx_keeps_topk_routing_and_matches_pytorch(routing: str, tmp_path) -> 
         want = model(batch).numpy()
     assert np.abs(got - want).max() <= 1e-4
     assert math.isfinite(float(got.sum()))
+
+
+def test_deep_tokens_group_the_categorical_columns() -> None:
+    model = build("token", deep_tokens=2)
+    assert model.seq_len == 2 + 1 + 2
+    assert model.deep_slices == [(0, 8), (8, 12)]  # columns {0, 1} and {2}, 4-wide embeddings
+    assert model(random_batch(SPEC, 4)).shape == (4, 2)
+    dense_only = grec(FeatureSpec(n_dense=2), TASKS, preset="tiny")
+    assert dense_only.seq_len == 2 and dense_only(random_batch(dense_only.feature_spec, 3)).shape == (3, 2)
