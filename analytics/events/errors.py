@@ -11,3 +11,7 @@ class InvalidEvent(EventsError, ValueError):
 
 class JournalError(EventsError):
     """The local journal cannot be opened, is locked by another producer, or is corrupt."""
+
+
+class JournalLocked(JournalError):
+    """Another live producer holds the journal file."""

@@ -14,8 +14,9 @@ import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from analytics.events.errors import JournalError
+from analytics.events.errors import JournalError, JournalLocked
 
 log = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
@@ -41,11 +42,25 @@ class Journal:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             self._file.close()
-            raise JournalError(
+            raise JournalLocked(
                 f"journal {self.path} is in use by another producer; give each producer its own journal_path"
             ) from exc
         self._end = self._recover()
         self._read_pos = self._load_pos()
+
+    @classmethod
+    def first_free_slot(cls, folder: Path, name: str, max_slots: int = 256, **kwargs: Any) -> Journal:
+        """Open ``folder/<name>.<n>.journal`` for the smallest ``n`` no other live producer holds.
+
+        Raises:
+            JournalError: all ``max_slots`` slots are held.
+        """
+        for slot in range(max_slots):
+            try:
+                return cls(Path(folder) / f"{name}.{slot}.journal", **kwargs)
+            except JournalLocked:
+                continue
+        raise JournalError(f"all {max_slots} journal slots {folder}/{name}.*.journal are in use")
 
     def _recover(self) -> int:
         """Cut off a torn last record and return the end of the valid data."""

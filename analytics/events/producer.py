@@ -67,8 +67,9 @@ class EventProducer:
         exposures_topic: topic for exposures.
         outcomes_topic: topic for outcomes.
         buffer_size: events held in memory before spilling to the journal.
-        journal_path: journal file; ``"auto"`` = ``.data/journal/<client_id>.journal``; None disables the
-            journal (events beyond the buffer are dropped and counted).
+        journal_path: journal file; ``"auto"`` = the first journal slot ``.data/journal/<client_id>.<n>.journal``
+            not held by another live producer (so worker processes each get one, and a restarted worker replays
+            what a crashed one left); None disables the journal (events beyond the buffer are dropped, counted).
         journal_max_bytes: journal size cap; beyond it events are dropped and counted.
         max_events_per_record: events packed into one Kafka record.
         max_record_bytes: size cap of one Kafka record value.
@@ -108,8 +109,11 @@ class EventProducer:
         self.client_id = client_id
         self._kafka_config = dict(kafka_config or {})
         if journal_path == "auto":
-            journal_path = DEFAULT_DATA_DIR / "journal" / f"{client_id}.journal"
-        self._journal = Journal(journal_path, max_bytes=journal_max_bytes) if journal_path else None
+            self._journal: Journal | None = Journal.first_free_slot(
+                DEFAULT_DATA_DIR / "journal", client_id, max_bytes=journal_max_bytes
+            )
+        else:
+            self._journal = Journal(journal_path, max_bytes=journal_max_bytes) if journal_path else None
         self.stats = ProducerStats()
         self._buffer: collections.deque[_Item] = collections.deque()
         self._inflight: list[_Item] = []

@@ -75,6 +75,20 @@ def test_journal_replays_in_order_survives_reopen_and_cuts_torn_tail(tmp_path: P
     journal.close()
 
 
+def test_journal_slots_give_each_live_producer_its_own_file(tmp_path: Path) -> None:
+    first = Journal.first_free_slot(tmp_path, "ranker")
+    second = Journal.first_free_slot(tmp_path, "ranker")
+    assert (first.path.name, second.path.name) == ("ranker.0.journal", "ranker.1.journal")
+    first.append([b"left by a crashed worker"])
+    first.close()
+    again = Journal.first_free_slot(
+        tmp_path, "ranker"
+    )  # a restarted worker takes the free slot and replays it
+    assert again.path.name == "ranker.0.journal" and again.read(5)[0] == [b"left by a crashed worker"]
+    again.close()
+    second.close()
+
+
 def test_journal_size_cap(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "j", max_bytes=20)
     assert journal.append([b"x" * 10])
