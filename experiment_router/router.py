@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,7 @@ class Payload:
 
     model_name: str
     model_version: str
-    task_weights: Mapping[str, float] = field(default_factory=dict)
+    task_weights: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # read-only
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ def _payload(config: PayloadConfig, fallback: Payload | None = None) -> Payload:
     weights = config.task_weights
     if weights is None and fallback is not None:
         weights = dict(fallback.task_weights)
-    return Payload(config.model_name, config.model_version, dict(weights or {}))
+    return Payload(config.model_name, config.model_version, MappingProxyType(dict(weights or {})))
 
 
 def _bucket(
@@ -160,10 +161,11 @@ class _Holdout:
     seed_units: bytes | Sequence[int]
 
     @classmethod
-    def compile(cls, config: HoldoutConfig) -> _Holdout:
-        seed = config.seed or config.key
+    def compile(cls, config: HoldoutConfig, default_key: str) -> _Holdout:
+        key = config.key or default_key
+        seed = config.seed or key
         units = code_units(seed)
-        return cls(config.key, seed, config.hash_attribute, config.hash_version, config.coverage,
+        return cls(key, seed, config.hash_attribute, config.hash_version, config.coverage,
                    fnv1a32_update(FNV_OFFSET_BASIS, units), units)  # fmt: skip
 
     def holds(self, hasher: _Hasher) -> bool:
@@ -326,8 +328,8 @@ class Router:
         self.source = source
         self.sticky_store = sticky_store
         self._defaults: dict[str, Payload] = {s: _payload(config.defaults[s]) for s in STAGES}
-        self._global = _Holdout.compile(config.holdout) if config.holdout else None
-        groups = {k: _Holdout.compile(v) for k, v in config.holdout_groups.items()}
+        self._global = _Holdout.compile(config.holdout, "global-holdout") if config.holdout else None
+        groups = {k: _Holdout.compile(v, k) for k, v in config.holdout_groups.items()}
         self._saved_groups = {k: list(v) for k, v in config.saved_groups.items()}
         global_key = self._global.key if self._global else None
         self._experiments = tuple(

@@ -70,8 +70,8 @@ class LayerConfig(_Strict):
 class HoldoutConfig(_Strict):
     """Users hashed into [0, coverage) are kept out of the experiments the holdout covers."""
 
-    key: str = Field(default="global-holdout", min_length=1)
-    seed: str | None = None
+    key: str | None = Field(default=None, min_length=1)  # default: "global-holdout", or the group's name
+    seed: str | None = None  # default: the key
     coverage: float = Field(ge=0.0, le=1.0)
     hash_attribute: str = "user_id"
     hash_version: Literal[1, 2] = 2

@@ -92,7 +92,7 @@ def test_draft_stopped_and_time_windows() -> None:
 
 def test_holdout_group_applies_only_to_its_experiments() -> None:
     data = base_config()
-    data["holdout_groups"] = {"q4": {"key": "q4", "coverage": 0.5}}
+    data["holdout_groups"] = {"q4": {"coverage": 0.5}}
     data["experiments"] = [experiment("with", holdout="q4"), experiment("without", stage="retrieval")]
     router = Router.from_dict(data)
     results = [{a.experiment_key: a for a in router.assign(f"user-{i}")} for i in range(400)]
@@ -170,3 +170,18 @@ def test_times_without_zone_are_utc() -> None:
     start = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
     assert router.assign("u", now=start - 1)[0].reason == "not started yet"
     assert router.assign("u", now=start)[0].in_experiment
+
+
+def test_holdout_groups_are_seeded_by_their_names_and_payloads_are_read_only() -> None:
+    data = base_config()
+    data["holdout_groups"] = {"g1": {"coverage": 0.5}, "g2": {"coverage": 0.5}}
+    data["experiments"] = [
+        experiment("one", holdout="g1"),
+        experiment("two", stage="retrieval", holdout="g2"),
+    ]
+    router = Router.from_dict(data)
+    results = [router.assign(f"user-{i}") for i in range(400)]
+    disagree = sum(r[0].in_experiment != r[1].in_experiment for r in results)
+    assert 130 < disagree < 270  # independent halves disagree about half of the time
+    with pytest.raises(TypeError):
+        router.default_for("ranking").task_weights["click"] = 5.0  # type: ignore[index]
