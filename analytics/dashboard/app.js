@@ -8,7 +8,9 @@ const PALETTE = ["#2563eb", "#f97316", "#16a34a", "#9333ea", "#dc2626", "#0891b2
 
 const params = new URLSearchParams(window.location.search);
 const API = (document.querySelector('meta[name="mtrank-api"]')?.content || "/api").replace(/\/$/, "");
-const REFRESH_SECONDS = Math.max(1, Number(params.get("refresh")) || 10);
+// ?refresh=N refreshes every N seconds (default 10); ?refresh=0 starts with auto-refresh off.
+const REFRESH_PARAM = params.get("refresh");
+const REFRESH_SECONDS = REFRESH_PARAM === "0" ? 10 : Math.max(1, Number(REFRESH_PARAM) || 10);
 
 const state = {
   experiments: [],
@@ -286,8 +288,8 @@ function renderMetrics(rep) {
             m.guardrail ? el("span", { class: "badge guard", text: "guardrail" }) : null,
             m.inverse ? el("span", { class: "badge guard", text: "lower is better" }) : null)));
       }
-      cells.push(el("td", {}, el("i", { class: colour }), r.variant,
-        r.isControl ? el("span", { class: "muted", text: " (control)" }) : null));
+      cells.push(el("td", { class: "variant" }, el("i", { class: colour }), r.variant,
+        r.isControl && r.variant !== "control" ? el("span", { class: "muted", text: " (control)" }) : null));
       cells.push(el("td", { class: "num", "data-field": "users", text: r.users === null ? "–" : fmtInt(r.users) }));
       cells.push(el("td", { class: "num", "data-field": "value", text: fmtValue(r.value) }));
       if (r.isControl) {
@@ -474,6 +476,7 @@ function schedule() {
 }
 
 document.getElementById("refresh-seconds").textContent = String(REFRESH_SECONDS);
+document.getElementById("auto-refresh").checked = REFRESH_PARAM !== "0";
 document.getElementById("auto-refresh").addEventListener("change", schedule);
 document.getElementById("refresh-now").addEventListener("click", refresh);
 document.getElementById("lift-metric").addEventListener("change", (ev) => {
