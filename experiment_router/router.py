@@ -183,7 +183,7 @@ class _Compiled:
         holdout: _Holdout | None,
         global_holdout: str | None,
     ) -> None:
-        self.config = exp
+        self.sticky = exp.sticky
         self.key = exp.key
         self.stage = exp.stage
         self.layer = exp.layer.name if exp.layer else None
@@ -279,7 +279,7 @@ class _Compiled:
             return self.global_held
         if self.holdout is not None and self.holdout.holds(hasher):
             return self.held_out  # type: ignore[return-value]
-        if sticky is not None and self.config.sticky:
+        if sticky is not None and self.sticky:
             return self._assign_sticky(hasher, saved_groups, sticky)
         return self._bucket(hasher, saved_groups)
 
