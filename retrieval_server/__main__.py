@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="corpora up to this size use exact search, larger ones HNSW")
     parser.add_argument("--poll-interval", type=float, default=30.0,
                         help="seconds between checks for rewritten packages to hot swap (0 = off)")
+    parser.add_argument("--experiments", help="experiment config (experiment_router YAML): requests naming no model "
+                        "get their retrieval-layer variant; without it they get the first --model")
+    parser.add_argument("--experiments-poll", type=float, default=2.0, help="seconds between config reload checks")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight requests on SIGTERM")
     parser.add_argument("--log-level", default="INFO")
     return parser
@@ -50,8 +53,14 @@ async def serve(args: argparse.Namespace) -> None:
     repository = ModelRepository(args.repository, exact_max_items=args.exact_max_items)
     for i, value in enumerate(args.model):
         repository.load(*parse_model(value), default=i == 0)
+    watcher = None
+    if args.experiments:
+        from experiment_router.reload import ConfigWatcher
+
+        watcher = ConfigWatcher(args.experiments, interval_s=args.experiments_poll).start()
     server = RetrievalServer(repository, host=args.host, port=args.port, metrics_port=args.metrics_port,
-                             max_k=args.max_k, threads=args.threads, poll_interval_s=args.poll_interval)
+                             max_k=args.max_k, threads=args.threads, poll_interval_s=args.poll_interval,
+                             router_source=watcher)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -60,6 +69,8 @@ async def serve(args: argparse.Namespace) -> None:
     await stopping.wait()
     logger.info("signal received: draining for up to %.1f s", args.grace)
     await server.stop(args.grace)
+    if watcher is not None:
+        watcher.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(serve(args))
-    except PackageError as exc:
+    except (PackageError, ValueError) as exc:  # bad package, or an invalid experiment config (ConfigError)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

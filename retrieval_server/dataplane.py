@@ -1,12 +1,18 @@
-"""Retrieval logic, free of gRPC: validate, resolve the model version, get the user vector, search, exclude."""
+"""Retrieval logic, free of gRPC: validate, resolve the model version, get the user vector, search, exclude.
+
+The version is the one the request names; a request naming none gets the experiment router's retrieval-layer
+choice when the server runs with an experiment config (the assignments made are returned), else the default.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import zlib
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -27,6 +33,18 @@ class RetrieveQuery:
     neighbor_ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     model_name: str = ""
     model_version: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RouteAssignment:
+    """An experiment assignment the server made for a request (GrowthBook terms)."""
+
+    experiment_key: str
+    variant_key: str
+    variation_id: int
+    stage: str
+    layer: str
 
 
 @dataclass(frozen=True)
@@ -36,17 +54,39 @@ class RetrieveResult:
     scores: np.ndarray
     model: tuple[str, str]
     embedded_on_the_fly: bool
+    assignments: tuple[RouteAssignment, ...] = ()
+
+
+class RouterSource(Protocol):
+    """``experiment_router.reload.ConfigWatcher`` or anything with a ``current`` Router (assign, default_for)."""
+
+    @property
+    def current(self) -> Any: ...
+
+
+RETRIEVAL_STAGE = "retrieval"
 
 
 class RetrievalDataPlane:
     """Answers queries against the repository; ONNX runs and index scans go to ``executor``."""
 
     def __init__(self, repository: ModelRepository, metrics: RetrievalMetrics, max_k: int = 1000,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None, router_source: RouterSource | None = None) -> None:
         self.repository = repository
         self.metrics = metrics
         self.max_k = max_k
         self._executor = executor
+        self._router_source = router_source
+
+    def _route(self, query: RetrieveQuery) -> tuple[str, str, tuple[RouteAssignment, ...]]:
+        """The retrieval-layer variant of the user's experiment, or the router's retrieval default."""
+        router = self._router_source.current  # type: ignore[union-attr]  # taken once per request
+        chosen = [a for a in router.assign(query.user_id, dict(query.attributes))
+                  if a.stage == RETRIEVAL_STAGE and a.in_experiment]
+        payload = chosen[0].payload if chosen else router.default_for(RETRIEVAL_STAGE)
+        made = tuple(RouteAssignment(a.experiment_key, a.variant_key or "", a.variation_id, a.stage, a.layer or "")
+                     for a in chosen)
+        return payload.model_name, payload.model_version, made
 
     def _user_vector_inputs(self, model: LoadedModel, query: RetrieveQuery) -> tuple[int | None, np.ndarray | None]:
         """(position, None) for an indexed user, (None, neighbour positions) for one to embed on the fly."""
@@ -70,7 +110,8 @@ class RetrievalDataPlane:
             raise InvalidInput("neighbor_ids", f"unknown node ids {unknown[:5]} (neighbours must be indexed nodes)")
         return None, np.asarray(positions, dtype=np.int64)
 
-    def _search(self, model: LoadedModel, query: RetrieveQuery) -> RetrieveResult:
+    def _search(self, model: LoadedModel, query: RetrieveQuery,
+                assignments: tuple[RouteAssignment, ...] = ()) -> RetrieveResult:
         position, neighbours = self._user_vector_inputs(model, query)
         if position is not None:
             vector = model.embeddings[position]
@@ -80,16 +121,21 @@ class RetrievalDataPlane:
         exclude = [model.positions.get(int(i)) for i in query.exclude_ids]
         exclude = [p for p in exclude if p is not None] + ([position] if position is not None else [])
         found, scores = model.index.search(vector, query.k, np.asarray(exclude, dtype=np.int64))
-        return RetrieveResult(query.request_id, model.store.ids[found], scores, model.key, position is None)
+        return RetrieveResult(query.request_id, model.store.ids[found], scores, model.key, position is None,
+                              assignments)
 
     async def retrieve(self, query: RetrieveQuery) -> RetrieveResult:
         if query.k <= 0 or query.k > self.max_k:
             raise InvalidInput("k", f"must be in 1..{self.max_k}, got {query.k}")
         if not query.user_id:
             raise InvalidInput("user_id", "must not be empty")
-        model = self.repository.get(query.model_name, query.model_version)  # resolved once per request
+        name, version, assignments = query.model_name, query.model_version, ()
+        if not name and self._router_source is not None:
+            name, version, assignments = self._route(query)
+        model = self.repository.get(name, version)  # resolved once per request
         started = time.perf_counter()
-        result = await asyncio.get_running_loop().run_in_executor(self._executor, self._search, model, query)
+        result = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._search, model, query, assignments)
         self.metrics.latency.labels(model.name, model.version).observe(time.perf_counter() - started)
         self.metrics.k.observe(query.k)
         return result

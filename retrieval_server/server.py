@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from proto import retrieval_pb2, retrieval_pb2_grpc
-from retrieval_server.dataplane import RetrievalDataPlane
+from retrieval_server.dataplane import RetrievalDataPlane, RouterSource
 from retrieval_server.interceptors import ExceptionToStatusInterceptor
 from retrieval_server.metrics import RetrievalMetrics
 from retrieval_server.model_repository import ModelRepository
@@ -32,11 +32,12 @@ class RetrievalServer:
 
     def __init__(self, repository: ModelRepository, host: str = "127.0.0.1", port: int = 0,
                  metrics_port: int | None = None, max_k: int = 1000, threads: int = 4,
-                 poll_interval_s: float = 0.0) -> None:
+                 poll_interval_s: float = 0.0, router_source: RouterSource | None = None) -> None:
         self.repository = repository
         self.metrics = RetrievalMetrics()
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="retrieval")
-        self.dataplane = RetrievalDataPlane(repository, self.metrics, max_k=max_k, executor=self._executor)
+        self.dataplane = RetrievalDataPlane(repository, self.metrics, max_k=max_k, executor=self._executor,
+                                            router_source=router_source)
         self._address = f"{host}:{port}"
         self._metrics_port = metrics_port
         self._poll_interval_s = poll_interval_s

@@ -19,6 +19,7 @@ def query_from_grpc(request: retrieval_pb2.RetrieveRequest) -> RetrieveQuery:
         neighbor_ids=np.asarray(request.neighbor_ids, dtype=np.int64),
         model_name=request.model.name,
         model_version=request.model.version,
+        attributes=dict(request.attributes),
     )
 
 
@@ -35,4 +36,9 @@ class RetrieverServicer(retrieval_pb2_grpc.RetrieverServicer):
             candidate_ids=result.candidate_ids.tolist(),
             scores=result.scores.tolist(),
             model=common_pb2.ModelRef(name=result.model[0], version=result.model[1]),
+            assignments=[
+                common_pb2.Assignment(experiment_key=a.experiment_key, variant_key=a.variant_key,
+                                      variation_id=a.variation_id, stage=a.stage, layer=a.layer)
+                for a in result.assignments
+            ],
         )

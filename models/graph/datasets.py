@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 SNAP_EDGES_URL = "https://snap.stanford.edu/data/facebook_combined.txt.gz"
@@ -62,7 +64,7 @@ SHA256 = {
 }
 
 
-class GraphDataError(RuntimeError):
+class GraphDataError(DataError):
     """A graph data set is missing, malformed or fails its checksum; the message names the file."""
 
 

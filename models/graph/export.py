@@ -15,12 +15,8 @@ Package layout (docs/contracts.md, kind "retrieval")::
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +25,10 @@ from tqdm import tqdm
 
 from models.graph.sampling import Neighbourhood, NeighbourSampler
 from models.graph.training import INDEX_SAMPLING_SEED, TrainResult
+from models.package import Manifest, TensorInfo, read_manifest, write_manifest
 from models.ssmtl import INPUT_NAMES, SSMTL
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
 
 
 class _PositionalEncoder(nn.Module):
@@ -75,37 +70,18 @@ def export_onnx(model: SSMTL, path: str | Path, example: dict[str, np.ndarray]) 
     )
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _tensor_specs(model: SSMTL) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _tensor_specs(model: SSMTL) -> tuple[list[TensorInfo], list[TensorInfo]]:
     c = model.config
     f1, f2 = c.fanouts
     width = c.num_features
     inputs = [
-        {"name": "node_features", "dtype": "float32", "shape": [-1, width]},
-        {"name": "hop1_features", "dtype": "float32", "shape": [-1, f1, width]},
-        {"name": "hop2_features", "dtype": "float32", "shape": [-1, f1 * f2, width]},
-        {"name": "hop1_mask", "dtype": "float32", "shape": [-1, f1]},
-        {"name": "hop2_mask", "dtype": "float32", "shape": [-1, f1 * f2]},
+        TensorInfo("node_features", "float32", [-1, width]),
+        TensorInfo("hop1_features", "float32", [-1, f1, width]),
+        TensorInfo("hop2_features", "float32", [-1, f1 * f2, width]),
+        TensorInfo("hop1_mask", "float32", [-1, f1]),
+        TensorInfo("hop2_mask", "float32", [-1, f1 * f2]),
     ]
-    return inputs, [{"name": "embedding", "dtype": "float32", "shape": [-1, c.embed_dim]}]
-
-
-def write_manifest(package: Path, manifest: dict[str, Any]) -> None:
-    """(Re)compute the checksums of every file in ``package`` and write ``manifest.json``."""
-    manifest["onnx_sha256"] = sha256_file(package / "model.onnx")
-    manifest["files"] = {
-        str(p.relative_to(package)): sha256_file(p)
-        for p in sorted(package.rglob("*"))
-        if p.is_file() and p.name not in ("model.onnx", "manifest.json")
-    }
-    (package / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return inputs, [TensorInfo("embedding", "float32", [-1, c.embed_dim])]
 
 
 def write_package(
@@ -134,25 +110,21 @@ def write_package(
         features=features,
     )
     inputs, outputs = _tensor_specs(result.model)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "kind": "retrieval",
-        "name": name,
-        "version": str(version),
-        "family": "ssmtl",
-        "tasks": [],
-        "inputs": inputs,
-        "outputs": outputs,
-        "features": {},
-        "training_config": {
+    manifest = Manifest(
+        kind="retrieval",
+        name=name,
+        version=str(version),
+        family="ssmtl",
+        inputs=inputs,
+        outputs=outputs,
+        training_config={
             **result.config.model_dump(),
             "model": result.model.training_config(),
             "fanouts": list(result.model.config.fanouts),
             "index_sampling_seed": INDEX_SAMPLING_SEED,
         },
-        "metrics": metrics or {},
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
+        metrics=metrics or {},
+    )
     write_manifest(package, manifest)
     build_index(package)
     return package
@@ -164,13 +136,13 @@ def build_index(package: str | Path, chunk: int = 256, progress: bool = False) -
     import onnxruntime as ort
 
     package = Path(package)
-    manifest = json.loads((package / "manifest.json").read_text())
-    fanouts = tuple(manifest["training_config"]["fanouts"])
+    manifest = read_manifest(package)
+    fanouts = tuple(manifest.training_config["fanouts"])
     store = np.load(package / "index" / "graph.npz")
     features = store["features"]
     sampler = NeighbourSampler.from_csr(store["indptr"], store["indices"], fanouts)
     session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(manifest["training_config"].get("index_sampling_seed", INDEX_SAMPLING_SEED))
+    rng = np.random.default_rng(manifest.training_config.get("index_sampling_seed", INDEX_SAMPLING_SEED))
     everyone = sampler.sample(np.arange(sampler.num_nodes, dtype=np.int64), rng)
     parts = []
     for start in tqdm(range(0, sampler.num_nodes, chunk), desc="index", disable=not progress):

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from models.graph.datasets import SHA256, GraphDataError, load_ego_facebook, synthetic_graph, write_verified
-from models.graph.export import build_index, onnx_inputs, sha256_file, write_package
+from models.graph.export import build_index, onnx_inputs, write_package
 from models.graph.metrics import per_user_metrics, summarise
 from models.graph.sampling import NeighbourSampler
 from models.graph.split import split_edges
 from models.graph.training import TrainConfig, embed_all, evaluate, load_checkpoint, save_checkpoint, train
-from models.registry import create_model, list_models
+from models.package import read_manifest, sha256_file, verify_package
+from models.registry import create_model, list_models, model_kind
 from models.ssmtl import SSMTL, cca_loss, retrieval_loss, scaled_cosine_error
 
 ort = pytest.importorskip("onnxruntime")
@@ -39,7 +40,7 @@ def trained(graph):
 def test_registered_as_retrieval_model():
     assert "ssmtl" in list_models()
     model = create_model("ssmtl", num_features=5, **TINY)
-    assert isinstance(model, SSMTL) and model.kind == "retrieval"
+    assert isinstance(model, SSMTL) and model.kind == "retrieval" and model_kind("ssmtl") == "retrieval"
 
 
 def test_split_partitions_edges(graph):
@@ -120,8 +121,11 @@ def test_training_beats_its_own_initialisation(trained, graph):
     after = evaluate(trained, "test")["overall"]
     torch.manual_seed(trained.config.seed)  # train() seeds torch the same way before building the model
     initial = create_model("ssmtl", num_features=graph.num_features, **TINY)
-    per_user = per_user_metrics(embed_all(initial, torch.from_numpy(graph.features), trained.sampler),
-                                np.concatenate([trained.split.train, trained.split.val]), trained.split.test)
+    per_user = per_user_metrics(
+        embed_all(initial, torch.from_numpy(graph.features), trained.sampler),
+        np.concatenate([trained.split.train, trained.split.val]),
+        trained.split.test,
+    )
     assert after["mrr"] > per_user["mrr"].mean()
     assert after["recall@10"] > per_user["recall@10"].mean()
     assert set(after) >= {"users", "recall@10", "recall@50", "recall@100", "mrr", "ndcg@50"}
@@ -133,7 +137,9 @@ def test_metrics_on_a_known_ranking():
     heldout = np.array([[0, 3]])
     per_user = per_user_metrics(emb, known, heldout, ks=(1, 2), ndcg_k=2)
     row = list(per_user["user"]).index(0)
-    assert per_user["recall@1"][row] == 1.0 and per_user["mrr"][row] == 1.0  # friend 1 excluded, 3 ranks first
+    assert (
+        per_user["recall@1"][row] == 1.0 and per_user["mrr"][row] == 1.0
+    )  # friend 1 excluded, 3 ranks first
     row3 = list(per_user["user"]).index(3)
     assert per_user["mrr"][row3] == pytest.approx(0.5)  # node 1 outranks node 0 for user 3
     table = summarise(per_user, degree=np.array([1, 1, 0, 0]))
@@ -142,6 +148,8 @@ def test_metrics_on_a_known_ranking():
 
 def test_onnx_export_parity_package_and_index(trained, graph, tmp_path):
     package = write_package(trained, tmp_path, "ssmtl", "1", {"test/recall@50": 0.5})
+    assert verify_package(package, check_golden=True).kind == "retrieval"  # the models package's own checks
+    assert read_manifest(package).training_config["fanouts"] == [4, 3]
     manifest = json.loads((package / "manifest.json").read_text())
     assert manifest["kind"] == "retrieval" and manifest["family"] == "ssmtl" and manifest["version"] == "1"
     assert manifest["onnx_sha256"] == sha256_file(package / "model.onnx")

@@ -157,3 +157,47 @@ def test_serving_never_imports_torch():
     code = "import sys, retrieval_server.server, retrieval_server.__main__; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+EXPERIMENTS = """
+version: 1
+defaults:
+  retrieval: {model_name: baseline, model_version: "1"}
+  ranking: {model_name: mmoe, model_version: "1", task_weights: {click: 1.0}}
+experiments:
+  - key: retrieval-ssmtl
+    stage: retrieval
+    status: running
+    layer: {name: retrieval, range: [0.0, 0.5]}
+    coverage: 1.0
+    variations:
+      - {key: control, weight: 0.5, payload: {model_name: baseline, model_version: "1"}}
+      - {key: treatment, weight: 0.5, payload: {model_name: ssmtl, model_version: "2"}}
+"""
+
+
+async def test_router_picks_the_retrieval_variant_when_the_request_names_none(repository_root, tmp_path):
+    from experiment_router import Router
+
+    (tmp_path / "experiments.yaml").write_text(EXPERIMENTS)
+    router = Router.from_file(tmp_path / "experiments.yaml")
+
+    class Source:
+        current = router
+
+    plane = make_plane(repository_root)
+    plane._router_source = Source()
+    served = {}
+    for user in range(60):
+        result = await plane.retrieve(RetrieveQuery(user_id=str(user), k=3))
+        expected = [a for a in router.assign(str(user)) if a.stage == "retrieval" and a.in_experiment]
+        if expected:
+            assert [(a.experiment_key, a.variation_id) for a in result.assignments] == [
+                (expected[0].experiment_key, expected[0].variation_id)]
+            assert result.model == (expected[0].payload.model_name, expected[0].payload.model_version)
+        else:  # outside the layer range: the router's retrieval default, no assignment
+            assert result.assignments == () and result.model == ("baseline", "1")
+        served[result.model] = served.get(result.model, 0) + 1
+    assert set(served) == {("baseline", "1"), ("ssmtl", "2")}
+    named = await plane.retrieve(RetrieveQuery(user_id="1", k=3, model_name="ssmtl", model_version="1"))
+    assert named.model == ("ssmtl", "1") and named.assignments == ()  # a named model bypasses the router

@@ -137,11 +137,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_command_line_serves_and_exits_cleanly_on_sigterm(repository_root):
+def test_command_line_serves_and_exits_cleanly_on_sigterm(repository_root, tmp_path):
+    from tests.retrieval_server.test_dataplane import EXPERIMENTS
+
+    (tmp_path / "experiments.yaml").write_text(EXPERIMENTS.replace("range: [0.0, 0.5]", "range: [0.0, 1.0]"))
     port, metrics_port = _free_port(), _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "retrieval_server", "--repository", str(repository_root), "--model", "ssmtl:1",
-         "--model", "baseline:1", "--port", str(port), "--metrics-port", str(metrics_port), "--grace", "1"],
+         "--model", "baseline:1", "--model", "ssmtl:2", "--port", str(port), "--metrics-port", str(metrics_port),
+         "--grace", "1", "--experiments", str(tmp_path / "experiments.yaml")],
         env={**os.environ, "PYTHONPATH": os.getcwd()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -151,6 +155,10 @@ def test_command_line_serves_and_exits_cleanly_on_sigterm(repository_root):
             response = stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id="2", k=4,
                                      model=common_pb2.ModelRef(name="baseline", version="1")))
             assert len(response.candidate_ids) == 4 and response.model.name == "baseline"
+            routed = stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id="2", k=4))  # no model: the router picks
+            assert [a.experiment_key for a in routed.assignments] == ["retrieval-ssmtl"]
+            assert routed.assignments[0].stage == "retrieval"
+            assert (routed.model.name, routed.model.version) in {("baseline", "1"), ("ssmtl", "2")}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
