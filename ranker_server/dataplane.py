@@ -163,7 +163,11 @@ class RankDataPlane:
             RankerError: a subclass saying what went wrong (mapped to a status by the interceptor).
         """
         started = time.perf_counter()
-        check_query(query, self._max_candidates)
+        try:
+            check_query(query, self._max_candidates)
+        except InvalidInput:  # before assignment: no model or variant to label it with yet
+            metrics.REQUEST_FAILURE.labels("", "", "", "InvalidInput").inc()
+            raise
         request_id = query.request_id or uuid.uuid4().hex
         snapshot = self._repository.snapshot  # one router and one model set for the whole request
         assignments = list(snapshot.router.assign(query.user_id, dict(query.attributes)))
@@ -174,7 +178,7 @@ class RankDataPlane:
         labels = (*key, variant)
         model = snapshot.models.get(key)
         if model is None:
-            metrics.REQUEST_FAILURE.labels(*labels, "model_not_found").inc()
+            metrics.REQUEST_FAILURE.labels(*labels, "ModelNotFound").inc()
             raise ModelNotFound(
                 f"model: variant {variant} names {key[0]}/{key[1]}, which this server does not serve"
             )
