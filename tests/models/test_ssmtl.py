@@ -206,3 +206,25 @@ def test_loader_rejects_tampered_file(tmp_path):
         load_ego_facebook(tmp_path)
     with pytest.raises(GraphDataError, match="not found"):
         load_ego_facebook(tmp_path / "nowhere")
+
+
+def test_command_line_train_evaluate_export_index(tmp_path, capsys):
+    from models.retrieval import main
+
+    checkpoint = tmp_path / "ckpt.pt"
+    assert main(["train", "--dataset", "synthetic", "--out", str(checkpoint), "--steps", "4", "--batch-size", "16",
+                 "--eval-every", "2", "--baseline", "--set", "hidden_dim=16", "--set", "embed_dim=8",
+                 "--set", "heads=2", "--set", "fanouts=[4, 3]"]) == 0
+    assert json.loads(capsys.readouterr().out)["users"] > 0
+    assert main(["evaluate", "--checkpoint", str(checkpoint)]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert {"overall", "low (deg<=10)"} <= set(table)
+    assert main(["export", "--checkpoint", str(checkpoint), "--repository", str(tmp_path / "repo"),
+                 "--name", "baseline", "--version", "3"]) == 0
+    package = tmp_path / "repo" / "baseline" / "3"
+    manifest = verify_package(package, check_golden=True)
+    assert manifest.training_config["model"]["beta"] == 0.0 and "test/recall@50" in manifest.metrics
+    before = (package / "index" / "embeddings.npy").read_bytes()
+    assert main(["index", "--package", str(package)]) == 0
+    assert (package / "index" / "embeddings.npy").read_bytes() == before
+    verify_package(package)
