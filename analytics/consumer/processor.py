@@ -48,18 +48,18 @@ def decode_into(value: bytes, exposures: list[ExposureRow], outcomes: list[Outco
         kind = event.WhichOneof("payload")
         if kind == "exposure":
             x = event.exposure
-            if x.schema_version not in KNOWN_SCHEMA_VERSIONS or not x.user_id or not x.event_id:
+            event_id, user_id = x.event_id, x.user_id  # read once: every read builds a new str
+            if x.schema_version not in KNOWN_SCHEMA_VERSIONS or not user_id or not event_id:
                 rejected += 1
                 continue
-            exposures.append(
-                ExposureRow(x.event_id, x.experiment_key, x.variant_key, x.user_id, x.event_time_ms)
-            )
+            exposures.append((event_id, x.experiment_key, x.variant_key, user_id, x.event_time_ms))  # type: ignore[arg-type]
         elif kind == "outcome":
             o = event.outcome
-            if o.schema_version not in KNOWN_SCHEMA_VERSIONS or not o.user_id or not o.event_id:
+            event_id, user_id = o.event_id, o.user_id
+            if o.schema_version not in KNOWN_SCHEMA_VERSIONS or not user_id or not event_id:
                 rejected += 1
                 continue
-            outcomes.append((o.event_id, o.user_id, o.metric, o.event_time_ms, o.value))  # type: ignore[arg-type]
+            outcomes.append((event_id, user_id, o.metric, o.event_time_ms, o.value))  # type: ignore[arg-type]
         else:
             rejected += 1
     if rejected:

@@ -1,8 +1,9 @@
 """SQLite EventStore: one file, WAL mode, events and offsets committed in one transaction.
 
 Several consumer processes of one group may share the file (each applies its own partitions; SQLite serialises
-the writers). Outcomes live in a WITHOUT ROWID table clustered by user, whose key ends in the event id, so a
-redelivered event is ignored by ``INSERT OR IGNORE`` and attribution reads a user's outcomes in one range scan.
+the writers). Outcomes live in a WITHOUT ROWID table keyed by (user, event id): a redelivered event is ignored by
+``INSERT OR IGNORE`` (an event id always belongs to one user) and attribution reads a user's outcomes in one range
+scan.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ CREATE TABLE IF NOT EXISTS exposures (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outcomes (
     user_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
     metric TEXT NOT NULL,
     ts INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
     value REAL NOT NULL,
-    PRIMARY KEY (user_id, metric, ts, event_id)
+    PRIMARY KEY (user_id, event_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL,
@@ -56,7 +57,7 @@ ON CONFLICT (experiment, user_id) DO UPDATE SET
     last_ms = MAX(last_ms, excluded.last_ms)
 """
 _EXPOSURE_KEY = operator.itemgetter(1, 3)  # ExposureRow (experiment, user): the table's key order
-_OUTCOME_KEY = operator.itemgetter(1, 2, 3, 0)  # OutcomeRow (user, metric, ts, event_id)
+_OUTCOME_KEY = operator.itemgetter(1, 0)  # OutcomeRow (user, event_id)
 _INSERT_OUTCOME = (
     "INSERT OR IGNORE INTO outcomes (event_id, user_id, metric, ts, value) VALUES (?, ?, ?, ?, ?)"
 )
