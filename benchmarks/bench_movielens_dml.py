@@ -9,7 +9,7 @@ CPU budget (2 shared cores) forces a shorter schedule than the paper's (batch 51
 patience 3): see --batch-size/--max-epochs/--patience; the values used are written into the results.
 Resumable: finished runs in the JSON file are skipped. Usage:
 
-    nice -n 10 .venv/bin/python benchmarks/bench_movielens_dml.py --data-root /work/shared/data
+    PYTHONPATH=. nice -n 10 .venv/bin/python benchmarks/bench_movielens_dml.py --data-root /work/shared/data
 """
 
 from __future__ import annotations
