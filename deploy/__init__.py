@@ -1,0 +1,1 @@
+"""Deployment assets and the end-to-end demo (``python -m deploy.demo``)."""

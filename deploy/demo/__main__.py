@@ -1,0 +1,213 @@
+"""End-to-end demo: two A/B experiments (retrieval and ranking) on a simulated product, through the real stack.
+
+    python -m deploy.demo            # two experiments: retrieval-only GAT vs SSMTL, MMoE vs MMoE + DML
+    python -m deploy.demo --aa       # A/A: both arms of each experiment serve the same model
+
+Steps: train and export four small models on a synthetic world with a known ground truth; start the embedded
+Kafka broker, the retrieval server, the ranker server and the analytics consumer as real processes; simulate
+users who ask for a feed and click by ground truth; wait until every event is persisted; print the A/B
+report per experiment, write it as JSON, and show the dashboard's address. Every process it started is
+stopped when it ends, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import grpc
+import numpy as np
+import torch
+
+from analytics.events.client import OutcomeClient
+from analytics.kafka.broker import EmbeddedBroker, free_port
+from analytics.metrics import load_analysis_config
+from analytics.server import AnalyticsServer
+from analytics.store.sqlite import SQLiteEventStore
+from deploy.demo.simulator import SimulationConfig, UserSimulator
+from deploy.demo.stack import Stack
+from deploy.demo.training import (
+    RETRIEVAL_MODELS,
+    VERSION,
+    TrainingBudget,
+    train_ranking,
+    train_retrieval,
+)
+from deploy.demo.world import SocialWorld
+from experiment_router import Router
+from proto import ranking_pb2_grpc
+
+logger = logging.getLogger("deploy.demo")
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+EXPOSURES, OUTCOMES = "mtrank.exposures", "mtrank.outcomes"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.demo",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--aa", action="store_true", help="run the A/A config: nothing should be significant")
+    parser.add_argument("--experiments", type=Path, help="experiment config (default: deploy/demo/ab.yaml or aa.yaml)")
+    parser.add_argument("--metrics", type=Path, default=HERE / "metrics.yaml", help="analysis config")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".data" / "demo", help="models, logs, store, report")
+    parser.add_argument("--users", type=int, default=1500, help="simulated users (also the candidate pool)")
+    parser.add_argument("--requests-per-user", type=int, default=3, help="feeds each user asks for")
+    parser.add_argument("--top-k", type=int, default=10, help="items shown per feed")
+    parser.add_argument("--retrieve-k", type=int, default=100, help="candidates retrieved per feed")
+    parser.add_argument("--concurrency", type=int, default=8, help="simultaneous simulated users")
+    parser.add_argument("--impressions", type=int, default=TrainingBudget.impressions, help="ranking training rows")
+    parser.add_argument("--ranking-epochs", type=int, default=TrainingBudget.ranking_epochs, help="max ranking epochs")
+    parser.add_argument("--retrieval-steps", type=int, default=TrainingBudget.retrieval_steps,
+                        help="retrieval training steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the world, the training and the users")
+    parser.add_argument("--serve", choices=("auto", "yes", "no"), default="auto",
+                        help="keep the dashboard up until Ctrl-C (auto: when run from a terminal)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    return parser
+
+
+def _step(number: int, text: str) -> None:
+    print(f"\n[{number}/6] {text}", flush=True)
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole demo; returns the summary it also writes to ``<workdir>/summary.json``."""
+    started = time.perf_counter()
+    experiments = args.experiments or HERE / ("aa.yaml" if args.aa else "ab.yaml")
+    router = Router.from_file(experiments)  # fail fast on a bad config, before any training
+    workdir: Path = args.workdir
+    shutil.rmtree(workdir, ignore_errors=True)
+    repository = workdir / "repository"
+    repository.mkdir(parents=True)
+
+    _step(1, "training and exporting the models (ranking: MMoE, MMoE + DML; retrieval: GAT, SSMTL)")
+    world = SocialWorld(n_users=args.users, seed=args.seed)
+    budget = TrainingBudget(
+        impressions=args.impressions, ranking_epochs=args.ranking_epochs, retrieval_steps=args.retrieval_steps, seed=args.seed
+    )
+    offline = {**train_retrieval(world, repository, budget), **train_ranking(world, repository, budget)}
+    for name, metrics in offline.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        print(f"  {name} v{VERSION}: {shown}")
+
+    _step(2, "starting Kafka (embedded broker), retrieval server, ranker server, analytics consumer")
+    store_path = workdir / "events.db"
+    with EmbeddedBroker(topics=(EXPOSURES, OUTCOMES), data_dir=workdir / "kafka") as broker, Stack(workdir / "logs") as stack:
+        print(f"  Kafka at {broker.bootstrap}")
+        retrieval_port, ranker_port = free_port(), free_port()
+        retrieval_args = ["--repository", str(repository), "--port", str(retrieval_port), "--metrics-port", "0"]
+        for name in RETRIEVAL_MODELS:
+            retrieval_args += ["--model", f"{name}:{VERSION}"]
+        retrieval = stack.start("retrieval_server", "retrieval_server", retrieval_args)
+        ranker = stack.start("ranker_server", "ranker_server", [
+            "--repository", str(repository), "--experiments", str(experiments), "--port", str(ranker_port),
+            "--retrieval", f"127.0.0.1:{retrieval_port}", "--retrieve-k", str(args.retrieve_k),
+            "--kafka", broker.bootstrap, "--exposure-topic", EXPOSURES,
+        ])
+        consumer = stack.start("analytics_consumer", "analytics.consumer", [
+            "--bootstrap", broker.bootstrap, "--store", str(store_path), "--group", "demo-analytics",
+            "--exposures-topic", EXPOSURES, "--outcomes-topic", OUTCOMES, "--session-timeout-ms", "6000",
+            "--idle-exit-s", "15",
+        ])
+        stack.wait_healthy(retrieval, f"127.0.0.1:{retrieval_port}")
+        stack.wait_healthy(ranker, f"127.0.0.1:{ranker_port}")
+        print(f"  retrieval at 127.0.0.1:{retrieval_port}, ranker at 127.0.0.1:{ranker_port}; logs in {stack.log_dir}")
+
+        _step(3, f"simulating {args.users} users x {args.requests_per_user} feeds (ground truth decides clicks)")
+        config = SimulationConfig(
+            users=args.users, requests_per_user=args.requests_per_user, candidates_per_request=0,
+            top_k=args.top_k, concurrency=args.concurrency, seed=args.seed,
+        )
+        with grpc.insecure_channel(f"127.0.0.1:{ranker_port}") as channel, OutcomeClient(
+            broker.bootstrap, journal_path=workdir / "outcomes.journal"
+        ) as outcomes:
+            simulator = UserSimulator(world, ranking_pb2_grpc.RankerStub(channel), outcomes, config, user_id=str)
+            summary = simulator.run(np.arange(1, args.users + 1))
+            if not outcomes.flush(60):
+                raise RuntimeError("outcome events were not all acknowledged by Kafka within 60 s")
+        print(f"  {summary.requests} feeds, {summary.failed_requests} failed, {summary.impressions} impressions, "
+              f"{summary.clicks} clicks")
+
+        _step(4, "draining: the ranker flushes its exposures, the consumer persists every event")
+        stack.stop_service(ranker)
+        consumer_rc = stack.wait_exit(consumer, timeout=180)
+        if consumer_rc != 0:
+            raise RuntimeError(f"analytics consumer exited with {consumer_rc}:\n{consumer.log_tail()}")
+        store = SQLiteEventStore(store_path)
+        persisted = store.counts()
+        expected_outcomes = summary.impressions + summary.clicks + summary.top_clicks
+        print(f"  persisted {persisted['outcomes']} of {expected_outcomes} outcomes, "
+              f"{persisted['exposed_users']} (user, experiment) exposures")
+
+    _step(5, "A/B report")
+    report_dir = workdir / "report"
+    report_dir.mkdir()
+    reports = {}
+    for key in router.experiment_keys:
+        cli = [sys.executable, "-m", "analytics", "report", key, "--store", str(store_path), "--metrics", str(args.metrics)]
+        table = subprocess.run(cli, check=True, capture_output=True, text=True).stdout
+        print(table)
+        as_json = subprocess.run([*cli, "--json"], check=True, capture_output=True, text=True).stdout
+        (report_dir / f"{key}.json").write_text(as_json)
+        reports[key] = json.loads(as_json)
+
+    result = {
+        "experiments_config": str(experiments),
+        "offline_metrics": offline,
+        "simulation": summary.__dict__,
+        "persisted": persisted,
+        "expected_outcomes": expected_outcomes,
+        "reports": {k: str(report_dir / f"{k}.json") for k in reports},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    (workdir / "summary.json").write_text(json.dumps(result, indent=2))
+    _step(6, f"done in {result['wall_seconds']:.0f} s; reports in {report_dir}, summary in {workdir / 'summary.json'}")
+    return result
+
+
+def serve_dashboard(store_path: Path, metrics: Path, wait: bool) -> None:
+    """Show the dashboard's address; keep serving until Ctrl-C when ``wait``."""
+    command = f"python -m analytics serve --store {store_path} --metrics {metrics} --port 8080"
+    if not wait:
+        print(f"Dashboard: run `{command}` and open http://127.0.0.1:8080")
+        return
+    with AnalyticsServer(SQLiteEventStore(store_path), load_analysis_config(metrics), port=0) as server:
+        print(f"Dashboard at {server.url}/ (Ctrl-C to stop; later: `{command}`)", flush=True)
+        while True:
+            time.sleep(3600)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    torch.set_num_threads(1)  # small models: one thread is fastest, and leaves the other core to the servers
+    try:
+        run(args)
+        wait = args.serve == "yes" or (args.serve == "auto" and sys.stdin.isatty())
+        serve_dashboard(args.workdir / "events.db", args.metrics, wait)
+    except KeyboardInterrupt:
+        print("\ninterrupted; every process the demo started has been stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
