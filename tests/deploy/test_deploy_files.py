@@ -45,7 +45,8 @@ def k8s() -> list[dict]:
     docs = []
     for resource in kustomization["resources"]:
         docs += _load_all(K8S / resource)
-    return docs
+    assert "secrets.yaml" not in kustomization["resources"], "re-applying would overwrite the real Secrets"
+    return docs + _load_all(K8S / "secrets.yaml")
 
 
 def _of_kind(docs: list[dict], kind: str) -> dict[str, dict]:
@@ -206,7 +207,16 @@ class Invocation:
 
 
 def python_m_invocations(where: str, words: list[str]) -> Iterator[Invocation]:
-    """`python -m MODULE ARGS` segments of a command, including inside `sh -c` strings."""
+    """`python -m MODULE ARGS` segments of a command, inside `sh -c` strings and the deploy/ shell scripts
+    a command runs (shell variables in flag values are left as they are: argparse takes them as strings)."""
+    if len(words) >= 2 and words[0] in ("/bin/sh", "sh") and words[1].endswith(".sh"):
+        script = ROOT / words[1]
+        assert script.is_file(), f"{where}: runs {words[1]}, which is not in the repository"
+        for number, line in enumerate(script.read_text().splitlines(), 1):
+            yield from python_m_invocations(
+                f"{where} ({words[1]}:{number})", shlex.split(line, comments=True)
+            )
+        return
     if len(words) >= 3 and words[0] in ("/bin/sh", "sh", "bash") and words[1] == "-c":
         words = words[2:]
     if len(words) == 1 and " " in words[0]:
@@ -315,7 +325,10 @@ def test_compose_commands_are_accepted_by_the_entry_points(compose: dict) -> Non
 
 def test_compose_ports_healthchecks_and_scrape_targets_agree(compose: dict) -> None:
     services = compose["services"]
-    by_service = {inv.where.split()[-1]: inv for inv in _compose_invocations(compose)}
+    # the long-running services (the one-shot training job runs several commands)
+    by_service = {
+        inv.where.split()[-1]: inv for inv in _compose_invocations(compose) if ".sh:" not in inv.where
+    }
     for name, inv in by_service.items():
         service = services[name]
         port, metrics_port = _flag(inv.args, "--port"), _flag(inv.args, "--metrics-port")
@@ -384,6 +397,30 @@ def test_retrieval_serves_every_model_the_experiments_name(compose: dict, k8s: l
         served = _served_models(inv.args)
         assert set(served) == refs, f"{inv.where}: serves {served}, the experiments name {sorted(refs)}"
         assert served[0] == default, f"{inv.where}: the first --model must be the retrieval default {default}"
+
+
+def test_the_training_job_builds_every_model_the_experiments_name(compose: dict, k8s: list[dict]) -> None:
+    from experiment_router import Router
+
+    router = Router.from_file(DEPLOY / "config" / "experiments.yaml")
+    needed = {(name, version) for _, name, version in router.model_refs()}
+    needed |= {
+        (router.default_for(s).model_name, router.default_for(s).model_version)
+        for s in ("retrieval", "ranking")
+    }
+    jobs = [
+        inv for inv in _compose_invocations(compose) if inv.where.startswith("compose service train-models")
+    ]
+    jobs += [inv for inv, _, _ in _k8s_invocations(k8s) if "mtrank-train-models" in inv.where]
+    for origin in ("compose", "Job"):
+        exported = {
+            (_flag(inv.args, "--name"), _flag(inv.args, "--version"))
+            for inv in jobs
+            if inv.where.startswith(origin) and "export" in inv.args
+        }
+        assert exported == needed, (
+            f"{origin}: the training job exports {sorted(exported)}, needed {sorted(needed)}"
+        )
 
 
 def _validate_config(flag: str, text: str) -> None:
@@ -572,3 +609,51 @@ def test_k8s_config_maps_carry_the_validated_configs(k8s: list[dict]) -> None:
             f"ConfigMap {key} differs from deploy/config"
         )
         _validate_config(flag, data[key])
+
+
+def _json_patch(doc: dict, operations: list[dict]) -> dict:
+    """Apply the add/replace operations of a JSON 6902 patch (what the overlay uses) to a copy of doc."""
+    import copy
+
+    doc = copy.deepcopy(doc)
+    for op in operations:
+        *parents, last = op["path"].strip("/").split("/")
+        node = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if op["op"] == "add" and last == "-":
+            node.append(op["value"])
+        elif op["op"] in ("add", "replace"):
+            assert op["op"] == "add" or last in node, f"replace of a missing {op['path']}"
+            node[last] = op["value"]
+        else:
+            raise AssertionError(f"unexpected patch operation {op}")
+    return doc
+
+
+def test_k8s_tls_overlay(k8s: list[dict]) -> None:
+    overlay = yaml.safe_load((K8S / "overlays/tls/kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../.."]
+    (patch,) = overlay["patches"]
+    ranker = _of_kind(k8s, "Deployment")[patch["target"]["name"]]
+    patched = _json_patch(ranker, yaml.safe_load((K8S / "overlays/tls" / patch["path"]).read_text()))
+    config_maps = [d for d in k8s if d["kind"] == "ConfigMap"]
+    ((inv, container, env),) = list(_k8s_invocations([patched, *config_maps]))
+    _check_flags(inv, env)
+    volumes = {v["name"]: v for v in patched["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    secret = _of_kind(k8s, "Secret")["mtrank-ranker-tls"]
+    for flag in ("--tls-cert", "--tls-key"):
+        directory, _, key = _flag(inv.args, flag).rpartition("/")
+        assert (
+            mounts[directory]["secret"]["secretName"] == "mtrank-ranker-tls" and key in secret["stringData"]
+        )
+    port = _flag(inv.args, "--port")
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = " ".join(container[kind]["exec"]["command"])
+        assert f"127.0.0.1:{port}" in probe and "secure_channel" in probe, f"{kind} does not probe TLS --port"
+        ca = re.search(r'open\("([^"]+)"', probe).group(1)
+        directory, _, key = ca.rpartition("/")
+        assert (
+            mounts[directory]["secret"]["secretName"] == "mtrank-ranker-tls" and key in secret["stringData"]
+        )
