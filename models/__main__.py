@@ -17,16 +17,10 @@ from pydantic import ValidationError
 import models  # noqa: F401  (populates the registry)
 from models.data import load_dataset
 from models.errors import ModelsError
+from models.evaluate import evaluate_model, markdown_table
 from models.export import export_package
 from models.registry import UnknownModelError, list_models
-from models.train import (
-    TrainConfig,
-    evaluate_model,
-    load_checkpoint,
-    markdown_table,
-    resolve_device,
-    run_training,
-)
+from models.train import TrainConfig, load_checkpoint, resolve_device, run_training
 
 
 def _option(text: str) -> tuple[str, Any]:

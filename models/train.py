@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from models.base import MultiTaskModel
-from models.data import Splits, TabularData, load_dataset
+from models.data import Splits, load_dataset
 from models.errors import ModelsError
-from models.metrics import selection_score, task_metrics
+from models.evaluate import evaluate_model, markdown_table, summarize
+from models.metrics import selection_score
 from models.registry import create_model
 from models.schedules import after_epoch, after_step, selection_ready, training_loss
 
@@ -74,22 +75,6 @@ def resolve_device(name: str) -> torch.device:
 def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
-
-
-@torch.no_grad()
-def predict(
-    model: MultiTaskModel, data: TabularData, device: torch.device, batch_size: int = 8192
-) -> np.ndarray:
-    model.eval()
-    outputs = []
-    for start in range(0, len(data), batch_size):
-        batch = data.torch_batch(slice(start, start + batch_size))
-        outputs.append(model({k: v.to(device) for k, v in batch.items()}).cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, len(data.tasks)), np.float32)
-
-
-def evaluate_model(model: MultiTaskModel, data: TabularData, device: torch.device) -> dict[str, float]:
-    return task_metrics(predict(model, data, device), data.labels, data.tasks)
 
 
 def build_model(config: TrainConfig, splits: Splits) -> MultiTaskModel:
@@ -150,28 +135,6 @@ def train_seed(config: TrainConfig, splits: Splits, seed: int) -> SeedResult:
         best_val = evaluate_model(model, splits.val, device)
     test = evaluate_model(model, splits.test, device)
     return SeedResult(seed, best_epoch, epoch + 1, time.perf_counter() - started, best_val, test, model.cpu())
-
-
-def summarize(results: list[SeedResult]) -> dict[str, dict[str, float]]:
-    """Mean, sample standard deviation and standard error over seeds of every test metric."""
-    summary = {}
-    for key in results[0].test:
-        values = np.array([r.test[key] for r in results])
-        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        summary[key] = {
-            "mean": float(values.mean()),
-            "std": std,
-            "sem": std / math.sqrt(len(values)),
-            "n": len(values),
-        }
-    return summary
-
-
-def markdown_table(model: str, summary: dict[str, dict[str, float]]) -> str:
-    lines = ["| model | metric | mean | std | seeds |", "|---|---|---:|---:|---:|"]
-    for key, stats in summary.items():
-        lines.append(f"| {model} | {key} | {stats['mean']:.4f} | {stats['std']:.4f} | {stats['n']} |")
-    return "\n".join(lines) + "\n"
 
 
 def run_training(config: TrainConfig, output_dir: Path | None = None) -> dict[str, Any]:
