@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from models.graph.training import TrainConfig, evaluate, load_graph, save_checkpoint, train
 
@@ -43,7 +44,8 @@ def write_table(runs: list[dict], args: argparse.Namespace, path: Path) -> None:
         "# SSMTL vs retrieval-only GAT on ego-Facebook (held-out friendships)",
         "",
         f"Command: `nice -n 10 python benchmarks/bench_ssmtl.py --seeds {args.seeds} --steps {args.steps} "
-        f"--batch-size {args.batch_size}`; "
+        f"--batch-size {args.batch_size} --eval-every {args.eval_every}"
+        + "".join(f" --set {item}" for item in args.set) + "`; "
         f"{len(seeds)} paired seeds ({', '.join(map(str, seeds))}), {args.steps} steps of {args.batch_size} pairs, "
         f"1 CPU thread ({platform.processor() or platform.machine()}).",
         "Split: random 85/5/10 of the 88,234 friendships per seed; ranking over all 4,039 users excluding the user "
@@ -71,7 +73,12 @@ def write_table(runs: list[dict], args: argparse.Namespace, path: Path) -> None:
         "",
         "Mean training time per run: " + ", ".join(f"{v} {s:.0f} s" for v, s in seconds.items()) + ".",
     ]
-    lines += ["", "SSMTL loss weights and model config: see `config` in ssmtl.json."]
+    config = by[("ssmtl", seeds[0])]["config"]
+    lines += ["", "Model (both variants): " + ", ".join(
+        f"{k}={config[k]}" for k in ("hidden_dim", "embed_dim", "heads", "fanouts", "temperature", "ssl_nodes")
+    ) + f"; SSMTL weights alpha={config['alpha']}, beta={config['beta']}, gamma={config['gamma']}, "
+        f"cca_lambda={config['cca_lambda']}, mae_exponent={config['mae_exponent']}, edge_drop={config['edge_drop']}, "
+        f"feature_drop={config['feature_drop']}. Extra flags: {' '.join(args.set) or 'none'}."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -85,6 +92,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--data-path", default=TrainConfig().data_path)
     parser.add_argument("--out", default=str(RESULTS / "ssmtl"), help="output path without extension")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="model config override for both variants, e.g. hidden_dim=64 fanouts=[5,3]")
     parser.add_argument("--checkpoints", type=Path, help="also save each run's checkpoint into this folder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -95,10 +104,11 @@ def main() -> None:
         data_path=args.data_path, steps=args.steps, batch_size=args.batch_size, eval_every=args.eval_every
     )
     graph = load_graph(base)
+    shared = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
     runs: list[dict] = []
     for seed in range(args.seeds):
         for variant, overrides in VARIANTS.items():
-            config = base.model_copy(update={"seed": seed, "model": overrides})
+            config = base.model_copy(update={"seed": seed, "model": {**shared, **overrides}})
             started = time.perf_counter()
             result = train(config, graph=graph, progress=False)
             seconds = time.perf_counter() - started
