@@ -213,7 +213,12 @@ class EventProducer:
             return True
 
     def close(self, timeout: float = 10.0) -> None:
-        """Deliver what it can within ``timeout``; whatever is left goes to the journal (or is counted dropped)."""
+        """Deliver what it can within ``timeout``; whatever is left goes to the journal (or is counted dropped).
+
+        Idempotent: later calls do nothing.
+        """
+        if self._closing:
+            return
         self.flush(timeout)
         with self._lock:
             self._closing = True
@@ -284,7 +289,8 @@ class EventProducer:
             self._inflight_journal_pos = pos
 
     def _chunk_size(self) -> int:
-        return self.max_events_per_record * 64
+        """Events per delivery round (one wait for acknowledgements)."""
+        return max(self.max_events_per_record * 64, 20_000)
 
     def _top_up_locked(self) -> None:
         room = self._chunk_size() - len(self._inflight)
