@@ -72,14 +72,15 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def candidates(dim: int, n: int, threads: int) -> dict[str, tuple[Callable, list, Callable]]:
+def candidates(dim: int, n: int, threads: int, m: int = 16, ef_construction: int = 100
+               ) -> dict[str, tuple[Callable, list, Callable]]:
     """library -> (build(corpus) -> index, sweep values, search(index, value) -> query fn)."""
 
     def hnswlib_build(corpus):
         import hnswlib
 
         index = hnswlib.Index(space="ip", dim=dim)
-        index.init_index(max_elements=n, ef_construction=100, M=16)
+        index.init_index(max_elements=n, ef_construction=ef_construction, M=m)
         index.set_num_threads(threads)
         index.add_items(corpus)
         index.set_num_threads(1)
@@ -93,8 +94,8 @@ def candidates(dim: int, n: int, threads: int) -> dict[str, tuple[Callable, list
         import faiss
 
         faiss.omp_set_num_threads(threads)
-        index = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 100
+        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
         index.add(corpus)
         faiss.omp_set_num_threads(1)
         return index
@@ -123,7 +124,7 @@ def candidates(dim: int, n: int, threads: int) -> dict[str, tuple[Callable, list
     def usearch_build(corpus):
         from usearch.index import Index
 
-        index = Index(ndim=dim, metric="ip", dtype="f32", connectivity=16, expansion_add=100)
+        index = Index(ndim=dim, metric="ip", dtype="f32", connectivity=m, expansion_add=ef_construction)
         index.add(np.arange(n), corpus, threads=threads)
         return index
 
@@ -135,9 +136,9 @@ def candidates(dim: int, n: int, threads: int) -> dict[str, tuple[Callable, list
     probes = sorted({max(1, ivf_lists * p // 1000) for p in (10, 25, 50, 100, 200)})
     efs = [100, 200, 400, 800, 1600]
     return {
-        "faiss HNSWFlat (M=16, efC=100; efSearch)": (faiss_hnsw_build, efs, faiss_hnsw_search),
-        "hnswlib (M=16, efC=100; ef)": (hnswlib_build, efs, hnswlib_search),
-        "usearch (M=16, efC=100; ef)": (usearch_build, efs, usearch_search),
+        f"faiss HNSWFlat (M={m}, efC={ef_construction}; efSearch)": (faiss_hnsw_build, efs, faiss_hnsw_search),
+        f"hnswlib (M={m}, efC={ef_construction}; ef)": (hnswlib_build, efs, hnswlib_search),
+        f"usearch (M={m}, efC={ef_construction}; ef)": (usearch_build, efs, usearch_search),
         f"faiss IVFFlat (nlist={ivf_lists}; nprobe)": (faiss_ivf_build, probes, faiss_ivf_search),
     }
 
@@ -150,6 +151,8 @@ def ann_section(
     libraries: list[str] | None,
     save: Callable[[], None],
     results: dict,
+    m: int = 16,
+    ef_construction: int = 100,
 ) -> None:
     section = results.setdefault("ann", {}).setdefault(
         name, {"n": len(corpus), "dim": corpus.shape[1], "queries": len(queries), "rows": []}
@@ -171,7 +174,7 @@ def ann_section(
                             "recall": recall(found, truth), "qps": numpy_qps, "build_s": 0.0})
     section["exact_qps"] = max(exact_qps, numpy_qps)
     save()
-    for library, (build, sweep, search) in candidates(corpus.shape[1], len(corpus), threads).items():
+    for library, (build, sweep, search) in candidates(corpus.shape[1], len(corpus), threads, m, ef_construction).items():
         if libraries and not any(key in library for key in libraries):
             continue
         gc.collect()
@@ -370,6 +373,8 @@ def main() -> None:
     parser.add_argument("--random-n", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--build-threads", type=int, default=2)
+    parser.add_argument("--hnsw-m", type=int, default=16, help="HNSW graph degree (all HNSW libraries)")
+    parser.add_argument("--ef-construction", type=int, default=100, help="HNSW build beam (all HNSW libraries)")
     parser.add_argument("--libraries", nargs="*", help="substrings of library names to run (default: all)")
     parser.add_argument("--grpc-requests", type=int, default=1000)
     parser.add_argument("--skip", nargs="*", default=[], choices=["ego", "random", "grpc"])
@@ -393,7 +398,8 @@ def main() -> None:
             np.random.default_rng(1).choice(len(corpus), min(args.queries, len(corpus)), replace=False)
         ]
         ann_section(
-            "ego-Facebook embeddings", corpus, queries, args.build_threads, args.libraries, save, results
+            "ego-Facebook embeddings", corpus, queries, args.build_threads, args.libraries, save, results,
+            args.hnsw_m, args.ef_construction,
         )
     if args.package and "grpc" not in args.skip:
         grpc_section(args.package, args.grpc_requests, results, save)
@@ -409,6 +415,8 @@ def main() -> None:
             args.libraries,
             save,
             results,
+            args.hnsw_m,
+            args.ef_construction,
         )
     save()
 

@@ -106,6 +106,7 @@ def load_package(root: Path, name: str, version: str, exact_max_items: int = EXA
         raise PackageError(f"{package / 'index'}: {embeddings.shape[0]} embeddings for {len(store.ids)} ids")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # a CUDA build without CUDA libraries would log errors before falling back
+    options.intra_op_num_threads = 1  # one user per run: the server parallelises across requests instead
     wanted = session_providers()
     session = ort.InferenceSession(str(package / "model.onnx"), sess_options=options, providers=wanted)
     provider = session.get_providers()[0]
