@@ -6,15 +6,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-export = pytest.importorskip("models.export")
-
-from models import create_model  # noqa: E402
-from models.layers import FeatureSpec  # noqa: E402
-from ranker_server.config import BatchingSettings, RuntimeSettings  # noqa: E402
-from ranker_server.features import build_rows  # noqa: E402
-from ranker_server.model_repository import load_model  # noqa: E402
+from models import create_model
+from models.export import export_package
+from models.layers import FeatureSpec
+from ranker_server.config import BatchingSettings, RuntimeSettings
+from ranker_server.features import build_rows
+from ranker_server.model_repository import load_model
 
 
 def test_exported_mmoe_package_loads_and_scores(tmp_path: Path) -> None:
@@ -30,7 +28,7 @@ def test_exported_mmoe_package_loads_and_scores(tmp_path: Path) -> None:
     }
     ids = np.arange(100, 110, dtype=np.int64)
     items = {"ids": ids, "sparse": (ids % 40).reshape(-1, 1), "dense": np.ones((10, 1), np.float32)}
-    path = export.export_package(model, tmp_path, "mmoe", "1", "mmoe", features=features, item_features=items)
+    path = export_package(model, tmp_path, "mmoe", "1", "mmoe", features=features, item_features=items)
     with ThreadPoolExecutor(1) as pool:
         loaded = load_model(path, RuntimeSettings(), BatchingSettings(), pool)
     assert loaded.task_names == ("click", "rating")
