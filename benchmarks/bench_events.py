@@ -114,7 +114,7 @@ def pipeline_consume(
     store = SQLiteEventStore(store_path)
     app = AnalyticsConsumer(
         bootstrap, store, group_id=f"bench-{prefix}", topics=(f"{prefix}.exposures", f"{prefix}.outcomes"),
-        session_timeout_ms=6_000, commit_interval_s=1.0,
+        session_timeout_ms=6_000,
     )  # fmt: skip
     app.consumer.subscribe(app.topics, app._on_assign, app._on_revoke)
     start = cpu_start = None

@@ -31,9 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exposures-topic", default=EXPOSURES_TOPIC)
     parser.add_argument("--outcomes-topic", default=OUTCOMES_TOPIC)
     parser.add_argument("--session-timeout-ms", type=int, default=10_000, help="group session timeout")
-    parser.add_argument("--commit-interval-s", type=float, default=1.0, help="commit at least this often")
+    parser.add_argument("--commit-interval-s", type=float, default=2.0, help="commit at least this often")
     parser.add_argument(
-        "--commit-every-events", type=int, default=50_000, help="commit after this many events"
+        "--commit-every-events",
+        type=int,
+        default=200_000,
+        help="commit after this many events (bigger transactions write each B-tree page fewer times)",
     )
     parser.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
     parser.add_argument("--idle-exit-s", type=float, default=None, help="stop after this long without events")

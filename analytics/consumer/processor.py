@@ -89,8 +89,8 @@ class AnalyticsConsumer:
         *,
         group_id: str = "mtrank-analytics",
         topics: Sequence[str] = (EXPOSURES_TOPIC, OUTCOMES_TOPIC),
-        commit_every_events: int = 50_000,
-        commit_interval_s: float = 1.0,
+        commit_every_events: int = 200_000,
+        commit_interval_s: float = 2.0,
         session_timeout_ms: int = 10_000,
         kafka_config: dict[str, Any] | None = None,
     ) -> None:

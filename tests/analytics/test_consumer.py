@@ -18,8 +18,14 @@ import pytest
 
 from analytics.consumer.checkpoint import Checkpoint
 from analytics.consumer.exceptions import CheckpointOffsetBackwards
-from analytics.consumer.processor import AnalyticsConsumer
-from analytics.events.messages import make_exposure, make_outcome
+from analytics.consumer.processor import AnalyticsConsumer, decode_into
+from analytics.events.messages import (
+    encode_exposure,
+    encode_outcome,
+    frame_batch,
+    make_exposure,
+    make_outcome,
+)
 from analytics.events.producer import EventProducer
 from analytics.kafka.broker import EmbeddedBroker
 from analytics.store import (
@@ -135,6 +141,7 @@ def test_consume_dedups_and_matches_reference(
             group_id="dedup",
             topics=fresh_topics,
             session_timeout_ms=SESSION_MS,
+            commit_interval_s=0.2,
         )
         thread = threading.Thread(target=consumer.run, kwargs={"max_seconds": 60})
         thread.start()
@@ -149,7 +156,12 @@ def test_consume_dedups_and_matches_reference(
     # The group has committed offsets, but a new (empty) store is rebuilt from the beginning: the store decides.
     rebuilt = MemoryEventStore(attribution_window_ms=WINDOW_MS)
     consumer = AnalyticsConsumer(
-        kafka_broker.bootstrap, rebuilt, group_id="dedup", topics=fresh_topics, session_timeout_ms=SESSION_MS
+        kafka_broker.bootstrap,
+        rebuilt,
+        group_id="dedup",
+        topics=fresh_topics,
+        session_timeout_ms=SESSION_MS,
+        commit_interval_s=0.2,
     )
     thread = threading.Thread(target=consumer.run, kwargs={"max_seconds": 60})
     thread.start()
@@ -223,7 +235,12 @@ def test_two_consumers_in_one_group_give_the_same_totals_as_one(
     stores = [SQLiteEventStore(path, attribution_window_ms=WINDOW_MS) for _ in range(2)]
     consumers = [
         AnalyticsConsumer(
-            kafka_broker.bootstrap, s, group_id="pair", topics=fresh_topics, session_timeout_ms=SESSION_MS
+            kafka_broker.bootstrap,
+            s,
+            group_id="pair",
+            topics=fresh_topics,
+            session_timeout_ms=SESSION_MS,
+            commit_interval_s=0.2,
         )
         for s in stores
     ]
@@ -249,3 +266,15 @@ def test_two_consumers_in_one_group_give_the_same_totals_as_one(
     assert _snapshot(stores[0]) == _snapshot(reference)
     for s in stores:
         s.close()
+
+
+def test_decoder_skips_unknown_schema_versions_and_garbage() -> None:
+    good = make_outcome("u1", "click", event_time_ms=5)
+    future = make_exposure("u1", "exp1", "a")
+    future.schema_version = 99  # a producer newer than this consumer
+    value = frame_batch([encode_outcome(good), encode_exposure(future)])
+    exposures: list[ExposureRow] = []
+    outcomes: list[OutcomeRow] = []
+    assert decode_into(value, exposures, outcomes) == 1
+    assert exposures == [] and outcomes == [(good.event_id, "u1", "click", 5, 1.0)]
+    assert decode_into(b"\xff\xff\xff", exposures, outcomes) == 1
