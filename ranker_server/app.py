@@ -51,8 +51,10 @@ def _read(path: Path, what: str) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def running_server(settings: ServerSettings, source: RouterSource) -> AsyncIterator[RankerServer]:
-    """Start a fully wired server; stop it (gracefully) on exit."""
+async def running_server(
+    settings: ServerSettings, source: RouterSource, worker: int = 0
+) -> AsyncIterator[RankerServer]:
+    """Start a fully wired server; stop it (gracefully) on exit. ``worker`` keeps journals apart."""
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = TlsFiles(_read(settings.tls_cert, "--tls-cert"), _read(settings.tls_key, "--tls-key"))
@@ -66,7 +68,7 @@ async def running_server(settings: ServerSettings, source: RouterSource) -> Asyn
         from analytics.events.producer import EventProducer
 
         producer = EventProducer(
-            settings.kafka, exposures_topic=settings.exposure_topic, client_id="mtrank-ranker"
+            settings.kafka, exposures_topic=settings.exposure_topic, client_id=f"mtrank-ranker-{worker}"
         )
     retrieval = RetrievalClient(settings.retrieval) if settings.retrieval else None
     server = RankerServer(settings, source, producer, retrieval, token, tls)
@@ -89,7 +91,7 @@ async def serve(settings: ServerSettings, worker: int = 0) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     with watched_router(settings) as source:
-        async with running_server(settings, source):
+        async with running_server(settings, source, worker):
             await stop.wait()
             logger.info("worker %d: shutting down", worker)
 
