@@ -266,14 +266,19 @@ function renderMetrics(rep) {
   const tbody = table.tBodies[0];
   tbody.replaceChildren();
 
-  let scale = 0;
-  for (const m of rep.metrics) {
-    for (const r of m.rows) {
-      if (!r.lift) continue;
-      scale = Math.max(scale, Math.abs(r.lift.ciLow ?? 0), Math.abs(r.lift.ciHigh ?? 0), Math.abs(r.lift.estimate ?? 0));
+  // CI bars share one scale around zero: across the table for relative lifts (all in %), per metric for
+  // absolute lifts (each in its metric's own units).
+  const extent = (metrics) => {
+    let e = 0;
+    for (const m of metrics) {
+      for (const r of m.rows) {
+        if (r.lift) e = Math.max(e, Math.abs(r.lift.ciLow ?? 0), Math.abs(r.lift.ciHigh ?? 0), Math.abs(r.lift.estimate ?? 0));
+      }
     }
-  }
-  scale = scale > 0 ? scale * 1.1 : 0.01;
+    return e > 0 ? e * 1.1 : 0.01;
+  };
+  const tableScale = extent(rep.metrics);
+  const scaleOf = (m) => (rep.differenceType === "absolute" ? extent([m]) : tableScale);
   const fmt = (x) => fmtLift(x, rep.differenceType);
   const cols = rep.sequential ? 7 : 6;
 
@@ -302,7 +307,7 @@ function renderMetrics(rep) {
         cells.push(el("td", { class: "num ci-text" },
           "[", el("span", { "data-field": "ci_low", text: fmt(r.lift.ciLow) }), ", ",
           el("span", { "data-field": "ci_high", text: fmt(r.lift.ciHigh) }), "]"));
-        cells.push(el("td", { class: "ci-cell" }, ciBar(r.lift, scale, r.significant, v.cls)));
+        cells.push(el("td", { class: "ci-cell" }, ciBar(r.lift, scaleOf(m), r.significant, v.cls)));
         cells.push(el("td", { class: "num", "data-field": "p_value", text: fmtP(r.pValue) }));
         cells.push(el("td", { class: "num", "data-field": "adjusted_p_value", text: fmtP(r.pAdjusted) }));
         if (rep.sequential) {
