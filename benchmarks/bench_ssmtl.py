@@ -127,7 +127,7 @@ def main() -> None:
             )
             logging.info("%s seed %d: test %s (%.0f s)", variant, seed, runs[-1]["test"]["overall"], seconds)
             # Write after every run so an interrupted benchmark keeps what it measured.
-            out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+            out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1, default=str))
             write_table(runs, args, out.with_suffix(".md"))
 
 
