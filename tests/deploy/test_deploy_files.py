@@ -6,6 +6,7 @@ referenced config key, volume, Secret and ConfigMap exists.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib
 import json
@@ -227,11 +228,28 @@ def _parser_module(module: str) -> str:
     raise AssertionError(f"cannot find the argument parser of python -m {module}")
 
 
-def entry_point_parser(module: str):
-    """The real argparse parser of `python -m module`."""
-    builder = getattr(importlib.import_module(_parser_module(module)), "build_parser", None)
-    assert builder is not None, f"python -m {module}: no build_parser() to check flags against"
-    return builder()
+class _Parsed(Exception):
+    """Raised by the patched parse_args once a CLI's own parser has accepted its arguments."""
+
+
+def parse_with_entry_point(module: str, args: list[str]) -> None:
+    """Parse ``args`` with the real parser of `python -m module`: its build_parser() where it has one, else
+    its main(argv) stopped right after argument parsing (before it starts anything)."""
+    code = importlib.import_module(_parser_module(module))
+    builder = getattr(code, "build_parser", None)
+    if builder is not None:
+        builder().parse_args(args)
+        return
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, *a, **kw):
+        original(self, *a, **kw)
+        raise _Parsed
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+        with pytest.raises(_Parsed):
+            code.main(args)
 
 
 @dataclass(frozen=True)
@@ -271,11 +289,16 @@ def _flag(args: list[str], name: str) -> str | None:
     return None
 
 
+def _served_port(args: list[str]) -> str | None:
+    """The port a server's flags make it listen on: --port, or the port of --address HOST:PORT."""
+    address = _flag(args, "--address")
+    return address.rpartition(":")[2] if address else _flag(args, "--port")
+
+
 def _check_flags(invocation: Invocation, env: dict[str, str] | None = None) -> None:
     args = [re.sub(r"\$\((\w+)\)", lambda m: (env or {})[m.group(1)], a) for a in invocation.args]
-    parser = entry_point_parser(invocation.module)
     try:
-        parser.parse_args(args)
+        parse_with_entry_point(invocation.module, args)
     except SystemExit as exc:  # argparse reports unknown or invalid flags this way
         raise AssertionError(f"{invocation.where}: python -m {invocation.module} rejects {args}") from exc
 
@@ -353,7 +376,13 @@ def test_compose_kafka_runs_in_kraft_mode(compose: dict) -> None:
 def test_compose_commands_are_accepted_by_the_entry_points(compose: dict) -> None:
     invocations = list(_compose_invocations(compose))
     modules = {inv.module for inv in invocations}
-    assert {"ranker_server", "retrieval_server", "analytics.consumer", "analytics"} <= modules
+    assert {
+        "ranker_server",
+        "retrieval_server",
+        "analytics.consumer",
+        "analytics",
+        "analytics.events.outcome_server",
+    } <= modules
     for invocation in invocations:
         _check_flags(invocation)
 
@@ -366,13 +395,15 @@ def test_compose_ports_healthchecks_and_scrape_targets_agree(compose: dict) -> N
     }
     for name, inv in by_service.items():
         service = services[name]
-        port, metrics_port = _flag(inv.args, "--port"), _flag(inv.args, "--metrics-port")
+        port, metrics_port = _served_port(inv.args), _flag(inv.args, "--metrics-port")
         published = {p.split(":")[-1] for p in service.get("ports", [])}
         exposed = {str(p) for p in service.get("expose", [])}
         if port:
             assert port in published | exposed, f"{name}: --port {port} is not published"
-            if _flag(inv.args, "--host") is not None:
-                assert _flag(inv.args, "--host") == "0.0.0.0", f"{name}: binds only inside its container"
+            host = (
+                _flag(inv.args, "--host") or (_flag(inv.args, "--address") or "0.0.0.0:").rpartition(":")[0]
+            )
+            assert host == "0.0.0.0", f"{name}: binds {host}, unreachable from other containers"
         if metrics_port:
             assert metrics_port in published | exposed, f"{name}: --metrics-port {metrics_port} not exposed"
         health = " ".join(service.get("healthcheck", {}).get("test", []))
@@ -521,28 +552,36 @@ def test_k8s_images_are_built_by_compose_or_pinned(k8s: list[dict], compose: dic
 def test_k8s_commands_are_accepted_by_the_entry_points(k8s: list[dict]) -> None:
     invocations = list(_k8s_invocations(k8s))
     modules = {inv.module for inv, _, _ in invocations}
-    assert {"ranker_server", "retrieval_server", "analytics.consumer", "analytics"} <= modules
+    assert {
+        "ranker_server",
+        "retrieval_server",
+        "analytics.consumer",
+        "analytics",
+        "analytics.events.outcome_server",
+    } <= modules
     for inv, _, env in invocations:
         _check_flags(inv, env)
 
 
 def test_k8s_probes_and_ports_point_at_served_ports(k8s: list[dict]) -> None:
-    from proto import ranking_pb2, retrieval_pb2
+    from proto import outcomes_pb2, ranking_pb2, retrieval_pb2
 
     grpc_services = {""} | {
         s.full_name
-        for module in (ranking_pb2, retrieval_pb2)
+        for module in (ranking_pb2, retrieval_pb2, outcomes_pb2)
         for s in module.DESCRIPTOR.services_by_name.values()
     }
     for inv, container, _ in _k8s_invocations(k8s):
         where = inv.where
         ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
-        port, metrics_port = _flag(inv.args, "--port"), _flag(inv.args, "--metrics-port")
+        port, metrics_port = _served_port(inv.args), _flag(inv.args, "--metrics-port")
         if port:
             assert int(port) in ports.values(), f"{where}: --port {port} is not a containerPort"
         if metrics_port:
             assert int(metrics_port) in ports.values(), f"{where}: --metrics-port is not a containerPort"
         probes = [container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe") if k in container]
+        if port and where.startswith("Deployment/"):
+            assert probes, f"{where}: a server without probes"
         if inv.module in ("ranker_server", "retrieval_server"):
             assert len(probes) == 3, f"{where}: needs startup, readiness and liveness probes"
         for probe in probes:
