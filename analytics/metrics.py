@@ -164,7 +164,7 @@ class AnalysisConfig(_Strict):
     sequential: bool = False
     sequential_tuning_parameter: float = Field(default=DEFAULT_SEQUENTIAL_TUNING_PARAMETER, gt=0.0)
     srm_threshold: float = Field(default=0.001, gt=0.0, lt=1.0)
-    timeline_points: int = Field(default=12, ge=1, le=200)
+    timeline_points: int = Field(default=12, ge=0, le=200)
     metrics: list[MetricDefinition] = Field(min_length=1)
     experiments: dict[str, ExperimentSettings] = Field(default_factory=dict)
 

@@ -467,7 +467,7 @@ def build_report(
         if with_timeline:
             bucket_ms = traffic_bucket_ms(start_ms, end_ms)
             traffic = _traffic(store, experiment_key, bucket_ms)
-            if control is not None:
+            if control is not None and config.timeline_points > 0:
                 timeline = _timeline(store, config, experiment_key, keys, control, start_ms, end_ms)
     return ExperimentReport(
         experiment_key=experiment_key,

@@ -106,6 +106,11 @@ def test_timeline_and_traffic(store: MemoryEventStore) -> None:
     assert final == store.variant_counts("exp")
 
 
+def test_timeline_can_be_switched_off(store: MemoryEventStore) -> None:
+    report = build_report(store, config(timeline_points=0), "exp")
+    assert report.timeline == [] and report.traffic
+
+
 def test_three_variants_are_all_corrected_together(store: MemoryEventStore) -> None:
     report = build_report(store, config(correction="bh"), "three", with_timeline=False)
     assert report.control == "a"
