@@ -132,13 +132,6 @@ class MetricDefinition(_Strict):
             raise ValueError("winsorize does not apply to binomial metrics")
         return self
 
-    @property
-    def events(self) -> list[str]:
-        """Outcome names this metric reads."""
-        if self.type == "ratio":
-            return [self.numerator or "", self.denominator or ""]
-        return [self.event or ""]
-
 
 class ExperimentSettings(_Strict):
     """Per-experiment analysis settings; every field is optional."""
