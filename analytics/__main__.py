@@ -132,6 +132,9 @@ def _report_table(report: dict[str, Any]) -> str:
         f"{'sequential (always valid)' if report['sequential'] else 'fixed horizon'}",
         "  " + ", ".join(f"{v['key']}: {v['users']} ({v['observed_share']:.1%})" for v in report["variants"]),
     ]
+    from analytics.stats.messages import MESSAGES
+
+    errors: set[str] = set()
     header = f"  {'variant':<16}{'users':>9}{'value':>12}{'lift':>10}{'ci':>22}{'p':>9}{'p adj':>9}  sig"
     lift_pattern = "+.2%" if relative else "+.4g"
     for metric in report["metrics"]:
@@ -144,11 +147,14 @@ def _report_table(report: dict[str, Any]) -> str:
             mark = "control" if row["is_control"] else ("yes" if row["significant"] else "no")
             if row["error"]:
                 mark = row["error"]
+                errors.add(row["error"])
             lines.append(
                 f"  {row['variant']:<16}{row['users']:>9}{row['value']:>12.5g}"
                 f"{_format(lift.get('estimate'), lift_pattern):>10}{ci_text:>22}"
                 f"{_format_p(row['p_value']):>9}{_format_p(row['adjusted_p_value']):>9}  {mark}"
             )
+    if errors:
+        lines += [""] + [f"{code}: {MESSAGES.get(code, code)}" for code in sorted(errors)]
     return "\n".join(lines)
 
 

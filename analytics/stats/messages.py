@@ -12,13 +12,9 @@ BASELINE_ZERO = "BASELINE_ZERO"
 DENOMINATOR_ZERO = "DENOMINATOR_ZERO"
 """A ratio metric's denominator sums to zero in an arm."""
 
-SINGLE_VARIANT = "SINGLE_VARIANT"
-"""Only one variant has traffic: nothing to compare."""
-
 MESSAGES: dict[str, str] = {
     NO_UNITS: "an arm has fewer than 2 units",
     ZERO_VARIANCE: "zero variance in both arms",
     BASELINE_ZERO: "control mean is 0: relative lift undefined",
     DENOMINATOR_ZERO: "ratio denominator sums to 0",
-    SINGLE_VARIANT: "only one variant has traffic",
 }

@@ -11,8 +11,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from analytics.__main__ import main
-from analytics.store import SQLiteEventStore
-from tests.analytics.stats.simulated_events import simulate_experiment
+from analytics.store import ExposureRow, SQLiteEventStore
+from tests.analytics.stats.simulated_events import START_MS, simulate_experiment
 
 EXAMPLE = Path(__file__).parents[2] / "analytics" / "examples" / "metrics.yaml"
 
@@ -180,3 +180,13 @@ def test_module_entry_point_and_help() -> None:
 def test_package_import_stays_light() -> None:
     code = "import sys, analytics; assert 'statsmodels' not in sys.modules and 'scipy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_report_table_explains_error_codes(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "events.db"
+    with SQLiteEventStore(db) as store:
+        simulate_experiment(store, "exp", users=100, seed=6)
+        store.apply([ExposureRow("x-lonely", "exp", "lonely", "lonely-user", START_MS)], [], {})
+    code, out, _ = run(capsys, "report", "exp", "--store", str(db), "--metrics", str(EXAMPLE))
+    assert code == 0
+    assert "lonely" in out and "NO_UNITS: an arm has fewer than 2 units" in out
