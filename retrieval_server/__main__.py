@@ -76,6 +76,11 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import onnxruntime
+
+    # onnxruntime-gpu on a machine without CUDA libraries logs errors while falling back to CPU; the repository
+    # logs the provider each session actually got instead.
+    onnxruntime.set_default_logger_severity(3)
     try:
         asyncio.run(serve(args))
     except (PackageError, ValueError) as exc:  # bad package, or an invalid experiment config (ConfigError)
