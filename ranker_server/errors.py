@@ -35,10 +35,6 @@ class UpstreamError(RankerError):
     """The retrieval service failed or timed out."""
 
 
-class Unauthenticated(RankerError):
-    """The bearer token is missing or wrong."""
-
-
 class PackageError(RankerError):
     """A model package is broken: bad checksum, golden outputs that do not match, unreadable files."""
 

@@ -28,7 +28,7 @@ class ExposureSink(Protocol):
 
 
 class MemorySink:
-    """Keeps every exposure in a list: for tests and for running without Kafka."""
+    """Keeps every exposure in a list (tests, embedding the server without Kafka)."""
 
     def __init__(self) -> None:
         self.exposures: list[events_pb2.Exposure] = []

@@ -22,7 +22,6 @@ _CODES: tuple[tuple[type[errors.RankerError], grpc.StatusCode], ...] = (
     (errors.UpstreamError, grpc.StatusCode.UNAVAILABLE),
     (errors.QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
 )
 
 # Health probes must work without a token (orchestrators do not send one).

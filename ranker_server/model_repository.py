@@ -157,10 +157,6 @@ class ModelRepository:
             raise RuntimeError("ModelRepository.start() has not run")
         return self._snapshot
 
-    @property
-    def ready(self) -> bool:
-        return self._snapshot is not None
-
     async def start(self) -> None:
         """Load everything the current router names.
 

@@ -7,7 +7,6 @@ tests may pass any object with the same shape.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 RANKING = "ranking"
@@ -44,17 +43,6 @@ class RouterSource(Protocol):
 
     @property
     def current(self) -> Router: ...
-
-
-@dataclass(frozen=True)
-class StaticRouterSource:
-    """A router that never changes (tests, or a server run without config reload)."""
-
-    router: Router
-
-    @property
-    def current(self) -> Router:
-        return self.router
 
 
 def ranking_refs(router: Router) -> set[tuple[str, str]]:

@@ -133,7 +133,3 @@ class RankerServer:
             await self.exposures.close()
         self._executor.shutdown(wait=True)
         logger.info("ranker stopped")
-
-    async def wait_for_termination(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
