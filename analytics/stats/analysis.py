@@ -20,7 +20,7 @@ from analytics.stats.models.settings import (
     DifferenceType,
     FrequentistConfig,
 )
-from analytics.stats.models.statistics import TestStatistic
+from analytics.stats.models.statistics import CupedMean, TestStatistic, pooled_theta
 from analytics.stats.multiple_testing import adjust_p_values
 
 
@@ -59,7 +59,12 @@ class Comparison:
 def compare_to_control(
     stats: dict[str, TestStatistic], control: str, settings: AnalysisSettings, inverse: bool = False
 ) -> dict[str, Comparison]:
-    """Comparisons of every non-control variant in ``stats`` against ``control``."""
+    """Comparisons of every non-control variant in ``stats`` against ``control``.
+
+    CUPED statistics share one theta pooled over all variants, so the control's adjusted mean is the same
+    in every comparison.
+    """
+    stats = pool_cuped(stats)
     stat_a = stats[control]
     comparisons = {}
     for variant, stat_b in stats.items():
@@ -73,6 +78,15 @@ def compare_to_control(
             ).compute_result(),
         )
     return comparisons
+
+
+def pool_cuped(stats: dict[str, TestStatistic]) -> dict[str, TestStatistic]:
+    """CUPED statistics with theta and pre mean pooled over all variants; other kinds unchanged."""
+    cuped = [s for s in stats.values() if isinstance(s, CupedMean)]
+    if not cuped or len(cuped) != len(stats):
+        return stats
+    theta, pre_mean = pooled_theta(cuped)
+    return {key: stat.with_pooled(theta, pre_mean) for key, stat in zip(stats, cuped, strict=True)}
 
 
 def adjusted_p_values(results: Sequence[FrequentistResult], settings: AnalysisSettings) -> list[float | None]:

@@ -164,15 +164,16 @@ class Ratio:
 class CupedMean:
     """Post-exposure metric with its pre-exposure covariate (CUPED / regression adjustment).
 
-    ``theta`` and ``pooled_pre_mean`` are set by the test from both arms together (``with_pooled``); a
-    statistic that has not been pooled yet is unadjusted (theta 0).
+    ``theta`` and ``pooled_pre_mean`` are estimated over all arms together and set with ``with_pooled``
+    (the tests do it when they get unpooled statistics); until then ``theta`` is None and the statistic is
+    unadjusted.
     """
 
     n: int
     post: SampleMean
     pre: SampleMean
     post_pre_sum_product: float
-    theta: float = 0.0
+    theta: float | None = None
     pooled_pre_mean: float = 0.0
 
     @classmethod
@@ -198,16 +199,16 @@ class CupedMean:
     @property
     def mean(self) -> float:
         """Adjusted mean: centred on the pooled pre mean so that its level stays comparable to the raw one."""
-        return self.post.mean - self.theta * (self.pre.mean - self.pooled_pre_mean)
+        theta = self.theta or 0.0
+        return self.post.mean - theta * (self.pre.mean - self.pooled_pre_mean)
 
     @property
     def variance(self) -> float:
         """Per-unit variance of post - theta * pre (theta treated as fixed)."""
         if self.n <= 1:
             return 0.0
-        return max(
-            self.post.variance + self.theta**2 * self.pre.variance - 2.0 * self.theta * self.covariance, 0.0
-        )
+        theta = self.theta or 0.0
+        return max(self.post.variance + theta**2 * self.pre.variance - 2.0 * theta * self.covariance, 0.0)
 
     def with_pooled(self, theta: float, pooled_pre_mean: float) -> CupedMean:
         """Copy carrying the theta and pre mean estimated over all arms."""

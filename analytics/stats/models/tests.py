@@ -30,15 +30,17 @@ def welch_df(component_a: float, component_b: float, n_a: int, n_b: int) -> floa
 class BaseABTest(ABC, Generic[ConfigT, ResultT]):
     """One treatment arm against control, from sufficient statistics of the same kind.
 
-    CUPED statistics get a theta pooled across both arms before anything else is computed.
+    CUPED statistics that were not pooled over all arms beforehand (``pool_cuped``) get a theta pooled over
+    these two arms before anything else is computed.
     """
 
     def __init__(self, stat_a: TestStatistic, stat_b: TestStatistic, config: ConfigT) -> None:
         if type(stat_a) is not type(stat_b):
             raise TypeError(f"control is {type(stat_a).__name__} but treatment is {type(stat_b).__name__}")
         if isinstance(stat_a, CupedMean) and isinstance(stat_b, CupedMean):
-            theta, pre_mean = pooled_theta([stat_a, stat_b])
-            stat_a, stat_b = stat_a.with_pooled(theta, pre_mean), stat_b.with_pooled(theta, pre_mean)
+            if stat_a.theta is None or stat_b.theta is None:
+                theta, pre_mean = pooled_theta([stat_a, stat_b])
+                stat_a, stat_b = stat_a.with_pooled(theta, pre_mean), stat_b.with_pooled(theta, pre_mean)
         self.stat_a = stat_a
         self.stat_b = stat_b
         self.config = config
