@@ -120,7 +120,6 @@ function normaliseRow(v, differenceType) {
     pValue: num(v.p_value),
     pAdjusted: num(v.adjusted_p_value),
     significant: Boolean(v.significant),
-    chanceToWin: num(v.chance_to_win),
     error: v.error || null,
   };
 }
