@@ -4,7 +4,8 @@ A ~1M-parameter MMoE (``models.create_model("mmoe")``, 3 tasks) scores 500 candi
   (a) raw ONNX Runtime in-process (session.run on ready arrays: the floor), for each thread setting tried;
   (b) PyTorch eager (torch.no_grad), with 1 thread and with the ORT thread count;
   (c) the ranker server end to end (``python -m ranker_server`` in its own process) through a grpc.aio
-      client at concurrency 1 and 16.
+      client at concurrency 1 and 16, next to (c0) a health-check round trip on the same channel (what gRPC
+      alone costs on this machine).
 Prints p50/p99 latency, requests/s and the ratios against the targets:
   server p50 (concurrency 1) <= 1.3 x raw ORT p50 + 1 ms;  server req/s at concurrency 16 >= 90% of raw ORT req/s.
 
@@ -250,6 +251,7 @@ async def measure(
     PyTorch one call, and the concurrency-16 client two calls per caller (32).
     """
     from grpc import aio
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from proto import ranking_pb2_grpc
 
@@ -276,9 +278,11 @@ async def measure(
     request = rank_request(ids)
     results = {name: Result(name) for name in [*local, *eager_runs]}
     server = {c: Result(f"(c) server end to end, concurrency {c}") for c in (1, 16)}
+    transport = Result("(c0) gRPC round trip of a health check (transport floor)")
     per_round = max(args.requests // args.rounds, 1)
     async with aio.insecure_channel(target) as channel:
         stub = ranking_pb2_grpc.RankerStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
         for fn in local.values():  # warm-up
             timed(Result("warm-up"), fn, 20)
         await server_round(stub, request, Result("warm-up"), 16, 64)
@@ -287,9 +291,14 @@ async def measure(
                 timed(results[name], fn, per_round)
             for name, fn in eager_runs.items():
                 timed(results[name], fn, 1)
+            for _ in range(per_round):
+                started = time.perf_counter()
+                await health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+                transport.latencies_s.append(time.perf_counter() - started)
+                transport.wall_s += time.perf_counter() - started
             for concurrency, result in server.items():
                 await server_round(stub, request, result, concurrency, per_round if concurrency == 1 else 32)
-    return [*results.values(), *server.values()]
+    return [*results.values(), transport, *server.values()]
 
 
 def server_totals(metrics_port: int) -> dict[str, float]:
