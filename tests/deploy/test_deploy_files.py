@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import fnmatch
 import importlib
 import json
 import re
@@ -108,9 +109,18 @@ def test_dockerfile_stages_and_copies(path: Path) -> None:
     names = {s.name for s in stages}
     for stage in stages:
         assert stage.base in names or is_pinned(stage.base), f"{path.name}: unpinned base image {stage.base}"
+    ignore = Path(f"{path}.dockerignore")
+    assert ignore.is_file(), (
+        f"{path.name}: no {ignore.name}: the whole repository (.venv, .git) would be sent"
+    )
+    patterns = [p.strip() for p in ignore.read_text().splitlines() if p.strip() and not p.startswith("#")]
+    assert {"**/.venv", ".git"} <= set(patterns)
     for line in path.read_text().splitlines():
         if line.startswith("COPY") and "--from" not in line:
             for source in line.split()[1:-1]:
+                assert not any(fnmatch.fnmatch(source.rstrip("/"), p) for p in patterns), (
+                    f"{source} is ignored"
+                )
                 assert (ROOT / source).exists(), (
                     f"{path.name}: COPY {source} does not exist in the repository"
                 )
