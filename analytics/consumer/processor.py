@@ -105,6 +105,7 @@ class AnalyticsConsumer:
         self.events_applied = 0
         self.records_seen = 0
         self._stop = threading.Event()
+        self._warned: set[TopicPartition] = set()
         self._last_commit = time.monotonic()
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
@@ -143,7 +144,16 @@ class AnalyticsConsumer:
             last_offset = None
             for record in records:
                 if cp.is_applied(tp, record.offset):
+                    # We seek past the applied offset on assignment, so this means the log was rewritten (a
+                    # broker that lost its data): skipping keeps the state consistent with the offsets it records.
                     RECORDS_REPLAYED.inc()
+                    if tp not in self._warned:
+                        self._warned.add(tp)
+                        log.warning(
+                            "%s[%d]: offset %d is already applied; was the topic recreated?",
+                            *tp,
+                            record.offset,
+                        )
                     continue
                 before = cp.size
                 decode_into(record.value, cp.exposures, cp.outcomes)

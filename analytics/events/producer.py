@@ -165,7 +165,8 @@ class EventProducer:
                 self._count_dropped(topic, n)
                 return 0
             spilling = self._journal is not None and bool(self._journal)
-            if not spilling and len(self._buffer) + n <= self.buffer_size:
+            # in-flight events count against the bound: they are held in memory until acknowledged
+            if not spilling and len(self._buffer) + len(self._inflight) + n <= self.buffer_size:
                 self._buffer.extend(items)
                 self.stats.buffered += n
                 EVENTS_BUFFERED.labels(topic).inc(n)

@@ -160,3 +160,15 @@ def test_sqlite_matches_memory_in_any_arrival_order(
         for i in range(0, max(len(shuffled_e), len(shuffled_o)), 7):
             store.apply(shuffled_e[i : i + 7], shuffled_o[i : i + 7], {TP: i})
         assert _snapshot(store) == _snapshot(reference)
+
+
+def test_large_batches_with_duplicates(make_store) -> None:
+    store = make_store(window=None)
+    outcomes = [OutcomeRow(f"o{i}", f"u{i % 3}", "click", i, 1.0) for i in range(250)]
+    store.apply(
+        [ExposureRow(f"e{u}", "exp", "a", f"u{u}", 0) for u in range(3)], outcomes + outcomes[::2], {}
+    )
+    assert store.counts() == {"exposed_users": 3, "outcomes": 250}
+    assert sorted(list(store.user_metric_values("exp", "click"))) == [("a", 83.0, 83, 0.0)] * 2 + [
+        ("a", 84.0, 84, 0.0)
+    ]
