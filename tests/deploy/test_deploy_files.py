@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-DOCKERFILES = sorted((DEPLOY / "docker").glob("Dockerfile.*"))
+DOCKERFILES = sorted(p for p in (DEPLOY / "docker").glob("Dockerfile.*") if p.suffix != ".dockerignore")
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 K8S = DEPLOY / "k8s"
 
