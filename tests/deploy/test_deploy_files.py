@@ -624,6 +624,25 @@ def test_k8s_services_select_pods_and_target_their_ports(k8s: list[dict]) -> Non
             assert target in (served if isinstance(target, str) else served.values()), f"{name}: {port}"
 
 
+def test_k8s_selectors_match_their_pods(k8s: list[dict]) -> None:
+    """Deployments select their own template's pods; disruption budgets select some Deployment's pods."""
+    deployments = _of_kind(k8s, "Deployment")
+    for name, deployment in deployments.items():
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items(), name
+    for name, budget in _of_kind(k8s, "PodDisruptionBudget").items():
+        selector = budget["spec"]["selector"]["matchLabels"]
+        matched = [
+            d
+            for d in deployments.values()
+            if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert matched, f"PodDisruptionBudget {name} selects no pod"
+        assert all(d["spec"]["replicas"] > budget["spec"]["minAvailable"] for d in matched), (
+            f"{name} blocks drains"
+        )
+
+
 def test_k8s_metrics_annotations_match_the_metrics_port(k8s: list[dict]) -> None:
     seen = 0
     for where, template in _pod_specs(k8s):
