@@ -140,27 +140,82 @@ def summarize(results: Sequence[RunResult]) -> dict[str, dict[str, dict[str, flo
     return out
 
 
-def markdown(summary: dict[str, dict[str, dict[str, float]]], n_seeds: int, n_rows: Sequence[int]) -> str:
+def paired_deltas(
+    results: Sequence[RunResult], baseline: str = "mmoe"
+) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per model and test metric: mean and standard error of (model - baseline) over the seeds both ran."""
+    base = {r.seed: r.test for r in results if r.model == baseline}
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for name in dict.fromkeys(r.model for r in results if r.model != baseline):
+        runs = [r for r in results if r.model == name and r.seed in base]
+        if not runs:
+            continue
+        out[name] = {}
+        for key in runs[0].test:
+            diff = np.array([r.test[key] - base[r.seed][key] for r in runs])
+            sem = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+            out[name][key] = (float(diff.mean()), sem, len(diff))
+    return out
+
+
+def markdown(results: Sequence[RunResult], n_rows: Sequence[int]) -> str:
+    summary = summarize(results)
+    deltas = paired_deltas(results)
+    n_seeds = len({r.seed for r in results})
     lines = [
         f"Census-income, test file only, split 8:1:1 (train {n_rows[0]}, val {n_rows[1]}, test {n_rows[2]} rows),"
-        f" {n_seeds} seeds, mean ± std (sem). Paper Table 4 (full data) for reference.",
+        f" up to {n_seeds} seeds, test AUC mean ± std (sem); delta = paired difference to MMoE, mean ± sem."
+        " Paper Table 4 (full data) for reference.",
         "",
-        "| model | AUC income | AUC never_married | paper income | paper marital |",
-        "|---|---:|---:|---:|---:|",
+        "| model | seeds | AUC income | AUC never_married | Δ income vs MMoE | Δ marital vs MMoE "
+        "| paper income | paper marital |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, metrics in summary.items():
         inc, mar = metrics["auc/income"], metrics["auc/never_married"]
         paper = PAPER_TABLE_4.get(name, (float("nan"), float("nan")))
+        n = sum(r.model == name for r in results)
+        delta = deltas.get(name, {})
+        d_inc, d_mar = (
+            f"{d[0]:+.4f} ± {d[1]:.4f}" if d else "-"
+            for d in (delta.get("auc/income"), delta.get("auc/never_married"))
+        )
         lines.append(
-            f"| {name} | {inc['mean']:.4f} ± {inc['std']:.4f} ({inc['sem']:.4f}) "
-            f"| {mar['mean']:.4f} ± {mar['std']:.4f} ({mar['sem']:.4f}) | {paper[0]:.4f} | {paper[1]:.4f} |"
+            f"| {name} | {n} | {inc['mean']:.4f} ± {inc['std']:.4f} ({inc['sem']:.4f}) "
+            f"| {mar['mean']:.4f} ± {mar['std']:.4f} ({mar['sem']:.4f}) | {d_inc} | {d_mar} "
+            f"| {paper[0]:.4f} | {paper[1]:.4f} |"
         )
     for task in ("auc/income", "auc/never_married"):
         order = sorted(summary, key=lambda m: summary[m][task]["mean"], reverse=True)
         lines.append(
             f"\nOrdering on {task}: {' > '.join(order)} (paper: csrec > sparse-sharing > ple > mmoe)"
         )
+    ratios = ratio_table(results)
+    if ratios:
+        lines += [
+            "",
+            "Sharing ratio / conflict ratio at the end of training (mean over seeds, paper Fig. 5):",
+            "",
+        ]
+        lines += [f"- {name}: SR {sr:.3f}, CR {cr:.3f}" for name, (sr, cr) in ratios.items()]
     return "\n".join(lines) + "\n"
+
+
+def ratio_table(results: Sequence[RunResult]) -> dict[str, tuple[float, float]]:
+    """Last logged sharing and conflict ratios of the masked models, averaged over seeds."""
+    out = {}
+    for name in dict.fromkeys(r.model for r in results):
+        last = [
+            r.history[-1]
+            for r in results
+            if r.model == name and r.history and "conflict_ratio" in r.history[-1]
+        ]
+        if last:
+            out[name] = (
+                float(np.mean([h["sharing_ratio"] for h in last])),
+                float(np.mean([h["conflict_ratio"] for h in last])),
+            )
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -176,16 +231,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="census_csrec.json files whose runs are kept, not rerun",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("models").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     splits = load_dataset("census", args.data, args.split_seed)
     n_rows = (len(splits.train), len(splits.val), len(splits.test))
-    results: list[RunResult] = []
     args.output.mkdir(parents=True, exist_ok=True)
+    results = [RunResult(**run) for path in args.resume for run in json.loads(path.read_text())["runs"]]
+    done = {(r.model, r.seed) for r in results}
+    protocol = {
+        "data": "census-income test file only, random 8:1:1 split",
+        "split_seed": args.split_seed,
+        "rows": n_rows,
+        "batch_size": args.batch_size,
+        "lr": 1e-3,
+        "max_epochs": args.max_epochs,
+        "patience": args.patience,
+        "models": {m: MODELS[m] for m in args.models},
+    }
     for seed in args.seeds:  # seeds outermost: a cut-short run still covers every model
         for name in args.models:
+            if (name, seed) in done:
+                continue
             result = train_with_hooks(
                 name,
                 MODELS[name],
@@ -199,25 +274,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(
                 f"{name} seed {seed}: {result.test} (best epoch {result.best_epoch}, {result.seconds:.0f}s)"
             )
-            summary = summarize(results)
-            report = {
-                "protocol": {
-                    "data": "census-income test file only, random 8:1:1 split",
-                    "split_seed": args.split_seed,
-                    "rows": n_rows,
-                    "batch_size": args.batch_size,
-                    "lr": 1e-3,
-                    "max_epochs": args.max_epochs,
-                    "patience": args.patience,
-                    "models": {m: MODELS[m] for m in args.models},
-                },
-                "paper_table_4": PAPER_TABLE_4,
-                "summary": summary,
-                "runs": [r.__dict__ for r in results],
-            }
-            (args.output / "census_csrec.json").write_text(json.dumps(report, indent=2))
-            (args.output / "census_csrec.md").write_text(markdown(summary, len(args.seeds), n_rows))
-    print(markdown(summarize(results), len(args.seeds), n_rows))
+            write_report(args.output, protocol, results, n_rows)
+    write_report(args.output, protocol, results, n_rows)
+    print(markdown(results, n_rows))
+
+
+def write_report(
+    output: Path, protocol: dict[str, Any], results: Sequence[RunResult], n_rows: Sequence[int]
+) -> None:
+    """``census_csrec.json`` (protocol, summary, every run with its per-epoch history) and ``census_csrec.md``."""
+    summary = summarize(results)
+    report = {
+        "protocol": protocol,
+        "paper_table_4": PAPER_TABLE_4,
+        "summary": summary,
+        "runs": [r.__dict__ for r in results],
+    }
+    (output / "census_csrec.json").write_text(json.dumps(report, indent=2))
+    (output / "census_csrec.md").write_text(markdown(results, n_rows))
 
 
 if __name__ == "__main__":
