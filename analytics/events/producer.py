@@ -334,6 +334,7 @@ class EventProducer:
                 "request_timeout_ms": max(timeout_ms // 2, 1000),
                 "delivery_timeout_ms": timeout_ms,
                 "retries": 3,
+                "max_in_flight_requests_per_connection": 1,  # retries never reorder a partition's records
                 "reconnect_backoff_max_ms": 1000,
             }
             config.update(self._kafka_config)

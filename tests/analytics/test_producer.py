@@ -131,8 +131,9 @@ def test_broker_killed_mid_stream_exact_count_arrives(tmp_path: Path, topic_read
         assert producer.flush(60)
         arrived = topic_reader(broker.bootstrap, topic, 1500)
         assert sorted(set(_ids(arrived))) == sorted(o.event_id for o in second)
-        order = [e.outcome.event_time_ms for e in arrived if e.outcome.user_id == "u5"]
-        assert order == sorted(order)  # per key, replayed in the order sent
+        first_seen = dict.fromkeys(e.outcome.event_time_ms for e in arrived if e.outcome.user_id == "u5")
+        # per key, replayed in the order sent (redeliveries aside)
+        assert list(first_seen) == sorted(first_seen)
         assert producer.stats.sent >= 2000 and producer.stats.dropped == 0
         assert producer.stats.producer_restarts >= 1
         assert producer.journal_bytes == 0
