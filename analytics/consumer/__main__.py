@@ -9,6 +9,8 @@ import signal
 import sys
 from types import FrameType
 
+from kafka.errors import KafkaError
+
 from analytics.consumer.processor import AnalyticsConsumer
 from analytics.events.producer import EXPOSURES_TOPIC, OUTCOMES_TOPIC
 from analytics.kafka.broker import DEFAULT_DATA_DIR
@@ -53,15 +55,20 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    consumer = AnalyticsConsumer(
-        args.bootstrap,
-        store,
-        group_id=args.group,
-        topics=(args.exposures_topic, args.outcomes_topic),
-        commit_every_events=args.commit_every_events,
-        commit_interval_s=args.commit_interval_s,
-        session_timeout_ms=args.session_timeout_ms,
-    )
+    try:
+        consumer = AnalyticsConsumer(
+            args.bootstrap,
+            store,
+            group_id=args.group,
+            topics=(args.exposures_topic, args.outcomes_topic),
+            commit_every_events=args.commit_every_events,
+            commit_interval_s=args.commit_interval_s,
+            session_timeout_ms=args.session_timeout_ms,
+        )
+    except KafkaError as exc:
+        store.close()
+        print(f"error: cannot reach Kafka at --bootstrap {args.bootstrap}: {exc}", file=sys.stderr)
+        return 2
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         consumer.stop()

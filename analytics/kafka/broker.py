@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOPICS = ("mtrank.exposures", "mtrank.outcomes")
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = _PROJECT_ROOT / ".data"
+# The project's data folder (binary cache, journals, stores); $MTRANK_DATA_DIR moves it (e.g. for an installed copy).
+DEFAULT_DATA_DIR = Path(os.environ.get("MTRANK_DATA_DIR") or _PROJECT_ROOT / ".data")
 _PR_SET_PDEATHSIG = 1
 
 
