@@ -337,12 +337,12 @@ function niceTicks(lo, hi, target = 5) {
 }
 
 /** A minimal line chart: series = [{label, colour, points: [{t, y, lo?, hi?}]}]. */
-function lineChart(series, { yFormat, zeroLine = false, width = 560, height = 240 }) {
+function lineChart(series, { yFormat, zeroLine = false, empty = "no data yet", width = 560, height = 240 }) {
   const m = { l: 64, r: 16, t: 12, b: 40 };
   const all = series.flatMap((s) => s.points);
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "line-chart", role: "img" });
   if (all.length === 0) {
-    root.append(svg("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "axis-label" }, "no data yet"));
+    root.append(svg("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "axis-label" }, empty));
     return root;
   }
   const ts = all.map((p) => p.t.getTime());
@@ -403,7 +403,12 @@ function renderCharts(rep) {
   const axis = rep.differenceType === "absolute"
     ? fmtCompact
     : (y) => fmtPct(y, true, Math.abs(y) >= 0.1 || y === 0 ? 0 : 1);
-  document.getElementById("lift-chart").replaceChildren(lineChart(liftSeries, { yFormat: axis, zeroLine: true }));
+  document.getElementById("lift-chart").replaceChildren(lineChart(liftSeries, {
+    yFormat: axis,
+    zeroLine: true,
+    // analytics' timeline_points: 0 leaves the timeline out of the report
+    empty: rep.timeline.length ? "no data yet for this metric" : "no lift timeline in this report",
+  }));
 
   const trafficSeries = rep.variants.map((v) => ({
     label: v,

@@ -172,7 +172,7 @@ def _get_json(url: str) -> dict:
 # ---------------------------------------------------------------- browser helpers
 
 
-def _wait(chromium, predicate, timeout: float = 15.0):
+def _wait(chromium, predicate, timeout: float = 60.0):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -369,4 +369,4 @@ def test_dashboard_refreshes_by_itself(chromium, demo: Served) -> None:
         row = driver.find_element("css selector", 'tr[data-experiment="ranking-mmoe-dml"]')
         return shown_number(_field(row, "total_users")).value == expected
 
-    _wait(chromium, updated, 15)
+    _wait(chromium, updated)
