@@ -197,6 +197,8 @@ def test_serving_image_runs_the_entry_points() -> None:
         "retrieval_server.__main__",
         "analytics.consumer.__main__",
         "analytics.__main__",
+        "analytics.server",
+        "analytics.events.outcome_server",
     ]
     script = f"""
 import importlib, sys
