@@ -14,7 +14,11 @@ log = logging.getLogger(__name__)
 
 
 class Checkpoint:
-    """Collects state increments per poll and commits them atomically with their offsets."""
+    """Collects state increments per poll and commits them atomically with their offsets.
+
+    Not thread-safe: the owner serialises access (the analytics consumer holds a lock, because kafka-python
+    runs rebalance callbacks on its IO thread).
+    """
 
     def __init__(self, store: EventStore, consumer: Consumer | None) -> None:
         self._store = store
@@ -22,19 +26,20 @@ class Checkpoint:
         self.exposures: list[ExposureRow] = []
         self.outcomes: list[OutcomeRow] = []
         self._offsets: dict[TopicPartition, int] = {}
-        self._last: dict[TopicPartition, int] = {}
+        self._last: dict[TopicPartition, int | None] = {}
 
     def start_partition(self, tp: TopicPartition, last_applied: int | None) -> None:
         """Register a newly assigned partition and the last offset already in the store (None: none)."""
-        if last_applied is None:
-            self._last.pop(tp, None)
-        else:
-            self._last[tp] = last_applied
+        self._last[tp] = last_applied
 
     def drop_partition(self, tp: TopicPartition) -> None:
-        """Forget a revoked partition (call after ``commit``)."""
+        """Forget a revoked partition (call after ``persist``): its records are no longer ours to apply."""
         self._last.pop(tp, None)
         self._offsets.pop(tp, None)
+
+    def owns(self, tp: TopicPartition) -> bool:
+        """True while ``tp`` is assigned to this checkpoint's consumer."""
+        return tp in self._last
 
     def is_applied(self, tp: TopicPartition, offset: int) -> bool:
         """True when the record at ``offset`` is already in the store or this checkpoint (a replay)."""
@@ -65,6 +70,25 @@ class Checkpoint:
         """Nothing to commit."""
         return not self._offsets
 
+    def persist(self) -> dict[TopicPartition, int]:
+        """Steps 1 and 3 of ``commit``: make the state durable, start afresh; returns the offsets written."""
+        if self.empty:
+            return {}
+        offsets = self._offsets
+        self._store.apply(self.exposures, self.outcomes, offsets)
+        log.debug("checkpoint: %d events, offsets %s", self.size, offsets)
+        self.exposures, self.outcomes, self._offsets = [], [], {}
+        return offsets
+
+    def commit_to_kafka(self, offsets: dict[TopicPartition, int]) -> None:
+        """Step 2 of ``commit``: tell Kafka ``offset + 1`` per partition (informational: the store decides)."""
+        if self._consumer is None or not offsets:
+            return
+        try:
+            self._consumer.commit({tp: off + 1 for tp, off in offsets.items()})
+        except KafkaError as exc:  # harmless: the stored offsets decide where reading resumes
+            log.warning("Kafka offset commit failed (%s); the store already holds the offsets", exc)
+
     def commit(self) -> None:
         """Make the checkpoint durable, in this order:
 
@@ -72,15 +96,6 @@ class Checkpoint:
            (the state is durable; a crash after this replays nothing twice: the stored offsets skip it);
         2. commit ``offset + 1`` per partition to Kafka (only now; a crash between 1 and 2 re-reads records
            that the stored offsets then skip);
-        3. start a fresh, empty checkpoint.
+        3. start a fresh, empty checkpoint (done with step 1, so new records can be added during step 2).
         """
-        if self.empty:
-            return
-        self._store.apply(self.exposures, self.outcomes, self._offsets)
-        if self._consumer is not None:
-            try:
-                self._consumer.commit({tp: off + 1 for tp, off in self._offsets.items()})
-            except KafkaError as exc:  # harmless: the stored offsets decide where reading resumes
-                log.warning("Kafka offset commit failed (%s); the store already holds the offsets", exc)
-        log.debug("checkpoint: %d events, offsets %s", self.size, self._offsets)
-        self.exposures, self.outcomes, self._offsets = [], [], {}
+        self.commit_to_kafka(self.persist())

@@ -23,7 +23,7 @@ from proto import events_pb2
 log = logging.getLogger(__name__)
 
 EVENTS_CONSUMED = Counter(
-    "mtrank_analytics_events_consumed_total", "Events read from Kafka and stored", ["kind"]
+    "mtrank_analytics_events_consumed_total", "Events read from Kafka into the checkpoint"
 )
 EVENTS_REJECTED = Counter(
     "mtrank_analytics_events_rejected_total", "Events skipped as unreadable", ["reason"]
@@ -105,67 +105,86 @@ class AnalyticsConsumer:
         self.events_applied = 0
         self.records_seen = 0
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._warned: set[TopicPartition] = set()
         self._last_commit = time.monotonic()
+
+    # kafka-python 3 runs the rebalance callbacks on its IO thread, concurrently with poll_once on the caller's
+    # thread: the checkpoint is guarded by a lock, and the callbacks make no blocking Kafka calls.
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         # The store, not Kafka's committed offset, decides where to resume: a new or rebuilt store starts from
         # the beginning even when the group has committed offsets.
-        applied = self.store.offsets()
-        fresh = []
-        for tp in partitions:
-            last = applied.get(tp)
-            self.checkpoint.start_partition(tp, last)
-            if last is None:
-                fresh.append(tp)
-            else:
-                self.consumer.seek(tp, last + 1)
-        self.consumer.seek_to_beginning(fresh)
+        with self._lock:
+            applied = self.store.offsets()
+            fresh = []
+            for tp in partitions:
+                last = applied.get(tp)
+                self.checkpoint.start_partition(tp, last)
+                if last is None:
+                    fresh.append(tp)
+                else:
+                    self.consumer.seek(tp, last + 1)
+            self.consumer.seek_to_beginning(fresh)
         log.info("assigned %s", sorted(partitions))
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
-        self.commit()  # state first, then offsets, before another member takes the partitions
-        for tp in partitions:
-            self.checkpoint.drop_partition(tp)
+        # State becomes durable before another member takes the partitions; the Kafka commit is skipped here
+        # (a blocking call is not allowed on the IO thread, and the stored offsets decide where reading resumes).
+        with self._lock:
+            self._persist_locked()
+            for tp in partitions:
+                self.checkpoint.drop_partition(tp)
         log.info("revoked %s", sorted(partitions))
+
+    def _persist_locked(self) -> dict[TopicPartition, int]:
+        n = self.checkpoint.size
+        offsets = self.checkpoint.persist()
+        self.events_applied += n
+        self._last_commit = time.monotonic()
+        return offsets
 
     def commit(self) -> None:
         """Make everything processed so far durable (store), then commit it to Kafka."""
-        n = self.checkpoint.size
-        self.checkpoint.commit()
-        self.events_applied += n
-        self._last_commit = time.monotonic()
+        with self._lock:
+            offsets = self._persist_locked()
+        self.checkpoint.commit_to_kafka(offsets)  # outside the lock: the IO thread may need it meanwhile
 
     def poll_once(self, timeout_ms: int = 200) -> int:
         """Poll, add the new records to the checkpoint, commit when due; returns events added."""
+        batches = self.consumer.poll(timeout_ms)
         added = 0
         cp = self.checkpoint
-        for tp, records in self.consumer.poll(timeout_ms).items():
-            last_offset = None
-            for record in records:
-                if cp.is_applied(tp, record.offset):
-                    # We seek past the applied offset on assignment, so this means the log was rewritten (a
-                    # broker that lost its data): skipping keeps the state consistent with the offsets it records.
-                    RECORDS_REPLAYED.inc()
-                    if tp not in self._warned:
-                        self._warned.add(tp)
-                        log.warning(
-                            "%s[%d]: offset %d is already applied; was the topic recreated?",
-                            *tp,
-                            record.offset,
-                        )
-                    continue
-                before = cp.size
-                decode_into(record.value, cp.exposures, cp.outcomes)
-                added += cp.size - before
-                last_offset = record.offset
-            self.records_seen += len(records)
-            if last_offset is not None:
-                cp.set_offset(tp, last_offset)
+        with self._lock:
+            for tp, records in batches.items():
+                if not cp.owns(tp):
+                    continue  # revoked since the fetch: the new owner reads these records
+                last_offset = None
+                for record in records:
+                    if cp.is_applied(tp, record.offset):
+                        # We seek past the applied offset on assignment, so this means the log was rewritten (a
+                        # broker that lost its data): skipping keeps the state consistent with its offsets.
+                        RECORDS_REPLAYED.inc()
+                        if tp not in self._warned:
+                            self._warned.add(tp)
+                            log.warning(
+                                "%s[%d]: offset %d is already applied; was the topic recreated?",
+                                *tp,
+                                record.offset,
+                            )
+                        continue
+                    before = cp.size
+                    decode_into(record.value, cp.exposures, cp.outcomes)
+                    added += cp.size - before
+                    last_offset = record.offset
+                self.records_seen += len(records)
+                if last_offset is not None:
+                    cp.set_offset(tp, last_offset)
+            due = time.monotonic() - self._last_commit >= self.commit_interval_s
+            commit_now = cp.size >= self.commit_every_events or (due and not cp.empty)
         if added:
-            EVENTS_CONSUMED.labels("all").inc(added)
-        due = time.monotonic() - self._last_commit >= self.commit_interval_s
-        if cp.size >= self.commit_every_events or (due and not cp.empty):
+            EVENTS_CONSUMED.inc(added)
+        if commit_now:
             self.commit()
         return added
 
