@@ -116,7 +116,7 @@ def pipeline_consume(
         bootstrap, store, group_id=f"bench-{prefix}", topics=(f"{prefix}.exposures", f"{prefix}.outcomes"),
         session_timeout_ms=6_000,
     )  # fmt: skip
-    app.consumer.subscribe(app.topics, app._on_assign, app._on_revoke)
+    app.subscribe()
     start = cpu_start = None
     done = 0
     deadline = time.monotonic() + 600

@@ -188,9 +188,13 @@ class AnalyticsConsumer:
             self.commit()
         return added
 
+    def subscribe(self) -> None:
+        """Join the consumer group (``run`` does this; call it yourself when driving ``poll_once``)."""
+        self.consumer.subscribe(self.topics, self._on_assign, self._on_revoke)
+
     def run(self, max_seconds: float | None = None, idle_exit_s: float | None = None) -> None:
         """Consume until ``stop()`` (or ``max_seconds``; or ``idle_exit_s`` without new events), then commit."""
-        self.consumer.subscribe(self.topics, self._on_assign, self._on_revoke)
+        self.subscribe()
         start = last_event = time.monotonic()
         try:
             while not self._stop.is_set():
