@@ -2,7 +2,7 @@
 
 Requests queue as chunks of at most ``max_batch_rows`` rows (a very large candidate list is split); a worker
 takes queued chunks up to ``max_batch_rows`` rows, waiting at most ``max_delay_ms`` for more, runs them as one
-ONNX Runtime call in an executor thread and hands each request its slice. The queue is bounded in rows: a
+ONNX Runtime call (off the event loop) and hands each request its slice. The queue is bounded in rows: a
 full queue answers at once (``QueueFull``) instead of growing latency without limit.
 """
 
@@ -12,8 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +23,7 @@ from ranker_server.errors import DeadlineExceeded, ModelNotReady, QueueFull
 
 logger = logging.getLogger(__name__)
 
-RunFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+ScoreFn = Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]]
 
 
 @dataclass
@@ -55,16 +54,14 @@ class MicroBatcher:
 
     def __init__(
         self,
-        run: RunFn,
+        score: ScoreFn,
         settings: BatchingSettings,
-        executor: Executor,
         model: str,
         version: str,
         workers: int = 1,
     ) -> None:
-        self._run = run
+        self._score = score
         self._settings = settings
-        self._executor = executor
         self._labels = (model, version)
         self._queue: deque[_Chunk] = deque()
         self._queued_rows = 0
@@ -171,9 +168,7 @@ class MicroBatcher:
         sparse = batch[0].sparse if len(batch) == 1 else np.concatenate([c.sparse for c in batch])
         dense = batch[0].dense if len(batch) == 1 else np.concatenate([c.dense for c in batch])
         try:
-            logits = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run, sparse, dense
-            )
+            logits = await self._score(sparse, dense)
         except Exception as exc:  # the graph failed on this input: every request in the batch learns it
             logger.exception("model %s: batch of %d rows failed", "/".join(self._labels), len(sparse))
             for chunk in batch:

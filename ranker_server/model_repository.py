@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor
@@ -71,7 +72,8 @@ class LoadedModel:
         """The batcher of ``variant`` on this version: variants never share a batch."""
         batcher = self._batchers.get(variant)
         if batcher is None:
-            batcher = MicroBatcher(self.runner.run, self._batching, self._executor, *self.key, self._workers)
+            score = functools.partial(self.runner.infer, executor=self._executor)
+            batcher = MicroBatcher(score, self._batching, *self.key, self._workers)
             self._batchers[variant] = batcher
         return batcher
 

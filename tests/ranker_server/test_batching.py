@@ -31,6 +31,15 @@ class Recorder:
         return sparse[:, :1].astype(np.float32)
 
 
+def scorer(run: Recorder, executor: ThreadPoolExecutor):
+    """The batcher's async scoring function around a blocking stand-in (as ORT without its async run)."""
+
+    async def score(sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(executor, run, sparse, dense)
+
+    return score
+
+
 def rows(start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(start, start + n, dtype=np.int64).reshape(-1, 1), np.zeros((n, 0), np.float32)
 
@@ -44,7 +53,9 @@ def executor():
 async def test_concurrent_requests_merge_and_get_their_own_rows(executor) -> None:
     run = Recorder()
     run.gate.clear()  # hold the first batch so that the others queue up behind it
-    batcher = MicroBatcher(run, BatchingSettings(max_batch_rows=100, max_delay_ms=0), executor, "m", "1")
+    batcher = MicroBatcher(
+        scorer(run, executor), BatchingSettings(max_batch_rows=100, max_delay_ms=0), "m", "1"
+    )
     calls = [asyncio.ensure_future(batcher.infer(*rows(0, 10)))]
     await asyncio.sleep(0.02)
     calls += [asyncio.ensure_future(batcher.infer(*rows(i * 10, 10))) for i in range(1, 8)]
@@ -60,7 +71,9 @@ async def test_concurrent_requests_merge_and_get_their_own_rows(executor) -> Non
 
 async def test_max_delay_waits_for_company(executor) -> None:
     run = Recorder()
-    batcher = MicroBatcher(run, BatchingSettings(max_batch_rows=100, max_delay_ms=50), executor, "m", "1")
+    batcher = MicroBatcher(
+        scorer(run, executor), BatchingSettings(max_batch_rows=100, max_delay_ms=50), "m", "1"
+    )
     first = asyncio.ensure_future(batcher.infer(*rows(0, 5)))
     await asyncio.sleep(0.01)
     second = asyncio.ensure_future(batcher.infer(*rows(5, 5)))
@@ -71,7 +84,9 @@ async def test_max_delay_waits_for_company(executor) -> None:
 
 async def test_large_requests_are_split_and_reassembled(executor) -> None:
     run = Recorder()
-    batcher = MicroBatcher(run, BatchingSettings(max_batch_rows=64, max_delay_ms=0), executor, "m", "1")
+    batcher = MicroBatcher(
+        scorer(run, executor), BatchingSettings(max_batch_rows=64, max_delay_ms=0), "m", "1"
+    )
     logits, _ = await batcher.infer(*rows(0, 300))
     assert logits[:, 0].tolist() == list(range(300))
     assert max(run.sizes) <= 64 and sum(run.sizes) == 300
@@ -81,7 +96,9 @@ async def test_large_requests_are_split_and_reassembled(executor) -> None:
 async def test_full_queue_raises_queue_full(executor) -> None:
     run = Recorder()
     run.gate.clear()
-    batcher = MicroBatcher(run, BatchingSettings(max_batch_rows=10, max_queue_rows=30), executor, "m", "1")
+    batcher = MicroBatcher(
+        scorer(run, executor), BatchingSettings(max_batch_rows=10, max_queue_rows=30), "m", "1"
+    )
     held = [asyncio.ensure_future(batcher.infer(*rows(0, 10))) for _ in range(3)]
     await asyncio.sleep(0.05)  # one batch is running, two wait: 20 rows queued
     with pytest.raises(QueueFull, match="retry"):
@@ -95,7 +112,7 @@ async def test_full_queue_raises_queue_full(executor) -> None:
 async def test_expired_requests_are_not_computed(executor) -> None:
     run = Recorder()
     run.gate.clear()
-    batcher = MicroBatcher(run, BatchingSettings(max_batch_rows=10), executor, "m", "1")
+    batcher = MicroBatcher(scorer(run, executor), BatchingSettings(max_batch_rows=10), "m", "1")
     blocker = asyncio.ensure_future(batcher.infer(*rows(0, 10)))
     await asyncio.sleep(0.02)
     loop = asyncio.get_running_loop()

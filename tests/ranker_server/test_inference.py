@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +55,18 @@ def test_cuda_io_binding_matches_cpu(repository: Path) -> None:
     np.testing.assert_allclose(
         gpu.run(data["sparse"], data["dense"]), cpu.run(data["sparse"], data["dense"]), rtol=1e-3, atol=1e-4
     )
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+async def test_async_scoring_matches_run_on_both_paths(repository: Path, threads: int) -> None:
+    """2+ intra-op threads use ORT's own async run; 1 thread (no pool) falls back to the executor."""
+    settings = RuntimeSettings(providers=("CPUExecutionProvider",), intra_op_threads=threads)
+    runner = OnnxRanker(str(repository / "tiny" / "1" / "model.onnx"), settings, "t")
+    assert runner._native_async is (threads > 1)
+    data = golden(repository)
+    with ThreadPoolExecutor(1) as executor:
+        scored = await asyncio.gather(
+            *(runner.infer(data["sparse"], data["dense"], executor) for _ in range(4))
+        )
+    for logits in scored:
+        np.testing.assert_allclose(logits, runner.run(data["sparse"], data["dense"]), rtol=1e-6)

@@ -28,13 +28,13 @@ pytestmark = pytest.mark.integration
 def slow_down(server: RankerServer, seconds: float) -> None:
     """Make every ONNX Runtime call of tiny/1 take at least ``seconds`` (set before its first batch)."""
     model = server.repository.snapshot.models[("tiny", "1")]
-    run = model.runner.run
+    infer = model.runner.infer
 
-    def slow(sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        time.sleep(seconds)
-        return run(sparse, dense)
+    async def slow(sparse: np.ndarray, dense: np.ndarray, executor: object) -> np.ndarray:
+        await asyncio.sleep(seconds)
+        return await infer(sparse, dense, executor)
 
-    model.runner.run = slow  # type: ignore[method-assign]
+    model.runner.infer = slow  # type: ignore[method-assign]
 
 
 def rank(user: str = "out-1", n: int = 20) -> ranking_pb2.RankRequest:
