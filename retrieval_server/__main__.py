@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
     parser.add_argument("--threads", type=int, default=4, help="threads for ONNX runs and index searches")
     parser.add_argument("--exact-max-items", type=int, default=EXACT_MAX_ITEMS,
-                        help="corpora up to this size use exact search, larger ones HNSW")
+                        help="corpora up to this size use exact search, larger ones the --ann index")
+    parser.add_argument("--ann", choices=["pq", "hnsw"], default="pq",
+                        help="ANN index for large corpora: faiss PQ fast-scan + exact re-rank, or faiss HNSW")
     parser.add_argument("--poll-interval", type=float, default=30.0,
                         help="seconds between checks for rewritten packages to hot swap (0 = off)")
     parser.add_argument("--experiments", help="experiment config (experiment_router YAML): requests naming no model "
@@ -50,7 +52,7 @@ def parse_model(value: str) -> tuple[str, str]:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    repository = ModelRepository(args.repository, exact_max_items=args.exact_max_items)
+    repository = ModelRepository(args.repository, exact_max_items=args.exact_max_items, ann=args.ann)
     for i, value in enumerate(args.model):
         repository.load(*parse_model(value), default=i == 0)
     watcher = None

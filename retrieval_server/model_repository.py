@@ -75,7 +75,8 @@ class LoadedModel:
         return self.session.run(["embedding"], feeds)[0][0]
 
 
-def load_package(root: Path, name: str, version: str, exact_max_items: int = EXACT_MAX_ITEMS) -> LoadedModel:
+def load_package(root: Path, name: str, version: str, exact_max_items: int = EXACT_MAX_ITEMS,
+                 ann: str = "pq") -> LoadedModel:
     """Verify and load ``root/name/version``.
 
     Raises:
@@ -118,7 +119,7 @@ def load_package(root: Path, name: str, version: str, exact_max_items: int = EXA
         version=version,
         manifest=manifest,
         session=session,
-        index=build_index(embeddings, exact_max_items),
+        index=build_index(embeddings, exact_max_items, ann),
         embeddings=embeddings,
         store=store,
         positions=store.position_map(),
@@ -130,9 +131,10 @@ def load_package(root: Path, name: str, version: str, exact_max_items: int = EXA
 class ModelRepository:
     """The versions the server holds, by (name, version), plus the default version."""
 
-    def __init__(self, root: str | Path, exact_max_items: int = EXACT_MAX_ITEMS) -> None:
+    def __init__(self, root: str | Path, exact_max_items: int = EXACT_MAX_ITEMS, ann: str = "pq") -> None:
         self.root = Path(root)
         self.exact_max_items = exact_max_items
+        self.ann = ann
         self._models: dict[ModelKey, LoadedModel] = {}
         self._default: ModelKey | None = None
         self._load_lock = threading.Lock()
@@ -140,7 +142,7 @@ class ModelRepository:
     def load(self, name: str, version: str, default: bool = False) -> LoadedModel:
         """Load (or reload) a version and publish it atomically; the old object serves until then."""
         with self._load_lock:
-            loaded = load_package(self.root, name, version, self.exact_max_items)
+            loaded = load_package(self.root, name, version, self.exact_max_items, self.ann)
             self._models = {**self._models, loaded.key: loaded}
             if default or self._default is None:
                 self._default = loaded.key

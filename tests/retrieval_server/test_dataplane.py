@@ -11,7 +11,7 @@ import pytest
 
 from retrieval_server.dataplane import RetrievalDataPlane, RetrieveQuery
 from retrieval_server.errors import InvalidInput, ModelNotFound, ModelNotReady, PackageError
-from retrieval_server.index import ExactIndex, HNSWIndex, build_index
+from retrieval_server.index import ExactIndex, HNSWIndex, QuantizedIndex, build_index
 from retrieval_server.metrics import RetrievalMetrics
 from retrieval_server.model_repository import ModelRepository
 from tests.retrieval_server.conftest import graph_arrays
@@ -107,12 +107,14 @@ def test_k_larger_than_the_corpus_returns_everything_else(repository_root):
     assert np.all(np.diff(scores) <= 1e-6)
 
 
-def test_hnsw_agrees_with_exact_search_and_honours_exclusions():
+@pytest.mark.parametrize("ann", ["hnsw", "pq"])
+def test_ann_agrees_with_exact_search_and_honours_exclusions(ann):
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((3000, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    exact, approx = ExactIndex(vectors), HNSWIndex(vectors, m=16, ef_construction=100, ef_search=200)
-    assert approx.kind == "hnsw" and build_index(vectors, exact_max_items=10).kind == "hnsw"
+    exact = ExactIndex(vectors)
+    approx = HNSWIndex(vectors, m=16, ef_construction=100, ef_search=200) if ann == "hnsw" else QuantizedIndex(vectors)
+    assert build_index(vectors, exact_max_items=10, ann=ann).kind == approx.kind != "exact"
     recalls = []
     for q in range(20):
         exclude = np.array([q, q + 1, q + 2])
