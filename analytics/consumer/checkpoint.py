@@ -37,6 +37,11 @@ class Checkpoint:
         self._last.pop(tp, None)
         self._offsets.pop(tp, None)
 
+    @property
+    def assigned(self) -> bool:
+        """True while any partition is assigned to this checkpoint's consumer."""
+        return bool(self._last)
+
     def owns(self, tp: TopicPartition) -> bool:
         """True while ``tp`` is assigned to this checkpoint's consumer."""
         return tp in self._last

@@ -198,7 +198,8 @@ class AnalyticsConsumer:
         start = last_event = time.monotonic()
         try:
             while not self._stop.is_set():
-                if self.poll_once():
+                if self.poll_once() or not self.checkpoint.assigned:
+                    # Idle time counts only while partitions are assigned: a slow group join is not idleness.
                     last_event = time.monotonic()
                 now = time.monotonic()
                 if max_seconds is not None and now - start >= max_seconds:

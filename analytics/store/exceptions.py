@@ -1,7 +1,9 @@
 """Exceptions of analytics.store."""
 
+from analytics import AnalyticsError
 
-class StoreError(Exception):
+
+class StoreError(AnalyticsError):
     """Root exception of analytics.store."""
 
 

@@ -72,6 +72,7 @@ FROM exposures AS e
 LEFT JOIN outcomes AS o ON o.user_id = e.user_id AND o.metric = :metric
 WHERE e.experiment = :experiment AND e.first_ms <= :until
 GROUP BY e.user_id
+ORDER BY e.user_id
 """
 
 

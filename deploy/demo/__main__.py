@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     experiments = args.experiments or HERE / ("aa.yaml" if args.aa else "ab.yaml")
     router = Router.from_file(experiments)  # fail fast on a bad config, before any training
-    workdir: Path = args.workdir
+    workdir: Path = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     repository = workdir / "repository"
     repository.mkdir(parents=True)
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
         consumer = stack.start("analytics_consumer", "analytics.consumer", [
             "--bootstrap", broker.bootstrap, "--store", str(store_path), "--group", "demo-analytics",
             "--exposures-topic", EXPOSURES, "--outcomes-topic", OUTCOMES, "--session-timeout-ms", "6000",
-            "--idle-exit-s", "15",
+            "--idle-exit-s", "30",
         ])
         stack.wait_healthy(retrieval, f"127.0.0.1:{retrieval_port}")
         stack.wait_healthy(ranker, f"127.0.0.1:{ranker_port}")
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
         wait = args.serve == "yes" or (args.serve == "auto" and sys.stdin.isatty())
-        serve_dashboard(args.workdir / "events.db", args.metrics, wait)
+        serve_dashboard(args.workdir.resolve() / "events.db", args.metrics, wait)
     except KeyboardInterrupt:
         print("\ninterrupted; every process the demo started has been stopped", file=sys.stderr)
         return 130

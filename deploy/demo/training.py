@@ -34,7 +34,7 @@ class TrainingBudget:
     """
 
     impressions: int = 40_000  # ranking training rows sampled from the ground truth
-    control_share: float = 0.1
+    control_share: float = 0.01
     ranking_epochs: int = 6
     retrieval_steps: int = 150
     seed: int = 0
