@@ -67,6 +67,7 @@ class MicroBatcher:
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
         self._closing = False
+        self._running = 0  # batches inside ONNX Runtime
         self._tasks = [asyncio.get_running_loop().create_task(self._worker()) for _ in range(workers)]
 
     async def infer(
@@ -108,12 +109,12 @@ class MicroBatcher:
 
     @property
     def idle(self) -> bool:
-        return not self._queue
+        return not self._queue and not self._running
 
     async def close(self) -> None:
         """Finish what is queued, then stop the workers."""
         self._closing = True
-        while self._queue:
+        while self._queue or self._running:
             await asyncio.sleep(0.005)
         for task in self._tasks:
             task.cancel()
@@ -161,7 +162,11 @@ class MicroBatcher:
                     continue
                 live.append(chunk)
             if live:
-                await self._execute(live)
+                self._running += 1
+                try:
+                    await self._execute(live)
+                finally:
+                    self._running -= 1
 
     async def _execute(self, batch: list[_Chunk]) -> None:
         started = time.perf_counter()
