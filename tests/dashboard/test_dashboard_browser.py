@@ -25,8 +25,6 @@ from analytics.metrics import load_analysis_config
 from analytics.server import AnalyticsServer
 from analytics.store import EventStore, ExposureRow, OutcomeRow, SQLiteEventStore
 
-pytestmark = pytest.mark.integration
-
 ROOT = Path(__file__).resolve().parents[2]
 ANALYSIS_CONFIG = ROOT / "deploy" / "config" / "analysis.yaml"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -310,6 +308,7 @@ def _check_report(shown: dict, report: dict) -> None:
         assert points and line["points"] == len(points), f"{key}: traffic chart of {variant['key']}"
 
 
+@pytest.mark.integration
 def test_dashboard_shows_the_report_numbers(chromium, dashboard_url: str) -> None:
     listing = _experiments(_get_json(f"{dashboard_url}/api/experiments"))
     assert listing, "the server lists no experiments"
@@ -328,6 +327,7 @@ def test_dashboard_shows_the_report_numbers(chromium, dashboard_url: str) -> Non
     assert set(origins) <= {dashboard_url}, f"dashboard fetched from outside its origin: {set(origins)}"
 
 
+@pytest.mark.integration
 def test_dashboard_screenshot(chromium, demo: Served) -> None:
     """dashboard.png shows the first experiment; dashboard-<key>.png each one."""
     listing = _experiments(_get_json(f"{demo.url}/api/experiments"))
@@ -358,6 +358,7 @@ def test_dashboard_screenshot(chromium, demo: Served) -> None:
             target.write_bytes(png)
 
 
+@pytest.mark.integration
 def test_dashboard_refreshes_by_itself(chromium, demo: Served) -> None:
     """New events reach an open page without a reload: the experiment list shows the new user count."""
     _open(chromium, f"{demo.url}/?refresh=1")
