@@ -396,12 +396,15 @@ def main() -> None:
     parser.add_argument("--grpc-requests", type=int, default=1000)
     parser.add_argument("--skip", nargs="*", default=[], choices=["ego", "random", "grpc"])
     parser.add_argument("--out", type=Path, default=RESULTS / "retrieval")
+    parser.add_argument("--note", action="append", default=[], help="a line appended to the markdown")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results: dict = {
-        "command": "nice -n 10 python benchmarks/bench_retrieval.py " + " ".join(sys.argv[1:]),
+        "command": "nice -n 10 python benchmarks/bench_retrieval.py "
+        + " ".join(a for i, a in enumerate(sys.argv[1:]) if a != "--note" and sys.argv[i] != "--note"),
         "machine": f"{os.cpu_count()} CPUs shared with other jobs",
         "package": str(args.package),
+        "notes": args.note,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -1,11 +1,12 @@
 """Nearest-neighbour indexes over L2-normalised embeddings, inner-product similarity, built on faiss-cpu.
 
 faiss-cpu was chosen over hnswlib and usearch by measurement (benchmarks/bench_retrieval.py; results in
-benchmarks/results/retrieval*.md). On 1M random 64-d vectors no HNSW library reached recall@100 >= 0.95 at twice
-the exact throughput within our build budget (random high-dimensional data is the hard case for graphs), while
-faiss's 4-bit PQ fast-scan with exact re-ranking of ``k_factor * k`` candidates did (0.96 recall at ~14x); the same
-library also gives the exact index (``IndexFlatIP``, faster per query than numpy's matrix-vector product under
-load), HNSW, and native id exclusion (``IDSelectorNot``) where the index supports it.
+benchmarks/results/retrieval*.md). At 20k random vectors the three HNSW implementations were close, faiss's with
+the best recall at equal ef; at 1M random 64-d vectors faiss HNSW (the only graph build that fitted our CPU budget)
+stayed far below recall@100 0.95, while faiss's 4-bit PQ fast-scan with exact re-ranking of ``k_factor * k``
+candidates reached 0.96 at 8-15x the exact throughput (two runs) (random high-dimensional data is the hard case for graphs).
+One library thus gives the exact index (``IndexFlatIP``, faster per query than numpy's matrix-vector product under
+load), the quantised index, HNSW, and native id exclusion (``IDSelectorNot``) where the index supports it.
 Small corpora use exact search; large ones ``"pq"`` (default) or ``"hnsw"``.
 Each search runs on one thread: the server parallelises across requests, not inside one.
 """
