@@ -24,7 +24,14 @@ from models.graph.training import TrainConfig, evaluate, load_graph, save_checkp
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ("recall@10", "recall@50", "recall@100", "mrr", "ndcg@50")
-VARIANTS = {"retrieval-only": {"beta": 0.0, "gamma": 0.0}, "ssmtl": {}}
+VARIANTS = {
+    "retrieval-only": {"beta": 0.0, "gamma": 0.0},
+    "ssmtl": {},
+    "retrieval+cca": {"gamma": 0.0},
+    "retrieval+mae": {"beta": 0.0},
+}
+CONFIG_KEYS = ("hidden_dim", "embed_dim", "heads", "fanouts", "temperature", "ssl_nodes", "alpha", "beta", "gamma",
+               "cca_lambda", "mae_exponent", "edge_drop", "feature_drop")
 
 
 def _fmt(values: list[float]) -> str:
@@ -33,52 +40,52 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def write_table(runs: list[dict], args: argparse.Namespace, path: Path) -> None:
-    """Markdown: per slice and metric, each variant's mean ± std over seeds and the paired delta."""
-    seeds = sorted(
-        {r["seed"] for r in runs if r["variant"] == "ssmtl"}
-        & {r["seed"] for r in runs if r["variant"] == "retrieval-only"}
-    )
+def _comparison(runs: list[dict], treatment: str) -> list[str]:
+    """Rows of one treatment against retrieval-only over the seeds both have."""
+    seeds = sorted({r["seed"] for r in runs if r["variant"] == treatment}
+                   & {r["seed"] for r in runs if r["variant"] == "retrieval-only"})
+    if not seeds:
+        return []
     by = {(r["variant"], r["seed"]): r for r in runs}
+    lines = [
+        f"## {treatment} vs retrieval-only ({len(seeds)} paired seeds: {', '.join(map(str, seeds))})",
+        "",
+        f"| slice | users (seed {seeds[0]}) | metric | retrieval-only | {treatment} | delta | wins |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for slice_name, first in by[(treatment, seeds[0])]["test"].items():
+        for metric in METRICS:
+            base = [by[("retrieval-only", s)]["test"][slice_name][metric] for s in seeds]
+            other = [by[(treatment, s)]["test"][slice_name][metric] for s in seeds]
+            delta = [b - a for a, b in zip(base, other, strict=True)]
+            wins = sum(d > 0 for d in delta)
+            lines.append(f"| {slice_name} | {first['users']} | {metric} | {_fmt(base)} | {_fmt(other)} | "
+                         f"{_fmt(delta)} | {wins}/{len(seeds)} |")
+    config = by[(treatment, seeds[0])]["config"]
+    lines += ["", f"{treatment} config: " + ", ".join(f"{k}={config[k]}" for k in CONFIG_KEYS) + ".", ""]
+    return lines
+
+
+def write_table(runs: list[dict], args: argparse.Namespace, path: Path) -> None:
+    """Markdown: per treatment, slice and metric, mean ± std over seeds and the paired delta to retrieval-only."""
     lines = [
         "# SSMTL vs retrieval-only GAT on ego-Facebook (held-out friendships)",
         "",
         f"Command: `nice -n 10 python benchmarks/bench_ssmtl.py --seeds {args.seeds} --steps {args.steps} "
-        f"--batch-size {args.batch_size} --eval-every {args.eval_every}"
+        f"--batch-size {args.batch_size} --eval-every {args.eval_every} --variants {' '.join(args.variants)}"
         + "".join(f" --set {item}" for item in args.set) + "`; "
-        f"{len(seeds)} paired seeds ({', '.join(map(str, seeds))}), {args.steps} steps of {args.batch_size} pairs, "
-        f"1 CPU thread ({platform.processor() or platform.machine()}).",
+        f"{args.steps} steps of {args.batch_size} pairs, 1 CPU thread ({platform.processor() or platform.machine()}).",
         "Split: random 85/5/10 of the 88,234 friendships per seed; ranking over all 4,039 users excluding the user "
-        "and its train+validation friends; slices by training degree. Delta = SSMTL − retrieval-only, paired by seed "
-        "(mean ± std; wins = seeds where SSMTL is higher).",
+        "and its train+validation friends; slices by training degree. Delta = variant − retrieval-only, paired by "
+        "seed (mean ± std; wins = seeds where the variant is higher).",
         "",
-        "| slice | users | metric | retrieval-only | SSMTL | delta | wins |",
-        "|---|---:|---|---:|---:|---:|---:|",
     ]
-    if not seeds:
-        path.write_text("\n".join(lines) + "\n")
-        return
-    for slice_name in by[("ssmtl", seeds[0])]["test"]:
-        users = by[("ssmtl", seeds[0])]["test"][slice_name]["users"]
-        for metric in METRICS:
-            base = [by[("retrieval-only", s)]["test"][slice_name][metric] for s in seeds]
-            ssl = [by[("ssmtl", s)]["test"][slice_name][metric] for s in seeds]
-            delta = [b - a for a, b in zip(base, ssl, strict=True)]
-            wins = sum(d > 0 for d in delta)
-            lines.append(
-                f"| {slice_name} | {users} | {metric} | {_fmt(base)} | {_fmt(ssl)} | {_fmt(delta)} | {wins}/{len(seeds)} |"
-            )
-    seconds = {v: statistics.mean(r["train_seconds"] for r in runs if r["variant"] == v) for v in VARIANTS}
-    lines += [
-        "",
-        "Mean training time per run: " + ", ".join(f"{v} {s:.0f} s" for v, s in seconds.items()) + ".",
-    ]
-    config = by[("ssmtl", seeds[0])]["config"]
-    lines += ["", "Model (both variants): " + ", ".join(
-        f"{k}={config[k]}" for k in ("hidden_dim", "embed_dim", "heads", "fanouts", "temperature", "ssl_nodes")
-    ) + f"; SSMTL weights alpha={config['alpha']}, beta={config['beta']}, gamma={config['gamma']}, "
-        f"cca_lambda={config['cca_lambda']}, mae_exponent={config['mae_exponent']}, edge_drop={config['edge_drop']}, "
-        f"feature_drop={config['feature_drop']}. Extra flags: {' '.join(args.set) or 'none'}."]
+    for treatment in args.variants:
+        if treatment != "retrieval-only":
+            lines += _comparison(runs, treatment)
+    seconds = {v: statistics.mean(r["train_seconds"] for r in runs if r["variant"] == v)
+               for v in args.variants if any(r["variant"] == v for r in runs)}
+    lines.append("Mean training time per run: " + ", ".join(f"{v} {s:.0f} s" for v, s in seconds.items()) + ".")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -92,6 +99,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--data-path", default=TrainConfig().data_path)
     parser.add_argument("--out", default=str(RESULTS / "ssmtl"), help="output path without extension")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["retrieval-only", "ssmtl"],
+                        help="variants to train per seed (retrieval-only is the baseline of every comparison)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="model config override for both variants, e.g. hidden_dim=64 fanouts=[5,3]")
     parser.add_argument("--checkpoints", type=Path, help="also save each run's checkpoint into this folder")
@@ -107,7 +116,8 @@ def main() -> None:
     shared = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
     runs: list[dict] = []
     for seed in range(args.seeds):
-        for variant, overrides in VARIANTS.items():
+        for variant in args.variants:
+            overrides = VARIANTS[variant]
             config = base.model_copy(update={"seed": seed, "model": {**shared, **overrides}})
             started = time.perf_counter()
             result = train(config, graph=graph, progress=False)
