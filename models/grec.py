@@ -107,7 +107,8 @@ def expert_capacity(config: GRecConfig, seq_len: int) -> int:
 class RoutingFlops:
     """Per-row FLOPs of the MoE layer (multiply-add = 2), summed over the T task passes of a row.
 
-    ``router`` is the paper's "FLOPs (Routing)" column: the gating network. ``experts`` counts the capacity
+    ``router`` is our reading of the paper's "FLOPs (Routing)" column (Table 1 does not define it): the gating
+    network, which makes token and concatenated-sentence routing cost the same, as in Table 1. ``experts`` counts the capacity
     slots the static-shape layer computes; ``experts_used`` only the assignments that fit in capacity, i.e.
     what a gather-based sparse kernel would compute at most.
     """
