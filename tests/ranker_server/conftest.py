@@ -10,13 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc import aio
-from rank_packages import build_package
 
 from proto import ranking_pb2_grpc
 from ranker_server.config import BatchingSettings, ServerSettings
 from ranker_server.exposure import MemorySink
 from ranker_server.routing import RANKING
 from ranker_server.server import RankerServer
+from tests.ranker_server.rank_packages import build_package
 
 
 @dataclass(frozen=True)

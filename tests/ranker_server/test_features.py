@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rank_packages import ITEM_DENSE, N_ITEMS
 
 from ranker_server.errors import InvalidInput
 from ranker_server.features import ItemTable, build_rows
 from ranker_server.package import read_package
+from tests.ranker_server.rank_packages import ITEM_DENSE, N_ITEMS
 
 
 @pytest.fixture(scope="module")

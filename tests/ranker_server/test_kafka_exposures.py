@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FakeRouter, MutableSource, make_settings
 from grpc import aio
 from kafka import KafkaConsumer, TopicPartition
 
@@ -16,6 +15,7 @@ from analytics.events.messages import decode_batch
 from analytics.kafka.broker import EmbeddedBroker
 from proto import events_pb2, ranking_pb2, ranking_pb2_grpc
 from ranker_server.app import running_server
+from tests.ranker_server.conftest import FakeRouter, MutableSource, make_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import FakePayload, FakeRouter, MutableSource, make_settings
 from grpc import aio
 from prometheus_client import REGISTRY
-from rank_packages import build_package
 
 from proto import ranking_pb2, ranking_pb2_grpc
 from ranker_server.errors import PackageError
 from ranker_server.exposure import MemorySink
 from ranker_server.server import RankerServer
+from tests.ranker_server.conftest import FakePayload, FakeRouter, MutableSource, make_settings
+from tests.ranker_server.rank_packages import build_package
 
 ONLY_V1 = FakeRouter(variants=(("control", FakePayload("tiny", "1")),))
 ONLY_V2 = FakeRouter(variants=(("control", FakePayload("tiny", "2")),), default=FakePayload("tiny", "2"))

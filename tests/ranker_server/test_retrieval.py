@@ -9,7 +9,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import FakeAssignment, FakePayload, FakeRouter, MutableSource, code_of, make_settings
 from grpc import aio
 
 from proto import common_pb2, ranking_pb2, ranking_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc
@@ -17,6 +16,14 @@ from ranker_server.exposure import MemorySink
 from ranker_server.retrieval_client import RetrievalClient
 from ranker_server.routing import RETRIEVAL
 from ranker_server.server import RankerServer
+from tests.ranker_server.conftest import (
+    FakeAssignment,
+    FakePayload,
+    FakeRouter,
+    MutableSource,
+    code_of,
+    make_settings,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import FakeRouter, MutableSource, Running, code_of, make_settings
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +20,7 @@ from proto import ranking_pb2, ranking_pb2_grpc
 from ranker_server.config import BatchingSettings
 from ranker_server.exposure import MemorySink
 from ranker_server.server import RankerServer
+from tests.ranker_server.conftest import FakeRouter, MutableSource, Running, code_of, make_settings
 
 pytestmark = pytest.mark.integration
 

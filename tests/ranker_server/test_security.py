@@ -7,12 +7,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import FakeRouter, MutableSource, code_of, make_settings
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from proto import ranking_pb2, ranking_pb2_grpc
 from ranker_server.app import running_server
+from tests.ranker_server.conftest import FakeRouter, MutableSource, code_of, make_settings
 
 pytestmark = pytest.mark.integration
 

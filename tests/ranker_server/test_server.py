@@ -8,7 +8,6 @@ import math
 import grpc
 import numpy as np
 import pytest
-from conftest import FakePayload, FakeRouter, Running, code_of
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
@@ -16,6 +15,7 @@ from prometheus_client import REGISTRY
 from proto import ranking_pb2
 from ranker_server.features import ItemTable, build_rows
 from ranker_server.package import read_package
+from tests.ranker_server.conftest import FakePayload, FakeRouter, Running, code_of
 
 pytestmark = pytest.mark.integration
 
