@@ -84,19 +84,31 @@ class UserSimulator:
         self.user_id = user_id
         self.summary = SimulationSummary()
         self._lock = threading.Lock()
+        self._stop = threading.Event()
 
     def run(self, users: np.ndarray) -> SimulationSummary:
-        """Simulate ``requests_per_user`` feeds for each user; returns totals (failed requests included)."""
-        with ThreadPoolExecutor(self.config.concurrency) as pool:
+        """Simulate ``requests_per_user`` feeds for each user; returns totals (failed requests included).
+
+        On an exception (Ctrl-C included) queued users are cancelled and running ones stop at their next feed.
+        """
+        pool = ThreadPoolExecutor(self.config.concurrency)
+        try:
             futures = [pool.submit(self._simulate_user, int(u)) for u in users]
             for future in tqdm(as_completed(futures), total=len(futures), desc="simulating users", unit="user"):
                 future.result()
+        except BaseException:
+            self._stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return self.summary
 
     def _simulate_user(self, user: int) -> None:
         rng = np.random.default_rng((self.config.seed, user))
         sparse, dense = self.world.user_features(user)
         for _ in range(self.config.requests_per_user):
+            if self._stop.is_set():
+                return
             request = ranking_pb2.RankRequest(
                 user_id=self.user_id(user), user_sparse=sparse, user_dense=dense, top_k=self.config.top_k
             )
