@@ -38,6 +38,7 @@ class RetrievalServer:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="retrieval")
         self.dataplane = RetrievalDataPlane(repository, self.metrics, max_k=max_k, executor=self._executor,
                                             router_source=router_source)
+        self._host = host
         self._address = f"{host}:{port}"
         self._metrics_port = metrics_port
         self._poll_interval_s = poll_interval_s
@@ -61,7 +62,8 @@ class RetrievalServer:
         for service in (RETRIEVER_SERVICE, ""):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self._metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self._metrics_port)
+            # Same interface as gRPC, so that --host 0.0.0.0 makes /metrics scrapable from other hosts too.
+            self.metrics_port = self.metrics.serve(self._metrics_port, addr=self._host.strip("[]"))
         if self._poll_interval_s > 0:
             self._poller = asyncio.create_task(self._poll())
         logger.info("retrieval server on port %d (metrics %s), models %s", self.port, self.metrics_port or "off",
