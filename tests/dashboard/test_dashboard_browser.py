@@ -1,9 +1,10 @@
 """The dashboard in a real headless chromium against the real analytics server: the numbers a person reads
 equal the JSON report the server returns.
 
-The event store is filled with generated exposures and outcomes through the store's own `apply` (the path the
-Kafka consumer takes); the analysis config is the one deploy/ ships. Saves test-artifacts/dashboard.png (and
-one dashboard-<experiment>.png per experiment).
+Three stores: the end-to-end demo's own (a shrunk run of the README's main command), and two filled with
+generated exposures and outcomes through the store's own `apply` (the path the Kafka consumer takes) with the
+analysis config deploy/ ships. Saves test-artifacts/dashboard.png of the demo's experiments (and one
+dashboard-<experiment>.png per experiment).
 """
 
 from __future__ import annotations
@@ -141,6 +142,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 @pytest.fixture(scope="module")
+def real_demo(demo_run: dict) -> Iterator[Served]:
+    """The store the end-to-end demo filled through Kafka, with the demo's own analysis config."""
+    store = SQLiteEventStore(str(demo_run["workdir"] / "events.db"))
+    with store, AnalyticsServer(store, load_analysis_config(demo_run["metrics"]), port=0) as server:
+        yield Served(server.url, store)
+
+
+@pytest.fixture(scope="module")
 def srm_absolute(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A traffic split far from the configured 50/50 (SRM flagged), absolute lifts, fixed-horizon tests."""
     store = SQLiteEventStore(str(tmp_path_factory.mktemp("store") / "events.db"))
@@ -157,7 +166,7 @@ def srm_absolute(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(server.url, store)
 
 
-@pytest.fixture(params=["demo", "srm_absolute"])
+@pytest.fixture(params=["real_demo", "demo", "srm_absolute"])
 def dashboard_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(request.param).url
 
@@ -328,9 +337,11 @@ def test_dashboard_shows_the_report_numbers(chromium, dashboard_url: str) -> Non
 
 
 @pytest.mark.integration
-def test_dashboard_screenshot(chromium, demo: Served) -> None:
-    """dashboard.png shows the first experiment; dashboard-<key>.png each one."""
+def test_dashboard_screenshot(chromium, real_demo: Served) -> None:
+    """dashboard.png shows the demo's first experiment; dashboard-<key>.png each one."""
+    demo = real_demo
     listing = _experiments(_get_json(f"{demo.url}/api/experiments"))
+    assert {e["experiment_key"] for e in listing} == {"retrieval-ssmtl", "ranking-mmoe-dml"}
     ARTIFACTS.mkdir(exist_ok=True)
     for i, exp in enumerate(listing):
         key = exp["experiment_key"]
