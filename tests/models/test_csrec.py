@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from models.base import ModelConfigError, random_batch, task_losses
 from models.csrec import CSRec, contrastive_loss, contrastive_masks, csrec, log_loss_ratio
+from models.export import export_onnx
 from models.grec import grec
 from models.layers import FeatureSpec
 from models.schedules import (
@@ -235,26 +236,9 @@ def test_folded_csrec_exports_to_a_plain_onnx_mlp(tmp_path) -> None:
     assert isinstance(model, CSRec)
     folded = model.eval().for_export()
 
-    class Positional(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = folded
-
-        def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-            return self.model({"sparse": sparse, "dense": dense})
-
     batch = random_batch(SPEC, 1000, torch.Generator().manual_seed(11))
     path = tmp_path / "csrec.onnx"
-    torch.onnx.export(
-        Positional().eval(),
-        (batch["sparse"][:2], batch["dense"][:2]),
-        str(path),
-        input_names=["sparse", "dense"],
-        output_names=["logits"],
-        dynamo=False,
-        opset_version=17,
-        dynamic_axes={"sparse": {0: "batch"}, "dense": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    export_onnx(folded, path)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert "Mul" not in ops  # no mask multiplications left in the graph
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from models.base import ModelConfigError, random_batch
+from models.export import export_onnx
 from models.grec import ROUTING_MODES, GRec, GRecConfig, SparseMoE, expert_capacity, grec, routing_flops
 from models.layers import FeatureSpec
 
@@ -175,26 +176,9 @@ def test_onnx_keeps_topk_routing_and_matches_pytorch(routing: str, tmp_path) -> 
     onnx = pytest.importorskip("onnx")
     model = build(routing).eval()
 
-    class Positional(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-            return self.model({"sparse": sparse, "dense": dense})
-
     batch = random_batch(SPEC, 1000, torch.Generator().manual_seed(3))
     path = tmp_path / "grec.onnx"
-    torch.onnx.export(
-        Positional().eval(),
-        (batch["sparse"][:2], batch["dense"][:2]),
-        str(path),
-        input_names=["sparse", "dense"],
-        output_names=["logits"],
-        dynamo=False,
-        opset_version=17,
-        dynamic_axes={"sparse": {0: "batch"}, "dense": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    export_onnx(model, path)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"TopK", "ScatterElements", "GatherElements"} <= ops
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
