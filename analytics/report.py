@@ -16,6 +16,7 @@ from typing import Any
 
 from analytics.metrics import AnalysisConfig, EventStore, MetricDefinition, aggregate
 from analytics.stats.analysis import AnalysisSettings, Comparison, adjusted_p_values, compare_to_control
+from analytics.stats.messages import MESSAGES
 from analytics.stats.models.results import FrequentistResult
 from analytics.stats.models.statistics import CupedMean, Proportion, Ratio, SampleMean, TestStatistic
 from analytics.stats.srm import srm_flagged, srm_p_value
@@ -489,3 +490,47 @@ def build_report(
         traffic_bucket_ms=bucket_ms,
         traffic=traffic,
     )
+
+
+def _format(value: float | None, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def _format_p(value: float | None) -> str:
+    return "<0.0001" if value is not None and value < 1e-4 else _format(value, ".4f")
+
+
+def format_report_table(report: dict[str, Any]) -> str:
+    """Plain-text table of a report (``ExperimentReport.to_dict()``): one block per metric, one row per variant."""
+    relative = report["difference_type"] == "relative"
+    srm = report["srm"]
+    srm_text = "n/a" if srm["p_value"] is None else f"p={srm['p_value']:.4g}"
+    lines = [
+        f"experiment {report['experiment_key']} ({report['status']}), control {report['control']}, "
+        f"{report['total_users']} users, SRM {srm_text}{' MISMATCH' if srm['flagged'] else ' ok'}",
+        f"alpha {report['alpha']}, correction {report['correction']}, "
+        f"{'sequential (always valid)' if report['sequential'] else 'fixed horizon'}",
+        "  " + ", ".join(f"{v['key']}: {v['users']} ({v['observed_share']:.1%})" for v in report["variants"]),
+    ]
+    errors: set[str] = set()
+    header = f"  {'variant':<16}{'users':>9}{'value':>12}{'lift':>10}{'ci':>22}{'p':>9}{'p adj':>9}  sig"
+    lift_pattern = "+.2%" if relative else "+.4g"
+    for metric in report["metrics"]:
+        flags = [metric["type"]] + [name for name in ("guardrail", "cuped", "inverse") if metric[name]]
+        lines += ["", f"{metric['name']} [{', '.join(flags)}]", header]
+        for row in metric["variants"]:
+            lift = row["relative_lift" if relative else "absolute_lift"] or {}
+            ci = lift.get("ci")
+            ci_text = "-" if ci is None else f"[{format(ci[0], lift_pattern)}, {format(ci[1], lift_pattern)}]"
+            mark = "control" if row["is_control"] else ("yes" if row["significant"] else "no")
+            if row["error"]:
+                mark = row["error"]
+                errors.add(row["error"])
+            lines.append(
+                f"  {row['variant']:<16}{row['users']:>9}{row['value']:>12.5g}"
+                f"{_format(lift.get('estimate'), lift_pattern):>10}{ci_text:>22}"
+                f"{_format_p(row['p_value']):>9}{_format_p(row['adjusted_p_value']):>9}  {mark}"
+            )
+    if errors:
+        lines += [""] + [f"{code}: {MESSAGES.get(code, code)}" for code in sorted(errors)]
+    return "\n".join(lines)
