@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from analytics.events.client import OutcomeClient
 from analytics.kafka.broker import EmbeddedBroker, free_port
 from analytics.metrics import load_analysis_config
+from analytics.report import build_report, format_report_table
 from analytics.server import AnalyticsServer
 from analytics.store.sqlite import SQLiteEventStore
 from deploy.demo.simulator import SimulationConfig, UserSimulator
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> dict:
     """The whole demo; returns the summary it also writes to ``<workdir>/summary.json``."""
     started = time.perf_counter()
     experiments = args.experiments or HERE / ("aa.yaml" if args.aa else "ab.yaml")
-    router = Router.from_file(experiments)  # fail fast on a bad config, before any training
+    router = Router.from_file(experiments)  # fail fast on bad configs, before any training
+    analysis = load_analysis_config(args.metrics)
     workdir: Path = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     repository = workdir / "repository"
@@ -149,23 +150,21 @@ def run(args: argparse.Namespace) -> dict:
         consumer_rc = stack.wait_exit(consumer, timeout=180)
         if consumer_rc != 0:
             raise RuntimeError(f"analytics consumer exited with {consumer_rc}:\n{consumer.log_tail()}")
-        store = SQLiteEventStore(store_path)
+    with SQLiteEventStore(store_path) as store:
         persisted = store.counts()
         expected_outcomes = summary.impressions + summary.clicks + summary.top_clicks
         print(f"  persisted {persisted['outcomes']} of {expected_outcomes} outcomes, "
               f"{persisted['exposed_users']} (user, experiment) exposures")
 
-    _step(5, "A/B report")
-    report_dir = workdir / "report"
-    report_dir.mkdir()
-    reports = {}
-    for key in router.experiment_keys:
-        cli = [sys.executable, "-m", "analytics", "report", key, "--store", str(store_path), "--metrics", str(args.metrics)]
-        table = subprocess.run(cli, check=True, capture_output=True, text=True).stdout
-        print(table)
-        as_json = subprocess.run([*cli, "--json"], check=True, capture_output=True, text=True).stdout
-        (report_dir / f"{key}.json").write_text(as_json)
-        reports[key] = json.loads(as_json)
+        _step(5, "A/B report")
+        report_dir = workdir / "report"
+        report_dir.mkdir()
+        reports = {}
+        for key in router.experiment_keys:
+            report = build_report(store, analysis, key).to_dict()
+            print(format_report_table(report) + "\n")
+            (report_dir / f"{key}.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+            reports[key] = report
 
     result = {
         "experiments_config": str(experiments),
@@ -187,7 +186,7 @@ def serve_dashboard(store_path: Path, metrics: Path, wait: bool) -> None:
     if not wait:
         print(f"Dashboard: run `{command}` and open http://127.0.0.1:8080")
         return
-    with AnalyticsServer(SQLiteEventStore(store_path), load_analysis_config(metrics), port=0) as server:
+    with SQLiteEventStore(store_path) as store, AnalyticsServer(store, load_analysis_config(metrics), port=0) as server:
         print(f"Dashboard at {server.url}/ (Ctrl-C to stop; later: `{command}`)", flush=True)
         while True:
             time.sleep(3600)

@@ -85,13 +85,7 @@ class Stack:
     def stop_service(self, service: Service, grace: float = 15.0) -> int:
         """SIGTERM one service and wait for its graceful shutdown (SIGKILL after ``grace``); returns its exit code."""
         self._signal(service, signal.SIGTERM)
-        try:
-            return self.wait_exit(service, grace)
-        except TimeoutError:
-            logger.warning("%s did not stop within %.0f s; killing it", service.name, grace)
-            self._signal(service, signal.SIGKILL)
-            assert service.process is not None
-            return service.process.wait()
+        return self._wait_or_kill(service, grace)
 
     def wait_exit(self, service: Service, timeout: float) -> int:
         """Wait for a service to exit by itself; raises TimeoutError if it is still running after ``timeout``."""
@@ -107,14 +101,18 @@ class Stack:
             self._signal(service, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for service in reversed(self.services):
-            assert service.process is not None
-            try:
-                service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop within %.0f s; killing it", service.name, grace)
-                self._signal(service, signal.SIGKILL)
-                service.process.wait()
+            self._wait_or_kill(service, max(0.1, deadline - time.monotonic()))
         self.services.clear()
+
+    def _wait_or_kill(self, service: Service, timeout: float) -> int:
+        """Wait up to ``timeout`` for a signalled service to exit, else SIGKILL it; returns its exit code."""
+        assert service.process is not None
+        try:
+            return service.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop within %.0f s; killing it", service.name, timeout)
+            self._signal(service, signal.SIGKILL)
+            return service.process.wait()
 
     @staticmethod
     def _signal(service: Service, sig: signal.Signals) -> None:
