@@ -4,7 +4,7 @@ NO_UNITS = "NO_UNITS"
 """An arm has fewer than two units, so no variance can be estimated."""
 
 ZERO_VARIANCE = "ZERO_VARIANCE"
-"""Both arms have zero variance: the difference has no standard error."""
+"""The difference has no standard error: both arms are constant, or (relative lift) treatment is all zeros."""
 
 BASELINE_ZERO = "BASELINE_ZERO"
 """The control mean is zero, so a relative lift is undefined."""
@@ -14,7 +14,7 @@ DENOMINATOR_ZERO = "DENOMINATOR_ZERO"
 
 MESSAGES: dict[str, str] = {
     NO_UNITS: "an arm has fewer than 2 units",
-    ZERO_VARIANCE: "zero variance in both arms",
+    ZERO_VARIANCE: "the lift has zero variance (both arms constant, or no events in treatment)",
     BASELINE_ZERO: "control mean is 0: relative lift undefined",
     DENOMINATOR_ZERO: "ratio denominator sums to 0",
 }

@@ -60,6 +60,8 @@ class BaseABTest(ABC, Generic[ConfigT, ResultT]):
             return messages.ZERO_VARIANCE
         if self.config.difference_type == "relative" and a.mean == 0:
             return messages.BASELINE_ZERO
+        if self.difference().variance <= 0:  # relative lift of a treatment without a single event: -100% +- 0
+            return messages.ZERO_VARIANCE
         return None
 
     def difference(self) -> Difference:
