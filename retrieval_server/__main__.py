@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=50052, help="gRPC port (0 = any free port)")
     parser.add_argument("--metrics-port", type=int, default=9092, help="Prometheus /metrics port")
     parser.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
+    parser.add_argument("--exclude-neighbors", action="store_true",
+                        help="never return a user's neighbours in the indexed graph (friend suggestion: "
+                             "existing friends are not suggestions); unseen users: the neighbor_ids they send")
     parser.add_argument("--threads", type=int, default=4, help="threads for ONNX runs and index searches")
     parser.add_argument("--exact-max-items", type=int, default=EXACT_MAX_ITEMS,
                         help="corpora up to this size use exact search, larger ones the --ann index")
@@ -62,7 +65,7 @@ async def serve(args: argparse.Namespace) -> None:
         watcher = ConfigWatcher(args.experiments, interval_s=args.experiments_poll).start()
     server = RetrievalServer(repository, host=args.host, port=args.port, metrics_port=args.metrics_port,
                              max_k=args.max_k, threads=args.threads, poll_interval_s=args.poll_interval,
-                             router_source=watcher)
+                             router_source=watcher, exclude_neighbours=args.exclude_neighbors)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

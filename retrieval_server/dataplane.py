@@ -71,10 +71,13 @@ class RetrievalDataPlane:
     """Answers queries against the repository; ONNX runs and index scans go to ``executor``."""
 
     def __init__(self, repository: ModelRepository, metrics: RetrievalMetrics, max_k: int = 1000,
-                 executor: Executor | None = None, router_source: RouterSource | None = None) -> None:
+                 executor: Executor | None = None, router_source: RouterSource | None = None,
+                 exclude_neighbours: bool = False) -> None:
         self.repository = repository
         self.metrics = metrics
         self.max_k = max_k
+        # Friend suggestion: a user's existing neighbours in the indexed graph are not candidates.
+        self.exclude_neighbours = exclude_neighbours
         self._executor = executor
         self._router_source = router_source
 
@@ -120,6 +123,8 @@ class RetrievalDataPlane:
             self.metrics.on_the_fly.labels(model.name, model.version).inc()
         exclude = [model.positions.get(int(i)) for i in query.exclude_ids]
         exclude = [p for p in exclude if p is not None] + ([position] if position is not None else [])
+        if self.exclude_neighbours:
+            exclude += (model.store.neighbours(position) if position is not None else neighbours).tolist()
         found, scores = model.index.search(vector, query.k, np.asarray(exclude, dtype=np.int64))
         return RetrieveResult(query.request_id, model.store.ids[found], scores, model.key, position is None,
                               assignments)

@@ -36,6 +36,10 @@ class GraphStore:
         """External id -> position."""
         return {int(node): pos for pos, node in enumerate(self.ids)}
 
+    def neighbours(self, position: int) -> np.ndarray:
+        """Positions adjacent to ``position`` in the stored graph."""
+        return self.indices[self.indptr[position] : self.indptr[position + 1]]
+
     def _sample(self, positions: np.ndarray, fanout: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         start = self.indptr[positions]
         deg = self.indptr[positions + 1] - start

@@ -32,12 +32,13 @@ class RetrievalServer:
 
     def __init__(self, repository: ModelRepository, host: str = "127.0.0.1", port: int = 0,
                  metrics_port: int | None = None, max_k: int = 1000, threads: int = 4,
-                 poll_interval_s: float = 0.0, router_source: RouterSource | None = None) -> None:
+                 poll_interval_s: float = 0.0, router_source: RouterSource | None = None,
+                 exclude_neighbours: bool = False) -> None:
         self.repository = repository
         self.metrics = RetrievalMetrics()
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="retrieval")
         self.dataplane = RetrievalDataPlane(repository, self.metrics, max_k=max_k, executor=self._executor,
-                                            router_source=router_source)
+                                            router_source=router_source, exclude_neighbours=exclude_neighbours)
         self._host = host
         self._address = f"{host}:{port}"
         self._metrics_port = metrics_port

@@ -203,3 +203,24 @@ async def test_router_picks_the_retrieval_variant_when_the_request_names_none(re
     assert set(served) == {("baseline", "1"), ("ssmtl", "2")}
     named = await plane.retrieve(RetrieveQuery(user_id="1", k=3, model_name="ssmtl", model_version="1"))
     assert named.model == ("ssmtl", "1") and named.assignments == ()  # a named model bypasses the router
+
+
+async def test_exclude_neighbours_drops_existing_friends(repository_root):
+    """Friend suggestion mode: a user's graph neighbours (indexed, or sent by an unseen user) are never returned."""
+    graph = graph_arrays(repository_root)
+    indptr, indices, ids = graph["indptr"], graph["indices"], graph["ids"]
+    embeddings = np.load(repository_root / "ssmtl" / "1" / "index" / "embeddings.npy")
+    user = int(np.argmax(np.diff(indptr)))
+    friends = {int(ids[p]) for p in indices[indptr[user] : indptr[user + 1]]}
+    plain = make_plane(repository_root)
+    suggesting = RetrievalDataPlane(plain.repository, RetrievalMetrics(), max_k=50, exclude_neighbours=True)
+    query = RetrieveQuery(user_id=str(ids[user]), k=40)
+    assert friends & set((await plain.retrieve(query)).candidate_ids.tolist())  # neighbours do rank high
+    result = await suggesting.retrieve(query)
+    assert not friends & set(result.candidate_ids.tolist())
+    positions = {int(p) for p in indices[indptr[user] : indptr[user + 1]]}
+    expected = brute_force(embeddings, user, 40, positions)  # same scores; ties may come in another order
+    np.testing.assert_allclose(result.scores, embeddings[expected] @ embeddings[user], atol=1e-5)
+    unseen = RetrieveQuery(user_id="newcomer", k=40, user_features=graph["features"][user],
+                           neighbor_ids=np.array(sorted(friends)))
+    assert not friends & set((await suggesting.retrieve(unseen)).candidate_ids.tolist())
