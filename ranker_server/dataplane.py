@@ -97,9 +97,11 @@ def check_query(query: RankQuery, max_candidates: int) -> None:
         raise InvalidInput(
             "candidate_ids", f"has {n} candidates, the server accepts at most {max_candidates}"
         )
-    if n and len(np.unique(query.candidate_ids)) != n:
-        values, counts = np.unique(query.candidate_ids, return_counts=True)
-        raise InvalidInput("candidate_ids", f"duplicate id {int(values[counts > 1][0])}")
+    if n > 1:
+        ordered = np.sort(query.candidate_ids)
+        repeated = ordered[1:] == ordered[:-1]
+        if repeated.any():
+            raise InvalidInput("candidate_ids", f"duplicate id {int(ordered[1:][repeated][0])}")
     for name in ("user_dense", "candidate_dense"):
         values = getattr(query, name)
         if values.size and not np.isfinite(values).all():
@@ -115,12 +117,12 @@ def merge_scores(
 
     No weights means every task counts 1; a task the weights do not name counts 0.
     """
-    scores = logits.astype(np.float32, copy=True)
-    binary = model.binary_tasks
-    # Numerically stable sigmoid: exp of a non-positive number only.
-    x = scores[:, binary]
-    e = np.exp(-np.abs(x))
-    scores[:, binary] = np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    # sigmoid(x) = exp(-softplus(-x)), softplus by logaddexp: no overflow either way, four in-place calls.
+    scores = np.negative(logits, dtype=np.float32)
+    np.logaddexp(0.0, scores, out=scores)
+    np.negative(scores, out=scores)
+    np.exp(scores, out=scores)
+    np.copyto(scores, logits, where=~model.binary_tasks)  # regression tasks stay raw
     w = (
         np.array([weights.get(name, 0.0) for name in model.task_names], np.float32)
         if weights
@@ -176,6 +178,7 @@ class RankDataPlane:
         variant = f"{ranking.experiment_key}:{ranking.variant_key}" if ranking else DEFAULT_VARIANT
         key = (payload.model_name, payload.model_version)
         labels = (*key, variant)
+        series = metrics.variant_series(*labels)
         model = snapshot.models.get(key)
         if model is None:
             metrics.REQUEST_FAILURE.labels(*labels, "ModelNotFound").inc()
@@ -186,7 +189,15 @@ class RankDataPlane:
             with model.use():
                 async with asyncio.timeout_at(deadline):
                     result = await self._rank_with(
-                        query, request_id, model, variant, payload, assignments, snapshot.router, deadline
+                        query,
+                        request_id,
+                        model,
+                        variant,
+                        payload,
+                        assignments,
+                        snapshot.router,
+                        deadline,
+                        series,
                     )
         except TimeoutError:
             metrics.REQUEST_FAILURE.labels(*labels, "DeadlineExceeded").inc()
@@ -200,8 +211,8 @@ class RankDataPlane:
         except Exception:
             metrics.REQUEST_FAILURE.labels(*labels, "internal").inc()
             raise
-        metrics.REQUEST_SUCCESS.labels(*labels).inc()
-        metrics.REQUEST_DURATION.labels(*labels).observe(time.perf_counter() - started)
+        series.success.inc()
+        series.duration.observe(time.perf_counter() - started)
         return result
 
     async def _rank_with(
@@ -214,6 +225,7 @@ class RankDataPlane:
         assignments: list[Assignment],
         router: Router,
         deadline: float | None,
+        series: metrics.VariantSeries,
     ) -> RankResult:
         candidate_ids, retrieval_model = query.candidate_ids, None
         if not len(candidate_ids):
@@ -228,12 +240,11 @@ class RankDataPlane:
             query.candidate_sparse,
             query.candidate_dense,
         )
-        labels = (*model.key, variant)
         if rows.oov:
             metrics.ITEM_OOV.labels(*model.key).inc(rows.oov)
         logits, timing = await model.batcher(variant).infer(rows.sparse, rows.dense, deadline)
-        metrics.QUEUE_DURATION.labels(*labels).observe(timing.queue_s)
-        metrics.COMPUTE_DURATION.labels(*labels).observe(timing.compute_s)
+        series.queue.observe(timing.queue_s)
+        series.compute.observe(timing.compute_s)
         task_scores, merged = merge_scores(model, logits, payload.task_weights)
         order = np.argsort(-merged, kind="stable")
         if query.top_k:

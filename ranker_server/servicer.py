@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import numpy as np
 from grpc import aio
@@ -10,17 +11,26 @@ from grpc import aio
 from proto import common_pb2, ranking_pb2, ranking_pb2_grpc
 from ranker_server.dataplane import RankDataPlane, RankQuery, RankResult
 
+_NO_INTS = np.zeros(0, np.int64)
+_NO_FLOATS = np.zeros(0, np.float32)
+_NO_INTS.flags.writeable = _NO_FLOATS.flags.writeable = False  # shared by every request
+
+
+def _array(values: Sequence[float], dtype: type, empty: np.ndarray) -> np.ndarray:
+    # Usually empty (candidate features come from the item table): skip numpy for those.
+    return np.asarray(values, dtype) if len(values) else empty
+
 
 def query_from_proto(request: ranking_pb2.RankRequest) -> RankQuery:
     return RankQuery(
         request_id=request.request_id,
         user_id=request.user_id,
         attributes=dict(request.attributes),
-        user_sparse=np.asarray(request.user_sparse, np.int64),
-        user_dense=np.asarray(request.user_dense, np.float32),
-        candidate_ids=np.asarray(request.candidate_ids, np.int64),
-        candidate_sparse=np.asarray(request.candidate_sparse, np.int64),
-        candidate_dense=np.asarray(request.candidate_dense, np.float32),
+        user_sparse=_array(request.user_sparse, np.int64, _NO_INTS),
+        user_dense=_array(request.user_dense, np.float32, _NO_FLOATS),
+        candidate_ids=_array(request.candidate_ids, np.int64, _NO_INTS),
+        candidate_sparse=_array(request.candidate_sparse, np.int64, _NO_INTS),
+        candidate_dense=_array(request.candidate_dense, np.float32, _NO_FLOATS),
         top_k=request.top_k,
         retrieve_k=request.retrieve_k,
     )

@@ -10,7 +10,7 @@ import pytest
 from ranker_server.errors import InvalidInput
 from ranker_server.features import ItemTable, build_rows
 from ranker_server.package import read_package
-from tests.ranker_server.rank_packages import ITEM_DENSE, N_ITEMS
+from tests.ranker_server.rank_packages import ITEM_DENSE, N_ITEMS, USER_DENSE, USER_VOCABS
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,21 @@ def test_lookup_known_and_unknown_ids(package) -> None:
     ids = np.array([1005, 7, 1000 + N_ITEMS - 1, -3], np.int64)
     sparse, dense, oov = table.lookup(ids)
     assert oov == 2
-    assert sparse[:, 0].tolist() == [5, 0, (1000 + N_ITEMS - 1) % 100, 0]
+    assert sparse.shape == (4, len(USER_VOCABS) + 1) and dense.shape == (4, USER_DENSE + ITEM_DENSE)
+    assert not sparse[:, : len(USER_VOCABS)].any() and not dense[:, :USER_DENSE].any(), "user columns stay 0"
+    assert sparse[:, -1].tolist() == [5, 0, (1000 + N_ITEMS - 1) % 100, 0]
     row = int(np.flatnonzero(package.item_ids == 1005)[0])
-    np.testing.assert_array_equal(dense[0], package.item_dense[row])
-    np.testing.assert_array_equal(dense[1], np.zeros(ITEM_DENSE, np.float32))
+    np.testing.assert_array_equal(dense[0, USER_DENSE:], package.item_dense[row])
+    np.testing.assert_array_equal(dense[1], np.zeros(USER_DENSE + ITEM_DENSE, np.float32))
+
+
+def test_lookup_returns_fresh_rows(package) -> None:
+    table = ItemTable(package)
+    sparse, dense, _ = table.lookup(np.array([1005], np.int64))
+    sparse[:] = 99
+    dense[:] = 99.0
+    again, dense_again, _ = table.lookup(np.array([1005], np.int64))
+    assert again[0, -1] == 5 and dense_again[0, 0] == 0.0, "writing a request's rows must not touch the table"
 
 
 def test_rows_put_user_columns_first_and_apply_overrides(package) -> None:
@@ -53,10 +64,10 @@ def test_out_of_range_ids_map_to_oov_index(package) -> None:
         np.array([1001], np.int64),
         np.array([10_000, -1], np.int64),
         np.zeros(0, np.float32),
-        np.zeros(0, np.int64),
+        np.array([100], np.int64),  # the item column's vocabulary is 100
         np.zeros(0, np.float32),
     )
-    assert rows.sparse[0, :2].tolist() == [0, 0]
+    assert rows.sparse[0].tolist() == [0, 0, 0]
 
 
 @pytest.mark.parametrize(
