@@ -2,8 +2,10 @@
 
     python -m deploy.demo            # two experiments: retrieval-only GAT vs SSMTL, MMoE vs MMoE + DML
     python -m deploy.demo --aa       # A/A: both arms of each experiment serve the same model
+    python -m deploy.demo --data ../shared/data   # ground truth from held-out ego-Facebook friendships
 
-Steps: train and export four small models on a synthetic world with a known ground truth; start the embedded
+Steps: train and export four small models on a world with a known ground truth (synthetic, or real friendships
+of which a held-out fifth decides the clicks, see ``deploy.demo.ego_facebook``); start the embedded
 Kafka broker, the retrieval server, the ranker server and the analytics consumer as real processes; simulate
 users who ask for a feed and click by ground truth; wait until every event is persisted; print the A/B
 report per experiment, write it as JSON, and show the dashboard's address. Every process it started is
@@ -24,7 +26,6 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
-import numpy as np
 import torch
 
 from analytics.events.client import OutcomeClient
@@ -42,8 +43,9 @@ from deploy.demo.training import (
     train_ranking,
     train_retrieval,
 )
-from deploy.demo.world import SocialWorld
+from deploy.demo.world import make_world
 from experiment_router import Router
+from models.errors import DataError
 from proto import ranking_pb2_grpc
 
 logger = logging.getLogger("deploy.demo")
@@ -62,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--experiments", type=Path, help="experiment config (default: deploy/demo/ab.yaml or aa.yaml)")
     parser.add_argument("--metrics", type=Path, default=HERE / "metrics.yaml", help="analysis config")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".data" / "demo", help="models, logs, store, report")
-    parser.add_argument("--users", type=int, default=1500, help="simulated users (also the candidate pool)")
+    parser.add_argument("--data", type=Path,
+                        help="ego-Facebook folder, or a folder holding ego-facebook/ (e.g. ../shared/data; official "
+                             "files: https://snap.stanford.edu/data/ego-Facebook.html): ground truth from held-out "
+                             "real friendships instead of the synthetic world")
+    parser.add_argument("--users", type=int, default=1500,
+                        help="simulated users (synthetic: also the candidate pool; ego-Facebook: a random subset)")
     parser.add_argument("--requests-per-user", type=int, default=3, help="feeds each user asks for")
     parser.add_argument("--top-k", type=int, default=10, help="items shown per feed")
     parser.add_argument("--retrieve-k", type=int, default=100, help="candidates retrieved per feed")
@@ -97,8 +104,10 @@ def run(args: argparse.Namespace) -> dict:
     repository = workdir / "repository"
     repository.mkdir(parents=True)
 
-    _step(1, "training and exporting the models (ranking: MMoE, MMoE + DML; retrieval: GAT, SSMTL)")
-    world = SocialWorld(n_users=args.users, seed=args.seed)
+    world = make_world(args.data, args.users, args.seed)  # before training: a bad data path fails fast
+    users = world.simulated_users(args.users, args.seed)
+    _step(1, "training and exporting the models (ranking: MMoE, MMoE + DML; retrieval: GAT, SSMTL) on "
+             + (f"ego-Facebook ({args.data})" if args.data else "the synthetic world"))
     budget = TrainingBudget(
         impressions=args.impressions, ranking_epochs=args.ranking_epochs, retrieval_steps=args.retrieval_steps, seed=args.seed
     )
@@ -115,6 +124,8 @@ def run(args: argparse.Namespace) -> dict:
         retrieval_args = ["--repository", str(repository), "--port", str(retrieval_port), "--metrics-port", "0"]
         for name in RETRIEVAL_MODELS:
             retrieval_args += ["--model", f"{name}:{VERSION}"]
+        if world.exclude_friends:
+            retrieval_args.append("--exclude-neighbors")
         retrieval = stack.start("retrieval_server", "retrieval_server", retrieval_args)
         ranker = stack.start("ranker_server", "ranker_server", [
             "--repository", str(repository), "--experiments", str(experiments), "--port", str(ranker_port),
@@ -130,16 +141,16 @@ def run(args: argparse.Namespace) -> dict:
         stack.wait_healthy(ranker, f"127.0.0.1:{ranker_port}")
         print(f"  retrieval at 127.0.0.1:{retrieval_port}, ranker at 127.0.0.1:{ranker_port}; logs in {stack.log_dir}")
 
-        _step(3, f"simulating {args.users} users x {args.requests_per_user} feeds (ground truth decides clicks)")
+        _step(3, f"simulating {len(users)} users x {args.requests_per_user} feeds (ground truth decides clicks)")
         config = SimulationConfig(
-            users=args.users, requests_per_user=args.requests_per_user, candidates_per_request=0,
+            users=len(users), requests_per_user=args.requests_per_user, candidates_per_request=0,
             top_k=args.top_k, concurrency=args.concurrency, seed=args.seed,
         )
         with grpc.insecure_channel(f"127.0.0.1:{ranker_port}") as channel, OutcomeClient(
             broker.bootstrap, journal_path=workdir / "outcomes.journal"
         ) as outcomes:
             simulator = UserSimulator(world, ranking_pb2_grpc.RankerStub(channel), outcomes, config, user_id=str)
-            summary = simulator.run(np.arange(1, args.users + 1))
+            summary = simulator.run(users)
             if not outcomes.flush(60):
                 raise RuntimeError("outcome events were not all acknowledged by Kafka within 60 s")
         print(f"  {summary.requests} feeds, {summary.failed_requests} failed, {summary.impressions} impressions, "
@@ -167,6 +178,7 @@ def run(args: argparse.Namespace) -> dict:
             reports[key] = report
 
     result = {
+        "world": str(args.data) if args.data else "synthetic",
         "experiments_config": str(experiments),
         "offline_metrics": offline,
         "simulation": summary.__dict__,
@@ -205,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; every process the demo started has been stopped", file=sys.stderr)
         return 130
+    except DataError as error:  # a missing or corrupt --data file: say which, without a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Train and export the demo's four models: two retrieval encoders and two rankers, on the demo world."""
+"""Train and export the demo's four models: two retrieval encoders and two rankers, on the demo's world."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.demo.world import SocialWorld
+from deploy.demo.world import DemoWorld
 from models.export import export_package
 from models.graph.export import write_package
+from models.graph.sampling import NeighbourSampler
 from models.graph.training import TrainConfig as GraphTrainConfig
 from models.graph.training import evaluate as evaluate_retrieval
 from models.graph.training import train as train_retrieval_model
@@ -40,7 +41,7 @@ class TrainingBudget:
     seed: int = 0
 
 
-def train_ranking(world: SocialWorld, repository: Path, budget: TrainingBudget) -> dict[str, dict[str, float]]:
+def train_ranking(world: DemoWorld, repository: Path, budget: TrainingBudget) -> dict[str, dict[str, float]]:
     """Train MMoE (on the control share of the impressions) and MMoE + DML (on all), export both.
 
     Returns their metrics on the same held-out test rows.
@@ -73,16 +74,22 @@ def train_ranking(world: SocialWorld, repository: Path, budget: TrainingBudget) 
     return metrics
 
 
-def train_retrieval(world: SocialWorld, repository: Path, budget: TrainingBudget) -> dict[str, dict[str, float]]:
-    """Train the retrieval-only GAT and SSMTL on the friendship graph and export both with their indexes."""
+def train_retrieval(world: DemoWorld, repository: Path, budget: TrainingBudget) -> dict[str, dict[str, float]]:
+    """Train the retrieval-only GAT and SSMTL on the friendship graph and export both with their indexes.
+
+    Training holds out part of the graph to pick and evaluate a checkpoint; the served index then embeds every
+    user with all the friendships the product knows (and the retrieval server excludes exactly those).
+    """
     graph = world.friendship_graph()
     metrics = {}
     for name, weights in RETRIEVAL_MODELS.items():
         config = GraphTrainConfig(
-            dataset="synthetic", seed=budget.seed, steps=budget.retrieval_steps, eval_every=50, model=weights
+            **world.retrieval_dataset, seed=budget.seed, steps=budget.retrieval_steps, eval_every=50,
+            model={**world.retrieval_model, **weights},
         )
         result = train_retrieval_model(config, graph=graph, progress=True)
         overall = evaluate_retrieval(result)["overall"]
+        result.sampler = NeighbourSampler(graph.num_nodes, graph.edges, result.model.config.fanouts)
         write_package(result, repository, name, VERSION, metrics=overall)
         metrics[name] = overall
         logger.info("%s: %s", name, overall)

@@ -1,6 +1,7 @@
-"""The demo's world: "people you may know", where the candidates a user is shown are other users.
+"""The demo's worlds: "people you may know", where the candidates a user is shown are other users.
 
-One synthetic world drives both stages, so both experiments act on the same users: the retrieval stage
+``make_world`` picks the real one (ego-Facebook, ``deploy.demo.ego_facebook``) when given a data path, else the
+synthetic one below. One synthetic world drives both stages, so both experiments act on the same users: the retrieval stage
 searches a friendship graph whose edges were drawn from the ground truth, and the ranking stage scores
 (user, candidate user) pairs whose clicks come from the same ground truth. Items are therefore users: item
 ``i`` has the latent vector, group and dense features of user ``i``.
@@ -8,14 +9,47 @@ searches a friendship graph whose edges were drawn from the ground truth, and th
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
 import numpy as np
 
+from deploy.demo.ego_facebook import EgoFacebookWorld
+from deploy.demo.simulator import GroundTruth
+from models.data.dataset import TabularData
 from models.data.synthetic import SyntheticConfig, SyntheticWorld
 from models.graph.datasets import Graph, canonical_edges
 
 
+class DemoWorld(GroundTruth, Protocol):
+    """What the demo trains on and simulates: ranking impressions, a friendship graph, the users to simulate."""
+
+    retrieval_dataset: dict[str, str]  # how the retrieval manifests name the data (dataset, data_path)
+    retrieval_model: dict[str, Any]  # SSMTL config overrides sized for the world
+    exclude_friends: bool  # run retrieval with --exclude-neighbors
+
+    def sample(self, n: int, seed: int = 0, embedding_dim: int = 8) -> TabularData: ...
+
+    def item_table(self) -> dict[str, np.ndarray]: ...
+
+    def friendship_graph(self) -> Graph: ...
+
+    def simulated_users(self, count: int, seed: int) -> np.ndarray: ...
+
+
+def make_world(data: Path | None, users: int, seed: int) -> DemoWorld:
+    """ego-Facebook from ``data`` (its folder, or one holding ``ego-facebook/``) when given, else synthetic."""
+    if data is None:
+        return SocialWorld(n_users=users, seed=seed)
+    return EgoFacebookWorld(data, seed=seed)
+
+
 class SocialWorld(SyntheticWorld):
     """A ``SyntheticWorld`` whose items are its users (same latent vectors, groups and dense features)."""
+
+    retrieval_dataset: ClassVar[dict[str, str]] = {"dataset": "synthetic"}
+    retrieval_model: ClassVar[dict[str, Any]] = {}
+    exclude_friends = False  # friends here are just likely clicks, drawn from the same ground truth
 
     def __init__(self, n_users: int = 1500, n_groups: int = 8, seed: int = 0) -> None:
         super().__init__(
@@ -38,6 +72,10 @@ class SocialWorld(SyntheticWorld):
     @property
     def n_items(self) -> int:
         return self.config.n_items
+
+    def simulated_users(self, count: int, seed: int) -> np.ndarray:
+        """Every user (the world was built with ``count`` of them)."""
+        return np.arange(1, min(count, self.config.n_users) + 1)
 
     def user_features(self, user: int) -> tuple[list[int], list[float]]:
         """User-side model columns: sparse ``[user_id, user_group]``, dense ``user_dense``."""
