@@ -10,6 +10,7 @@ import sys
 from types import FrameType
 
 from kafka.errors import KafkaError
+from prometheus_client import start_http_server
 
 from analytics.consumer.processor import AnalyticsConsumer
 from analytics.events.producer import EXPOSURES_TOPIC, OUTCOMES_TOPIC
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
     parser.add_argument("--idle-exit-s", type=float, default=None, help="stop after this long without events")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus /metrics here (events consumed/rejected, lag per partition); off "
+                             "by default, since several consumers may share a host")
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="interface for /metrics (0.0.0.0: all)")
+    parser.add_argument("--lag-interval-s", type=float, default=5.0, help="seconds between lag gauge updates")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -64,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             commit_every_events=args.commit_every_events,
             commit_interval_s=args.commit_interval_s,
             session_timeout_ms=args.session_timeout_ms,
+            lag_interval_s=args.lag_interval_s,
         )
     except KafkaError as exc:
         store.close()
@@ -73,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     def _stop(signum: int, frame: FrameType | None) -> None:
         consumer.stop()
 
+    if args.metrics_port is not None:
+        server, _ = start_http_server(args.metrics_port, addr=args.metrics_host)
+        logging.getLogger("analytics.consumer").info("metrics on %s:%d", args.metrics_host, server.server_port)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:

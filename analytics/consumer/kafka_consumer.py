@@ -97,6 +97,15 @@ class Consumer:
                 }
             )
 
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The partition's end offset as of the last fetch response (None before the first fetch).
+
+        Read from fetches rather than asked with ``end_offsets``: no broker round trip, and the embedded Tansu
+        broker answers ListOffsets(latest) with a wrong offset (1 for a partition of 12 records) while its
+        fetch responses carry the right high watermark.
+        """
+        return self._consumer.highwater(KafkaTopicPartition(tp.topic, tp.partition))
+
     def assignment(self) -> set[TopicPartition]:
         """Partitions currently assigned to this member."""
         return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}

@@ -5,13 +5,14 @@ It only turns events into stored state; statistics are computed elsewhere (``ana
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from analytics.consumer.checkpoint import Checkpoint
 from analytics.consumer.kafka_consumer import Consumer
@@ -29,6 +30,11 @@ EVENTS_REJECTED = Counter(
     "mtrank_analytics_events_rejected_total", "Events skipped as unreadable", ["reason"]
 )
 RECORDS_REPLAYED = Counter("mtrank_analytics_records_replayed_total", "Records skipped: already in the store")
+CONSUMER_LAG = Gauge(
+    "mtrank_analytics_consumer_lag_records",
+    "Records in Kafka not yet durable in the store, per assigned partition",
+    ["topic", "partition"],
+)
 
 
 def decode_into(value: bytes, exposures: list[ExposureRow], outcomes: list[OutcomeRow]) -> int:
@@ -79,6 +85,7 @@ class AnalyticsConsumer:
         commit_every_events: commit once this many events are waiting...
         commit_interval_s: ...or this long after the previous commit.
         session_timeout_ms: group session timeout.
+        lag_interval_s: how often ``run`` refreshes the lag gauge.
         kafka_config: extra ``KafkaConsumer`` settings.
     """
 
@@ -92,9 +99,11 @@ class AnalyticsConsumer:
         commit_every_events: int = 200_000,
         commit_interval_s: float = 2.0,
         session_timeout_ms: int = 10_000,
+        lag_interval_s: float = 5.0,
         kafka_config: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
+        self.lag_interval_s = lag_interval_s
         self.topics = tuple(topics)
         self.commit_every_events = commit_every_events
         self.commit_interval_s = commit_interval_s
@@ -108,6 +117,7 @@ class AnalyticsConsumer:
         self._lock = threading.Lock()
         self._warned: set[TopicPartition] = set()
         self._last_commit = time.monotonic()
+        self._durable: dict[TopicPartition, int] = {}  # per assigned partition: next offset not yet in the store
 
     # kafka-python 3 runs the rebalance callbacks on its IO thread, concurrently with poll_once on the caller's
     # thread: the checkpoint is guarded by a lock, and the callbacks make no blocking Kafka calls.
@@ -121,6 +131,7 @@ class AnalyticsConsumer:
             for tp in partitions:
                 last = applied.get(tp)
                 self.checkpoint.start_partition(tp, last)
+                self._durable[tp] = 0 if last is None else last + 1
                 if last is None:
                     fresh.append(tp)
                 else:
@@ -135,11 +146,15 @@ class AnalyticsConsumer:
             self._persist_locked()
             for tp in partitions:
                 self.checkpoint.drop_partition(tp)
+                self._durable.pop(tp, None)
+                with contextlib.suppress(KeyError):  # no series until the first lag update
+                    CONSUMER_LAG.remove(tp.topic, str(tp.partition))
         log.info("revoked %s", sorted(partitions))
 
     def _persist_locked(self) -> dict[TopicPartition, int]:
         n = self.checkpoint.size
         offsets = self.checkpoint.persist()
+        self._durable.update({tp: offset + 1 for tp, offset in offsets.items() if tp in self._durable})
         self.events_applied += n
         self._last_commit = time.monotonic()
         return offsets
@@ -188,6 +203,19 @@ class AnalyticsConsumer:
             self.commit()
         return added
 
+    def update_lag(self) -> dict[TopicPartition, int]:
+        """Refresh the lag gauge (high watermark minus the next offset not yet durable); returns it per partition
+        whose high watermark is known (a partition not fetched yet has none)."""
+        with self._lock:
+            durable = dict(self._durable)
+        lag = {}
+        for tp, next_offset in durable.items():
+            end = self.consumer.highwater(tp)
+            if end is not None:
+                lag[tp] = max(end - next_offset, 0)
+                CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag[tp])
+        return lag
+
     def subscribe(self) -> None:
         """Join the consumer group (``run`` does this; call it yourself when driving ``poll_once``)."""
         self.consumer.subscribe(self.topics, self._on_assign, self._on_revoke)
@@ -195,13 +223,16 @@ class AnalyticsConsumer:
     def run(self, max_seconds: float | None = None, idle_exit_s: float | None = None) -> None:
         """Consume until ``stop()`` (or ``max_seconds``; or ``idle_exit_s`` without new events), then commit."""
         self.subscribe()
-        start = last_event = time.monotonic()
+        start = last_event = last_lag = time.monotonic()
         try:
             while not self._stop.is_set():
                 if self.poll_once() or not self.checkpoint.assigned:
                     # Idle time counts only while partitions are assigned: a slow group join is not idleness.
                     last_event = time.monotonic()
                 now = time.monotonic()
+                if now - last_lag >= self.lag_interval_s:
+                    self.update_lag()
+                    last_lag = now
                 if max_seconds is not None and now - start >= max_seconds:
                     break
                 if idle_exit_s is not None and now - last_event >= idle_exit_s:

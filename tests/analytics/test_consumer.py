@@ -173,12 +173,14 @@ def test_consume_dedups_and_matches_reference(
     assert _snapshot(rebuilt) == _snapshot(reference)
 
 
-def _start_consumer(bootstrap: str, topics: tuple[str, str], store: Path, group: str) -> subprocess.Popen:
+def _start_consumer(
+    bootstrap: str, topics: tuple[str, str], store: Path, group: str, extra: list[str] | None = None
+) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "analytics.consumer", "--bootstrap", bootstrap, "--store", str(store),
         "--group", group, "--exposures-topic", topics[0], "--outcomes-topic", topics[1],
         "--session-timeout-ms", str(SESSION_MS), "--commit-interval-s", "0.05", "--commit-every-events", "300",
-        "--log-level", "WARNING",
+        "--log-level", "WARNING", *(extra or []),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -285,3 +287,72 @@ def test_decoder_skips_unknown_schema_versions_and_garbage() -> None:
     assert decode_into(value, exposures, outcomes) == 1
     assert exposures == [] and outcomes == [(good.event_id, "u1", "click", 5, 1.0)]
     assert decode_into(b"\xff\xff\xff", exposures, outcomes) == 1
+
+
+@pytest.mark.integration
+def test_lag_counts_records_not_yet_durable(kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    exposures, outcomes = _dataset(seed=4, users=200, outcomes=400)
+    _produce(kafka_broker.bootstrap, fresh_topics, exposures, outcomes, tmp_path, per_record=10)
+    store = MemoryEventStore(attribution_window_ms=WINDOW_MS)
+    consumer = AnalyticsConsumer(
+        kafka_broker.bootstrap, store, group_id="lag", topics=fresh_topics, session_timeout_ms=SESSION_MS,
+        commit_interval_s=3600, commit_every_events=10**9,
+    )  # fmt: skip
+    consumer.subscribe()
+    try:
+        deadline = time.monotonic() + 30
+        while consumer.records_seen == 0 or not consumer.checkpoint.assigned:
+            assert time.monotonic() < deadline, "no records within 30 s"
+            consumer.poll_once()
+        while len(consumer.update_lag()) < 8:  # every partition fetched once: its high watermark is known
+            assert time.monotonic() < deadline, "some partitions were never fetched"
+            consumer.poll_once()
+        ends = {tp: consumer.consumer.highwater(tp) for tp in consumer.consumer.assignment()}
+        records = sum(ends.values())
+        assert 0 < records <= len(exposures) + len(outcomes)  # the producer frames several events per record
+        assert consumer.update_lag() == ends  # read but not durable yet: everything still counts as lag
+        consumer.commit()
+        lag = consumer.update_lag()
+        assert set(lag) == set(ends) and sum(lag.values()) == records - consumer.records_seen
+        while consumer.records_seen < records:
+            consumer.poll_once()
+        consumer.commit()
+        assert set(consumer.update_lag().values()) == {0}
+        for tp in ends:
+            assert REGISTRY.get_sample_value(
+                "mtrank_analytics_consumer_lag_records", {"topic": tp.topic, "partition": str(tp.partition)}
+            ) == 0
+    finally:
+        consumer.consumer.close()
+
+
+@pytest.mark.integration
+def test_consumer_command_serves_metrics(kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path) -> None:
+    import urllib.request
+
+    from analytics.kafka.broker import free_port
+
+    exposures, outcomes = _dataset(seed=5, users=50, outcomes=100)
+    _produce(kafka_broker.bootstrap, fresh_topics, exposures, outcomes, tmp_path)
+    port = free_port()
+    process = _start_consumer(kafka_broker.bootstrap, fresh_topics, tmp_path / "m.db", "metrics",
+                              ["--metrics-port", str(port), "--lag-interval-s", "0.2"])
+    try:
+        deadline, text = time.monotonic() + 40, ""
+        expected = [f'mtrank_analytics_consumer_lag_records{{partition="{p}",topic="{t}"}} 0.0'
+                    for t in fresh_topics for p in range(4)]
+        while not all(line in text for line in expected):
+            assert process.poll() is None and time.monotonic() < deadline, text[-2000:]
+            time.sleep(0.3)
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                continue
+        consumed = next(float(line.split()[1]) for line in text.splitlines()
+                        if line.startswith("mtrank_analytics_events_consumed_total "))
+        assert consumed == len(exposures) + len(outcomes)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
