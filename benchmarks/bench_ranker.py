@@ -3,9 +3,14 @@
 A ~1M-parameter MMoE (``models.create_model("mmoe")``, 3 tasks) scores 500 candidates per request:
   (a) raw ONNX Runtime in-process (session.run on ready arrays: the floor), for each thread setting tried;
   (b) PyTorch eager (torch.no_grad), with 1 thread and with the ORT thread count;
-  (c) the ranker server end to end (``python -m ranker_server`` in its own process) through a grpc.aio
-      client at concurrency 1 and 16, next to (c0) a health-check round trip on the same channel (what gRPC
-      alone costs on this machine).
+  (c) the ranker server end to end (``python -m ranker_server`` in its own process): concurrency 1 through
+      a plain synchronous stub with a pre-built request, concurrency 16 through 16 grpc.aio callers on one
+      channel; next to (c0) a health-check round trip on the same synchronous channel (what gRPC alone
+      costs), and (c1) a bare grpc.aio servicer in its own process that runs the same raw ORT call in an
+      executor thread and returns a pre-built response of the real size: the floor of any Python grpc.aio
+      server around this model, without the ranker's work (checks, routing, features, scores, top-k);
+      (c2) the same servicer calling ORT inline on its event loop (which blocks the loop: what the executor
+      hand-off costs).
 Prints p50/p99 latency, requests/s and the ratios against the targets:
   server p50 (concurrency 1) <= 1.3 x raw ORT p50 + 1 ms;  server req/s at concurrency 16 >= 90% of raw ORT req/s.
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import platform
 import socket
@@ -220,6 +226,58 @@ def start_server(
     raise RuntimeError("the ranker server did not become ready")
 
 
+def serve_floor(
+    model_path: str, threads: int, top_k: int, inline: bool, ports: multiprocessing.Queue
+) -> None:
+    """Rows (c1)/(c2): a bare grpc.aio Ranker that only runs raw ORT, in an executor thread or ``inline``."""
+    import concurrent.futures
+
+    from grpc import aio
+
+    from proto import common_pb2, ranking_pb2, ranking_pb2_grpc
+
+    session = ort_session(Path(model_path), threads, spin=False)
+    request = np.load(Path(model_path).with_name("floor_request.npz"))
+    feeds = {"sparse": request["sparse"], "dense": request["dense"]}
+    logits = session.run(["logits"], feeds)[0][:top_k]
+    response = ranking_pb2.RankResponse(  # the size of the real server's answer: ids, 3 tasks, merged
+        request_id="0" * 32,
+        candidate_ids=request["ids"][:top_k].tolist(),
+        task_names=[t["name"] for t in TASKS],
+        task_scores=[ranking_pb2.TaskScores(scores=column.tolist()) for column in logits.T],
+        merged_scores=logits.sum(axis=1).tolist(),
+        model=common_pb2.ModelRef(name="bench-mmoe", version="1"),
+    )
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+
+    class Floor(ranking_pb2_grpc.RankerServicer):
+        async def Rank(self, request, context):  # noqa: N802 (gRPC method name)
+            if inline:
+                session.run(["logits"], feeds)
+            else:
+                await asyncio.get_running_loop().run_in_executor(executor, session.run, ["logits"], feeds)
+            return response
+
+    async def main() -> None:
+        server = aio.server()
+        ranking_pb2_grpc.add_RankerServicer_to_server(Floor(), server)
+        ports.put(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+def start_floor(package: Path, threads: int, inline: bool) -> tuple[multiprocessing.Process, str]:
+    """Start a (c1)/(c2) floor servicer in a fresh process; returns it and its target."""
+    context = multiprocessing.get_context("spawn")  # no torch threads or gRPC state inherited
+    ports = context.Queue()
+    args = (str(package / "model.onnx"), threads, 100, inline, ports)
+    proc = context.Process(target=serve_floor, args=args, daemon=True)
+    proc.start()
+    return proc, f"127.0.0.1:{ports.get(timeout=120)}"
+
+
 def rank_request(ids: np.ndarray):
     """The benchmark's Rank request: one user, the given candidates, top 100 returned."""
     from proto import ranking_pb2
@@ -244,12 +302,15 @@ async def measure(
     sparse: np.ndarray,
     dense: np.ndarray,
     target: str,
+    floor_targets: tuple[str, str],
 ) -> list[Result]:
     """Every measurement in short interleaved rounds, so that load from other processes hits them all alike.
 
-    A round gives each in-process measurement and the concurrency-1 client ``requests / rounds`` calls,
-    PyTorch one call, and the concurrency-16 client two calls per caller (32).
+    A round gives each in-process measurement and each concurrency-1 client ``requests / rounds`` calls,
+    PyTorch one call, and the concurrency-16 client two calls per caller (32). Concurrency-1 calls go through
+    a synchronous stub, as most product backends call, so that no client event loop is timed with them.
     """
+    import grpc
     from grpc import aio
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -279,26 +340,39 @@ async def measure(
     results = {name: Result(name) for name in [*local, *eager_runs]}
     server = {c: Result(f"(c) server end to end, concurrency {c}") for c in (1, 16)}
     transport = Result("(c0) gRPC round trip of a health check (transport floor)")
+    bare = Result("(c1) bare grpc.aio servicer running the raw ORT call (gRPC + executor floor)")
+    inline = Result("(c2) the same, ORT called inline on the event loop (gRPC floor; blocks the loop)")
     per_round = max(args.requests // args.rounds, 1)
-    async with aio.insecure_channel(target) as channel:
-        stub = ranking_pb2_grpc.RankerStub(channel)
-        health = health_pb2_grpc.HealthStub(channel)
-        for fn in local.values():  # warm-up
-            timed(Result("warm-up"), fn, 20)
-        await server_round(stub, request, Result("warm-up"), 16, 64)
-        for _ in tqdm(range(args.rounds), desc="rounds"):
-            for name, fn in local.items():
-                timed(results[name], fn, per_round)
-            for name, fn in eager_runs.items():
-                timed(results[name], fn, 1)
-            for _ in range(per_round):
-                started = time.perf_counter()
-                await health.Check(health_pb2.HealthCheckRequest(), timeout=30)
-                transport.latencies_s.append(time.perf_counter() - started)
-                transport.wall_s += time.perf_counter() - started
-            for concurrency, result in server.items():
-                await server_round(stub, request, result, concurrency, per_round if concurrency == 1 else 32)
-    return [*results.values(), transport, *server.values()]
+    with (
+        grpc.insecure_channel(target) as sync_channel,
+        grpc.insecure_channel(floor_targets[0]) as bare_channel,
+        grpc.insecure_channel(floor_targets[1]) as inline_channel,
+    ):
+        rank = ranking_pb2_grpc.RankerStub(sync_channel).Rank
+        bare_rank = ranking_pb2_grpc.RankerStub(bare_channel).Rank
+        inline_rank = ranking_pb2_grpc.RankerStub(inline_channel).Rank
+        check = health_pb2_grpc.HealthStub(sync_channel).Check
+        health_request = health_pb2.HealthCheckRequest()
+        calls: list[tuple[Result, Callable[[], object]]] = [
+            (transport, lambda: check(health_request, timeout=30)),
+            (bare, lambda: bare_rank(request, timeout=30)),
+            (inline, lambda: inline_rank(request, timeout=30)),
+            (server[1], lambda: rank(request, timeout=30)),
+        ]
+        async with aio.insecure_channel(target) as channel:
+            stub = ranking_pb2_grpc.RankerStub(channel)
+            for fn in [*local.values(), *(fn for _, fn in calls)]:  # warm-up
+                timed(Result("warm-up"), fn, 20)
+            await server_round(stub, request, Result("warm-up"), 16, 64)
+            for _ in tqdm(range(args.rounds), desc="rounds"):
+                for name, fn in local.items():
+                    timed(results[name], fn, per_round)
+                for name, fn in eager_runs.items():
+                    timed(results[name], fn, 1)
+                for result, fn in calls:
+                    timed(result, fn, per_round)
+                await server_round(stub, request, server[16], 16, 32)
+    return [*results.values(), transport, bare, inline, *server.values()]
 
 
 def server_totals(metrics_port: int) -> dict[str, float]:
@@ -314,15 +388,16 @@ def server_totals(metrics_port: int) -> dict[str, float]:
     return totals
 
 
-async def server_side_split(target: str, metrics_port: int, request, n: int = 100) -> dict[str, float]:
+def server_side_split(target: str, metrics_port: int, request, n: int = 100) -> dict[str, float]:
     """Mean seconds per request inside the server for ``n`` calls at concurrency 1 (metrics delta)."""
-    from grpc import aio
+    import grpc
 
     from proto import ranking_pb2_grpc
 
     before = server_totals(metrics_port)
-    async with aio.insecure_channel(target) as channel:
-        await server_round(ranking_pb2_grpc.RankerStub(channel), request, Result("split"), 1, n)
+    with grpc.insecure_channel(target) as channel:
+        rank = ranking_pb2_grpc.RankerStub(channel).Rank
+        timed(Result("split"), lambda: rank(request, timeout=30), n)
     after = server_totals(metrics_port)
     return {
         k: (after[f"{k}_sum"] - before[f"{k}_sum"]) / (after[f"{k}_count"] - before[f"{k}_count"])
@@ -357,16 +432,21 @@ def main(argv: list[str] | None = None) -> int:
         ids, sparse, dense = request_rows(package, args.candidates, rng)
         metrics_port = free_port()
         proc, target = start_server(repository, args.threads, metrics_port, args.server_args.split())
+        np.savez(package / "floor_request.npz", ids=ids, sparse=sparse, dense=dense)
+        floors = [start_floor(package, args.threads, inline) for inline in (False, True)]
         try:
-            results = asyncio.run(measure(args, model, package, ids, sparse, dense, target))
-            inside = asyncio.run(server_side_split(target, metrics_port, rank_request(ids)))
+            targets = (floors[0][1], floors[1][1])
+            results = asyncio.run(measure(args, model, package, ids, sparse, dense, target, targets))
+            inside = server_side_split(target, metrics_port, rank_request(ids))
         finally:
+            for floor_proc, _ in floors:
+                floor_proc.kill()
             proc.terminate()
             proc.wait(30)
     ort_runs = [r for r in results if r.name.startswith("(a)")]
     floor = next(r for r in ort_runs if r.name == ORT_NAME.format(args.threads, "off"))
     eager = min((r for r in results if r.name.startswith("(b)")), key=lambda r: r.p50_ms)
-    server1, server16 = results[-2], results[-1]
+    bare, inline, server1, server16 = results[-4:]
     latency_target_ms = 1.3 * floor.p50_ms + 1.0
     lines = [
         f"Model: MMoE (4 experts 256-128, towers 128-64, 3 tasks), {params:,} parameters; {args.candidates} candidates/request.",
@@ -384,6 +464,11 @@ def main(argv: list[str] | None = None) -> int:
         f"server req/s at concurrency 16: {server16.rps:.0f} vs raw ORT {floor.rps:.0f} "
         f"-> {server16.rps / floor.rps:.0%} of the floor (target >= 90%: {'met' if server16.rps >= 0.9 * floor.rps else 'NOT met'})",
         f"PyTorch eager (best thread count) / raw ORT p50: {eager.p50_ms / floor.p50_ms:.2f}x",
+        f"Budget over raw ORT p50 at concurrency 1: the target allows {latency_target_ms - floor.p50_ms:.3f} ms; "
+        f"gRPC + executor alone (c1) take {bare.p50_ms - floor.p50_ms:.3f} ms, leaving "
+        f"{latency_target_ms - bare.p50_ms:.3f} ms for the ranker's own work, which takes "
+        f"{server1.p50_ms - bare.p50_ms:.3f} ms (c minus c1). Calling ORT on the event loop (c2) would save "
+        f"{bare.p50_ms - inline.p50_ms:.3f} ms of the hand-off.",
         f"Inside the server, mean per request at concurrency 1 (100 extra calls): {inside['request'] * 1e3:.3f} ms in the data plane (checks to ranked result), of which "
         f"{inside['queue'] * 1e3:.3f} ms queued for a batch and {inside['compute_infer'] * 1e3:.3f} ms in the ONNX Runtime "
         "call of its batch; the rest of the client-observed time is gRPC transport and the client.",

@@ -124,3 +124,37 @@ async def test_expired_requests_are_not_computed(executor) -> None:
         await late
     assert run.sizes == [10]
     await batcher.close()
+
+
+async def test_an_idle_batcher_scores_a_lone_request_without_queueing(executor) -> None:
+    run = Recorder()
+    batcher = MicroBatcher(scorer(run, executor), BatchingSettings(max_batch_rows=100), "m", "1")
+    logits, timing = await batcher.infer(*rows(0, 5))
+    assert logits[:, 0].tolist() == list(range(5))
+    assert timing.queue_s == 0.0 and timing.compute_s > 0
+    assert run.sizes == [5]
+    await batcher.close()
+
+
+async def test_no_more_batches_than_workers_run_at_once() -> None:
+    """Direct and queued batches share the ``workers`` slots: the rest queue and merge."""
+    running, peak = 0, 0
+    lock = threading.Lock()
+
+    def run(sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+        return sparse[:, :1].astype(np.float32)
+
+    with ThreadPoolExecutor(4) as pool:  # more threads than workers: the batcher must do the limiting
+        batcher = MicroBatcher(scorer(run, pool), BatchingSettings(max_batch_rows=100), "m", "1", workers=2)
+        results = await asyncio.gather(*(batcher.infer(*rows(i * 3, 3)) for i in range(12)))
+        await batcher.close()
+    for i, (logits, _) in enumerate(results):
+        assert logits[:, 0].tolist() == list(range(i * 3, i * 3 + 3))
+    assert peak == 2
