@@ -178,13 +178,13 @@ class RankDataPlane:
         variant = f"{ranking.experiment_key}:{ranking.variant_key}" if ranking else DEFAULT_VARIANT
         key = (payload.model_name, payload.model_version)
         labels = (*key, variant)
-        series = metrics.variant_series(*labels)
         model = snapshot.models.get(key)
         if model is None:
             metrics.REQUEST_FAILURE.labels(*labels, "ModelNotFound").inc()
             raise ModelNotFound(
                 f"model: variant {variant} names {key[0]}/{key[1]}, which this server does not serve"
             )
+        series = metrics.variant_series(*labels)  # only for served models: no empty series for typos
         try:
             with model.use():
                 async with asyncio.timeout_at(deadline):

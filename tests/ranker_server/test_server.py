@@ -12,10 +12,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
-from proto import ranking_pb2
+from proto import ranking_pb2, ranking_pb2_grpc
+from ranker_server.config import BatchingSettings
+from ranker_server.exposure import MemorySink
 from ranker_server.features import ItemTable, build_rows
 from ranker_server.package import read_package
-from tests.ranker_server.conftest import FakePayload, FakeRouter, Running, code_of
+from ranker_server.server import RankerServer
+from tests.ranker_server.conftest import (
+    FakePayload,
+    FakeRouter,
+    MutableSource,
+    Running,
+    code_of,
+    make_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +85,34 @@ async def test_rank_scores_orders_and_logs_exposure(running: Running) -> None:
     first = next(e for e in logged if e.user_id == users[0])
     assert first.request_id == f"r-{users[0]}" and list(first.item_ids) == list(responses[0].candidate_ids)
     assert first.model.name == "tiny" and first.event_id and first.schema_version == 1
+
+
+async def test_default_batching_scores_a_lone_request_directly_and_counts_it(repository) -> None:
+    """With the default max_delay_ms 0 an idle batcher skips its queue; results and metrics stay the same."""
+    source = MutableSource(FakeRouter())
+    server = RankerServer(make_settings(repository, batching=BatchingSettings()), source, MemorySink())
+    port = await server.start()
+    variant = {"model": "tiny", "version": "1", "variant": "default"}  # "out-*" users get the default
+    model = {"model": "tiny", "version": "1"}
+    names = {
+        "mtrank_inference_request_success_total": variant,
+        "mtrank_inference_request_duration_seconds_count": variant,
+        "mtrank_inference_queue_duration_seconds_count": variant,
+        "mtrank_inference_compute_infer_duration_seconds_count": variant,
+        "mtrank_inference_exec_count_total": model,
+        "mtrank_inference_batch_size_count": model,
+    }
+    before = {name: REGISTRY.get_sample_value(name, labels) or 0 for name, labels in names.items()}
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            response = await ranking_pb2_grpc.RankerStub(channel).Rank(request("out-direct", top_k=5))
+        running = Running(server, channel, ranking_pb2_grpc.RankerStub(channel), MemorySink(), source)
+        logits = expected_scores(running, "1", list(response.candidate_ids))
+        np.testing.assert_allclose(response.merged_scores, 1 / (1 + np.exp(-logits[:, 0])), rtol=1e-5)
+        for name, labels in names.items():
+            assert REGISTRY.get_sample_value(name, labels) - before[name] == 1, name
+    finally:
+        await server.stop(grace_s=1.0)
 
 
 async def test_top_k_zero_returns_all_and_full_ranking_is_sorted(running: Running) -> None:
