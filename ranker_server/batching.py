@@ -7,7 +7,7 @@ full queue answers at once (``QueueFull``) instead of growing latency without li
 
 At most ``workers`` batches are in ONNX Runtime at once. A request that finds the queue empty and a worker
 free, with ``max_delay_ms`` 0, scores its rows itself: a worker would take them alone at once anyway, and
-skipping the queue saves two event-loop hand-offs (~0.15 ms on a 2-core VM, measured in
+skipping the queue saves two event-loop hand-offs (part of the request-path A/B in
 benchmarks/results/ranker.md). Under load requests queue and batch as before.
 """
 
