@@ -14,7 +14,7 @@ A ~1M-parameter MMoE (``models.create_model("mmoe")``, 3 tasks) scores 500 candi
 Prints p50/p99 latency, requests/s and the ratios against the targets:
   server p50 (concurrency 1) <= 1.3 x raw ORT p50 + 1 ms;  server req/s at concurrency 16 >= 90% of raw ORT req/s.
 
-Run:  .venv/bin/python benchmarks/bench_ranker.py [--requests 400] [--out benchmarks/results/ranker.md]
+Run:  .venv/bin/python benchmarks/bench_ranker.py [--requests 600] [--out table.md]
 """
 
 from __future__ import annotations
