@@ -1,12 +1,12 @@
 """Ranker serving cost against its floor, measured side by side on one machine with one model.
 
 A ~1M-parameter MMoE (``models.create_model("mmoe")``, 3 tasks) scores 500 candidates per request:
-  (a) raw ONNX Runtime in-process (session.run on ready arrays: the floor), for each thread setting tried;
+  (a) raw ONNX Runtime in-process (session.run on ready arrays: the floor), for each thread and spinning setting;
   (b) PyTorch eager (torch.no_grad), with 1 thread and with the ORT thread count;
   (c) the ranker server end to end (``python -m ranker_server`` in its own process): concurrency 1 through
       a plain synchronous stub with a pre-built request, concurrency 16 through 16 grpc.aio callers on one
       channel; next to (c0) a health-check round trip on the same synchronous channel (what gRPC alone
-      costs), and (c1) a bare grpc.aio servicer in its own process that runs the same raw ORT call in an
+      costs), and (c1) a bare grpc.aio servicer (on uvloop, as the server) in its own process that runs the same raw ORT call in an
       executor thread and returns a pre-built response of the real size: the floor of any Python grpc.aio
       server around this model, without the ranker's work (checks, routing, features, scores, top-k);
       (c2) the same servicer calling ORT inline on its event loop (which blocks the loop: what the executor
@@ -150,12 +150,16 @@ def timed(result: Result, fn: Callable[[], object], n: int) -> None:
     result.wall_s += time.perf_counter() - start
 
 
-def ort_session(model_path: Path, threads: int, spin: bool) -> ort.InferenceSession:
+SPINNING = ("off", "during runs", "always")  # "during runs": what the server's lone requests get
+
+
+def ort_session(model_path: Path, threads: int, spinning: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "off" else "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1" if spinning == "during runs" else "0")
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
@@ -232,11 +236,12 @@ def serve_floor(
     """Rows (c1)/(c2): a bare grpc.aio Ranker that only runs raw ORT, in an executor thread or ``inline``."""
     import concurrent.futures
 
+    import uvloop
     from grpc import aio
 
     from proto import common_pb2, ranking_pb2, ranking_pb2_grpc
 
-    session = ort_session(Path(model_path), threads, spin=False)
+    session = ort_session(Path(model_path), threads, "during runs")  # as the server's lone requests
     request = np.load(Path(model_path).with_name("floor_request.npz"))
     feeds = {"sparse": request["sparse"], "dense": request["dense"]}
     logits = session.run(["logits"], feeds)[0][:top_k]
@@ -265,7 +270,7 @@ def serve_floor(
         await server.start()
         await server.wait_for_termination()
 
-    asyncio.run(main())
+    uvloop.run(main())  # the loop the server runs on by default (--event-loop uvloop)
 
 
 def start_floor(package: Path, threads: int, inline: bool) -> tuple[multiprocessing.Process, str]:
@@ -318,11 +323,9 @@ async def measure(
 
     feeds = {"sparse": sparse, "dense": dense}
     batch = {"sparse": torch.from_numpy(sparse), "dense": torch.from_numpy(dense)}
-    sessions = {
-        ORT_NAME.format(t, "on" if spin else "off"): ort_session(package / "model.onnx", t, spin)
-        for spin in (False, True)  # spinning sessions last: their threads spin on after each call
-        for t in sorted({1, args.threads})
-    }
+    settings = [(1, "off")] if args.threads > 1 else []  # one thread: no pool, nothing to spin
+    settings += [(args.threads, spinning) for spinning in SPINNING]  # "always" last: it spins on after calls
+    sessions = {ORT_NAME.format(t, spin): ort_session(package / "model.onnx", t, spin) for t, spin in settings}
     local: dict[str, Callable[[], object]] = {
         name: (lambda s=session: s.run(["logits"], feeds)) for name, session in sessions.items()
     }
@@ -443,11 +446,16 @@ def main(argv: list[str] | None = None) -> int:
                 floor_proc.kill()
             proc.terminate()
             proc.wait(30)
-    ort_runs = [r for r in results if r.name.startswith("(a)")]
-    floor = next(r for r in ort_runs if r.name == ORT_NAME.format(args.threads, "off"))
+    ort_runs = {r.name: r for r in results if r.name.startswith("(a)")}
+    # The server scores a lone request on a session that spins during runs, and concurrent batches on one that
+    # does not: those are the floors for latency at concurrency 1 and for throughput at concurrency 16.
+    floor = ort_runs[ORT_NAME.format(args.threads, "during runs")]
+    throughput_floor = ort_runs[ORT_NAME.format(args.threads, "off")]
+    fastest = min(ort_runs.values(), key=lambda r: r.p50_ms)
     eager = min((r for r in results if r.name.startswith("(b)")), key=lambda r: r.p50_ms)
     bare, inline, server1, server16 = results[-4:]
     latency_target_ms = 1.3 * floor.p50_ms + 1.0
+    strict_target_ms = 1.3 * fastest.p50_ms + 1.0
     lines = [
         f"Model: MMoE (4 experts 256-128, towers 128-64, 3 tasks), {params:,} parameters; {args.candidates} candidates/request.",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only (no GPU in this task); "
@@ -458,11 +466,17 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|",
         *(r.row() for r in results),
         "",
-        f"Floor used for the ratios: {floor.name}.",
+        f"Floors: latency {floor.name} (the server's session for a lone request); throughput "
+        f"{throughput_floor.name} (its session for concurrent batches); strict: the fastest raw ORT row.",
         f"server p50 at concurrency 1: {server1.p50_ms:.3f} ms vs target 1.3 x {floor.p50_ms:.3f} + 1 = {latency_target_ms:.3f} ms "
         f"-> ratio {server1.p50_ms / latency_target_ms:.2f} ({'met' if server1.p50_ms <= latency_target_ms else 'NOT met'})",
-        f"server req/s at concurrency 16: {server16.rps:.0f} vs raw ORT {floor.rps:.0f} "
-        f"-> {server16.rps / floor.rps:.0%} of the floor (target >= 90%: {'met' if server16.rps >= 0.9 * floor.rps else 'NOT met'})",
+        f"  strict: vs 1.3 x {fastest.p50_ms:.3f} ({fastest.name}) + 1 = {strict_target_ms:.3f} ms "
+        f"-> ratio {server1.p50_ms / strict_target_ms:.2f} ({'met' if server1.p50_ms <= strict_target_ms else 'NOT met'})",
+        f"server req/s at concurrency 16: {server16.rps:.0f} vs raw ORT {throughput_floor.rps:.0f} -> "
+        f"{server16.rps / throughput_floor.rps:.0%} of the floor (target >= 90%: "
+        f"{'met' if server16.rps >= 0.9 * throughput_floor.rps else 'NOT met'}); strict, vs the fastest raw ORT row "
+        f"by req/s ({max(r.rps for r in ort_runs.values()):.0f}): "
+        f"{server16.rps / max(r.rps for r in ort_runs.values()):.0%}",
         f"PyTorch eager (best thread count) / raw ORT p50: {eager.p50_ms / floor.p50_ms:.2f}x",
         f"Budget over raw ORT p50 at concurrency 1: the target allows {latency_target_ms - floor.p50_ms:.3f} ms; "
         f"gRPC + executor alone (c1) take {bare.p50_ms - floor.p50_ms:.3f} ms, leaving "

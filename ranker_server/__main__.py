@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exposure-topic", default=d["exposure_topic"].default)
     parser.add_argument("--workers", type=int, default=d["workers"].default,
                         help="server processes sharing the port through SO_REUSEPORT")  # fmt: skip
+    parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default=d["event_loop"].default,
+                        help="asyncio event loop implementation (uvloop is faster; asyncio needs no extra package)")  # fmt: skip
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain; enables TLS with --tls-key")
     parser.add_argument("--tls-key", type=Path, help="PEM private key")
     parser.add_argument(
@@ -70,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="queued rows per model version before RESOURCE_EXHAUSTED")  # fmt: skip
     parser.add_argument("--intra-op-threads", type=int, default=r["intra_op_threads"].default,
                         help="ONNX Runtime threads per call (0 = the available cores, divided among --workers)")  # fmt: skip
+    parser.add_argument("--spinning", choices=["off", "alone", "on"], default=r["spinning"].default,
+                        help="ONNX Runtime pool threads spin-wait during a run (never between runs): never, only "
+                             "in runs alone in the process (a second CPU session), or in every run")  # fmt: skip
     parser.add_argument("--inference-threads", type=int, default=r["inference_threads"].default,
                         help="concurrent ONNX Runtime calls")  # fmt: skip
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -88,6 +93,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         kafka=args.kafka,
         exposure_topic=args.exposure_topic,
         workers=args.workers,
+        event_loop=args.event_loop,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         auth_token_file=args.auth_token_file,
@@ -102,7 +108,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
             max_queue_rows=args.max_queue_rows,
         ),
         runtime=RuntimeSettings(
-            intra_op_threads=args.intra_op_threads, inference_threads=args.inference_threads
+            intra_op_threads=args.intra_op_threads,
+            inference_threads=args.inference_threads,
+            spinning=args.spinning,
         ),
     )
 

@@ -96,11 +96,23 @@ async def serve(settings: ServerSettings, worker: int = 0) -> None:
             logger.info("worker %d: shutting down", worker)
 
 
+def _run_loop(settings: ServerSettings, worker: int = 0) -> None:
+    """``serve`` on the configured event loop (grpc.aio runs on uvloop as on asyncio's own)."""
+    if settings.event_loop == "asyncio":
+        asyncio.run(serve(settings, worker))
+        return
+    try:
+        import uvloop
+    except ImportError:
+        raise SettingsError("--event-loop uvloop: the uvloop package is not installed (or use asyncio)") from None
+    uvloop.run(serve(settings, worker))
+
+
 def _worker_main(settings: ServerSettings, worker: int) -> None:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve(settings, worker))
+    _run_loop(settings, worker)
 
 
 def run(settings: ServerSettings) -> int:
@@ -109,7 +121,7 @@ def run(settings: ServerSettings) -> int:
     The fork happens before any gRPC server or channel exists in this process, as gRPC requires.
     """
     if settings.workers == 1:
-        asyncio.run(serve(settings))
+        _run_loop(settings)
         return 0
     if settings.port == 0:
         raise SettingsError("--workers > 1 needs a fixed --port (the workers share it)")

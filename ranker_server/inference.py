@@ -18,30 +18,39 @@ logger = logging.getLogger(__name__)
 _GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 
 
-def session_options(settings: RuntimeSettings) -> ort.SessionOptions:
-    """Session options from the settings; thread counts are a measured choice (see the benchmark note)."""
+def session_options(settings: RuntimeSettings, spin: bool = False) -> ort.SessionOptions:
+    """Session options from the settings; thread counts are a measured choice (see the benchmark note).
+
+    ``spin``: pool threads spin-wait for work while a run is in progress (quicker hand-offs between the
+    graph's parallel sections) and stop as soon as it returns, so they never take the cores between runs.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = settings.intra_op_threads or len(os.sched_getaffinity(0))
     options.inter_op_num_threads = settings.inter_op_threads
-    spin = "1" if settings.allow_spinning else "0"
-    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
-    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3  # a missing CUDA library falls back to CPU; we log the outcome ourselves
     return options
 
 
 class OnnxRanker:
-    """A ranking graph (``sparse`` int64 [B, S], ``dense`` float32 [B, D]) -> ``logits`` float32 [B, T]."""
+    """A ranking graph (``sparse`` int64 [B, S], ``dense`` float32 [B, D]) -> ``logits`` float32 [B, T].
+
+    On CPU with ``spinning="alone"`` it keeps two sessions of the graph: a run that has ONNX Runtime to itself
+    (no other call in flight in this process, as at low load) goes to one whose threads spin during the run,
+    -1 ms at concurrency 1; concurrent runs go to one whose threads sleep, since spinning threads would take
+    the cores from each other and from gRPC (-16% requests/s at concurrency 16 when every run spins).
+    """
+
+    _in_flight = 0  # ONNX Runtime calls in flight in this process, counted on the event loop by ``infer``
 
     def __init__(self, path: str, settings: RuntimeSettings, label: str) -> None:
         available = set(ort.get_available_providers())
         wanted = [p for p in settings.providers if p in available] or ["CPUExecutionProvider"]
-        try:
-            self.session = ort.InferenceSession(path, session_options(settings), providers=wanted)
-        except Exception as exc:  # ORT raises its own untyped errors for corrupt graphs
-            raise PackageError(f"{path}: ONNX Runtime cannot load the graph: {exc}") from exc
+        self.session = self._load(path, session_options(settings, spin=settings.spinning == "on"), wanted)
         self.provider = self.session.get_providers()[0]
         self.on_gpu = self.provider in _GPU_PROVIDERS
         names = {i.name for i in self.session.get_inputs()}
@@ -53,6 +62,18 @@ class OnnxRanker:
         if obtained[0] != wanted[0]:
             logger.warning("%s: %s could not be used, running on %s", label, wanted[0], obtained[0])
         logger.info("%s: asked for %s, obtained %s", label, wanted, obtained)
+        self._alone_session = (
+            self._load(path, session_options(settings, spin=True), obtained)
+            if settings.spinning == "alone" and not self.on_gpu
+            else self.session
+        )
+
+    @staticmethod
+    def _load(path: str, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(path, options, providers=providers)
+        except Exception as exc:  # ORT raises its own untyped errors for corrupt graphs
+            raise PackageError(f"{path}: ONNX Runtime cannot load the graph: {exc}") from exc
 
     async def infer(self, sparse: np.ndarray, dense: np.ndarray, executor: Executor) -> np.ndarray:
         """Score a batch in ``executor`` so the event loop keeps serving.
@@ -60,12 +81,21 @@ class OnnxRanker:
         ORT's own ``run_async`` was measured against this: it runs the whole graph on one pool thread,
         which cost 35% of the throughput at concurrency 16 on 2 cores, and gained nothing at concurrency 1.
         """
-        return await asyncio.get_running_loop().run_in_executor(executor, self.run, sparse, dense)
+        alone = OnnxRanker._in_flight == 0
+        OnnxRanker._in_flight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, self.run, sparse, dense, alone)
+        finally:
+            OnnxRanker._in_flight -= 1
 
-    def run(self, sparse: np.ndarray, dense: np.ndarray) -> np.ndarray:
-        """Score a batch; blocks (call it from an executor thread, never on the event loop)."""
+    def run(self, sparse: np.ndarray, dense: np.ndarray, alone: bool = False) -> np.ndarray:
+        """Score a batch; blocks (call it from an executor thread, never on the event loop).
+
+        ``alone``: nothing else is running in ONNX Runtime, so the spinning session may take the cores.
+        """
         if not self.on_gpu:
-            return self.session.run(["logits"], {"sparse": sparse, "dense": dense})[0]
+            session = self._alone_session if alone else self.session
+            return session.run(["logits"], {"sparse": sparse, "dense": dense})[0]
         # GPU: bind inputs once per call and let ORT allocate the output on the device, copying back once.
         binding = self.session.io_binding()
         binding.bind_cpu_input("sparse", np.ascontiguousarray(sparse))

@@ -35,6 +35,42 @@ def test_session_options_follow_settings() -> None:
     options = session_options(RuntimeSettings(intra_op_threads=3, inter_op_threads=2))
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 2)
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    spinning = session_options(RuntimeSettings(), spin=True)
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    # Never between runs: the threads stop as soon as the last run returns.
+    assert spinning.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
+class _Recording:
+    """Wraps a session and notes, per call, whether its threads spin."""
+
+    def __init__(self, session, calls: list[str]) -> None:
+        spins = session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        self.session, self.calls, self.name = session, calls, "spin" if spins == "1" else "sleep"
+
+    def run(self, outputs, feeds):
+        self.calls.append(self.name)
+        return self.session.run(outputs, feeds)
+
+
+@pytest.mark.parametrize(
+    ("spinning", "expected"),
+    [("alone", ["spin", "sleep", "sleep"]), ("off", ["sleep"] * 3), ("on", ["spin"] * 3)],
+)
+async def test_a_lone_run_spins_and_concurrent_runs_do_not(repository: Path, spinning: str, expected) -> None:
+    runner = OnnxRanker(str(repository / "tiny" / "1" / "model.onnx"), RuntimeSettings(spinning=spinning), "t")
+    calls: list[str] = []
+    runner.session = _Recording(runner.session, calls)
+    runner._alone_session = _Recording(runner._alone_session, calls)
+    data = golden(repository)
+    with ThreadPoolExecutor(3) as executor:
+        await runner.infer(data["sparse"], data["dense"], executor)
+        assert calls == expected[:1]  # nothing else in flight: alone
+        calls.clear()
+        results = await asyncio.gather(*(runner.infer(data["sparse"], data["dense"], executor) for _ in range(3)))
+    assert calls == expected  # only the first of three concurrent calls started alone
+    for logits in results:
+        np.testing.assert_allclose(logits, data["logits"], rtol=1e-4, atol=1e-5)
 
 
 def test_a_graph_with_other_inputs_is_refused(tmp_path: Path) -> None:
