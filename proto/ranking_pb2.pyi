@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RankRequest(_message.Message):
-    __slots__ = ("request_id", "user_id", "attributes", "user_sparse", "user_dense", "candidate_ids", "candidate_sparse", "candidate_dense", "top_k", "retrieve_k")
+    __slots__ = ("request_id", "user_id", "attributes", "user_sparse", "user_dense", "candidate_ids", "candidate_sparse", "candidate_dense", "top_k", "retrieve_k", "model")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class RankRequest(_message.Message):
     CANDIDATE_DENSE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     RETRIEVE_K_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     user_id: str
     attributes: _containers.ScalarMap[str, str]
@@ -36,7 +37,8 @@ class RankRequest(_message.Message):
     candidate_dense: _containers.RepeatedScalarFieldContainer[float]
     top_k: int
     retrieve_k: int
-    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., user_sparse: _Optional[_Iterable[int]] = ..., user_dense: _Optional[_Iterable[float]] = ..., candidate_ids: _Optional[_Iterable[int]] = ..., candidate_sparse: _Optional[_Iterable[int]] = ..., candidate_dense: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., retrieve_k: _Optional[int] = ...) -> None: ...
+    model: _common_pb2.ModelRef
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., user_sparse: _Optional[_Iterable[int]] = ..., user_dense: _Optional[_Iterable[float]] = ..., candidate_ids: _Optional[_Iterable[int]] = ..., candidate_sparse: _Optional[_Iterable[int]] = ..., candidate_dense: _Optional[_Iterable[float]] = ..., top_k: _Optional[int] = ..., retrieve_k: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
 
 class TaskScores(_message.Message):
     __slots__ = ("scores",)

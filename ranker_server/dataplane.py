@@ -41,6 +41,10 @@ class RankQuery:
     candidate_dense: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     top_k: int = 0
     retrieve_k: int = 0
+    model: tuple[str, str] | None = None  # pinned (name, version): no ranking experiment for this request
+
+
+PINNED_VARIANT = "pinned"
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ def check_query(query: RankQuery, max_candidates: int) -> None:
             raise InvalidInput(name, "contains NaN or infinity")
     if not n and (query.candidate_sparse.size or query.candidate_dense.size):
         raise InvalidInput("candidate_sparse", "candidate features given without candidate_ids")
+    if query.model is not None and not all(query.model):
+        raise InvalidInput("model", "set both name and version to pin a model, or neither")
 
 
 def merge_scores(
@@ -133,6 +139,18 @@ def merge_scores(
 
 def _pick(assignments: Sequence[Assignment], stage: str) -> Assignment | None:
     return next((a for a in assignments if a.stage == stage and a.in_experiment), None)
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """The part of a variant payload a pinned request needs: its task weights."""
+
+    task_weights: Mapping[str, float] = field(default_factory=dict)
+    model_name: str = ""
+    model_version: str = ""
+
+
+_EQUAL_WEIGHTS = _Weights()  # no weights: every task counts 1 (``merge_scores``)
 
 
 class RankDataPlane:
@@ -173,10 +191,21 @@ class RankDataPlane:
         request_id = query.request_id or uuid.uuid4().hex
         snapshot = self._repository.snapshot  # one router and one model set for the whole request
         assignments = list(snapshot.router.assign(query.user_id, dict(query.attributes)))
-        ranking = _pick(assignments, RANKING)
-        payload: Payload = ranking.payload if ranking else snapshot.router.default_for(RANKING)
-        variant = f"{ranking.experiment_key}:{ranking.variant_key}" if ranking else DEFAULT_VARIANT
-        key = (payload.model_name, payload.model_version)
+        default = snapshot.router.default_for(RANKING)
+        if query.model is not None:
+            # Pinned: the ranking experiment does not apply to this request (nothing assigned, nothing logged).
+            assignments = [a for a in assignments if a.stage != RANKING]
+            key, variant = query.model, PINNED_VARIANT
+            payload: Payload = default if key == (default.model_name, default.model_version) else _EQUAL_WEIGHTS
+            if key not in snapshot.models:
+                metrics.REQUEST_FAILURE.labels("", "", "", "InvalidInput").inc()
+                served = ", ".join(sorted(f"{n}/{v}" for n, v in snapshot.models))
+                raise InvalidInput("model", f"{key[0]}/{key[1]} is not served here (served: {served})")
+        else:
+            ranking = _pick(assignments, RANKING)
+            payload = ranking.payload if ranking else default
+            variant = f"{ranking.experiment_key}:{ranking.variant_key}" if ranking else DEFAULT_VARIANT
+            key = (payload.model_name, payload.model_version)
         labels = (*key, variant)
         model = snapshot.models.get(key)
         if model is None:

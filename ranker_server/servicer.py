@@ -33,6 +33,7 @@ def query_from_proto(request: ranking_pb2.RankRequest) -> RankQuery:
         candidate_dense=_array(request.candidate_dense, np.float32, _NO_FLOATS),
         top_k=request.top_k,
         retrieve_k=request.retrieve_k,
+        model=(request.model.name, request.model.version) if request.model.name or request.model.version else None,
     )
 
 

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
-from proto import ranking_pb2, ranking_pb2_grpc
+from proto import common_pb2, ranking_pb2, ranking_pb2_grpc
 from ranker_server.config import BatchingSettings
 from ranker_server.exposure import MemorySink
 from ranker_server.features import ItemTable, build_rows
@@ -150,6 +150,8 @@ async def test_unknown_item_ids_count_as_oov(running: Running) -> None:
         ({"candidate_ids": [1000], "candidate_dense": [1.0]}, "candidate_dense"),
         ({"candidate_ids": [], "candidate_sparse": [1]}, "candidate_sparse"),
         ({"candidate_ids": []}, "candidate_ids"),  # no retrieval service configured
+        ({"model": common_pb2.ModelRef(name="tiny", version="9")}, "model"),  # not served
+        ({"model": common_pb2.ModelRef(name="tiny")}, "model"),  # half a reference
     ],
 )
 async def test_invalid_requests_name_the_field(running: Running, fields: dict, field: str) -> None:
@@ -158,6 +160,23 @@ async def test_invalid_requests_name_the_field(running: Running, fields: dict, f
         await running.stub.Rank(request(user, **fields))
     assert code_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith(f"{field}:"), info.value.details()
+
+
+async def test_a_pinned_model_scores_without_the_ranking_experiment(running: Running) -> None:
+    users = [f"user-{i}" for i in range(8)]  # split over both variants by the experiment
+    for version, weights in (("1", (1.0, 0.0)), ("2", (1.0, 1.0))):  # v1 is the default: its weights
+        for user in users:
+            response = await running.stub.Rank(
+                request(user, model=common_pb2.ModelRef(name="tiny", version=version), top_k=5)
+            )
+            assert response.model.version == version and len(response.assignments) == 0
+            logits = expected_scores(running, version, list(response.candidate_ids))
+            click, watch = 1 / (1 + np.exp(-logits[:, 0])), logits[:, 1]
+            np.testing.assert_allclose(
+                response.merged_scores, weights[0] * click + weights[1] * watch, rtol=1e-5, atol=1e-6
+            )
+    await asyncio.sleep(0.1)
+    assert running.sink.exposures == []  # no ranking assignment was made, so none is logged
 
 
 async def test_variant_naming_an_unserved_model_is_not_found(running: Running) -> None:
