@@ -37,7 +37,7 @@ def _standardise(values: np.ndarray) -> np.ndarray:
 class EgoFacebookWorld:
     """Ground truth and model inputs of the "people you may know" demo on ego-Facebook."""
 
-    # The encoders' size for 4,039 nodes x 1,406 profile bits within the demo's time (benchmarks/results/ssmtl*.md).
+    # The encoders' size for 4,039 nodes x 1,283 profile bits within the demo's time (benchmarks/results/ssmtl*.md).
     retrieval_model: ClassVar[dict[str, Any]] = {"hidden_dim": 64, "embed_dim": 32, "fanouts": [5, 3]}
     exclude_friends = True
 
