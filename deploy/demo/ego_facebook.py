@@ -21,6 +21,7 @@ import numpy as np
 
 from models.data.dataset import TabularData
 from models.graph.datasets import EGO_IDS, Graph, load_ego_facebook
+from models.graph.sampling import csr_adjacency
 from models.layers import FeatureSpec, TaskSpec
 
 TASKS = (TaskSpec("click", "binary"), TaskSpec("connect", "binary"))
@@ -67,13 +68,10 @@ class EgoFacebookWorld:
         self.visible_edges = graph.edges[order[cut:]] + 1
         self._held_out_keys = self._pair_keys(self.held_out_edges)
         self._visible_keys = self._pair_keys(self.visible_edges)
-        both = np.concatenate([self.visible_edges, self.visible_edges[:, ::-1]])
-        both = both[np.lexsort((both[:, 1], both[:, 0]))]
-        self._friends = both[:, 1]
-        self._indptr = np.searchsorted(both[:, 0], np.arange(n + 2))  # friends of u: _friends[indptr[u]:indptr[u+1]]
+        self._indptr, self._friends = csr_adjacency(n + 1, self.visible_edges)  # ids 1..n, row 0 empty
         self.profile_bits = graph.features
         self.group = self._ego_groups()
-        degree = np.diff(self._indptr)[: n + 1]
+        degree = np.diff(self._indptr)
         profile = np.concatenate([[0.0], graph.features.sum(axis=1)])
         self.dense = np.stack([_standardise(np.log1p(degree)), _standardise(np.log1p(profile))], axis=1)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.graph.sampling import csr_adjacency
+
 DEGREE_SLICES: dict[str, tuple[int, int]] = {
     "cold (deg<=2)": (0, 2),
     "low (deg<=10)": (0, 10),
@@ -19,10 +21,8 @@ DEGREE_SLICES: dict[str, tuple[int, int]] = {
 
 def adjacency_sets(num_nodes: int, edges: np.ndarray) -> list[np.ndarray]:
     """Sorted neighbour arrays of every node for undirected ``edges``."""
-    both = np.concatenate([edges, edges[:, ::-1]], axis=0)
-    both = both[np.lexsort((both[:, 1], both[:, 0]))]
-    bounds = np.searchsorted(both[:, 0], np.arange(num_nodes + 1))
-    return [both[bounds[i] : bounds[i + 1], 1] for i in range(num_nodes)]
+    indptr, indices = csr_adjacency(num_nodes, edges)
+    return [indices[indptr[i] : indptr[i + 1]] for i in range(num_nodes)]
 
 
 def per_user_metrics(

@@ -31,19 +31,23 @@ class Neighbourhood:
         )
 
 
+def csr_adjacency(num_nodes: int, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of undirected ``edges`` over nodes ``0..num_nodes-1``: node ``u``'s neighbours, sorted, are
+    ``indices[indptr[u]:indptr[u + 1]]``."""
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    both = np.concatenate([edges, edges[:, ::-1]], axis=0)
+    both = both[np.lexsort((both[:, 1], both[:, 0]))]
+    indptr = np.searchsorted(both[:, 0], np.arange(num_nodes + 1)).astype(np.int64)
+    return indptr, both[:, 1].copy()
+
+
 class NeighbourSampler:
     """Samples neighbourhoods from a CSR adjacency built once from undirected edges."""
 
     def __init__(self, num_nodes: int, edges: np.ndarray, fanouts: tuple[int, int]) -> None:
-        edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
-        both = np.concatenate([edges, edges[:, ::-1]], axis=0)
-        both = both[np.lexsort((both[:, 1], both[:, 0]))]
         self.num_nodes = num_nodes
         self.fanouts = fanouts
-        self.indices = both[:, 1].copy()
-        self.indptr = np.zeros(num_nodes + 1, dtype=np.int64)
-        np.add.at(self.indptr, both[:, 0] + 1, 1)
-        np.cumsum(self.indptr, out=self.indptr)
+        self.indptr, self.indices = csr_adjacency(num_nodes, edges)
 
     @classmethod
     def from_csr(cls, indptr: np.ndarray, indices: np.ndarray, fanouts: tuple[int, int]) -> NeighbourSampler:
