@@ -68,6 +68,11 @@ class OnnxRanker:
             else self.session
         )
 
+    @property
+    def alone_values(self) -> tuple[bool, ...]:
+        """The ``alone`` arguments of ``run`` that reach distinct sessions (to check or warm each once)."""
+        return (False, True) if self._alone_session is not self.session else (False,)
+
     @staticmethod
     def _load(path: str, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
         try:

@@ -102,7 +102,7 @@ def load_model(
         expected = np.asarray(golden["logits"], np.float32)
     except KeyError as exc:
         raise PackageError(f"{path / 'golden.npz'}: missing array {exc}") from None
-    for alone in (False, True):  # both sessions (they are one when spinning is not "alone")
+    for alone in runner.alone_values:  # each session (two when spinning is "alone")
         try:
             actual = runner.run(sparse, dense, alone)
         except Exception as exc:  # ORT errors are untyped
@@ -122,8 +122,8 @@ def load_model(
     for rows in runtime.warmup_rows:  # first calls allocate arenas and pick kernels; pay that before traffic
         rows = min(rows, batching.max_batch_rows)
         index = np.arange(rows) % len(sparse)
-        runner.run(sparse[index], dense[index])
-        runner.run(sparse[index], dense[index], alone=True)
+        for alone in runner.alone_values:
+            runner.run(sparse[index], dense[index], alone)
     return LoadedModel(package, runner, batching, executor, runtime.inference_threads)
 
 

@@ -59,6 +59,7 @@ class _Recording:
 )
 async def test_a_lone_run_spins_and_concurrent_runs_do_not(repository: Path, spinning: str, expected) -> None:
     runner = OnnxRanker(str(repository / "tiny" / "1" / "model.onnx"), RuntimeSettings(spinning=spinning), "t")
+    assert runner.alone_values == ((False, True) if spinning == "alone" else (False,))  # checked/warmed once each
     calls: list[str] = []
     runner.session = _Recording(runner.session, calls)
     runner._alone_session = _Recording(runner._alone_session, calls)
