@@ -197,10 +197,6 @@ class RankDataPlane:
             assignments = [a for a in assignments if a.stage != RANKING]
             key, variant = query.model, PINNED_VARIANT
             payload: Payload = default if key == (default.model_name, default.model_version) else _EQUAL_WEIGHTS
-            if key not in snapshot.models:
-                metrics.REQUEST_FAILURE.labels("", "", "", "InvalidInput").inc()
-                served = ", ".join(sorted(f"{n}/{v}" for n, v in snapshot.models))
-                raise InvalidInput("model", f"{key[0]}/{key[1]} is not served here (served: {served})")
         else:
             ranking = _pick(assignments, RANKING)
             payload = ranking.payload if ranking else default
@@ -208,6 +204,10 @@ class RankDataPlane:
             key = (payload.model_name, payload.model_version)
         labels = (*key, variant)
         model = snapshot.models.get(key)
+        if model is None and query.model is not None:  # the client named it: its request is wrong
+            metrics.REQUEST_FAILURE.labels("", "", "", "InvalidInput").inc()
+            served = ", ".join(sorted(f"{n}/{v}" for n, v in snapshot.models))
+            raise InvalidInput("model", f"{key[0]}/{key[1]} is not served here (served: {served})")
         if model is None:
             metrics.REQUEST_FAILURE.labels(*labels, "ModelNotFound").inc()
             raise ModelNotFound(
