@@ -228,3 +228,60 @@ def test_command_line_train_evaluate_export_index(tmp_path, capsys):
     assert main(["index", "--package", str(package)]) == 0
     assert (package / "index" / "embeddings.npy").read_bytes() == before
     verify_package(package)
+
+
+class _RecordingSampler(NeighbourSampler):
+    """Records every ``sample`` call (nodes asked for and the neighbourhood returned)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list = []
+
+    def sample(self, nodes, rng, exclude=None):
+        nb = super().sample(nodes, rng, exclude)
+        self.calls.append(nb)
+        return nb
+
+
+def test_ssl_queries_are_drawn_from_all_query_ids_not_the_lowest(graph):
+    """The SSL losses use ``ssl_nodes`` of the batch's queries; before the fix they were always the
+    ``ssl_nodes`` lowest ids (``np.unique(queries)[:n]``), so high ids never got an SSL loss."""
+    sampler = _RecordingSampler(graph.num_nodes, graph.edges, (4, 3))
+    model = create_model("ssmtl", num_features=graph.num_features, **TINY, beta=0.0, gamma=1.0)
+    features = torch.from_numpy(graph.features)
+    rng = np.random.default_rng(0)
+    pairs = graph.edges[rng.permutation(len(graph.edges))[:128]]
+    queries = np.unique(pairs[:, 0])
+    chosen = []
+    for _ in range(10):
+        sampler.calls.clear()
+        model.training_losses(features, sampler, pairs, rng)
+        ssl = sampler.calls[2].nodes  # after the queries' and the candidates' neighbourhoods
+        assert len(ssl) == TINY["ssl_nodes"] and set(ssl) <= set(queries)
+        chosen.append(ssl)
+    chosen = np.concatenate(chosen)
+    assert chosen.max() > np.quantile(queries, 0.9)
+    assert len(np.unique(chosen)) > 3 * TINY["ssl_nodes"]  # different queries on different steps
+
+
+def test_cca_uses_every_node_of_the_ssl_subgraph(graph, monkeypatch):
+    """Eq. 3 standardises and decorrelates over the n nodes of the sampled subgraph (n >> embedding width),
+    not over the ``ssl_nodes`` query users alone."""
+    import models.ssmtl as ssmtl
+
+    seen = []
+    real = ssmtl.cca_loss
+
+    def recording(za, zb, lam):
+        seen.append(za.shape)
+        return real(za, zb, lam)
+
+    monkeypatch.setattr(ssmtl, "cca_loss", recording)
+    sampler = _RecordingSampler(graph.num_nodes, graph.edges, (4, 3))
+    model = create_model("ssmtl", num_features=graph.num_features, **TINY, beta=1.0, gamma=0.0)
+    pairs = graph.edges[:64]
+    model.training_losses(torch.from_numpy(graph.features), sampler, pairs, np.random.default_rng(1))
+    nb = sampler.calls[2]
+    subgraph = np.unique(np.concatenate([nb.nodes, nb.hop1[nb.hop1_mask > 0], nb.hop2[nb.hop2_mask > 0]]))
+    assert len(subgraph) > 4 * TINY["embed_dim"]
+    assert seen == [(len(subgraph), TINY["embed_dim"])]
