@@ -285,3 +285,46 @@ def test_cca_uses_every_node_of_the_ssl_subgraph(graph, monkeypatch):
     subgraph = np.unique(np.concatenate([nb.nodes, nb.hop1[nb.hop1_mask > 0], nb.hop2[nb.hop2_mask > 0]]))
     assert len(subgraph) > 4 * TINY["embed_dim"]
     assert seen == [(len(subgraph), TINY["embed_dim"])]
+
+
+def test_cold_start_split_hides_all_but_a_few_friendships_of_its_users(graph):
+    from models.graph.split import cold_start_split
+
+    split = cold_start_split(graph.edges, graph.num_nodes, 0.1, 0.2, n_cold=40, max_visible=3, seed=2)
+    together = np.concatenate([split.train, split.val, split.test])
+    assert len(together) == len(graph.edges) == len(np.unique(together, axis=0))
+    assert len(split.cold_users) == 40 and len(np.unique(split.cold_users)) == 40
+    train_degree = np.bincount(split.train.reshape(-1), minlength=graph.num_nodes)
+    assert train_degree[split.cold_users].max() <= 3
+    heldout = np.concatenate([split.val, split.test]).reshape(-1)
+    assert np.isin(split.cold_users, heldout).all()  # every cold user has friendships left to find
+    again = cold_start_split(graph.edges, graph.num_nodes, 0.1, 0.2, n_cold=40, max_visible=3, seed=2)
+    assert np.array_equal(again.test, split.test) and np.array_equal(again.cold_users, split.cold_users)
+    base = split_edges(graph.edges, 0.1, 0.2, seed=2)
+    assert len(split.train) < len(base.train)  # only training edges moved, the random split's held-out stay
+    assert {tuple(e) for e in base.test} <= {tuple(e) for e in split.test}
+
+
+def test_training_reports_cold_slice_loss_means_and_gradient_norms(graph):
+    config = TrainConfig(
+        dataset="synthetic", steps=6, batch_size=32, eval_every=3, split="cold-start", cold_users=30,
+        model={**TINY, "beta": 0.1, "gamma": 0.1},
+    )  # fmt: skip
+    result = train(config, graph=graph, progress=False)
+    assert len(result.split.cold_users) == 30
+    table = evaluate(result, "test")
+    assert 0 < table["cold-start users"]["users"] <= 30
+    entry = result.history[-1]
+    assert {"retrieval", "cca", "mae", "total", "grad/retrieval", "grad/cca", "grad/mae"} <= set(entry)
+    assert entry["grad/cca"] > 0 and entry["grad/mae"] > 0
+    assert "val_recall@50/cold-start users" in entry
+    saved = load_checkpoint_round_trip(result)
+    assert np.array_equal(saved.split.cold_users, result.split.cold_users)
+
+
+def load_checkpoint_round_trip(result):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(result, Path(folder) / "ckpt.pt")
+        return load_checkpoint(Path(folder) / "ckpt.pt", graph=result.graph)
