@@ -1,6 +1,6 @@
 """DML: Deep Mutual Learning across task towers = CTFM (at the towers' entry) + GKD (at their top).
 
-Tang et al., "Deep Mutual Learning across Task Towers for Effective Multi-Task Recommender Learning",
+Ren et al., "Deep Mutual Learning across Task Towers for Effective Multi-Task Recommender Learning",
 ORSUM@RecSys 2023 (https://arxiv.org/abs/2309.10357). Both modules plug into any backbone that follows the
 ``MultiTaskModel`` split (tower inputs ``[B, T, d]`` and ``Tower.hidden``/``Tower.head``).
 
@@ -30,7 +30,8 @@ from models.registry import register_model
 
 @dataclass(frozen=True)
 class DMLConfig:
-    """Which DML parts are on and their sizes (paper section 3.1.4: GKD MLPs of one 80 layer, dropout 0.5)."""
+    """Which DML parts are on and their sizes (paper section 3.1.4: GKD MLPs of one 80 layer; dropout 0.5 at
+    CTFM and GKD as the reference code's run script, the paper states none)."""
 
     use_ctfm: bool = True
     use_gkd: bool = True

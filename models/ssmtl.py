@@ -59,7 +59,7 @@ class SSMTLConfig:
     edge_drop: float = 0.2  # both SSL views
     feature_drop: float = 0.2  # CCA views: probability of zeroing a whole feature column
     ssl_nodes: int = 64  # query users per step that the SSL losses use (the paper's cost constraint)
-    cca_nodes: int = 512  # at most this many nodes of the SSL queries' subgraph enter Eq. 3
+    cca_nodes: int = 256  # at most this many nodes of the SSL queries' subgraph enter Eq. 3 (n >> d = 32-64)
 
     def __post_init__(self) -> None:
         if self.mae_exponent < 1:
