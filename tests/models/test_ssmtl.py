@@ -328,3 +328,14 @@ def load_checkpoint_round_trip(result):
     with tempfile.TemporaryDirectory() as folder:
         save_checkpoint(result, Path(folder) / "ckpt.pt")
         return load_checkpoint(Path(folder) / "ckpt.pt", graph=result.graph)
+
+
+def test_sparse_projection_equals_the_dense_one(graph):
+    model = create_model("ssmtl", num_features=graph.num_features, **TINY).eval()
+    x = torch.from_numpy(graph.features[:50])
+    with torch.no_grad():
+        assert torch.allclose(model.encoder.embed_sparse_rows(x), model.encoder.embed_nodes(x), atol=1e-6)
+    model.train()
+    weight = model.encoder.input.weight
+    model.encoder.embed_sparse_rows(x).sum().backward()
+    assert weight.grad is not None and torch.count_nonzero(weight.grad) > 0
