@@ -13,6 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from experiment_router.errors import UnknownOperatorError
+from experiment_router.jsvalues import js_string
 
 SavedGroups = Mapping[str, Iterable[Any]]
 
@@ -171,17 +172,6 @@ def _js_type(value: Any) -> str:
     return "unknown"
 
 
-def _js_string(value: Any) -> str:
-    """JavaScript's String(value) for the scalar types conditions see."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def _to_js_number(value: Any) -> float:
     """JavaScript's Number(value) coercion used by relational comparisons of mixed types."""
     if value is None or value is False:
@@ -214,7 +204,7 @@ def _js_compare(actual: Any, expected: Any, op: Callable[[Any, Any], bool]) -> b
 def padded_version(value: Any) -> str:
     """Version string padded so that plain string comparison orders semver-like versions."""
     if _is_number(value):
-        value = _js_string(value)
+        value = js_string(value)
     if not value or not isinstance(value, str):
         value = "0"
     parts = re.split(r"[-.]", re.sub(r"(^v|\+.*$)", "", value))
@@ -312,7 +302,7 @@ def _eval_operator(op: str, actual: Any, expected: Any, groups: SavedGroups) -> 
             return _eval_all(actual, expected, groups, op == "$alli")
         case "$regex" | "$regexi":
             try:
-                return _regex(expected, op == "$regexi").search(_js_string(actual)) is not None
+                return _regex(expected, op == "$regexi").search(js_string(actual)) is not None
             except (re.error, TypeError):
                 return False
         case "$type":

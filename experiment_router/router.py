@@ -116,7 +116,7 @@ class _Hasher:
 
     def __init__(self, attributes: Mapping[str, Any]) -> None:
         self.attributes = attributes
-        self.memo: dict[str, tuple[str, bytes | Sequence[int], int]] = {}
+        self.memo: dict[str, tuple[str | None, bytes | Sequence[int], int]] = {}
         self.layers: dict[tuple[str, str], float] = {}
 
     def layer_position(self, attribute: str, layer: str, ns_units: bytes | Sequence[int]) -> float:
@@ -130,12 +130,12 @@ class _Hasher:
             n = self.layers[key] = (h % 1000) / 1000
         return n
 
-    def unit(self, attribute: str) -> tuple[str, bytes | Sequence[int], int]:
-        """(value string, its UTF-16 code units, FNV state after hashing them)."""
+    def unit(self, attribute: str) -> tuple[str | None, bytes | Sequence[int], int]:
+        """(value string or None when there is none, its UTF-16 code units, FNV state after hashing them)."""
         got = self.memo.get(attribute)
         if got is None:
             value = unit_string(self.attributes.get(attribute))
-            units = code_units(value)
+            units = code_units(value or "")
             got = (value, units, fnv1a32_update(FNV_OFFSET_BASIS, units))
             self.memo[attribute] = got
         return got
@@ -143,9 +143,9 @@ class _Hasher:
     def bucket(
         self, attribute: str, seed_prefix: int, seed_units: bytes | Sequence[int], version: int
     ) -> float | None:
-        """Hash of (seed, value) in [0, 1) as GrowthBook's hash v1/v2, or None when the value is empty."""
+        """Hash of (seed, value) in [0, 1) as GrowthBook's hash v1/v2, or None when there is no value."""
         value, units, state = self.unit(attribute)
-        if not value:
+        if value is None:
             return None
         return _bucket(state, units, version, seed_prefix, seed_units)
 
@@ -286,7 +286,7 @@ class _Compiled:
     def _bucket(self, hasher: _Hasher, saved_groups: Mapping[str, Any]) -> Assignment:
         """Layer slice, targeting and variation ranges: the stateless GrowthBook path."""
         value, units, state = hasher.unit(self.attribute)
-        if not value:
+        if value is None:
             return self.no_unit
         if self.layer is not None:
             n = hasher.layer_position(self.attribute, self.layer, self.ns_units)
@@ -400,7 +400,7 @@ class Router:
                     cache[key] = hash_bulk(seed, batch, version)
                 else:
                     value = unit_string(attrs.get(attribute))
-                    single = hash_unit(seed, value, version) if value else None
+                    single = hash_unit(seed, value, version) if value is not None else None
                     cache[key] = np.full(size, np.nan if single is None else single)
             return cache[key]
 

@@ -1,0 +1,68 @@
+"""A Node.js process that answers `String(v)` and `Boolean(v)` for JSON values: the reference for jsvalues.
+
+Values travel as one JSON text per line; numbers JSON cannot write (NaN, +-Infinity) travel as the hex of
+their IEEE-754 bits. An int travels as its exact decimal text, which JSON.parse rounds to a double as the
+JavaScript SDK does with any integer it receives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import struct
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+_SCRIPT = r"""
+const rl = require("readline").createInterface({ input: process.stdin });
+rl.on("line", (line) => {
+  const v = line[0] === "h" ? Buffer.from(line.slice(1), "hex").readDoubleLE(0) : JSON.parse(line);
+  process.stdout.write(JSON.stringify([String(v), Boolean(v)]) + "\n");
+});
+"""
+
+
+def node_available() -> bool:
+    """Whether a `node` binary is on PATH."""
+    return shutil.which("node") is not None
+
+
+def encode(value: Any) -> str:
+    """One request line for `value`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "h" + struct.pack("<d", value).hex()
+    return json.dumps(value)
+
+
+class JsPrinter:
+    """One long-lived node process; `ask` sends a batch of values and reads one answer per value."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            ["node", "-e", _SCRIPT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+        )
+
+    def ask(self, values: Sequence[Any]) -> list[tuple[str, bool]]:
+        """(String(v), Boolean(v)) for each value, as node computes them."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        answers = []
+        for start in range(0, len(values), 256):  # bounded batches: never fill both pipes at once
+            chunk = values[start : start + 256]
+            self.proc.stdin.write("".join(encode(v) + "\n" for v in chunk))
+            self.proc.stdin.flush()
+            for _ in chunk:
+                text, truthy = json.loads(self.proc.stdout.readline())
+                answers.append((text, truthy))
+        return answers
+
+    def close(self) -> None:
+        """End the node process."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=10)
