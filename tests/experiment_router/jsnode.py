@@ -1,7 +1,7 @@
 """A Node.js process that answers `String(v)` and `Boolean(v)` for JSON values: the reference for jsvalues.
 
-Values travel as one JSON text per line; numbers JSON cannot write (NaN, +-Infinity) travel as the hex of
-their IEEE-754 bits. An int travels as its exact decimal text, which JSON.parse rounds to a double as the
+Values travel as one JSON text per line; numbers JSON cannot write (NaN, +-Infinity) travel as
+`{"$f": hex of their IEEE-754 bits}`. An int travels as its exact decimal text, which JSON.parse rounds to a double as the
 JavaScript SDK does with any integer it receives.
 """
 
@@ -18,7 +18,9 @@ from typing import Any
 _SCRIPT = r"""
 const rl = require("readline").createInterface({ input: process.stdin });
 rl.on("line", (line) => {
-  const v = line[0] === "h" ? Buffer.from(line.slice(1), "hex").readDoubleLE(0) : JSON.parse(line);
+  const v = JSON.parse(line, (k, x) =>
+    x !== null && typeof x === "object" && typeof x.$f === "string" ? Buffer.from(x.$f, "hex").readDoubleLE(0) : x,
+  );
   process.stdout.write(JSON.stringify([String(v), Boolean(v)]) + "\n");
 });
 """
@@ -29,11 +31,28 @@ def node_available() -> bool:
     return shutil.which("node") is not None
 
 
+def _tagged(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$f": struct.pack("<d", value).hex()}
+    if isinstance(value, list | tuple):
+        return [_tagged(v) for v in value]
+    return value
+
+
+def _untagged(obj: dict) -> Any:
+    if set(obj) == {"$f"}:
+        return struct.unpack("<d", bytes.fromhex(obj["$f"]))[0]
+    return obj
+
+
 def encode(value: Any) -> str:
     """One request line for `value`."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "h" + struct.pack("<d", value).hex()
-    return json.dumps(value)
+    return json.dumps(_tagged(value))
+
+
+def decode(line: str) -> Any:
+    """The value a request line stands for (inverse of `encode`)."""
+    return json.loads(line, object_hook=_untagged)
 
 
 class JsPrinter:

@@ -55,7 +55,7 @@ def write_numbers(path: Path) -> int:
         "generated_by": "python -m tests.experiment_router.make_js_fixtures numbers",
         "node": version,
         "seed": SEED,
-        "format": "[request line (JSON text, or 'h' + hex of the double's bits), String(x), Boolean(x)]",
+        "format": "[x as JSON text ({'$f': hex of the double} for NaN, +-Infinity), String(x), Boolean(x)]",
     }
     rows = [json.dumps([encode(v), text, truthy]) for v, (text, truthy) in zip(values, answers, strict=True)]
     head = json.dumps(header, indent=1)[:-2]  # leave the object open for the cases, one per line

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 
 from experiment_router.evaluation import unit_string
 from experiment_router.jsvalues import js_number_string, js_string, js_truthy
-from tests.experiment_router.jsnode import JsPrinter, node_available
+from tests.experiment_router.jsnode import JsPrinter, decode, node_available
 
 FIXTURE = Path(__file__).parent / "data" / "js_number_strings.json"
 
@@ -102,16 +101,10 @@ def test_falsy_hash_attributes_mean_no_value_and_others_print_like_javascript() 
     assert unit_string([]) == ""  # truthy in JS: the SDK hashes String([]), the empty string
 
 
-def _decode(line: str) -> Any:
-    if line.startswith("h"):
-        return struct.unpack("<d", bytes.fromhex(line[1:]))[0]
-    return json.loads(line)
-
-
 def _fixture_cases() -> Iterator[tuple[Any, str, bool]]:
     doc = json.loads(FIXTURE.read_text(encoding="utf-8"))
     for line, text, truthy in doc["cases"]:
-        yield _decode(line), text, truthy
+        yield decode(line), text, truthy
 
 
 def test_fixture_of_node_answers_matches() -> None:
