@@ -22,10 +22,13 @@ BucketRange = tuple[float, float]
 
 
 def code_units(text: str) -> bytes | Sequence[int]:
-    """Return the UTF-16 code units of `text` as a sequence of ints (bytes for pure ASCII, the fast path)."""
+    """Return the UTF-16 code units of `text` as a sequence of ints (bytes for pure ASCII, the fast path).
+
+    A lone surrogate (valid in a JavaScript string, and in a Python one) is one code unit, as in JS.
+    """
     if text.isascii():
         return text.encode("ascii")
-    return memoryview(text.encode("utf-16-le")).cast("H").tolist()
+    return memoryview(text.encode("utf-16-le", "surrogatepass")).cast("H").tolist()
 
 
 def fnv1a32_update(state: int, units: bytes | Sequence[int]) -> int:

@@ -386,7 +386,8 @@ class Router:
         """Vectorised assignment of many users sharing `attributes`: variation index per experiment, -1 outside.
 
         Mirrors `assign` without sticky buckets (forced allowlists, status, start/end at `now`, holdouts,
-        layer slice, condition, coverage); a condition reading `user_id` is evaluated per user.
+        layer slice, condition, coverage); a condition reading `user_id` is evaluated per user. Ids are
+        hashed exactly as `assign` hashes them: NULs, unicode and very long ids included.
         """
         batch = UnitBatch(user_ids)
         size = len(batch)
@@ -408,7 +409,9 @@ class Router:
             return hashed(holdout.attribute, holdout.seed, holdout.version) < holdout.coverage
 
         global_held = held(self._global) if self._global is not None else np.zeros(size, dtype=bool)
-        ids = np.asarray(batch.ids, dtype=object)
+        forced_users = {user for exp in self._experiments for user in exp.forced}
+        # exact matches in Python: numpy compares strings without their trailing NULs ("\x00" == "")
+        forced_hits = [(i, u) for i, u in enumerate(batch.ids) if u in forced_users] if forced_users else []
         out: dict[str, np.ndarray] = {}
         for exp in self._experiments:
             result = np.full(size, -1, dtype=np.int64)
@@ -426,8 +429,10 @@ class Router:
                     np.nan_to_num(hashed(exp.attribute, exp.seed, exp.version), nan=2.0), exp.ranges
                 )
                 result = np.where(eligible, chosen, -1)
-            for user, forced in exp.forced.items():
-                result[ids == user] = forced.variation_id
+            for i, user in forced_hits:
+                forced = exp.forced.get(user)
+                if forced is not None:
+                    result[i] = forced.variation_id
             out[exp.key] = result
         return out
 
