@@ -68,12 +68,15 @@ class _Locator:
     def __init__(self, file: str, data: Any, lines: dict[Path_, int]) -> None:
         self.file, self.data, self.lines = file, data, lines
 
-    def error(self, message: str, path: Path_) -> ConfigError:
-        line = None
+    def line(self, path: Path_) -> int | None:
+        """Line of `path`, or of its closest ancestor the file shows (a missing key has no line)."""
         for cut in range(len(path), -1, -1):
             if path[:cut] in self.lines:
-                line = self.lines[path[:cut]]
-                break
+                return self.lines[path[:cut]]
+        return None
+
+    def error(self, message: str, path: Path_) -> ConfigError:
+        line = self.line(path)
         experiment = None
         if len(path) >= 2 and path[0] == "experiments" and isinstance(path[1], int):
             try:
@@ -256,12 +259,7 @@ def _layer_problems(config: RouterConfig, locate: _Locator):
         layers_of_stage = stage_layers[exp.stage]
         if layer is None and layers_of_stage or layer not in layers_of_stage and layers_of_stage:
             other = next(iter(layers_of_stage.values()))
-            yield locate.error(
-                f"running {exp.stage} experiments must share one layer (a user would get two {exp.stage} models); "
-                f"{config.experiments[other].key!r} is in layer {_layer_name(config.experiments[other])}, "
-                f"this one in {_layer_name(exp)}",
-                ("experiments", i, "layer"),
-            )
+            yield _stage_layer_conflict(config, locate, i, other)
         layers_of_stage.setdefault(layer, i)
     for members in by_layer.values():
         ordered = sorted(members, key=lambda m: m[1].layer.range)  # type: ignore[union-attr]
@@ -274,8 +272,36 @@ def _layer_problems(config: RouterConfig, locate: _Locator):
                 )
 
 
-def _layer_name(exp: ExperimentConfig) -> str:
-    return repr(exp.layer.name) if exp.layer else "no layer"
+def _stage_layer_conflict(config: RouterConfig, locate: _Locator, i: int, other: int) -> ConfigError:
+    """Two running experiments of one stage that a user could both be in: say which, where, and the fix."""
+    exp, first = config.experiments[i], config.experiments[other]
+    stage = exp.stage
+    line = locate.line(("experiments", other))
+    them = f"{first.key!r} (experiments[{other}]" + (f", line {line})" if line else ")")
+    if exp.layer is None and first.layer is None:
+        problem = f"neither this experiment nor {them} has a layer"
+        fix = (
+            f"put both in one layer with disjoint ranges, e.g. `layer: {{name: {stage}, range: [0.5, 1]}}` "
+            f"here and `layer: {{name: {stage}, range: [0, 0.5]}}` on {first.key!r}"
+        )
+    elif exp.layer is None:
+        name = first.layer.name  # type: ignore[union-attr]
+        problem = f"{them} is in layer {name!r} and this experiment in none"
+        fix = f"add `layer: {{name: {name}, range: [start, end]}}` here, disjoint from the ranges of {name!r}"
+    elif first.layer is None:
+        problem = f"this experiment is in layer {exp.layer.name!r} and {them} in none"
+        fix = (
+            f"add `layer: {{name: {exp.layer.name}, range: [start, end]}}` to {first.key!r}, "
+            f"disjoint from this one's {list(exp.layer.range)}"
+        )
+    else:
+        problem = f"this experiment is in layer {exp.layer.name!r} and {them} in layer {first.layer.name!r}"
+        fix = f"move it into layer {first.layer.name!r} with a range disjoint from the others there"
+    return locate.error(
+        f"running {stage} experiments must share one layer, or a user could be in both and get two {stage} "
+        f"models: {problem}; {fix} (or stop one of them)",
+        ("experiments", i, "layer"),
+    )
 
 
 def repository_checker(root: str | Path) -> ModelExists:
