@@ -215,7 +215,7 @@ def _experiment_problems(config: RouterConfig, exp: ExperimentConfig, base: Path
         try:
             validate_condition(exp.condition)
         except UnknownOperatorError as exc:
-            yield locate.error(str(exc), base + ("condition",))
+            yield locate.error(exc.reason, base + ("condition", *exc.keys))
     if exp.holdout is not None and exp.holdout not in config.holdout_groups:
         yield locate.error(
             f"unknown holdout group {exp.holdout!r}; defined: {sorted(config.holdout_groups)}",

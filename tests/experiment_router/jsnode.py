@@ -1,6 +1,7 @@
-"""A Node.js process that answers `String(v)` and `Boolean(v)` for JSON values: the reference for jsvalues.
+"""Long-lived Node.js processes that answer for JavaScript: the reference of the jsvalues and jsregex tests.
 
-Values travel as one JSON text per line; numbers JSON cannot write (NaN, +-Infinity) travel as
+`JsPrinter` answers `String(v)` and `Boolean(v)` of JSON values; `JsRegex` answers `new RegExp(p, flags)
+.test(text)` (or that the constructor throws), as GrowthBook's JS SDK evaluates `$regex`. Values travel as one JSON text per line; numbers JSON cannot write (NaN, +-Infinity) travel as
 `{"$f": hex of their IEEE-754 bits}`. An int travels as its exact decimal text, which JSON.parse rounds to a double as the
 JavaScript SDK does with any integer it receives.
 """
@@ -15,13 +16,28 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-_SCRIPT = r"""
+_PRINT = r"""
 const rl = require("readline").createInterface({ input: process.stdin });
 rl.on("line", (line) => {
   const v = JSON.parse(line, (k, x) =>
     x !== null && typeof x === "object" && typeof x.$f === "string" ? Buffer.from(x.$f, "hex").readDoubleLE(0) : x,
   );
   process.stdout.write(JSON.stringify([String(v), Boolean(v)]) + "\n");
+});
+"""
+
+_REGEX = r"""
+const rl = require("readline").createInterface({ input: process.stdin });
+rl.on("line", (line) => {
+  const [pattern, flags, texts] = JSON.parse(line);
+  let answer;
+  try {
+    const re = new RegExp(pattern, flags);
+    answer = texts.map((t) => re.test(t));
+  } catch (e) {
+    answer = "SyntaxError";
+  }
+  process.stdout.write(JSON.stringify(answer) + "\n");
 });
 """
 
@@ -55,29 +71,27 @@ def decode(line: str) -> Any:
     return json.loads(line, object_hook=_untagged)
 
 
-class JsPrinter:
-    """One long-lived node process; `ask` sends a batch of values and reads one answer per value."""
+class NodeWorker:
+    """One node process running `script`; `ask` sends one JSON line per request and reads one per answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, script: str) -> None:
         self.proc = subprocess.Popen(
-            ["node", "-e", _SCRIPT],
+            ["node", "-e", script],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             encoding="utf-8",
         )
 
-    def ask(self, values: Sequence[Any]) -> list[tuple[str, bool]]:
-        """(String(v), Boolean(v)) for each value, as node computes them."""
+    def ask(self, requests: Sequence[Any]) -> list[Any]:
+        """node's answer to each request, in order."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         answers = []
-        for start in range(0, len(values), 256):  # bounded batches: never fill both pipes at once
-            chunk = values[start : start + 256]
-            self.proc.stdin.write("".join(encode(v) + "\n" for v in chunk))
+        for start in range(0, len(requests), 256):  # bounded batches: never fill both pipes at once
+            chunk = requests[start : start + 256]
+            self.proc.stdin.write("".join(encode(r) + "\n" for r in chunk))
             self.proc.stdin.flush()
-            for _ in chunk:
-                text, truthy = json.loads(self.proc.stdout.readline())
-                answers.append((text, truthy))
+            answers.extend(json.loads(self.proc.stdout.readline()) for _ in chunk)
         return answers
 
     def close(self) -> None:
@@ -85,3 +99,21 @@ class JsPrinter:
         if self.proc.stdin is not None:
             self.proc.stdin.close()
         self.proc.wait(timeout=10)
+
+
+class JsPrinter(NodeWorker):
+    """`ask(values)` gives (String(v), Boolean(v)) per value."""
+
+    def __init__(self) -> None:
+        super().__init__(_PRINT)
+
+    def ask(self, values: Sequence[Any]) -> list[tuple[str, bool]]:
+        """(String(v), Boolean(v)) for each value, as node computes them."""
+        return [(text, truthy) for text, truthy in super().ask(values)]
+
+
+class JsRegex(NodeWorker):
+    """`ask([(pattern, flags, texts)])` gives per request a list of `test` results, or "SyntaxError"."""
+
+    def __init__(self) -> None:
+        super().__init__(_REGEX)

@@ -152,13 +152,28 @@ def test_duplicate_variation_keys(tmp_path: Path) -> None:
 def test_unknown_condition_operator(tmp_path: Path) -> None:
     path = _write(tmp_path, GOOD_EXPERIMENT + "    condition: {country: {$inn: [NL]}}\n")
     err = _error(path)
-    assert err.field == "experiments[0].condition" and err.line == 13
+    assert err.field == "experiments[0].condition.country.$inn" and err.line == 13
     assert "unknown operator '$inn'" in err.message and "$in" in err.message
 
 
 def test_invalid_regex_in_condition(tmp_path: Path) -> None:
     path = _write(tmp_path, GOOD_EXPERIMENT + "    condition: {agent: {$regex: '(unclosed'}}\n")
     assert "invalid regular expression" in _error(path).message
+
+
+def test_python_only_regex_names_file_line_and_key_and_the_javascript_way(tmp_path: Path) -> None:
+    condition = """\
+    condition:
+      $or:
+        - {country: NL}
+        - os:
+            $regex: "(?i)^ios"
+"""
+    path = _write(tmp_path, GOOD_EXPERIMENT + condition)
+    err = _error(path)
+    assert (err.experiment, err.field, err.line) == ("exp-a", "experiments[0].condition.$or[1].os.$regex", 17)
+    assert err.describe().startswith(f"{path}:17: experiment 'exp-a': field 'experiments[0].condition.$or[1]")
+    assert "is not JavaScript" in err.message and "use $regexi" in err.message
 
 
 def test_unknown_field_lists_allowed_fields(tmp_path: Path) -> None:
