@@ -1,9 +1,8 @@
 """GrowthBook-compatible bucketing primitives: pure functions, no I/O, no clock, no global state.
 
-Unit ids are hashed per UTF-16 code unit, exactly like GrowthBook's JavaScript SDK: an ASCII or BMP
-character contributes its code point, a character outside the BMP (emoji, rare CJK) contributes its two
-surrogates. So a non-ASCII id lands in the same bucket as in the JS SDK (GrowthBook's Python SDK hashes
-code points and differs from JS for characters outside the BMP).
+Unit ids are hashed per UTF-16 code unit, as GrowthBook's SDKs do (JavaScript, and Python since 4.0.0):
+an ASCII or BMP character contributes its code point, a character outside the BMP (emoji, rare CJK)
+contributes its two surrogates, a lone surrogate itself.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ pattern is accepted only if JavaScript reads it the way this module makes Python
   the text only (Python's also matches before a final newline), and a character outside the BMP is two
   code units in the pattern and in the text, so `^.$` does not match an emoji, as in JavaScript.
 
-Left as Python does it: case-insensitive matching of the few letters whose case mapping crosses into ASCII
-(the Kelvin sign and long s match `k` and `s` under `$regexi` here, not in JavaScript).
+Left as Python does it: case-insensitive matching of five letters with irregular case mappings (under
+`$regexi` the Kelvin sign, long s, dotless and dotted i match `k`, `s`, `i` here, and capital sharp s matches
+`ß`; JavaScript's "i" without "u" keeps them apart).
 """
 
 from __future__ import annotations
