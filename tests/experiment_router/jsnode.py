@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import struct
 import subprocess
@@ -52,6 +53,8 @@ def _tagged(value: Any) -> Any:
         return {"$f": struct.pack("<d", value).hex()}
     if isinstance(value, list | tuple):
         return [_tagged(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _tagged(v) for k, v in value.items()}
     return value
 
 
@@ -74,9 +77,10 @@ def decode(line: str) -> Any:
 class NodeWorker:
     """One node process running `script`; `ask` sends one JSON line per request and reads one per answer."""
 
-    def __init__(self, script: str) -> None:
+    def __init__(self, script: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             ["node", "-e", script],
+            env={**os.environ, **(env or {})},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
