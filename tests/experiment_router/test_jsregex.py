@@ -8,7 +8,6 @@ hypothesis-generated patterns are checked against a live node process.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 from experiment_router.conditions import eval_condition
 from experiment_router.errors import RegexError
 from experiment_router.jsregex import compile_js, js_text
-from tests.experiment_router.jsnode import JsRegex, node_available
+from tests.experiment_router.jsnode import JsRegex
 
 REFUSED: list[tuple[str, str, str | None]] = [
     ("(?i)^ios", "inline flags", None),
@@ -92,19 +91,8 @@ def test_conditions_evaluate_like_the_js_sdk() -> None:
     assert eval_condition({"n": 1e21}, {"n": {"$regex": r"^1e\+21$"}})  # String(1e21)
 
 
-needs_node = pytest.mark.skipif(not node_available(), reason="node is not on PATH")
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[JsRegex]:
-    worker = JsRegex()
-    yield worker
-    worker.close()
-
-
-@needs_node
-def test_refused_patterns_are_errors_or_other_meanings_in_node(node: JsRegex) -> None:
-    answers = node.ask([(p, "", [w] if w is not None else []) for p, _, w in REFUSED])
+def test_refused_patterns_are_errors_or_other_meanings_in_node(js_regex: JsRegex) -> None:
+    answers = js_regex.ask([(p, "", [w] if w is not None else []) for p, _, w in REFUSED])
     for (pattern, _, witness), answer in zip(REFUSED, answers, strict=True):
         if witness is None:
             assert answer == "SyntaxError", pattern
@@ -112,9 +100,8 @@ def test_refused_patterns_are_errors_or_other_meanings_in_node(node: JsRegex) ->
             assert answer != "SyntaxError" and answer[0] != bool(re.search(pattern, witness)), pattern
 
 
-@needs_node
-def test_translation_table_agrees_with_node(node: JsRegex) -> None:
-    answers = node.ask([(p, f, [t]) for p, f, t, _ in TRANSLATED])
+def test_translation_table_agrees_with_node(js_regex: JsRegex) -> None:
+    answers = js_regex.ask([(p, f, [t]) for p, f, t, _ in TRANSLATED])
     assert [a[0] for a in answers] == [js for _, _, _, js in TRANSLATED]
     python_alone = [bool(re.search(p, t, re.I if f else 0)) for p, f, t, _ in TRANSLATED]
     assert sum(p != js for p, (_, _, _, js) in zip(python_alone, TRANSLATED, strict=True)) >= 13
@@ -130,7 +117,6 @@ TOKENS = [
 TEXT_CHARS = "ab aé😀\n\r١_\xa0\ufeffAK-\x00"
 
 
-@needs_node
 @settings(max_examples=150, deadline=None)
 @given(
     tokens=st.lists(st.sampled_from(TOKENS), min_size=1, max_size=8),
@@ -138,14 +124,14 @@ TEXT_CHARS = "ab aé😀\n\r١_\xa0\ufeffAK-\x00"
     texts=st.lists(st.text(alphabet=TEXT_CHARS, max_size=6), min_size=1, max_size=8),
 )
 def test_accepted_patterns_match_exactly_as_in_node(
-    node: JsRegex, tokens: list[str], flags: str, texts: list[str]
+    js_regex: JsRegex, tokens: list[str], flags: str, texts: list[str]
 ) -> None:
     pattern = "".join(tokens)
     try:
         compiled = compile_js(pattern, flags == "i")
     except RegexError:
         return  # refused: nothing to compare (a refusal must name its reason, tested above)
-    (answer,) = node.ask([(pattern, flags, texts)])
+    (answer,) = js_regex.ask([(pattern, flags, texts)])
     assert answer != "SyntaxError", pattern
     assert [compiled.search(js_text(t)) is not None for t in texts] == answer, pattern
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from experiment_router.evaluation import unit_string
 from experiment_router.jsvalues import js_number_string, js_string, js_truthy
-from tests.experiment_router.jsnode import JsPrinter, decode, node_available
+from tests.experiment_router.jsnode import JsPrinter, decode
 
 FIXTURE = Path(__file__).parent / "data" / "js_number_strings.json"
 
@@ -114,21 +114,10 @@ def test_fixture_of_node_answers_matches() -> None:
     assert not wrong[:5]
 
 
-needs_node = pytest.mark.skipif(not node_available(), reason="node is not on PATH")
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[JsPrinter]:
-    printer = JsPrinter()
-    yield printer
-    printer.close()
-
-
-@needs_node
-def test_tables_agree_with_live_node(node: JsPrinter) -> None:
+def test_tables_agree_with_live_node(js_printer: JsPrinter) -> None:
     values = [v for v, _ in NUMBER_TABLE] + [v for v, _, _ in VALUE_TABLE]
     expected = [(e, js_truthy(v)) for v, e in NUMBER_TABLE] + [(t, b) for _, t, b in VALUE_TABLE]
-    assert node.ask(values) == expected
+    assert js_printer.ask(values) == expected
 
 
 json_scalars = (
@@ -141,8 +130,7 @@ json_scalars = (
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
 
 
-@needs_node
 @settings(max_examples=40, deadline=None)
 @given(values=st.lists(json_values, min_size=1, max_size=60))
-def test_string_and_truthiness_agree_with_node(node: JsPrinter, values: list[Any]) -> None:
-    assert [(js_string(v), js_truthy(v)) for v in values] == node.ask(values)
+def test_string_and_truthiness_agree_with_node(js_printer: JsPrinter, values: list[Any]) -> None:
+    assert [(js_string(v), js_truthy(v)) for v in values] == js_printer.ask(values)
