@@ -81,6 +81,8 @@ def unit_string(value: Any) -> str | None:
     The SDK hashes only truthy values (so `0`, `false`, `""` and null leave the user out) and prints them
     as JavaScript's `String()` does (`2273199612178534537` is "2273199612178534700", `1e21` is "1e+21").
     """
+    if type(value) is str:  # the usual case, on every request
+        return value or None
     return js_string(value) if js_truthy(value) else None
 
 
