@@ -89,7 +89,7 @@ def unit_string(value: Any) -> str | None:
 def hash_identity(
     attributes: Mapping[str, Any], attribute: str, fallback: str | None = None
 ) -> tuple[str, str | None]:
-    """(attribute actually used, its value as a string or None); the fallback serves only when the first has none."""
+    """(attribute used, its value as a string or None); the fallback serves only when the first has none."""
     value = unit_string(attributes.get(attribute))
     if value is None and fallback:
         fallback_value = unit_string(attributes.get(fallback))
