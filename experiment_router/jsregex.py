@@ -215,7 +215,8 @@ def translate(pattern: str) -> str:
             if kind == "units":
                 out.extend(_unit_source(u) for u in payload)  # type: ignore[union-attr]
             else:
-                out.append((_CLASS_ESCAPES if kind == "class" else _ASSERTIONS)[payload])  # type: ignore[index]
+                table = _CLASS_ESCAPES if kind == "class" else _ASSERTIONS
+                out.append(table[payload])  # type: ignore[index]
         elif c == "[":
             source, i = _char_class(pattern, i)
             out.append(source)

@@ -47,7 +47,7 @@ def js_number_string(value: Real) -> str:
 
 
 def _shortest_digits(x: float) -> tuple[str, int]:
-    """(d1..dk, n) with x = 0.d1..dk * 10**n and k minimal: read off `repr`, Python's shortest round-trip form.
+    """(d1..dk, n) with x = 0.d1..dk * 10**n and k minimal, read off `repr` (shortest round-trip digits).
 
     Like JavaScript, `repr` picks the digits closest to x when several shortest strings read back as x.
     """

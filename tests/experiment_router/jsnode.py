@@ -1,9 +1,10 @@
 """Long-lived Node.js processes that answer for JavaScript: the reference of the jsvalues and jsregex tests.
 
-`JsPrinter` answers `String(v)` and `Boolean(v)` of JSON values; `JsRegex` answers `new RegExp(p, flags)
-.test(text)` (or that the constructor throws), as GrowthBook's JS SDK evaluates `$regex`. Values travel as one JSON text per line; numbers JSON cannot write (NaN, +-Infinity) travel as
-`{"$f": hex of their IEEE-754 bits}`. An int travels as its exact decimal text, which JSON.parse rounds to a double as the
-JavaScript SDK does with any integer it receives.
+`JsPrinter` answers `String(v)` and `Boolean(v)` of JSON values; `JsRegex` answers
+`new RegExp(p, flags).test(text)` (or that the constructor throws), as GrowthBook's JS SDK evaluates
+`$regex`. Requests travel as one JSON text per line; numbers JSON cannot write (NaN, +-Infinity) travel as
+`{"$f": hex of their IEEE-754 bits}`. An int travels as its exact decimal text, which JSON.parse rounds to
+a double as the JavaScript SDK does with any integer it receives.
 """
 
 from __future__ import annotations
@@ -17,30 +18,30 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-_PRINT = r"""
-const rl = require("readline").createInterface({ input: process.stdin });
-rl.on("line", (line) => {
-  const v = JSON.parse(line, (k, x) =>
-    x !== null && typeof x === "object" && typeof x.$f === "string" ? Buffer.from(x.$f, "hex").readDoubleLE(0) : x,
-  );
-  process.stdout.write(JSON.stringify([String(v), Boolean(v)]) + "\n");
-});
+
+def line_script(answer: str, prelude: str = "") -> str:
+    """A node program that answers each JSON line on stdin with `answer(request)` as one JSON line."""
+    return f"""{prelude}
+const revive = (k, x) =>
+  x !== null && typeof x === "object" && typeof x.$f === "string" ? Buffer.from(x.$f, "hex").readDoubleLE(0) : x;
+const answer = {answer};
+require("readline")
+  .createInterface({{ input: process.stdin }})
+  .on("line", (line) => process.stdout.write(JSON.stringify(answer(JSON.parse(line, revive))) + "\\n"));
 """
 
-_REGEX = r"""
-const rl = require("readline").createInterface({ input: process.stdin });
-rl.on("line", (line) => {
-  const [pattern, flags, texts] = JSON.parse(line);
-  let answer;
+
+_PRINT = line_script("(v) => [String(v), Boolean(v)]")
+_REGEX = line_script(
+    """([pattern, flags, texts]) => {
   try {
     const re = new RegExp(pattern, flags);
-    answer = texts.map((t) => re.test(t));
+    return texts.map((t) => re.test(t));
   } catch (e) {
-    answer = "SyntaxError";
+    return "SyntaxError";
   }
-  process.stdout.write(JSON.stringify(answer) + "\n");
-});
-"""
+}"""
+)
 
 
 def node_available() -> bool:

@@ -22,7 +22,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from tests.experiment_router.jsnode import JsPrinter, NodeWorker, encode
+from tests.experiment_router.jsnode import JsPrinter, NodeWorker, encode, line_script
 
 DATA = Path(__file__).parent / "data"
 SEED = 17
@@ -73,17 +73,13 @@ def write_numbers(path: Path) -> int:
     return len(values)
 
 
-_SDK_RUN = r"""
-const { GrowthBook } = require(process.env.GB_SDK);
-const rl = require("readline").createInterface({ input: process.stdin });
-rl.on("line", (line) => {
-  const [experiment, attributes] = JSON.parse(line, (k, x) =>
-    x !== null && typeof x === "object" && typeof x.$f === "string" ? Buffer.from(x.$f, "hex").readDoubleLE(0) : x,
-  );
+_SDK_RUN = line_script(
+    """([experiment, attributes]) => {
   const r = new GrowthBook({ attributes }).run(experiment);
-  process.stdout.write(JSON.stringify([r.inExperiment, r.variationId, r.hashUsed, r.bucket ?? null]) + "\n");
-});
-"""
+  return [r.inExperiment, r.variationId, r.hashUsed, r.bucket ?? null];
+}""",
+    prelude="const { GrowthBook } = require(process.env.GB_SDK);",
+)
 
 SDK_EXPERIMENTS = [
     {"key": "plain-v1", "variations": [0, 1], "hashAttribute": "account", "hashVersion": 1},
@@ -124,7 +120,7 @@ def write_sdk_runs(path: Path, sdk_dir: Path) -> int:
     header = {
         "generated_by": "python -m tests.experiment_router.make_js_fixtures js-sdk --sdk-dir DIR",
         "sdk": f"@growthbook/growthbook {package['version']}",
-        "format": "[experiment index, hash attribute value as JSON, [inExperiment, variationId, hashUsed, bucket]]",
+        "format": "[experiment index, value as JSON, [inExperiment, variationId, hashUsed, bucket]]",
         "experiments": SDK_EXPERIMENTS,
     }
     n = len(SDK_VALUES)
