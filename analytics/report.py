@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from analytics.metrics import AnalysisConfig, EventStore, MetricDefinition, aggregate
+from analytics.metrics import AnalysisConfig, EventStore, MetricDefinition
 from analytics.stats.analysis import AnalysisSettings, Comparison, adjusted_p_values, compare_to_control
 from analytics.stats.messages import MESSAGES
 from analytics.stats.models.results import FrequentistResult
@@ -278,14 +278,10 @@ def _empty_statistic(metric: MetricDefinition) -> TestStatistic:
     return zero
 
 
-def _metric_statistics(
-    metric: MetricDefinition,
-    store: EventStore,
-    experiment_key: str,
-    keys: list[str],
-    until_ms: int | None = None,
+def _complete(
+    metric: MetricDefinition, stats: dict[str, TestStatistic], experiment_key: str, keys: list[str]
 ) -> dict[str, TestStatistic]:
-    stats = aggregate(metric, store, experiment_key, until_ms)
+    """``stats`` for exactly the report's variants (an empty statistic where a variant has no users yet)."""
     unknown = sorted(set(stats) - set(keys))
     if unknown:
         logger.warning(
@@ -393,23 +389,17 @@ def _cut_points(start_ms: int, end_ms: int, points: int) -> list[int]:
 
 
 def _timeline(
-    store: EventStore,
     config: AnalysisConfig,
-    experiment_key: str,
-    keys: list[str],
+    definitions: list[MetricDefinition],
     control: str,
-    start_ms: int,
-    end_ms: int,
+    cuts: list[int],
+    statistics: list[list[dict[str, TestStatistic]]],
 ) -> list[TimelinePoint]:
+    """Cumulative lifts at each cut from the statistics computed for it (``statistics[cut][metric]``)."""
     settings = analysis_settings(config)
     points = []
-    cuts = _cut_points(start_ms, end_ms, config.timeline_points)
-    for until_ms in cuts:
-        # The last point reads everything, so it equals the metric table even for outcomes logged after
-        # the last exposure.
-        read_until = None if until_ms == cuts[-1] else until_ms
-        for metric in config.metrics_for(experiment_key):
-            stats = _metric_statistics(metric, store, experiment_key, keys, read_until)
+    for until_ms, per_metric in zip(cuts, statistics, strict=True):
+        for metric, stats in zip(definitions, per_metric, strict=True):
             for key, comparison in compare_to_control(stats, control, settings, metric.inverse).items():
                 result = comparison.primary(settings.difference_type)
                 points.append(
@@ -458,18 +448,25 @@ def build_report(
     control, variants, srm, total = _summary_parts(store, config, experiment_key)
     keys = [v.key for v in variants]
     definitions = config.metrics_for(experiment_key)
-    statistics = [_metric_statistics(metric, store, experiment_key, keys) for metric in definitions]
-    metrics = analyse_metrics(config, definitions, statistics, control)
     start_ms = end_ms = bucket_ms = None
-    timeline: list[TimelinePoint] = []
     traffic: list[TrafficPoint] = []
+    cuts: list[int] = []
     if total > 0:
         start_ms, end_ms = store.time_range(experiment_key)
         if with_timeline:
             bucket_ms = traffic_bucket_ms(start_ms, end_ms)
             traffic = _traffic(store, experiment_key, bucket_ms)
             if control is not None and config.timeline_points > 0:
-                timeline = _timeline(store, config, experiment_key, keys, control, start_ms, end_ms)
+                cuts = _cut_points(start_ms, end_ms, config.timeline_points)
+    # One read for the metric table and every timeline point: the last point reads everything, so it equals the
+    # metric table even for outcomes logged after the last exposure.
+    read_until: list[int | None] = [*cuts[:-1], None]
+    per_cut = [
+        [_complete(m, stats, experiment_key, keys) for m, stats in zip(definitions, per_metric, strict=True)]
+        for per_metric in store.metric_statistics(experiment_key, definitions, read_until)
+    ]
+    metrics = analyse_metrics(config, definitions, per_cut[-1], control)
+    timeline = _timeline(config, definitions, control, cuts, per_cut) if cuts and control is not None else []
     return ExperimentReport(
         experiment_key=experiment_key,
         status=config.experiment(experiment_key).status,

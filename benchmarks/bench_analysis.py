@@ -9,7 +9,7 @@ config: binomial, ratio, CUPED+winsorised continuous, count; two variants):
    merged with ``+``, then every metric is tested, corrected (Holm) and SRM-checked (``analyse_metrics``).
 2. rows: the per-user rows the store yields (one tuple per user and outcome name) are aggregated to
    sufficient statistics with numpy (``aggregate_rows``), then analysed as in 1.
-3. sqlite: ``build_report`` on a real ``SQLiteEventStore`` (query + aggregation + analysis), without and with
+3. sqlite: ``build_report`` on a real ``DuckDBEventStore`` (query + aggregation + analysis), without and with
    the cumulative-lift timeline (``timeline_points`` extra reads per metric).
 
 Usage:
@@ -42,7 +42,7 @@ from analytics.report import analyse_metrics, build_report
 from analytics.stats.models.statistics import TestStatistic
 from analytics.stats.multiple_testing import adjust_p_values
 from analytics.stats.srm import srm_p_value
-from analytics.store import ExposureRow, OutcomeRow, SQLiteEventStore
+from analytics.store import DuckDBEventStore, ExposureRow, OutcomeRow
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def build_sqlite(path: Path, users: int, seed: int = 1, chunk: int = 20_000) -> 
     """A SQLite store with ``users`` exposed users and their click/impression/watch outcomes."""
     rng = np.random.default_rng(seed)
     start_ms = 1_790_000_000_000
-    with SQLiteEventStore(path) as store:
+    with DuckDBEventStore(path) as store:
         for lo in tqdm(range(0, users, chunk), desc="writing SQLite store", unit="chunk"):
             exposures, outcomes = [], []
             for i in range(lo, min(lo + chunk, users)):
@@ -195,9 +195,9 @@ def main() -> None:
 
     if args.sqlite_users:
         with tempfile.TemporaryDirectory() as tmp:
-            db = Path(tmp) / "events.db"
+            db = Path(tmp) / "events"
             build_sqlite(db, args.sqlite_users)
-            with SQLiteEventStore(db) as store:
+            with DuckDBEventStore(db) as store:
                 t_sql = best_of(2, lambda: build_report(store, config, "bench", with_timeline=False))
                 t_sql_timeline = best_of(1, lambda: build_report(store, config, "bench"))
         results += [

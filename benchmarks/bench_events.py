@@ -35,7 +35,7 @@ from analytics.consumer.processor import AnalyticsConsumer  # noqa: E402
 from analytics.events.messages import decode_batch, make_exposure, make_outcome  # noqa: E402
 from analytics.events.producer import EventProducer  # noqa: E402
 from analytics.kafka.broker import EmbeddedBroker  # noqa: E402
-from analytics.store import SQLiteEventStore  # noqa: E402
+from analytics.store import DuckDBEventStore  # noqa: E402
 
 log = logging.getLogger("bench_events")
 
@@ -111,7 +111,7 @@ def pipeline_consume(
     bootstrap: str, prefix: str, n_events: int, store_path: Path
 ) -> tuple[float, float, int, int]:
     """The analytics consumer into SQLite: (wall s, CPU s to durable state, records seen, events)."""
-    store = SQLiteEventStore(store_path)
+    store = DuckDBEventStore(store_path)
     app = AnalyticsConsumer(
         bootstrap, store, group_id=f"bench-{prefix}", topics=(f"{prefix}.exposures", f"{prefix}.outcomes"),
         session_timeout_ms=6_000,

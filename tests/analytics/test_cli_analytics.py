@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from analytics.__main__ import main
-from analytics.store import ExposureRow, SQLiteEventStore
+from analytics.store import DuckDBEventStore, ExposureRow
 from tests.analytics.stats.simulated_events import START_MS, simulate_experiment
 
 EXAMPLE = Path(__file__).parents[2] / "analytics" / "examples" / "metrics.yaml"
@@ -138,8 +138,8 @@ def test_power(capsys) -> None:
 
 
 def test_report_table_and_json_from_sqlite(tmp_path: Path, capsys) -> None:
-    db = tmp_path / "events.db"
-    with SQLiteEventStore(db) as store:
+    db = tmp_path / "events"
+    with DuckDBEventStore(db) as store:
         simulate_experiment(store, "ranking-dml", users=800, seed=4, variants=("control", "dml"))
     code, out, _ = run(capsys, "report", "ranking-dml", "--store", str(db), "--metrics", str(EXAMPLE))
     assert code == 0
@@ -183,8 +183,8 @@ def test_package_import_stays_light() -> None:
 
 
 def test_report_table_explains_error_codes(tmp_path: Path, capsys) -> None:
-    db = tmp_path / "events.db"
-    with SQLiteEventStore(db) as store:
+    db = tmp_path / "events"
+    with DuckDBEventStore(db) as store:
         simulate_experiment(store, "exp", users=100, seed=6)
         store.apply([ExposureRow("x-lonely", "exp", "lonely", "lonely-user", START_MS)], [], {})
     code, out, _ = run(capsys, "report", "exp", "--store", str(db), "--metrics", str(EXAMPLE))

@@ -29,11 +29,13 @@ from analytics.events.messages import (
 from analytics.events.producer import EventProducer
 from analytics.kafka.broker import EmbeddedBroker
 from analytics.store import (
+    DuckDBEventStore,
     EventStore,
+    ExposureColumns,
     ExposureRow,
     MemoryEventStore,
+    OutcomeColumns,
     OutcomeRow,
-    SQLiteEventStore,
     TopicPartition,
 )
 from proto import events_pb2
@@ -134,7 +136,7 @@ def test_consume_dedups_and_matches_reference(
     # redelivery of the same events (a producer retry after a lost ack) must not count twice
     _produce(kafka_broker.bootstrap, fresh_topics, exposures[:50], outcomes[:200], tmp_path)
     reference = _reference(exposures, outcomes)
-    with SQLiteEventStore(tmp_path / "s.db", attribution_window_ms=WINDOW_MS) as store:
+    with DuckDBEventStore(tmp_path / "s.db", attribution_window_ms=WINDOW_MS) as store:
         consumer = AnalyticsConsumer(
             kafka_broker.bootstrap,
             store,
@@ -200,7 +202,7 @@ def test_consumer_killed_mid_stream_then_restarted_gives_identical_numbers(
     proc = _start_consumer(kafka_broker.bootstrap, fresh_topics, path, "killed")
     try:
         deadline = time.monotonic() + 30
-        with SQLiteEventStore(path) as partial:
+        with DuckDBEventStore(path) as partial:
             while partial.counts()["outcomes"] < 300:
                 assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
                 assert time.monotonic() < deadline, "the consumer made no progress"
@@ -218,7 +220,7 @@ def test_consumer_killed_mid_stream_then_restarted_gives_identical_numbers(
     proc = _start_consumer(kafka_broker.bootstrap, fresh_topics, path, "killed")
     reference = _reference(exposures, outcomes)
     try:
-        with SQLiteEventStore(path, attribution_window_ms=WINDOW_MS) as store:
+        with DuckDBEventStore(path, attribution_window_ms=WINDOW_MS) as store:
             _wait_for(store, reference.counts())
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
@@ -234,7 +236,7 @@ def test_two_consumers_in_one_group_give_the_same_totals_as_one(
     kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path
 ) -> None:
     path = tmp_path / "shared.db"
-    stores = [SQLiteEventStore(path, attribution_window_ms=WINDOW_MS) for _ in range(2)]
+    stores = [DuckDBEventStore(path, attribution_window_ms=WINDOW_MS) for _ in range(2)]
     consumers = [
         AnalyticsConsumer(
             kafka_broker.bootstrap,
@@ -282,10 +284,12 @@ def test_decoder_skips_unknown_schema_versions_and_garbage() -> None:
     future = make_exposure("u1", "exp1", "a")
     future.schema_version = 99  # a producer newer than this consumer
     value = frame_batch([encode_outcome(good), encode_exposure(future)])
-    exposures: list[ExposureRow] = []
-    outcomes: list[OutcomeRow] = []
+    exposures, outcomes = ExposureColumns(), OutcomeColumns()
     assert decode_into(value, exposures, outcomes) == 1
-    assert exposures == [] and outcomes == [(good.event_id, "u1", "click", 5, 1.0)]
+    assert list(exposures) == [] and list(outcomes) == [(good.event_id, "u1", "click", 5, 1.0)]
+    assert outcomes.columns() == {
+        "event_id": [good.event_id], "user_id": ["u1"], "metric": ["click"], "event_time_ms": [5], "value": [1.0]
+    }  # fmt: skip
     assert decode_into(b"\xff\xff\xff", exposures, outcomes) == 1
 
 

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analytics.store import (
+    DuckDBEventStore,
     EventStore,
     ExposureRow,
     MemoryEventStore,
     OutcomeRow,
-    SQLiteEventStore,
     TopicPartition,
 )
 from analytics.store.exceptions import OffsetBackwards
@@ -29,7 +29,7 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
 
     def make(window: int | None = None) -> EventStore:
         if request.param == "sqlite":
-            store: EventStore = SQLiteEventStore(
+            store: EventStore = DuckDBEventStore(
                 tmp_path / f"s{len(stores)}.db", attribution_window_ms=window
             )
         else:
@@ -107,9 +107,9 @@ def test_offsets_never_go_backwards_and_failed_apply_changes_nothing(make_store)
 
 def test_sqlite_state_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    with SQLiteEventStore(path) as store:
+    with DuckDBEventStore(path) as store:
         store.apply([ExposureRow("e1", "exp", "a", "u1", 1)], [OutcomeRow("o1", "u1", "m", 2, 1.0)], {TP: 3})
-    with SQLiteEventStore(path) as store:
+    with DuckDBEventStore(path) as store:
         assert store.offsets() == {TP: 3}
         assert list(store.user_metric_values("exp", "m")) == [("a", 1.0, 1, 0.0)]
 
@@ -156,7 +156,7 @@ def test_sqlite_matches_memory_in_any_arrival_order(
     shuffled_e, shuffled_o = exposures * 2, outcomes * 2  # with duplicates
     rnd.shuffle(shuffled_e)
     rnd.shuffle(shuffled_o)
-    with SQLiteEventStore(tmp_path_factory.mktemp("h") / "s.db", attribution_window_ms=60) as store:
+    with DuckDBEventStore(tmp_path_factory.mktemp("h") / "s.db", attribution_window_ms=60) as store:
         for i in range(0, max(len(shuffled_e), len(shuffled_o)), 7):
             store.apply(shuffled_e[i : i + 7], shuffled_o[i : i + 7], {TP: i})
         assert _snapshot(store) == _snapshot(reference)
