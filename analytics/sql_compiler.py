@@ -45,6 +45,7 @@ event counts and sums (for example interleaving wins per request) adds its own c
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -143,6 +144,22 @@ class Relations:
     exposures: exp.Expression
     outcomes_unique: exp.Expression | None = None
     outcomes_raw: exp.Expression | None = None
+    user_key: str = "user_id"
+    """The column users are grouped and joined by: ``user_id``, or an integer hash of it in both relations
+    (much faster to join than text). A hash key is checked: two user ids on one key raise ``KeyClash``."""
+
+    @property
+    def keyed(self) -> bool:
+        """True when users are joined by a hash key rather than by ``user_id`` itself."""
+        return self.user_key != "user_id"
+
+    def by_user_id(self) -> Relations:
+        """The same relations, joined by ``user_id`` (the fallback after a ``KeyClash``)."""
+        return dataclasses.replace(self, user_key="user_id")
+
+
+class KeyClash(RuntimeError):
+    """Two different user ids share a hash key in this query: rerun it with ``Relations.by_user_id()``."""
 
 
 def _from(relation: exp.Expression, alias: str | None = None) -> exp.Expression:
@@ -157,28 +174,40 @@ def _from(relation: exp.Expression, alias: str | None = None) -> exp.Expression:
 
 
 def first_exposure(relations: Relations, experiment_key: str) -> exp.Select:
-    """Per exposed user: ``user_id, variant, first_ms`` (the earliest ``(ts, event_id)`` wins)."""
+    """Per exposed user: ``k`` (the user key), ``variant``, ``first_ms`` (the earliest ``(ts, event_id)`` wins);
+    with a hash key also ``user_id`` and ``user_id_max`` (different when two users share the key)."""
     earliest = exp.Tuple(expressions=[_col("ts"), _col("event_id")])
-    return (
-        exp.select(
-            _col("user_id"),
-            exp.alias_(exp.ArgMin(this=_col("variant"), expression=earliest), "variant"),
-            exp.alias_(exp.Min(this=_col("ts")), "first_ms"),
+    select = exp.select(
+        exp.alias_(_col(relations.user_key), "k"),
+        exp.alias_(exp.ArgMin(this=_col("variant"), expression=earliest), "variant"),
+        exp.alias_(exp.Min(this=_col("ts")), "first_ms"),
+    )
+    if relations.keyed:
+        select = select.select(
+            exp.alias_(exp.Min(this=_col("user_id")), "user_id"),
+            exp.alias_(exp.Max(this=_col("user_id")), "user_id_max"),
         )
-        .from_(_from(relations.exposures))
+    return (
+        select.from_(_from(relations.exposures))
         .where(exp.EQ(this=_col("experiment"), expression=_lit(experiment_key)))
-        .group_by(_col("user_id"))
+        .group_by(_col(relations.user_key))
     )
 
 
 _OUTCOME_COLUMNS = ("event_id", "user_id", "metric", "ts", "value")
 
 
+def _outcome_columns(relations: Relations) -> tuple[str, ...]:
+    return (*_OUTCOME_COLUMNS, relations.user_key) if relations.keyed else _OUTCOME_COLUMNS
+
+
 def unique_outcomes(relations: Relations, events: Sequence[str] | None = None) -> exp.Select:
     """Outcome rows without duplicate event ids, optionally only those of ``events``."""
 
+    columns = _outcome_columns(relations)
+
     def of(relation: exp.Expression, alias: str) -> exp.Select:
-        select = exp.select(*(_col(c, alias) for c in _OUTCOME_COLUMNS)).from_(_from(relation, alias))
+        select = exp.select(*(_col(c, alias) for c in columns)).from_(_from(relation, alias))
         if events is not None:
             select = select.where(_col("metric", alias).isin(*(_lit(e) for e in events)))
         return select
@@ -188,7 +217,7 @@ def unique_outcomes(relations: Relations, events: Sequence[str] | None = None) -
         if unique is None:
             raise ValueError("Relations without outcomes")
         return unique
-    keys = [_col(c) for c in _OUTCOME_COLUMNS[:4]]
+    keys = [_col(c) for c in columns if c != "value"]
     deduplicated = (
         exp.select(*keys, exp.alias_(exp.Min(this=_col("value")), "value"))
         .from_(of(relations.outcomes_raw, "r").subquery("raw"))
@@ -206,7 +235,7 @@ def unique_outcomes(relations: Relations, events: Sequence[str] | None = None) -
         )
     )
     fresh = (
-        exp.select(*(_col(c) for c in _OUTCOME_COLUMNS))
+        exp.select(*(_col(c) for c in columns))
         .from_(deduplicated.subquery("f"))
         .where(exp.not_(_col("event_id").isin(query=again)))
     )
@@ -409,8 +438,10 @@ class _Layout:
         return self.needs.index(need)
 
 
-def _measure_name(layout: _Layout, need: Need) -> str:
-    return f"x{layout.need_index(need)}"
+def _contribution(layout: _Layout, need: Need) -> str:
+    """The ``attributed`` column a need sums: the event's count or its value."""
+    events = sorted({n.event for n in layout.needs})
+    return f"{'n' if need.measure == 'count' else 'v'}{events.index(need.event)}"
 
 
 def _per_user(
@@ -440,24 +471,34 @@ def _per_user(
         bucket = bucket.else_(bounded.args["default"])
     else:
         bucket = bucket.else_(bounded)
-    contributions = []
-    for i, need in enumerate(layout.needs):
-        amount = _lit(1) if need.measure == "count" else _col("value", o)
-        is_event = exp.EQ(this=_col("metric", o), expression=_lit(need.event))
-        contributions.append(exp.alias_(_case(is_event, amount, _lit(0)), f"x{i}"))
+    contributions: dict[str, exp.Expression] = {}  # one column per (event, count or value), shared by needs
+    for need in layout.needs:
+        name = _contribution(layout, need)
+        if name not in contributions:
+            amount = _lit(1) if need.measure == "count" else _col("value", o)
+            is_event = exp.EQ(this=_col("metric", o), expression=_lit(need.event))
+            contributions[name] = exp.alias_(_case(is_event, amount, _lit(0)), name)
     extra_columns = {name: agg for m in metrics for name, agg in kind_of(m).user_columns(m).items()}
+    if (
+        relations.keyed
+    ):  # 1 where the key stands for two user ids (exposed ones, or an event's and its user's)
+        clash = exp.or_(
+            exp.NEQ(this=_col("user_id", f), expression=_col("user_id_max", f)),
+            exp.NEQ(this=_col("user_id", o), expression=_col("user_id", f)),
+        )
+        contributions["clash"] = exp.alias_(_case(clash, _lit(1), _lit(0)), "clash")
     attributed = (
         exp.select(
-            _col("user_id", f),
+            _col("k", f),
             _col("variant", f),
             exp.alias_(_first_cut_at_or_after(_col("first_ms", f), cuts), "j0"),
             exp.alias_(bucket, "b"),
-            *contributions,
+            *contributions.values(),
         )
         .from_(_from(exp.to_table("first_exposure"), f))
         .join(
             _from(exp.to_table("events"), o),
-            on=exp.EQ(this=_col("user_id", o), expression=_col("user_id", f)),
+            on=exp.EQ(this=_col(relations.user_key, o), expression=_col("k", f)),
             join_type="left",
         )
     )
@@ -468,35 +509,37 @@ def _per_user(
     ]
     source = "attributed"
     if len(cuts) > 1 and not extra_columns:
-        xs = [f"x{i}" for i in range(len(layout.needs))]
+        xs = list(contributions)
         user_buckets = (
             exp.select(
-                _col("user_id"),
+                _col("k"),
                 exp.alias_(exp.AnyValue(this=_col("variant")), "variant"),
                 exp.alias_(exp.AnyValue(this=_col("j0")), "j0"),
                 _col("b"),
                 *(exp.alias_(exp.Sum(this=_col(x)), x) for x in xs),
             )
             .from_("attributed")
-            .group_by(_col("user_id"), _col("b"))
+            .group_by(_col("k"), _col("b"))
         )
         ctes.append(("user_buckets", user_buckets))
         source = "user_buckets"
     columns: list[exp.Expression] = [
-        _col("user_id"),
+        _col("k"),
         exp.alias_(exp.AnyValue(this=_col("variant")), "variant"),
         exp.alias_(exp.AnyValue(this=_col("j0")), "j0"),
     ]
     for i, need in enumerate(layout.needs):
-        x = _col(f"x{i}")
+        x = _col(_contribution(layout, need))
         if need.measure == "pre":
             columns.append(exp.alias_(_sum_if(exp.EQ(this=_col("b"), expression=_lit(-1)), x), f"x{i}_pre"))
             continue
         for j in range(len(cuts)):
             in_cut = exp.Between(this=_col("b"), low=_lit(0), high=_lit(j))
             columns.append(exp.alias_(_sum_if(in_cut, x.copy()), f"x{i}_{j}"))
+    if relations.keyed:
+        columns.append(exp.alias_(exp.Max(this=_col("clash")), "clash"))
     columns += [exp.alias_(agg, name) for name, agg in extra_columns.items()]
-    per_user = exp.select(*columns).from_(source).group_by(_col("user_id"))
+    per_user = exp.select(*columns).from_(source).group_by(_col("k"))
     for name, cte in ctes:
         per_user = per_user.with_(name, as_=cte)
     return per_user
@@ -526,6 +569,8 @@ class CompiledReport:
     ) -> list[list[dict[str, TestStatistic]]]:
         """``[cut][metric]`` -> variant -> statistic, from the query's result rows."""
         index = {name: i for i, name in enumerate(columns)}
+        if "key_clashes" in index and any(row[index["key_clashes"]] for row in rows):
+            raise KeyClash("two user ids share a hash key")
         out: list[list[dict[str, TestStatistic]]] = [[{} for _ in self.metrics] for _ in self.cuts]
         for row in rows:
             variant = row[index["variant"]]
@@ -568,6 +613,8 @@ def compile_report(
                 quantile_of = ExactQuantile(this=values, quantile=_lit(float(quantile)))
                 cap_columns.append(exp.alias_(quantile_of, f"cap_m{m}_c{j}_{name}"))
     final_columns: list[exp.Expression] = [_col("variant")]
+    if relations.keyed:
+        final_columns.append(exp.alias_(exp.Sum(this=_col("clash")), "key_clashes"))
     for j in range(len(cuts)):
         final_columns.append(exp.alias_(_sum_if(in_cut[j].copy(), _lit(1)), f"n_c{j}"))
         for m, metric in enumerate(metrics):
@@ -581,7 +628,8 @@ def compile_report(
     final = final.group_by(_col("variant")).order_by(_col("variant"))
     for name, cte in ctes.items():
         final = final.with_(name, as_=cte)
-    final = final.with_("per_user", as_=per_user)
+    # DuckDB computes a CTE once per reference unless told to materialise it (ClickHouse has no such clause).
+    final = final.with_("per_user", as_=per_user, materialized=dialect == "duckdb" and bool(cap_columns))
     if cap_columns:
         final = final.with_("caps", as_=exp.select(*cap_columns).from_("per_user"))
     return CompiledReport(
@@ -601,6 +649,7 @@ def compile_user_rows(
 
     The SQL twin of ``EventStore.user_metric_values`` (for inspection and tests; reports use ``compile_report``).
     """
+    relations = relations.by_user_id()
     layout = _Layout()
     needs = [Need(event, "sum"), Need(event, "count"), Need(event, "pre")]
     for need in needs:
@@ -614,7 +663,7 @@ def compile_user_rows(
     ).from_(per_user.subquery("pu"))
     if until_ms is not None:
         select = select.where(exp.LTE(this=_col("j0"), expression=_lit(0)))
-    return select.order_by(_col("user_id")).sql(dialect=DIALECTS[dialect])
+    return select.order_by(_col("k")).sql(dialect=DIALECTS[dialect])
 
 
 # ---------------------------------------------------------------- small queries over the raw events
@@ -639,7 +688,7 @@ def variant_counts_query(relations: Relations, experiment_key: str, dialect: str
     """Users per variant (of their first exposure)."""
     select = (
         exp.select(_col("variant"), exp.alias_(exp.Count(this=exp.Star()), "users"))
-        .from_(first_exposure(relations, experiment_key).subquery("f"))
+        .from_(first_exposure(relations.by_user_id(), experiment_key).subquery("f"))
         .group_by(_col("variant"))
         .order_by(_col("variant"))
     )
@@ -657,7 +706,7 @@ def exposure_timeline_query(relations: Relations, experiment_key: str, bucket_ms
             _col("variant"),
             exp.alias_(exp.Count(this=exp.Star()), "users"),
         )
-        .from_(first_exposure(relations, experiment_key).subquery("f"))
+        .from_(first_exposure(relations.by_user_id(), experiment_key).subquery("f"))
         .group_by(_col("bucket_start"), _col("variant"))
         .order_by(_col("bucket_start"), _col("variant"))
     )

@@ -7,6 +7,7 @@ attribution semantics and the decoding into statistics are shared, so DuckDB and
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from analytics.metrics import MetricDefinition
     from analytics.stats.models.statistics import TestStatistic
 
+
+log = logging.getLogger(__name__)
 
 EXPOSURE_SCHEMA = pa.schema(
     [("event_id", pa.string()), ("experiment", pa.string()), ("variant", pa.string()),
@@ -77,9 +80,27 @@ class WarehouseEventStore(EventStore):
         metrics: Sequence[MetricDefinition],
         cuts: Sequence[int | None],
     ) -> list[list[dict[str, TestStatistic]]]:
+        if not metrics:
+            return [[] for _ in cuts]
+        try:
+            return self._statistics(experiment_key, metrics, cuts, by_user_id=False)
+        except sql.KeyClash:  # astronomically rare with 64-bit keys, but then exact all the same
+            log.warning(
+                "experiment %s: a user key stands for two user ids; rerunning by user id", experiment_key
+            )
+            return self._statistics(experiment_key, metrics, cuts, by_user_id=True)
+
+    def _statistics(
+        self,
+        experiment_key: str,
+        metrics: Sequence[MetricDefinition],
+        cuts: Sequence[int | None],
+        by_user_id: bool,
+    ) -> list[list[dict[str, TestStatistic]]]:
         compiled: list[sql.CompiledReport] = []
 
         def build(relations: sql.Relations) -> str:
+            relations = relations.by_user_id() if by_user_id else relations
             compiled[:] = [
                 sql.compile_report(
                     relations, experiment_key, metrics, cuts, self.attribution_window_ms, self.dialect
@@ -87,7 +108,7 @@ class WarehouseEventStore(EventStore):
             ]
             return compiled[0].sql
 
-        columns, rows = self._run(build) if metrics else ([], [])
+        columns, rows = self._run(build)
         if not compiled:
             return [[{} for _ in metrics] for _ in cuts]
         return compiled[0].decode(columns, rows)
