@@ -292,6 +292,7 @@ def _clip(
     """``value`` limited to [lower, upper]; a NULL (or NaN) bound does not clip, like numpy with no bound."""
     if lower is None and upper is None:
         return value
+    value = exp.Cast(this=value, to=exp.DataType.build("double"))  # one type in every branch (ClickHouse)
     case = exp.case()
     if lower is not None:
         case = case.when(exp.LT(this=value.copy(), expression=lower), lower.copy())
@@ -629,7 +630,7 @@ def compile_report(
     for name, cte in ctes.items():
         final = final.with_(name, as_=cte)
     # DuckDB computes a CTE once per reference unless told to materialise it (ClickHouse has no such clause).
-    final = final.with_("per_user", as_=per_user, materialized=dialect == "duckdb" and bool(cap_columns))
+    final = final.with_("per_user", as_=per_user, materialized=True if dialect == "duckdb" and cap_columns else None)
     if cap_columns:
         final = final.with_("caps", as_=exp.select(*cap_columns).from_("per_user"))
     return CompiledReport(

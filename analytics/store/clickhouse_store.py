@@ -247,7 +247,7 @@ class ClickHouseEventStore(WarehouseEventStore):
                 names = ["topic", "partition", "last_offset", "written_ns"]
                 types = [pa.string(), pa.int32(), pa.int64(), pa.int64()]
                 self.client.insert(
-                    "offsets",
+                    self._table("offsets").sql("clickhouse"),
                     pa.table([pa.array(c, t) for c, t in zip(rows, types, strict=True)], names=names),
                 )
 

@@ -64,6 +64,7 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 _READ_RETRIES = 3
 USER_KEY = "user_key"
+KEY_FUNCTION = "md5_number_lower"  # the low 64 bits of md5: stable across DuckDB versions
 
 
 def _fsync(path: Path) -> None:
@@ -325,7 +326,7 @@ class DuckDBEventStore(WarehouseEventStore):
         """Write ``table`` as Parquet with its ``user_key``: the low 64 bits of md5(user_id), a stable hash that
         joins several times faster than the text id (queries check it never stands for two users)."""
         with_key = exp.select(
-            exp.Star(), exp.alias_(exp.func("md5_number_lower", exp.column("user_id")), USER_KEY)
+            exp.Star(), exp.alias_(exp.func(KEY_FUNCTION, exp.column("user_id")), USER_KEY)
         ).from_("batch")
         self.db.register("batch", table)
         try:
