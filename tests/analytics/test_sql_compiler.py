@@ -149,10 +149,9 @@ def test_statistics_at_every_cut_match_the_reference(stores, engine: str, experi
 
 
 @pytest.mark.parametrize("engine", ["duckdb", "chdb"])
-@pytest.mark.parametrize("sequential", [False, True])
-def test_reports_and_timelines_match_the_reference(stores, engine: str, sequential: bool) -> None:
+def test_reports_and_timelines_match_the_reference(stores, engine: str) -> None:
     config = AnalysisConfig.model_validate(
-        {"metrics": METRICS, "timeline_points": 7, "sequential": sequential,
+        {"metrics": METRICS, "timeline_points": 7, "sequential": engine == "chdb",  # sequential or not: the same sums
          "experiments": {"exp-b": {"control": "y", "weights": {"x": 1, "y": 2, "z": 1}}}}
     )  # fmt: skip
     for experiment in ("exp-a", "exp-b", "exp-c"):
