@@ -13,6 +13,7 @@ engine in-process (``chdb:///path``), which the tests use to prove the ClickHous
 from __future__ import annotations
 
 import abc
+import os
 import secrets
 import tempfile
 import threading
@@ -124,7 +125,7 @@ class ChdbClient(ClickHouseClient):
                 tmp = tempfile.TemporaryDirectory(prefix="chdb-") if path is None else None
                 data = str(Path(path) / "data") if path else tmp.name  # type: ignore[union-attr]
                 Path(data).mkdir(parents=True, exist_ok=True)
-                server.update(session=session.Session(data), path=path, tmp=tmp, clients=0)
+                server.update(session=session.Session(data), path=path, data=data, tmp=tmp, clients=0)
             elif path is not None and server["path"] != path:
                 raise StoreError(
                     f"chDB already runs at {server['path'] or 'a temporary path'} in this process"
@@ -138,6 +139,11 @@ class ChdbClient(ClickHouseClient):
         )
         self._settings = ", ".join(f"{k}={v}" for k, v in QUERY_SETTINGS.items())
         self._folder = Path(tempfile.gettempdir())
+
+    @property
+    def data_path(self) -> Path:
+        """The embedded server's data folder (its ``format_schemas/`` holds .proto files for Protobuf input)."""
+        return Path(ChdbClient._server["data"])
 
     def query(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._lock:
@@ -194,6 +200,8 @@ class ClickHouseEventStore(WarehouseEventStore):
     def from_url(cls, url: str, attribution_window_ms: int | None = None) -> ClickHouseEventStore:
         """``clickhouse://[user[:password]@]host[:port]/database`` or ``chdb:///path`` (``chdb://``: temporary).
 
+        Without credentials in the URL, ``CLICKHOUSE_USER`` and ``CLICKHOUSE_PASSWORD`` are used when set.
+
         Raises:
             StoreError: a malformed URL; ``StoreUnreachable`` when the server does not answer.
         """
@@ -210,13 +218,10 @@ class ClickHouseEventStore(WarehouseEventStore):
             raise StoreError(
                 f"store URL {url!r}: expected clickhouse://[user[:password]@]host[:port]/database"
             )
-        client = ConnectClient(
-            parts.hostname,
-            port,
-            database,
-            unquote(parts.username or "default"),
-            unquote(parts.password or ""),
-        )
+        # Credentials from the URL, else from CLICKHOUSE_USER / CLICKHOUSE_PASSWORD (keeps them out of argv).
+        user = unquote(parts.username) if parts.username else os.environ.get("CLICKHOUSE_USER", "default")
+        password = unquote(parts.password) if parts.password else os.environ.get("CLICKHOUSE_PASSWORD", "")
+        client = ConnectClient(parts.hostname, port, database, user, password)
         return cls(client, attribution_window_ms)
 
     def relations(self) -> sql.Relations:
