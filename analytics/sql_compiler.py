@@ -181,16 +181,18 @@ def first_exposure(relations: Relations, experiment_key: str) -> exp.Select:
         exp.alias_(_col(relations.user_key), "k"),
         exp.alias_(exp.ArgMin(this=_col("variant"), expression=earliest), "variant"),
         exp.alias_(exp.Min(this=_col("ts")), "first_ms"),
+        copy=False,
     )
     if relations.keyed:
         select = select.select(
             exp.alias_(exp.Min(this=_col("user_id")), "user_id"),
             exp.alias_(exp.Max(this=_col("user_id")), "user_id_max"),
+            copy=False,
         )
     return (
-        select.from_(_from(relations.exposures))
-        .where(exp.EQ(this=_col("experiment"), expression=_lit(experiment_key)))
-        .group_by(_col(relations.user_key))
+        select.from_(_from(relations.exposures), copy=False)
+        .where(exp.EQ(this=_col("experiment"), expression=_lit(experiment_key)), copy=False)
+        .group_by(_col(relations.user_key), copy=False)
     )
 
 
@@ -207,9 +209,11 @@ def unique_outcomes(relations: Relations, events: Sequence[str] | None = None) -
     columns = _outcome_columns(relations)
 
     def of(relation: exp.Expression, alias: str) -> exp.Select:
-        select = exp.select(*(_col(c, alias) for c in columns)).from_(_from(relation, alias))
+        select = exp.select(*(_col(c, alias) for c in columns), copy=False).from_(
+            _from(relation, alias), copy=False
+        )
         if events is not None:
-            select = select.where(_col("metric", alias).isin(*(_lit(e) for e in events)))
+            select = select.where(_col("metric", alias).isin(*(_lit(e) for e in events)), copy=False)
         return select
 
     unique = of(relations.outcomes_unique, "u") if relations.outcomes_unique is not None else None
@@ -219,25 +223,26 @@ def unique_outcomes(relations: Relations, events: Sequence[str] | None = None) -
         return unique
     keys = [_col(c) for c in columns if c != "value"]
     deduplicated = (
-        exp.select(*keys, exp.alias_(exp.Min(this=_col("value")), "value"))
-        .from_(of(relations.outcomes_raw, "r").subquery("raw"))
-        .group_by(*[k.copy() for k in keys])
+        exp.select(*keys, exp.alias_(exp.Min(this=_col("value")), "value"), copy=False)
+        .from_(of(relations.outcomes_raw, "r").subquery("raw"), copy=False)
+        .group_by(*[k.copy() for k in keys], copy=False)
     )
     if unique is None:
         return deduplicated
     # Events in both parts: found by a join whose build side is the small raw part, then left out of it.
     again = (
-        exp.select(_col("event_id", "d"))
-        .from_(deduplicated.copy().subquery("d"))
+        exp.select(_col("event_id", "d"), copy=False)
+        .from_(deduplicated.copy().subquery("d"), copy=False)
         .join(
             of(relations.outcomes_unique, "u2").subquery("k"),
             on=exp.EQ(this=_col("event_id", "k"), expression=_col("event_id", "d")),
+            copy=False,
         )
     )
     fresh = (
-        exp.select(*(_col(c) for c in columns))
-        .from_(deduplicated.subquery("f"))
-        .where(exp.not_(_col("event_id").isin(query=again)))
+        exp.select(*(_col(c) for c in columns), copy=False)
+        .from_(deduplicated.subquery("f"), copy=False)
+        .where(exp.not_(_col("event_id").isin(query=again)), copy=False)
     )
     return exp.union(unique, fresh, distinct=False)
 
@@ -495,12 +500,14 @@ def _per_user(
             exp.alias_(_first_cut_at_or_after(_col("first_ms", f), cuts), "j0"),
             exp.alias_(bucket, "b"),
             *contributions.values(),
+            copy=False,
         )
-        .from_(_from(exp.to_table("first_exposure"), f))
+        .from_(_from(exp.to_table("first_exposure"), f), copy=False)
         .join(
             _from(exp.to_table("events"), o),
             on=exp.EQ(this=_col(relations.user_key, o), expression=_col("k", f)),
             join_type="left",
+            copy=False,
         )
     )
     ctes = [
@@ -518,9 +525,10 @@ def _per_user(
                 exp.alias_(exp.AnyValue(this=_col("j0")), "j0"),
                 _col("b"),
                 *(exp.alias_(exp.Sum(this=_col(x)), x) for x in xs),
+                copy=False,
             )
-            .from_("attributed")
-            .group_by(_col("k"), _col("b"))
+            .from_("attributed", copy=False)
+            .group_by(_col("k"), _col("b"), copy=False)
         )
         ctes.append(("user_buckets", user_buckets))
         source = "user_buckets"
@@ -540,9 +548,9 @@ def _per_user(
     if relations.keyed:
         columns.append(exp.alias_(exp.Max(this=_col("clash")), "clash"))
     columns += [exp.alias_(agg, name) for name, agg in extra_columns.items()]
-    per_user = exp.select(*columns).from_(source).group_by(_col("k"))
+    per_user = exp.select(*columns, copy=False).from_(source, copy=False).group_by(_col("k"), copy=False)
     for name, cte in ctes:
-        per_user = per_user.with_(name, as_=cte)
+        per_user = per_user.with_(name, as_=cte, copy=False)
     return per_user
 
 
@@ -623,16 +631,21 @@ def compile_report(
             layout.sums[(j, m)] = list(sums)
             for name, value in sums.items():
                 final_columns.append(exp.alias_(_sum_if(in_cut[j].copy(), value), f"m{m}_c{j}_{name}"))
-    final = exp.select(*final_columns).from_("per_user")
+    final = exp.select(*final_columns, copy=False).from_("per_user", copy=False)
     if cap_columns:
-        final = final.join(exp.to_identifier("caps"), join_type="cross")
-    final = final.group_by(_col("variant")).order_by(_col("variant"))
+        final = final.join(exp.to_identifier("caps"), join_type="cross", copy=False)
+    final = final.group_by(_col("variant"), copy=False).order_by(_col("variant"), copy=False)
     for name, cte in ctes.items():
-        final = final.with_(name, as_=cte)
+        final = final.with_(name, as_=cte, copy=False)
     # DuckDB computes a CTE once per reference unless told to materialise it (ClickHouse has no such clause).
-    final = final.with_("per_user", as_=per_user, materialized=True if dialect == "duckdb" and cap_columns else None)
+    final = final.with_(
+        "per_user",
+        as_=per_user,
+        materialized=True if dialect == "duckdb" and cap_columns else None,
+        copy=False,
+    )
     if cap_columns:
-        final = final.with_("caps", as_=exp.select(*cap_columns).from_("per_user"))
+        final = final.with_("caps", as_=exp.select(*cap_columns, copy=False).from_("per_user", copy=False))
     return CompiledReport(
         sql=final.sql(dialect=DIALECTS[dialect]), metrics=tuple(metrics), cuts=tuple(cuts), layout=layout
     )
@@ -661,10 +674,11 @@ def compile_user_rows(
         exp.alias_(_col("x0_0"), "value_sum"),
         exp.alias_(_col("x1_0"), "event_count"),
         exp.alias_(_col("x2_pre"), "pre_sum"),
-    ).from_(per_user.subquery("pu"))
+        copy=False,
+    ).from_(per_user.subquery("pu"), copy=False)
     if until_ms is not None:
-        select = select.where(exp.LTE(this=_col("j0"), expression=_lit(0)))
-    return select.order_by(_col("k")).sql(dialect=DIALECTS[dialect])
+        select = select.where(exp.LTE(this=_col("j0"), expression=_lit(0)), copy=False)
+    return select.order_by(_col("k"), copy=False).sql(dialect=DIALECTS[dialect])
 
 
 # ---------------------------------------------------------------- small queries over the raw events
@@ -677,10 +691,10 @@ def _render(select: exp.Expression, dialect: str) -> str:
 def experiments_query(relations: Relations, dialect: str) -> str:
     """Experiment keys with at least one exposure, sorted."""
     select = (
-        exp.select(_col("experiment"))
-        .distinct()
-        .from_(_from(relations.exposures))
-        .order_by(_col("experiment"))
+        exp.select(_col("experiment"), copy=False)
+        .distinct(copy=False)
+        .from_(_from(relations.exposures), copy=False)
+        .order_by(_col("experiment"), copy=False)
     )
     return _render(select, dialect)
 
@@ -688,10 +702,10 @@ def experiments_query(relations: Relations, dialect: str) -> str:
 def variant_counts_query(relations: Relations, experiment_key: str, dialect: str) -> str:
     """Users per variant (of their first exposure)."""
     select = (
-        exp.select(_col("variant"), exp.alias_(exp.Count(this=exp.Star()), "users"))
-        .from_(first_exposure(relations.by_user_id(), experiment_key).subquery("f"))
-        .group_by(_col("variant"))
-        .order_by(_col("variant"))
+        exp.select(_col("variant"), exp.alias_(exp.Count(this=exp.Star()), "users"), copy=False)
+        .from_(first_exposure(relations.by_user_id(), experiment_key).subquery("f"), copy=False)
+        .group_by(_col("variant"), copy=False)
+        .order_by(_col("variant"), copy=False)
     )
     return _render(select, dialect)
 
@@ -706,10 +720,11 @@ def exposure_timeline_query(relations: Relations, experiment_key: str, bucket_ms
             exp.alias_(start, "bucket_start"),
             _col("variant"),
             exp.alias_(exp.Count(this=exp.Star()), "users"),
+            copy=False,
         )
-        .from_(first_exposure(relations.by_user_id(), experiment_key).subquery("f"))
-        .group_by(_col("bucket_start"), _col("variant"))
-        .order_by(_col("bucket_start"), _col("variant"))
+        .from_(first_exposure(relations.by_user_id(), experiment_key).subquery("f"), copy=False)
+        .group_by(_col("bucket_start"), _col("variant"), copy=False)
+        .order_by(_col("bucket_start"), _col("variant"), copy=False)
     )
     return _render(select, dialect)
 
@@ -717,9 +732,11 @@ def exposure_timeline_query(relations: Relations, experiment_key: str, bucket_ms
 def time_range_query(relations: Relations, experiment_key: str, dialect: str) -> str:
     """Earliest and latest exposure time of the experiment."""
     select = (
-        exp.select(exp.alias_(exp.Min(this=_col("ts")), "lo"), exp.alias_(exp.Max(this=_col("ts")), "hi"))
-        .from_(_from(relations.exposures))
-        .where(exp.EQ(this=_col("experiment"), expression=_lit(experiment_key)))
+        exp.select(
+            exp.alias_(exp.Min(this=_col("ts")), "lo"), exp.alias_(exp.Max(this=_col("ts")), "hi"), copy=False
+        )
+        .from_(_from(relations.exposures), copy=False)
+        .where(exp.EQ(this=_col("experiment"), expression=_lit(experiment_key)), copy=False)
     )
     return _render(select, dialect)
 
@@ -727,10 +744,10 @@ def time_range_query(relations: Relations, experiment_key: str, dialect: str) ->
 def metrics_query(relations: Relations, dialect: str) -> str:
     """Outcome names, sorted."""
     select = (
-        exp.select(_col("metric"))
-        .distinct()
-        .from_(unique_outcomes(relations).subquery("o"))
-        .order_by(_col("metric"))
+        exp.select(_col("metric"), copy=False)
+        .distinct(copy=False)
+        .from_(unique_outcomes(relations).subquery("o"), copy=False)
+        .order_by(_col("metric"), copy=False)
     )
     return _render(select, dialect)
 
@@ -738,13 +755,17 @@ def metrics_query(relations: Relations, dialect: str) -> str:
 def counts_query(relations: Relations, dialect: str) -> str:
     """Exposed (experiment, user) pairs and distinct outcome events."""
     pairs = (
-        exp.select(_col("experiment"), _col("user_id"))
-        .from_(_from(relations.exposures))
-        .group_by(_col("experiment"), _col("user_id"))
+        exp.select(_col("experiment"), _col("user_id"), copy=False)
+        .from_(_from(relations.exposures), copy=False)
+        .group_by(_col("experiment"), _col("user_id"), copy=False)
     )
-    exposed = exp.select(exp.Count(this=exp.Star())).from_(pairs.subquery("p"))
-    outcomes = exp.select(exp.Count(this=exp.Star())).from_(unique_outcomes(relations).subquery("o"))
+    exposed = exp.select(exp.Count(this=exp.Star()), copy=False).from_(pairs.subquery("p"), copy=False)
+    outcomes = exp.select(exp.Count(this=exp.Star()), copy=False).from_(
+        unique_outcomes(relations).subquery("o"), copy=False
+    )
     select = exp.select(
-        exp.alias_(exposed.subquery(), "exposed_users"), exp.alias_(outcomes.subquery(), "outcomes")
+        exp.alias_(exposed.subquery(), "exposed_users"),
+        exp.alias_(outcomes.subquery(), "outcomes"),
+        copy=False,
     )
     return _render(select, dialect)
