@@ -146,7 +146,9 @@ class Relations:
     outcomes_raw: exp.Expression | None = None
     user_key: str = "user_id"
     """The column users are grouped and joined by: ``user_id``, or an integer hash of it in both relations
-    (much faster to join than text). A hash key is checked: two user ids on one key raise ``KeyClash``."""
+    (much faster to join than text). With a hash key, ``user_check`` is a second, independent hash of the id in
+    both relations: a key standing for two user ids shows as two checks and raises ``KeyClash``."""
+    user_check: str | None = None
 
     @property
     def keyed(self) -> bool:
@@ -155,7 +157,7 @@ class Relations:
 
     def by_user_id(self) -> Relations:
         """The same relations, joined by ``user_id`` (the fallback after a ``KeyClash``)."""
-        return dataclasses.replace(self, user_key="user_id")
+        return dataclasses.replace(self, user_key="user_id", user_check=None)
 
 
 class KeyClash(RuntimeError):
@@ -175,7 +177,8 @@ def _from(relation: exp.Expression, alias: str | None = None) -> exp.Expression:
 
 def first_exposure(relations: Relations, experiment_key: str) -> exp.Select:
     """Per exposed user: ``k`` (the user key), ``variant``, ``first_ms`` (the earliest ``(ts, event_id)`` wins);
-    with a hash key also ``user_id`` and ``user_id_max`` (different when two users share the key)."""
+    with a hash key also ``check_lo`` and ``check_hi``, the user check's range (different when two users share
+    the key)."""
     earliest = exp.Tuple(expressions=[_col("ts"), _col("event_id")])
     select = exp.select(
         exp.alias_(_col(relations.user_key), "k"),
@@ -185,8 +188,8 @@ def first_exposure(relations: Relations, experiment_key: str) -> exp.Select:
     )
     if relations.keyed:
         select = select.select(
-            exp.alias_(exp.Min(this=_col("user_id")), "user_id"),
-            exp.alias_(exp.Max(this=_col("user_id")), "user_id_max"),
+            exp.alias_(exp.Min(this=_col(relations.user_check or "")), "check_lo"),
+            exp.alias_(exp.Max(this=_col(relations.user_check or "")), "check_hi"),
             copy=False,
         )
     return (
@@ -200,7 +203,9 @@ _OUTCOME_COLUMNS = ("event_id", "user_id", "metric", "ts", "value")
 
 
 def _outcome_columns(relations: Relations) -> tuple[str, ...]:
-    return (*_OUTCOME_COLUMNS, relations.user_key) if relations.keyed else _OUTCOME_COLUMNS
+    if not relations.keyed:
+        return _OUTCOME_COLUMNS
+    return (*_OUTCOME_COLUMNS, relations.user_key, relations.user_check or "")
 
 
 def unique_outcomes(relations: Relations, events: Sequence[str] | None = None) -> exp.Select:
@@ -260,11 +265,11 @@ class Need:
 
 @dataclass
 class UserValues:
-    """Names of the ``per_user`` columns a kind reads at one cut (``column(need)``), plus the cut's caps."""
+    """How a kind refers to one user's state at one cut: ``column(need)`` is the user's measure, ``cap(name)``
+    the cut's quantile the kind asked for in ``caps``."""
 
-    cut: int
-    column: Callable[[Need], exp.Column]
-    cap: Callable[[str], exp.Column]
+    column: Callable[[Need], exp.Expression]
+    cap: Callable[[str], exp.Expression]
 
 
 class MetricKind(abc.ABC):
@@ -274,17 +279,13 @@ class MetricKind(abc.ABC):
     def needs(self, metric: MetricDefinition) -> list[Need]:
         """The per-user measures the metric reads."""
 
-    def user_columns(self, metric: MetricDefinition) -> dict[str, exp.Expression]:
-        """Extra ``per_user`` aggregates (name -> aggregate over ``attributed`` rows); none by default."""
-        return {}
-
     def caps(self, metric: MetricDefinition, values: UserValues) -> dict[str, tuple[exp.Expression, float]]:
-        """Quantiles the metric clips by at this cut: name -> (per-user value, quantile); none by default."""
+        """Quantiles the metric clips by, per cut over all users in it: name -> (per-user value, quantile)."""
         return {}
 
     @abc.abstractmethod
     def sums(self, metric: MetricDefinition, values: UserValues) -> dict[str, exp.Expression]:
-        """Per-user expressions summed per variant at this cut (name -> expression)."""
+        """Per-user expressions summed per variant and cut (name -> expression)."""
 
     @abc.abstractmethod
     def statistic(self, metric: MetricDefinition, n: int, sums: dict[str, float]) -> TestStatistic:
@@ -430,13 +431,20 @@ def kind_of(metric: MetricDefinition) -> MetricKind:
 # ---------------------------------------------------------------- the report query
 
 
+# How each measure of a user is computed from one row of ``attributed`` (``o``: the event, NULL when none): the
+# event's contribution, and whether it counts when attributed (cumulated up to each cut) or before exposure.
+MEASURES: dict[str, tuple[Callable[[str], exp.Expression], bool]] = {
+    "count": (lambda o: _lit(1), True),
+    "sum": (lambda o: _col("value", o), True),
+    "pre": (lambda o: _col("value", o), False),
+}
+
+
 @dataclass
 class _Layout:
-    """Column bookkeeping shared by the CTEs and the decoder."""
+    """The measures the query computes, in column order (``x0``, ``x1``, ...)."""
 
     needs: list[Need] = field(default_factory=list)
-    # (cut, metric index) -> sum names in result-column order
-    sums: dict[tuple[int, int], list[str]] = field(default_factory=dict)
 
     def need_index(self, need: Need) -> int:
         if need not in self.needs:
@@ -444,124 +452,169 @@ class _Layout:
         return self.needs.index(need)
 
 
-def _contribution(layout: _Layout, need: Need) -> str:
-    """The ``attributed`` column a need sums: the event's count or its value."""
-    events = sorted({n.event for n in layout.needs})
-    return f"{'n' if need.measure == 'count' else 'v'}{events.index(need.event)}"
+def _cuts_relation(count: int) -> exp.Expression:
+    """``SELECT 0 AS j UNION ALL SELECT 1 AS j ...``: the cut indexes (portable: no VALUES table syntax)."""
+    selects = [exp.select(exp.alias_(_lit(j), "j"), copy=False) for j in range(count)]
+    relation: exp.Expression = selects[0]
+    for select in selects[1:]:
+        relation = exp.union(relation, select, distinct=False, copy=False)
+    return relation
 
 
-def _per_user(
+def _user_cut_ctes(
     relations: Relations,
     experiment_key: str,
-    metrics: Sequence[MetricDefinition],
+    needs: Sequence[Need],
     cuts: Sequence[int | None],
     window_ms: int | None,
     layout: _Layout,
-) -> exp.Select:
-    """``WITH first_exposure, events, attributed[, user_buckets]`` and the ``per_user`` select (no WITH yet)."""
-    for metric in metrics:
-        for need in kind_of(metric).needs(metric):
-            layout.need_index(need)
+) -> list[tuple[str, exp.Expression]]:
+    """The CTEs down to ``user_cut``: one row per user and cut the user is part of, holding ``x<i>`` = the user's
+    measure ``layout.needs[i]`` at that cut, with columns ``k, variant, j, x0..., clash``.
+
+    Per user, ``state`` keeps one row per cut ``at`` which the user's attributed events changed (plus the entry
+    row at the user's first cut, holding the pre-exposure sums); with several cuts ``cum`` cumulates those rows
+    with a window over the user's few rows and ``user_cut`` spreads each over the cuts ``until`` the next change:
+    rows for users x cuts, never events x cuts, and no wide per-cut columns.
+    """
+    for need in needs:
+        layout.need_index(need)
+    n_cuts = len(cuts)
     events = sorted({need.event for need in layout.needs})
-    first = first_exposure(relations, experiment_key)
     f, o = "f", "o"
-    bucket = exp.case().when(exp.Is(this=_col("ts", o), expression=exp.Null()), _lit(-2))
-    bucket = bucket.when(exp.LT(this=_col("ts", o), expression=_col("first_ms", f)), _lit(-1))
+    bucket = exp.case(copy=False).when(
+        exp.LT(this=_col("ts", o), expression=_col("first_ms", f)), _lit(-1), copy=False
+    )
     if window_ms is not None:
         end = exp.Add(this=_col("first_ms", f), expression=_lit(int(window_ms)))
-        bucket = bucket.when(exp.GTE(this=_col("ts", o), expression=end), _lit(-2))
+        bucket = bucket.when(exp.GTE(this=_col("ts", o), expression=end), _lit(-2), copy=False)
     bounded = _first_cut_at_or_after(_col("ts", o), cuts)
     if isinstance(bounded, exp.Case):
         for when in bounded.args["ifs"]:
-            bucket = bucket.when(when.this, when.args["true"])
-        bucket = bucket.else_(bounded.args["default"])
+            bucket = bucket.when(when.this, when.args["true"], copy=False)
+        bucket = bucket.else_(bounded.args["default"], copy=False)
     else:
-        bucket = bucket.else_(bounded)
-    contributions: dict[str, exp.Expression] = {}  # one column per (event, count or value), shared by needs
-    for need in layout.needs:
-        name = _contribution(layout, need)
-        if name not in contributions:
-            amount = _lit(1) if need.measure == "count" else _col("value", o)
-            is_event = exp.EQ(this=_col("metric", o), expression=_lit(need.event))
-            contributions[name] = exp.alias_(_case(is_event, amount, _lit(0)), name)
-    extra_columns = {name: agg for m in metrics for name, agg in kind_of(m).user_columns(m).items()}
+        bucket = bucket.else_(bounded, copy=False)
+    j0 = exp.alias_(_first_cut_at_or_after(_col("first_ms", f), cuts), "j0")
+    # One row per (user, event) of the metrics' events, and one entry row per user (no event, b = -2): every
+    # user is present from its first cut on, with or without events.
+    event_rows: list[exp.Expression] = [_col("k", f), _col("variant", f), j0, exp.alias_(bucket, "b")]
+    entry_rows: list[exp.Expression] = [
+        _col("k", f),
+        _col("variant", f),
+        j0.copy(),
+        exp.alias_(_lit(-2), "b"),
+    ]
+    for i, need in enumerate(layout.needs):
+        contribution, _ = MEASURES[need.measure]
+        is_event = exp.EQ(this=_col("metric", o), expression=_lit(need.event))
+        event_rows.append(exp.alias_(_case(is_event, contribution(o), _lit(0)), f"x{i}"))
+        entry_rows.append(exp.alias_(_lit(0), f"x{i}"))
     if (
         relations.keyed
     ):  # 1 where the key stands for two user ids (exposed ones, or an event's and its user's)
-        clash = exp.or_(
-            exp.NEQ(this=_col("user_id", f), expression=_col("user_id_max", f)),
-            exp.NEQ(this=_col("user_id", o), expression=_col("user_id", f)),
-        )
-        contributions["clash"] = exp.alias_(_case(clash, _lit(1), _lit(0)), "clash")
-    attributed = (
-        exp.select(
-            _col("k", f),
-            _col("variant", f),
-            exp.alias_(_first_cut_at_or_after(_col("first_ms", f), cuts), "j0"),
-            exp.alias_(bucket, "b"),
-            *contributions.values(),
-            copy=False,
-        )
+        event_clash = exp.NEQ(this=_col(relations.user_check or "", o), expression=_col("check_lo", f))
+        entry_clash = exp.NEQ(this=_col("check_lo", f), expression=_col("check_hi", f))
+        event_rows.append(exp.alias_(_case(event_clash, _lit(1), _lit(0)), "clash"))
+        entry_rows.append(exp.alias_(_case(entry_clash, _lit(1), _lit(0)), "clash"))
+    else:
+        event_clash = entry_clash = exp.false()
+        event_rows.append(exp.alias_(_lit(0), "clash"))
+        entry_rows.append(exp.alias_(_lit(0), "clash"))
+    single = n_cuts == 1  # then a user's rows all fold into one: a LEFT JOIN keeps users without events
+    if single and relations.keyed:
+        event_rows[-1] = exp.alias_(_case(exp.or_(event_clash, entry_clash), _lit(1), _lit(0)), "clash")
+    with_events = (
+        exp.select(*event_rows, copy=False)
         .from_(_from(exp.to_table("first_exposure"), f), copy=False)
         .join(
             _from(exp.to_table("events"), o),
             on=exp.EQ(this=_col(relations.user_key, o), expression=_col("k", f)),
-            join_type="left",
+            join_type="left" if single else None,
             copy=False,
         )
     )
-    ctes = [
-        ("first_exposure", first),
-        ("events", unique_outcomes(relations, events)),
-        ("attributed", attributed),
-    ]
-    source = "attributed"
-    if len(cuts) > 1 and not extra_columns:
-        xs = list(contributions)
-        user_buckets = (
-            exp.select(
-                _col("k"),
-                exp.alias_(exp.AnyValue(this=_col("variant")), "variant"),
-                exp.alias_(exp.AnyValue(this=_col("j0")), "j0"),
-                _col("b"),
-                *(exp.alias_(exp.Sum(this=_col(x)), x) for x in xs),
-                copy=False,
-            )
-            .from_("attributed", copy=False)
-            .group_by(_col("k"), _col("b"), copy=False)
-        )
-        ctes.append(("user_buckets", user_buckets))
-        source = "user_buckets"
-    columns: list[exp.Expression] = [
+    entries = exp.select(*entry_rows, copy=False).from_(_from(exp.to_table("first_exposure"), f), copy=False)
+    attributed = with_events if single else exp.union(with_events, entries, distinct=False, copy=False)
+    # Events that count fold into their bucket; the rest (pre-exposure, unattributed, none) into the entry row.
+    counts = exp.and_(
+        exp.GTE(this=_col("b"), expression=_lit(0)), exp.LT(this=_col("b"), expression=_lit(n_cuts))
+    )
+    row_bucket = _case(counts, _col("b"), _col("j0"))
+    state_columns: list[exp.Expression] = [
         _col("k"),
         exp.alias_(exp.AnyValue(this=_col("variant")), "variant"),
-        exp.alias_(exp.AnyValue(this=_col("j0")), "j0"),
+        exp.alias_(exp.AnyValue(this=_col("j0")) if single else row_bucket, "at"),
     ]
     for i, need in enumerate(layout.needs):
-        x = _col(_contribution(layout, need))
-        if need.measure == "pre":
-            columns.append(exp.alias_(_sum_if(exp.EQ(this=_col("b"), expression=_lit(-1)), x), f"x{i}_pre"))
-            continue
-        for j in range(len(cuts)):
-            in_cut = exp.Between(this=_col("b"), low=_lit(0), high=_lit(j))
-            columns.append(exp.alias_(_sum_if(in_cut, x.copy()), f"x{i}_{j}"))
-    if relations.keyed:
-        columns.append(exp.alias_(exp.Max(this=_col("clash")), "clash"))
-    columns += [exp.alias_(agg, name) for name, agg in extra_columns.items()]
-    per_user = exp.select(*columns, copy=False).from_(source, copy=False).group_by(_col("k"), copy=False)
-    for name, cte in ctes:
-        per_user = per_user.with_(name, as_=cte, copy=False)
-    return per_user
-
-
-def _user_values(layout: _Layout, cut: int, metric_index: int) -> UserValues:
-    def column(need: Need) -> exp.Column:
-        i = layout.need_index(need)
-        return _col(f"x{i}_pre" if need.measure == "pre" else f"x{i}_{cut}")
-
-    return UserValues(
-        cut=cut, column=column, cap=lambda name: _col(f"cap_m{metric_index}_c{cut}_{name}", "caps")
+        _, attributed_only = MEASURES[need.measure]
+        when = counts.copy() if attributed_only else exp.EQ(this=_col("b"), expression=_lit(-1))
+        state_columns.append(exp.alias_(_sum_if(when, _col(f"x{i}")), f"x{i}"))
+    state_columns.append(exp.alias_(exp.Max(this=_col("clash")), "clash"))
+    state = (
+        exp.select(*state_columns, copy=False)
+        .from_("attributed", copy=False)
+        .group_by(*([_col("k")] if single else [_col("k"), _col("at")]), copy=False)
     )
+    ctes: list[tuple[str, exp.Expression]] = [
+        ("first_exposure", first_exposure(relations, experiment_key)),
+        ("events", unique_outcomes(relations, events)),
+        ("attributed", attributed),
+        ("state", state),
+    ]
+    measures = [f"x{i}" for i in range(len(layout.needs))]
+    if n_cuts == 1:
+        user_cut = (
+            exp.select(_col("k"), _col("variant"), exp.alias_(_lit(0), "j"), *map(_col, measures), _col("clash"),
+                       copy=False)
+            .from_("state", copy=False)
+            .where(exp.LT(this=_col("at"), expression=_lit(1)), copy=False)
+        )  # fmt: skip
+        return [*ctes, ("user_cut", user_cut)]
+    user = exp.Window(this=None, partition_by=[_col("k")])
+    in_order = exp.Window(
+        this=None,
+        partition_by=[_col("k")],
+        order=exp.Order(expressions=[exp.Ordered(this=_col("at"))]),
+        spec=exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING", end="CURRENT ROW"),
+    )
+
+    def over(function: exp.Expression, window: exp.Window) -> exp.Window:
+        window = window.copy()
+        window.set("this", function)
+        return window
+
+    ordered = exp.Window(
+        this=None, partition_by=[_col("k")], order=exp.Order(expressions=[exp.Ordered(this=_col("at"))])
+    )
+    next_bucket = exp.Lead(this=_col("at"), offset=_lit(1), default=_lit(n_cuts))
+    cum_columns: list[exp.Expression] = [
+        _col("k"),
+        _col("variant"),
+        _col("at"),
+        exp.alias_(over(next_bucket, ordered), "until"),
+    ]
+    for i, need in enumerate(layout.needs):
+        _, attributed_only = MEASURES[need.measure]
+        cum_columns.append(
+            exp.alias_(over(exp.Sum(this=_col(f"x{i}")), in_order if attributed_only else user), f"x{i}")
+        )
+    cum_columns.append(exp.alias_(over(exp.Max(this=_col("clash")), user), "clash"))
+    cum = exp.select(*cum_columns, copy=False).from_("state", copy=False)
+    spread = exp.and_(
+        exp.GTE(this=_col("j", "cuts"), expression=_col("at", "c")),
+        exp.LT(this=_col("j", "cuts"), expression=_col("until", "c")),
+    )
+    user_cut = (
+        exp.select(
+            _col("k", "c"), _col("variant", "c"), _col("j", "cuts"), *(_col(x, "c") for x in measures),
+            _col("clash", "c"), copy=False,
+        )
+        .from_(_from(exp.to_table("cum"), "c"), copy=False)
+        .join(_cuts_relation(n_cuts).subquery("cuts"), join_type="cross", copy=False)
+        .where(spread, copy=False)
+    )  # fmt: skip
+    return [*ctes, ("cum", cum), ("user_cut", user_cut)]
 
 
 @dataclass(frozen=True)
@@ -571,24 +624,21 @@ class CompiledReport:
     sql: str
     metrics: tuple[MetricDefinition, ...]
     cuts: tuple[int | None, ...]
-    layout: _Layout
+    sums: tuple[tuple[str, ...], ...]  # per metric, its sum names
 
     def decode(
         self, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> list[list[dict[str, TestStatistic]]]:
-        """``[cut][metric]`` -> variant -> statistic, from the query's result rows."""
+        """``[cut][metric]`` -> variant -> statistic, from the query's result rows (one per variant and cut)."""
         index = {name: i for i, name in enumerate(columns)}
         if "key_clashes" in index and any(row[index["key_clashes"]] for row in rows):
             raise KeyClash("two user ids share a hash key")
         out: list[list[dict[str, TestStatistic]]] = [[{} for _ in self.metrics] for _ in self.cuts]
         for row in rows:
-            variant = row[index["variant"]]
-            for j in range(len(self.cuts)):
-                n = int(row[index[f"n_c{j}"]] or 0)
-                for m, metric in enumerate(self.metrics):
-                    sums = {s: float(row[index[f"m{m}_c{j}_{s}"]] or 0.0) for s in self.layout.sums[(j, m)]}
-                    if n > 0:
-                        out[j][m][variant] = kind_of(metric).statistic(metric, n, sums)
+            variant, j, n = row[index["variant"]], int(row[index["j"]]), int(row[index["n"]])
+            for m, metric in enumerate(self.metrics):
+                sums = {s: float(row[index[f"m{m}_{s}"]] or 0.0) for s in self.sums[m]}
+                out[j][m][variant] = kind_of(metric).statistic(metric, n, sums)
         return out
 
 
@@ -610,44 +660,54 @@ def compile_report(
     if bounded != sorted(bounded) or None in cuts[:-1]:
         raise ValueError(f"cuts must ascend, with None only last: {list(cuts)}")
     layout = _Layout()
-    per_user = _per_user(relations, experiment_key, metrics, cuts, window_ms, layout)
-    ctes = {cte.alias: cte.this for cte in per_user.args["with_"].expressions}
-    per_user.set("with_", None)
-    in_cut = [exp.LTE(this=_col("j0"), expression=_lit(j)) for j in range(len(cuts))]
+    needs = [need for metric in metrics for need in kind_of(metric).needs(metric)]
+    ctes = _user_cut_ctes(relations, experiment_key, needs, cuts, window_ms, layout)
+    u = "u"
+
+    def values(m: int) -> UserValues:
+        return UserValues(
+            column=lambda need: _col(f"x{layout.need_index(need)}", u),
+            cap=lambda name: _col(f"cap_m{m}_{name}", "caps"),
+        )
+
     cap_columns = []
-    for j in range(len(cuts)):
-        for m, metric in enumerate(metrics):
-            for name, (value, quantile) in kind_of(metric).caps(metric, _user_values(layout, j, m)).items():
-                values = _case(in_cut[j].copy(), exp.Cast(this=value, to=exp.DataType.build("double")), None)
-                quantile_of = ExactQuantile(this=values, quantile=_lit(float(quantile)))
-                cap_columns.append(exp.alias_(quantile_of, f"cap_m{m}_c{j}_{name}"))
-    final_columns: list[exp.Expression] = [_col("variant")]
-    if relations.keyed:
-        final_columns.append(exp.alias_(exp.Sum(this=_col("clash")), "key_clashes"))
-    for j in range(len(cuts)):
-        final_columns.append(exp.alias_(_sum_if(in_cut[j].copy(), _lit(1)), f"n_c{j}"))
-        for m, metric in enumerate(metrics):
-            sums = kind_of(metric).sums(metric, _user_values(layout, j, m))
-            layout.sums[(j, m)] = list(sums)
-            for name, value in sums.items():
-                final_columns.append(exp.alias_(_sum_if(in_cut[j].copy(), value), f"m{m}_c{j}_{name}"))
-    final = exp.select(*final_columns, copy=False).from_("per_user", copy=False)
+    for m, metric in enumerate(metrics):
+        for name, (value, quantile) in kind_of(metric).caps(metric, values(m)).items():
+            as_double = exp.Cast(this=value, to=exp.DataType.build("double"))
+            cap_columns.append(
+                exp.alias_(ExactQuantile(this=as_double, quantile=_lit(float(quantile))), f"cap_m{m}_{name}")
+            )
+    final_columns: list[exp.Expression] = [
+        _col("variant", u),
+        _col("j", u),
+        exp.alias_(exp.Count(this=exp.Star()), "n"),
+        exp.alias_(exp.Sum(this=_col("clash", u)), "key_clashes"),
+    ]
+    sums = []
+    for m, metric in enumerate(metrics):
+        named = kind_of(metric).sums(metric, values(m))
+        sums.append(tuple(named))
+        final_columns += [exp.alias_(exp.Sum(this=value), f"m{m}_{name}") for name, value in named.items()]
+    final = exp.select(*final_columns, copy=False).from_(_from(exp.to_table("user_cut"), u), copy=False)
     if cap_columns:
-        final = final.join(exp.to_identifier("caps"), join_type="cross", copy=False)
-    final = final.group_by(_col("variant"), copy=False).order_by(_col("variant"), copy=False)
-    for name, cte in ctes.items():
-        final = final.with_(name, as_=cte, copy=False)
-    # DuckDB computes a CTE once per reference unless told to materialise it (ClickHouse has no such clause).
-    final = final.with_(
-        "per_user",
-        as_=per_user,
-        materialized=True if dialect == "duckdb" and cap_columns else None,
-        copy=False,
+        caps = (
+            exp.select(_col("j", u), *cap_columns, copy=False)
+            .from_(_from(exp.to_table("user_cut"), u), copy=False)
+            .group_by(_col("j", u), copy=False)
+        )
+        ctes.append(("caps", caps))
+        final = final.join(
+            exp.to_table("caps"), on=exp.EQ(this=_col("j", "caps"), expression=_col("j", u)), copy=False
+        )
+    final = final.group_by(_col("variant", u), _col("j", u), copy=False).order_by(
+        _col("variant", u), _col("j", u), copy=False
     )
-    if cap_columns:
-        final = final.with_("caps", as_=exp.select(*cap_columns, copy=False).from_("per_user", copy=False))
+    for name, cte in ctes:
+        # user_cut is read twice (caps, final): DuckDB would compute it twice unless told to materialise it
+        materialized = True if name == "user_cut" and cap_columns and dialect == "duckdb" else None
+        final = final.with_(name, as_=cte, materialized=materialized, copy=False)
     return CompiledReport(
-        sql=final.sql(dialect=DIALECTS[dialect]), metrics=tuple(metrics), cuts=tuple(cuts), layout=layout
+        sql=final.sql(dialect=DIALECTS[dialect]), metrics=tuple(metrics), cuts=tuple(cuts), sums=tuple(sums)
     )
 
 
@@ -663,21 +723,17 @@ def compile_user_rows(
 
     The SQL twin of ``EventStore.user_metric_values`` (for inspection and tests; reports use ``compile_report``).
     """
-    relations = relations.by_user_id()
-    layout = _Layout()
     needs = [Need(event, "sum"), Need(event, "count"), Need(event, "pre")]
-    for need in needs:
-        layout.need_index(need)
-    per_user = _per_user(relations, experiment_key, [], [until_ms], window_ms, layout)
+    ctes = _user_cut_ctes(relations.by_user_id(), experiment_key, needs, [until_ms], window_ms, _Layout())
     select = exp.select(
         _col("variant"),
-        exp.alias_(_col("x0_0"), "value_sum"),
-        exp.alias_(_col("x1_0"), "event_count"),
-        exp.alias_(_col("x2_pre"), "pre_sum"),
+        exp.alias_(_col("x0"), "value_sum"),
+        exp.alias_(_col("x1"), "event_count"),
+        exp.alias_(_col("x2"), "pre_sum"),
         copy=False,
-    ).from_(per_user.subquery("pu"), copy=False)
-    if until_ms is not None:
-        select = select.where(exp.LTE(this=_col("j0"), expression=_lit(0)), copy=False)
+    ).from_("user_cut", copy=False)
+    for name, cte in ctes:
+        select = select.with_(name, as_=cte, copy=False)
     return select.order_by(_col("k"), copy=False).sql(dialect=DIALECTS[dialect])
 
 

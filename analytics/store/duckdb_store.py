@@ -64,7 +64,9 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 _READ_RETRIES = 3
 USER_KEY = "user_key"
+USER_CHECK = "user_check"
 KEY_FUNCTION = "md5_number_lower"  # the low 64 bits of md5: stable across DuckDB versions
+CHECK_FUNCTION = "md5_number_upper"  # the other 64 bits: a clash of the key shows as two checks
 
 
 def _fsync(path: Path) -> None:
@@ -88,7 +90,7 @@ def _pid_alive(pid: int) -> bool:
 def _empty_relation(schema: pa.Schema) -> exp.Select:
     """A relation with ``schema``'s columns and the user key, and no rows (no such events in the store yet)."""
     types = {pa.string(): "varchar", pa.int64(): "bigint", pa.float64(): "double"}
-    columns = [(f.name, types[f.type]) for f in schema] + [(USER_KEY, "ubigint")]
+    columns = [(f.name, types[f.type]) for f in schema] + [(USER_KEY, "ubigint"), (USER_CHECK, "ubigint")]
     return exp.select(
         *(
             exp.alias_(exp.Cast(this=exp.Null(), to=exp.DataType.build(t, dialect="duckdb")), n)
@@ -324,9 +326,12 @@ class DuckDBEventStore(WarehouseEventStore):
 
     def _write_keyed(self, table: pa.Table, target: Path) -> None:
         """Write ``table`` as Parquet with its ``user_key``: the low 64 bits of md5(user_id), a stable hash that
-        joins several times faster than the text id (queries check it never stands for two users)."""
+        joins several times faster than the text id, and ``user_check``, the other 64 bits, with which queries
+        check that a key never stands for two users."""
         with_key = exp.select(
-            exp.Star(), exp.alias_(exp.func(KEY_FUNCTION, exp.column("user_id")), USER_KEY)
+            exp.Star(),
+            exp.alias_(exp.func(KEY_FUNCTION, exp.column("user_id")), USER_KEY),
+            exp.alias_(exp.func(CHECK_FUNCTION, exp.column("user_id")), USER_CHECK),
         ).from_("batch")
         self.db.register("batch", table)
         try:
@@ -370,7 +375,7 @@ class DuckDBEventStore(WarehouseEventStore):
                 relation: exp.Expression = exp.select("*").from_(_parquet(files))
                 if kind == "outcomes":
                     empty = _empty_relation(EXPOSURE_SCHEMA)
-                    relation = sql.unique_outcomes(sql.Relations(empty, None, relation, user_key=USER_KEY))
+                    relation = sql.unique_outcomes(sql.Relations(empty, None, relation, USER_KEY, USER_CHECK))
                 target = folder / f"{kind}.parquet"
                 self.db.execute(_copy_to(relation, target))
                 counts.append(pq.ParquetFile(target).metadata.num_rows)
@@ -397,12 +402,14 @@ class DuckDBEventStore(WarehouseEventStore):
         base = max((p for p in with_outcomes if p.unique), key=lambda p: p.outcomes, default=None)
         raw = [p.file("outcomes") for p in with_outcomes if p is not base]
         if base is None and not raw:
-            return sql.Relations(exposures, outcomes_raw=_empty_relation(OUTCOME_SCHEMA), user_key=USER_KEY)
+            empty = _empty_relation(OUTCOME_SCHEMA)
+            return sql.Relations(exposures, outcomes_raw=empty, user_key=USER_KEY, user_check=USER_CHECK)
         return sql.Relations(
             exposures,
             outcomes_unique=_parquet([base.file("outcomes")]) if base else None,
             outcomes_raw=_parquet(raw) if raw else None,
             user_key=USER_KEY,
+            user_check=USER_CHECK,
         )
 
     def _query(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
