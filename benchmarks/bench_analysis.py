@@ -107,9 +107,9 @@ def simulate_chunk(lo: int, hi: int, seed: int = 1) -> tuple[ExposureColumns, Ou
     return exposures, outcomes
 
 
-def build_stores(users: int, folder: Path, sqlite: bool) -> dict[str, Any]:
+def build_stores(users: int, folder: Path, sqlite: bool, memory_limit: str | None) -> dict[str, Any]:
     """The DuckDB store (compacted) and optionally the old SQLite store, filled with the same events."""
-    duck = DuckDBEventStore(folder / "events", compact_parts=0)
+    duck = DuckDBEventStore(folder / "events", compact_parts=0, memory_limit=memory_limit)
     old = old_sqlite_store_class()(folder / "events.db") if sqlite else None
     info: dict[str, Any] = {"events": 0, "duckdb_apply_s": 0.0, "sqlite_apply_s": 0.0}
     for lo in tqdm(range(0, users, CHUNK_USERS), desc=f"writing {users:,} users", unit="chunk"):
@@ -222,7 +222,7 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(prefix=f"bench-analysis-{users}-", dir=args.workdir))
         try:
             sqlite = users in (args.sqlite_sizes or [])
-            info = build_stores(users, folder, sqlite)
+            info = build_stores(users, folder, sqlite, args.memory_limit)
             new = time_report("duckdb", folder / "events", args.repeats, args.memory_limit)
             old = time_report("sqlite", folder / "events.db", args.repeats, None) if sqlite else None
             rows.append((users, info, new, old))

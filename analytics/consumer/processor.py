@@ -30,8 +30,6 @@ EVENTS_REJECTED = Counter(
     "mtrank_analytics_events_rejected_total", "Events skipped as unreadable", ["reason"]
 )
 RECORDS_REPLAYED = Counter("mtrank_analytics_records_replayed_total", "Records skipped: already in the store")
-_EXPOSURE_FIELDS = tuple(ExposureColumns().columns())
-_OUTCOME_FIELDS = tuple(OutcomeColumns().columns())
 CONSUMER_LAG = Gauge(
     "mtrank_analytics_consumer_lag_records",
     "Records in Kafka not yet durable in the store, per assigned partition",
@@ -52,8 +50,8 @@ def decode_into(value: bytes, exposures: ExposureColumns, outcomes: OutcomeColum
         log.warning("skipping a record that is not an EventBatch (%d bytes)", len(value))
         return 1
     rejected = 0
-    x_id, x_exp, x_var, x_user, x_ts = (getattr(exposures, f).append for f in _EXPOSURE_FIELDS)
-    o_id, o_user, o_metric, o_ts, o_value = (getattr(outcomes, f).append for f in _OUTCOME_FIELDS)
+    x_id, x_exp, x_var, x_user, x_ts = exposures.appenders()
+    o_id, o_user, o_metric, o_ts, o_value = outcomes.appenders()
     for event in batch.events:
         kind = event.WhichOneof("payload")
         if kind == "exposure":

@@ -11,7 +11,7 @@ whether a consumer was killed and replayed part of a topic.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -62,8 +62,15 @@ class _Columns:
 
     def append(self, row: Sequence) -> None:
         """Add one event given in row order."""
-        for f, value in zip(fields(self), row, strict=True):
-            getattr(self, f.name).append(value)
+        for append, value in zip(self.appenders(), row, strict=True):
+            append(value)
+
+    def appenders(self) -> tuple[Callable[[object], None], ...]:
+        """The ``append`` of every column, in field order (bound once per batch: decoding calls them per event)."""
+        cached = self.__dict__.get("_appenders")
+        if cached is None:
+            cached = self.__dict__["_appenders"] = tuple(getattr(self, f.name).append for f in fields(self))
+        return cached
 
     def columns(self) -> dict[str, list]:
         """Field name -> values."""

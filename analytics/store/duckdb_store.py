@@ -174,7 +174,7 @@ class DuckDBEventStore(WarehouseEventStore):
         self,
         path: str | Path,
         attribution_window_ms: int | None = None,
-        compact_parts: int = 32,
+        compact_parts: int = 16,
         threads: int | None = None,
         memory_limit: str | None = None,
     ) -> None:
