@@ -1,10 +1,11 @@
 """The EventStore interface: exposure and outcome events, plus the Kafka offsets they reflect.
 
-What is stored is per user, not per experiment: the user's first exposure in each experiment (variant, time),
-and the user's outcome events (deduplicated by event id). Attribution happens when reading: an outcome counts
-for an experiment when it falls in ``[first exposure, first exposure + attribution window)``; outcomes before
-the first exposure are the user's pre-exposure values (the CUPED covariate). Because nothing is attributed on
-write, the result does not depend on the order events arrive in, how partitions are spread over consumers, or
+What is stored are the events themselves: exposures and outcomes, appended as they come. The user's first exposure
+in each experiment (variant, time) and the deduplication of outcomes by event id are computed when reading
+(the DuckDB and ClickHouse stores) or kept on write (the in-memory reference). Attribution happens when reading
+too: an outcome counts for an experiment when it falls in ``[first exposure, first exposure + attribution
+window)``; outcomes before the first exposure are the user's pre-exposure values (the CUPED covariate). Because
+nothing is attributed on write, the result does not depend on the order events arrive in, how partitions are spread over consumers, or
 whether a consumer was killed and replayed part of a topic.
 """
 
@@ -114,7 +115,7 @@ Outcomes = Sequence[OutcomeRow] | OutcomeColumns
 
 
 class EventStore(abc.ABC):
-    """Durable per-user experiment state.
+    """Exposure and outcome events, the Kafka offsets they bring the store to, and the queries analysis needs.
 
     Args:
         attribution_window_ms: how long after a user's first exposure outcomes are attributed to it;
