@@ -18,17 +18,17 @@ are those of ``MemoryEventStore``'s row path, which is the reference the tests c
 The query is built with sqlglot expressions (never by pasting strings) and rendered per engine by a dialect
 (``DIALECTS``: DuckDB and ClickHouse). Its stages, each a CTE with every column aliased:
 
-1. ``first_exposure``: per user, variant, first exposure time, and ``j0``, the first cut the user is part of;
+1. ``first_exposure``: per user key, variant and first exposure time;
 2. ``events``: the deduplicated outcomes of the metrics' events (``Relations`` says what needs deduplicating);
-3. ``attributed``: users left-joined to their events, each row tagged with its bucket ``b`` (-1 pre-exposure,
-   -2 not attributed, else the first cut the event counts at) and one contribution column per needed measure;
-4. ``user_buckets`` (with several cuts): the same summed per user and bucket, so the next stage pivots a table
-   about as long as the user list instead of the event list;
-5. ``per_user``: per user, each measure cumulated up to every cut (``SUM(CASE WHEN b BETWEEN 0 AND j ...)``):
-   no window functions, no per-user running sums;
-6. ``caps``: exact quantiles for winsorisation (``quantile_cont`` / ``quantileExactInclusive``), per cut over all
-   users in it;
-7. the final ``SELECT``: per variant and cut, the sums each metric kind needs.
+3. ``attributed``: each event of an exposed user tagged with the first cut it counts at (or as pre-exposure, or
+   not attributed) and its contribution to each measure the metrics need, plus one entry row per user;
+4. ``state``: per user, one row per cut at which its measures change (the entry row holds the pre-exposure sums);
+5. ``cum`` and ``user_cut`` (several cuts): a window over each user's few rows cumulates them and each is spread
+   over the cuts until the user's next change, giving one row per user and cut the user is part of: the work
+   grows with users x cuts, never events x cuts, and the running sum goes over a user's change rows only;
+6. ``caps``: exact quantiles per cut for winsorisation (``quantile_cont`` / ``quantileExactInclusive``, numpy's
+   linear method), over all users in the cut;
+7. the final ``SELECT``: per variant and cut, the sums each metric kind needs, and the user count.
 
 Determinism: counts, binomial and count statistics are integer sums and come out bit-identical to the Python
 reference. Sums of real values (continuous, winsorised, CUPED, ratios of sums) are summed by the engine's
@@ -36,10 +36,9 @@ parallel aggregation, whose order varies with threads and data layout, so they c
 digit between engines or runs (tests compare at 1e-9 relative).
 
 Extension point: a metric kind (``MetricKind``) says which per-user measures it needs (``Need``), which per-user
-expressions to sum per variant at a cut, and how to turn the sums into a ``TestStatistic``. Register a new one
-with ``register_kind``; nothing else in the compiler changes. A kind that needs a per-user state other than
-event counts and sums (for example interleaving wins per request) adds its own columns to ``per_user`` through
-``MetricKind.user_columns`` and reads them in ``sums``.
+expressions to sum per variant and cut, and how to turn the sums into a ``TestStatistic``. Register a new one with
+``register_kind``; nothing else in the compiler changes. A kind that needs another per-user measure registers it
+in ``MEASURES`` (the contribution of one event row, and whether it counts when attributed or before exposure).
 """
 
 from __future__ import annotations
