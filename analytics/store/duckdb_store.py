@@ -190,6 +190,9 @@ class DuckDBEventStore(WarehouseEventStore):
         if memory_limit is not None:
             config["memory_limit"] = memory_limit
         self._db: duckdb.DuckDBPyConnection | None = duckdb.connect(":memory:", config=config)
+        self._config = config
+        self._compactor: threading.Thread | None = None
+        self._merger: duckdb.DuckDBPyConnection | None = None
 
     # ---------------------------------------------------------------- layout
 
@@ -321,8 +324,19 @@ class DuckDBEventStore(WarehouseEventStore):
             self._commit(
                 name, write, {TopicPartition(*tp): (o, name) for tp, o in offsets.items()}, False, []
             )
-        if self.compact_parts and len(self._visible()) >= self.compact_parts:
+            due = self.compact_parts and len(self._visible()) >= self.compact_parts
+            if due and (self._compactor is None or not self._compactor.is_alive()):
+                # In the background: the writer keeps appending while older parts are merged.
+                self._compactor = threading.Thread(
+                    target=self._compact_logged, name="store-compaction", daemon=True
+                )
+                self._compactor.start()
+
+    def _compact_logged(self) -> None:
+        try:
             self.compact()
+        except Exception:  # noqa: BLE001 - a failed compaction leaves the parts as they were; the next one retries
+            log.exception("compacting %s failed; the parts stay as they are", self.path)
 
     def _write_keyed(self, table: pa.Table, target: Path) -> None:
         """Write ``table`` as Parquet with its ``user_key``: the low 64 bits of md5(user_id), a stable hash that
@@ -353,11 +367,11 @@ class DuckDBEventStore(WarehouseEventStore):
                 return False
             with self._lock:
                 parts = sorted(self._visible(), key=lambda p: p.rows)
-                if not everything and len(parts) > 1 and sum(p.rows for p in parts[:-1]) < parts[-1].rows:
-                    parts = parts[:-1]
-                if len(parts) < 2 and not (parts and not parts[0].unique):
-                    return True
-                self._merge(parts)
+            if not everything and len(parts) > 1 and sum(p.rows for p in parts[:-1]) < parts[-1].rows:
+                parts = parts[:-1]
+            if len(parts) < 2 and not (parts and not parts[0].unique):
+                return True
+            self._merge(parts)  # parts are immutable: appends and reads go on meanwhile
             return True
         finally:
             lock.close()
@@ -377,7 +391,7 @@ class DuckDBEventStore(WarehouseEventStore):
                     empty = _empty_relation(EXPOSURE_SCHEMA)
                     relation = sql.unique_outcomes(sql.Relations(empty, None, relation, USER_KEY, USER_CHECK))
                 target = folder / f"{kind}.parquet"
-                self.db.execute(_copy_to(relation, target))
+                self._merge_db.execute(_copy_to(relation, target))
                 counts.append(pq.ParquetFile(target).metadata.num_rows)
             return counts[0], counts[1]
 
@@ -385,6 +399,13 @@ class DuckDBEventStore(WarehouseEventStore):
         for part in parts:
             shutil.rmtree(part.folder, ignore_errors=True)
         log.info("compacted %d parts of %s into %s", len(parts), self.path, name)
+
+    @property
+    def _merge_db(self) -> duckdb.DuckDBPyConnection:
+        """Compaction's own connection, so merging never holds up appends and queries on ``db``."""
+        if self._merger is None:
+            self._merger = duckdb.connect(":memory:", config=self._config)
+        return self._merger
 
     def offsets(self) -> dict[TopicPartition, int]:
         with self._lock:
@@ -429,7 +450,10 @@ class DuckDBEventStore(WarehouseEventStore):
         raise AssertionError("unreachable")
 
     def close(self) -> None:
+        if self._compactor is not None:
+            self._compactor.join()  # a merge half done would only be redone, but finishing it is cheaper
         with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            for connection in (self._db, self._merger):
+                if connection is not None:
+                    connection.close()
+            self._db = self._merger = None

@@ -182,12 +182,14 @@ def test_open_store_urls_and_errors(tmp_path: Path) -> None:
 
 _READER = """
 import sys, time
+from pathlib import Path
 from analytics.store import open_store
 store = open_store(sys.argv[1])
 deadline, seen = time.monotonic() + 60, []
 while time.monotonic() < deadline:
     counts = store.counts()
     seen.append(counts["outcomes"])
+    Path(sys.argv[3]).write_text(str(counts["outcomes"]))  # what it has seen, for the writer to pace itself
     assert counts["outcomes"] % 100 == 0, counts  # a commit is seen whole or not at all
     (variant, value, n, pre), = store.user_metric_values("x", "click")  # u0: one click per commit
     assert variant == "a" and value == n and pre == 0.0 and n <= int(sys.argv[2]) // 100
@@ -199,18 +201,21 @@ print(len(set(seen)))
 
 @pytest.mark.integration
 def test_duckdb_readers_in_another_process_while_the_writer_commits(tmp_path: Path) -> None:
-    path = tmp_path / "live"
+    path, seen = tmp_path / "live", tmp_path / "seen"
     commits = 40
     with DuckDBEventStore(path, compact_parts=8) as store:
         store.apply([ExposureRow("e", "x", "a", "u0", 0)], [], {})
         reader = subprocess.Popen(
-            [sys.executable, "-c", _READER, str(path), str(commits * 100)],
+            [sys.executable, "-c", _READER, str(path), str(commits * 100), str(seen)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
         )  # fmt: skip
         for i in range(commits):  # compactions replace parts under the reader's feet as it reads
             store.apply([], [OutcomeRow(f"o{i}-{k}", f"u{k}", "click", 1, 1.0) for k in range(100)], {TP: i})
-            time.sleep(0.02)
+            if i % 10 == 0:  # now and then, let the reader (slow on a busy machine) catch up with the writer
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and (not seen.exists() or seen.read_text() != str(i * 100 + 100)):
+                    time.sleep(0.01)
         out, err = reader.communicate(timeout=90)
     assert reader.returncode == 0, err[-3000:]
     assert int(out) > 2  # it saw the store grow, not just the end state
