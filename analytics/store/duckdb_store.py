@@ -26,7 +26,6 @@ their deletion is retried.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
@@ -37,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import duckdb
 import pyarrow as pa
@@ -63,6 +62,7 @@ MARKER = "mtrank-store.json"
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 _READ_RETRIES = 3
+ABANDONED_AFTER_S = 3600
 USER_KEY = "user_key"
 USER_CHECK = "user_check"
 KEY_FUNCTION = "md5_number_lower"  # the low 64 bits of md5: stable across DuckDB versions
@@ -75,16 +75,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _empty_relation(schema: pa.Schema) -> exp.Select:
@@ -183,6 +173,8 @@ class DuckDBEventStore(WarehouseEventStore):
         self.compact_parts = compact_parts
         self._lock = threading.RLock()
         self._manifests: dict[str, _Part] = {}
+        self._writer = secrets.token_hex(6)
+        self._writer_lock: IO[str] | None = None
         self._open_layout()
         config: dict[str, Any] = {}
         if threads is not None:
@@ -221,14 +213,39 @@ class DuckDBEventStore(WarehouseEventStore):
             raise StoreError(f"cannot open the event store {self.path}: {exc}") from exc
         if found.get("format") != FORMAT or found.get("version") != FORMAT_VERSION:
             raise StoreError(f"{self.path}: store format {found}, this code reads {FORMAT} v{FORMAT_VERSION}")
-        self._clean_abandoned()
 
-    def _clean_abandoned(self) -> None:
-        """Remove commits that a dead process left half-written, and parts a finished compaction replaced."""
-        for folder in (self.path / "tmp").iterdir():
-            with contextlib.suppress(ValueError, IndexError):
-                if not _pid_alive(int(folder.name.split("-")[1])):
+    def _become_writer(self) -> None:
+        """Before the first write: take this writer's lock, then clean what dead writers left behind.
+
+        Each writer holds an exclusive lock on ``tmp/<writer>.lock`` for its lifetime (flock: it works across
+        processes and containers sharing the folder, unlike process ids). A writer's lock that can be taken means
+        the writer is gone: its half-written commits are removed. Readers never clean anything.
+        """
+        if self._writer_lock is not None:
+            return
+        tmp = self.path / "tmp"
+        while True:  # a writer cleaning up at this very moment may remove the file before it is locked: redo
+            lock = (tmp / f"{self._writer}.lock").open("a")
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(lock.fileno()).st_nlink:
+                break
+            lock.close()
+        self._writer_lock = lock
+        for other in tmp.glob("*.lock"):
+            if other.stem == self._writer:
+                continue
+            with other.open("a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer
+                for folder in tmp.glob(f"*-{other.stem}-*"):
                     shutil.rmtree(folder, ignore_errors=True)
+                other.unlink(missing_ok=True)
+        for folder in tmp.iterdir():  # an hour-old commit without its writer's lock file: abandoned too
+            stale = folder.is_dir() and time.time() - folder.stat().st_mtime > ABANDONED_AFTER_S
+            if stale and not (tmp / f"{folder.name.split('-')[1]}.lock").exists():
+                shutil.rmtree(folder, ignore_errors=True)
         parts = self._scan()
         replaced = {name for part in parts for name in part.replaces}
         for part in parts:
@@ -269,7 +286,8 @@ class DuckDBEventStore(WarehouseEventStore):
     # ---------------------------------------------------------------- writes
 
     def _new_name(self) -> str:
-        return f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
+        """Part names sort by time; the middle field is the writer (see ``_become_writer``)."""
+        return f"{time.time_ns():020d}-{self._writer}-{secrets.token_hex(4)}"
 
     def _commit(
         self,
@@ -301,6 +319,7 @@ class DuckDBEventStore(WarehouseEventStore):
         outcome_columns = OutcomeColumns.of(outcomes)
         with self._lock:
             self.db  # noqa: B018 - raises when closed
+            self._become_writer()
             stored = _latest_offsets(self._visible())
             for tp, offset in offsets.items():
                 applied = stored.get(TopicPartition(*tp))
@@ -359,6 +378,8 @@ class DuckDBEventStore(WarehouseEventStore):
         Without ``everything`` the largest part is kept unless the others together are at least as large, so
         each event is rewritten a logarithmic number of times as the store grows.
         """
+        with self._lock:
+            self._become_writer()
         lock = (self.path / "compact.lock").open("a")
         try:
             try:
@@ -457,3 +478,7 @@ class DuckDBEventStore(WarehouseEventStore):
                 if connection is not None:
                     connection.close()
             self._db = self._merger = None
+            if self._writer_lock is not None:
+                (self.path / "tmp" / f"{self._writer}.lock").unlink(missing_ok=True)
+                self._writer_lock.close()
+                self._writer_lock = None

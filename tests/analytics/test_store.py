@@ -147,15 +147,27 @@ def test_duckdb_compaction_keeps_numbers_offsets_and_dedups(tmp_path: Path) -> N
         assert _snapshot(store) == before and store.offsets()[TP] == 12
 
 
-def test_duckdb_crash_leftovers_are_invisible_and_cleaned(tmp_path: Path) -> None:
+def test_duckdb_crash_leftovers_are_invisible_and_cleaned_by_the_next_writer(tmp_path: Path) -> None:
     path = tmp_path / "s"
-    with DuckDBEventStore(path) as store:
-        store.apply([ExposureRow("e1", "exp", "a", "u1", 1)], [], {TP: 1})
-    dead = path / "tmp" / "00000000000000000001-999999999-dead"  # a commit a killed writer never renamed
+    killed = DuckDBEventStore(path)
+    killed.apply([ExposureRow("e1", "exp", "a", "u1", 1)], [], {TP: 1})
+    # a commit the killed writer never renamed into parts/ (its process dies: its writer lock is released)
+    dead = path / "tmp" / f"00000000000000000001-{killed._writer}-dead"
     dead.mkdir()
     (dead / "outcomes.parquet").write_bytes(b"half written")
-    with DuckDBEventStore(path) as store:
-        assert not dead.exists() and store.offsets() == {TP: 1} and store.counts()["exposed_users"] == 1
+    killed._writer_lock.close()
+    with DuckDBEventStore(path) as reader:  # readers see only complete parts and never clean up
+        assert reader.offsets() == {TP: 1} and reader.counts()["exposed_users"] == 1 and dead.exists()
+        live = DuckDBEventStore(path)
+        live.apply([], [], {TP: 2})  # a live writer's own commits in progress are left alone
+        mine = path / "tmp" / f"00000000000000000002-{live._writer}-busy"
+        mine.mkdir()
+        with DuckDBEventStore(path) as writer:
+            writer.apply([ExposureRow("e2", "exp", "a", "u2", 2)], [], {TP: 3})
+            assert not dead.exists() and mine.exists()
+            assert writer.offsets() == {TP: 3} and writer.counts()["exposed_users"] == 2
+        mine.rmdir()
+        live.close()
 
 
 def test_open_store_urls_and_errors(tmp_path: Path) -> None:
