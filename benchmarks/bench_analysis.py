@@ -153,12 +153,14 @@ def _time_report_here(kind: str, path: Path, repeats: int, memory_limit: str | N
         store = old_sqlite_store_class()(path)
     out: dict[str, Any] = {}
     for with_timeline in (False, True):
-        times = []
+        times, cpu = [], []
         for _ in range(repeats if kind == "duckdb" or not with_timeline else 1):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             report = build_report(store, config, "bench", with_timeline=with_timeline)
             times.append(time.perf_counter() - start)
-        out["timeline" if with_timeline else "report"] = min(times)
+            cpu.append(time.process_time() - cpu_start)
+        name = "timeline" if with_timeline else "report"
+        out[name], out[f"{name}_cpu"] = min(times), cpu[times.index(min(times))]
         out["users"] = report.total_users
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the (big) parent across fork and exec
     peak_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
@@ -249,11 +251,14 @@ def main() -> None:
         f"--repeats {args.repeats} --memory-limit {args.memory_limit}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs, 1-min load average "
         f"{load_before:.1f} before and {load_after:.1f} after, Python {platform.python_version()}. Reports timed in a "
-        "fresh process each (best of the repeats; the old path's timeline once), max RSS of that process.",
+        "fresh process each (best of the repeats; the old path's timeline once), max RSS (VmHWM) of that process; "
+        "CPU s: user + system time of the report process (all its threads) in the best repeat, which the machine's "
+        "load does not inflate the way it does wall time.",
         "",
         "| users | events | warehouse report s | warehouse + timeline s | SQLite report s | SQLite + timeline s "
-        "| speed-up (report / timeline) | report process max RSS GiB | store on disk (Parquet / SQLite) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| speed-up (report / timeline) | warehouse CPU s (report / timeline) | report process max RSS GiB "
+        "| store on disk (Parquet / SQLite) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for users, info, new, old in rows:
         report_target, timeline_target = targets.get(users, (None, None))
@@ -264,7 +269,8 @@ def main() -> None:
         lines.append(
             f"| {users:,} | {info['events']:,} | {cell(new['report'], report_target)} "
             f"| {cell(new['timeline'], timeline_target)} | {cell(old and old['report'])} "
-            f"| {cell(old and old['timeline'])} | {ratio} | {new['max_rss_gib']:.2f} | {sizes} |"
+            f"| {cell(old and old['timeline'])} | {ratio} | {new['report_cpu']:.2f} / {new['timeline_cpu']:.2f} "
+            f"| {new['max_rss_gib']:.2f} | {sizes} |"
         )
     lines += [
         "",
