@@ -8,7 +8,7 @@ from kafka.errors import KafkaError
 
 from analytics.consumer.exceptions import CheckpointOffsetBackwards
 from analytics.consumer.kafka_consumer import Consumer
-from analytics.store.base import EventStore, ExposureRow, OutcomeRow, TopicPartition
+from analytics.store.base import EventStore, ExposureColumns, OutcomeColumns, TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,8 @@ class Checkpoint:
     def __init__(self, store: EventStore, consumer: Consumer | None) -> None:
         self._store = store
         self._consumer = consumer
-        self.exposures: list[ExposureRow] = []
-        self.outcomes: list[OutcomeRow] = []
+        self.exposures = ExposureColumns()
+        self.outcomes = OutcomeColumns()
         self._offsets: dict[TopicPartition, int] = {}
         self._last: dict[TopicPartition, int | None] = {}
 
@@ -82,7 +82,7 @@ class Checkpoint:
         offsets = self._offsets
         self._store.apply(self.exposures, self.outcomes, offsets)
         log.debug("checkpoint: %d events, offsets %s", self.size, offsets)
-        self.exposures, self.outcomes, self._offsets = [], [], {}
+        self.exposures, self.outcomes, self._offsets = ExposureColumns(), OutcomeColumns(), {}
         return offsets
 
     def commit_to_kafka(self, offsets: dict[TopicPartition, int]) -> None:

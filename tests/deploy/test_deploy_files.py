@@ -667,9 +667,14 @@ def test_k8s_references_exist(k8s: list[dict]) -> None:
     config_maps, secrets = _of_kind(k8s, "ConfigMap"), _of_kind(k8s, "Secret")
     claims = _of_kind(k8s, "PersistentVolumeClaim")
     deployments = _of_kind(k8s, "Deployment")
+    claim_templates = {
+        f"StatefulSet/{name}": {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
+        for name, doc in _of_kind(k8s, "StatefulSet").items()
+    }
     for where, template in _pod_specs(k8s):
         spec = template["spec"]
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        volumes |= {name: {"persistentVolumeClaimTemplate": name} for name in claim_templates.get(where, ())}
         for volume in volumes.values():
             if "configMap" in volume:
                 cm = config_maps[volume["configMap"]["name"]]
@@ -679,6 +684,12 @@ def test_k8s_references_exist(k8s: list[dict]) -> None:
                 assert volume["secret"]["secretName"] in secrets, f"{where}: unknown Secret"
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims, f"{where}: unknown PVC"
+        for container in spec["containers"]:
+            for mount in container.get("volumeMounts", []):
+                volume = volumes[mount["name"]]
+                if "configMap" in volume and "subPath" in mount:
+                    cm = config_maps[volume["configMap"]["name"]]
+                    assert mount["subPath"] in cm["data"], f"{where}: ConfigMap key {mount['subPath']} missing"
         for container in spec["containers"]:
             mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
             for arg in container.get("args", []):
