@@ -66,6 +66,9 @@ class ServerSettings(BaseModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     auth_token_file: Path | None = None
+    open_inference: bool = Field(
+        True, description="also serve inference.GRPCInferenceService (KServe v2 / Triton) for every loaded version"
+    )
     max_candidates: int = Field(5000, ge=1)
     default_timeout_s: float = Field(5.0, gt=0, description="deadline applied when the client sets none")
     poll_interval_s: float = Field(5.0, gt=0)
