@@ -163,8 +163,8 @@ def ort_session(model_path: Path, threads: int, spinning: str) -> ort.InferenceS
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
-async def server_round(stub, request, result: Result, concurrency: int, n: int) -> None:
-    """``n`` Rank calls spread over ``concurrency`` concurrent callers on one channel."""
+async def server_round(call, request, result: Result, concurrency: int, n: int) -> None:
+    """``n`` unary calls (``call``: a grpc.aio stub method) spread over ``concurrency`` concurrent callers."""
     remaining = n
 
     async def caller() -> None:
@@ -172,7 +172,7 @@ async def server_round(stub, request, result: Result, concurrency: int, n: int) 
         while remaining > 0:
             remaining -= 1
             t = time.perf_counter()
-            await stub.Rank(request, timeout=30)
+            await call(request, timeout=30)
             result.latencies_s.append(time.perf_counter() - t)
 
     start = time.perf_counter()
@@ -186,16 +186,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+DEFAULTS_ONLY = (
+    "version: 1\ndefaults:\n  retrieval: {model_name: none, model_version: '1'}\n"
+    "  ranking: {model_name: bench-mmoe, model_version: '1', task_weights: {click: 1.0, like: 0.5, watch: 0.1}}\n"
+    "experiments: []\n"
+)
+
+
 def start_server(
-    repository: Path, threads: int, metrics_port: int, extra: list[str]
+    repository: Path,
+    threads: int,
+    metrics_port: int,
+    extra: list[str],
+    experiments: str = DEFAULTS_ONLY,
+    port: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m ranker_server`` with the ``experiments`` config on ``port`` (default: a free one); returns it
+    once its health service says SERVING."""
     config = repository / "experiments.yaml"
-    config.write_text(
-        "version: 1\ndefaults:\n  retrieval: {model_name: none, model_version: '1'}\n"
-        "  ranking: {model_name: bench-mmoe, model_version: '1', task_weights: {click: 1.0, like: 0.5, watch: 0.1}}\n"
-        "experiments: []\n"
-    )
-    port = free_port()
+    config.write_text(experiments)
+    port = port or free_port()
     command = [
         sys.executable,
         "-m",
@@ -366,7 +376,7 @@ async def measure(
             stub = ranking_pb2_grpc.RankerStub(channel)
             for fn in [*local.values(), *(fn for _, fn in calls)]:  # warm-up
                 timed(Result("warm-up"), fn, 20)
-            await server_round(stub, request, Result("warm-up"), 16, 64)
+            await server_round(stub.Rank, request, Result("warm-up"), 16, 64)
             for _ in tqdm(range(args.rounds), desc="rounds"):
                 for name, fn in local.items():
                     timed(results[name], fn, per_round)
@@ -374,7 +384,7 @@ async def measure(
                     timed(results[name], fn, 1)
                 for result, fn in calls:
                     timed(result, fn, per_round)
-                await server_round(stub, request, server[16], 16, 32)
+                await server_round(stub.Rank, request, server[16], 16, 32)
     return [*results.values(), transport, bare, inline, *server.values()]
 
 
