@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ONNX Runtime threads per call (0 = the available cores, divided among --workers)")  # fmt: skip
     parser.add_argument("--spinning", choices=["off", "alone", "on"], default=r["spinning"].default,
                         help="ONNX Runtime pool threads spin-wait during a run (never between runs): never, only "
-                             "in runs alone in the process (a second CPU session), or in every run")  # fmt: skip
+                             "in runs alone in the process (a second CPU session) while those measure faster "
+                             "spinning, or in every run")  # fmt: skip
     parser.add_argument("--inference-threads", type=int, default=r["inference_threads"].default,
                         help="concurrent ONNX Runtime calls")  # fmt: skip
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -35,7 +35,8 @@ class RuntimeSettings(BaseModel):
     spinning: Literal["off", "alone", "on"] = Field(
         "alone",
         description="ORT pool threads spin-wait for work during a run (never between runs): 'alone' only in runs "
-        "that have ONNX Runtime to themselves (a second, spinning CPU session), 'on' in every run",
+        "that have ONNX Runtime to themselves (a second, spinning CPU session) while such runs measure faster "
+        "there than on the sleeping one (inference.LoneRunChooser), 'on' in every run",
     )
     inference_threads: int = Field(2, ge=1, description="executor threads calling session.run concurrently")
     golden_rtol: float = 1e-3
