@@ -241,7 +241,12 @@ def start_server(
 
 
 def serve_floor(
-    model_path: str, threads: int, top_k: int, inline: bool, ports: multiprocessing.Queue
+    model_path: str,
+    threads: int,
+    top_k: int,
+    inline: bool,
+    ports: multiprocessing.Queue,
+    spinning: str = "during runs",
 ) -> None:
     """Rows (c1)/(c2): a bare grpc.aio Ranker that only runs raw ORT, in an executor thread or ``inline``."""
     import concurrent.futures
@@ -251,7 +256,7 @@ def serve_floor(
 
     from proto import common_pb2, ranking_pb2, ranking_pb2_grpc
 
-    session = ort_session(Path(model_path), threads, "during runs")  # as the server's lone requests
+    session = ort_session(Path(model_path), threads, spinning)  # default: as the server's lone requests
     request = np.load(Path(model_path).with_name("floor_request.npz"))
     feeds = {"sparse": request["sparse"], "dense": request["dense"]}
     logits = session.run(["logits"], feeds)[0][:top_k]
@@ -283,11 +288,13 @@ def serve_floor(
     uvloop.run(main())  # the loop the server runs on by default (--event-loop uvloop)
 
 
-def start_floor(package: Path, threads: int, inline: bool) -> tuple[multiprocessing.Process, str]:
+def start_floor(
+    package: Path, threads: int, inline: bool, spinning: str = "during runs"
+) -> tuple[multiprocessing.Process, str]:
     """Start a (c1)/(c2) floor servicer in a fresh process; returns it and its target."""
     context = multiprocessing.get_context("spawn")  # no torch threads or gRPC state inherited
     ports = context.Queue()
-    args = (str(package / "model.onnx"), threads, 100, inline, ports)
+    args = (str(package / "model.onnx"), threads, 100, inline, ports, spinning)
     proc = context.Process(target=serve_floor, args=args, daemon=True)
     proc.start()
     return proc, f"127.0.0.1:{ports.get(timeout=120)}"
