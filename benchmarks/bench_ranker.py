@@ -140,6 +140,18 @@ def request_rows(
     return items["ids"][pick], sparse, dense
 
 
+def uptime() -> str:
+    """The machine's load, as `uptime` prints it: results files report it next to every timing."""
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def emit(text: str, out: Path | None) -> None:
+    """Print a results table and, when asked, write it to ``out``."""
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+
+
 def timed(result: Result, fn: Callable[[], object], n: int) -> None:
     """Call ``fn`` ``n`` times, adding each latency and the wall time to ``result``."""
     start = time.perf_counter()

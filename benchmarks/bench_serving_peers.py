@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     setups = [tuple(item.split(":")) for item in args.kserve.split(",")]
-    uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    uptime_before = br.uptime()
     model = br.build_model()
     rng = np.random.default_rng(1)
     processes: list[subprocess.Popen[bytes]] = []
@@ -353,11 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                 proc.terminate()
             for proc in processes:
                 proc.wait(30)
-    uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    text = report(args, results, raw, (uptime_before, uptime_after), [kserve_label(*s) for s in setups])
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    uptime_after = br.uptime()
+    br.emit(report(args, results, raw, (uptime_before, uptime_after), [kserve_label(*s) for s in setups]), args.out)
     return 0
 
 

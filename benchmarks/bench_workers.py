@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -138,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0))
-    uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    uptime_before = br.uptime()
     model = br.build_model()
     with tempfile.TemporaryDirectory() as tmp:
         package = br.write_package(model, Path(tmp))
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.terminate()
             for proc in servers:
                 proc.wait(30)
-    uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    uptime_after = br.uptime()
     c = args.concurrency
     lines = [
         f"bench_ranker's MMoE, {args.candidates} candidates/request, experiment on, no Kafka; {cores} cores; "
@@ -184,10 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     for n, served in shares.items():
         lines.append(f"--workers {n}: Rank requests answered per worker during the run: {served}")
     lines += ["", f"uptime before: {uptime_before}", f"uptime after:  {uptime_after}"]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    br.emit("\n".join(lines), args.out)
     return 0
 
 

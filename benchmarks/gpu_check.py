@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         f"available providers {ort.get_available_providers()}",
         f"GPU: {gpu_name()}",
         f"Model: bench_ranker's MMoE (996,911 parameters, 3 tasks); timed calls per row: {calls}.",
-        f"uptime before: {uptime()}",
+        f"uptime before: {br.uptime()}",
         "",
     ]
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,15 +221,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(lines))
             print(f"gpu_check: FAILED: {exc}", file=sys.stderr)
             return 1
-    lines.append(f"uptime after: {uptime()}")
+    lines.append(f"uptime after: {br.uptime()}")
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"gpu_check: all checks passed on {wanted}; results in {args.out}")
     return 0
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def gpu_name() -> str:
