@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from proto import inference_pb2, inference_pb2_grpc
 from ranker_server.config import BatchingSettings, RuntimeSettings
-from ranker_server.errors import InvalidInput, ModelNotFound
+from ranker_server.errors import DeadlineExceeded, InvalidInput, ModelNotFound
 from ranker_server.model_repository import ModelRepository
 from ranker_server.open_inference import INFER_VARIANT, InferenceDataPlane, InferQuery, Tensor
 from ranker_server.open_inference_servicer import query_from_proto, result_to_proto, tensor_from_proto
@@ -196,6 +196,39 @@ async def test_metadata_lists_versions_and_the_graph_tensors(dataplane) -> None:
     assert dataplane.live() and dataplane.ready()
     dataplane.stopping = True
     assert not dataplane.ready()
+
+
+class _Context:
+    """The one thing the servicer asks of a grpc.aio context: the call's remaining time."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+async def test_servicer_in_process_parses_delegates_and_builds(dataplane, repository) -> None:
+    from ranker_server.open_inference_servicer import OpenInferenceServicer
+
+    servicer = OpenInferenceServicer(dataplane, default_timeout_s=5.0)
+    sparse, dense = rows(4)
+    response = await servicer.ModelInfer(infer_request(sparse, dense, version="2", id="q"), _Context(None))
+    assert (response.model_version, response.id, list(response.outputs[0].shape)) == ("2", "q", [4, 2])
+    logits = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(4, 2)
+    np.testing.assert_allclose(logits, expected_logits(repository, "2", sparse, dense), rtol=1e-5, atol=1e-6)
+    meta = await servicer.ModelMetadata(inference_pb2.ModelMetadataRequest(name="tiny", version="1"), _Context(None))
+    assert list(meta.versions) == ["1", "2"] and [list(t.shape) for t in meta.inputs] == [[-1, 3], [-1, 3]]
+    ready = await servicer.ModelReady(inference_pb2.ModelReadyRequest(name="nope"), _Context(None))
+    assert not ready.ready
+    with pytest.raises(InvalidInput, match="^name: must be non-empty"):
+        await servicer.ModelMetadata(inference_pb2.ModelMetadataRequest(), _Context(None))
+    bad = infer_request(sparse, dense)
+    del bad.raw_input_contents[1]
+    with pytest.raises(InvalidInput, match="^raw_input_contents: has 1 entries for 2 inputs"):
+        await servicer.ModelInfer(bad, _Context(None))
+    with pytest.raises(DeadlineExceeded):  # the call's own deadline, from its context, reaches the batcher
+        await servicer.ModelInfer(infer_request(sparse, dense), _Context(0.0))
 
 
 # ---------------------------------------------------------------- over a real channel
