@@ -140,6 +140,18 @@ def request_rows(
     return items["ids"][pick], sparse, dense
 
 
+def uptime() -> str:
+    """The machine's load, as `uptime` prints it: results files report it next to every timing."""
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def emit(text: str, out: Path | None) -> None:
+    """Print a results table and, when asked, write it to ``out``."""
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+
+
 def timed(result: Result, fn: Callable[[], object], n: int) -> None:
     """Call ``fn`` ``n`` times, adding each latency and the wall time to ``result``."""
     start = time.perf_counter()
@@ -163,8 +175,8 @@ def ort_session(model_path: Path, threads: int, spinning: str) -> ort.InferenceS
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
-async def server_round(stub, request, result: Result, concurrency: int, n: int) -> None:
-    """``n`` Rank calls spread over ``concurrency`` concurrent callers on one channel."""
+async def server_round(call, request, result: Result, concurrency: int, n: int) -> None:
+    """``n`` unary calls (``call``: a grpc.aio stub method) spread over ``concurrency`` concurrent callers."""
     remaining = n
 
     async def caller() -> None:
@@ -172,7 +184,7 @@ async def server_round(stub, request, result: Result, concurrency: int, n: int) 
         while remaining > 0:
             remaining -= 1
             t = time.perf_counter()
-            await stub.Rank(request, timeout=30)
+            await call(request, timeout=30)
             result.latencies_s.append(time.perf_counter() - t)
 
     start = time.perf_counter()
@@ -186,16 +198,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+DEFAULTS_ONLY = (
+    "version: 1\ndefaults:\n  retrieval: {model_name: none, model_version: '1'}\n"
+    "  ranking: {model_name: bench-mmoe, model_version: '1', task_weights: {click: 1.0, like: 0.5, watch: 0.1}}\n"
+    "experiments: []\n"
+)
+
+
 def start_server(
-    repository: Path, threads: int, metrics_port: int, extra: list[str]
+    repository: Path,
+    threads: int,
+    metrics_port: int,
+    extra: list[str],
+    experiments: str = DEFAULTS_ONLY,
+    port: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m ranker_server`` with the ``experiments`` config on ``port`` (default: a free one); returns it
+    once its health service says SERVING."""
     config = repository / "experiments.yaml"
-    config.write_text(
-        "version: 1\ndefaults:\n  retrieval: {model_name: none, model_version: '1'}\n"
-        "  ranking: {model_name: bench-mmoe, model_version: '1', task_weights: {click: 1.0, like: 0.5, watch: 0.1}}\n"
-        "experiments: []\n"
-    )
-    port = free_port()
+    config.write_text(experiments)
+    port = port or free_port()
     command = [
         sys.executable,
         "-m",
@@ -231,7 +253,12 @@ def start_server(
 
 
 def serve_floor(
-    model_path: str, threads: int, top_k: int, inline: bool, ports: multiprocessing.Queue
+    model_path: str,
+    threads: int,
+    top_k: int,
+    inline: bool,
+    ports: multiprocessing.Queue,
+    spinning: str = "during runs",
 ) -> None:
     """Rows (c1)/(c2): a bare grpc.aio Ranker that only runs raw ORT, in an executor thread or ``inline``."""
     import concurrent.futures
@@ -241,7 +268,7 @@ def serve_floor(
 
     from proto import common_pb2, ranking_pb2, ranking_pb2_grpc
 
-    session = ort_session(Path(model_path), threads, "during runs")  # as the server's lone requests
+    session = ort_session(Path(model_path), threads, spinning)  # default: as the server's lone requests
     request = np.load(Path(model_path).with_name("floor_request.npz"))
     feeds = {"sparse": request["sparse"], "dense": request["dense"]}
     logits = session.run(["logits"], feeds)[0][:top_k]
@@ -273,11 +300,13 @@ def serve_floor(
     uvloop.run(main())  # the loop the server runs on by default (--event-loop uvloop)
 
 
-def start_floor(package: Path, threads: int, inline: bool) -> tuple[multiprocessing.Process, str]:
+def start_floor(
+    package: Path, threads: int, inline: bool, spinning: str = "during runs"
+) -> tuple[multiprocessing.Process, str]:
     """Start a (c1)/(c2) floor servicer in a fresh process; returns it and its target."""
     context = multiprocessing.get_context("spawn")  # no torch threads or gRPC state inherited
     ports = context.Queue()
-    args = (str(package / "model.onnx"), threads, 100, inline, ports)
+    args = (str(package / "model.onnx"), threads, 100, inline, ports, spinning)
     proc = context.Process(target=serve_floor, args=args, daemon=True)
     proc.start()
     return proc, f"127.0.0.1:{ports.get(timeout=120)}"
@@ -366,7 +395,7 @@ async def measure(
             stub = ranking_pb2_grpc.RankerStub(channel)
             for fn in [*local.values(), *(fn for _, fn in calls)]:  # warm-up
                 timed(Result("warm-up"), fn, 20)
-            await server_round(stub, request, Result("warm-up"), 16, 64)
+            await server_round(stub.Rank, request, Result("warm-up"), 16, 64)
             for _ in tqdm(range(args.rounds), desc="rounds"):
                 for name, fn in local.items():
                     timed(results[name], fn, per_round)
@@ -374,7 +403,7 @@ async def measure(
                     timed(results[name], fn, 1)
                 for result, fn in calls:
                     timed(result, fn, per_round)
-                await server_round(stub, request, server[16], 16, 32)
+                await server_round(stub.Rank, request, server[16], 16, 32)
     return [*results.values(), transport, bare, inline, *server.values()]
 
 

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--auth-token-file", type=Path, help="file holding the bearer token clients must send"
     )
+    parser.add_argument("--open-inference", action=argparse.BooleanOptionalAction, default=d["open_inference"].default,
+                        help="also serve inference.GRPCInferenceService (Open Inference Protocol: Triton/KServe "
+                             "clients call a loaded model version directly, bypassing experiments)")  # fmt: skip
     parser.add_argument("--max-candidates", type=int, default=d["max_candidates"].default,
                         help="larger requests get INVALID_ARGUMENT")  # fmt: skip
     parser.add_argument("--default-timeout", type=float, default=d["default_timeout_s"].default,
@@ -74,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ONNX Runtime threads per call (0 = the available cores, divided among --workers)")  # fmt: skip
     parser.add_argument("--spinning", choices=["off", "alone", "on"], default=r["spinning"].default,
                         help="ONNX Runtime pool threads spin-wait during a run (never between runs): never, only "
-                             "in runs alone in the process (a second CPU session), or in every run")  # fmt: skip
+                             "in runs alone in the process (a second CPU session) while those measure faster "
+                             "spinning, or in every run")  # fmt: skip
     parser.add_argument("--inference-threads", type=int, default=r["inference_threads"].default,
                         help="concurrent ONNX Runtime calls")  # fmt: skip
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -97,6 +101,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         auth_token_file=args.auth_token_file,
+        open_inference=args.open_inference,
         max_candidates=args.max_candidates,
         default_timeout_s=args.default_timeout,
         poll_interval_s=args.poll_interval,

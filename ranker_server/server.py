@@ -17,18 +17,21 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto import ranking_pb2, ranking_pb2_grpc
+from proto import inference_pb2, inference_pb2_grpc, ranking_pb2, ranking_pb2_grpc
 from ranker_server.config import ServerSettings
 from ranker_server.dataplane import CandidateSource, RankDataPlane
 from ranker_server.exposure import ExposureLogger, ExposureSink
 from ranker_server.interceptors import BearerTokenInterceptor, ExceptionToStatusInterceptor
 from ranker_server.model_repository import ModelRepository
+from ranker_server.open_inference import InferenceDataPlane
+from ranker_server.open_inference_servicer import OpenInferenceServicer
 from ranker_server.routing import RouterSource
 from ranker_server.servicer import RankerServicer
 
 logger = logging.getLogger(__name__)
 
 RANKER_SERVICE = ranking_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name
+INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class TlsFiles:
 
 
 class RankerServer:
-    """One grpc.aio server process: Ranker + health + reflection over one model repository."""
+    """One grpc.aio server process: Ranker, the Open Inference Protocol (unless turned off), health and
+reflection over one model repository."""
 
     def __init__(
         self,
@@ -63,6 +67,7 @@ class RankerServer:
         self._tasks: list[asyncio.Task[None]] = []
         self.repository: ModelRepository | None = None
         self.exposures: ExposureLogger | None = None
+        self.inference: InferenceDataPlane | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -96,10 +101,15 @@ class RankerServer:
         ranking_pb2_grpc.add_RankerServicer_to_server(
             RankerServicer(dataplane, settings.default_timeout_s), server
         )
+        services = [RANKER_SERVICE]
+        if settings.open_inference:
+            self.inference = InferenceDataPlane(self.repository, settings.max_candidates)
+            inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                OpenInferenceServicer(self.inference, settings.default_timeout_s), server
+            )
+            services.append(INFERENCE_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (RANKER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         address = f"{settings.host}:{settings.port}"
         if self._tls is not None:
             credentials = grpc.ssl_server_credentials([(self._tls.private_key, self._tls.cert_chain)])
@@ -108,7 +118,7 @@ class RankerServer:
             self.port = server.add_insecure_port(address)
         await server.start()
         self._server = server
-        for service in ("", RANKER_SERVICE):
+        for service in ("", *services):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._tasks.append(
             asyncio.get_running_loop().create_task(self.repository.poll(settings.poll_interval_s))
@@ -120,6 +130,8 @@ class RankerServer:
         """NOT_SERVING first, then drain in-flight requests within ``grace_s``, then release everything."""
         grace = self.settings.grace_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
+        if self.inference is not None:
+            self.inference.stopping = True
         if self._server is not None:
             await asyncio.sleep(self.settings.not_serving_delay_s)
         for task in self._tasks:
