@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from proto import limits
 from ranker_server import metrics
 from ranker_server.errors import DeadlineExceeded, InvalidInput, ModelNotFound, RankerError
 from ranker_server.exposure import ExposureLogger, ExposureRecord, now_ms
@@ -96,6 +97,13 @@ def check_query(query: RankQuery, max_candidates: int) -> None:
     """
     if not query.user_id:
         raise InvalidInput("user_id", "must be non-empty")
+    problem = limits.request_problem(
+        ids={"user_id": query.user_id, "request_id": query.request_id},
+        names={"model.name": query.model[0], "model.version": query.model[1]} if query.model else None,
+        attributes=query.attributes,
+    )
+    if problem is not None:
+        raise InvalidInput(*problem)
     n = len(query.candidate_ids)
     if n > max_candidates:
         raise InvalidInput(

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from proto import limits
 from retrieval_server.errors import InvalidInput
 from retrieval_server.metrics import RetrievalMetrics
 from retrieval_server.model_repository import LoadedModel, ModelRepository
@@ -65,6 +66,21 @@ class RouterSource(Protocol):
 
 
 RETRIEVAL_STAGE = "retrieval"
+
+
+def check_sizes(query: RetrieveQuery) -> None:
+    """Bounded string fields (``proto.limits``).
+
+    Raises:
+        InvalidInput: naming the field, never quoting its value.
+    """
+    problem = limits.request_problem(
+        ids={"user_id": query.user_id, "request_id": query.request_id},
+        names={"model.name": query.model_name, "model.version": query.model_version},
+        attributes=query.attributes,
+    )
+    if problem is not None:
+        raise InvalidInput(*problem)
 
 
 class RetrievalDataPlane:
@@ -134,6 +150,7 @@ class RetrievalDataPlane:
             raise InvalidInput("k", f"must be in 1..{self.max_k}, got {query.k}")
         if not query.user_id:
             raise InvalidInput("user_id", "must not be empty")
+        check_sizes(query)
         name, version, assignments = query.model_name, query.model_version, ()
         if not name and self._router_source is not None:
             name, version, assignments = self._route(query)

@@ -17,10 +17,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from analytics.events.messages import KNOWN_SCHEMA_VERSIONS
+from analytics.events.messages import event_problem
 from analytics.events.producer import OUTCOMES_TOPIC, EventProducer
 from analytics.kafka.broker import DEFAULT_DATA_DIR
-from proto import events_pb2, outcomes_pb2, outcomes_pb2_grpc
+from proto import outcomes_pb2, outcomes_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = outcomes_pb2.DESCRIPTOR.services_by_name["OutcomeReporter"].full_name
@@ -37,14 +37,9 @@ class OutcomeReporterServicer(outcomes_pb2_grpc.OutcomeReporterServicer):
     ) -> outcomes_pb2.ReportOutcomesResponse:
         outcomes = list(request.outcomes)
         for i, outcome in enumerate(outcomes):
-            for name in ("user_id", "metric"):
-                if not getattr(outcome, name):
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"outcomes[{i}].{name} must not be empty")
-            version = outcome.schema_version
-            if version != events_pb2.SCHEMA_VERSION_UNSPECIFIED and version not in KNOWN_SCHEMA_VERSIONS:
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"outcomes[{i}].schema_version {version} is unknown"
-                )
+            problem = event_problem(outcome)
+            if problem is not None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"outcomes[{i}].{problem[0]} {problem[1]}")
         accepted = self._producer.send_outcomes(outcomes)
         return outcomes_pb2.ReportOutcomesResponse(accepted=accepted)
 

@@ -57,11 +57,16 @@ async def test_retrieve_over_grpc_and_status_codes(served):
          grpc.StatusCode.INVALID_ARGUMENT, "user_features: expected 16 values, got 2"),
         (retrieval_pb2.RetrieveRequest(user_id="5", k=3, model=common_pb2.ModelRef(name="x", version="1")),
          grpc.StatusCode.NOT_FOUND, "model x:1"),
+        (retrieval_pb2.RetrieveRequest(user_id="5" * 1_100_000, k=3), grpc.StatusCode.INVALID_ARGUMENT,
+         "user_id: is longer than 512 bytes"),
+        (retrieval_pb2.RetrieveRequest(user_id="5", k=3, attributes={"c": "x" * 1_100_000}),
+         grpc.StatusCode.INVALID_ARGUMENT, "attributes: has a value longer than"),
     ]
     for request, code, text in cases:
         with pytest.raises(aio.AioRpcError) as info:
             await stub.Retrieve(request)
         assert info.value.code() == code and text in info.value.details()
+        assert len(info.value.details()) < 200  # a huge field is never echoed
 
 
 async def test_health_reflection_and_metrics(served):
