@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from math import isfinite
 from typing import Any
 
 from prometheus_client import Counter, Gauge
@@ -62,7 +63,8 @@ def decode_into(value: bytes, exposures: list[ExposureRow], outcomes: list[Outco
         elif kind == "outcome":
             o = event.outcome
             event_id, user_id = o.event_id, o.user_id
-            if o.schema_version not in KNOWN_SCHEMA_VERSIONS or not user_id or not event_id:
+            # a non-finite value would poison every statistic of its metric: producers reject it, so do we
+            if o.schema_version not in KNOWN_SCHEMA_VERSIONS or not user_id or not event_id or not isfinite(o.value):
                 rejected += 1
                 continue
             outcomes.append((event_id, user_id, o.metric, o.event_time_ms, o.value))  # type: ignore[arg-type]
@@ -70,7 +72,9 @@ def decode_into(value: bytes, exposures: list[ExposureRow], outcomes: list[Outco
             rejected += 1
     if rejected:
         EVENTS_REJECTED.labels("invalid").inc(rejected)
-        log.warning("skipped %d events with an unknown schema version or no user/event id", rejected)
+        log.warning(
+            "skipped %d events with an unknown schema version, no user/event id or a non-finite value", rejected
+        )
     return rejected
 
 

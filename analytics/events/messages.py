@@ -6,6 +6,7 @@ serialise each event once and frame it (tag + length) when batching: no re-encod
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -107,14 +108,17 @@ def make_outcome(
 def event_problem(message: events_pb2.Exposure | events_pb2.Outcome) -> tuple[str, str] | None:
     """``(field, reason)`` when the event cannot be sent (the reason never quotes the value), else None.
 
-    Checks what every event needs: a user id (and a metric, for outcomes), string fields within the contract's
-    size limits (``proto.limits``) and a known schema version (unset is fine: ``complete`` fills it in).
+    Checks what every event needs: a user id (and a metric and a finite value, for outcomes), string fields
+    within the contract's size limits (``proto.limits``) and a known schema version (unset is fine:
+    ``complete`` fills it in).
     """
     outcome = isinstance(message, events_pb2.Outcome)
     if not message.user_id:
         return "user_id", "must not be empty"
     if outcome and not message.metric:
         return "metric", "must not be empty"
+    if outcome and not math.isfinite(message.value):
+        return "value", "must be a finite number (NaN and infinity are not)"
     names = {"experiment_key": message.experiment_key, "variant_key": message.variant_key}
     if outcome:
         names["metric"] = message.metric
