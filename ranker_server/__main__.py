@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--retrieval", metavar="HOST:PORT", help="retrieval service for requests without candidates"
     )
+    parser.add_argument("--retrieval-tls-ca", type=Path, metavar="PEM",
+                        help="CA bundle to verify the retrieval service with; enables TLS to it")  # fmt: skip
+    parser.add_argument("--retrieval-token-file", type=Path,
+                        help="file holding the bearer token to send to the retrieval service")  # fmt: skip
     parser.add_argument(
         "--retrieve-k", type=int, default=d["retrieve_k"].default, help="candidates to retrieve"
     )
@@ -89,6 +93,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         port=args.port,
         metrics_port=args.metrics_port,
         retrieval=args.retrieval,
+        retrieval_tls_ca=args.retrieval_tls_ca,
+        retrieval_token_file=args.retrieval_token_file,
         retrieve_k=args.retrieve_k,
         kafka=args.kafka,
         exposure_topic=args.exposure_topic,

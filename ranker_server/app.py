@@ -9,14 +9,14 @@ import multiprocessing
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
+from grpc_security import SecurityError, load_client_security, load_server_security
 from ranker_server import metrics
 from ranker_server.config import ServerSettings
 from ranker_server.errors import SettingsError
 from ranker_server.retrieval_client import RetrievalClient
 from ranker_server.routing import RouterSource
-from ranker_server.server import RankerServer, TlsFiles
+from ranker_server.server import RankerServer
 
 logger = logging.getLogger(__name__)
 
@@ -43,26 +43,16 @@ def watched_router(settings: ServerSettings) -> Iterator[RouterSource]:
         watcher.stop()
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise SettingsError(f"{what} {path}: {exc.strerror}") from None
-
-
 @contextlib.asynccontextmanager
 async def running_server(
     settings: ServerSettings, source: RouterSource, worker: int = 0
 ) -> AsyncIterator[RankerServer]:
     """Start a fully wired server; stop it (gracefully) on exit. ``worker`` keeps journals apart."""
-    tls = None
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        tls = TlsFiles(_read(settings.tls_cert, "--tls-cert"), _read(settings.tls_key, "--tls-key"))
-    token = None
-    if settings.auth_token_file is not None:
-        token = _read(settings.auth_token_file, "--auth-token-file").decode().strip()
-        if not token:
-            raise SettingsError(f"--auth-token-file {settings.auth_token_file}: the file is empty")
+    try:
+        security = load_server_security(settings.tls_cert, settings.tls_key, settings.auth_token_file, "ranker")
+        upstream = load_client_security(settings.retrieval_tls_ca, settings.retrieval_token_file, "--retrieval")
+    except SecurityError as exc:
+        raise SettingsError(str(exc)) from None
     producer = None
     if settings.kafka:
         from analytics.events.producer import EventProducer
@@ -70,8 +60,8 @@ async def running_server(
         producer = EventProducer(
             settings.kafka, exposures_topic=settings.exposure_topic, client_id=f"mtrank-ranker-{worker}"
         )
-    retrieval = RetrievalClient(settings.retrieval) if settings.retrieval else None
-    server = RankerServer(settings, source, producer, retrieval, token, tls)
+    retrieval = RetrievalClient(settings.retrieval, upstream) if settings.retrieval else None
+    server = RankerServer(settings, source, producer, retrieval, security.token, security.credentials)
     try:
         await server.start()
         yield server

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from grpc_security import bind
 from proto import ranking_pb2, ranking_pb2_grpc
 from ranker_server.config import ServerSettings
 from ranker_server.dataplane import CandidateSource, RankDataPlane
@@ -31,12 +31,6 @@ logger = logging.getLogger(__name__)
 RANKER_SERVICE = ranking_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    cert_chain: bytes
-    private_key: bytes
-
-
 class RankerServer:
     """One grpc.aio server process: Ranker + health + reflection over one model repository."""
 
@@ -47,7 +41,7 @@ class RankerServer:
         exposure_sink: ExposureSink | None = None,
         retrieval: CandidateSource | None = None,
         auth_token: str | None = None,
-        tls: TlsFiles | None = None,
+        tls: grpc.ServerCredentials | None = None,
     ) -> None:
         self.settings = settings
         self._router_source = router_source
@@ -100,12 +94,7 @@ class RankerServer:
         reflection.enable_server_reflection(
             (RANKER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        address = f"{settings.host}:{settings.port}"
-        if self._tls is not None:
-            credentials = grpc.ssl_server_credentials([(self._tls.private_key, self._tls.cert_chain)])
-            self.port = server.add_secure_port(address, credentials)
-        else:
-            self.port = server.add_insecure_port(address)
+        self.port = bind(server, f"{settings.host}:{settings.port}", self._tls)
         await server.start()
         self._server = server
         for service in ("", RANKER_SERVICE):

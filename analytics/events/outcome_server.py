@@ -20,6 +20,14 @@ from grpc_reflection.v1alpha import reflection
 from analytics.events.messages import event_problem
 from analytics.events.producer import OUTCOMES_TOPIC, EventProducer
 from analytics.kafka.broker import DEFAULT_DATA_DIR
+from grpc_security import (
+    BearerTokenInterceptor,
+    SecurityError,
+    ServerSecurity,
+    add_server_arguments,
+    bind,
+    server_security_from_args,
+)
 from proto import outcomes_pb2, outcomes_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -44,16 +52,24 @@ class OutcomeReporterServicer(outcomes_pb2_grpc.OutcomeReporterServicer):
         return outcomes_pb2.ReportOutcomesResponse(accepted=accepted)
 
 
-def build_server(producer: EventProducer, address: str, max_workers: int = 8) -> tuple[grpc.Server, int]:
-    """A gRPC server (not started yet) with the reporter, health and reflection; returns it and its port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+def build_server(
+    producer: EventProducer, address: str, max_workers: int = 8, security: ServerSecurity | None = None
+) -> tuple[grpc.Server, int]:
+    """A gRPC server (not started yet) with the reporter, health and reflection; returns it and its port.
+
+    Args:
+        security: TLS credentials and the bearer token clients must send (default: plaintext, no token).
+    """
+    security = security or ServerSecurity()
+    interceptors = [BearerTokenInterceptor(security.token)] if security.token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors)
     outcomes_pb2_grpc.add_OutcomeReporterServicer_to_server(OutcomeReporterServicer(producer), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (SERVICE_NAME, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = bind(server, address, security.credentials)
     if port == 0:
         raise OSError(f"cannot bind the outcome server to {address}")
     return server, port
@@ -72,9 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--journal", default=str(DEFAULT_DATA_DIR / "journal" / "outcome-server.journal"))
     parser.add_argument("--grace-s", type=float, default=5.0, help="drain time on SIGTERM")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        security = server_security_from_args(args, "outcome server")
+    except SecurityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     producer = EventProducer(
         args.bootstrap,
         outcomes_topic=args.topic,
@@ -82,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         client_id="mtrank-outcome-server",
     )
     try:
-        server, port = build_server(producer, args.address)
+        server, port = build_server(producer, args.address, security=security)
     except OSError as exc:
         producer.close()
         print(f"error: {exc}", file=sys.stderr)
