@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 
 import grpc
 import numpy as np
 from grpc import aio
 
+from experiment_router.errors import ModelCheckUnavailable
 from grpc_security import ClientSecurity
 from proto import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from ranker_server.dataplane import Retrieved
 from ranker_server.errors import DeadlineExceeded, UpstreamError
+
+logger = logging.getLogger(__name__)
 
 
 class RetrievalClient:
@@ -56,3 +61,73 @@ class RetrievalClient:
 
     async def close(self) -> None:
         await self._channel.close()
+
+
+class RetrievalModelCheck:
+    """``model_exists`` for retrieval-stage payloads: asks the retrieval service what it serves (``ListModels``).
+
+    Runs on the config watcher's thread, so it uses its own blocking channel. One ``ListModels`` answer serves
+    every payload of one config load (it is reused for ``cache_s``).
+
+    Args:
+        target: HOST:PORT of the retrieval service.
+        security: TLS credentials and call metadata for it.
+        strict: what an unreachable service means: False (the ranker's start, where the services may come up
+            in any order) accepts the version unchecked with a warning; True (hot reloads) raises
+            ``ModelCheckUnavailable``, so the config watcher keeps the previous config and retries.
+    """
+
+    def __init__(
+        self, target: str, security: ClientSecurity | None = None, strict: bool = False, timeout_s: float = 2.0,
+        cache_s: float = 1.0,
+    ) -> None:  # fmt: skip
+        security = security or ClientSecurity()
+        self._target = target
+        self._channel = (
+            grpc.secure_channel(target, security.credentials) if security.credentials else grpc.insecure_channel(target)
+        )
+        self._stub = retrieval_pb2_grpc.RetrieverStub(self._channel)
+        self._metadata = tuple(security.metadata)
+        self.strict = strict
+        self._timeout_s = timeout_s
+        self._cache_s = cache_s
+        self._cached: tuple[float, frozenset[tuple[str, str]]] | None = None
+
+    def served(self) -> frozenset[tuple[str, str]]:
+        """The (name, version) pairs the retrieval service serves.
+
+        Raises:
+            grpc.RpcError: the service did not answer.
+        """
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] > self._cache_s:
+            response = self._stub.ListModels(
+                retrieval_pb2.ListModelsRequest(), timeout=self._timeout_s, metadata=self._metadata
+            )
+            self._cached = (now, frozenset((m.name, m.version) for m in response.models))
+        return self._cached[1]
+
+    def __call__(self, name: str, version: str) -> bool:
+        """True when the retrieval service serves ``name``/``version``.
+
+        Raises:
+            ModelCheckUnavailable: the service cannot be asked and ``strict`` is set.
+        """
+        try:
+            served = self.served()
+        except grpc.RpcError as exc:
+            reason = f"cannot ask the retrieval service at {self._target} what it serves ({exc.code().name})"
+            if self.strict and exc.code() != grpc.StatusCode.UNIMPLEMENTED:  # an older server cannot be asked
+                raise ModelCheckUnavailable(reason) from None
+            logger.warning("%s: retrieval model %s/%s accepted unchecked", reason, name, version)
+            return True
+        if (name, version) in served:
+            return True
+        logger.error(
+            "retrieval model %s/%s is not served by the retrieval service at %s (it serves %s)",
+            name, version, self._target, ", ".join(f"{n}/{v}" for n, v in sorted(served)) or "nothing",
+        )  # fmt: skip
+        return False
+
+    def close(self) -> None:
+        self._channel.close()

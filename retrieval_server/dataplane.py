@@ -58,6 +58,15 @@ class RetrieveResult:
     assignments: tuple[RouteAssignment, ...] = ()
 
 
+@dataclass(frozen=True)
+class ServedModels:
+    """What the server serves now (``ListModels``)."""
+
+    models: tuple[tuple[str, str], ...]
+    default: tuple[str, str] | None
+    max_k: int
+
+
 class RouterSource(Protocol):
     """``experiment_router.reload.ConfigWatcher`` or anything with a ``current`` Router (assign, default_for)."""
 
@@ -144,6 +153,11 @@ class RetrievalDataPlane:
         found, scores = model.index.search(vector, query.k, np.asarray(exclude, dtype=np.int64))
         return RetrieveResult(query.request_id, model.store.ids[found], scores, model.key, position is None,
                               assignments)
+
+    def served(self) -> ServedModels:
+        """The loaded versions (sorted), the default one and the largest k."""
+        return ServedModels(tuple(sorted(m.key for m in self.repository.loaded())), self.repository.default,
+                            self.max_k)
 
     async def retrieve(self, query: RetrieveQuery) -> RetrieveResult:
         if query.k <= 0 or query.k > self.max_k:

@@ -117,3 +117,113 @@ async def test_empty_candidates_are_retrieved_with_the_layer_variant(repository:
         await server.stop(1)
         await client.close()
         await upstream.stop(0)
+
+
+RETRIEVAL_CONFIG = """\
+version: 1
+defaults:
+  retrieval: {{model_name: graph, model_version: "1"}}
+  ranking: {{model_name: tiny, model_version: "1"}}
+experiments:
+  - key: ret-exp
+    stage: retrieval
+    status: running
+    layer: {{name: retrieval, range: [0.0, 1.0]}}
+    variations:
+      - {{key: control, weight: 0.5, payload: {{model_name: graph, model_version: "1"}}}}
+      - {{key: wide, weight: 0.5, payload: {{model_name: graph, model_version: "{wide}"}}}}
+"""
+
+
+class ModelList(retrieval_pb2_grpc.RetrieverServicer):
+    """ListModels only, on a thread-pool server: the ranker asks it from blocking code (start, watcher thread)."""
+
+    def __init__(self, served: tuple[tuple[str, str], ...]) -> None:
+        self.served = served
+
+    def ListModels(self, request, context):  # noqa: N802
+        return retrieval_pb2.ListModelsResponse(
+            models=[common_pb2.ModelRef(name=n, version=v) for n, v in self.served]
+        )
+
+
+def _serve_models(servicer: ModelList, port: int = 0) -> tuple[grpc.Server, int]:
+    from concurrent import futures
+
+    upstream = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    retrieval_pb2_grpc.add_RetrieverServicer_to_server(servicer, upstream)
+    port = upstream.add_insecure_port(f"127.0.0.1:{port}")
+    upstream.start()
+    return upstream, port
+
+
+def _write(path: Path, text: str, bump: float) -> None:
+    import os
+    import time
+
+    path.write_text(text)
+    os.utime(path, (time.time() + bump,) * 2)
+
+
+async def _wait_until(predicate, timeout_s: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_retrieval_versions_are_checked_against_the_retrieval_service(
+    repository: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from experiment_router.errors import ConfigError
+    from ranker_server.app import watched_router
+
+    config = tmp_path / "experiments.yaml"
+    retriever = ModelList(served=(("graph", "1"), ("graph", "2")))
+    upstream, port = _serve_models(retriever)
+    settings = make_settings(
+        repository, experiments=config, retrieval=f"127.0.0.1:{port}", poll_interval_s=0.05
+    )
+    try:
+        _write(config, RETRIEVAL_CONFIG.format(wide="9"), 0)
+        with pytest.raises(
+            ConfigError, match="retrieval model graph/9"
+        ):  # at start: the server refuses to run
+            with watched_router(settings):
+                pass
+        _write(config, RETRIEVAL_CONFIG.format(wide="2"), 10)
+        with caplog.at_level(logging.WARNING), watched_router(settings) as source:
+            first = source.current
+            _write(config, RETRIEVAL_CONFIG.format(wide="9"), 20)  # a hot reload naming an unserved version
+            await _wait_until(lambda: "graph/9 is not served by the retrieval service" in caplog.text)
+            assert source.current is first, "the reload is refused, the previous config stays"
+
+            upstream.stop(0)  # retrieval down: a good new config waits instead of going unchecked
+            retriever.served = (("graph", "1"), ("graph", "3"))
+            _write(config, RETRIEVAL_CONFIG.format(wide="3"), 30)
+            await _wait_until(lambda: "not applied yet, keeping the previous one" in caplog.text)
+            assert source.current is first
+            upstream, _ = _serve_models(retriever, port)  # back: applied without a restart
+            await _wait_until(lambda: source.current is not first)
+            wide = next(a for a in source.current.assign("u1") if a.stage == "retrieval")
+            assert {wide.payload.model_version} <= {"1", "3"}
+    finally:
+        upstream.stop(0)
+
+
+async def test_an_unreachable_retrieval_service_at_start_is_a_warning_not_a_failure(
+    repository: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from analytics.kafka.broker import free_port
+    from ranker_server.app import watched_router
+
+    config = tmp_path / "experiments.yaml"
+    _write(config, RETRIEVAL_CONFIG.format(wide="2"), 0)
+    settings = make_settings(repository, experiments=config, retrieval=f"127.0.0.1:{free_port()}")
+    with caplog.at_level(logging.WARNING), watched_router(settings) as source:
+        assert source.current.experiment_keys == ("ret-exp",)
+    assert "retrieval model graph/2 accepted unchecked" in caplog.text

@@ -69,6 +69,14 @@ async def test_retrieve_over_grpc_and_status_codes(served):
         assert len(info.value.details()) < 200  # a huge field is never echoed
 
 
+async def test_list_models_tells_what_is_served(served):
+    _, channel = served
+    response = await retrieval_pb2_grpc.RetrieverStub(channel).ListModels(retrieval_pb2.ListModelsRequest())
+    assert [(m.name, m.version) for m in response.models] == [("baseline", "1"), ("ssmtl", "1")]
+    assert (response.default_model.name, response.default_model.version) == ("ssmtl", "1")
+    assert response.max_k == 100
+
+
 async def test_health_reflection_and_metrics(served):
     server, channel = served
     health = health_pb2_grpc.HealthStub(channel)
