@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--retrieve-k", type=int, default=d["retrieve_k"].default, help="candidates to retrieve"
     )
+    parser.add_argument("--retrieval-probe-interval", type=float, default=d["retrieval_probe_interval_s"].default,
+                        help="seconds between checks of retrieval (health service mtrank.v1.Ranker/retrieval)")  # fmt: skip
     parser.add_argument(
         "--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers for exposure events (off if unset)"
     )
@@ -96,6 +98,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         retrieval_tls_ca=args.retrieval_tls_ca,
         retrieval_token_file=args.retrieval_token_file,
         retrieve_k=args.retrieve_k,
+        retrieval_probe_interval_s=args.retrieval_probe_interval,
         kafka=args.kafka,
         exposure_topic=args.exposure_topic,
         workers=args.workers,

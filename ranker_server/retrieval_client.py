@@ -14,23 +14,37 @@ from experiment_router.errors import ModelCheckUnavailable
 from grpc_security import ClientSecurity
 from proto import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from ranker_server.dataplane import Retrieved
-from ranker_server.errors import DeadlineExceeded, UpstreamError
+from ranker_server.errors import DeadlineExceeded, InvalidInput, RankerError, UpstreamError
 
 logger = logging.getLogger(__name__)
 
 
+# Reconnect quickly once retrieval is back (gRPC's default back-off grows to two minutes).
+_CHANNEL_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000))
+
+
 class RetrievalClient:
-    """Calls ``Retriever/Retrieve`` with the retrieval-layer variant's model; one channel per process."""
+    """Calls ``Retriever/Retrieve`` with the retrieval-layer variant's model; one channel per process.
+
+    Errors reach the Rank caller naming retrieval but never its address (logged here instead): retrieval's
+    INVALID_ARGUMENT is the request's fault (INVALID_ARGUMENT), its timeout DEADLINE_EXCEEDED, anything else
+    UNAVAILABLE. ``probe`` (the server runs it periodically) asks ``ListModels``: whether retrieval answers, and
+    the largest k it accepts (``max_k``).
+    """
 
     def __init__(self, target: str, security: ClientSecurity | None = None) -> None:
         self._target = target
         security = security or ClientSecurity()
         credentials = security.credentials
         self._channel = (
-            aio.secure_channel(target, credentials) if credentials else aio.insecure_channel(target)
+            aio.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
+            if credentials
+            else aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         )
         self._metadata = tuple(security.metadata)
         self._stub = retrieval_pb2_grpc.RetrieverStub(self._channel)
+        self.max_k: int | None = None  # from the last successful probe
+        self._last_logged: dict[grpc.StatusCode, float] = {}
 
     async def retrieve(
         self,
@@ -49,15 +63,38 @@ class RetrievalClient:
         try:
             response = await self._stub.Retrieve(request, timeout=timeout_s, metadata=self._metadata)
         except aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DeadlineExceeded(f"retrieval at {self._target} timed out") from None
-            raise UpstreamError(
-                f"retrieval at {self._target} failed: {exc.code().name}: {exc.details()}"
-            ) from None
+            raise self._error(exc) from None
         return Retrieved(
             candidate_ids=np.asarray(response.candidate_ids, np.int64),
             model=(response.model.name, response.model.version),
         )
+
+    def _error(self, exc: aio.AioRpcError) -> RankerError:
+        code = exc.code()
+        now = time.monotonic()
+        if now - self._last_logged.get(code, -60.0) >= 10.0:  # an outage must not log once per request
+            self._last_logged[code] = now
+            logger.warning("retrieval at %s: %s: %s", self._target, code.name, exc.details())
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded("the retrieval service timed out")
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidInput("candidate_ids", f"is empty and the retrieval service refused the request: {exc.details()}")
+        if code == grpc.StatusCode.NOT_FOUND:
+            return UpstreamError(f"the retrieval service does not serve the model: {exc.details()}")
+        return UpstreamError(f"the retrieval service is unavailable ({code.name}); send candidate_ids or retry")
+
+    async def probe(self, timeout_s: float) -> bool:
+        """Ask ``ListModels``; True when retrieval answered (``max_k`` is then up to date)."""
+        try:
+            response = await self._stub.ListModels(
+                retrieval_pb2.ListModelsRequest(), timeout=timeout_s, metadata=self._metadata
+            )
+        except aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # an older retrieval server: up, limit unknown
+                return True
+            return False
+        self.max_k = response.max_k or None
+        return True
 
     async def close(self) -> None:
         await self._channel.close()

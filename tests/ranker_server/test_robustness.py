@@ -190,7 +190,8 @@ def test_fuzzed_requests_get_a_proper_status_and_the_server_stays_up(threaded_se
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), exc.details())
             assert exc.details().split(":")[0] in {
-                "user_id", "candidate_ids", "user_sparse", "user_dense", "candidate_sparse", "candidate_dense"
+                "user_id", "candidate_ids", "user_sparse", "user_dense", "candidate_sparse", "candidate_dense",
+                "retrieve_k",
             }  # fmt: skip
         else:
             n = len(request.candidate_ids)
