@@ -11,9 +11,12 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent import futures
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -52,6 +55,32 @@ class OutcomeReporterServicer(outcomes_pb2_grpc.OutcomeReporterServicer):
         return outcomes_pb2.ReportOutcomesResponse(accepted=accepted)
 
 
+class ParseRequestInterceptor(grpc.ServerInterceptor):
+    """Parses unary requests itself, so that bytes that are no valid message get INVALID_ARGUMENT (gRPC would
+    answer INTERNAL and log a traceback for every such call)."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        inner, deserialize = handler.unary_unary, handler.request_deserializer
+
+        def parsed(raw: bytes, context: grpc.ServicerContext) -> Any:
+            try:
+                request = deserialize(raw)
+            except DecodeError:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "request: cannot be parsed as the method's request message"
+                )
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(parsed, response_serializer=handler.response_serializer)
+
+
 def build_server(
     producer: EventProducer, address: str, max_workers: int = 8, security: ServerSecurity | None = None
 ) -> tuple[grpc.Server, int]:
@@ -61,7 +90,10 @@ def build_server(
         security: TLS credentials and the bearer token clients must send (default: plaintext, no token).
     """
     security = security or ServerSecurity()
-    interceptors = [BearerTokenInterceptor(security.token)] if security.token else []
+    interceptors: list[grpc.ServerInterceptor] = (
+        [BearerTokenInterceptor(security.token)] if security.token else []
+    )
+    interceptors.append(ParseRequestInterceptor())
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors)
     outcomes_pb2_grpc.add_OutcomeReporterServicer_to_server(OutcomeReporterServicer(producer), server)
     health_servicer = health.HealthServicer()

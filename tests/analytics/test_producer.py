@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -211,7 +212,9 @@ def test_outcome_client_and_grpc_reporter(
                 stub.ReportOutcomes(bad)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "outcomes[1].user_id" in err.value.details()
-            huge = outcomes_pb2.ReportOutcomesRequest(outcomes=[events_pb2.Outcome(user_id=HUGE_ID, metric="c")])
+            huge = outcomes_pb2.ReportOutcomesRequest(
+                outcomes=[events_pb2.Outcome(user_id=HUGE_ID, metric="c")]
+            )
             with pytest.raises(grpc.RpcError) as err:
                 stub.ReportOutcomes(huge)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -365,3 +368,28 @@ def test_records_refused_as_too_large_are_split_and_a_lone_big_event_is_dead_let
     assert [e.exposure.event_id for e in _dead_letters(journal)] == [big.event_id]
     arrived = topic_reader(kafka_broker.bootstrap, exposures_topic, 2000)
     assert sorted(set(_ids(arrived))) == sorted(e.event_id for e in small)
+
+
+def test_report_outcomes_answers_garbage_bytes_with_invalid_argument(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    producer = EventProducer(f"127.0.0.1:{free_port()}", journal_path=None, delivery_timeout_s=0.5)
+    server, port = build_server(producer, "127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(
+                "/mtrank.v1.OutcomeReporter/ReportOutcomes",
+                request_serializer=None,
+                response_deserializer=None,
+            )
+            with caplog.at_level(logging.DEBUG):
+                for payload in (b"\xff\xff\xff\x0f", b"\x0a\x05ab"):
+                    with pytest.raises(grpc.RpcError) as info:
+                        call(payload, timeout=5)
+                    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    assert info.value.details() == "request: cannot be parsed as the method's request message"
+        assert "Traceback" not in caplog.text
+    finally:
+        server.stop(0)
+        producer.close(timeout=0.5)
