@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--port", type=int, default=d["port"].default, help="gRPC port (0 = pick a free one)")
     parser.add_argument("--metrics-port", type=int, default=d["metrics_port"].default,
-                        help="Prometheus port (0 = off); worker i of --workers uses PORT+i")  # fmt: skip
+                        help="Prometheus port on --host (0 = off); worker i of --workers uses PORT+i")  # fmt: skip
     parser.add_argument(
         "--retrieval", metavar="HOST:PORT", help="retrieval service for requests without candidates"
     )

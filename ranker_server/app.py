@@ -102,7 +102,7 @@ async def running_server(
 
 async def serve(settings: ServerSettings, worker: int = 0) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-    metrics.serve_metrics(settings.metrics_port + worker if settings.metrics_port else 0)
+    metrics.serve_metrics(settings.metrics_port + worker if settings.metrics_port else 0, settings.host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

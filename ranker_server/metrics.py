@@ -97,7 +97,7 @@ def variant_series(model: str, version: str, variant: str) -> VariantSeries:
     )
 
 
-def serve_metrics(port: int) -> None:
-    """Expose the default registry over HTTP on ``port`` (0 disables it)."""
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose the default registry over HTTP on ``host``:``port`` (0 disables it): the interface gRPC binds."""
     if port:
-        start_http_server(port)
+        start_http_server(port, addr=host.strip("[]"))
