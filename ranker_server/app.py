@@ -10,7 +10,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Iterator
 
-from grpc_security import ClientSecurity, SecurityError, load_client_security, load_server_security
+from grpc_serving import ClientSecurity, SecurityError, load_client_security, load_server_security
 from ranker_server import metrics
 from ranker_server.config import ServerSettings
 from ranker_server.errors import SettingsError

@@ -1,5 +1,5 @@
 """Server interceptors: the single place where exceptions become gRPC status codes (bearer-token auth comes
-from ``grpc_security``, shared by every server)."""
+from ``grpc_serving``, shared by every server)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from grpc_security import AioBearerTokenInterceptor as BearerTokenInterceptor
+from grpc_serving import AioBearerTokenInterceptor as BearerTokenInterceptor
 from ranker_server import errors
 
 __all__ = ["BearerTokenInterceptor", "ExceptionToStatusInterceptor", "status_for"]

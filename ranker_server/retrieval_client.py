@@ -11,7 +11,7 @@ import numpy as np
 from grpc import aio
 
 from experiment_router.errors import ModelCheckUnavailable
-from grpc_security import ClientSecurity
+from grpc_serving import ClientSecurity
 from proto import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from ranker_server.dataplane import Retrieved
 from ranker_server.errors import DeadlineExceeded, InvalidInput, RankerError, UpstreamError

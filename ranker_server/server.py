@@ -22,7 +22,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from grpc_security import bind
+from grpc_serving import SERVER_OPTIONS, bind
 from proto import ranking_pb2, ranking_pb2_grpc
 from ranker_server import metrics
 from ranker_server.config import ServerSettings
@@ -95,7 +95,7 @@ class RankerServer:
             interceptors.append(BearerTokenInterceptor(self._auth_token))
         interceptors.append(ExceptionToStatusInterceptor())
         # SO_REUSEPORT lets ``--workers N`` processes bind the same port; the kernel spreads connections.
-        server = aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 1)])
+        server = aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 1), *SERVER_OPTIONS])
         ranking_pb2_grpc.add_RankerServicer_to_server(
             RankerServicer(dataplane, settings.default_timeout_s), server
         )

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from grpc_security import SecurityError, add_server_arguments, server_security_from_args
+from grpc_serving import SecurityError, add_server_arguments, server_security_from_args
 from retrieval_server.errors import PackageError
 from retrieval_server.index import EXACT_MAX_ITEMS
 from retrieval_server.model_repository import ModelRepository

@@ -15,7 +15,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from grpc_security import AioBearerTokenInterceptor, ServerSecurity, bind
+from grpc_serving import SERVER_OPTIONS, AioBearerTokenInterceptor, ServerSecurity, bind
 from proto import retrieval_pb2, retrieval_pb2_grpc
 from retrieval_server.dataplane import RetrievalDataPlane, RouterSource
 from retrieval_server.interceptors import ExceptionToStatusInterceptor
@@ -57,7 +57,7 @@ class RetrievalServer:
         interceptors: list[aio.ServerInterceptor] = [ExceptionToStatusInterceptor(self.metrics)]
         if self._security.token:
             interceptors.insert(0, AioBearerTokenInterceptor(self._security.token))
-        server = aio.server(interceptors=interceptors)
+        server = aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         retrieval_pb2_grpc.add_RetrieverServicer_to_server(RetrieverServicer(self.dataplane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (RETRIEVER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)

@@ -23,7 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from analytics.events.messages import event_problem
 from analytics.events.producer import OUTCOMES_TOPIC, EventProducer
 from analytics.kafka.broker import DEFAULT_DATA_DIR
-from grpc_security import (
+from grpc_serving import (
+    SERVER_OPTIONS,
     BearerTokenInterceptor,
     SecurityError,
     ServerSecurity,
@@ -74,7 +75,8 @@ class ParseRequestInterceptor(grpc.ServerInterceptor):
                 request = deserialize(raw)
             except DecodeError:
                 context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "request: cannot be parsed as the method's request message"
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "request: cannot be parsed as the method's request message",
                 )
             return inner(request, context)
 
@@ -94,7 +96,9 @@ def build_server(
         [BearerTokenInterceptor(security.token)] if security.token else []
     )
     interceptors.append(ParseRequestInterceptor())
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors, options=SERVER_OPTIONS
+    )
     outcomes_pb2_grpc.add_OutcomeReporterServicer_to_server(OutcomeReporterServicer(producer), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

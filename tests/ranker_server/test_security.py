@@ -10,7 +10,7 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from grpc_security import AioBearerTokenInterceptor
+from grpc_serving import AioBearerTokenInterceptor
 from proto import ranking_pb2, ranking_pb2_grpc, retrieval_pb2_grpc
 from ranker_server.app import running_server
 from tests.ranker_server.conftest import FakeRouter, MutableSource, code_of, make_settings
@@ -65,7 +65,7 @@ async def test_token_without_tls_is_accepted_with_a_warning(
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-token\n")
-    with caplog.at_level(logging.WARNING, logger="grpc_security"):
+    with caplog.at_level(logging.WARNING, logger="grpc_serving"):
         async with running_server(
             make_settings(repository, auth_token_file=token_file), MutableSource(FakeRouter())
         ):

@@ -9,7 +9,7 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from grpc_security import load_server_security
+from grpc_serving import load_server_security
 from proto import retrieval_pb2, retrieval_pb2_grpc
 from retrieval_server.model_repository import ModelRepository
 from retrieval_server.server import RetrievalServer

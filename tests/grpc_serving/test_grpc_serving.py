@@ -3,6 +3,8 @@ the outcome server (the grpc.aio one is exercised by the ranker's and the retrie
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from analytics.events.outcome_server import build_server
 from analytics.events.producer import EventProducer
 from analytics.kafka.broker import free_port
-from grpc_security import SecurityError, load_client_security, load_server_security
+from grpc_serving import SecurityError, load_client_security, load_server_security
 from proto import events_pb2, outcomes_pb2, outcomes_pb2_grpc
 
 TOKEN = "s3cret-token"
@@ -29,7 +31,7 @@ def token_file(tmp_path: Path) -> Path:
 def test_token_without_tls_warns_and_bad_files_name_the_option(
     tmp_path: Path, token_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="grpc_security"):
+    with caplog.at_level(logging.WARNING, logger="grpc_serving"):
         security = load_server_security(None, None, token_file, "retrieval")
         client = load_client_security(None, token_file, "--retrieval")
     assert security.token == TOKEN and security.credentials is None
@@ -71,6 +73,34 @@ def test_outcome_server_tls_and_token(certificate: tuple[Path, Path], token_file
             with pytest.raises(grpc.RpcError) as info:
                 outcomes_pb2_grpc.OutcomeReporterStub(plain).ReportOutcomes(request, metadata=auth, timeout=2)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # plaintext cannot talk to a TLS port
+    finally:
+        server.stop(0)
+        producer.close(timeout=0.5)
+
+
+@pytest.mark.integration
+async def test_a_burst_of_2000_calls_is_answered_not_cancelled_by_grpc_core() -> None:
+    """gRPC core cancels calls at random once 1,000 wait for the application; SERVER_OPTIONS raise that."""
+    from grpc import aio
+
+    producer = EventProducer(f"127.0.0.1:{free_port()}", journal_path=None, buffer_size=10**6)
+    server, port = build_server(producer, "127.0.0.1:0")
+    server.start()
+    request = outcomes_pb2.ReportOutcomesRequest(outcomes=[events_pb2.Outcome(user_id="u1", metric="click")])
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = outcomes_pb2_grpc.OutcomeReporterStub(channel)
+
+            async def one() -> str:
+                try:
+                    await stub.ReportOutcomes(request, timeout=60)
+                except aio.AioRpcError as exc:
+                    return exc.code().name
+                return "OK"
+
+            for _ in range(2):
+                codes = await asyncio.gather(*(one() for _ in range(2000)))
+                assert set(codes) == {"OK"}, collections.Counter(codes)
     finally:
         server.stop(0)
         producer.close(timeout=0.5)
