@@ -126,8 +126,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(404, {"error": "no such endpoint"})
             else:
                 self._send_file(path)
+        except (ConnectionError, TimeoutError):  # the client left or stalled mid-answer: nothing to tell it
+            logger.debug("client %s went away while %s was sent", self.address_string(), path[:200])
+            self.close_connection = True
         except Exception:
-            logger.exception("error serving %s", path)
+            logger.exception("error serving %s", path[:200])
             self._send_json(500, {"error": "internal error, see the server log"})
 
     def _send_file(self, path: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -155,3 +156,15 @@ def test_slow_clients_hold_a_bounded_number_of_threads_for_a_bounded_time() -> N
         finally:
             for sock in slow:
                 sock.close()
+
+
+def test_clients_that_leave_early_log_no_traceback(served, caplog: pytest.LogCaptureFixture) -> None:
+    server, _ = served
+    with caplog.at_level(logging.DEBUG, logger="analytics.server"):
+        for _ in range(20):  # half-sent requests dropped at once: the answer finds the socket closed
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"GET /api/experiments HTTP/1.1\r\nHost: x\r\n")
+            sock.close()
+        time.sleep(0.5)
+        assert get(server, "/healthz")[0] == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
