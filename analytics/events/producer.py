@@ -59,6 +59,7 @@ EVENTS_DEAD_LETTERED = Counter(
 )
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 _MIN_RECORD_BYTES = 1024
+_FRAME_BYTES = 6  # an event's framing inside a batch at most: tag + length varint (< 2**35)
 
 # (topic, key, serialised Event)
 _Item = tuple[str, bytes, bytes]
@@ -350,10 +351,11 @@ class EventProducer:
     def _fits_locked(self, item: _Item) -> bool:
         """False (and the event dead-lettered) when it cannot fit one record under the current record limit."""
         topic, key, encoded = item
-        if len(key) + messages.framed_size(encoded) <= self._record_limit:
+        size = len(key) + len(encoded) + _FRAME_BYTES  # framed_size() costs 1 us per event on this path
+        if size <= self._record_limit:
             return True
-        log.error("dead-lettering an event for %s: %d bytes, a record holds at most %d", topic,
-                  len(key) + messages.framed_size(encoded), self._record_limit)  # fmt: skip
+        log.error("dead-lettering an event for %s: %d bytes, a record holds at most %d", topic, size,
+                  self._record_limit)  # fmt: skip
         self._dead_letter_locked(topic, encoded, "too_large")
         return False
 
