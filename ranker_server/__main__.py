@@ -33,13 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--port", type=int, default=d["port"].default, help="gRPC port (0 = pick a free one)")
     parser.add_argument("--metrics-port", type=int, default=d["metrics_port"].default,
-                        help="Prometheus port (0 = off); worker i of --workers uses PORT+i")  # fmt: skip
+                        help="Prometheus port on --host (0 = off); worker i of --workers uses PORT+i")  # fmt: skip
     parser.add_argument(
         "--retrieval", metavar="HOST:PORT", help="retrieval service for requests without candidates"
     )
+    parser.add_argument("--retrieval-tls-ca", type=Path, metavar="PEM",
+                        help="CA bundle to verify the retrieval service with; enables TLS to it")  # fmt: skip
+    parser.add_argument("--retrieval-token-file", type=Path,
+                        help="file holding the bearer token to send to the retrieval service")  # fmt: skip
     parser.add_argument(
         "--retrieve-k", type=int, default=d["retrieve_k"].default, help="candidates to retrieve"
     )
+    parser.add_argument("--retrieval-probe-interval", type=float, default=d["retrieval_probe_interval_s"].default,
+                        help="seconds between checks of retrieval (health service mtrank.v1.Ranker/retrieval)")  # fmt: skip
     parser.add_argument(
         "--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers for exposure events (off if unset)"
     )
@@ -93,7 +99,10 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         port=args.port,
         metrics_port=args.metrics_port,
         retrieval=args.retrieval,
+        retrieval_tls_ca=args.retrieval_tls_ca,
+        retrieval_token_file=args.retrieval_token_file,
         retrieve_k=args.retrieve_k,
+        retrieval_probe_interval_s=args.retrieval_probe_interval,
         kafka=args.kafka,
         exposure_topic=args.exposure_topic,
         workers=args.workers,

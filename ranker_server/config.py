@@ -55,8 +55,13 @@ class ServerSettings(BaseModel):
     port: int = Field(50051, ge=0, le=65535)
     metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics endpoint")
     retrieval: str | None = Field(None, description="HOST:PORT of the retrieval service")
+    retrieval_tls_ca: Path | None = Field(None, description="CA bundle: call retrieval over TLS, verified with it")
+    retrieval_token_file: Path | None = Field(None, description="bearer token sent to retrieval")
     retrieve_k: int = Field(200, ge=1)
     retrieval_timeout_s: float = Field(1.0, gt=0)
+    retrieval_probe_interval_s: float = Field(
+        2.0, gt=0, description="how often the health of the retrieval path is checked (ListModels)"
+    )
     kafka: str | None = Field(None, description="bootstrap servers for exposure events")
     exposure_topic: str = "mtrank.exposures"
     exposure_buffer: int = Field(10000, ge=1)

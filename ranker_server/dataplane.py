@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from proto import limits
 from ranker_server import metrics
 from ranker_server.errors import DeadlineExceeded, InvalidInput, ModelNotFound, RankerError
 from ranker_server.exposure import ExposureLogger, ExposureRecord, now_ms
@@ -77,6 +78,10 @@ class Retrieved:
 class CandidateSource(Protocol):
     """The retrieval service as the data plane sees it (``retrieval_client.RetrievalClient``)."""
 
+    max_k: int | None  # the largest k it accepts, when known
+
+    async def probe(self, timeout_s: float) -> bool: ...
+
     async def retrieve(
         self,
         request_id: str,
@@ -96,6 +101,13 @@ def check_query(query: RankQuery, max_candidates: int) -> None:
     """
     if not query.user_id:
         raise InvalidInput("user_id", "must be non-empty")
+    problem = limits.request_problem(
+        ids={"user_id": query.user_id, "request_id": query.request_id},
+        names={"model.name": query.model[0], "model.version": query.model[1]} if query.model else None,
+        attributes=query.attributes,
+    )
+    if problem is not None:
+        raise InvalidInput(*problem)
     n = len(query.candidate_ids)
     if n > max_candidates:
         raise InvalidInput(
@@ -114,6 +126,8 @@ def check_query(query: RankQuery, max_candidates: int) -> None:
         raise InvalidInput("candidate_sparse", "candidate features given without candidate_ids")
     if query.model is not None and not all(query.model):
         raise InvalidInput("model", "set both name and version to pin a model, or neither")
+    if query.retrieve_k > max_candidates:
+        raise InvalidInput("retrieve_k", f"must be at most {max_candidates} (0: the server's default)")
 
 
 def merge_scores(
@@ -316,7 +330,8 @@ class RankDataPlane:
         timeout = self._retrieval_timeout_s
         if deadline is not None:
             timeout = min(timeout, max(deadline - asyncio.get_running_loop().time(), 0.0))
-        k = min(query.retrieve_k or self._retrieve_k, self._max_candidates)
+        # Clamped to what retrieval accepts: asking more would only fail.
+        k = min(query.retrieve_k or self._retrieve_k, self._max_candidates, self._retrieval.max_k or self._max_candidates)
         return await self._retrieval.retrieve(request_id, query.user_id, k, model, query.attributes, timeout)
 
     def _log(

@@ -78,6 +78,7 @@ ITEM_OOV = Counter("mtrank_item_oov", "Candidate ids missing from the item featu
 EXPOSURES_SENT = Counter("mtrank_exposures_sent", "Exposure events handed to the event producer")
 EXPOSURES_DROPPED = Counter("mtrank_exposures_dropped", "Exposure events dropped (buffer full or sink error)")
 EXPOSURE_BUFFER = Gauge("mtrank_exposure_buffer_events", "Exposure events waiting for the event producer")
+RETRIEVAL_UP = Gauge("mtrank_retrieval_up", "1 while the retrieval service answers the ranker's probes, else 0")
 SNAPSHOT_SWAPS = Counter("mtrank_snapshot_swaps", "Router + model set swaps, by outcome", ("outcome",))
 
 
@@ -102,10 +103,10 @@ def variant_series(model: str, version: str, variant: str) -> VariantSeries:
     )
 
 
-def serve_metrics(port: int) -> None:
-    """Expose the default registry over HTTP on ``port`` (0 disables it)."""
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose the default registry over HTTP on ``host``:``port`` (0 disables it): the interface gRPC binds."""
     if port:
-        start_http_server(port)
+        start_http_server(port, addr=host.strip("[]"))
 
 
 @contextlib.contextmanager

@@ -3,6 +3,12 @@
 Lifecycle after the grpc examples: ``start`` binds and serves (health SERVING per service); ``stop`` first
 sets every service NOT_SERVING, then lets in-flight requests finish within the grace period, then drains the
 model repository and the exposure buffer.
+
+Health while retrieval is down: the server and ``mtrank.v1.Ranker`` stay SERVING, because requests that bring
+their candidates are still served (every replica shares the retrieval backend, so taking replicas out of
+rotation would turn a partial outage into a full one); ``mtrank.v1.Ranker/retrieval``, the path of requests
+without candidates, turns NOT_SERVING (and ``mtrank_retrieval_up`` 0) until retrieval answers again. Those
+requests meanwhile get UNAVAILABLE naming retrieval; the channel reconnects by itself, no restart needed.
 """
 
 from __future__ import annotations
@@ -10,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from grpc_serving import SERVER_OPTIONS, bind
 from proto import inference_pb2, inference_pb2_grpc, ranking_pb2, ranking_pb2_grpc
+from ranker_server import metrics
 from ranker_server.config import ServerSettings
 from ranker_server.dataplane import CandidateSource, RankDataPlane
 from ranker_server.exposure import ExposureLogger, ExposureSink
@@ -32,12 +39,8 @@ logger = logging.getLogger(__name__)
 
 RANKER_SERVICE = ranking_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    cert_chain: bytes
-    private_key: bytes
+RETRIEVAL_PATH = f"{RANKER_SERVICE}/retrieval"
+"""Health service name of the retrieval-dependent path (requests without candidates)."""
 
 
 class RankerServer:
@@ -51,7 +54,7 @@ reflection over one model repository."""
         exposure_sink: ExposureSink | None = None,
         retrieval: CandidateSource | None = None,
         auth_token: str | None = None,
-        tls: TlsFiles | None = None,
+        tls: grpc.ServerCredentials | None = None,
     ) -> None:
         self.settings = settings
         self._router_source = router_source
@@ -97,7 +100,7 @@ reflection over one model repository."""
             interceptors.append(BearerTokenInterceptor(self._auth_token))
         interceptors.append(ExceptionToStatusInterceptor())
         # SO_REUSEPORT lets ``--workers N`` processes bind the same port; the kernel spreads connections.
-        server = aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 1)])
+        server = aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 1), *SERVER_OPTIONS])
         ranking_pb2_grpc.add_RankerServicer_to_server(
             RankerServicer(dataplane, settings.default_timeout_s), server
         )
@@ -110,21 +113,34 @@ reflection over one model repository."""
             services.append(INFERENCE_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        address = f"{settings.host}:{settings.port}"
-        if self._tls is not None:
-            credentials = grpc.ssl_server_credentials([(self._tls.private_key, self._tls.cert_chain)])
-            self.port = server.add_secure_port(address, credentials)
-        else:
-            self.port = server.add_insecure_port(address)
+        self.port = bind(server, f"{settings.host}:{settings.port}", self._tls)
         await server.start()
         self._server = server
         for service in ("", *services):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._tasks.append(
-            asyncio.get_running_loop().create_task(self.repository.poll(settings.poll_interval_s))
-        )
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.repository.poll(settings.poll_interval_s)))
+        if self._retrieval is not None:
+            self._tasks.append(loop.create_task(self._watch_retrieval(self._retrieval)))
         logger.info("ranker serving on %s:%d", settings.host, self.port)
         return self.port
+
+    async def _watch_retrieval(self, retrieval: CandidateSource) -> None:
+        """Keep the health of ``RETRIEVAL_PATH`` (and ``mtrank_retrieval_up``) in line with retrieval's answers."""
+        interval = self.settings.retrieval_probe_interval_s
+        up: bool | None = None
+        while True:
+            answered = await retrieval.probe(timeout_s=min(interval, self.settings.retrieval_timeout_s))
+            if answered != up:
+                up = answered
+                metrics.RETRIEVAL_UP.set(int(up))
+                status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self._health.set(RETRIEVAL_PATH, status)
+                if up:
+                    logger.info("retrieval answers: requests without candidates are served")
+                else:
+                    logger.warning("retrieval does not answer: requests without candidates get UNAVAILABLE")
+            await asyncio.sleep(interval)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING first, then drain in-flight requests within ``grace_s``, then release everything."""

@@ -6,12 +6,13 @@ serialise each event once and frame it (tag + length) when batching: no re-encod
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable, Sequence
 
 from analytics.events.errors import InvalidEvent
-from proto import common_pb2, events_pb2
+from proto import common_pb2, events_pb2, limits
 
 SCHEMA_VERSION = events_pb2.SCHEMA_VERSION_1
 KNOWN_SCHEMA_VERSIONS = frozenset({events_pb2.SCHEMA_VERSION_1})
@@ -45,7 +46,7 @@ def make_exposure(
     """An Exposure with a fresh event id, the current schema version and (by default) the current time.
 
     Raises:
-        InvalidEvent: when user_id, experiment_key or variant_key is empty.
+        InvalidEvent: when user_id, experiment_key or variant_key is empty, or see ``event_problem``.
     """
     for name, value in (
         ("user_id", user_id),
@@ -54,7 +55,7 @@ def make_exposure(
     ):
         if not value:
             raise InvalidEvent(f"Exposure.{name} must not be empty")
-    return events_pb2.Exposure(
+    exposure = events_pb2.Exposure(
         event_id=event_id or new_event_id(),
         schema_version=SCHEMA_VERSION,
         request_id=request_id,
@@ -67,6 +68,8 @@ def make_exposure(
         model=common_pb2.ModelRef(name=model_name, version=model_version),
         item_ids=item_ids,
     )
+    check_event(exposure)
+    return exposure
 
 
 def make_outcome(
@@ -84,12 +87,9 @@ def make_outcome(
     """An Outcome (metric + value) with a fresh event id, the current schema version and time.
 
     Raises:
-        InvalidEvent: when user_id or metric is empty.
+        InvalidEvent: see ``event_problem``.
     """
-    for name, field in (("user_id", user_id), ("metric", metric)):
-        if not field:
-            raise InvalidEvent(f"Outcome.{name} must not be empty")
-    return events_pb2.Outcome(
+    outcome = events_pb2.Outcome(
         event_id=event_id or new_event_id(),
         schema_version=SCHEMA_VERSION,
         request_id=request_id,
@@ -101,22 +101,63 @@ def make_outcome(
         value=float(value),
         item_id=item_id,
     )
+    check_event(outcome)
+    return outcome
+
+
+def event_problem(message: events_pb2.Exposure | events_pb2.Outcome) -> tuple[str, str] | None:
+    """``(field, reason)`` when the event cannot be sent (the reason never quotes the value), else None.
+
+    Checks what every event needs: a user id (and a metric and a finite value, for outcomes), string fields
+    within the contract's size limits (``proto.limits``) and a known schema version (unset is fine:
+    ``complete`` fills it in).
+    """
+    outcome = isinstance(message, events_pb2.Outcome)
+    if not message.user_id:
+        return "user_id", "must not be empty"
+    if outcome and not message.metric:
+        return "metric", "must not be empty"
+    if outcome and not math.isfinite(message.value):
+        return "value", "must be a finite number (NaN and infinity are not)"
+    names = {"experiment_key": message.experiment_key, "variant_key": message.variant_key}
+    if outcome:
+        names["metric"] = message.metric
+    else:
+        names |= {
+            "stage": message.stage,
+            "model.name": message.model.name,
+            "model.version": message.model.version,
+        }
+    problem = limits.request_problem(
+        ids={"user_id": message.user_id, "request_id": message.request_id, "event_id": message.event_id},
+        names=names,
+    )
+    if problem is not None:
+        return problem
+    version = message.schema_version
+    if version != events_pb2.SCHEMA_VERSION_UNSPECIFIED and version not in KNOWN_SCHEMA_VERSIONS:
+        return "schema_version", f"{version} is unknown"
+    return None
+
+
+def check_event(message: events_pb2.Exposure | events_pb2.Outcome) -> None:
+    """Raise ``InvalidEvent`` (``Type.field reason``) for what ``event_problem`` finds."""
+    problem = event_problem(message)
+    if problem is not None:
+        raise InvalidEvent(f"{type(message).__name__}.{problem[0]} {problem[1]}")
 
 
 def complete(message: events_pb2.Exposure | events_pb2.Outcome) -> None:
     """Fill event id, schema version and event time in place when the caller left them unset.
 
     Raises:
-        InvalidEvent: when the user id is missing or the schema version is unknown.
+        InvalidEvent: see ``event_problem``.
     """
-    if not message.user_id:
-        raise InvalidEvent(f"{type(message).__name__}.user_id must not be empty")
+    check_event(message)
     if not message.event_id:
         message.event_id = new_event_id()
     if message.schema_version == events_pb2.SCHEMA_VERSION_UNSPECIFIED:
         message.schema_version = SCHEMA_VERSION
-    elif message.schema_version not in KNOWN_SCHEMA_VERSIONS:
-        raise InvalidEvent(f"{type(message).__name__}.schema_version {message.schema_version} is unknown")
     if not message.event_time_ms:
         message.event_time_ms = now_ms()
 

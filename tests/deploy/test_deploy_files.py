@@ -203,7 +203,7 @@ def test_serving_image_runs_the_entry_points() -> None:
     script = f"""
 import importlib, sys
 from importlib.metadata import packages_distributions
-ours = {{"ranker_server", "retrieval_server", "analytics", "experiment_router", "proto"}}
+ours = {{"ranker_server", "retrieval_server", "analytics", "experiment_router", "proto", "grpc_serving"}}
 allowed = {{d.lower().replace("_", "-") for d in {allowed!r}}}
 owners = packages_distributions()
 
