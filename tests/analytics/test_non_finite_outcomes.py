@@ -24,7 +24,7 @@ from analytics.stats.bayesian.tests import EffectBayesianTest
 from analytics.stats.frequentist.tests import TTest
 from analytics.stats.models.settings import BayesianConfig, FrequentistConfig
 from analytics.stats.models.statistics import Ratio, SampleMean
-from analytics.store import ExposureRow, MemoryEventStore, OutcomeRow
+from analytics.store import ExposureColumns, ExposureRow, MemoryEventStore, OutcomeColumns, OutcomeRow
 from proto import events_pb2, outcomes_pb2, outcomes_pb2_grpc
 
 NON_FINITE = [math.nan, math.inf, -math.inf]
@@ -64,10 +64,10 @@ def test_consumer_skips_non_finite_values_from_other_producers() -> None:
     good = make_outcome("u1", "watch", 2.0)
     bad = [events_pb2.Outcome(event_id=f"e{i}", user_id="u1", metric="watch", value=v, schema_version=1)
            for i, v in enumerate(NON_FINITE)]  # fmt: skip
-    exposures: list = []
-    outcomes: list = []
+    exposures, outcomes = ExposureColumns(), OutcomeColumns()
     assert decode_into(frame_batch([encode_outcome(o) for o in [good, *bad]]), exposures, outcomes) == 3
-    assert [o[0] for o in outcomes] == [good.event_id]
+    assert outcomes.event_id == [good.event_id]
+    assert outcomes.value == [2.0]
 
 
 @pytest.mark.parametrize("test", [TTest, EffectBayesianTest])
