@@ -123,7 +123,11 @@ class Checkpoint:
         )
         LOG_RESETS.labels(tp.topic, str(tp.partition)).inc()
         self._generation[tp] = self._generation.get(tp, 0) + 1
-        self._last[tp] = None
+        # Offset -1 (nothing applied yet) under the new generation's key, made durable by the next ``persist``:
+        # a rebalance before the new log's first events are stored then resumes in this generation instead of
+        # comparing the old generation's offsets with the new log and resetting it a second time.
+        self._offsets[tp] = -1
+        self._last[tp] = -1
         if self._consumer is not None:
             self._consumer.seek_to_beginning([tp])
 

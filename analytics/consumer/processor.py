@@ -190,7 +190,7 @@ class AnalyticsConsumer:
                 self._persist_locked()
                 for tp, end in rewritten.items():
                     cp.reset_partition(tp, end)
-                    self._durable[tp] = 0
+                self._persist_locked()  # the new generations are durable before any of their records is read
             for tp, records in batches.items():
                 if not cp.owns(tp) or tp in rewritten:
                     continue  # revoked since the fetch (the new owner reads them), or from before a reset

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from analytics.consumer.checkpoint import resume_points, stored_key
+from analytics.consumer.checkpoint import Checkpoint, resume_points, stored_key
 from analytics.consumer.processor import AnalyticsConsumer
 from analytics.events.messages import make_outcome
 from analytics.events.producer import EventProducer
 from analytics.kafka.broker import EmbeddedBroker
-from analytics.store import EventStore, MemoryEventStore, TopicPartition
+from analytics.store import EventStore, MemoryEventStore, TopicPartition, open_store
 
 pytestmark = pytest.mark.integration
 
@@ -161,3 +161,40 @@ def test_resume_points_take_the_newest_log_generation() -> None:
     stored = {tp: 1_849, stored_key(tp, 1): 40, stored_key(tp, 2): 7, TopicPartition("other", 0): 5}
     assert stored_key(tp, 2) == TopicPartition("mtrank.outcomes#2", 3)
     assert resume_points(stored) == {tp: (2, 7), TopicPartition("other", 0): (0, 5)}
+
+
+class _RewrittenLog:
+    """The two calls the checkpoint makes of its consumer, for a partition whose new log ends at ``end``."""
+
+    def __init__(self, end: int) -> None:
+        self.end = end
+        self.rewound: list[TopicPartition] = []
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.end
+
+    def seek_to_beginning(self, partitions: list[TopicPartition]) -> None:
+        self.rewound.extend(partitions)
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "duckdb"])
+def test_a_reset_is_durable_before_the_new_logs_first_event(store_kind: str, tmp_path: Path) -> None:
+    # A rebalance between the reset and the first stored event of the new log must resume in the new generation,
+    # not compare the old generation's offsets with the new log and reset it a second time.
+    store = MemoryEventStore() if store_kind == "memory" else open_store(str(tmp_path / "events"))
+    tp = TopicPartition(TOPICS[1], 0)
+    log_ = _RewrittenLog(end=10)
+    checkpoint = Checkpoint(store, log_)  # type: ignore[arg-type]
+    checkpoint.start_partition(tp, last_applied=1_849)
+    assert checkpoint.rewritten_partitions() == {tp: 10}
+    checkpoint.reset_partition(tp, 10)
+    checkpoint.persist()
+    assert log_.rewound == [tp]
+    assert resume_points(store.offsets())[tp] == (1, -1), "the new generation is stored, nothing of it applied"
+
+    generation, last = resume_points(store.offsets())[tp]
+    reassigned = Checkpoint(store, log_)  # type: ignore[arg-type]
+    reassigned.start_partition(tp, last, generation)
+    assert reassigned.rewritten_partitions() == {}
+    assert reassigned.next_offset(tp) == 0 and not reassigned.is_applied(tp, 0)
+    store.close()
