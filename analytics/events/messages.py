@@ -14,7 +14,13 @@ from analytics.events.errors import InvalidEvent
 from proto import common_pb2, events_pb2
 
 SCHEMA_VERSION = events_pb2.SCHEMA_VERSION_1
+INTERLEAVING_SCHEMA_VERSION = events_pb2.SCHEMA_VERSION_2
+"""Exposures of interleaving experiments (with ``teams`` and ``arms``); every other event is version 1."""
 KNOWN_SCHEMA_VERSIONS = frozenset({events_pb2.SCHEMA_VERSION_1})
+"""Versions the analytics consumer reads. Version 2 joins once the store credits clicks to teams; until then
+the consumer skips interleaving exposures (counted as rejected) rather than read them as an A/B variant."""
+SENDABLE_SCHEMA_VERSIONS = KNOWN_SCHEMA_VERSIONS | {INTERLEAVING_SCHEMA_VERSION}
+"""Versions producers may send."""
 _BATCH_EVENTS_TAG = b"\x0a"  # field 1 (events), wire type 2 (length-delimited)
 
 
@@ -41,11 +47,16 @@ def make_exposure(
     model_version: str = "",
     item_ids: Sequence[int] = (),
     event_id: str | None = None,
+    teams: Sequence[int] = (),
+    arms: Sequence[tuple[str, str, str]] = (),
 ) -> events_pb2.Exposure:
     """An Exposure with a fresh event id, the current schema version and (by default) the current time.
 
+    An interleaving exposure gives ``arms`` (variation key, model name, model version of each arm) and
+    ``teams`` (the arm index of each item): it gets schema version 2 and no ``model``.
+
     Raises:
-        InvalidEvent: when user_id, experiment_key or variant_key is empty.
+        InvalidEvent: when user_id, experiment_key or variant_key is empty, or teams and arms do not fit.
     """
     for name, value in (
         ("user_id", user_id),
@@ -54,9 +65,9 @@ def make_exposure(
     ):
         if not value:
             raise InvalidEvent(f"Exposure.{name} must not be empty")
-    return events_pb2.Exposure(
+    exposure = events_pb2.Exposure(
         event_id=event_id or new_event_id(),
-        schema_version=SCHEMA_VERSION,
+        schema_version=INTERLEAVING_SCHEMA_VERSION if arms else SCHEMA_VERSION,
         request_id=request_id,
         user_id=user_id,
         experiment_key=experiment_key,
@@ -64,9 +75,37 @@ def make_exposure(
         variation_id=variation_id,
         stage=stage,
         event_time_ms=now_ms() if event_time_ms is None else event_time_ms,
-        model=common_pb2.ModelRef(name=model_name, version=model_version),
         item_ids=item_ids,
+        teams=teams,
+        arms=[
+            common_pb2.InterleavingArm(key=k, model=common_pb2.ModelRef(name=n, version=v))
+            for k, n, v in arms
+        ],
     )
+    if not arms:
+        exposure.model.CopyFrom(common_pb2.ModelRef(name=model_name, version=model_version))
+    check_teams(exposure)
+    return exposure
+
+
+def check_teams(exposure: events_pb2.Exposure) -> None:
+    """An interleaving exposure (version 2) names two arms and one team per item; others carry no teams.
+
+    Raises:
+        InvalidEvent: naming the field that does not fit.
+    """
+    if exposure.schema_version != INTERLEAVING_SCHEMA_VERSION:
+        if exposure.teams or exposure.arms:
+            raise InvalidEvent("Exposure.teams/arms are for interleaving exposures (schema_version 2) only")
+        return
+    if len(exposure.arms) != 2:
+        raise InvalidEvent(f"Exposure.arms must name 2 arms, got {len(exposure.arms)}")
+    if len(exposure.teams) != len(exposure.item_ids):
+        raise InvalidEvent(
+            f"Exposure.teams has {len(exposure.teams)} entries for {len(exposure.item_ids)} item_ids"
+        )
+    if any(team > 1 for team in exposure.teams):
+        raise InvalidEvent("Exposure.teams must hold arm indexes 0 or 1")
 
 
 def make_outcome(
@@ -107,16 +146,20 @@ def complete(message: events_pb2.Exposure | events_pb2.Outcome) -> None:
     """Fill event id, schema version and event time in place when the caller left them unset.
 
     Raises:
-        InvalidEvent: when the user id is missing or the schema version is unknown.
+        InvalidEvent: when the user id is missing, the schema version is unknown (or, for an outcome,
+            the interleaving exposures' version 2), or an exposure's teams do not fit (``check_teams``).
     """
     if not message.user_id:
         raise InvalidEvent(f"{type(message).__name__}.user_id must not be empty")
     if not message.event_id:
         message.event_id = new_event_id()
+    exposure = isinstance(message, events_pb2.Exposure)
     if message.schema_version == events_pb2.SCHEMA_VERSION_UNSPECIFIED:
-        message.schema_version = SCHEMA_VERSION
-    elif message.schema_version not in KNOWN_SCHEMA_VERSIONS:
+        message.schema_version = INTERLEAVING_SCHEMA_VERSION if exposure and message.arms else SCHEMA_VERSION
+    if message.schema_version not in (SENDABLE_SCHEMA_VERSIONS if exposure else KNOWN_SCHEMA_VERSIONS):
         raise InvalidEvent(f"{type(message).__name__}.schema_version {message.schema_version} is unknown")
+    if exposure:
+        check_teams(message)
     if not message.event_time_ms:
         message.event_time_ms = now_ms()
 

@@ -36,6 +36,7 @@ class FakeAssignment:
     in_experiment: bool
     should_log: bool
     payload: FakePayload
+    interleaving: object | None = None
 
 
 @dataclass
