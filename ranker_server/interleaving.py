@@ -64,26 +64,24 @@ def team_draft(
     teams: list[int] = []
     taken: set[T] = set()
     rankings = (ranking_a, ranking_b)
-    next_index = [0, 0]
+    next_index = [0, 0]  # per arm: where its search for an item not in the list resumes
     picked = [0, 0]
     while len(items) < k:
-        heads: list[T | None] = []
-        for arm in (ARM_A, ARM_B):  # each arm's best item not in the list yet
-            ranking, i = rankings[arm], next_index[arm]
-            while i < len(ranking) and ranking[i] in taken:
-                i += 1
-            next_index[arm] = i
-            heads.append(ranking[i] if i < len(ranking) else None)
-        if heads[ARM_A] is None and heads[ARM_B] is None:
-            break
         if picked[ARM_A] != picked[ARM_B]:
             arm = ARM_A if picked[ARM_A] < picked[ARM_B] else ARM_B
         else:
             arm = ARM_A if a_first[len(items) // 2] else ARM_B
-        if heads[arm] is None:  # this arm ran out: the other one fills the list
-            arm = 1 - arm
-        item = heads[arm]
-        assert item is not None
+        for candidate in (arm, 1 - arm):  # the chosen arm, or the other one when it has run out
+            ranking, i = rankings[candidate], next_index[candidate]
+            while i < len(ranking) and ranking[i] in taken:
+                i += 1
+            next_index[candidate] = i
+            if i < len(ranking):
+                arm = candidate
+                break
+        else:
+            break  # both arms ran out
+        item = rankings[arm][next_index[arm]]
         items.append(item)
         teams.append(arm)
         taken.add(item)
