@@ -4,9 +4,9 @@ This is the specification, in plain Python, that the warehouse aggregation of in
 reproduce row for row (the SQL is checked against ``user_preferences``). Rules:
 
 1. An interleaved request is an exposure of schema version 2: ``item_ids`` in shown order and ``teams``
-   (0 = the experiment's first arm, A; 1 = its second, B), one per item. A retried request logs the same list
-   again (the coin is seeded by the request id), so exposures count once per (user, request id): the first
-   by (event time, event id).
+   (0 = the experiment's first arm, A; 1 = its second, B), one per item, no item twice. A retried request
+   logs the same list again (the coin is seeded by the request id), so exposures count once per (user,
+   request id): the first by (event time, event id).
 2. A click counts when its request id is one of the user's interleaved requests and its item id is in that
    request's list; it is credited to the team of that item at that request. Each (request, item) counts at
    most once, so a double-click (two events) is one credit. Clicks on items or requests the user was not
@@ -68,12 +68,15 @@ def user_preferences(
     """Per-user credits of one interleaving experiment, sorted by user id (see the module's rules).
 
     Raises:
-        ValueError: an exposure whose teams do not match its items one to one, or name an arm other than 0/1.
+        ValueError: an exposure whose teams do not match its items one to one, name an arm other than 0/1, or
+            whose items repeat (the merge never repeats one).
     """
     firsts: dict[tuple[str, str], InterleavedExposure] = {}
     for exposure in exposures:
         if len(exposure.teams) != len(exposure.item_ids) or any(t not in (0, 1) for t in exposure.teams):
             raise ValueError(f"exposure {exposure.request_id!r}: teams must be 0/1, one per item")
+        if len(set(exposure.item_ids)) != len(exposure.item_ids):
+            raise ValueError(f"exposure {exposure.request_id!r}: an item appears twice in the list")
         key = (exposure.user_id, exposure.request_id)
         kept = firsts.get(key)
         if kept is None or (exposure.event_time_ms, exposure.event_id) < (kept.event_time_ms, kept.event_id):

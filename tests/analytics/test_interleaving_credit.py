@@ -99,6 +99,8 @@ def test_malformed_exposures_are_refused() -> None:
         user_preferences([InterleavedExposure("u", "r", [1, 2], [0])], [])
     with pytest.raises(ValueError, match="one per item"):
         user_preferences([InterleavedExposure("u", "r", [1, 2], [0, 2])], [])
+    with pytest.raises(ValueError, match="twice"):
+        user_preferences([InterleavedExposure("u", "r", [1, 1], [0, 1])], [])
 
 
 # ---- the events the credit starts from -----------------------------------------------------------------
