@@ -39,7 +39,8 @@ from scipy import special
 
 from analytics.stats import messages
 from analytics.stats.frequentist.tests import mixture_rho_squared, sequential_half_width, sequential_p_value
-from analytics.stats.models.settings import DEFAULT_SEQUENTIAL_TUNING_PARAMETER
+from analytics.stats.models.settings import DEFAULT_SEQUENTIAL_TUNING_PARAMETER, check_frequentist
+from analytics.stats.models.statistics import SampleMean
 
 
 @dataclass(frozen=True)
@@ -71,16 +72,18 @@ class PreferenceCounts:
         return (self.wins_b - self.wins_a) / self.clicked if self.clicked else 0.0
 
     @property
+    def credit_diff(self) -> SampleMean:
+        """d_u = credit_b - credit_a over the n users, as a mean statistic (its mean and unbiased variance)."""
+        return SampleMean(self.n, self.credit_diff_sum, self.credit_diff_sum_squares)
+
+    @property
     def credit_diff_mean(self) -> float:
-        return self.credit_diff_sum / self.n if self.n > 0 else 0.0
+        return self.credit_diff.mean
 
     @property
     def credit_diff_variance(self) -> float:
         """Unbiased variance of d_u over the n users; 0 when n <= 1."""
-        if self.n <= 1:
-            return 0.0
-        total = self.credit_diff_sum
-        return max((self.credit_diff_sum_squares - total * total / self.n) / (self.n - 1), 0.0)
+        return self.credit_diff.variance
 
     @property
     def sign_variance(self) -> float:
@@ -112,12 +115,7 @@ class InterleavingConfig:
     sequential_tuning_parameter: float = DEFAULT_SEQUENTIAL_TUNING_PARAMETER
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.sequential_tuning_parameter <= 0:
-            raise ValueError(
-                f"sequential_tuning_parameter must be > 0, got {self.sequential_tuning_parameter}"
-            )
+        check_frequentist(self.alpha, self.sequential_tuning_parameter)
 
 
 @dataclass(frozen=True)

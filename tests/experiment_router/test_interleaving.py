@@ -10,21 +10,20 @@ import pytest
 from experiment_router import ConfigError, InMemoryStickyBucketStore, Router
 from experiment_router.cli import main
 from tests.experiment_router.helpers import EXAMPLES, base_config, experiment
+from tests.experiment_router.test_loader import HEADER as LOADER_HEADER
 
 EXAMPLE = EXAMPLES / "interleaving.yaml"
 USERS = [f"user-{i}" for i in range(20_000)]
 
-HEADER = """\
-version: 1
-defaults:
-  retrieval: {model_name: ssmtl-retrieval-only, model_version: "1"}
-  ranking: {model_name: mmoe, model_version: "1", task_weights: {click: 1.0}}
-experiments:
+HEADER = (
+    LOADER_HEADER
+    + """\
   - key: il
     kind: interleaving
     stage: ranking
     status: running
 """
+)
 ARMS = """\
     variations:
       - {key: control, payload: {model_name: mmoe, model_version: 1}}

@@ -10,17 +10,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from grpc import aio
 from prometheus_client import REGISTRY
 
 from experiment_router import Router
-from proto import events_pb2, ranking_pb2, ranking_pb2_grpc
+from proto import events_pb2, ranking_pb2
 from ranker_server.dataplane import merge_scores
-from ranker_server.exposure import MemorySink
 from ranker_server.interleaving import interleave
-from ranker_server.server import RankerServer
 from tests.proto.old_schema import message_before
-from tests.ranker_server.conftest import MutableSource, Running, make_settings
+from tests.ranker_server.conftest import MutableSource, Running, serving
 from tests.ranker_server.test_server import CANDIDATES, expected_scores, request
 
 pytestmark = pytest.mark.integration
@@ -56,22 +53,9 @@ def config(control: str = "1", treatment: str = "2") -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def serve(repository: Path, router: Router) -> AsyncIterator[Running]:
-    sink = MemorySink()
-    source = MutableSource(router)  # type: ignore[arg-type]
-    server = RankerServer(make_settings(repository), source, sink)
-    port = await server.start()
-    channel = aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield Running(server, channel, ranking_pb2_grpc.RankerStub(channel), sink, source)
-    finally:
-        await channel.close()
-        await server.stop(grace_s=1.0)
-
-
 @pytest.fixture
 async def running(repository: Path) -> AsyncIterator[Running]:
-    async for running in serve(repository, Router.from_dict(config())):
+    async for running in serving(repository, MutableSource(Router.from_dict(config()))):  # type: ignore[arg-type]
         yield running
 
 
@@ -172,7 +156,8 @@ async def test_both_arms_score_through_their_batchers_and_count_for_each_model(r
 
 
 async def test_arms_sharing_a_model_score_it_once(repository: Path) -> None:
-    async for running in serve(repository, Router.from_dict(config(control="2", treatment="2"))):
+    router = Router.from_dict(config(control="2", treatment="2"))
+    async for running in serving(repository, MutableSource(router)):  # type: ignore[arg-type]
         labels = {"model": "tiny", "version": "2"}
         before = _sample("mtrank_inference_count_total", labels)
         response = await running.stub.Rank(request("il-6", request_id="same-model", top_k=10))
