@@ -11,6 +11,9 @@ A ~1M-parameter MMoE (``models.create_model("mmoe")``, 3 tasks) scores 500 candi
       server around this model, without the ranker's work (checks, routing, features, scores, top-k);
       (c2) the same servicer calling ORT inline on its event loop (which blocks the loop: what the executor
       hand-off costs).
+  (d) the same server for a user in an interleaving experiment: both arms' models (the same MMoE with other
+      weights as v2) score the candidates through their batchers, then the team-draft merge, at concurrency 1
+      and 16: the latency cost of interleaving over (c).
 Prints p50/p99 latency, requests/s and the ratios against the targets:
   server p50 (concurrency 1) <= 1.3 x raw ORT p50 + 1 ms;  server req/s at concurrency 16 >= 90% of raw ORT req/s.
 
@@ -61,14 +64,14 @@ TASKS = (
 N_ITEMS = 20_000
 
 
-def build_model() -> torch.nn.Module:
+def build_model(seed: int = 0) -> torch.nn.Module:
     features = FeatureSpec(
         sparse_vocab_sizes=USER_VOCABS + ITEM_VOCABS,
         n_dense=USER_DENSE + ITEM_DENSE,
         embedding_dim=16,
         sparse_names=("user_id", "user_segment", "item_id", "item_category"),
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = create_model(
         "mmoe",
         features=features,
@@ -203,6 +206,15 @@ DEFAULTS_ONLY = (
     "  ranking: {model_name: bench-mmoe, model_version: '1', task_weights: {click: 1.0, like: 0.5, watch: 0.1}}\n"
     "experiments: []\n"
 )
+WEIGHTS = "task_weights: {click: 1.0, like: 0.5, watch: 0.1}"
+WITH_INTERLEAVING = (  # requests with attribute bench=interleave are interleaved: bench-mmoe v1 and v2
+    DEFAULTS_ONLY.removesuffix("experiments: []\n")
+    + "experiments:\n"
+    "  - {key: bench-interleave, kind: interleaving, stage: ranking, status: running,\n"
+    "     condition: {bench: interleave}, variations: [\n"
+    f"       {{key: a, payload: {{model_name: bench-mmoe, model_version: '1', {WEIGHTS}}}}},\n"
+    f"       {{key: b, payload: {{model_name: bench-mmoe, model_version: '2', {WEIGHTS}}}}}]}}\n"
+)
 
 
 def start_server(
@@ -312,12 +324,18 @@ def start_floor(
     return proc, f"127.0.0.1:{ports.get(timeout=120)}"
 
 
-def rank_request(ids: np.ndarray):
-    """The benchmark's Rank request: one user, the given candidates, top 100 returned."""
+def rank_request(ids: np.ndarray, interleaved: bool = False):
+    """The benchmark's Rank request: one user, the given candidates, top 100 returned.
+
+    ``interleaved``: the user is in the interleaving experiment (two models, team-draft merge); the request id
+    is fixed, so every call draws the same coins (the merge's cost does not depend on them).
+    """
     from proto import ranking_pb2
 
     return ranking_pb2.RankRequest(
+        request_id="bench-request" if interleaved else "",
         user_id="bench-user",
+        attributes={"bench": "interleave"} if interleaved else {},
         user_sparse=[123, 7],
         user_dense=[0.1, -0.2, 0.3, 0.0],
         candidate_ids=ids.tolist(),
@@ -368,9 +386,12 @@ async def measure(
         return call
 
     eager_runs = {f"(b) PyTorch eager, {t} threads": eager(t) for t in sorted({1, args.threads})}
-    request = rank_request(ids)
+    request, interleaved_request = rank_request(ids), rank_request(ids, interleaved=True)
     results = {name: Result(name) for name in [*local, *eager_runs]}
     server = {c: Result(f"(c) server end to end, concurrency {c}") for c in (1, 16)}
+    interleaved = {
+        c: Result(f"(d) server, interleaved (two models + team draft), concurrency {c}") for c in (1, 16)
+    }
     transport = Result("(c0) gRPC round trip of a health check (transport floor)")
     bare = Result("(c1) bare grpc.aio servicer running the raw ORT call (gRPC + executor floor)")
     inline = Result("(c2) the same, ORT called inline on the event loop (gRPC floor; blocks the loop)")
@@ -390,12 +411,14 @@ async def measure(
             (bare, lambda: bare_rank(request, timeout=30)),
             (inline, lambda: inline_rank(request, timeout=30)),
             (server[1], lambda: rank(request, timeout=30)),
+            (interleaved[1], lambda: rank(interleaved_request, timeout=30)),
         ]
         async with aio.insecure_channel(target) as channel:
             stub = ranking_pb2_grpc.RankerStub(channel)
             for fn in [*local.values(), *(fn for _, fn in calls)]:  # warm-up
                 timed(Result("warm-up"), fn, 20)
             await server_round(stub.Rank, request, Result("warm-up"), 16, 64)
+            await server_round(stub.Rank, interleaved_request, Result("warm-up"), 16, 64)
             for _ in tqdm(range(args.rounds), desc="rounds"):
                 for name, fn in local.items():
                     timed(results[name], fn, per_round)
@@ -404,7 +427,8 @@ async def measure(
                 for result, fn in calls:
                     timed(result, fn, per_round)
                 await server_round(stub.Rank, request, server[16], 16, 32)
-    return [*results.values(), transport, bare, inline, *server.values()]
+                await server_round(stub.Rank, interleaved_request, interleaved[16], 16, 32)
+    return [*results.values(), transport, bare, inline, *server.values(), *interleaved.values()]
 
 
 def server_totals(metrics_port: int) -> dict[str, float]:
@@ -455,15 +479,19 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = os.getloadavg()[0]
     model = build_model()
+    second = build_model(seed=1)  # the interleaving experiment's other arm: same size, other weights
     params = sum(p.numel() for p in model.parameters())
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
         repository = Path(tmp)
         package = write_package(model, repository)
+        write_package(second, repository, version="2")
         ids, sparse, dense = request_rows(package, args.candidates, rng)
         metrics_port = free_port()
-        proc, target = start_server(repository, args.threads, metrics_port, args.server_args.split())
+        proc, target = start_server(
+            repository, args.threads, metrics_port, args.server_args.split(), WITH_INTERLEAVING
+        )
         np.savez(package / "floor_request.npz", ids=ids, sparse=sparse, dense=dense)
         floors = [start_floor(package, args.threads, inline) for inline in (False, True)]
         try:
@@ -482,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     throughput_floor = ort_runs[ORT_NAME.format(args.threads, "off")]
     fastest = min(ort_runs.values(), key=lambda r: r.p50_ms)
     eager = min((r for r in results if r.name.startswith("(b)")), key=lambda r: r.p50_ms)
-    bare, inline, server1, server16 = results[-4:]
+    bare, inline, server1, server16, interleaved1, interleaved16 = results[-6:]
     latency_target_ms = 1.3 * floor.p50_ms + 1.0
     strict_target_ms = 1.3 * fastest.p50_ms + 1.0
     lines = [
@@ -507,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
         f"by req/s ({max(r.rps for r in ort_runs.values()):.0f}): "
         f"{server16.rps / max(r.rps for r in ort_runs.values()):.0%}",
         f"PyTorch eager (best thread count) / raw ORT p50: {eager.p50_ms / floor.p50_ms:.2f}x",
+        f"Interleaving cost (d vs c, same rounds): p50 at concurrency 1 {interleaved1.p50_ms:.3f} vs "
+        f"{server1.p50_ms:.3f} ms (+{interleaved1.p50_ms - server1.p50_ms:.3f} ms, x{interleaved1.p50_ms / server1.p50_ms:.2f}); "
+        f"min {interleaved1.min_ms:.3f} vs {server1.min_ms:.3f} ms; req/s at concurrency 16 {interleaved16.rps:.0f} vs "
+        f"{server16.rps:.0f} ({interleaved16.rps / server16.rps:.0%}): an interleaved request runs both models "
+        "(twice the ONNX Runtime work, in parallel) and merges them.",
         f"Budget over raw ORT p50 at concurrency 1: the target allows {latency_target_ms - floor.p50_ms:.3f} ms; "
         f"gRPC + executor alone (c1) take {bare.p50_ms - floor.p50_ms:.3f} ms, leaving "
         f"{latency_target_ms - bare.p50_ms:.3f} ms for the ranker's own work, which takes "

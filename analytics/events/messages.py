@@ -15,7 +15,13 @@ from analytics.events.errors import InvalidEvent
 from proto import common_pb2, events_pb2, limits
 
 SCHEMA_VERSION = events_pb2.SCHEMA_VERSION_1
+INTERLEAVING_SCHEMA_VERSION = events_pb2.SCHEMA_VERSION_2
+"""Exposures of interleaving experiments (with ``teams`` and ``arms``); every other event is version 1."""
 KNOWN_SCHEMA_VERSIONS = frozenset({events_pb2.SCHEMA_VERSION_1})
+"""Versions the analytics consumer reads. Version 2 joins once the store credits clicks to teams; until then
+the consumer skips interleaving exposures (counted as rejected) rather than read them as an A/B variant."""
+SENDABLE_SCHEMA_VERSIONS = KNOWN_SCHEMA_VERSIONS | {INTERLEAVING_SCHEMA_VERSION}
+"""Versions producers may send."""
 _BATCH_EVENTS_TAG = b"\x0a"  # field 1 (events), wire type 2 (length-delimited)
 
 
@@ -42,8 +48,13 @@ def make_exposure(
     model_version: str = "",
     item_ids: Sequence[int] = (),
     event_id: str | None = None,
+    teams: Sequence[int] = (),
+    arms: Sequence[tuple[str, str, str]] = (),
 ) -> events_pb2.Exposure:
     """An Exposure with a fresh event id, the current schema version and (by default) the current time.
+
+    An interleaving exposure gives ``arms`` (variation key, model name, model version of each arm) and
+    ``teams`` (the arm index of each item): it gets schema version 2 and no ``model``.
 
     Raises:
         InvalidEvent: when user_id, experiment_key or variant_key is empty, or see ``event_problem``.
@@ -57,7 +68,7 @@ def make_exposure(
             raise InvalidEvent(f"Exposure.{name} must not be empty")
     exposure = events_pb2.Exposure(
         event_id=event_id or new_event_id(),
-        schema_version=SCHEMA_VERSION,
+        schema_version=INTERLEAVING_SCHEMA_VERSION if arms else SCHEMA_VERSION,
         request_id=request_id,
         user_id=user_id,
         experiment_key=experiment_key,
@@ -65,9 +76,15 @@ def make_exposure(
         variation_id=variation_id,
         stage=stage,
         event_time_ms=now_ms() if event_time_ms is None else event_time_ms,
-        model=common_pb2.ModelRef(name=model_name, version=model_version),
         item_ids=item_ids,
+        teams=teams,
+        arms=[
+            common_pb2.InterleavingArm(key=k, model=common_pb2.ModelRef(name=n, version=v))
+            for k, n, v in arms
+        ],
     )
+    if not arms:
+        exposure.model.CopyFrom(common_pb2.ModelRef(name=model_name, version=model_version))
     check_event(exposure)
     return exposure
 
@@ -135,9 +152,33 @@ def event_problem(message: events_pb2.Exposure | events_pb2.Outcome) -> tuple[st
     if problem is not None:
         return problem
     version = message.schema_version
-    if version != events_pb2.SCHEMA_VERSION_UNSPECIFIED and version not in KNOWN_SCHEMA_VERSIONS:
+    sendable = KNOWN_SCHEMA_VERSIONS if outcome else SENDABLE_SCHEMA_VERSIONS
+    if version != events_pb2.SCHEMA_VERSION_UNSPECIFIED and version not in sendable:
         return "schema_version", f"{version} is unknown"
-    return None
+    return None if outcome else teams_problem(message)
+
+
+def teams_problem(exposure: events_pb2.Exposure) -> tuple[str, str] | None:
+    """``(field, reason)`` when an exposure's interleaving fields do not fit: an interleaving exposure (schema
+    version 2, or unset with ``arms``) names two arms and one arm index (0 or 1) per item; others carry none."""
+    version = exposure.schema_version
+    if version == events_pb2.SCHEMA_VERSION_UNSPECIFIED:
+        version = INTERLEAVING_SCHEMA_VERSION if exposure.arms else SCHEMA_VERSION
+    if version != INTERLEAVING_SCHEMA_VERSION:
+        if exposure.teams or exposure.arms:
+            return "teams", "and arms are for interleaving exposures (schema_version 2) only"
+        return None
+    if len(exposure.arms) != 2:
+        return "arms", f"must name 2 arms, got {len(exposure.arms)}"
+    if len(exposure.teams) != len(exposure.item_ids):
+        return "teams", f"has {len(exposure.teams)} entries for {len(exposure.item_ids)} item_ids"
+    if any(team > 1 for team in exposure.teams):
+        return "teams", "must hold arm indexes 0 or 1"
+    names = {}
+    for i, arm in enumerate(exposure.arms):
+        names |= {f"arms[{i}].key": arm.key, f"arms[{i}].model.name": arm.model.name,
+                  f"arms[{i}].model.version": arm.model.version}  # fmt: skip
+    return limits.request_problem(ids={}, names=names)
 
 
 def check_event(message: events_pb2.Exposure | events_pb2.Outcome) -> None:
@@ -156,8 +197,9 @@ def complete(message: events_pb2.Exposure | events_pb2.Outcome) -> None:
     check_event(message)
     if not message.event_id:
         message.event_id = new_event_id()
+    exposure = isinstance(message, events_pb2.Exposure)
     if message.schema_version == events_pb2.SCHEMA_VERSION_UNSPECIFIED:
-        message.schema_version = SCHEMA_VERSION
+        message.schema_version = INTERLEAVING_SCHEMA_VERSION if exposure and message.arms else SCHEMA_VERSION
     if not message.event_time_ms:
         message.event_time_ms = now_ms()
 

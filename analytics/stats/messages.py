@@ -15,6 +15,8 @@ DENOMINATOR_ZERO = "DENOMINATOR_ZERO"
 NUMERIC_OVERFLOW = "NUMERIC_OVERFLOW"
 """A mean, variance or the lift's variance is not a finite float64 (values so large that sums of squares
 overflow, e.g. an outcome of 1e308)."""
+NO_CLICKS = "NO_CLICKS"
+"""Interleaving: no user has a credited click yet, so no preference can be measured."""
 
 MESSAGES: dict[str, str] = {
     NO_UNITS: "an arm has fewer than 2 units",
@@ -22,4 +24,5 @@ MESSAGES: dict[str, str] = {
     BASELINE_ZERO: "control mean is 0: relative lift undefined",
     DENOMINATOR_ZERO: "ratio denominator sums to 0",
     NUMERIC_OVERFLOW: "values too large for float64 statistics (a sum of squares overflows)",
+    NO_CLICKS: "no user has a credited click yet",
 }
