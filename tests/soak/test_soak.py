@@ -19,6 +19,7 @@ and the retrieval server are killed again every ten rounds) and prints what it s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -58,7 +59,9 @@ floods make RSS swing by +-10 MiB from round to round (allocator arenas). A leak
 ten-minute soak."""
 KILL_EVERY = 10
 LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ (?P<logger>[\w.]+):", re.MULTILINE)
-SOCKET_LOSS = re.compile(r"^(ConnectionResetError|BrokenPipeError|ConnectionAbortedError|[\w.]*KafkaConnectionError)\b")
+SOCKET_LOSS = re.compile(
+    r"^(ConnectionResetError|BrokenPipeError|ConnectionAbortedError|[\w.]*KafkaConnectionError)\b"
+)
 EXAMPLE_METRICS = Path(__file__).parents[2] / "analytics" / "examples" / "metrics.yaml"
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(SOAK_SECONDS + 600)]
@@ -84,8 +87,8 @@ def unexpected_tracebacks(log: str) -> list[str]:
     dropped (its transport logs the ConnectionResetError with its stack, then reconnects): any other traceback,
     in kafka's loggers or ours, is a failure."""
     starts = [m.start() for m in LOG_RECORD.finditer(log)] + [len(log)]
-    found = [log[:starts[0]]] if "Traceback" in log[: starts[0]] else []
-    for start, end in zip(starts, starts[1:]):
+    found = [log[: starts[0]]] if "Traceback" in log[: starts[0]] else []
+    for start, end in itertools.pairwise(starts):
         record = log[start:end]
         if "Traceback" not in record:
             continue
