@@ -20,7 +20,7 @@ prediction, 4 dropout draws, minus the eval-mode prediction), the effect that ma
 
 Resumable: finished runs in the JSON file are skipped. Usage (one thread, background):
 
-    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/bench_movielens_dml.py --datasets ml-100k \\
+    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python -m benchmarks.bench_movielens_dml --datasets ml-100k \\
         --backbones mmoe ple --variants base dml dml-reg --seeds 5 --max-epochs 40
 """
 
@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.fidelity import Paired, Verdict, combine, mean_sd, paired, verdict
+from benchmarks.select_gkd_options import report as report_gkd_options
 from models.data import Splits
 from models.data.movielens import load_movielens
 from models.evaluate import evaluate_model, predict
@@ -91,6 +93,12 @@ def parse_args() -> argparse.Namespace:
         "--also", nargs="*", type=Path, default=[], help="other result JSONs to merge in the report"
     )
     parser.add_argument("--report-only", action="store_true", help="rewrite the markdown from the JSON(s)")
+    parser.add_argument(
+        "--gkd-options",
+        type=Path,
+        default=Path(__file__).parent / "results" / "dml_gkd_options.json",
+        help="results of benchmarks/select_gkd_options.py, summarised in the report when present",
+    )
     return parser.parse_args()
 
 
@@ -176,15 +184,57 @@ def model_key(backbone: str, variant: str) -> str:
 # ---- report ---------------------------------------------------------------------------------------------
 
 
-def _mean_sd(values: list[float]) -> str:
-    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
-
-
-def _delta(base: dict[int, dict], other: dict[int, dict], metric: str) -> tuple[str, float, float]:
+def _delta(base: dict[int, dict], other: dict[int, dict], metric: str) -> Paired:
+    """Paired test-metric delta (other − base) over the seeds both have."""
     seeds = sorted(set(base) & set(other))
-    d = np.array([other[s]["test"][metric] - base[s]["test"][metric] for s in seeds])
-    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-    return f"{d.mean():+.4f} ± {se:.4f}", float(d.mean()), se
+    return paired([other[s]["test"][metric] - base[s]["test"][metric] for s in seeds])
+
+
+TARGET_DATASET, TARGET_BACKBONES, JUDGED_RULE = "ml-1m-partial", ("mmoe", "ple"), "robust"
+PROTOCOL_GAPS = [  # what the paper's ML-1M experiment has that these runs do not (docs/models/dml.md)
+    "data: the ML-1M *prefix* in shared/data (users 1-2999, 487,650 ratings, ~49% of ML-1M) and ML-100k, "
+    "not full ML-1M; the paper's absolute numbers are therefore not comparable, only the sign and size of Δ",
+    "runs: 20 per row in the paper (their spread is not published); here at most 5 seeds, fewer where the "
+    "CPU queue did not get to them (the seed counts are in every row)",
+    "features: not listed in the paper; ours are the reference notebook's minus title tokens",
+    "initialisation: TF1 glorot-uniform kernels in the reference code, PyTorch defaults here",
+    "stopping: the paper gives none; the reference code's patience 3 is the `paper` rule, "
+    "fixed-length runs read at the seed-mean best validation epoch are the `robust` rule",
+]
+
+
+def targets(runs: dict[str, dict]) -> list[str]:
+    """The issue's DML target per variant: ΔMSE < 0 by > 2 se for MMoE and PLE, ΔAUC not lower by > 2 se."""
+    lines = [
+        "## Target (issue #16) and verdict",
+        "",
+        f"MSE lower than the backbone for {' and '.join(TARGET_BACKBONES)} on `{TARGET_DATASET}` by > 2 se, "
+        "with AUC not lower (read as: ΔAUC not below zero by > 2 se). Judged on the "
+        f"`{JUDGED_RULE}` rule; the `paper` rule is shown under it. `dml` is the paper's model (the reference "
+        f"code's dropout everywhere), `dml-reg` our deliberate GKD regularisation {json.dumps(GKD_REG)}.",
+        "",
+        "| variant | backbone | rule | seeds base / variant | ΔMSE | paper ΔMSE | ΔAUC | paper ΔAUC | verdict |",
+        "|---|---|---|---|---|---:|---|---:|---|",
+    ]
+    overall = []
+    for variant in ("dml", "dml-reg"):
+        judged: list[Verdict] = []
+        for backbone in TARGET_BACKBONES:
+            base = read(runs, TARGET_DATASET, model_key(backbone, "base"))
+            hist = read(runs, TARGET_DATASET, model_key(backbone, variant))
+            for rule in (JUDGED_RULE, "paper"):
+                pair = (at_rule(base, rule), at_rule(hist, rule)) if base and hist else ({}, {})
+                mse, auc = _delta(*pair, "mse/rating"), _delta(*pair, "auc/like")
+                result = verdict(mse, "lower", auc, "higher")
+                if rule == JUDGED_RULE:
+                    judged.append(result)
+                lines.append(
+                    f"| {variant} | {backbone} | {rule} | {sorted(base)} / {sorted(hist)} | {mse.text()} | "
+                    f"{_paper_delta(backbone, variant, 1)} | {auc.text()} | {_paper_delta(backbone, variant, 0)} | "
+                    f"{result.text() if rule == JUDGED_RULE else result.status} |"
+                )
+        overall.append(f"* **{variant}**: {combine(judged)} (both backbones under the `{JUDGED_RULE}` rule)")
+    return lines + ["", "Target verdict per variant:", "", *overall, ""]
 
 
 def markdown(state: dict, args: argparse.Namespace) -> str:
@@ -192,10 +242,15 @@ def markdown(state: dict, args: argparse.Namespace) -> str:
     lines = [
         "# DML on MovieLens (benchmarks/bench_movielens_dml.py)",
         "",
-        f"Settings: `{json.dumps(state['settings'])}`",
+        f"Settings: `{json.dumps(state['settings'])}` (epochs per run: "
+        + ", ".join(f"{d} {_epochs(runs, d)}" for d in DATASETS if _epochs(runs, d))
+        + "). Paper: Ren et al., ORSUM@RecSys 2023, Tables 1-2 (full ML-1M, 20 runs).",
         "",
+        *targets(runs),
         "AUC = rating>=4 (higher is better), MSE = rating (lower is better), test split; mean ± sd over seeds.",
         "Δ = paired (variant − backbone) over the same seeds, mean ± standard error; **bold** when |Δ| > 2 se.",
+        "rating shift = mean train-mode (dropout on) minus eval-mode rating prediction on validation at the "
+        "chosen epoch: the train/eval mismatch that GKD's sigmoid gate over dropped-out inputs creates.",
         f"Rules: `paper` = patience-{PATIENCE} early stopping per run; `robust` = the epoch of the best "
         "seed-mean validation score, all seeds read there. GKD_REG = " + json.dumps(GKD_REG) + ".",
         "",
@@ -208,8 +263,9 @@ def markdown(state: dict, args: argparse.Namespace) -> str:
             lines += [
                 f"### checkpoint rule: {rule}",
                 "",
-                "| model | seeds | epoch(s) | AUC | ΔAUC | paper ΔAUC | MSE | ΔMSE | paper ΔMSE | rating shift |",
-                "|---|---:|---|---|---|---:|---|---|---:|---:|",
+                "| model | seeds | epoch(s) | AUC | ΔAUC | paper ΔAUC | MSE | ΔMSE | paper ΔMSE | rating shift "
+                "| paper AUC / MSE (full ML-1M) |",
+                "|---|---:|---|---|---|---:|---|---|---:|---:|---:|",
             ]
             for backbone in BACKBONES:
                 base = read(runs, dataset, model_key(backbone, "base"))
@@ -223,20 +279,38 @@ def markdown(state: dict, args: argparse.Namespace) -> str:
                     epoch_text = ",".join(map(str, epochs)) if rule == "paper" else str(epochs[0])
                     if truncated:
                         epoch_text += f" ({truncated} still improving)"
-                    cells = [model_key(backbone, variant), str(len(picked)), epoch_text]
+                    cells = [model_key(backbone, variant), ",".join(map(str, sorted(picked))), epoch_text]
                     for metric, idx in (("auc/like", 0), ("mse/rating", 1)):
-                        cells.append(_mean_sd([e["test"][metric] for e in picked.values()]))
+                        cells.append(mean_sd([e["test"][metric] for e in picked.values()]))
                         if variant == "base" or not base:
                             cells += ["", ""]
                             continue
-                        text, mean, se = _delta(at_rule(base, rule), picked, metric)
-                        cells.append(f"**{text}**" if abs(mean) > 2 * se else text)
+                        delta = _delta(at_rule(base, rule), picked, metric)
+                        text = f"{delta.mean:+.4f} ± {delta.se:.4f}"
+                        cells.append(f"**{text}**" if abs(delta.mean) > 2 * delta.se else text)
                         cells.append(_paper_delta(backbone, variant, idx))
                     cells.append(f"{np.mean([e['shift'] for e in picked.values()]):+.4f}")
+                    cells.append(_paper_row(backbone, variant))
                     lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
         lines += _curves(runs, dataset)
+    if args.gkd_options.exists():
+        lines += [
+            "## GKD regularisation chosen on ML-100k validation (benchmarks/select_gkd_options.py)",
+            "",
+            "Each run read at its best validation epoch (`sum(AUC) - MSE`) of 25; only validation decides. "
+            "`dml-reg` uses the DML option with the best validation score (and MSE) among the rows with 3 seeds; "
+            "note that no DML row reaches the plain MMoE's validation MSE there.",
+            "",
+            report_gkd_options(args.gkd_options),
+        ]
     lines += [
+        "## What the paper's setting has that ours does not",
+        "",
+        *(f"* {gap}" for gap in PROTOCOL_GAPS),
+    ]
+    lines += [
+        "",
         "Paper Table 1 (full ML-1M, 20 runs, AUC / MSE): "
         + "; ".join(
             f"{b} {p[0][0]:.4f}/{p[0][1]:.4f}" + (f" -> +DML {p[1][0]:.4f}/{p[1][1]:.4f}" if p[1] else "")
@@ -245,6 +319,19 @@ def markdown(state: dict, args: argparse.Namespace) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _epochs(runs: dict[str, dict], dataset: str) -> str:
+    lengths = sorted({len(r["history"]) for k, r in runs.items() if k.startswith(f"{dataset}|")})
+    return "/".join(map(str, lengths))
+
+
+def _paper_row(backbone: str, variant: str) -> str:
+    """The paper's absolute (AUC / MSE) for the same model, Table 1 or 2."""
+    base, dml = PAPER_TABLE_1[backbone]
+    row = {"base": base, "dml": dml, "dml-reg": dml}.get(variant)
+    row = row or PAPER_TABLE_2.get(backbone, {}).get(variant.removesuffix("-reg"))
+    return f"{row[0]:.4f} / {row[1]:.4f}" if row else "n/a"
 
 
 def _paper_delta(backbone: str, variant: str, idx: int) -> str:
@@ -308,7 +395,9 @@ def main() -> None:
                         json_path.write_text(json.dumps(state))
     merged = {"settings": state.get("settings", {}), "runs": dict(state["runs"])}
     for other in args.also:
-        merged["runs"] |= json.loads(other.read_text())["runs"]
+        part = json.loads(other.read_text())
+        merged["settings"] = merged["settings"] or part.get("settings", {})
+        merged["runs"] |= part["runs"]
     md_path.write_text(markdown(merged, args))
     print(md_path.read_text())
 
