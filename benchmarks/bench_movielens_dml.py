@@ -317,6 +317,9 @@ def markdown(state: dict, args: argparse.Namespace) -> str:
             for b, p in PAPER_TABLE_1.items()
         ),
         "",
+        "Earlier results (before this issue's fixes; patience-based stopping, other schedules): "
+        "movielens_dml_ml100k.md, movielens_dml_ml1m_partial.md in this folder.",
+        "",
     ]
     return "\n".join(lines)
 
