@@ -27,11 +27,16 @@ class Paired:
     mean: float
     se: float
     n: int
+    deltas: tuple[float, ...] = ()
 
     def text(self) -> str:
         if self.n == 0:
             return "— (n=0)"
         return f"{self.mean:+.4f}" + (f" ± {self.se:.4f}" if self.n > 1 else "") + f" (n={self.n})"
+
+    def per_seed(self) -> str:
+        """The deltas one by one, in seed order (what a mean over two or three seeds hides)."""
+        return ", ".join(f"{d:+.4f}" for d in self.deltas)
 
 
 @dataclass(frozen=True)
@@ -44,12 +49,12 @@ class Verdict:
 
 
 def paired(deltas: Sequence[float]) -> Paired:
-    """Mean ± standard error (sd / √n, ddof 1) of per-seed deltas; se is NaN below two seeds."""
+    """Mean ± standard error (sd / √n, ddof 1) of per-seed deltas (in seed order); se is NaN below two seeds."""
     d = np.asarray(deltas, dtype=float)
     if len(d) == 0:
         return Paired(math.nan, math.nan, 0)
     se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
-    return Paired(float(d.mean()), se, len(d))
+    return Paired(float(d.mean()), se, len(d), tuple(float(x) for x in d))
 
 
 def mean_sd(values: Sequence[float]) -> str:

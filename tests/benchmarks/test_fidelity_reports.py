@@ -17,6 +17,7 @@ def test_paired_mean_and_standard_error() -> None:
     assert result.mean == 2.0 and result.n == 3
     assert result.se == pytest.approx(1.0 / math.sqrt(3))
     assert math.isnan(paired([0.5]).se) and paired([]).n == 0
+    assert paired([1.0, -2.0]).per_seed() == "+1.0000, -2.0000"
 
 
 def test_too_few_seeds_is_not_measured_even_for_a_large_effect() -> None:
