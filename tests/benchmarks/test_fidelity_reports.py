@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +79,14 @@ def test_dml_target_reproduced_only_with_both_backbones() -> None:
     worse = "\n".join(bench_movielens_dml.targets(_dml_runs(("mmoe", "ple"), gain=-0.01, seeds=5)))
     assert "* **dml**: not reproduced" in worse
     assert "* **dml-reg**: not measured" in worse  # no dml-reg runs at all
+
+
+def test_gkd_selection_runs_map_to_the_variants_with_the_same_options(tmp_path: Path) -> None:
+    history = _dml_history(0.8, 0.8, 0.0)
+    path = tmp_path / "options.json"
+    path.write_text(json.dumps({f"{name}|0": history for name in ("mmoe", "dml", "dml-gkd0", "gkd-zero")}))
+    runs = bench_movielens_dml.gkd_option_runs(path)
+    assert sorted(runs) == ["ml-100k|mmoe+dml[dml-reg]|0", "ml-100k|mmoe+dml|0", "ml-100k|mmoe|0"]
 
 
 def _ssmtl_run(variant: str, seed: int, low_recall: float) -> dict:
