@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from scipy import stats
 
 MIN_SEEDS = 3
 REQUIRED_SEEDS = 5
@@ -68,6 +69,12 @@ def significant(effect: Paired, better: Literal["lower", "higher"]) -> bool:
     return effect.n > 1 and gain > 2 * effect.se
 
 
+def one_sided_p(effect: Paired, better: Literal["lower", "higher"]) -> float:
+    """P-value of a paired t-test that the delta is on the better side of zero: 2 se means little at n = 3."""
+    gain = -effect.mean if better == "lower" else effect.mean
+    return float(stats.t.sf(gain / effect.se, effect.n - 1)) if effect.se > 0 else float(gain <= 0)
+
+
 def verdict(
     effect: Paired,
     better: Literal["lower", "higher"],
@@ -77,13 +84,14 @@ def verdict(
     """Reproduced when ``effect`` is significant and ``guard`` is not significantly worse."""
     if effect.n < MIN_SEEDS:
         return Verdict(NOT_MEASURED, f"{effect.n} paired seed(s), a verdict needs >= {MIN_SEEDS}")
-    provisional = f"; provisional: {effect.n} of {REQUIRED_SEEDS} seeds" if effect.n < REQUIRED_SEEDS else ""
+    note = f"; provisional: {effect.n} of {REQUIRED_SEEDS} seeds" if effect.n < REQUIRED_SEEDS else ""
+    note += f"; one-sided p = {one_sided_p(effect, better):.3f} (Student t, {effect.n - 1} df)"
     if not significant(effect, better):
-        return Verdict(NOT_REPRODUCED, f"Δ {effect.text()} is not {better} by > 2 se{provisional}")
+        return Verdict(NOT_REPRODUCED, f"Δ {effect.text()} is not {better} by > 2 se{note}")
     worse = "higher" if guard_better == "lower" else "lower"
     if guard is not None and significant(guard, worse):
-        return Verdict(NOT_REPRODUCED, f"the guard metric is {worse} by > 2 se: {guard.text()}{provisional}")
-    return Verdict(REPRODUCED, f"Δ {effect.text()} is {better} by > 2 se{provisional}")
+        return Verdict(NOT_REPRODUCED, f"the guard metric is {worse} by > 2 se: {guard.text()}{note}")
+    return Verdict(REPRODUCED, f"Δ {effect.text()} is {better} by > 2 se{note}")
 
 
 def combine(verdicts: Sequence[Verdict]) -> str:

@@ -40,6 +40,10 @@ def test_guard_metric_significantly_worse_fails_the_target() -> None:
     assert failed.status == NOT_REPRODUCED and "guard" in failed.reason
 
 
+def test_verdict_reports_the_one_sided_t_test_p_value() -> None:
+    assert "one-sided p = 0.033 (Student t, 4 df)" in verdict(Paired(-0.010, 0.004, 5), "lower").reason
+
+
 def test_fewer_than_required_seeds_is_marked_provisional() -> None:
     assert "provisional: 3 of 5" in verdict(Paired(-0.01, 0.001, 3), "lower").reason
     assert "provisional" not in verdict(Paired(-0.01, 0.001, 5), "lower").reason
