@@ -221,6 +221,7 @@ class Relations:
     both relations: a key standing for two user ids shows as two checks and raises ``KeyClash``."""
     user_check: str | None = None
     rollups: tuple[RolledPart, ...] = ()
+    """The rolled parts, the one with the most exposures first (its first exposures are joined to the rest's)."""
 
     @property
     def keyed(self) -> bool:
@@ -266,10 +267,15 @@ def _from(relation: exp.Expression, alias: str | None = None) -> exp.Expression:
 def first_exposure(relations: Relations, experiment_key: str) -> exp.Select:
     """Per exposed user: ``k`` (the user key), ``variant``, ``first_ms`` (the earliest ``(ts, event_id)`` wins);
     with a hash key also ``check_lo`` and ``check_hi``, the user check's range (different when two users share
-    the key). Rolled parts give their first exposures, merged with those of the raw exposures."""
+    the key).
+
+    A rolled part's first exposures are one row per user already. The first rolled part (the largest) is joined
+    to the first exposures of everything else, grouped per user: grouping the largest part's rows with the rest
+    would cost as much as having no rollup at all."""
     # Sources name their columns apart from the output's: ClickHouse lets an output alias shadow a column.
     is_experiment = exp.EQ(this=_col("experiment"), expression=_lit(experiment_key))
     keyed = relations.keyed
+    names = _FIRST_NAMES[: 6 if keyed else 4]
     sources = []
     for part in relations.rollups:
         columns = [
@@ -279,49 +285,80 @@ def first_exposure(relations: Relations, experiment_key: str) -> exp.Select:
             "first_event_id",
             *(("check_lo", "check_hi") if keyed else ()),
         ]
-        sources.append(_first_exposure_source(part.first_exposures, columns, is_experiment))
+        sources.append(_first_exposure_source(part.first_exposures, columns, names, is_experiment))
     if relations.exposures is not None:
         check = relations.user_check or ""
         columns = [relations.user_key, "variant", "ts", "event_id", *((check, check) if keyed else ())]
-        sources.append(_first_exposure_source(relations.exposures, columns, is_experiment))
+        sources.append(_first_exposure_source(relations.exposures, columns, names, is_experiment))
     if not sources:  # no exposures at all
-        sources.append(
-            _first_exposure_source(
-                _no_rows(["k", "v", "t", "id", "clo", "chi"]),
-                ["k", "v", "t", "id", "clo", "chi"][: 6 if keyed else 4],
-                exp.true(),
-            )
-        )
-    checks = ("check_lo", "check_hi") if keyed else ()
+        sources.append(_first_exposure_source(_no_rows(_FIRST_NAMES), names, names, exp.true()))
+    outputs = {
+        n: out for n, out in zip(("k", "v", "t", "clo", "chi"), _FIRST_OUTPUTS, strict=True) if n in names
+    }
     if len(sources) == 1 and relations.rollups:  # one rollup: one row per user already
-        columns = [
-            exp.alias_(_col(s), t)
-            for s, t in zip(("v", "t", "clo", "chi"), ("variant", "first_ms", *checks), strict=False)
-        ]
-        return exp.select("k", *columns).from_(sources[0].subquery("r"))
-    earliest = exp.Tuple(expressions=[_col("t"), _col("id")])
-    select = exp.select(
-        "k",
-        exp.alias_(exp.ArgMin(this=_col("v"), expression=earliest), "variant"),
-        exp.alias_(exp.Min(this=_col("t")), "first_ms"),
-        copy=False,
-    )
-    if keyed:
-        select = select.select(
-            exp.alias_(exp.Min(this=_col("clo")), "check_lo"),
-            exp.alias_(exp.Max(this=_col("chi")), "check_hi"),
-            copy=False,
+        return exp.select(*(exp.alias_(_col(n), out) for n, out in outputs.items())).from_(
+            sources[0].subquery("r")
         )
-    return select.from_(_union_all(sources).subquery("e"), copy=False).group_by("k", copy=False)
+    if not relations.rollups:
+        return _earliest_per_user(sources, outputs)
+    largest = exp.select(*(exp.alias_(_col(n), f"b{n}") for n in names)).from_(sources[0].subquery("l"))
+    rest = _earliest_per_user(sources[1:], {n: f"r{n}" for n in names})
+    b, r = (lambda n: _col(f"b{n}")), (lambda n: _col(f"r{n}"))
+    base_first = _or(
+        exp.Is(this=r("k"), expression=exp.Null()),
+        _and(
+            exp.Not(this=exp.Is(this=b("k"), expression=exp.Null())),
+            _or(exp.LT(this=b("t"), expression=r("t")),
+                _and(exp.EQ(this=b("t"), expression=r("t")), exp.LTE(this=b("id"), expression=r("id")))),
+        ),
+    )  # fmt: skip
+    columns = [
+        exp.alias_(exp.Coalesce(this=b("k"), expressions=[r("k")]), "k"),
+        exp.alias_(_case(base_first.copy(), b("v"), r("v")), "variant"),
+        exp.alias_(_case(base_first, b("t"), r("t")), "first_ms"),
+    ]
+    if keyed:  # either side may be missing (NULL)
+        for name, pick, out in (("clo", _least, "check_lo"), ("chi", _greatest, "check_hi")):
+            both = [exp.Coalesce(this=b(name), expressions=[r(name)]),
+                    exp.Coalesce(this=r(name), expressions=[b(name)])]  # fmt: skip
+            columns.append(exp.alias_(pick(both), out))
+    return (
+        exp.select(*columns, copy=False)
+        .from_(largest.subquery("b"), copy=False)
+        .join(rest.subquery("r"), on=exp.EQ(this=b("k"), expression=r("k")), join_type="full", copy=False)
+    )
+
+
+_FIRST_NAMES = ("k", "v", "t", "id", "clo", "chi")
+"""A first-exposure source's columns: key, variant, time, event id, and the user check's range."""
+_FIRST_OUTPUTS = ("k", "variant", "first_ms", "check_lo", "check_hi")
+
+
+def _earliest_per_user(sources: Sequence[exp.Select], outputs: dict[str, str]) -> exp.Select:
+    """Per key ``k`` of the union of ``sources``: the columns of the earliest ``(t, id)`` (``v``, ``t``, ``id``)
+    and the check range (``clo``, ``chi``) that ``outputs`` names (source name -> output name)."""
+    earliest = exp.Tuple(expressions=[_col("t"), _col("id")])
+    aggregates = {
+        "k": _col("k"),
+        "v": exp.ArgMin(this=_col("v"), expression=earliest),
+        "t": exp.Min(this=_col("t")),
+        "id": exp.ArgMin(this=_col("id"), expression=earliest.copy()),
+        "clo": exp.Min(this=_col("clo")),
+        "chi": exp.Max(this=_col("chi")),
+    }
+    return (
+        exp.select(*(exp.alias_(aggregates[n], out) for n, out in outputs.items()), copy=False)
+        .from_(_union_all(sources).subquery("e"), copy=False)
+        .group_by("k", copy=False)
+    )
 
 
 def _first_exposure_source(
-    relation: exp.Expression, columns: Sequence[str], where: exp.Expression
+    relation: exp.Expression, columns: Sequence[str], names: Sequence[str], where: exp.Expression
 ) -> exp.Select:
-    """``k, v, t, id[, clo, chi]`` (key, variant, time, event id, check range) from ``columns`` of ``relation``."""
-    names = ("k", "v", "t", "id", "clo", "chi")
+    """``columns`` of ``relation`` named ``names`` (see ``_FIRST_NAMES``), where ``where`` holds."""
     return (
-        exp.select(*(exp.alias_(_col(c), n) for c, n in zip(columns, names, strict=False)), copy=False)
+        exp.select(*(exp.alias_(_col(c), n) for c, n in zip(columns, names, strict=True)), copy=False)
         .from_(_from(relation), copy=False)
         .where(where.copy(), copy=False)
     )

@@ -516,7 +516,8 @@ class DuckDBEventStore(WarehouseEventStore):
         parts = self._visible()
         if not parts:
             return None
-        rolled = [r for r in (p.rolled() for p in parts) if r is not None]
+        by_size = sorted(parts, key=lambda p: p.exposures, reverse=True)  # the compiler wants the largest first
+        rolled = [r for r in (p.rolled() for p in by_size) if r is not None]
         rest = [p for p in parts if p.rollup is None]
         exposure_files = [p.file("exposures") for p in rest if p.exposures]
         with_outcomes = [p for p in rest if p.outcomes]
