@@ -151,8 +151,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     store, config = _open(args)
     with store:
         server = AnalyticsServer(
-            store, config, host=args.host, port=args.port, cache_seconds=args.cache_seconds
-        )
+            store, config, host=args.host, port=args.port, cache_seconds=args.cache_seconds,
+            threads=args.threads, idle_timeout_s=args.idle_timeout,
+        )  # fmt: skip
         print(f"dashboard: {server.url}/", flush=True)
         try:
             server.serve_forever()
@@ -238,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument(
         "--cache-seconds", type=float, default=2.0, help="how long a computed report is reused"
+    )
+    serve.add_argument("--threads", type=int, default=16, help="connections handled at once")
+    serve.add_argument(
+        "--idle-timeout", type=float, default=10.0, help="seconds a silent client may hold a connection"
     )
     serve.set_defaults(func=_cmd_serve)
 

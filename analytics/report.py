@@ -526,13 +526,13 @@ def format_report_table(report: dict[str, Any]) -> str:
         for row in metric["variants"]:
             lift = row["relative_lift" if relative else "absolute_lift"] or {}
             ci = lift.get("ci")
-            ci_text = "-" if ci is None else f"[{format(ci[0], lift_pattern)}, {format(ci[1], lift_pattern)}]"
+            ci_text = "-" if ci is None or None in ci else f"[{format(ci[0], lift_pattern)}, {format(ci[1], lift_pattern)}]"
             mark = "control" if row["is_control"] else ("yes" if row["significant"] else "no")
             if row["error"]:
                 mark = row["error"]
                 errors.add(row["error"])
             lines.append(
-                f"  {row['variant']:<16}{row['users']:>9}{row['value']:>12.5g}"
+                f"  {row['variant']:<16}{row['users']:>9}{_format(row['value'], '.5g'):>12}"
                 f"{_format(lift.get('estimate'), lift_pattern):>10}{ci_text:>22}"
                 f"{_format_p(row['p_value']):>9}{_format_p(row['adjusted_p_value']):>9}  {mark}"
             )

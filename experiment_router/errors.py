@@ -7,6 +7,14 @@ class RouterError(Exception):
     """Root of every error the experiment router raises."""
 
 
+class ModelCheckUnavailable(RouterError):
+    """A ``model_exists`` check could not be answered now (the service that knows is unreachable).
+
+    Raised by the check itself; a hot reload keeps the previous config and tries the new file again at the
+    next poll instead of rejecting it.
+    """
+
+
 class ConfigError(RouterError, ValueError):
     """An experiment config file is invalid; names the file, experiment key, field path and line.
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from experiment_router.conditions import validate_condition
 from experiment_router.errors import ConfigError, ConfigErrors, UnknownOperatorError
-from experiment_router.schema import STAGES, ExperimentConfig, RouterConfig
+from experiment_router.schema import INTERLEAVED, STAGES, ExperimentConfig, RouterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -231,10 +231,12 @@ def _experiment_problems(config: RouterConfig, exp: ExperimentConfig, base: Path
                 base + ("variations", j, "payload", "task_weights"),
             )
     seen_users: dict[str, str] = {}
+    # QA may force a user into one arm alone, or (interleaving) into the merged list.
+    forceable = variation_keys + [INTERLEAVED] if exp.kind == "interleaving" else variation_keys
     for key, users in exp.forced.items():
-        if key not in variation_keys:
+        if key not in forceable:
             yield locate.error(
-                f"forced variation {key!r} is not a variation key; variations: {variation_keys}",
+                f"forced variation {key!r} is not a variation key; variations: {forceable}",
                 base + ("forced", key),
             )
         for user in users:
@@ -244,6 +246,58 @@ def _experiment_problems(config: RouterConfig, exp: ExperimentConfig, base: Path
                     base + ("forced", key),
                 )
             seen_users[user] = key
+    yield from _kind_problems(exp, base, locate)
+
+
+# Sticky bucketing keeps a user in their variant when weights change; an interleaving experiment has no
+# variant to keep (everyone in it sees both arms), so its sticky settings would be silently ignored.
+_STICKY_FIELDS = ("sticky", "bucket_version", "min_bucket_version")
+
+
+def _kind_problems(exp: ExperimentConfig, base: Path_, locate: _Locator):
+    """What an experiment's ``kind`` allows: interleaving ranks, with two unweighted arms and a known method."""
+    if exp.kind == "ab":
+        if "method" in exp.model_fields_set:
+            yield locate.error(
+                "'method' applies only to experiments of kind 'interleaving'", base + ("method",)
+            )
+        return
+    if exp.stage != "ranking":
+        yield locate.error(
+            f"an interleaving experiment merges two rankings, so its stage must be 'ranking', not {exp.stage!r}",
+            base + ("stage",),
+        )
+    if exp.method == "balanced":
+        yield locate.error(
+            "method 'balanced' is not implemented: balanced interleaving credits clicks from both arms' full "
+            "rankings, which exposures do not carry; use 'team_draft'",
+            base + ("method",),
+        )
+    if len(exp.variations) != 2:
+        yield locate.error(
+            f"an interleaving experiment has exactly two arms (variations), got {len(exp.variations)}",
+            base + ("variations",),
+        )
+    for j, var in enumerate(exp.variations):
+        for name in ("weight", "range"):
+            if getattr(var, name) is not None:
+                yield locate.error(
+                    f"interleaving arms take no {name}: every user in the experiment sees both arms; "
+                    "size the experiment with 'coverage'",
+                    base + ("variations", j, name),
+                )
+        if var.key == INTERLEAVED:
+            yield locate.error(
+                f"{INTERLEAVED!r} is reserved for users who see both arms; name the arm otherwise",
+                base + ("variations", j, "key"),
+            )
+    for name in _STICKY_FIELDS:
+        if name in exp.model_fields_set:
+            yield locate.error(
+                f"{name!r} does not apply to interleaving: there is no variant to keep a user in "
+                "(everyone in the experiment sees both arms)",
+                base + (name,),
+            )
 
 
 def _layer_problems(config: RouterConfig, locate: _Locator):

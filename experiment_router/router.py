@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -32,7 +32,14 @@ from experiment_router.hashing import (
     hash_unit,
 )
 from experiment_router.loader import ModelExists, load_config
-from experiment_router.schema import STAGES, ExperimentConfig, HoldoutConfig, PayloadConfig, RouterConfig
+from experiment_router.schema import (
+    INTERLEAVED,
+    STAGES,
+    ExperimentConfig,
+    HoldoutConfig,
+    PayloadConfig,
+    RouterConfig,
+)
 from experiment_router.sticky import StickyBucketStore
 
 _MASK32 = 0xFFFFFFFF
@@ -50,11 +57,30 @@ class Payload:
 
 
 @dataclass(frozen=True, slots=True)
+class Arm:
+    """One side of an interleaving experiment: its variation key and the ranking it serves."""
+
+    key: str
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Interleaving:
+    """What a user in an interleaving experiment is served: both arms' rankings merged by ``method``."""
+
+    method: str
+    arms: tuple[Arm, Arm]
+
+
+@dataclass(frozen=True, slots=True)
 class Assignment:
     """One experiment's decision for one user.
 
     `should_log` is GrowthBook's `in_experiment and hash_used`: forced (QA) users and users outside the
-    experiment get the decision but no exposure event.
+    experiment get the decision but no exposure event. A user inside an interleaving experiment gets
+    variant key ``"interleaved"``, variation id 0 (its one bucket, as in `assign_many`), the first arm's
+    payload (what `payloads` reports) and `interleaving`, which names both arms; every other assignment
+    (a QA user forced into one arm included) has `interleaving` None.
     """
 
     experiment_key: str
@@ -66,6 +92,7 @@ class Assignment:
     should_log: bool
     payload: Payload
     reason: str
+    interleaving: Interleaving | None = None
 
 
 def _payload(config: PayloadConfig, fallback: Payload | None = None) -> Payload:
@@ -229,6 +256,20 @@ class _Compiled:
             )
             for i, (k, p) in enumerate(zip(keys, payloads, strict=True))
         }
+        if exp.kind == "interleaving":
+            # One bucket, [0, coverage): in (both arms, merged) or out. No variant to stick to: never sticky.
+            self.sticky = False
+            self.ranges = tuple(bucket_ranges(1, exp.coverage, None))
+            arms = Interleaving(exp.method, (Arm(keys[0], payloads[0]), Arm(keys[1], payloads[1])))
+            reason = f"interleaved: {keys[0]!r} and {keys[1]!r} merged by {exp.method}"
+            self.in_variant = (
+                Assignment(
+                    self.key, INTERLEAVED, 0, self.stage, self.layer, True, True, payloads[0], reason, arms
+                ),
+            )
+            forced_by_key[INTERLEAVED] = replace(
+                self.in_variant[0], should_log=False, reason=f"forced into {INTERLEAVED!r} (QA allowlist)"
+            )
         self.forced = {user: forced_by_key[k] for k, users in exp.forced.items() for user in users}
         self.status_outcome = {"draft": outside("draft"), "stopped": outside("stopped")}.get(exp.status)
         self.not_started = outside("not started yet")
@@ -461,7 +502,10 @@ class Router:
         return self._global.holds(_Hasher({**(attributes or {}), "user_id": user_id}))
 
     def payloads(self, assignments: Sequence[Assignment]) -> dict[str, Payload]:
-        """The payload per stage: the first experiment the user is in, else the stage default."""
+        """The payload per stage: the first experiment the user is in, else the stage default.
+
+        For an interleaving experiment this is its first arm; the assignment's ``interleaving`` has both.
+        """
         chosen = dict(self._defaults)
         decided: set[str] = set()
         for a in assignments:
