@@ -16,19 +16,28 @@ are those of ``MemoryEventStore``'s row path, which is the reference the tests c
 - at a cut point ``c`` only users with ``first_ms <= c`` and outcomes with ``ts <= c`` count.
 
 The query is built with sqlglot expressions (never by pasting strings) and rendered per engine by a dialect
-(``DIALECTS``: DuckDB and ClickHouse). Its stages, each a CTE with every column aliased:
+(``DIALECTS``: DuckDB and ClickHouse). A store may also hand it *rolled parts* (``RolledPart``): compacted events
+with their rollups, one row per user (first exposures) and per user and hour (outcome counts, sums and time
+ranges, split at the user's first exposure); the query then reads about one row per user instead of one per event.
+Its stages, each a CTE with every column aliased:
 
-1. ``first_exposure``: per user key, variant and first exposure time;
-2. ``events``: the deduplicated outcomes of the metrics' events (``Relations`` says what needs deduplicating);
-3. ``attributed``: each event of an exposed user tagged with the first cut it counts at (or as pre-exposure, or
-   not attributed) and its contribution to each measure the metrics need, plus one entry row per user;
-4. ``state``: per user, one row per cut at which its measures change (the entry row holds the pre-exposure sums);
-5. ``cum`` and ``user_cut`` (several cuts): a window over each user's few rows cumulates them and each is spread
-   over the cuts until the user's next change, giving one row per user and cut the user is part of: the work
-   grows with users x cuts, never events x cuts, and the running sum goes over a user's change rows only;
-6. ``caps``: exact quantiles per cut for winsorisation (``quantile_cont`` / ``quantileExactInclusive``, numpy's
-   linear method), over all users in the cut;
-7. the final ``SELECT``: per variant and cut, the sums each metric kind needs, and the user count.
+1. ``fe``: per exposed user key, variant, first exposure time and first cut (``first_exposure``: the largest
+   rolled part's rows joined to the rest's, grouped per user);
+2. ``classified`` (with rolled parts): each rolled-up row of an exposed user with its contribution to each
+   measure, and whether it is *clean*: all its events on one side of every boundary of the query (first exposure,
+   window end, cut points), checked on its time range. A row that is not clean is read back raw;
+3. ``rows``: per user, rows tagged with the cut from which they count (``at``): the clean rolled-up rows, and the
+   raw events (of unclean rows, of outcome names not rolled up, of parts not compacted yet: deduplicated by
+   event id, and without events a compacted part already holds), summed per user and cut;
+4. several cuts: ``cum``, a window over each user's few rows that cumulates them; per variant and cut each row
+   adds the change it makes to every summed expression and each user its start, so the work grows with users
+   and their change rows, never users x cuts or events x cuts;
+5. ``caps``: exact quantiles per cut for winsorisation (``quantile_cont`` / ``quantileExactInclusive``, numpy's
+   linear method), over all users in the cut; users clipped at some cut are summed cut by cut;
+6. the final ``SELECT``: per variant and cut, the sums each metric kind needs, and the user count.
+
+Rolled-up rows are used only where they give exactly what their raw events would (integer counts; sums of the
+same values in another order), so rollups change no statistic beyond the summation order below.
 
 Determinism: counts, binomial and count statistics are integer sums and come out bit-identical to the Python
 reference. Sums of real values (continuous, winsorised, CUPED, ratios of sums) are summed by the engine's
