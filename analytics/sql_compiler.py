@@ -623,23 +623,27 @@ class MeanKind(MetricKind):
         needs = [self._value_need(metric)]
         return needs + [Need(metric.event or "", "pre")] if metric.cuped else needs
 
-    def _raw(self, metric: MetricDefinition, values: UserValues) -> tuple[exp.Expression, exp.Expression]:
+    def _value(self, metric: MetricDefinition, values: UserValues) -> exp.Expression:
         value: exp.Expression = values.column(self._value_need(metric))
         if metric.type == "binomial":
             value = _case(exp.GT(this=value, expression=_lit(0)), _lit(1), _lit(0))
-        return value, values.column(Need(metric.event or "", "pre"))
+        return value
+
+    def _pre(self, values: UserValues, metric: MetricDefinition) -> exp.Expression:
+        """The pre-exposure value (only a CUPED metric has it among its ``needs``)."""
+        return values.column(Need(metric.event or "", "pre"))
 
     def caps(self, metric: MetricDefinition, values: UserValues) -> dict[str, Cap]:
         w = metric.winsorize
         if w is None:
             return {}
-        value, pre = self._raw(metric, values)
+        value = self._value(metric, values)
         out = {}
         for side, quantile in (("lower", w.lower_quantile), ("upper", w.upper_quantile)):
             if quantile is not None:
                 out[f"v{side}"] = Cap(value, quantile, side)  # type: ignore[arg-type]
                 if metric.cuped:
-                    out[f"p{side}"] = Cap(pre, quantile, side)  # type: ignore[arg-type]
+                    out[f"p{side}"] = Cap(self._pre(values, metric), quantile, side)  # type: ignore[arg-type]
         return out
 
     def _bounds(
@@ -657,11 +661,10 @@ class MeanKind(MetricKind):
         return lower, upper
 
     def sums(self, metric: MetricDefinition, values: UserValues) -> dict[str, exp.Expression]:
-        value, pre = self._raw(metric, values)
-        value = _clip(value, *self._bounds(metric, values, "v"))
+        value = _clip(self._value(metric, values), *self._bounds(metric, values, "v"))
         out = {"v": value, "vv": exp.Mul(this=value.copy(), expression=value.copy())}
         if metric.cuped:
-            pre = _clip(pre, *self._bounds(metric, values, "p"))
+            pre = _clip(self._pre(values, metric), *self._bounds(metric, values, "p"))
             out |= {
                 "p": pre,
                 "pp": exp.Mul(this=pre.copy(), expression=pre.copy()),
@@ -763,6 +766,13 @@ class _Layout:
         if need not in self.needs:
             self.needs.append(need)
         return self.needs.index(need)
+
+    def index(self, need: Need) -> int:
+        """The column of a measure the layout already has (a kind reading one it did not declare is a bug)."""
+        try:
+            return self.needs.index(need)
+        except ValueError:
+            raise ValueError(f"{need} is read but not among the metrics' needs") from None
 
 
 _NO_EVENT = -3  # the class of a row without events (an exposed user's LEFT JOIN row, an empty rolled-up half)
@@ -1241,7 +1251,7 @@ def _cuts_query(ctes: list[tuple[str, exp.Expression]], layout: _Layout, metrics
 
 def _values(layout: _Layout, column: Callable[[int], exp.Expression],
             cap: Callable[[str], exp.Expression | None] = lambda name: None) -> UserValues:  # fmt: skip
-    return UserValues(column=lambda need: column(layout.need_index(need)), cap=cap)
+    return UserValues(column=lambda need: column(layout.index(need)), cap=cap)
 
 
 def _with(query: exp.Query, ctes: Sequence[tuple[str, exp.Expression]], duckdb: bool,
