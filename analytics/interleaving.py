@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from analytics.stats.interleaving import PreferenceCounts
+from analytics.stats.models.statistics import PreferenceCounts
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from sqlglot import exp
 
 from analytics import sql_compiler as sql
 from analytics.interleaving import Arm, ArmsSeen
-from analytics.stats.interleaving import PreferenceCounts
+from analytics.stats.models.statistics import PreferenceCounts
 
 _col, _lit, _case, _sum_if, _from = sql._col, sql._lit, sql._case, sql._sum_if, sql._from
 

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     from analytics.interleaving import ArmsSeen
     from analytics.metrics import MetricDefinition
-    from analytics.stats.interleaving import PreferenceCounts
-    from analytics.stats.models.statistics import TestStatistic
+    from analytics.stats.models.statistics import PreferenceCounts, TestStatistic
 
 
 class TopicPartition(NamedTuple):

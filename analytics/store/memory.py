@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 
 from analytics.interleaving import Arm, ArmsSeen, Click, InterleavedExposure, preference_counts_at
-from analytics.stats.interleaving import PreferenceCounts
+from analytics.stats.models.statistics import PreferenceCounts
 from analytics.store.base import EventStore, Exposures, Interleaved, ItemOutcomes, Outcomes, TopicPartition
 from analytics.store.exceptions import OffsetBackwards
 

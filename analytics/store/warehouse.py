@@ -20,8 +20,7 @@ from analytics.store.base import EventStore, _Columns
 if TYPE_CHECKING:
     from analytics.interleaving import ArmsSeen
     from analytics.metrics import MetricDefinition
-    from analytics.stats.interleaving import PreferenceCounts
-    from analytics.stats.models.statistics import TestStatistic
+    from analytics.stats.models.statistics import PreferenceCounts, TestStatistic
 
 
 log = logging.getLogger(__name__)
