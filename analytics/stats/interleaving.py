@@ -26,14 +26,15 @@ delta / 2). Two tests:
 
 Sequential mode (``sequential=True``) replaces both with the always-valid normal-mixture confidence sequence
 the A/B path uses (``analytics.stats.frequentist.tests``): on the mean of the per-user sign (-1, 0, 1) over
-the m users who clicked (whose mean is delta) and on the mean of d_u over n users. Safe under continuous
-peeking; asymptotic, like the A/B path's.
+the m users who clicked (whose mean is delta; its interval is cut to delta's range [-1, 1], which early on,
+with few users, it can exceed) and on the mean of d_u over n users. Safe under continuous peeking; asymptotic,
+like the A/B path's.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from scipy import special
 
@@ -138,7 +139,10 @@ def sequential_sign_test(counts: PreferenceCounts, config: InterleavingConfig) -
         return PreferenceTest(error=messages.NO_UNITS)
     if counts.sign_variance == 0:
         return PreferenceTest(error=messages.ZERO_VARIANCE)
-    return _sequential(counts.preference, counts.sign_variance, counts.clicked, config)
+    test = _sequential(counts.preference, counts.sign_variance, counts.clicked, config)
+    # delta lies in [-1, 1]: the part of the normal interval outside it holds no value delta can take.
+    low, high = test.ci
+    return replace(test, ci=(max(-1.0, low), min(1.0, high)))
 
 
 def sequential_credit_test(counts: PreferenceCounts, config: InterleavingConfig) -> PreferenceTest:
