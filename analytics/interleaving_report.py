@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from analytics import text_format
 from analytics.interleaving import Arm, ArmsSeen
 from analytics.metrics import AnalysisConfig, EventStore
 from analytics.stats.interleaving import (
@@ -20,17 +21,6 @@ from analytics.stats.interleaving import (
     analyze_interleaving,
 )
 from analytics.stats.messages import MESSAGES
-
-
-@dataclass(frozen=True)
-class ArmSet:
-    """A pair of arms the exposures named, and how many exposures named it in which time span."""
-
-    a: Arm
-    b: Arm
-    exposures: int
-    first_ms: int
-    last_ms: int
 
 
 @dataclass(frozen=True)
@@ -79,7 +69,7 @@ class InterleavingReport:
     click_metric: str
     arm_a: Arm
     arm_b: Arm
-    arm_sets: list[ArmSet]
+    arm_sets: list[ArmsSeen]
     users: int
     users_with_clicks: int
     wins_a: int
@@ -137,7 +127,7 @@ def interleaving_report(
         click_metric=config.interleaving.click_metric,
         arm_a=arms[0].a,
         arm_b=arms[0].b,
-        arm_sets=[ArmSet(s.a, s.b, s.exposures, s.first_ms, s.last_ms) for s in arms],
+        arm_sets=list(arms),
         users=counts.n,
         users_with_clicks=counts.clicked,
         wins_a=counts.wins_a,
@@ -149,18 +139,6 @@ def interleaving_report(
         sequential=result.sequential,
         timeline=[_point(cut, c, settings) for cut, c in zip(cuts, per_cut, strict=True)] if cuts else [],
     )
-
-
-def _number(value: float | None, pattern: str) -> str:
-    return "-" if value is None else format(value, pattern)
-
-
-def _interval(ci: Sequence[float] | None, pattern: str) -> str:
-    return "-" if ci is None else f"[{format(ci[0], pattern)}, {format(ci[1], pattern)}]"
-
-
-def _p(value: float | None) -> str:
-    return "<0.0001" if value is not None and value < 1e-4 else _number(value, ".4f")
 
 
 def format_interleaving_table(report: dict[str, Any]) -> str:
@@ -190,8 +168,8 @@ def format_interleaving_table(report: dict[str, Any]) -> str:
         if test["error"]:
             errors.add(test["error"])
         lines.append(
-            f"  {name:<40}{_number(test['estimate'], pattern):>10}{_interval(test['ci'], pattern):>22}"
-            f"{_p(test['p_value']):>9}  {verdict}"
+            f"  {name:<40}{text_format.number(test['estimate'], pattern):>10}{text_format.interval(test['ci'], pattern):>22}"
+            f"{text_format.p_value(test['p_value']):>9}  {verdict}"
         )
     if il["preferred"]:
         arm = a if il["preferred"] == "A" else b

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from analytics import text_format
 from analytics.interleaving_report import InterleavingReport, format_interleaving_table, interleaving_report
 from analytics.metrics import AnalysisConfig, EventStore, MetricDefinition
 from analytics.stats.analysis import AnalysisSettings, Comparison, adjusted_p_values, compare_to_control
@@ -521,14 +522,6 @@ def build_report(
     )
 
 
-def _format(value: float | None, pattern: str) -> str:
-    return "-" if value is None else format(value, pattern)
-
-
-def _format_p(value: float | None) -> str:
-    return "<0.0001" if value is not None and value < 1e-4 else _format(value, ".4f")
-
-
 def format_report_table(report: dict[str, Any]) -> str:
     """Plain-text table of a report (``ExperimentReport.to_dict()``): one block per metric, one row per variant
     (an interleaving experiment's report: see ``format_interleaving_table``)."""
@@ -552,16 +545,15 @@ def format_report_table(report: dict[str, Any]) -> str:
         lines += ["", f"{metric['name']} [{', '.join(flags)}]", header]
         for row in metric["variants"]:
             lift = row["relative_lift" if relative else "absolute_lift"] or {}
-            ci = lift.get("ci")
-            ci_text = "-" if ci is None or None in ci else f"[{format(ci[0], lift_pattern)}, {format(ci[1], lift_pattern)}]"
+            ci_text = text_format.interval(lift.get("ci"), lift_pattern)
             mark = "control" if row["is_control"] else ("yes" if row["significant"] else "no")
             if row["error"]:
                 mark = row["error"]
                 errors.add(row["error"])
             lines.append(
-                f"  {row['variant']:<16}{row['users']:>9}{_format(row['value'], '.5g'):>12}"
-                f"{_format(lift.get('estimate'), lift_pattern):>10}{ci_text:>22}"
-                f"{_format_p(row['p_value']):>9}{_format_p(row['adjusted_p_value']):>9}  {mark}"
+                f"  {row['variant']:<16}{row['users']:>9}{text_format.number(row['value'], '.5g'):>12}"
+                f"{text_format.number(lift.get('estimate'), lift_pattern):>10}{ci_text:>22}"
+                f"{text_format.p_value(row['p_value']):>9}{text_format.p_value(row['adjusted_p_value']):>9}  {mark}"
             )
     if errors:
         lines += [""] + [f"{code}: {MESSAGES.get(code, code)}" for code in sorted(errors)]
