@@ -16,7 +16,7 @@ from analytics.report import build_report, experiment_summary, format_report_tab
 from analytics.server import AnalyticsServer
 from analytics.stats import messages
 from analytics.stats.interleaving import InterleavingConfig, analyze_interleaving
-from analytics.store import DuckDBEventStore, ExposureRow, MemoryEventStore
+from analytics.store import DuckDBEventStore, ExposureRow, MemoryEventStore, open_store
 from analytics.store.base import InterleavedRow
 from tests.analytics.simulated_interleaving import ARMS, simulate_interleaving
 from tests.analytics.stats.simulated_events import simulate_experiment
@@ -105,6 +105,21 @@ def test_no_clicks_and_changed_arms_are_reported_not_raised() -> None:
     assert "WARNING: the arms changed while it ran (2 pairs of models)" in text
     assert "NO_CLICKS: no user has a credited click yet" in text
     json.dumps(report.to_dict(), allow_nan=False)
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "chdb"])
+def test_the_warehouse_engines_report_what_the_reference_reports(
+    store: MemoryEventStore, engine: str, tmp_path: Path
+) -> None:
+    """The whole report, timeline included, from the SQL aggregation on DuckDB and on ClickHouse (chDB) equals the
+    in-memory reference store's, fixed-horizon and sequential, next to an A/B experiment in the same tables."""
+    with DuckDBEventStore(tmp_path / "events") if engine == "duckdb" else open_store("chdb://") as warehouse:
+        simulate_interleaving(warehouse, "il", users=800, seed=3, click_prob=(0.04, 0.07))
+        simulate_experiment(warehouse, "ab", users=500, seed=4)
+        for cfg in (config(), config(sequential=True)):
+            found, expected = build_report(warehouse, cfg, "il").to_dict(), build_report(store, cfg, "il").to_dict()
+            found.pop("generated_at_ms"), expected.pop("generated_at_ms")
+            assert found == expected and len(found["interleaving"]["timeline"]) == 5
 
 
 def test_cli_prints_the_interleaving_report_from_the_duckdb_store(tmp_path: Path, capsys) -> None:
