@@ -569,7 +569,7 @@ function renderReport() {
   document.getElementById("report-meta").replaceChildren(
     el("span", { text: interleaving ? `interleaving (team draft) · α = ${rep.alpha ?? "–"}`
       : `control: ${rep.control} · ${rep.differenceType} lift · α = ${rep.alpha ?? "–"}` }),
-    el("span", { text: interleaving ? ` · ${mode}` : ` · correction: ${rep.correction} · ${mode}` }),
+    el("span", { text: interleaving ? "" : ` · correction: ${rep.correction} · ${mode}` }),  // interleaving: a badge by the arms
     el("span", { class: "muted", text: rep.generatedAt ? ` · computed ${fmtTime(rep.generatedAt)}` : "" }));
   const variants = rep.variants;
   document.getElementById("report-badges").replaceChildren(statusBadge(rep.status),
