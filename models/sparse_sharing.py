@@ -45,6 +45,7 @@ class MaskedSharingConfig:
     rewind: bool = True
     contrastive: str = "random_reverse"
     reverse_ratio: float = 0.1
+    reverse_pruned: bool = False
     log_every: int = 50
     embedding_l2: float = 0.0
 
@@ -106,12 +107,16 @@ class MaskedSharingModel(MultiTaskModel):
         """Task ``task``'s mask per layer (views into the stacked buffers; edits land in the model)."""
         return [getattr(self, f"mask_{i}")[task] for i in range(len(self.linears))]
 
-    def subnet(self, x: Tensor, masks: Sequence[Tensor]) -> Tensor:
-        """Eq. 1/7: the shared MLP with weights ``M ⊙ Θ``."""
+    def subnet(self, x: Tensor, masks: Sequence[Tensor], trainable: Sequence[Tensor] | None = None) -> Tensor:
+        """Eq. 1/7: the shared MLP with weights ``M ⊙ Θ``; with ``trainable`` masks, weights outside them are
+        constants of this pass (no gradient)."""
         layer = 0
         for module in self.base.net:
             if isinstance(module, nn.Linear):
-                x = F.linear(x, module.weight * masks[layer], module.bias)
+                weight = module.weight
+                if trainable is not None:
+                    weight = torch.where(trainable[layer].bool(), weight, weight.detach())
+                x = F.linear(x, weight * masks[layer], module.bias)
                 layer += 1
             else:
                 x = module(x)

@@ -129,7 +129,7 @@ def test_csrec_objective_matches_a_hand_computation() -> None:
     # by hand: same random draws (one torch.rand per layer), explicit matrix products, explicit log-loss
     torch.manual_seed(99)
     masks = model.masks(task)
-    flipped = [torch.where(torch.rand(m.shape) < 0.3, 1 - m, m) for m in masks]
+    flipped = [torch.where((torch.rand(m.shape) < 0.3) & m.bool(), 1 - m, m) for m in masks]  # 1 -> 0 only
     x = torch.cat([model.embedding.tables[i](batch["sparse"][:, i]) for i in range(2)] + [batch["dense"]], 1)
 
     def logit(mask_list: list[torch.Tensor]) -> torch.Tensor:
@@ -154,7 +154,7 @@ def test_shared_random_reverse_flips_only_shared_weights() -> None:
     shared = torch.tensor([True, False, False, True, False])
     out = contrastive_masks([mask], [shared], "shared_random_reverse", ratio=1.0)[0]
     assert out.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
-    out = contrastive_masks([mask], [shared], "random_reverse", ratio=1.0)[0]
+    out = contrastive_masks([mask], [shared], "random_reverse", ratio=1.0, reverse_pruned=True)[0]
     assert out.tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]
 
 
@@ -246,3 +246,48 @@ def test_folded_csrec_exports_to_a_plain_onnx_mlp(tmp_path) -> None:
     with torch.no_grad():
         want = model(batch).numpy()
     assert np.abs(got - want).max() <= 1e-4
+
+
+# --- issue 16 audit: each test below failed before its fix -------------------------------------------------
+
+
+def test_random_reverse_only_drops_weights_of_the_subnet_by_default() -> None:
+    """Fig. 1 / section 1: the contrastive parameter is a weight of the subnet set to 0 (1 -> 0)."""
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0])
+    out = contrastive_masks([mask], [torch.zeros(5, dtype=torch.bool)], "random_reverse", ratio=1.0)[0]
+    assert out.tolist() == [0.0, 0.0, 0.0, 0.0, 0.0]
+    torch.manual_seed(0)
+    big = (torch.rand(200, 50) < 0.6).float()
+    out = contrastive_masks([big], [torch.zeros_like(big, dtype=torch.bool)], "random_reverse", ratio=0.3)[0]
+    assert (out <= big).all()  # never turns a pruned weight on
+    assert 0.2 < 1 - out.sum() / big.sum() < 0.4  # drops about 30% of the live bits
+
+
+@pytest.mark.parametrize("reverse_pruned", [False, True])
+def test_contrastive_subnet_gradient_reaches_only_theta_masked_by_m_t(reverse_pruned: bool) -> None:
+    """Alg. 1 line 10: the step updates only Θ ⊙ M_t; towers and embeddings learn from the real subnet only."""
+    torch.manual_seed(11)
+    model = csrec(
+        SPEC, TASKS, preset="tiny", init_density=0.6, reverse_ratio=0.5, reverse_pruned=reverse_pruned
+    )
+    batch, labels = data()
+    task = 1
+    torch.manual_seed(3)
+    model.objective(batch, labels, step=task).backward()
+    for linear, mask in zip(model.linears, model.masks(task), strict=True):
+        assert linear.weight.grad is not None
+        assert (linear.weight.grad[mask == 0] == 0).all()
+        assert linear.weight.grad[mask == 1].abs().sum() > 0
+    got = {
+        n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+        for n, p in model.named_parameters()
+        if n.startswith(("towers", "embedding"))
+    }
+    model.zero_grad()
+    x = model.embedding(batch["sparse"], batch["dense"])
+    out = model.task_logit(x, task, model.masks(task)).unsqueeze(1)
+    log_loss_ratio(task_losses(out, labels[:, task : task + 1], [model.tasks[task]]).sum()).backward()
+    for name, grad in got.items():
+        want = dict(model.named_parameters())[name].grad
+        want = torch.zeros_like(grad) if want is None else want
+        assert torch.allclose(grad, want, atol=1e-7), name
