@@ -40,7 +40,7 @@ import models.sparse_sharing  # noqa: F401  (registers sparse-sharing)
 from models.base import MultiTaskModel
 from models.data import Splits, load_dataset
 from models.registry import create_model
-from models.schedules import after_epoch, after_step, selection_ready, training_loss
+from models.schedules import after_epoch, after_step, make_optimizer, selection_ready, training_loss
 from models.train import evaluate_model, set_seed
 
 logger = logging.getLogger(__name__)
@@ -50,8 +50,8 @@ EXPERT = (128, 64)
 MODELS: dict[str, dict[str, Any]] = {
     "mmoe": {"n_experts": 3, "expert_dims": EXPERT, "tower_dims": (), "dropout": 0.0},
     "ple": {"n_levels": 2, "expert_dims": EXPERT, "tower_dims": (), "dropout": 0.0},
-    "sparse-sharing": {"hidden_dims": MLP, "prune_every": 10},
-    "csrec": {"hidden_dims": MLP, "prune_every": 10},
+    "sparse-sharing": {"hidden_dims": MLP},
+    "csrec": {"hidden_dims": MLP},
 }
 PAPER_TABLE_4 = {  # AUC income (T1), marital (T2) on the full census-income data
     "mmoe": (0.9477, 0.9905),
@@ -88,7 +88,7 @@ def train_with_hooks(
     model: MultiTaskModel = create_model(  # type: ignore[assignment]
         name, features=splits.train.features, tasks=splits.train.tasks, **options
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = make_optimizer(model, lr)
     rng = np.random.default_rng(seed)
     best_score, best_state, best_epoch, best_val = -math.inf, None, -1, {}
     history: list[dict[str, float]] = []
