@@ -118,6 +118,7 @@ def train_with_hooks(
             total=steps,
             desc=f"{name} seed {seed} epoch {epoch}",
             leave=False,
+            disable=None,  # no bar in log files
         ):
             batch = {k: v.to(dev) for k, v in batch.items()}
             loss = training_loss(model, batch, labels.to(dev), step)
@@ -205,9 +206,9 @@ def markdown(results: Sequence[RunResult], n_rows: Sequence[int], protocol: dict
         f" {protocol['batch_size']}, early stopping on mean validation AUC (patience {protocol['patience']},"
         f" at most {protocol['max_epochs']} epochs). Paper Table 4 (full training file) for reference.",
         "",
-        "| model | seeds | AUC income | AUC never_married | best epoch (mean, range) | epochs run "
+        "| model | seeds | AUC income | AUC never_married | val mean AUC | best epoch (mean, range) | epochs run "
         "| paper income | paper marital |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in names:
         runs = [r for r in results if r.model == name]
@@ -217,6 +218,7 @@ def markdown(results: Sequence[RunResult], n_rows: Sequence[int], protocol: dict
         lines.append(
             f"| {name} | {len(runs)} | {inc['mean']:.4f} ± {inc['std']:.4f} ({inc['sem']:.4f}) "
             f"| {mar['mean']:.4f} ± {mar['std']:.4f} ({mar['sem']:.4f}) "
+            f"| {np.mean([np.mean([r.val[k] for k in TASK_KEYS]) for r in runs]):.4f} "
             f"| {np.mean(best):.1f} ({min(best)}-{max(best)}) | {np.mean([r.epochs_run for r in runs]):.1f} "
             f"| {paper[0] if paper else '-'} | {paper[1] if paper else '-'} |"
         )
@@ -306,7 +308,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--data", default="../shared/data/census-income-kdd", help="census-income directory")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--seeds", type=int, nargs="*", default=[0, 1, 2, 3, 4], help="none: only merge --resume"
+    )
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--max-epochs", type=int, default=100)
     parser.add_argument("--patience", type=int, default=5)
