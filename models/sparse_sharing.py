@@ -260,7 +260,7 @@ class MaskedSharingModel(MultiTaskModel):
         return {**metrics, **self.mask_statistics(), "masks_fixed": float(self.mask_final.all())}
 
     def selection_ready(self) -> bool:
-        """Checkpoints are comparable only once every mask is fixed (rewinds reset the MLP before that)."""
+        """Checkpoints are comparable only once every mask is fixed (rewinds reset the model before that)."""
         return bool(self.mask_final.all())
 
     # export ---------------------------------------------------------------------------------------------------
