@@ -9,8 +9,9 @@
 #   1. CSRec's reverse ratio (not given by the paper) chosen on validation, seed 0: 0.1 / 0.3 / 0.5.
 #   2. Census-income, CSRec Table 4: mmoe, ple, sparse-sharing, csrec (+ ablations csrec-at, csrec-cl,
 #      csrec-flip-both), seeds 0-4.
-#   3. GRec Table 1 on the multi-flow world: token, sentence, task, task_sentence routing and mmoe, seeds 0-4.
-#   4. GRec on census-income for reference: token, task_sentence and mmoe, seeds 0-4.
+#   3. GRec Table 1 on the multi-flow world: token, sentence, task, task_sentence routing, mmoe and a
+#      parameter-matched mmoe, seeds 0-4.
+#   4. GRec on census-income for reference: token, task_sentence, mmoe, mmoe-matched, seeds 0-4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${1:-cpu}
@@ -39,13 +40,13 @@ for group in "mmoe ple" "sparse-sharing csrec" "csrec-at csrec-cl" "csrec-flip-b
     --output "$WORK" --name "csrec_${group// /_}"
 done
 # 3. GRec on the multi-flow world
-for group in "token mmoe" "task_sentence" "sentence" "task"; do
+for group in "token mmoe mmoe-matched" "task_sentence" "sentence" "task"; do
   run "grec_mf_${group// /_}" benchmarks.bench_grec_routing --dataset multiflow --variants $group \
     --output "$WORK" --name "grec_mf_${group// /_}"
 done
 # 4. GRec on census-income (reference)
 run grec_census benchmarks.bench_grec_routing --dataset census --data "$CENSUS" \
-  --variants token task_sentence mmoe --output "$WORK" --name grec_census
+  --variants token task_sentence mmoe mmoe-matched --output "$WORK" --name grec_census
 wait
 
 # merge (no training: every (model, seed) is already in the partial files)
