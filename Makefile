@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# tritonclient[grpc] pins protobuf < 7, ours is >= 7: the test that calls the ranker with NVIDIA's client runs
+# it from its own venv, as a backend built for Triton runs in its own process.
+CLIENT_VENV := .venv-tritonclient
+CLIENT_STAMP := $(CLIENT_VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -15,10 +19,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+$(CLIENT_STAMP):
+	$(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/python -m pip install --quiet "tritonclient[grpc]==2.73.0"
+	touch $(CLIENT_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m deploy.demo $(DEMO_ARGS)
 
-test: $(STAMP) browser
+test: $(STAMP) $(CLIENT_STAMP) browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -35,4 +44,4 @@ proto: $(STAMP)
 	$(PY) -m proto.codegen
 
 clean:
-	rm -rf $(VENV) .data
+	rm -rf $(VENV) $(CLIENT_VENV) .data

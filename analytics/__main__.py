@@ -5,8 +5,9 @@ Examples::
     python -m analytics compare --input arms.json
     python -m analytics srm --counts 1000 1200 --weights 0.5 0.5
     python -m analytics power --metric-type binomial --baseline 0.1 --users 20000
-    python -m analytics report ranking-dml --store events.db --metrics analytics/examples/metrics.yaml
-    python -m analytics serve --store events.db --metrics analytics/examples/metrics.yaml --port 8080
+    python -m analytics report ranking-dml --store .data/analytics/events --metrics analytics/examples/metrics.yaml
+    python -m analytics serve --store clickhouse://ch:8123/mtrank --metrics analytics/examples/metrics.yaml
+    python -m analytics migrate --from events.db --to .data/analytics/events
 """
 
 from __future__ import annotations
@@ -99,17 +100,35 @@ def _cmd_power(args: argparse.Namespace) -> None:
     _print_json(out)
 
 
-def _open(args: argparse.Namespace) -> tuple[Any, Any]:
-    from analytics.metrics import load_analysis_config
-    from analytics.store import StoreError, open_store
+def _open_existing_store(spec: str) -> Any:
+    """The store ``spec`` names; a local one must exist already (readers never create one)."""
+    from analytics.store import StoreError, is_local_store, open_store
 
-    config = load_analysis_config(args.metrics)
-    if not Path(args.store).is_file():
-        raise CliError(f"no event store at {args.store}")
+    if is_local_store(spec) and not Path(spec.split("://", 1)[-1]).exists():
+        raise CliError(f"no event store at {spec}")
     try:
-        return open_store(args.store), config
+        return open_store(spec)
     except StoreError as exc:
         raise CliError(str(exc)) from exc
+
+
+def _open(args: argparse.Namespace) -> tuple[Any, Any]:
+    from analytics.metrics import load_analysis_config
+
+    config = load_analysis_config(args.metrics)
+    return _open_existing_store(args.store), config
+
+
+def _cmd_migrate(args: argparse.Namespace) -> None:
+    from analytics.migrate import MigrationError, migrate_sqlite
+    from analytics.store import StoreError, open_store
+
+    try:
+        with open_store(args.to) as store:
+            counts = migrate_sqlite(Path(args.source), store, chunk=args.chunk)
+    except (MigrationError, StoreError) as exc:
+        raise CliError(str(exc)) from exc
+    _print_json({"from": args.source, "to": args.to, **counts})
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -132,8 +151,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     store, config = _open(args)
     with store:
         server = AnalyticsServer(
-            store, config, host=args.host, port=args.port, cache_seconds=args.cache_seconds
-        )
+            store, config, host=args.host, port=args.port, cache_seconds=args.cache_seconds,
+            threads=args.threads, idle_timeout_s=args.idle_timeout,
+        )  # fmt: skip
         print(f"dashboard: {server.url}/", flush=True)
         try:
             server.serve_forever()
@@ -191,7 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     power.set_defaults(func=_cmd_power)
 
     store_options = argparse.ArgumentParser(add_help=False)
-    store_options.add_argument("--store", required=True, help="SQLite event store written by the consumer")
+    store_options.add_argument(
+        "--store",
+        required=True,
+        help="event store written by the consumer: its folder (embedded DuckDB store), duckdb:///path, or "
+        "clickhouse://[user[:password]@]host[:port]/database",
+    )
     store_options.add_argument("--metrics", required=True, help="analysis config YAML (metrics and settings)")
 
     report = sub.add_parser(
@@ -215,7 +240,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--cache-seconds", type=float, default=2.0, help="how long a computed report is reused"
     )
+    serve.add_argument("--threads", type=int, default=16, help="connections handled at once")
+    serve.add_argument(
+        "--idle-timeout", type=float, default=10.0, help="seconds a silent client may hold a connection"
+    )
     serve.set_defaults(func=_cmd_serve)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="copy a SQLite event store (the previous format) into a DuckDB folder or ClickHouse",
+        description="Copies every first exposure and outcome of a SQLite event store and its Kafka offsets, then "
+        "checks that the target holds as many exposed users and outcomes as the source.",
+        formatter_class=formatter,
+    )
+    migrate.add_argument("--from", dest="source", required=True, help="the SQLite file (events.db)")
+    migrate.add_argument(
+        "--to", required=True, help="a new store folder, duckdb:///path, or clickhouse://host:port/db"
+    )
+    migrate.add_argument("--chunk", type=int, default=500_000, help="events copied per commit")
+    migrate.set_defaults(func=_cmd_migrate)
     return parser
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from analytics.metrics import AnalysisConfig, EventStore, MetricDefinition, aggregate
+from analytics.metrics import AnalysisConfig, EventStore, MetricDefinition
 from analytics.stats.analysis import AnalysisSettings, Comparison, adjusted_p_values, compare_to_control
 from analytics.stats.messages import MESSAGES
 from analytics.stats.models.results import FrequentistResult
@@ -205,14 +205,15 @@ def analysis_settings(config: AnalysisConfig) -> AnalysisSettings:
 
 
 def _variants_and_control(
-    store: EventStore, config: AnalysisConfig, experiment_key: str
+    store: EventStore, config: AnalysisConfig, experiment_key: str, users: dict[str, int] | None = None
 ) -> tuple[dict[str, int], str | None, dict[str, float]]:
     """Users per variant (configured variants included at 0), the control key and normalised weights.
 
     The control is the configured one, else a variant named "control", else the first key in sort order.
+    ``users`` are the exposed users per variant when already known (else the store is asked).
     """
     settings = config.experiment(experiment_key)
-    counts = dict(store.variant_counts(experiment_key))
+    counts = dict(store.variant_counts(experiment_key) if users is None else users)
     for key in settings.weights or {}:
         counts.setdefault(key, 0)
     counts = dict(sorted(counts.items()))
@@ -228,9 +229,9 @@ def _variants_and_control(
 
 
 def _summary_parts(
-    store: EventStore, config: AnalysisConfig, experiment_key: str
+    store: EventStore, config: AnalysisConfig, experiment_key: str, users: dict[str, int] | None = None
 ) -> tuple[str | None, list[VariantSummary], SrmResult, int]:
-    counts, control, weights = _variants_and_control(store, config, experiment_key)
+    counts, control, weights = _variants_and_control(store, config, experiment_key, users)
     total = sum(counts.values())
     variants = [
         VariantSummary(
@@ -278,14 +279,10 @@ def _empty_statistic(metric: MetricDefinition) -> TestStatistic:
     return zero
 
 
-def _metric_statistics(
-    metric: MetricDefinition,
-    store: EventStore,
-    experiment_key: str,
-    keys: list[str],
-    until_ms: int | None = None,
+def _complete(
+    metric: MetricDefinition, stats: dict[str, TestStatistic], experiment_key: str, keys: list[str]
 ) -> dict[str, TestStatistic]:
-    stats = aggregate(metric, store, experiment_key, until_ms)
+    """``stats`` for exactly the report's variants (an empty statistic where a variant has no users yet)."""
     unknown = sorted(set(stats) - set(keys))
     if unknown:
         logger.warning(
@@ -393,23 +390,17 @@ def _cut_points(start_ms: int, end_ms: int, points: int) -> list[int]:
 
 
 def _timeline(
-    store: EventStore,
     config: AnalysisConfig,
-    experiment_key: str,
-    keys: list[str],
+    definitions: list[MetricDefinition],
     control: str,
-    start_ms: int,
-    end_ms: int,
+    cuts: list[int],
+    statistics: list[list[dict[str, TestStatistic]]],
 ) -> list[TimelinePoint]:
+    """Cumulative lifts at each cut from the statistics computed for it (``statistics[cut][metric]``)."""
     settings = analysis_settings(config)
     points = []
-    cuts = _cut_points(start_ms, end_ms, config.timeline_points)
-    for until_ms in cuts:
-        # The last point reads everything, so it equals the metric table even for outcomes logged after
-        # the last exposure.
-        read_until = None if until_ms == cuts[-1] else until_ms
-        for metric in config.metrics_for(experiment_key):
-            stats = _metric_statistics(metric, store, experiment_key, keys, read_until)
+    for until_ms, per_metric in zip(cuts, statistics, strict=True):
+        for metric, stats in zip(definitions, per_metric, strict=True):
             for key, comparison in compare_to_control(stats, control, settings, metric.inverse).items():
                 result = comparison.primary(settings.difference_type)
                 points.append(
@@ -436,13 +427,16 @@ def traffic_bucket_ms(start_ms: int, end_ms: int, target_buckets: int = 48) -> i
     return week * math.ceil(wanted / week)
 
 
-def _traffic(store: EventStore, experiment_key: str, bucket_ms: int) -> list[TrafficPoint]:
+def _traffic(
+    store: EventStore, experiment_key: str, bucket_ms: int
+) -> tuple[list[TrafficPoint], dict[str, int]]:
+    """The traffic chart's points and the users per variant they add up to."""
     cumulative: dict[str, int] = {}
     points = []
     for bucket_start, variant, new_users in sorted(store.exposure_timeline(experiment_key, bucket_ms)):
         cumulative[variant] = cumulative.get(variant, 0) + new_users
         points.append(TrafficPoint(bucket_start, variant, new_users, cumulative[variant]))
-    return points
+    return points, cumulative
 
 
 def build_report(
@@ -455,21 +449,32 @@ def build_report(
     """
     if experiment_key not in store.experiments():
         raise KeyError(f"unknown experiment {experiment_key!r}")
-    control, variants, srm, total = _summary_parts(store, config, experiment_key)
-    keys = [v.key for v in variants]
     definitions = config.metrics_for(experiment_key)
-    statistics = [_metric_statistics(metric, store, experiment_key, keys) for metric in definitions]
-    metrics = analyse_metrics(config, definitions, statistics, control)
-    start_ms = end_ms = bucket_ms = None
-    timeline: list[TimelinePoint] = []
+    start_ms, end_ms = store.time_range(experiment_key)
+    bucket_ms = None
     traffic: list[TrafficPoint] = []
-    if total > 0:
-        start_ms, end_ms = store.time_range(experiment_key)
-        if with_timeline:
-            bucket_ms = traffic_bucket_ms(start_ms, end_ms)
-            traffic = _traffic(store, experiment_key, bucket_ms)
-            if control is not None and config.timeline_points > 0:
-                timeline = _timeline(store, config, experiment_key, keys, control, start_ms, end_ms)
+    users: dict[str, int] | None = None
+    cuts: list[int] = []
+    if with_timeline:
+        bucket_ms = traffic_bucket_ms(start_ms, end_ms)
+        traffic, users = _traffic(store, experiment_key, bucket_ms)
+        if config.timeline_points > 0:
+            cuts = _cut_points(start_ms, end_ms, config.timeline_points)
+    # One read for the metric table and every timeline point: the last point reads everything, so it equals the
+    # metric table even for outcomes logged after the last exposure.
+    raw = store.metric_statistics(experiment_key, definitions, [*cuts[:-1], None])
+    if users is None and definitions:  # every user is in every metric's statistics
+        users = {variant: stat.n for variant, stat in raw[-1][0].items()}
+    control, variants, srm, total = _summary_parts(store, config, experiment_key, users)
+    keys = [v.key for v in variants]
+    per_cut = [
+        [_complete(m, stats, experiment_key, keys) for m, stats in zip(definitions, per_metric, strict=True)]
+        for per_metric in raw
+    ]
+    metrics = analyse_metrics(config, definitions, per_cut[-1], control)
+    timeline = _timeline(config, definitions, control, cuts, per_cut) if cuts and control is not None else []
+    if total == 0:
+        start_ms = end_ms = bucket_ms = None
     return ExperimentReport(
         experiment_key=experiment_key,
         status=config.experiment(experiment_key).status,
@@ -521,13 +526,13 @@ def format_report_table(report: dict[str, Any]) -> str:
         for row in metric["variants"]:
             lift = row["relative_lift" if relative else "absolute_lift"] or {}
             ci = lift.get("ci")
-            ci_text = "-" if ci is None else f"[{format(ci[0], lift_pattern)}, {format(ci[1], lift_pattern)}]"
+            ci_text = "-" if ci is None or None in ci else f"[{format(ci[0], lift_pattern)}, {format(ci[1], lift_pattern)}]"
             mark = "control" if row["is_control"] else ("yes" if row["significant"] else "no")
             if row["error"]:
                 mark = row["error"]
                 errors.add(row["error"])
             lines.append(
-                f"  {row['variant']:<16}{row['users']:>9}{row['value']:>12.5g}"
+                f"  {row['variant']:<16}{row['users']:>9}{_format(row['value'], '.5g'):>12}"
                 f"{_format(lift.get('estimate'), lift_pattern):>10}{ci_text:>22}"
                 f"{_format_p(row['p_value']):>9}{_format_p(row['adjusted_p_value']):>9}  {mark}"
             )

@@ -10,6 +10,11 @@ Routes (GET only):
 Reports are cached for ``cache_seconds`` so a dashboard refreshing every few seconds in several tabs costs
 one analysis per experiment and interval. The store is only read under one lock, so a store whose
 connection is not safe for concurrent use is fine.
+
+Facing untrusted clients: connections are served by a bounded pool of threads with an idle timeout (a client
+that stops sending is dropped), and beyond a bounded queue new connections get 503 at once; odd paths (NUL
+bytes, very long ones) are 400/414, never 500; errors never echo what the client sent; every response says
+``X-Content-Type-Options: nosniff``; the ``Server`` header names no Python version.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import mimetypes
+import socket
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -32,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 _API_PREFIX = "/api/experiments"
+MAX_PATH_CHARS = 2048
+_SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"))
 
 
 class ReportCache:
@@ -76,12 +85,31 @@ class _Handler(BaseHTTPRequestHandler):
     cache: ReportCache
     dashboard_dir: Path
     server_version = "mtrank-analytics"
+    timeout = 10.0  # seconds a client may stay silent (socket timeout); set per server
+
+    def version_string(self) -> str:
+        return self.server_version  # http.server appends the Python version
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         logger.debug("%s " + format, self.address_string(), *args)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server's own errors (malformed request line, header too long...): plain text, no echo of input,
+        # with a status line even when the request line was unreadable (http.server would then assume HTTP/0.9)
+        self.close_connection = True
+        self.request_version = "HTTP/1.0" if self.request_version == "HTTP/0.9" else self.request_version
+        self._send(
+            code, "text/plain; charset=utf-8", f"{code} {self.responses.get(code, ('error',))[0]}".encode()
+        )
+
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        if len(self.path) > MAX_PATH_CHARS:
+            self._send_json(414, {"error": f"the path is longer than {MAX_PATH_CHARS} characters"})
+            return
         path = unquote(urlsplit(self.path).path)
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+            self._send_json(400, {"error": "the path contains control characters"})
+            return
         try:
             if path == "/healthz":
                 self._send(200, "text/plain; charset=utf-8", b"ok")
@@ -91,21 +119,28 @@ class _Handler(BaseHTTPRequestHandler):
                 key = path[len(_API_PREFIX) + 1 : -len("/report")]
                 report = self.cache.report(key)
                 if report is None:
-                    self._send_json(404, {"error": f"unknown experiment {key!r}"})
+                    self._send_json(404, {"error": "unknown experiment; GET /api/experiments lists them"})
                 else:
                     self._send_json(200, report)
             elif path.startswith("/api/"):
-                self._send_json(404, {"error": f"no such endpoint {path}"})
+                self._send_json(404, {"error": "no such endpoint"})
             else:
                 self._send_file(path)
+        except (ConnectionError, TimeoutError):  # the client left or stalled mid-answer: nothing to tell it
+            logger.debug("client %s went away while %s was sent", self.address_string(), path[:200])
+            self.close_connection = True
         except Exception:
-            logger.exception("error serving %s", path)
+            logger.exception("error serving %s", path[:200])
             self._send_json(500, {"error": "internal error, see the server log"})
 
     def _send_file(self, path: str) -> None:
         root = self.dashboard_dir.resolve()
-        file = (root / ("index.html" if path in ("", "/") else path.lstrip("/"))).resolve()
-        if not file.is_relative_to(root) or not file.is_file():
+        try:
+            file = (root / ("index.html" if path in ("", "/") else path.lstrip("/"))).resolve()
+            found = file.is_relative_to(root) and file.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, ...
+            found = False
+        if not found:
             self._send(404, "text/plain; charset=utf-8", b"not found")
             return
         ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
@@ -121,8 +156,64 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in _SECURITY_HEADERS:
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+
+class _BoundedHTTPServer(HTTPServer):
+    """An HTTPServer whose connections are handled by ``threads`` pooled threads; at most ``backlog``
+    connections wait for one, beyond that a connection is answered 503 and closed at once."""
+
+    request_queue_size = 128  # the kernel's accept queue: a burst is accepted (and answered), not left hanging
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], threads: int, backlog: int
+    ):
+        super().__init__(address, handler)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="analytics-http")
+        self._limit = threads + backlog
+        self._open = 0
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            admitted = self._open < self._limit
+            if admitted:
+                self._open += 1
+        if not admitted:
+            _refuse(request)
+            self.shutdown_request(request)
+            return
+        self._pool.submit(self._handle, request, client_address)
+
+    def _handle(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - one connection's failure is logged, never fatal for the server
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            with self._open_lock:
+                self._open -= 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.debug("connection from %s failed", client_address, exc_info=True)  # timeouts, resets
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _refuse(request: socket.socket) -> None:
+    body = b"503 busy, retry later"
+    head = f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+    try:
+        request.settimeout(1.0)
+        request.sendall(head.encode() + b"Retry-After: 1\r\nConnection: close\r\n\r\n" + body)
+    except OSError:
+        pass
 
 
 class AnalyticsServer:
@@ -135,6 +226,9 @@ class AnalyticsServer:
         port: port to bind; 0 picks a free one (see ``port`` after ``start``).
         dashboard_dir: folder of the static dashboard files.
         cache_seconds: how long a computed report is reused.
+        threads: connections handled at once.
+        backlog: connections waiting for a thread; more get 503 at once.
+        idle_timeout_s: a client silent this long (mid-request or while reading the answer) is dropped.
     """
 
     def __init__(
@@ -145,14 +239,20 @@ class AnalyticsServer:
         port: int = 8080,
         dashboard_dir: Path = DASHBOARD_DIR,
         cache_seconds: float = 2.0,
+        threads: int = 16,
+        backlog: int = 64,
+        idle_timeout_s: float = 10.0,
     ) -> None:
         handler = type(
             "Handler",
             (_Handler,),
-            {"cache": ReportCache(store, config, cache_seconds), "dashboard_dir": dashboard_dir},
+            {
+                "cache": ReportCache(store, config, cache_seconds),
+                "dashboard_dir": dashboard_dir,
+                "timeout": idle_timeout_s,
+            },
         )
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _BoundedHTTPServer((host, port), handler, threads, backlog)
         self._thread: threading.Thread | None = None
 
     @property

@@ -11,6 +11,9 @@ A ~1M-parameter MMoE (``models.create_model("mmoe")``, 3 tasks) scores 500 candi
       server around this model, without the ranker's work (checks, routing, features, scores, top-k);
       (c2) the same servicer calling ORT inline on its event loop (which blocks the loop: what the executor
       hand-off costs).
+  (d) the same server for a user in an interleaving experiment: both arms' models (the same MMoE with other
+      weights as v2) score the candidates through their batchers, then the team-draft merge, at concurrency 1
+      and 16: the latency cost of interleaving over (c).
 Prints p50/p99 latency, requests/s and the ratios against the targets:
   server p50 (concurrency 1) <= 1.3 x raw ORT p50 + 1 ms;  server req/s at concurrency 16 >= 90% of raw ORT req/s.
 
@@ -61,14 +64,14 @@ TASKS = (
 N_ITEMS = 20_000
 
 
-def build_model() -> torch.nn.Module:
+def build_model(seed: int = 0) -> torch.nn.Module:
     features = FeatureSpec(
         sparse_vocab_sizes=USER_VOCABS + ITEM_VOCABS,
         n_dense=USER_DENSE + ITEM_DENSE,
         embedding_dim=16,
         sparse_names=("user_id", "user_segment", "item_id", "item_category"),
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = create_model(
         "mmoe",
         features=features,
@@ -140,6 +143,18 @@ def request_rows(
     return items["ids"][pick], sparse, dense
 
 
+def uptime() -> str:
+    """The machine's load, as `uptime` prints it: results files report it next to every timing."""
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def emit(text: str, out: Path | None) -> None:
+    """Print a results table and, when asked, write it to ``out``."""
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+
+
 def timed(result: Result, fn: Callable[[], object], n: int) -> None:
     """Call ``fn`` ``n`` times, adding each latency and the wall time to ``result``."""
     start = time.perf_counter()
@@ -163,8 +178,8 @@ def ort_session(model_path: Path, threads: int, spinning: str) -> ort.InferenceS
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
-async def server_round(stub, request, result: Result, concurrency: int, n: int) -> None:
-    """``n`` Rank calls spread over ``concurrency`` concurrent callers on one channel."""
+async def server_round(call, request, result: Result, concurrency: int, n: int) -> None:
+    """``n`` unary calls (``call``: a grpc.aio stub method) spread over ``concurrency`` concurrent callers."""
     remaining = n
 
     async def caller() -> None:
@@ -172,7 +187,7 @@ async def server_round(stub, request, result: Result, concurrency: int, n: int) 
         while remaining > 0:
             remaining -= 1
             t = time.perf_counter()
-            await stub.Rank(request, timeout=30)
+            await call(request, timeout=30)
             result.latencies_s.append(time.perf_counter() - t)
 
     start = time.perf_counter()
@@ -186,16 +201,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+DEFAULTS_ONLY = (
+    "version: 1\ndefaults:\n  retrieval: {model_name: none, model_version: '1'}\n"
+    "  ranking: {model_name: bench-mmoe, model_version: '1', task_weights: {click: 1.0, like: 0.5, watch: 0.1}}\n"
+    "experiments: []\n"
+)
+WEIGHTS = "task_weights: {click: 1.0, like: 0.5, watch: 0.1}"
+WITH_INTERLEAVING = (  # requests with attribute bench=interleave are interleaved: bench-mmoe v1 and v2
+    DEFAULTS_ONLY.removesuffix("experiments: []\n")
+    + "experiments:\n"
+    "  - {key: bench-interleave, kind: interleaving, stage: ranking, status: running,\n"
+    "     condition: {bench: interleave}, variations: [\n"
+    f"       {{key: a, payload: {{model_name: bench-mmoe, model_version: '1', {WEIGHTS}}}}},\n"
+    f"       {{key: b, payload: {{model_name: bench-mmoe, model_version: '2', {WEIGHTS}}}}}]}}\n"
+)
+
+
 def start_server(
-    repository: Path, threads: int, metrics_port: int, extra: list[str]
+    repository: Path,
+    threads: int,
+    metrics_port: int,
+    extra: list[str],
+    experiments: str = DEFAULTS_ONLY,
+    port: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m ranker_server`` with the ``experiments`` config on ``port`` (default: a free one); returns it
+    once its health service says SERVING."""
     config = repository / "experiments.yaml"
-    config.write_text(
-        "version: 1\ndefaults:\n  retrieval: {model_name: none, model_version: '1'}\n"
-        "  ranking: {model_name: bench-mmoe, model_version: '1', task_weights: {click: 1.0, like: 0.5, watch: 0.1}}\n"
-        "experiments: []\n"
-    )
-    port = free_port()
+    config.write_text(experiments)
+    port = port or free_port()
     command = [
         sys.executable,
         "-m",
@@ -231,7 +265,12 @@ def start_server(
 
 
 def serve_floor(
-    model_path: str, threads: int, top_k: int, inline: bool, ports: multiprocessing.Queue
+    model_path: str,
+    threads: int,
+    top_k: int,
+    inline: bool,
+    ports: multiprocessing.Queue,
+    spinning: str = "during runs",
 ) -> None:
     """Rows (c1)/(c2): a bare grpc.aio Ranker that only runs raw ORT, in an executor thread or ``inline``."""
     import concurrent.futures
@@ -241,7 +280,7 @@ def serve_floor(
 
     from proto import common_pb2, ranking_pb2, ranking_pb2_grpc
 
-    session = ort_session(Path(model_path), threads, "during runs")  # as the server's lone requests
+    session = ort_session(Path(model_path), threads, spinning)  # default: as the server's lone requests
     request = np.load(Path(model_path).with_name("floor_request.npz"))
     feeds = {"sparse": request["sparse"], "dense": request["dense"]}
     logits = session.run(["logits"], feeds)[0][:top_k]
@@ -273,22 +312,30 @@ def serve_floor(
     uvloop.run(main())  # the loop the server runs on by default (--event-loop uvloop)
 
 
-def start_floor(package: Path, threads: int, inline: bool) -> tuple[multiprocessing.Process, str]:
+def start_floor(
+    package: Path, threads: int, inline: bool, spinning: str = "during runs"
+) -> tuple[multiprocessing.Process, str]:
     """Start a (c1)/(c2) floor servicer in a fresh process; returns it and its target."""
     context = multiprocessing.get_context("spawn")  # no torch threads or gRPC state inherited
     ports = context.Queue()
-    args = (str(package / "model.onnx"), threads, 100, inline, ports)
+    args = (str(package / "model.onnx"), threads, 100, inline, ports, spinning)
     proc = context.Process(target=serve_floor, args=args, daemon=True)
     proc.start()
     return proc, f"127.0.0.1:{ports.get(timeout=120)}"
 
 
-def rank_request(ids: np.ndarray):
-    """The benchmark's Rank request: one user, the given candidates, top 100 returned."""
+def rank_request(ids: np.ndarray, interleaved: bool = False):
+    """The benchmark's Rank request: one user, the given candidates, top 100 returned.
+
+    ``interleaved``: the user is in the interleaving experiment (two models, team-draft merge); the request id
+    is fixed, so every call draws the same coins (the merge's cost does not depend on them).
+    """
     from proto import ranking_pb2
 
     return ranking_pb2.RankRequest(
+        request_id="bench-request" if interleaved else "",
         user_id="bench-user",
+        attributes={"bench": "interleave"} if interleaved else {},
         user_sparse=[123, 7],
         user_dense=[0.1, -0.2, 0.3, 0.0],
         candidate_ids=ids.tolist(),
@@ -339,9 +386,12 @@ async def measure(
         return call
 
     eager_runs = {f"(b) PyTorch eager, {t} threads": eager(t) for t in sorted({1, args.threads})}
-    request = rank_request(ids)
+    request, interleaved_request = rank_request(ids), rank_request(ids, interleaved=True)
     results = {name: Result(name) for name in [*local, *eager_runs]}
     server = {c: Result(f"(c) server end to end, concurrency {c}") for c in (1, 16)}
+    interleaved = {
+        c: Result(f"(d) server, interleaved (two models + team draft), concurrency {c}") for c in (1, 16)
+    }
     transport = Result("(c0) gRPC round trip of a health check (transport floor)")
     bare = Result("(c1) bare grpc.aio servicer running the raw ORT call (gRPC + executor floor)")
     inline = Result("(c2) the same, ORT called inline on the event loop (gRPC floor; blocks the loop)")
@@ -361,12 +411,14 @@ async def measure(
             (bare, lambda: bare_rank(request, timeout=30)),
             (inline, lambda: inline_rank(request, timeout=30)),
             (server[1], lambda: rank(request, timeout=30)),
+            (interleaved[1], lambda: rank(interleaved_request, timeout=30)),
         ]
         async with aio.insecure_channel(target) as channel:
             stub = ranking_pb2_grpc.RankerStub(channel)
             for fn in [*local.values(), *(fn for _, fn in calls)]:  # warm-up
                 timed(Result("warm-up"), fn, 20)
-            await server_round(stub, request, Result("warm-up"), 16, 64)
+            await server_round(stub.Rank, request, Result("warm-up"), 16, 64)
+            await server_round(stub.Rank, interleaved_request, Result("warm-up"), 16, 64)
             for _ in tqdm(range(args.rounds), desc="rounds"):
                 for name, fn in local.items():
                     timed(results[name], fn, per_round)
@@ -374,8 +426,9 @@ async def measure(
                     timed(results[name], fn, 1)
                 for result, fn in calls:
                     timed(result, fn, per_round)
-                await server_round(stub, request, server[16], 16, 32)
-    return [*results.values(), transport, bare, inline, *server.values()]
+                await server_round(stub.Rank, request, server[16], 16, 32)
+                await server_round(stub.Rank, interleaved_request, interleaved[16], 16, 32)
+    return [*results.values(), transport, bare, inline, *server.values(), *interleaved.values()]
 
 
 def server_totals(metrics_port: int) -> dict[str, float]:
@@ -426,15 +479,19 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = os.getloadavg()[0]
     model = build_model()
+    second = build_model(seed=1)  # the interleaving experiment's other arm: same size, other weights
     params = sum(p.numel() for p in model.parameters())
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
         repository = Path(tmp)
         package = write_package(model, repository)
+        write_package(second, repository, version="2")
         ids, sparse, dense = request_rows(package, args.candidates, rng)
         metrics_port = free_port()
-        proc, target = start_server(repository, args.threads, metrics_port, args.server_args.split())
+        proc, target = start_server(
+            repository, args.threads, metrics_port, args.server_args.split(), WITH_INTERLEAVING
+        )
         np.savez(package / "floor_request.npz", ids=ids, sparse=sparse, dense=dense)
         floors = [start_floor(package, args.threads, inline) for inline in (False, True)]
         try:
@@ -453,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     throughput_floor = ort_runs[ORT_NAME.format(args.threads, "off")]
     fastest = min(ort_runs.values(), key=lambda r: r.p50_ms)
     eager = min((r for r in results if r.name.startswith("(b)")), key=lambda r: r.p50_ms)
-    bare, inline, server1, server16 = results[-4:]
+    bare, inline, server1, server16, interleaved1, interleaved16 = results[-6:]
     latency_target_ms = 1.3 * floor.p50_ms + 1.0
     strict_target_ms = 1.3 * fastest.p50_ms + 1.0
     lines = [
@@ -478,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
         f"by req/s ({max(r.rps for r in ort_runs.values()):.0f}): "
         f"{server16.rps / max(r.rps for r in ort_runs.values()):.0%}",
         f"PyTorch eager (best thread count) / raw ORT p50: {eager.p50_ms / floor.p50_ms:.2f}x",
+        f"Interleaving cost (d vs c, same rounds): p50 at concurrency 1 {interleaved1.p50_ms:.3f} vs "
+        f"{server1.p50_ms:.3f} ms (+{interleaved1.p50_ms - server1.p50_ms:.3f} ms, x{interleaved1.p50_ms / server1.p50_ms:.2f}); "
+        f"min {interleaved1.min_ms:.3f} vs {server1.min_ms:.3f} ms; req/s at concurrency 16 {interleaved16.rps:.0f} vs "
+        f"{server16.rps:.0f} ({interleaved16.rps / server16.rps:.0%}): an interleaved request runs both models "
+        "(twice the ONNX Runtime work, in parallel) and merges them.",
         f"Budget over raw ORT p50 at concurrency 1: the target allows {latency_target_ms - floor.p50_ms:.3f} ms; "
         f"gRPC + executor alone (c1) take {bare.p50_ms - floor.p50_ms:.3f} ms, leaving "
         f"{latency_target_ms - bare.p50_ms:.3f} ms for the ranker's own work, which takes "

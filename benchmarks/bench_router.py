@@ -6,6 +6,9 @@ slow machine.
 
     python -m benchmarks.bench_router                       # prints and writes benchmarks/results/router.txt
     python -m benchmarks.bench_router --bulk-users 200000   # quicker
+
+The last table times one batch of `--long-batch` ordinary ids against the same batch with one id of
+`--long-id-chars` characters: the bulk path must not pay users x longest id in time or memory.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import os
 import platform
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,6 +103,36 @@ def hashlib_assign(seeds: list[bytes], users: list[bytes]) -> None:
             _ = 0 if n < 0.5 else 1
 
 
+def peak_mib(fn: Callable[[], object]) -> float:
+    """Peak memory traced while `fn` runs (numpy buffers included), in MiB."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def long_id_rows(router: Router, batch: int, long_chars: int, attrs: dict, repeat: int) -> list[str]:
+    """Bulk time and peak memory of a batch of ordinary ids, then of the same batch with one very long id."""
+    ordinary = [f"user-{i}" for i in range(batch)]
+    with_long = ["x" * long_chars, *ordinary[1:]]
+    lines = [
+        f"{'one long id in a bulk batch':<44}{'ms':>10}{'peak MiB':>10}{'x ordinary':>12}",
+    ]
+    base_time = base_mem = 0.0
+    for label, ids in (
+        (f"{batch:,} ordinary ids", ordinary),
+        (f"{batch:,} ids, one of {long_chars:,} chars", with_long),
+    ):
+        router.assign_many(ids, attrs)
+        sec = best_of(lambda ids=ids: router.assign_many(ids, attrs), repeat)
+        mem = peak_mib(lambda ids=ids: router.assign_many(ids, attrs))
+        base_time, base_mem = (sec, mem) if not base_time else (base_time, base_mem)
+        lines.append(f"{label:<44}{sec * 1e3:>10.2f}{mem:>10.2f}{sec / base_time:>12.2f}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,6 +140,8 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=20, help="running experiments")
     parser.add_argument("--users", type=int, default=5000, help="users for the per-user (scalar) timing")
     parser.add_argument("--bulk-users", type=int, default=1_000_000, help="users for the vectorised timing")
+    parser.add_argument("--long-batch", type=int, default=2000, help="batch size of the long-id case")
+    parser.add_argument("--long-id-chars", type=int, default=13_919, help="length of the one long id")
     parser.add_argument("--repeat", type=int, default=5, help="take the best of this many runs")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/router.txt"))
     args = parser.parse_args()
@@ -168,6 +204,8 @@ def main() -> None:
     )
     lines.append(f"(bulk = {args.bulk_users:,} users x {n_exp} experiments in {bulk_time:.2f} s, ids->array included; "
                  f"bulk == scalar on 2,000 users: {agree})")  # fmt: skip
+    lines.append("")
+    lines.extend(long_id_rows(full, args.long_batch, args.long_id_chars, attrs, args.repeat))
     text = "\n".join(lines) + "\n"
     print(text, end="")
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,15 @@ assignments = router.assign("user-42", {"country": "NL"})
 """
 
 from experiment_router.errors import ConfigError, RouterError
-from experiment_router.router import Assignment, Payload, Router
+from experiment_router.router import Arm, Assignment, Interleaving, Payload, Router
 from experiment_router.sticky import InMemoryStickyBucketStore, StickyBucketStore
 
 __all__ = [
+    "Arm",
     "Assignment",
     "ConfigError",
     "InMemoryStickyBucketStore",
+    "Interleaving",
     "Payload",
     "Router",
     "RouterError",

@@ -17,6 +17,7 @@ from experiment_router.conformance import load_cases, run_suite
 from experiment_router.errors import ConfigError
 from experiment_router.loader import repository_checker
 from experiment_router.router import Router
+from experiment_router.schema import INTERLEAVED
 
 EXIT_CONFIG = 2
 EXIT_CONFORMANCE = 1
@@ -138,9 +139,10 @@ def cmd_assign(args: argparse.Namespace) -> int:
     for a in assignments:
         variant = a.variant_key if a.in_experiment else "-"
         log = "log exposure" if a.should_log else "no exposure"
+        served = [arm.payload for arm in a.interleaving.arms] if a.interleaving else [a.payload]
         print(
             f"{a.experiment_key:<{width}}  [{a.stage}/{a.layer or 'no layer'}]  variant={variant:<10}  "
-            f"{log:<12}  {a.reason}  -> {a.payload.model_name} v{a.payload.model_version}"
+            f"{log:<12}  {a.reason}  -> " + " + ".join(f"{p.model_name} v{p.model_version}" for p in served)
         )
     for stage, payload in router.payloads(assignments).items():
         weights = f" task_weights={dict(payload.task_weights)}" if payload.task_weights else ""
@@ -161,15 +163,19 @@ def cmd_preview(args: argparse.Namespace) -> int:
     print(f"{args.users} synthetic users, attributes {dict(args.attr) or '{}'}")
     for exp in router.config.experiments:
         chosen = result[exp.key]
-        counts = np.bincount(chosen + 1, minlength=len(exp.variations) + 1)
+        keys = [v.key for v in exp.variations]
+        # An interleaving experiment has one bucket: its users see both arms (QA users forced into one count in).
+        if exp.kind == "interleaving":
+            keys, chosen = [INTERLEAVED], np.minimum(chosen, 0)
+        counts = np.bincount(chosen + 1, minlength=len(keys) + 1)
         print(f"{exp.key} [{exp.stage}, {exp.status}]: {counts[0]} not in experiment")
         widths = np.array([hi - lo for lo, hi in router.ranges_of(exp.key)], dtype=float)
         observed = counts[1:]
-        for var, n, w in zip(exp.variations, observed, widths, strict=True):
+        for key, n, w in zip(keys, observed, widths, strict=True):
             share = n / observed.sum() if observed.sum() else 0.0
             expected = w / widths.sum() if widths.sum() else 0.0
-            print(f"  {var.key:<16} {n:>9}  {share:7.2%} (expected {expected:.2%})")
-        if observed.sum() > 0 and (widths > 0).all():
+            print(f"  {key:<16} {n:>9}  {share:7.2%} (expected {expected:.2%})")
+        if len(keys) > 1 and observed.sum() > 0 and (widths > 0).all():
             p = chisquare(observed, f_exp=widths / widths.sum() * observed.sum()).pvalue
             flag = "  <- sample ratio mismatch" if p < 0.001 else ""
             print(f"  SRM chi-square p-value: {p:.4f}{flag}")

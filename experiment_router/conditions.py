@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from functools import lru_cache
 from typing import Any
 
-from experiment_router.errors import UnknownOperatorError
+from experiment_router.errors import RegexError, UnknownOperatorError
+from experiment_router.jsregex import compile_js, js_text
+from experiment_router.jsvalues import js_string
 
 SavedGroups = Mapping[str, Iterable[Any]]
 
@@ -58,43 +59,43 @@ def eval_condition(
     return True
 
 
-def validate_condition(condition: Any, path: str = "condition") -> None:
-    """Reject malformed conditions and unknown operators.
+def validate_condition(condition: Any, keys: tuple[str | int, ...] = ()) -> None:
+    """Reject malformed conditions, unknown operators and regexes JavaScript reads otherwise.
 
     Raises:
-        UnknownOperatorError: naming the operator, where it is, and the known operators.
+        UnknownOperatorError: naming the operator, where it is (`keys`), and what is allowed.
     """
     if not isinstance(condition, Mapping):
-        raise UnknownOperatorError(f"{path}: a condition must be a mapping, got {type(condition).__name__}")
+        raise UnknownOperatorError(f"a condition must be a mapping, got {type(condition).__name__}", keys)
     for key, value in condition.items():
-        sub = f"{path}.{key}"
+        sub = (*keys, key)
         if key in ("$or", "$nor", "$and"):
             if not isinstance(value, list):
-                raise UnknownOperatorError(f"{sub}: expects a list of conditions")
+                raise UnknownOperatorError("expects a list of conditions", sub)
             for i, item in enumerate(value):
-                validate_condition(item, f"{sub}[{i}]")
+                validate_condition(item, (*sub, i))
         elif key == "$not":
             validate_condition(value, sub)
         elif key.startswith("$"):
             raise UnknownOperatorError(
-                f"{sub}: unknown logical operator {key!r}; allowed at this level: {sorted(LOGICAL_OPERATORS)}"
+                f"unknown logical operator {key!r}; allowed at this level: {sorted(LOGICAL_OPERATORS)}", sub
             )
         else:
             _validate_condition_value(value, sub)
 
 
-def _validate_condition_value(value: Any, path: str) -> None:
+def _validate_condition_value(value: Any, keys: tuple[str | int, ...]) -> None:
     if not isinstance(value, Mapping) or not value:
         return
     dollar = [k for k in value if isinstance(k, str) and k.startswith("$")]
     if not dollar:
         return
     if len(dollar) != len(value):
-        raise UnknownOperatorError(f"{path}: mixes operators {sorted(dollar)} with plain keys")
+        raise UnknownOperatorError(f"mixes operators {sorted(dollar)} with plain keys", keys)
     for op, arg in value.items():
-        sub = f"{path}.{op}"
+        sub = (*keys, op)
         if op not in VALUE_OPERATORS:
-            raise UnknownOperatorError(f"{sub}: unknown operator {op!r}; allowed: {sorted(VALUE_OPERATORS)}")
+            raise UnknownOperatorError(f"unknown operator {op!r}; allowed: {sorted(VALUE_OPERATORS)}", sub)
         if op in ("$not", "$size"):
             _validate_condition_value(arg, sub)
         elif op == "$elemMatch":
@@ -104,12 +105,12 @@ def _validate_condition_value(value: Any, path: str) -> None:
                 validate_condition(arg, sub)
         elif op in ("$all",) and isinstance(arg, list):
             for i, item in enumerate(arg):
-                _validate_condition_value(item, f"{sub}[{i}]")
+                _validate_condition_value(item, (*sub, i))
         elif op in ("$regex", "$regexi"):
             try:
-                _regex(arg, op == "$regexi")
-            except (re.error, TypeError) as exc:
-                raise UnknownOperatorError(f"{sub}: invalid regular expression {arg!r}: {exc}") from None
+                compile_js(arg, op == "$regexi")
+            except (RegexError, TypeError) as exc:
+                raise UnknownOperatorError(str(exc), sub) from None
 
 
 def _eval_or(attributes: Mapping[str, Any], conditions: list, groups: SavedGroups) -> bool:
@@ -171,17 +172,6 @@ def _js_type(value: Any) -> str:
     return "unknown"
 
 
-def _js_string(value: Any) -> str:
-    """JavaScript's String(value) for the scalar types conditions see."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
 def _to_js_number(value: Any) -> float:
     """JavaScript's Number(value) coercion used by relational comparisons of mixed types."""
     if value is None or value is False:
@@ -214,18 +204,13 @@ def _js_compare(actual: Any, expected: Any, op: Callable[[Any, Any], bool]) -> b
 def padded_version(value: Any) -> str:
     """Version string padded so that plain string comparison orders semver-like versions."""
     if _is_number(value):
-        value = _js_string(value)
+        value = js_string(value)
     if not value or not isinstance(value, str):
         value = "0"
     parts = re.split(r"[-.]", re.sub(r"(^v|\+.*$)", "", value))
     if len(parts) == 3:
         parts.append("~")
     return "-".join(p.rjust(5, " ") if re.fullmatch(r"[0-9]+", p) else p for p in parts)
-
-
-@lru_cache(maxsize=1024)
-def _regex(pattern: str, ignore_case: bool) -> re.Pattern[str]:
-    return re.compile(pattern, re.IGNORECASE if ignore_case else 0)
 
 
 def _contains(haystack: list, needle: Any) -> bool:
@@ -311,9 +296,9 @@ def _eval_operator(op: str, actual: Any, expected: Any, groups: SavedGroups) -> 
         case "$all" | "$alli":
             return _eval_all(actual, expected, groups, op == "$alli")
         case "$regex" | "$regexi":
-            try:
-                return _regex(expected, op == "$regexi").search(_js_string(actual)) is not None
-            except (re.error, TypeError):
+            try:  # the JS SDK answers false when `new RegExp` throws
+                return compile_js(expected, op == "$regexi").search(js_text(js_string(actual))) is not None
+            except (RegexError, TypeError):
                 return False
         case "$type":
             return _js_type(actual) == expected

@@ -7,6 +7,14 @@ class RouterError(Exception):
     """Root of every error the experiment router raises."""
 
 
+class ModelCheckUnavailable(RouterError):
+    """A ``model_exists`` check could not be answered now (the service that knows is unreachable).
+
+    Raised by the check itself; a hot reload keeps the previous config and tries the new file again at the
+    next poll instead of rejecting it.
+    """
+
+
 class ConfigError(RouterError, ValueError):
     """An experiment config file is invalid; names the file, experiment key, field path and line.
 
@@ -63,4 +71,19 @@ class ConfigErrors(ConfigError):
 
 
 class UnknownOperatorError(RouterError, ValueError):
-    """A targeting condition uses an operator this router does not know."""
+    """A targeting condition uses an operator this router does not know, or is malformed.
+
+    Args:
+        reason: what is wrong and what is allowed.
+        keys: path of the offending entry inside the condition (keys and list indexes), to find its line.
+    """
+
+    def __init__(self, reason: str, keys: tuple[str | int, ...] = ()) -> None:
+        self.reason = reason
+        self.keys = keys
+        where = "condition" + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys)
+        super().__init__(f"{where}: {reason}")
+
+
+class RegexError(RouterError, ValueError):
+    """A condition's regular expression is not one JavaScript reads the same way (see jsregex)."""

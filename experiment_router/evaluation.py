@@ -14,6 +14,7 @@ from typing import Any
 
 from experiment_router.conditions import eval_condition
 from experiment_router.hashing import bucket_ranges, choose_variation, hash_unit, in_namespace, in_range
+from experiment_router.jsvalues import js_string, js_truthy
 from experiment_router.sticky import StickyBucketStore, StickyDoc, assignment_key
 
 logger = logging.getLogger(__name__)
@@ -74,25 +75,25 @@ class ExperimentResult:
     feature_id: str | None = None
 
 
-def unit_string(value: Any) -> str:
-    """The string GrowthBook hashes for an attribute value ("" for missing or null)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+def unit_string(value: Any) -> str | None:
+    """The string GrowthBook's JS SDK hashes for an attribute value, or None when it sees no value.
+
+    The SDK hashes only truthy values (so `0`, `false`, `""` and null leave the user out) and prints them
+    as JavaScript's `String()` does (`2273199612178534537` is "2273199612178534700", `1e21` is "1e+21").
+    """
+    if type(value) is str:  # the usual case, on every request
+        return value or None
+    return js_string(value) if js_truthy(value) else None
 
 
 def hash_identity(
     attributes: Mapping[str, Any], attribute: str, fallback: str | None = None
-) -> tuple[str, str]:
-    """(attribute actually used, its value as a string); the fallback serves only when the first is empty."""
+) -> tuple[str, str | None]:
+    """(attribute used, its value as a string or None); the fallback serves only when the first has none."""
     value = unit_string(attributes.get(attribute))
-    if not value and fallback:
+    if value is None and fallback:
         fallback_value = unit_string(attributes.get(fallback))
-        if fallback_value:
+        if fallback_value is not None:
             return fallback, fallback_value
     return attribute, value
 
@@ -115,7 +116,7 @@ def run_experiment(exp: ExperimentSpec, ctx: EvalContext, feature_id: str | None
             value=exp.variations[variation] if exp.variations else None,
             hash_used=extra.pop("hash_used", False),
             hash_attribute=hash_attribute,
-            hash_value=hash_value,
+            hash_value=hash_value or "",
             key=key,
             feature_id=feature_id,
             **extra,
@@ -128,7 +129,7 @@ def run_experiment(exp: ExperimentSpec, ctx: EvalContext, feature_id: str | None
         return result(forced)
     if exp.status == "draft" or not exp.active:
         return result()
-    if not hash_value:
+    if hash_value is None:
         return result()
 
     assigned = -1
@@ -174,7 +175,7 @@ def run_experiment(exp: ExperimentSpec, ctx: EvalContext, feature_id: str | None
 def _filtered_out(filters: Sequence[Mapping[str, Any]], attributes: Mapping[str, Any]) -> bool:
     for flt in filters:
         _, value = hash_identity(attributes, flt.get("attribute") or "id")
-        if not value:
+        if value is None:
             return True
         n = hash_unit(flt.get("seed", ""), value, flt.get("hashVersion", 2))
         if n is None or not any(in_range(n, r) for r in flt["ranges"]):
@@ -189,7 +190,7 @@ def _sticky_assignments(exp: ExperimentSpec, ctx: EvalContext) -> dict[str, str]
     if exp.fallback_attribute:
         identities.insert(0, hash_identity(ctx.attributes, exp.fallback_attribute))
     for name, value in identities:  # the hash attribute's document wins over the fallback's
-        doc = ctx.sticky_store.get(name, value) if value else None
+        doc = ctx.sticky_store.get(name, value) if value is not None else None
         if doc:
             merged.update(doc.get("assignments", {}))
     return merged
@@ -269,7 +270,7 @@ def _in_rollout(rule: Mapping[str, Any], feature_id: str, ctx: EvalContext) -> b
     if coverage is None and rng is None:
         return True
     _, value = hash_identity(ctx.attributes, rule.get("hashAttribute") or "id")
-    if not value:
+    if value is None:
         return False
     n = hash_unit(rule.get("seed") or feature_id, value, rule.get("hashVersion") or 1)
     if n is None:

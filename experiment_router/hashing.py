@@ -1,9 +1,8 @@
 """GrowthBook-compatible bucketing primitives: pure functions, no I/O, no clock, no global state.
 
-Unit ids are hashed per UTF-16 code unit, exactly like GrowthBook's JavaScript SDK: an ASCII or BMP
-character contributes its code point, a character outside the BMP (emoji, rare CJK) contributes its two
-surrogates. So a non-ASCII id lands in the same bucket as in the JS SDK (GrowthBook's Python SDK hashes
-code points and differs from JS for characters outside the BMP).
+Unit ids are hashed per UTF-16 code unit, as GrowthBook's SDKs do (JavaScript, and Python since 4.0.0):
+an ASCII or BMP character contributes its code point, a character outside the BMP (emoji, rare CJK)
+contributes its two surrogates, a lone surrogate itself.
 """
 
 from __future__ import annotations
@@ -22,10 +21,13 @@ BucketRange = tuple[float, float]
 
 
 def code_units(text: str) -> bytes | Sequence[int]:
-    """Return the UTF-16 code units of `text` as a sequence of ints (bytes for pure ASCII, the fast path)."""
+    """Return the UTF-16 code units of `text` as a sequence of ints (bytes for pure ASCII, the fast path).
+
+    A lone surrogate (valid in a JavaScript string, and in a Python one) is one code unit, as in JS.
+    """
     if text.isascii():
         return text.encode("ascii")
-    return memoryview(text.encode("utf-16-le")).cast("H").tolist()
+    return memoryview(text.encode("utf-16-le", "surrogatepass")).cast("H").tolist()
 
 
 def fnv1a32_update(state: int, units: bytes | Sequence[int]) -> int:

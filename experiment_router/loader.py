@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from experiment_router.conditions import validate_condition
 from experiment_router.errors import ConfigError, ConfigErrors, UnknownOperatorError
-from experiment_router.schema import STAGES, ExperimentConfig, RouterConfig
+from experiment_router.schema import INTERLEAVED, STAGES, ExperimentConfig, RouterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +68,15 @@ class _Locator:
     def __init__(self, file: str, data: Any, lines: dict[Path_, int]) -> None:
         self.file, self.data, self.lines = file, data, lines
 
-    def error(self, message: str, path: Path_) -> ConfigError:
-        line = None
+    def line(self, path: Path_) -> int | None:
+        """Line of `path`, or of its closest ancestor the file shows (a missing key has no line)."""
         for cut in range(len(path), -1, -1):
             if path[:cut] in self.lines:
-                line = self.lines[path[:cut]]
-                break
+                return self.lines[path[:cut]]
+        return None
+
+    def error(self, message: str, path: Path_) -> ConfigError:
+        line = self.line(path)
         experiment = None
         if len(path) >= 2 and path[0] == "experiments" and isinstance(path[1], int):
             try:
@@ -212,7 +215,7 @@ def _experiment_problems(config: RouterConfig, exp: ExperimentConfig, base: Path
         try:
             validate_condition(exp.condition)
         except UnknownOperatorError as exc:
-            yield locate.error(str(exc), base + ("condition",))
+            yield locate.error(exc.reason, base + ("condition", *exc.keys))
     if exp.holdout is not None and exp.holdout not in config.holdout_groups:
         yield locate.error(
             f"unknown holdout group {exp.holdout!r}; defined: {sorted(config.holdout_groups)}",
@@ -228,10 +231,12 @@ def _experiment_problems(config: RouterConfig, exp: ExperimentConfig, base: Path
                 base + ("variations", j, "payload", "task_weights"),
             )
     seen_users: dict[str, str] = {}
+    # QA may force a user into one arm alone, or (interleaving) into the merged list.
+    forceable = variation_keys + [INTERLEAVED] if exp.kind == "interleaving" else variation_keys
     for key, users in exp.forced.items():
-        if key not in variation_keys:
+        if key not in forceable:
             yield locate.error(
-                f"forced variation {key!r} is not a variation key; variations: {variation_keys}",
+                f"forced variation {key!r} is not a variation key; variations: {forceable}",
                 base + ("forced", key),
             )
         for user in users:
@@ -241,6 +246,58 @@ def _experiment_problems(config: RouterConfig, exp: ExperimentConfig, base: Path
                     base + ("forced", key),
                 )
             seen_users[user] = key
+    yield from _kind_problems(exp, base, locate)
+
+
+# Sticky bucketing keeps a user in their variant when weights change; an interleaving experiment has no
+# variant to keep (everyone in it sees both arms), so its sticky settings would be silently ignored.
+_STICKY_FIELDS = ("sticky", "bucket_version", "min_bucket_version")
+
+
+def _kind_problems(exp: ExperimentConfig, base: Path_, locate: _Locator):
+    """What an experiment's ``kind`` allows: interleaving ranks, with two unweighted arms and a known method."""
+    if exp.kind == "ab":
+        if "method" in exp.model_fields_set:
+            yield locate.error(
+                "'method' applies only to experiments of kind 'interleaving'", base + ("method",)
+            )
+        return
+    if exp.stage != "ranking":
+        yield locate.error(
+            f"an interleaving experiment merges two rankings, so its stage must be 'ranking', not {exp.stage!r}",
+            base + ("stage",),
+        )
+    if exp.method == "balanced":
+        yield locate.error(
+            "method 'balanced' is not implemented: balanced interleaving credits clicks from both arms' full "
+            "rankings, which exposures do not carry; use 'team_draft'",
+            base + ("method",),
+        )
+    if len(exp.variations) != 2:
+        yield locate.error(
+            f"an interleaving experiment has exactly two arms (variations), got {len(exp.variations)}",
+            base + ("variations",),
+        )
+    for j, var in enumerate(exp.variations):
+        for name in ("weight", "range"):
+            if getattr(var, name) is not None:
+                yield locate.error(
+                    f"interleaving arms take no {name}: every user in the experiment sees both arms; "
+                    "size the experiment with 'coverage'",
+                    base + ("variations", j, name),
+                )
+        if var.key == INTERLEAVED:
+            yield locate.error(
+                f"{INTERLEAVED!r} is reserved for users who see both arms; name the arm otherwise",
+                base + ("variations", j, "key"),
+            )
+    for name in _STICKY_FIELDS:
+        if name in exp.model_fields_set:
+            yield locate.error(
+                f"{name!r} does not apply to interleaving: there is no variant to keep a user in "
+                "(everyone in the experiment sees both arms)",
+                base + (name,),
+            )
 
 
 def _layer_problems(config: RouterConfig, locate: _Locator):
@@ -256,12 +313,7 @@ def _layer_problems(config: RouterConfig, locate: _Locator):
         layers_of_stage = stage_layers[exp.stage]
         if layer is None and layers_of_stage or layer not in layers_of_stage and layers_of_stage:
             other = next(iter(layers_of_stage.values()))
-            yield locate.error(
-                f"running {exp.stage} experiments must share one layer (a user would get two {exp.stage} models); "
-                f"{config.experiments[other].key!r} is in layer {_layer_name(config.experiments[other])}, "
-                f"this one in {_layer_name(exp)}",
-                ("experiments", i, "layer"),
-            )
+            yield _stage_layer_conflict(config, locate, i, other)
         layers_of_stage.setdefault(layer, i)
     for members in by_layer.values():
         ordered = sorted(members, key=lambda m: m[1].layer.range)  # type: ignore[union-attr]
@@ -274,8 +326,36 @@ def _layer_problems(config: RouterConfig, locate: _Locator):
                 )
 
 
-def _layer_name(exp: ExperimentConfig) -> str:
-    return repr(exp.layer.name) if exp.layer else "no layer"
+def _stage_layer_conflict(config: RouterConfig, locate: _Locator, i: int, other: int) -> ConfigError:
+    """Two running experiments of one stage that a user could both be in: say which, where, and the fix."""
+    exp, first = config.experiments[i], config.experiments[other]
+    stage = exp.stage
+    line = locate.line(("experiments", other))
+    them = f"{first.key!r} (experiments[{other}]" + (f", line {line})" if line else ")")
+    if exp.layer is None and first.layer is None:
+        problem = f"neither this experiment nor {them} has a layer"
+        fix = (
+            f"put both in one layer with disjoint ranges, e.g. `layer: {{name: {stage}, range: [0.5, 1]}}` "
+            f"here and `layer: {{name: {stage}, range: [0, 0.5]}}` on {first.key!r}"
+        )
+    elif exp.layer is None:
+        name = first.layer.name  # type: ignore[union-attr]
+        problem = f"{them} is in layer {name!r} and this experiment in none"
+        fix = f"add `layer: {{name: {name}, range: [start, end]}}` here, disjoint from the ranges of {name!r}"
+    elif first.layer is None:
+        problem = f"this experiment is in layer {exp.layer.name!r} and {them} in none"
+        fix = (
+            f"add `layer: {{name: {exp.layer.name}, range: [start, end]}}` to {first.key!r}, "
+            f"disjoint from this one's {list(exp.layer.range)}"
+        )
+    else:
+        problem = f"this experiment is in layer {exp.layer.name!r} and {them} in layer {first.layer.name!r}"
+        fix = f"move it into layer {first.layer.name!r} with a range disjoint from the others there"
+    return locate.error(
+        f"running {stage} experiments must share one layer, or a user could be in both and get two {stage} "
+        f"models: {problem}; {fix} (or stop one of them)",
+        ("experiments", i, "layer"),
+    )
 
 
 def repository_checker(root: str | Path) -> ModelExists:

@@ -2,6 +2,12 @@
 
 Readers take `watcher.current` once per request; a reload replaces that reference atomically, so a request
 never sees half of an old config and half of a new one. A bad new file is rejected and the old Router stays.
+
+A change is applied only once the file has kept the same content for ``settle_s`` (debounce): an editor or a
+copy that writes the file in several steps can be caught half-way, and a truncated file may well be valid
+YAML that simply lacks an experiment, whose model would then be unloaded. When a model check cannot be
+answered (``ModelCheckUnavailable``: the retrieval service is down), the new file is neither applied nor
+rejected: the previous config stays and the file is tried again at the next poll.
 """
 
 from __future__ import annotations
@@ -10,12 +16,13 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import Counter
 
-from experiment_router.errors import ConfigError
+from experiment_router.errors import ConfigError, ModelCheckUnavailable
 from experiment_router.loader import ModelExists
 from experiment_router.router import Router
 from experiment_router.sticky import StickyBucketStore
@@ -37,8 +44,10 @@ class ConfigWatcher:
         interval_s: seconds between polls.
         on_error: called with the ConfigError of a rejected file (after it is logged and counted).
         on_reload: called with the new Router after a successful swap.
-        model_exists: passed to validation, as for Router.from_file.
+        model_exists: passed to validation, as for Router.from_file; may raise ``ModelCheckUnavailable``
+            (a reload is then retried at the next poll).
         sticky_store: shared by every Router this watcher builds, so sticky buckets survive reloads.
+        settle_s: how long a changed file must keep the same content before it is applied (0: at once).
 
     Raises:
         ConfigError: at construction when the initial file is invalid (there is nothing to fall back to).
@@ -53,9 +62,11 @@ class ConfigWatcher:
         on_reload: Callable[[Router], None] | None = None,
         model_exists: ModelExists | None = None,
         sticky_store: StickyBucketStore | None = None,
+        settle_s: float = 1.0,
     ) -> None:
         self.path = Path(path)
         self.interval_s = interval_s
+        self.settle_s = settle_s
         self._on_error = on_error
         self._on_reload = on_reload
         self._model_exists = model_exists
@@ -65,6 +76,9 @@ class ConfigWatcher:
         self._lock = threading.Lock()
         text, self._mtime = self._read()
         self._digest = hashlib.sha256(text.encode()).hexdigest()
+        # a change seen but not applied yet: (digest, text, when first seen with that content)
+        self._pending: tuple[str, str, float] | None = None
+        self._deferred_digest: str | None = None  # last content whose model check could not run (logged once)
         self._current = self._build(text)
 
     @property
@@ -85,37 +99,58 @@ class ConfigWatcher:
         )
 
     def check_now(self) -> bool:
-        """Reload if the file changed; returns True when a new Router was swapped in."""
+        """Reload if the file changed and has settled; returns True when a new Router was swapped in."""
         with self._lock:
             try:
                 mtime = os.stat(self.path).st_mtime_ns
             except OSError as exc:
                 self._reject(ConfigError(f"cannot read config: {exc.strerror}", file=str(self.path)))
                 return False
-            if mtime == self._mtime:
+            if mtime != self._mtime:
+                try:
+                    text, mtime = self._read()
+                except ConfigError as exc:
+                    self._reject(exc)
+                    return False
+                self._mtime = mtime
+                digest = hashlib.sha256(text.encode()).hexdigest()
+                if digest == self._digest:  # back to what is in force (or was last rejected)
+                    self._pending = None
+                    return False
+                if self._pending is None or self._pending[0] != digest:
+                    self._pending = (digest, text, time.monotonic())  # (re)start the settle period
+            if self._pending is None:
                 return False
-            try:
-                text, mtime = self._read()
-            except ConfigError as exc:
-                self._reject(exc)
-                return False
-            digest = hashlib.sha256(text.encode()).hexdigest()
-            self._mtime = mtime
-            if digest == self._digest:
+            digest, text, seen = self._pending
+            if time.monotonic() - seen < self.settle_s:
                 return False
             try:
                 router = self._build(text)
+            except ModelCheckUnavailable as exc:
+                self._defer(digest, exc)
+                return False
             except ConfigError as exc:
-                self._digest = digest  # do not re-log the same bad file on every poll
+                self._digest, self._pending = digest, None  # do not re-log the same bad file on every poll
                 self._reject(exc)
                 return False
-            self._digest = digest
-            self._current = router
+            self._digest, self._pending, self._current = digest, None, router
         RELOADS.labels(result="success").inc()
         logger.info("experiment config %s reloaded: %d experiments", self.path, len(router.experiment_keys))
         if self._on_reload is not None:
             self._on_reload(router)
         return True
+
+    def _defer(self, digest: str, exc: ModelCheckUnavailable) -> None:
+        """Keep the change pending: the previous config stays, the file is tried again at the next poll."""
+        RELOADS.labels(result="deferred").inc()
+        if self._deferred_digest != digest:
+            self._deferred_digest = digest
+            logger.warning(
+                "experiment config %s not applied yet, keeping the previous one: %s; retrying every %.1f s",
+                self.path,
+                exc,
+                self.interval_s,
+            )
 
     def _reject(self, exc: ConfigError) -> None:
         RELOADS.labels(result="failure").inc()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -32,7 +32,14 @@ from experiment_router.hashing import (
     hash_unit,
 )
 from experiment_router.loader import ModelExists, load_config
-from experiment_router.schema import STAGES, ExperimentConfig, HoldoutConfig, PayloadConfig, RouterConfig
+from experiment_router.schema import (
+    INTERLEAVED,
+    STAGES,
+    ExperimentConfig,
+    HoldoutConfig,
+    PayloadConfig,
+    RouterConfig,
+)
 from experiment_router.sticky import StickyBucketStore
 
 _MASK32 = 0xFFFFFFFF
@@ -50,11 +57,30 @@ class Payload:
 
 
 @dataclass(frozen=True, slots=True)
+class Arm:
+    """One side of an interleaving experiment: its variation key and the ranking it serves."""
+
+    key: str
+    payload: Payload
+
+
+@dataclass(frozen=True, slots=True)
+class Interleaving:
+    """What a user in an interleaving experiment is served: both arms' rankings merged by ``method``."""
+
+    method: str
+    arms: tuple[Arm, Arm]
+
+
+@dataclass(frozen=True, slots=True)
 class Assignment:
     """One experiment's decision for one user.
 
     `should_log` is GrowthBook's `in_experiment and hash_used`: forced (QA) users and users outside the
-    experiment get the decision but no exposure event.
+    experiment get the decision but no exposure event. A user inside an interleaving experiment gets
+    variant key ``"interleaved"``, variation id 0 (its one bucket, as in `assign_many`), the first arm's
+    payload (what `payloads` reports) and `interleaving`, which names both arms; every other assignment
+    (a QA user forced into one arm included) has `interleaving` None.
     """
 
     experiment_key: str
@@ -66,6 +92,7 @@ class Assignment:
     should_log: bool
     payload: Payload
     reason: str
+    interleaving: Interleaving | None = None
 
 
 def _payload(config: PayloadConfig, fallback: Payload | None = None) -> Payload:
@@ -116,7 +143,7 @@ class _Hasher:
 
     def __init__(self, attributes: Mapping[str, Any]) -> None:
         self.attributes = attributes
-        self.memo: dict[str, tuple[str, bytes | Sequence[int], int]] = {}
+        self.memo: dict[str, tuple[str | None, bytes | Sequence[int], int]] = {}
         self.layers: dict[tuple[str, str], float] = {}
 
     def layer_position(self, attribute: str, layer: str, ns_units: bytes | Sequence[int]) -> float:
@@ -130,12 +157,12 @@ class _Hasher:
             n = self.layers[key] = (h % 1000) / 1000
         return n
 
-    def unit(self, attribute: str) -> tuple[str, bytes | Sequence[int], int]:
-        """(value string, its UTF-16 code units, FNV state after hashing them)."""
+    def unit(self, attribute: str) -> tuple[str | None, bytes | Sequence[int], int]:
+        """(value string or None when there is none, its UTF-16 code units, FNV state after hashing them)."""
         got = self.memo.get(attribute)
         if got is None:
             value = unit_string(self.attributes.get(attribute))
-            units = code_units(value)
+            units = code_units(value or "")
             got = (value, units, fnv1a32_update(FNV_OFFSET_BASIS, units))
             self.memo[attribute] = got
         return got
@@ -143,9 +170,9 @@ class _Hasher:
     def bucket(
         self, attribute: str, seed_prefix: int, seed_units: bytes | Sequence[int], version: int
     ) -> float | None:
-        """Hash of (seed, value) in [0, 1) as GrowthBook's hash v1/v2, or None when the value is empty."""
+        """Hash of (seed, value) in [0, 1) as GrowthBook's hash v1/v2, or None when there is no value."""
         value, units, state = self.unit(attribute)
-        if not value:
+        if value is None:
             return None
         return _bucket(state, units, version, seed_prefix, seed_units)
 
@@ -229,6 +256,20 @@ class _Compiled:
             )
             for i, (k, p) in enumerate(zip(keys, payloads, strict=True))
         }
+        if exp.kind == "interleaving":
+            # One bucket, [0, coverage): in (both arms, merged) or out. No variant to stick to: never sticky.
+            self.sticky = False
+            self.ranges = tuple(bucket_ranges(1, exp.coverage, None))
+            arms = Interleaving(exp.method, (Arm(keys[0], payloads[0]), Arm(keys[1], payloads[1])))
+            reason = f"interleaved: {keys[0]!r} and {keys[1]!r} merged by {exp.method}"
+            self.in_variant = (
+                Assignment(
+                    self.key, INTERLEAVED, 0, self.stage, self.layer, True, True, payloads[0], reason, arms
+                ),
+            )
+            forced_by_key[INTERLEAVED] = replace(
+                self.in_variant[0], should_log=False, reason=f"forced into {INTERLEAVED!r} (QA allowlist)"
+            )
         self.forced = {user: forced_by_key[k] for k, users in exp.forced.items() for user in users}
         self.status_outcome = {"draft": outside("draft"), "stopped": outside("stopped")}.get(exp.status)
         self.not_started = outside("not started yet")
@@ -286,7 +327,7 @@ class _Compiled:
     def _bucket(self, hasher: _Hasher, saved_groups: Mapping[str, Any]) -> Assignment:
         """Layer slice, targeting and variation ranges: the stateless GrowthBook path."""
         value, units, state = hasher.unit(self.attribute)
-        if not value:
+        if value is None:
             return self.no_unit
         if self.layer is not None:
             n = hasher.layer_position(self.attribute, self.layer, self.ns_units)
@@ -386,7 +427,8 @@ class Router:
         """Vectorised assignment of many users sharing `attributes`: variation index per experiment, -1 outside.
 
         Mirrors `assign` without sticky buckets (forced allowlists, status, start/end at `now`, holdouts,
-        layer slice, condition, coverage); a condition reading `user_id` is evaluated per user.
+        layer slice, condition, coverage); a condition reading `user_id` is evaluated per user. Ids are
+        hashed exactly as `assign` hashes them: NULs, unicode and very long ids included.
         """
         batch = UnitBatch(user_ids)
         size = len(batch)
@@ -400,7 +442,7 @@ class Router:
                     cache[key] = hash_bulk(seed, batch, version)
                 else:
                     value = unit_string(attrs.get(attribute))
-                    single = hash_unit(seed, value, version) if value else None
+                    single = hash_unit(seed, value, version) if value is not None else None
                     cache[key] = np.full(size, np.nan if single is None else single)
             return cache[key]
 
@@ -408,7 +450,9 @@ class Router:
             return hashed(holdout.attribute, holdout.seed, holdout.version) < holdout.coverage
 
         global_held = held(self._global) if self._global is not None else np.zeros(size, dtype=bool)
-        ids = np.asarray(batch.ids, dtype=object)
+        forced_users = {user for exp in self._experiments for user in exp.forced}
+        # exact matches in Python: numpy compares strings without their trailing NULs ("\x00" == "")
+        forced_hits = [(i, u) for i, u in enumerate(batch.ids) if u in forced_users] if forced_users else []
         out: dict[str, np.ndarray] = {}
         for exp in self._experiments:
             result = np.full(size, -1, dtype=np.int64)
@@ -426,8 +470,10 @@ class Router:
                     np.nan_to_num(hashed(exp.attribute, exp.seed, exp.version), nan=2.0), exp.ranges
                 )
                 result = np.where(eligible, chosen, -1)
-            for user, forced in exp.forced.items():
-                result[ids == user] = forced.variation_id
+            for i, user in forced_hits:
+                forced = exp.forced.get(user)
+                if forced is not None:
+                    result[i] = forced.variation_id
             out[exp.key] = result
         return out
 
@@ -456,7 +502,10 @@ class Router:
         return self._global.holds(_Hasher({**(attributes or {}), "user_id": user_id}))
 
     def payloads(self, assignments: Sequence[Assignment]) -> dict[str, Payload]:
-        """The payload per stage: the first experiment the user is in, else the stage default."""
+        """The payload per stage: the first experiment the user is in, else the stage default.
+
+        For an interleaving experiment this is its first arm; the assignment's ``interleaving`` has both.
+        """
         chosen = dict(self._defaults)
         decided: set[str] = set()
         for a in assignments:

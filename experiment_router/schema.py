@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Stage = Literal["retrieval", "ranking"]
 STAGES: tuple[Stage, ...] = ("retrieval", "ranking")
+ExperimentKind = Literal["ab", "interleaving"]
+InterleavingMethod = Literal["team_draft", "balanced"]
+INTERLEAVED = "interleaved"
+"""Variant key of users in an interleaving experiment: they see both arms at once, merged into one list."""
 
 
 class _Strict(BaseModel):
@@ -78,10 +82,17 @@ class HoldoutConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    """One experiment on one stage."""
+    """One experiment on one stage.
+
+    ``kind: ab`` (the default) splits users between the variations. ``kind: interleaving`` (ranking only)
+    shows every user in the experiment one list merged from its two variations (the arms) by ``method``, so
+    each user compares both; the arms take no weight or range, and ``coverage`` sizes the experiment.
+    """
 
     key: str = Field(min_length=1)
     name: str | None = None
+    kind: ExperimentKind = "ab"
+    method: InterleavingMethod = "team_draft"
     stage: Stage
     status: Literal["draft", "running", "stopped"] = "draft"
     seed: str | None = None

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/common.proto\x12\tmtrank.v1\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"m\n\nAssignment\x12\x16\n\x0e\x65xperiment_key\x18\x01 \x01(\t\x12\x13\n\x0bvariant_key\x18\x02 \x01(\t\x12\x14\n\x0cvariation_id\x18\x03 \x01(\x05\x12\r\n\x05stage\x18\x04 \x01(\t\x12\r\n\x05layer\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/common.proto\x12\tmtrank.v1\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"m\n\nAssignment\x12\x16\n\x0e\x65xperiment_key\x18\x01 \x01(\t\x12\x13\n\x0bvariant_key\x18\x02 \x01(\t\x12\x14\n\x0cvariation_id\x18\x03 \x01(\x05\x12\r\n\x05stage\x18\x04 \x01(\t\x12\r\n\x05layer\x18\x05 \x01(\t\"B\n\x0fInterleavingArm\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05model\x18\x02 \x01(\x0b\x32\x13.mtrank.v1.ModelRefb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,4 +35,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELREF']._serialized_end=74
   _globals['_ASSIGNMENT']._serialized_start=76
   _globals['_ASSIGNMENT']._serialized_end=185
+  _globals['_INTERLEAVINGARM']._serialized_start=187
+  _globals['_INTERLEAVINGARM']._serialized_end=253
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,7 @@
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -25,3 +26,11 @@ class Assignment(_message.Message):
     stage: str
     layer: str
     def __init__(self, experiment_key: _Optional[str] = ..., variant_key: _Optional[str] = ..., variation_id: _Optional[int] = ..., stage: _Optional[str] = ..., layer: _Optional[str] = ...) -> None: ...
+
+class InterleavingArm(_message.Message):
+    __slots__ = ("key", "model")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    model: ModelRef
+    def __init__(self, key: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...

@@ -12,11 +12,13 @@ class SchemaVersion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SCHEMA_VERSION_UNSPECIFIED: _ClassVar[SchemaVersion]
     SCHEMA_VERSION_1: _ClassVar[SchemaVersion]
+    SCHEMA_VERSION_2: _ClassVar[SchemaVersion]
 SCHEMA_VERSION_UNSPECIFIED: SchemaVersion
 SCHEMA_VERSION_1: SchemaVersion
+SCHEMA_VERSION_2: SchemaVersion
 
 class Exposure(_message.Message):
-    __slots__ = ("event_id", "schema_version", "request_id", "user_id", "experiment_key", "variant_key", "variation_id", "stage", "event_time_ms", "model", "item_ids")
+    __slots__ = ("event_id", "schema_version", "request_id", "user_id", "experiment_key", "variant_key", "variation_id", "stage", "event_time_ms", "model", "item_ids", "teams", "arms")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +30,8 @@ class Exposure(_message.Message):
     EVENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     schema_version: SchemaVersion
     request_id: str
@@ -39,7 +43,9 @@ class Exposure(_message.Message):
     event_time_ms: int
     model: _common_pb2.ModelRef
     item_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, event_id: _Optional[str] = ..., schema_version: _Optional[_Union[SchemaVersion, str]] = ..., request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., experiment_key: _Optional[str] = ..., variant_key: _Optional[str] = ..., variation_id: _Optional[int] = ..., stage: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., item_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    teams: _containers.RepeatedScalarFieldContainer[int]
+    arms: _containers.RepeatedCompositeFieldContainer[_common_pb2.InterleavingArm]
+    def __init__(self, event_id: _Optional[str] = ..., schema_version: _Optional[_Union[SchemaVersion, str]] = ..., request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., experiment_key: _Optional[str] = ..., variant_key: _Optional[str] = ..., variation_id: _Optional[int] = ..., stage: _Optional[str] = ..., event_time_ms: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., item_ids: _Optional[_Iterable[int]] = ..., teams: _Optional[_Iterable[int]] = ..., arms: _Optional[_Iterable[_Union[_common_pb2.InterleavingArm, _Mapping]]] = ...) -> None: ...
 
 class Outcome(_message.Message):
     __slots__ = ("event_id", "schema_version", "request_id", "user_id", "experiment_key", "variant_key", "event_time_ms", "metric", "value", "item_id")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from proto import common_pb2 as proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/ranking.proto\x12\tmtrank.v1\x1a\x12proto/common.proto\"\xdb\x02\n\x0bRankRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12:\n\nattributes\x18\x03 \x03(\x0b\x32&.mtrank.v1.RankRequest.AttributesEntry\x12\x13\n\x0buser_sparse\x18\x04 \x03(\x03\x12\x12\n\nuser_dense\x18\x05 \x03(\x02\x12\x15\n\rcandidate_ids\x18\x06 \x03(\x03\x12\x18\n\x10\x63\x61ndidate_sparse\x18\x07 \x03(\x03\x12\x17\n\x0f\x63\x61ndidate_dense\x18\x08 \x03(\x02\x12\r\n\x05top_k\x18\t \x01(\r\x12\x12\n\nretrieve_k\x18\n \x01(\r\x12\"\n\x05model\x18\x0b \x01(\x0b\x32\x13.mtrank.v1.ModelRef\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1c\n\nTaskScores\x12\x0e\n\x06scores\x18\x01 \x03(\x02\"\x8e\x02\n\x0cRankResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rcandidate_ids\x18\x02 \x03(\x03\x12\x12\n\ntask_names\x18\x03 \x03(\t\x12*\n\x0btask_scores\x18\x04 \x03(\x0b\x32\x15.mtrank.v1.TaskScores\x12\x15\n\rmerged_scores\x18\x05 \x03(\x02\x12*\n\x0b\x61ssignments\x18\x06 \x03(\x0b\x32\x15.mtrank.v1.Assignment\x12\"\n\x05model\x18\x07 \x01(\x0b\x32\x13.mtrank.v1.ModelRef\x12,\n\x0fretrieval_model\x18\x08 \x01(\x0b\x32\x13.mtrank.v1.ModelRef2A\n\x06Ranker\x12\x37\n\x04Rank\x12\x16.mtrank.v1.RankRequest\x1a\x17.mtrank.v1.RankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/ranking.proto\x12\tmtrank.v1\x1a\x12proto/common.proto\"\xdb\x02\n\x0bRankRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12:\n\nattributes\x18\x03 \x03(\x0b\x32&.mtrank.v1.RankRequest.AttributesEntry\x12\x13\n\x0buser_sparse\x18\x04 \x03(\x03\x12\x12\n\nuser_dense\x18\x05 \x03(\x02\x12\x15\n\rcandidate_ids\x18\x06 \x03(\x03\x12\x18\n\x10\x63\x61ndidate_sparse\x18\x07 \x03(\x03\x12\x17\n\x0f\x63\x61ndidate_dense\x18\x08 \x03(\x02\x12\r\n\x05top_k\x18\t \x01(\r\x12\x12\n\nretrieve_k\x18\n \x01(\r\x12\"\n\x05model\x18\x0b \x01(\x0b\x32\x13.mtrank.v1.ModelRef\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1c\n\nTaskScores\x12\x0e\n\x06scores\x18\x01 \x03(\x02\"\xc7\x02\n\x0cRankResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rcandidate_ids\x18\x02 \x03(\x03\x12\x12\n\ntask_names\x18\x03 \x03(\t\x12*\n\x0btask_scores\x18\x04 \x03(\x0b\x32\x15.mtrank.v1.TaskScores\x12\x15\n\rmerged_scores\x18\x05 \x03(\x02\x12*\n\x0b\x61ssignments\x18\x06 \x03(\x0b\x32\x15.mtrank.v1.Assignment\x12\"\n\x05model\x18\x07 \x01(\x0b\x32\x13.mtrank.v1.ModelRef\x12,\n\x0fretrieval_model\x18\x08 \x01(\x0b\x32\x13.mtrank.v1.ModelRef\x12\r\n\x05teams\x18\t \x03(\r\x12(\n\x04\x61rms\x18\n \x03(\x0b\x32\x1a.mtrank.v1.InterleavingArm2A\n\x06Ranker\x12\x37\n\x04Rank\x12\x16.mtrank.v1.RankRequest\x1a\x17.mtrank.v1.RankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,7 +41,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSCORES']._serialized_start=404
   _globals['_TASKSCORES']._serialized_end=432
   _globals['_RANKRESPONSE']._serialized_start=435
-  _globals['_RANKRESPONSE']._serialized_end=705
-  _globals['_RANKER']._serialized_start=707
-  _globals['_RANKER']._serialized_end=772
+  _globals['_RANKRESPONSE']._serialized_end=762
+  _globals['_RANKER']._serialized_start=764
+  _globals['_RANKER']._serialized_end=829
 # @@protoc_insertion_point(module_scope)

@@ -47,7 +47,7 @@ class TaskScores(_message.Message):
     def __init__(self, scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("request_id", "candidate_ids", "task_names", "task_scores", "merged_scores", "assignments", "model", "retrieval_model")
+    __slots__ = ("request_id", "candidate_ids", "task_names", "task_scores", "merged_scores", "assignments", "model", "retrieval_model", "teams", "arms")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
     TASK_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,8 @@ class RankResponse(_message.Message):
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     candidate_ids: _containers.RepeatedScalarFieldContainer[int]
     task_names: _containers.RepeatedScalarFieldContainer[str]
@@ -64,4 +66,6 @@ class RankResponse(_message.Message):
     assignments: _containers.RepeatedCompositeFieldContainer[_common_pb2.Assignment]
     model: _common_pb2.ModelRef
     retrieval_model: _common_pb2.ModelRef
-    def __init__(self, request_id: _Optional[str] = ..., candidate_ids: _Optional[_Iterable[int]] = ..., task_names: _Optional[_Iterable[str]] = ..., task_scores: _Optional[_Iterable[_Union[TaskScores, _Mapping]]] = ..., merged_scores: _Optional[_Iterable[float]] = ..., assignments: _Optional[_Iterable[_Union[_common_pb2.Assignment, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., retrieval_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
+    teams: _containers.RepeatedScalarFieldContainer[int]
+    arms: _containers.RepeatedCompositeFieldContainer[_common_pb2.InterleavingArm]
+    def __init__(self, request_id: _Optional[str] = ..., candidate_ids: _Optional[_Iterable[int]] = ..., task_names: _Optional[_Iterable[str]] = ..., task_scores: _Optional[_Iterable[_Union[TaskScores, _Mapping]]] = ..., merged_scores: _Optional[_Iterable[float]] = ..., assignments: _Optional[_Iterable[_Union[_common_pb2.Assignment, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., retrieval_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., teams: _Optional[_Iterable[int]] = ..., arms: _Optional[_Iterable[_Union[_common_pb2.InterleavingArm, _Mapping]]] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from proto import common_pb2 as proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15proto/retrieval.proto\x12\tmtrank.v1\x1a\x12proto/common.proto\"\x9a\x02\n\x0fRetrieveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\x13\n\x0b\x65xclude_ids\x18\x04 \x03(\x03\x12\x15\n\ruser_features\x18\x05 \x03(\x02\x12\x14\n\x0cneighbor_ids\x18\x06 \x03(\x03\x12\"\n\x05model\x18\x07 \x01(\x0b\x32\x13.mtrank.v1.ModelRef\x12>\n\nattributes\x18\x08 \x03(\x0b\x32*.mtrank.v1.RetrieveRequest.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x01\n\x10RetrieveResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rcandidate_ids\x18\x02 \x03(\x03\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\"\n\x05model\x18\x04 \x01(\x0b\x32\x13.mtrank.v1.ModelRef\x12*\n\x0b\x61ssignments\x18\x05 \x03(\x0b\x32\x15.mtrank.v1.Assignment2P\n\tRetriever\x12\x43\n\x08Retrieve\x12\x1a.mtrank.v1.RetrieveRequest\x1a\x1b.mtrank.v1.RetrieveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15proto/retrieval.proto\x12\tmtrank.v1\x1a\x12proto/common.proto\"\x9a\x02\n\x0fRetrieveRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\x13\n\x0b\x65xclude_ids\x18\x04 \x03(\x03\x12\x15\n\ruser_features\x18\x05 \x03(\x02\x12\x14\n\x0cneighbor_ids\x18\x06 \x03(\x03\x12\"\n\x05model\x18\x07 \x01(\x0b\x32\x13.mtrank.v1.ModelRef\x12>\n\nattributes\x18\x08 \x03(\x0b\x32*.mtrank.v1.RetrieveRequest.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9d\x01\n\x10RetrieveResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rcandidate_ids\x18\x02 \x03(\x03\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\"\n\x05model\x18\x04 \x01(\x0b\x32\x13.mtrank.v1.ModelRef\x12*\n\x0b\x61ssignments\x18\x05 \x03(\x0b\x32\x15.mtrank.v1.Assignment\"\x13\n\x11ListModelsRequest\"t\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.mtrank.v1.ModelRef\x12*\n\rdefault_model\x18\x02 \x01(\x0b\x32\x13.mtrank.v1.ModelRef\x12\r\n\x05max_k\x18\x03 \x01(\r2\x9b\x01\n\tRetriever\x12\x43\n\x08Retrieve\x12\x1a.mtrank.v1.RetrieveRequest\x1a\x1b.mtrank.v1.RetrieveResponse\x12I\n\nListModels\x12\x1c.mtrank.v1.ListModelsRequest\x1a\x1d.mtrank.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRIEVEREQUEST_ATTRIBUTESENTRY']._serialized_end=339
   _globals['_RETRIEVERESPONSE']._serialized_start=342
   _globals['_RETRIEVERESPONSE']._serialized_end=499
-  _globals['_RETRIEVER']._serialized_start=501
-  _globals['_RETRIEVER']._serialized_end=581
+  _globals['_LISTMODELSREQUEST']._serialized_start=501
+  _globals['_LISTMODELSREQUEST']._serialized_end=520
+  _globals['_LISTMODELSRESPONSE']._serialized_start=522
+  _globals['_LISTMODELSRESPONSE']._serialized_end=638
+  _globals['_RETRIEVER']._serialized_start=641
+  _globals['_RETRIEVER']._serialized_end=796
 # @@protoc_insertion_point(module_scope)

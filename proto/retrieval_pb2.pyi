@@ -47,3 +47,17 @@ class RetrieveResponse(_message.Message):
     model: _common_pb2.ModelRef
     assignments: _containers.RepeatedCompositeFieldContainer[_common_pb2.Assignment]
     def __init__(self, request_id: _Optional[str] = ..., candidate_ids: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., assignments: _Optional[_Iterable[_Union[_common_pb2.Assignment, _Mapping]]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "default_model", "max_k")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_K_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelRef]
+    default_model: _common_pb2.ModelRef
+    max_k: int
+    def __init__(self, models: _Optional[_Iterable[_Union[_common_pb2.ModelRef, _Mapping]]] = ..., default_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., max_k: _Optional[int] = ...) -> None: ...

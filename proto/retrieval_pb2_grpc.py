@@ -39,6 +39,11 @@ class RetrieverStub:
                 request_serializer=proto_dot_retrieval__pb2.RetrieveRequest.SerializeToString,
                 response_deserializer=proto_dot_retrieval__pb2.RetrieveResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/mtrank.v1.Retriever/ListModels',
+                request_serializer=proto_dot_retrieval__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=proto_dot_retrieval__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieverServicer:
@@ -50,6 +55,14 @@ class RetrieverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """What this server serves: the ranker checks the retrieval versions of an experiment config against it
+        before applying the config, and clamps the k it asks for to max_k.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieverServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +70,11 @@ def add_RetrieverServicer_to_server(servicer, server):
                     servicer.Retrieve,
                     request_deserializer=proto_dot_retrieval__pb2.RetrieveRequest.FromString,
                     response_serializer=proto_dot_retrieval__pb2.RetrieveResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=proto_dot_retrieval__pb2.ListModelsRequest.FromString,
+                    response_serializer=proto_dot_retrieval__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +104,33 @@ class Retriever:
             '/mtrank.v1.Retriever/Retrieve',
             proto_dot_retrieval__pb2.RetrieveRequest.SerializeToString,
             proto_dot_retrieval__pb2.RetrieveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mtrank.v1.Retriever/ListModels',
+            proto_dot_retrieval__pb2.ListModelsRequest.SerializeToString,
+            proto_dot_retrieval__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,13 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--port", type=int, default=d["port"].default, help="gRPC port (0 = pick a free one)")
     parser.add_argument("--metrics-port", type=int, default=d["metrics_port"].default,
-                        help="Prometheus port (0 = off); worker i of --workers uses PORT+i")  # fmt: skip
+                        help="Prometheus port on --host (0 = off); worker i of --workers uses PORT+i")  # fmt: skip
     parser.add_argument(
         "--retrieval", metavar="HOST:PORT", help="retrieval service for requests without candidates"
     )
+    parser.add_argument("--retrieval-tls-ca", type=Path, metavar="PEM",
+                        help="CA bundle to verify the retrieval service with; enables TLS to it")  # fmt: skip
+    parser.add_argument("--retrieval-token-file", type=Path,
+                        help="file holding the bearer token to send to the retrieval service")  # fmt: skip
     parser.add_argument(
         "--retrieve-k", type=int, default=d["retrieve_k"].default, help="candidates to retrieve"
     )
+    parser.add_argument("--retrieval-probe-interval", type=float, default=d["retrieval_probe_interval_s"].default,
+                        help="seconds between checks of retrieval (health service mtrank.v1.Ranker/retrieval)")  # fmt: skip
     parser.add_argument(
         "--kafka", metavar="BOOTSTRAP", help="Kafka bootstrap servers for exposure events (off if unset)"
     )
@@ -53,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--auth-token-file", type=Path, help="file holding the bearer token clients must send"
     )
+    parser.add_argument("--open-inference", action=argparse.BooleanOptionalAction, default=d["open_inference"].default,
+                        help="also serve inference.GRPCInferenceService (Open Inference Protocol: Triton/KServe "
+                             "clients call a loaded model version directly, bypassing experiments)")  # fmt: skip
     parser.add_argument("--max-candidates", type=int, default=d["max_candidates"].default,
                         help="larger requests get INVALID_ARGUMENT")  # fmt: skip
     parser.add_argument("--default-timeout", type=float, default=d["default_timeout_s"].default,
@@ -74,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ONNX Runtime threads per call (0 = the available cores, divided among --workers)")  # fmt: skip
     parser.add_argument("--spinning", choices=["off", "alone", "on"], default=r["spinning"].default,
                         help="ONNX Runtime pool threads spin-wait during a run (never between runs): never, only "
-                             "in runs alone in the process (a second CPU session), or in every run")  # fmt: skip
+                             "in runs alone in the process (a second CPU session) while those measure faster "
+                             "spinning, or in every run")  # fmt: skip
     parser.add_argument("--inference-threads", type=int, default=r["inference_threads"].default,
                         help="concurrent ONNX Runtime calls")  # fmt: skip
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -89,7 +99,10 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         port=args.port,
         metrics_port=args.metrics_port,
         retrieval=args.retrieval,
+        retrieval_tls_ca=args.retrieval_tls_ca,
+        retrieval_token_file=args.retrieval_token_file,
         retrieve_k=args.retrieve_k,
+        retrieval_probe_interval_s=args.retrieval_probe_interval,
         kafka=args.kafka,
         exposure_topic=args.exposure_topic,
         workers=args.workers,
@@ -97,6 +110,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         auth_token_file=args.auth_token_file,
+        open_inference=args.open_inference,
         max_candidates=args.max_candidates,
         default_timeout_s=args.default_timeout,
         poll_interval_s=args.poll_interval,

@@ -9,60 +9,77 @@ import multiprocessing
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
+from grpc_serving import ClientSecurity, SecurityError, load_client_security, load_server_security
 from ranker_server import metrics
 from ranker_server.config import ServerSettings
 from ranker_server.errors import SettingsError
-from ranker_server.retrieval_client import RetrievalClient
-from ranker_server.routing import RouterSource
-from ranker_server.server import RankerServer, TlsFiles
+from ranker_server.retrieval_client import RetrievalClient, RetrievalModelCheck
+from ranker_server.routing import RETRIEVAL, RouterSource
+from ranker_server.server import RankerServer
 
 logger = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def watched_router(settings: ServerSettings) -> Iterator[RouterSource]:
-    """The experiment router for ``settings.experiments``, reloaded when the file changes.
+def upstream_security(settings: ServerSettings) -> ClientSecurity:
+    """TLS credentials and call metadata for the retrieval service (``--retrieval-tls-ca``, ``--retrieval-token-file``).
 
-    A config naming a ranking model absent from the repository is rejected (at start: with file, key and
-    line; later: the previous config stays in force, as ``ConfigWatcher`` guarantees).
+    Raises:
+        SettingsError: a file is unreadable or empty.
+    """
+    try:
+        return load_client_security(settings.retrieval_tls_ca, settings.retrieval_token_file, "--retrieval")
+    except SecurityError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def watched_router(settings: ServerSettings, upstream: ClientSecurity | None = None) -> Iterator[RouterSource]:
+    """The experiment router for ``settings.experiments``, reloaded when the file changes (once it settles).
+
+    A config naming a ranking model absent from the repository, or a retrieval model the retrieval service does
+    not serve (asked with ``ListModels``), is rejected: at start with file, key and line; later the previous
+    config stays in force, as ``ConfigWatcher`` guarantees. While the retrieval service cannot be asked, a
+    new config waits (retried every poll); at start it is accepted unchecked, with a warning, so that the
+    services may start in any order.
     """
     from experiment_router.reload import ConfigWatcher
 
+    check = RetrievalModelCheck(settings.retrieval, upstream) if settings.retrieval else None
+
     def model_exists(stage: str, name: str, version: str) -> bool:
-        return stage != "ranking" or (settings.repository / name / version / "manifest.json").is_file()
+        if stage == RETRIEVAL:
+            return check is None or check(name, version)  # without retrieval, retrieval payloads never act
+        return (settings.repository / name / version / "manifest.json").is_file()
 
-    watcher = ConfigWatcher(
-        settings.experiments, interval_s=settings.poll_interval_s, model_exists=model_exists
-    )
-    watcher.start()
     try:
-        yield watcher
+        watcher = ConfigWatcher(
+            settings.experiments, interval_s=settings.poll_interval_s, model_exists=model_exists
+        )
+        if check is not None:
+            check.strict = True
+        watcher.start()
+        try:
+            yield watcher
+        finally:
+            watcher.stop()
     finally:
-        watcher.stop()
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise SettingsError(f"{what} {path}: {exc.strerror}") from None
+        if check is not None:
+            check.close()
 
 
 @contextlib.asynccontextmanager
 async def running_server(
-    settings: ServerSettings, source: RouterSource, worker: int = 0
+    settings: ServerSettings, source: RouterSource, worker: int = 0, upstream: ClientSecurity | None = None
 ) -> AsyncIterator[RankerServer]:
-    """Start a fully wired server; stop it (gracefully) on exit. ``worker`` keeps journals apart."""
-    tls = None
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        tls = TlsFiles(_read(settings.tls_cert, "--tls-cert"), _read(settings.tls_key, "--tls-key"))
-    token = None
-    if settings.auth_token_file is not None:
-        token = _read(settings.auth_token_file, "--auth-token-file").decode().strip()
-        if not token:
-            raise SettingsError(f"--auth-token-file {settings.auth_token_file}: the file is empty")
+    """Start a fully wired server; stop it (gracefully) on exit. ``worker`` keeps journals apart; ``upstream``
+    defaults to ``upstream_security(settings)``."""
+    try:
+        security = load_server_security(settings.tls_cert, settings.tls_key, settings.auth_token_file, "ranker")
+    except SecurityError as exc:
+        raise SettingsError(str(exc)) from None
+    if upstream is None:
+        upstream = upstream_security(settings)
     producer = None
     if settings.kafka:
         from analytics.events.producer import EventProducer
@@ -70,8 +87,8 @@ async def running_server(
         producer = EventProducer(
             settings.kafka, exposures_topic=settings.exposure_topic, client_id=f"mtrank-ranker-{worker}"
         )
-    retrieval = RetrievalClient(settings.retrieval) if settings.retrieval else None
-    server = RankerServer(settings, source, producer, retrieval, token, tls)
+    retrieval = RetrievalClient(settings.retrieval, upstream) if settings.retrieval else None
+    server = RankerServer(settings, source, producer, retrieval, security.token, security.credentials)
     try:
         await server.start()
         yield server
@@ -85,13 +102,14 @@ async def running_server(
 
 async def serve(settings: ServerSettings, worker: int = 0) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-    metrics.serve_metrics(settings.metrics_port + worker if settings.metrics_port else 0)
+    metrics.serve_metrics(settings.metrics_port + worker if settings.metrics_port else 0, settings.host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    with watched_router(settings) as source:
-        async with running_server(settings, source, worker):
+    upstream = upstream_security(settings)
+    with watched_router(settings, upstream) as source:
+        async with running_server(settings, source, worker, upstream):
             await stop.wait()
             logger.info("worker %d: shutting down", worker)
 

@@ -35,7 +35,8 @@ class RuntimeSettings(BaseModel):
     spinning: Literal["off", "alone", "on"] = Field(
         "alone",
         description="ORT pool threads spin-wait for work during a run (never between runs): 'alone' only in runs "
-        "that have ONNX Runtime to themselves (a second, spinning CPU session), 'on' in every run",
+        "that have ONNX Runtime to themselves (a second, spinning CPU session) while such runs measure faster "
+        "there than on the sleeping one (inference.LoneRunChooser), 'on' in every run",
     )
     inference_threads: int = Field(2, ge=1, description="executor threads calling session.run concurrently")
     golden_rtol: float = 1e-3
@@ -54,8 +55,13 @@ class ServerSettings(BaseModel):
     port: int = Field(50051, ge=0, le=65535)
     metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics endpoint")
     retrieval: str | None = Field(None, description="HOST:PORT of the retrieval service")
+    retrieval_tls_ca: Path | None = Field(None, description="CA bundle: call retrieval over TLS, verified with it")
+    retrieval_token_file: Path | None = Field(None, description="bearer token sent to retrieval")
     retrieve_k: int = Field(200, ge=1)
     retrieval_timeout_s: float = Field(1.0, gt=0)
+    retrieval_probe_interval_s: float = Field(
+        2.0, gt=0, description="how often the health of the retrieval path is checked (ListModels)"
+    )
     kafka: str | None = Field(None, description="bootstrap servers for exposure events")
     exposure_topic: str = "mtrank.exposures"
     exposure_buffer: int = Field(10000, ge=1)
@@ -66,6 +72,9 @@ class ServerSettings(BaseModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     auth_token_file: Path | None = None
+    open_inference: bool = Field(
+        True, description="also serve inference.GRPCInferenceService (KServe v2 / Triton) for every loaded version"
+    )
     max_candidates: int = Field(5000, ge=1)
     default_timeout_s: float = Field(5.0, gt=0, description="deadline applied when the client sets none")
     poll_interval_s: float = Field(5.0, gt=0)

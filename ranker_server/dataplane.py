@@ -6,6 +6,7 @@ Imports nothing from grpc (KServe's data plane does the same); the servicer conv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -15,10 +16,12 @@ from typing import Protocol
 
 import numpy as np
 
+from proto import limits
 from ranker_server import metrics
 from ranker_server.errors import DeadlineExceeded, InvalidInput, ModelNotFound, RankerError
 from ranker_server.exposure import ExposureLogger, ExposureRecord, now_ms
 from ranker_server.features import build_rows
+from ranker_server.interleaving import interleave
 from ranker_server.model_repository import LoadedModel, ModelRepository
 from ranker_server.routing import RANKING, RETRIEVAL, Assignment, Payload, Router
 
@@ -57,7 +60,25 @@ class AssignmentInfo:
 
 
 @dataclass(frozen=True)
+class ArmInfo:
+    """One arm of an interleaved request: its variation key and model."""
+
+    key: str
+    model: tuple[str, str]
+
+
+_NO_TEAMS = np.zeros(0, np.uint8)
+_NO_TEAMS.flags.writeable = False
+
+
+@dataclass(frozen=True)
 class RankResult:
+    """The ranked list; when interleaved, ``teams[i]`` is the index in ``arms`` of position i's arm.
+
+    An interleaved result's scores at each position are its arm's (NaN for a task that arm's model lacks),
+    and ``model`` is the first arm's.
+    """
+
     request_id: str
     candidate_ids: np.ndarray  # int64[K], ranked
     task_names: tuple[str, ...]
@@ -66,6 +87,8 @@ class RankResult:
     assignments: tuple[AssignmentInfo, ...]
     model: tuple[str, str]
     retrieval_model: tuple[str, str] | None
+    teams: np.ndarray = field(default_factory=lambda: _NO_TEAMS)  # uint8[K]; empty unless interleaved
+    arms: tuple[ArmInfo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +99,10 @@ class Retrieved:
 
 class CandidateSource(Protocol):
     """The retrieval service as the data plane sees it (``retrieval_client.RetrievalClient``)."""
+
+    max_k: int | None  # the largest k it accepts, when known
+
+    async def probe(self, timeout_s: float) -> bool: ...
 
     async def retrieve(
         self,
@@ -96,6 +123,13 @@ def check_query(query: RankQuery, max_candidates: int) -> None:
     """
     if not query.user_id:
         raise InvalidInput("user_id", "must be non-empty")
+    problem = limits.request_problem(
+        ids={"user_id": query.user_id, "request_id": query.request_id},
+        names={"model.name": query.model[0], "model.version": query.model[1]} if query.model else None,
+        attributes=query.attributes,
+    )
+    if problem is not None:
+        raise InvalidInput(*problem)
     n = len(query.candidate_ids)
     if n > max_candidates:
         raise InvalidInput(
@@ -114,6 +148,8 @@ def check_query(query: RankQuery, max_candidates: int) -> None:
         raise InvalidInput("candidate_sparse", "candidate features given without candidate_ids")
     if query.model is not None and not all(query.model):
         raise InvalidInput("model", "set both name and version to pin a model, or neither")
+    if query.retrieve_k > max_candidates:
+        raise InvalidInput("retrieve_k", f"must be at most {max_candidates} (0: the server's default)")
 
 
 def merge_scores(
@@ -151,6 +187,40 @@ class _Weights:
 
 
 _EQUAL_WEIGHTS = _Weights()  # no weights: every task counts 1 (``merge_scores``)
+
+
+@dataclass(frozen=True)
+class _Arm:
+    """A ranking the request is scored with: one, or two when the user is in an interleaving experiment."""
+
+    key: str
+    model: LoadedModel
+    payload: Payload
+
+
+def _count_failure(labels: Sequence[tuple[str, str, str]], reason: str) -> None:
+    for model_labels in labels:
+        metrics.REQUEST_FAILURE.labels(*model_labels, reason).inc()
+
+
+def _team_scores(
+    arms: Sequence[_Arm],
+    scored: Sequence[tuple[np.ndarray, np.ndarray]],
+    order: np.ndarray,
+    teams: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per position, the scores of the arm that supplied it, in the first arm's task order ([T, K], [K])."""
+    names = arms[0].model.task_names
+    task_scores = np.full((len(names), len(order)), np.nan, np.float32)
+    merged = np.empty(len(order), np.float32)
+    for team, (arm, (scores, totals)) in enumerate(zip(arms, scored, strict=True)):
+        at = teams == team
+        rows = order[at]
+        merged[at] = totals[rows]
+        for i, name in enumerate(names):
+            if name in arm.model.task_names:
+                task_scores[i, at] = scores[arm.model.task_names.index(name), rows]
+    return task_scores, merged
 
 
 class RankDataPlane:
@@ -192,74 +262,140 @@ class RankDataPlane:
         snapshot = self._repository.snapshot  # one router and one model set for the whole request
         assignments = list(snapshot.router.assign(query.user_id, dict(query.attributes)))
         default = snapshot.router.default_for(RANKING)
+        wanted: list[tuple[str, Payload]]  # (arm key, payload): one, or two when interleaved
         if query.model is not None:
             # Pinned: the ranking experiment does not apply to this request (nothing assigned, nothing logged).
             assignments = [a for a in assignments if a.stage != RANKING]
-            key, variant = query.model, PINNED_VARIANT
-            payload: Payload = default if key == (default.model_name, default.model_version) else _EQUAL_WEIGHTS
+            variant, keys = PINNED_VARIANT, [query.model]
+            pinned = default if query.model == (default.model_name, default.model_version) else _EQUAL_WEIGHTS
+            wanted = [(variant, pinned)]
         else:
             ranking = _pick(assignments, RANKING)
-            payload = ranking.payload if ranking else default
             variant = f"{ranking.experiment_key}:{ranking.variant_key}" if ranking else DEFAULT_VARIANT
-            key = (payload.model_name, payload.model_version)
-        labels = (*key, variant)
-        model = snapshot.models.get(key)
-        if model is None and query.model is not None:  # the client named it: its request is wrong
-            metrics.REQUEST_FAILURE.labels("", "", "", "InvalidInput").inc()
-            served = ", ".join(sorted(f"{n}/{v}" for n, v in snapshot.models))
-            raise InvalidInput("model", f"{key[0]}/{key[1]} is not served here (served: {served})")
-        if model is None:
-            metrics.REQUEST_FAILURE.labels(*labels, "ModelNotFound").inc()
-            raise ModelNotFound(
-                f"model: variant {variant} names {key[0]}/{key[1]}, which this server does not serve"
-            )
-        series = metrics.variant_series(*labels)  # only for served models: no empty series for typos
+            interleaving = ranking.interleaving if ranking else None
+            if interleaving is not None:
+                wanted = [(arm.key, arm.payload) for arm in interleaving.arms]
+            else:
+                wanted = [(variant, ranking.payload if ranking else default)]
+            keys = [(p.model_name, p.model_version) for _, p in wanted]
+        arms = []
+        for (arm_key, payload), key in zip(wanted, keys, strict=True):
+            model = snapshot.models.get(key)
+            if model is None and query.model is not None:  # the client named it: its request is wrong
+                metrics.REQUEST_FAILURE.labels("", "", "", "InvalidInput").inc()
+                served = ", ".join(sorted(f"{n}/{v}" for n, v in snapshot.models))
+                raise InvalidInput("model", f"{key[0]}/{key[1]} is not served here (served: {served})")
+            if model is None:
+                metrics.REQUEST_FAILURE.labels(*key, variant, "ModelNotFound").inc()
+                raise ModelNotFound(
+                    f"model: variant {variant} names {key[0]}/{key[1]}, which this server does not serve"
+                )
+            arms.append(_Arm(arm_key, model, payload))
+        models = list({arm.model.key: arm.model for arm in arms}.values())  # arms sharing a model score once
+        labels = [(*m.key, variant) for m in models]
+        series = [metrics.variant_series(*m) for m in labels]  # served models only: no empty series for typos
         try:
-            with model.use():
+            with contextlib.ExitStack() as held:
+                for m in models:
+                    held.enter_context(m.use())
                 async with asyncio.timeout_at(deadline):
                     result = await self._rank_with(
                         query,
                         request_id,
-                        model,
+                        arms,
+                        models,
                         variant,
-                        payload,
                         assignments,
                         snapshot.router,
                         deadline,
                         series,
                     )
         except TimeoutError:
-            metrics.REQUEST_FAILURE.labels(*labels, "DeadlineExceeded").inc()
+            _count_failure(labels, "DeadlineExceeded")
             raise DeadlineExceeded("deadline passed before the request was ranked") from None
         except RankerError as exc:
-            metrics.REQUEST_FAILURE.labels(*labels, type(exc).__name__).inc()
+            _count_failure(labels, type(exc).__name__)
             raise
         except asyncio.CancelledError:  # the client went away or its deadline passed
-            metrics.REQUEST_FAILURE.labels(*labels, "cancelled").inc()
+            _count_failure(labels, "cancelled")
             raise
         except Exception:
-            metrics.REQUEST_FAILURE.labels(*labels, "internal").inc()
+            _count_failure(labels, "internal")
             raise
-        series.success.inc()
-        series.duration.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        for model_series in series:  # an interleaved request counts for each model it used
+            model_series.success.inc()
+            model_series.duration.observe(elapsed)
         return result
 
     async def _rank_with(
         self,
         query: RankQuery,
         request_id: str,
-        model: LoadedModel,
+        arms: Sequence[_Arm],
+        models: Sequence[LoadedModel],
         variant: str,
-        payload: Payload,
         assignments: list[Assignment],
         router: Router,
         deadline: float | None,
-        series: metrics.VariantSeries,
+        series: Sequence[metrics.VariantSeries],
     ) -> RankResult:
         candidate_ids, retrieval_model = query.candidate_ids, None
         if not len(candidate_ids):
             retrieved = await self._retrieve(query, request_id, assignments, router, deadline)
             candidate_ids, retrieval_model = retrieved.candidate_ids, retrieved.model
+        if len(models) == 1:  # the common path: no task hand-off
+            logits = [await self._infer(query, models[0], candidate_ids, variant, deadline, series[0])]
+        else:  # interleaved with two models: both score at once, each through its own batcher
+            pairs = zip(models, series, strict=True)
+            logits = await asyncio.gather(
+                *(self._infer(query, m, candidate_ids, variant, deadline, s) for m, s in pairs)
+            )
+        by_model = dict(zip((m.key for m in models), logits, strict=True))
+        scored = [merge_scores(arm.model, by_model[arm.model.key], arm.payload.task_weights) for arm in arms]
+        orders = [np.argsort(-merged, kind="stable") for _, merged in scored]
+        teams, arm_info = _NO_TEAMS, ()
+        if len(arms) == 1:
+            order = orders[0][: query.top_k] if query.top_k else orders[0]
+            task_scores, merged = scored[0][0][:, order], scored[0][1][order]
+        else:
+            k = query.top_k or len(candidate_ids)
+            picked, team_list = interleave(orders[0].tolist(), orders[1].tolist(), k, request_id)
+            order, teams = np.array(picked, np.intp), np.array(team_list, np.uint8)
+            task_scores, merged = _team_scores(arms, scored, order, teams)
+            arm_info = tuple(ArmInfo(arm.key, arm.model.key) for arm in arms)
+        ranked = candidate_ids[order]
+        logged = [a for a in assignments if a.should_log]
+        if self._exposures is not None and logged:
+            model = arms[0].model.key
+            self._log(request_id, query.user_id, logged, model, retrieval_model, ranked, teams, arm_info)
+        return RankResult(
+            request_id=request_id,
+            candidate_ids=ranked,
+            task_names=arms[0].model.task_names,
+            task_scores=task_scores,
+            merged_scores=merged,
+            assignments=tuple(
+                AssignmentInfo(a.experiment_key, a.variant_key or "", a.variation_id, a.stage, a.layer or "")
+                for a in assignments
+                if a.in_experiment
+            ),
+            model=arms[0].model.key,
+            retrieval_model=retrieval_model,
+            teams=teams,
+            arms=arm_info,
+        )
+
+    async def _infer(
+        self,
+        query: RankQuery,
+        model: LoadedModel,
+        candidate_ids: np.ndarray,
+        variant: str,
+        deadline: float | None,
+        series: metrics.VariantSeries,
+    ) -> np.ndarray:
+        """Logits of every candidate from ``model``, through the batcher of ``variant`` on it."""
         rows = build_rows(
             model.package.layout,
             model.table,
@@ -274,28 +410,7 @@ class RankDataPlane:
         logits, timing = await model.batcher(variant).infer(rows.sparse, rows.dense, deadline)
         series.queue.observe(timing.queue_s)
         series.compute.observe(timing.compute_s)
-        task_scores, merged = merge_scores(model, logits, payload.task_weights)
-        order = np.argsort(-merged, kind="stable")
-        if query.top_k:
-            order = order[: query.top_k]
-        ranked = candidate_ids[order]
-        logged = [a for a in assignments if a.should_log]
-        if self._exposures is not None and logged:
-            self._log(request_id, query.user_id, logged, model.key, retrieval_model, ranked)
-        return RankResult(
-            request_id=request_id,
-            candidate_ids=ranked,
-            task_names=model.task_names,
-            task_scores=task_scores[:, order],
-            merged_scores=merged[order],
-            assignments=tuple(
-                AssignmentInfo(a.experiment_key, a.variant_key or "", a.variation_id, a.stage, a.layer or "")
-                for a in assignments
-                if a.in_experiment
-            ),
-            model=model.key,
-            retrieval_model=retrieval_model,
-        )
+        return logits
 
     async def _retrieve(
         self,
@@ -316,7 +431,8 @@ class RankDataPlane:
         timeout = self._retrieval_timeout_s
         if deadline is not None:
             timeout = min(timeout, max(deadline - asyncio.get_running_loop().time(), 0.0))
-        k = min(query.retrieve_k or self._retrieve_k, self._max_candidates)
+        # Clamped to what retrieval accepts: asking more would only fail.
+        k = min(query.retrieve_k or self._retrieve_k, self._max_candidates, self._retrieval.max_k or self._max_candidates)
         return await self._retrieval.retrieve(request_id, query.user_id, k, model, query.attributes, timeout)
 
     def _log(
@@ -327,14 +443,21 @@ class RankDataPlane:
         ranking_model: tuple[str, str],
         retrieval_model: tuple[str, str] | None,
         ranked: np.ndarray,
+        teams: np.ndarray,
+        arms: tuple[ArmInfo, ...],
     ) -> None:
-        """One exposure per logged assignment; a retrieval variant counts only when retrieval ran."""
+        """One exposure per logged assignment; a retrieval variant counts only when retrieval ran.
+
+        An interleaving assignment's exposure carries the team of every position; it is logged only when the
+        list served was interleaved.
+        """
         assert self._exposures is not None
         items, at = ranked.tolist(), now_ms()
         records = []
         for a in assignments:
             model = ranking_model if a.stage == RANKING else retrieval_model
-            if model is None:
+            interleaved = a.stage == RANKING and a.interleaving is not None
+            if model is None or interleaved and not arms:  # another ranking experiment's list was served
                 continue
             records.append(
                 ExposureRecord(
@@ -347,6 +470,8 @@ class RankDataPlane:
                     *model,
                     items,
                     at,
+                    teams.tolist() if interleaved else (),
+                    tuple((arm.key, *arm.model) for arm in arms) if interleaved else (),
                 )
             )
         self._exposures.log(records)

@@ -51,10 +51,13 @@ class ExposureRecord:
     model_version: str
     item_ids: Sequence[int]
     event_time_ms: int
+    teams: Sequence[int] = ()  # interleaving: the arm index of each item
+    arms: Sequence[tuple[str, str, str]] = ()  # interleaving: (variation key, model name, version) per arm
 
 
 def to_event(record: ExposureRecord) -> events_pb2.Exposure:
-    return events_pb2.Exposure(
+    """The Exposure event; an interleaving one is schema version 2, with teams and arms instead of a model."""
+    event = events_pb2.Exposure(
         event_id=uuid.uuid4().hex,
         schema_version=events_pb2.SCHEMA_VERSION_1,
         request_id=record.request_id,
@@ -64,9 +67,16 @@ def to_event(record: ExposureRecord) -> events_pb2.Exposure:
         variation_id=record.variation_id,
         stage=record.stage,
         event_time_ms=record.event_time_ms,
-        model=common_pb2.ModelRef(name=record.model_name, version=record.model_version),
         item_ids=list(record.item_ids),
     )
+    if record.arms:
+        event.schema_version = events_pb2.SCHEMA_VERSION_2
+        event.teams.extend(record.teams)
+        for key, name, version in record.arms:
+            event.arms.add(key=key, model=common_pb2.ModelRef(name=name, version=version))
+    else:
+        event.model.name, event.model.version = record.model_name, record.model_version
+    return event
 
 
 def now_ms() -> int:

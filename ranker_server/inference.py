@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import time
 from concurrent.futures import Executor
 
 import numpy as np
@@ -16,6 +18,7 @@ from ranker_server.errors import PackageError
 logger = logging.getLogger(__name__)
 
 _GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+_LOG2 = math.log(2.0)
 
 
 def session_options(settings: RuntimeSettings, spin: bool = False) -> ort.SessionOptions:
@@ -36,13 +39,53 @@ def session_options(settings: RuntimeSettings, spin: bool = False) -> ort.Sessio
     return options
 
 
+class LoneRunChooser:
+    """Picks the session of a run alone in the process: the spinning one while its lone runs measure faster.
+
+    Spinning pool threads hand work over sooner (-1 ms at concurrency 1 on idle cores), but on cores that other
+    processes keep busy they wait for a core instead of for work, and a lone run took twice as long as on the
+    sleeping session (benchmarks/results/serving_peers.md). So lone runs go to the session with the lower
+    running (geometric) mean time for their batch-size class, and one in ``explore_every`` goes to the other,
+    so that a change of load is noticed. Plain bookkeeping: no clock, no I/O.
+    """
+
+    def __init__(self, explore_every: int = 16, weight: float = 0.2) -> None:
+        self._explore_every = explore_every
+        self._weight = weight
+        self._log_seconds: dict[tuple[int, bool], float] = {}  # (size class, spin) -> running mean of log(s)
+        self._runs: dict[int, int] = {}
+
+    def spin(self, rows: int) -> bool:
+        """Whether the next lone run of ``rows`` rows goes to the spinning session."""
+        size = rows.bit_length()
+        runs = self._runs[size] = self._runs.get(size, 0) + 1
+        spinning, sleeping = self._log_seconds.get((size, True)), self._log_seconds.get((size, False))
+        if spinning is None or sleeping is None:  # measure each session once first, spinning first
+            return spinning is None
+        faster = spinning <= sleeping
+        return not faster if runs % self._explore_every == 0 else faster
+
+    def record(self, rows: int, spin: bool, seconds: float) -> None:
+        key = (rows.bit_length(), spin)
+        sample = math.log(max(seconds, 1e-7))
+        old = self._log_seconds.get(key)
+        if old is None:
+            self._log_seconds[key] = sample
+            return
+        # A step moves the mean by at most weight x log(2): one preempted run must not outvote many fast ones,
+        # while a lasting change still shows within a few runs.
+        step = min(max(sample - old, -_LOG2), _LOG2)
+        self._log_seconds[key] = old + self._weight * step
+
+
 class OnnxRanker:
     """A ranking graph (``sparse`` int64 [B, S], ``dense`` float32 [B, D]) -> ``logits`` float32 [B, T].
 
     On CPU with ``spinning="alone"`` it keeps two sessions of the graph: a run that has ONNX Runtime to itself
     (no other call in flight in this process, as at low load) goes to one whose threads spin during the run,
-    -1 ms at concurrency 1; concurrent runs go to one whose threads sleep, since spinning threads would take
-    the cores from each other and from gRPC (-16% requests/s at concurrency 16 when every run spins).
+    -1 ms at concurrency 1, as long as such runs measure faster there (``LoneRunChooser``); concurrent runs go
+    to one whose threads sleep, since spinning threads would take the cores from each other and from gRPC
+    (-16% requests/s at concurrency 16 when every run spins).
     """
 
     _in_flight = 0  # ONNX Runtime calls in flight in this process, counted on the event loop by ``infer``
@@ -67,6 +110,7 @@ class OnnxRanker:
             if settings.spinning == "alone" and not self.on_gpu
             else self.session
         )
+        self._chooser = LoneRunChooser() if self._alone_session is not self.session else None
 
     @property
     def alone_values(self) -> tuple[bool, ...]:
@@ -88,10 +132,21 @@ class OnnxRanker:
         """
         alone = OnnxRanker._in_flight == 0
         OnnxRanker._in_flight += 1
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, self.run, sparse, dense, alone)
+            if not alone or self._chooser is None:
+                return await loop.run_in_executor(executor, self.run, sparse, dense, alone)
+            spin = self._chooser.spin(len(sparse))
+            logits, seconds = await loop.run_in_executor(executor, self._timed_run, sparse, dense, spin)
+            self._chooser.record(len(sparse), spin, seconds)
+            return logits
         finally:
             OnnxRanker._in_flight -= 1
+
+    def _timed_run(self, sparse: np.ndarray, dense: np.ndarray, alone: bool) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        logits = self.run(sparse, dense, alone)
+        return logits, time.perf_counter() - started
 
     def run(self, sparse: np.ndarray, dense: np.ndarray, alone: bool = False) -> np.ndarray:
         """Score a batch; blocks (call it from an executor thread, never on the event loop).

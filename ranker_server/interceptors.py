@@ -1,8 +1,8 @@
-"""Server interceptors: the single place where exceptions become gRPC status codes, and bearer-token auth."""
+"""Server interceptors: the single place where exceptions become gRPC status codes (bearer-token auth comes
+from ``grpc_serving``, shared by every server)."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,7 +11,10 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
+from grpc_serving import AioBearerTokenInterceptor as BearerTokenInterceptor
 from ranker_server import errors
+
+__all__ = ["BearerTokenInterceptor", "ExceptionToStatusInterceptor", "status_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +26,6 @@ _CODES: tuple[tuple[type[errors.RankerError], grpc.StatusCode], ...] = (
     (errors.QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
-
-# Health probes must work without a token (orchestrators do not send one).
-_PUBLIC_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -81,33 +81,3 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
             await context.abort(code, message)
 
         return _wrap_unary(handler, behavior, None)
-
-
-class BearerTokenInterceptor(aio.ServerInterceptor):
-    """Rejects calls whose ``authorization`` metadata is not ``Bearer <token>`` (health checks excepted)."""
-
-    def __init__(self, token: str) -> None:
-        if not token:
-            raise ValueError("the bearer token must be non-empty")
-        self._expected = f"Bearer {token}".encode()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        if handler_call_details.method in _PUBLIC_METHODS:
-            return await continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = metadata.get("authorization", "")
-        given_bytes = given.encode() if isinstance(given, str) else given
-        if hmac.compare_digest(given_bytes, self._expected):
-            return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
-
-        async def deny(request: Any, context: aio.ServicerContext) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
-
-        if handler is None or handler.unary_unary is None:
-            return grpc.unary_unary_rpc_method_handler(deny)
-        return _wrap_unary(handler, deny, None)  # the request is never read: skip parsing it

@@ -6,10 +6,16 @@ worker serves its own endpoint on ``metrics_port + worker index``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Enum, Gauge, Histogram, start_http_server
+
+from ranker_server.errors import RankerError
 
 MODEL_LABELS = ("model", "version")
 VARIANT_LABELS = ("model", "version", "variant")
@@ -18,10 +24,10 @@ VARIANT_LABELS = ("model", "version", "variant")
 _LATENCY = (1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 5.0)
 
 REQUEST_SUCCESS = Counter(
-    "mtrank_inference_request_success", "Rank requests answered successfully", VARIANT_LABELS
+    "mtrank_inference_request_success", "Rank and ModelInfer requests answered successfully", VARIANT_LABELS
 )
 REQUEST_FAILURE = Counter(
-    "mtrank_inference_request_failure", "Rank requests that failed, by reason", (*VARIANT_LABELS, "reason")
+    "mtrank_inference_request_failure", "Rank and ModelInfer requests that failed, by reason", (*VARIANT_LABELS, "reason")
 )
 INFERENCE_COUNT = Counter(
     "mtrank_inference_count", "Candidate rows scored (Triton: inferences)", MODEL_LABELS
@@ -29,7 +35,7 @@ INFERENCE_COUNT = Counter(
 EXEC_COUNT = Counter("mtrank_inference_exec_count", "ONNX Runtime batch executions", MODEL_LABELS)
 REQUEST_DURATION = Histogram(
     "mtrank_inference_request_duration_seconds",
-    "Rank request time in the server",
+    "Rank and ModelInfer request time in the server",
     VARIANT_LABELS,
     buckets=_LATENCY,
 )
@@ -72,6 +78,7 @@ ITEM_OOV = Counter("mtrank_item_oov", "Candidate ids missing from the item featu
 EXPOSURES_SENT = Counter("mtrank_exposures_sent", "Exposure events handed to the event producer")
 EXPOSURES_DROPPED = Counter("mtrank_exposures_dropped", "Exposure events dropped (buffer full or sink error)")
 EXPOSURE_BUFFER = Gauge("mtrank_exposure_buffer_events", "Exposure events waiting for the event producer")
+RETRIEVAL_UP = Gauge("mtrank_retrieval_up", "1 while the retrieval service answers the ranker's probes, else 0")
 SNAPSHOT_SWAPS = Counter("mtrank_snapshot_swaps", "Router + model set swaps, by outcome", ("outcome",))
 
 
@@ -96,7 +103,26 @@ def variant_series(model: str, version: str, variant: str) -> VariantSeries:
     )
 
 
-def serve_metrics(port: int) -> None:
-    """Expose the default registry over HTTP on ``port`` (0 disables it)."""
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose the default registry over HTTP on ``host``:``port`` (0 disables it): the interface gRPC binds."""
     if port:
-        start_http_server(port)
+        start_http_server(port, addr=host.strip("[]"))
+
+
+@contextlib.contextmanager
+def accounted(series: VariantSeries, labels: tuple[str, str, str], started: float) -> Iterator[None]:
+    """Count the request the block serves: success and duration (from ``started``, a perf_counter time), or
+    a failure labelled with the error's class (``RankerError``), ``cancelled`` or ``internal``."""
+    try:
+        yield
+    except RankerError as exc:
+        REQUEST_FAILURE.labels(*labels, type(exc).__name__).inc()
+        raise
+    except asyncio.CancelledError:  # the client went away or its deadline passed
+        REQUEST_FAILURE.labels(*labels, "cancelled").inc()
+        raise
+    except Exception:
+        REQUEST_FAILURE.labels(*labels, "internal").inc()
+        raise
+    series.success.inc()
+    series.duration.observe(time.perf_counter() - started)

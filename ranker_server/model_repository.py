@@ -162,6 +162,11 @@ class ModelRepository:
             raise RuntimeError("ModelRepository.start() has not run")
         return self._snapshot
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the first load finished: every model version the router named then is ready."""
+        return self._snapshot is not None
+
     async def start(self) -> None:
         """Load everything the current router names.
 

@@ -6,7 +6,7 @@ tests may pass any object with the same shape.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 RANKING = "ranking"
@@ -19,6 +19,18 @@ class Payload(Protocol):
     task_weights: Mapping[str, float]
 
 
+class Arm(Protocol):
+    key: str
+    payload: Payload
+
+
+class Interleaving(Protocol):
+    """Both arms of an interleaving experiment, served merged into one list by ``method``."""
+
+    method: str
+    arms: Sequence[Arm]
+
+
 class Assignment(Protocol):
     experiment_key: str
     variant_key: str | None
@@ -28,6 +40,7 @@ class Assignment(Protocol):
     in_experiment: bool
     should_log: bool
     payload: Payload
+    interleaving: Interleaving | None  # set for a user inside an interleaving experiment
 
 
 class Router(Protocol):

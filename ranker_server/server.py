@@ -3,6 +3,12 @@
 Lifecycle after the grpc examples: ``start`` binds and serves (health SERVING per service); ``stop`` first
 sets every service NOT_SERVING, then lets in-flight requests finish within the grace period, then drains the
 model repository and the exposure buffer.
+
+Health while retrieval is down: the server and ``mtrank.v1.Ranker`` stay SERVING, because requests that bring
+their candidates are still served (every replica shares the retrieval backend, so taking replicas out of
+rotation would turn a partial outage into a full one); ``mtrank.v1.Ranker/retrieval``, the path of requests
+without candidates, turns NOT_SERVING (and ``mtrank_retrieval_up`` 0) until retrieval answers again. Those
+requests meanwhile get UNAVAILABLE naming retrieval; the channel reconnects by itself, no restart needed.
 """
 
 from __future__ import annotations
@@ -10,35 +16,36 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto import ranking_pb2, ranking_pb2_grpc
+from grpc_serving import SERVER_OPTIONS, bind
+from proto import inference_pb2, inference_pb2_grpc, ranking_pb2, ranking_pb2_grpc
+from ranker_server import metrics
 from ranker_server.config import ServerSettings
 from ranker_server.dataplane import CandidateSource, RankDataPlane
 from ranker_server.exposure import ExposureLogger, ExposureSink
 from ranker_server.interceptors import BearerTokenInterceptor, ExceptionToStatusInterceptor
 from ranker_server.model_repository import ModelRepository
+from ranker_server.open_inference import InferenceDataPlane
+from ranker_server.open_inference_servicer import OpenInferenceServicer
 from ranker_server.routing import RouterSource
 from ranker_server.servicer import RankerServicer
 
 logger = logging.getLogger(__name__)
 
 RANKER_SERVICE = ranking_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    cert_chain: bytes
-    private_key: bytes
+INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+RETRIEVAL_PATH = f"{RANKER_SERVICE}/retrieval"
+"""Health service name of the retrieval-dependent path (requests without candidates)."""
 
 
 class RankerServer:
-    """One grpc.aio server process: Ranker + health + reflection over one model repository."""
+    """One grpc.aio server process: Ranker, the Open Inference Protocol (unless turned off), health and
+reflection over one model repository."""
 
     def __init__(
         self,
@@ -47,7 +54,7 @@ class RankerServer:
         exposure_sink: ExposureSink | None = None,
         retrieval: CandidateSource | None = None,
         auth_token: str | None = None,
-        tls: TlsFiles | None = None,
+        tls: grpc.ServerCredentials | None = None,
     ) -> None:
         self.settings = settings
         self._router_source = router_source
@@ -63,6 +70,7 @@ class RankerServer:
         self._tasks: list[asyncio.Task[None]] = []
         self.repository: ModelRepository | None = None
         self.exposures: ExposureLogger | None = None
+        self.inference: InferenceDataPlane | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -92,34 +100,54 @@ class RankerServer:
             interceptors.append(BearerTokenInterceptor(self._auth_token))
         interceptors.append(ExceptionToStatusInterceptor())
         # SO_REUSEPORT lets ``--workers N`` processes bind the same port; the kernel spreads connections.
-        server = aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 1)])
+        server = aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 1), *SERVER_OPTIONS])
         ranking_pb2_grpc.add_RankerServicer_to_server(
             RankerServicer(dataplane, settings.default_timeout_s), server
         )
+        services = [RANKER_SERVICE]
+        if settings.open_inference:
+            self.inference = InferenceDataPlane(self.repository, settings.max_candidates)
+            inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                OpenInferenceServicer(self.inference, settings.default_timeout_s), server
+            )
+            services.append(INFERENCE_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (RANKER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        address = f"{settings.host}:{settings.port}"
-        if self._tls is not None:
-            credentials = grpc.ssl_server_credentials([(self._tls.private_key, self._tls.cert_chain)])
-            self.port = server.add_secure_port(address, credentials)
-        else:
-            self.port = server.add_insecure_port(address)
+        reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        self.port = bind(server, f"{settings.host}:{settings.port}", self._tls)
         await server.start()
         self._server = server
-        for service in ("", RANKER_SERVICE):
+        for service in ("", *services):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._tasks.append(
-            asyncio.get_running_loop().create_task(self.repository.poll(settings.poll_interval_s))
-        )
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.repository.poll(settings.poll_interval_s)))
+        if self._retrieval is not None:
+            self._tasks.append(loop.create_task(self._watch_retrieval(self._retrieval)))
         logger.info("ranker serving on %s:%d", settings.host, self.port)
         return self.port
+
+    async def _watch_retrieval(self, retrieval: CandidateSource) -> None:
+        """Keep the health of ``RETRIEVAL_PATH`` (and ``mtrank_retrieval_up``) in line with retrieval's answers."""
+        interval = self.settings.retrieval_probe_interval_s
+        up: bool | None = None
+        while True:
+            answered = await retrieval.probe(timeout_s=min(interval, self.settings.retrieval_timeout_s))
+            if answered != up:
+                up = answered
+                metrics.RETRIEVAL_UP.set(int(up))
+                status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+                await self._health.set(RETRIEVAL_PATH, status)
+                if up:
+                    logger.info("retrieval answers: requests without candidates are served")
+                else:
+                    logger.warning("retrieval does not answer: requests without candidates get UNAVAILABLE")
+            await asyncio.sleep(interval)
 
     async def stop(self, grace_s: float | None = None) -> None:
         """NOT_SERVING first, then drain in-flight requests within ``grace_s``, then release everything."""
         grace = self.settings.grace_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
+        if self.inference is not None:
+            self.inference.stopping = True
         if self._server is not None:
             await asyncio.sleep(self.settings.not_serving_delay_s)
         for task in self._tasks:

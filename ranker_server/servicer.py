@@ -54,8 +54,13 @@ def result_to_proto(result: RankResult) -> ranking_pb2.RankResponse:
             )
             for a in result.assignments
         ],
-        model=common_pb2.ModelRef(name=result.model[0], version=result.model[1]),
     )
+    if result.arms:  # interleaved: each position names its arm, the arms name their models
+        response.teams.extend(result.teams.tolist())
+        for arm in result.arms:
+            response.arms.add(key=arm.key, model=common_pb2.ModelRef(name=arm.model[0], version=arm.model[1]))
+    else:
+        response.model.name, response.model.version = result.model
     if result.retrieval_model is not None:
         response.retrieval_model.CopyFrom(
             common_pb2.ModelRef(name=result.retrieval_model[0], version=result.retrieval_model[1])

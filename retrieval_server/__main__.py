@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 
+from grpc_serving import SecurityError, add_server_arguments, server_security_from_args
 from retrieval_server.errors import PackageError
 from retrieval_server.index import EXACT_MAX_ITEMS
 from retrieval_server.model_repository import ModelRepository
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "get their retrieval-layer variant; without it they get the first --model")
     parser.add_argument("--experiments-poll", type=float, default=2.0, help="seconds between config reload checks")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight requests on SIGTERM")
+    add_server_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     return parser
 
@@ -55,6 +57,7 @@ def parse_model(value: str) -> tuple[str, str]:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    security = server_security_from_args(args, "retrieval")
     repository = ModelRepository(args.repository, exact_max_items=args.exact_max_items, ann=args.ann)
     for i, value in enumerate(args.model):
         repository.load(*parse_model(value), default=i == 0)
@@ -65,7 +68,7 @@ async def serve(args: argparse.Namespace) -> None:
         watcher = ConfigWatcher(args.experiments, interval_s=args.experiments_poll).start()
     server = RetrievalServer(repository, host=args.host, port=args.port, metrics_port=args.metrics_port,
                              max_k=args.max_k, threads=args.threads, poll_interval_s=args.poll_interval,
-                             router_source=watcher, exclude_neighbours=args.exclude_neighbors)
+                             router_source=watcher, exclude_neighbours=args.exclude_neighbors, security=security)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     onnxruntime.set_default_logger_severity(3)
     try:
         asyncio.run(serve(args))
-    except (PackageError, ValueError) as exc:  # bad package, or an invalid experiment config (ConfigError)
+    except (PackageError, ValueError, SecurityError) as exc:  # bad package, config (ConfigError), TLS/token file
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

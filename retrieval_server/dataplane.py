@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from proto import limits
 from retrieval_server.errors import InvalidInput
 from retrieval_server.metrics import RetrievalMetrics
 from retrieval_server.model_repository import LoadedModel, ModelRepository
@@ -57,6 +58,15 @@ class RetrieveResult:
     assignments: tuple[RouteAssignment, ...] = ()
 
 
+@dataclass(frozen=True)
+class ServedModels:
+    """What the server serves now (``ListModels``)."""
+
+    models: tuple[tuple[str, str], ...]
+    default: tuple[str, str] | None
+    max_k: int
+
+
 class RouterSource(Protocol):
     """``experiment_router.reload.ConfigWatcher`` or anything with a ``current`` Router (assign, default_for)."""
 
@@ -65,6 +75,21 @@ class RouterSource(Protocol):
 
 
 RETRIEVAL_STAGE = "retrieval"
+
+
+def check_sizes(query: RetrieveQuery) -> None:
+    """Bounded string fields (``proto.limits``).
+
+    Raises:
+        InvalidInput: naming the field, never quoting its value.
+    """
+    problem = limits.request_problem(
+        ids={"user_id": query.user_id, "request_id": query.request_id},
+        names={"model.name": query.model_name, "model.version": query.model_version},
+        attributes=query.attributes,
+    )
+    if problem is not None:
+        raise InvalidInput(*problem)
 
 
 class RetrievalDataPlane:
@@ -129,11 +154,17 @@ class RetrievalDataPlane:
         return RetrieveResult(query.request_id, model.store.ids[found], scores, model.key, position is None,
                               assignments)
 
+    def served(self) -> ServedModels:
+        """The loaded versions (sorted), the default one and the largest k."""
+        return ServedModels(tuple(sorted(m.key for m in self.repository.loaded())), self.repository.default,
+                            self.max_k)
+
     async def retrieve(self, query: RetrieveQuery) -> RetrieveResult:
         if query.k <= 0 or query.k > self.max_k:
             raise InvalidInput("k", f"must be in 1..{self.max_k}, got {query.k}")
         if not query.user_id:
             raise InvalidInput("user_id", "must not be empty")
+        check_sizes(query)
         name, version, assignments = query.model_name, query.model_version, ()
         if not name and self._router_source is not None:
             name, version, assignments = self._route(query)

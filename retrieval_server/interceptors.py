@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from retrieval_server.errors import InvalidInput, ModelNotFound, ModelNotReady
@@ -30,7 +31,11 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 class ExceptionToStatusInterceptor(aio.ServerInterceptor):
-    """Wraps unary-unary handlers: known errors -> their code, anything else -> INTERNAL (logged)."""
+    """Wraps unary-unary handlers: known errors -> their code, anything else -> INTERNAL (logged).
+
+    It also parses the request itself: bytes that are no valid message get INVALID_ARGUMENT naming ``request``
+    (gRPC would answer UNKNOWN and log a traceback for every such call).
+    """
 
     def __init__(self, metrics: RetrievalMetrics) -> None:
         self._metrics = metrics
@@ -44,10 +49,15 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None or "Retriever" not in handler_call_details.method:
             return handler
         inner = handler.unary_unary
+        deserialize = handler.request_deserializer
         metrics = self._metrics
 
-        async def guarded(request: Any, context: aio.ServicerContext) -> Any:
+        async def guarded(raw: Any, context: aio.ServicerContext) -> Any:
             try:
+                try:
+                    request = deserialize(raw) if deserialize is not None else raw
+                except DecodeError:
+                    raise InvalidInput("request", "cannot be parsed as the method's request message") from None
                 response = await inner(request, context)
             except Exception as exc:  # noqa: BLE001 (this is the one place that maps them)
                 code, message = status_for(exc)
@@ -58,8 +68,4 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
             metrics.requests.labels("OK").inc()
             return response
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return grpc.unary_unary_rpc_method_handler(guarded, response_serializer=handler.response_serializer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from retrieval_server.index import EXACT_MAX_ITEMS, FaissIndex, build_index
 logger = logging.getLogger(__name__)
 
 ModelKey = tuple[str, str]
+_CANONICAL_ID = re.compile(r"0|-?[1-9][0-9]{0,18}")  # ASCII digits only, as str(int) writes an int64
 
 
 def _sha256(path: Path) -> str:
@@ -63,11 +65,15 @@ class LoadedModel:
         return (self.name, self.version)
 
     def position(self, user_id: str) -> int | None:
-        """Index position of a user id (a decimal int64 string), ``None`` when unknown."""
-        try:
-            return self.positions.get(int(user_id))
-        except ValueError:
+        """Index position of a user id, ``None`` when unknown.
+
+        Only the canonical decimal form of a node id (what ``str(int)`` gives) names it: ``int()`` also reads
+        " 42 ", "4_2", "+42", "042" and non-ASCII digits as 42, while the experiment router hashes the id
+        string, so those are other users and must not get user 42's candidates.
+        """
+        if not _CANONICAL_ID.fullmatch(user_id):
             return None
+        return self.positions.get(int(user_id))
 
     def embed(self, features: np.ndarray, neighbour_positions: np.ndarray, seed: int) -> np.ndarray:
         """Embed an unseen user on the fly with the ONNX encoder; deterministic for a given ``seed``."""

@@ -15,6 +15,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from grpc_serving import SERVER_OPTIONS, AioBearerTokenInterceptor, ServerSecurity, bind
 from proto import retrieval_pb2, retrieval_pb2_grpc
 from retrieval_server.dataplane import RetrievalDataPlane, RouterSource
 from retrieval_server.interceptors import ExceptionToStatusInterceptor
@@ -33,7 +34,7 @@ class RetrievalServer:
     def __init__(self, repository: ModelRepository, host: str = "127.0.0.1", port: int = 0,
                  metrics_port: int | None = None, max_k: int = 1000, threads: int = 4,
                  poll_interval_s: float = 0.0, router_source: RouterSource | None = None,
-                 exclude_neighbours: bool = False) -> None:
+                 exclude_neighbours: bool = False, security: ServerSecurity | None = None) -> None:
         self.repository = repository
         self.metrics = RetrievalMetrics()
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="retrieval")
@@ -43,6 +44,7 @@ class RetrievalServer:
         self._address = f"{host}:{port}"
         self._metrics_port = metrics_port
         self._poll_interval_s = poll_interval_s
+        self._security = security or ServerSecurity()
         self._health = health.aio.HealthServicer()
         self._server: aio.Server | None = None
         self._poller: asyncio.Task | None = None
@@ -52,12 +54,15 @@ class RetrievalServer:
     async def start(self) -> None:
         """Bind, serve and mark every service SERVING."""
         self.metrics.publish_models(self.repository.loaded(), self.repository.default)
-        server = aio.server(interceptors=[ExceptionToStatusInterceptor(self.metrics)])
+        interceptors: list[aio.ServerInterceptor] = [ExceptionToStatusInterceptor(self.metrics)]
+        if self._security.token:
+            interceptors.insert(0, AioBearerTokenInterceptor(self._security.token))
+        server = aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         retrieval_pb2_grpc.add_RetrieverServicer_to_server(RetrieverServicer(self.dataplane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = (RETRIEVER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(self._address)
+        self.port = bind(server, self._address, self._security.credentials)
         await server.start()
         self._server = server
         for service in (RETRIEVER_SERVICE, ""):

@@ -42,3 +42,15 @@ class RetrieverServicer(retrieval_pb2_grpc.RetrieverServicer):
                 for a in result.assignments
             ],
         )
+
+    async def ListModels(  # noqa: N802 (gRPC method name)
+        self, request: retrieval_pb2.ListModelsRequest, context: aio.ServicerContext
+    ) -> retrieval_pb2.ListModelsResponse:
+        served = self._dataplane.served()
+        response = retrieval_pb2.ListModelsResponse(
+            models=[common_pb2.ModelRef(name=name, version=version) for name, version in served.models],
+            max_k=served.max_k,
+        )
+        if served.default is not None:
+            response.default_model.CopyFrom(common_pb2.ModelRef(name=served.default[0], version=served.default[1]))
+        return response

@@ -23,12 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m analytics.consumer",
         description="Consume exposures and outcomes from Kafka into the analytics event store. Offsets are "
         "committed only after the state is durable; several processes with the same --group split the "
-        "partitions (they may share one SQLite --store file).",
+        "partitions (they may share one --store folder).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
     parser.add_argument(
-        "--store", default=str(DEFAULT_DATA_DIR / "analytics" / "events.db"), help="SQLite file"
+        "--store",
+        default=str(DEFAULT_DATA_DIR / "analytics" / "events"),
+        help="event store: a folder (embedded DuckDB store, created when missing), duckdb:///path, or "
+        "clickhouse://host:port/db (tests and migration; at scale ClickHouse ingests Kafka itself)",
     )
     parser.add_argument("--group", default="mtrank-analytics", help="consumer group id")
     parser.add_argument("--exposures-topic", default=EXPOSURES_TOPIC)

@@ -1,16 +1,55 @@
-"""Checkpoint: the events and offsets processed since the last commit, made durable in a fixed order."""
+"""Checkpoint: the events and offsets processed since the last commit, made durable in a fixed order.
+
+Offsets mean something only within one incarnation of a partition's log. When a broker loses its data (an
+in-memory broker restarted, a topic deleted and recreated, an unclean leader election) the log starts again at
+offset 0 below the offsets already stored, and resuming from the stored offset would skip every new record.
+``reset_partition`` starts a new *log generation*: its offsets are stored under their own key,
+``TopicPartition("<topic>#<generation>", partition)`` (``#`` cannot occur in a Kafka topic name), so they never
+conflict with the old ones, and any ``EventStore`` records the reset in the same transaction as the first
+events of the new log, with nothing store-specific. ``resume_points`` reads the newest generation back.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from kafka.errors import KafkaError
+from prometheus_client import Counter
 
 from analytics.consumer.exceptions import CheckpointOffsetBackwards
 from analytics.consumer.kafka_consumer import Consumer
-from analytics.store.base import EventStore, ExposureRow, OutcomeRow, TopicPartition
+from analytics.store.base import EventStore, ExposureColumns, OutcomeColumns, TopicPartition
 
 log = logging.getLogger(__name__)
+
+_GENERATION_SEPARATOR = "#"
+
+LOG_RESETS = Counter(
+    "mtrank_analytics_log_resets",
+    "Partitions read again from their start because their log now ends below the offsets already applied",
+    ["topic", "partition"],
+)
+
+
+def stored_key(tp: TopicPartition, generation: int) -> TopicPartition:
+    """The key under which the offsets of ``tp``'s log generation ``generation`` are stored."""
+    if generation == 0:
+        return tp
+    return TopicPartition(f"{tp.topic}{_GENERATION_SEPARATOR}{generation}", tp.partition)
+
+
+def resume_points(stored: dict[TopicPartition, int]) -> dict[TopicPartition, tuple[int, int]]:
+    """``(generation, last applied offset)`` of the newest log generation of each partition in ``stored``."""
+    points: dict[TopicPartition, tuple[int, int]] = {}
+    for key, offset in stored.items():
+        topic, separator, generation = key.topic.rpartition(_GENERATION_SEPARATOR)
+        if not separator or not generation.isdigit():
+            topic, generation = key.topic, "0"
+        tp = TopicPartition(topic, key.partition)
+        point = (int(generation), offset)
+        if tp not in points or point > points[tp]:
+            points[tp] = point
+    return points
 
 
 class Checkpoint:
@@ -23,19 +62,74 @@ class Checkpoint:
     def __init__(self, store: EventStore, consumer: Consumer | None) -> None:
         self._store = store
         self._consumer = consumer
-        self.exposures: list[ExposureRow] = []
-        self.outcomes: list[OutcomeRow] = []
+        self.exposures = ExposureColumns()
+        self.outcomes = OutcomeColumns()
         self._offsets: dict[TopicPartition, int] = {}
         self._last: dict[TopicPartition, int | None] = {}
+        self._generation: dict[TopicPartition, int] = {}
 
-    def start_partition(self, tp: TopicPartition, last_applied: int | None) -> None:
-        """Register a newly assigned partition and the last offset already in the store (None: none)."""
+    def start_partition(self, tp: TopicPartition, last_applied: int | None, generation: int = 0) -> None:
+        """Register a newly assigned partition, the last offset already in the store (None: none) and the log
+        generation that offset belongs to (see ``resume_points``)."""
         self._last[tp] = last_applied
+        self._generation[tp] = generation
 
     def drop_partition(self, tp: TopicPartition) -> None:
         """Forget a revoked partition (call after ``persist``): its records are no longer ours to apply."""
         self._last.pop(tp, None)
         self._offsets.pop(tp, None)
+        self._generation.pop(tp, None)
+
+    def next_offset(self, tp: TopicPartition) -> int | None:
+        """The offset of the next record expected on ``tp`` (None when nothing was applied in its generation)."""
+        last = self._last.get(tp)
+        return None if last is None else last + 1
+
+    def rewritten_partitions(self) -> dict[TopicPartition, int]:
+        """Partitions whose log now ends below the next offset expected, with that end.
+
+        The end is the high watermark of the last fetch (Tansu answers ListOffsets(latest) wrongly, fetches
+        right). Within one log a high watermark never falls below an offset already read, so this means the
+        log was rewritten. A new log that has already grown past the stored offset when the consumer first
+        fetches from it cannot be told apart by offsets alone.
+        """
+        if self._consumer is None:
+            return {}
+        rewritten = {}
+        for tp, last in self._last.items():
+            end = self._consumer.highwater(tp) if last is not None else None
+            if end is not None and end <= last:  # type: ignore[operator]
+                rewritten[tp] = end
+        return rewritten
+
+    def reset_partition(self, tp: TopicPartition, log_end: int) -> None:
+        """The policy for a rewritten log: warn, count (``mtrank_analytics_log_resets_total``), start a new log
+        generation and read the partition again from its start; events already stored are deduplicated by event
+        id. Call ``persist`` first: pending offsets belong to the old generation.
+
+        Raises:
+            RuntimeError: offsets of ``tp`` are still pending.
+        """
+        if tp in self._offsets:
+            raise RuntimeError(f"{tp.topic}[{tp.partition}]: persist the checkpoint before resetting it")
+        log.warning(
+            "%s[%d]: the log ends at offset %d, below offset %s already applied: the broker lost its data or the "
+            "topic was recreated. Reading the partition again from its start (stored events are deduplicated "
+            "by event id).",
+            tp.topic,
+            tp.partition,
+            log_end,
+            self._last.get(tp),
+        )
+        LOG_RESETS.labels(tp.topic, str(tp.partition)).inc()
+        self._generation[tp] = self._generation.get(tp, 0) + 1
+        # Offset -1 (nothing applied yet) under the new generation's key, made durable by the next ``persist``:
+        # a rebalance before the new log's first events are stored then resumes in this generation instead of
+        # comparing the old generation's offsets with the new log and resetting it a second time.
+        self._offsets[tp] = -1
+        self._last[tp] = -1
+        if self._consumer is not None:
+            self._consumer.seek_to_beginning([tp])
 
     @property
     def assigned(self) -> bool:
@@ -80,9 +174,10 @@ class Checkpoint:
         if self.empty:
             return {}
         offsets = self._offsets
-        self._store.apply(self.exposures, self.outcomes, offsets)
+        stored = {stored_key(tp, self._generation.get(tp, 0)): offset for tp, offset in offsets.items()}
+        self._store.apply(self.exposures, self.outcomes, stored)
         log.debug("checkpoint: %d events, offsets %s", self.size, offsets)
-        self.exposures, self.outcomes, self._offsets = [], [], {}
+        self.exposures, self.outcomes, self._offsets = ExposureColumns(), OutcomeColumns(), {}
         return offsets
 
     def commit_to_kafka(self, offsets: dict[TopicPartition, int]) -> None:

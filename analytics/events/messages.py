@@ -6,15 +6,22 @@ serialise each event once and frame it (tag + length) when batching: no re-encod
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable, Sequence
 
 from analytics.events.errors import InvalidEvent
-from proto import common_pb2, events_pb2
+from proto import common_pb2, events_pb2, limits
 
 SCHEMA_VERSION = events_pb2.SCHEMA_VERSION_1
+INTERLEAVING_SCHEMA_VERSION = events_pb2.SCHEMA_VERSION_2
+"""Exposures of interleaving experiments (with ``teams`` and ``arms``); every other event is version 1."""
 KNOWN_SCHEMA_VERSIONS = frozenset({events_pb2.SCHEMA_VERSION_1})
+"""Versions the analytics consumer reads. Version 2 joins once the store credits clicks to teams; until then
+the consumer skips interleaving exposures (counted as rejected) rather than read them as an A/B variant."""
+SENDABLE_SCHEMA_VERSIONS = KNOWN_SCHEMA_VERSIONS | {INTERLEAVING_SCHEMA_VERSION}
+"""Versions producers may send."""
 _BATCH_EVENTS_TAG = b"\x0a"  # field 1 (events), wire type 2 (length-delimited)
 
 
@@ -41,11 +48,16 @@ def make_exposure(
     model_version: str = "",
     item_ids: Sequence[int] = (),
     event_id: str | None = None,
+    teams: Sequence[int] = (),
+    arms: Sequence[tuple[str, str, str]] = (),
 ) -> events_pb2.Exposure:
     """An Exposure with a fresh event id, the current schema version and (by default) the current time.
 
+    An interleaving exposure gives ``arms`` (variation key, model name, model version of each arm) and
+    ``teams`` (the arm index of each item): it gets schema version 2 and no ``model``.
+
     Raises:
-        InvalidEvent: when user_id, experiment_key or variant_key is empty.
+        InvalidEvent: when user_id, experiment_key or variant_key is empty, or see ``event_problem``.
     """
     for name, value in (
         ("user_id", user_id),
@@ -54,9 +66,9 @@ def make_exposure(
     ):
         if not value:
             raise InvalidEvent(f"Exposure.{name} must not be empty")
-    return events_pb2.Exposure(
+    exposure = events_pb2.Exposure(
         event_id=event_id or new_event_id(),
-        schema_version=SCHEMA_VERSION,
+        schema_version=INTERLEAVING_SCHEMA_VERSION if arms else SCHEMA_VERSION,
         request_id=request_id,
         user_id=user_id,
         experiment_key=experiment_key,
@@ -64,9 +76,17 @@ def make_exposure(
         variation_id=variation_id,
         stage=stage,
         event_time_ms=now_ms() if event_time_ms is None else event_time_ms,
-        model=common_pb2.ModelRef(name=model_name, version=model_version),
         item_ids=item_ids,
+        teams=teams,
+        arms=[
+            common_pb2.InterleavingArm(key=k, model=common_pb2.ModelRef(name=n, version=v))
+            for k, n, v in arms
+        ],
     )
+    if not arms:
+        exposure.model.CopyFrom(common_pb2.ModelRef(name=model_name, version=model_version))
+    check_event(exposure)
+    return exposure
 
 
 def make_outcome(
@@ -84,12 +104,9 @@ def make_outcome(
     """An Outcome (metric + value) with a fresh event id, the current schema version and time.
 
     Raises:
-        InvalidEvent: when user_id or metric is empty.
+        InvalidEvent: see ``event_problem``.
     """
-    for name, field in (("user_id", user_id), ("metric", metric)):
-        if not field:
-            raise InvalidEvent(f"Outcome.{name} must not be empty")
-    return events_pb2.Outcome(
+    outcome = events_pb2.Outcome(
         event_id=event_id or new_event_id(),
         schema_version=SCHEMA_VERSION,
         request_id=request_id,
@@ -101,22 +118,88 @@ def make_outcome(
         value=float(value),
         item_id=item_id,
     )
+    check_event(outcome)
+    return outcome
+
+
+def event_problem(message: events_pb2.Exposure | events_pb2.Outcome) -> tuple[str, str] | None:
+    """``(field, reason)`` when the event cannot be sent (the reason never quotes the value), else None.
+
+    Checks what every event needs: a user id (and a metric and a finite value, for outcomes), string fields
+    within the contract's size limits (``proto.limits``) and a known schema version (unset is fine:
+    ``complete`` fills it in).
+    """
+    outcome = isinstance(message, events_pb2.Outcome)
+    if not message.user_id:
+        return "user_id", "must not be empty"
+    if outcome and not message.metric:
+        return "metric", "must not be empty"
+    if outcome and not math.isfinite(message.value):
+        return "value", "must be a finite number (NaN and infinity are not)"
+    names = {"experiment_key": message.experiment_key, "variant_key": message.variant_key}
+    if outcome:
+        names["metric"] = message.metric
+    else:
+        names |= {
+            "stage": message.stage,
+            "model.name": message.model.name,
+            "model.version": message.model.version,
+        }
+    problem = limits.request_problem(
+        ids={"user_id": message.user_id, "request_id": message.request_id, "event_id": message.event_id},
+        names=names,
+    )
+    if problem is not None:
+        return problem
+    version = message.schema_version
+    sendable = KNOWN_SCHEMA_VERSIONS if outcome else SENDABLE_SCHEMA_VERSIONS
+    if version != events_pb2.SCHEMA_VERSION_UNSPECIFIED and version not in sendable:
+        return "schema_version", f"{version} is unknown"
+    return None if outcome else teams_problem(message)
+
+
+def teams_problem(exposure: events_pb2.Exposure) -> tuple[str, str] | None:
+    """``(field, reason)`` when an exposure's interleaving fields do not fit: an interleaving exposure (schema
+    version 2, or unset with ``arms``) names two arms and one arm index (0 or 1) per item; others carry none."""
+    version = exposure.schema_version
+    if version == events_pb2.SCHEMA_VERSION_UNSPECIFIED:
+        version = INTERLEAVING_SCHEMA_VERSION if exposure.arms else SCHEMA_VERSION
+    if version != INTERLEAVING_SCHEMA_VERSION:
+        if exposure.teams or exposure.arms:
+            return "teams", "and arms are for interleaving exposures (schema_version 2) only"
+        return None
+    if len(exposure.arms) != 2:
+        return "arms", f"must name 2 arms, got {len(exposure.arms)}"
+    if len(exposure.teams) != len(exposure.item_ids):
+        return "teams", f"has {len(exposure.teams)} entries for {len(exposure.item_ids)} item_ids"
+    if any(team > 1 for team in exposure.teams):
+        return "teams", "must hold arm indexes 0 or 1"
+    names = {}
+    for i, arm in enumerate(exposure.arms):
+        names |= {f"arms[{i}].key": arm.key, f"arms[{i}].model.name": arm.model.name,
+                  f"arms[{i}].model.version": arm.model.version}  # fmt: skip
+    return limits.request_problem(ids={}, names=names)
+
+
+def check_event(message: events_pb2.Exposure | events_pb2.Outcome) -> None:
+    """Raise ``InvalidEvent`` (``Type.field reason``) for what ``event_problem`` finds."""
+    problem = event_problem(message)
+    if problem is not None:
+        raise InvalidEvent(f"{type(message).__name__}.{problem[0]} {problem[1]}")
 
 
 def complete(message: events_pb2.Exposure | events_pb2.Outcome) -> None:
     """Fill event id, schema version and event time in place when the caller left them unset.
 
     Raises:
-        InvalidEvent: when the user id is missing or the schema version is unknown.
+        InvalidEvent: see ``event_problem``.
     """
-    if not message.user_id:
-        raise InvalidEvent(f"{type(message).__name__}.user_id must not be empty")
+    check_event(message)
     if not message.event_id:
         message.event_id = new_event_id()
+    exposure = isinstance(message, events_pb2.Exposure)
     if message.schema_version == events_pb2.SCHEMA_VERSION_UNSPECIFIED:
-        message.schema_version = SCHEMA_VERSION
-    elif message.schema_version not in KNOWN_SCHEMA_VERSIONS:
-        raise InvalidEvent(f"{type(message).__name__}.schema_version {message.schema_version} is unknown")
+        message.schema_version = INTERLEAVING_SCHEMA_VERSION if exposure and message.arms else SCHEMA_VERSION
     if not message.event_time_ms:
         message.event_time_ms = now_ms()
 

@@ -11,16 +11,28 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from concurrent import futures
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from analytics.events.messages import KNOWN_SCHEMA_VERSIONS
+from analytics.events.messages import event_problem
 from analytics.events.producer import OUTCOMES_TOPIC, EventProducer
 from analytics.kafka.broker import DEFAULT_DATA_DIR
-from proto import events_pb2, outcomes_pb2, outcomes_pb2_grpc
+from grpc_serving import (
+    SERVER_OPTIONS,
+    BearerTokenInterceptor,
+    SecurityError,
+    ServerSecurity,
+    add_server_arguments,
+    bind,
+    server_security_from_args,
+)
+from proto import outcomes_pb2, outcomes_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = outcomes_pb2.DESCRIPTOR.services_by_name["OutcomeReporter"].full_name
@@ -37,28 +49,63 @@ class OutcomeReporterServicer(outcomes_pb2_grpc.OutcomeReporterServicer):
     ) -> outcomes_pb2.ReportOutcomesResponse:
         outcomes = list(request.outcomes)
         for i, outcome in enumerate(outcomes):
-            for name in ("user_id", "metric"):
-                if not getattr(outcome, name):
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"outcomes[{i}].{name} must not be empty")
-            version = outcome.schema_version
-            if version != events_pb2.SCHEMA_VERSION_UNSPECIFIED and version not in KNOWN_SCHEMA_VERSIONS:
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"outcomes[{i}].schema_version {version} is unknown"
-                )
+            problem = event_problem(outcome)
+            if problem is not None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"outcomes[{i}].{problem[0]} {problem[1]}")
         accepted = self._producer.send_outcomes(outcomes)
         return outcomes_pb2.ReportOutcomesResponse(accepted=accepted)
 
 
-def build_server(producer: EventProducer, address: str, max_workers: int = 8) -> tuple[grpc.Server, int]:
-    """A gRPC server (not started yet) with the reporter, health and reflection; returns it and its port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
+class ParseRequestInterceptor(grpc.ServerInterceptor):
+    """Parses unary requests itself, so that bytes that are no valid message get INVALID_ARGUMENT (gRPC would
+    answer INTERNAL and log a traceback for every such call)."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        inner, deserialize = handler.unary_unary, handler.request_deserializer
+
+        def parsed(raw: bytes, context: grpc.ServicerContext) -> Any:
+            try:
+                request = deserialize(raw)
+            except DecodeError:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "request: cannot be parsed as the method's request message",
+                )
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(parsed, response_serializer=handler.response_serializer)
+
+
+def build_server(
+    producer: EventProducer, address: str, max_workers: int = 8, security: ServerSecurity | None = None
+) -> tuple[grpc.Server, int]:
+    """A gRPC server (not started yet) with the reporter, health and reflection; returns it and its port.
+
+    Args:
+        security: TLS credentials and the bearer token clients must send (default: plaintext, no token).
+    """
+    security = security or ServerSecurity()
+    interceptors: list[grpc.ServerInterceptor] = (
+        [BearerTokenInterceptor(security.token)] if security.token else []
+    )
+    interceptors.append(ParseRequestInterceptor())
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors, options=SERVER_OPTIONS
+    )
     outcomes_pb2_grpc.add_OutcomeReporterServicer_to_server(OutcomeReporterServicer(producer), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (SERVICE_NAME, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = bind(server, address, security.credentials)
     if port == 0:
         raise OSError(f"cannot bind the outcome server to {address}")
     return server, port
@@ -77,9 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--journal", default=str(DEFAULT_DATA_DIR / "journal" / "outcome-server.journal"))
     parser.add_argument("--grace-s", type=float, default=5.0, help="drain time on SIGTERM")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    try:
+        security = server_security_from_args(args, "outcome server")
+    except SecurityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     producer = EventProducer(
         args.bootstrap,
         outcomes_topic=args.topic,
@@ -87,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         client_id="mtrank-outcome-server",
     )
     try:
-        server, port = build_server(producer, args.address)
+        server, port = build_server(producer, args.address, security=security)
     except OSError as exc:
         producer.close()
         print(f"error: {exc}", file=sys.stderr)

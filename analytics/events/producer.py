@@ -7,6 +7,14 @@ first, then journal), groups them by partition, packs several per Kafka record (
 the broker's acknowledgement (acks=all: the embedded broker loses messages with acks=0). A failed delivery keeps
 the events, throws the KafkaProducer away (the broker may have lost its state: topics, producer ids) and retries
 with a new one after a back-off. Delivery is at-least-once; consumers deduplicate by event id.
+
+An event that can never be delivered must not hold up the ones behind it (the sender retries in order, so one
+poisoned event would block the queue and, after a restart, the journal for good). Such events are set aside
+in a dead-letter file next to the journal and counted (``mtrank_events_dead_lettered_total``): invalid events
+(no user id, a string field over ``proto.limits``) when they are sent, and events larger than one record when
+they enter delivery. When Kafka refuses a record as too large (its size limit is below ``max_record_bytes``),
+the record limit is halved and the records rebuilt, so big records are split and an event that alone is too
+large is dead-lettered.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
+from kafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from kafka.partitioner.default import murmur2
 from prometheus_client import Counter
 
@@ -43,9 +52,25 @@ EVENTS_JOURNALLED = Counter(
     "mtrank_events_journalled_total", "Events written to the local journal", ["topic"]
 )
 EVENTS_DROPPED = Counter("mtrank_events_dropped_total", "Events lost: buffer and journal full", ["topic"])
+EVENTS_DEAD_LETTERED = Counter(
+    "mtrank_events_dead_lettered_total",
+    "Events that can never be delivered (invalid, or too large for a record), set aside",
+    ["topic", "reason"],
+)
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+_MIN_RECORD_BYTES = 1024
+_FRAME_BYTES = 6  # an event's framing inside a batch at most: tag + length varint (< 2**35)
 
 # (topic, key, serialised Event)
 _Item = tuple[str, bytes, bytes]
+
+
+class _RecordRefused(Exception):
+    """Kafka refused a record of ``size`` bytes as too large."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 @dataclass
@@ -56,6 +81,7 @@ class ProducerStats:
     buffered: int = 0
     journalled: int = 0
     dropped: int = 0
+    dead_lettered: int = 0
     producer_restarts: int = 0
 
 
@@ -71,6 +97,8 @@ class EventProducer:
             not held by another live producer (so worker processes each get one, and a restarted worker replays
             what a crashed one left); None disables the journal (events beyond the buffer are dropped, counted).
         journal_max_bytes: journal size cap; beyond it events are dropped and counted.
+        dead_letter_max_bytes: size cap of the dead-letter file ``<journal>.dead`` (only with a journal); beyond
+            it dead-lettered events are only counted.
         max_events_per_record: events packed into one Kafka record.
         max_record_bytes: size cap of one Kafka record value.
         linger_ms: how long the sender waits to fill a batch.
@@ -89,6 +117,7 @@ class EventProducer:
         buffer_size: int = 100_000,
         journal_path: str | Path | None = "auto",
         journal_max_bytes: int = 1 << 30,
+        dead_letter_max_bytes: int = 64 << 20,
         max_events_per_record: int = 500,
         max_record_bytes: int = 512 * 1024,
         linger_ms: int = 20,
@@ -103,6 +132,7 @@ class EventProducer:
         self.buffer_size = buffer_size
         self.max_events_per_record = max_events_per_record
         self.max_record_bytes = max_record_bytes
+        self._record_limit = max_record_bytes  # lowered when Kafka refuses records as too large
         self.linger_s = linger_ms / 1000
         self.retry_backoff_s = retry_backoff_s
         self.delivery_timeout_s = delivery_timeout_s
@@ -114,6 +144,14 @@ class EventProducer:
             )
         else:
             self._journal = Journal(journal_path, max_bytes=journal_max_bytes) if journal_path else None
+        self._dead_letters = (
+            Journal(
+                self._journal.path.with_name(self._journal.path.name + ".dead"),
+                max_bytes=dead_letter_max_bytes,
+            )
+            if self._journal is not None
+            else None
+        )
         self.stats = ProducerStats()
         self._buffer: collections.deque[_Item] = collections.deque()
         self._inflight: list[_Item] = []
@@ -148,9 +186,9 @@ class EventProducer:
             try:
                 messages.complete(event)
             except InvalidEvent as exc:
-                log.error("dropping an invalid event for %s: %s", topic, exc)
+                log.error("dead-lettering an invalid event for %s: %s", topic, exc)
                 with self._lock:
-                    self._count_dropped(topic, 1)
+                    self._dead_letter_locked(topic, encode(event), "invalid")
                 continue
             items.append((topic, event.user_id.encode(), encode(event)))
         return self._enqueue(topic, items)
@@ -183,6 +221,14 @@ class EventProducer:
     def _count_dropped(self, topic: str, n: int) -> None:
         self.stats.dropped += n
         EVENTS_DROPPED.labels(topic).inc(n)
+
+    def _dead_letter_locked(self, topic: str, encoded: bytes, reason: str) -> None:
+        """Set one undeliverable event aside (in ``<journal>.dead`` when there is a journal) and count it."""
+        self.stats.dead_lettered += 1
+        EVENTS_DEAD_LETTERED.labels(topic, reason).inc()
+        if self._dead_letters is None or not self._dead_letters.append([encoded]):
+            log.error("dead letter for %s (%s, %d bytes) not kept: no dead-letter file, or it is full", topic,
+                      reason, len(encoded))  # fmt: skip
 
     @property
     def pending(self) -> int:
@@ -238,8 +284,9 @@ class EventProducer:
                     log.error("EventProducer closed with %d undelivered events: dropped", len(leftover))
                     for topic, _, _ in leftover:
                         self._count_dropped(topic, 1)
-            if self._journal is not None:
-                self._journal.close()
+            for journal in (self._journal, self._dead_letters):
+                if journal is not None:
+                    journal.close()
         if self._producer is not None:
             self._producer.close(timeout=1)
             self._producer = None
@@ -286,7 +333,7 @@ class EventProducer:
             self._top_up_locked()
         elif self._journal is not None and self._journal:
             encoded, pos = self._journal.read(chunk)
-            self._inflight = [self._journal_item(ev) for ev in encoded]
+            self._inflight = [item for item in map(self._journal_item, encoded) if self._fits_locked(item)]
             self._inflight_journal_pos = pos
 
     def _chunk_size(self) -> int:
@@ -296,8 +343,29 @@ class EventProducer:
     def _top_up_locked(self) -> None:
         room = self._chunk_size() - len(self._inflight)
         while room > 0 and self._buffer:
-            self._inflight.append(self._buffer.popleft())
-            room -= 1
+            item = self._buffer.popleft()
+            if self._fits_locked(item):
+                self._inflight.append(item)
+                room -= 1
+
+    def _fits_locked(self, item: _Item) -> bool:
+        """False (and the event dead-lettered) when it cannot fit one record under the current record limit."""
+        topic, key, encoded = item
+        size = len(key) + len(encoded) + _FRAME_BYTES  # framed_size() costs 1 us per event on this path
+        if size <= self._record_limit:
+            return True
+        log.error("dead-lettering an event for %s: %d bytes, a record holds at most %d", topic, size,
+                  self._record_limit)  # fmt: skip
+        self._dead_letter_locked(topic, encoded, "too_large")
+        return False
+
+    def _shrink_records_locked(self, refused: int) -> None:
+        """Kafka refused a record of ``refused`` bytes as too large: halve the record limit, re-screen in flight."""
+        limit = max(min(self._record_limit, refused) // 2, _MIN_RECORD_BYTES)
+        log.warning("Kafka refused a %d-byte record as too large: records are capped at %d bytes from now on",
+                    refused, limit)  # fmt: skip
+        self._record_limit = limit
+        self._inflight = [item for item in self._inflight if self._fits_locked(item)]
 
     def _journal_item(self, encoded: bytes) -> _Item:
         event = events_pb2.Event.FromString(encoded)
@@ -354,7 +422,8 @@ class EventProducer:
     def _records(
         self, producer: KafkaProducer, batch: Sequence[_Item]
     ) -> list[tuple[str, int, bytes, bytes]]:
-        """Group by (topic, partition of the key) and pack into EventBatch records (topic, partition, key, value)."""
+        """Group by (topic, partition of the key) and pack into EventBatch records (topic, partition, key, value)
+        of at most ``max_events_per_record`` events and the record limit in bytes (key included)."""
         groups: dict[tuple[str, int], list[_Item]] = {}
         for item in batch:
             topic, key, _ = item
@@ -364,30 +433,41 @@ class EventProducer:
         records = []
         for (topic, partition), items in groups.items():
             chunk: list[bytes] = []
-            size = 0
             first_key = items[0][1]
+            size = len(first_key)
             for _, key, ev in items:
                 n = messages.framed_size(ev)
-                if chunk and (len(chunk) >= self.max_events_per_record or size + n > self.max_record_bytes):
+                if chunk and (len(chunk) >= self.max_events_per_record or size + n > self._record_limit):
                     records.append((topic, partition, first_key, messages.frame_batch(chunk)))
-                    chunk, size, first_key = [], 0, key
+                    chunk, first_key, size = [], key, len(key)
                 chunk.append(ev)
                 size += n
             records.append((topic, partition, first_key, messages.frame_batch(chunk)))
         return records
 
     def _deliver(self, batch: Sequence[_Item]) -> bool:
-        """Send and wait for acknowledgement; on any failure drop the KafkaProducer (recreated next time)."""
+        """Send and wait for acknowledgement; on a record refused as too large split the records (see
+        ``_shrink_records_locked``), on any other failure drop the KafkaProducer (recreated next time)."""
         try:
             producer = self._kafka_producer()
-            futures = [
-                producer.send(topic, value=value, key=key, partition=partition)
-                for topic, partition, key, value in self._records(producer, batch)
-            ]
+            futures = []
+            for topic, partition, key, value in self._records(producer, batch):
+                size = len(key) + len(value)
+                try:
+                    futures.append((size, producer.send(topic, value=value, key=key, partition=partition)))
+                except _TOO_LARGE:  # over the client's max_request_size
+                    raise _RecordRefused(size) from None
             producer.flush(timeout=self.delivery_timeout_s)
-            for future in futures:
-                future.get(timeout=self.delivery_timeout_s)
+            for size, future in futures:
+                try:
+                    future.get(timeout=self.delivery_timeout_s)
+                except _TOO_LARGE:  # over the broker's or the topic's message size limit
+                    raise _RecordRefused(size) from None
             return True
+        except _RecordRefused as refused:  # the connection is fine: keep the producer
+            with self._lock:
+                self._shrink_records_locked(refused.size)
+            return False
         except Exception as exc:  # noqa: BLE001 - any client failure means "retry later", never the caller's problem
             log.warning(
                 "delivering %d events failed (%s: %s); retrying with a new producer",

@@ -12,9 +12,17 @@ BASELINE_ZERO = "BASELINE_ZERO"
 DENOMINATOR_ZERO = "DENOMINATOR_ZERO"
 """A ratio metric's denominator sums to zero in an arm."""
 
+NUMERIC_OVERFLOW = "NUMERIC_OVERFLOW"
+"""A mean, variance or the lift's variance is not a finite float64 (values so large that sums of squares
+overflow, e.g. an outcome of 1e308)."""
+NO_CLICKS = "NO_CLICKS"
+"""Interleaving: no user has a credited click yet, so no preference can be measured."""
+
 MESSAGES: dict[str, str] = {
     NO_UNITS: "an arm has fewer than 2 units",
     ZERO_VARIANCE: "the lift has zero variance (both arms constant, or no events in treatment)",
     BASELINE_ZERO: "control mean is 0: relative lift undefined",
     DENOMINATOR_ZERO: "ratio denominator sums to 0",
+    NUMERIC_OVERFLOW: "values too large for float64 statistics (a sum of squares overflows)",
+    NO_CLICKS: "no user has a credited click yet",
 }

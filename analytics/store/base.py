@@ -1,18 +1,24 @@
-"""The EventStore interface: per-user exposure and outcome state, plus the Kafka offsets it reflects.
+"""The EventStore interface: exposure and outcome events, plus the Kafka offsets they reflect.
 
-What is stored is per user, not per experiment: the user's first exposure in each experiment (variant, time),
-and the user's outcome events (deduplicated by event id). Attribution happens when reading: an outcome counts
-for an experiment when it falls in ``[first exposure, first exposure + attribution window)``; outcomes before
-the first exposure are the user's pre-exposure values (the CUPED covariate). Because nothing is attributed on
-write, the result does not depend on the order events arrive in, how partitions are spread over consumers, or
+What is stored are the events themselves: exposures and outcomes, appended as they come. The user's first exposure
+in each experiment (variant, time) and the deduplication of outcomes by event id are computed when reading
+(the DuckDB and ClickHouse stores) or kept on write (the in-memory reference). Attribution happens when reading
+too: an outcome counts for an experiment when it falls in ``[first exposure, first exposure + attribution
+window)``; outcomes before the first exposure are the user's pre-exposure values (the CUPED covariate). Because
+nothing is attributed on write, the result does not depend on the order events arrive in, how partitions are spread over consumers, or
 whether a consumer was killed and replayed part of a topic.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from analytics.metrics import MetricDefinition
+    from analytics.stats.models.statistics import TestStatistic
 
 
 class TopicPartition(NamedTuple):
@@ -42,8 +48,74 @@ class OutcomeRow(NamedTuple):
     value: float
 
 
+@dataclass
+class _Columns:
+    """Events as one list per field: what the consumer decodes into and the columnar stores append.
+
+    Iterating yields row tuples, so a row store consumes a column batch like a list of rows.
+    """
+
+    def __len__(self) -> int:
+        return len(getattr(self, fields(self)[0].name))
+
+    def __iter__(self) -> Iterator[tuple]:
+        return zip(*(getattr(self, f.name) for f in fields(self)), strict=True)
+
+    def append(self, row: Sequence) -> None:
+        """Add one event given in row order."""
+        for append, value in zip(self.appenders(), row, strict=True):
+            append(value)
+
+    def appenders(self) -> tuple[Callable[[object], None], ...]:
+        """The ``append`` of every column, in field order (bound once per batch: decoding calls them per event)."""
+        cached = self.__dict__.get("_appenders")
+        if cached is None:
+            cached = self.__dict__["_appenders"] = tuple(getattr(self, f.name).append for f in fields(self))
+        return cached
+
+    def columns(self) -> dict[str, list]:
+        """Field name -> values."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def of(cls, events: Iterable[Sequence]) -> _Columns:
+        """``events`` as columns (returned as is when it already is a batch of this kind)."""
+        if isinstance(events, cls):
+            return events
+        batch = cls()
+        for row in events:
+            batch.append(row)
+        return batch
+
+
+@dataclass
+class ExposureColumns(_Columns):
+    """Exposures column by column, in ``ExposureRow`` field order."""
+
+    event_id: list[str] = field(default_factory=list)
+    experiment_key: list[str] = field(default_factory=list)
+    variant_key: list[str] = field(default_factory=list)
+    user_id: list[str] = field(default_factory=list)
+    event_time_ms: list[int] = field(default_factory=list)
+
+
+@dataclass
+class OutcomeColumns(_Columns):
+    """Outcomes column by column, in ``OutcomeRow`` field order."""
+
+    event_id: list[str] = field(default_factory=list)
+    user_id: list[str] = field(default_factory=list)
+    metric: list[str] = field(default_factory=list)
+    event_time_ms: list[int] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+
+
+Exposures = Sequence[ExposureRow] | ExposureColumns
+Outcomes = Sequence[OutcomeRow] | OutcomeColumns
+
+
 class EventStore(abc.ABC):
-    """Durable per-user experiment state.
+    """Exposure and outcome events, the Kafka offsets they bring the store to, and the queries analysis needs.
 
     Args:
         attribution_window_ms: how long after a user's first exposure outcomes are attributed to it;
@@ -58,13 +130,14 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def apply(
         self,
-        exposures: Sequence[ExposureRow],
-        outcomes: Sequence[OutcomeRow],
+        exposures: Exposures,
+        outcomes: Outcomes,
         offsets: Mapping[TopicPartition, int],
     ) -> None:
-        """Apply events and record ``offsets`` (last applied offset per partition) atomically.
+        """Apply events (rows or column batches) and record ``offsets`` (last applied offset per partition)
+        atomically.
 
-        Events whose id is already stored are ignored, so a replay never double counts.
+        Events whose id is already stored never count twice, so a replay is harmless.
 
         Raises:
             OffsetBackwards: an offset is lower than the one stored for its partition.
@@ -93,6 +166,22 @@ class EventStore(abc.ABC):
         ``until_ms`` gives the state as of that time (users first exposed later and outcomes after it are
         left out), for sequential analysis. Users without outcomes give ``(variant, 0.0, 0, 0.0)``.
         """
+
+    def metric_statistics(
+        self,
+        experiment_key: str,
+        metrics: Sequence[MetricDefinition],
+        cuts: Sequence[int | None],
+    ) -> list[list[dict[str, TestStatistic]]]:
+        """Per-variant sufficient statistics of every metric at every cut point: ``[cut][metric]``.
+
+        A cut is ``until_ms`` as in ``user_metric_values`` (None: everything). This default walks the
+        per-user rows in Python, once per cut and metric (the reference); warehouse stores override it with
+        one compiled SQL query for all metrics and cuts.
+        """
+        from analytics.metrics import aggregate
+
+        return [[aggregate(metric, self, experiment_key, cut) for metric in metrics] for cut in cuts]
 
     @abc.abstractmethod
     def exposure_timeline(self, experiment_key: str, bucket_ms: int) -> list[tuple[int, str, int]]:

@@ -13,3 +13,7 @@ class StoreClosed(StoreError):
 
 class OffsetBackwards(StoreError, ValueError):
     """An offset older than the one already applied for its partition was offered."""
+
+
+class StoreUnreachable(StoreError, ConnectionError):
+    """The store's server cannot be reached (or refused the connection)."""

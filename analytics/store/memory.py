@@ -1,12 +1,16 @@
-"""In-memory EventStore: same semantics as the SQLite store, nothing survives the process (tests, notebooks)."""
+"""In-memory EventStore: the reference semantics, in plain Python; nothing survives the process (tests, notebooks).
+
+Its row path (``user_metric_values`` aggregated per cut in Python) is what the compiled SQL of the warehouse
+stores is checked against.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 
-from analytics.store.base import EventStore, ExposureRow, OutcomeRow, TopicPartition
+from analytics.store.base import EventStore, Exposures, Outcomes, TopicPartition
 from analytics.store.exceptions import OffsetBackwards
 
 
@@ -24,8 +28,8 @@ class MemoryEventStore(EventStore):
 
     def apply(
         self,
-        exposures: Sequence[ExposureRow],
-        outcomes: Sequence[OutcomeRow],
+        exposures: Exposures,
+        outcomes: Outcomes,
         offsets: Mapping[TopicPartition, int],
     ) -> None:
         with self._lock:

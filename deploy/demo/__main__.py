@@ -33,7 +33,7 @@ from analytics.kafka.broker import EmbeddedBroker, free_port
 from analytics.metrics import load_analysis_config
 from analytics.report import build_report, format_report_table
 from analytics.server import AnalyticsServer
-from analytics.store.sqlite import SQLiteEventStore
+from analytics.store.duckdb_store import DuckDBEventStore
 from deploy.demo.simulator import SimulationConfig, UserSimulator
 from deploy.demo.stack import Stack
 from deploy.demo.training import (
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"  {name} v{VERSION}: {shown}")
 
     _step(2, "starting Kafka (embedded broker), retrieval server, ranker server, analytics consumer")
-    store_path = workdir / "events.db"
+    store_path = workdir / "events"
     with EmbeddedBroker(topics=(EXPOSURES, OUTCOMES), data_dir=workdir / "kafka") as broker, Stack(workdir / "logs") as stack:
         print(f"  Kafka at {broker.bootstrap}")
         retrieval_port, ranker_port = free_port(), free_port()
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
         consumer_rc = stack.wait_exit(consumer, timeout=180)
         if consumer_rc != 0:
             raise RuntimeError(f"analytics consumer exited with {consumer_rc}:\n{consumer.log_tail()}")
-    with SQLiteEventStore(store_path) as store:
+    with DuckDBEventStore(store_path) as store:
         persisted = store.counts()
         expected_outcomes = summary.impressions + summary.clicks + summary.top_clicks
         print(f"  persisted {persisted['outcomes']} of {expected_outcomes} outcomes, "
@@ -198,7 +198,7 @@ def serve_dashboard(store_path: Path, metrics: Path, wait: bool) -> None:
     if not wait:
         print(f"Dashboard: run `{command}` and open http://127.0.0.1:8080")
         return
-    with SQLiteEventStore(store_path) as store, AnalyticsServer(store, load_analysis_config(metrics), port=0) as server:
+    with DuckDBEventStore(store_path) as store, AnalyticsServer(store, load_analysis_config(metrics), port=0) as server:
         print(f"Dashboard at {server.url}/ (Ctrl-C to stop; later: `{command}`)", flush=True)
         while True:
             time.sleep(3600)
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
         wait = args.serve == "yes" or (args.serve == "auto" and sys.stdin.isatty())
-        serve_dashboard(args.workdir.resolve() / "events.db", args.metrics, wait)
+        serve_dashboard(args.workdir.resolve() / "events", args.metrics, wait)
     except KeyboardInterrupt:
         print("\ninterrupted; every process the demo started has been stopped", file=sys.stderr)
         return 130

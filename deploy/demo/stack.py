@@ -87,6 +87,12 @@ class Stack:
         self._signal(service, signal.SIGTERM)
         return self._wait_or_kill(service, grace)
 
+    def kill(self, service: Service) -> int:
+        """SIGKILL one service (a crash: no drain, no cleanup) and reap it; returns its exit code."""
+        self._signal(service, signal.SIGKILL)
+        assert service.process is not None
+        return service.process.wait()
+
     def wait_exit(self, service: Service, timeout: float) -> int:
         """Wait for a service to exit by itself; raises TimeoutError if it is still running after ``timeout``."""
         assert service.process is not None

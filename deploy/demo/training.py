@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from deploy.demo.world import DemoWorld
+from models.data.dataset import Splits
 from models.export import export_package
 from models.graph.export import write_package
 from models.graph.sampling import NeighbourSampler
@@ -48,30 +49,40 @@ def train_ranking(world: DemoWorld, repository: Path, budget: TrainingBudget) ->
     """
     data = world.sample(budget.impressions, seed=budget.seed)
     splits = data.split((0.8, 0.1, 0.1), seed=budget.seed)
-    control_rows = np.arange(int(len(splits.train) * budget.control_share))
-    training_sets = {
-        "mmoe": replace(splits, train=splits.train.subset(control_rows)),
-        "mmoe+dml": splits,
+    shares = dict(zip(RANKING_MODELS, (budget.control_share, 1.0), strict=True))
+    return {
+        name: train_ranker(world, repository, name, name, splits, share, budget)
+        for name, share in shares.items()
     }
-    metrics = {}
-    for name in RANKING_MODELS:
-        config = TrainConfig(model=name, max_epochs=budget.ranking_epochs, patience=2, seeds=[budget.seed])
-        result = train_seed(config, training_sets[name], budget.seed)
-        export_package(
-            result.model,
-            repository,
-            name,
-            VERSION,
-            family=name,
-            features=data.manifest_features(),
-            training_config=config.model_dump(),
-            metrics=result.test,
-            item_features=world.item_table(),
-            overwrite=True,
-        )
-        metrics[name] = result.test
-        logger.info("%s: %s", name, result.test)
-    return metrics
+
+
+def train_ranker(
+    world: DemoWorld,
+    repository: Path,
+    name: str,
+    family: str,
+    splits: Splits,
+    share: float,
+    budget: TrainingBudget,
+) -> dict[str, float]:
+    """Train ``family`` on the first ``share`` of the training rows, export it as ``name`` v1; its test metrics."""
+    rows = np.arange(int(len(splits.train) * share))
+    config = TrainConfig(model=family, max_epochs=budget.ranking_epochs, patience=2, seeds=[budget.seed])
+    result = train_seed(config, replace(splits, train=splits.train.subset(rows)), budget.seed)
+    export_package(
+        result.model,
+        repository,
+        name,
+        VERSION,
+        family=family,
+        features=splits.train.manifest_features(),
+        training_config=config.model_dump(),
+        metrics=result.test,
+        item_features=world.item_table(),
+        overwrite=True,
+    )
+    logger.info("%s: %s", name, result.test)
+    return result.test
 
 
 def train_retrieval(world: DemoWorld, repository: Path, budget: TrainingBudget) -> dict[str, dict[str, float]]:

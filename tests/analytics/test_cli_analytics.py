@@ -1,4 +1,4 @@
-"""The command line: compare and srm contracts, power, and report against a real SQLite store."""
+"""The command line: compare and srm contracts, power, report against real stores, migration, store errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from analytics.__main__ import main
-from analytics.store import ExposureRow, SQLiteEventStore
+from analytics.kafka.broker import free_port
+from analytics.store import DuckDBEventStore, ExposureRow, MemoryEventStore, TopicPartition, open_store
 from tests.analytics.stats.simulated_events import START_MS, simulate_experiment
 
 EXAMPLE = Path(__file__).parents[2] / "analytics" / "examples" / "metrics.yaml"
@@ -137,9 +138,9 @@ def test_power(capsys) -> None:
     assert out["mde"] == pytest.approx(0.1253, abs=1e-3)
 
 
-def test_report_table_and_json_from_sqlite(tmp_path: Path, capsys) -> None:
-    db = tmp_path / "events.db"
-    with SQLiteEventStore(db) as store:
+def test_report_table_and_json_from_the_duckdb_store(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "events"
+    with DuckDBEventStore(db) as store:
         simulate_experiment(store, "ranking-dml", users=800, seed=4, variants=("control", "dml"))
     code, out, _ = run(capsys, "report", "ranking-dml", "--store", str(db), "--metrics", str(EXAMPLE))
     assert code == 0
@@ -183,10 +184,76 @@ def test_package_import_stays_light() -> None:
 
 
 def test_report_table_explains_error_codes(tmp_path: Path, capsys) -> None:
-    db = tmp_path / "events.db"
-    with SQLiteEventStore(db) as store:
+    db = tmp_path / "events"
+    with DuckDBEventStore(db) as store:
         simulate_experiment(store, "exp", users=100, seed=6)
         store.apply([ExposureRow("x-lonely", "exp", "lonely", "lonely-user", START_MS)], [], {})
     code, out, _ = run(capsys, "report", "exp", "--store", str(db), "--metrics", str(EXAMPLE))
     assert code == 0
     assert "lonely" in out and "NO_UNITS: an arm has fewer than 2 units" in out
+
+
+def _old_sqlite_store(path: Path) -> None:
+    """A SQLite event store as the previous release wrote it (schema v1)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE exposures (experiment TEXT, user_id TEXT, variant TEXT, first_ms INTEGER, first_event_id TEXT,
+                                last_ms INTEGER, PRIMARY KEY (experiment, user_id)) WITHOUT ROWID;
+        CREATE TABLE outcomes (user_id TEXT, event_id TEXT, metric TEXT, ts INTEGER, value REAL,
+                               PRIMARY KEY (user_id, event_id)) WITHOUT ROWID;
+        CREATE TABLE offsets (topic TEXT, partition INTEGER, last_offset INTEGER, PRIMARY KEY (topic, partition));
+        """
+    )
+    reference = MemoryEventStore()
+    simulate_experiment(reference, "ranking-dml", users=300, seed=8, variants=("control", "dml"))
+    for user, (first_ms, event_id, variant, last_ms) in reference._exposures["ranking-dml"].items():
+        db.execute("INSERT INTO exposures VALUES (?, ?, ?, ?, ?, ?)",
+                   ("ranking-dml", user, variant, first_ms, event_id, last_ms + 5))  # fmt: skip
+    for user, events in reference._outcomes.items():
+        for (metric, ts, event_id), value in events.items():
+            db.execute("INSERT INTO outcomes VALUES (?, ?, ?, ?, ?)", (user, event_id, metric, ts, value))
+    db.execute("INSERT INTO offsets VALUES ('mtrank.outcomes', 3, 41)")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("target", ["duckdb", "chdb"])
+def test_migrate_copies_a_sqlite_store_and_checks_the_counts(tmp_path: Path, capsys, target: str) -> None:
+    old = tmp_path / "events.db"
+    _old_sqlite_store(old)
+    to = str(tmp_path / "events") if target == "duckdb" else "chdb://"
+    code, out, err = run(capsys, "migrate", "--from", str(old), "--to", to)
+    assert code == 0, err
+    assert json.loads(out) == {"from": str(old), "to": to, "exposed_users": 300, "outcomes": json.loads(out)["outcomes"],
+                               "offsets": 1}  # fmt: skip
+    if target == "duckdb":
+        with open_store(to) as store:
+            assert store.counts()["exposed_users"] == 300
+            assert store.offsets() == {TopicPartition("mtrank.outcomes", 3): 41}
+            start, end = store.time_range("ranking-dml")
+            assert end - start > 0
+        code, out, _ = run(capsys, "report", "ranking-dml", "--store", to, "--metrics", str(EXAMPLE))
+        assert code == 0 and "300 users" in out
+        # into a store that already holds events: refused, nothing written
+        code, _, err = run(capsys, "migrate", "--from", str(old), "--to", to)
+        assert code == 2 and "already holds events" in err and err.count("\n") == 1
+
+
+def test_store_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    old = tmp_path / "events.db"
+    _old_sqlite_store(old)
+    cases = [
+        (["report", "x", "--store", "postgres://h/db"], "unsupported store URL 'postgres://h/db'"),
+        (["report", "x", "--store", str(old)], "is a SQLite event store (the previous format)"),
+        (["serve", "--store", f"clickhouse://127.0.0.1:{free_port()}/mtrank"], "cannot reach ClickHouse at 127.0.0.1:"),
+        (["report", "x", "--store", "clickhouse://:8123/db"], "expected clickhouse://"),
+        (["migrate", "--from", str(tmp_path / "nope.db"), "--to", str(tmp_path / "new")], "no SQLite event store at"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(capsys, *argv, *(["--metrics", str(EXAMPLE)] if argv[0] != "migrate" else []))
+        assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)

@@ -29,17 +29,20 @@ from analytics.events.messages import (
 from analytics.events.producer import EventProducer
 from analytics.kafka.broker import EmbeddedBroker
 from analytics.store import (
+    DuckDBEventStore,
     EventStore,
+    ExposureColumns,
     ExposureRow,
     MemoryEventStore,
+    OutcomeColumns,
     OutcomeRow,
-    SQLiteEventStore,
     TopicPartition,
 )
 from proto import events_pb2
 
 WINDOW_MS = 5_000
 SESSION_MS = 2_000
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _dataset(seed: int, users: int, outcomes: int, t0: int = 1_000_000):
@@ -134,7 +137,7 @@ def test_consume_dedups_and_matches_reference(
     # redelivery of the same events (a producer retry after a lost ack) must not count twice
     _produce(kafka_broker.bootstrap, fresh_topics, exposures[:50], outcomes[:200], tmp_path)
     reference = _reference(exposures, outcomes)
-    with SQLiteEventStore(tmp_path / "s.db", attribution_window_ms=WINDOW_MS) as store:
+    with DuckDBEventStore(tmp_path / "s.db", attribution_window_ms=WINDOW_MS) as store:
         consumer = AnalyticsConsumer(
             kafka_broker.bootstrap,
             store,
@@ -182,7 +185,7 @@ def _start_consumer(
         "--session-timeout-ms", str(SESSION_MS), "--commit-interval-s", "0.05", "--commit-every-events", "300",
         "--log-level", "WARNING", *(extra or []),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -200,7 +203,7 @@ def test_consumer_killed_mid_stream_then_restarted_gives_identical_numbers(
     proc = _start_consumer(kafka_broker.bootstrap, fresh_topics, path, "killed")
     try:
         deadline = time.monotonic() + 30
-        with SQLiteEventStore(path) as partial:
+        with DuckDBEventStore(path) as partial:
             while partial.counts()["outcomes"] < 300:
                 assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
                 assert time.monotonic() < deadline, "the consumer made no progress"
@@ -217,8 +220,16 @@ def test_consumer_killed_mid_stream_then_restarted_gives_identical_numbers(
     )
     proc = _start_consumer(kafka_broker.bootstrap, fresh_topics, path, "killed")
     reference = _reference(exposures, outcomes)
+    metrics = tmp_path / "metrics.yaml"
+    metrics.write_text("metrics: [{name: clicks, type: count, event: click}, {name: watch, type: mean, event: watch_seconds}]")
     try:
-        with SQLiteEventStore(path, attribution_window_ms=WINDOW_MS) as store:
+        # The report command reads the store from its own process while the consumer process writes to it.
+        report = subprocess.run(
+            [sys.executable, "-m", "analytics", "report", "exp1", "--store", str(path), "--metrics", str(metrics)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        assert report.returncode == 0 and "experiment exp1 (running)" in report.stdout, report.stderr[-2000:]
+        with DuckDBEventStore(path, attribution_window_ms=WINDOW_MS) as store:
             _wait_for(store, reference.counts())
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
@@ -234,7 +245,7 @@ def test_two_consumers_in_one_group_give_the_same_totals_as_one(
     kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path
 ) -> None:
     path = tmp_path / "shared.db"
-    stores = [SQLiteEventStore(path, attribution_window_ms=WINDOW_MS) for _ in range(2)]
+    stores = [DuckDBEventStore(path, attribution_window_ms=WINDOW_MS) for _ in range(2)]
     consumers = [
         AnalyticsConsumer(
             kafka_broker.bootstrap,
@@ -282,10 +293,12 @@ def test_decoder_skips_unknown_schema_versions_and_garbage() -> None:
     future = make_exposure("u1", "exp1", "a")
     future.schema_version = 99  # a producer newer than this consumer
     value = frame_batch([encode_outcome(good), encode_exposure(future)])
-    exposures: list[ExposureRow] = []
-    outcomes: list[OutcomeRow] = []
+    exposures, outcomes = ExposureColumns(), OutcomeColumns()
     assert decode_into(value, exposures, outcomes) == 1
-    assert exposures == [] and outcomes == [(good.event_id, "u1", "click", 5, 1.0)]
+    assert list(exposures) == [] and list(outcomes) == [(good.event_id, "u1", "click", 5, 1.0)]
+    assert outcomes.columns() == {
+        "event_id": [good.event_id], "user_id": ["u1"], "metric": ["click"], "event_time_ms": [5], "value": [1.0]
+    }  # fmt: skip
     assert decode_into(b"\xff\xff\xff", exposures, outcomes) == 1
 
 
@@ -356,3 +369,26 @@ def test_consumer_command_serves_metrics(kafka_broker: EmbeddedBroker, fresh_top
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+@pytest.mark.integration
+def test_the_same_events_consumed_again_from_offset_zero_count_once(
+    kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path
+) -> None:
+    """A log that starts again at offset 0 with events already in the store (a broker that lost its data and got
+    them again, or a consumer that rewound) changes no number: events are deduplicated by id when read."""
+    exposures, outcomes = _dataset(seed=6, users=200, outcomes=600)
+    reference = _reference(exposures, outcomes)
+    again = (f"{fresh_topics[0]}.again", f"{fresh_topics[1]}.again")
+    kafka_broker.create_topics(again, partitions=4)
+    with DuckDBEventStore(tmp_path / "s", attribution_window_ms=WINDOW_MS, compact_parts=4) as store:
+        for topics in (fresh_topics, again):
+            _produce(kafka_broker.bootstrap, topics, exposures, outcomes, tmp_path, per_record=20)
+            consumer = AnalyticsConsumer(
+                kafka_broker.bootstrap, store, group_id=f"again-{topics[0]}", topics=topics,
+                session_timeout_ms=SESSION_MS, commit_interval_s=0.1, commit_every_events=300,
+            )  # fmt: skip
+            consumer.run(max_seconds=60, idle_exit_s=3)
+            assert consumer.events_applied == len(exposures) + len(outcomes)
+            assert _snapshot(store) == _snapshot(reference) and store.counts() == reference.counts()
+        assert {tp.topic for tp in store.offsets()} == set(fresh_topics) | set(again)

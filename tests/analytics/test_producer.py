@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -27,7 +28,9 @@ from analytics.events.messages import (
 from analytics.events.outcome_server import build_server
 from analytics.events.producer import EventProducer
 from analytics.kafka.broker import EmbeddedBroker, free_port
-from proto import events_pb2, outcomes_pb2, outcomes_pb2_grpc
+from proto import events_pb2, limits, outcomes_pb2, outcomes_pb2_grpc
+
+HUGE_ID = "u" * 1_100_000  # 1.1 MB: gRPC admits it, a Kafka record cannot hold it
 
 
 def test_make_events_fill_ids_schema_and_time() -> None:
@@ -171,8 +174,9 @@ def test_no_journal_overflow_is_dropped_and_counted() -> None:
         assert producer.send_outcomes([make_outcome("u", "click") for _ in range(10)]) == 10
         assert producer.send_outcomes([make_outcome("u", "click") for _ in range(5)]) == 0
         assert producer.stats.dropped == 5
-        assert producer.send_exposures([events_pb2.Exposure(experiment_key="e")]) == 0  # no user id: dropped
-        assert producer.stats.dropped == 6
+        # no user id: an invalid event is dead-lettered (counted apart from the losses of a full buffer)
+        assert producer.send_exposures([events_pb2.Exposure(experiment_key="e")]) == 0
+        assert producer.stats.dropped == 5 and producer.stats.dead_lettered == 1
     finally:
         producer.close(timeout=0.5)
 
@@ -208,6 +212,13 @@ def test_outcome_client_and_grpc_reporter(
                 stub.ReportOutcomes(bad)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "outcomes[1].user_id" in err.value.details()
+            huge = outcomes_pb2.ReportOutcomesRequest(
+                outcomes=[events_pb2.Outcome(user_id=HUGE_ID, metric="c")]
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ReportOutcomes(huge)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details() == "outcomes[0].user_id is longer than 512 bytes (UTF-8)"
         assert client.flush(30)
     finally:
         server.stop(0)
@@ -248,3 +259,137 @@ def test_outcome_server_entry_point_serves_health_and_drains_on_sigterm(
         if proc.poll() is None:
             proc.kill()
     assert len(topic_reader(kafka_broker.bootstrap, outcomes_topic, 5)) == 5
+
+
+def _dead_letters(journal: Path) -> list[events_pb2.Event]:
+    dead = Journal(journal.with_name(journal.name + ".dead"))
+    try:
+        return [events_pb2.Event.FromString(ev) for ev in dead.read(1000)[0]]
+    finally:
+        dead.close()
+
+
+def _dead_lettered_metric(topic: str, reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value("mtrank_events_dead_lettered_total", {"topic": topic, "reason": reason})
+    return value or 0.0
+
+
+def test_event_builders_bound_every_string_field() -> None:
+    with pytest.raises(InvalidEvent, match=r"Outcome.user_id is longer than 512 bytes") as info:
+        make_outcome(HUGE_ID, "click")
+    assert len(str(info.value)) < 100  # the value is never echoed
+    with pytest.raises(InvalidEvent, match="Outcome.metric"):
+        OutcomeClient(producer=EventProducer(f"127.0.0.1:{free_port()}", journal_path=None)).report(
+            "u1", "m" * (limits.MAX_NAME_BYTES + 1)
+        )
+    with pytest.raises(InvalidEvent, match="Exposure.request_id"):
+        make_exposure("u1", "exp", "control", request_id="é" * (limits.MAX_ID_BYTES // 2 + 1))  # 2 bytes each
+    make_exposure("u1", "exp", "control", request_id="é" * (limits.MAX_ID_BYTES // 2))  # exactly the limit
+
+
+@pytest.mark.integration
+def test_an_oversized_event_is_dead_lettered_and_never_blocks_the_queue(
+    kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path, topic_reader
+) -> None:
+    exposures_topic, _ = fresh_topics
+    journal = tmp_path / "p.journal"
+    before = _dead_lettered_metric(exposures_topic, "invalid")
+    producer = EventProducer(
+        kafka_broker.bootstrap, exposures_topic=exposures_topic, journal_path=journal, delivery_timeout_s=3
+    )
+    try:
+        poisoned = events_pb2.Exposure(user_id=HUGE_ID, experiment_key="e", variant_key="v")  # built by hand
+        assert producer.send_exposures([poisoned]) == 0
+        good = [make_exposure(f"u{i}", "e", "v") for i in range(200)]
+        assert producer.send_exposures(good) == 200
+        assert producer.flush(30), "the events behind the poisoned one are delivered"
+    finally:
+        producer.close()
+    assert producer.stats.dead_lettered == 1 and producer.stats.dropped == 0
+    assert _dead_lettered_metric(exposures_topic, "invalid") - before == 1
+    assert [e.exposure.user_id for e in _dead_letters(journal)] == [HUGE_ID]
+    arrived = topic_reader(kafka_broker.bootstrap, exposures_topic, 200)
+    assert sorted(_ids(arrived)) == sorted(e.event_id for e in good)
+
+
+@pytest.mark.integration
+def test_an_oversized_event_in_the_journal_is_dead_lettered_at_replay(
+    kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path, topic_reader
+) -> None:
+    """A journal written before the limits existed: the restart must not replay the poisoned event forever."""
+    _, outcomes_topic = fresh_topics
+    journal = tmp_path / "p.journal"
+    old = Journal(journal)
+    good = [make_outcome(f"u{i}", "click") for i in range(50)]
+    huge = events_pb2.Outcome(event_id="huge", user_id=HUGE_ID, metric="click", value=1.0)
+    old.append(
+        [encode_outcome(o) for o in good[:25]]
+        + [encode_outcome(huge)]
+        + [encode_outcome(o) for o in good[25:]]
+    )
+    old.close()
+    before = _dead_lettered_metric(outcomes_topic, "too_large")
+    with EventProducer(
+        kafka_broker.bootstrap, outcomes_topic=outcomes_topic, journal_path=journal, delivery_timeout_s=3
+    ) as producer:
+        assert producer.flush(30) and producer.journal_bytes == 0
+    assert producer.stats.dead_lettered == 1
+    assert _dead_lettered_metric(outcomes_topic, "too_large") - before == 1
+    assert [e.outcome.event_id for e in _dead_letters(journal)] == ["huge"]
+    arrived = topic_reader(kafka_broker.bootstrap, outcomes_topic, 50)
+    assert sorted(_ids(arrived)) == sorted(o.event_id for o in good)
+
+
+@pytest.mark.integration
+def test_records_refused_as_too_large_are_split_and_a_lone_big_event_is_dead_lettered(
+    kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path, topic_reader
+) -> None:
+    """Kafka's size limit below ``max_record_bytes`` (here the client's request cap, 64 KiB): records shrink."""
+    exposures_topic, _ = fresh_topics
+    journal = tmp_path / "p.journal"
+    producer = EventProducer(
+        kafka_broker.bootstrap,
+        exposures_topic=exposures_topic,
+        journal_path=journal,
+        delivery_timeout_s=3,
+        retry_backoff_s=0.05,
+        kafka_config={"max_request_size": 64 * 1024},
+    )
+    try:
+        small = [make_exposure("same-user", "e", "v", item_ids=range(100)) for _ in range(2000)]  # ~700 KB
+        big = make_exposure("u-big", "e", "v", item_ids=range(1 << 40, (1 << 40) + 12_000))  # ~80 KB alone
+        producer.send_exposures([*small[:1000], big, *small[1000:]])
+        assert producer.flush(60)
+    finally:
+        producer.close()
+    assert producer.stats.dead_lettered == 1
+    assert [e.exposure.event_id for e in _dead_letters(journal)] == [big.event_id]
+    arrived = topic_reader(kafka_broker.bootstrap, exposures_topic, 2000)
+    assert sorted(set(_ids(arrived))) == sorted(e.event_id for e in small)
+
+
+def test_report_outcomes_answers_garbage_bytes_with_invalid_argument(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    producer = EventProducer(f"127.0.0.1:{free_port()}", journal_path=None, delivery_timeout_s=0.5)
+    server, port = build_server(producer, "127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(
+                "/mtrank.v1.OutcomeReporter/ReportOutcomes",
+                request_serializer=None,
+                response_deserializer=None,
+            )
+            with caplog.at_level(logging.DEBUG):
+                for payload in (b"\xff\xff\xff\x0f", b"\x0a\x05ab"):
+                    with pytest.raises(grpc.RpcError) as info:
+                        call(payload, timeout=5)
+                    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    assert info.value.details() == "request: cannot be parsed as the method's request message"
+        assert "Traceback" not in caplog.text
+    finally:
+        server.stop(0)
+        producer.close(timeout=0.5)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -74,3 +78,93 @@ def test_not_found_and_static_files(served) -> None:
     assert get(server, "/../../etc/passwd")[0] == 404
     assert get(server, "/%2e%2e/%2e%2e/etc/passwd")[0] == 404
     assert get(server, "/healthz")[:1] == (200,)
+
+
+def _raw(server: AnalyticsServer, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``request`` as is and read the whole answer (urllib would normalise odd paths)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        (b"/%00", 400),
+        (b"/api/experiments/%00/report", 400),
+        (b"/%0d%0aSet-Cookie:x=1", 400),
+        (b"/" + b"a" * 8192, 414),
+        (b"/" + b"a" * 2000, 404),  # a file name too long for the file system: not found
+        (b"/api/experiments/" + b"x" * 1500 + b"/report", 404),
+    ],
+)
+def test_odd_paths_get_a_client_error_never_500(served, path: bytes, status: int) -> None:
+    server, _ = served
+    answer = _raw(server, b"GET " + path + b" HTTP/1.0\r\n\r\n")
+    assert answer.startswith(f"HTTP/1.0 {status} ".encode()), answer[:80]
+
+
+def test_headers_and_errors_reveal_nothing(served) -> None:
+    server, _ = served
+    answer = _raw(server, b"GET /api/experiments/%3Cscript%3Ealert(1)%3C%2Fscript%3E/report HTTP/1.0\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 404 ") and b"script" not in body and b"alert" not in body
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["Content-Type"] == "application/json"
+    assert headers["Server"] == "mtrank-analytics" and "Python" not in head.decode()
+    garbage = _raw(server, b"\x16\x03\x01\x02\x00 nonsense\r\n\r\n")  # a TLS hello, say
+    assert garbage.startswith(b"HTTP/1.0 400 ") and b"nonsense" not in garbage and b"Python" not in garbage
+
+
+def test_slow_clients_hold_a_bounded_number_of_threads_for_a_bounded_time() -> None:
+    store = MemoryEventStore()
+    with AnalyticsServer(
+        store, load_analysis_config(EXAMPLE), port=0, threads=4, backlog=4, idle_timeout_s=1.0
+    ) as server:
+        before = threading.active_count()
+        slow = []
+        for _ in range(60):  # half-sent requests that never finish
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            slow.append(sock)
+        try:
+            time.sleep(0.3)
+            assert threading.active_count() - before <= 4 + 1, "one thread per slow client"
+            refused, waiting = 0, list(slow)
+            deadline = time.monotonic() + 3
+            while waiting and time.monotonic() < deadline:  # beyond threads + backlog: 503 at once
+                sock = waiting.pop(0)
+                sock.settimeout(0.01)
+                try:
+                    refused += sock.recv(64).startswith(b"HTTP/1.0 503")
+                except TimeoutError:
+                    waiting.append(sock)
+                assert threading.active_count() - before <= 4 + 1
+            assert refused >= 60 - 8, refused
+            deadline = time.monotonic() + 10  # once the idle timeout dropped the slow ones, service resumes
+            while True:
+                try:
+                    if get(server, "/healthz")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "the dashboard never recovered from the slow clients"
+                time.sleep(0.2)
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+def test_clients_that_leave_early_log_no_traceback(served, caplog: pytest.LogCaptureFixture) -> None:
+    server, _ = served
+    with caplog.at_level(logging.DEBUG, logger="analytics.server"):
+        for _ in range(20):  # half-sent requests dropped at once: the answer finds the socket closed
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"GET /api/experiments HTTP/1.1\r\nHost: x\r\n")
+            sock.close()
+        time.sleep(0.5)
+        assert get(server, "/healthz")[0] == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

@@ -1,8 +1,13 @@
-"""EventStore semantics, checked on both implementations, plus SQLite-only durability and order independence."""
+"""EventStore semantics on every implementation (DuckDB parts, ClickHouse via chDB, memory), plus the DuckDB store's
+durability, compaction and readers in other processes, and order independence against the memory reference."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,28 +15,32 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from analytics.kafka.broker import free_port
 from analytics.store import (
+    DuckDBEventStore,
     EventStore,
     ExposureRow,
     MemoryEventStore,
     OutcomeRow,
-    SQLiteEventStore,
+    StoreError,
+    StoreUnreachable,
     TopicPartition,
+    open_store,
 )
 from analytics.store.exceptions import OffsetBackwards
 
 TP = TopicPartition("mtrank.outcomes", 0)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["duckdb", "memory", "chdb"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator:
     stores: list[EventStore] = []
 
     def make(window: int | None = None) -> EventStore:
-        if request.param == "sqlite":
-            store: EventStore = SQLiteEventStore(
-                tmp_path / f"s{len(stores)}.db", attribution_window_ms=window
-            )
+        if request.param == "duckdb":
+            store: EventStore = DuckDBEventStore(tmp_path / f"s{len(stores)}", attribution_window_ms=window)
+        elif request.param == "chdb":
+            store = open_store("chdb://", attribution_window_ms=window)
         else:
             store = MemoryEventStore(attribution_window_ms=window)
         stores.append(store)
@@ -105,13 +114,123 @@ def test_offsets_never_go_backwards_and_failed_apply_changes_nothing(make_store)
     assert store.experiments() == [] and store.offsets() == {TP: 10}
 
 
-def test_sqlite_state_survives_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    with SQLiteEventStore(path) as store:
+def test_duckdb_state_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with DuckDBEventStore(path) as store:
         store.apply([ExposureRow("e1", "exp", "a", "u1", 1)], [OutcomeRow("o1", "u1", "m", 2, 1.0)], {TP: 3})
-    with SQLiteEventStore(path) as store:
+    with DuckDBEventStore(path) as store:
         assert store.offsets() == {TP: 3}
         assert list(store.user_metric_values("exp", "m")) == [("a", 1.0, 1, 0.0)]
+
+
+def test_duckdb_compaction_keeps_numbers_offsets_and_dedups(tmp_path: Path) -> None:
+    reference = MemoryEventStore(attribution_window_ms=60)
+    with DuckDBEventStore(tmp_path / "s", attribution_window_ms=60, compact_parts=0) as store:
+        rng = random.Random(3)
+        for i in range(12):
+            exposures = [
+                ExposureRow(f"e{i}-{u}", "x", rng.choice("ab"), f"u{u}", rng.randrange(100)) for u in range(9)
+            ]
+            outcomes = [OutcomeRow(f"o{rng.randrange(60)}", f"u{k % 9}", "click", k, 1.0) for k in range(20)]
+            outcomes = [o._replace(user_id=f"u{int(o.event_id[1:]) % 9}", event_time_ms=int(o.event_id[1:]) * 3)
+                        for o in outcomes]  # an event id always means the same event  # fmt: skip
+            for s in (store, reference):
+                s.apply(exposures, outcomes, {TP: i, TopicPartition("t", i % 2): i})
+        before = _snapshot(store)
+        assert before == _snapshot(reference) and len(list((tmp_path / "s" / "parts").iterdir())) == 12
+        assert store.compact()  # the biggest part stays, the rest merges
+        assert store.compact(everything=True)
+        assert len(list((tmp_path / "s" / "parts").iterdir())) == 1
+        assert _snapshot(store) == before and store.counts() == reference.counts()
+        assert store.offsets() == {TP: 11, TopicPartition("t", 0): 10, TopicPartition("t", 1): 11}
+        store.apply(exposures, outcomes, {TP: 12})  # replayed events after compaction: still counted once
+        assert _snapshot(store) == before and store.offsets()[TP] == 12
+
+
+def test_duckdb_crash_leftovers_are_invisible_and_cleaned_by_the_next_writer(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    killed = DuckDBEventStore(path)
+    killed.apply([ExposureRow("e1", "exp", "a", "u1", 1)], [], {TP: 1})
+    # a commit the killed writer never renamed into parts/ (its process dies: its writer lock is released)
+    dead = path / "tmp" / f"00000000000000000001-{killed._writer}-dead"
+    dead.mkdir()
+    (dead / "outcomes.parquet").write_bytes(b"half written")
+    killed._writer_lock.close()
+    with DuckDBEventStore(path) as reader:  # readers see only complete parts and never clean up
+        assert reader.offsets() == {TP: 1} and reader.counts()["exposed_users"] == 1 and dead.exists()
+        live = DuckDBEventStore(path)
+        live.apply([], [], {TP: 2})  # a live writer's own commits in progress are left alone
+        mine = path / "tmp" / f"00000000000000000002-{live._writer}-busy"
+        mine.mkdir()
+        with DuckDBEventStore(path) as writer:
+            writer.apply([ExposureRow("e2", "exp", "a", "u2", 2)], [], {TP: 3})
+            assert not dead.exists() and mine.exists()
+            assert writer.offsets() == {TP: 3} and writer.counts()["exposed_users"] == 2
+        mine.rmdir()
+        live.close()
+
+
+def test_open_store_urls_and_errors(tmp_path: Path) -> None:
+    import sqlite3
+
+    assert isinstance(open_store(None), MemoryEventStore)
+    with open_store(f"duckdb://{tmp_path / 'a'}") as store:
+        assert isinstance(store, DuckDBEventStore) and store.path == tmp_path / "a"
+    old = tmp_path / "events.db"
+    sqlite3.connect(old).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(
+        StoreError, match=r"SQLite event store \(the previous format\).*python -m analytics migrate"
+    ):
+        open_store(old)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("not a store")
+    with pytest.raises(StoreError, match="not an event store"):
+        open_store(tmp_path / "other")
+    with pytest.raises(StoreError, match="unsupported store URL 'postgres://h/db'"):
+        open_store("postgres://h/db")
+    with pytest.raises(StoreUnreachable, match=r"cannot reach ClickHouse at 127.0.0.1:\d+"):
+        open_store(f"clickhouse://127.0.0.1:{free_port()}/mtrank")
+
+
+_READER = """
+import sys, time
+from pathlib import Path
+from analytics.store import open_store
+store = open_store(sys.argv[1])
+deadline, seen = time.monotonic() + 60, []
+while time.monotonic() < deadline:
+    counts = store.counts()
+    seen.append(counts["outcomes"])
+    Path(sys.argv[3]).write_text(str(counts["outcomes"]))  # what it has seen, for the writer to pace itself
+    assert counts["outcomes"] % 100 == 0, counts  # a commit is seen whole or not at all
+    (variant, value, n, pre), = store.user_metric_values("x", "click")  # u0: one click per commit
+    assert variant == "a" and value == n and pre == 0.0 and n <= int(sys.argv[2]) // 100
+    if counts["outcomes"] == int(sys.argv[2]):
+        break
+print(len(set(seen)))
+"""
+
+
+@pytest.mark.integration
+def test_duckdb_readers_in_another_process_while_the_writer_commits(tmp_path: Path) -> None:
+    path, seen = tmp_path / "live", tmp_path / "seen"
+    commits = 40
+    with DuckDBEventStore(path, compact_parts=8) as store:
+        store.apply([ExposureRow("e", "x", "a", "u0", 0)], [], {})
+        reader = subprocess.Popen(
+            [sys.executable, "-c", _READER, str(path), str(commits * 100), str(seen)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        )  # fmt: skip
+        for i in range(commits):  # compactions replace parts under the reader's feet as it reads
+            store.apply([], [OutcomeRow(f"o{i}-{k}", f"u{k}", "click", 1, 1.0) for k in range(100)], {TP: i})
+            if i % 10 == 0:  # now and then, let the reader (slow on a busy machine) catch up with the writer
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and (not seen.exists() or seen.read_text() != str(i * 100 + 100)):
+                    time.sleep(0.01)
+        out, err = reader.communicate(timeout=90)
+    assert reader.returncode == 0, err[-3000:]
+    assert int(out) > 2  # it saw the store grow, not just the end state
 
 
 _exposure = st.builds(
@@ -145,7 +264,7 @@ def _snapshot(store: EventStore) -> dict:
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(_exposure, max_size=25), st.lists(_outcome, max_size=40), st.randoms(use_true_random=False))
-def test_sqlite_matches_memory_in_any_arrival_order(
+def test_duckdb_matches_memory_in_any_arrival_order(
     tmp_path_factory, exposures, outcomes, rnd: random.Random
 ) -> None:
     # one identity per event id, as on the wire
@@ -156,7 +275,9 @@ def test_sqlite_matches_memory_in_any_arrival_order(
     shuffled_e, shuffled_o = exposures * 2, outcomes * 2  # with duplicates
     rnd.shuffle(shuffled_e)
     rnd.shuffle(shuffled_o)
-    with SQLiteEventStore(tmp_path_factory.mktemp("h") / "s.db", attribution_window_ms=60) as store:
+    with DuckDBEventStore(
+        tmp_path_factory.mktemp("h") / "s", attribution_window_ms=60, compact_parts=3
+    ) as store:
         for i in range(0, max(len(shuffled_e), len(shuffled_o)), 7):
             store.apply(shuffled_e[i : i + 7], shuffled_o[i : i + 7], {TP: i})
         assert _snapshot(store) == _snapshot(reference)

@@ -24,7 +24,7 @@ import pytest
 
 from analytics.metrics import load_analysis_config
 from analytics.server import AnalyticsServer
-from analytics.store import EventStore, ExposureRow, OutcomeRow, SQLiteEventStore
+from analytics.store import DuckDBEventStore, EventStore, ExposureRow, OutcomeRow
 
 ROOT = Path(__file__).resolve().parents[2]
 ANALYSIS_CONFIG = ROOT / "deploy" / "config" / "analysis.yaml"
@@ -131,7 +131,7 @@ class Served:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The two experiments of deploy/config (one per stage), sequential analysis on, no SRM."""
-    store = SQLiteEventStore(str(tmp_path_factory.mktemp("store") / "events.db"))
+    store = DuckDBEventStore(str(tmp_path_factory.mktemp("store") / "events"))
     generate_events(store, "ranking-mmoe-dml", users=1500, seed=1, click_prob=(0.10, 0.14))
     generate_events(
         store, "retrieval-ssmtl", users=1500, seed=2, click_prob=(0.11, 0.11), rating_mean=(3.4, 3.6)
@@ -144,7 +144,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def real_demo(demo_run: dict) -> Iterator[Served]:
     """The store the end-to-end demo filled through Kafka, with the demo's own analysis config."""
-    store = SQLiteEventStore(str(demo_run["workdir"] / "events.db"))
+    store = DuckDBEventStore(str(demo_run["workdir"] / "events"))
     with store, AnalyticsServer(store, load_analysis_config(demo_run["metrics"]), port=0) as server:
         yield Served(server.url, store)
 
@@ -152,7 +152,7 @@ def real_demo(demo_run: dict) -> Iterator[Served]:
 @pytest.fixture(scope="module")
 def srm_absolute(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A traffic split far from the configured 50/50 (SRM flagged), absolute lifts, fixed-horizon tests."""
-    store = SQLiteEventStore(str(tmp_path_factory.mktemp("store") / "events.db"))
+    store = DuckDBEventStore(str(tmp_path_factory.mktemp("store") / "events"))
     generate_events(store, "srm-check", users=2000, seed=3, shares=(0.56, 0.44))
     base = load_analysis_config(ANALYSIS_CONFIG)
     config = base.model_copy(

@@ -203,7 +203,7 @@ def test_serving_image_runs_the_entry_points() -> None:
     script = f"""
 import importlib, sys
 from importlib.metadata import packages_distributions
-ours = {{"ranker_server", "retrieval_server", "analytics", "experiment_router", "proto"}}
+ours = {{"ranker_server", "retrieval_server", "analytics", "experiment_router", "proto", "grpc_serving"}}
 allowed = {{d.lower().replace("_", "-") for d in {allowed!r}}}
 owners = packages_distributions()
 
@@ -297,12 +297,14 @@ def python_m_invocations(where: str, words: list[str]) -> Iterator[Invocation]:
 
 
 def _flag(args: list[str], name: str) -> str | None:
+    """The value argparse ends up with: the last occurrence wins (overlays append flags to the base's)."""
+    value = None
     for i, arg in enumerate(args):
         if arg == name and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def _served_port(args: list[str]) -> str | None:
@@ -667,9 +669,14 @@ def test_k8s_references_exist(k8s: list[dict]) -> None:
     config_maps, secrets = _of_kind(k8s, "ConfigMap"), _of_kind(k8s, "Secret")
     claims = _of_kind(k8s, "PersistentVolumeClaim")
     deployments = _of_kind(k8s, "Deployment")
+    claim_templates = {
+        f"StatefulSet/{name}": {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
+        for name, doc in _of_kind(k8s, "StatefulSet").items()
+    }
     for where, template in _pod_specs(k8s):
         spec = template["spec"]
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        volumes |= {name: {"persistentVolumeClaimTemplate": name} for name in claim_templates.get(where, ())}
         for volume in volumes.values():
             if "configMap" in volume:
                 cm = config_maps[volume["configMap"]["name"]]
@@ -679,6 +686,12 @@ def test_k8s_references_exist(k8s: list[dict]) -> None:
                 assert volume["secret"]["secretName"] in secrets, f"{where}: unknown Secret"
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims, f"{where}: unknown PVC"
+        for container in spec["containers"]:
+            for mount in container.get("volumeMounts", []):
+                volume = volumes[mount["name"]]
+                if "configMap" in volume and "subPath" in mount:
+                    cm = config_maps[volume["configMap"]["name"]]
+                    assert mount["subPath"] in cm["data"], f"{where}: ConfigMap key {mount['subPath']} missing"
         for container in spec["containers"]:
             mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
             for arg in container.get("args", []):
@@ -721,7 +734,7 @@ def test_k8s_config_maps_carry_the_validated_configs(k8s: list[dict]) -> None:
 
 
 def _json_patch(doc: dict, operations: list[dict]) -> dict:
-    """Apply the add/replace operations of a JSON 6902 patch (what the overlay uses) to a copy of doc."""
+    """Apply the add/replace/remove operations of a JSON 6902 patch (what the overlays use) to a copy of doc."""
     import copy
 
     doc = copy.deepcopy(doc)
@@ -735,6 +748,9 @@ def _json_patch(doc: dict, operations: list[dict]) -> dict:
         elif op["op"] in ("add", "replace"):
             assert op["op"] == "add" or last in node, f"replace of a missing {op['path']}"
             node[last] = op["value"]
+        elif op["op"] == "remove":
+            assert last in node, f"remove of a missing {op['path']}"
+            del node[last]
         else:
             raise AssertionError(f"unexpected patch operation {op}")
     return doc
@@ -766,3 +782,88 @@ def test_k8s_tls_overlay(k8s: list[dict]) -> None:
         assert (
             mounts[directory]["secret"]["secretName"] == "mtrank-ranker-tls" and key in secret["stringData"]
         )
+
+
+def overlay_docs(k8s: list[dict], name: str) -> list[dict]:
+    """The base with overlay ``name``'s JSON 6902 patches applied, as `kubectl apply -k` would."""
+    overlay_dir = K8S / "overlays" / name
+    overlay = yaml.safe_load((overlay_dir / "kustomization.yaml").read_text())
+    assert overlay["resources"] == ["../.."]
+    docs = list(k8s)
+    for patch in overlay["patches"]:
+        target = patch["target"]
+        (index,) = [
+            i for i, d in enumerate(docs) if d["kind"] == target["kind"] and d["metadata"]["name"] == target["name"]
+        ]
+        docs[index] = _json_patch(docs[index], yaml.safe_load((overlay_dir / patch["path"]).read_text()))
+    return docs
+
+
+OVERLAYS = ("base", "cpu")
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def deployed(request: pytest.FixtureRequest, k8s: list[dict]) -> list[dict]:
+    return k8s if request.param == "base" else overlay_docs(k8s, request.param)
+
+
+def _cpu_cores(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_k8s_servers_autoscale_and_survive_drains(deployed: list[dict]) -> None:
+    """Every scaled gRPC server has an HPA and a PodDisruptionBudget that still lets a node drain at the
+    HPA's minimum; CPU-utilisation targets need a CPU request on every container of the pod."""
+    deployments, hpas = _of_kind(deployed, "Deployment"), _of_kind(deployed, "HorizontalPodAutoscaler")
+    budgets = _of_kind(deployed, "PodDisruptionBudget")
+    for name in ("mtrank-ranker", "mtrank-retrieval", "mtrank-outcomes"):
+        (hpa,) = [h for h in hpas.values() if h["spec"]["scaleTargetRef"]["name"] == name]
+        template = deployments[name]["spec"]["template"]
+        labels = template["metadata"]["labels"]
+        (budget,) = [b for b in budgets.values() if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        minimum = hpa["spec"]["minReplicas"]
+        assert budget["spec"]["minAvailable"] < minimum <= deployments[name]["spec"]["replicas"], (
+            f"{name}: minAvailable {budget['spec']['minAvailable']} must stay below the HPA minimum {minimum}"
+        )
+        assert hpa["spec"]["metrics"], f"{name}: HPA without metrics"
+        for metric in hpa["spec"]["metrics"]:
+            if metric["type"] == "Resource":
+                assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+                assert 0 < metric["resource"]["target"]["averageUtilization"] <= 100
+                for container in template["spec"]["containers"]:
+                    assert "cpu" in container["resources"]["requests"], f"{name}: no CPU request to scale on"
+            else:
+                assert metric["type"] == "Pods", metric
+                assert float(metric["pods"]["target"]["averageValue"]) > 0
+
+
+def test_k8s_ranker_threads_fit_its_cpu_request(deployed: list[dict]) -> None:
+    """In a container, --intra-op-threads 0 would mean every core of the node: it must be explicit, and
+    workers x threads must not exceed the pod's CPU request."""
+    [(inv, container, _)] = [t for t in _k8s_invocations(deployed) if t[0].module == "ranker_server"]
+    threads = _flag(inv.args, "--intra-op-threads")
+    assert threads and int(threads) >= 1, f"{inv.where}: set --intra-op-threads to the CPU request"
+    workers = int(_flag(inv.args, "--workers") or 1)
+    assert workers * int(threads) <= _cpu_cores(container["resources"]["requests"]["cpu"])
+
+
+def test_k8s_cpu_overlay_runs_the_ranker_without_a_gpu_and_scales_on_its_request_rate(k8s: list[dict]) -> None:
+    docs = overlay_docs(k8s, "cpu")
+    config_maps = [d for d in docs if d["kind"] == "ConfigMap"]
+    ranker = _of_kind(docs, "Deployment")["mtrank-ranker"]
+    ((inv, container, env),) = [t for t in _k8s_invocations([ranker, *config_maps])]
+    _check_flags(inv, env)
+    assert container["image"].startswith("mtrank/serving-cpu:")
+    assert "nvidia.com/gpu" not in json.dumps(ranker)
+    assert int(_flag(inv.args, "--workers")) == 1, "one pod, one scrape port: scale with pods, not --workers"
+    hpa = _of_kind(docs, "HorizontalPodAutoscaler")["mtrank-ranker"]
+    (pods,) = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    rules = yaml.safe_load((K8S / "overlays/cpu/prometheus-adapter-rules.yaml").read_text())["rules"]["custom"]
+    (rule,) = [r for r in rules if r["name"]["as"] == pods["metric"]["name"]]
+    series = re.match(r"(\w+)\{", rule["seriesQuery"]).group(1)
+    from ranker_server import metrics
+
+    exported = {f"{m._name}_total" for m in (metrics.REQUEST_SUCCESS, metrics.REQUEST_FAILURE)}
+    assert series in exported, f"the adapter rule reads {series}, the ranker exports {sorted(exported)}"
+    assert re.fullmatch(rule["name"]["matches"].strip("^$"), series)
+    assert pods["target"]["type"] == "AverageValue"

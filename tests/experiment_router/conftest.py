@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from experiment_router.conformance import REQUIRED_SECTIONS, depends_on_url
+from tests.experiment_router.jsnode import JsPrinter, JsRegex, NodeWorker, node_available
 
 DATA = Path(__file__).parent / "data"
 CASES_PATH = DATA / "growthbook_cases.json"
@@ -35,3 +37,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def gb_cases() -> dict:
     return _cases()
+
+
+def _node_worker(worker_class: type[NodeWorker]) -> Iterator[NodeWorker]:
+    if not node_available():
+        pytest.skip("node is not on PATH")
+    worker = worker_class()
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="session")
+def js_printer() -> Iterator[NodeWorker]:
+    """A node process printing String(v) / Boolean(v); tests using it skip where node is not installed."""
+    yield from _node_worker(JsPrinter)
+
+
+@pytest.fixture(scope="session")
+def js_regex() -> Iterator[NodeWorker]:
+    """A node process answering `new RegExp(p, flags).test(text)`; skips where node is not installed."""
+    yield from _node_worker(JsRegex)

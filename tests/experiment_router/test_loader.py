@@ -96,7 +96,38 @@ def test_adjacent_layer_ranges_are_fine(tmp_path: Path) -> None:
 
 def test_same_stage_in_two_layers_is_rejected(tmp_path: Path) -> None:
     second = GOOD_EXPERIMENT.replace("exp-a", "exp-b").replace("name: ranking,", "name: other,")
-    assert "must share one layer" in _error(_write(tmp_path, GOOD_EXPERIMENT + second)).message
+    err = _error(_write(tmp_path, GOOD_EXPERIMENT + second))
+    assert "must share one layer" in err.message
+    assert (
+        "this experiment is in layer 'other' and 'exp-a' (experiments[0], line 6) in layer 'ranking'"
+        in err.message
+    )
+    assert "move it into layer 'ranking' with a range disjoint from the others there" in err.message
+
+
+NO_LAYER = GOOD_EXPERIMENT.replace("    layer: {name: ranking, range: [0.0, 0.5]}\n", "")
+
+
+def test_two_stage_experiments_without_layer_are_told_to_share_one(tmp_path: Path) -> None:
+    path = _write(tmp_path, NO_LAYER + NO_LAYER.replace("exp-a", "exp-b"))
+    err = _error(path)
+    assert (err.experiment, err.field, err.line) == ("exp-b", "experiments[1].layer", 12)
+    assert f"{path}:12: experiment 'exp-b': field 'experiments[1].layer'" in err.describe()
+    assert "neither this experiment nor 'exp-a' (experiments[0], line 6) has a layer" in err.message
+    assert "put both in one layer with disjoint ranges" in err.message
+    assert "no layer" not in err.message
+    fixed = GOOD_EXPERIMENT + GOOD_EXPERIMENT.replace("exp-a", "exp-b").replace("[0.0, 0.5]", "[0.5, 1]")
+    assert len(Router.from_file(_write(tmp_path, fixed)).experiment_keys) == 2  # the advice works
+
+
+def test_stage_experiment_outside_the_layer_of_another_is_told_which_layer(tmp_path: Path) -> None:
+    err = _error(_write(tmp_path, GOOD_EXPERIMENT + NO_LAYER.replace("exp-a", "exp-b")))
+    assert err.experiment == "exp-b" and err.line == 13
+    assert "'exp-a' (experiments[0], line 6) is in layer 'ranking' and this experiment in none" in err.message
+    assert "add `layer: {name: ranking, range: [start, end]}` here" in err.message
+    err = _error(_write(tmp_path, NO_LAYER + GOOD_EXPERIMENT.replace("exp-a", "exp-b")))
+    assert "this experiment is in layer 'ranking' and 'exp-a' (experiments[0], line 6) in none" in err.message
+    assert err.field == "experiments[1].layer" and err.line == 15
 
 
 def test_duplicate_experiment_keys(tmp_path: Path) -> None:
@@ -121,13 +152,28 @@ def test_duplicate_variation_keys(tmp_path: Path) -> None:
 def test_unknown_condition_operator(tmp_path: Path) -> None:
     path = _write(tmp_path, GOOD_EXPERIMENT + "    condition: {country: {$inn: [NL]}}\n")
     err = _error(path)
-    assert err.field == "experiments[0].condition" and err.line == 13
+    assert err.field == "experiments[0].condition.country.$inn" and err.line == 13
     assert "unknown operator '$inn'" in err.message and "$in" in err.message
 
 
 def test_invalid_regex_in_condition(tmp_path: Path) -> None:
     path = _write(tmp_path, GOOD_EXPERIMENT + "    condition: {agent: {$regex: '(unclosed'}}\n")
     assert "invalid regular expression" in _error(path).message
+
+
+def test_python_only_regex_names_file_line_and_key_and_the_javascript_way(tmp_path: Path) -> None:
+    condition = """\
+    condition:
+      $or:
+        - {country: NL}
+        - os:
+            $regex: "(?i)^ios"
+"""
+    path = _write(tmp_path, GOOD_EXPERIMENT + condition)
+    err = _error(path)
+    assert (err.experiment, err.field, err.line) == ("exp-a", "experiments[0].condition.$or[1].os.$regex", 17)
+    assert err.describe().startswith(f"{path}:17: experiment 'exp-a': field 'experiments[0].condition.$or[1]")
+    assert "is not JavaScript" in err.message and "use $regexi" in err.message
 
 
 def test_unknown_field_lists_allowed_fields(tmp_path: Path) -> None:

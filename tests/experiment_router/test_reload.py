@@ -12,6 +12,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from experiment_router import ConfigError
+from experiment_router.errors import ModelCheckUnavailable
 from experiment_router.reload import ConfigWatcher
 from tests.experiment_router.helpers import base_config, experiment
 
@@ -33,7 +34,7 @@ def test_good_change_swaps_and_bad_change_keeps_previous(
     data = base_config()
     _write(path, data, 0)
     errors: list[ConfigError] = []
-    watcher = ConfigWatcher(path, interval_s=0.05, on_error=errors.append)
+    watcher = ConfigWatcher(path, interval_s=0.05, on_error=errors.append, settle_s=0)
     first = watcher.current
     assert first.experiment_keys == ("exp-a",)
     assert watcher.check_now() is False  # unchanged file: nothing to do
@@ -86,3 +87,54 @@ def test_invalid_initial_file_raises(tmp_path: Path) -> None:
     path.write_text("defaults: {}\n")
     with pytest.raises(ConfigError):
         ConfigWatcher(path)
+
+
+def test_a_half_written_file_is_not_applied_until_it_settles(tmp_path: Path) -> None:
+    """A writer caught half-way leaves a valid but truncated file (one experiment fewer): never applied."""
+    path = tmp_path / "exp.yaml"
+    _write(path, base_config(), 0)
+    reloaded = []
+    watcher = ConfigWatcher(path, on_reload=reloaded.append, settle_s=0.3)
+    full = base_config()
+    full["experiments"][0]["coverage"] = 0.5
+    full["experiments"].append(experiment("exp-b", stage="retrieval"))
+    text = yaml.safe_dump(full)
+    path.write_text(text[: text.index("- key: exp-b")])  # truncated mid-write: still a valid config
+    os.utime(path, (time.time() + 10,) * 2)
+    assert watcher.check_now() is False  # seen, not applied
+    time.sleep(0.2)
+    _write(path, full, 20)  # the writer finishes within the settle period: the clock restarts
+    assert watcher.check_now() is False
+    time.sleep(0.2)
+    assert watcher.check_now() is False  # 0.2 s after the last change: not settled yet
+    time.sleep(0.15)
+    assert watcher.check_now() is True
+    assert [r.experiment_keys for r in reloaded] == [("exp-a", "exp-b")], "the truncated file never ran"
+
+
+def test_unavailable_model_check_defers_the_reload_until_it_can_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "exp.yaml"
+    data = base_config()
+    _write(path, data, 0)
+    reachable = {"now": True}
+
+    def model_exists(stage: str, name: str, version: str) -> bool:
+        if stage == "retrieval" and not reachable["now"]:
+            raise ModelCheckUnavailable("retrieval service unreachable")
+        return True
+
+    watcher = ConfigWatcher(path, model_exists=model_exists, settle_s=0)
+    first = watcher.current
+    data["experiments"].append(experiment("exp-b", stage="retrieval"))
+    _write(path, data, 10)
+    reachable["now"] = False
+    deferred = _count("deferred")
+    with caplog.at_level(logging.WARNING, logger="experiment_router.reload"):
+        assert watcher.check_now() is False and watcher.check_now() is False
+    assert watcher.current is first and _count("deferred") == deferred + 2
+    assert caplog.text.count("not applied yet, keeping the previous one: retrieval service unreachable") == 1
+    reachable["now"] = True
+    assert watcher.check_now() is True  # the same file, unchanged: applied once the check can run
+    assert watcher.current.experiment_keys == ("exp-a", "exp-b")

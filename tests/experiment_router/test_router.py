@@ -185,3 +185,17 @@ def test_holdout_groups_are_seeded_by_their_names_and_payloads_are_read_only() -
     assert 130 < disagree < 270  # independent halves disagree about half of the time
     with pytest.raises(TypeError):
         router.default_for("ranking").task_weights["click"] = 5.0  # type: ignore[index]
+
+
+def test_hash_attributes_follow_javascript_truthiness_and_number_printing() -> None:
+    data = base_config()
+    data["experiments"] = [experiment("by-account", hash_attribute="account")]
+    router = Router.from_dict(data)
+    for falsy in (0, 0.0, False, "", None):
+        (a,) = router.assign("u", {"account": falsy})
+        assert not a.in_experiment and "no value for hash attribute 'account'" in a.reason, falsy
+    assert router.assign("u", {"account": 2273199612178534537}) == router.assign(
+        "u", {"account": "2273199612178534700"}
+    )
+    assert router.assign("u", {"account": 1e21}) == router.assign("u", {"account": "1e+21"})
+    assert router.assign("u", {"account": True}) == router.assign("u", {"account": "true"})

@@ -36,6 +36,7 @@ class FakeAssignment:
     in_experiment: bool
     should_log: bool
     payload: FakePayload
+    interleaving: object | None = None
 
 
 @dataclass
@@ -104,10 +105,9 @@ class Running:
     source: MutableSource
 
 
-@pytest.fixture
-async def running(repository: Path) -> AsyncIterator[Running]:
+async def serving(repository: Path, source: MutableSource) -> AsyncIterator[Running]:
+    """A server on a free port over ``source`` with a channel to it, exposures kept in memory; stopped after."""
     sink = MemorySink()
-    source = MutableSource(FakeRouter())
     server = RankerServer(make_settings(repository), source, sink)
     port = await server.start()
     channel = aio.insecure_channel(f"127.0.0.1:{port}")
@@ -116,6 +116,12 @@ async def running(repository: Path) -> AsyncIterator[Running]:
     finally:
         await channel.close()
         await server.stop(grace_s=1.0)
+
+
+@pytest.fixture
+async def running(repository: Path) -> AsyncIterator[Running]:
+    async for running in serving(repository, MutableSource(FakeRouter())):
+        yield running
 
 
 def code_of(exc: BaseException) -> grpc.StatusCode:

@@ -31,6 +31,19 @@ def test_lookup_known_and_unknown_ids(package) -> None:
     np.testing.assert_array_equal(dense[1], np.zeros(USER_DENSE + ITEM_DENSE, np.float32))
 
 
+def test_direct_and_searched_lookups_agree(package, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ranker_server.features as features
+
+    direct = ItemTable(package)
+    monkeypatch.setattr(features, "DIRECT_ID_LIMIT", 0)  # 8 x 80 items < the largest id 1079: binary search
+    searched = ItemTable(package)
+    assert direct._row_of is not None and searched._row_of is None
+    ids = np.array([1005, 7, 1079, 1080, -3, -1, 0, 10**12, -(10**12), 1000, 1005], np.int64)
+    for a, b in zip(direct.lookup(ids), searched.lookup(ids), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert direct.lookup(ids)[2] == 7  # 7, 1080, -3, -1, 0 and the two far ids
+
+
 def test_lookup_returns_fresh_rows(package) -> None:
     table = ItemTable(package)
     sparse, dense, _ = table.lookup(np.array([1005], np.int64))

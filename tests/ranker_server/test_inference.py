@@ -11,7 +11,7 @@ import pytest
 
 from ranker_server.config import RuntimeSettings
 from ranker_server.errors import PackageError
-from ranker_server.inference import OnnxRanker, session_options
+from ranker_server.inference import LoneRunChooser, OnnxRanker, session_options
 
 
 def golden(repository: Path) -> dict[str, np.ndarray]:
@@ -63,6 +63,8 @@ async def test_a_lone_run_spins_and_concurrent_runs_do_not(repository: Path, spi
     calls: list[str] = []
     runner.session = _Recording(runner.session, calls)
     runner._alone_session = _Recording(runner._alone_session, calls)
+    if runner._chooser is not None:  # lone runs spin while spinning measures faster: say it always does
+        runner._chooser.spin = lambda rows: True
     data = golden(repository)
     with ThreadPoolExecutor(3) as executor:
         await runner.infer(data["sparse"], data["dense"], executor)
@@ -72,6 +74,45 @@ async def test_a_lone_run_spins_and_concurrent_runs_do_not(repository: Path, spi
     assert calls == expected  # only the first of three concurrent calls started alone
     for logits in results:
         np.testing.assert_allclose(logits, data["logits"], rtol=1e-4, atol=1e-5)
+
+
+async def test_lone_runs_follow_the_chooser_and_report_their_time(repository: Path) -> None:
+    runner = OnnxRanker(str(repository / "tiny" / "1" / "model.onnx"), RuntimeSettings(spinning="alone"), "t")
+    calls: list[str] = []
+    runner.session = _Recording(runner.session, calls)
+    runner._alone_session = _Recording(runner._alone_session, calls)
+    data = golden(repository)
+    with ThreadPoolExecutor(2) as executor:
+        for _ in range(3):
+            await runner.infer(data["sparse"], data["dense"], executor)
+    assert calls[:2] == ["spin", "sleep"], "each session is measured once before the chooser compares them"
+    size = len(data["sparse"]).bit_length()
+    assert {(size, True), (size, False)} <= set(runner._chooser._log_seconds)
+
+
+def test_the_chooser_prefers_the_faster_session_and_keeps_checking_the_other() -> None:
+    chooser = LoneRunChooser(explore_every=4)
+    assert chooser.spin(500) is True
+    chooser.record(500, True, 0.008)  # spinning threads waiting for busy cores
+    assert chooser.spin(500) is False
+    chooser.record(500, False, 0.004)
+    picks = [chooser.spin(500) for _ in range(8)]
+    assert picks.count(True) == 2 and picks[1] is True, picks  # runs 4 and 8 of this size class re-check spinning
+    for _ in range(12):  # the load went away: spinning is faster again
+        chooser.record(500, True, 0.002)
+    assert [chooser.spin(500) for _ in range(3)].count(True) >= 2
+    assert chooser.spin(3) is True, "another batch-size class is measured on its own"
+
+
+def test_one_slow_run_does_not_outvote_many_fast_ones() -> None:
+    chooser = LoneRunChooser(weight=0.2)
+    chooser.record(100, True, 0.002)
+    chooser.record(100, False, 0.003)
+    for _ in range(5):
+        chooser.record(100, True, 0.002)
+    chooser.record(100, True, 0.050)  # preempted once
+    picks = [chooser.spin(100) for _ in range(16)]
+    assert picks[:15] == [True] * 15 and picks[15] is False, picks  # the 16th re-checks the sleeping session
 
 
 def test_a_graph_with_other_inputs_is_refused(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,13 @@ def broker() -> Iterator[EmbeddedBroker]:
         yield running
 
 
-def read_exposures(bootstrap: str, expected: int, timeout_s: float = 30.0) -> list[events_pb2.Exposure]:
+def read_exposures(
+    bootstrap: str,
+    expected: int,
+    timeout_s: float = 30.0,
+    wanted: Callable[[events_pb2.Exposure], bool] = lambda exposure: True,
+) -> list[events_pb2.Exposure]:
+    """The ``wanted`` exposures on the topic, read from the start until ``expected`` of them arrived."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=100)
     try:
         deadline = time.monotonic() + timeout_s
@@ -43,7 +49,9 @@ def read_exposures(bootstrap: str, expected: int, timeout_s: float = 30.0) -> li
             for records in consumer.poll(timeout_ms=200).values():
                 for record in records:
                     batch = decode_batch(record.value)
-                    found += [e.exposure for e in batch.events if e.HasField("exposure")]
+                    found += [
+                        e.exposure for e in batch.events if e.HasField("exposure") and wanted(e.exposure)
+                    ]
         return found
     finally:
         consumer.close()
@@ -70,3 +78,39 @@ async def test_exposures_arrive_on_kafka(broker: EmbeddedBroker, repository: Pat
     assert all(
         e.experiment_key == "rank-exp" and e.stage == "ranking" and len(e.item_ids) == 3 for e in exposures
     )
+
+
+async def test_interleaving_exposures_carry_the_teams_through_kafka(
+    broker: EmbeddedBroker, repository: Path
+) -> None:
+    """Through the real EventProducer (which validates version 2) and the broker: teams arrive packed."""
+    from experiment_router import Router
+    from tests.ranker_server.test_interleaved_rank import config
+
+    settings = make_settings(repository, kafka=broker.bootstrap, exposure_topic=TOPIC)
+    users = [f"il-kafka-{i}" for i in range(6)]
+    async with running_server(settings, MutableSource(Router.from_dict(config()))) as server:  # type: ignore[arg-type]
+        async with aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = ranking_pb2_grpc.RankerStub(channel)
+            responses = await asyncio.gather(
+                *(
+                    stub.Rank(
+                        ranking_pb2.RankRequest(
+                            request_id=f"req-{u}", user_id=u, candidate_ids=list(range(1000, 1012)), top_k=8
+                        )
+                    )
+                    for u in users
+                )
+            )
+    found = await asyncio.to_thread(
+        read_exposures, broker.bootstrap, len(users), wanted=lambda e: e.experiment_key == "il"
+    )
+    interleaved = {e.request_id: e for e in found}
+    assert all(e.schema_version == events_pb2.SCHEMA_VERSION_2 for e in found)
+    assert sorted(interleaved) == sorted(f"req-{u}" for u in users)
+    for response in responses:
+        exposure = interleaved[response.request_id]
+        assert (exposure.experiment_key, exposure.variant_key) == ("il", "interleaved")
+        assert list(exposure.item_ids) == list(response.candidate_ids)
+        assert list(exposure.teams) == list(response.teams) and len(exposure.teams) == 8
+        assert [a.key for a in exposure.arms] == ["control", "treatment"]

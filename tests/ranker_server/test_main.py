@@ -110,6 +110,17 @@ def successes(metrics_port: int) -> float:
     )
 
 
+def listening_addresses(port: int) -> set[str]:
+    """IPv4 addresses with a listening TCP socket on ``port`` (read from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_two_workers_share_the_port_reload_the_config_and_stop_on_sigterm(
@@ -139,6 +150,8 @@ def test_two_workers_share_the_port_reload_the_config_and_stop_on_sigterm(
         assert versions == {"1"}
         served = [successes(metrics_port), successes(metrics_port + 1)]
         assert sum(served) == 40 and min(served) > 0, served
+        # /metrics listens where gRPC does (--host, 127.0.0.1 by default), not on every interface
+        assert listening_addresses(metrics_port) == listening_addresses(metrics_port + 1) == {"127.0.0.1"}
 
         config.write_text(CONFIG.format(control="2", treatment="2"))  # both workers pick this up
         deadline = time.monotonic() + 30

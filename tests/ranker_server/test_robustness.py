@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proto import ranking_pb2, ranking_pb2_grpc
+from proto import common_pb2, limits, ranking_pb2, ranking_pb2_grpc
 from ranker_server.config import BatchingSettings
 from ranker_server.exposure import MemorySink
 from ranker_server.server import RankerServer
@@ -104,6 +104,33 @@ async def test_graceful_shutdown_drains_in_flight_and_reports_not_serving(reposi
     await channel.close()
 
 
+HUGE = "x" * 1_100_000  # 1.1 MB: gRPC admits it, no Kafka record holds an exposure carrying it
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"user_id": HUGE}, "user_id"),
+        ({"request_id": HUGE}, "request_id"),
+        ({"attributes": {"country": HUGE}}, "attributes"),
+        ({"attributes": {HUGE: "NL"}}, "attributes"),
+        ({"attributes": {f"k{i}": "v" for i in range(limits.MAX_ATTRIBUTES + 1)}}, "attributes"),
+        ({"model": common_pb2.ModelRef(name=HUGE, version="1")}, "model.name"),
+    ],
+    ids=["user_id", "request_id", "attribute-value", "attribute-key", "attribute-count", "model-name"],
+)
+async def test_oversized_string_fields_are_invalid_and_never_echoed(
+    running: Running, request_fields: dict, field: str
+) -> None:
+    request = ranking_pb2.RankRequest(**{"user_id": "u-1", "candidate_ids": [1000, 1001], **request_fields})
+    with pytest.raises(aio.AioRpcError) as info:
+        await running.stub.Rank(request, timeout=10)
+    assert code_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(f"{field}: ") and len(info.value.details()) < 120
+    await asyncio.sleep(0.05)
+    assert not running.sink.exposures, "nothing of a rejected request reaches the exposure log"
+
+
 # ---------------------------------------------------------------------------- fuzz
 
 
@@ -163,7 +190,8 @@ def test_fuzzed_requests_get_a_proper_status_and_the_server_stays_up(threaded_se
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), exc.details())
             assert exc.details().split(":")[0] in {
-                "user_id", "candidate_ids", "user_sparse", "user_dense", "candidate_sparse", "candidate_dense"
+                "user_id", "candidate_ids", "user_sparse", "user_dense", "candidate_sparse", "candidate_dense",
+                "retrieve_k",
             }  # fmt: skip
         else:
             n = len(request.candidate_ids)

@@ -4,6 +4,7 @@ load, graceful shutdown, and the command line under SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -57,11 +58,39 @@ async def test_retrieve_over_grpc_and_status_codes(served):
          grpc.StatusCode.INVALID_ARGUMENT, "user_features: expected 16 values, got 2"),
         (retrieval_pb2.RetrieveRequest(user_id="5", k=3, model=common_pb2.ModelRef(name="x", version="1")),
          grpc.StatusCode.NOT_FOUND, "model x:1"),
+        (retrieval_pb2.RetrieveRequest(user_id="5" * 1_100_000, k=3), grpc.StatusCode.INVALID_ARGUMENT,
+         "user_id: is longer than 512 bytes"),
+        (retrieval_pb2.RetrieveRequest(user_id="5", k=3, attributes={"c": "x" * 1_100_000}),
+         grpc.StatusCode.INVALID_ARGUMENT, "attributes: has a value longer than"),
     ]
+    # ids are strings: only "5" itself is node 5 (the router hashes " 5 " and "٥" as other users)
+    cases += [(retrieval_pb2.RetrieveRequest(user_id=user, k=3), grpc.StatusCode.INVALID_ARGUMENT, "user_features:")
+              for user in (" 5", "5 ", "+5", "05", "5_0", "\u0665", "5\n")]  # fmt: skip
     for request, code, text in cases:
         with pytest.raises(aio.AioRpcError) as info:
             await stub.Retrieve(request)
         assert info.value.code() == code and text in info.value.details()
+        assert len(info.value.details()) < 200  # a huge field is never echoed
+
+
+async def test_garbage_bytes_are_invalid_argument_without_a_logged_traceback(served, caplog):
+    _, channel = served
+    call = channel.unary_unary("/mtrank.v1.Retriever/Retrieve", request_serializer=None, response_deserializer=None)
+    with caplog.at_level(logging.DEBUG):
+        for payload in (b"\xff\xff\xff\x0f", b"\x0a\x05ab", b"\x18" + b"\xff" * 11):
+            with pytest.raises(aio.AioRpcError) as info:
+                await call(payload, timeout=5)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details() == "request: cannot be parsed as the method's request message"
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_list_models_tells_what_is_served(served):
+    _, channel = served
+    response = await retrieval_pb2_grpc.RetrieverStub(channel).ListModels(retrieval_pb2.ListModelsRequest())
+    assert [(m.name, m.version) for m in response.models] == [("baseline", "1"), ("ssmtl", "1")]
+    assert (response.default_model.name, response.default_model.version) == ("ssmtl", "1")
+    assert response.max_k == 100
 
 
 async def test_health_reflection_and_metrics(served):

@@ -24,12 +24,19 @@ class FrequentistConfig:
     sequential_tuning_parameter: float = DEFAULT_SEQUENTIAL_TUNING_PARAMETER
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.sequential_tuning_parameter <= 0:
-            raise ValueError(
-                f"sequential_tuning_parameter must be > 0, got {self.sequential_tuning_parameter}"
-            )
+        check_frequentist(self.alpha, self.sequential_tuning_parameter)
+
+
+def check_frequentist(alpha: float, sequential_tuning_parameter: float) -> None:
+    """The checks every frequentist config shares.
+
+    Raises:
+        ValueError: alpha outside (0, 1) or a tuning parameter that is not positive.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if sequential_tuning_parameter <= 0:
+        raise ValueError(f"sequential_tuning_parameter must be > 0, got {sequential_tuning_parameter}")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Welch-Satterthwaite over the two variance components in both cases.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Generic, TypeVar
 
@@ -50,6 +51,12 @@ class BaseABTest(ABC, Generic[ConfigT, ResultT]):
         a, b = self.stat_a, self.stat_b
         if a.n <= 1 or b.n <= 1:
             return messages.NO_UNITS
+        try:  # Python floats raise OverflowError on ** where numpy would give inf
+            moments = (a.mean, b.mean, a.variance, b.variance)
+        except OverflowError:
+            return messages.NUMERIC_OVERFLOW
+        if not all(math.isfinite(m) for m in moments):
+            return messages.NUMERIC_OVERFLOW
         if (
             isinstance(a, Ratio)
             and isinstance(b, Ratio)
@@ -60,7 +67,13 @@ class BaseABTest(ABC, Generic[ConfigT, ResultT]):
             return messages.ZERO_VARIANCE
         if self.config.difference_type == "relative" and a.mean == 0:
             return messages.BASELINE_ZERO
-        if self.difference().variance <= 0:  # relative lift of a treatment without a single event: -100% +- 0
+        try:
+            difference = self.difference()
+        except OverflowError:
+            return messages.NUMERIC_OVERFLOW
+        if not all(math.isfinite(x) for x in (difference.estimate, difference.variance, difference.df)):
+            return messages.NUMERIC_OVERFLOW
+        if difference.variance <= 0:  # relative lift of a treatment without a single event: -100% +- 0
             return messages.ZERO_VARIANCE
         return None
 

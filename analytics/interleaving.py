@@ -1,0 +1,111 @@
+"""Credit assignment of interleaving experiments: raw events in, per-user preferences out (reference code).
+
+This is the specification, in plain Python, that the warehouse aggregation of interleaving experiments must
+reproduce row for row (the SQL is checked against ``user_preferences``). Rules:
+
+1. An interleaved request is an exposure of schema version 2: ``item_ids`` in shown order and ``teams``
+   (0 = the experiment's first arm, A; 1 = its second, B), one per item, no item twice. A retried request
+   logs the same list again (the coin is seeded by the request id), so exposures count once per (user,
+   request id): the first by (event time, event id).
+2. A click counts when its request id is one of the user's interleaved requests and its item id is in that
+   request's list; it is credited to the team of that item at that request. Each (request, item) counts at
+   most once, so a double-click (two events) is one credit. Clicks on items or requests the user was not
+   shown interleaved are not credited.
+3. A user's credits c_A, c_B sum over all their interleaved requests. Every user with an interleaved exposure
+   counts in n, with or without clicks; the statistics (``analytics.stats.interleaving``) take it from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from analytics.stats.interleaving import PreferenceCounts
+
+
+@dataclass(frozen=True)
+class InterleavedExposure:
+    """One interleaved request as the exposure logged it."""
+
+    user_id: str
+    request_id: str
+    item_ids: Sequence[int]
+    teams: Sequence[int]
+    event_time_ms: int = 0
+    event_id: str = ""
+
+
+@dataclass(frozen=True)
+class Click:
+    """One click outcome: the request it follows from and the item clicked."""
+
+    user_id: str
+    request_id: str
+    item_id: int
+
+
+@dataclass(frozen=True)
+class UserPreference:
+    """Clicks credited to each arm for one user."""
+
+    user_id: str
+    credit_a: int
+    credit_b: int
+
+    @property
+    def outcome(self) -> int:
+        """1: prefers B, -1: prefers A, 0: tie (or no click; see ``clicked``)."""
+        return (self.credit_b > self.credit_a) - (self.credit_a > self.credit_b)
+
+    @property
+    def clicked(self) -> bool:
+        return self.credit_a + self.credit_b > 0
+
+
+def user_preferences(
+    exposures: Iterable[InterleavedExposure], clicks: Iterable[Click]
+) -> list[UserPreference]:
+    """Per-user credits of one interleaving experiment, sorted by user id (see the module's rules).
+
+    Raises:
+        ValueError: an exposure whose teams do not match its items one to one, name an arm other than 0/1, or
+            whose items repeat (the merge never repeats one).
+    """
+    firsts: dict[tuple[str, str], InterleavedExposure] = {}
+    for exposure in exposures:
+        if len(exposure.teams) != len(exposure.item_ids) or any(t not in (0, 1) for t in exposure.teams):
+            raise ValueError(f"exposure {exposure.request_id!r}: teams must be 0/1, one per item")
+        if len(set(exposure.item_ids)) != len(exposure.item_ids):
+            raise ValueError(f"exposure {exposure.request_id!r}: an item appears twice in the list")
+        key = (exposure.user_id, exposure.request_id)
+        kept = firsts.get(key)
+        if kept is None or (exposure.event_time_ms, exposure.event_id) < (kept.event_time_ms, kept.event_id):
+            firsts[key] = exposure
+    team_of = {
+        key: dict(zip(exposure.item_ids, exposure.teams, strict=True)) for key, exposure in firsts.items()
+    }
+    credits = {user: [0, 0] for user, _ in firsts}
+    credited: set[tuple[str, str, int]] = set()
+    for click in clicks:
+        key = (click.user_id, click.request_id)
+        team = team_of.get(key, {}).get(click.item_id)
+        if team is None or (*key, click.item_id) in credited:
+            continue
+        credited.add((*key, click.item_id))
+        credits[click.user_id][team] += 1
+    return [UserPreference(user, a, b) for user, (a, b) in sorted(credits.items())]
+
+
+def preference_counts(preferences: Iterable[UserPreference]) -> PreferenceCounts:
+    """The sufficient statistics of per-user preferences (what the warehouse query returns)."""
+    n = wins_a = wins_b = ties = 0
+    total = squares = 0.0
+    for p in preferences:
+        n += 1
+        wins_b += p.outcome > 0
+        wins_a += p.outcome < 0
+        ties += p.outcome == 0 and p.clicked
+        diff = p.credit_b - p.credit_a
+        total += diff
+        squares += diff * diff
+    return PreferenceCounts(n, wins_a, wins_b, ties, total, squares)

@@ -1,0 +1,275 @@
+"""ClickHouse as the scale-out event store: the same compiled SQL, run by a ClickHouse server (or chDB).
+
+At scale no Python process sits on the event path: ClickHouse ingests the Kafka topics itself
+(``deploy/clickhouse/ingest.sql``: Kafka table engine + materialised views decoding ``EventBatch``) into the tables
+of ``clickhouse_schema.sql``, and ``report``/``serve`` run the compiled queries there. ``apply`` exists for
+migration and tests: it inserts events first and offsets second, which is safe without transactions because
+outcomes are deduplicated by event id when read (a replay after a crash between the two counts nothing twice).
+
+Two clients run the SQL: clickhouse-connect against a server (``clickhouse://host:port/db``) and chDB, ClickHouse's
+engine in-process (``chdb:///path``), which the tests use to prove the ClickHouse dialect on the same fixtures.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import sqlglot
+from sqlglot import exp
+
+from analytics import sql_compiler as sql
+from analytics.store.base import ExposureColumns, Exposures, OutcomeColumns, Outcomes, TopicPartition
+from analytics.store.exceptions import OffsetBackwards, StoreError, StoreUnreachable
+from analytics.store.warehouse import EXPOSURE_SCHEMA, OUTCOME_SCHEMA, WarehouseEventStore, to_arrow
+
+SCHEMA_SQL = Path(__file__).with_name("clickhouse_schema.sql")
+DEFAULT_PORT = 8123
+# Unmatched LEFT JOIN columns are NULL (as in standard SQL and DuckDB), not the type's default.
+QUERY_SETTINGS = {"join_use_nulls": 1}
+
+
+def schema_statements() -> list[str]:
+    """The CREATE TABLE statements of the store's tables."""
+    text = "\n".join(
+        line for line in SCHEMA_SQL.read_text().splitlines() if not line.lstrip().startswith("--")
+    )
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+class ClickHouseClient(abc.ABC):
+    """What the store needs from a ClickHouse connection: queries, statements, inserts, in ``database``."""
+
+    database: str
+
+    @abc.abstractmethod
+    def query(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and rows of ``query`` (run with ``QUERY_SETTINGS``)."""
+
+    @abc.abstractmethod
+    def command(self, statement: str) -> None:
+        """Run a statement without a result."""
+
+    @abc.abstractmethod
+    def insert(self, table: str, data: pa.Table) -> None:
+        """Append ``data`` to ``table``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the connection."""
+
+
+class ConnectClient(ClickHouseClient):
+    """A ClickHouse server over HTTP (clickhouse-connect)."""
+
+    def __init__(self, host: str, port: int, database: str, user: str, password: str) -> None:
+        import clickhouse_connect
+
+        self.database = database
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
+        self._error = ClickHouseError
+        try:
+            admin = clickhouse_connect.get_client(
+                host=host, port=port, username=user, password=password, connect_timeout=5
+            )
+            admin.command(f"CREATE DATABASE IF NOT EXISTS {exp.to_identifier(database).sql('clickhouse')}")
+            admin.close()
+            self._client = clickhouse_connect.get_client(
+                host=host, port=port, username=user, password=password, database=database,
+                settings=QUERY_SETTINGS, connect_timeout=5,
+            )  # fmt: skip
+        except ClickHouseError as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnreachable(f"cannot reach ClickHouse at {host}:{port}: {first_line}") from exc
+
+    def query(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        result = self._client.query(query)
+        return list(result.column_names), [tuple(r) for r in result.result_rows]
+
+    def command(self, statement: str) -> None:
+        self._client.command(statement)
+
+    def insert(self, table: str, data: pa.Table) -> None:
+        self._client.insert_arrow(table, data)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class ChdbClient(ClickHouseClient):
+    """ClickHouse's engine in this process (chDB), one database of it.
+
+    chDB runs one embedded server per process, at one data path: clients share it (each in its own database).
+    ``path`` None uses a temporary server (or the one already running) and a fresh database that ``close`` drops.
+    """
+
+    _server: dict[str, Any] = {}  # "session", "path", "tmp", "clients"
+    _lock = threading.Lock()
+
+    def __init__(self, path: str | None = None, database: str | None = None) -> None:
+        from chdb import session
+
+        with self._lock:
+            server = ChdbClient._server
+            if not server:
+                tmp = tempfile.TemporaryDirectory(prefix="chdb-") if path is None else None
+                data = str(Path(path) / "data") if path else tmp.name  # type: ignore[union-attr]
+                Path(data).mkdir(parents=True, exist_ok=True)
+                server.update(session=session.Session(data), path=path, data=data, tmp=tmp, clients=0)
+            elif path is not None and server["path"] != path:
+                raise StoreError(
+                    f"chDB already runs at {server['path'] or 'a temporary path'} in this process"
+                )
+            server["clients"] += 1
+            self._session = server["session"]
+        self._temporary = database is None
+        self.database = database or f"t{secrets.token_hex(6)}"
+        self._session.query(
+            f"CREATE DATABASE IF NOT EXISTS {exp.to_identifier(self.database).sql('clickhouse')}"
+        )
+        self._settings = ", ".join(f"{k}={v}" for k, v in QUERY_SETTINGS.items())
+        self._folder = Path(tempfile.gettempdir())
+
+    @property
+    def data_path(self) -> Path:
+        """The embedded server's data folder (its ``format_schemas/`` holds .proto files for Protobuf input)."""
+        return Path(ChdbClient._server["data"])
+
+    def query(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        with self._lock:
+            table = self._session.query(f"{query} SETTINGS {self._settings}", "ArrowTable")
+        return table.column_names, [tuple(r.values()) for r in table.to_pylist()]
+
+    def command(self, statement: str) -> None:
+        with self._lock:
+            self._session.query(statement)
+
+    def insert(self, table: str, data: pa.Table) -> None:
+        with tempfile.NamedTemporaryFile(suffix=".parquet", dir=self._folder) as f:
+            pq.write_table(data, f.name)
+            self.command(f"INSERT INTO {table} SELECT * FROM file('{f.name}', Parquet)")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._temporary:
+                self._session.query(
+                    f"DROP DATABASE IF EXISTS {exp.to_identifier(self.database).sql('clickhouse')}"
+                )
+            server = ChdbClient._server
+            server["clients"] -= 1
+            if server["clients"] == 0:
+                server["session"].close()
+                if server["tmp"] is not None:
+                    server["tmp"].cleanup()
+                server.clear()
+
+
+class ClickHouseEventStore(WarehouseEventStore):
+    """Events in ClickHouse tables, queried with the compiler's ClickHouse dialect.
+
+    Args:
+        client: the connection (``ConnectClient`` or ``ChdbClient``).
+        attribution_window_ms: see ``EventStore``.
+    """
+
+    dialect = "clickhouse"
+
+    def __init__(self, client: ClickHouseClient, attribution_window_ms: int | None = None) -> None:
+        super().__init__(attribution_window_ms)
+        self.client = client
+        self._lock = threading.Lock()
+        for statement in schema_statements():
+            create = sqlglot.parse_one(statement, read="clickhouse")
+            create.find(exp.Table).set("db", exp.to_identifier(client.database))  # type: ignore[union-attr]
+            client.command(create.sql(dialect="clickhouse"))
+
+    def _table(self, name: str) -> exp.Table:
+        return exp.table_(name, db=self.client.database)
+
+    @classmethod
+    def from_url(cls, url: str, attribution_window_ms: int | None = None) -> ClickHouseEventStore:
+        """``clickhouse://[user[:password]@]host[:port]/database`` or ``chdb:///path`` (``chdb://``: temporary).
+
+        Without credentials in the URL, ``CLICKHOUSE_USER`` and ``CLICKHOUSE_PASSWORD`` are used when set.
+
+        Raises:
+            StoreError: a malformed URL; ``StoreUnreachable`` when the server does not answer.
+        """
+        parts = urlsplit(url)
+        if parts.scheme == "chdb":
+            path = parts.netloc + parts.path
+            return cls(ChdbClient(path or None, "mtrank" if path else None), attribution_window_ms)
+        database = parts.path.strip("/") or "default"
+        try:
+            port = parts.port or DEFAULT_PORT
+        except ValueError as exc:
+            raise StoreError(f"store URL {url!r}: {exc}") from exc
+        if not parts.hostname or "/" in database:
+            raise StoreError(
+                f"store URL {url!r}: expected clickhouse://[user[:password]@]host[:port]/database"
+            )
+        # Credentials from the URL, else from CLICKHOUSE_USER / CLICKHOUSE_PASSWORD (keeps them out of argv).
+        user = unquote(parts.username) if parts.username else os.environ.get("CLICKHOUSE_USER", "default")
+        password = unquote(parts.password) if parts.password else os.environ.get("CLICKHOUSE_PASSWORD", "")
+        client = ConnectClient(parts.hostname, port, database, user, password)
+        return cls(client, attribution_window_ms)
+
+    def relations(self) -> sql.Relations:
+        return sql.Relations(exposures=self._table("exposures"), outcomes_raw=self._table("outcomes"))
+
+    def _query(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        with self._lock:
+            return self.client.query(query)
+
+    def apply(self, exposures: Exposures, outcomes: Outcomes, offsets: Mapping[TopicPartition, int]) -> None:
+        stored = self.offsets()
+        for tp, offset in offsets.items():
+            applied = stored.get(TopicPartition(*tp))
+            if applied is not None and offset < applied:
+                raise OffsetBackwards(
+                    f"{tp[0]}[{tp[1]}]: offset {offset} is behind the applied offset {applied}"
+                )
+        with self._lock:
+            for table, columns, schema in (
+                ("exposures", ExposureColumns.of(exposures), EXPOSURE_SCHEMA),
+                ("outcomes", OutcomeColumns.of(outcomes), OUTCOME_SCHEMA),
+            ):
+                if len(columns):
+                    self.client.insert(self._table(table).sql("clickhouse"), to_arrow(columns, schema))
+            if offsets:
+                now = time.time_ns()
+                rows = list(zip(*[(tp[0], tp[1], o, now) for tp, o in offsets.items()], strict=True))
+                names = ["topic", "partition", "last_offset", "written_ns"]
+                types = [pa.string(), pa.int32(), pa.int64(), pa.int64()]
+                self.client.insert(
+                    self._table("offsets").sql("clickhouse"),
+                    pa.table([pa.array(c, t) for c, t in zip(rows, types, strict=True)], names=names),
+                )
+
+    def offsets(self) -> dict[TopicPartition, int]:
+        select = (
+            exp.select(
+                exp.column("topic"),
+                exp.column("partition"),
+                exp.alias_(
+                    exp.ArgMax(this=exp.column("last_offset"), expression=exp.column("written_ns")), "o"
+                ),
+            )
+            .from_(self._table("offsets"))
+            .group_by(exp.column("topic"), exp.column("partition"))
+        )
+        _, rows = self._query(select.sql(dialect=sql.DIALECTS["clickhouse"]))
+        return {TopicPartition(t, int(p)): int(o) for t, p, o in rows}
+
+    def close(self) -> None:
+        self.client.close()

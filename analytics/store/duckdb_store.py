@@ -1,0 +1,484 @@
+"""The embedded default event store: immutable Parquet parts in one folder, queried by DuckDB.
+
+Why parts and not one DuckDB database file: a DuckDB file opened for writing by one process cannot be opened by
+any other, not even to read, so the dashboard and ``report`` could not read while the consumer writes, and two
+consumer processes could not share a store. Here every writer commit is a new immutable part and every reader
+queries the parts that are complete; nobody ever waits for anybody.
+
+Layout::
+
+    <store>/mtrank-store.json          format marker
+    <store>/parts/<name>/              one commit: exposures.parquet, outcomes.parquet, manifest.json
+    <store>/tmp/<name>/                a commit being written (not visible)
+    <store>/compact.lock               held by the one process compacting
+
+Commit (``apply``): the events are written as Parquet (columns, from Arrow) into ``tmp/<name>/`` together with a
+manifest holding the Kafka offsets they bring the store to; files are fsynced, then the folder is renamed into
+``parts/`` (atomic), then ``parts/`` is fsynced. A crash before the rename leaves nothing visible, after it
+everything: events and offsets become durable together, so nothing is lost or counted twice.
+
+Raw events are append-only; nothing is upserted. Deduplication by event id and the first exposure are computed
+when reading (``analytics.sql_compiler``). Compaction merges many small parts into one, deduplicating outcomes
+while it is at it: the largest part is kept free of duplicate event ids, so queries only deduplicate the smaller
+rest. The merged part lists the parts it replaces; readers hide replaced parts, and a query that raced with
+their deletion is retried.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlglot import exp
+
+from analytics import sql_compiler as sql
+from analytics.store.base import (
+    ExposureColumns,
+    Exposures,
+    OutcomeColumns,
+    Outcomes,
+    TopicPartition,
+)
+from analytics.store.exceptions import OffsetBackwards, StoreClosed, StoreError
+from analytics.store.warehouse import EXPOSURE_SCHEMA, OUTCOME_SCHEMA, WarehouseEventStore, to_arrow
+
+log = logging.getLogger(__name__)
+
+FORMAT = "mtrank-duckdb-events"
+FORMAT_VERSION = 1
+MARKER = "mtrank-store.json"
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+_READ_RETRIES = 3
+ABANDONED_AFTER_S = 3600
+USER_KEY = "user_key"
+USER_CHECK = "user_check"
+KEY_FUNCTION = "md5_number_lower"  # the low 64 bits of md5: stable across DuckDB versions
+CHECK_FUNCTION = "md5_number_upper"  # the other 64 bits: a clash of the key shows as two checks
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _empty_relation(schema: pa.Schema) -> exp.Select:
+    """A relation with ``schema``'s columns and the user key, and no rows (no such events in the store yet)."""
+    types = {pa.string(): "varchar", pa.int64(): "bigint", pa.float64(): "double"}
+    columns = [(f.name, types[f.type]) for f in schema] + [(USER_KEY, "ubigint"), (USER_CHECK, "ubigint")]
+    return exp.select(
+        *(
+            exp.alias_(exp.Cast(this=exp.Null(), to=exp.DataType.build(t, dialect="duckdb")), n)
+            for n, t in columns
+        )
+    ).where(exp.false())
+
+
+def _copy_to(select: exp.Expression, target: Path) -> str:
+    """DuckDB's ``COPY (select) TO 'target' (FORMAT parquet)``."""
+    query = select.sql(dialect=sql.DIALECTS["duckdb"])
+    return f"COPY ({query}) TO {exp.Literal.string(str(target)).sql('duckdb')} (FORMAT parquet)"
+
+
+def _parquet(files: list[Path]) -> exp.Expression:
+    return exp.func("read_parquet", exp.Array(expressions=[exp.Literal.string(str(f)) for f in files]))
+
+
+class _Part:
+    """One committed part: its folder and manifest."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+        self.folder = folder
+        self.name: str = manifest["name"]
+        self.exposures: int = manifest["exposures"]
+        self.outcomes: int = manifest["outcomes"]
+        self.unique: bool = manifest["unique"]
+        self.replaces: list[str] = manifest["replaces"]
+        self.offsets: dict[TopicPartition, tuple[int, str]] = {
+            TopicPartition(t, p): (o, source) for t, p, o, source in manifest["offsets"]
+        }
+
+    @property
+    def rows(self) -> int:
+        return self.exposures + self.outcomes
+
+    def file(self, kind: str) -> Path:
+        return self.folder / f"{kind}.parquet"
+
+
+def _manifest(
+    name: str, exposures: int, outcomes: int, unique: bool, offsets: Mapping[TopicPartition, tuple[int, str]],
+    replaces: list[str],
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "name": name,
+        "exposures": exposures,
+        "outcomes": outcomes,
+        "unique": unique,
+        "offsets": [[tp.topic, tp.partition, o, src] for tp, (o, src) in sorted(offsets.items())],
+        "replaces": replaces,
+    }
+
+
+def _latest_offsets(parts: list[_Part]) -> dict[TopicPartition, tuple[int, str]]:
+    """Per partition, the offset written by the most recent commit that names it."""
+    latest: dict[TopicPartition, tuple[int, str]] = {}
+    for part in parts:
+        for tp, (offset, source) in part.offsets.items():
+            if tp not in latest or source > latest[tp][1]:
+                latest[tp] = (offset, source)
+    return latest
+
+
+class DuckDBEventStore(WarehouseEventStore):
+    """Event store in a folder of Parquet parts, queried by an in-process DuckDB.
+
+    Args:
+        path: the store folder (created, with its parents, when missing).
+        attribution_window_ms: see ``EventStore``.
+        compact_parts: compact once this many parts are visible (0: never compact automatically).
+        threads: DuckDB worker threads (None: one per core).
+        memory_limit: DuckDB memory limit, e.g. ``"4GB"`` (None: DuckDB's default, 80% of RAM).
+    """
+
+    dialect = "duckdb"
+
+    def __init__(
+        self,
+        path: str | Path,
+        attribution_window_ms: int | None = None,
+        compact_parts: int = 16,
+        threads: int | None = None,
+        memory_limit: str | None = None,
+    ) -> None:
+        super().__init__(attribution_window_ms)
+        self.path = Path(path)
+        self.compact_parts = compact_parts
+        self._lock = threading.RLock()
+        self._manifests: dict[str, _Part] = {}
+        self._writer = secrets.token_hex(6)
+        self._writer_lock: IO[str] | None = None
+        self._open_layout()
+        config: dict[str, Any] = {}
+        if threads is not None:
+            config["threads"] = threads
+        if memory_limit is not None:
+            config["memory_limit"] = memory_limit
+        self._db: duckdb.DuckDBPyConnection | None = duckdb.connect(":memory:", config=config)
+        self._config = config
+        self._compactor: threading.Thread | None = None
+        self._merger: duckdb.DuckDBPyConnection | None = None
+
+    # ---------------------------------------------------------------- layout
+
+    def _open_layout(self) -> None:
+        if self.path.is_file():
+            with self.path.open("rb") as f:
+                header = f.read(len(SQLITE_HEADER))
+            if header == SQLITE_HEADER:
+                raise StoreError(
+                    f"{self.path} is a SQLite event store (the previous format); convert it with "
+                    f"`python -m analytics migrate --from {self.path} --to <new store folder>`"
+                )
+            raise StoreError(f"{self.path} is a file, not an event store folder")
+        marker = self.path / MARKER
+        try:
+            if self.path.is_dir() and any(self.path.iterdir()) and not marker.is_file():
+                raise StoreError(f"{self.path} is a folder but not an event store (no {MARKER})")
+            (self.path / "parts").mkdir(parents=True, exist_ok=True)
+            (self.path / "tmp").mkdir(exist_ok=True)
+            if not marker.is_file():
+                tmp = self.path / f".{MARKER}.{os.getpid()}"
+                tmp.write_text(json.dumps({"format": FORMAT, "version": FORMAT_VERSION}))
+                os.replace(tmp, marker)
+            found = json.loads(marker.read_text())
+        except OSError as exc:
+            raise StoreError(f"cannot open the event store {self.path}: {exc}") from exc
+        if found.get("format") != FORMAT or found.get("version") != FORMAT_VERSION:
+            raise StoreError(f"{self.path}: store format {found}, this code reads {FORMAT} v{FORMAT_VERSION}")
+
+    def _become_writer(self) -> None:
+        """Before the first write: take this writer's lock, then clean what dead writers left behind.
+
+        Each writer holds an exclusive lock on ``tmp/<writer>.lock`` for its lifetime (flock: it works across
+        processes and containers sharing the folder, unlike process ids). A writer's lock that can be taken means
+        the writer is gone: its half-written commits are removed. Readers never clean anything.
+        """
+        if self._writer_lock is not None:
+            return
+        tmp = self.path / "tmp"
+        while True:  # a writer cleaning up at this very moment may remove the file before it is locked: redo
+            lock = (tmp / f"{self._writer}.lock").open("a")
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(lock.fileno()).st_nlink:
+                break
+            lock.close()
+        self._writer_lock = lock
+        for other in tmp.glob("*.lock"):
+            if other.stem == self._writer:
+                continue
+            with other.open("a") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer
+                for folder in tmp.glob(f"*-{other.stem}-*"):
+                    shutil.rmtree(folder, ignore_errors=True)
+                other.unlink(missing_ok=True)
+        for folder in tmp.iterdir():  # an hour-old commit without its writer's lock file: abandoned too
+            stale = folder.is_dir() and time.time() - folder.stat().st_mtime > ABANDONED_AFTER_S
+            if stale and not (tmp / f"{folder.name.split('-')[1]}.lock").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+        parts = self._scan()
+        replaced = {name for part in parts for name in part.replaces}
+        for part in parts:
+            if part.name in replaced:
+                shutil.rmtree(part.folder, ignore_errors=True)
+
+    def _scan(self) -> list[_Part]:
+        """Every complete part folder (replaced ones included), cached by name: parts never change."""
+        parts = []
+        try:
+            names = sorted(os.listdir(self.path / "parts"))
+        except FileNotFoundError as exc:
+            raise StoreError(f"event store {self.path} has gone: {exc}") from exc
+        for name in names:
+            part = self._manifests.get(name)
+            if part is None:
+                try:
+                    manifest = json.loads((self.path / "parts" / name / "manifest.json").read_text())
+                except FileNotFoundError:
+                    continue  # deleted by a compaction since the listing
+                part = self._manifests[name] = _Part(self.path / "parts" / name, manifest)
+            parts.append(part)
+        for gone in set(self._manifests) - set(names):
+            del self._manifests[gone]
+        return parts
+
+    def _visible(self) -> list[_Part]:
+        parts = self._scan()
+        replaced = {name for part in parts for name in part.replaces}
+        return [p for p in parts if p.name not in replaced]
+
+    @property
+    def db(self) -> duckdb.DuckDBPyConnection:
+        if self._db is None:
+            raise StoreClosed(f"event store {self.path} is closed")
+        return self._db
+
+    # ---------------------------------------------------------------- writes
+
+    def _new_name(self) -> str:
+        """Part names sort by time; the middle field is the writer (see ``_become_writer``)."""
+        return f"{time.time_ns():020d}-{self._writer}-{secrets.token_hex(4)}"
+
+    def _commit(
+        self,
+        name: str,
+        write: Any,
+        offsets: Mapping[TopicPartition, tuple[int, str]],
+        unique: bool,
+        replaces: list[str],
+    ) -> None:
+        """Write a part with ``write(folder) -> (exposures, outcomes)`` and make it visible atomically."""
+        tmp = self.path / "tmp" / name
+        tmp.mkdir()
+        try:
+            n_exposures, n_outcomes = write(tmp)
+            (tmp / "manifest.json").write_text(
+                json.dumps(_manifest(name, n_exposures, n_outcomes, unique, offsets, replaces))
+            )
+            for file in tmp.iterdir():
+                _fsync(file)
+            _fsync(tmp)
+            os.rename(tmp, self.path / "parts" / name)
+            _fsync(self.path / "parts")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def apply(self, exposures: Exposures, outcomes: Outcomes, offsets: Mapping[TopicPartition, int]) -> None:
+        exposure_columns = ExposureColumns.of(exposures)
+        outcome_columns = OutcomeColumns.of(outcomes)
+        with self._lock:
+            self.db  # noqa: B018 - raises when closed
+            self._become_writer()
+            stored = _latest_offsets(self._visible())
+            for tp, offset in offsets.items():
+                applied = stored.get(TopicPartition(*tp))
+                if applied is not None and offset < applied[0]:
+                    raise OffsetBackwards(
+                        f"{tp[0]}[{tp[1]}]: offset {offset} is behind the applied offset {applied[0]}"
+                    )
+            if not (len(exposure_columns) or len(outcome_columns) or offsets):
+                return
+            name = self._new_name()
+
+            def write(folder: Path) -> tuple[int, int]:
+                for kind, columns, schema in (
+                    ("exposures", exposure_columns, EXPOSURE_SCHEMA),
+                    ("outcomes", outcome_columns, OUTCOME_SCHEMA),
+                ):
+                    if len(columns):
+                        self._write_keyed(to_arrow(columns, schema), folder / f"{kind}.parquet")
+                return len(exposure_columns), len(outcome_columns)
+
+            self._commit(
+                name, write, {TopicPartition(*tp): (o, name) for tp, o in offsets.items()}, False, []
+            )
+            due = self.compact_parts and len(self._visible()) >= self.compact_parts
+            if due and (self._compactor is None or not self._compactor.is_alive()):
+                # In the background: the writer keeps appending while older parts are merged.
+                self._compactor = threading.Thread(
+                    target=self._compact_logged, name="store-compaction", daemon=True
+                )
+                self._compactor.start()
+
+    def _compact_logged(self) -> None:
+        try:
+            self.compact()
+        except Exception:  # noqa: BLE001 - a failed compaction leaves the parts as they were; the next one retries
+            log.exception("compacting %s failed; the parts stay as they are", self.path)
+
+    def _write_keyed(self, table: pa.Table, target: Path) -> None:
+        """Write ``table`` as Parquet with its ``user_key``: the low 64 bits of md5(user_id), a stable hash that
+        joins several times faster than the text id, and ``user_check``, the other 64 bits, with which queries
+        check that a key never stands for two users."""
+        with_key = exp.select(
+            exp.Star(),
+            exp.alias_(exp.func(KEY_FUNCTION, exp.column("user_id")), USER_KEY),
+            exp.alias_(exp.func(CHECK_FUNCTION, exp.column("user_id")), USER_CHECK),
+        ).from_("batch")
+        self.db.register("batch", table)
+        try:
+            self.db.execute(_copy_to(with_key, target))
+        finally:
+            self.db.unregister("batch")
+
+    def compact(self, everything: bool = False) -> bool:
+        """Merge parts into one, deduplicating its outcomes; returns False when another process is compacting.
+
+        Without ``everything`` the largest part is kept unless the others together are at least as large, so
+        each event is rewritten a logarithmic number of times as the store grows.
+        """
+        with self._lock:
+            self._become_writer()
+        lock = (self.path / "compact.lock").open("a")
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            with self._lock:
+                parts = sorted(self._visible(), key=lambda p: p.rows)
+            if not everything and len(parts) > 1 and sum(p.rows for p in parts[:-1]) < parts[-1].rows:
+                parts = parts[:-1]
+            if len(parts) < 2 and not (parts and not parts[0].unique):
+                return True
+            self._merge(parts)  # parts are immutable: appends and reads go on meanwhile
+            return True
+        finally:
+            lock.close()
+
+    def _merge(self, parts: list[_Part]) -> None:
+        name = self._new_name()
+
+        def write(folder: Path) -> tuple[int, int]:
+            counts = []
+            for kind in ("exposures", "outcomes"):
+                files = [p.file(kind) for p in parts if p.file(kind).is_file()]
+                if not files:
+                    counts.append(0)
+                    continue
+                relation: exp.Expression = exp.select("*").from_(_parquet(files))
+                if kind == "outcomes":
+                    empty = _empty_relation(EXPOSURE_SCHEMA)
+                    relation = sql.unique_outcomes(sql.Relations(empty, None, relation, USER_KEY, USER_CHECK))
+                target = folder / f"{kind}.parquet"
+                self._merge_db.execute(_copy_to(relation, target))
+                counts.append(pq.ParquetFile(target).metadata.num_rows)
+            return counts[0], counts[1]
+
+        self._commit(name, write, _latest_offsets(parts), True, [p.name for p in parts])
+        for part in parts:
+            shutil.rmtree(part.folder, ignore_errors=True)
+        log.info("compacted %d parts of %s into %s", len(parts), self.path, name)
+
+    @property
+    def _merge_db(self) -> duckdb.DuckDBPyConnection:
+        """Compaction's own connection, so merging never holds up appends and queries on ``db``."""
+        if self._merger is None:
+            self._merger = duckdb.connect(":memory:", config=self._config)
+        return self._merger
+
+    def offsets(self) -> dict[TopicPartition, int]:
+        with self._lock:
+            return {tp: offset for tp, (offset, _) in _latest_offsets(self._visible()).items()}
+
+    # ---------------------------------------------------------------- reads
+
+    def relations(self) -> sql.Relations | None:
+        parts = self._visible()
+        if not parts:
+            return None
+        exposure_files = [p.file("exposures") for p in parts if p.exposures]
+        exposures = _parquet(exposure_files) if exposure_files else _empty_relation(EXPOSURE_SCHEMA)
+        with_outcomes = [p for p in parts if p.outcomes]
+        base = max((p for p in with_outcomes if p.unique), key=lambda p: p.outcomes, default=None)
+        raw = [p.file("outcomes") for p in with_outcomes if p is not base]
+        if base is None and not raw:
+            empty = _empty_relation(OUTCOME_SCHEMA)
+            return sql.Relations(exposures, outcomes_raw=empty, user_key=USER_KEY, user_check=USER_CHECK)
+        return sql.Relations(
+            exposures,
+            outcomes_unique=_parquet([base.file("outcomes")]) if base else None,
+            outcomes_raw=_parquet(raw) if raw else None,
+            user_key=USER_KEY,
+            user_check=USER_CHECK,
+        )
+
+    def _query(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        cursor = self.db.execute(query)
+        return [d[0] for d in cursor.description], cursor.fetchall()
+
+    def _run(self, build: Callable[[sql.Relations], str]) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Build the query on the parts visible now and run it; rebuild it when a part was compacted away."""
+        for attempt in range(_READ_RETRIES):
+            with self._lock:
+                try:
+                    return super()._run(build)
+                except duckdb.IOException:
+                    if attempt == _READ_RETRIES - 1:
+                        raise
+                    log.debug("a part was compacted away during a query; retrying")
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._compactor is not None:
+            self._compactor.join()  # a merge half done would only be redone, but finishing it is cheaper
+        with self._lock:
+            for connection in (self._db, self._merger):
+                if connection is not None:
+                    connection.close()
+            self._db = self._merger = None
+            if self._writer_lock is not None:
+                (self.path / "tmp" / f"{self._writer}.lock").unlink(missing_ok=True)
+                self._writer_lock.close()
+                self._writer_lock = None

@@ -1,0 +1,362 @@
+"""The ranker against the serving system a user would otherwise pick, same model, same machine, same run.
+
+One ONNX ranking graph (bench_ranker's ~1M-parameter MMoE, 3 tasks), 500 candidates per request, served by:
+  * KServe's Python ModelServer (PyPI ``kserve``) with a custom Model around an ONNX Runtime session with the
+    same thread settings (benchmarks/peers/kserve_onnx_server.py, in KServe's own venv), called over its gRPC
+    v2 endpoint (Open Inference Protocol ModelInfer, raw tensor contents: the 500 candidates' feature rows);
+    by default in two set-ups, each the best for one side of the comparison: ORT inside a sync ``predict`` on
+    the event loop with threads spinning during runs (KServe's documented pattern; lowest latency alone) and
+    ORT in a thread pool from an async ``predict`` with threads that sleep (best under concurrency);
+  * our ranker, ``python -m ranker_server`` with its defaults, a running experiment (two variants of the model,
+    assignment on every request) and no Kafka: Rank with the 500 candidate ids (features from its item table,
+    scores, merge, top 100), and the same server's ModelInfer with the same tensors as KServe gets;
+  * the bare grpc.aio + ORT floor of bench_ranker (c1: a servicer that only runs the ORT call in an executor
+    thread and returns a pre-built response of Rank's size), with ORT threads spinning during runs and not
+    spinning: the faster at concurrency 1 is the floor;
+  * raw ONNX Runtime in this process (no server; sequential calls, so its req/s is the compute floor).
+Concurrency 1 through synchronous stubs (p50/p99), concurrency 4 and 16 through that many grpc.aio callers on one
+channel (req/s), in interleaved rounds whose order rotates, so that load from other processes hits every row.
+
+Set-up once:  benchmarks/peers/setup_kserve_venv.sh            (KServe's venv, default /work/venvs/kserve)
+Run:          flock /tmp/mtrank-bench.lock .venv/bin/python benchmarks/bench_serving_peers.py [--out results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_ranker as br  # noqa: E402 (also puts the repository root on sys.path)
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+ROOT = br.ROOT
+KSERVE_PYTHON = Path("/work/venvs/kserve/bin/python")
+KSERVE_SERVER = BENCHMARKS / "peers" / "kserve_onnx_server.py"
+MODEL = "bench-mmoe"
+CONCURRENCY = (1, 4, 16)
+
+# A running experiment: every request is assigned (hash, buckets, payload) before it is scored.
+EXPERIMENTS = """\
+version: 1
+defaults:
+  retrieval: {model_name: none, model_version: "1"}
+  ranking: {model_name: bench-mmoe, model_version: "1", task_weights: {click: 1.0, like: 0.5, watch: 0.1}}
+experiments:
+  - key: bench-ranking
+    stage: ranking
+    status: running
+    layer: {name: ranking, range: [0.0, 1.0]}
+    coverage: 1.0
+    variations:
+      - {key: control, weight: 0.5, payload: {model_name: bench-mmoe, model_version: "1", task_weights: {click: 1.0, like: 0.5, watch: 0.1}}}
+      - {key: treatment, weight: 0.5, payload: {model_name: bench-mmoe, model_version: "1", task_weights: {click: 1.0, like: 0.2, watch: 0.3}}}
+"""
+
+
+def infer_request(sparse: np.ndarray, dense: np.ndarray):
+    """The Open Inference Protocol request with the 500 candidates' rows, as tritonclient sends it (raw)."""
+    from proto import inference_pb2
+
+    request = inference_pb2.ModelInferRequest(model_name=MODEL, id="bench")
+    for name, datatype, data in (("sparse", "INT64", sparse), ("dense", "FP32", dense)):
+        request.inputs.add(name=name, datatype=datatype, shape=data.shape)
+        request.raw_input_contents.append(np.ascontiguousarray(data).tobytes())
+    request.outputs.add(name="logits")
+    return request
+
+
+def wait_ready(target: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 180) -> None:
+    """Poll ServerReady + ModelReady over the Open Inference Protocol until both say yes."""
+    import grpc
+
+    from proto import inference_pb2, inference_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with code {proc.returncode}")
+            try:
+                if (
+                    stub.ServerReady(inference_pb2.ServerReadyRequest(), timeout=1).ready
+                    and stub.ModelReady(inference_pb2.ModelReadyRequest(name=MODEL), timeout=1).ready
+                ):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"{what} did not become ready within {timeout_s:.0f} s")
+
+
+def start_kserve(
+    python: Path, package: Path, threads: int, predict: str, spinning: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    grpc_port, http_port = br.free_port(), br.free_port()
+    command = [str(python), str(KSERVE_SERVER), "--model", str(package / "model.onnx"), "--name", MODEL]
+    command += ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
+    command += ["--intra-op-threads", str(threads), "--predict", predict, "--spinning", spinning]
+    proc = subprocess.Popen(command, cwd=ROOT)
+    target = f"127.0.0.1:{grpc_port}"
+    wait_ready(target, proc, f"KServe ({predict}, spinning {spinning})")
+    return proc, target
+
+
+def logits_of(response) -> np.ndarray:
+    return np.frombuffer(response.raw_output_contents[0], "<f4").reshape(tuple(response.outputs[0].shape))
+
+
+async def measure(
+    args: argparse.Namespace,
+    package: Path,
+    rank_request,
+    oip_request,
+    feeds: dict[str, np.ndarray],
+    targets: dict[str, tuple[str, str]],
+) -> tuple[dict[str, dict[int, br.Result]], dict[str, br.Result]]:
+    """Interleaved rounds: each round gives every row ``requests / rounds`` calls at concurrency 1, 16 calls
+    from 4 callers and 32 from 16 callers; the order of the servers rotates from round to round."""
+    import grpc
+    from grpc import aio
+
+    from proto import inference_pb2_grpc, ranking_pb2_grpc
+
+    def method(channel, kind: str):
+        if kind == "rank":
+            return ranking_pb2_grpc.RankerStub(channel).Rank
+        return inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+
+    requests = {"rank": rank_request, "infer": oip_request}
+    model = package / "model.onnx"
+    sessions = {
+        f"intra_op={args.threads}, spinning {spinning}": (br.ort_session(model, args.threads, spinning), None)
+        for spinning in ("during runs", "off")
+    }
+    if args.raw_chunk_rows:  # the same rows as sequential runs of at most this many (cache-sized batches)
+        sessions[f"intra_op=1, spinning off, in runs of <= {args.raw_chunk_rows} rows"] = (
+            br.ort_session(model, 1, "off"),
+            args.raw_chunk_rows,
+        )
+
+    def run_raw(session, chunk: int | None) -> None:
+        step = chunk or len(feeds["sparse"])
+        for i in range(0, len(feeds["sparse"]), step):
+            session.run(["logits"], {k: v[i : i + step] for k, v in feeds.items()})
+
+    raw = {name: br.Result(f"raw ORT in-process, {name}") for name in sessions}
+    results = {name: {c: br.Result(f"{name}, concurrency {c}") for c in CONCURRENCY} for name in targets}
+    per_round = max(args.requests // args.rounds, 1)
+    sync_channels = {name: grpc.insecure_channel(target) for name, (target, _) in targets.items()}
+    aio_channels = {name: aio.insecure_channel(target) for name, (target, _) in targets.items()}
+    try:
+        sync_calls: dict[str, Callable[[], object]] = {}
+        for name, (_, kind) in targets.items():
+            call, request = method(sync_channels[name], kind), requests[kind]
+            sync_calls[name] = lambda call=call, request=request: call(request, timeout=30)
+        aio_calls = {name: (method(aio_channels[name], kind), requests[kind]) for name, (_, kind) in targets.items()}
+        for name, fn in sync_calls.items():  # warm-up: connections, arenas, caches
+            br.timed(br.Result("warm-up"), fn, 20)
+            await br.server_round(*aio_calls[name], br.Result("warm-up"), 16, 64)
+        for session, chunk in sessions.values():
+            br.timed(br.Result("warm-up"), lambda s=session, c=chunk: run_raw(s, c), 20)
+        names = list(targets)
+        for round_index in tqdm(range(args.rounds), desc="rounds"):
+            shift = round_index % len(names)
+            order = names[shift:] + names[:shift]
+            for name, (session, chunk) in sessions.items():
+                br.timed(raw[name], lambda s=session, c=chunk: run_raw(s, c), per_round)
+            for name in order:
+                br.timed(results[name][1], sync_calls[name], per_round)
+            for concurrency in CONCURRENCY[1:]:
+                for name in order:
+                    calls = 4 * concurrency if concurrency == 4 else 2 * concurrency
+                    await br.server_round(*aio_calls[name], results[name][concurrency], concurrency, calls)
+    finally:
+        for channel in sync_channels.values():
+            channel.close()
+        for channel in aio_channels.values():
+            await channel.close()
+    return results, raw
+
+
+def check_same_model(targets: dict[str, tuple[str, str]], rank_request, oip_request, expected: np.ndarray) -> None:
+    """Every Open Inference server returns the raw ORT logits; Rank answers with an experiment assignment."""
+    import grpc
+
+    from proto import inference_pb2_grpc, ranking_pb2_grpc
+
+    for name, (target, kind) in targets.items():
+        with grpc.insecure_channel(target) as channel:
+            if kind == "infer":
+                response = inference_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(oip_request, timeout=30)
+                np.testing.assert_allclose(logits_of(response), expected, rtol=1e-4, atol=1e-5, err_msg=name)
+            else:
+                response = ranking_pb2_grpc.RankerStub(channel).Rank(rank_request, timeout=30)
+                assert len(response.candidate_ids) == 100, name
+                assert [a.experiment_key for a in response.assignments] == ["bench-ranking"], name
+
+
+def report(
+    args: argparse.Namespace,
+    results: dict[str, dict[int, br.Result]],
+    raw: dict[str, br.Result],
+    load: tuple[str, str],
+    kserve_names: list[str],
+) -> str:
+    ours, oip = results[RANK], results[OIP]
+    floor_name = min((floor_label(s) for s in FLOOR_SPINNING), key=lambda n: results[n][1].p50_ms)
+    floor = results[floor_name]
+    fastest = min(raw.values(), key=lambda r: r.p50_ms)
+    lines = [
+        f"Model: MMoE (4 experts 256-128, towers 128-64, 3 tasks), 996,911 parameters; {args.candidates} candidates/request.",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; onnxruntime {ort.__version__} "
+        f"(KServe's venv: the same version), kserve {args.kserve_version}, grpcio {metadata.version('grpcio')}; "
+        f"ORT intra-op threads {args.threads}, inter-op 1, sequential, everywhere.",
+        f"Timed calls per row: concurrency 1: {args.requests} (sync stub); concurrency 4: {16 * args.rounds}; "
+        f"concurrency 16: {32 * args.rounds} (grpc.aio callers on one channel); {args.rounds} interleaved rounds.",
+        "",
+        "| server | c=1 p50 ms | c=1 p99 ms | c=4 req/s | c=16 req/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for result in raw.values():
+        lines.append(
+            f"| {result.name} | {result.p50_ms:.3f} | {result.p99_ms:.3f} | {result.rps:.0f} (sequential) | - |"
+        )
+    for name, by_c in results.items():
+        lines.append(
+            f"| {name} | {by_c[1].p50_ms:.3f} | {by_c[1].p99_ms:.3f} | {by_c[4].rps:.0f} | {by_c[16].rps:.0f} |"
+        )
+    best_p50 = min(kserve_names, key=lambda n: results[n][1].p50_ms)
+    best_rps = max(kserve_names, key=lambda n: results[n][16].rps)
+    k50, k16 = results[best_p50][1].p50_ms, results[best_rps][16].rps
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    lines += [
+        "",
+        f"KServe's best p50 at concurrency 1: {best_p50}; its best req/s at concurrency 16: {best_rps}; "
+        f"the floor: the faster bare servicer at concurrency 1, {floor_name}.",
+        f"Target 1, our p50 (Rank) <= KServe's: {ours[1].p50_ms:.3f} vs {k50:.3f} ms -> ratio "
+        f"{ours[1].p50_ms / k50:.2f} ({verdict(ours[1].p50_ms <= k50)})",
+        f"Target 2, our p50 (Rank) <= 1.15 x the bare floor: {ours[1].p50_ms:.3f} vs {floor[1].p50_ms:.3f} ms -> ratio "
+        f"{ours[1].p50_ms / floor[1].p50_ms:.2f} ({verdict(ours[1].p50_ms <= 1.15 * floor[1].p50_ms)})",
+        f"Target 3, our req/s at concurrency 16 (Rank) >= KServe's: {ours[16].rps:.0f} vs {k16:.0f} -> "
+        f"{ours[16].rps / k16:.0%} ({verdict(ours[16].rps >= k16)})",
+        f"Same protocol, same tensors (our ModelInfer vs KServe's best): p50 ratio {oip[1].p50_ms / k50:.2f}, "
+        f"c=4 {oip[4].rps / max(results[n][4].rps for n in kserve_names):.0%}, c=16 {oip[16].rps / k16:.0%}",
+        f"Over the faster raw ORT row ({fastest.name}, p50 {fastest.p50_ms:.3f} ms): Rank +{ours[1].p50_ms - fastest.p50_ms:.3f} ms, "
+        f"the floor +{floor[1].p50_ms - fastest.p50_ms:.3f} ms, KServe best +{k50 - fastest.p50_ms:.3f} ms.",
+        f"uptime before: {load[0]}",
+        f"uptime after:  {load[1]}",
+    ]
+    return "\n".join(lines)
+
+
+RANK, OIP = "ours: ranker Rank (experiment on)", "ours: ranker ModelInfer (OIP)"
+FLOOR_SPINNING = ("during runs", "off")
+
+
+def floor_label(spinning: str) -> str:
+    return f"bare grpc.aio + ORT floor (executor, spinning {spinning})"
+
+
+def kserve_label(predict: str, spinning: str) -> str:
+    how = "ORT in sync predict, on the loop" if predict == "sync" else "ORT in a thread pool, async predict"
+    return f"KServe ModelServer ModelInfer ({how}, spinning {spinning})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=600, help="timed calls per row at concurrency 1")
+    parser.add_argument("--rounds", type=int, default=60, help="interleaved rounds")
+    parser.add_argument("--candidates", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT intra-op threads, every server")
+    parser.add_argument("--kserve-python", type=Path, default=KSERVE_PYTHON, help="python of KServe's own venv")
+    parser.add_argument("--kserve", default="sync:during-runs,executor:off",
+                        help="KServe set-ups to run, PREDICT:SPINNING,... (PREDICT sync|executor, SPINNING off|during-runs)")  # fmt: skip
+    parser.add_argument("--server-args", default="", help="extra flags for python -m ranker_server")
+    parser.add_argument("--ranker-variant", action="append", default=[], metavar="FLAGS",
+                        help="also measure a ranker started with these extra flags (Rank rows), e.g. '--spinning off'")  # fmt: skip
+    parser.add_argument("--raw-chunk-rows", type=int, default=256,
+                        help="also time raw ORT on the request in sequential runs of at most this many rows (0: no)")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="also write the table here")
+    args = parser.parse_args(argv)
+    if not args.kserve_python.is_file():
+        print(
+            f"KServe's venv is missing ({args.kserve_python}): create it with benchmarks/peers/setup_kserve_venv.sh "
+            "(kserve pins protobuf < 7, so it never goes into the project venv)",
+            file=sys.stderr,
+        )
+        return 2
+    args.kserve_version = subprocess.run(
+        [str(args.kserve_python), "-c", "from importlib.metadata import version; print(version('kserve'))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    setups = [tuple(item.split(":")) for item in args.kserve.split(",")]
+    uptime_before = br.uptime()
+    model = br.build_model()
+    rng = np.random.default_rng(1)
+    processes: list[subprocess.Popen[bytes]] = []
+    floors: list = []  # multiprocessing.Process
+    with tempfile.TemporaryDirectory() as tmp:
+        package = br.write_package(model, Path(tmp))
+        ids, sparse, dense = br.request_rows(package, args.candidates, rng)
+        np.savez(package / "floor_request.npz", ids=ids, sparse=sparse, dense=dense)
+        feeds = {"sparse": sparse, "dense": dense}
+        expected = br.ort_session(package / "model.onnx", args.threads, "off").run(["logits"], feeds)[0]
+        try:
+            ranker, ranker_target = br.start_server(
+                Path(tmp), args.threads, br.free_port(), args.server_args.split(), EXPERIMENTS
+            )
+            processes.append(ranker)
+            targets = {RANK: (ranker_target, "rank"), OIP: (ranker_target, "infer")}
+            for spinning in FLOOR_SPINNING:
+                floor, floor_target = br.start_floor(package, args.threads, inline=False, spinning=spinning)
+                floors.append(floor)
+                targets[floor_label(spinning)] = (floor_target, "rank")
+            for flags in args.ranker_variant:
+                proc, target = br.start_server(
+                    Path(tmp), args.threads, br.free_port(), [*args.server_args.split(), *flags.split()], EXPERIMENTS
+                )
+                processes.append(proc)
+                targets[f"{RANK} {flags}"] = (target, "rank")
+            for predict, spinning in setups:
+                proc, target = start_kserve(args.kserve_python, package, args.threads, predict, spinning)
+                processes.append(proc)
+                targets[kserve_label(predict, spinning)] = (target, "infer")
+            rank_request, oip_request = br.rank_request(ids), infer_request(sparse, dense)
+            floor_names = {floor_label(s) for s in FLOOR_SPINNING}
+            check_same_model(
+                {k: v for k, v in targets.items() if k not in floor_names}, rank_request, oip_request, expected
+            )
+            results, raw = asyncio.run(measure(args, package, rank_request, oip_request, feeds, targets))
+        finally:
+            for floor in floors:
+                floor.kill()
+            for proc in processes:
+                proc.terminate()
+            for proc in processes:
+                proc.wait(30)
+    uptime_after = br.uptime()
+    br.emit(report(args, results, raw, (uptime_before, uptime_after), [kserve_label(*s) for s in setups]), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Interleaved Rank over a real channel, with the real experiment router: teams per position, both arms
+scored through the batchers, the same list on a retry, the exposure carrying the teams, old clients intact."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from experiment_router import Router
+from proto import events_pb2, ranking_pb2
+from ranker_server.dataplane import merge_scores
+from ranker_server.interleaving import interleave
+from tests.proto.old_schema import message_before
+from tests.ranker_server.conftest import MutableSource, Running, serving
+from tests.ranker_server.test_server import CANDIDATES, expected_scores, request
+
+pytestmark = pytest.mark.integration
+
+WEIGHTS = ({"click": 1.0, "watch": 0.0}, {"click": 0.5, "watch": 0.5})
+
+
+def config(control: str = "1", treatment: str = "2") -> dict[str, Any]:
+    """Users "il-*" are in the interleaving experiment (tiny/<control> vs tiny/<treatment>); others are not."""
+    return {
+        "version": 1,
+        "defaults": {
+            "retrieval": {"model_name": "graph", "model_version": "1"},
+            "ranking": {"model_name": "tiny", "model_version": "1", "task_weights": {"click": 1.0}},
+        },
+        "experiments": [
+            {
+                "key": "il",
+                "kind": "interleaving",
+                "stage": "ranking",
+                "status": "running",
+                "layer": {"name": "ranking", "range": [0.0, 1.0]},
+                "condition": {"user_id": {"$regex": "^il-"}},
+                "forced": {"interleaved": ["qa-1"]},
+                "variations": [
+                    {"key": "control", "payload": {"model_name": "tiny", "model_version": control,
+                                                   "task_weights": WEIGHTS[0]}},
+                    {"key": "treatment", "payload": {"model_name": "tiny", "model_version": treatment,
+                                                     "task_weights": WEIGHTS[1]}},
+                ],
+            }
+        ],
+    }  # fmt: skip
+
+
+@pytest.fixture
+async def running(repository: Path) -> AsyncIterator[Running]:
+    async for running in serving(repository, MutableSource(Router.from_dict(config()))):  # type: ignore[arg-type]
+        yield running
+
+
+def arm_scores(running: Running, version: str, weights: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-task scores ([T, N]) and merged scores ([N]) of every candidate, computed without the server."""
+    model = running.server.repository.snapshot.models[("tiny", version)]
+    return merge_scores(model, expected_scores(running, version, CANDIDATES), weights)
+
+
+async def test_an_interleaved_list_names_the_arm_of_every_position(running: Running) -> None:
+    response = await running.stub.Rank(request("il-1", request_id="req-1", top_k=10))
+    assert [(a.key, a.model.name, a.model.version) for a in response.arms] == [
+        ("control", "tiny", "1"),
+        ("treatment", "tiny", "2"),
+    ]
+    assert not response.HasField("model")  # two models ranked it: see arms
+    [assignment] = response.assignments
+    assert (assignment.experiment_key, assignment.variant_key) == ("il", "interleaved")
+    scores = [arm_scores(running, v, w) for v, w in zip(("1", "2"), WEIGHTS, strict=True)]
+    orders = [np.argsort(-merged, kind="stable").tolist() for _, merged in scores]
+    picked, teams = interleave(orders[0], orders[1], 10, "req-1")
+    assert list(response.candidate_ids) == [CANDIDATES[i] for i in picked]
+    assert list(response.teams) == teams and set(teams) == {0, 1}
+    assert np.all(np.abs(np.cumsum(np.where(np.array(teams) == 1, 1, -1))) <= 1)
+    for position, (index, team) in enumerate(zip(picked, teams, strict=True)):
+        task_scores, merged = scores[team]
+        assert response.merged_scores[position] == pytest.approx(merged[index], rel=1e-5, abs=1e-6)
+        for task in range(2):
+            assert response.task_scores[task].scores[position] == pytest.approx(
+                task_scores[task, index], rel=1e-5, abs=1e-6
+            )
+
+
+async def test_a_retry_gets_the_same_list_and_requests_draw_their_own_coins(running: Running) -> None:
+    first = await running.stub.Rank(request("il-2", request_id="retry-me", top_k=10))
+    again = await running.stub.Rank(request("il-2", request_id="retry-me", top_k=10))
+    assert list(again.candidate_ids) == list(first.candidate_ids) and list(again.teams) == list(first.teams)
+    leads = {
+        (await running.stub.Rank(request("il-2", request_id=f"r{i}", top_k=4))).teams[0] for i in range(24)
+    }
+    assert leads == {0, 1}  # either arm picks first, depending on the request's coin
+
+
+async def test_top_k_zero_interleaves_every_candidate(running: Running) -> None:
+    response = await running.stub.Rank(request("il-3", request_id="all"))
+    assert sorted(response.candidate_ids) == sorted(CANDIDATES) and len(response.teams) == len(CANDIDATES)
+
+
+async def test_users_outside_get_todays_single_model_path(running: Running) -> None:
+    response = await running.stub.Rank(request("user-1", top_k=5))
+    assert not response.teams and not response.arms and response.model.version == "1"
+    assert not response.assignments
+
+
+async def test_the_exposure_carries_the_teams_of_the_list(running: Running) -> None:
+    response = await running.stub.Rank(request("il-4", request_id="logged", top_k=10))
+    await running.stub.Rank(request("qa-1", request_id="qa", top_k=10))  # forced: merged, not logged
+    await asyncio.sleep(0.2)  # exposures are handed over asynchronously
+    [exposure] = running.sink.exposures
+    assert exposure.schema_version == events_pb2.SCHEMA_VERSION_2
+    assert (exposure.request_id, exposure.user_id, exposure.variant_key) == ("logged", "il-4", "interleaved")
+    assert list(exposure.item_ids) == list(response.candidate_ids)
+    assert list(exposure.teams) == list(response.teams)
+    assert [(a.key, a.model.version) for a in exposure.arms] == [("control", "1"), ("treatment", "2")]
+    assert not exposure.HasField("model")
+
+
+async def test_an_old_schema_client_parses_the_interleaved_response(running: Running) -> None:
+    old_response = message_before(ranking_pb2, "RankResponse", {9, 10})
+    rank = running.channel.unary_unary(
+        "/mtrank.v1.Ranker/Rank",
+        request_serializer=ranking_pb2.RankRequest.SerializeToString,
+        response_deserializer=old_response.FromString,
+    )
+    old = await rank(request("il-5", request_id="old-client", top_k=10))
+    new = await running.stub.Rank(request("il-5", request_id="old-client", top_k=10))
+    assert list(old.candidate_ids) == list(new.candidate_ids) and old.request_id == "old-client"
+    assert list(old.merged_scores) == list(new.merged_scores)
+    assert [a.variant_key for a in old.assignments] == ["interleaved"]
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_both_arms_score_through_their_batchers_and_count_for_each_model(running: Running) -> None:
+    counted = [{"model": "tiny", "version": v, "variant": "il:interleaved"} for v in ("1", "2")]
+    execs = [{"model": "tiny", "version": v} for v in ("1", "2")]
+    before = [_sample("mtrank_inference_request_success_total", c) for c in counted]
+    exec_before = [_sample("mtrank_inference_exec_count_total", e) for e in execs]
+    users = [f"il-batch-{i}" for i in range(30)]
+    await asyncio.gather(*(running.stub.Rank(request(u, top_k=5)) for u in users))
+    for labels, start in zip(counted, before, strict=True):
+        assert _sample("mtrank_inference_request_success_total", labels) - start == len(users)
+    for labels, start in zip(execs, exec_before, strict=True):
+        ran = _sample("mtrank_inference_exec_count_total", labels) - start
+        assert 1 <= ran < len(users), "concurrent interleaved requests should share each model's batches"
+
+
+async def test_arms_sharing_a_model_score_it_once(repository: Path) -> None:
+    router = Router.from_dict(config(control="2", treatment="2"))
+    async for running in serving(repository, MutableSource(router)):  # type: ignore[arg-type]
+        labels = {"model": "tiny", "version": "2"}
+        before = _sample("mtrank_inference_count_total", labels)
+        response = await running.stub.Rank(request("il-6", request_id="same-model", top_k=10))
+        assert _sample("mtrank_inference_count_total", labels) - before == len(CANDIDATES)  # one row each
+        assert {a.model.version for a in response.arms} == {"2"}
+        scores = [arm_scores(running, "2", w) for w in WEIGHTS]  # one model, two weightings
+        orders = [np.argsort(-merged, kind="stable").tolist() for _, merged in scores]
+        picked, teams = interleave(orders[0], orders[1], 10, "same-model")
+        assert (
+            list(response.candidate_ids) == [CANDIDATES[i] for i in picked] and list(response.teams) == teams
+        )
