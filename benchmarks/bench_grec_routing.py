@@ -40,7 +40,14 @@ import numpy as np
 import torch
 
 import models  # noqa: F401  (registers every family)
-from benchmarks.bench_census_csrec import RunResult, paired_deltas, summarize, train_with_hooks
+from benchmarks.bench_census_csrec import (
+    RunResult,
+    format_delta,
+    paired_deltas,
+    seeds_line,
+    summarize,
+    train_with_hooks,
+)
 from models.base import MultiTaskModel
 from models.data import Splits, load_dataset
 from models.evaluate import predict
@@ -148,14 +155,6 @@ def _fmt(stats: dict[str, float]) -> str:
     return f"{stats['mean']:.4f} ({stats['sem']:.4f})"
 
 
-def _delta(d: tuple[float, float, int] | None) -> str:
-    if d is None:
-        return "-"
-    mean, sem, _ = d
-    mark = " >2se" if abs(mean) > 2 * sem else (" >1se" if abs(mean) > sem else "")
-    return f"{mean:+.4f} ± {sem:.4f}{mark}"
-
-
 def with_means(results: Sequence[RunResult]) -> list[RunResult]:
     """Adds the mean test AUC and AP over tasks to every run's test metrics (in place) and returns the runs."""
     for r in results:
@@ -168,10 +167,9 @@ def markdown(results: Sequence[RunResult], flops: dict, protocol: dict[str, Any]
     summary = summarize(results)
     names = list(summary)
     tasks = [k.split("/", 1)[1] for k in results[0].test if k.startswith("auc/")]
-    n_seeds = len({r.seed for r in results})
     rows = protocol["rows"]
     lines = [
-        f"{protocol['dataset']}: train {rows[0]}, val {rows[1]}, test {rows[2]} rows, {n_seeds} paired seeds; "
+        f"{protocol['dataset']}: train {rows[0]}, val {rows[1]}, test {rows[2]} rows, {seeds_line(results)}; "
         f"test metrics mean (sem). Batch {protocol['batch_size']}, Adam {protocol['lr']}, early stopping on mean "
         f"validation AUC (patience {protocol['patience']}, at most {protocol['max_epochs']} epochs). FLOPs per row, "
         "all task passes.",
@@ -192,7 +190,11 @@ def markdown(results: Sequence[RunResult], flops: dict, protocol: dict[str, Any]
             + f" | {f.get('router', 0):,} | {used} | {np.mean([r.best_epoch for r in runs]):.1f} "
             f"| {np.mean([r.seconds / r.epochs_run for r in runs]):.0f} |"
         )
-    lines += ["", "Paired deltas of the test means (mean ± sem over seeds; >1se / >2se marked):", ""]
+    lines += [
+        "",
+        "Paired deltas of the test means (mean ± sem over the seeds both ran, n; >1se / >2se marked):",
+        "",
+    ]
     lines += [
         "| variant − baseline | Δ mean AUC | Δ mean AP | Δ cell AUC | router FLOPs ratio |",
         "|---|---:|---:|---:|---:|",
@@ -205,8 +207,8 @@ def markdown(results: Sequence[RunResult], flops: dict, protocol: dict[str, Any]
             d = deltas[name]
             ratio = flops[name]["router"] / flops[baseline]["router"] if baseline in flops else float("nan")
             lines.append(
-                f"| {name} − {baseline} | {_delta(d.get('auc_mean'))} | {_delta(d.get('ap_mean'))} "
-                f"| {_delta(d.get('cell_auc_mean'))} | {ratio:.3f} |"
+                f"| {name} − {baseline} | {format_delta(d.get('auc_mean'))} | {format_delta(d.get('ap_mean'))} "
+                f"| {format_delta(d.get('cell_auc_mean'))} | {ratio:.3f} |"
             )
     lines += learning_curve(results, names) + routing_lines(results, names)
     lines += ["", "Paper Table 1 (internal data, AP CTR/CTCVR/ATC/CVR in %, routing FLOPs):", ""]
