@@ -402,20 +402,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(markdown(results, n_rows, protocol))
 
 
+def save_report(
+    output: Path,
+    name: str,
+    head: dict[str, Any],
+    results: Sequence[RunResult],
+    order: Sequence[str],
+    render: Callable[[list[RunResult]], str],
+) -> None:
+    """``<name>.json`` (``head``, the summary and every run with its per-epoch history, runs sorted by ``order``
+    then seed) and ``<name>.md`` (``render`` of the sorted runs); shared by the issue-16 benchmarks."""
+    rank = {label: i for i, label in enumerate(order)}
+    ordered = sorted(results, key=lambda r: (rank.get(r.model, len(rank)), r.seed))
+    report = {**head, "summary": summarize(ordered), "runs": [r.__dict__ for r in ordered]}
+    (output / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (output / f"{name}.md").write_text(render(ordered))
+
+
 def write_report(
     output: Path, name: str, protocol: dict[str, Any], results: Sequence[RunResult], n_rows: Sequence[int]
 ) -> None:
-    """``<name>.json`` (protocol, summary, every run with its per-epoch history) and ``<name>.md``."""
-    order = {label: i for i, label in enumerate(MODELS)}
-    results = sorted(results, key=lambda r: (order.get(r.model, len(order)), r.seed))
-    report = {
-        "protocol": protocol,
-        "paper_table_4": PAPER_TABLE_4,
-        "summary": summarize(results),
-        "runs": [r.__dict__ for r in results],
-    }
-    (output / f"{name}.json").write_text(json.dumps(report, indent=2))
-    (output / f"{name}.md").write_text(markdown(results, n_rows, protocol))
+    head = {"protocol": protocol, "paper_table_4": PAPER_TABLE_4}
+    save_report(output, name, head, results, list(MODELS), lambda runs: markdown(runs, n_rows, protocol))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from benchmarks.bench_census_csrec import (
     RunResult,
     format_delta,
     paired_deltas,
+    save_report,
     seeds_line,
     summarize,
     train_with_hooks,
@@ -336,17 +337,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def write_report(output: Path, name: str, protocol: dict, flops: dict, results: Sequence[RunResult]) -> None:
-    order = {label: i for i, label in enumerate([*ROUTING_MODES, "mmoe", "mmoe-matched"])}
-    results = sorted(results, key=lambda r: (order.get(r.model, len(order)), r.seed))
-    report = {
-        "protocol": protocol,
-        "routing_flops_per_row": flops,
-        "paper_table_1": PAPER_TABLE_1,
-        "summary": summarize(results),
-        "runs": [r.__dict__ for r in results],
-    }
-    (output / f"{name}.json").write_text(json.dumps(report, indent=2))
-    (output / f"{name}.md").write_text(markdown(results, flops, protocol))
+    head = {"protocol": protocol, "routing_flops_per_row": flops, "paper_table_1": PAPER_TABLE_1}
+    order = [*ROUTING_MODES, "mmoe", "mmoe-matched"]
+    save_report(output, name, head, results, order, lambda runs: markdown(runs, flops, protocol))
 
 
 if __name__ == "__main__":

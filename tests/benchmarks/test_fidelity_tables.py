@@ -4,9 +4,12 @@ how many seeds a delta rests on when models ran different numbers of seeds."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from benchmarks.bench_census_csrec import RunResult, format_delta, paired_deltas, seeds_line
+from benchmarks.bench_census_csrec import RunResult, format_delta, paired_deltas, save_report, seeds_line
 
 
 def run(model: str, seed: int, auc: float) -> RunResult:
@@ -36,3 +39,15 @@ def test_seeds_line_names_each_models_seed_count_when_they_differ() -> None:
     assert seeds_line(same) == "3 paired seeds"
     uneven = [*same, run("b", 3, 0.5)]
     assert seeds_line(uneven) == "seeds a 3, b 4 (deltas pair common seeds)"
+
+
+def test_save_report_writes_runs_in_model_order_then_seed_with_the_summary(tmp_path: Path) -> None:
+    results = [run("b", 1, 0.7), run("a", 1, 0.6), run("b", 0, 0.5), run("c", 0, 0.4)]
+    save_report(
+        tmp_path, "r", {"protocol": {"lr": 0.1}}, results, ["b", "a"], lambda runs: f"{len(runs)} runs\n"
+    )
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert list(report) == ["protocol", "summary", "runs"]
+    assert [(r["model"], r["seed"]) for r in report["runs"]] == [("b", 0), ("b", 1), ("a", 1), ("c", 0)]
+    assert report["summary"]["b"]["auc"]["mean"] == pytest.approx(0.6)
+    assert (tmp_path / "r.md").read_text() == "4 runs\n"
