@@ -13,6 +13,7 @@ import importlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -28,6 +29,7 @@ DEPLOY = ROOT / "deploy"
 DOCKERFILES = sorted(p for p in (DEPLOY / "docker").glob("Dockerfile.*") if p.suffix != ".dockerignore")
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 K8S = DEPLOY / "k8s"
+K8S_BASE = K8S / "base"  # overlays live beside it: kustomize refuses a base that contains its overlays
 
 # ---------------------------------------------------------------- loading
 
@@ -43,12 +45,12 @@ def compose() -> dict:
 
 @pytest.fixture(scope="module")
 def k8s() -> list[dict]:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    kustomization = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
     docs = []
     for resource in kustomization["resources"]:
-        docs += _load_all(K8S / resource)
+        docs += _load_all(K8S_BASE / resource)
     assert "secrets.yaml" not in kustomization["resources"], "re-applying would overwrite the real Secrets"
-    return docs + _load_all(K8S / "secrets.yaml")
+    return docs + _load_all(K8S_BASE / "secrets.yaml")
 
 
 def _of_kind(docs: list[dict], kind: str) -> dict[str, dict]:
@@ -758,7 +760,7 @@ def _json_patch(doc: dict, operations: list[dict]) -> dict:
 
 def test_k8s_tls_overlay(k8s: list[dict]) -> None:
     overlay = yaml.safe_load((K8S / "overlays/tls/kustomization.yaml").read_text())
-    assert overlay["resources"] == ["../.."]
+    assert overlay["resources"] == ["../../base"]
     (patch,) = overlay["patches"]
     ranker = _of_kind(k8s, "Deployment")[patch["target"]["name"]]
     patched = _json_patch(ranker, yaml.safe_load((K8S / "overlays/tls" / patch["path"]).read_text()))
@@ -788,7 +790,7 @@ def overlay_docs(k8s: list[dict], name: str) -> list[dict]:
     """The base with overlay ``name``'s JSON 6902 patches applied, as `kubectl apply -k` would."""
     overlay_dir = K8S / "overlays" / name
     overlay = yaml.safe_load((overlay_dir / "kustomization.yaml").read_text())
-    assert overlay["resources"] == ["../.."]
+    assert overlay["resources"] == ["../../base"]
     docs = list(k8s)
     for patch in overlay["patches"]:
         target = patch["target"]
@@ -800,6 +802,26 @@ def overlay_docs(k8s: list[dict], name: str) -> list[dict]:
 
 
 OVERLAYS = ("base", "cpu")
+
+
+@pytest.mark.parametrize("overlay", ["base", "cpu", "tls"])
+def test_kustomize_builds_the_pods_these_tests_check(overlay: str, k8s: list[dict]) -> None:
+    """`kubectl kustomize` builds the base and every overlay (it refuses, for one, an overlay inside its base's
+    folder), and renders the same pod specs as the patches these tests apply themselves."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (it embeds kustomize) is not installed")
+    path = K8S_BASE if overlay == "base" else K8S / "overlays" / overlay
+    result = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    built = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d}
+    ours = k8s if overlay == "base" else overlay_docs(k8s, overlay)
+    checked = 0
+    for where, template in _pod_specs(ours):
+        kind, _, name = where.partition("/")
+        assert built[kind, name]["spec"]["template"]["spec"] == template["spec"], f"{overlay}: {where} differs"
+        checked += 1
+    assert checked >= 5
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
