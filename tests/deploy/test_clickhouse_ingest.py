@@ -22,7 +22,7 @@ from analytics.events.messages import (
 from analytics.store import ExposureColumns, OutcomeColumns, open_store
 from analytics.store.base import InterleavedColumns, ItemOutcomeColumns
 from deploy import clickhouse_configmap
-from tests.deploy.test_deploy_files import COMPOSE_FILE, K8S, _load_all
+from tests.deploy.test_deploy_files import COMPOSE_FILE, K8S_BASE, _load_all
 
 ROOT = Path(__file__).resolve().parents[2]
 INGEST = ROOT / "deploy" / "clickhouse" / "ingest.sql"
@@ -130,12 +130,12 @@ def test_compose_clickhouse_is_wired_to_kafka_the_schema_and_the_protos() -> Non
 
 
 def test_k8s_clickhouse_config_map_carries_the_same_files() -> None:
-    (config_map,) = _load_all(K8S / "configmap-clickhouse.yaml")
+    (config_map,) = _load_all(K8S_BASE / "configmap-clickhouse.yaml")
     assert config_map["data"] == {key: path.read_text() for key, path in clickhouse_configmap.SOURCES.items()}, (
         "stale copy: run python -m deploy.clickhouse_configmap"
     )
     assert clickhouse_configmap.TARGET.read_text() == clickhouse_configmap.render()
-    docs = _load_all(K8S / "clickhouse.yaml")
+    docs = _load_all(K8S_BASE / "clickhouse.yaml")
     (server,) = [d for d in docs if d["kind"] == "StatefulSet"]
     container = server["spec"]["template"]["spec"]["containers"][0]
     assert {"configMapRef": {"name": "mtrank-runtime"}} in container["envFrom"]  # KAFKA_BOOTSTRAP
