@@ -175,6 +175,11 @@ def _over(function: exp.Expression, partition: Sequence[exp.Expression], order: 
     )
 
 
+def _cuts_relation(count: int) -> exp.Query:
+    """``SELECT 0 AS j UNION ALL SELECT 1 AS j ...``: the cut indexes (portable: no VALUES table syntax)."""
+    return _union_all([exp.select(exp.alias_(_lit(j), "j"), copy=False) for j in range(count)])
+
+
 def _union_all(selects: Sequence[exp.Query]) -> exp.Query:
     relation = selects[0]
     for select in selects[1:]:

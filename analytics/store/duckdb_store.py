@@ -8,7 +8,8 @@ queries the parts that are complete; nobody ever waits for anybody.
 Layout::
 
     <store>/mtrank-store.json          format marker
-    <store>/parts/<name>/              one commit: exposures.parquet, outcomes.parquet, manifest.json
+    <store>/parts/<name>/              one commit: exposures.parquet, outcomes.parquet, manifest.json, and
+                                       interleaved.parquet, item_outcomes.parquet when it has such rows
                                        (+ the rollups, in a compacted part)
     <store>/tmp/<name>/                a commit being written (not visible)
     <store>/compact.lock               held by the one process compacting
@@ -52,16 +53,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlglot import exp
 
+from analytics import interleaving_sql as isql
 from analytics import sql_compiler as sql
 from analytics.store.base import (
     ExposureColumns,
     Exposures,
+    Interleaved,
+    InterleavedColumns,
+    ItemOutcomeColumns,
+    ItemOutcomes,
     OutcomeColumns,
     Outcomes,
     TopicPartition,
 )
 from analytics.store.exceptions import OffsetBackwards, StoreClosed, StoreError
-from analytics.store.warehouse import EXPOSURE_SCHEMA, OUTCOME_SCHEMA, WarehouseEventStore, to_arrow
+from analytics.store.warehouse import (
+    EXPOSURE_SCHEMA,
+    INTERLEAVED_SCHEMA,
+    ITEM_OUTCOME_SCHEMA,
+    OUTCOME_SCHEMA,
+    WarehouseEventStore,
+    to_arrow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +91,7 @@ ROLLUP_BUCKET_MS = 3_600_000
 MAX_ROLLUP_METRICS = 64  # outcome names beyond the most frequent 64 of a part are read raw
 KEY_FUNCTION = "md5_number_lower"  # the low 64 bits of md5: stable across DuckDB versions
 CHECK_FUNCTION = "md5_number_upper"  # the other 64 bits: a clash of the key shows as two checks
+INTERLEAVING_KINDS = ("interleaved", "item_outcomes")  # files only parts with such rows have
 
 
 def _fsync(path: Path) -> None:
@@ -124,6 +138,7 @@ class _Part:
         self.offsets: dict[TopicPartition, tuple[int, str]] = {
             TopicPartition(t, p): (o, source) for t, p, o, source in manifest["offsets"]
         }
+        self.interleaving = {kind for kind in INTERLEAVING_KINDS if self.file(kind).is_file()}
 
     @property
     def rows(self) -> int:
@@ -351,9 +366,19 @@ class DuckDBEventStore(WarehouseEventStore):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def apply(self, exposures: Exposures, outcomes: Outcomes, offsets: Mapping[TopicPartition, int]) -> None:
+    def apply(
+        self,
+        exposures: Exposures,
+        outcomes: Outcomes,
+        offsets: Mapping[TopicPartition, int],
+        *,
+        interleaved: Interleaved = (),
+        item_outcomes: ItemOutcomes = (),
+    ) -> None:
         exposure_columns = ExposureColumns.of(exposures)
         outcome_columns = OutcomeColumns.of(outcomes)
+        interleaved_columns = InterleavedColumns.of(interleaved)
+        item_outcome_columns = ItemOutcomeColumns.of(item_outcomes)
         with self._lock:
             self.db  # noqa: B018 - raises when closed
             self._become_writer()
@@ -364,7 +389,8 @@ class DuckDBEventStore(WarehouseEventStore):
                     raise OffsetBackwards(
                         f"{tp[0]}[{tp[1]}]: offset {offset} is behind the applied offset {applied[0]}"
                     )
-            if not (len(exposure_columns) or len(outcome_columns) or offsets):
+            events = (exposure_columns, outcome_columns, interleaved_columns, item_outcome_columns)
+            if not (any(len(columns) for columns in events) or offsets):
                 return
             name = self._new_name()
 
@@ -372,6 +398,8 @@ class DuckDBEventStore(WarehouseEventStore):
                 for kind, columns, schema in (
                     ("exposures", exposure_columns, EXPOSURE_SCHEMA),
                     ("outcomes", outcome_columns, OUTCOME_SCHEMA),
+                    ("interleaved", interleaved_columns, INTERLEAVED_SCHEMA),
+                    ("item_outcomes", item_outcome_columns, ITEM_OUTCOME_SCHEMA),
                 ):
                     if len(columns):
                         self._write_keyed(to_arrow(columns, schema), folder / f"{kind}.parquet")
@@ -492,6 +520,11 @@ class DuckDBEventStore(WarehouseEventStore):
             )
             rollup = sql.outcome_rollup(relation, splits, metrics, bucket_ms, USER_KEY, USER_CHECK)
             db.execute(_copy_to(rollup, folder / "outcome_rollup.parquet"))
+            for kind in INTERLEAVING_KINDS:  # copies of one event are identical rows: DISTINCT drops them
+                interleaving = [p.file(kind) for p in parts if kind in p.interleaving]
+                if interleaving:
+                    distinct = exp.select("*").distinct().from_(_parquet(interleaving))
+                    db.execute(_copy_to(distinct, folder / f"{kind}.parquet"))
             return counts[0], counts[1], {"metrics": metrics, "bucket_ms": bucket_ms}
 
         self._commit(name, write, _latest_offsets(parts), True, [p.name for p in parts])
@@ -516,7 +549,8 @@ class DuckDBEventStore(WarehouseEventStore):
         parts = self._visible()
         if not parts:
             return None
-        by_size = sorted(parts, key=lambda p: p.exposures, reverse=True)  # the compiler wants the largest first
+        # the compiler wants the largest rolled part first
+        by_size = sorted(parts, key=lambda p: p.exposures, reverse=True)
         rolled = [r for r in (p.rolled() for p in by_size) if r is not None]
         rest = [p for p in parts if p.rollup is None]
         exposure_files = [p.file("exposures") for p in rest if p.exposures]
@@ -536,6 +570,15 @@ class DuckDBEventStore(WarehouseEventStore):
             user_check=USER_CHECK,
             rollups=tuple(rolled),
         )
+
+    def interleaving_relations(self) -> isql.InterleavingRelations | None:
+        parts = self._visible()
+        interleaved = [p.file("interleaved") for p in parts if "interleaved" in p.interleaving]
+        if not interleaved:
+            return None
+        item_outcomes = [p.file("item_outcomes") for p in parts if "item_outcomes" in p.interleaving]
+        clicks = _parquet(item_outcomes) if item_outcomes else _empty_relation(ITEM_OUTCOME_SCHEMA)
+        return isql.InterleavingRelations(_parquet(interleaved), clicks)
 
     def _query(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         cursor = self.db.execute(query)
