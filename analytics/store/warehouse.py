@@ -81,8 +81,17 @@ class WarehouseEventStore(EventStore):
     def experiments(self) -> list[str]:
         return [r[0] for r in self._rows(sql.experiments_query)]
 
+    def _per_first_exposure(self, build: Callable[..., str], *args: Any) -> list[tuple[Any, ...]]:
+        """Rows of a count of first exposures (the last two columns: users, key clashes), by user key or, when a
+        key stands for two user ids, by user id."""
+        rows = self._run(lambda relations: build(relations, *args, self.dialect))[1]
+        if any(row[-1] for row in rows):
+            log.warning("a user key stands for two user ids; counting by user id")
+            rows = self._run(lambda relations: build(relations.by_user_id(), *args, self.dialect))[1]
+        return [row[:-1] for row in rows]
+
     def variant_counts(self, experiment_key: str) -> dict[str, int]:
-        return {v: int(n) for v, n in self._rows(sql.variant_counts_query, experiment_key)}
+        return {v: int(n) for v, n in self._per_first_exposure(sql.variant_counts_query, experiment_key)}
 
     def user_metric_values(
         self, experiment_key: str, metric: str, until_ms: int | None = None
@@ -132,7 +141,7 @@ class WarehouseEventStore(EventStore):
     def exposure_timeline(self, experiment_key: str, bucket_ms: int) -> list[tuple[int, str, int]]:
         if bucket_ms <= 0:
             raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
-        rows = self._rows(sql.exposure_timeline_query, experiment_key, bucket_ms)
+        rows = self._per_first_exposure(sql.exposure_timeline_query, experiment_key, bucket_ms)
         return [(int(b), v, int(n)) for b, v, n in rows]
 
     def time_range(self, experiment_key: str) -> tuple[int, int]:
