@@ -13,6 +13,7 @@ reproduce row for row (the SQL is checked against ``user_preferences``). Rules:
    shown interleaved are not credited.
 3. A user's credits c_A, c_B sum over all their interleaved requests. Every user with an interleaved exposure
    counts in n, with or without clicks; the statistics (``analytics.stats.interleaving``) take it from there.
+4. As of a time c (the report's timeline), the same rules apply to the exposures and clicks at or before c.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from analytics.stats.interleaving import PreferenceCounts
+from analytics.stats.models.statistics import PreferenceCounts
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,30 @@ class Click:
     user_id: str
     request_id: str
     item_id: int
+    event_time_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of an interleaving experiment as its exposures name it."""
+
+    key: str
+    model_name: str
+    model_version: str
+
+
+@dataclass(frozen=True)
+class ArmsSeen:
+    """A pair of arms (A: the experiment's first, B: its second) and the interleaved exposures that named it.
+
+    An experiment whose config changed an arm's model while it ran has several pairs.
+    """
+
+    a: Arm
+    b: Arm
+    exposures: int
+    first_ms: int
+    last_ms: int
 
 
 @dataclass(frozen=True)
@@ -109,3 +134,17 @@ def preference_counts(preferences: Iterable[UserPreference]) -> PreferenceCounts
         total += diff
         squares += diff * diff
     return PreferenceCounts(n, wins_a, wins_b, ties, total, squares)
+
+
+def preference_counts_at(
+    exposures: Iterable[InterleavedExposure], clicks: Iterable[Click], cuts: Sequence[int | None]
+) -> list[PreferenceCounts]:
+    """``preference_counts`` as of each cut (rule 4): over the exposures and clicks at or before it (None: all)."""
+    exposures, clicks = list(exposures), list(clicks)
+    out = []
+    for cut in cuts:
+        until = float("inf") if cut is None else cut
+        shown = [e for e in exposures if e.event_time_ms <= until]
+        clicked = [c for c in clicks if c.event_time_ms <= until]
+        out.append(preference_counts(user_preferences(shown, clicked)))
+    return out

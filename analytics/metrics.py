@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import yaml
@@ -30,6 +30,10 @@ from analytics.stats.models.settings import (
     DifferenceType,
 )
 from analytics.stats.models.statistics import CupedMean, Proportion, Ratio, SampleMean, TestStatistic
+
+if TYPE_CHECKING:
+    from analytics.interleaving import ArmsSeen
+    from analytics.stats.models.statistics import PreferenceCounts
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,12 @@ class EventStore(Protocol):
     def exposure_timeline(self, experiment_key: str, bucket_ms: int) -> list[tuple[int, str, int]]: ...
 
     def time_range(self, experiment_key: str) -> tuple[int, int]: ...
+
+    def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]: ...
+
+    def preference_counts(
+        self, experiment_key: str, cuts: Sequence[int | None], click_metric: str = "click"
+    ) -> list[PreferenceCounts]: ...
 
 
 class MetricConfigError(AnalyticsError, ValueError):
@@ -152,6 +162,13 @@ class ExperimentSettings(_Strict):
         return self
 
 
+class InterleavingSettings(_Strict):
+    """How interleaving experiments are analysed (their tests use the config's alpha and sequential settings)."""
+
+    click_metric: str = Field(default="click", min_length=1)
+    """The outcome name whose events are clicks: credited to the arm that supplied the item they name."""
+
+
 class AnalysisConfig(_Strict):
     """The analysis config file: test settings, the metrics, and optional per-experiment settings."""
 
@@ -164,6 +181,7 @@ class AnalysisConfig(_Strict):
     timeline_points: int = Field(default=12, ge=0, le=200)
     metrics: list[MetricDefinition] = Field(min_length=1)
     experiments: dict[str, ExperimentSettings] = Field(default_factory=dict)
+    interleaving: InterleavingSettings = Field(default_factory=InterleavingSettings)
 
     @model_validator(mode="after")
     def _check_names(self) -> AnalysisConfig:
@@ -253,6 +271,8 @@ def _model_at(loc: Sequence[int | str], data: object) -> type[BaseModel] | None:
             model = ExperimentSettings
         elif model is MetricDefinition and part == "winsorize":
             model = Winsorization
+        elif model is AnalysisConfig and part == "interleaving":
+            model = InterleavingSettings
         elif isinstance(part, int):
             continue
         else:

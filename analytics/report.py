@@ -14,6 +14,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from analytics import text_format
+from analytics.interleaving_report import InterleavingReport, format_interleaving_table, interleaving_report
 from analytics.metrics import AnalysisConfig, EventStore, MetricDefinition
 from analytics.stats.analysis import AnalysisSettings, Comparison, adjusted_p_values, compare_to_control
 from analytics.stats.messages import MESSAGES
@@ -143,7 +145,7 @@ class TrafficPoint:
 
 @dataclass(frozen=True)
 class ExperimentSummary:
-    """One row of the experiment list."""
+    """One row of the experiment list; ``kind`` is "ab" or "interleaving" (one variant, "interleaved")."""
 
     experiment_key: str
     status: str
@@ -151,6 +153,7 @@ class ExperimentSummary:
     total_users: int
     variants: list[VariantSummary]
     srm: SrmResult
+    kind: str = "ab"
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -158,7 +161,12 @@ class ExperimentSummary:
 
 @dataclass(frozen=True)
 class ExperimentReport:
-    """Everything the dashboard shows for one experiment."""
+    """Everything the dashboard shows for one experiment.
+
+    ``kind`` "interleaving": ``interleaving`` holds the analysis, ``metrics`` and ``timeline`` are empty (every user
+    saw both arms, so there is nothing to compare per variant), ``control`` is null and ``variants`` is the one
+    variant "interleaved" (with ``traffic``).
+    """
 
     experiment_key: str
     status: str
@@ -178,6 +186,8 @@ class ExperimentReport:
     timeline: list[TimelinePoint] = field(default_factory=list)
     traffic_bucket_ms: int | None = None
     traffic: list[TrafficPoint] = field(default_factory=list)
+    kind: str = "ab"
+    interleaving: InterleavingReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -229,8 +239,17 @@ def _variants_and_control(
 
 
 def _summary_parts(
-    store: EventStore, config: AnalysisConfig, experiment_key: str, users: dict[str, int] | None = None
+    store: EventStore,
+    config: AnalysisConfig,
+    experiment_key: str,
+    users: dict[str, int] | None = None,
+    interleaving: bool = False,
 ) -> tuple[str | None, list[VariantSummary], SrmResult, int]:
+    if interleaving:  # one variant, no control, nothing to split
+        counts = dict(store.variant_counts(experiment_key) if users is None else users)
+        total = sum(counts.values())
+        variants = [VariantSummary(key, False, n, 1.0, n / total if total else 0.0) for key, n in counts.items()]
+        return None, variants, SrmResult(None, False, config.srm_threshold), total
     counts, control, weights = _variants_and_control(store, config, experiment_key, users)
     total = sum(counts.values())
     variants = [
@@ -256,7 +275,8 @@ def _summary_parts(
 
 def experiment_summary(store: EventStore, config: AnalysisConfig, experiment_key: str) -> ExperimentSummary:
     """Status, users per variant and SRM of one experiment (cheap: no metric is read)."""
-    control, variants, srm, total = _summary_parts(store, config, experiment_key)
+    interleaving = bool(store.interleaving_arms(experiment_key))
+    control, variants, srm, total = _summary_parts(store, config, experiment_key, interleaving=interleaving)
     return ExperimentSummary(
         experiment_key=experiment_key,
         status=config.experiment(experiment_key).status,
@@ -264,6 +284,7 @@ def experiment_summary(store: EventStore, config: AnalysisConfig, experiment_key
         total_users=total,
         variants=variants,
         srm=srm,
+        kind="interleaving" if interleaving else "ab",
     )
 
 
@@ -449,7 +470,8 @@ def build_report(
     """
     if experiment_key not in store.experiments():
         raise KeyError(f"unknown experiment {experiment_key!r}")
-    definitions = config.metrics_for(experiment_key)
+    arms = store.interleaving_arms(experiment_key)
+    definitions = [] if arms else config.metrics_for(experiment_key)
     start_ms, end_ms = store.time_range(experiment_key)
     bucket_ms = None
     traffic: list[TrafficPoint] = []
@@ -465,7 +487,7 @@ def build_report(
     raw = store.metric_statistics(experiment_key, definitions, [*cuts[:-1], None])
     if users is None and definitions:  # every user is in every metric's statistics
         users = {variant: stat.n for variant, stat in raw[-1][0].items()}
-    control, variants, srm, total = _summary_parts(store, config, experiment_key, users)
+    control, variants, srm, total = _summary_parts(store, config, experiment_key, users, interleaving=bool(arms))
     keys = [v.key for v in variants]
     per_cut = [
         [_complete(m, stats, experiment_key, keys) for m, stats in zip(definitions, per_metric, strict=True)]
@@ -473,6 +495,7 @@ def build_report(
     ]
     metrics = analyse_metrics(config, definitions, per_cut[-1], control)
     timeline = _timeline(config, definitions, control, cuts, per_cut) if cuts and control is not None else []
+    interleaving = interleaving_report(store, config, experiment_key, arms, cuts) if arms else None
     if total == 0:
         start_ms = end_ms = bucket_ms = None
     return ExperimentReport(
@@ -494,19 +517,16 @@ def build_report(
         timeline=timeline,
         traffic_bucket_ms=bucket_ms,
         traffic=traffic,
+        kind="interleaving" if arms else "ab",
+        interleaving=interleaving,
     )
 
 
-def _format(value: float | None, pattern: str) -> str:
-    return "-" if value is None else format(value, pattern)
-
-
-def _format_p(value: float | None) -> str:
-    return "<0.0001" if value is not None and value < 1e-4 else _format(value, ".4f")
-
-
 def format_report_table(report: dict[str, Any]) -> str:
-    """Plain-text table of a report (``ExperimentReport.to_dict()``): one block per metric, one row per variant."""
+    """Plain-text table of a report (``ExperimentReport.to_dict()``): one block per metric, one row per variant
+    (an interleaving experiment's report: see ``format_interleaving_table``)."""
+    if report.get("kind") == "interleaving":
+        return format_interleaving_table(report)
     relative = report["difference_type"] == "relative"
     srm = report["srm"]
     srm_text = "n/a" if srm["p_value"] is None else f"p={srm['p_value']:.4g}"
@@ -525,16 +545,15 @@ def format_report_table(report: dict[str, Any]) -> str:
         lines += ["", f"{metric['name']} [{', '.join(flags)}]", header]
         for row in metric["variants"]:
             lift = row["relative_lift" if relative else "absolute_lift"] or {}
-            ci = lift.get("ci")
-            ci_text = "-" if ci is None or None in ci else f"[{format(ci[0], lift_pattern)}, {format(ci[1], lift_pattern)}]"
+            ci_text = text_format.interval(lift.get("ci"), lift_pattern)
             mark = "control" if row["is_control"] else ("yes" if row["significant"] else "no")
             if row["error"]:
                 mark = row["error"]
                 errors.add(row["error"])
             lines.append(
-                f"  {row['variant']:<16}{row['users']:>9}{_format(row['value'], '.5g'):>12}"
-                f"{_format(lift.get('estimate'), lift_pattern):>10}{ci_text:>22}"
-                f"{_format_p(row['p_value']):>9}{_format_p(row['adjusted_p_value']):>9}  {mark}"
+                f"  {row['variant']:<16}{row['users']:>9}{text_format.number(row['value'], '.5g'):>12}"
+                f"{text_format.number(lift.get('estimate'), lift_pattern):>10}{ci_text:>22}"
+                f"{text_format.p_value(row['p_value']):>9}{text_format.p_value(row['adjusted_p_value']):>9}  {mark}"
             )
     if errors:
         lines += [""] + [f"{code}: {MESSAGES.get(code, code)}" for code in sorted(errors)]

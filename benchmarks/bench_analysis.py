@@ -1,5 +1,6 @@
-"""Time to analyse one experiment: the warehouse path (compiled SQL on the DuckDB store) against the old SQLite
-path, side by side on the same data; plus the statistics engine alone.
+"""Time to analyse one experiment: the warehouse path (compiled SQL on the DuckDB store's rollups) against the
+warehouse path before rollups and the old SQLite path, side by side on the same data; plus the statistics engine
+alone.
 
 Targets (issue 12, 2 cores): a report for 1M users in < 1.5 s and < 3 s with the timeline; 10M users in < 15 s
 and < 40 s with the timeline, under 6 GB of memory. (Issue 7: 1M users from sufficient statistics in < 1 s.)
@@ -10,12 +11,18 @@ event, Poisson(3) impressions and a click with probability 0.3; user ids in rand
 
 1. statistics: per-variant sufficient statistics merged from 30 daily partitions, tested, corrected, SRM-checked.
 2. warehouse: ``build_report`` on a ``DuckDBEventStore`` (the compiled SQL: one query for every metric and every
-   timeline cut point), after the store's compaction, without and with the timeline.
-3. sqlite: ``build_report`` on the SQLite store this project had before (its code is loaded from git history,
+   timeline cut point) after the store's compaction, which writes the rollups the query reads, without and with
+   the timeline; then again after ``--tail-fraction`` more users' events arrived in parts not compacted yet (the
+   query reads those raw, as a store does between compactions).
+3. warehouse before rollups: the same, with this package as of commit ``PRE_ROLLUP_COMMIT`` (a copy of that tree
+   from git history runs the timing; it reads the same store, ignoring the rollups).
+4. sqlite: ``build_report`` on the SQLite store this project had before (its code is loaded from git history,
    commit ``SQLITE_COMMIT``, so the old path stays measurable without living in the package): per-user rows walked
    in Python, once per metric and cut point.
 
-Each report is timed in a fresh process (best of ``--repeats``), which also gives its peak memory (max RSS).
+Each report is timed in a fresh process (best of ``--repeats``), which also gives its peak memory (VmHWM) and its
+CPU time (user + system, all threads): on a shared machine the CPU time is the figure other jobs' load does not
+inflate.
 
 Usage (timing runs hold the shared benchmark lock):
     flock /tmp/mtrank-bench.lock .venv/bin/python -m benchmarks.bench_analysis --sizes 200000 1000000 \\
@@ -57,6 +64,8 @@ VARIANTS = ("control", "dml")
 DAYS = 30
 START_MS = 1_790_000_000_000
 SQLITE_COMMIT = "3dc3146"  # the last commit whose analytics/store/sqlite.py was the product's store
+PRE_ROLLUP_COMMIT = "38201f9"  # the warehouse path before rollups (issue 12 as merged)
+TAIL_PARTS = 4
 CHUNK_USERS = 500_000
 
 
@@ -107,7 +116,7 @@ def simulate_chunk(lo: int, hi: int, seed: int = 1) -> tuple[ExposureColumns, Ou
 
 
 def build_stores(users: int, folder: Path, sqlite: bool, memory_limit: str | None) -> dict[str, Any]:
-    """The DuckDB store (compacted) and optionally the old SQLite store, filled with the same events."""
+    """The DuckDB store (compacted: rollups written) and optionally the old SQLite store, with the same events."""
     duck = DuckDBEventStore(folder / "events", compact_parts=0, memory_limit=memory_limit)
     old = old_sqlite_store_class()(folder / "events.db") if sqlite else None
     info: dict[str, Any] = {"events": 0, "duckdb_apply_s": 0.0, "sqlite_apply_s": 0.0}
@@ -124,10 +133,15 @@ def build_stores(users: int, folder: Path, sqlite: bool, memory_limit: str | Non
             for i in range(0, len(rows_o), 200_000):  # the consumer's commit size
                 old.apply(rows_e if i == 0 else [], rows_o[i : i + 200_000], {})
             info["sqlite_apply_s"] += time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     duck.compact(everything=True)
     info["duckdb_compact_s"] = time.perf_counter() - start
+    info["duckdb_compact_cpu_s"] = time.process_time() - cpu
     info["duckdb_bytes"] = sum(f.stat().st_size for f in (folder / "events").rglob("*.parquet"))
+    info["rollup_bytes"] = sum(
+        f.stat().st_size for name in ("first_exposures", "outcome_rollup")
+        for f in (folder / "events").rglob(f"{name}.parquet")
+    )  # fmt: skip
     duck.close()
     if old is not None:
         old.close()
@@ -135,11 +149,37 @@ def build_stores(users: int, folder: Path, sqlite: bool, memory_limit: str | Non
     return info
 
 
-def time_report(kind: str, path: Path, repeats: int, memory_limit: str | None) -> dict[str, Any]:
-    """Best-of-``repeats`` report times (without and with the timeline) in a fresh process, and its max RSS."""
+def add_tail(users: int, tail_users: int, folder: Path) -> int:
+    """Events of ``tail_users`` more users, appended in ``TAIL_PARTS`` parts that stay raw (not compacted)."""
+    duck = DuckDBEventStore(folder / "events", compact_parts=0)
+    events = 0
+    step = -(-tail_users // TAIL_PARTS)
+    for lo in range(users, users + tail_users, step):
+        exposures, outcomes = simulate_chunk(lo, min(lo + step, users + tail_users))
+        duck.apply(exposures, outcomes, {})
+        events += len(exposures) + len(outcomes)
+    duck.close()
+    return events
+
+
+def pre_rollup_tree(workdir: Path | None) -> Path:
+    """This repository as of ``PRE_ROLLUP_COMMIT``, extracted from git history into a temporary folder."""
+    target = Path(tempfile.mkdtemp(prefix=f"mtrank-{PRE_ROLLUP_COMMIT}-", dir=workdir))
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", PRE_ROLLUP_COMMIT], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
+def time_report(
+    kind: str, path: Path, repeats: int, memory_limit: str | None, tree: Path = ROOT
+) -> dict[str, Any]:
+    """Best-of-``repeats`` report times (without and with the timeline) in a fresh process, and its max RSS;
+    ``tree``: the source tree whose code runs it."""
     command = [sys.executable, "-m", "benchmarks.bench_analysis", "--time-report", kind, str(path),
                "--repeats", str(repeats)] + (["--memory-limit", memory_limit] if memory_limit else [])  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tree, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"timing {kind} at {path} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -202,16 +242,66 @@ def statistics_path(config: AnalysisConfig, users: int, repeats: int) -> float:
     return min(times)
 
 
+def bench_size(users: int, args: argparse.Namespace, old_tree: Path | None) -> tuple[dict[str, Any], dict]:
+    """Build the stores for ``users`` and time every path on them (then again with a raw tail)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-analysis-{users}-", dir=args.workdir))
+    timed: dict[str, dict[str, Any]] = {}
+
+    def run(name: str, kind: str, path: Path, tree: Path = ROOT) -> None:
+        timed[name] = time_report(kind, path, args.repeats, args.memory_limit, tree)
+        timed[name]["load"] = os.getloadavg()[0]
+        logger.info("%d users, %s: %s", users, name, timed[name])
+
+    try:
+        sqlite = users in (args.sqlite_sizes or [])
+        info = build_stores(users, folder, sqlite, args.memory_limit)
+        run("rollups", "duckdb", folder / "events")
+        if old_tree is not None:
+            run("pre-rollup", "duckdb", folder / "events", old_tree)
+        if sqlite:
+            run("sqlite", "sqlite", folder / "events.db")
+        tail_users = round(users * args.tail_fraction)
+        if tail_users:
+            info["tail_users"], info["tail_events"] = tail_users, add_tail(users, tail_users, folder)
+            run("rollups+tail", "duckdb", folder / "events")
+            if old_tree is not None:
+                run("pre-rollup+tail", "duckdb", folder / "events", old_tree)
+        return info, timed
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[200_000, 1_000_000], help="users per run")
     parser.add_argument(
-        "--sqlite-sizes", type=int, nargs="*", default=[200_000, 1_000_000],
+        "--sqlite-sizes",
+        type=int,
+        nargs="*",
+        default=[200_000, 1_000_000],
         help="sizes at which the old SQLite path is timed too (it takes ~20 min at 1M users with the timeline)",
-    )  # fmt: skip
+    )
+    parser.add_argument(
+        "--pre-rollup-sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help=f"sizes at which the warehouse path of commit {PRE_ROLLUP_COMMIT} (before rollups) is timed too "
+        "(default: every size)",
+    )
+    parser.add_argument(
+        "--tail-fraction",
+        type=float,
+        default=0.02,
+        help="then this many more users (a fraction) arrive in parts not compacted yet: timed again",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-limit", default="5GB", help="DuckDB memory limit of the report process")
-    parser.add_argument("--workdir", type=Path, default=None, help="where the stores are built (default: temp)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the stores are built (default: temp)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the markdown result here")
     parser.add_argument("--time-report", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -220,67 +310,104 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_analysis_config(EXAMPLE)
+    pre_sizes = args.sizes if args.pre_rollup_sizes is None else args.pre_rollup_sizes
+    old_tree = pre_rollup_tree(args.workdir) if pre_sizes else None
     load_before = os.getloadavg()[0]
-    rows = []
-    for users in args.sizes:
-        folder = Path(tempfile.mkdtemp(prefix=f"bench-analysis-{users}-", dir=args.workdir))
-        try:
-            sqlite = users in (args.sqlite_sizes or [])
-            info = build_stores(users, folder, sqlite, args.memory_limit)
-            new = time_report("duckdb", folder / "events", args.repeats, args.memory_limit)
-            old = time_report("sqlite", folder / "events.db", args.repeats, None) if sqlite else None
-            rows.append((users, info, new, old))
-            logger.info("%d users: %s %s %s", users, info, new, old)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+    results = []
+    try:
+        for users in args.sizes:
+            results.append((users, *bench_size(users, args, old_tree if users in pre_sizes else None)))
+    finally:
+        if old_tree is not None:
+            shutil.rmtree(old_tree, ignore_errors=True)
     t_stats = statistics_path(config, 1_000_000, 5)
     load_after = os.getloadavg()[0]
+    text = render(args, results, t_stats, load_before, load_after)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text)
 
-    def cell(value: float | None, target: float | None = None) -> str:
-        if value is None:
-            return "-"
+
+PATHS = {
+    "rollups": "warehouse, rollups (this commit)",
+    "pre-rollup": f"warehouse before rollups ({PRE_ROLLUP_COMMIT})",
+    "sqlite": f"old SQLite path ({SQLITE_COMMIT})",
+    "rollups+tail": "warehouse, rollups + raw tail",
+    "pre-rollup+tail": f"warehouse before rollups ({PRE_ROLLUP_COMMIT}) + raw tail",
+}
+TARGETS = {1_000_000: (1.5, 3.0), 10_000_000: (15.0, 40.0)}
+
+
+def render(
+    args: argparse.Namespace, results: list, t_stats: float, load_before: float, load_after: float
+) -> str:
+    """The markdown result: one row per size and path, the ratios to the rollup path, the store sizes."""
+
+    def cell(value: float, target: float | None = None) -> str:
         mark = "" if target is None else (" (met)" if value < target else " (NOT met)")
         return f"{value:.2f}{mark}"
 
-    targets = {1_000_000: (1.5, 3.0), 10_000_000: (15.0, 40.0)}
+    command = (
+        f"flock /tmp/mtrank-bench.lock .venv/bin/python -m benchmarks.bench_analysis --sizes "
+        f"{' '.join(map(str, args.sizes))} --sqlite-sizes {' '.join(map(str, args.sqlite_sizes or []))}"
+        + (
+            ""
+            if args.pre_rollup_sizes is None
+            else f" --pre-rollup-sizes {' '.join(map(str, args.pre_rollup_sizes))}"
+        )
+        + f" --tail-fraction {args.tail_fraction} --repeats {args.repeats} --memory-limit {args.memory_limit}"
+    )
     lines = [
-        "# Analysis time for one experiment: compiled SQL on DuckDB vs the old SQLite path",
+        "# Analysis time for one experiment: compiled SQL on DuckDB rollups vs before rollups vs the old SQLite path",
         "",
-        f"Command: `flock /tmp/mtrank-bench.lock .venv/bin/python -m benchmarks.bench_analysis --sizes "
-        f"{' '.join(map(str, args.sizes))} --sqlite-sizes {' '.join(map(str, args.sqlite_sizes or []))} "
-        f"--repeats {args.repeats} --memory-limit {args.memory_limit}`",
+        f"Command: `{command}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs, 1-min load average "
-        f"{load_before:.1f} before and {load_after:.1f} after, Python {platform.python_version()}. Reports timed in a "
-        "fresh process each (best of the repeats; the old path's timeline once), max RSS (VmHWM) of that process; "
-        "CPU s: user + system time of the report process (all its threads) in the best repeat, which the machine's "
-        "load does not inflate the way it does wall time.",
+        f"{load_before:.1f} before and {load_after:.1f} after (per row: the load when it finished), Python "
+        f"{platform.python_version()}. Reports timed in a fresh process each (best of the repeats; the old SQLite "
+        "path's timeline once). CPU s: user + system time of that process (all its threads) in the best repeat, "
+        "which other jobs' load does not inflate the way it does wall time; max RSS: its VmHWM.",
         "",
-        "| users | events | warehouse report s | warehouse + timeline s | SQLite report s | SQLite + timeline s "
-        "| speed-up (report / timeline) | warehouse CPU s (report / timeline) | report process max RSS GiB "
-        "| store on disk (Parquet / SQLite) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| users | path | report s | + timeline s | report CPU s | + timeline CPU s | max RSS GiB | load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for users, info, new, old in rows:
-        report_target, timeline_target = targets.get(users, (None, None))
-        ratio = "-" if old is None else f"{old['report'] / new['report']:.1f}x / {old['timeline'] / new['timeline']:.1f}x"
-        sizes = f"{info['duckdb_bytes'] / 2**20:,.0f} MiB" + (
-            f" / {info['sqlite_bytes'] / 2**20:,.0f} MiB" if "sqlite_bytes" in info else ""
-        )
-        lines.append(
-            f"| {users:,} | {info['events']:,} | {cell(new['report'], report_target)} "
-            f"| {cell(new['timeline'], timeline_target)} | {cell(old and old['report'])} "
-            f"| {cell(old and old['timeline'])} | {ratio} | {new['report_cpu']:.2f} / {new['timeline_cpu']:.2f} "
-            f"| {new['max_rss_gib']:.2f} | {sizes} |"
-        )
+    for users, info, timed in results:
+        report_target, timeline_target = TARGETS.get(users, (None, None))
+        for name, t in timed.items():
+            tail = name.endswith("+tail")
+            shown = f"{users:,}" + (f" + {info['tail_users']:,}" if tail else "")
+            lines.append(
+                f"| {shown} | {PATHS[name]} | {cell(t['report'], None if tail else report_target)} "
+                f"| {cell(t['timeline'], None if tail else timeline_target)} | {t['report_cpu']:.2f} "
+                f"| {t['timeline_cpu']:.2f} | {t['max_rss_gib']:.2f} | {t['load']:.1f} |"
+            )
     lines += [
         "",
-        "Writing the stores (setup, not a target): "
-        + "; ".join(
-            f"{users:,} users: DuckDB parts {info['duckdb_apply_s']:.1f} s + compaction {info['duckdb_compact_s']:.1f} s"
-            + (f", SQLite {info['sqlite_apply_s']:.1f} s" if old else "")
-            for users, info, _, old in rows
-        )
-        + ".",
+        "Ratios to the rollup path in the same run (wall report / wall timeline; CPU report / CPU timeline):",
+        "",
+    ]
+    for users, _, timed in results:
+        new = timed["rollups"]
+        for name in ("pre-rollup", "sqlite"):
+            if name in timed:
+                t = timed[name]
+                lines.append(
+                    f"- {users:,} users, {PATHS[name]}: {t['report'] / new['report']:.1f}x / "
+                    f"{t['timeline'] / new['timeline']:.1f}x wall; {t['report_cpu'] / new['report_cpu']:.1f}x / "
+                    f"{t['timeline_cpu'] / new['timeline_cpu']:.1f}x CPU"
+                )
+    lines += [
+        "",
+        "Stores: " + "; ".join(
+            f"{users:,} users, {info['events']:,} events: DuckDB parts {info['duckdb_bytes'] / 2**20:,.0f} MiB on "
+            f"disk (rollups {info['rollup_bytes'] / 2**20:,.0f} MiB of it), written in {info['duckdb_apply_s']:.1f} s "
+            f"+ compaction {info['duckdb_compact_s']:.1f} s ({info['duckdb_compact_cpu_s']:.1f} CPU s)"
+            + (f"; SQLite {info['sqlite_bytes'] / 2**20:,.0f} MiB, written in {info['sqlite_apply_s']:.1f} s"
+               if "sqlite_bytes" in info else "")
+            + (f"; raw tail: {info['tail_events']:,} events of {info['tail_users']:,} more users in {TAIL_PARTS} parts"
+               if "tail_users" in info else "")
+            for users, info, _ in results
+        ) + ".",
         "",
         f"Statistics engine alone (issue 7's target, 1M users from 30 daily partitions per variant, BH): "
         f"{t_stats * 1000:.1f} ms.",
@@ -288,12 +415,8 @@ def main() -> None:
         "The warehouse report runs four queries: the experiment list, the time range, the traffic timeline (users "
         "per variant per bucket; skipped without the timeline, when the users per variant come from the metric "
         "query) and one compiled query for every metric at every cut point.",
-    ]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

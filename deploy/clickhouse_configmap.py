@@ -1,4 +1,4 @@
-"""Writes deploy/k8s/configmap-clickhouse.yaml from the files it carries (ClickHouse's first-start files).
+"""Writes deploy/k8s/base/configmap-clickhouse.yaml from the files it carries (ClickHouse's first-start files).
 
 kustomize cannot read files outside its folder, so the ConfigMap holds copies; after changing any source below
 (the protos included: ClickHouse decodes `EventBatch` with them), run ``python -m deploy.clickhouse_configmap``.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET = ROOT / "deploy" / "k8s" / "configmap-clickhouse.yaml"
+TARGET = ROOT / "deploy" / "k8s" / "base" / "configmap-clickhouse.yaml"
 SOURCES: dict[str, Path] = {
     "init.sh": ROOT / "deploy/clickhouse/init.sh",
     "ingest.sql": ROOT / "deploy/clickhouse/ingest.sql",

@@ -24,11 +24,15 @@ one shared K/V head) and one sparse MoE layer whose router reads (Eq. 5-8):
 * ``task``: the main task embedding only (Eq. 7), the same experts for every row of a task;
 * ``task_sentence``: the mean of the task-sentence token embeddings (Eq. 8).
 
-Top-k routing with a per-sequence expert capacity (GShard order: all first choices before second choices,
+Token routing has a per-sequence expert capacity (GShard order: all first choices before second choices,
 tokens in sequence order); assignments over capacity are dropped and the token passes through the residual.
-Router losses: Switch load balance and ST-MoE z-loss (the paper names neither; these are what its reference
-MoE layer computes). Everything uses static shapes (topk, scatter_add, gather) so the routing stays in the
-ONNX graph.
+The sequence-level modes send the whole sequence to the experts chosen for it (Task-MoE, the paper's model for
+task routing, extracts the chosen experts as the task's sub-network): a capacity below the sequence length
+would drop the same trailing tokens of every sequence from every expert. Router input jitter (x U(0.9, 1.1) in
+training) and the router losses, Switch load balance and ST-MoE z-loss weighted 1e-4 each, are the reference MoE
+layer's (the paper names none of them). One head serves every task, as in the reference code: a task differs
+from another only by its task sentence. Everything uses static shapes (topk, scatter_add, gather) so the
+routing stays in the ONNX graph.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from models.base import Batch, ModelConfigError, MultiTaskModel, build_config
-from models.layers import Expert, FeatureEmbedding, FeatureSpec, TaskSpec
+from models.layers import Expert, FeatureEmbedding, FeatureSpec, TaskSpec, Tower
 from models.registry import register_model
 
 RoutingMode = Literal["token", "sentence", "task", "task_sentence"]
@@ -53,8 +57,9 @@ ROUTING_MODES: tuple[RoutingMode, ...] = ("token", "sentence", "task", "task_sen
 @dataclass(frozen=True)
 class GRecConfig:
     """GRec sizes. Defaults follow the paper's MoE (8 experts, top-4, capacity 2 tokens for its 5-token
-    sequences = capacity factor 0.8) and task-sentence routing; widths are scaled to tabular data.
-    ``deep_tokens`` groups the categorical columns into that many deep tokens (None: one token per column)."""
+    sequences = capacity factor 0.8, for token routing) and task-sentence routing; router jitter and loss
+    weights follow the reference code; widths are scaled to tabular data. ``deep_tokens`` groups the
+    categorical columns into that many deep tokens (None: one token per column)."""
 
     d_model: int = 32
     n_heads: int = 4
@@ -71,9 +76,9 @@ class GRecConfig:
     deep_tokens: int | None = None
     tower_hidden: tuple[int, ...] = (64,)
     dropout: float = 0.0
-    router_jitter: float = 0.0
-    balance_coef: float = 1e-2
-    z_loss_coef: float = 1e-3
+    router_jitter: float = 0.1
+    balance_coef: float = 1e-4
+    z_loss_coef: float = 1e-4
 
     def __post_init__(self) -> None:
         if self.routing not in ROUTING_MODES:
@@ -97,7 +102,10 @@ class GRecConfig:
 
 
 def expert_capacity(config: GRecConfig, seq_len: int) -> int:
-    """Slots per expert per sequence: ``expert_capacity`` if set, else ``ceil(factor * k * L / E)`` in [1, L]."""
+    """Slots per expert per sequence. Token routing: ``expert_capacity`` if set, else
+    ``ceil(factor * k * L / E)``, in [1, L]. Sequence-level routing: ``L`` (the whole sequence)."""
+    if config.routing != "token":
+        return seq_len
     if config.expert_capacity is not None:
         return max(1, min(config.expert_capacity, seq_len))
     return max(1, min(seq_len, math.ceil(config.capacity_factor * config.top_k * seq_len / config.n_experts)))
@@ -302,7 +310,7 @@ class GRec(MultiTaskModel):
         )
         self.router = nn.Linear(router_in, config.n_experts)
         self.moe = SparseMoE(config, self.seq_len)
-        self.build_towers(self.seq_len * d, config.tower_hidden, config.dropout, "leaky_relu")
+        self.head = Tower(self.seq_len * d, config.tower_hidden, "leaky_relu", config.dropout)
         self._aux_loss: Tensor | None = None
         self.last_routing: tuple[Tensor, Tensor] | None = None
 
@@ -372,6 +380,11 @@ class GRec(MultiTaskModel):
             weights.detach().reshape(b, t, self.seq_len, -1),
         )
         return out.reshape(b, t, self.seq_len * d)
+
+    def task_towers(self, tower_inputs: Tensor) -> Tensor:
+        """The one head on every task's sequence: ``[B, T, L * d] -> [B, T]``."""
+        b, t, width = tower_inputs.shape
+        return self.head(tower_inputs.reshape(b * t, width)).reshape(b, t)
 
     def _router_losses(self, logits: Tensor, ids: Tensor) -> Tensor:
         """Switch load balance ``E * sum_e f_e P_e`` plus z-loss ``mean(logsumexp^2)`` over the routing units

@@ -1,4 +1,4 @@
-"""Exact offline metrics: ROC-AUC from ranks (Mann-Whitney U, ties averaged) and MSE, keyed per task."""
+"""Exact offline metrics: ROC-AUC from ranks (Mann-Whitney U, ties averaged), average precision and MSE."""
 
 from __future__ import annotations
 
@@ -19,6 +19,24 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
         return float("nan")
     ranks = rankdata(np.asarray(scores, dtype=np.float64))
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall step curve, ``sum_n (R_n - R_{n-1}) P_n`` over the distinct score
+    thresholds (tied scores enter together, as in sklearn's average_precision_score); NaN without positives.
+    GRec's Table 1 reports it."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos = int(labels.sum())
+    if n_pos == 0:
+        return float("nan")
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    ordered, hits = scores[order], labels[order]
+    last_of_threshold = np.r_[ordered[1:] != ordered[:-1], True]
+    tp = np.cumsum(hits)[last_of_threshold]
+    fp = np.cumsum(~hits)[last_of_threshold]
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * tp / (tp + fp)))
 
 
 def mse(targets: np.ndarray, predictions: np.ndarray) -> float:

@@ -5,16 +5,20 @@ task losses, add ``auxiliary_loss()``" (CSRec's alternating contrastive steps, m
 rewinding) implement the optional methods of ``TrainingHooks``; the functions below call them when present and
 fall back to the plain behaviour otherwise, so one training loop serves the whole zoo:
 
+    optimizer = make_optimizer(model, lr)      # Adam unless the model needs its own (CSRec: one per task)
     loss = training_loss(model, batch, labels, step)
     loss.backward(); optimizer.step()
-    metrics = after_step(model, step)          # may prune masks / rewind weights, returns values to log
+    metrics = after_step(model, step)          # values to log
     ...
-    metrics = after_epoch(model, epoch)
+    metrics = after_epoch(model, epoch)        # may prune masks / rewind weights, returns values to log
     if selection_ready(model): consider early stopping / keep the best checkpoint
 
-The pruning part is Algorithm 1 of CSRec (Bai et al., WWW'22): prune ``alpha`` of the remaining weights of a
-subnet by magnitude; while the subnet's sparsity is still at most ``epsilon``, rewind the shared weights to
-their initial values and keep going; the first prune that takes sparsity above ``epsilon`` fixes the mask.
+The pruning part is Algorithm 1 of CSRec (Bai et al., WWW'22) with the pruning operation of sparse sharing
+(Sun et al., AAAI'20) it follows: a round trains the network for ``round_epochs`` epochs, then every task
+prunes ``alpha`` of the remaining weights of its subnet by magnitude; while some subnet's sparsity is still at
+most ``epsilon``, every parameter is rewound to its initial value and the optimizer restarts (the sparse-sharing
+code restores its whole initial state dict and builds a new optimizer each round); the prune that takes a
+subnet's sparsity above ``epsilon`` fixes its mask.
 """
 
 from __future__ import annotations
@@ -29,9 +33,19 @@ from torch import Tensor, nn
 from models.base import task_losses
 
 
+class Optimizer(Protocol):
+    """What a trainer calls on an optimizer (``torch.optim.Optimizer`` or a model's own, see make_optimizer)."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def step(self) -> None: ...
+
+
 @runtime_checkable
 class TrainingHooks(Protocol):
     """Optional model methods a trainer calls (all of them; a model may define any subset)."""
+
+    def make_optimizer(self, lr: float) -> Optimizer: ...
 
     def training_loss(self, batch: Mapping[str, Tensor], labels: Tensor, step: int) -> Tensor: ...
 
@@ -46,6 +60,13 @@ def default_training_loss(model: nn.Module, batch: Mapping[str, Tensor], labels:
     """The zoo's plain objective: the sum of the per-task losses plus the model's auxiliary loss."""
     outputs = model(batch)
     return task_losses(outputs, labels, model.tasks).sum() + model.auxiliary_loss()
+
+
+def make_optimizer(model: nn.Module, lr: float) -> Optimizer:
+    """The model's own optimizer if it defines one (it may need to reset or split it), else Adam over all
+    parameters."""
+    hook = getattr(model, "make_optimizer", None)
+    return hook(lr) if hook is not None else torch.optim.Adam(model.parameters(), lr=lr)
 
 
 def training_loss(model: nn.Module, batch: Mapping[str, Tensor], labels: Tensor, step: int) -> Tensor:
@@ -74,12 +95,13 @@ def selection_ready(model: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class PruningSchedule:
-    """Algorithm 1's knobs: prune ``alpha`` of the remaining weights every ``every`` steps of a task until the
-    sparsity exceeds ``epsilon``; ``rewind`` resets the shared weights to their initial values (line 13)."""
+    """Algorithm 1's knobs: after every ``round_epochs`` epochs of training, prune ``alpha`` of the remaining
+    weights of each subnet until its sparsity exceeds ``epsilon``; ``rewind`` resets the parameters to their
+    initial values after a round that leaves some subnet at most ``epsilon`` sparse (line 13)."""
 
     alpha: float = 0.1
     epsilon: float = 0.4
-    every: int = 50
+    round_epochs: int = 5
     rewind: bool = True
 
     def __post_init__(self) -> None:
@@ -87,8 +109,8 @@ class PruningSchedule:
             raise ValueError(f"pruning alpha must be in (0, 1), got {self.alpha}")
         if not 0 <= self.epsilon < 1:
             raise ValueError(f"pruning epsilon must be in [0, 1), got {self.epsilon}")
-        if self.every < 1:
-            raise ValueError(f"pruning every must be >= 1 step, got {self.every}")
+        if self.round_epochs < 1:
+            raise ValueError(f"pruning round_epochs must be >= 1 epoch, got {self.round_epochs}")
 
 
 def sparsity(masks: Sequence[Tensor]) -> float:

@@ -7,7 +7,8 @@ linear towers ``y_t = w^T x_t + b`` (Eq. 2), and all tasks are trained *in paral
 
 The masks cover the weight matrices of the shared MLP (biases, embeddings and towers are not masked, as in the
 sparse-sharing reference code). They start random (density ``init_density``) and are pruned with the schedule
-of CSRec's Algorithm 1 (``models.schedules``), so that CSRec differs from this baseline only by what CSRec adds:
+of CSRec's Algorithm 1 (``models.schedules``: rounds of ``round_epochs`` epochs, magnitude pruning, rewinds of
+every parameter and of the optimizer), so that CSRec differs from this baseline only by what CSRec adds:
 alternating training and the contrastive loss. This module also holds what both share: the masked MLP, the
 sharing / conflict ratios of the paper's Fig. 5, and ``fold_masks`` for export.
 """
@@ -15,6 +16,7 @@ sharing / conflict ratios of the paper's Fig. 5, and ``fold_masks`` for export.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -26,53 +28,47 @@ from torch.nn import functional as F
 from models.base import Batch, ModelConfigError, MultiTaskModel, build_config, task_losses
 from models.layers import MLP, FeatureEmbedding, FeatureSpec, TaskSpec, Tower
 from models.registry import register_model
-from models.schedules import PruningSchedule, magnitude_prune, sparsity
+from models.schedules import Optimizer, PruningSchedule, magnitude_prune, sparsity
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class MaskedSharingConfig:
-    """CSRec section 3.1.3: MLP (256, 192, 128), ReLU, alpha 0.1, epsilon 0.4, random-reverse contrastive
-    masks. ``init_density``, ``prune_every``, ``reverse_ratio`` and ``log_every`` are not given by the paper."""
+    """CSRec section 3.1.3: MLP (256, 192, 128), ReLU, alpha 0.1, epsilon 0.4. ``init_density`` (Algorithm 1
+    line 3: a random initial mask), ``round_epochs`` (training per pruning round; the paper follows [36], which
+    trains a full run per round) and ``log_every`` are not given by the paper."""
 
     hidden_dims: tuple[int, ...] = (256, 192, 128)
     dropout: float = 0.0
     alpha: float = 0.1
     epsilon: float = 0.4
     init_density: float = 0.9
-    prune_every: int = 50
+    round_epochs: int = 5
     rewind: bool = True
-    contrastive: str = "random_reverse"
-    reverse_ratio: float = 0.1
     log_every: int = 50
     embedding_l2: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.init_density <= 1:
             raise ModelConfigError(f"init_density must be in (0, 1], got {self.init_density}")
-        if self.contrastive not in CONTRASTIVE_STRATEGIES:
-            raise ModelConfigError(
-                f"contrastive: {self.contrastive!r} is not one of {sorted(CONTRASTIVE_STRATEGIES)}"
-            )
-        if not 0 < self.reverse_ratio <= 1:
-            raise ModelConfigError(f"reverse_ratio must be in (0, 1], got {self.reverse_ratio}")
         if self.log_every < 1:
             raise ModelConfigError(f"log_every must be >= 1, got {self.log_every}")
 
     @classmethod
     def tiny(cls) -> Self:
-        return cls(hidden_dims=(16, 8), prune_every=2, log_every=2)
+        return cls(hidden_dims=(16, 8), round_epochs=1, log_every=2)
 
     @property
     def schedule(self) -> PruningSchedule:
         try:
-            return PruningSchedule(self.alpha, self.epsilon, self.prune_every, self.rewind)
+            return PruningSchedule(self.alpha, self.epsilon, self.round_epochs, self.rewind)
         except ValueError as err:
             raise ModelConfigError(str(err)) from None
 
 
-CONTRASTIVE_STRATEGIES = frozenset({"random_reverse", "shared_random_reverse"})
+def _theta0_name(parameter: str) -> str:
+    return "theta0__" + parameter.replace(".", "__")
 
 
 class MaskedSharingModel(MultiTaskModel):
@@ -92,26 +88,34 @@ class MaskedSharingModel(MultiTaskModel):
         self.linears = [m for m in self.base.net if isinstance(m, nn.Linear)]
         self.build_towers(self.base.d_out, (), 0.0)
         for i, linear in enumerate(self.linears):
-            # Theta^(0) of Algorithm 1 (line 1), kept for the rewinds of line 13; not part of checkpoints.
-            self.register_buffer(f"theta0_weight_{i}", linear.weight.detach().clone(), persistent=False)
-            self.register_buffer(f"theta0_bias_{i}", linear.bias.detach().clone(), persistent=False)
             init = (torch.rand((self.n_tasks, *linear.weight.shape)) < config.init_density).float()
             self.register_buffer(f"mask_{i}", init)
+            # the random initial masks (line 3), kept to measure how far pruning moved away from them
+            self.register_buffer(f"mask_init_{i}", init.clone(), persistent=False)
+        for name, parameter in list(self.named_parameters()):
+            # Theta^(0) of Algorithm 1 (line 1), kept for the rewinds of line 13; not part of checkpoints.
+            self.register_buffer(_theta0_name(name), parameter.detach().clone(), persistent=False)
         self.register_buffer("prune_rounds", torch.zeros(self.n_tasks, dtype=torch.long))
         self.register_buffer("mask_final", torch.zeros(self.n_tasks, dtype=torch.bool))
+        self.optimizers: list[torch.optim.Optimizer] = []  # what make_optimizer built; rewinds reset them
         self.last_metrics: dict[str, float] = {}
+        self.epoch_sums: dict[str, list[float]] = defaultdict(list)
 
     # masks -------------------------------------------------------------------------------------------------
     def masks(self, task: int) -> list[Tensor]:
         """Task ``task``'s mask per layer (views into the stacked buffers; edits land in the model)."""
         return [getattr(self, f"mask_{i}")[task] for i in range(len(self.linears))]
 
-    def subnet(self, x: Tensor, masks: Sequence[Tensor]) -> Tensor:
-        """Eq. 1/7: the shared MLP with weights ``M ⊙ Θ``."""
+    def subnet(self, x: Tensor, masks: Sequence[Tensor], trainable: Sequence[Tensor] | None = None) -> Tensor:
+        """Eq. 1/7: the shared MLP with weights ``M ⊙ Θ``; with ``trainable`` masks, weights outside them are
+        constants of this pass (no gradient)."""
         layer = 0
         for module in self.base.net:
             if isinstance(module, nn.Linear):
-                x = F.linear(x, module.weight * masks[layer], module.bias)
+                weight = module.weight
+                if trainable is not None:
+                    weight = torch.where(trainable[layer].bool(), weight, weight.detach())
+                x = F.linear(x, weight * masks[layer], module.bias)
                 layer += 1
             else:
                 x = module(x)
@@ -159,59 +163,104 @@ class MaskedSharingModel(MultiTaskModel):
             shared_total += int(shared.sum())
         return conflicts / shared_total if shared_total else 0.0
 
+    def mask_statistics(self) -> dict[str, float]:
+        """Per task: density and the share of its initial mask's live weights pruned since; over the MLP: the
+        sharing ratio, the sharing ratio independent masks of these densities would have, and the mean |w| of
+        weights some task keeps vs weights every task pruned."""
+        stats: dict[str, float] = {"sharing_ratio": self.sharing_ratio()}
+        expected_shared = 1.0
+        for t, task in enumerate(self.tasks):
+            masks = self.masks(t)
+            initial = [getattr(self, f"mask_init_{i}")[t] for i in range(len(self.linears))]
+            density = 1 - sparsity(masks)
+            alive0 = sum(float(m.sum()) for m in initial)
+            stats[f"density/{task.name}"] = density
+            stats[f"pruned_since_init/{task.name}"] = (
+                sum(float((m0 * (1 - m)).sum()) for m0, m in zip(initial, masks, strict=True)) / alive0
+            )
+            expected_shared *= density
+        stats["sharing_ratio_if_independent"] = expected_shared
+        weights = torch.cat([linear.weight.detach().abs().flatten() for linear in self.linears])
+        any_live = torch.cat([getattr(self, f"mask_{i}").amax(0).flatten() for i in range(len(self.linears))])
+        stats["abs_weight/live"] = float(weights[any_live > 0].mean())
+        dead = weights[any_live == 0]
+        stats["abs_weight/pruned"] = float(dead.mean()) if dead.numel() else 0.0
+        return stats
+
     # training hooks (see models.schedules) ----------------------------------------------------------------------
+    def make_optimizer(self, lr: float) -> Optimizer:
+        """Adam over every parameter, kept so that a rewind can restart it (as [36] builds one per round)."""
+        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        self.optimizers = [optimizer]
+        return optimizer
+
+    def record(self, name: str, value: Tensor) -> None:
+        """Add one value to this epoch's mean of ``name`` (loss magnitudes for the learning curves)."""
+        self.epoch_sums[name].append(float(value.detach()))
+
     def objective(self, batch: Batch, labels: Tensor, step: int) -> Tensor:
         """Sparse sharing trains all tasks in parallel: the summed task losses of the masked subnets."""
-        return task_losses(self(batch), labels, self.tasks).sum()
+        losses = task_losses(self(batch), labels, self.tasks)
+        for task, loss in zip(self.tasks, losses, strict=True):
+            self.record(f"loss/{task.name}", loss)
+        return losses.sum()
 
     def training_loss(self, batch: Batch, labels: Tensor, step: int) -> Tensor:
         """The step's objective plus the auxiliary loss; measures the ratios every ``log_every`` steps."""
         if step % self.config.log_every == 0:
-            self.last_metrics = {
-                "sharing_ratio": self.sharing_ratio(),
-                "conflict_ratio": self.conflict_ratio(batch, labels),
-            }
+            conflict = self.conflict_ratio(batch, labels)
+            self.record("conflict_ratio", torch.tensor(conflict))
+            self.last_metrics = {"sharing_ratio": self.sharing_ratio(), "conflict_ratio": conflict}
             logger.info("step %d: sharing ratio %.4f, conflict ratio %.4f", step, *self.last_metrics.values())
         return self.objective(batch, labels, step) + self.auxiliary_loss()
 
-    def tasks_to_prune(self, step: int) -> list[int]:
-        """Parallel training prunes every task once per ``every`` steps."""
-        return list(range(self.n_tasks)) if (step + 1) % self.schedule.every == 0 else []
+    @torch.no_grad()
+    def prune_round(self) -> None:
+        """Algorithm 1 lines 11-18 for every task whose mask is not fixed yet, on the same trained weights:
+        prune ``alpha`` of its live weights; a subnet now sparser than ``epsilon`` keeps its mask for good.
+        While any subnet is not, rewind every parameter to its initial value and restart the optimizer."""
+        weights = [linear.weight for linear in self.linears]
+        for task in range(self.n_tasks):
+            if self.mask_final[task]:
+                continue
+            masks = self.masks(task)
+            magnitude_prune(weights, masks, self.schedule.alpha)
+            self.prune_rounds[task] += 1
+            level = sparsity(masks)
+            if level > self.schedule.epsilon:
+                self.mask_final[task] = True
+                logger.info(
+                    "task %s: mask fixed at sparsity %.4f after %d rounds",
+                    self.tasks[task].name,
+                    level,
+                    int(self.prune_rounds[task]),
+                )
+        if self.schedule.rewind and not self.mask_final.all():
+            self.rewind()
 
     @torch.no_grad()
-    def prune_task(self, task: int) -> None:
-        """Algorithm 1 lines 11-18 for one task: prune, then rewind Θ or fix the mask."""
-        if self.mask_final[task]:
-            return
-        masks = self.masks(task)
-        magnitude_prune([linear.weight for linear in self.linears], masks, self.schedule.alpha)
-        self.prune_rounds[task] += 1
-        level = sparsity(masks)
-        if level > self.schedule.epsilon:
-            self.mask_final[task] = True
-            logger.info(
-                "task %s: mask fixed at sparsity %.4f after %d rounds",
-                self.tasks[task].name,
-                level,
-                int(self.prune_rounds[task]),
-            )
-        elif self.schedule.rewind:
-            for i, linear in enumerate(self.linears):
-                linear.weight.copy_(getattr(self, f"theta0_weight_{i}"))
-                linear.bias.copy_(getattr(self, f"theta0_bias_{i}"))
+    def rewind(self) -> None:
+        """Every parameter back to Theta^(0); the optimizer forgets its moments."""
+        for name, parameter in self.named_parameters():
+            parameter.copy_(getattr(self, _theta0_name(name)))
+        for optimizer in self.optimizers:
+            optimizer.state.clear()
 
     def on_step(self, step: int) -> dict[str, float]:
-        """After the optimizer step: prune on schedule; returns the latest ratios and per-task densities."""
-        for task in self.tasks_to_prune(step):
-            self.prune_task(task)
-        densities = {f"density/{t.name}": 1 - sparsity(self.masks(i)) for i, t in enumerate(self.tasks)}
-        return {**self.last_metrics, **densities}
+        """The latest sharing and conflict ratios (measured every ``log_every`` steps)."""
+        return dict(self.last_metrics)
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
-        return {"sharing_ratio": self.sharing_ratio(), **self.last_metrics}
+        """End of a pruning round every ``round_epochs`` epochs; returns this epoch's mean losses and conflict
+        ratio, then the mask statistics (after the round's prune, if any)."""
+        metrics = {name: sum(values) / len(values) for name, values in self.epoch_sums.items() if values}
+        self.epoch_sums.clear()
+        if (epoch + 1) % self.schedule.round_epochs == 0 and not self.mask_final.all():
+            self.prune_round()
+        return {**metrics, **self.mask_statistics(), "masks_fixed": float(self.mask_final.all())}
 
     def selection_ready(self) -> bool:
-        """Checkpoints are comparable only once every mask is fixed (rewinds reset the MLP before that)."""
+        """Checkpoints are comparable only once every mask is fixed (rewinds reset the model before that)."""
         return bool(self.mask_final.all())
 
     # export ---------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from models.errors import ModelsError
 from models.evaluate import evaluate_model, markdown_table, summarize
 from models.metrics import selection_score
 from models.registry import create_model
-from models.schedules import after_epoch, after_step, selection_ready, training_loss
+from models.schedules import after_epoch, after_step, make_optimizer, selection_ready, training_loss
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -104,7 +104,7 @@ def train_seed(
     device = resolve_device(config.device)
     set_seed(seed)
     model = build_model(config, splits).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config.lr)
     rng = np.random.default_rng(seed)
     best_score, best_state, best_epoch, best_val = -math.inf, None, -1, {}
     history: list[dict[str, Any]] = []

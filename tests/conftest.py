@@ -1,4 +1,5 @@
-"""Fixtures shared across packages: a headless Debian chromium, and one run of the end-to-end demo.
+"""Fixtures shared across packages: a headless Debian chromium, and one run of the end-to-end demo (and of its
+interleaving variant).
 
 Chromium: `make test` installs Debian's `chromium` and `chromium-driver` (and selenium) where they are missing.
 Outside CI the browser tests skip, saying so, where either is missing; in CI (CI=true) that is a failure.
@@ -56,12 +57,7 @@ def chromium() -> Iterator[object]:
         chrome.quit()
 
 
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The README's main command, shrunk (300 users): real training, servers, Kafka and analytics; run once.
-
-    It checks the plumbing, not the effect: with this small a training budget the lift can go either way.
-    """
+def _run_demo(tmp_path_factory: pytest.TempPathFactory, *extra: str) -> dict[str, Any]:
     from deploy.demo.__main__ import build_parser, run
 
     workdir = tmp_path_factory.mktemp("demo") / "demo"
@@ -74,9 +70,26 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "--ranking-epochs", "2",
             "--retrieval-steps", "20",
             "--concurrency", "4",
+            *extra,
         ]
     )  # fmt: skip
     return {**run(args), "workdir": workdir, "metrics": args.metrics}
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The README's main command, shrunk (300 users): real training, servers, Kafka and analytics; run once.
+
+    It checks the plumbing, not the effect: with this small a training budget the lift can go either way.
+    """
+    return _run_demo(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def interleaving_demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``make demo DEMO_ARGS="--interleaving"``, shrunk like ``demo_run``: an interleaving experiment through real
+    gRPC and Kafka next to the A/B test of the same two rankers; run once."""
+    return _run_demo(tmp_path_factory, "--interleaving")
 
 
 @pytest.fixture(scope="session")

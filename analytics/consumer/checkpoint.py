@@ -18,7 +18,14 @@ from prometheus_client import Counter
 
 from analytics.consumer.exceptions import CheckpointOffsetBackwards
 from analytics.consumer.kafka_consumer import Consumer
-from analytics.store.base import EventStore, ExposureColumns, OutcomeColumns, TopicPartition
+from analytics.store.base import (
+    EventStore,
+    ExposureColumns,
+    InterleavedColumns,
+    ItemOutcomeColumns,
+    OutcomeColumns,
+    TopicPartition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,8 @@ class Checkpoint:
         self._consumer = consumer
         self.exposures = ExposureColumns()
         self.outcomes = OutcomeColumns()
+        self.interleaved = InterleavedColumns()  # the lists of the version 2 exposures among ``exposures``
+        self.item_outcomes = ItemOutcomeColumns()  # the outcomes among ``outcomes`` that name a request
         self._offsets: dict[TopicPartition, int] = {}
         self._last: dict[TopicPartition, int | None] = {}
         self._generation: dict[TopicPartition, int] = {}
@@ -175,9 +184,12 @@ class Checkpoint:
             return {}
         offsets = self._offsets
         stored = {stored_key(tp, self._generation.get(tp, 0)): offset for tp, offset in offsets.items()}
-        self._store.apply(self.exposures, self.outcomes, stored)
+        self._store.apply(
+            self.exposures, self.outcomes, stored, interleaved=self.interleaved, item_outcomes=self.item_outcomes
+        )
         log.debug("checkpoint: %d events, offsets %s", self.size, offsets)
         self.exposures, self.outcomes, self._offsets = ExposureColumns(), OutcomeColumns(), {}
+        self.interleaved, self.item_outcomes = InterleavedColumns(), ItemOutcomeColumns()
         return offsets
 
     def commit_to_kafka(self, offsets: dict[TopicPartition, int]) -> None:

@@ -9,10 +9,17 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer, OffsetAndMetadata
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from prometheus_client import Counter
 
 from analytics.store.base import TopicPartition
 
 log = logging.getLogger(__name__)
+
+STALLED_REBALANCES = Counter(
+    "mtrank_analytics_stalled_rebalances",
+    "Rebalances kafka-python stopped driving (member left without partitions) that the consumer started again",
+    ["group"],
+)
 
 PartitionsCallback = Callable[[list[TopicPartition]], None]
 
@@ -63,6 +70,7 @@ class Consumer:
             "fetch_max_wait_ms": 100,
         }
         config.update(kafka_config or {})
+        self._group_id = group_id
         self._consumer = KafkaConsumer(**config)
 
     def subscribe(
@@ -75,8 +83,33 @@ class Consumer:
         self, timeout_ms: int, max_records: int | None = None
     ) -> dict[TopicPartition, list[ConsumerRecord]]:
         """Fetched records per partition (empty dict when nothing arrived within ``timeout_ms``)."""
+        self._restart_stalled_rebalance()
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         return {TopicPartition(tp.topic, tp.partition): records for tp, records in batches.items()}
+
+    def _restart_stalled_rebalance(self) -> None:
+        """Start again a rebalance that kafka-python (3.0) would leave unfinished for good.
+
+        ``poll`` resumes an unfinished JoinGroup/SyncGroup round only while the coordinator's ``need_rejoin()``
+        holds. A rebalance started because partition metadata changed (a broker that came back empty and
+        auto-created the topics with other partition counts) or because the subscription changed does not set
+        the coordinator's rejoin flag, and the round itself makes ``need_rejoin()`` false again: the leader's
+        assignment records the new metadata, the JoinGroup records the new subscription. When a ``poll``
+        timeout expires while that round is in flight, its answer is never applied: the member stays
+        REBALANCING, without partitions or heartbeats, however long it polls. (The Java client sets the flag
+        in this case, KAFKA-9815.) Setting it here makes the next ``poll`` run the join again: one more
+        rebalance, after which the assignment callbacks run as usual. Reaches into kafka-python's coordinator,
+        which has no public accessor; ``tests/analytics/test_kafka_consumer.py`` pins the behaviour.
+        """
+        coordinator = self._consumer._coordinator
+        if coordinator.rebalance_in_progress() and not coordinator.need_rejoin():
+            STALLED_REBALANCES.labels(self._group_id).inc()
+            log.warning(
+                "group %s: kafka-python stopped driving an unfinished rebalance (no partitions assigned); "
+                "joining the group again",
+                self._group_id,
+            )
+            coordinator.request_rejoin()
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Next record to fetch from ``tp``."""

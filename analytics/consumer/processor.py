@@ -9,7 +9,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from math import isfinite
 from typing import Any
 
@@ -17,9 +17,21 @@ from prometheus_client import Counter, Gauge
 
 from analytics.consumer.checkpoint import Checkpoint, resume_points
 from analytics.consumer.kafka_consumer import Consumer
-from analytics.events.messages import KNOWN_SCHEMA_VERSIONS
+from analytics.events.messages import (
+    INTERLEAVING_SCHEMA_VERSION,
+    OUTCOME_SCHEMA_VERSIONS,
+    SCHEMA_VERSION,
+    teams_problem,
+)
 from analytics.events.producer import EXPOSURES_TOPIC, OUTCOMES_TOPIC
-from analytics.store.base import EventStore, ExposureColumns, OutcomeColumns, TopicPartition
+from analytics.store.base import (
+    EventStore,
+    ExposureColumns,
+    InterleavedColumns,
+    ItemOutcomeColumns,
+    OutcomeColumns,
+    TopicPartition,
+)
 from proto import events_pb2
 
 log = logging.getLogger(__name__)
@@ -38,11 +50,33 @@ CONSUMER_LAG = Gauge(
 )
 
 
-def decode_into(value: bytes, exposures: ExposureColumns, outcomes: OutcomeColumns) -> int:
+def _interleaved(x: events_pb2.Exposure, append: tuple[Callable[[object], None], ...]) -> bool:
+    """Append a version 2 exposure's lists to the interleaved columns; False when they do not fit (as producers
+    check them: two arms, a team 0/1 per item, no item twice, a request id)."""
+    if teams_problem(x) is not None:
+        return False
+    a, b = x.arms
+    values = (x.event_id, x.experiment_key, x.user_id, x.request_id, x.event_time_ms, list(x.item_ids), list(x.teams),
+              a.key, a.model.name, a.model.version, b.key, b.model.name, b.model.version)  # fmt: skip
+    for column, value in zip(append, values, strict=True):
+        column(value)
+    return True
+
+
+def decode_into(
+    value: bytes,
+    exposures: ExposureColumns,
+    outcomes: OutcomeColumns,
+    interleaved: InterleavedColumns | None = None,
+    item_outcomes: ItemOutcomeColumns | None = None,
+) -> int:
     """Append the events of one Kafka record value to the column batches; returns how many were rejected.
 
     Each field goes straight into its column list: the stores write columns (Arrow/Parquet), so no per-event
-    tuple is ever built on this hot path.
+    tuple is ever built on this hot path. An interleaving exposure (version 2) goes to ``exposures`` (variant
+    ``"interleaved"``) and with its items, teams and arms to ``interleaved``; without ``interleaved`` it is
+    rejected, as by a reader that cannot credit teams. An outcome that names a request also goes to
+    ``item_outcomes`` when given.
     """
     try:
         batch = events_pb2.EventBatch.FromString(value)
@@ -53,12 +87,21 @@ def decode_into(value: bytes, exposures: ExposureColumns, outcomes: OutcomeColum
     rejected = 0
     x_id, x_exp, x_var, x_user, x_ts = exposures.appenders()
     o_id, o_user, o_metric, o_ts, o_value = outcomes.appenders()
+    i_append = interleaved.appenders() if interleaved is not None else ()
+    r_id, r_user, r_request, r_item, r_metric, r_ts = (
+        item_outcomes.appenders() if item_outcomes is not None else (None,) * 6
+    )
     for event in batch.events:
         kind = event.WhichOneof("payload")
         if kind == "exposure":
             x = event.exposure
-            event_id, user_id = x.event_id, x.user_id  # read once: every read builds a new str
-            if x.schema_version not in KNOWN_SCHEMA_VERSIONS or not user_id or not event_id:
+            event_id, user_id, version = x.event_id, x.user_id, x.schema_version  # read once: each read builds anew
+            if not user_id or not event_id:
+                rejected += 1
+                continue
+            if version != SCHEMA_VERSION and not (
+                version == INTERLEAVING_SCHEMA_VERSION and i_append and _interleaved(x, i_append)
+            ):
                 rejected += 1
                 continue
             x_id(event_id)
@@ -70,20 +113,30 @@ def decode_into(value: bytes, exposures: ExposureColumns, outcomes: OutcomeColum
             o = event.outcome
             event_id, user_id = o.event_id, o.user_id
             # a non-finite value would poison every statistic of its metric: producers reject it, so do we
-            if o.schema_version not in KNOWN_SCHEMA_VERSIONS or not user_id or not event_id or not isfinite(o.value):
+            if o.schema_version not in OUTCOME_SCHEMA_VERSIONS or not user_id or not event_id or not isfinite(o.value):
                 rejected += 1
                 continue
+            metric, ts, request_id = o.metric, o.event_time_ms, o.request_id
             o_id(event_id)
             o_user(user_id)
-            o_metric(o.metric)
-            o_ts(o.event_time_ms)
+            o_metric(metric)
+            o_ts(ts)
             o_value(o.value)
+            if request_id and r_id is not None:
+                r_id(event_id)
+                r_user(user_id)
+                r_request(request_id)
+                r_item(o.item_id)
+                r_metric(metric)
+                r_ts(ts)
         else:
             rejected += 1
     if rejected:
         EVENTS_REJECTED.labels("invalid").inc(rejected)
         log.warning(
-            "skipped %d events with an unknown schema version, no user/event id or a non-finite value", rejected
+            "skipped %d events with an unknown schema version, no user/event id, interleaving fields that do not "
+            "fit or a non-finite value",
+            rejected,
         )
     return rejected
 
@@ -209,7 +262,7 @@ class AnalyticsConsumer:
                             )
                         continue
                     before = cp.size
-                    decode_into(record.value, cp.exposures, cp.outcomes)
+                    decode_into(record.value, cp.exposures, cp.outcomes, cp.interleaved, cp.item_outcomes)
                     added += cp.size - before
                     last_offset = record.offset
                 self.records_seen += len(records)

@@ -93,6 +93,7 @@ function normaliseSrm(srm = {}) {
 function normaliseSummary(e) {
   return {
     key: e.experiment_key,
+    kind: e.kind || "ab",
     status: e.status || "unknown",
     control: e.control,
     totalUsers: num(e.total_users),
@@ -124,12 +125,44 @@ function normaliseRow(v, differenceType) {
   };
 }
 
+/** One test of an interleaving report (analytics.interleaving_report.TestReport). */
+function normaliseTest(t = {}) {
+  const lo = num(t.ci?.[0]), hi = num(t.ci?.[1]);
+  return { estimate: num(t.estimate), ciLow: lo, ciHigh: hi, pValue: num(t.p_value), significant: Boolean(t.significant), error: t.error || null };
+}
+
+/** ExperimentReport.interleaving (analytics.interleaving_report.InterleavingReport); null for A/B tests. */
+function normaliseInterleaving(il) {
+  if (!il) return null;
+  const arm = (a = {}) => ({ key: a.key, model: a.model_name, version: a.model_version });
+  return {
+    clickMetric: il.click_metric || "click",
+    armA: arm(il.arm_a),
+    armB: arm(il.arm_b),
+    armSets: (il.arm_sets || []).map((s) => ({ a: arm(s.a), b: arm(s.b), exposures: num(s.exposures) })),
+    users: num(il.users),
+    usersWithClicks: num(il.users_with_clicks),
+    winsA: num(il.wins_a),
+    winsB: num(il.wins_b),
+    ties: num(il.ties),
+    preference: normaliseTest(il.preference),
+    credit: normaliseTest(il.credit),
+    preferred: il.preferred || null,
+    sequential: Boolean(il.sequential),
+    timeline: (il.timeline || []).map((p) => ({
+      t: new Date(p.time_ms), y: num(p.estimate), lo: num(p.ci?.[0]), hi: num(p.ci?.[1]),
+    })),
+  };
+}
+
 /** GET /experiments/<key>/report (analytics.report.ExperimentReport). */
 function normaliseReport(r) {
   const differenceType = r.difference_type || "relative";
   const bucket = num(r.traffic_bucket_ms) || 0;
   return {
     key: r.experiment_key,
+    kind: r.kind || "ab",
+    interleaving: normaliseInterleaving(r.interleaving),
     status: r.status || "unknown",
     control: r.control,
     variants: (r.variants || []).map((v) => v.key),
@@ -221,7 +254,8 @@ function renderExperiments() {
       onclick: () => select(e.key),
     },
     el("td", {}, el("div", { class: "exp-name", text: e.key }),
-      el("div", { class: "exp-key", text: e.control ? `control: ${e.control}` : "" })),
+      el("div", { class: "exp-key", "data-field": "kind",
+        text: e.kind === "interleaving" ? "interleaving" : e.control ? `control: ${e.control}` : "" })),
     el("td", { class: "num", "data-field": "total_users", text: e.totalUsers === null ? "–" : fmtInt(e.totalUsers) }),
     el("td", {}, statusBadge(e.status)),
     el("td", {}, users),
@@ -236,7 +270,8 @@ function renderExperiments() {
 function ciBar(cmp, scale, significant, verdictCls) {
   const w = 180, h = 22, mid = w / 2, pad = 6;
   const x = (v) => mid + (v / scale) * (mid - pad);
-  const cls = !significant ? "ci-neutral" : verdictCls === "win" ? "ci-positive" : "ci-negative";
+  const cls = !significant ? "ci-neutral"
+    : verdictCls === "win" ? "ci-positive" : verdictCls === "lose" ? "ci-negative" : `ci-${verdictCls}`;
   const node = svg("svg", { width: w, height: h, viewBox: `0 0 ${w} ${h}`, class: `ci-bar ${cls}`, role: "img",
     "aria-label": `CI ${fmtPct(cmp.ciLow)} to ${fmtPct(cmp.ciHigh)}` },
   svg("line", { x1: mid, x2: mid, y1: 1, y2: h - 1, class: "zero" }));
@@ -321,6 +356,97 @@ function renderMetrics(rep) {
   }
 }
 
+// ---------------------------------------------------------------- interleaving
+
+const ARM_COLOURS = { A: PALETTE[0], B: PALETTE[1] };
+
+function armChip(label, arm) {
+  return el("span", { class: "arm", "data-arm": label },
+    el("i", { class: `swatch c${label === "A" ? 0 : 1}` }), el("b", { text: `${label} ` }),
+    el("span", { "data-field": "arm_key", text: arm.key }), " · ",
+    el("span", { "data-field": "arm_model", text: `${arm.model} v${arm.version}` }));
+}
+
+/** Users preferring A to the left of the middle, tied users across it, users preferring B to the right. */
+function divergingBar(il) {
+  const w = 560, h = 34, mid = w / 2, pad = 4;
+  const half = Math.max(il.winsA + il.ties / 2, il.winsB + il.ties / 2, 1);
+  const k = (mid - pad) / half;
+  const tieLo = mid - (il.ties / 2) * k, tieHi = mid + (il.ties / 2) * k;
+  const node = svg("svg", { viewBox: `0 0 ${w} ${h}`, class: "diverging-bar", role: "img",
+    "aria-label": `prefer A ${il.winsA}, tied ${il.ties}, prefer B ${il.winsB}` });
+  const segment = (x, width, cls, fill, n) => svg("rect", { x, y: 4, width: Math.max(0, width), height: h - 8, rx: 2,
+    class: cls, fill, "data-users": n });
+  node.append(segment(tieLo - il.winsA * k, il.winsA * k, "wins-a", ARM_COLOURS.A, il.winsA));
+  node.append(segment(tieLo, tieHi - tieLo, "ties", "#cbd5e1", il.ties));
+  node.append(segment(tieHi, il.winsB * k, "wins-b", ARM_COLOURS.B, il.winsB));
+  node.append(svg("line", { x1: mid, x2: mid, y1: 0, y2: h, class: "zero" }));
+  return node;
+}
+
+function renderPreferenceCounts(il) {
+  const stat = (label, field, value) => el("div", { class: "stat" },
+    el("div", { class: "stat-value", "data-field": field, text: fmtInt(value) }), el("div", { class: "stat-label", text: label }));
+  document.getElementById("preference-counts").replaceChildren(
+    el("div", { class: "stats" },
+      stat("users", "il_users", il.users),
+      stat(`users with credited ${il.clickMetric}s`, "users_with_clicks", il.usersWithClicks)),
+    el("div", { class: "diverging" },
+      el("div", { class: "diverging-labels" },
+        el("span", {}, "prefer A ", el("b", { "data-field": "wins_a", text: fmtInt(il.winsA) })),
+        el("span", {}, "tied ", el("b", { "data-field": "ties", text: fmtInt(il.ties) })),
+        el("span", {}, "prefer B ", el("b", { "data-field": "wins_b", text: fmtInt(il.winsB) }))),
+      divergingBar(il)));
+}
+
+/** The two tests as rows: Δ (sign test) in %, the credit difference per user (t-test) in clicks. */
+function renderPreferenceTests(il, alpha) {
+  const table = document.getElementById("preference-tests");
+  const level = alpha === null ? "" : `${+(100 * (1 - alpha)).toFixed(1)}% `;
+  table.tHead.replaceChildren(el("tr", {}, ...["Test", "Estimate", `${level}CI`, "", "p-value", "Result"].map((h) => el("th", { text: h }))));
+  const rows = [
+    { key: "preference", name: "Preference Δ", note: "sign test over users who are not tied", test: il.preference,
+      fmt: (x) => fmtPct(x) },
+    { key: "credit", name: "Credit B − A per user", note: `t-test over all users, in ${il.clickMetric}s`, test: il.credit,
+      fmt: (x) => (x > 0 ? `+${fmtValue(x)}` : fmtValue(x)) },
+  ];
+  const tbody = table.tBodies[0];
+  tbody.replaceChildren(...rows.map((r) => {
+    const t = r.test;
+    const name = el("td", { class: "metric-name" }, el("div", { class: "exp-name", text: r.name }), el("div", { class: "exp-key", text: r.note }));
+    if (t.error || t.estimate === null) {
+      return el("tr", { "data-test": r.key }, name,
+        el("td", { colspan: 5, class: "muted baseline", "data-field": "error", text: t.error || "no result" }));
+    }
+    const towards = t.estimate > 0 ? "B" : "A";
+    const cls = t.significant ? (towards === "B" ? "win-b" : "win-a") : "neutral";
+    const scale = Math.max(Math.abs(t.ciLow ?? 0), Math.abs(t.ciHigh ?? 0), Math.abs(t.estimate)) * 1.1 || 0.01;
+    return el("tr", { "data-test": r.key }, name,
+      el("td", { class: "num lift", "data-field": "estimate", text: r.fmt(t.estimate) }),
+      el("td", { class: "num ci-text" }, "[", el("span", { "data-field": "ci_low", text: r.fmt(t.ciLow) }), ", ",
+        el("span", { "data-field": "ci_high", text: r.fmt(t.ciHigh) }), "]"),
+      el("td", { class: "ci-cell" }, ciBar(t, scale, t.significant, `arm-${towards.toLowerCase()}`)),
+      el("td", { class: "num", "data-field": "p_value", text: fmtP(t.pValue) }),
+      el("td", {}, el("span", { class: `badge ${cls}`, "data-field": "significant", "data-significant": String(t.significant),
+        text: t.significant ? `users prefer ${towards}` : "no preference shown" })));
+  }));
+}
+
+function renderInterleaving(rep) {
+  const il = rep.interleaving;
+  document.getElementById("arms").replaceChildren(armChip("A", il.armA), armChip("B", il.armB),
+    el("span", { class: "badge", "data-field": "il_sequential", text: il.sequential ? "sequential (always-valid)" : "fixed horizon" }),
+    il.preferred ? el("span", { class: `badge win-${il.preferred.toLowerCase()}`, "data-field": "preferred", text: `preferred: ${il.preferred}` }) : null);
+  const banner = document.getElementById("arms-banner");
+  banner.hidden = il.armSets.length < 2;
+  banner.textContent = il.armSets.length < 2 ? ""
+    : `⚠ The arms changed while the experiment ran (${il.armSets.length} pairs of models: `
+      + il.armSets.map((s) => `${s.a.model} v${s.a.version} / ${s.b.model} v${s.b.version}: ${fmtInt(s.exposures)} exposures`).join("; ")
+      + "); the comparison mixes them.";
+  renderPreferenceCounts(il);
+  renderPreferenceTests(il, rep.alpha);
+}
+
 // ---------------------------------------------------------------- charts
 
 /** Round axis ticks (steps of 1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]. */
@@ -390,6 +516,17 @@ function lineChart(series, { yFormat, zeroLine = false, empty = "no data yet", w
 
 function renderCharts(rep) {
   const select = document.getElementById("lift-metric");
+  const interleaving = rep.kind === "interleaving";
+  select.hidden = interleaving;
+  document.getElementById("lift-caption").textContent = interleaving
+    ? "Preference Δ over time (B − A, cumulative)" : "Cumulative lift over time";
+  if (interleaving) {
+    const il = rep.interleaving;
+    document.getElementById("lift-chart").replaceChildren(lineChart(
+      [{ label: "Δ (B − A)", colour: ARM_COLOURS.B, points: il.timeline.filter((p) => p.y !== null) }],
+      { yFormat: (y) => fmtPct(y, true, Math.abs(y) >= 0.1 || y === 0 ? 0 : 1), zeroLine: true,
+        empty: il.timeline.length ? "no credited clicks yet" : "no preference timeline in this report" }));
+  }
   if (!rep.metrics.some((m) => m.name === state.liftMetric)) state.liftMetric = rep.metrics[0]?.name ?? null;
   select.replaceChildren(...rep.metrics.map((m) => el("option", { value: m.name, selected: m.name === state.liftMetric, text: m.name })));
 
@@ -403,7 +540,7 @@ function renderCharts(rep) {
   const axis = rep.differenceType === "absolute"
     ? fmtCompact
     : (y) => fmtPct(y, true, Math.abs(y) >= 0.1 || y === 0 ? 0 : 1);
-  document.getElementById("lift-chart").replaceChildren(lineChart(liftSeries, {
+  if (!interleaving) document.getElementById("lift-chart").replaceChildren(lineChart(liftSeries, {
     yFormat: axis,
     zeroLine: true,
     // analytics' timeline_points: 0 leaves the timeline out of the report
@@ -428,9 +565,11 @@ function renderReport() {
   section.dataset.experiment = rep.key;
   document.getElementById("report-title").textContent = rep.key;
   const mode = rep.sequential ? "sequential (always-valid)" : "fixed horizon";
+  const interleaving = rep.kind === "interleaving";
   document.getElementById("report-meta").replaceChildren(
-    el("span", { text: `control: ${rep.control} · ${rep.differenceType} lift · α = ${rep.alpha ?? "–"}` }),
-    el("span", { text: ` · correction: ${rep.correction} · ${mode}` }),
+    el("span", { text: interleaving ? `interleaving (team draft) · α = ${rep.alpha ?? "–"}`
+      : `control: ${rep.control} · ${rep.differenceType} lift · α = ${rep.alpha ?? "–"}` }),
+    el("span", { text: interleaving ? "" : ` · correction: ${rep.correction} · ${mode}` }),  // interleaving: a badge by the arms
     el("span", { class: "muted", text: rep.generatedAt ? ` · computed ${fmtTime(rep.generatedAt)}` : "" }));
   const variants = rep.variants;
   document.getElementById("report-badges").replaceChildren(statusBadge(rep.status),
@@ -442,7 +581,10 @@ function renderReport() {
   banner.textContent = rep.srm.flagged
     ? `⚠ Sample ratio mismatch (chi-square ${pEquals(rep.srm.pValue)}, threshold ${rep.srm.threshold ?? 0.001}): the traffic split differs from the configured weights, so the results below may be biased.`
     : "";
-  renderMetrics(rep);
+  document.getElementById("interleaving").hidden = !interleaving;
+  document.getElementById("metrics").hidden = interleaving;
+  if (interleaving) renderInterleaving(rep);
+  else renderMetrics(rep);
   renderCharts(rep);
 }
 

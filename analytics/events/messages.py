@@ -17,10 +17,12 @@ from proto import common_pb2, events_pb2, limits
 SCHEMA_VERSION = events_pb2.SCHEMA_VERSION_1
 INTERLEAVING_SCHEMA_VERSION = events_pb2.SCHEMA_VERSION_2
 """Exposures of interleaving experiments (with ``teams`` and ``arms``); every other event is version 1."""
-KNOWN_SCHEMA_VERSIONS = frozenset({events_pb2.SCHEMA_VERSION_1})
-"""Versions the analytics consumer reads. Version 2 joins once the store credits clicks to teams; until then
-the consumer skips interleaving exposures (counted as rejected) rather than read them as an A/B variant."""
-SENDABLE_SCHEMA_VERSIONS = KNOWN_SCHEMA_VERSIONS | {INTERLEAVING_SCHEMA_VERSION}
+OUTCOME_SCHEMA_VERSIONS = frozenset({events_pb2.SCHEMA_VERSION_1})
+"""Versions an outcome may have (no outcome is version 2)."""
+KNOWN_SCHEMA_VERSIONS = OUTCOME_SCHEMA_VERSIONS | {INTERLEAVING_SCHEMA_VERSION}
+"""Versions the analytics consumer reads: version 2 exposures go to the store with their items and teams (the
+store credits clicks to the arms)."""
+SENDABLE_SCHEMA_VERSIONS = KNOWN_SCHEMA_VERSIONS
 """Versions producers may send."""
 _BATCH_EVENTS_TAG = b"\x0a"  # field 1 (events), wire type 2 (length-delimited)
 
@@ -152,7 +154,7 @@ def event_problem(message: events_pb2.Exposure | events_pb2.Outcome) -> tuple[st
     if problem is not None:
         return problem
     version = message.schema_version
-    sendable = KNOWN_SCHEMA_VERSIONS if outcome else SENDABLE_SCHEMA_VERSIONS
+    sendable = OUTCOME_SCHEMA_VERSIONS if outcome else SENDABLE_SCHEMA_VERSIONS
     if version != events_pb2.SCHEMA_VERSION_UNSPECIFIED and version not in sendable:
         return "schema_version", f"{version} is unknown"
     return None if outcome else teams_problem(message)
@@ -160,7 +162,8 @@ def event_problem(message: events_pb2.Exposure | events_pb2.Outcome) -> tuple[st
 
 def teams_problem(exposure: events_pb2.Exposure) -> tuple[str, str] | None:
     """``(field, reason)`` when an exposure's interleaving fields do not fit: an interleaving exposure (schema
-    version 2, or unset with ``arms``) names two arms and one arm index (0 or 1) per item; others carry none."""
+    version 2, or unset with ``arms``) names its request, two arms, and one arm index (0 or 1) per item, with
+    no item twice (clicks are credited by request and item); others carry none."""
     version = exposure.schema_version
     if version == events_pb2.SCHEMA_VERSION_UNSPECIFIED:
         version = INTERLEAVING_SCHEMA_VERSION if exposure.arms else SCHEMA_VERSION
@@ -174,6 +177,10 @@ def teams_problem(exposure: events_pb2.Exposure) -> tuple[str, str] | None:
         return "teams", f"has {len(exposure.teams)} entries for {len(exposure.item_ids)} item_ids"
     if any(team > 1 for team in exposure.teams):
         return "teams", "must hold arm indexes 0 or 1"
+    if not exposure.request_id:
+        return "request_id", "must not be empty in an interleaving exposure"
+    if len(set(exposure.item_ids)) != len(exposure.item_ids):
+        return "item_ids", "must not repeat an item in an interleaving exposure"
     names = {}
     for i, arm in enumerate(exposure.arms):
         names |= {f"arms[{i}].key": arm.key, f"arms[{i}].model.name": arm.model.name,

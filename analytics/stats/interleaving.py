@@ -26,84 +26,22 @@ delta / 2). Two tests:
 
 Sequential mode (``sequential=True``) replaces both with the always-valid normal-mixture confidence sequence
 the A/B path uses (``analytics.stats.frequentist.tests``): on the mean of the per-user sign (-1, 0, 1) over
-the m users who clicked (whose mean is delta) and on the mean of d_u over n users. Safe under continuous
-peeking; asymptotic, like the A/B path's.
+the m users who clicked (whose mean is delta; its interval is cut to delta's range [-1, 1], which early on,
+with few users, it can exceed) and on the mean of d_u over n users. Safe under continuous peeking; asymptotic,
+like the A/B path's.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from scipy import special
 
 from analytics.stats import messages
 from analytics.stats.frequentist.tests import mixture_rho_squared, sequential_half_width, sequential_p_value
 from analytics.stats.models.settings import DEFAULT_SEQUENTIAL_TUNING_PARAMETER, check_frequentist
-from analytics.stats.models.statistics import SampleMean
-
-
-@dataclass(frozen=True)
-class PreferenceCounts:
-    """Per-user preference of one interleaving experiment, summed over users (merge with ``+``)."""
-
-    n: int
-    wins_a: int
-    wins_b: int
-    ties: int
-    credit_diff_sum: float
-    credit_diff_sum_squares: float
-
-    def __post_init__(self) -> None:
-        if (
-            min(self.n, self.wins_a, self.wins_b, self.ties) < 0
-            or self.wins_a + self.wins_b + self.ties > self.n
-        ):
-            raise ValueError(f"inconsistent counts: {self}")
-
-    @property
-    def clicked(self) -> int:
-        """Users with at least one credited click: the denominator of delta."""
-        return self.wins_a + self.wins_b + self.ties
-
-    @property
-    def preference(self) -> float:
-        """delta = (wins_b - wins_a) / (wins_a + wins_b + ties); 0 when nobody clicked."""
-        return (self.wins_b - self.wins_a) / self.clicked if self.clicked else 0.0
-
-    @property
-    def credit_diff(self) -> SampleMean:
-        """d_u = credit_b - credit_a over the n users, as a mean statistic (its mean and unbiased variance)."""
-        return SampleMean(self.n, self.credit_diff_sum, self.credit_diff_sum_squares)
-
-    @property
-    def credit_diff_mean(self) -> float:
-        return self.credit_diff.mean
-
-    @property
-    def credit_diff_variance(self) -> float:
-        """Unbiased variance of d_u over the n users; 0 when n <= 1."""
-        return self.credit_diff.variance
-
-    @property
-    def sign_variance(self) -> float:
-        """Unbiased variance of the per-user sign (-1, 0, 1) over the users who clicked; 0 when <= 1 of them."""
-        m = self.clicked
-        if m <= 1:
-            return 0.0
-        return max((self.wins_a + self.wins_b - m * self.preference**2) / (m - 1), 0.0)
-
-    def __add__(self, other: PreferenceCounts) -> PreferenceCounts:
-        if not isinstance(other, PreferenceCounts):
-            raise TypeError(f"cannot add {type(other).__name__} to PreferenceCounts")
-        return PreferenceCounts(
-            self.n + other.n,
-            self.wins_a + other.wins_a,
-            self.wins_b + other.wins_b,
-            self.ties + other.ties,
-            self.credit_diff_sum + other.credit_diff_sum,
-            self.credit_diff_sum_squares + other.credit_diff_sum_squares,
-        )
+from analytics.stats.models.statistics import PreferenceCounts
 
 
 @dataclass(frozen=True)
@@ -201,7 +139,10 @@ def sequential_sign_test(counts: PreferenceCounts, config: InterleavingConfig) -
         return PreferenceTest(error=messages.NO_UNITS)
     if counts.sign_variance == 0:
         return PreferenceTest(error=messages.ZERO_VARIANCE)
-    return _sequential(counts.preference, counts.sign_variance, counts.clicked, config)
+    test = _sequential(counts.preference, counts.sign_variance, counts.clicked, config)
+    # delta lies in [-1, 1]: the part of the normal interval outside it holds no value delta can take.
+    low, high = test.ci
+    return replace(test, ci=(max(-1.0, low), min(1.0, high)))
 
 
 def sequential_credit_test(counts: PreferenceCounts, config: InterleavingConfig) -> PreferenceTest:

@@ -7,6 +7,10 @@ too: an outcome counts for an experiment when it falls in ``[first exposure, fir
 window)``; outcomes before the first exposure are the user's pre-exposure values (the CUPED covariate). Because
 nothing is attributed on write, the result does not depend on the order events arrive in, how partitions are spread over consumers, or
 whether a consumer was killed and replayed part of a topic.
+
+Interleaving experiments add two kinds of rows: the lists of each interleaved exposure (items shown and the arm
+that supplied each) and the outcomes that name a request and item; their clicks are credited to the arms when
+reading too (``preference_counts``).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from analytics.interleaving import ArmsSeen
     from analytics.metrics import MetricDefinition
-    from analytics.stats.models.statistics import TestStatistic
+    from analytics.stats.models.statistics import PreferenceCounts, TestStatistic
 
 
 class TopicPartition(NamedTuple):
@@ -110,8 +115,71 @@ class OutcomeColumns(_Columns):
     value: list[float] = field(default_factory=list)
 
 
+class InterleavedRow(NamedTuple):
+    """The lists of one interleaved exposure: the items shown in order, each one's team (0 = arm A, the
+    experiment's first arm; 1 = arm B), and both arms (variation key, model name, model version)."""
+
+    event_id: str
+    experiment_key: str
+    user_id: str
+    request_id: str
+    event_time_ms: int
+    item_ids: Sequence[int]
+    teams: Sequence[int]
+    arm_a_key: str
+    arm_a_model: str
+    arm_a_version: str
+    arm_b_key: str
+    arm_b_model: str
+    arm_b_version: str
+
+
+@dataclass
+class InterleavedColumns(_Columns):
+    """Interleaved exposures (schema version 2) column by column, in ``InterleavedRow`` field order."""
+
+    event_id: list[str] = field(default_factory=list)
+    experiment_key: list[str] = field(default_factory=list)
+    user_id: list[str] = field(default_factory=list)
+    request_id: list[str] = field(default_factory=list)
+    event_time_ms: list[int] = field(default_factory=list)
+    item_ids: list[list[int]] = field(default_factory=list)
+    teams: list[list[int]] = field(default_factory=list)
+    arm_a_key: list[str] = field(default_factory=list)
+    arm_a_model: list[str] = field(default_factory=list)
+    arm_a_version: list[str] = field(default_factory=list)
+    arm_b_key: list[str] = field(default_factory=list)
+    arm_b_model: list[str] = field(default_factory=list)
+    arm_b_version: list[str] = field(default_factory=list)
+
+
+class ItemOutcomeRow(NamedTuple):
+    """An outcome that names the request it follows from (and, for clicks, the item): what interleaving credits."""
+
+    event_id: str
+    user_id: str
+    request_id: str
+    item_id: int
+    metric: str
+    event_time_ms: int
+
+
+@dataclass
+class ItemOutcomeColumns(_Columns):
+    """Item outcomes column by column, in ``ItemOutcomeRow`` field order."""
+
+    event_id: list[str] = field(default_factory=list)
+    user_id: list[str] = field(default_factory=list)
+    request_id: list[str] = field(default_factory=list)
+    item_id: list[int] = field(default_factory=list)
+    metric: list[str] = field(default_factory=list)
+    event_time_ms: list[int] = field(default_factory=list)
+
+
 Exposures = Sequence[ExposureRow] | ExposureColumns
 Outcomes = Sequence[OutcomeRow] | OutcomeColumns
+Interleaved = Sequence[InterleavedRow] | InterleavedColumns
+ItemOutcomes = Sequence[ItemOutcomeRow] | ItemOutcomeColumns
 
 
 class EventStore(abc.ABC):
@@ -133,11 +201,17 @@ class EventStore(abc.ABC):
         exposures: Exposures,
         outcomes: Outcomes,
         offsets: Mapping[TopicPartition, int],
+        *,
+        interleaved: Interleaved = (),
+        item_outcomes: ItemOutcomes = (),
     ) -> None:
         """Apply events (rows or column batches) and record ``offsets`` (last applied offset per partition)
         atomically.
 
-        Events whose id is already stored never count twice, so a replay is harmless.
+        Events whose id is already stored never count twice, so a replay is harmless. An interleaved exposure
+        (schema version 2) comes twice: as an exposure of variant ``"interleaved"`` in ``exposures`` (it counts
+        as the user's exposure like any other) and with its lists in ``interleaved``. An outcome that names a
+        request comes in ``outcomes`` and again in ``item_outcomes`` (for the credit of interleaving clicks).
 
         Raises:
             OffsetBackwards: an offset is lower than the one stored for its partition.
@@ -194,6 +268,23 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     def metrics(self) -> list[str]:
         """Metric names seen in outcomes, sorted."""
+
+    @abc.abstractmethod
+    def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]:
+        """The arm pairs the experiment's interleaved exposures named, most exposures first (empty: the
+        experiment has no interleaved exposure, it is not an interleaving experiment)."""
+
+    @abc.abstractmethod
+    def preference_counts(
+        self, experiment_key: str, cuts: Sequence[int | None], click_metric: str = "click"
+    ) -> list[PreferenceCounts]:
+        """Per cut, the interleaving preference of the experiment's users (``analytics.interleaving``'s rules,
+        with ``click_metric`` outcomes as clicks).
+
+        At a cut ``c`` (None: everything) a request counts when its first exposure is at or before ``c``, a
+        click when it is too (at or before ``c``); users count from their first interleaved exposure on.
+        The attribution window does not apply: a click counts for the request it names.
+        """
 
     @abc.abstractmethod
     def counts(self) -> dict[str, int]:

@@ -28,10 +28,28 @@ import pyarrow.parquet as pq
 import sqlglot
 from sqlglot import exp
 
+from analytics import interleaving_sql as isql
 from analytics import sql_compiler as sql
-from analytics.store.base import ExposureColumns, Exposures, OutcomeColumns, Outcomes, TopicPartition
+from analytics.store.base import (
+    ExposureColumns,
+    Exposures,
+    Interleaved,
+    InterleavedColumns,
+    ItemOutcomeColumns,
+    ItemOutcomes,
+    OutcomeColumns,
+    Outcomes,
+    TopicPartition,
+)
 from analytics.store.exceptions import OffsetBackwards, StoreError, StoreUnreachable
-from analytics.store.warehouse import EXPOSURE_SCHEMA, OUTCOME_SCHEMA, WarehouseEventStore, to_arrow
+from analytics.store.warehouse import (
+    EXPOSURE_SCHEMA,
+    INTERLEAVED_SCHEMA,
+    ITEM_OUTCOME_SCHEMA,
+    OUTCOME_SCHEMA,
+    WarehouseEventStore,
+    to_arrow,
+)
 
 SCHEMA_SQL = Path(__file__).with_name("clickhouse_schema.sql")
 DEFAULT_PORT = 8123
@@ -227,11 +245,22 @@ class ClickHouseEventStore(WarehouseEventStore):
     def relations(self) -> sql.Relations:
         return sql.Relations(exposures=self._table("exposures"), outcomes_raw=self._table("outcomes"))
 
+    def interleaving_relations(self) -> isql.InterleavingRelations:
+        return isql.InterleavingRelations(self._table("interleaved"), self._table("item_outcomes"))
+
     def _query(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         with self._lock:
             return self.client.query(query)
 
-    def apply(self, exposures: Exposures, outcomes: Outcomes, offsets: Mapping[TopicPartition, int]) -> None:
+    def apply(
+        self,
+        exposures: Exposures,
+        outcomes: Outcomes,
+        offsets: Mapping[TopicPartition, int],
+        *,
+        interleaved: Interleaved = (),
+        item_outcomes: ItemOutcomes = (),
+    ) -> None:
         stored = self.offsets()
         for tp, offset in offsets.items():
             applied = stored.get(TopicPartition(*tp))
@@ -243,6 +272,8 @@ class ClickHouseEventStore(WarehouseEventStore):
             for table, columns, schema in (
                 ("exposures", ExposureColumns.of(exposures), EXPOSURE_SCHEMA),
                 ("outcomes", OutcomeColumns.of(outcomes), OUTCOME_SCHEMA),
+                ("interleaved", InterleavedColumns.of(interleaved), INTERLEAVED_SCHEMA),
+                ("item_outcomes", ItemOutcomeColumns.of(item_outcomes), ITEM_OUTCOME_SCHEMA),
             ):
                 if len(columns):
                     self.client.insert(self._table(table).sql("clickhouse"), to_arrow(columns, schema))

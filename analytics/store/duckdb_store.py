@@ -8,7 +8,9 @@ queries the parts that are complete; nobody ever waits for anybody.
 Layout::
 
     <store>/mtrank-store.json          format marker
-    <store>/parts/<name>/              one commit: exposures.parquet, outcomes.parquet, manifest.json
+    <store>/parts/<name>/              one commit: exposures.parquet, outcomes.parquet, manifest.json, and
+                                       interleaved.parquet, item_outcomes.parquet when it has such rows
+                                       (+ the rollups, in a compacted part)
     <store>/tmp/<name>/                a commit being written (not visible)
     <store>/compact.lock               held by the one process compacting
 
@@ -19,9 +21,17 @@ everything: events and offsets become durable together, so nothing is lost or co
 
 Raw events are append-only; nothing is upserted. Deduplication by event id and the first exposure are computed
 when reading (``analytics.sql_compiler``). Compaction merges many small parts into one, deduplicating outcomes
-while it is at it: the largest part is kept free of duplicate event ids, so queries only deduplicate the smaller
-rest. The merged part lists the parts it replaces; readers hide replaced parts, and a query that raced with
-their deletion is retried.
+while it is at it (against each other and against the other compacted parts, so compacted parts never share an
+event), and writes the merged part's rollups next to its raw events:
+
+    first_exposures.parquet   per experiment and user key: the first exposure (``sql_compiler.exposure_rollup``)
+    outcome_rollup.parquet    per user key and hour: counts, sums and time ranges per outcome name, split at the
+                              user's first exposure (``sql_compiler.outcome_rollup``)
+
+Reports read the rollups of compacted parts (about one row per user instead of one per event) plus the raw events
+of the parts not compacted yet; the raw events of a compacted part are read only where a rolled-up row straddles
+a boundary of the query (first exposure, window end, cut point). The merged part lists the parts it replaces;
+readers hide replaced parts, and a query that raced with their deletion is retried.
 """
 
 from __future__ import annotations
@@ -43,16 +53,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlglot import exp
 
+from analytics import interleaving_sql as isql
 from analytics import sql_compiler as sql
 from analytics.store.base import (
     ExposureColumns,
     Exposures,
+    Interleaved,
+    InterleavedColumns,
+    ItemOutcomeColumns,
+    ItemOutcomes,
     OutcomeColumns,
     Outcomes,
     TopicPartition,
 )
 from analytics.store.exceptions import OffsetBackwards, StoreClosed, StoreError
-from analytics.store.warehouse import EXPOSURE_SCHEMA, OUTCOME_SCHEMA, WarehouseEventStore, to_arrow
+from analytics.store.warehouse import (
+    EXPOSURE_SCHEMA,
+    INTERLEAVED_SCHEMA,
+    ITEM_OUTCOME_SCHEMA,
+    OUTCOME_SCHEMA,
+    WarehouseEventStore,
+    to_arrow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +87,11 @@ _READ_RETRIES = 3
 ABANDONED_AFTER_S = 3600
 USER_KEY = "user_key"
 USER_CHECK = "user_check"
+ROLLUP_BUCKET_MS = 3_600_000
+MAX_ROLLUP_METRICS = 64  # outcome names beyond the most frequent 64 of a part are read raw
 KEY_FUNCTION = "md5_number_lower"  # the low 64 bits of md5: stable across DuckDB versions
 CHECK_FUNCTION = "md5_number_upper"  # the other 64 bits: a clash of the key shows as two checks
+INTERLEAVING_KINDS = ("interleaved", "item_outcomes")  # files only parts with such rows have
 
 
 def _fsync(path: Path) -> None:
@@ -109,9 +134,11 @@ class _Part:
         self.outcomes: int = manifest["outcomes"]
         self.unique: bool = manifest["unique"]
         self.replaces: list[str] = manifest["replaces"]
+        self.rollup: dict[str, Any] | None = manifest.get("rollup")  # {"metrics": [...], "bucket_ms": ...}
         self.offsets: dict[TopicPartition, tuple[int, str]] = {
             TopicPartition(t, p): (o, source) for t, p, o, source in manifest["offsets"]
         }
+        self.interleaving = {kind for kind in INTERLEAVING_KINDS if self.file(kind).is_file()}
 
     @property
     def rows(self) -> int:
@@ -120,10 +147,30 @@ class _Part:
     def file(self, kind: str) -> Path:
         return self.folder / f"{kind}.parquet"
 
+    def rolled(self) -> sql.RolledPart | None:
+        """The part as the compiler reads a compacted part (None: it has no rollups)."""
+        if self.rollup is None:
+            return None
+        exposures, outcomes = (
+            _parquet([self.file(kind)]) if count else _empty_relation(schema)
+            for kind, count, schema in (
+                ("exposures", self.exposures, EXPOSURE_SCHEMA),
+                ("outcomes", self.outcomes, OUTCOME_SCHEMA),
+            )
+        )
+        return sql.RolledPart(
+            exposures=exposures,
+            outcomes=outcomes,
+            first_exposures=_parquet([self.file("first_exposures")]),
+            outcome_rollup=_parquet([self.file("outcome_rollup")]),
+            metrics=tuple(self.rollup["metrics"]),
+            bucket_ms=int(self.rollup["bucket_ms"]),
+        )
+
 
 def _manifest(
     name: str, exposures: int, outcomes: int, unique: bool, offsets: Mapping[TopicPartition, tuple[int, str]],
-    replaces: list[str],
+    replaces: list[str], rollup: dict[str, Any] | None,
 ) -> dict[str, Any]:  # fmt: skip
     return {
         "format": FORMAT,
@@ -134,6 +181,7 @@ def _manifest(
         "unique": unique,
         "offsets": [[tp.topic, tp.partition, o, src] for tp, (o, src) in sorted(offsets.items())],
         "replaces": replaces,
+        **({"rollup": rollup} if rollup is not None else {}),
     }
 
 
@@ -156,6 +204,8 @@ class DuckDBEventStore(WarehouseEventStore):
         compact_parts: compact once this many parts are visible (0: never compact automatically).
         threads: DuckDB worker threads (None: one per core).
         memory_limit: DuckDB memory limit, e.g. ``"4GB"`` (None: DuckDB's default, 80% of RAM).
+        rollup_bucket_ms: the time bucket of the outcome rollups that compactions write (a rolled-up row whose
+            events straddle a boundary of a query is read raw: smaller buckets straddle less, larger ones sum more).
     """
 
     dialect = "duckdb"
@@ -167,16 +217,18 @@ class DuckDBEventStore(WarehouseEventStore):
         compact_parts: int = 16,
         threads: int | None = None,
         memory_limit: str | None = None,
+        rollup_bucket_ms: int = ROLLUP_BUCKET_MS,
     ) -> None:
         super().__init__(attribution_window_ms)
         self.path = Path(path)
         self.compact_parts = compact_parts
+        self.rollup_bucket_ms = rollup_bucket_ms
         self._lock = threading.RLock()
         self._manifests: dict[str, _Part] = {}
         self._writer = secrets.token_hex(6)
         self._writer_lock: IO[str] | None = None
         self._open_layout()
-        config: dict[str, Any] = {}
+        config: dict[str, Any] = {"preserve_insertion_order": False}  # queries that need an order ask for it
         if threads is not None:
             config["threads"] = threads
         if memory_limit is not None:
@@ -297,13 +349,13 @@ class DuckDBEventStore(WarehouseEventStore):
         unique: bool,
         replaces: list[str],
     ) -> None:
-        """Write a part with ``write(folder) -> (exposures, outcomes)`` and make it visible atomically."""
+        """Write a part with ``write(folder) -> (exposures, outcomes, rollup)`` and make it visible atomically."""
         tmp = self.path / "tmp" / name
         tmp.mkdir()
         try:
-            n_exposures, n_outcomes = write(tmp)
+            n_exposures, n_outcomes, rollup = write(tmp)
             (tmp / "manifest.json").write_text(
-                json.dumps(_manifest(name, n_exposures, n_outcomes, unique, offsets, replaces))
+                json.dumps(_manifest(name, n_exposures, n_outcomes, unique, offsets, replaces, rollup))
             )
             for file in tmp.iterdir():
                 _fsync(file)
@@ -314,9 +366,19 @@ class DuckDBEventStore(WarehouseEventStore):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def apply(self, exposures: Exposures, outcomes: Outcomes, offsets: Mapping[TopicPartition, int]) -> None:
+    def apply(
+        self,
+        exposures: Exposures,
+        outcomes: Outcomes,
+        offsets: Mapping[TopicPartition, int],
+        *,
+        interleaved: Interleaved = (),
+        item_outcomes: ItemOutcomes = (),
+    ) -> None:
         exposure_columns = ExposureColumns.of(exposures)
         outcome_columns = OutcomeColumns.of(outcomes)
+        interleaved_columns = InterleavedColumns.of(interleaved)
+        item_outcome_columns = ItemOutcomeColumns.of(item_outcomes)
         with self._lock:
             self.db  # noqa: B018 - raises when closed
             self._become_writer()
@@ -327,18 +389,21 @@ class DuckDBEventStore(WarehouseEventStore):
                     raise OffsetBackwards(
                         f"{tp[0]}[{tp[1]}]: offset {offset} is behind the applied offset {applied[0]}"
                     )
-            if not (len(exposure_columns) or len(outcome_columns) or offsets):
+            events = (exposure_columns, outcome_columns, interleaved_columns, item_outcome_columns)
+            if not (any(len(columns) for columns in events) or offsets):
                 return
             name = self._new_name()
 
-            def write(folder: Path) -> tuple[int, int]:
+            def write(folder: Path) -> tuple[int, int, None]:
                 for kind, columns, schema in (
                     ("exposures", exposure_columns, EXPOSURE_SCHEMA),
                     ("outcomes", outcome_columns, OUTCOME_SCHEMA),
+                    ("interleaved", interleaved_columns, INTERLEAVED_SCHEMA),
+                    ("item_outcomes", item_outcome_columns, ITEM_OUTCOME_SCHEMA),
                 ):
                     if len(columns):
                         self._write_keyed(to_arrow(columns, schema), folder / f"{kind}.parquet")
-                return len(exposure_columns), len(outcome_columns)
+                return len(exposure_columns), len(outcome_columns), None
 
             self._commit(
                 name, write, {TopicPartition(*tp): (o, name) for tp, o in offsets.items()}, False, []
@@ -373,7 +438,8 @@ class DuckDBEventStore(WarehouseEventStore):
             self.db.unregister("batch")
 
     def compact(self, everything: bool = False) -> bool:
-        """Merge parts into one, deduplicating its outcomes; returns False when another process is compacting.
+        """Merge parts into one compacted part (outcomes deduplicated, rollups written); returns False when
+        another process is compacting.
 
         Without ``everything`` the largest part is kept unless the others together are at least as large, so
         each event is rewritten a logarithmic number of times as the store grows.
@@ -387,34 +453,79 @@ class DuckDBEventStore(WarehouseEventStore):
             except BlockingIOError:
                 return False
             with self._lock:
-                parts = sorted(self._visible(), key=lambda p: p.rows)
+                visible = self._visible()
+            parts = sorted(visible, key=lambda p: p.rows)
             if not everything and len(parts) > 1 and sum(p.rows for p in parts[:-1]) < parts[-1].rows:
                 parts = parts[:-1]
-            if len(parts) < 2 and not (parts and not parts[0].unique):
+            if len(parts) < 2 and not (parts and parts[0].rollup is None):
                 return True
-            self._merge(parts)  # parts are immutable: appends and reads go on meanwhile
+            merged = {p.name for p in parts}
+            # parts are immutable: appends and reads go on meanwhile
+            self._merge(parts, [p for p in visible if p.name not in merged])
             return True
         finally:
             lock.close()
 
-    def _merge(self, parts: list[_Part]) -> None:
+    def _merge(self, parts: list[_Part], others: list[_Part]) -> None:
+        """Write ``parts`` as one compacted part: their outcomes deduplicated and without the events of the other
+        compacted parts (``others`` that are unique), and the rollups of both kinds of events."""
         name = self._new_name()
+        db = self._merge_db
+        bucket_ms = self.rollup_bucket_ms
 
-        def write(folder: Path) -> tuple[int, int]:
-            counts = []
-            for kind in ("exposures", "outcomes"):
-                files = [p.file(kind) for p in parts if p.file(kind).is_file()]
-                if not files:
-                    counts.append(0)
-                    continue
-                relation: exp.Expression = exp.select("*").from_(_parquet(files))
-                if kind == "outcomes":
-                    empty = _empty_relation(EXPOSURE_SCHEMA)
-                    relation = sql.unique_outcomes(sql.Relations(empty, None, relation, USER_KEY, USER_CHECK))
-                target = folder / f"{kind}.parquet"
-                self._merge_db.execute(_copy_to(relation, target))
-                counts.append(pq.ParquetFile(target).metadata.num_rows)
-            return counts[0], counts[1]
+        def files(of: list[_Part], kind: str) -> list[Path]:
+            return [p.file(kind) for p in of if (p.exposures if kind == "exposures" else p.outcomes)]
+
+        def write(folder: Path) -> tuple[int, int, dict[str, Any]]:
+            exposures, outcomes = files(parts, "exposures"), files(parts, "outcomes")
+            known = files([p for p in others if p.unique], "outcomes")
+            if exposures:
+                db.execute(_copy_to(exp.select("*").from_(_parquet(exposures)), folder / "exposures.parquet"))
+            if outcomes:
+                fresh = sql.fresh_outcomes(
+                    sql.Relations(
+                        exposures=None,
+                        outcomes_unique=_parquet(known) if known else None,
+                        outcomes_raw=_parquet(outcomes),
+                        user_key=USER_KEY,
+                        user_check=USER_CHECK,
+                    )
+                )
+                db.execute(_copy_to(fresh, folder / "outcomes.parquet"))  # type: ignore[arg-type]
+            counts = [
+                pq.ParquetFile(folder / f"{kind}.parquet").metadata.num_rows if present else 0
+                for kind, present in (("exposures", exposures), ("outcomes", outcomes))
+            ]
+            first = (
+                _parquet([folder / "exposures.parquet"]) if counts[0] else _empty_relation(EXPOSURE_SCHEMA)
+            )
+            db.execute(_copy_to(sql.exposure_rollup(first), folder / "first_exposures.parquet"))
+            metrics: list[str] = []
+            if counts[1]:
+                frequent = (
+                    exp.select("metric").from_(_parquet([folder / "outcomes.parquet"]))
+                    .group_by("metric").order_by(exp.Count(this=exp.Star()).desc(), "metric")
+                    .limit(MAX_ROLLUP_METRICS)
+                )  # fmt: skip
+                metrics = [r[0] for r in db.execute(frequent.sql(dialect=sql.DIALECTS["duckdb"])).fetchall()]
+            # a user's outcomes split at the earliest exposure of that user anywhere in the store
+            all_exposures = [folder / "exposures.parquet"] * bool(counts[0]) + files(others, "exposures")
+            splits = (
+                exp.select(USER_KEY, "ts").from_(_parquet(all_exposures))
+                if all_exposures
+                else _empty_relation(EXPOSURE_SCHEMA)
+            )
+            relation = (
+                _parquet([folder / "outcomes.parquet"]) if counts[1] else _empty_relation(OUTCOME_SCHEMA)
+            )
+            rollup = sql.outcome_rollup(relation, splits, metrics, bucket_ms, USER_KEY, USER_CHECK)
+            db.execute(_copy_to(rollup, folder / "outcome_rollup.parquet"))
+            for kind in INTERLEAVING_KINDS:  # copies of one event are identical rows: DISTINCT drops them
+                interleaving = [p.file(kind) for p in parts if kind in p.interleaving]
+                if interleaving:
+                    distinct = exp.select("*").distinct().from_(_parquet(interleaving))
+                    db.execute(_copy_to(distinct, folder / f"{kind}.parquet"))
+            return counts[0], counts[1], {"metrics": metrics, "bucket_ms": bucket_ms}
 
         self._commit(name, write, _latest_offsets(parts), True, [p.name for p in parts])
         for part in parts:
@@ -438,21 +549,36 @@ class DuckDBEventStore(WarehouseEventStore):
         parts = self._visible()
         if not parts:
             return None
-        exposure_files = [p.file("exposures") for p in parts if p.exposures]
-        exposures = _parquet(exposure_files) if exposure_files else _empty_relation(EXPOSURE_SCHEMA)
-        with_outcomes = [p for p in parts if p.outcomes]
+        # the compiler wants the largest rolled part first
+        by_size = sorted(parts, key=lambda p: p.exposures, reverse=True)
+        rolled = [r for r in (p.rolled() for p in by_size) if r is not None]
+        rest = [p for p in parts if p.rollup is None]
+        exposure_files = [p.file("exposures") for p in rest if p.exposures]
+        with_outcomes = [p for p in rest if p.outcomes]
         base = max((p for p in with_outcomes if p.unique), key=lambda p: p.outcomes, default=None)
-        raw = [p.file("outcomes") for p in with_outcomes if p is not base]
-        if base is None and not raw:
-            empty = _empty_relation(OUTCOME_SCHEMA)
-            return sql.Relations(exposures, outcomes_raw=empty, user_key=USER_KEY, user_check=USER_CHECK)
+        raw_files = [p.file("outcomes") for p in with_outcomes if p is not base]
+        raw: exp.Expression | None = None
+        if raw_files:
+            raw = _parquet(raw_files)
+        elif base is None and not rolled:
+            raw = _empty_relation(OUTCOME_SCHEMA)  # no outcomes yet
         return sql.Relations(
-            exposures,
+            _parquet(exposure_files) if exposure_files else None,
             outcomes_unique=_parquet([base.file("outcomes")]) if base else None,
-            outcomes_raw=_parquet(raw) if raw else None,
+            outcomes_raw=raw,
             user_key=USER_KEY,
             user_check=USER_CHECK,
+            rollups=tuple(rolled),
         )
+
+    def interleaving_relations(self) -> isql.InterleavingRelations | None:
+        parts = self._visible()
+        interleaved = [p.file("interleaved") for p in parts if "interleaved" in p.interleaving]
+        if not interleaved:
+            return None
+        item_outcomes = [p.file("item_outcomes") for p in parts if "item_outcomes" in p.interleaving]
+        clicks = _parquet(item_outcomes) if item_outcomes else _empty_relation(ITEM_OUTCOME_SCHEMA)
+        return isql.InterleavingRelations(_parquet(interleaved), clicks)
 
     def _query(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         cursor = self.db.execute(query)

@@ -1,16 +1,18 @@
 """In-memory EventStore: the reference semantics, in plain Python; nothing survives the process (tests, notebooks).
 
 Its row path (``user_metric_values`` aggregated per cut in Python) is what the compiled SQL of the warehouse
-stores is checked against.
+stores is checked against; its interleaving credit is ``analytics.interleaving``'s reference code.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
-from analytics.store.base import EventStore, Exposures, Outcomes, TopicPartition
+from analytics.interleaving import Arm, ArmsSeen, Click, InterleavedExposure, preference_counts_at
+from analytics.stats.models.statistics import PreferenceCounts
+from analytics.store.base import EventStore, Exposures, Interleaved, ItemOutcomes, Outcomes, TopicPartition
 from analytics.store.exceptions import OffsetBackwards
 
 
@@ -25,12 +27,21 @@ class MemoryEventStore(EventStore):
         # user -> {(metric, ts, event_id): value}
         self._outcomes: dict[str, dict[tuple[str, int, str], float]] = defaultdict(dict)
         self._offsets: dict[TopicPartition, int] = {}
+        # experiment -> (user, request) -> the first interleaved exposure of that request
+        self._requests: dict[str, dict[tuple[str, str], InterleavedExposure]] = defaultdict(dict)
+        # experiment -> (arm A, arm B) -> {event id: time} of the exposures naming them
+        self._arms: dict[str, dict[tuple[Arm, Arm], dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+        # (user, request, item, metric) -> earliest time
+        self._item_outcomes: dict[tuple[str, str, int, str], int] = {}
 
     def apply(
         self,
         exposures: Exposures,
         outcomes: Outcomes,
         offsets: Mapping[TopicPartition, int],
+        *,
+        interleaved: Interleaved = (),
+        item_outcomes: ItemOutcomes = (),
     ) -> None:
         with self._lock:
             for tp, offset in offsets.items():
@@ -49,6 +60,15 @@ class MemoryEventStore(EventStore):
                 state[3] = max(state[3], ts)
             for event_id, user, metric, ts, value in outcomes:
                 self._outcomes[user].setdefault((metric, ts, event_id), value)
+            for event_id, experiment, user, request, ts, items, teams, *arms in interleaved:
+                kept = self._requests[experiment].get((user, request))
+                if kept is None or (ts, event_id) < (kept.event_time_ms, kept.event_id):
+                    shown = InterleavedExposure(user, request, tuple(items), tuple(teams), ts, event_id)
+                    self._requests[experiment][(user, request)] = shown
+                self._arms[experiment][(Arm(*arms[:3]), Arm(*arms[3:]))][event_id] = ts
+            for _, user, request, item, metric, ts in item_outcomes:
+                key = (user, request, item, metric)
+                self._item_outcomes[key] = min(ts, self._item_outcomes.get(key, ts))
             for tp, offset in offsets.items():
                 self._offsets[TopicPartition(*tp)] = offset
 
@@ -104,6 +124,26 @@ class MemoryEventStore(EventStore):
         if not states:
             return (0, 0)
         return (min(s[0] for s in states), max(s[3] for s in states))
+
+    def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]:
+        with self._lock:
+            seen = [
+                ArmsSeen(a, b, len(times), min(times.values()), max(times.values()))
+                for (a, b), times in self._arms.get(experiment_key, {}).items()
+            ]
+        return sorted(seen, key=lambda s: (-s.exposures, s.first_ms))
+
+    def preference_counts(
+        self, experiment_key: str, cuts: Sequence[int | None], click_metric: str = "click"
+    ) -> list[PreferenceCounts]:
+        with self._lock:
+            requests = list(self._requests.get(experiment_key, {}).values())
+            clicks = [
+                Click(user, request, item, ts)
+                for (user, request, item, metric), ts in self._item_outcomes.items()
+                if metric == click_metric
+            ]
+        return preference_counts_at(requests, clicks, cuts)
 
     def metrics(self) -> list[str]:
         with self._lock:

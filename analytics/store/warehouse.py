@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from analytics import interleaving_sql as isql
 from analytics import sql_compiler as sql
 from analytics.store.base import EventStore, _Columns
 
 if TYPE_CHECKING:
+    from analytics.interleaving import ArmsSeen
     from analytics.metrics import MetricDefinition
-    from analytics.stats.models.statistics import TestStatistic
+    from analytics.stats.models.statistics import PreferenceCounts, TestStatistic
 
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,16 @@ EXPOSURE_SCHEMA = pa.schema(
 OUTCOME_SCHEMA = pa.schema(
     [("event_id", pa.string()), ("user_id", pa.string()), ("metric", pa.string()), ("ts", pa.int64()),
      ("value", pa.float64())]
+)  # fmt: skip
+INTERLEAVED_SCHEMA = pa.schema(
+    [("event_id", pa.string()), ("experiment", pa.string()), ("user_id", pa.string()),
+     ("request_id", pa.string()), ("ts", pa.int64()), ("item_ids", pa.list_(pa.int64())),
+     ("teams", pa.list_(pa.uint8()))]
+    + [(name, pa.string()) for name in isql.ARM_COLUMNS]
+)  # fmt: skip
+ITEM_OUTCOME_SCHEMA = pa.schema(
+    [("event_id", pa.string()), ("user_id", pa.string()), ("request_id", pa.string()),
+     ("item_id", pa.int64()), ("metric", pa.string()), ("ts", pa.int64())]
 )  # fmt: skip
 
 
@@ -52,6 +64,10 @@ class WarehouseEventStore(EventStore):
     def _query(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run ``query``; returns the column names and the rows."""
 
+    @abc.abstractmethod
+    def interleaving_relations(self) -> isql.InterleavingRelations | None:
+        """Where the interleaved exposures and item outcomes are now (None: no interleaved exposure yet)."""
+
     def _run(self, build: Callable[[sql.Relations], str]) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run the query ``build`` makes for the current relations (no columns and rows without events)."""
         relations = self.relations()
@@ -65,8 +81,17 @@ class WarehouseEventStore(EventStore):
     def experiments(self) -> list[str]:
         return [r[0] for r in self._rows(sql.experiments_query)]
 
+    def _per_first_exposure(self, build: Callable[..., str], *args: Any) -> list[tuple[Any, ...]]:
+        """Rows of a count of first exposures (the last two columns: users, key clashes), by user key or, when a
+        key stands for two user ids, by user id."""
+        rows = self._run(lambda relations: build(relations, *args, self.dialect))[1]
+        if any(row[-1] for row in rows):
+            log.warning("a user key stands for two user ids; counting by user id")
+            rows = self._run(lambda relations: build(relations.by_user_id(), *args, self.dialect))[1]
+        return [row[:-1] for row in rows]
+
     def variant_counts(self, experiment_key: str) -> dict[str, int]:
-        return {v: int(n) for v, n in self._rows(sql.variant_counts_query, experiment_key)}
+        return {v: int(n) for v, n in self._per_first_exposure(sql.variant_counts_query, experiment_key)}
 
     def user_metric_values(
         self, experiment_key: str, metric: str, until_ms: int | None = None
@@ -116,7 +141,7 @@ class WarehouseEventStore(EventStore):
     def exposure_timeline(self, experiment_key: str, bucket_ms: int) -> list[tuple[int, str, int]]:
         if bucket_ms <= 0:
             raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
-        rows = self._rows(sql.exposure_timeline_query, experiment_key, bucket_ms)
+        rows = self._per_first_exposure(sql.exposure_timeline_query, experiment_key, bucket_ms)
         return [(int(b), v, int(n)) for b, v, n in rows]
 
     def time_range(self, experiment_key: str) -> tuple[int, int]:
@@ -124,6 +149,34 @@ class WarehouseEventStore(EventStore):
         if not rows or rows[0][0] is None:
             return (0, 0)
         return (int(rows[0][0]), int(rows[0][1]))
+
+    def _interleaving_run(
+        self, build: Callable[[isql.InterleavingRelations], str]
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run the query ``build`` makes for the interleaving relations (no columns and rows without any)."""
+        if self.interleaving_relations() is None:
+            return [], []
+        # Built again inside ``_run`` (which may retry on fresh relations); once present they never go away.
+        return self._run(lambda _: build(self.interleaving_relations()))  # type: ignore[arg-type]
+
+    def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]:
+        _, rows = self._interleaving_run(lambda r: isql.arms_query(r, experiment_key, self.dialect))
+        return isql.decode_arms(rows)
+
+    def preference_counts(
+        self, experiment_key: str, cuts: Sequence[int | None], click_metric: str = "click"
+    ) -> list[PreferenceCounts]:
+        compiled: list[isql.CompiledPreferences] = []
+
+        def build(relations: isql.InterleavingRelations) -> str:
+            query = isql.compile_preferences(relations, experiment_key, cuts, click_metric, self.dialect)
+            compiled[:] = [query]
+            return compiled[0].sql
+
+        columns, rows = self._interleaving_run(build)
+        if not compiled:
+            return isql.CompiledPreferences("", tuple(cuts)).decode([], [])
+        return compiled[0].decode(columns, rows)
 
     def metrics(self) -> list[str]:
         return [r[0] for r in self._rows(sql.metrics_query)]

@@ -11,17 +11,23 @@ CREATE TABLE IF NOT EXISTS kafka_events
         exposure Tuple(
             event_id String,
             schema_version Int32,
+            request_id String,
             user_id String,
             experiment_key String,
             variant_key String,
-            event_time_ms Int64),
+            event_time_ms Int64,
+            item_ids Array(Int64),
+            teams Array(UInt32),
+            arms Array(Tuple(key String, model Tuple(name String, version String)))),
         outcome Tuple(
             event_id String,
             schema_version Int32,
+            request_id String,
             user_id String,
             metric String,
             event_time_ms Int64,
-            value Float64)))
+            value Float64,
+            item_id Int64)))
 )
 ENGINE = Kafka
 SETTINGS
@@ -34,7 +40,9 @@ SETTINGS
     kafka_handle_error_mode = 'stream';
 
 -- Events of a schema version this code does not know, or without a user or event id, are skipped (as the Python
--- consumer skips them); undecodable records are left out ('stream' error mode: their _error is set).
+-- consumer skips them); undecodable records are left out ('stream' error mode: their _error is set). An interleaving
+-- exposure (schema version 2) is kept when its lists fit (as producers check them: a request id, two arms, a team
+-- 0/1 per item, no item twice): as an exposure of variant "interleaved", and with its lists in interleaved.
 CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_exposures_mv TO exposures AS
 SELECT
     e.exposure.event_id AS event_id,
@@ -44,8 +52,35 @@ SELECT
     e.exposure.event_time_ms AS ts
 FROM kafka_events
 ARRAY JOIN events AS e
-WHERE _error = '' AND e.exposure.schema_version = 1 AND e.exposure.event_id != '' AND e.exposure.user_id != '';
+WHERE _error = '' AND e.exposure.event_id != '' AND e.exposure.user_id != ''
+    AND (e.exposure.schema_version = 1
+        OR (e.exposure.schema_version = 2 AND e.exposure.request_id != '' AND length(e.exposure.arms) = 2
+            AND length(e.exposure.teams) = length(e.exposure.item_ids) AND arrayAll(t -> t <= 1, e.exposure.teams)
+            AND length(arrayDistinct(e.exposure.item_ids)) = length(e.exposure.item_ids)));
 
+CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_interleaved_mv TO interleaved AS
+SELECT
+    e.exposure.event_id AS event_id,
+    e.exposure.experiment_key AS experiment,
+    e.exposure.user_id AS user_id,
+    e.exposure.request_id AS request_id,
+    e.exposure.event_time_ms AS ts,
+    e.exposure.item_ids AS item_ids,
+    arrayMap(t -> toUInt8(t), e.exposure.teams) AS teams,
+    e.exposure.arms[1].key AS arm_a_key,
+    e.exposure.arms[1].model.name AS arm_a_model,
+    e.exposure.arms[1].model.version AS arm_a_version,
+    e.exposure.arms[2].key AS arm_b_key,
+    e.exposure.arms[2].model.name AS arm_b_model,
+    e.exposure.arms[2].model.version AS arm_b_version
+FROM kafka_events
+ARRAY JOIN events AS e
+WHERE _error = '' AND e.exposure.event_id != '' AND e.exposure.user_id != ''
+    AND e.exposure.schema_version = 2 AND e.exposure.request_id != '' AND length(e.exposure.arms) = 2
+    AND length(e.exposure.teams) = length(e.exposure.item_ids) AND arrayAll(t -> t <= 1, e.exposure.teams)
+    AND length(arrayDistinct(e.exposure.item_ids)) = length(e.exposure.item_ids);
+
+-- Outcomes with a non-finite value are skipped, as the Python consumer skips them.
 CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_outcomes_mv TO outcomes AS
 SELECT
     e.outcome.event_id AS event_id,
@@ -55,4 +90,19 @@ SELECT
     e.outcome.value AS value
 FROM kafka_events
 ARRAY JOIN events AS e
-WHERE _error = '' AND e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != '';
+WHERE _error = '' AND e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != ''
+    AND isFinite(e.outcome.value);
+
+-- Outcomes that name a request, again with the request and item (interleaving credits clicks by them).
+CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_item_outcomes_mv TO item_outcomes AS
+SELECT
+    e.outcome.event_id AS event_id,
+    e.outcome.user_id AS user_id,
+    e.outcome.request_id AS request_id,
+    e.outcome.item_id AS item_id,
+    e.outcome.metric AS metric,
+    e.outcome.event_time_ms AS ts
+FROM kafka_events
+ARRAY JOIN events AS e
+WHERE _error = '' AND e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != ''
+    AND isFinite(e.outcome.value) AND e.outcome.request_id != '';

@@ -1,15 +1,17 @@
-"""End-to-end demo: two A/B experiments (retrieval and ranking) on a simulated product, through the real stack.
+"""End-to-end demo: A/B experiments (retrieval and ranking) and, with --interleaving, an interleaving test of two
+rankers, on a simulated product, through the real stack.
 
     python -m deploy.demo            # two experiments: retrieval-only GAT vs SSMTL, MMoE vs MMoE + DML
     python -m deploy.demo --aa       # A/A: both arms of each experiment serve the same model
+    python -m deploy.demo --interleaving   # MMoE vs MMoE + DML interleaved, next to their A/B test
     python -m deploy.demo --data ../shared/data   # ground truth from held-out ego-Facebook friendships
 
 Steps: train and export four small models on a world with a known ground truth (synthetic, or real friendships
 of which a held-out fifth decides the clicks, see ``deploy.demo.ego_facebook``); start the embedded
 Kafka broker, the retrieval server, the ranker server and the analytics consumer as real processes; simulate
-users who ask for a feed and click by ground truth; wait until every event is persisted; print the A/B
-report per experiment, write it as JSON, and show the dashboard's address. Every process it started is
-stopped when it ends, also on Ctrl-C.
+users who ask for a feed and click by ground truth; wait until every event is persisted; print the report of
+each experiment (A/B, or interleaving: which ranker users prefer), write it as JSON, and show the dashboard's
+address. Every process it started is stopped when it ends, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -60,8 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--aa", action="store_true", help="run the A/A config: nothing should be significant")
-    parser.add_argument("--experiments", type=Path, help="experiment config (default: deploy/demo/ab.yaml or aa.yaml)")
+    config = parser.add_mutually_exclusive_group()
+    config.add_argument("--aa", action="store_true", help="run the A/A config: nothing should be significant")
+    config.add_argument("--interleaving", action="store_true",
+                        help="run deploy/demo/interleaving.yaml: half of the ranking layer sees MMoE and MMoE + DML "
+                             "interleaved (team draft), the other half their A/B test; both reports are printed")
+    config.add_argument("--experiments", type=Path,
+                        help="experiment config (default: deploy/demo/ab.yaml, aa.yaml or interleaving.yaml)")
     parser.add_argument("--metrics", type=Path, default=HERE / "metrics.yaml", help="analysis config")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".data" / "demo", help="models, logs, store, report")
     parser.add_argument("--data", type=Path,
@@ -96,7 +103,8 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> dict:
     """The whole demo; returns the summary it also writes to ``<workdir>/summary.json``."""
     started = time.perf_counter()
-    experiments = args.experiments or HERE / ("aa.yaml" if args.aa else "ab.yaml")
+    default = "aa.yaml" if args.aa else "interleaving.yaml" if args.interleaving else "ab.yaml"
+    experiments = args.experiments or HERE / default
     router = Router.from_file(experiments)  # fail fast on bad configs, before any training
     analysis = load_analysis_config(args.metrics)
     workdir: Path = args.workdir.resolve()
@@ -167,7 +175,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"  persisted {persisted['outcomes']} of {expected_outcomes} outcomes, "
               f"{persisted['exposed_users']} (user, experiment) exposures")
 
-        _step(5, "A/B report")
+        _step(5, "reports (A/B tests, and interleaving: which ranker users prefer when they see both)")
         report_dir = workdir / "report"
         report_dir.mkdir()
         reports = {}

@@ -109,7 +109,7 @@ ARMS = (("control", "m", "1"), ("treatment", "m", "2"))
 
 
 def test_make_exposure_builds_a_version_2_interleaving_exposure() -> None:
-    exposure = make_exposure("u", "il", "interleaved", item_ids=[7, 8, 9], teams=[1, 0, 0], arms=ARMS)
+    exposure = make_exposure("u", "il", "interleaved", item_ids=[7, 8, 9], teams=[1, 0, 0], arms=ARMS, request_id="r")
     assert exposure.schema_version == INTERLEAVING_SCHEMA_VERSION == events_pb2.SCHEMA_VERSION_2
     assert list(exposure.teams) == [1, 0, 0] and [a.model.version for a in exposure.arms] == ["1", "2"]
     assert not exposure.HasField("model")
@@ -124,15 +124,17 @@ def test_make_exposure_builds_a_version_2_interleaving_exposure() -> None:
         ({"item_ids": [7], "teams": [2], "arms": ARMS}, "0 or 1"),
         ({"item_ids": [7], "teams": [0], "arms": ARMS[:1]}, "2 arms"),
         ({"item_ids": [7], "teams": [0]}, "schema_version 2"),
+        ({"item_ids": [7, 8, 7], "teams": [0, 1, 1], "arms": ARMS}, "item_ids must not repeat"),
+        ({"item_ids": [7], "teams": [0], "arms": ARMS, "request_id": ""}, "request_id must not be empty"),
     ],
 )
 def test_exposures_whose_teams_do_not_fit_are_invalid(fields: dict, message: str) -> None:
     with pytest.raises(InvalidEvent, match=message):
-        make_exposure("u", "il", "interleaved", **fields)
+        make_exposure("u", "il", "interleaved", **{"request_id": "r", **fields})
 
 
 def test_producers_send_version_2_exposures_but_not_version_2_outcomes() -> None:
-    exposure = make_exposure("u", "il", "interleaved", item_ids=[7], teams=[0], arms=ARMS)
+    exposure = make_exposure("u", "il", "interleaved", item_ids=[7], teams=[0], arms=ARMS, request_id="r")
     exposure.schema_version = events_pb2.SCHEMA_VERSION_UNSPECIFIED
     complete(exposure)  # fills in the version an exposure with arms has
     assert exposure.schema_version == events_pb2.SCHEMA_VERSION_2
@@ -140,5 +142,4 @@ def test_producers_send_version_2_exposures_but_not_version_2_outcomes() -> None
     outcome.schema_version = events_pb2.SCHEMA_VERSION_2
     with pytest.raises(InvalidEvent, match="unknown"):
         complete(outcome)
-    # The consumer reads version 1 only until it credits teams (phase 2 of the interleaving work).
-    assert INTERLEAVING_SCHEMA_VERSION in SENDABLE_SCHEMA_VERSIONS - KNOWN_SCHEMA_VERSIONS
+    assert INTERLEAVING_SCHEMA_VERSION in SENDABLE_SCHEMA_VERSIONS == KNOWN_SCHEMA_VERSIONS

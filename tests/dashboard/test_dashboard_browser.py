@@ -1,10 +1,11 @@
 """The dashboard in a real headless chromium against the real analytics server: the numbers a person reads
 equal the JSON report the server returns.
 
-Three stores: the end-to-end demo's own (a shrunk run of the README's main command), and two filled with
-generated exposures and outcomes through the store's own `apply` (the path the Kafka consumer takes) with the
-analysis config deploy/ ships. Saves test-artifacts/dashboard.png of the demo's experiments (and one
-dashboard-<experiment>.png per experiment).
+Five stores: the end-to-end demo's own (a shrunk run of the README's main command) and the interleaving demo's
+(`--interleaving`, shrunk), and three filled with generated exposures and outcomes through the store's own `apply`
+(the path the Kafka consumer takes) with the analysis config deploy/ ships, one of them with interleaving
+experiments. Saves test-artifacts/dashboard.png of the demo's experiments (and one dashboard-<experiment>.png per
+experiment of both demos).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import pytest
 from analytics.metrics import load_analysis_config
 from analytics.server import AnalyticsServer
 from analytics.store import DuckDBEventStore, EventStore, ExposureRow, OutcomeRow
+from analytics.store.base import InterleavedRow
+from tests.analytics.simulated_interleaving import ARMS, simulate_interleaving
 
 ROOT = Path(__file__).resolve().parents[2]
 ANALYSIS_CONFIG = ROOT / "deploy" / "config" / "analysis.yaml"
@@ -166,7 +169,32 @@ def srm_absolute(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(server.url, store)
 
 
-@pytest.fixture(params=["real_demo", "demo", "srm_absolute"])
+@pytest.fixture(scope="module")
+def real_interleaving_demo(interleaving_demo_run: dict) -> Iterator[Served]:
+    """The store the interleaving demo filled through Kafka (an interleaving and an A/B experiment side by side)."""
+    store = DuckDBEventStore(str(interleaving_demo_run["workdir"] / "events"))
+    config = load_analysis_config(interleaving_demo_run["metrics"])
+    with store, AnalyticsServer(store, config, port=0) as server:
+        yield Served(server.url, store)
+
+
+@pytest.fixture(scope="module")
+def interleaving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Interleaving experiments next to an A/B test, sequential tests: one where users clearly prefer B, one
+    without a click yet whose arm B changed model while it ran (error codes and the warning)."""
+    store = DuckDBEventStore(str(tmp_path_factory.mktemp("store") / "events"))
+    simulate_interleaving(store, "ranking-interleave", users=900, seed=5, click_prob=(0.04, 0.07))
+    changed = (ARMS[1][0], ARMS[1][1], "2")
+    rows = [InterleavedRow(f"q{i}", "interleave-quiet", f"q-{i}", f"q-{i}-r", START_MS + i * DAY_MS, [1, 2], [0, 1],
+                           *ARMS[0], *(changed if i > 1 else ARMS[1])) for i in range(4)]  # fmt: skip
+    store.apply([ExposureRow(r.event_id, r.experiment_key, "interleaved", r.user_id, r.event_time_ms) for r in rows],
+                [], {}, interleaved=rows)  # fmt: skip
+    generate_events(store, "ranking-mmoe-dml", users=600, seed=6, click_prob=(0.10, 0.14))
+    with store, AnalyticsServer(store, load_analysis_config(ANALYSIS_CONFIG), port=0) as server:
+        yield Served(server.url, store)
+
+
+@pytest.fixture(params=["real_demo", "real_interleaving_demo", "demo", "srm_absolute", "interleaving"])
 def dashboard_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(request.param).url
 
@@ -256,6 +284,21 @@ return {
   liftMetric: document.getElementById('lift-metric').value,
   liftLines: lines('#lift-chart polyline'),
   trafficLines: lines('#traffic-chart polyline'),
+  metricsHidden: document.getElementById('metrics').hidden,
+  interleaving: document.getElementById('interleaving').hidden ? null : {
+    counts: fields(document.getElementById('preference-counts')),
+    arms: Object.fromEntries([...document.querySelectorAll('#arms [data-arm]')].map((a) => [a.dataset.arm, fields(a)])),
+    sequential: document.querySelector('#arms [data-field="il_sequential"]').textContent,
+    preferred: document.querySelector('#arms [data-field="preferred"]')?.textContent ?? null,
+    armsBanner: !document.getElementById('arms-banner').hidden,
+    bar: Object.fromEntries([...document.querySelectorAll('svg.diverging-bar rect')].map(
+      (r) => [r.getAttribute('class'), Number(r.dataset.users)])),
+    tests: Object.fromEntries([...document.querySelectorAll('#preference-tests tr[data-test]')].map((tr) => [
+      tr.dataset.test,
+      { ...fields(tr),
+        significantAttr: tr.querySelector('[data-field="significant"]')?.dataset.significant ?? null,
+        ciBar: Boolean(tr.querySelector('svg.ci-bar rect.interval')) }])),
+  },
 };
 """
 
@@ -267,14 +310,50 @@ def _check_list(shown: dict, listing: list[dict]) -> None:
         _assert_shows(row["total_users"], exp["total_users"], f"{key} total users")
         for variant in exp["variants"]:
             _assert_shows(row["users"][variant["key"]], variant["users"], f"{key} users[{variant['key']}]")
+        if exp["kind"] == "interleaving":
+            assert row["kind"] == "interleaving" and exp["srm"]["p_value"] is None and "srm" not in row, key
+            continue
         assert row["srm"].startswith("⚠ SRM") is bool(exp["srm"]["flagged"]), row["srm"]
         _assert_shows(row["srm"].split(" p")[1].lstrip("="), exp["srm"]["p_value"], f"{key} SRM p-value")
+
+
+def _check_interleaving(shown: dict, report: dict) -> None:
+    """Every number of the interleaving panel, its arms, flags and verdicts, and its charts."""
+    key, il, page = report["experiment_key"], report["interleaving"], shown["interleaving"]
+    assert page is not None and shown["metricsHidden"], f"{key}: the interleaving panel is not shown"
+    for field, value in (("il_users", il["users"]), ("users_with_clicks", il["users_with_clicks"]),
+                         ("wins_a", il["wins_a"]), ("ties", il["ties"]), ("wins_b", il["wins_b"])):  # fmt: skip
+        _assert_shows(page["counts"][field], value, f"{key} {field}")
+    assert page["bar"] == {"wins-a": il["wins_a"], "ties": il["ties"], "wins-b": il["wins_b"]}, key
+    for label, arm in (("A", il["arm_a"]), ("B", il["arm_b"])):
+        assert page["arms"][label] == {
+            "arm_key": arm["key"], "arm_model": f"{arm['model_name']} v{arm['model_version']}"
+        }, f"{key} arm {label}"  # fmt: skip
+    assert page["sequential"] == ("sequential (always-valid)" if il["sequential"] else "fixed horizon")
+    assert page["preferred"] == (f"preferred: {il['preferred']}" if il["preferred"] else None), key
+    assert page["armsBanner"] is (len(il["arm_sets"]) > 1), key
+    for name in ("preference", "credit"):
+        test, row, where = il[name], page["tests"][name], f"{key}/{name}"
+        if test["error"]:
+            assert row["error"] == test["error"] and "estimate" not in row, where
+            continue
+        for field, value in (("estimate", test["estimate"]), ("ci_low", test["ci"][0]), ("ci_high", test["ci"][1]),
+                             ("p_value", test["p_value"])):  # fmt: skip
+            _assert_shows(row[field], value, f"{where} {field}")
+        assert row["significantAttr"] == str(test["significant"]).lower() and row["ciBar"], where
+    points = [p for p in il["timeline"] if p["estimate"] is not None]
+    assert [line["points"] for line in shown["liftLines"]] == ([len(points)] if points else []), key
+    assert [line["series"] for line in shown["trafficLines"]] == ["interleaved"], key
 
 
 def _check_report(shown: dict, report: dict) -> None:
     key, difference_type = report["experiment_key"], report["difference_type"]
     assert shown["report"] == key
     assert shown["srmBanner"] is bool(report["srm"]["flagged"])
+    if report["kind"] == "interleaving":
+        _check_interleaving(shown, report)
+        return
+    assert not shown["metricsHidden"] and shown["interleaving"] is None, key
     compared = 0
     for metric in report["metrics"]:
         for value in metric["variants"]:
@@ -337,11 +416,20 @@ def test_dashboard_shows_the_report_numbers(chromium, dashboard_url: str) -> Non
 
 
 @pytest.mark.integration
-def test_dashboard_screenshot(chromium, real_demo: Served) -> None:
-    """dashboard.png shows the demo's first experiment; dashboard-<key>.png each one."""
-    demo = real_demo
+@pytest.mark.parametrize(
+    ("fixture", "experiments"),
+    [
+        ("real_demo", {"retrieval-ssmtl", "ranking-mmoe-dml"}),
+        ("real_interleaving_demo", {"retrieval-ssmtl", "ranking-interleave-dml", "ranking-mmoe-dml"}),
+    ],
+)
+def test_dashboard_screenshot(
+    chromium, request: pytest.FixtureRequest, fixture: str, experiments: set
+) -> None:
+    """dashboard.png shows the demo's first experiment; dashboard-<key>.png each one of both demos."""
+    demo = request.getfixturevalue(fixture)
     listing = _experiments(_get_json(f"{demo.url}/api/experiments"))
-    assert {e["experiment_key"] for e in listing} == {"retrieval-ssmtl", "ranking-mmoe-dml"}
+    assert {e["experiment_key"] for e in listing} == experiments
     ARTIFACTS.mkdir(exist_ok=True)
     for i, exp in enumerate(listing):
         key = exp["experiment_key"]
@@ -364,7 +452,7 @@ def test_dashboard_screenshot(chromium, real_demo: Served) -> None:
         png = base64.b64decode(shot["data"])
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
         for target in [ARTIFACTS / f"dashboard-{key}.png"] + (
-            [ARTIFACTS / "dashboard.png"] if i == 0 else []
+            [ARTIFACTS / "dashboard.png"] if i == 0 and fixture == "real_demo" else []
         ):
             target.write_bytes(png)
 

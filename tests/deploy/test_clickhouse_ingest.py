@@ -20,8 +20,9 @@ from analytics.events.messages import (
     make_outcome,
 )
 from analytics.store import ExposureColumns, OutcomeColumns, open_store
+from analytics.store.base import InterleavedColumns, ItemOutcomeColumns
 from deploy import clickhouse_configmap
-from tests.deploy.test_deploy_files import COMPOSE_FILE, K8S, _load_all
+from tests.deploy.test_deploy_files import COMPOSE_FILE, K8S_BASE, _load_all
 
 ROOT = Path(__file__).resolve().parents[2]
 INGEST = ROOT / "deploy" / "clickhouse" / "ingest.sql"
@@ -37,11 +38,22 @@ def _kafka_structure() -> str:
     return create[create.index("(") + 1 : create.index("ENGINE = Kafka")].strip().removesuffix(")").strip()
 
 
+ARMS = (("control", "mmoe", "1"), ("treatment", "mmoe+dml", "2"))
+
+
 def _records() -> list[bytes]:
     future = make_exposure("u9", "exp", "a", event_time_ms=9)
     future.schema_version = 99  # a newer producer: skipped by both
     anonymous = make_outcome("u8", "click", 1.0, event_time_ms=8)
     anonymous.user_id = ""  # no user: skipped by both
+    interleaved = make_exposure("u3", "il", "interleaved", request_id="r3", item_ids=[5, 0, 9], teams=[1, 0, 1],
+                                arms=ARMS, event_time_ms=12)
+    repeated = make_exposure("u3", "il", "interleaved", request_id="r4", item_ids=[5, 6], teams=[1, 0], arms=ARMS)
+    repeated.item_ids[1] = 5  # an item twice: skipped by both
+    bad_team = make_exposure("u3", "il", "interleaved", request_id="r5", item_ids=[5], teams=[1], arms=ARMS)
+    bad_team.teams[0] = 3
+    infinite = make_outcome("u3", "watch", 1.0, request_id="r3", event_time_ms=13)
+    infinite.value = float("inf")  # skipped by both
     return [
         frame_batch([encode_exposure(make_exposure("u1", "exp", "a", event_time_ms=5)),
                      encode_outcome(make_outcome("u1", "click", 2.5, event_time_ms=7)),
@@ -49,6 +61,10 @@ def _records() -> list[bytes]:
         frame_batch([encode_outcome(make_outcome("u2", "watch", 12.25, event_time_ms=11)),
                      encode_outcome(anonymous),
                      encode_exposure(make_exposure("u2", "exp", "b", event_time_ms=10))]),
+        frame_batch([encode_exposure(interleaved), encode_exposure(repeated), encode_exposure(bad_team),
+                     encode_outcome(make_outcome("u3", "click", request_id="r3", item_id=9, event_time_ms=14)),
+                     encode_outcome(make_outcome("u3", "click", request_id="r3", item_id=0, event_time_ms=15)),
+                     encode_outcome(infinite)]),
     ]  # fmt: skip
 
 
@@ -59,10 +75,11 @@ def test_the_materialised_views_decode_event_batches_like_the_python_consumer(tm
         schemas.mkdir(parents=True, exist_ok=True)
         for name in ("events.proto", "common.proto"):
             shutil.copy(ROOT / "proto" / name, schemas / name)
-        exposures, outcomes = ExposureColumns(), OutcomeColumns()
-        found: dict[str, list[tuple]] = {"exposures": [], "outcomes": []}
+        columns = {"exposures": ExposureColumns(), "outcomes": OutcomeColumns(), "interleaved": InterleavedColumns(),
+                   "item_outcomes": ItemOutcomeColumns()}  # fmt: skip
+        found: dict[str, list[tuple]] = {table: [] for table in columns}
         for i, record in enumerate(_records()):
-            decode_into(record, exposures, outcomes)
+            decode_into(record, *columns.values())
             path = tmp_path / f"record{i}.bin"
             path.write_bytes(record)
             source = f"file('{path}', 'ProtobufSingle', '{_kafka_structure()}')"
@@ -73,8 +90,8 @@ def test_the_materialised_views_decode_event_batches_like_the_python_consumer(tm
                     select = select.replace("_error = '' AND ", "")  # a virtual column of the Kafka engine only
                     _, rows = store.client.query(f"{select} SETTINGS format_schema = 'proto/events.proto:EventBatch'")
                     found[match.group(1)] += rows
-        assert sorted(found["exposures"]) == sorted(exposures) and len(found["exposures"]) == 2
-        assert sorted(found["outcomes"]) == sorted(outcomes) and len(found["outcomes"]) == 2
+        for table, expected in {"exposures": 3, "outcomes": 4, "interleaved": 1, "item_outcomes": 2}.items():
+            assert sorted(found[table]) == sorted(columns[table]) and len(found[table]) == expected, table
     finally:
         store.close()
 
@@ -87,7 +104,9 @@ def test_the_kafka_table_reads_both_topics_as_event_batches() -> None:
     assert settings["kafka_schema"] == "proto/events.proto:EventBatch"
     assert settings["kafka_handle_error_mode"] == "stream"
     views = [s for s in _statements() if s.startswith("CREATE MATERIALIZED VIEW")]
-    assert {re.search(r" TO (\w+) AS", v).group(1) for v in views} == {"exposures", "outcomes"}
+    assert {re.search(r" TO (\w+) AS", v).group(1) for v in views} == {
+        "exposures", "outcomes", "interleaved", "item_outcomes"
+    }
 
 
 def test_compose_clickhouse_is_wired_to_kafka_the_schema_and_the_protos() -> None:
@@ -111,12 +130,12 @@ def test_compose_clickhouse_is_wired_to_kafka_the_schema_and_the_protos() -> Non
 
 
 def test_k8s_clickhouse_config_map_carries_the_same_files() -> None:
-    (config_map,) = _load_all(K8S / "configmap-clickhouse.yaml")
+    (config_map,) = _load_all(K8S_BASE / "configmap-clickhouse.yaml")
     assert config_map["data"] == {key: path.read_text() for key, path in clickhouse_configmap.SOURCES.items()}, (
         "stale copy: run python -m deploy.clickhouse_configmap"
     )
     assert clickhouse_configmap.TARGET.read_text() == clickhouse_configmap.render()
-    docs = _load_all(K8S / "clickhouse.yaml")
+    docs = _load_all(K8S_BASE / "clickhouse.yaml")
     (server,) = [d for d in docs if d["kind"] == "StatefulSet"]
     container = server["spec"]["template"]["spec"]["containers"][0]
     assert {"configMapRef": {"name": "mtrank-runtime"}} in container["envFrom"]  # KAFKA_BOOTSTRAP

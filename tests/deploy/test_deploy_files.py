@@ -13,6 +13,7 @@ import importlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -28,6 +29,7 @@ DEPLOY = ROOT / "deploy"
 DOCKERFILES = sorted(p for p in (DEPLOY / "docker").glob("Dockerfile.*") if p.suffix != ".dockerignore")
 COMPOSE_FILE = DEPLOY / "compose.yaml"
 K8S = DEPLOY / "k8s"
+K8S_BASE = K8S / "base"  # overlays live beside it: kustomize refuses a base that contains its overlays
 
 # ---------------------------------------------------------------- loading
 
@@ -43,12 +45,12 @@ def compose() -> dict:
 
 @pytest.fixture(scope="module")
 def k8s() -> list[dict]:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    kustomization = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
     docs = []
     for resource in kustomization["resources"]:
-        docs += _load_all(K8S / resource)
+        docs += _load_all(K8S_BASE / resource)
     assert "secrets.yaml" not in kustomization["resources"], "re-applying would overwrite the real Secrets"
-    return docs + _load_all(K8S / "secrets.yaml")
+    return docs + _load_all(K8S_BASE / "secrets.yaml")
 
 
 def _of_kind(docs: list[dict], kind: str) -> dict[str, dict]:
@@ -130,6 +132,9 @@ def test_dockerfile_stages_and_copies(path: Path) -> None:
     assert "COPY models/" not in text[: text.index("AS training")], (
         f"{path.name}: serving ships the model zoo"
     )
+    assert "COPY grpc_serving/" in text[: text.index("AS training")], (
+        f"{path.name}: the TLS overlay's exec probes run python -m grpc_serving.probe in the serving image"
+    )
     pinned_torch = next(d for d in _project_dependencies() if d.startswith("torch"))
     assert f'"{pinned_torch}"' in text, (
         f"{path.name}: training stage must install the project's {pinned_torch}"
@@ -199,6 +204,7 @@ def test_serving_image_runs_the_entry_points() -> None:
         "analytics.__main__",
         "analytics.server",
         "analytics.events.outcome_server",
+        "grpc_serving.probe",
     ]
     script = f"""
 import importlib, sys
@@ -567,8 +573,8 @@ def test_k8s_images_are_built_by_compose_or_pinned(k8s: list[dict], compose: dic
             )
 
 
-def test_k8s_commands_are_accepted_by_the_entry_points(k8s: list[dict]) -> None:
-    invocations = list(_k8s_invocations(k8s))
+def test_k8s_commands_are_accepted_by_the_entry_points(deployed: list[dict]) -> None:
+    invocations = list(_k8s_invocations(deployed))
     modules = {inv.module for inv, _, _ in invocations}
     assert {
         "ranker_server",
@@ -581,7 +587,19 @@ def test_k8s_commands_are_accepted_by_the_entry_points(k8s: list[dict]) -> None:
         _check_flags(inv, env)
 
 
-def test_k8s_probes_and_ports_point_at_served_ports(k8s: list[dict]) -> None:
+def _exec_probe(where: str, probe: dict) -> Invocation:
+    """The `python -m grpc_serving.probe` an exec probe runs, its flags accepted by the module's parser."""
+    command = list(probe["exec"]["command"])
+    invocations = list(python_m_invocations(f"{where} exec probe", command))
+    assert [i.module for i in invocations] == ["grpc_serving.probe"], f"{where}: exec probe runs {command}"
+    (invocation,) = invocations
+    _check_flags(invocation)
+    return invocation
+
+
+def test_k8s_probes_and_ports_point_at_served_ports(deployed: list[dict]) -> None:
+    """Probes ask the health service on the port the flags serve: kubelet's gRPC probes (plaintext) only where
+    the server runs without TLS, `python -m grpc_serving.probe` (TLS) where it runs with it."""
     from proto import outcomes_pb2, ranking_pb2, retrieval_pb2
 
     grpc_services = {""} | {
@@ -589,8 +607,9 @@ def test_k8s_probes_and_ports_point_at_served_ports(k8s: list[dict]) -> None:
         for module in (ranking_pb2, retrieval_pb2, outcomes_pb2)
         for s in module.DESCRIPTOR.services_by_name.values()
     }
-    for inv, container, _ in _k8s_invocations(k8s):
+    for inv, container, _ in _k8s_invocations(deployed):
         where = inv.where
+        tls = _flag(inv.args, "--tls-cert") is not None
         ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
         port, metrics_port = _served_port(inv.args), _flag(inv.args, "--metrics-port")
         if port:
@@ -604,13 +623,19 @@ def test_k8s_probes_and_ports_point_at_served_ports(k8s: list[dict]) -> None:
             assert len(probes) == 3, f"{where}: needs startup, readiness and liveness probes"
         for probe in probes:
             if "grpc" in probe:
+                assert not tls, f"{where}: kubelet's gRPC probe speaks plaintext to a TLS server"
                 assert str(probe["grpc"]["port"]) == port, f"{where}: gRPC probe is not on --port {port}"
                 assert probe["grpc"].get("service", "") in grpc_services, f"{where}: unknown health service"
+            elif "exec" in probe:
+                check = _exec_probe(where, probe)
+                assert tls, f"{where}: a TLS probe of a plaintext server"
+                assert _flag(check.args, "--port") == port, f"{where}: exec probe is not on --port {port}"
+                assert (_flag(check.args, "--service") or "") in grpc_services, f"{where}: unknown health service"
             elif "httpGet" in probe:
                 target = probe["httpGet"]["port"]
                 assert (ports.get(target) if isinstance(target, str) else target) == int(port)
             else:
-                raise AssertionError(f"{where}: probe without grpc or httpGet: {probe}")
+                raise AssertionError(f"{where}: probe without grpc, exec or httpGet: {probe}")
 
 
 def test_k8s_services_select_pods_and_target_their_ports(k8s: list[dict]) -> None:
@@ -665,15 +690,47 @@ def test_k8s_metrics_annotations_match_the_metrics_port(k8s: list[dict]) -> None
     assert seen >= 2
 
 
-def test_k8s_references_exist(k8s: list[dict]) -> None:
-    config_maps, secrets = _of_kind(k8s, "ConfigMap"), _of_kind(k8s, "Secret")
-    claims = _of_kind(k8s, "PersistentVolumeClaim")
-    deployments = _of_kind(k8s, "Deployment")
+def _mounted_key(template: dict, container: dict, path: str) -> tuple[str, str, str] | None:
+    """Where the file ``path`` of ``container`` comes from: ("secret" or "configMap", its name, the key; a volume
+    listing items holds only those, at their paths), or None where no volume is mounted at its folder."""
+    volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+    directory, _, filename = path.rpartition("/")
+    mounts = [m for m in container.get("volumeMounts", []) if m["mountPath"] == directory and "subPath" not in m]
+    if not mounts:
+        return None
+    volume = volumes[mounts[0]["name"]]
+    for kind, name_field in (("secret", "secretName"), ("configMap", "name")):
+        if kind in volume:
+            items = volume[kind].get("items")
+            key = filename if items is None else next((i["key"] for i in items if i["path"] == filename), "")
+            return kind, volume[kind][name_field], key
+    return "", "", filename
+
+
+def _file_args(template: dict, container: dict) -> Iterator[str]:
+    """The /etc/mtrank/ files a container's flags and its exec probes' flags read."""
+    words = list(container.get("args", []))
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        words += container.get(kind, {}).get("exec", {}).get("command", [])
+    for word in words:
+        value = word.split("=", 1)[1] if word.startswith("--") and "=" in word else None
+        if value and value.startswith("/etc/mtrank/"):
+            yield value
+
+
+def _secret_keys(secret: dict) -> set[str]:
+    return {*secret.get("data", {}), *secret.get("stringData", {})}
+
+
+def test_k8s_references_exist(deployed: list[dict]) -> None:
+    config_maps, secrets = _of_kind(deployed, "ConfigMap"), _of_kind(deployed, "Secret")
+    claims = _of_kind(deployed, "PersistentVolumeClaim")
+    deployments = _of_kind(deployed, "Deployment")
     claim_templates = {
         f"StatefulSet/{name}": {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
-        for name, doc in _of_kind(k8s, "StatefulSet").items()
+        for name, doc in _of_kind(deployed, "StatefulSet").items()
     }
-    for where, template in _pod_specs(k8s):
+    for where, template in _pod_specs(deployed):
         spec = template["spec"]
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         volumes |= {name: {"persistentVolumeClaimTemplate": name} for name in claim_templates.get(where, ())}
@@ -683,7 +740,10 @@ def test_k8s_references_exist(k8s: list[dict]) -> None:
                 for item in volume["configMap"].get("items", []):
                     assert item["key"] in cm["data"], f"{where}: ConfigMap key {item['key']} missing"
             if "secret" in volume:
-                assert volume["secret"]["secretName"] in secrets, f"{where}: unknown Secret"
+                secret = secrets.get(volume["secret"]["secretName"])
+                assert secret, f"{where}: unknown Secret"
+                for item in volume["secret"].get("items", []):
+                    assert item["key"] in _secret_keys(secret), f"{where}: Secret key {item['key']} missing"
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims, f"{where}: unknown PVC"
         for container in spec["containers"]:
@@ -693,22 +753,15 @@ def test_k8s_references_exist(k8s: list[dict]) -> None:
                     cm = config_maps[volume["configMap"]["name"]]
                     assert mount["subPath"] in cm["data"], f"{where}: ConfigMap key {mount['subPath']} missing"
         for container in spec["containers"]:
-            mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
-            for arg in container.get("args", []):
-                value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else None
-                if not value or not value.startswith("/etc/mtrank/"):
-                    continue
-                directory, _, filename = value.rpartition("/")
-                assert directory in mounts, f"{where}: {arg} is not under a mounted volume"
-                volume = mounts[directory]
-                if "configMap" in volume:
-                    assert filename in config_maps[volume["configMap"]["name"]]["data"], f"{where}: {arg}"
-                elif "secret" in volume:
-                    secret = secrets[volume["secret"]["secretName"]]
-                    assert filename in {**secret.get("data", {}), **secret.get("stringData", {})}, (
-                        f"{where}: {arg}"
-                    )
-    for name, hpa in _of_kind(k8s, "HorizontalPodAutoscaler").items():
+            for path in _file_args(template, container):
+                source = _mounted_key(template, container, path)
+                assert source, f"{where}: {path} is not under a mounted volume"
+                kind, name, key = source
+                if kind == "configMap":
+                    assert key in config_maps[name]["data"], f"{where}: {path}"
+                elif kind == "secret":
+                    assert key in _secret_keys(secrets[name]), f"{where}: {path}"
+    for name, hpa in _of_kind(deployed, "HorizontalPodAutoscaler").items():
         assert hpa["spec"]["scaleTargetRef"]["name"] in deployments, f"HPA {name} scales nothing"
         assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
 
@@ -722,6 +775,36 @@ def test_k8s_ranker_requests_a_gpu_and_uses_its_secrets(k8s: list[dict]) -> None
     assert "mtrank-auth-token" in secrets
     tls = _of_kind(k8s, "Secret")["mtrank-ranker-tls"]
     assert tls["type"] == "kubernetes.io/tls"
+
+
+def _server(docs: list[dict], module: str) -> tuple[Invocation, dict, dict, dict[str, str]]:
+    """The one container running ``python -m module``: its invocation, container, pod template and environment."""
+    templates = dict(_pod_specs(docs))
+    ((inv, container, env),) = [t for t in _k8s_invocations(docs) if t[0].module == module]
+    return inv, container, templates[inv.where.split(" container ")[0]], env
+
+
+def _flag_source(docs: list[dict], module: str, flag: str) -> tuple[str, str, str]:
+    """The Secret or ConfigMap key the file of ``flag`` of ``module``'s container comes from."""
+    inv, container, template, _ = _server(docs, module)
+    path = _flag(inv.args, flag)
+    assert path, f"{inv.where}: no {flag}"
+    source = _mounted_key(template, container, path)
+    assert source, f"{inv.where}: {flag} {path} is not under a mounted volume"
+    return source
+
+
+def test_k8s_grpc_servers_require_bearer_tokens(deployed: list[dict]) -> None:
+    """Backends send the mtrank-auth-token to the ranker and the outcome reporter; retrieval takes its own token,
+    which the ranker sends (backends cannot call retrieval with theirs)."""
+    backends = ("secret", "mtrank-auth-token", "token")
+    assert _flag_source(deployed, "ranker_server", "--auth-token-file") == backends
+    assert _flag_source(deployed, "analytics.events.outcome_server", "--auth-token-file") == backends
+    retrieval = _flag_source(deployed, "retrieval_server", "--auth-token-file")
+    assert retrieval[0] == "secret" and retrieval[1] != backends[1]
+    assert _flag_source(deployed, "ranker_server", "--retrieval-token-file") == retrieval, (
+        "the ranker does not send the token retrieval requires"
+    )
 
 
 def test_k8s_config_maps_carry_the_validated_configs(k8s: list[dict]) -> None:
@@ -756,39 +839,56 @@ def _json_patch(doc: dict, operations: list[dict]) -> dict:
     return doc
 
 
+TLS_SERVERS = ("ranker_server", "retrieval_server", "analytics.events.outcome_server")
+
+
 def test_k8s_tls_overlay(k8s: list[dict]) -> None:
-    overlay = yaml.safe_load((K8S / "overlays/tls/kustomization.yaml").read_text())
-    assert overlay["resources"] == ["../.."]
-    (patch,) = overlay["patches"]
-    ranker = _of_kind(k8s, "Deployment")[patch["target"]["name"]]
-    patched = _json_patch(ranker, yaml.safe_load((K8S / "overlays/tls" / patch["path"]).read_text()))
-    config_maps = [d for d in k8s if d["kind"] == "ConfigMap"]
-    ((inv, container, env),) = list(_k8s_invocations([patched, *config_maps]))
-    _check_flags(inv, env)
-    volumes = {v["name"]: v for v in patched["spec"]["template"]["spec"]["volumes"]}
-    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
-    secret = _of_kind(k8s, "Secret")["mtrank-ranker-tls"]
-    for flag in ("--tls-cert", "--tls-key"):
-        directory, _, key = _flag(inv.args, flag).rpartition("/")
-        assert (
-            mounts[directory]["secret"]["secretName"] == "mtrank-ranker-tls" and key in secret["stringData"]
-        )
-    port = _flag(inv.args, "--port")
+    """Every gRPC server serves TLS from its own kubernetes.io/tls Secret and is probed over TLS for the name of
+    its Service, verified with that Secret's ca.crt; the ranker verifies retrieval with the ca.crt of the Secret
+    retrieval serves from (that key alone mounted), for the host it dials, which the retrieval probes verify."""
+    docs = overlay_docs(k8s, "tls")
+    secrets, services = _of_kind(docs, "Secret"), _of_kind(docs, "Service")
+    served_from = {}
+    for module in TLS_SERVERS:
+        inv, container, template, env = _server(docs, module)
+        _check_flags(inv, env)
+        cert = _flag_source(docs, module, "--tls-cert")
+        assert cert[0] == "secret" and secrets[cert[1]]["type"] == "kubernetes.io/tls", f"{inv.where}: {cert}"
+        assert cert[2] == "tls.crt" and _flag_source(docs, module, "--tls-key") == (*cert[:2], "tls.key")
+        served_from[module] = cert[1]
+        names = {
+            name
+            for name, service in services.items()
+            if service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+        }
+        probes = [container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe") if k in container]
+        assert len(probes) >= 2 and all("exec" in p for p in probes), f"{inv.where}: probes not over TLS"
+        for probe in probes:
+            check = _exec_probe(inv.where, probe)
+            assert _flag(check.args, "--port") == _served_port(inv.args), f"{inv.where}: probe not on its port"
+            assert _flag(check.args, "--name") in names, f"{inv.where}: probe verifies a name no Service has"
+            ca = _mounted_key(template, container, _flag(check.args, "--ca"))
+            assert ca == ("secret", cert[1], "ca.crt"), f"{inv.where}: probe verifies with {ca}"
+    assert len(set(served_from.values())) == len(TLS_SERVERS), "servers share a certificate"
+    inv, _, template, _ = _server(docs, "ranker_server")
+    assert _flag_source(docs, "ranker_server", "--retrieval-tls-ca") == (
+        "secret", served_from["retrieval_server"], "ca.crt"
+    ), "the ranker does not verify retrieval with the CA of retrieval's certificate"
+    for volume in template["spec"]["volumes"]:
+        if volume.get("secret", {}).get("secretName") == served_from["retrieval_server"]:
+            assert [i["key"] for i in volume["secret"].get("items", [])] == ["ca.crt"], "retrieval's key mounted"
+    retrieval_host = _flag(inv.args, "--retrieval").rpartition(":")[0]
+    retrieval, retrieval_container, _, _ = _server(docs, "retrieval_server")
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-        probe = " ".join(container[kind]["exec"]["command"])
-        assert f"127.0.0.1:{port}" in probe and "secure_channel" in probe, f"{kind} does not probe TLS --port"
-        ca = re.search(r'open\("([^"]+)"', probe).group(1)
-        directory, _, key = ca.rpartition("/")
-        assert (
-            mounts[directory]["secret"]["secretName"] == "mtrank-ranker-tls" and key in secret["stringData"]
-        )
+        check = _exec_probe(retrieval.where, retrieval_container[kind])
+        assert _flag(check.args, "--name") == retrieval_host, "retrieval's certificate is checked for another name"
 
 
 def overlay_docs(k8s: list[dict], name: str) -> list[dict]:
     """The base with overlay ``name``'s JSON 6902 patches applied, as `kubectl apply -k` would."""
     overlay_dir = K8S / "overlays" / name
     overlay = yaml.safe_load((overlay_dir / "kustomization.yaml").read_text())
-    assert overlay["resources"] == ["../.."]
+    assert overlay["resources"] == ["../../base"]
     docs = list(k8s)
     for patch in overlay["patches"]:
         target = patch["target"]
@@ -799,7 +899,27 @@ def overlay_docs(k8s: list[dict], name: str) -> list[dict]:
     return docs
 
 
-OVERLAYS = ("base", "cpu")
+OVERLAYS = ("base", "cpu", "tls")
+
+
+@pytest.mark.parametrize("overlay", ["base", "cpu", "tls"])
+def test_kustomize_builds_the_pods_these_tests_check(overlay: str, k8s: list[dict]) -> None:
+    """`kubectl kustomize` builds the base and every overlay (it refuses, for one, an overlay inside its base's
+    folder), and renders the same pod specs as the patches these tests apply themselves."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (it embeds kustomize) is not installed")
+    path = K8S_BASE if overlay == "base" else K8S / "overlays" / overlay
+    result = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    built = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d}
+    ours = k8s if overlay == "base" else overlay_docs(k8s, overlay)
+    checked = 0
+    for where, template in _pod_specs(ours):
+        kind, _, name = where.partition("/")
+        assert built[kind, name]["spec"]["template"]["spec"] == template["spec"], f"{overlay}: {where} differs"
+        checked += 1
+    assert checked >= 5
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)

@@ -18,6 +18,7 @@ from models.schedules import (
     default_training_loss,
     expected_prune_rounds,
     magnitude_prune,
+    make_optimizer,
     selection_ready,
     sparsity,
     training_loss,
@@ -34,16 +35,21 @@ def data(n: int = 64, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Ten
     return batch, labels
 
 
-def train(model: MaskedSharingModel, steps: int) -> list[dict[str, float]]:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+def train(
+    model: MaskedSharingModel, steps: int, steps_per_epoch: int = 4, start: int = 0, optimizer=None
+) -> list[dict[str, float]]:
+    """``steps`` optimizer steps from global step ``start``; the hooks' epoch end every ``steps_per_epoch``."""
+    optimizer = optimizer or make_optimizer(model, lr=1e-2)
     logs = []
-    for step in range(steps):
+    for step in range(start, start + steps):
         batch, labels = data(seed=step)
         loss = training_loss(model, batch, labels, step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         logs.append(after_step(model, step))
+        if (step + 1) % steps_per_epoch == 0:
+            logs[-1] = {**logs[-1], **after_epoch(model, step // steps_per_epoch)}
     return logs
 
 
@@ -73,12 +79,12 @@ def test_magnitude_prune_removes_the_smallest_live_weights_across_layers() -> No
 @pytest.mark.parametrize("builder", [csrec, sparse_sharing])
 def test_pruning_follows_algorithm_1_to_the_minimal_sparsity(builder) -> None:
     torch.manual_seed(1)
-    model = builder(SPEC, TASKS, preset="tiny", prune_every=1, alpha=0.1, epsilon=0.4, init_density=0.9)
+    model = builder(SPEC, TASKS, preset="tiny", round_epochs=1, alpha=0.1, epsilon=0.4, init_density=0.9)
     n_weights = sum(linear.weight.numel() for linear in model.linears)
     alive = [int(sum(m.sum() for m in model.masks(t))) for t in range(2)]
     rounds = [expected_prune_rounds(n_weights, a, 0.1, 0.4) for a in alive]
     assert not selection_ready(model)
-    train(model, 2 * max(rounds) + 2)
+    train(model, 4 * (max(rounds) + 1))
     assert model.prune_rounds.tolist() == rounds
     assert selection_ready(model)
     for t in range(2):
@@ -87,29 +93,81 @@ def test_pruning_follows_algorithm_1_to_the_minimal_sparsity(builder) -> None:
         assert 1 - (1 - level) / 0.9 <= 0.4 + 0.01  # ... and the one before had not (one round of alpha less)
 
 
-def test_non_final_prune_rewinds_the_shared_weights_to_theta0() -> None:
+@pytest.mark.parametrize("builder", [csrec, sparse_sharing])
+def test_non_final_prune_rewinds_every_parameter_and_resets_the_optimizer(builder) -> None:
+    """[36]'s pruning (which CSRec follows) restores the whole initial state and restarts the optimizer."""
     torch.manual_seed(2)
-    model = sparse_sharing(SPEC, TASKS, preset="tiny", prune_every=3)
-    train(model, 2)  # weights moved away from theta0, no prune yet
-    assert not torch.equal(model.linears[0].weight, model.theta0_weight_0)
-    train_step = 2
-    batch, labels = data()
-    training_loss(model, batch, labels, train_step).backward()
-    after_step(model, train_step)  # (2 + 1) % 3 == 0: prune, sparsity still <= epsilon -> rewind
-    assert model.prune_rounds.tolist() == [1, 1]
-    assert torch.equal(model.linears[0].weight, model.theta0_weight_0)
-    assert torch.equal(model.linears[1].bias, model.theta0_bias_1)
+    model = builder(SPEC, TASKS, preset="tiny", round_epochs=2)
+    theta0 = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = make_optimizer(model, lr=1e-2)
+    train(model, 4, optimizer=optimizer)  # one epoch: weights move, no prune yet
+    assert model.prune_rounds.tolist() == [0, 0]
+    assert all(not torch.equal(p, theta0[n]) for n, p in model.named_parameters() if "bias" not in n)
+    train(model, 4, start=4, optimizer=optimizer)  # end of epoch 1: prune, sparsity still <= epsilon
+    assert model.prune_rounds.tolist() == [1, 1] and not selection_ready(model)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, theta0[name]), name
+    assert optimizer_state_size(optimizer) == 0
 
 
-def test_csrec_alternates_tasks_and_prunes_each_after_its_own_steps() -> None:
+def optimizer_state_size(optimizer) -> int:
+    optimizers = getattr(optimizer, "optimizers", [optimizer])
+    return sum(len(o.state) for o in optimizers)
+
+
+def test_csrec_alternates_tasks() -> None:
     torch.manual_seed(3)
-    model = csrec(SPEC, TASKS, preset="tiny", prune_every=2)
+    model = csrec(SPEC, TASKS, preset="tiny")
     batch, labels = data()
     model.objective(batch, labels, step=1).backward()  # step 1 trains task 1 only
     assert model.towers[0].out.weight.grad is None
     assert model.towers[1].out.weight.grad.abs().sum() > 0
-    assert model.tasks_to_prune(0) == [] and model.tasks_to_prune(2) == [0] and model.tasks_to_prune(3) == [1]
-    assert sparse_sharing(SPEC, TASKS, preset="tiny", prune_every=2).tasks_to_prune(1) == [0, 1]
+
+
+def test_no_mask_changes_within_the_first_epochs_by_default() -> None:
+    """Algorithm 1 prunes a trained subnet ([36]: one training run per round), not near-initial weights."""
+    torch.manual_seed(12)
+    model = csrec(SPEC, TASKS, hidden_dims=(16, 8))
+    before = [m.clone() for m in all_masks(model)]
+    train(model, 100, steps_per_epoch=1000)
+    assert all(torch.equal(a, b) for a, b in zip(before, all_masks(model), strict=True))
+    assert model.config.round_epochs >= 2
+
+
+@pytest.mark.parametrize("builder", [csrec, sparse_sharing])
+def test_every_task_prunes_the_smallest_trained_weights_of_its_subnet(builder) -> None:
+    """All tasks prune on the same trained weights, then one rewind (no task prunes a just-rewound network)."""
+    torch.manual_seed(13)
+    model = builder(SPEC, TASKS, preset="tiny", round_epochs=1, init_density=0.8)
+    train(model, 4, steps_per_epoch=1000)
+    trained = [linear.weight.detach().clone() for linear in model.linears]
+    expected = []
+    for t in range(2):
+        masks = [m.clone() for m in model.masks(t)]
+        magnitude_prune(trained, masks, model.config.alpha)
+        expected.append(masks)
+    after_epoch(model, 0)  # the round ends: every task prunes, then one rewind
+    assert model.prune_rounds.tolist() == [1, 1]
+    for t in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(model.masks(t), expected[t], strict=True))
+
+
+def test_a_csrec_step_moves_only_its_tasks_parameters() -> None:
+    """Alg. 1 line 10 with Adam: task t's step leaves the other towers and weights outside M_t untouched,
+    although Adam holds momentum for them from the other task's steps."""
+    torch.manual_seed(14)
+    model = csrec(SPEC, TASKS, preset="tiny", init_density=0.6)
+    optimizer = make_optimizer(model, lr=1e-2)
+    train(model, 6, steps_per_epoch=1000, optimizer=optimizer)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    train(model, 1, start=6, steps_per_epoch=1000, optimizer=optimizer)  # step 6 trains task 0
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], before[n]) for n in before if n.startswith("towers.1"))
+    assert not torch.equal(after["towers.0.out.weight"], before["towers.0.out.weight"])
+    for i, mask in enumerate(model.masks(0)):
+        name = f"base.net.{2 * i}.weight"
+        assert torch.equal(after[name][mask == 0], before[name][mask == 0])
+        assert not torch.equal(after[name][mask == 1], before[name][mask == 1])
 
 
 def test_contrastive_loss_eq_5_6_scalar_values() -> None:
@@ -129,7 +187,7 @@ def test_csrec_objective_matches_a_hand_computation() -> None:
     # by hand: same random draws (one torch.rand per layer), explicit matrix products, explicit log-loss
     torch.manual_seed(99)
     masks = model.masks(task)
-    flipped = [torch.where(torch.rand(m.shape) < 0.3, 1 - m, m) for m in masks]
+    flipped = [torch.where((torch.rand(m.shape) < 0.3) & m.bool(), 1 - m, m) for m in masks]  # 1 -> 0 only
     x = torch.cat([model.embedding.tables[i](batch["sparse"][:, i]) for i in range(2)] + [batch["dense"]], 1)
 
     def logit(mask_list: list[torch.Tensor]) -> torch.Tensor:
@@ -154,7 +212,7 @@ def test_shared_random_reverse_flips_only_shared_weights() -> None:
     shared = torch.tensor([True, False, False, True, False])
     out = contrastive_masks([mask], [shared], "shared_random_reverse", ratio=1.0)[0]
     assert out.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
-    out = contrastive_masks([mask], [shared], "random_reverse", ratio=1.0)[0]
+    out = contrastive_masks([mask], [shared], "random_reverse", ratio=1.0, reverse_pruned=True)[0]
     assert out.tolist() == [0.0, 0.0, 1.0, 0.0, 1.0]
 
 
@@ -176,19 +234,27 @@ def test_sharing_and_conflict_ratios() -> None:
     assert model.sharing_ratio() == pytest.approx(1 - n0 / total)
 
 
-def test_ratios_are_logged_through_the_hooks() -> None:
+def test_ratios_losses_and_mask_statistics_are_logged_through_the_hooks() -> None:
     torch.manual_seed(6)
-    model = csrec(SPEC, TASKS, preset="tiny", log_every=1)
-    logs = train(model, 3)
-    assert {"sharing_ratio", "conflict_ratio", "density/income", "density/married"} <= set(logs[-1])
-    assert 0 <= logs[-1]["conflict_ratio"] <= 1
-    assert "sharing_ratio" in after_epoch(model, 0)
+    model = csrec(SPEC, TASKS, preset="tiny", log_every=1, round_epochs=2)
+    logs = train(model, 3, steps_per_epoch=1000)
+    assert {"sharing_ratio", "conflict_ratio"} <= set(logs[-1]) and 0 <= logs[-1]["conflict_ratio"] <= 1
+    epoch = after_epoch(model, 0)
+    for key in ("loss", "contrastive_subnet_loss", "contrastive_loss", "density", "pruned_since_init"):
+        assert {f"{key}/income", f"{key}/married"} <= set(epoch), key
+    assert epoch["pruned_since_init/income"] == 0.0 and epoch["masks_fixed"] == 0.0
+    assert 0 <= epoch["conflict_ratio"] <= 1 and epoch["abs_weight/live"] > 0
+    assert epoch["sharing_ratio_if_independent"] == pytest.approx(
+        epoch["density/income"] * epoch["density/married"]
+    )
+    after = after_epoch(model, 1)  # end of the first round: pruning moved the masks off their initial draw
+    assert after["pruned_since_init/income"] > 0 and "loss/income" not in after  # sums restart each epoch
 
 
 @pytest.mark.parametrize("builder", [csrec, sparse_sharing])
 def test_folding_preserves_outputs_exactly(builder) -> None:
     torch.manual_seed(7)
-    model = builder(SPEC, TASKS, preset="tiny", prune_every=1)
+    model = builder(SPEC, TASKS, preset="tiny", round_epochs=1)
     train(model, 10)
     model.eval()
     folded = model.for_export()
@@ -231,7 +297,7 @@ def test_folded_csrec_exports_to_a_plain_onnx_mlp(tmp_path) -> None:
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
     torch.manual_seed(10)
-    model = csrec(SPEC, TASKS, preset="tiny", prune_every=1)
+    model = csrec(SPEC, TASKS, preset="tiny", round_epochs=1)
     train(model, 10)
     assert isinstance(model, CSRec)
     folded = model.eval().for_export()
@@ -246,3 +312,48 @@ def test_folded_csrec_exports_to_a_plain_onnx_mlp(tmp_path) -> None:
     with torch.no_grad():
         want = model(batch).numpy()
     assert np.abs(got - want).max() <= 1e-4
+
+
+# --- issue 16 audit: each test below failed before its fix -------------------------------------------------
+
+
+def test_random_reverse_only_drops_weights_of_the_subnet_by_default() -> None:
+    """Fig. 1 / section 1: the contrastive parameter is a weight of the subnet set to 0 (1 -> 0)."""
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0])
+    out = contrastive_masks([mask], [torch.zeros(5, dtype=torch.bool)], "random_reverse", ratio=1.0)[0]
+    assert out.tolist() == [0.0, 0.0, 0.0, 0.0, 0.0]
+    torch.manual_seed(0)
+    big = (torch.rand(200, 50) < 0.6).float()
+    out = contrastive_masks([big], [torch.zeros_like(big, dtype=torch.bool)], "random_reverse", ratio=0.3)[0]
+    assert (out <= big).all()  # never turns a pruned weight on
+    assert 0.2 < 1 - out.sum() / big.sum() < 0.4  # drops about 30% of the live bits
+
+
+@pytest.mark.parametrize("reverse_pruned", [False, True])
+def test_contrastive_subnet_gradient_reaches_only_theta_masked_by_m_t(reverse_pruned: bool) -> None:
+    """Alg. 1 line 10: the step updates only Θ ⊙ M_t; towers and embeddings learn from the real subnet only."""
+    torch.manual_seed(11)
+    model = csrec(
+        SPEC, TASKS, preset="tiny", init_density=0.6, reverse_ratio=0.5, reverse_pruned=reverse_pruned
+    )
+    batch, labels = data()
+    task = 1
+    torch.manual_seed(3)
+    model.objective(batch, labels, step=task).backward()
+    for linear, mask in zip(model.linears, model.masks(task), strict=True):
+        assert linear.weight.grad is not None
+        assert (linear.weight.grad[mask == 0] == 0).all()
+        assert linear.weight.grad[mask == 1].abs().sum() > 0
+    got = {
+        n: torch.zeros_like(p) if p.grad is None else p.grad.clone()
+        for n, p in model.named_parameters()
+        if n.startswith(("towers", "embedding"))
+    }
+    model.zero_grad()
+    x = model.embedding(batch["sparse"], batch["dense"])
+    out = model.task_logit(x, task, model.masks(task)).unsqueeze(1)
+    log_loss_ratio(task_losses(out, labels[:, task : task + 1], [model.tasks[task]]).sum()).backward()
+    for name, grad in got.items():
+        want = dict(model.named_parameters())[name].grad
+        want = torch.zeros_like(grad) if want is None else want
+        assert torch.allclose(grad, want, atol=1e-7), name

@@ -13,6 +13,7 @@ from models.data.alibaba import load_ali_ccp, load_aliexpress
 from models.data.census import COLUMNS, load_census
 from models.data.download import RemoteFile, fetch
 from models.data.movielens import load_movielens, load_movielens_1m
+from models.data.multiflow import FLOWS, USE_CASES, MultiFlowWorld
 from models.errors import DataError
 
 SHARED = Path("/work/shared/data")
@@ -145,5 +146,30 @@ def test_synthetic_ground_truth_drives_the_labels() -> None:
 
 
 def test_unknown_dataset_lists_the_known_ones() -> None:
-    with pytest.raises(DataError, match="known: ali-ccp, aliexpress, census, movielens, synthetic"):
+    with pytest.raises(
+        DataError, match="known: ali-ccp, aliexpress, census, movielens, multiflow, synthetic"
+    ):
         load_dataset("netflix", None)
+
+
+def test_multiflow_world_is_seeded_and_its_tasks_depend_on_flow_and_use_case() -> None:
+    world = MultiFlowWorld()
+    a, b = world.sample(2000, seed=3), world.sample(2000, seed=3)
+    assert np.array_equal(a.sparse, b.sparse) and np.array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.labels, world.sample(2000, seed=4).labels)
+    assert [t.name for t in a.tasks] == list(USE_CASES) and a.features.sparse_names[0] == "flow"
+    flows = np.bincount(a.sparse[:, 0], minlength=len(FLOWS) + 1)[1:] / len(a)
+    assert flows.min() > 0.05 and flows.max() - flows.min() > 0.1  # every flow present, imbalanced
+    # the same user x item in another flow has other logits: the flow is part of the task
+    other = a.sparse.copy()
+    other[:, 0] = other[:, 0] % len(FLOWS) + 1
+    assert np.abs(world.logits(a.sparse, a.dense) - world.logits(other, a.dense)).mean() > 0.5
+    # every (flow, use case) task has its own weights over the ground-truth skills
+    weights = world.weights.reshape(len(FLOWS) * len(USE_CASES), -1)
+    assert len({tuple(w.round(6)) for w in weights}) == len(weights)
+    assert set(np.unique(a.labels)) == {0.0, 1.0} and 0.05 < a.labels.mean() < 0.5
+
+
+def test_multiflow_loader_needs_no_path() -> None:
+    splits = load_dataset("multiflow", None, seed=0)
+    assert len(splits.train) == 120_000 and len(splits.val) == len(splits.test) == 15_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -45,7 +46,7 @@ def test_sequence_level_modes_send_every_token_to_the_same_experts(routing: str)
 
 
 def test_task_routing_depends_on_the_task_only_and_task_sentence_on_the_flow_token() -> None:
-    task_model, ts_model = build("task"), build("task_sentence")
+    task_model, ts_model = build("task").eval(), build("task_sentence").eval()  # no router jitter
     batch = random_batch(SPEC, 64)
     task_model(batch)
     ids, _ = task_model.last_routing
@@ -68,7 +69,9 @@ def test_token_routing_can_differ_between_tokens_of_one_sequence() -> None:
 
 
 def test_capacity_drops_overflow_in_gshard_priority_order() -> None:
-    config = GRecConfig(d_model=4, n_heads=1, n_experts=4, top_k=2, expert_capacity=2, expert_hidden=4)
+    config = GRecConfig(
+        d_model=4, n_heads=1, n_experts=4, top_k=2, expert_capacity=2, expert_hidden=4, routing="token"
+    )
     moe = SparseMoE(config, seq_len=5)
     # every token prefers expert 0, then expert 1: 5 first choices and 5 second choices, 2 slots each
     logits = torch.tensor([4.0, 2.0, 0.0, -1.0]).expand(1, 5, 4)
@@ -85,7 +88,9 @@ def test_capacity_drops_overflow_in_gshard_priority_order() -> None:
 
 
 def test_dropped_tokens_pass_through_the_residual_unchanged() -> None:
-    config = GRecConfig(d_model=4, n_heads=1, n_experts=2, top_k=1, expert_capacity=1, expert_hidden=4)
+    config = GRecConfig(
+        d_model=4, n_heads=1, n_experts=2, top_k=1, expert_capacity=1, expert_hidden=4, routing="token"
+    )
     moe = SparseMoE(config, seq_len=3)
     x = torch.randn(2, 3, 4)
     logits = torch.tensor([1.0, 0.0]).expand(2, 3, 2)  # all to expert 0, capacity 1
@@ -97,8 +102,8 @@ def test_dropped_tokens_pass_through_the_residual_unchanged() -> None:
 
 def test_capacity_factor_default_reproduces_the_papers_two_tokens() -> None:
     # 8 experts, top-4, 5 tokens per sequence (the paper's setting): capacity 2 tokens
-    assert expert_capacity(GRecConfig(), seq_len=5) == 2
-    assert expert_capacity(GRecConfig(expert_capacity=3), seq_len=5) == 3
+    assert expert_capacity(GRecConfig(routing="token"), seq_len=5) == 2
+    assert expert_capacity(GRecConfig(routing="token", expert_capacity=3), seq_len=5) == 3
 
 
 @pytest.mark.parametrize("routing", ROUTING_MODES)
@@ -146,7 +151,8 @@ def test_routing_flops_by_hand_and_ordering_of_table_1() -> None:
     per_slot = 4 * 16 * 32
     assert flops["token"].experts == n_tasks * 8 * 2 * per_slot
     assert flops["token"].experts_used == n_tasks * min(seq_len * 4, 16) * per_slot
-    assert flops["task"].experts_used == n_tasks * 4 * 2 * per_slot
+    assert flops["task"].experts == n_tasks * 8 * seq_len * per_slot  # the whole sequence, every expert slot
+    assert flops["task"].experts_used == n_tasks * 4 * seq_len * per_slot  # the whole sequence, k experts
 
 
 def test_model_reports_its_own_routing_flops() -> None:
@@ -196,3 +202,47 @@ def test_deep_tokens_group_the_categorical_columns() -> None:
     assert model(random_batch(SPEC, 4)).shape == (4, 2)
     dense_only = grec(FeatureSpec(n_dense=2), TASKS, preset="tiny")
     assert dense_only.seq_len == 2 and dense_only(random_batch(dense_only.feature_spec, 3)).shape == (3, 2)
+
+
+# --- issue 16 audit: each test below failed before its fix -------------------------------------------------
+
+
+@pytest.mark.parametrize("routing", ["sentence", "task", "task_sentence"])
+def test_sequence_level_routing_sends_every_token_to_its_k_experts(routing: str) -> None:
+    """A sequence-level choice is one expert set for the whole sequence; a per-sequence capacity below the
+    sequence length dropped the later (feature) tokens from every expert, deterministically."""
+    model = build(routing)  # default capacity factor
+    model(random_batch(SPEC, 32))
+    _, weights = model.last_routing
+    assert (weights > 0).all()
+    token = dataclasses.replace(model.config, routing="token")
+    assert expert_capacity(token, model.seq_len) < model.seq_len  # token routing keeps its capacity
+
+
+def test_router_defaults_follow_the_reference_moe_layer() -> None:
+    """Reference GRec: multiplicative router jitter 0.1, z-loss and balance loss weighted 1e-4 each."""
+    config = GRecConfig()
+    assert config.router_jitter == 0.1
+    assert config.balance_coef == 1e-4 and config.z_loss_coef == 1e-4
+    model = build("token", capacity_factor=100.0)
+    batch = random_batch(SPEC, 16)
+    model.train()
+    model(batch)
+    first = model.last_routing[1].clone()
+    model(batch)
+    assert not torch.equal(first, model.last_routing[1])  # jitter in training
+    model.eval()
+    model(batch)
+    first = model.last_routing[1].clone()
+    model(batch)
+    assert torch.equal(first, model.last_routing[1])  # none at inference
+
+
+@pytest.mark.parametrize("routing", ROUTING_MODES)
+def test_one_head_serves_every_task(routing: str) -> None:
+    """The reference GRec has one head for all tasks: a task differs only by its task sentence."""
+    model = build(routing).eval()
+    with torch.no_grad():
+        model.task_embedding.weight[1] = model.task_embedding.weight[0]
+        out = model(random_batch(SPEC, 16))
+    assert torch.allclose(out[:, 0], out[:, 1])

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.layers import TaskSpec
-from models.metrics import mse, roc_auc, selection_score, task_metrics
+from models.metrics import average_precision, mse, roc_auc, selection_score, task_metrics
 
 
 def _pairwise_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -40,3 +40,12 @@ def test_task_metrics_and_selection_score() -> None:
     assert metrics == {"auc/click": 1.0, "mse/rating": pytest.approx(1 / 3)}
     assert selection_score(metrics) == pytest.approx(1 - 1 / 3)
     assert mse(np.array([1.0, 2.0]), np.array([1.0, 4.0])) == 2.0
+
+
+def test_average_precision_reference_values() -> None:
+    # sklearn's documented example: average_precision_score([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) = 0.8333...
+    assert average_precision(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(5 / 6)
+    # a tie enters as one threshold: P = 1/2 at R = 1/2, then P = 2/3 at R = 1
+    assert average_precision(np.array([1, 0, 1]), np.array([0.5, 0.5, 0.2])) == pytest.approx(0.25 + 1 / 3)
+    assert average_precision(np.array([1, 1, 0]), np.array([3.0, 2.0, 1.0])) == 1.0
+    assert np.isnan(average_precision(np.array([0, 0]), np.array([0.1, 0.2])))

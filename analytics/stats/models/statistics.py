@@ -239,3 +239,66 @@ def pooled_theta(stats: list[CupedMean]) -> tuple[float, float]:
 
 
 TestStatistic = SampleMean | Proportion | Ratio | CupedMean
+
+
+@dataclass(frozen=True)
+class PreferenceCounts:
+    """Per-user preference of one interleaving experiment, summed over users (merge with ``+``); the tests are in
+    ``analytics.stats.interleaving``."""
+
+    n: int
+    wins_a: int
+    wins_b: int
+    ties: int
+    credit_diff_sum: float
+    credit_diff_sum_squares: float
+
+    def __post_init__(self) -> None:
+        if (
+            min(self.n, self.wins_a, self.wins_b, self.ties) < 0
+            or self.wins_a + self.wins_b + self.ties > self.n
+        ):
+            raise ValueError(f"inconsistent counts: {self}")
+
+    @property
+    def clicked(self) -> int:
+        """Users with at least one credited click: the denominator of delta."""
+        return self.wins_a + self.wins_b + self.ties
+
+    @property
+    def preference(self) -> float:
+        """delta = (wins_b - wins_a) / (wins_a + wins_b + ties); 0 when nobody clicked."""
+        return (self.wins_b - self.wins_a) / self.clicked if self.clicked else 0.0
+
+    @property
+    def credit_diff(self) -> SampleMean:
+        """d_u = credit_b - credit_a over the n users, as a mean statistic (its mean and unbiased variance)."""
+        return SampleMean(self.n, self.credit_diff_sum, self.credit_diff_sum_squares)
+
+    @property
+    def credit_diff_mean(self) -> float:
+        return self.credit_diff.mean
+
+    @property
+    def credit_diff_variance(self) -> float:
+        """Unbiased variance of d_u over the n users; 0 when n <= 1."""
+        return self.credit_diff.variance
+
+    @property
+    def sign_variance(self) -> float:
+        """Unbiased variance of the per-user sign (-1, 0, 1) over the users who clicked; 0 when <= 1 of them."""
+        m = self.clicked
+        if m <= 1:
+            return 0.0
+        return max((self.wins_a + self.wins_b - m * self.preference**2) / (m - 1), 0.0)
+
+    def __add__(self, other: PreferenceCounts) -> PreferenceCounts:
+        _check_same_kind(self, other)
+        return PreferenceCounts(
+            self.n + other.n,
+            self.wins_a + other.wins_a,
+            self.wins_b + other.wins_b,
+            self.ties + other.ties,
+            self.credit_diff_sum + other.credit_diff_sum,
+            self.credit_diff_sum_squares + other.credit_diff_sum_squares,
+        )

@@ -10,7 +10,7 @@ from scipy import stats as scipy_stats
 from statsmodels.stats.proportion import proportion_confint
 
 from analytics.stats import messages
-from analytics.stats.frequentist.tests import mixture_rho_squared
+from analytics.stats.frequentist.tests import mixture_rho_squared, sequential_half_width
 from analytics.stats.interleaving import (
     InterleavingConfig,
     PreferenceCounts,
@@ -125,6 +125,17 @@ def test_sequential_tests_are_the_msprt_of_their_per_user_means() -> None:
     for test in (sign, credit):
         assert (test.ci[0] > 0 or test.ci[1] < 0) == (test.p_value < 0.05)
     assert mixture_rho_squared(0.05, 1000.0) > 0
+
+
+def test_sequential_preference_interval_stays_within_the_range_of_delta() -> None:
+    """60 users who clicked, 52 prefer B: the normal-mixture interval reaches past +1, which delta cannot."""
+    counts = PreferenceCounts(n=65, wins_a=5, wins_b=52, ties=3, credit_diff_sum=47, credit_diff_sum_squares=60)
+    config = InterleavingConfig(sequential=True)
+    test = sequential_sign_test(counts, config)
+    se = math.sqrt(counts.sign_variance / 60)
+    half = sequential_half_width(se, 60, 0.05, mixture_rho_squared(0.05, config.sequential_tuning_parameter))
+    assert counts.preference + half > 1 and counts.preference - half > -1  # uncut, only the top leaves [-1, 1]
+    assert test.ci == (pytest.approx(counts.preference - half), 1.0) and test.estimate == counts.preference
 
 
 def test_analyze_switches_between_fixed_and_sequential() -> None:
