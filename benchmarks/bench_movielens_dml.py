@@ -311,7 +311,7 @@ def markdown(state: dict, args: argparse.Namespace) -> str:
                             cells += ["", ""]
                             continue
                         delta = _delta(at_rule(base, rule), picked, metric)
-                        text = f"{delta.mean:+.4f} ± {delta.se:.4f}"
+                        text = delta.text()
                         cells.append(f"**{text}**" if abs(delta.mean) > 2 * delta.se else text)
                         cells.append(_paper_delta(backbone, variant, idx))
                     cells.append(f"{np.mean([e['shift'] for e in picked.values()]):+.4f}")
