@@ -1,6 +1,6 @@
 """DML: Deep Mutual Learning across task towers = CTFM (at the towers' entry) + GKD (at their top).
 
-Tang et al., "Deep Mutual Learning across Task Towers for Effective Multi-Task Recommender Learning",
+Ren et al., "Deep Mutual Learning across Task Towers for Effective Multi-Task Recommender Learning",
 ORSUM@RecSys 2023 (https://arxiv.org/abs/2309.10357). Both modules plug into any backbone that follows the
 ``MultiTaskModel`` split (tower inputs ``[B, T, d]`` and ``Tower.hidden``/``Tower.head``).
 
@@ -30,7 +30,8 @@ from models.registry import register_model
 
 @dataclass(frozen=True)
 class DMLConfig:
-    """Which DML parts are on and their sizes (paper section 3.1.4: GKD MLPs of one 80 layer, dropout 0.5)."""
+    """Which DML parts are on and their sizes (paper section 3.1.4: GKD MLPs of one 80 layer; dropout 0.5 at
+    CTFM and GKD as the reference code's run script, the paper states none)."""
 
     use_ctfm: bool = True
     use_gkd: bool = True
@@ -40,6 +41,10 @@ class DMLConfig:
     dml_dropout: float = 0.5
     # older reference-code form of GKD: tower hidden + weighted knowledge into the last layer (commit 18772f5)
     gkd_residual: bool = False
+    # Deliberate options against GKD's train/eval shift (docs/models/dml.md); the defaults are the paper's code.
+    gkd_dropout: float | None = None  # dropout on the global knowledge GK^k; None = dml_dropout
+    gkd_zero_init: bool = False  # GKD's output layer starts at 0, so DML starts as its backbone
+    gkd_l2: float = 0.0  # L2 (sum of squares) on GKD's weights, added to the auxiliary loss
 
     @classmethod
     def tiny(cls) -> Self:
@@ -81,6 +86,7 @@ class GKD(nn.Module):
         dropout: float,
         stop_gradient: bool = True,
         residual: bool = False,
+        zero_init: bool = False,
     ) -> None:
         super().__init__()
         self.knowledge = nn.ModuleList(
@@ -90,8 +96,16 @@ class GKD(nn.Module):
         self.weights = nn.ModuleList(nn.Linear(d_hidden + d_knowledge, d_knowledge) for _ in range(n_tasks))
         d_final = d_knowledge + d_hidden if residual else d_knowledge
         self.out = nn.ModuleList(nn.Linear(d_final, 1, bias=False) for _ in range(n_tasks))
+        if zero_init:
+            for out in self.out:
+                nn.init.zeros_(out.weight)
         self.stop_gradient = stop_gradient
         self.residual = residual
+
+    def l2(self) -> Tensor:
+        """Sum of squares of every weight matrix (biases excluded)."""
+        zero = torch.zeros((), device=self.out[0].weight.device)
+        return sum((m.weight.pow(2).sum() for m in self.modules() if isinstance(m, nn.Linear)), zero)
 
     def forward(self, hidden: Sequence[Tensor]) -> Tensor:
         """``T x [B, d_hidden] -> [B, T]``, added to the towers' own logits (the paper's last MLP on
@@ -127,9 +141,10 @@ class DML(MultiTaskModel):
                 self.n_tasks,
                 d_hidden,
                 config.gkd_dim,
-                config.dml_dropout,
+                config.dml_dropout if config.gkd_dropout is None else config.gkd_dropout,
                 config.gkd_stop_gradient,
                 config.gkd_residual,
+                config.gkd_zero_init,
             )
             if config.use_gkd
             else None
@@ -153,6 +168,8 @@ class DML(MultiTaskModel):
         aux = self.backbone.auxiliary_loss()
         if self.ctfm is not None and self.embedding_l2:
             aux = aux + self.embedding_l2 * self.ctfm.task_embedding.pow(2).sum()
+        if self.gkd is not None and self.config.gkd_l2:
+            aux = aux + self.config.gkd_l2 * self.gkd.l2()
         return aux
 
 

@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    p.add_argument(
+        "--split",
+        choices=["random", "cold-start"],
+        default=defaults.split,
+        help="random edge split, or the same plus --cold-users users that keep at most 10 friendships",
+    )
+    p.add_argument("--cold-users", type=int, default=defaults.cold_users)
     p.add_argument("--baseline", action="store_true", help="retrieval loss only (beta = gamma = 0)")
     p.add_argument(
         "--set",
@@ -99,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             eval_every=args.eval_every,
+            split=args.split,
+            cold_users=args.cold_users,
             model=model,
         )
         result = train(config)

@@ -7,8 +7,10 @@ A two-layer GAT encodes each user from its features and a sampled two-hop neighb
 tensors). Training minimises Eq. 6, ``alpha * L_retrieval + beta * L_CCA + gamma * L_MAE``:
 
 * Eq. 5 retrieval: softmax cross-entropy of query-candidate dot products with in-batch negatives (symmetric).
-* Eq. 3 CCA: two views of the query users' subgraphs (edge drop + feature-column drop), a Linear-ReLU-Linear head,
-  columns standardised to mean 0 and std 1/sqrt(n); invariance plus lambda * decorrelation.
+* Eq. 3 CCA: the n nodes of the SSL queries' sampled two-hop subgraph (at most ``cca_nodes``; n >> embedding
+  width, as standardising and decorrelating k columns needs), two views of each (edge drop + feature-column
+  drop), a Linear-ReLU-Linear head, columns standardised to mean 0 and std 1/sqrt(n); invariance plus
+  lambda * decorrelation.
 * Eq. 4 MAE: query users' features replaced by a learnable [MASK] vector (plus edge drop), encoder, a linear head,
   re-masking (the queries' hidden vectors are zeroed), a one-layer GAT decoder over the uncorrupted first hop back
   to feature space, scaled cosine error with exponent ``mae_exponent`` (``y`` in the paper) on the masked queries.
@@ -57,12 +59,15 @@ class SSMTLConfig:
     edge_drop: float = 0.2  # both SSL views
     feature_drop: float = 0.2  # CCA views: probability of zeroing a whole feature column
     ssl_nodes: int = 64  # query users per step that the SSL losses use (the paper's cost constraint)
+    cca_nodes: int = 256  # at most this many nodes of the SSL queries' subgraph enter Eq. 3 (n >> d = 32-64)
 
     def __post_init__(self) -> None:
         if self.mae_exponent < 1:
             raise ValueError(f"mae_exponent must be >= 1, got {self.mae_exponent}")
         if min(self.alpha, self.beta, self.gamma) < 0:
             raise ValueError("loss weights alpha, beta, gamma must be >= 0")
+        if self.ssl_nodes < 1 or self.cca_nodes < 2:
+            raise ValueError("ssl_nodes must be >= 1 and cca_nodes >= 2")
         object.__setattr__(self, "fanouts", tuple(int(f) for f in self.fanouts))
 
 
@@ -95,6 +100,11 @@ def scaled_cosine_error(target: torch.Tensor, recon: torch.Tensor, exponent: flo
         return recon.sum() * 0.0
     cos = F.cosine_similarity(target[valid], recon[valid], dim=1)
     return (1.0 - cos).pow(exponent).mean()
+
+
+def subgraph_nodes(nb: Neighbourhood) -> np.ndarray:
+    """Distinct ids of the sampled subgraph: the centres and their real (unmasked) one- and two-hop nodes."""
+    return np.unique(np.concatenate([nb.nodes, nb.hop1[nb.hop1_mask > 0], nb.hop2[nb.hop2_mask > 0]]))
 
 
 class SSMTL(nn.Module):
@@ -134,8 +144,10 @@ class SSMTL(nn.Module):
     ) -> torch.Tensor:
         """Unnormalised embeddings of ``nb.nodes`` reading node features from the full matrix ``features``.
 
-        Each distinct node is projected once and gathered. ``masks`` overrides the neighbourhood masks (edge
-        drop), ``keep_columns`` multiplies the features (feature drop), ``masked_nodes`` get the [MASK] vector.
+        Each distinct node is projected once and gathered; the projection is a sparse product (profile bits are
+        ~1% dense, so this is ~15x cheaper than the dense one and computes the same function). ``masks``
+        overrides the neighbourhood masks (edge drop), ``keep_columns`` multiplies the features (feature drop),
+        ``masked_nodes`` get the [MASK] vector.
         """
         f1, f2 = self.config.fanouts
         batch = len(nb.nodes)
@@ -144,10 +156,13 @@ class SSMTL(nn.Module):
         x = features[torch.from_numpy(unique)]
         if keep_columns is not None:
             x = x * keep_columns
+        projected = self.encoder.embed_sparse_rows(x)
         if masked_nodes is not None:
-            replace = torch.from_numpy(np.isin(unique, masked_nodes)).unsqueeze(1)
-            x = torch.where(replace, self.mask_token.expand_as(x), x)
-        table = self.encoder.embed_nodes(x)[torch.from_numpy(inverse)]
+            # the [MASK] rows are dense (and start at zero): project them densely so the token gets its gradient
+            replace = torch.from_numpy(np.flatnonzero(np.isin(unique, masked_nodes)))
+            token = self.encoder.embed_nodes(self.mask_token.expand(len(replace), -1))
+            projected = projected.index_put((replace,), token)
+        table = projected[torch.from_numpy(inverse)]
         m1, m2 = masks if masks is not None else (nb.hop1_mask, nb.hop2_mask)
         return self.encoder.aggregate(
             table[:batch],
@@ -168,13 +183,20 @@ class SSMTL(nn.Module):
         m2 = nb.hop2_mask * (rng.random(nb.hop2_mask.shape) < keep) * np.repeat(m1, f2, axis=1)
         return m1.astype(np.float32), m2.astype(np.float32)
 
-    def _cca(self, nb: Neighbourhood, features: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def _cca(
+        self, nb: Neighbourhood, features: torch.Tensor, sampler: NeighbourSampler, rng: np.random.Generator
+    ) -> torch.Tensor:
+        """Eq. 3 over the nodes of ``nb``'s subgraph, each encoded from its own sampled neighbourhood per view."""
+        nodes = subgraph_nodes(nb)
+        if len(nodes) > self.config.cca_nodes:
+            nodes = rng.choice(nodes, self.config.cca_nodes, replace=False)
+        sub = sampler.sample(nodes, rng)
         views = []
         for _ in range(2):
             keep = torch.from_numpy(
                 (rng.random(features.shape[1]) >= self.config.feature_drop).astype(np.float32)
             )
-            h = self.encode_sampled(nb, features, masks=self._drop_edges(nb, rng), keep_columns=keep)
+            h = self.encode_sampled(sub, features, masks=self._drop_edges(sub, rng), keep_columns=keep)
             views.append(self.cca_head(h))
         return cca_loss(views[0], views[1], self.config.cca_lambda)
 
@@ -220,11 +242,12 @@ class SSMTL(nn.Module):
         )
         zero = eq.sum() * 0.0
         losses = {"retrieval": retrieval_loss(eq, ec, c.temperature), "cca": zero, "mae": zero}
-        ssl_queries = np.unique(queries)[: c.ssl_nodes]
         if c.beta > 0 or c.gamma > 0:
-            ssl_nb = sampler.sample(rng.permutation(ssl_queries), rng)
+            distinct = np.unique(queries)
+            ssl_queries = rng.choice(distinct, min(c.ssl_nodes, len(distinct)), replace=False)
+            ssl_nb = sampler.sample(ssl_queries, rng)
             if c.beta > 0:
-                losses["cca"] = self._cca(ssl_nb, features, rng)
+                losses["cca"] = self._cca(ssl_nb, features, sampler, rng)
             if c.gamma > 0:
                 losses["mae"] = self._mae(ssl_nb, features, sampler, rng)
         losses["total"] = c.alpha * losses["retrieval"] + c.beta * losses["cca"] + c.gamma * losses["mae"]

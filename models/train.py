@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +65,8 @@ class SeedResult:
     val: dict[str, float]
     test: dict[str, float]
     model: MultiTaskModel = field(repr=False)
+    # one entry per epoch: {"epoch", "val": metrics, ...whatever epoch_callback returned}
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,14 +90,24 @@ def build_model(config: TrainConfig, splits: Splits) -> MultiTaskModel:
     )
 
 
-def train_seed(config: TrainConfig, splits: Splits, seed: int) -> SeedResult:
-    """Train one model from ``seed`` and return its best-validation checkpoint's metrics."""
+EpochCallback = Callable[[int, MultiTaskModel], dict[str, Any]]
+
+
+def train_seed(
+    config: TrainConfig, splits: Splits, seed: int, epoch_callback: EpochCallback | None = None
+) -> SeedResult:
+    """Train one model from ``seed`` and return its best-validation checkpoint's metrics.
+
+    ``epoch_callback(epoch, model)`` runs after each epoch's validation (model in eval mode); what it returns
+    goes into that epoch's ``history`` entry (benchmarks record learning curves with it).
+    """
     device = resolve_device(config.device)
     set_seed(seed)
     model = build_model(config, splits).to(device)
     optimizer = make_optimizer(model, config.lr)
     rng = np.random.default_rng(seed)
     best_score, best_state, best_epoch, best_val = -math.inf, None, -1, {}
+    history: list[dict[str, Any]] = []
     started = time.perf_counter()
     steps = math.ceil(len(splits.train) / config.batch_size)
     if config.max_steps_per_epoch is not None:
@@ -121,6 +134,9 @@ def train_seed(config: TrainConfig, splits: Splits, seed: int) -> SeedResult:
         after_epoch(model, epoch)
         val = evaluate_model(model, splits.val, device)
         logger.info("%s seed %d epoch %d: val %s", config.model, seed, epoch, val)
+        history.append({"epoch": epoch, "val": val})
+        if epoch_callback is not None:
+            history[-1] |= epoch_callback(epoch, model)
         if not selection_ready(model):
             continue  # the model's schedule still reshapes it: no checkpoint choice yet
         score = selection_score(val)
@@ -134,7 +150,8 @@ def train_seed(config: TrainConfig, splits: Splits, seed: int) -> SeedResult:
     else:
         best_val = evaluate_model(model, splits.val, device)
     test = evaluate_model(model, splits.test, device)
-    return SeedResult(seed, best_epoch, epoch + 1, time.perf_counter() - started, best_val, test, model.cpu())
+    seconds = time.perf_counter() - started
+    return SeedResult(seed, best_epoch, epoch + 1, seconds, best_val, test, model.cpu(), history)
 
 
 def run_training(config: TrainConfig, output_dir: Path | None = None) -> dict[str, Any]:

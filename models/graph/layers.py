@@ -86,6 +86,19 @@ class TwoHopGATEncoder(nn.Module):
         """Per-node input projection ``[..., F] -> [..., hidden]``."""
         return self.act1(self.input(self.feat_dropout(features)))
 
+    def embed_sparse_rows(self, features: torch.Tensor) -> torch.Tensor:
+        """``embed_nodes`` of a ``[N, F]`` matrix of mostly-zero rows through a sparse product (training only).
+
+        Dropout acts on the non-zero entries alone, which is the same distribution as dropout on the dense
+        matrix (a zero stays zero either way).
+        """
+        rows, cols = features.nonzero(as_tuple=True)
+        values = self.feat_dropout(features[rows, cols])
+        sparse = torch.sparse_coo_tensor(
+            torch.stack([rows, cols]), values, features.shape, check_invariants=False, is_coalesced=True
+        )
+        return self.act1(torch.sparse.mm(sparse, self.input.weight.T) + self.input.bias)
+
     def aggregate(
         self, h0: torch.Tensor, h1: torch.Tensor, h2: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor
     ) -> torch.Tensor:

@@ -61,13 +61,18 @@ def per_user_metrics(
     return {"user": users} | {name: np.asarray(values) for name, values in out.items()}
 
 
-def summarise(per_user: dict[str, np.ndarray], degree: np.ndarray) -> dict[str, dict[str, float]]:
-    """Mean of each metric overall and per degree slice (degree = the user's training degree)."""
+def summarise(
+    per_user: dict[str, np.ndarray], degree: np.ndarray, groups: dict[str, np.ndarray] | None = None
+) -> dict[str, dict[str, float]]:
+    """Mean of each metric overall, per degree slice (degree = the user's training degree) and per named
+    group of user ids in ``groups`` (e.g. the cold-start users of a split)."""
     users = per_user["user"]
     names = [name for name in per_user if name != "user"]
     slices = {"overall": np.ones(len(users), dtype=bool)}
     for label, (low, high) in DEGREE_SLICES.items():
         slices[label] = (degree[users] >= low) & (degree[users] <= high)
+    for label, members in (groups or {}).items():
+        slices[label] = np.isin(users, members)
     result: dict[str, dict[str, float]] = {}
     for label, mask in slices.items():
         result[label] = {"users": int(mask.sum())}

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from models.graph.datasets import Graph, load_ego_facebook, synthetic_graph
 from models.graph.metrics import per_user_metrics, summarise
 from models.graph.sampling import NeighbourSampler
-from models.graph.split import EdgeSplit, split_edges
+from models.graph.split import EdgeSplit, cold_start_split, split_edges
 from models.registry import create_model
 from models.ssmtl import SSMTL
 
@@ -42,6 +42,11 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(50, ge=1)
     val_frac: float = 0.05
     test_frac: float = 0.10
+    split: Literal["random", "cold-start"] = Field(
+        "random", description="random edge split, or the same plus cold-start users (models/graph/split.py)"
+    )
+    cold_users: int = Field(500, ge=1, description="cold-start split: how many users become cold")
+    cold_max_degree: int = Field(10, ge=0, description="cold-start split: most training friendships kept")
     model: dict[str, Any] = Field(
         default_factory=dict, description="SSMTLConfig overrides (alpha, beta, gamma, ...)"
     )
@@ -57,6 +62,21 @@ class TrainResult:
     sampler: NeighbourSampler
     config: TrainConfig
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_split(config: TrainConfig, graph: Graph) -> EdgeSplit:
+    """The configured split of ``graph``'s edges (a pure function of the config's seed)."""
+    if config.split == "cold-start":
+        return cold_start_split(
+            graph.edges,
+            graph.num_nodes,
+            config.val_frac,
+            config.test_frac,
+            config.cold_users,
+            config.cold_max_degree,
+            seed=config.seed,
+        )
+    return split_edges(graph.edges, config.val_frac, config.test_frac, seed=config.seed)
 
 
 def load_graph(config: TrainConfig) -> Graph:
@@ -84,12 +104,30 @@ def embed_all(
 
 
 def evaluate(result: TrainResult, part: Literal["val", "test"] = "test") -> dict[str, dict[str, float]]:
-    """Metrics on held-out ``part`` edges, overall and by training degree."""
+    """Metrics on held-out ``part`` edges, overall, by training degree and for the cold-start users if any."""
     embeddings = embed_all(result.model, torch.from_numpy(result.graph.features), result.sampler)
     known = result.split.train if part == "val" else np.concatenate([result.split.train, result.split.val])
     heldout = result.split.val if part == "val" else result.split.test
     per_user = per_user_metrics(embeddings, known, heldout)
-    return summarise(per_user, result.sampler.degree())
+    groups = {} if result.split.cold_users is None else {"cold-start users": result.split.cold_users}
+    return summarise(per_user, result.sampler.degree(), groups)
+
+
+def encoder_gradient_norms(model: SSMTL, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """L2 norm of each weighted Eq. 6 term's gradient on the shared GAT encoder (how hard each term pulls)."""
+    c = model.config
+    params = [p for p in model.encoder.parameters() if p.requires_grad]
+    norms = {}
+    for name, weight in (("retrieval", c.alpha), ("cca", c.beta), ("mae", c.gamma)):
+        term = weight * losses[name]
+        if not term.requires_grad:
+            norms[f"grad/{name}"] = 0.0
+            continue
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        norms[f"grad/{name}"] = float(
+            torch.sqrt(sum((g.pow(2).sum() for g in grads if g is not None), torch.zeros(())))
+        )
+    return norms
 
 
 def train(config: TrainConfig, graph: Graph | None = None, progress: bool = True) -> TrainResult:
@@ -97,7 +135,7 @@ def train(config: TrainConfig, graph: Graph | None = None, progress: bool = True
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     graph = graph if graph is not None else load_graph(config)
-    split = split_edges(graph.edges, config.val_frac, config.test_frac, seed=config.seed)
+    split = make_split(config, graph)
     model = create_model("ssmtl", num_features=graph.num_features, **config.model)
     if not isinstance(model, SSMTL):
         raise TypeError("the ssmtl registry entry must build an SSMTL model")
@@ -110,21 +148,38 @@ def train(config: TrainConfig, graph: Graph | None = None, progress: bool = True
     bar = tqdm(
         range(1, config.steps + 1), desc=f"train seed={config.seed}", disable=not progress, leave=False
     )
+    running: dict[str, float] = {}
+    since = 0
     for step in bar:
         pairs = split.train[rng.integers(0, len(split.train), config.batch_size)]
         flip = rng.random(len(pairs)) < 0.5
         pairs = np.where(flip[:, None], pairs[:, ::-1], pairs)
         losses = model.training_losses(features, sampler, pairs, rng)
+        evaluating = step % config.eval_every == 0 or step == config.steps
+        norms = encoder_gradient_norms(model, losses) if evaluating else {}
         optimiser.zero_grad()
         losses["total"].backward()
         optimiser.step()
+        for name, value in losses.items():
+            running[name] = running.get(name, 0.0) + value.item()
+        since += 1
         bar.set_postfix(loss=f"{losses['total'].item():.3f}")
-        if step % config.eval_every == 0 or step == config.steps:
-            val = evaluate(result, "val")["overall"]["recall@50"]
+        if evaluating:
+            slices = evaluate(result, "val")
+            val = slices["overall"]["recall@50"]
             result.history.append(
-                {"step": step, **{k: v.item() for k, v in losses.items()}, "val_recall@50": val}
+                {"step": step}
+                | {name: total / since for name, total in running.items()}  # mean over the interval
+                | norms
+                | {"val_recall@50": val}
+                | {
+                    f"val_recall@50/{label}": s["recall@50"]
+                    for label, s in slices.items()
+                    if label != "overall"
+                }
             )
-            logger.info("step %d losses %s val recall@50 %.4f", step, result.history[-1], val)
+            running, since = {}, 0
+            logger.info("step %d: %s", step, result.history[-1])
             if val > best_score:
                 best_score, best_state = val, copy.deepcopy(model.state_dict())
             model.train()
@@ -151,7 +206,7 @@ def load_checkpoint(path: str | Path, graph: Graph | None = None) -> TrainResult
     payload = torch.load(path, map_location="cpu", weights_only=False)
     config = TrainConfig(**payload["train"])
     graph = graph if graph is not None else load_graph(config)
-    split = split_edges(graph.edges, config.val_frac, config.test_frac, seed=config.seed)
+    split = make_split(config, graph)
     model = create_model("ssmtl", **payload["model"])
     if not isinstance(model, SSMTL):
         raise TypeError("the ssmtl registry entry must build an SSMTL model")

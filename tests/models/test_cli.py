@@ -61,3 +61,19 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     result = train_seed(config, splits, seed=0)
     assert result.epochs_run < 30  # stopped early
     assert result.epochs_run - 1 - result.best_epoch == 1  # exactly `patience` epochs after the best one
+
+
+def test_history_has_every_epoch_and_what_the_callback_returns() -> None:
+    splits = load_dataset("synthetic", None)
+    config = TrainConfig(model="mmoe+dml", preset="tiny", max_epochs=3, patience=3, max_steps_per_epoch=2,
+                         progress=False)  # fmt: skip
+    seen = []
+
+    def callback(epoch, model):
+        seen.append(model.training)
+        return {"test": {"epoch_twice": 2.0 * epoch}}
+
+    result = train_seed(config, splits, seed=0, epoch_callback=callback)
+    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert [h["test"]["epoch_twice"] for h in result.history] == [0.0, 2.0, 4.0]
+    assert set(result.history[0]["val"]) == set(result.val) and seen == [False] * 3

@@ -100,3 +100,26 @@ def test_dml_overrides_reach_both_configs() -> None:
     assert len(model.backbone.experts) == 2
     with pytest.raises(ValueError, match="n_expert"):
         models.create_model("mmoe+dml", features=SPEC, tasks=TASKS, n_expert=2)
+
+
+def test_gkd_regularisation_options() -> None:
+    """The deliberate options of docs/models/dml.md: GK dropout apart from the rest, zero-initialised GKD output
+    (DML starts as its backbone), and an L2 term on GKD's weights in the auxiliary loss."""
+    torch.manual_seed(0)
+    base = models.create_model("mmoe+gkd", features=SPEC, tasks=TASKS, preset="tiny")
+    assert base.gkd.knowledge[0][2].p == base.config.dml_dropout  # the paper code's one dropout rate
+    model = models.create_model(
+        "mmoe+gkd", features=SPEC, tasks=TASKS, preset="tiny", gkd_dropout=0.0, gkd_zero_init=True, gkd_l2=0.5
+    )
+    assert model.gkd.knowledge[0][2].p == 0.0
+    assert all(torch.count_nonzero(out.weight) == 0 for out in model.gkd.out)
+    model.eval()
+    batch = random_batch(SPEC, 16)
+    with torch.no_grad():
+        tower_only = torch.stack(
+            [t(x) for t, x in zip(model.backbone.towers, model.shared_representation(batch).unbind(1), strict=True)],
+            dim=1,
+        )
+        assert torch.equal(model(batch), tower_only)
+    expected = sum(m.weight.pow(2).sum() for m in model.gkd.modules() if isinstance(m, torch.nn.Linear))
+    assert torch.allclose(model.auxiliary_loss(), model.backbone.auxiliary_loss() + 0.5 * expected)

@@ -228,3 +228,114 @@ def test_command_line_train_evaluate_export_index(tmp_path, capsys):
     assert main(["index", "--package", str(package)]) == 0
     assert (package / "index" / "embeddings.npy").read_bytes() == before
     verify_package(package)
+
+
+class _RecordingSampler(NeighbourSampler):
+    """Records every ``sample`` call (nodes asked for and the neighbourhood returned)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list = []
+
+    def sample(self, nodes, rng, exclude=None):
+        nb = super().sample(nodes, rng, exclude)
+        self.calls.append(nb)
+        return nb
+
+
+def test_ssl_queries_are_drawn_from_all_query_ids_not_the_lowest(graph):
+    """The SSL losses use ``ssl_nodes`` of the batch's queries; before the fix they were always the
+    ``ssl_nodes`` lowest ids (``np.unique(queries)[:n]``), so high ids never got an SSL loss."""
+    sampler = _RecordingSampler(graph.num_nodes, graph.edges, (4, 3))
+    model = create_model("ssmtl", num_features=graph.num_features, **TINY, beta=0.0, gamma=1.0)
+    features = torch.from_numpy(graph.features)
+    rng = np.random.default_rng(0)
+    pairs = graph.edges[rng.permutation(len(graph.edges))[:128]]
+    queries = np.unique(pairs[:, 0])
+    chosen = []
+    for _ in range(10):
+        sampler.calls.clear()
+        model.training_losses(features, sampler, pairs, rng)
+        ssl = sampler.calls[2].nodes  # after the queries' and the candidates' neighbourhoods
+        assert len(ssl) == TINY["ssl_nodes"] and set(ssl) <= set(queries)
+        chosen.append(ssl)
+    chosen = np.concatenate(chosen)
+    assert chosen.max() > np.quantile(queries, 0.9)
+    assert len(np.unique(chosen)) > 3 * TINY["ssl_nodes"]  # different queries on different steps
+
+
+def test_cca_uses_every_node_of_the_ssl_subgraph(graph, monkeypatch):
+    """Eq. 3 standardises and decorrelates over the n nodes of the sampled subgraph (n >> embedding width),
+    not over the ``ssl_nodes`` query users alone."""
+    import models.ssmtl as ssmtl
+
+    seen = []
+    real = ssmtl.cca_loss
+
+    def recording(za, zb, lam):
+        seen.append(za.shape)
+        return real(za, zb, lam)
+
+    monkeypatch.setattr(ssmtl, "cca_loss", recording)
+    sampler = _RecordingSampler(graph.num_nodes, graph.edges, (4, 3))
+    model = create_model("ssmtl", num_features=graph.num_features, **TINY, beta=1.0, gamma=0.0)
+    pairs = graph.edges[:64]
+    model.training_losses(torch.from_numpy(graph.features), sampler, pairs, np.random.default_rng(1))
+    nb = sampler.calls[2]
+    subgraph = np.unique(np.concatenate([nb.nodes, nb.hop1[nb.hop1_mask > 0], nb.hop2[nb.hop2_mask > 0]]))
+    assert len(subgraph) > 4 * TINY["embed_dim"]
+    assert seen == [(len(subgraph), TINY["embed_dim"])]
+
+
+def test_cold_start_split_hides_all_but_a_few_friendships_of_its_users(graph):
+    from models.graph.split import cold_start_split
+
+    split = cold_start_split(graph.edges, graph.num_nodes, 0.1, 0.2, n_cold=40, max_visible=3, seed=2)
+    together = np.concatenate([split.train, split.val, split.test])
+    assert len(together) == len(graph.edges) == len(np.unique(together, axis=0))
+    assert len(split.cold_users) == 40 and len(np.unique(split.cold_users)) == 40
+    train_degree = np.bincount(split.train.reshape(-1), minlength=graph.num_nodes)
+    assert train_degree[split.cold_users].max() <= 3
+    heldout = np.concatenate([split.val, split.test]).reshape(-1)
+    assert np.isin(split.cold_users, heldout).all()  # every cold user has friendships left to find
+    again = cold_start_split(graph.edges, graph.num_nodes, 0.1, 0.2, n_cold=40, max_visible=3, seed=2)
+    assert np.array_equal(again.test, split.test) and np.array_equal(again.cold_users, split.cold_users)
+    base = split_edges(graph.edges, 0.1, 0.2, seed=2)
+    assert len(split.train) < len(base.train)  # only training edges moved, the random split's held-out stay
+    assert {tuple(e) for e in base.test} <= {tuple(e) for e in split.test}
+
+
+def test_training_reports_cold_slice_loss_means_and_gradient_norms(graph):
+    config = TrainConfig(
+        dataset="synthetic", steps=6, batch_size=32, eval_every=3, split="cold-start", cold_users=30,
+        model={**TINY, "beta": 0.1, "gamma": 0.1},
+    )  # fmt: skip
+    result = train(config, graph=graph, progress=False)
+    assert len(result.split.cold_users) == 30
+    table = evaluate(result, "test")
+    assert 0 < table["cold-start users"]["users"] <= 30
+    entry = result.history[-1]
+    assert {"retrieval", "cca", "mae", "total", "grad/retrieval", "grad/cca", "grad/mae"} <= set(entry)
+    assert entry["grad/cca"] > 0 and entry["grad/mae"] > 0
+    assert "val_recall@50/cold-start users" in entry
+    saved = load_checkpoint_round_trip(result)
+    assert np.array_equal(saved.split.cold_users, result.split.cold_users)
+
+
+def load_checkpoint_round_trip(result):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(result, Path(folder) / "ckpt.pt")
+        return load_checkpoint(Path(folder) / "ckpt.pt", graph=result.graph)
+
+
+def test_sparse_projection_equals_the_dense_one(graph):
+    model = create_model("ssmtl", num_features=graph.num_features, **TINY).eval()
+    x = torch.from_numpy(graph.features[:50])
+    with torch.no_grad():
+        assert torch.allclose(model.encoder.embed_sparse_rows(x), model.encoder.embed_nodes(x), atol=1e-6)
+    model.train()
+    weight = model.encoder.input.weight
+    model.encoder.embed_sparse_rows(x).sum().backward()
+    assert weight.grad is not None and torch.count_nonzero(weight.grad) > 0
