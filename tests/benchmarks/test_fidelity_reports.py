@@ -114,3 +114,14 @@ def test_ssmtl_target_is_the_low_degree_recall(seeds: int, gain: float, expected
     text = "\n".join(bench_ssmtl.target_lines(runs, ["retrieval-only", "ssmtl"]))
     assert f"**SSMTL target: {expected}.**" in text
     assert "| ssmtl | 0 | 200 (last: still rising) |" in text
+
+
+def test_ssmtl_ablations_are_paired_against_retrieval_only_and_full_ssmtl() -> None:
+    runs = [_ssmtl_run("retrieval-only", s, 0.5 + NOISE[s]) for s in range(5)]
+    runs += [_ssmtl_run("ssmtl", s, 0.53 + NOISE[s]) for s in range(5)]
+    runs += [_ssmtl_run("retrieval+cca", s, 0.52 + NOISE[s]) for s in range(5)]
+    text = "\n".join(bench_ssmtl.ablation_lines(runs, ["retrieval-only", "ssmtl", "retrieval+cca"]))
+    low = next(line for line in text.splitlines() if line.startswith("| retrieval+cca | low (deg<=10) |"))
+    assert "| **+0.0200 ± 0.0000 (n=5)** |" in low and "| **-0.0100 ± 0.0000 (n=5)** |" in low
+    assert "| retrieval+cca | overall | 0.5000 ± 0.0000 | +0.0000 ± 0.0000 (n=5) |" in text
+    assert not bench_ssmtl.ablation_lines(runs[:10], ["retrieval-only", "ssmtl"])
