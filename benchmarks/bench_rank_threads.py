@@ -1,0 +1,132 @@
+"""Where a lone Rank request's CPU goes, thread by thread: the ranker against the bare grpc.aio + ORT floor.
+
+p50 latencies at concurrency 1 on this 2-core VM move by +-0.3 ms between runs minutes apart, more than the
+effects being looked for; CPU time per thread does not. So each server (bench_ranker's MMoE, 500 candidates,
+the running experiment of bench_serving_peers) gets sequential Rank calls in interleaved rounds, and around each
+round the CPU time of every thread of its process is read from ``/proc/<pid>/task/<tid>/schedstat`` (ns).
+Reported per call: p50 latency, the event-loop (main) thread's CPU, ONNX Runtime's threads (the executor
+thread that calls ``run`` plus the intra-op pool), the rest (gRPC's poller). At concurrency 1 every
+microsecond the event loop spends is on the request's critical path, so the main-thread difference between
+the ranker and the floor is the ranker's own request path.
+
+``--server NAME=DIR`` adds a ranker started from another checkout (``python -m ranker_server`` run in DIR), to
+compare a change side by side with the tree it came from.
+
+Run:  .venv/bin/python benchmarks/bench_rank_threads.py [--rounds 40] [--per-round 30] [--server NAME=DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_ranker as br  # noqa: E402 (puts the repository root on sys.path too)
+import bench_serving_peers as peers  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """CPU time (ns) of every live thread of ``pid``, by thread id; threads that exit meanwhile are skipped."""
+    cpu = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                cpu[int(tid)] = int(stat.read().split()[0])
+        except (OSError, ValueError):
+            continue
+    return cpu
+
+
+def thread_role(pid: int, tid: int) -> str:
+    """``main`` (the event loop), ``grpc`` (its poller threads) or ``onnxruntime`` (executor and pool threads)."""
+    if tid == pid:
+        return "main"
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+            name = comm.read().strip()
+    except OSError:
+        return "onnxruntime"
+    return "grpc" if name in {"event_engine", "grpc_global_tim"} or name.startswith("grpc") else "onnxruntime"
+
+
+def start_ranker(code: Path, repository: Path) -> tuple[subprocess.Popen[bytes], str]:
+    config = repository / "experiments.yaml"
+    config.write_text(peers.EXPERIMENTS)
+    port = br.free_port()
+    command = [sys.executable, "-m", "ranker_server", "--repository", str(repository), "--experiments", str(config)]
+    command += ["--port", str(port), "--metrics-port", str(br.free_port()), "--log-level", "WARNING"]
+    command += ["--not-serving-delay", "0", "--intra-op-threads", "2"]
+    proc = subprocess.Popen(command, cwd=code)
+    target = f"127.0.0.1:{port}"
+    peers.wait_ready(target, proc, f"ranker from {code}")
+    return proc, target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=40, help="interleaved rounds (default 40)")
+    parser.add_argument("--per-round", type=int, default=30, help="sequential calls per server per round")
+    parser.add_argument("--server", action="append", default=[], metavar="NAME=DIR",
+                        help="also measure a ranker started from checkout DIR")  # fmt: skip
+    args = parser.parse_args(argv)
+    import grpc
+
+    from proto import ranking_pb2_grpc
+
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = br.write_package(br.build_model(), Path(tmp))
+        ids, sparse, dense = br.request_rows(package, 500, rng)
+        np.savez(package / "floor_request.npz", ids=ids, sparse=sparse, dense=dense)
+        servers: dict[str, tuple[int, str]] = {}
+        procs = []
+        try:
+            floor, target = br.start_floor(package, 2, inline=False, spinning="during runs")
+            procs.append(floor)
+            servers["bare grpc.aio + ORT floor"] = (floor.pid, target)
+            for name, code in [("ranker (this tree)", str(br.ROOT)), *(s.split("=", 1) for s in args.server)]:
+                proc, target = start_ranker(Path(code), Path(tmp))
+                procs.append(proc)
+                servers[name] = (proc.pid, target)
+            request = br.rank_request(ids)
+            stubs = {name: ranking_pb2_grpc.RankerStub(grpc.insecure_channel(t)) for name, (_, t) in servers.items()}
+            for stub in stubs.values():  # warm-up: first calls pick kernels and fill caches
+                for _ in range(200):
+                    stub.Rank(request, timeout=10)
+            results = {name: br.Result(name) for name in servers}
+            cpu: dict[str, dict[str, int]] = {name: defaultdict(int) for name in servers}
+            names = list(servers)
+            for r in range(args.rounds):
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    pid = servers[name][0]
+                    before = thread_cpu_ns(pid)
+                    br.timed(results[name], lambda s=stubs[name]: s.Rank(request, timeout=10), args.per_round)
+                    for tid, ns in thread_cpu_ns(pid).items():
+                        cpu[name][thread_role(pid, tid)] += ns - before.get(tid, 0)
+        finally:
+            for proc in procs:
+                proc.kill()
+    calls = args.rounds * args.per_round
+    print(f"{calls} calls per server, {args.rounds} interleaved rounds; CPU per call in microseconds")
+    print("| server | c=1 p50 ms | main (event loop) | onnxruntime threads | grpc poller | all |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in names:
+        per_call = {role: ns / calls / 1e3 for role, ns in cpu[name].items()}
+        print(
+            f"| {name} | {results[name].p50_ms:.3f} | {per_call.get('main', 0):.0f} | "
+            f"{per_call.get('onnxruntime', 0):.0f} | {per_call.get('grpc', 0):.0f} | {sum(per_call.values()):.0f} |"
+        )
+    print(br.uptime())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""The per-thread CPU reader of bench_rank_threads, on this test's own process."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from bench_rank_threads import thread_cpu_ns, thread_role  # noqa: E402
+
+
+def test_a_busy_thread_shows_its_cpu_under_its_own_id() -> None:
+    pid = os.getpid()
+    ids: list[int] = []
+    own_ns: list[int] = []
+    stop = threading.Event()
+
+    def spin() -> None:
+        ids.append(threading.get_native_id())
+        end = time.perf_counter() + 0.2
+        while time.perf_counter() < end:
+            pass
+        own_ns.append(time.thread_time_ns())  # the thread's own clock, from the C library
+        stop.wait(5)
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    while not own_ns:
+        time.sleep(0.01)
+    cpu = thread_cpu_ns(pid)  # the spin is over; the thread is still alive
+    stop.set()
+    worker.join()
+    assert own_ns[0] > 0.02e9  # it did get a core for a while, even on a busy machine
+    assert abs(cpu[ids[0]] - own_ns[0]) < 0.02e9, (cpu, own_ns)
+    assert pid in cpu and thread_role(pid, pid) == "main"
+    assert thread_role(pid, ids[0]) == "onnxruntime"  # any thread that is neither the loop nor gRPC's
