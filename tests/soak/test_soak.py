@@ -119,9 +119,12 @@ class Soak:
         sizes = {}
         for name, service in self.services.items():
             assert service.process is not None
+            exited = service.process.poll()
+            assert exited is None, f"{name} exited with code {exited} during the soak:\n{service.log_tail(60)}"
             status = Path(f"/proc/{service.process.pid}/status").read_text()
-            kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-            sizes[name] = (service.process.pid, kib / 1024)
+            rss = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")]
+            assert rss, f"{name} (pid {service.process.pid}) has no resident set: exiting?\n{service.log_tail(60)}"
+            sizes[name] = (service.process.pid, rss[0] / 1024)
         return sizes
 
 
