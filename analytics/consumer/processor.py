@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from math import isfinite
 from typing import Any
 
+from kafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from analytics.consumer.checkpoint import Checkpoint, resume_points
@@ -43,6 +44,11 @@ EVENTS_REJECTED = Counter(
     "mtrank_analytics_events_rejected_total", "Events skipped as unreadable", ["reason"]
 )
 RECORDS_REPLAYED = Counter("mtrank_analytics_records_replayed_total", "Records skipped: already in the store")
+BROKER_UNREACHABLE = Counter(
+    "mtrank_analytics_broker_unreachable_total", "Polls that failed because Kafka did not answer (retried)"
+)
+RETRY_FIRST_S, RETRY_MAX_S = 0.2, 5.0
+"""Waits between polls while Kafka does not answer: doubling from the first to the most."""
 CONSUMER_LAG = Gauge(
     "mtrank_analytics_consumer_lag_records",
     "Records in Kafka not yet durable in the store, per assigned partition",
@@ -299,9 +305,20 @@ class AnalyticsConsumer:
         """Consume until ``stop()`` (or ``max_seconds``; or ``idle_exit_s`` without new events), then commit."""
         self.subscribe()
         start = last_event = last_lag = time.monotonic()
+        retry_s: float | None = None  # set while Kafka does not answer
         try:
             while not self._stop.is_set():
-                if self.poll_once() or not self.checkpoint.assigned:
+                try:
+                    added = self.poll_once()
+                except KafkaError as exc:  # the deadlines below still apply while Kafka is away
+                    if not exc.retriable:
+                        raise
+                    retry_s, added = self._wait_for_kafka(exc, retry_s), 0
+                else:
+                    if retry_s is not None:
+                        log.info("Kafka answers again; consuming")
+                        retry_s = None
+                if added or not self.checkpoint.assigned:
                     # Idle time counts only while partitions are assigned: a slow group join is not idleness.
                     last_event = time.monotonic()
                 now = time.monotonic()
@@ -315,6 +332,18 @@ class AnalyticsConsumer:
             self.commit()
         finally:
             self.consumer.close()
+
+    def _wait_for_kafka(self, exc: KafkaError, retry_s: float | None) -> float:
+        """Count a poll that failed because Kafka did not answer (a broker down or restarting), warn once per
+        outage, and wait before the next poll; the checkpoint keeps what was read. Returns the wait used."""
+        BROKER_UNREACHABLE.inc()
+        if retry_s is None:
+            log.warning("Kafka does not answer (%s); retrying until it does", exc)
+            retry_s = RETRY_FIRST_S
+        else:
+            retry_s = min(2 * retry_s, RETRY_MAX_S)
+        self._stop.wait(retry_s)
+        return retry_s
 
     def stop(self) -> None:
         """Ask ``run`` to commit and return (thread- and signal-safe)."""
