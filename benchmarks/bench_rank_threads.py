@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from collections import defaultdict
@@ -54,20 +53,7 @@ def thread_role(pid: int, tid: int) -> str:
             name = comm.read().strip()
     except OSError:
         return "onnxruntime"
-    return "grpc" if name in {"event_engine", "grpc_global_tim"} or name.startswith("grpc") else "onnxruntime"
-
-
-def start_ranker(code: Path, repository: Path) -> tuple[subprocess.Popen[bytes], str]:
-    config = repository / "experiments.yaml"
-    config.write_text(peers.EXPERIMENTS)
-    port = br.free_port()
-    command = [sys.executable, "-m", "ranker_server", "--repository", str(repository), "--experiments", str(config)]
-    command += ["--port", str(port), "--metrics-port", str(br.free_port()), "--log-level", "WARNING"]
-    command += ["--not-serving-delay", "0", "--intra-op-threads", "2"]
-    proc = subprocess.Popen(command, cwd=code)
-    target = f"127.0.0.1:{port}"
-    peers.wait_ready(target, proc, f"ranker from {code}")
-    return proc, target
+    return "grpc" if name == "event_engine" or name.startswith("grpc") else "onnxruntime"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(floor)
             servers["bare grpc.aio + ORT floor"] = (floor.pid, target)
             for name, code in [("ranker (this tree)", str(br.ROOT)), *(s.split("=", 1) for s in args.server)]:
-                proc, target = start_ranker(Path(code), Path(tmp))
+                proc, target = br.start_server(Path(tmp), 2, br.free_port(), [], peers.EXPERIMENTS, code=Path(code))
                 procs.append(proc)
                 servers[name] = (proc.pid, target)
             request = br.rank_request(ids)

@@ -224,9 +224,10 @@ def start_server(
     extra: list[str],
     experiments: str = DEFAULTS_ONLY,
     port: int | None = None,
+    code: Path = ROOT,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``python -m ranker_server`` with the ``experiments`` config on ``port`` (default: a free one); returns it
-    once its health service says SERVING."""
+    """``python -m ranker_server`` from checkout ``code`` (default: this one) with the ``experiments`` config on
+    ``port`` (default: a free one); returns it once its health service says SERVING."""
     config = repository / "experiments.yaml"
     config.write_text(experiments)
     port = port or free_port()
@@ -242,7 +243,7 @@ def start_server(
     command += ["--port", str(port), "--metrics-port", str(metrics_port), "--log-level", "WARNING"]
     command += ["--not-serving-delay", "0"]
     command += ["--intra-op-threads", str(threads), *extra]
-    proc = subprocess.Popen(command, cwd=ROOT)
+    proc = subprocess.Popen(command, cwd=code)
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
