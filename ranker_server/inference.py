@@ -18,7 +18,6 @@ from ranker_server.errors import PackageError
 logger = logging.getLogger(__name__)
 
 _GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
-_LOG2 = math.log(2.0)
 
 
 def session_options(settings: RuntimeSettings, spin: bool = False) -> ort.SessionOptions:
@@ -45,14 +44,18 @@ class LoneRunChooser:
     Spinning pool threads hand work over sooner (-1 ms at concurrency 1 on idle cores), but on cores that other
     processes keep busy they wait for a core instead of for work, and a lone run took twice as long as on the
     sleeping session (benchmarks/results/serving_peers.md). So lone runs go to the session with the lower
-    running (geometric) mean time for their batch-size class, and one in ``explore_every`` goes to the other,
-    so that a change of load is noticed. Plain bookkeeping: no clock, no I/O.
+    running median time for their batch-size class, and two in ``explore_every`` go to the other, so that a
+    change of load is noticed. The median, not the mean: spinning runs have the faster middle and the heavier
+    tail (2.9 vs 3.6 ms median, 5.9 vs 4.5 ms p90 in that benchmark's mixed traffic), and a mean that the tail
+    kept pushing up sent lone runs to the slower session. Two in a row, because the first run after a switch
+    finds the other session's weights and threads cold (+0.1 to +0.5 ms measured): only a run that follows one
+    on the same session is recorded (``OnnxRanker.infer``), so the check is the second. Plain bookkeeping.
     """
 
-    def __init__(self, explore_every: int = 16, weight: float = 0.2) -> None:
+    def __init__(self, explore_every: int = 16, step: float = 0.05) -> None:
         self._explore_every = explore_every
-        self._weight = weight
-        self._log_seconds: dict[tuple[int, bool], float] = {}  # (size class, spin) -> running mean of log(s)
+        self._step = step  # in log(seconds): each sample moves the estimate 5% towards itself
+        self._log_seconds: dict[tuple[int, bool], float] = {}  # (size class, spin) -> running median of log(s)
         self._runs: dict[int, int] = {}
 
     def spin(self, rows: int) -> bool:
@@ -60,22 +63,19 @@ class LoneRunChooser:
         size = rows.bit_length()
         runs = self._runs[size] = self._runs.get(size, 0) + 1
         spinning, sleeping = self._log_seconds.get((size, True)), self._log_seconds.get((size, False))
-        if spinning is None or sleeping is None:  # measure each session once first, spinning first
+        if spinning is None or sleeping is None:  # measure each session first, spinning first
             return spinning is None
         faster = spinning <= sleeping
-        return not faster if runs % self._explore_every == 0 else faster
+        explore = runs % self._explore_every in (0, self._explore_every - 1)  # the last two of every block
+        return not faster if explore else faster
 
     def record(self, rows: int, spin: bool, seconds: float) -> None:
         key = (rows.bit_length(), spin)
         sample = math.log(max(seconds, 1e-7))
         old = self._log_seconds.get(key)
-        if old is None:
-            self._log_seconds[key] = sample
-            return
-        # A step moves the mean by at most weight x log(2): one preempted run must not outvote many fast ones,
-        # while a lasting change still shows within a few runs.
-        step = min(max(sample - old, -_LOG2), _LOG2)
-        self._log_seconds[key] = old + self._weight * step
+        # A stochastic median: a fixed step up or down, so a preempted run counts as much as a slightly slow one
+        # and a lasting change of load shows within ~15 recorded runs per doubling.
+        self._log_seconds[key] = sample if old is None else old + (self._step if sample > old else -self._step)
 
 
 class OnnxRanker:
@@ -89,6 +89,7 @@ class OnnxRanker:
     """
 
     _in_flight = 0  # ONNX Runtime calls in flight in this process, counted on the event loop by ``infer``
+    _started = 0  # ONNX Runtime calls started in this process: did another start while a lone run ran?
 
     def __init__(self, path: str, settings: RuntimeSettings, label: str) -> None:
         available = set(ort.get_available_providers())
@@ -111,6 +112,7 @@ class OnnxRanker:
             else self.session
         )
         self._chooser = LoneRunChooser() if self._alone_session is not self.session else None
+        self._last_spin: bool | None = None  # the session of the last run started here (True: the spinning one)
 
     @property
     def alone_values(self) -> tuple[bool, ...]:
@@ -132,13 +134,20 @@ class OnnxRanker:
         """
         alone = OnnxRanker._in_flight == 0
         OnnxRanker._in_flight += 1
+        OnnxRanker._started += 1
+        started = OnnxRanker._started
         loop = asyncio.get_running_loop()
         try:
             if not alone or self._chooser is None:
+                self._last_spin = False  # concurrent runs go to the sleeping session
                 return await loop.run_in_executor(executor, self.run, sparse, dense, alone)
             spin = self._chooser.spin(len(sparse))
+            warm, self._last_spin = spin == self._last_spin, spin
             logits, seconds = await loop.run_in_executor(executor, self._timed_run, sparse, dense, spin)
-            self._chooser.record(len(sparse), spin, seconds)
+            # Only a run that stayed alone and followed one on the same session compares the sessions: one that
+            # others joined shared the cores with their requests, and one after a switch measures the switch.
+            if warm and OnnxRanker._started == started:
+                self._chooser.record(len(sparse), spin, seconds)
             return logits
         finally:
             OnnxRanker._in_flight -= 1
