@@ -124,7 +124,7 @@ def test_the_chooser_prefers_the_faster_session_and_keeps_checking_the_other() -
 
 
 def test_one_slow_run_does_not_outvote_many_fast_ones() -> None:
-    chooser = LoneRunChooser()
+    chooser = LoneRunChooser(explore_every=16)
     chooser.record(100, True, 0.002)
     chooser.record(100, False, 0.003)
     for _ in range(5):
