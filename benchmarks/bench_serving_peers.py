@@ -19,6 +19,7 @@ channel (req/s), in interleaved rounds whose order rotates, so that load from ot
 
 Set-up once:  benchmarks/peers/setup_kserve_venv.sh            (KServe's venv, default /work/venvs/kserve)
 Run:          flock /tmp/mtrank-bench.lock .venv/bin/python benchmarks/bench_serving_peers.py [--out results.md]
+              [--ranker-code NAME=DIR]   (a ranker from another checkout beside this one, to compare a change)
 """
 
 from __future__ import annotations
@@ -293,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-args", default="", help="extra flags for python -m ranker_server")
     parser.add_argument("--ranker-variant", action="append", default=[], metavar="FLAGS",
                         help="also measure a ranker started with these extra flags (Rank rows), e.g. '--spinning off'")  # fmt: skip
+    parser.add_argument("--ranker-code", action="append", default=[], metavar="NAME=DIR",
+                        help="also measure a ranker (Rank rows) started from checkout DIR, to compare a change side by side")  # fmt: skip
     parser.add_argument("--raw-chunk-rows", type=int, default=256,
                         help="also time raw ORT on the request in sequential runs of at most this many rows (0: no)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the table here")
@@ -336,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 processes.append(proc)
                 targets[f"{RANK} {flags}"] = (target, "rank")
+            for name, code in (item.split("=", 1) for item in args.ranker_code):
+                proc, target = br.start_server(
+                    Path(tmp), args.threads, br.free_port(), args.server_args.split(), EXPERIMENTS, code=Path(code)
+                )
+                processes.append(proc)
+                targets[f"{RANK}, {name}"] = (target, "rank")
             for predict, spinning in setups:
                 proc, target = start_kserve(args.kserve_python, package, args.threads, predict, spinning)
                 processes.append(proc)
