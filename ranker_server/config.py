@@ -30,7 +30,12 @@ class RuntimeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
-    intra_op_threads: int = Field(0, ge=0, description="0 = the available cores (divided among --workers)")
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="0 = the available cores (divided among --workers); with --spinning alone, a run that has "
+        "ONNX Runtime to itself gets them all and concurrent runs divide them among --inference-threads",
+    )
     inter_op_threads: int = Field(1, ge=1)
     spinning: Literal["off", "alone", "on"] = Field(
         "alone",

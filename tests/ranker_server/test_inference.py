@@ -76,6 +76,16 @@ async def test_a_lone_run_spins_and_concurrent_runs_do_not(repository: Path, spi
         np.testing.assert_allclose(logits, data["logits"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(("spinning", "concurrent", "lone"), [("alone", 2, 4), ("off", 4, 4), ("on", 4, 4)])
+def test_concurrent_runs_share_the_cores_among_the_executor_threads(
+    repository: Path, spinning: str, concurrent: int, lone: int
+) -> None:
+    settings = RuntimeSettings(spinning=spinning, intra_op_threads=4, inference_threads=2)
+    runner = OnnxRanker(str(repository / "tiny" / "1" / "model.onnx"), settings, "t")
+    assert runner.session.get_session_options().intra_op_num_threads == concurrent
+    assert runner._alone_session.get_session_options().intra_op_num_threads == lone
+
+
 async def test_lone_runs_follow_the_chooser_and_only_runs_after_one_on_the_same_session_count(
     repository: Path,
 ) -> None:
