@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queue-rows", type=int, default=b["max_queue_rows"].default,
                         help="queued rows per model version before RESOURCE_EXHAUSTED")  # fmt: skip
     parser.add_argument("--intra-op-threads", type=int, default=r["intra_op_threads"].default,
-                        help="ONNX Runtime threads per call (0 = the available cores, divided among --workers)")  # fmt: skip
+                        help="ONNX Runtime threads per call (0 = the available cores, divided among --workers); "
+                             "with --spinning alone, concurrent calls divide them among --inference-threads")  # fmt: skip
     parser.add_argument("--spinning", choices=["off", "alone", "on"], default=r["spinning"].default,
                         help="ONNX Runtime pool threads spin-wait during a run (never between runs): never, only "
                              "in runs alone in the process (a second CPU session) while those measure faster "
