@@ -100,8 +100,10 @@ class OnnxRanker:
         available = set(ort.get_available_providers())
         wanted = [p for p in settings.providers if p in available] or ["CPUExecutionProvider"]
         options = session_options(settings, spin=settings.spinning == "on")
-        if settings.spinning == "alone" and wanted[0] not in _GPU_PROVIDERS:
-            # This session takes only concurrent runs (lone ones get the spinning session): they share the cores.
+        if settings.spinning == "alone":
+            # On CPU this session takes only concurrent runs (lone ones get the spinning session): they share the
+            # cores. Decided before the provider is known (onnxruntime-gpu lists CUDA on machines without one and
+            # falls back to CPU); on a GPU the intra-op threads serve only the nodes left on the CPU.
             options.intra_op_num_threads = max(1, options.intra_op_num_threads // settings.inference_threads)
         self.session = self._load(path, options, wanted)
         self.provider = self.session.get_providers()[0]
