@@ -333,18 +333,14 @@ def main(argv: list[str] | None = None) -> int:
                 floor, floor_target = br.start_floor(package, args.threads, inline=False, spinning=spinning)
                 floors.append(floor)
                 targets[floor_label(spinning)] = (floor_target, "rank")
-            for flags in args.ranker_variant:
-                proc, target = br.start_server(
-                    Path(tmp), args.threads, br.free_port(), [*args.server_args.split(), *flags.split()], EXPERIMENTS
-                )
+            rankers = [(f"{RANK} {flags}", flags.split(), ROOT) for flags in args.ranker_variant]
+            checkouts = (item.split("=", 1) for item in args.ranker_code)
+            rankers += [(f"{RANK}, {name}", [], Path(code)) for name, code in checkouts]
+            for label, flags, code in rankers:  # Rank rows beside ours: other flags, or another checkout
+                extra = [*args.server_args.split(), *flags]
+                proc, target = br.start_server(Path(tmp), args.threads, br.free_port(), extra, EXPERIMENTS, code=code)
                 processes.append(proc)
-                targets[f"{RANK} {flags}"] = (target, "rank")
-            for name, code in (item.split("=", 1) for item in args.ranker_code):
-                proc, target = br.start_server(
-                    Path(tmp), args.threads, br.free_port(), args.server_args.split(), EXPERIMENTS, code=Path(code)
-                )
-                processes.append(proc)
-                targets[f"{RANK}, {name}"] = (target, "rank")
+                targets[label] = (target, "rank")
             for predict, spinning in setups:
                 proc, target = start_kserve(args.kserve_python, package, args.threads, predict, spinning)
                 processes.append(proc)
