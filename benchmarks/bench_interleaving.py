@@ -151,7 +151,7 @@ def score_top(world: DemoWorld, repository: Path, name: str, bank: Bank) -> np.n
     table = ItemTable(package)
     tasks = SimpleNamespace(
         task_names=tuple(t.name for t in package.manifest.tasks),
-        binary_tasks=np.array([t.type == "binary" for t in package.manifest.tasks]),
+        binary_tasks=tuple(t.type == "binary" for t in package.manifest.tasks),
     )
     p, b, c = bank.candidates.shape
     top = np.empty((p, b, TOP_K), np.int64)

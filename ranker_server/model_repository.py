@@ -48,7 +48,7 @@ class LoadedModel:
         self.runner = runner
         self.table = ItemTable(package)
         self.task_names = tuple(t.name for t in package.manifest.tasks)
-        self.binary_tasks = np.array([t.type == "binary" for t in package.manifest.tasks])
+        self.binary_tasks = tuple(t.type == "binary" for t in package.manifest.tasks)
         self._batching = batching
         self._executor = executor
         self._workers = workers

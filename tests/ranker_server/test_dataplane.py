@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,13 +10,15 @@ import pytest
 
 from ranker_server.dataplane import RankQuery, check_query, merge_scores
 
-MODEL = SimpleNamespace(task_names=("click", "watch"), binary_tasks=np.array([True, False]))
+MODEL = SimpleNamespace(task_names=("click", "watch"), binary_tasks=(True, False))
 
 
 def test_binary_tasks_get_a_stable_sigmoid_and_regression_stays_raw() -> None:
     logits = np.array([[1000.0, 3.0], [-1000.0, -2.5], [0.0, 0.0]], np.float32)
-    scores, merged = merge_scores(MODEL, logits, {"click": 2.0, "watch": 1.0})
-    assert scores.shape == (2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exp(1000) overflows inside the sigmoid: no warning may escape
+        scores, merged = merge_scores(MODEL, logits, {"click": 2.0, "watch": 1.0})
+    assert scores.shape == (2, 3) and scores.flags.c_contiguous  # task rows, for the top-k gather
     np.testing.assert_allclose(scores[0], [1.0, 0.0, 0.5])
     np.testing.assert_allclose(scores[1], [3.0, -2.5, 0.0])
     np.testing.assert_allclose(merged, [5.0, -2.5, 1.0])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ranker_server.errors import InvalidInput
-from ranker_server.features import ItemTable, build_rows
+from ranker_server.features import ItemTable, build_rows, in_vocab
 from ranker_server.package import read_package
 from tests.ranker_server.rank_packages import ITEM_DENSE, N_ITEMS, USER_DENSE, USER_VOCABS
 
@@ -38,10 +38,10 @@ def test_direct_and_searched_lookups_agree(package, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(features, "DIRECT_ID_LIMIT", 0)  # 8 x 80 items < the largest id 1079: binary search
     searched = ItemTable(package)
     assert direct._row_of is not None and searched._row_of is None
-    ids = np.array([1005, 7, 1079, 1080, -3, -1, 0, 10**12, -(10**12), 1000, 1005], np.int64)
+    ids = np.array([1005, 7, 1079, 1080, -3, -1, 0, 10**12, -(10**12), 1000, 1005, -(2**63), 2**63 - 1], np.int64)
     for a, b in zip(direct.lookup(ids), searched.lookup(ids), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert direct.lookup(ids)[2] == 7  # 7, 1080, -3, -1, 0 and the two far ids
+    assert direct.lookup(ids)[2] == 9  # 7, 1080, -3, -1, 0 and the four far ids
 
 
 def test_lookup_returns_fresh_rows(package) -> None:
@@ -81,6 +81,11 @@ def test_out_of_range_ids_map_to_oov_index(package) -> None:
         np.zeros(0, np.float32),
     )
     assert rows.sparse[0].tolist() == [0, 0, 0]
+
+
+def test_in_vocab_maps_negative_and_too_large_ids_to_zero() -> None:
+    values = np.array([[-(2**63), -1, 0], [99, 100, 2**63 - 1]], np.int64)
+    assert in_vocab(values, np.array([100, 100, 100], np.int64)).tolist() == [[0, 0, 0], [99, 0, 0]]
 
 
 @pytest.mark.parametrize(
