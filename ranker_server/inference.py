@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import os
+import statistics
 import time
 from concurrent.futures import Executor
 
@@ -52,12 +53,17 @@ class LoneRunChooser:
     on the same session is recorded (``OnnxRanker.infer``), so the check is the second. Each check costs three
     slow runs (two on the other session, one cold back), so checks are rare: one block of 64 lone runs each
     (-0.12 and -0.22 ms at concurrency 1 against 16 in mixed traffic); a session that got slower is left within
-    ~15 runs, one that got faster again is noticed within ~15 checks. Plain bookkeeping: no clock, no I/O.
+    ~15 runs, one that got faster again is noticed within ~15 checks. Each estimate starts at the median of its
+    session's first ``warmup`` recorded runs, taken in turns: replaying logged run times
+    (benchmarks/replay_lone_runs.py), estimates started at the first run held 5% of server starts on the slower
+    session for most of their lone runs. Plain bookkeeping: no clock, no I/O.
     """
 
-    def __init__(self, explore_every: int = 64, step: float = 0.05) -> None:
+    def __init__(self, explore_every: int = 64, step: float = 0.05, warmup: int = 8) -> None:
         self._explore_every = explore_every
         self._step = step  # in log(seconds): each sample moves the estimate 5% towards itself
+        self._warmup = warmup
+        self._first: dict[tuple[int, bool], list[float]] = {}  # (size class, spin) -> its first log(s) samples
         self._log_seconds: dict[tuple[int, bool], float] = {}  # (size class, spin) -> running median of log(s)
         self._runs: dict[int, int] = {}
 
@@ -65,20 +71,28 @@ class LoneRunChooser:
         """Whether the next lone run of ``rows`` rows goes to the spinning session."""
         size = rows.bit_length()
         runs = self._runs[size] = self._runs.get(size, 0) + 1
-        spinning, sleeping = self._log_seconds.get((size, True)), self._log_seconds.get((size, False))
-        if spinning is None or sleeping is None:  # measure each session first, spinning first
-            return spinning is None
-        faster = spinning <= sleeping
+        spinning, sleeping = (len(self._first.get((size, spin), ())) for spin in (True, False))
+        if min(spinning, sleeping) < self._warmup:  # measure both sessions first: in turns, spinning first
+            return spinning <= sleeping
+        faster = self._log_seconds[size, True] <= self._log_seconds[size, False]
         explore = runs % self._explore_every in (0, self._explore_every - 1)  # the last two of every block
         return not faster if explore else faster
 
     def record(self, rows: int, spin: bool, seconds: float) -> None:
         key = (rows.bit_length(), spin)
         sample = math.log(max(seconds, 1e-7))
-        old = self._log_seconds.get(key)
+        first = self._first.setdefault(key, [])
+        if len(first) < self._warmup:
+            # The estimate starts at the median of the first runs, not at the first: a spinning run is slower
+            # than a sleeping one in 3 of 10 (the tail), and an estimate started there held lone runs on the
+            # slower session for hundreds of runs in 5% of simulated starts (replaying logged run times).
+            first.append(sample)
+            self._log_seconds[key] = statistics.median(first)
+            return
         # A stochastic median: a fixed step up or down, so a preempted run counts as much as a slightly slow one
         # and a lasting change of load shows within ~15 recorded runs per doubling.
-        self._log_seconds[key] = sample if old is None else old + (self._step if sample > old else -self._step)
+        old = self._log_seconds[key]
+        self._log_seconds[key] = old + (self._step if sample > old else -self._step)
 
 
 class OnnxRanker:
