@@ -4,7 +4,9 @@ At concurrency 1 every step of the event loop's work is on the critical path, an
 (4 MB of weights, two threads) has evicted its caches: a numpy call that takes 2 us in a loop takes 10-30 us
 there. This times the server's own functions (ranker_server.servicer / .dataplane / .features) on the benchmark's
 request (bench_ranker's MMoE, 500 candidates, top 100), each right after a 500-row ORT run, the steps in rotating
-order. ``--code NAME=DIR`` times the same steps from another checkout, in its own processes, for a before/after;
+order. Top-k is the exception: its lines sit inside ``RankDataPlane._rank_with``, so ``top_k`` below repeats them
+(argsort, then ``take``) and is the same code for every checkout; only the score layout it reads (each
+checkout's ``merge_scores``) differs. ``--code NAME=DIR`` times the same steps from another checkout, in its own processes, for a before/after;
 the checkouts' processes alternate, and each step's figure is the median over them.
 
 Run:  .venv/bin/python benchmarks/bench_rank_steps.py [--code before=/path/to/checkout] [--repeats 400]
