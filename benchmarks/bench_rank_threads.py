@@ -7,12 +7,17 @@ round the CPU time of every thread of its process is read from ``/proc/<pid>/tas
 Reported per call: p50 latency, the event-loop (main) thread's CPU, ONNX Runtime's threads (the executor
 thread that calls ``run`` plus the intra-op pool), the rest (gRPC's poller). At concurrency 1 every
 microsecond the event loop spends is on the request's critical path, so the main-thread difference between
-the ranker and the floor is the ranker's own request path.
+the ranker and the floor is the ranker's own request path. Beside them, Rank's work floor: the bare servicer doing
+only what a Rank answer needs in straight-line numpy (bench_ranker's ``serve_floor`` with ``work``).
 
 ``--server NAME=DIR`` adds a ranker started from another checkout (``python -m ranker_server`` run in DIR), to
 compare a change side by side with the tree it came from.
 
-Run:  .venv/bin/python benchmarks/bench_rank_threads.py [--rounds 40] [--per-round 30] [--server NAME=DIR ...]
+Latencies: "c=1 p50" over every call but each round's first, which is reported apart (it finds the caches
+filled by the servers that ran before it).
+
+Run:  .venv/bin/python benchmarks/bench_rank_threads.py [--rounds 40] [--per-round 30] [--burst 32]
+      [--server NAME=DIR ...] [--ranker-variant FLAGS ...]
 """
 
 from __future__ import annotations
@@ -62,7 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-round", type=int, default=30, help="sequential calls per server per round")
     parser.add_argument("--server", action="append", default=[], metavar="NAME=DIR",
                         help="also measure a ranker started from checkout DIR")  # fmt: skip
+    parser.add_argument("--ranker-variant", action="append", default=[], metavar="FLAGS",
+                        help="also measure this tree's ranker started with these extra flags, e.g. '--spinning on'")  # fmt: skip
+    parser.add_argument("--burst", type=int, default=0, metavar="N",
+                        help="after each round, N calls to every server from 16 threads at once, as the concurrency "
+                             "rounds of bench_serving_peers do (not timed; default 0: sequential calls only)")  # fmt: skip
     args = parser.parse_args(argv)
+    import concurrent.futures
+    import time
+
     import grpc
 
     from proto import ranking_pb2_grpc
@@ -78,8 +91,16 @@ def main(argv: list[str] | None = None) -> int:
             floor, target = br.start_floor(package, 2, inline=False, spinning="during runs")
             procs.append(floor)
             servers["bare grpc.aio + ORT floor"] = (floor.pid, target)
-            for name, code in [("ranker (this tree)", str(br.ROOT)), *(s.split("=", 1) for s in args.server)]:
-                proc, target = br.start_server(Path(tmp), 2, br.free_port(), [], peers.EXPERIMENTS, code=Path(code))
+            work, target = br.start_floor(package, 2, inline=False, spinning="during runs", work=True)
+            procs.append(work)
+            servers["Rank's work floor (bare servicer, straight numpy)"] = (work.pid, target)
+            rankers = [("ranker (this tree)", str(br.ROOT), "")]
+            rankers += [(f"ranker (this tree) {flags}", str(br.ROOT), flags) for flags in args.ranker_variant]
+            rankers += [(*s.split("=", 1), "") for s in args.server]
+            for name, code, flags in rankers:
+                proc, target = br.start_server(
+                    Path(tmp), 2, br.free_port(), flags.split(), peers.EXPERIMENTS, code=Path(code)
+                )
                 procs.append(proc)
                 servers[name] = (proc.pid, target)
             request = br.rank_request(ids)
@@ -88,26 +109,37 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(200):
                     stub.Rank(request, timeout=10)
             results = {name: br.Result(name) for name in servers}
+            # Each round's first call apart: it finds the caches filled by the servers that ran before it.
+            first = {name: br.Result(name) for name in servers}
             cpu: dict[str, dict[str, int]] = {name: defaultdict(int) for name in servers}
             names = list(servers)
+            callers = concurrent.futures.ThreadPoolExecutor(16)
             for r in range(args.rounds):
-                for name in names[r % len(names) :] + names[: r % len(names)]:
-                    pid = servers[name][0]
+                order = names[r % len(names) :] + names[: r % len(names)]
+                for name in order:
+                    pid, stub = servers[name][0], stubs[name]
                     before = thread_cpu_ns(pid)
-                    br.timed(results[name], lambda s=stubs[name]: s.Rank(request, timeout=10), args.per_round)
+                    for i in range(args.per_round):
+                        started = time.perf_counter()
+                        stub.Rank(request, timeout=10)
+                        (first if i == 0 else results)[name].latencies_s.append(time.perf_counter() - started)
                     for tid, ns in thread_cpu_ns(pid).items():
                         cpu[name][thread_role(pid, tid)] += ns - before.get(tid, 0)
+                for name in order if args.burst else ():
+                    list(callers.map(lambda _, s=stubs[name]: s.Rank(request, timeout=30), range(args.burst)))
+            callers.shutdown()
         finally:
             for proc in procs:
                 proc.kill()
     calls = args.rounds * args.per_round
-    print(f"{calls} calls per server, {args.rounds} interleaved rounds; CPU per call in microseconds")
-    print("| server | c=1 p50 ms | main (event loop) | onnxruntime threads | grpc poller | all |")
-    print("|---|---:|---:|---:|---:|---:|")
+    burst = f", a burst of {args.burst} calls from 16 threads after each" if args.burst else ""
+    print(f"{calls} calls per server, {args.rounds} interleaved rounds{burst}; CPU per call in microseconds")
+    print("| server | c=1 p50 ms | 1st call of a round p50 ms | main (event loop) | onnxruntime threads | grpc poller | all |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in names:
         per_call = {role: ns / calls / 1e3 for role, ns in cpu[name].items()}
         print(
-            f"| {name} | {results[name].p50_ms:.3f} | {per_call.get('main', 0):.0f} | "
+            f"| {name} | {results[name].p50_ms:.3f} | {first[name].p50_ms:.3f} | {per_call.get('main', 0):.0f} | "
             f"{per_call.get('onnxruntime', 0):.0f} | {per_call.get('grpc', 0):.0f} | {sum(per_call.values()):.0f} |"
         )
     print(br.uptime())

@@ -272,8 +272,16 @@ def serve_floor(
     inline: bool,
     ports: multiprocessing.Queue,
     spinning: str = "during runs",
+    work: bool = False,
 ) -> None:
-    """Rows (c1)/(c2): a bare grpc.aio Ranker that only runs raw ORT, in an executor thread or ``inline``."""
+    """Rows (c1)/(c2): a bare grpc.aio Ranker that only runs raw ORT, in an executor thread or ``inline``.
+
+    ``work``: instead of the pre-built rows and response, it does the work a Rank request needs and nothing
+    else, in straight-line numpy: candidate ids from the request, their item-table rows (one id -> row array)
+    with the user's columns, ORT (in the executor), sigmoid for the binary tasks, the weighted merge, the top
+    ``top_k`` and a response built from them. No checks, experiment assignment, metrics, batcher or deadline:
+    the floor of Rank's contract in a Python grpc.aio servicer, to set the ranker's own overhead against.
+    """
     import concurrent.futures
 
     import uvloop
@@ -294,9 +302,45 @@ def serve_floor(
         model=common_pb2.ModelRef(name="bench-mmoe", version="1"),
     )
     executor = concurrent.futures.ThreadPoolExecutor(1)
+    items = np.load(Path(model_path).with_name("item_features.npz"))
+    users = (len(USER_VOCABS), USER_DENSE)  # the user columns come first in both inputs
+    table_sparse = np.zeros((len(items["ids"]) + 1, users[0] + len(ITEM_VOCABS)), np.int64)
+    table_sparse[:-1, users[0] :] = items["sparse"]
+    table_dense = np.zeros((len(items["ids"]) + 1, users[1] + ITEM_DENSE), np.float32)
+    table_dense[:-1, users[1] :] = items["dense"]
+    row_of = np.full(int(items["ids"].max()) + 1, len(items["ids"]), np.int32)  # unknown ids: the zero row
+    row_of[items["ids"]] = np.arange(len(items["ids"]), dtype=np.int32)
+    weights = np.array([1.0, 0.5, 0.1], np.float32)  # the benchmark experiment's control weights
+    binary = [i for i, task in enumerate(TASKS) if task["type"] == "binary"]
+    names = [t["name"] for t in TASKS]
+
+    async def rank_work(request) -> ranking_pb2.RankResponse:
+        ids = np.asarray(request.candidate_ids, np.int64)
+        rows = row_of.take(ids)
+        sparse, dense = table_sparse.take(rows, axis=0), table_dense.take(rows, axis=0)
+        sparse[:, : users[0]] = request.user_sparse
+        dense[:, : users[1]] = request.user_dense
+        logits = await asyncio.get_running_loop().run_in_executor(
+            executor, session.run, ["logits"], {"sparse": sparse, "dense": dense}
+        )
+        scores = np.ascontiguousarray(logits[0].T)
+        with np.errstate(over="ignore"):  # exp overflows to inf below -88: the right 0
+            scores[binary] = 1 / (1 + np.exp(-scores[binary]))
+        merged = weights @ scores
+        order = np.argsort(-merged, kind="stable")[:top_k]
+        return ranking_pb2.RankResponse(
+            request_id=request.request_id or os.urandom(16).hex(),
+            candidate_ids=ids.take(order).tolist(),
+            task_names=names,
+            task_scores=[ranking_pb2.TaskScores(scores=row.tolist()) for row in scores.take(order, axis=1)],
+            merged_scores=merged.take(order).tolist(),
+            model=common_pb2.ModelRef(name="bench-mmoe", version="1"),
+        )
 
     class Floor(ranking_pb2_grpc.RankerServicer):
         async def Rank(self, request, context):  # noqa: N802 (gRPC method name)
+            if work:
+                return await rank_work(request)
             if inline:
                 session.run(["logits"], feeds)
             else:
@@ -314,12 +358,12 @@ def serve_floor(
 
 
 def start_floor(
-    package: Path, threads: int, inline: bool, spinning: str = "during runs"
+    package: Path, threads: int, inline: bool, spinning: str = "during runs", work: bool = False
 ) -> tuple[multiprocessing.Process, str]:
-    """Start a (c1)/(c2) floor servicer in a fresh process; returns it and its target."""
+    """Start a (c1)/(c2) floor servicer (``work``: Rank's work floor) in a fresh process; returns it and its target."""
     context = multiprocessing.get_context("spawn")  # no torch threads or gRPC state inherited
     ports = context.Queue()
-    args = (str(package / "model.onnx"), threads, 100, inline, ports, spinning)
+    args = (str(package / "model.onnx"), threads, 100, inline, ports, spinning, work)
     proc = context.Process(target=serve_floor, args=args, daemon=True)
     proc.start()
     return proc, f"127.0.0.1:{ports.get(timeout=120)}"
