@@ -62,6 +62,8 @@ TASKS = (
     {"name": "watch", "type": "regression"},
 )
 N_ITEMS = 20_000
+TASK_WEIGHTS = np.array([1.0, 0.5, 0.1], np.float32)  # the ranking default's (and the experiments' control) weights
+BINARY_TASKS = [i for i, task in enumerate(TASKS) if task["type"] == "binary"]
 
 
 def build_model(seed: int = 0) -> torch.nn.Module:
@@ -310,8 +312,6 @@ def serve_floor(
     table_dense[:-1, users[1] :] = items["dense"]
     row_of = np.full(int(items["ids"].max()) + 1, len(items["ids"]), np.int32)  # unknown ids: the zero row
     row_of[items["ids"]] = np.arange(len(items["ids"]), dtype=np.int32)
-    weights = np.array([1.0, 0.5, 0.1], np.float32)  # the benchmark experiment's control weights
-    binary = [i for i, task in enumerate(TASKS) if task["type"] == "binary"]
     names = [t["name"] for t in TASKS]
 
     async def rank_work(request) -> ranking_pb2.RankResponse:
@@ -325,8 +325,8 @@ def serve_floor(
         )
         scores = np.ascontiguousarray(logits[0].T)
         with np.errstate(over="ignore"):  # exp overflows to inf below -88: the right 0
-            scores[binary] = 1 / (1 + np.exp(-scores[binary]))
-        merged = weights @ scores
+            scores[BINARY_TASKS] = 1 / (1 + np.exp(-scores[BINARY_TASKS]))
+        merged = TASK_WEIGHTS @ scores
         order = np.argsort(-merged, kind="stable")[:top_k]
         return ranking_pb2.RankResponse(
             request_id=request.request_id or os.urandom(16).hex(),

@@ -222,8 +222,8 @@ def check_work_floor(target: str, rank_request, ids: np.ndarray, logits: np.ndar
     from proto import ranking_pb2_grpc
 
     scores = logits.T.copy()
-    scores[:2] = 1 / (1 + np.exp(-scores[:2]))  # click, like: binary; watch: regression
-    merged = np.array([1.0, 0.5, 0.1], np.float32) @ scores
+    scores[br.BINARY_TASKS] = 1 / (1 + np.exp(-scores[br.BINARY_TASKS]))
+    merged = br.TASK_WEIGHTS @ scores
     with grpc.insecure_channel(target) as channel:
         response = ranking_pb2_grpc.RankerStub(channel).Rank(rank_request, timeout=30)
     top = np.argsort(-merged, kind="stable")[:100]
