@@ -14,10 +14,13 @@ pattern is accepted only if JavaScript reads it the way this module makes Python
   ASCII, `\s` is JavaScript's whitespace set, `.` also stops at `\r`, U+2028 and U+2029, `$` is the end of
   the text only (Python's also matches before a final newline), and a character outside the BMP is two
   code units in the pattern and in the text, so `^.$` does not match an emoji, as in JavaScript.
-
-Left as Python does it: case-insensitive matching of five letters with irregular case mappings (under
-`$regexi` the Kelvin sign, long s, dotless and dotted i match `k`, `s`, `i` here, and capital sharp s matches
-`ß`; JavaScript's "i" without "u" keeps them apart).
+* Case-insensitive matching (`$regexi`) is JavaScript's, spelled out in the translation instead of left to
+  `re.IGNORECASE`: without the "u" flag two code units match when their `Canonicalize` is equal, which is
+  their upper case when that is one code unit and not an ASCII one for a non-ASCII unit. Python folds
+  through lower case and a table of extra equivalences, so under `re.IGNORECASE` the Kelvin sign, long s,
+  dotless and dotted i, capital sharp s, Ohm and Angstrom signs would match `k`, `s`, `i`, `ß`, `ω` and `å`,
+  which JavaScript keeps apart. Case mappings are Python's Unicode tables (`str.upper`); a letter whose
+  mapping changed in a newer Unicode version than Python's may still differ from a newer node.
 """
 
 from __future__ import annotations
@@ -30,17 +33,17 @@ from experiment_router.errors import RegexError
 
 _WORD = "A-Za-z0-9_"
 _SPACE = r"\t\n\v\f\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-_CLASS_ESCAPES = {  # (?-i:...) keeps JavaScript's ASCII word set under "i" too
+_CLASS_ESCAPES = {  # each the same under "i": no unit outside ASCII has an ASCII Canonicalize (see below)
     "d": "[0-9]",
     "D": "[^0-9]",
-    "w": f"(?-i:[{_WORD}])",
-    "W": f"(?-i:[^{_WORD}])",
+    "w": f"[{_WORD}]",
+    "W": f"[^{_WORD}]",
     "s": f"[{_SPACE}]",
     "S": f"[^{_SPACE}]",
 }
 _ASSERTIONS = {
-    "b": f"(?-i:(?<=[{_WORD}])(?![{_WORD}])|(?<![{_WORD}])(?=[{_WORD}]))",
-    "B": f"(?-i:(?<=[{_WORD}])(?=[{_WORD}])|(?<![{_WORD}])(?![{_WORD}]))",
+    "b": f"(?:(?<=[{_WORD}])(?![{_WORD}])|(?<![{_WORD}])(?=[{_WORD}]))",
+    "B": f"(?:(?<=[{_WORD}])(?=[{_WORD}])|(?<![{_WORD}])(?![{_WORD}]))",
 }
 _ANY = r"[^\n\r\u2028\u2029]"
 _CONTROL = {"f": 0x0C, "n": 0x0A, "r": 0x0D, "t": 0x09, "v": 0x0B}
@@ -95,6 +98,53 @@ def _unit_source(unit: int) -> str:
     return f"\\x{unit:02x}" if unit < 0x100 else f"\\u{unit:04x}"
 
 
+@lru_cache(maxsize=1)
+def _case_groups() -> tuple[tuple[int, ...], ...]:
+    """The code units that JavaScript's non-unicode "i" matches with one another, in groups of two or more.
+
+    ECMAScript's Canonicalize(ch) without "u": ch's upper case, unless that is not one code unit, or ch is not
+    ASCII and its upper case is; units with the same Canonicalize match each other.
+    """
+    by_canon: dict[str, list[int]] = {}
+    for unit in range(0x10000):
+        char = chr(unit)
+        upper = char.upper()
+        canon = upper if len(upper) == 1 and (unit < 0x80 or not upper.isascii()) else char
+        by_canon.setdefault(canon, []).append(unit)
+    return tuple(tuple(units) for units in by_canon.values() if len(units) > 1)
+
+
+@lru_cache(maxsize=1)
+def _case_group_of() -> dict[int, tuple[int, ...]]:
+    return {unit: group for group in _case_groups() for unit in group}
+
+
+def _class_source(units: list[int] | tuple[int, ...] | set[int]) -> str:
+    return "[" + "".join(_unit_source(u) for u in sorted(units)) + "]"
+
+
+def _literal(unit: int, ignore_case: bool) -> str:
+    """Python pattern text matching the code unit `unit` as JavaScript does, under "i" when `ignore_case`."""
+    group = _case_group_of().get(unit) if ignore_case else None
+    return _class_source(group) if group else _unit_source(unit)
+
+
+def _case_partners(positive: str) -> str:
+    """A class of the units outside the class `positive` (Python source) that "i" adds to it in JavaScript.
+
+    They are the units with a case partner inside it; "" when there are none.
+    """
+    member = re.compile(positive).fullmatch
+    partners = {
+        unit
+        for group in _case_groups()
+        if any(member(chr(u)) for u in group)
+        for unit in group
+        if not member(chr(unit))
+    }
+    return _class_source(partners) if partners else ""
+
+
 def _escape(pattern: str, at: int, in_class: bool) -> tuple[str, list[int] | str, int]:
     """Read the escape at `at`: ("units", code units, next), ("class", letter, next) or ("assert", ...)."""
     c = pattern[at + 1]
@@ -129,8 +179,12 @@ def _escape(pattern: str, at: int, in_class: bool) -> tuple[str, list[int] | str
     return "units", _units(c), at + 2
 
 
-def _char_class(pattern: str, at: int) -> tuple[str, int]:
-    """Translate the class opening at `at`; returns (Python source, index after its closing bracket)."""
+def _char_class(pattern: str, at: int, ignore_case: bool) -> tuple[str, int]:
+    """Translate the class opening at `at`; returns (Python source, index after its closing bracket).
+
+    Under "i" a unit matches when any unit of its case group is in the class: a class gains the case partners
+    of its members, a negated class loses them.
+    """
     i = at + 1
     negated = pattern.startswith("^", i)
     i += negated
@@ -176,13 +230,12 @@ def _char_class(pattern: str, at: int) -> tuple[str, int]:
             k += 1
     body = "".join(parts)
     alternatives = ([f"[{body}]"] if parts else []) + escapes
-    if negated and escapes:
-        return "(?:(?!" + "|".join(alternatives) + ")(?s:.))", i + 1
+    positive = alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
+    partners = _case_partners(positive) if ignore_case else ""
     if negated:
-        return f"[^{body}]", i + 1
-    if len(alternatives) == 1:
-        return alternatives[0], i + 1
-    return "(?:" + "|".join(alternatives) + ")", i + 1
+        source = "(?:(?!" + "|".join(alternatives) + ")(?s:.))" if escapes else f"[^{body}]"
+        return (f"(?:(?!{partners}){source})" if partners else source), i + 1
+    return (f"(?:{positive}|{partners})" if partners else positive), i + 1
 
 
 def _quantifier_at(pattern: str, i: int) -> bool:
@@ -199,8 +252,9 @@ def _after_quantifier(pattern: str, i: int, out: list[str]) -> int:
     return i
 
 
-def translate(pattern: str) -> str:
-    """Python pattern text that matches, over code-unit text (see `js_text`), what `pattern` matches in JS.
+def translate(pattern: str, ignore_case: bool = False) -> str:
+    """Python pattern text that matches, over code-unit text (see `js_text`), what `pattern` matches in JS
+    (with the "i" flag when `ignore_case`; the result is compiled without `re.IGNORECASE`).
 
     Raises:
         RegexError: for Python-only syntax, naming the construct, its position and the JavaScript way.
@@ -213,12 +267,12 @@ def translate(pattern: str) -> str:
         if c == "\\":
             kind, payload, i = _escape(pattern, i, in_class=False)
             if kind == "units":
-                out.extend(_unit_source(u) for u in payload)  # type: ignore[union-attr]
+                out.extend(_literal(u, ignore_case) for u in payload)  # type: ignore[union-attr]
             else:
                 table = _CLASS_ESCAPES if kind == "class" else _ASSERTIONS
                 out.append(table[payload])  # type: ignore[index]
         elif c == "[":
-            source, i = _char_class(pattern, i)
+            source, i = _char_class(pattern, i, ignore_case)
             out.append(source)
         elif c == "(":
             opener = next((o for o in _GROUP_OPENERS if pattern.startswith(o, i)), None)
@@ -258,7 +312,7 @@ def translate(pattern: str) -> str:
             out.append(c)
             i += 1
         else:
-            out.extend(_unit_source(u) for u in _units(c))
+            out.extend(_literal(u, ignore_case) for u in _units(c))
             i += 1
     return "".join(out)
 
@@ -272,14 +326,13 @@ def compile_js(pattern: str, ignore_case: bool = False) -> re.Pattern[str]:
     """
     if not isinstance(pattern, str):
         raise RegexError(f"a regular expression must be a string, got {type(pattern).__name__}")
-    flags = re.IGNORECASE if ignore_case else 0
     try:
-        re.compile(pattern, flags)
+        re.compile(pattern, re.IGNORECASE if ignore_case else 0)
     except re.error as exc:
         raise RegexError(f"invalid regular expression {pattern!r}: {exc}") from None
-    source = translate(pattern)
+    source = translate(pattern, ignore_case)
     try:
-        return re.compile(source, flags)
+        return re.compile(source)
     except re.error as exc:  # e.g. an astral range, which JavaScript reads as surrogates
         raise RegexError(
             f"regular expression {pattern!r} is not JavaScript once characters outside the BMP are read "

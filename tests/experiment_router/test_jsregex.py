@@ -112,9 +112,9 @@ TOKENS = [
     "*", "+", "?", "*?", "{2}", "{1,3}", "{", "}", "]", r"\d", r"\D", r"\w", r"\W", r"\s", r"\S", r"\b",
     r"\B", r"\.", r"\x41", r"\u00e9", r"\n", r"\0", "[ab]", "[^a]", r"[\d\s]", r"[^\W_]", r"[a-z]",
     r"[\w-]", "[😀]", "[-a]", "(?<!b)", r"\/", "\\😀", "[é-ü]", r"[\x41-\x5a]", "\\\\", "{2,}", "??", "+?",
-    r"[^\d\s]", "[😀-😂]",
+    r"[^\d\s]", "[😀-😂]", "k", "s", "i", "ß", "ω", "å", "\u212a", "\u017f", "[^s]", "[ſ-ƀ]", r"[^\W]",
 ]  # fmt: skip
-TEXT_CHARS = "ab aé😀\n\r١_\xa0\ufeffAK-\x00"
+TEXT_CHARS = "ab aé😀\n\r١_\xa0\ufeffAK-\x00ksiIßωåΩ\u212a\u017f\u0131\u0130\u1e9e\u2126\u212b"
 
 
 @settings(max_examples=150, deadline=None)
@@ -136,10 +136,73 @@ def test_accepted_patterns_match_exactly_as_in_node(
     assert [compiled.search(js_text(t)) is not None for t in texts] == answer, pattern
 
 
-KNOWN_CASE_GAP = [("k", "\u212a"), ("s", "\u017f"), ("i", "\u0131"), ("i", "\u0130"), ("\u00df", "\u1e9e")]
+# Letters that Python's re.IGNORECASE folds together and JavaScript's "i" (no "u") keeps apart: Kelvin sign, long
+# s, dotless i, dotted capital I, capital sharp s, Ohm sign, Angstrom sign.
+IRREGULAR_CASE = [
+    ("k", "\u212a"), ("s", "\u017f"), ("i", "\u0131"), ("i", "\u0130"), ("\u00df", "\u1e9e"), ("\u03c9", "\u2126"),
+    ("\u00e5", "\u212b"), ("[a-z]", "\u212a"), ("[\\w]", "\u017f"), ("[^\\W]", "\u0131"),
+]  # fmt: skip
 
 
-@pytest.mark.xfail(reason="documented gap: Python's case folding of five irregular letters", strict=True)
-@pytest.mark.parametrize(("pattern", "text"), KNOWN_CASE_GAP)
-def test_irregular_case_letters_under_regexi(pattern: str, text: str) -> None:
-    assert compile_js(pattern, True).search(js_text(text)) is None  # what JavaScript answers
+@pytest.mark.parametrize(("pattern", "text"), IRREGULAR_CASE)
+def test_irregular_case_letters_under_regexi_stay_apart_as_in_javascript(pattern: str, text: str) -> None:
+    assert re.search(pattern, text, re.IGNORECASE)  # Python's own folding would match them
+    assert compile_js(pattern, True).search(js_text(text)) is None
+    assert compile_js(pattern, True).search(js_text(text.swapcase() if pattern != "[a-z]" else "K"))
+
+
+def test_irregular_case_letters_agree_with_node(js_regex: JsRegex) -> None:
+    answers = js_regex.ask([(p, "i", [t]) for p, t in IRREGULAR_CASE])
+    assert answers == [[False]] * len(IRREGULAR_CASE)
+
+
+def _case_candidates() -> dict[int, list[int]]:
+    """For every BMP code unit with a case mapping, the units either language might match it with under "i"."""
+    buckets: dict[str, set[int]] = {}
+    for unit in range(0x10000):
+        char = chr(unit)
+        keys = {char.lower()[:1], char.upper()[:1], char.casefold()[:1]} - {char}
+        for key in keys:
+            buckets.setdefault(key, set()).update((unit, ord(key)))
+    candidates: dict[int, set[int]] = {}
+    for units in buckets.values():
+        for unit in units:
+            candidates.setdefault(unit, set()).update(units)
+    return {unit: sorted(others) for unit, others in candidates.items()}
+
+
+def test_every_case_pairing_agrees_with_node(js_regex: JsRegex) -> None:
+    """Each cased BMP letter, as a pattern under "i", against every letter it might fold with, in node and here."""
+    candidates = _case_candidates()
+    assert len(candidates) > 2000
+    requests = [(re.escape(chr(unit)), "i", [chr(u) for u in others]) for unit, others in candidates.items()]
+    answers = js_regex.ask(requests)
+    ours = [[compile_js(p, True).search(t) is not None for t in texts] for p, _, texts in requests]
+    differ = [
+        (p, t)
+        for (p, _, texts), a, o in zip(requests, answers, ours, strict=True)
+        for t, x, y in zip(texts, a, o, strict=True)
+        if x != y
+    ]
+    assert not differ, differ[:20]
+    python_alone = sum(
+        bool(re.search(p, t, re.I)) != x
+        for (p, _, texts), a in zip(requests, answers, strict=True)
+        for t, x in zip(texts, a, strict=True)
+    )
+    assert python_alone >= 7  # re.IGNORECASE alone would get the irregular letters wrong
+
+
+CASE_CLASSES = [
+    "[a-z]", "[^a-z]", "[A-Z]", "[^K]", "[k]", "[^k]", r"[\w]", r"[^\w]", r"[\W]", r"[^\W]", "[\u0100-\u017f]",
+    "[^\u0100-\u017f]", "[\u00c0-\u00ff]", "[^\u00c0-\u00ff]", "[\u0391-\u03a9]", "[^\u0391-\u03a9]",
+    "[\u2100-\u214f]", "[^\u2100-\u214f]", "[\u1e00-\u1eff]", "[sk\\d]", "[^sk\\d]", "[\u00df\u212b]",
+]  # fmt: skip
+
+
+def test_classes_under_regexi_agree_with_node(js_regex: JsRegex) -> None:
+    letters = sorted({chr(u) for units in _case_candidates().values() for u in units if u < 0x2200})
+    requests = [(pattern, "i", letters) for pattern in CASE_CLASSES]
+    for (pattern, _, texts), answer in zip(requests, js_regex.ask(requests), strict=True):
+        ours = [compile_js(pattern, True).fullmatch(t) is not None for t in texts]
+        assert ours == answer, [(t, a) for t, a, o in zip(texts, answer, ours, strict=True) if a != o][:10]
