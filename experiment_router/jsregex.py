@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from array import array
+from collections.abc import Iterable
 from functools import lru_cache
 
 from experiment_router.errors import RegexError
@@ -119,7 +120,7 @@ def _case_group_of() -> dict[int, tuple[int, ...]]:
     return {unit: group for group in _case_groups() for unit in group}
 
 
-def _class_source(units: list[int] | tuple[int, ...] | set[int]) -> str:
+def _class_source(units: Iterable[int]) -> str:
     return "[" + "".join(_unit_source(u) for u in sorted(units)) + "]"
 
 
@@ -135,13 +136,11 @@ def _case_partners(positive: str) -> str:
     They are the units with a case partner inside it; "" when there are none.
     """
     member = re.compile(positive).fullmatch
-    partners = {
-        unit
-        for group in _case_groups()
-        if any(member(chr(u)) for u in group)
-        for unit in group
-        if not member(chr(unit))
-    }
+    partners: set[int] = set()
+    for group in _case_groups():
+        outside = [unit for unit in group if not member(chr(unit))]
+        if len(outside) < len(group):  # some of the group is inside: the rest joins it
+            partners.update(outside)
     return _class_source(partners) if partners else ""
 
 
