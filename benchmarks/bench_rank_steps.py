@@ -50,6 +50,7 @@ def step_functions(package: Path, ids: np.ndarray) -> dict[str, Callable[[], obj
     session = br.ort_session(package / "model.onnx", 2, "during runs")
     logits = session.run(["logits"], {"sparse": rows.sparse, "dense": rows.dense})[0]
     tasks = read.manifest.tasks
+    # An array, not the tuple LoadedModel now holds: older checkouts' merge_scores negate it with ``~``.
     model = SimpleNamespace(task_names=tuple(t.name for t in tasks),
                             binary_tasks=np.array([t.type == "binary" for t in tasks]))  # fmt: skip
     weights = {tasks[0].name: 1.0, tasks[1].name: 0.5}

@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                         (first if i == 0 else results)[name].latencies_s.append(time.perf_counter() - started)
                     for tid, ns in thread_cpu_ns(pid).items():
                         cpu[name][thread_role(pid, tid)] += ns - before.get(tid, 0)
-                for name in order if args.burst else ():
-                    list(callers.map(lambda _, s=stubs[name]: s.Rank(request, timeout=30), range(args.burst)))
+                if args.burst:
+                    for name in order:
+                        list(callers.map(lambda _, s=stubs[name]: s.Rank(request, timeout=30), range(args.burst)))
             callers.shutdown()
         finally:
             for proc in procs:
