@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,11 +180,12 @@ def ort_session(model_path: Path, threads: int, spinning: str) -> ort.InferenceS
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
-async def server_round(call, request, result: Result, concurrency: int, n: int) -> None:
-    """``n`` unary calls (``call``: a grpc.aio stub method) spread over ``concurrency`` concurrent callers."""
+async def server_round(calls: Sequence, request, result: Result, concurrency: int, n: int) -> None:
+    """``n`` unary calls spread over ``concurrency`` concurrent callers, caller i calling ``calls[i % len(calls)]``
+    (grpc.aio stub methods: one per client connection)."""
     remaining = n
 
-    async def caller() -> None:
+    async def caller(call) -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
@@ -193,7 +194,7 @@ async def server_round(call, request, result: Result, concurrency: int, n: int) 
             result.latencies_s.append(time.perf_counter() - t)
 
     start = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    await asyncio.gather(*(caller(calls[i % len(calls)]) for i in range(concurrency)))
     result.wall_s += time.perf_counter() - start
 
 
@@ -275,6 +276,7 @@ def serve_floor(
     ports: multiprocessing.Queue,
     spinning: str = "during runs",
     work: bool = False,
+    server: str = "aio",
 ) -> None:
     """Rows (c1)/(c2): a bare grpc.aio Ranker that only runs raw ORT, in an executor thread or ``inline``.
 
@@ -283,9 +285,14 @@ def serve_floor(
     with the user's columns, ORT (in the executor), sigmoid for the binary tasks, the weighted merge, the top
     ``top_k`` and a response built from them. No checks, experiment assignment, metrics, batcher or deadline:
     the floor of Rank's contract in a Python grpc.aio servicer, to set the ranker's own overhead against.
+
+    ``server="threads"``: the same servicer on grpc's synchronous server instead (a pool of 16 handler threads,
+    ORT called in the handler's thread: no event loop and no hand-off), the other way a Python gRPC server can
+    be built, to see whether the event loop is what the floor costs.
     """
     import concurrent.futures
 
+    import grpc
     import uvloop
     from grpc import aio
 
@@ -314,16 +321,18 @@ def serve_floor(
     row_of[items["ids"]] = np.arange(len(items["ids"]), dtype=np.int32)
     names = [t["name"] for t in TASKS]
 
-    async def rank_work(request) -> ranking_pb2.RankResponse:
+    def work_feeds(request) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Rank's work before ORT: the candidates' ids and their input rows."""
         ids = np.asarray(request.candidate_ids, np.int64)
         rows = row_of.take(ids)
         sparse, dense = table_sparse.take(rows, axis=0), table_dense.take(rows, axis=0)
         sparse[:, : users[0]] = request.user_sparse
         dense[:, : users[1]] = request.user_dense
-        logits = await asyncio.get_running_loop().run_in_executor(
-            executor, session.run, ["logits"], {"sparse": sparse, "dense": dense}
-        )
-        scores = np.ascontiguousarray(logits[0].T)
+        return ids, {"sparse": sparse, "dense": dense}
+
+    def work_answer(request, ids: np.ndarray, logits: np.ndarray) -> ranking_pb2.RankResponse:
+        """Rank's work after ORT: scores, the weighted merge, the top ``top_k`` and the response."""
+        scores = np.ascontiguousarray(logits.T)
         with np.errstate(over="ignore"):  # exp overflows to inf below -88: the right 0
             scores[BINARY_TASKS] = 1 / (1 + np.exp(-scores[BINARY_TASKS]))
         merged = TASK_WEIGHTS @ scores
@@ -340,30 +349,54 @@ def serve_floor(
     class Floor(ranking_pb2_grpc.RankerServicer):
         async def Rank(self, request, context):  # noqa: N802 (gRPC method name)
             if work:
-                return await rank_work(request)
+                ids, inputs = work_feeds(request)
+                run = await asyncio.get_running_loop().run_in_executor(executor, session.run, ["logits"], inputs)
+                return work_answer(request, ids, run[0])
             if inline:
                 session.run(["logits"], feeds)
             else:
                 await asyncio.get_running_loop().run_in_executor(executor, session.run, ["logits"], feeds)
             return response
 
+    class ThreadedFloor(ranking_pb2_grpc.RankerServicer):
+        def Rank(self, request, context):  # noqa: N802 (gRPC method name)
+            if work:
+                ids, inputs = work_feeds(request)
+                return work_answer(request, ids, session.run(["logits"], inputs)[0])
+            session.run(["logits"], feeds)
+            return response
+
+    if server == "threads":
+        threaded = grpc.server(concurrent.futures.ThreadPoolExecutor(16))
+        ranking_pb2_grpc.add_RankerServicer_to_server(ThreadedFloor(), threaded)
+        ports.put(threaded.add_insecure_port("127.0.0.1:0"))
+        threaded.start()
+        threaded.wait_for_termination()
+        return
+
     async def main() -> None:
-        server = aio.server()
-        ranking_pb2_grpc.add_RankerServicer_to_server(Floor(), server)
-        ports.put(server.add_insecure_port("127.0.0.1:0"))
-        await server.start()
-        await server.wait_for_termination()
+        aio_server = aio.server()
+        ranking_pb2_grpc.add_RankerServicer_to_server(Floor(), aio_server)
+        ports.put(aio_server.add_insecure_port("127.0.0.1:0"))
+        await aio_server.start()
+        await aio_server.wait_for_termination()
 
     uvloop.run(main())  # the loop the server runs on by default (--event-loop uvloop)
 
 
 def start_floor(
-    package: Path, threads: int, inline: bool, spinning: str = "during runs", work: bool = False
+    package: Path,
+    threads: int,
+    inline: bool,
+    spinning: str = "during runs",
+    work: bool = False,
+    server: str = "aio",
 ) -> tuple[multiprocessing.Process, str]:
-    """Start a (c1)/(c2) floor servicer (``work``: Rank's work floor) in a fresh process; returns it and its target."""
+    """Start a (c1)/(c2) floor servicer (``work``: Rank's work floor; ``server``: aio or threads) in a fresh
+    process; returns it and its target."""
     context = multiprocessing.get_context("spawn")  # no torch threads or gRPC state inherited
     ports = context.Queue()
-    args = (str(package / "model.onnx"), threads, 100, inline, ports, spinning, work)
+    args = (str(package / "model.onnx"), threads, 100, inline, ports, spinning, work, server)
     proc = context.Process(target=serve_floor, args=args, daemon=True)
     proc.start()
     return proc, f"127.0.0.1:{ports.get(timeout=120)}"
@@ -462,8 +495,8 @@ async def measure(
             stub = ranking_pb2_grpc.RankerStub(channel)
             for fn in [*local.values(), *(fn for _, fn in calls)]:  # warm-up
                 timed(Result("warm-up"), fn, 20)
-            await server_round(stub.Rank, request, Result("warm-up"), 16, 64)
-            await server_round(stub.Rank, interleaved_request, Result("warm-up"), 16, 64)
+            await server_round([stub.Rank], request, Result("warm-up"), 16, 64)
+            await server_round([stub.Rank], interleaved_request, Result("warm-up"), 16, 64)
             for _ in tqdm(range(args.rounds), desc="rounds"):
                 for name, fn in local.items():
                     timed(results[name], fn, per_round)
@@ -471,8 +504,8 @@ async def measure(
                     timed(results[name], fn, 1)
                 for result, fn in calls:
                     timed(result, fn, per_round)
-                await server_round(stub.Rank, request, server[16], 16, 32)
-                await server_round(stub.Rank, interleaved_request, interleaved[16], 16, 32)
+                await server_round([stub.Rank], request, server[16], 16, 32)
+                await server_round([stub.Rank], interleaved_request, interleaved[16], 16, 32)
     return [*results.values(), transport, bare, inline, *server.values(), *interleaved.values()]
 
 

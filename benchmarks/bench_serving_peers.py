@@ -15,10 +15,12 @@ One ONNX ranking graph (bench_ranker's ~1M-parameter MMoE, 3 tasks), 500 candida
     spinning: the faster at concurrency 1 is the floor;
   * Rank's work floor: the same bare servicer doing only what a Rank answer needs (item-table rows, ORT, scores,
     merge, top 100, the response) in straight-line numpy, without checks, assignment, metrics or batcher: how
-    far below the ranker a Python servicer of Rank's contract can go on this machine;
+    far below the ranker a Python servicer of Rank's contract can go on this machine; and the same servicer on
+    grpc's synchronous thread-pool server (ORT in the handler's thread), the other way to build a Python server;
   * raw ONNX Runtime in this process (no server; sequential calls, so its req/s is the compute floor).
 Concurrency 1 through synchronous stubs (p50/p99), concurrency 4 and 16 through that many grpc.aio callers on one
-channel (req/s), in interleaved rounds whose order rotates, so that load from other processes hits every row.
+channel, or spread over ``--connections N`` (req/s), in interleaved rounds whose order rotates, so that load from
+other processes hits every row.
 
 Set-up once:  benchmarks/peers/setup_kserve_venv.sh            (KServe's venv, default /work/venvs/kserve)
 Run:          flock /tmp/mtrank-bench.lock .venv/bin/python benchmarks/bench_serving_peers.py [--out results.md]
@@ -166,13 +168,20 @@ async def measure(
     results = {name: {c: br.Result(f"{name}, concurrency {c}") for c in CONCURRENCY} for name in targets}
     per_round = max(args.requests // args.rounds, 1)
     sync_channels = {name: grpc.insecure_channel(target) for name, (target, _) in targets.items()}
-    aio_channels = {name: aio.insecure_channel(target) for name, (target, _) in targets.items()}
+    options = [("grpc.use_local_subchannel_pool", 1)]  # a connection per channel, not one shared
+    aio_channels = {
+        name: [aio.insecure_channel(target, options=options) for _ in range(args.connections)]
+        for name, (target, _) in targets.items()
+    }
     try:
         sync_calls: dict[str, Callable[[], object]] = {}
         for name, (_, kind) in targets.items():
             call, request = method(sync_channels[name], kind), requests[kind]
             sync_calls[name] = lambda call=call, request=request: call(request, timeout=30)
-        aio_calls = {name: (method(aio_channels[name], kind), requests[kind]) for name, (_, kind) in targets.items()}
+        aio_calls = {
+            name: ([method(channel, kind) for channel in aio_channels[name]], requests[kind])
+            for name, (_, kind) in targets.items()
+        }
         for name, fn in sync_calls.items():  # warm-up: connections, arenas, caches
             br.timed(br.Result("warm-up"), fn, 20)
             await br.server_round(*aio_calls[name], br.Result("warm-up"), 16, 64)
@@ -193,8 +202,9 @@ async def measure(
     finally:
         for channel in sync_channels.values():
             channel.close()
-        for channel in aio_channels.values():
-            await channel.close()
+        for channels in aio_channels.values():
+            for channel in channels:
+                await channel.close()
     return results, raw
 
 
@@ -240,7 +250,7 @@ def report(
 ) -> str:
     ours, oip = results[RANK], results[OIP]
     floor_name = min((floor_label(s) for s in FLOOR_SPINNING), key=lambda n: results[n][1].p50_ms)
-    floor, work = results[floor_name], results[WORK_FLOOR]
+    floor, work, threaded = results[floor_name], results[WORK_FLOOR], results[THREADED_WORK_FLOOR]
     fastest = min(raw.values(), key=lambda r: r.p50_ms)
     lines = [
         f"Model: MMoE (4 experts 256-128, towers 128-64, 3 tasks), 996,911 parameters; {args.candidates} candidates/request.",
@@ -248,7 +258,8 @@ def report(
         f"(KServe's venv: the same version), kserve {args.kserve_version}, grpcio {metadata.version('grpcio')}; "
         f"ORT intra-op threads {args.threads}, inter-op 1, sequential, everywhere.",
         f"Timed calls per row: concurrency 1: {args.requests} (sync stub); concurrency 4: {16 * args.rounds}; "
-        f"concurrency 16: {32 * args.rounds} (grpc.aio callers on one channel); {args.rounds} interleaved rounds.",
+        f"concurrency 16: {32 * args.rounds} (grpc.aio callers on {connections(args.connections)}); "
+        f"{args.rounds} interleaved rounds.",
         "",
         "| server | c=1 p50 ms | c=1 p99 ms | c=4 req/s | c=16 req/s |",
         "|---|---:|---:|---:|---:|",
@@ -282,7 +293,9 @@ def report(
         f"c=4 {oip[4].rps / max(results[n][4].rps for n in kserve_names):.0%}, c=16 {oip[16].rps / k16:.0%}",
         f"Rank's work floor (a bare servicer doing only what a Rank answer needs): {work[1].p50_ms:.3f} ms p50 = "
         f"{work[1].p50_ms / floor[1].p50_ms:.2f} x the floor; our Rank = {ours[1].p50_ms / work[1].p50_ms:.2f} x it; "
-        f"c=16 {work[16].rps:.0f} req/s (Rank {ours[16].rps / work[16].rps:.0%} of it)",
+        f"c=16 {work[16].rps:.0f} req/s (Rank {ours[16].rps / work[16].rps:.0%} of it); on the thread-pool server "
+        f"{threaded[1].p50_ms:.3f} ms p50 = {threaded[1].p50_ms / work[1].p50_ms:.2f} x the grpc.aio one, "
+        f"c=16 {threaded[16].rps:.0f} req/s",
         f"Over the faster raw ORT row ({fastest.name}, p50 {fastest.p50_ms:.3f} ms): Rank +{ours[1].p50_ms - fastest.p50_ms:.3f} ms, "
         f"the floor +{floor[1].p50_ms - fastest.p50_ms:.3f} ms, KServe best +{k50 - fastest.p50_ms:.3f} ms.",
         f"uptime before: {load[0]}",
@@ -293,7 +306,12 @@ def report(
 
 RANK, OIP = "ours: ranker Rank (experiment on)", "ours: ranker ModelInfer (OIP)"
 WORK_FLOOR = "bare grpc.aio + ORT + Rank's work in straight numpy (spinning during runs; no checks, assignment, metrics)"
+THREADED_WORK_FLOOR = "the same work on grpc's thread-pool server (16 handler threads, ORT in the handler's thread)"
 FLOOR_SPINNING = ("during runs", "off")
+
+
+def connections(n: int) -> str:
+    return "one channel" if n == 1 else f"{n} connections, caller i on connection i mod {n}"
 
 
 def floor_label(spinning: str) -> str:
@@ -319,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also measure a ranker started with these extra flags (Rank rows), e.g. '--spinning off'")  # fmt: skip
     parser.add_argument("--ranker-code", action="append", default=[], metavar="NAME=DIR",
                         help="also measure a ranker (Rank rows) started from checkout DIR, to compare a change side by side")  # fmt: skip
+    parser.add_argument("--connections", type=int, default=1,
+                        help="client connections per server for the concurrency 4 and 16 callers, caller i on "
+                             "connection i mod N (default 1: every caller on one channel)")  # fmt: skip
     parser.add_argument("--raw-chunk-rows", type=int, default=256,
                         help="also time raw ORT on the request in sequential runs of at most this many rows (0: no)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="also write the table here")
@@ -356,9 +377,10 @@ def main(argv: list[str] | None = None) -> int:
                 floor, floor_target = br.start_floor(package, args.threads, inline=False, spinning=spinning)
                 floors.append(floor)
                 targets[floor_label(spinning)] = (floor_target, "rank")
-            floor, floor_target = br.start_floor(package, args.threads, inline=False, work=True)
-            floors.append(floor)
-            targets[WORK_FLOOR] = (floor_target, "rank")
+            for label, server in ((WORK_FLOOR, "aio"), (THREADED_WORK_FLOOR, "threads")):
+                floor, floor_target = br.start_floor(package, args.threads, inline=False, work=True, server=server)
+                floors.append(floor)
+                targets[label] = (floor_target, "rank")
             rankers = [(f"{RANK} {flags}", flags.split(), ROOT) for flags in args.ranker_variant]
             checkouts = (item.split("=", 1) for item in args.ranker_code)
             rankers += [(f"{RANK}, {name}", [], Path(code)) for name, code in checkouts]
@@ -372,11 +394,12 @@ def main(argv: list[str] | None = None) -> int:
                 processes.append(proc)
                 targets[kserve_label(predict, spinning)] = (target, "infer")
             rank_request, oip_request = br.rank_request(ids), infer_request(sparse, dense)
-            floor_names = {floor_label(s) for s in FLOOR_SPINNING} | {WORK_FLOOR}
+            floor_names = {floor_label(s) for s in FLOOR_SPINNING} | {WORK_FLOOR, THREADED_WORK_FLOOR}
             check_same_model(
                 {k: v for k, v in targets.items() if k not in floor_names}, rank_request, oip_request, expected
             )
-            check_work_floor(targets[WORK_FLOOR][0], rank_request, ids, expected)
+            for label in (WORK_FLOOR, THREADED_WORK_FLOOR):
+                check_work_floor(targets[label][0], rank_request, ids, expected)
             results, raw = asyncio.run(measure(args, package, rank_request, oip_request, feeds, targets))
         finally:
             for floor in floors:

@@ -78,23 +78,6 @@ def wait_for_workers(metrics_port: int, n: int, timeout_s: float = 120) -> None:
     time.sleep(1.0)  # the swap precedes the bind by a few milliseconds
 
 
-async def spread_round(stubs: list, request, result: br.Result, concurrency: int, n: int) -> None:
-    """``n`` Rank calls from ``concurrency`` callers, caller i on connection i mod len(stubs)."""
-    remaining = n
-
-    async def caller(stub) -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            started = asyncio.get_running_loop().time()
-            await stub.Rank(request, timeout=30)
-            result.latencies_s.append(asyncio.get_running_loop().time() - started)
-
-    started = asyncio.get_running_loop().time()
-    await asyncio.gather(*(caller(stubs[i % len(stubs)]) for i in range(concurrency)))
-    result.wall_s += asyncio.get_running_loop().time() - started
-
-
 async def measure(args: argparse.Namespace, targets: dict[int, str], request) -> dict[int, dict[int, br.Result]]:
     import grpc
     from grpc import aio
@@ -108,15 +91,15 @@ async def measure(args: argparse.Namespace, targets: dict[int, str], request) ->
     channels = {n: [aio.insecure_channel(t, options=options) for _ in range(args.connections)] for n, t in targets.items()}
     try:
         rank = {n: ranking_pb2_grpc.RankerStub(channel).Rank for n, channel in sync.items()}
-        stubs = {n: [ranking_pb2_grpc.RankerStub(c) for c in chans] for n, chans in channels.items()}
+        spread = {n: [ranking_pb2_grpc.RankerStub(c).Rank for c in chans] for n, chans in channels.items()}
         for n in targets:  # warm-up: every connection, every worker
             br.timed(br.Result("warm-up"), lambda n=n: rank[n](request, timeout=30), 20)
-            await spread_round(stubs[n], request, br.Result("warm-up"), args.concurrency, 8 * args.concurrency)
+            await br.server_round(spread[n], request, br.Result("warm-up"), args.concurrency, 8 * args.concurrency)
         order = list(targets)
         for i in tqdm(range(args.rounds), desc="rounds"):
             for n in order[i % 2 :] + order[: i % 2]:
                 br.timed(results[n][1], lambda n=n: rank[n](request, timeout=30), per_round)
-                await spread_round(stubs[n], request, results[n][args.concurrency], args.concurrency, 2 * args.concurrency)
+                await br.server_round(spread[n], request, results[n][args.concurrency], args.concurrency, 2 * args.concurrency)
     finally:
         for channel in sync.values():
             channel.close()

@@ -154,10 +154,10 @@ async def ranker_rows(target: str, package: Path, batches: tuple[int, ...], conc
         for batch in batches:
             ids, _, _ = br.request_rows(package, batch, np.random.default_rng(batch))
             request = br.rank_request(ids)
-            await br.server_round(stub.Rank, request, br.Result("warm-up"), 4, 20)
+            await br.server_round([stub.Rank], request, br.Result("warm-up"), 4, 20)
             for concurrency in concurrencies:
                 result = br.Result(f"ranker Rank, {batch} candidates, concurrency {concurrency}")
-                await br.server_round(stub.Rank, request, result, concurrency, max(calls, concurrency * 4))
+                await br.server_round([stub.Rank], request, result, concurrency, max(calls, concurrency * 4))
                 results.append((result, batch))
     return results
 
