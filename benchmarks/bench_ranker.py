@@ -36,6 +36,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 # PyTorch's OpenMP threads otherwise keep spinning after each eager call and steal the cores from the
 # measurements that follow them (ORT, the server): on a shared machine that distorts every other row.
@@ -276,7 +277,7 @@ def serve_floor(
     ports: multiprocessing.Queue,
     spinning: str = "during runs",
     work: bool = False,
-    server: str = "aio",
+    server: Literal["aio", "threads"] = "aio",
 ) -> None:
     """Rows (c1)/(c2): a bare grpc.aio Ranker that only runs raw ORT, in an executor thread or ``inline``.
 
@@ -390,7 +391,7 @@ def start_floor(
     inline: bool,
     spinning: str = "during runs",
     work: bool = False,
-    server: str = "aio",
+    server: Literal["aio", "threads"] = "aio",
 ) -> tuple[multiprocessing.Process, str]:
     """Start a (c1)/(c2) floor servicer (``work``: Rank's work floor; ``server``: aio or threads) in a fresh
     process; returns it and its target."""
