@@ -152,6 +152,11 @@ def test_running_consumer_retries_when_a_poll_finds_no_broker(
             _wait_for(store, 500)
             _produce(broker, tmp_path, 500, 500)
             _wait_for(store, 1_000)
+            # The poll that stored the last events logs the recovery once it returns, on the consumer's thread:
+            # wait for it here, while INFO is still captured.
+            deadline = time.monotonic() + 10
+            while "Kafka answers again" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
         assert not failures[0] and _unreachable() - failed == 3
         assert thread.is_alive()
         assert caplog.text.count("Kafka does not answer") == 1, "one warning per outage"
