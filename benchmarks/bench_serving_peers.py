@@ -307,6 +307,7 @@ def report(
 RANK, OIP = "ours: ranker Rank (experiment on)", "ours: ranker ModelInfer (OIP)"
 WORK_FLOOR = "bare grpc.aio + ORT + Rank's work in straight numpy (spinning during runs; no checks, assignment, metrics)"
 THREADED_WORK_FLOOR = "the same work on grpc's thread-pool server (16 handler threads, ORT in the handler's thread)"
+WORK_FLOORS = {WORK_FLOOR: "aio", THREADED_WORK_FLOOR: "threads"}  # row -> serve_floor's server kind
 FLOOR_SPINNING = ("during runs", "off")
 
 
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                 floor, floor_target = br.start_floor(package, args.threads, inline=False, spinning=spinning)
                 floors.append(floor)
                 targets[floor_label(spinning)] = (floor_target, "rank")
-            for label, server in ((WORK_FLOOR, "aio"), (THREADED_WORK_FLOOR, "threads")):
+            for label, server in WORK_FLOORS.items():
                 floor, floor_target = br.start_floor(package, args.threads, inline=False, work=True, server=server)
                 floors.append(floor)
                 targets[label] = (floor_target, "rank")
@@ -394,11 +395,11 @@ def main(argv: list[str] | None = None) -> int:
                 processes.append(proc)
                 targets[kserve_label(predict, spinning)] = (target, "infer")
             rank_request, oip_request = br.rank_request(ids), infer_request(sparse, dense)
-            floor_names = {floor_label(s) for s in FLOOR_SPINNING} | {WORK_FLOOR, THREADED_WORK_FLOOR}
+            floor_names = {floor_label(s) for s in FLOOR_SPINNING} | WORK_FLOORS.keys()
             check_same_model(
                 {k: v for k, v in targets.items() if k not in floor_names}, rank_request, oip_request, expected
             )
-            for label in (WORK_FLOOR, THREADED_WORK_FLOOR):
+            for label in WORK_FLOORS:
                 check_work_floor(targets[label][0], rank_request, ids, expected)
             results, raw = asyncio.run(measure(args, package, rank_request, oip_request, feeds, targets))
         finally:
