@@ -31,6 +31,15 @@ def test_gate_weights_sum_to_one_over_experts() -> None:
     assert torch.allclose(gate(torch.randn(2, 4), experts), torch.ones(2, 5))
 
 
+def test_gate_mixes_each_rows_experts_with_that_rows_softmax_weights() -> None:
+    torch.manual_seed(0)
+    gate = Gate(4, 3)
+    x, experts = torch.randn(5, 4), torch.randn(5, 3, 6)
+    weights = torch.softmax(gate.proj(x), dim=-1)
+    expected = torch.stack([sum(weights[b, e] * experts[b, e] for e in range(3)) for b in range(5)])
+    assert torch.allclose(gate(x, experts), expected, atol=1e-6)
+
+
 def test_mlp_and_tower_shapes() -> None:
     mlp = MLP(6, (8, 4), dropout=0.5)
     assert mlp(torch.randn(3, 6)).shape == (3, 4) and mlp.d_out == 4
