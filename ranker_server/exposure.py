@@ -95,6 +95,7 @@ class ExposureLogger:
         # One dedicated thread: the sink's own work never competes with the inference executor.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exposures")
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._drain_forever())
@@ -111,7 +112,7 @@ class ExposureLogger:
             self._wakeup.set()
 
     async def _drain_forever(self) -> None:
-        while True:
+        while not self._closing:
             await self._wakeup.wait()
             self._wakeup.clear()
             await self._drain()
@@ -132,9 +133,14 @@ class ExposureLogger:
         self._sink.send_exposures([to_event(r) for r in batch])
 
     async def close(self) -> None:
-        """Hand over what is buffered, then stop (the sink's own flush/close is its owner's job)."""
+        """Hand over what is buffered, then stop (the sink's own flush/close is its owner's job).
+
+        The drain task is asked to finish, not cancelled: cancelling it while it waits for the sink's thread
+        would cancel a batch the thread has not started yet, and those exposures would be lost.
+        """
+        self._closing = True
+        self._wakeup.set()
         if self._task is not None:
-            self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._drain()
+        await self._drain()  # what was logged after the task's last look
         self._thread.shutdown(wait=True)
