@@ -70,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--families", nargs="+", default=["mmoe", "ple"])
+    parser.add_argument("--families", nargs="+", choices=["mmoe", "ple"], default=["mmoe", "ple"])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--calls", type=int, default=10, help="calls per graph per round")
     parser.add_argument("--candidates", type=int, default=500)
