@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +37,8 @@ def build(family: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if family == "mmoe":
         return br.build_model()
-    features = br.build_model().feature_spec
     sizes = {"expert_dims": (256, 128), "tower_dims": (128, 64)}
-    return create_model(family, features=features, tasks=list(br.TASKS), **sizes).eval()
-
-
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    options.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return create_model(family, features=br.FEATURES, tasks=list(br.TASKS), **sizes).eval()
 
 
 def exported(model: torch.nn.Module, root: Path, name: str, mixture: str) -> ort.InferenceSession:
@@ -63,7 +53,7 @@ def exported(model: torch.nn.Module, root: Path, name: str, mixture: str) -> ort
     einsums = sum(node.op_type == "Einsum" for node in onnx.load(path).graph.node)
     if (einsums > 0) != (mixture == "einsum"):
         raise SystemExit(f"{name}: {einsums} Einsum nodes in the graph exported with the {mixture} mixture")
-    return session(path)
+    return br.ort_session(path, 2, "during runs")
 
 
 def main() -> None:
@@ -94,15 +84,12 @@ def main() -> None:
             a, b = (sessions[f"{family} {form}"].run(None, feeds)[0] for form in ("matmul", "einsum"))
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
             print(f"{family}: logits of the two graphs agree (max |diff| {np.abs(a - b).max():.2e})")
-    times: dict[str, list[float]] = {name: [] for name in sessions}
+    results = {name: br.Result(name) for name in sessions}
+    names = list(sessions)
     for r in range(args.rounds):
-        names = list(sessions)
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            for _ in range(args.calls):
-                start = time.perf_counter()
-                sessions[name].run(None, feeds)
-                times[name].append(time.perf_counter() - start)
-    p50 = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+            br.timed(results[name], lambda s=sessions[name]: s.run(None, feeds), args.calls)
+    p50 = {name: result.p50_ms for name, result in results.items()}
     for name, ms in p50.items():
         print(f"{name:14s} p50 {ms:.3f} ms")
     for family in args.families:

@@ -67,17 +67,19 @@ TASK_WEIGHTS = np.array([1.0, 0.5, 0.1], np.float32)  # the ranking default's (a
 BINARY_TASKS = [i for i, task in enumerate(TASKS) if task["type"] == "binary"]
 
 
+FEATURES = FeatureSpec(
+    sparse_vocab_sizes=USER_VOCABS + ITEM_VOCABS,
+    n_dense=USER_DENSE + ITEM_DENSE,
+    embedding_dim=16,
+    sparse_names=("user_id", "user_segment", "item_id", "item_category"),
+)
+
+
 def build_model(seed: int = 0) -> torch.nn.Module:
-    features = FeatureSpec(
-        sparse_vocab_sizes=USER_VOCABS + ITEM_VOCABS,
-        n_dense=USER_DENSE + ITEM_DENSE,
-        embedding_dim=16,
-        sparse_names=("user_id", "user_segment", "item_id", "item_category"),
-    )
     torch.manual_seed(seed)
     model = create_model(
         "mmoe",
-        features=features,
+        features=FEATURES,
         tasks=list(TASKS),
         n_experts=4,
         expert_dims=(256, 128),

@@ -101,14 +101,6 @@ class ItemsPrecomputed(_Rest):
         return self.rest(pre)
 
 
-def session(path: Path, spin: bool) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 2, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    options.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def export(module: nn.Module, feeds: dict[str, np.ndarray], path: Path) -> Path:
     axes = {name: {0: "users" if name.startswith("user") else "rows"} for name in feeds} | {
         "logits": {0: "rows"}
@@ -197,7 +189,8 @@ def main() -> None:
             ("1 request x 500, spinning", one, True),
             ("4 requests x 500, sleeping", four, False),
         ):
-            sessions = {name: session(path, spin) for name, path in paths.items()}
+            spinning = "during runs" if spin else "off"
+            sessions = {name: br.ort_session(path, 2, spinning) for name, path in paths.items()}
             reference = sessions["package graph"].run(None, feeds["package graph"])[0]
             for name, sess in sessions.items():
                 np.testing.assert_allclose(sess.run(None, feeds[name])[0], reference, rtol=1e-4, atol=1e-5)
