@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from models.base import MultiTaskModel, random_batch
 from models.errors import PackageError
+from models.factored import SideLayout, export_factored
 from models.package import (
     GOLDEN_FILE,
     ITEM_FEATURES_FILE,
@@ -114,6 +115,8 @@ def export_package(
         if item_features is not None:
             np.savez(staging / ITEM_FEATURES_FILE, **{k: np.asarray(v) for k, v in item_features.items()})
         spec = model.feature_spec
+        features = dict(features) if features is not None else default_features(model)
+        export_factored(model, staging, SideLayout.from_features(features))
         manifest = Manifest(
             kind="ranking",
             name=name,
@@ -125,7 +128,7 @@ def export_package(
                 TensorInfo("dense", "float32", [-1, spec.n_dense]),
             ],
             outputs=[TensorInfo("logits", "float32", [-1, model.n_tasks])],
-            features=dict(features) if features is not None else default_features(model),
+            features=features,
             training_config=dict(training_config or {}),
             metrics={k: float(v) for k, v in (metrics or {}).items()},
         )

@@ -41,6 +41,7 @@ def test_layout_and_manifest_follow_the_contract(package) -> None:
         "manifest.json",
         "golden.npz",
         "item_features.npz",
+        "factored",  # the MMoE has item-side columns: Rank's factored graphs (models.factored)
     }
     raw = json.loads((package / "manifest.json").read_text())
     assert raw["format_version"] == 1 and raw["kind"] == "ranking" and raw["version"] == "3"
@@ -50,7 +51,7 @@ def test_layout_and_manifest_follow_the_contract(package) -> None:
     ]
     assert raw["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [-1, 2]}]
     assert [c["side"] for c in raw["features"]["sparse"]] == ["user", "user", "item", "item"]
-    assert set(raw["files"]) == {"golden.npz", "item_features.npz"}
+    assert set(raw["files"]) == {"golden.npz", "item_features.npz", "factored/items.onnx", "factored/rank.onnx"}
     with np.load(package / "golden.npz") as golden:
         assert set(golden.files) == {"sparse", "dense", "logits"}
     with np.load(package / "item_features.npz") as items:
