@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "spinning, or in every run")  # fmt: skip
     parser.add_argument("--inference-threads", type=int, default=r["inference_threads"].default,
                         help="concurrent ONNX Runtime calls")  # fmt: skip
+    parser.add_argument("--factored-max-mb", type=int, default=r["factored_max_mb"].default,
+                        help="MB per model version for the item parts of its factored graph (Rank computes "
+                             "each item's share of the input layers once, at load); 0 = package graph only")  # fmt: skip
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -126,6 +129,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
             intra_op_threads=args.intra_op_threads,
             inference_threads=args.inference_threads,
             spinning=args.spinning,
+            factored_max_mb=args.factored_max_mb,
         ),
     )
 

@@ -2,8 +2,9 @@
 
 Requests queue as chunks of at most ``max_batch_rows`` rows (a very large candidate list is split); a worker
 takes queued chunks up to ``max_batch_rows`` rows, waiting at most ``max_delay_ms`` for more, runs them as one
-ONNX Runtime call (off the event loop) and hands each request its slice. The queue is bounded in rows: a
-full queue answers at once (``QueueFull``) instead of growing latency without limit.
+ONNX Runtime call (off the event loop) and hands each request its slice. Chunks are ``ModelInput``s, and a
+batch holds one kind (rows given in full, or user and item-table rows for the factored graph): it ends where the
+kind changes. The queue is bounded in rows: a full queue answers at once (``QueueFull``) instead of growing latency without limit.
 
 At most ``workers`` batches are in ONNX Runtime at once. A request that finds the queue empty and a worker
 free, with ``max_delay_ms`` 0, scores its rows itself: a worker would take them alone at once anyway, and
@@ -25,16 +26,16 @@ import numpy as np
 from ranker_server import metrics
 from ranker_server.config import BatchingSettings
 from ranker_server.errors import DeadlineExceeded, ModelNotReady, QueueFull
+from ranker_server.inference import ModelInput
 
 logger = logging.getLogger(__name__)
 
-ScoreFn = Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]]
+ScoreFn = Callable[[ModelInput], Awaitable[np.ndarray]]
 
 
 @dataclass
 class _Chunk:
-    sparse: np.ndarray
-    dense: np.ndarray
+    inputs: ModelInput
     deadline: float | None  # loop time
     future: asyncio.Future[np.ndarray]
     enqueued: float = field(default_factory=time.perf_counter)
@@ -43,7 +44,7 @@ class _Chunk:
 
     @property
     def rows(self) -> int:
-        return len(self.sparse)
+        return len(self.inputs)
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,7 @@ class MicroBatcher:
         self._batch_size = metrics.BATCH_SIZE.labels(model, version)
         self._tasks = [asyncio.get_running_loop().create_task(self._worker()) for _ in range(workers)]
 
-    async def infer(
-        self, sparse: np.ndarray, dense: np.ndarray, deadline: float | None = None
-    ) -> tuple[np.ndarray, BatchTiming]:
+    async def infer(self, inputs: ModelInput, deadline: float | None = None) -> tuple[np.ndarray, BatchTiming]:
         """Logits for every row, and the time spent queued and computing; ``deadline`` is loop time.
 
         Raises:
@@ -93,7 +92,7 @@ class MicroBatcher:
         """
         if self._closing:
             raise ModelNotReady(f"model {'/'.join(self._labels)} is shutting down")
-        rows = len(sparse)
+        rows = len(inputs)
         if self._queued_rows + rows > self._settings.max_queue_rows:
             raise QueueFull(
                 f"model {'/'.join(self._labels)}: {self._queued_rows} rows queued, limit "
@@ -107,11 +106,8 @@ class MicroBatcher:
             and rows <= step
             and not self._settings.max_delay_ms
         ):
-            return await self._direct(sparse, dense, deadline, loop.time())
-        chunks = [
-            _Chunk(sparse[i : i + step], dense[i : i + step], deadline, loop.create_future())
-            for i in range(0, max(rows, 1), step)
-        ]
+            return await self._direct(inputs, deadline, loop.time())
+        chunks = [_Chunk(part, deadline, loop.create_future()) for part in inputs.split(step)]
         self._queue.extend(chunks)
         self._queued_rows += rows
         self._pending_rows.set(self._queued_rows)
@@ -126,28 +122,28 @@ class MicroBatcher:
         return (parts[0] if len(parts) == 1 else np.concatenate(parts)), timing
 
     async def _direct(
-        self, sparse: np.ndarray, dense: np.ndarray, deadline: float | None, now: float
+        self, inputs: ModelInput, deadline: float | None, now: float
     ) -> tuple[np.ndarray, BatchTiming]:
         """Score one request's rows as its own batch, without the queue (see the module docstring)."""
         if deadline is not None and now > deadline:
             raise DeadlineExceeded("deadline passed before the rows were scored")
         self._running += 1
         try:
-            logits, compute = await self._run(sparse, dense)
+            logits, compute = await self._run(inputs)
         finally:
             self._running -= 1
             if self._queue:  # a worker may have waited for this slot
                 self._wakeup.set()
         return logits, BatchTiming(0.0, compute)
 
-    async def _run(self, sparse: np.ndarray, dense: np.ndarray) -> tuple[np.ndarray, float]:
+    async def _run(self, inputs: ModelInput) -> tuple[np.ndarray, float]:
         """Logits of one batch and the seconds it took, counted in the batch metrics."""
         started = time.perf_counter()
-        logits = await self._score(sparse, dense)
+        logits = await self._score(inputs)
         compute = time.perf_counter() - started
         self._exec_count.inc()
-        self._inference_count.inc(len(sparse))
-        self._batch_size.observe(len(sparse))
+        self._inference_count.inc(len(inputs))
+        self._batch_size.observe(len(inputs))
         return logits, compute
 
     @property
@@ -182,7 +178,7 @@ class MicroBatcher:
                 except TimeoutError:
                     break
                 continue
-            if rows + self._queue[0].rows > limit:
+            if rows + self._queue[0].rows > limit or type(self._queue[0].inputs) is not type(batch[0].inputs):
                 break
             chunk = self._queue.popleft()
             batch.append(chunk)
@@ -215,12 +211,11 @@ class MicroBatcher:
 
     async def _execute(self, batch: list[_Chunk]) -> None:
         started = time.perf_counter()
-        sparse = batch[0].sparse if len(batch) == 1 else np.concatenate([c.sparse for c in batch])
-        dense = batch[0].dense if len(batch) == 1 else np.concatenate([c.dense for c in batch])
+        inputs = batch[0].inputs if len(batch) == 1 else type(batch[0].inputs).concat([c.inputs for c in batch])
         try:
-            logits, compute = await self._run(sparse, dense)
+            logits, compute = await self._run(inputs)
         except Exception as exc:  # the graph failed on this input: every request in the batch learns it
-            logger.exception("model %s: batch of %d rows failed", "/".join(self._labels), len(sparse))
+            logger.exception("model %s: batch of %d rows failed", "/".join(self._labels), len(inputs))
             for chunk in batch:
                 if not chunk.future.done():
                     chunk.future.set_exception(exc)

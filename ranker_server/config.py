@@ -44,6 +44,12 @@ class RuntimeSettings(BaseModel):
         "there than on the sleeping one (inference.LoneRunChooser), 'on' in every run",
     )
     inference_threads: int = Field(2, ge=1, description="executor threads calling session.run concurrently")
+    factored_max_mb: int = Field(
+        1024,
+        ge=0,
+        description="memory for a version's precomputed item parts (its factored graph, models.factored) on CPU; "
+        "a version whose parts need more, or 0, scores Rank with its package graph",
+    )
     golden_rtol: float = 1e-3
     golden_atol: float = 1e-4
     warmup_rows: tuple[int, ...] = (1, 64, 512)

@@ -20,7 +20,8 @@ from proto import limits
 from ranker_server import metrics
 from ranker_server.errors import DeadlineExceeded, InvalidInput, ModelNotFound, RankerError
 from ranker_server.exposure import ExposureLogger, ExposureRecord, now_ms
-from ranker_server.features import build_rows
+from ranker_server.features import build_rows, user_item_rows
+from ranker_server.inference import GraphRows, ModelInput
 from ranker_server.interleaving import interleave
 from ranker_server.model_repository import LoadedModel, ModelRepository
 from ranker_server.routing import RANKING, RETRIEVAL, Assignment, Payload, Router
@@ -401,19 +402,30 @@ class RankDataPlane:
         deadline: float | None,
         series: metrics.VariantSeries,
     ) -> np.ndarray:
-        """Logits of every candidate from ``model``, through the batcher of ``variant`` on it."""
-        rows = build_rows(
-            model.package.layout,
-            model.table,
-            candidate_ids,
-            query.user_sparse,
-            query.user_dense,
-            query.candidate_sparse,
-            query.candidate_dense,
-        )
-        if rows.oov:
-            metrics.ITEM_OOV.labels(*model.key).inc(rows.oov)
-        logits, timing = await model.batcher(variant).infer(rows.sparse, rows.dense, deadline)
+        """Logits of every candidate from ``model``, through the batcher of ``variant`` on it.
+
+        Candidates whose features all come from the item table go to the model's factored graph when it has one
+        (one user row and each candidate's row of the precomputed item parts); those that bring features go to
+        the package graph as full rows.
+        """
+        layout = model.package.layout
+        inputs: ModelInput
+        if model.factored is not None and not (query.candidate_sparse.size or query.candidate_dense.size):
+            inputs, oov = user_item_rows(layout, model.table, candidate_ids, query.user_sparse, query.user_dense)
+        else:
+            rows = build_rows(
+                layout,
+                model.table,
+                candidate_ids,
+                query.user_sparse,
+                query.user_dense,
+                query.candidate_sparse,
+                query.candidate_dense,
+            )
+            inputs, oov = GraphRows(rows.sparse, rows.dense), rows.oov
+        if oov:
+            metrics.ITEM_OOV.labels(*model.key).inc(oov)
+        logits, timing = await model.batcher(variant).infer(inputs, deadline)
         series.queue.observe(timing.queue_s)
         series.compute.observe(timing.compute_s)
         return logits

@@ -1,4 +1,6 @@
-"""One ONNX Runtime session per loaded model version: provider choice, thread settings, IO binding on GPU."""
+"""ONNX Runtime sessions of a loaded model version (provider choice, thread settings, IO binding on GPU) and the
+two kinds of rows they score: rows given in full (the package graph) and one user's row with its candidates' item
+rows (the factored graph, ``models.factored``)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,10 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Protocol, Self
 
 import numpy as np
 import onnxruntime as ort
@@ -19,6 +24,85 @@ from ranker_server.errors import PackageError
 logger = logging.getLogger(__name__)
 
 _GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+PACKAGE_INPUTS = ("sparse", "dense")
+
+
+class ModelInput(Protocol):
+    """Rows for one run, from one request or concatenated from several by the batcher."""
+
+    def __len__(self) -> int: ...
+
+    def split(self, step: int) -> list[Self]:
+        """Consecutive parts of at most ``step`` rows (one part when there are none)."""
+        ...
+
+    @classmethod
+    def concat(cls, parts: Sequence[Self]) -> Self: ...
+
+    def feeds(self) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class GraphRows:
+    """Rows given in full for the package graph: ``sparse`` int64 [N, S], ``dense`` float32 [N, D]."""
+
+    sparse: np.ndarray
+    dense: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sparse)
+
+    def split(self, step: int) -> list[GraphRows]:
+        return [GraphRows(self.sparse[i : i + step], self.dense[i : i + step]) for i in range(0, max(len(self), 1), step)]
+
+    @classmethod
+    def concat(cls, parts: Sequence[GraphRows]) -> GraphRows:
+        return cls(np.concatenate([p.sparse for p in parts]), np.concatenate([p.dense for p in parts]))
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {"sparse": self.sparse, "dense": self.dense}
+
+
+@dataclass(frozen=True)
+class UserItemRows:
+    """Rows for the factored graph: user rows and, per candidate, its item-table row and its user's row.
+
+    ``user_sparse`` int64 [U, S_user], ``user_dense`` float32 [U, D_user]; ``rows`` int64 [N]: each candidate's
+    row of the item parts; ``segment`` int64 [N]: each candidate's user row. A request brings one user; a batch
+    of several requests one per request.
+    """
+
+    user_sparse: np.ndarray
+    user_dense: np.ndarray
+    rows: np.ndarray
+    segment: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def split(self, step: int) -> list[UserItemRows]:
+        return [
+            UserItemRows(self.user_sparse, self.user_dense, self.rows[i : i + step], self.segment[i : i + step])
+            for i in range(0, max(len(self), 1), step)
+        ]
+
+    @classmethod
+    def concat(cls, parts: Sequence[UserItemRows]) -> UserItemRows:
+        offsets = np.cumsum([0, *(len(p.user_sparse) for p in parts[:-1])])
+        return cls(
+            np.concatenate([p.user_sparse for p in parts]),
+            np.concatenate([p.user_dense for p in parts]),
+            np.concatenate([p.rows for p in parts]),
+            np.concatenate([p.segment + offset for p, offset in zip(parts, offsets, strict=True)]),
+        )
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {
+            "user_sparse": self.user_sparse,
+            "user_dense": self.user_dense,
+            "rows": self.rows,
+            "segment": self.segment,
+        }
 
 
 def session_options(settings: RuntimeSettings, spin: bool = False) -> ort.SessionOptions:
@@ -96,7 +180,8 @@ class LoneRunChooser:
 
 
 class OnnxRanker:
-    """A ranking graph (``sparse`` int64 [B, S], ``dense`` float32 [B, D]) -> ``logits`` float32 [B, T].
+    """A ranking graph -> ``logits`` float32 [B, T]: the package graph (``sparse`` int64 [B, S], ``dense`` float32
+    [B, D]; ``GraphRows``) or the factored one (``UserItemRows`` plus the item parts).
 
     On CPU with ``spinning="alone"`` it keeps two sessions of the graph: a run that has ONNX Runtime to itself
     (no other call in flight in this process, as at low load) goes to one whose threads spin during the run,
@@ -110,7 +195,17 @@ class OnnxRanker:
     _in_flight = 0  # ONNX Runtime calls in flight in this process, counted on the event loop by ``infer``
     _started = 0  # ONNX Runtime calls started in this process: did another start while a lone run ran?
 
-    def __init__(self, path: str, settings: RuntimeSettings, label: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        settings: RuntimeSettings,
+        label: str,
+        inputs: Sequence[str] = PACKAGE_INPUTS,
+        constants: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """``inputs``: the names a ``ModelInput``'s feeds bring; ``constants``: inputs fed the same arrays on every
+        run (the factored graph's item parts: ONNX Runtime reads them in place, no copy on CPU)."""
+        self._constants = dict(constants or {})
         available = set(ort.get_available_providers())
         wanted = [p for p in settings.providers if p in available] or ["CPUExecutionProvider"]
         options = session_options(settings, spin=settings.spinning == "on")
@@ -123,9 +218,10 @@ class OnnxRanker:
         self.provider = self.session.get_providers()[0]
         self.on_gpu = self.provider in _GPU_PROVIDERS
         names = {i.name for i in self.session.get_inputs()}
-        if names != {"sparse", "dense"} or "logits" not in {o.name for o in self.session.get_outputs()}:
+        expected = {*inputs, *self._constants}
+        if names != expected or "logits" not in {o.name for o in self.session.get_outputs()}:
             raise PackageError(
-                f"{path}: expected inputs sparse/dense and output logits, found {sorted(names)}"
+                f"{path}: expected inputs {'/'.join(sorted(expected))} and output logits, found {sorted(names)}"
             )
         obtained = self.session.get_providers()
         if obtained[0] != wanted[0]:
@@ -144,6 +240,25 @@ class OnnxRanker:
         """The ``alone`` arguments of ``run`` that reach distinct sessions (to check or warm each once)."""
         return (False, True) if self._alone_session is not self.session else (False,)
 
+    def check(self, inputs: ModelInput, expected: np.ndarray, runtime: RuntimeSettings, what: str) -> None:
+        """Every session answers ``expected`` for ``inputs`` within the golden tolerances (a load-time check).
+
+        Raises:
+            PackageError: naming ``what`` and the largest difference.
+        """
+        for alone in self.alone_values:  # each session (two when spinning is "alone")
+            try:
+                actual = self.run(inputs, alone)
+            except Exception as exc:  # ORT errors are untyped
+                raise PackageError(f"{what}: the graph fails on these inputs: {exc}") from exc
+            if actual.shape != expected.shape or not np.allclose(
+                actual, expected, rtol=runtime.golden_rtol, atol=runtime.golden_atol
+            ):
+                worst = float(np.max(np.abs(actual - expected))) if actual.shape == expected.shape else float("nan")
+                raise PackageError(
+                    f"{what}: outputs differ (shape {actual.shape} vs {expected.shape}, max |diff| {worst})"
+                )
+
     @staticmethod
     def _load(path: str, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
         try:
@@ -151,7 +266,7 @@ class OnnxRanker:
         except Exception as exc:  # ORT raises its own untyped errors for corrupt graphs
             raise PackageError(f"{path}: ONNX Runtime cannot load the graph: {exc}") from exc
 
-    async def infer(self, sparse: np.ndarray, dense: np.ndarray, executor: Executor) -> np.ndarray:
+    async def infer(self, inputs: ModelInput, executor: Executor) -> np.ndarray:
         """Score a batch in ``executor`` so the event loop keeps serving.
 
         ORT's own ``run_async`` was measured against this: it runs the whole graph on one pool thread,
@@ -165,35 +280,38 @@ class OnnxRanker:
         try:
             if not alone or self._chooser is None:
                 self._last_spin = False  # concurrent runs go to the sleeping session
-                return await loop.run_in_executor(executor, self.run, sparse, dense, alone)
-            spin = self._chooser.spin(len(sparse))
+                return await loop.run_in_executor(executor, self.run, inputs, alone)
+            spin = self._chooser.spin(len(inputs))
             warm, self._last_spin = spin == self._last_spin, spin
-            logits, seconds = await loop.run_in_executor(executor, self._timed_run, sparse, dense, spin)
+            logits, seconds = await loop.run_in_executor(executor, self._timed_run, inputs, spin)
             # Only a run that stayed alone and followed one on the same session compares the sessions: one that
             # others joined shared the cores with their requests, and one after a switch measures the switch.
             if warm and OnnxRanker._started == started:
-                self._chooser.record(len(sparse), spin, seconds)
+                self._chooser.record(len(inputs), spin, seconds)
             return logits
         finally:
             OnnxRanker._in_flight -= 1
 
-    def _timed_run(self, sparse: np.ndarray, dense: np.ndarray, alone: bool) -> tuple[np.ndarray, float]:
+    def _timed_run(self, inputs: ModelInput, alone: bool) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
-        logits = self.run(sparse, dense, alone)
+        logits = self.run(inputs, alone)
         return logits, time.perf_counter() - started
 
-    def run(self, sparse: np.ndarray, dense: np.ndarray, alone: bool = False) -> np.ndarray:
+    def run(self, inputs: ModelInput, alone: bool = False) -> np.ndarray:
         """Score a batch; blocks (call it from an executor thread, never on the event loop).
 
         ``alone``: nothing else is running in ONNX Runtime, so the spinning session may take the cores.
         """
+        feeds = inputs.feeds()
+        if self._constants:
+            feeds |= self._constants
         if not self.on_gpu:
             session = self._alone_session if alone else self.session
-            return session.run(["logits"], {"sparse": sparse, "dense": dense})[0]
+            return session.run(["logits"], feeds)[0]
         # GPU: bind inputs once per call and let ORT allocate the output on the device, copying back once.
         binding = self.session.io_binding()
-        binding.bind_cpu_input("sparse", np.ascontiguousarray(sparse))
-        binding.bind_cpu_input("dense", np.ascontiguousarray(dense))
+        for name, values in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(values))
         binding.bind_output("logits", "cuda")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor
@@ -23,8 +22,9 @@ from ranker_server import metrics
 from ranker_server.batching import MicroBatcher
 from ranker_server.config import BatchingSettings, RuntimeSettings
 from ranker_server.errors import PackageError
+from ranker_server.factored import load_factored, table_rows
 from ranker_server.features import ItemTable
-from ranker_server.inference import OnnxRanker
+from ranker_server.inference import GraphRows, ModelInput, OnnxRanker, UserItemRows
 from ranker_server.package import ModelPackage, manifest_digest, read_package
 from ranker_server.routing import Router, RouterSource, ranking_refs
 
@@ -34,7 +34,11 @@ ModelKey = tuple[str, str]
 
 
 class LoadedModel:
-    """One verified, warmed-up model version with its session, item table and batchers (one per variant)."""
+    """One verified, warmed-up model version with its sessions, item table and batchers (one per variant).
+
+    ``factored`` scores Rank's candidates that come from the item table (``UserItemRows``) when the package has
+    a factored graph and its item parts fit ``factored_max_mb``; everything else goes to ``runner``.
+    """
 
     def __init__(
         self,
@@ -43,10 +47,13 @@ class LoadedModel:
         batching: BatchingSettings,
         executor: Executor,
         workers: int,
+        table: ItemTable,
+        factored: OnnxRanker | None = None,
     ) -> None:
         self.package = package
         self.runner = runner
-        self.table = ItemTable(package)
+        self.factored = factored
+        self.table = table
         self.task_names = tuple(t.name for t in package.manifest.tasks)
         self.binary_tasks = tuple(t.type == "binary" for t in package.manifest.tasks)
         self._batching = batching
@@ -72,10 +79,13 @@ class LoadedModel:
         """The batcher of ``variant`` on this version: variants never share a batch."""
         batcher = self._batchers.get(variant)
         if batcher is None:
-            score = functools.partial(self.runner.infer, executor=self._executor)
-            batcher = MicroBatcher(score, self._batching, *self.key, self._workers)
+            batcher = MicroBatcher(self._score, self._batching, *self.key, self._workers)
             self._batchers[variant] = batcher
         return batcher
+
+    async def _score(self, inputs: ModelInput) -> np.ndarray:
+        runner = self.factored if isinstance(inputs, UserItemRows) and self.factored else self.runner
+        return await runner.infer(inputs, self._executor)
 
     async def drain(self, poll_s: float = 0.01) -> None:
         """Wait for every request holding this version, then stop its batchers."""
@@ -102,29 +112,21 @@ def load_model(
         expected = np.asarray(golden["logits"], np.float32)
     except KeyError as exc:
         raise PackageError(f"{path / 'golden.npz'}: missing array {exc}") from None
-    for alone in runner.alone_values:  # each session (two when spinning is "alone")
-        try:
-            actual = runner.run(sparse, dense, alone)
-        except Exception as exc:  # ORT errors are untyped
-            raise PackageError(f"{label}: the graph fails on its golden inputs: {exc}") from exc
-        if actual.shape != expected.shape or not np.allclose(
-            actual, expected, rtol=runtime.golden_rtol, atol=runtime.golden_atol
-        ):
-            worst = float(np.max(np.abs(actual - expected))) if actual.shape == expected.shape else float("nan")
-            raise PackageError(
-                f"{label}: outputs differ from golden.npz (shape {actual.shape} vs {expected.shape}, "
-                f"max |diff| {worst})"
-            )
+    runner.check(GraphRows(sparse, dense), expected, runtime, f"{label}: golden.npz")
     if len(package.manifest.tasks) != expected.shape[1]:
         raise PackageError(
             f"{label}: manifest lists {len(package.manifest.tasks)} tasks, logits have {expected.shape[1]}"
         )
+    table = ItemTable(package)
+    factored = load_factored(package, table, runner, runtime, label)
     for rows in runtime.warmup_rows:  # first calls allocate arenas and pick kernels; pay that before traffic
         rows = min(rows, batching.max_batch_rows)
         index = np.arange(rows) % len(sparse)
         for alone in runner.alone_values:
-            runner.run(sparse[index], dense[index], alone)
-    return LoadedModel(package, runner, batching, executor, runtime.inference_threads)
+            runner.run(GraphRows(sparse[index], dense[index]), alone)
+            if factored is not None:
+                factored.run(table_rows(package, table, np.arange(rows) % len(table.item_columns[0])), alone)
+    return LoadedModel(package, runner, batching, executor, runtime.inference_threads, table, factored)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 from ranker_server import metrics
 from ranker_server.errors import DeadlineExceeded, InvalidInput, ModelNotFound
 from ranker_server.features import in_vocab
+from ranker_server.inference import GraphRows
 from ranker_server.model_repository import LoadedModel, ModelRepository
 
 INFER_VARIANT = "infer"  # metrics label and batcher of direct calls: never batched with a Rank variant
@@ -160,7 +161,7 @@ class InferenceDataPlane:
             with model.use():
                 try:
                     async with asyncio.timeout_at(deadline):
-                        logits, timing = await model.batcher(INFER_VARIANT).infer(sparse, dense, deadline)
+                        logits, timing = await model.batcher(INFER_VARIANT).infer(GraphRows(sparse, dense), deadline)
                 except TimeoutError:
                     raise DeadlineExceeded("deadline passed before the rows were scored") from None
             series.queue.observe(timing.queue_s)

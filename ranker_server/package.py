@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ranker_server.errors import PackageError
 
+# models.factored writes these (checksummed in the manifest's ``files`` like every other file).
+FACTORED_ITEMS = "factored/items.onnx"
+FACTORED_RANK = "factored/rank.onnx"
+
 
 class _Lenient(BaseModel):
     # The models package owns the schema and may add keys; the server reads only what it uses.
@@ -102,6 +106,13 @@ class ModelPackage:
     @property
     def onnx_path(self) -> Path:
         return self.path / "model.onnx"
+
+    @property
+    def factored_paths(self) -> tuple[Path, Path] | None:
+        """The factored graphs (item parts, rank; ``models.factored``) when the package has them."""
+        if FACTORED_ITEMS in self.manifest.files and FACTORED_RANK in self.manifest.files:
+            return self.path / FACTORED_ITEMS, self.path / FACTORED_RANK
+        return None
 
 
 def file_sha256(path: Path) -> str:

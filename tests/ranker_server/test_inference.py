@@ -11,7 +11,7 @@ import pytest
 
 from ranker_server.config import RuntimeSettings
 from ranker_server.errors import PackageError
-from ranker_server.inference import LoneRunChooser, OnnxRanker, session_options
+from ranker_server.inference import GraphRows, LoneRunChooser, OnnxRanker, session_options
 
 
 def golden(repository: Path) -> dict[str, np.ndarray]:
@@ -27,7 +27,7 @@ def test_cpu_session_reports_its_provider_and_matches_golden(repository: Path) -
     assert runner.provider == "CPUExecutionProvider" and not runner.on_gpu
     data = golden(repository)
     np.testing.assert_allclose(
-        runner.run(data["sparse"], data["dense"]), data["logits"], rtol=1e-4, atol=1e-5
+        runner.run(GraphRows(data["sparse"], data["dense"])), data["logits"], rtol=1e-4, atol=1e-5
     )
 
 
@@ -67,10 +67,10 @@ async def test_a_lone_run_spins_and_concurrent_runs_do_not(repository: Path, spi
         runner._chooser.spin = lambda rows: True
     data = golden(repository)
     with ThreadPoolExecutor(3) as executor:
-        await runner.infer(data["sparse"], data["dense"], executor)
+        await runner.infer(GraphRows(data["sparse"], data["dense"]), executor)
         assert calls == expected[:1]  # nothing else in flight: alone
         calls.clear()
-        results = await asyncio.gather(*(runner.infer(data["sparse"], data["dense"], executor) for _ in range(3)))
+        results = await asyncio.gather(*(runner.infer(GraphRows(data["sparse"], data["dense"]), executor) for _ in range(3)))
     assert calls == expected  # only the first of three concurrent calls started alone
     for logits in results:
         np.testing.assert_allclose(logits, data["logits"], rtol=1e-4, atol=1e-5)
@@ -98,7 +98,7 @@ async def test_lone_runs_follow_the_chooser_and_only_runs_after_one_on_the_same_
     recorded = []
     with ThreadPoolExecutor(2) as executor:
         for _ in range(4):
-            await runner.infer(data["sparse"], data["dense"], executor)
+            await runner.infer(GraphRows(data["sparse"], data["dense"]), executor)
             recorded.append(set(runner._chooser._log_seconds))
     assert calls == ["spin", "spin", "sleep", "sleep"], "each session is measured before the chooser compares"
     # The first run and the first after a switch find a cold session: they are not compared.
@@ -112,10 +112,10 @@ async def test_a_lone_run_that_others_joined_does_not_count(repository: Path) ->
     data = golden(repository)
     with ThreadPoolExecutor(3) as executor:
         for _ in range(2):  # the second, warm, is recorded
-            await runner.infer(data["sparse"], data["dense"], executor)
+            await runner.infer(GraphRows(data["sparse"], data["dense"]), executor)
         before = dict(runner._chooser._log_seconds)
         assert before
-        await asyncio.gather(*(runner.infer(data["sparse"], data["dense"], executor) for _ in range(3)))
+        await asyncio.gather(*(runner.infer(GraphRows(data["sparse"], data["dense"]), executor) for _ in range(3)))
     assert runner._chooser._log_seconds == before
 
 
@@ -184,7 +184,7 @@ def test_cuda_io_binding_matches_cpu(repository: Path) -> None:
     cpu = OnnxRanker(path, RuntimeSettings(providers=("CPUExecutionProvider",)), "cpu")
     data = golden(repository)
     np.testing.assert_allclose(
-        gpu.run(data["sparse"], data["dense"]), cpu.run(data["sparse"], data["dense"]), rtol=1e-3, atol=1e-4
+        gpu.run(GraphRows(data["sparse"], data["dense"])), cpu.run(GraphRows(data["sparse"], data["dense"])), rtol=1e-3, atol=1e-4
     )
 
 
@@ -193,7 +193,7 @@ async def test_infer_runs_off_the_event_loop_and_matches_run(repository: Path) -
     data = golden(repository)
     with ThreadPoolExecutor(2) as executor:
         scored = await asyncio.gather(
-            *(runner.infer(data["sparse"], data["dense"], executor) for _ in range(4))
+            *(runner.infer(GraphRows(data["sparse"], data["dense"]), executor) for _ in range(4))
         )
     for logits in scored:
-        np.testing.assert_allclose(logits, runner.run(data["sparse"], data["dense"]), rtol=1e-6)
+        np.testing.assert_allclose(logits, runner.run(GraphRows(data["sparse"], data["dense"])), rtol=1e-6)

@@ -12,6 +12,7 @@ from models.export import export_package
 from models.layers import FeatureSpec
 from ranker_server.config import BatchingSettings, RuntimeSettings
 from ranker_server.features import build_rows
+from ranker_server.inference import GraphRows
 from ranker_server.model_repository import load_model
 
 
@@ -42,5 +43,5 @@ def test_exported_mmoe_package_loads_and_scores(tmp_path: Path) -> None:
         np.zeros(0, np.float32),
     )
     assert rows.oov == 1 and rows.sparse[:, 1].tolist() == [100 % 40, 105 % 40, 0]
-    logits = loaded.runner.run(rows.sparse, rows.dense)
+    logits = loaded.runner.run(GraphRows(rows.sparse, rows.dense))
     assert logits.shape == (3, 2) and np.isfinite(logits).all()

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from proto import common_pb2, limits, ranking_pb2, ranking_pb2_grpc
 from ranker_server.config import BatchingSettings
 from ranker_server.exposure import MemorySink
+from ranker_server.inference import ModelInput
 from ranker_server.server import RankerServer
 from tests.ranker_server.conftest import FakeRouter, MutableSource, Running, code_of, make_settings
 
@@ -28,13 +29,15 @@ pytestmark = pytest.mark.integration
 def slow_down(server: RankerServer, seconds: float) -> None:
     """Make every ONNX Runtime call of tiny/1 take at least ``seconds`` (set before its first batch)."""
     model = server.repository.snapshot.models[("tiny", "1")]
-    infer = model.runner.infer
+    for runner in (model.runner, model.factored):  # rows given in full, and Rank's table candidates
+        assert runner is not None
+        infer = runner.infer
 
-    async def slow(sparse: np.ndarray, dense: np.ndarray, executor: object) -> np.ndarray:
-        await asyncio.sleep(seconds)
-        return await infer(sparse, dense, executor)
+        async def slow(inputs: ModelInput, executor: object, infer=infer) -> np.ndarray:
+            await asyncio.sleep(seconds)
+            return await infer(inputs, executor)
 
-    model.runner.infer = slow  # type: ignore[method-assign]
+        runner.infer = slow  # type: ignore[method-assign]
 
 
 def rank(user: str = "out-1", n: int = 20) -> ranking_pb2.RankRequest:

@@ -16,6 +16,7 @@ from proto import common_pb2, ranking_pb2, ranking_pb2_grpc
 from ranker_server.config import BatchingSettings
 from ranker_server.exposure import MemorySink
 from ranker_server.features import ItemTable, build_rows
+from ranker_server.inference import GraphRows
 from ranker_server.package import read_package
 from ranker_server.server import RankerServer
 from tests.ranker_server.conftest import (
@@ -56,7 +57,7 @@ def expected_scores(running: Running, version: str, ids: list[int]) -> np.ndarra
         np.zeros(0, np.int64),
         np.zeros(0, np.float32),
     )
-    return model.runner.run(rows.sparse, rows.dense)
+    return model.runner.run(GraphRows(rows.sparse, rows.dense))
 
 
 async def test_rank_scores_orders_and_logs_exposure(running: Running) -> None:

@@ -1,0 +1,96 @@
+"""Rank's factored graph at load time: every item's share of the input layers computed once, then checked.
+
+A package may carry ``factored/items.onnx`` and ``factored/rank.onnx`` (``models.factored``, docs/contracts.md):
+the model's input layers split into a per-item part, computed here for every row of the item table, and a
+per-user part that each Rank request computes once for its one user. Rank's candidates from the item table then
+skip the item columns' share of the first layers (-4% CPU per request at concurrency 16 on the benchmark MMoE,
+benchmarks/results/serving_peers.md). The parts cost ``sum(widths) * 4`` bytes per item, capped by
+``RuntimeSettings.factored_max_mb``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnxruntime as ort
+
+from ranker_server.config import RuntimeSettings
+from ranker_server.errors import PackageError
+from ranker_server.features import ItemTable, in_vocab
+from ranker_server.inference import GraphRows, OnnxRanker, UserItemRows, session_options
+from ranker_server.package import ModelPackage
+
+logger = logging.getLogger(__name__)
+
+FACTORED_INPUTS = ("user_sparse", "user_dense", "rows", "segment")  # besides the item parts
+ITEM_CHUNK = 8192  # items per run when the parts are computed
+
+
+def load_factored(
+    package: ModelPackage, table: ItemTable, runner: OnnxRanker, runtime: RuntimeSettings, label: str
+) -> OnnxRanker | None:
+    """The factored graph fed with every item's parts, checked against ``runner`` (the package graph) on table
+    rows; None when the package has none, on a GPU (the parts would cross to the device on every run), or when
+    the parts need more than ``runtime.factored_max_mb``.
+
+    Raises:
+        PackageError: when a factored graph cannot be loaded or run, or answers otherwise than the package graph.
+    """
+    paths = package.factored_paths
+    if paths is None or runner.on_gpu:
+        return None
+    items_path, rank_path = paths
+    item_sparse, item_dense = table.item_columns
+    try:
+        items = ort.InferenceSession(
+            str(items_path), session_options(runtime), providers=["CPUExecutionProvider"]
+        )
+        outputs = items.get_outputs()
+        widths = [int(output.shape[1]) for output in outputs]
+    except (
+        Exception
+    ) as exc:  # ORT raises its own untyped errors for corrupt graphs; a symbolic width is no int
+        raise PackageError(f"{items_path}: not an item-parts graph: {exc}") from exc
+    megabytes = len(item_sparse) * sum(widths) * 4 / 2**20
+    if megabytes > runtime.factored_max_mb:
+        logger.warning(
+            "%s: the item parts would take %.0f MB (--factored-max-mb %d): Rank uses the package graph",
+            label, megabytes, runtime.factored_max_mb,
+        )  # fmt: skip
+        return None
+    names = [output.name for output in outputs]
+    try:
+        chunks = [
+            items.run(
+                names,
+                {
+                    "item_sparse": item_sparse[i : i + ITEM_CHUNK],
+                    "item_dense": item_dense[i : i + ITEM_CHUNK],
+                },
+            )
+            for i in range(0, len(item_sparse), ITEM_CHUNK)
+        ]
+    except Exception as exc:  # ORT errors are untyped
+        raise PackageError(f"{items_path}: fails on the item table: {exc}") from exc
+    parts = {name: np.concatenate([chunk[j] for chunk in chunks]) for j, name in enumerate(names)}
+    factored = OnnxRanker(str(rank_path), runtime, f"{label} (factored)", FACTORED_INPUTS, parts)
+    last = len(item_sparse) - 1  # the out-of-vocabulary row
+    check = table_rows(package, table, np.append(np.arange(min(last, 255)), last))
+    user_sparse, user_dense = check.user_sparse[check.segment], check.user_dense[check.segment]
+    full = GraphRows(
+        np.concatenate([user_sparse, item_sparse[check.rows]], 1),
+        np.concatenate([user_dense, item_dense[check.rows]], 1),
+    )
+    factored.check(check, runner.run(full), runtime, f"{label}: the factored graph against the package graph")
+    logger.info("%s: factored graph with the parts of %d items (%.0f MB)", label, len(item_sparse), megabytes)
+    return factored
+
+
+def table_rows(package: ModelPackage, table: ItemTable, rows: np.ndarray) -> UserItemRows:
+    """The golden inputs' first user with the item-table rows ``rows``: the factored graph's check and warm-up."""
+    layout = package.layout
+    user_sparse = np.asarray(package.golden["sparse"], np.int64)[:1, : layout.user_sparse]
+    user_dense = np.asarray(package.golden["dense"], np.float32)[:1, : layout.user_dense]
+    user_sparse = in_vocab(user_sparse, layout.vocab_sizes[: layout.user_sparse])
+    return UserItemRows(user_sparse, user_dense, rows, np.zeros_like(rows))
