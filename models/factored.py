@@ -59,17 +59,19 @@ class SideLayout:
             counts += [users, len(sides) - users]
         return cls(*counts)
 
-    def user_mask(self, embedding_dim: int) -> Tensor:
-        """``[d_in]``: 1 on the columns of ``x`` that come from user-side features."""
-        e = embedding_dim
-        return torch.cat(
-            [
-                torch.ones(self.user_sparse * e),
-                torch.zeros(self.item_sparse * e),
-                torch.ones(self.user_dense),
-                torch.zeros(self.item_dense),
-            ]
-        )
+    def columns(self, side: str, embedding_dim: int) -> tuple[range, Tensor]:
+        """The sparse columns of ``side`` ("user" or "item") and the columns of ``x`` they and its dense columns
+        fill (``x`` = every sparse column's embedding, then the dense columns)."""
+        e, sparse = embedding_dim, self.user_sparse + self.item_sparse
+        if side == "user":
+            first, dense = range(self.user_sparse), range(sparse * e, sparse * e + self.user_dense)
+        else:
+            first, dense = (
+                range(self.user_sparse, sparse),
+                range(sparse * e + self.user_dense, sparse * e + self.user_dense + self.item_dense),
+            )
+        embedded = range(first.start * e, first.stop * e)
+        return first, torch.tensor([*embedded, *dense], dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -118,23 +120,31 @@ def input_layers(model: MultiTaskModel) -> list[InputLayer]:
     return layers
 
 
+class _SidePart(nn.Module):
+    """One side's columns (user or item) -> its share of every input layer: ``x_side W_side^T`` per layer."""
+
+    def __init__(self, layers: list[InputLayer], sides: SideLayout, side: str) -> None:
+        super().__init__()
+        embeddings = list(dict.fromkeys(layer.embedding for layer in layers))
+        self.embeddings = nn.ModuleList(embeddings)  # only the side's tables are used, so only they are exported
+        self.sources = [embeddings.index(layer.embedding) for layer in layers]
+        self.sparse_columns, x_columns = sides.columns(side, layers[0].embedding.spec.embedding_dim)
+        self.weights = [layer.linear.weight.detach()[:, x_columns].T.contiguous() for layer in layers]
+
+    def forward(self, sparse: Tensor, dense: Tensor) -> list[Tensor]:
+        xs = [embedding.embed(sparse, dense, self.sparse_columns) for embedding in self.embeddings]
+        return [xs[source] @ weight for source, weight in zip(self.sources, self.weights, strict=True)]
+
+
 class ItemParts(nn.Module):
     """``item_sparse [N, S_item]``, ``item_dense [N, D_item]`` -> one ``[N, out]`` part per input layer (no bias)."""
 
     def __init__(self, layers: list[InputLayer], sides: SideLayout) -> None:
         super().__init__()
-        self.sides = sides
-        self.embeddings = nn.ModuleList(dict.fromkeys(layer.embedding for layer in layers))
-        self.sources = [list(self.embeddings).index(layer.embedding) for layer in layers]
-        item_mask = 1 - sides.user_mask(layers[0].embedding.spec.embedding_dim)
-        self.weights = [(layer.linear.weight.detach() * item_mask).T.contiguous() for layer in layers]
+        self.items = _SidePart(layers, sides, "item")
 
     def forward(self, item_sparse: Tensor, item_dense: Tensor) -> tuple[Tensor, ...]:
-        n = item_sparse.shape[0]
-        sparse = torch.cat([torch.zeros((n, self.sides.user_sparse), dtype=torch.int64), item_sparse], 1)
-        dense = torch.cat([torch.zeros((n, self.sides.user_dense)), item_dense], 1)
-        xs = [embedding(sparse, dense) for embedding in self.embeddings]
-        return tuple(xs[source] @ weight for source, weight in zip(self.sources, self.weights, strict=True))
+        return tuple(self.items(item_sparse, item_dense))
 
 
 class _Given(nn.Module):
@@ -167,15 +177,7 @@ class FactoredRank(nn.Module):
 
     def __init__(self, model: MultiTaskModel, layers: list[InputLayer], sides: SideLayout) -> None:
         super().__init__()
-        self.sides = sides
-        names = {module: name for name, module in model.named_modules()}
-        self.user_embeddings = nn.ModuleList(
-            copy.deepcopy(e) for e in dict.fromkeys(layer.embedding for layer in layers)
-        )
-        originals = list(dict.fromkeys(layer.embedding for layer in layers))
-        self.sources = [originals.index(layer.embedding) for layer in layers]
-        user_mask = sides.user_mask(layers[0].embedding.spec.embedding_dim)
-        self.weights = [(layer.linear.weight.detach() * user_mask).T.contiguous() for layer in layers]
+        self.users = _SidePart(layers, sides, "user")
         self.biases = [
             layer.linear.bias.detach()
             if layer.linear.bias is not None
@@ -183,6 +185,7 @@ class FactoredRank(nn.Module):
             for layer in layers
         ]
         self.pre: list[Tensor] = []
+        names = {module: name for name, module in model.named_modules()}
         self.model = copy.deepcopy(model)
         for index, layer in enumerate(layers):
             _replace(self.model, names[layer.linear], _Given(self.pre, index))
@@ -192,13 +195,10 @@ class FactoredRank(nn.Module):
 
     def forward(self, user_sparse: Tensor, user_dense: Tensor, *parts_rows_segment: Tensor) -> Tensor:
         *parts, rows, segment = parts_rows_segment
-        users = user_sparse.shape[0]
-        sparse = torch.cat([user_sparse, torch.zeros((users, self.sides.item_sparse), dtype=torch.int64)], 1)
-        dense = torch.cat([user_dense, torch.zeros((users, self.sides.item_dense))], 1)
-        xs = [embedding(sparse, dense) for embedding in self.user_embeddings]
+        users = self.users(user_sparse, user_dense)
         self.pre[:] = [
-            part[rows] + (xs[source] @ weight + bias)[segment]
-            for part, source, weight, bias in zip(parts, self.sources, self.weights, self.biases, strict=True)
+            part[rows] + (user + bias)[segment]
+            for part, user, bias in zip(parts, users, self.biases, strict=True)
         ]
         spec = self.model.feature_spec
         n = rows.shape[0]
@@ -222,7 +222,11 @@ def export_factored(model: MultiTaskModel, directory: Path, sides: SideLayout | 
         PackageError: when the factored graphs give other answers than the model (a bug, not a family limit).
     """
     spec = model.feature_spec
-    if sides is None or not (sides.item_sparse or sides.item_dense):
+    if (
+        sides is None
+        or not (sides.item_sparse or sides.item_dense)
+        or not (sides.user_sparse or sides.user_dense)
+    ):
         return False
     if (sides.user_sparse + sides.item_sparse, sides.user_dense + sides.item_dense) != (
         spec.n_sparse,

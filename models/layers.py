@@ -123,12 +123,19 @@ class FeatureEmbedding(nn.Module):
         return self.spec.d_in
 
     def forward(self, sparse: Tensor, dense: Tensor) -> Tensor:
+        return self.embed(sparse, dense, range(len(self.tables)))
+
+    def embed(self, sparse: Tensor, dense: Tensor, columns: range) -> Tensor:
+        """The embeddings of the sparse columns ``columns`` (``sparse`` holds those only) and then ``dense``: a
+        part of the features, as Rank's factored graphs embed the user's columns and the items' apart
+        (models.factored)."""
         parts = []
-        for i, table in enumerate(self.tables):
-            idx = sparse[:, i]
+        for j, i in enumerate(columns):
+            table = self.tables[i]
+            idx = sparse[:, j]
             idx = torch.where((idx >= 0) & (idx < table.num_embeddings), idx, torch.zeros_like(idx))
             parts.append(table(idx))
-        if self.spec.n_dense:
+        if dense.shape[1]:
             parts.append(dense.to(torch.float32))
         return torch.cat(parts, dim=-1)
 
