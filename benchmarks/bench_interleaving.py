@@ -70,7 +70,7 @@ from deploy.demo.world import DemoWorld, make_world  # noqa: E402
 from ranker_server.config import RuntimeSettings  # noqa: E402
 from ranker_server.dataplane import merge_scores  # noqa: E402
 from ranker_server.features import ItemTable, build_rows  # noqa: E402
-from ranker_server.inference import OnnxRanker  # noqa: E402
+from ranker_server.inference import GraphRows, OnnxRanker  # noqa: E402
 from ranker_server.interleaving import interleave, team_draft  # noqa: E402
 from ranker_server.package import read_package  # noqa: E402
 
@@ -167,7 +167,7 @@ def score_top(world: DemoWorld, repository: Path, name: str, bank: Bank) -> np.n
             empty_i,
             empty_f,
         )
-        _, merged = merge_scores(tasks, runner.run(rows.sparse, rows.dense), TASK_WEIGHTS)  # type: ignore[arg-type]
+        _, merged = merge_scores(tasks, runner.run(GraphRows(rows.sparse, rows.dense)), TASK_WEIGHTS)  # type: ignore[arg-type]
         top[i] = np.argsort(-merged.reshape(b, c), axis=1, kind="stable")[:, :TOP_K]
     return top
 

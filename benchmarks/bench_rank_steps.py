@@ -43,6 +43,10 @@ def step_functions(package: Path, ids: np.ndarray) -> dict[str, Callable[[], obj
 
     read = read_package(package)
     table = ItemTable(read)
+    try:  # Rank's rows when the package has factored graphs (ranker_server.factored)
+        from ranker_server.features import user_item_rows
+    except ImportError:  # a checkout from before them: every Rank builds full rows
+        user_item_rows = None
     request = br.rank_request(ids)
     query = query_from_proto(request)
     rows = build_rows(read.layout, table, query.candidate_ids, query.user_sparse, query.user_dense,
@@ -67,8 +71,12 @@ def step_functions(package: Path, ids: np.ndarray) -> dict[str, Callable[[], obj
     return {
         "parse": lambda: query_from_proto(request),
         "checks": lambda: check_query(query, 10_000),
-        "rows": lambda: build_rows(read.layout, table, query.candidate_ids, query.user_sparse, query.user_dense,
-                                   query.candidate_sparse, query.candidate_dense),  # fmt: skip
+        "rows": (
+            (lambda: user_item_rows(read.layout, table, query.candidate_ids, query.user_sparse, query.user_dense))
+            if user_item_rows is not None and (package / "factored").is_dir()
+            else lambda: build_rows(read.layout, table, query.candidate_ids, query.user_sparse, query.user_dense,
+                                    query.candidate_sparse, query.candidate_dense)  # fmt: skip
+        ),
         "merge": lambda: merge_scores(model, logits, weights),  # type: ignore[arg-type]
         "top-k": top_k,
         "response": lambda: result_to_proto(result).SerializeToString(),

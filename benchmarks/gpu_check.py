@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from ranker_server.config import RuntimeSettings  # noqa: E402
-from ranker_server.inference import OnnxRanker, session_options  # noqa: E402
+from ranker_server.inference import GraphRows, OnnxRanker, session_options  # noqa: E402
 
 PROVIDERS = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
@@ -92,7 +92,7 @@ def provider_checks(model_path: Path, provider: str, feeds: dict) -> list[str]:
         lines.append(f"Nodes not on {wanted}: {off} (ORT places some shape/int64 ops on CPU by design)")
     cpu = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(["logits"], feeds)[0]
     plain = runner.session.run(["logits"], feeds)[0]
-    bound = runner.run(feeds["sparse"], feeds["dense"])  # the ranker's path: IO binding on GPU
+    bound = runner.run(GraphRows(feeds["sparse"], feeds["dense"]))  # the ranker's path: IO binding on GPU
     path = "the ranker's run: IO binding" if runner.on_gpu else "the ranker's run"
     for name, output in (("session.run", plain), (path, bound)):
         worst = float(np.max(np.abs(output - cpu)))
@@ -107,7 +107,7 @@ def raw_ort(model_path: Path, provider: str, batch: int, concurrency: int, calls
     runner = OnnxRanker(str(model_path), runtime, "gpu-check")
     _, sparse, dense = br.request_rows(package, batch, np.random.default_rng(batch))
     for _ in range(5):
-        runner.run(sparse, dense)
+        runner.run(GraphRows(sparse, dense))
     result = br.Result(f"raw ORT, batch {batch}, concurrency {concurrency}")
     lock, remaining = threading.Lock(), [calls]
 
@@ -118,7 +118,7 @@ def raw_ort(model_path: Path, provider: str, batch: int, concurrency: int, calls
                     return
                 remaining[0] -= 1
             started = time.perf_counter()
-            runner.run(sparse, dense)
+            runner.run(GraphRows(sparse, dense))
             elapsed = time.perf_counter() - started
             with lock:
                 result.latencies_s.append(elapsed)

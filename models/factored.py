@@ -129,10 +129,12 @@ class _SidePart(nn.Module):
         self.embeddings = nn.ModuleList(embeddings)  # only the side's tables are used, so only they are exported
         self.sources = [embeddings.index(layer.embedding) for layer in layers]
         self.sparse_columns, x_columns = sides.columns(side, layers[0].embedding.spec.embedding_dim)
+        self.has_dense = bool(sides.user_dense if side == "user" else sides.item_dense)
         self.weights = [layer.linear.weight.detach()[:, x_columns].T.contiguous() for layer in layers]
 
     def forward(self, sparse: Tensor, dense: Tensor) -> list[Tensor]:
-        xs = [embedding.embed(sparse, dense, self.sparse_columns) for embedding in self.embeddings]
+        side_dense = dense if self.has_dense else None
+        xs = [embedding.embed(sparse, side_dense, self.sparse_columns) for embedding in self.embeddings]
         return [xs[source] @ weight for source, weight in zip(self.sources, self.weights, strict=True)]
 
 

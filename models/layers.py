@@ -123,11 +123,11 @@ class FeatureEmbedding(nn.Module):
         return self.spec.d_in
 
     def forward(self, sparse: Tensor, dense: Tensor) -> Tensor:
-        return self.embed(sparse, dense, range(len(self.tables)))
+        return self.embed(sparse, dense if self.spec.n_dense else None, range(len(self.tables)))
 
-    def embed(self, sparse: Tensor, dense: Tensor, columns: range) -> Tensor:
-        """The embeddings of the sparse columns ``columns`` (``sparse`` holds those only) and then ``dense``: a
-        part of the features, as Rank's factored graphs embed the user's columns and the items' apart
+    def embed(self, sparse: Tensor, dense: Tensor | None, columns: range) -> Tensor:
+        """The embeddings of the sparse columns ``columns`` (``sparse`` holds those only), then ``dense`` unless
+        None: a part of the features, as Rank's factored graphs embed the user's columns and the items' apart
         (models.factored)."""
         parts = []
         for j, i in enumerate(columns):
@@ -135,7 +135,7 @@ class FeatureEmbedding(nn.Module):
             idx = sparse[:, j]
             idx = torch.where((idx >= 0) & (idx < table.num_embeddings), idx, torch.zeros_like(idx))
             parts.append(table(idx))
-        if dense.shape[1]:
+        if dense is not None:
             parts.append(dense.to(torch.float32))
         return torch.cat(parts, dim=-1)
 

@@ -118,3 +118,11 @@ def test_packages_carry_factored_graphs_only_with_item_side_columns(tmp_path: Pa
     assert ITEMS_FILE in manifest and RANK_FILE in manifest  # checksummed like every file
     user_only = export_package(model, tmp_path, "m", "2", "mmoe")  # default features: all user-side
     assert not (user_only / "factored").exists()
+
+
+def test_sides_without_dense_columns_factor_too(tmp_path: Path) -> None:
+    spec = FeatureSpec(sparse_vocab_sizes=(30, 40), n_dense=0, sparse_names=("user_id", "item_id"))
+    torch.manual_seed(0)
+    model = models.create_model("mmoe", features=spec, tasks=TASKS, preset="tiny").eval()
+    assert export_factored(model, tmp_path, SideLayout(1, 1, 0, 0))  # its own ORT parity check passed
+    assert not export_factored(model, tmp_path / "none", SideLayout(0, 2, 0, 0))  # no user columns: nothing to split
