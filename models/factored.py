@@ -126,15 +126,16 @@ class _SidePart(nn.Module):
     def __init__(self, layers: list[InputLayer], sides: SideLayout, side: str) -> None:
         super().__init__()
         embeddings = list(dict.fromkeys(layer.embedding for layer in layers))
-        self.embeddings = nn.ModuleList(embeddings)  # only the side's tables are used, so only they are exported
+        self.embeddings = nn.ModuleList(
+            embeddings
+        )  # only the side's tables are used, so only they are exported
         self.sources = [embeddings.index(layer.embedding) for layer in layers]
         self.sparse_columns, x_columns = sides.columns(side, layers[0].embedding.spec.embedding_dim)
-        self.has_dense = bool(sides.user_dense if side == "user" else sides.item_dense)
         self.weights = [layer.linear.weight.detach()[:, x_columns].T.contiguous() for layer in layers]
 
     def forward(self, sparse: Tensor, dense: Tensor) -> list[Tensor]:
-        side_dense = dense if self.has_dense else None
-        xs = [embedding.embed(sparse, side_dense, self.sparse_columns) for embedding in self.embeddings]
+        # ``dense`` even when it has no columns: a graph input that nothing reads would be dropped by the exporter
+        xs = [embedding.embed(sparse, dense, self.sparse_columns) for embedding in self.embeddings]
         return [xs[source] @ weight for source, weight in zip(self.sources, self.weights, strict=True)]
 
 
@@ -224,12 +225,8 @@ def export_factored(model: MultiTaskModel, directory: Path, sides: SideLayout | 
         PackageError: when the factored graphs give other answers than the model (a bug, not a family limit).
     """
     spec = model.feature_spec
-    if (
-        sides is None
-        or not (sides.item_sparse or sides.item_dense)
-        or not (sides.user_sparse or sides.user_dense)
-    ):
-        return False
+    if sides is None or not sides.user_sparse or not sides.item_sparse:
+        return False  # each side needs an id column: the exporter drops a graph input that nothing reads
     if (sides.user_sparse + sides.item_sparse, sides.user_dense + sides.item_dense) != (
         spec.n_sparse,
         spec.n_dense,

@@ -125,4 +125,4 @@ def test_sides_without_dense_columns_factor_too(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = models.create_model("mmoe", features=spec, tasks=TASKS, preset="tiny").eval()
     assert export_factored(model, tmp_path, SideLayout(1, 1, 0, 0))  # its own ORT parity check passed
-    assert not export_factored(model, tmp_path / "none", SideLayout(0, 2, 0, 0))  # no user columns: nothing to split
+    assert not export_factored(model, tmp_path / "none", SideLayout(0, 2, 0, 0))  # no user id column
