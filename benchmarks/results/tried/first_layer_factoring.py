@@ -1,4 +1,7 @@
-"""Tried, not built into the ranker: Rank's one user per request, used inside the graph (serving_peers.md).
+"""The measurement that led to Rank's factored graphs (serving_peers.md): Rank's one user per request, used
+inside the graph. "Items precomputed" is now built (models/factored.py writes the graphs for every family whose
+features feed only Linears, ranker_server/factored.py computes the item parts at load); this record keeps the
+hand-written MMoE version it was first measured with, and "user once", which was not built.
 
 The first layers of bench_ranker's MMoE (every expert's first Linear and every gate) are linear in the
 concatenated features ``x = [user columns, item columns]``, so ``x W = x_user W_user + x_item W_item``. A Rank
