@@ -116,7 +116,7 @@ def export_package(
             np.savez(staging / ITEM_FEATURES_FILE, **{k: np.asarray(v) for k, v in item_features.items()})
         spec = model.feature_spec
         features = dict(features) if features is not None else default_features(model)
-        export_factored(model, staging, SideLayout.from_features(features))
+        export_factored(model, staging, SideLayout.from_features(features), OPSET)
         manifest = Manifest(
             kind="ranking",
             name=name,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +127,8 @@ class _SidePart(nn.Module):
     def __init__(self, layers: list[InputLayer], sides: SideLayout, side: str) -> None:
         super().__init__()
         embeddings = list(dict.fromkeys(layer.embedding for layer in layers))
-        self.embeddings = nn.ModuleList(
-            embeddings
-        )  # only the side's tables are used, so only they are exported
+        # The model's own modules; only the side's tables are used, so only they reach the exported graph.
+        self.embeddings = nn.ModuleList(embeddings)
         self.sources = [embeddings.index(layer.embedding) for layer in layers]
         self.sparse_columns, x_columns = sides.columns(side, layers[0].embedding.spec.embedding_dim)
         self.weights = [layer.linear.weight.detach()[:, x_columns].T.contiguous() for layer in layers]
@@ -217,9 +217,10 @@ def _replace(model: nn.Module, name: str, replacement: nn.Module) -> None:
     setattr(model.get_submodule(parent), child, replacement)
 
 
-def export_factored(model: MultiTaskModel, directory: Path, sides: SideLayout | None) -> bool:
+def export_factored(model: MultiTaskModel, directory: Path, sides: SideLayout | None, opset: int) -> bool:
     """Write ``ITEMS_FILE`` and ``RANK_FILE`` into the package being assembled in ``directory`` and check them
-    through ONNX Runtime against the model; False (nothing written) when the model cannot be factored.
+    through ONNX Runtime against the model; False (nothing written) when the model cannot be factored, or when
+    the exporter cannot trace its factored forward (logged as a warning: the package is served from model.onnx).
 
     Raises:
         PackageError: when the factored graphs give other answers than the model (a bug, not a family limit).
@@ -239,31 +240,28 @@ def export_factored(model: MultiTaskModel, directory: Path, sides: SideLayout | 
     items.parent.mkdir(parents=True, exist_ok=True)
     parts = [PART.format(j) for j in range(len(layers))]
     example = _example(model, sides, users=2, items=5, rows=7)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        item_parts = ItemParts(layers, sides).eval()
-        _export(
-            item_parts,
-            (example["item_sparse"], example["item_dense"]),
-            items,
-            ["item_sparse", "item_dense"],
-            parts,
-        )
-        example_parts = item_parts(example["item_sparse"], example["item_dense"])
-        args = (
-            example["user_sparse"],
-            example["user_dense"],
-            *example_parts,
-            example["rows"],
-            example["segment"],
-        )
-        names = ["user_sparse", "user_dense", *parts, "rows", "segment"]
-        _export(FactoredRank(model, layers, sides).eval(), args, rank, names, ["logits"])
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            item_parts = ItemParts(layers, sides).eval()
+            item_inputs = (example["item_sparse"], example["item_dense"])
+            _export(item_parts, item_inputs, items, ["item_sparse", "item_dense"], parts, opset)
+            rank_inputs = (
+                example["user_sparse"],
+                example["user_dense"],
+                *item_parts(*item_inputs),
+                example["rows"],
+                example["segment"],
+            )
+            names = ["user_sparse", "user_dense", *parts, "rows", "segment"]
+            _export(FactoredRank(model, layers, sides).eval(), rank_inputs, rank, names, ["logits"], opset)
+    except Exception as exc:  # the exporter's errors are untyped; model.onnx is already written and checked
+        shutil.rmtree(items.parent)
+        logger.warning("%s: no factored graphs, the exporter failed: %s", type(model).__name__, exc)
+        return False
     worst = _parity(model, sides, items, rank, parts)
     if not np.isfinite(worst):
-        items.unlink()
-        rank.unlink()
-        items.parent.rmdir()
+        shutil.rmtree(items.parent)
         logger.info(
             "%s: its features also feed more than its input layers; no factored graphs", type(model).__name__
         )
@@ -275,7 +273,9 @@ def export_factored(model: MultiTaskModel, directory: Path, sides: SideLayout | 
     return True
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str]) -> None:
+def _export(
+    module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], opset: int
+) -> None:
     per_user = {"user_sparse", "user_dense"}
     axes = {
         name: {0: "users" if name in per_user else "items" if name.startswith("item") else "rows"}
@@ -289,7 +289,7 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
         input_names=inputs,
         output_names=outputs,
         dynamic_axes=axes,
-        opset_version=17,
+        opset_version=opset,
         dynamo=False,
     )
 

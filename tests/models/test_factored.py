@@ -13,13 +13,15 @@ from torch import Tensor, nn
 import models
 from models.baselines.mmoe import MMoE, MMoEConfig
 from models.errors import PackageError
-from models.export import export_package
+from models.export import OPSET, export_package
 from models.factored import ITEMS_FILE, RANK_FILE, SideLayout, export_factored, input_layers
 from models.layers import FeatureSpec
 
 ort = pytest.importorskip("onnxruntime")
 
-SPEC = FeatureSpec(sparse_vocab_sizes=(30, 40, 20), n_dense=3, sparse_names=("user_id", "item_id", "category"))
+SPEC = FeatureSpec(
+    sparse_vocab_sizes=(30, 40, 20), n_dense=3, sparse_names=("user_id", "item_id", "category")
+)
 TASKS = [{"name": "click", "type": "binary"}, {"name": "rating", "type": "regression"}]
 SIDES = SideLayout(user_sparse=1, item_sparse=2, user_dense=1, item_dense=2)
 FEATURES = {
@@ -28,7 +30,11 @@ FEATURES = {
         {"name": "item_id", "vocab_size": 40, "side": "item"},
         {"name": "category", "vocab_size": 20, "side": "item"},
     ],
-    "dense": [{"name": "age", "side": "user"}, {"name": "price", "side": "item"}, {"name": "ctr", "side": "item"}],
+    "dense": [
+        {"name": "age", "side": "user"},
+        {"name": "price", "side": "item"},
+        {"name": "ctr", "side": "item"},
+    ],
 }
 RANKING = [name for name in models.list_models() if models.model_kind(name) == "ranking"]
 
@@ -56,7 +62,7 @@ def test_input_layers_of_mmoe_are_every_expert_first_layer_and_every_gate() -> N
 def test_every_family_factors_with_the_model_answers_or_writes_nothing(name: str, tmp_path: Path) -> None:
     """export_factored checks its graphs through ONNX Runtime; here the rows are built again independently."""
     model = build(name)
-    written = export_factored(model, tmp_path, SIDES)
+    written = export_factored(model, tmp_path, SIDES, OPSET)
     if name == "grec":  # its transformer reads the per-feature embeddings, not through input Linears
         assert not written and not (tmp_path / "factored").exists()
         return
@@ -89,11 +95,13 @@ class _WideMMoE(MMoE):
         return super().forward(batch) + x.sum(-1, keepdim=True)
 
 
-def test_a_model_whose_features_feed_more_than_its_input_layers_gets_no_factored_graphs(tmp_path: Path) -> None:
+def test_a_model_whose_features_feed_more_than_its_input_layers_gets_no_factored_graphs(
+    tmp_path: Path,
+) -> None:
     torch.manual_seed(0)
     model = _WideMMoE(SPEC, TASKS, MMoEConfig.tiny()).eval()
     assert input_layers(model)  # the experts and gates are found...
-    assert not export_factored(model, tmp_path, SIDES)  # ...but the wide term reads NaN in the check
+    assert not export_factored(model, tmp_path, SIDES, OPSET)  # ...but the wide term reads NaN in the check
     assert not (tmp_path / "factored").exists()
 
 
@@ -107,7 +115,7 @@ def test_a_factored_graph_that_disagrees_is_refused(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(factored.ItemParts, "forward", off_by_one)
     with pytest.raises(PackageError, match="factored graphs differ"):
-        export_factored(build("mmoe"), tmp_path, SIDES)
+        export_factored(build("mmoe"), tmp_path, SIDES, OPSET)
 
 
 def test_packages_carry_factored_graphs_only_with_item_side_columns(tmp_path: Path) -> None:
@@ -124,5 +132,19 @@ def test_sides_without_dense_columns_factor_too(tmp_path: Path) -> None:
     spec = FeatureSpec(sparse_vocab_sizes=(30, 40), n_dense=0, sparse_names=("user_id", "item_id"))
     torch.manual_seed(0)
     model = models.create_model("mmoe", features=spec, tasks=TASKS, preset="tiny").eval()
-    assert export_factored(model, tmp_path, SideLayout(1, 1, 0, 0))  # its own ORT parity check passed
-    assert not export_factored(model, tmp_path / "none", SideLayout(0, 2, 0, 0))  # no user id column
+    assert export_factored(model, tmp_path, SideLayout(1, 1, 0, 0), OPSET)  # its own ORT parity check passed
+    assert not export_factored(model, tmp_path / "none", SideLayout(0, 2, 0, 0), OPSET)  # no user id column
+
+
+def test_a_model_the_exporter_cannot_trace_is_exported_without_factored_graphs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from models import factored
+
+    def untraceable(self, *args: Tensor) -> Tensor:
+        raise RuntimeError("data-dependent control flow")
+
+    monkeypatch.setattr(factored.FactoredRank, "forward", untraceable)
+    path = export_package(build("mmoe"), tmp_path, "m", "1", "mmoe", features=FEATURES)
+    assert (path / "model.onnx").is_file() and not (path / "factored").exists()
+    assert "the exporter failed: data-dependent control flow" in caplog.text
