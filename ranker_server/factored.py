@@ -48,9 +48,8 @@ def load_factored(
         )
         outputs = items.get_outputs()
         widths = [int(output.shape[1]) for output in outputs]
-    except (
-        Exception
-    ) as exc:  # ORT raises its own untyped errors for corrupt graphs; a symbolic width is no int
+    # ORT raises its own untyped errors for corrupt graphs; a symbolic width is no int.
+    except Exception as exc:
         raise PackageError(f"{items_path}: not an item-parts graph: {exc}") from exc
     megabytes = len(item_sparse) * sum(widths) * 4 / 2**20
     if megabytes > runtime.factored_max_mb:
@@ -61,16 +60,12 @@ def load_factored(
         return None
     names = [output.name for output in outputs]
     try:
-        chunks = [
-            items.run(
-                names,
-                {
-                    "item_sparse": item_sparse[i : i + ITEM_CHUNK],
-                    "item_dense": item_dense[i : i + ITEM_CHUNK],
-                },
+        chunks = []
+        for start in range(0, len(item_sparse), ITEM_CHUNK):
+            rows = slice(start, start + ITEM_CHUNK)
+            chunks.append(
+                items.run(names, {"item_sparse": item_sparse[rows], "item_dense": item_dense[rows]})
             )
-            for i in range(0, len(item_sparse), ITEM_CHUNK)
-        ]
     except Exception as exc:  # ORT errors are untyped
         raise PackageError(f"{items_path}: fails on the item table: {exc}") from exc
     parts = {name: np.concatenate([chunk[j] for chunk in chunks]) for j, name in enumerate(names)}

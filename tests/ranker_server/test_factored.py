@@ -31,7 +31,11 @@ def load(path: Path, **runtime: object) -> LoadedModel:
 
 @pytest.mark.parametrize(
     ("user_sparse", "user_dense"),
-    [(np.array([3, 4]), np.array([0.25], np.float32)), (np.array([-7, 999]), NO_FLOATS), (NO_INTS, NO_FLOATS)],
+    [
+        (np.array([3, 4]), np.array([0.25], np.float32)),
+        (np.array([-7, 999]), NO_FLOATS),
+        (NO_INTS, NO_FLOATS),
+    ],
 )
 def test_factored_answers_equal_the_package_graph(
     tmp_path: Path, user_sparse: np.ndarray, user_dense: np.ndarray
