@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="concurrent ONNX Runtime calls")  # fmt: skip
     parser.add_argument("--factored-max-mb", type=int, default=r["factored_max_mb"].default,
                         help="MB per model version for the item parts of its factored graph (Rank computes "
-                             "each item's share of the input layers once, at load); 0 = package graph only")  # fmt: skip
+                             "each item's share of the input layers once, at load; every --workers process holds "
+                             "its own); 0 = package graph only")  # fmt: skip
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
