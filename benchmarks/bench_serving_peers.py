@@ -9,7 +9,9 @@ One ONNX ranking graph (bench_ranker's ~1M-parameter MMoE, 3 tasks), 500 candida
     ORT in a thread pool from an async ``predict`` with threads that sleep (best under concurrency);
   * our ranker, ``python -m ranker_server`` with its defaults, a running experiment (two variants of the model,
     assignment on every request) and no Kafka: Rank with the 500 candidate ids (features from its item table,
-    scores, merge, top 100), and the same server's ModelInfer with the same tensors as KServe gets;
+    scored with the package's factored graph: the user's share of the input layers once, the candidates' shares
+    precomputed at load; then scores, merge, top 100), and the same server's ModelInfer with the same tensors as
+    KServe gets (the package graph); ``--ranker-variant "--factored-max-mb 0"`` adds Rank on the package graph;
   * the bare grpc.aio + ORT floor of bench_ranker (c1: a servicer that only runs the ORT call in an executor
     thread and returns a pre-built response of Rank's size), with ORT threads spinning during runs and not
     spinning: the faster at concurrency 1 is the floor;
