@@ -280,6 +280,7 @@ def serve_floor(
     spinning: str = "during runs",
     work: bool = False,
     server: Literal["aio", "threads"] = "aio",
+    factored: bool = False,
 ) -> None:
     """Rows (c1)/(c2): a bare grpc.aio Ranker that only runs raw ORT, in an executor thread or ``inline``.
 
@@ -288,6 +289,10 @@ def serve_floor(
     with the user's columns, ORT (in the executor), sigmoid for the binary tasks, the weighted merge, the top
     ``top_k`` and a response built from them. No checks, experiment assignment, metrics, batcher or deadline:
     the floor of Rank's contract in a Python grpc.aio servicer, to set the ranker's own overhead against.
+
+    ``factored`` (with ``work``): the candidates go to the package's factored graph as the ranker sends them (one
+    user row, each candidate's row of the item parts, which are computed here once at start), so that the work
+    floor has what the ranker's Rank has.
 
     ``server="threads"``: the same servicer on grpc's synchronous server instead (a pool of 16 handler threads,
     ORT called in the handler's thread: no event loop and no hand-off), the other way a Python gRPC server can
@@ -324,10 +329,25 @@ def serve_floor(
     row_of[items["ids"]] = np.arange(len(items["ids"]), dtype=np.int32)
     names = [t["name"] for t in TASKS]
 
+    if factored:  # the item parts of every table row, then the factored graph in place of the package's
+        factored_dir = Path(model_path).with_name("factored")
+        items_graph = ort_session(factored_dir / "items.onnx", threads, "off")
+        part_names = [output.name for output in items_graph.get_outputs()]
+        item_inputs = {"item_sparse": table_sparse[:, users[0] :], "item_dense": table_dense[:, users[1] :]}
+        parts = dict(zip(part_names, items_graph.run(part_names, item_inputs), strict=True))
+        session = ort_session(factored_dir / "rank.onnx", threads, spinning)
+
     def work_feeds(request) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Rank's work before ORT: the candidates' ids and their input rows."""
         ids = np.asarray(request.candidate_ids, np.int64)
         rows = row_of.take(ids)
+        if factored:
+            return ids, parts | {
+                "user_sparse": np.asarray(request.user_sparse, np.int64).reshape(1, -1),
+                "user_dense": np.asarray(request.user_dense, np.float32).reshape(1, -1),
+                "rows": rows.astype(np.int64),
+                "segment": np.zeros(len(rows), np.int64),
+            }
         sparse, dense = table_sparse.take(rows, axis=0), table_dense.take(rows, axis=0)
         sparse[:, : users[0]] = request.user_sparse
         dense[:, : users[1]] = request.user_dense
@@ -394,12 +414,13 @@ def start_floor(
     spinning: str = "during runs",
     work: bool = False,
     server: Literal["aio", "threads"] = "aio",
+    factored: bool = False,
 ) -> tuple[multiprocessing.Process, str]:
-    """Start a (c1)/(c2) floor servicer (``work``: Rank's work floor; ``server``: aio or threads) in a fresh
-    process; returns it and its target."""
+    """Start a (c1)/(c2) floor servicer (``work``: Rank's work floor; ``server``: aio or threads; ``factored``:
+    the work floor on the factored graph) in a fresh process; returns it and its target."""
     context = multiprocessing.get_context("spawn")  # no torch threads or gRPC state inherited
     ports = context.Queue()
-    args = (str(package / "model.onnx"), threads, 100, inline, ports, spinning, work, server)
+    args = (str(package / "model.onnx"), threads, 100, inline, ports, spinning, work, server, factored)
     proc = context.Process(target=serve_floor, args=args, daemon=True)
     proc.start()
     return proc, f"127.0.0.1:{ports.get(timeout=120)}"
