@@ -3,9 +3,9 @@
 A package may carry ``factored/items.onnx`` and ``factored/rank.onnx`` (``models.factored``, docs/contracts.md):
 the model's input layers split into a per-item part, computed here for every row of the item table, and a
 per-user part that each Rank request computes once for its one user. Rank's candidates from the item table then
-skip the item columns' share of the first layers: on the benchmark MMoE, 2-7% more requests/s at concurrency 16 and
-4% less ORT CPU per lone request (benchmarks/results/serving_peers.md, "Rank's factored graph"). The parts cost ``sum(widths) * 4`` bytes per item, capped by
-``RuntimeSettings.factored_max_mb``.
+skip the item columns' share of the first layers: on the benchmark MMoE, 2-7% more requests/s at concurrency 16
+and 4% less ORT CPU per lone request (benchmarks/results/serving_peers.md, "Rank's factored graph"). The parts
+cost ``sum(widths) * 4`` bytes per item, capped by ``RuntimeSettings.factored_max_mb``.
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import onnxruntime as ort
 
 from ranker_server.config import RuntimeSettings
 from ranker_server.errors import PackageError
-from ranker_server.features import ItemTable, in_vocab
-from ranker_server.inference import GraphRows, OnnxRanker, UserItemRows, session_options
+from ranker_server.features import ItemTable, build_rows, user_item_rows
+from ranker_server.inference import GraphRows, OnnxRanker, session_options
 from ranker_server.package import ModelPackage
 
 logger = logging.getLogger(__name__)
 
 FACTORED_INPUTS = ("user_sparse", "user_dense", "rows", "segment")  # besides the item parts
 ITEM_CHUNK = 8192  # items per run when the parts are computed
+_NO_INTS, _NO_FLOATS = np.zeros(0, np.int64), np.zeros(0, np.float32)  # no candidate features
 
 
 def load_factored(
@@ -70,22 +71,25 @@ def load_factored(
         raise PackageError(f"{items_path}: fails on the item table: {exc}") from exc
     parts = {name: np.concatenate([chunk[j] for chunk in chunks]) for j, name in enumerate(names)}
     factored = OnnxRanker(str(rank_path), runtime, f"{label} (factored)", FACTORED_INPUTS, parts)
-    last = len(item_sparse) - 1  # the out-of-vocabulary row
-    check = table_rows(package, table, np.append(np.arange(min(last, 255)), last))
-    user_sparse, user_dense = check.user_sparse[check.segment], check.user_dense[check.segment]
-    full = GraphRows(
-        np.concatenate([user_sparse, item_sparse[check.rows]], 1),
-        np.concatenate([user_dense, item_dense[check.rows]], 1),
-    )
-    factored.check(check, runner.run(full), runtime, f"{label}: the factored graph against the package graph")
+    # The request path's own functions build both sides: 255 items of the table and an unknown id.
+    ids, user_sparse, user_dense = sample_request(package, table, 256)
+    inputs, _ = user_item_rows(package.layout, table, ids, user_sparse, user_dense)
+    full = build_rows(package.layout, table, ids, user_sparse, user_dense, _NO_INTS, _NO_FLOATS)
+    expected = runner.run(GraphRows(full.sparse, full.dense))
+    factored.check(inputs, expected, runtime, f"{label}: the factored graph against the package graph")
     logger.info("%s: factored graph with the parts of %d items (%.0f MB)", label, len(item_sparse), megabytes)
     return factored
 
 
-def table_rows(package: ModelPackage, table: ItemTable, rows: np.ndarray) -> UserItemRows:
-    """The golden inputs' first user with the item-table rows ``rows``: the factored graph's check and warm-up."""
+def sample_request(
+    package: ModelPackage, table: ItemTable, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` candidate ids (the table's items in order, repeated if need be, and last an unknown id) and the golden
+    inputs' first user's features: a Rank request for the factored graph's load-time check and warm-up."""
+    ids = np.full(n, -1, np.int64)  # -1: unknown, the out-of-vocabulary row
+    if len(table.ids):
+        ids[:-1] = np.resize(table.ids, n - 1)
     layout = package.layout
-    user_sparse = np.asarray(package.golden["sparse"], np.int64)[:1, : layout.user_sparse]
-    user_dense = np.asarray(package.golden["dense"], np.float32)[:1, : layout.user_dense]
-    user_sparse = in_vocab(user_sparse, layout.vocab_sizes[: layout.user_sparse])
-    return UserItemRows(user_sparse, user_dense, rows, np.zeros_like(rows))
+    user_sparse = np.asarray(package.golden["sparse"], np.int64)[0, : layout.user_sparse]
+    user_dense = np.asarray(package.golden["dense"], np.float32)[0, : layout.user_dense]
+    return ids, user_sparse, user_dense

@@ -54,6 +54,11 @@ class ItemTable:
             self._row_of[self._ids] = np.arange(n, dtype=np.int32)
 
     @property
+    def ids(self) -> np.ndarray:
+        """The table's item ids in row order (sorted)."""
+        return self._ids
+
+    @property
     def item_columns(self) -> tuple[np.ndarray, np.ndarray]:
         """The item-side columns of every row (the last one out of vocabulary), in row order: ``[n + 1, S_item]``
         int64 and ``[n + 1, D_item]`` float32 views, what the factored graph's item parts are computed from."""

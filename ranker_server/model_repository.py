@@ -22,8 +22,8 @@ from ranker_server import metrics
 from ranker_server.batching import MicroBatcher
 from ranker_server.config import BatchingSettings, RuntimeSettings
 from ranker_server.errors import PackageError
-from ranker_server.factored import load_factored, table_rows
-from ranker_server.features import ItemTable
+from ranker_server.factored import load_factored, sample_request
+from ranker_server.features import ItemTable, user_item_rows
 from ranker_server.inference import GraphRows, ModelInput, OnnxRanker, UserItemRows
 from ranker_server.package import ModelPackage, manifest_digest, read_package
 from ranker_server.routing import Router, RouterSource, ranking_refs
@@ -124,8 +124,10 @@ def load_model(
         index = np.arange(rows) % len(sparse)
         for alone in runner.alone_values:
             runner.run(GraphRows(sparse[index], dense[index]), alone)
-            if factored is not None:
-                factored.run(table_rows(package, table, np.arange(rows) % len(table.item_columns[0])), alone)
+        if factored is not None:
+            inputs, _ = user_item_rows(package.layout, table, *sample_request(package, table, rows))
+            for alone in factored.alone_values:
+                factored.run(inputs, alone)
     return LoadedModel(package, runner, batching, executor, runtime.inference_threads, table, factored)
 
 
