@@ -88,6 +88,7 @@ async def test_swap_under_load_fails_no_request(repo: Path) -> None:
     stub = ranking_pb2_grpc.RankerStub(channel)
     versions: list[str] = []
     failures: list[grpc.StatusCode] = []
+    late: list[str] = []  # versions of the requests sent after a v2 answer had arrived
     stop = asyncio.Event()
 
     async def client(i: int) -> None:
@@ -95,10 +96,15 @@ async def test_swap_under_load_fails_no_request(repo: Path) -> None:
         while not stop.is_set():
             n += 1
             req = ranking_pb2.RankRequest(user_id=f"u{i}-{n}", candidate_ids=list(range(1000, 1100)), top_k=5)
+            sent_after_swap = "2" in versions
             try:
-                versions.append((await stub.Rank(req, timeout=5)).model.version)
+                version = (await stub.Rank(req, timeout=5)).model.version
             except aio.AioRpcError as exc:
                 failures.append(exc.code())
+                continue
+            versions.append(version)
+            if sent_after_swap:
+                late.append(version)
 
     clients = [asyncio.create_task(client(i)) for i in range(8)]
     try:
@@ -115,8 +121,10 @@ async def test_swap_under_load_fails_no_request(repo: Path) -> None:
         assert failures == []
         assert len(versions) > 40, "the load must overlap the swap"
         assert "1" in versions and versions[-1] == "2"
-        first_new = versions.index("2")
-        assert "1" not in versions[first_new + 8 :], "after the swap only in-flight requests may finish on v1"
+        # After the swap only requests already in flight may finish on v1: at most one per client, and none sent
+        # after a v2 answer (completion order alone is timing-sensitive: a v1 answer once arrived 9th of 8 allowed).
+        assert late and set(late) == {"2"}
+        assert versions[versions.index("2") :].count("1") <= 8
         assert set(server.repository.snapshot.models) == {("tiny", "2")}
         for _ in range(50):
             if old._active == 0 and all(b.idle for b in old._batchers.values()):
