@@ -231,9 +231,11 @@ def start_server(
     experiments: str = DEFAULTS_ONLY,
     port: int | None = None,
     code: Path = ROOT,
+    cpus: set[int] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """``python -m ranker_server`` from checkout ``code`` (default: this one) with the ``experiments`` config on
-    ``port`` (default: a free one); returns it once its health service says SERVING."""
+    ``port`` (default: a free one); returns it once its health service says SERVING. ``cpus``: the CPUs it and
+    its workers may run on (as a pod's CPU limit would allow), default all."""
     config = repository / "experiments.yaml"
     config.write_text(experiments)
     port = port or free_port()
@@ -249,7 +251,8 @@ def start_server(
     command += ["--port", str(port), "--metrics-port", str(metrics_port), "--log-level", "WARNING"]
     command += ["--not-serving-delay", "0"]
     command += ["--intra-op-threads", str(threads), *extra]
-    proc = subprocess.Popen(command, cwd=code)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None  # inherited by every thread and worker
+    proc = subprocess.Popen(command, cwd=code, preexec_fn=pin)
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 

@@ -7,7 +7,12 @@ its own subchannel pool), with bench_ranker's model and 500-candidate Rank reque
 concurrency 1 through a synchronous stub (p50, p99) and concurrency C through C grpc.aio callers spread over
 ``--connections`` channels (req/s, p50, p99).
 
+``--server-cpus 0``: the servers run on those CPUs only and this client on the others, as a pod with that many
+cores would (its ORT threads default to them): the capacity of a one-core pod, which the CPU overlay's HPA target
+is taken from, without the client's own CPU in the figure.
+
 Run:  flock /tmp/mtrank-bench.lock .venv/bin/python benchmarks/bench_workers.py [--workers 1 2] [--out table.md]
+      flock /tmp/mtrank-bench.lock .venv/bin/python benchmarks/bench_workers.py --workers 1 --server-cpus 0
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ import bench_ranker as br  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_serving_peers import EXPERIMENTS  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+
+
+def cpu_list(text: str) -> set[int]:
+    """``0`` or ``0,1``: a set of CPU numbers."""
+    try:
+        return {int(part) for part in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CPU numbers separated by commas, got {text!r}") from None
 
 
 def free_ports(n: int) -> int:
@@ -117,9 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--connections", type=int, default=8, help="client connections per server")
     parser.add_argument("--candidates", type=int, default=500)
+    parser.add_argument("--server-cpus", type=cpu_list, metavar="LIST",
+                        help="run the servers on these CPUs (e.g. 0 or 0,1) and this client on the others")  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    cores = len(os.sched_getaffinity(0))
+    available = os.sched_getaffinity(0)
+    if args.server_cpus:
+        if not args.server_cpus < available:
+            parser.error(f"--server-cpus: name some of the CPUs {sorted(available)}, leaving the client at least one")
+        os.sched_setaffinity(0, available - args.server_cpus)
+    cores = len(args.server_cpus or available)
+    where = f"{cores} cores"
+    if args.server_cpus:
+        where = f"servers on CPUs {sorted(args.server_cpus)}, the client on the others"
     uptime_before = br.uptime()
     model = br.build_model()
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                 metrics_ports[n] = free_ports(n)
                 extra = ["--workers", str(n)]
                 proc, target = br.start_server(
-                    Path(tmp), 0, metrics_ports[n], extra, EXPERIMENTS, port=br.free_port()
-                )
+                    Path(tmp), 0, metrics_ports[n], extra, EXPERIMENTS,
+                    port=br.free_port(), cpus=args.server_cpus,
+                )  # fmt: skip
                 servers.append(proc)
                 targets[n] = target
                 wait_for_workers(metrics_ports[n], n)
@@ -150,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     uptime_after = br.uptime()
     c = args.concurrency
     lines = [
-        f"bench_ranker's MMoE, {args.candidates} candidates/request, experiment on, no Kafka; {cores} cores; "
+        f"bench_ranker's MMoE, {args.candidates} candidates/request, experiment on, no Kafka; {where}; "
         f"concurrency 1: {args.requests} calls per server (sync stub); concurrency {c}: {2 * c * args.rounds} calls "
         f"over {args.connections} connections; {args.rounds} interleaved rounds.",
         "",
