@@ -306,8 +306,28 @@ def report(
         f"the floor +{floor[1].p50_ms - fastest.p50_ms:.3f} ms, KServe best +{k50 - fastest.p50_ms:.3f} ms.",
         f"uptime before: {load[0]}",
         f"uptime after:  {load[1]}",
+        "",
+        *by_position(results, max(args.requests // args.rounds, 1)),
     ]
     return "\n".join(lines)
+
+
+def by_position(results: dict[str, dict[int, br.Result]], per_round: int) -> list[str]:
+    """Concurrency 1's p50 by the call's place in its round: call 0 follows the previous round's bursts, so a
+    server that is slow to recover from them shows it in the first columns, not in its load-free cost."""
+    lines = [
+        "Concurrency 1, p50 ms by the call's place in its round (0: the first after the previous round's bursts):",
+        "",
+        "| server | " + " | ".join(str(i) for i in range(per_round)) + " |",
+        "|---|" + "---:|" * per_round,
+    ]
+    for name, by_c in results.items():
+        latencies = np.array(by_c[1].latencies_s) * 1e3
+        place = np.arange(len(latencies)) % per_round
+        lines.append(
+            f"| {name} | " + " | ".join(f"{np.median(latencies[place == i]):.3f}" for i in range(per_round)) + " |"
+        )
+    return lines
 
 
 RANK, OIP = "ours: ranker Rank (experiment on)", "ours: ranker ModelInfer (OIP)"
