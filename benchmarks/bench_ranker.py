@@ -173,13 +173,19 @@ def timed(result: Result, fn: Callable[[], object], n: int) -> None:
 SPINNING = ("off", "during runs", "always")  # "during runs": what the server's lone requests get
 
 
-def ort_session(model_path: Path, threads: int, spinning: str) -> ort.InferenceSession:
+def ort_session(
+    model_path: Path, threads: int, spinning: str, entries: Sequence[tuple[str, str]] = ()
+) -> ort.InferenceSession:
+    """A CPU session with ``threads`` intra-op threads, one inter-op, ``spinning`` one of ``SPINNING``; ``entries``:
+    more session config entries."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spinning == "off" else "1")
     options.add_session_config_entry("session.force_spinning_stop", "1" if spinning == "during runs" else "0")
+    for key, value in entries:
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 

@@ -28,18 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from benchmarks import bench_ranker as br  # noqa: E402
 
 
-def session(model: Path, threads: int, spin: bool, shared_arena: bool) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    options.add_session_config_entry("session.force_spinning_stop", "1")
-    if shared_arena:
-        options.add_session_config_entry("session.use_env_allocators", "1")
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared-arena", action="store_true", help="both sessions allocate from one env arena")
@@ -52,8 +40,9 @@ def main() -> None:
     _, sparse, dense = br.request_rows(package, 500, np.random.default_rng(0))
     one = {"sparse": sparse, "dense": dense}
     four = {k: np.tile(v, (4, 1)) for k, v in one.items()}
-    lone = session(package / "model.onnx", 2, True, args.shared_arena)
-    other = session(package / "model.onnx", 1, False, args.shared_arena)
+    entries = [("session.use_env_allocators", "1")] if args.shared_arena else []
+    lone = br.ort_session(package / "model.onnx", 2, "during runs", entries)
+    other = br.ort_session(package / "model.onnx", 1, "off", entries)
     for _ in range(10):
         lone.run(["logits"], one)
         other.run(["logits"], four)

@@ -34,32 +34,18 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from benchmarks import bench_ranker as br  # noqa: E402
 
-Entries = Sequence[tuple[str, str]]
 DURATION = "session.intra_op.spin_duration_us"
 BACKOFF = "session.intra_op.spin_backoff_max"
-SETTINGS: dict[str, tuple[int, bool, Entries]] = {  # name -> intra-op threads, spinning, extra entries
-    "2 threads, sleeping": (2, False, ()),
-    "2 threads, spinning (the lone-run session)": (2, True, ()),
-    "2 threads, spinning, spin_duration_us 20": (2, True, ((DURATION, "20"),)),
-    "2 threads, spinning, spin_duration_us 100": (2, True, ((DURATION, "100"),)),
-    "2 threads, spinning, spin_duration_us 500": (2, True, ((DURATION, "500"),)),
-    "2 threads, spinning, spin_backoff_max 8": (2, True, ((BACKOFF, "8"),)),
-    "2 threads, spinning, spin_backoff_max 64": (2, True, ((BACKOFF, "64"),)),
-    "1 thread, sleeping (the concurrent-run session)": (1, False, ()),
+SETTINGS: dict[str, tuple[int, str, tuple[tuple[str, str], ...]]] = {  # name -> threads, spinning, more entries
+    "2 threads, sleeping": (2, "off", ()),
+    "2 threads, spinning (the lone-run session)": (2, "during runs", ()),
+    "2 threads, spinning, spin_duration_us 20": (2, "during runs", ((DURATION, "20"),)),
+    "2 threads, spinning, spin_duration_us 100": (2, "during runs", ((DURATION, "100"),)),
+    "2 threads, spinning, spin_duration_us 500": (2, "during runs", ((DURATION, "500"),)),
+    "2 threads, spinning, spin_backoff_max 8": (2, "during runs", ((BACKOFF, "8"),)),
+    "2 threads, spinning, spin_backoff_max 64": (2, "during runs", ((BACKOFF, "64"),)),
+    "1 thread, sleeping (the concurrent-run session)": (1, "off", ()),
 }
-
-
-def session(model: Path, threads: int, spin: bool, entries: Entries = (), stop: bool = True) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    options.add_session_config_entry("session.force_spinning_stop", "1" if stop else "0")
-    for key, value in entries:
-        options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
 def rotating(names: list[str], rounds: int):
@@ -143,8 +129,8 @@ def switching(spinning: ort.InferenceSession, sleeping: ort.InferenceSession, fe
 
 def between(model: Path, feeds: dict[str, np.ndarray]) -> None:
     sessions = {
-        "stop spinning when a run returns (the ranker's)": session(model, 2, True),
-        "spin on after a run (force_spinning_stop 0)": session(model, 2, True, stop=False),
+        "stop spinning when a run returns (the ranker's)": br.ort_session(model, 2, "during runs"),
+        "spin on after a run (force_spinning_stop 0)": br.ort_session(model, 2, "always"),
     }
     for s in sessions.values():
         for _ in range(10):
@@ -174,7 +160,7 @@ def main() -> None:
     _, sparse, dense = br.request_rows(package, 500, np.random.default_rng(0))
     feeds = {"sparse": sparse, "dense": dense}
     model = package / "model.onnx"
-    sessions = {name: session(model, *setting) for name, setting in SETTINGS.items()}
+    sessions = {name: br.ort_session(model, *setting) for name, setting in SETTINGS.items()}
     for s in sessions.values():
         for _ in range(10):
             s.run(["logits"], feeds)
