@@ -202,7 +202,7 @@ class _Arm:
 
     key: str
     model: LoadedModel
-    payload: Payload
+    payload: Payload | _Weights
 
 
 def _count_failure(labels: Sequence[tuple[str, str, str]], reason: str) -> None:
@@ -269,7 +269,7 @@ class RankDataPlane:
         snapshot = self._repository.snapshot  # one router and one model set for the whole request
         assignments = snapshot.router.assign(query.user_id, query.attributes)  # a fresh list; it copies the attributes
         default = snapshot.router.default_for(RANKING)
-        wanted: list[tuple[str, Payload]]  # (arm key, payload): one, or two when interleaved
+        wanted: list[tuple[str, Payload | _Weights]]  # (arm key, payload): one, or two when interleaved
         if query.model is not None:
             # Pinned: the ranking experiment does not apply to this request (nothing assigned, nothing logged).
             assignments = [a for a in assignments if a.stage != RANKING]
@@ -300,7 +300,7 @@ class RankDataPlane:
             arms.append(_Arm(arm_key, model, payload))
         models = list({arm.model.key: arm.model for arm in arms}.values())  # arms sharing a model score once
         labels = [(*m.key, variant) for m in models]
-        series = [metrics.variant_series(*m) for m in labels]  # served models only: no empty series for typos
+        series = [metrics.variant_series(*label) for label in labels]  # served models only: no empty series for typos
         try:
             with contextlib.ExitStack() as held:
                 for m in models:
@@ -361,7 +361,8 @@ class RankDataPlane:
         by_model = dict(zip((m.key for m in models), logits, strict=True))
         scored = [merge_scores(arm.model, by_model[arm.model.key], arm.payload.task_weights) for arm in arms]
         orders = [np.argsort(-merged, kind="stable") for _, merged in scored]
-        teams, arm_info = _NO_TEAMS, ()
+        teams = _NO_TEAMS
+        arm_info: tuple[ArmInfo, ...] = ()
         if len(arms) == 1:
             order = orders[0][: query.top_k] if query.top_k else orders[0]
             task_scores, merged = scored[0][0].take(order, axis=1), scored[0][1].take(order)

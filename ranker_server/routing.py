@@ -44,7 +44,9 @@ class Assignment(Protocol):
 
 
 class Router(Protocol):
-    def assign(self, user_id: str, attributes: Mapping[str, str] | None = None) -> Iterable[Assignment]: ...
+    def assign(self, user_id: str, attributes: Mapping[str, str] | None = None) -> list[Assignment]:
+        """One assignment per experiment, in a fresh list the caller may keep."""
+        ...
 
     def model_refs(self) -> Iterable[tuple[str, str, str]]: ...
 
