@@ -207,6 +207,14 @@ async def server_round(calls: Sequence, request, result: Result, concurrency: in
     result.wall_s += time.perf_counter() - start
 
 
+def run_rows(session: ort.InferenceSession, feeds: dict[str, np.ndarray], rows: int | None = None) -> None:
+    """The package graph on ``feeds``' rows in sequential runs of at most ``rows`` (None: one run of all)."""
+    n = len(feeds["sparse"])
+    step = rows or n
+    for i in range(0, n, step):
+        session.run(["logits"], {k: v[i : i + step] for k, v in feeds.items()})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -162,11 +162,6 @@ async def measure(
             args.raw_chunk_rows,
         )
 
-    def run_raw(session, chunk: int | None) -> None:
-        step = chunk or len(feeds["sparse"])
-        for i in range(0, len(feeds["sparse"]), step):
-            session.run(["logits"], {k: v[i : i + step] for k, v in feeds.items()})
-
     raw = {name: br.Result(f"raw ORT in-process, {name}") for name in sessions}
     results = {name: {c: br.Result(f"{name}, concurrency {c}") for c in CONCURRENCY} for name in targets}
     per_round = max(args.requests // args.rounds, 1)
@@ -189,13 +184,13 @@ async def measure(
             br.timed(br.Result("warm-up"), fn, 20)
             await br.server_round(*aio_calls[name], br.Result("warm-up"), 16, 64)
         for session, chunk in sessions.values():
-            br.timed(br.Result("warm-up"), lambda s=session, c=chunk: run_raw(s, c), 20)
+            br.timed(br.Result("warm-up"), lambda s=session, c=chunk: br.run_rows(s, feeds, c), 20)
         names = list(targets)
         for round_index in tqdm(range(args.rounds), desc="rounds"):
             shift = round_index % len(names)
             order = names[shift:] + names[:shift]
             for name, (session, chunk) in sessions.items():
-                br.timed(raw[name], lambda s=session, c=chunk: run_raw(s, c), per_round)
+                br.timed(raw[name], lambda s=session, c=chunk: br.run_rows(s, feeds, c), per_round)
             for name in order:
                 br.timed(results[name][1], sync_calls[name], per_round)
             for concurrency in CONCURRENCY[1:]:

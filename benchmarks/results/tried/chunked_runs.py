@@ -24,12 +24,6 @@ from benchmarks import bench_ranker as br  # noqa: E402
 CHUNKS = (500, 250, 125, 64)
 
 
-def run(session, feeds: dict[str, np.ndarray], rows: int) -> None:
-    """The request's rows in sequential runs of at most ``rows``."""
-    for i in range(0, len(feeds["sparse"]), rows):
-        session.run(["logits"], {k: v[i : i + rows] for k, v in feeds.items()})
-
-
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         package = br.write_package(br.build_model(), Path(tmp))
@@ -40,11 +34,11 @@ def main() -> None:
             times: dict[int, list[float]] = {rows: [] for rows in CHUNKS}
             for rows in CHUNKS:
                 for _ in range(20):
-                    run(session, feeds, rows)
+                    br.run_rows(session, feeds, rows)
             for _ in range(150):
                 for rows in CHUNKS:
                     started = time.perf_counter()
-                    run(session, feeds, rows)
+                    br.run_rows(session, feeds, rows)
                     times[rows].append(time.perf_counter() - started)
             medians = ", ".join(f"{rows} rows/run {np.median(times[rows]) * 1e3:.3f} ms" for rows in CHUNKS)
             print(f"intra_op={threads}, spinning {spinning}: {medians}")
