@@ -3,17 +3,35 @@
 A condition maps attribute paths (dotted) to literal values or operator objects (`{"$in": [...]}`), plus the
 logical keys `$or`, `$nor`, `$and`, `$not`. Unknown operators never match at evaluation time (the spec);
 `validate_condition` rejects them up front so a typo in a config file fails loudly instead.
+
+Where the spec's cases are silent, GrowthBook's JavaScript SDK (1.8.0) is the reference, operators and all: a
+literal compares loosely (`{"age": 5}` matches "5", `{"beta": true}` matches 1), `$eq` / `$in` strictly (`===`,
+`includes`), `$lt` and friends with JavaScript's relational rules (jsvalues.js_compare), and paths read into
+arrays (`"tags.0"`, `"tags.length"`). tests/experiment_router/test_js_sdk_rules.py replays the SDK's verdicts.
+SDK 1.8.0's newer saved-group forms (`$savedGroup`, condition groups) are not supported: config saved groups
+are id lists.
 """
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from experiment_router.errors import RegexError, UnknownOperatorError
 from experiment_router.jsregex import compile_js, js_text
-from experiment_router.jsvalues import js_string
+from experiment_router.jsvalues import (
+    array_index,
+    js_compare,
+    js_json,
+    js_number,
+    js_same_value_zero,
+    js_strict_equal,
+    js_string,
+    js_string_compare,
+    js_truthy,
+)
 
 SavedGroups = Mapping[str, Iterable[Any]]
 
@@ -30,18 +48,18 @@ VALUE_OPERATORS = frozenset(
 )  # fmt: skip
 
 
-def eval_condition(
-    attributes: Mapping[str, Any], condition: Mapping[str, Any], saved_groups: SavedGroups | None = None
-) -> bool:
+def eval_condition(attributes: Any, condition: Any, saved_groups: SavedGroups | None = None) -> bool:
     """Whether `attributes` satisfy `condition`.
 
     Args:
-        attributes: the user's attributes (nested dicts allowed, addressed with dotted paths).
-        condition: the targeting condition.
+        attributes: the user's attributes (nested dicts allowed, addressed with dotted paths); `$elemMatch`
+            passes array elements of any type here.
+        condition: the targeting condition (a mapping once validated; the JS SDK reads an array or a string
+            by index and any other scalar as no clause at all).
         saved_groups: named id lists for `$inGroup` / `$notInGroup`.
     """
     groups = saved_groups or {}
-    for key, value in condition.items():
+    for key, value in _entries(condition):
         if key == "$or":
             if not _eval_or(attributes, value, groups):
                 return False
@@ -113,10 +131,21 @@ def _validate_condition_value(value: Any, keys: tuple[str | int, ...]) -> None:
                 raise UnknownOperatorError(str(exc), sub) from None
 
 
-def _eval_or(attributes: Mapping[str, Any], conditions: list, groups: SavedGroups) -> bool:
+def _eval_or(attributes: Any, conditions: list, groups: SavedGroups) -> bool:
     if not conditions:
         return True
     return any(eval_condition(attributes, c, groups) for c in conditions)
+
+
+def _entries(condition: Any) -> Iterable[tuple[str, Any]]:
+    """`Object.entries(condition)`: a mapping's items, an array's or a string's elements by index."""
+    if isinstance(condition, Mapping):
+        return condition.items()
+    if isinstance(condition, list | tuple | str):
+        return ((str(i), item) for i, item in enumerate(condition))
+    if condition is None:
+        raise TypeError("a condition cannot be null")  # Object.entries(null) throws in the JS SDK too
+    return ()
 
 
 def _get_path(attributes: Any, path: str) -> Any:
@@ -124,36 +153,41 @@ def _get_path(attributes: Any, path: str) -> Any:
     for segment in path.split("."):
         if isinstance(current, Mapping) and segment in current:
             current = current[segment]
+        elif isinstance(current, list) and segment == "length":
+            current = len(current)
+        elif isinstance(current, list) and (i := array_index(segment)) is not None and i < len(current):
+            current = current[i]
         else:
             return None  # the JS SDK reads a missing path as null, so `$lt: 10` matches it
     return current
 
 
 def _is_operator_object(value: Any) -> bool:
-    return isinstance(value, Mapping) and all(isinstance(k, str) and k.startswith("$") for k in value)
+    return (
+        isinstance(value, Mapping)
+        and len(value) > 0
+        and all(isinstance(k, str) and k.startswith("$") for k in value)
+    )
 
 
-def _eval_condition_value(condition: Any, value: Any, groups: SavedGroups) -> bool:
-    if isinstance(condition, Mapping) and _is_operator_object(condition):
+def _eval_condition_value(condition: Any, value: Any, groups: SavedGroups, fold_case: bool = False) -> bool:
+    """The SDK's evalConditionValue: a literal compares loosely (`value + ""`, `value * 1`, `!!value`), an
+    operator object applies each operator, anything else compares as JSON text."""
+    if isinstance(condition, str):
+        return js_string(value).lower() == condition.lower() if fold_case else js_string(value) == condition
+    if isinstance(condition, bool):
+        return value is not None and js_truthy(value) == condition
+    if isinstance(condition, int | float):
+        return js_number(value) == js_number(condition)
+    if condition is None:
+        return value is None
+    if _is_operator_object(condition):
         return all(_eval_operator(op, value, arg, groups) for op, arg in condition.items())
-    return _strict_equal(condition, value)
+    return js_json(value) == js_json(condition)
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _strict_equal(a: Any, b: Any) -> bool:
-    """JSON equality as the JS SDK's JSON.stringify comparison: no bool/number mixing, 1 == 1.0."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if _is_number(a) or _is_number(b):
-        return _is_number(a) and _is_number(b) and a == b
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_strict_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return a.keys() == b.keys() and all(_strict_equal(a[k], b[k]) for k in a)
-    return type(a) is type(b) and a == b
 
 
 def _js_type(value: Any) -> str:
@@ -172,121 +206,87 @@ def _js_type(value: Any) -> str:
     return "unknown"
 
 
-def _to_js_number(value: Any) -> float:
-    """JavaScript's Number(value) coercion used by relational comparisons of mixed types."""
-    if value is None or value is False:
-        return 0.0
-    if value is True:
-        return 1.0
-    if _is_number(value):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return 0.0
-        try:
-            return float(text)
-        except ValueError:
-            return float("nan")
-    return float("nan")
-
-
-def _js_compare(actual: Any, expected: Any, op: Callable[[Any, Any], bool]) -> bool:
-    """Relational comparison with JS rules: two strings compare as strings, otherwise as numbers."""
-    if isinstance(actual, str) and isinstance(expected, str):
-        return op(actual, expected)
-    a, b = _to_js_number(actual), _to_js_number(expected)
-    if a != a or b != b:  # NaN never compares
-        return False
-    return op(a, b)
-
-
 def padded_version(value: Any) -> str:
     """Version string padded so that plain string comparison orders semver-like versions."""
     if _is_number(value):
         value = js_string(value)
     if not value or not isinstance(value, str):
         value = "0"
-    parts = re.split(r"[-.]", re.sub(r"(^v|\+.*$)", "", value))
+    # JavaScript's `$` is the very end and its `.` stops at any line terminator; Python's differ on both.
+    parts = re.split(r"[-.]", re.sub(r"(^v|\+[^\n\r\u2028\u2029]*\Z)", "", value))
     if len(parts) == 3:
         parts.append("~")
     return "-".join(p.rjust(5, " ") if re.fullmatch(r"[0-9]+", p) else p for p in parts)
 
 
-def _contains(haystack: list, needle: Any) -> bool:
-    return any(_strict_equal(item, needle) for item in haystack)
+def _fold(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
 
 
 def _is_in(actual: Any, expected: list, fold_case: bool = False) -> bool:
-    if fold_case:
-        expected = [e.lower() if isinstance(e, str) else e for e in expected]
+    """The SDK's isIn: `expected.includes(actual)` (SameValueZero), any element of an array attribute;
+    with `fold_case`, strings lower-cased and compared with `===`."""
     values = actual if isinstance(actual, list) else [actual]
-    for value in values:
-        if fold_case and isinstance(value, str):
-            value = value.lower()
-        if _contains(expected, value):
-            return True
-    return False
+    if fold_case:
+        return any(js_strict_equal(_fold(v), _fold(e)) for v in values for e in expected)
+    return any(js_same_value_zero(v, e) for v in values for e in expected)
+
+
+def _group_values(groups: SavedGroups, name: Any) -> list | None:
+    """The ids of a saved group: an unknown name is an empty list, an entry that is no list None (no match)."""
+    entry = groups.get(name if isinstance(name, str) else js_string(name), [])
+    if isinstance(entry, list):
+        return entry
+    if isinstance(entry, Mapping):  # the SDK's {"type": "list", "values": [...]} form
+        values = entry.get("values") if entry.get("type") == "list" else None
+        return values if isinstance(values, list) else None
+    return None if isinstance(entry, str) else list(entry)  # a tuple or set handed in by a caller
 
 
 def _eval_all(actual: Any, expected: Any, groups: SavedGroups, fold_case: bool) -> bool:
     if not isinstance(actual, list) or not isinstance(expected, list):
         return False
-    for cond in expected:
-        if fold_case:
-            wanted = cond.lower() if isinstance(cond, str) else cond
-            ok = any(isinstance(a, str) and a.lower() == wanted for a in actual)
-        else:
-            ok = any(_eval_condition_value(cond, a, groups) for a in actual)
-        if not ok:
-            return False
-    return True
+    return all(any(_eval_condition_value(cond, a, groups, fold_case) for a in actual) for cond in expected)
 
 
 def _elem_match(actual: Any, condition: Any, groups: SavedGroups) -> bool:
     if not isinstance(actual, list):
         return False
+    if condition is None:
+        raise TypeError("$elemMatch needs a condition, got null")  # the JS SDK throws here too
+    items = [item for item in actual if item is not None]  # the SDK skips null elements (not 0, "" or false)
     if _is_operator_object(condition):
-        return any(_eval_condition_value(condition, item, groups) for item in actual)
-    return any(isinstance(item, Mapping) and eval_condition(item, condition, groups) for item in actual)
+        return any(_eval_condition_value(condition, item, groups) for item in items)
+    return any(eval_condition(item, condition, groups) for item in items)
+
+
+_RELATIONAL = {"$lt": operator.lt, "$lte": operator.le, "$gt": operator.gt, "$gte": operator.ge}
+_VERSION = {"$vlt": operator.lt, "$vlte": operator.le, "$vgt": operator.gt, "$vgte": operator.ge}
 
 
 def _eval_operator(op: str, actual: Any, expected: Any, groups: SavedGroups) -> bool:
     match op:
         case "$eq":
-            return _strict_equal(actual, expected)
+            return js_strict_equal(actual, expected)
         case "$ne":
-            return not _strict_equal(actual, expected)
-        case "$lt":
-            return _js_compare(actual, expected, lambda a, b: a < b)
-        case "$lte":
-            return _js_compare(actual, expected, lambda a, b: a <= b)
-        case "$gt":
-            return _js_compare(actual, expected, lambda a, b: a > b)
-        case "$gte":
-            return _js_compare(actual, expected, lambda a, b: a >= b)
+            return not js_strict_equal(actual, expected)
+        case "$lt" | "$lte" | "$gt" | "$gte":
+            return js_compare(actual, expected, _RELATIONAL[op])
         case "$veq":
             return padded_version(actual) == padded_version(expected)
         case "$vne":
             return padded_version(actual) != padded_version(expected)
-        case "$vlt":
-            return padded_version(actual) < padded_version(expected)
-        case "$vlte":
-            return padded_version(actual) <= padded_version(expected)
-        case "$vgt":
-            return padded_version(actual) > padded_version(expected)
-        case "$vgte":
-            return padded_version(actual) >= padded_version(expected)
+        case "$vlt" | "$vlte" | "$vgt" | "$vgte":
+            return js_string_compare(padded_version(actual), padded_version(expected), _VERSION[op])
         case "$exists":
-            return (actual is not None) if expected else (actual is None)
+            return (actual is not None) if js_truthy(expected) else (actual is None)
         case "$in" | "$ini":
             return isinstance(expected, list) and _is_in(actual, expected, op == "$ini")
         case "$nin" | "$nini":
             return isinstance(expected, list) and not _is_in(actual, expected, op == "$nini")
-        case "$inGroup":
-            return _is_in(actual, list(groups.get(expected, ()) if isinstance(expected, str) else ()))
-        case "$notInGroup":
-            return not _is_in(actual, list(groups.get(expected, ()) if isinstance(expected, str) else ()))
+        case "$inGroup" | "$notInGroup":
+            values = _group_values(groups, expected)
+            return values is not None and _is_in(actual, values) == (op == "$inGroup")
         case "$not":
             return not _eval_condition_value(expected, actual, groups)
         case "$size":
@@ -313,7 +313,8 @@ def compile_condition(condition: Mapping[str, Any]) -> ConditionFn:
 
     Plain fields compared with string literals, or with `$in` / `$nin` / `$eq` / `$ne` over strings, become
     set lookups; anything else falls back to the general evaluator. The specialisation keeps the JS rules:
-    a string never equals a number or a boolean, and an array attribute matches `$in` if any element does.
+    a literal matches any value whose string form it is (5 for "5", ["a", "b"] for "a,b"), the operators
+    only strings (`===`, `includes`), and an array attribute matches `$in` if any element does.
     """
     checks = [_compile_field(key, value) for key, value in condition.items()]
     if any(c is None for c in checks) or not checks:
@@ -329,7 +330,7 @@ def _compile_field(path: str, value: Any) -> Callable[[Mapping[str, Any]], bool]
     if path.startswith("$"):
         return None
     if isinstance(value, str):
-        op, strings = "$eq", [value]
+        op, strings = "literal", [value]
     elif isinstance(value, Mapping) and len(value) == 1:
         ((op, strings),) = value.items()
         if op in ("$eq", "$ne") and isinstance(strings, str):
@@ -352,6 +353,8 @@ def _compile_field(path: str, value: Any) -> Callable[[Mapping[str, Any]], bool]
         actual = attributes.get(path) if "." not in path else _get_path(attributes, path)
         if type(actual) is str:
             return actual in wanted
+        if op == "literal":  # `value + "" === literal`
+            return js_string(actual) in wanted
         if lists_match and isinstance(actual, list):
             return any(type(x) is str and x in wanted for x in actual)
         return False

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from experiment_router.conditions import eval_condition
 from experiment_router.hashing import bucket_ranges, choose_variation, hash_unit, in_namespace, in_range
-from experiment_router.jsvalues import js_string, js_truthy
+from experiment_router.jsvalues import js_compare, js_strict_equal, js_string, js_truthy
 from experiment_router.sticky import StickyBucketStore, StickyDoc, assignment_key
 
 logger = logging.getLogger(__name__)
@@ -266,16 +267,30 @@ def eval_feature(feature_id: str, ctx: EvalContext, _stack: frozenset[str] = fro
 
 
 def _in_rollout(rule: Mapping[str, Any], feature_id: str, ctx: EvalContext) -> bool:
-    coverage, rng = rule.get("coverage"), rule.get("range")
-    if coverage is None and rng is None:
+    """The SDK's isIncludedInRollout, reading the rule's fields as JavaScript does: no range and no coverage
+    key includes everyone, coverage 0 nobody (even a unit hashed to exactly 0), a null coverage compares as 0,
+    and a range that is not a list of two bounds holds nobody."""
+    rng = rule.get("range")
+    has_range = js_truthy(rng)  # an empty list is a range (truthy in JavaScript), just an empty one
+    if not has_range and "coverage" not in rule:
         return True
+    coverage = rule.get("coverage")
+    if not has_range and js_strict_equal(coverage, 0):
+        return False
     _, value = hash_identity(ctx.attributes, rule.get("hashAttribute") or "id")
     if value is None:
         return False
     n = hash_unit(rule.get("seed") or feature_id, value, rule.get("hashVersion") or 1)
     if n is None:
         return False
-    return in_range(n, rng) if rng else n <= coverage
+    if has_range:
+        bounds = rng if isinstance(rng, list) else []
+        return (
+            len(bounds) >= 2
+            and js_compare(n, bounds[0], operator.ge)
+            and js_compare(n, bounds[1], operator.lt)
+        )
+    return js_compare(n, coverage, operator.le)
 
 
 def _prerequisites(

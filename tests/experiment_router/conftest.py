@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiment_router.conformance import REQUIRED_SECTIONS, depends_on_url
-from tests.experiment_router.jsnode import JsPrinter, JsRegex, NodeWorker, node_available
+from tests.experiment_router.jsnode import JsNumber, JsPrinter, JsRegex, NodeWorker, node_available
 
 DATA = Path(__file__).parent / "data"
 CASES_PATH = DATA / "growthbook_cases.json"
@@ -51,6 +51,12 @@ def _node_worker(worker_class: type[NodeWorker]) -> Iterator[NodeWorker]:
 def js_printer() -> Iterator[NodeWorker]:
     """A node process printing String(v) / Boolean(v); tests using it skip where node is not installed."""
     yield from _node_worker(JsPrinter)
+
+
+@pytest.fixture(scope="session")
+def js_numbers() -> Iterator[NodeWorker]:
+    """A node process answering String(Number(v)); tests using it skip where node is not installed."""
+    yield from _node_worker(JsNumber)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Long-lived Node.js processes that answer for JavaScript: the reference of the jsvalues and jsregex tests.
 
-`JsPrinter` answers `String(v)` and `Boolean(v)` of JSON values; `JsRegex` answers
+`JsPrinter` answers `String(v)` and `Boolean(v)` of JSON values, `JsNumber` `String(Number(v))`; `JsRegex` answers
 `new RegExp(p, flags).test(text)` (or that the constructor throws), as GrowthBook's JS SDK evaluates
 `$regex`. Requests travel as one JSON text per line; numbers JSON cannot write (NaN, +-Infinity) travel as
 `{"$f": hex of their IEEE-754 bits}`. An int travels as its exact decimal text, which JSON.parse rounds to
@@ -32,6 +32,7 @@ require("readline")
 
 
 _PRINT = line_script("(v) => [String(v), Boolean(v)]")
+_NUMBER = line_script("(v) => String(Number(v))")
 _REGEX = line_script(
     """([pattern, flags, texts]) => {
   try {
@@ -115,6 +116,13 @@ class JsPrinter(NodeWorker):
     def ask(self, values: Sequence[Any]) -> list[tuple[str, bool]]:
         """(String(v), Boolean(v)) for each value, as node computes them."""
         return [(text, truthy) for text, truthy in super().ask(values)]
+
+
+class JsNumber(NodeWorker):
+    """`ask(values)` gives String(Number(v)) per value: NaN, Infinity and -0 travel as text."""
+
+    def __init__(self) -> None:
+        super().__init__(_NUMBER)
 
 
 class JsRegex(NodeWorker):

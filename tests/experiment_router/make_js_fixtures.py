@@ -2,6 +2,8 @@
 
     python -m tests.experiment_router.make_js_fixtures numbers   # data/js_number_strings.json
     python -m tests.experiment_router.make_js_fixtures js-sdk --sdk-dir DIR   # data/js_sdk_runs.json
+    python -m tests.experiment_router.make_js_fixtures conditions --sdk-dir DIR   # data/js_sdk_conditions.json
+    python -m tests.experiment_router.make_js_fixtures rollouts --sdk-dir DIR   # data/js_sdk_rollouts.json
 
 `numbers` asks node for `String(x)` and `Boolean(x)` of a seeded sample of numbers (random IEEE-754 bit
 patterns, integers beyond 2**53, decimals around the 1e-7 and 1e21 notation switches), so the tests check
@@ -10,6 +12,11 @@ experiment_router.jsvalues against JavaScript itself without needing node.
 `js-sdk` runs GrowthBook's JavaScript SDK on a few experiments for hash attribute values of every JSON type
 (booleans, numbers beyond 2**53 or in exponent notation, NaN, infinities, arrays, objects, awkward strings)
 and records each result; DIR is a folder where `npm install @growthbook/growthbook@1.8.0` was run.
+
+`conditions` asks the SDK's `evalCondition` about a seeded sample of targeting conditions over attributes of
+mixed types (numbers as strings, "0x10", arrays where scalars are expected, missing paths, saved groups), where
+JavaScript's loose and strict comparisons decide; `rollouts` asks `evalFeature` about force rules whose coverage
+or range is 0, null, empty or short, for units hashed to exactly 0 among others.
 """
 
 from __future__ import annotations
@@ -109,8 +116,7 @@ SDK_VALUES: list[object] = [
 
 def write_sdk_runs(path: Path, sdk_dir: Path) -> int:
     """Run the JS SDK on every (experiment, value) pair and write `[experiment index, value, result]` rows."""
-    module = sdk_dir / "node_modules" / "@growthbook" / "growthbook"
-    package = json.loads((module / "package.json").read_text(encoding="utf-8"))
+    module, version = _sdk_module(sdk_dir)
     requests = [(exp, {"account": value}) for exp in SDK_EXPERIMENTS for value in SDK_VALUES]
     worker = NodeWorker(_SDK_RUN, env={"GB_SDK": str(module)})
     try:
@@ -119,7 +125,7 @@ def write_sdk_runs(path: Path, sdk_dir: Path) -> int:
         worker.close()
     header = {
         "generated_by": "python -m tests.experiment_router.make_js_fixtures js-sdk --sdk-dir DIR",
-        "sdk": f"@growthbook/growthbook {package['version']}",
+        "sdk": f"@growthbook/growthbook {version}",
         "format": "[experiment index, value as JSON, [inExperiment, variationId, hashUsed, bucket]]",
         "experiments": SDK_EXPERIMENTS,
     }
@@ -129,21 +135,188 @@ def write_sdk_runs(path: Path, sdk_dir: Path) -> int:
     return len(rows)
 
 
+_SDK_CONDITION = line_script(
+    """([attributes, condition, groups]) => {
+  try {
+    return require(process.env.GB_SDK).evalCondition(attributes, condition, groups);
+  } catch (e) {
+    return "throws";
+  }
+}"""
+)
+
+CONDITION_STRINGS = [
+    "", "5", " 5 ", "\t5\n", "\u00a05", "\ufeff3", "\x1c4", "05", "5.0", "5.", ".5", "1e3", "1e400", "-0", "+7",
+    "0x10", "0X1f", "0o17", "0b101", "-0x10", "0x", "1_000", "Infinity", "+Infinity", "-Infinity", "inf", "nan",
+    "\u0661\u0662", "abc", "ABC", "a", "b", "10", "9", "\U0001f600", "\uffff", "true", "false", "null", "1,2",
+    "[object Object]", "v1.2.3", "1.2.3-rc.1", "1.10.0", "1.2.3+b\n",
+]  # fmt: skip
+CONDITION_NUMBERS: list[object] = [0, -0.0, 1, 2, 3, 5, 9, 10, 15, 16, 1000, 1.5, -1, 1e21, 2**53 + 1]
+CONDITION_OPERATORS = [
+    "$eq", "$ne", "$lt", "$lte", "$gt", "$gte", "$in", "$nin", "$ini", "$nini", "$exists", "$size", "$all",
+    "$alli", "$elemMatch", "$not", "$type", "$veq", "$vne", "$vgt", "$vlt", "$vgte", "$vlte", "$regex",
+    "$regexi", "$inGroup", "$notInGroup",
+]  # fmt: skip
+CONDITION_GROUPS = {"ids": ["5", 5, "a", None], "none": [], "listed": {"type": "list", "values": ["a", 3]}}
+
+
+class ConditionSampler:
+    """Seeded (attributes, condition) pairs that mix JSON types wherever an operator compares values."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def scalar(self) -> object:
+        k = self.rng.random()
+        if k < 0.45:
+            return self.rng.choice(CONDITION_STRINGS)
+        if k < 0.8:
+            return self.rng.choice(CONDITION_NUMBERS)
+        return self.rng.choice([True, False]) if k < 0.9 else None
+
+    def value(self, depth: int = 0) -> object:
+        k = self.rng.random()
+        if depth < 2 and k < 0.15:
+            return [self.value(depth + 1) for _ in range(self.rng.randint(0, 3))]
+        if depth < 2 and k < 0.2:
+            return {"x": self.value(depth + 1)} if self.rng.random() < 0.7 else {}
+        return self.scalar()
+
+    def condition_value(self, depth: int = 0) -> object:
+        if self.rng.random() < 0.35:
+            return self.value(depth + 1)
+        op = self.rng.choice(CONDITION_OPERATORS)
+        arg: object
+        if op in ("$in", "$nin", "$ini", "$nini", "$all", "$alli"):
+            arg = [self.value(depth + 1) for _ in range(self.rng.randint(0, 3))]
+        elif op == "$exists":
+            arg = self.rng.choice([True, False, 1, 0, "", []])
+        elif op == "$size":
+            arg = self.rng.choice([0, 1, 2, "1", {"$gt": 0}])
+        elif op in ("$not", "$elemMatch"):
+            arg = self.condition_value(depth + 1) if depth < 2 else self.scalar()
+        elif op == "$type":
+            arg = self.rng.choice(["string", "number", "boolean", "array", "object", "null", "undefined"])
+        elif op in ("$regex", "$regexi"):
+            arg = self.rng.choice(["^5", "a", "\\d", "[", "^$", "B"])
+        elif op in ("$inGroup", "$notInGroup"):
+            arg = self.rng.choice([*CONDITION_GROUPS, "unknown", 5])
+        else:
+            arg = self.value(depth + 1)
+        return {op: arg}
+
+    def case(self) -> list[object]:
+        attributes = {key: self.value() for key in ("a", "b") if self.rng.random() < 0.85}
+        path = self.rng.choice(["a", "b", "a.x", "a.0", "a.length"])
+        return [attributes, {path: self.condition_value()}]
+
+
+def write_sdk_conditions(path: Path, sdk_dir: Path, n: int = 3000) -> int:
+    """Run the SDK's evalCondition on `n` sampled cases; rows `[attributes, condition, verdict]`."""
+    module, version = _sdk_module(sdk_dir)
+    sampler = ConditionSampler(SEED)
+    cases = [sampler.case() for _ in range(n)]
+    worker = NodeWorker(_SDK_CONDITION, env={"GB_SDK": str(module)})
+    try:
+        answers = worker.ask([[attributes, condition, CONDITION_GROUPS] for attributes, condition in cases])
+    finally:
+        worker.close()
+    header = {
+        "generated_by": "python -m tests.experiment_router.make_js_fixtures conditions --sdk-dir DIR",
+        "sdk": f"@growthbook/growthbook {version}",
+        "seed": SEED,
+        "format": "[attributes, condition, evalCondition's answer or 'throws'], saved groups as below",
+        "saved_groups": CONDITION_GROUPS,
+    }
+    rows = [encode([*case, answer]) for case, answer in zip(cases, answers, strict=True)]
+    _write_rows(path, header, rows)
+    return len(rows)
+
+
+_SDK_ROLLOUT = line_script(
+    """([rule, id]) => {
+  const { GrowthBook } = require(process.env.GB_SDK);
+  const features = { f: { defaultValue: "off", rules: [rule] } };
+  return new GrowthBook({ attributes: { id }, features }).evalFeature("f").value;
+}"""
+)
+ROLLOUT_RULES: list[dict[str, object]] = [
+    {"force": "on", "coverage": 0},
+    {"force": "on", "coverage": 0, "hashVersion": 2},
+    {"force": "on", "coverage": 0.5},
+    {"force": "on", "coverage": 1},
+    {"force": "on", "coverage": None},
+    {"force": "on", "coverage": "0.5"},
+    {"force": "on", "range": [0, 0.5]},
+    {"force": "on", "range": [0.2, 0.2]},
+    {"force": "on", "range": []},
+    {"force": "on", "range": [0]},
+    {"force": "on", "range": [], "coverage": 1},
+    {"force": "on", "range": None, "coverage": 0.3},
+    {"force": "on", "range": [None, 0.5]},
+    {"force": "on", "range": [0, 0.5], "coverage": 0},
+    {"force": "on", "coverage": 0.5, "seed": "s", "hashVersion": 2},
+    {"force": "on", "coverage": 0, "hashAttribute": "missing"},
+]
+# u2567 and u2633 hash to exactly 0 for feature "f" with version 1, u29187 and u29345 with version 2, u11880
+# with version 2 and seed "s".
+ROLLOUT_IDS = ["u2567", "u2633", "u29187", "u29345", "u11880", *(f"u{i}" for i in range(40))]
+
+
+def write_sdk_rollouts(path: Path, sdk_dir: Path) -> int:
+    """Run the SDK's evalFeature on every (rule, id) pair; rows `[rule index, id, value]`."""
+    module, version = _sdk_module(sdk_dir)
+    requests = [(rule, unit) for rule in ROLLOUT_RULES for unit in ROLLOUT_IDS]
+    worker = NodeWorker(_SDK_ROLLOUT, env={"GB_SDK": str(module)})
+    try:
+        answers = worker.ask(requests)
+    finally:
+        worker.close()
+    header = {
+        "generated_by": "python -m tests.experiment_router.make_js_fixtures rollouts --sdk-dir DIR",
+        "sdk": f"@growthbook/growthbook {version}",
+        "format": "[rule index, id, value of feature f (default 'off', the rule forces 'on')]",
+        "rules": ROLLOUT_RULES,
+    }
+    n = len(ROLLOUT_IDS)
+    rows = [json.dumps([k // n, ROLLOUT_IDS[k % n], answer]) for k, answer in enumerate(answers)]
+    _write_rows(path, header, rows)
+    return len(rows)
+
+
+def _sdk_module(sdk_dir: Path) -> tuple[Path, str]:
+    """The SDK's package folder under `sdk_dir` and its version."""
+    module = sdk_dir / "node_modules" / "@growthbook" / "growthbook"
+    return module, json.loads((module / "package.json").read_text(encoding="utf-8"))["version"]
+
+
+WRITERS = {
+    "js-sdk": ("js_sdk_runs.json", write_sdk_runs),
+    "conditions": ("js_sdk_conditions.json", write_sdk_conditions),
+    "rollouts": ("js_sdk_rollouts.json", write_sdk_rollouts),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("fixture", choices=["numbers", "js-sdk"], help="which fixture to write")
-    parser.add_argument("--sdk-dir", type=Path, help="for js-sdk: where @growthbook/growthbook is installed")
+    parser.add_argument("fixture", choices=["numbers", *WRITERS], help="which fixture to write")
+    parser.add_argument(
+        "--sdk-dir", type=Path, help="for the SDK fixtures: where @growthbook/growthbook is installed"
+    )
     args = parser.parse_args()
     if args.fixture == "numbers":
         path = DATA / "js_number_strings.json"
         print(f"wrote {write_numbers(path)} cases to {path}")
-    else:
-        if args.sdk_dir is None:
-            parser.error("js-sdk needs --sdk-dir (a folder where `npm install @growthbook/growthbook` ran)")
-        path = DATA / "js_sdk_runs.json"
-        print(f"wrote {write_sdk_runs(path, args.sdk_dir)} cases to {path}")
+        return
+    if args.sdk_dir is None:
+        parser.error(
+            f"{args.fixture} needs --sdk-dir (a folder where `npm install @growthbook/growthbook` ran)"
+        )
+    name, write = WRITERS[args.fixture]
+    path = DATA / name
+    print(f"wrote {write(path, args.sdk_dir)} cases to {path}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from experiment_router.evaluation import unit_string
-from experiment_router.jsvalues import js_number_string, js_string, js_truthy
-from tests.experiment_router.jsnode import JsPrinter, decode
+from experiment_router.jsvalues import js_compare, js_json, js_number, js_number_string, js_string, js_truthy
+from tests.experiment_router.jsnode import JsNumber, JsPrinter, decode
 
 FIXTURE = Path(__file__).parent / "data" / "js_number_strings.json"
 
@@ -134,3 +135,64 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
 @given(values=st.lists(json_values, min_size=1, max_size=60))
 def test_string_and_truthiness_agree_with_node(js_printer: JsPrinter, values: list[Any]) -> None:
     assert [(js_string(v), js_truthy(v)) for v in values] == js_printer.ask(values)
+
+
+COERCION_TABLE: list[tuple[Any, float]] = [
+    (None, 0.0),
+    (True, 1.0),
+    ("", 0.0),
+    (" 5 ", 5.0),
+    ("\u00a05\u2028", 5.0),  # JavaScript's white space
+    ("\ufeff3", 3.0),
+    ("\x1c4", math.nan),  # white space to Python's str.strip, not to JavaScript
+    ("0x10", 16.0),
+    ("0B101", 5.0),
+    ("0o17", 15.0),
+    ("-0x10", math.nan),
+    ("0x", math.nan),
+    ("5.", 5.0),
+    (".5", 0.5),
+    ("1e400", math.inf),
+    ("-Infinity", -math.inf),
+    ("inf", math.nan),
+    ("nan", math.nan),
+    ("1_000", math.nan),  # float() takes these three
+    ("\u0661\u0662", math.nan),
+    ([5], 5.0),
+    ([], 0.0),
+    ([1, 2], math.nan),
+    ({}, math.nan),
+    (2**1024, math.inf),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), COERCION_TABLE, ids=[repr(v) for v, _ in COERCION_TABLE])
+def test_number_coercion_like_javascript(value: Any, expected: float) -> None:
+    got = js_number(value)
+    assert got == expected or (math.isnan(got) and math.isnan(expected))
+
+
+def test_coercion_table_agrees_with_live_node(js_numbers: JsNumber) -> None:
+    values = [v for v, _ in COERCION_TABLE]
+    assert js_numbers.ask(values) == [js_number_string(e) for _, e in COERCION_TABLE]
+
+
+number_texts = st.text(alphabet="0123456789xXoObBeE+-._ \t\n\u00a0\ufeffInfinity\u0661", max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(number_texts, min_size=1, max_size=50))
+def test_string_to_number_agrees_with_node(js_numbers: JsNumber, texts: list[str]) -> None:
+    assert [js_number_string(js_number(t)) for t in texts] == js_numbers.ask(texts)
+
+
+def test_strings_order_by_utf16_code_units() -> None:
+    assert js_compare("\U0001f600", "\uffff", operator.lt)  # a surrogate pair sorts below U+FFFF
+    assert not js_compare("\U0001f600", "\uffff", operator.gt)
+    assert js_compare("10", "9", operator.lt)  # two strings: no number coercion
+    assert js_compare("10", 9, operator.gt)
+
+
+def test_json_text_follows_json_stringify() -> None:
+    assert js_json({"b": 1, "1": 2, "a": [1.0, None, math.nan]}) == '{"1":2,"b":1,"a":[1,null,null]}'
+    assert js_json(-0.0) == js_json(0) and js_json(math.inf) == js_json(None)

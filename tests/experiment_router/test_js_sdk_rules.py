@@ -1,0 +1,113 @@
+"""Targeting conditions and rollout rules replayed from GrowthBook's JavaScript SDK (1.8.0).
+
+The fixtures (data/js_sdk_conditions.json and data/js_sdk_rollouts.json, written by
+`python -m tests.experiment_router.make_js_fixtures conditions|rollouts --sdk-dir DIR`) hold the SDK's verdicts
+where the spec's suite is silent: loose literals ("5" for 5, 1 for true), `===` and `includes`, relational
+comparisons of mixed types ("0x10" > 15, [3] > 2, strings by UTF-16 code units), paths into arrays, saved
+groups, and rollouts of coverage 0 for units hashed to exactly 0. The reference evaluator and the Router's
+compiled conditions must reproduce every verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from experiment_router.conditions import VALUE_OPERATORS, compile_condition, eval_condition
+from experiment_router.evaluation import EvalContext, eval_feature
+from experiment_router.hashing import hash_unit
+from tests.experiment_router.jsnode import decode
+
+DATA = Path(__file__).parent / "data"
+CONDITIONS = decode((DATA / "js_sdk_conditions.json").read_text(encoding="utf-8"))
+ROLLOUTS = decode((DATA / "js_sdk_rollouts.json").read_text(encoding="utf-8"))
+GROUPS = CONDITIONS["saved_groups"]
+
+
+def _compiled(attributes: Any, condition: Any, groups: dict) -> bool:
+    return compile_condition(condition)(attributes, groups)
+
+
+EVALUATORS: dict[str, Callable[[Any, Any, dict], bool]] = {"reference": eval_condition, "compiled": _compiled}
+
+
+def _verdict(evaluate: Callable[[Any, Any, dict], bool], attributes: Any, condition: Any) -> bool | str:
+    """The evaluator's answer, or "throws" where it raises (as the SDK does on a null `$elemMatch`)."""
+    try:
+        return bool(evaluate(attributes, condition, GROUPS))
+    except TypeError:
+        return "throws"
+
+
+def test_condition_fixture_reaches_every_operator_and_both_verdicts() -> None:
+    cases = CONDITIONS["cases"]
+    assert len(cases) >= 3000
+    assert {verdict for _, _, verdict in cases} >= {True, False}
+    operators = {
+        op
+        for _, condition, _ in cases
+        for value in condition.values()
+        if isinstance(value, dict)
+        for op in value
+    }
+    assert operators >= VALUE_OPERATORS
+
+
+@pytest.mark.parametrize("evaluator", EVALUATORS)
+def test_conditions_reproduce_the_sdk(evaluator: str) -> None:
+    evaluate = EVALUATORS[evaluator]
+    cases = CONDITIONS["cases"]
+    wrong = [(a, c, sdk) for a, c, sdk in cases if _verdict(evaluate, a, c) != sdk]
+    assert not wrong[:5], f"{len(wrong)} of {len(cases)} differ"
+
+
+@pytest.mark.parametrize(
+    ("attributes", "condition"),
+    [
+        ({"age": "5"}, {"age": 5}),  # `value * 1 === 5`
+        ({"beta": 1}, {"beta": True}),  # `!!value === true`
+        ({"tags": ["a", "b"]}, {"tags": "a,b"}),  # `value + "" === "a,b"`
+        ({"build": "0x10"}, {"build": {"$gt": 15}}),
+        ({"score": [3]}, {"score": {"$gt": 2}}),
+        ({"name": "\U0001f600"}, {"name": {"$lt": "\uffff"}}),  # UTF-16 code units, not code points
+        ({"tags": ["x", "y"]}, {"tags.length": 2}),
+    ],
+)
+def test_javascript_comparisons_that_python_reads_otherwise(attributes: dict, condition: dict) -> None:
+    assert eval_condition(attributes, condition)
+    assert compile_condition(condition)(attributes, {})
+
+
+@pytest.mark.parametrize(
+    ("attributes", "condition"),
+    [
+        ({"age": "1_000"}, {"age": {"$gt": 5}}),  # Number("1_000") is NaN
+        ({"age": "inf"}, {"age": {"$gt": 5}}),
+        ({"tags": [1]}, {"tags": {"$eq": [1]}}),  # `===` compares arrays by reference
+        ({"age": 5}, {"age": {"$in": ["5"]}}),  # `includes` does not coerce
+        ({"flag": True}, {"flag": {}}),  # {} is no operator object: JSON text "true" vs "{}"
+    ],
+)
+def test_javascript_comparisons_that_fail_where_python_would_match(attributes: dict, condition: dict) -> None:
+    assert not eval_condition(attributes, condition)
+    assert not compile_condition(condition)(attributes, {})
+
+
+def _forced(rule: dict, unit: str) -> str:
+    features = {"f": {"defaultValue": "off", "rules": [rule]}}
+    return eval_feature("f", EvalContext(attributes={"id": unit}, features=features)).value
+
+
+def test_rollouts_reproduce_the_sdk() -> None:
+    rules = ROLLOUTS["rules"]
+    wrong = [(rules[i], unit, sdk) for i, unit, sdk in ROLLOUTS["cases"] if _forced(rules[i], unit) != sdk]
+    assert not wrong[:5], f"{len(wrong)} of {len(ROLLOUTS['cases'])} differ"
+
+
+def test_a_zero_percent_rollout_serves_nobody_not_even_a_unit_hashed_to_zero() -> None:
+    assert hash_unit("f", "u2567", 1) == 0  # n <= coverage would let it in
+    assert _forced({"force": "on", "coverage": 0}, "u2567") == "off"
+    assert _forced({"force": "on", "coverage": 0.001}, "u2567") == "on"
