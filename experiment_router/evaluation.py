@@ -90,7 +90,11 @@ def unit_string(value: Any) -> str | None:
 def hash_identity(
     attributes: Mapping[str, Any], attribute: str, fallback: str | None = None
 ) -> tuple[str, str | None]:
-    """(attribute used, its value as a string or None); the fallback serves only when the first has none."""
+    """(attribute used, its value as a string or None); the fallback serves only when the first has none.
+
+    An empty attribute name means "id", as in the SDK (`attr || "id"`).
+    """
+    attribute = attribute or "id"
     value = unit_string(attributes.get(attribute))
     if value is None and fallback:
         fallback_value = unit_string(attributes.get(fallback))
@@ -140,10 +144,10 @@ def run_experiment(exp: ExperimentSpec, ctx: EvalContext, feature_id: str | None
         found_sticky = assigned >= 0
 
     if not found_sticky:
-        if exp.filters:
+        if exp.filters is not None:  # even an empty list replaces the namespace check, as in the SDK
             if _filtered_out(exp.filters, ctx.attributes):
                 return result()
-        elif exp.namespace and not in_namespace(hash_value, exp.namespace):
+        elif exp.namespace is not None and not in_namespace(hash_value, exp.namespace):
             return result()
         if exp.condition and not eval_condition(ctx.attributes, exp.condition, ctx.saved_groups):
             return result()
@@ -154,8 +158,12 @@ def run_experiment(exp: ExperimentSpec, ctx: EvalContext, feature_id: str | None
     if n is None:
         return result()
     if not found_sticky:
-        ranges = exp.ranges or bucket_ranges(
-            len(exp.variations), 1.0 if exp.coverage is None else exp.coverage, exp.weights
+        ranges = (
+            exp.ranges
+            if exp.ranges is not None
+            else bucket_ranges(
+                len(exp.variations), 1.0 if exp.coverage is None else exp.coverage, exp.weights
+            )
         )
         assigned = choose_variation(n, ranges)
     if blocked:
@@ -178,7 +186,10 @@ def _filtered_out(filters: Sequence[Mapping[str, Any]], attributes: Mapping[str,
         _, value = hash_identity(attributes, flt.get("attribute") or "id")
         if value is None:
             return True
-        n = hash_unit(flt.get("seed", ""), value, flt.get("hashVersion", 2))
+        # JavaScript concatenates an absent seed as "undefined"
+        n = hash_unit(
+            js_string(flt["seed"]) if "seed" in flt else "undefined", value, flt.get("hashVersion") or 2
+        )
         if n is None or not any(in_range(n, r) for r in flt["ranges"]):
             return True
     return False
@@ -321,6 +332,8 @@ _SPEC_FIELDS = {
 def spec_from_growthbook(data: Mapping[str, Any], default_key: str = "") -> ExperimentSpec:
     """Build an ExperimentSpec from a GrowthBook (camelCase) experiment or feature-rule object."""
     kwargs = {ours: data[theirs] for theirs, ours in _SPEC_FIELDS.items() if data.get(theirs) is not None}
+    if "coverage" in data and data["coverage"] is None:  # JavaScript multiplies by null: every range empty
+        kwargs["coverage"] = 0.0
     kwargs.setdefault("key", default_key)
     return ExperimentSpec(**kwargs)
 

@@ -102,7 +102,12 @@ def in_range(n: float, bucket_range: Sequence[float]) -> bool:
 
 
 def in_namespace(unit_id: str, namespace: Sequence) -> bool:
-    """Whether `unit_id` falls in namespace (id, start, end); hashed with v1 and seed "__" + id."""
+    """Whether `unit_id` falls in namespace (id, start, end); hashed with v1 and seed "__" + id.
+
+    A namespace with fewer than three entries holds nobody: JavaScript compares with `undefined` there.
+    """
+    if len(namespace) < 3:
+        return False
     n = hash_unit("__" + namespace[0], unit_id, 1)
     if n is None:
         return False

@@ -4,6 +4,7 @@
     python -m tests.experiment_router.make_js_fixtures js-sdk --sdk-dir DIR   # data/js_sdk_runs.json
     python -m tests.experiment_router.make_js_fixtures conditions --sdk-dir DIR   # data/js_sdk_conditions.json
     python -m tests.experiment_router.make_js_fixtures rollouts --sdk-dir DIR   # data/js_sdk_rollouts.json
+    python -m tests.experiment_router.make_js_fixtures experiments --sdk-dir DIR   # data/js_sdk_experiments.json
 
 `numbers` asks node for `String(x)` and `Boolean(x)` of a seeded sample of numbers (random IEEE-754 bit
 patterns, integers beyond 2**53, decimals around the 1e-7 and 1e21 notation switches), so the tests check
@@ -16,7 +17,9 @@ and records each result; DIR is a folder where `npm install @growthbook/growthbo
 `conditions` asks the SDK's `evalCondition` about a seeded sample of targeting conditions over attributes of
 mixed types (numbers as strings, "0x10", arrays where scalars are expected, missing paths, saved groups), where
 JavaScript's loose and strict comparisons decide; `rollouts` asks `evalFeature` about force rules whose coverage
-or range is 0, null, empty or short, for units hashed to exactly 0 among others.
+or range is 0, null, empty or short, for units hashed to exactly 0 among others; `experiments` asks `run` about
+a seeded sample of experiments with odd fields (weights that do not sum to 1 or do not fit, coverage outside
+[0, 1] or null, empty namespaces, ranges and filters, an empty hash attribute, unknown hash versions).
 """
 
 from __future__ import annotations
@@ -284,6 +287,78 @@ def write_sdk_rollouts(path: Path, sdk_dir: Path) -> int:
     return len(rows)
 
 
+class ExperimentSampler:
+    """Seeded (experiment, attributes) pairs, every optional field sometimes absent, null, odd or empty."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def sometimes(self, experiment: dict, key: str, p: float, *choices: object) -> None:
+        if self.rng.random() < p:
+            experiment[key] = self.rng.choice(choices)
+
+    def case(self) -> list[dict]:
+        n = self.rng.randint(1, 3)
+        exp: dict[str, object] = {"key": self.rng.choice(["e", "exp-2", ""]), "variations": list(range(n))}
+        weights = (
+            [0.5, 0.5],
+            [0.2, 0.8],
+            [0.3, 0.3, 0.4],
+            [1],
+            [0.6, 0.6],
+            [-0.5, 1.5],
+            [0, 1],
+            [],
+            None,
+            [0.1] * n,
+        )
+        self.sometimes(exp, "weights", 0.5, *weights)
+        self.sometimes(exp, "coverage", 0.5, 0, 0.5, 1, 1.5, -0.5, None, 0.0001)
+        self.sometimes(
+            exp, "namespace", 0.3, ["ns", 0, 0.5], ["ns", 0.5, 1], ["ns", 0.3, 0.3], [], ["ns"], None
+        )
+        self.sometimes(exp, "ranges", 0.2, [[0, 0.5], [0.5, 1]], [[0, 0.1]], [], [[0.5, 0.2], [0, 1]])
+        self.sometimes(exp, "hashVersion", 0.3, 1, 2, 3, 0, None)
+        self.sometimes(exp, "seed", 0.3, "s", "", None)
+        self.sometimes(exp, "force", 0.15, 0, 1, 5, -1)  # not null: the SDK then answers variation null
+        self.sometimes(exp, "active", 0.15, True, False, None)
+        self.sometimes(exp, "status", 0.15, "draft", "running", "stopped")
+        self.sometimes(exp, "hashAttribute", 0.2, "id", "company", "missing", "")
+        filters = (
+            {"seed": "f", "ranges": [[0, 0.5]]},
+            {"seed": "f", "ranges": [], "attribute": "company"},
+            {"ranges": [[0, 1]], "hashVersion": 1},
+        )
+        if self.rng.random() < 0.15:
+            exp["filters"] = [self.rng.choice(filters)] if self.rng.random() < 0.8 else []
+        attributes = {
+            "id": self.rng.choice(["u1", "u2", "user-3", 5, "", None, "abc"]),
+            "company": self.rng.choice(["acme", 0, None, "x"]),
+        }
+        return [exp, attributes]
+
+
+def write_sdk_experiments(path: Path, sdk_dir: Path, n: int = 1000) -> int:
+    """Run the SDK's `run` on `n` sampled experiments; rows `[experiment, attributes, result]`."""
+    module, version = _sdk_module(sdk_dir)
+    sampler = ExperimentSampler(SEED)
+    cases = [sampler.case() for _ in range(n)]
+    worker = NodeWorker(_SDK_RUN, env={"GB_SDK": str(module)})
+    try:
+        answers = worker.ask(cases)
+    finally:
+        worker.close()
+    header = {
+        "generated_by": "python -m tests.experiment_router.make_js_fixtures experiments --sdk-dir DIR",
+        "sdk": f"@growthbook/growthbook {version}",
+        "seed": SEED,
+        "format": "[experiment, attributes, [inExperiment, variationId, hashUsed, bucket]]",
+    }
+    rows = [encode([*case, answer]) for case, answer in zip(cases, answers, strict=True)]
+    _write_rows(path, header, rows)
+    return len(rows)
+
+
 def _sdk_module(sdk_dir: Path) -> tuple[Path, str]:
     """The SDK's package folder under `sdk_dir` and its version."""
     module = sdk_dir / "node_modules" / "@growthbook" / "growthbook"
@@ -294,6 +369,7 @@ WRITERS = {
     "js-sdk": ("js_sdk_runs.json", write_sdk_runs),
     "conditions": ("js_sdk_conditions.json", write_sdk_conditions),
     "rollouts": ("js_sdk_rollouts.json", write_sdk_rollouts),
+    "experiments": ("js_sdk_experiments.json", write_sdk_experiments),
 }
 
 

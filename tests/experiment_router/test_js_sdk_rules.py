@@ -1,11 +1,12 @@
-"""Targeting conditions and rollout rules replayed from GrowthBook's JavaScript SDK (1.8.0).
+"""Targeting conditions, rollout rules and experiments replayed from GrowthBook's JavaScript SDK (1.8.0).
 
-The fixtures (data/js_sdk_conditions.json and data/js_sdk_rollouts.json, written by
-`python -m tests.experiment_router.make_js_fixtures conditions|rollouts --sdk-dir DIR`) hold the SDK's verdicts
-where the spec's suite is silent: loose literals ("5" for 5, 1 for true), `===` and `includes`, relational
-comparisons of mixed types ("0x10" > 15, [3] > 2, strings by UTF-16 code units), paths into arrays, saved
-groups, and rollouts of coverage 0 for units hashed to exactly 0. The reference evaluator and the Router's
-compiled conditions must reproduce every verdict.
+The fixtures (data/js_sdk_conditions.json, js_sdk_rollouts.json and js_sdk_experiments.json, written by
+`python -m tests.experiment_router.make_js_fixtures conditions|rollouts|experiments --sdk-dir DIR`) hold the
+SDK's verdicts where the spec's suite is silent: loose literals ("5" for 5, 1 for true), `===` and `includes`,
+relational comparisons of mixed types ("0x10" > 15, [3] > 2, strings by UTF-16 code units), paths into arrays,
+saved groups, rollouts of coverage 0 for units hashed to exactly 0, and experiments whose fields are null,
+empty or out of range. The reference evaluator (and, for conditions, the Router's compiled path) must
+reproduce every verdict.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from experiment_router.conditions import VALUE_OPERATORS, compile_condition, eval_condition
-from experiment_router.evaluation import EvalContext, eval_feature
+from experiment_router.evaluation import EvalContext, eval_feature, run_experiment, spec_from_growthbook
 from experiment_router.hashing import hash_unit
 from tests.experiment_router.jsnode import decode
 
@@ -111,3 +112,35 @@ def test_a_zero_percent_rollout_serves_nobody_not_even_a_unit_hashed_to_zero() -
     assert hash_unit("f", "u2567", 1) == 0  # n <= coverage would let it in
     assert _forced({"force": "on", "coverage": 0}, "u2567") == "off"
     assert _forced({"force": "on", "coverage": 0.001}, "u2567") == "on"
+
+
+EXPERIMENTS = decode((DATA / "js_sdk_experiments.json").read_text(encoding="utf-8"))
+
+
+def test_experiments_with_odd_fields_reproduce_the_sdk() -> None:
+    cases = EXPERIMENTS["cases"]
+    assert sum(in_experiment for _, _, (in_experiment, *_) in cases) > len(cases) / 10  # many enrolled too
+    wrong = []
+    for exp, attributes, sdk in cases:
+        res = run_experiment(spec_from_growthbook(exp), EvalContext(attributes=attributes))
+        if [res.in_experiment, res.variation_id, res.hash_used, res.bucket] != sdk:
+            wrong.append((exp, attributes, sdk))
+    assert not wrong[:5], f"{len(wrong)} of {len(cases)} differ"
+
+
+@pytest.mark.parametrize(
+    ("fields", "enrolled"),
+    [
+        ({"coverage": None}, False),  # null * weight: every range empty
+        ({"ranges": []}, False),  # an empty list is still the ranges
+        ({"namespace": []}, False),  # ... and still a namespace, which holds nobody
+        ({"filters": [], "namespace": ["ns", 0, 0]}, True),  # filters, even none, replace the namespace
+        ({"hashAttribute": ""}, True),  # "" means "id"
+    ],
+)
+def test_odd_experiment_fields_read_as_javascript_reads_them(fields: dict, enrolled: bool) -> None:
+    exp = {"key": "e", "variations": [0, 1], **fields}
+    assert (
+        run_experiment(spec_from_growthbook(exp), EvalContext(attributes={"id": "u1"})).in_experiment
+        is enrolled
+    )
