@@ -1,7 +1,10 @@
 """Run GrowthBook's cross-SDK conformance suite (cases.json) against this router's functions.
 
-Required sections must pass in full. `run` and `stickyBucket` cases whose context or experiment carries a
-URL (`url`, query-string forcing, URL targeting) are excluded: a recommender's requests have no page URL.
+Required sections must pass in full. Two exclusion rules: `run` and `stickyBucket` cases whose context or
+experiment carries a URL (`url`, query-string forcing, URL targeting), since a recommender's requests have no
+page URL; and `feature` cases with a contextual bandit rule (`contextualVariations`), which this router does not
+implement. A `feature` case compares value, on, off, source, ruleId and the experiment result; the experiment
+object the SDK echoes back is not compared.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from experiment_router.evaluation import (
     unit_string,
 )
 from experiment_router.hashing import bucket_ranges, choose_variation, equal_weights, hash_unit, in_namespace
+from experiment_router.jsvalues import js_truthy
 from experiment_router.sticky import InMemoryStickyBucketStore
 
 REQUIRED_SECTIONS = (
@@ -34,15 +38,22 @@ REQUIRED_SECTIONS = (
     "evalCondition",
     "run",
     "stickyBucket",
+    "feature",
 )
 _URL_KEYS = ("url", "urlPatterns", "urlRegex")
 
 
-def depends_on_url(section: str, case: list) -> bool:
-    """The exclusion rule: a run/stickyBucket case whose context or experiment names a URL."""
+def is_excluded(section: str, case: list) -> bool:
+    """The exclusion rules: a run/stickyBucket case whose context or experiment names a URL, a feature case
+    with a contextual bandit rule."""
+    context = case[1] if isinstance(case[1], dict) else {}
+    if section == "feature":
+        rules = (
+            rule for feature in context.get("features", {}).values() for rule in feature.get("rules", [])
+        )
+        return any("contextualVariations" in rule for rule in rules)
     if section not in ("run", "stickyBucket"):
         return False
-    context = case[1] if isinstance(case[1], dict) else {}
     experiment = case[2] if section == "run" and isinstance(case[2], dict) else {}
     return any(context.get(k) for k in _URL_KEYS) or any(experiment.get(k) for k in _URL_KEYS)
 
@@ -88,8 +99,9 @@ def _check_run(case: list) -> bool:
 
 
 def result_as_growthbook(res: ExperimentResult) -> dict[str, Any]:
-    """The fields of GrowthBook's experiment result that the stickyBucket cases compare."""
-    return {
+    """The fields of GrowthBook's experiment result that the stickyBucket and feature cases compare."""
+    named = {"name": res.name} if res.name else {}  # the SDK sets it only when the variation has one
+    return named | {
         "bucket": res.bucket,
         "featureId": res.feature_id,
         "hashAttribute": res.hash_attribute,
@@ -118,6 +130,24 @@ def _check_sticky(case: list) -> bool:
     return got == expected and user_docs == expected_docs
 
 
+def _check_feature(case: list) -> bool:
+    _, context, feature_id, expected = case
+    res = eval_feature(feature_id, context_from_growthbook(context))
+    got: dict[str, Any] = {
+        "value": res.value,
+        "on": js_truthy(res.value),
+        "off": not js_truthy(res.value),
+        "source": res.source,
+        "ruleId": res.rule_id,
+    }
+    if res.experiment_result is not None:
+        result = result_as_growthbook(res.experiment_result)
+        if result["bucket"] is None:  # the SDK leaves it out when no hash decided
+            del result["bucket"]
+        got["experimentResult"] = result
+    return got == {k: v for k, v in expected.items() if k != "experiment"}
+
+
 CHECKS: dict[str, Callable[[list], bool]] = {
     "hash": _check_hash,
     "getBucketRange": _check_bucket_range,
@@ -127,6 +157,7 @@ CHECKS: dict[str, Callable[[list], bool]] = {
     "evalCondition": _check_condition,
     "run": _check_run,
     "stickyBucket": _check_sticky,
+    "feature": _check_feature,
 }
 
 
@@ -158,7 +189,7 @@ def load_cases(path: str | Path) -> dict[str, Any]:
 def iter_cases(cases: dict[str, Any], section: str) -> Iterator[tuple[list, bool]]:
     """Each case of `section` with whether the exclusion rule drops it."""
     for case in cases.get(section, []):
-        yield case, depends_on_url(section, case)
+        yield case, is_excluded(section, case)
 
 
 def run_suite(cases: dict[str, Any]) -> list[SectionReport]:

@@ -69,11 +69,13 @@ class ExperimentResult:
     value: Any
     hash_used: bool
     hash_attribute: str
-    hash_value: str
+    hash_value: Any  # the attribute's value as given (123, not "123"), "" when the user had none
     key: str
     bucket: float | None = None
     sticky_bucket_used: bool = False
     feature_id: str | None = None
+    passthrough: bool = False  # the variation's meta says: count the exposure, serve the next rule's value
+    name: str = ""  # the variation's display name from its meta, if any
 
 
 def unit_string(value: Any) -> str | None:
@@ -112,18 +114,19 @@ def run_experiment(exp: ExperimentSpec, ctx: EvalContext, feature_id: str | None
     def result(variation: int = -1, **extra: Any) -> ExperimentResult:
         inside = 0 <= variation < len(exp.variations)
         variation = variation if inside else 0
-        key = str(variation)
-        if exp.meta and variation < len(exp.meta) and "key" in exp.meta[variation]:
-            key = str(exp.meta[variation]["key"])
+        meta = exp.meta[variation] if exp.meta and variation < len(exp.meta) else {}
+        key = js_string(meta["key"]) if js_truthy(meta.get("key")) else str(variation)  # `meta.key || index`
         return ExperimentResult(
             in_experiment=inside,
             variation_id=variation,
             value=exp.variations[variation] if exp.variations else None,
             hash_used=extra.pop("hash_used", False),
             hash_attribute=hash_attribute,
-            hash_value=hash_value or "",
+            hash_value=ctx.attributes.get(hash_attribute) if hash_value is not None else "",
             key=key,
             feature_id=feature_id,
+            passthrough=js_truthy(meta.get("passthrough")),
+            name=js_string(meta["name"]) if js_truthy(meta.get("name")) else "",
             **extra,
         )
 
@@ -239,12 +242,13 @@ class FeatureResult:
     value: Any
     source: str
     experiment_result: ExperimentResult | None = None
+    rule_id: str = ""  # the `id` of the rule that decided, "" for the default value
 
 
 def eval_feature(feature_id: str, ctx: EvalContext, _stack: frozenset[str] = frozenset()) -> FeatureResult:
-    """Evaluate a feature flag's force and experiment rules (enough for prerequisites and sticky bucketing).
+    """Evaluate a feature flag's rules: prerequisites, filters, force rules and rollouts, experiment rules.
 
-    Rollout-by-range force rules, tracks and URL targeting are not supported here.
+    Tracks (remote evaluation), contextual bandit rules and URL targeting are not supported here.
     """
     feature = ctx.features.get(feature_id)
     if feature is None:
@@ -261,20 +265,40 @@ def eval_feature(feature_id: str, ctx: EvalContext, _stack: frozenset[str] = fro
                 return FeatureResult(None, "cyclicPrerequisite")
             if outcome == "fail":
                 continue
-        if rule.get("condition") and not eval_condition(ctx.attributes, rule["condition"], ctx.saved_groups):
-            continue
         if rule.get("filters") and _filtered_out(rule["filters"], ctx.attributes):
             continue
         if "force" in rule:
+            if rule.get("condition") and not eval_condition(
+                ctx.attributes, rule["condition"], ctx.saved_groups
+            ):
+                continue
             if not _in_rollout(rule, feature_id, ctx):
                 continue
-            return FeatureResult(rule["force"], "force")
-        if "variations" not in rule:
+            return FeatureResult(rule["force"], "force", rule_id=rule.get("id") or "")
+        if rule.get("variations") is None:
             continue
-        res = run_experiment(spec_from_growthbook(rule, default_key=feature_id), ctx, feature_id)
-        if res.in_experiment and not rule.get("passthrough"):
-            return FeatureResult(res.value, "experiment", res)
+        # The rule's condition runs inside the experiment, where a sticky bucket skips it (as targeting does).
+        res = run_experiment(_rule_experiment(rule, feature_id), ctx, feature_id)
+        if res.in_experiment and not res.passthrough:
+            return FeatureResult(res.value, "experiment", res, rule.get("id") or "")
     return FeatureResult(feature.get("defaultValue"), "defaultValue")
+
+
+# Fields a feature rule hands to the experiment it runs when set (truthy), as the SDK copies them; a rule's
+# own `active`, `status`, `force` or `parentConditions` are not the experiment's.
+_RULE_EXPERIMENT_FIELDS = (
+    "weights", "hashAttribute", "fallbackAttribute", "disableStickyBucketing", "namespace", "meta", "ranges",
+    "seed", "hashVersion", "filters", "condition",
+)  # fmt: skip
+
+
+def _rule_experiment(rule: Mapping[str, Any], feature_id: str) -> ExperimentSpec:
+    """The experiment an experiment rule runs: its key (or the feature's), variations and copied fields."""
+    data = {k: rule[k] for k in _RULE_EXPERIMENT_FIELDS if js_truthy(rule.get(k))}
+    data.update({k: rule[k] for k in ("coverage", "bucketVersion", "minBucketVersion") if k in rule})
+    data["key"] = rule.get("key") or feature_id
+    data["variations"] = rule["variations"]
+    return spec_from_growthbook(data)
 
 
 def _in_rollout(rule: Mapping[str, Any], feature_id: str, ctx: EvalContext) -> bool:

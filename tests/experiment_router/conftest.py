@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment_router.conformance import REQUIRED_SECTIONS, depends_on_url
+from experiment_router.conformance import REQUIRED_SECTIONS, is_excluded
 from tests.experiment_router.jsnode import JsNumber, JsPrinter, JsRegex, NodeWorker, node_available
 
 DATA = Path(__file__).parent / "data"
@@ -29,7 +29,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             pytest.param((section, case), id=f"{section}:{i}:{case[0] if isinstance(case[0], str) else ''}")
             for section in REQUIRED_SECTIONS
             for i, case in enumerate(cases[section])
-            if not depends_on_url(section, case)
+            if not is_excluded(section, case)
         ]
         metafunc.parametrize("gb_case", params)
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiment_router.conformance import REQUIRED_SECTIONS, check_case, depends_on_url, run_suite
+from experiment_router.conformance import REQUIRED_SECTIONS, check_case, is_excluded, run_suite
 
 CASES_PATH = Path(__file__).parent / "data" / "growthbook_cases.json"
 
@@ -20,7 +20,9 @@ EXPECTED_COUNTS = {
     "evalCondition": 248,
     "run": 73,
     "stickyBucket": 13,
+    "feature": 55,
 }
+EXCLUDED = {"run": 2, "feature": 4}
 
 
 def test_spec_version_is_pinned(gb_cases: dict) -> None:
@@ -28,12 +30,13 @@ def test_spec_version_is_pinned(gb_cases: dict) -> None:
     assert {s: len(gb_cases[s]) for s in REQUIRED_SECTIONS} == EXPECTED_COUNTS
 
 
-def test_url_exclusion_rule_drops_exactly_the_query_string_cases(gb_cases: dict) -> None:
-    excluded = {s: [c[0] for c in gb_cases[s] if depends_on_url(s, c)] for s in ("run", "stickyBucket")}
-    assert excluded == {
+def test_exclusion_rules_drop_exactly_the_query_string_and_contextual_bandit_cases(gb_cases: dict) -> None:
+    excluded = {s: [c[0] for c in gb_cases[s] if is_excluded(s, c)] for s in REQUIRED_SECTIONS}
+    assert {s: names for s, names in excluded.items() if names} == {
         "run": ["querystring force", "querystring force with inactive"],
-        "stickyBucket": [],
+        "feature": [c[0] for c in gb_cases["feature"] if c[0].startswith("CB rule")],
     }
+    assert len(excluded["feature"]) == EXCLUDED["feature"]
 
 
 def test_case(gb_case: tuple[str, list]) -> None:
@@ -44,7 +47,8 @@ def test_case(gb_case: tuple[str, list]) -> None:
 def test_run_suite_counts(gb_cases: dict) -> None:
     reports = {r.section: r for r in run_suite(gb_cases)}
     assert all(r.failed == 0 for r in reports.values())
-    assert reports["run"].passed == 71 and reports["run"].excluded == 2
+    assert {s: r.excluded for s, r in reports.items() if r.excluded} == EXCLUDED
+    assert reports["run"].passed == 71 and reports["feature"].passed == 51
 
 
 def test_cli_prints_one_line_per_section_and_exits_zero() -> None:
@@ -58,7 +62,7 @@ def test_cli_prints_one_line_per_section_and_exits_zero() -> None:
     lines = {line.split(":")[0]: line for line in proc.stdout.splitlines() if ":" in line}
     for section in REQUIRED_SECTIONS:
         assert (
-            f"{section}: {EXPECTED_COUNTS[section] - (2 if section == 'run' else 0)} passed, 0 failed"
+            f"{section}: {EXPECTED_COUNTS[section] - EXCLUDED.get(section, 0)} passed, 0 failed"
             in lines[section]
         )
 
