@@ -18,8 +18,15 @@ from typing import Any
 import pytest
 
 from experiment_router.conditions import VALUE_OPERATORS, compile_condition, eval_condition
-from experiment_router.evaluation import EvalContext, eval_feature, run_experiment, spec_from_growthbook
+from experiment_router.evaluation import (
+    EvalContext,
+    FeatureResult,
+    eval_feature,
+    run_experiment,
+    spec_from_growthbook,
+)
 from experiment_router.hashing import hash_unit
+from experiment_router.sticky import InMemoryStickyBucketStore
 from tests.experiment_router.jsnode import decode
 
 DATA = Path(__file__).parent / "data"
@@ -144,3 +151,33 @@ def test_odd_experiment_fields_read_as_javascript_reads_them(fields: dict, enrol
         run_experiment(spec_from_growthbook(exp), EvalContext(attributes={"id": "u1"})).in_experiment
         is enrolled
     )
+
+
+def test_a_sticky_bucket_keeps_a_feature_rule_user_whose_attributes_left_its_condition() -> None:
+    """As the SDK does (checked with its StickyBucketService): the rule's condition gates new users only."""
+    rule = {
+        "key": "exp",
+        "variations": ["a", "b"],
+        "condition": {"country": "NL"},
+        "meta": [{"key": "a"}, {"key": "b"}],
+    }
+    features = {"f": {"defaultValue": "off", "rules": [rule]}}
+    store = InMemoryStickyBucketStore()
+
+    def evaluate(user: str, country: str) -> FeatureResult:
+        ctx = EvalContext(attributes={"id": user, "country": country}, features=features, sticky_store=store)
+        return eval_feature("f", ctx)
+
+    first = evaluate("u1", "NL")
+    assert first.source == "experiment" and first.experiment_result is not None
+    moved = evaluate("u1", "DE")
+    assert (moved.value, moved.source) == (first.value, "experiment")
+    assert moved.experiment_result is not None and moved.experiment_result.sticky_bucket_used
+    assert evaluate("u2", "DE").source == "defaultValue"  # a new user is still targeted
+
+
+def test_a_feature_rule_is_no_experiment_of_its_own_status() -> None:
+    """The SDK copies a rule's experiment fields, not `active` or `status`: those belong to whole experiments."""
+    features = {"f": {"defaultValue": "off", "rules": [{"variations": ["a", "b"], "active": False}]}}
+    res = eval_feature("f", EvalContext(attributes={"id": "u1"}, features=features))
+    assert res.source == "experiment"
