@@ -20,14 +20,23 @@ from typing import Any
 
 
 def line_script(answer: str, prelude: str = "") -> str:
-    """A node program that answers each JSON line on stdin with `answer(request)` as one JSON line."""
+    """A node program that answers each JSON line on stdin with `answer(request)` as one JSON line.
+
+    `answer` may return a promise (the SDK's sticky bucket service is async): answers still go out one at a
+    time, in the order of the requests.
+    """
     return f"""{prelude}
 const revive = (k, x) =>
   x !== null && typeof x === "object" && typeof x.$f === "string" ? Buffer.from(x.$f, "hex").readDoubleLE(0) : x;
 const answer = {answer};
+let answered = Promise.resolve();
 require("readline")
   .createInterface({{ input: process.stdin }})
-  .on("line", (line) => process.stdout.write(JSON.stringify(answer(JSON.parse(line, revive))) + "\\n"));
+  .on("line", (line) => {{
+    answered = answered
+      .then(() => answer(JSON.parse(line, revive)))
+      .then((result) => process.stdout.write(JSON.stringify(result) + "\\n"));
+  }});
 """
 
 

@@ -5,6 +5,7 @@
     python -m tests.experiment_router.make_js_fixtures conditions --sdk-dir DIR   # data/js_sdk_conditions.json
     python -m tests.experiment_router.make_js_fixtures rollouts --sdk-dir DIR   # data/js_sdk_rollouts.json
     python -m tests.experiment_router.make_js_fixtures experiments --sdk-dir DIR   # data/js_sdk_experiments.json
+    python -m tests.experiment_router.make_js_fixtures sticky --sdk-dir DIR   # data/js_sdk_sticky.json
 
 `numbers` asks node for `String(x)` and `Boolean(x)` of a seeded sample of numbers (random IEEE-754 bit
 patterns, integers beyond 2**53, decimals around the 1e-7 and 1e21 notation switches), so the tests check
@@ -19,7 +20,9 @@ mixed types (numbers as strings, "0x10", arrays where scalars are expected, miss
 JavaScript's loose and strict comparisons decide; `rollouts` asks `evalFeature` about force rules whose coverage
 or range is 0, null, empty or short, for units hashed to exactly 0 among others; `experiments` asks `run` about
 a seeded sample of experiments with odd fields (weights that do not sum to 1 or do not fit, coverage outside
-[0, 1] or null, empty namespaces, ranges and filters, an empty hash attribute, unknown hash versions).
+[0, 1] or null, empty namespaces, ranges and filters, an empty hash attribute, unknown hash versions);
+`sticky` replays sequences of evaluations through the SDK's sticky bucket service while the experiment rule
+changes between them (weights, coverage, bucket versions, conditions, hash and fallback attributes).
 """
 
 from __future__ import annotations
@@ -359,6 +362,97 @@ def write_sdk_experiments(path: Path, sdk_dir: Path, n: int = 1000) -> int:
     return len(rows)
 
 
+_SDK_STICKY = line_script(
+    """async ([steps]) => {
+  const gb = require(process.env.GB_SDK);
+  class Memory extends gb.StickyBucketService {
+    constructor() { super(); this.docs = {}; }
+    async getAssignments(name, value) { return this.docs[this.getKey(name, value)] || null; }
+    async saveAssignments(doc) { this.docs[this.getKey(doc.attributeName, doc.attributeValue)] = structuredClone(doc); }
+  }
+  const service = new Memory();
+  const results = [];
+  for (const [features, attributes] of steps) {
+    const sdk = new gb.GrowthBook({ attributes, features, stickyBucketService: service });
+    await sdk.refreshStickyBuckets();
+    const r = sdk.evalFeature("f");
+    await new Promise((done) => setTimeout(done, 0));  // let the sticky document save
+    const e = r.experimentResult;
+    results.push([r.value, r.source, e ? [e.inExperiment, e.variationId, e.stickyBucketUsed, e.hashAttribute] : null]);
+  }
+  return [results, service.docs];
+}"""
+)
+
+
+class StickySampler:
+    """Seeded sequences of (features, attributes): one experiment rule that changes between evaluations."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def rule(self) -> dict[str, object]:
+        rng = self.rng
+        rule: dict[str, object] = {"key": "exp", "variations": ["a", "b", "c"][: rng.randint(2, 3)]}
+        options: list[tuple[float, str, tuple]] = [
+            (0.5, "weights", ([0.5, 0.5], [0.9, 0.1], [0.1, 0.9], [0.2, 0.3, 0.5])),
+            (0.4, "coverage", (0.2, 0.5, 1)),
+            (0.4, "bucketVersion", (0, 1, 2)),
+            (0.3, "minBucketVersion", (0, 1, 2)),
+            (0.3, "condition", ({"country": "NL"}, {"country": "DE"})),
+            (0.3, "hashAttribute", ("id", "device")),
+            (0.3, "fallbackAttribute", ("device", "id")),
+            (0.15, "disableStickyBucketing", (True,)),
+            (0.2, "hashVersion", (2,)),
+        ]
+        for p, key, choices in options:
+            if rng.random() < p:
+                rule[key] = rng.choice(choices)
+        return rule
+
+    def case(self) -> list[list[object]]:
+        base, steps = self.rule(), []
+        for _ in range(self.rng.randint(2, 4)):
+            rule = dict(base)
+            if self.rng.random() < 0.6:  # the experiment changed since the last evaluation
+                rule.update(
+                    {
+                        k: v
+                        for k, v in self.rule().items()
+                        if k not in ("key", "meta") and self.rng.random() < 0.4
+                    }
+                )
+            keys = ("x", "y", "z") if self.rng.random() < 0.15 else ("a", "b", "c")  # variations renamed
+            rule["meta"] = [{"key": k} for k in keys][: len(rule["variations"])]  # type: ignore[arg-type]
+            attributes = {"id": self.rng.choice(["u1", "u2"]), "country": self.rng.choice(["NL", "DE"])}
+            if self.rng.random() < 0.7:
+                attributes["device"] = self.rng.choice(["d1", "d2"])
+            steps.append([{"f": {"defaultValue": "off", "rules": [rule]}}, attributes])
+        return steps
+
+
+def write_sdk_sticky(path: Path, sdk_dir: Path, n: int = 120) -> int:
+    """Run `n` sampled sequences through the SDK with one sticky bucket service each; rows `[steps, answer]`."""
+    module, version = _sdk_module(sdk_dir)
+    sampler = StickySampler(SEED)
+    cases = [sampler.case() for _ in range(n)]
+    worker = NodeWorker(_SDK_STICKY, env={"GB_SDK": str(module)})
+    try:
+        answers = worker.ask([[steps] for steps in cases])
+    finally:
+        worker.close()
+    header = {
+        "generated_by": "python -m tests.experiment_router.make_js_fixtures sticky --sdk-dir DIR",
+        "sdk": f"@growthbook/growthbook {version}",
+        "seed": SEED,
+        "format": "[[[features, attributes] per evaluation], [[value, source, [inExperiment, variationId, "
+        "stickyBucketUsed, hashAttribute] or null] per evaluation, sticky documents at the end]]",
+    }
+    rows = [encode([steps, answer]) for steps, answer in zip(cases, answers, strict=True)]
+    _write_rows(path, header, rows)
+    return len(rows)
+
+
 def _sdk_module(sdk_dir: Path) -> tuple[Path, str]:
     """The SDK's package folder under `sdk_dir` and its version."""
     module = sdk_dir / "node_modules" / "@growthbook" / "growthbook"
@@ -370,6 +464,7 @@ WRITERS = {
     "conditions": ("js_sdk_conditions.json", write_sdk_conditions),
     "rollouts": ("js_sdk_rollouts.json", write_sdk_rollouts),
     "experiments": ("js_sdk_experiments.json", write_sdk_experiments),
+    "sticky": ("js_sdk_sticky.json", write_sdk_sticky),
 }
 
 

@@ -1,12 +1,12 @@
-"""Targeting conditions, rollout rules and experiments replayed from GrowthBook's JavaScript SDK (1.8.0).
+"""Targeting conditions, rollouts, experiments and sticky bucketing replayed from GrowthBook's JS SDK (1.8.0).
 
-The fixtures (data/js_sdk_conditions.json, js_sdk_rollouts.json and js_sdk_experiments.json, written by
-`python -m tests.experiment_router.make_js_fixtures conditions|rollouts|experiments --sdk-dir DIR`) hold the
-SDK's verdicts where the spec's suite is silent: loose literals ("5" for 5, 1 for true), `===` and `includes`,
-relational comparisons of mixed types ("0x10" > 15, [3] > 2, strings by UTF-16 code units), paths into arrays,
-saved groups, rollouts of coverage 0 for units hashed to exactly 0, and experiments whose fields are null,
-empty or out of range. The reference evaluator (and, for conditions, the Router's compiled path) must
-reproduce every verdict.
+The fixtures (data/js_sdk_conditions.json, js_sdk_rollouts.json, js_sdk_experiments.json and js_sdk_sticky.json,
+written by `python -m tests.experiment_router.make_js_fixtures conditions|rollouts|experiments|sticky --sdk-dir
+DIR`) hold the SDK's verdicts where the spec's suite is silent: loose literals ("5" for 5, 1 for true), `===`
+and `includes`, relational comparisons of mixed types ("0x10" > 15, [3] > 2, strings by UTF-16 code units),
+paths into arrays, saved groups, rollouts of coverage 0 for units hashed to exactly 0, experiments whose fields
+are null, empty or out of range, and sticky buckets kept or dropped while an experiment changes. The reference
+evaluator (and, for conditions, the Router's compiled path) must reproduce every verdict.
 """
 
 from __future__ import annotations
@@ -181,3 +181,23 @@ def test_a_feature_rule_is_no_experiment_of_its_own_status() -> None:
     features = {"f": {"defaultValue": "off", "rules": [{"variations": ["a", "b"], "active": False}]}}
     res = eval_feature("f", EvalContext(attributes={"id": "u1"}, features=features))
     assert res.source == "experiment"
+
+
+STICKY = decode((DATA / "js_sdk_sticky.json").read_text(encoding="utf-8"))
+
+
+def test_sticky_bucketing_through_changing_experiments_reproduces_the_sdk() -> None:
+    cases = STICKY["cases"]
+    assert sum(r[2] is not None and r[2][2] for _, (results, _) in cases for r in results) > 20  # sticky used
+    wrong = []
+    for steps, (sdk_results, sdk_docs) in cases:
+        store = InMemoryStickyBucketStore()
+        results = []
+        for features, attributes in steps:
+            res = eval_feature("f", EvalContext(attributes=attributes, features=features, sticky_store=store))
+            e = res.experiment_result
+            summary = [e.in_experiment, e.variation_id, e.sticky_bucket_used, e.hash_attribute] if e else None
+            results.append([res.value, res.source, summary])
+        if results != sdk_results or store.snapshot() != sdk_docs:
+            wrong.append(steps)
+    assert not wrong[:3], f"{len(wrong)} of {len(cases)} sequences differ"
