@@ -122,16 +122,10 @@ SDK_VALUES: list[object] = [
 
 def write_sdk_runs(path: Path, sdk_dir: Path) -> int:
     """Run the JS SDK on every (experiment, value) pair and write `[experiment index, value, result]` rows."""
-    module, version = _sdk_module(sdk_dir)
     requests = [(exp, {"account": value}) for exp in SDK_EXPERIMENTS for value in SDK_VALUES]
-    worker = NodeWorker(_SDK_RUN, env={"GB_SDK": str(module)})
-    try:
-        answers = worker.ask(requests)
-    finally:
-        worker.close()
+    answers, version = _ask_sdk(_SDK_RUN, sdk_dir, requests)
     header = {
-        "generated_by": "python -m tests.experiment_router.make_js_fixtures js-sdk --sdk-dir DIR",
-        "sdk": f"@growthbook/growthbook {version}",
+        **_sdk_header("js-sdk", version),
         "format": "[experiment index, value as JSON, [inExperiment, variationId, hashUsed, bucket]]",
         "experiments": SDK_EXPERIMENTS,
     }
@@ -219,17 +213,15 @@ class ConditionSampler:
 
 def write_sdk_conditions(path: Path, sdk_dir: Path, n: int = 3000) -> int:
     """Run the SDK's evalCondition on `n` sampled cases; rows `[attributes, condition, verdict]`."""
-    module, version = _sdk_module(sdk_dir)
     sampler = ConditionSampler(SEED)
     cases = [sampler.case() for _ in range(n)]
-    worker = NodeWorker(_SDK_CONDITION, env={"GB_SDK": str(module)})
-    try:
-        answers = worker.ask([[attributes, condition, CONDITION_GROUPS] for attributes, condition in cases])
-    finally:
-        worker.close()
+    answers, version = _ask_sdk(
+        _SDK_CONDITION,
+        sdk_dir,
+        [[attributes, condition, CONDITION_GROUPS] for attributes, condition in cases],
+    )
     header = {
-        "generated_by": "python -m tests.experiment_router.make_js_fixtures conditions --sdk-dir DIR",
-        "sdk": f"@growthbook/growthbook {version}",
+        **_sdk_header("conditions", version),
         "seed": SEED,
         "format": "[attributes, condition, evalCondition's answer or 'throws'], saved groups as below",
         "saved_groups": CONDITION_GROUPS,
@@ -271,16 +263,10 @@ ROLLOUT_IDS = ["u2567", "u2633", "u29187", "u29345", "u11880", *(f"u{i}" for i i
 
 def write_sdk_rollouts(path: Path, sdk_dir: Path) -> int:
     """Run the SDK's evalFeature on every (rule, id) pair; rows `[rule index, id, value]`."""
-    module, version = _sdk_module(sdk_dir)
     requests = [(rule, unit) for rule in ROLLOUT_RULES for unit in ROLLOUT_IDS]
-    worker = NodeWorker(_SDK_ROLLOUT, env={"GB_SDK": str(module)})
-    try:
-        answers = worker.ask(requests)
-    finally:
-        worker.close()
+    answers, version = _ask_sdk(_SDK_ROLLOUT, sdk_dir, requests)
     header = {
-        "generated_by": "python -m tests.experiment_router.make_js_fixtures rollouts --sdk-dir DIR",
-        "sdk": f"@growthbook/growthbook {version}",
+        **_sdk_header("rollouts", version),
         "format": "[rule index, id, value of feature f (default 'off', the rule forces 'on')]",
         "rules": ROLLOUT_RULES,
     }
@@ -343,17 +329,11 @@ class ExperimentSampler:
 
 def write_sdk_experiments(path: Path, sdk_dir: Path, n: int = 1000) -> int:
     """Run the SDK's `run` on `n` sampled experiments; rows `[experiment, attributes, result]`."""
-    module, version = _sdk_module(sdk_dir)
     sampler = ExperimentSampler(SEED)
     cases = [sampler.case() for _ in range(n)]
-    worker = NodeWorker(_SDK_RUN, env={"GB_SDK": str(module)})
-    try:
-        answers = worker.ask(cases)
-    finally:
-        worker.close()
+    answers, version = _ask_sdk(_SDK_RUN, sdk_dir, cases)
     header = {
-        "generated_by": "python -m tests.experiment_router.make_js_fixtures experiments --sdk-dir DIR",
-        "sdk": f"@growthbook/growthbook {version}",
+        **_sdk_header("experiments", version),
         "seed": SEED,
         "format": "[experiment, attributes, [inExperiment, variationId, hashUsed, bucket]]",
     }
@@ -433,17 +413,11 @@ class StickySampler:
 
 def write_sdk_sticky(path: Path, sdk_dir: Path, n: int = 120) -> int:
     """Run `n` sampled sequences through the SDK with one sticky bucket service each; rows `[steps, answer]`."""
-    module, version = _sdk_module(sdk_dir)
     sampler = StickySampler(SEED)
     cases = [sampler.case() for _ in range(n)]
-    worker = NodeWorker(_SDK_STICKY, env={"GB_SDK": str(module)})
-    try:
-        answers = worker.ask([[steps] for steps in cases])
-    finally:
-        worker.close()
+    answers, version = _ask_sdk(_SDK_STICKY, sdk_dir, [[steps] for steps in cases])
     header = {
-        "generated_by": "python -m tests.experiment_router.make_js_fixtures sticky --sdk-dir DIR",
-        "sdk": f"@growthbook/growthbook {version}",
+        **_sdk_header("sticky", version),
         "seed": SEED,
         "format": "[[[features, attributes] per evaluation], [[value, source, [inExperiment, variationId, "
         "stickyBucketUsed, hashAttribute] or null] per evaluation, sticky documents at the end]]",
@@ -453,10 +427,23 @@ def write_sdk_sticky(path: Path, sdk_dir: Path, n: int = 120) -> int:
     return len(rows)
 
 
-def _sdk_module(sdk_dir: Path) -> tuple[Path, str]:
-    """The SDK's package folder under `sdk_dir` and its version."""
+def _ask_sdk(script: str, sdk_dir: Path, requests: list) -> tuple[list, str]:
+    """The SDK's answer to each request through `script`, and the SDK's version (installed under `sdk_dir`)."""
     module = sdk_dir / "node_modules" / "@growthbook" / "growthbook"
-    return module, json.loads((module / "package.json").read_text(encoding="utf-8"))["version"]
+    version = json.loads((module / "package.json").read_text(encoding="utf-8"))["version"]
+    worker = NodeWorker(script, env={"GB_SDK": str(module)})
+    try:
+        return worker.ask(requests), version
+    finally:
+        worker.close()
+
+
+def _sdk_header(mode: str, version: str) -> dict[str, str]:
+    """How a fixture was written, and from which SDK."""
+    return {
+        "generated_by": f"python -m tests.experiment_router.make_js_fixtures {mode} --sdk-dir DIR",
+        "sdk": f"@growthbook/growthbook {version}",
+    }
 
 
 WRITERS = {
