@@ -90,11 +90,11 @@ def unit_string(value: Any) -> str | None:
 
 
 def hash_identity(
-    attributes: Mapping[str, Any], attribute: str, fallback: str | None = None
+    attributes: Mapping[str, Any], attribute: str | None, fallback: str | None = None
 ) -> tuple[str, str | None]:
     """(attribute used, its value as a string or None); the fallback serves only when the first has none.
 
-    An empty attribute name means "id", as in the SDK (`attr || "id"`).
+    No attribute name (None or "") means "id", as in the SDK (`attr || "id"`).
     """
     attribute = attribute or "id"
     value = unit_string(attributes.get(attribute))
@@ -186,7 +186,7 @@ def run_experiment(exp: ExperimentSpec, ctx: EvalContext, feature_id: str | None
 
 def _filtered_out(filters: Sequence[Mapping[str, Any]], attributes: Mapping[str, Any]) -> bool:
     for flt in filters:
-        _, value = hash_identity(attributes, flt.get("attribute") or "id")
+        _, value = hash_identity(attributes, flt.get("attribute"))
         if value is None:
             return True
         # JavaScript concatenates an absent seed as "undefined"
@@ -312,7 +312,7 @@ def _in_rollout(rule: Mapping[str, Any], feature_id: str, ctx: EvalContext) -> b
     coverage = rule.get("coverage")
     if not has_range and js_strict_equal(coverage, 0):
         return False
-    _, value = hash_identity(ctx.attributes, rule.get("hashAttribute") or "id")
+    _, value = hash_identity(ctx.attributes, rule.get("hashAttribute"))
     if value is None:
         return False
     n = hash_unit(rule.get("seed") or feature_id, value, rule.get("hashVersion") or 1)

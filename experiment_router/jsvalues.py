@@ -151,7 +151,7 @@ def js_compare(a: Any, b: Any, op: Callable[[Any, Any], bool]) -> bool:
     (`null` 0, "0x10" 16, arrays by their string form); NaN on either side is false."""
     a, b = _primitive(a), _primitive(b)
     if isinstance(a, str) and isinstance(b, str):
-        return op(_utf16(a), _utf16(b))
+        return js_string_compare(a, b, op)
     x, y = js_number(a), js_number(b)
     if x != x or y != y:
         return False
