@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import chisquare
 
-from experiment_router.conformance import load_cases, run_suite
+from experiment_router.conformance import EXCLUSION_REASONS, load_cases, run_suite
 from experiment_router.errors import ConfigError
 from experiment_router.loader import repository_checker
 from experiment_router.router import Router
@@ -185,7 +185,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_conformance(args: argparse.Namespace) -> int:
     reports = run_suite(load_cases(args.cases))
     for r in reports:
-        note = f" ({r.excluded} excluded: depend on URLs/query strings)" if r.excluded else ""
+        note = f" ({r.excluded} excluded: {EXCLUSION_REASONS[r.section]})" if r.excluded else ""
         print(f"{r.section}: {r.passed} passed, {r.failed} failed{note}")
         if args.show_failures:
             for name in r.failed_names:

@@ -41,6 +41,11 @@ REQUIRED_SECTIONS = (
     "feature",
 )
 _URL_KEYS = ("url", "urlPatterns", "urlRegex")
+EXCLUSION_REASONS = {
+    "run": "depend on URLs/query strings",
+    "stickyBucket": "depend on URLs/query strings",
+    "feature": "contextual bandit rules, not implemented",
+}
 
 
 def is_excluded(section: str, case: list) -> bool:

@@ -6,7 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiment_router.conformance import REQUIRED_SECTIONS, check_case, is_excluded, run_suite
+from experiment_router.conformance import (
+    EXCLUSION_REASONS,
+    REQUIRED_SECTIONS,
+    check_case,
+    is_excluded,
+    run_suite,
+)
 
 CASES_PATH = Path(__file__).parent / "data" / "growthbook_cases.json"
 
@@ -37,6 +43,7 @@ def test_exclusion_rules_drop_exactly_the_query_string_and_contextual_bandit_cas
         "feature": [c[0] for c in gb_cases["feature"] if c[0].startswith("CB rule")],
     }
     assert len(excluded["feature"]) == EXCLUDED["feature"]
+    assert set(EXCLUSION_REASONS) >= {s for s, names in excluded.items() if names}
 
 
 def test_case(gb_case: tuple[str, list]) -> None:
@@ -65,6 +72,8 @@ def test_cli_prints_one_line_per_section_and_exits_zero() -> None:
             f"{section}: {EXPECTED_COUNTS[section] - EXCLUDED.get(section, 0)} passed, 0 failed"
             in lines[section]
         )
+    assert "(4 excluded: contextual bandit rules, not implemented)" in lines["feature"]
+    assert "(2 excluded: depend on URLs/query strings)" in lines["run"]
 
 
 def test_cli_exits_nonzero_when_a_required_case_fails(tmp_path, gb_cases: dict) -> None:
