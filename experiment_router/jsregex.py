@@ -197,8 +197,11 @@ def _char_class(pattern: str, at: int, ignore_case: bool) -> tuple[str, int]:
     atoms: list[object] = []  # code units (int), class escape letters (str), _DASH
     while pattern[i] != "]":  # Python accepted the pattern, so the class is closed
         if pattern[i] == "\\":
-            kind, payload, i = _escape(pattern, i, in_class=True)
-            atoms.extend(payload if kind == "units" else [payload])
+            _, payload, i = _escape(pattern, i, in_class=True)
+            if isinstance(payload, list):  # code units
+                atoms.extend(payload)
+            else:
+                atoms.append(payload)
         else:
             atoms.extend([_DASH] if pattern[i] == "-" else _units(pattern[i]))
             i += 1
@@ -265,11 +268,11 @@ def translate(pattern: str, ignore_case: bool = False) -> str:
         c = pattern[i]
         if c == "\\":
             kind, payload, i = _escape(pattern, i, in_class=False)
-            if kind == "units":
-                out.extend(_literal(u, ignore_case) for u in payload)  # type: ignore[union-attr]
+            if isinstance(payload, list):  # "units"
+                out.extend(_literal(u, ignore_case) for u in payload)
             else:
                 table = _CLASS_ESCAPES if kind == "class" else _ASSERTIONS
-                out.append(table[payload])  # type: ignore[index]
+                out.append(table[payload])
         elif c == "[":
             source, i = _char_class(pattern, i, ignore_case)
             out.append(source)

@@ -120,6 +120,7 @@ def load_config(
     Raises:
         ConfigError: every problem found, each naming file, experiment key, field and line.
     """
+    lines: dict[Path_, int]
     if isinstance(source, Mapping):
         file, data, lines = "<config>", source, {}
     else:

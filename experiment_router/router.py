@@ -24,6 +24,7 @@ from experiment_router.evaluation import EvalContext, ExperimentSpec, run_experi
 from experiment_router.hashing import (
     FNV_OFFSET_BASIS,
     LOW_DIGIT_UNITS,
+    BucketRange,
     bucket_ranges,
     code_units,
     decimal_high_states,
@@ -226,13 +227,12 @@ class _Compiled:
         self.holdout = holdout
         self.start = _unix(exp.start)
         self.end = _unix(exp.end)
-        if exp.variations[0].range is not None:
-            self.ranges = tuple(v.range for v in exp.variations)
-        else:
-            weights = [v.weight for v in exp.variations]
-            self.ranges = tuple(
-                bucket_ranges(len(weights), exp.coverage, None if weights[0] is None else weights)  # type: ignore[arg-type]
-            )
+        # The schema allows every variation a range (or a weight) or none of them.
+        explicit = [v.range for v in exp.variations if v.range is not None]
+        weights = [v.weight for v in exp.variations if v.weight is not None]
+        self.ranges: tuple[BucketRange, ...] = tuple(
+            explicit or bucket_ranges(len(exp.variations), exp.coverage, weights or None)
+        )
         default = defaults[exp.stage]
         payloads = [_payload(v.payload, default) for v in exp.variations]
         keys = [v.key for v in exp.variations]

@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 
 
 class ExposureSink(Protocol):
-    def send_exposures(self, exposures: list[events_pb2.Exposure]) -> None: ...
+    def send_exposures(self, exposures: list[events_pb2.Exposure]) -> object:
+        """Queue or deliver the exposures; what it returns (the Kafka producer: how many it queued) is unused."""
+        ...
 
 
 class MemorySink:

@@ -14,37 +14,56 @@ RETRIEVAL = "retrieval"
 
 
 class Payload(Protocol):
-    model_name: str
-    model_version: str
-    task_weights: Mapping[str, float]
+    # Read-only members (properties), so that frozen dataclasses such as the router's satisfy them.
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
+    @property
+    def task_weights(self) -> Mapping[str, float]: ...
 
 
 class Arm(Protocol):
-    key: str
-    payload: Payload
+    @property
+    def key(self) -> str: ...
+    @property
+    def payload(self) -> Payload: ...
 
 
 class Interleaving(Protocol):
     """Both arms of an interleaving experiment, served merged into one list by ``method``."""
 
-    method: str
-    arms: Sequence[Arm]
+    @property
+    def method(self) -> str: ...
+    @property
+    def arms(self) -> Sequence[Arm]: ...
 
 
 class Assignment(Protocol):
-    experiment_key: str
-    variant_key: str | None
-    variation_id: int
-    stage: str
-    layer: str | None
-    in_experiment: bool
-    should_log: bool
-    payload: Payload
-    interleaving: Interleaving | None  # set for a user inside an interleaving experiment
+    @property
+    def experiment_key(self) -> str: ...
+    @property
+    def variant_key(self) -> str | None: ...
+    @property
+    def variation_id(self) -> int: ...
+    @property
+    def stage(self) -> str: ...
+    @property
+    def layer(self) -> str | None: ...
+    @property
+    def in_experiment(self) -> bool: ...
+    @property
+    def should_log(self) -> bool: ...
+    @property
+    def payload(self) -> Payload: ...
+    @property
+    def interleaving(self) -> Interleaving | None:
+        """Set for a user inside an interleaving experiment."""
+        ...
 
 
 class Router(Protocol):
-    def assign(self, user_id: str, attributes: Mapping[str, str] | None = None) -> list[Assignment]:
+    def assign(self, user_id: str, attributes: Mapping[str, str] | None = None) -> Sequence[Assignment]:
         """One assignment per experiment, in a fresh list the caller may keep."""
         ...
 

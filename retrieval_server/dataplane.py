@@ -75,6 +75,8 @@ class RouterSource(Protocol):
 
 
 RETRIEVAL_STAGE = "retrieval"
+_NO_POSITIONS = np.zeros(0, np.int64)
+_NO_POSITIONS.flags.writeable = False
 
 
 def check_sizes(query: RetrieveQuery) -> None:
@@ -116,11 +118,8 @@ class RetrievalDataPlane:
                      for a in chosen)
         return payload.model_name, payload.model_version, made
 
-    def _user_vector_inputs(self, model: LoadedModel, query: RetrieveQuery) -> tuple[int | None, np.ndarray | None]:
-        """(position, None) for an indexed user, (None, neighbour positions) for one to embed on the fly."""
-        position = model.position(query.user_id)
-        if position is not None:
-            return position, None
+    def _neighbours_to_embed(self, model: LoadedModel, query: RetrieveQuery) -> np.ndarray:
+        """The neighbour positions of a user the index does not hold, whose vector is embedded on the fly."""
         width = model.store.num_features
         if len(query.user_features) == 0:
             raise InvalidInput(
@@ -136,20 +135,22 @@ class RetrievalDataPlane:
         unknown = [int(n) for n, p in zip(query.neighbor_ids, positions, strict=True) if p is None]
         if unknown:
             raise InvalidInput("neighbor_ids", f"unknown node ids {unknown[:5]} (neighbours must be indexed nodes)")
-        return None, np.asarray(positions, dtype=np.int64)
+        return np.asarray(positions, dtype=np.int64)
 
     def _search(self, model: LoadedModel, query: RetrieveQuery,
                 assignments: tuple[RouteAssignment, ...] = ()) -> RetrieveResult:
-        position, neighbours = self._user_vector_inputs(model, query)
-        if position is not None:
-            vector = model.embeddings[position]
+        position = model.position(query.user_id)
+        if position is not None:  # an indexed user: its stored vector, never itself in the answer
+            vector, own = model.embeddings[position], [position]
+            neighbours = model.store.neighbours(position) if self.exclude_neighbours else _NO_POSITIONS
         else:
-            vector = model.embed(query.user_features, neighbours, seed=zlib.crc32(query.user_id.encode()))
+            neighbours = self._neighbours_to_embed(model, query)
+            vector, own = model.embed(query.user_features, neighbours, seed=zlib.crc32(query.user_id.encode())), []
             self.metrics.on_the_fly.labels(model.name, model.version).inc()
-        exclude = [model.positions.get(int(i)) for i in query.exclude_ids]
-        exclude = [p for p in exclude if p is not None] + ([position] if position is not None else [])
+        excluded = (model.positions.get(int(i)) for i in query.exclude_ids)
+        exclude = [p for p in excluded if p is not None] + own
         if self.exclude_neighbours:
-            exclude += (model.store.neighbours(position) if position is not None else neighbours).tolist()
+            exclude += neighbours.tolist()
         found, scores = model.index.search(vector, query.k, np.asarray(exclude, dtype=np.int64))
         return RetrieveResult(query.request_id, model.store.ids[found], scores, model.key, position is None,
                               assignments)
@@ -165,7 +166,8 @@ class RetrievalDataPlane:
         if not query.user_id:
             raise InvalidInput("user_id", "must not be empty")
         check_sizes(query)
-        name, version, assignments = query.model_name, query.model_version, ()
+        name, version = query.model_name, query.model_version
+        assignments: tuple[RouteAssignment, ...] = ()
         if not name and self._router_source is not None:
             name, version, assignments = self._route(query)
         model = self.repository.get(name, version)  # resolved once per request

@@ -98,7 +98,7 @@ class EgoFacebookWorld:
         for index in range(len(EGO_IDS), 0, -1):  # descending, so the first ego a user knows wins
             ego = EGO_IDS[index - 1] + 1
             group[np.append(self.friends(ego), ego)] = index
-        for user in np.flatnonzero(group[1:] == 0) + 1:
+        for user in (np.flatnonzero(group[1:] == 0) + 1).tolist():
             known = group[self.friends(user)]
             known = known[known > 0]
             if len(known):

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 class GroundTruth(Protocol):
     """What the simulator needs to know about the world."""
 
-    n_items: int
+    @property
+    def n_items(self) -> int: ...
 
     def user_features(self, user: int) -> tuple[list[int], list[float]]:
         """User-side sparse ids and dense values, in the ranking model's column order."""

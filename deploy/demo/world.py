@@ -24,9 +24,21 @@ from models.graph.datasets import Graph, canonical_edges
 class DemoWorld(GroundTruth, Protocol):
     """What the demo trains on and simulates: ranking impressions, a friendship graph, the users to simulate."""
 
-    retrieval_dataset: dict[str, str]  # how the retrieval manifests name the data (dataset, data_path)
-    retrieval_model: dict[str, Any]  # SSMTL config overrides sized for the world
-    exclude_friends: bool  # run retrieval with --exclude-neighbors
+    # Read-only (properties): the worlds set these as class or instance attributes.
+    @property
+    def retrieval_dataset(self) -> dict[str, str]:
+        """How the retrieval manifests name the data (dataset, data_path)."""
+        ...
+
+    @property
+    def retrieval_model(self) -> dict[str, Any]:
+        """SSMTL config overrides sized for the world."""
+        ...
+
+    @property
+    def exclude_friends(self) -> bool:
+        """Run retrieval with --exclude-neighbors."""
+        ...
 
     def sample(self, n: int, seed: int = 0, embedding_dim: int = 8) -> TabularData: ...
 
