@@ -84,7 +84,7 @@ class MultiTaskModel(nn.Module):
         tables = [m.l2() for m in self.modules() if isinstance(m, FeatureEmbedding)]
         return self.embedding_l2 * sum(tables, zero)
 
-    def for_export(self) -> nn.Module:
+    def for_export(self) -> MultiTaskModel:
         """The module to export to ONNX (a model that trains with masks or schedules may fold them first)."""
         return self
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from models.base import Batch, MultiTaskModel, build_config
 from models.baselines import BACKBONES
-from models.layers import FeatureSpec, TaskSpec
+from models.layers import FeatureSpec, TaskSpec, Tower, typed_modules
 from models.registry import register_model
 
 
@@ -95,16 +95,17 @@ class GKD(nn.Module):
         )
         self.weights = nn.ModuleList(nn.Linear(d_hidden + d_knowledge, d_knowledge) for _ in range(n_tasks))
         d_final = d_knowledge + d_hidden if residual else d_knowledge
-        self.out = nn.ModuleList(nn.Linear(d_final, 1, bias=False) for _ in range(n_tasks))
+        out = [nn.Linear(d_final, 1, bias=False) for _ in range(n_tasks)]
         if zero_init:
-            for out in self.out:
-                nn.init.zeros_(out.weight)
+            for layer in out:
+                nn.init.zeros_(layer.weight)
+        self.out = nn.ModuleList(out)
         self.stop_gradient = stop_gradient
         self.residual = residual
 
     def l2(self) -> Tensor:
         """Sum of squares of every weight matrix (biases excluded)."""
-        zero = torch.zeros((), device=self.out[0].weight.device)
+        zero = torch.zeros((), device=typed_modules(self.out, nn.Linear)[0].weight.device)
         return sum((m.weight.pow(2).sum() for m in self.modules() if isinstance(m, nn.Linear)), zero)
 
     def forward(self, hidden: Sequence[Tensor]) -> Tensor:
@@ -129,8 +130,9 @@ class DML(MultiTaskModel):
         super().__init__(backbone.feature_spec, backbone.tasks, backbone.embedding_l2)
         self.backbone = backbone
         self.config = config
-        d_in = backbone.towers[0].d_in
-        d_hidden = backbone.towers[0].d_hidden
+        towers = typed_modules(backbone.towers, Tower)
+        d_in = towers[0].d_in
+        d_hidden = towers[0].d_hidden
         self.ctfm = (
             CTFM(self.n_tasks, d_in, config.dml_dropout, config.ctfm_stop_gradient)
             if config.use_ctfm
@@ -155,13 +157,13 @@ class DML(MultiTaskModel):
         return self.ctfm(tower_inputs) if self.ctfm is not None else tower_inputs
 
     def tower_hidden(self, tower_inputs: Tensor) -> list[Tensor]:
-        return [tower.hidden(tower_inputs[:, t]) for t, tower in enumerate(self.backbone.towers)]
+        towers = typed_modules(self.backbone.towers, Tower)
+        return [tower.hidden(tower_inputs[:, t]) for t, tower in enumerate(towers)]
 
     def task_towers(self, tower_inputs: Tensor) -> Tensor:
         hidden = self.tower_hidden(tower_inputs)
-        logits = torch.stack(
-            [tower.head(h) for tower, h in zip(self.backbone.towers, hidden, strict=True)], dim=1
-        )
+        towers = typed_modules(self.backbone.towers, Tower)
+        logits = torch.stack([tower.head(h) for tower, h in zip(towers, hidden, strict=True)], dim=1)
         return logits + self.gkd(hidden) if self.gkd is not None else logits
 
     def auxiliary_loss(self) -> Tensor:
@@ -195,6 +197,8 @@ def _dml_builder(backbone: str, variant: Mapping[str, bool]) -> Any:
         backbone_overrides = {k: v for k, v in overrides.items() if k not in _DML_KEYS}
         dml_config = build_config(DMLConfig, preset, {**variant, **dml_overrides})
         net = model_cls(features, tasks, build_config(config_cls, preset, backbone_overrides))
+        if not isinstance(net, MultiTaskModel):  # BACKBONES holds classes of the zoo's forward contract
+            raise TypeError(f"DML backbone {backbone!r} is a {type(net).__name__}, not a MultiTaskModel")
         return DML(net, dml_config)
 
     builder.__doc__ = f"{backbone} with DML variant {dict(variant) or 'CTFM + GKD'}"

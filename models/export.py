@@ -111,9 +111,11 @@ def export_package(
     try:
         model = model.eval().cpu().for_export().eval()
         export_onnx(model, staging / ONNX_FILE, dynamo=dynamo)
-        np.savez(staging / GOLDEN_FILE, **golden_io(model))
+        # allow_pickle is numpy's default, named so that no array name can stand in for it
+        np.savez(staging / GOLDEN_FILE, allow_pickle=True, **golden_io(model))
         if item_features is not None:
-            np.savez(staging / ITEM_FEATURES_FILE, **{k: np.asarray(v) for k, v in item_features.items()})
+            arrays = {k: np.asarray(v) for k, v in item_features.items()}
+            np.savez(staging / ITEM_FEATURES_FILE, allow_pickle=True, **arrays)
         spec = model.feature_spec
         features = dict(features) if features is not None else default_features(model)
         export_factored(model, staging, SideLayout.from_features(features), OPSET)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from models.base import MultiTaskModel
 from models.errors import PackageError
-from models.layers import FeatureEmbedding
+from models.layers import FeatureEmbedding, typed_modules
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ class _SidePart(nn.Module):
 
     def forward(self, sparse: Tensor, dense: Tensor) -> list[Tensor]:
         # ``dense`` even when it has no columns: a graph input that nothing reads would be dropped by the exporter
-        xs = [embedding.embed(sparse, dense, self.sparse_columns) for embedding in self.embeddings]
+        embeddings = typed_modules(self.embeddings, FeatureEmbedding)
+        xs = [embedding.embed(sparse, dense, self.sparse_columns) for embedding in embeddings]
         return [xs[source] @ weight for source, weight in zip(self.sources, self.weights, strict=True)]
 
 

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from models.base import Batch, ModelConfigError, MultiTaskModel, build_config
-from models.layers import Expert, FeatureEmbedding, FeatureSpec, TaskSpec, Tower
+from models.layers import Expert, FeatureEmbedding, FeatureSpec, TaskSpec, Tower, typed_modules
 from models.registry import register_model
 
 RoutingMode = Literal["token", "sentence", "task", "task_sentence"]
@@ -321,7 +321,8 @@ class GRec(MultiTaskModel):
         if not self.aux_columns:
             return main
         aux = []
-        for column, table in zip(self.aux_columns, self.aux_task_embeddings, strict=True):
+        tables = typed_modules(self.aux_task_embeddings, nn.Embedding)
+        for column, table in zip(self.aux_columns, tables, strict=True):
             idx = sparse[:, column]
             aux.append(
                 table(torch.where((idx >= 0) & (idx < table.num_embeddings), idx, torch.zeros_like(idx)))

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 TaskType = Literal["binary", "regression"]
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -97,6 +98,19 @@ def coerce_tasks(tasks: Sequence[TaskSpec | Mapping[str, Any]]) -> tuple[TaskSpe
     return specs
 
 
+def typed_modules(modules: nn.ModuleList, kind: type[ModuleT]) -> list[ModuleT]:
+    """The members of ``modules`` as ``kind`` (nn.ModuleList is not generic: the checker sees plain Modules).
+
+    Raises TypeError on a member of another class, which would fail on its first attribute access anyway.
+    """
+    members: list[ModuleT] = []
+    for module in modules:
+        if not isinstance(module, kind):
+            raise TypeError(f"expected {kind.__name__} modules, found {type(module).__name__}")
+        members.append(module)
+    return members
+
+
 def activation(name: str) -> nn.Module:
     try:
         return _ACTIVATIONS[name]()
@@ -114,9 +128,10 @@ class FeatureEmbedding(nn.Module):
     def __init__(self, spec: FeatureSpec, init_std: float = 0.01) -> None:
         super().__init__()
         self.spec = spec
-        self.tables = nn.ModuleList(nn.Embedding(v, spec.embedding_dim) for v in spec.sparse_vocab_sizes)
-        for table in self.tables:
+        tables = [nn.Embedding(v, spec.embedding_dim) for v in spec.sparse_vocab_sizes]
+        for table in tables:
             nn.init.normal_(table.weight, std=init_std)
+        self.tables = nn.ModuleList(tables)
 
     @property
     def d_out(self) -> int:
@@ -129,9 +144,10 @@ class FeatureEmbedding(nn.Module):
         """The embeddings of the sparse columns ``columns`` (``sparse`` holds those only), then ``dense`` unless
         None: a part of the features, as Rank's factored graphs embed the user's columns and the items' apart
         (models.factored)."""
+        tables = typed_modules(self.tables, nn.Embedding)
         parts = []
         for j, i in enumerate(columns):
-            table = self.tables[i]
+            table = tables[i]
             idx = sparse[:, j]
             idx = torch.where((idx >= 0) & (idx < table.num_embeddings), idx, torch.zeros_like(idx))
             parts.append(table(idx))
@@ -141,10 +157,12 @@ class FeatureEmbedding(nn.Module):
 
     def l2(self) -> Tensor:
         """Sum of squares of every table (the L2 term the DML reference code puts on embeddings only)."""
-        return sum((t.weight.pow(2).sum() for t in self.tables), torch.zeros((), device=self._device()))
+        zero = torch.zeros((), device=self._device())
+        return sum((t.weight.pow(2).sum() for t in typed_modules(self.tables, nn.Embedding)), zero)
 
     def _device(self) -> torch.device:
-        return self.tables[0].weight.device if len(self.tables) else torch.device("cpu")
+        tables = typed_modules(self.tables, nn.Embedding)
+        return tables[0].weight.device if tables else torch.device("cpu")
 
 
 class MLP(nn.Module):

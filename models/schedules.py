@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from models.base import task_losses
+from models.base import MultiTaskModel, task_losses
 
 
 class Optimizer(Protocol):
@@ -56,7 +56,7 @@ class TrainingHooks(Protocol):
     def selection_ready(self) -> bool: ...
 
 
-def default_training_loss(model: nn.Module, batch: Mapping[str, Tensor], labels: Tensor) -> Tensor:
+def default_training_loss(model: MultiTaskModel, batch: Mapping[str, Tensor], labels: Tensor) -> Tensor:
     """The zoo's plain objective: the sum of the per-task losses plus the model's auxiliary loss."""
     outputs = model(batch)
     return task_losses(outputs, labels, model.tasks).sum() + model.auxiliary_loss()
@@ -69,7 +69,7 @@ def make_optimizer(model: nn.Module, lr: float) -> Optimizer:
     return hook(lr) if hook is not None else torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def training_loss(model: nn.Module, batch: Mapping[str, Tensor], labels: Tensor, step: int) -> Tensor:
+def training_loss(model: MultiTaskModel, batch: Mapping[str, Tensor], labels: Tensor, step: int) -> Tensor:
     """Loss of one optimizer step ``step`` (0-based): the model's own ``training_loss`` if it has one."""
     hook = getattr(model, "training_loss", None)
     return hook(batch, labels, step) if hook is not None else default_training_loss(model, batch, labels)

@@ -74,6 +74,10 @@ def _theta0_name(parameter: str) -> str:
 class MaskedSharingModel(MultiTaskModel):
     """Shared MLP with per-task masks, parallel training; CSRec subclasses it and changes ``objective``."""
 
+    # buffers [T]: pruning rounds each task's mask went through, and whether it is fixed for good
+    prune_rounds: Tensor
+    mask_final: Tensor
+
     def __init__(
         self,
         features: FeatureSpec | Mapping[str, Any],
@@ -268,7 +272,7 @@ class MaskedSharingModel(MultiTaskModel):
         """A plain model with ``M_t ⊙ Θ`` written into T dense MLPs: same outputs, no mask ops in the graph."""
         return FoldedMaskedModel(self)
 
-    def for_export(self) -> nn.Module:
+    def for_export(self) -> FoldedMaskedModel:
         return self.fold_masks()
 
 
@@ -280,11 +284,10 @@ class FoldedMaskedModel(MultiTaskModel):
         cfg = source.config
         self.embedding = FeatureEmbedding(self.feature_spec)
         self.embedding.load_state_dict(source.embedding.state_dict())
-        self.subnets = nn.ModuleList(
-            MLP(self.feature_spec.d_in, cfg.hidden_dims, "relu", cfg.dropout) for _ in self.tasks
-        )
+        subnets = [MLP(self.feature_spec.d_in, cfg.hidden_dims, "relu", cfg.dropout) for _ in self.tasks]
+        self.subnets = nn.ModuleList(subnets)
         with torch.no_grad():
-            for t, subnet in enumerate(self.subnets):
+            for t, subnet in enumerate(subnets):
                 linears = [m for m in subnet.net if isinstance(m, nn.Linear)]
                 for linear, src, mask in zip(linears, source.linears, source.masks(t), strict=True):
                     linear.weight.copy_(src.weight * mask)

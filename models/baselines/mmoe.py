@@ -37,12 +37,13 @@ class MMoE(MultiTaskModel):
         self.config = config
         self.embedding = FeatureEmbedding(self.feature_spec)
         d_in = self.feature_spec.d_in
-        self.experts = nn.ModuleList(
+        experts = [
             Expert(d_in, config.expert_dims, config.activation, config.dropout)
             for _ in range(config.n_experts)
-        )
+        ]
+        self.experts = nn.ModuleList(experts)
         self.gates = nn.ModuleList(Gate(d_in, config.n_experts) for _ in self.tasks)
-        self.build_towers(self.experts[0].d_out, config.tower_dims, config.dropout, config.activation)
+        self.build_towers(experts[0].d_out, config.tower_dims, config.dropout, config.activation)
 
     def shared_representation(self, batch: Batch) -> Tensor:
         x = self.embedding(batch["sparse"], batch["dense"])

@@ -66,6 +66,8 @@ class HardConcreteGates(nn.Module):
 class MSSM(MultiTaskModel):
     """Experts on the embeddings; task slot t = sum over its experts e of gate[t, e] * W[t, e] expert_e."""
 
+    routing: Tensor  # buffer [T, E_t]: the expert indices task slot t reads
+
     def __init__(
         self,
         features: FeatureSpec | Mapping[str, Any],
@@ -77,10 +79,11 @@ class MSSM(MultiTaskModel):
         self.embedding = FeatureEmbedding(self.feature_spec)
         d_in = self.feature_spec.d_in
         n_specific = self.n_tasks * config.n_specific_experts
-        self.experts = nn.ModuleList(
+        experts = [
             Expert(d_in, config.expert_dims, config.activation, config.dropout)
             for _ in range(n_specific + config.n_shared_experts)
-        )
+        ]
+        self.experts = nn.ModuleList(experts)
         # slot t reads its own specific experts, then every shared expert
         own = [
             range(t * config.n_specific_experts, (t + 1) * config.n_specific_experts)
@@ -91,7 +94,7 @@ class MSSM(MultiTaskModel):
             "routing", torch.tensor([[*o, *shared] for o in own], dtype=torch.long), persistent=False
         )
         n_inputs = config.n_specific_experts + config.n_shared_experts
-        d = self.experts[0].d_out
+        d = experts[0].d_out
         self.gates = HardConcreteGates(self.n_tasks, n_inputs, d, config)
         # W[t, e]: bias-free d x d transform of slot t's e-th input ("trans" mode), Linear's init
         bound = 1.0 / math.sqrt(d)

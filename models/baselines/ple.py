@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from models.base import Batch, MultiTaskModel
 from models.baselines.config import BackboneConfig
-from models.layers import Expert, FeatureEmbedding, FeatureSpec, Gate, TaskSpec
+from models.layers import Expert, FeatureEmbedding, FeatureSpec, Gate, TaskSpec, typed_modules
 
 
 @dataclass(frozen=True)
@@ -32,22 +32,24 @@ class _ExtractionLevel(nn.Module):
     def __init__(self, d_in: int, n_tasks: int, config: PLEConfig, update_shared: bool) -> None:
         super().__init__()
 
-        def experts(n: int) -> nn.ModuleList:
-            return nn.ModuleList(
-                Expert(d_in, config.expert_dims, config.activation, config.dropout) for _ in range(n)
-            )
+        def experts(n: int) -> list[Expert]:
+            return [Expert(d_in, config.expert_dims, config.activation, config.dropout) for _ in range(n)]
 
-        self.specific = nn.ModuleList(experts(config.n_specific_experts) for _ in range(n_tasks))
-        self.shared = experts(config.n_shared_experts)
+        self.specific = nn.ModuleList(
+            nn.ModuleList(experts(config.n_specific_experts)) for _ in range(n_tasks)
+        )
+        shared = experts(config.n_shared_experts)
+        self.shared = nn.ModuleList(shared)
         n_task_inputs = config.n_specific_experts + config.n_shared_experts
         self.task_gates = nn.ModuleList(Gate(d_in, n_task_inputs) for _ in range(n_tasks))
         n_all = n_tasks * config.n_specific_experts + config.n_shared_experts
         self.shared_gate = Gate(d_in, n_all) if update_shared else None
-        self.d_out = self.shared[0].d_out
+        self.d_out = shared[0].d_out
 
     def forward(self, task_inputs: list[Tensor], shared_input: Tensor) -> tuple[list[Tensor], Tensor | None]:
         shared_out = [e(shared_input) for e in self.shared]
-        specific_out = [[e(x) for e in group] for group, x in zip(self.specific, task_inputs, strict=True)]
+        groups = typed_modules(self.specific, nn.ModuleList)
+        specific_out = [[e(x) for e in group] for group, x in zip(groups, task_inputs, strict=True)]
         task_outputs = [
             gate(x, torch.stack(own + shared_out, dim=1))
             for gate, x, own in zip(self.task_gates, task_inputs, specific_out, strict=True)

@@ -30,10 +30,9 @@ class SingleTask(MultiTaskModel):
         self.config = config
         self.embeddings = nn.ModuleList(FeatureEmbedding(self.feature_spec) for _ in self.tasks)
         d_in = self.feature_spec.d_in
-        self.bottoms = nn.ModuleList(
-            MLP(d_in, config.expert_dims, config.activation, config.dropout) for _ in self.tasks
-        )
-        self.build_towers(self.bottoms[0].d_out, config.tower_dims, config.dropout, config.activation)
+        bottoms = [MLP(d_in, config.expert_dims, config.activation, config.dropout) for _ in self.tasks]
+        self.bottoms = nn.ModuleList(bottoms)
+        self.build_towers(bottoms[0].d_out, config.tower_dims, config.dropout, config.activation)
 
     def shared_representation(self, batch: Batch) -> Tensor:
         return torch.stack(

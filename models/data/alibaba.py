@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.data.dataset import Splits, TabularData, build_tabular
+from models.data.dataset import Side, Splits, TabularData, build_tabular
 from models.data.download import RemoteFile, fetch
 from models.errors import DataError
 from models.layers import TaskSpec
@@ -76,7 +76,7 @@ def load_ali_ccp(path: Path | str, embedding_dim: int = 8) -> Splits:
     """The three Ali-CCP sample files of a directory, as their own train/val/test."""
     frames = _read(Path(path), ALI_CCP_FILES)
     frame = pd.concat(frames.values(), ignore_index=True)
-    sparse = [(c, "user") for c in _CCP_USER] + [(c, "item") for c in _CCP_ITEM]
+    sparse: list[tuple[str, Side]] = [(c, "user") for c in _CCP_USER] + [(c, "item") for c in _CCP_ITEM]
     data = build_tabular(
         frame,
         sparse=sparse,

@@ -126,6 +126,13 @@ class Splits:
         )
 
 
+def user_then_item(n_user: int, n_item: int) -> tuple[Side, ...]:
+    """The sides of ``n_user`` user-side columns followed by ``n_item`` item-side ones (TabularData's order)."""
+    user: tuple[Side, ...] = ("user",)
+    item: tuple[Side, ...] = ("item",)
+    return user * n_user + item * n_item
+
+
 def encode_categories(values: pd.Series) -> tuple[np.ndarray, int]:
     """Map each distinct value to 1..K (sorted for determinism), missing values to 0; returns ids, K + 1."""
     codes, uniques = pd.factorize(values, sort=True)

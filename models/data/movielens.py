@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.data.dataset import Splits, TabularData, build_tabular
+from models.data.dataset import Side, Splits, TabularData, build_tabular
 from models.data.download import RemoteFile, fetch
 from models.errors import DataError
 from models.layers import TaskSpec
@@ -45,14 +45,14 @@ ML_1M_GENRES = (
     "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
 ML_100K_GENRES = ("unknown",) + ML_1M_GENRES
-_USER_SPARSE = [
+_USER_SPARSE: list[tuple[str, Side]] = [
     ("user_id", "user"),
     ("gender", "user"),
     ("age", "user"),
     ("occupation", "user"),
     ("zip", "user"),
 ]
-_ITEM_SPARSE = [("item_id", "item"), ("year", "item"), ("genre", "item")]
+_ITEM_SPARSE: list[tuple[str, Side]] = [("item_id", "item"), ("year", "item"), ("genre", "item")]
 
 
 def _read_table(path: Path, sep: str, names: list[str], encoding: str = "latin-1") -> pd.DataFrame:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.data.dataset import TabularData
+from models.data.dataset import TabularData, user_then_item
 from models.layers import FeatureSpec, TaskSpec
 
 FLOWS = ("AAL", "EUP", "NSE")
@@ -136,7 +136,7 @@ class MultiFlowWorld:
             sparse=sparse,
             dense=dense,
             labels=labels.astype(np.float32),
-            sparse_sides=("user",) * (1 + len(USER_COLUMNS)) + ("item",) * len(ITEM_COLUMNS),
+            sparse_sides=user_then_item(1 + len(USER_COLUMNS), len(ITEM_COLUMNS)),
             dense_sides=("user", "user", "item", "item"),
             item_id_column="item_id",
         )

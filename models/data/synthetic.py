@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.data.dataset import TabularData
+from models.data.dataset import Side, TabularData, user_then_item
 from models.layers import FeatureSpec, TaskSpec
 
 TASKS = (TaskSpec("click", "binary"), TaskSpec("rating", "regression"))
 SPARSE_COLUMNS = ("user_id", "user_group", "item_id", "item_category")
-SPARSE_SIDES = ("user", "user", "item", "item")
+SPARSE_SIDES: tuple[Side, ...] = ("user", "user", "item", "item")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,6 @@ class SyntheticWorld:
             dense=dense,
             labels=np.stack([click, rating], axis=1).astype(np.float32),
             sparse_sides=SPARSE_SIDES,
-            dense_sides=("user",) * c.n_user_dense + ("item",) * c.n_item_dense,
+            dense_sides=user_then_item(c.n_user_dense, c.n_item_dense),
             item_id_column="item_id",
         )

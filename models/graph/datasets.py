@@ -211,7 +211,7 @@ def synthetic_graph(
     num_edges = int(num_nodes * mean_degree / 2)
     u = rng.choice(num_nodes, size=num_edges * 2, p=activity / activity.sum())
     v = np.empty_like(u)
-    within = rng.random(u.shape[0]) < p_within
+    within = rng.random(len(u)) < p_within
     members = [np.flatnonzero(community == c) for c in range(num_communities)]
     for c in range(num_communities):
         pick = within & (community[u] == c)

@@ -101,7 +101,8 @@ def write_package(
     export_onnx(result.model, package / "model.onnx", golden)
     with torch.no_grad():
         golden["embedding"] = result.model({k: torch.from_numpy(v) for k, v in golden.items()}).numpy()
-    np.savez(package / "golden.npz", **golden)
+    # allow_pickle is numpy's default, named so that no array name can stand in for it
+    np.savez(package / "golden.npz", allow_pickle=True, **golden)
     np.savez_compressed(
         package / "index" / "graph.npz",
         ids=result.graph.node_ids.astype(np.int64),

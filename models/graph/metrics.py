@@ -39,7 +39,7 @@ def per_user_metrics(
     heldout = adjacency_sets(num_nodes, heldout_edges)
     users = np.array([u for u in range(num_nodes) if len(heldout[u])], dtype=np.int64)
     top_k = max(max(ks), ndcg_k)
-    out: dict[str, list[float]] = {f"recall@{k}": [] for k in ks} | {"mrr": [], f"ndcg@{ndcg_k}": []}
+    out: dict[str, list[float]] = {**{f"recall@{k}": [] for k in ks}, "mrr": [], f"ndcg@{ndcg_k}": []}
     discounts = 1.0 / np.log2(np.arange(2, top_k + 2))
     for start in range(0, len(users), chunk):
         batch = users[start : start + chunk]
