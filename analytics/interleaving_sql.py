@@ -83,8 +83,8 @@ ARM_COLUMNS = ("arm_a_key", "arm_a_model", "arm_a_version", "arm_b_key", "arm_b_
 class InterleavingRelations:
     """Where the interleaving events are, as relations usable in FROM (tables, table functions or selects)."""
 
-    interleaved: exp.Expression
-    item_outcomes: exp.Expression
+    interleaved: exp.Expr
+    item_outcomes: exp.Expr
 
 
 def _of_experiment(relations: InterleavingRelations, experiment_key: str) -> exp.Select:
@@ -182,7 +182,7 @@ def _state(cuts: Sequence[int | None]) -> exp.Select:
         exp.select("user_id", "team", "at", copy=False).from_("credits"), entries, distinct=False
     )
 
-    def credits_of(team: int) -> exp.Expression:  # signed: ClickHouse sums into UInt64, and d = b - a
+    def credits_of(team: int) -> exp.Expr:  # signed: ClickHouse sums into UInt64, and d = b - a
         count = _sum_if(exp.EQ(this=_col("team"), expression=_lit(team)), _lit(1))
         return exp.Cast(this=count, to=exp.DataType.build("bigint"))
 

@@ -496,8 +496,7 @@ def build_report(
     metrics = analyse_metrics(config, definitions, per_cut[-1], control)
     timeline = _timeline(config, definitions, control, cuts, per_cut) if cuts and control is not None else []
     interleaving = interleaving_report(store, config, experiment_key, arms, cuts) if arms else None
-    if total == 0:
-        start_ms = end_ms = bucket_ms = None
+    empty = total == 0  # no users: no time range, no traffic buckets
     return ExperimentReport(
         experiment_key=experiment_key,
         status=config.experiment(experiment_key).status,
@@ -508,14 +507,14 @@ def build_report(
         difference_type=config.difference_type,
         sequential=config.sequential,
         sequential_tuning_parameter=config.sequential_tuning_parameter,
-        start_ms=start_ms,
-        end_ms=end_ms,
+        start_ms=None if empty else start_ms,
+        end_ms=None if empty else end_ms,
         total_users=total,
         variants=variants,
         srm=srm,
         metrics=metrics,
         timeline=timeline,
-        traffic_bucket_ms=bucket_ms,
+        traffic_bucket_ms=None if empty else bucket_ms,
         traffic=traffic,
         kind="interleaving" if arms else "ab",
         interleaving=interleaving,

@@ -262,6 +262,8 @@ class AnalyticsServer:
     @property
     def url(self) -> str:
         host = self._httpd.server_address[0]
+        if not isinstance(host, str):  # getsockname() gives an AF_INET host as str (bytes go only into bind)
+            raise TypeError(f"unexpected server address {self._httpd.server_address!r}")
         return f"http://{host}:{self.port}"
 
     def start(self) -> None:

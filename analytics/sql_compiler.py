@@ -55,11 +55,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from sqlglot import exp
 from sqlglot.dialects.clickhouse import ClickHouse
 from sqlglot.dialects.duckdb import DuckDB
+from sqlglot.generators.clickhouse import ClickHouseGenerator
+from sqlglot.generators.duckdb import DuckDBGenerator
 
 from analytics.metrics import MetricDefinition
 from analytics.stats.models.statistics import CupedMean, Proportion, Ratio, SampleMean, TestStatistic
@@ -76,9 +79,10 @@ class ExactQuantile(exp.Expression, exp.AggFunc):
 class DuckDBDialect(DuckDB):
     """DuckDB: ``quantile_cont``."""
 
-    class Generator(DuckDB.Generator):
+    # the class ``DuckDB.Generator`` names (a type checker reads that alias as a variable, not as a base class)
+    class Generator(DuckDBGenerator):
         TRANSFORMS = {
-            **DuckDB.Generator.TRANSFORMS,
+            **DuckDBGenerator.TRANSFORMS,
             ExactQuantile: lambda self, e: self.func("quantile_cont", e.this, e.args["quantile"]),
         }
 
@@ -86,9 +90,9 @@ class DuckDBDialect(DuckDB):
 class ClickHouseDialect(ClickHouse):
     """ClickHouse: ``quantileExactInclusive`` (numpy's linear method), ``intDiv``."""
 
-    class Generator(ClickHouse.Generator):
+    class Generator(ClickHouseGenerator):  # the class ``ClickHouse.Generator`` names (see DuckDBDialect)
         TRANSFORMS = {
-            **ClickHouse.Generator.TRANSFORMS,
+            **ClickHouseGenerator.TRANSFORMS,
             ExactQuantile: lambda self, e: (
                 f"quantileExactInclusive({self.sql(e, 'quantile')})({self.sql(e, 'this')})"
             ),
@@ -105,7 +109,7 @@ DIALECTS: dict[str, type[DuckDB] | type[ClickHouse]] = {
 # ---------------------------------------------------------------- small builders
 
 
-def _lit(value: Any) -> exp.Expression:
+def _lit(value: Any) -> exp.Expr:
     if isinstance(value, str):
         return exp.Literal.string(value)
     return exp.Literal.number(value)
@@ -115,16 +119,16 @@ def _col(name: str, table: str | None = None) -> exp.Column:
     return exp.column(name, table=table)
 
 
-def _case(condition: exp.Expression, then: exp.Expression, otherwise: exp.Expression | None) -> exp.Case:
+def _case(condition: exp.Expr, then: exp.Expr, otherwise: exp.Expr | None) -> exp.Case:
     case = exp.case().when(condition, then)
     return case.else_(otherwise) if otherwise is not None else case
 
 
-def _sum_if(condition: exp.Expression, value: exp.Expression) -> exp.Sum:
+def _sum_if(condition: exp.Expr, value: exp.Expr) -> exp.Sum:
     return exp.Sum(this=_case(condition, value, _lit(0)))
 
 
-def _first_cut_at_or_after(column: exp.Expression, cuts: Sequence[int | None]) -> exp.Expression:
+def _first_cut_at_or_after(column: exp.Expr, cuts: Sequence[int | None]) -> exp.Expr:
     """Index of the first cut ``c`` with ``column <= c`` (None = no bound); ``len(cuts)`` when there is none."""
     bounded = [c for c in cuts if c is not None]
     beyond = len(bounded) if len(bounded) == len(cuts) else len(cuts) - 1
@@ -136,32 +140,32 @@ def _first_cut_at_or_after(column: exp.Expression, cuts: Sequence[int | None]) -
     return case.else_(_lit(beyond))
 
 
-def _and(*conditions: exp.Expression) -> exp.Expression:
+def _and(*conditions: exp.Expr) -> exp.Expr:
     return exp.and_(*conditions, copy=False)
 
 
-def _or(*conditions: exp.Expression) -> exp.Expression:
+def _or(*conditions: exp.Expr) -> exp.Expr:
     return exp.or_(*conditions, copy=False)
 
 
-def _least(values: Sequence[exp.Expression]) -> exp.Expression:
+def _least(values: Sequence[exp.Expr]) -> exp.Expr:
     """The smallest of ``values`` (none of them NULL)."""
     first, *rest = values
     return exp.Least(this=first, expressions=rest, ignore_nulls=True) if rest else first
 
 
-def _greatest(values: Sequence[exp.Expression]) -> exp.Expression:
+def _greatest(values: Sequence[exp.Expr]) -> exp.Expr:
     """The largest of ``values`` (none of them NULL)."""
     first, *rest = values
     return exp.Greatest(this=first, expressions=rest, ignore_nulls=True) if rest else first
 
 
-def _bigint(value: int) -> exp.Expression:
+def _bigint(value: int) -> exp.Expr:
     """An integer literal typed as a 64-bit integer in every engine (ClickHouse would read a large one unsigned)."""
     return exp.Cast(this=_lit(value), to=exp.DataType.build("bigint"))
 
 
-def _over(function: exp.Expression, partition: Sequence[exp.Expression], order: exp.Expression | None = None,
+def _over(function: exp.Expr, partition: Sequence[exp.Expr], order: exp.Expr | None = None,
           running: bool = False) -> exp.Window:  # fmt: skip
     """``function OVER (PARTITION BY partition [ORDER BY order [ROWS UNBOUNDED PRECEDING .. CURRENT ROW]])``."""
     spec = None
@@ -207,10 +211,10 @@ class RolledPart:
     outcome names the rollup does not list.
     """
 
-    exposures: exp.Expression
-    outcomes: exp.Expression
-    first_exposures: exp.Expression
-    outcome_rollup: exp.Expression
+    exposures: exp.Expr
+    outcomes: exp.Expr
+    first_exposures: exp.Expr
+    outcome_rollup: exp.Expr
     metrics: tuple[str, ...]
     bucket_ms: int
 
@@ -226,9 +230,9 @@ class Relations:
     exposures that are not in a rolled part (None: there are none).
     """
 
-    exposures: exp.Expression | None
-    outcomes_unique: exp.Expression | None = None
-    outcomes_raw: exp.Expression | None = None
+    exposures: exp.Expr | None
+    outcomes_unique: exp.Expr | None = None
+    outcomes_raw: exp.Expr | None = None
     user_key: str = "user_id"
     """The column users are grouped and joined by: ``user_id``, or an integer hash of it in both relations
     (much faster to join than text). With a hash key, ``user_check`` is a second, independent hash of the id in
@@ -251,7 +255,7 @@ class Relations:
         unique = [r.outcomes for r in self.rollups]
         unique += [self.outcomes_unique] if self.outcomes_unique is not None else []
 
-        def union(relations: list[exp.Expression], columns: Sequence[str]) -> exp.Expression | None:
+        def union(relations: list[exp.Expr], columns: Sequence[str]) -> exp.Expr | None:
             if len(relations) <= 1:
                 return relations[0] if relations else None
             return _union_all([exp.select(*columns).from_(_from(r)) for r in relations])
@@ -267,7 +271,7 @@ class KeyClash(RuntimeError):
     """Two different user ids share a hash key in this query: rerun it with ``Relations.by_user_id()``."""
 
 
-def _from(relation: exp.Expression, alias: str | None = None) -> exp.Expression:
+def _from(relation: exp.Expr, alias: str | None = None) -> exp.Expr:
     relation = relation.copy()
     if isinstance(relation, exp.Query):
         return relation.subquery(alias)
@@ -368,7 +372,7 @@ def _earliest_per_user(sources: Sequence[exp.Select], outputs: dict[str, str]) -
 
 
 def _first_exposure_source(
-    relation: exp.Expression, columns: Sequence[str], names: Sequence[str], where: exp.Expression
+    relation: exp.Expr, columns: Sequence[str], names: Sequence[str], where: exp.Expr
 ) -> exp.Select:
     """``columns`` of ``relation`` named ``names`` (see ``_FIRST_NAMES``), where ``where`` holds."""
     return (
@@ -385,7 +389,7 @@ def _outcome_columns(relations: Relations) -> tuple[str, ...]:
 
 
 def _outcomes_of(
-    relation: exp.Expression, alias: str, columns: Sequence[str], events: Sequence[str] | None
+    relation: exp.Expr, alias: str, columns: Sequence[str], events: Sequence[str] | None
 ) -> exp.Select:
     select = exp.select(*(_col(c, alias) for c in columns), copy=False).from_(
         _from(relation, alias), copy=False
@@ -395,7 +399,7 @@ def _outcomes_of(
     return select
 
 
-def _unique_relations(relations: Relations) -> list[exp.Expression]:
+def _unique_relations(relations: Relations) -> list[exp.Expr]:
     """The relations whose outcomes are unique (the compacted base and the rolled parts)."""
     unique = [relations.outcomes_unique] if relations.outcomes_unique is not None else []
     return unique + [part.outcomes for part in relations.rollups]
@@ -459,7 +463,7 @@ def rollup_column(half: str, stat: str, index: int) -> str:
 
 
 def exposure_rollup(
-    exposures: exp.Expression, user_key: str = "user_key", user_check: str = "user_check"
+    exposures: exp.Expr, user_key: str = "user_key", user_check: str = "user_check"
 ) -> exp.Select:
     """Per experiment and user key of the raw ``exposures``: the first exposure (variant, ``first_ms`` and
     ``first_event_id``, the earliest ``(ts, event_id)``), ``last_ms``, and the user check's range."""
@@ -482,8 +486,8 @@ def exposure_rollup(
 
 
 def outcome_rollup(
-    outcomes: exp.Expression,
-    splits: exp.Expression,
+    outcomes: exp.Expr,
+    splits: exp.Expr,
     metrics: Sequence[str],
     bucket_ms: int,
     user_key: str = "user_key",
@@ -528,9 +532,9 @@ def outcome_rollup(
         .where(_col("metric", "o").isin(*(_lit(m) for m in metrics)), copy=False)
         .group_by(_col(user_key, "o"), bucket.copy(), after.copy(), _col("metric", "o"), copy=False)
     )  # fmt: skip
-    columns: list[exp.Expression] = [
-        "user_key",  # type: ignore[list-item]
-        "bucket",  # type: ignore[list-item]
+    columns: list[str | exp.Expr] = [
+        "user_key",
+        "bucket",
         exp.alias_(exp.Min(this=_col("clo")), "check_lo"),
         exp.alias_(exp.Max(this=_col("chi")), "check_hi"),
     ]
@@ -566,8 +570,8 @@ class UserValues:
     """How a kind refers to one user's state at one cut: ``column(need)`` is the user's measure, ``cap(name)``
     the cut's quantile the kind asked for in ``caps``."""
 
-    column: Callable[[Need], exp.Expression]
-    cap: Callable[[str], exp.Expression | None]
+    column: Callable[[Need], exp.Expr]
+    cap: Callable[[str], exp.Expr | None]
 
 
 @dataclass(frozen=True)
@@ -575,7 +579,7 @@ class Cap:
     """A quantile a metric clips a per-user value by: taken per cut over all users in it; ``side`` says whether
     it is the value's lower or upper limit."""
 
-    value: exp.Expression
+    value: exp.Expr
     quantile: float
     side: Literal["lower", "upper"]
 
@@ -592,7 +596,7 @@ class MetricKind(abc.ABC):
         return {}
 
     @abc.abstractmethod
-    def sums(self, metric: MetricDefinition, values: UserValues) -> dict[str, exp.Expression]:
+    def sums(self, metric: MetricDefinition, values: UserValues) -> dict[str, exp.Expr]:
         """Per-user expressions summed per variant and cut (name -> expression)."""
 
     @abc.abstractmethod
@@ -600,9 +604,7 @@ class MetricKind(abc.ABC):
         """The variant's statistic from its user count and the sums named as in ``sums``."""
 
 
-def _clip(
-    value: exp.Expression, lower: exp.Expression | None, upper: exp.Expression | None
-) -> exp.Expression:
+def _clip(value: exp.Expr, lower: exp.Expr | None, upper: exp.Expr | None) -> exp.Expr:
     """``value`` limited to [lower, upper]; a NULL (or NaN) bound does not clip, like numpy with no bound."""
     if lower is None and upper is None:
         return value
@@ -628,13 +630,13 @@ class MeanKind(MetricKind):
         needs = [self._value_need(metric)]
         return needs + [Need(metric.event or "", "pre")] if metric.cuped else needs
 
-    def _value(self, metric: MetricDefinition, values: UserValues) -> exp.Expression:
-        value: exp.Expression = values.column(self._value_need(metric))
+    def _value(self, metric: MetricDefinition, values: UserValues) -> exp.Expr:
+        value: exp.Expr = values.column(self._value_need(metric))
         if metric.type == "binomial":
             value = _case(exp.GT(this=value, expression=_lit(0)), _lit(1), _lit(0))
         return value
 
-    def _pre(self, values: UserValues, metric: MetricDefinition) -> exp.Expression:
+    def _pre(self, values: UserValues, metric: MetricDefinition) -> exp.Expr:
         """The pre-exposure value (only a CUPED metric has it among its ``needs``)."""
         return values.column(Need(metric.event or "", "pre"))
 
@@ -653,7 +655,7 @@ class MeanKind(MetricKind):
 
     def _bounds(
         self, metric: MetricDefinition, values: UserValues, prefix: str
-    ) -> tuple[exp.Expression | None, exp.Expression | None]:
+    ) -> tuple[exp.Expr | None, exp.Expr | None]:
         w = metric.winsorize
         if w is None:
             return None, None
@@ -665,7 +667,7 @@ class MeanKind(MetricKind):
             upper = _lit(float(w.upper_value))
         return lower, upper
 
-    def sums(self, metric: MetricDefinition, values: UserValues) -> dict[str, exp.Expression]:
+    def sums(self, metric: MetricDefinition, values: UserValues) -> dict[str, exp.Expr]:
         value = _clip(self._value(metric, values), *self._bounds(metric, values, "v"))
         out = {"v": value, "vv": exp.Mul(this=value.copy(), expression=value.copy())}
         if metric.cuped:
@@ -698,7 +700,7 @@ class RatioKind(MetricKind):
     def needs(self, metric: MetricDefinition) -> list[Need]:
         return list(self._needs(metric))
 
-    def sums(self, metric: MetricDefinition, values: UserValues) -> dict[str, exp.Expression]:
+    def sums(self, metric: MetricDefinition, values: UserValues) -> dict[str, exp.Expr]:
         num, den = (values.column(need) for need in self._needs(metric))
         return {
             "num": num,
@@ -749,7 +751,7 @@ class MeasureDef:
     None: the measure reads raw events only); ``attributed`` whether it counts when attributed (cumulated to each
     cut) or before the first exposure."""
 
-    event_value: Callable[[str], exp.Expression]
+    event_value: Callable[[str], exp.Expr]
     rollup_stat: Literal["n", "sum"] | None
     attributed: bool
 
@@ -819,7 +821,7 @@ class _UserRows:
 
     # -------------------------------------------------------- expressions
 
-    def _classify(self, ts: exp.Expression) -> exp.Expression:
+    def _classify(self, ts: exp.Expr) -> exp.Expr:
         """-1 before the first exposure, -2 after the window, else the first cut at or after ``ts`` (or beyond);
         ``f.first_ms`` is the user's first exposure."""
         case = exp.case().when(exp.LT(this=ts.copy(), expression=_col("first_ms", "f")), _lit(-1))
@@ -833,11 +835,11 @@ class _UserRows:
             return case.else_(bounded.args["default"])
         return case.else_(bounded)
 
-    def _counted(self, cls: exp.Expression) -> exp.Expression:
+    def _counted(self, cls: exp.Expr) -> exp.Expr:
         return _and(exp.GTE(this=cls.copy(), expression=_lit(0)),
                     exp.LT(this=cls.copy(), expression=_lit(self.n_cuts)))  # fmt: skip
 
-    def _counts(self, need: Need, cls: exp.Expression) -> exp.Expression:
+    def _counts(self, need: Need, cls: exp.Expr) -> exp.Expr:
         """Whether an event (or half) of class ``cls`` counts in ``need``."""
         if MEASURES[need.measure].attributed:
             return self._counted(cls)
@@ -864,7 +866,7 @@ class _UserRows:
             if not names:
                 continue
             index = {name: part.metrics.index(name) for name in names}
-            columns: list[exp.Expression] = [
+            columns: list[exp.Expr] = [
                 exp.alias_(_lit(p), "part"), exp.alias_(_col("user_key"), "k"), exp.alias_(_col("bucket"), "b")
             ]  # fmt: skip
             for half in ROLLUP_HALVES:
@@ -877,7 +879,7 @@ class _UserRows:
             for e, event in enumerate(self.events):
                 for half in ROLLUP_HALVES:
                     for stat in ("n", "sum"):
-                        value: exp.Expression = _lit(0)
+                        value: exp.Expr = _lit(0)
                         if event in index:
                             value = exp.Coalesce(this=_col(rollup_column(half, stat, index[event])),
                                                  expressions=[_lit(0)])  # fmt: skip
@@ -891,10 +893,10 @@ class _UserRows:
             )
         return _union_all(selects)
 
-    def _classified(self, rolled: exp.Expression) -> exp.Select:
+    def _classified(self, rolled: exp.Expr) -> exp.Select:
         """``classified``: every exposed user joined to its rolled-up rows, with each row's contribution and
         whether it is ``clean`` (each half on one side of every boundary, and not counted at two cuts)."""
-        inner: list[exp.Expression] = [
+        inner: list[exp.Expr] = [
             _col("k", "f"), _col("variant", "f"), _col("j0", "f"), _col("part", "r"), _col("b", "r")
         ]  # fmt: skip
         for half in "ba":
@@ -930,8 +932,8 @@ class _UserRows:
         at = (
             exp.case().when(self._counted(cb), cb.copy()).when(self._counted(ca), ca.copy()).else_(_col("j0"))
         )
-        columns: list[exp.Expression] = [
-            "k", "variant", "j0", "part", "b",  # type: ignore[list-item]
+        columns: list[str | exp.Expr] = [
+            "k", "variant", "j0", "part", "b",
             exp.alias_(_case(clean, _lit(1), _lit(0)), "clean"), exp.alias_(at, "at"),
         ]  # fmt: skip
         for i, need in enumerate(self.layout.needs):
@@ -941,7 +943,7 @@ class _UserRows:
                 expression=_case(self._counts(need, ca), _col(f"a{stat}{e}"), _lit(0)),
             )
             columns.append(exp.alias_(value, f"x{i}"))
-        columns.append("clash")  # type: ignore[arg-type]
+        columns.append("clash")
         return exp.select(*columns, copy=False).from_(joined.subquery("c"), copy=False)
 
     def _raw_events(self) -> exp.Query | None:
@@ -978,7 +980,7 @@ class _UserRows:
                 )
         return _union_all(parts) if parts else None
 
-    def _event_rows(self, events: exp.Expression, presence: bool) -> exp.Select:
+    def _event_rows(self, events: exp.Expr, presence: bool) -> exp.Select:
         """Rows of raw ``events`` joined to the exposed users (LEFT JOIN with ``presence``: every user a row)."""
         relations = self.relations
         ts = _col("ts", "o")
@@ -987,7 +989,7 @@ class _UserRows:
                  exp.alias_(b, "b")]  # fmt: skip
         if relations.keyed:
             check = relations.user_check or ""
-            clash = exp.NEQ(this=_col(check, "o"), expression=_col("check_lo", "f"))
+            clash: exp.Expr = exp.NEQ(this=_col(check, "o"), expression=_col("check_lo", "f"))
             if presence:
                 clash = _or(clash, exp.NEQ(this=_col("check_lo", "f"), expression=_col("check_hi", "f")))
             inner.append(exp.alias_(_case(clash, _lit(1), _lit(0)), "clash"))
@@ -999,8 +1001,8 @@ class _UserRows:
             .join(_from(events, "o"), on=exp.EQ(this=_col(relations.user_key, "o"), expression=_col("k", "f")),
                   join_type="left" if presence else None, copy=False)
         )  # fmt: skip
-        columns: list[exp.Expression] = [
-            "k", "variant", "j0",  # type: ignore[list-item]
+        columns: list[str | exp.Expr] = [
+            "k", "variant", "j0",
             exp.alias_(_case(self._counted(_col("b")), _col("b"), _col("j0")), "at"),
         ]  # fmt: skip
         for i, need in enumerate(self.layout.needs):
@@ -1010,13 +1012,13 @@ class _UserRows:
             columns.append(
                 exp.alias_(_case(counts, MEASURES[need.measure].event_value("d"), _lit(0)), f"x{i}")
             )
-        columns.append("clash")  # type: ignore[arg-type]
+        columns.append("clash")
         return exp.select(*columns, copy=False).from_(joined.subquery("d"), copy=False)
 
-    def ctes(self, by_cut: bool) -> list[tuple[str, exp.Expression]]:
+    def ctes(self, by_cut: bool) -> list[tuple[str, exp.Expr]]:
         """The CTEs, the last one ``rows``; with ``by_cut`` the raw events' rows are summed per user and cut
         first (rolled-up rows are few already)."""
-        ctes: list[tuple[str, exp.Expression]] = [("fe", self.first_exposures())]
+        ctes: list[tuple[str, exp.Expr]] = [("fe", self.first_exposures())]
         has_rolled = any(self.rolled)
         if has_rolled:
             ctes.append(("classified", self._classified(self._rolled())))
@@ -1058,7 +1060,7 @@ def _empty_events(relations: Relations) -> exp.Select:
     ).where(exp.false())
 
 
-def _cuts_query(ctes: list[tuple[str, exp.Expression]], layout: _Layout, metrics: Sequence[MetricDefinition],
+def _cuts_query(ctes: list[tuple[str, exp.Expr]], layout: _Layout, metrics: Sequence[MetricDefinition],
                 n_cuts: int, duckdb: bool) -> exp.Query:  # fmt: skip
     """The final query after ``rows``: per variant and cut, the users and each metric's sums.
 
@@ -1080,34 +1082,32 @@ def _cuts_query(ctes: list[tuple[str, exp.Expression]], layout: _Layout, metrics
         for name, cap in kind_of(metric).caps(metric, _values(layout, lambda i: _lit(0))).items()
     ]
 
-    def sums(column: Callable[[int], exp.Expression], cap: Callable[[int, str], exp.Expression | None]
-             ) -> dict[str, exp.Expression]:  # fmt: skip
-        out = {}
+    def sums(column: Callable[[int], exp.Expr], cap: Callable[[int, str], exp.Expr | None]
+             ) -> dict[str, exp.Expr]:  # fmt: skip
+        out: dict[str, exp.Expr] = {}
         for m, metric in enumerate(metrics):
-            values = _values(layout, column, lambda name, m=m: cap(m, name))
+            values = _values(layout, column, partial(cap, m))
             out |= {f"m{m}_{s}": e for s, e in kind_of(metric).sums(metric, values).items()}
         return out
 
-    def cap_values(column: Callable[[int], exp.Expression]) -> dict[str, Cap]:
+    def cap_values(column: Callable[[int], exp.Expr]) -> dict[str, Cap]:
         return {
             f"cap_m{m}_{name}": cap
             for m, metric in enumerate(metrics)
             for name, cap in kind_of(metric).caps(metric, _values(layout, column)).items()
         }
 
-    def cap_column(table: str) -> Callable[[int, str], exp.Expression]:
+    def cap_column(table: str) -> Callable[[int, str], exp.Expr]:
         return lambda m, name: _col(f"cap_m{m}_{name}", table)
 
     def unclipped(m: int, name: str) -> None:
         return None
 
-    def header(
-        kind: int, n: exp.Expression, clashes: exp.Expression, j: exp.Expression
-    ) -> list[exp.Expression]:
+    def header(kind: int, n: exp.Expr, clashes: exp.Expr, j: exp.Expr) -> list[exp.Expr]:
         return [exp.alias_(_lit(kind), "kind"), _col("variant"), exp.alias_(j, "j"), exp.alias_(n, "n"),
                 exp.alias_(clashes, "key_clashes")]  # fmt: skip
 
-    def quantiles(source: str, group: list[exp.Expression]) -> exp.Select:
+    def quantiles(source: str, group: list[exp.Expr]) -> exp.Select:
         columns = [
             exp.alias_(ExactQuantile(this=exp.Cast(this=c.value, to=exp.DataType.build("double")),
                                      quantile=_lit(float(c.quantile))), name)
@@ -1138,8 +1138,8 @@ def _cuts_query(ctes: list[tuple[str, exp.Expression]], layout: _Layout, metrics
         )
 
     k, at = [_col("k")], _col("at")
-    cum_columns: list[exp.Expression] = [
-        "k", "variant", "j0", "at", "clash",  # type: ignore[list-item]
+    cum_columns: list[str | exp.Expr] = [
+        "k", "variant", "j0", "at", "clash",
         exp.alias_(_over(exp.RowNumber(), k, at), "rn"),
         exp.alias_(_over(exp.Lead(this=at.copy(), offset=_lit(1), default=_lit(n_cuts)), k, at), "until"),
     ]  # fmt: skip
@@ -1152,22 +1152,22 @@ def _cuts_query(ctes: list[tuple[str, exp.Expression]], layout: _Layout, metrics
     # a user's rows at one cut need not be summed first: the running sums and changes telescope over them
     ctes.append(("cum", exp.select(*cum_columns, copy=False).from_("rows", copy=False)))
 
-    def now(i: int) -> exp.Expression:
+    def now(i: int) -> exp.Expr:
         return _col(f"c{i}")
 
-    def before(i: int) -> exp.Expression:
+    def before(i: int) -> exp.Expr:
         if MEASURES[layout.needs[i].measure].attributed:
             return exp.Paren(this=exp.Sub(this=_col(f"c{i}"), expression=_col(f"d{i}")))
         return _col(f"c{i}")
 
-    def start(i: int) -> exp.Expression:
+    def start(i: int) -> exp.Expr:
         return _lit(0) if MEASURES[layout.needs[i].measure].attributed else _col(f"c{i}")
 
     first = exp.EQ(this=_col("rn"), expression=_lit(1))
     body = "cum"
     if clipped:
         # every user's state at every cut: from its rows, and from its start before its first row
-        def spans(where: exp.Expression | None) -> exp.Query:
+        def spans(where: exp.Expr | None) -> exp.Query:
             out = []
             for lo, hi, value, only_first in (("at", "until", now, False), ("j0", "at", start, True)):
                 j = exp.Explode(this=exp.Anonymous(this="range", expressions=[_col(lo), _col(hi)]))
@@ -1190,7 +1190,7 @@ def _cuts_query(ctes: list[tuple[str, exp.Expression]], layout: _Layout, metrics
             for name, cap in caps.items()
         )).from_("caps")  # fmt: skip
 
-        def beyond(value: Callable[[int], exp.Expression]) -> exp.Expression:
+        def beyond(value: Callable[[int], exp.Expr]) -> exp.Expr:
             out = []
             for name, cap in cap_values(value).items():
                 v = exp.Cast(this=cap.value, to=exp.DataType.build("double"))
@@ -1254,12 +1254,12 @@ def _cuts_query(ctes: list[tuple[str, exp.Expression]], layout: _Layout, metrics
     return _with(_union_all(parts), ctes, duckdb, materialize={"cum", "classified"})
 
 
-def _values(layout: _Layout, column: Callable[[int], exp.Expression],
-            cap: Callable[[str], exp.Expression | None] = lambda name: None) -> UserValues:  # fmt: skip
+def _values(layout: _Layout, column: Callable[[int], exp.Expr],
+            cap: Callable[[str], exp.Expr | None] = lambda name: None) -> UserValues:  # fmt: skip
     return UserValues(column=lambda need: column(layout.index(need)), cap=cap)
 
 
-def _with(query: exp.Query, ctes: Sequence[tuple[str, exp.Expression]], duckdb: bool,
+def _with(query: exp.Query, ctes: Sequence[tuple[str, exp.Expr]], duckdb: bool,
           materialize: set[str]) -> exp.Query:  # fmt: skip
     """``query`` with ``ctes``; in DuckDB those in ``materialize`` are computed once however often they are read."""
     for name, cte in ctes:
@@ -1373,7 +1373,7 @@ def compile_user_rows(
 # ---------------------------------------------------------------- small queries
 
 
-def _render(select: exp.Expression, dialect: str) -> str:
+def _render(select: exp.Expr, dialect: str) -> str:
     return select.sql(dialect=DIALECTS[dialect])
 
 
@@ -1397,9 +1397,7 @@ def _empty_exposures() -> exp.Select:
     return _no_rows(_EXPOSURE_COLUMNS)
 
 
-def _per_first_exposure(
-    relations: Relations, experiment_key: str, group: Sequence[exp.Expression]
-) -> exp.Select:
+def _per_first_exposure(relations: Relations, experiment_key: str, group: Sequence[exp.Expr]) -> exp.Select:
     """Exposed users per ``group`` of their first exposure, with ``key_clashes`` (users whose key stands for two
     user ids: then ask again ``by_user_id``)."""
     columns = [exp.alias_(exp.Count(this=exp.Star()), "users")]

@@ -94,9 +94,7 @@ def decode_into(
     x_id, x_exp, x_var, x_user, x_ts = exposures.appenders()
     o_id, o_user, o_metric, o_ts, o_value = outcomes.appenders()
     i_append = interleaved.appenders() if interleaved is not None else ()
-    r_id, r_user, r_request, r_item, r_metric, r_ts = (
-        item_outcomes.appenders() if item_outcomes is not None else (None,) * 6
-    )
+    r_append = item_outcomes.appenders() if item_outcomes is not None else None
     for event in batch.events:
         kind = event.WhichOneof("payload")
         if kind == "exposure":
@@ -128,7 +126,8 @@ def decode_into(
             o_metric(metric)
             o_ts(ts)
             o_value(o.value)
-            if request_id and r_id is not None:
+            if request_id and r_append is not None:
+                r_id, r_user, r_request, r_item, r_metric, r_ts = r_append
                 r_id(event_id)
                 r_user(user_id)
                 r_request(request_id)

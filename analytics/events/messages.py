@@ -181,7 +181,7 @@ def teams_problem(exposure: events_pb2.Exposure) -> tuple[str, str] | None:
         return "request_id", "must not be empty in an interleaving exposure"
     if len(set(exposure.item_ids)) != len(exposure.item_ids):
         return "item_ids", "must not repeat an item in an interleaving exposure"
-    names = {}
+    names: dict[str, str] = {}
     for i, arm in enumerate(exposure.arms):
         names |= {f"arms[{i}].key": arm.key, f"arms[{i}].model.name": arm.model.name,
                   f"arms[{i}].model.version": arm.model.version}  # fmt: skip

@@ -140,6 +140,8 @@ def sequential_sign_test(counts: PreferenceCounts, config: InterleavingConfig) -
     if counts.sign_variance == 0:
         return PreferenceTest(error=messages.ZERO_VARIANCE)
     test = _sequential(counts.preference, counts.sign_variance, counts.clicked, config)
+    if test.ci is None:  # _sequential always sets it
+        raise AssertionError("the sequential test has no interval")
     # delta lies in [-1, 1]: the part of the normal interval outside it holds no value delta can take.
     low, high = test.ci
     return replace(test, ci=(max(-1.0, low), min(1.0, high)))

@@ -114,13 +114,13 @@ def _empty_relation(schema: pa.Schema) -> exp.Select:
     ).where(exp.false())
 
 
-def _copy_to(select: exp.Expression, target: Path) -> str:
+def _copy_to(select: exp.Expr, target: Path) -> str:
     """DuckDB's ``COPY (select) TO 'target' (FORMAT parquet)``."""
     query = select.sql(dialect=sql.DIALECTS["duckdb"])
     return f"COPY ({query}) TO {exp.Literal.string(str(target)).sql('duckdb')} (FORMAT parquet)"
 
 
-def _parquet(files: list[Path]) -> exp.Expression:
+def _parquet(files: list[Path]) -> exp.Expr:
     return exp.func("read_parquet", exp.Array(expressions=[exp.Literal.string(str(f)) for f in files]))
 
 
@@ -557,7 +557,7 @@ class DuckDBEventStore(WarehouseEventStore):
         with_outcomes = [p for p in rest if p.outcomes]
         base = max((p for p in with_outcomes if p.unique), key=lambda p: p.outcomes, default=None)
         raw_files = [p.file("outcomes") for p in with_outcomes if p is not base]
-        raw: exp.Expression | None = None
+        raw: exp.Expr | None = None
         if raw_files:
             raw = _parquet(raw_files)
         elif base is None and not rolled:

@@ -44,7 +44,7 @@ class BaseABTest(ABC, Generic[ConfigT, ResultT]):
                 stat_a, stat_b = stat_a.with_pooled(theta, pre_mean), stat_b.with_pooled(theta, pre_mean)
         self.stat_a = stat_a
         self.stat_b = stat_b
-        self.config = config
+        self.config: ConfigT = config
 
     def data_error(self) -> str | None:
         """The error code that makes the comparison impossible, or None."""
