@@ -29,6 +29,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(CLIENT_STAMP) browser
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The dashboard test drives Debian's headless chromium through selenium.
@@ -39,6 +40,7 @@ browser:
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 proto: $(STAMP)
 	$(PY) -m proto.codegen
