@@ -317,9 +317,9 @@ def compile_condition(condition: Mapping[str, Any]) -> ConditionFn:
     only strings (`===`, `includes`), and an array attribute matches `$in` if any element does.
     """
     checks = [_compile_field(key, value) for key, value in condition.items()]
-    if any(c is None for c in checks) or not checks:
+    compiled = [check for check in checks if check is not None]
+    if len(compiled) < len(checks) or not compiled:
         return lambda attributes, groups: eval_condition(attributes, condition, groups)
-    compiled: list[Callable[[Mapping[str, Any]], bool]] = checks  # type: ignore[assignment]
     if len(compiled) == 1:
         only = compiled[0]
         return lambda attributes, groups: only(attributes)

@@ -57,7 +57,11 @@ _PYTHON_ONLY_ESCAPES = {
 }
 _GROUP_OPENERS = ("(?:", "(?=", "(?!", "(?<=", "(?<!")
 _BRACES = re.compile(r"\{(\d*)(,?)(\d*)\}")
-_DASH = object()  # an unescaped "-" inside a class
+class _Dash:
+    """An unescaped "-" inside a class (a range, unless first or last)."""
+
+
+_DASH = _Dash()
 
 
 def _error(pattern: str, at: int, reason: str) -> RegexError:
@@ -194,7 +198,7 @@ def _char_class(pattern: str, at: int, ignore_case: bool) -> tuple[str, int]:
             "a class opening with ] is a literal ] in Python but an empty class in JavaScript "
             "([^] matches any character there): escape it as \\]",
         )
-    atoms: list[object] = []  # code units (int), class escape letters (str), _DASH
+    atoms: list[int | str | _Dash] = []  # code units, class escape letters, dashes
     while pattern[i] != "]":  # Python accepted the pattern, so the class is closed
         if pattern[i] == "\\":
             _, payload, i = _escape(pattern, i, in_class=True)
@@ -214,21 +218,21 @@ def _char_class(pattern: str, at: int, ignore_case: bool) -> tuple[str, int]:
             escapes.append(_CLASS_ESCAPES[atom])
             k += 1
             continue
-        low = 0x2D if atom is _DASH else atom
+        low = 0x2D if isinstance(atom, _Dash) else atom
         high = atoms[k + 2] if k + 2 < len(atoms) and atoms[k + 1] is _DASH else None
         if high is not None and not isinstance(high, str):
-            high = 0x2D if high is _DASH else high
-            if low > high:  # type: ignore[operator]
+            high = 0x2D if isinstance(high, _Dash) else high
+            if low > high:
                 raise _error(
                     pattern,
                     at,
                     "a class range is out of order once characters outside the BMP are read as two "
                     "UTF-16 code units, as JavaScript reads them",
                 )
-            parts.append(f"{_unit_source(low)}-{_unit_source(high)}")  # type: ignore[arg-type]
+            parts.append(f"{_unit_source(low)}-{_unit_source(high)}")
             k += 3
         else:
-            parts.append(_unit_source(low))  # type: ignore[arg-type]
+            parts.append(_unit_source(low))
             k += 1
     body = "".join(parts)
     alternatives = ([f"[{body}]"] if parts else []) + escapes

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from experiment_router.conditions import validate_condition
 from experiment_router.errors import ConfigError, ConfigErrors, UnknownOperatorError
-from experiment_router.schema import INTERLEAVED, STAGES, ExperimentConfig, RouterConfig
+from experiment_router.schema import INTERLEAVED, STAGES, ExperimentConfig, LayerConfig, RouterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -303,26 +303,26 @@ def _kind_problems(exp: ExperimentConfig, base: Path_, locate: _Locator):
 
 def _layer_problems(config: RouterConfig, locate: _Locator):
     """Running experiments in one layer must not overlap; one stage must not span several layers."""
-    by_layer: dict[str, list[tuple[int, ExperimentConfig]]] = {}
+    by_layer: dict[str, list[tuple[int, ExperimentConfig, LayerConfig]]] = {}
     stage_layers: dict[str, dict[str | None, int]] = {s: {} for s in STAGES}
     for i, exp in enumerate(config.experiments):
         if exp.status != "running":
             continue
         layer = exp.layer.name if exp.layer else None
-        if layer is not None:
-            by_layer.setdefault(layer, []).append((i, exp))
+        if exp.layer is not None:
+            by_layer.setdefault(exp.layer.name, []).append((i, exp, exp.layer))
         layers_of_stage = stage_layers[exp.stage]
         if layer is None and layers_of_stage or layer not in layers_of_stage and layers_of_stage:
             other = next(iter(layers_of_stage.values()))
             yield _stage_layer_conflict(config, locate, i, other)
         layers_of_stage.setdefault(layer, i)
     for members in by_layer.values():
-        ordered = sorted(members, key=lambda m: m[1].layer.range)  # type: ignore[union-attr]
-        for (_, a), (j, b) in zip(ordered, ordered[1:], strict=False):
-            if b.layer.range[0] < a.layer.range[1]:  # type: ignore[union-attr]
+        ordered = sorted(members, key=lambda m: m[2].range)
+        for (_, a, a_layer), (j, _, b_layer) in zip(ordered, ordered[1:], strict=False):
+            if b_layer.range[0] < a_layer.range[1]:
                 yield locate.error(
-                    f"layer {b.layer.name!r} range {list(b.layer.range)} overlaps experiment {a.key!r} "  # type: ignore[union-attr]
-                    f"range {list(a.layer.range)}",  # type: ignore[union-attr]
+                    f"layer {b_layer.name!r} range {list(b_layer.range)} overlaps experiment {a.key!r} "
+                    f"range {list(a_layer.range)}",
                     ("experiments", j, "layer", "range"),
                 )
 
@@ -333,16 +333,17 @@ def _stage_layer_conflict(config: RouterConfig, locate: _Locator, i: int, other:
     stage = exp.stage
     line = locate.line(("experiments", other))
     them = f"{first.key!r} (experiments[{other}]" + (f", line {line})" if line else ")")
-    if exp.layer is None and first.layer is None:
-        problem = f"neither this experiment nor {them} has a layer"
-        fix = (
-            f"put both in one layer with disjoint ranges, e.g. `layer: {{name: {stage}, range: [0.5, 1]}}` "
-            f"here and `layer: {{name: {stage}, range: [0, 0.5]}}` on {first.key!r}"
-        )
-    elif exp.layer is None:
-        name = first.layer.name  # type: ignore[union-attr]
-        problem = f"{them} is in layer {name!r} and this experiment in none"
-        fix = f"add `layer: {{name: {name}, range: [start, end]}}` here, disjoint from the ranges of {name!r}"
+    if exp.layer is None:
+        if first.layer is None:
+            problem = f"neither this experiment nor {them} has a layer"
+            fix = (
+                f"put both in one layer with disjoint ranges, e.g. `layer: {{name: {stage}, range: [0.5, 1]}}` "
+                f"here and `layer: {{name: {stage}, range: [0, 0.5]}}` on {first.key!r}"
+            )
+        else:
+            name = first.layer.name
+            problem = f"{them} is in layer {name!r} and this experiment in none"
+            fix = f"add `layer: {{name: {name}, range: [start, end]}}` here, disjoint from the ranges of {name!r}"
     elif first.layer is None:
         problem = f"this experiment is in layer {exp.layer.name!r} and {them} in none"
         fix = (

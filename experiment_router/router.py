@@ -224,7 +224,6 @@ class _Compiled:
         self.ns_range = exp.layer.range if exp.layer else (0.0, 1.0)
         self.condition = exp.condition
         self.condition_fn = compile_condition(exp.condition) if exp.condition is not None else None
-        self.holdout = holdout
         self.start = _unix(exp.start)
         self.end = _unix(exp.end)
         # The schema allows every variation a range (or a weight) or none of them.
@@ -274,7 +273,8 @@ class _Compiled:
         self.status_outcome = {"draft": outside("draft"), "stopped": outside("stopped")}.get(exp.status)
         self.not_started = outside("not started yet")
         self.ended = outside("ended")
-        self.held_out = outside(f"in holdout group {holdout.key!r}") if holdout else None
+        # the experiment's holdout group and the answer for a user it holds
+        self.holdout = (holdout, outside(f"in holdout group {holdout.key!r}")) if holdout else None
         self.global_held = outside(f"in global holdout {global_holdout!r}")
         self.no_unit = outside(f"no value for hash attribute {self.attribute!r}")
         self.outside_layer = outside(f"outside its slice {list(self.ns_range)} of layer {self.layer!r}")
@@ -318,8 +318,8 @@ class _Compiled:
             return self.ended
         if global_held:
             return self.global_held
-        if self.holdout is not None and self.holdout.holds(hasher):
-            return self.held_out  # type: ignore[return-value]
+        if self.holdout is not None and self.holdout[0].holds(hasher):
+            return self.holdout[1]
         if sticky is not None and self.sticky:
             return self._assign_sticky(hasher, saved_groups, sticky)
         return self._bucket(hasher, saved_groups)
@@ -460,7 +460,7 @@ class Router:
             if exp.status_outcome is None and window_ok:
                 eligible = ~global_held
                 if exp.holdout is not None:
-                    eligible &= ~held(exp.holdout)
+                    eligible &= ~held(exp.holdout[0])
                 if exp.layer is not None:
                     pos = hashed(exp.attribute, "__" + exp.layer, 1)
                     eligible &= (pos >= exp.ns_range[0]) & (pos < exp.ns_range[1])

@@ -108,9 +108,9 @@ class RetrievalDataPlane:
         self._executor = executor
         self._router_source = router_source
 
-    def _route(self, query: RetrieveQuery) -> tuple[str, str, tuple[RouteAssignment, ...]]:
+    def _route(self, query: RetrieveQuery, source: RouterSource) -> tuple[str, str, tuple[RouteAssignment, ...]]:
         """The retrieval-layer variant of the user's experiment, or the router's retrieval default."""
-        router = self._router_source.current  # type: ignore[union-attr]  # taken once per request
+        router = source.current  # taken once per request
         chosen = [a for a in router.assign(query.user_id, dict(query.attributes))
                   if a.stage == RETRIEVAL_STAGE and a.in_experiment]
         payload = chosen[0].payload if chosen else router.default_for(RETRIEVAL_STAGE)
@@ -169,7 +169,7 @@ class RetrievalDataPlane:
         name, version = query.model_name, query.model_version
         assignments: tuple[RouteAssignment, ...] = ()
         if not name and self._router_source is not None:
-            name, version, assignments = self._route(query)
+            name, version, assignments = self._route(query, self._router_source)
         model = self.repository.get(name, version)  # resolved once per request
         started = time.perf_counter()
         result = await asyncio.get_running_loop().run_in_executor(

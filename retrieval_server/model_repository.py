@@ -106,8 +106,10 @@ def load_package(root: Path, name: str, version: str, exact_max_items: int = EXA
             raise PackageError(f"{path}: listed in the manifest but missing")
         if _sha256(path) != digest:
             raise PackageError(f"{path}: sha256 does not match the manifest")
-    fanouts = tuple(int(f) for f in manifest["training_config"]["fanouts"])
-    store = GraphStore.load(package / "index" / "graph.npz", fanouts)  # type: ignore[arg-type]
+    fanouts = [int(f) for f in manifest["training_config"]["fanouts"]]
+    if len(fanouts) != 2:  # the encoder has two GAT layers: one neighbour sample size per hop
+        raise PackageError(f"{manifest_path}: training_config.fanouts must give 2 sizes (one per hop), got {fanouts}")
+    store = GraphStore.load(package / "index" / "graph.npz", (fanouts[0], fanouts[1]))
     embeddings = np.load(package / "index" / "embeddings.npy").astype(np.float32)
     if embeddings.shape[0] != len(store.ids):
         raise PackageError(f"{package / 'index'}: {embeddings.shape[0]} embeddings for {len(store.ids)} ids")

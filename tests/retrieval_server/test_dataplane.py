@@ -143,6 +143,16 @@ def test_repository_verifies_checksums_and_kind(repository_root):
         repository.load("ssmtl", "404")
 
 
+def test_repository_refuses_fanouts_the_encoder_cannot_sample(repository_root):
+    """The store samples two hops; a manifest naming another count fails at load, not on the first request."""
+    manifest_path = repository_root / "ssmtl" / "2" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    training = {**manifest["training_config"], "fanouts": [5, 3, 2]}
+    manifest_path.write_text(json.dumps({**manifest, "training_config": training}))
+    with pytest.raises(PackageError, match=r"fanouts must give 2 sizes \(one per hop\), got \[5, 3, 2\]"):
+        ModelRepository(repository_root).load("ssmtl", "2")
+
+
 async def test_refresh_swaps_in_a_rewritten_package(repository_root):
     plane = make_plane(repository_root)
     before = plane.repository.get("ssmtl", "1")
