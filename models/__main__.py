@@ -19,7 +19,7 @@ from models.data import load_dataset
 from models.errors import ModelsError
 from models.evaluate import evaluate_model, markdown_table
 from models.export import export_package
-from models.registry import UnknownModelError, list_models
+from models.registry import UnknownModelError, list_models, model_kind
 from models.train import TrainConfig, load_checkpoint, resolve_device, run_training
 
 
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train one model over one or more seeds", formatter_class=fmt)
     train.add_argument("--config", type=Path, help="YAML file with TrainConfig keys; flags override it")
-    train.add_argument("--model", help=f"registry name; one of: {', '.join(list_models())}")
+    ranking = [name for name in list_models() if model_kind(name) == "ranking"]
+    train.add_argument("--model", help=f"registry name of a ranking model; one of: {', '.join(ranking)}")
     train.add_argument("--dataset", help="movielens | census | ali-ccp | aliexpress | synthetic (default)")
     train.add_argument("--data", help="path of the data directory")
     train.add_argument("--preset", choices=["default", "tiny"])

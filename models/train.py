@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 from models.base import MultiTaskModel
@@ -27,7 +27,7 @@ from models.data import Splits, load_dataset
 from models.errors import ModelsError
 from models.evaluate import evaluate_model, markdown_table, summarize
 from models.metrics import selection_score
-from models.registry import create_model
+from models.registry import create_model, model_kind
 from models.schedules import after_epoch, after_step, make_optimizer, selection_ready, training_loss
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,18 @@ class TrainConfig(BaseModel):
     max_steps_per_epoch: int | None = None
     progress: bool = True
 
+    @field_validator("model")
+    @classmethod
+    def _ranking_model(cls, name: str) -> str:
+        """Only ranking models train here (an unknown name raises UnknownModelError, listing the known ones)."""
+        kind = model_kind(name)
+        if kind != "ranking":
+            raise ValueError(
+                f"{name!r} is a {kind} model; this trains ranking models (SSMTL trains on a graph through "
+                "models.graph.training, as benchmarks/bench_ssmtl.py and the demo do)"
+            )
+        return name
+
 
 @dataclass
 class SeedResult:
@@ -81,13 +93,22 @@ def set_seed(seed: int) -> None:
 
 
 def build_model(config: TrainConfig, splits: Splits) -> MultiTaskModel:
-    return create_model(  # type: ignore[return-value]
-        config.model,
-        features=splits.train.features,
-        tasks=splits.train.tasks,
-        preset=config.preset,
-        **config.model_options,
+    return _ranking(
+        create_model(
+            config.model,
+            features=splits.train.features,
+            tasks=splits.train.tasks,
+            preset=config.preset,
+            **config.model_options,
+        )
     )
+
+
+def _ranking(model: torch.nn.Module) -> MultiTaskModel:
+    """``model`` as the ranking contract (TrainConfig admits ranking models only, so this holds)."""
+    if not isinstance(model, MultiTaskModel):
+        raise ModelsError(f"{type(model).__name__} is not a MultiTaskModel")
+    return model
 
 
 EpochCallback = Callable[[int, MultiTaskModel], dict[str, Any]]
@@ -203,12 +224,14 @@ def load_checkpoint(path: Path) -> tuple[MultiTaskModel, dict[str, Any]]:
         raise ModelsError(f"checkpoint {path} not found (train with --output first)")
     payload = torch.load(path, map_location="cpu", weights_only=False)
     config = TrainConfig(**payload["config"])
-    model: MultiTaskModel = create_model(  # type: ignore[assignment]
-        config.model,
-        features=payload["features"],
-        tasks=payload["tasks"],
-        preset=config.preset,
-        **config.model_options,
+    model = _ranking(
+        create_model(
+            config.model,
+            features=payload["features"],
+            tasks=payload["tasks"],
+            preset=config.preset,
+            **config.model_options,
+        )
     )
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload

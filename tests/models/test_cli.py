@@ -52,6 +52,17 @@ def test_config_errors_exit_non_zero_without_traceback(
     assert str(config) in err and "batch_sise" in err
     assert main(["train", "--model", "mmoe", "--option", "n_expert=2", "--max-epochs", "1"]) == 2
     assert "n_expert" in capsys.readouterr().err
+    # the registry also holds the retrieval model, which trains on a graph elsewhere (it crashed with a TypeError)
+    assert main(["train", "--model", "ssmtl", "--preset", "tiny", "--max-epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "'ssmtl' is a retrieval model; this trains ranking models" in err and "Traceback" not in err
+
+
+def test_train_help_lists_ranking_models_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "mmoe+dml" in out and "grec" in out and "ssmtl" not in out
 
 
 def test_early_stopping_keeps_the_best_epoch() -> None:
