@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,18 @@ from models.errors import ModelsError
 from models.layers import FeatureEmbedding, FeatureSpec, TaskSpec, Tower, coerce_tasks
 
 Batch = Mapping[str, Tensor]
-ConfigT = TypeVar("ConfigT")
+
+
+class PresetConfig(Protocol):
+    """A model family's config: a dataclass whose ``tiny`` classmethod gives the small preset tests train."""
+
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+    @classmethod
+    def tiny(cls) -> Self: ...
+
+
+ConfigT = TypeVar("ConfigT", bound=PresetConfig)
 
 
 class ModelConfigError(ModelsError, ValueError):
@@ -98,17 +109,17 @@ def build_config(config_cls: type[ConfigT], preset: str, overrides: Mapping[str,
     if preset == "default":
         base = config_cls()
     elif preset == "tiny":
-        base = config_cls.tiny()  # type: ignore[attr-defined]
+        base = config_cls.tiny()
     else:
         raise ModelConfigError(f"{config_cls.__name__}: unknown preset {preset!r}; allowed: default, tiny")
-    known = {f.name for f in dataclasses.fields(base)}  # type: ignore[arg-type]
+    known = {f.name for f in dataclasses.fields(base)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ModelConfigError(
             f"{config_cls.__name__}: unknown keys {unknown}; allowed keys: {sorted(known)}"
         )
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return dataclasses.replace(base, **values)  # type: ignore[type-var]
+    return dataclasses.replace(base, **values)
 
 
 def task_losses(outputs: Tensor, labels: Tensor, tasks: Sequence[TaskSpec]) -> Tensor:
