@@ -90,11 +90,13 @@ def input_layers(model: MultiTaskModel) -> list[InputLayer]:
     sources: dict[nn.Linear, set[FeatureEmbedding | None]] = {}
 
     def after_embedding(module: nn.Module, args: tuple, output: Tensor) -> None:
-        produced.append((output, module))  # type: ignore[arg-type]
+        if isinstance(module, FeatureEmbedding):  # hooked on those only
+            produced.append((output, module))
 
     def before_linear(module: nn.Module, args: tuple) -> None:
         source = next((emb for out, emb in produced if args[0] is out), None)
-        sources.setdefault(module, set()).add(source)  # type: ignore[arg-type]
+        if isinstance(module, nn.Linear):  # hooked on those only
+            sources.setdefault(module, set()).add(source)
 
     hooks = [
         m.register_forward_hook(after_embedding) for m in model.modules() if isinstance(m, FeatureEmbedding)
@@ -113,11 +115,11 @@ def input_layers(model: MultiTaskModel) -> list[InputLayer]:
             hook.remove()
     layers = []
     for linear, found in sources.items():
-        if found == {None}:
-            continue
         if len(found) > 1:
             return []
-        layers.append(InputLayer(linear, next(iter(found))))  # type: ignore[arg-type]
+        source = next(iter(found))
+        if source is not None:  # None: it reads something else only
+            layers.append(InputLayer(linear, source))
     return layers
 
 
