@@ -435,7 +435,7 @@ def fresh_outcomes(relations: Relations, events: Sequence[str] | None = None) ->
     )
 
 
-def unique_outcomes(relations: Relations, events: Sequence[str] | None = None) -> exp.Select | exp.Union:
+def unique_outcomes(relations: Relations, events: Sequence[str] | None = None) -> exp.Query:
     """Outcome rows without duplicate event ids, optionally only those of ``events`` (rolled parts included,
     read raw)."""
     columns = _outcome_columns(relations)
@@ -445,7 +445,7 @@ def unique_outcomes(relations: Relations, events: Sequence[str] | None = None) -
         parts.append(fresh)
     if not parts:
         raise ValueError("Relations without outcomes")
-    return _union_all(parts)  # type: ignore[return-value]
+    return _union_all(parts)
 
 
 # ---------------------------------------------------------------- rollups (written by a store's compaction)
@@ -645,12 +645,16 @@ class MeanKind(MetricKind):
         if w is None:
             return {}
         value = self._value(metric, values)
-        out = {}
-        for side, quantile in (("lower", w.lower_quantile), ("upper", w.upper_quantile)):
+        out: dict[str, Cap] = {}
+        sides: tuple[tuple[Literal["lower", "upper"], float | None], ...] = (
+            ("lower", w.lower_quantile),
+            ("upper", w.upper_quantile),
+        )
+        for side, quantile in sides:
             if quantile is not None:
-                out[f"v{side}"] = Cap(value, quantile, side)  # type: ignore[arg-type]
+                out[f"v{side}"] = Cap(value, quantile, side)
                 if metric.cuped:
-                    out[f"p{side}"] = Cap(self._pre(values, metric), quantile, side)  # type: ignore[arg-type]
+                    out[f"p{side}"] = Cap(self._pre(values, metric), quantile, side)
         return out
 
     def _bounds(

@@ -140,8 +140,12 @@ class ChdbClient(ClickHouseClient):
         with self._lock:
             server = ChdbClient._server
             if not server:
-                tmp = tempfile.TemporaryDirectory(prefix="chdb-") if path is None else None
-                data = str(Path(path) / "data") if path else tmp.name  # type: ignore[union-attr]
+                tmp: tempfile.TemporaryDirectory[str] | None = None
+                if path is None:
+                    tmp = tempfile.TemporaryDirectory(prefix="chdb-")
+                    data = tmp.name
+                else:
+                    data = str(Path(path) / "data")
                 Path(data).mkdir(parents=True, exist_ok=True)
                 server.update(session=session.Session(data), path=path, data=data, tmp=tmp, clients=0)
             elif path is not None and server["path"] != path:
@@ -208,7 +212,9 @@ class ClickHouseEventStore(WarehouseEventStore):
         self._lock = threading.Lock()
         for statement in schema_statements():
             create = sqlglot.parse_one(statement, read="clickhouse")
-            create.find(exp.Table).set("db", exp.to_identifier(client.database))  # type: ignore[union-attr]
+            table = create.find(exp.Table)
+            assert table is not None  # every schema statement creates a table
+            table.set("db", exp.to_identifier(client.database))
             client.command(create.sql(dialect="clickhouse"))
 
     def _table(self, name: str) -> exp.Table:

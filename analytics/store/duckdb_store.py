@@ -491,7 +491,8 @@ class DuckDBEventStore(WarehouseEventStore):
                         user_check=USER_CHECK,
                     )
                 )
-                db.execute(_copy_to(fresh, folder / "outcomes.parquet"))  # type: ignore[arg-type]
+                assert fresh is not None  # None only without raw outcomes, which this part has
+                db.execute(_copy_to(fresh, folder / "outcomes.parquet"))
             counts = [
                 pq.ParquetFile(folder / f"{kind}.parquet").metadata.num_rows if present else 0
                 for kind, present in (("exposures", exposures), ("outcomes", outcomes))

@@ -156,8 +156,14 @@ class WarehouseEventStore(EventStore):
         """Run the query ``build`` makes for the interleaving relations (no columns and rows without any)."""
         if self.interleaving_relations() is None:
             return [], []
-        # Built again inside ``_run`` (which may retry on fresh relations); once present they never go away.
-        return self._run(lambda _: build(self.interleaving_relations()))  # type: ignore[arg-type]
+
+        def query(_: sql.Relations) -> str:
+            # Built again inside ``_run`` (which may retry on fresh relations); once present they never go away.
+            relations = self.interleaving_relations()
+            assert relations is not None
+            return build(relations)
+
+        return self._run(query)
 
     def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]:
         _, rows = self._interleaving_run(lambda r: isql.arms_query(r, experiment_key, self.dialect))
