@@ -106,8 +106,10 @@ class Checkpoint:
             return {}
         rewritten = {}
         for tp, last in self._last.items():
-            end = self._consumer.highwater(tp) if last is not None else None
-            if end is not None and end <= last:  # type: ignore[operator]
+            if last is None:
+                continue
+            end = self._consumer.highwater(tp)
+            if end is not None and end <= last:
                 rewritten[tp] = end
         return rewritten
 
