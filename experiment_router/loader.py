@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,7 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def _semantic_problems(config: RouterConfig, locate: _Locator, model_exists: ModelExists | None):
+def _semantic_problems(config: RouterConfig, locate: _Locator, model_exists: ModelExists | None) -> Iterator[ConfigError]:
     """Cross-field checks pydantic cannot do field by field."""
     first_index: dict[str, int] = {}
     for i, exp in enumerate(config.experiments):
@@ -211,7 +211,7 @@ def _semantic_problems(config: RouterConfig, locate: _Locator, model_exists: Mod
             )
 
 
-def _experiment_problems(config: RouterConfig, exp: ExperimentConfig, base: Path_, locate: _Locator):
+def _experiment_problems(config: RouterConfig, exp: ExperimentConfig, base: Path_, locate: _Locator) -> Iterator[ConfigError]:
     if exp.condition is not None:
         try:
             validate_condition(exp.condition)
@@ -255,7 +255,7 @@ def _experiment_problems(config: RouterConfig, exp: ExperimentConfig, base: Path
 _STICKY_FIELDS = ("sticky", "bucket_version", "min_bucket_version")
 
 
-def _kind_problems(exp: ExperimentConfig, base: Path_, locate: _Locator):
+def _kind_problems(exp: ExperimentConfig, base: Path_, locate: _Locator) -> Iterator[ConfigError]:
     """What an experiment's ``kind`` allows: interleaving ranks, with two unweighted arms and a known method."""
     if exp.kind == "ab":
         if "method" in exp.model_fields_set:
@@ -301,7 +301,7 @@ def _kind_problems(exp: ExperimentConfig, base: Path_, locate: _Locator):
             )
 
 
-def _layer_problems(config: RouterConfig, locate: _Locator):
+def _layer_problems(config: RouterConfig, locate: _Locator) -> Iterator[ConfigError]:
     """Running experiments in one layer must not overlap; one stage must not span several layers."""
     by_layer: dict[str, list[tuple[int, ExperimentConfig, LayerConfig]]] = {}
     stage_layers: dict[str, dict[str | None, int]] = {s: {} for s in STAGES}

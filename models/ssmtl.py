@@ -26,6 +26,7 @@ L2-normalised user embedding ``[B, E]``; scores are inner products. Training goe
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -255,6 +256,6 @@ class SSMTL(nn.Module):
 
 
 @register_model("ssmtl")
-def ssmtl(**config) -> SSMTL:
+def ssmtl(**config: Any) -> SSMTL:
     """SSMTL GAT retriever; ``beta=0, gamma=0`` gives the retrieval-only baseline. Needs ``num_features``."""
     return SSMTL(SSMTLConfig(**config))
