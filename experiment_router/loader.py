@@ -176,7 +176,9 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def _semantic_problems(config: RouterConfig, locate: _Locator, model_exists: ModelExists | None) -> Iterator[ConfigError]:
+def _semantic_problems(
+    config: RouterConfig, locate: _Locator, model_exists: ModelExists | None
+) -> Iterator[ConfigError]:
     """Cross-field checks pydantic cannot do field by field."""
     first_index: dict[str, int] = {}
     for i, exp in enumerate(config.experiments):
@@ -211,7 +213,9 @@ def _semantic_problems(config: RouterConfig, locate: _Locator, model_exists: Mod
             )
 
 
-def _experiment_problems(config: RouterConfig, exp: ExperimentConfig, base: Path_, locate: _Locator) -> Iterator[ConfigError]:
+def _experiment_problems(
+    config: RouterConfig, exp: ExperimentConfig, base: Path_, locate: _Locator
+) -> Iterator[ConfigError]:
     if exp.condition is not None:
         try:
             validate_condition(exp.condition)
