@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     try:
         text = source.read() if source is not None else Path(args.input).read_text()
         request = CompareInput.model_validate(json.loads(text))
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read {args.input}: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise CliError(f"{args.input}: not JSON: {exc}") from exc
@@ -72,6 +73,16 @@ def _cmd_power(args: argparse.Namespace) -> None:
 
     if args.users is None and args.effect is None:
         raise CliError("give --users (for the MDE), --effect (for the sample size) or both")
+    for flag, value in (("--baseline", args.baseline), ("--std", args.std), ("--users", args.users),
+                        ("--effect", args.effect)):  # fmt: skip
+        if value is not None and not math.isfinite(value):
+            raise CliError(f"{flag} must be a finite number, got {value}")
+    if args.users is not None and args.users <= 0:
+        raise CliError(f"--users must be > 0, got {args.users:g}")
+    if args.std is not None and args.std <= 0:
+        raise CliError(f"--std must be > 0, got {args.std:g}")
+    if not 0 < args.power < 1:
+        raise CliError(f"--power must be in (0, 1), got {args.power:g}")
     try:
         inputs = PowerInputs(
             metric_type=args.metric_type,
@@ -104,8 +115,9 @@ def _open_existing_store(spec: str) -> Any:
     """The store ``spec`` names; a local one must exist already (readers never create one)."""
     from analytics.store import StoreError, is_local_store, open_store
 
-    if is_local_store(spec) and not Path(spec.split("://", 1)[-1]).exists():
-        raise CliError(f"no event store at {spec}")
+    path = Path(spec.split("://", 1)[-1])
+    if is_local_store(spec) and (not path.exists() or path.is_dir() and not any(path.iterdir())):
+        raise CliError(f"no event store at {spec}")  # an empty folder too: opening it would make it a store
     try:
         return open_store(spec)
     except StoreError as exc:
@@ -148,12 +160,22 @@ def _cmd_report(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     from analytics.server import AnalyticsServer
 
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"--port must be in 0..65535, got {args.port}")
+    for flag, value, least in (("--threads", args.threads, 1), ("--cache-seconds", args.cache_seconds, 0)):
+        if not value >= least:
+            raise CliError(f"{flag} must be >= {least}, got {value}")
+    if not args.idle_timeout > 0:
+        raise CliError(f"--idle-timeout must be > 0, got {args.idle_timeout}")
     store, config = _open(args)
     with store:
-        server = AnalyticsServer(
-            store, config, host=args.host, port=args.port, cache_seconds=args.cache_seconds,
-            threads=args.threads, idle_timeout_s=args.idle_timeout,
-        )  # fmt: skip
+        try:
+            server = AnalyticsServer(
+                store, config, host=args.host, port=args.port, cache_seconds=args.cache_seconds,
+                threads=args.threads, idle_timeout_s=args.idle_timeout,
+            )  # fmt: skip
+        except OSError as exc:  # the port is taken, or the host is not an address of this machine
+            raise CliError(f"cannot listen on --host {args.host} --port {args.port}: {exc.strerror or exc}") from exc
         print(f"dashboard: {server.url}/", flush=True)
         try:
             server.serve_forever()

@@ -171,8 +171,9 @@ class _BoundedHTTPServer(HTTPServer):
     def __init__(
         self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], threads: int, backlog: int
     ):
-        super().__init__(address, handler)
+        # before binding: a failed bind calls server_close, which shuts the pool down
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="analytics-http")
+        super().__init__(address, handler)
         self._limit = threads + backlog
         self._open = 0
         self._open_lock = threading.Lock()

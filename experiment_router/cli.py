@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,8 @@ def _attr(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     key, raw = text.split("=", 1)
+    if not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r} (no key)")
     try:
         value = json.loads(raw)
     except ValueError:
@@ -118,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, path: str) -> Router:
-    checker = repository_checker(args.model_repository) if getattr(args, "model_repository", None) else None
+    repository = getattr(args, "model_repository", None)
+    if repository and not Path(repository).is_dir():  # else every model would be reported missing
+        raise ConfigError("--model-repository: no such folder", file=repository)
+    checker = repository_checker(repository) if repository else None
     return Router.from_file(path, model_exists=checker)
 
 
@@ -203,7 +209,10 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; config errors print file:line messages and exit 2 without a traceback."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "users", 1) < 1:
+        parser.error(f"argument --users: expected a positive integer, got {args.users}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

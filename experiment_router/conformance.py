@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from experiment_router.conditions import eval_condition
+from experiment_router.errors import ConfigError
 from experiment_router.evaluation import (
     ExperimentResult,
     context_from_growthbook,
@@ -186,9 +187,26 @@ class SectionReport:
 
 
 def load_cases(path: str | Path) -> dict[str, Any]:
-    """Read cases.json."""
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """Read cases.json.
+
+    Raises:
+        ConfigError: the file cannot be read, is not JSON, or is not a mapping of section name to case list.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            cases = json.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read cases: {exc.strerror}", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read cases: not UTF-8 text ({exc.reason})", file=str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON: {exc.msg}", file=str(path), line=exc.lineno) from None
+    if not isinstance(cases, dict):
+        raise ConfigError("expected GrowthBook's cases.json: an object of section name to case list", file=str(path))
+    for section in REQUIRED_SECTIONS:
+        if not isinstance(cases.get(section, []), list):
+            raise ConfigError(f"section {section!r} must be a list of cases", file=str(path))
+    return cases
 
 
 def iter_cases(cases: dict[str, Any], section: str) -> Iterator[tuple[list, bool]]:

@@ -130,6 +130,8 @@ def load_config(
                 text = Path(source).read_text(encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(f"cannot read config: {exc.strerror}", file=file) from None
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"cannot read config: not UTF-8 text ({exc.reason})", file=file) from None
         data, lines = parse_text(text, file)
     locate = _Locator(file, data, lines)
     if not isinstance(data, Mapping):

@@ -92,6 +92,8 @@ class ConfigWatcher:
             return self.path.read_text(encoding="utf-8"), mtime
         except OSError as exc:
             raise ConfigError(f"cannot read config: {exc.strerror}", file=str(self.path)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"cannot read config: not UTF-8 text ({exc.reason})", file=str(self.path)) from None
 
     def _build(self, text: str) -> Router:
         return Router.from_file(

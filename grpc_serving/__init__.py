@@ -46,6 +46,10 @@ class SecurityError(Exception):
     """A TLS or token file is unreadable, empty, or given without its pair; the message names the option."""
 
 
+class BindError(OSError):
+    """A server cannot listen on its address: the port is taken, or the host is not an address of this machine."""
+
+
 def read_file(path: Path, option: str) -> bytes:
     """The bytes of ``path``.
 
@@ -103,10 +107,19 @@ def load_server_security(
 
 
 def bind(server: grpc.Server | aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
-    """Bind ``address`` with TLS when ``credentials`` are given; returns the port (0 when binding failed)."""
-    if credentials is not None:
-        return server.add_secure_port(address, credentials)
-    return server.add_insecure_port(address)
+    """Bind ``address`` with TLS when ``credentials`` are given; returns the port.
+
+    Raises:
+        BindError: the address cannot be bound (grpc raises a RuntimeError that names no cause).
+    """
+    try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError:
+        raise BindError(
+            f"cannot listen on {address}: the port is in use, or the host is not an address of this machine"
+        ) from None
 
 
 def _authorized(handler_call_details: grpc.HandlerCallDetails, expected: bytes) -> bool:

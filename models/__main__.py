@@ -81,7 +81,14 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     if args.config is not None:
         if not args.config.exists():
             raise ModelsError(f"config file {args.config} not found")
-        loaded = yaml.safe_load(args.config.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelsError(f"cannot read config file {args.config}: {exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{args.config}:{mark.line + 1}" if mark is not None else str(args.config)
+            raise ModelsError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(loaded, dict):
             raise ModelsError(f"{args.config}: top level must be a mapping of TrainConfig keys")
         values.update(loaded)
@@ -107,14 +114,20 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"argument --threads: expected a positive integer, got {args.threads}")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     torch.set_num_threads(args.threads)
     try:
         if args.command == "train":
-            report = run_training(_train_config(args), args.output)
+            config = _train_config(args)
+            if args.output is not None and args.output.exists() and not args.output.is_dir():
+                raise ModelsError(f"--output {args.output} is a file, not a folder")  # before hours of training
+            report = run_training(config, args.output)
             print(markdown_table(report["config"]["model"], report["summary"]), end="")
         elif args.command == "evaluate":
             model, payload = load_checkpoint(args.checkpoint)

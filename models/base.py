@@ -16,10 +16,12 @@ model's config dataclass. ``build_config`` resolves preset + overrides with erro
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -118,8 +120,28 @@ def build_config(config_cls: type[ConfigT], preset: str, overrides: Mapping[str,
         raise ModelConfigError(
             f"{config_cls.__name__}: unknown keys {unknown}; allowed keys: {sorted(known)}"
         )
+    hints = typing.get_type_hints(config_cls)
+    for key, value in overrides.items():
+        _check_override(config_cls.__name__, key, value, hints[key])
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return dataclasses.replace(base, **values)
+    try:
+        return dataclasses.replace(base, **values)
+    except ModelConfigError:
+        raise
+    except ValueError as exc:  # a config's own __post_init__ check
+        raise ModelConfigError(str(exc)) from None
+
+
+def _check_override(config_name: str, key: str, value: Any, hint: Any) -> None:
+    """``value`` fits the field's annotation (a count or a width is never negative), or ModelConfigError."""
+    try:
+        TypeAdapter(hint).validate_python(tuple(value) if isinstance(value, list) else value, strict=True)
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"]
+        raise ModelConfigError(f"{config_name}.{key}: {problem}, got {value!r}") from None
+    items = value if isinstance(value, list | tuple) else [value]
+    if any(isinstance(v, int) and not isinstance(v, bool) and v < 0 for v in items):
+        raise ModelConfigError(f"{config_name}.{key}: must be >= 0, got {value!r}")
 
 
 def task_losses(outputs: Tensor, labels: Tensor, tasks: Sequence[TaskSpec]) -> Tensor:

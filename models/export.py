@@ -102,6 +102,11 @@ def export_package(
     The package is assembled in a sibling temporary folder and renamed into place, so a failed export never
     leaves a half-written version that a server could pick up.
     """
+    for what, value in (("name", name), ("version", str(version))):
+        if not value or value.startswith(".") or "/" in value or "\\" in value:
+            raise PackageError(f"package {what} {value!r} must be one folder name (not empty, no '/', no leading '.')")
+    if Path(repository).exists() and not Path(repository).is_dir():
+        raise PackageError(f"model repository {repository} is a file, not a folder")
     target = package_dir(repository, name, version)
     if target.exists() and not overwrite:
         raise PackageError(f"{target} already exists (pass overwrite to replace it)")

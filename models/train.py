@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm import tqdm
 
 from models.base import MultiTaskModel
@@ -32,6 +32,7 @@ from models.schedules import after_epoch, after_step, make_optimizer, selection_
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_KEYS = ("config", "features", "tasks", "state_dict")  # what load_checkpoint reads
 
 
 class TrainConfig(BaseModel):
@@ -44,15 +45,15 @@ class TrainConfig(BaseModel):
     data: str | None = None
     preset: Literal["default", "tiny"] = "default"
     model_options: dict[str, Any] = Field(default_factory=dict)
-    embedding_dim: int = 8
-    max_epochs: int = 100
-    patience: int = 3
-    batch_size: int = 512
-    lr: float = 1e-3
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    embedding_dim: int = Field(default=8, ge=1)
+    max_epochs: int = Field(default=100, ge=1)
+    patience: int = Field(default=3, ge=0)
+    batch_size: int = Field(default=512, ge=1)
+    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     split_seed: int = 0
     device: Literal["cpu", "cuda"] = "cpu"
-    max_steps_per_epoch: int | None = None
+    max_steps_per_epoch: int | None = Field(default=None, ge=1)
     progress: bool = True
 
     @field_validator("model")
@@ -222,16 +223,28 @@ def load_checkpoint(path: Path) -> tuple[MultiTaskModel, dict[str, Any]]:
     """Rebuild the trained model (eval mode) and return it with the checkpoint's metadata."""
     if not path.exists():
         raise ModelsError(f"checkpoint {path} not found (train with --output first)")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    config = TrainConfig(**payload["config"])
-    model = _ranking(
-        create_model(
-            config.model,
-            features=payload["features"],
-            tasks=payload["tasks"],
-            preset=config.preset,
-            **config.model_options,
+    if not path.is_file():
+        raise ModelsError(f"checkpoint {path} is not a file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises whatever its unpickler meets in a foreign file
+        raise ModelsError(f"{path} is not a checkpoint written by `python -m models train`: {exc}") from None
+    missing = [key for key in CHECKPOINT_KEYS if key not in payload] if isinstance(payload, dict) else None
+    if missing is None or missing:
+        what = f"it lacks {missing}" if missing else f"it holds a {type(payload).__name__}"
+        raise ModelsError(f"{path} is not a checkpoint written by `python -m models train`: {what}")
+    try:
+        config = TrainConfig(**payload["config"])
+        model = _ranking(
+            create_model(
+                config.model,
+                features=payload["features"],
+                tasks=payload["tasks"],
+                preset=config.preset,
+                **config.model_options,
+            )
         )
-    )
-    model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(payload["state_dict"])
+    except (ValidationError, TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelsError(f"{path}: cannot rebuild the model of this checkpoint: {exc}") from None
     return model.eval(), payload

@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         parser.error(problems)
     from experiment_router.errors import ConfigError  # after parsing: --help stays fast
+    from grpc_serving import BindError
     from ranker_server.app import run
     from ranker_server.errors import RankerError
 
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(settings)
     except RankerError as exc:
         print(f"ranker_server: {exc.reason}", file=sys.stderr)
-    except ConfigError as exc:
+    except (ConfigError, BindError) as exc:
         print(f"ranker_server: {exc}", file=sys.stderr)
     return 2
 

@@ -5,16 +5,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
+from collections.abc import Callable
 
-from grpc_serving import SecurityError, add_server_arguments, server_security_from_args
+from grpc_serving import BindError, SecurityError, add_server_arguments, server_security_from_args
 from retrieval_server.errors import PackageError
 from retrieval_server.index import EXACT_MAX_ITEMS
 from retrieval_server.model_repository import ModelRepository
 from retrieval_server.server import RetrievalServer
 
 logger = logging.getLogger("retrieval_server")
+
+
+def _number(kind: type[int] | type[float], least: float, most: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` in ``[least, most]``, else a usage error naming the value."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not least <= value <= (most if most is not None else math.inf) or value == math.inf:
+            bounds = f"in {least}..{most}" if most is not None else f">= {least}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
+PORT = _number(int, 0, 65535)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,23 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", action="append", required=True, metavar="NAME:VERSION",
                         help="a version to serve (repeat for several); the first is the default")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind ([::] for all interfaces)")
-    parser.add_argument("--port", type=int, default=50052, help="gRPC port (0 = any free port)")
-    parser.add_argument("--metrics-port", type=int, default=9092, help="Prometheus /metrics port")
-    parser.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
+    parser.add_argument("--port", type=PORT, default=50052, help="gRPC port (0 = any free port)")
+    parser.add_argument("--metrics-port", type=PORT, default=9092, help="Prometheus /metrics port")
+    parser.add_argument("--max-k", type=_number(int, 1), default=1000, help="largest k a request may ask for")
     parser.add_argument("--exclude-neighbors", action="store_true",
                         help="never return a user's neighbours in the indexed graph (friend suggestion: "
                              "existing friends are not suggestions); unseen users: the neighbor_ids they send")
-    parser.add_argument("--threads", type=int, default=4, help="threads for ONNX runs and index searches")
-    parser.add_argument("--exact-max-items", type=int, default=EXACT_MAX_ITEMS,
+    parser.add_argument("--threads", type=_number(int, 1), default=4, help="threads for ONNX runs and index searches")
+    parser.add_argument("--exact-max-items", type=_number(int, 0), default=EXACT_MAX_ITEMS,
                         help="corpora up to this size use exact search, larger ones the --ann index")
     parser.add_argument("--ann", choices=["pq", "hnsw"], default="pq",
                         help="ANN index for large corpora: faiss PQ fast-scan + exact re-rank, or faiss HNSW")
-    parser.add_argument("--poll-interval", type=float, default=30.0,
+    parser.add_argument("--poll-interval", type=_number(float, 0), default=30.0,
                         help="seconds between checks for rewritten packages to hot swap (0 = off)")
     parser.add_argument("--experiments", help="experiment config (experiment_router YAML): requests naming no model "
                         "get their retrieval-layer variant; without it they get the first --model")
-    parser.add_argument("--experiments-poll", type=float, default=2.0, help="seconds between config reload checks")
-    parser.add_argument("--grace", type=float, default=10.0, help="seconds to drain in-flight requests on SIGTERM")
+    parser.add_argument("--experiments-poll", type=_number(float, 0), default=2.0, help="seconds between config reload checks")
+    parser.add_argument("--grace", type=_number(float, 0), default=10.0, help="seconds to drain in-flight requests on SIGTERM")
     add_server_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     return parser
@@ -91,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     onnxruntime.set_default_logger_severity(3)
     try:
         asyncio.run(serve(args))
-    except (PackageError, ValueError, SecurityError) as exc:  # bad package, config (ConfigError), TLS/token file
+    except (PackageError, ValueError, SecurityError, BindError) as exc:  # bad package, config (ConfigError), TLS/token file
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -105,10 +105,7 @@ def build_server(
     for name in (SERVICE_NAME, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = bind(server, address, security.credentials)
-    if port == 0:
-        raise OSError(f"cannot bind the outcome server to {address}")
-    return server, port
+    return server, bind(server, address, security.credentials)  # BindError (an OSError) when it cannot listen
 
 
 def main(argv: list[str] | None = None) -> int:

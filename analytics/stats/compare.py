@@ -38,7 +38,7 @@ _REQUIRED = {
 class Arm(BaseModel):
     """Sufficient statistics of one arm; which keys are required depends on the metric type."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     n: int = Field(ge=0)
     sum: float | None = None
@@ -91,6 +91,8 @@ class CompareInput(BaseModel):
                 raise ValueError(
                     f"{side}: keys {extra} do not apply to {self.metric_type}; allowed {sorted(allowed)}"
                 )
+            if self.metric_type == "binomial" and not 0 <= arm.value("sum") <= arm.n:
+                raise ValueError(f"{side}: binomial sum counts successes: it must be in [0, n={arm.n}]")
             if arm.has_cuped() and any(getattr(arm, key) is None for key in _CUPED_KEYS):
                 raise ValueError(f"{side}: CUPED needs all of {list(_CUPED_KEYS)}")
         if self.control.has_cuped() != self.treatment.has_cuped():

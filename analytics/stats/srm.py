@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from scipy import stats as scipy_stats
@@ -20,8 +21,8 @@ def srm_p_value(counts: Sequence[int], weights: Sequence[float]) -> float:
         raise ValueError(f"{len(counts)} counts but {len(weights)} weights")
     if len(counts) < 2:
         raise ValueError("SRM needs at least two variants")
-    if any(w <= 0 for w in weights):
-        raise ValueError(f"weights must be > 0, got {list(weights)}")
+    if any(not 0 < w < math.inf for w in weights):
+        raise ValueError(f"weights must be finite and > 0, got {list(weights)}")
     if any(c < 0 for c in counts):
         raise ValueError(f"counts must be >= 0, got {list(counts)}")
     total = sum(counts)

@@ -263,7 +263,9 @@ class DuckDBEventStore(WarehouseEventStore):
             found = json.loads(marker.read_text())
         except OSError as exc:
             raise StoreError(f"cannot open the event store {self.path}: {exc}") from exc
-        if found.get("format") != FORMAT or found.get("version") != FORMAT_VERSION:
+        except ValueError as exc:  # not JSON, or not text
+            raise StoreError(f"{marker} is corrupt: {exc}") from exc
+        if not isinstance(found, dict) or found.get("format") != FORMAT or found.get("version") != FORMAT_VERSION:
             raise StoreError(f"{self.path}: store format {found}, this code reads {FORMAT} v{FORMAT_VERSION}")
 
     def _become_writer(self) -> None:
@@ -314,11 +316,14 @@ class DuckDBEventStore(WarehouseEventStore):
         for name in names:
             part = self._manifests.get(name)
             if part is None:
+                path = self.path / "parts" / name / "manifest.json"
                 try:
-                    manifest = json.loads((self.path / "parts" / name / "manifest.json").read_text())
+                    part = _Part(self.path / "parts" / name, json.loads(path.read_text()))
                 except FileNotFoundError:
                     continue  # deleted by a compaction since the listing
-                part = self._manifests[name] = _Part(self.path / "parts" / name, manifest)
+                except (ValueError, KeyError, TypeError) as exc:  # not JSON, or a manifest lacking a key
+                    raise StoreError(f"{path} is corrupt: {exc!r}") from exc
+                self._manifests[name] = part
             parts.append(part)
         for gone in set(self._manifests) - set(names):
             del self._manifests[gone]

@@ -30,6 +30,7 @@ from types import FrameType
 import grpc
 import torch
 
+from analytics import AnalyticsError
 from analytics.events.client import OutcomeClient
 from analytics.kafka.broker import EmbeddedBroker, free_port
 from analytics.metrics import load_analysis_config
@@ -47,6 +48,7 @@ from deploy.demo.training import (
 )
 from deploy.demo.world import make_world
 from experiment_router import Router
+from experiment_router.errors import ConfigError
 from models.errors import DataError
 from proto import ranking_pb2_grpc
 
@@ -54,6 +56,22 @@ logger = logging.getLogger("deploy.demo")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 EXPOSURES, OUTCOMES = "mtrank.exposures", "mtrank.outcomes"
+DEFAULT_WORKDIR = ROOT / ".data" / "demo"
+WORKDIR_MARKER = ".mtrank-demo"  # in every workdir the demo fills: the only non-empty folders it empties
+
+
+class WorkdirError(Exception):
+    """--workdir names a file, or a folder holding what the demo did not write (it would be deleted)."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,20 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--experiments", type=Path,
                         help="experiment config (default: deploy/demo/ab.yaml, aa.yaml or interleaving.yaml)")
     parser.add_argument("--metrics", type=Path, default=HERE / "metrics.yaml", help="analysis config")
-    parser.add_argument("--workdir", type=Path, default=ROOT / ".data" / "demo", help="models, logs, store, report")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
+                        help="models, logs, store, report; emptied on every run, so a new folder, an empty one or "
+                             "one an earlier run filled")  # fmt: skip
     parser.add_argument("--data", type=Path,
                         help="ego-Facebook folder, or a folder holding ego-facebook/ (e.g. ../shared/data; official "
                              "files: https://snap.stanford.edu/data/ego-Facebook.html): ground truth from held-out "
                              "real friendships instead of the synthetic world")
-    parser.add_argument("--users", type=int, default=1500,
+    parser.add_argument("--users", type=_positive_int, default=1500,
                         help="simulated users (synthetic: also the candidate pool; ego-Facebook: a random subset)")
-    parser.add_argument("--requests-per-user", type=int, default=3, help="feeds each user asks for")
-    parser.add_argument("--top-k", type=int, default=10, help="items shown per feed")
-    parser.add_argument("--retrieve-k", type=int, default=100, help="candidates retrieved per feed")
-    parser.add_argument("--concurrency", type=int, default=8, help="simultaneous simulated users")
-    parser.add_argument("--impressions", type=int, default=TrainingBudget.impressions, help="ranking training rows")
-    parser.add_argument("--ranking-epochs", type=int, default=TrainingBudget.ranking_epochs, help="max ranking epochs")
-    parser.add_argument("--retrieval-steps", type=int, default=TrainingBudget.retrieval_steps,
+    parser.add_argument("--requests-per-user", type=_positive_int, default=3, help="feeds each user asks for")
+    parser.add_argument("--top-k", type=_positive_int, default=10, help="items shown per feed")
+    parser.add_argument("--retrieve-k", type=_positive_int, default=100, help="candidates retrieved per feed")
+    parser.add_argument("--concurrency", type=_positive_int, default=8, help="simultaneous simulated users")
+    parser.add_argument("--impressions", type=_positive_int, default=TrainingBudget.impressions, help="ranking training rows")
+    parser.add_argument("--ranking-epochs", type=_positive_int, default=TrainingBudget.ranking_epochs, help="max ranking epochs")
+    parser.add_argument("--retrieval-steps", type=_positive_int, default=TrainingBudget.retrieval_steps,
                         help="retrieval training steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, the training and the users")
     parser.add_argument("--serve", choices=("auto", "yes", "no"), default="auto",
@@ -100,6 +120,23 @@ def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _clear_workdir(workdir: Path) -> None:
+    """Start from an empty ``workdir``, deleting only what a demo wrote: a folder it marked, the default one
+    (the project's own .data), or an empty one; anything else is refused (``--workdir ~`` deleted a home)."""
+    if workdir.exists():
+        if not workdir.is_dir():
+            raise WorkdirError(f"--workdir {workdir} is a file, not a folder")
+        ours = (workdir / WORKDIR_MARKER).is_file() or workdir == DEFAULT_WORKDIR.resolve()
+        if not ours and any(workdir.iterdir()):
+            raise WorkdirError(
+                f"--workdir {workdir} holds files the demo did not write, and each run empties its workdir: "
+                "name a new or empty folder"
+            )
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    (workdir / WORKDIR_MARKER).write_text("written by python -m deploy.demo, which empties this folder on every run\n")
+
+
 def run(args: argparse.Namespace) -> dict:
     """The whole demo; returns the summary it also writes to ``<workdir>/summary.json``."""
     started = time.perf_counter()
@@ -108,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
     router = Router.from_file(experiments)  # fail fast on bad configs, before any training
     analysis = load_analysis_config(args.metrics)
     workdir: Path = args.workdir.resolve()
-    shutil.rmtree(workdir, ignore_errors=True)
+    _clear_workdir(workdir)
     repository = workdir / "repository"
     repository.mkdir(parents=True)
 
@@ -225,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; every process the demo started has been stopped", file=sys.stderr)
         return 130
-    except DataError as error:  # a missing or corrupt --data file: say which, without a traceback
-        print(f"error: {error}", file=sys.stderr)
+    except (DataError, ConfigError, AnalyticsError, WorkdirError) as error:  # a missing or corrupt --data,
+        print(f"error: {error}", file=sys.stderr)  # --experiments or --metrics file, a --workdir it would not empty
         return 2
     return 0
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -257,3 +259,57 @@ def test_store_errors_are_one_line(tmp_path: Path, capsys) -> None:
     for argv, message in cases:
         code, _, err = run(capsys, *argv, *(["--metrics", str(EXAMPLE)] if argv[0] != "migrate" else []))
         assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+
+
+def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00")
+    arm = {"n": 5, "sum": 1, "sum_squares": 100}
+    (tmp_path / "nan.json").write_text(json.dumps({"metric_type": "mean", "control": {**arm, "sum": float("nan")}, "treatment": arm}))
+    (tmp_path / "binomial.json").write_text(
+        json.dumps({"metric_type": "binomial", "control": {"n": 5, "sum": 10}, "treatment": {"n": 5, "sum": 1}})
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    store = tmp_path / "events"
+    with DuckDBEventStore(store) as events:
+        simulate_experiment(events, "ranking-dml", users=50, seed=1, variants=("control", "dml"))
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(store, corrupt)
+    (corrupt / "mtrank-store.json").write_text("garbage")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    serve = ["serve", "--store", str(store), "--metrics", str(EXAMPLE)]
+    cases = [
+        (["compare", "--input", str(binary)], "cannot read"),  # UnicodeDecodeError
+        (["compare", "--input", str(tmp_path / "nan.json")], "control.sum: Input should be a finite number"),  # crashed printing NaN
+        (["compare", "--input", str(tmp_path / "binomial.json")], "must be in [0, n=5]"),  # 10 successes of 5 users
+        (["srm", "--counts", "10", "20", "--weights", "nan", "1"], "weights must be finite"),  # printed nan
+        (["power", "--metric-type", "binomial", "--baseline", "0.1", "--users", "0"], "--users must be > 0"),  # ZeroDivisionError
+        (["power", "--metric-type", "binomial", "--baseline", "0.1", "--users", "inf"], "--users must be a finite"),
+        (["power", "--metric-type", "mean", "--baseline", "1", "--std", "-1", "--users", "100"], "--std must be > 0"),
+        (["power", "--metric-type", "binomial", "--baseline", "0.1", "--users", "100", "--power", "2"], "--power"),
+        # a reader made a store of an empty folder (any folder: a typo'd path)
+        (["report", "x", "--store", str(empty), "--metrics", str(EXAMPLE)], f"no event store at {empty}"),
+        (["report", "x", "--store", str(corrupt), "--metrics", str(EXAMPLE)], "mtrank-store.json is corrupt"),
+        ([*serve, "--port", "70000"], "--port must be in 0..65535"),
+        ([*serve, "--threads", "0"], "--threads must be >= 1"),  # ValueError from the thread pool
+        ([*serve, "--idle-timeout", "0"], "--idle-timeout must be > 0"),
+        ([*serve, "--port", str(taken.getsockname()[1])], "Address already in use"),  # AttributeError in server_close
+    ]
+    with taken:
+        for argv, message in cases:
+            code, _, err = run(capsys, *argv)
+            assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert not any(empty.iterdir())
+
+
+def test_a_corrupt_part_manifest_is_a_store_error(tmp_path: Path, capsys) -> None:
+    store = tmp_path / "events"
+    with DuckDBEventStore(store) as events:
+        simulate_experiment(events, "ranking-dml", users=50, seed=1, variants=("control", "dml"))
+    manifest = next((store / "parts").glob("*/manifest.json"))
+    manifest.write_text("{")
+    code, _, err = run(capsys, "report", "ranking-dml", "--store", str(store), "--metrics", str(EXAMPLE))
+    assert code == 2 and f"{manifest} is corrupt" in err and "Traceback" not in err, err

@@ -57,3 +57,39 @@ def test_bad_attr_syntax_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as info:
         main(["assign", "--config", TWO_LAYERS, "--user", "u", "--attr", "novalue"])
     assert info.value.code == 2
+
+
+def test_unreadable_inputs_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    assert main(["validate", str(binary)]) == 2  # was a UnicodeDecodeError traceback
+    assert capsys.readouterr().err == f"error: {binary}: cannot read config: not UTF-8 text (invalid start byte)\n"
+    cases = [
+        (tmp_path / "missing.json", None, "cannot read cases: No such file or directory"),
+        (tmp_path, None, "cannot read cases: Is a directory"),
+        (tmp_path / "bad.json", "{bad", ":1: invalid JSON"),
+        (tmp_path / "list.json", "[1, 2]", "expected GrowthBook's cases.json"),
+        (tmp_path / "section.json", '{"hash": 5}', "section 'hash' must be a list of cases"),
+    ]
+    for path, text, message in cases:
+        if text is not None:
+            path.write_text(text)
+        assert main(["conformance", str(path)]) == 2, path
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}") and message in err and "Traceback" not in err, err
+    # a missing repository made every model "not in the model repository"
+    assert main(["validate", TWO_LAYERS, "--model-repository", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nope'}: --model-repository: no such folder\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["preview", "--config", TWO_LAYERS, "--users", "-5"],  # printed an empty preview
+        ["assign", "--config", TWO_LAYERS, "--user", "u", "--attr", "=5"],  # an attribute named ''
+    ],
+)
+def test_bad_numbers_and_attributes_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and argv[-2] in capsys.readouterr().err

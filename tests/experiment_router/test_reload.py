@@ -89,6 +89,19 @@ def test_invalid_initial_file_raises(tmp_path: Path) -> None:
         ConfigWatcher(path)
 
 
+def test_a_file_that_is_not_text_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_bytes(b"\xff\xfe binary")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):  # was a UnicodeDecodeError: a server traceback
+        ConfigWatcher(path)
+    _write(path, base_config(), 0)
+    watcher = ConfigWatcher(path, settle_s=0)
+    router = watcher.current
+    path.write_bytes(b"\xff\xfe binary")
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert watcher.check_now() is False and watcher.current is router
+
+
 def test_a_half_written_file_is_not_applied_until_it_settles(tmp_path: Path) -> None:
     """A writer caught half-way leaves a valid but truncated file (one experiment fewer): never applied."""
     path = tmp_path / "exp.yaml"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 from pathlib import Path
 
 import grpc
@@ -104,3 +105,19 @@ async def test_a_burst_of_2000_calls_is_answered_not_cancelled_by_grpc_core() ->
     finally:
         server.stop(0)
         producer.close(timeout=0.5)
+
+
+def test_outcome_server_on_a_port_in_use_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """grpc raises a RuntimeError that names no cause; ``bind`` turns it into a BindError (an OSError)."""
+    from analytics.events.outcome_server import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["--bootstrap", "127.0.0.1:1", "--address", f"127.0.0.1:{port}", "--journal", str(tmp_path / "j")]
+        assert main(argv) == 2  # was a RuntimeError traceback
+    err = capsys.readouterr().err
+    assert f"error: cannot listen on 127.0.0.1:{port}: the port is in use" in err and "Traceback" not in err

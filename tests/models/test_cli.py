@@ -4,11 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from models.__main__ import main
 from models.data import load_dataset
+from models.errors import PackageError
+from models.export import export_package
 from models.package import verify_package
-from models.train import TrainConfig, train_seed
+from models.train import TrainConfig, build_model, train_seed
 
 pytest.importorskip("onnxruntime")
 
@@ -88,3 +91,58 @@ def test_history_has_every_epoch_and_what_the_callback_returns() -> None:
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
     assert [h["test"]["epoch_twice"] for h in result.history] == [0.0, 2.0, 4.0]
     assert set(result.history[0]["val"]) == set(result.val) and seen == [False] * 3
+
+
+def test_bad_input_is_one_line_error_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def error_of(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
+        return err
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    assert "Is a directory" in error_of("train", "--config", str(folder))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: mmoe\nseeds: [0\n")
+    assert f"{broken}:3: invalid YAML" in error_of("train", "--config", str(broken))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    assert str(binary) in error_of("train", "--config", str(binary))
+    no_seeds = tmp_path / "no_seeds.yaml"
+    no_seeds.write_text("model: mmoe\nseeds: []\n")
+    assert "seeds:" in error_of("train", "--config", str(no_seeds))  # an IndexError after training every seed
+    # silently trained nothing (0 epochs, negative batch size) or failed inside torch (negative lr)
+    err = error_of("train", "--model", "mmoe", "--max-epochs", "0", "--batch-size", "-1", "--lr", "-1")
+    assert "max_epochs" in err and "batch_size" in err and "lr" in err
+    assert "n_experts" in error_of("train", "--model", "mmoe", "--preset", "tiny", "--option", "n_experts=abc")
+    assert "n_experts: must be >= 0" in error_of("train", "--model", "mmoe", "--preset", "tiny", "--option", "n_experts=-1")
+    # a config's own check raised a plain ValueError
+    assert "at least one expert" in error_of("train", "--model", "mssm", "--preset", "tiny", "--option",
+                                             "n_specific_experts=0", "--option", "n_shared_experts=0")  # fmt: skip
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert "--output" in error_of("train", "--model", "mmoe", "--preset", "tiny", "--output", str(a_file))
+
+    not_a_checkpoint = tmp_path / "notes.pt"
+    not_a_checkpoint.write_text("garbage\n")
+    assert "is not a checkpoint" in error_of("evaluate", str(not_a_checkpoint))
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    assert "it lacks ['config'" in error_of("evaluate", str(tmp_path / "other.pt"))
+    assert "is not a file" in error_of("export", str(folder), "--repository", str(tmp_path / "r"), "--name", "n",
+                                       "--version", "1")  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        main(["--threads", "0", "train", "--model", "mmoe"])  # a RuntimeError from torch.set_num_threads
+    assert info.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
+def test_export_refuses_names_that_leave_the_repository(tmp_path: Path) -> None:
+    splits = load_dataset("synthetic", None)
+    model = build_model(TrainConfig(model="mmoe", preset="tiny"), splits)
+    for name in ("../elsewhere", "", ".hidden", "a/b"):
+        with pytest.raises(PackageError, match="must be one folder name"):
+            export_package(model, tmp_path / "repo", name, "1", family="mmoe")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PackageError, match="is a file, not a folder"):
+        export_package(model, tmp_path / "file", "m", "1", family="mmoe")
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "repo").exists()

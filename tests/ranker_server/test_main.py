@@ -174,3 +174,19 @@ def test_two_workers_share_the_port_reload_the_config_and_stop_on_sigterm(
             if proc.poll() is None:
                 proc.kill()
     assert proc.returncode == 0, proc.stderr.read()[-2000:] if proc.stderr else ""
+
+
+@pytest.mark.parametrize("flag", ["--port", "--metrics-port"])
+def test_a_port_in_use_is_a_one_line_error(
+    flag: str, repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "experiments.yaml"
+    config.write_text(CONFIG.format(control="1", treatment="1"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = {"--port": "0", "--metrics-port": "0", flag: str(taken.getsockname()[1])}
+        argv = ["--repository", str(repository), "--experiments", str(config), "--event-loop", "asyncio"]
+        assert main([*argv, *(x for item in ports.items() for x in item)]) == 2  # was a RuntimeError/OSError traceback
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{ports[flag]}" in err and "Traceback" not in err, err

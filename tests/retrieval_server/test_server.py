@@ -206,3 +206,29 @@ def test_command_line_help_and_bad_package(tmp_path):
     assert bad.returncode == 2 and "manifest.json: not found" in bad.stderr
     assert time.perf_counter() - started < 60
     assert np.isfinite(started)
+
+
+@pytest.mark.parametrize("flag", ["--port", "--metrics-port"])
+def test_command_line_port_in_use_is_a_one_line_error(flag, repository_root, capsys):
+    from retrieval_server.__main__ import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = {"--port": "0", "--metrics-port": "0", flag: str(taken.getsockname()[1])}
+        argv = ["--repository", str(repository_root), "--model", "ssmtl:1", "--poll-interval", "0"]
+        assert main([*argv, *(x for item in ports.items() for x in item)]) == 2  # was a RuntimeError traceback
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{ports[flag]}" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--port", "70000"), ("--metrics-port", "-1"), ("--threads", "0"), ("--max-k", "0"), ("--grace", "nan")],
+)
+def test_command_line_out_of_range_numbers_are_usage_errors(flag, value, capsys):
+    from retrieval_server.__main__ import build_parser
+
+    with pytest.raises(SystemExit) as info:  # --port 70000 served on some other port; --threads 0 named no flag
+        build_parser().parse_args(["--repository", ".", "--model", "a:1", flag, value])
+    assert info.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err
