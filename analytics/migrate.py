@@ -24,19 +24,15 @@ class MigrationError(AnalyticsError):
     """The source is not a readable SQLite event store, the target is not empty, or the counts differ."""
 
 
-def migrate_sqlite(source: Path, target: EventStore, chunk: int = 500_000) -> dict[str, int]:
-    """Copy ``source`` into ``target`` (which must hold no events) and check the counts.
+def check_source(source: Path) -> None:
+    """Raise MigrationError unless ``source`` is a SQLite event store: before a target store is made for it."""
+    _read_source(source)[0].close()
 
-    Returns:
-        ``{"exposed_users", "outcomes", "offsets"}`` as copied (equal in source and target).
 
-    Raises:
-        MigrationError: see the class.
-    """
+def _read_source(source: Path) -> tuple[sqlite3.Connection, dict[str, int], dict[TopicPartition, int]]:
+    """``source`` opened read-only, with its counts and its Kafka offsets."""
     if not source.is_file():
         raise MigrationError(f"no SQLite event store at {source}")
-    if any(target.counts().values()):
-        raise MigrationError(f"the target already holds events ({target.counts()}); migrate into an empty store")
     try:
         db = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
         expected = {
@@ -48,6 +44,21 @@ def migrate_sqlite(source: Path, target: EventStore, chunk: int = 500_000) -> di
         }
     except sqlite3.Error as exc:
         raise MigrationError(f"{source} is not a SQLite event store: {exc}") from exc
+    return db, expected, offsets
+
+
+def migrate_sqlite(source: Path, target: EventStore, chunk: int = 500_000) -> dict[str, int]:
+    """Copy ``source`` into ``target`` (which must hold no events) and check the counts.
+
+    Returns:
+        ``{"exposed_users", "outcomes", "offsets"}`` as copied (equal in source and target).
+
+    Raises:
+        MigrationError: see the class.
+    """
+    db, expected, offsets = _read_source(source)
+    if any(target.counts().values()):
+        raise MigrationError(f"the target already holds events ({target.counts()}); migrate into an empty store")
     with tqdm(total=sum(expected.values()), desc="migrating", unit="ev", disable=None) as bar:
         exposures = ExposureColumns()
         rows = db.execute("SELECT first_event_id, experiment, variant, user_id, first_ms, last_ms FROM exposures")

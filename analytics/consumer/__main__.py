@@ -59,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    if args.metrics_port is not None:  # first: a port in use fails at once, not after Kafka's bootstrap wait
+        try:
+            server, _ = start_http_server(args.metrics_port, addr=args.metrics_host)
+        except OSError as exc:
+            print(f"error: --metrics-port: cannot listen on {args.metrics_host}:{args.metrics_port}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
+            return 2
+        logging.getLogger("analytics.consumer").info("metrics on %s:%d", args.metrics_host, server.server_port)
     try:
         store = open_store(args.store)
     except StoreError as exc:
@@ -83,9 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     def _stop(signum: int, frame: FrameType | None) -> None:
         consumer.stop()
 
-    if args.metrics_port is not None:
-        server, _ = start_http_server(args.metrics_port, addr=args.metrics_host)
-        logging.getLogger("analytics.consumer").info("metrics on %s:%d", args.metrics_host, server.server_port)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:

@@ -259,6 +259,11 @@ def test_store_errors_are_one_line(tmp_path: Path, capsys) -> None:
     for argv, message in cases:
         code, _, err = run(capsys, *argv, *(["--metrics", str(EXAMPLE)] if argv[0] != "migrate" else []))
         assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("not a database")
+    code, _, err = run(capsys, "migrate", "--from", str(not_sqlite), "--to", str(tmp_path / "made"))
+    assert code == 2 and "is not a SQLite event store" in err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "made").exists()  # no empty store left behind
 
 
 def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys) -> None:
@@ -313,3 +318,17 @@ def test_a_corrupt_part_manifest_is_a_store_error(tmp_path: Path, capsys) -> Non
     manifest.write_text("{")
     code, _, err = run(capsys, "report", "ranking-dml", "--store", str(store), "--metrics", str(EXAMPLE))
     assert code == 2 and f"{manifest} is corrupt" in err and "Traceback" not in err, err
+
+
+def test_consumer_metrics_port_in_use_fails_at_once(tmp_path: Path, capsys) -> None:
+    """Before Kafka's bootstrap wait, without a traceback (start_http_server's OSError escaped)."""
+    from analytics.consumer.__main__ import main as consumer_main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["--bootstrap", "127.0.0.1:1", "--store", str(tmp_path / "store"), "--metrics-port", str(port)]
+        assert consumer_main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: --metrics-port: cannot listen on 127.0.0.1:{port}" in err and not (tmp_path / "store").exists()
