@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -213,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "users", 1) < 1:
         parser.error(f"argument --users: expected a positive integer, got {args.users}")
+    if getattr(args, "at", None) is not None and not math.isfinite(args.at):  # NaN compares false with every window
+        parser.error(f"argument --at: expected a finite unix time, got {args.at}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

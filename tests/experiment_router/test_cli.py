@@ -87,6 +87,7 @@ def test_unreadable_inputs_exit_2_without_traceback(tmp_path: Path, capsys: pyte
     [
         ["preview", "--config", TWO_LAYERS, "--users", "-5"],  # printed an empty preview
         ["assign", "--config", TWO_LAYERS, "--user", "u", "--attr", "=5"],  # an attribute named ''
+        ["assign", "--config", TWO_LAYERS, "--user", "u", "--at", "nan"],  # passed every start/end check
     ],
 )
 def test_bad_numbers_and_attributes_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
