@@ -596,10 +596,12 @@ class DuckDBEventStore(WarehouseEventStore):
             with self._lock:
                 try:
                     return super()._run(build)
-                except duckdb.IOException:
+                except duckdb.IOException as exc:
                     if attempt == _READ_RETRIES - 1:
-                        raise
+                        raise StoreError(f"{self.path}: a part cannot be read: {exc}") from exc
                     log.debug("a part was compacted away during a query; retrying")
+                except duckdb.InvalidInputException as exc:  # a part file truncated or overwritten on disk
+                    raise StoreError(f"{self.path}: a part cannot be read: {exc}") from exc
         raise AssertionError("unreachable")
 
     def close(self) -> None:

@@ -332,3 +332,14 @@ def test_consumer_metrics_port_in_use_fails_at_once(tmp_path: Path, capsys) -> N
         assert consumer_main(argv) == 2
     err = capsys.readouterr().err
     assert f"error: --metrics-port: cannot listen on 127.0.0.1:{port}" in err and not (tmp_path / "store").exists()
+
+
+def test_a_corrupt_part_file_is_a_store_error(tmp_path: Path, capsys) -> None:
+    """A Parquet file truncated or overwritten on disk: one line naming the store (DuckDB's exception escaped)."""
+    store = tmp_path / "events"
+    with DuckDBEventStore(store) as events:
+        simulate_experiment(events, "ranking-dml", users=50, seed=1, variants=("control", "dml"))
+    part = next((store / "parts").glob("*/exposures.parquet"))
+    part.write_bytes(part.read_bytes()[: len(part.read_bytes()) // 2])
+    code, _, err = run(capsys, "report", "ranking-dml", "--store", str(store), "--metrics", str(EXAMPLE))
+    assert code == 2 and f"error: {store}: a part cannot be read" in err and "Traceback" not in err, err
