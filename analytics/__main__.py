@@ -176,7 +176,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
                 threads=args.threads, idle_timeout_s=args.idle_timeout,
             )  # fmt: skip
         except OSError as exc:  # the port is taken, or the host is not an address of this machine
-            raise CliError(f"cannot listen on --host {args.host} --port {args.port}: {exc.strerror or exc}") from exc
+            raise CliError(
+                f"cannot listen on --host {args.host} --port {args.port}: {exc.strerror or exc}"
+            ) from exc
         print(f"dashboard: {server.url}/", flush=True)
         try:
             server.serve_forever()

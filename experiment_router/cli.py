@@ -214,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "users", 1) < 1:
         parser.error(f"argument --users: expected a positive integer, got {args.users}")
-    if getattr(args, "at", None) is not None and not math.isfinite(args.at):  # NaN compares false with every window
+    # NaN compares false with every start and end: it would pass every window check
+    if getattr(args, "at", None) is not None and not math.isfinite(args.at):
         parser.error(f"argument --at: expected a finite unix time, got {args.at}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"

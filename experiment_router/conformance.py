@@ -202,7 +202,9 @@ def load_cases(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"invalid JSON: {exc.msg}", file=str(path), line=exc.lineno) from None
     if not isinstance(cases, dict):
-        raise ConfigError("expected GrowthBook's cases.json: an object of section name to case list", file=str(path))
+        raise ConfigError(
+            "expected GrowthBook's cases.json: an object of section name to case list", file=str(path)
+        )
     for section in REQUIRED_SECTIONS:
         if not isinstance(cases.get(section, []), list):
             raise ConfigError(f"section {section!r} must be a list of cases", file=str(path))

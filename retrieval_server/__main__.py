@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exclude-neighbors", action="store_true",
                         help="never return a user's neighbours in the indexed graph (friend suggestion: "
                              "existing friends are not suggestions); unseen users: the neighbor_ids they send")
-    parser.add_argument("--threads", type=_number(int, 1), default=4, help="threads for ONNX runs and index searches")
+    parser.add_argument("--threads", type=_number(int, 1), default=4,
+                        help="threads for ONNX runs and index searches")
     parser.add_argument("--exact-max-items", type=_number(int, 0), default=EXACT_MAX_ITEMS,
                         help="corpora up to this size use exact search, larger ones the --ann index")
     parser.add_argument("--ann", choices=["pq", "hnsw"], default="pq",
@@ -63,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between checks for rewritten packages to hot swap (0 = off)")
     parser.add_argument("--experiments", help="experiment config (experiment_router YAML): requests naming no model "
                         "get their retrieval-layer variant; without it they get the first --model")
-    parser.add_argument("--experiments-poll", type=_number(float, 0), default=2.0, help="seconds between config reload checks")
-    parser.add_argument("--grace", type=_number(float, 0), default=10.0, help="seconds to drain in-flight requests on SIGTERM")
+    parser.add_argument("--experiments-poll", type=_number(float, 0), default=2.0,
+                        help="seconds between config reload checks")
+    parser.add_argument("--grace", type=_number(float, 0), default=10.0,
+                        help="seconds to drain in-flight requests on SIGTERM")
     add_server_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     return parser
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     onnxruntime.set_default_logger_severity(3)
     try:
         asyncio.run(serve(args))
-    except (PackageError, ValueError, SecurityError, BindError) as exc:  # bad package, config (ConfigError), TLS/token file
+    except (PackageError, ValueError, SecurityError, BindError) as exc:  # package, config, TLS/token file, port
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

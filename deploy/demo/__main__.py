@@ -101,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=_positive_int, default=10, help="items shown per feed")
     parser.add_argument("--retrieve-k", type=_positive_int, default=100, help="candidates retrieved per feed")
     parser.add_argument("--concurrency", type=_positive_int, default=8, help="simultaneous simulated users")
-    parser.add_argument("--impressions", type=_positive_int, default=TrainingBudget.impressions, help="ranking training rows")
-    parser.add_argument("--ranking-epochs", type=_positive_int, default=TrainingBudget.ranking_epochs, help="max ranking epochs")
+    parser.add_argument("--impressions", type=_positive_int, default=TrainingBudget.impressions,
+                        help="ranking training rows")
+    parser.add_argument("--ranking-epochs", type=_positive_int, default=TrainingBudget.ranking_epochs,
+                        help="max ranking epochs")
     parser.add_argument("--retrieval-steps", type=_positive_int, default=TrainingBudget.retrieval_steps,
                         help="retrieval training steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, the training and the users")
@@ -134,7 +136,7 @@ def _clear_workdir(workdir: Path) -> None:
             )
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    (workdir / WORKDIR_MARKER).write_text("written by python -m deploy.demo, which empties this folder on every run\n")
+    (workdir / WORKDIR_MARKER).write_text("python -m deploy.demo wrote this folder and empties it on every run\n")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -262,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; every process the demo started has been stopped", file=sys.stderr)
         return 130
-    except (DataError, ConfigError, AnalyticsError, WorkdirError) as error:  # a missing or corrupt --data,
-        print(f"error: {error}", file=sys.stderr)  # --experiments or --metrics file, a --workdir it would not empty
+    except (DataError, ConfigError, AnalyticsError, WorkdirError) as error:
+        # a missing or corrupt --data, --experiments or --metrics file, a --workdir it would not empty
+        print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 
