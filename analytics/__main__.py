@@ -132,13 +132,16 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> None:
-    from analytics.migrate import MigrationError, check_source, migrate_sqlite
+    from analytics.migrate import MigrationError, migrate_sqlite, open_source
     from analytics.store import StoreError, open_store
 
     try:
-        check_source(Path(args.source))  # before open_store creates the target
-        with open_store(args.to) as store:
-            counts = migrate_sqlite(Path(args.source), store, chunk=args.chunk)
+        source = open_source(Path(args.source))  # before open_store creates the target
+        try:
+            with open_store(args.to) as store:
+                counts = migrate_sqlite(source, store, chunk=args.chunk)
+        finally:
+            source.close()
     except (MigrationError, StoreError) as exc:
         raise CliError(str(exc)) from exc
     _print_json({"from": args.source, "to": args.to, **counts})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -24,17 +25,29 @@ class MigrationError(AnalyticsError):
     """The source is not a readable SQLite event store, the target is not empty, or the counts differ."""
 
 
-def check_source(source: Path) -> None:
-    """Raise MigrationError unless ``source`` is a SQLite event store: before a target store is made for it."""
-    _read_source(source)[0].close()
+@dataclass(frozen=True)
+class SqliteSource:
+    """A SQLite event store opened read-only, with the counts and offsets the copy is checked against."""
+
+    path: Path
+    db: sqlite3.Connection
+    expected: dict[str, int]
+    offsets: dict[TopicPartition, int]
+
+    def close(self) -> None:
+        self.db.close()
 
 
-def _read_source(source: Path) -> tuple[sqlite3.Connection, dict[str, int], dict[TopicPartition, int]]:
-    """``source`` opened read-only, with its counts and its Kafka offsets."""
-    if not source.is_file():
-        raise MigrationError(f"no SQLite event store at {source}")
+def open_source(path: Path) -> SqliteSource:
+    """Open ``path`` read-only and read its counts and Kafka offsets: before a target store is made for it.
+
+    Raises:
+        MigrationError: it is not a readable SQLite event store.
+    """
+    if not path.is_file():
+        raise MigrationError(f"no SQLite event store at {path}")
     try:
-        db = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         expected = {
             "exposed_users": db.execute("SELECT COUNT(*) FROM exposures").fetchone()[0],
             "outcomes": db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0],
@@ -43,11 +56,11 @@ def _read_source(source: Path) -> tuple[sqlite3.Connection, dict[str, int], dict
             TopicPartition(t, p): o for t, p, o in db.execute("SELECT topic, partition, last_offset FROM offsets")
         }
     except sqlite3.Error as exc:
-        raise MigrationError(f"{source} is not a SQLite event store: {exc}") from exc
-    return db, expected, offsets
+        raise MigrationError(f"{path} is not a SQLite event store: {exc}") from exc
+    return SqliteSource(path, db, expected, offsets)
 
 
-def migrate_sqlite(source: Path, target: EventStore, chunk: int = 500_000) -> dict[str, int]:
+def migrate_sqlite(source: SqliteSource, target: EventStore, chunk: int = 500_000) -> dict[str, int]:
     """Copy ``source`` into ``target`` (which must hold no events) and check the counts.
 
     Returns:
@@ -56,7 +69,7 @@ def migrate_sqlite(source: Path, target: EventStore, chunk: int = 500_000) -> di
     Raises:
         MigrationError: see the class.
     """
-    db, expected, offsets = _read_source(source)
+    db, expected, offsets = source.db, source.expected, source.offsets
     if any(target.counts().values()):
         raise MigrationError(f"the target already holds events ({target.counts()}); migrate into an empty store")
     with tqdm(total=sum(expected.values()), desc="migrating", unit="ev", disable=None) as bar:
@@ -81,9 +94,8 @@ def migrate_sqlite(source: Path, target: EventStore, chunk: int = 500_000) -> di
                 outcomes = OutcomeColumns()
         target.apply([], outcomes, offsets)  # the offsets last: they say the copy is complete
         bar.update(len(outcomes))
-    db.close()
     found = target.counts()
     if found != expected:
         raise MigrationError(f"count check failed: the source holds {expected}, the target {found}")
-    log.info("migrated %s: %s", source, expected)
+    log.info("migrated %s: %s", source.path, expected)
     return {**expected, "offsets": len(offsets)}
