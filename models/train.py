@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 from models.base import MultiTaskModel
@@ -245,6 +245,6 @@ def load_checkpoint(path: Path) -> tuple[MultiTaskModel, dict[str, Any]]:
             )
         )
         model.load_state_dict(payload["state_dict"])
-    except (ValidationError, TypeError, ValueError, KeyError, RuntimeError) as exc:
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:  # ValueError covers pydantic's ValidationError
         raise ModelsError(f"{path}: cannot rebuild the model of this checkpoint: {exc}") from None
     return model.eval(), payload
