@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
+import time
 from types import FrameType
 
 from kafka.errors import KafkaError
@@ -44,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=200_000,
         help="commit after this many events (bigger transactions write each B-tree page fewer times)",
     )
-    parser.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop after this long, counted from the start (the wait for Kafka included)")
+    parser.add_argument("--connect-timeout-s", type=float, default=30.0,
+                        help="give up when no --bootstrap server answers within this long at start")
     parser.add_argument("--idle-exit-s", type=float, default=None, help="stop after this long without events")
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus /metrics here (events consumed/rejected, lag per partition); off "
@@ -56,9 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    for flag, value in (
+        ("--max-seconds", args.max_seconds),
+        ("--connect-timeout-s", args.connect_timeout_s),
+        ("--idle-exit-s", args.idle_exit_s),
+        ("--session-timeout-ms", args.session_timeout_ms),
+        ("--commit-interval-s", args.commit_interval_s),
+        ("--commit-every-events", args.commit_every_events),
+        ("--lag-interval-s", args.lag_interval_s),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):  # NaN passes every comparison
+            print(f"error: {flag} must be a number > 0, got {value}", file=sys.stderr)
+            return 2
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        print(f"error: --metrics-port must be in 0..65535, got {args.metrics_port}", file=sys.stderr)
+        return 2
     if args.metrics_port is not None:  # first: a port in use fails at once, not after Kafka's bootstrap wait
         try:
             server, _ = start_http_server(args.metrics_port, addr=args.metrics_host)
@@ -67,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
             return 2
         logging.getLogger("analytics.consumer").info("metrics on %s:%d", args.metrics_host, server.server_port)
+    connect_timeout_s = args.connect_timeout_s
+    if args.max_seconds is not None:  # --max-seconds bounds the whole run, the wait for Kafka too
+        connect_timeout_s = min(connect_timeout_s, args.max_seconds)
     try:
         store = open_store(args.store)
     except StoreError as exc:
@@ -82,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             commit_interval_s=args.commit_interval_s,
             session_timeout_ms=args.session_timeout_ms,
             lag_interval_s=args.lag_interval_s,
+            kafka_config={"bootstrap_timeout_ms": round(1000 * connect_timeout_s)},
         )
     except KafkaError as exc:
         store.close()
-        print(f"error: cannot reach Kafka at --bootstrap {args.bootstrap}: {exc}", file=sys.stderr)
+        print(f"error: cannot reach Kafka at --bootstrap {args.bootstrap} within {connect_timeout_s:g} s: {exc}",
+              file=sys.stderr)  # fmt: skip
         return 2
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -94,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        consumer.run(max_seconds=args.max_seconds, idle_exit_s=args.idle_exit_s)
+        left_s = None if args.max_seconds is None else max(args.max_seconds - (time.monotonic() - started), 0.0)
+        consumer.run(max_seconds=left_s, idle_exit_s=args.idle_exit_s)
     finally:
         counts = store.counts()
         store.close()

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -332,6 +333,32 @@ def test_consumer_metrics_port_in_use_fails_at_once(tmp_path: Path, capsys) -> N
         assert consumer_main(argv) == 2
     err = capsys.readouterr().err
     assert f"error: --metrics-port: cannot listen on 127.0.0.1:{port}" in err and not (tmp_path / "store").exists()
+
+
+def test_consumer_max_seconds_bounds_the_wait_for_kafka(tmp_path: Path, capsys) -> None:
+    """kafka-python waits 30 s for a first broker by default; --max-seconds 1 gave up only after those 30 s."""
+    from analytics.consumer.__main__ import main as consumer_main
+
+    argv = ["--bootstrap", f"127.0.0.1:{free_port()}", "--store", str(tmp_path / "store"), "--max-seconds", "1"]
+    started = time.monotonic()
+    assert consumer_main(argv) == 2
+    assert time.monotonic() - started < 15
+    assert "cannot reach Kafka at --bootstrap 127.0.0.1:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--max-seconds", "-1"), ("--connect-timeout-s", "0"), ("--session-timeout-ms", "0"),
+     ("--commit-interval-s", "nan"), ("--commit-every-events", "0"), ("--lag-interval-s", "-5"),
+     ("--idle-exit-s", "inf")],
+)  # fmt: skip
+def test_consumer_numeric_flags_are_checked_first(tmp_path: Path, capsys, flag: str, value: str) -> None:
+    """Before the store is created or Kafka is called (a NaN commit interval never committed by time)."""
+    from analytics.consumer.__main__ import main as consumer_main
+
+    assert consumer_main(["--bootstrap", "127.0.0.1:1", "--store", str(tmp_path / "store"), flag, value]) == 2
+    assert f"error: {flag} must be a number > 0, got {value}" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
 
 
 def test_a_corrupt_part_file_is_a_store_error(tmp_path: Path, capsys) -> None:
