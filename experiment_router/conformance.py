@@ -52,6 +52,8 @@ EXCLUSION_REASONS = {
 def is_excluded(section: str, case: list) -> bool:
     """The exclusion rules: a run/stickyBucket case whose context or experiment names a URL, a feature case
     with a contextual bandit rule."""
+    if not isinstance(case, list) or len(case) < 3:  # malformed: not dropped, so it is checked and fails
+        return False
     context = case[1] if isinstance(case[1], dict) else {}
     if section == "feature":
         rules = (
@@ -217,19 +219,26 @@ def iter_cases(cases: dict[str, Any], section: str) -> Iterator[tuple[list, bool
         yield case, is_excluded(section, case)
 
 
+def _case_name(case: Any, index: int) -> str:
+    """A failed case's name: its first field, or its place in the section when the case is malformed."""
+    if isinstance(case, list) and case:
+        return str(case[0])
+    return f"case #{index} ({json.dumps(case)[:60]})"
+
+
 def run_suite(cases: dict[str, Any]) -> list[SectionReport]:
     """Evaluate every required section."""
     reports = []
     for section in REQUIRED_SECTIONS:
         passed = failed = excluded = 0
         failed_names: list[str] = []
-        for case, skip in iter_cases(cases, section):
+        for index, (case, skip) in enumerate(iter_cases(cases, section)):
             if skip:
                 excluded += 1
             elif check_case(section, case):
                 passed += 1
             else:
                 failed += 1
-                failed_names.append(str(case[0]))
+                failed_names.append(_case_name(case, index))
         reports.append(SectionReport(section, passed, failed, excluded, tuple(failed_names)))
     return reports

@@ -91,3 +91,16 @@ def test_cli_exits_nonzero_when_a_required_case_fails(tmp_path, gb_cases: dict) 
     )
     assert proc.returncode != 0
     assert "hash: 14 passed, 1 failed" in proc.stdout
+
+
+
+def test_malformed_cases_fail_by_name_without_stopping_the_suite(gb_cases: dict) -> None:
+    """A case that is not a tuple of its section's layout raised out of the exclusion rule or the report."""
+    cases = {
+        "hash": [[], "not a case", gb_cases["hash"][0], 7],
+        "run": [["too short"], gb_cases["run"][0]],
+    }
+    reports = {r.section: r for r in run_suite(cases)}
+    assert (reports["hash"].passed, reports["hash"].failed) == (1, 3)
+    assert reports["hash"].failed_names == ("case #0 ([])", 'case #1 ("not a case")', "case #3 (7)")
+    assert (reports["run"].passed, reports["run"].failed, reports["run"].failed_names) == (1, 1, ("too short",))
