@@ -144,16 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         parser.error(problems)
-    from experiment_router.errors import ConfigError  # after parsing: --help stays fast
-    from grpc_serving import BindError
-    from ranker_server.app import run
-    from ranker_server.errors import RankerError
+    from ranker_server.app import STARTUP_ERRORS, run  # after parsing: --help stays fast
 
     try:
         return run(settings)
-    except RankerError as exc:
-        print(f"ranker_server: {exc.reason}", file=sys.stderr)
-    except (ConfigError, BindError) as exc:
+    except STARTUP_ERRORS as exc:
         print(f"ranker_server: {exc}", file=sys.stderr)
     return 2
 

@@ -6,19 +6,24 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 
-from grpc_serving import ClientSecurity, SecurityError, load_client_security, load_server_security
+from experiment_router.errors import ConfigError
+from grpc_serving import BindError, ClientSecurity, SecurityError, load_client_security, load_server_security
 from ranker_server import metrics
 from ranker_server.config import ServerSettings
-from ranker_server.errors import SettingsError
+from ranker_server.errors import RankerError, SettingsError
 from ranker_server.retrieval_client import RetrievalClient, RetrievalModelCheck
 from ranker_server.routing import RETRIEVAL, RouterSource
 from ranker_server.server import RankerServer
 
 logger = logging.getLogger(__name__)
+
+STARTUP_ERRORS = (RankerError, ConfigError, BindError)  # what a bad flag, config or package raises at start
 
 
 def upstream_security(settings: ServerSettings) -> ClientSecurity:
@@ -130,13 +135,28 @@ def _worker_main(settings: ServerSettings, worker: int) -> None:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s"
     )
-    _run_loop(settings, worker)
+    try:
+        _run_loop(settings, worker)
+    except STARTUP_ERRORS as exc:  # one line, as ``python -m ranker_server`` prints it, not a traceback
+        print(f"ranker_server: worker {worker}: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _exit_status(process: multiprocessing.process.BaseProcess, stopped: bool) -> int:
+    """A worker's exit status, 128 + the signal for one a signal killed, except the SIGTERM of a worker that was
+    ``stopped`` (before its event loop took over SIGTERM, the default action ends it)."""
+    code = process.exitcode or 0
+    if stopped and code == -signal.SIGTERM:
+        return 0
+    return 128 - code if code < 0 else code
 
 
 def run(settings: ServerSettings) -> int:
     """Run one server, or fork ``settings.workers`` processes sharing the port (SO_REUSEPORT).
 
-    The fork happens before any gRPC server or channel exists in this process, as gRPC requires.
+    The fork happens before any gRPC server or channel exists in this process, as gRPC requires. When one worker
+    ends (a bad config or package at start, a crash, a kill), the others are stopped gracefully and the status
+    is the worst of theirs: a process manager then sees the failure instead of a server at part capacity.
     """
     if settings.workers == 1:
         _run_loop(settings)
@@ -155,13 +175,26 @@ def run(settings: ServerSettings) -> int:
     for process in workers:
         process.start()
 
+    stopping = False
+
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for process in workers:  # each worker drains gracefully on SIGTERM
             if process.is_alive():
                 process.terminate()
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for process in workers:
-        process.join()
-    return max((p.exitcode or 0) for p in workers)
+    running, status = list(workers), 0
+    while running:
+        ended = multiprocessing.connection.wait([p.sentinel for p in running])
+        for process in [p for p in running if p.sentinel in ended]:
+            process.join()
+            running.remove(process)
+            code = _exit_status(process, stopping)
+            if not stopping:  # the workers end as one, so that a supervisor restarts the whole capacity
+                logger.error("worker %d ended (status %d); stopping the others", workers.index(process), code)
+                forward(signal.SIGTERM, None)
+            status = max(status, code)
+    return status

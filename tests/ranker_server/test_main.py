@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -190,3 +191,47 @@ def test_a_port_in_use_is_a_one_line_error(
         assert main([*argv, *(x for item in ports.items() for x in item)]) == 2  # was a RuntimeError/OSError traceback
     err = capsys.readouterr().err
     assert f"cannot listen on 127.0.0.1:{ports[flag]}" in err and "Traceback" not in err, err
+
+
+def worker_pids(parent: int) -> list[int]:
+    return [int(pid) for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+
+
+def test_workers_report_a_bad_config_in_one_line_each(repository: Path, tmp_path: Path) -> None:
+    """Each worker printed the ConfigErrors traceback, and the parent exited 1."""
+    config = tmp_path / "experiments.yaml"
+    config.write_text(CONFIG.format(control="1", treatment="7"))
+    args = ["--repository", str(repository), "--experiments", str(config), "--port", str(free_port())]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ranker_server", *args, "--workers", "2"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"ranker_server: worker 0: {config}:" in proc.stderr or f"ranker_server: worker 1: {config}:" in proc.stderr
+    assert "tiny/7 is not in the model repository" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_killed_worker_stops_the_others_and_fails_the_server(repository: Path, tmp_path: Path) -> None:
+    """The parent waited on the workers in order, so one killed worker left the server at half capacity with
+    nothing failing (and a worker killed by a signal counted as exit status 0)."""
+    config = tmp_path / "experiments.yaml"
+    config.write_text(CONFIG.format(control="1", treatment="1"))
+    port = free_port()
+    args = ["--repository", str(repository), "--experiments", str(config), "--port", str(port), "--grace", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ranker_server", *args, "--workers", "2"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 30
+        while len(pids := worker_pids(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGKILL)
+        assert proc.wait(30) == 128 + signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not Path(f"/proc/{pids[1]}").exists() or "zombie" in Path(f"/proc/{pids[1]}/status").read_text()
+    assert "worker 0 ended (status 137); stopping the others" in (proc.stderr.read() if proc.stderr else "")
