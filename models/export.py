@@ -9,8 +9,10 @@ times faster; ``dynamo=True`` selects the torch.export path.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
+import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -100,7 +102,8 @@ def export_package(
     """Write ``<repository>/<name>/<version>/`` and check its golden parity; returns the directory.
 
     The package is assembled in a sibling temporary folder and renamed into place, so a failed export never
-    leaves a half-written version that a server could pick up.
+    leaves a half-written version that a server could pick up. Each export has its own folder: two publishes
+    of one version at once never mix their files, and without ``overwrite`` the later one fails.
     """
     for what, value in (("name", name), ("version", str(version))):
         if not value or value.startswith(".") or "/" in value or "\\" in value:
@@ -110,8 +113,7 @@ def export_package(
     target = package_dir(repository, name, version)
     if target.exists() and not overwrite:
         raise PackageError(f"{target} already exists (pass overwrite to replace it)")
-    staging = target.with_name(f".{target.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.staging")
     staging.mkdir(parents=True)
     try:
         model = model.eval().cpu().for_export().eval()
@@ -141,9 +143,15 @@ def export_package(
         )
         write_manifest(staging, manifest)
         check_golden_parity(staging, manifest)
-        if target.exists():
+        if overwrite and target.exists():
             shutil.rmtree(target)
-        staging.rename(target)
+        try:
+            staging.rename(target)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # a non-empty folder is in the way: another publish of this version finished first
+            raise PackageError(f"{target} already exists: another export of it finished first") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -112,7 +112,18 @@ def load_model(
         expected = np.asarray(golden["logits"], np.float32)
     except KeyError as exc:
         raise PackageError(f"{path / 'golden.npz'}: missing array {exc}") from None
+    except (TypeError, ValueError) as exc:  # e.g. strings where ids belong
+        raise PackageError(f"{path / 'golden.npz'}: {exc}") from None
+    if sparse.shape[:1] == (0,):  # no rows would check nothing; warm-up and the factored check need a user
+        raise PackageError(f"{path / 'golden.npz'}: no rows")
     runner.check(GraphRows(sparse, dense), expected, runtime, f"{label}: golden.npz")
+    layout = package.layout
+    widths = (layout.user_sparse + layout.item_sparse, layout.user_dense + layout.item_dense)
+    if widths != (sparse.shape[1], dense.shape[1]):  # requests are built from the manifest's columns
+        raise PackageError(
+            f"{path / 'manifest.json'}: features declare {widths[0]} sparse / {widths[1]} dense columns, "
+            f"the graph takes {sparse.shape[1]} / {dense.shape[1]}"
+        )
     if len(package.manifest.tasks) != expected.shape[1]:
         raise PackageError(
             f"{label}: manifest lists {len(package.manifest.tasks)} tasks, logits have {expected.shape[1]}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -140,7 +141,9 @@ def read_package(path: Path) -> ModelPackage:
         manifest = Manifest.model_validate(json.loads(raw))
     except FileNotFoundError:
         raise PackageError(f"{manifest_path}: missing") from None
-    except (json.JSONDecodeError, ValidationError) as exc:
+    except OSError as exc:  # a folder in its place, no permission: the poll must log it, not crash on it
+        raise PackageError(f"{manifest_path}: unreadable: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValidationError) as exc:
         raise PackageError(f"{manifest_path}: invalid manifest: {exc}") from None
     if manifest.kind != "ranking":
         raise PackageError(
@@ -171,7 +174,10 @@ def read_package(path: Path) -> ModelPackage:
 def _verify(path: Path, expected: str) -> None:
     if not path.is_file():
         raise PackageError(f"{path}: missing")
-    actual = file_sha256(path)
+    try:
+        actual = file_sha256(path)
+    except OSError as exc:  # deleted or made unreadable since is_file (a republish in progress)
+        raise PackageError(f"{path}: unreadable: {exc.strerror}") from None
     if actual != expected:
         raise PackageError(f"{path}: sha256 {actual} does not match the manifest's {expected}")
 
@@ -182,7 +188,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # a truncated or corrupt .npz
         raise PackageError(f"{path}: unreadable: {exc}") from None
 
 

@@ -92,8 +92,13 @@ def load_package(root: Path, name: str, version: str, exact_max_items: int = EXA
     manifest_path = package / "manifest.json"
     if not manifest_path.is_file():
         raise PackageError(f"{manifest_path}: not found")
-    raw = manifest_path.read_bytes()
-    manifest = json.loads(raw)
+    try:
+        raw = manifest_path.read_bytes()
+        manifest = json.loads(raw)
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8 (a half-written file)
+        raise PackageError(f"{manifest_path}: unreadable: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise PackageError(f"{manifest_path}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("kind") != "retrieval":
         raise PackageError(f"{manifest_path}: kind is {manifest.get('kind')!r}, expected 'retrieval'")
     expected = {"model.onnx": manifest.get("onnx_sha256"), **manifest.get("files", {})}
@@ -106,7 +111,10 @@ def load_package(root: Path, name: str, version: str, exact_max_items: int = EXA
             raise PackageError(f"{path}: listed in the manifest but missing")
         if _sha256(path) != digest:
             raise PackageError(f"{path}: sha256 does not match the manifest")
-    fanouts = [int(f) for f in manifest["training_config"]["fanouts"]]
+    try:
+        fanouts = [int(f) for f in manifest["training_config"]["fanouts"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PackageError(f"{manifest_path}: training_config.fanouts must list integers ({exc!r})") from None
     if len(fanouts) != 2:  # the encoder has two GAT layers: one neighbour sample size per hop
         raise PackageError(f"{manifest_path}: training_config.fanouts must give 2 sizes (one per hop), got {fanouts}")
     store = GraphStore.load(package / "index" / "graph.npz", (fanouts[0], fanouts[1]))
@@ -146,6 +154,7 @@ class ModelRepository:
         self._models: dict[ModelKey, LoadedModel] = {}
         self._default: ModelKey | None = None
         self._load_lock = threading.Lock()
+        self._failed: dict[ModelKey, str] = {}  # manifest fingerprint whose reload failed: not retried
 
     def load(self, name: str, version: str, default: bool = False) -> LoadedModel:
         """Load (or reload) a version and publish it atomically; the old object serves until then."""
@@ -176,11 +185,13 @@ class ModelRepository:
                 fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()
             except OSError:
                 continue
-            if fingerprint != model.fingerprint:
+            if fingerprint != model.fingerprint and self._failed.get(key) != fingerprint:
                 try:
                     self.load(*key, default=key == self._default)
+                    self._failed.pop(key, None)
                     changed.append(key)
                 except PackageError as exc:  # keep serving the old version
+                    self._failed[key] = fingerprint
                     logger.error("reload of %s:%s failed, keeping the loaded one: %s", *key, exc)
         return changed
 

@@ -92,7 +92,12 @@ class RetrievalServer:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._poll_interval_s)
-            if await loop.run_in_executor(self._executor, self.repository.refresh):
+            try:
+                changed = await loop.run_in_executor(self._executor, self.repository.refresh)
+            except Exception:  # a dead poller would stop hot reload for good, and stop() would re-raise this
+                logger.exception("model repository refresh failed")
+                continue
+            if changed:
                 self.metrics.publish_models(self.repository.loaded(), self.repository.default)
 
     async def stop(self, grace_s: float = 5.0) -> None:

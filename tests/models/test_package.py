@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import models
+from models.base import MultiTaskModel
 from models.data import SyntheticConfig, SyntheticWorld
 from models.errors import PackageError
 from models.export import export_package
@@ -98,3 +99,27 @@ def test_existing_version_is_not_overwritten(package) -> None:
     model = models.create_model("mmoe", features=DATA.features, tasks=DATA.tasks, preset="tiny")
     with pytest.raises(PackageError, match="already exists"):
         export_package(model, package.parents[1], "ranker", "3", family="mmoe")
+
+
+def test_two_exports_of_one_version_at_once_never_mix(tmp_path, monkeypatch) -> None:
+    """A second export of the version starts and finishes while the first is half-way: the second is published
+    whole, and the first fails with a PackageError instead of crashing in a staging folder the second wiped."""
+    import models.export
+
+    real_golden_io = models.export.golden_io
+    published: list[object] = []
+
+    def golden_io_racing(model: MultiTaskModel) -> dict[str, np.ndarray]:
+        if model is first:  # the first export has written model.onnx: the second one runs to the end now
+            published.append(export_package(second, tmp_path, "ranker", "1", family="mmoe"))
+        return real_golden_io(model)
+
+    torch.manual_seed(1)
+    first = models.create_model("mmoe", features=DATA.features, tasks=DATA.tasks, preset="tiny")
+    second = models.create_model("mmoe", features=DATA.features, tasks=DATA.tasks, preset="tiny")
+    monkeypatch.setattr(models.export, "golden_io", golden_io_racing)
+    with pytest.raises(PackageError, match="already exists"):
+        export_package(first, tmp_path, "ranker", "1", family="mmoe")
+    assert published == [tmp_path / "ranker" / "1"]
+    verify_package(tmp_path / "ranker" / "1", check_golden=True)
+    assert [p.name for p in (tmp_path / "ranker").iterdir()] == ["1"]  # no staging folder left behind

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc import aio
 from prometheus_client import REGISTRY
 
+from models.package import GOLDEN_FILE, MANIFEST, read_manifest, write_manifest
 from proto import ranking_pb2, ranking_pb2_grpc
 from ranker_server.errors import PackageError
 from ranker_server.exposure import MemorySink
@@ -51,6 +54,82 @@ async def test_startup_refuses_a_package_with_a_bad_checksum(repo: Path) -> None
     with pytest.raises(PackageError, match="sha256"):
         await server.start()
     await server.stop(0)
+
+
+def _not_utf8_manifest(package: Path) -> str:
+    manifest = package / MANIFEST
+    manifest.write_bytes(manifest.read_bytes().replace(b'"mmoe"', b'"mmo\xe9"', 1))  # latin-1, not UTF-8
+    return f"{manifest}: invalid manifest"
+
+
+def _manifest_is_a_folder(package: Path) -> str:
+    (package / MANIFEST).unlink()
+    (package / MANIFEST).mkdir()
+    return f"{package / MANIFEST}: unreadable"
+
+
+def _truncated_golden_signed(package: Path) -> str:
+    golden = package / GOLDEN_FILE
+    golden.write_bytes(golden.read_bytes()[:100])
+    write_manifest(package, read_manifest(package))  # checksums fine, contents not: sha256 cannot tell
+    return f"{golden}: unreadable"
+
+
+def _golden_without_rows(package: Path) -> str:
+    golden = dict(np.load(package / GOLDEN_FILE))
+    np.savez(package / GOLDEN_FILE, **{k: v[:0] for k, v in golden.items()})
+    write_manifest(package, read_manifest(package))
+    return f"{package / GOLDEN_FILE}: no rows"
+
+
+def _features_narrower_than_the_graph(package: Path) -> str:
+    manifest = read_manifest(package)
+    manifest.features["sparse"].pop(0)
+    write_manifest(package, manifest)
+    return f"{package / MANIFEST}: features declare 2 sparse / 3 dense columns, the graph takes 3 / 3"
+
+
+BROKEN_PACKAGES = [
+    _not_utf8_manifest,
+    _manifest_is_a_folder,
+    _truncated_golden_signed,
+    _golden_without_rows,
+    _features_narrower_than_the_graph,
+]
+
+
+@pytest.mark.parametrize("breaks", BROKEN_PACKAGES, ids=lambda f: f.__name__.strip("_"))
+async def test_a_broken_package_is_a_package_error_naming_the_file(
+    repo: Path, breaks: Callable[[Path], str]
+) -> None:
+    """Every way a package can be broken stops the start with a one-line reason (``__main__`` prints
+    ``PackageError`` without a traceback), never with an error from json, zipfile, numpy or ONNX Runtime."""
+    message = breaks(repo / "tiny" / "1")
+    server = RankerServer(make_settings(repo), MutableSource(ONLY_V1), None)
+    with pytest.raises(PackageError) as raised:
+        await server.start()
+    await server.stop(0)
+    assert message in raised.value.reason
+
+
+@pytest.mark.parametrize("breaks", BROKEN_PACKAGES, ids=lambda f: f.__name__.strip("_"))
+async def test_a_broken_republish_is_logged_and_the_loaded_version_keeps_serving(
+    repo: Path, breaks: Callable[[Path], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A poll that meets a broken republish counts a failed load and keeps the old version, rather than
+    raising out of ``refresh`` (the poll would log a traceback and retry the load on every poll)."""
+    server, _ = await start(repo, ONLY_V1)
+    try:
+        old = server.repository.snapshot.models[("tiny", "1")]
+        before = failed_loads("1")
+        message = breaks(repo / "tiny" / "1")
+        for _ in range(2):
+            assert await server.repository.refresh()
+        assert server.repository.snapshot.models[("tiny", "1")] is old
+        assert failed_loads("1") == before + 1  # the same broken files are not retried on every poll
+        assert any(message in record.getMessage() for record in caplog.records)
+    finally:
+        await server.stop(0)
 
 
 async def test_new_version_with_wrong_golden_outputs_is_rejected_and_old_keeps_serving(repo: Path) -> None:

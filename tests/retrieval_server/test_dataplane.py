@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,6 +164,25 @@ async def test_refresh_swaps_in_a_rewritten_package(repository_root):
     assert plane.repository.refresh() == [("ssmtl", "1")]
     assert plane.repository.get("ssmtl", "1") is not before
     assert plane.repository.default == ("ssmtl", "1")
+
+
+def test_refresh_keeps_serving_through_a_half_written_manifest(
+    repository_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A manifest caught half-written (an editor, a copy) is a failed reload, logged once, not an exception
+    out of ``refresh`` (it killed the server's poller: no later republish was picked up)."""
+    repository = ModelRepository(repository_root)
+    before = repository.load("ssmtl", "1", default=True)
+    manifest_path = repository_root / "ssmtl" / "1" / "manifest.json"
+    text = manifest_path.read_text()
+    manifest_path.write_text(text[: len(text) // 2])
+    assert repository.refresh() == [] and repository.refresh() == []
+    assert repository.get("ssmtl", "1") is before
+    failures = [r.getMessage() for r in caplog.records if "reload of ssmtl:1 failed" in r.getMessage()]
+    assert len(failures) == 1 and f"{manifest_path}: unreadable" in failures[0]
+    manifest_path.write_text(json.dumps({**json.loads(text), "created_at": "2030-01-01T00:00:00+00:00"}))
+    assert repository.refresh() == [("ssmtl", "1")]
+    assert repository.get("ssmtl", "1") is not before
 
 
 def test_serving_never_imports_torch():

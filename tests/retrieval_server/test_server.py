@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -143,6 +144,35 @@ async def test_hot_swap_under_concurrent_load_fails_no_request(served):
     counts = await asyncio.gather(*workers)
     assert failures == [] and sum(counts) > 16
     assert after.model.version == "2" and ("ssmtl", "2") in seen
+
+
+async def test_poller_survives_an_unexpected_refresh_error(
+    repository_root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever a refresh raises is logged and the next poll runs: a dead poller would end hot reload until a
+    restart, and ``stop`` would re-raise its error."""
+    repository = ModelRepository(repository_root)
+    repository.load("ssmtl", "1", default=True)
+    calls: list[int] = []
+
+    def refresh() -> list[tuple[str, str]]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("disk went away")
+        return []
+
+    monkeypatch.setattr(repository, "refresh", refresh)
+    server = RetrievalServer(repository, port=0, poll_interval_s=0.01)
+    await server.start()
+    try:
+        for _ in range(200):
+            if len(calls) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert len(calls) >= 3
+        assert any("refresh failed" in r.getMessage() for r in caplog.records)
+    finally:
+        await server.stop(0.1)
 
 
 async def test_stop_reports_not_serving_before_draining(served):
