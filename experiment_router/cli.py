@@ -17,7 +17,7 @@ from scipy.stats import chisquare
 
 from experiment_router.conformance import EXCLUSION_REASONS, load_cases, run_suite
 from experiment_router.errors import ConfigError
-from experiment_router.loader import repository_checker
+from experiment_router.loader import repository_checker, repository_tasks
 from experiment_router.router import Router
 from experiment_router.schema import INTERLEAVED
 
@@ -125,8 +125,11 @@ def _load(args: argparse.Namespace, path: str) -> Router:
     repository = getattr(args, "model_repository", None)
     if repository and not Path(repository).is_dir():  # else every model would be reported missing
         raise ConfigError("--model-repository: no such folder", file=repository)
-    checker = repository_checker(repository) if repository else None
-    return Router.from_file(path, model_exists=checker)
+    if not repository:
+        return Router.from_file(path)
+    return Router.from_file(
+        path, model_exists=repository_checker(repository), ranking_tasks=repository_tasks(repository)
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

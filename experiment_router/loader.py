@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 ModelExists = Callable[[str, str, str], bool]
 """`model_exists(stage, model_name, model_version) -> bool`, asked for every payload of a config."""
+
+RankingTasks = Callable[[str, str], Collection[str] | None]
+"""`ranking_tasks(model_name, model_version)`: the task names of a ranking model version, None when unknown."""
 
 Path_ = tuple[str | int, ...]
 
@@ -108,6 +111,7 @@ def load_config(
     source: str | Path | Mapping[str, Any],
     *,
     model_exists: ModelExists | None = None,
+    ranking_tasks: RankingTasks | None = None,
     text: str | None = None,
 ) -> RouterConfig:
     """Load and validate a config.
@@ -115,6 +119,7 @@ def load_config(
     Args:
         source: a file path, or an already parsed mapping.
         model_exists: optional check that every payload names a model in the model repository.
+        ranking_tasks: optional lookup of a ranking model's tasks, which every ``task_weights`` must name.
         text: the file's contents, when the caller has already read them (hot reload hashes them).
 
     Raises:
@@ -141,6 +146,8 @@ def load_config(
     except ValidationError as exc:
         raise ConfigErrors([_pydantic_error(locate, err) for err in exc.errors()]) from None
     problems = list(_semantic_problems(config, locate, model_exists))
+    if ranking_tasks is not None:
+        problems += _task_weight_problems(config, locate, ranking_tasks)
     if problems:
         raise ConfigErrors(problems)
     return config
@@ -212,6 +219,43 @@ def _semantic_problems(
         if stage == "retrieval" and payload.task_weights:
             yield locate.error(
                 "task_weights only apply to the ranking stage", ("defaults", stage, "task_weights")
+            )
+
+
+def _task_weight_problems(
+    config: RouterConfig, locate: _Locator, ranking_tasks: RankingTasks
+) -> Iterator[ConfigError]:
+    """Every task a ranking payload weighs, its own ``task_weights`` or those it inherits from the ranking
+    default, must be a task of its model: the ranker counts an unnamed task 0, so a misspelt name would silently
+    drop that task from the merged score (all of them: every candidate scored 0, the list left in input order)."""
+    default = config.defaults["ranking"]
+    weighed: list[tuple[str, str, dict[str, float], Path_, str]] = []
+    if default.task_weights:
+        weighed.append(
+            (default.model_name, default.model_version, default.task_weights, ("defaults", "ranking"), "")
+        )
+    for i, exp in enumerate(config.experiments):
+        if exp.stage != "ranking":
+            continue
+        for j, var in enumerate(exp.variations):
+            p = var.payload
+            path: Path_ = ("experiments", i, "variations", j, "payload")
+            if p.task_weights:
+                weighed.append((p.model_name, p.model_version, p.task_weights, path, ""))
+            elif p.task_weights is None and default.task_weights:
+                inherited = " (defaults.ranking's)"
+                weighed.append((p.model_name, p.model_version, default.task_weights, path, inherited))
+    for name, version, weights, path, whose in weighed:
+        tasks = ranking_tasks(name, version)
+        if tasks is None:
+            continue
+        unknown = sorted(set(weights) - set(tasks))
+        if unknown:
+            where = path + ("task_weights", unknown[0]) if not whose else path + ("model_name",)
+            yield locate.error(
+                f"task_weights{whose}: unknown task {', '.join(map(repr, unknown))} for ranking model "
+                f"{name}/{version}, whose tasks are {', '.join(map(repr, tasks))}",
+                where,
             )
 
 
@@ -364,6 +408,20 @@ def _stage_layer_conflict(config: RouterConfig, locate: _Locator, i: int, other:
         f"models: {problem}; {fix} (or stop one of them)",
         ("experiments", i, "layer"),
     )
+
+
+def repository_tasks(root: str | Path) -> RankingTasks:
+    """A `ranking_tasks` that reads the task names of `<root>/<name>/<version>/manifest.json`."""
+    base = Path(root)
+
+    def tasks(name: str, version: str) -> list[str] | None:
+        try:
+            manifest = json.loads((base / name / version / "manifest.json").read_text(encoding="utf-8"))
+            return [str(task["name"]) for task in manifest["tasks"]]
+        except (OSError, ValueError, KeyError, TypeError):  # unreadable: model_exists reports what is wrong
+            return None
+
+    return tasks
 
 
 def repository_checker(root: str | Path) -> ModelExists:

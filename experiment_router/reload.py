@@ -23,7 +23,7 @@ from pathlib import Path
 from prometheus_client import Counter
 
 from experiment_router.errors import ConfigError, ModelCheckUnavailable
-from experiment_router.loader import ModelExists
+from experiment_router.loader import ModelExists, RankingTasks
 from experiment_router.router import Router
 from experiment_router.sticky import StickyBucketStore
 
@@ -46,6 +46,7 @@ class ConfigWatcher:
         on_reload: called with the new Router after a successful swap.
         model_exists: passed to validation, as for Router.from_file; may raise ``ModelCheckUnavailable``
             (a reload is then retried at the next poll).
+        ranking_tasks: passed to validation, as for Router.from_file.
         sticky_store: shared by every Router this watcher builds, so sticky buckets survive reloads.
         settle_s: how long a changed file must keep the same content before it is applied (0: at once).
 
@@ -61,6 +62,7 @@ class ConfigWatcher:
         on_error: Callable[[ConfigError], None] | None = None,
         on_reload: Callable[[Router], None] | None = None,
         model_exists: ModelExists | None = None,
+        ranking_tasks: RankingTasks | None = None,
         sticky_store: StickyBucketStore | None = None,
         settle_s: float = 1.0,
     ) -> None:
@@ -70,6 +72,7 @@ class ConfigWatcher:
         self._on_error = on_error
         self._on_reload = on_reload
         self._model_exists = model_exists
+        self._ranking_tasks = ranking_tasks
         self._sticky_store = sticky_store
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -97,7 +100,11 @@ class ConfigWatcher:
 
     def _build(self, text: str) -> Router:
         return Router.from_file(
-            self.path, model_exists=self._model_exists, sticky_store=self._sticky_store, text=text
+            self.path,
+            model_exists=self._model_exists,
+            ranking_tasks=self._ranking_tasks,
+            sticky_store=self._sticky_store,
+            text=text,
         )
 
     def check_now(self) -> bool:

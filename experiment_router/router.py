@@ -32,7 +32,7 @@ from experiment_router.hashing import (
     fnv1a32_update,
     hash_unit,
 )
-from experiment_router.loader import ModelExists, load_config
+from experiment_router.loader import ModelExists, RankingTasks, load_config
 from experiment_router.schema import (
     INTERLEAVED,
     STAGES,
@@ -385,18 +385,20 @@ class Router:
         path: str | Path,
         *,
         model_exists: ModelExists | None = None,
+        ranking_tasks: RankingTasks | None = None,
         sticky_store: StickyBucketStore | None = None,
         text: str | None = None,
     ) -> Router:
         """Load, validate and compile a config file (raises ConfigError naming file, key path, line)."""
-        config = load_config(path, model_exists=model_exists, text=text)
+        config = load_config(path, model_exists=model_exists, ranking_tasks=ranking_tasks, text=text)
         return cls(config, source=str(path), sticky_store=sticky_store)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], **kwargs: Any) -> Router:
         """Validate and compile an already parsed config."""
         model_exists = kwargs.pop("model_exists", None)
-        return cls(load_config(data, model_exists=model_exists), **kwargs)
+        ranking_tasks = kwargs.pop("ranking_tasks", None)
+        return cls(load_config(data, model_exists=model_exists, ranking_tasks=ranking_tasks), **kwargs)
 
     @property
     def experiment_keys(self) -> tuple[str, ...]:

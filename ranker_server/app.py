@@ -48,6 +48,7 @@ def watched_router(settings: ServerSettings, upstream: ClientSecurity | None = N
     new config waits (retried every poll); at start it is accepted unchecked, with a warning, so that the
     services may start in any order.
     """
+    from experiment_router.loader import repository_tasks
     from experiment_router.reload import ConfigWatcher
 
     check = RetrievalModelCheck(settings.retrieval, upstream) if settings.retrieval else None
@@ -59,7 +60,10 @@ def watched_router(settings: ServerSettings, upstream: ClientSecurity | None = N
 
     try:
         watcher = ConfigWatcher(
-            settings.experiments, interval_s=settings.poll_interval_s, model_exists=model_exists
+            settings.experiments,
+            interval_s=settings.poll_interval_s,
+            model_exists=model_exists,
+            ranking_tasks=repository_tasks(settings.repository),
         )
         if check is not None:
             check.strict = True

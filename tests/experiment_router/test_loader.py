@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from experiment_router import ConfigError, Router
-from experiment_router.loader import load_config, repository_checker
+from experiment_router.loader import load_config, repository_checker, repository_tasks
 from tests.experiment_router.helpers import EXAMPLES, base_config
 
 HEADER = """\
@@ -202,6 +202,36 @@ def test_payload_model_checked_against_repository_directory(tmp_path: Path) -> N
     assert Router.from_file(path, model_exists=repository_checker(repo))
     (repo / "mmoe+dml" / "1" / "manifest.json").unlink()
     assert "mmoe+dml/1" in _error(path, model_exists=repository_checker(repo)).message
+
+
+def _repository_with_tasks(root: Path, tasks: dict[str, list[str]]) -> Path:
+    for name, names in tasks.items():
+        (root / name / "1").mkdir(parents=True)
+        manifest = {"kind": "ranking", "tasks": [{"name": t, "type": "binary"} for t in names]}
+        (root / name / "1" / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_task_weights_must_name_tasks_of_the_model(tmp_path: Path) -> None:
+    """A misspelt task weighed 0 in the ranker: with every name misspelt, all candidates scored 0 and Rank
+    returned them in input order, with nothing logged."""
+    repo = _repository_with_tasks(tmp_path / "repo", {"mmoe": ["click", "watch"], "mmoe+dml": ["click"]})
+    control = "payload: {model_name: mmoe, model_version: 1}}"
+    body = GOOD_EXPERIMENT.replace(control, control[:-2] + ", task_weights: {click: 1, wacth: 2}}}")
+    assert Router.from_file(_write(tmp_path, GOOD_EXPERIMENT), ranking_tasks=repository_tasks(repo))
+    err = _error(_write(tmp_path, body), ranking_tasks=repository_tasks(repo))
+    assert err.field == "experiments[0].variations[0].payload.task_weights.wacth" and err.line == 11
+    assert "unknown task 'wacth' for ranking model mmoe/1, whose tasks are 'click', 'watch'" in err.message
+
+
+def test_inherited_task_weights_must_name_tasks_of_the_variations_model(tmp_path: Path) -> None:
+    """A variation without task_weights takes the ranking default's: they must fit its own model too."""
+    repo = _repository_with_tasks(tmp_path / "repo", {"mmoe": ["click"], "mmoe+dml": ["ctr", "watch"]})
+    err = _error(_write(tmp_path, GOOD_EXPERIMENT), ranking_tasks=repository_tasks(repo))
+    assert err.field == "experiments[0].variations[1].payload.model_name" and err.line == 12
+    assert "task_weights (defaults.ranking's): unknown task 'click' for ranking model mmoe+dml/1" in err.message
+    (repo / "mmoe+dml" / "1" / "manifest.json").write_text("{")  # unknown tasks: model_exists reports it
+    assert Router.from_file(_write(tmp_path, GOOD_EXPERIMENT), ranking_tasks=repository_tasks(repo))
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:

@@ -89,6 +89,18 @@ def test_a_config_naming_a_missing_model_fails_to_start_with_a_clear_error(
     assert "Traceback" not in proc.stderr
 
 
+def test_a_misspelt_task_weight_fails_to_start_naming_file_line_and_task(
+    repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ranker weighed a task its model lacks as 0: a typo silently dropped the task from the ranking."""
+    config = tmp_path / "experiments.yaml"
+    config.write_text(CONFIG.format(control="1", treatment="2").replace("{click: 0.5,", "{clicks: 0.5,"))
+    argv = ["--repository", str(repository), "--experiments", str(config), "--port", "0", "--event-loop", "asyncio"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{config}:17:" in err and "unknown task 'clicks' for ranking model tiny/2" in err, err
+
+
 def wait_serving(target: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
