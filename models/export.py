@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from models.base import MultiTaskModel, random_batch
 from models.errors import PackageError
 from models.factored import SideLayout, export_factored
+from models.layers import FeatureSpec
 from models.package import (
     GOLDEN_FILE,
     ITEM_FEATURES_FILE,
@@ -113,6 +114,8 @@ def export_package(
     target = package_dir(repository, name, version)
     if target.exists() and not overwrite:
         raise PackageError(f"{target} already exists (pass overwrite to replace it)")
+    if features is not None:
+        check_features(features, model.feature_spec)
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.staging")
     staging.mkdir(parents=True)
     try:
@@ -157,6 +160,28 @@ def export_package(
         raise
     logger.info("exported %s to %s", family, target)
     return target
+
+
+def check_features(features: Mapping[str, Any], spec: FeatureSpec) -> None:
+    """The manifest's feature block must describe the graph's columns: the ranker builds request rows from it,
+    and clamps an id at or above a column's ``vocab_size`` to 0 (out of vocabulary), so a vocabulary smaller than
+    the model's would silently turn real ids into the unknown id.
+
+    Raises:
+        PackageError: naming the column or count that differs.
+    """
+    sparse, dense = list(features.get("sparse", [])), list(features.get("dense", []))
+    if (len(sparse), len(dense)) != (spec.n_sparse, spec.n_dense):
+        raise PackageError(
+            f"features list {len(sparse)} sparse / {len(dense)} dense columns, the model takes "
+            f"{spec.n_sparse} / {spec.n_dense}"
+        )
+    for i, (column, vocab_size) in enumerate(zip(sparse, spec.sparse_vocab_sizes, strict=True)):
+        if column.get("vocab_size") != vocab_size:
+            raise PackageError(
+                f"features.sparse[{i}] ({column.get('name')!r}): vocab_size {column.get('vocab_size')!r}, "
+                f"the model's embedding has {vocab_size} rows"
+            )
 
 
 def default_features(model: MultiTaskModel) -> dict[str, Any]:

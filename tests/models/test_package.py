@@ -123,3 +123,22 @@ def test_two_exports_of_one_version_at_once_never_mix(tmp_path, monkeypatch) -> 
     assert published == [tmp_path / "ranker" / "1"]
     verify_package(tmp_path / "ranker" / "1", check_golden=True)
     assert [p.name for p in (tmp_path / "ranker").iterdir()] == ["1"]  # no staging folder left behind
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda f: f["sparse"].pop(0), "features list"),
+        (lambda f: f["dense"].append({"name": "extra", "side": "item"}), "features list"),
+        (lambda f: f["sparse"][0].update(vocab_size=f["sparse"][0]["vocab_size"] - 1), "features.sparse[0]"),
+    ],
+    ids=["one sparse column fewer", "one dense column more", "a smaller vocabulary"],
+)
+def test_a_feature_block_that_does_not_describe_the_model_is_refused(tmp_path, change, message) -> None:
+    """Exported as given: a smaller vocabulary made the ranker map real ids to the unknown id, silently."""
+    model = models.create_model("mmoe", features=DATA.features, tasks=DATA.tasks, preset="tiny")
+    features = json.loads(json.dumps(DATA.manifest_features()))
+    change(features)
+    with pytest.raises(PackageError, match=message.replace("[", r"\[")):
+        export_package(model, tmp_path, "ranker", "1", family="mmoe", features=features)
+    assert not (tmp_path / "ranker").exists() or not any((tmp_path / "ranker").iterdir())
