@@ -76,8 +76,18 @@ class StoreContractError(AnalyticsError, RuntimeError):
     """The store returned rows that break its contract (e.g. ratio rows not in the same user order)."""
 
 
+class _KeyPathError(ValueError):
+    """A rule broken deeper than the model that checks it: ``path`` (relative to that model) lets
+    ``load_analysis_config`` report the line and key path of the offending value, not of the model."""
+
+    def __init__(self, message: str, path: tuple[int | str, ...]) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and inf are refused: an infinite weight or tuning parameter would only fail later, in the analysis
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Winsorization(_Strict):
@@ -98,6 +108,10 @@ class Winsorization(_Strict):
             v is None for v in (self.lower_quantile, self.upper_quantile, self.lower_value, self.upper_value)
         ):
             raise ValueError("set at least one of lower_quantile, upper_quantile, lower_value, upper_value")
+        for kind in ("quantile", "value"):  # a lower cap above the upper one clips every value to one number
+            lower, upper = getattr(self, f"lower_{kind}"), getattr(self, f"upper_{kind}")
+            if lower is not None and upper is not None and lower > upper:
+                raise _KeyPathError(f"lower_{kind} {lower} is above upper_{kind} {upper}", (f"lower_{kind}",))
         return self
 
     def apply(self, values: np.ndarray) -> np.ndarray:
@@ -159,6 +173,12 @@ class ExperimentSettings(_Strict):
     def _positive_weights(self) -> ExperimentSettings:
         if self.weights is not None and any(w <= 0 for w in self.weights.values()):
             raise ValueError(f"weights must be > 0, got {self.weights}")
+        if self.control is not None and self.weights is not None and self.control not in self.weights:
+            # the control would get weight 0: its users count as unplanned traffic and SRM always flags
+            raise _KeyPathError(
+                f"control {self.control!r} is not one of the weighted variants {sorted(self.weights)}",
+                ("control",),
+            )
         return self
 
 
@@ -186,13 +206,18 @@ class AnalysisConfig(_Strict):
     @model_validator(mode="after")
     def _check_names(self) -> AnalysisConfig:
         names = [m.name for m in self.metrics]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate metric names {duplicates}")
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise _KeyPathError(
+                    f"duplicate metric name {name!r} (also metrics.{names.index(name)})",
+                    ("metrics", i, "name"),
+                )
         for key, settings in self.experiments.items():
-            unknown = sorted(set(settings.metrics or []) - set(names))
-            if unknown:
-                raise ValueError(f"experiments.{key}.metrics names unknown metrics {unknown}; known: {names}")
+            for i, name in enumerate(settings.metrics or []):
+                if name not in names:
+                    raise _KeyPathError(
+                        f"unknown metric {name!r}; known: {names}", ("experiments", key, "metrics", i)
+                    )
         return self
 
     def metric(self, name: str) -> MetricDefinition:
@@ -237,10 +262,13 @@ def load_analysis_config(path: str | Path) -> AnalysisConfig:
         text = path.read_text()
         data = yaml.safe_load(text)
         root = yaml.compose(text)
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise MetricConfigError(f"{path}: cannot read analysis config: {exc}") from exc
     if not isinstance(data, dict):
         raise MetricConfigError(f"{path}: expected a mapping at the top level")
+    duplicates = [f"{path}:{problem}" for problem in _duplicate_keys(root, (), set())]
+    if duplicates:
+        raise MetricConfigError("invalid analysis config:\n  " + "\n  ".join(duplicates))
     try:
         return AnalysisConfig.model_validate(data)
     except ValidationError as exc:
@@ -249,6 +277,9 @@ def load_analysis_config(path: str | Path) -> AnalysisConfig:
             loc = [
                 part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-"))
             ]
+            cause = error.get("ctx", {}).get("error")
+            if isinstance(cause, _KeyPathError):
+                loc += cause.path
             key = ".".join(str(p) for p in loc) or "<root>"
             line = _line_of(root, loc)
             message = error["msg"]
@@ -257,6 +288,34 @@ def load_analysis_config(path: str | Path) -> AnalysisConfig:
                 message = f"unknown key; allowed keys: {sorted(model.model_fields)}" if model else message
             problems.append(f"{path}:{line}: {key}: {message}")
         raise MetricConfigError("invalid analysis config:\n  " + "\n  ".join(problems)) from None
+
+
+def _duplicate_keys(node: yaml.Node | None, loc: tuple[str, ...], seen: set[int]) -> list[str]:
+    """``line: key.path: ...`` for each key given twice in one mapping: YAML keeps the last one silently, so
+    a setting pasted twice (``cuped: true`` ... ``cuped: false``) would hide the first.
+
+    ``seen`` holds the nodes already walked: an alias repeats its anchor's node, and walking it again for
+    every alias would take exponential time on nested aliases.
+    """
+    if node is None or id(node) in seen:
+        return []
+    seen.add(id(node))
+    problems = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[object, int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            if name in first_line:
+                where = ".".join((*loc, str(name)))
+                line = key.start_mark.line + 1
+                problems.append(f"{line}: {where}: duplicate key (also line {first_line[name]})")
+            elif name is not None:
+                first_line[name] = key.start_mark.line + 1
+            problems += _duplicate_keys(value, (*loc, str(name)), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(item, (*loc, str(i)), seen)
+    return problems
 
 
 def _model_at(loc: Sequence[int | str], data: object) -> type[BaseModel] | None:

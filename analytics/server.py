@@ -1,6 +1,6 @@
 """HTTP server for the dashboard: the report JSON API and the static files of ``analytics/dashboard``.
 
-Routes (GET only):
+Routes (GET, and HEAD for the same headers without the body; other methods get 405):
 
 - ``/api/experiments``: a JSON list of ``ExperimentSummary`` (status, users per variant, SRM).
 - ``/api/experiments/<key>/report``: the ``ExperimentReport`` of one experiment (404 if unknown).
@@ -102,6 +102,16 @@ class _Handler(BaseHTTPRequestHandler):
             code, "text/plain; charset=utf-8", f"{code} {self.responses.get(code, ('error',))[0]}".encode()
         )
 
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server naming
+        self.do_GET()  # ``_send`` leaves the body out
+
+    def _method_not_allowed(self) -> None:
+        # http.server answers methods without a do_* handler 501 Not Implemented, as if the server were broken
+        self.close_connection = True  # the request body, if any, is never read
+        self._send_json(405, {"error": "the API is read-only: use GET"}, (("Allow", "GET, HEAD"),))
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _method_not_allowed
+
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         if len(self.path) > MAX_PATH_CHARS:
             self._send_json(414, {"error": f"the path is longer than {MAX_PATH_CHARS} characters"})
@@ -148,18 +158,19 @@ class _Handler(BaseHTTPRequestHandler):
             ctype += "; charset=utf-8"
         self._send(200, ctype, file.read_bytes())
 
-    def _send_json(self, code: int, body: Any) -> None:
-        self._send(code, "application/json", json.dumps(body, allow_nan=False).encode())
+    def _send_json(self, code: int, body: Any, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self._send(code, "application/json", json.dumps(body, allow_nan=False).encode(), headers)
 
-    def _send(self, code: int, ctype: str, body: bytes) -> None:
+    def _send(self, code: int, ctype: str, body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
-        for name, value in _SECURITY_HEADERS:
+        for name, value in _SECURITY_HEADERS + headers:
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
 
 class _BoundedHTTPServer(HTTPServer):

@@ -78,15 +78,94 @@ def test_bad_yaml_and_bad_values(tmp_path: Path) -> None:
 
 
 def test_cross_references_are_checked() -> None:
-    with pytest.raises(ValueError, match="unknown metrics"):
+    with pytest.raises(ValueError, match="unknown metric 'b'"):
         AnalysisConfig.model_validate(
             {
                 "metrics": [{"name": "a", "type": "count", "event": "x"}],
                 "experiments": {"e": {"metrics": ["b"]}},
             }
         )
-    with pytest.raises(ValueError, match="duplicate metric names"):
+    with pytest.raises(ValueError, match="duplicate metric name 'a'"):
         AnalysisConfig.model_validate({"metrics": [{"name": "a", "type": "count", "event": "x"}] * 2})
+
+
+def test_cross_reference_errors_name_the_line_and_key_at_fault(tmp_path: Path) -> None:
+    """They used to point at line 1, key <root>."""
+    path = tmp_path / "metrics.yaml"
+    path.write_text(
+        "metrics:\n  - {name: a, type: count, event: x}\n  - {name: b, type: count, event: y}\n"
+        "  - {name: a, type: mean, event: z}\n"
+    )
+    with pytest.raises(MetricConfigError, match=r"\.yaml:4: metrics\.2\.name: .*duplicate metric name 'a'"):
+        load_analysis_config(path)
+    path.write_text(
+        "metrics:\n  - {name: a, type: count, event: x}\nexperiments:\n  e:\n    metrics: [a, c]\n"
+    )
+    with pytest.raises(MetricConfigError, match=r":5: experiments\.e\.metrics\.1: .*unknown metric 'c'"):
+        load_analysis_config(path)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "where"),
+    [
+        # inf made the sequential interval divide by zero (a traceback in report, a 500 on the dashboard)
+        ("sequential_tuning_parameter: .inf\nsequential: true\n", ":1: sequential_tuning_parameter: "),
+        # a NaN or inf weight silently switched the SRM check off
+        ("experiments:\n  e: {weights: {control: .nan, b: 1}}\n", ":2: experiments.e.weights.control: "),
+        ("experiments:\n  e: {weights: {control: .inf, b: 1}}\n", ":2: experiments.e.weights.control: "),
+    ],
+)
+def test_non_finite_numbers_are_config_errors(tmp_path: Path, yaml_text: str, where: str) -> None:
+    path = tmp_path / "metrics.yaml"
+    path.write_text(yaml_text + "metrics:\n  - {name: a, type: mean, event: x}\n")
+    with pytest.raises(MetricConfigError, match=f"metrics.yaml{where}Input should be a finite number"):
+        load_analysis_config(path)
+
+
+@pytest.mark.parametrize(
+    ("winsorize", "message"),
+    [
+        ("{lower_quantile: 0.9, upper_quantile: 0.1}", "winsorize.lower_quantile: .*is above upper"),
+        ("{lower_value: 10, upper_value: 1}", "winsorize.lower_value: .*is above upper"),
+        ("{upper_value: .nan}", "winsorize.upper_value: Input should be a finite number"),
+    ],
+)
+def test_winsorization_caps_must_make_sense(tmp_path: Path, winsorize: str, message: str) -> None:
+    """Crossed caps used to clip every user to the upper cap: zero variance, a report with no result."""
+    path = tmp_path / "metrics.yaml"
+    path.write_text(f"metrics:\n  - name: a\n    type: mean\n    event: x\n    winsorize: {winsorize}\n")
+    with pytest.raises(MetricConfigError, match=f"metrics.yaml:5: metrics.0.{message}"):
+        load_analysis_config(path)
+
+
+def test_control_must_be_a_weighted_variant(tmp_path: Path) -> None:
+    """A control missing from weights got weight 0: SRM flagged p = 0 and every lift was against it."""
+    path = tmp_path / "metrics.yaml"
+    path.write_text(
+        "metrics:\n  - {name: a, type: mean, event: x}\n"
+        "experiments:\n  e:\n    control: ctrl\n    weights: {control: 1, treatment: 1}\n"
+    )
+    with pytest.raises(MetricConfigError, match=r"\.yaml:5: experiments\.e\.control: .*'ctrl' is not one"):
+        load_analysis_config(path)
+
+
+def test_a_key_given_twice_is_a_config_error(tmp_path: Path) -> None:
+    """YAML kept the last value silently: the first ``cuped: true`` below was ignored."""
+    path = tmp_path / "metrics.yaml"
+    path.write_text("metrics:\n  - name: a\n    type: mean\n    event: x\n    cuped: true\n    cuped: no\n")
+    with pytest.raises(MetricConfigError, match=r":6: metrics\.0\.cuped: duplicate key \(also line 5\)"):
+        load_analysis_config(path)
+    nested_aliases = "".join(f"k{i}: &k{i} [{', '.join([f'*k{i - 1}'] * 9)}]\n" for i in range(1, 9))
+    path.write_text("k0: &k0 [x]\n" + nested_aliases)  # walked once per node, not 9 ** 8 times
+    with pytest.raises(MetricConfigError, match="k8: unknown key"):
+        load_analysis_config(path)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.yaml"
+    path.write_bytes(b"\xff\xfemetrics: []\n")  # e.g. saved as UTF-16; used to raise UnicodeDecodeError
+    with pytest.raises(MetricConfigError, match="cannot read analysis config"):
+        load_analysis_config(path)
 
 
 @pytest.mark.parametrize(

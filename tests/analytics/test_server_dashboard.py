@@ -107,6 +107,27 @@ def test_odd_paths_get_a_client_error_never_500(served, path: bytes, status: int
     assert answer.startswith(f"HTTP/1.0 {status} ".encode()), answer[:80]
 
 
+def test_head_is_get_without_the_body_and_other_methods_get_405(
+    served: tuple[AnalyticsServer, MemoryEventStore],
+) -> None:
+    """HEAD (curl -I, link checkers) and POST used to get 501 Not Implemented, a server fault."""
+    server, _ = served
+    for path in (b"/api/experiments", b"/api/experiments/ranking-dml/report", b"/healthz", b"/"):
+        head, _, body = _raw(server, b"HEAD " + path + b" HTTP/1.0\r\n\r\n").partition(b"\r\n\r\n")
+        get_head, _, get_body = _raw(server, b"GET " + path + b" HTTP/1.0\r\n\r\n").partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200 ") and body == b"", (path, head[:80])
+        assert f"Content-Length: {len(get_body)}".encode() in head.split(b"\r\n")
+    missing = _raw(server, b"HEAD /api/experiments/missing/report HTTP/1.0\r\n\r\n")
+    head, _, body = missing.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 404 ") and body == b""
+    for method in (b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"):
+        request = method + b" /api/experiments/ranking-dml/report HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}"
+        head, _, body = _raw(server, request).partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0].startswith(b"HTTP/1.0 405 ") and b"Allow: GET, HEAD" in lines, (method, head[:80])
+        assert b"Content-Type: application/json" in lines and "use GET" in json.loads(body)["error"]
+
+
 def test_headers_and_errors_reveal_nothing(served) -> None:
     server, _ = served
     answer = _raw(server, b"GET /api/experiments/%3Cscript%3Ealert(1)%3C%2Fscript%3E/report HTTP/1.0\r\n\r\n")
