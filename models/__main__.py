@@ -19,6 +19,7 @@ from models.data import load_dataset
 from models.errors import ModelsError
 from models.evaluate import evaluate_model, markdown_table
 from models.export import export_package
+from models.layers import FeatureSpec
 from models.registry import UnknownModelError, list_models, model_kind
 from models.train import TrainConfig, load_checkpoint, resolve_device, run_training
 
@@ -113,6 +114,18 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         raise ModelsError(f"{where}invalid training config: {details}") from None
 
 
+def _require_trained_columns(trained: FeatureSpec, data: FeatureSpec, where: str | None) -> None:
+    """Other columns (``--data`` of another variant, e.g. ML-100k's 19 genres for an ML-1M checkpoint's 18)
+    fail deep inside the model with a shape error."""
+    want = [*trained.sparse_names, *trained.dense_names]
+    have = [*data.sparse_names, *data.dense_names]
+    if (data.sparse_names, data.dense_names) != (trained.sparse_names, trained.dense_names):
+        missing, extra = [c for c in want if c not in have], [c for c in have if c not in want]
+        raise ModelsError(
+            f"{where}: its columns differ from the checkpoint's: missing {missing}, unexpected {extra}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -132,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             model, payload = load_checkpoint(args.checkpoint)
             config = TrainConfig(**payload["config"])
-            splits = load_dataset(
-                config.dataset, args.data or config.data, config.split_seed, config.embedding_dim
-            )
+            data = args.data or config.data
+            splits = load_dataset(config.dataset, data, config.split_seed, config.embedding_dim)
+            _require_trained_columns(FeatureSpec.coerce(payload["features"]), splits.test.features, data)
             device = resolve_device(args.device)
             print(json.dumps(evaluate_model(model.to(device), splits.test, device), indent=2))
         else:

@@ -23,13 +23,13 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the precision-recall step curve, ``sum_n (R_n - R_{n-1}) P_n`` over the distinct score
-    thresholds (tied scores enter together, as in sklearn's average_precision_score); NaN without positives.
-    GRec's Table 1 reports it."""
+    thresholds (tied scores enter together, as in sklearn's average_precision_score); NaN without positives
+    or with a NaN score (which has no place in the ranking). GRec's Table 1 reports it."""
     labels = np.asarray(labels).astype(bool)
     n_pos = int(labels.sum())
-    if n_pos == 0:
-        return float("nan")
     scores = np.asarray(scores, dtype=np.float64)
+    if n_pos == 0 or np.isnan(scores).any():
+        return float("nan")
     order = np.argsort(-scores, kind="mergesort")
     ordered, hits = scores[order], labels[order]
     last_of_threshold = np.r_[ordered[1:] != ordered[:-1], True]
@@ -56,5 +56,8 @@ def task_metrics(outputs: np.ndarray, labels: np.ndarray, tasks: Sequence[TaskSp
 
 
 def selection_score(metrics: Mapping[str, float]) -> float:
-    """Early-stopping criterion of the DML reference code: sum of AUCs minus sum of MSEs (higher is better)."""
+    """Early-stopping criterion of the DML reference code: sum of AUCs minus sum of MSEs (higher is better).
+
+    Undefined metrics (NaN, e.g. the AUC of a task with one class in validation) are left out.
+    """
     return sum(v if k.startswith("auc/") else -v for k, v in metrics.items() if np.isfinite(v))

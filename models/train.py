@@ -124,6 +124,7 @@ def train_seed(
     goes into that epoch's ``history`` entry (benchmarks record learning curves with it).
     """
     device = resolve_device(config.device)
+    _warn_single_class(splits)
     set_seed(seed)
     model = build_model(config, splits).to(device)
     optimizer = make_optimizer(model, config.lr)
@@ -145,6 +146,9 @@ def train_seed(
                 break
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = training_loss(model, batch, labels.to(device), global_step)
+            if not torch.isfinite(loss):
+                where = f"the loss is {loss.item()} at epoch {epoch} step {step}"
+                raise ModelsError(_diverged(config, seed, where))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -154,6 +158,8 @@ def train_seed(
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         bar.close()
         after_epoch(model, epoch)
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # the last step's update
+            raise ModelsError(_diverged(config, seed, f"weights are NaN or infinite after epoch {epoch}"))
         val = evaluate_model(model, splits.val, device)
         logger.info("%s seed %d epoch %d: val %s", config.model, seed, epoch, val)
         history.append({"epoch": epoch, "val": val})
@@ -174,6 +180,22 @@ def train_seed(
     test = evaluate_model(model, splits.test, device)
     seconds = time.perf_counter() - started
     return SeedResult(seed, best_epoch, epoch + 1, seconds, best_val, test, model.cpu(), history)
+
+
+def _diverged(config: TrainConfig, seed: int, what: str) -> str:
+    """The message that stops a diverged run: going on would only train, select and export a NaN model."""
+    return f"{config.model} seed {seed} diverged: {what} (lower --lr, currently {config.lr:g})"
+
+
+def _warn_single_class(splits: Splits) -> None:
+    """A binary task with one class in validation has no AUC (NaN), so early stopping goes without it."""
+    for t, task in enumerate(splits.val.tasks):
+        if task.type == "binary" and len(np.unique(splits.val.labels[:, t])) < 2:
+            logger.warning(
+                "validation labels of task %r hold one class only: its AUC is undefined (NaN) and "
+                "early stopping ignores it",
+                task.name,
+            )
 
 
 def run_training(config: TrainConfig, output_dir: Path | None = None) -> dict[str, Any]:

@@ -47,6 +47,17 @@ class TabularData:
         for sides in (self.sparse_sides, self.dense_sides):
             if list(sides) != sorted(sides, key=_SIDE_ORDER.__getitem__):
                 raise DataError(f"user-side columns must come before item-side columns, got {list(sides)}")
+        _require_finite(self.dense, self.features.dense_names, "dense feature")
+        _require_finite(self.labels, [t.name for t in self.tasks], "label")
+        for t, task in enumerate(self.tasks):
+            if task.type != "binary":
+                continue
+            outside = ~np.isin(self.labels[:, t], (0.0, 1.0))  # log-loss and AUC need 0/1 labels
+            if outside.any():
+                raise DataError(
+                    f"label of binary task {task.name!r}: {int(outside.sum())} values outside {{0, 1}}, "
+                    f"e.g. {self.labels[outside.argmax(), t]:g} at row {int(outside.argmax())}"
+                )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -115,6 +126,11 @@ class Splits:
     val: TabularData
     test: TabularData
 
+    def __post_init__(self) -> None:
+        for name in ("train", "val", "test"):
+            if len(getattr(self, name)) == 0:
+                raise DataError(f"the {name} split is empty (no rows): nothing to train on or to evaluate")
+
     def full(self) -> TabularData:
         """All rows again (for item features); row order is train, val, test."""
         parts = (self.train, self.val, self.test)
@@ -124,6 +140,26 @@ class Splits:
             dense=np.concatenate([p.dense for p in parts]),
             labels=np.concatenate([p.labels for p in parts]),
         )
+
+
+def _require_finite(values: np.ndarray, names: Sequence[str], what: str) -> None:
+    """NaN or inf in one feature or label turns every weight NaN within a step, silently: refuse it here."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        column = int(bad.any(axis=0).argmax())
+        rows = bad[:, column]
+        raise DataError(
+            f"{what} column {names[column]!r}: {int(rows.sum())} NaN or infinite values "
+            f"(first at row {int(rows.argmax())})"
+        )
+
+
+def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """Column ``name`` as float32; a value that is not a number is an error naming the column."""
+    try:
+        return frame[name].to_numpy(np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"column {name!r}: numbers expected ({exc})") from None
 
 
 def user_then_item(n_user: int, n_item: int) -> tuple[Side, ...]:
@@ -161,7 +197,10 @@ def build_tabular(
     ids, vocab = [], []
     for name, _ in sparse:
         if name in integer_columns:
-            column = frame[name].astype(np.int64).to_numpy() + integer_shift
+            try:
+                column = frame[name].astype(np.int64).to_numpy() + integer_shift
+            except (TypeError, ValueError) as exc:  # missing (NaN) or non-numeric ids
+                raise DataError(f"column {name!r}: integer ids expected ({exc})") from None
             if len(column) and column.min() < 1:
                 raise DataError(f"column {name!r}: integer ids must be >= {1 - integer_shift}")
             ids.append(column)
@@ -182,8 +221,12 @@ def build_tabular(
         features=spec,
         tasks=tuple(tasks),
         sparse=np.stack(ids, axis=1) if ids else np.zeros((n, 0), np.int64),
-        dense=frame[[c for c, _ in dense]].to_numpy(np.float32) if dense else np.zeros((n, 0), np.float32),
-        labels=frame[list(label_columns)].to_numpy(np.float32),
+        dense=(
+            np.stack([_float_column(frame, c) for c, _ in dense], axis=1)
+            if dense
+            else np.zeros((n, 0), np.float32)
+        ),
+        labels=np.stack([_float_column(frame, c) for c in label_columns], axis=1),
         sparse_sides=tuple(s for _, s in sparse),
         dense_sides=tuple(s for _, s in dense),
         item_id_column=item_id_column,

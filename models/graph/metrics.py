@@ -38,7 +38,7 @@ def per_user_metrics(
     known = adjacency_sets(num_nodes, known_edges)
     heldout = adjacency_sets(num_nodes, heldout_edges)
     users = np.array([u for u in range(num_nodes) if len(heldout[u])], dtype=np.int64)
-    top_k = max(max(ks), ndcg_k)
+    top_k = min(max(*ks, ndcg_k), num_nodes)  # a cut-off past the node count ranks every node
     out: dict[str, list[float]] = {**{f"recall@{k}": [] for k in ks}, "mrr": [], f"ndcg@{ndcg_k}": []}
     discounts = 1.0 / np.log2(np.arange(2, top_k + 2))
     for start in range(0, len(users), chunk):
@@ -47,7 +47,7 @@ def per_user_metrics(
         for row, u in enumerate(batch):
             scores[row, known[u]] = -np.inf
             scores[row, u] = -np.inf
-        top = np.argpartition(-scores, top_k, axis=1)[:, :top_k]
+        top = np.argpartition(-scores, top_k - 1, axis=1)[:, :top_k]
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1), 1)
         for row, u in enumerate(batch):
             relevant = heldout[u]

@@ -1,14 +1,18 @@
 """``python -m models train|evaluate|export`` end to end on synthetic data, early stopping, config errors."""
 
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+import models.train
 from models.__main__ import main
-from models.data import load_dataset
-from models.errors import PackageError
+from models.data import Splits, load_dataset
+from models.errors import ModelsError, PackageError
 from models.export import export_package
 from models.package import verify_package
 from models.train import TrainConfig, build_model, train_seed
@@ -91,6 +95,68 @@ def test_history_has_every_epoch_and_what_the_callback_returns() -> None:
     assert [h["epoch"] for h in result.history] == [0, 1, 2]
     assert [h["test"]["epoch_twice"] for h in result.history] == [0.0, 2.0, 4.0]
     assert set(result.history[0]["val"]) == set(result.val) and seen == [False] * 3
+
+
+def test_evaluate_on_data_with_other_columns_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--data`` of another MovieLens variant (ML-1M lacks ML-100k's genre "unknown"): a torch traceback."""
+    ml100k, ml1m = tmp_path / "ml100k", tmp_path / "ml1m"
+    ml100k.mkdir()
+    ml1m.mkdir()
+    ratings = list(enumerate([(1, 1, 5), (1, 2, 3), (2, 1, 4)] * 4))
+    (ml100k / "u.data").write_text("".join(f"{u}\t{m}\t{r}\t88125094{i}\n" for i, (u, m, r) in ratings))
+    (ml100k / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
+    flags = "|".join(["0", "0", "1"] + ["0"] * 16)
+    items = "".join(f"{m}|M{m} (1995)|01-Jan-1995||http://x|{flags}\n" for m in (1, 2))
+    (ml100k / "u.item").write_text(items)
+    (ml1m / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
+    (ml1m / "movies.dat").write_text("1::Toy Story (1995)::Animation\n2::Heat (1995)::Drama\n")
+    (ml1m / "ratings.dat").write_text("".join(f"{u}::{m}::{r}::97830{i}\n" for i, (u, m, r) in ratings))
+    out = tmp_path / "run"
+    args = ["train", "--model", "mmoe", "--preset", "tiny", "--dataset", "movielens", "--data", str(ml100k),
+            "--max-epochs", "1", "--no-progress", "--output", str(out)]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "seed0" / "checkpoint.pt"), "--data", str(ml1m)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {ml1m}: its columns differ from the checkpoint's: missing ['genre_unknown']" in err
+
+
+def test_a_diverged_run_stops_with_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN loss trained on silently, and an epoch with NaN outputs scored 0 (NaN metrics are left out),
+    above any real epoch whose sum(AUC) - sum(MSE) is negative: the NaN model was kept, reported, exported."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "mmoe", "--preset", "tiny", "--max-epochs", "2", "--max-steps-per-epoch", "3",
+            "--lr", "1e6", "--no-progress", "--output", str(out)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: mmoe seed 0 diverged: the loss is inf at epoch 0 step 1 (lower --lr" in err
+    assert not out.exists()  # no checkpoint of a NaN model to export
+
+    def poison(model: torch.nn.Module, epoch: int) -> dict[str, float]:
+        next(model.parameters()).data.fill_(float("nan"))  # as a NaN update on an epoch's last step would
+        return {}
+
+    monkeypatch.setattr(models.train, "after_epoch", poison)
+    config = TrainConfig(model="mmoe", preset="tiny", max_epochs=1, max_steps_per_epoch=1, progress=False)
+    with pytest.raises(ModelsError, match="diverged: weights are NaN or infinite after epoch 0"):
+        train_seed(config, load_dataset("synthetic", None), seed=0)
+
+
+def test_a_single_class_validation_task_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Its AUC is NaN and early stopping leaves it out: say so, not select on the other tasks quietly."""
+    splits = load_dataset("synthetic", None)
+    labels = splits.val.labels.copy()
+    labels[:, 0] = 1.0
+    splits = Splits(splits.train, replace(splits.val, labels=labels), splits.test)
+    config = TrainConfig(model="mmoe", preset="tiny", max_epochs=1, max_steps_per_epoch=1, progress=False)
+    with caplog.at_level(logging.WARNING, logger="models.train"):
+        result = train_seed(config, splits, seed=0)
+    assert "validation labels of task 'click' hold one class only" in caplog.text
+    assert np.isnan(result.val["auc/click"]) and np.isfinite(result.test["auc/click"])
 
 
 def test_bad_input_is_one_line_error_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,18 +3,22 @@ synthetic world's ground truth."""
 
 import gzip
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from models.data import SyntheticConfig, SyntheticWorld, load_dataset
 from models.data.alibaba import load_ali_ccp, load_aliexpress
 from models.data.census import COLUMNS, load_census
+from models.data.dataset import Splits, build_tabular
 from models.data.download import RemoteFile, fetch
 from models.data.movielens import load_movielens, load_movielens_1m
 from models.data.multiflow import FLOWS, USE_CASES, MultiFlowWorld
 from models.errors import DataError
+from models.layers import TaskSpec
 
 SHARED = Path("/work/shared/data")
 
@@ -173,3 +177,41 @@ def test_multiflow_world_is_seeded_and_its_tasks_depend_on_flow_and_use_case() -
 def test_multiflow_loader_needs_no_path() -> None:
     splits = load_dataset("multiflow", None, seed=0)
     assert len(splits.train) == 120_000 and len(splits.val) == len(splits.test) == 15_000
+
+
+def test_bad_values_are_errors_naming_the_column() -> None:
+    """NaN/inf features or labels, or binary labels other than 0/1, trained a NaN or wrong model quietly."""
+    data = SyntheticWorld(SyntheticConfig(n_users=30, n_items=20)).sample(50)
+    dense, labels = data.dense.copy(), data.labels.copy()
+    dense[7, 1] = np.inf
+    with pytest.raises(DataError, match=r"dense feature column 'user_dense_1': 1 NaN or infinite .*row 7"):
+        replace(data, dense=dense)
+    labels[3, 1] = np.nan
+    with pytest.raises(DataError, match="label column 'rating': 1 NaN or infinite"):
+        replace(data, labels=labels)
+    labels[3, 1], labels[4, 0] = 3.0, 2.0
+    with pytest.raises(DataError, match=r"binary task 'click': 1 values outside \{0, 1\}, e.g. 2 at row 4"):
+        replace(data, labels=labels)
+    labels[4, 0] = 0.0
+    labels[:, 1] = 7.5  # regression labels may be any finite number
+    assert replace(data, labels=labels).labels[0, 1] == 7.5
+
+
+def test_unreadable_columns_are_errors_naming_the_column() -> None:
+    """A missing or non-numeric value in a CSV column raised a pandas/numpy traceback naming no column."""
+    frame = pd.DataFrame({"item": [1.0, np.nan], "price": [1.5, 2.0], "click": [1.0, 0.0]})
+    tasks = [TaskSpec("click")]
+    with pytest.raises(DataError, match="column 'item': integer ids expected"):
+        build_tabular(frame, [("item", "item")], [], tasks, ["click"], integer_columns={"item"})
+    frame["price"] = ["1.5", "cheap"]
+    with pytest.raises(DataError, match="column 'price': numbers expected"):
+        build_tabular(frame, [("item", "item")], [("price", "item")], tasks, ["click"])
+
+
+def test_an_empty_split_is_an_error() -> None:
+    """An empty validation split scored every epoch NaN (early stopping kept epoch 0) without a word."""
+    data = SyntheticWorld(SyntheticConfig(n_users=30, n_items=20)).sample(20)
+    with pytest.raises(DataError, match="the test split is empty"):
+        Splits(data, data, data.subset(np.arange(0)))
+    with pytest.raises(DataError, match="the val split is empty"):
+        data.subset(np.arange(3)).split((0.8, 0.1, 0.1))  # 3 rows: round(0.8 * 3) = 2 train, 0 val, 1 test

@@ -49,3 +49,10 @@ def test_average_precision_reference_values() -> None:
     assert average_precision(np.array([1, 0, 1]), np.array([0.5, 0.5, 0.2])) == pytest.approx(0.25 + 1 / 3)
     assert average_precision(np.array([1, 1, 0]), np.array([3.0, 2.0, 1.0])) == 1.0
     assert np.isnan(average_precision(np.array([0, 0]), np.array([0.1, 0.2])))
+
+
+def test_average_precision_of_a_nan_score_is_undefined() -> None:
+    # a NaN score has no place in the ranking; it used to be ranked last, giving 0.5 * 1 + 0.5 * 0.5 = 0.75
+    labels, scores = np.array([1, 0, 1, 0]), np.array([np.nan, 0.3, 0.9, 0.1])
+    assert np.isnan(average_precision(labels, scores))
+    assert np.isnan(roc_auc(labels, scores))  # the same answer as AUC

@@ -146,6 +146,17 @@ def test_metrics_on_a_known_ranking():
     assert table["overall"]["users"] == 2 and table["cold (deg<=2)"]["users"] == 2
 
 
+def test_metrics_with_cut_offs_past_the_node_count() -> None:
+    """K >= the number of nodes ranks every candidate (it raised "kth out of bounds" from argpartition)."""
+    emb = np.array([[1.0], [0.5], [0.9], [0.1]])  # user 0 ranks 2, 1, 3; user 1 ranks 0, 2, 3
+    per_user = per_user_metrics(emb, np.zeros((0, 2), np.int64), np.array([[0, 1]]), ks=(2, 4, 10), ndcg_k=10)
+    assert per_user["user"].tolist() == [0, 1]
+    assert per_user["recall@2"].tolist() == per_user["recall@10"].tolist() == [1.0, 1.0]
+    assert per_user["mrr"].tolist() == [0.5, 1.0]
+    # the held-out friend at rank 2 gains 1 / log2(3) of an ideal 1 / log2(2)
+    assert per_user["ndcg@10"] == pytest.approx([1 / np.log2(3), 1.0])
+
+
 def test_onnx_export_parity_package_and_index(trained, graph, tmp_path):
     package = write_package(trained, tmp_path, "ssmtl", "1", {"test/recall@50": 0.5})
     assert verify_package(package, check_golden=True).kind == "retrieval"  # the models package's own checks
