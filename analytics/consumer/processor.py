@@ -70,7 +70,7 @@ def _interleaved(x: events_pb2.Exposure, append: tuple[Callable[[object], None],
 
 
 def decode_into(
-    value: bytes,
+    value: bytes | None,
     exposures: ExposureColumns,
     outcomes: OutcomeColumns,
     interleaved: InterleavedColumns | None = None,
@@ -88,7 +88,9 @@ def decode_into(
         batch = events_pb2.EventBatch.FromString(value)
     except Exception:  # noqa: BLE001 - protobuf raises DecodeError or RuntimeWarning subclasses
         EVENTS_REJECTED.labels("undecodable").inc()
-        log.warning("skipping a record that is not an EventBatch (%d bytes)", len(value))
+        # a null value (a tombstone, which Kafka allows) is skipped too: a crash would repeat at every restart
+        size = "a null value" if value is None else f"{len(value)} bytes"
+        log.warning("skipping a record that is not an EventBatch (%s)", size)
         return 1
     rejected = 0
     x_id, x_exp, x_var, x_user, x_ts = exposures.appenders()

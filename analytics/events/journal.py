@@ -20,6 +20,7 @@ from analytics.events.errors import JournalError, JournalLocked
 
 log = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
+_READ_CHUNK = 1 << 20  # bytes per read call when replaying
 
 
 class Journal:
@@ -35,9 +36,13 @@ class Journal:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.fsync = fsync
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pos_path = self.path.with_name(self.path.name + ".pos")
-        self._file = open(self.path, "a+b")  # noqa: SIM115 - kept open for the journal's lifetime
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # unbuffered: a failed write (disk full) leaves no bytes in a buffer to fail every later call
+            self._file = open(self.path, "a+b", buffering=0)  # noqa: SIM115 - open for the journal's lifetime
+        except OSError as exc:
+            raise JournalError(f"cannot open journal {self.path}: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -95,46 +100,67 @@ class Journal:
         return self._end > self._read_pos
 
     def append(self, encoded_events: Sequence[bytes]) -> bool:
-        """Append events; False (nothing written) when the journal would exceed ``max_bytes``."""
+        """Append events; False (nothing written) when the journal would exceed ``max_bytes`` or the write
+        fails (disk full): a partly written blob is cut off, so the records after it stay readable."""
         blob = b"".join(_LEN.pack(len(ev)) + ev for ev in encoded_events)
         if self._end + len(blob) > self.max_bytes:
             return False
-        self._file.seek(0, os.SEEK_END)
-        self._file.write(blob)
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
+        try:
+            view = memoryview(blob)
+            while view:  # the file is opened for appending: every write lands at its end
+                view = view[self._file.write(view) :]
+            if self.fsync:
+                os.fsync(self._file.fileno())
+        except OSError as exc:
+            log.error("journal %s: cannot append %d bytes (%s)", self.path, len(blob), exc)
+            self._file.truncate(self._end)
+            return False
         self._end += len(blob)
         return True
 
     def read(self, max_events: int) -> tuple[list[bytes], int]:
-        """Up to ``max_events`` unreplayed events and the position after them (pass it to ``advance``)."""
-        self._file.seek(self._read_pos)
+        """Up to ``max_events`` unreplayed events and the position after them (pass it to ``advance``).
+
+        The file is unbuffered, so the records are cut out of chunks of ``_READ_CHUNK`` bytes (a read call per
+        header and per event would be two system calls per event)."""
         out: list[bytes] = []
-        pos = self._read_pos
+        pos, fd = self._read_pos, self._file.fileno()
         while len(out) < max_events and pos < self._end:
-            header = self._file.read(_LEN.size)
-            (n,) = _LEN.unpack(header)
-            out.append(self._file.read(n))
-            pos += _LEN.size + n
+            data = os.pread(fd, min(self._end - pos, _READ_CHUNK), pos)
+            offset = 0
+            while len(out) < max_events and offset + _LEN.size <= len(data):
+                (n,) = _LEN.unpack_from(data, offset)
+                if offset + _LEN.size + n > len(data):
+                    break
+                out.append(data[offset + _LEN.size : offset + _LEN.size + n])
+                offset += _LEN.size + n
+            if offset == 0:  # one event larger than a chunk
+                (n,) = _LEN.unpack(os.pread(fd, _LEN.size, pos))
+                out.append(os.pread(fd, n, pos + _LEN.size))
+                offset = _LEN.size + n
+            pos += offset
         return out, pos
 
     def advance(self, pos: int) -> None:
         """Mark everything before ``pos`` as delivered; empties the file once all of it is."""
         self._read_pos = pos
         if self._read_pos >= self._end:
+            # The position goes first: a crash before the truncation replays delivered events (deduplicated by
+            # id); the other order could leave a stale position that would skip the events journalled next.
+            self._pos_path.unlink(missing_ok=True)
             self._file.truncate(0)
             self._end = self._read_pos = 0
-            self._pos_path.unlink(missing_ok=True)
         else:
             tmp = self._pos_path.with_name(self._pos_path.name + ".tmp")
-            tmp.write_text(str(pos))
-            os.replace(tmp, self._pos_path)
+            try:
+                tmp.write_text(str(pos))
+                os.replace(tmp, self._pos_path)
+            except OSError as exc:  # disk full: a restart replays from the older position (dedup by event id)
+                log.warning("journal %s: cannot save the replay position (%s)", self.path, exc)
 
     def close(self) -> None:
-        """Flush and release the lock."""
+        """Sync to disk and release the lock."""
         if not self._file.closed:
-            self._file.flush()
             os.fsync(self._file.fileno())
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from analytics.events.errors import JournalError
 from analytics.events.messages import event_problem
 from analytics.events.producer import OUTCOMES_TOPIC, EventProducer
 from analytics.kafka.broker import DEFAULT_DATA_DIR
@@ -130,12 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     except SecurityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    producer = EventProducer(
-        args.bootstrap,
-        outcomes_topic=args.topic,
-        journal_path=args.journal,
-        client_id="mtrank-outcome-server",
-    )
+    try:
+        producer = EventProducer(
+            args.bootstrap,
+            outcomes_topic=args.topic,
+            journal_path=args.journal,
+            client_id="mtrank-outcome-server",
+        )
+    except JournalError as exc:  # --journal unwritable, or held by another outcome server
+        print(f"error: --journal: {exc}", file=sys.stderr)
+        return 2
     try:
         server, port = build_server(producer, args.address, security=security)
     except OSError as exc:

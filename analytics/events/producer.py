@@ -389,18 +389,20 @@ class EventProducer:
     def _kafka_producer(self) -> KafkaProducer:
         if self._producer is None:
             timeout_ms = int(self.delivery_timeout_s * 1000)
+            linger_ms, request_timeout_ms = 5, max(timeout_ms // 2, 1000)
             config: dict[str, Any] = {
                 "bootstrap_servers": self.bootstrap_servers,
                 "client_id": self.client_id,
                 "acks": "all",
                 "enable_idempotence": False,  # a broker that lost its state forgets producer ids; we dedup by id
-                "linger_ms": 5,
+                "linger_ms": linger_ms,
                 "batch_size": self.max_record_bytes + 1024,
                 "max_request_size": 4 * self.max_record_bytes,
                 "max_block_ms": timeout_ms,
                 "bootstrap_timeout_ms": timeout_ms,
-                "request_timeout_ms": max(timeout_ms // 2, 1000),
-                "delivery_timeout_ms": timeout_ms,
+                "request_timeout_ms": request_timeout_ms,
+                # kafka-python refuses a delivery timeout up to linger + request timeout (nothing is sent)
+                "delivery_timeout_ms": max(timeout_ms, linger_ms + request_timeout_ms + 1),
                 "retries": 3,
                 "max_in_flight_requests_per_connection": 1,  # retries never reorder a partition's records
                 "reconnect_backoff_max_ms": 1000,

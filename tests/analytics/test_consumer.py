@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from kafka import KafkaProducer
 
 from analytics.consumer.checkpoint import Checkpoint
 from analytics.consumer.exceptions import CheckpointOffsetBackwards
@@ -300,6 +301,30 @@ def test_decoder_skips_unknown_schema_versions_and_garbage() -> None:
         "event_id": [good.event_id], "user_id": ["u1"], "metric": ["click"], "event_time_ms": [5], "value": [1.0]
     }  # fmt: skip
     assert decode_into(b"\xff\xff\xff", exposures, outcomes) == 1
+
+
+@pytest.mark.integration
+def test_a_null_record_value_is_skipped_not_a_crash_loop(
+    kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path
+) -> None:
+    """Kafka allows a record without a value (a tombstone). Decoding one raised, and since the store's offsets
+    resume at that record, the restarted consumer crashed on it again, for good."""
+    assert decode_into(None, ExposureColumns(), OutcomeColumns()) == 1
+    outcomes = [make_outcome(f"u{i}", "click") for i in range(20)]
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    try:
+        producer.send(fresh_topics[1], value=None, key=b"u", partition=0).get(timeout=10)
+        value = frame_batch([encode_outcome(o) for o in outcomes])
+        producer.send(fresh_topics[1], value=value, key=b"u", partition=0).get(timeout=10)
+    finally:
+        producer.close()
+    store = MemoryEventStore()
+    consumer = AnalyticsConsumer(
+        kafka_broker.bootstrap, store, group_id="tombstone", topics=fresh_topics,
+        session_timeout_ms=SESSION_MS, commit_interval_s=0.1,
+    )  # fmt: skip
+    consumer.run(max_seconds=30, idle_exit_s=2)
+    assert store.counts()["outcomes"] == len(outcomes)
 
 
 @pytest.mark.integration

@@ -26,10 +26,12 @@ from analytics.events.messages import (
     make_outcome,
 )
 from analytics.events.outcome_server import build_server
+from analytics.events.outcome_server import main as outcome_server_main
 from analytics.events.producer import EventProducer
 from analytics.kafka.broker import EmbeddedBroker, free_port
 from proto import events_pb2, limits, outcomes_pb2, outcomes_pb2_grpc
 
+ROOT = Path(__file__).resolve().parents[2]
 HUGE_ID = "u" * 1_100_000  # 1.1 MB: gRPC admits it, a Kafka record cannot hold it
 
 
@@ -78,6 +80,25 @@ def test_journal_replays_in_order_survives_reopen_and_cuts_torn_tail(tmp_path: P
     journal.close()
 
 
+def test_journal_reads_events_across_and_larger_than_its_read_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replay cuts records out of fixed-size chunks: records split by a chunk end, and one larger than a
+    chunk, come back whole and in order."""
+    monkeypatch.setattr("analytics.events.journal._READ_CHUNK", 16)
+    journal = Journal(tmp_path / "j.journal")
+    events = [b"a" * 5, b"b" * 9, b"c" * 40, b"d", b"e" * 7]
+    journal.append(events)
+    replayed: list[bytes] = []
+    while journal:
+        items, pos = journal.read(2)
+        assert 0 < len(items) <= 2
+        replayed += items
+        journal.advance(pos)
+    assert replayed == events
+    journal.close()
+
+
 def test_journal_slots_give_each_live_producer_its_own_file(tmp_path: Path) -> None:
     first = Journal.first_free_slot(tmp_path, "ranker")
     second = Journal.first_free_slot(tmp_path, "ranker")
@@ -97,6 +118,107 @@ def test_journal_size_cap(tmp_path: Path) -> None:
     assert journal.append([b"x" * 10])
     assert not journal.append([b"y" * 10])
     journal.close()
+
+
+class _Crash(BaseException):
+    """Stands for the process dying at that point."""
+
+
+def test_a_crash_while_the_journal_is_emptied_never_hides_the_next_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``advance`` empties the journal and removes its position file. Truncating first left a stale position
+    after a crash between the two: the next producer's events were then read from that offset (all lost)."""
+    path = tmp_path / "p.journal"
+    journal = Journal(path)
+    journal.append([b"a" * 10, b"b" * 10, b"c" * 10])
+    journal.advance(journal.read(1)[1])  # a position file now exists
+    end = journal.read(10)[1]
+
+    def crash(self: Path, missing_ok: bool = False) -> None:
+        raise _Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "unlink", crash)
+        with pytest.raises(_Crash):
+            journal.advance(end)
+    journal.close()
+    journal = Journal(path)  # the restarted producer journals new events while the broker is away
+    journal.append([b"new-1", b"new-2"])
+    journal.close()
+    journal = Journal(path)
+    # delivered events may come again (deduplicated by event id), new ones are never skipped
+    assert journal.read(10)[0] == [b"b" * 10, b"c" * 10, b"new-1", b"new-2"]
+    journal.close()
+
+
+def test_a_journal_that_cannot_be_opened_is_a_journal_error(tmp_path: Path, capsys) -> None:
+    """It was a bare OSError, and the outcome server printed a traceback for it (and for a journal in use)."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(JournalError, match="cannot open journal"):
+        EventProducer("127.0.0.1:1", journal_path=tmp_path / "file" / "p.journal")
+    assert outcome_server_main(["--bootstrap", "127.0.0.1:1", "--journal", str(tmp_path / "file" / "j")]) == 2
+    assert capsys.readouterr().err.startswith("error: --journal: cannot open journal")
+    held = Journal(tmp_path / "held.journal")
+    try:
+        assert outcome_server_main(["--bootstrap", "127.0.0.1:1", "--journal", str(held.path)]) == 2
+    finally:
+        held.close()
+    assert "is in use by another producer" in capsys.readouterr().err
+
+
+_FULL_DISK_PRODUCER = """
+import resource, signal, sys
+from analytics.events.messages import make_outcome
+from analytics.events.producer import EventProducer
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+producer = EventProducer(
+    sys.argv[1], outcomes_topic=sys.argv[2], buffer_size=0, journal_path=sys.argv[3], delivery_timeout_s=2.0
+)
+for i in range(300):  # the caller never sees the full disk: events that do not fit are dropped and counted
+    outcome = make_outcome(f"u{i}", "click")
+    if producer.send_outcomes([outcome]):
+        print(outcome.event_id)
+producer.close(timeout=0.1)
+print(producer.stats.dropped, file=sys.stderr)
+"""
+
+
+@pytest.mark.integration
+def test_a_full_disk_drops_and_counts_events_and_keeps_the_journal_readable(
+    kafka_broker: EmbeddedBroker, fresh_topics: tuple[str, str], tmp_path: Path, topic_reader
+) -> None:
+    """A journal write that failed used to raise to the caller and stay in the file object's buffer: every
+    later send and the sender thread failed too, and the events already journalled were never delivered."""
+    journal = tmp_path / "p.journal"
+    down = f"127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_PRODUCER, down, fresh_topics[1], str(journal)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    accepted = done.stdout.split()
+    assert 0 < len(accepted) < 300 and int(done.stderr.split()[-1]) == 300 - len(accepted)
+    with EventProducer(kafka_broker.bootstrap, outcomes_topic=fresh_topics[1], journal_path=journal) as again:
+        assert again.flush(30)
+    arrived = topic_reader(kafka_broker.bootstrap, fresh_topics[1], len(accepted), timeout_s=10)
+    assert sorted(_ids(arrived)) == sorted(accepted)
+
+
+@pytest.mark.integration
+def test_a_delivery_timeout_of_one_second_delivers(
+    kafka_broker: EmbeddedBroker, fresh_topics: tuple[str, str], topic_reader
+) -> None:
+    """kafka-python refuses a delivery timeout not above linger + request timeout: with 1 s every
+    KafkaProducer failed to build and nothing was ever delivered."""
+    outcome = make_outcome("u1", "click")
+    with EventProducer(
+        kafka_broker.bootstrap, outcomes_topic=fresh_topics[1], journal_path=None, delivery_timeout_s=1.0
+    ) as producer:
+        producer.send_outcomes([outcome])
+        assert producer.flush(10) and producer.stats.producer_restarts == 0
+    assert _ids(topic_reader(kafka_broker.bootstrap, fresh_topics[1], 1)) == [outcome.event_id]
 
 
 def _ids(events: list[events_pb2.Event]) -> list[str]:
