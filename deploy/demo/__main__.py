@@ -29,6 +29,7 @@ from types import FrameType
 
 import grpc
 import torch
+import yaml
 
 from analytics import AnalyticsError
 from analytics.events.client import OutcomeClient
@@ -49,6 +50,7 @@ from deploy.demo.training import (
 from deploy.demo.world import make_world
 from experiment_router import Router
 from experiment_router.errors import ConfigError
+from experiment_router.loader import repository_tasks
 from models.errors import DataError
 from proto import ranking_pb2_grpc
 
@@ -139,6 +141,41 @@ def _clear_workdir(workdir: Path) -> None:
     (workdir / WORKDIR_MARKER).write_text("python -m deploy.demo wrote this folder and empties it on every run\n")
 
 
+def _servable_experiments(experiments: Path, repository: Path, workdir: Path) -> Path:
+    """``experiments``, or a copy in ``workdir`` without the task weights its ranking models lack.
+
+    The demo configs weigh the synthetic world's tasks (``click``, ``rating``); the ego-Facebook models learn
+    ``click`` and ``connect``, and the ranker refuses a weight for a task its model lacks. Dropping ``rating``
+    there orders the feed by P(click), as the README describes; the copy says what it dropped.
+    """
+    data = yaml.safe_load(experiments.read_text(encoding="utf-8"))
+    tasks_of = repository_tasks(repository)
+    dropped: set[str] = set()
+
+    def fit(node: object) -> None:
+        if isinstance(node, dict):
+            weights, tasks = node.get("task_weights"), None
+            if isinstance(weights, dict):
+                tasks = tasks_of(str(node.get("model_name")), str(node.get("model_version")))
+            if tasks is not None and isinstance(weights, dict):
+                dropped.update(set(weights) - set(tasks))
+                node["task_weights"] = {k: v for k, v in weights.items() if k in tasks}
+            for value in node.values():
+                fit(value)
+        elif isinstance(node, list):
+            for value in node:
+                fit(value)
+
+    fit(data)
+    if not dropped:
+        return experiments
+    served = workdir / "experiments.yaml"
+    note = f"# {experiments} without task weights for {sorted(dropped)}: tasks these models do not have\n"
+    served.write_text(note + yaml.safe_dump(data, sort_keys=False))
+    print(f"  task weights for {', '.join(sorted(dropped))} dropped (not tasks of these models): serving {served}")
+    return served
+
+
 def run(args: argparse.Namespace) -> dict:
     """The whole demo; returns the summary it also writes to ``<workdir>/summary.json``."""
     started = time.perf_counter()
@@ -162,6 +199,8 @@ def run(args: argparse.Namespace) -> dict:
     for name, metrics in offline.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         print(f"  {name} v{VERSION}: {shown}")
+
+    experiments = _servable_experiments(experiments, repository, workdir)
 
     _step(2, "starting Kafka (embedded broker), retrieval server, ranker server, analytics consumer")
     store_path = workdir / "events"

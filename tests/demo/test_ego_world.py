@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from deploy.demo.ego_facebook import EgoFacebookWorld
 from models.graph.datasets import GraphDataError, canonical_edges, load_ego_facebook
@@ -98,5 +99,8 @@ def test_demo_on_ego_facebook_layout(ego_data: Path, tmp_path: Path, monkeypatch
     assert summary["persisted"]["outcomes"] == summary["expected_outcomes"] > 0
     manifest = json.loads((tmp_path / "demo" / "repository" / "mmoe+dml" / "1" / "manifest.json").read_text())
     assert [t["name"] for t in manifest["tasks"]] == ["click", "connect"]
+    # ab.yaml weighs the synthetic world's click and rating: the ranker is served a copy weighing click only
+    served = yaml.safe_load(Path(summary["experiments_config"]).read_text())
+    assert served["defaults"]["ranking"]["task_weights"] == {"click": 1.0}
     retrieval = json.loads((tmp_path / "demo" / "repository" / "ssmtl" / "1" / "manifest.json").read_text())
     assert retrieval["training_config"]["dataset"] == "ego-facebook"
