@@ -68,17 +68,22 @@ class Journal:
         raise JournalError(f"all {max_slots} journal slots {folder}/{name}.*.journal are in use")
 
     def _recover(self) -> int:
-        """Cut off a torn last record and return the end of the valid data."""
-        self._file.seek(0)
-        data = self._file.read()
-        pos = 0
-        while pos + _LEN.size <= len(data):
-            (n,) = _LEN.unpack_from(data, pos)
-            if pos + _LEN.size + n > len(data):
+        """Cut off a torn last record and return the end of the valid data.
+
+        Only the record headers are read, ``_READ_CHUNK`` bytes at a time: a journal can hold up to
+        ``max_bytes`` (1 GiB by default), more than a producer should read into memory to start."""
+        fd = self._file.fileno()
+        size = os.fstat(fd).st_size
+        pos, chunk_start, chunk = 0, 0, b""
+        while pos + _LEN.size <= size:
+            if pos + _LEN.size > chunk_start + len(chunk):  # the header is not in the chunk read last
+                chunk_start, chunk = pos, os.pread(fd, min(_READ_CHUNK, size - pos), pos)
+            (n,) = _LEN.unpack_from(chunk, pos - chunk_start)
+            if pos + _LEN.size + n > size:
                 break
             pos += _LEN.size + n
-        if pos != len(data):
-            log.warning("journal %s: cutting a torn record at byte %d of %d", self.path, pos, len(data))
+        if pos != size:
+            log.warning("journal %s: cutting a torn record at byte %d of %d", self.path, pos, size)
             self._file.truncate(pos)
         return pos
 

@@ -99,6 +99,24 @@ def test_journal_reads_events_across_and_larger_than_its_read_chunks(
     journal.close()
 
 
+def test_journal_recovery_scans_headers_chunk_by_chunk_and_cuts_a_torn_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery used to read the whole journal (up to 1 GiB) into memory to find its end."""
+    monkeypatch.setattr("analytics.events.journal._READ_CHUNK", 16)
+    path = tmp_path / "j.journal"
+    journal = Journal(path)
+    events = [b"a" * 5, b"b" * 40, b"c" * 9, b"d"]
+    journal.append(events)
+    journal.close()
+    with open(path, "ab") as f:  # a record cut short by a crash, its header across a chunk end
+        f.write(b"\x00\x00\x00\x30" + b"e" * 7)
+    journal = Journal(path)
+    assert path.stat().st_size == sum(4 + len(e) for e in events)
+    assert journal.read(10)[0] == events
+    journal.close()
+
+
 def test_journal_slots_give_each_live_producer_its_own_file(tmp_path: Path) -> None:
     first = Journal.first_free_slot(tmp_path, "ranker")
     second = Journal.first_free_slot(tmp_path, "ranker")
