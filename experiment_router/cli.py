@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from scipy.stats import chisquare
@@ -25,17 +23,15 @@ EXIT_CONFIG = 2
 EXIT_CONFORMANCE = 1
 
 
-def _attr(text: str) -> tuple[str, Any]:
-    """Parse `k=v`; v is read as JSON when it parses (numbers, true, lists), else kept as a string."""
+def _attr(text: str) -> tuple[str, str]:
+    """Parse `k=v`, keeping v a string: the servers get attributes as strings (gRPC map<string, string>),
+    and `5` is not `"5"` to `$in` or `$eq`, nor `0` to hashing (falsy), so typed values would not say
+    what a server decides."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    key, raw = text.split("=", 1)
+    key, value = text.split("=", 1)
     if not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r} (no key)")
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = raw
     return key, value
 
 
@@ -86,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_attr,
         default=[],
         metavar="K=V",
-        help="user attribute, repeatable; V is parsed as JSON when possible (--attr country=NL --attr age=31)",
+        help="user attribute, repeatable; V stays a string, as servers get it (--attr country=NL)",
     )
     p.add_argument(
         "--at",
@@ -107,7 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--users", type=int, default=100_000, metavar="N", help="number of synthetic user ids (user-0 ...)"
     )
     p.add_argument(
-        "--attr", action="append", type=_attr, default=[], metavar="K=V", help="attribute shared by all users"
+        "--attr",
+        action="append",
+        type=_attr,
+        default=[],
+        metavar="K=V",
+        help="attribute shared by all users (a string, as for assign)",
+    )
+    p.add_argument(
+        "--at",
+        type=float,
+        default=None,
+        metavar="UNIX_TIME",
+        help="evaluate start/end windows at this Unix time instead of now",
     )
     p.add_argument("--include-drafts", action="store_true", help="preview draft experiments as if running")
 
@@ -163,13 +171,14 @@ def cmd_assign(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     router = _load(args, args.config)
     if args.include_drafts:
-        data = router.config.model_dump()
-        for exp in data["experiments"]:
-            if exp["status"] == "draft":
+        # only the fields the file set: validation tells a field left out from one set to its default
+        data = router.config.model_dump(exclude_unset=True)
+        for exp in data.get("experiments", []):
+            if exp.get("status", "draft") == "draft":
                 exp["status"] = "running"
         router = Router.from_dict(data)
     ids = [f"user-{i}" for i in range(args.users)]
-    result = router.assign_many(ids, dict(args.attr), now=time.time())
+    result = router.assign_many(ids, dict(args.attr), now=time.time() if args.at is None else args.at)
     print(f"{args.users} synthetic users, attributes {dict(args.attr) or '{}'}")
     for exp in router.config.experiments:
         chosen = result[exp.key]
@@ -185,8 +194,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
             share = n / observed.sum() if observed.sum() else 0.0
             expected = w / widths.sum() if widths.sum() else 0.0
             print(f"  {key:<16} {n:>9}  {share:7.2%} (expected {expected:.2%})")
-        if len(keys) > 1 and observed.sum() > 0 and (widths > 0).all():
-            p = chisquare(observed, f_exp=widths / widths.sum() * observed.sum()).pvalue
+        live = widths > 0  # a weight-0 variation expects nobody: test the split between the others
+        if live.sum() > 1 and observed[live].sum() > 0:
+            p = chisquare(observed[live], f_exp=widths[live] / widths.sum() * observed[live].sum()).pvalue
             flag = "  <- sample ratio mismatch" if p < 0.001 else ""
             print(f"  SRM chi-square p-value: {p:.4f}{flag}")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Collection, Iterator, Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,7 @@ def _semantic_problems(
         first_index.setdefault(exp.key, i)
         yield from _experiment_problems(config, exp, base, locate)
     yield from _layer_problems(config, locate)
+    yield from _forced_stage_problems(config, locate)
     if model_exists is not None:
         for stage, payload in config.defaults.items():
             if not model_exists(stage, payload.model_name, payload.model_version):
@@ -263,10 +265,14 @@ def _experiment_problems(
     config: RouterConfig, exp: ExperimentConfig, base: Path_, locate: _Locator
 ) -> Iterator[ConfigError]:
     if exp.condition is not None:
-        try:
-            validate_condition(exp.condition)
-        except UnknownOperatorError as exc:
-            yield locate.error(exc.reason, base + ("condition", *exc.keys))
+        not_json = _not_json(exp.condition, ())
+        if not_json is not None:
+            yield locate.error(not_json[1], base + ("condition", *not_json[0]))
+        else:
+            try:
+                validate_condition(exp.condition)
+            except UnknownOperatorError as exc:
+                yield locate.error(exc.reason, base + ("condition", *exc.keys))
     if exp.holdout is not None and exp.holdout not in config.holdout_groups:
         yield locate.error(
             f"unknown holdout group {exp.holdout!r}; defined: {sorted(config.holdout_groups)}",
@@ -298,6 +304,27 @@ def _experiment_problems(
                 )
             seen_users[user] = key
     yield from _kind_problems(exp, base, locate)
+
+
+def _not_json(value: Any, path: Path_) -> tuple[Path_, str] | None:
+    """Where a condition holds something JSON has no type for, and why: conditions compare JSON values, as in
+    every GrowthBook SDK, but YAML reads an unquoted 2026-01-01 as a date (which then matches nothing)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return path + (key,), f"key {key!r} must be a string (quote it)"
+            found = _not_json(item, path + (key,))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _not_json(item, path + (i,))
+            if found is not None:
+                return found
+    elif not isinstance(value, str | int | float | bool | None):
+        text = value.isoformat() if isinstance(value, date) else str(value)
+        return path, f'{text} is a {type(value).__name__}, not a JSON value: quote it ("{text}")'
+    return None
 
 
 # Sticky bucketing keeps a user in their variant when weights change; an interleaving experiment has no
@@ -368,13 +395,33 @@ def _layer_problems(config: RouterConfig, locate: _Locator) -> Iterator[ConfigEr
         layers_of_stage.setdefault(layer, i)
     for members in by_layer.values():
         ordered = sorted(members, key=lambda m: m[2].range)
-        for (_, a, a_layer), (j, _, b_layer) in zip(ordered, ordered[1:], strict=False):
+        # compare each range with the one reaching furthest so far, not just its neighbour: in [0, 0.5],
+        # [0.1, 0.2], [0.3, 0.6] the last overlaps the first
+        _, a, a_layer = ordered[0]
+        for j, b, b_layer in ordered[1:]:
             if b_layer.range[0] < a_layer.range[1]:
                 yield locate.error(
                     f"layer {b_layer.name!r} range {list(b_layer.range)} overlaps experiment {a.key!r} "
                     f"range {list(a_layer.range)}",
                     ("experiments", j, "layer", "range"),
                 )
+            if b_layer.range[1] > a_layer.range[1]:
+                a, a_layer = b, b_layer
+
+
+def _forced_stage_problems(config: RouterConfig, locate: _Locator) -> Iterator[ConfigError]:
+    """A user forced into two experiments of one stage would get two models for it: say which two."""
+    first: dict[tuple[str, str], int] = {}
+    for i, exp in enumerate(config.experiments):
+        for key, users in exp.forced.items():
+            for user in users:
+                j = first.setdefault((exp.stage, user), i)
+                if j != i:
+                    yield locate.error(
+                        f"user {user!r} is already forced into {config.experiments[j].key!r} "
+                        f"(experiments[{j}]), another {exp.stage} experiment: one model per stage",
+                        ("experiments", i, "forced", key),
+                    )
 
 
 def _stage_layer_conflict(config: RouterConfig, locate: _Locator, i: int, other: int) -> ConfigError:

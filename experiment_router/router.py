@@ -210,6 +210,7 @@ class _Compiled:
         defaults: Mapping[str, Payload],
         holdout: _Holdout | None,
         global_holdout: str | None,
+        forced_in_stage: Mapping[str, str],
     ) -> None:
         self.sticky = exp.sticky
         self.key = exp.key
@@ -269,7 +270,14 @@ class _Compiled:
             forced_by_key[INTERLEAVED] = replace(
                 self.in_variant[0], should_log=False, reason=f"forced into {INTERLEAVED!r} (QA allowlist)"
             )
-        self.forced = {user: forced_by_key[k] for k, users in exp.forced.items() for user in users}
+        # A user forced into another experiment of this stage is served that one's payload: keep them out
+        # of this one, or it would log an exposure for a variant they never saw (same lookup, no cost).
+        elsewhere = {
+            other: outside(f"forced into experiment {other!r} of stage {self.stage!r} (QA allowlist)")
+            for other in set(forced_in_stage.values()) - {self.key}
+        }
+        self.forced = {user: elsewhere[k] for user, k in forced_in_stage.items() if k != self.key}
+        self.forced.update({user: forced_by_key[k] for k, users in exp.forced.items() for user in users})
         self.status_outcome = {"draft": outside("draft"), "stopped": outside("stopped")}.get(exp.status)
         self.not_started = outside("not started yet")
         self.ended = outside("ended")
@@ -373,8 +381,19 @@ class Router:
         groups = {k: _Holdout.compile(v, k) for k, v in config.holdout_groups.items()}
         self._saved_groups = {k: list(v) for k, v in config.saved_groups.items()}
         global_key = self._global.key if self._global else None
+        forced_in: dict[str, dict[str, str]] = {s: {} for s in STAGES}  # stage: user -> first forcing exp
+        for exp in config.experiments:
+            for users in exp.forced.values():
+                for user in users:
+                    forced_in[exp.stage].setdefault(user, exp.key)
         self._experiments = tuple(
-            _Compiled(exp, self._defaults, groups.get(exp.holdout) if exp.holdout else None, global_key)
+            _Compiled(
+                exp,
+                self._defaults,
+                groups.get(exp.holdout) if exp.holdout else None,
+                global_key,
+                forced_in[exp.stage],
+            )
             for exp in config.experiments
         )
         self._uses_clock = any(e.start is not None or e.end is not None for e in self._experiments)
@@ -517,13 +536,16 @@ class Router:
         return chosen
 
     def model_refs(self) -> set[tuple[str, str, str]]:
-        """Every (stage, model name, version) a running experiment or a default names (what to preload)."""
+        """Every (stage, model name, version) `assign` can serve (what to preload): the defaults', a running
+        experiment's, and those of the variations a draft or stopped experiment forces QA users into."""
         refs = {(s, p.model_name, p.model_version) for s, p in self._defaults.items()}
         for exp in self.config.experiments:
-            if exp.status == "running":
-                refs.update(
-                    (exp.stage, v.payload.model_name, v.payload.model_version) for v in exp.variations
-                )
+            merged = bool(exp.forced.get(INTERLEAVED))  # users forced into the merged list see both arms
+            refs.update(
+                (exp.stage, v.payload.model_name, v.payload.model_version)
+                for v in exp.variations
+                if exp.status == "running" or merged or exp.forced.get(v.key)
+            )
         return refs
 
     def default_for(self, stage: str) -> Payload:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -130,9 +130,14 @@ class ExperimentConfig(_Strict):
                     raise ValueError(f"variation ranges {list(a)} and {list(b)} overlap")
         if self.min_bucket_version > self.bucket_version:
             raise ValueError("min_bucket_version cannot exceed bucket_version")
-        if self.start and self.end and self.end <= self.start:
+        if self.start and self.end and _utc(self.end) <= _utc(self.start):
             raise ValueError("end must be after start")
         return self
+
+
+def _utc(moment: datetime) -> datetime:
+    """A config time as UTC: a time without a zone is UTC (so a naive start compares with an aware end)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class RouterConfig(_Strict):

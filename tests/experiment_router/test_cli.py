@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from experiment_router import Router
 from experiment_router.cli import main
-from tests.experiment_router.helpers import EXAMPLES
+from tests.experiment_router.helpers import EXAMPLES, base_config
 
 TWO_LAYERS = str(EXAMPLES / "two_layers.yaml")
 
@@ -94,3 +97,58 @@ def test_bad_numbers_and_attributes_are_usage_errors(argv: list[str], capsys: py
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2 and argv[-2] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_preview_include_drafts_runs_on_every_example(
+    example: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Re-validating the full model_dump set every default explicitly: `method` on every A/B test and
+    `sticky` on interleaving ones were refused, so --include-drafts failed on any config."""
+    assert main(["preview", "--config", str(example), "--users", "2000", "--include-drafts"]) == 0
+    assert "not in experiment" in capsys.readouterr().out
+
+
+def test_preview_include_drafts_previews_a_draft(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = base_config()
+    data["experiments"][0].pop("status")  # a draft by default
+    path = tmp_path / "draft.json"
+    path.write_text(json.dumps(data))
+    assert main(["preview", "--config", str(path), "--users", "2000"]) == 0
+    assert "exp-a [ranking, draft]: 2000 not in experiment" in capsys.readouterr().out
+    assert main(["preview", "--config", str(path), "--users", "2000", "--include-drafts"]) == 0
+    assert "exp-a [ranking, running]: 0 not in experiment" in capsys.readouterr().out
+
+
+def test_attributes_are_strings_as_servers_receive_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--attr app=5` was the number 5, which `$in: [5]` matches and the server's "5" does not."""
+    data = base_config()
+    data["experiments"][0]["condition"] = {"app": {"$in": [5]}}
+    path = tmp_path / "typed.json"
+    path.write_text(json.dumps(data))
+    assert not Router.from_file(path).assign("u1", {"app": "5"})[0].in_experiment  # what a server decides
+    assert main(["assign", "--config", str(path), "--user", "u1", "--attr", "app=5"]) == 0
+    assert "not targeted (condition false)" in capsys.readouterr().out
+    assert main(["preview", "--config", str(path), "--users", "100", "--attr", "app=5"]) == 0
+    assert "exp-a [ranking, running]: 100 not in experiment" in capsys.readouterr().out
+
+
+def test_preview_at_a_time_and_srm_beside_a_zero_weight_variation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = base_config()
+    exp = data["experiments"][0]
+    exp["start"], exp["end"] = "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"
+    exp["variations"].append({"key": "off", "payload": {"model_name": "mmoe", "model_version": "9"}})
+    for variation, weight in zip(exp["variations"], (0.5, 0.5, 0.0), strict=True):
+        variation["weight"] = weight
+    path = tmp_path / "window.json"
+    path.write_text(json.dumps(data))
+    inside = str(datetime(2026, 1, 2, tzinfo=UTC).timestamp())
+    assert main(["preview", "--config", str(path), "--users", "4000", "--at", inside]) == 0
+    out = capsys.readouterr().out
+    assert "exp-a [ranking, running]: 0 not in experiment" in out and "SRM chi-square p-value" in out
+    assert main(["preview", "--config", str(path), "--users", "4000", "--at", "1767225599"]) == 0  # 1 s early
+    assert "exp-a [ranking, running]: 4000 not in experiment" in capsys.readouterr().out

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from experiment_router import ConfigError, Router
+from experiment_router.errors import ConfigErrors
 from experiment_router.loader import load_config, repository_checker, repository_tasks
 from tests.experiment_router.helpers import EXAMPLES, base_config
 
@@ -37,7 +39,7 @@ def _write(tmp_path: Path, body: str, name: str = "exp.yaml") -> Path:
     return path
 
 
-def _error(path: Path, **kwargs) -> ConfigError:
+def _error(path: Path, **kwargs: Any) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         Router.from_file(path, **kwargs)
     return info.value
@@ -286,3 +288,66 @@ def test_missing_file() -> None:
 def test_model_version_is_a_string(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, GOOD_EXPERIMENT))
     assert config.experiments[0].variations[1].payload.model_version == "1"
+
+
+def test_every_layer_overlap_is_reported_not_only_with_the_neighbouring_range(tmp_path: Path) -> None:
+    body = GOOD_EXPERIMENT + "".join(
+        GOOD_EXPERIMENT.replace("exp-a", key).replace("[0.0, 0.5]", layer_range)
+        for key, layer_range in (("exp-b", "[0.1, 0.2]"), ("exp-c", "[0.3, 0.6]"))
+    )
+    err = _error(_write(tmp_path, body))
+    assert isinstance(err, ConfigErrors)
+    assert [(e.experiment, e.line) for e in err.errors] == [("exp-b", 16), ("exp-c", 23)]
+    assert "[0.3, 0.6] overlaps experiment 'exp-a' range [0.0, 0.5]" in err.errors[1].message
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "valid"),
+    [
+        ("2026-01-01T00:00:00", "2026-01-01T00:00:01Z", True),  # no zone is UTC
+        ("2026-01-01T00:00:00+02:00", "2026-01-01T00:00:00", True),  # 22:00 UTC the day before
+        ("2026-01-01T00:00:00", "2026-01-01T01:00:00+02:00", False),  # 23:00 UTC the day before
+        ("2026-01-01", "2026-01-01T00:00:00Z", False),  # a YAML date is midnight UTC
+    ],
+)
+def test_end_must_follow_start_whether_or_not_they_name_a_zone(
+    tmp_path: Path, start: str, end: str, valid: bool
+) -> None:
+    """A start without a zone and an end with one (or the reverse) raised TypeError, a traceback."""
+    window = f"    status: running\n    start: {start}\n    end: {end}\n"
+    path = _write(tmp_path, GOOD_EXPERIMENT.replace("    status: running\n", window))
+    if valid:
+        assert Router.from_file(path).experiment_keys == ("exp-a",)
+    else:
+        err = _error(path)
+        assert err.message == "end must be after start" and err.line == 6 and err.experiment == "exp-a"
+
+
+def test_a_user_forced_into_two_experiments_of_one_stage_is_refused(tmp_path: Path) -> None:
+    second = GOOD_EXPERIMENT.replace("exp-a", "exp-b").replace("[0.0, 0.5]", "[0.5, 1.0]")
+    draft = GOOD_EXPERIMENT.replace("exp-a", "exp-c").replace("status: running", "status: draft")
+    retrieval = GOOD_EXPERIMENT.replace("exp-a", "exp-r").replace("stage: ranking", "stage: retrieval")
+    retrieval = retrieval.replace("name: ranking", "name: retrieval").replace("mmoe", "ssmtl")
+    forced = "    forced: {treatment: [qa-1]}\n"
+    err = _error(_write(tmp_path, GOOD_EXPERIMENT + forced + second + draft + forced + retrieval + forced))
+    assert err.experiment == "exp-c" and err.field == "experiments[2].forced.treatment" and err.line == 28
+    assert err.message == (
+        "user 'qa-1' is already forced into 'exp-a' (experiments[0]), another ranking experiment: "
+        "one model per stage"
+    )
+    assert isinstance(err, ConfigErrors) and len(err.errors) == 1  # another stage may force them too
+
+
+@pytest.mark.parametrize(
+    ("condition", "field", "message"),
+    [
+        ("{signup: {$gt: 2026-01-01}}", "signup.$gt", "2026-01-01 is a date, not a JSON value: quote it"),
+        ("{seen: {$in: [2026-01-01T10:00:00Z]}}", "seen.$in[0]", "2026-01-01T10:00:00+00:00 is a datetime"),
+        ("{$or: [{1: 5}]}", "$or[0][1]", "key 1 must be a string (quote it)"),  # was an AttributeError
+    ],
+)
+def test_condition_values_must_be_json(tmp_path: Path, condition: str, field: str, message: str) -> None:
+    """YAML reads an unquoted date as a date, which matched nothing and broke `preview` (json.dumps)."""
+    path = _write(tmp_path, GOOD_EXPERIMENT + f"    condition: {condition}\n")
+    err = _error(path)
+    assert err.field == f"experiments[0].condition.{field}" and err.line == 13 and message in err.message

@@ -199,3 +199,44 @@ def test_hash_attributes_follow_javascript_truthiness_and_number_printing() -> N
     )
     assert router.assign("u", {"account": 1e21}) == router.assign("u", {"account": "1e+21"})
     assert router.assign("u", {"account": True}) == router.assign("u", {"account": "true"})
+
+
+def test_a_user_forced_into_one_experiment_is_outside_the_others_of_its_stage() -> None:
+    """Forced users were also bucketed into the layer's other experiments: served the forced payload (the
+    first in file order), they logged an exposure for the other one's variant, which they never saw."""
+    data = base_config()
+    qa = [f"qa-{i}" for i in range(40)]
+    data["experiments"] = [
+        experiment("a", layer={"name": "ranking", "range": [0, 0.5]}, forced={"treatment": qa}),
+        experiment("b", layer={"name": "ranking", "range": [0.5, 1]}),
+        experiment("draft", status="draft", layer={"name": "ranking", "range": [0, 1]}),
+        experiment("retrieval", stage="retrieval"),
+    ]
+    router = Router.from_dict(data)
+    bulk = router.assign_many(qa)
+    for i, user in enumerate(qa):
+        by_key = {a.experiment_key: a for a in router.assign(user)}
+        assert by_key["a"].variant_key == "treatment" and not by_key["a"].should_log
+        assert not by_key["b"].in_experiment and not by_key["b"].should_log
+        assert by_key["b"].reason == "forced into experiment 'a' of stage 'ranking' (QA allowlist)"
+        assert router.payloads(list(by_key.values()))["ranking"].model_version == "2"
+        assert by_key["retrieval"].in_experiment  # another stage: bucketed as usual
+        assert [bulk[key][i] for key in by_key] == [a.variation_id for a in by_key.values()]
+
+
+def test_model_refs_name_the_models_forced_users_of_a_draft_are_served() -> None:
+    """A QA user forced into a draft got a model the server never loaded (model_refs listed running ones)."""
+    data = base_config()
+    data["experiments"] = [
+        experiment("draft", status="draft", forced={"treatment": ["qa-1"]}),
+        experiment("stopped", stage="retrieval", status="stopped"),
+    ]
+    data["experiments"][0]["variations"][1]["payload"]["model_name"] = "new-ranker"
+    router = Router.from_dict(data)
+    served = router.assign("qa-1")[0].payload
+    assert (served.model_name, served.model_version) == ("new-ranker", "2")
+    assert router.model_refs() == {
+        ("retrieval", "ssmtl-retrieval-only", "1"),
+        ("ranking", "mmoe", "1"),
+        ("ranking", "new-ranker", "2"),
+    }
