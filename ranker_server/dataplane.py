@@ -180,8 +180,22 @@ def merge_scores(
     return scores, w @ scores
 
 
+def _applied(assignments: Sequence[Assignment]) -> list[Assignment]:
+    """Per stage, the first assignment the user is in: the one whose variant serves the request (as the
+    router's ``payloads``). Another one of that stage (a layer's experiments hashing different attributes can
+    overlap) is neither reported nor logged: its exposure would credit its variant with another's list.
+    """
+    applied: list[Assignment] = []
+    stages: set[str] = set()
+    for a in assignments:
+        if a.in_experiment and a.stage not in stages:
+            stages.add(a.stage)
+            applied.append(a)
+    return applied
+
+
 def _pick(assignments: Sequence[Assignment], stage: str) -> Assignment | None:
-    return next((a for a in assignments if a.stage == stage and a.in_experiment), None)
+    return next((a for a in assignments if a.stage == stage), None)
 
 
 @dataclass(frozen=True)
@@ -267,7 +281,7 @@ class RankDataPlane:
             raise
         request_id = query.request_id or os.urandom(16).hex()  # as unique as uuid4().hex, 30 us less when cold
         snapshot = self._repository.snapshot  # one router and one model set for the whole request
-        assignments = snapshot.router.assign(query.user_id, query.attributes)  # a fresh list; it copies the attributes
+        assignments = _applied(snapshot.router.assign(query.user_id, query.attributes))
         default = snapshot.router.default_for(RANKING)
         wanted: list[tuple[str, Payload | _Weights]]  # (arm key, payload): one, or two when interleaved
         if query.model is not None:
@@ -367,7 +381,8 @@ class RankDataPlane:
             order = orders[0][: query.top_k] if query.top_k else orders[0]
             task_scores, merged = scored[0][0].take(order, axis=1), scored[0][1].take(order)
         else:
-            k = query.top_k or len(candidate_ids)
+            # Never past the candidates: top_k may be 2**32 - 1, and drawing the coins takes O(k^2).
+            k = min(query.top_k or len(candidate_ids), len(candidate_ids))
             picked, team_list = interleave(orders[0].tolist(), orders[1].tolist(), k, request_id)
             order, teams = np.array(picked, np.intp), np.array(team_list, np.uint8)
             task_scores, merged = _team_scores(arms, scored, order, teams)
@@ -386,7 +401,6 @@ class RankDataPlane:
             assignments=tuple(
                 AssignmentInfo(a.experiment_key, a.variant_key or "", a.variation_id, a.stage, a.layer or "")
                 for a in assignments
-                if a.in_experiment
             ),
             model=arms[0].model.key,
             retrieval_model=retrieval_model,
@@ -465,10 +479,9 @@ class RankDataPlane:
         teams: np.ndarray,
         arms: tuple[ArmInfo, ...],
     ) -> None:
-        """One exposure per logged assignment; a retrieval variant counts only when retrieval ran.
-
-        An interleaving assignment's exposure carries the team of every position; it is logged only when the
-        list served was interleaved.
+        """One exposure per logged assignment (only those that served the request, ``_applied``); a retrieval
+        variant counts only when retrieval ran. An interleaving assignment's exposure carries the team of every
+        position.
         """
         assert self._exposures is not None
         items, at = ranked.tolist(), now_ms()
@@ -476,7 +489,7 @@ class RankDataPlane:
         for a in assignments:
             model = ranking_model if a.stage == RANKING else retrieval_model
             interleaved = a.stage == RANKING and a.interleaving is not None
-            if model is None or interleaved and not arms:  # another ranking experiment's list was served
+            if model is None:
                 continue
             records.append(
                 ExposureRecord(

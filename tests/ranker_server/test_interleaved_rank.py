@@ -104,6 +104,15 @@ async def test_top_k_zero_interleaves_every_candidate(running: Running) -> None:
     assert sorted(response.candidate_ids) == sorted(CANDIDATES) and len(response.teams) == len(CANDIDATES)
 
 
+@pytest.mark.timeout(30)
+async def test_the_largest_top_k_interleaves_every_candidate_without_stalling(running: Running) -> None:
+    """top_k is a uint32: 2**32 - 1 once made the team draft draw coins for 2**31 rounds on the event loop."""
+    response = await running.stub.Rank(request("il-3", request_id="all", top_k=2**32 - 1), timeout=10)
+    everything = await running.stub.Rank(request("il-3", request_id="all"))
+    assert list(response.candidate_ids) == list(everything.candidate_ids)
+    assert list(response.teams) == list(everything.teams) and len(response.teams) == len(CANDIDATES)
+
+
 async def test_users_outside_get_todays_single_model_path(running: Running) -> None:
     response = await running.stub.Rank(request("user-1", top_k=5))
     assert not response.teams and not response.arms and response.model.version == "1"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -18,14 +21,17 @@ from ranker_server.exposure import MemorySink
 from ranker_server.features import ItemTable, build_rows
 from ranker_server.inference import GraphRows
 from ranker_server.package import read_package
+from ranker_server.routing import RANKING
 from ranker_server.server import RankerServer
 from tests.ranker_server.conftest import (
+    FakeAssignment,
     FakePayload,
     FakeRouter,
     MutableSource,
     Running,
     code_of,
     make_settings,
+    serving,
 )
 
 pytestmark = pytest.mark.integration
@@ -128,6 +134,31 @@ async def test_users_outside_or_forced_get_no_exposure(running: Running) -> None
     assert len(forced.assignments) == 1
     await asyncio.sleep(0.1)
     assert running.sink.exposures == []
+
+
+@dataclass
+class OverlappingRouter(FakeRouter):
+    """Every user is in two ranking experiments, both logged: possible when a layer's experiments hash
+    different attributes (user_id, device_id), so their slices do not exclude each other."""
+
+    def assign(self, user_id: str, attributes: Mapping[str, str] | None = None) -> list[FakeAssignment]:
+        treatment, control = self.variants[1][1], self.variants[0][1]
+        return [
+            FakeAssignment("exp-a", "treatment", 1, RANKING, "rank", True, True, treatment),
+            FakeAssignment("exp-b", "control", 0, RANKING, "rank", True, True, control),
+        ]
+
+
+async def test_only_the_experiment_that_served_the_list_is_reported_and_logged(repository: Path) -> None:
+    async for running in serving(repository, MutableSource(OverlappingRouter())):
+        response = await running.stub.Rank(request("user-1", request_id="two-experiments", top_k=5))
+        assert response.model.version == "2"  # exp-a's treatment, the first experiment the user is in
+        assert [(a.experiment_key, a.variant_key) for a in response.assignments] == [("exp-a", "treatment")]
+        await asyncio.sleep(0.1)
+        [exposure] = running.sink.exposures  # none for exp-b: its control's model never ranked this list
+        logged = (exposure.experiment_key, exposure.variant_key, exposure.model.version)
+        assert logged == ("exp-a", "treatment", "2")
+        assert list(exposure.item_ids) == list(response.candidate_ids)
 
 
 async def test_unknown_item_ids_count_as_oov(running: Running) -> None:
