@@ -394,6 +394,16 @@ def _layer_problems(config: RouterConfig, locate: _Locator) -> Iterator[ConfigEr
             yield _stage_layer_conflict(config, locate, i, other)
         layers_of_stage.setdefault(layer, i)
     for members in by_layer.values():
+        _, first, _ = members[0]
+        for j, exp, exp_layer in members[1:]:
+            if exp.hash_attribute != first.hash_attribute:
+                # a user's position in a layer is hashed from the experiment's attribute: with another one,
+                # disjoint ranges no longer keep a user out of two experiments
+                yield locate.error(
+                    f"experiments of layer {exp_layer.name!r} must hash the same attribute: {exp.key!r} hashes "
+                    f"{exp.hash_attribute!r}, {first.key!r} {first.hash_attribute!r}",
+                    ("experiments", j, "hash_attribute"),
+                )
         ordered = sorted(members, key=lambda m: m[2].range)
         # compare each range with the one reaching furthest so far, not just its neighbour: in [0, 0.5],
         # [0.1, 0.2], [0.3, 0.6] the last overlaps the first

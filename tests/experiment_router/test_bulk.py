@@ -64,9 +64,10 @@ def _router() -> Router:
             coverage=0.8,
             forced={"treatment": ["\x00", "a\x00"], "control": ["😀"]},
         ),
-        experiment(
+        experiment(  # a layer's experiments hash one attribute: here the other layer's is not the user id
             "retrieved",
             stage="retrieval",
+            hash_attribute="account",
             hash_version=1,
             condition={"user_id": {"$nin": ["é"]}},
             layer={"name": "retrieval", "range": [0, 0.5]},

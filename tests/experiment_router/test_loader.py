@@ -231,7 +231,9 @@ def test_inherited_task_weights_must_name_tasks_of_the_variations_model(tmp_path
     repo = _repository_with_tasks(tmp_path / "repo", {"mmoe": ["click"], "mmoe+dml": ["ctr", "watch"]})
     err = _error(_write(tmp_path, GOOD_EXPERIMENT), ranking_tasks=repository_tasks(repo))
     assert err.field == "experiments[0].variations[1].payload.model_name" and err.line == 12
-    assert "task_weights (defaults.ranking's): unknown task 'click' for ranking model mmoe+dml/1" in err.message
+    assert "task_weights (defaults.ranking's): unknown task 'click' for ranking model mmoe+dml/1" in (
+        err.message
+    )
     (repo / "mmoe+dml" / "1" / "manifest.json").write_text("{")  # unknown tasks: model_exists reports it
     assert Router.from_file(_write(tmp_path, GOOD_EXPERIMENT), ranking_tasks=repository_tasks(repo))
 
@@ -299,6 +301,18 @@ def test_every_layer_overlap_is_reported_not_only_with_the_neighbouring_range(tm
     assert isinstance(err, ConfigErrors)
     assert [(e.experiment, e.line) for e in err.errors] == [("exp-b", 16), ("exp-c", 23)]
     assert "[0.3, 0.6] overlaps experiment 'exp-a' range [0.0, 0.5]" in err.errors[1].message
+
+
+def test_a_layers_experiments_must_hash_one_attribute(tmp_path: Path) -> None:
+    """A user's place in a layer is hashed from each experiment's attribute: with two attributes, disjoint
+    ranges let a user into both (the ranker served one and logged exposures for the other's variant)."""
+    other = GOOD_EXPERIMENT.replace("exp-a", "exp-b").replace("[0.0, 0.5]", "[0.5, 1.0]")
+    running = "    status: running\n"
+    body = GOOD_EXPERIMENT + other.replace(running, running + "    hash_attribute: device\n")
+    err = _error(_write(tmp_path, body))
+    assert err.field == "experiments[1].hash_attribute" and err.line == 16, err.describe()
+    assert "must hash the same attribute: 'exp-b' hashes 'device'" in err.message
+    assert Router.from_file(_write(tmp_path, GOOD_EXPERIMENT + other))
 
 
 @pytest.mark.parametrize(
