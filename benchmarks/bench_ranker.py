@@ -174,11 +174,20 @@ SPINNING = ("off", "during runs", "always")  # "during runs": what the server's 
 
 
 def ort_session(
-    model_path: Path, threads: int, spinning: str, entries: Sequence[tuple[str, str]] = ()
+    model_path: Path,
+    threads: int,
+    spinning: str,
+    entries: Sequence[tuple[str, str]] = (),
+    *,
+    mem_pattern: bool = True,
+    cpu_arena: bool = True,
 ) -> ort.InferenceSession:
     """A CPU session with ``threads`` intra-op threads, one inter-op, ``spinning`` one of ``SPINNING``; ``entries``:
-    more session config entries."""
+    more session config entries; ``mem_pattern``/``cpu_arena``: ORT's allocation planning and arena (on: ORT's
+    defaults)."""
     options = ort.SessionOptions()
+    options.enable_mem_pattern = mem_pattern
+    options.enable_cpu_mem_arena = cpu_arena
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -7,9 +7,10 @@ alone (500 rows) on its one session. Here, in-process with bench_ranker's MMoE, 
 spinning session follows: one run on it (warm), four 500-row runs on it (the floor's burst), four 2,000-row runs on
 it, four 500-row runs on the sleeping session, four 2,000-row runs on the sleeping session (the ranker's burst),
 and the second run after those; optionally with both sessions allocating from one ONNX Runtime arena
-(`session.use_env_allocators`, `--shared-arena`).
+(`session.use_env_allocators`, `--shared-arena`), without ORT's memory pattern (`--no-mem-pattern`: no allocation
+plan cached per input shape) or without its CPU arena (`--no-arena`).
 
-    .venv/bin/python benchmarks/results/tried/first_run_after_burst.py [--shared-arena]
+    .venv/bin/python benchmarks/results/tried/first_run_after_burst.py [--shared-arena] [--no-mem-pattern] [--no-arena]
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from benchmarks import bench_ranker as br  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared-arena", action="store_true", help="both sessions allocate from one env arena")
+    parser.add_argument("--no-mem-pattern", action="store_true", help="SessionOptions.enable_mem_pattern off")
+    parser.add_argument("--no-arena", action="store_true", help="SessionOptions.enable_cpu_mem_arena off")
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
     if args.shared_arena:
@@ -41,8 +44,9 @@ def main() -> None:
     one = {"sparse": sparse, "dense": dense}
     four = {k: np.tile(v, (4, 1)) for k, v in one.items()}
     entries = [("session.use_env_allocators", "1")] if args.shared_arena else []
-    lone = br.ort_session(package / "model.onnx", 2, "during runs", entries)
-    other = br.ort_session(package / "model.onnx", 1, "off", entries)
+    allocation = {"mem_pattern": not args.no_mem_pattern, "cpu_arena": not args.no_arena}
+    lone = br.ort_session(package / "model.onnx", 2, "during runs", entries, **allocation)
+    other = br.ort_session(package / "model.onnx", 1, "off", entries, **allocation)
     for _ in range(10):
         lone.run(["logits"], one)
         other.run(["logits"], four)
@@ -74,7 +78,8 @@ def main() -> None:
             lone.run(["logits"], one)
             measured[name].append(time.perf_counter() - start)
     print(br.uptime())
-    print(f"a 500-row run on the spinning session, p50 ms ({args.rounds} rounds; shared arena: {args.shared_arena}):")
+    print(f"a 500-row run on the spinning session, p50 ms ({args.rounds} rounds; shared arena: {args.shared_arena}; "
+          f"{allocation}):")  # fmt: skip
     for name, t in measured.items():
         print(f"  {name:60s} {np.median(t) * 1e3:.3f}")
 
