@@ -167,6 +167,8 @@ class RetrievalDataPlane:
             raise InvalidInput("user_id", "must not be empty")
         check_sizes(query)
         name, version = query.model_name, query.model_version
+        if version and not name:  # else the default (or the router's choice) would answer in its place
+            raise InvalidInput("model.name", "must be set when model.version is (both empty: the default)")
         assignments: tuple[RouteAssignment, ...] = ()
         if not name and self._router_source is not None:
             name, version, assignments = self._route(query, self._router_source)

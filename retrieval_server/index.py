@@ -96,6 +96,7 @@ class QuantizedIndex(FaissIndex):
     """
 
     kind = "pq-refine"
+    min_items = 16  # 4-bit codes: each sub-quantizer trains 2**4 centroids, faiss refuses fewer points
 
     def __init__(self, embeddings: np.ndarray, k_factor: int = 16, train_size: int = 100_000,
                  build_threads: int = 1) -> None:
@@ -126,8 +127,11 @@ ANN_KINDS = {"pq": QuantizedIndex, "hnsw": HNSWIndex}
 
 
 def build_index(embeddings: np.ndarray, exact_max_items: int = EXACT_MAX_ITEMS, ann: str = "pq") -> FaissIndex:
-    """Exact search for corpora up to ``exact_max_items``, the ``ann`` index (``"pq"`` or ``"hnsw"``) above."""
-    if len(embeddings) <= exact_max_items:
+    """Exact search for corpora up to ``exact_max_items``, the ``ann`` index (``"pq"`` or ``"hnsw"``) above.
+
+    A corpus too small to train PQ is searched exactly too: its load must not fail (and exact is cheap there).
+    """
+    if len(embeddings) <= exact_max_items or (ann == "pq" and len(embeddings) < QuantizedIndex.min_items):
         return ExactIndex(embeddings)
     logger.info("building %s index over %d vectors", ann, len(embeddings))
     return ANN_KINDS[ann](embeddings)

@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,6 @@ class LoadedModel:
     positions: dict[int, int]
     provider: str
     fingerprint: str
-    _run_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def key(self) -> ModelKey:

@@ -91,6 +91,8 @@ async def test_unseen_user_is_embedded_from_features_and_neighbours(repository_r
         (RetrieveQuery(user_id="stranger", k=5, user_features=np.full(16, np.nan, np.float32)), "user_features"),
         (RetrieveQuery(user_id="stranger", k=5, user_features=np.ones(16, np.float32),
                        neighbor_ids=np.array([1, 987654321])), "neighbor_ids"),
+        # a version alone named no model: the default answered in its place
+        (RetrieveQuery(user_id="1", k=5, model_version="2"), "model.name"),
     ],
 )
 async def test_bad_input_names_the_field(repository_root, query, field):
@@ -125,6 +127,16 @@ def test_ann_agrees_with_exact_search_and_honours_exclusions(ann):
         recalls.append(len(set(found.tolist()) & set(truth.tolist())) / 50)
         np.testing.assert_allclose(scores, vectors[found] @ vectors[q], atol=1e-5)
     assert np.mean(recalls) > 0.9
+
+
+@pytest.mark.parametrize("n", [1, 15])
+def test_a_corpus_too_small_for_pq_is_searched_exactly(n: int) -> None:
+    """4-bit PQ cannot train on under 16 items: with ``--exact-max-items 0`` their load raised in faiss."""
+    vectors = np.eye(n, 16, dtype=np.float32)
+    index = build_index(vectors, exact_max_items=0, ann="pq")
+    assert index.kind == "exact"
+    found, _ = index.search(vectors[0], 10, np.array([0]))
+    assert len(found) == min(n - 1, 10) and 0 not in found.tolist()  # all tied at 0: any order
 
 
 def test_repository_verifies_checksums_and_kind(repository_root):

@@ -59,6 +59,8 @@ async def test_retrieve_over_grpc_and_status_codes(served):
          grpc.StatusCode.INVALID_ARGUMENT, "user_features: expected 16 values, got 2"),
         (retrieval_pb2.RetrieveRequest(user_id="5", k=3, model=common_pb2.ModelRef(name="x", version="1")),
          grpc.StatusCode.NOT_FOUND, "model x:1"),
+        (retrieval_pb2.RetrieveRequest(user_id="5", k=3, model=common_pb2.ModelRef(version="1")),
+         grpc.StatusCode.INVALID_ARGUMENT, "model.name: must be set when model.version is"),
         (retrieval_pb2.RetrieveRequest(user_id="5" * 1_100_000, k=3), grpc.StatusCode.INVALID_ARGUMENT,
          "user_id: is longer than 512 bytes"),
         (retrieval_pb2.RetrieveRequest(user_id="5", k=3, attributes={"c": "x" * 1_100_000}),
