@@ -987,3 +987,166 @@ def test_k8s_cpu_overlay_runs_the_ranker_without_a_gpu_and_scales_on_its_request
     assert series in exported, f"the adapter rule reads {series}, the ranker exports {sorted(exported)}"
     assert re.fullmatch(rule["name"]["matches"].strip("^$"), series)
     assert pods["target"]["type"] == "AverageValue"
+
+
+# ---------------------------------------------------------------- writable data folders (event journals)
+
+
+def _dockerfile_instructions(path: Path, stage: str) -> list[tuple[str, str]]:
+    """(instruction, arguments) of one stage of a Dockerfile, continuation lines joined, comments dropped."""
+    lines, current = [], ""
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        current += line.rstrip().removesuffix("\\") + " "
+        if not line.rstrip().endswith("\\"):
+            lines.append(current.strip())
+            current = ""
+    stages: dict[str | None, list[tuple[str, str]]] = {}
+    name: str | None = None
+    for line in filter(None, lines):
+        instruction, _, args = line.partition(" ")
+        if instruction.upper() == "FROM":
+            name = args.split()[-1] if " AS " in f" {args.upper()} " else None
+        stages.setdefault(name, []).append((instruction.upper(), args))
+    return stages[stage]
+
+
+def _image_env(image: str, compose: dict) -> dict[str, str]:
+    """The environment an mtrank image's serving stage sets (the Dockerfile compose builds it from)."""
+    (build,) = {
+        json.dumps(s["build"], sort_keys=True)
+        for s in compose["services"].values()
+        if s.get("image") == image
+    }
+    build = json.loads(build)
+    dockerfile = (COMPOSE_FILE.parent / build["context"] / build["dockerfile"]).resolve()
+    return _stage_env(dockerfile, build["target"])
+
+
+def _stage_env(dockerfile: Path, stage: str) -> dict[str, str]:
+    """ENV of a Dockerfile stage, with that of the stage it is built FROM in the same file."""
+    instructions = _dockerfile_instructions(dockerfile, stage)
+    base = instructions[0][1].split()[0]
+    names = {s.name for s in dockerfile_stages(dockerfile)}
+    env = _stage_env(dockerfile, base) if base in names else {}
+    for instruction, args in instructions:
+        if instruction == "ENV":
+            env |= dict(pair.split("=", 1) for pair in shlex.split(args))
+    return env
+
+
+def _journal_folder(inv: Invocation, env: dict[str, str]) -> str | None:
+    """The folder an entry point writes its event journal to: the ranker's exposure producer journals under
+    $MTRANK_DATA_DIR/journal (with --kafka), the outcome server in the folder of --journal."""
+    default = f"{env.get('MTRANK_DATA_DIR', '/opt/mtrank/.data')}/journal"  # the code's folder without it
+    if inv.module == "ranker_server" and _flag(inv.args, "--kafka"):
+        return default
+    if inv.module == "analytics.events.outcome_server":
+        journal = _flag(inv.args, "--journal")
+        return journal.rpartition("/")[0] if journal else default
+    return None
+
+
+def test_the_data_folder_is_where_the_producers_journal() -> None:
+    """MTRANK_DATA_DIR moves the folder the event producer opens its journal in (and nothing else is needed):
+    what the images set must take effect."""
+    script = """
+import sys
+from pathlib import Path
+from analytics.events.producer import EventProducer
+producer = EventProducer("127.0.0.1:9", exposures_topic="mtrank.exposures", client_id="mtrank-ranker-0")
+producer.close()
+sys.exit(0 if list(Path(sys.argv[1], "journal").glob("mtrank-ranker-0.*.journal")) else 1)
+"""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as data:
+        result = subprocess.run(
+            [sys.executable, "-c", script, data],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PATH": "", "MTRANK_DATA_DIR": data},
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_serving_images_have_a_data_folder_the_servers_can_write(path: Path) -> None:
+    """The servers run as a non-root user and /opt/mtrank (the code) is root's: without MTRANK_DATA_DIR the
+    ranker's exposure producer would create its journal in /opt/mtrank/.data and the ranker, with --kafka,
+    would fail at start (PermissionError). The data folder must be made and given to the image's user."""
+    instructions = _dockerfile_instructions(path, "serving")
+    data = _stage_env(path, "serving").get("MTRANK_DATA_DIR")
+    assert data and not data.startswith("/opt/mtrank"), f"{path.name}: MTRANK_DATA_DIR {data!r} not writable"
+    users = [i for i, (instruction, _) in enumerate(instructions) if instruction == "USER"]
+    assert users, f"{path.name}: the serving stage runs as root"
+    runs = " ".join(args for instruction, args in instructions[: users[-1]] if instruction == "RUN")
+    assert re.search(rf"mkdir -p [^&]*{re.escape(data)}(\s|$)", runs), f"{path.name}: {data} is not created"
+    assert re.search(rf"chown [^&]*{re.escape(data)}(\s|$)", runs), f"{path.name}: {data} is root's"
+
+
+def test_k8s_event_journals_are_on_writable_volumes(deployed: list[dict], compose: dict) -> None:
+    """Every producer's journal folder is on a writable volume that outlives a container restart (emptyDir or
+    a PVC), not the root-owned code folder or the container's own layer."""
+    templates = dict(_pod_specs(deployed))
+    checked = set()
+    for inv, container, config_env in _k8s_invocations(deployed):
+        env = _image_env(container["image"], compose) | config_env
+        env |= {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+        folder = _journal_folder(inv, env)
+        if folder is None:
+            continue
+        volumes = {v["name"]: v for v in templates[inv.where.split(" container ")[0]]["spec"]["volumes"]}
+        mounts = [
+            m
+            for m in container.get("volumeMounts", [])
+            if f"{folder}/".startswith(m["mountPath"].rstrip("/") + "/")
+        ]
+        assert mounts, f"{inv.where}: no volume at its journal folder {folder}"
+        mount = max(mounts, key=lambda m: len(m["mountPath"]))
+        volume = volumes[mount["name"]]
+        assert not mount.get("readOnly") and ("emptyDir" in volume or "persistentVolumeClaim" in volume), (
+            f"{inv.where}: journal folder {folder} is on {volume}"
+        )
+        checked.add(inv.module)
+    assert checked == {"ranker_server", "analytics.events.outcome_server"}
+
+
+def test_compose_event_journals_are_on_writable_volumes(compose: dict) -> None:
+    checked = set()
+    for inv in _compose_invocations(compose):
+        service = compose["services"][inv.where.split()[2]]  # "compose service NAME [(script:line)]"
+        env = _image_env(service["image"], compose) | dict(service.get("environment") or {})
+        folder = _journal_folder(inv, env)
+        if folder is None:
+            continue
+        mounts = [m.split(":") for m in service.get("volumes", [])]
+        writable = [
+            m[1] for m in mounts if m[2:] != ["ro"] and f"{folder}/".startswith(m[1].rstrip("/") + "/")
+        ]
+        assert writable, f"{inv.where}: journal folder {folder} is not on a writable volume"
+        checked.add(inv.module)
+    assert checked == {"ranker_server", "analytics.events.outcome_server"}
+
+
+def test_analysis_config_matches_the_experiments() -> None:
+    """The analysis settings of an experiment (its control, the planned weights the SRM test checks against)
+    name an experiment of experiments.yaml and its variations' keys and weights: otherwise the sample-ratio
+    check flags every healthy experiment, or the report compares against a variant that does not exist."""
+    from analytics.metrics import load_analysis_config
+
+    config = yaml.safe_load((DEPLOY / "config" / "experiments.yaml").read_text())
+    experiments = {e["key"]: e for e in config["experiments"]}
+    analysis = load_analysis_config(DEPLOY / "config" / "analysis.yaml")
+    assert analysis.experiments
+    for key, settings in analysis.experiments.items():
+        assert key in experiments, f"analysis.yaml configures {key}, which experiments.yaml does not have"
+        weights = {v["key"]: float(v["weight"]) for v in experiments[key]["variations"]}
+        if settings.control is not None:
+            assert settings.control in weights, f"{key}: control {settings.control} is not a variation"
+        if settings.weights is not None:
+            assert set(settings.weights) == set(weights), f"{key}: weights for {sorted(settings.weights)}"
+            total, planned = sum(weights.values()), sum(settings.weights.values())
+            for variation, weight in weights.items():
+                assert settings.weights[variation] / planned == pytest.approx(weight / total), (
+                    f"{key}: {variation} planned at {settings.weights[variation]}, served at {weight}"
+                )

@@ -1,4 +1,5 @@
-"""Every series the Grafana dashboard queries is one the servers really export.
+"""Every series the Grafana dashboard (and the HPAs' prometheus-adapter rules) query is one the servers really
+export, with the labels the queries match, aggregate and label by.
 
 The exported names come from the prometheus_client registries after importing every module of the serving
 packages that uses prometheus_client, not from a hand-written list: renaming a metric in a server breaks
@@ -12,11 +13,13 @@ import inspect
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
 ROOT = Path(__file__).resolve().parents[2]
 OBSERVABILITY = ROOT / "deploy" / "observability"
@@ -64,6 +67,78 @@ def test_promql_metric_names(expr: str, names: set[str]) -> None:
     assert promql_metric_names(expr) == names
 
 
+def _strip_literals(expr: str) -> str:
+    """``expr`` without string literals (matcher values, Grafana variables in them) and range selectors."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    return re.sub(r"\[[^\]]*\]", "", expr)
+
+
+def _balanced(expr: str, start: int, step: int) -> str:
+    """The parenthesised text starting at expr[start] ("(" for step 1, ")" for step -1), brackets included."""
+    depth, i = 0, start
+    while 0 <= i < len(expr):
+        depth += {"(": step, ")": -step}.get(expr[i], 0)
+        if depth == 0:
+            return expr[min(start, i) : max(start, i) + 1]
+        i += step
+    raise AssertionError(f"unbalanced parentheses in {expr!r}")
+
+
+@dataclass(frozen=True)
+class LabelUse:
+    """A label an expression relies on, and the series it must be on: ``every`` of them, or at least one."""
+
+    label: str
+    series: frozenset[str]
+    every: bool
+    what: str
+
+
+def promql_label_uses(expr: str) -> list[LabelUse]:
+    """Labels an expression uses: of matchers (on their selector's series), of ``by (...)`` (on every series
+    its aggregation reads), of ``without``/``on``/``ignoring``/``group_left``/``group_right`` (on some series)
+    and of label_values()."""
+    uses = []
+    match = _LABEL_VALUES.match(expr)
+    if match:
+        label = re.search(r",\s*([A-Za-z_]\w*)\s*\)\s*$", expr).group(1)
+        uses.append(LabelUse(label, frozenset(promql_metric_names(match.group(1))), True, "label_values"))
+        expr = match.group(1)
+    expr = _strip_literals(expr)
+    for selector in re.finditer(r"(?<![\w$.])([A-Za-z_:][\w:]*)\s*\{([^}]*)\}", expr):
+        for label in re.findall(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)", selector.group(2)):
+            if label != "__name__":
+                uses.append(LabelUse(label, frozenset({selector.group(1)}), True, "matcher"))
+    for clause in re.finditer(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr):
+        labels = [label.strip() for label in clause.group(2).split(",") if label.strip()]
+        scope = expr
+        if clause.group(1) in ("by", "without"):
+            rest = expr[clause.end() :]
+            after = clause.end() + len(rest) - len(rest.lstrip())
+            if after < len(expr) and expr[after] == "(":  # sum by (x) (...)
+                scope = _balanced(expr, after, 1)
+            else:  # sum(...) by (x)
+                scope = _balanced(expr, len(expr[: clause.start()].rstrip()) - 1, -1)
+        series = frozenset(promql_metric_names(scope))
+        uses += [LabelUse(label, series, clause.group(1) == "by", clause.group(1)) for label in labels]
+    return uses
+
+
+@pytest.mark.parametrize(
+    ("expr", "uses"),
+    [
+        (
+            'sum by (le, m) (rate(a_bucket{x=~"$y"}[1m])) / sum(b)',
+            {("x", "a_bucket", True), ("le", "a_bucket", True), ("m", "a_bucket", True)},
+        ),
+        ("sum(c) by (m) / ignoring(v) group_left d", {("m", "c", True), ("v", "c d", False)}),
+        ("label_values(e{f=\"g\"}, h)", {("h", "e", True), ("f", "e", True)}),
+    ],
+)
+def test_promql_label_uses(expr: str, uses: set[tuple[str, str, bool]]) -> None:
+    assert {(u.label, " ".join(sorted(u.series)), u.every) for u in promql_label_uses(expr)} == uses
+
+
 def dashboard_queries(dashboard: dict) -> Iterator[tuple[str, str]]:
     """(where, expression) for every panel target and every query-type template variable."""
 
@@ -79,6 +154,20 @@ def dashboard_queries(dashboard: dict) -> Iterator[tuple[str, str]]:
         if variable.get("type") == "query":
             query = variable["query"]
             yield f"variable ${variable['name']}", query["query"] if isinstance(query, dict) else query
+
+
+def dashboard_legends(dashboard: dict) -> Iterator[tuple[str, str, str]]:
+    """(where, expression, legendFormat) of every panel target with a legend."""
+
+    def walk(panels: list[dict]) -> Iterator[tuple[str, str, str]]:
+        for panel in panels:
+            for target in panel.get("targets", []):
+                if target.get("expr") and target.get("legendFormat"):
+                    where = f"panel {panel.get('title')!r} target {target.get('refId')}"
+                    yield where, target["expr"], target["legendFormat"]
+            yield from walk(panel.get("panels", []))
+
+    yield from walk(dashboard.get("panels", []))
 
 
 # ---------------------------------------------------------------- what the servers export
@@ -139,12 +228,56 @@ def exported() -> set[str]:
     return names
 
 
+def _metrics_of(module: object) -> Iterator[MetricWrapperBase]:
+    """The prometheus_client metrics a module defines, or that its classes create per instance."""
+    for value in vars(module).values():
+        if isinstance(value, MetricWrapperBase):
+            yield value
+        elif inspect.isclass(value) and value.__module__ == module.__name__:
+            try:
+                instance = value()
+            except TypeError:
+                continue
+            yield from (v for v in vars(instance).values() if isinstance(v, MetricWrapperBase))
+
+
+TARGET_LABELS = frozenset({"job", "instance"})  # what Prometheus adds to every scraped series
+
+
+@pytest.fixture(scope="module")
+def exported_labels(exported: set[str]) -> dict[str, frozenset[str]]:
+    """Label names of every series of the servers' own metrics (their label names, ``le`` on histogram
+    buckets, an Enum's own name, ``quantile`` on a summary), and of the third-party exporters' series."""
+    labels: dict[str, frozenset[str]] = dict(EXTERNAL_EXPORTERS_LABELS)
+    for name in _metric_modules():
+        for metric in _metrics_of(importlib.import_module(name)):
+            own = frozenset(metric._labelnames)
+            if metric._type == "counter":
+                labels |= {f"{metric._name}_total": own, f"{metric._name}_created": own}
+            elif metric._type == "histogram":
+                labels |= {f"{metric._name}_{s}": own for s in ("sum", "count", "created")}
+                labels[f"{metric._name}_bucket"] = own | {"le"}
+            elif metric._type == "stateset":
+                labels[metric._name] = own | {metric._name}
+            elif metric._type == "summary":
+                labels |= {f"{metric._name}_{s}": own for s in ("sum", "count", "created")}
+                labels[metric._name] = own | {"quantile"}
+            elif metric._type == "info":
+                labels[f"{metric._name}_info"] = own
+            else:
+                labels[metric._name] = own
+    ours = {n for n in exported if n.startswith(("mtrank_", "retrieval_"))}
+    assert ours <= set(labels), f"no label names found for {sorted(ours - set(labels))}"
+    return {name: names | TARGET_LABELS for name, names in labels.items()}
+
+
 # Series from third-party exporters that deploy/ runs beside the servers; each entry names the exporter,
 # and test_external_exporters_are_deployed checks that compose runs and Prometheus scrapes it.
 EXTERNAL_EXPORTERS = {
     # danielqsj/kafka-exporter (also what Strimzi deploys as its Kafka Exporter): lag per group and partition.
     "kafka_consumergroup_lag": "danielqsj/kafka-exporter",
 }
+EXTERNAL_EXPORTERS_LABELS = {"kafka_consumergroup_lag": frozenset({"consumergroup", "topic", "partition"})}
 
 
 # ---------------------------------------------------------------- tests
@@ -167,6 +300,52 @@ def test_every_queried_metric_is_exported(path: Path, exported: set[str]) -> Non
     assert not missing, (
         f"{path.name} queries metrics no server exports: {missing}; exported: {sorted(exported)}"
     )
+
+
+def _label_errors(where: str, expr: str, labels: dict[str, frozenset[str]]) -> list[str]:
+    errors = []
+    for use in promql_label_uses(expr):
+        known = [name for name in use.series if name in labels]  # unknown names: the metric-name test
+        has = [name for name in known if use.label in labels[name]]
+        if known and (len(has) < len(known) if use.every else not has):
+            lacking = sorted(set(known) - set(has))
+            errors.append(f"{where}: {use.what} label {use.label!r} is not a label of {lacking}")
+    return errors
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_queried_label_exists(path: Path, exported_labels: dict[str, frozenset[str]]) -> None:
+    """Matchers, aggregations and legends use labels the queried series carry: a matcher on a label a metric
+    lacks selects nothing (an empty panel), ``sum by`` a missing label merges everything into one series."""
+    dashboard = json.loads(path.read_text())
+    errors = []
+    for where, expr in dashboard_queries(dashboard):
+        errors += _label_errors(where, expr, exported_labels)
+    for where, expr, legend in dashboard_legends(dashboard):
+        series = [n for n in promql_metric_names(expr) if n in exported_labels]
+        available = frozenset().union(*(exported_labels[n] for n in series))
+        errors += [
+            f"{where}: legend {{{{{label}}}}} is not a label of {sorted(series)}"
+            for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", legend)
+            if series and label not in available
+        ]
+    assert not errors, errors
+
+
+def test_prometheus_adapter_rules_read_exported_series(exported_labels: dict[str, frozenset[str]]) -> None:
+    """The custom-metrics rules the HPAs depend on select series the ranker exports, with its labels (plus the
+    namespace and pod labels Kubernetes service discovery adds), and name them as the HPAs ask."""
+    paths = sorted((ROOT / "deploy" / "k8s").rglob("prometheus-adapter-rules.yaml"))
+    assert paths
+    pod_labels = {n: ls | {"namespace", "pod"} for n, ls in exported_labels.items()}
+    for path in paths:
+        for rule in yaml.safe_load(path.read_text())["rules"]["custom"]:
+            names = promql_metric_names(rule["seriesQuery"])
+            query = rule["seriesQuery"]
+            assert names and names <= set(exported_labels), f"{path.name}: no server exports {query}"
+            assert not _label_errors(path.name, rule["seriesQuery"], pod_labels)
+            assert set(rule["resources"]["overrides"]) <= {"namespace", "pod"}
+            assert all(re.search(rule["name"]["matches"], name) for name in names), rule["name"]
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
