@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 
+from analytics.events.errors import JournalError
 from experiment_router.errors import ConfigError
 from grpc_serving import BindError, ClientSecurity, SecurityError, load_client_security, load_server_security
 from ranker_server import metrics
@@ -23,7 +24,8 @@ from ranker_server.server import RankerServer
 
 logger = logging.getLogger(__name__)
 
-STARTUP_ERRORS = (RankerError, ConfigError, BindError)  # what a bad flag, config or package raises at start
+# what a bad flag, config, package or unwritable exposure journal ($MTRANK_DATA_DIR) raises at start
+STARTUP_ERRORS = (RankerError, ConfigError, BindError, JournalError)
 
 
 def upstream_security(settings: ServerSettings) -> ClientSecurity:

@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from analytics.events.errors import JournalError
 from analytics.events.messages import event_problem
@@ -121,11 +122,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topic", default=OUTCOMES_TOPIC, help="outcomes topic")
     parser.add_argument("--journal", default=str(DEFAULT_DATA_DIR / "journal" / "outcome-server.journal"))
     parser.add_argument("--grace-s", type=float, default=5.0, help="drain time on SIGTERM")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus /metrics here (events sent, buffered, journalled, dropped); off "
+                             "by default")  # fmt: skip
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="interface for /metrics (0.0.0.0: all)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_server_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    if args.metrics_port is not None:  # first: a port in use fails before anything else starts
+        if not 0 <= args.metrics_port <= 65535:
+            print(f"error: --metrics-port must be in 0..65535, got {args.metrics_port}", file=sys.stderr)
+            return 2
+        try:
+            metrics_server, _ = start_http_server(args.metrics_port, addr=args.metrics_host)
+        except OSError as exc:
+            print(f"error: --metrics-port: cannot listen on {args.metrics_host}:{args.metrics_port}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
+            return 2
+        log.info("metrics on %s:%d", args.metrics_host, metrics_server.server_port)
     try:
         security = server_security_from_args(args, "outcome server")
     except SecurityError as exc:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -375,11 +378,11 @@ def test_outcome_server_entry_point_serves_health_and_drains_on_sigterm(
     kafka_broker: EmbeddedBroker, fresh_topics, tmp_path: Path, topic_reader
 ) -> None:
     _, outcomes_topic = fresh_topics
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     cmd = [
         sys.executable, "-m", "analytics.events.outcome_server", "--bootstrap", kafka_broker.bootstrap,
         "--address", f"127.0.0.1:{port}", "--topic", outcomes_topic, "--journal", str(tmp_path / "j"),
-        "--log-level", "WARNING",
+        "--log-level", "WARNING", "--metrics-port", str(metrics_port),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     try:
@@ -393,12 +396,33 @@ def test_outcome_server_entry_point_serves_health_and_drains_on_sigterm(
                 outcomes=[events_pb2.Outcome(user_id=f"u{i}", metric="click", value=1.0) for i in range(5)]
             )
             assert outcomes_pb2_grpc.OutcomeReporterStub(channel).ReportOutcomes(request).accepted == 5
+        # the producer's counters are served (the dashboard's producer panel had no outcome-server series)
+        sent = f'mtrank_events_sent_total{{topic="{outcomes_topic}"}} 5.0'
+        deadline = time.monotonic() + 30
+        while sent not in (text := _metrics_text(metrics_port)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sent in text, text[-2000:]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
     assert len(topic_reader(kafka_broker.bootstrap, outcomes_topic, 5)) == 5
+
+
+def _metrics_text(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def test_outcome_server_metrics_port_in_use_is_one_line(tmp_path: Path, capsys) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["--bootstrap", "127.0.0.1:1", "--journal", str(tmp_path / "j"), "--metrics-port", str(port)]
+        assert outcome_server_main(argv) == 2
+    assert f"error: --metrics-port: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (tmp_path / "j").exists()  # checked before the journal is opened
 
 
 def _dead_letters(journal: Path) -> list[events_pb2.Event]:

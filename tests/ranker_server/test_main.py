@@ -247,3 +247,19 @@ def test_a_killed_worker_stops_the_others_and_fails_the_server(repository: Path,
             proc.kill()
     assert not Path(f"/proc/{pids[1]}").exists() or "zombie" in Path(f"/proc/{pids[1]}/status").read_text()
     assert "worker 0 ended (status 137); stopping the others" in (proc.stderr.read() if proc.stderr else "")
+
+
+def test_an_unwritable_exposure_journal_is_a_one_line_error(repository: Path, tmp_path: Path) -> None:
+    """With --kafka the journal opens under $MTRANK_DATA_DIR at start: unwritable, it was a traceback."""
+    config = tmp_path / "experiments.yaml"
+    config.write_text(CONFIG.format(control="1", treatment="1"))
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the data folder should be")
+    args = ["--repository", str(repository), "--experiments", str(config), "--port", "0", "--kafka", "127.0.0.1:1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ranker_server", *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "MTRANK_DATA_DIR": str(blocked)},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"ranker_server: cannot open journal {blocked}/journal/" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
