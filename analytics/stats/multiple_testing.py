@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from statsmodels.stats.multitest import multipletests
@@ -15,11 +16,16 @@ def adjust_p_values(p_values: Sequence[float], correction: Correction, alpha: fl
     """Adjusted p-values in input order; compare them with ``alpha`` to decide significance.
 
     Holm controls the family-wise error rate, Benjamini-Hochberg the false discovery rate; ``none``
-    returns the p-values unchanged.
+    returns the p-values unchanged. A NaN p-value (a comparison without a result) stays NaN and is left
+    out of the family, as R's ``p.adjust`` does with NA.
     """
-    if correction == "none" or len(p_values) == 0:
-        return [float(p) for p in p_values]
-    if correction not in _METHODS:
+    if correction != "none" and correction not in _METHODS:
         raise ValueError(f"unknown correction {correction!r}; allowed: holm, bh, none")
-    _, adjusted, _, _ = multipletests(list(p_values), alpha=alpha, method=_METHODS[correction])
-    return [float(p) for p in adjusted]
+    out = [float(p) for p in p_values]
+    tested = [i for i, p in enumerate(out) if not math.isnan(p)]
+    if correction == "none" or not tested:
+        return out
+    _, adjusted, _, _ = multipletests([out[i] for i in tested], alpha=alpha, method=_METHODS[correction])
+    for i, p in zip(tested, adjusted, strict=True):
+        out[i] = float(p)
+    return out

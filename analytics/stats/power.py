@@ -61,9 +61,9 @@ class PowerInputs:
         return self.baseline_variance, self.baseline_variance
 
     def max_effect(self) -> float:
-        """Largest effect worth searching over (a binomial rate cannot pass 1)."""
+        """Largest effect size worth searching over, in the tested direction (a binomial rate stays in [0, 1])."""
         if self.metric_type == "binomial":
-            room = 1.0 - self.baseline_mean
+            room = self.baseline_mean if self.alternative == "less" else 1.0 - self.baseline_mean
             return room / self.baseline_mean if self.difference_type == "relative" else room
         assert self.baseline_variance is not None
         scale = math.sqrt(self.baseline_variance) * 100.0
@@ -91,15 +91,21 @@ def power(inputs: PowerInputs, n_total: float, effect: float) -> float:
 
 
 def minimum_detectable_effect(inputs: PowerInputs, n_total: float, target_power: float = 0.8) -> float:
-    """Smallest positive lift (in ``inputs.difference_type`` units) detected with ``target_power``.
+    """Smallest lift (in ``inputs.difference_type`` units) detected with ``target_power``.
+
+    The lift points in the tested direction: positive, or negative for the alternative ``less``.
 
     Raises:
         ValueError: no effect within the metric's range reaches the target power.
     """
+    sign = -1.0 if inputs.alternative == "less" else 1.0
     upper = inputs.max_effect()
-    if power(inputs, n_total, upper * (1 - 1e-9)) < target_power:
-        raise ValueError(f"no effect up to {upper:.4g} reaches power {target_power} with {n_total:.0f} users")
-    return float(brentq(lambda e: power(inputs, n_total, e) - target_power, upper * 1e-9, upper * (1 - 1e-9)))
+    if power(inputs, n_total, sign * upper * (1 - 1e-9)) < target_power:
+        raise ValueError(
+            f"no effect up to {sign * upper:.4g} reaches power {target_power} with {n_total:.0f} users"
+        )
+    size = brentq(lambda e: power(inputs, n_total, sign * e) - target_power, upper * 1e-9, upper * (1 - 1e-9))
+    return sign * float(size)
 
 
 def required_sample_size(inputs: PowerInputs, effect: float, target_power: float = 0.8) -> int:

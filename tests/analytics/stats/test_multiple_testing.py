@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from analytics.stats.models.settings import Correction
 from analytics.stats.multiple_testing import adjust_p_values
 
 P = [0.01, 0.04, 0.03, 0.20]
@@ -24,3 +27,17 @@ def test_none_and_empty() -> None:
     assert adjust_p_values([], "holm", 0.05) == []
     with pytest.raises(ValueError, match="unknown correction"):
         adjust_p_values(P, "bonferroni", 0.05)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("correction", ["holm", "bh"])
+def test_nan_p_value_is_left_out_of_the_family(correction: Correction) -> None:
+    """A NaN p-value (no result) must not count as a hypothesis nor poison the others.
+
+    Reference: R ``p.adjust(c(0.01, NA, 0.04), "holm")`` and ``"BH"`` both give 0.02, NA, 0.04, which equals
+    statsmodels ``multipletests([0.01, 0.04])`` on the two real p-values (m = 2). The old code passed the NaN
+    to statsmodels and got [0.03, nan, 0.08] (Holm, m = 3) and [nan, nan, nan] (BH).
+    """
+    adjusted = adjust_p_values([0.01, float("nan"), 0.04], correction, 0.05)
+    assert math.isnan(adjusted[1])
+    assert [adjusted[0], adjusted[2]] == pytest.approx([0.02, 0.04])
+    assert all(math.isnan(p) for p in adjust_p_values([float("nan")], correction, 0.05))

@@ -75,3 +75,23 @@ def test_inputs_validate(kwargs, message) -> None:
 def test_unreachable_power_is_reported() -> None:
     with pytest.raises(ValueError, match="no effect"):
         minimum_detectable_effect(PowerInputs(metric_type="binomial", baseline_mean=0.9), 10, 0.99)
+
+
+def test_mde_for_alternative_less_is_a_drop() -> None:
+    """A one-sided 'less' test detects drops, so its MDE is negative (the old code searched rises and raised).
+
+    Mean, sd 10, 1000 per arm: -(z_0.95 + z_0.8) * sqrt(2 * 100 / 1000) = -1.111985 (statsmodels
+    NormalIndPower.solve_power(nobs1=1000, alternative="smaller") gives effect size -0.111197, to its
+    tolerance). Binomial, baseline 0.10, 10000 per arm: the p1 < 0.1 with
+    Phi((0.1 - p1) / sqrt(0.09/1e4 + p1 (1 - p1)/1e4) - z_0.95) = 0.8 is 0.0896983, a relative lift of -0.1030171.
+    """
+    inputs = PowerInputs(
+        metric_type="mean",
+        baseline_mean=20.0,
+        baseline_variance=100.0,
+        difference_type="absolute",
+        alternative="less",
+    )
+    assert minimum_detectable_effect(inputs, 2000, 0.8) == pytest.approx(-1.111985, abs=1e-6)
+    binomial = PowerInputs(metric_type="binomial", baseline_mean=0.10, alternative="less")
+    assert minimum_detectable_effect(binomial, 20000, 0.8) == pytest.approx(-0.1030171, abs=1e-6)
