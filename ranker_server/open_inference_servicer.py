@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping
 from importlib import metadata
 
 import numpy as np
@@ -50,6 +51,10 @@ _CONTENTS = {
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
+
+# Parameters of Triton extensions that change what a tensor holds or where its data travels. ServerMetadata lists
+# no extension here; ignoring them would answer plain logits, or leave a shared-memory region unwritten.
+_EXTENSION_PARAMETERS = ("classification", "shared_memory_region")
 
 
 def _server_version() -> str:
@@ -97,11 +102,25 @@ def tensor_from_proto(
                 f"{field}.contents", f"has {len(values)} {name} values, shape {list(shape)} needs {count}"
             )
         data = np.asarray(values, dtype)
-    return Tensor(tensor.name, tensor.datatype, data.reshape(shape))
+    try:
+        data = data.reshape(shape)
+    except ValueError as exc:  # over numpy's 64 dimensions, or a zero-size shape too large to address
+        raise InvalidInput(f"{field}.shape", f"{list(shape)} is not a valid array shape ({exc})") from None
+    return Tensor(tensor.name, tensor.datatype, data)
+
+
+def _refuse_extensions(field: str, parameters: Mapping[str, inference_pb2.InferParameter]) -> None:
+    """Raises: InvalidInput: naming ``<field>.parameters`` when they ask for an extension this server lacks."""
+    for name in _EXTENSION_PARAMETERS:
+        if name in parameters:
+            raise InvalidInput(f"{field}.parameters", f"{name!r} needs a Triton extension this server lacks")
 
 
 def query_from_proto(request: inference_pb2.ModelInferRequest) -> InferQuery:
-    """Raises: InvalidInput: naming the field (see ``tensor_from_proto``)."""
+    """Raises: InvalidInput: naming the field (see ``tensor_from_proto``), or an extension's parameter."""
+    for kind, tensors in (("inputs", request.inputs), ("outputs", request.outputs)):
+        for i, tensor in enumerate(tensors):
+            _refuse_extensions(f"{kind}[{i}]", tensor.parameters)
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(

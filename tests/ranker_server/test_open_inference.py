@@ -78,6 +78,14 @@ def test_raw_and_typed_contents_decode_to_the_same_tensors() -> None:
         (lambda r: r.raw_input_contents.pop(), "raw_input_contents"),
         (lambda r: r.inputs[0].contents.int64_contents.append(1), "inputs[0].contents"),
         (lambda r: r.inputs[0].shape.__setitem__(0, 10**15), "raw_input_contents[0]"),
+        (lambda r: (r.inputs[0].shape.extend([2**40, 2**40]), r.inputs[0].shape.__setitem__(0, 0),
+                    r.raw_input_contents.__setitem__(0, b"")), "inputs[0].shape"),  # numpy refuses this shape
+        (lambda r: r.inputs[0].shape.extend([1] * 63), "inputs[0].shape"),  # 65 dimensions: over numpy's 64
+        # Triton extensions, absent from ServerMetadata: refused rather than silently ignored.
+        (lambda r: r.outputs.add(name="logits").parameters["classification"].__setattr__("int64_param", 1),
+         "outputs[0].parameters"),
+        (lambda r: r.inputs[1].parameters["shared_memory_region"].__setattr__("string_param", "shm"),
+         "inputs[1].parameters"),
     ],
 )
 def test_malformed_tensors_name_the_field(mutate, field: str) -> None:

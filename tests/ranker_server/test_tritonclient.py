@@ -54,6 +54,10 @@ try:
     client.infer("tiny", [narrow, inputs[1]])
 except InferenceServerException as exc:
     out["error"] = [exc.status(), exc.message()]
+try:  # the classification extension: refused, not answered with plain logits
+    client.infer("tiny", inputs, outputs=[triton.InferRequestedOutput("logits", class_count=1)])
+except InferenceServerException as exc:
+    out["classification"] = [exc.status(), exc.message()]
 print(json.dumps(out))
 """
 
@@ -91,4 +95,6 @@ async def test_tritonclient_reads_metadata_and_infers(repository: Path, tmp_path
     assert out["id"] == "t-1"
     status, message = out["error"]
     assert status == "StatusCode.INVALID_ARGUMENT" and message.startswith("inputs[0].shape"), out["error"]
+    status, message = out["classification"]
+    assert status == "StatusCode.INVALID_ARGUMENT" and message.startswith("outputs[0].parameters"), message
 
