@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 import models  # noqa: F401  (populates the registry)
-from models.data import load_dataset
+from models.data import LOADERS, load_dataset
 from models.errors import ModelsError
 from models.evaluate import evaluate_model, markdown_table
 from models.export import export_package
@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML file with TrainConfig keys; flags override it")
     ranking = [name for name in list_models() if model_kind(name) == "ranking"]
     train.add_argument("--model", help=f"registry name of a ranking model; one of: {', '.join(ranking)}")
-    train.add_argument("--dataset", help="movielens | census | ali-ccp | aliexpress | synthetic (default)")
+    default_dataset = TrainConfig.model_fields["dataset"].default
+    datasets = [name for name in LOADERS if name != default_dataset] + [f"{default_dataset} (default)"]
+    train.add_argument("--dataset", help=" | ".join(datasets))
     train.add_argument("--data", help="path of the data directory")
     train.add_argument("--preset", choices=["default", "tiny"])
     train.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",

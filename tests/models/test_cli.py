@@ -11,7 +11,7 @@ import torch
 
 import models.train
 from models.__main__ import main
-from models.data import Splits, load_dataset
+from models.data import LOADERS, Splits, load_dataset
 from models.errors import ModelsError, PackageError
 from models.export import export_package
 from models.package import verify_package
@@ -70,6 +70,14 @@ def test_train_help_lists_ranking_models_only(capsys: pytest.CaptureFixture[str]
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "mmoe+dml" in out and "grec" in out and "ssmtl" not in out
+
+
+def test_train_help_lists_every_dataset(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = "".join(capsys.readouterr().out.split())  # help wraps lines, also inside hyphenated names
+    assert set(LOADERS) == {"movielens", "census", "ali-ccp", "aliexpress", "synthetic", "multiflow"}
+    assert "movielens|census|ali-ccp|aliexpress|multiflow|synthetic(default)(default:None)" in out
 
 
 def test_early_stopping_keeps_the_best_epoch() -> None:
