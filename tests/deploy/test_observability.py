@@ -24,7 +24,8 @@ from prometheus_client.metrics import MetricWrapperBase
 ROOT = Path(__file__).resolve().parents[2]
 OBSERVABILITY = ROOT / "deploy" / "observability"
 DASHBOARDS = sorted((OBSERVABILITY / "grafana" / "dashboards").glob("*.json"))
-SERVING_PACKAGES = ("ranker_server", "retrieval_server", "analytics")
+# experiment_router: its config watcher's reload counter is served by the ranker and retrieval processes
+SERVING_PACKAGES = ("ranker_server", "retrieval_server", "analytics", "experiment_router")
 
 # ---------------------------------------------------------------- PromQL
 
