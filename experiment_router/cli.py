@@ -68,23 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", metavar="CONFIG", help="experiment config (YAML or JSON)")
 
-    p = sub.add_parser(
-        "assign",
-        parents=[common],
-        help="show every experiment's variant for one user, and why",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--config", required=True, metavar="CONFIG", help="experiment config (YAML or JSON)")
-    p.add_argument("--user", required=True, metavar="ID", help="user id (the user_id attribute)")
-    p.add_argument(
+    evaluation = argparse.ArgumentParser(add_help=False)  # what assign and preview evaluate users with
+    evaluation.add_argument(
         "--attr",
         action="append",
         type=_attr,
         default=[],
         metavar="K=V",
-        help="user attribute, repeatable; V stays a string, as servers get it (--attr country=NL)",
+        help="user attribute, repeatable (preview: every user's); V stays a string, as servers get it "
+        "(--attr country=NL)",
     )
-    p.add_argument(
+    evaluation.add_argument(
         "--at",
         type=float,
         default=None,
@@ -93,29 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "assign",
+        parents=[common, evaluation],
+        help="show every experiment's variant for one user, and why",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", required=True, metavar="CONFIG", help="experiment config (YAML or JSON)")
+    p.add_argument("--user", required=True, metavar="ID", help="user id (the user_id attribute)")
+
+    p = sub.add_parser(
         "preview",
-        parents=[common],
+        parents=[common, evaluation],
         help="allocation counts per experiment/variant over N synthetic users, with an SRM p-value",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", required=True, metavar="CONFIG", help="experiment config (YAML or JSON)")
     p.add_argument(
         "--users", type=int, default=100_000, metavar="N", help="number of synthetic user ids (user-0 ...)"
-    )
-    p.add_argument(
-        "--attr",
-        action="append",
-        type=_attr,
-        default=[],
-        metavar="K=V",
-        help="attribute shared by all users (a string, as for assign)",
-    )
-    p.add_argument(
-        "--at",
-        type=float,
-        default=None,
-        metavar="UNIX_TIME",
-        help="evaluate start/end windows at this Unix time instead of now",
     )
     p.add_argument("--include-drafts", action="store_true", help="preview draft experiments as if running")
 

@@ -12,11 +12,11 @@ import time
 from types import FrameType
 
 from kafka.errors import KafkaError
-from prometheus_client import start_http_server
 
 from analytics.consumer.processor import AnalyticsConsumer
 from analytics.events.producer import EXPOSURES_TOPIC, OUTCOMES_TOPIC
 from analytics.kafka.broker import DEFAULT_DATA_DIR
+from analytics.metrics_endpoint import MetricsPortError, serve_metrics
 from analytics.store import StoreError, open_store
 
 
@@ -77,17 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and not (math.isfinite(value) and value > 0):  # NaN passes every comparison
             print(f"error: {flag} must be a number > 0, got {value}", file=sys.stderr)
             return 2
-    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
-        print(f"error: --metrics-port must be in 0..65535, got {args.metrics_port}", file=sys.stderr)
-        return 2
     if args.metrics_port is not None:  # first: a port in use fails at once, not after Kafka's bootstrap wait
         try:
-            server, _ = start_http_server(args.metrics_port, addr=args.metrics_host)
-        except OSError as exc:
-            print(f"error: --metrics-port: cannot listen on {args.metrics_host}:{args.metrics_port}: "
-                  f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
+            bound = serve_metrics(args.metrics_port, args.metrics_host)
+        except MetricsPortError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 2
-        logging.getLogger("analytics.consumer").info("metrics on %s:%d", args.metrics_host, server.server_port)
+        logging.getLogger("analytics.consumer").info("metrics on %s:%d", args.metrics_host, bound)
     connect_timeout_s = args.connect_timeout_s
     if args.max_seconds is not None:  # --max-seconds bounds the whole run, the wait for Kafka too
         connect_timeout_s = min(connect_timeout_s, args.max_seconds)

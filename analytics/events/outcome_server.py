@@ -19,12 +19,12 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from analytics.events.errors import JournalError
 from analytics.events.messages import event_problem
 from analytics.events.producer import OUTCOMES_TOPIC, EventProducer
 from analytics.kafka.broker import DEFAULT_DATA_DIR
+from analytics.metrics_endpoint import MetricsPortError, serve_metrics
 from grpc_serving import (
     SERVER_OPTIONS,
     BearerTokenInterceptor,
@@ -132,16 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     if args.metrics_port is not None:  # first: a port in use fails before anything else starts
-        if not 0 <= args.metrics_port <= 65535:
-            print(f"error: --metrics-port must be in 0..65535, got {args.metrics_port}", file=sys.stderr)
-            return 2
         try:
-            metrics_server, _ = start_http_server(args.metrics_port, addr=args.metrics_host)
-        except OSError as exc:
-            print(f"error: --metrics-port: cannot listen on {args.metrics_host}:{args.metrics_port}: "
-                  f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
+            bound = serve_metrics(args.metrics_port, args.metrics_host)
+        except MetricsPortError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 2
-        log.info("metrics on %s:%d", args.metrics_host, metrics_server.server_port)
+        log.info("metrics on %s:%d", args.metrics_host, bound)
     try:
         security = server_security_from_args(args, "outcome server")
     except SecurityError as exc:
