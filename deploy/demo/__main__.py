@@ -152,18 +152,18 @@ def _servable_experiments(experiments: Path, repository: Path, workdir: Path) ->
     tasks_of = repository_tasks(repository)
     dropped: set[str] = set()
 
-    def fit(node: object) -> None:
-        if isinstance(node, dict):
-            weights, tasks = node.get("task_weights"), None
+    def fit(node: object) -> None:  # every payload in the YAML tree: the defaults' and the variations'
+        if isinstance(node, list):
+            for value in node:
+                fit(value)
+        elif isinstance(node, dict):
+            weights = node.get("task_weights")
             if isinstance(weights, dict):
                 tasks = tasks_of(str(node.get("model_name")), str(node.get("model_version")))
-            if tasks is not None and isinstance(weights, dict):
-                dropped.update(set(weights) - set(tasks))
-                node["task_weights"] = {k: v for k, v in weights.items() if k in tasks}
+                if tasks is not None:
+                    dropped.update(set(weights) - set(tasks))
+                    node["task_weights"] = {k: v for k, v in weights.items() if k in tasks}
             for value in node.values():
-                fit(value)
-        elif isinstance(node, list):
-            for value in node:
                 fit(value)
 
     fit(data)
