@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -71,6 +71,29 @@ class Interleaving:
 
     method: str
     arms: tuple[Arm, Arm]
+
+
+class _Staged(Protocol):
+    @property
+    def stage(self) -> str: ...
+    @property
+    def in_experiment(self) -> bool: ...
+
+
+StagedT = TypeVar("StagedT", bound=_Staged)
+
+
+def serving_assignments(assignments: Iterable[StagedT]) -> list[StagedT]:
+    """Per stage, the first assignment the user is in: the experiment whose payload serves that stage. The
+    servers report and log only these: should a user ever be in two experiments of a stage (configs refuse the
+    ways known), the later one would be credited with a list its variant did not choose."""
+    serving: list[StagedT] = []
+    stages: set[str] = set()
+    for a in assignments:
+        if a.in_experiment and a.stage not in stages:
+            stages.add(a.stage)
+            serving.append(a)
+    return serving
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,17 +546,11 @@ class Router:
         return self._global.holds(_Hasher({**(attributes or {}), "user_id": user_id}))
 
     def payloads(self, assignments: Sequence[Assignment]) -> dict[str, Payload]:
-        """The payload per stage: the first experiment the user is in, else the stage default.
+        """The payload per stage: that of its serving assignment (``serving_assignments``), else the default.
 
         For an interleaving experiment this is its first arm; the assignment's ``interleaving`` has both.
         """
-        chosen = dict(self._defaults)
-        decided: set[str] = set()
-        for a in assignments:
-            if a.in_experiment and a.stage not in decided:
-                chosen[a.stage] = a.payload
-                decided.add(a.stage)
-        return chosen
+        return dict(self._defaults) | {a.stage: a.payload for a in serving_assignments(assignments)}
 
     def model_refs(self) -> set[tuple[str, str, str]]:
         """Every (stage, model name, version) `assign` can serve (what to preload): the defaults', a running

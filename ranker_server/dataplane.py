@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from experiment_router.router import serving_assignments
 from proto import limits
 from ranker_server import metrics
 from ranker_server.errors import DeadlineExceeded, InvalidInput, ModelNotFound, RankerError
@@ -180,20 +181,6 @@ def merge_scores(
     return scores, w @ scores
 
 
-def _applied(assignments: Sequence[Assignment]) -> list[Assignment]:
-    """Per stage, the first assignment the user is in: the one whose variant serves the request (as the
-    router's ``payloads``). Another one of that stage (a layer's experiments hashing different attributes can
-    overlap) is neither reported nor logged: its exposure would credit its variant with another's list.
-    """
-    applied: list[Assignment] = []
-    stages: set[str] = set()
-    for a in assignments:
-        if a.in_experiment and a.stage not in stages:
-            stages.add(a.stage)
-            applied.append(a)
-    return applied
-
-
 def _pick(assignments: Sequence[Assignment], stage: str) -> Assignment | None:
     return next((a for a in assignments if a.stage == stage), None)
 
@@ -281,7 +268,7 @@ class RankDataPlane:
             raise
         request_id = query.request_id or os.urandom(16).hex()  # as unique as uuid4().hex, 30 us less when cold
         snapshot = self._repository.snapshot  # one router and one model set for the whole request
-        assignments = _applied(snapshot.router.assign(query.user_id, query.attributes))
+        assignments = serving_assignments(snapshot.router.assign(query.user_id, query.attributes))
         default = snapshot.router.default_for(RANKING)
         wanted: list[tuple[str, Payload | _Weights]]  # (arm key, payload): one, or two when interleaved
         if query.model is not None:
@@ -479,7 +466,7 @@ class RankDataPlane:
         teams: np.ndarray,
         arms: tuple[ArmInfo, ...],
     ) -> None:
-        """One exposure per logged assignment (only those that served the request, ``_applied``); a retrieval
+        """One exposure per logged assignment (only those that served the request, ``serving_assignments``); a retrieval
         variant counts only when retrieval ran. An interleaving assignment's exposure carries the team of every
         position.
         """
