@@ -111,12 +111,15 @@ class RetrievalDataPlane:
     def _route(self, query: RetrieveQuery, source: RouterSource) -> tuple[str, str, tuple[RouteAssignment, ...]]:
         """The retrieval-layer variant of the user's experiment, or the router's retrieval default."""
         router = source.current  # taken once per request
-        chosen = [a for a in router.assign(query.user_id, dict(query.attributes))
-                  if a.stage == RETRIEVAL_STAGE and a.in_experiment]
-        payload = chosen[0].payload if chosen else router.default_for(RETRIEVAL_STAGE)
-        made = tuple(RouteAssignment(a.experiment_key, a.variant_key or "", a.variation_id, a.stage, a.layer or "")
-                     for a in chosen)
-        return payload.model_name, payload.model_version, made
+        # the first retrieval experiment the user is in serves (the router's ``serving_assignments``): only it is
+        # reported, a later one would be credited with a variant it did not choose
+        a = next((a for a in router.assign(query.user_id, dict(query.attributes))
+                  if a.stage == RETRIEVAL_STAGE and a.in_experiment), None)
+        if a is None:
+            default = router.default_for(RETRIEVAL_STAGE)
+            return default.model_name, default.model_version, ()
+        made = RouteAssignment(a.experiment_key, a.variant_key or "", a.variation_id, a.stage, a.layer or "")
+        return a.payload.model_name, a.payload.model_version, (made,)
 
     def _neighbours_to_embed(self, model: LoadedModel, query: RetrieveQuery) -> np.ndarray:
         """The neighbour positions of a user the index does not hold, whose vector is embedded on the fly."""

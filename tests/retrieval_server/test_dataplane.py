@@ -247,6 +247,28 @@ async def test_router_picks_the_retrieval_variant_when_the_request_names_none(re
     assert named.model == ("ssmtl", "1") and named.assignments == ()  # a named model bypasses the router
 
 
+async def test_only_the_serving_retrieval_experiment_is_reported(repository_root):
+    """A router that puts the user in two retrieval experiments (as a stand-in: configs refuse it): the first
+    serves, and it alone is reported, as the ranker reports the ranking stage's; both were reported before."""
+    from experiment_router import Assignment, Payload
+
+    def inside(key: str, version: str) -> Assignment:
+        payload = Payload("ssmtl", version, {})
+        return Assignment(key, "treatment", 1, "retrieval", "retrieval", True, True, payload, "in variant")
+
+    class Source:
+        class current:  # noqa: N801 - stands for the router object
+            @staticmethod
+            def assign(user_id: str, attributes: dict) -> list[Assignment]:
+                return [inside("first", "2"), inside("second", "1")]
+
+    plane = make_plane(repository_root)
+    plane._router_source = Source()
+    result = await plane.retrieve(RetrieveQuery(user_id="1", k=3))
+    assert result.model == ("ssmtl", "2")
+    assert [(a.experiment_key, a.variation_id) for a in result.assignments] == [("first", 1)]
+
+
 async def test_exclude_neighbours_drops_existing_friends(repository_root):
     """Friend suggestion mode: a user's graph neighbours (indexed, or sent by an unseen user) are never returned."""
     graph = graph_arrays(repository_root)
