@@ -31,12 +31,20 @@ Path_ = tuple[str | int, ...]
 
 
 def _line_map(text: str) -> dict[Path_, int]:
-    """1-based line of every mapping key / sequence item, by path; flags duplicate mapping keys."""
+    """1-based line of every mapping key / sequence item, by path; flags duplicate mapping keys.
+
+    A node is walked once: an alias repeats its anchor's node, and walking it again at every alias took time
+    exponential in the nesting of aliases (a few lines of anchors stalled `validate` and the servers' reload);
+    a path under a repeated alias takes the line recorded for the alias itself."""
     lines: dict[Path_, int] = {}
     root = yaml.compose(text, Loader=yaml.SafeLoader)
+    walked: set[int] = set()
 
     def walk(node: yaml.Node, path: Path_) -> None:
         lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in walked:
+            return
+        walked.add(id(node))
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for key_node, value_node in node.value:
