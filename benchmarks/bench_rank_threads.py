@@ -5,9 +5,10 @@ effects being looked for; CPU time per thread does not. So each server (bench_ra
 the running experiment of bench_serving_peers) gets sequential Rank calls in interleaved rounds, and around each
 round the CPU time of every thread of its process is read from ``/proc/<pid>/task/<tid>/schedstat`` (ns).
 Reported per call: p50 latency, the event-loop (main) thread's CPU, ONNX Runtime's threads (the executor
-thread that calls ``run`` plus the intra-op pool), the rest (gRPC's poller). At concurrency 1 every
-microsecond the event loop spends is on the request's critical path, so the main-thread difference between
-the ranker and the floor is the ranker's own request path. Beside them, Rank's work floor: the bare servicer doing
+thread that calls ``run`` plus the intra-op pool), the rest (gRPC's poller), and the process's minor page faults
+(fresh memory touched: a request path that allocates and frees large arrays through ``mmap`` pays one per 4 KiB
+page). At concurrency 1 every microsecond the event loop spends is on the request's critical path, so the
+main-thread difference between the ranker and the floor is the ranker's own request path. Beside them, Rank's work floor: the bare servicer doing
 only what a Rank answer needs in straight-line numpy (bench_ranker's ``serve_floor`` with ``work``).
 
 ``--server NAME=DIR`` adds a ranker started from another checkout (``python -m ranker_server`` run in DIR), to
@@ -47,6 +48,13 @@ def thread_cpu_ns(pid: int) -> dict[int, int]:
         except (OSError, ValueError):
             continue
     return cpu
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of process ``pid`` so far (``minflt``, field 10 of ``/proc/<pid>/stat``): memory the
+    process touches for the first time (fresh pages from ``mmap``/``brk``) costs one each."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[7])
 
 
 def thread_role(pid: int, tid: int) -> str:
@@ -112,19 +120,21 @@ def main(argv: list[str] | None = None) -> int:
             # Each round's first call apart: it finds the caches filled by the servers that ran before it.
             first = {name: br.Result(name) for name in servers}
             cpu: dict[str, dict[str, int]] = {name: defaultdict(int) for name in servers}
+            faults: dict[str, int] = defaultdict(int)
             names = list(servers)
             callers = concurrent.futures.ThreadPoolExecutor(16)
             for r in range(args.rounds):
                 order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
                     pid, stub = servers[name][0], stubs[name]
-                    before = thread_cpu_ns(pid)
+                    before, faults_before = thread_cpu_ns(pid), minor_faults(pid)
                     for i in range(args.per_round):
                         started = time.perf_counter()
                         stub.Rank(request, timeout=10)
                         (first if i == 0 else results)[name].latencies_s.append(time.perf_counter() - started)
                     for tid, ns in thread_cpu_ns(pid).items():
                         cpu[name][thread_role(pid, tid)] += ns - before.get(tid, 0)
+                    faults[name] += minor_faults(pid) - faults_before
                 if args.burst:
                     for name in order:
                         list(callers.map(lambda _, s=stubs[name]: s.Rank(request, timeout=30), range(args.burst)))
@@ -135,13 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     calls = args.rounds * args.per_round
     burst = f", a burst of {args.burst} calls from 16 threads after each" if args.burst else ""
     print(f"{calls} calls per server, {args.rounds} interleaved rounds{burst}; CPU per call in microseconds")
-    print("| server | c=1 p50 ms | 1st call of a round p50 ms | main (event loop) | onnxruntime threads | grpc poller | all |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| server | c=1 p50 ms | 1st call of a round p50 ms | main (event loop) | onnxruntime threads | grpc poller "
+        "| all | page faults per call |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in names:
         per_call = {role: ns / calls / 1e3 for role, ns in cpu[name].items()}
         print(
             f"| {name} | {results[name].p50_ms:.3f} | {first[name].p50_ms:.3f} | {per_call.get('main', 0):.0f} | "
-            f"{per_call.get('onnxruntime', 0):.0f} | {per_call.get('grpc', 0):.0f} | {sum(per_call.values()):.0f} |"
+            f"{per_call.get('onnxruntime', 0):.0f} | {per_call.get('grpc', 0):.0f} | {sum(per_call.values()):.0f} | "
+            f"{faults[name] / calls:.1f} |"
         )
     print(br.uptime())
     return 0

@@ -1,7 +1,8 @@
-"""The per-thread CPU reader of bench_rank_threads, on this test's own process."""
+"""The per-thread CPU and page-fault readers of bench_rank_threads, on this test's own process."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import sys
 import threading
@@ -10,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from bench_rank_threads import thread_cpu_ns, thread_role  # noqa: E402
+from bench_rank_threads import minor_faults, thread_cpu_ns, thread_role  # noqa: E402
 
 
 def test_a_busy_thread_shows_its_cpu_under_its_own_id() -> None:
@@ -38,3 +39,13 @@ def test_a_busy_thread_shows_its_cpu_under_its_own_id() -> None:
     assert abs(cpu[ids[0]] - own_ns[0]) < 0.02e9, (cpu, own_ns)
     assert pid in cpu and thread_role(pid, pid) == "main"
     assert thread_role(pid, ids[0]) == "onnxruntime"  # any thread that is neither the loop nor gRPC's
+
+
+def test_touching_fresh_pages_counts_one_minor_fault_each() -> None:
+    pages = 2048
+    with mmap.mmap(-1, pages * mmap.PAGESIZE) as fresh:  # anonymous memory: no page is mapped until touched
+        before = minor_faults(os.getpid())
+        for page in range(pages):
+            fresh[page * mmap.PAGESIZE] = 1
+        touched = minor_faults(os.getpid()) - before
+    assert pages <= touched < pages + 200, touched  # the loop itself may fault a few more
