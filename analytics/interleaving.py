@@ -5,8 +5,8 @@ reproduce row for row (the SQL is checked against ``user_preferences``). Rules:
 
 1. An interleaved request is an exposure of schema version 2: ``item_ids`` in shown order and ``teams``
    (0 = the experiment's first arm, A; 1 = its second, B), one per item, no item twice. A retried request
-   logs the same list again (the coin is seeded by the request id), so exposures count once per (user,
-   request id): the first by (event time, event id).
+   logs the same list again (the coin is seeded by the user and request ids), so exposures count once per
+   (user, request id): the first by (event time, event id).
 2. A click counts when its request id is one of the user's interleaved requests and its item id is in that
    request's list; it is credited to the team of that item at that request. Each (request, item) counts at
    most once, so a double-click (two events) is one credit. Clicks on items or requests the user was not

@@ -384,9 +384,8 @@ def direct_interleaving(
         for u, (person, chosen) in enumerate(zip(people, sets, strict=True)):
             for r, s in enumerate(chosen):
                 request_id = f"{tag}-{run}-{u}-{r}"
-                merged, team = interleave(
-                    bank.top[a][person, s].tolist(), bank.top[b][person, s].tolist(), TOP_K, request_id
-                )
+                ranking_a, ranking_b = bank.top[a][person, s].tolist(), bank.top[b][person, s].tolist()
+                merged, team = interleave(ranking_a, ranking_b, TOP_K, str(u), request_id)
                 item_ids = bank.candidates[person, s, merged]
                 exposures.append(InterleavedExposure(str(u), request_id, item_ids.tolist(), team))
                 hit = rng.random(TOP_K) < bank.click[person, s, merged] * EXAM

@@ -370,7 +370,8 @@ class RankDataPlane:
         else:
             # Never past the candidates: top_k may be 2**32 - 1, and drawing the coins takes O(k^2).
             k = min(query.top_k or len(candidate_ids), len(candidate_ids))
-            picked, team_list = interleave(orders[0].tolist(), orders[1].tolist(), k, request_id)
+            ranking_a, ranking_b = orders[0].tolist(), orders[1].tolist()
+            picked, team_list = interleave(ranking_a, ranking_b, k, query.user_id, request_id)
             order, teams = np.array(picked, np.intp), np.array(team_list, np.uint8)
             task_scores, merged = _team_scores(arms, scored, order, teams)
             arm_info = tuple(ArmInfo(arm.key, arm.model.key) for arm in arms)

@@ -12,8 +12,11 @@ as many items from one arm as from the other, give or take one, and a click on p
 Ties, all resolved deterministically:
 
 * Within an arm, equal scores keep the request's candidate order (the ranker sorts stably).
-* Between arms, the coin of the round decides who picks first (bits of SHAKE-128 of the request id, so a
-  retry with the same request id gets the same list, and different requests are independent).
+* Between arms, the coin of the round decides who picks first (bits of SHAKE-128 of the user and request
+  ids, so a retry with the same request id gets the same list, and different requests are independent). The
+  user is part of the seed because request ids are the client's: a client that numbers requests per session
+  ("feed-1", "feed-2", ...) sends every user the same ids, and coins of the id alone would then put the same
+  arm first in every user's list, crediting that arm with the extra clicks the top positions get.
 * An item both arms rank goes to the arm that picks it first; the other arm skips it (no duplicates).
 * When one arm has no item left that is not in the list (only when the two rankings hold different items),
   the other arm fills the remaining positions, and balance holds only up to that point.
@@ -28,21 +31,22 @@ from typing import TypeVar
 ARM_A, ARM_B = 0, 1
 """Values of ``teams``: the index of the arm (the experiment's first or second variation)."""
 
-_COIN_DOMAIN = b"mtrank/team-draft/v1\x00"
+_COIN_DOMAIN = b"mtrank/team-draft/v2\x00"
 
 T = TypeVar("T", bound=Hashable)
 
 
-def coin_flips(request_id: str, rounds: int) -> list[bool]:
-    """``rounds`` fair coins derived from ``request_id``: True when arm A picks first in that round.
+def coin_flips(user_id: str, request_id: str, rounds: int) -> list[bool]:
+    """``rounds`` fair coins of one user's request: True when arm A picks first in that round.
 
-    SHAKE-128 is deterministic across processes, machines and languages (Python's ``hash`` is not).
+    SHAKE-128 is deterministic across processes, machines and languages (Python's ``hash`` is not). The user
+    id goes in with its length, so no other (user, request) pair hashes the same bytes.
     """
     if rounds <= 0:
         return []
-    bits = int.from_bytes(
-        hashlib.shake_128(_COIN_DOMAIN + request_id.encode()).digest((rounds + 7) // 8), "little"
-    )
+    user = user_id.encode()
+    seed = _COIN_DOMAIN + len(user).to_bytes(8, "little") + user + request_id.encode()
+    bits = int.from_bytes(hashlib.shake_128(seed).digest((rounds + 7) // 8), "little")
     return [bool(bits >> r & 1) for r in range(rounds)]
 
 
@@ -91,7 +95,7 @@ def team_draft(
 
 
 def interleave(
-    ranking_a: Sequence[T], ranking_b: Sequence[T], k: int, request_id: str
+    ranking_a: Sequence[T], ranking_b: Sequence[T], k: int, user_id: str, request_id: str
 ) -> tuple[list[T], list[int]]:
-    """Team draft with the coins of ``request_id``: the same request id always gets the same list."""
-    return team_draft(ranking_a, ranking_b, k, coin_flips(request_id, (k + 1) // 2))
+    """Team draft with the coins of the user's request: a retry (same user and request id) repeats it."""
+    return team_draft(ranking_a, ranking_b, k, coin_flips(user_id, request_id, (k + 1) // 2))

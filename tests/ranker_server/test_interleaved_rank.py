@@ -76,7 +76,7 @@ async def test_an_interleaved_list_names_the_arm_of_every_position(running: Runn
     assert (assignment.experiment_key, assignment.variant_key) == ("il", "interleaved")
     scores = [arm_scores(running, v, w) for v, w in zip(("1", "2"), WEIGHTS, strict=True)]
     orders = [np.argsort(-merged, kind="stable").tolist() for _, merged in scores]
-    picked, teams = interleave(orders[0], orders[1], 10, "req-1")
+    picked, teams = interleave(orders[0], orders[1], 10, "il-1", "req-1")
     assert list(response.candidate_ids) == [CANDIDATES[i] for i in picked]
     assert list(response.teams) == teams and set(teams) == {0, 1}
     assert np.all(np.abs(np.cumsum(np.where(np.array(teams) == 1, 1, -1))) <= 1)
@@ -97,6 +97,14 @@ async def test_a_retry_gets_the_same_list_and_requests_draw_their_own_coins(runn
         (await running.stub.Rank(request("il-2", request_id=f"r{i}", top_k=4))).teams[0] for i in range(24)
     }
     assert leads == {0, 1}  # either arm picks first, depending on the request's coin
+
+
+async def test_users_sending_the_same_request_id_draw_their_own_coins(running: Running) -> None:
+    """A client numbering requests per session sends every user the same id: one coin for all would put one
+    arm first in every user's list (and credit it with the clicks the top position gets)."""
+    users = [f"il-feed-{i}" for i in range(24)]
+    responses = [await running.stub.Rank(request(user, request_id="feed-1", top_k=4)) for user in users]
+    assert {response.teams[0] for response in responses} == {0, 1}
 
 
 async def test_top_k_zero_interleaves_every_candidate(running: Running) -> None:
@@ -174,7 +182,7 @@ async def test_arms_sharing_a_model_score_it_once(repository: Path) -> None:
         assert {a.model.version for a in response.arms} == {"2"}
         scores = [arm_scores(running, "2", w) for w in WEIGHTS]  # one model, two weightings
         orders = [np.argsort(-merged, kind="stable").tolist() for _, merged in scores]
-        picked, teams = interleave(orders[0], orders[1], 10, "same-model")
+        picked, teams = interleave(orders[0], orders[1], 10, "il-6", "same-model")
         assert (
             list(response.candidate_ids) == [CANDIDATES[i] for i in picked] and list(response.teams) == teams
         )

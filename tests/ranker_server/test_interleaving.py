@@ -1,4 +1,4 @@
-"""Team-draft merge invariants (hypothesis) and its per-request coin."""
+"""Team-draft merge invariants (hypothesis) and its per-request coin (seeded by user and request id)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ranker_server.interleaving import ARM_A, ARM_B, coin_flips, interleave, tea
 ITEMS = st.integers(min_value=0, max_value=60)
 rankings = st.lists(ITEMS, unique=True, max_size=40)
 request_ids = st.text(max_size=40)
+USER = "user-1"
 
 
 @st.composite
@@ -32,7 +33,7 @@ def test_every_prefix_is_balanced_within_one_item(
     pair: tuple[list[int], list[int]], k: int, rid: str
 ) -> None:
     a, b = pair
-    items, teams = interleave(a, b, k, rid)
+    items, teams = interleave(a, b, k, USER, rid)
     assert np.all(np.abs(_counts(teams)) <= 1)
     assert len(items) == min(k, len(a))  # top-k truncation; every candidate when k is larger
 
@@ -41,7 +42,7 @@ def test_every_prefix_is_balanced_within_one_item(
 def test_no_duplicates_and_every_item_comes_from_its_team(
     a: list[int], b: list[int], k: int, rid: str
 ) -> None:
-    items, teams = interleave(a, b, k, rid)
+    items, teams = interleave(a, b, k, USER, rid)
     assert len(items) == len(set(items)) == len(teams)
     assert len(items) == min(k, len(set(a) | set(b)))
     assert set(teams) <= {ARM_A, ARM_B}
@@ -57,7 +58,7 @@ def test_no_duplicates_and_every_item_comes_from_its_team(
 
 @given(rankings, rankings, st.integers(0, 90), request_ids)
 def test_prefixes_stay_balanced_until_an_arm_runs_out(a: list[int], b: list[int], k: int, rid: str) -> None:
-    items, teams = interleave(a, b, k, rid)
+    items, teams = interleave(a, b, k, USER, rid)
     for n in range(1, len(items) + 1):
         prefix = set(items[: n - 1])
         both_had_one = any(x not in prefix for x in a) and any(x not in prefix for x in b)
@@ -68,15 +69,15 @@ def test_prefixes_stay_balanced_until_an_arm_runs_out(a: list[int], b: list[int]
 
 @given(rankings, rankings, st.integers(0, 90), request_ids)
 def test_the_same_request_id_gets_the_same_list(a: list[int], b: list[int], k: int, rid: str) -> None:
-    assert interleave(a, b, k, rid) == interleave(list(a), list(b), k, str(rid))
+    assert interleave(a, b, k, USER, rid) == interleave(list(a), list(b), k, USER, str(rid))
 
 
 @given(rankings, rankings, st.integers(0, 90), st.integers(0, 90), request_ids)
 def test_a_shorter_list_is_a_prefix_of_a_longer_one(
     a: list[int], b: list[int], k: int, extra: int, rid: str
 ) -> None:
-    short = interleave(a, b, k, rid)
-    long = interleave(a, b, k + extra, rid)
+    short = interleave(a, b, k, USER, rid)
+    long = interleave(a, b, k + extra, USER, rid)
     assert long[0][: len(short[0])] == short[0] and long[1][: len(short[1])] == short[1]
 
 
@@ -91,7 +92,7 @@ def test_the_round_coin_decides_who_picks_first(pair: tuple[list[int], list[int]
 @settings(max_examples=50)
 @given(rankings, request_ids)
 def test_identical_rankings_merge_to_the_same_ranking(a: list[int], rid: str) -> None:
-    items, _ = interleave(a, a, len(a), rid)
+    items, _ = interleave(a, a, len(a), USER, rid)
     assert items == a
 
 
@@ -103,12 +104,23 @@ def test_worked_example() -> None:
 
 
 def test_coins_are_fair_and_independent_across_requests() -> None:
-    flips = np.array([coin_flips(f"request-{i}", 8) for i in range(4000)])
+    flips = np.array([coin_flips(USER, f"request-{i}", 8) for i in range(4000)])
     for column in flips.T:  # each round's coin is fair over request ids
         assert binomtest(int(column.sum()), len(column)).pvalue > 1e-3
     agree = (flips[:, 0] == flips[:, 1]).sum()  # and rounds do not copy each other
     assert binomtest(int(agree), len(flips)).pvalue > 1e-3
-    assert coin_flips("x", 0) == [] and len(coin_flips("x", 1000)) == 1000
+    assert coin_flips(USER, "x", 0) == [] and len(coin_flips(USER, "x", 1000)) == 1000
     assert (
-        coin_flips("request-7", 8) == coin_flips("request-7", 16)[:8]
+        coin_flips(USER, "request-7", 8) == coin_flips(USER, "request-7", 16)[:8]
     )  # longer lists extend, never reshuffle
+
+
+def test_users_sending_the_same_request_id_draw_their_own_coins() -> None:
+    """Clients may number requests per session ("feed-1" for every user's first feed): coins seeded by the
+    request id alone put the same arm first in every such list, and position bias then favours that arm."""
+    flips = np.array([coin_flips(f"user-{i}", "feed-1", 8) for i in range(4000)])
+    for column in flips.T:
+        assert binomtest(int(column.sum()), len(column)).pvalue > 1e-3
+    assert coin_flips("ab", "c", 64) != coin_flips("a", "bc", 64)  # the user id is delimited
+    leads = [interleave([1, 2, 3], [3, 2, 1], 3, f"user-{i}", "home")[1][0] for i in range(400)]
+    assert binomtest(leads.count(ARM_A), len(leads)).pvalue > 1e-3
