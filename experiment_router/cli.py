@@ -16,7 +16,7 @@ from scipy.stats import chisquare
 from experiment_router.conformance import EXCLUSION_REASONS, load_cases, run_suite
 from experiment_router.errors import ConfigError
 from experiment_router.loader import repository_checker, repository_tasks
-from experiment_router.router import Router
+from experiment_router.router import Payload, Router, serving_assignments
 from experiment_router.schema import INTERLEAVED
 
 EXIT_CONFIG = 2
@@ -150,10 +150,20 @@ def cmd_assign(args: argparse.Namespace) -> int:
             f"{a.experiment_key:<{width}}  [{a.stage}/{a.layer or 'no layer'}]  variant={variant:<10}  "
             f"{log:<12}  {a.reason}  -> " + " + ".join(f"{p.model_name} v{p.model_version}" for p in served)
         )
+    interleaved = {a.stage: a.interleaving for a in serving_assignments(assignments) if a.interleaving}
     for stage, payload in router.payloads(assignments).items():
-        weights = f" task_weights={dict(payload.task_weights)}" if payload.task_weights else ""
-        print(f"{stage}: {payload.model_name} v{payload.model_version}{weights}")
+        merged = interleaved.get(stage)
+        if merged is None:
+            print(f"{stage}: {_payload_text(payload)}")
+        else:  # the user sees both arms' rankings merged, not the first arm's payload alone
+            arms = " + ".join(_payload_text(arm.payload) for arm in merged.arms)
+            print(f"{stage}: {arms}, interleaved by {merged.method}")
     return 0
+
+
+def _payload_text(payload: Payload) -> str:
+    weights = f" task_weights={dict(payload.task_weights)}" if payload.task_weights else ""
+    return f"{payload.model_name} v{payload.model_version}{weights}"
 
 
 def cmd_preview(args: argparse.Namespace) -> int:

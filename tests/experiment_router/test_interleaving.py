@@ -212,3 +212,15 @@ def test_cli_shows_both_arms_and_previews_the_interleaved_bucket(capsys: pytest.
     assert "interleaved" in section and "SRM" not in section
     inside = int(section.split("interleaved")[1].split()[0])
     assert abs(inside / 20_000 - 0.2) < 0.015  # the experiment's slice of the layer
+
+
+def test_cli_stage_summary_names_both_arms_of_an_interleaved_user(capsys: pytest.CaptureFixture[str]) -> None:
+    """The per-stage summary said "ranking: mmoe v1", the first arm's payload alone, for a user who sees both
+    arms merged; a QA user forced into one arm sees that arm alone."""
+    weights = "task_weights={'click': 1.0, 'rating': 0.1}"
+    assert main(["assign", "--config", str(EXAMPLE), "--user", "qa-alice"]) == 0
+    ranking = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ranking:")]
+    assert ranking == [f"ranking: mmoe v1 {weights} + mmoe+dml v1 {weights}, interleaved by team_draft"]
+    assert main(["assign", "--config", str(EXAMPLE), "--user", "qa-bob"]) == 0
+    ranking = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ranking:")]
+    assert ranking == [f"ranking: mmoe+dml v1 {weights}"]
