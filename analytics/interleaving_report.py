@@ -20,7 +20,7 @@ from analytics.stats.interleaving import (
     PreferenceTest,
     analyze_interleaving,
 )
-from analytics.stats.messages import MESSAGES
+from analytics.stats.messages import INTERLEAVING_MESSAGES
 
 
 @dataclass(frozen=True)
@@ -141,23 +141,30 @@ def interleaving_report(
     )
 
 
+def _arm_text(arm: dict[str, Any]) -> str:
+    """``key: model vversion`` of one arm, its names (from events) printable."""
+    name = text_format.name
+    return f"{name(arm['key'])}: {name(arm['model_name'])} v{name(arm['model_version'])}"
+
+
 def format_interleaving_table(report: dict[str, Any]) -> str:
     """Plain-text report of an interleaving experiment (``ExperimentReport.to_dict()`` with ``kind`` interleaving)."""
     il = report["interleaving"]
     a, b = il["arm_a"], il["arm_b"]
     lines = [
-        f"experiment {report['experiment_key']} ({report['status']}), interleaving, {il['users']} users, "
-        f"{il['users_with_clicks']} with credited {il['click_metric']}s",
+        f"experiment {text_format.name(report['experiment_key'])} ({text_format.name(report['status'])}), "
+        f"interleaving, {il['users']} users, {il['users_with_clicks']} with credited {il['click_metric']}s",
         f"alpha {report['alpha']}, {'sequential (always valid)' if il['sequential'] else 'fixed horizon'}",
-        f"  A = {a['key']}: {a['model_name']} v{a['model_version']}",
-        f"  B = {b['key']}: {b['model_name']} v{b['model_version']}",
+        f"  A = {_arm_text(a)}",
+        f"  B = {_arm_text(b)}",
     ]
     if len(il["arm_sets"]) > 1:
         lines.append(f"  WARNING: the arms changed while it ran ({len(il['arm_sets'])} pairs of models)")
+    widths = (-40, 9, 21, 8)
     lines += [
         f"  users preferring A {il['wins_a']}, tied {il['ties']}, preferring B {il['wins_b']}",
         "",
-        f"  {'test':<40}{'estimate':>10}{'ci':>22}{'p':>9}  verdict",
+        f"  {text_format.columns(('test', 'estimate', 'ci', 'p'), widths)}  verdict",
     ]
     errors = set()
     for name, test, pattern in (
@@ -167,15 +174,16 @@ def format_interleaving_table(report: dict[str, Any]) -> str:
         verdict = test["error"] or ("significant" if test["significant"] else "not significant")
         if test["error"]:
             errors.add(test["error"])
-        lines.append(
-            f"  {name:<40}{text_format.number(test['estimate'], pattern):>10}{text_format.interval(test['ci'], pattern):>22}"
-            f"{text_format.p_value(test['p_value']):>9}  {verdict}"
+        cells = (
+            name,
+            text_format.number(test["estimate"], pattern),
+            text_format.interval(test["ci"], pattern),
+            text_format.p_value(test["p_value"]),
         )
+        lines.append(f"  {text_format.columns(cells, widths)}  {verdict}")
     if il["preferred"]:
         arm = a if il["preferred"] == "A" else b
-        lines.append(
-            f"  users prefer {il['preferred']} ({arm['key']}: {arm['model_name']} v{arm['model_version']})"
-        )
+        lines.append(f"  users prefer {il['preferred']} ({_arm_text(arm)})")
     if errors:
-        lines += [""] + [f"{code}: {MESSAGES.get(code, code)}" for code in sorted(errors)]
+        lines += [""] + [f"{code}: {INTERLEAVING_MESSAGES.get(code, code)}" for code in sorted(errors)]
     return "\n".join(lines)

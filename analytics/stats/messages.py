@@ -26,3 +26,12 @@ MESSAGES: dict[str, str] = {
     NUMERIC_OVERFLOW: "values too large for float64 statistics (a sum of squares overflows)",
     NO_CLICKS: "no user has a credited click yet",
 }
+
+INTERLEAVING_MESSAGES: dict[str, str] = {
+    **MESSAGES,  # the A/B texts speak of arms of units and of a lift; interleaving has one group of users
+    NO_UNITS: "fewer than 2 users to estimate a variance from (credit test: exposed users; sequential "
+    "preference test: users with a credited click)",
+    ZERO_VARIANCE: "no variance to test: every user with a credited click is tied (preference test; "
+    "sequential: all answered alike), or every user has the same credit difference (credit test)",
+}
+"""The texts of the codes an interleaving report shows (``analytics.stats.interleaving``'s tests)."""

@@ -17,7 +17,7 @@ from analytics.server import AnalyticsServer
 from analytics.stats import messages
 from analytics.stats.interleaving import InterleavingConfig, analyze_interleaving
 from analytics.store import DuckDBEventStore, ExposureRow, MemoryEventStore, open_store
-from analytics.store.base import InterleavedRow
+from analytics.store.base import InterleavedRow, ItemOutcomeRow
 from tests.analytics.simulated_interleaving import ARMS, simulate_interleaving
 from tests.analytics.stats.simulated_events import simulate_experiment
 
@@ -107,6 +107,27 @@ def test_no_clicks_and_changed_arms_are_reported_not_raised() -> None:
     json.dumps(report.to_dict(), allow_nan=False)
 
 
+@pytest.mark.parametrize(
+    ("users", "code", "explanation"),
+    [(1, messages.NO_UNITS, "fewer than 2 users"), (5, messages.ZERO_VARIANCE, "the same credit difference")],
+)
+def test_the_text_explains_test_errors_in_terms_of_users(users: int, code: str, explanation: str) -> None:
+    """One user, or users who each clicked one item of A: the credit test cannot run, and the text says why
+    in interleaving terms, not with the A/B texts ("an arm has fewer than 2 units", "the lift has zero
+    variance")."""
+    store = MemoryEventStore()
+    rows = [InterleavedRow(f"e{i}", "il", f"u{i}", f"r{i}", 10 + i, [1, 2], [0, 1], *ARMS[0], *ARMS[1])
+            for i in range(users)]  # fmt: skip
+    clicks = [ItemOutcomeRow(f"c{i}", f"u{i}", f"r{i}", 1, "click", 20 + i) for i in range(users)]
+    exposures = [ExposureRow(r.event_id, "il", "interleaved", r.user_id, r.event_time_ms) for r in rows]
+    store.apply(exposures, [], {}, interleaved=rows, item_outcomes=clicks)
+    report = build_report(store, config(), "il")
+    assert report.interleaving.credit.error == code and report.interleaving.wins_a == users
+    text = format_report_table(report.to_dict())
+    assert f"{code}: " in text and explanation in text
+    assert "arm has fewer than 2 units" not in text and "lift" not in text
+
+
 @pytest.mark.parametrize("engine", ["duckdb", "chdb"])
 def test_the_warehouse_engines_report_what_the_reference_reports(
     store: MemoryEventStore, engine: str, tmp_path: Path
@@ -171,3 +192,15 @@ def test_the_json_api_serves_the_same_report(store: MemoryEventStore) -> None:
     direct = build_report(store, config(), "il").to_dict()
     served.pop("generated_at_ms"), direct.pop("generated_at_ms")
     assert served == direct
+
+
+def test_text_table_prints_arm_names_from_events_as_plain_text() -> None:
+    """The arms' keys, model names and versions come from Kafka events: printed escaped, one line each."""
+    store = MemoryEventStore()
+    arms = (("control", "mmoe\x1b[2J", "1\r"), ("treatment\n", "dml", "2"))
+    simulate_interleaving(store, "il\x1b[0m", users=300, seed=8, click_prob=(0.02, 0.2), arms=arms)
+    lines = format_report_table(build_report(store, config(), "il\x1b[0m").to_dict()).splitlines()
+    assert all(line.isprintable() for line in lines)
+    assert lines[0].startswith("experiment il\\x1b[0m (running), interleaving, 300 users")
+    assert lines[2:4] == ["  A = control: mmoe\\x1b[2J v1\\r", "  B = treatment\\n: dml v2"]
+    assert lines[-1] == "  users prefer B (treatment\\n: dml v2)"
