@@ -528,32 +528,44 @@ def format_report_table(report: dict[str, Any]) -> str:
         return format_interleaving_table(report)
     relative = report["difference_type"] == "relative"
     srm = report["srm"]
-    srm_text = "n/a" if srm["p_value"] is None else f"p={srm['p_value']:.4g}"
+    srm_text = "n/a"  # fewer than two variants: nothing was tested, so no verdict either
+    if srm["p_value"] is not None:
+        srm_text = f"p={srm['p_value']:.4g} {'MISMATCH' if srm['flagged'] else 'ok'}"
+    name = text_format.name
     lines = [
-        f"experiment {report['experiment_key']} ({report['status']}), control {report['control']}, "
-        f"{report['total_users']} users, SRM {srm_text}{' MISMATCH' if srm['flagged'] else ' ok'}",
+        f"experiment {name(report['experiment_key'])} ({name(report['status'])}), "
+        f"control {name(report['control'])}, {report['total_users']} users, SRM {srm_text}",
         f"alpha {report['alpha']}, correction {report['correction']}, "
         f"{'sequential (always valid)' if report['sequential'] else 'fixed horizon'}",
-        "  " + ", ".join(f"{v['key']}: {v['users']} ({v['observed_share']:.1%})" for v in report["variants"]),
+        "  "
+        + ", ".join(
+            f"{name(v['key'])}: {v['users']} ({v['observed_share']:.1%})" for v in report["variants"]
+        ),
     ]
     errors: set[str] = set()
-    header = f"  {'variant':<16}{'users':>9}{'value':>12}{'lift':>10}{'ci':>22}{'p':>9}{'p adj':>9}  sig"
+    widths = (-16, 8, 11, 9, 21, 8, 8)
+    titles = ("variant", "users", "value", "lift", "ci", "p", "p adj")
+    header = f"  {text_format.columns(titles, widths)}  sig"
     lift_pattern = "+.2%" if relative else "+.4g"
     for metric in report["metrics"]:
-        flags = [metric["type"]] + [name for name in ("guardrail", "cuped", "inverse") if metric[name]]
-        lines += ["", f"{metric['name']} [{', '.join(flags)}]", header]
+        flags = [metric["type"]] + [flag for flag in ("guardrail", "cuped", "inverse") if metric[flag]]
+        lines += ["", f"{name(metric['name'])} [{', '.join(flags)}]", header]
         for row in metric["variants"]:
             lift = row["relative_lift" if relative else "absolute_lift"] or {}
-            ci_text = text_format.interval(lift.get("ci"), lift_pattern)
             mark = "control" if row["is_control"] else ("yes" if row["significant"] else "no")
             if row["error"]:
                 mark = row["error"]
                 errors.add(row["error"])
-            lines.append(
-                f"  {row['variant']:<16}{row['users']:>9}{text_format.number(row['value'], '.5g'):>12}"
-                f"{text_format.number(lift.get('estimate'), lift_pattern):>10}{ci_text:>22}"
-                f"{text_format.p_value(row['p_value']):>9}{text_format.p_value(row['adjusted_p_value']):>9}  {mark}"
+            cells = (
+                name(row["variant"]),
+                str(row["users"]),
+                text_format.number(row["value"], ".5g"),
+                text_format.number(lift.get("estimate"), lift_pattern),
+                text_format.interval(lift.get("ci"), lift_pattern),
+                text_format.p_value(row["p_value"]),
+                text_format.p_value(row["adjusted_p_value"]),
             )
+            lines.append(f"  {text_format.columns(cells, widths)}  {mark}")
     if errors:
         lines += [""] + [f"{code}: {MESSAGES.get(code, code)}" for code in sorted(errors)]
     return "\n".join(lines)

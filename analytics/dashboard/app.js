@@ -23,7 +23,8 @@ const state = {
 // ---------------------------------------------------------------- formatting
 // Every number is shown with a fixed, documented precision so the browser test can compare the text with
 // the JSON report: lifts and CIs in % with 2 decimals, p-values with 4 decimals (or "<0.0001"), values
-// with 4 significant digits, user counts as integers with thousands separators.
+// with 4 significant digits (in exponent notation below 0.0001), user counts as integers with thousands
+// separators.
 
 function fmtInt(n) {
   return Math.round(n).toLocaleString("en-US");
@@ -34,8 +35,9 @@ function fmtValue(v) {
   if (v === 0) return "0";
   const abs = Math.abs(v);
   if (abs >= 1e4) return v.toLocaleString("en-US", { maximumFractionDigits: 0 });
-  const decimals = Math.max(0, 3 - Math.floor(Math.log10(abs)));
-  return v.toFixed(Math.min(decimals, 8));
+  // Fixed decimals would print a metric in tiny units (3e-9 per user) as 0.00000000.
+  if (abs < 1e-4) return v.toExponential(3);
+  return v.toFixed(Math.max(0, 3 - Math.floor(Math.log10(abs))));
 }
 
 function fmtPct(x, signed = true, decimals = 2) {
@@ -229,7 +231,7 @@ function statusBadge(status) {
 function srmCell(srm) {
   if (srm.pValue === null) return el("span", { class: "muted", text: "–" });
   return srm.flagged
-    ? el("span", { class: "badge warn", "data-field": "srm", title: "sample ratio mismatch: chi-square p < 0.001" },
+    ? el("span", { class: "badge warn", "data-field": "srm", title: `sample ratio mismatch: chi-square p < ${srm.threshold}` },
       `⚠ SRM ${pEquals(srm.pValue)}`)
     : el("span", { class: "badge ok", "data-field": "srm" }, `OK ${pEquals(srm.pValue)}`);
 }
@@ -266,14 +268,14 @@ function renderExperiments() {
 
 // ---------------------------------------------------------------- metric table
 
-/** A lift CI drawn as a horizontal bar on a scale symmetric around zero. */
-function ciBar(cmp, scale, significant, verdictCls) {
+/** A lift CI drawn as a horizontal bar on a scale symmetric around zero; fmt prints its ends for the label. */
+function ciBar(cmp, scale, significant, verdictCls, fmt) {
   const w = 180, h = 22, mid = w / 2, pad = 6;
   const x = (v) => mid + (v / scale) * (mid - pad);
   const cls = !significant ? "ci-neutral"
     : verdictCls === "win" ? "ci-positive" : verdictCls === "lose" ? "ci-negative" : `ci-${verdictCls}`;
   const node = svg("svg", { width: w, height: h, viewBox: `0 0 ${w} ${h}`, class: `ci-bar ${cls}`, role: "img",
-    "aria-label": `CI ${fmtPct(cmp.ciLow)} to ${fmtPct(cmp.ciHigh)}` },
+    "aria-label": `CI ${fmt(cmp.ciLow)} to ${fmt(cmp.ciHigh)}` },
   svg("line", { x1: mid, x2: mid, y1: 1, y2: h - 1, class: "zero" }));
   if (cmp.ciLow !== null && cmp.ciHigh !== null) {
     const lo = x(cmp.ciLow), hi = x(cmp.ciHigh);
@@ -341,7 +343,7 @@ function renderMetrics(rep) {
         cells.push(el("td", { class: "num ci-text" },
           "[", el("span", { "data-field": "ci_low", text: fmt(r.lift.ciLow) }), ", ",
           el("span", { "data-field": "ci_high", text: fmt(r.lift.ciHigh) }), "]"));
-        cells.push(el("td", { class: "ci-cell" }, ciBar(r.lift, scaleOf(m), r.significant, v.cls)));
+        cells.push(el("td", { class: "ci-cell" }, ciBar(r.lift, scaleOf(m), r.significant, v.cls, fmt)));
         cells.push(el("td", { class: "num", "data-field": "p_value", text: fmtP(r.pValue) }));
         cells.push(el("td", { class: "num", "data-field": "adjusted_p_value", text: fmtP(r.pAdjusted) }));
         if (rep.sequential) {
@@ -425,7 +427,7 @@ function renderPreferenceTests(il, alpha) {
       el("td", { class: "num lift", "data-field": "estimate", text: r.fmt(t.estimate) }),
       el("td", { class: "num ci-text" }, "[", el("span", { "data-field": "ci_low", text: r.fmt(t.ciLow) }), ", ",
         el("span", { "data-field": "ci_high", text: r.fmt(t.ciHigh) }), "]"),
-      el("td", { class: "ci-cell" }, ciBar(t, scale, t.significant, `arm-${towards.toLowerCase()}`)),
+      el("td", { class: "ci-cell" }, ciBar(t, scale, t.significant, `arm-${towards.toLowerCase()}`, r.fmt)),
       el("td", { class: "num", "data-field": "p_value", text: fmtP(t.pValue) }),
       el("td", {}, el("span", { class: `badge ${cls}`, "data-field": "significant", "data-significant": String(t.significant),
         text: t.significant ? `users prefer ${towards}` : "no preference shown" })));
@@ -601,7 +603,7 @@ async function refresh() {
   try {
     const list = await getJSON("/experiments");
     state.experiments = (Array.isArray(list) ? list : list.experiments || []).map(normaliseSummary);
-    const fromHash = decodeURIComponent(window.location.hash.replace(/^#\/?/, ""));
+    const fromHash = hashKey();
     const keys = state.experiments.map((e) => e.key);
     state.selected = keys.includes(fromHash) ? fromHash : keys.includes(state.selected) ? state.selected : keys[0] ?? null;
     renderExperiments();
@@ -614,6 +616,17 @@ async function refresh() {
     document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
   } catch (err) {
     showError(err);
+  }
+}
+
+/** The experiment key in the URL's #/<key>. select() percent-encodes it; typed by hand, as the README shows, it
+ * may hold a bare "%" (#/rollout-50%), on which decodeURIComponent throws: such a "%" stands for itself. */
+function hashKey() {
+  const raw = window.location.hash.replace(/^#\/?/, "");
+  try {
+    return decodeURIComponent(raw.replace(/%(?![0-9A-Fa-f]{2})/g, "%25"));
+  } catch {
+    return raw;  // an escape that is not UTF-8 (#/%E0%A4): no key has that name, the list shows anyway
   }
 }
 

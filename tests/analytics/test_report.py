@@ -7,13 +7,13 @@ import json
 import pytest
 
 from analytics.metrics import AnalysisConfig, aggregate
-from analytics.report import build_report, experiment_summary, traffic_bucket_ms
+from analytics.report import build_report, experiment_summary, format_report_table, traffic_bucket_ms
 from analytics.stats import messages
 from analytics.stats.frequentist.tests import TTest
 from analytics.stats.models.settings import FrequentistConfig
 from analytics.stats.multiple_testing import adjust_p_values
 from analytics.stats.srm import srm_p_value
-from analytics.store import ExposureRow, MemoryEventStore
+from analytics.store import ExposureRow, MemoryEventStore, OutcomeRow
 from tests.analytics.stats.simulated_events import START_MS, simulate_experiment
 
 METRICS = [
@@ -153,3 +153,54 @@ def test_thin_variant_reports_an_error_code() -> None:
 def test_unknown_experiment() -> None:
     with pytest.raises(KeyError, match="unknown experiment"):
         build_report(MemoryEventStore(), config(), "nope")
+
+
+def test_text_table_prints_names_from_events_as_plain_text() -> None:
+    """Experiment and variant keys come from Kafka events: a terminal escape sequence, carriage return or
+    newline in one is printed escaped, never sent to the analyst's terminal, and every row stays one line."""
+    store = MemoryEventStore()
+    key = "exp\x1b]0;pwned\x07"
+    simulate_experiment(store, key, users=200, seed=3, variants=("control", "t\x1b[2J\r\nforged row"))
+    table = format_report_table(build_report(store, config(), key).to_dict())
+    assert all(line.isprintable() for line in table.splitlines())
+    assert "experiment exp\\x1b]0;pwned\\x07 (running)" in table
+    assert "t\\x1b[2J\\r\\nforged row: " in table
+    rows = [line for line in table.splitlines() if line.startswith("  t\\x1b")]
+    assert len(rows) == len(METRICS) and not any(line.startswith("forged row") for line in table.splitlines())
+
+
+def test_text_table_columns_never_run_together() -> None:
+    """A number as wide as its column (absolute lifts of a metric in tiny units) stays apart from the next
+    one: each treatment row reads back as its nine fields, equal to the JSON report's."""
+    store = MemoryEventStore()
+    exposures = [
+        ExposureRow(f"x{i}", "exp", ("control", "treatment")[i % 2], f"u{i}", START_MS) for i in range(400)
+    ]
+    outcomes = [
+        OutcomeRow(
+            f"o{i}", f"u{i}", "dose", START_MS + 1, (3e-9 if i % 2 == 0 else 6e-9) * (1 + (i % 7) / 10)
+        )
+        for i in range(400)
+    ]
+    store.apply(exposures, outcomes, {})
+    cfg = AnalysisConfig.model_validate(
+        {"metrics": [{"name": "dose", "type": "mean", "event": "dose"}], "difference_type": "absolute"}
+    )
+    report = build_report(store, cfg, "exp").to_dict()
+    row = report["metrics"][0]["variants"][1]
+    lift = row["absolute_lift"]
+    line = next(line for line in format_report_table(report).splitlines() if line.startswith("  treatment"))
+    variant, users, value, estimate, low, high, p, p_adjusted, mark = line.split()
+    assert (variant, int(users), mark) == ("treatment", 200, "yes")
+    assert float(value) == pytest.approx(row["value"], rel=1e-4)
+    assert float(estimate) == pytest.approx(lift["estimate"], rel=1e-3)
+    assert [float(low.strip("[,")), float(high.rstrip("]"))] == pytest.approx(lift["ci"], rel=1e-3)
+    assert (p, p_adjusted) == ("<0.0001", "<0.0001")
+
+
+def test_text_table_gives_no_srm_verdict_without_a_test() -> None:
+    """One variant: the SRM check cannot run, so the header says n/a, not "n/a ok"."""
+    store = MemoryEventStore()
+    simulate_experiment(store, "solo", users=50, seed=5, variants=("control",), weights=(1.0,))
+    header = format_report_table(build_report(store, config(), "solo").to_dict()).splitlines()[0]
+    assert header.endswith("50 users, SRM n/a")

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-from analytics.metrics import load_analysis_config
+from analytics.metrics import AnalysisConfig, load_analysis_config
 from analytics.server import AnalyticsServer
 from analytics.store import DuckDBEventStore, EventStore, ExposureRow, OutcomeRow
 from analytics.store.base import InterleavedRow
@@ -50,21 +50,21 @@ class Shown:
     def matches(self, expected: float) -> bool:
         if self.below is not None:
             return expected < self.below
-        return math.isclose(self.value, expected, rel_tol=0, abs_tol=self.tolerance * (1 + 1e-9) + 1e-12)
+        return math.isclose(self.value, expected, rel_tol=0, abs_tol=self.tolerance * (1 + 1e-9))
 
 
-_NUMBER = re.compile(r"^(<?)([+\-\u2212]?)([\d,]*)(?:\.(\d+))?(%?)$")
+_NUMBER = re.compile(r"^(<?)([+\-\u2212]?)([\d,]*)(?:\.(\d+))?(?:e([+\-]?\d+))?(%?)$")
 
 
 def shown_number(text: str) -> Shown:
-    """Parse '+4.55%', '0.0071', '<0.0001', '10,234' or '412.4' into a Shown."""
+    """Parse '+4.55%', '0.0071', '<0.0001', '10,234', '412.4' or '-2.972e-9' into a Shown."""
     match = _NUMBER.match(text.strip())
     if not match or not (match.group(3) or match.group(4)):
         raise ValueError(f"not a displayed number: {text!r}")
-    less, sign, whole, frac, pct = match.groups()
+    less, sign, whole, frac, exponent, pct = match.groups()
     frac = frac or ""
     magnitude = float((whole.replace(",", "") or "0") + (f".{frac}" if frac else ""))
-    scale = 0.01 if pct else 1.0
+    scale = (0.01 if pct else 1.0) * 10.0 ** int(exponent or 0)
     value = (-magnitude if sign in ("-", "\u2212") else magnitude) * scale
     if less:
         return Shown(value, 0.0, below=value)
@@ -84,6 +84,9 @@ def shown_number(text: str) -> Shown:
         ("10,234", 10234, True),
         ("10,234", 10235, False),
         ("412.4", 412.37, True),
+        ("-2.972e-9", -2.9723e-9, True),
+        ("-2.972e-9", -2.9727e-9, False),
+        ("+1.500e-5", 1.5e-5, True),
     ],
 )
 def test_shown_number_tolerance_is_the_last_digit(text: str, expected: float, ok: bool) -> None:
@@ -163,9 +166,48 @@ def srm_absolute(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             "difference_type": "absolute",
             "sequential": False,
             "experiments": {"srm-check": base.experiment("ranking-mmoe-dml")},
+            "srm_threshold": 0.002,  # not the default: the page names the configured one
         }
     )
     with store, AnalyticsServer(store, config, port=0, cache_seconds=2.0) as server:
+        yield Served(server.url, store)
+
+
+@pytest.fixture(scope="module")
+def tiny_units(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A metric in tiny units (about 3e-9 per user, doubled by the treatment) with absolute lifts and
+    sequential tests: values, lifts, CIs and boundaries all far below 0.0001."""
+    store = DuckDBEventStore(str(tmp_path_factory.mktemp("store") / "events"))
+    rng = np.random.default_rng(7)
+    exposures, outcomes = [], []
+    for i in range(600):
+        user, v, t = f"tiny-{i:04d}", i % 2, START_MS + i * 60_000
+        exposures.append(ExposureRow(f"{user}-x", "tiny-units", ("control", "treatment")[v], user, t))
+        outcomes.append(
+            OutcomeRow(f"{user}-d", user, "dose", t + 10, float(rng.normal(3e-9 * (1 + v), 1e-9)))
+        )
+    store.apply(exposures, outcomes, {})
+    config = AnalysisConfig.model_validate(
+        {
+            "difference_type": "absolute",
+            "sequential": True,
+            "metrics": [{"name": "dose", "type": "mean", "event": "dose"}],
+        }
+    )
+    with store, AnalyticsServer(store, config, port=0) as server:
+        yield Served(server.url, store)
+
+
+ODD_KEYS = ("rollout-50%", "<img src=x onerror=alert(1)>")
+
+
+@pytest.fixture(scope="module")
+def odd_names(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Experiment keys (they come from Kafka events) with a bare "%" and with HTML in them."""
+    store = DuckDBEventStore(str(tmp_path_factory.mktemp("store") / "events"))
+    for seed, key in enumerate(ODD_KEYS):
+        generate_events(store, key, users=400, seed=20 + seed)
+    with store, AnalyticsServer(store, load_analysis_config(ANALYSIS_CONFIG), port=0) as server:
         yield Served(server.url, store)
 
 
@@ -194,7 +236,17 @@ def interleaving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(server.url, store)
 
 
-@pytest.fixture(params=["real_demo", "real_interleaving_demo", "demo", "srm_absolute", "interleaving"])
+@pytest.fixture(
+    params=[
+        "real_demo",
+        "real_interleaving_demo",
+        "demo",
+        "srm_absolute",
+        "interleaving",
+        "tiny_units",
+        "odd_names",
+    ]
+)
 def dashboard_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(request.param).url
 
@@ -272,7 +324,8 @@ const lines = (sel) => [...document.querySelectorAll(sel)].map((l) => ({
 return {
   experiments: Object.fromEntries([...document.querySelectorAll('#experiments tr[data-experiment]')].map((tr) => [
     tr.dataset.experiment,
-    { ...fields(tr), users: Object.fromEntries([...tr.querySelectorAll('[data-variant]')].map(
+    { ...fields(tr), srmTitle: tr.querySelector('[data-field="srm"]')?.title ?? null,
+      users: Object.fromEntries([...tr.querySelectorAll('[data-variant]')].map(
         (c) => [c.dataset.variant, c.querySelector('[data-field="users"]').textContent])) }])),
   report: document.getElementById('report').dataset.experiment || null,
   srmBanner: !document.getElementById('srm-banner').hidden,
@@ -280,7 +333,8 @@ return {
     tr.dataset.metric + '|' + tr.dataset.variant,
     { ...fields(tr),
       significantAttr: tr.querySelector('[data-field="significant"]')?.dataset.significant ?? null,
-      ciBar: Boolean(tr.querySelector('svg.ci-bar rect.interval')) }])),
+      ciBar: Boolean(tr.querySelector('svg.ci-bar rect.interval')),
+      ciLabel: tr.querySelector('svg.ci-bar')?.getAttribute('aria-label') ?? null }])),
   liftMetric: document.getElementById('lift-metric').value,
   liftLines: lines('#lift-chart polyline'),
   trafficLines: lines('#traffic-chart polyline'),
@@ -297,7 +351,8 @@ return {
       tr.dataset.test,
       { ...fields(tr),
         significantAttr: tr.querySelector('[data-field="significant"]')?.dataset.significant ?? null,
-        ciBar: Boolean(tr.querySelector('svg.ci-bar rect.interval')) }])),
+        ciBar: Boolean(tr.querySelector('svg.ci-bar rect.interval')),
+        ciLabel: tr.querySelector('svg.ci-bar')?.getAttribute('aria-label') ?? null }])),
   },
 };
 """
@@ -314,6 +369,8 @@ def _check_list(shown: dict, listing: list[dict]) -> None:
             assert row["kind"] == "interleaving" and exp["srm"]["p_value"] is None and "srm" not in row, key
             continue
         assert row["srm"].startswith("⚠ SRM") is bool(exp["srm"]["flagged"]), row["srm"]
+        if exp["srm"]["flagged"]:
+            assert row["srmTitle"] == f"sample ratio mismatch: chi-square p < {exp['srm']['threshold']}", key
         _assert_shows(row["srm"].split(" p")[1].lstrip("="), exp["srm"]["p_value"], f"{key} SRM p-value")
 
 
@@ -341,6 +398,7 @@ def _check_interleaving(shown: dict, report: dict) -> None:
                              ("p_value", test["p_value"])):  # fmt: skip
             _assert_shows(row[field], value, f"{where} {field}")
         assert row["significantAttr"] == str(test["significant"]).lower() and row["ciBar"], where
+        assert row["ciLabel"] == f"CI {row['ci_low']} to {row['ci_high']}", where  # what a screen reader says
     points = [p for p in il["timeline"] if p["estimate"] is not None]
     assert [line["points"] for line in shown["liftLines"]] == ([len(points)] if points else []), key
     assert [line["series"] for line in shown["trafficLines"]] == ["interleaved"], key
@@ -372,6 +430,7 @@ def _check_report(shown: dict, report: dict) -> None:
             _assert_shows(row["adjusted_p_value"], value["adjusted_p_value"], f"{where} adjusted p")
             assert row["significantAttr"] == str(bool(value["significant"])).lower(), where
             assert row["ciBar"], f"{where}: no CI bar"
+            assert row["ciLabel"] == f"CI {row['ci_low']} to {row['ci_high']}", where  # in the lift's units
             if report["sequential"]:
                 half_width = (lift["ci"][1] - lift["ci"][0]) / 2
                 _assert_shows(row["boundary"], half_width, f"{where} sequential boundary")
@@ -455,6 +514,43 @@ def test_dashboard_screenshot(
             [ARTIFACTS / "dashboard.png"] if i == 0 and fixture == "real_demo" else []
         ):
             target.write_bytes(png)
+
+
+@pytest.mark.integration
+def test_values_in_tiny_units_keep_four_significant_digits(chromium, tiny_units: Served) -> None:
+    """A value, absolute lift, CI end or boundary below 0.0001 is shown with 4 significant digits (1.234e-9),
+    not as 0.00000000: the text is precise to 1/2000 of the number it shows."""
+    report = _get_json(f"{tiny_units.url}/api/experiments/tiny-units/report")
+    _open(chromium, f"{tiny_units.url}/?refresh=0#/tiny-units")
+    rows = chromium.execute_script(_SNAPSHOT_JS)["rows"]
+    for variant in report["metrics"][0]["variants"]:
+        row, expected = rows[f"dose|{variant['variant']}"], {"value": variant["value"]}
+        if not variant["is_control"]:
+            lift = variant["absolute_lift"]
+            expected |= {"lift": lift["estimate"], "ci_low": lift["ci"][0], "ci_high": lift["ci"][1],
+                         "boundary": (lift["ci"][1] - lift["ci"][0]) / 2}  # fmt: skip
+        assert len(expected) == (1 if variant["is_control"] else 5)
+        for field, number in expected.items():
+            shown = shown_number(row[field])
+            assert shown.matches(number) and shown.tolerance <= 5e-4 * abs(number), (
+                f"{variant['variant']} {field}: dashboard shows {row[field]!r}, report says {number!r}"
+            )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("key", ODD_KEYS)
+def test_a_hand_typed_link_selects_the_experiment(chromium, odd_names: Served, key: str) -> None:
+    """#/<key> as the README writes it, not percent-encoded: a bare "%" (which decodeURIComponent refuses) selects
+    its experiment like any other key, and HTML in a key is shown as text."""
+    chromium.get("about:blank")  # a fresh page: from the dashboard itself only the hash would change
+    chromium.get(f"{odd_names.url}/?refresh=0#/{key}")
+    error = chromium.find_element("id", "error")
+    _wait(chromium, lambda d: _loads(d) >= 1 or error.get_attribute("hidden") is None)  # loaded, or failed
+    assert error.get_attribute("hidden") is not None, f"the page shows {error.text!r}"
+    shown = chromium.execute_script(_SNAPSHOT_JS)
+    assert sorted(shown["experiments"]) == sorted(ODD_KEYS) and shown["report"] == key
+    assert chromium.find_element("id", "report-title").text == key
+    assert not chromium.find_elements("css selector", "img"), "HTML from an experiment key became an element"
 
 
 @pytest.mark.integration
