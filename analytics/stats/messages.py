@@ -9,6 +9,10 @@ ZERO_VARIANCE = "ZERO_VARIANCE"
 BASELINE_ZERO = "BASELINE_ZERO"
 """The control mean is zero, so a relative lift is undefined."""
 
+BASELINE_NEGATIVE = "BASELINE_NEGATIVE"
+"""The control mean is negative: mean_b / mean_a - 1 would point the other way (a treatment mean above a
+negative control mean gives a negative lift), so a relative lift is not reported; an absolute one is."""
+
 DENOMINATOR_ZERO = "DENOMINATOR_ZERO"
 """A ratio metric's denominator sums to zero in an arm."""
 
@@ -22,6 +26,7 @@ MESSAGES: dict[str, str] = {
     NO_UNITS: "an arm has fewer than 2 units",
     ZERO_VARIANCE: "the lift has zero variance (both arms constant, or no events in treatment)",
     BASELINE_ZERO: "control mean is 0: relative lift undefined",
+    BASELINE_NEGATIVE: "control mean is negative: a relative lift would point the wrong way (use absolute)",
     DENOMINATOR_ZERO: "ratio denominator sums to 0",
     NUMERIC_OVERFLOW: "values too large for float64 statistics (a sum of squares overflows)",
     NO_CLICKS: "no user has a credited click yet",

@@ -67,6 +67,8 @@ class BaseABTest(ABC, Generic[ConfigT, ResultT]):
             return messages.ZERO_VARIANCE
         if self.config.difference_type == "relative" and a.mean == 0:
             return messages.BASELINE_ZERO
+        if self.config.difference_type == "relative" and a.mean < 0:
+            return messages.BASELINE_NEGATIVE
         try:
             difference = self.difference()
         except OverflowError:

@@ -9,7 +9,7 @@ from analytics.stats import messages
 from analytics.stats.bayesian.tests import EffectBayesianTest, expected_loss
 from analytics.stats.frequentist.tests import TTest
 from analytics.stats.models.settings import BayesianConfig, FrequentistConfig
-from analytics.stats.models.statistics import Proportion
+from analytics.stats.models.statistics import Proportion, SampleMean
 
 A, B = Proportion(10000, 1000.0), Proportion(10000, 1080.0)
 
@@ -44,3 +44,15 @@ def test_expected_loss_matches_numeric_integral() -> None:
 def test_error_code() -> None:
     result = EffectBayesianTest(Proportion(1, 0.0), B, BayesianConfig()).compute_result()
     assert result.error == messages.NO_UNITS and result.chance_to_win is None
+
+
+def test_a_negative_control_mean_gives_no_relative_chance_to_win() -> None:
+    """Control -5, treatment -4.5 per unit: the treatment is higher, yet the relative lift (-10%) gave a
+    chance to win near 0; the absolute lift is reported as before."""
+    control, treatment = SampleMean(100, -500.0, 2600.0), SampleMean(100, -450.0, 2125.0)
+    relative = EffectBayesianTest(control, treatment, BayesianConfig()).compute_result()
+    assert relative.error == messages.BASELINE_NEGATIVE and relative.chance_to_win is None
+    absolute_config = BayesianConfig(difference_type="absolute")
+    absolute = EffectBayesianTest(control, treatment, absolute_config).compute_result()
+    assert absolute.error is None and absolute.estimate == pytest.approx(0.5)
+    assert absolute.chance_to_win is not None and absolute.chance_to_win > 0.99

@@ -157,6 +157,8 @@ def test_sequential_interval_and_p_value_agree() -> None:
         (SampleMean(1, 1.0, 1.0), SampleMean(10, 10.0, 20.0), ABSOLUTE, messages.NO_UNITS),
         (SampleMean(10, 10.0, 10.0), SampleMean(10, 20.0, 40.0), ABSOLUTE, messages.ZERO_VARIANCE),
         (SampleMean(10, 0.0, 10.0), SampleMean(10, 20.0, 50.0), RELATIVE, messages.BASELINE_ZERO),
+        # Control -5, treatment -4 per unit: the treatment is higher, mean_b / mean_a - 1 says -20%.
+        (SampleMean(10, -50.0, 260.0), SampleMean(10, -40.0, 170.0), RELATIVE, messages.BASELINE_NEGATIVE),
         # A treatment without a single event: relative lift -100% with a delta-method variance of exactly 0
         # (found by the demo on a small real-data run: it divided by zero).
         (Proportion(60, 3.0), Proportion(60, 0.0), RELATIVE, messages.ZERO_VARIANCE),
