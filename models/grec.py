@@ -204,6 +204,21 @@ class RMSNorm(nn.Module):
         return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
 
 
+def top_k_first(probs: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest of ``probs`` (``>= 0``) along the last axis, largest first, an equal value going to
+    the lower index as in ONNX Runtime's TopK: ``torch.topk`` orders ties arbitrarily on CPU, so a tie would
+    pick other experts in the model than in its exported graph. Returns values and indices, ``[..., k]``."""
+    remaining, picked = probs, []
+    for _ in range(k):
+        # The first of equal maxima, in torch and in ONNX. The reshape changes nothing but an ONNX Runtime
+        # result without rows: its ArgMax then keeps the input's shape, which broke the MoE layer for no rows.
+        index = remaining.argmax(dim=-1, keepdim=True).reshape(*probs.shape[:-1], 1)
+        picked.append(index)
+        remaining = remaining.scatter(-1, index, -1.0)
+    ids = torch.cat(picked, dim=-1)
+    return probs.gather(-1, ids), ids
+
+
 class SparseMoE(nn.Module):
     """Top-k sparse MoE over ``[N, L, d]`` with a per-sequence expert capacity, fixed-shape dispatch.
 
@@ -231,7 +246,7 @@ class SparseMoE(nn.Module):
         """
         n, length, e = router_logits.shape
         probs = torch.softmax(router_logits, dim=-1)
-        weights, ids = probs.topk(self.top_k, dim=-1)  # [N, L, k]
+        weights, ids = top_k_first(probs, self.top_k)  # [N, L, k]
         if self.top_k > 1:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         # GShard priority: choice-major, then token order; position = running count per expert.

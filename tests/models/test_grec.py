@@ -11,7 +11,16 @@ import torch
 
 from models.base import ModelConfigError, random_batch
 from models.export import export_onnx
-from models.grec import ROUTING_MODES, GRec, GRecConfig, SparseMoE, expert_capacity, grec, routing_flops
+from models.grec import (
+    ROUTING_MODES,
+    GRec,
+    GRecConfig,
+    SparseMoE,
+    expert_capacity,
+    grec,
+    routing_flops,
+    top_k_first,
+)
 from models.layers import FeatureSpec
 
 SPEC = FeatureSpec(sparse_vocab_sizes=(5, 7, 9), n_dense=3, embedding_dim=4)
@@ -186,7 +195,7 @@ def test_onnx_keeps_topk_routing_and_matches_pytorch(routing: str, tmp_path) -> 
     path = tmp_path / "grec.onnx"
     export_onnx(model, path)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
-    assert {"TopK", "ScatterElements", "GatherElements"} <= ops
+    assert {"ArgMax", "ScatterElements", "GatherElements"} <= ops  # top-k picked in the graph (top_k_first)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"sparse": batch["sparse"].numpy(), "dense": batch["dense"].numpy()})[0]
     with torch.no_grad():
@@ -246,3 +255,37 @@ def test_one_head_serves_every_task(routing: str) -> None:
         model.task_embedding.weight[1] = model.task_embedding.weight[0]
         out = model(random_batch(SPEC, 16))
     assert torch.allclose(out[:, 0], out[:, 1])
+
+
+def test_top_k_breaks_ties_towards_the_lower_expert_as_onnx_runtime_does() -> None:
+    probs = torch.tensor([[0.1, 0.3, 0.3, 0.0, 0.3], [0.25, 0.25, 0.25, 0.25, 0.0]], requires_grad=True)
+    weights, ids = top_k_first(probs, 3)
+    assert ids.tolist() == [[1, 2, 4], [0, 1, 2]]
+    assert torch.equal(weights, probs.gather(-1, ids))
+    weights.sum().backward()  # the router learns through the picked probabilities
+    assert probs.grad.tolist() == [[0, 1, 1, 0, 1], [1, 1, 1, 0, 0]]
+    untied = torch.rand(4, 6, 8)
+    assert torch.equal(top_k_first(untied, 4)[1], untied.topk(4).indices)
+
+
+@pytest.mark.parametrize("routing", ROUTING_MODES)
+def test_tied_router_probabilities_route_alike_in_onnx_and_pytorch(routing: str, tmp_path) -> None:
+    """Equal router rows (or a router at zero) tie experts: torch.topk ordered the tie arbitrarily on CPU and
+    ONNX Runtime's TopK took the lower index, so the served graph used other experts (|diff| up to 0.1)."""
+    ort = pytest.importorskip("onnxruntime")
+    model = build(routing).eval()
+    with torch.no_grad():
+        model.router.weight[1:] = model.router.weight[0]  # experts 0..3 tie on every routing unit
+        model.router.bias.zero_()
+    path = tmp_path / "grec.onnx"
+    export_onnx(model, path)
+    batch = random_batch(SPEC, 64, torch.Generator().manual_seed(3))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"sparse": batch["sparse"].numpy(), "dense": batch["dense"].numpy()})[0]
+    with torch.no_grad():
+        want = model(batch).numpy()
+    assert np.abs(got - want).max() <= 1e-5
+    ids, _ = model.last_routing
+    assert (ids == torch.arange(model.config.top_k)).all()  # the lowest expert ids, in order
+    none = {"sparse": batch["sparse"][:0].numpy(), "dense": batch["dense"][:0].numpy()}
+    assert session.run(None, none)[0].shape == (0, 2)  # ONNX Runtime's ArgMax kept its input's shape here

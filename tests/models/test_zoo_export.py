@@ -73,3 +73,5 @@ def test_train_export_and_onnx_parity(name: str, tmp_path) -> None:
         0
     ]
     assert np.max(np.abs(one - expected[:1])) <= 1e-4
+    none = {"sparse": rows["sparse"][:0].numpy(), "dense": rows["dense"][:0].numpy()}
+    assert session.run(["logits"], none)[0].shape == (0, len(DATA.tasks))  # retrieval found no candidates
