@@ -9,10 +9,7 @@ times faster; ``dynamo=True`` selects the torch.export path.
 
 from __future__ import annotations
 
-import errno
 import logging
-import shutil
-import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +31,7 @@ from models.package import (
     TensorInfo,
     check_golden_parity,
     package_dir,
+    staged_package,
     write_manifest,
 )
 
@@ -50,7 +48,14 @@ class OnnxRankingWrapper(nn.Module):
         self.model = model
 
     def forward(self, sparse: Tensor, dense: Tensor) -> Tensor:
-        return self.model({"sparse": sparse, "dense": dense})
+        logits = self.model({"sparse": sparse, "dense": dense})
+        # An input without columns (a model of ids only) feeds nothing, and the exporter drops a graph input
+        # that nothing reads, but the manifest and the ranker feed both: its empty sum adds an exact 0.
+        spec = self.model.feature_spec
+        for values, width in ((sparse, spec.n_sparse), (dense, spec.n_dense)):
+            if width == 0:
+                logits = logits + values.sum(dim=1, keepdim=True).to(logits.dtype)
+        return logits
 
 
 def export_onnx(model: MultiTaskModel, path: Path, opset: int = OPSET, dynamo: bool = False) -> None:
@@ -102,32 +107,24 @@ def export_package(
 ) -> Path:
     """Write ``<repository>/<name>/<version>/`` and check its golden parity; returns the directory.
 
-    The package is assembled in a sibling temporary folder and renamed into place, so a failed export never
-    leaves a half-written version that a server could pick up. Each export has its own folder: two publishes
-    of one version at once never mix their files, and without ``overwrite`` the later one fails.
+    The package is assembled in a folder of its own and renamed into place (``staged_package``): a failed
+    export leaves nothing behind, and without ``overwrite`` an existing version is never replaced.
     """
-    for what, value in (("name", name), ("version", str(version))):
-        if not value or value.startswith(".") or "/" in value or "\\" in value:
-            raise PackageError(f"package {what} {value!r} must be one folder name (not empty, no '/', no leading '.')")
-    if Path(repository).exists() and not Path(repository).is_dir():
-        raise PackageError(f"model repository {repository} is a file, not a folder")
-    target = package_dir(repository, name, version)
-    if target.exists() and not overwrite:
-        raise PackageError(f"{target} already exists (pass overwrite to replace it)")
     if features is not None:
         check_features(features, model.feature_spec)
-    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.staging")
-    staging.mkdir(parents=True)
-    try:
+    features = dict(features) if features is not None else default_features(model)
+    items = None if item_features is None else check_item_features(item_features, features)
+    with staged_package(repository, name, version, overwrite) as staging:
         model = model.eval().cpu().for_export().eval()
         export_onnx(model, staging / ONNX_FILE, dynamo=dynamo)
+        golden = golden_io(model)
+        if not np.isfinite(golden["logits"]).all():  # a diverged model: the ranker would refuse it at load
+            raise PackageError(f"{name}/{version}: the model answers NaN or infinity on the golden inputs")
         # allow_pickle is numpy's default, named so that no array name can stand in for it
-        np.savez(staging / GOLDEN_FILE, allow_pickle=True, **golden_io(model))
-        if item_features is not None:
-            arrays = {k: np.asarray(v) for k, v in item_features.items()}
-            np.savez(staging / ITEM_FEATURES_FILE, allow_pickle=True, **arrays)
+        np.savez(staging / GOLDEN_FILE, allow_pickle=True, **golden)
+        if items is not None:
+            np.savez(staging / ITEM_FEATURES_FILE, allow_pickle=True, **items)
         spec = model.feature_spec
-        features = dict(features) if features is not None else default_features(model)
         export_factored(model, staging, SideLayout.from_features(features), OPSET)
         manifest = Manifest(
             kind="ranking",
@@ -146,18 +143,7 @@ def export_package(
         )
         write_manifest(staging, manifest)
         check_golden_parity(staging, manifest)
-        if overwrite and target.exists():
-            shutil.rmtree(target)
-        try:
-            staging.rename(target)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-            # a non-empty folder is in the way: another publish of this version finished first
-            raise PackageError(f"{target} already exists: another export of it finished first") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    target = package_dir(repository, name, version)
     logger.info("exported %s to %s", family, target)
     return target
 
@@ -165,23 +151,73 @@ def export_package(
 def check_features(features: Mapping[str, Any], spec: FeatureSpec) -> None:
     """The manifest's feature block must describe the graph's columns: the ranker builds request rows from it,
     and clamps an id at or above a column's ``vocab_size`` to 0 (out of vocabulary), so a vocabulary smaller than
-    the model's would silently turn real ids into the unknown id.
+    the model's would silently turn real ids into the unknown id. Each column needs a name and a side, user
+    columns first (docs/contracts.md), or the ranker refuses the package when it loads it.
 
     Raises:
         PackageError: naming the column or count that differs.
     """
+    if not isinstance(features, Mapping):
+        raise PackageError(f"features: 'sparse' and 'dense' column lists, not {type(features).__name__}")
     sparse, dense = list(features.get("sparse", [])), list(features.get("dense", []))
     if (len(sparse), len(dense)) != (spec.n_sparse, spec.n_dense):
         raise PackageError(
             f"features list {len(sparse)} sparse / {len(dense)} dense columns, the model takes "
             f"{spec.n_sparse} / {spec.n_dense}"
         )
+    for group, columns in (("sparse", sparse), ("dense", dense)):
+        sides = [_column_side(f"features.{group}[{i}]", column) for i, column in enumerate(columns)]
+        first_item = sides.index("item") if "item" in sides else len(sides)
+        if "user" in sides[first_item:]:
+            i = sides.index("user", first_item)
+            raise PackageError(f"features.{group}[{i}]: a user-side column after an item-side one")
     for i, (column, vocab_size) in enumerate(zip(sparse, spec.sparse_vocab_sizes, strict=True)):
         if column.get("vocab_size") != vocab_size:
             raise PackageError(
                 f"features.sparse[{i}] ({column.get('name')!r}): vocab_size {column.get('vocab_size')!r}, "
                 f"the model's embedding has {vocab_size} rows"
             )
+
+
+def _column_side(where: str, column: Any) -> str:
+    """The side of one column of the feature block, which also needs a name."""
+    if not isinstance(column, Mapping) or not isinstance(column.get("name"), str):
+        raise PackageError(f"{where}: a column is a mapping with a 'name' string, got {column!r}")
+    side = column.get("side")
+    if side not in ("user", "item"):
+        raise PackageError(f"{where} ({column['name']!r}): side must be 'user' or 'item', got {side!r}")
+    return str(side)
+
+
+def check_item_features(items: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``item_features.npz`` as the ranker reads it (docs/contracts.md): unique integer ``ids [N]``, integer
+    ``sparse [N, S_item]`` and finite ``dense [N, D_item]`` for the item-side columns of ``features``, in its
+    order (an array without columns may be left out). Returns the three arrays in the contract's dtypes.
+
+    Raises:
+        PackageError: naming the array that does not fit.
+    """
+    if "ids" not in items:
+        raise PackageError(f"item_features: no 'ids' array, only {sorted(items)}")
+    ids = np.asarray(items["ids"])
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise PackageError(f"item_features['ids']: integers [N] expected, got {ids.dtype} {list(ids.shape)}")
+    if len(np.unique(ids)) != len(ids):
+        raise PackageError("item_features['ids']: duplicate item ids")
+    table = {"ids": ids.astype(np.int64)}
+    for group, kinds, dtype in (("sparse", "iu", np.int64), ("dense", "iuf", np.float32)):
+        width = sum(column["side"] == "item" for column in features.get(group, []))
+        values = np.asarray(items.get(group, np.zeros((len(ids), 0), dtype)))
+        if values.shape != (len(ids), width) or values.dtype.kind not in kinds:
+            raise PackageError(
+                f"item_features[{group!r}]: {np.dtype(dtype).name} [{len(ids)}, {width}] expected (a row per "
+                f"id, a column per item-side {group} feature), got {values.dtype} {list(values.shape)}"
+            )
+        table[group] = values.astype(dtype)
+    bad = ~np.isfinite(table["dense"]).all(axis=1)
+    if bad.any():
+        raise PackageError(f"item_features['dense']: NaN or infinite value in row {int(bad.argmax())}")
+    return table
 
 
 def default_features(model: MultiTaskModel) -> dict[str, Any]:

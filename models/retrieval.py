@@ -5,8 +5,9 @@
     python -m models.retrieval export   --checkpoint ckpt.pt --repository REPO --name NAME --version V
     python -m models.retrieval index    --package REPO/NAME/V
 
-``export`` writes a complete package (ONNX encoder, golden file, graph store, index, manifest); ``index``
-re-embeds every node of an existing package with its ONNX encoder (the batch job after a graph refresh).
+``export`` writes a complete package (ONNX encoder, golden file, graph store, index, manifest), in place only
+once it is whole and over an existing version only with ``--overwrite``; ``index`` re-embeds every node of an
+existing package with its ONNX encoder (the batch job after a graph refresh).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from models.errors import ModelsError
 from models.graph.export import build_index, write_package
 from models.graph.training import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
 
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--version", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace the version if it exists")
 
     p = sub.add_parser("index", help="re-embed every node of a package with its ONNX encoder")
     p.add_argument("--package", required=True, help="REPOSITORY/NAME/VERSION")
@@ -94,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        _run(args)
+    except ModelsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "train":
         model = _overrides(args.set)
         if args.baseline:
@@ -119,10 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         result = load_checkpoint(args.checkpoint)
         overall = evaluate(result, "test")["overall"]
         metrics = {f"test/{k}": v for k, v in overall.items() if k != "users"}
-        print(write_package(result, args.repository, args.name, args.version, metrics))
+        print(write_package(result, args.repository, args.name, args.version, metrics, args.overwrite))
     else:
         build_index(args.package, progress=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from models.graph.sampling import Neighbourhood, NeighbourSampler
 from models.graph.training import INDEX_SAMPLING_SEED, TrainResult
-from models.package import Manifest, TensorInfo, read_manifest, write_manifest
+from models.package import Manifest, TensorInfo, package_dir, read_manifest, staged_package, write_manifest
 from models.ssmtl import INPUT_NAMES, SSMTL
 
 logger = logging.getLogger(__name__)
@@ -90,10 +90,23 @@ def write_package(
     name: str,
     version: str,
     metrics: dict[str, float] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Export ONNX + golden + graph store, build the index, write the manifest; returns the package folder."""
-    package = Path(repository) / name / str(version)
-    (package / "index").mkdir(parents=True, exist_ok=True)
+    """Export ONNX + golden + graph store, build the index, write the manifest; returns the package folder.
+
+    The package is assembled apart and renamed into place (``staged_package``), as ranking packages are: the
+    index build takes a while, and a version already there is replaced only with ``overwrite``.
+    """
+    with staged_package(repository, name, version, overwrite) as staging:
+        _write_into(staging, result, name, version, metrics)
+    return package_dir(repository, name, version)
+
+
+def _write_into(
+    package: Path, result: TrainResult, name: str, version: str, metrics: dict[str, float] | None
+) -> None:
+    """Every file of the package, written into the folder ``package`` (the staging one)."""
+    (package / "index").mkdir()
     features = result.graph.features.astype(np.float32)
     rng = np.random.default_rng(INDEX_SAMPLING_SEED)
     golden_nb = result.sampler.sample(np.arange(min(8, result.graph.num_nodes)), rng)
@@ -128,7 +141,6 @@ def write_package(
     )
     write_manifest(package, manifest)
     build_index(package)
-    return package
 
 
 def build_index(package: str | Path, chunk: int = 256, progress: bool = False) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.errors import PackageError
 from models.graph.datasets import SHA256, GraphDataError, load_ego_facebook, synthetic_graph, write_verified
 from models.graph.export import build_index, onnx_inputs, write_package
 from models.graph.metrics import per_user_metrics, summarise
@@ -239,6 +240,34 @@ def test_command_line_train_evaluate_export_index(tmp_path, capsys):
     assert main(["index", "--package", str(package)]) == 0
     assert (package / "index" / "embeddings.npy").read_bytes() == before
     verify_package(package)
+
+
+def test_a_retrieval_export_never_replaces_a_version_or_leaves_the_repository(trained, tmp_path, capsys):
+    """write_package wrote into ``<repository>/<name>/<version>/`` in place: a second export of a served
+    version silently replaced its files (no overwrite flag), and ``--name ../x`` wrote outside the repository.
+    """
+    from models.retrieval import main
+
+    repo = tmp_path / "repo"
+    first = write_package(trained, repo, "ssmtl", "1")
+    onnx = (first / "model.onnx").read_bytes()
+    with pytest.raises(PackageError, match="already exists"):
+        write_package(trained, repo, "ssmtl", "1", {"test/recall@50": 0.5})
+    assert (first / "model.onnx").read_bytes() == onnx and read_manifest(first).metrics == {}
+    assert [p.name for p in (repo / "ssmtl").iterdir()] == ["1"]  # no staging folder left behind
+    replaced = write_package(trained, repo, "ssmtl", "1", {"m": 1.0}, overwrite=True)
+    assert read_manifest(replaced).metrics == {"m": 1.0}
+    with pytest.raises(PackageError, match="must be one folder name"):
+        write_package(trained, repo, "../elsewhere", "1")
+    assert not (tmp_path / "elsewhere").exists()
+    checkpoint = tmp_path / "ckpt.pt"
+    save_checkpoint(trained, checkpoint)
+    args = ["export", "--checkpoint", str(checkpoint), "--repository", str(repo), "--name", "ssmtl"]
+    assert main([*args, "--version", "1"]) == 2  # a one-line error, no traceback
+    err = capsys.readouterr().err
+    assert err == f"error: {repo / 'ssmtl' / '1'} already exists (pass overwrite to replace it)\n"
+    assert main([*args, "--version", "1", "--overwrite"]) == 0
+    verify_package(repo / "ssmtl" / "1", check_golden=True)
 
 
 class _RecordingSampler(NeighbourSampler):
