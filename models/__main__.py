@@ -35,46 +35,61 @@ def _option(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def _config_default(field: str) -> str:
+    """TrainConfig's default for ``field``: what a train flag given neither on the command line nor in
+    ``--config`` falls back to (the flags themselves default to None so that the file can set them)."""
+    value = TrainConfig.model_fields[field].get_default(call_default_factory=True)
+    shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return f"(default: {shown})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch's validation metrics")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    train = sub.add_parser("train", help="train one model over one or more seeds", formatter_class=fmt)
+    about = "train one model over one or more seeds"
+    train = sub.add_parser(
+        "train",
+        help=about,
+        description=f"{about}: early stopping on validation, test metrics of the best epoch, mean/std",
+        epilog="Defaults are TrainConfig's; --config sets any TrainConfig key and flags override it.",
+    )
     train.add_argument("--config", type=Path, help="YAML file with TrainConfig keys; flags override it")
     ranking = [name for name in list_models() if model_kind(name) == "ranking"]
     train.add_argument("--model", help=f"registry name of a ranking model; one of: {', '.join(ranking)}")
-    default_dataset = TrainConfig.model_fields["dataset"].default
-    datasets = [name for name in LOADERS if name != default_dataset] + [f"{default_dataset} (default)"]
-    train.add_argument("--dataset", help=" | ".join(datasets))
-    train.add_argument("--data", help="path of the data directory")
-    train.add_argument("--preset", choices=["default", "tiny"])
+    train.add_argument("--dataset", help=f"{' | '.join(LOADERS)} {_config_default('dataset')}")
+    train.add_argument("--data", help="path of the data directory (synthetic and multiflow need none)")
+    train.add_argument("--preset", choices=["default", "tiny"],
+                       help=f"the papers' model sizes or tiny ones {_config_default('preset')}")  # fmt: skip
     train.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                        help="model config override, repeatable")  # fmt: skip
-    train.add_argument("--max-epochs", type=int)
-    train.add_argument("--patience", type=int, help="epochs without validation improvement before stopping")
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--seeds", type=int, nargs="+")
-    train.add_argument("--split-seed", type=int)
-    train.add_argument("--device", choices=["cpu", "cuda"])
-    train.add_argument("--max-steps-per-epoch", type=int)
+    train.add_argument("--max-epochs", type=int, help=f"most epochs per seed {_config_default('max_epochs')}")
+    train.add_argument("--patience", type=int, help="epochs without validation improvement before stopping "
+                       f"{_config_default('patience')}")  # fmt: skip
+    train.add_argument("--batch-size", type=int, help=_config_default("batch_size"))
+    train.add_argument("--lr", type=float, help=f"Adam learning rate {_config_default('lr')}")
+    train.add_argument("--seeds", type=int, nargs="+", help=f"one run per seed {_config_default('seeds')}")
+    train.add_argument("--split-seed", type=int, help=f"seed of the split {_config_default('split_seed')}")
+    train.add_argument("--device", choices=["cpu", "cuda"], help=_config_default("device"))
+    train.add_argument("--max-steps-per-epoch", type=int, help="most mini-batches per epoch (default: all)")
     train.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
     train.add_argument("--output", type=Path, help="write config, checkpoints, results.json/.md here")
 
-    evaluate = sub.add_parser("evaluate", help="test metrics of a checkpoint", formatter_class=fmt)
-    evaluate.add_argument("checkpoint", type=Path)
+    about = "test metrics of a checkpoint"
+    evaluate = sub.add_parser("evaluate", help=about, description=about)
+    evaluate.add_argument("checkpoint", type=Path, help="checkpoint.pt written by train --output")
     evaluate.add_argument("--data", help="override the data path stored in the checkpoint")
-    evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(default: cpu)")
 
-    export = sub.add_parser("export", help="write a model package from a checkpoint", formatter_class=fmt)
-    export.add_argument("checkpoint", type=Path)
+    about = "write a model package from a checkpoint"
+    export = sub.add_parser("export", help=about, description=f"{about}: <repository>/<name>/<version>/")
+    export.add_argument("checkpoint", type=Path, help="checkpoint.pt written by train --output")
     export.add_argument("--repository", type=Path, required=True, help="model repository root")
-    export.add_argument("--name", required=True)
-    export.add_argument("--version", required=True)
-    export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--name", required=True, help="model name (one folder name)")
+    export.add_argument("--version", required=True, help="version (one folder name, e.g. 1)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing version")
     export.add_argument("--dynamo", action="store_true", help="use the torch.export-based ONNX exporter")
     return parser
 

@@ -68,6 +68,18 @@ class TrainConfig(BaseModel):
             )
         return name
 
+    @field_validator("model_options")
+    @classmethod
+    def _config_fields_only(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The builder's own arguments would reach it twice (a TypeError after the data loaded)."""
+        taken = [key for key in ("features", "tasks", "preset") if key in options]
+        if taken:
+            raise ValueError(
+                f"{taken} are not model config fields (features and tasks come from the data set, the size "
+                "preset from --preset or the preset key)"
+            )
+        return options
+
 
 @dataclass
 class SeedResult:
