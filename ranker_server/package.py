@@ -50,7 +50,7 @@ class FeatureSpec(_Lenient):
 
 
 class Manifest(_Lenient):
-    format_version: int
+    format_version: Literal[1]  # the format this server reads (docs/contracts.md); a later one may change files
     kind: Literal["ranking", "retrieval"]
     name: str
     version: str

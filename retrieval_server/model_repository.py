@@ -100,6 +100,8 @@ def load_package(root: Path, name: str, version: str, exact_max_items: int = EXA
         raise PackageError(f"{manifest_path}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("kind") != "retrieval":
         raise PackageError(f"{manifest_path}: kind is {manifest.get('kind')!r}, expected 'retrieval'")
+    if manifest.get("format_version") != 1:  # a later format may change what the files mean
+        raise PackageError(f"{manifest_path}: format_version {manifest.get('format_version')!r}, this server reads 1")
     expected = {"model.onnx": manifest.get("onnx_sha256"), **manifest.get("files", {})}
     for rel in ("model.onnx", "index/embeddings.npy", "index/graph.npz"):
         if rel not in expected or expected[rel] is None:

@@ -89,8 +89,16 @@ def _features_narrower_than_the_graph(package: Path) -> str:
     return f"{package / MANIFEST}: features declare 2 sparse / 3 dense columns, the graph takes 3 / 3"
 
 
+def _a_later_format(package: Path) -> str:
+    manifest = read_manifest(package)
+    manifest.format_version = 2  # a later exporter's files may mean something else
+    write_manifest(package, manifest)
+    return f"{package / MANIFEST}: invalid manifest"
+
+
 BROKEN_PACKAGES = [
     _not_utf8_manifest,
+    _a_later_format,
     _manifest_is_a_folder,
     _truncated_golden_signed,
     _golden_without_rows,

@@ -152,6 +152,9 @@ def test_repository_verifies_checksums_and_kind(repository_root):
     manifest_path.write_text(json.dumps({**manifest, "kind": "ranking"}))
     with pytest.raises(PackageError, match="kind"):
         repository.load("ssmtl", "2")
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 2}))
+    with pytest.raises(PackageError, match="format_version 2, this server reads 1"):
+        repository.load("ssmtl", "2")
     with pytest.raises(PackageError, match="not found"):
         repository.load("ssmtl", "404")
 
