@@ -10,9 +10,10 @@ turns those sums into ``TestStatistic`` objects for ``analyse_metrics`` / ``comp
 are those of ``MemoryEventStore``'s row path, which is the reference the tests compare against:
 
 - a user's first exposure is the earliest ``(ts, event_id)``; its variant is the user's variant;
-- outcomes are deduplicated by event id (``(event_id, user_id, metric, ts)``; a copy with another value keeps
-  the smaller one), then attributed to the user when ``first_ms <= ts < first_ms + window``; outcomes before the
-  first exposure are the pre-exposure covariate (CUPED);
+- outcomes are deduplicated by event id (key ``(event_id, user_id, metric)``: an event's time is the earliest of
+  its copies', its value the smallest, so a client's retry with the event's id counts once), then attributed to
+  the user when ``first_ms <= ts < first_ms + window``; outcomes before the first exposure are the pre-exposure
+  covariate (CUPED);
 - at a cut point ``c`` only users with ``first_ms <= c`` and outcomes with ``ts <= c`` count.
 
 The query is built with sqlglot expressions (never by pasting strings) and rendered per engine by a dialect
@@ -204,9 +205,10 @@ _TS_EMPTY = 2**62
 class RolledPart:
     """A compacted part of the events and its rollups (see ``exposure_rollup`` and ``outcome_rollup``).
 
-    ``outcomes`` holds no two rows with one event id, and none with the event id of a row of another rolled part or
-    of ``Relations.outcomes_unique``; ``outcome_rollup`` sums exactly those rows of the ``metrics`` it lists (the
-    rolled-up column ``before_n0`` is of ``metrics[0]``, and so on); ``first_exposures`` rolls up ``exposures``.
+    ``outcomes`` holds no two rows of one event (``(event_id, user_id, metric)``: the deduplication key), and
+    none of an event in another rolled part or in ``Relations.outcomes_unique``; ``outcome_rollup`` sums
+    exactly those rows of the ``metrics`` it lists (the rolled-up column ``before_n0`` is of ``metrics[0]``,
+    and so on); ``first_exposures`` rolls up ``exposures``.
     Queries read the raw ``outcomes`` only for the rolled-up rows a query's boundaries cut through, and for the
     outcome names the rollup does not list.
     """
@@ -223,7 +225,7 @@ class RolledPart:
 class Relations:
     """Where the events are, as relations usable in FROM.
 
-    Outcomes may come in several parts: ``outcomes_unique`` holds no two rows with one event id (a compacted part,
+    Outcomes may come in several parts: ``outcomes_unique`` holds no two rows of one event (a compacted part,
     deduplicated when written); ``outcomes_raw`` may (fresh appends, or a server table); each rolled part
     (``rollups``) holds unique outcomes too, none of them in another rolled part or in ``outcomes_unique``. The
     query deduplicates ``outcomes_raw`` and drops its events already in a unique part. ``exposures`` are the raw
@@ -406,37 +408,42 @@ def _unique_relations(relations: Relations) -> list[exp.Expr]:
 
 
 def fresh_outcomes(relations: Relations, events: Sequence[str] | None = None) -> exp.Select | None:
-    """``outcomes_raw`` without duplicate event ids and without the events already in a unique part (those
-    win), optionally only those of ``events``; None when there are no raw outcomes."""
+    """``outcomes_raw`` with one row per event (key ``(event_id, user_id, metric)``; its time is the earliest
+    of its copies', its value the smallest) and without the events already in a unique part (those win),
+    optionally only those of ``events``; None when there are no raw outcomes."""
     if relations.outcomes_raw is None:
         return None
     columns = _outcome_columns(relations)
-    keys = [_col(c) for c in columns if c != "value"]
+    keys = [_col(c) for c in columns if c not in ("ts", "value")]
     deduplicated = (
-        exp.select(*keys, exp.alias_(exp.Min(this=_col("value")), "value"), copy=False)
+        exp.select(*keys, *(exp.alias_(exp.Min(this=_col(c)), c) for c in ("ts", "value")), copy=False)
         .from_(_outcomes_of(relations.outcomes_raw, "r", columns, events).subquery("raw"), copy=False)
         .group_by(*[k.copy() for k in keys], copy=False)
     )
     unique = _unique_relations(relations)
     if not unique:
         return deduplicated
-    # Events in both: found by a join whose build side is the (small) raw part, then left out of it.
-    known = _union_all([exp.select(_col("event_id", "u")).from_(_from(r, "u")) for r in unique])
+    # Events in both, by the deduplication's key: found by a join whose build side is the (small) raw part, then
+    # left out of it. With a hash key, the user's key and check stand for the user id.
+    user = (relations.user_key, relations.user_check or "") if relations.keyed else ("user_id",)
+    event = ("event_id", "metric", *user)
+    known = _union_all([exp.select(*(_col(c, "u") for c in event)).from_(_from(r, "u")) for r in unique])
+    same = _and(*(exp.EQ(this=_col(c, "k"), expression=_col(c, "d")) for c in event))
     again = (
-        exp.select(_col("event_id", "d"), copy=False)
+        exp.select(*(_col(c, "d") for c in event), copy=False)
         .from_(deduplicated.copy().subquery("d"), copy=False)
-        .join(known.subquery("k"), on=exp.EQ(this=_col("event_id", "k"), expression=_col("event_id", "d")),
-              copy=False)
-    )  # fmt: skip
+        .join(known.subquery("k"), on=same, copy=False)
+    )
+    seen = exp.Tuple(expressions=[_col(c) for c in event]).isin(query=again.subquery())
     return (
         exp.select(*(_col(c) for c in columns), copy=False)
         .from_(deduplicated.subquery("f"), copy=False)
-        .where(exp.not_(_col("event_id").isin(query=again)), copy=False)
+        .where(exp.not_(seen), copy=False)
     )
 
 
 def unique_outcomes(relations: Relations, events: Sequence[str] | None = None) -> exp.Query:
-    """Outcome rows without duplicate event ids, optionally only those of ``events`` (rolled parts included,
+    """Outcome rows without duplicate events, optionally only those of ``events`` (rolled parts included,
     read raw)."""
     columns = _outcome_columns(relations)
     parts: list[exp.Query] = [_outcomes_of(r, "u", columns, events) for r in _unique_relations(relations)]
@@ -577,11 +584,13 @@ class UserValues:
 @dataclass(frozen=True)
 class Cap:
     """A quantile a metric clips a per-user value by: taken per cut over all users in it; ``side`` says whether
-    it is the value's lower or upper limit."""
+    it is the value's lower or upper limit, ``opposite`` the fixed limit on the other side, if any (a cap beyond
+    it moves every user's value: to the upper limit, as numpy's clip does)."""
 
     value: exp.Expr
     quantile: float
     side: Literal["lower", "upper"]
+    opposite: float | None = None
 
 
 class MetricKind(abc.ABC):
@@ -605,11 +614,14 @@ class MetricKind(abc.ABC):
 
 
 def _clip(value: exp.Expr, lower: exp.Expr | None, upper: exp.Expr | None) -> exp.Expr:
-    """``value`` limited to [lower, upper]; a NULL (or NaN) bound does not clip, like numpy with no bound."""
+    """``value`` limited to [lower, upper] as ``numpy.clip`` does it (a lower bound above the upper one gives
+    every value the upper one); a NULL (or NaN) bound does not clip, like numpy with no bound."""
     if lower is None and upper is None:
         return value
     value = exp.Cast(this=value, to=exp.DataType.build("double"))  # one type in every branch (ClickHouse)
     case = exp.case()
+    if lower is not None and upper is not None:  # a quantile on one side may pass a fixed value on the other
+        case = case.when(exp.GT(this=lower.copy(), expression=upper.copy()), upper.copy())
     if lower is not None:
         case = case.when(exp.LT(this=value.copy(), expression=lower), lower.copy())
     if upper is not None:
@@ -652,9 +664,10 @@ class MeanKind(MetricKind):
         )
         for side, quantile in sides:
             if quantile is not None:
-                out[f"v{side}"] = Cap(value, quantile, side)
+                opposite = w.upper_value if side == "lower" else w.lower_value
+                out[f"v{side}"] = Cap(value, quantile, side, opposite)
                 if metric.cuped:
-                    out[f"p{side}"] = Cap(self._pre(values, metric), quantile, side)
+                    out[f"p{side}"] = Cap(self._pre(values, metric), quantile, side, opposite)
         return out
 
     def _bounds(
@@ -1195,15 +1208,16 @@ def _cuts_query(ctes: list[tuple[str, exp.Expr]], layout: _Layout, metrics: Sequ
         )).from_("caps")  # fmt: skip
 
         def beyond(value: Callable[[int], exp.Expr]) -> exp.Expr:
-            out = []
+            """Whether a user's value is clipped by a cap at some cut (every user's is where a cap passes the
+            fixed limit on its other side)."""
+            out: list[exp.Expr] = []
             for name, cap in cap_values(value).items():
                 v = exp.Cast(this=cap.value, to=exp.DataType.build("double"))
                 bound = _col(name, "bounds")
-                out.append(
-                    exp.LT(this=v, expression=bound)
-                    if cap.side == "lower"
-                    else exp.GT(this=v, expression=bound)
-                )
+                compare = exp.LT if cap.side == "lower" else exp.GT
+                out.append(compare(this=v, expression=bound))
+                if cap.opposite is not None:
+                    out.append(compare(this=_lit(float(cap.opposite)), expression=bound.copy()))
             return _or(*out)
 
         tail = (

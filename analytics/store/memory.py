@@ -24,8 +24,8 @@ class MemoryEventStore(EventStore):
         self._lock = threading.Lock()
         # experiment -> user -> [first_ms, first_event_id, variant, last_ms]
         self._exposures: dict[str, dict[str, list]] = defaultdict(dict)
-        # user -> {(metric, ts, event_id): value}
-        self._outcomes: dict[str, dict[tuple[str, int, str], float]] = defaultdict(dict)
+        # user -> {(metric, event_id): (ts, value)}: of an event's copies, the earliest time and the smallest value
+        self._outcomes: dict[str, dict[tuple[str, str], tuple[int, float]]] = defaultdict(dict)
         self._offsets: dict[TopicPartition, int] = {}
         # experiment -> (user, request) -> the first interleaved exposure of that request
         self._requests: dict[str, dict[tuple[str, str], InterleavedExposure]] = defaultdict(dict)
@@ -59,7 +59,8 @@ class MemoryEventStore(EventStore):
                     state[0], state[1], state[2] = ts, event_id, variant
                 state[3] = max(state[3], ts)
             for event_id, user, metric, ts, value in outcomes:
-                self._outcomes[user].setdefault((metric, ts, event_id), value)
+                first_ts, least = self._outcomes[user].get((metric, event_id), (ts, value))
+                self._outcomes[user][(metric, event_id)] = (min(first_ts, ts), min(least, value))
             for event_id, experiment, user, request, ts, items, teams, *arms in interleaved:
                 kept = self._requests[experiment].get((user, request))
                 if kept is None or (ts, event_id) < (kept.event_time_ms, kept.event_id):
@@ -98,7 +99,7 @@ class MemoryEventStore(EventStore):
                     continue
                 end = self._window_end(first_ms)
                 total, n, pre = 0.0, 0, 0.0
-                for (m, ts, _), value in self._outcomes.get(user, {}).items():
+                for (m, _), (ts, value) in self._outcomes.get(user, {}).items():
                     if m != metric:
                         continue
                     if ts < first_ms:

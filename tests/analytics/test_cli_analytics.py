@@ -218,7 +218,7 @@ def _old_sqlite_store(path: Path) -> None:
         db.execute("INSERT INTO exposures VALUES (?, ?, ?, ?, ?, ?)",
                    ("ranking-dml", user, variant, first_ms, event_id, last_ms + 5))  # fmt: skip
     for user, events in reference._outcomes.items():
-        for (metric, ts, event_id), value in events.items():
+        for (metric, event_id), (ts, value) in events.items():
             db.execute("INSERT INTO outcomes VALUES (?, ?, ?, ?, ?)", (user, event_id, metric, ts, value))
     db.execute("INSERT INTO offsets VALUES ('mtrank.outcomes', 3, 41)")
     db.commit()
@@ -247,6 +247,36 @@ def test_migrate_copies_a_sqlite_store_and_checks_the_counts(tmp_path: Path, cap
         assert code == 2 and "already holds events" in err and err.count("\n") == 1
 
 
+def test_migrate_a_store_of_the_first_sqlite_schema_with_a_retried_outcome(tmp_path: Path, capsys) -> None:
+    """The first SQLite schema keyed outcomes by (user, metric, time, event id): a retry (the event's id, a
+    later time) is two rows there and one event in the new stores; the count check must expect one."""
+    import sqlite3
+
+    old = tmp_path / "first.db"
+    db = sqlite3.connect(old)
+    db.executescript(
+        """
+        CREATE TABLE exposures (experiment TEXT, user_id TEXT, variant TEXT, first_ms INTEGER,
+                                first_event_id TEXT, last_ms INTEGER, PRIMARY KEY (experiment, user_id));
+        CREATE TABLE outcomes (user_id TEXT, metric TEXT, ts INTEGER, event_id TEXT, value REAL,
+                               PRIMARY KEY (user_id, metric, ts, event_id)) WITHOUT ROWID;
+        CREATE TABLE offsets (topic TEXT, partition INTEGER, last_offset INTEGER,
+                              PRIMARY KEY (topic, partition));
+        INSERT INTO exposures VALUES ('exp', 'u1', 'a', 10, 'x1', 10), ('exp', 'u2', 'b', 20, 'x2', 20);
+        INSERT INTO outcomes VALUES ('u1', 'buy', 30, 'o1', 4.0), ('u1', 'buy', 35, 'o1', 4.0),
+                                    ('u2', 'buy', 40, 'o2', 1.0);
+        """
+    )
+    db.commit()
+    db.close()
+    to = str(tmp_path / "events")
+    code, out, err = run(capsys, "migrate", "--from", str(old), "--to", to)
+    assert code == 0, err
+    assert json.loads(out)["outcomes"] == 2
+    with open_store(to) as store:
+        assert list(store.user_metric_values("exp", "buy")) == [("a", 4.0, 1, 0.0), ("b", 1.0, 1, 0.0)]
+
+
 def test_store_errors_are_one_line(tmp_path: Path, capsys) -> None:
     old = tmp_path / "events.db"
     _old_sqlite_store(old)
@@ -265,6 +295,18 @@ def test_store_errors_are_one_line(tmp_path: Path, capsys) -> None:
     code, _, err = run(capsys, "migrate", "--from", str(not_sqlite), "--to", str(tmp_path / "made"))
     assert code == 2 and "is not a SQLite event store" in err
     assert not (tmp_path / "new").exists() and not (tmp_path / "made").exists()  # no empty store left behind
+
+
+def test_an_unreachable_clickhouse_is_one_line_on_stderr() -> None:
+    """In a real process (in-process runs hide log records from capsys): the HTTP client logged a warning per
+    failed attempt before the error, and the error quoted its retry machinery instead of the reason."""
+    port = free_port()
+    found = subprocess.run(
+        [sys.executable, "-m", "analytics", "report", "x", "--store", f"clickhouse://127.0.0.1:{port}/db",
+         "--metrics", str(EXAMPLE)], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert found.returncode == 2
+    assert found.stderr == f"error: cannot reach ClickHouse at 127.0.0.1:{port}: Connection refused\n"
 
 
 def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys) -> None:

@@ -19,7 +19,7 @@ import pytest
 from analytics import sql_compiler as sql
 from analytics.metrics import AnalysisConfig
 from analytics.report import build_report
-from analytics.stats.models.statistics import SampleMean
+from analytics.stats.models.statistics import CupedMean, Proportion, Ratio, SampleMean
 from analytics.store import (
     DuckDBEventStore,
     EventStore,
@@ -176,6 +176,144 @@ def test_reports_and_timelines_match_the_reference(stores, engine: str) -> None:
         expected.pop("generated_at_ms"), found.pop("generated_at_ms")
         assert len(found["timeline"]) == 7 * len(METRICS) * (len(found["variants"]) - 1)
         assert_close(found, expected, f"{engine}/{experiment}")
+
+
+CROSSING = [  # a quantile cap passing the fixed value on its other side (a sparse outcome's 90% quantile: 0)
+    {"name": "floor_p90", "type": "mean", "event": "purchase",
+     "winsorize": {"lower_value": 1.0, "upper_quantile": 0.9}},
+    {"name": "floor_p80_cuped", "type": "mean", "event": "purchase", "cuped": True,
+     "winsorize": {"lower_value": 0.5, "upper_quantile": 0.8}},
+    {"name": "p50_ceiling", "type": "mean", "event": "watch",
+     "winsorize": {"lower_quantile": 0.5, "upper_value": 2.0}},
+    {"name": "clicks_floor_p70", "type": "count", "event": "click",
+     "winsorize": {"lower_value": 1, "upper_quantile": 0.7}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "chdb"])
+def test_caps_that_cross_a_fixed_value_clip_as_numpy_does(stores, engine: str) -> None:
+    """numpy's clip (the reference) gives every value the upper limit when the lower one is above it; the SQL
+    clipped the values below the lower limit up to it and the others down to the upper one."""
+    config = AnalysisConfig.model_validate({"metrics": CROSSING})
+    reference, store = stores["memory"], stores[engine]
+    for experiment in ("exp-a", "exp-b"):
+        lo, hi = reference.time_range(experiment)
+        cuts = [*(lo + (hi - lo) * k // 6 for k in range(1, 6)), None]
+        for some in (cuts, cuts[2:3], [None]):
+            expected = reference.metric_statistics(experiment, config.metrics, some)
+            assert_close(store.metric_statistics(experiment, config.metrics, some), expected, experiment)
+
+
+def test_crossing_caps_by_hand(tmp_path: Path) -> None:
+    values = np.array([0.0, 1.0, 5.0, 10.0, 20.0, 3.0])  # users u0..u5, variants a, b, a, b, ...
+    exposures = [ExposureRow(f"x{i}", "e", "ab"[i % 2], f"u{i}", 100 + i) for i in range(6)]
+    outcomes = [OutcomeRow(f"o{i}", f"u{i}", "buy", 200, float(v)) for i, v in enumerate(values)]
+    caps = [{"lower_quantile": 0.5, "upper_value": 2.0}, {"lower_value": 8.0, "upper_quantile": 0.2}]
+    metrics = [{"name": f"m{i}", "type": "mean", "event": "buy", "winsorize": w} for i, w in enumerate(caps)]
+    config = AnalysisConfig.model_validate({"metrics": metrics})
+    clipped = [np.clip(values, np.quantile(values, 0.5), 2.0), np.clip(values, 8.0, np.quantile(values, 0.2))]
+    expected = [
+        {v: SampleMean.from_values(c[i::2]) for i, v in enumerate("ab")} for c in clipped
+    ]  # every value is the upper limit: 2.0 and 1.0
+    assert [s["a"].sum for s in expected] == [6.0, 3.0]
+    stores = [MemoryEventStore(), DuckDBEventStore(tmp_path / "s"), open_store("chdb://")]
+    for store in stores:
+        store.apply(exposures, outcomes, {})
+        assert_close(store.metric_statistics("e", config.metrics, [None]), [expected], repr(store))
+        store.close()
+
+
+# Edge cases by hand: a tie on the first exposure (the smaller event id wins), a later exposure in another
+# variant, outcomes at the first exposure, at the last millisecond of the window and at its end, at a cut,
+# before exposure, exact copies, a retry with the event's id at a later time, copies with different values, a
+# user without outcomes, one exposed after a cut, a unicode id, a huge value, an unexposed user, another
+# experiment.
+HAND_EXPOSURES = [
+    ExposureRow("x1", "e", "a", "u1", 1000), ExposureRow("x0", "e", "b", "u1", 1000),
+    ExposureRow("x2", "e", "a", "ü2", 1000), ExposureRow("x3", "e", "a", "u3", 1500),
+    ExposureRow("x3b", "e", "b", "u3", 2500), ExposureRow("x4", "e", "b", "u4", 3000),
+    ExposureRow("x5", "e", "b", "u5", 500), ExposureRow("x5", "e", "b", "u5", 500),
+    ExposureRow("f1", "f", "a", "u1", 0),
+]  # fmt: skip
+HAND_OUTCOMES = [
+    OutcomeRow("o1", "ü2", "buy", 1000, 1.0), OutcomeRow("o2", "ü2", "buy", 1999, 100.0),
+    OutcomeRow("o3", "ü2", "buy", 2000, 10.0), OutcomeRow("o4", "ü2", "buy", 999, 7.0),
+    OutcomeRow("o5", "ü2", "view", 1500, 1.0), OutcomeRow("o10", "u5", "buy", 1499, 2e6),
+    OutcomeRow("o6", "u1", "buy", 1800, 3.0), OutcomeRow("o6", "u1", "buy", 1800, 3.0),
+    OutcomeRow("o6", "u1", "buy", 1950, 3.0), OutcomeRow("o7", "u1", "view", 1500, 1.0),
+    OutcomeRow("o8", "u4", "buy", 3000, 2.0), OutcomeRow("o9", "u5", "buy", 400, 5.0),
+    OutcomeRow("o10", "u5", "buy", 1499, 1e6), OutcomeRow("o11", "u5", "view", 1499, 1.0),
+    OutcomeRow("o12", "u9", "buy", 1000, 1.0),
+]  # fmt: skip
+HAND_METRICS = [
+    {"name": "bought", "type": "binomial", "event": "buy"},
+    {"name": "buys", "type": "count", "event": "buy"},
+    {"name": "spend", "type": "mean", "event": "buy", "cuped": True},
+    {"name": "spend_capped", "type": "mean", "event": "buy",
+     "winsorize": {"lower_value": 2.0, "upper_value": 50.0}},
+    {"name": "buys_per_view", "type": "ratio", "numerator": "buy", "denominator": "view",
+     "aggregation": "count"},
+]  # fmt: skip
+
+
+def _direct(metric: dict, cut: int | None, window: int | None) -> dict[str, Any]:
+    """The metric's statistics computed with pandas from ``HAND_*`` (independently of the stores)."""
+    import pandas as pd
+
+    until = np.inf if cut is None else cut
+    x = pd.DataFrame(HAND_EXPOSURES, columns=ExposureRow._fields)
+    first = x[x.experiment_key == "e"].sort_values(["event_time_ms", "event_id"]).groupby("user_id").first()
+    first = first[first.event_time_ms <= until]
+    o = pd.DataFrame(HAND_OUTCOMES, columns=OutcomeRow._fields)
+    o = o.groupby(["event_id", "user_id", "metric"], as_index=False).min()  # earliest time, smallest value
+    o = o.join(first.event_time_ms.rename("first"), on="user_id", how="inner")
+    end = o["first"] + (np.inf if window is None else window)
+    post = o[(o.event_time_ms >= o["first"]) & (o.event_time_ms < end) & (o.event_time_ms <= until)]
+    pre = o[o.event_time_ms < o["first"]]
+
+    def per_user(rows: pd.DataFrame, event: str, how: str) -> pd.Series:
+        rows = rows[rows.metric == event].groupby("user_id").value
+        return (rows.sum() if how == "sum" else rows.count()).reindex(first.index, fill_value=0).astype(float)
+
+    out: dict[str, Any] = {}
+    for variant, users in first.groupby("variant_key").groups.items():
+        if metric["type"] == "ratio":
+            num, den = (per_user(post, metric[k], "count")[users] for k in ("numerator", "denominator"))
+            out[variant] = Ratio.from_values(num.to_numpy(), den.to_numpy())
+            continue
+        event = metric["event"]
+        value = per_user(post, event, "sum" if metric["type"] == "mean" else "count")[users].to_numpy()
+        caps = metric.get("winsorize", {})
+        if metric["type"] == "binomial":
+            out[variant] = Proportion.from_values(value > 0)
+        elif metric.get("cuped"):
+            out[variant] = CupedMean.from_values(value, per_user(pre, event, "sum")[users].to_numpy())
+        else:
+            clipped = np.clip(value, caps.get("lower_value"), caps.get("upper_value"))
+            out[variant] = SampleMean.from_values(clipped)
+    return out
+
+
+@pytest.mark.parametrize("window", [None, 1000])
+def test_hand_built_edge_cases_match_a_direct_computation(tmp_path: Path, window: int | None) -> None:
+    config = AnalysisConfig.model_validate({"metrics": HAND_METRICS})
+    cuts = [999, 1999, 2000, None]
+    expected = [[_direct(m, cut, window) for m in HAND_METRICS] for cut in cuts]
+    assert expected[-1][0] == {"a": Proportion(2, 1.0), "b": Proportion(3, 3.0)}
+    assert expected[-1][2]["a"].post.sum == (111.0 if window is None else 101.0)  # o3 at the window's end
+    duck = DuckDBEventStore(tmp_path / "s", attribution_window_ms=window, compact_parts=0)
+    stores = [MemoryEventStore(window), duck, open_store("chdb://", attribution_window_ms=window)]
+    for store in stores:
+        store.apply(HAND_EXPOSURES[:4], HAND_OUTCOMES[:6], {})
+        store.apply(HAND_EXPOSURES[4:], HAND_OUTCOMES[6:], {})
+    for compacted in (False, True):
+        if compacted:  # the events read through a compacted part's rollups, and copies replayed after it
+            assert duck.compact(everything=True)
+            duck.apply(HAND_EXPOSURES[::3], HAND_OUTCOMES[::2], {})
+        for store in stores:
+            assert_close(store.metric_statistics("e", config.metrics, cuts), expected, repr(store))
+    for store in stores:
+        store.close()
 
 
 def test_the_same_sql_runs_on_both_engines_from_one_definition() -> None:

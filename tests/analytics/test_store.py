@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +105,43 @@ def test_duplicate_events_count_once(make_store) -> None:
     assert list(store.user_metric_values("exp", "click")) == [("a", 1.0, 1, 0.0)]
 
 
+def test_a_retry_with_the_event_id_at_a_later_time_counts_once(make_store) -> None:
+    """``OutcomeClient.report(..., event_id=...)`` retries "without double counting", but stamps the retry
+    with the time it is sent: copies of one event (id, user, outcome name) count once, at their earliest time
+    with their smallest value, whichever arrives first. They counted once per time (revenue doubled by one
+    retry)."""
+    store = make_store(window=100)
+    first = OutcomeRow("o1", "u1", "purchase", 40, 9.5)
+    retries = [first._replace(event_time_ms=45), first._replace(event_time_ms=140)]  # 140: after the window
+    store.apply([ExposureRow("e1", "exp", "a", "u1", 30)], retries, {})
+    copies = [OutcomeRow("o2", "u1", "purchase", 50, 3.0), OutcomeRow("o2", "u1", "purchase", 50, 2.0)]
+    store.apply([], [first, *copies], {})
+    assert store.counts() == {"exposed_users": 1, "outcomes": 2}
+    assert list(store.user_metric_values("exp", "purchase")) == [("a", 11.5, 2, 0.0)]
+
+
+def test_duckdb_a_retry_counts_once_before_and_after_compaction(tmp_path: Path) -> None:
+    """A retry (the event's id, a later time) read against a compacted part was dropped, and counted beside
+    the original when both were raw: the store's answer changed when it compacted."""
+    exposures = [ExposureRow("e1", "exp", "a", "u1", 30), ExposureRow("e2", "exp", "b", "u2", 30)]
+    original = [OutcomeRow("o1", "u1", "purchase", 40, 9.5), OutcomeRow("o2", "u2", "purchase", 40, 1.0)]
+    retries = [original[0]._replace(event_time_ms=60), OutcomeRow("o3", "u2", "purchase", 70, 4.0)]
+    reference = MemoryEventStore()
+    compacted = DuckDBEventStore(tmp_path / "compacted", compact_parts=0)
+    with DuckDBEventStore(tmp_path / "raw", compact_parts=0) as raw, compacted:
+        for store in (reference, compacted, raw):
+            store.apply(exposures, original, {})
+        assert compacted.compact(everything=True)
+        for store in (reference, compacted, raw):
+            store.apply([], retries, {})
+        expected = [("a", 9.5, 1, 0.0), ("b", 5.0, 2, 0.0)]
+        for store in (reference, compacted, raw):
+            assert list(store.user_metric_values("exp", "purchase")) == expected
+            assert store.counts() == {"exposed_users": 2, "outcomes": 3}
+        assert compacted.compact(everything=True)  # the tail merged into the compacted events: still once
+        assert list(compacted.user_metric_values("exp", "purchase")) == expected
+
+
 def test_offsets_never_go_backwards_and_failed_apply_changes_nothing(make_store) -> None:
     store = make_store()
     store.apply([], [OutcomeRow("o1", "u1", "click", 2, 1.0)], {TP: 10})
@@ -112,6 +150,19 @@ def test_offsets_never_go_backwards_and_failed_apply_changes_nothing(make_store)
     ):
         store.apply([ExposureRow("e1", "exp", "a", "u1", 1)], [], {TP: 9})
     assert store.experiments() == [] and store.offsets() == {TP: 10}
+
+
+def test_chdb_inserts_through_a_temporary_folder_whose_name_holds_a_quote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """chDB inserts read a Parquet file written in the temporary folder, whose name was pasted into the SQL
+    unquoted: TMPDIR=/tmp/it's made every insert a syntax error."""
+    folder = tmp_path / "it's \\ tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    with open_store("chdb://") as store:
+        store.apply([ExposureRow("e1", "exp", "a", "u1", 1)], [OutcomeRow("o1", "u1", "click", 2, 1.0)], {})
+        assert store.counts() == {"exposed_users": 1, "outcomes": 1}
 
 
 def test_duckdb_state_survives_reopen(tmp_path: Path) -> None:
