@@ -131,9 +131,9 @@ class MetricDefinition(_Strict):
     name: str = Field(min_length=1)
     type: MetricType
     description: str = ""
-    event: str | None = None
-    numerator: str | None = None
-    denominator: str | None = None
+    event: str | None = Field(default=None, min_length=1)  # no outcome has an empty name: it would read none
+    numerator: str | None = Field(default=None, min_length=1)
+    denominator: str | None = Field(default=None, min_length=1)
     aggregation: Literal["sum", "count"] = "sum"
     winsorize: Winsorization | None = None
     cuped: bool = False
@@ -262,6 +262,11 @@ def load_analysis_config(path: str | Path) -> AnalysisConfig:
         text = path.read_text()
         data = yaml.safe_load(text)
         root = yaml.compose(text)
+    except yaml.MarkedYAMLError as exc:  # its text spans lines and names "<unicode string>", not the file
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(part for part in (exc.context, exc.problem) if part)
+        raise MetricConfigError(f"{where}: cannot read analysis config: invalid YAML: {problem}") from exc
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise MetricConfigError(f"{path}: cannot read analysis config: {exc}") from exc
     if not isinstance(data, dict):

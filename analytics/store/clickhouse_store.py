@@ -13,12 +13,14 @@ engine in-process (``chdb:///path``), which the tests use to prove the ClickHous
 from __future__ import annotations
 
 import abc
+import contextlib
+import logging
 import os
 import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -55,6 +57,36 @@ SCHEMA_SQL = Path(__file__).with_name("clickhouse_schema.sql")
 DEFAULT_PORT = 8123
 # Unmatched LEFT JOIN columns are NULL (as in standard SQL and DuckDB), not the type's default.
 QUERY_SETTINGS = {"join_use_nulls": 1}
+
+
+_CLIENT_LOGGERS = ("urllib3.connectionpool", "clickhouse_connect")
+"""Loggers of the HTTP client that warn about each failed connection attempt."""
+
+
+@contextlib.contextmanager
+def _quiet_client() -> Iterator[None]:
+    """Silence the HTTP client's warnings while connecting: a failure is one ``StoreUnreachable`` line."""
+    loggers = [logging.getLogger(name) for name in _CLIENT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in one line: the innermost OS error's text (``Connection refused``, ``Name or
+    service not known``) when there is one, else the first line of ``exc``."""
+    cause: BaseException | None = exc
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            reason = cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    return reason
 
 
 def schema_statements() -> list[str]:
@@ -97,18 +129,19 @@ class ConnectClient(ClickHouseClient):
 
         self._error = ClickHouseError
         try:
-            admin = clickhouse_connect.get_client(
-                host=host, port=port, username=user, password=password, connect_timeout=5
-            )
-            admin.command(f"CREATE DATABASE IF NOT EXISTS {exp.to_identifier(database).sql('clickhouse')}")
-            admin.close()
-            self._client = clickhouse_connect.get_client(
-                host=host, port=port, username=user, password=password, database=database,
-                settings=QUERY_SETTINGS, connect_timeout=5,
-            )  # fmt: skip
+            with _quiet_client():
+                admin = clickhouse_connect.get_client(
+                    host=host, port=port, username=user, password=password, connect_timeout=5
+                )
+                name = exp.to_identifier(database).sql("clickhouse")
+                admin.command(f"CREATE DATABASE IF NOT EXISTS {name}")
+                admin.close()
+                self._client = clickhouse_connect.get_client(
+                    host=host, port=port, username=user, password=password, database=database,
+                    settings=QUERY_SETTINGS, connect_timeout=5,
+                )  # fmt: skip
         except ClickHouseError as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreUnreachable(f"cannot reach ClickHouse at {host}:{port}: {first_line}") from exc
+            raise StoreUnreachable(f"cannot reach ClickHouse at {host}:{port}: {_reason(exc)}") from exc
 
     def query(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         result = self._client.query(query)
@@ -179,7 +212,8 @@ class ChdbClient(ClickHouseClient):
     def insert(self, table: str, data: pa.Table) -> None:
         with tempfile.NamedTemporaryFile(suffix=".parquet", dir=self._folder) as f:
             pq.write_table(data, f.name)
-            self.command(f"INSERT INTO {table} SELECT * FROM file('{f.name}', Parquet)")
+            source = exp.Literal.string(f.name).sql("clickhouse")  # the folder's name may hold a quote
+            self.command(f"INSERT INTO {table} SELECT * FROM file({source}, Parquet)")
 
     def close(self) -> None:
         with self._lock:

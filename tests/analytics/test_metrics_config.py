@@ -77,6 +77,28 @@ def test_bad_yaml_and_bad_values(tmp_path: Path) -> None:
         load_analysis_config(path)
 
 
+def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.yaml"
+    path.write_text("metrics:\n  - name: a\n\ttype: mean\n")  # a tab: YAML's message spanned four lines
+    with pytest.raises(MetricConfigError) as raised:
+        load_analysis_config(path)
+    assert str(raised.value) == (
+        f"{path}:3:1: cannot read analysis config: invalid YAML: while scanning for the next token found "
+        "character '\\t' that cannot start any token"
+    )
+
+
+def test_an_empty_outcome_name_is_refused(tmp_path: Path) -> None:
+    """No outcome has an empty name (events need one): such a metric read nothing and reported zeros."""
+    path = tmp_path / "metrics.yaml"
+    path.write_text(
+        "metrics:\n  - {name: a, type: mean, event: x}\n  - {name: r, type: ratio, numerator: x,\n"
+        '     denominator: ""}\n'
+    )
+    with pytest.raises(MetricConfigError, match=r"metrics.yaml:4: metrics.1.denominator: String should have"):
+        load_analysis_config(path)
+
+
 def test_cross_references_are_checked() -> None:
     with pytest.raises(ValueError, match="unknown metric 'b'"):
         AnalysisConfig.model_validate(
