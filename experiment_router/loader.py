@@ -104,9 +104,15 @@ def parse_text(text: str, file: str = "<config>") -> tuple[Any, dict[Path_, int]
         data = json.loads(text) if file.endswith(".json") else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"invalid JSON: {exc.msg}", file=file, line=exc.lineno) from None
+    except yaml.MarkedYAMLError as exc:  # its text spans lines and names "<unicode string>", not the file
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(part for part in (exc.context, exc.problem) if part)
+        column = f" (column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(
+            f"invalid YAML: {problem}{column}", file=file, line=mark.line + 1 if mark is not None else None
+        ) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"invalid YAML: {exc}", file=file, line=mark.line + 1 if mark else None) from None
+        raise ConfigError(f"invalid YAML: {exc}", file=file) from None
     try:
         lines = _line_map(text)
     except ConfigError as exc:  # a duplicate mapping key: add the file name

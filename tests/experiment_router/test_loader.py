@@ -269,6 +269,8 @@ def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
     path = _write(tmp_path, GOOD_EXPERIMENT + "    condition: {country: [NL\n")
     err = _error(path)
     assert "invalid YAML" in err.message and err.line is not None and err.file == str(path)
+    # one line, naming the file rather than PyYAML's "<unicode string>" and its caret excerpt
+    assert "\n" not in str(err) and "<unicode string>" not in str(err) and "(column " in err.message
 
 
 def test_json_is_accepted_and_errors_have_lines(tmp_path: Path) -> None:
