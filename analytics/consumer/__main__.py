@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from types import FrameType
+from urllib.parse import urlsplit
 
 from kafka.errors import KafkaError
 
@@ -24,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m analytics.consumer",
         description="Consume exposures and outcomes from Kafka into the analytics event store. Offsets are "
-        "committed only after the state is durable; several processes with the same --group split the "
-        "partitions (they may share one --store folder).",
+        "committed only after the state is durable, and kept in the store: several processes with the same "
+        "--group split the partitions, and must write to one store (the same --store folder or ClickHouse "
+        "database; with a store each, every store misses the partitions the others hold).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
@@ -44,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--commit-every-events",
         type=int,
         default=200_000,
-        help="commit after this many events (bigger transactions write each B-tree page fewer times)",
+        help="commit after this many events (bigger commits write fewer, larger Parquet parts)",
     )
     parser.add_argument("--max-seconds", type=float, default=None,
                         help="stop after this long, counted from the start (the wait for Kafka included)")
@@ -58,6 +63,51 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lag-interval-s", type=float, default=5.0, help="seconds between lag gauge updates")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
+
+
+def bootstrap_problem(bootstrap: str) -> str | None:
+    """Why ``--bootstrap`` is not a comma-separated list of ``host:port`` (None when it is).
+
+    kafka-python raised ValueError with a traceback for a port that is not a number, and waited for its whole
+    bootstrap timeout before it gave up on an empty host or a port out of range.
+    """
+    for entry in bootstrap.split(","):
+        address = re.sub(r"^.*://", "", entry.strip())  # a SECURITY_PROTOCOL:// prefix (kafka-python's rule)
+        try:
+            parts = urlsplit(f"//{address}")
+            port = parts.port  # None without one: kafka-python then uses 9092
+            valid = bool(parts.hostname) and port != 0 and not (port is None and address.endswith(":"))
+        except ValueError:  # a port that is not a number or out of range, an IPv6 address without brackets
+            valid = False
+        if not valid:
+            return f"--bootstrap {bootstrap!r}: {entry.strip()!r} is not host:port (port 1..65535, [IPv6])"
+    return None
+
+
+class _FirstProblem(logging.Handler):
+    """Keeps the first warning kafka-python logs while it waits for a first broker (it logs each retry)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.first: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.first is None:
+            self.first = record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_kafka() -> Iterator[_FirstProblem]:
+    """kafka-python's log records go to the handler yielded instead of the console while this lasts."""
+    kafka = logging.getLogger("kafka")
+    handler, propagate = _FirstProblem(), kafka.propagate
+    kafka.addHandler(handler)
+    kafka.propagate = False
+    try:
+        yield handler
+    finally:
+        kafka.removeHandler(handler)
+        kafka.propagate = propagate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and not (math.isfinite(value) and value > 0):  # NaN passes every comparison
             print(f"error: {flag} must be a number > 0, got {value}", file=sys.stderr)
             return 2
+    problem = bootstrap_problem(args.bootstrap)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.metrics_port is not None:  # first: a port in use fails at once, not after Kafka's bootstrap wait
         try:
             bound = serve_metrics(args.metrics_port, args.metrics_host)
@@ -92,22 +146,26 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    logging.getLogger("analytics.consumer").info(
+        "connecting to Kafka at %s (giving up after %g s)", args.bootstrap, connect_timeout_s
+    )
     try:
-        consumer = AnalyticsConsumer(
-            args.bootstrap,
-            store,
-            group_id=args.group,
-            topics=(args.exposures_topic, args.outcomes_topic),
-            commit_every_events=args.commit_every_events,
-            commit_interval_s=args.commit_interval_s,
-            session_timeout_ms=args.session_timeout_ms,
-            lag_interval_s=args.lag_interval_s,
-            kafka_config={"bootstrap_timeout_ms": round(1000 * connect_timeout_s)},
-        )
+        with _quiet_kafka() as retries:  # one line below says why, not a screen of retries
+            consumer = AnalyticsConsumer(
+                args.bootstrap,
+                store,
+                group_id=args.group,
+                topics=(args.exposures_topic, args.outcomes_topic),
+                commit_every_events=args.commit_every_events,
+                commit_interval_s=args.commit_interval_s,
+                session_timeout_ms=args.session_timeout_ms,
+                lag_interval_s=args.lag_interval_s,
+                kafka_config={"bootstrap_timeout_ms": round(1000 * connect_timeout_s)},
+            )
     except KafkaError as exc:
         store.close()
-        print(f"error: cannot reach Kafka at --bootstrap {args.bootstrap} within {connect_timeout_s:g} s: {exc}",
-              file=sys.stderr)  # fmt: skip
+        print(f"error: cannot reach Kafka at --bootstrap {args.bootstrap} within {connect_timeout_s:g} s: "
+              f"{retries.first or exc}", file=sys.stderr)  # fmt: skip
         return 2
 
     def _stop(signum: int, frame: FrameType | None) -> None:

@@ -26,11 +26,20 @@ from analytics.store.base import (
     OutcomeColumns,
     TopicPartition,
 )
+from analytics.store.exceptions import OffsetBackwards
 
 log = logging.getLogger(__name__)
 
 _GENERATION_SEPARATOR = "#"
 
+_WRITE_ATTEMPTS = 3
+"""Tries of a checkpoint write whose offsets other consumers keep overtaking (see ``Checkpoint.persist``)."""
+
+OFFSETS_OVERTAKEN = Counter(
+    "mtrank_analytics_offsets_overtaken",
+    "Checkpoint writes that left a partition's offset alone: another consumer had stored a later one",
+    ["topic", "partition"],
+)
 LOG_RESETS = Counter(
     "mtrank_analytics_log_resets",
     "Partitions read again from their start because their log now ends below the offsets already applied",
@@ -181,18 +190,62 @@ class Checkpoint:
         return not self._offsets
 
     def persist(self) -> dict[TopicPartition, int]:
-        """Steps 1 and 3 of ``commit``: make the state durable, start afresh; returns the offsets written."""
+        """Steps 1 and 3 of ``commit``: make the state durable, start afresh; returns the offsets written.
+
+        Another consumer may have stored later offsets of a partition meanwhile: this one stalled past its
+        session and the group gave the partition to another member, or another group writes to the same
+        store. The events are stored all the same (counted once: the store deduplicates them by event id),
+        but only the offsets this checkpoint is the latest for (``mtrank_analytics_offsets_overtaken_total``);
+        reading goes on as before.
+
+        Raises:
+            OffsetBackwards: other consumers still stored later offsets after ``_WRITE_ATTEMPTS`` tries.
+        """
         if self.empty:
             return {}
+        keys = {tp: stored_key(tp, self._generation.get(tp, 0)) for tp in self._offsets}
         offsets = self._offsets
-        stored = {stored_key(tp, self._generation.get(tp, 0)): offset for tp, offset in offsets.items()}
-        self._store.apply(
-            self.exposures, self.outcomes, stored, interleaved=self.interleaved, item_outcomes=self.item_outcomes
-        )
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                self._store.apply(
+                    self.exposures,
+                    self.outcomes,
+                    {keys[tp]: offset for tp, offset in offsets.items()},
+                    interleaved=self.interleaved,
+                    item_outcomes=self.item_outcomes,
+                )
+                break
+            except OffsetBackwards:
+                if attempt == _WRITE_ATTEMPTS:
+                    raise
+                offsets = self._not_overtaken(offsets, keys)
         log.debug("checkpoint: %d events, offsets %s", self.size, offsets)
         self.exposures, self.outcomes, self._offsets = ExposureColumns(), OutcomeColumns(), {}
         self.interleaved, self.item_outcomes = InterleavedColumns(), ItemOutcomeColumns()
         return offsets
+
+    def _not_overtaken(
+        self, offsets: dict[TopicPartition, int], keys: dict[TopicPartition, TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """``offsets`` without those behind the ones the store holds now (warned about and counted)."""
+        stored = self._store.offsets()
+        kept = {}
+        for tp, offset in offsets.items():
+            theirs = stored.get(keys[tp])
+            if theirs is None or offset >= theirs:
+                kept[tp] = offset
+                continue
+            OFFSETS_OVERTAKEN.labels(tp.topic, str(tp.partition)).inc()
+            log.warning(
+                "%s[%d]: another consumer stored offset %d, past offset %d this one holds events up to (it "
+                "stalled past its session and the group moved the partition, or another group writes to this "
+                "store): storing the events, keeping the later offset",
+                tp.topic,
+                tp.partition,
+                theirs,
+                offset,
+            )
+        return kept
 
     def commit_to_kafka(self, offsets: dict[TopicPartition, int]) -> None:
         """Step 2 of ``commit``: tell Kafka ``offset + 1`` per partition (informational: the store decides)."""

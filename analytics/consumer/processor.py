@@ -75,6 +75,7 @@ def decode_into(
     outcomes: OutcomeColumns,
     interleaved: InterleavedColumns | None = None,
     item_outcomes: ItemOutcomeColumns | None = None,
+    where: str = "a record",
 ) -> int:
     """Append the events of one Kafka record value to the column batches; returns how many were rejected.
 
@@ -82,15 +83,20 @@ def decode_into(
     tuple is ever built on this hot path. An interleaving exposure (version 2) goes to ``exposures`` (variant
     ``"interleaved"``) and with its items, teams and arms to ``interleaved``; without ``interleaved`` it is
     rejected, as by a reader that cannot credit teams. An outcome that names a request also goes to
-    ``item_outcomes`` when given.
+    ``item_outcomes`` when given. A value that holds no event is rejected as a whole: protobuf parses many
+    other messages (an ``Event`` outside its batch, say) as an ``EventBatch`` of unknown fields. Warnings name
+    the record as ``where`` says (e.g. ``"mtrank.outcomes[3] offset 17"``).
     """
     try:
         batch = events_pb2.EventBatch.FromString(value)
     except Exception:  # noqa: BLE001 - protobuf raises DecodeError or RuntimeWarning subclasses
+        batch = None
+    if batch is None or not batch.events:
         EVENTS_REJECTED.labels("undecodable").inc()
         # a null value (a tombstone, which Kafka allows) is skipped too: a crash would repeat at every restart
         size = "a null value" if value is None else f"{len(value)} bytes"
-        log.warning("skipping a record that is not an EventBatch (%s)", size)
+        detail = "" if batch is None else ", no events"
+        log.warning("%s: skipping a record that is not an EventBatch (%s%s)", where, size, detail)
         return 1
     rejected = 0
     x_id, x_exp, x_var, x_user, x_ts = exposures.appenders()
@@ -141,8 +147,9 @@ def decode_into(
     if rejected:
         EVENTS_REJECTED.labels("invalid").inc(rejected)
         log.warning(
-            "skipped %d events with an unknown schema version, no user/event id, interleaving fields that do not "
-            "fit or a non-finite value",
+            "%s: skipped %d events with an unknown schema version, no user/event id, interleaving fields "
+            "that do not fit or a non-finite value",
+            where,
             rejected,
         )
     return rejected
@@ -269,7 +276,10 @@ class AnalyticsConsumer:
                             )
                         continue
                     before = cp.size
-                    decode_into(record.value, cp.exposures, cp.outcomes, cp.interleaved, cp.item_outcomes)
+                    where = f"{tp.topic}[{tp.partition}] offset {record.offset}"
+                    decode_into(
+                        record.value, cp.exposures, cp.outcomes, cp.interleaved, cp.item_outcomes, where
+                    )
                     added += cp.size - before
                     last_offset = record.offset
                 self.records_seen += len(records)

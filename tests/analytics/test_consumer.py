@@ -5,6 +5,7 @@ Every test compares the consumed store with a reference built by applying the pr
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -417,3 +418,67 @@ def test_the_same_events_consumed_again_from_offset_zero_count_once(
             assert consumer.events_applied == len(exposures) + len(outcomes)
             assert _snapshot(store) == _snapshot(reference) and store.counts() == reference.counts()
         assert {tp.topic for tp in store.offsets()} == set(fresh_topics) | set(again)
+
+
+def _rejected(reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("mtrank_analytics_events_rejected_total", {"reason": reason}) or 0.0
+
+
+def test_a_record_that_parses_but_holds_no_events_is_rejected() -> None:
+    """Protobuf parses many messages as an EventBatch with unknown fields and no events (a single ``Event``
+    serialised without its batch, as another producer might send): it was dropped without a count or a
+    word."""
+    single = events_pb2.Event(outcome=make_outcome("u1", "click")).SerializeToString()
+    before = _rejected("undecodable")
+    for value in (single, b""):
+        exposures, outcomes = ExposureColumns(), OutcomeColumns()
+        assert decode_into(value, exposures, outcomes) == 1 and not len(exposures) and not len(outcomes)
+    assert _rejected("undecodable") - before == 2
+
+
+@pytest.mark.integration
+def test_each_record_kind_is_counted_and_named_where_it_is(
+    kafka_broker: EmbeddedBroker, fresh_topics: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One topic partition holding a batch with one invalid event among valid ones, a record that is not
+    protobuf, an ``Event`` outside a batch and an empty record: the valid events are stored, every other one
+    is counted, and each warning names the topic, partition and offset of its record."""
+    from prometheus_client import REGISTRY
+
+    good = [make_outcome(f"u{i}", "click", event_time_ms=5) for i in range(3)]
+    invalid = make_outcome("u9", "click")
+    invalid.user_id = ""
+    values = [
+        frame_batch([encode_outcome(o) for o in [good[0], invalid, good[1]]]),
+        b"not protobuf at all",
+        events_pb2.Event(outcome=make_outcome("u5", "click")).SerializeToString(),
+        b"",
+        frame_batch([encode_outcome(good[2])]),
+    ]
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    try:
+        for value in values:
+            producer.send(fresh_topics[1], value=value, key=b"u", partition=2).get(timeout=10)
+    finally:
+        producer.close()
+    def consumed() -> float:
+        return REGISTRY.get_sample_value("mtrank_analytics_events_consumed_total") or 0.0
+
+    consumed_before = consumed()
+    invalid_before, undecodable_before = _rejected("invalid"), _rejected("undecodable")
+    store = MemoryEventStore()
+    consumer = AnalyticsConsumer(
+        kafka_broker.bootstrap, store, group_id="kinds", topics=fresh_topics,
+        session_timeout_ms=SESSION_MS, commit_interval_s=0.1,
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="analytics.consumer"):
+        consumer.run(max_seconds=30, idle_exit_s=2)
+    assert store.counts()["outcomes"] == 3 and consumer.events_applied == 3
+    assert consumed() - consumed_before == 3
+    assert _rejected("invalid") - invalid_before == 1 and _rejected("undecodable") - undecodable_before == 3
+    where = f"{fresh_topics[1]}[2] offset"
+    assert f"{where} 0: skipped 1 event" in caplog.text
+    for offset in (1, 2, 3):
+        assert f"{where} {offset}: skipping a record that is not an EventBatch" in caplog.text
