@@ -17,10 +17,11 @@ import contextlib
 import logging
 import os
 import secrets
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -157,6 +158,24 @@ class ConnectClient(ClickHouseClient):
         self._client.close()
 
 
+@contextlib.contextmanager
+def _native_stderr() -> Iterator[Callable[[], list[str]]]:
+    """Holds back what native code writes to file descriptor 2 inside the block; the function it yields returns
+    those lines (after the block), so an error can carry them in one line instead of leaving them on the screen."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            lines: list[str] = []
+            yield lambda: lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines += [line.strip() for line in held.read().decode(errors="replace").splitlines() if line.strip()]
+
+
 class ChdbClient(ClickHouseClient):
     """ClickHouse's engine in this process (chDB), one database of it.
 
@@ -180,7 +199,18 @@ class ChdbClient(ClickHouseClient):
                 else:
                     data = str(Path(path) / "data")
                 Path(data).mkdir(parents=True, exist_ok=True)
-                server.update(session=session.Session(data), path=path, data=data, tmp=tmp, clients=0)
+                with _native_stderr() as printed:
+                    try:
+                        started: Any = session.Session(data)
+                    except RuntimeError as exc:  # e.g. another process holds the path: chDB locks the folder
+                        started = exc
+                if isinstance(started, RuntimeError):
+                    # chDB's engine writes the cause to file descriptor 2 itself ("Cannot lock file ...")
+                    reason = " ".join([*printed(), str(started)]).strip() or type(started).__name__
+                    raise StoreError(
+                        f"chDB cannot open {data} (one process per chDB store path): {reason}"
+                    ) from None
+                server.update(session=started, path=path, data=data, tmp=tmp, clients=0)
             elif path is not None and server["path"] != path:
                 raise StoreError(
                     f"chDB already runs at {server['path'] or 'a temporary path'} in this process"

@@ -309,6 +309,26 @@ def test_an_unreachable_clickhouse_is_one_line_on_stderr() -> None:
     assert found.stderr == f"error: cannot reach ClickHouse at 127.0.0.1:{port}: Connection refused\n"
 
 
+def test_a_chdb_store_another_process_holds_is_one_line(tmp_path: Path) -> None:
+    """chDB locks its data folder: a second process on one chdb:/// path got a RuntimeError traceback."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom analytics.store.clickhouse_store import ChdbClient\n"
+         f"ChdbClient({str(tmp_path)!r})\nprint('open', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        found = subprocess.run(
+            [sys.executable, "-m", "analytics", "report", "x", "--store", f"chdb://{tmp_path}",
+             "--metrics", str(EXAMPLE)], capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert found.returncode == 2 and found.stderr.count("\n") == 1, found.stderr
+    assert found.stderr.startswith("error: chDB cannot open ") and "one process per chDB store path" in found.stderr
+
+
 def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     binary = tmp_path / "binary.json"
     binary.write_bytes(b"\xff\xfe\x00")
