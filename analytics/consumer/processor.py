@@ -341,8 +341,13 @@ class AnalyticsConsumer:
                 if idle_exit_s is not None and now - last_event >= idle_exit_s:
                     break
             self.commit()
-        finally:
-            self.consumer.close()
+        except BaseException:
+            try:
+                self.consumer.close()
+            except Exception:  # noqa: BLE001 - the error that stopped the loop is the one to raise
+                log.exception("closing the Kafka consumer failed too, after the error raised below")
+            raise
+        self.consumer.close()
 
     def _wait_for_kafka(self, exc: KafkaError, retry_s: float | None) -> float:
         """Count a poll that failed because Kafka did not answer (a broker down or restarting), warn once per

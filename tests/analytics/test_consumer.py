@@ -482,3 +482,28 @@ def test_each_record_kind_is_counted_and_named_where_it_is(
     assert f"{where} 0: skipped 1 event" in caplog.text
     for offset in (1, 2, 3):
         assert f"{where} {offset}: skipping a record that is not an EventBatch" in caplog.text
+
+
+@pytest.mark.integration
+def test_an_error_in_close_does_not_hide_the_error_that_stopped_the_loop(
+    kafka_broker: EmbeddedBroker, fresh_topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run`` closed the consumer in a ``finally``: when closing failed too (its revoke callback stores the
+    checkpoint), that error replaced the one that stopped the loop, which was never seen."""
+    consumer = AnalyticsConsumer(
+        kafka_broker.bootstrap, MemoryEventStore(), group_id="close-fails", topics=fresh_topics,
+        session_timeout_ms=SESSION_MS,
+    )  # fmt: skip
+    real_close = consumer.consumer.close
+
+    def failing_poll() -> int:
+        raise ValueError("the error that stopped the loop")
+
+    def failing_close() -> None:
+        real_close()
+        raise RuntimeError("closing failed")
+
+    monkeypatch.setattr(consumer, "poll_once", failing_poll)
+    monkeypatch.setattr(consumer.consumer, "close", failing_close)
+    with pytest.raises(ValueError, match="the error that stopped the loop"):
+        consumer.run(max_seconds=30)
