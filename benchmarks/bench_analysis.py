@@ -44,15 +44,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from analytics.interleaving import ArmsSeen
 from analytics.metrics import AnalysisConfig, load_analysis_config
 from analytics.report import analyse_metrics, build_report
-from analytics.stats.models.statistics import Proportion, Ratio, SampleMean, TestStatistic
+from analytics.stats.models.statistics import PreferenceCounts, Proportion, Ratio, SampleMean, TestStatistic
 from analytics.stats.srm import srm_p_value
 from analytics.store import DuckDBEventStore, EventStore, ExposureColumns, OutcomeColumns
 
@@ -69,8 +71,25 @@ TAIL_PARTS = 4
 CHUNK_USERS = 500_000
 
 
-def old_sqlite_store_class() -> type[EventStore]:
-    """``SQLiteEventStore`` as of ``SQLITE_COMMIT``, loaded from git history."""
+def as_ab_only_store(store_class: type[EventStore]) -> type[EventStore]:
+    """``store_class``, a store written before ``EventStore`` knew interleaving experiments, as today's
+    ``EventStore``: it keeps no interleaved exposures, so every experiment in it is an A/B test."""
+
+    class ABOnlyStore(store_class):  # type: ignore[misc, valid-type]
+        def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]:
+            return []
+
+        def preference_counts(
+            self, experiment_key: str, cuts: Sequence[int | None], click_metric: str = "click"
+        ) -> list[PreferenceCounts]:
+            raise NotImplementedError(f"{store_class.__name__} keeps no interleaved exposures")
+
+    ABOnlyStore.__name__ = ABOnlyStore.__qualname__ = store_class.__name__
+    return ABOnlyStore
+
+
+def old_sqlite_store_class() -> Callable[[Path], EventStore]:
+    """``SQLiteEventStore`` as of ``SQLITE_COMMIT``, loaded from git history (an A/B-only store)."""
     source = subprocess.run(
         ["git", "-C", str(ROOT), "show", f"{SQLITE_COMMIT}:analytics/store/sqlite.py"],
         capture_output=True, text=True, check=True,
@@ -80,7 +99,7 @@ def old_sqlite_store_class() -> type[EventStore]:
     spec = importlib.util.spec_from_file_location("mtrank_old_sqlite_store", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.SQLiteEventStore
+    return as_ab_only_store(module.SQLiteEventStore)
 
 
 def simulate_chunk(lo: int, hi: int, seed: int = 1) -> tuple[ExposureColumns, OutcomeColumns]:

@@ -46,6 +46,7 @@ from tqdm import tqdm
 import models  # noqa: F401  (registers every family)
 from models.base import MultiTaskModel
 from models.data import Splits, load_dataset
+from models.errors import DataError
 from models.registry import create_model
 from models.schedules import after_epoch, after_step, make_optimizer, selection_ready, training_loss
 from models.train import evaluate_model, set_seed
@@ -212,6 +213,20 @@ def _mean_history(runs: Sequence[RunResult], key: str, epoch: int) -> float | No
     return float(np.mean(values)) if values else None
 
 
+def selection_cells(runs: Sequence[RunResult]) -> tuple[str, str]:
+    """A model's "val mean AUC" and "best epoch (mean, range)" cells over the runs that selected an epoch;
+    a run whose masks were still changing at its last epoch selected none (``best_epoch`` -1, no validation
+    AUC; its test AUC is the last epoch's model) and is counted apart."""
+    selected = [r for r in runs if r.best_epoch >= 0]
+    unselected = f"{len(runs) - len(selected)} run(s) selected no epoch (masks not fixed)"
+    if not selected:
+        return "-", unselected
+    val = np.mean([np.mean([r.val[k] for k in TASK_KEYS]) for r in selected])
+    best = [r.best_epoch for r in selected]
+    cell = f"{np.mean(best):.1f} ({min(best)}-{max(best)})"
+    return f"{val:.4f}", cell if len(selected) == len(runs) else f"{cell}; {unselected}"
+
+
 def markdown(results: Sequence[RunResult], n_rows: Sequence[int], protocol: dict[str, Any]) -> str:
     """Results table with paired deltas, learning curves and mask / loss statistics."""
     summary = summarize(results)
@@ -230,12 +245,11 @@ def markdown(results: Sequence[RunResult], n_rows: Sequence[int], protocol: dict
         runs = [r for r in results if r.model == name]
         inc, mar = summary[name]["auc/income"], summary[name]["auc/never_married"]
         paper = PAPER_TABLE_4.get(name)
-        best = [r.best_epoch for r in runs]
+        val, best = selection_cells(runs)
         lines.append(
             f"| {name} | {len(runs)} | {inc['mean']:.4f} ± {inc['std']:.4f} ({inc['sem']:.4f}) "
             f"| {mar['mean']:.4f} ± {mar['std']:.4f} ({mar['sem']:.4f}) "
-            f"| {np.mean([np.mean([r.val[k] for k in TASK_KEYS]) for r in runs]):.4f} "
-            f"| {np.mean(best):.1f} ({min(best)}-{max(best)}) | {np.mean([r.epochs_run for r in runs]):.1f} "
+            f"| {val} | {best} | {np.mean([r.epochs_run for r in runs]):.1f} "
             f"| {paper[0] if paper else '-'} | {paper[1] if paper else '-'} |"
         )
     lines += ["", "Paired test-AUC deltas (mean ± sem over the seeds both ran, n; >1se / >2se marked):", ""]
@@ -355,7 +369,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("models").setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
-    splits = load_dataset("census", args.data, args.split_seed)
+    try:
+        splits = load_dataset("census", args.data, args.split_seed)
+    except DataError as exc:
+        parser.error(f"--data: {exc}")
     n_rows = (len(splits.train), len(splits.val), len(splits.test))
     args.output.mkdir(parents=True, exist_ok=True)
     resumed = [json.loads(path.read_text()) for path in args.resume]

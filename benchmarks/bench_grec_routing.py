@@ -51,6 +51,7 @@ from benchmarks.bench_census_csrec import (
 )
 from models.base import MultiTaskModel
 from models.data import Splits, load_dataset
+from models.errors import DataError
 from models.evaluate import predict
 from models.grec import ROUTING_MODES, GRec
 from models.metrics import average_precision, roc_auc
@@ -285,7 +286,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     unknown = sorted(set(args.variants) - set(table))
     if unknown:
         parser.error(f"--variants: unknown {unknown}; allowed: {sorted(table)}")
-    splits = load_dataset(args.dataset, args.data, args.split_seed)
+    try:
+        splits = load_dataset(args.dataset, args.data, args.split_seed)
+    except DataError as exc:
+        parser.error(str(exc))
     if 0 < args.train_rows < len(splits.train):
         keep = np.random.default_rng(args.split_seed).permutation(len(splits.train))[: args.train_rows]
         splits = Splits(splits.train.subset(np.sort(keep)), splits.val, splits.test)

@@ -67,6 +67,7 @@ from analytics.stats.models.statistics import Ratio, SampleMean  # noqa: E402
 from deploy.demo.simulator import examination_probability  # noqa: E402
 from deploy.demo.training import TrainingBudget, train_ranker  # noqa: E402
 from deploy.demo.world import DemoWorld, make_world  # noqa: E402
+from models.errors import DataError  # noqa: E402
 from ranker_server.config import RuntimeSettings  # noqa: E402
 from ranker_server.dataplane import merge_scores  # noqa: E402
 from ranker_server.features import ItemTable, build_rows  # noqa: E402
@@ -543,7 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--world", choices=("synthetic", "ego"), default="synthetic")
     parser.add_argument("--data", type=Path, help="folder holding ego-facebook/ (for --world ego)")
-    parser.add_argument("--users", type=int, default=1500, help="population (the demo's simulated users)")
+    parser.add_argument(
+        "--users", type=int, default=1500,
+        help=f"population (the demo's simulated users; synthetic world: at least {CANDIDATES}, its items)",
+    )  # fmt: skip
     parser.add_argument("--bank", type=int, default=16, help="candidate sets per population user")
     parser.add_argument("--requests", type=int, default=3, help="requests per simulated user (the demo's 3)")
     parser.add_argument(
@@ -557,7 +561,10 @@ def main(argv: list[str] | None = None) -> int:
         "--experiments", type=int, default=1000, help="simulated experiments per size (>= 200)"
     )
     parser.add_argument("--aa-runs", type=int, default=10_000, help="simulated A/A experiments per size")
-    parser.add_argument("--check-runs", type=int, default=1000, help="direct-simulation runs per cross-check")
+    parser.add_argument(
+        "--check-runs", type=int, default=1000,
+        help="direct-simulation runs of the A/A cross-check (the sensitivity cross-checks run at most 200)",
+    )  # fmt: skip
     parser.add_argument("--no-check", action="store_true", help="skip the direct-simulation cross-checks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=ROOT / ".data" / "bench_interleaving")
@@ -578,7 +585,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "benchmarks" / "results" / f"interleaving_{args.world}"
     if args.world == "ego" and args.data is None:
         parser.error("--world ego needs --data")
-    world = make_world(args.data if args.world == "ego" else None, args.users, args.seed)
+    if args.world == "synthetic" and args.users < CANDIDATES:
+        parser.error(f"--users: the synthetic world's items are its {args.users} users, fewer than the "
+                     f"{CANDIDATES} candidates of a set; give at least {CANDIDATES}")  # fmt: skip
+    try:
+        world = make_world(args.data if args.world == "ego" else None, args.users, args.seed)
+    except DataError as exc:
+        parser.error(f"--data: {exc}")
     repository = args.workdir / f"{args.world}-{args.users}users-seed{args.seed}" / "repository"
     offline = train_rankers(world, repository, args.fewer_rows, args.seed)
     names = list(ranker_names(args.fewer_rows))

@@ -42,6 +42,7 @@ from benchmarks.select_gkd_options import OPTIONS as GKD_OPTIONS
 from benchmarks.select_gkd_options import report as report_gkd_options
 from models.data import Splits
 from models.data.movielens import load_movielens
+from models.errors import DataError
 from models.evaluate import evaluate_model, predict
 from models.metrics import selection_score
 from models.train import TrainConfig, train_seed
@@ -74,7 +75,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {  # name -> (registry suffix,
 PATIENCE = 3  # the reference code's --early_stop 3
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -100,7 +101,7 @@ def parse_args() -> argparse.Namespace:
         default=Path(__file__).parent / "results" / "dml_gkd_options.json",
         help="results of benchmarks/select_gkd_options.py, summarised in the report when present",
     )
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 @torch.no_grad()
@@ -399,8 +400,8 @@ def _curves(runs: dict[str, dict], dataset: str) -> list[str]:
     return lines + [""]
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     json_path, md_path = args.output.with_suffix(".json"), args.output.with_suffix(".md")
@@ -410,7 +411,10 @@ def main() -> None:
             k: v for k, v in vars(args).items() if k in ("batch_size", "max_epochs", "lr", "device")
         }
         for dataset in args.datasets:
-            splits: Splits = load_movielens(args.data_root / DATASETS[dataset], seed=0)
+            try:
+                splits: Splits = load_movielens(args.data_root / DATASETS[dataset], seed=0)
+            except DataError as exc:
+                raise SystemExit(f"bench_movielens_dml: error: --data-root: {exc}") from None
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 for backbone in args.backbones:
                     for variant in args.variants:

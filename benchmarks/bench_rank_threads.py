@@ -72,7 +72,9 @@ def thread_role(pid: int, tid: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=40, help="interleaved rounds (default 40)")
-    parser.add_argument("--per-round", type=int, default=30, help="sequential calls per server per round")
+    parser.add_argument(
+        "--per-round", type=int, default=30, help="sequential calls per server per round (at least 2)"
+    )
     parser.add_argument("--server", action="append", default=[], metavar="NAME=DIR",
                         help="also measure a ranker started from checkout DIR")  # fmt: skip
     parser.add_argument("--ranker-variant", action="append", default=[], metavar="FLAGS",
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="after each round, N calls to every server from 16 threads at once, as the concurrency "
                              "rounds of bench_serving_peers do (not timed; default 0: sequential calls only)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.per_round < 2:
+        parser.error("--rounds must be at least 1 and --per-round at least 2 (a round's first call is apart)")
     import concurrent.futures
     import time
 

@@ -170,6 +170,12 @@ def timed(result: Result, fn: Callable[[], object], n: int) -> None:
     result.wall_s += time.perf_counter() - start
 
 
+def calls_per_round(requests: int, rounds: int) -> int:
+    """Concurrency-1 calls per round when ``requests`` timed calls are split into ``rounds`` rounds: what
+    fits, at least one (every row then holds ``calls_per_round * rounds`` calls, which reports must print)."""
+    return max(requests // rounds, 1)
+
+
 SPINNING = ("off", "during runs", "always")  # "during runs": what the server's lone requests get
 
 
@@ -523,7 +529,7 @@ async def measure(
     transport = Result("(c0) gRPC round trip of a health check (transport floor)")
     bare = Result("(c1) bare grpc.aio servicer running the raw ORT call (gRPC + executor floor)")
     inline = Result("(c2) the same, ORT called inline on the event loop (gRPC floor; blocks the loop)")
-    per_round = max(args.requests // args.rounds, 1)
+    per_round = calls_per_round(args.requests, args.rounds)
     with (
         grpc.insecure_channel(target) as sync_channel,
         grpc.insecure_channel(floor_targets[0]) as bare_channel,
@@ -644,7 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"Model: MMoE (4 experts 256-128, towers 128-64, 3 tasks), {params:,} parameters; {args.candidates} candidates/request.",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only (no GPU in this task); "
-        f"onnxruntime {ort.__version__}, torch {torch.__version__}; timed calls per row: {args.requests} "
+        f"onnxruntime {ort.__version__}, torch {torch.__version__}; timed calls per row: "
+        f"{calls_per_round(args.requests, args.rounds) * args.rounds} "
         f"(PyTorch {args.rounds}, concurrency 16: {32 * args.rounds}) in {args.rounds} interleaved rounds.",
         "",
         "| measurement | min ms | p50 ms | p99 ms | req/s |",

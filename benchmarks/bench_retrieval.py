@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import json
 import logging
 import os
@@ -160,6 +161,11 @@ def candidates(dim: int, n: int, threads: int, m: int = 16, ef_construction: int
     }
 
 
+def library_module(label: str) -> str:
+    """The Python module a library of ``candidates`` needs: each label starts with the module's name."""
+    return label.split()[0]
+
+
 def ann_section(
     name: str,
     corpus: np.ndarray,
@@ -193,6 +199,12 @@ def ann_section(
     save()
     for library, (build, sweep, search) in candidates(corpus.shape[1], len(corpus), threads, m, ef_construction).items():
         if libraries and not any(key in library for key in libraries):
+            continue
+        if importlib.util.find_spec(library_module(library)) is None:
+            logger.warning("%s: %s skipped, its module is not installed (pip install -e '.[bench]')",
+                           name, library)  # fmt: skip
+            section.setdefault("not_installed", []).append(library)
+            save()
             continue
         gc.collect()
         before = rss_mib()
@@ -360,6 +372,9 @@ def write_markdown(results: dict, path: Path) -> None:
             ]
         else:
             lines += ["", f"No ANN setting reached recall@100 >= {TARGET_RECALL} here.", ""]
+        if section.get("not_installed"):
+            skipped = "; ".join(section["not_installed"])
+            lines += [f"Not measured, module not installed (`pip install -e '.[bench]'`): {skipped}.", ""]
     if results.get("grpc"):
         lines += [
             "## End-to-end Retrieve (k=100) through gRPC",
@@ -380,7 +395,7 @@ def write_markdown(results: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -397,11 +412,14 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["ego", "random", "grpc"])
     parser.add_argument("--out", type=Path, default=RESULTS / "retrieval")
     parser.add_argument("--note", action="append", default=[], help="a line appended to the markdown")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.package and not (args.package / "index" / "embeddings.npy").is_file():
+        parser.error(f"--package {args.package}: no index/embeddings.npy there (a retrieval model package)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    given = sys.argv[1:] if argv is None else argv
     results: dict = {
         "command": "nice -n 10 python benchmarks/bench_retrieval.py "
-        + " ".join(a for i, a in enumerate(sys.argv[1:]) if a != "--note" and sys.argv[i] != "--note"),
+        + " ".join(a for i, a in enumerate(given) if a != "--note" and (i == 0 or given[i - 1] != "--note")),
         "machine": f"{os.cpu_count()} CPUs shared with other jobs",
         "package": str(args.package),
         "notes": args.note,

@@ -133,18 +133,22 @@ def long_id_rows(router: Router, batch: int, long_chars: int, attrs: dict, repea
     return lines
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--experiments", type=int, default=20, help="running experiments")
+    parser.add_argument(
+        "--experiments", type=int, default=20, help="running experiments (even: two layers of half as many)"
+    )
     parser.add_argument("--users", type=int, default=5000, help="users for the per-user (scalar) timing")
     parser.add_argument("--bulk-users", type=int, default=1_000_000, help="users for the vectorised timing")
     parser.add_argument("--long-batch", type=int, default=2000, help="batch size of the long-id case")
     parser.add_argument("--long-id-chars", type=int, default=13_919, help="length of the one long id")
     parser.add_argument("--repeat", type=int, default=5, help="take the best of this many runs")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/router.txt"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.experiments < 2 or args.experiments % 2:
+        parser.error("--experiments must be even and at least 2 (the layered router has two layers)")
 
     n_exp = args.experiments
     users = [f"user-{i}" for i in range(args.users)]
@@ -164,8 +168,8 @@ def main() -> None:
 
     rows = [("hashlib md5 loop (baseline)", base)]
     for label, router in (
-        ("Router.assign, 2 layers x 10 slices", layered_router(n_exp)),
-        ("Router.assign, 20 full-coverage (worst)", full_hash_router(n_exp)),
+        (f"Router.assign, 2 layers x {n_exp // 2} slices", layered_router(n_exp)),
+        (f"Router.assign, {n_exp} full-coverage (worst)", full_hash_router(n_exp)),
     ):
         router.assign("warm-up", attrs)
         t = best_of(lambda r=router: [r.assign(u, attrs) for u in users], args.repeat)
@@ -185,10 +189,11 @@ def main() -> None:
     bulk_rate = args.bulk_users * n_exp / bulk_time
     scalar_rate = 1 / rows[-1][1]
     hash_rate = 1 / base
-    check = full.assign_many(bulk_users[:2000], attrs)
+    sample = bulk_users[:2000]
+    check = full.assign_many(sample, attrs)
     agree = all(
         check[a.experiment_key][i] == a.variation_id
-        for i, u in enumerate(bulk_users[:2000])
+        for i, u in enumerate(sample)
         for a in full.assign(u, attrs)
     )
     lines.append(
@@ -203,7 +208,7 @@ def main() -> None:
         f"{bulk_rate:>16,.0f}{bulk_rate / hash_rate:>11.2f}{'>= 1M/s':>10}"
     )
     lines.append(f"(bulk = {args.bulk_users:,} users x {n_exp} experiments in {bulk_time:.2f} s, ids->array included; "
-                 f"bulk == scalar on 2,000 users: {agree})")  # fmt: skip
+                 f"bulk == scalar on {len(sample):,} users: {agree})")  # fmt: skip
     lines.append("")
     lines.extend(long_id_rows(full, args.long_batch, args.long_id_chars, attrs, args.repeat))
     text = "\n".join(lines) + "\n"

@@ -164,7 +164,7 @@ async def measure(
 
     raw = {name: br.Result(f"raw ORT in-process, {name}") for name in sessions}
     results = {name: {c: br.Result(f"{name}, concurrency {c}") for c in CONCURRENCY} for name in targets}
-    per_round = max(args.requests // args.rounds, 1)
+    per_round = br.calls_per_round(args.requests, args.rounds)
     sync_channels = {name: grpc.insecure_channel(target) for name, (target, _) in targets.items()}
     options = [("grpc.use_local_subchannel_pool", 1)]  # a connection per channel, not one shared
     aio_channels = {
@@ -219,7 +219,8 @@ def check_same_model(targets: dict[str, tuple[str, str]], rank_request, oip_requ
                 np.testing.assert_allclose(logits_of(response), expected, rtol=1e-4, atol=1e-5, err_msg=name)
             else:
                 response = ranking_pb2_grpc.RankerStub(channel).Rank(rank_request, timeout=30)
-                assert len(response.candidate_ids) == 100, name
+                top = min(rank_request.top_k, len(rank_request.candidate_ids))
+                assert len(response.candidate_ids) == top, name
                 assert [a.experiment_key for a in response.assignments] == ["bench-ranking"], name
 
 
@@ -251,12 +252,14 @@ def report(
     floor, work, threaded = results[floor_name], results[WORK_FLOOR], results[THREADED_WORK_FLOOR]
     factored = results[FACTORED_WORK_FLOOR]
     fastest = min(raw.values(), key=lambda r: r.p50_ms)
+    per_round = br.calls_per_round(args.requests, args.rounds)
     lines = [
         f"Model: MMoE (4 experts 256-128, towers 128-64, 3 tasks), 996,911 parameters; {args.candidates} candidates/request.",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only; onnxruntime {ort.__version__} "
         f"(KServe's venv: the same version), kserve {args.kserve_version}, grpcio {metadata.version('grpcio')}; "
         f"ORT intra-op threads {args.threads}, inter-op 1, sequential, everywhere.",
-        f"Timed calls per row: concurrency 1: {args.requests} (sync stub); concurrency 4: {16 * args.rounds}; "
+        f"Timed calls per row: concurrency 1: {per_round * args.rounds} (sync stub); "
+        f"concurrency 4: {16 * args.rounds}; "
         f"concurrency 16: {32 * args.rounds} (grpc.aio callers on {connections(args.connections)}); "
         f"{args.rounds} interleaved rounds.",
         "",
@@ -302,7 +305,7 @@ def report(
         f"uptime before: {load[0]}",
         f"uptime after:  {load[1]}",
         "",
-        *by_position(results, max(args.requests // args.rounds, 1)),
+        *by_position(results, per_round),
     ]
     return "\n".join(lines)
 

@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from benchmarks.fidelity import NOT_MEASURED, Paired, mean_sd, paired, significant, verdict
+from models.errors import DataError
 from models.graph.training import TrainConfig, evaluate, load_graph, save_checkpoint, train
 
 RESULTS = Path(__file__).parent / "results"
@@ -237,7 +238,7 @@ def write_table(runs: list[dict], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0)
@@ -256,7 +257,7 @@ def main() -> None:
                         help="model config override for every variant (after the benchmark's model size)")
     parser.add_argument("--checkpoints", type=Path, help="also save each run's checkpoint into this folder")
     parser.add_argument("--report-only", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -271,7 +272,10 @@ def main() -> None:
     if not args.report_only:
         base = TrainConfig(data_path=args.data_path, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            eval_every=args.eval_every, split=args.split, cold_users=args.cold_users)  # fmt: skip
-        graph = load_graph(base)
+        try:
+            graph = load_graph(base)
+        except DataError as exc:
+            parser.error(f"--data-path: {exc}")
         shared = BENCHMARK_MODEL | {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
         done = {(r["variant"], r["seed"]) for r in state["runs"]}
         for seed in range(args.first_seed, args.first_seed + args.seeds):

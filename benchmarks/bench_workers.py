@@ -99,7 +99,7 @@ async def measure(args: argparse.Namespace, targets: dict[int, str], request) ->
 
     options = [("grpc.use_local_subchannel_pool", 1)]  # a connection per channel, not one shared
     results = {n: {c: br.Result(f"--workers {n}, concurrency {c}") for c in (1, args.concurrency)} for n in targets}
-    per_round = max(args.requests // args.rounds, 1)
+    per_round = br.calls_per_round(args.requests, args.rounds)
     sync = {n: grpc.insecure_channel(t) for n, t in targets.items()}
     channels = {n: [aio.insecure_channel(t, options=options) for _ in range(args.connections)] for n, t in targets.items()}
     try:
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     c = args.concurrency
     lines = [
         f"bench_ranker's MMoE, {args.candidates} candidates/request, experiment on, no Kafka; {where}; "
-        f"concurrency 1: {args.requests} calls per server (sync stub); concurrency {c}: {2 * c * args.rounds} calls "
+        f"concurrency 1: {br.calls_per_round(args.requests, args.rounds) * args.rounds} calls per server "
+        f"(sync stub); concurrency {c}: {2 * c * args.rounds} calls "
         f"over {args.connections} connections; {args.rounds} interleaved rounds.",
         "",
         f"| workers | ORT threads each | c=1 p50 ms | c=1 p99 ms | c={c} req/s | req/s per core | c={c} p50 ms | c={c} p99 ms |",

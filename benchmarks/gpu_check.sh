@@ -20,7 +20,7 @@ while [[ $# -gt 0 ]]; do
     --quick) EXTRA+=(--quick) ;;
     --out) OUT="$2"; shift ;;
     --wheelhouse) WHEELHOUSE="$2"; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift

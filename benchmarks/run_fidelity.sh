@@ -13,9 +13,16 @@
 #      parameter-matched mmoe, seeds 0-4.
 #   4. GRec on census-income for reference: token, task_sentence, mmoe, mmoe-matched, seeds 0-4.
 set -euo pipefail
+case "${1:-}" in
+  -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+esac
 cd "$(dirname "$0")/.."
 DEVICE=${1:-cpu}
 JOBS=${2:-2}
+if [[ ! $DEVICE =~ ^(cpu|cuda)$ || ! $JOBS =~ ^[1-9][0-9]*$ ]]; then
+  echo "run_fidelity: usage: benchmarks/run_fidelity.sh [cpu|cuda] [jobs] (got '$*'; see --help)" >&2
+  exit 2
+fi
 WORK=${WORK:-/tmp/mtrank-fidelity}
 CENSUS=${CENSUS:-../shared/data/census-income-kdd}
 PY=".venv/bin/python"

@@ -9,6 +9,10 @@
 #   JOBS=16 DEVICE=cuda benchmarks/run_fidelity_dml_ssmtl.sh [OUT_DIR]     (default OUT_DIR: benchmarks/results)
 #   REPORT_ONLY=1 benchmarks/run_fidelity_dml_ssmtl.sh [OUT_DIR]
 set -euo pipefail
+case "${1:-}" in
+  -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+  -*) echo "run_fidelity_dml_ssmtl: unknown option $1 (see --help)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results}
 JOBS=${JOBS:-$(nproc)}

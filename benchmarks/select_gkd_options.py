@@ -14,14 +14,15 @@ numbers decide. Usage (resumable, one thread):
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from models.errors import DataError
 from models.evaluate import evaluate_model, predict
 from models.metrics import selection_score
 
@@ -99,9 +100,53 @@ def report(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def option_names(text: str) -> list[str]:
+    """``OPTIONS`` names, comma-separated."""
+    names = text.split(",")
+    unknown = [name for name in names if name not in OPTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown option(s) {unknown}; allowed: {', '.join(OPTIONS)}")
+    return names
+
+
+def seed_list(text: str) -> list[int]:
+    """Seeds, comma-separated."""
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are comma-separated integers, not {text!r}") from None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--report", type=Path, metavar="JSON", help="only print the summary of a results JSON"
+    )
+    parser.add_argument("data", type=Path, nargs="?", help="the movielens-100k folder")
+    parser.add_argument("epochs", type=int, nargs="?", help="epochs of every run")
+    parser.add_argument("out", type=Path, nargs="?", help="results JSON (runs already in it are skipped)")
+    parser.add_argument(
+        "names", type=option_names, nargs="?", help=f"options, comma-separated: {', '.join(OPTIONS)}"
+    )
+    parser.add_argument("seeds", type=seed_list, nargs="?", help="seeds, comma-separated (e.g. 0,1,2)")
+    args = parser.parse_args(argv)
+    if args.report is None and args.seeds is None:
+        parser.error("give DATA EPOCHS OUT NAMES SEEDS, or --report JSON")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.report is not None:
+        print(report(args.report))
+        return
+    try:
+        run(args.data, args.epochs, args.out, args.names, args.seeds)
+    except DataError as exc:
+        raise SystemExit(f"select_gkd_options: error: {exc}") from None
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--report":
-        print(report(Path(sys.argv[2])))
-    else:
-        run(Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4].split(","),
-            [int(s) for s in sys.argv[5].split(",")])  # fmt: skip
+    main()

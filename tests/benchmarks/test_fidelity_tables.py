@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_census_csrec import RunResult, format_delta, paired_deltas, save_report, seeds_line
+from benchmarks.bench_census_csrec import (
+    RunResult,
+    format_delta,
+    markdown,
+    paired_deltas,
+    save_report,
+    seeds_line,
+)
 
 
 def run(model: str, seed: int, auc: float) -> RunResult:
@@ -51,3 +58,18 @@ def test_save_report_writes_runs_in_model_order_then_seed_with_the_summary(tmp_p
     assert [(r["model"], r["seed"]) for r in report["runs"]] == [("b", 0), ("b", 1), ("a", 1), ("c", 0)]
     assert report["summary"]["b"]["auc"]["mean"] == pytest.approx(0.6)
     assert (tmp_path / "r.md").read_text() == "4 runs\n"
+
+
+def test_a_run_that_selected_no_epoch_is_counted_apart_in_the_table() -> None:
+    # a masked model whose masks were still changing at its last epoch: best_epoch -1, no validation AUC
+    aucs = {"auc/income": 0.9, "auc/never_married": 0.98}
+    history = [{"epoch": 0, **aucs}]
+    selected = RunResult("csrec", 0, 3, epochs_run=9, seconds=1.0, val=aucs, test=aucs, history=history)
+    unselected = RunResult("csrec", 1, -1, epochs_run=2, seconds=1.0, val={}, test=aucs, history=history)
+    protocol = {"lr": 1e-3, "batch_size": 1024, "patience": 5, "max_epochs": 2}
+    rows = [line for line in markdown([selected, unselected], (8, 1, 1), protocol).splitlines()
+            if line.startswith("| csrec | 2 |")]  # fmt: skip
+    assert len(rows) == 1
+    assert "| 0.9400 | 3.0 (3-3); 1 run(s) selected no epoch (masks not fixed) |" in rows[0]
+    only = markdown([unselected], (8, 1, 1), protocol)
+    assert "| - | 1 run(s) selected no epoch (masks not fixed) |" in only

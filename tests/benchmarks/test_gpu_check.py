@@ -24,6 +24,15 @@ def cuda_device_present() -> bool:
     return listed.startswith("GPU")
 
 
+def test_help_is_the_header_comment_and_nothing_after_it() -> None:
+    result = subprocess.run([str(SCRIPT), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("GPU check of the serving path")
+    assert lines[-1].strip().startswith("--quick")
+    assert not any(line.startswith(("set ", "cd ", "#")) for line in lines)
+
+
 def test_without_a_gpu_it_says_so_and_exits_cleanly(tmp_path: Path) -> None:
     fake = tmp_path / "bin"
     fake.mkdir()

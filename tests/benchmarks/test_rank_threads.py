@@ -1,4 +1,4 @@
-"""The per-thread CPU and page-fault readers of bench_rank_threads, on this test's own process."""
+"""bench_rank_threads: its per-thread CPU and page-fault readers (on this process) and its settings."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from bench_rank_threads import minor_faults, thread_cpu_ns, thread_role  # noqa: E402
+from bench_rank_threads import main, minor_faults, thread_cpu_ns, thread_role  # noqa: E402
 
 
 def test_a_busy_thread_shows_its_cpu_under_its_own_id() -> None:
@@ -49,3 +51,14 @@ def test_touching_fresh_pages_counts_one_minor_fault_each() -> None:
             fresh[page * mmap.PAGESIZE] = 1
         touched = minor_faults(os.getpid()) - before
     assert pages <= touched < pages + 200, touched  # the loop itself may fault a few more
+
+
+@pytest.mark.parametrize("argv", [["--per-round", "1"], ["--rounds", "0"]])
+def test_settings_that_leave_no_timed_call_are_refused_before_any_server_starts(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # each round's first call is reported apart: one call per round leaves the c=1 p50 without a sample
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert "--per-round at least 2" in capsys.readouterr().err

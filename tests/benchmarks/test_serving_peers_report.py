@@ -1,14 +1,30 @@
-"""bench_serving_peers' report: concurrency 1 by the call's place in its round."""
+"""bench_serving_peers' report (concurrency 1 by the call's place in its round) and its same-model check."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import bench_ranker as br  # noqa: E402
-from bench_serving_peers import by_position  # noqa: E402
+from bench_serving_peers import (  # noqa: E402
+    EXPERIMENTS,
+    FLOOR_SPINNING,
+    OIP,
+    RANK,
+    WORK_FLOORS,
+    by_position,
+    check_same_model,
+    floor_label,
+    infer_request,
+    kserve_label,
+    report,
+)
 
 
 def test_each_place_in_the_round_gets_its_own_median() -> None:
@@ -16,3 +32,36 @@ def test_each_place_in_the_round_gets_its_own_median() -> None:
     result.latencies_s = [0.005, 0.001, 0.002] * 3 + [0.009, 0.001, 0.002]  # four rounds of three calls, in order
     lines = by_position({"a server": {1: result}}, 3)
     assert lines[-2:] == ["|---|---:|---:|---:|", "| a server | 5.000 | 1.000 | 2.000 |"]
+
+
+def test_the_report_counts_the_calls_each_row_was_timed_with() -> None:
+    # 100 requests cannot be split into 60 rounds: a round times one call, so each row holds 60
+    args = argparse.Namespace(
+        requests=100, rounds=60, candidates=500, threads=2, kserve_version="0.0", connections=1
+    )
+    kserve = kserve_label("sync", "during-runs")
+    names = [RANK, OIP, *(floor_label(s) for s in FLOOR_SPINNING), *WORK_FLOORS, kserve]
+    results = {}
+    for name in names:
+        latencies = [0.001 * (i % 3 + 1) for i in range(60)]
+        results[name] = {c: br.Result(name, latencies, 1.0) for c in (1, 4, 16)}
+    raw = {"raw": br.Result("raw", [0.0005] * 60, 1.0)}
+    text = report(args, results, raw, ("up", "up"), [kserve])
+    assert "concurrency 1: 60 (sync stub)" in text
+    assert "| server | 0 |\n" in text  # one place per round
+
+
+@pytest.mark.integration
+def test_the_same_model_check_accepts_a_request_with_fewer_candidates_than_top_k(tmp_path: Path) -> None:
+    # --candidates 50: Rank answers all 50 (top_k is 100), ModelInfer the raw logits of the 50 rows
+    package = br.write_package(br.build_model(), tmp_path)
+    ids, sparse, dense = br.request_rows(package, 50, np.random.default_rng(1))
+    session = br.ort_session(package / "model.onnx", 1, "off")
+    expected = session.run(["logits"], {"sparse": sparse, "dense": dense})[0]
+    proc, target = br.start_server(tmp_path, 1, br.free_port(), [], EXPERIMENTS)
+    try:
+        targets = {RANK: (target, "rank"), OIP: (target, "infer")}
+        check_same_model(targets, br.rank_request(ids), infer_request(sparse, dense), expected)
+    finally:
+        proc.kill()
+        proc.wait()
