@@ -136,8 +136,15 @@ def load_movielens_100k(path: Path | str, embedding_dim: int = 8) -> TabularData
 def load_movielens(path: Path | str, seed: int = 0, embedding_dim: int = 8) -> Splits:
     """Either MovieLens layout, split 8:1:1 at random with ``seed``."""
     directory = Path(path)
-    is_100k = (directory / "u.user").exists()
-    data = (load_movielens_100k if is_100k else load_movielens_1m)(directory, embedding_dim)
+    if (directory / "u.user").exists():
+        data = load_movielens_100k(directory, embedding_dim)
+    elif (directory / "users.dat").exists():
+        data = load_movielens_1m(directory, embedding_dim)
+    else:  # naming one layout's files would send a user of the other looking for the wrong ones
+        raise DataError(
+            f"{directory}: not a MovieLens folder: ML-1M has users.dat, movies.dat and ratings.dat, ML-100k "
+            f"has u.user, u.item and u.data (official files: {ML_1M.url}, {ML_100K.url})"
+        )
     return data.split((0.8, 0.1, 0.1), seed)
 
 

@@ -70,6 +70,14 @@ def test_movielens_split_is_8_1_1_and_seeded(tmp_path: Path) -> None:
     np.testing.assert_array_equal(a.test.sparse, b.test.sparse)
 
 
+def test_a_folder_of_neither_movielens_layout_names_both(tmp_path: Path) -> None:
+    """An empty or wrong folder was read as ML-1M, so an ML-100k user was told ratings.dat was missing."""
+    (tmp_path / "u.data").write_text("1\t2\t4\t881250949\n")  # ML-100k's ratings without u.user
+    with pytest.raises(DataError, match=r"not a MovieLens folder: ML-1M has users.dat.*ML-100k has u.user") as e:
+        load_movielens(tmp_path)
+    assert "https://files.grouplens.org/datasets/movielens/ml-100k.zip" in str(e.value)
+
+
 def test_movielens_100k_format(tmp_path: Path) -> None:
     (tmp_path / "u.data").write_text("1\t2\t4\t881250949\n2\t1\t1\t881250950\n")
     (tmp_path / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
