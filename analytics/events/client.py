@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from analytics.events.messages import make_outcome
+from analytics.events.errors import InvalidEvent
+from analytics.events.messages import check_event_time, make_outcome, now_ms
 from analytics.events.producer import EventProducer
 
 
@@ -54,8 +55,14 @@ class OutcomeClient:
     ) -> str:
         """Queue one outcome; returns its event id (pass the same id again to retry without double counting).
 
+        Args:
+            event_time_ms: when it happened, milliseconds since the Unix epoch (default: now); at most 1 hour
+                ahead of this host's clock and not before 2000 (seconds or microseconds are refused).
+            event_id: the id of an outcome reported before, to report it again (a retry); default: a new one.
+
         Raises:
-            InvalidEvent: user_id or metric is empty.
+            InvalidEvent: ``Outcome.<field> <reason>``: user_id or metric empty, value not finite, a string
+                field too long, event_time_ms implausible.
         """
         outcome = make_outcome(
             user_id,
@@ -66,12 +73,25 @@ class OutcomeClient:
             event_time_ms=event_time_ms,
             event_id=event_id,
         )
+        check_event_time(outcome, now_ms())
         self.producer.send_outcomes([outcome])
         return outcome.event_id
 
     def report_many(self, outcomes: Iterable[Mapping[str, Any]]) -> list[str]:
-        """Queue several outcomes given as dicts of ``report``'s arguments; returns their event ids."""
-        messages = [make_outcome(**fields) for fields in outcomes]
+        """Queue several outcomes given as dicts of ``report``'s arguments; returns their event ids.
+
+        Raises:
+            InvalidEvent: ``outcomes[i]: Outcome.<field> <reason>`` for the first invalid one (none is queued).
+        """
+        now = now_ms()
+        messages = []
+        for i, fields in enumerate(outcomes):
+            try:
+                outcome = make_outcome(**fields)
+                check_event_time(outcome, now)
+            except InvalidEvent as exc:
+                raise InvalidEvent(f"outcomes[{i}]: {exc}") from None
+            messages.append(outcome)
         self.producer.send_outcomes(messages)
         return [m.event_id for m in messages]
 

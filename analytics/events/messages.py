@@ -24,6 +24,12 @@ KNOWN_SCHEMA_VERSIONS = OUTCOME_SCHEMA_VERSIONS | {INTERLEAVING_SCHEMA_VERSION}
 store credits clicks to the arms)."""
 SENDABLE_SCHEMA_VERSIONS = KNOWN_SCHEMA_VERSIONS
 """Versions producers may send."""
+EARLIEST_EVENT_TIME_MS = 946_684_800_000
+"""2000-01-01T00:00:00Z. A reported event time before it is a unit mistake: seconds since the epoch read as
+milliseconds fall in January 1970, before every exposure, and would count as pre-exposure values."""
+MAX_EVENT_TIME_AHEAD_MS = 3_600_000
+"""How far (1 hour) a reported event time may run ahead of the receiver's clock. Further is a mistake
+(microseconds read as milliseconds fall thousands of years ahead, outside every attribution window)."""
 _BATCH_EVENTS_TAG = b"\x0a"  # field 1 (events), wire type 2 (length-delimited)
 
 
@@ -160,6 +166,25 @@ def event_problem(message: events_pb2.Exposure | events_pb2.Outcome) -> tuple[st
     return None if outcome else teams_problem(message)
 
 
+def event_time_problem(event_time_ms: int, now: int) -> tuple[str, str] | None:
+    """``("event_time_ms", reason)`` when a reported time is no plausible Unix time in milliseconds, else None.
+
+    Checked where backends report outcomes (``OutcomeClient``, ``OutcomeReporter``); 0 (unset) is the time the
+    event is received. The producer does not check it: replays and tests send events of any time.
+
+    Args:
+        event_time_ms: the reported time.
+        now: the receiver's clock, milliseconds since the Unix epoch.
+    """
+    if event_time_ms == 0:
+        return None
+    if event_time_ms < EARLIEST_EVENT_TIME_MS:
+        return "event_time_ms", "is before 2000-01-01: milliseconds since the Unix epoch expected (seconds?)"
+    if event_time_ms > now + MAX_EVENT_TIME_AHEAD_MS:
+        return "event_time_ms", "is more than 1 hour ahead of the receiver's clock (microseconds? time zone?)"
+    return None
+
+
 def teams_problem(exposure: events_pb2.Exposure) -> tuple[str, str] | None:
     """``(field, reason)`` when an exposure's interleaving fields do not fit: an interleaving exposure (schema
     version 2, or unset with ``arms``) names its request, two arms, and one arm index (0 or 1) per item, with
@@ -193,6 +218,13 @@ def check_event(message: events_pb2.Exposure | events_pb2.Outcome) -> None:
     problem = event_problem(message)
     if problem is not None:
         raise InvalidEvent(f"{type(message).__name__}.{problem[0]} {problem[1]}")
+
+
+def check_event_time(outcome: events_pb2.Outcome, now: int) -> None:
+    """Raise ``InvalidEvent`` (``Outcome.event_time_ms <reason>``) for what ``event_time_problem`` finds."""
+    problem = event_time_problem(outcome.event_time_ms, now)
+    if problem is not None:
+        raise InvalidEvent(f"Outcome.{problem[0]} {problem[1]}")
 
 
 def complete(message: events_pb2.Exposure | events_pb2.Outcome) -> None:

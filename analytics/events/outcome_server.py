@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from analytics.events.errors import JournalError
-from analytics.events.messages import event_problem
+from analytics.events.messages import event_problem, event_time_problem, now_ms
 from analytics.events.producer import OUTCOMES_TOPIC, EventProducer
 from analytics.kafka.broker import DEFAULT_DATA_DIR
 from analytics.metrics_endpoint import MetricsPortError, serve_metrics
@@ -34,14 +34,32 @@ from grpc_serving import (
     bind,
     server_security_from_args,
 )
-from proto import outcomes_pb2, outcomes_pb2_grpc
+from proto import events_pb2, outcomes_pb2, outcomes_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = outcomes_pb2.DESCRIPTOR.services_by_name["OutcomeReporter"].full_name
 
 
+def outcomes_problem(outcomes: Sequence[events_pb2.Outcome], now: int) -> str | None:
+    """``outcomes[i].<field> <reason>`` for the first outcome that cannot be accepted, else None.
+
+    Args:
+        outcomes: the request's outcomes.
+        now: the server's clock in milliseconds since the Unix epoch (event times are checked against it).
+    """
+    for i, outcome in enumerate(outcomes):
+        problem = event_problem(outcome) or event_time_problem(outcome.event_time_ms, now)
+        if problem is not None:
+            return f"outcomes[{i}].{problem[0]} {problem[1]}"
+    return None
+
+
 class OutcomeReporterServicer(outcomes_pb2_grpc.OutcomeReporterServicer):
-    """Validates outcomes and queues them on the producer (accepted = sent or kept for later delivery)."""
+    """Validates outcomes and queues them on the producer (accepted = sent or kept for later delivery).
+
+    A request is accepted whole or not at all: an invalid outcome is INVALID_ARGUMENT naming it, a full queue
+    (buffer and journal: Kafka away for long) RESOURCE_EXHAUSTED; either way nothing of it was queued.
+    """
 
     def __init__(self, producer: EventProducer) -> None:
         self._producer = producer
@@ -50,11 +68,16 @@ class OutcomeReporterServicer(outcomes_pb2_grpc.OutcomeReporterServicer):
         self, request: outcomes_pb2.ReportOutcomesRequest, context: grpc.ServicerContext
     ) -> outcomes_pb2.ReportOutcomesResponse:
         outcomes = list(request.outcomes)
-        for i, outcome in enumerate(outcomes):
-            problem = event_problem(outcome)
-            if problem is not None:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"outcomes[{i}].{problem[0]} {problem[1]}")
-        accepted = self._producer.send_outcomes(outcomes)
+        problem = outcomes_problem(outcomes, now_ms())
+        if problem is not None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        accepted = self._producer.send_outcomes(outcomes)  # all of them or none: they are all valid
+        if accepted < len(outcomes):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the event buffer and journal are full (Kafka unreachable?): none of the {len(outcomes)} "
+                "outcomes was accepted; retry later",
+            )
         return outcomes_pb2.ReportOutcomesResponse(accepted=accepted)
 
 

@@ -171,13 +171,14 @@ class EventProducer:
         """Queue exposures; returns how many were queued.
 
         Event id, schema version and time are filled in (in place) when unset. An exposure without a user id or
-        with an unknown schema version is a caller bug: it is logged and counted as dropped, never raised, so a
-        telemetry problem cannot fail a ranking request.
+        with an unknown schema version is a caller bug: it is logged and dead-lettered, never raised, so a
+        telemetry problem cannot fail a ranking request. The valid ones are queued together or, when the buffer
+        and the journal are full (or the producer is closed), not at all (0, counted as dropped).
         """
         return self._send(exposures, self.exposures_topic, messages.encode_exposure)
 
     def send_outcomes(self, outcomes: Iterable[events_pb2.Outcome]) -> int:
-        """Queue outcomes; returns how many were queued (invalid ones are dropped as in ``send_exposures``)."""
+        """Queue outcomes; returns how many were queued (as ``send_exposures`` does)."""
         return self._send(outcomes, self.outcomes_topic, messages.encode_outcome)
 
     def _send(self, events: Iterable[Any], topic: str, encode: Callable[[Any], bytes]) -> int:

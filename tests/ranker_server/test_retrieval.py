@@ -131,6 +131,36 @@ async def test_empty_candidates_are_retrieved_with_the_layer_variant(repository:
         await upstream.stop(0)
 
 
+async def test_a_request_that_retrieval_fails_logs_no_exposure(repository: Path) -> None:
+    """Users "r-*" are logged in a ranking and a retrieval experiment; a request that retrieval cannot serve
+    (refused: INVALID_ARGUMENT, or failing: UNAVAILABLE) was answered with an error: no exposure is logged."""
+    retriever = FakeRetriever()
+    upstream, port = await _start_fake(retriever)
+    client = RetrievalClient(f"127.0.0.1:{port}")
+    sink = MemorySink()
+    server = RankerServer(make_settings(repository), MutableSource(TwoLayerRouter()), sink, client)
+    ranker_port = await server.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{ranker_port}") as channel:
+            stub = ranking_pb2_grpc.RankerStub(channel)
+            with pytest.raises(aio.AioRpcError) as info:  # refused by the fake; in the ranking experiment
+                await stub.Rank(ranking_pb2.RankRequest(user_id="unknown-r-1"), timeout=10)
+            assert code_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
+            retriever.fail = True
+            with pytest.raises(aio.AioRpcError) as info:
+                await stub.Rank(ranking_pb2.RankRequest(user_id="r-1"), timeout=10)
+            assert code_of(info.value) == grpc.StatusCode.UNAVAILABLE
+            retriever.fail = False
+            served = await stub.Rank(ranking_pb2.RankRequest(user_id="r-1", top_k=3), timeout=10)
+        await asyncio.sleep(0.2)
+        logged = sorted((e.user_id, e.request_id, e.stage) for e in sink.exposures)
+        assert logged == [("r-1", served.request_id, "ranking"), ("r-1", served.request_id, "retrieval")]
+    finally:
+        await server.stop(1)
+        await client.close()
+        await upstream.stop(0)
+
+
 RETRIEVAL_CONFIG = """\
 version: 1
 defaults:

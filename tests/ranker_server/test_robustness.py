@@ -217,3 +217,26 @@ def test_fuzzed_bytes_are_parsed_or_rejected_as_invalid(threaded_server: str, pa
             assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), exc.details())
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_only_answered_requests_are_logged_as_exposures(running: Running) -> None:
+    """An exposure says the user saw the variant: none for a request that failed after its assignment."""
+    assert running.source.current.assign("user-4")[0].payload.model_version == "1"  # the slowed model
+    slow_down(running.server, 0.3)
+    with pytest.raises(aio.AioRpcError) as info:
+        await running.stub.Rank(rank("user-4"), timeout=0.1)
+    assert code_of(info.value) == grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(aio.AioRpcError) as info:  # no candidates, and no retrieval service to ask
+        await running.stub.Rank(ranking_pb2.RankRequest(user_id="user-4", request_id="r-0"), timeout=5)
+    assert code_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT
+    served = await running.stub.Rank(rank("user-4"), timeout=5)
+    await asyncio.sleep(0.5)  # the slowed request's scoring has finished too; exposures are handed over
+    [exposure] = running.sink.exposures
+    assert (exposure.request_id, exposure.user_id) == (served.request_id, "user-4")
+    [assignment] = served.assignments
+    assert (exposure.experiment_key, exposure.variant_key, exposure.variation_id) == (
+        assignment.experiment_key,
+        assignment.variant_key,
+        assignment.variation_id,
+    )
+    assert list(exposure.item_ids) == list(served.candidate_ids)
