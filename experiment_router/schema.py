@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from proto.limits import MAX_NAME_BYTES
 
 Stage = Literal["retrieval", "ranking"]
 STAGES: tuple[Stage, ...] = ("retrieval", "ranking")
@@ -13,6 +15,19 @@ ExperimentKind = Literal["ab", "interleaving"]
 InterleavingMethod = Literal["team_draft", "balanced"]
 INTERLEAVED = "interleaved"
 """Variant key of users in an interleaving experiment: they see both arms at once, merged into one list."""
+
+
+def _fits_an_event(value: str) -> str:
+    """Experiment and variation keys and model names travel in every exposure, whose producer refuses names
+    over ``MAX_NAME_BYTES``: a longer one would lose every exposure of the experiment, so the config is
+    refused instead."""
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise ValueError(f"is longer than {MAX_NAME_BYTES} bytes (UTF-8): exposure events carry it")
+    return value
+
+
+EventName = Annotated[str, Field(min_length=1), AfterValidator(_fits_an_event)]
+"""A key or model name that exposures carry."""
 
 
 class _Strict(BaseModel):
@@ -24,8 +39,8 @@ class PayloadConfig(_Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
-    model_name: str = Field(min_length=1)
-    model_version: str = Field(min_length=1)
+    model_name: EventName
+    model_version: EventName
     task_weights: dict[str, float] | None = None
 
     @field_validator("model_version", mode="before")
@@ -37,7 +52,7 @@ class PayloadConfig(_Strict):
 class VariationConfig(_Strict):
     """One arm of an experiment; give either a `weight` or an explicit bucket `range`, not both."""
 
-    key: str = Field(min_length=1)
+    key: EventName
     name: str | None = None
     weight: float | None = Field(default=None, ge=0.0)
     range: tuple[float, float] | None = None
@@ -74,7 +89,7 @@ class LayerConfig(_Strict):
 class HoldoutConfig(_Strict):
     """Users hashed into [0, coverage) are kept out of the experiments the holdout covers."""
 
-    key: str | None = Field(default=None, min_length=1)  # default: "global-holdout", or the group's name
+    key: EventName | None = None  # default: "global-holdout", or the group's name
     seed: str | None = None  # default: the key
     coverage: float = Field(ge=0.0, le=1.0)
     hash_attribute: str = "user_id"
@@ -89,7 +104,7 @@ class ExperimentConfig(_Strict):
     each user compares both; the arms take no weight or range, and ``coverage`` sizes the experiment.
     """
 
-    key: str = Field(min_length=1)
+    key: EventName
     name: str | None = None
     kind: ExperimentKind = "ab"
     method: InterleavingMethod = "team_draft"

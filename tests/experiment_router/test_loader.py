@@ -265,6 +265,17 @@ def test_unknown_holdout_group(tmp_path: Path) -> None:
     assert "unknown holdout group 'q4'" in _error(path).message
 
 
+@pytest.mark.parametrize(
+    ("old", "field"),
+    [("key: exp-a", "key"), ("key: treatment", "variations[1].key"), ("model_name: mmoe+dml", "model_name")],
+)
+def test_a_name_too_long_for_an_exposure_event_is_refused(tmp_path: Path, old: str, field: str) -> None:
+    """The event producer refuses names over 256 bytes: such a config loaded and lost every exposure."""
+    name = old.split(": ")[0] + ": " + "é" * 129  # 129 characters, 258 bytes
+    err = _error(_write(tmp_path, GOOD_EXPERIMENT.replace(old, name, 1)))
+    assert "longer than 256 bytes" in err.message and field in (err.field or "") and err.line is not None
+
+
 def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
     path = _write(tmp_path, GOOD_EXPERIMENT + "    condition: {country: [NL\n")
     err = _error(path)
