@@ -162,7 +162,12 @@ class MetricDefinition(_Strict):
 
 
 class ExperimentSettings(_Strict):
-    """Per-experiment analysis settings; every field is optional."""
+    """Per-experiment analysis settings; every field is optional.
+
+    ``weights`` is the split of users by first exposure that the SRM check expects. An experiment whose
+    router weights changed while it ran has no single split (the SRM check flags it and the lift mixes two
+    allocations); such a change belongs under a new experiment key, analysed on its own.
+    """
 
     control: str | None = None
     weights: dict[str, float] | None = None

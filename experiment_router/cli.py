@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import chisquare
 
+from experiment_router.changes import compare, describe
 from experiment_router.conformance import EXCLUSION_REASONS, load_cases, run_suite
 from experiment_router.errors import ConfigError
 from experiment_router.loader import repository_checker, repository_tasks
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--users", type=int, default=100_000, metavar="N", help="number of synthetic user ids (user-0 ...)"
     )
     p.add_argument("--include-drafts", action="store_true", help="preview draft experiments as if running")
+    p.add_argument(
+        "--compare-to",
+        metavar="OLD_CONFIG",
+        help="also say, per experiment in both files, how many of the users switch variant, leave or enter "
+        "when OLD_CONFIG (the config in force) is replaced by --config (servers keep no sticky buckets)",
+    )
 
     p = sub.add_parser(
         "conformance",
@@ -166,17 +173,25 @@ def _payload_text(payload: Payload) -> str:
     return f"{payload.model_name} v{payload.model_version}{weights}"
 
 
+def _drafts_running(router: Router) -> Router:
+    """The router with its draft experiments running (``--include-drafts``)."""
+    # only the fields the file set: validation tells a field left out from one set to its default
+    data = router.config.model_dump(exclude_unset=True)
+    for exp in data.get("experiments", []):
+        if exp.get("status", "draft") == "draft":
+            exp["status"] = "running"
+    return Router.from_dict(data)
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     router = _load(args, args.config)
+    old = _load(args, args.compare_to) if args.compare_to else None
     if args.include_drafts:
-        # only the fields the file set: validation tells a field left out from one set to its default
-        data = router.config.model_dump(exclude_unset=True)
-        for exp in data.get("experiments", []):
-            if exp.get("status", "draft") == "draft":
-                exp["status"] = "running"
-        router = Router.from_dict(data)
+        router = _drafts_running(router)
+        old = _drafts_running(old) if old is not None else None
     ids = [f"user-{i}" for i in range(args.users)]
-    result = router.assign_many(ids, dict(args.attr), now=time.time() if args.at is None else args.at)
+    now = time.time() if args.at is None else args.at
+    result = router.assign_many(ids, dict(args.attr), now=now)
     print(f"{args.users} synthetic users, attributes {dict(args.attr) or '{}'}")
     for exp in router.config.experiments:
         chosen = result[exp.key]
@@ -197,6 +212,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
             p = chisquare(observed[live], f_exp=widths[live] / widths.sum() * observed[live].sum()).pvalue
             flag = "  <- sample ratio mismatch" if p < 0.001 else ""
             print(f"  SRM chi-square p-value: {p:.4f}{flag}")
+    if old is not None:
+        print(f"compared to {args.compare_to} (the same users, attributes and time):")
+        for change in compare(old, router, ids, dict(args.attr), now=now):
+            print(f"  {describe(change)}")
     return 0
 
 

@@ -8,6 +8,11 @@ copy that writes the file in several steps can be caught half-way, and a truncat
 YAML that simply lacks an experiment, whose model would then be unloaded. When a model check cannot be
 answered (``ModelCheckUnavailable``: the retrieval service is down), the new file is neither applied nor
 rejected: the previous config stays and the file is tried again at the next poll.
+
+Every applied config is logged and exported (``mtrank_router_config_info{path, sha256}``) with the sha256 of
+its text, so logs and dashboards say which version is live. A reload that moves users of a running experiment
+from one variant to another (new weights, variations, seed or hashing: no sticky buckets are kept) is logged
+as a warning with the share of users that switch (``experiment_router.changes``).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Info
 
+from experiment_router.changes import compare, describe
 from experiment_router.errors import ConfigError, ModelCheckUnavailable
 from experiment_router.loader import ModelExists, RankingTasks
 from experiment_router.router import Router
@@ -34,6 +40,7 @@ RELOADS = Counter(
     "Experiment config reload attempts by result",
     ["result"],
 )
+LIVE = Info("mtrank_router_config", "The experiment config in force: the sha256 of its text", ["path"])
 
 
 class ConfigWatcher:
@@ -83,6 +90,7 @@ class ConfigWatcher:
         self._pending: tuple[str, str, float] | None = None
         self._deferred_digest: str | None = None  # last content whose model check could not run (logged once)
         self._current = self._build(text)
+        self._live(self._digest)
 
     @property
     def current(self) -> Router:
@@ -142,12 +150,34 @@ class ConfigWatcher:
                 self._digest, self._pending = digest, None  # do not re-log the same bad file on every poll
                 self._reject(exc)
                 return False
-            self._digest, self._pending, self._current = digest, None, router
+            old, self._digest, self._pending, self._current = self._current, digest, None, router
         RELOADS.labels(result="success").inc()
-        logger.info("experiment config %s reloaded: %d experiments", self.path, len(router.experiment_keys))
+        self._live(digest)
+        logger.info(
+            "experiment config %s reloaded: sha256 %s, %d experiments",
+            self.path,
+            digest,
+            len(router.experiment_keys),
+        )
+        self._warn_switches(old, router)
         if self._on_reload is not None:
             self._on_reload(router)
         return True
+
+    def _live(self, digest: str) -> None:
+        LIVE.labels(path=str(self.path)).info({"sha256": digest})
+
+    def _warn_switches(self, old: Router, new: Router) -> None:
+        """Warn about running experiments whose users the new config moves to another variant."""
+        running = {e.key for e in new.config.experiments if e.status == "running"}
+        for change in compare(old, new, now=time.time()):
+            if change.switched and change.key in running:
+                logger.warning(
+                    "experiment config %s: %s; exposures log the new variant, analysis keeps each user in the "
+                    "first variant it logged (to re-randomise, give the experiment a new key)",
+                    self.path,
+                    describe(change),
+                )
 
     def _defer(self, digest: str, exc: ModelCheckUnavailable) -> None:
         """Keep the change pending: the previous config stays, the file is tried again at the next poll."""

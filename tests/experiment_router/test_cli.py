@@ -152,3 +152,19 @@ def test_preview_at_a_time_and_srm_beside_a_zero_weight_variation(
     assert "exp-a [ranking, running]: 0 not in experiment" in out and "SRM chi-square p-value" in out
     assert main(["preview", "--config", str(path), "--users", "4000", "--at", "1767225599"]) == 0  # 1 s early
     assert "exp-a [ranking, running]: 4000 not in experiment" in capsys.readouterr().out
+
+
+def test_preview_compare_to_counts_the_users_a_change_moves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = base_config(), base_config()
+    for config, weights in ((old, (0.9, 0.1)), (new, (0.5, 0.5))):
+        for variation, weight in zip(config["experiments"][0]["variations"], weights, strict=True):
+            variation["weight"] = weight
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    args = ["preview", "--config", str(tmp_path / "new.json"), "--users", "10000"]
+    assert main([*args, "--compare-to", str(tmp_path / "old.json")]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("  experiment 'exp-a': of 10000 sampled users, ") and "switch variant" in line
+    assert 3_500 < int(line.split("sampled users, ")[1].split(" ")[0]) < 4_500  # 40 % expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -151,3 +152,37 @@ def test_unavailable_model_check_defers_the_reload_until_it_can_run(
     reachable["now"] = True
     assert watcher.check_now() is True  # the same file, unchanged: applied once the check can run
     assert watcher.current.experiment_keys == ("exp-a", "exp-b")
+
+
+def test_a_reload_says_which_config_is_live_and_warns_when_users_switch_variant(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ramping a running experiment's weights moves users between variants (no sticky store): say so."""
+    path = tmp_path / "exp.yaml"
+    data = base_config()
+    for variation, weight in zip(data["experiments"][0]["variations"], (0.9, 0.1), strict=True):
+        variation["weight"] = weight
+    _write(path, data, 0)
+    watcher = ConfigWatcher(path, settle_s=0)
+    first = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert REGISTRY.get_sample_value("mtrank_router_config_info", {"path": str(path), "sha256": first}) == 1
+
+    data["experiments"][0]["coverage"] = 1.0  # same split: nobody switches
+    _write(path, data, 10)
+    with caplog.at_level(logging.INFO, logger="experiment_router.reload"):
+        assert watcher.check_now() is True
+    assert "switch variant" not in caplog.text
+    for variation in data["experiments"][0]["variations"]:
+        variation["weight"] = 0.5
+    _write(path, data, 20)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="experiment_router.reload"):
+        assert watcher.check_now() is True
+    live = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert f"sha256 {live}" in caplog.text
+    assert REGISTRY.get_sample_value("mtrank_router_config_info", {"path": str(path), "sha256": live}) == 1
+    assert REGISTRY.get_sample_value("mtrank_router_config_info", {"path": str(path), "sha256": first}) is None
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "experiment 'exp-a'" in warning.message and "switch variant" in warning.message
+    switched = int(warning.message.split("sampled users, ")[1].split(" ")[0])
+    assert 3_500 < switched < 4_500  # hashes in [0.5, 0.9) of 10,000 sampled users move to treatment
