@@ -10,7 +10,8 @@ reproduce row for row (the SQL is checked against ``user_preferences``). Rules:
 2. A click counts when its request id is one of the user's interleaved requests and its item id is in that
    request's list; it is credited to the team of that item at that request. Each (request, item) counts at
    most once, so a double-click (two events) is one credit. Clicks on items or requests the user was not
-   shown interleaved are not credited.
+   shown interleaved are not credited, nor click outcomes that name no item (``Outcome.item_id`` unset; item 0
+   is an item): they are no ``Click``.
 3. A user's credits c_A, c_B sum over all their interleaved requests. Every user with an interleaved exposure
    counts in n, with or without clicks; the statistics (``analytics.stats.interleaving``) take it from there.
 4. As of a time c (the report's timeline), the same rules apply to the exposures and clicks at or before c.

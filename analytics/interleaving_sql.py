@@ -6,7 +6,8 @@ append-only tables:
 
 - ``interleaved(event_id, experiment, user_id, request_id, ts, item_ids, teams, arm_a_key, arm_a_model,
   arm_a_version, arm_b_key, arm_b_model, arm_b_version)``: the lists of each interleaved exposure;
-- ``item_outcomes(event_id, user_id, request_id, item_id, metric, ts)``: outcomes that name a request.
+- ``item_outcomes(event_id, user_id, request_id, item_id, metric, ts)``: outcomes that name a request and
+  an item (an outcome without an item is not there: it credits no arm).
 
 Stages (CTEs):
 

@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from proto import common_pb2 as proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/events.proto\x12\tmtrank.v1\x1a\x12proto/common.proto\"\xcb\x02\n\x08\x45xposure\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x30\n\x0eschema_version\x18\x02 \x01(\x0e\x32\x18.mtrank.v1.SchemaVersion\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x16\n\x0e\x65xperiment_key\x18\x05 \x01(\t\x12\x13\n\x0bvariant_key\x18\x06 \x01(\t\x12\x14\n\x0cvariation_id\x18\x07 \x01(\x05\x12\r\n\x05stage\x18\x08 \x01(\t\x12\x15\n\revent_time_ms\x18\t \x01(\x03\x12\"\n\x05model\x18\n \x01(\x0b\x32\x13.mtrank.v1.ModelRef\x12\x10\n\x08item_ids\x18\x0b \x03(\x03\x12\r\n\x05teams\x18\x0c \x03(\r\x12(\n\x04\x61rms\x18\r \x03(\x0b\x32\x1a.mtrank.v1.InterleavingArm\"\xe6\x01\n\x07Outcome\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x30\n\x0eschema_version\x18\x02 \x01(\x0e\x32\x18.mtrank.v1.SchemaVersion\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x16\n\x0e\x65xperiment_key\x18\x05 \x01(\t\x12\x13\n\x0bvariant_key\x18\x06 \x01(\t\x12\x15\n\revent_time_ms\x18\x07 \x01(\x03\x12\x0e\n\x06metric\x18\x08 \x01(\t\x12\r\n\x05value\x18\t \x01(\x01\x12\x0f\n\x07item_id\x18\n \x01(\x03\"b\n\x05\x45vent\x12\'\n\x08\x65xposure\x18\x01 \x01(\x0b\x32\x13.mtrank.v1.ExposureH\x00\x12%\n\x07outcome\x18\x02 \x01(\x0b\x32\x12.mtrank.v1.OutcomeH\x00\x42\t\n\x07payload\".\n\nEventBatch\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.mtrank.v1.Event*[\n\rSchemaVersion\x12\x1e\n\x1aSCHEMA_VERSION_UNSPECIFIED\x10\x00\x12\x14\n\x10SCHEMA_VERSION_1\x10\x01\x12\x14\n\x10SCHEMA_VERSION_2\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12proto/events.proto\x12\tmtrank.v1\x1a\x12proto/common.proto\"\xcb\x02\n\x08\x45xposure\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x30\n\x0eschema_version\x18\x02 \x01(\x0e\x32\x18.mtrank.v1.SchemaVersion\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x16\n\x0e\x65xperiment_key\x18\x05 \x01(\t\x12\x13\n\x0bvariant_key\x18\x06 \x01(\t\x12\x14\n\x0cvariation_id\x18\x07 \x01(\x05\x12\r\n\x05stage\x18\x08 \x01(\t\x12\x15\n\revent_time_ms\x18\t \x01(\x03\x12\"\n\x05model\x18\n \x01(\x0b\x32\x13.mtrank.v1.ModelRef\x12\x10\n\x08item_ids\x18\x0b \x03(\x03\x12\r\n\x05teams\x18\x0c \x03(\r\x12(\n\x04\x61rms\x18\r \x03(\x0b\x32\x1a.mtrank.v1.InterleavingArm\"\xf7\x01\n\x07Outcome\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x30\n\x0eschema_version\x18\x02 \x01(\x0e\x32\x18.mtrank.v1.SchemaVersion\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x16\n\x0e\x65xperiment_key\x18\x05 \x01(\t\x12\x13\n\x0bvariant_key\x18\x06 \x01(\t\x12\x15\n\revent_time_ms\x18\x07 \x01(\x03\x12\x0e\n\x06metric\x18\x08 \x01(\t\x12\r\n\x05value\x18\t \x01(\x01\x12\x14\n\x07item_id\x18\n \x01(\x03H\x00\x88\x01\x01\x42\n\n\x08_item_id\"b\n\x05\x45vent\x12\'\n\x08\x65xposure\x18\x01 \x01(\x0b\x32\x13.mtrank.v1.ExposureH\x00\x12%\n\x07outcome\x18\x02 \x01(\x0b\x32\x12.mtrank.v1.OutcomeH\x00\x42\t\n\x07payload\".\n\nEventBatch\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.mtrank.v1.Event*[\n\rSchemaVersion\x12\x1e\n\x1aSCHEMA_VERSION_UNSPECIFIED\x10\x00\x12\x14\n\x10SCHEMA_VERSION_1\x10\x01\x12\x14\n\x10SCHEMA_VERSION_2\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCHEMAVERSION']._serialized_start=768
-  _globals['_SCHEMAVERSION']._serialized_end=859
+  _globals['_SCHEMAVERSION']._serialized_start=785
+  _globals['_SCHEMAVERSION']._serialized_end=876
   _globals['_EXPOSURE']._serialized_start=54
   _globals['_EXPOSURE']._serialized_end=385
   _globals['_OUTCOME']._serialized_start=388
-  _globals['_OUTCOME']._serialized_end=618
-  _globals['_EVENT']._serialized_start=620
-  _globals['_EVENT']._serialized_end=718
-  _globals['_EVENTBATCH']._serialized_start=720
-  _globals['_EVENTBATCH']._serialized_end=766
+  _globals['_OUTCOME']._serialized_end=635
+  _globals['_EVENT']._serialized_start=637
+  _globals['_EVENT']._serialized_end=735
+  _globals['_EVENTBATCH']._serialized_start=737
+  _globals['_EVENTBATCH']._serialized_end=783
 # @@protoc_insertion_point(module_scope)

@@ -82,10 +82,11 @@ def decode_into(
     Each field goes straight into its column list: the stores write columns (Arrow/Parquet), so no per-event
     tuple is ever built on this hot path. An interleaving exposure (version 2) goes to ``exposures`` (variant
     ``"interleaved"``) and with its items, teams and arms to ``interleaved``; without ``interleaved`` it is
-    rejected, as by a reader that cannot credit teams. An outcome that names a request also goes to
-    ``item_outcomes`` when given. A value that holds no event is rejected as a whole: protobuf parses many
-    other messages (an ``Event`` outside its batch, say) as an ``EventBatch`` of unknown fields. Warnings name
-    the record as ``where`` says (e.g. ``"mtrank.outcomes[3] offset 17"``).
+    rejected, as by a reader that cannot credit teams. An outcome that names a request and an item (one whose
+    ``item_id`` is set, to 0 or any other id) also goes to ``item_outcomes`` when given. A value that holds no
+    event is rejected as a whole: protobuf parses many other messages (an ``Event`` outside its batch, say)
+    as an ``EventBatch`` of unknown fields. Warnings name the record as ``where`` says (e.g.
+    ``"mtrank.outcomes[3] offset 17"``).
     """
     try:
         batch = events_pb2.EventBatch.FromString(value)
@@ -134,7 +135,8 @@ def decode_into(
             o_metric(metric)
             o_ts(ts)
             o_value(o.value)
-            if request_id and r_append is not None:
+            # an item outcome names a request and an item (0 is one); without an item it credits no arm
+            if request_id and r_append is not None and o.HasField("item_id"):
                 r_id, r_user, r_request, r_item, r_metric, r_ts = r_append
                 r_id(event_id)
                 r_user(user_id)

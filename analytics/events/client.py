@@ -49,13 +49,16 @@ class OutcomeClient:
         value: float = 1.0,
         *,
         request_id: str = "",
-        item_id: int = 0,
+        item_id: int | None = None,
         event_time_ms: int | None = None,
         event_id: str | None = None,
     ) -> str:
         """Queue one outcome; returns its event id (pass the same id again to retry without double counting).
 
         Args:
+            request_id: the ``RankResponse.request_id`` the outcome follows from, when known.
+            item_id: the item it is about (a clicked item; 0 is an item like any other), when it is about one:
+                interleaving credits a click by its request and item, and one without an item to no arm.
             event_time_ms: when it happened, milliseconds since the Unix epoch (default: now); at most 1 hour
                 ahead of this host's clock and not before 2000 (seconds or microseconds are refused).
             event_id: the id of an outcome reported before, to report it again (a retry); default: a new one.

@@ -106,10 +106,13 @@ def make_outcome(
     experiment_key: str = "",
     variant_key: str = "",
     event_time_ms: int | None = None,
-    item_id: int = 0,
+    item_id: int | None = None,
     event_id: str | None = None,
 ) -> events_pb2.Outcome:
     """An Outcome (metric + value) with a fresh event id, the current schema version and time.
+
+    ``item_id`` is set only when given (0 is an item like any other); an outcome without one is about no item,
+    and interleaving credits it to no arm.
 
     Raises:
         InvalidEvent: see ``event_problem``.

@@ -44,8 +44,8 @@ CREATE TABLE IF NOT EXISTS interleaved
 ENGINE = MergeTree
 ORDER BY (experiment, user_id, request_id, ts);
 
--- Outcomes that name the request they follow from (they are in outcomes too): interleaving credits clicks by
--- (user, request, item).
+-- Outcomes that name the request they follow from and an item (they are in outcomes too): interleaving
+-- credits clicks by (user, request, item). An outcome without an item is not one of them (item 0 is an item).
 CREATE TABLE IF NOT EXISTS item_outcomes
 (
     event_id String,

@@ -4,6 +4,8 @@
 -- ProtobufSingle format from the .proto files under format_schema_path (mounted as proto/*.proto).
 -- The materialised views only append raw events; deduplication by event id and first-exposure attribution
 -- happen when the compiled report queries read (analytics/sql_compiler.py), as in the embedded store.
+-- Outcome.item_id is optional (an outcome may be about no item; item 0 is an item): its column is Nullable,
+-- which the Protobuf format sets to NULL when the field is absent and to 0 for item 0 (Int64 reads both 0).
 
 CREATE TABLE IF NOT EXISTS kafka_events
 (
@@ -27,7 +29,7 @@ CREATE TABLE IF NOT EXISTS kafka_events
             metric String,
             event_time_ms Int64,
             value Float64,
-            item_id Int64)))
+            item_id Nullable(Int64))))
 )
 ENGINE = Kafka
 SETTINGS
@@ -93,16 +95,17 @@ ARRAY JOIN events AS e
 WHERE _error = '' AND e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != ''
     AND isFinite(e.outcome.value);
 
--- Outcomes that name a request, again with the request and item (interleaving credits clicks by them).
+-- Outcomes that name a request and an item, again with both (interleaving credits clicks by them); one
+-- without an item credits no arm, as in the Python consumer.
 CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_item_outcomes_mv TO item_outcomes AS
 SELECT
     e.outcome.event_id AS event_id,
     e.outcome.user_id AS user_id,
     e.outcome.request_id AS request_id,
-    e.outcome.item_id AS item_id,
+    assumeNotNull(e.outcome.item_id) AS item_id,
     e.outcome.metric AS metric,
     e.outcome.event_time_ms AS ts
 FROM kafka_events
 ARRAY JOIN events AS e
 WHERE _error = '' AND e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != ''
-    AND isFinite(e.outcome.value) AND e.outcome.request_id != '';
+    AND isFinite(e.outcome.value) AND e.outcome.request_id != '' AND e.outcome.item_id IS NOT NULL;

@@ -130,6 +130,22 @@ def test_decoder_keeps_items_teams_and_arms_and_rejects_what_does_not_fit() -> N
     assert decode_into(frame_batch([encode_outcome(click)]), exposures, outcomes, interleaved, items) == 1
 
 
+def test_only_outcomes_with_an_item_are_item_outcomes() -> None:
+    """An outcome that names a request but no item was decoded as an item outcome of item 0, whose clicks the
+    interleaving credit gave to the arm that showed item 0 in that request. Item 0 itself stays item 0."""
+    no_item = make_outcome("u1", "click", request_id="r1", event_time_ms=9)
+    item_0 = make_outcome("u1", "click", request_id="r1", item_id=0, event_time_ms=9)
+    item_3 = make_outcome("u1", "impression", request_id="r1", item_id=3, event_time_ms=9)
+    outcomes, items = OutcomeColumns(), ItemOutcomeColumns()
+    value = frame_batch([encode_outcome(o) for o in (no_item, item_0, item_3)])
+    assert decode_into(value, ExposureColumns(), outcomes, InterleavedColumns(), items) == 0
+    assert [row[0] for row in outcomes] == [no_item.event_id, item_0.event_id, item_3.event_id]
+    assert list(items) == [
+        (item_0.event_id, "u1", "r1", 0, "click", 9),
+        (item_3.event_id, "u1", "r1", 3, "impression", 9),
+    ]
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", ["duckdb", "memory"])
 def test_interleaving_via_kafka_counts_once(

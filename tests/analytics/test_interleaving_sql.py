@@ -16,17 +16,27 @@ import numpy as np
 import pytest
 
 from analytics import interleaving_sql as isql
+from analytics.consumer.processor import decode_into
+from analytics.events.messages import (
+    encode_exposure,
+    encode_outcome,
+    frame_batch,
+    make_exposure,
+    make_outcome,
+)
 from analytics.interleaving import Arm, Click, InterleavedExposure, preference_counts_at
 from analytics.stats.interleaving import InterleavingConfig, PreferenceCounts, analyze_interleaving
 from analytics.store import (
     DuckDBEventStore,
     EventStore,
+    ExposureColumns,
     ExposureRow,
     MemoryEventStore,
+    OutcomeColumns,
     OutcomeRow,
     open_store,
 )
-from analytics.store.base import InterleavedRow, ItemOutcomeRow
+from analytics.store.base import InterleavedColumns, InterleavedRow, ItemOutcomeColumns, ItemOutcomeRow
 
 START = 1_790_000_000_000
 ARMS = {
@@ -203,6 +213,28 @@ def test_an_experiment_without_clicks_or_exposures(store: EventStore) -> None:
         PreferenceCounts(1, 0, 0, 0, 0.0, 0.0),
     ]
     assert store.interleaving_arms("il-a")[0].exposures == 1
+
+
+def test_a_click_without_an_item_credits_no_arm(store: EventStore) -> None:
+    """A click that names its request but no item was stored as a click on item 0 (proto3 sent no item and
+    item 0 alike), so the arm that showed item 0 in that request got the credit: here B, making a tie of a
+    user who prefers A. Item 0 is a valid id: a click on it is credited as any other."""
+    (arm_a, arm_b) = ARMS["il-a"]
+    shown = [
+        make_exposure("u1", "il-a", "interleaved", request_id=request, item_ids=[0, 7], teams=teams,
+                      arms=(arm_a, arm_b), event_time_ms=10)
+        for request, teams in (("r1", [1, 0]), ("r2", [0, 1]))
+    ]  # fmt: skip
+    clicks = [
+        make_outcome("u1", "click", request_id="r1", event_time_ms=20),  # no item: credits nobody
+        make_outcome("u1", "click", request_id="r2", item_id=0, event_time_ms=20),  # item 0, from A
+    ]
+    columns = ExposureColumns(), OutcomeColumns(), InterleavedColumns(), ItemOutcomeColumns()
+    value = frame_batch([*map(encode_exposure, shown), *map(encode_outcome, clicks)])
+    assert decode_into(value, *columns) == 0
+    exposures, outcomes, interleaved, item_outcomes = columns
+    store.apply(exposures, outcomes, {}, interleaved=interleaved, item_outcomes=item_outcomes)
+    assert store.preference_counts("il-a", [None]) == [PreferenceCounts(1, 1, 0, 0, -1.0, 1.0)]
 
 
 def test_the_query_compiles_for_both_engines_and_checks_cuts() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -121,6 +121,29 @@ def test_report_many_names_the_entry_it_refuses_and_queues_none(unreachable: Eve
             client.report_many([good, bad, good])
         assert str(raised.value).startswith(message)
     assert unreachable.stats.buffered == 0
+
+
+class _Sent(list[events_pb2.Outcome]):
+    """Stands in for the producer: keeps the outcomes the client builds."""
+
+    def send_outcomes(self, outcomes: list[events_pb2.Outcome]) -> int:
+        self.extend(outcomes)
+        return len(outcomes)
+
+
+def test_an_outcome_names_an_item_only_when_given() -> None:
+    """``item_id`` defaulted to 0, and proto3 sent item 0 as no item: a click reported with its request but no
+    item was credited to the interleaving arm that showed item 0. Now the item is set when given, 0 included."""
+    sent = _Sent()
+    client = OutcomeClient(producer=cast(EventProducer, sent))
+    client.report("u1", "click", request_id="r1")
+    client.report("u1", "click", request_id="r1", item_id=0)
+    client.report_many([{"user_id": "u1", "metric": "click", "request_id": "r1", "item_id": item}
+                        for item in (None, 0, -4)])  # fmt: skip
+    found = [(o.HasField("item_id"), o.item_id) for o in sent]
+    assert found == [(False, 0), (True, 0), (False, 0), (True, 0), (True, -4)]
+    wire = [events_pb2.Outcome.FromString(o.SerializeToString()).HasField("item_id") for o in sent[:2]]
+    assert wire == [False, True]  # item 0 goes on the wire (field 10, 0), no item does not
 
 
 @pytest.mark.integration

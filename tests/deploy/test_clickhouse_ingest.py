@@ -39,6 +39,9 @@ def _kafka_structure() -> str:
 
 
 ARMS = (("control", "mmoe", "1"), ("treatment", "mmoe+dml", "2"))
+CLICK_9 = make_outcome("u3", "click", request_id="r3", item_id=9, event_time_ms=14)
+CLICK_0 = make_outcome("u3", "click", request_id="r3", item_id=0, event_time_ms=15)  # item 0: an item
+NO_ITEM = make_outcome("u3", "click", request_id="r3", event_time_ms=16)  # names the request, no item
 
 
 def _records() -> list[bytes]:
@@ -62,8 +65,7 @@ def _records() -> list[bytes]:
                      encode_outcome(anonymous),
                      encode_exposure(make_exposure("u2", "exp", "b", event_time_ms=10))]),
         frame_batch([encode_exposure(interleaved), encode_exposure(repeated), encode_exposure(bad_team),
-                     encode_outcome(make_outcome("u3", "click", request_id="r3", item_id=9, event_time_ms=14)),
-                     encode_outcome(make_outcome("u3", "click", request_id="r3", item_id=0, event_time_ms=15)),
+                     encode_outcome(CLICK_9), encode_outcome(CLICK_0), encode_outcome(NO_ITEM),
                      encode_outcome(infinite)]),
     ]  # fmt: skip
 
@@ -90,8 +92,13 @@ def test_the_materialised_views_decode_event_batches_like_the_python_consumer(tm
                     select = select.replace("_error = '' AND ", "")  # a virtual column of the Kafka engine only
                     _, rows = store.client.query(f"{select} SETTINGS format_schema = 'proto/events.proto:EventBatch'")
                     found[match.group(1)] += rows
-        for table, expected in {"exposures": 3, "outcomes": 4, "interleaved": 1, "item_outcomes": 2}.items():
+        for table, expected in {"exposures": 3, "outcomes": 5, "interleaved": 1, "item_outcomes": 2}.items():
             assert sorted(found[table]) == sorted(columns[table]) and len(found[table]) == expected, table
+        # The click without an item is an outcome but no item outcome (it was one of item 0, credited to the
+        # arm that showed item 0); the click on item 0 is one of item 0.
+        assert sorted(found["item_outcomes"]) == sorted(
+            (o.event_id, "u3", "r3", o.item_id, "click", o.event_time_ms) for o in (CLICK_9, CLICK_0)
+        )
     finally:
         store.close()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proto import common_pb2, events_pb2, ranking_pb2
-from tests.proto.old_schema import message_before
+from tests.proto.old_schema import message_before, message_without_presence
 
 NEW_RESPONSE_FIELDS = {9, 10}  # RankResponse.teams, RankResponse.arms
 NEW_EXPOSURE_FIELDS = {12, 13}  # Exposure.teams, Exposure.arms
@@ -70,3 +70,16 @@ def test_teams_are_packed() -> None:
     one = ranking_pb2.RankResponse(teams=[1]).SerializeToString()
     many = ranking_pb2.RankResponse(teams=[1] * 100).SerializeToString()
     assert len(many) - len(one) == 99  # one tag and length for the array, one byte per team
+
+
+def test_the_optional_item_id_keeps_the_wire_format_of_the_plain_one() -> None:
+    """``Outcome.item_id`` became ``optional`` so that item 0 and no item differ; field 10, int64, as before."""
+    old_class = message_without_presence(events_pb2, "Outcome", 10)
+    for item in (7, -3, 1 << 40):
+        assert events_pb2.Outcome(item_id=item).SerializeToString() == old_class(item_id=item).SerializeToString()
+        assert events_pb2.Outcome.FromString(old_class(item_id=item).SerializeToString()).item_id == item
+    assert not events_pb2.Outcome.FromString(old_class(item_id=0, metric="click").SerializeToString()).HasField(
+        "item_id"
+    )  # an old producer never sent item 0: its outcome reads as one without an item (as it always meant)
+    assert old_class.FromString(events_pb2.Outcome(item_id=0).SerializeToString()).item_id == 0
+    assert events_pb2.Outcome(item_id=0).SerializeToString() == b"\x50\x00"  # field 10, varint 0: item 0 is sent
