@@ -16,7 +16,9 @@ import argparse
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -182,13 +184,13 @@ def _cmd_serve(args: argparse.Namespace) -> None:
             raise CliError(
                 f"cannot listen on --host {args.host} --port {args.port}: {exc.strerror or exc}"
             ) from exc
-        print(f"dashboard: {server.url}/", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.stop()
+        stopping = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # SIGTERM as Ctrl-C: it killed the process mid-response
+            signal.signal(sig, lambda *_: stopping.set())
+        server.start()
+        print(f"dashboard: {server.url}/ (store {args.store}, analysis config {args.metrics})", flush=True)
+        stopping.wait()
+        server.stop()  # no new connections; the ones being answered finish before the process exits
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         required=True,
         help="event store written by the consumer: its folder (embedded DuckDB store), duckdb:///path, or "
-        "clickhouse://[user[:password]@]host[:port]/database",
+        "clickhouse://[user[:password]@]host[:port]/database (without user and password in the URL: "
+        "$CLICKHOUSE_USER and $CLICKHOUSE_PASSWORD when set)",
     )
     store_options.add_argument("--metrics", required=True, help="analysis config YAML (metrics and settings)")
 
@@ -261,10 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         parents=[store_options],
         help="serve the dashboard and its JSON API",
+        description="Serve the A/B dashboard and its JSON API (/api/experiments, /healthz) over HTTP, "
+        "reading the event store. SIGTERM or SIGINT: stop accepting, answer the connections already accepted,"
+        " exit 0.",
         formatter_class=formatter,
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for all interfaces")
+    serve.add_argument("--port", type=int, default=8080, help="HTTP port (0 = pick a free one)")
     serve.add_argument(
         "--cache-seconds", type=float, default=2.0, help="how long a computed report is reused"
     )

@@ -214,8 +214,10 @@ class _BoundedHTTPServer(HTTPServer):
         logger.debug("connection from %s failed", client_address, exc_info=True)  # timeouts, resets
 
     def server_close(self) -> None:
+        """Close the socket, then answer the connections accepted (one request each, bounded by the idle
+        timeout): the caller closes the store next, which failed the reports being computed with 500."""
         super().server_close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True)
 
 
 def _refuse(request: socket.socket) -> None:
@@ -284,13 +286,8 @@ class AnalyticsServer:
         self._thread.start()
         logger.info("analytics dashboard at %s", self.url)
 
-    def serve_forever(self) -> None:
-        """Serve in the calling thread until interrupted."""
-        logger.info("analytics dashboard at %s", self.url)
-        self._httpd.serve_forever()
-
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving, close the socket and answer the connections already accepted."""
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5)

@@ -36,6 +36,22 @@ def _attr(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> argparse.ArgumentParser:
+    """A subcommand whose own ``--help`` starts with ``summary`` too (it said only its usage and options)."""
+    return sub.add_parser(
+        name,
+        parents=list(parents),
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree (one subcommand per verb)."""
     parser = argparse.ArgumentParser(
@@ -61,11 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also check that every payload names <DIR>/<model>/<version>/manifest.json",
     )
 
-    p = sub.add_parser(
-        "validate",
-        parents=[common],
-        help="check a config file; exit 2 with file:line errors when invalid",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _command(
+        sub, "validate", "check a config file; exit 2 with file:line errors when invalid", parents=[common]
     )
     p.add_argument("config", metavar="CONFIG", help="experiment config (YAML or JSON)")
 
@@ -87,20 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate start/end windows at this Unix time instead of now",
     )
 
-    p = sub.add_parser(
-        "assign",
-        parents=[common, evaluation],
-        help="show every experiment's variant for one user, and why",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = _command(
+        sub, "assign", "show every experiment's variant for one user, and why", parents=[common, evaluation]
     )
     p.add_argument("--config", required=True, metavar="CONFIG", help="experiment config (YAML or JSON)")
     p.add_argument("--user", required=True, metavar="ID", help="user id (the user_id attribute)")
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "preview",
+        "allocation counts per experiment/variant over N synthetic users, with an SRM p-value",
         parents=[common, evaluation],
-        help="allocation counts per experiment/variant over N synthetic users, with an SRM p-value",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", required=True, metavar="CONFIG", help="experiment config (YAML or JSON)")
     p.add_argument(
@@ -114,11 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "when OLD_CONFIG (the config in force) is replaced by --config (servers keep no sticky buckets)",
     )
 
-    p = sub.add_parser(
-        "conformance",
-        help="run GrowthBook's cases.json; exit 1 if a required case fails",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = _command(sub, "conformance", "run GrowthBook's cases.json; exit 1 if a required case fails")
     p.add_argument("cases", metavar="PATH_TO_CASES_JSON", help="GrowthBook SDK cases.json")
     p.add_argument("--show-failures", action="store_true", help="list the names of failing cases")
     return parser

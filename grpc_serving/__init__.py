@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 from grpc import aio
@@ -122,6 +124,34 @@ def bind(server: grpc.Server | aio.Server, address: str, credentials: grpc.Serve
         ) from None
 
 
+TARGET_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:", "xds:")
+"""Prefixes of gRPC name-resolver targets, which a client address may use instead of HOST:PORT."""
+
+
+def address_problem(address: str, least_port: int = 1) -> str | None:
+    """Why ``address`` is not ``HOST:PORT`` with a port in ``least_port..65535`` (None when it is).
+
+    gRPC takes a port above 65535 modulo 65536 (``:70000`` listened on 4464) and dials a target without a port
+    on 443, so both are refused here. IPv6 hosts go in brackets (``[::]:50053``).
+    """
+    parts = urlsplit(f"//{address}")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, out of range, or an IPv6 address without brackets
+        port = None
+    host = parts.hostname or ""
+    named = re.fullmatch(r"[A-Za-z0-9_.-]+", host) is not None or ":" in host  # ":": IPv6; not "$(VAR)"
+    if not named or port is None or port < least_port or parts.netloc != address or "@" in address:
+        return f"not HOST:PORT (port {least_port}..65535, an IPv6 host in brackets)"
+    return None
+
+
+def target_problem(target: str) -> str | None:
+    """Why a client's ``target`` is neither ``HOST:PORT`` nor a gRPC name-resolver target such as
+    ``dns:///HOST:PORT`` (None when it is one)."""
+    return None if target.startswith(TARGET_SCHEMES) else address_problem(target)
+
+
 def _authorized(handler_call_details: grpc.HandlerCallDetails, expected: bytes) -> bool:
     if handler_call_details.method in PUBLIC_METHODS:
         return True
@@ -208,12 +238,35 @@ def load_client_security(ca_file: Path | None, token_file: Path | None, option_p
     return ClientSecurity(credentials, metadata)
 
 
-def add_server_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--tls-cert``, ``--tls-key`` and ``--auth-token-file``, as every server spells them."""
-    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain; enables TLS with --tls-key")
-    parser.add_argument("--tls-key", type=Path, help="PEM private key")
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each flag's default after its help, except where it has none (required flags, options unset by
+    default: ``(default: None)`` says nothing); the description and epilog keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def add_log_level_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--log-level``, as every server spells it (any case: ``debug`` or ``DEBUG``)."""
     parser.add_argument(
-        "--auth-token-file", type=Path, help="file holding the bearer token clients must send"
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default="INFO",
+        help="least severe log records printed",
+    )
+
+
+def add_server_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--tls-cert``, ``--tls-key`` and ``--auth-token-file``, as every server spells them."""
+    parser.add_argument(
+        "--tls-cert", metavar="PEM", type=Path, help="PEM certificate chain; enables TLS with --tls-key"
+    )
+    parser.add_argument("--tls-key", metavar="PEM", type=Path, help="PEM private key")
+    parser.add_argument(
+        "--auth-token-file", metavar="FILE", type=Path, help="file holding the bearer token clients must send"
     )
 
 

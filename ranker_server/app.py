@@ -11,16 +11,21 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 from analytics.events.errors import JournalError
 from experiment_router.errors import ConfigError
 from grpc_serving import BindError, ClientSecurity, SecurityError, load_client_security, load_server_security
-from ranker_server import metrics
+from ranker_server import LOG_FORMAT, metrics
 from ranker_server.config import ServerSettings
 from ranker_server.errors import RankerError, SettingsError
 from ranker_server.retrieval_client import RetrievalClient, RetrievalModelCheck
 from ranker_server.routing import RETRIEVAL, RouterSource
 from ranker_server.server import RankerServer
+
+if TYPE_CHECKING:
+    from experiment_router.reload import ConfigWatcher
+    from experiment_router.schema import RouterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +46,9 @@ def upstream_security(settings: ServerSettings) -> ClientSecurity:
 
 
 @contextlib.contextmanager
-def watched_router(settings: ServerSettings, upstream: ClientSecurity | None = None) -> Iterator[RouterSource]:
+def watched_router(
+    settings: ServerSettings, upstream: ClientSecurity | None = None
+) -> Iterator[ConfigWatcher]:
     """The experiment router for ``settings.experiments``, reloaded when the file changes (once it settles).
 
     A config naming a ranking model absent from the repository, or a retrieval model the retrieval service does
@@ -111,9 +118,30 @@ async def running_server(
             producer.close()
 
 
+def configuration_text(settings: ServerSettings, config: RouterConfig, metrics_port: int) -> str:
+    """What the server runs with besides its models, for the start log: experiments, retrieval, Kafka and
+    metrics."""
+    running = [e.key for e in config.experiments if e.status == "running"]
+    exposures = f"to {settings.kafka} topic {settings.exposure_topic}" if settings.kafka else "off"
+    return (
+        f"experiments {settings.experiments} ({len(running)} running: {', '.join(running) or 'none'}); "
+        f"retrieval {settings.retrieval or 'off'}; exposures {exposures}; "
+        f"metrics {f'{settings.host}:{metrics_port}' if metrics_port else 'off'}"
+    )
+
+
+def unserved_retrieval_experiments(settings: ServerSettings, config: RouterConfig) -> list[str]:
+    """Running retrieval-stage experiments that cannot act: without ``--retrieval`` requests bring their
+    candidates, so these variants never serve and get no exposures."""
+    if settings.retrieval:
+        return []
+    return [e.key for e in config.experiments if e.status == "running" and e.stage == RETRIEVAL]
+
+
 async def serve(settings: ServerSettings, worker: int = 0) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-    metrics.serve_metrics(settings.metrics_port + worker if settings.metrics_port else 0, settings.host)
+    metrics_port = settings.metrics_port + worker if settings.metrics_port else 0
+    metrics.serve_metrics(metrics_port, settings.host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -121,6 +149,16 @@ async def serve(settings: ServerSettings, worker: int = 0) -> None:
     upstream = upstream_security(settings)
     with watched_router(settings, upstream) as source:
         async with running_server(settings, source, worker, upstream):
+            config = source.current.config
+            logger.info("worker %d: %s", worker, configuration_text(settings, config, metrics_port))
+            unserved = unserved_retrieval_experiments(settings, config)
+            if unserved:
+                logger.warning(
+                    "experiments %s run in the retrieval stage but --retrieval is not set: requests must "
+                    "bring their candidates, so these variants never serve and their experiments get no "
+                    "exposures",
+                    ", ".join(unserved),
+                )
             await stop.wait()
             logger.info("worker %d: shutting down", worker)
 
@@ -138,9 +176,10 @@ def _run_loop(settings: ServerSettings, worker: int = 0) -> None:
 
 
 def _worker_main(settings: ServerSettings, worker: int) -> None:
-    logging.basicConfig(
-        level=logging.INFO, format=f"%(asctime)s w{worker} %(levelname)s %(name)s: %(message)s"
-    )
+    tagged = logging.Formatter(LOG_FORMAT.replace("%(levelname)s", f"w{worker} %(levelname)s"))
+    logging.basicConfig(level=logging.INFO)  # when run() is called without python -m's logging set up
+    for handler in logging.getLogger().handlers:  # python -m ranker_server's, and its level, through fork
+        handler.setFormatter(tagged)
     try:
         _run_loop(settings, worker)
     except STARTUP_ERRORS as exc:  # one line, as ``python -m ranker_server`` prints it, not a traceback
@@ -164,6 +203,11 @@ def run(settings: ServerSettings) -> int:
     ends (a bad config or package at start, a crash, a kill), the others are stopped gracefully and the status
     is the worst of theirs: a process manager then sees the failure instead of a server at part capacity.
     """
+    import onnxruntime
+
+    # onnxruntime-gpu without usable CUDA logs a warning besides the error that says why, for every session;
+    # the ranker logs the provider each session got instead (as retrieval_server does).
+    onnxruntime.set_default_logger_severity(3)
     if settings.workers == 1:
         _run_loop(settings)
         return 0

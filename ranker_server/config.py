@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from analytics.kafka.checks import bootstrap_problem, topic_problem
+from grpc_serving import target_problem
 
 
 class BatchingSettings(BaseModel):
     """Micro-batching per (model version, variant), after Triton's dynamic batcher."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_batch_rows: int = Field(2048, ge=1, description="most candidate rows in one ONNX Runtime call")
     max_delay_ms: float = Field(
@@ -27,7 +30,7 @@ class BatchingSettings(BaseModel):
 class RuntimeSettings(BaseModel):
     """ONNX Runtime session options. Defaults chosen by measurement (benchmarks/results/ranker.md)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
     intra_op_threads: int = Field(
@@ -56,9 +59,10 @@ class RuntimeSettings(BaseModel):
 
 
 class ServerSettings(BaseModel):
-    """Everything ``python -m ranker_server`` can be told; ``extra="forbid"`` makes typos fail loudly."""
+    """Everything ``python -m ranker_server`` can be told; ``extra="forbid"`` makes typos fail loudly, and no
+    duration is infinite or NaN."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     repository: Path
     experiments: Path
@@ -96,8 +100,40 @@ class ServerSettings(BaseModel):
     batching: BatchingSettings = BatchingSettings()
     runtime: RuntimeSettings = RuntimeSettings()
 
+    @field_validator("repository")
+    @classmethod
+    def _a_folder(cls, path: Path) -> Path:
+        # else every model would be reported missing from the experiment config, one line each
+        if not path.is_dir():
+            raise ValueError("not a folder" if path.exists() else "no such folder")
+        return path
+
+    @field_validator("retrieval")
+    @classmethod
+    def _a_target(cls, target: str | None) -> str | None:
+        problem = None if target is None else target_problem(target)
+        if problem is not None:  # gRPC dials a target without a port on 443, a port past 65535 modulo 65536
+            raise ValueError(problem)
+        return target
+
+    @field_validator("kafka")
+    @classmethod
+    def _a_bootstrap_list(cls, bootstrap: str | None) -> str | None:
+        problem = None if bootstrap is None else bootstrap_problem(bootstrap)
+        if problem is not None:
+            raise ValueError(problem)
+        return bootstrap
+
+    @field_validator("exposure_topic")
+    @classmethod
+    def _a_topic(cls, topic: str) -> str:
+        problem = topic_problem(topic)
+        if problem is not None:
+            raise ValueError(problem)
+        return topic
+
     @model_validator(mode="after")
     def _tls_pair(self) -> ServerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key must be given together")
+            raise ValueError("--tls-cert and --tls-key must be given together")
         return self

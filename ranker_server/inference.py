@@ -226,7 +226,7 @@ class OnnxRanker:
         obtained = self.session.get_providers()
         if obtained[0] != wanted[0]:
             logger.warning("%s: %s could not be used, running on %s", label, wanted[0], obtained[0])
-        logger.info("%s: asked for %s, obtained %s", label, wanted, obtained)
+        logger.debug("%s: asked for %s, obtained %s", label, wanted, obtained)
         self._alone_session = (
             self._load(path, session_options(settings, spin=True), obtained)
             if settings.spinning == "alone" and not self.on_gpu

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -29,7 +30,7 @@ from ranker_server.config import ServerSettings
 from ranker_server.dataplane import CandidateSource, RankDataPlane
 from ranker_server.exposure import ExposureLogger, ExposureSink
 from ranker_server.interceptors import BearerTokenInterceptor, ExceptionToStatusInterceptor
-from ranker_server.model_repository import ModelRepository
+from ranker_server.model_repository import LoadedModel, ModelKey, ModelRepository
 from ranker_server.open_inference import InferenceDataPlane
 from ranker_server.open_inference_servicer import OpenInferenceServicer
 from ranker_server.routing import RouterSource
@@ -41,6 +42,15 @@ RANKER_SERVICE = ranking_pb2.DESCRIPTOR.services_by_name["Ranker"].full_name
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 RETRIEVAL_PATH = f"{RANKER_SERVICE}/retrieval"
 """Health service name of the retrieval-dependent path (requests without candidates)."""
+
+
+def loaded_models_text(models: Mapping[ModelKey, LoadedModel]) -> str:
+    """The loaded versions by the execution provider each got: ``a/1, b/2 on CPUExecutionProvider``."""
+    by_provider: dict[str, list[str]] = {}
+    for (name, version), model in sorted(models.items()):
+        by_provider.setdefault(model.runner.provider, []).append(f"{name}/{version}")
+    parts = [f"{', '.join(keys)} on {provider}" for provider, keys in by_provider.items()]
+    return "; ".join(parts) or "no models"
 
 
 class RankerServer:
@@ -122,7 +132,14 @@ reflection over one model repository."""
         self._tasks.append(loop.create_task(self.repository.poll(settings.poll_interval_s)))
         if self._retrieval is not None:
             self._tasks.append(loop.create_task(self._watch_retrieval(self._retrieval)))
-        logger.info("ranker serving on %s:%d", settings.host, self.port)
+        logger.info(
+            "ranker serving on %s:%d (%s%s): %s",
+            settings.host,
+            self.port,
+            "TLS" if self._tls is not None else "plaintext",
+            ", bearer token required" if self._auth_token else "",
+            loaded_models_text(self.repository.snapshot.models),
+        )
         return self.port
 
     async def _watch_retrieval(self, retrieval: CandidateSource) -> None:

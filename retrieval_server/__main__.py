@@ -10,7 +10,14 @@ import signal
 import sys
 from collections.abc import Callable
 
-from grpc_serving import BindError, SecurityError, add_server_arguments, server_security_from_args
+from grpc_serving import (
+    BindError,
+    HelpFormatter,
+    SecurityError,
+    add_log_level_argument,
+    add_server_arguments,
+    server_security_from_args,
+)
 from retrieval_server.errors import PackageError
 from retrieval_server.index import EXACT_MAX_ITEMS
 from retrieval_server.model_repository import ModelRepository
@@ -19,16 +26,20 @@ from retrieval_server.server import RetrievalServer
 logger = logging.getLogger("retrieval_server")
 
 
-def _number(kind: type[int] | type[float], least: float, most: float | None = None) -> Callable[[str], float]:
-    """An argparse type: a finite ``kind`` in ``[least, most]``, else a usage error naming the value."""
+def _number(
+    kind: type[int] | type[float], least: float, most: float | None = None, *, above: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` in ``[least, most]`` (``(least, most]`` when ``above``), else a
+    usage error naming the value."""
 
     def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if not least <= value <= (most if most is not None else math.inf) or value == math.inf:
-            bounds = f"in {least}..{most}" if most is not None else f">= {least}"
+        low_ok = value > least if above else value >= least
+        if not (low_ok and value <= (most if most is not None else math.inf)) or value == math.inf:
+            bounds = f"in {least}..{most}" if most is not None else f"{'>' if above else '>='} {least}"
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {text!r}")
         return value
 
@@ -38,38 +49,53 @@ def _number(kind: type[int] | type[float], least: float, most: float | None = No
 PORT = _number(int, 0, 65535)
 
 
+DESCRIPTION = """\
+Serve mtrank.v1.Retriever over gRPC: embedding-based retrieval over versioned model packages (the user's
+embedding from the package's ONNX encoder, then exact or ANN search over the item index), with
+grpc.health.v1, server reflection and Prometheus /metrics."""
+
+EPILOG = """\
+exit status: 0 after SIGTERM or SIGINT (health NOT_SERVING, then in-flight requests finish within --grace);
+2 a bad flag, package, experiment config, TLS/token file or port."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m retrieval_server",
-        description="gRPC embedding-based retrieval (mtrank.v1.Retriever) over versioned model packages.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--repository", required=True, help="model repository root (<root>/<name>/<version>/)")
+    parser.add_argument("--repository", metavar="DIR", required=True,
+                        help="model repository root (<root>/<name>/<version>/)")  # fmt: skip
     parser.add_argument("--model", action="append", required=True, metavar="NAME:VERSION",
                         help="a version to serve (repeat for several); the first is the default")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind ([::] for all interfaces)")
     parser.add_argument("--port", type=PORT, default=50052, help="gRPC port (0 = any free port)")
-    parser.add_argument("--metrics-port", type=PORT, default=9092, help="Prometheus /metrics port")
-    parser.add_argument("--max-k", type=_number(int, 1), default=1000, help="largest k a request may ask for")
+    parser.add_argument("--metrics-port", type=PORT, default=9102,
+                        help="Prometheus /metrics port on --host (0 = any free port)")  # fmt: skip
+    parser.add_argument("--max-k", metavar="K", type=_number(int, 1), default=1000,
+                        help="largest k a request may ask for")  # fmt: skip
     parser.add_argument("--exclude-neighbors", action="store_true",
                         help="never return a user's neighbours in the indexed graph (friend suggestion: "
                              "existing friends are not suggestions); unseen users: the neighbor_ids they send")
-    parser.add_argument("--threads", type=_number(int, 1), default=4,
+    parser.add_argument("--threads", metavar="N", type=_number(int, 1), default=4,
                         help="threads for ONNX runs and index searches")
-    parser.add_argument("--exact-max-items", type=_number(int, 0), default=EXACT_MAX_ITEMS,
+    parser.add_argument("--exact-max-items", metavar="N", type=_number(int, 0), default=EXACT_MAX_ITEMS,
                         help="corpora up to this size use exact search, larger ones the --ann index")
     parser.add_argument("--ann", choices=["pq", "hnsw"], default="pq",
                         help="ANN index for large corpora: faiss PQ fast-scan + exact re-rank, or faiss HNSW")
-    parser.add_argument("--poll-interval", type=_number(float, 0), default=30.0,
+    parser.add_argument("--poll-interval", metavar="SECONDS", type=_number(float, 0), default=30.0,
                         help="seconds between checks for rewritten packages to hot swap (0 = off)")
-    parser.add_argument("--experiments", help="experiment config (experiment_router YAML): requests naming no model "
+    parser.add_argument("--experiments", metavar="FILE",
+                        help="experiment config (experiment_router YAML): requests naming no model "
                         "get their retrieval-layer variant; without it they get the first --model")
-    parser.add_argument("--experiments-poll", type=_number(float, 0), default=2.0,
-                        help="seconds between config reload checks")
-    parser.add_argument("--grace", type=_number(float, 0), default=10.0,
-                        help="seconds to drain in-flight requests on SIGTERM")
+    parser.add_argument("--experiments-poll", metavar="SECONDS", type=_number(float, 0, above=True),
+                        default=2.0, help="seconds between checks of --experiments for changes")  # fmt: skip
+    parser.add_argument("--grace", metavar="SECONDS", type=_number(float, 0), default=10.0,
+                        help="seconds to drain in-flight requests on SIGTERM/SIGINT")
     add_server_arguments(parser)
-    parser.add_argument("--log-level", default="INFO")
+    add_log_level_argument(parser)
     return parser
 
 
@@ -82,18 +108,28 @@ def parse_model(value: str) -> tuple[str, str]:
 
 async def serve(args: argparse.Namespace) -> None:
     security = server_security_from_args(args, "retrieval")
-    repository = ModelRepository(args.repository, exact_max_items=args.exact_max_items, ann=args.ann)
-    for i, value in enumerate(args.model):
-        repository.load(*parse_model(value), default=i == 0)
+    served = [parse_model(value) for value in args.model]
     watcher = None
-    if args.experiments:
+    if args.experiments:  # read and checked before the models load, which can take minutes
         from experiment_router.reload import ConfigWatcher
 
-        watcher = ConfigWatcher(args.experiments, interval_s=args.experiments_poll).start()
+        def model_exists(stage: str, name: str, version: str) -> bool:
+            # a retrieval variant naming no --model got NOT_FOUND for each of its requests, health SERVING
+            return stage != "retrieval" or (name, version) in served
+
+        watcher = ConfigWatcher(args.experiments, interval_s=args.experiments_poll, model_exists=model_exists)
+    repository = ModelRepository(args.repository, exact_max_items=args.exact_max_items, ann=args.ann)
+    for i, key in enumerate(served):
+        repository.load(*key, default=i == 0)
     server = RetrievalServer(repository, host=args.host, port=args.port, metrics_port=args.metrics_port,
                              max_k=args.max_k, threads=args.threads, poll_interval_s=args.poll_interval,
                              router_source=watcher, exclude_neighbours=args.exclude_neighbors, security=security)
     await server.start()
+    if watcher is not None:
+        watcher.start()
+        config = watcher.current.config
+        running = [e.key for e in config.experiments if e.status == "running" and e.stage == "retrieval"]
+        logger.info("experiments %s: %s", args.experiments, ", ".join(running) or "no running retrieval test")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

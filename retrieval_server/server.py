@@ -79,8 +79,15 @@ class RetrievalServer:
                 ) from None
         if self._poll_interval_s > 0:
             self._poller = asyncio.create_task(self._poll())
-        logger.info("retrieval server on port %d (metrics %s), models %s", self.port, self.metrics_port or "off",
-                    ", ".join(f"{m.name}:{m.version}" for m in self.repository.loaded()))
+        logger.info(
+            "retrieval server on %s:%d (%s%s; metrics %s), models %s",
+            self._host,
+            self.port,
+            "TLS" if self._security.credentials is not None else "plaintext",
+            ", bearer token required" if self._security.token else "",
+            self.metrics_port or "off",
+            ", ".join(f"{m.name}:{m.version} on {m.provider}" for m in self.repository.loaded()),
+        )
 
     async def reload(self, name: str, version: str, default: bool = False) -> None:
         """Load or reload a version without blocking the event loop; swaps atomically when ready."""

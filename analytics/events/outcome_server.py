@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -24,19 +25,23 @@ from analytics.events.errors import JournalError
 from analytics.events.messages import event_problem, event_time_problem, now_ms
 from analytics.events.producer import OUTCOMES_TOPIC, EventProducer
 from analytics.kafka.broker import DEFAULT_DATA_DIR
+from analytics.kafka.checks import bootstrap_problem, topic_problem
 from analytics.metrics_endpoint import MetricsPortError, serve_metrics
 from grpc_serving import (
     SERVER_OPTIONS,
     BearerTokenInterceptor,
+    HelpFormatter,
     SecurityError,
     ServerSecurity,
+    add_log_level_argument,
     add_server_arguments,
+    address_problem,
     bind,
     server_security_from_args,
 )
 from proto import events_pb2, outcomes_pb2, outcomes_pb2_grpc
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("analytics.events.outcome_server")  # not __main__ under python -m
 SERVICE_NAME = outcomes_pb2.DESCRIPTOR.services_by_name["OutcomeReporter"].full_name
 
 
@@ -109,12 +114,18 @@ class ParseRequestInterceptor(grpc.ServerInterceptor):
 
 
 def build_server(
-    producer: EventProducer, address: str, max_workers: int = 8, security: ServerSecurity | None = None
+    producer: EventProducer,
+    address: str,
+    max_workers: int = 8,
+    security: ServerSecurity | None = None,
+    health_servicer: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
     """A gRPC server (not started yet) with the reporter, health and reflection; returns it and its port.
 
     Args:
         security: TLS credentials and the bearer token clients must send (default: plaintext, no token).
+        health_servicer: the health service to serve (SERVING from here on), for the caller to turn
+            NOT_SERVING.
     """
     security = security or ServerSecurity()
     interceptors: list[grpc.ServerInterceptor] = (
@@ -125,7 +136,7 @@ def build_server(
         futures.ThreadPoolExecutor(max_workers=max_workers), interceptors=interceptors, options=SERVER_OPTIONS
     )
     outcomes_pb2_grpc.add_OutcomeReporterServicer_to_server(OutcomeReporterServicer(producer), server)
-    health_servicer = health.HealthServicer()
+    health_servicer = health_servicer or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (SERVICE_NAME, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -133,27 +144,76 @@ def build_server(
     return server, bind(server, address, security.credentials)  # BindError (an OSError) when it cannot listen
 
 
-def main(argv: list[str] | None = None) -> int:
+DESCRIPTION = """\
+gRPC OutcomeReporter (mtrank.v1.OutcomeReporter): accepts outcomes from product backends and writes them to
+Kafka, keeping them in a buffer and then a journal file while the broker is away. Also serves grpc.health.v1
+and server reflection."""
+
+EPILOG = """\
+environment:
+  MTRANK_DATA_DIR  folder of the default --journal (default: .data in the source tree; the images set /data)
+
+exit status: 0 after SIGTERM or SIGINT (health NOT_SERVING, then in-flight calls finish within --grace-s and
+the producer delivers what it holds); 2 a bad flag, file, journal or port."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m analytics.events.outcome_server",
-        description="gRPC OutcomeReporter: accepts outcomes and writes them to Kafka (buffer + journal when the "
-        "broker is away).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
-    parser.add_argument("--address", default="127.0.0.1:50053", help="host:port to listen on")
+    parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
+    parser.add_argument(
+        "--address", default="127.0.0.1:50053", help="HOST:PORT to listen on (port 0: any free port)"
+    )
     parser.add_argument("--topic", default=OUTCOMES_TOPIC, help="outcomes topic")
-    parser.add_argument("--journal", default=str(DEFAULT_DATA_DIR / "journal" / "outcome-server.journal"))
-    parser.add_argument("--grace-s", type=float, default=5.0, help="drain time on SIGTERM")
+    parser.add_argument(
+        "--journal",
+        metavar="FILE",
+        default=str(DEFAULT_DATA_DIR / "journal" / "outcome-server.journal"),
+        help="where outcomes wait while Kafka is away (one outcome server per file)",
+    )
+    parser.add_argument(
+        "--grace-s", metavar="SECONDS", type=float, default=5.0, help="drain time on SIGTERM/SIGINT"
+    )
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus /metrics here (events sent, buffered, journalled, dropped); off "
                              "by default")  # fmt: skip
     parser.add_argument("--metrics-host", default="127.0.0.1", help="interface for /metrics (0.0.0.0: all)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_log_level_argument(parser)
     add_server_arguments(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags (None when nothing is), checked before anything starts.
+
+    gRPC listened on ``:70000`` modulo 65536 (port 4464), took a negative or NaN ``--grace-s``, and a
+    malformed ``--bootstrap`` or ``--topic`` only failed in the producer's sender thread, holding every
+    outcome in the journal.
+    """
+    problem = address_problem(args.address, least_port=0)
+    if problem is not None:
+        return f"--address {args.address}: {problem}"
+    if not (math.isfinite(args.grace_s) and args.grace_s >= 0):  # NaN passes every comparison
+        return f"--grace-s {args.grace_s}: must be a number >= 0"
+    problem = bootstrap_problem(args.bootstrap)
+    if problem is not None:
+        return f"--bootstrap {args.bootstrap}: {problem}"
+    problem = topic_problem(args.topic)
+    return None if problem is None else f"--topic {args.topic}: {problem}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    problem = argument_problem(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.metrics_port is not None:  # first: a port in use fails before anything else starts
         try:
             bound = serve_metrics(args.metrics_port, args.metrics_host)
@@ -176,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except JournalError as exc:  # --journal unwritable, or held by another outcome server
         print(f"error: --journal: {exc}", file=sys.stderr)
         return 2
+    health_service = health.HealthServicer()
     try:
-        server, port = build_server(producer, args.address, security=security)
+        server, port = build_server(producer, args.address, security=security, health_servicer=health_service)
     except OSError as exc:
         producer.close()
         print(f"error: {exc}", file=sys.stderr)
@@ -186,8 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     server.start()
-    log.info("OutcomeReporter listening on port %d", port)
+    log.info(
+        "OutcomeReporter listening on %s (%s%s): outcomes to Kafka %s topic %s, journal %s",
+        args.address.rpartition(":")[0] + f":{port}",
+        "TLS" if security.credentials is not None else "plaintext",
+        ", bearer token required" if security.token else "",
+        args.bootstrap,
+        args.topic,
+        args.journal,
+    )
     stopping.wait()
+    log.info("signal received: NOT_SERVING, draining for up to %.1f s", args.grace_s)
+    health_service.enter_graceful_shutdown()  # clients watching health move away before the port closes
     server.stop(args.grace_s).wait()
     producer.close()
     return 0

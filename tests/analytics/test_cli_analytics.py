@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -432,3 +433,42 @@ def test_a_corrupt_part_file_is_a_store_error(tmp_path: Path, capsys) -> None:
     part.write_bytes(part.read_bytes()[: len(part.read_bytes()) // 2])
     code, _, err = run(capsys, "report", "ranking-dml", "--store", str(store), "--metrics", str(EXAMPLE))
     assert code == 2 and f"error: {store}: a part cannot be read" in err and "Traceback" not in err, err
+
+
+@pytest.mark.integration
+def test_serve_answers_the_request_in_flight_on_sigterm_and_exits_0(tmp_path: Path) -> None:
+    """SIGTERM (every container stop) killed the dashboard mid-answer (exit status -15); Ctrl-C closed the
+    store under the report being computed (500)."""
+    store = tmp_path / "events"
+    with DuckDBEventStore(store) as events:
+        simulate_experiment(events, "ranking-dml", users=200, seed=3)
+    argv = ["serve", "--store", str(store), "--metrics", str(EXAMPLE), "--port", "0"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "analytics", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None
+        started = process.stdout.readline()
+        assert started.startswith("dashboard: http://127.0.0.1:") and str(store) in started, started
+        port = int(started.split("/")[2].split(":")[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(b"GET /api/experiments HTTP/1.1\r\nHost: dashboard\r\n")  # accepted, not complete
+            time.sleep(0.5)  # let the server take the connection before the signal
+            process.send_signal(signal.SIGTERM)
+            client.sendall(b"\r\n")
+            answer = client.makefile("rb").read()
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert answer.startswith(b"HTTP/1.0 200 OK") and b"ranking-dml" in answer, answer[:300]
+
+
+def test_serve_help_says_what_it_does_and_every_flag_has_help(capsys) -> None:
+    """--host and --port had no help (so no default shown), the command no description, and the ClickHouse
+    credentials the Kubernetes manifests pass as $CLICKHOUSE_USER/$CLICKHOUSE_PASSWORD were not mentioned."""
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Serve the A/B dashboard" in text and "$CLICKHOUSE_USER and $CLICKHOUSE_PASSWORD" in text
+    assert "HTTP port (0 = pick a free one) (default: 8080)" in text and "(default: 127.0.0.1)" in text

@@ -168,3 +168,17 @@ def test_preview_compare_to_counts_the_users_a_change_moves(
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith("  experiment 'exp-a': of 10000 sampled users, ") and "switch variant" in line
     assert 3_500 < int(line.split("sampled users, ")[1].split(" ")[0]) < 4_500  # 40 % expected
+
+
+@pytest.mark.parametrize("command", ["validate", "assign", "preview", "conformance"])
+def test_each_command_help_says_what_it_does(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`preview --help` showed only its usage and options: what it does was in the top-level help alone."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    summary = {
+        "validate": "Check a config file",
+        "assign": "Show every experiment's variant for one user",
+        "preview": "Allocation counts per experiment/variant over N synthetic users",
+        "conformance": "Run GrowthBook's cases.json",
+    }[command]
+    assert summary in " ".join(capsys.readouterr().out.split())

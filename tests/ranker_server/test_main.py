@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -16,8 +17,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from experiment_router.router import Router
 from proto import ranking_pb2, ranking_pb2_grpc
-from ranker_server.__main__ import main
+from ranker_server.__main__ import build_parser, main
+from ranker_server.app import configuration_text, unserved_retrieval_experiments
+from ranker_server.config import ServerSettings
+from tests.ranker_server.conftest import FakeRouter, MutableSource, serving
 
 CONFIG = """\
 version: 1
@@ -37,6 +42,17 @@ experiments:
       - key: treatment
         weight: 0.5
         payload: {{model_name: tiny, model_version: "{treatment}", task_weights: {{click: 0.5, watch: 0.5}}}}
+"""
+
+
+RETRIEVAL_EXPERIMENT = """\
+  - key: retrieval-exp
+    stage: retrieval
+    status: running
+    layer: {name: retrieval, range: [0.0, 1.0]}
+    variations:
+      - {key: control, weight: 0.5, payload: {model_name: graph, model_version: "1"}}
+      - {key: treatment, weight: 0.5, payload: {model_name: graph, model_version: "2"}}
 """
 
 
@@ -186,7 +202,10 @@ def test_two_workers_share_the_port_reload_the_config_and_stop_on_sigterm(
         finally:
             if proc.poll() is None:
                 proc.kill()
-    assert proc.returncode == 0, proc.stderr.read()[-2000:] if proc.stderr else ""
+    log = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 0, log[-2000:]
+    for worker in (0, 1):  # each worker's lines carry its tag (they had none: the two logs were one)
+        assert f" w{worker} INFO ranker_server.server: ranker serving on 127.0.0.1:{port} " in log, log[-2000:]
 
 
 @pytest.mark.parametrize("flag", ["--port", "--metrics-port"])
@@ -263,3 +282,99 @@ def test_an_unwritable_exposure_journal_is_a_one_line_error(repository: Path, tm
     assert proc.returncode == 2, proc.stderr
     assert f"ranker_server: cannot open journal {blocked}/journal/" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--grace", "-1"], "--grace -1.0: "),
+        (["--grace", "inf"], "--grace inf: Input should be a finite number"),  # served, and waited for ever
+        (["--default-timeout", "nan"], "--default-timeout nan: "),
+        (["--max-delay-ms", "inf"], "--max-delay-ms inf: "),
+        (["--workers", "0"], "--workers 0: "),
+        (["--retrieval", "retrieval"], "--retrieval retrieval: not HOST:PORT"),  # gRPC dialled retrieval:443
+        (["--retrieval", "retrieval:70000"], "--retrieval retrieval:70000: not HOST:PORT"),
+        (["--kafka", "kafka:9092,kafka:x"], "--kafka kafka:9092,kafka:x: 'kafka:x' is not host:port"),
+        # what Kubernetes passes for a $(VAR) its ConfigMap lacks: tried as a host name and a topic for ever
+        (["--kafka", "$(KAFKA_BOOTSTRAP)"], "--kafka $(KAFKA_BOOTSTRAP): '$(KAFKA_BOOTSTRAP)' is not"),
+        (["--exposure-topic", "$(EXPOSURES_TOPIC)"], "--exposure-topic $(EXPOSURES_TOPIC): not a Kafka"),
+        (["--retrieval", "$(RETRIEVAL):50052"], "--retrieval $(RETRIEVAL):50052: not HOST:PORT"),
+        (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key must be given together"),
+    ],
+)
+def test_a_bad_flag_is_one_line_naming_it(
+    flags: list[str],
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Errors named settings fields (grace_s, max_delay_ms) after 25 lines of usage; an infinite duration, a
+    --retrieval without a port and a malformed --kafka started a server."""
+    monkeypatch.setattr("ranker_server.app.run", lambda settings: pytest.fail(f"a server started: {flags}"))
+    argv = ["--repository", str(tmp_path), "--experiments", str(tmp_path / "experiments.yaml"), *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m ranker_server: error: ") and err.count("\n") == 1, err
+    assert expected in err
+
+
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_repository_that_is_no_folder_is_named_as_such(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It was reported as every model of the experiment config missing from the repository, one line each."""
+    monkeypatch.setattr("ranker_server.app.run", lambda settings: pytest.fail("a server started"))
+    repository = tmp_path / "models"
+    if kind == "file":
+        repository.write_text("")
+    config = tmp_path / "experiments.yaml"
+    config.write_text(CONFIG.format(control="1", treatment="2"))
+    assert main(["--repository", str(repository), "--experiments", str(config)]) == 2
+    reason = "not a folder" if kind == "file" else "no such folder"
+    assert capsys.readouterr().err == f"python -m ranker_server: error: --repository {repository}: {reason}\n"
+
+
+def test_help_says_what_every_flag_does_with_its_unit() -> None:
+    """--exposure-topic and --log-level had no help, required flags said '(default: None)'."""
+    parser = build_parser()
+    for action in parser._actions:
+        assert action.help, action.option_strings
+    text = parser.format_help()
+    assert "(default: None)" not in text and "MTRANK_DATA_DIR" in text
+    for flag in ("--grace", "--not-serving-delay", "--default-timeout", "--poll-interval"):
+        assert f"{flag} SECONDS" in text
+    assert "--max-delay-ms MS" in text
+
+
+def test_the_log_level_is_case_insensitive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[ServerSettings] = []
+    monkeypatch.setattr("ranker_server.app.run", lambda settings: started.append(settings) or 0)
+    argv = ["--repository", str(tmp_path), "--experiments", str(tmp_path / "x.yaml"), "--log-level", "debug"]
+    assert main(argv) == 0 and len(started) == 1
+
+
+def test_the_start_log_names_the_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "experiments.yaml"
+    config.write_text(CONFIG.format(control="1", treatment="2") + RETRIEVAL_EXPERIMENT)
+    router = Router.from_file(config)
+    settings = ServerSettings(repository=tmp_path, experiments=config, kafka="kafka:9092", metrics_port=9101)
+    assert configuration_text(settings, router.config, 9102) == (
+        f"experiments {config} (2 running: rank-exp, retrieval-exp); retrieval off; "
+        "exposures to kafka:9092 topic mtrank.exposures; metrics 127.0.0.1:9102"
+    )
+    assert unserved_retrieval_experiments(settings, router.config) == ["retrieval-exp"]  # logged as a warning
+    with_retrieval = settings.model_copy(update={"retrieval": "retrieval:50052"})
+    assert unserved_retrieval_experiments(with_retrieval, router.config) == []
+
+
+async def test_the_serving_line_names_the_models_and_their_provider(
+    repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ranker_server.server")
+    async for running in serving(repository, MutableSource(FakeRouter())):
+        port = running.server.port
+        assert running.server.repository is not None
+        provider = running.server.repository.snapshot.models["tiny", "1"].runner.provider  # CUDA on a GPU
+    (line,) = [r.getMessage() for r in caplog.records if "ranker serving on" in r.getMessage()]
+    assert line == f"ranker serving on 127.0.0.1:{port} (plaintext): tiny/1, tiny/2 on {provider}"

@@ -56,7 +56,7 @@ async def test_security_is_off_by_default(repository: Path) -> None:
 
 
 def test_tls_needs_both_files(repository: Path, certificate: tuple[Path, Path]) -> None:
-    with pytest.raises(ValueError, match="tls_cert and tls_key"):
+    with pytest.raises(ValueError, match="--tls-cert and --tls-key must be given together"):
         make_settings(repository, tls_cert=certificate[0])
 
 

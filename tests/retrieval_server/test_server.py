@@ -256,7 +256,8 @@ def test_command_line_port_in_use_is_a_one_line_error(flag, repository_root, cap
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--port", "70000"), ("--metrics-port", "-1"), ("--threads", "0"), ("--max-k", "0"), ("--grace", "nan")],
+    [("--port", "70000"), ("--metrics-port", "-1"), ("--threads", "0"), ("--max-k", "0"), ("--grace", "nan"),
+     ("--experiments-poll", "0")],  # a poll interval of 0 re-read the config in a busy loop (a core at 100%)
 )
 def test_command_line_out_of_range_numbers_are_usage_errors(flag, value, capsys):
     from retrieval_server.__main__ import build_parser
@@ -264,3 +265,46 @@ def test_command_line_out_of_range_numbers_are_usage_errors(flag, value, capsys)
     with pytest.raises(SystemExit) as info:  # --port 70000 served on some other port; --threads 0 named no flag
         build_parser().parse_args(["--repository", ".", "--model", "a:1", flag, value])
     assert info.value.code == 2 and f"argument {flag}: must be" in capsys.readouterr().err
+
+
+def test_command_line_log_level_is_checked_and_case_insensitive(capsys):
+    """``--log-level debug`` and ``--log-level verbose`` were ValueError tracebacks from basicConfig."""
+    from retrieval_server.__main__ import build_parser
+
+    argv = ["--repository", ".", "--model", "a:1", "--log-level"]
+    assert build_parser().parse_args([*argv, "debug"]).log_level == "DEBUG"
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([*argv, "verbose"])
+    assert info.value.code == 2 and "argument --log-level: invalid choice" in capsys.readouterr().err
+
+
+def test_command_line_default_metrics_port_is_not_kafkas():
+    """It was 9092, where a local Kafka broker listens: with one running, the defaults did not start."""
+    from retrieval_server.__main__ import build_parser
+
+    assert build_parser().get_default("metrics_port") == 9102  # as the deploy files and Prometheus have it
+
+
+def test_command_line_a_bad_experiment_config_fails_before_the_models_load(tmp_path, capsys):
+    """The config was read after every --model had loaded (minutes for a large index)."""
+    from retrieval_server.__main__ import main
+
+    missing = tmp_path / "experiments.yaml"
+    argv = ["--repository", str(tmp_path), "--model", "a:1", "--experiments", str(missing), "--port", "0"]
+    assert main([*argv, "--metrics-port", "0"]) == 2
+    assert capsys.readouterr().err == f"error: {missing}: cannot read config: No such file or directory\n"
+
+
+def test_command_line_refuses_experiments_naming_a_version_it_does_not_serve(tmp_path, capsys):
+    """Every request naming no model got NOT_FOUND 'model ssmtl:2 is not loaded' from such a variant (and from
+    such a default), while health said SERVING; it is refused at start with file and line, before any load."""
+    from retrieval_server.__main__ import main
+    from tests.retrieval_server.test_dataplane import EXPERIMENTS
+
+    config = tmp_path / "experiments.yaml"
+    config.write_text(EXPERIMENTS)  # retrieval variants baseline/1 and ssmtl/2
+    argv = ["--repository", str(tmp_path), "--model", "baseline:1", "--model", "ssmtl:1"]
+    assert main([*argv, "--experiments", str(config), "--port", "0", "--metrics-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {config}:") and "retrieval model ssmtl/2 is not" in err, err
+    assert "baseline/1" not in err
