@@ -7,19 +7,18 @@ import contextlib
 import json
 import logging
 import math
-import re
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from types import FrameType
-from urllib.parse import urlsplit
 
 from kafka.errors import KafkaError
 
 from analytics.consumer.processor import AnalyticsConsumer
 from analytics.events.producer import EXPOSURES_TOPIC, OUTCOMES_TOPIC
 from analytics.kafka.broker import DEFAULT_DATA_DIR
+from analytics.kafka.checks import bootstrap_problem
 from analytics.metrics_endpoint import MetricsPortError, serve_metrics
 from analytics.store import StoreError, open_store
 
@@ -65,25 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def bootstrap_problem(bootstrap: str) -> str | None:
-    """Why ``--bootstrap`` is not a comma-separated list of ``host:port`` (None when it is).
-
-    kafka-python raised ValueError with a traceback for a port that is not a number, and waited for its whole
-    bootstrap timeout before it gave up on an empty host or a port out of range.
-    """
-    for entry in bootstrap.split(","):
-        address = re.sub(r"^.*://", "", entry.strip())  # a SECURITY_PROTOCOL:// prefix (kafka-python's rule)
-        try:
-            parts = urlsplit(f"//{address}")
-            port = parts.port  # None without one: kafka-python then uses 9092
-            valid = bool(parts.hostname) and port != 0 and not (port is None and address.endswith(":"))
-        except ValueError:  # a port that is not a number or out of range, an IPv6 address without brackets
-            valid = False
-        if not valid:
-            return f"--bootstrap {bootstrap!r}: {entry.strip()!r} is not host:port (port 1..65535, [IPv6])"
-    return None
-
-
 class _FirstProblem(logging.Handler):
     """Keeps the first warning kafka-python logs while it waits for a first broker (it logs each retry)."""
 
@@ -127,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and not (math.isfinite(value) and value > 0):  # NaN passes every comparison
             print(f"error: {flag} must be a number > 0, got {value}", file=sys.stderr)
             return 2
-    problem = bootstrap_problem(args.bootstrap)
+    problem = bootstrap_problem(args.bootstrap)  # kafka-python: a traceback, or its whole bootstrap wait
     if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: --bootstrap {args.bootstrap!r}: {problem}", file=sys.stderr)
         return 2
     if args.metrics_port is not None:  # first: a port in use fails at once, not after Kafka's bootstrap wait
         try:
