@@ -10,6 +10,7 @@ import argparse
 import ast
 import fnmatch
 import importlib
+import inspect
 import json
 import re
 import shlex
@@ -552,6 +553,24 @@ def _k8s_invocations(docs: list[dict]) -> Iterator[tuple[Invocation, dict, dict[
                 words = SERVING_IMAGE_ENTRYPOINT + words
             for inv in python_m_invocations(f"{where} container {container['name']}", words):
                 yield inv, container, env
+
+
+def test_the_ranker_pod_may_finish_its_shutdown_before_it_is_killed(k8s: list[dict]) -> None:
+    """On SIGTERM the ranker reports NOT_SERVING for --not-serving-delay, drains for up to --grace, then closes
+    its exposure producer (a flush of up to 10 s and a sender join of up to its delivery timeout + 5 s, while
+    Kafka is away): a pod killed before that loses the exposures still in memory."""
+    from analytics.events.producer import EventProducer
+    from ranker_server.__main__ import build_parser
+
+    (template,) = [t for where, t in _pod_specs(k8s) if where == "Deployment/mtrank-ranker"]
+    (invocation,) = [inv for inv, _, _ in _k8s_invocations(k8s) if inv.module == "ranker_server"]
+    args = build_parser().parse_args(
+        [a for a in invocation.args if not a.startswith(("--repository", "--experiments"))]
+        + ["--repository", ".", "--experiments", "x.yaml"]
+    )
+    close_s = 10 + inspect.signature(EventProducer).parameters["delivery_timeout_s"].default + 5
+    needed = args.not_serving_delay_s + args.grace_s + close_s
+    assert template["spec"]["terminationGracePeriodSeconds"] >= needed, needed
 
 
 def test_k8s_manifests_are_well_formed(k8s: list[dict]) -> None:
