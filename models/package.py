@@ -129,7 +129,7 @@ def staged_package(
         raise PackageError(f"model repository {repository} is a file, not a folder")
     target = package_dir(repository, name, version)
     if target.exists() and not overwrite:
-        raise PackageError(f"{target} already exists (pass overwrite to replace it)")
+        raise PackageError(f"{target} already exists (--overwrite, or overwrite=True, replaces it)")
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.staging")
     staging.mkdir(parents=True)
     try:

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "train":
+        folder = Path(args.out).parent
+        if not folder.is_dir():  # found before training, not after it
+            raise ModelsError(f"cannot write checkpoint {args.out}: folder {folder} does not exist")
         model = _overrides(args.set)
         if args.baseline:
             model |= {"beta": 0.0, "gamma": 0.0}

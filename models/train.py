@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 from models.base import MultiTaskModel
+from models.checkpoints import read_checkpoint
 from models.data import Splits, load_dataset
 from models.errors import ModelsError
 from models.evaluate import evaluate_model, markdown_table, summarize
@@ -255,18 +256,7 @@ def save_checkpoint(path: Path, config: TrainConfig, splits: Splits, result: See
 
 def load_checkpoint(path: Path) -> tuple[MultiTaskModel, dict[str, Any]]:
     """Rebuild the trained model (eval mode) and return it with the checkpoint's metadata."""
-    if not path.exists():
-        raise ModelsError(f"checkpoint {path} not found (train with --output first)")
-    if not path.is_file():
-        raise ModelsError(f"checkpoint {path} is not a file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - torch.load raises whatever its unpickler meets in a foreign file
-        raise ModelsError(f"{path} is not a checkpoint written by `python -m models train`: {exc}") from None
-    missing = [key for key in CHECKPOINT_KEYS if key not in payload] if isinstance(payload, dict) else None
-    if missing is None or missing:
-        what = f"it lacks {missing}" if missing else f"it holds a {type(payload).__name__}"
-        raise ModelsError(f"{path} is not a checkpoint written by `python -m models train`: {what}")
+    payload = read_checkpoint(path, CHECKPOINT_KEYS, "python -m models train --output")
     try:
         config = TrainConfig(**payload["config"])
         model = _ranking(

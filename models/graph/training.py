@@ -13,6 +13,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from models.checkpoints import read_checkpoint
+from models.errors import ModelsError
 from models.graph.datasets import Graph, load_ego_facebook, synthetic_graph
 from models.graph.metrics import per_user_metrics, summarise
 from models.graph.sampling import NeighbourSampler
@@ -189,21 +191,31 @@ def train(config: TrainConfig, graph: Graph | None = None, progress: bool = True
 
 
 def save_checkpoint(result: TrainResult, path: str | Path) -> None:
-    """Weights, model and training config (the split is re-derived from the config's seed)."""
-    torch.save(
-        {
-            "state_dict": result.model.state_dict(),
-            "model": result.model.training_config(),
-            "train": result.config.model_dump(),
-            "history": result.history,
-        },
-        path,
-    )
+    """Weights, model and training config (the split is re-derived from the config's seed).
+
+    Raises:
+        ModelsError: ``path`` cannot be written (after training: the message says where to write instead).
+    """
+    payload = {
+        "state_dict": result.model.state_dict(),
+        "model": result.model.training_config(),
+        "train": result.config.model_dump(),
+        "history": result.history,
+    }
+    try:
+        torch.save(payload, path)
+    except (OSError, RuntimeError) as exc:  # torch raises RuntimeError for a missing folder
+        reason = getattr(exc, "strerror", None) or exc
+        raise ModelsError(f"cannot write checkpoint {path}: {reason}") from None
 
 
 def load_checkpoint(path: str | Path, graph: Graph | None = None) -> TrainResult:
-    """Rebuild a ``TrainResult`` (graph, split, sampler, model) from ``save_checkpoint`` output."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    """Rebuild a ``TrainResult`` (graph, split, sampler, model) from ``save_checkpoint`` output.
+
+    Raises:
+        ModelsError: ``path`` is no such checkpoint.
+    """
+    payload = read_checkpoint(path, ("state_dict", "model", "train"), "python -m models.retrieval train")
     config = TrainConfig(**payload["train"])
     graph = graph if graph is not None else load_graph(config)
     split = make_split(config, graph)

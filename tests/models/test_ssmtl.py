@@ -265,9 +265,34 @@ def test_a_retrieval_export_never_replaces_a_version_or_leaves_the_repository(tr
     args = ["export", "--checkpoint", str(checkpoint), "--repository", str(repo), "--name", "ssmtl"]
     assert main([*args, "--version", "1"]) == 2  # a one-line error, no traceback
     err = capsys.readouterr().err
-    assert err == f"error: {repo / 'ssmtl' / '1'} already exists (pass overwrite to replace it)\n"
+    expected = f"error: {repo / 'ssmtl' / '1'} already exists (--overwrite, or overwrite=True, replaces it)\n"
+    assert err == expected
     assert main([*args, "--version", "1", "--overwrite"]) == 0
     verify_package(repo / "ssmtl" / "1", check_golden=True)
+
+
+@pytest.mark.parametrize("problem", ["missing", "folder", "foreign", "unwritable"])
+def test_retrieval_checkpoint_problems_are_one_line(tmp_path, capsys, problem: str) -> None:
+    """A missing, foreign or unwritable checkpoint ended `python -m models.retrieval` in a traceback."""
+    import torch
+
+    from models.retrieval import main
+
+    checkpoint = tmp_path / "ckpt.pt"
+    if problem == "folder":
+        checkpoint.mkdir()
+    elif problem == "foreign":
+        torch.save({"weights": [1, 2]}, checkpoint)
+    if problem == "unwritable":
+        out = tmp_path / "no" / "such" / "ckpt.pt"
+        argv = ["train", "--dataset", "synthetic", "--out", str(out), "--steps", "1", "--batch-size", "16"]
+        expected = "cannot write checkpoint"
+    else:
+        argv = ["evaluate", "--checkpoint", str(checkpoint)]
+        expected = {"missing": "not found", "folder": "is not a file", "foreign": "it lacks"}[problem]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
 
 
 class _RecordingSampler(NeighbourSampler):
