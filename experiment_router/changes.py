@@ -37,10 +37,19 @@ class ExperimentChange:
     """outside before, in it after"""
 
 
-def _variant_keys(exp: ExperimentConfig) -> np.ndarray:
-    """Variant key per variation index, with one more entry, None, for index -1 (outside)."""
-    keys: list[str | None] = [INTERLEAVED] if exp.kind == "interleaving" else [v.key for v in exp.variations]
-    return np.array([*keys, None], dtype=object)
+def variant_buckets(exp: ExperimentConfig, chosen: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The variant keys ``exp``'s users are counted under and each user's index into them (-1: outside), from
+    ``assign_many``'s variation indices. An interleaving experiment has one bucket: its users see both arms
+    (QA users forced into one count in it)."""
+    if exp.kind == "interleaving":
+        return [INTERLEAVED], np.minimum(chosen, 0)
+    return [v.key for v in exp.variations], chosen
+
+
+def _variant_of(exp: ExperimentConfig, chosen: np.ndarray) -> np.ndarray:
+    """Each user's variant key, None outside the experiment."""
+    keys, index = variant_buckets(exp, chosen)
+    return np.array([*keys, None], dtype=object)[index]  # index -1 takes the None
 
 
 def compare(
@@ -50,20 +59,22 @@ def compare(
     attributes: Mapping[str, Any] | None = None,
     *,
     now: float = 0.0,
+    after: Mapping[str, np.ndarray] | None = None,
 ) -> list[ExperimentChange]:
     """For each experiment key in both configs (in ``new``'s order), how ``user_ids`` (sharing
     ``attributes``) move from ``old`` to ``new`` at Unix time ``now``, without sticky buckets (as
-    ``assign_many``)."""
+    ``assign_many``). ``after``: ``new.assign_many`` of the same users, when the caller has it already."""
     before_config = {e.key: e for e in old.config.experiments}
     common = [e for e in new.config.experiments if e.key in before_config]
     if not common:
         return []
     before = old.assign_many(user_ids, attributes, now=now)
-    after = new.assign_many(user_ids, attributes, now=now)
+    if after is None:
+        after = new.assign_many(user_ids, attributes, now=now)
     changes = []
     for exp in common:
-        was = _variant_keys(before_config[exp.key])[before[exp.key]]
-        now_in = _variant_keys(exp)[after[exp.key]]
+        was = _variant_of(before_config[exp.key], before[exp.key])
+        now_in = _variant_of(exp, after[exp.key])
         inside_before, inside_after = was != None, now_in != None  # noqa: E711 (element-wise on objects)
         both = inside_before & inside_after
         same = int(np.sum(both & (was == now_in)))

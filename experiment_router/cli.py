@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import chisquare
 
-from experiment_router.changes import compare, describe
+from experiment_router.changes import compare, describe, variant_buckets
 from experiment_router.conformance import EXCLUSION_REASONS, load_cases, run_suite
 from experiment_router.errors import ConfigError
 from experiment_router.loader import repository_checker, repository_tasks
 from experiment_router.router import Payload, Router, serving_assignments
-from experiment_router.schema import INTERLEAVED
 
 EXIT_CONFIG = 2
 EXIT_CONFORMANCE = 1
@@ -200,11 +199,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     result = router.assign_many(ids, dict(args.attr), now=now)
     print(f"{args.users} synthetic users, attributes {dict(args.attr) or '{}'}")
     for exp in router.config.experiments:
-        chosen = result[exp.key]
-        keys = [v.key for v in exp.variations]
-        # An interleaving experiment has one bucket: its users see both arms (QA users forced into one count in).
-        if exp.kind == "interleaving":
-            keys, chosen = [INTERLEAVED], np.minimum(chosen, 0)
+        keys, chosen = variant_buckets(exp, result[exp.key])
         counts = np.bincount(chosen + 1, minlength=len(keys) + 1)
         print(f"{exp.key} [{exp.stage}, {exp.status}]: {counts[0]} not in experiment")
         widths = np.array([hi - lo for lo, hi in router.ranges_of(exp.key)], dtype=float)
@@ -220,7 +215,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
             print(f"  SRM chi-square p-value: {p:.4f}{flag}")
     if old is not None:
         print(f"compared to {args.compare_to} (the same users, attributes and time):")
-        for change in compare(old, router, ids, dict(args.attr), now=now):
+        for change in compare(old, router, ids, dict(args.attr), now=now, after=result):
             print(f"  {describe(change)}")
     return 0
 

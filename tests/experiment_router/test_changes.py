@@ -62,3 +62,13 @@ def test_only_experiments_in_both_configs_are_compared() -> None:
     data = base_config()
     data["experiments"][0]["key"] = "exp-a-phase-2"
     assert compare(_router(), Router.from_dict(data)) == []
+
+
+def test_a_user_forced_into_an_interleaving_arm_counts_in_its_one_bucket_as_in_preview() -> None:
+    """preview counts an interleaving experiment as one bucket, QA users forced into an arm included; the
+    comparison mapped the second arm's index past its keys and lost such a user from both configs."""
+    from tests.experiment_router.test_interleaving import interleaving, router_with
+
+    router = router_with(interleaving(coverage=0.0, forced={"treatment": ["user-1"]}))
+    change = _change(router, router)
+    assert (change.kept, change.switched, change.left, change.entered) == (1, 0, 0, 0)
