@@ -1,8 +1,15 @@
-"""Prometheus metrics of the retrieval server, on their own registry (one per server object)."""
+"""Prometheus metrics of the retrieval server, on their own registry (one per server object).
+
+The registry also serves experiment_router's config reload counter and config info: with ``--experiments`` the
+process runs a ConfigWatcher, which counts into the default registry that this endpoint does not serve.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from experiment_router.reload import LIVE as ROUTER_CONFIG
+from experiment_router.reload import RELOADS as ROUTER_CONFIG_RELOADS
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 K_BUCKETS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -24,6 +31,8 @@ class RetrievalMetrics:
                                 registry=self.registry)
         self.model_info = Gauge("retrieval_model_loaded", "1 for every loaded model version (2 = the default)",
                                 ["model", "version", "provider"], registry=self.registry)
+        for process_wide in (ROUTER_CONFIG, ROUTER_CONFIG_RELOADS):  # empty unless --experiments is given
+            self.registry.register(process_wide)
 
     def publish_models(self, models: list, default: tuple[str, str] | None) -> None:
         """Reset the per-model gauges to what is loaded now (after a load, swap or unload)."""

@@ -8,10 +8,12 @@ this test until the dashboard follows.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import json
 import re
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +142,64 @@ def test_promql_label_uses(expr: str, uses: set[tuple[str, str, bool]]) -> None:
     assert {(u.label, " ".join(sorted(u.series)), u.every) for u in promql_label_uses(expr)} == uses
 
 
+_RATE_FUNCTIONS = ("rate", "irate", "increase", "resets")
+
+
+def promql_call_arguments(expr: str, function: str) -> list[str]:
+    """The argument text of every call of ``function`` in ``expr`` (string literals blanked)."""
+    expr = _strip_literals(expr)
+    return [
+        _balanced(expr, call.end() - 1, 1)[1:-1] for call in re.finditer(rf"(?<![\w:]){function}\s*\(", expr)
+    ]
+
+
+def promql_type_errors(expr: str, kinds: dict[str, str]) -> list[str]:
+    """Functions applied to series of the wrong type: rate() and friends of a gauge (a meaningless, mostly
+    negative-reset-corrected rate), histogram_quantile() of anything but ``_bucket`` series aggregated by ``le``."""
+    errors = []
+    for function in _RATE_FUNCTIONS:
+        for argument in promql_call_arguments(expr, function):
+            errors += [
+                f"{function}() of {name}, a {kinds[name]}"
+                for name in sorted(promql_metric_names(argument))
+                if kinds.get(name, "counter") not in ("counter", "bucket")
+            ]
+    for argument in promql_call_arguments(expr, "histogram_quantile"):
+        series = promql_metric_names(argument)
+        errors += [
+            f"histogram_quantile() of {name}, not a histogram's _bucket"
+            for name in sorted(series)
+            if kinds.get(name, "bucket") != "bucket"
+        ]
+        for clause in re.finditer(r"\b(by|without)\s*\(([^)]*)\)", argument):
+            labels = {label.strip() for label in clause.group(2).split(",")}
+            if ("le" in labels) != (clause.group(1) == "by"):
+                errors.append(f"histogram_quantile() of an aggregation that drops le: {clause.group(0)}")
+    return errors
+
+
+@pytest.mark.parametrize(
+    ("expr", "errors"),
+    [
+        ("sum(rate(c_total[1m])) / sum(rate(h_sum[1m]))", []),
+        ("histogram_quantile(0.9, sum by (le, m) (rate(h_bucket[1m])))", []),
+        ("sum(rate(g[1m]))", ["rate() of g, a gauge"]),
+        ("increase(h_bucket[1h]) + irate(g[1m])", ["irate() of g, a gauge"]),
+        (
+            "histogram_quantile(0.5, rate(h_sum[1m]))",
+            ["histogram_quantile() of h_sum, not a histogram's _bucket"],
+        ),
+        (
+            "histogram_quantile(0.5, sum by (m) (rate(h_bucket[1m])))",
+            ["histogram_quantile() of an aggregation that drops le: by (m)"],
+        ),
+    ],
+)
+def test_promql_type_errors(expr: str, errors: list[str]) -> None:
+    kinds = {"c_total": "counter", "h_sum": "counter", "h_bucket": "bucket", "g": "gauge"}
+    assert promql_type_errors(expr, kinds) == errors
+
+
 def dashboard_queries(dashboard: dict) -> Iterator[tuple[str, str]]:
     """(where, expression) for every panel target and every query-type template variable."""
 
@@ -216,17 +276,42 @@ def _registries_of(module: object) -> Iterator[CollectorRegistry]:
             yield from (v for v in vars(instance).values() if isinstance(v, CollectorRegistry))
 
 
-@pytest.fixture(scope="module")
-def exported() -> set[str]:
+def _all_registries() -> list[CollectorRegistry]:
+    """The default registry and every registry the serving modules hold or create."""
     modules = _metric_modules()
     assert {m.split(".")[0] for m in modules} == set(SERVING_PACKAGES), modules
     registries = {id(REGISTRY): REGISTRY}
     for name in modules:
         registries |= {id(r): r for r in _registries_of(importlib.import_module(name))}
+    return list(registries.values())
+
+
+@pytest.fixture(scope="module")
+def exported() -> set[str]:
     names = set()
-    for registry in registries.values():
+    for registry in _all_registries():
         names |= _sample_names(registry)
     return names
+
+
+# What a series is to PromQL: rate() and increase() need a counter (or a histogram's or summary's _bucket, _sum
+# or _count), histogram_quantile() a histogram's _bucket series.
+_SERIES_KINDS = {
+    "counter": {"_total": "counter", "_created": "gauge"},
+    "histogram": {"_bucket": "bucket", "_sum": "counter", "_count": "counter", "_created": "gauge"},
+    "summary": {"": "gauge", "_sum": "counter", "_count": "counter", "_created": "gauge"},
+}
+
+
+@pytest.fixture(scope="module")
+def exported_kinds() -> dict[str, str]:
+    """Series name -> "counter", "bucket" or "gauge", from each family's type."""
+    kinds = dict(EXTERNAL_EXPORTERS_KINDS)
+    for registry in _all_registries():
+        for family in registry.collect():
+            suffixes = _SERIES_KINDS.get(family.type, {"": "gauge", "_info": "gauge"})
+            kinds |= {family.name + suffix: kind for suffix, kind in suffixes.items()}
+    return kinds
 
 
 def _metrics_of(module: object) -> Iterator[MetricWrapperBase]:
@@ -279,6 +364,7 @@ EXTERNAL_EXPORTERS = {
     "kafka_consumergroup_lag": "danielqsj/kafka-exporter",
 }
 EXTERNAL_EXPORTERS_LABELS = {"kafka_consumergroup_lag": frozenset({"consumergroup", "topic", "partition"})}
+EXTERNAL_EXPORTERS_KINDS = {"kafka_consumergroup_lag": "gauge"}
 
 
 # ---------------------------------------------------------------- tests
@@ -333,9 +419,27 @@ def test_every_queried_label_exists(path: Path, exported_labels: dict[str, froze
     assert not errors, errors
 
 
-def test_prometheus_adapter_rules_read_exported_series(exported_labels: dict[str, frozenset[str]]) -> None:
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_every_query_applies_functions_to_series_of_their_type(
+    path: Path, exported_kinds: dict[str, str]
+) -> None:
+    """rate() over a gauge and histogram_quantile() over anything but buckets aggregated by ``le`` draw a line
+    that means nothing, without any error in Grafana."""
+    dashboard = json.loads(path.read_text())
+    errors = [
+        f"{where}: {error}"
+        for where, expr in dashboard_queries(dashboard)
+        for error in promql_type_errors(expr, exported_kinds)
+    ]
+    assert not errors, errors
+
+
+def test_prometheus_adapter_rules_read_exported_series(
+    exported_labels: dict[str, frozenset[str]], exported_kinds: dict[str, str]
+) -> None:
     """The custom-metrics rules the HPAs depend on select series the ranker exports, with its labels (plus the
-    namespace and pod labels Kubernetes service discovery adds), and name them as the HPAs ask."""
+    namespace and pod labels Kubernetes service discovery adds), name them as the HPAs ask, and their queries
+    apply rate() only to counters."""
     paths = sorted((ROOT / "deploy" / "k8s").rglob("prometheus-adapter-rules.yaml"))
     assert paths
     pod_labels = {n: ls | {"namespace", "pod"} for n, ls in exported_labels.items()}
@@ -347,6 +451,10 @@ def test_prometheus_adapter_rules_read_exported_series(exported_labels: dict[str
             assert not _label_errors(path.name, rule["seriesQuery"], pod_labels)
             assert set(rule["resources"]["overrides"]) <= {"namespace", "pod"}
             assert all(re.search(rule["name"]["matches"], name) for name in names), rule["name"]
+            for name in names:  # the adapter fills in the series, the pod's matchers and its grouping
+                query = rule["metricsQuery"].replace("<<.Series>>", name).replace("<<.LabelMatchers>>", "")
+                query = query.replace("<<.GroupBy>>", "pod")
+                assert not promql_type_errors(query, exported_kinds), (path.name, query)
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
@@ -390,3 +498,28 @@ def test_external_exporters_are_deployed() -> None:
         services = [n for n, s in compose["services"].items() if s["image"].split(":")[0] == image]
         assert services, f"{metric}: no compose service runs {image}"
         assert set(services) & targets, f"{metric}: Prometheus does not scrape {image}"
+
+
+def test_retrieval_metrics_endpoint_serves_its_experiment_config_metrics(tmp_path: Path) -> None:
+    """``retrieval_server --experiments`` runs experiment_router's ConfigWatcher, which counts reloads and
+    exports the config in force in the default registry; the retrieval endpoint serves its own registry, and
+    left both out (a rejected config there was invisible to Prometheus)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from experiment_router.reload import ConfigWatcher
+    from retrieval_server.metrics import RetrievalMetrics
+
+    config = tmp_path / "experiments.yaml"
+    config.write_text((ROOT / "deploy" / "config" / "experiments.yaml").read_text())
+    ConfigWatcher(config)  # what retrieval_server/__main__.py builds for --experiments
+    metrics = RetrievalMetrics()
+    port = metrics.serve(0)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        metrics.close()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert "mtrank_router_config_reload" in families, sorted(families)
+    live = [sample.labels for sample in families["mtrank_router_config_info"].samples]
+    assert {"path": str(config), "sha256": hashlib.sha256(config.read_bytes()).hexdigest()} in live, live
