@@ -36,7 +36,7 @@ INTERLEAVING_MESSAGES: dict[str, str] = {
     **MESSAGES,  # the A/B texts speak of arms of units and of a lift; interleaving has one group of users
     NO_UNITS: "fewer than 2 users to estimate a variance from (credit test: exposed users; sequential "
     "preference test: users with a credited click)",
-    ZERO_VARIANCE: "no variance to test: every user with a credited click is tied (preference test; "
-    "sequential: all answered alike), or every user has the same credit difference (credit test)",
+    ZERO_VARIANCE: "no variance to test: every user with a credited click is tied (preference test), "
+    "or every user has the same credit difference (credit test)",
 }
 """The texts of the codes an interleaving report shows (``analytics.stats.interleaving``'s tests)."""

@@ -19,6 +19,8 @@ from analytics.stats.models.settings import Alternative, DifferenceType
 
 PowerMetricType = Literal["mean", "binomial"]
 _STATSMODELS_ALTERNATIVE = {"two-sided": "two-sided", "greater": "larger", "less": "smaller"}
+_RATE_ROUNDING = 1e-12
+"""A relative lift of 900% on 0.1 gives a rate of 1.0000000000000002: still the rate 1."""
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,9 @@ class PowerInputs:
             raise ValueError("mean metrics need baseline_variance > 0")
         if self.metric_type == "binomial" and not 0.0 < self.baseline_mean < 1.0:
             raise ValueError(f"binomial baseline_mean must be in (0, 1), got {self.baseline_mean}")
-        if self.difference_type == "relative" and self.baseline_mean == 0:
-            raise ValueError("relative effects need a non-zero baseline_mean")
+        if self.difference_type == "relative" and self.baseline_mean <= 0:
+            # the tests report no relative lift on such a control mean (BASELINE_ZERO, BASELINE_NEGATIVE)
+            raise ValueError(f"relative effects need a baseline_mean > 0, got {self.baseline_mean:g}")
         if len(self.weights) != 2 or min(self.weights) <= 0:
             raise ValueError(f"weights must be two positive shares, got {self.weights}")
         if not 0.0 < self.alpha < 1.0:
@@ -52,10 +55,25 @@ class PowerInputs:
     def absolute_effect(self, effect: float) -> float:
         return effect * self.baseline_mean if self.difference_type == "relative" else effect
 
+    def check_effect(self, effect: float) -> None:
+        """Refuse a lift that takes a binomial rate out of [0, 1]: its power would be that of another lift.
+
+        Raises:
+            ValueError: the treatment rate baseline + lift is below 0 or above 1.
+        """
+        rate = self.baseline_mean + self.absolute_effect(effect)
+        if self.metric_type == "binomial" and not -_RATE_ROUNDING <= rate <= 1.0 + _RATE_ROUNDING:
+            raise ValueError(f"effect {effect:g} puts the treatment rate at {rate:g}, outside [0, 1]")
+
+    def min_users(self) -> float:
+        """Fewest total users that put 2 in each arm: with fewer a test returns NO_UNITS."""
+        share_a = self.weights[0] / sum(self.weights)
+        return 2.0 / min(share_a, 1.0 - share_a)
+
     def arm_variances(self, absolute_effect: float) -> tuple[float, float]:
         if self.metric_type == "binomial":
             p_a = self.baseline_mean
-            p_b = min(max(p_a + absolute_effect, 0.0), 1.0)
+            p_b = min(max(p_a + absolute_effect, 0.0), 1.0)  # within _RATE_ROUNDING of [0, 1] (check_effect)
             return p_a * (1.0 - p_a), p_b * (1.0 - p_b)
         assert self.baseline_variance is not None
         return self.baseline_variance, self.baseline_variance
@@ -71,7 +89,12 @@ class PowerInputs:
 
 
 def power(inputs: PowerInputs, n_total: float, effect: float) -> float:
-    """Probability of a significant result with ``n_total`` users when the true lift is ``effect``."""
+    """Probability of a significant result with ``n_total`` users when the true lift is ``effect``.
+
+    Raises:
+        ValueError: a binomial lift that takes the treatment rate out of [0, 1].
+    """
+    inputs.check_effect(effect)
     share_a = inputs.weights[0] / sum(inputs.weights)
     n_a, n_b = n_total * share_a, n_total * (1.0 - share_a)
     delta = inputs.absolute_effect(effect)
@@ -96,8 +119,10 @@ def minimum_detectable_effect(inputs: PowerInputs, n_total: float, target_power:
     The lift points in the tested direction: positive, or negative for the alternative ``less``.
 
     Raises:
-        ValueError: no effect within the metric's range reaches the target power.
+        ValueError: no effect within the metric's range reaches the target power, or the target is not
+            above alpha (which no effect at all already reaches).
     """
+    _check_target_power(inputs, target_power)
     sign = -1.0 if inputs.alternative == "less" else 1.0
     upper = inputs.max_effect()
     if power(inputs, n_total, sign * upper * (1 - 1e-9)) < target_power:
@@ -109,13 +134,30 @@ def minimum_detectable_effect(inputs: PowerInputs, n_total: float, target_power:
 
 
 def required_sample_size(inputs: PowerInputs, effect: float, target_power: float = 0.8) -> int:
-    """Total users (both arms) needed to detect ``effect`` with ``target_power``."""
+    """Total users (both arms) needed to detect ``effect`` with ``target_power``; at least 2 per arm.
+
+    Raises:
+        ValueError: a zero effect, one against a one-sided alternative (its power falls with more users),
+            a binomial rate out of [0, 1], a target not above alpha, or more than 1e13 users needed.
+    """
+    _check_target_power(inputs, target_power)
     if effect == 0:
         raise ValueError("effect must be non-zero")
-    high = 4.0
+    if (inputs.alternative == "greater" and effect < 0) or (inputs.alternative == "less" and effect > 0):
+        raise ValueError(f"effect {effect:g} points against the alternative {inputs.alternative!r}")
+    low = inputs.min_users()
+    if power(inputs, low, effect) >= target_power:  # so large an effect that the fewest testable users do
+        return int(math.ceil(low))
+    high = 2.0 * low
     while power(inputs, high, effect) < target_power:
         high *= 2.0
         if high > 1e13:
             raise ValueError(f"effect {effect} is not detectable with any realistic sample size")
-    n = brentq(lambda m: power(inputs, m, effect) - target_power, 2.0, high)
+    n = brentq(lambda m: power(inputs, m, effect) - target_power, low, high)
     return int(math.ceil(n))
+
+
+def _check_target_power(inputs: PowerInputs, target_power: float) -> None:
+    """A target at or below alpha is met with no effect at all: there is nothing to solve for."""
+    if not inputs.alpha < target_power < 1.0:
+        raise ValueError(f"target power must be in (alpha={inputs.alpha:g}, 1), got {target_power:g}")

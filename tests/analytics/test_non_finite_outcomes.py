@@ -78,7 +78,7 @@ def test_statistics_that_overflow_give_an_error_code(test: type, difference_type
     normal = SampleMean.from_values([1.0, 2.0, 3.0])
     assert test(normal, huge, config).compute_result().error == messages.NUMERIC_OVERFLOW
     assert test(huge, normal, config).compute_result().error == messages.NUMERIC_OVERFLOW
-    big = SampleMean.from_values([1e150, 2e150, 3e150])  # finite moments, a relative lift's mean**4 overflows
+    big = SampleMean.from_values([1e150, 2e150, 3e150])  # finite moments; the absolute Welch df overflows
     result = test(big, SampleMean.from_values([1e150, 3e150, 4e150]), config).compute_result()
     assert result.error in (None, messages.NUMERIC_OVERFLOW)
     assert result.error is not None or math.isfinite(result.estimate)

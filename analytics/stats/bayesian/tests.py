@@ -41,9 +41,11 @@ class EffectBayesianTest(BaseABTest[BayesianConfig, BayesianResult]):
         if config.prior_variance is None:
             post_mean, post_var = diff.estimate, diff.variance
         else:
-            precision = 1.0 / diff.variance + 1.0 / config.prior_variance
-            post_var = 1.0 / precision
-            post_mean = post_var * (diff.estimate / diff.variance + config.prior_mean / config.prior_variance)
+            # precision-weighted, written without 1 / variance: a variance below 1e-308 made that inf, the
+            # posterior variance 0 and chance_to_win a ZeroDivisionError
+            total = diff.variance + config.prior_variance
+            post_var = diff.variance * config.prior_variance / total
+            post_mean = (diff.estimate * config.prior_variance + config.prior_mean * diff.variance) / total
         post_sd = math.sqrt(post_var)
         z = float(special.ndtri(0.5 + config.interval_level / 2.0))
         better = -1.0 if config.inverse else 1.0

@@ -85,9 +85,10 @@ class BaseABTest(ABC, Generic[ConfigT, ResultT]):
         if self.config.difference_type == "absolute":
             component_a, component_b = a.variance / a.n, b.variance / b.n
             estimate = b.mean - a.mean
-        else:
-            component_a = a.variance * b.mean**2 / (a.n * a.mean**4)
-            component_b = b.variance / (b.n * a.mean**2)
+        else:  # in ratios to the control mean: its 4th power underflows to 0 (1e-90) or overflows (1e90)
+            spread_a, spread_b = math.sqrt(a.variance) / a.mean, math.sqrt(b.variance) / a.mean
+            component_a = (spread_a * b.mean / a.mean) ** 2 / a.n
+            component_b = spread_b**2 / b.n
             estimate = b.mean / a.mean - 1.0
         return Difference(
             estimate=estimate,

@@ -56,3 +56,15 @@ def test_a_negative_control_mean_gives_no_relative_chance_to_win() -> None:
     absolute = EffectBayesianTest(control, treatment, absolute_config).compute_result()
     assert absolute.error is None and absolute.estimate == pytest.approx(0.5)
     assert absolute.chance_to_win is not None and absolute.chance_to_win > 0.99
+
+
+def test_a_prior_on_a_lift_with_a_variance_below_float64_range_is_the_data() -> None:
+    """Means of 1e-160, so the lift's variance is ~2e-322: 1 / variance was inf, the posterior variance 0 and
+    chance_to_win a ZeroDivisionError. A prior variance of 1 next to 2e-322 leaves the flat-prior posterior."""
+    control, treatment = SampleMean(100, 1e-158, 2e-318), SampleMean(100, 2e-158, 5e-318)
+    flat = EffectBayesianTest(control, treatment, BayesianConfig(difference_type="absolute")).compute_result()
+    config = BayesianConfig(difference_type="absolute", prior_variance=1.0)
+    prior = EffectBayesianTest(control, treatment, config).compute_result()
+    assert flat.se is not None and flat.se**2 < 1e-308
+    assert prior.error is None and prior.chance_to_win == pytest.approx(flat.chance_to_win, rel=1e-12)
+    assert prior.estimate == pytest.approx(flat.estimate, rel=1e-12) and prior.se == pytest.approx(flat.se)

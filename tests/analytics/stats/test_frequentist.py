@@ -81,6 +81,20 @@ def test_relative_hard_coded() -> None:
     assert tuple(round(x, 6) for x in r.ci) == (0.009884, 0.090116)
 
 
+@pytest.mark.parametrize("scale", [1e-90, 1e90])
+def test_relative_lift_does_not_depend_on_the_unit(scale: float) -> None:
+    """The hard-coded case above in units 1e90 times larger or smaller: the control mean's 4th power
+    underflowed to 0 (ZeroDivisionError) or overflowed (NUMERIC_OVERFLOW), though the lift has no unit."""
+    r = TTest(
+        SampleMean(1000, 10000.0 * scale, 120000.0 * scale**2),
+        SampleMean(1000, 10500.0 * scale, 130000.0 * scale**2),
+        RELATIVE,
+    ).compute_result()
+    assert r.error is None
+    assert round(r.estimate, 6) == 0.05 and round(r.se, 6) == 0.020455 and round(r.p_value, 6) == 0.014597
+    assert tuple(round(x, 6) for x in r.ci) == (0.009884, 0.090116)
+
+
 def test_proportions_match_statsmodels_wald() -> None:
     a, b = Proportion(5000, 500.0), Proportion(5000, 560.0)
     result = TTest(a, b, ABSOLUTE).compute_result()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import mpmath
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
@@ -136,6 +137,56 @@ def test_sequential_preference_interval_stays_within_the_range_of_delta() -> Non
     half = sequential_half_width(se, 60, 0.05, mixture_rho_squared(0.05, config.sequential_tuning_parameter))
     assert counts.preference + half > 1 and counts.preference - half > -1  # uncut, only the top leaves [-1, 1]
     assert test.ci == (pytest.approx(counts.preference - half), 1.0) and test.estimate == counts.preference
+
+
+def _unanimous(d: int, prefer_b: bool = True) -> PreferenceCounts:
+    """d users who clicked, all preferring one arm, none tied, among 100 + d exposed."""
+    wins = (0, d) if prefer_b else (d, 0)
+    return PreferenceCounts(100 + d, *wins, 0, float(d if prefer_b else -d), float(d))
+
+
+def _mpmath_confidence_bound(d: int, alpha: float) -> float:
+    """Lower end of {q : B(d + 1, 1) / q^d < 1 / alpha} solved numerically with mpmath, as delta = 2q - 1."""
+    mpmath.mp.dps = 40
+
+    def log_excess(q: mpmath.mpf) -> mpmath.mpf:
+        return mpmath.log(mpmath.beta(d + 1, 1)) - d * mpmath.log(q) + mpmath.log(alpha)
+
+    q = mpmath.findroot(log_excess, (mpmath.mpf("1e-30"), mpmath.mpf(1)), solver="illinois")
+    return float(2 * q - 1)
+
+
+@pytest.mark.parametrize("d", [1, 2, 7, 8, 40, 300])
+def test_sequential_sign_test_when_every_user_prefers_one_arm_is_exact(d: int) -> None:
+    """All users for one arm: the sign has no variance, so the beta-binomial mixture martingale decides;
+    p = 1 / (B(d + 1, 1) 2^d) from mpmath, the interval's end solved numerically from its definition."""
+    config = InterleavingConfig(sequential=True)
+    mpmath.mp.dps = 40
+    reference_p = float(min(1, 1 / (mpmath.beta(d + 1, 1) * mpmath.mpf(2) ** d)))
+    bound = _mpmath_confidence_bound(d, 0.05)
+    for prefer_b, sign in ((True, 1.0), (False, -1.0)):
+        test = sequential_sign_test(_unanimous(d, prefer_b), config)
+        assert test.error is None and test.estimate == sign
+        assert test.p_value == pytest.approx(reference_p, rel=1e-12)
+        expected_ci = (bound, 1.0) if prefer_b else (-1.0, -bound)
+        assert test.ci == pytest.approx(expected_ci, rel=1e-9, abs=1e-12)
+        assert (test.ci[0] > 0 or test.ci[1] < 0) == (test.p_value < 0.05)
+
+
+def test_sequential_sign_test_when_every_user_prefers_one_arm_hand_checked() -> None:
+    """M_d = 2^d / (d + 1): 2 of 2 users are no evidence (p 3/4, delta > 2 sqrt(0.05 / 3) - 1), 8 of 8 are
+    (p 9/256), 40 of 40 overwhelmingly (41 / 2^40, where the normal mixture had no variance to work with)."""
+    config = InterleavingConfig(sequential=True)
+    two = sequential_sign_test(_unanimous(2), config)
+    assert two.p_value == pytest.approx(0.75) and two.ci == pytest.approx((-0.7418011102528389, 1.0))
+    assert sequential_sign_test(_unanimous(7), config).p_value == pytest.approx(8 / 128)
+    assert sequential_sign_test(_unanimous(8), config).p_value == pytest.approx(9 / 256)
+    forty = sequential_sign_test(_unanimous(40, prefer_b=False), config)
+    assert forty.p_value == pytest.approx(41 / 2**40, rel=1e-12) and forty.ci[1] < -0.69
+    assert sequential_sign_test(_unanimous(5000), config).p_value == 0.0  # 2^-5000 underflows, no overflow
+    tied = sequential_sign_test(PreferenceCounts(10, 0, 0, 4, 0.0, 0.0), config)
+    one_tied = sequential_sign_test(PreferenceCounts(10, 0, 0, 1, 0.0, 0.0), config)
+    assert tied.error == messages.ZERO_VARIANCE and one_tied.error == messages.NO_UNITS
 
 
 def test_analyze_switches_between_fixed_and_sequential() -> None:

@@ -65,6 +65,10 @@ def test_one_sided_alternative() -> None:
         ({"metric_type": "mean", "baseline_mean": 1.0}, "baseline_variance"),
         ({"metric_type": "binomial", "baseline_mean": 1.5}, r"\(0, 1\)"),
         ({"metric_type": "binomial", "baseline_mean": 0.1, "weights": (1.0, 0.0)}, "weights"),
+        ({"metric_type": "mean", "baseline_mean": 0.0, "baseline_variance": 1.0}, "baseline_mean > 0"),
+        # a relative lift on a negative control mean is never reported (BASELINE_NEGATIVE); its 'greater' MDE
+        # searched rises of the mean that are falls of the lift and said "no effect up to 50 reaches power"
+        ({"metric_type": "mean", "baseline_mean": -20.0, "baseline_variance": 100.0}, "baseline_mean > 0"),
     ],
 )
 def test_inputs_validate(kwargs, message) -> None:
@@ -95,3 +99,52 @@ def test_mde_for_alternative_less_is_a_drop() -> None:
     assert minimum_detectable_effect(inputs, 2000, 0.8) == pytest.approx(-1.111985, abs=1e-6)
     binomial = PowerInputs(metric_type="binomial", baseline_mean=0.10, alternative="less")
     assert minimum_detectable_effect(binomial, 20000, 0.8) == pytest.approx(-0.1030171, abs=1e-6)
+
+
+def test_an_effect_large_enough_for_the_fewest_testable_users_needs_those() -> None:
+    """Rate 0.1 -> 1.0 (absolute +0.9): 2 users per arm already give power 0.989 (statsmodels
+    NormalIndPower, effect size 0.9 / sqrt(0.09 / 2) = 4.2426, nobs1 2), so 4 users in all (the
+    search used to start below that and raise "f(a) and f(b) must have different signs"). 10% / 90% split:
+    2 users in the small arm means 20 in all."""
+    inputs = PowerInputs(metric_type="binomial", baseline_mean=0.1, difference_type="absolute")
+    assert required_sample_size(inputs, 0.9) == 4
+    assert power(inputs, 4, 0.9) == pytest.approx(0.9887752907277906, rel=1e-9)
+    uneven = PowerInputs(
+        metric_type="binomial", baseline_mean=0.1, difference_type="absolute", weights=(1, 9)
+    )
+    assert required_sample_size(uneven, 0.9) == 20
+
+
+@pytest.mark.parametrize(
+    ("inputs", "effect"),
+    [
+        (PowerInputs(metric_type="binomial", baseline_mean=0.5), -2.0),  # rate -0.5: was 4 users (rate 0)
+        (PowerInputs(metric_type="binomial", baseline_mean=0.5), 3.0),  # rate 2: was a brentq error
+        (PowerInputs(metric_type="binomial", baseline_mean=0.1, difference_type="absolute"), -0.2),  # was 36
+    ],
+)
+def test_a_binomial_effect_outside_the_rates_is_refused(inputs: PowerInputs, effect: float) -> None:
+    with pytest.raises(ValueError, match=r"treatment rate at -?[0-9.]+, outside \[0, 1\]"):
+        required_sample_size(inputs, effect)
+    with pytest.raises(ValueError, match="outside"):
+        power(inputs, 1000, effect)
+
+
+def test_the_edges_of_the_binomial_rates_are_allowed() -> None:
+    """+900% on 0.1 is the rate 1 (computed 1.0000000000000002); -100% the rate 0: closed-form power."""
+    inputs = PowerInputs(metric_type="binomial", baseline_mean=0.1)
+    assert power(inputs, 20, 9.0) == pytest.approx(closed_form_power(0.9, 0.09, 0.0, 10, 10, 0.05), rel=1e-9)
+    assert power(inputs, 2000, -1.0) == pytest.approx(
+        closed_form_power(-0.1, 0.09, 0.0, 1000, 1000, 0.05), rel=1e-9
+    )
+
+
+def test_an_effect_against_a_one_sided_alternative_or_a_target_below_alpha_is_refused() -> None:
+    greater = PowerInputs(metric_type="binomial", baseline_mean=0.1, alternative="greater")
+    with pytest.raises(ValueError, match="points against the alternative 'greater'"):
+        required_sample_size(greater, -0.2)  # was "not detectable with any realistic sample size"
+    assert required_sample_size(greater, 0.2) > 0
+    with pytest.raises(ValueError, match=r"target power must be in \(alpha=0.05, 1\)"):
+        minimum_detectable_effect(BINOMIAL, 1000, 0.03)  # was "f(a) and f(b) must have different signs"
+    with pytest.raises(ValueError, match="target power"):
+        required_sample_size(BINOMIAL, 0.1, 0.05)
