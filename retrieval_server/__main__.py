@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import signal
 import sys
-from collections.abc import Callable
 
 from grpc_serving import (
     BindError,
@@ -18,35 +16,13 @@ from grpc_serving import (
     add_server_arguments,
     server_security_from_args,
 )
+from grpc_serving.flag_types import NON_NEGATIVE, PORT, POSITIVE, POSITIVE_INT, number
 from retrieval_server.errors import PackageError
 from retrieval_server.index import EXACT_MAX_ITEMS
 from retrieval_server.model_repository import ModelRepository
 from retrieval_server.server import RetrievalServer
 
 logger = logging.getLogger("retrieval_server")
-
-
-def _number(
-    kind: type[int] | type[float], least: float, most: float | None = None, *, above: bool = False
-) -> Callable[[str], float]:
-    """An argparse type: a finite ``kind`` in ``[least, most]`` (``(least, most]`` when ``above``), else a
-    usage error naming the value."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        low_ok = value > least if above else value >= least
-        if not (low_ok and value <= (most if most is not None else math.inf)) or value == math.inf:
-            bounds = f"in {least}..{most}" if most is not None else f"{'>' if above else '>='} {least}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text!r}")
-        return value
-
-    return parse
-
-
-PORT = _number(int, 0, 65535)
 
 
 DESCRIPTION = """\
@@ -74,25 +50,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=PORT, default=50052, help="gRPC port (0 = any free port)")
     parser.add_argument("--metrics-port", type=PORT, default=9102,
                         help="Prometheus /metrics port on --host (0 = any free port)")  # fmt: skip
-    parser.add_argument("--max-k", metavar="K", type=_number(int, 1), default=1000,
+    parser.add_argument("--max-k", metavar="K", type=POSITIVE_INT, default=1000,
                         help="largest k a request may ask for")  # fmt: skip
     parser.add_argument("--exclude-neighbors", action="store_true",
                         help="never return a user's neighbours in the indexed graph (friend suggestion: "
                              "existing friends are not suggestions); unseen users: the neighbor_ids they send")
-    parser.add_argument("--threads", metavar="N", type=_number(int, 1), default=4,
+    parser.add_argument("--threads", metavar="N", type=POSITIVE_INT, default=4,
                         help="threads for ONNX runs and index searches")
-    parser.add_argument("--exact-max-items", metavar="N", type=_number(int, 0), default=EXACT_MAX_ITEMS,
+    parser.add_argument("--exact-max-items", metavar="N", type=number(int, 0), default=EXACT_MAX_ITEMS,
                         help="corpora up to this size use exact search, larger ones the --ann index")
     parser.add_argument("--ann", choices=["pq", "hnsw"], default="pq",
                         help="ANN index for large corpora: faiss PQ fast-scan + exact re-rank, or faiss HNSW")
-    parser.add_argument("--poll-interval", metavar="SECONDS", type=_number(float, 0), default=30.0,
+    parser.add_argument("--poll-interval", metavar="SECONDS", type=NON_NEGATIVE, default=30.0,
                         help="seconds between checks for rewritten packages to hot swap (0 = off)")
     parser.add_argument("--experiments", metavar="FILE",
                         help="experiment config (experiment_router YAML): requests naming no model "
                         "get their retrieval-layer variant; without it they get the first --model")
-    parser.add_argument("--experiments-poll", metavar="SECONDS", type=_number(float, 0, above=True),
+    parser.add_argument("--experiments-poll", metavar="SECONDS", type=POSITIVE,
                         default=2.0, help="seconds between checks of --experiments for changes")  # fmt: skip
-    parser.add_argument("--grace", metavar="SECONDS", type=_number(float, 0), default=10.0,
+    parser.add_argument("--grace", metavar="SECONDS", type=NON_NEGATIVE, default=10.0,
                         help="seconds to drain in-flight requests on SIGTERM/SIGINT")
     add_server_arguments(parser)
     add_log_level_argument(parser)

@@ -149,6 +149,10 @@ class RetrievalDataPlane:
         else:
             neighbours = self._neighbours_to_embed(model, query)
             vector, own = model.embed(query.user_features, neighbours, seed=zlib.crc32(query.user_id.encode())), []
+            if not np.all(np.isfinite(vector)):  # else no candidate is found: an empty answer, OK
+                raise InvalidInput(
+                    "user_features", "values too large: the encoder's embedding of them is not finite"
+                )
             self.metrics.on_the_fly.labels(model.name, model.version).inc()
         excluded = (model.positions.get(int(i)) for i in query.exclude_ids)
         exclude = [p for p in excluded if p is not None] + own

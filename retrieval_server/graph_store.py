@@ -24,9 +24,47 @@ class GraphStore:
 
     @classmethod
     def load(cls, path: Path, fanouts: tuple[int, int]) -> GraphStore:
+        """Read and check ``graph.npz``.
+
+        Raises:
+            ValueError: a missing array or an inconsistent graph (the reason, without the path).
+        """
         with np.load(path) as data:
-            return cls(data["ids"].astype(np.int64), data["indptr"].astype(np.int64),
-                       data["indices"].astype(np.int64), data["features"].astype(np.float32), fanouts)
+            missing = [key for key in ("ids", "indptr", "indices", "features") if key not in data.files]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)} array")
+            store = cls(
+                data["ids"].astype(np.int64),
+                data["indptr"].astype(np.int64),
+                data["indices"].astype(np.int64),
+                data["features"].astype(np.float32),
+                fanouts,
+            )
+        store.check()
+        return store
+
+    def check(self) -> None:
+        """Refuse what would fail or mislead only at request time: an id at two positions (answers with one
+        id twice, excluding it drops only one), no node at all, CSR arrays that point outside the graph.
+
+        Raises:
+            ValueError: the first problem found.
+        """
+        n = len(self.ids)
+        if self.ids.ndim != 1 or n == 0:
+            raise ValueError(f"ids must be a non-empty 1-d array, got shape {self.ids.shape}")
+        unique, counts = np.unique(self.ids, return_counts=True)
+        if len(unique) != n:
+            first = int(np.argmax(counts > 1))
+            raise ValueError(f"node id {int(unique[first])} appears {int(counts[first])} times")
+        if self.features.ndim != 2 or len(self.features) != n:
+            raise ValueError(f"features must have one row per id ({n}), got shape {self.features.shape}")
+        if self.indptr.shape != (n + 1,) or self.indptr[0] != 0 or self.indptr[-1] != len(self.indices):
+            raise ValueError(f"indptr must hold {n + 1} offsets from 0 to {len(self.indices)} (the indices)")
+        if np.any(np.diff(self.indptr) < 0):
+            raise ValueError("indptr must not decrease")
+        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= n):
+            raise ValueError(f"indices must be positions in 0..{n - 1}")
 
     @property
     def num_features(self) -> int:

@@ -24,6 +24,13 @@ EXACT_MAX_ITEMS = 50_000  # up to this corpus size an exact scan is used
 faiss.omp_set_num_threads(1)
 
 
+def best_first(positions: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Descending score, equal scores by ascending position: faiss returns ties in an order that depends on k
+    (top-3 [2, 1, 0], top-5 [4, 3, 2, 1, 0]), so a smaller k was no prefix of a larger one."""
+    order = np.lexsort((positions, -scores))
+    return positions[order].astype(np.int64), scores[order]
+
+
 class FaissIndex:
     """Top-k inner-product search with excluded positions, over a faiss index holding positions 0..N-1."""
 
@@ -49,7 +56,7 @@ class FaissIndex:
         scores, positions = self._index.search(np.ascontiguousarray(query, dtype=np.float32)[np.newaxis], k,
                                                params=params)
         keep = positions[0] >= 0  # -1 pads when fewer than k items remain after exclusion
-        return positions[0][keep].astype(np.int64), scores[0][keep]
+        return best_first(positions[0][keep], scores[0][keep])
 
 
 class ExactIndex(FaissIndex):
@@ -120,7 +127,8 @@ class QuantizedIndex(FaissIndex):
             return np.empty(0, np.int64), np.empty(0, np.float32)
         scores, positions = self._index.search(np.ascontiguousarray(query, dtype=np.float32)[np.newaxis], fetch)
         keep = (positions[0] >= 0) & ~np.isin(positions[0], exclude)
-        return positions[0][keep][:k].astype(np.int64), scores[0][keep][:k]
+        found, found_scores = best_first(positions[0][keep], scores[0][keep])
+        return found[:k], found_scores[:k]
 
 
 ANN_KINDS = {"pq": QuantizedIndex, "hnsw": HNSWIndex}

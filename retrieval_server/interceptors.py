@@ -50,7 +50,8 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
             return handler
         inner = handler.unary_unary
         deserialize = handler.request_deserializer
-        metrics = self._metrics
+        # retrieval_requests counts Retrieve calls: the ranker's ListModels probes were counted as OK requests
+        counter = self._metrics.requests if handler_call_details.method.endswith("/Retrieve") else None
 
         async def guarded(raw: Any, context: aio.ServicerContext) -> Any:
             try:
@@ -63,9 +64,11 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
                 code, message = status_for(exc)
                 if code == grpc.StatusCode.INTERNAL:
                     logger.exception("unexpected error in %s", handler_call_details.method)
-                metrics.requests.labels(code.name).inc()
+                if counter is not None:
+                    counter.labels(code.name).inc()
                 await context.abort(code, message)
-            metrics.requests.labels("OK").inc()
+            if counter is not None:
+                counter.labels("OK").inc()
             return response
 
         return grpc.unary_unary_rpc_method_handler(guarded, response_serializer=handler.response_serializer)

@@ -6,10 +6,11 @@ process runs a ConfigWatcher, which counts into the default registry that this e
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from experiment_router.reload import LIVE as ROUTER_CONFIG
 from experiment_router.reload import RELOADS as ROUTER_CONFIG_RELOADS
+from grpc_serving.metrics_endpoint import serve_metrics
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 K_BUCKETS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -43,10 +44,13 @@ class RetrievalMetrics:
             self.model_info.labels(m.name, m.version, m.provider).set(2 if m.key == default else 1)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
-        """Expose /metrics over HTTP; returns the bound port (pass 0 for a free one)."""
-        server, _ = start_http_server(port, addr=addr, registry=self.registry)
-        self._http = server
-        return int(server.server_port)
+        """Expose /metrics over HTTP; returns the bound port (pass 0 for a free one).
+
+        Raises:
+            MetricsPortError: naming ``--metrics-port``.
+        """
+        self._http = serve_metrics(port, addr, self.registry)
+        return int(self._http.server_port)
 
     def close(self) -> None:
         server = getattr(self, "_http", None)

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,68 @@ class LoadedModel:
         return self.session.run(["embedding"], feeds)[0][0]
 
 
+def _load_index(folder: Path, fanouts: tuple[int, int]) -> tuple[GraphStore, np.ndarray]:
+    """The graph store and the embeddings, one finite row per node: a NaN row is never found, and a query
+    vector next to it got no candidates at all.
+
+    Raises:
+        PackageError: naming the file and what is wrong with it.
+    """
+    path = folder / "graph.npz"
+    try:
+        store = GraphStore.load(path, fanouts)
+        path = folder / "embeddings.npy"
+        embeddings = np.load(path).astype(np.float32)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise PackageError(f"{path}: {exc}") from None
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(store.ids):
+        raise PackageError(
+            f"{path}: shape {embeddings.shape}, expected one row per node ({len(store.ids)} ids)"
+        )
+    bad = ~np.all(np.isfinite(embeddings), axis=1)
+    if bad.any():
+        raise PackageError(
+            f"{path}: {int(bad.sum())} rows are not finite (the first: node id {store.ids[bad][0]})"
+        )
+    return store, embeddings
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an onnxruntime error (they run over several), for a one-line PackageError."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_encoder(
+    package: Path, session: ort.InferenceSession, store: GraphStore, embeddings: np.ndarray
+) -> None:
+    """The encoder reads the stored node features and writes vectors as wide as the index's: else only the
+    first unseen user finds out (an ONNX error, or a faiss assertion), as an INTERNAL error.
+
+    Raises:
+        PackageError: naming both widths.
+    """
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    declared = inputs.get("node_features", [None, None])[-1]
+    if isinstance(declared, int) and declared != store.num_features:
+        raise PackageError(
+            f"{package / 'model.onnx'}: node_features takes {declared} features, "
+            f"{package / 'index' / 'graph.npz'} holds {store.num_features}"
+        )
+    feeds = store.encoder_inputs(store.features[0], store.neighbours(0), np.random.default_rng(0))
+    try:
+        width = session.run(["embedding"], feeds)[0].shape[-1]
+    except Exception as exc:  # noqa: BLE001 (onnxruntime raises its own types: the message says what)
+        raise PackageError(
+            f"{package / 'model.onnx'}: cannot embed node {store.ids[0]}: {_first_line(exc)}"
+        ) from None
+    if width != embeddings.shape[1]:
+        raise PackageError(
+            f"{package / 'model.onnx'}: embedding output is {width} wide, "
+            f"{package / 'index' / 'embeddings.npy'} is {embeddings.shape[1]} wide"
+        )
+
+
 def load_package(root: Path, name: str, version: str, exact_max_items: int = EXACT_MAX_ITEMS,
                  ann: str = "pq") -> LoadedModel:
     """Verify and load ``root/name/version``.
@@ -118,18 +181,21 @@ def load_package(root: Path, name: str, version: str, exact_max_items: int = EXA
         raise PackageError(f"{manifest_path}: training_config.fanouts must list integers ({exc!r})") from None
     if len(fanouts) != 2:  # the encoder has two GAT layers: one neighbour sample size per hop
         raise PackageError(f"{manifest_path}: training_config.fanouts must give 2 sizes (one per hop), got {fanouts}")
-    store = GraphStore.load(package / "index" / "graph.npz", (fanouts[0], fanouts[1]))
-    embeddings = np.load(package / "index" / "embeddings.npy").astype(np.float32)
-    if embeddings.shape[0] != len(store.ids):
-        raise PackageError(f"{package / 'index'}: {embeddings.shape[0]} embeddings for {len(store.ids)} ids")
+    store, embeddings = _load_index(package / "index", (fanouts[0], fanouts[1]))
     options = ort.SessionOptions()
     options.log_severity_level = 3  # a CUDA build without CUDA libraries would log errors before falling back
     options.intra_op_num_threads = 1  # one user per run: the server parallelises across requests instead
     wanted = session_providers()
-    session = ort.InferenceSession(str(package / "model.onnx"), sess_options=options, providers=wanted)
+    try:
+        session = ort.InferenceSession(str(package / "model.onnx"), sess_options=options, providers=wanted)
+    except Exception as exc:  # noqa: BLE001 (onnxruntime's own types; a traceback at start, every poll after)
+        raise PackageError(
+            f"{package / 'model.onnx'}: onnxruntime cannot load it: {_first_line(exc)}"
+        ) from None
     provider = session.get_providers()[0]
     if provider != wanted[0]:
         logger.warning("%s:%s: %s unavailable, running on %s", name, version, wanted[0], provider)
+    _check_encoder(package, session, store, embeddings)
     logger.info("loaded %s:%s on %s (%d items, %d-d)", name, version, provider, len(embeddings), embeddings.shape[1])
     return LoadedModel(
         name=name,

@@ -15,7 +15,8 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from grpc_serving import SERVER_OPTIONS, AioBearerTokenInterceptor, BindError, ServerSecurity, bind
+from grpc_serving import SERVER_OPTIONS, AioBearerTokenInterceptor, ServerSecurity, bind
+from grpc_serving.metrics_endpoint import MetricsPortError
 from proto import retrieval_pb2, retrieval_pb2_grpc
 from retrieval_server.dataplane import RetrievalDataPlane, RouterSource
 from retrieval_server.interceptors import ExceptionToStatusInterceptor
@@ -69,14 +70,11 @@ class RetrievalServer:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if self._metrics_port is not None:
             # Same interface as gRPC, so that --host 0.0.0.0 makes /metrics scrapable from other hosts too.
-            address = self._host.strip("[]")
             try:
-                self.metrics_port = self.metrics.serve(self._metrics_port, addr=address)
-            except OSError as exc:
+                self.metrics_port = self.metrics.serve(self._metrics_port, addr=self._host)
+            except MetricsPortError:
                 await server.stop(0)
-                raise BindError(
-                    f"metrics port: cannot listen on {address}:{self._metrics_port}: {exc.strerror or exc}"
-                ) from None
+                raise
         if self._poll_interval_s > 0:
             self._poller = asyncio.create_task(self._poll())
         logger.info(

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.package import read_manifest, write_manifest
 from retrieval_server.dataplane import RetrievalDataPlane, RetrieveQuery
 from retrieval_server.errors import InvalidInput, ModelNotFound, ModelNotReady, PackageError
 from retrieval_server.index import ExactIndex, HNSWIndex, QuantizedIndex, build_index
@@ -89,6 +90,9 @@ async def test_unseen_user_is_embedded_from_features_and_neighbours(repository_r
         (RetrieveQuery(user_id="stranger", k=5), "user_features"),
         (RetrieveQuery(user_id="stranger", k=5, user_features=np.ones(3, np.float32)), "user_features"),
         (RetrieveQuery(user_id="stranger", k=5, user_features=np.full(16, np.nan, np.float32)), "user_features"),
+        # finite, but the encoder overflows: its NaN vector found nothing, an empty answer with status OK
+        (RetrieveQuery(user_id="stranger", k=5, user_features=np.full(16, 3e38, np.float32)),
+         "user_features"),
         (RetrieveQuery(user_id="stranger", k=5, user_features=np.ones(16, np.float32),
                        neighbor_ids=np.array([1, 987654321])), "neighbor_ids"),
         # a version alone named no model: the default answered in its place
@@ -129,6 +133,20 @@ def test_ann_agrees_with_exact_search_and_honours_exclusions(ann):
     assert np.mean(recalls) > 0.9
 
 
+def test_tied_scores_come_best_first_then_by_position_whatever_k() -> None:
+    """faiss returned ties in an order that depends on k (top-3 [2, 1, 0], top-5 [4, 3, 2, 1, 0]): a smaller k
+    was no prefix of a larger one for the same user."""
+    vectors = np.zeros((40, 4), np.float32)
+    vectors[:20, 0] = 1.0  # 20 items tied at score 1, then 20 tied at 0.6
+    vectors[20:, :2] = (0.6, 0.8)
+    exact, approx = ExactIndex(vectors), QuantizedIndex(vectors)
+    for k in (3, 5, 19, 25, 40):
+        found, scores = exact.search(vectors[0], k, np.array([7]))
+        assert found.tolist() == [p for p in range(40) if p != 7][:k] and np.all(np.diff(scores) <= 0)
+        found, scores = approx.search(vectors[0], k, np.array([7]))  # its candidate set may depend on k
+        assert list(zip(-scores, found, strict=True)) == sorted(zip(-scores, found, strict=True))
+
+
 @pytest.mark.parametrize("n", [1, 15])
 def test_a_corpus_too_small_for_pq_is_searched_exactly(n: int) -> None:
     """4-bit PQ cannot train on under 16 items: with ``--exact-max-items 0`` their load raised in faiss."""
@@ -167,6 +185,101 @@ def test_repository_refuses_fanouts_the_encoder_cannot_sample(repository_root):
     manifest_path.write_text(json.dumps({**manifest, "training_config": training}))
     with pytest.raises(PackageError, match=r"fanouts must give 2 sizes \(one per hop\), got \[5, 3, 2\]"):
         ModelRepository(repository_root).load("ssmtl", "2")
+
+
+def _rewrite_index(package: Path, change) -> None:
+    """Rewrite ``index/`` through ``change(graph, embeddings)`` and re-seal the checksums, as a faulty index
+    job would: the sha256 check cannot catch it."""
+    graph = graph_arrays(package.parent.parent, package.parent.name, package.name)
+    graph, embeddings = change(graph, np.load(package / "index" / "embeddings.npy"))
+    np.savez(package / "index" / "graph.npz", **graph)
+    np.save(package / "index" / "embeddings.npy", embeddings)
+    write_manifest(package, read_manifest(package))
+
+
+def _narrow_embeddings(graph: dict, embeddings: np.ndarray) -> tuple[dict, np.ndarray]:
+    return graph, embeddings[:, :4].copy()
+
+
+def _narrow_features(graph: dict, embeddings: np.ndarray) -> tuple[dict, np.ndarray]:
+    return {**graph, "features": graph["features"][:, :10].copy()}, embeddings
+
+
+def _nan_row(graph: dict, embeddings: np.ndarray) -> tuple[dict, np.ndarray]:
+    embeddings[10] = np.nan
+    return graph, embeddings
+
+
+def _duplicate_id(graph: dict, embeddings: np.ndarray) -> tuple[dict, np.ndarray]:
+    return {**graph, "ids": np.where(graph["ids"] == 5, 4, graph["ids"])}, embeddings
+
+
+def _no_features(graph: dict, embeddings: np.ndarray) -> tuple[dict, np.ndarray]:
+    return {k: v for k, v in graph.items() if k != "features"}, embeddings
+
+
+def _no_nodes(graph: dict, embeddings: np.ndarray) -> tuple[dict, np.ndarray]:
+    empty = {k: graph[k][:0] for k in ("ids", "indices", "features")}
+    return {**empty, "indptr": np.zeros(1, np.int64)}, embeddings[:0]
+
+
+def _neighbour_outside(graph: dict, embeddings: np.ndarray) -> tuple[dict, np.ndarray]:
+    return {**graph, "indices": np.where(graph["indices"] == 3, 999, graph["indices"])}, embeddings
+
+
+INDEX_FAULTS = {
+    "encoder wider than the index": (
+        _narrow_embeddings,
+        r"model.onnx: embedding output is 8 wide, \S*/embeddings.npy is 4 wide",
+    ),
+    "stored features narrower than the encoder's": (
+        _narrow_features,
+        r"model.onnx: node_features takes 16 features, \S*/graph.npz holds 10",
+    ),
+    "a NaN embedding": (_nan_row, r"embeddings.npy: 1 rows are not finite \(the first: node id 10\)"),
+    "a duplicate id": (_duplicate_id, r"graph.npz: node id 4 appears 2 times"),
+    "no features": (_no_features, r"graph.npz: no features array"),
+    "no nodes": (_no_nodes, r"graph.npz: ids must be a non-empty"),
+    "a neighbour outside the graph": (_neighbour_outside, r"graph.npz: indices must be positions in 0..199"),
+}
+
+
+@pytest.mark.parametrize("fault", INDEX_FAULTS)
+def test_an_index_that_would_fail_requests_is_refused_at_load(repository_root: Path, fault: str) -> None:
+    """Each loaded before: the first unseen user got INTERNAL (a faiss assertion, an ONNX shape error, an
+    IndexError), a NaN row's user got no candidates, a duplicate id came back twice; "no features" raised a
+    KeyError, which ended the server's start in a traceback."""
+    change, message = INDEX_FAULTS[fault]
+    _rewrite_index(repository_root / "ssmtl" / "1", change)
+    with pytest.raises(PackageError, match=message):
+        ModelRepository(repository_root).load("ssmtl", "1")
+
+
+def test_a_reload_of_a_faulty_index_keeps_the_old_version_serving(repository_root: Path) -> None:
+    """An index job that rewrote ssmtl/1 with vectors narrower than its encoder's: swapped in before."""
+    plane = make_plane(repository_root)
+    before = plane.repository.get("ssmtl", "1")
+    _rewrite_index(repository_root / "ssmtl" / "1", _narrow_embeddings)
+    assert plane.repository.refresh() == []
+    assert plane.repository.get("ssmtl", "1") is before
+
+
+def test_a_graph_onnxruntime_cannot_load_is_a_failed_reload(repository_root: Path) -> None:
+    """A model.onnx that matches its sha256 but is no graph raised onnxruntime's own error out of ``refresh``:
+    the versions after it were not reloaded, and a start ended in a traceback."""
+    plane = make_plane(repository_root)
+    before = plane.repository.get("ssmtl", "1")
+    for version in ("1", "2"):
+        package = repository_root / "ssmtl" / version
+        if version == "1":
+            (package / "model.onnx").write_bytes(b"not an onnx graph")
+        manifest = read_manifest(package)
+        manifest.created_at = "2030-01-01T00:00:00+00:00"
+        write_manifest(package, manifest)
+    assert plane.repository.refresh() == [("ssmtl", "2")]
+    assert plane.repository.get("ssmtl", "1") is before
+    with pytest.raises(PackageError, match="model.onnx: onnxruntime cannot load it: "):
+        ModelRepository(repository_root).load("ssmtl", "1")
 
 
 async def test_refresh_swaps_in_a_rewritten_package(repository_root):

@@ -109,6 +109,8 @@ async def test_health_reflection_and_metrics(served):
     await stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id="1", k=10))
     with pytest.raises(aio.AioRpcError):
         await stub.Retrieve(retrieval_pb2.RetrieveRequest(user_id="1", k=0))
+    for _ in range(3):  # the ranker's periodic probe: no Retrieve call (each was counted as an OK one)
+        await stub.ListModels(retrieval_pb2.ListModelsRequest())
     body = await asyncio.to_thread(
         lambda: urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode())
     assert 'retrieval_request_seconds_count{model="ssmtl",version="1"} 1.0' in body
@@ -116,6 +118,7 @@ async def test_health_reflection_and_metrics(served):
     assert 'retrieval_index_size{index="exact",model="ssmtl",version="1"} 200.0' in body
     assert 'retrieval_model_loaded{model="ssmtl",provider="CPUExecutionProvider",version="1"} 2.0' in body
     assert 'retrieval_requests_total{code="INVALID_ARGUMENT"} 1.0' in body
+    assert 'retrieval_requests_total{code="OK"} 1.0' in body
 
 
 async def test_hot_swap_under_concurrent_load_fails_no_request(served):
