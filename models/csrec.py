@@ -13,7 +13,7 @@ towers). Training follows Algorithm 1: the tasks take turns, one mini-batch each
 where ``M'_t`` is a contrastive mask drawn fresh each step from ``M_t`` (section 3.3.5): ``random_reverse``
 drops a random ``reverse_ratio`` of the subnet's weights (mask bits 1 -> 0, the "contrastive parameter" of Fig. 1
 whose removal degrades the task; ``reverse_pruned=True`` also turns pruned weights on, the literal "otherwise
-0 to 1" of section 2.2.2), ``shared_random_reverse`` drops only weights every task shares.
+0 to 1" of section 2.2.2), ``shared_random_reverse`` drops only weights another task keeps too.
 
 Only the subnet learns from the contrast, and a step moves only what task ``t`` owns (Algorithm 1, line 10
 updates ``Θ ⊙ M_t``): in the contrastive pass the input embeddings, the task tower and every weight outside
@@ -65,8 +65,9 @@ class CSRecConfig(MaskedSharingConfig):
 
 
 def log_loss_ratio(loss: Tensor) -> Tensor:
-    """Eq. 5: ``sigmoid(ln loss)`` (= loss / (1 + loss)), a bounded transform of the task loss."""
-    return torch.sigmoid(torch.log(loss))
+    """Eq. 5: ``sigmoid(ln loss)``, a bounded transform of the task loss, computed as the equal
+    ``loss / (1 + loss)``: through ``ln``, a loss of exactly 0 (a saturated tower) had a NaN gradient."""
+    return loss / (1 + loss)
 
 
 def contrastive_loss(positive_loss: Tensor, negative_loss: Tensor) -> Tensor:
@@ -159,15 +160,21 @@ class CSRec(MaskedSharingModel):
             total = total + loss
         return total
 
+    def contrastive_mask(self, task: int) -> list[Tensor]:
+        """A fresh ``M'_t`` per layer; "shared" weights for ``shared_random_reverse`` are those ``M_t`` keeps
+        and at least one other task keeps too."""
+        config = self.config
+        masks = self.masks(task)
+        shared = [s & m.bool() for s, m in zip(self.shared_positions(), masks, strict=True)]
+        return contrastive_masks(
+            masks, shared, config.contrastive, config.reverse_ratio, config.reverse_pruned
+        )
+
     def contrastive_logit(self, x: Tensor, task: int) -> Tensor:
         """Task ``task``'s output through a fresh ``M'_t`` whose gradient reaches only ``Θ ⊙ M_t`` (and the
         MLP biases, which every subnet holds): embeddings, tower and weights outside ``M_t`` are detached."""
-        config = self.config
         masks = self.masks(task)
-        negative = contrastive_masks(
-            masks, self.shared_positions(), config.contrastive, config.reverse_ratio, config.reverse_pruned
-        )
-        hidden = self.subnet(x.detach(), negative, trainable=masks)
+        hidden = self.subnet(x.detach(), self.contrastive_mask(task), trainable=masks)
         tower = self.towers[task]
         frozen = {name: p.detach() for name, p in tower.named_parameters()}
         return torch.func.functional_call(tower, frozen, (hidden,))
