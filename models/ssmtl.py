@@ -6,14 +6,17 @@ Systems", RobustRecSys workshop @ RecSys 2024, https://arxiv.org/abs/2409.14682.
 A two-layer GAT encodes each user from its features and a sampled two-hop neighbourhood (fixed fan-out, dense
 tensors). Training minimises Eq. 6, ``alpha * L_retrieval + beta * L_CCA + gamma * L_MAE``:
 
-* Eq. 5 retrieval: softmax cross-entropy of query-candidate dot products with in-batch negatives (symmetric).
+* Eq. 5 retrieval: softmax cross-entropy of query-candidate dot products with in-batch negatives (symmetric);
+  a candidate that is a training friend of the query (label 1 in Eq. 5), the query itself or a repeated user is
+  no negative.
 * Eq. 3 CCA: the n nodes of the SSL queries' sampled two-hop subgraph (at most ``cca_nodes``; n >> embedding
   width, as standardising and decorrelating k columns needs), two views of each (edge drop + feature-column
   drop), a Linear-ReLU-Linear head, columns standardised to mean 0 and std 1/sqrt(n); invariance plus
   lambda * decorrelation.
 * Eq. 4 MAE: query users' features replaced by a learnable [MASK] vector (plus edge drop), encoder, a linear head,
-  re-masking (the queries' hidden vectors are zeroed), a one-layer GAT decoder over the uncorrupted first hop back
-  to feature space, scaled cosine error with exponent ``mae_exponent`` (``y`` in the paper) on the masked queries.
+  re-masking (every query's hidden vector is zeroed, also where it is another query's neighbour), a one-layer GAT
+  decoder over the uncorrupted first hop back to feature space, scaled cosine error with exponent
+  ``mae_exponent`` (``y`` in the paper) on the masked queries.
 
 The retrieval-only baseline (the paper's control) is the same model with ``beta = gamma = 0``.
 
@@ -72,11 +75,38 @@ class SSMTLConfig:
         object.__setattr__(self, "fanouts", tuple(int(f) for f in self.fanouts))
 
 
-def retrieval_loss(queries: torch.Tensor, candidates: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Eq. 5: softmax cross-entropy over in-batch candidates; row i's positive is candidate i (both directions)."""
+def retrieval_loss(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    temperature: float,
+    not_negative: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Eq. 5: softmax cross-entropy over in-batch candidates; row i's positive is candidate i (both directions).
+
+    ``not_negative`` ``[B, B]`` (bool, diagonal ignored) takes candidate j out of query i's softmax and query i
+    out of candidate j's: Eq. 5 gives a true friend the label 1, so it must not count as a negative.
+    """
     logits = queries @ candidates.T / temperature
+    if not_negative is not None:
+        off_diagonal = ~torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(not_negative.to(logits.device) & off_diagonal, float("-inf"))
     target = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def in_batch_non_negatives(
+    sampler: NeighbourSampler, queries: np.ndarray, candidates: np.ndarray
+) -> torch.Tensor:
+    """``[B, B]``: True at (i, j), j != i, where pair j's candidate is no negative for query i (and query i none
+    for candidate j): a friend of query i in the training graph, query i itself, or a repeated user of the
+    batch (a repeated query or candidate of training pairs is also a friend). Retrieval never returns known
+    friends or the user (models.graph.metrics), so training must not push them away either.
+    """
+    q, c = queries[:, np.newaxis], candidates[np.newaxis, :]
+    hits = sampler.are_neighbours(q, c) | (c == q) | (c == candidates[:, np.newaxis])
+    hits |= queries[np.newaxis, :] == q
+    np.fill_diagonal(hits, False)
+    return torch.from_numpy(hits)
 
 
 def standardise(z: torch.Tensor) -> torch.Tensor:
@@ -216,6 +246,8 @@ class SSMTL(nn.Module):
             self.mae_head(hidden_q) * 0.0
         )  # re-mask: the decoder must rebuild the queries from neighbours
         neighbours = self.mae_head(hidden_n).reshape(len(queries), f1, -1)
+        # re-mask every query user, also where it is another query's neighbour (GraphMAE zeroes all masked rows)
+        neighbours = neighbours * torch.from_numpy(~np.isin(nb.hop1, queries)).unsqueeze(-1)
         recon = self.decoder(remasked, neighbours, torch.from_numpy(nb.hop1_mask))
         return scaled_cosine_error(features[torch.from_numpy(queries)], recon, self.config.mae_exponent)
 
@@ -242,7 +274,8 @@ class SSMTL(nn.Module):
             self.encode_sampled(sampler.sample(candidates, rng, exclude=queries), features), dim=-1
         )
         zero = eq.sum() * 0.0
-        losses = {"retrieval": retrieval_loss(eq, ec, c.temperature), "cca": zero, "mae": zero}
+        not_negative = in_batch_non_negatives(sampler, queries, candidates)
+        losses = {"retrieval": retrieval_loss(eq, ec, c.temperature, not_negative), "cca": zero, "mae": zero}
         if c.beta > 0 or c.gamma > 0:
             distinct = np.unique(queries)
             ssl_queries = rng.choice(distinct, min(c.ssl_nodes, len(distinct)), replace=False)

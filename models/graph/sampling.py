@@ -9,6 +9,7 @@ start), which never repeats a neighbour. Padding slots hold id 0 so gathers stay
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -62,6 +63,18 @@ class NeighbourSampler:
     def degree(self) -> np.ndarray:
         """Degree of every node in the sampling graph."""
         return np.diff(self.indptr)
+
+    @cached_property
+    def _edge_keys(self) -> np.ndarray:
+        """``u * num_nodes + v`` of every stored (u, v): ascending, as CSR rows and each row's ids are sorted."""
+        rows = np.repeat(np.arange(self.num_nodes, dtype=np.int64), np.diff(self.indptr))
+        return rows * self.num_nodes + self.indices
+
+    def are_neighbours(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Whether ``v`` is a neighbour of ``u`` in the sampling graph, elementwise (numpy broadcasting)."""
+        keys = np.asarray(u, dtype=np.int64) * self.num_nodes + np.asarray(v, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self._edge_keys, keys), max(len(self._edge_keys) - 1, 0))
+        return self._edge_keys[pos] == keys if len(self._edge_keys) else np.zeros(keys.shape, dtype=bool)
 
     def sample_neighbours(
         self, nodes: np.ndarray, fanout: int, rng: np.random.Generator

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from models.graph.split import split_edges
 from models.graph.training import TrainConfig, embed_all, evaluate, load_checkpoint, save_checkpoint, train
 from models.package import read_manifest, sha256_file, verify_package
 from models.registry import create_model, list_models, model_kind
-from models.ssmtl import SSMTL, cca_loss, retrieval_loss, scaled_cosine_error
+from models.ssmtl import SSMTL, cca_loss, in_batch_non_negatives, retrieval_loss, scaled_cosine_error
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -404,3 +405,82 @@ def test_sparse_projection_equals_the_dense_one(graph):
     weight = model.encoder.input.weight
     model.encoder.embed_sparse_rows(x).sum().backward()
     assert weight.grad is not None and torch.count_nonzero(weight.grad) > 0
+
+
+def test_retrieval_loss_takes_known_friends_out_of_the_negatives():
+    """Eq. 5 by hand on three pairs where candidate 2 is also a friend of query 0 (tau = 1)."""
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    c = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.8, 0.6]])
+    not_negative = torch.zeros(3, 3, dtype=torch.bool)
+    not_negative[0, 2] = True
+
+    def ce(positive: float, others: list[float]) -> float:
+        return -positive + math.log(math.exp(positive) + sum(math.exp(o) for o in others))
+
+    # logits q c^T = [[1, 0, .8], [0, 1, .6], [.6, .8, .96]]; (0, 2) leaves query 0's row and candidate 2's column
+    by_query = [ce(1.0, [0.0]), ce(1.0, [0.0, 0.6]), ce(0.96, [0.6, 0.8])]
+    by_candidate = [ce(1.0, [0.0, 0.6]), ce(1.0, [0.0, 0.8]), ce(0.96, [0.6])]
+    expected = 0.5 * (sum(by_query) / 3 + sum(by_candidate) / 3)
+    assert retrieval_loss(q, c, 1.0, not_negative).item() == pytest.approx(expected, rel=1e-6)
+    with_diagonal = not_negative | torch.eye(3, dtype=torch.bool)  # a positive itself is never removed
+    assert retrieval_loss(q, c, 1.0, with_diagonal).item() == pytest.approx(expected, rel=1e-6)
+    assert retrieval_loss(q, c, 1.0).item() > expected + 0.1
+
+
+def test_in_batch_non_negatives_are_friends_the_query_itself_and_repeated_users(graph):
+    sampler = NeighbourSampler(graph.num_nodes, graph.edges, (4, 3))
+    friends = {(int(u), int(v)) for u, v in graph.edges} | {(int(v), int(u)) for u, v in graph.edges}
+    u, v = np.meshgrid(np.arange(40), np.arange(40), indexing="ij")
+    truth = [[(a, b) in friends for b in range(40)] for a in range(40)]
+    assert np.array_equal(sampler.are_neighbours(u, v), truth)
+    rng = np.random.default_rng(3)
+    pairs = graph.edges[rng.integers(0, len(graph.edges), 48)]
+    # repeated pairs, reversed pairs, and a candidate that is another row's query
+    pairs = np.concatenate([pairs, pairs[:4], pairs[4:8, ::-1], [[pairs[0, 0], pairs[9, 0]]]])
+    queries, candidates = pairs[:, 0], pairs[:, 1]
+    expected = [
+        [
+            i != j
+            and (
+                (int(queries[i]), int(candidates[j])) in friends
+                or candidates[j] in (queries[i], candidates[i])
+                or queries[j] == queries[i]
+            )
+            for j in range(len(pairs))
+        ]
+        for i in range(len(pairs))
+    ]
+    got = in_batch_non_negatives(sampler, queries, candidates)
+    assert got.dtype == torch.bool and np.array_equal(got.numpy(), expected)
+    assert got.sum() > len(pairs)  # the case matters: more than one per row on average here
+
+
+def test_training_never_scores_a_friend_as_a_negative(graph):
+    """A batch of one friendship repeated: every other candidate is that same friend, so nothing is a negative
+    and Eq. 5 is exactly 0 (before the fix each row had B - 1 copies of its own positive as negatives)."""
+    sampler = NeighbourSampler(graph.num_nodes, graph.edges, (4, 3))
+    model = create_model("ssmtl", num_features=graph.num_features, **TINY, beta=0.0, gamma=0.0)
+    pairs = np.repeat(graph.edges[:1], 8, axis=0)
+    losses = model.training_losses(torch.from_numpy(graph.features), sampler, pairs, np.random.default_rng(0))
+    assert losses["retrieval"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mae_remasks_queries_that_are_other_queries_neighbours(graph):
+    """Eq. 4: the query users are re-masked before the decoder, also where one is another query's neighbour."""
+    sampler = _RecordingSampler(graph.num_nodes, graph.edges, (4, 3))
+    model = create_model("ssmtl", num_features=graph.num_features, **TINY, beta=0.0, gamma=1.0)
+    seen = []
+    decoder_forward = model.decoder.forward
+
+    def recording(centre, neighbours, mask):
+        seen.append(neighbours.detach())
+        return decoder_forward(centre, neighbours, mask)
+
+    model.decoder.forward = recording
+    pairs = np.concatenate([graph.edges[:8], graph.edges[:8, ::-1]])  # friends among the queries
+    model.training_losses(torch.from_numpy(graph.features), sampler, pairs, np.random.default_rng(0))
+    nb = sampler.calls[2]
+    query_slots = np.isin(nb.hop1, nb.nodes) & (nb.hop1_mask > 0)
+    assert query_slots.any() and (~query_slots & (nb.hop1_mask > 0)).any()
+    assert torch.all(seen[0][torch.from_numpy(query_slots)] == 0)
+    assert torch.all(seen[0][torch.from_numpy(~query_slots & (nb.hop1_mask > 0))].abs().sum(-1) > 0)
