@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -58,6 +59,9 @@ def task_metrics(outputs: np.ndarray, labels: np.ndarray, tasks: Sequence[TaskSp
 def selection_score(metrics: Mapping[str, float]) -> float:
     """Early-stopping criterion of the DML reference code: sum of AUCs minus sum of MSEs (higher is better).
 
-    Undefined metrics (NaN, e.g. the AUC of a task with one class in validation) are left out.
+    An undefined AUC (NaN: one class in validation) is left out; an MSE that is NaN or infinite comes from
+    predictions that are, and scores -inf: leaving it out made a diverged regression head the best epoch.
     """
+    if any(k.startswith("mse/") and not np.isfinite(v) for k, v in metrics.items()):
+        return -math.inf
     return sum(v if k.startswith("auc/") else -v for k, v in metrics.items() if np.isfinite(v))

@@ -57,13 +57,17 @@ _CCP_DENSE_USER = ["D109_14", "D110_14", "D127_14", "D150_14"]
 _CCP_DENSE_ITEM = ["D508", "D509", "D702", "D853"]
 
 
-def _read(directory: Path, files: dict[str, RemoteFile]) -> dict[str, pd.DataFrame]:
+def _read(directory: Path, files: dict[str, RemoteFile], required: list[str]) -> dict[str, pd.DataFrame]:
+    """Each sample file of ``files``; a missing file names its official address, a missing column the file."""
     frames = {}
     for split, remote in files.items():
         path = directory / remote.filename
         if not path.exists():
-            raise DataError(f"missing sample file {path}")
+            raise DataError(f"missing sample file {path} (official file: {remote.url})")
         frames[split] = pd.read_csv(path)
+        missing = [c for c in required if c not in frames[split].columns]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
     return frames
 
 
@@ -74,7 +78,8 @@ def _split_back(data: TabularData, sizes: list[int]) -> list[TabularData]:
 
 def load_ali_ccp(path: Path | str, embedding_dim: int = 8) -> Splits:
     """The three Ali-CCP sample files of a directory, as their own train/val/test."""
-    frames = _read(Path(path), ALI_CCP_FILES)
+    columns = [*_CCP_USER, *_CCP_ITEM, *_CCP_DENSE_USER, *_CCP_DENSE_ITEM, "click", "purchase"]
+    frames = _read(Path(path), ALI_CCP_FILES, columns)
     frame = pd.concat(frames.values(), ignore_index=True)
     sparse: list[tuple[str, Side]] = [(c, "user") for c in _CCP_USER] + [(c, "item") for c in _CCP_ITEM]
     data = build_tabular(
@@ -93,7 +98,7 @@ def load_ali_ccp(path: Path | str, embedding_dim: int = 8) -> Splits:
 
 def load_aliexpress(path: Path | str, embedding_dim: int = 8, seed: int = 0) -> Splits:
     """The AliExpress sample files; validation is 10% of the training file (a fixed-seed random pick)."""
-    frames = _read(Path(path), ALIEXPRESS_FILES)
+    frames = _read(Path(path), ALIEXPRESS_FILES, ["click", "conversion"])
     frame = pd.concat(frames.values(), ignore_index=True)
     categorical = [c for c in frame.columns if c.startswith("categorical_")]
     numerical = [c for c in frame.columns if c.startswith("numerical_")]

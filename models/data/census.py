@@ -2,7 +2,7 @@
 
 Tasks: ``income`` (> 50K, binary) and ``never_married`` (marital status "Never married", binary). Both label
 columns and ``instance weight`` are removed from the features. Seven continuous columns are dense
-(log1p then standardised on the loaded rows; label-free), the other 32 are categorical.
+(log1p then standardised with the training rows' mean and deviation), the other 32 are categorical.
 
 Splits: with the official training file present, it is the training set and the test file is halved into
 validation and test (the MMoE protocol). With only the test file (as in ``shared/data``), the test file is
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.data.dataset import Splits, TabularData, build_tabular
+from models.data.dataset import Splits, TabularData, build_tabular, float_column, read_fields, split_indices
 from models.data.download import RemoteFile, fetch
 from models.errors import DataError
 from models.layers import TaskSpec
@@ -58,20 +58,23 @@ TASKS = (TaskSpec("income", "binary"), TaskSpec("never_married", "binary"))
 def read_census_file(path: Path) -> pd.DataFrame:
     """One raw census file (gzipped or not) with the 42 named columns."""
     if not path.exists():
-        raise DataError(f"missing census file {path}")
-    frame = pd.read_csv(path, header=None, names=COLUMNS, skipinitialspace=True, dtype=str)
-    if frame.shape[1] != len(COLUMNS) or frame["income_50k"].isna().any():
-        raise DataError(f"{path}: expected {len(COLUMNS)} comma-separated fields per row")
-    return frame
+        raise DataError(f"missing census file {path} (official file: {CENSUS_TEST.url})")
+    return read_fields(path, str(path), COLUMNS, skipinitialspace=True)
 
 
-def census_tabular(frame: pd.DataFrame, embedding_dim: int = 8) -> TabularData:
+def census_tabular(
+    frame: pd.DataFrame, embedding_dim: int = 8, train_rows: np.ndarray | None = None
+) -> TabularData:
+    """Encode the census columns; the dense ones are standardised with ``train_rows``' statistics (all rows
+    when None), so that validation and test rows do not shape the features a model is trained on."""
     frame = frame.copy()
     frame["income"] = frame["income_50k"].str.startswith("50000+").astype(np.float32)
     frame["never_married"] = (frame["marital_stat"] == "Never married").astype(np.float32)
+    fit = slice(None) if train_rows is None else train_rows
     for column in CONTINUOUS:
-        values = np.log1p(frame[column].astype(np.float64).clip(lower=0))
-        frame[column] = ((values - values.mean()) / (values.std() or 1.0)).astype(np.float32)
+        values = np.log1p(float_column(frame, column, np.float64).clip(min=0))
+        std = values[fit].std(ddof=1) if values[fit].size > 1 else 0.0
+        frame[column] = ((values - values[fit].mean()) / (std or 1.0)).astype(np.float32)
     categorical = [
         c for c in COLUMNS if c not in {*CONTINUOUS, "instance_weight", "marital_stat", "income_50k"}
     ]
@@ -94,16 +97,18 @@ def load_census(path: Path | str, seed: int = 0, embedding_dim: int = 8) -> Spli
 
     test_file, train_file = find("census-income.test"), find("census-income.data")
     if test_file is None:
-        raise DataError(f"{directory}: census-income.test(.gz) not found")
+        raise DataError(f"{directory}: census-income.test(.gz) not found (official file: {CENSUS_TEST.url})")
     test = read_census_file(test_file)
     if train_file is None:
         logger.info(
             "census: only the test file is present; splitting its %d rows 8:1:1 (seed %d)", len(test), seed
         )
-        return census_tabular(test, embedding_dim).split((0.8, 0.1, 0.1), seed)
+        rows = split_indices(len(test), (0.8, 0.1, 0.1), seed)
+        data = census_tabular(test, embedding_dim, train_rows=rows[0])
+        return Splits(*(data.subset(r) for r in rows))
     train = read_census_file(train_file)
-    data = census_tabular(pd.concat([train, test], ignore_index=True), embedding_dim)
     n_train = len(train)
+    data = census_tabular(pd.concat([train, test], ignore_index=True), embedding_dim, np.arange(n_train))
     halves = np.random.default_rng(seed).permutation(len(test)) + n_train
     return Splits(
         data.subset(np.arange(n_train)),

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from pathlib import Path
+from typing import IO, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -67,16 +68,8 @@ class TabularData:
 
     def split(self, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> Splits:
         """Random split (the DML paper's 8:1:1 by default); the seed fixes the permutation."""
-        if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-9:
-            raise DataError(f"split fractions must be three numbers summing to 1, got {list(fractions)}")
-        order = np.random.default_rng(seed).permutation(len(self))
-        n_train = int(round(fractions[0] * len(self)))
-        n_val = int(round(fractions[1] * len(self)))
-        return Splits(
-            self.subset(order[:n_train]),
-            self.subset(order[n_train : n_train + n_val]),
-            self.subset(order[n_train + n_val :]),
-        )
+        train, val, test = split_indices(len(self), fractions, seed)
+        return Splits(self.subset(train), self.subset(val), self.subset(test))
 
     def torch_batch(self, index: np.ndarray | slice | None = None) -> dict[str, torch.Tensor]:
         index = slice(None) if index is None else index
@@ -142,6 +135,43 @@ class Splits:
         )
 
 
+def split_indices(
+    n: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of ``TabularData.split``'s train/val/test; loaders that fit statistics on the training rows
+    before building the data (census standardisation) need them first."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-9:
+        raise DataError(f"split fractions must be three numbers summing to 1, got {list(fractions)}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+
+
+def read_fields(source: Path | IO[str], name: str, names: Sequence[str], **read_csv: Any) -> pd.DataFrame:
+    """A header-less delimited file whose every row has ``len(names)`` fields, as strings.
+
+    pandas reads a row with one field too many by turning its first field into the index, which shifts every
+    column by one without a word (a 5-field MovieLens rating became user 1's); a short row fills with NaN
+    (or "" without NA parsing). Both are one-line errors naming the file (``name``) and the line here.
+    """
+    layout = f"{len(names)} fields ({', '.join(names)})" if len(names) <= 8 else f"{len(names)} fields"
+    try:
+        frame = pd.read_csv(source, header=None, dtype=str, **read_csv)
+    except pd.errors.ParserError as exc:  # "Expected 4 fields in line 6, saw 5" from the C parser
+        detail = str(exc).strip().removeprefix("Error tokenizing data. C error: ")
+        raise DataError(f"{name}: {detail}; the layout is {layout}") from None
+    if frame.shape[1] != len(names):
+        raise DataError(f"{name}: {frame.shape[1]} fields per line, expected {layout}")
+    last = frame.iloc[:, -1]
+    short = (last.isna() | (last == "")).to_numpy()  # without NA parsing a missing field reads as ""
+    if short.any():
+        row = int(short.argmax())
+        raise DataError(f"{name} row {row + 1}: no {names[-1]} field (the last one), expected {layout}")
+    frame.columns = list(names)
+    return frame
+
+
 def _require_finite(values: np.ndarray, names: Sequence[str], what: str) -> None:
     """NaN or inf in one feature or label turns every weight NaN within a step, silently: refuse it here."""
     bad = ~np.isfinite(values)
@@ -154,10 +184,10 @@ def _require_finite(values: np.ndarray, names: Sequence[str], what: str) -> None
         )
 
 
-def _float_column(frame: pd.DataFrame, name: str) -> np.ndarray:
-    """Column ``name`` as float32; a value that is not a number is an error naming the column."""
+def float_column(frame: pd.DataFrame, name: str, dtype: type[np.floating[Any]] = np.float32) -> np.ndarray:
+    """Column ``name`` as ``dtype``; a value that is not a number is an error naming the column."""
     try:
-        return frame[name].to_numpy(np.float32)
+        return frame[name].to_numpy(dtype)
     except (TypeError, ValueError) as exc:
         raise DataError(f"column {name!r}: numbers expected ({exc})") from None
 
@@ -222,11 +252,11 @@ def build_tabular(
         tasks=tuple(tasks),
         sparse=np.stack(ids, axis=1) if ids else np.zeros((n, 0), np.int64),
         dense=(
-            np.stack([_float_column(frame, c) for c, _ in dense], axis=1)
+            np.stack([float_column(frame, c) for c, _ in dense], axis=1)
             if dense
             else np.zeros((n, 0), np.float32)
         ),
-        labels=np.stack([_float_column(frame, c) for c in label_columns], axis=1),
+        labels=np.stack([float_column(frame, c) for c in label_columns], axis=1),
         sparse_sides=tuple(s for _, s in sparse),
         dense_sides=tuple(s for _, s in dense),
         item_id_column=item_id_column,

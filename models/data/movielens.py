@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.data.dataset import Side, Splits, TabularData, build_tabular
+from models.data.dataset import Side, Splits, TabularData, build_tabular, float_column, read_fields
 from models.data.download import RemoteFile, fetch
 from models.errors import DataError
 from models.layers import TaskSpec
@@ -55,23 +55,27 @@ _USER_SPARSE: list[tuple[str, Side]] = [
 _ITEM_SPARSE: list[tuple[str, Side]] = [("item_id", "item"), ("year", "item"), ("genre", "item")]
 
 
-def _read_table(path: Path, sep: str, names: list[str], encoding: str = "latin-1") -> pd.DataFrame:
-    """Read a ``sep``-separated file, gzipped or not, with the fast C parser (``::`` is rewritten to a tab)."""
+def _read_table(
+    path: Path, sep: str, names: list[str], remote: RemoteFile, encoding: str = "latin-1"
+) -> pd.DataFrame:
+    """Read a ``sep``-separated file, gzipped or not, with the fast C parser (``::`` is rewritten to a tab).
+
+    ``remote`` is the archive the file comes from, named when the file is missing."""
     if not path.exists():
-        raise DataError(f"missing MovieLens file {path}")
+        raise DataError(f"missing MovieLens file {path} (official archive: {remote.url})")
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     text = raw.decode(encoding)
     if sep == "::":
         text, sep = text.replace("::", "\t"), "\t"
-    return pd.read_csv(io.StringIO(text), sep=sep, names=names, header=None, dtype=str, keep_default_na=False)
+    return read_fields(io.StringIO(text), str(path), names, sep=sep, keep_default_na=False)
 
 
-def _first_existing(directory: Path, candidates: list[str]) -> Path:
+def _first_existing(directory: Path, candidates: list[str], remote: RemoteFile) -> Path:
     for pattern in candidates:
         found = sorted(directory.glob(pattern))
         if found:
             return found[0]
-    raise DataError(f"{directory}: none of {candidates} found")
+    raise DataError(f"{directory}: none of {candidates} found (official archive: {remote.url})")
 
 
 def _finish(
@@ -81,7 +85,7 @@ def _finish(
     for i, g in enumerate(genres):
         frame[f"genre_{g}"] = multi_hot[:, i].astype(np.float32)
     frame["genre"] = genre_lists.map(lambda gs: gs[0] if gs else "")
-    rating = frame["rating"].astype(np.float32)
+    rating = float_column(frame, "rating")
     frame["like"] = (rating >= 4).astype(np.float32)
     frame["rating"] = rating
     return build_tabular(
@@ -99,10 +103,13 @@ def _finish(
 def load_movielens_1m(path: Path | str, embedding_dim: int = 8) -> TabularData:
     """Join ratings, users and movies of an ML-1M directory (full or partial ratings file)."""
     directory = Path(path)
-    ratings_file = _first_existing(directory, ["ratings.dat", "ratings.dat.gz", "ratings.partial-*.dat.gz"])
-    ratings = _read_table(ratings_file, "::", ["user_id", "item_id", "rating", "timestamp"])
-    users = _read_table(directory / "users.dat", "::", ["user_id", "gender", "age", "occupation", "zip"])
-    movies = _read_table(directory / "movies.dat", "::", ["item_id", "title", "genres"])
+    patterns = ["ratings.dat", "ratings.dat.gz", "ratings.partial-*.dat.gz"]
+    ratings_file = _first_existing(directory, patterns, ML_1M)
+    ratings = _read_table(ratings_file, "::", ["user_id", "item_id", "rating", "timestamp"], ML_1M)
+    users = _read_table(
+        directory / "users.dat", "::", ["user_id", "gender", "age", "occupation", "zip"], ML_1M
+    )
+    movies = _read_table(directory / "movies.dat", "::", ["item_id", "title", "genres"], ML_1M)
     movies["year"] = movies["title"].str.extract(r"\((\d{4})\)\s*$", expand=False).fillna("")
     frame = ratings.merge(users, on="user_id", how="left").merge(movies, on="item_id", how="left")
     if frame["gender"].isna().any() or frame["title"].isna().any():
@@ -115,13 +122,14 @@ def load_movielens_100k(path: Path | str, embedding_dim: int = 8) -> TabularData
     """Join ``u.data`` (or ``u.data.gz``), ``u.user`` and ``u.item`` of an ML-100k directory."""
     directory = Path(path)
     ratings = _read_table(
-        _first_existing(directory, ["u.data", "u.data.gz"]),
+        _first_existing(directory, ["u.data", "u.data.gz"], ML_100K),
         "\t",
         ["user_id", "item_id", "rating", "timestamp"],
+        ML_100K,
     )
-    users = _read_table(directory / "u.user", "|", ["user_id", "age", "gender", "occupation", "zip"])
+    users = _read_table(directory / "u.user", "|", ["user_id", "age", "gender", "occupation", "zip"], ML_100K)
     item_cols = ["item_id", "title", "release", "video_release", "url", *ML_100K_GENRES]
-    movies = _read_table(directory / "u.item", "|", item_cols)
+    movies = _read_table(directory / "u.item", "|", item_cols, ML_100K)
     movies["year"] = movies["release"].str[-4:]
     flags = movies[list(ML_100K_GENRES)].to_numpy() == "1"
     movies["genre_list"] = [[g for g, on in zip(ML_100K_GENRES, row, strict=True) if on] for row in flags]

@@ -223,3 +223,100 @@ def test_an_empty_split_is_an_error() -> None:
         Splits(data, data, data.subset(np.arange(0)))
     with pytest.raises(DataError, match="the val split is empty"):
         data.subset(np.arange(3)).split((0.8, 0.1, 0.1))  # 3 rows: round(0.8 * 3) = 2 train, 0 val, 1 test
+
+
+def _census_rows(n: int, offset: int) -> list[str]:
+    """``n`` census rows whose continuous columns all hold ``offset + i`` (label columns alternate)."""
+    rows = []
+    for i in range(n):
+        values = [str(offset + i)] * len(COLUMNS)
+        values[COLUMNS.index("marital_stat")] = "Never married" if i % 2 else "Divorced"
+        values[COLUMNS.index("income_50k")] = "50000+." if i % 3 == 0 else "- 50000."
+        rows.append(", ".join(values))
+    return rows
+
+
+def test_census_dense_columns_use_the_training_rows_statistics(tmp_path: Path) -> None:
+    """The mean and deviation came from every loaded row, validation and test included (train mean 0.3)."""
+    test_only = tmp_path / "test-only"
+    test_only.mkdir()
+    (test_only / "census-income.test").write_text(
+        "\n".join(_census_rows(40, 0) + _census_rows(10, 5000)) + "\n"
+    )
+    splits = load_census(test_only, seed=2)
+    np.testing.assert_allclose(splits.train.dense.mean(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(splits.train.dense.std(axis=0, ddof=1), 1.0, atol=1e-6)
+
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "census-income.data").write_text("\n".join(_census_rows(20, 0)) + "\n")
+    (both / "census-income.test").write_text("\n".join(_census_rows(20, 1000)) + "\n")
+    splits = load_census(both, seed=0)
+    train_log = np.log1p(np.arange(20.0))
+    expected = (np.log1p(np.arange(1000.0, 1020.0)) - train_log.mean()) / train_log.std(ddof=1)
+    got = np.concatenate([splits.val.dense[:, 0], splits.test.dense[:, 0]])
+    np.testing.assert_allclose(np.sort(got), expected, rtol=1e-5)
+
+
+def test_rows_of_the_wrong_layout_are_errors_naming_the_file(tmp_path: Path) -> None:
+    """pandas turned a row's extra first field into the index: a 5-field rating by user 7 loaded as user 1's
+    (and a census file of 43 fields shifted every column); one 43-field row was a ParserError traceback."""
+    ml = _ml1m(tmp_path / "ml", False)
+    (ml / "ratings.dat").write_text("7::1::1::5::978300760\n")
+    with pytest.raises(
+        DataError, match=r"ratings.dat: 5 fields per line, expected 4 fields \(user_id, item_id"
+    ):
+        load_movielens_1m(ml)
+    (ml / "ratings.dat").write_text("1,1,5,978300760\n")  # a CSV: was "ratings refer to users ... missing"
+    with pytest.raises(DataError, match=r"ratings.dat: 1 fields per line, expected 4"):
+        load_movielens_1m(ml)
+    (ml / "ratings.dat").write_text("1::1::5::978300760\n1::2::3\n")
+    with pytest.raises(
+        DataError, match=r"ratings.dat row 2: no timestamp field \(the last one\), expected 4"
+    ):
+        load_movielens_1m(ml)
+    (ml / "ratings.dat").write_text("1::1::five::978300760\n")
+    with pytest.raises(DataError, match="column 'rating': numbers expected"):
+        load_movielens_1m(ml)
+
+    census = tmp_path / "census"
+    census.mkdir()
+    rows = _census_rows(10, 0)
+    (census / "census-income.test").write_text("\n".join(f"x, {r}" for r in rows) + "\n")
+    with pytest.raises(DataError, match=r"census-income.test: 43 fields per line, expected 42 fields"):
+        load_census(census)
+    rows[5] += ", x"
+    (census / "census-income.test").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"census-income.test: Expected 42 fields in line 6, saw 43"):
+        load_census(census)
+    rows[5] = _census_rows(10, 0)[5].replace("5, ", "five, ", 1)
+    (census / "census-income.test").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="column 'age': numbers expected"):
+        load_census(census)
+
+
+def test_missing_files_name_their_official_address(tmp_path: Path) -> None:
+    with pytest.raises(
+        DataError, match=r"census-income.test\(.gz\) not found \(official file: https://archive"
+    ):
+        load_census(tmp_path)
+    ml = _ml1m(tmp_path / "ml", False)
+    (ml / "ratings.dat").unlink()
+    with pytest.raises(DataError, match=r"none of .* found \(official archive: https://files.grouplens.org/"):
+        load_movielens_1m(ml)
+    (ml / "movies.dat").unlink()
+    (ml / "ratings.dat").write_text("1::1::5::978300760\n")
+    with pytest.raises(DataError, match=r"movies.dat \(official archive: .*/ml-1m.zip\)"):
+        load_movielens_1m(ml)
+    with pytest.raises(DataError, match=r"ali_ccp_train_sample.csv \(official file: https://raw.github"):
+        load_ali_ccp(tmp_path)
+
+
+def test_a_sample_file_without_a_label_column_names_file_and_column(tmp_path: Path) -> None:
+    """A KeyError: 'conversion' traceback named neither the file nor what was expected."""
+    columns = ["search_id", "categorical_1", "numerical_1", "click"]
+    frame = pd.DataFrame(np.ones((20, len(columns)), int), columns=columns)
+    frame.to_csv(tmp_path / "aliexpress_train_sample.csv", index=False)
+    frame.to_csv(tmp_path / "aliexpress_test_sample.csv", index=False)
+    with pytest.raises(DataError, match=r"aliexpress_train_sample.csv: missing column\(s\) conversion"):
+        load_aliexpress(tmp_path)

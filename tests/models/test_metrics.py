@@ -56,3 +56,12 @@ def test_average_precision_of_a_nan_score_is_undefined() -> None:
     labels, scores = np.array([1, 0, 1, 0]), np.array([np.nan, 0.3, 0.9, 0.1])
     assert np.isnan(average_precision(labels, scores))
     assert np.isnan(roc_auc(labels, scores))  # the same answer as AUC
+
+
+def test_a_non_finite_mse_is_never_the_best_epoch() -> None:
+    """A NaN/inf MSE was left out like a one-class AUC, so a diverged regression head scored 0.7 > -0.3."""
+    healthy = {"auc/click": 0.7, "mse/rating": 1.0}
+    assert selection_score(healthy) == pytest.approx(-0.3)
+    for bad in (np.inf, np.nan):
+        assert selection_score({"auc/click": 0.7, "mse/rating": bad}) == -np.inf
+    assert selection_score({"auc/click": np.nan, "mse/rating": 1.0}) == -1.0  # one class: AUC left out
