@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from analytics import AnalyticsError
+from grpc_serving.flag_types import NON_NEGATIVE, PORT, POSITIVE, POSITIVE_INT
 
 EXIT_USAGE = 2
 
@@ -166,13 +167,6 @@ def _cmd_report(args: argparse.Namespace) -> None:
 def _cmd_serve(args: argparse.Namespace) -> None:
     from analytics.server import AnalyticsServer
 
-    if not 0 <= args.port <= 65535:
-        raise CliError(f"--port must be in 0..65535, got {args.port}")
-    for flag, value, least in (("--threads", args.threads, 1), ("--cache-seconds", args.cache_seconds, 0)):
-        if not value >= least:
-            raise CliError(f"{flag} must be >= {least}, got {value}")
-    if not args.idle_timeout > 0:
-        raise CliError(f"--idle-timeout must be > 0, got {args.idle_timeout}")
     store, config = _open(args)
     with store:
         try:
@@ -270,13 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for all interfaces")
-    serve.add_argument("--port", type=int, default=8080, help="HTTP port (0 = pick a free one)")
+    serve.add_argument("--port", type=PORT, default=8080, help="HTTP port (0 = pick a free one)")
     serve.add_argument(
-        "--cache-seconds", type=float, default=2.0, help="how long a computed report is reused"
+        "--cache-seconds", type=NON_NEGATIVE, default=2.0, help="how long a computed report is reused"
     )
-    serve.add_argument("--threads", type=int, default=16, help="connections handled at once")
+    serve.add_argument("--threads", type=POSITIVE_INT, default=16, help="connections handled at once")
     serve.add_argument(
-        "--idle-timeout", type=float, default=10.0, help="seconds a silent client may hold a connection"
+        "--idle-timeout", type=POSITIVE, default=10.0, help="seconds a silent client may hold a connection"
     )
     serve.set_defaults(func=_cmd_serve)
 

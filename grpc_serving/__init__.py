@@ -19,15 +19,15 @@ from __future__ import annotations
 import argparse
 import hmac
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 from grpc import aio
+
+from grpc_serving.host_port import split_host_port
 
 logger = logging.getLogger(__name__)
 
@@ -134,14 +134,8 @@ def address_problem(address: str, least_port: int = 1) -> str | None:
     gRPC takes a port above 65535 modulo 65536 (``:70000`` listened on 4464) and dials a target without a port
     on 443, so both are refused here. IPv6 hosts go in brackets (``[::]:50053``).
     """
-    parts = urlsplit(f"//{address}")
-    try:
-        port = parts.port
-    except ValueError:  # not a number, out of range, or an IPv6 address without brackets
-        port = None
-    host = parts.hostname or ""
-    named = re.fullmatch(r"[A-Za-z0-9_.-]+", host) is not None or ":" in host  # ":": IPv6; not "$(VAR)"
-    if not named or port is None or port < least_port or parts.netloc != address or "@" in address:
+    parsed = split_host_port(address)
+    if parsed is None or parsed[1] is None or parsed[1] < least_port:
         return f"not HOST:PORT (port {least_port}..65535, an IPv6 host in brackets)"
     return None
 

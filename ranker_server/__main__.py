@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=d["metrics_port"].default,
-        help="Prometheus port on --host (0 = off); worker i of --workers uses PORT+i",
+        help="Prometheus /metrics port on --host (0 = any free port; unset: off); worker i of --workers uses "
+        "PORT+i",
     )
     group.add_argument(
         "--workers",

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from analytics.events.errors import JournalError
 from experiment_router.errors import ConfigError
 from grpc_serving import BindError, ClientSecurity, SecurityError, load_client_security, load_server_security
-from ranker_server import LOG_FORMAT, metrics
+from grpc_serving.metrics_endpoint import serve_metrics
+from ranker_server import LOG_FORMAT
 from ranker_server.config import ServerSettings
 from ranker_server.errors import RankerError, SettingsError
 from ranker_server.retrieval_client import RetrievalClient, RetrievalModelCheck
@@ -118,7 +119,7 @@ async def running_server(
             producer.close()
 
 
-def configuration_text(settings: ServerSettings, config: RouterConfig, metrics_port: int) -> str:
+def configuration_text(settings: ServerSettings, config: RouterConfig, metrics_port: int | None) -> str:
     """What the server runs with besides its models, for the start log: experiments, retrieval, Kafka and
     metrics."""
     running = [e.key for e in config.experiments if e.status == "running"]
@@ -126,7 +127,7 @@ def configuration_text(settings: ServerSettings, config: RouterConfig, metrics_p
     return (
         f"experiments {settings.experiments} ({len(running)} running: {', '.join(running) or 'none'}); "
         f"retrieval {settings.retrieval or 'off'}; exposures {exposures}; "
-        f"metrics {f'{settings.host}:{metrics_port}' if metrics_port else 'off'}"
+        f"metrics {'off' if metrics_port is None else f'{settings.host}:{metrics_port}'}"
     )
 
 
@@ -140,8 +141,9 @@ def unserved_retrieval_experiments(settings: ServerSettings, config: RouterConfi
 
 async def serve(settings: ServerSettings, worker: int = 0) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully."""
-    metrics_port = settings.metrics_port + worker if settings.metrics_port else 0
-    metrics.serve_metrics(metrics_port, settings.host)
+    port = settings.metrics_port
+    http = serve_metrics(port + worker if port else port, settings.host)  # 0 stays 0: any free port each
+    metrics_port = http.server_port if http is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -68,7 +68,9 @@ class ServerSettings(BaseModel):
     experiments: Path
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
-    metrics_port: int = Field(0, ge=0, le=65535, description="0 = no metrics endpoint")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="None = no metrics endpoint, 0 = any free port (one per worker)"
+    )
     retrieval: str | None = Field(None, description="HOST:PORT of the retrieval service")
     retrieval_tls_ca: Path | None = Field(None, description="CA bundle: call retrieval over TLS, verified with it")
     retrieval_token_file: Path | None = Field(None, description="bearer token sent to retrieval")

@@ -13,9 +13,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Enum, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Enum, Gauge, Histogram
 
-from grpc_serving import BindError
 from ranker_server.errors import RankerError
 
 MODEL_LABELS = ("model", "version")
@@ -102,15 +101,6 @@ def variant_series(model: str, version: str, variant: str) -> VariantSeries:
         QUEUE_DURATION.labels(*labels),
         COMPUTE_DURATION.labels(*labels),
     )
-
-
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Expose the default registry over HTTP on ``host``:``port`` (0 disables it): the interface gRPC binds."""
-    if port:
-        try:
-            start_http_server(port, addr=host.strip("[]"))
-        except OSError as exc:
-            raise BindError(f"metrics port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager

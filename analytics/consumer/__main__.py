@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import signal
 import sys
 import time
@@ -19,8 +18,10 @@ from analytics.consumer.processor import AnalyticsConsumer
 from analytics.events.producer import EXPOSURES_TOPIC, OUTCOMES_TOPIC
 from analytics.kafka.broker import DEFAULT_DATA_DIR
 from analytics.kafka.checks import bootstrap_problem
-from analytics.metrics_endpoint import MetricsPortError, serve_metrics
 from analytics.store import StoreError, open_store
+from grpc_serving import HelpFormatter, add_log_level_argument
+from grpc_serving.flag_types import POSITIVE, POSITIVE_INT
+from grpc_serving.metrics_endpoint import MetricsPortError, add_metrics_arguments, serve_metrics_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         "committed only after the state is durable, and kept in the store: several processes with the same "
         "--group split the partitions, and must write to one store (the same --store folder or ClickHouse "
         "database; with a store each, every store misses the partitions the others hold).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, host:port[,host:port]")
     parser.add_argument(
@@ -42,25 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--group", default="mtrank-analytics", help="consumer group id")
     parser.add_argument("--exposures-topic", default=EXPOSURES_TOPIC)
     parser.add_argument("--outcomes-topic", default=OUTCOMES_TOPIC)
-    parser.add_argument("--session-timeout-ms", type=int, default=10_000, help="group session timeout")
-    parser.add_argument("--commit-interval-s", type=float, default=2.0, help="commit at least this often")
+    parser.add_argument("--session-timeout-ms", type=POSITIVE_INT, default=10_000, help="group session timeout")
+    parser.add_argument("--commit-interval-s", type=POSITIVE, default=2.0, help="commit at least this often")
     parser.add_argument(
         "--commit-every-events",
-        type=int,
+        type=POSITIVE_INT,
         default=200_000,
         help="commit after this many events (bigger commits write fewer, larger Parquet parts)",
     )
-    parser.add_argument("--max-seconds", type=float, default=None,
+    parser.add_argument("--max-seconds", type=POSITIVE, default=None,
                         help="stop after this long, counted from the start (the wait for Kafka included)")
-    parser.add_argument("--connect-timeout-s", type=float, default=30.0,
+    parser.add_argument("--connect-timeout-s", type=POSITIVE, default=30.0,
                         help="give up when no --bootstrap server answers within this long at start")
-    parser.add_argument("--idle-exit-s", type=float, default=None, help="stop after this long without events")
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus /metrics here (events consumed/rejected, lag per partition); off "
-                             "by default, since several consumers may share a host")
-    parser.add_argument("--metrics-host", default="127.0.0.1", help="interface for /metrics (0.0.0.0: all)")
-    parser.add_argument("--lag-interval-s", type=float, default=5.0, help="seconds between lag gauge updates")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--idle-exit-s", type=POSITIVE, default=None, help="stop after this long without events")
+    add_metrics_arguments(parser, "events consumed/rejected, lag per partition; off by default, since several "
+                          "consumers may share a host")  # fmt: skip
+    parser.add_argument("--lag-interval-s", type=POSITIVE, default=5.0, help="seconds between lag gauge updates")
+    add_log_level_argument(parser)
     return parser
 
 
@@ -95,29 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
-    for flag, value in (
-        ("--max-seconds", args.max_seconds),
-        ("--connect-timeout-s", args.connect_timeout_s),
-        ("--idle-exit-s", args.idle_exit_s),
-        ("--session-timeout-ms", args.session_timeout_ms),
-        ("--commit-interval-s", args.commit_interval_s),
-        ("--commit-every-events", args.commit_every_events),
-        ("--lag-interval-s", args.lag_interval_s),
-    ):
-        if value is not None and not (math.isfinite(value) and value > 0):  # NaN passes every comparison
-            print(f"error: {flag} must be a number > 0, got {value}", file=sys.stderr)
-            return 2
     problem = bootstrap_problem(args.bootstrap)  # kafka-python: a traceback, or its whole bootstrap wait
     if problem is not None:
         print(f"error: --bootstrap {args.bootstrap!r}: {problem}", file=sys.stderr)
         return 2
-    if args.metrics_port is not None:  # first: a port in use fails at once, not after Kafka's bootstrap wait
-        try:
-            bound = serve_metrics(args.metrics_port, args.metrics_host)
-        except MetricsPortError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        logging.getLogger("analytics.consumer").info("metrics on %s:%d", args.metrics_host, bound)
+    try:  # first: a port in use fails at once, not after Kafka's bootstrap wait
+        serve_metrics_from_args(args, logging.getLogger("analytics.consumer"))
+    except MetricsPortError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     connect_timeout_s = args.connect_timeout_s
     if args.max_seconds is not None:  # --max-seconds bounds the whole run, the wait for Kafka too
         connect_timeout_s = min(connect_timeout_s, args.max_seconds)

@@ -69,6 +69,10 @@ def _interleaved(x: events_pb2.Exposure, append: tuple[Callable[[object], None],
     return True
 
 
+def _place(where: str, offset: int | None) -> str:
+    return where if offset is None else f"{where} offset {offset}"
+
+
 def decode_into(
     value: bytes | None,
     exposures: ExposureColumns,
@@ -76,6 +80,7 @@ def decode_into(
     interleaved: InterleavedColumns | None = None,
     item_outcomes: ItemOutcomeColumns | None = None,
     where: str = "a record",
+    offset: int | None = None,
 ) -> int:
     """Append the events of one Kafka record value to the column batches; returns how many were rejected.
 
@@ -85,8 +90,8 @@ def decode_into(
     rejected, as by a reader that cannot credit teams. An outcome that names a request and an item (one whose
     ``item_id`` is set, to 0 or any other id) also goes to ``item_outcomes`` when given. A value that holds no
     event is rejected as a whole: protobuf parses many other messages (an ``Event`` outside its batch, say)
-    as an ``EventBatch`` of unknown fields. Warnings name the record as ``where`` says (e.g.
-    ``"mtrank.outcomes[3] offset 17"``).
+    as an ``EventBatch`` of unknown fields. Warnings name the record as ``where`` and ``offset`` say (e.g.
+    ``"mtrank.outcomes[3]"`` and 17: ``mtrank.outcomes[3] offset 17``), formatted only when one is logged.
     """
     try:
         batch = events_pb2.EventBatch.FromString(value)
@@ -97,7 +102,9 @@ def decode_into(
         # a null value (a tombstone, which Kafka allows) is skipped too: a crash would repeat at every restart
         size = "a null value" if value is None else f"{len(value)} bytes"
         detail = "" if batch is None else ", no events"
-        log.warning("%s: skipping a record that is not an EventBatch (%s%s)", where, size, detail)
+        log.warning(
+            "%s: skipping a record that is not an EventBatch (%s%s)", _place(where, offset), size, detail
+        )
         return 1
     rejected = 0
     x_id, x_exp, x_var, x_user, x_ts = exposures.appenders()
@@ -151,7 +158,7 @@ def decode_into(
         log.warning(
             "%s: skipped %d events with an unknown schema version, no user/event id, interleaving fields "
             "that do not fit or a non-finite value",
-            where,
+            _place(where, offset),
             rejected,
         )
     return rejected
@@ -264,7 +271,8 @@ class AnalyticsConsumer:
                 if not cp.owns(tp) or tp in rewritten:
                     continue  # revoked since the fetch (the new owner reads them), or from before a reset
                 last_offset = None
-                for record in records:
+                where = f"{tp.topic}[{tp.partition}]"  # once per partition: a record's place is formatted
+                for record in records:  # only when a warning names it
                     if cp.is_applied(tp, record.offset):
                         # We seek past the applied offset on assignment, so this means the log was rewritten (a
                         # broker that lost its data): skipping keeps the state consistent with its offsets.
@@ -278,9 +286,14 @@ class AnalyticsConsumer:
                             )
                         continue
                     before = cp.size
-                    where = f"{tp.topic}[{tp.partition}] offset {record.offset}"
                     decode_into(
-                        record.value, cp.exposures, cp.outcomes, cp.interleaved, cp.item_outcomes, where
+                        record.value,
+                        cp.exposures,
+                        cp.outcomes,
+                        cp.interleaved,
+                        cp.item_outcomes,
+                        where,
+                        record.offset,
                     )
                     added += cp.size - before
                     last_offset = record.offset

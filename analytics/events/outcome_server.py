@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import signal
 import sys
 import threading
@@ -26,7 +25,6 @@ from analytics.events.messages import event_problem, event_time_problem, now_ms
 from analytics.events.producer import OUTCOMES_TOPIC, EventProducer
 from analytics.kafka.broker import DEFAULT_DATA_DIR
 from analytics.kafka.checks import bootstrap_problem, topic_problem
-from analytics.metrics_endpoint import MetricsPortError, serve_metrics
 from grpc_serving import (
     SERVER_OPTIONS,
     BearerTokenInterceptor,
@@ -39,6 +37,8 @@ from grpc_serving import (
     bind,
     server_security_from_args,
 )
+from grpc_serving.flag_types import NON_NEGATIVE
+from grpc_serving.metrics_endpoint import MetricsPortError, add_metrics_arguments, serve_metrics_from_args
 from proto import events_pb2, outcomes_pb2, outcomes_pb2_grpc
 
 log = logging.getLogger("analytics.events.outcome_server")  # not __main__ under python -m
@@ -176,12 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where outcomes wait while Kafka is away (one outcome server per file)",
     )
     parser.add_argument(
-        "--grace-s", metavar="SECONDS", type=float, default=5.0, help="drain time on SIGTERM/SIGINT"
+        "--grace-s", metavar="SECONDS", type=NON_NEGATIVE, default=5.0, help="drain time on SIGTERM/SIGINT"
     )
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus /metrics here (events sent, buffered, journalled, dropped); off "
-                             "by default")  # fmt: skip
-    parser.add_argument("--metrics-host", default="127.0.0.1", help="interface for /metrics (0.0.0.0: all)")
+    add_metrics_arguments(parser, "events sent, buffered, journalled, dropped")
     add_log_level_argument(parser)
     add_server_arguments(parser)
     return parser
@@ -190,15 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
 def argument_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the flags (None when nothing is), checked before anything starts.
 
-    gRPC listened on ``:70000`` modulo 65536 (port 4464), took a negative or NaN ``--grace-s``, and a
-    malformed ``--bootstrap`` or ``--topic`` only failed in the producer's sender thread, holding every
+    gRPC listened on ``:70000`` modulo 65536 (port 4464), and a malformed ``--bootstrap`` or ``--topic`` only
+    failed in the producer's sender thread, holding every
     outcome in the journal.
     """
     problem = address_problem(args.address, least_port=0)
     if problem is not None:
         return f"--address {args.address}: {problem}"
-    if not (math.isfinite(args.grace_s) and args.grace_s >= 0):  # NaN passes every comparison
-        return f"--grace-s {args.grace_s}: must be a number >= 0"
     problem = bootstrap_problem(args.bootstrap)
     if problem is not None:
         return f"--bootstrap {args.bootstrap}: {problem}"
@@ -214,16 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.metrics_port is not None:  # first: a port in use fails before anything else starts
-        try:
-            bound = serve_metrics(args.metrics_port, args.metrics_host)
-        except MetricsPortError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        log.info("metrics on %s:%d", args.metrics_host, bound)
     try:
+        serve_metrics_from_args(args, log)  # first: a port in use fails before anything else starts
         security = server_security_from_args(args, "outcome server")
-    except SecurityError as exc:
+    except (MetricsPortError, SecurityError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

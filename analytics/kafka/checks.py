@@ -7,28 +7,21 @@ tried as a host name or a topic for ever."""
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 
-_HOST = re.compile(r"[A-Za-z0-9_.-]+")
+from grpc_serving.host_port import split_host_port
+
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's rule for topic names
 
 
 def bootstrap_problem(bootstrap: str) -> str | None:
-    """Why ``bootstrap`` is not a comma-separated list of ``host:port`` (None when it is), naming the entry."""
+    """Why ``bootstrap`` is not a comma-separated list of ``host[:port]`` (None when it is), naming the entry.
+
+    Without a port kafka-python uses 9092; a port 0 is refused (it costs the whole bootstrap timeout).
+    """
     for entry in bootstrap.split(","):
         address = re.sub(r"^.*://", "", entry.strip())  # a SECURITY_PROTOCOL:// prefix (kafka-python's rule)
-        try:
-            parts = urlsplit(f"//{address}")
-            port = parts.port  # None without one: kafka-python then uses 9092
-            host = parts.hostname or ""
-            valid = (
-                (_HOST.fullmatch(host) is not None or ":" in host)  # a name or an IPv4 address, or IPv6
-                and port != 0
-                and not (port is None and address.endswith(":"))
-            )
-        except ValueError:  # a port that is not a number or out of range, an IPv6 address without brackets
-            valid = False
-        if not valid:
+        parsed = split_host_port(address)
+        if parsed is None or parsed[1] == 0:
             return f"{entry.strip()!r} is not host:port (port 1..65535, [IPv6])"
     return None
 

@@ -20,8 +20,6 @@ from analytics.kafka.broker import free_port
     [
         (["--address", "127.0.0.1:70000"], "--address 127.0.0.1:70000: not HOST:PORT"),  # listened on 4464
         (["--address", "outcomes"], "--address outcomes: not HOST:PORT"),
-        (["--grace-s", "-1"], "--grace-s -1.0: must be a number >= 0"),
-        (["--grace-s", "nan"], "--grace-s nan: must be a number >= 0"),
         (["--bootstrap", "kafka:x"], "--bootstrap kafka:x: 'kafka:x' is not host:port"),
         (["--topic", "$(OUTCOMES_TOPIC)"], "--topic $(OUTCOMES_TOPIC): not a Kafka topic name"),  # unresolved
     ],

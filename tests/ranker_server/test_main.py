@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -150,6 +151,16 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, as an orchestrator stops the server; killed when it has not exited within 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_two_workers_share_the_port_reload_the_config_and_stop_on_sigterm(
@@ -196,12 +207,7 @@ def test_two_workers_share_the_port_reload_the_config_and_stop_on_sigterm(
             time.sleep(0.2)
         assert seen == {"2"}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        stop(proc)
     log = proc.stderr.read() if proc.stderr else ""
     assert proc.returncode == 0, log[-2000:]
     for worker in (0, 1):  # each worker's lines carry its tag (they had none: the two logs were one)
@@ -378,3 +384,28 @@ async def test_the_serving_line_names_the_models_and_their_provider(
         provider = running.server.repository.snapshot.models["tiny", "1"].runner.provider  # CUDA on a GPU
     (line,) = [r.getMessage() for r in caplog.records if "ranker serving on" in r.getMessage()]
     assert line == f"ranker serving on 127.0.0.1:{port} (plaintext): tiny/1, tiny/2 on {provider}"
+
+
+@pytest.mark.integration
+def test_metrics_port_zero_serves_on_any_free_port(repository: Path, tmp_path: Path) -> None:
+    """``--metrics-port 0`` turned /metrics off here, where the retrieval server, the outcome server and the
+    analytics consumer serve it on any free port (as ``--port 0`` does); unset is off."""
+    config = tmp_path / "experiments.yaml"
+    config.write_text(CONFIG.format(control="1", treatment="1"))
+    args = ["--repository", str(repository), "--experiments", str(config), "--event-loop", "asyncio"]
+    args += ["--port", "0", "--metrics-port", "0", "--not-serving-delay", "0", "--grace", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "ranker_server", *args], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:  # ends when the process does
+            seen.append(line)
+            metrics = re.search(r"; metrics (off|127\.0\.0\.1:(\d+))", line)
+            if metrics:
+                break
+        assert metrics is not None and metrics[2] is not None, "".join(seen)[-2000:]
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics[2]}/metrics", timeout=5).read().decode()
+        assert "mtrank_" in text
+        assert build_parser().get_default("metrics_port") is None  # unset: off
+    finally:
+        stop(proc)
