@@ -15,6 +15,9 @@ reproduce row for row (the SQL is checked against ``user_preferences``). Rules:
 3. A user's credits c_A, c_B sum over all their interleaved requests. Every user with an interleaved exposure
    counts in n, with or without clicks; the statistics (``analytics.stats.interleaving``) take it from there.
 4. As of a time c (the report's timeline), the same rules apply to the exposures and clicks at or before c.
+5. In an analysis window [start, end) (``analytics.analysis_window``), the same rules apply to the users whose
+   first interleaved exposure, ever, is at or after the start, and to their exposures and clicks before the end
+   (``in_window``): a user first shown a list before the start is out even when shown more inside.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from analytics.analysis_window import AnalysisWindow
 from analytics.stats.models.statistics import PreferenceCounts
 
 
@@ -149,3 +153,20 @@ def preference_counts_at(
         clicked = [c for c in clicks if c.event_time_ms <= until]
         out.append(preference_counts(user_preferences(shown, clicked)))
     return out
+
+
+def in_window(
+    exposures: Iterable[InterleavedExposure], clicks: Iterable[Click], window: AnalysisWindow
+) -> tuple[list[InterleavedExposure], list[Click]]:
+    """The exposures and clicks that rule 5 keeps in ``window``."""
+    exposures = list(exposures)
+    first: dict[str, int] = {}
+    for e in exposures:
+        first[e.user_id] = min(e.event_time_ms, first.get(e.user_id, e.event_time_ms))
+    start = window.start_ms
+    kept = [
+        e
+        for e in exposures
+        if window.before_end(e.event_time_ms) and (start is None or first[e.user_id] >= start)
+    ]
+    return kept, [c for c in clicks if window.before_end(c.event_time_ms)]

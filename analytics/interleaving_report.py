@@ -113,10 +113,15 @@ def interleaving_report(
     arms: Sequence[ArmsSeen],
     cuts: Sequence[int],
 ) -> InterleavingReport:
-    """Analyse an interleaving experiment (``arms``: ``store.interleaving_arms``, non-empty) over everything, and
-    at each timeline cut (one query for all)."""
+    """Analyse an interleaving experiment (``arms``: ``store.interleaving_arms``, non-empty) over its analysis
+    window (everything without one), and at each timeline cut (one query for all)."""
     settings = _config(config)
-    per_cut = store.preference_counts(experiment_key, [*cuts[:-1], None], config.interleaving.click_metric)
+    per_cut = store.preference_counts(
+        experiment_key,
+        [*cuts[:-1], None],
+        config.interleaving.click_metric,
+        window=config.experiment(experiment_key).window,
+    )
     counts = per_cut[-1]
     result = analyze_interleaving(counts, settings)
     preference = TestReport.of(result.sign_test, config.alpha)
@@ -155,6 +160,7 @@ def format_interleaving_table(report: dict[str, Any]) -> str:
         f"experiment {text_format.name(report['experiment_key'])} ({text_format.name(report['status'])}), "
         f"interleaving, {il['users']} users, {il['users_with_clicks']} with credited {il['click_metric']}s",
         f"alpha {report['alpha']}, {'sequential (always valid)' if il['sequential'] else 'fixed horizon'}",
+        *text_format.window_lines(report),
         f"  A = {_arm_text(a)}",
         f"  B = {_arm_text(b)}",
     ]

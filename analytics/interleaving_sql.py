@@ -23,6 +23,10 @@ Stages (CTEs):
    or after them: rows for users x change points x cuts, a handful per user);
 6. the final ``SELECT``: per cut, n, wins_a (a > b), wins_b, ties (a = b > 0), the sum of d = b - a and of d².
 
+In an analysis window ``[start, end)`` (``analytics.interleaving.in_window``, rule 5) ``requests`` holds
+only the exposures before the end, of users whose first interleaved exposure is at or after the start, and
+``clicked`` only the clicks before the end.
+
 Every sum is an integer sum, so the counts are exact and identical on both engines and in Python.
 """
 
@@ -35,6 +39,7 @@ from typing import Any
 from sqlglot import exp
 
 from analytics import sql_compiler as sql
+from analytics.analysis_window import ALL_TIME, AnalysisWindow
 from analytics.interleaving import Arm, ArmsSeen
 from analytics.stats.models.statistics import PreferenceCounts
 
@@ -121,9 +126,19 @@ def decode_arms(rows: Sequence[Sequence[Any]]) -> list[ArmsSeen]:
     return [ArmsSeen(Arm(*row[0:3]), Arm(*row[3:6]), int(row[6]), int(row[7]), int(row[8])) for row in rows]
 
 
-def _requests(relations: InterleavingRelations, experiment_key: str) -> exp.Select:
+def _before_end(window: AnalysisWindow, table: str | None = None) -> exp.Expr | None:
+    """``ts < end`` (None: the window has no end); ``table`` qualifies ``ts`` where an alias shadows it."""
+    return None if window.end_ms is None else exp.LT(this=_col("ts", table), expression=_lit(window.end_ms))
+
+
+def _requests(relations: InterleavingRelations, experiment_key: str, window: AnalysisWindow) -> exp.Select:
+    """Per (user, request): the lists of its first exposure and that time, in the window (see the module)."""
     earliest = exp.Tuple(expressions=[_col("ts"), _col("event_id")])
-    return (
+    shown = _of_experiment(relations, experiment_key)
+    before_end = _before_end(window)
+    if before_end is not None:
+        shown = shown.where(before_end, copy=False)  # ANDed with the experiment's condition
+    requests = (
         exp.select(
             _col("user_id"),
             _col("request_id"),
@@ -132,17 +147,32 @@ def _requests(relations: InterleavingRelations, experiment_key: str) -> exp.Sele
             exp.alias_(exp.Min(this=_col("ts")), "first_ms"),
             copy=False,
         )
-        .from_(_of_experiment(relations, experiment_key).subquery("x"), copy=False)
+        .from_(shown.subquery("x"), copy=False)
         .group_by(_col("user_id"), _col("request_id"), copy=False)
+    )
+    if window.start_ms is None:  # with an end only: a user first exposed before it is in (their requests are)
+        return requests
+    # users whose first interleaved exposure, ever, is before the start are out (it is before the end too)
+    early = (
+        exp.select(_col("user_id"), copy=False)
+        .from_(_of_experiment(relations, experiment_key).subquery("e"), copy=False)
+        .where(exp.LT(this=_col("ts"), expression=_lit(window.start_ms)), copy=False)
+    )
+    return (
+        exp.select("*", copy=False)
+        .from_(requests.subquery("q"), copy=False)
+        .where(exp.not_(_col("user_id").isin(query=early)), copy=False)
     )
 
 
-def _clicked(relations: InterleavingRelations, click_metric: str) -> exp.Select:
+def _clicked(relations: InterleavingRelations, click_metric: str, window: AnalysisWindow) -> exp.Select:
     keys = [_col("user_id"), _col("request_id"), _col("item_id")]
+    # ``o.ts``: ClickHouse reads a bare ``ts`` in WHERE as the output alias ``MIN(ts) AS ts``
+    conditions = [exp.EQ(this=_col("metric"), expression=_lit(click_metric)), _before_end(window, "o")]
     return (
         exp.select(*keys, exp.alias_(exp.Min(this=_col("ts")), "ts"), copy=False)
-        .from_(_from(relations.item_outcomes), copy=False)
-        .where(exp.EQ(this=_col("metric"), expression=_lit(click_metric)), copy=False)
+        .from_(_from(relations.item_outcomes, "o"), copy=False)
+        .where(exp.and_(*(c for c in conditions if c is not None)), copy=False)
         .group_by(*[k.copy() for k in keys], copy=False)
     )
 
@@ -247,8 +277,10 @@ def compile_preferences(
     cuts: Sequence[int | None],
     click_metric: str,
     dialect: str,
+    window: AnalysisWindow = ALL_TIME,
 ) -> CompiledPreferences:
-    """One query for the preference counts of ``experiment_key`` at every cut (ascending; the last may be None)."""
+    """One query for the preference counts of ``experiment_key`` at every cut (ascending; the last may be
+    None), over the users and clicks of the analysis ``window``."""
     if not cuts:
         raise ValueError("at least one cut point (None = everything)")
     bounded = [c for c in cuts if c is not None]
@@ -278,8 +310,8 @@ def compile_preferences(
         .order_by(_col("j"), copy=False)
     )  # fmt: skip
     ctes = [
-        ("requests", _requests(relations, experiment_key)),
-        ("clicked", _clicked(relations, click_metric)),
+        ("requests", _requests(relations, experiment_key, window)),
+        ("clicked", _clicked(relations, click_metric, window)),
         ("credits", _credits(cuts)),
         ("state", _state(cuts)),
         ("user_cut", _user_cut(len(cuts))),

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from analytics import AnalyticsError
+from analytics.analysis_window import ALL_TIME, AnalysisWindow, iso_ms
 from analytics.stats.models.settings import (
     DEFAULT_SEQUENTIAL_TUNING_PARAMETER,
     Correction,
@@ -47,24 +49,41 @@ class EventStore(Protocol):
 
     def experiments(self) -> list[str]: ...
 
-    def variant_counts(self, experiment_key: str) -> dict[str, int]: ...
+    def variant_counts(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> dict[str, int]: ...
 
     def user_metric_values(
-        self, experiment_key: str, metric: str, until_ms: int | None = None
+        self,
+        experiment_key: str,
+        metric: str,
+        until_ms: int | None = None,
+        *,
+        window: AnalysisWindow = ALL_TIME,
     ) -> Iterator[UserRow]: ...
 
     def metric_statistics(
-        self, experiment_key: str, metrics: Sequence[MetricDefinition], cuts: Sequence[int | None]
+        self,
+        experiment_key: str,
+        metrics: Sequence[MetricDefinition],
+        cuts: Sequence[int | None],
+        *,
+        window: AnalysisWindow = ALL_TIME,
     ) -> list[list[dict[str, TestStatistic]]]: ...
 
-    def exposure_timeline(self, experiment_key: str, bucket_ms: int) -> list[tuple[int, str, int]]: ...
+    def exposure_timeline(
+        self, experiment_key: str, bucket_ms: int, *, window: AnalysisWindow = ALL_TIME
+    ) -> list[tuple[int, str, int]]: ...
 
-    def time_range(self, experiment_key: str) -> tuple[int, int]: ...
+    def time_range(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> tuple[int, int]: ...
 
     def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]: ...
 
     def preference_counts(
-        self, experiment_key: str, cuts: Sequence[int | None], click_metric: str = "click"
+        self,
+        experiment_key: str,
+        cuts: Sequence[int | None],
+        click_metric: str = "click",
+        *,
+        window: AnalysisWindow = ALL_TIME,
     ) -> list[PreferenceCounts]: ...
 
 
@@ -166,18 +185,34 @@ class ExperimentSettings(_Strict):
 
     ``weights`` is the split of users by first exposure that the SRM check expects. An experiment whose
     router weights changed while it ran has no single split (the SRM check flags it and the lift mixes two
-    allocations); such a change belongs under a new experiment key, analysed on its own.
+    allocations); such a change belongs under a new experiment key, analysed on its own, or, when it happened
+    all the same, under ``start`` / ``end``: the analysis window (``analytics.analysis_window``), given as
+    ISO 8601 timestamps with a timezone or epoch milliseconds and kept as epoch milliseconds.
     """
 
     control: str | None = None
     weights: dict[str, float] | None = None
     status: str = "running"
     metrics: list[str] | None = None
+    start: int | None = None
+    end: int | None = None
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _epoch_ms(cls, value: object) -> int | None:
+        return None if value is None else epoch_ms(value)
+
+    @property
+    def window(self) -> AnalysisWindow:
+        """The analysis window (``ALL_TIME`` when neither ``start`` nor ``end`` is set)."""
+        return ALL_TIME if self.start is None and self.end is None else AnalysisWindow(self.start, self.end)
 
     @model_validator(mode="after")
     def _positive_weights(self) -> ExperimentSettings:
         if self.weights is not None and any(w <= 0 for w in self.weights.values()):
             raise ValueError(f"weights must be > 0, got {self.weights}")
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise _KeyPathError(f"end {iso_ms(self.end)} is not after start {iso_ms(self.start)}", ("end",))
         if self.control is not None and self.weights is not None and self.control not in self.weights:
             # the control would get weight 0: its users count as unplanned traffic and SRM always flags
             raise _KeyPathError(
@@ -185,6 +220,34 @@ class ExperimentSettings(_Strict):
                 ("control",),
             )
         return self
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_ms(value: object) -> int:
+    """A window bound as epoch milliseconds: an integer as is, or an ISO 8601 timestamp with a timezone (a
+    YAML timestamp or a string). A timestamp without one is refused: read in the server's zone it would move
+    the window by hours without a word."""
+    expected = (
+        "an ISO 8601 timestamp with a timezone (2024-05-01T00:00:00Z) or epoch milliseconds (an integer)"
+    )
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"expected {expected}, got {value!r}") from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"timestamp {value.isoformat()} has no timezone: add one (Z for UTC, or +02:00)")
+        return (value - _EPOCH) // timedelta(milliseconds=1)  # exact (a float timestamp may round)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"epoch milliseconds must be >= 0, got {value}")
+        return value
+    if isinstance(value, date):
+        raise ValueError(f"date {value.isoformat()} has no time and timezone: expected {expected}")
+    raise ValueError(f"expected {expected}, got {type(value).__name__} {value!r}")
 
 
 class InterleavingSettings(_Strict):
@@ -453,13 +516,19 @@ def aggregate_ratio_rows(
 
 
 def aggregate(
-    metric: MetricDefinition, store: EventStore, experiment_key: str, until_ms: int | None = None
+    metric: MetricDefinition,
+    store: EventStore,
+    experiment_key: str,
+    until_ms: int | None = None,
+    *,
+    window: AnalysisWindow = ALL_TIME,
 ) -> dict[str, TestStatistic]:
-    """Sufficient statistics per variant of ``metric`` in ``experiment_key`` (events up to ``until_ms``)."""
+    """Sufficient statistics per variant of ``metric`` in ``experiment_key`` (events up to ``until_ms``, users
+    and events of the analysis ``window``)."""
+
+    def rows(event: str | None) -> Iterator[UserRow]:
+        return store.user_metric_values(experiment_key, event or "", until_ms, window=window)
+
     if metric.type == "ratio":
-        return aggregate_ratio_rows(
-            metric,
-            store.user_metric_values(experiment_key, metric.numerator or "", until_ms),
-            store.user_metric_values(experiment_key, metric.denominator or "", until_ms),
-        )
-    return aggregate_rows(metric, store.user_metric_values(experiment_key, metric.event or "", until_ms))
+        return aggregate_ratio_rows(metric, rows(metric.numerator), rows(metric.denominator))
+    return aggregate_rows(metric, rows(metric.event))

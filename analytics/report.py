@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from analytics import text_format
+from analytics.analysis_window import AnalysisWindow
 from analytics.interleaving_report import InterleavingReport, format_interleaving_table, interleaving_report
 from analytics.metrics import AnalysisConfig, EventStore, MetricDefinition
 from analytics.stats.analysis import AnalysisSettings, Comparison, adjusted_p_values, compare_to_control
@@ -144,6 +145,20 @@ class TrafficPoint:
 
 
 @dataclass(frozen=True)
+class WindowReport:
+    """The analysis window of the config (``experiments.<key>.start`` / ``end``): the report covers the users first
+    exposed in ``[start_ms, end_ms)`` and their outcomes before ``end_ms``; a null bound is open."""
+
+    start_ms: int | None
+    end_ms: int | None
+
+    @classmethod
+    def of(cls, window: AnalysisWindow) -> WindowReport | None:
+        """The window as reported (None when the config sets none: the report covers everything)."""
+        return cls(window.start_ms, window.end_ms) if window.bounded else None
+
+
+@dataclass(frozen=True)
 class ExperimentSummary:
     """One row of the experiment list; ``kind`` is "ab" or "interleaving" (one variant, "interleaved")."""
 
@@ -154,6 +169,7 @@ class ExperimentSummary:
     variants: list[VariantSummary]
     srm: SrmResult
     kind: str = "ab"
+    analysis_window: WindowReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -165,7 +181,8 @@ class ExperimentReport:
 
     ``kind`` "interleaving": ``interleaving`` holds the analysis, ``metrics`` and ``timeline`` are empty (every user
     saw both arms, so there is nothing to compare per variant), ``control`` is null and ``variants`` is the one
-    variant "interleaved" (with ``traffic``).
+    variant "interleaved" (with ``traffic``). ``analysis_window`` (null: none) is the window the config sets;
+    ``start_ms`` and ``end_ms`` are the exposures the report covers, within it.
     """
 
     experiment_key: str
@@ -188,6 +205,7 @@ class ExperimentReport:
     traffic: list[TrafficPoint] = field(default_factory=list)
     kind: str = "ab"
     interleaving: InterleavingReport | None = None
+    analysis_window: WindowReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -223,7 +241,7 @@ def _variants_and_control(
     ``users`` are the exposed users per variant when already known (else the store is asked).
     """
     settings = config.experiment(experiment_key)
-    counts = dict(store.variant_counts(experiment_key) if users is None else users)
+    counts = dict(store.variant_counts(experiment_key, window=settings.window) if users is None else users)
     for key in settings.weights or {}:
         counts.setdefault(key, 0)
     counts = dict(sorted(counts.items()))
@@ -246,7 +264,8 @@ def _summary_parts(
     interleaving: bool = False,
 ) -> tuple[str | None, list[VariantSummary], SrmResult, int]:
     if interleaving:  # one variant, no control, nothing to split
-        counts = dict(store.variant_counts(experiment_key) if users is None else users)
+        window = config.experiment(experiment_key).window
+        counts = dict(store.variant_counts(experiment_key, window=window) if users is None else users)
         total = sum(counts.values())
         variants = [VariantSummary(key, False, n, 1.0, n / total if total else 0.0) for key, n in counts.items()]
         return None, variants, SrmResult(None, False, config.srm_threshold), total
@@ -285,6 +304,7 @@ def experiment_summary(store: EventStore, config: AnalysisConfig, experiment_key
         variants=variants,
         srm=srm,
         kind="interleaving" if interleaving else "ab",
+        analysis_window=WindowReport.of(config.experiment(experiment_key).window),
     )
 
 
@@ -449,12 +469,13 @@ def traffic_bucket_ms(start_ms: int, end_ms: int, target_buckets: int = 48) -> i
 
 
 def _traffic(
-    store: EventStore, experiment_key: str, bucket_ms: int
+    store: EventStore, experiment_key: str, bucket_ms: int, window: AnalysisWindow
 ) -> tuple[list[TrafficPoint], dict[str, int]]:
     """The traffic chart's points and the users per variant they add up to."""
     cumulative: dict[str, int] = {}
     points = []
-    for bucket_start, variant, new_users in sorted(store.exposure_timeline(experiment_key, bucket_ms)):
+    timeline = store.exposure_timeline(experiment_key, bucket_ms, window=window)
+    for bucket_start, variant, new_users in sorted(timeline):
         cumulative[variant] = cumulative.get(variant, 0) + new_users
         points.append(TrafficPoint(bucket_start, variant, new_users, cumulative[variant]))
     return points, cumulative
@@ -463,7 +484,8 @@ def _traffic(
 def build_report(
     store: EventStore, config: AnalysisConfig, experiment_key: str, with_timeline: bool = True
 ) -> ExperimentReport:
-    """Analyse one experiment: SRM, every metric and variant, and (optionally) the timelines.
+    """Analyse one experiment: SRM, every metric and variant, and (optionally) the timelines, over the users and
+    outcomes of its analysis window (``ExperimentSettings.window``; everything without one).
 
     Raises:
         KeyError: the store has no such experiment.
@@ -472,19 +494,20 @@ def build_report(
         raise KeyError(f"unknown experiment {experiment_key!r}")
     arms = store.interleaving_arms(experiment_key)
     definitions = [] if arms else config.metrics_for(experiment_key)
-    start_ms, end_ms = store.time_range(experiment_key)
+    window = config.experiment(experiment_key).window
+    start_ms, end_ms = store.time_range(experiment_key, window=window)
     bucket_ms = None
     traffic: list[TrafficPoint] = []
     users: dict[str, int] | None = None
     cuts: list[int] = []
     if with_timeline:
         bucket_ms = traffic_bucket_ms(start_ms, end_ms)
-        traffic, users = _traffic(store, experiment_key, bucket_ms)
+        traffic, users = _traffic(store, experiment_key, bucket_ms, window)
         if config.timeline_points > 0:
             cuts = _cut_points(start_ms, end_ms, config.timeline_points)
     # One read for the metric table and every timeline point: the last point reads everything, so it equals the
     # metric table even for outcomes logged after the last exposure.
-    raw = store.metric_statistics(experiment_key, definitions, [*cuts[:-1], None])
+    raw = store.metric_statistics(experiment_key, definitions, [*cuts[:-1], None], window=window)
     if users is None and definitions:  # every user is in every metric's statistics
         users = {variant: stat.n for variant, stat in raw[-1][0].items()}
     control, variants, srm, total = _summary_parts(store, config, experiment_key, users, interleaving=bool(arms))
@@ -518,6 +541,7 @@ def build_report(
         traffic=traffic,
         kind="interleaving" if arms else "ab",
         interleaving=interleaving,
+        analysis_window=WindowReport.of(window),
     )
 
 
@@ -541,6 +565,7 @@ def format_report_table(report: dict[str, Any]) -> str:
         + ", ".join(
             f"{name(v['key'])}: {v['users']} ({v['observed_share']:.1%})" for v in report["variants"]
         ),
+        *text_format.window_lines(report),
     ]
     errors: set[str] = set()
     widths = (-16, 8, 11, 9, 21, 8, 8)

@@ -14,7 +14,10 @@ are those of ``MemoryEventStore``'s row path, which is the reference the tests c
   its copies', its value the smallest, so a client's retry with the event's id counts once), then attributed to
   the user when ``first_ms <= ts < first_ms + window``; outcomes before the first exposure are the pre-exposure
   covariate (CUPED);
-- at a cut point ``c`` only users with ``first_ms <= c`` and outcomes with ``ts <= c`` count.
+- at a cut point ``c`` only users with ``first_ms <= c`` and outcomes with ``ts <= c`` count;
+- in an analysis window ``[start, end)`` (``analytics.analysis_window``) only users with
+  ``start <= first_ms < end`` and outcomes with ``ts < end`` count (the end is one more boundary of
+  attribution, like the attribution window's).
 
 The query is built with sqlglot expressions (never by pasting strings) and rendered per engine by a dialect
 (``DIALECTS``: DuckDB and ClickHouse). A store may also hand it *rolled parts* (``RolledPart``): compacted events
@@ -65,6 +68,7 @@ from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.generators.clickhouse import ClickHouseGenerator
 from sqlglot.generators.duckdb import DuckDBGenerator
 
+from analytics.analysis_window import ALL_TIME, AnalysisWindow
 from analytics.metrics import MetricDefinition
 from analytics.stats.models.statistics import CupedMean, Proportion, Ratio, SampleMean, TestStatistic
 
@@ -139,6 +143,16 @@ def _first_cut_at_or_after(column: exp.Expr, cuts: Sequence[int | None]) -> exp.
     for j, cut in enumerate(bounded):
         case = case.when(exp.LTE(this=column.copy(), expression=_lit(cut)), _lit(j))
     return case.else_(_lit(beyond))
+
+
+def _in_window(first_ms: exp.Expr, window: AnalysisWindow) -> list[exp.Expr]:
+    """The conditions that keep a user first exposed at ``first_ms`` in ``window`` (none without bounds)."""
+    conditions: list[exp.Expr] = []
+    if window.start_ms is not None:
+        conditions.append(exp.GTE(this=first_ms.copy(), expression=_lit(window.start_ms)))
+    if window.end_ms is not None:
+        conditions.append(exp.LT(this=first_ms.copy(), expression=_lit(window.end_ms)))
+    return conditions
 
 
 def _and(*conditions: exp.Expr) -> exp.Expr:
@@ -820,8 +834,10 @@ class _UserRows:
         layout: _Layout,
         cuts: Sequence[int | None],
         window_ms: int | None,
+        window: AnalysisWindow = ALL_TIME,
     ) -> None:
         self.relations = relations
+        self.window = window
         self.experiment_key = experiment_key
         self.layout = layout
         self.cuts = cuts
@@ -839,12 +855,14 @@ class _UserRows:
     # -------------------------------------------------------- expressions
 
     def _classify(self, ts: exp.Expr) -> exp.Expr:
-        """-1 before the first exposure, -2 after the window, else the first cut at or after ``ts`` (or beyond);
-        ``f.first_ms`` is the user's first exposure."""
+        """-1 before the first exposure, -2 after the attribution window or the analysis window's end, else
+        the first cut at or after ``ts`` (or beyond); ``f.first_ms`` is the user's first exposure."""
         case = exp.case().when(exp.LT(this=ts.copy(), expression=_col("first_ms", "f")), _lit(-1))
         if self.window_ms is not None:
             end = exp.Add(this=_col("first_ms", "f"), expression=_lit(int(self.window_ms)))
             case = case.when(exp.GTE(this=ts.copy(), expression=end), _lit(-2))
+        if self.window.end_ms is not None:
+            case = case.when(exp.GTE(this=ts.copy(), expression=_lit(self.window.end_ms)), _lit(-2))
         bounded = _first_cut_at_or_after(ts, self.cuts)
         if isinstance(bounded, exp.Case):
             for when in bounded.args["ifs"]:
@@ -865,15 +883,17 @@ class _UserRows:
     # -------------------------------------------------------- CTEs
 
     def first_exposures(self) -> exp.Select:
-        """``fe``: the exposed users with ``j0``, their first cut (users first exposed after every cut left out)."""
+        """``fe``: the exposed users in the analysis window with ``j0``, their first cut (users first exposed
+        after every cut left out)."""
         j0 = _first_cut_at_or_after(_col("first_ms"), self.cuts)
         checks = ("check_lo", "check_hi") if self.relations.keyed else ()
         select = exp.select("k", "variant", "first_ms", exp.alias_(j0, "j0"), *checks, copy=False).from_(
             first_exposure(self.relations, self.experiment_key).subquery("e"), copy=False
         )
+        conditions = _in_window(_col("first_ms"), self.window)
         if all(c is not None for c in self.cuts):
-            select = select.where(exp.LTE(this=_col("first_ms"), expression=_lit(self.cuts[-1])), copy=False)
-        return select
+            conditions.append(exp.LTE(this=_col("first_ms"), expression=_lit(self.cuts[-1])))
+        return select.where(_and(*conditions), copy=False) if conditions else select
 
     def _rolled(self) -> exp.Query:
         """``rolled``: per rolled part and row (user key, bucket), each half's time range over the outcome names
@@ -1337,8 +1357,10 @@ def compile_report(
     cuts: Sequence[int | None],
     window_ms: int | None,
     dialect: str,
+    window: AnalysisWindow = ALL_TIME,
 ) -> CompiledReport:
-    """One query for ``metrics`` of ``experiment_key`` at every cut (ascending; the last may be None = all).
+    """One query for ``metrics`` of ``experiment_key`` at every cut (ascending; the last may be None = all),
+    over the users and outcomes of the analysis ``window``.
 
     Variants without users at a cut are left out of that cut, as in the row path.
     """
@@ -1351,7 +1373,7 @@ def compile_report(
     for metric in metrics:
         for need in kind_of(metric).needs(metric):
             layout.need_index(need)
-    ctes = _UserRows(relations, experiment_key, layout, cuts, window_ms).ctes(by_cut=len(cuts) > 1)
+    ctes = _UserRows(relations, experiment_key, layout, cuts, window_ms, window).ctes(by_cut=len(cuts) > 1)
     query = _cuts_query(ctes, layout, metrics, len(cuts), dialect == "duckdb")
     sums = tuple(tuple(kind_of(m).sums(m, _values(layout, lambda i: _lit(0)))) for m in metrics)
     return CompiledReport(
@@ -1366,13 +1388,17 @@ def compile_user_rows(
     until_ms: int | None,
     window_ms: int | None,
     dialect: str,
+    window: AnalysisWindow = ALL_TIME,
 ) -> str:
-    """Per exposed user, ordered by user id: ``variant, value_sum, event_count, pre_sum`` of ``event``.
+    """Per exposed user in the analysis ``window``, ordered by user id: ``variant, value_sum, event_count,
+    pre_sum`` of ``event``.
 
     The SQL twin of ``EventStore.user_metric_values`` (for inspection and tests; reports use ``compile_report``).
     """
     layout = _Layout([Need(event, "sum"), Need(event, "count"), Need(event, "pre")])
-    ctes = _UserRows(relations.by_user_id(), experiment_key, layout, [until_ms], window_ms).ctes(by_cut=False)
+    ctes = _UserRows(relations.by_user_id(), experiment_key, layout, [until_ms], window_ms, window).ctes(
+        by_cut=False
+    )
     select = (
         exp.select(
             _col("variant"),
@@ -1415,45 +1441,68 @@ def _empty_exposures() -> exp.Select:
     return _no_rows(_EXPOSURE_COLUMNS)
 
 
-def _per_first_exposure(relations: Relations, experiment_key: str, group: Sequence[exp.Expr]) -> exp.Select:
-    """Exposed users per ``group`` of their first exposure, with ``key_clashes`` (users whose key stands for two
-    user ids: then ask again ``by_user_id``)."""
+def _per_first_exposure(
+    relations: Relations, experiment_key: str, group: Sequence[exp.Expr], window: AnalysisWindow
+) -> exp.Select:
+    """Exposed users (first exposed in ``window``) per ``group`` of their first exposure, with ``key_clashes``
+    (users whose key stands for two user ids: then ask again ``by_user_id``)."""
     columns = [exp.alias_(exp.Count(this=exp.Star()), "users")]
     if relations.keyed:
         clash = exp.NEQ(this=_col("check_lo"), expression=_col("check_hi"))
         columns.append(exp.alias_(exp.Sum(this=_case(clash, _lit(1), _lit(0))), "key_clashes"))
     else:
         columns.append(exp.alias_(_lit(0), "key_clashes"))
-    return (
-        exp.select(*group, *columns, copy=False)
-        .from_(first_exposure(relations, experiment_key).subquery("f"), copy=False)
-        .group_by(*(g.copy() for g in group), copy=False)
-        .order_by(*(g.copy() for g in group), copy=False)
+    select = exp.select(*group, *columns, copy=False).from_(
+        first_exposure(relations, experiment_key).subquery("f"), copy=False
+    )
+    conditions = _in_window(_col("first_ms"), window)
+    if conditions:
+        select = select.where(_and(*conditions), copy=False)
+    return select.group_by(*(g.copy() for g in group), copy=False).order_by(
+        *(g.copy() for g in group), copy=False
     )
 
 
-def variant_counts_query(relations: Relations, experiment_key: str, dialect: str) -> str:
+def variant_counts_query(
+    relations: Relations, experiment_key: str, dialect: str, window: AnalysisWindow = ALL_TIME
+) -> str:
     """Users per variant (of their first exposure): ``variant, users, key_clashes``."""
-    return _render(_per_first_exposure(relations, experiment_key, [_col("variant")]), dialect)
+    return _render(_per_first_exposure(relations, experiment_key, [_col("variant")], window), dialect)
 
 
-def exposure_timeline_query(relations: Relations, experiment_key: str, bucket_ms: int, dialect: str) -> str:
+def exposure_timeline_query(
+    relations: Relations, experiment_key: str, bucket_ms: int, dialect: str, window: AnalysisWindow = ALL_TIME
+) -> str:
     """Newly exposed users per bucket of ``bucket_ms`` and variant: ``bucket_start, variant, users, key_clashes``."""
     start = exp.Mul(
         this=exp.IntDiv(this=_col("first_ms"), expression=_lit(bucket_ms)), expression=_lit(bucket_ms)
     )
-    return _render(_per_first_exposure(relations, experiment_key, [start, _col("variant")]), dialect)
+    return _render(_per_first_exposure(relations, experiment_key, [start, _col("variant")], window), dialect)
 
 
-def time_range_query(relations: Relations, experiment_key: str, dialect: str) -> str:
-    """Earliest and latest exposure time of the experiment."""
-    select = (
-        exp.select(
-            exp.alias_(exp.Min(this=_col("ts")), "lo"), exp.alias_(exp.Max(this=_col("ts")), "hi"), copy=False
-        )
+def time_range_query(
+    relations: Relations, experiment_key: str, dialect: str, window: AnalysisWindow = ALL_TIME
+) -> str:
+    """Earliest and latest exposure time of the experiment; in a bounded ``window``, of its users' exposures
+    (their first at or after the start), the latest cut to just before the end (where the analysis stops)."""
+    exposures = (
+        exp.select(copy=False)
         .from_(_from(relations.by_user_id().exposures or _empty_exposures()), copy=False)
         .where(exp.EQ(this=_col("experiment"), expression=_lit(experiment_key)), copy=False)
     )
+    lo, hi = exp.Min(this=_col("ts")), exp.Max(this=_col("ts"))
+    if not window.bounded:
+        return _render(exposures.select(exp.alias_(lo, "lo"), exp.alias_(hi, "hi"), copy=False), dialect)
+    per_user = exposures.select(
+        "user_id", exp.alias_(lo, "first_ms"), exp.alias_(hi, "last_ms"), copy=False
+    ).group_by("user_id", copy=False)
+    per_user = per_user.having(_and(*_in_window(exp.Min(this=_col("ts")), window)), copy=False)
+    latest: exp.Expr = exp.Max(this=_col("last_ms"))
+    if window.end_ms is not None:
+        latest = _least([latest, _lit(window.end_ms - 1)])
+    select = exp.select(
+        exp.alias_(exp.Min(this=_col("first_ms")), "lo"), exp.alias_(latest, "hi"), copy=False
+    ).from_(per_user.subquery("u"), copy=False)
     return _render(select, dialect)
 
 

@@ -3,7 +3,10 @@ so the A/B and interleaving tables read alike."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from analytics.analysis_window import AnalysisWindow
 
 
 def name(value: object) -> str:
@@ -40,3 +43,12 @@ def columns(cells: Sequence[str], widths: Sequence[int]) -> str:
         f"{cell:<{-width}}" if width < 0 else f"{cell:>{width}}"
         for cell, width in zip(cells, widths, strict=True)
     )
+
+
+def window_lines(report: Mapping[str, Any]) -> list[str]:
+    """The line that says a report covers one analysis window only (none when its config sets no window)."""
+    window = report.get("analysis_window")
+    if not window:
+        return []
+    bounds = AnalysisWindow(window["start_ms"], window["end_ms"]).describe()
+    return [f"analysis window {bounds} (users first exposed in it, their outcomes before its end)"]

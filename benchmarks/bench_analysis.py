@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from analytics.analysis_window import ALL_TIME, AnalysisWindow
 from analytics.interleaving import ArmsSeen
 from analytics.metrics import AnalysisConfig, load_analysis_config
 from analytics.report import analyse_metrics, build_report
@@ -72,10 +73,25 @@ CHUNK_USERS = 500_000
 
 
 def as_ab_only_store(store_class: type[EventStore]) -> type[EventStore]:
-    """``store_class``, a store written before ``EventStore`` knew interleaving experiments, as today's
-    ``EventStore``: it keeps no interleaved exposures, so every experiment in it is an A/B test."""
+    """``store_class``, a store written before ``EventStore`` knew interleaving experiments and analysis
+    windows, as today's ``EventStore``: it keeps no interleaved exposures, so every experiment in it is an A/B
+    test, and it answers queries over all time only (a bounded window is refused, not ignored)."""
+
+    def all_time(query: str) -> Callable[..., Any]:
+        def answer(self: EventStore, *args: Any, window: AnalysisWindow = ALL_TIME, **kwargs: Any) -> Any:
+            if window.bounded:
+                raise NotImplementedError(f"{store_class.__name__} predates analysis windows")
+            return getattr(store_class, query)(self, *args, **kwargs)
+
+        return answer
 
     class ABOnlyStore(store_class):  # type: ignore[misc, valid-type]
+        variant_counts = all_time("variant_counts")
+        user_metric_values = all_time("user_metric_values")
+        metric_statistics = all_time("metric_statistics")
+        exposure_timeline = all_time("exposure_timeline")
+        time_range = all_time("time_range")
+
         def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]:
             return []
 

@@ -70,6 +70,23 @@ function fmtTime(ms) {
   return Number.isNaN(d.getTime()) ? String(ms) : d.toISOString().replace("T", " ").slice(0, 16) + " UTC";
 }
 
+/** A window bound: "2024-05-01 00:00 UTC" (seconds and milliseconds only when set); "…" when open. */
+function fmtBound(ms) {
+  if (ms === null) return "…";
+  const iso = new Date(ms).toISOString().replace(/(:00)?\.000Z$/, "Z");
+  return iso.replace("T", " ").replace(/Z$/, " UTC");
+}
+
+/** "window 2024-05-01 00:00 UTC – 2024-05-15 00:00 UTC" of an analysis_window (null: none, ""). */
+function fmtWindow(w) {
+  return w ? `window ${fmtBound(w.start)} – ${fmtBound(w.end)}` : "";
+}
+
+/** analysis_window of a report or summary: { start, end } in ms (null: open); null when none is set. */
+function normaliseWindow(w) {
+  return w ? { start: num(w.start_ms), end: num(w.end_ms) } : null;
+}
+
 /** A lift in the report's units: % for relative, metric units for absolute. */
 function fmtLift(x, differenceType) {
   if (differenceType !== "absolute") return fmtPct(x);
@@ -101,6 +118,7 @@ function normaliseSummary(e) {
     totalUsers: num(e.total_users),
     users: variantUsers(e.variants),
     srm: normaliseSrm(e.srm),
+    window: normaliseWindow(e.analysis_window),
   };
 }
 
@@ -175,6 +193,7 @@ function normaliseReport(r) {
     differenceType,
     sequential: Boolean(r.sequential),
     srm: normaliseSrm(r.srm),
+    window: normaliseWindow(r.analysis_window),
     metrics: (r.metrics || []).map((m) => ({
       name: m.name,
       description: m.description || "",
@@ -257,7 +276,9 @@ function renderExperiments() {
     },
     el("td", {}, el("div", { class: "exp-name", text: e.key }),
       el("div", { class: "exp-key", "data-field": "kind",
-        text: e.kind === "interleaving" ? "interleaving" : e.control ? `control: ${e.control}` : "" })),
+        text: e.kind === "interleaving" ? "interleaving" : e.control ? `control: ${e.control}` : "" }),
+      ...(e.window
+        ? [el("div", { class: "exp-key", "data-field": "window", text: fmtWindow(e.window) })] : [])),
     el("td", { class: "num", "data-field": "total_users", text: e.totalUsers === null ? "–" : fmtInt(e.totalUsers) }),
     el("td", {}, statusBadge(e.status)),
     el("td", {}, users),
@@ -572,6 +593,8 @@ function renderReport() {
     el("span", { text: interleaving ? `interleaving (team draft) · α = ${rep.alpha ?? "–"}`
       : `control: ${rep.control} · ${rep.differenceType} lift · α = ${rep.alpha ?? "–"}` }),
     el("span", { text: interleaving ? "" : ` · correction: ${rep.correction} · ${mode}` }),  // interleaving: a badge by the arms
+    ...(rep.window ? [el("span", { "data-field": "window", title: "users first exposed in this window, "
+      + "their outcomes before its end", text: ` · ${fmtWindow(rep.window)}` })] : []),
     el("span", { class: "muted", text: rep.generatedAt ? ` · computed ${fmtTime(rep.generatedAt)}` : "" }));
   const variants = rep.variants;
   document.getElementById("report-badges").replaceChildren(statusBadge(rep.status),

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, NamedTuple
 
+from analytics.analysis_window import ALL_TIME, AnalysisWindow
+
 if TYPE_CHECKING:
     from analytics.interleaving import ArmsSeen
     from analytics.metrics import MetricDefinition
@@ -228,12 +230,18 @@ class EventStore(abc.ABC):
         """Experiment keys with at least one exposure, sorted."""
 
     @abc.abstractmethod
-    def variant_counts(self, experiment_key: str) -> dict[str, int]:
-        """Users exposed per variant."""
+    def variant_counts(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> dict[str, int]:
+        """Users exposed per variant (first exposed in ``window``: see ``analytics.analysis_window``; every query
+        that takes a window reads only its users, and their outcomes before its end)."""
 
     @abc.abstractmethod
     def user_metric_values(
-        self, experiment_key: str, metric: str, until_ms: int | None = None
+        self,
+        experiment_key: str,
+        metric: str,
+        until_ms: int | None = None,
+        *,
+        window: AnalysisWindow = ALL_TIME,
     ) -> Iterator[tuple[str, float, int, float]]:
         """One row per exposed user: (variant, attributed value sum, attributed event count, pre-exposure sum).
 
@@ -246,6 +254,8 @@ class EventStore(abc.ABC):
         experiment_key: str,
         metrics: Sequence[MetricDefinition],
         cuts: Sequence[int | None],
+        *,
+        window: AnalysisWindow = ALL_TIME,
     ) -> list[list[dict[str, TestStatistic]]]:
         """Per-variant sufficient statistics of every metric at every cut point: ``[cut][metric]``.
 
@@ -255,15 +265,21 @@ class EventStore(abc.ABC):
         """
         from analytics.metrics import aggregate
 
-        return [[aggregate(metric, self, experiment_key, cut) for metric in metrics] for cut in cuts]
+        return [
+            [aggregate(metric, self, experiment_key, cut, window=window) for metric in metrics]
+            for cut in cuts
+        ]
 
     @abc.abstractmethod
-    def exposure_timeline(self, experiment_key: str, bucket_ms: int) -> list[tuple[int, str, int]]:
+    def exposure_timeline(
+        self, experiment_key: str, bucket_ms: int, *, window: AnalysisWindow = ALL_TIME
+    ) -> list[tuple[int, str, int]]:
         """Newly exposed users per time bucket and variant: ``(bucket_start_ms, variant, new_users)``."""
 
     @abc.abstractmethod
-    def time_range(self, experiment_key: str) -> tuple[int, int]:
-        """(earliest, latest) exposure time of the experiment; (0, 0) when it has none."""
+    def time_range(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> tuple[int, int]:
+        """(earliest, latest) exposure time of the experiment; (0, 0) when it has none. In a bounded ``window``:
+        of the exposures of its users, the latest cut to ``end_ms - 1`` (the analysis reads nothing later)."""
 
     @abc.abstractmethod
     def metrics(self) -> list[str]:
@@ -276,10 +292,15 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     def preference_counts(
-        self, experiment_key: str, cuts: Sequence[int | None], click_metric: str = "click"
+        self,
+        experiment_key: str,
+        cuts: Sequence[int | None],
+        click_metric: str = "click",
+        *,
+        window: AnalysisWindow = ALL_TIME,
     ) -> list[PreferenceCounts]:
         """Per cut, the interleaving preference of the experiment's users (``analytics.interleaving``'s rules,
-        with ``click_metric`` outcomes as clicks).
+        with ``click_metric`` outcomes as clicks; rule 5 for ``window``).
 
         At a cut ``c`` (None: everything) a request counts when its first exposure is at or before ``c``, a
         click when it is too (at or before ``c``); users count from their first interleaved exposure on.

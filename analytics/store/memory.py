@@ -10,7 +10,8 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 
-from analytics.interleaving import Arm, ArmsSeen, Click, InterleavedExposure, preference_counts_at
+from analytics.analysis_window import ALL_TIME, AnalysisWindow
+from analytics.interleaving import Arm, ArmsSeen, Click, InterleavedExposure, in_window, preference_counts_at
 from analytics.stats.models.statistics import PreferenceCounts
 from analytics.store.base import EventStore, Exposures, Interleaved, ItemOutcomes, Outcomes, TopicPartition
 from analytics.store.exceptions import OffsetBackwards
@@ -81,23 +82,34 @@ class MemoryEventStore(EventStore):
         with self._lock:
             return sorted(k for k, users in self._exposures.items() if users)
 
-    def variant_counts(self, experiment_key: str) -> dict[str, int]:
+    def _states(self, experiment_key: str, window: AnalysisWindow) -> list[tuple[str, list]]:
+        """(user, [first_ms, first_event_id, variant, last_ms]) of the users first exposed in ``window``, by
+        user; the caller holds the lock."""
+        users = self._exposures.get(experiment_key, {})
+        return sorted((user, state) for user, state in users.items() if window.admits(state[0]))
+
+    def variant_counts(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> dict[str, int]:
         counts: dict[str, int] = defaultdict(int)
         with self._lock:
-            for state in self._exposures.get(experiment_key, {}).values():
+            for _, state in self._states(experiment_key, window):
                 counts[state[2]] += 1
         return dict(sorted(counts.items()))
 
     def user_metric_values(
-        self, experiment_key: str, metric: str, until_ms: int | None = None
+        self,
+        experiment_key: str,
+        metric: str,
+        until_ms: int | None = None,
+        *,
+        window: AnalysisWindow = ALL_TIME,
     ) -> Iterator[tuple[str, float, int, float]]:
         until = float("inf") if until_ms is None else until_ms
         rows = []
         with self._lock:
-            for user, (first_ms, _, variant, _) in sorted(self._exposures.get(experiment_key, {}).items()):
+            for user, (first_ms, _, variant, _) in self._states(experiment_key, window):
                 if first_ms > until:
                     continue
-                end = self._window_end(first_ms)
+                end = min(self._window_end(first_ms), window.end_ms or float("inf"))
                 total, n, pre = 0.0, 0, 0.0
                 for (m, _), (ts, value) in self._outcomes.get(user, {}).items():
                     if m != metric:
@@ -110,21 +122,26 @@ class MemoryEventStore(EventStore):
                 rows.append((variant, total, n, pre))
         return iter(rows)
 
-    def exposure_timeline(self, experiment_key: str, bucket_ms: int) -> list[tuple[int, str, int]]:
+    def exposure_timeline(
+        self, experiment_key: str, bucket_ms: int, *, window: AnalysisWindow = ALL_TIME
+    ) -> list[tuple[int, str, int]]:
         if bucket_ms <= 0:
             raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
         counts: dict[tuple[int, str], int] = defaultdict(int)
         with self._lock:
-            for first_ms, _, variant, _ in self._exposures.get(experiment_key, {}).values():
+            for _, (first_ms, _, variant, _) in self._states(experiment_key, window):
                 counts[(first_ms // bucket_ms * bucket_ms, variant)] += 1
         return [(b, v, n) for (b, v), n in sorted(counts.items())]
 
-    def time_range(self, experiment_key: str) -> tuple[int, int]:
+    def time_range(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> tuple[int, int]:
         with self._lock:
-            states = list(self._exposures.get(experiment_key, {}).values())
+            states = [state for _, state in self._states(experiment_key, window)]
         if not states:
             return (0, 0)
-        return (min(s[0] for s in states), max(s[3] for s in states))
+        latest = max(s[3] for s in states)
+        if window.end_ms is not None:  # the analysis reads nothing at or after the end
+            latest = min(latest, window.end_ms - 1)
+        return (min(s[0] for s in states), latest)
 
     def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]:
         with self._lock:
@@ -135,7 +152,12 @@ class MemoryEventStore(EventStore):
         return sorted(seen, key=lambda s: (-s.exposures, s.first_ms))
 
     def preference_counts(
-        self, experiment_key: str, cuts: Sequence[int | None], click_metric: str = "click"
+        self,
+        experiment_key: str,
+        cuts: Sequence[int | None],
+        click_metric: str = "click",
+        *,
+        window: AnalysisWindow = ALL_TIME,
     ) -> list[PreferenceCounts]:
         with self._lock:
             requests = list(self._requests.get(experiment_key, {}).values())
@@ -144,7 +166,7 @@ class MemoryEventStore(EventStore):
                 for (user, request, item, metric), ts in self._item_outcomes.items()
                 if metric == click_metric
             ]
-        return preference_counts_at(requests, clicks, cuts)
+        return preference_counts_at(*in_window(requests, clicks, window), cuts)
 
     def metrics(self) -> list[str]:
         with self._lock:

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from analytics import interleaving_sql as isql
 from analytics import sql_compiler as sql
+from analytics.analysis_window import ALL_TIME, AnalysisWindow
 from analytics.store.base import EventStore, _Columns
 
 if TYPE_CHECKING:
@@ -75,28 +76,38 @@ class WarehouseEventStore(EventStore):
             return [], []
         return self._query(build(relations))
 
-    def _rows(self, build: Callable[..., str], *args: Any) -> list[tuple[Any, ...]]:
-        return self._run(lambda relations: build(relations, *args, self.dialect))[1]
+    def _rows(self, build: Callable[..., str], *args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
+        return self._run(lambda relations: build(relations, *args, self.dialect, **kwargs))[1]
 
     def experiments(self) -> list[str]:
         return [r[0] for r in self._rows(sql.experiments_query)]
 
-    def _per_first_exposure(self, build: Callable[..., str], *args: Any) -> list[tuple[Any, ...]]:
+    def _per_first_exposure(
+        self, build: Callable[..., str], *args: Any, **kwargs: Any
+    ) -> list[tuple[Any, ...]]:
         """Rows of a count of first exposures (the last two columns: users, key clashes), by user key or, when a
         key stands for two user ids, by user id."""
-        rows = self._run(lambda relations: build(relations, *args, self.dialect))[1]
+        rows = self._rows(build, *args, **kwargs)
         if any(row[-1] for row in rows):
             log.warning("a user key stands for two user ids; counting by user id")
-            rows = self._run(lambda relations: build(relations.by_user_id(), *args, self.dialect))[1]
+            rows = self._run(lambda r: build(r.by_user_id(), *args, self.dialect, **kwargs))[1]
         return [row[:-1] for row in rows]
 
-    def variant_counts(self, experiment_key: str) -> dict[str, int]:
-        return {v: int(n) for v, n in self._per_first_exposure(sql.variant_counts_query, experiment_key)}
+    def variant_counts(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> dict[str, int]:
+        rows = self._per_first_exposure(sql.variant_counts_query, experiment_key, window=window)
+        return {v: int(n) for v, n in rows}
 
     def user_metric_values(
-        self, experiment_key: str, metric: str, until_ms: int | None = None
+        self,
+        experiment_key: str,
+        metric: str,
+        until_ms: int | None = None,
+        *,
+        window: AnalysisWindow = ALL_TIME,
     ) -> Iterator[tuple[str, float, int, float]]:
-        rows = self._rows(sql.compile_user_rows, experiment_key, metric, until_ms, self.attribution_window_ms)
+        rows = self._rows(
+            sql.compile_user_rows, experiment_key, metric, until_ms, self.attribution_window_ms, window=window
+        )
         return iter([(v, float(s), int(n), float(p)) for v, s, n, p in rows])
 
     def metric_statistics(
@@ -104,22 +115,25 @@ class WarehouseEventStore(EventStore):
         experiment_key: str,
         metrics: Sequence[MetricDefinition],
         cuts: Sequence[int | None],
+        *,
+        window: AnalysisWindow = ALL_TIME,
     ) -> list[list[dict[str, TestStatistic]]]:
         if not metrics:
             return [[] for _ in cuts]
         try:
-            return self._statistics(experiment_key, metrics, cuts, by_user_id=False)
+            return self._statistics(experiment_key, metrics, cuts, window, by_user_id=False)
         except sql.KeyClash:  # astronomically rare with 64-bit keys, but then exact all the same
             log.warning(
                 "experiment %s: a user key stands for two user ids; rerunning by user id", experiment_key
             )
-            return self._statistics(experiment_key, metrics, cuts, by_user_id=True)
+            return self._statistics(experiment_key, metrics, cuts, window, by_user_id=True)
 
     def _statistics(
         self,
         experiment_key: str,
         metrics: Sequence[MetricDefinition],
         cuts: Sequence[int | None],
+        window: AnalysisWindow,
         by_user_id: bool,
     ) -> list[list[dict[str, TestStatistic]]]:
         compiled: list[sql.CompiledReport] = []
@@ -128,7 +142,7 @@ class WarehouseEventStore(EventStore):
             relations = relations.by_user_id() if by_user_id else relations
             compiled[:] = [
                 sql.compile_report(
-                    relations, experiment_key, metrics, cuts, self.attribution_window_ms, self.dialect
+                    relations, experiment_key, metrics, cuts, self.attribution_window_ms, self.dialect, window
                 )
             ]
             return compiled[0].sql
@@ -138,14 +152,16 @@ class WarehouseEventStore(EventStore):
             return [[{} for _ in metrics] for _ in cuts]
         return compiled[0].decode(columns, rows)
 
-    def exposure_timeline(self, experiment_key: str, bucket_ms: int) -> list[tuple[int, str, int]]:
+    def exposure_timeline(
+        self, experiment_key: str, bucket_ms: int, *, window: AnalysisWindow = ALL_TIME
+    ) -> list[tuple[int, str, int]]:
         if bucket_ms <= 0:
             raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
-        rows = self._per_first_exposure(sql.exposure_timeline_query, experiment_key, bucket_ms)
+        rows = self._per_first_exposure(sql.exposure_timeline_query, experiment_key, bucket_ms, window=window)
         return [(int(b), v, int(n)) for b, v, n in rows]
 
-    def time_range(self, experiment_key: str) -> tuple[int, int]:
-        rows = self._rows(sql.time_range_query, experiment_key)
+    def time_range(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> tuple[int, int]:
+        rows = self._rows(sql.time_range_query, experiment_key, window=window)
         if not rows or rows[0][0] is None:
             return (0, 0)
         return (int(rows[0][0]), int(rows[0][1]))
@@ -170,12 +186,19 @@ class WarehouseEventStore(EventStore):
         return isql.decode_arms(rows)
 
     def preference_counts(
-        self, experiment_key: str, cuts: Sequence[int | None], click_metric: str = "click"
+        self,
+        experiment_key: str,
+        cuts: Sequence[int | None],
+        click_metric: str = "click",
+        *,
+        window: AnalysisWindow = ALL_TIME,
     ) -> list[PreferenceCounts]:
         compiled: list[isql.CompiledPreferences] = []
 
         def build(relations: isql.InterleavingRelations) -> str:
-            query = isql.compile_preferences(relations, experiment_key, cuts, click_metric, self.dialect)
+            query = isql.compile_preferences(
+                relations, experiment_key, cuts, click_metric, self.dialect, window
+            )
             compiled[:] = [query]
             return compiled[0].sql
 

@@ -198,6 +198,26 @@ def tiny_units(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(server.url, store)
 
 
+WINDOW_MS = (START_MS + 2 * DAY_MS, START_MS + 5 * DAY_MS + 30_500)
+
+
+@pytest.fixture(scope="module")
+def windowed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """An experiment analysed in a window (days 2 to 5 of 7) beside one without."""
+    store = DuckDBEventStore(str(tmp_path_factory.mktemp("store") / "events"))
+    generate_events(store, "phase-two", users=1200, seed=5, click_prob=(0.10, 0.13))
+    generate_events(store, "everything", users=600, seed=6)
+    settings = {"start": WINDOW_MS[0], "end": WINDOW_MS[1], "control": "control"}
+    config = AnalysisConfig.model_validate(
+        {
+            "metrics": [{"name": "ctr", "type": "binomial", "event": "click"}],
+            "experiments": {"phase-two": settings},
+        }
+    )
+    with store, AnalyticsServer(store, config, port=0) as server:
+        yield Served(server.url, store)
+
+
 ODD_KEYS = ("rollout-50%", "<img src=x onerror=alert(1)>")
 
 
@@ -245,6 +265,7 @@ def interleaving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "interleaving",
         "tiny_units",
         "odd_names",
+        "windowed",
     ]
 )
 def dashboard_url(request: pytest.FixtureRequest) -> str:
@@ -535,6 +556,22 @@ def test_values_in_tiny_units_keep_four_significant_digits(chromium, tiny_units:
             assert shown.matches(number) and shown.tolerance <= 5e-4 * abs(number), (
                 f"{variant['variant']} {field}: dashboard shows {row[field]!r}, report says {number!r}"
             )
+
+
+@pytest.mark.integration
+def test_the_analysis_window_is_shown_where_one_is_set(chromium, windowed: Served) -> None:
+    """The list and the report header say which window a report covers (none where the config sets none)."""
+    report = _get_json(f"{windowed.url}/api/experiments/phase-two/report")
+    assert report["analysis_window"] == {"start_ms": WINDOW_MS[0], "end_ms": WINDOW_MS[1]}
+    text = "window 2026-11-20 11:06:40 UTC – 2026-11-23 11:07:10.500 UTC"
+    _open(chromium, f"{windowed.url}/?refresh=0#/phase-two")
+    shown = chromium.execute_script(_SNAPSHOT_JS)["experiments"]
+    assert shown["phase-two"]["window"] == text and "window" not in shown["everything"]
+    meta = chromium.find_element("id", "report-meta").find_element("css selector", '[data-field="window"]')
+    assert meta.text.endswith(text)
+    _show_experiment(chromium, "everything")
+    meta = chromium.find_element("id", "report-meta")
+    assert not meta.find_elements("css selector", '[data-field="window"]')
 
 
 @pytest.mark.integration
