@@ -10,8 +10,9 @@ embedded from its features alone, which is the cold-start case the degree slices
 
 The random split leaves few low-degree users (about 50 of degree <= 2 on ego-Facebook), too few to measure a
 cold-start effect. ``cold_start_split`` adds an inductive cold-start protocol on top of it: ``n_cold`` users
-drawn at random keep only ``k ~ Uniform{0..max_visible}`` of their training friendships; the others move to
-validation / test (in the random split's val : test ratio), so those users are embedded at training and
+drawn at random keep at most ``k ~ Uniform{0..max_visible}`` of their training friendships; the others move to
+validation / test (fewer than k where the other end of a kept friendship is a cold user too and hides it: on
+ego-Facebook about a third of the 500 cold users, 4.15 kept on average against 4.67 drawn) (in the random split's val : test ratio), so those users are embedded at training and
 serving time from their features and at most ``max_visible`` friends, and evaluated on the friendships they
 will make.
 """
@@ -21,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from models.graph.datasets import canonical_edges
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,13 @@ class EdgeSplit:
 def split_edges(
     edges: np.ndarray, val_frac: float = 0.05, test_frac: float = 0.10, seed: int = 0
 ) -> EdgeSplit:
-    """Randomly partition ``edges`` into train / validation / test with the given fractions."""
+    """Randomly partition the undirected friendships of ``edges`` into train / validation / test.
+
+    ``edges`` may list a friendship twice or in both directions: the partition is over distinct (min, max)
+    pairs, so a friendship never lands in two parts (a reversed copy could sit in train while the test kept
+    it).
+    """
+    edges = canonical_edges(edges)
     if not 0.0 <= val_frac < 1.0 or not 0.0 <= test_frac < 1.0 or val_frac + test_frac >= 1.0:
         raise ValueError(f"invalid split fractions val={val_frac} test={test_frac}")
     order = np.random.default_rng(seed).permutation(len(edges))
@@ -64,6 +73,7 @@ def cold_start_split(
     (so at least one friendship is held out), and an edge hidden by either endpoint leaves training, so a cold
     user's training degree is at most its ``k``.
     """
+    edges = canonical_edges(edges)
     base = split_edges(edges, val_frac, test_frac, seed)
     rng = np.random.default_rng([seed, 1])  # independent of the random split's stream
     degree = np.bincount(edges.reshape(-1), minlength=num_nodes)

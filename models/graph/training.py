@@ -133,11 +133,21 @@ def encoder_gradient_norms(model: SSMTL, losses: dict[str, torch.Tensor]) -> dic
 
 
 def train(config: TrainConfig, graph: Graph | None = None, progress: bool = True) -> TrainResult:
-    """Train on the training edges, keeping the checkpoint with the best validation Recall@50."""
+    """Train on the training edges, keeping the checkpoint with the best validation Recall@50 (the earliest
+    evaluation on a tie; the test edges never take part).
+
+    Raises:
+        ModelsError: the split has no validation friendship to choose the checkpoint on.
+    """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     graph = graph if graph is not None else load_graph(config)
     split = make_split(config, graph)
+    if len(split.val) == 0:  # every evaluation would score NaN and the untrained weights would be kept
+        raise ModelsError(
+            f"val_frac={config.val_frac} leaves no validation friendship among {len(graph.edges)}: "
+            "the checkpoint is chosen on validation Recall@50"
+        )
     model = create_model("ssmtl", num_features=graph.num_features, **config.model)
     if not isinstance(model, SSMTL):
         raise TypeError("the ssmtl registry entry must build an SSMTL model")
