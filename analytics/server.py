@@ -5,6 +5,8 @@ Routes (GET, and HEAD for the same headers without the body; other methods get 4
 - ``/api/experiments``: a JSON list of ``ExperimentSummary`` (status, users per variant, SRM).
 - ``/api/experiments/<key>/report``: the ``ExperimentReport`` of one experiment (404 if unknown).
 - ``/healthz``: ``ok``.
+- ``/metrics``: Prometheus metrics of this server (``DashboardMetrics``: requests by route and status, time to
+  compute a report or the experiment list when the cache misses, connections refused as busy).
 - anything else: a file under the dashboard folder (``/`` is ``index.html``).
 
 Reports are cached for ``cache_seconds`` so a dashboard refreshing every few seconds in several tabs costs
@@ -32,6 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
 from analytics.metrics import AnalysisConfig, EventStore
 from analytics.report import build_report, experiment_summary
 
@@ -43,29 +47,71 @@ MAX_PATH_CHARS = 2048
 _SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"))
 
 
+ROUTES = ("experiments", "report", "healthz", "metrics", "api-other", "static", "invalid")
+"""The ``route`` label of ``mtrank_dashboard_requests_total``: a fixed set, never the client's path."""
+
+_BUILD_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class DashboardMetrics:
+    """The dashboard server's Prometheus metrics, on a registry of its own (served at ``/metrics`` on the
+    dashboard's port): what an operator needs to see that analysts get answers, and how long a report takes
+    to compute in the store (a cache miss), which grows with the events."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "mtrank_dashboard_requests",
+            "HTTP requests by route and status code",
+            ["route", "code"],
+            registry=self.registry,
+        )
+        self.build_seconds = Histogram(
+            "mtrank_dashboard_report_build_seconds",
+            "time to compute a report or the experiment list from the store (cache misses)",
+            ["kind"],
+            buckets=_BUILD_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "mtrank_dashboard_refused_connections",
+            "connections answered 503 at once: every thread busy and the waiting queue full",
+            registry=self.registry,
+        )
+
+
 class ReportCache:
     """Builds reports and summaries from the store, at most once per ``ttl_s`` per key."""
 
-    def __init__(self, store: EventStore, config: AnalysisConfig, ttl_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        config: AnalysisConfig,
+        metrics: DashboardMetrics,
+        ttl_s: float = 2.0,
+    ) -> None:
         self.store = store
         self.config = config
         self.ttl_s = ttl_s
+        self.metrics = metrics
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, Any]] = {}
 
-    def _cached(self, key: str, build: Callable[[], Any]) -> Any:
+    def _cached(self, key: str, kind: str, build: Callable[[], Any]) -> Any:
         with self._lock:
             entry = self._entries.get(key)
             now = time.monotonic()
             if entry is not None and now - entry[0] < self.ttl_s:
                 return entry[1]
-            value = build()
+            with self.metrics.build_seconds.labels(kind).time():
+                value = build()
             self._entries[key] = (now, value)
             return value
 
     def experiments(self) -> list[dict[str, Any]]:
         return self._cached(
             "",
+            "experiments",
             lambda: [
                 experiment_summary(self.store, self.config, key).to_dict() for key in self.store.experiments()
             ],
@@ -77,6 +123,7 @@ class ReportCache:
             return None
         return self._cached(
             f"report:{experiment_key}",
+            "report",
             lambda: build_report(self.store, self.config, experiment_key).to_dict(),
         )
 
@@ -85,6 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
     cache: ReportCache
     dashboard_dir: Path
     server_version = "mtrank-analytics"
+    route = "invalid"  # until do_GET names it: http.server's own errors and other methods count here
     timeout = 10.0  # seconds a client may stay silent (socket timeout); set per server
 
     def version_string(self) -> str:
@@ -107,12 +155,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _method_not_allowed(self) -> None:
         # http.server answers methods without a do_* handler 501 Not Implemented, as if the server were broken
+        self.route = "invalid"
         self.close_connection = True  # the request body, if any, is never read
         self._send_json(405, {"error": "the API is read-only: use GET"}, (("Allow", "GET, HEAD"),))
 
     do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _method_not_allowed
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        self.route = "invalid"
         if len(self.path) > MAX_PATH_CHARS:
             self._send_json(414, {"error": f"the path is longer than {MAX_PATH_CHARS} characters"})
             return
@@ -120,19 +170,22 @@ class _Handler(BaseHTTPRequestHandler):
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
             self._send_json(400, {"error": "the path contains control characters"})
             return
+        self.route = _route_of(path)
         try:
-            if path == "/healthz":
+            if self.route == "healthz":
                 self._send(200, "text/plain; charset=utf-8", b"ok")
-            elif path in (_API_PREFIX, _API_PREFIX + "/"):
+            elif self.route == "metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.cache.metrics.registry))
+            elif self.route == "experiments":
                 self._send_json(200, self.cache.experiments())
-            elif path.startswith(_API_PREFIX + "/") and path.endswith("/report"):
+            elif self.route == "report":
                 key = path[len(_API_PREFIX) + 1 : -len("/report")]
                 report = self.cache.report(key)
                 if report is None:
                     self._send_json(404, {"error": "unknown experiment; GET /api/experiments lists them"})
                 else:
                     self._send_json(200, report)
-            elif path.startswith("/api/"):
+            elif self.route == "api-other":
                 self._send_json(404, {"error": "no such endpoint"})
             else:
                 self._send_file(path)
@@ -162,6 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, "application/json", json.dumps(body, allow_nan=False).encode(), headers)
 
     def _send(self, code: int, ctype: str, body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.cache.metrics.requests.labels(self.route, str(code)).inc()
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -173,6 +227,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
+def _route_of(path: str) -> str:
+    """The ``route`` label of ``path`` (one of ``ROUTES``)."""
+    if path == "/healthz":
+        return "healthz"
+    if path == "/metrics":
+        return "metrics"
+    if path in (_API_PREFIX, _API_PREFIX + "/"):
+        return "experiments"
+    if path.startswith(_API_PREFIX + "/") and path.endswith("/report"):
+        return "report"
+    return "api-other" if path.startswith("/api/") else "static"
+
+
 class _BoundedHTTPServer(HTTPServer):
     """An HTTPServer whose connections are handled by ``threads`` pooled threads; at most ``backlog``
     connections wait for one, beyond that a connection is answered 503 and closed at once."""
@@ -180,12 +247,18 @@ class _BoundedHTTPServer(HTTPServer):
     request_queue_size = 128  # the kernel's accept queue: a burst is accepted (and answered), not left hanging
 
     def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], threads: int, backlog: int
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        threads: int,
+        backlog: int,
+        refused: Counter,
     ):
         # before binding: a failed bind calls server_close, which shuts the pool down
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="analytics-http")
         super().__init__(address, handler)
         self._limit = threads + backlog
+        self._refused = refused
         self._open = 0
         self._open_lock = threading.Lock()
 
@@ -195,6 +268,7 @@ class _BoundedHTTPServer(HTTPServer):
             if admitted:
                 self._open += 1
         if not admitted:
+            self._refused.inc()
             _refuse(request)
             self.shutdown_request(request)
             return
@@ -257,16 +331,17 @@ class AnalyticsServer:
         backlog: int = 64,
         idle_timeout_s: float = 10.0,
     ) -> None:
+        self.metrics = DashboardMetrics()
         handler = type(
             "Handler",
             (_Handler,),
             {
-                "cache": ReportCache(store, config, cache_seconds),
+                "cache": ReportCache(store, config, self.metrics, cache_seconds),
                 "dashboard_dir": dashboard_dir,
                 "timeout": idle_timeout_s,
             },
         )
-        self._httpd = _BoundedHTTPServer((host, port), handler, threads, backlog)
+        self._httpd = _BoundedHTTPServer((host, port), handler, threads, backlog, self.metrics.refused)
         self._thread: threading.Thread | None = None
 
     @property

@@ -165,6 +165,10 @@ def test_slow_clients_hold_a_bounded_number_of_threads_for_a_bounded_time() -> N
                     waiting.append(sock)
                 assert threading.active_count() - before <= 4 + 1
             assert refused >= 60 - 8, refused
+            refused_total = server.metrics.registry.get_sample_value(
+                "mtrank_dashboard_refused_connections_total"
+            )
+            assert refused_total == 60 - 8  # every connection beyond threads + backlog
             deadline = time.monotonic() + 10  # once the idle timeout dropped the slow ones, service resumes
             while True:
                 try:
@@ -189,3 +193,34 @@ def test_clients_that_leave_early_log_no_traceback(served, caplog: pytest.LogCap
         time.sleep(0.5)
         assert get(server, "/healthz")[0] == 200
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a Prometheus text page (0 when it is not there)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_metrics_count_requests_by_route_and_report_builds_on_cache_misses() -> None:
+    """/metrics on the dashboard's port: requests by route (never the client's path) and status, and the time
+    reports take to compute, once per cache miss."""
+    store = MemoryEventStore()
+    simulate_experiment(store, "ranking-dml", users=200, seed=3, variants=("control", "dml"))
+    with AnalyticsServer(store, load_analysis_config(EXAMPLE), port=0, cache_seconds=60) as server:
+        for path in ("/api/experiments/ranking-dml/report",) * 2 + ("/api/experiments/nope/report", "/x%00"):
+            get(server, path)
+        get(server, "/no/such/file-" + "z" * 40)
+        status, ctype, body = get(server, "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    text = body.decode()
+    assert _sample(text, "mtrank_dashboard_requests_total", route="report", code="200") == 2
+    assert _sample(text, "mtrank_dashboard_requests_total", route="report", code="404") == 1
+    assert _sample(text, "mtrank_dashboard_requests_total", route="invalid", code="400") == 1
+    assert _sample(text, "mtrank_dashboard_requests_total", route="static", code="404") == 1
+    assert "file-zzz" not in text
+    assert _sample(text, "mtrank_dashboard_report_build_seconds_count", kind="report") == 1  # then cached

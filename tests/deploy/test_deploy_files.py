@@ -320,6 +320,14 @@ def _served_port(args: list[str]) -> str | None:
     return address.rpartition(":")[2] if address else _flag(args, "--port")
 
 
+def _metrics_port(invocation: Invocation) -> str | None:
+    """Where a process serves /metrics: its --metrics-port, or for the dashboard (``analytics serve``) its own
+    HTTP port."""
+    if invocation.module == "analytics" and invocation.args[:1] == ["serve"]:
+        return _served_port(invocation.args)
+    return _flag(invocation.args, "--metrics-port")
+
+
 def _check_flags(invocation: Invocation, env: dict[str, str] | None = None) -> None:
     args = [re.sub(r"\$\((\w+)\)", lambda m: (env or {})[m.group(1)], a) for a in invocation.args]
     try:
@@ -447,12 +455,12 @@ def test_compose_ports_healthchecks_and_scrape_targets_agree(compose: dict) -> N
             continue
         assert host in services, f"prometheus scrapes unknown service {host}"
         if host in by_service:
-            assert _flag(by_service[host].args, "--metrics-port") == port, f"{target}: not its --metrics-port"
+            assert _metrics_port(by_service[host]) == port, f"{target}: not its --metrics-port"
             scraped.add(host)
         else:  # a third-party exporter
             assert port in {str(p) for p in services[host].get("expose", [])}, f"{target}: port not exposed"
             assert f":{port}" in " ".join(services[host].get("command", [])), f"{target}: not its listen port"
-    assert scraped == {n for n, inv in by_service.items() if _flag(inv.args, "--metrics-port")}
+    assert scraped == {n for n, inv in by_service.items() if _metrics_port(inv)}
 
 
 def test_compose_configs_validate(compose: dict) -> None:
