@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from analytics.analysis_window import AnalysisWindow
 from analytics.metrics import (
     AnalysisConfig,
     MetricConfigError,
@@ -22,6 +24,7 @@ from analytics.store import MemoryEventStore
 from tests.analytics.stats.simulated_events import simulate_experiment
 
 EXAMPLE = Path(__file__).parents[2] / "analytics" / "examples" / "metrics.yaml"
+README = Path(__file__).parents[2] / "README.md"
 RNG = np.random.default_rng(3)
 N = 300
 VARIANTS = np.where(RNG.random(N) < 0.5, "control", "treatment")
@@ -42,6 +45,23 @@ def test_example_config_loads() -> None:
     assert [m.type for m in config.metrics] == ["binomial", "ratio", "continuous", "count"]
     assert config.experiment("ranking-dml").weights == {"control": 0.5, "dml": 0.5}
     assert config.experiment("other").control is None
+
+
+def test_the_documented_analysis_windows_load(tmp_path: Path) -> None:
+    """The example's commented-out restarted experiment, uncommented, and the README's inline window give the
+    window they describe (2024-05-13T09:30:00Z .. 2024-05-27T00:00:00Z)."""
+    example = EXAMPLE.read_text()
+    commented = re.search(r"^  # (ranking-dml-restarted:\n(?:  #   .*\n)+)", example, re.M)
+    assert commented is not None
+    uncommented = tmp_path / "uncommented.yaml"
+    uncommented.write_text(example + "  " + commented.group(1).replace("  #   ", "    "))
+    inline = re.search(r"`(experiments: \{<key>: \{start: [^`]+\}\})`", README.read_text())
+    assert inline is not None
+    readme = tmp_path / "readme.yaml"
+    readme.write_text(example.partition("\nexperiments:")[0] + "\n" + inline.group(1).replace("<key>", "k"))
+    expected = AnalysisWindow(1_715_592_600_000, 1_716_768_000_000)
+    assert load_analysis_config(uncommented).experiment("ranking-dml-restarted").window == expected
+    assert load_analysis_config(readme).experiment("k").window == expected
 
 
 def test_unknown_key_names_file_line_key_and_allowed_keys(tmp_path: Path) -> None:
