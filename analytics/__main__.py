@@ -222,16 +222,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="power, minimum detectable effect and required users (fixed-horizon test)",
         formatter_class=formatter,
     )
-    power.add_argument("--metric-type", choices=["binomial", "mean"], required=True)
+    power.add_argument(
+        "--metric-type", choices=["binomial", "mean"], required=True, help="a rate, or a mean with --std"
+    )
     power.add_argument("--baseline", type=float, required=True, help="control rate (binomial) or mean")
     power.add_argument("--std", type=float, help="per-user standard deviation (mean metrics)")
     power.add_argument("--users", type=float, help="total users in both arms: report the MDE (and power)")
     power.add_argument("--effect", type=float, help="lift to detect: report the required users (and power)")
     power.add_argument("--power", type=float, default=0.8, help="target power")
-    power.add_argument("--alpha", type=float, default=0.05)
+    power.add_argument("--alpha", type=float, default=0.05, help="significance level")
     power.add_argument("--weights", type=float, nargs=2, default=[0.5, 0.5], help="control, treatment share")
-    power.add_argument("--alternative", choices=["two-sided", "greater", "less"], default="two-sided")
-    power.add_argument("--difference-type", choices=["relative", "absolute"], default="relative")
+    power.add_argument(
+        "--alternative",
+        choices=["two-sided", "greater", "less"],
+        default="two-sided",
+        help="the hypothesis the test will be run with",
+    )
+    power.add_argument(
+        "--difference-type",
+        choices=["relative", "absolute"],
+        default="relative",
+        help="--effect as a fraction of the baseline, or in the metric's units",
+    )
     power.set_defaults(func=_cmd_power)
 
     store_options = argparse.ArgumentParser(add_help=False)

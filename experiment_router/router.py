@@ -466,14 +466,17 @@ class Router:
         return [e.assign(user_id, hasher, now, held, groups, sticky) for e in self._experiments]
 
     def assign_many(
-        self, user_ids: Sequence[str], attributes: Mapping[str, Any] | None = None, *, now: float = 0.0
+        self, user_ids: Sequence[str], attributes: Mapping[str, Any] | None = None, *, now: float | None = None
     ) -> dict[str, np.ndarray]:
         """Vectorised assignment of many users sharing `attributes`: variation index per experiment, -1 outside.
 
-        Mirrors `assign` without sticky buckets (forced allowlists, status, start/end at `now`, holdouts,
-        layer slice, condition, coverage); a condition reading `user_id` is evaluated per user. Ids are
-        hashed exactly as `assign` hashes them: NULs, unicode and very long ids included.
+        Mirrors `assign` without sticky buckets (forced allowlists, status, start/end at `now`, read from the
+        clock when None as `assign` does, holdouts, layer slice, condition, coverage); a condition reading
+        `user_id` is evaluated per user. Ids are hashed exactly as `assign` hashes them: NULs, unicode and very
+        long ids included.
         """
+        if now is None:  # the epoch (0.0) put every user outside an experiment with a start date
+            now = time.time() if self._uses_clock else 0.0
         batch = UnitBatch(user_ids)
         size = len(batch)
         attrs = {k: v for k, v in (attributes or {}).items() if k != "user_id"}

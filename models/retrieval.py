@@ -54,22 +54,34 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, help="checkpoint file to write")
-    p.add_argument("--dataset", choices=["ego-facebook", "synthetic"], default=defaults.dataset)
+    p.add_argument(
+        "--dataset",
+        choices=["ego-facebook", "synthetic"],
+        default=defaults.dataset,
+        help="the SNAP ego-Facebook graph (--data-path), or a generated graph for trials",
+    )
     p.add_argument(
         "--data-path", default=defaults.data_path, help="folder with facebook_combined.txt and ego/"
     )
     p.add_argument("--seed", type=int, default=defaults.seed, help="model and edge-split seed")
-    p.add_argument("--steps", type=int, default=defaults.steps)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--eval-every", type=int, default=defaults.eval_every)
+    p.add_argument("--steps", type=int, default=defaults.steps, help="training steps (batches)")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="positive pairs per step")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=defaults.eval_every,
+        help="steps between validation Recall@50 evaluations (the best one is kept)",
+    )
     p.add_argument(
         "--split",
         choices=["random", "cold-start"],
         default=defaults.split,
         help="random edge split, or the same plus --cold-users users that keep at most 10 friendships",
     )
-    p.add_argument("--cold-users", type=int, default=defaults.cold_users)
+    p.add_argument(
+        "--cold-users", type=int, default=defaults.cold_users, help="cold-start users of --split cold-start"
+    )
     p.add_argument("--baseline", action="store_true", help="retrieval loss only (beta = gamma = 0)")
     p.add_argument(
         "--set",
@@ -80,14 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("evaluate", help="Recall@10/50/100, MRR, NDCG@50 on held-out edges, by degree")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--part", choices=["val", "test"], default="test")
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by train --out")
+    p.add_argument(
+        "--part", choices=["val", "test"], default="test", help="held-out edges to rank (default: test)"
+    )
 
     p = sub.add_parser("export", help="write a model package (ONNX, golden, index, manifest)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--repository", required=True)
-    p.add_argument("--name", required=True)
-    p.add_argument("--version", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by train --out")
+    p.add_argument("--repository", required=True, help="model repository root (<root>/<name>/<version>/)")
+    p.add_argument("--name", required=True, help="model name in the repository")
+    p.add_argument("--version", required=True, help="version to write (refused if it exists)")
     p.add_argument("--overwrite", action="store_true", help="replace the version if it exists")
 
     p = sub.add_parser("index", help="re-embed every node of a package with its ONNX encoder")

@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a version to serve (repeat for several); the first is the default")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind ([::] for all interfaces)")
     parser.add_argument("--port", type=PORT, default=50052, help="gRPC port (0 = any free port)")
-    parser.add_argument("--metrics-port", type=PORT, default=9102,
-                        help="Prometheus /metrics port on --host (0 = any free port)")  # fmt: skip
+    parser.add_argument("--metrics-port", type=PORT, default=None,
+                        help="Prometheus /metrics port on --host (0 = any free port; unset: off, as every "
+                             "server; the deploy files use 9102)")  # fmt: skip
     parser.add_argument("--max-k", metavar="K", type=POSITIVE_INT, default=1000,
                         help="largest k a request may ask for")  # fmt: skip
     parser.add_argument("--exclude-neighbors", action="store_true",

@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
         "clickhouse://host:port/db (tests and migration; at scale ClickHouse ingests Kafka itself)",
     )
     parser.add_argument("--group", default="mtrank-analytics", help="consumer group id")
-    parser.add_argument("--exposures-topic", default=EXPOSURES_TOPIC)
-    parser.add_argument("--outcomes-topic", default=OUTCOMES_TOPIC)
+    parser.add_argument(
+        "--exposures-topic", default=EXPOSURES_TOPIC, help="topic of the ranker's exposure events"
+    )
+    parser.add_argument(
+        "--outcomes-topic", default=OUTCOMES_TOPIC, help="topic of the outcome events backends report"
+    )
     parser.add_argument("--session-timeout-ms", type=POSITIVE_INT, default=10_000, help="group session timeout")
     parser.add_argument("--commit-interval-s", type=POSITIVE, default=2.0, help="commit at least this often")
     parser.add_argument(

@@ -124,3 +124,15 @@ def test_numbers_as_ids_hash_as_javascript_prints_them() -> None:
     for version in (1, 2):
         got = hash_bulk("s", UnitBatch(ids), version)
         assert np.array_equal(got, hash_bulk("s", UnitBatch(as_text), version), equal_nan=True)
+
+
+def test_assign_many_reads_the_clock_like_assign_when_no_time_is_given() -> None:
+    """An experiment with a start date: ``assign`` reads the clock, and ``assign_many`` took the epoch (0.0),
+    which put every user outside it."""
+    data = base_config()
+    data["experiments"] = [experiment("dated", start="2024-01-01T00:00:00Z")]
+    router = Router.from_dict(data)
+    ids = [f"user-{i}" for i in range(200)]
+    bulk = router.assign_many(ids)["dated"]
+    assert (bulk >= 0).sum() == 200
+    assert list(bulk) == [router.assign(u)[0].variation_id for u in ids]

@@ -4,7 +4,7 @@ set of argparse types for numeric flags (a usage error naming the flag, before a
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -84,3 +84,41 @@ def test_metrics_port_has_one_convention_in_help() -> None:
 def test_the_consumer_log_level_is_case_insensitive() -> None:
     """As every server's: ``--log-level debug`` was an invalid choice here."""
     assert consumer_parser().parse_args([*CONSUMER[1], "--log-level", "debug"]).log_level == "DEBUG"
+
+
+CLI_MODULES = (
+    "analytics.__main__",
+    "analytics.consumer.__main__",
+    "analytics.events.outcome_server",
+    "deploy.demo.__main__",
+    "experiment_router.cli",
+    "grpc_serving.probe",
+    "models.__main__",
+    "models.retrieval",
+    "ranker_server.__main__",
+    "retrieval_server.__main__",
+)
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """A parser and its sub-commands' parsers."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from _parsers(sub)
+
+
+@pytest.mark.parametrize("module", CLI_MODULES)
+def test_every_flag_of_every_command_line_says_what_it_does(module: str) -> None:
+    """``--help`` is the manual: the consumer's --exposures-topic and --outcomes-topic had no text at all."""
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    missing = [
+        f"{sub.prog} {'/'.join(action.option_strings)}"
+        for sub in _parsers(parser)
+        for action in sub._actions
+        if action.option_strings and not action.help and action.help != argparse.SUPPRESS
+    ]
+    assert not missing, missing

@@ -281,11 +281,13 @@ def test_command_line_log_level_is_checked_and_case_insensitive(capsys):
     assert info.value.code == 2 and "argument --log-level: invalid choice" in capsys.readouterr().err
 
 
-def test_command_line_default_metrics_port_is_not_kafkas():
-    """It was 9092, where a local Kafka broker listens: with one running, the defaults did not start."""
+def test_command_line_metrics_are_off_unless_a_port_is_given():
+    """It was 9092, where a local Kafka broker listens (with one running, the defaults did not start), then
+    9102, on where every other server's /metrics is off without --metrics-port (a second retrieval server on
+    the host failed to start)."""
     from retrieval_server.__main__ import build_parser
 
-    assert build_parser().get_default("metrics_port") == 9102  # as the deploy files and Prometheus have it
+    assert build_parser().get_default("metrics_port") is None
 
 
 def test_command_line_a_bad_experiment_config_fails_before_the_models_load(tmp_path, capsys):
