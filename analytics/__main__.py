@@ -84,8 +84,8 @@ def _cmd_power(args: argparse.Namespace) -> None:
         raise CliError(f"--users must be > 0, got {args.users:g}")
     if args.std is not None and args.std <= 0:
         raise CliError(f"--std must be > 0, got {args.std:g}")
-    if not 0 < args.power < 1:
-        raise CliError(f"--power must be in (0, 1), got {args.power:g}")
+    if not args.alpha < args.power < 1:  # at or below alpha, every test "reaches" it
+        raise CliError(f"--power must be in (--alpha, 1) = ({args.alpha:g}, 1), got {args.power:g}")
     try:
         inputs = PowerInputs(
             metric_type=args.metric_type,

@@ -359,6 +359,7 @@ def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys) -> None:
         (["power", "--metric-type", "binomial", "--baseline", "0.1", "--users", "inf"], "--users must be a finite"),
         (["power", "--metric-type", "mean", "--baseline", "1", "--std", "-1", "--users", "100"], "--std must be > 0"),
         (["power", "--metric-type", "binomial", "--baseline", "0.1", "--users", "100", "--power", "2"], "--power"),
+        (["power", "--metric-type", "binomial", "--baseline", "0.1", "--effect", "0.1", "--power", "0.01"], "--power must be in (--alpha, 1)"),  # named no flag
         # a reader made a store of an empty folder (any folder: a typo'd path)
         (["report", "x", "--store", str(empty), "--metrics", str(EXAMPLE)], f"no event store at {empty}"),
         (["report", "x", "--store", str(corrupt), "--metrics", str(EXAMPLE)], "mtrank-store.json is corrupt"),
