@@ -46,11 +46,15 @@ class BrokerStartError(BrokerError):
     """The broker process did not come up (port busy, early exit, timeout)."""
 
 
-def _die_with_parent() -> None:
-    """Runs in the broker child before exec: Linux sends it SIGTERM when the parent dies (no orphan brokers)."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+"""Looked up here, in the parent: loading a library in a forked child of a threaded process is unsafe."""
+
+
+def die_with_parent() -> None:
+    """Runs in a child before exec (the broker, the demo's servers): Linux sends it SIGTERM when the parent
+    dies, so none is left running as an orphan."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -201,7 +205,7 @@ class EmbeddedBroker:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl, safe after fork
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only calls prctl, safe after fork
             )
         except OSError as exc:
             raise BrokerStartError(f"cannot run {binary}: {exc}") from exc

@@ -17,13 +17,17 @@ address. Every process it started is stopped when it ends, also on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -33,13 +37,13 @@ import yaml
 
 from analytics import AnalyticsError
 from analytics.events.client import OutcomeClient
-from analytics.kafka.broker import EmbeddedBroker, free_port
+from analytics.kafka.broker import BrokerError, EmbeddedBroker, free_port
 from analytics.metrics import load_analysis_config
 from analytics.report import build_report, format_report_table
 from analytics.server import AnalyticsServer
 from analytics.store.duckdb_store import DuckDBEventStore
 from deploy.demo.simulator import SimulationConfig, UserSimulator
-from deploy.demo.stack import Stack
+from deploy.demo.stack import Stack, StackError
 from deploy.demo.training import (
     RETRIEVAL_MODELS,
     VERSION,
@@ -63,7 +67,12 @@ WORKDIR_MARKER = ".mtrank-demo"  # in every workdir the demo fills: the only non
 
 
 class WorkdirError(Exception):
-    """--workdir names a file, or a folder holding what the demo did not write (it would be deleted)."""
+    """--workdir names a file, a folder holding what the demo did not write (it would be deleted), or a folder
+    another run is using."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stops the demo like Ctrl-C does, but exits with 143, as the caller (kill, systemd) expects."""
 
 
 def _positive_int(text: str) -> int:
@@ -120,8 +129,8 @@ def _step(number: int, text: str) -> None:
     print(f"\n[{number}/6] {text}", flush=True)
 
 
-def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
 
 
 def _clear_workdir(workdir: Path) -> None:
@@ -136,9 +145,47 @@ def _clear_workdir(workdir: Path) -> None:
                 f"--workdir {workdir} holds files the demo did not write, and each run empties its workdir: "
                 "name a new or empty folder"
             )
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
-    (workdir / WORKDIR_MARKER).write_text("python -m deploy.demo wrote this folder and empties it on every run\n")
+        for entry in workdir.iterdir():  # the folder itself stays: it is what _claimed_workdir locks
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / WORKDIR_MARKER).write_text(
+        f"python -m deploy.demo (pid {os.getpid()}) wrote this folder and empties it on every run\n"
+    )
+
+
+@contextlib.contextmanager
+def _claimed_workdir(workdir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``workdir`` while a run uses it: a second run there emptied it under the
+    first one's servers and store, and both broke. The kernel drops the lock when the process ends, however it
+    ends, so a killed run leaves nothing stale behind."""
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirError(f"--workdir {workdir} is a file, not a folder")
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        owner = re.search(r"\(pid \d+\)", _read_or_empty(workdir / WORKDIR_MARKER))
+        raise WorkdirError(
+            f"--workdir {workdir} is in use by another demo run{' ' + owner.group(0) if owner else ''}: "
+            "wait for it to end (or stop it), or name another --workdir"
+        ) from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_or_empty(path: Path) -> str:
+    """``path``'s text, or "" when it cannot be read: only to enrich a message, never to fail it."""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _servable_experiments(experiments: Path, repository: Path, workdir: Path) -> Path:
@@ -176,14 +223,24 @@ def _servable_experiments(experiments: Path, repository: Path, workdir: Path) ->
     return served
 
 
-def run(args: argparse.Namespace) -> dict:
-    """The whole demo; returns the summary it also writes to ``<workdir>/summary.json``."""
+def run(args: argparse.Namespace, hold: contextlib.ExitStack | None = None) -> dict:
+    """The whole demo; returns the summary it also writes to ``<workdir>/summary.json``.
+
+    The workdir stays claimed until ``hold`` closes (``main``: while the dashboard serves its store), by
+    default until the run ends."""
+    with contextlib.ExitStack() as own:
+        return _run(args, own if hold is None else hold)
+
+
+def _run(args: argparse.Namespace, hold: contextlib.ExitStack) -> dict:
+    """``run`` with the workdir claimed in ``hold``."""
     started = time.perf_counter()
     default = "aa.yaml" if args.aa else "interleaving.yaml" if args.interleaving else "ab.yaml"
     experiments = args.experiments or HERE / default
     router = Router.from_file(experiments)  # fail fast on bad configs, before any training
     analysis = load_analysis_config(args.metrics)
     workdir: Path = args.workdir.resolve()
+    hold.enter_context(_claimed_workdir(workdir))
     _clear_workdir(workdir)
     repository = workdir / "repository"
     repository.mkdir(parents=True)
@@ -204,8 +261,12 @@ def run(args: argparse.Namespace) -> dict:
 
     _step(2, "starting Kafka (embedded broker), retrieval server, ranker server, analytics consumer")
     store_path = workdir / "events"
-    with EmbeddedBroker(topics=(EXPOSURES, OUTCOMES), data_dir=workdir / "kafka") as broker, Stack(workdir / "logs") as stack:
+    with (
+        EmbeddedBroker(topics=(EXPOSURES, OUTCOMES), data_dir=workdir / "kafka") as broker,
+        Stack(workdir / "logs", watch=True) as stack,
+    ):
         print(f"  Kafka at {broker.bootstrap}")
+        stack.watch("the Kafka broker", lambda: None if broker.running else "exited", broker.stderr_tail)
         retrieval_port, ranker_port = free_port(), free_port()
         retrieval_args = ["--repository", str(repository), "--port", str(retrieval_port), "--metrics-port", "0"]
         for name in RETRIEVAL_MODELS:
@@ -238,15 +299,16 @@ def run(args: argparse.Namespace) -> dict:
             simulator = UserSimulator(world, ranking_pb2_grpc.RankerStub(channel), outcomes, config, user_id=str)
             summary = simulator.run(users)
             if not outcomes.flush(60):
-                raise RuntimeError("outcome events were not all acknowledged by Kafka within 60 s")
+                raise StackError("outcome events were not all acknowledged by Kafka within 60 s")
         print(f"  {summary.requests} feeds, {summary.failed_requests} failed, {summary.impressions} impressions, "
               f"{summary.clicks} clicks")
 
         _step(4, "draining: the ranker flushes its exposures, the consumer persists every event")
+        stack.unwatch(consumer.name)  # it exits by itself from now on, when it has been idle long enough
         stack.stop_service(ranker)
         consumer_rc = stack.wait_exit(consumer, timeout=180)
         if consumer_rc != 0:
-            raise RuntimeError(f"analytics consumer exited with {consumer_rc}:\n{consumer.log_tail()}")
+            raise StackError(f"analytics consumer exited with {consumer_rc}:\n{consumer.log_tail()}")
     with DuckDBEventStore(store_path) as store:
         persisted = store.counts()
         expected_outcomes = summary.impressions + summary.clicks + summary.top_clicks
@@ -294,15 +356,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     torch.set_num_threads(1)  # small models: one thread is fastest, and leaves the other core to the servers
     try:
-        run(args)
-        wait = args.serve == "yes" or (args.serve == "auto" and sys.stdin.isatty())
-        serve_dashboard(args.workdir.resolve() / "events", args.metrics, wait)
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process the demo started has been stopped", file=sys.stderr)
-        return 130
+        with contextlib.ExitStack() as hold:  # the workdir stays ours while the dashboard serves its store
+            run(args, hold)
+            wait = args.serve == "yes" or (args.serve == "auto" and sys.stdin.isatty())
+            serve_dashboard(args.workdir.resolve() / "events", args.metrics, wait)
+    except KeyboardInterrupt as interrupt:
+        print(f"\ninterrupted; every process the demo started has been stopped; what it wrote is in "
+              f"{args.workdir.resolve()} (the next run empties it)", file=sys.stderr)  # fmt: skip
+        return 143 if isinstance(interrupt, Terminated) else 130
+    except (StackError, BrokerError, TimeoutError) as error:
+        # a server or the broker failed to start, or died during the run: its own last lines say why
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except (DataError, ConfigError, AnalyticsError, WorkdirError) as error:
         # a missing or corrupt --data, --experiments or --metrics file, a --workdir it would not empty
         print(f"error: {error}", file=sys.stderr)
