@@ -73,6 +73,8 @@ def cold_start_split(
     (so at least one friendship is held out), and an edge hidden by either endpoint leaves training, so a cold
     user's training degree is at most its ``k``.
     """
+    if val_frac + test_frac <= 0:  # the hidden friendships must go somewhere (ZeroDivisionError below)
+        raise ValueError(f"the cold-start split needs val or test friendships, got val={val_frac} test={test_frac}")
     edges = canonical_edges(edges)
     base = split_edges(edges, val_frac, test_frac, seed)
     rng = np.random.default_rng([seed, 1])  # independent of the random split's stream

@@ -101,3 +101,10 @@ def test_training_without_validation_friendships_is_an_error() -> None:
     config = TrainConfig(dataset="synthetic", steps=2, batch_size=8, eval_every=1, val_frac=0.0, model=TINY)
     with pytest.raises(ModelsError, match=r"^val_frac=0.0 leaves no validation friendship among \d+"):
         train(config, graph=graph, progress=False)
+
+
+def test_a_cold_start_split_without_held_out_fractions_is_an_error() -> None:
+    """Its hidden friendships go to validation and test in their ratio: with both at 0, ZeroDivisionError."""
+    edges = synthetic_graph(seed=1).edges
+    with pytest.raises(ValueError, match="needs val or test friendships"):
+        cold_start_split(edges, synthetic_graph(seed=1).num_nodes, val_frac=0.0, test_frac=0.0, n_cold=5)
