@@ -20,3 +20,12 @@ class BackboneConfig:
     def tiny(cls) -> Self:
         """A few units per layer, for tests."""
         return cls(expert_dims=(8,), tower_dims=(8, 4), dropout=0.1)
+
+
+def require_at_least_one(config: object, *fields: str) -> None:
+    """ValueError naming the first of ``fields`` below 1: a model with no expert or no level cannot be built
+    (it failed later with an IndexError, or silently built a model without its experts)."""
+    for name in fields:
+        value = getattr(config, name)
+        if value < 1:
+            raise ValueError(f"{type(config).__name__}.{name}: must be >= 1, got {value!r}")

@@ -15,13 +15,16 @@ import torch
 from torch import Tensor, nn
 
 from models.base import Batch, MultiTaskModel
-from models.baselines.config import BackboneConfig
+from models.baselines.config import BackboneConfig, require_at_least_one
 from models.layers import Expert, FeatureEmbedding, FeatureSpec, Gate, TaskSpec
 
 
 @dataclass(frozen=True)
 class MMoEConfig(BackboneConfig):
     n_experts: int = 3
+
+    def __post_init__(self) -> None:
+        require_at_least_one(self, "n_experts")
 
 
 class MMoE(MultiTaskModel):

@@ -8,6 +8,8 @@ reference's ``mssm(..., task_specific=True)``; with 3 experts and 2 tasks: 1 + 1
 (task slot, expert) pair has a learnable ``log_alpha`` per cell and a bias-free transform of the expert output;
 the L0 penalty is ``sum sigmoid(log_alpha - tau * log(-l / r))`` weighted 1e-6.
 ``n_specific_experts=0`` gives every task slot all experts (the reference's ``task_specific=False``).
+Only MSSM's cell-level sparse sharing, one level, is built: the paper's field-level sparse connection module
+is not (the reference's defaults ``enable_fscm=False``, ``mssm_level_cnt=1``); docs/models/baselines.md.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from models.base import Batch, MultiTaskModel
-from models.baselines.config import BackboneConfig
+from models.baselines.config import BackboneConfig, require_at_least_one
 from models.layers import Expert, FeatureEmbedding, FeatureSpec, Gate, TaskSpec, typed_modules
 
 
@@ -23,7 +23,10 @@ from models.layers import Expert, FeatureEmbedding, FeatureSpec, Gate, TaskSpec,
 class PLEConfig(BackboneConfig):
     n_levels: int = 2
     n_specific_experts: int = 1
-    n_shared_experts: int = 1
+    n_shared_experts: int = 1  # >= 1: without shared experts no level shares anything
+
+    def __post_init__(self) -> None:
+        require_at_least_one(self, "n_levels", "n_shared_experts")
 
 
 class _ExtractionLevel(nn.Module):
