@@ -124,15 +124,23 @@ def expected_prune_rounds(n_weights: int, n_alive: int, alpha: float, epsilon: f
     """How many prune rounds Algorithm 1 takes from ``n_alive`` live weights until sparsity > ``epsilon``."""
     rounds = 0
     while 1 - n_alive / n_weights <= epsilon:
-        n_alive -= round(alpha * n_alive)
+        n_alive -= prune_count(n_alive, alpha)
         rounds += 1
     return rounds
 
 
+def prune_count(n_alive: int, alpha: float) -> int:
+    """How many of ``n_alive`` live weights a round prunes: ``round(alpha * n_alive)``, but at least one, since
+    a round that prunes none leaves the sparsity where it is and every later round does the same (the mask
+    never reaches ``epsilon``, so checkpoint choice never starts)."""
+    return min(n_alive, max(1, round(alpha * n_alive)))
+
+
 @torch.no_grad()
 def magnitude_prune(weights: Sequence[Tensor], masks: Sequence[Tensor], alpha: float) -> int:
-    """Zero, in ``masks`` (in place), ``round(alpha * alive)`` of the live entries with the smallest ``|weight|``,
-    ranked globally over all layers (the subnet's parameters, line 11). Returns how many were pruned."""
+    """Zero, in ``masks`` (in place), ``prune_count(alive, alpha)`` of the live entries with the smallest
+    ``|weight|``, ranked globally over all layers (the subnet's parameters, line 11). Returns how many were
+    pruned."""
     scores = torch.cat(
         [
             torch.where(m.bool(), w.abs(), torch.full_like(w, float("inf"))).flatten()
@@ -140,7 +148,7 @@ def magnitude_prune(weights: Sequence[Tensor], masks: Sequence[Tensor], alpha: f
         ]
     )
     alive = int(sum(int(m.sum()) for m in masks))
-    n_prune = round(alpha * alive)
+    n_prune = prune_count(alive, alpha)
     if n_prune == 0:
         return 0
     flat_index = torch.topk(scores, n_prune, largest=False).indices

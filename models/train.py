@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from models.base import MultiTaskModel
 from models.checkpoints import read_checkpoint
-from models.data import Splits, load_dataset
+from models.data import Splits, TabularData, load_dataset
 from models.errors import ModelsError
 from models.evaluate import evaluate_model, markdown_table, summarize
 from models.metrics import selection_score
@@ -68,6 +68,16 @@ class TrainConfig(BaseModel):
                 "models.graph.training, as benchmarks/bench_ssmtl.py and the demo do)"
             )
         return name
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        """A repeated seed is the same run again: the mean/std would count it twice (std 0 for two), and its
+        second checkpoint overwrites the first."""
+        repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+        if repeated:
+            raise ValueError(f"seeds repeat {repeated}: each seed is one run, give each once")
+        return seeds
 
     @field_validator("model_options")
     @classmethod
@@ -145,16 +155,14 @@ def train_seed(
     best_score, best_state, best_epoch, best_val = -math.inf, None, -1, {}
     history: list[dict[str, Any]] = []
     started = time.perf_counter()
-    steps = math.ceil(len(splits.train) / config.batch_size)
+    steps = batches_per_epoch(len(splits.train), config.batch_size)
     if config.max_steps_per_epoch is not None:
         steps = min(steps, config.max_steps_per_epoch)
     epoch, global_step = 0, 0
     for epoch in range(config.max_epochs):
         model.train()
         bar = tqdm(total=steps, desc=f"{config.model} seed {seed} epoch {epoch}", disable=not config.progress)
-        for step, (batch, labels) in enumerate(
-            splits.train.batches(config.batch_size, shuffle=True, generator=rng)
-        ):
+        for step, (batch, labels) in enumerate(epoch_batches(splits.train, config.batch_size, rng)):
             if step >= steps:
                 break
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -189,15 +197,60 @@ def train_seed(
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
+        _warn_nothing_selected(config, seed, model)
         best_val = evaluate_model(model, splits.val, device)
     test = evaluate_model(model, splits.test, device)
     seconds = time.perf_counter() - started
     return SeedResult(seed, best_epoch, epoch + 1, seconds, best_val, test, model.cpu(), history)
 
 
+LabelledBatch = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+def epoch_batches(
+    data: TabularData, batch_size: int, generator: np.random.Generator
+) -> Iterator[LabelledBatch]:
+    """One epoch's shuffled mini-batches, where a last batch of a single row joins the batch before it:
+    BatchNorm (GRec's dense input) cannot train on one row, and 1 in ``batch_size`` data sets end so."""
+    held: list[LabelledBatch] = []  # the batch before the current one, yielded once the next is known
+    for batch in data.batches(batch_size, shuffle=True, generator=generator):
+        if held and batch_size > 1 and len(batch[1]) == 1:
+            held = [_joined(held[0], batch)]
+            continue
+        yield from held
+        held = [batch]
+    yield from held
+
+
+def _joined(first: LabelledBatch, second: LabelledBatch) -> LabelledBatch:
+    """The rows of ``first`` then those of ``second``, as one batch."""
+    features = {key: torch.cat([value, second[0][key]]) for key, value in first[0].items()}
+    return features, torch.cat([first[1], second[1]])
+
+
+def batches_per_epoch(rows: int, batch_size: int) -> int:
+    """How many batches ``epoch_batches`` yields for ``rows`` rows."""
+    full, rest = divmod(rows, batch_size)
+    return full + int(rest > 1 or (rest == 1 and full == 0))
+
+
 def _diverged(config: TrainConfig, seed: int, what: str) -> str:
     """The message that stops a diverged run: going on would only train, select and export a NaN model."""
     return f"{config.model} seed {seed} diverged: {what} (lower --lr, currently {config.lr:g})"
+
+
+def _warn_nothing_selected(config: TrainConfig, seed: int, model: MultiTaskModel) -> None:
+    """The run keeps its last weights, which a pruning schedule may just have rewound to their initial values:
+    its metrics and checkpoint may be those of an untrained model."""
+    if not selection_ready(model):
+        logger.warning(
+            "%s seed %d: no epoch was eligible for checkpoint choice: the model's training schedule was still "
+            "reshaping it after %d epochs (e.g. masks not fixed yet), so its last, possibly rewound, weights "
+            "are kept; raise --max-epochs",
+            config.model,
+            seed,
+            config.max_epochs,
+        )
 
 
 def _warn_single_class(splits: Splits) -> None:
