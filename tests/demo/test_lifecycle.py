@@ -32,6 +32,12 @@ def _process_state_restored() -> Iterator[None]:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as at a terminal: a suite run in the background (``make test &``, some CI runners) inherits SIGINT
+    ignored, and the demo then rightly ignores it too."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Demo:
     """``python -m deploy.demo`` in a child process, output in a file; killed if a test leaves it running."""
 
@@ -40,7 +46,7 @@ class Demo:
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "deploy.demo", *TINY, *extra, "--workdir", str(workdir)],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_default_sigint,
             )  # fmt: skip
 
     def output(self) -> str:
