@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +41,14 @@ def write_ego_facebook(root: Path, members_per_ego: int = 40, seed: int = 0) -> 
 @pytest.fixture(scope="session")
 def ego_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_ego_facebook(tmp_path_factory.mktemp("data") / "ego-facebook")
+
+
+@pytest.fixture
+def process_state_restored() -> Iterator[None]:
+    """``deploy.demo``'s ``main`` sets torch to one thread and SIGTERM to raise: not for the rest of the suite."""
+    import torch
+
+    threads, handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    yield
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, handler)

@@ -1,22 +1,12 @@
 """``python -m deploy.demo`` refuses bad input before it trains anything, in one line."""
 
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from deploy.demo.__main__ import WORKDIR_MARKER, main
 
-
-@pytest.fixture(autouse=True)
-def _process_state_restored() -> Iterator[None]:
-    """``main`` sets torch to one thread and SIGTERM to raise KeyboardInterrupt: not for the rest of the suite."""
-    threads, handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
-    yield
-    torch.set_num_threads(threads)
-    signal.signal(signal.SIGTERM, handler)
+pytestmark = pytest.mark.usefixtures("process_state_restored")
 
 
 def test_bad_config_files_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

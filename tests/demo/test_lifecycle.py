@@ -6,30 +6,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from deploy.demo.__main__ import main
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_state_restored")]
 ROOT = Path(__file__).resolve().parents[2]
 # Seconds of training; with LONG_SIMULATION a simulation of over a minute (300 users x 50 feeds) to act in.
 TINY = "--users 300 --impressions 2000 --ranking-epochs 1 --retrieval-steps 5 --serve no".split()
 LONG_SIMULATION = ["--requests-per-user", "50"]
 HANG = 120  # seconds after which a demo that should have stopped counts as hung
-
-
-@pytest.fixture(autouse=True)
-def _process_state_restored() -> Iterator[None]:
-    """``main`` sets torch to one thread and SIGTERM to raise: not for the rest of the suite."""
-    import torch
-
-    threads, handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
-    yield
-    torch.set_num_threads(threads)
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _default_sigint() -> None:
