@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CONSUMER_IDLE_EXIT_S = 30
+"""The demo's consumer exits after this long without events: the drain step's wait (its only signal that every
+event is in the store, since the embedded broker's end offsets cannot be trusted)."""
+
+
 def _step(number: int, text: str) -> None:
     print(f"\n[{number}/6] {text}", flush=True)
 
@@ -282,7 +287,7 @@ def _run(args: argparse.Namespace, hold: contextlib.ExitStack) -> dict:
         consumer = stack.start("analytics_consumer", "analytics.consumer", [
             "--bootstrap", broker.bootstrap, "--store", str(store_path), "--group", "demo-analytics",
             "--exposures-topic", EXPOSURES, "--outcomes-topic", OUTCOMES, "--session-timeout-ms", "6000",
-            "--idle-exit-s", "30",
+            "--idle-exit-s", str(CONSUMER_IDLE_EXIT_S),
         ])
         stack.wait_healthy(retrieval, f"127.0.0.1:{retrieval_port}")
         stack.wait_healthy(ranker, f"127.0.0.1:{ranker_port}")
@@ -306,6 +311,8 @@ def _run(args: argparse.Namespace, hold: contextlib.ExitStack) -> dict:
         _step(4, "draining: the ranker flushes its exposures, the consumer persists every event")
         stack.unwatch(consumer.name)  # it exits by itself from now on, when it has been idle long enough
         stack.stop_service(ranker)
+        print(f"  waiting for the consumer: it stops {CONSUMER_IDLE_EXIT_S} s after the last event it reads",
+              flush=True)  # fmt: skip
         consumer_rc = stack.wait_exit(consumer, timeout=180)
         if consumer_rc != 0:
             raise StackError(f"analytics consumer exited with {consumer_rc}:\n{consumer.log_tail()}")
