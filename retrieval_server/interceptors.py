@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -60,6 +61,10 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
                 except DecodeError:
                     raise InvalidInput("request", "cannot be parsed as the method's request message") from None
                 response = await inner(request, context)
+            except asyncio.CancelledError:  # the client cancelled or its deadline passed: no answer to send
+                if counter is not None:
+                    counter.labels(grpc.StatusCode.CANCELLED.name).inc()
+                raise
             except Exception as exc:  # noqa: BLE001 (this is the one place that maps them)
                 code, message = status_for(exc)
                 if code == grpc.StatusCode.INTERNAL:
