@@ -163,10 +163,5 @@ def in_window(
     first: dict[str, int] = {}
     for e in exposures:
         first[e.user_id] = min(e.event_time_ms, first.get(e.user_id, e.event_time_ms))
-    start = window.start_ms
-    kept = [
-        e
-        for e in exposures
-        if window.before_end(e.event_time_ms) and (start is None or first[e.user_id] >= start)
-    ]
+    kept = [e for e in exposures if window.admits(first[e.user_id]) and window.before_end(e.event_time_ms)]
     return kept, [c for c in clicks if window.before_end(c.event_time_ms)]

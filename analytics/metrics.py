@@ -205,7 +205,7 @@ class ExperimentSettings(_Strict):
     @property
     def window(self) -> AnalysisWindow:
         """The analysis window (``ALL_TIME`` when neither ``start`` nor ``end`` is set)."""
-        return ALL_TIME if self.start is None and self.end is None else AnalysisWindow(self.start, self.end)
+        return AnalysisWindow(self.start, self.end)
 
     @model_validator(mode="after")
     def _positive_weights(self) -> ExperimentSettings:

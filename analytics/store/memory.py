@@ -109,14 +109,14 @@ class MemoryEventStore(EventStore):
             for user, (first_ms, _, variant, _) in self._states(experiment_key, window):
                 if first_ms > until:
                     continue
-                end = min(self._window_end(first_ms), window.end_ms or float("inf"))
+                end = self._window_end(first_ms)
                 total, n, pre = 0.0, 0, 0.0
                 for (m, _), (ts, value) in self._outcomes.get(user, {}).items():
                     if m != metric:
                         continue
                     if ts < first_ms:
                         pre += value
-                    elif ts < end and ts <= until:
+                    elif ts < end and ts <= until and window.before_end(ts):
                         total += value
                         n += 1
                 rows.append((variant, total, n, pre))
