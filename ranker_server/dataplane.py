@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -231,6 +231,20 @@ def _team_scores(
     return task_scores, merged
 
 
+async def _all_or_cancel(calls: Sequence[Awaitable[np.ndarray]]) -> list[np.ndarray]:
+    """Every call's result, or the first failure once the others are cancelled and finished: ``gather`` alone
+    leaves an interleaved request's other arm queued or running after the request has failed and released its
+    models."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 class RankDataPlane:
     """Serves Rank for every variant the router in force can assign."""
 
@@ -356,8 +370,8 @@ class RankDataPlane:
             logits = [await self._infer(query, models[0], candidate_ids, variant, deadline, series[0])]
         else:  # interleaved with two models: both score at once, each through its own batcher
             pairs = zip(models, series, strict=True)
-            logits = await asyncio.gather(
-                *(self._infer(query, m, candidate_ids, variant, deadline, s) for m, s in pairs)
+            logits = await _all_or_cancel(
+                [self._infer(query, m, candidate_ids, variant, deadline, s) for m, s in pairs]
             )
         by_model = dict(zip((m.key for m in models), logits, strict=True))
         scored = [merge_scores(arm.model, by_model[arm.model.key], arm.payload.task_weights) for arm in arms]

@@ -8,13 +8,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
 from experiment_router import Router
 from proto import events_pb2, ranking_pb2
-from ranker_server.dataplane import merge_scores
+from ranker_server.dataplane import RankDataPlane, merge_scores
+from ranker_server.errors import InvalidInput
 from ranker_server.interleaving import interleave
 from tests.proto.old_schema import message_before
 from tests.ranker_server.conftest import MutableSource, Running, serving
@@ -186,3 +188,30 @@ async def test_arms_sharing_a_model_score_it_once(repository: Path) -> None:
         assert (
             list(response.candidate_ids) == [CANDIDATES[i] for i in picked] and list(response.teams) == teams
         )
+
+
+async def test_a_failing_arm_cancels_the_other_before_the_request_answers(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One arm's failure ends the request; the other arm's scoring must not run on after its models are
+    released (``asyncio.gather`` left it running)."""
+    released = asyncio.Event()
+    scoring = asyncio.Event()
+
+    async def infer(self: RankDataPlane, query: Any, model: Any, *args: Any) -> np.ndarray:
+        if model.key == ("tiny", "1"):
+            await scoring.wait()
+            raise InvalidInput("user_dense", "arm 1 refuses")
+        scoring.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            released.set()
+            raise
+        raise AssertionError("arm 2 ran on")
+
+    monkeypatch.setattr(RankDataPlane, "_infer", infer)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await running.stub.Rank(request("il-cancel", request_id="cancel", top_k=10))
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert released.is_set(), "the other arm was still scoring when the request answered"
