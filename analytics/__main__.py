@@ -6,6 +6,7 @@ Examples::
     python -m analytics srm --counts 1000 1200 --weights 0.5 0.5
     python -m analytics power --metric-type binomial --baseline 0.1 --users 20000
     python -m analytics report ranking-dml --store .data/analytics/events --metrics analytics/examples/metrics.yaml
+    python -m analytics report ranking-dml --store ... --metrics ... --start 2024-05-13T09:30:00Z
     python -m analytics serve --store clickhouse://ch:8123/mtrank --metrics analytics/examples/metrics.yaml
     python -m analytics migrate --from events.db --to .data/analytics/events
 """
@@ -20,12 +21,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from analytics import AnalyticsError
 from grpc_serving.flag_types import NON_NEGATIVE, PORT, POSITIVE, POSITIVE_INT
+
+if TYPE_CHECKING:
+    from analytics.metrics import AnalysisConfig
 
 EXIT_USAGE = 2
 
@@ -150,11 +154,50 @@ def _cmd_migrate(args: argparse.Namespace) -> None:
     _print_json({"from": args.source, "to": args.to, **counts})
 
 
+def _window_flag(flag: str, text: str | None) -> int | None:
+    """A --start / --end value as epoch milliseconds, read as the config's start / end are (``epoch_ms``:
+    ISO 8601 with a timezone, or epoch milliseconds); None when the flag is not given."""
+    from analytics.metrics import epoch_ms
+
+    if text is None:
+        return None
+    try:
+        return epoch_ms(int(text) if text.removeprefix("-").isdecimal() else text)
+    except ValueError as exc:
+        raise CliError(f"{flag}: {exc}") from None
+
+
+def _with_window_flags(config: AnalysisConfig, args: argparse.Namespace) -> AnalysisConfig:
+    """``config`` with --start / --end in place of the experiment's start / end (a flag not given: the
+    config's bound stays), the window checked as the config's is, naming the flags."""
+    from analytics.analysis_window import iso_ms
+
+    start, end = _window_flag("--start", args.start), _window_flag("--end", args.end)
+    if start is None and end is None:
+        return config
+    settings = config.experiment(args.experiment)
+    start = settings.start if start is None else start
+    end = settings.end if end is None else end
+    if start is not None and end is not None and end <= start:
+        key = f"experiments.{args.experiment}"
+        if args.end is None:  # --start alone: the config's end is the other bound
+            raise CliError(
+                f"--start {iso_ms(start)} is not before the end {iso_ms(end)} ({key}.end of {args.metrics})"
+            )
+        other = f"--start {iso_ms(start)}"
+        if args.start is None:
+            other = f"the start {iso_ms(start)} ({key}.start of {args.metrics})"
+        raise CliError(f"--end {iso_ms(end)} is not after {other}")
+    windowed = settings.model_copy(update={"start": start, "end": end})
+    return config.model_copy(update={"experiments": {**config.experiments, args.experiment: windowed}})
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
+    from analytics.metrics import load_analysis_config
     from analytics.report import build_report, format_report_table
 
-    store, config = _open(args)
-    with store:
+    config = _with_window_flags(load_analysis_config(args.metrics), args)  # before a store is opened
+    with _open_existing_store(args.store) as store:
         if args.experiment not in store.experiments():
             raise CliError(f"no experiment {args.experiment!r} in {args.store}; known: {store.experiments()}")
         report = build_report(store, config, args.experiment, with_timeline=args.json).to_dict()
@@ -264,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("experiment", help="experiment key")
     report.add_argument("--json", action="store_true", help="print the dashboard's JSON report instead")
+    window = "ISO 8601 with a timezone (2024-05-13T09:30:00Z, Z for UTC, or +02:00) or epoch milliseconds"
+    report.add_argument(
+        "--start",
+        metavar="TIME",
+        help="analyse the users first exposed at or after TIME, in place of the config's "
+        f"experiments.<key>.start (not given: the config's, if any): {window}",
+    )
+    report.add_argument(
+        "--end",
+        metavar="TIME",
+        help="analyse the users first exposed before TIME and their outcomes before it, in place of the "
+        f"config's experiments.<key>.end (not given: the config's, if any): {window}",
+    )
     report.set_defaults(func=_cmd_report)
 
     serve = sub.add_parser(

@@ -5,7 +5,8 @@ window analyses one of them. A user is in the analysis when their first exposure
 lies in ``[start_ms, end_ms)``: a user first exposed before the start stays out even when exposed again
 inside, so the window is a clean cohort with one allocation. Their outcomes count from their first exposure
 (as always) and before ``end_ms``. Every store applies the same rules (``EventStore`` queries take a
-``window``).
+``window``). The config sets it (``experiments.<key>.start`` / ``end``); ``python -m analytics report`` takes
+``--start`` / ``--end`` in place of either bound for one report.
 """
 
 from __future__ import annotations

@@ -18,14 +18,20 @@ reproduce row for row (the SQL is checked against ``user_preferences``). Rules:
 5. In an analysis window [start, end) (``analytics.analysis_window``), the same rules apply to the users whose
    first interleaved exposure, ever, is at or after the start, and to their exposures and clicks before the end
    (``in_window``): a user first shown a list before the start is out even when shown more inside.
+6. The arm pairs an experiment reports (``arm_pairs``) are those its interleaved exposure events named, each
+   copy of an event at its own time: per pair, the distinct event ids, the first and the last time. In a
+   window, only the exposures rule 5 keeps count, so the pairs (and the arms the report names A and B) are
+   those of the users and lists it analyses.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from typing import Protocol, TypeVar
 
-from analytics.analysis_window import AnalysisWindow
+from analytics.analysis_window import ALL_TIME, AnalysisWindow
 from analytics.stats.models.statistics import PreferenceCounts
 
 
@@ -72,6 +78,17 @@ class ArmsSeen:
     exposures: int
     first_ms: int
     last_ms: int
+
+
+@dataclass(frozen=True)
+class ShownArms:
+    """The arm pair one interleaved exposure event named (a redelivered copy at another time: one more)."""
+
+    a: Arm
+    b: Arm
+    user_id: str
+    event_id: str
+    event_time_ms: int
 
 
 @dataclass(frozen=True)
@@ -155,13 +172,42 @@ def preference_counts_at(
     return out
 
 
-def in_window(
-    exposures: Iterable[InterleavedExposure], clicks: Iterable[Click], window: AnalysisWindow
-) -> tuple[list[InterleavedExposure], list[Click]]:
-    """The exposures and clicks that rule 5 keeps in ``window``."""
+class _UserEvent(Protocol):
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def event_time_ms(self) -> int: ...
+
+
+_Shown = TypeVar("_Shown", bound=_UserEvent)
+
+
+def _kept(exposures: Iterable[_Shown], window: AnalysisWindow) -> list[_Shown]:
+    """The exposures rule 5 keeps: before the end, of the users whose first exposure among them is admitted
+    (one rule for the credit and the arm pairs)."""
     exposures = list(exposures)
     first: dict[str, int] = {}
     for e in exposures:
         first[e.user_id] = min(e.event_time_ms, first.get(e.user_id, e.event_time_ms))
-    kept = [e for e in exposures if window.admits(first[e.user_id]) and window.before_end(e.event_time_ms)]
-    return kept, [c for c in clicks if window.before_end(c.event_time_ms)]
+    return [e for e in exposures if window.admits(first[e.user_id]) and window.before_end(e.event_time_ms)]
+
+
+def in_window(
+    exposures: Iterable[InterleavedExposure], clicks: Iterable[Click], window: AnalysisWindow
+) -> tuple[list[InterleavedExposure], list[Click]]:
+    """The exposures and clicks that rule 5 keeps in ``window``."""
+    return _kept(exposures, window), [c for c in clicks if window.before_end(c.event_time_ms)]
+
+
+def arm_pairs(shown: Iterable[ShownArms], window: AnalysisWindow = ALL_TIME) -> list[ArmsSeen]:
+    """The arm pairs of one experiment's exposures ``shown`` in ``window`` (rule 6), most exposures first,
+    then by first time and by arms (the order of ``interleaving_sql.arms_query``); ``[0]`` names A and B."""
+    pairs: dict[tuple[Arm, Arm], list[ShownArms]] = defaultdict(list)
+    for s in _kept(shown, window):
+        pairs[(s.a, s.b)].append(s)
+    seen = []
+    for (a, b), group in pairs.items():
+        times = [s.event_time_ms for s in group]
+        seen.append(ArmsSeen(a, b, len({s.event_id for s in group}), min(times), max(times)))
+    return sorted(seen, key=lambda s: (-s.exposures, s.first_ms, astuple(s.a), astuple(s.b)))

@@ -61,7 +61,9 @@ class InterleavingReport:
     """Everything the dashboard shows for an interleaving experiment.
 
     ``arms`` is the pair most exposures named; ``arm_sets`` lists every pair (more than one: an arm's model changed
-    while the experiment ran, and the comparison mixes them). ``preference`` is the sign test on delta,
+    while the experiment ran, and the comparison mixes them). Both are of the exposures the analysis window
+    keeps (rule 6 of ``analytics.interleaving``); a window without any lists no pair, and A and B are then the
+    pair of all time (the experiment's names for them). ``preference`` is the sign test on delta,
     ``credit`` the t-test on the mean per-user credit difference (clicks credited to B minus A); ``preferred`` is
     the arm the sign test favours ("A" or "B"), null when it is not significant.
     """
@@ -113,14 +115,14 @@ def interleaving_report(
     arms: Sequence[ArmsSeen],
     cuts: Sequence[int],
 ) -> InterleavingReport:
-    """Analyse an interleaving experiment (``arms``: ``store.interleaving_arms``, non-empty) over its analysis
-    window (everything without one), and at each timeline cut (one query for all)."""
+    """Analyse an interleaving experiment (``arms``: ``store.interleaving_arms`` of all time, non-empty) over
+    its analysis window (everything without one), and at each timeline cut (one query for all)."""
     settings = _config(config)
+    window = config.experiment(experiment_key).window
+    pairs = store.interleaving_arms(experiment_key, window=window) if window.bounded else list(arms)
+    named = (pairs or arms)[0]
     per_cut = store.preference_counts(
-        experiment_key,
-        [*cuts[:-1], None],
-        config.interleaving.click_metric,
-        window=config.experiment(experiment_key).window,
+        experiment_key, [*cuts[:-1], None], config.interleaving.click_metric, window=window
     )
     counts = per_cut[-1]
     result = analyze_interleaving(counts, settings)
@@ -130,9 +132,9 @@ def interleaving_report(
         preferred = "B" if preference.estimate > 0 else "A"
     return InterleavingReport(
         click_metric=config.interleaving.click_metric,
-        arm_a=arms[0].a,
-        arm_b=arms[0].b,
-        arm_sets=list(arms),
+        arm_a=named.a,
+        arm_b=named.b,
+        arm_sets=pairs,
         users=counts.n,
         users_with_clicks=counts.clicked,
         wins_a=counts.wins_a,

@@ -25,7 +25,7 @@ Stages (CTEs):
 
 In an analysis window ``[start, end)`` (``analytics.interleaving.in_window``, rule 5) ``requests`` holds
 only the exposures before the end, of users whose first interleaved exposure is at or after the start, and
-``clicked`` only the clicks before the end.
+``clicked`` only the clicks before the end. ``arms_query`` (the arm pairs, rule 6) reads the same exposures.
 
 Every sum is an integer sum, so the counts are exact and identical on both engines and in Python.
 """
@@ -102,8 +102,11 @@ def _of_experiment(relations: InterleavingRelations, experiment_key: str) -> exp
     )
 
 
-def arms_query(relations: InterleavingRelations, experiment_key: str, dialect: str) -> str:
-    """The arm pairs of the experiment's exposures: arms, distinct exposures, first and last time."""
+def arms_query(
+    relations: InterleavingRelations, experiment_key: str, dialect: str, window: AnalysisWindow = ALL_TIME
+) -> str:
+    """The arm pairs of the experiment's exposures in ``window`` (rule 6 of ``analytics.interleaving``): arms,
+    distinct exposures, first and last time."""
     arms = [_col(c) for c in ARM_COLUMNS]
     select = (
         exp.select(
@@ -113,7 +116,7 @@ def arms_query(relations: InterleavingRelations, experiment_key: str, dialect: s
             exp.alias_(exp.Max(this=_col("ts")), "last_ms"),
             copy=False,
         )
-        .from_(_of_experiment(relations, experiment_key).subquery("x"), copy=False)
+        .from_(_in_window(relations, experiment_key, window).subquery("x"), copy=False)
         .group_by(*[a.copy() for a in arms], copy=False)
         .order_by(exp.Ordered(this=_col("exposures"), desc=True), _col("first_ms"), *[a.copy() for a in arms],
                   copy=False)
@@ -131,14 +134,28 @@ def _before_end(window: AnalysisWindow, table: str | None = None) -> exp.Expr | 
     return None if window.end_ms is None else exp.LT(this=_col("ts", table), expression=_lit(window.end_ms))
 
 
-def _requests(relations: InterleavingRelations, experiment_key: str, window: AnalysisWindow) -> exp.Select:
-    """Per (user, request): the lists of its first exposure and that time, in the window (see the module)."""
-    earliest = exp.Tuple(expressions=[_col("ts"), _col("event_id")])
+def _in_window(relations: InterleavingRelations, experiment_key: str, window: AnalysisWindow) -> exp.Select:
+    """The experiment's exposures that rule 5 keeps: before the end, of the users whose first interleaved
+    exposure, ever, is at or after the start (shared by the credit and the arm pairs)."""
     shown = _of_experiment(relations, experiment_key)
     before_end = _before_end(window)
     if before_end is not None:
         shown = shown.where(before_end, copy=False)  # ANDed with the experiment's condition
-    requests = (
+    if window.start_ms is None:  # with an end only: a user first exposed before it is in (their lists are)
+        return shown
+    # users whose first interleaved exposure, ever, is before the start are out (it is before the end too)
+    early = (
+        exp.select(_col("user_id"), copy=False)
+        .from_(_of_experiment(relations, experiment_key).subquery("e"), copy=False)
+        .where(exp.LT(this=_col("ts"), expression=_lit(window.start_ms)), copy=False)
+    )
+    return shown.where(exp.not_(_col("user_id").isin(query=early)), copy=False)
+
+
+def _requests(relations: InterleavingRelations, experiment_key: str, window: AnalysisWindow) -> exp.Select:
+    """Per (user, request): the lists of its first exposure and that time, in the window (see the module)."""
+    earliest = exp.Tuple(expressions=[_col("ts"), _col("event_id")])
+    return (
         exp.select(
             _col("user_id"),
             _col("request_id"),
@@ -147,21 +164,8 @@ def _requests(relations: InterleavingRelations, experiment_key: str, window: Ana
             exp.alias_(exp.Min(this=_col("ts")), "first_ms"),
             copy=False,
         )
-        .from_(shown.subquery("x"), copy=False)
+        .from_(_in_window(relations, experiment_key, window).subquery("x"), copy=False)
         .group_by(_col("user_id"), _col("request_id"), copy=False)
-    )
-    if window.start_ms is None:  # with an end only: a user first exposed before it is in (their requests are)
-        return requests
-    # users whose first interleaved exposure, ever, is before the start are out (it is before the end too)
-    early = (
-        exp.select(_col("user_id"), copy=False)
-        .from_(_of_experiment(relations, experiment_key).subquery("e"), copy=False)
-        .where(exp.LT(this=_col("ts"), expression=_lit(window.start_ms)), copy=False)
-    )
-    return (
-        exp.select("*", copy=False)
-        .from_(requests.subquery("q"), copy=False)
-        .where(exp.not_(_col("user_id").isin(query=early)), copy=False)
     )
 
 

@@ -75,7 +75,9 @@ class EventStore(Protocol):
 
     def time_range(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> tuple[int, int]: ...
 
-    def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]: ...
+    def interleaving_arms(
+        self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME
+    ) -> list[ArmsSeen]: ...
 
     def preference_counts(
         self,

@@ -92,8 +92,8 @@ def as_ab_only_store(store_class: type[EventStore]) -> type[EventStore]:
         exposure_timeline = all_time("exposure_timeline")
         time_range = all_time("time_range")
 
-        def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]:
-            return []
+        def interleaving_arms(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> list[ArmsSeen]:
+            return []  # no interleaved exposures in any window
 
         def preference_counts(
             self, experiment_key: str, cuts: Sequence[int | None], click_metric: str = "click"

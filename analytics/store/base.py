@@ -286,9 +286,11 @@ class EventStore(abc.ABC):
         """Metric names seen in outcomes, sorted."""
 
     @abc.abstractmethod
-    def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]:
+    def interleaving_arms(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> list[ArmsSeen]:
         """The arm pairs the experiment's interleaved exposures named, most exposures first (empty: the
-        experiment has no interleaved exposure, it is not an interleaving experiment)."""
+        experiment has no interleaved exposure, it is not an interleaving experiment); in a bounded
+        ``window``, those of the exposures its analysis reads (rule 6 of ``analytics.interleaving``; possibly
+        none)."""
 
     @abc.abstractmethod
     def preference_counts(

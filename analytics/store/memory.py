@@ -11,7 +11,16 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 
 from analytics.analysis_window import ALL_TIME, AnalysisWindow
-from analytics.interleaving import Arm, ArmsSeen, Click, InterleavedExposure, in_window, preference_counts_at
+from analytics.interleaving import (
+    Arm,
+    ArmsSeen,
+    Click,
+    InterleavedExposure,
+    ShownArms,
+    arm_pairs,
+    in_window,
+    preference_counts_at,
+)
 from analytics.stats.models.statistics import PreferenceCounts
 from analytics.store.base import EventStore, Exposures, Interleaved, ItemOutcomes, Outcomes, TopicPartition
 from analytics.store.exceptions import OffsetBackwards
@@ -30,8 +39,8 @@ class MemoryEventStore(EventStore):
         self._offsets: dict[TopicPartition, int] = {}
         # experiment -> (user, request) -> the first interleaved exposure of that request
         self._requests: dict[str, dict[tuple[str, str], InterleavedExposure]] = defaultdict(dict)
-        # experiment -> (arm A, arm B) -> {event id: time} of the exposures naming them
-        self._arms: dict[str, dict[tuple[Arm, Arm], dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+        # experiment -> the arm pair of each interleaved exposure (each copy at another time too)
+        self._arms: dict[str, set[ShownArms]] = defaultdict(set)
         # (user, request, item, metric) -> earliest time
         self._item_outcomes: dict[tuple[str, str, int, str], int] = {}
 
@@ -67,7 +76,7 @@ class MemoryEventStore(EventStore):
                 if kept is None or (ts, event_id) < (kept.event_time_ms, kept.event_id):
                     shown = InterleavedExposure(user, request, tuple(items), tuple(teams), ts, event_id)
                     self._requests[experiment][(user, request)] = shown
-                self._arms[experiment][(Arm(*arms[:3]), Arm(*arms[3:]))][event_id] = ts
+                self._arms[experiment].add(ShownArms(Arm(*arms[:3]), Arm(*arms[3:]), user, event_id, ts))
             for _, user, request, item, metric, ts in item_outcomes:
                 key = (user, request, item, metric)
                 self._item_outcomes[key] = min(ts, self._item_outcomes.get(key, ts))
@@ -143,13 +152,10 @@ class MemoryEventStore(EventStore):
             latest = min(latest, window.end_ms - 1)
         return (min(s[0] for s in states), latest)
 
-    def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]:
+    def interleaving_arms(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> list[ArmsSeen]:
         with self._lock:
-            seen = [
-                ArmsSeen(a, b, len(times), min(times.values()), max(times.values()))
-                for (a, b), times in self._arms.get(experiment_key, {}).items()
-            ]
-        return sorted(seen, key=lambda s: (-s.exposures, s.first_ms))
+            shown = list(self._arms.get(experiment_key, ()))
+        return arm_pairs(shown, window)
 
     def preference_counts(
         self,

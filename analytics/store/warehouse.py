@@ -181,8 +181,8 @@ class WarehouseEventStore(EventStore):
 
         return self._run(query)
 
-    def interleaving_arms(self, experiment_key: str) -> list[ArmsSeen]:
-        _, rows = self._interleaving_run(lambda r: isql.arms_query(r, experiment_key, self.dialect))
+    def interleaving_arms(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> list[ArmsSeen]:
+        _, rows = self._interleaving_run(lambda r: isql.arms_query(r, experiment_key, self.dialect, window))
         return isql.decode_arms(rows)
 
     def preference_counts(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from analytics.analysis_window import ALL_TIME, AnalysisWindow
+from analytics.interleaving import Arm, ArmsSeen
 from analytics.metrics import AnalysisConfig, MetricConfigError, MetricDefinition, load_analysis_config
 from analytics.report import build_report, experiment_summary, format_report_table
 from analytics.stats.models.statistics import PreferenceCounts, Proportion, SampleMean
@@ -52,14 +53,18 @@ OUTCOMES = [
 ]
 
 # Interleaving experiment "il", arms A (team 0) and B (team 1). In the window: users b (A's item clicked at
-# 130; B's at 210, after the end) and c (B's item); user a was first shown a list at 50, d at 250.
+# 130; B's at 210, after the end) and c (B's item); user a was first shown a list at 50, d at 250. B's model
+# was version 0 before the window (a1, retried at 60) and again after it (d1, a rollback): 3 exposures of the
+# old pair, 3 of the new one, the old one first (by first time) of all time, the only one in the window.
 ARMS = ("a", "model-a", "1", "b", "model-b", "1")
+OLD_ARMS = ("a", "model-a", "1", "b", "model-b", "0")
 INTERLEAVED = [
-    InterleavedRow("i-a1", "il", "a", "a1", 50, [5, 6], [0, 1], *ARMS),
+    InterleavedRow("i-a1", "il", "a", "a1", 50, [5, 6], [0, 1], *OLD_ARMS),
+    InterleavedRow("i-a1-retry", "il", "a", "a1", 60, [5, 6], [0, 1], *OLD_ARMS),
     InterleavedRow("i-a2", "il", "a", "a2", 150, [7, 8], [0, 1], *ARMS),
     InterleavedRow("i-b1", "il", "b", "b1", 120, [1, 2], [0, 1], *ARMS),
     InterleavedRow("i-c1", "il", "c", "c1", 150, [3, 4], [1, 0], *ARMS),
-    InterleavedRow("i-d1", "il", "d", "d1", 250, [9, 10], [0, 1], *ARMS),
+    InterleavedRow("i-d1", "il", "d", "d1", 250, [9, 10], [0, 1], *OLD_ARMS),
 ]
 CLICKS = [
     ItemOutcomeRow("c-a", "a", "a2", 8, "click", 160),
@@ -165,6 +170,25 @@ def test_interleaving_preferences_of_the_window(store: EventStore) -> None:
     ]
 
 
+def _pair(arms: tuple[str, ...]) -> tuple[Arm, Arm]:
+    return Arm(*arms[:3]), Arm(*arms[3:])
+
+
+def test_interleaving_arm_pairs_of_the_window(store: EventStore) -> None:
+    """The pairs of the exposures rule 5 keeps: the old pair (a, d) was out of the window but was listed."""
+    assert store.interleaving_arms("il") == [
+        ArmsSeen(*_pair(OLD_ARMS), 3, 50, 250),
+        ArmsSeen(*_pair(ARMS), 3, 120, 150),  # a2 (150), b1, c1
+    ]
+    # a (first shown at 50) and d (at 250) out; a2, shown in the window, too: a is not in the analysis
+    assert store.interleaving_arms("il", window=WINDOW) == [ArmsSeen(*_pair(ARMS), 2, 120, 150)]
+    # users first shown a list before 100 (a), their lists before 100 (a1 and its retry)
+    old = _pair(OLD_ARMS)
+    assert store.interleaving_arms("il", window=AnalysisWindow(None, 100)) == [ArmsSeen(*old, 2, 50, 60)]
+    assert store.interleaving_arms("il", window=AnalysisWindow(200, None)) == [ArmsSeen(*old, 1, 250, 250)]
+    assert store.interleaving_arms("il", window=AnalysisWindow(400, 500)) == []
+
+
 def _config(window: dict[str, object]) -> AnalysisConfig:
     return AnalysisConfig.model_validate(
         {
@@ -194,6 +218,24 @@ def test_report_covers_the_window_and_says_so(store: EventStore) -> None:
     interleaving = build_report(store, config, "il").to_dict()
     assert (interleaving["interleaving"]["users"], interleaving["total_users"]) == (2, 2)
     assert "analysis window" in format_report_table(interleaving)
+
+
+def test_interleaving_report_names_the_arms_of_the_window(store: EventStore) -> None:
+    """B was labelled with the model of the exposures before and after the window, with a warning that the
+    arms changed, when every list in it came from one pair."""
+    il = build_report(store, _config({"start": 100, "end": 200}), "il").to_dict()
+    new_b = {"key": "b", "model_name": "model-b", "model_version": "1"}
+    assert il["interleaving"]["arm_b"] == new_b and len(il["interleaving"]["arm_sets"]) == 1
+    assert il["interleaving"]["arm_sets"][0]["exposures"] == 2
+    text = format_report_table(il)
+    assert "B = b: model-b v1" in text and "WARNING" not in text
+    everything = build_report(store, _config({}), "il").to_dict()
+    assert everything["interleaving"]["arm_b"]["model_version"] == "0"
+    assert len(everything["interleaving"]["arm_sets"]) == 2 and "WARNING" in format_report_table(everything)
+    # no list in the window: no pair, the arms still named by the experiment's (and no error)
+    empty = build_report(store, _config({"start": 400, "end": 500}), "il").to_dict()
+    assert empty["interleaving"]["arm_sets"] == [] and empty["interleaving"]["users"] == 0
+    assert empty["interleaving"]["arm_b"]["model_version"] == "0" and empty["kind"] == "interleaving"
 
 
 def test_report_without_a_window_covers_everything(store: EventStore) -> None:

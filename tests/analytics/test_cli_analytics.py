@@ -15,6 +15,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from analytics.__main__ import main
+from analytics.analysis_window import iso_ms
 from analytics.kafka.broker import free_port
 from analytics.store import DuckDBEventStore, ExposureRow, MemoryEventStore, TopicPartition, open_store
 from tests.analytics.stats.simulated_events import START_MS, simulate_experiment
@@ -472,3 +473,81 @@ def test_serve_help_says_what_it_does_and_every_flag_has_help(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert "Serve the A/B dashboard" in text and "$CLICKHOUSE_USER and $CLICKHOUSE_PASSWORD" in text
     assert "HTTP port (0 = pick a free one) (default: 8080)" in text and "(default: 127.0.0.1)" in text
+
+
+def _windowed_store(tmp_path: Path) -> tuple[str, str]:
+    """A store with a user first exposed each second from 0 to 9 s; a config windowing it to [2 s, 8 s)."""
+    db = tmp_path / "events"
+    with DuckDBEventStore(db) as store:
+        store.apply(
+            [ExposureRow(f"e{i}", "exp", ("control", "dml")[i % 2], f"u{i}", 1000 * i) for i in range(10)],
+            [],
+            {},
+        )
+    config = tmp_path / "analysis.yaml"
+    config.write_text(
+        "metrics:\n  - {name: revenue, type: mean, event: buy}\n"
+        "experiments:\n  exp: {start: 1970-01-01T00:00:02Z, end: 1970-01-01T00:00:08Z}\n"
+    )
+    return str(db), str(config)
+
+
+@pytest.mark.parametrize(
+    ("flags", "window", "users"),
+    [
+        ([], (2000, 8000), 6),  # the config's window
+        (["--start", "1970-01-01T00:00:05Z"], (5000, 8000), 3),  # one side: the config's end stays
+        (["--end", "1970-01-01T01:00:04+01:00"], (2000, 4000), 2),  # any timezone
+        (["--start", "0", "--end", "1970-01-01T00:00:10.000Z"], (0, 10_000), 10),  # epoch ms, as in config
+    ],
+)  # fmt: skip
+def test_report_start_and_end_override_the_config_window(
+    tmp_path: Path, capsys, flags: list[str], window: tuple[int, int], users: int
+) -> None:
+    db, config = _windowed_store(tmp_path)
+    code, out, err = run(capsys, "report", "exp", "--store", db, "--metrics", config, "--json", *flags)
+    report = json.loads(out)
+    assert code == 0 and report["analysis_window"] == {"start_ms": window[0], "end_ms": window[1]}, err
+    assert report["total_users"] == users
+    code, out, _ = run(capsys, "report", "exp", "--store", db, "--metrics", config, *flags)
+    assert code == 0 and f"{users} users" in out
+    assert f"analysis window {iso_ms(window[0])} .. {iso_ms(window[1])}" in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--start", "2024-05-01T00:00:00"], "--start: timestamp 2024-05-01T00:00:00 has no timezone"),
+        (["--end", "2024-05-01"], "--end: timestamp 2024-05-01T00:00:00 has no timezone"),
+        (["--end", "yesterday"], "--end: expected an ISO 8601 timestamp with a timezone"),
+        (["--start", "-5"], "--start: epoch milliseconds must be >= 0, got -5"),
+        (["--start", "1970-01-01T00:00:05Z", "--end", "1970-01-01T00:00:05Z"],
+         "--end 1970-01-01T00:00:05.000Z is not after --start 1970-01-01T00:00:05.000Z"),
+        (["--end", "1970-01-01T00:00:01Z"],
+         "--end 1970-01-01T00:00:01.000Z is not after the start 1970-01-01T00:00:02.000Z "
+         "(experiments.exp.start of "),
+        (["--start", "1970-01-01T00:00:09Z"],
+         "--start 1970-01-01T00:00:09.000Z is not before the end 1970-01-01T00:00:08.000Z "
+         "(experiments.exp.end of "),
+    ],
+)  # fmt: skip
+def test_report_window_flags_refuse_bad_values_in_one_line(
+    tmp_path: Path, capsys, flags: list[str], message: str
+) -> None:
+    db, config = _windowed_store(tmp_path)
+    code, _, err = run(capsys, "report", "exp", "--store", db, "--metrics", config, *flags)
+    assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    # checked before the store is opened: a bad value is reported as such, not as the missing store
+    missing = str(tmp_path / "none")
+    code, _, err = run(capsys, "report", "exp", "--store", missing, "--metrics", config, *flags)
+    assert code == 2 and err.startswith(f"error: {message}"), err
+    assert not (tmp_path / "none").exists()
+
+
+def test_report_help_explains_the_window_flags(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--start TIME", "--end TIME"):
+        assert flag in text
+    assert "in place of the config's experiments.<key>.start" in text and "with a timezone" in text

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from analytics import interleaving_sql as isql
+from analytics.analysis_window import ALL_TIME, AnalysisWindow
 from analytics.consumer.processor import decode_into
 from analytics.events.messages import (
     encode_exposure,
@@ -24,7 +25,7 @@ from analytics.events.messages import (
     make_exposure,
     make_outcome,
 )
-from analytics.interleaving import Arm, Click, InterleavedExposure, preference_counts_at
+from analytics.interleaving import Arm, Click, InterleavedExposure, ShownArms, arm_pairs, preference_counts_at
 from analytics.stats.interleaving import InterleavingConfig, PreferenceCounts, analyze_interleaving
 from analytics.store import (
     DuckDBEventStore,
@@ -202,6 +203,38 @@ def test_arms_are_counted_per_pair_of_models(store: EventStore) -> None:
     assert seen[1].first_ms == min(e.event_time_ms for e in late)
     assert seen[0].last_ms == max(e.event_time_ms for e in early)
     assert store.interleaving_arms("not-interleaved") == []
+
+
+def test_arm_pairs_of_a_window_are_the_references(store: EventStore) -> None:
+    """Rule 6 on every store: the arm pairs of the exposures rule 5 keeps in a window (before the end, of
+    users first shown a list at or after the start), equal to ``arm_pairs``, order included; with copies of
+    events applied again later (a client's retry with the event's id), some across a window's end."""
+    exposures, outcomes = random_log(5)
+    copies = [e._replace(event_time_ms=e.event_time_ms + 400_000) for e in exposures[:60]]
+    apply_in_parts(store, exposures + copies, outcomes, parts=3)
+    change = START + 3_000_000  # B's new version from here on in "il-a"
+    windows = [
+        ALL_TIME,
+        AnalysisWindow(START + 1_000_000, change + 200_000),
+        AnalysisWindow(None, change),
+        AnalysisWindow(change, None),
+        AnalysisWindow(START + 2_000_000, START + 2_500_000),
+        AnalysisWindow(START + 10_000_000, None),  # after every list
+    ]
+    found: dict[str, list] = {}
+    for experiment in ARMS:
+        shown = [
+            ShownArms(Arm(*e[7:10]), Arm(*e[10:13]), e.user_id, e.event_id, e.event_time_ms)
+            for e in exposures + copies
+            if e.experiment_key == experiment
+        ]
+        found[experiment] = [store.interleaving_arms(experiment, window=w) for w in windows]
+        assert found[experiment] == [arm_pairs(shown, w) for w in windows], experiment
+    pairs = [[(s.a, s.b, s.exposures) for s in seen] for seen in found["il-a"]]
+    assert [len(p) for p in pairs] == [2, 2, 1, 1, 1, 0] and len({tuple(p) for p in pairs}) == len(windows)
+    # before the change only B's first version; users first shown a list after it saw only the second
+    before, after = Arm("treatment", "mmoe+dml", "1"), Arm("treatment", "mmoe+dml", "2")
+    assert (pairs[2][0][1], pairs[3][0][1]) == (before, after)
 
 
 def test_an_experiment_without_clicks_or_exposures(store: EventStore) -> None:
