@@ -115,8 +115,8 @@ async def running_server(
         await server.stop()
         if retrieval is not None:
             await retrieval.close()
-        if producer is not None:
-            producer.close()
+        if producer is not None:  # close() waits for Kafka (about 20 s while it is away): not on the loop
+            await asyncio.to_thread(producer.close)
 
 
 def configuration_text(settings: ServerSettings, config: RouterConfig, metrics_port: int | None) -> str:

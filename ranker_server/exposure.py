@@ -1,8 +1,9 @@
 """Asynchronous exposure logging: a bounded buffer drained into an event sink off the request path.
 
 ``log`` never blocks and never raises: when the buffer is full the events are dropped and counted
-(``mtrank_exposures_dropped``). The sink is ``analytics.events.producer.EventProducer`` in production; any
-object with ``send_exposures(list[Exposure])`` works (tests use ``MemorySink``).
+(``mtrank_exposures_dropped``), and so are those the sink refuses (it returns how many it queued). The sink is
+``analytics.events.producer.EventProducer`` in production; any object with ``send_exposures(list[Exposure])``
+works (tests use ``MemorySink``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ logger = logging.getLogger(__name__)
 
 
 class ExposureSink(Protocol):
-    def send_exposures(self, exposures: list[events_pb2.Exposure]) -> object:
-        """Queue or deliver the exposures; what it returns (the Kafka producer: how many it queued) is unused."""
+    def send_exposures(self, exposures: list[events_pb2.Exposure]) -> int | None:
+        """Queue or deliver the exposures; returns how many it took (the Kafka producer takes none when it
+        has no room), None for all."""
         ...
 
 
@@ -98,6 +100,7 @@ class ExposureLogger:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exposures")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._dropped_while_full = 0  # since the buffer last overflowed; logged when it is next empty
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._drain_forever())
@@ -106,7 +109,7 @@ class ExposureLogger:
         """Queue ``records``; drops (and counts) those that do not fit. Never blocks or raises."""
         room = self._capacity - len(self._buffer)
         if room < len(records):
-            metrics.EXPOSURES_DROPPED.inc(len(records) - max(room, 0))
+            self._overflow(len(records) - max(room, 0))
             records = records[: max(room, 0)]
         self._buffer.extend(records)
         metrics.EXPOSURE_BUFFER.set(len(self._buffer))
@@ -119,20 +122,37 @@ class ExposureLogger:
             self._wakeup.clear()
             await self._drain()
 
+    def _overflow(self, dropped: int) -> None:
+        """Count exposures the full buffer drops; log only the first of an overflow (it spans requests)."""
+        metrics.EXPOSURES_DROPPED.inc(dropped)
+        if not self._dropped_while_full:
+            logger.warning(
+                "exposure buffer full (%d events): dropping exposures until the event producer catches up "
+                "(counted in mtrank_exposures_dropped_total)",
+                self._capacity,
+            )
+        self._dropped_while_full += dropped
+
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._buffer:
             batch = [self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))]
             metrics.EXPOSURE_BUFFER.set(len(self._buffer))
             try:
-                await loop.run_in_executor(self._thread, self._send, batch)
-                metrics.EXPOSURES_SENT.inc(len(batch))
+                queued = await loop.run_in_executor(self._thread, self._send, batch)
             except Exception:  # the producer promises not to raise; if it does, count the loss and go on
                 logger.exception("exposure sink failed; %d events dropped", len(batch))
-                metrics.EXPOSURES_DROPPED.inc(len(batch))
+                queued = 0
+            metrics.EXPOSURES_SENT.inc(queued)
+            metrics.EXPOSURES_DROPPED.inc(len(batch) - queued)
+        if self._dropped_while_full:
+            dropped, self._dropped_while_full = self._dropped_while_full, 0
+            logger.warning("exposure buffer emptied; %d exposures were dropped while it was full", dropped)
 
-    def _send(self, batch: list[ExposureRecord]) -> None:
-        self._sink.send_exposures([to_event(r) for r in batch])
+    def _send(self, batch: list[ExposureRecord]) -> int:
+        """How many exposures of ``batch`` the sink took; those it refuses are lost (the producer is full)."""
+        queued = self._sink.send_exposures([to_event(r) for r in batch])
+        return len(batch) if queued is None else queued
 
     async def close(self) -> None:
         """Hand over what is buffered, then stop (the sink's own flush/close is its owner's job).

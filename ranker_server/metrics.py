@@ -75,8 +75,11 @@ PROVIDER = Gauge(
     (*MODEL_LABELS, "provider"),
 )
 ITEM_OOV = Counter("mtrank_item_oov", "Candidate ids missing from the item feature table", MODEL_LABELS)
-EXPOSURES_SENT = Counter("mtrank_exposures_sent", "Exposure events handed to the event producer")
-EXPOSURES_DROPPED = Counter("mtrank_exposures_dropped", "Exposure events dropped (buffer full or sink error)")
+EXPOSURES_SENT = Counter("mtrank_exposures_sent", "Exposure events the event producer accepted")
+EXPOSURES_DROPPED = Counter(
+    "mtrank_exposures_dropped",
+    "Exposure events dropped (buffer full, refused by the event producer, sink error)",
+)
 EXPOSURE_BUFFER = Gauge("mtrank_exposure_buffer_events", "Exposure events waiting for the event producer")
 RETRIEVAL_UP = Gauge("mtrank_retrieval_up", "1 while the retrieval service answers the ranker's probes, else 0")
 SNAPSHOT_SWAPS = Counter("mtrank_snapshot_swaps", "Router + model set swaps, by outcome", ("outcome",))

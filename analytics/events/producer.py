@@ -160,6 +160,7 @@ class EventProducer:
         self._wakeup = threading.Condition(self._lock)
         self._idle = threading.Condition(self._lock)
         self._closing = False
+        self._dropping = 0  # events dropped for want of room since all was last delivered (logged then)
         self._producer: KafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}
         self._thread = threading.Thread(target=self._run, name=f"{client_id}-sender", daemon=True)
@@ -213,7 +214,11 @@ class EventProducer:
                 self.stats.journalled += n
                 EVENTS_JOURNALLED.labels(topic).inc(n)
             else:
-                log.error("event buffer and journal full: dropping %d events to %s", n, topic)
+                if not self._dropping:  # once: callers send an event or a few at a time
+                    log.error("event buffer and journal full: dropping the events that do not fit (%d to %s "
+                              "first; counted in mtrank_events_dropped_total, summed up when all is sent)",
+                              n, topic)  # fmt: skip
+                self._dropping += n
                 self._count_dropped(topic, n)
                 return 0
             self._wakeup.notify()
@@ -386,6 +391,11 @@ class EventProducer:
         self.stats.sent += len(batch)
         if self._drained():
             self._idle.notify_all()
+            if self._dropping:
+                log.warning(
+                    "every queued event delivered; %d were dropped while there was no room", self._dropping
+                )
+                self._dropping = 0
 
     def _kafka_producer(self) -> KafkaProducer:
         if self._producer is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from grpc import aio
 from kafka import KafkaConsumer, TopicPartition
 
 from analytics.events.messages import decode_batch
+from analytics.events.producer import EventProducer
 from analytics.kafka.broker import EmbeddedBroker
 from proto import events_pb2, ranking_pb2, ranking_pb2_grpc
 from ranker_server.app import running_server
@@ -114,3 +116,31 @@ async def test_interleaving_exposures_carry_the_teams_through_kafka(
         assert list(exposure.item_ids) == list(response.candidate_ids)
         assert list(exposure.teams) == list(response.teams) and len(exposure.teams) == 8
         assert [a.key for a in exposure.arms] == ["control", "treatment"]
+
+
+async def test_closing_the_producer_leaves_the_event_loop_running(
+    broker: EmbeddedBroker, repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """running_server closed the producer on the event loop: while Kafka is away that close waits for it about
+    20 s (19.1 s of the loop blocked in /tmp/h-exposure/shutdown.py). Here close() waits for the loop to run a
+    task; on the loop itself it waits in vain, up to 10 s."""
+    entered, loop_ran, answers = threading.Event(), threading.Event(), []
+    close = EventProducer.close
+
+    def close_once_the_loop_runs(self: EventProducer, timeout: float = 10.0) -> None:
+        entered.set()
+        answers.append(loop_ran.wait(10))
+        close(self, timeout)
+
+    async def run_when_entered() -> None:
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        loop_ran.set()
+
+    monkeypatch.setattr(EventProducer, "close", close_once_the_loop_runs)
+    settings = make_settings(repository, kafka=broker.bootstrap, exposure_topic=TOPIC)
+    watcher = asyncio.create_task(run_when_entered())
+    async with running_server(settings, MutableSource(FakeRouter())):
+        pass
+    await watcher
+    assert answers == [True]
