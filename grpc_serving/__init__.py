@@ -253,6 +253,17 @@ def add_log_level_argument(parser: argparse.ArgumentParser | argparse._ArgumentG
     )
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""Every server's log lines (each ranker ``--workers`` process puts ``w<i>`` before the level)."""
+
+
+def configure_logging(level: str) -> None:
+    """Log at ``--log-level`` with the servers' format; kafka-python at WARNING or above whatever the level: its
+    INFO lines repeat every connection attempt (117 in a 30 s outage), which the servers report once."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
 def add_server_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--tls-cert``, ``--tls-key`` and ``--auth-token-file``, as every server spells them."""
     parser.add_argument(

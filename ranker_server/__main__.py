@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from grpc_serving import HelpFormatter, add_log_level_argument, add_server_arguments
-from ranker_server import LOG_FORMAT
+from grpc_serving import HelpFormatter, add_log_level_argument, add_server_arguments, configure_logging
 from ranker_server.config import BatchingSettings, RuntimeSettings, ServerSettings
 
 DESCRIPTION = """\
@@ -265,7 +263,7 @@ def problem_of(error: ErrorDetails, parser: argparse.ArgumentParser) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    configure_logging(args.log_level)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:  # one line naming the flags, without the usage text

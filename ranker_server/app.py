@@ -15,9 +15,15 @@ from typing import TYPE_CHECKING
 
 from analytics.events.errors import JournalError
 from experiment_router.errors import ConfigError
-from grpc_serving import BindError, ClientSecurity, SecurityError, load_client_security, load_server_security
+from grpc_serving import (
+    LOG_FORMAT,
+    BindError,
+    ClientSecurity,
+    SecurityError,
+    load_client_security,
+    load_server_security,
+)
 from grpc_serving.metrics_endpoint import serve_metrics
-from ranker_server import LOG_FORMAT
 from ranker_server.config import ServerSettings
 from ranker_server.errors import RankerError, SettingsError
 from ranker_server.retrieval_client import RetrievalClient, RetrievalModelCheck

@@ -14,6 +14,7 @@ from grpc_serving import (
     SecurityError,
     add_log_level_argument,
     add_server_arguments,
+    configure_logging,
     server_security_from_args,
 )
 from grpc_serving.flag_types import NON_NEGATIVE, PORT, POSITIVE, POSITIVE_INT, number
@@ -120,7 +121,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     import onnxruntime
 
     # onnxruntime-gpu on a machine without CUDA libraries logs errors while falling back to CPU; the repository

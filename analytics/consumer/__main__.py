@@ -19,7 +19,7 @@ from analytics.events.producer import EXPOSURES_TOPIC, OUTCOMES_TOPIC
 from analytics.kafka.broker import DEFAULT_DATA_DIR
 from analytics.kafka.checks import bootstrap_problem
 from analytics.store import StoreError, open_store
-from grpc_serving import HelpFormatter, add_log_level_argument
+from grpc_serving import HelpFormatter, add_log_level_argument, configure_logging
 from grpc_serving.flag_types import POSITIVE, POSITIVE_INT
 from grpc_serving.metrics_endpoint import MetricsPortError, add_metrics_arguments, serve_metrics_from_args
 
@@ -96,8 +96,7 @@ def _quiet_kafka() -> Iterator[_FirstProblem]:
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    configure_logging(args.log_level)
     problem = bootstrap_problem(args.bootstrap)  # kafka-python: a traceback, or its whole bootstrap wait
     if problem is not None:
         print(f"error: --bootstrap {args.bootstrap!r}: {problem}", file=sys.stderr)

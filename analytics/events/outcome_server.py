@@ -35,6 +35,7 @@ from grpc_serving import (
     add_server_arguments,
     address_problem,
     bind,
+    configure_logging,
     server_security_from_args,
 )
 from grpc_serving.flag_types import NON_NEGATIVE
@@ -203,8 +204,7 @@ def argument_problem(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    configure_logging(args.log_level)
     problem = argument_problem(args)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)

@@ -409,3 +409,19 @@ def test_metrics_port_zero_serves_on_any_free_port(repository: Path, tmp_path: P
         assert build_parser().get_default("metrics_port") is None  # unset: off
     finally:
         stop(proc)
+
+
+def test_kafka_python_logs_at_warning_at_most_whatever_the_log_level(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kafka-python's INFO lines repeat every connection attempt (117 in a 30 s Kafka outage); the ranker left
+    its logger at --log-level, where the outcome reporter and the consumer kept it at WARNING."""
+    kafka = logging.getLogger("kafka")
+    monkeypatch.setattr(kafka, "level", logging.NOTSET)
+    config = tmp_path / "experiments.yaml"
+    config.write_text(CONFIG.format(control="1", treatment="2"))
+    argv = ["--repository", str(tmp_path / "models"), "--experiments", str(config)]
+    assert main([*argv, "--log-level", "DEBUG"]) == 2  # no repository: stops after setting up logging
+    assert kafka.getEffectiveLevel() == logging.WARNING
+    assert main([*argv, "--log-level", "ERROR"]) == 2
+    assert kafka.getEffectiveLevel() == logging.ERROR
