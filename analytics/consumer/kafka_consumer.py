@@ -139,6 +139,16 @@ class Consumer:
         """
         return self._consumer.highwater(KafkaTopicPartition(tp.topic, tp.partition))
 
+    def log_starts(self, tps: Sequence[TopicPartition], timeout_ms: int = 5_000) -> dict[TopicPartition, int]:
+        """The first offset each partition's log still holds (retention moves it up): a broker round trip.
+
+        Raises:
+            KafkaError: the broker did not answer within ``timeout_ms``.
+        """
+        ktps = [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps]
+        starts = self._consumer.beginning_offsets(ktps, timeout_ms)
+        return {TopicPartition(ktp.topic, ktp.partition): int(offset) for ktp, offset in starts.items()}
+
     def assignment(self) -> set[TopicPartition]:
         """Partitions currently assigned to this member."""
         return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}

@@ -54,6 +54,11 @@ CONSUMER_LAG = Gauge(
     "Records in Kafka not yet durable in the store, per assigned partition",
     ["topic", "partition"],
 )
+RECORDS_EXPIRED = Counter(
+    "mtrank_analytics_records_expired",
+    "Records Kafka deleted (retention) before the consumer read them: their events are not in the store",
+    ["topic", "partition"],
+)
 
 
 def _interleaved(x: events_pb2.Exposure, append: tuple[Callable[[object], None], ...]) -> bool:
@@ -67,6 +72,19 @@ def _interleaved(x: events_pb2.Exposure, append: tuple[Callable[[object], None],
     for column, value in zip(append, values, strict=True):
         column(value)
     return True
+
+
+def records_lost_to_retention(expected: int, first_read: int, log_start: int) -> int:
+    """How many records of a partition were deleted before they were read: the record read after offset
+    ``expected - 1`` was at ``first_read``, and the partition's log now starts at ``log_start``.
+
+    A fetch below the log start is answered OFFSET_OUT_OF_RANGE, and kafka-python starts again at the log
+    start (``auto_offset_reset``) with one INFO line: the records from ``expected`` to the log start were
+    never read. Offsets skipped for another reason (a transaction marker, compaction) lie at or above the log
+    start: nothing was lost. The log start may have moved on since the read: only offsets below
+    ``first_read`` count.
+    """
+    return max(min(first_read, log_start) - expected, 0)
 
 
 def _place(where: str, offset: int | None) -> str:
@@ -208,6 +226,8 @@ class AnalyticsConsumer:
         self._warned: set[TopicPartition] = set()
         self._last_commit = time.monotonic()
         self._durable: dict[TopicPartition, int] = {}  # per assigned partition: next offset not yet in the store
+        # per partition, the first offset jump read and not checked yet: (offset expected, offset read)
+        self._jumps: dict[TopicPartition, tuple[int, int]] = {}
 
     # kafka-python 3 runs the rebalance callbacks on its IO thread, concurrently with poll_once on the caller's
     # thread: the checkpoint is guarded by a lock, and the callbacks make no blocking Kafka calls.
@@ -271,6 +291,7 @@ class AnalyticsConsumer:
                 if not cp.owns(tp) or tp in rewritten:
                     continue  # revoked since the fetch (the new owner reads them), or from before a reset
                 last_offset = None
+                expected = cp.next_offset(tp)  # None: nothing read yet, reading starts where the log starts
                 where = f"{tp.topic}[{tp.partition}]"  # once per partition: a record's place is formatted
                 for record in records:  # only when a warning names it
                     if cp.is_applied(tp, record.offset):
@@ -285,6 +306,9 @@ class AnalyticsConsumer:
                                 record.offset,
                             )
                         continue
+                    if expected is not None and record.offset > expected:
+                        self._jumps.setdefault(tp, (expected, record.offset))  # the first one counts
+                    expected = record.offset + 1
                     before = cp.size
                     decode_into(
                         record.value,
@@ -306,9 +330,52 @@ class AnalyticsConsumer:
             EVENTS_CONSUMED.inc(added)
         if commit_now:
             self.commit()
+        if self._jumps:
+            self._count_expired()
         if rewritten:
             self.update_lag()  # the lag gauge shows the records to read again at once
         return added
+
+    def _count_expired(self) -> None:
+        """Count and log the records Kafka deleted before they were read, at the offset jumps polls saw.
+
+        A jump alone does not tell: a transaction marker skips an offset too. The log start does, so the
+        broker is asked for it (outside the lock: a round trip); when it does not answer, the jumps wait for
+        the next poll (a retriable error) or are logged as unchecked.
+        """
+        jumps = dict(self._jumps)
+        try:
+            starts = self.consumer.log_starts(list(jumps))
+        except KafkaError as exc:
+            if exc.retriable:
+                return
+            log.warning("cannot ask Kafka where the logs of %s start (%s): the offsets skipped there are not "
+                        "checked for retention", sorted(jumps), exc)  # fmt: skip
+            starts = {}
+        for tp, (expected, first_read) in jumps.items():
+            self._jumps.pop(tp, None)
+            if tp not in starts:
+                continue
+            lost = records_lost_to_retention(expected, first_read, starts[tp])
+            if not lost:
+                log.debug(
+                    "%s[%d]: offsets %d to %d were skipped, at or above the log start %d (a transaction "
+                    "marker or compaction): nothing lost",
+                    *tp,
+                    expected,
+                    first_read - 1,
+                    starts[tp],
+                )
+                continue
+            RECORDS_EXPIRED.labels(tp.topic, str(tp.partition)).inc(lost)
+            log.warning(
+                "%s[%d]: %d records (offsets %d to %d) were deleted by Kafka before they were read "
+                "(retention shorter than the consumer's downtime or lag): their events are not in the store",
+                *tp,
+                lost,
+                expected,
+                expected + lost - 1,
+            )
 
     def update_lag(self) -> dict[TopicPartition, int]:
         """Refresh the lag gauge (high watermark minus the next offset not yet durable); returns it per partition
