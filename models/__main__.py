@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,14 @@ from models.evaluate import evaluate_model, markdown_table
 from models.export import export_package
 from models.layers import FeatureSpec
 from models.registry import UnknownModelError, list_models, model_kind
-from models.train import TrainConfig, load_checkpoint, resolve_device, run_training
+from models.train import (
+    STATE_DIR,
+    TrainConfig,
+    has_training_state,
+    load_checkpoint,
+    resolve_device,
+    run_training,
+)
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -68,14 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-epochs", type=int, help=f"most epochs per seed {_config_default('max_epochs')}")
     train.add_argument("--patience", type=int, help="epochs without validation improvement before stopping "
                        f"{_config_default('patience')}")  # fmt: skip
-    train.add_argument("--batch-size", type=int, help=_config_default("batch_size"))
+    batch = "training rows per mini-batch, 2 or more for a model with BatchNorm (grec with dense features)"
+    train.add_argument("--batch-size", type=int, help=f"{batch} {_config_default('batch_size')}")
     train.add_argument("--lr", type=float, help=f"Adam learning rate {_config_default('lr')}")
     train.add_argument("--seeds", type=int, nargs="+", help=f"one run per seed {_config_default('seeds')}")
     train.add_argument("--split-seed", type=int, help=f"seed of the split {_config_default('split_seed')}")
-    train.add_argument("--device", choices=["cpu", "cuda"], help=_config_default("device"))
+    train.add_argument("--device", choices=["cpu", "cuda"],
+                       help=f"train on the CPU or a GPU {_config_default('device')}")  # fmt: skip
     train.add_argument("--max-steps-per-epoch", type=int, help="most mini-batches per epoch (default: all)")
     train.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
-    train.add_argument("--output", type=Path, help="write config, checkpoints, results.json/.md here")
+    train.add_argument("--output", type=Path, help="write config, checkpoints, results.json/.md here, and "
+                       f"the state after every epoch under {STATE_DIR}/ until they are written")  # fmt: skip
+    train.add_argument("--resume", action="store_true", help=f"continue the run whose {STATE_DIR}/ is in "
+                       "--output (killed or interrupted), with the same config, to the result of a run never "
+                       "stopped (bit for bit on CPU)")  # fmt: skip
 
     about = "test metrics of a checkpoint"
     evaluate = sub.add_parser("evaluate", help=about, description=about)
@@ -157,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             config = _train_config(args)
             if args.output is not None and args.output.exists() and not args.output.is_dir():
                 raise ModelsError(f"--output {args.output} is a file, not a folder")  # before hours of training
-            report = run_training(config, args.output)
+            report = run_training(config, args.output, args.resume)
             print(markdown_table(report["config"]["model"], report["summary"]), end="")
         elif args.command == "evaluate":
             model, payload = load_checkpoint(args.checkpoint)
@@ -186,7 +200,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelsError, UnknownModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.command != "train":
+            raise
+        print(_interrupted(args.output, sys.argv[1:] if argv is None else argv), file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupted(output: Path | None, argv: list[str]) -> str:
+    """What a Ctrl-C'd training run kept, and the command that continues it."""
+    if output is None:
+        return "interrupted: nothing kept (with --output, a run keeps its state after every epoch)"
+    again = ["python", "-m", "models", *argv, *([] if "--resume" in argv else ["--resume"])]
+    kept = (
+        f"{output / STATE_DIR} holds the state after the last finished epoch"
+        if has_training_state(output)
+        else "no epoch had finished, so the run starts over"
+    )
+    return f"interrupted: {kept}; continue with: {shlex.join(again)}"
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,10 @@ class Optimizer(Protocol):
     def zero_grad(self, set_to_none: bool = True) -> None: ...
 
     def step(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...  # what a resumed run (models.train) continues from
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
 
 @runtime_checkable

@@ -2,7 +2,9 @@
 
 Adam (lr 1e-3), batch 512, sum of per-task losses (log-loss for binary, MSE for regression) plus the model's
 ``auxiliary_loss()`` (or the model's own ``training_loss`` hook, see models.schedules); evaluate on validation after every epoch, stop after ``patience`` epochs without a
-better ``sum(AUC) - sum(MSE)``, restore the best weights, report test metrics of that checkpoint.
+better ``sum(AUC) - sum(MSE)``, restore the best weights, report test metrics of that checkpoint. A run
+with an output folder saves its state after every epoch there, and ``resume`` continues it to the result of
+a run never stopped (models/README.md).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import copy
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,17 +26,35 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 from models.base import MultiTaskModel
-from models.checkpoints import read_checkpoint
+from models.checkpoints import (
+    config_differences,
+    load_module_state,
+    module_state,
+    read_checkpoint,
+    restore_rng_states,
+    rng_states,
+    write_atomically,
+)
 from models.data import Splits, TabularData, load_dataset
 from models.errors import ModelsError
 from models.evaluate import evaluate_model, markdown_table, summarize
 from models.metrics import selection_score
 from models.registry import create_model, model_kind
-from models.schedules import after_epoch, after_step, make_optimizer, selection_ready, training_loss
+from models.schedules import (
+    Optimizer,
+    after_epoch,
+    after_step,
+    make_optimizer,
+    selection_ready,
+    training_loss,
+)
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_KEYS = ("config", "features", "tasks", "state_dict")  # what load_checkpoint reads
+STATE_DIR = "training_state"  # under --output: each seed's resumable state, until the outputs exist
+STATE_FORMAT = 1  # of those states; a resume refuses another
+STATE_KEYS = ("format", "config", "seed", "finished")
 
 
 class TrainConfig(BaseModel):
@@ -138,43 +159,69 @@ def _ranking(model: torch.nn.Module) -> MultiTaskModel:
 EpochCallback = Callable[[int, MultiTaskModel], dict[str, Any]]
 
 
+@dataclass
+class SeedProgress:
+    """Where one seed's run stands after its last finished epoch: what the next epoch and the final choice
+    read. Saved with the model, optimizer and random streams after every epoch, it is what a resumed run
+    continues from (``train_seed``'s ``resume_state``)."""
+
+    epoch: int = -1  # the last finished epoch
+    global_step: int = 0
+    stopped: bool = False  # early stopping ended the run after ``epoch``
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    best_val: dict[str, float] = field(default_factory=dict)
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0  # training time before this process, for a resumed run
+
+
 def train_seed(
-    config: TrainConfig, splits: Splits, seed: int, epoch_callback: EpochCallback | None = None
+    config: TrainConfig,
+    splits: Splits,
+    seed: int,
+    epoch_callback: EpochCallback | None = None,
+    state_file: Path | None = None,
+    resume_state: dict[str, Any] | None = None,
 ) -> SeedResult:
     """Train one model from ``seed`` and return its best-validation checkpoint's metrics.
 
     ``epoch_callback(epoch, model)`` runs after each epoch's validation (model in eval mode); what it returns
-    goes into that epoch's ``history`` entry (benchmarks record learning curves with it).
+    goes into that epoch's ``history`` entry (benchmarks record learning curves with it). With ``state_file``,
+    the state after every epoch is written there (``write_atomically``); ``resume_state``, such a state read
+    back, continues that run where it stopped, with the result of a run never stopped (bit for bit on CPU).
     """
     device = resolve_device(config.device)
     _warn_single_class(splits)
     set_seed(seed)
     model = build_model(config, splits).to(device)
+    _require_batches_normalisable(config, model, len(splits.train))
     optimizer = make_optimizer(model, config.lr)
     rng = np.random.default_rng(seed)
-    best_score, best_state, best_epoch, best_val = -math.inf, None, -1, {}
-    history: list[dict[str, Any]] = []
-    started = time.perf_counter()
+    progress = SeedProgress()
+    if resume_state is not None:
+        progress = _resume(resume_state, model, optimizer, rng, device)
+    started = time.perf_counter() - progress.seconds
     steps = batches_per_epoch(len(splits.train), config.batch_size)
     if config.max_steps_per_epoch is not None:
         steps = min(steps, config.max_steps_per_epoch)
-    epoch, global_step = 0, 0
-    for epoch in range(config.max_epochs):
+    remaining = range(0) if progress.stopped else range(progress.epoch + 1, config.max_epochs)
+    for epoch in remaining:
         model.train()
         bar = tqdm(total=steps, desc=f"{config.model} seed {seed} epoch {epoch}", disable=not config.progress)
         for step, (batch, labels) in enumerate(epoch_batches(splits.train, config.batch_size, rng)):
             if step >= steps:
                 break
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = training_loss(model, batch, labels.to(device), global_step)
+            loss = training_loss(model, batch, labels.to(device), progress.global_step)
             if not torch.isfinite(loss):
                 where = f"the loss is {loss.item()} at epoch {epoch} step {step}"
                 raise ModelsError(_diverged(config, seed, where))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            after_step(model, global_step)
-            global_step += 1
+            after_step(model, progress.global_step)
+            progress.global_step += 1
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         bar.close()
@@ -183,25 +230,105 @@ def train_seed(
             raise ModelsError(_diverged(config, seed, f"weights are NaN or infinite after epoch {epoch}"))
         val = evaluate_model(model, splits.val, device)
         logger.info("%s seed %d epoch %d: val %s", config.model, seed, epoch, val)
-        history.append({"epoch": epoch, "val": val})
+        progress.history.append({"epoch": epoch, "val": val})
         if epoch_callback is not None:
-            history[-1] |= epoch_callback(epoch, model)
-        if not selection_ready(model):
-            continue  # the model's schedule still reshapes it: no checkpoint choice yet
-        score = selection_score(val)
-        if score > best_score:
-            best_score, best_epoch, best_val = score, epoch, val
-            best_state = copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= config.patience:
+            progress.history[-1] |= epoch_callback(epoch, model)
+        progress.epoch = epoch
+        if selection_ready(model):  # else the model's schedule still reshapes it: no checkpoint choice yet
+            _choose(progress, model, val, config.patience)
+        if state_file is not None:
+            progress.seconds = time.perf_counter() - started
+            _save_progress(state_file, config, seed, progress, model, optimizer, rng, device)
+        if progress.stopped:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if progress.best_state is not None:
+        model.load_state_dict(progress.best_state)
     else:
         _warn_nothing_selected(config, seed, model)
-        best_val = evaluate_model(model, splits.val, device)
+        progress.best_val = evaluate_model(model, splits.val, device)
     test = evaluate_model(model, splits.test, device)
     seconds = time.perf_counter() - started
-    return SeedResult(seed, best_epoch, epoch + 1, seconds, best_val, test, model.cpu(), history)
+    return SeedResult(
+        seed,
+        progress.best_epoch,
+        progress.epoch + 1,
+        seconds,
+        progress.best_val,
+        test,
+        model.cpu(),
+        progress.history,
+    )
+
+
+def _require_batches_normalisable(config: TrainConfig, model: MultiTaskModel, rows: int) -> None:
+    """BatchNorm1d cannot train on a batch of one row (torch raises "Expected more than 1 value per channel
+    when training" at the first step, a traceback from the command line): refuse such batches before
+    training. A last batch of one row joins the one before it (``epoch_batches``), so only ``--batch-size 1``
+    or a training split of one row make them."""
+    norms = [name for name, module in model.named_modules() if isinstance(module, torch.nn.BatchNorm1d)]
+    if not norms or min(config.batch_size, rows) > 1:
+        return
+    why = "--batch-size 1" if config.batch_size == 1 else "a training split of one row"
+    raise ModelsError(
+        f"{why}: {config.model} has BatchNorm layers ({', '.join(norms)}), which cannot train on batches of "
+        "one row; use --batch-size 2 or more"
+    )
+
+
+def _choose(progress: SeedProgress, model: MultiTaskModel, val: dict[str, float], patience: int) -> None:
+    """Early stopping: keep the weights of the best validation score so far, stop ``patience`` epochs after
+    it."""
+    score = selection_score(val)
+    if score > progress.best_score:
+        progress.best_score, progress.best_epoch, progress.best_val = score, progress.epoch, val
+        progress.best_state = copy.deepcopy(model.state_dict())
+    elif progress.epoch - progress.best_epoch >= patience:
+        progress.stopped = True
+
+
+def _save_progress(
+    path: Path,
+    config: TrainConfig,
+    seed: int,
+    progress: SeedProgress,
+    model: MultiTaskModel,
+    optimizer: Optimizer,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> None:
+    """The state after an epoch: everything the next one depends on (see ``SeedProgress``)."""
+    state = {
+        "progress": vars(progress),
+        "model": module_state(model),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_states(rng, device),
+    }
+    write_atomically(path, _state_payload(config, seed, finished=False, **state))
+
+
+def _resume(
+    state: dict[str, Any],
+    model: MultiTaskModel,
+    optimizer: Optimizer,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> SeedProgress:
+    """Put ``model``, ``optimizer`` and the random streams back where ``_save_progress`` found them."""
+    try:
+        load_module_state(model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise _unfit_state(state, exc) from None
+    restore_rng_states(state["rng"], rng, device)
+    return SeedProgress(**state["progress"])
+
+
+def _unfit_state(state: dict[str, Any], exc: Exception) -> ModelsError:
+    """A state of the same config whose tensors do not fit the model it builds (the code changed since)."""
+    return ModelsError(
+        f"--resume: the training state of seed {state['seed']} does not fit the model this code builds "
+        f"({type(exc).__name__}: {exc}); delete the {STATE_DIR} folder to start over"
+    )
 
 
 LabelledBatch = tuple[dict[str, torch.Tensor], torch.Tensor]
@@ -264,18 +391,22 @@ def _warn_single_class(splits: Splits) -> None:
             )
 
 
-def run_training(config: TrainConfig, output_dir: Path | None = None) -> dict[str, Any]:
-    """Train every seed; write config, per-seed checkpoints, ``results.json`` and ``results.md`` when asked."""
+def run_training(config: TrainConfig, output_dir: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train every seed; write config, per-seed checkpoints, ``results.json`` and ``results.md`` when asked.
+
+    With ``output_dir``, the state after every epoch goes to ``<output_dir>/training_state/`` (removed once
+    the outputs are written); ``resume`` continues the run that left it there, which must have had the same
+    config (``--no-progress`` aside). Without ``resume``, a state there is refused: it is the work of an
+    interrupted run, which a new run would overwrite.
+    """
+    states = _read_states(config, output_dir, resume)
     splits = load_dataset(config.dataset, config.data, config.split_seed, config.embedding_dim)
-    results = [train_seed(config, splits, seed) for seed in config.seeds]
+    results = [_seed_result(config, splits, seed, output_dir, states.get(seed)) for seed in config.seeds]
     summary = summarize(results)
     report = {
         "config": config.model_dump(),
         "summary": summary,
-        "seeds": [
-            {k: getattr(r, k) for k in ("seed", "best_epoch", "epochs_run", "seconds", "val", "test")}
-            for r in results
-        ],
+        "seeds": [_reported(r) for r in results],
     }
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -284,7 +415,87 @@ def run_training(config: TrainConfig, output_dir: Path | None = None) -> dict[st
         (output_dir / "results.md").write_text(markdown_table(config.model, summary))
         for r in results:
             save_checkpoint(output_dir / f"seed{r.seed}" / CHECKPOINT, config, splits, r)
+        shutil.rmtree(output_dir / STATE_DIR, ignore_errors=True)
     return report
+
+
+def _reported(result: SeedResult) -> dict[str, Any]:
+    """What ``results.json`` says of one seed (a finished seed's state keeps it too)."""
+    return {k: getattr(result, k) for k in ("seed", "best_epoch", "epochs_run", "seconds", "val", "test")}
+
+
+def has_training_state(output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds the state of a run that has not written its outputs yet."""
+    return any((output_dir / STATE_DIR).glob("seed*.pt"))
+
+
+def _state_file(output_dir: Path, seed: int) -> Path:
+    return output_dir / STATE_DIR / f"seed{seed}.pt"
+
+
+def _state_payload(config: TrainConfig, seed: int, finished: bool, **state: Any) -> dict[str, Any]:
+    """A seed's state file: the config it belongs to (a resume with another is refused), then ``state``."""
+    config_dump = config.model_dump()
+    return {"format": STATE_FORMAT, "config": config_dump, "seed": seed, "finished": finished, **state}
+
+
+def _read_states(config: TrainConfig, output_dir: Path | None, resume: bool) -> dict[int, dict[str, Any]]:
+    """The per-seed states a run continues from, by seed: none without ``resume``, where a state left in
+    ``output_dir`` is refused; with ``resume``, each must be of this config."""
+    if output_dir is None:
+        if resume:
+            raise ModelsError("--resume needs --output, the folder of the run to continue")
+        return {}
+    folder = output_dir / STATE_DIR
+    if not resume:
+        if has_training_state(output_dir):
+            raise ModelsError(
+                f"{folder} holds the state of an interrupted run: add --resume to continue it, or delete "
+                "that folder to start over"
+            )
+        return {}
+    states = {}
+    for path in sorted(folder.glob("seed*.pt")):
+        state = read_checkpoint(path, STATE_KEYS, "python -m models train --output")
+        differences = config_differences(state["config"], config.model_dump(), ignored=("progress",))
+        if state["format"] != STATE_FORMAT or differences:
+            what = "; ".join(differences) or f"format {state['format']}, this version reads {STATE_FORMAT}"
+            raise ModelsError(
+                f"--resume: {path} was written by a run with another config ({what}): resume with that "
+                f"config, or delete {folder} to start over"
+            )
+        states[int(state["seed"])] = state
+    if not states:
+        logger.warning("--resume: %s holds no training state: training from the first epoch", folder)
+    return states
+
+
+def _seed_result(
+    config: TrainConfig, splits: Splits, seed: int, output_dir: Path | None, state: dict[str, Any] | None
+) -> SeedResult:
+    """Seed ``seed``'s result: read back from a finished state, else trained (on from an unfinished one);
+    with ``output_dir``, the finished result is saved as that seed's state until the run's outputs are."""
+    if state is not None and state["finished"]:
+        return _finished_result(config, splits, state)
+    state_file = None if output_dir is None else _state_file(output_dir, seed)
+    result = train_seed(config, splits, seed, state_file=state_file, resume_state=state)
+    if state_file is not None:
+        summary = _reported(result) | {"history": result.history}
+        payload = _state_payload(config, seed, True, result=summary, state_dict=result.model.state_dict())
+        write_atomically(state_file, payload)
+    return result
+
+
+def _finished_result(config: TrainConfig, splits: Splits, state: dict[str, Any]) -> SeedResult:
+    """The result a finished state holds, with its model rebuilt (eval mode, on the CPU, as trained ones)."""
+    model = build_model(config, splits)
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise _unfit_state(state, exc) from None
+    result = dict(state["result"])
+    history = result.pop("history")
+    return SeedResult(**result, model=model.eval(), history=history)
 
 
 def save_checkpoint(path: Path, config: TrainConfig, splits: Splits, result: SeedResult) -> None:

@@ -242,3 +242,16 @@ def test_export_refuses_names_that_leave_the_repository(tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="is a file, not a folder"):
         export_package(model, tmp_path / "file", "m", "1", family="mmoe")
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "repo").exists()
+
+
+def test_every_train_flag_says_what_it_does() -> None:
+    """--batch-size and --device had only "(default: ...)" for help."""
+    from models.__main__ import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
+    train = commands.choices["train"]
+    helps = {a.option_strings[-1]: a.help or "" for a in train._actions if a.option_strings}
+    assert "--resume" in helps
+    bare = [flag for flag, text in helps.items() if not text.split("(default:")[0].strip()]
+    assert bare == []

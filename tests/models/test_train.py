@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from models.__main__ import main
 from models.data import Splits, load_dataset
+from models.errors import ModelsError
 from models.schedules import expected_prune_rounds, magnitude_prune, sparsity
 from models.train import TrainConfig, batches_per_epoch, epoch_batches, train_seed
 
@@ -72,3 +74,22 @@ def test_a_repeated_seed_is_refused_naming_it() -> None:
     with pytest.raises(ValueError, match=r"seeds repeat \[0\]"):
         TrainConfig(model="mmoe", seeds=[0, 1, 0])
     assert TrainConfig(model="mmoe", seeds=[2, 0, 1]).seeds == [2, 0, 1]
+
+
+def test_batches_of_one_row_are_refused_for_a_model_with_batch_norm(capsys: pytest.CaptureFixture) -> None:
+    """``--batch-size 1`` for GRec (BatchNorm on its dense features) ended in a torch traceback at the first
+    step: "Expected more than 1 value per channel when training"."""
+    args = ["train", "--model", "grec", "--preset", "tiny", "--batch-size", "1", "--max-epochs", "1",
+            "--max-steps-per-epoch", "2", "--no-progress"]  # fmt: skip
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        "error: --batch-size 1: grec has BatchNorm layers (wide.0), which cannot train on batches of one "
+        "row; use --batch-size 2 or more\n"
+    )
+    config = TrainConfig(model="grec", preset="tiny", max_epochs=1, batch_size=32, progress=False)
+    with pytest.raises(ModelsError, match="^a training split of one row: grec has BatchNorm layers"):
+        train_seed(config, small_splits(1), seed=0)
+    # a model without BatchNorm trains on rows one at a time as before
+    config = TrainConfig(model="mmoe", preset="tiny", max_epochs=1, batch_size=1, max_steps_per_epoch=3,
+                         progress=False)  # fmt: skip
+    assert train_seed(config, small_splits(5), seed=0).epochs_run == 1
