@@ -84,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         phases += [(args.runs, args.busy_factor), (args.runs, 1.0)]
     names = ["idle", f"busy (spinning x{args.busy_factor})", "idle again"][: len(phases)]
     setups = {
-        "estimates started at the first run (warmup=1: a03e73d and before)": lambda: LoneRunChooser(warmup=1),
-        "started at the median of the first 8 runs of each session (default)": LoneRunChooser,
+        "estimates started at the first run (warmup=1: a03e73d and before)": lambda: LoneRunChooser(warmup=1, checks=0),
+        "started at the median of the first 8 runs of each session (014a218 and before)": lambda: LoneRunChooser(
+            checks=0
+        ),
+        "+ the session not in use at the median of its last 3 samples (default)": LoneRunChooser,
     }
     print(f"{args.lifetimes} lifetimes of {len(phases)} x {args.runs} lone runs; per phase: share of lone runs on "
           "the faster session (mean, worst 5% of lifetimes), median lone-run ms (mean)")  # fmt: skip

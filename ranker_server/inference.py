@@ -10,6 +10,7 @@ import math
 import os
 import statistics
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -137,18 +138,22 @@ class LoneRunChooser:
     on the same session is recorded (``OnnxRanker.infer``), so the check is the second. Each check costs three
     slow runs (two on the other session, one cold back), so checks are rare: one block of 64 lone runs each
     (-0.12 and -0.22 ms at concurrency 1 against 16 in mixed traffic); a session that got slower is left within
-    ~15 runs, one that got faster again is noticed within ~15 checks. Each estimate starts at the median of its
-    session's first ``warmup`` recorded runs, taken in turns: replaying logged run times
+    ~15 runs, one that got faster again is taken back within three checks (the session not in use is
+    estimated by the median of its last three samples; replaying logged run times after a busy phase, 0.89 of
+    the lone runs went to the faster session, 0.42 with 5% steps there too). Each estimate starts at the median
+    of its session's first ``warmup`` recorded runs, taken in turns: replaying logged run times
     (benchmarks/replay_lone_runs.py), estimates started at the first run held 5% of server starts on the slower
     session for most of their lone runs. Plain bookkeeping: no clock, no I/O.
     """
 
-    def __init__(self, explore_every: int = 64, step: float = 0.05, warmup: int = 8) -> None:
+    def __init__(self, explore_every: int = 64, step: float = 0.05, warmup: int = 8, checks: int = 3) -> None:
         self._explore_every = explore_every
         self._step = step  # in log(seconds): each sample moves the estimate 5% towards itself
         self._warmup = warmup
         self._first: dict[tuple[int, bool], list[float]] = {}  # (size class, spin) -> its first log(s) samples
         self._log_seconds: dict[tuple[int, bool], float] = {}  # (size class, spin) -> running median of log(s)
+        self._recent: dict[tuple[int, bool], deque[float]] = {}  # (size class, spin) -> its last samples
+        self._checks = checks
         self._runs: dict[int, int] = {}
 
     def spin(self, rows: int) -> bool:
@@ -158,9 +163,14 @@ class LoneRunChooser:
         spinning, sleeping = (len(self._first.get((size, spin), ())) for spin in (True, False))
         if min(spinning, sleeping) < self._warmup:  # measure both sessions first: in turns, spinning first
             return spinning <= sleeping
-        faster = self._log_seconds[size, True] <= self._log_seconds[size, False]
+        faster = self._in_use(size, True)
         explore = runs % self._explore_every in (0, self._explore_every - 1)  # the last two of every block
         return not faster if explore else faster
+
+    def _in_use(self, size: int, spin: bool) -> bool:
+        """Whether lone runs of this size class go to session ``spin`` (ties: the spinning one)."""
+        spinning, sleeping = self._log_seconds[size, True], self._log_seconds[size, False]
+        return spinning <= sleeping if spin else sleeping < spinning
 
     def record(self, rows: int, spin: bool, seconds: float) -> None:
         key = (rows.bit_length(), spin)
@@ -172,6 +182,14 @@ class LoneRunChooser:
             # slower session for hundreds of runs in 5% of simulated starts (replaying logged run times).
             first.append(sample)
             self._log_seconds[key] = statistics.median(first)
+            return
+        recent = self._recent.setdefault(key, deque(maxlen=self._checks))
+        recent.append(sample)
+        if self._checks and (key[0], not spin) in self._log_seconds and not self._in_use(*key):
+            # A check of the session not in use: the median of its last three samples. Its checks are 64 runs
+            # apart, so 5% steps took ~15 checks (~1,000 lone runs) to take back a session that a slow spell
+            # had pushed 2x up: the rest of a benchmark run (run 48 in benchmarks/results/serving_peers.md).
+            self._log_seconds[key] = statistics.median(recent)
             return
         # A stochastic median: a fixed step up or down, so a preempted run counts as much as a slightly slow one
         # and a lasting change of load shows within ~15 recorded runs per doubling.

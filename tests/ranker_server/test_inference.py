@@ -168,6 +168,25 @@ def test_a_heavy_tail_does_not_hide_the_faster_median() -> None:
     assert chooser.spin(500) is True
 
 
+def test_a_session_left_in_a_slow_spell_is_taken_back_within_three_checks() -> None:
+    """A slow spell pushed the spinning session's estimate 4x up and lone runs went to the sleeping one; then
+    spinning is fast again. Its checks (64 runs apart) moved it 5% each, ~30 checks (~2,000 lone runs) to come
+    back: a benchmark run's whole remaining concurrency-1 calls (run 48)."""
+    chooser = LoneRunChooser(warmup=1)
+    chooser.record(500, True, 0.0023)
+    chooser.record(500, False, 0.0034)
+    for _ in range(30):  # the slow spell, while lone runs still went to the spinning session
+        chooser.record(500, True, 0.0100)
+    last, picks = None, []
+    for _ in range(64 * 4):  # the spell is over: spinning 2.3 ms again, sleeping 3.4 ms
+        spin = chooser.spin(500)
+        if spin == last:  # as OnnxRanker.infer: the first run after a switch is not recorded
+            chooser.record(500, spin, 0.0023 if spin else 0.0034)
+        last = spin
+        picks.append(spin)
+    assert picks[-64:].count(True) >= 60, "still on the sleeping session after four checks"
+
+
 def test_a_graph_with_other_inputs_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx graph")
