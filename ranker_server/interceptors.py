@@ -12,7 +12,10 @@ from google.protobuf.message import DecodeError
 from grpc import aio
 
 from grpc_serving import AioBearerTokenInterceptor as BearerTokenInterceptor
+from grpc_serving.call_counting import CallCounter
+from proto import inference_pb2, ranking_pb2
 from ranker_server import errors
+from ranker_server.metrics import REQUESTS
 
 __all__ = ["BearerTokenInterceptor", "ExceptionToStatusInterceptor", "status_for"]
 
@@ -36,6 +39,19 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
+COUNTED_METHODS = {
+    f"/{service.full_name}/{name}": name
+    for service, name in (
+        (ranking_pb2.DESCRIPTOR.services_by_name["Ranker"], "Rank"),
+        (inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"], "ModelInfer"),
+    )
+}
+"""gRPC method path -> its ``method`` label in ``mtrank_requests_total``: the calls that are requests (the
+health, readiness and metadata probes are not)."""
+
+_CALLS = {path: CallCounter(REQUESTS, name) for path, name in COUNTED_METHODS.items()}
+
+
 def _wrap_unary(
     handler: grpc.RpcMethodHandler,
     behavior: Callable[[Any, aio.ServicerContext], Awaitable[Any]],
@@ -47,7 +63,8 @@ def _wrap_unary(
 
 
 class ExceptionToStatusInterceptor(aio.ServerInterceptor):
-    """Maps ``RankerError`` subclasses to status codes (after KServe's interceptor of the same name)."""
+    """Maps ``RankerError`` subclasses to status codes (after KServe's interceptor of the same name) and
+    counts each Rank and ModelInfer call once by the code it ends with (``mtrank_requests_total``)."""
 
     async def intercept_service(
         self,
@@ -80,4 +97,5 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
                 code, message = grpc.StatusCode.INTERNAL, "internal error"
             await context.abort(code, message)
 
-        return _wrap_unary(handler, behavior, None)
+        calls = _CALLS.get(method)
+        return _wrap_unary(handler, behavior if calls is None else calls.around(behavior), None)

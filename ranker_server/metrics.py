@@ -23,6 +23,13 @@ VARIANT_LABELS = ("model", "version", "variant")
 # Latency buckets in seconds, from 100 us to 5 s.
 _LATENCY = (1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 5.0)
 
+REQUESTS = Counter(
+    "mtrank_requests",
+    "Rank and ModelInfer calls by gRPC status code, once each (an interleaved Rank call is one)",
+    ("method", "code"),
+)
+# Per model, as Triton counts them: an interleaved request counts for each model it used. Requests/s, error
+# ratios and autoscaling read REQUESTS.
 REQUEST_SUCCESS = Counter(
     "mtrank_inference_request_success", "Rank and ModelInfer requests answered successfully", VARIANT_LABELS
 )

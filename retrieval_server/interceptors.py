@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,6 +10,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc import aio
 
+from grpc_serving.call_counting import CallCounter
 from retrieval_server.errors import InvalidInput, ModelNotFound, ModelNotReady
 from retrieval_server.metrics import RetrievalMetrics
 
@@ -39,7 +39,7 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
     """
 
     def __init__(self, metrics: RetrievalMetrics) -> None:
-        self._metrics = metrics
+        self._calls = CallCounter(metrics.requests)
 
     async def intercept_service(
         self,
@@ -51,8 +51,6 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
             return handler
         inner = handler.unary_unary
         deserialize = handler.request_deserializer
-        # retrieval_requests counts Retrieve calls: the ranker's ListModels probes were counted as OK requests
-        counter = self._metrics.requests if handler_call_details.method.endswith("/Retrieve") else None
 
         async def guarded(raw: Any, context: aio.ServicerContext) -> Any:
             try:
@@ -60,20 +58,14 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
                     request = deserialize(raw) if deserialize is not None else raw
                 except DecodeError:
                     raise InvalidInput("request", "cannot be parsed as the method's request message") from None
-                response = await inner(request, context)
-            except asyncio.CancelledError:  # the client cancelled or its deadline passed: no answer to send
-                if counter is not None:
-                    counter.labels(grpc.StatusCode.CANCELLED.name).inc()
-                raise
+                return await inner(request, context)
             except Exception as exc:  # noqa: BLE001 (this is the one place that maps them)
                 code, message = status_for(exc)
                 if code == grpc.StatusCode.INTERNAL:
                     logger.exception("unexpected error in %s", handler_call_details.method)
-                if counter is not None:
-                    counter.labels(code.name).inc()
                 await context.abort(code, message)
-            if counter is not None:
-                counter.labels("OK").inc()
-            return response
 
-        return grpc.unary_unary_rpc_method_handler(guarded, response_serializer=handler.response_serializer)
+        # retrieval_requests counts Retrieve calls: the ranker's ListModels probes were counted as OK requests
+        retrieve = handler_call_details.method.endswith("/Retrieve")
+        counted = self._calls.around(guarded) if retrieve else guarded
+        return grpc.unary_unary_rpc_method_handler(counted, response_serializer=handler.response_serializer)

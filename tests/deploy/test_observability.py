@@ -8,10 +8,13 @@ this test until the dashboard follows.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import inspect
 import json
+import math
+import operator
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -22,10 +25,13 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 OBSERVABILITY = ROOT / "deploy" / "observability"
 DASHBOARDS = sorted((OBSERVABILITY / "grafana" / "dashboards").glob("*.json"))
+SERVING_DASHBOARD = OBSERVABILITY / "grafana" / "dashboards" / "mtrank-serving.json"
+ADAPTER_RULES = sorted((ROOT / "deploy" / "k8s").rglob("prometheus-adapter-rules.yaml"))
 # experiment_router: its config watcher's reload counter is served by the ranker and retrieval processes
 SERVING_PACKAGES = ("ranker_server", "retrieval_server", "analytics", "experiment_router")
 
@@ -198,6 +204,132 @@ def promql_type_errors(expr: str, kinds: dict[str, str]) -> list[str]:
 def test_promql_type_errors(expr: str, errors: list[str]) -> None:
     kinds = {"c_total": "counter", "h_sum": "counter", "h_bucket": "bucket", "g": "gauge"}
     assert promql_type_errors(expr, kinds) == errors
+
+
+Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
+"""The samples of one target's /metrics: (series name, labels) -> value."""
+
+
+def parse_scrape(text: str) -> Scrape:
+    """The samples of a Prometheus text exposition."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+_SUM_OF_RATE = re.compile(
+    r"sum\s*\(\s*rate\s*\(\s*([A-Za-z_:][\w:]*)\s*(?:\{([^}]*)\})?\s*\[[^\]]*\]\s*\)\s*\)"
+    r"(?:\s*by\s*\([^)]*\))?"
+)
+_OR_ZERO = re.compile(r"\s+or\s+vector\(\s*0\s*\)\s*$")
+_ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+
+
+def _selected(matchers: str, labels: frozenset[tuple[str, str]]) -> bool:
+    """Whether a series with ``labels`` passes every matcher (values without escapes, regexes anchored)."""
+    have = dict(labels)
+    for label, op, value in re.findall(r'([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*"([^"]*)"', matchers):
+        got = have.get(label, "")
+        hit = re.fullmatch(value, got) is not None if op in ("=~", "!~") else got == value
+        if hit != (op in ("=", "=~")):
+            return False
+    return True
+
+
+def _increase(name: str, matchers: str, before: Scrape, after: Scrape) -> float:
+    """Summed increase of the counter series ``name{matchers}`` between two scrapes, a series new in ``after``
+    counting from 0; NaN when none is selected (PromQL's sum over nothing is empty)."""
+    selected = [(key, n) for key, n in after.items() if key[0] == name and _selected(matchers, key[1])]
+    return sum(n - before.get(key, 0.0) for key, n in selected) if selected else math.nan
+
+
+def _evaluate(node: ast.AST, terms: list[float]) -> float:
+    if isinstance(node, ast.Name) and re.fullmatch(r"t\d+", node.id):
+        return terms[int(node.id[1:])]
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        return float(node.value)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+        right = _evaluate(node.right, terms)
+        return _evaluate(node.left, terms) / right if right else math.nan
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+        return _ARITHMETIC[type(node.op)](_evaluate(node.left, terms), _evaluate(node.right, terms))
+    raise AssertionError(f"promql_increase cannot evaluate {ast.unparse(node)!r}")
+
+
+def promql_increase(expr: str, before: Scrape, after: Scrape) -> float:
+    """What ``expr`` gives between two scrapes of one target, times the interval: for a requests/s panel, the
+    requests it counts. It evaluates sums of rate() of counters (grouping dropped: one target is one group),
+    ``+ - * /`` between them and a trailing ``or vector(0)``; Grafana's ``$variables`` take their All value
+    (``.*``). NaN: the expression selects no series."""
+    expr = re.sub(r"\$\w+", ".*", expr)
+    or_zero = _OR_ZERO.search(expr)
+    expr = expr[: or_zero.start()] if or_zero else expr
+    terms: list[float] = []
+
+    def term(match: re.Match[str]) -> str:
+        terms.append(_increase(match.group(1), match.group(2) or "", before, after))
+        return f" t{len(terms) - 1} "
+
+    arithmetic = _SUM_OF_RATE.sub(term, expr).strip()
+    try:
+        tree = ast.parse(arithmetic, mode="eval")
+    except SyntaxError:
+        raise AssertionError(f"promql_increase cannot evaluate {arithmetic!r}") from None
+    value = _evaluate(tree.body, terms)
+    return 0.0 if or_zero and math.isnan(value) else value
+
+
+_BEFORE = """# TYPE r counter
+r_total{m="a",code="OK"} 1
+r_total{m="b",code="OK"} 1
+"""
+_AFTER = """# TYPE r counter
+r_total{m="a",code="OK"} 4
+r_total{m="b",code="OK"} 2
+r_total{m="b",code="INTERNAL"} 2
+"""
+
+
+@pytest.mark.parametrize(
+    ("expr", "increase"),
+    [
+        ("sum(rate(r_total[$__rate_interval]))", 6.0),
+        ('sum(rate(r_total{m=~"$model", code!="OK"}[1m])) by (pod)', 2.0),
+        ('sum(rate(r_total{code="OK"}[1m])) / (sum(rate(r_total{m="b"}[1m])) + 2)', 4 / 5),
+        ('sum(rate(r_total{code="NOT_FOUND"}[1m])) or vector(0)', 0.0),
+        ('sum(rate(r_total{code=~"NOT_FOUND|UNKNOWN"}[1m]))', math.nan),
+        ('sum(rate(r_total{m!~"a|b"}[1m])) - sum(rate(r_total{m="a"}[1m]))', math.nan),
+    ],
+)
+def test_promql_increase(expr: str, increase: float) -> None:
+    got = promql_increase(expr, parse_scrape(_BEFORE), parse_scrape(_AFTER))
+    assert got == pytest.approx(increase, nan_ok=True)
+
+
+def test_promql_increase_refuses_what_it_cannot_evaluate() -> None:
+    with pytest.raises(AssertionError, match="cannot evaluate"):
+        promql_increase("sum by (m) (rate(r_total[1m]))", parse_scrape(_BEFORE), parse_scrape(_AFTER))
+
+
+def panel_target(dashboard: dict, title: str, ref_id: str = "A") -> str:
+    """The expression of target ``ref_id`` of the top-level panel titled ``title``."""
+    [expr] = [
+        target["expr"]
+        for panel in dashboard["panels"]
+        if panel.get("title") == title
+        for target in panel.get("targets", [])
+        if target.get("refId") == ref_id
+    ]
+    return str(expr)
+
+
+def adapter_query(rule: dict, name: str) -> str:
+    """The query prometheus-adapter runs for series ``name`` of ``rule``: it fills in the series, the pod's
+    label matchers (left out here: one target's scrape is one pod) and the grouping by pod."""
+    query = rule["metricsQuery"].replace("<<.Series>>", name).replace("<<.LabelMatchers>>", "")
+    return str(query.replace("<<.GroupBy>>", "pod"))
 
 
 def dashboard_queries(dashboard: dict) -> Iterator[tuple[str, str]]:
@@ -440,10 +572,9 @@ def test_prometheus_adapter_rules_read_exported_series(
     """The custom-metrics rules the HPAs depend on select series the ranker exports, with its labels (plus the
     namespace and pod labels Kubernetes service discovery adds), name them as the HPAs ask, and their queries
     apply rate() only to counters."""
-    paths = sorted((ROOT / "deploy" / "k8s").rglob("prometheus-adapter-rules.yaml"))
-    assert paths
+    assert ADAPTER_RULES
     pod_labels = {n: ls | {"namespace", "pod"} for n, ls in exported_labels.items()}
-    for path in paths:
+    for path in ADAPTER_RULES:
         for rule in yaml.safe_load(path.read_text())["rules"]["custom"]:
             names = promql_metric_names(rule["seriesQuery"])
             query = rule["seriesQuery"]
@@ -451,9 +582,8 @@ def test_prometheus_adapter_rules_read_exported_series(
             assert not _label_errors(path.name, rule["seriesQuery"], pod_labels)
             assert set(rule["resources"]["overrides"]) <= {"namespace", "pod"}
             assert all(re.search(rule["name"]["matches"], name) for name in names), rule["name"]
-            for name in names:  # the adapter fills in the series, the pod's matchers and its grouping
-                query = rule["metricsQuery"].replace("<<.Series>>", name).replace("<<.LabelMatchers>>", "")
-                query = query.replace("<<.GroupBy>>", "pod")
+            for name in names:
+                query = adapter_query(rule, name)
                 assert not promql_type_errors(query, exported_kinds), (path.name, query)
 
 

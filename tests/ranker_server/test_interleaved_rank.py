@@ -4,6 +4,7 @@ scored through the batchers, the same list on a retry, the exposure carrying the
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,24 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from prometheus_client import REGISTRY
+import yaml
+from prometheus_client import REGISTRY, generate_latest
 
 from experiment_router import Router
 from proto import events_pb2, ranking_pb2
 from ranker_server.dataplane import RankDataPlane, merge_scores
 from ranker_server.errors import InvalidInput
 from ranker_server.interleaving import interleave
+from tests.deploy.test_observability import (
+    ADAPTER_RULES,
+    SERVING_DASHBOARD,
+    Scrape,
+    adapter_query,
+    panel_target,
+    parse_scrape,
+    promql_increase,
+    promql_metric_names,
+)
 from tests.proto.old_schema import message_before
 from tests.ranker_server.conftest import MutableSource, Running, serving
 from tests.ranker_server.test_server import CANDIDATES, expected_scores, request
@@ -215,3 +227,76 @@ async def test_a_failing_arm_cancels_the_other_before_the_request_answers(
         await running.stub.Rank(request("il-cancel", request_id="cancel", top_k=10))
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert released.is_set(), "the other arm was still scoring when the request answered"
+
+
+def _scrape() -> Scrape:
+    """What the server's /metrics serves: the default registry (each ``--workers`` process serves its own)."""
+    return parse_scrape(generate_latest(REGISTRY).decode())
+
+
+def _calls(before: Scrape, after: Scrape, method: str) -> dict[str, float]:
+    """Calls of ``method`` counted in ``mtrank_requests_total`` between two scrapes, by status code."""
+    counted = {
+        dict(labels)["code"]: value - before.get((name, labels), 0.0)
+        for (name, labels), value in after.items()
+        if name == "mtrank_requests_total" and dict(labels)["method"] == method
+    }
+    return {code: n for code, n in counted.items() if n}
+
+
+def _hpa_query() -> str:
+    """The query behind the custom metric the CPU overlay's HPA scales the ranker on."""
+    [(rule, name)] = [
+        (rule, name)
+        for path in ADAPTER_RULES
+        for rule in yaml.safe_load(path.read_text())["rules"]["custom"]
+        if rule["name"]["as"] == "mtrank_ranker_requests_per_second"
+        for name in promql_metric_names(rule["seriesQuery"])
+    ]
+    return adapter_query(rule, name)
+
+
+async def test_the_request_rate_panels_and_the_hpa_count_an_interleaved_call_once(running: Running) -> None:
+    """The per-model counters count an interleaved call for each of its two models (right per model); the
+    dashboard's Requests/s and the HPA's requests per pod summed them over models: twice the calls."""
+    dashboard = json.loads(SERVING_DASHBOARD.read_text())
+    before = _scrape()
+    users = [f"il-rate-{i}" for i in range(6)]
+    for user in users:
+        await running.stub.Rank(request(user, top_k=5))
+    after = _scrape()
+    counted = {
+        "Requests/s": promql_increase(panel_target(dashboard, "Requests/s"), before, after),
+        "HPA requests per pod": promql_increase(_hpa_query(), before, after),
+    }
+    assert counted == {"Requests/s": len(users), "HPA requests per pod": len(users)}
+    assert _calls(before, after, "Rank") == {"OK": len(users)}
+
+
+async def test_the_error_panels_count_a_failed_interleaved_call_once_by_its_code(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed interleaved call counted as two failures: beside 4 single-model successes the dashboard's
+    Errors/s read 2 calls and its error ratio 2/6 instead of 1/5."""
+    infer = RankDataPlane._infer
+
+    async def refuse_interleaved(self: RankDataPlane, query: Any, *args: Any) -> np.ndarray:
+        if query.user_id.startswith("il-"):
+            raise InvalidInput("user_dense", "the interleaved arms refuse")
+        return await infer(self, query, *args)
+
+    monkeypatch.setattr(RankDataPlane, "_infer", refuse_interleaved)
+    dashboard = json.loads(SERVING_DASHBOARD.read_text())
+    before = _scrape()
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await running.stub.Rank(request("il-error", top_k=5))
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for i in range(4):
+        await running.stub.Rank(request(f"user-error-{i}", top_k=5))
+    after = _scrape()
+    counted = {
+        "Errors/s": promql_increase(panel_target(dashboard, "Errors/s"), before, after),
+        "error ratio": promql_increase(panel_target(dashboard, "Errors/s by reason", "B"), before, after),
+    }
+    assert counted == {"Errors/s": 1, "error ratio": pytest.approx(1 / 5)}
+    assert _calls(before, after, "Rank") == {"OK": 4, "INVALID_ARGUMENT": 1}

@@ -131,13 +131,10 @@ def wait_serving(target: str, timeout: float = 60) -> None:
     raise AssertionError(f"server at {target} never became SERVING")
 
 
-def successes(metrics_port: int) -> float:
+def scraped(metrics_port: int, series: str) -> float:
+    """The sum of the series whose exposition lines start with ``series`` on one worker's /metrics."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("mtrank_inference_request_success_total{")
-    )
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series))
 
 
 def listening_addresses(port: int) -> set[str]:
@@ -188,8 +185,11 @@ def test_two_workers_share_the_port_reload_the_config_and_stop_on_sigterm(
                 request.user_id = f"user-{i}"
                 versions.add(ranking_pb2_grpc.RankerStub(channel).Rank(request, timeout=10).model.version)
         assert versions == {"1"}
-        served = [successes(metrics_port), successes(metrics_port + 1)]
+        ports = (metrics_port, metrics_port + 1)
+        served = [scraped(p, "mtrank_inference_request_success_total{") for p in ports]
         assert sum(served) == 40 and min(served) > 0, served
+        calls = [scraped(p, 'mtrank_requests_total{code="OK",method="Rank"}') for p in ports]
+        assert calls == served, "each worker counts the calls it served on its own endpoint"
         # /metrics listens where gRPC does (--host, 127.0.0.1 by default), not on every interface
         assert listening_addresses(metrics_port) == listening_addresses(metrics_port + 1) == {"127.0.0.1"}
 

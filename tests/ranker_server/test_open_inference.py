@@ -268,6 +268,7 @@ async def test_model_infer_over_grpc_batches_and_counts_like_rank(served, reposi
         "success": sample("mtrank_inference_request_success_total", **labels),
         "duration": sample("mtrank_inference_request_duration_seconds_count", **labels),
         "execs": sample("mtrank_inference_exec_count_total", model="tiny", version="1"),
+        "calls": sample("mtrank_requests_total", method="ModelInfer", code="OK"),
     }
     inputs = [rows(5, seed) for seed in range(8)]
     responses = await asyncio.gather(
@@ -279,6 +280,7 @@ async def test_model_infer_over_grpc_batches_and_counts_like_rank(served, reposi
         np.testing.assert_allclose(logits, expected_logits(repository, "1", sparse, dense), rtol=1e-5, atol=1e-6)
     assert sample("mtrank_inference_request_success_total", **labels) - before["success"] == 8
     assert sample("mtrank_inference_request_duration_seconds_count", **labels) - before["duration"] == 8
+    assert sample("mtrank_requests_total", method="ModelInfer", code="OK") - before["calls"] == 8
     execs = sample("mtrank_inference_exec_count_total", model="tiny", version="1") - before["execs"]
     assert 1 <= execs < 8, "concurrent calls within max_delay_ms share ONNX Runtime executions"
 
@@ -287,6 +289,8 @@ async def test_model_infer_over_grpc_batches_and_counts_like_rank(served, reposi
 async def test_errors_over_grpc_carry_the_status_and_the_field(served) -> None:
     _, _, stub = served
     failed = sample("mtrank_inference_request_failure_total", model="", version="", variant=INFER_VARIANT, reason="InvalidInput")
+    codes = ("INVALID_ARGUMENT", "NOT_FOUND")
+    calls = {code: sample("mtrank_requests_total", method="ModelInfer", code=code) for code in codes}
     bad = infer_request(*rows(2))
     bad.raw_input_contents[0] = b"\0"
     cases = [
@@ -300,9 +304,13 @@ async def test_errors_over_grpc_carry_the_status_and_the_field(served) -> None:
         assert code_of(info.value) == code and text in info.value.details()
     after = sample("mtrank_inference_request_failure_total", model="", version="", variant=INFER_VARIANT, reason="InvalidInput")
     assert after - failed == 1
+    counted = {c: sample("mtrank_requests_total", method="ModelInfer", code=c) - calls[c] for c in codes}
+    assert counted == {"INVALID_ARGUMENT": 2, "NOT_FOUND": 1}  # each call once, by the code it ended with
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.ModelMetadata(inference_pb2.ModelMetadataRequest(name="tiny", version="7"))
     assert code_of(info.value) == grpc.StatusCode.NOT_FOUND and info.value.details().startswith("name: tiny/7")
+    # a probe, not a request: uncounted
+    assert sample("mtrank_requests_total", method="ModelMetadata", code="NOT_FOUND") == 0
 
 
 @pytest.mark.integration
