@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -50,6 +51,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import bench_ranker as br  # noqa: E402 (also puts the repository root on sys.path)
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 ROOT = br.ROOT
@@ -340,6 +342,28 @@ WORK_FLOORS = {  # row -> serve_floor's server kind, and whether it scores with 
 FLOOR_SPINNING = ("during runs", "off")
 
 
+def lone_run_shares(metrics_ports: dict[str, int]) -> list[str]:
+    """Where each ranker's lone runs went over the whole run (``mtrank_inference_lone_runs_total``): a lone-run
+    chooser held on the sleeping session shows here (run 48)."""
+    lines = ["Lone runs (ONNX Runtime alone in the process) by session, over the whole run:"]
+    for label, port in metrics_ports.items():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        runs = {
+            sample.labels["session"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "mtrank_inference_lone_runs_total"
+        }
+        total = sum(runs.values())
+        if not total:
+            lines.append(f"- {label}: none counted (one session, or a ranker without the counter)")
+            continue
+        spinning = runs.get("spinning", 0.0)
+        lines.append(f"- {label}: {spinning:.0f} of {total:.0f} on the spinning session ({spinning / total:.0%})")
+    return lines
+
+
 def connections(n: int) -> str:
     return "one channel" if n == 1 else f"{n} connections, caller i on connection i mod {n}"
 
@@ -398,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         feeds = {"sparse": sparse, "dense": dense}
         expected = br.ort_session(package / "model.onnx", args.threads, "off").run(["logits"], feeds)[0]
         try:
+            metrics_ports = {RANK: br.free_port()}  # Rank rows' servers: where lone_run_shares reads them
             ranker, ranker_target = br.start_server(
-                Path(tmp), args.threads, br.free_port(), args.server_args.split(), EXPERIMENTS
+                Path(tmp), args.threads, metrics_ports[RANK], args.server_args.split(), EXPERIMENTS
             )
             processes.append(ranker)
             targets = {RANK: (ranker_target, "rank"), OIP: (ranker_target, "infer")}
@@ -418,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
             rankers += [(f"{RANK}, {name}", [], Path(code)) for name, code in checkouts]
             for label, flags, code in rankers:  # Rank rows beside ours: other flags, or another checkout
                 extra = [*args.server_args.split(), *flags]
-                proc, target = br.start_server(Path(tmp), args.threads, br.free_port(), extra, EXPERIMENTS, code=code)
+                metrics_ports[label] = br.free_port()
+                proc, target = br.start_server(
+                    Path(tmp), args.threads, metrics_ports[label], extra, EXPERIMENTS, code=code
+                )
                 processes.append(proc)
                 targets[label] = (target, "rank")
             for predict, spinning in setups:
@@ -433,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             for label in WORK_FLOORS:
                 check_work_floor(targets[label][0], rank_request, ids, expected)
             results, raw = asyncio.run(measure(args, package, rank_request, oip_request, feeds, targets))
+            shares = lone_run_shares(metrics_ports)
         finally:
             for floor in floors:
                 floor.kill()
@@ -441,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             for proc in processes:
                 proc.wait(30)
     uptime_after = br.uptime()
-    br.emit(report(args, results, raw, (uptime_before, uptime_after), [kserve_label(*s) for s in setups]), args.out)
+    text = report(args, results, raw, (uptime_before, uptime_after), [kserve_label(*s) for s in setups])
+    br.emit("\n".join([text, "", *shares]), args.out)
     return 0
 
 

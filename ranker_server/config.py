@@ -44,7 +44,8 @@ class RuntimeSettings(BaseModel):
         "alone",
         description="ORT pool threads spin-wait for work during a run (never between runs): 'alone' only in runs "
         "that have ONNX Runtime to themselves (a second, spinning CPU session) while such runs measure faster "
-        "there than on the sleeping one (inference.LoneRunChooser), 'on' in every run",
+        "there than on the sleeping one (inference.LoneRunChooser; mtrank_inference_lone_runs_total{session} "
+        "counts its picks), 'on' in every run",
     )
     inference_threads: int = Field(2, ge=1, description="executor threads calling session.run concurrently")
     factored_max_mb: int = Field(

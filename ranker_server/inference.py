@@ -21,8 +21,10 @@ import onnxruntime as ort
 
 from ranker_server.config import RuntimeSettings
 from ranker_server.errors import PackageError
+from ranker_server.metrics import LONE_RUNS
 
 logger = logging.getLogger(__name__)
+_LONE_RUNS = {spin: LONE_RUNS.labels("spinning" if spin else "sleeping") for spin in (True, False)}
 
 _GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 PACKAGE_INPUTS = ("sparse", "dense")
@@ -300,6 +302,7 @@ class OnnxRanker:
                 self._last_spin = False  # concurrent runs go to the sleeping session
                 return await loop.run_in_executor(executor, self.run, inputs, alone)
             spin = self._chooser.spin(len(inputs))
+            _LONE_RUNS[spin].inc()
             warm, self._last_spin = spin == self._last_spin, spin
             logits, seconds = await loop.run_in_executor(executor, self._timed_run, inputs, spin)
             # Only a run that stayed alone and followed one on the same session compares the sessions: one that

@@ -40,6 +40,11 @@ INFERENCE_COUNT = Counter(
     "mtrank_inference_count", "Candidate rows scored (Triton: inferences)", MODEL_LABELS
 )
 EXEC_COUNT = Counter("mtrank_inference_exec_count", "ONNX Runtime batch executions", MODEL_LABELS)
+LONE_RUNS = Counter(
+    "mtrank_inference_lone_runs",
+    "ONNX Runtime runs alone in the process (--spinning alone), by the session the lone-run chooser picked",
+    ("session",),
+)
 REQUEST_DURATION = Histogram(
     "mtrank_inference_request_duration_seconds",
     "Rank and ModelInfer request time in the server",

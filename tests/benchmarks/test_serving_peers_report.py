@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from bench_serving_peers import (  # noqa: E402
     floor_label,
     infer_request,
     kserve_label,
+    lone_run_shares,
     report,
 )
 
@@ -65,3 +68,38 @@ def test_the_same_model_check_accepts_a_request_with_fewer_candidates_than_top_k
     finally:
         proc.kill()
         proc.wait()
+
+
+
+def _metrics_page(body: str) -> HTTPServer:
+    """A /metrics endpoint on a free loopback port serving ``body``, in a daemon thread."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_the_lone_run_shares_are_read_from_each_rankers_metrics() -> None:
+    counted = _metrics_page(
+        'mtrank_inference_lone_runs_total{session="spinning"} 30.0\n'
+        'mtrank_inference_lone_runs_total{session="sleeping"} 10.0\n'
+    )
+    older = _metrics_page("mtrank_requests_total 1.0\n")  # a checkout without the counter
+    try:
+        lines = lone_run_shares({"ours": counted.server_port, "older": older.server_port})
+    finally:
+        counted.shutdown()
+        older.shutdown()
+    assert lines[1:] == [
+        "- ours: 30 of 40 on the spinning session (75%)",
+        "- older: none counted (one session, or a ranker without the counter)",
+    ]

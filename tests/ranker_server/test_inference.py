@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from ranker_server.config import RuntimeSettings
 from ranker_server.errors import PackageError
@@ -86,6 +87,9 @@ def test_concurrent_runs_share_the_cores_among_the_executor_threads(
     assert runner._alone_session.get_session_options().intra_op_num_threads == lone
 
 
+LONE_RUNS, SESSIONS = "mtrank_inference_lone_runs_total", ("spinning", "sleeping")
+
+
 async def test_lone_runs_follow_the_chooser_and_only_runs_after_one_on_the_same_session_count(
     repository: Path,
 ) -> None:
@@ -96,11 +100,14 @@ async def test_lone_runs_follow_the_chooser_and_only_runs_after_one_on_the_same_
     data = golden(repository)
     size = len(data["sparse"]).bit_length()
     recorded = []
+    counted = {session: REGISTRY.get_sample_value(LONE_RUNS, {"session": session}) or 0 for session in SESSIONS}
     with ThreadPoolExecutor(2) as executor:
         for _ in range(4):
             await runner.infer(GraphRows(data["sparse"], data["dense"]), executor)
             recorded.append(set(runner._chooser._log_seconds))
     assert calls == ["spin", "spin", "sleep", "sleep"], "each session is measured before the chooser compares"
+    for session in SESSIONS:  # mtrank_inference_lone_runs_total says where lone runs went
+        assert REGISTRY.get_sample_value(LONE_RUNS, {"session": session}) - counted[session] == 2
     # The first run and the first after a switch find a cold session: they are not compared.
     assert recorded == [set(), {(size, True)}, {(size, True)}, {(size, True), (size, False)}]
 
