@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from scipy.stats import chisquare
@@ -21,6 +22,16 @@ from experiment_router.router import Payload, Router, serving_assignments
 
 EXIT_CONFIG = 2
 EXIT_CONFORMANCE = 1
+MAX_PREVIEW_USERS = 10_000_000
+"""``preview --users`` above this is refused: the preview holds every id and assignment (about 200 bytes a
+user, 2 GB and 80 s at the limit); 10**11 users ran until memory ran out."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse printing a usage error as one line (it printed the usage first, up to six lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _attr(text: str) -> tuple[str, str]:
@@ -35,11 +46,33 @@ def _attr(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _users(text: str) -> int:
+    """``--users``: 1 to MAX_PREVIEW_USERS (-5 printed an empty preview, 10**11 ran out of memory)."""
+    try:
+        users = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 1 <= users <= MAX_PREVIEW_USERS:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {MAX_PREVIEW_USERS}, got {users}")
+    return users
+
+
+def _unix_time(text: str) -> float:
+    """``--at``: a finite number (NaN compares false with every start and end: it passed every window)."""
+    try:
+        moment = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a unix time, got {text!r}") from None
+    if not math.isfinite(moment):
+        raise argparse.ArgumentTypeError(f"expected a finite unix time, got {text}")
+    return moment
+
+
 def _command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    sub: argparse._SubParsersAction[_Parser],
     name: str,
     summary: str,
-    parents: Sequence[argparse.ArgumentParser] = (),
+    parents: Sequence[_Parser] = (),
 ) -> argparse.ArgumentParser:
     """A subcommand whose own ``--help`` starts with ``summary`` too (it said only its usage and options)."""
     return sub.add_parser(
@@ -53,7 +86,7 @@ def _command(
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree (one subcommand per verb)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m experiment_router",
         description="Validate experiment configs, explain assignments, preview splits, run GrowthBook conformance.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -69,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--model-repository",
         metavar="DIR",
@@ -81,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", metavar="CONFIG", help="experiment config (YAML or JSON)")
 
-    evaluation = argparse.ArgumentParser(add_help=False)  # what assign and preview evaluate users with
+    evaluation = _Parser(add_help=False)  # what assign and preview evaluate users with
     evaluation.add_argument(
         "--attr",
         action="append",
@@ -93,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument(
         "--at",
-        type=float,
+        type=_unix_time,
         default=None,
         metavar="UNIX_TIME",
         help="evaluate start/end windows at this Unix time instead of now",
@@ -113,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, metavar="CONFIG", help="experiment config (YAML or JSON)")
     p.add_argument(
-        "--users", type=int, default=100_000, metavar="N", help="number of synthetic user ids (user-0 ...)"
+        "--users", type=_users, default=100_000, metavar="N", help="number of synthetic user ids (user-0 ...)"
     )
     p.add_argument("--include-drafts", action="store_true", help="preview draft experiments as if running")
     p.add_argument(
@@ -222,6 +255,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_conformance(args: argparse.Namespace) -> int:
     reports = run_suite(load_cases(args.cases))
+    if not any(r.passed or r.failed or r.excluded for r in reports):  # `{}` "passed" every section
+        raise ConfigError(
+            f"no cases in any section of GrowthBook's cases.json ({', '.join(r.section for r in reports)})",
+            file=args.cases,
+        )
     for r in reports:
         note = f" ({r.excluded} excluded: {EXCLUSION_REASONS[r.section]})" if r.excluded else ""
         print(f"{r.section}: {r.passed} passed, {r.failed} failed{note}")
@@ -243,11 +281,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; config errors print file:line messages and exit 2 without a traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "users", 1) < 1:
-        parser.error(f"argument --users: expected a positive integer, got {args.users}")
-    # NaN compares false with every start and end: it would pass every window check
-    if getattr(args, "at", None) is not None and not math.isfinite(args.at):
-        parser.error(f"argument --at: expected a finite unix time, got {args.at}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -30,6 +30,7 @@ from array import array
 from collections.abc import Iterable
 from functools import lru_cache
 
+from experiment_router.backtracking import backtracking_problem
 from experiment_router.errors import RegexError
 
 _WORD = "A-Za-z0-9_"
@@ -328,7 +329,8 @@ def compile_js(pattern: str, ignore_case: bool = False) -> re.Pattern[str]:
     """Compile a condition's regex with JavaScript's meaning; match it against `js_text(value)`.
 
     Raises:
-        RegexError: the pattern is not a string, Python cannot read it, or JavaScript reads it otherwise.
+        RegexError: the pattern is not a string, Python cannot read it, JavaScript reads it otherwise, or
+            its matching time can grow faster than quadratically with the text's length (see backtracking).
     """
     if not isinstance(pattern, str):
         raise RegexError(f"a regular expression must be a string, got {type(pattern).__name__}")
@@ -338,12 +340,16 @@ def compile_js(pattern: str, ignore_case: bool = False) -> re.Pattern[str]:
         raise RegexError(f"invalid regular expression {pattern!r}: {exc}") from None
     source = translate(pattern, ignore_case)
     try:
-        return re.compile(source)
+        compiled = re.compile(source)
     except re.error as exc:  # e.g. an astral range, which JavaScript reads as surrogates
         raise RegexError(
             f"regular expression {pattern!r} is not JavaScript once characters outside the BMP are read "
             f"as two UTF-16 code units: {exc}"
         ) from None
+    slow = backtracking_problem(source)
+    if slow is not None:  # `re` cannot be interrupted: such a pattern would stall the request path
+        raise RegexError(f"regular expression {pattern!r} is refused: {slow}")
+    return compiled
 
 
 def js_text(text: str) -> str:

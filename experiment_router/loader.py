@@ -17,7 +17,14 @@ from pydantic import BaseModel, ValidationError
 
 from experiment_router.conditions import validate_condition
 from experiment_router.errors import ConfigError, ConfigErrors, UnknownOperatorError
-from experiment_router.schema import INTERLEAVED, STAGES, ExperimentConfig, LayerConfig, RouterConfig
+from experiment_router.schema import (
+    INTERLEAVED,
+    STAGES,
+    ExperimentConfig,
+    FieldProblem,
+    LayerConfig,
+    RouterConfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +105,43 @@ class _Locator:
         return ConfigError(message, file=self.file, experiment=experiment, field=_dotted(path), line=line)
 
 
+class InvalidDate:
+    """What YAML reads as a date but is none (`2026-13-01`): PyYAML raised a bare ValueError, a traceback
+    without file or line; the loader keeps this in its place and reports it with its field and line."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        self.text, self.reason = text, reason
+
+
+class _ConfigYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with an invalid date kept as an `InvalidDate` instead of raised."""
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except (ValueError, OverflowError) as exc:
+            return InvalidDate(str(node.value), str(exc))
+
+
+_ConfigYamlLoader.add_constructor("tag:yaml.org,2002:timestamp", _ConfigYamlLoader.construct_yaml_timestamp)
+
+
+def _invalid_dates(value: Any, path: Path_ = ()) -> Iterator[tuple[Path_, InvalidDate]]:
+    """Every `InvalidDate` in a parsed document, with its path."""
+    if isinstance(value, InvalidDate):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _invalid_dates(item, path + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _invalid_dates(item, path + (i,))
+
+
 def parse_text(text: str, file: str = "<config>") -> tuple[Any, dict[Path_, int]]:
     """Parse YAML (or JSON, a YAML subset) keeping the line of every node."""
     try:
-        data = json.loads(text) if file.endswith(".json") else yaml.safe_load(text)
+        data = json.loads(text) if file.endswith(".json") else yaml.load(text, Loader=_ConfigYamlLoader)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"invalid JSON: {exc.msg}", file=file, line=exc.lineno) from None
     except yaml.MarkedYAMLError as exc:  # its text spans lines and names "<unicode string>", not the file
@@ -156,6 +196,12 @@ def load_config(
     locate = _Locator(file, data, lines)
     if not isinstance(data, Mapping):
         raise locate.error("the top level must be a mapping with 'defaults' and 'experiments'", ())
+    bad_dates = [
+        locate.error(f"invalid date {bad.text!r}: {bad.reason} (quote it if it is no date)", path)
+        for path, bad in _invalid_dates(data)
+    ]
+    if bad_dates:
+        raise ConfigErrors(bad_dates)
     try:
         config = RouterConfig.model_validate(data)
     except ValidationError as exc:
@@ -171,6 +217,9 @@ def load_config(
 def _pydantic_error(locate: _Locator, err: Mapping[str, Any]) -> ConfigError:
     path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
     message = err["msg"].removeprefix("Value error, ")
+    problem = err.get("ctx", {}).get("error")
+    if isinstance(problem, FieldProblem):  # a check across fields names the one it is about
+        path += problem.at
     if err["type"] == "extra_forbidden":
         message = f"unknown field {path[-1]!r}; {_allowed_fields(path)}"
     return locate.error(message, path)

@@ -5,9 +5,14 @@ never sees half of an old config and half of a new one. A bad new file is reject
 
 A change is applied only once the file has kept the same content for ``settle_s`` (debounce): an editor or a
 copy that writes the file in several steps can be caught half-way, and a truncated file may well be valid
-YAML that simply lacks an experiment, whose model would then be unloaded. When a model check cannot be
-answered (``ModelCheckUnavailable``: the retrieval service is down), the new file is neither applied nor
-rejected: the previous config stays and the file is tried again at the next poll.
+YAML that simply lacks an experiment, whose model would then be unloaded. A change is noticed by the file's
+mtime, size or inode (an atomic replace by a file whose mtime was kept, as ``cp -p``, ``tar`` or ``rsync -t``
+leave it, changes the inode), and a pending change is read again at every poll until it is applied: the kernel
+stamps mtimes from a clock that ticks every few milliseconds, so the rest of a write caught half-way can land
+within the same tick and leave mtime and inode as they were. A file that cannot be read (deleted, moved away)
+or a rejected one is reported once, not at every poll; the previous config stays in force. When a model
+check cannot be answered (``ModelCheckUnavailable``: the retrieval service is down), the new file is neither
+applied nor rejected: the previous config stays and the file is tried again at the next poll.
 
 Every applied config is logged and exported (``mtrank_router_config_info{path, sha256}``) with the sha256 of
 its text, so logs and dashboards say which version is live. A reload that moves users of a running experiment
@@ -84,7 +89,8 @@ class ConfigWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        text, self._mtime = self._read()
+        text, self._stamp = self._read()
+        self._problem: str | None = None  # the last reported read problem, reported once
         self._digest = hashlib.sha256(text.encode()).hexdigest()
         # a change seen but not applied yet: (digest, text, when first seen with that content)
         self._pending: tuple[str, str, float] | None = None
@@ -97,10 +103,15 @@ class ConfigWatcher:
         """The active Router (take it once per request)."""
         return self._current
 
-    def _read(self) -> tuple[str, int]:
+    def _stat(self) -> tuple[int, int, int]:
+        """What tells that the file changed: mtime, size, inode (raises OSError)."""
+        st = os.stat(self.path)
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def _read(self) -> tuple[str, tuple[int, int, int]]:
         try:
-            mtime = os.stat(self.path).st_mtime_ns
-            return self.path.read_text(encoding="utf-8"), mtime
+            stamp = self._stat()
+            return self.path.read_text(encoding="utf-8"), stamp
         except OSError as exc:
             raise ConfigError(f"cannot read config: {exc.strerror}", file=str(self.path)) from None
         except UnicodeDecodeError as exc:
@@ -119,17 +130,17 @@ class ConfigWatcher:
         """Reload if the file changed and has settled; returns True when a new Router was swapped in."""
         with self._lock:
             try:
-                mtime = os.stat(self.path).st_mtime_ns
+                stamp = self._stat()
             except OSError as exc:
-                self._reject(ConfigError(f"cannot read config: {exc.strerror}", file=str(self.path)))
+                self._unreadable(ConfigError(f"cannot read config: {exc.strerror}", file=str(self.path)))
                 return False
-            if mtime != self._mtime:
+            if stamp != self._stamp or self._pending is not None:
                 try:
-                    text, mtime = self._read()
+                    text, stamp = self._read()
                 except ConfigError as exc:
-                    self._reject(exc)
+                    self._unreadable(exc)
                     return False
-                self._mtime = mtime
+                self._stamp, self._problem = stamp, None
                 digest = hashlib.sha256(text.encode()).hexdigest()
                 if digest == self._digest:  # back to what is in force (or was last rejected)
                     self._pending = None
@@ -190,6 +201,12 @@ class ConfigWatcher:
                 exc,
                 self.interval_s,
             )
+
+    def _unreadable(self, exc: ConfigError) -> None:
+        """Report a file that cannot be read once (it was logged and counted at every poll while deleted)."""
+        if exc.describe() != self._problem:
+            self._problem = exc.describe()
+            self._reject(exc)
 
     def _reject(self, exc: ConfigError) -> None:
         RELOADS.labels(result="failure").inc()

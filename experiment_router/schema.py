@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
 
 from proto.limits import MAX_NAME_BYTES
 
@@ -29,6 +38,32 @@ def _fits_an_event(value: str) -> str:
 EventName = Annotated[str, Field(min_length=1), AfterValidator(_fits_an_event)]
 """A key or model name that exposures carry."""
 
+# Numbers, flags and counts take their own type only: pydantic's lax mode read `coverage: true` as 1.0 (all
+# users), `hash_version: true` as 1 (another hash) and `sticky: "no"` as False, so a wrong type moved users
+# without a word. An int is still a number.
+Number = Annotated[float, Strict()]
+Flag = Annotated[bool, Strict()]
+Count = Annotated[int, Strict()]
+
+
+def _not_a_flag(value: Any) -> Any:
+    """Literal[1, 2] takes True for 1 (True == 1): refuse booleans, as Strict() does for the others."""
+    if isinstance(value, bool):
+        raise ValueError(f"Input should be 1 or 2, not a boolean ({str(value).lower()})")
+    return value
+
+
+HashVersion = Annotated[Literal[1, 2], BeforeValidator(_not_a_flag)]
+
+
+class FieldProblem(ValueError):
+    """A check across fields that belongs to one of them: `at` is its path below the model, so the loader
+    names that field and its line rather than the whole experiment's."""
+
+    def __init__(self, message: str, at: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.at = at
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -41,7 +76,7 @@ class PayloadConfig(_Strict):
 
     model_name: EventName
     model_version: EventName
-    task_weights: dict[str, float] | None = None
+    task_weights: dict[str, Number] | None = None
 
     @field_validator("model_version", mode="before")
     @classmethod
@@ -54,8 +89,8 @@ class VariationConfig(_Strict):
 
     key: EventName
     name: str | None = None
-    weight: float | None = Field(default=None, ge=0.0)
-    range: tuple[float, float] | None = None
+    weight: Number | None = Field(default=None, ge=0.0)
+    range: tuple[Number, Number] | None = None
     payload: PayloadConfig
 
     @field_validator("range")
@@ -68,7 +103,7 @@ class VariationConfig(_Strict):
     @model_validator(mode="after")
     def _weight_or_range(self) -> VariationConfig:
         if self.weight is not None and self.range is not None:
-            raise ValueError("give either 'weight' or 'range', not both")
+            raise FieldProblem("give either 'weight' or 'range', not both", ("range",))
         return self
 
 
@@ -76,7 +111,7 @@ class LayerConfig(_Strict):
     """A namespace: experiments in one layer own disjoint slices [start, end) of it."""
 
     name: str = Field(min_length=1)
-    range: tuple[float, float] = (0.0, 1.0)
+    range: tuple[Number, Number] = (0.0, 1.0)
 
     @field_validator("range")
     @classmethod
@@ -91,9 +126,9 @@ class HoldoutConfig(_Strict):
 
     key: EventName | None = None  # default: "global-holdout", or the group's name
     seed: str | None = None  # default: the key
-    coverage: float = Field(ge=0.0, le=1.0)
+    coverage: Number = Field(ge=0.0, le=1.0)
     hash_attribute: str = "user_id"
-    hash_version: Literal[1, 2] = 2
+    hash_version: HashVersion = 2
 
 
 class ExperimentConfig(_Strict):
@@ -113,16 +148,16 @@ class ExperimentConfig(_Strict):
     seed: str | None = None
     hash_attribute: str = "user_id"
     fallback_attribute: str | None = None
-    hash_version: Literal[1, 2] = 2
-    coverage: float = Field(default=1.0, ge=0.0, le=1.0)
+    hash_version: HashVersion = 2
+    coverage: Number = Field(default=1.0, ge=0.0, le=1.0)
     start: datetime | None = None
     end: datetime | None = None
     condition: dict[str, Any] | None = None
     layer: LayerConfig | None = None
     holdout: str | None = None
-    sticky: bool = True
-    bucket_version: int = Field(default=0, ge=0)
-    min_bucket_version: int = Field(default=0, ge=0)
+    sticky: Flag = True
+    bucket_version: Count = Field(default=0, ge=0)
+    min_bucket_version: Count = Field(default=0, ge=0)
     forced: dict[str, list[str]] = Field(default_factory=dict)
     variations: list[VariationConfig] = Field(min_length=2)
 
@@ -130,23 +165,27 @@ class ExperimentConfig(_Strict):
     def _consistent(self) -> ExperimentConfig:
         weights = [v.weight for v in self.variations]
         ranges = [v.range for v in self.variations]
-        if any(r is not None for r in ranges) and any(r is None for r in ranges):
-            raise ValueError("either every variation has a 'range' or none has")
-        if any(w is not None for w in weights) and any(w is None for w in weights):
-            raise ValueError("either every variation has a 'weight' or none has (equal weights)")
+        if any(r is not None for r in ranges) and None in ranges:
+            at = ("variations", ranges.index(None))
+            raise FieldProblem("either every variation has a 'range' or none has", at)
+        if any(w is not None for w in weights) and None in weights:
+            at = ("variations", weights.index(None))
+            raise FieldProblem("either every variation has a 'weight' or none has (equal weights)", at)
         if all(w is not None for w in weights):
             total = sum(w for w in weights if w is not None)
             if not 0.99 <= total <= 1.01:
-                raise ValueError(f"variation weights must sum to 1 (+-0.01), got {total:g}")
+                message = f"variation weights must sum to 1 (+-0.01), got {total:g}"
+                raise FieldProblem(message, ("variations",))
         if all(r is not None for r in ranges):
-            spans = sorted(r for r in ranges if r is not None)
-            for a, b in zip(spans, spans[1:], strict=False):
+            spans = sorted((r, j) for j, r in enumerate(ranges) if r is not None)
+            for (a, _), (b, j) in zip(spans, spans[1:], strict=False):
                 if b[0] < a[1]:
-                    raise ValueError(f"variation ranges {list(a)} and {list(b)} overlap")
+                    message = f"variation ranges {list(a)} and {list(b)} overlap"
+                    raise FieldProblem(message, ("variations", j, "range"))
         if self.min_bucket_version > self.bucket_version:
-            raise ValueError("min_bucket_version cannot exceed bucket_version")
+            raise FieldProblem("min_bucket_version cannot exceed bucket_version", ("min_bucket_version",))
         if self.start and self.end and _utc(self.end) <= _utc(self.start):
-            raise ValueError("end must be after start")
+            raise FieldProblem("end must be after start", ("end",))
         return self
 
 

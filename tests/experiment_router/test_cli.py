@@ -182,3 +182,34 @@ def test_each_command_help_says_what_it_does(command: str, capsys: pytest.Captur
         "conformance": "Run GrowthBook's cases.json",
     }[command]
     assert summary in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["bogus"],
+        ["validate"],
+        ["assign", "--config", TWO_LAYERS],
+        ["assign", "--config", TWO_LAYERS, "--user", "u", "--attr", "novalue"],
+        ["assign", "--config", TWO_LAYERS, "--user", "u", "--at", "soon"],
+        ["preview", "--config", TWO_LAYERS, "--users", "many"],
+        ["preview", "--config", TWO_LAYERS, "--users", "100000000000"],  # ran until memory ran out
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse printed its usage (up to six lines) before the error."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("python -m experiment_router") and ": error: " in err and "usage:" not in err
+
+
+def test_conformance_without_cases_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`{}` (or any JSON object without GrowthBook's sections) reported 0 passed, 0 failed and exit 0."""
+    path = tmp_path / "empty.json"
+    path.write_text('{"hash": [], "unrelated": [[1]]}')
+    assert main(["conformance", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: no cases in any section") and err.count("\n") == 1

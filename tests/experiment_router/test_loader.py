@@ -347,7 +347,8 @@ def test_end_must_follow_start_whether_or_not_they_name_a_zone(
         assert Router.from_file(path).experiment_keys == ("exp-a",)
     else:
         err = _error(path)
-        assert err.message == "end must be after start" and err.line == 6 and err.experiment == "exp-a"
+        assert err.message == "end must be after start" and err.experiment == "exp-a"
+        assert (err.field, err.line) == ("experiments[0].end", 10)  # the experiment's line 6 before
 
 
 def test_a_user_forced_into_two_experiments_of_one_stage_is_refused(tmp_path: Path) -> None:
@@ -390,3 +391,78 @@ def test_nested_aliases_are_walked_once_for_line_numbers(tmp_path: Path) -> None
     err = _error(_write(tmp_path, HEADER + "  []\n" + text))
     assert isinstance(err, ConfigErrors)
     assert any(e.field == "l4" and e.line == 11 for e in err.errors), err.describe()
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("2026-13-01", "month must be in 1..12"),
+        ("2026-02-30", "day is out of range"),
+        ("0000-01-01", "year 0"),
+    ],
+)
+def test_an_impossible_date_names_its_field_and_line(tmp_path: Path, value: str, reason: str) -> None:
+    """PyYAML raised a bare ValueError for a date that does not exist: a traceback without file or line."""
+    window = f"    status: running\n    start: {value}\n"
+    path = _write(tmp_path, GOOD_EXPERIMENT.replace("    status: running\n", window))
+    err = _error(path)
+    assert (err.experiment, err.field, err.line) == ("exp-a", "experiments[0].start", 9)
+    assert err.message.startswith(f"invalid date {value!r}: {reason}") and "\n" not in err.describe()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("coverage", "true"),  # was coverage 1.0: every user
+        ("coverage", "'0.5'"),
+        ("hash_version", "true"),  # was hash version 1: every user re-hashed
+        ("sticky", "'no'"),
+        ("bucket_version", "'2'"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_not_converted(tmp_path: Path, field: str, value: str) -> None:
+    """Pydantic's lax mode converted booleans and strings into numbers and flags without a word."""
+    running = "    status: running\n"
+    path = _write(tmp_path, GOOD_EXPERIMENT.replace(running, f"{running}    {field}: {value}\n"))
+    err = _error(path)
+    assert (err.experiment, err.field, err.line) == ("exp-a", f"experiments[0].{field}", 9)
+    assert "Input should be" in err.message
+
+
+CONTROL = "weight: 0.5, payload: {model_name: mmoe,"
+TREATMENT = "weight: 0.5, payload: {model_name: mmoe+dml"
+
+
+def test_a_weight_of_the_wrong_type_is_refused(tmp_path: Path) -> None:
+    err = _error(_write(tmp_path, GOOD_EXPERIMENT.replace(CONTROL, CONTROL.replace("0.5", "true"))))
+    assert (err.field, err.line) == ("experiments[0].variations[0].weight", 11)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "line"),
+    [
+        (TREATMENT, TREATMENT.replace("0.5", "0.7"), "variations", 10),
+        (TREATMENT, TREATMENT.replace("weight: 0.5, ", ""), "variations[1]", 12),
+        (TREATMENT, TREATMENT.replace("weight: 0.5", "range: [0.4, 1]"), "variations[0]", 11),
+        (
+            "    status: running\n",
+            "    status: running\n    min_bucket_version: 1\n",
+            "min_bucket_version",
+            9,
+        ),
+    ],
+)
+def test_a_check_across_fields_names_the_field_it_is_about(
+    tmp_path: Path, old: str, new: str, field: str, line: int
+) -> None:
+    """Weights not summing to 1 and the like named the experiment (line 6), not the field to fix."""
+    err = _error(_write(tmp_path, GOOD_EXPERIMENT.replace(old, new)))
+    assert (err.experiment, err.field, err.line) == ("exp-a", f"experiments[0].{field}", line), err.describe()
+
+
+def test_overlapping_variation_ranges_name_the_later_range(tmp_path: Path) -> None:
+    body = GOOD_EXPERIMENT.replace(TREATMENT, TREATMENT.replace("weight: 0.5", "range: [0.4, 1]"))
+    body = body.replace(CONTROL, CONTROL.replace("weight: 0.5", "range: [0, 0.5]"))
+    err = _error(_write(tmp_path, body))
+    assert (err.field, err.line) == ("experiments[0].variations[1].range", 12)
+    assert "[0.0, 0.5] and [0.4, 1.0] overlap" in err.message

@@ -186,3 +186,67 @@ def test_a_reload_says_which_config_is_live_and_warns_when_users_switch_variant(
     assert "experiment 'exp-a'" in warning.message and "switch variant" in warning.message
     switched = int(warning.message.split("sampled users, ")[1].split(" ")[0])
     assert 3_500 < switched < 4_500  # hashes in [0.5, 0.9) of 10,000 sampled users move to treatment
+
+
+def test_a_write_finished_within_the_same_mtime_tick_is_applied(tmp_path: Path) -> None:
+    """The kernel's mtime clock ticks every few ms: a writer caught half-way can finish in the same tick with
+    the same size. Only the mtime was compared, so the truncated file was applied and the full one never."""
+    path = tmp_path / "exp.yaml"
+    _write(path, base_config(), 0)
+    reloaded = []
+    watcher = ConfigWatcher(path, on_reload=reloaded.append, settle_s=0.2)
+    full = base_config()
+    full["experiments"].append(experiment("exp-b", stage="retrieval"))
+    text = yaml.safe_dump(full)
+    truncated = text[: text.index("- key: exp-b")]
+    path.write_text(truncated + "#" * (len(text) - len(truncated) - 1) + "\n")  # same size as the full file
+    stamp = time.time() + 10
+    os.utime(path, (stamp, stamp))
+    assert watcher.check_now() is False  # seen, settling
+    path.write_text(text)
+    os.utime(path, (stamp, stamp))  # finished within the same tick
+    time.sleep(0.25)
+    watcher.check_now()
+    time.sleep(0.25)
+    watcher.check_now()
+    assert [r.experiment_keys for r in reloaded] == [("exp-a", "exp-b")]
+
+
+def test_an_atomic_replace_that_keeps_the_mtime_is_applied(tmp_path: Path) -> None:
+    """`cp -p`, `tar` and `rsync -t` keep a file's mtime: a replacement whose mtime equals the old file's was
+    never noticed. Its inode differs."""
+    path = tmp_path / "exp.yaml"
+    _write(path, base_config(), 0)
+    stamp = os.stat(path).st_mtime
+    watcher = ConfigWatcher(path, settle_s=0)
+    data = base_config()
+    data["experiments"].append(experiment("exp-b", stage="retrieval"))
+    staged = tmp_path / "exp.yaml.new"
+    _write(staged, data, 0)
+    os.utime(staged, (stamp, stamp))
+    os.replace(staged, path)
+    assert watcher.check_now() is True and watcher.current.experiment_keys == ("exp-a", "exp-b")
+
+
+def test_a_deleted_file_is_reported_once_and_its_return_is_applied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deleted config was logged as an error and counted as a failed reload at every poll (every 2 s)."""
+    path = tmp_path / "exp.yaml"
+    _write(path, base_config(), 0)
+    errors: list[ConfigError] = []
+    watcher = ConfigWatcher(path, on_error=errors.append, settle_s=0)
+    router = watcher.current
+    path.unlink()
+    failures = _count("failure")
+    with caplog.at_level(logging.ERROR, logger="experiment_router.reload"):
+        for _ in range(5):
+            assert watcher.check_now() is False and watcher.current is router
+    assert _count("failure") == failures + 1 and len(errors) == 1
+    assert caplog.text.count("No such file or directory") == 1
+    data = base_config()
+    data["experiments"].append(experiment("exp-b", stage="retrieval"))
+    _write(path, data, 10)
+    assert watcher.check_now() is True and watcher.current.experiment_keys == ("exp-a", "exp-b")
+    path.unlink()
+    assert watcher.check_now() is False and len(errors) == 2  # a new deletion is reported again
