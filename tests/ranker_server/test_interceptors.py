@@ -10,15 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from ranker_server.interceptors import ExceptionToStatusInterceptor
-
-
-def _details(method: str) -> grpc.HandlerCallDetails:
-    class Details(grpc.HandlerCallDetails):
-        def __init__(self) -> None:
-            self.method = method
-            self.invocation_metadata = ()
-
-    return Details()
+from tests.grpc_serving.call_details import call_details
 
 
 def _calls(method: str, code: str) -> float:
@@ -40,7 +32,7 @@ def test_a_cancelled_call_is_counted_once_and_stays_cancelled(path: str, method:
         return grpc.unary_unary_rpc_method_handler(cancelled)
 
     async def call() -> None:
-        handler = await ExceptionToStatusInterceptor().intercept_service(continuation, _details(path))
+        handler = await ExceptionToStatusInterceptor().intercept_service(continuation, call_details(path))
         await handler.unary_unary(b"", None)
 
     before = _calls(method, "CANCELLED")

@@ -10,15 +10,7 @@ import pytest
 
 from retrieval_server.interceptors import ExceptionToStatusInterceptor
 from retrieval_server.metrics import RetrievalMetrics
-
-
-def _details(method: str) -> grpc.HandlerCallDetails:
-    class Details(grpc.HandlerCallDetails):
-        def __init__(self) -> None:
-            self.method = method
-            self.invocation_metadata = ()
-
-    return Details()
+from tests.grpc_serving.call_details import call_details
 
 
 def test_a_cancelled_retrieve_is_counted_and_stays_cancelled() -> None:
@@ -34,7 +26,7 @@ def test_a_cancelled_retrieve_is_counted_and_stays_cancelled() -> None:
 
     async def call() -> None:
         interceptor = ExceptionToStatusInterceptor(metrics)
-        handler = await interceptor.intercept_service(continuation, _details("/mtrank.v1.Retriever/Retrieve"))
+        handler = await interceptor.intercept_service(continuation, call_details("/mtrank.v1.Retriever/Retrieve"))
         await handler.unary_unary(b"", None)
 
     with pytest.raises(asyncio.CancelledError):
