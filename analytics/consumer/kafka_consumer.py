@@ -23,6 +23,17 @@ STALLED_REBALANCES = Counter(
 
 PartitionsCallback = Callable[[list[TopicPartition]], None]
 
+COMMIT_TIMEOUT_MS = 2_000
+"""The longest a commit of offsets to Kafka waits for the broker. The commits are informational (the store's
+offsets decide where reading resumes; one that fails is logged), and kafka-python otherwise waits its
+request_timeout_ms, 30 s: with a broker that hangs (SIGSTOP: connections open, no answers) a consumer stopped
+by SIGTERM spent 30.4 s in its final commit, past its pod's 30 s grace period, and was killed."""
+CLOSE_TIMEOUT_MS = 2_000
+"""The longest ``close`` waits for the broker to take the member out of the group (30 s otherwise, as above; a
+member that did not leave is dropped after its session timeout). With ``COMMIT_TIMEOUT_MS``, Kafka holds up
+a stop for at most 4 s, which leaves most of compose's default stop_grace_period (10 s) and of Kubernetes'
+(30 s) to the store's final write (``tests/deploy`` checks the deployments' grace periods)."""
+
 
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, on_assign: PartitionsCallback, on_revoke: PartitionsCallback) -> None:
@@ -120,14 +131,19 @@ class Consumer:
         if tps:
             self._consumer.seek_to_beginning(*(KafkaTopicPartition(tp.topic, tp.partition) for tp in tps))
 
-    def commit(self, next_offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit ``next_offsets`` (offset of the next record to read) synchronously."""
+    def commit(self, next_offsets: Mapping[TopicPartition, int], timeout_ms: int = COMMIT_TIMEOUT_MS) -> None:
+        """Commit ``next_offsets`` (offset of the next record to read) synchronously.
+
+        Raises:
+            KafkaError: the broker refused the commit or did not answer within ``timeout_ms``.
+        """
         if next_offsets:
             self._consumer.commit(
                 {
                     KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(off, "", -1)
                     for tp, off in next_offsets.items()
-                }
+                },
+                timeout_ms=timeout_ms,
             )
 
     def highwater(self, tp: TopicPartition) -> int | None:
@@ -153,6 +169,7 @@ class Consumer:
         """Partitions currently assigned to this member."""
         return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
 
-    def close(self) -> None:
-        """Leave the group (no auto commit: offsets were committed with the state)."""
-        self._consumer.close(autocommit=False)
+    def close(self, timeout_ms: int = CLOSE_TIMEOUT_MS) -> None:
+        """Leave the group, waiting at most ``timeout_ms`` for the broker (no auto commit: offsets were
+        committed with the state)."""
+        self._consumer.close(autocommit=False, timeout_ms=timeout_ms)

@@ -5,12 +5,12 @@ It only turns events into stored state; statistics are computed elsewhere (``ana
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from math import isfinite
 from typing import Any
 
 from kafka.errors import KafkaError
@@ -18,12 +18,7 @@ from prometheus_client import Counter, Gauge
 
 from analytics.consumer.checkpoint import Checkpoint, resume_points
 from analytics.consumer.kafka_consumer import Consumer
-from analytics.events.messages import (
-    INTERLEAVING_SCHEMA_VERSION,
-    OUTCOME_SCHEMA_VERSIONS,
-    SCHEMA_VERSION,
-    teams_problem,
-)
+from analytics.events.messages import INTERLEAVING_SCHEMA_VERSION, received_event_problem
 from analytics.events.producer import EXPOSURES_TOPIC, OUTCOMES_TOPIC
 from analytics.store.base import (
     EventStore,
@@ -41,7 +36,9 @@ EVENTS_CONSUMED = Counter(
     "mtrank_analytics_events_consumed_total", "Events read from Kafka into the checkpoint"
 )
 EVENTS_REJECTED = Counter(
-    "mtrank_analytics_events_rejected_total", "Events skipped as unreadable", ["reason"]
+    "mtrank_analytics_events_rejected_total",
+    "Events skipped: undecodable records, invalid events (field: the first at fault, e.g. Outcome.metric)",
+    ["reason", "field"],
 )
 RECORDS_REPLAYED = Counter("mtrank_analytics_records_replayed_total", "Records skipped: already in the store")
 BROKER_UNREACHABLE = Counter(
@@ -61,17 +58,14 @@ RECORDS_EXPIRED = Counter(
 )
 
 
-def _interleaved(x: events_pb2.Exposure, append: tuple[Callable[[object], None], ...]) -> bool:
-    """Append a version 2 exposure's lists to the interleaved columns; False when they do not fit (as producers
-    check them: two arms, a team 0/1 per item, no item twice, a request id)."""
-    if teams_problem(x) is not None:
-        return False
+def _interleaved(x: events_pb2.Exposure, append: tuple[Callable[[object], None], ...]) -> None:
+    """Append a valid version 2 exposure's lists (``received_event_problem`` checked them) to the interleaved
+    columns."""
     a, b = x.arms
     values = (x.event_id, x.experiment_key, x.user_id, x.request_id, x.event_time_ms, list(x.item_ids), list(x.teams),
               a.key, a.model.name, a.model.version, b.key, b.model.name, b.model.version)  # fmt: skip
     for column, value in zip(append, values, strict=True):
         column(value)
-    return True
 
 
 def records_lost_to_retention(expected: int, first_read: int, log_start: int) -> int:
@@ -106,17 +100,20 @@ def decode_into(
     tuple is ever built on this hot path. An interleaving exposure (version 2) goes to ``exposures`` (variant
     ``"interleaved"``) and with its items, teams and arms to ``interleaved``; without ``interleaved`` it is
     rejected, as by a reader that cannot credit teams. An outcome that names a request and an item (one whose
-    ``item_id`` is set, to 0 or any other id) also goes to ``item_outcomes`` when given. A value that holds no
-    event is rejected as a whole: protobuf parses many other messages (an ``Event`` outside its batch, say)
-    as an ``EventBatch`` of unknown fields. Warnings name the record as ``where`` and ``offset`` say (e.g.
-    ``"mtrank.outcomes[3]"`` and 17: ``mtrank.outcomes[3] offset 17``), formatted only when one is logged.
+    ``item_id`` is set, to 0 or any other id) also goes to ``item_outcomes`` when given. An event producers
+    would not send (``received_event_problem``: the readers' rule) is skipped and counted under the field at
+    fault (``mtrank_analytics_events_rejected_total{reason="invalid", field="Outcome.metric"}``, say); the
+    batch's other events are kept. A value that holds no event is rejected as a whole: protobuf parses many
+    other messages (an ``Event`` outside its batch, say) as an ``EventBatch`` of unknown fields. Warnings name
+    the record as ``where`` and ``offset`` say (e.g. ``"mtrank.outcomes[3]"`` and 17: ``mtrank.outcomes[3]
+    offset 17``), formatted only when one is logged.
     """
     try:
         batch = events_pb2.EventBatch.FromString(value)
     except Exception:  # noqa: BLE001 - protobuf raises DecodeError or RuntimeWarning subclasses
         batch = None
     if batch is None or not batch.events:
-        EVENTS_REJECTED.labels("undecodable").inc()
+        EVENTS_REJECTED.labels("undecodable", "").inc()
         # a null value (a tombstone, which Kafka allows) is skipped too: a crash would repeat at every restart
         size = "a null value" if value is None else f"{len(value)} bytes"
         detail = "" if batch is None else ", no events"
@@ -124,7 +121,7 @@ def decode_into(
             "%s: skipping a record that is not an EventBatch (%s%s)", _place(where, offset), size, detail
         )
         return 1
-    rejected = 0
+    problems: collections.Counter[tuple[str, str]] = collections.Counter()  # (Type.field, reason): events
     x_id, x_exp, x_var, x_user, x_ts = exposures.appenders()
     o_id, o_user, o_metric, o_ts, o_value = outcomes.appenders()
     i_append = interleaved.appenders() if interleaved is not None else ()
@@ -133,35 +130,35 @@ def decode_into(
         kind = event.WhichOneof("payload")
         if kind == "exposure":
             x = event.exposure
-            event_id, user_id, version = x.event_id, x.user_id, x.schema_version  # read once: each read builds anew
-            if not user_id or not event_id:
-                rejected += 1
+            problem = received_event_problem(x)
+            if problem is None and x.schema_version == INTERLEAVING_SCHEMA_VERSION:
+                if not i_append:
+                    problem = "schema_version", "2 (interleaving) is not read without the interleaved columns"
+                else:
+                    _interleaved(x, i_append)
+            if problem is not None:
+                problems[f"Exposure.{problem[0]}", problem[1]] += 1
                 continue
-            if version != SCHEMA_VERSION and not (
-                version == INTERLEAVING_SCHEMA_VERSION and i_append and _interleaved(x, i_append)
-            ):
-                rejected += 1
-                continue
-            x_id(event_id)
+            x_id(x.event_id)
             x_exp(x.experiment_key)
             x_var(x.variant_key)
-            x_user(user_id)
+            x_user(x.user_id)
             x_ts(x.event_time_ms)
         elif kind == "outcome":
             o = event.outcome
-            event_id, user_id = o.event_id, o.user_id
-            # a non-finite value would poison every statistic of its metric: producers reject it, so do we
-            if o.schema_version not in OUTCOME_SCHEMA_VERSIONS or not user_id or not event_id or not isfinite(o.value):
-                rejected += 1
+            problem = received_event_problem(o)
+            if problem is not None:
+                problems[f"Outcome.{problem[0]}", problem[1]] += 1
                 continue
-            metric, ts, request_id = o.metric, o.event_time_ms, o.request_id
+            # each read builds anew: read once
+            event_id, user_id, metric, ts = o.event_id, o.user_id, o.metric, o.event_time_ms
             o_id(event_id)
             o_user(user_id)
             o_metric(metric)
             o_ts(ts)
             o_value(o.value)
             # an item outcome names a request and an item (0 is one); without an item it credits no arm
-            if request_id and r_append is not None and o.HasField("item_id"):
+            if r_append is not None and o.HasField("item_id") and (request_id := o.request_id):
                 r_id, r_user, r_request, r_item, r_metric, r_ts = r_append
                 r_id(event_id)
                 r_user(user_id)
@@ -170,15 +167,24 @@ def decode_into(
                 r_metric(metric)
                 r_ts(ts)
         else:
-            rejected += 1
-    if rejected:
-        EVENTS_REJECTED.labels("invalid").inc(rejected)
-        log.warning(
-            "%s: skipped %d events with an unknown schema version, no user/event id, interleaving fields "
-            "that do not fit or a non-finite value",
-            _place(where, offset),
-            rejected,
-        )
+            problems["Event.payload", "is not set"] += 1
+    return _count_rejected(problems, where, offset)
+
+
+def _count_rejected(problems: collections.Counter[tuple[str, str]], where: str, offset: int | None) -> int:
+    """Count the events of one record that readers skip, per field at fault, and warn once for the record (the
+    reasons name fields, never values); returns how many."""
+    if not problems:
+        return 0
+    for (field, _), n in problems.items():
+        EVENTS_REJECTED.labels("invalid", field).inc(n)
+    rejected = sum(problems.values())
+    log.warning(
+        "%s: skipped %d events that producers would not send: %s",
+        _place(where, offset),
+        rejected,
+        ", ".join(f"{field} {reason} ({n})" for (field, reason), n in problems.items()),
+    )
     return rejected
 
 

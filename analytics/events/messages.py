@@ -133,40 +133,91 @@ def make_outcome(
     return outcome
 
 
+_SHORT_ID = limits.MAX_ID_BYTES // 4
+_SHORT_NAME = limits.MAX_NAME_BYTES // 4
+"""Strings of at most these many characters are within the limits whatever they hold (UTF-8 takes at most 4
+bytes a character): ``event_problem`` checks the limits (``_limits_problem``) only when a string is longer,
+since readers check every event they read."""
+
+
 def event_problem(message: events_pb2.Exposure | events_pb2.Outcome) -> tuple[str, str] | None:
     """``(field, reason)`` when the event cannot be sent (the reason never quotes the value), else None.
 
     Checks what every event needs: a user id (and a metric and a finite value, for outcomes), string fields
     within the contract's size limits (``proto.limits``) and a known schema version (unset is fine:
-    ``complete`` fills it in).
+    ``complete`` fills it in). Readers apply it too (``received_event_problem``).
     """
     outcome = isinstance(message, events_pb2.Outcome)
-    if not message.user_id:
+    user_id, request_id, event_id = message.user_id, message.request_id, message.event_id
+    if not user_id:
         return "user_id", "must not be empty"
-    if outcome and not message.metric:
-        return "metric", "must not be empty"
-    if outcome and not math.isfinite(message.value):
-        return "value", "must be a finite number (NaN and infinity are not)"
-    names = {"experiment_key": message.experiment_key, "variant_key": message.variant_key}
-    if outcome:
-        names["metric"] = message.metric
-    else:
-        names |= {
-            "stage": message.stage,
-            "model.name": message.model.name,
-            "model.version": message.model.version,
-        }
-    problem = limits.request_problem(
-        ids={"user_id": message.user_id, "request_id": message.request_id, "event_id": message.event_id},
-        names=names,
+    maybe_long = (
+        len(user_id) > _SHORT_ID
+        or len(request_id) > _SHORT_ID
+        or len(event_id) > _SHORT_ID
+        or len(message.experiment_key) > _SHORT_NAME
+        or len(message.variant_key) > _SHORT_NAME
     )
-    if problem is not None:
-        return problem
+    if outcome:
+        metric = message.metric
+        if not metric:
+            return "metric", "must not be empty"
+        if not math.isfinite(message.value):
+            return "value", "must be a finite number (NaN and infinity are not)"
+        maybe_long = maybe_long or len(metric) > _SHORT_NAME
+    else:
+        model = message.model
+        maybe_long = (
+            maybe_long
+            or len(message.stage) > _SHORT_NAME
+            or len(model.name) > _SHORT_NAME
+            or len(model.version) > _SHORT_NAME
+        )
+    if maybe_long:
+        problem = _limits_problem(message)
+        if problem is not None:
+            return problem
     version = message.schema_version
     sendable = OUTCOME_SCHEMA_VERSIONS if outcome else SENDABLE_SCHEMA_VERSIONS
     if version != events_pb2.SCHEMA_VERSION_UNSPECIFIED and version not in sendable:
         return "schema_version", f"{version} is unknown"
     return None if outcome else teams_problem(message)
+
+
+def _limits_problem(message: events_pb2.Exposure | events_pb2.Outcome) -> tuple[str, str] | None:
+    """``limits.request_problem`` on the event's ids and names, in the order ``event_problem`` checks them."""
+    names = {"experiment_key": message.experiment_key, "variant_key": message.variant_key}
+    if isinstance(message, events_pb2.Outcome):
+        names["metric"] = message.metric
+    else:
+        model = message.model
+        names |= {"stage": message.stage, "model.name": model.name, "model.version": model.version}
+    return limits.request_problem(
+        ids={"user_id": message.user_id, "request_id": message.request_id, "event_id": message.event_id},
+        names=names,
+    )
+
+
+def received_event_problem(message: events_pb2.Exposure | events_pb2.Outcome) -> tuple[str, str] | None:
+    """``(field, reason)`` when a reader of the event topics must skip an event, else None.
+
+    The rule every reader applies (the analytics consumer; ``deploy/clickhouse/ingest.sql`` mirrors it): an
+    event is read when producers could have sent it, i.e. it passes ``event_problem`` and has the fields
+    ``complete`` fills in before sending (an event id, a schema version, an event time). So an event another
+    producer wrote straight to Kafka counts only when ours would have sent it. A reader does not check the
+    range of the time (``event_time_problem``): that is checked against the receiver's clock where outcomes
+    are reported, and the producer sends events of any time (replays, tests).
+    """
+    problem = event_problem(message)
+    if problem is not None:
+        return problem
+    if not message.event_id:
+        return "event_id", "must not be empty"
+    if message.schema_version == events_pb2.SCHEMA_VERSION_UNSPECIFIED:
+        return "schema_version", "must be set"
+    if not message.event_time_ms:
+        return "event_time_ms", "must be set"
+    return None
 
 
 def event_time_problem(event_time_ms: int, now: int) -> tuple[str, str] | None:

@@ -17,7 +17,9 @@ CREATE TABLE IF NOT EXISTS kafka_events
             user_id String,
             experiment_key String,
             variant_key String,
+            stage String,
             event_time_ms Int64,
+            model Tuple(name String, version String),
             item_ids Array(Int64),
             teams Array(UInt32),
             arms Array(Tuple(key String, model Tuple(name String, version String)))),
@@ -26,8 +28,10 @@ CREATE TABLE IF NOT EXISTS kafka_events
             schema_version Int32,
             request_id String,
             user_id String,
-            metric String,
+            experiment_key String,
+            variant_key String,
             event_time_ms Int64,
+            metric String,
             value Float64,
             item_id Nullable(Int64))))
 )
@@ -41,10 +45,15 @@ SETTINGS
     kafka_num_consumers = 1,
     kafka_handle_error_mode = 'stream';
 
--- Events of a schema version this code does not know, or without a user or event id, are skipped (as the Python
--- consumer skips them); undecodable records are left out ('stream' error mode: their _error is set). An interleaving
--- exposure (schema version 2) is kept when its lists fit (as producers check them: a request id, two arms, a team
--- 0/1 per item, no item twice): as an exposure of variant "interleaved", and with its lists in interleaved.
+-- An event is read when producers could have sent it: the readers' rule, received_event_problem in
+-- analytics/events/messages.py, which the Python consumer applies and these views mirror (tests/deploy
+-- checks that both keep the same events). It has an event id, a schema version and an event time (every
+-- producer sets them), a user id, and (outcomes) a metric and a finite value; ids (user, request, event)
+-- are at most 512 bytes and names (experiment, variant, metric, stage, model name and version, arm keys) at
+-- most 256 (proto/limits.py); an exposure of schema version 1 has no teams or arms, one of version 2
+-- (interleaving) names its request, two arms and a team 0/1 per item, no item twice. Undecodable records are
+-- left out ('stream' error mode: their _error is set). A version 2 exposure goes to exposures as variant
+-- "interleaved" and with its lists to interleaved.
 CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_exposures_mv TO exposures AS
 SELECT
     e.exposure.event_id AS event_id,
@@ -54,11 +63,17 @@ SELECT
     e.exposure.event_time_ms AS ts
 FROM kafka_events
 ARRAY JOIN events AS e
-WHERE _error = '' AND e.exposure.event_id != '' AND e.exposure.user_id != ''
-    AND (e.exposure.schema_version = 1
+WHERE _error = '' AND e.exposure.event_id != '' AND e.exposure.user_id != '' AND e.exposure.event_time_ms != 0
+    AND length(e.exposure.event_id) <= 512 AND length(e.exposure.user_id) <= 512
+    AND length(e.exposure.request_id) <= 512 AND length(e.exposure.experiment_key) <= 256
+    AND length(e.exposure.variant_key) <= 256 AND length(e.exposure.stage) <= 256
+    AND length(e.exposure.model.name) <= 256 AND length(e.exposure.model.version) <= 256
+    AND ((e.exposure.schema_version = 1 AND empty(e.exposure.teams) AND empty(e.exposure.arms))
         OR (e.exposure.schema_version = 2 AND e.exposure.request_id != '' AND length(e.exposure.arms) = 2
             AND length(e.exposure.teams) = length(e.exposure.item_ids) AND arrayAll(t -> t <= 1, e.exposure.teams)
-            AND length(arrayDistinct(e.exposure.item_ids)) = length(e.exposure.item_ids)));
+            AND length(arrayDistinct(e.exposure.item_ids)) = length(e.exposure.item_ids)
+            AND arrayAll(a -> length(a.key) <= 256 AND length(a.model.name) <= 256
+                AND length(a.model.version) <= 256, e.exposure.arms)));
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_interleaved_mv TO interleaved AS
 SELECT
@@ -77,12 +92,17 @@ SELECT
     e.exposure.arms[2].model.version AS arm_b_version
 FROM kafka_events
 ARRAY JOIN events AS e
-WHERE _error = '' AND e.exposure.event_id != '' AND e.exposure.user_id != ''
+WHERE _error = '' AND e.exposure.event_id != '' AND e.exposure.user_id != '' AND e.exposure.event_time_ms != 0
+    AND length(e.exposure.event_id) <= 512 AND length(e.exposure.user_id) <= 512
+    AND length(e.exposure.request_id) <= 512 AND length(e.exposure.experiment_key) <= 256
+    AND length(e.exposure.variant_key) <= 256 AND length(e.exposure.stage) <= 256
+    AND length(e.exposure.model.name) <= 256 AND length(e.exposure.model.version) <= 256
     AND e.exposure.schema_version = 2 AND e.exposure.request_id != '' AND length(e.exposure.arms) = 2
     AND length(e.exposure.teams) = length(e.exposure.item_ids) AND arrayAll(t -> t <= 1, e.exposure.teams)
-    AND length(arrayDistinct(e.exposure.item_ids)) = length(e.exposure.item_ids);
+    AND length(arrayDistinct(e.exposure.item_ids)) = length(e.exposure.item_ids)
+    AND arrayAll(a -> length(a.key) <= 256 AND length(a.model.name) <= 256
+        AND length(a.model.version) <= 256, e.exposure.arms);
 
--- Outcomes with a non-finite value are skipped, as the Python consumer skips them.
 CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_outcomes_mv TO outcomes AS
 SELECT
     e.outcome.event_id AS event_id,
@@ -93,7 +113,10 @@ SELECT
 FROM kafka_events
 ARRAY JOIN events AS e
 WHERE _error = '' AND e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != ''
-    AND isFinite(e.outcome.value);
+    AND e.outcome.metric != '' AND isFinite(e.outcome.value) AND e.outcome.event_time_ms != 0
+    AND length(e.outcome.event_id) <= 512 AND length(e.outcome.user_id) <= 512
+    AND length(e.outcome.request_id) <= 512 AND length(e.outcome.experiment_key) <= 256
+    AND length(e.outcome.variant_key) <= 256 AND length(e.outcome.metric) <= 256;
 
 -- Outcomes that name a request and an item, again with both (interleaving credits clicks by them); one
 -- without an item credits no arm, as in the Python consumer.
@@ -108,4 +131,8 @@ SELECT
 FROM kafka_events
 ARRAY JOIN events AS e
 WHERE _error = '' AND e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != ''
-    AND isFinite(e.outcome.value) AND e.outcome.request_id != '' AND e.outcome.item_id IS NOT NULL;
+    AND e.outcome.metric != '' AND isFinite(e.outcome.value) AND e.outcome.event_time_ms != 0
+    AND length(e.outcome.event_id) <= 512 AND length(e.outcome.user_id) <= 512
+    AND length(e.outcome.request_id) <= 512 AND length(e.outcome.experiment_key) <= 256
+    AND length(e.outcome.variant_key) <= 256 AND length(e.outcome.metric) <= 256
+    AND e.outcome.request_id != '' AND e.outcome.item_id IS NOT NULL;

@@ -41,6 +41,7 @@ from analytics.store import (
     TopicPartition,
 )
 from proto import events_pb2
+from tests.analytics.test_reader_validity import rejected
 
 WINDOW_MS = 5_000
 SESSION_MS = 2_000
@@ -420,22 +421,16 @@ def test_the_same_events_consumed_again_from_offset_zero_count_once(
         assert {tp.topic for tp in store.offsets()} == set(fresh_topics) | set(again)
 
 
-def _rejected(reason: str) -> float:
-    from prometheus_client import REGISTRY
-
-    return REGISTRY.get_sample_value("mtrank_analytics_events_rejected_total", {"reason": reason}) or 0.0
-
-
-def test_a_record_that_parses_but_holds_no_events_is_rejected() -> None:
+def test_a_record_that_parses_but_holds_no_events_isrejected() -> None:
     """Protobuf parses many messages as an EventBatch with unknown fields and no events (a single ``Event``
     serialised without its batch, as another producer might send): it was dropped without a count or a
     word."""
     single = events_pb2.Event(outcome=make_outcome("u1", "click")).SerializeToString()
-    before = _rejected("undecodable")
+    before = rejected("undecodable")
     for value in (single, b""):
         exposures, outcomes = ExposureColumns(), OutcomeColumns()
         assert decode_into(value, exposures, outcomes) == 1 and not len(exposures) and not len(outcomes)
-    assert _rejected("undecodable") - before == 2
+    assert rejected("undecodable") - before == 2
 
 
 @pytest.mark.integration
@@ -467,7 +462,8 @@ def test_each_record_kind_is_counted_and_named_where_it_is(
         return REGISTRY.get_sample_value("mtrank_analytics_events_consumed_total") or 0.0
 
     consumed_before = consumed()
-    invalid_before, undecodable_before = _rejected("invalid"), _rejected("undecodable")
+    invalid_before, undecodable_before = rejected("invalid"), rejected("undecodable")
+    user_before = rejected("invalid", "Outcome.user_id")
     store = MemoryEventStore()
     consumer = AnalyticsConsumer(
         kafka_broker.bootstrap, store, group_id="kinds", topics=fresh_topics,
@@ -477,7 +473,8 @@ def test_each_record_kind_is_counted_and_named_where_it_is(
         consumer.run(max_seconds=30, idle_exit_s=2)
     assert store.counts()["outcomes"] == 3 and consumer.events_applied == 3
     assert consumed() - consumed_before == 3
-    assert _rejected("invalid") - invalid_before == 1 and _rejected("undecodable") - undecodable_before == 3
+    assert rejected("invalid") - invalid_before == 1 and rejected("undecodable") - undecodable_before == 3
+    assert rejected("invalid", "Outcome.user_id") - user_before == 1
     where = f"{fresh_topics[1]}[2] offset"
     assert f"{where} 0: skipped 1 event" in caplog.text
     for offset in (1, 2, 3):

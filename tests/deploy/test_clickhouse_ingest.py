@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,10 @@ from analytics.events.messages import (
 )
 from analytics.store import ExposureColumns, OutcomeColumns, open_store
 from analytics.store.base import InterleavedColumns, ItemOutcomeColumns
+from analytics.store.clickhouse_store import ClickHouseEventStore
 from deploy import clickhouse_configmap
+from proto import events_pb2
+from tests.analytics.invalid_events import AT_THE_LIMITS, INVALID
 from tests.deploy.test_deploy_files import COMPOSE_FILE, K8S_BASE, _load_all
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,37 +74,79 @@ def _records() -> list[bytes]:
     ]  # fmt: skip
 
 
-def test_the_materialised_views_decode_event_batches_like_the_python_consumer(tmp_path: Path) -> None:
+@pytest.fixture()
+def chdb_store() -> Iterator[ClickHouseEventStore]:
+    """An in-process ClickHouse (chDB) store that decodes ``EventBatch`` with the project's protos."""
     store = open_store("chdb://")
+    assert isinstance(store, ClickHouseEventStore)
     try:
         schemas = store.client.data_path / "format_schemas" / "proto"
         schemas.mkdir(parents=True, exist_ok=True)
         for name in ("events.proto", "common.proto"):
             shutil.copy(ROOT / "proto" / name, schemas / name)
-        columns = {"exposures": ExposureColumns(), "outcomes": OutcomeColumns(), "interleaved": InterleavedColumns(),
-                   "item_outcomes": ItemOutcomeColumns()}  # fmt: skip
-        found: dict[str, list[tuple]] = {table: [] for table in columns}
-        for i, record in enumerate(_records()):
-            decode_into(record, *columns.values())
-            path = tmp_path / f"record{i}.bin"
-            path.write_bytes(record)
-            source = f"file('{path}', 'ProtobufSingle', '{_kafka_structure()}')"
-            for statement in _statements():
-                match = re.match(r"CREATE MATERIALIZED VIEW IF NOT EXISTS \w+ TO (\w+) AS\s+(SELECT\b.*)", statement, re.S)
-                if match:
-                    select = match.group(2).replace("FROM kafka_events", f"FROM {source}")
-                    select = select.replace("_error = '' AND ", "")  # a virtual column of the Kafka engine only
-                    _, rows = store.client.query(f"{select} SETTINGS format_schema = 'proto/events.proto:EventBatch'")
-                    found[match.group(1)] += rows
-        for table, expected in {"exposures": 3, "outcomes": 5, "interleaved": 1, "item_outcomes": 2}.items():
-            assert sorted(found[table]) == sorted(columns[table]) and len(found[table]) == expected, table
-        # The click without an item is an outcome but no item outcome (it was one of item 0, credited to the
-        # arm that showed item 0); the click on item 0 is one of item 0.
-        assert sorted(found["item_outcomes"]) == sorted(
-            (o.event_id, "u3", "r3", o.item_id, "click", o.event_time_ms) for o in (CLICK_9, CLICK_0)
-        )
+        yield store
     finally:
         store.close()
+
+
+def _both_readers(
+    store: ClickHouseEventStore, records: list[bytes], folder: Path
+) -> tuple[dict[str, list], dict[str, list]]:
+    """The rows per table that the materialised views' SELECTs make of ``records`` (run on chDB over a file
+    of each record), and those the Python consumer's decoder makes of them."""
+    columns = {"exposures": ExposureColumns(), "outcomes": OutcomeColumns(),
+               "interleaved": InterleavedColumns(), "item_outcomes": ItemOutcomeColumns()}  # fmt: skip
+    found: dict[str, list[tuple]] = {table: [] for table in columns}
+    for i, record in enumerate(records):
+        decode_into(record, *columns.values())
+        path = folder / f"record{i}.bin"
+        path.write_bytes(record)
+        source = f"file('{path}', 'ProtobufSingle', '{_kafka_structure()}')"
+        for statement in _statements():
+            match = re.match(
+                r"CREATE MATERIALIZED VIEW IF NOT EXISTS \w+ TO (\w+) AS\s+(SELECT\b.*)", statement, re.S
+            )
+            if match:
+                select = match.group(2).replace("FROM kafka_events", f"FROM {source}")
+                select = select.replace("_error = '' AND ", "")  # a virtual column of the Kafka engine only
+                _, rows = store.client.query(
+                    f"{select} SETTINGS format_schema = 'proto/events.proto:EventBatch'"
+                )
+                found[match.group(1)] += rows
+    return found, {table: list(rows) for table, rows in columns.items()}
+
+
+def test_the_materialised_views_decode_event_batches_like_the_python_consumer(
+    chdb_store: ClickHouseEventStore, tmp_path: Path
+) -> None:
+    found, decoded = _both_readers(chdb_store, _records(), tmp_path)
+    for table, expected in {"exposures": 3, "outcomes": 5, "interleaved": 1, "item_outcomes": 2}.items():
+        assert sorted(found[table]) == sorted(decoded[table]) and len(found[table]) == expected, table
+    # The click without an item is an outcome but no item outcome (it was one of item 0, credited to the
+    # arm that showed item 0); the click on item 0 is one of item 0.
+    assert sorted(found["item_outcomes"]) == sorted(
+        (o.event_id, "u3", "r3", o.item_id, "click", o.event_time_ms) for o in (CLICK_9, CLICK_0)
+    )
+
+
+def test_the_materialised_views_skip_what_producers_would_not_send(
+    chdb_store: ClickHouseEventStore, tmp_path: Path
+) -> None:
+    """The readers' rule (``received_event_problem``) in SQL: an outcome without a metric, a field over the
+    contract's limits (in UTF-8 bytes), an event without the fields producers fill in, teams on a version 1
+    exposure were all ingested by ClickHouse; events right at the limits are kept by both readers."""
+    invalid = {name: build() for name, (build, _) in INVALID.items()}
+    valid = {name: build() for name, build in AT_THE_LIMITS.items()}
+    events = [*valid.values(), *invalid.values()]
+    record = frame_batch(
+        encode_outcome(e) if isinstance(e, events_pb2.Outcome) else encode_exposure(e) for e in events
+    )
+    found, decoded = _both_readers(chdb_store, [record], tmp_path)
+    for table in found:
+        assert sorted(found[table]) == sorted(decoded[table]), table
+    ids = {row[0] for table in ("exposures", "outcomes") for row in found[table]}
+    assert [name for name, event in invalid.items() if event.event_id and event.event_id in ids] == []
+    assert ids == {event.event_id for event in valid.values()}
 
 
 def test_the_kafka_table_reads_both_topics_as_event_batches() -> None:

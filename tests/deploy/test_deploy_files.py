@@ -1290,6 +1290,36 @@ def test_compose_event_producers_may_journal_before_they_are_killed(compose: dic
     assert checked == {"ranker_server", "analytics.events.outcome_server"}
 
 
+def test_the_analytics_consumer_stops_well_within_its_grace_periods(
+    deployed: list[dict], compose: dict
+) -> None:
+    """On SIGTERM the consumer stores what it read, commits the offsets to Kafka and leaves the group: Kafka
+    may hold up the last two for their timeouts only (30 s each before, as long as the pod's grace period;
+    with the broker hanging it took 30.4 s and was killed), which leave at least half of each grace period to
+    the store's write."""
+    from analytics.consumer.kafka_consumer import CLOSE_TIMEOUT_MS, COMMIT_TIMEOUT_MS
+
+    kafka_s = (COMMIT_TIMEOUT_MS + CLOSE_TIMEOUT_MS) / 1000
+    templates = dict(_pod_specs(deployed))
+    periods = {
+        inv.where: templates[inv.where.split(" container ")[0]]["spec"].get(
+            "terminationGracePeriodSeconds", K8S_TERMINATION_GRACE_S
+        )
+        for inv, _, _ in _k8s_invocations(deployed)
+        if inv.module == "analytics.consumer"
+    }
+    periods |= {
+        inv.where: _compose_duration_s(
+            str(compose["services"][inv.where.split()[2]].get("stop_grace_period", COMPOSE_STOP_GRACE))
+        )
+        for inv in _compose_invocations(compose)
+        if inv.module == "analytics.consumer"
+    }
+    assert len(periods) >= 2, "the consumer runs in compose and Kubernetes"
+    for where, period in periods.items():
+        assert kafka_s <= period / 2, f"{where}: grace period {period} s, Kafka may delay a stop {kafka_s} s"
+
+
 def test_analysis_config_matches_the_experiments() -> None:
     """The analysis settings of an experiment (its control, the planned weights the SRM test checks against)
     name an experiment of experiments.yaml and its variations' keys and weights: otherwise the sample-ratio
