@@ -118,24 +118,72 @@ def _cmd_power(args: argparse.Namespace) -> None:
     _print_json(out)
 
 
-def _open_existing_store(spec: str) -> Any:
-    """The store ``spec`` names; a local one must exist already (readers never create one)."""
-    from analytics.store import StoreError, is_local_store, open_store
+def _store_not_created(spec: str) -> bool:
+    """True when ``spec`` names a local store folder the consumer has not created yet: missing, or empty
+    (opening an empty folder would make it a store, and readers never create one)."""
+    from analytics.store import is_local_store
 
     path = Path(spec.split("://", 1)[-1])
-    if is_local_store(spec) and (not path.exists() or path.is_dir() and not any(path.iterdir())):
-        raise CliError(f"no event store at {spec}")  # an empty folder too: opening it would make it a store
+    return is_local_store(spec) and (not path.exists() or path.is_dir() and not any(path.iterdir()))
+
+
+def _open_existing_store(spec: str) -> Any:
+    """The store ``spec`` names; a local one must exist already (readers never create one)."""
+    from analytics.store import StoreError, open_store
+
     try:
+        if _store_not_created(spec):
+            raise CliError(f"no event store at {spec}")
         return open_store(spec)
     except StoreError as exc:
         raise CliError(str(exc)) from exc
+    except OSError as exc:  # a folder or file this user may not read: a traceback otherwise
+        raise CliError(f"cannot read the event store {spec}: {exc.strerror or exc}") from exc
 
 
-def _open(args: argparse.Namespace) -> tuple[Any, Any]:
-    from analytics.metrics import load_analysis_config
+class _StoreWhenCreated:
+    """``serve``'s store before the consumer has created its folder (the dashboard may start first: compose's
+    depends_on waits for the consumer's start only, one pod starts both): the server calls it on requests
+    until it opens; ``serve`` closes what it opened."""
 
-    config = load_analysis_config(args.metrics)
-    return _open_existing_store(args.store), config
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.opened: Any = None
+
+    def __call__(self) -> Any:
+        from analytics.server import StoreNotReady
+        from analytics.store import StoreError, open_store
+
+        try:
+            if _store_not_created(self.spec):
+                raise StoreNotReady(f"no events yet: waiting for the consumer to create {self.spec}")
+            self.opened = open_store(self.spec)
+        except (StoreError, OSError) as exc:  # e.g. caught while the consumer writes its first files
+            raise StoreNotReady(str(exc)) from exc
+        return self.opened
+
+    def __enter__(self) -> _StoreWhenCreated:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.opened is not None:
+            self.opened.close()
+
+
+def _served_store(spec: str) -> Any:
+    """The store ``serve`` reads: opened now (a store that cannot work fails at once), or, while the consumer
+    has not created the folder, a ``_StoreWhenCreated`` (unless no folder can ever be made there)."""
+    try:
+        created = not _store_not_created(spec)
+    except OSError:
+        created = True  # that cannot be read: _open_existing_store says so
+    if created:
+        return _open_existing_store(spec)
+    path = Path(spec.split("://", 1)[-1]).absolute()
+    above = next(p for p in (path, *path.parents) if p.exists())
+    if not above.is_dir():
+        raise CliError(f"no event store at {spec}, and none can be created there: {above} is not a folder")
+    return _StoreWhenCreated(spec)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> None:
@@ -208,10 +256,11 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
+    from analytics.metrics import load_analysis_config
     from analytics.server import AnalyticsServer
 
-    store, config = _open(args)
-    with store:
+    config = load_analysis_config(args.metrics)
+    with _served_store(args.store) as store:
         try:
             server = AnalyticsServer(
                 store, config, host=args.host, port=args.port, cache_seconds=args.cache_seconds,
@@ -326,9 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         parents=[store_options],
         help="serve the dashboard and its JSON API",
-        description="Serve the A/B dashboard and its JSON API (/api/experiments, /healthz) over HTTP, "
-        "reading the event store. SIGTERM or SIGINT: stop accepting, answer the connections already accepted,"
-        " exit 0.",
+        description="Serve the A/B dashboard and its JSON API (/api/experiments, /healthz, /readyz) over HTTP, "
+        "reading the event store. A local store the consumer has not created yet is waited for: the page says "
+        "so and /readyz answers 503 until it appears, then reports are served (no restart). SIGTERM or SIGINT: "
+        "stop accepting, answer the connections already accepted, exit 0.",
         formatter_class=formatter,
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 for all interfaces")

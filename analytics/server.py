@@ -4,10 +4,18 @@ Routes (GET, and HEAD for the same headers without the body; other methods get 4
 
 - ``/api/experiments``: a JSON list of ``ExperimentSummary`` (status, users per variant, SRM).
 - ``/api/experiments/<key>/report``: the ``ExperimentReport`` of one experiment (404 if unknown).
-- ``/healthz``: ``ok``.
+- ``/healthz``: ``ok`` while the server answers (liveness, and the probes' readiness: the page is served, the
+  waiting notice below included).
+- ``/readyz``: ``ready`` once the store can be read; 503 with the one-line reason while it cannot (the
+  consumer has not created it yet), for whoever needs reports, not just the page.
 - ``/metrics``: Prometheus metrics of this server (``DashboardMetrics``: requests by route and status, time to
   compute a report or the experiment list when the cache misses, connections refused as busy).
 - anything else: a file under the dashboard folder (``/`` is ``index.html``).
+
+Given a ``StoreOpener`` instead of a store (``python -m analytics serve`` before the consumer has created
+its store folder), the server starts at once and tries to open the store at start and on each request until it
+opens, so a fresh deployment needs no restart: until then the API answers 503 ``{"error": <reason>, "waiting":
+true}``, which the page shows as a notice.
 
 Reports are cached for ``cache_seconds`` so a dashboard refreshing every few seconds in several tabs costs
 one analysis per experiment and interval. The store is only read under one lock, so a store whose
@@ -15,8 +23,10 @@ connection is not safe for concurrent use is fine.
 
 Facing untrusted clients: connections are served by a bounded pool of threads with an idle timeout (a client
 that stops sending is dropped), and beyond a bounded queue new connections get 503 at once; odd paths (NUL
-bytes, very long ones) are 400/414, never 500; errors never echo what the client sent; every response says
-``X-Content-Type-Options: nosniff``; the ``Server`` header names no Python version.
+bytes, very long ones) are 400/414, never 500 (a report path may hold any character: the key is only looked up
+among the experiments listed); errors never echo what the client sent; every response says
+``X-Content-Type-Options: nosniff`` and carries the page's Content-Security-Policy (scripts, styles and
+requests from this origin only, no frames, no ``<base>``); the ``Server`` header names no Python version.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from analytics import AnalyticsError
 from analytics.metrics import AnalysisConfig, EventStore
 from analytics.report import build_report, experiment_summary
 
@@ -44,13 +55,29 @@ logger = logging.getLogger(__name__)
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 _API_PREFIX = "/api/experiments"
 MAX_PATH_CHARS = 2048
-_SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"))
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+)
 
 
-ROUTES = ("experiments", "report", "healthz", "metrics", "api-other", "static", "invalid")
+ROUTES = ("experiments", "report", "healthz", "readyz", "metrics", "api-other", "static", "invalid")
 """The ``route`` label of ``mtrank_dashboard_requests_total``: a fixed set, never the client's path."""
 
 _BUILD_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class StoreNotReady(AnalyticsError):
+    """The store cannot be read yet (e.g. the consumer has not created it): one line, answered with 503."""
+
+
+StoreOpener = Callable[[], EventStore]
+"""Opens the store, or raises ``StoreNotReady`` while it cannot be read yet; called again on later requests."""
 
 
 class DashboardMetrics:
@@ -85,17 +112,54 @@ class ReportCache:
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventStore | StoreOpener,
         config: AnalysisConfig,
         metrics: DashboardMetrics,
         ttl_s: float = 2.0,
     ) -> None:
-        self.store = store
+        self._opener = store if callable(store) else None
+        self._store = None if callable(store) else store
         self.config = config
         self.ttl_s = ttl_s
         self.metrics = metrics
         self._lock = threading.Lock()
+        self._open_lock = threading.Lock()
+        self._not_ready = ""  # the last reason the opener gave
         self._entries: dict[str, tuple[float, Any]] = {}
+
+    @property
+    def store(self) -> EventStore:
+        """The store, opened on first use when an opener was given.
+
+        Raises:
+            StoreNotReady: the opener cannot open it yet.
+        """
+        if self._store is None:
+            with self._open_lock:
+                if self._store is None:
+                    self._store = self._open()
+        return self._store
+
+    def _open(self) -> EventStore:
+        """The opener's store; its reason for not opening yet is logged once per reason, not per request."""
+        assert self._opener is not None
+        try:
+            store = self._opener()
+        except StoreNotReady as exc:
+            if str(exc) != self._not_ready:
+                logger.warning("%s", exc)
+                self._not_ready = str(exc)
+            raise
+        logger.info("the event store is open: serving reports")
+        return store
+
+    def not_ready(self) -> str | None:
+        """Why the store cannot be read yet (``/readyz`` says it), or None: it is open."""
+        try:
+            self.store  # noqa: B018 - opens it
+        except StoreNotReady as exc:
+            return str(exc)
+        return None
 
     def _cached(self, key: str, kind: str, build: Callable[[], Any]) -> Any:
         with self._lock:
@@ -109,12 +173,11 @@ class ReportCache:
             return value
 
     def experiments(self) -> list[dict[str, Any]]:
+        store = self.store  # not in ``build``: a store not ready yet is no build to time
         return self._cached(
             "",
             "experiments",
-            lambda: [
-                experiment_summary(self.store, self.config, key).to_dict() for key in self.store.experiments()
-            ],
+            lambda: [experiment_summary(store, self.config, key).to_dict() for key in store.experiments()],
         )
 
     def report(self, experiment_key: str) -> dict[str, Any] | None:
@@ -167,13 +230,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(414, {"error": f"the path is longer than {MAX_PATH_CHARS} characters"})
             return
         path = unquote(urlsplit(self.path).path)
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        route = _route_of(path)
+        # a report path's are part of an experiment key (events name experiments), which is only looked up
+        if route != "report" and any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
             self._send_json(400, {"error": "the path contains control characters"})
             return
-        self.route = _route_of(path)
+        self.route = route
         try:
             if self.route == "healthz":
                 self._send(200, "text/plain; charset=utf-8", b"ok")
+            elif self.route == "readyz":
+                reason = self.cache.not_ready()
+                self._send(503 if reason else 200, "text/plain; charset=utf-8", (reason or "ready").encode())
             elif self.route == "metrics":
                 self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.cache.metrics.registry))
             elif self.route == "experiments":
@@ -189,11 +257,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(404, {"error": "no such endpoint"})
             else:
                 self._send_file(path)
+        except StoreNotReady as exc:  # the reason names the operator's store, nothing the client sent
+            self._send_json(503, {"error": str(exc), "waiting": True})
         except (ConnectionError, TimeoutError):  # the client left or stalled mid-answer: nothing to tell it
-            logger.debug("client %s went away while %s was sent", self.address_string(), path[:200])
+            logger.debug("client %s went away while %r was sent", self.address_string(), path[:200])
             self.close_connection = True
         except Exception:
-            logger.exception("error serving %s", path[:200])
+            logger.exception("error serving %r", path[:200])
             self._send_json(500, {"error": "internal error, see the server log"})
 
     def _send_file(self, path: str) -> None:
@@ -229,8 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _route_of(path: str) -> str:
     """The ``route`` label of ``path`` (one of ``ROUTES``)."""
-    if path == "/healthz":
-        return "healthz"
+    if path in ("/healthz", "/readyz"):
+        return path[1:]
     if path == "/metrics":
         return "metrics"
     if path in (_API_PREFIX, _API_PREFIX + "/"):
@@ -308,7 +378,7 @@ class AnalyticsServer:
     """The dashboard server in a background thread.
 
     Args:
-        store: event store to read.
+        store: event store to read, or a ``StoreOpener`` retried on requests until the store can be read.
         config: analysis config (metrics, alpha, correction, per-experiment control and weights).
         host: interface to bind.
         port: port to bind; 0 picks a free one (see ``port`` after ``start``).
@@ -321,7 +391,7 @@ class AnalyticsServer:
 
     def __init__(
         self,
-        store: EventStore,
+        store: EventStore | StoreOpener,
         config: AnalysisConfig,
         host: str = "127.0.0.1",
         port: int = 8080,
@@ -332,11 +402,12 @@ class AnalyticsServer:
         idle_timeout_s: float = 10.0,
     ) -> None:
         self.metrics = DashboardMetrics()
+        self._cache = ReportCache(store, config, self.metrics, cache_seconds)
         handler = type(
             "Handler",
             (_Handler,),
             {
-                "cache": ReportCache(store, config, self.metrics, cache_seconds),
+                "cache": self._cache,
                 "dashboard_dir": dashboard_dir,
                 "timeout": idle_timeout_s,
             },
@@ -360,6 +431,7 @@ class AnalyticsServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="analytics-http", daemon=True)
         self._thread.start()
         logger.info("analytics dashboard at %s", self.url)
+        self._cache.not_ready()  # opens the store now, or logs why it cannot yet: at start, not on a first visit
 
     def stop(self) -> None:
         """Stop serving, close the socket and answer the connections already accepted."""

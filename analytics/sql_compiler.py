@@ -859,8 +859,7 @@ class _UserRows:
         the first cut at or after ``ts`` (or beyond); ``f.first_ms`` is the user's first exposure."""
         case = exp.case().when(exp.LT(this=ts.copy(), expression=_col("first_ms", "f")), _lit(-1))
         if self.window_ms is not None:
-            end = exp.Add(this=_col("first_ms", "f"), expression=_lit(int(self.window_ms)))
-            case = case.when(exp.GTE(this=ts.copy(), expression=end), _lit(-2))
+            case = case.when(self._after_attribution(ts, int(self.window_ms)), _lit(-2))
         if self.window.end_ms is not None:
             case = case.when(exp.GTE(this=ts.copy(), expression=_lit(self.window.end_ms)), _lit(-2))
         bounded = _first_cut_at_or_after(ts, self.cuts)
@@ -869,6 +868,17 @@ class _UserRows:
                 case = case.when(when.this, when.args["true"])
             return case.else_(bounded.args["default"])
         return case.else_(bounded)
+
+    @staticmethod
+    def _after_attribution(ts: exp.Expr, window_ms: int) -> exp.Expr:
+        """``ts >= first_ms + window_ms`` for ``ts >= first_ms``, never overflowing 64 bits (any producer
+        stamps events; a first exposure near the largest time failed DuckDB's query, and wrapped in
+        ClickHouse): ``ts > least(first_ms, MAX - window_ms + 1) + (window_ms - 1)``, whose sum is at most
+        MAX; a larger ``first_ms`` ends its window beyond every time."""
+        if window_ms <= 0:
+            return exp.true()
+        first = _least([_col("first_ms", "f"), _bigint(2**63 - window_ms)])
+        return exp.GT(this=ts.copy(), expression=exp.Add(this=first, expression=_bigint(window_ms - 1)))
 
     def _counted(self, cls: exp.Expr) -> exp.Expr:
         return _and(exp.GTE(this=cls.copy(), expression=_lit(0)),

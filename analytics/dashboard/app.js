@@ -73,7 +73,9 @@ function fmtTime(ms) {
 /** A window bound: "2024-05-01 00:00 UTC" (seconds and milliseconds only when set); "…" when open. */
 function fmtBound(ms) {
   if (ms === null) return "…";
-  const iso = new Date(ms).toISOString().replace(/(:00)?\.000Z$/, "Z");
+  const d = new Date(ms);
+  if (Number.isNaN(d.getTime())) return String(ms);  // beyond a Date's ±8.64e15 ms: toISOString threw
+  const iso = d.toISOString().replace(/(:00)?\.000Z$/, "Z");
   return iso.replace("T", " ").replace(/Z$/, " UTC");
 }
 
@@ -213,7 +215,12 @@ function normaliseReport(r) {
 
 async function getJSON(path) {
   const resp = await fetch(API + path, { cache: "no-store", headers: { Accept: "application/json" } });
-  if (!resp.ok) throw new Error(`${path}: HTTP ${resp.status}`);
+  if (!resp.ok) {
+    // 503 {waiting: true}: the server is up but its store is not created yet (a fresh deployment): a notice
+    const body = await resp.json().catch(() => ({}));
+    throw Object.assign(new Error(body.waiting ? String(body.error) : `${path}: HTTP ${resp.status}`),
+      { waiting: Boolean(body.waiting) });
+  }
   return resp.json();
 }
 
@@ -488,6 +495,9 @@ function niceTicks(lo, hi, target = 5) {
 /** A minimal line chart: series = [{label, colour, points: [{t, y, lo?, hi?}]}]. */
 function lineChart(series, { yFormat, zeroLine = false, empty = "no data yet", width = 560, height = 240 }) {
   const m = { l: 64, r: 16, t: 12, b: 40 };
+  // An event stamped beyond what a Date holds (±8.64e15 ms: nanoseconds, say; any producer writes events)
+  // puts points at no time: they cannot be placed, and their axis labels threw, failing the whole page.
+  series = series.map((s) => ({ ...s, points: s.points.filter((p) => Number.isFinite(p.t.getTime())) }));
   const all = series.flatMap((s) => s.points);
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "line-chart", role: "img" });
   if (all.length === 0) {
@@ -617,9 +627,12 @@ function renderReport() {
 
 function showError(err) {
   const box = document.getElementById("error");
-  document.getElementById("status-dot").className = err ? "dot down" : "dot up";
+  const waiting = Boolean(err?.waiting);
+  document.getElementById("status-dot").className = !err ? "dot up" : waiting ? "dot waiting" : "dot down";
   box.hidden = !err;
-  box.textContent = err ? `Could not load data: ${err.message}` : "";
+  box.className = waiting ? "banner warn" : "banner error";
+  box.textContent = !err ? "" : waiting ? err.message : `Could not load data: ${err.message}`;
+  if (waiting) document.getElementById("last-updated").textContent = "waiting for events";
 }
 
 async function refresh() {

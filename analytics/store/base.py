@@ -16,16 +16,20 @@ reading too (``preference_counts``).
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, NamedTuple
 
 from analytics.analysis_window import ALL_TIME, AnalysisWindow
+from proto import limits
 
 if TYPE_CHECKING:
     from analytics.interleaving import ArmsSeen
     from analytics.metrics import MetricDefinition
     from analytics.stats.models.statistics import PreferenceCounts, TestStatistic
+
+log = logging.getLogger(__name__)
 
 
 class TopicPartition(NamedTuple):
@@ -194,6 +198,7 @@ class EventStore(abc.ABC):
 
     def __init__(self, attribution_window_ms: int | None = None) -> None:
         self.attribution_window_ms = attribution_window_ms
+        self._left_out = 0  # stored experiment keys too long to analyse, when last counted
 
     # ---------------------------------------------------------------- writes
 
@@ -225,9 +230,29 @@ class EventStore(abc.ABC):
 
     # ---------------------------------------------------------------- queries (used by the statistics engine)
 
-    @abc.abstractmethod
     def experiments(self) -> list[str]:
-        """Experiment keys with at least one exposure, sorted."""
+        """Experiment keys with at least one exposure, sorted.
+
+        Keys longer than the contract admits (``proto.limits.MAX_NAME_BYTES``) are left out, with a warning
+        when their number changes: any producer writes exposure events, and a store may hold events no reader
+        checked (written before readers checked sizes, or by other means). A 1 MB key (it fits in a Kafka
+        record) went into every query of its experiment, beyond ClickHouse's ``max_query_size`` (256 KiB), so
+        one such event failed the dashboard's experiment list.
+        """
+        stored = self._stored_experiments()
+        keys = [key for key in stored if limits.oversized({"key": key}, limits.MAX_NAME_BYTES) is None]
+        if len(stored) - len(keys) != self._left_out:
+            self._left_out = len(stored) - len(keys)
+            log.warning(
+                "%d experiment keys of exposure events are not analysed: longer than %d bytes (UTF-8)",
+                self._left_out,
+                limits.MAX_NAME_BYTES,
+            )
+        return keys
+
+    @abc.abstractmethod
+    def _stored_experiments(self) -> list[str]:
+        """Every experiment key with at least one exposure, sorted."""
 
     @abc.abstractmethod
     def variant_counts(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> dict[str, int]:

@@ -87,7 +87,7 @@ class MemoryEventStore(EventStore):
         with self._lock:
             return dict(self._offsets)
 
-    def experiments(self) -> list[str]:
+    def _stored_experiments(self) -> list[str]:
         with self._lock:
             return sorted(k for k, users in self._exposures.items() if users)
 

@@ -79,7 +79,7 @@ class WarehouseEventStore(EventStore):
     def _rows(self, build: Callable[..., str], *args: Any, **kwargs: Any) -> list[tuple[Any, ...]]:
         return self._run(lambda relations: build(relations, *args, self.dialect, **kwargs))[1]
 
-    def experiments(self) -> list[str]:
+    def _stored_experiments(self) -> list[str]:
         return [r[0] for r in self._rows(sql.experiments_query)]
 
     def _per_first_exposure(

@@ -17,6 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analytics.kafka.broker import free_port
+from analytics.metrics import AnalysisConfig
+from analytics.report import experiment_summary
 from analytics.store import (
     DuckDBEventStore,
     EventStore,
@@ -28,7 +30,9 @@ from analytics.store import (
     TopicPartition,
     open_store,
 )
+from analytics.store.duckdb_store import MAX_ROLLUP_NAME_CHARS
 from analytics.store.exceptions import OffsetBackwards
+from proto.limits import MAX_NAME_BYTES
 
 TP = TopicPartition("mtrank.outcomes", 0)
 
@@ -95,6 +99,25 @@ def test_no_window_attributes_everything_after_exposure(make_store) -> None:
     assert list(store.user_metric_values("exp", "m")) == [("a", 1.5, 1, 0.0)]
 
 
+def test_the_attribution_window_ends_beyond_the_largest_time(make_store) -> None:
+    """Any producer stamps its events: a first exposure within the attribution window of the largest 64-bit
+    time made first exposure + window overflow, an error in DuckDB (the experiment's report failed) and a wrap
+    in ClickHouse (the user's outcomes were not attributed)."""
+    store = make_store(window=100)
+    largest = 2**63 - 1
+    store.apply(
+        [ExposureRow("e1", "exp", "a", "u1", largest - 10), ExposureRow("e2", "exp", "b", "u2", 0)],
+        [OutcomeRow("o1", "u1", "click", largest - 10, 1.0), OutcomeRow("o2", "u1", "click", largest, 2.0),
+         OutcomeRow("o3", "u2", "click", 99, 4.0), OutcomeRow("o4", "u2", "click", 100, 8.0)],
+        {TP: 1},
+    )  # fmt: skip
+    expected = [("a", 3.0, 2, 0.0), ("b", 4.0, 1, 0.0)]
+    assert sorted(store.user_metric_values("exp", "click")) == expected
+    if isinstance(store, DuckDBEventStore):  # the same through a compacted part's rollups
+        assert store.compact(everything=True)
+        assert sorted(store.user_metric_values("exp", "click")) == expected
+
+
 def test_duplicate_events_count_once(make_store) -> None:
     store = make_store()
     exposure = ExposureRow("e1", "exp", "a", "u1", 1)
@@ -150,6 +173,65 @@ def test_offsets_never_go_backwards_and_failed_apply_changes_nothing(make_store)
     ):
         store.apply([ExposureRow("e1", "exp", "a", "u1", 1)], [], {TP: 9})
     assert store.experiments() == [] and store.offsets() == {TP: 10}
+
+
+HOSTILE_NAMES = (
+    "x'); DROP TABLE outcomes; --",
+    "back\\",
+    "back\\'; DROP TABLE exposures; --",
+    'a"b`c$$d',
+    "é☃😀\u202e",
+)
+
+
+def test_names_from_events_are_data_in_every_query(make_store) -> None:
+    """Experiment, variant, user and outcome names come from events any producer writes, and metric event
+    names from the config: in SQL they are quoted literals (ClickHouse reads a backslash as an escape, DuckDB
+    does not), so each store counts them as the in-memory reference does, and no table is dropped."""
+    store = make_store(window=100)
+    exposures = [ExposureRow(f"e{i}{u}", key, key if u else "control", f"{key}{u}", 10) for i, key in
+                 enumerate(HOSTILE_NAMES) for u in range(2)]  # fmt: skip
+    outcomes = [OutcomeRow(f"o{i}{j}", f"{key}1", name, 20, 1.0 + j) for i, key in enumerate(HOSTILE_NAMES)
+                for j, name in enumerate(HOSTILE_NAMES)]  # fmt: skip
+    store.apply(exposures, outcomes, {TP: 1})
+    assert store.experiments() == sorted(HOSTILE_NAMES) and store.metrics() == sorted(HOSTILE_NAMES)
+    for j, key in enumerate(HOSTILE_NAMES):
+        assert store.variant_counts(key) == {"control": 1, key: 1}
+        expected = [("control", 0.0, 0, 0.0), (key, 1.0 + j, 1, 0.0)]
+        assert sorted(store.user_metric_values(key, key)) == sorted(expected)
+    assert store.counts() == {"exposed_users": 2 * len(HOSTILE_NAMES), "outcomes": len(HOSTILE_NAMES) ** 2}
+
+
+def test_experiment_keys_too_long_to_analyse_are_not_listed(make_store) -> None:
+    """Experiment keys come from exposure events, which any producer writes. One exposure with a
+    300,000-character key made every ClickHouse query of the dashboard's experiment list fail (max_query_size
+    is 256 KiB): the list answered 500. Keys the contract admits (at most 256 bytes of UTF-8) are analysed,
+    whatever they hold."""
+    store = make_store()
+    longest = "😀" * (MAX_NAME_BYTES // 4)
+    keys = ["checkout", longest, longest + "x", "é" * MAX_NAME_BYTES, "x" * 300_000, "\x01"]
+    store.apply([ExposureRow(f"e{i}", key, "a", f"u{i}", i) for i, key in enumerate(keys)], [], {TP: 1})
+    assert store.experiments() == ["\x01", "checkout", longest]
+    config = AnalysisConfig.model_validate(
+        {"metrics": [{"name": "clicks", "type": "count", "event": "click"}]}
+    )
+    assert [experiment_summary(store, config, key).total_users for key in store.experiments()] == [1, 1, 1]
+
+
+def test_duckdb_compaction_rolls_up_no_outcome_name_too_long_for_its_query(tmp_path: Path) -> None:
+    """The rollup query of a compaction holds each rolled-up outcome name 9 times: 64 names of 1 MB (any
+    producer writes outcome names) made it 567 MB, and compaction took 21.6 s instead of 0.6 s. Such names are
+    read raw, with the same numbers."""
+    store = DuckDBEventStore(tmp_path / "s")
+    longest, too_long = "n" * MAX_ROLLUP_NAME_CHARS, "n" * (MAX_ROLLUP_NAME_CHARS + 1)
+    names = ["click", longest, too_long]
+    outcomes = [OutcomeRow(f"o{i}", "u", name, 2, 1.0 + i) for i, name in enumerate(names)]
+    store.apply([ExposureRow("e", "exp", "a", "u", 1)], outcomes, {TP: 1})
+    assert store.compact(everything=True)
+    (part,) = store._visible()
+    assert part.rollup is not None and sorted(part.rollup["metrics"]) == ["click", longest]
+    assert list(store.user_metric_values("exp", too_long)) == [("a", 3.0, 1, 0.0)]
+    store.close()
 
 
 def test_chdb_inserts_through_a_temporary_folder_whose_name_holds_a_quote(

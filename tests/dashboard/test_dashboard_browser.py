@@ -231,6 +231,39 @@ def odd_names(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(server.url, store)
 
 
+HOSTILE_KEYS = ("\x01", "!" * 1_000_000)  # a control character, 1 MB: each sorts before every other key
+
+
+@pytest.fixture(scope="module")
+def hostile_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Exposures (any producer writes them) whose experiment keys a dashboard URL refused, beside a real
+    one."""
+    store = DuckDBEventStore(str(tmp_path_factory.mktemp("store") / "events"))
+    generate_events(store, "checkout", users=300, seed=30)
+    junk = [ExposureRow(f"junk{i}", key, "a", f"junk-{i}", START_MS) for i, key in enumerate(HOSTILE_KEYS)]
+    store.apply(junk, [], {})
+    with store, AnalyticsServer(store, load_analysis_config(ANALYSIS_CONFIG), port=0) as server:
+        yield Served(server.url, store)
+
+
+@pytest.fixture(scope="module")
+def times_beyond_a_date(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Times beyond what a JavaScript Date holds: one exposure of an experiment stamped in nanoseconds (any
+    producer writes events), and a config whose window end has four zeros too many."""
+    store = DuckDBEventStore(str(tmp_path_factory.mktemp("store") / "events"))
+    generate_events(store, "checkout", users=300, seed=30)
+    generate_events(store, "typo-window", users=300, seed=31)
+    store.apply([ExposureRow("ns", "checkout", "treatment", "ns-user", START_MS * 10**6)], [], {})
+    config = AnalysisConfig.model_validate(
+        {
+            "metrics": [{"name": "ctr", "type": "binomial", "event": "click"}],
+            "experiments": {"typo-window": {"start": START_MS, "end": START_MS * 10**4}},
+        }
+    )
+    with store, AnalyticsServer(store, config, port=0) as server:
+        yield Served(server.url, store)
+
+
 @pytest.fixture(scope="module")
 def real_interleaving_demo(interleaving_demo_run: dict) -> Iterator[Served]:
     """The store the interleaving demo filled through Kafka (an interleaving and an A/B experiment side by side)."""
@@ -588,6 +621,41 @@ def test_a_hand_typed_link_selects_the_experiment(chromium, odd_names: Served, k
     assert sorted(shown["experiments"]) == sorted(ODD_KEYS) and shown["report"] == key
     assert chromium.find_element("id", "report-title").text == key
     assert not chromium.find_elements("css selector", "img"), "HTML from an experiment key became an element"
+
+
+def _open_or_fail(chromium, url: str) -> None:
+    """Open ``url`` on a fresh page and wait until it has loaded, or shows an error (then fail with its
+    text)."""
+    chromium.get("about:blank")  # a fresh page: from the dashboard itself only the hash would change
+    chromium.get(url)
+    error = chromium.find_element("id", "error")
+    _wait(chromium, lambda d: _loads(d) >= 1 or error.get_attribute("hidden") is None)
+    assert error.get_attribute("hidden") is not None, f"the page shows {error.text[:200]!r}"
+
+
+@pytest.mark.integration
+def test_odd_experiment_keys_leave_the_page_working(chromium, hostile_keys: Served) -> None:
+    """Opened without #/<key>, the page shows the first experiment listed: one whose key is 1 MB (no URL holds
+    it; it is not analysed, not listed) or holds a control character (its report URL was refused with 400),
+    and the page showed only that error."""
+    _open_or_fail(chromium, f"{hostile_keys.url}/?refresh=0")
+    shown = chromium.execute_script(_SNAPSHOT_JS)
+    assert sorted(shown["experiments"]) == ["\x01", "checkout"] and shown["report"] == "\x01"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("key", ["checkout", "typo-window"])
+def test_times_beyond_a_date_leave_the_page_working(chromium, times_beyond_a_date: Served, key: str) -> None:
+    """One exposure stamped in nanoseconds (checkout's traffic chart reaches it) and a window end beyond what
+    a Date holds failed the page: "Could not load data: Invalid time value". The rest is drawn as usual
+    (points at such times are left out of the charts: checkout's traffic buckets all end there)."""
+    _open_or_fail(chromium, f"{times_beyond_a_date.url}/?refresh=0#/{key}")
+    shown = chromium.execute_script(_SNAPSHOT_JS)
+    assert shown["report"] == key and shown["experiments"][key]["total_users"]
+    assert {row.split("|")[1] for row in shown["rows"]} == {"control", "treatment"}
+    if key == "typo-window":
+        assert shown["experiments"][key]["window"].endswith(f"– {START_MS * 10**4}")
+        assert {line["series"] for line in shown["trafficLines"]} == {"control", "treatment"}
 
 
 @pytest.mark.integration
