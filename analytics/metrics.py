@@ -227,6 +227,10 @@ class ExperimentSettings(_Strict):
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+MAX_EPOCH_MS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+"""The last millisecond of year 9999: what a timestamp can say, well inside every store's 64-bit integers."""
+
+
 def epoch_ms(value: object) -> int:
     """A window bound as epoch milliseconds: an integer as is, or an ISO 8601 timestamp with a timezone (a
     YAML timestamp or a string). A timestamp without one is refused: read in the server's zone it would move
@@ -246,6 +250,10 @@ def epoch_ms(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise ValueError(f"epoch milliseconds must be >= 0, got {value}")
+        if value > MAX_EPOCH_MS:  # 2**64 went into ClickHouse's SQL as a Float64 and failed the report there
+            raise ValueError(
+                f"epoch milliseconds must be at most {MAX_EPOCH_MS} (the end of year 9999), got {value}"
+            )
         return value
     if isinstance(value, date):
         raise ValueError(f"date {value.isoformat()} has no time and timezone: expected {expected}")

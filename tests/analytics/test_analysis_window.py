@@ -275,6 +275,8 @@ def test_config_reads_timestamps_with_a_timezone_and_epoch_milliseconds(tmp_path
         ("    start: 1500.5\n", 7, "experiments.exp.start: Value error, expected an ISO 8601 timestamp"),
         ("    start: last week\n", 7, "experiments.exp.start: Value error, expected an ISO 8601 timestamp"),
         ("    start: -1\n", 7, "experiments.exp.start: Value error, epoch milliseconds must be >= 0"),
+        ("    end: 18446744073709551616\n", 7,  # 2**64: ClickHouse failed the report on it
+         "experiments.exp.end: Value error, epoch milliseconds must be at most 253402300799999"),
         ("    start: 2024-05-02T00:00:00Z\n    end: 2024-05-02T02:00:00+02:00\n", 8,
          "experiments.exp.end: Value error, end 2024-05-02T00:00:00.000Z is not after start "
          "2024-05-02T00:00:00.000Z"),
