@@ -73,9 +73,8 @@ function fmtTime(ms) {
 /** A window bound: "2024-05-01 00:00 UTC" (seconds and milliseconds only when set); "…" when open. */
 function fmtBound(ms) {
   if (ms === null) return "…";
-  const d = new Date(ms);
-  if (Number.isNaN(d.getTime())) return String(ms);  // beyond a Date's ±8.64e15 ms: toISOString threw
-  const iso = d.toISOString().replace(/(:00)?\.000Z$/, "Z");
+  // bounds come from the analysis config, which refuses any past year 9999 (metrics.epoch_ms)
+  const iso = new Date(ms).toISOString().replace(/(:00)?\.000Z$/, "Z");
   return iso.replace("T", " ").replace(/Z$/, " UTC");
 }
 

@@ -248,18 +248,12 @@ def hostile_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 @pytest.fixture(scope="module")
 def times_beyond_a_date(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Times beyond what a JavaScript Date holds: one exposure of an experiment stamped in nanoseconds (any
-    producer writes events), and a config whose window end has four zeros too many."""
+    """A time beyond what a JavaScript Date holds: one exposure of an experiment stamped in nanoseconds (any
+    producer writes events). A config's window bound that far out is refused at load (test_analysis_window)."""
     store = DuckDBEventStore(str(tmp_path_factory.mktemp("store") / "events"))
     generate_events(store, "checkout", users=300, seed=30)
-    generate_events(store, "typo-window", users=300, seed=31)
     store.apply([ExposureRow("ns", "checkout", "treatment", "ns-user", START_MS * 10**6)], [], {})
-    config = AnalysisConfig.model_validate(
-        {
-            "metrics": [{"name": "ctr", "type": "binomial", "event": "click"}],
-            "experiments": {"typo-window": {"start": START_MS, "end": START_MS * 10**4}},
-        }
-    )
+    config = AnalysisConfig.model_validate({"metrics": [{"name": "ctr", "type": "binomial", "event": "click"}]})
     with store, AnalyticsServer(store, config, port=0) as server:
         yield Served(server.url, store)
 
@@ -644,18 +638,14 @@ def test_odd_experiment_keys_leave_the_page_working(chromium, hostile_keys: Serv
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("key", ["checkout", "typo-window"])
-def test_times_beyond_a_date_leave_the_page_working(chromium, times_beyond_a_date: Served, key: str) -> None:
-    """One exposure stamped in nanoseconds (checkout's traffic chart reaches it) and a window end beyond what
-    a Date holds failed the page: "Could not load data: Invalid time value". The rest is drawn as usual
-    (points at such times are left out of the charts: checkout's traffic buckets all end there)."""
-    _open_or_fail(chromium, f"{times_beyond_a_date.url}/?refresh=0#/{key}")
+def test_times_beyond_a_date_leave_the_page_working(chromium, times_beyond_a_date: Served) -> None:
+    """One exposure stamped in nanoseconds (checkout's traffic chart reaches it) failed the page: "Could not
+    load data: Invalid time value". The rest is drawn as usual (points at such times are left out of the
+    charts: checkout's traffic buckets all end there)."""
+    _open_or_fail(chromium, f"{times_beyond_a_date.url}/?refresh=0#/checkout")
     shown = chromium.execute_script(_SNAPSHOT_JS)
-    assert shown["report"] == key and shown["experiments"][key]["total_users"]
+    assert shown["report"] == "checkout" and shown["experiments"]["checkout"]["total_users"]
     assert {row.split("|")[1] for row in shown["rows"]} == {"control", "treatment"}
-    if key == "typo-window":
-        assert shown["experiments"][key]["window"].endswith(f"– {START_MS * 10**4}")
-        assert {line["series"] for line in shown["trafficLines"]} == {"control", "treatment"}
 
 
 @pytest.mark.integration
