@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help=about, description=about)
     evaluate.add_argument("checkpoint", type=Path, help="checkpoint.pt written by train --output")
     evaluate.add_argument("--data", help="override the data path stored in the checkpoint")
-    evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="(default: cpu)")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                          help="evaluate on the CPU or a GPU (default: cpu)")  # fmt: skip
 
     about = "write a model package from a checkpoint"
     export = sub.add_parser("export", help=about, description=f"{about}: <repository>/<name>/<version>/")

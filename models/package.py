@@ -88,7 +88,8 @@ class Manifest:
         except TypeError as exc:
             raise PackageError(f"{source}: inputs/outputs entries need name, dtype, shape ({exc})") from None
         for task in data.get("tasks", []):
-            if set(task) != {"name", "type"} or task["type"] not in ("binary", "regression"):
+            keys = set(task) if isinstance(task, dict) else None  # set() of a number raised TypeError
+            if keys != {"name", "type"} or task["type"] not in ("binary", "regression"):
                 raise PackageError(
                     f"{source}: tasks entries are {{name, type: binary|regression}}, got {task}"
                 )
@@ -117,8 +118,8 @@ def staged_package(
     without ``overwrite`` an existing version is never replaced (the later of two publishes fails).
 
     Raises:
-        PackageError: for a name or version that is not one folder name, a repository that is a file, or a
-            version that exists (without ``overwrite``).
+        PackageError: for a name or version that is not one folder name, a repository that is a file, a
+            version that exists (without ``overwrite``), or a folder or file the OS will not create or write.
     """
     for what, value in (("name", name), ("version", str(version))):
         if not value or value.startswith(".") or "/" in value or "\\" in value:
@@ -131,7 +132,10 @@ def staged_package(
     if target.exists() and not overwrite:
         raise PackageError(f"{target} already exists (--overwrite, or overwrite=True, replaces it)")
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.staging")
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:  # a file on the way to it, a read-only disk: a traceback from the command line
+        raise PackageError(f"cannot create a package in {target.parent}: {exc.strerror}") from None
     try:
         yield staging
         if overwrite and target.exists():
@@ -143,6 +147,9 @@ def staged_package(
                 raise
             # a non-empty folder is in the way: another publish of this version finished first
             raise PackageError(f"{target} already exists: another export of it finished first") from None
+    except OSError as exc:  # a full disk, a file size limit: one line naming the version, not a traceback
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PackageError(f"{target}: cannot write the package: {exc}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -164,13 +171,21 @@ def write_manifest(directory: Path, manifest: Manifest) -> Path:
 
 
 def read_manifest(directory: Path | str) -> Manifest:
+    """The manifest of the package in ``directory``, or a one-line PackageError naming the file and what is
+    wrong with it (``python -m models.retrieval index`` reads it first)."""
     path = Path(directory) / MANIFEST
     if not path.exists():
         raise PackageError(f"{path}: no manifest")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise PackageError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise PackageError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:  # a folder of that name, no permission
+        raise PackageError(f"{path}: unreadable: {exc.strerror}") from None
+    if not isinstance(data, dict):  # Manifest.from_dict met null or a list with a TypeError
+        raise PackageError(f"{path}: a JSON object of manifest keys expected, got {type(data).__name__}")
     return Manifest.from_dict(data, source=str(path))
 
 

@@ -23,9 +23,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from models.errors import PackageError
 from models.graph.sampling import Neighbourhood, NeighbourSampler
 from models.graph.training import INDEX_SAMPLING_SEED, TrainResult
-from models.package import Manifest, TensorInfo, package_dir, read_manifest, staged_package, write_manifest
+from models.package import (
+    MANIFEST,
+    Manifest,
+    TensorInfo,
+    check_golden_parity,
+    package_dir,
+    read_manifest,
+    staged_package,
+    write_manifest,
+)
 from models.ssmtl import INPUT_NAMES, SSMTL
 
 logger = logging.getLogger(__name__)
@@ -92,7 +102,8 @@ def write_package(
     metrics: dict[str, float] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Export ONNX + golden + graph store, build the index, write the manifest; returns the package folder.
+    """Export ONNX + golden + graph store, check the graph against the golden outputs under ONNX Runtime
+    (``PARITY_ATOL``/``PARITY_RTOL``), build the index, write the manifest; returns the package folder.
 
     The package is assembled apart and renamed into place (``staged_package``), as ranking packages are: the
     index build takes a while, and a version already there is replaced only with ``overwrite``.
@@ -139,6 +150,8 @@ def _write_into(
         },
         metrics=metrics or {},
     )
+    # the index is embedded with this graph: it must answer as the trained encoder does (nothing checked it)
+    check_golden_parity(package, manifest)
     write_manifest(package, manifest)
     build_index(package)
 
@@ -150,6 +163,10 @@ def build_index(package: str | Path, chunk: int = 256, progress: bool = False) -
 
     package = Path(package)
     manifest = read_manifest(package)
+    if manifest.kind != "retrieval":  # a ranking package ended `index` in KeyError: 'fanouts'
+        raise PackageError(
+            f"{package / MANIFEST}: kind is {manifest.kind!r}; only retrieval packages have an index"
+        )
     fanouts = tuple(manifest.training_config["fanouts"])
     store = np.load(package / "index" / "graph.npz")
     features = store["features"]

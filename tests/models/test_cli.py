@@ -244,14 +244,15 @@ def test_export_refuses_names_that_leave_the_repository(tmp_path: Path) -> None:
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "repo").exists()
 
 
-def test_every_train_flag_says_what_it_does() -> None:
-    """--batch-size and --device had only "(default: ...)" for help."""
+@pytest.mark.parametrize("command", ["train", "evaluate", "export"])
+def test_every_flag_says_what_it_does(command: str) -> None:
+    """train's --batch-size and --device, and evaluate's --device, had only "(default: ...)" for help."""
     from models.__main__ import build_parser
 
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command")
-    train = commands.choices["train"]
-    helps = {a.option_strings[-1]: a.help or "" for a in train._actions if a.option_strings}
-    assert "--resume" in helps
+    chosen = commands.choices[command]
+    helps = {a.option_strings[-1]: a.help or "" for a in chosen._actions if a.option_strings}
+    assert {"train": "--resume", "evaluate": "--device", "export": "--overwrite"}[command] in helps
     bare = [flag for flag, text in helps.items() if not text.split("(default:")[0].strip()]
     assert bare == []

@@ -249,3 +249,92 @@ def test_a_model_that_answers_nan_is_not_exported(tmp_path) -> None:
     with pytest.raises(PackageError, match="ranker/1: the model answers NaN or infinity on the golden input"):
         export_package(model, tmp_path, "ranker", "1", family="mmoe")
     assert not (tmp_path / "ranker").exists() or not any((tmp_path / "ranker").iterdir())
+
+
+def test_an_export_form_that_answers_otherwise_than_the_model_is_refused(tmp_path, monkeypatch) -> None:
+    """The golden outputs came from ``for_export()``'s module, the one the graph is traced from, so the parity
+    check compared the graph with itself: sparse sharing's mask fold exported without its masks (0.05 off the
+    trained model's logits) passed it."""
+    from models.sparse_sharing import FoldedMaskedModel, MaskedSharingModel
+
+    torch.manual_seed(0)
+    model = models.create_model("sparse-sharing", features=DATA.features, tasks=DATA.tasks, preset="tiny")
+    assert isinstance(model, MaskedSharingModel)
+    masks = model.masks
+
+    def fold_without_masks() -> FoldedMaskedModel:
+        with monkeypatch.context() as unmasked:  # the trained model keeps its masks
+            unmasked.setattr(model, "masks", lambda task: [torch.ones_like(m) for m in masks(task)])
+            return FoldedMaskedModel(model)
+
+    monkeypatch.setattr(model, "for_export", fold_without_masks)
+    with pytest.raises(PackageError, match="golden parity failed"):
+        export_package(model, tmp_path, "ranker", "1", family="sparse-sharing")
+    assert not any((tmp_path / "ranker").iterdir())
+
+
+def test_a_package_the_os_will_not_create_or_write_is_a_one_line_error(tmp_path) -> None:
+    """A repository below a file (NotADirectoryError) and a write refused by the OS (here the file size limit,
+    as a full disk would) ended `python -m models export` in a traceback instead of a one-line error."""
+    import resource
+    import signal
+
+    model = models.create_model("mmoe", features=DATA.features, tasks=DATA.tasks, preset="tiny")
+    (tmp_path / "a_file").write_text("")
+    below_a_file = tmp_path / "a_file" / "repo"
+    not_created = f"cannot create a package in {below_a_file / 'ranker'}: "
+    with pytest.raises(PackageError, match=re.escape(not_created)):
+        export_package(model, below_a_file, "ranker", "1", family="mmoe")
+
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG from write() instead of the signal
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # model.onnx is larger
+    try:
+        not_written = f"{tmp_path / 'ranker' / '1'}: cannot write the package: "
+        with pytest.raises(PackageError, match=re.escape(not_written)):
+            export_package(model, tmp_path, "ranker", "1", family="mmoe")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert not any((tmp_path / "ranker").iterdir())
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xff\xfe{}", "not UTF-8 text (byte 0)"),
+        (b"null", "a JSON object of manifest keys expected, got NoneType"),
+        (b'[{"kind": "ranking"}]', "a JSON object of manifest keys expected, got list"),
+        (None, "unreadable: Is a directory"),
+        ("tasks", "tasks entries are {name, type: binary|regression}, got 1"),
+    ],
+    ids=["not UTF-8", "null", "a list", "a folder", "a task that is a number"],
+)
+def test_a_manifest_that_is_no_json_object_is_a_one_line_error(package, tmp_path, content, message) -> None:
+    """Each ended `python -m models.retrieval index --package` (and verify_package) in a traceback: a
+    UnicodeDecodeError, TypeErrors from Manifest.from_dict, an IsADirectoryError."""
+    import shutil
+
+    copy = tmp_path / "ranker" / "3"
+    shutil.copytree(package, copy)
+    manifest = copy / "manifest.json"
+    if content is None:
+        manifest.unlink()
+        manifest.mkdir()
+    elif content == "tasks":
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "tasks": [1]}))
+    else:
+        manifest.write_bytes(content)
+    with pytest.raises(PackageError, match=re.escape(f"{manifest}: {message}")):
+        verify_package(copy)
+
+
+def test_indexing_a_ranking_package_is_a_one_line_error(package, capsys) -> None:
+    """`python -m models.retrieval index --package` of a ranking package ended in KeyError: 'fanouts'."""
+    from models.retrieval import main
+
+    assert main(["index", "--package", str(package)]) == 2
+    err = capsys.readouterr().err
+    expected = f"{package / 'manifest.json'}: kind is 'ranking'; only retrieval packages have an index"
+    assert err == f"error: {expected}\n"
+    verify_package(package)  # nothing rewritten

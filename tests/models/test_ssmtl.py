@@ -484,3 +484,27 @@ def test_mae_remasks_queries_that_are_other_queries_neighbours(graph):
     assert query_slots.any() and (~query_slots & (nb.hop1_mask > 0)).any()
     assert torch.all(seen[0][torch.from_numpy(query_slots)] == 0)
     assert torch.all(seen[0][torch.from_numpy(~query_slots & (nb.hop1_mask > 0))].abs().sum(-1) > 0)
+
+
+def test_a_retrieval_graph_that_answers_otherwise_than_the_encoder_is_not_published(
+    trained, tmp_path, monkeypatch
+):
+    """Nothing ran the retrieval package's golden file at export (nor does the retrieval server at load): a
+    graph traced from other weights was published, its index embedded with it."""
+    import copy
+
+    import models.graph.export
+
+    real_export_onnx = models.graph.export.export_onnx
+
+    def export_other_weights(model: SSMTL, path: Path, example: dict[str, np.ndarray]) -> None:
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            for parameter in other.parameters():
+                parameter.add_(0.05 * torch.randn_like(parameter))
+        real_export_onnx(other, path, example)
+
+    monkeypatch.setattr(models.graph.export, "export_onnx", export_other_weights)
+    with pytest.raises(PackageError, match="golden parity failed"):
+        write_package(trained, tmp_path, "ssmtl", "1")
+    assert not any((tmp_path / "ssmtl").iterdir())
