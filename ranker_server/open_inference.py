@@ -72,9 +72,14 @@ class InferResult:
     outputs: tuple[Tensor, ...]
 
 
-def _version_order(version: str) -> tuple[int, int | str]:
-    """Numeric versions by value, above any non-numeric one (compared as text)."""
-    return (1, int(version)) if version.isdigit() else (0, version)
+def _version_order(version: str) -> tuple[int, int, str]:
+    """Numeric versions by value, above any non-numeric one (compared as text); "01" and "1" by text.
+
+    ASCII digits only: ``"²".isdigit()`` is true and ``int("²")`` raises, which failed every request for the
+    model's default version while such a folder was served.
+    """
+    numeric = version.isascii() and version.isdigit()
+    return (1, int(version), version) if numeric else (0, 0, version)
 
 
 def tensor_specs(model: LoadedModel) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

@@ -17,7 +17,7 @@ from proto import inference_pb2, inference_pb2_grpc
 from ranker_server.config import BatchingSettings, RuntimeSettings
 from ranker_server.errors import DeadlineExceeded, InvalidInput, ModelNotFound
 from ranker_server.model_repository import ModelRepository
-from ranker_server.open_inference import INFER_VARIANT, InferenceDataPlane, InferQuery, Tensor
+from ranker_server.open_inference import INFER_VARIANT, InferenceDataPlane, InferQuery, Tensor, _version_order
 from ranker_server.open_inference_servicer import query_from_proto, result_to_proto, tensor_from_proto
 from ranker_server.package import read_package
 from ranker_server.server import INFERENCE_SERVICE, RankerServer
@@ -344,3 +344,9 @@ async def test_open_inference_can_be_turned_off(repository: Path) -> None:
         assert code_of(info.value) == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await server.stop(grace_s=1.0)
+
+
+def test_versions_order_by_number_then_text_and_odd_digits_are_text() -> None:
+    # "²" is a digit to str.isdigit and not to int(): it ordered as a number and raised ValueError
+    versions = ["10", "2", "²", "b", "01", "1", "a"]
+    assert sorted(versions, key=_version_order) == ["a", "b", "²", "01", "1", "2", "10"]
