@@ -344,10 +344,7 @@ class RankDataPlane:
         except Exception:
             _count_failure(labels, "internal")
             raise
-        elapsed = time.perf_counter() - started
-        for model_series in series:  # an interleaved request counts for each model it used
-            model_series.success.inc()
-            model_series.duration.observe(elapsed)
+        metrics.served(series, time.perf_counter() - started)  # for each model it used, once for its variant
         return result
 
     async def _rank_with(

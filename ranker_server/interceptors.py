@@ -64,7 +64,9 @@ def _wrap_unary(
 
 class ExceptionToStatusInterceptor(aio.ServerInterceptor):
     """Maps ``RankerError`` subclasses to status codes (after KServe's interceptor of the same name) and
-    counts each Rank and ModelInfer call once by the code it ends with (``mtrank_requests_total``)."""
+    counts each Rank and ModelInfer call once by the code it ends with (``mtrank_requests_total``). It must be
+    the server's first interceptor: the calls an interceptor before it refuses (the token's UNAUTHENTICATED)
+    never reach it."""
 
     async def intercept_service(
         self,

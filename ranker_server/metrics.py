@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Enum, Gauge, Histogram
@@ -29,12 +29,18 @@ REQUESTS = Counter(
     ("method", "code"),
 )
 # Per model, as Triton counts them: an interleaved request counts for each model it used. Requests/s, error
-# ratios and autoscaling read REQUESTS.
+# ratios and autoscaling read REQUESTS; traffic per variant reads VARIANT_SUCCESS.
 REQUEST_SUCCESS = Counter(
     "mtrank_inference_request_success", "Rank and ModelInfer requests answered successfully", VARIANT_LABELS
 )
 REQUEST_FAILURE = Counter(
     "mtrank_inference_request_failure", "Rank and ModelInfer requests that failed, by reason", (*VARIANT_LABELS, "reason")
+)
+VARIANT_SUCCESS = Counter(
+    "mtrank_variant_request_success",
+    "Rank and ModelInfer requests answered successfully, once each, by variant: an interleaved request "
+    "counts once for '<experiment>:interleaved' (its exposure's variant) whatever models its arms use",
+    ("variant",),
 )
 INFERENCE_COUNT = Counter(
     "mtrank_inference_count", "Candidate rows scored (Triton: inferences)", MODEL_LABELS
@@ -105,6 +111,7 @@ class VariantSeries:
     duration: Histogram
     queue: Histogram
     compute: Histogram
+    variant_success: Counter  # the variant's, shared by every model of the variant
 
 
 @functools.lru_cache(maxsize=4096)
@@ -115,7 +122,17 @@ def variant_series(model: str, version: str, variant: str) -> VariantSeries:
         REQUEST_DURATION.labels(*labels),
         QUEUE_DURATION.labels(*labels),
         COMPUTE_DURATION.labels(*labels),
+        VARIANT_SUCCESS.labels(variant),
     )
+
+
+def served(series: Sequence[VariantSeries], elapsed: float) -> None:
+    """Count a request answered successfully in ``elapsed`` seconds: for each model it used (``series``, one
+    per model; an interleaved request's two arms may use two) and once for its variant."""
+    for model_series in series:
+        model_series.success.inc()
+        model_series.duration.observe(elapsed)
+    series[0].variant_success.inc()
 
 
 @contextlib.contextmanager
@@ -133,5 +150,4 @@ def accounted(series: VariantSeries, labels: tuple[str, str, str], started: floa
     except Exception:
         REQUEST_FAILURE.labels(*labels, "internal").inc()
         raise
-    series.success.inc()
-    series.duration.observe(time.perf_counter() - started)
+    served((series,), time.perf_counter() - started)

@@ -281,6 +281,28 @@ def promql_increase(expr: str, before: Scrape, after: Scrape) -> float:
     return 0.0 if or_zero and math.isnan(value) else value
 
 
+_SUM_BY_OF_RATE = re.compile(
+    r"sum\s+by\s*\(\s*([A-Za-z_]\w*)\s*\)\s*"
+    r"\(\s*rate\s*\(\s*([A-Za-z_:][\w:]*)\s*(?:\{([^}]*)\})?\s*\[[^\]]*\]\s*\)\s*\)"
+)
+
+
+def promql_increase_by(expr: str, before: Scrape, after: Scrape) -> dict[str, float]:
+    """What ``sum by (label) (rate(counter{matchers}[...]))`` gives between two scrapes of one target, times
+    the interval, for each value of ``label``: what a panel draws one line each for. Grafana's ``$variables``
+    take their All value (``.*``)."""
+    match = _SUM_BY_OF_RATE.fullmatch(re.sub(r"\$\w+", ".*", expr).strip())
+    if match is None:
+        raise AssertionError(f"promql_increase_by cannot evaluate {expr!r}")
+    label, name, matchers = match.groups()
+    increases: dict[str, float] = {}
+    for key, n in after.items():
+        if key[0] == name and _selected(matchers or "", key[1]):
+            value = dict(key[1]).get(label, "")
+            increases[value] = increases.get(value, 0.0) + n - before.get(key, 0.0)
+    return increases
+
+
 _BEFORE = """# TYPE r counter
 r_total{m="a",code="OK"} 1
 r_total{m="b",code="OK"} 1
@@ -306,6 +328,23 @@ r_total{m="b",code="INTERNAL"} 2
 def test_promql_increase(expr: str, increase: float) -> None:
     got = promql_increase(expr, parse_scrape(_BEFORE), parse_scrape(_AFTER))
     assert got == pytest.approx(increase, nan_ok=True)
+
+
+@pytest.mark.parametrize(
+    ("expr", "increases"),
+    [
+        ("sum by (m) (rate(r_total[$__rate_interval]))", {"a": 3.0, "b": 3.0}),
+        ('sum by (code) (rate(r_total{m=~"$model"}[1m]))', {"OK": 4.0, "INTERNAL": 2.0}),
+        ('sum by (m) (rate(r_total{code="NOT_FOUND"}[1m]))', {}),
+    ],
+)
+def test_promql_increase_by(expr: str, increases: dict[str, float]) -> None:
+    assert promql_increase_by(expr, parse_scrape(_BEFORE), parse_scrape(_AFTER)) == increases
+
+
+def test_promql_increase_by_refuses_what_it_cannot_evaluate() -> None:
+    with pytest.raises(AssertionError, match="cannot evaluate"):
+        promql_increase_by("sum(rate(r_total[1m])) by (m)", parse_scrape(_BEFORE), parse_scrape(_AFTER))
 
 
 def test_promql_increase_refuses_what_it_cannot_evaluate() -> None:

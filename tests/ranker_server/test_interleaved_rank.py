@@ -28,6 +28,7 @@ from tests.deploy.test_observability import (
     panel_target,
     parse_scrape,
     promql_increase,
+    promql_increase_by,
     promql_metric_names,
 )
 from tests.proto.old_schema import message_before
@@ -300,3 +301,21 @@ async def test_the_error_panels_count_a_failed_interleaved_call_once_by_its_code
     }
     assert counted == {"Errors/s": 1, "error ratio": pytest.approx(1 / 5)}
     assert _calls(before, after, "Rank") == {"OK": 4, "INVALID_ARGUMENT": 1}
+
+
+async def test_traffic_per_variant_counts_an_interleaved_request_once(running: Running) -> None:
+    """The panel's shares were of the successes counted per model: 3 interleaved requests whose arms use two
+    models read as 6 beside 2 requests outside the experiment (a 6/8 share for 3/5)."""
+    dashboard = json.loads(SERVING_DASHBOARD.read_text())
+    share = panel_target(dashboard, "Traffic per variant (share of ranked requests)")
+    variant_requests, matching, all_requests = share.partition(" / ignoring(variant) group_left ")
+    assert matching, share
+    before = _scrape()
+    for i in range(3):
+        await running.stub.Rank(request(f"il-share-{i}", top_k=5))
+    for i in range(2):
+        await running.stub.Rank(request(f"user-share-{i}", top_k=5))
+    after = _scrape()
+    lines = {v: n for v, n in promql_increase_by(variant_requests, before, after).items() if n}
+    assert lines == {"il:interleaved": 3, "default": 2}  # the exposures' variant: "interleaved"
+    assert promql_increase(all_requests, before, after) == 5
