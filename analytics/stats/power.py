@@ -3,6 +3,8 @@
 Normal approximation through statsmodels ``NormalIndPower``: with arm variances v_a, v_b the difference has
 standard error sqrt(v_a/n_a + v_b/n_b), passed to statsmodels as a standardised effect over the equivalent
 common standard deviation. For binomial metrics the treatment variance follows from the treatment rate.
+A relative lift is tested with the delta-method standard error, which grows with the ratio it estimates;
+its power comes from that test's rejection region (``relative_power``), not from the absolute test's.
 Sequential mode trades some power for safe peeking; these figures are for the fixed-horizon test.
 """
 
@@ -12,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from scipy import special
 from scipy.optimize import brentq
 from statsmodels.stats.power import NormalIndPower
 
@@ -99,6 +102,8 @@ def power(inputs: PowerInputs, n_total: float, effect: float) -> float:
     n_a, n_b = n_total * share_a, n_total * (1.0 - share_a)
     delta = inputs.absolute_effect(effect)
     var_a, var_b = inputs.arm_variances(delta)
+    if inputs.difference_type == "relative":
+        return relative_power(inputs, delta, var_a / n_a, var_b / n_b)
     common_sd = math.sqrt((var_a / n_a + var_b / n_b) / (1.0 / n_a + 1.0 / n_b))
     if common_sd == 0:
         return 1.0 if delta != 0 else inputs.alpha
@@ -111,6 +116,39 @@ def power(inputs: PowerInputs, n_total: float, effect: float) -> float:
             alternative=_STATSMODELS_ALTERNATIVE[inputs.alternative],
         )
     )
+
+
+def relative_power(inputs: PowerInputs, delta: float, component_a: float, component_b: float) -> float:
+    """Power of the relative test (mean_b / mean_a - 1 over its delta-method standard error).
+
+    With D = mean_b - mean_a, that test's t-statistic is D / sqrt(component_b + component_a R^2), where
+    R = 1 + D / mean_a and component_x = var_x / n_x: its standard error grows with the estimated ratio, so
+    a rise needs a larger D than the absolute test's z s (s^2 = component_a + component_b) and a drop a
+    smaller one. With k = z^2 component_a / mean_a^2 and g = k mean_a + sqrt((k mean_a)^2 + (1 - k) z^2 s^2)
+    the test rejects for D above g / (1 - k) (never when k >= 1: its t-statistic then stays below z however
+    large the rise) and for D below -z^2 s^2 / g (when k > 1, only down to g / (1 - k)); D ~ N(delta, s^2).
+    The absolute test's power stood for it before: +50% on a mean of 10 with sd 10 and 63 users per arm
+    was given power 0.80, and the relative test detects it in 0.63 of simulated experiments (this: 0.65).
+    """
+    mean_a = inputs.baseline_mean
+    sd = math.sqrt(component_a + component_b)
+    z = float(special.ndtri(1.0 - inputs.alpha / (2.0 if inputs.alternative == "two-sided" else 1.0)))
+    k = z * z * component_a / mean_a**2
+    discriminant = (k * mean_a) ** 2 + (1.0 - k) * (z * sd) ** 2
+    if discriminant < 0:  # k > 1 and no difference D reaches z
+        return 0.0
+    g = k * mean_a + math.sqrt(discriminant)
+
+    def below(x: float) -> float:
+        return float(special.ndtr((x - delta) / sd))
+
+    rise = float(special.ndtr((delta - g / (1.0 - k)) / sd)) if k < 1.0 else 0.0
+    drop = below(-((z * sd) ** 2) / g) - (below(g / (1.0 - k)) if k > 1.0 else 0.0)
+    if inputs.alternative == "greater":
+        return rise
+    if inputs.alternative == "less":
+        return drop
+    return rise + drop
 
 
 def minimum_detectable_effect(inputs: PowerInputs, n_total: float, target_power: float = 0.8) -> float:

@@ -133,14 +133,17 @@ def test_srm_prints_the_p_value(capsys) -> None:
 
 
 def test_power(capsys) -> None:
+    """Relative lifts (the default), so the relative test's power: in 40,000 seeded simulated experiments
+    through its ``TTest`` 30,935 users detect +10% on 0.1 in 0.800 of them and +12.94% on a mean of 10 with
+    sd 10 is detected in 0.799 with 2000 users (the absolute test's 29,496 and 12.53% gave 0.781 and 0.772)."""
     out = json.loads(
         run(capsys, "power", "--metric-type", "binomial", "--baseline", "0.1", "--effect", "0.1")[1]
     )
-    assert out["required_users"] == pytest.approx(29496, abs=4)
+    assert out["required_users"] == pytest.approx(30935, abs=4)
     out = json.loads(
         run(capsys, "power", "--metric-type", "mean", "--baseline", "10", "--std", "10", "--users", "2000")[1]
     )
-    assert out["mde"] == pytest.approx(0.1253, abs=1e-3)
+    assert out["mde"] == pytest.approx(0.1294, abs=1e-3)
 
 
 def test_report_table_and_json_from_the_duckdb_store(tmp_path: Path, capsys) -> None:

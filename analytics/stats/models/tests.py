@@ -21,11 +21,16 @@ ResultT = TypeVar("ResultT", FrequentistResult, BayesianResult)
 
 
 def welch_df(component_a: float, component_b: float, n_a: int, n_b: int) -> float:
-    """Welch-Satterthwaite degrees of freedom for a variance that is the sum of two arm components."""
-    denominator = component_a**2 / (n_a - 1) + component_b**2 / (n_b - 1)
-    if denominator == 0:
+    """Welch-Satterthwaite degrees of freedom for a variance that is the sum of two arm components.
+
+    Computed on the components divided by the larger one, as the df has no unit: squared as they are,
+    components of 1e-181 underflowed to 0 (the pooled df instead of Welch's) and 1e170 overflowed.
+    """
+    scale = max(component_a, component_b)
+    if scale == 0:
         return float(n_a + n_b - 2)
-    return (component_a + component_b) ** 2 / denominator
+    share_a, share_b = component_a / scale, component_b / scale
+    return (share_a + share_b) ** 2 / (share_a**2 / (n_a - 1) + share_b**2 / (n_b - 1))
 
 
 class BaseABTest(ABC, Generic[ConfigT, ResultT]):

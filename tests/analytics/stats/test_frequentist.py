@@ -95,6 +95,23 @@ def test_relative_lift_does_not_depend_on_the_unit(scale: float) -> None:
     assert tuple(round(x, 6) for x in r.ci) == (0.009884, 0.090116)
 
 
+@pytest.mark.parametrize("scale", [1e-90, 1e90])
+def test_welch_df_does_not_depend_on_the_unit(scale: float) -> None:
+    """Absolute lift of [1, 5, 9, 2] over [1, 2, 3] in units 1e90 times smaller or larger. Reference: scipy
+    ``ttest_ind(b, a, equal_var=False)`` on the unscaled values: df 3.593879, p 0.305953, CI (-3.232441,
+    7.732441) (scipy itself overflows at 1e90). The squared variance components underflowed to 0 and the df
+    fell back to the pooled 5 (p 0.2867), or overflowed to inf and the result was NUMERIC_OVERFLOW."""
+    control = SampleMean.from_values(np.array([1.0, 2.0, 3.0]) * scale)
+    treatment = SampleMean.from_values(np.array([1.0, 5.0, 9.0, 2.0]) * scale)
+    r = TTest(control, treatment, ABSOLUTE).compute_result()
+    assert r.error is None and r.ci is not None
+    assert r.df == pytest.approx(3.593879306813061, rel=1e-9)
+    assert r.p_value == pytest.approx(0.3059531546429112, rel=1e-9)
+    assert (r.ci[0] / scale, r.ci[1] / scale) == pytest.approx(
+        (-3.2324408297635587, 7.732440829763559), rel=1e-9
+    )
+
+
 def test_proportions_match_statsmodels_wald() -> None:
     a, b = Proportion(5000, 500.0), Proportion(5000, 560.0)
     result = TTest(a, b, ABSOLUTE).compute_result()
@@ -117,6 +134,28 @@ def test_ratio_delta_method_matches_linearised_welch() -> None:
     assert result.estimate == pytest.approx(num_b.sum() / den_b.sum() - num_a.sum() / den_a.sum(), rel=1e-12)
     assert result.p_value == pytest.approx(reference.pvalue, rel=1e-8)
     assert result.ci == pytest.approx(reference.confidence_interval(0.95), rel=1e-8)
+
+
+@pytest.mark.parametrize("scale", [1e-100, 1e100])
+def test_ratio_does_not_depend_on_the_denominator_unit(scale: float) -> None:
+    """Clicks per impression with impressions counted in a unit 1e100 times smaller or larger: the ratio and
+    its interval scale by 1 / scale, the p-value stays. Reference: scipy ``ttest_ind`` on the linearised
+    values in units of 1 (as above). The delta method's mean_den^4 underflowed to 0 (ZeroDivisionError out
+    of the test) or overflowed to inf (NUMERIC_OVERFLOW)."""
+    rng = np.random.default_rng(11)
+    den_a, den_b = rng.poisson(5, 300) + 1.0, rng.poisson(5, 300) + 1.0
+    num_a, num_b = rng.binomial(den_a.astype(int), 0.10), rng.binomial(den_b.astype(int), 0.13)
+    ratio_a, ratio_b = num_a.sum() / den_a.sum(), num_b.sum() / den_b.sum()
+    lin_a = (num_a - ratio_a * den_a) / den_a.mean() + ratio_a
+    lin_b = (num_b - ratio_b * den_b) / den_b.mean() + ratio_b
+    reference = scipy_stats.ttest_ind(lin_b, lin_a, equal_var=False)
+    stat_a = Ratio.from_values(num_a, den_a * scale)
+    stat_b = Ratio.from_values(num_b, den_b * scale)
+    result = TTest(stat_a, stat_b, ABSOLUTE).compute_result()
+    assert result.error is None and result.ci is not None
+    assert result.p_value == pytest.approx(reference.pvalue, rel=1e-8)
+    low, high = reference.confidence_interval(0.95)
+    assert (result.ci[0] * scale, result.ci[1] * scale) == pytest.approx((low, high), rel=1e-8)
 
 
 def test_cuped_matches_welch_on_adjusted_values_and_shrinks_se() -> None:
@@ -170,6 +209,14 @@ def test_sequential_interval_and_p_value_agree() -> None:
     [
         (SampleMean(1, 1.0, 1.0), SampleMean(10, 10.0, 20.0), ABSOLUTE, messages.NO_UNITS),
         (SampleMean(10, 10.0, 10.0), SampleMean(10, 20.0, 40.0), ABSOLUTE, messages.ZERO_VARIANCE),
+        # Constants of 0.1 and 0.3 as numpy sums them: the rounding residue 8.5e-17 of the treatment's variance
+        # gave p = 0 and the interval (0.1999999994, 0.2000000006), where constants of 1 and 2 gave the code.
+        (
+            SampleMean.from_values(np.full(1000, 0.1)),
+            SampleMean.from_values(np.full(1000, 0.3)),
+            ABSOLUTE,
+            messages.ZERO_VARIANCE,
+        ),
         (SampleMean(10, 0.0, 10.0), SampleMean(10, 20.0, 50.0), RELATIVE, messages.BASELINE_ZERO),
         # Control -5, treatment -4 per unit: the treatment is higher, mean_b / mean_a - 1 says -20%.
         (SampleMean(10, -50.0, 260.0), SampleMean(10, -40.0, 170.0), RELATIVE, messages.BASELINE_NEGATIVE),
