@@ -85,7 +85,9 @@ class GraphStore:
         spread = np.floor((rng.random((len(positions), 1)) + slot / fanout) * deg[:, np.newaxis]).astype(np.int64)
         offset = np.where(deg[:, np.newaxis] <= fanout, slot, spread % np.maximum(deg, 1)[:, np.newaxis])
         mask = slot < deg[:, np.newaxis]
-        last = max(len(self.indices) - 1, 0)
+        if len(self.indices) == 0:  # a graph without edges: nobody has a neighbour (indexing it raised)
+            return np.zeros(mask.shape, np.int64), mask.astype(np.float32)
+        last = len(self.indices) - 1
         picked = np.where(mask, self.indices[np.minimum(start[:, np.newaxis] + offset, last)], 0)
         return picked.astype(np.int64), mask.astype(np.float32)
 

@@ -116,11 +116,12 @@ def _first_line(exc: Exception) -> str:
 def _check_encoder(
     package: Path, session: ort.InferenceSession, store: GraphStore, embeddings: np.ndarray
 ) -> None:
-    """The encoder reads the stored node features and writes vectors as wide as the index's: else only the
-    first unseen user finds out (an ONNX error, or a faiss assertion), as an INTERNAL error.
+    """The encoder reads the stored node features in samples of the manifest's fan-outs and writes vectors as
+    wide as the index's: else only the first unseen user finds out (an ONNX error, or a faiss assertion), as
+    an INTERNAL error.
 
     Raises:
-        PackageError: naming both widths.
+        PackageError: naming both widths (or sample sizes).
     """
     inputs = {i.name: i.shape for i in session.get_inputs()}
     declared = inputs.get("node_features", [None, None])[-1]
@@ -129,6 +130,15 @@ def _check_encoder(
             f"{package / 'model.onnx'}: node_features takes {declared} features, "
             f"{package / 'index' / 'graph.npz'} holds {store.num_features}"
         )
+    f1, f2 = store.fanouts
+    for input_name, slots in (("hop1_features", f1), ("hop2_features", f1 * f2)):
+        shape = inputs.get(input_name) or []
+        declared = shape[1] if len(shape) > 1 else None
+        if isinstance(declared, int) and declared != slots:  # checked before a sample of that size is made
+            raise PackageError(
+                f"{package / 'model.onnx'}: {input_name} takes {declared} neighbours, "
+                f"training_config.fanouts {[f1, f2]} of {package / 'manifest.json'} make {slots}"
+            )
     feeds = store.encoder_inputs(store.features[0], store.neighbours(0), np.random.default_rng(0))
     try:
         width = session.run(["embedding"], feeds)[0].shape[-1]
@@ -141,6 +151,27 @@ def _check_encoder(
             f"{package / 'model.onnx'}: embedding output is {width} wide, "
             f"{package / 'index' / 'embeddings.npy'} is {embeddings.shape[1]} wide"
         )
+
+
+def _fanouts(manifest_path: Path, manifest: dict[str, Any]) -> tuple[int, int]:
+    """The two neighbour sample sizes (one per GAT layer) the encoder was exported with.
+
+    Raises:
+        PackageError: naming the key (-1 raised a numpy ValueError, 100000 a MemoryError, "88" read as 8, 8).
+    """
+    try:
+        fanouts = manifest["training_config"]["fanouts"]
+    except (KeyError, TypeError) as exc:
+        raise PackageError(f"{manifest_path}: training_config.fanouts must list integers ({exc!r})") from None
+    if not isinstance(fanouts, list) or not all(type(f) is int for f in fanouts):
+        raise PackageError(f"{manifest_path}: training_config.fanouts must list integers, got {fanouts!r}")
+    if len(fanouts) != 2:  # the encoder has two GAT layers: one neighbour sample size per hop
+        raise PackageError(
+            f"{manifest_path}: training_config.fanouts must give 2 sizes (one per hop), got {fanouts}"
+        )
+    if min(fanouts) < 1:
+        raise PackageError(f"{manifest_path}: training_config.fanouts must be positive, got {fanouts}")
+    return fanouts[0], fanouts[1]
 
 
 def load_package(root: Path, name: str, version: str, exact_max_items: int = EXACT_MAX_ITEMS,
@@ -165,7 +196,12 @@ def load_package(root: Path, name: str, version: str, exact_max_items: int = EXA
         raise PackageError(f"{manifest_path}: kind is {manifest.get('kind')!r}, expected 'retrieval'")
     if manifest.get("format_version") != 1:  # a later format may change what the files mean
         raise PackageError(f"{manifest_path}: format_version {manifest.get('format_version')!r}, this server reads 1")
-    expected = {"model.onnx": manifest.get("onnx_sha256"), **manifest.get("files", {})}
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):  # ``**files`` raised a TypeError: a traceback at start, every poll after
+        raise PackageError(
+            f"{manifest_path}: files must be an object (path -> sha256), got {type(files).__name__}"
+        )
+    expected = {"model.onnx": manifest.get("onnx_sha256"), **files}
     for rel in ("model.onnx", "index/embeddings.npy", "index/graph.npz"):
         if rel not in expected or expected[rel] is None:
             raise PackageError(f"{manifest_path}: no sha256 recorded for {rel}")
@@ -175,13 +211,8 @@ def load_package(root: Path, name: str, version: str, exact_max_items: int = EXA
             raise PackageError(f"{path}: listed in the manifest but missing")
         if _sha256(path) != digest:
             raise PackageError(f"{path}: sha256 does not match the manifest")
-    try:
-        fanouts = [int(f) for f in manifest["training_config"]["fanouts"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PackageError(f"{manifest_path}: training_config.fanouts must list integers ({exc!r})") from None
-    if len(fanouts) != 2:  # the encoder has two GAT layers: one neighbour sample size per hop
-        raise PackageError(f"{manifest_path}: training_config.fanouts must give 2 sizes (one per hop), got {fanouts}")
-    store, embeddings = _load_index(package / "index", (fanouts[0], fanouts[1]))
+    fanouts = _fanouts(manifest_path, manifest)
+    store, embeddings = _load_index(package / "index", fanouts)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # a CUDA build without CUDA libraries would log errors before falling back
     options.intra_op_num_threads = 1  # one user per run: the server parallelises across requests instead
