@@ -55,9 +55,10 @@ class RetrievalServer:
     async def start(self) -> None:
         """Bind, serve and mark every service SERVING."""
         self.metrics.publish_models(self.repository.loaded(), self.repository.default)
+        # the counting interceptor first: calls the token interceptor refuses count as UNAUTHENTICATED
         interceptors: list[aio.ServerInterceptor] = [ExceptionToStatusInterceptor(self.metrics)]
         if self._security.token:
-            interceptors.insert(0, AioBearerTokenInterceptor(self._security.token))
+            interceptors.append(AioBearerTokenInterceptor(self._security.token))
         server = aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         retrieval_pb2_grpc.add_RetrieverServicer_to_server(RetrieverServicer(self.dataplane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -40,6 +40,10 @@ async def test_tls_and_bearer_token(
                 assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
             health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes carry no token
+        # refused calls are counted too (the token interceptor ran first, so they were in no error ratio)
+        counted = {code: server.metrics.registry.get_sample_value("retrieval_requests_total", {"code": code})
+                   for code in ("OK", "UNAUTHENTICATED")}
+        assert counted == {"OK": 1, "UNAUTHENTICATED": 2}
         async with aio.insecure_channel(f"127.0.0.1:{server.port}") as plain:
             with pytest.raises(aio.AioRpcError) as info:
                 await retrieval_pb2_grpc.RetrieverStub(plain).Retrieve(request, metadata=auth, timeout=2)
