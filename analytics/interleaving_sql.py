@@ -124,6 +124,18 @@ def arms_query(
     return select.sql(dialect=DIALECTS[dialect])
 
 
+def experiments_query(relations: InterleavingRelations, dialect: str) -> str:
+    """The experiment keys with an interleaved exposure, sorted: those whose ``arms_query`` over all time has
+    a row, in one query (the dashboard's list asked per experiment)."""
+    select = (
+        exp.select(_col("experiment"), copy=False)
+        .from_(_from(relations.interleaved), copy=False)
+        .group_by(_col("experiment"), copy=False)
+        .order_by(_col("experiment"), copy=False)
+    )
+    return select.sql(dialect=DIALECTS[dialect])
+
+
 def decode_arms(rows: Sequence[Sequence[Any]]) -> list[ArmsSeen]:
     """``arms_query``'s rows as ``ArmsSeen``."""
     return [ArmsSeen(Arm(*row[0:3]), Arm(*row[3:6]), int(row[6]), int(row[7]), int(row[8])) for row in rows]

@@ -51,6 +51,10 @@ class EventStore(Protocol):
 
     def variant_counts(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> dict[str, int]: ...
 
+    def variant_counts_by_experiment(self) -> dict[str, dict[str, int]]: ...
+
+    def interleaving_experiments(self) -> set[str]: ...
+
     def user_metric_values(
         self,
         experiment_key: str,

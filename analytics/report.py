@@ -294,8 +294,35 @@ def _summary_parts(
 
 def experiment_summary(store: EventStore, config: AnalysisConfig, experiment_key: str) -> ExperimentSummary:
     """Status, users per variant and SRM of one experiment (cheap: no metric is read)."""
-    interleaving = bool(store.interleaving_arms(experiment_key))
-    control, variants, srm, total = _summary_parts(store, config, experiment_key, interleaving=interleaving)
+    return _summary(store, config, experiment_key, bool(store.interleaving_arms(experiment_key)))
+
+
+def experiment_summaries(store: EventStore, config: AnalysisConfig) -> list[ExperimentSummary]:
+    """``experiment_summary`` of every experiment the store lists, in its order: the dashboard's list.
+
+    Experiment keys come from events any producer writes: asked per experiment, 500 keys of one exposure each
+    cost 2.0 s (DuckDB) to 5.3 s (chDB) a listing. The store answers for all at once instead; only the
+    experiments the config gives an analysis window are asked one by one (as many as the config names).
+    """
+    users = store.variant_counts_by_experiment()
+    interleaving = store.interleaving_experiments()
+    return [
+        _summary(
+            store, config, key, key in interleaving, None if config.experiment(key).window.bounded else n
+        )
+        for key, n in users.items()
+    ]
+
+
+def _summary(
+    store: EventStore,
+    config: AnalysisConfig,
+    experiment_key: str,
+    interleaving: bool,
+    users: dict[str, int] | None = None,
+) -> ExperimentSummary:
+    """The summary of one experiment, from its users per variant when known (else the store is asked)."""
+    control, variants, srm, total = _summary_parts(store, config, experiment_key, users, interleaving)
     return ExperimentSummary(
         experiment_key=experiment_key,
         status=config.experiment(experiment_key).status,

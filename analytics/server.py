@@ -19,7 +19,9 @@ true}``, which the page shows as a notice.
 
 Reports are cached for ``cache_seconds`` so a dashboard refreshing every few seconds in several tabs costs
 one analysis per experiment and interval. The store is only read under one lock, so a store whose
-connection is not safe for concurrent use is fine.
+connection is not safe for concurrent use is fine; answers already cached never wait for it (a report being
+computed held up every page). The experiment list costs a fixed number of store queries, however many
+experiment keys the events name (plus one per experiment the config gives an analysis window).
 
 Facing untrusted clients: connections are served by a bounded pool of threads with an idle timeout (a client
 that stops sending is dropped), and beyond a bounded queue new connections get 503 at once; odd paths (NUL
@@ -48,7 +50,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from analytics import AnalyticsError
 from analytics.metrics import AnalysisConfig, EventStore
-from analytics.report import build_report, experiment_summary
+from analytics.report import build_report, experiment_summaries
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +124,8 @@ class ReportCache:
         self.config = config
         self.ttl_s = ttl_s
         self.metrics = metrics
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the entries: held only to read or write one
+        self._build_lock = threading.Lock()  # the store's reads: one build at a time
         self._open_lock = threading.Lock()
         self._not_ready = ""  # the last reason the opener gave
         self._entries: dict[str, tuple[float, Any]] = {}
@@ -161,23 +164,36 @@ class ReportCache:
             return str(exc)
         return None
 
-    def _cached(self, key: str, kind: str, build: Callable[[], Any]) -> Any:
+    def _fresh(self, key: str) -> tuple[bool, Any]:
+        """(True, value) when ``key``'s entry is younger than ``ttl_s``, else (False, None)."""
         with self._lock:
             entry = self._entries.get(key)
+        if entry is not None and time.monotonic() - entry[0] < self.ttl_s:
+            return True, entry[1]
+        return False, None
+
+    def _cached(self, key: str, kind: str, build: Callable[[], Any]) -> Any:
+        """``key``'s value, built at most once per ``ttl_s``: a request finding it cached returns at once, not
+        after the build another request is waiting for (the store lock); one that waited for the build of
+        the same key gets its value (looked up again under the store lock)."""
+        found, value = self._fresh(key)
+        if found:
+            return value
+        with self._build_lock:
+            found, value = self._fresh(key)
+            if found:
+                return value
             now = time.monotonic()
-            if entry is not None and now - entry[0] < self.ttl_s:
-                return entry[1]
             with self.metrics.build_seconds.labels(kind).time():
                 value = build()
-            self._entries[key] = (now, value)
+            with self._lock:
+                self._entries[key] = (now, value)
             return value
 
     def experiments(self) -> list[dict[str, Any]]:
         store = self.store  # not in ``build``: a store not ready yet is no build to time
         return self._cached(
-            "",
-            "experiments",
-            lambda: [experiment_summary(store, self.config, key).to_dict() for key in store.experiments()],
+            "", "experiments", lambda: [s.to_dict() for s in experiment_summaries(store, self.config)]
         )
 
     def report(self, experiment_key: str) -> dict[str, Any] | None:

@@ -298,21 +298,25 @@ def _from(relation: exp.Expr, alias: str | None = None) -> exp.Expr:
     return relation
 
 
-def first_exposure(relations: Relations, experiment_key: str) -> exp.Select:
+def first_exposure(relations: Relations, experiment_key: str | None) -> exp.Select:
     """Per exposed user: ``k`` (the user key), ``variant``, ``first_ms`` (the earliest ``(ts, event_id)`` wins);
     with a hash key also ``check_lo`` and ``check_hi``, the user check's range (different when two users share
-    the key).
+    the key). ``experiment_key`` None: per experiment and exposed user of every experiment, in one query (the
+    dashboard's list: experiment keys come from events, one query per key cost seconds), with ``experiment``.
 
     A rolled part's first exposures are one row per user already. The first rolled part (the largest) is joined
     to the first exposures of everything else, grouped per user: grouping the largest part's rows with the rest
     would cost as much as having no rollup at all."""
     # Sources name their columns apart from the output's: ClickHouse lets an output alias shadow a column.
-    is_experiment = exp.EQ(this=_col("experiment"), expression=_lit(experiment_key))
+    every = experiment_key is None
+    is_experiment = exp.true() if every else exp.EQ(this=_col("experiment"), expression=_lit(experiment_key))
     keyed = relations.keyed
-    names = _FIRST_NAMES[: 6 if keyed else 4]
+    experiment = ("experiment",) if every else ()
+    names = (*(("x",) if every else ()), *_FIRST_NAMES[: 6 if keyed else 4])
     sources = []
     for part in relations.rollups:
         columns = [
+            *experiment,
             "user_key",
             "variant",
             "first_ms",
@@ -322,12 +326,21 @@ def first_exposure(relations: Relations, experiment_key: str) -> exp.Select:
         sources.append(_first_exposure_source(part.first_exposures, columns, names, is_experiment))
     if relations.exposures is not None:
         check = relations.user_check or ""
-        columns = [relations.user_key, "variant", "ts", "event_id", *((check, check) if keyed else ())]
+        columns = [
+            *experiment,
+            relations.user_key,
+            "variant",
+            "ts",
+            "event_id",
+            *((check, check) if keyed else ()),
+        ]
         sources.append(_first_exposure_source(relations.exposures, columns, names, is_experiment))
     if not sources:  # no exposures at all
-        sources.append(_first_exposure_source(_no_rows(_FIRST_NAMES), names, names, exp.true()))
+        sources.append(_first_exposure_source(_no_rows(names), names, names, exp.true()))
     outputs = {
-        n: out for n, out in zip(("k", "v", "t", "clo", "chi"), _FIRST_OUTPUTS, strict=True) if n in names
+        n: out
+        for n, out in zip(("x", "k", "v", "t", "clo", "chi"), ("experiment", *_FIRST_OUTPUTS), strict=True)
+        if n in names
     }
     if len(sources) == 1 and relations.rollups:  # one rollup: one row per user already
         return exp.select(*(exp.alias_(_col(n), out) for n, out in outputs.items())).from_(
@@ -346,7 +359,9 @@ def first_exposure(relations: Relations, experiment_key: str) -> exp.Select:
                 _and(exp.EQ(this=b("t"), expression=r("t")), exp.LTE(this=b("id"), expression=r("id")))),
         ),
     )  # fmt: skip
+    same_user = exp.EQ(this=b("k"), expression=r("k"))
     columns = [
+        *([exp.alias_(exp.Coalesce(this=b("x"), expressions=[r("x")]), "experiment")] if every else []),
         exp.alias_(exp.Coalesce(this=b("k"), expressions=[r("k")]), "k"),
         exp.alias_(_case(base_first.copy(), b("v"), r("v")), "variant"),
         exp.alias_(_case(base_first, b("t"), r("t")), "first_ms"),
@@ -359,7 +374,12 @@ def first_exposure(relations: Relations, experiment_key: str) -> exp.Select:
     return (
         exp.select(*columns, copy=False)
         .from_(largest.subquery("b"), copy=False)
-        .join(rest.subquery("r"), on=exp.EQ(this=b("k"), expression=r("k")), join_type="full", copy=False)
+        .join(
+            rest.subquery("r"),
+            on=_and(same_user, exp.EQ(this=b("x"), expression=r("x"))) if every else same_user,
+            join_type="full",
+            copy=False,
+        )
     )
 
 
@@ -369,10 +389,12 @@ _FIRST_OUTPUTS = ("k", "variant", "first_ms", "check_lo", "check_hi")
 
 
 def _earliest_per_user(sources: Sequence[exp.Select], outputs: dict[str, str]) -> exp.Select:
-    """Per key ``k`` of the union of ``sources``: the columns of the earliest ``(t, id)`` (``v``, ``t``, ``id``)
-    and the check range (``clo``, ``chi``) that ``outputs`` names (source name -> output name)."""
+    """Per key ``k`` (and experiment ``x`` when ``outputs`` names it) of the union of ``sources``: the columns
+    of the earliest ``(t, id)`` (``v``, ``t``, ``id``) and the check range (``clo``, ``chi``) that ``outputs``
+    names (source name -> output name)."""
     earliest = exp.Tuple(expressions=[_col("t"), _col("id")])
     aggregates = {
+        "x": _col("x"),
         "k": _col("k"),
         "v": exp.ArgMin(this=_col("v"), expression=earliest),
         "t": exp.Min(this=_col("t")),
@@ -383,7 +405,7 @@ def _earliest_per_user(sources: Sequence[exp.Select], outputs: dict[str, str]) -
     return (
         exp.select(*(exp.alias_(aggregates[n], out) for n, out in outputs.items()), copy=False)
         .from_(_union_all(sources).subquery("e"), copy=False)
-        .group_by("k", copy=False)
+        .group_by(*(n for n in ("x", "k") if n in outputs), copy=False)
     )
 
 
@@ -1452,10 +1474,11 @@ def _empty_exposures() -> exp.Select:
 
 
 def _per_first_exposure(
-    relations: Relations, experiment_key: str, group: Sequence[exp.Expr], window: AnalysisWindow
+    relations: Relations, experiment_key: str | None, group: Sequence[exp.Expr], window: AnalysisWindow
 ) -> exp.Select:
     """Exposed users (first exposed in ``window``) per ``group`` of their first exposure, with ``key_clashes``
-    (users whose key stands for two user ids: then ask again ``by_user_id``)."""
+    (users whose key stands for two user ids: then ask again ``by_user_id``); of every experiment when
+    ``experiment_key`` is None (``group`` may name ``experiment``)."""
     columns = [exp.alias_(exp.Count(this=exp.Star()), "users")]
     if relations.keyed:
         clash = exp.NEQ(this=_col("check_lo"), expression=_col("check_hi"))
@@ -1478,6 +1501,13 @@ def variant_counts_query(
 ) -> str:
     """Users per variant (of their first exposure): ``variant, users, key_clashes``."""
     return _render(_per_first_exposure(relations, experiment_key, [_col("variant")], window), dialect)
+
+
+def experiment_variant_counts_query(relations: Relations, dialect: str) -> str:
+    """Users per variant of every experiment (of their first exposure, all time): ``experiment, variant,
+    users, key_clashes``, sorted as ``experiments_query`` and ``variant_counts_query`` sort."""
+    group = [_col("experiment"), _col("variant")]
+    return _render(_per_first_exposure(relations, None, group, ALL_TIME), dialect)
 
 
 def exposure_timeline_query(

@@ -97,6 +97,12 @@ class WarehouseEventStore(EventStore):
         rows = self._per_first_exposure(sql.variant_counts_query, experiment_key, window=window)
         return {v: int(n) for v, n in rows}
 
+    def variant_counts_by_experiment(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for key, variant, users in self._per_first_exposure(sql.experiment_variant_counts_query):
+            counts.setdefault(key, {})[variant] = int(users)
+        return {key: counts[key] for key in self._analysable(list(counts))}
+
     def user_metric_values(
         self,
         experiment_key: str,
@@ -184,6 +190,10 @@ class WarehouseEventStore(EventStore):
     def interleaving_arms(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> list[ArmsSeen]:
         _, rows = self._interleaving_run(lambda r: isql.arms_query(r, experiment_key, self.dialect, window))
         return isql.decode_arms(rows)
+
+    def interleaving_experiments(self) -> set[str]:
+        _, rows = self._interleaving_run(lambda r: isql.experiments_query(r, self.dialect))
+        return {row[0] for row in rows}
 
     def preference_counts(
         self,
