@@ -186,8 +186,9 @@ class ReportCache:
             now = time.monotonic()
             with self.metrics.build_seconds.labels(kind).time():
                 value = build()
-            with self._lock:
-                self._entries[key] = (now, value)
+            if value is not None:
+                with self._lock:
+                    self._entries[key] = (now, value)
             return value
 
     def experiments(self) -> list[dict[str, Any]]:
@@ -197,14 +198,18 @@ class ReportCache:
         )
 
     def report(self, experiment_key: str) -> dict[str, Any] | None:
-        """The report JSON, or None when the store has no such experiment."""
-        if experiment_key not in self.store.experiments():
-            return None
-        return self._cached(
-            f"report:{experiment_key}",
-            "report",
-            lambda: build_report(self.store, self.config, experiment_key).to_dict(),
-        )
+        """The report JSON, or None when the store has no such experiment (not cached: any client can ask for
+        any key)."""
+        store = self.store
+
+        def build() -> dict[str, Any] | None:
+            # under the build lock as every read of the store: asked before it, a report request read the
+            # store while another request's report was being computed from it
+            if experiment_key not in store.experiments():
+                return None
+            return build_report(store, self.config, experiment_key).to_dict()
+
+        return self._cached(f"report:{experiment_key}", "report", build)
 
 
 class _Handler(BaseHTTPRequestHandler):

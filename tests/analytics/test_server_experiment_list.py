@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +105,12 @@ class _HeldStore(MemoryEventStore):
         self.holding = False
         self.held = threading.Event()  # a report is being computed, waiting for ``release``
         self.release = threading.Event()
+        self.read_while_held = threading.Event()  # the store was read by a request during another's report
+
+    def experiments(self) -> list[str]:
+        if self.held.is_set() and not self.release.is_set():
+            self.read_while_held.set()
+        return super().experiments()
 
     def time_range(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> tuple[int, int]:
         if self.holding:
@@ -141,3 +148,30 @@ def test_a_cached_answer_does_not_wait_for_a_report_being_computed() -> None:
         metrics = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
     assert len(reports) == 3 and len(set(reports)) == 1
     assert 'mtrank_dashboard_report_build_seconds_count{kind="report"} 1.0' in metrics
+
+
+def test_a_report_request_reads_the_store_only_when_no_report_is_being_computed() -> None:
+    """The dashboard reads the store one request at a time (a connection not safe for concurrent use is
+    fine): a report request asked ``store.experiments()`` before taking that turn, while another request's
+    report was being computed. Unknown experiments are answered 404 and not cached."""
+    store = _HeldStore()
+    simulate_experiment(store, "ranking-dml", users=200, seed=3, variants=("control", "dml"))
+    with AnalyticsServer(store, load_analysis_config(EXAMPLE), port=0, cache_seconds=600) as server:
+        store.holding = True
+        path = server.url + "/api/experiments/ranking-dml/report"
+        first = threading.Thread(target=lambda: urllib.request.urlopen(path, timeout=60).read())
+        second = threading.Thread(target=lambda: urllib.request.urlopen(path, timeout=60).read())
+        try:
+            first.start()
+            assert store.held.wait(30)
+            second.start()
+            read = store.read_while_held.wait(2)  # set within milliseconds when the second reads at once
+        finally:
+            store.release.set()
+            first.join(60)
+            second.join(60)
+        store.holding = False
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(server.url + "/api/experiments/nope/report", timeout=10)
+    assert not read
+    assert missing.value.code == 404 and "report:nope" not in server._cache._entries
