@@ -172,10 +172,13 @@ class ReportCache:
             return True, entry[1]
         return False, None
 
-    def _cached(self, key: str, kind: str, build: Callable[[], Any]) -> Any:
+    def _cached(
+        self, key: str, kind: str, build: Callable[[], Any], exists: Callable[[], bool] = lambda: True
+    ) -> Any:
         """``key``'s value, built at most once per ``ttl_s``: a request finding it cached returns at once, not
         after the build another request is waiting for (the store lock); one that waited for the build of
-        the same key gets its value (looked up again under the store lock)."""
+        the same key gets its value (looked up again under the store lock). None, not cached, when
+        ``exists`` (a store read, so under the store lock too, and no build to time) says there is none."""
         found, value = self._fresh(key)
         if found:
             return value
@@ -183,12 +186,13 @@ class ReportCache:
             found, value = self._fresh(key)
             if found:
                 return value
+            if not exists():
+                return None
             now = time.monotonic()
             with self.metrics.build_seconds.labels(kind).time():
                 value = build()
-            if value is not None:
-                with self._lock:
-                    self._entries[key] = (now, value)
+            with self._lock:
+                self._entries[key] = (now, value)
             return value
 
     def experiments(self) -> list[dict[str, Any]]:
@@ -199,17 +203,15 @@ class ReportCache:
 
     def report(self, experiment_key: str) -> dict[str, Any] | None:
         """The report JSON, or None when the store has no such experiment (not cached: any client can ask for
-        any key)."""
+        any key). Whether it has one is asked under the store lock as every read: asked before it, a report
+        request read the store while another request's report was being computed from it."""
         store = self.store
-
-        def build() -> dict[str, Any] | None:
-            # under the build lock as every read of the store: asked before it, a report request read the
-            # store while another request's report was being computed from it
-            if experiment_key not in store.experiments():
-                return None
-            return build_report(store, self.config, experiment_key).to_dict()
-
-        return self._cached(f"report:{experiment_key}", "report", build)
+        return self._cached(
+            f"report:{experiment_key}",
+            "report",
+            lambda: build_report(store, self.config, experiment_key).to_dict(),
+            lambda: experiment_key in store.experiments(),
+        )
 
 
 class _Handler(BaseHTTPRequestHandler):
