@@ -6,8 +6,34 @@
 -- happen when the compiled report queries read (analytics/sql_compiler.py), as in the embedded store.
 -- Outcome.item_id is optional (an outcome may be about no item; item 0 is an item): its column is Nullable,
 -- which the Protobuf format sets to NULL when the field is absent and to 0 for item 0 (Int64 reads both 0).
+--
+-- Applying this file makes the ingestion what it says over any earlier version of it, not only over an
+-- empty database: init.sh applies it on every start of the server (CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS),
+-- and it drops the Kafka table and the views, then creates them (CREATE ... IF NOT EXISTS kept an install's
+-- old views and Kafka columns). A Kafka table consumes only while a materialised view reads it, and commits
+-- the consumer group's offsets once the views have written a block; so applying it loses no event and
+-- consumes none twice:
+-- * the Kafka table is dropped first: consumption stops for every view at once (dropping the views one by
+--   one would let the others consume what the dropped ones no longer write); the offsets stay in the group;
+-- * one view reads it, kafka_records_mv, created last: it passes each decoded record to the Null table
+--   kafka_records, whose four views are already in place, so consumption resumes from the group's offsets
+--   with all four writing (views created one by one on the Kafka table would start it with only the first).
+-- A failed statement stops the apply (clickhouse client --multiquery) before kafka_records_mv exists, so
+-- nothing is consumed: events wait in Kafka (within the topics' retention) until the file applies. Nothing
+-- else may read kafka_events, whose table is dropped here: read kafka_records or the event tables.
+-- Re-creating is simpler than a recorded schema version or versioned view names, and whatever an install
+-- holds the result is this file (tests/deploy applies it over each earlier version); ALTER TABLE ... MODIFY
+-- QUERY would change the views in place but not the Kafka table's columns (2026-12-07 added some), and
+-- would repeat each SELECT. The event tables (clickhouse_schema.sql) are not touched: they keep their rows.
+DROP TABLE IF EXISTS kafka_events;
+DROP VIEW IF EXISTS kafka_records_mv;
+DROP VIEW IF EXISTS kafka_exposures_mv;
+DROP VIEW IF EXISTS kafka_interleaved_mv;
+DROP VIEW IF EXISTS kafka_outcomes_mv;
+DROP VIEW IF EXISTS kafka_item_outcomes_mv;
+DROP TABLE IF EXISTS kafka_records;
 
-CREATE TABLE IF NOT EXISTS kafka_events
+CREATE TABLE kafka_events
 (
     events Array(Tuple(
         exposure Tuple(
@@ -45,25 +71,28 @@ SETTINGS
     kafka_num_consumers = 1,
     kafka_handle_error_mode = 'stream';
 
+-- The records that decoded ('stream' error mode: an undecodable one has _error set), as kafka_records_mv
+-- passes them on; a Null table keeps no rows, its views see each block.
+CREATE TABLE kafka_records AS kafka_events ENGINE = Null;
+
 -- An event is read when producers could have sent it: the readers' rule, received_event_problem in
 -- analytics/events/messages.py, which the Python consumer applies and these views mirror (tests/deploy
 -- checks that both keep the same events). It has an event id, a schema version and an event time (every
 -- producer sets them), a user id, and (outcomes) a metric and a finite value; ids (user, request, event)
 -- are at most 512 bytes and names (experiment, variant, metric, stage, model name and version, arm keys) at
 -- most 256 (proto/limits.py); an exposure of schema version 1 has no teams or arms, one of version 2
--- (interleaving) names its request, two arms and a team 0/1 per item, no item twice. Undecodable records are
--- left out ('stream' error mode: their _error is set). A version 2 exposure goes to exposures as variant
--- "interleaved" and with its lists to interleaved.
-CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_exposures_mv TO exposures AS
+-- (interleaving) names its request, two arms and a team 0/1 per item, no item twice. A version 2 exposure
+-- goes to exposures as variant "interleaved" and with its lists to interleaved.
+CREATE MATERIALIZED VIEW kafka_exposures_mv TO exposures AS
 SELECT
     e.exposure.event_id AS event_id,
     e.exposure.experiment_key AS experiment,
     e.exposure.variant_key AS variant,
     e.exposure.user_id AS user_id,
     e.exposure.event_time_ms AS ts
-FROM kafka_events
+FROM kafka_records
 ARRAY JOIN events AS e
-WHERE _error = '' AND e.exposure.event_id != '' AND e.exposure.user_id != '' AND e.exposure.event_time_ms != 0
+WHERE e.exposure.event_id != '' AND e.exposure.user_id != '' AND e.exposure.event_time_ms != 0
     AND length(e.exposure.event_id) <= 512 AND length(e.exposure.user_id) <= 512
     AND length(e.exposure.request_id) <= 512 AND length(e.exposure.experiment_key) <= 256
     AND length(e.exposure.variant_key) <= 256 AND length(e.exposure.stage) <= 256
@@ -75,7 +104,7 @@ WHERE _error = '' AND e.exposure.event_id != '' AND e.exposure.user_id != '' AND
             AND arrayAll(a -> length(a.key) <= 256 AND length(a.model.name) <= 256
                 AND length(a.model.version) <= 256, e.exposure.arms)));
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_interleaved_mv TO interleaved AS
+CREATE MATERIALIZED VIEW kafka_interleaved_mv TO interleaved AS
 SELECT
     e.exposure.event_id AS event_id,
     e.exposure.experiment_key AS experiment,
@@ -90,9 +119,9 @@ SELECT
     e.exposure.arms[2].key AS arm_b_key,
     e.exposure.arms[2].model.name AS arm_b_model,
     e.exposure.arms[2].model.version AS arm_b_version
-FROM kafka_events
+FROM kafka_records
 ARRAY JOIN events AS e
-WHERE _error = '' AND e.exposure.event_id != '' AND e.exposure.user_id != '' AND e.exposure.event_time_ms != 0
+WHERE e.exposure.event_id != '' AND e.exposure.user_id != '' AND e.exposure.event_time_ms != 0
     AND length(e.exposure.event_id) <= 512 AND length(e.exposure.user_id) <= 512
     AND length(e.exposure.request_id) <= 512 AND length(e.exposure.experiment_key) <= 256
     AND length(e.exposure.variant_key) <= 256 AND length(e.exposure.stage) <= 256
@@ -103,16 +132,16 @@ WHERE _error = '' AND e.exposure.event_id != '' AND e.exposure.user_id != '' AND
     AND arrayAll(a -> length(a.key) <= 256 AND length(a.model.name) <= 256
         AND length(a.model.version) <= 256, e.exposure.arms);
 
-CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_outcomes_mv TO outcomes AS
+CREATE MATERIALIZED VIEW kafka_outcomes_mv TO outcomes AS
 SELECT
     e.outcome.event_id AS event_id,
     e.outcome.user_id AS user_id,
     e.outcome.metric AS metric,
     e.outcome.event_time_ms AS ts,
     e.outcome.value AS value
-FROM kafka_events
+FROM kafka_records
 ARRAY JOIN events AS e
-WHERE _error = '' AND e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != ''
+WHERE e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != ''
     AND e.outcome.metric != '' AND isFinite(e.outcome.value) AND e.outcome.event_time_ms != 0
     AND length(e.outcome.event_id) <= 512 AND length(e.outcome.user_id) <= 512
     AND length(e.outcome.request_id) <= 512 AND length(e.outcome.experiment_key) <= 256
@@ -120,7 +149,7 @@ WHERE _error = '' AND e.outcome.schema_version = 1 AND e.outcome.event_id != '' 
 
 -- Outcomes that name a request and an item, again with both (interleaving credits clicks by them); one
 -- without an item credits no arm, as in the Python consumer.
-CREATE MATERIALIZED VIEW IF NOT EXISTS kafka_item_outcomes_mv TO item_outcomes AS
+CREATE MATERIALIZED VIEW kafka_item_outcomes_mv TO item_outcomes AS
 SELECT
     e.outcome.event_id AS event_id,
     e.outcome.user_id AS user_id,
@@ -128,11 +157,17 @@ SELECT
     assumeNotNull(e.outcome.item_id) AS item_id,
     e.outcome.metric AS metric,
     e.outcome.event_time_ms AS ts
-FROM kafka_events
+FROM kafka_records
 ARRAY JOIN events AS e
-WHERE _error = '' AND e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != ''
+WHERE e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != ''
     AND e.outcome.metric != '' AND isFinite(e.outcome.value) AND e.outcome.event_time_ms != 0
     AND length(e.outcome.event_id) <= 512 AND length(e.outcome.user_id) <= 512
     AND length(e.outcome.request_id) <= 512 AND length(e.outcome.experiment_key) <= 256
     AND length(e.outcome.variant_key) <= 256 AND length(e.outcome.metric) <= 256
     AND e.outcome.request_id != '' AND e.outcome.item_id IS NOT NULL;
+
+-- Last: the one view on the Kafka table, which starts consumption (see the top of this file).
+CREATE MATERIALIZED VIEW kafka_records_mv TO kafka_records AS
+SELECT events
+FROM kafka_events
+WHERE _error = '';

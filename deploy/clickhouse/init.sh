@@ -1,7 +1,8 @@
 #!/bin/sh
-# First start of the ClickHouse server (run by the image's entrypoint from /docker-entrypoint-initdb.d): the event
-# tables of analytics/store/clickhouse_schema.sql, then the Kafka ingestion of ingest.sql, in $CLICKHOUSE_DB,
-# reading the topics at $KAFKA_BOOTSTRAP. The SQL files are mounted in $MTRANK_SQL_DIR.
+# Every start of the ClickHouse server (run by the image's entrypoint from /docker-entrypoint-initdb.d, with
+# CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS set): the event tables of analytics/store/clickhouse_schema.sql (IF NOT
+# EXISTS), then the Kafka ingestion of ingest.sql, re-created as the file says (it upgrades an older one), in
+# $CLICKHOUSE_DB, reading the topics at $KAFKA_BOOTSTRAP. The SQL files are mounted in $MTRANK_SQL_DIR.
 set -eu
 sql_dir=${MTRANK_SQL_DIR:-/etc/mtrank/clickhouse}
 run() {

@@ -1,16 +1,21 @@
 """ClickHouse's own Kafka ingestion (deploy/clickhouse): its materialised views decode real EventBatch records
-exactly as the Python consumer does, run on ClickHouse's engine in-process (chDB); and the compose and k8s
-services that run it are wired to the same files, broker and credentials."""
+exactly as the Python consumer does, run on ClickHouse's engine in-process (chDB); applying ingest.sql over an
+install of any earlier version of it gives what a fresh install has, and an install upgraded while it ingests
+a real broker loses and repeats no event; and the compose and k8s services that run it are wired to the same
+files, broker and credentials, and apply it on every start."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from kafka import KafkaProducer
 
 from analytics.consumer.processor import decode_into
 from analytics.events.messages import (
@@ -20,6 +25,7 @@ from analytics.events.messages import (
     make_exposure,
     make_outcome,
 )
+from analytics.kafka.broker import DEFAULT_TOPICS, EmbeddedBroker
 from analytics.store import ExposureColumns, OutcomeColumns, open_store
 from analytics.store.base import InterleavedColumns, ItemOutcomeColumns
 from analytics.store.clickhouse_store import ClickHouseEventStore
@@ -30,10 +36,14 @@ from tests.deploy.test_deploy_files import COMPOSE_FILE, K8S_BASE, _load_all
 
 ROOT = Path(__file__).resolve().parents[2]
 INGEST = ROOT / "deploy" / "clickhouse" / "ingest.sql"
+EVENT_TABLES = ("exposures", "outcomes", "interleaved", "item_outcomes")
+BEFORE_THE_READERS_RULE = "5cf352b"  # ingest.sql whose views kept events that producers refuse
 
 
-def _statements() -> list[str]:
-    text = "\n".join(line for line in INGEST.read_text().splitlines() if not line.lstrip().startswith("--"))
+def _statements(text: str | None = None) -> list[str]:
+    """The statements of ``text`` (default: the current ingest.sql), without comments."""
+    text = INGEST.read_text() if text is None else text
+    text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     return [s.strip() for s in text.split(";") if s.strip()]
 
 
@@ -103,12 +113,9 @@ def _both_readers(
         path.write_bytes(record)
         source = f"file('{path}', 'ProtobufSingle', '{_kafka_structure()}')"
         for statement in _statements():
-            match = re.match(
-                r"CREATE MATERIALIZED VIEW IF NOT EXISTS \w+ TO (\w+) AS\s+(SELECT\b.*)", statement, re.S
-            )
-            if match:
-                select = match.group(2).replace("FROM kafka_events", f"FROM {source}")
-                select = select.replace("_error = '' AND ", "")  # a virtual column of the Kafka engine only
+            match = re.match(r"CREATE MATERIALIZED VIEW \w+ TO (\w+) AS\s+(SELECT\b.*)", statement, re.S)
+            if match and match.group(1) in found:
+                select = match.group(2).replace("FROM kafka_records", f"FROM {source}")
                 _, rows = store.client.query(
                     f"{select} SETTINGS format_schema = 'proto/events.proto:EventBatch'"
                 )
@@ -157,9 +164,198 @@ def test_the_kafka_table_reads_both_topics_as_event_batches() -> None:
     assert settings["kafka_schema"] == "proto/events.proto:EventBatch"
     assert settings["kafka_handle_error_mode"] == "stream"
     views = [s for s in _statements() if s.startswith("CREATE MATERIALIZED VIEW")]
-    assert {re.search(r" TO (\w+) AS", v).group(1) for v in views} == {
-        "exposures", "outcomes", "interleaved", "item_outcomes"
+    assert {re.search(r" TO (\w+) AS", v).group(1) for v in views} == {*EVENT_TABLES, "kafka_records"}
+
+
+def test_applying_ingest_stops_consumption_first_and_starts_it_last() -> None:
+    """A Kafka table consumes while a view reads it: dropping it first stops every view at once, and its one
+    view, created last, starts consumption with the views of all four event tables in place."""
+    statements = _statements()
+    assert statements[0] == "DROP TABLE IF EXISTS kafka_events"
+    readers = [s for s in statements if re.search(r"\bFROM kafka_events\b", s)]
+    assert readers == [statements[-1]]
+    assert statements[-1].startswith("CREATE MATERIALIZED VIEW kafka_records_mv TO kafka_records")
+    created = [re.match(r"CREATE (?:TABLE|MATERIALIZED VIEW) (\w+)", s) for s in statements]
+    dropped = {m.group(1) for s in statements if (m := re.match(r"DROP (?:TABLE|VIEW) IF EXISTS (\w+)$", s))}
+    assert dropped == {m.group(1) for m in created if m}  # each object it creates, whatever version made it
+    assert not [s for s in statements if "IF NOT EXISTS" in s]
+
+
+def _apply(store: ClickHouseEventStore, text: str, bootstrap: str = "kafka:9092") -> None:
+    """Apply an ingest.sql in the store's database as init.sh does (the broker replaced, statements in order,
+    stopping at the first error). chDB, not the server, answers LOGICAL_ERROR "Shutdown was called" to the
+    creation of a Kafka table that it does create (and that consumes): that answer alone is let through."""
+    client = store.client
+    client.command(f"USE {client.database}")
+    try:
+        for statement in _statements(text.replace("'kafka:9092'", f"'{bootstrap}'")):
+            try:
+                client.command(statement)
+            except RuntimeError as exc:
+                kafka = re.match(
+                    r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)\s*\(.*ENGINE = Kafka\b", statement, re.S
+                )
+                if not (kafka and "Shutdown was called" in str(exc) and _exists(store, kafka.group(1))):
+                    raise
+    finally:
+        client.command("USE default")
+
+
+def _exists(store: ClickHouseEventStore, name: str) -> bool:
+    """Whether the store's database holds a table or view ``name``."""
+    _, rows = store.client.query(
+        f"SELECT count() FROM system.tables WHERE database = '{store.client.database}' AND name = '{name}'"
+    )
+    return bool(rows[0][0])
+
+
+def _kafka_objects(store: ClickHouseEventStore) -> dict[str, str]:
+    """The Kafka table, views and Null table of the store's database: name -> CREATE statement."""
+    database = store.client.database
+    _, rows = store.client.query(
+        f"SELECT name, create_table_query FROM system.tables WHERE database = '{database}' AND name LIKE 'kafka%'"
+    )
+    return {name: create.replace(f"{database}.", "") for name, create in rows}
+
+
+def _git_show(revision: str) -> str:
+    """ingest.sql as of ``revision``: what an install made then holds."""
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{revision}:deploy/clickhouse/ingest.sql"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+@pytest.fixture()
+def fresh_install(chdb_store: ClickHouseEventStore) -> dict[str, str]:
+    """What applying the current ingest.sql to an empty database creates (in a database of its own)."""
+    fresh = open_store("chdb://")
+    assert isinstance(fresh, ClickHouseEventStore)
+    try:
+        _apply(fresh, INGEST.read_text())
+        return _kafka_objects(fresh)
+    finally:
+        fresh.close()
+
+
+def test_applying_ingest_over_each_earlier_install_gives_what_a_fresh_install_has(
+    fresh_install: dict[str, str],
+) -> None:
+    """CREATE ... IF NOT EXISTS kept an install's views and Kafka columns: over the install of 5cf352b the
+    current file failed on its first view (the old Kafka table has no exposure stage) and left the old ones
+    ingesting; over 4090007's, 5cf352b's file kept the Int64 item id and its item outcome view silently."""
+    log = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "--format=%h", "--abbrev=7", "--", "deploy/clickhouse/ingest.sql"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert BEFORE_THE_READERS_RULE in log
+    differing = {}
+    for revision in log:
+        store = open_store("chdb://")
+        assert isinstance(store, ClickHouseEventStore)
+        try:
+            _apply(store, _git_show(revision))
+            _apply(store, INGEST.read_text())
+            upgraded = _kafka_objects(store)
+        finally:
+            store.close()
+        differing[revision] = sorted(
+            name for name in {*upgraded, *fresh_install} if upgraded.get(name) != fresh_install.get(name)
+        )
+    assert differing == {revision: [] for revision in log}
+
+
+def test_applying_ingest_twice_gives_what_applying_it_once_does(
+    chdb_store: ClickHouseEventStore, fresh_install: dict[str, str]
+) -> None:
+    _apply(chdb_store, INGEST.read_text())
+    _apply(chdb_store, INGEST.read_text())
+    assert _kafka_objects(chdb_store) == fresh_install
+    assert set(fresh_install) == {"kafka_events", "kafka_records", "kafka_records_mv"} | {
+        f"kafka_{table}_mv" for table in EVENT_TABLES
     }
+
+
+def _event_ids(store: ClickHouseEventStore) -> dict[str, list[str]]:
+    """The event ids in each event table, a repeated one as often as it is there."""
+    database = store.client.database
+    return {
+        table: sorted(row[0] for row in store.client.query(f"SELECT event_id FROM {database}.{table}")[1])
+        for table in EVENT_TABLES
+    }
+
+
+def _wait_for(store: ClickHouseEventStore, expected: dict[str, list[str]], timeout_s: float) -> None:
+    """Until every expected event id is in its table (the Kafka engine joins the group and polls)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = _event_ids(store)
+        missing = {table: sorted(set(ids) - set(found[table])) for table, ids in expected.items()}
+        if not any(missing.values()):
+            return
+        assert time.monotonic() < deadline, f"not ingested after {timeout_s:.0f} s: {missing}"
+        time.sleep(0.5)
+
+
+def _send(
+    producer: KafkaProducer, exposures: list[events_pb2.Exposure], outcomes: list[events_pb2.Outcome]
+) -> None:
+    """One record per topic, as producers batch them; written straight to Kafka, so refused events go too."""
+    exposure_topic, outcome_topic = DEFAULT_TOPICS
+    producer.send(exposure_topic, frame_batch(encode_exposure(e) for e in exposures))
+    producer.send(outcome_topic, frame_batch(encode_outcome(o) for o in outcomes))
+    producer.flush()
+
+
+def _traffic() -> tuple[list[events_pb2.Exposure], list[events_pb2.Outcome]]:
+    """An A/B exposure, an interleaved one, a click on an item, and last an outcome producers refuse (a 257-byte
+    metric), which the views of 5cf352b kept and the current ones skip."""
+    interleaved = make_exposure(
+        "u1", "il", "interleaved", request_id="r1", item_ids=[5, 6], teams=[0, 1], arms=ARMS, event_time_ms=6
+    )
+    click = make_outcome("u1", "click", request_id="r1", item_id=5, event_time_ms=7)
+    refused = INVALID["outcome metric of 257 bytes"][0]()
+    return [make_exposure("u1", "exp", "a", event_time_ms=5), interleaved], [click, refused]
+
+
+def _rows(exposures: list[events_pb2.Exposure], outcomes: list[events_pb2.Outcome]) -> dict[str, list[str]]:
+    """The event ids each event table gets from these events (each outcome names a request and an item)."""
+    return {
+        "exposures": [e.event_id for e in exposures],
+        "interleaved": [e.event_id for e in exposures if e.schema_version == 2],
+        "outcomes": [o.event_id for o in outcomes],
+        "item_outcomes": [o.event_id for o in outcomes],
+    }
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_an_install_upgraded_while_it_ingests_kafka_loses_and_repeats_no_event(
+    chdb_store: ClickHouseEventStore, tmp_path: Path
+) -> None:
+    """The install of 5cf352b ingests a real broker; the current file is applied over it; what the producers
+    write after is read by the new views from the group's committed offsets: every event once, through all four
+    views (Kafka table -> kafka_records_mv -> Null table -> views), the refused outcome only before."""
+    with EmbeddedBroker(partitions=1, data_dir=tmp_path) as broker:
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+        try:
+            _apply(chdb_store, _git_show(BEFORE_THE_READERS_RULE), broker.bootstrap)
+            exposures, outcomes = _traffic()
+            _send(producer, exposures, outcomes)
+            before = _rows(exposures, outcomes)  # the refused outcome too
+            _wait_for(chdb_store, before, timeout_s=240)
+
+            _apply(chdb_store, INGEST.read_text(), broker.bootstrap)
+            exposures, outcomes = _traffic()
+            _send(producer, exposures, outcomes)
+            after = _rows(exposures, outcomes[:-1])
+            _wait_for(chdb_store, after, timeout_s=240)
+            expected = {table: sorted(before[table] + after[table]) for table in EVENT_TABLES}
+            assert _event_ids(chdb_store) == expected  # each event once: none lost, none read twice
+        finally:
+            producer.close()
+            chdb_store.client.command(f"DROP TABLE IF EXISTS {chdb_store.client.database}.kafka_events")
 
 
 def test_compose_clickhouse_is_wired_to_kafka_the_schema_and_the_protos() -> None:
@@ -196,6 +392,15 @@ def test_k8s_clickhouse_config_map_carries_the_same_files() -> None:
     args = warehouse["spec"]["template"]["spec"]["containers"][0]["args"]
     database = next(e["value"] for e in container["env"] if e["name"] == "CLICKHOUSE_DB")
     assert f"--store=clickhouse://{server['metadata']['name']}:8123/{database}" in args
+
+
+def test_compose_and_k8s_apply_ingest_on_every_start() -> None:
+    """The image's entrypoint runs init.sh only on a first start unless CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS is
+    set: then an upgrade that changes ingest.sql reaches an existing install with the restart that brings it."""
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["clickhouse"]["environment"]
+    (server,) = [d for d in _load_all(K8S_BASE / "clickhouse.yaml") if d["kind"] == "StatefulSet"]
+    env = {e["name"]: e.get("value") for e in server["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert compose["CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS"] and env["CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS"]
 
 
 @pytest.mark.parametrize("path", [INGEST, ROOT / "analytics/store/clickhouse_schema.sql"])
