@@ -14,7 +14,8 @@ MAX_ID_BYTES = 512
 """user_id, request_id, event_id."""
 
 MAX_NAME_BYTES = 256
-"""Experiment and variant keys, metric names, stages, model names and versions."""
+"""Experiment and variant keys, metric names, stages, model names and versions, Open Inference tensor and
+datatype names."""
 
 MAX_ATTRIBUTES = 64
 """Targeting attributes per request."""

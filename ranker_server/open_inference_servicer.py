@@ -13,7 +13,7 @@ from importlib import metadata
 import numpy as np
 from grpc import aio
 
-from proto import inference_pb2, inference_pb2_grpc
+from proto import inference_pb2, inference_pb2_grpc, limits
 from ranker_server.errors import InvalidInput
 from ranker_server.open_inference import InferenceDataPlane, InferQuery, InferResult, Tensor, TensorSpec
 
@@ -116,8 +116,28 @@ def _refuse_extensions(field: str, parameters: Mapping[str, inference_pb2.InferP
             raise InvalidInput(f"{field}.parameters", f"{name!r} needs a Triton extension this server lacks")
 
 
+def check_names(names: Mapping[str, str]) -> None:
+    """Model, version, tensor and datatype names within ``limits.MAX_NAME_BYTES``: errors quote them (an
+    unknown model or output), and a status message above gRPC's metadata limit (16 KiB) never reaches the
+    client, which gets RESOURCE_EXHAUSTED "Stream removed" instead.
+
+    Raises:
+        InvalidInput: naming the first field (``names``: field -> value) that is too long.
+    """
+    problem = limits.oversized(names, limits.MAX_NAME_BYTES)
+    if problem is not None:
+        raise InvalidInput(*problem)
+
+
 def query_from_proto(request: inference_pb2.ModelInferRequest) -> InferQuery:
-    """Raises: InvalidInput: naming the field (see ``tensor_from_proto``), or an extension's parameter."""
+    """Raises: InvalidInput: naming the field (see ``tensor_from_proto``), a name over the limit
+    (``check_names``), or an extension's parameter."""
+    names = {"model_name": request.model_name, "model_version": request.model_version}
+    for i, tensor in enumerate(request.inputs):
+        names[f"inputs[{i}].name"], names[f"inputs[{i}].datatype"] = tensor.name, tensor.datatype
+    for i, output in enumerate(request.outputs):
+        names[f"outputs[{i}].name"] = output.name
+    check_names(names)
     for kind, tensors in (("inputs", request.inputs), ("outputs", request.outputs)):
         for i, tensor in enumerate(tensors):
             _refuse_extensions(f"{kind}[{i}]", tensor.parameters)
@@ -193,6 +213,7 @@ class OpenInferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> inference_pb2.ModelMetadataResponse:
         if not request.name:
             raise InvalidInput("name", "must be non-empty")
+        check_names({"name": request.name, "version": request.version})
         meta = self._dataplane.model_metadata(request.name, request.version)
         return inference_pb2.ModelMetadataResponse(
             name=meta.name,

@@ -86,6 +86,11 @@ def test_raw_and_typed_contents_decode_to_the_same_tensors() -> None:
          "outputs[0].parameters"),
         (lambda r: r.inputs[1].parameters["shared_memory_region"].__setattr__("string_param", "shm"),
          "inputs[1].parameters"),
+        # names the answer may quote are bounded like every name of the contract (proto.limits: 256 bytes)
+        (lambda r: r.__setattr__("model_name", "m" * 257), "model_name"),
+        (lambda r: r.__setattr__("model_version", "9" * 257), "model_version"),
+        (lambda r: r.inputs[1].__setattr__("name", "d" * 257), "inputs[1].name"),
+        (lambda r: r.outputs.add(name="é" * 129), "outputs[0].name"),  # 258 bytes in UTF-8
     ],
 )
 def test_malformed_tensors_name_the_field(mutate, field: str) -> None:
@@ -311,6 +316,36 @@ async def test_errors_over_grpc_carry_the_status_and_the_field(served) -> None:
     assert code_of(info.value) == grpc.StatusCode.NOT_FOUND and info.value.details().startswith("name: tiny/7")
     # a probe, not a request: uncounted
     assert sample("mtrank_requests_total", method="ModelMetadata", code="NOT_FOUND") == 0
+
+
+LONGER_THAN_GRPC_METADATA = 100_000
+"""Bytes of a name that, quoted in a status message, exceed gRPC's metadata limit (8 KiB soft, 16 KiB hard):
+the client then gets RESOURCE_EXHAUSTED "Stream removed" instead of the server's status and message."""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("method", "message", "field"),
+    [
+        ("ModelInfer", infer_request(*rows(1), model="m" * LONGER_THAN_GRPC_METADATA), "model_name"),
+        (
+            "ModelInfer",
+            infer_request(*rows(1), outputs=[{"name": "o" * LONGER_THAN_GRPC_METADATA}]),
+            "outputs[0].name",
+        ),
+        ("ModelMetadata", inference_pb2.ModelMetadataRequest(name="m" * LONGER_THAN_GRPC_METADATA), "name"),
+    ],
+)
+async def test_names_too_long_to_quote_are_invalid_argument_naming_the_field(
+    served, method: str, message: object, field: str
+) -> None:
+    """The answers quote model, input and output names (``model_name: nope is not served here``); a name of
+    100 kB made the status message too large to reach the client."""
+    _, _, stub = served
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await getattr(stub, method)(message)
+    assert code_of(info.value) == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert info.value.details() == f"{field}: is longer than 256 bytes (UTF-8)"
 
 
 @pytest.mark.integration
