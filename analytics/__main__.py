@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from analytics import AnalyticsError
+from grpc_serving import HelpFormatter
 from grpc_serving.flag_types import NON_NEGATIVE, PORT, POSITIVE, POSITIVE_INT
 
 if TYPE_CHECKING:
@@ -280,7 +281,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = HelpFormatter
     parser = argparse.ArgumentParser(
         prog="python -m analytics",
         description="A/B statistics engine and dashboard server.",

@@ -19,6 +19,7 @@ from experiment_router.conformance import EXCLUSION_REASONS, load_cases, run_sui
 from experiment_router.errors import ConfigError
 from experiment_router.loader import repository_checker, repository_tasks
 from experiment_router.router import Payload, Router, serving_assignments
+from grpc_serving import HelpFormatter
 
 EXIT_CONFIG = 2
 EXIT_CONFORMANCE = 1
@@ -80,7 +81,7 @@ def _command(
         parents=list(parents),
         help=summary,
         description=summary[0].upper() + summary[1:] + ".",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
 
 

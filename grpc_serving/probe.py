@@ -15,14 +15,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from grpc_serving import SecurityError, read_file
+from grpc_serving import HelpFormatter, SecurityError, read_file
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m grpc_serving.probe",
         description="Exit 0 when the gRPC server on 127.0.0.1:PORT answers SERVING over TLS, 1 otherwise.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--port", type=int, required=True, help="the server's gRPC port")
     parser.add_argument("--ca", type=Path, required=True, help="PEM CA that signed the server's certificate")

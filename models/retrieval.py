@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from grpc_serving import HelpFormatter
 from models.errors import ModelsError
 from models.graph.export import build_index, write_package
 from models.graph.training import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train SSMTL (or the retrieval-only baseline) on ego-Facebook",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", required=True, help="checkpoint file to write")
     p.add_argument(

@@ -55,6 +55,7 @@ from deploy.demo.world import make_world
 from experiment_router import Router
 from experiment_router.errors import ConfigError
 from experiment_router.loader import repository_tasks
+from grpc_serving import HelpFormatter
 from models.errors import DataError
 from proto import ranking_pb2_grpc
 
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.demo",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     config = parser.add_mutually_exclusive_group()
     config.add_argument("--aa", action="store_true", help="run the A/A config: nothing should be significant")

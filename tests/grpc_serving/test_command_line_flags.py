@@ -122,3 +122,14 @@ def test_every_flag_of_every_command_line_says_what_it_does(module: str) -> None
         if action.option_strings and not action.help and action.help != argparse.SUPPRESS
     ]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("module", CLI_MODULES)
+def test_no_help_says_default_none(module: str) -> None:
+    """A required flag or one unset by default printed ``(default: None)``, which says nothing (``analytics
+    report --help``: four of them)."""
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    said = [sub.prog for sub in _parsers(parser) if "(default: None)" in " ".join(sub.format_help().split())]
+    assert not said, said
