@@ -93,8 +93,8 @@ def test_gkd_selection_runs_map_to_the_variants_with_the_same_options(tmp_path: 
     assert sorted(runs) == ["ml-100k|mmoe+dml[dml-reg]|0", "ml-100k|mmoe+dml|0", "ml-100k|mmoe|0"]
 
 
-def _ssmtl_run(variant: str, seed: int, low_recall: float) -> dict:
-    slices = ("overall", "low (deg<=10)", "cold (deg<=2)", "cold-start users")
+def _ssmtl_run(variant: str, seed: int, low_recall: float, split: str = "cold-start") -> dict:
+    slices = ("overall", "low (deg<=10)", "cold (deg<=2)") + (("cold-start users",) if split == "cold-start" else ())
     return {
         "variant": variant,
         "seed": seed,
@@ -125,3 +125,11 @@ def test_ssmtl_ablations_are_paired_against_retrieval_only_and_full_ssmtl() -> N
     assert "| **+0.0200 ± 0.0000 (n=5)** |" in low and "| **-0.0100 ± 0.0000 (n=5)** |" in low
     assert "| retrieval+cca | overall | 0.5000 ± 0.0000 | +0.0000 ± 0.0000 (n=5) |" in text
     assert not bench_ssmtl.ablation_lines(runs[:10], ["retrieval-only", "ssmtl"])
+
+
+def test_ssmtl_report_of_a_random_split_leaves_the_cold_start_slice_out() -> None:
+    """A random split has no cold-start users: the target and ablation tables ended in KeyError."""
+    variants = ["retrieval-only", "retrieval+cca"]
+    runs = [_ssmtl_run(v, s, 0.5 + NOISE[s], split="random") for v in variants for s in range(3)]
+    text = "\n".join(bench_ssmtl.target_lines(runs, variants) + bench_ssmtl.ablation_lines(runs, variants))
+    assert "| retrieval+cca | overall |" in text and "cold-start users" not in text
