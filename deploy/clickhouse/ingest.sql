@@ -15,22 +15,25 @@
 -- consumes none twice:
 -- * the Kafka table is dropped first: consumption stops for every view at once (dropping the views one by
 --   one would let the others consume what the dropped ones no longer write); the offsets stay in the group;
--- * one view reads it, kafka_records_mv, created last: it passes each decoded record to the Null table
---   kafka_records, whose four views are already in place, so consumption resumes from the group's offsets
---   with all four writing (views created one by one on the Kafka table would start it with only the first).
+-- * one view reads it, kafka_records_mv, created last: it passes each record to the Null table
+--   kafka_records, whose views (one per event table, and kafka_rejected_mv) are already in place, so
+--   consumption resumes from the group's offsets with all of them writing (views created one by one on the
+--   Kafka table would start it with only the first).
 -- A failed statement stops the apply (clickhouse client --multiquery) before kafka_records_mv exists, so
 -- nothing is consumed: events wait in Kafka (within the topics' retention) until the file applies. Nothing
 -- else may read kafka_events, whose table is dropped here: read kafka_records or the event tables.
 -- Re-creating is simpler than a recorded schema version or versioned view names, and whatever an install
 -- holds the result is this file (tests/deploy applies it over each earlier version); ALTER TABLE ... MODIFY
 -- QUERY would change the views in place but not the Kafka table's columns (2026-12-07 added some), and
--- would repeat each SELECT. The event tables (clickhouse_schema.sql) are not touched: they keep their rows.
+-- would repeat each SELECT. The event tables (clickhouse_schema.sql) are not touched: they keep their rows;
+-- nor is rejected_events, the counts of what the views refuse (created here if missing, never dropped).
 DROP TABLE IF EXISTS kafka_events;
 DROP VIEW IF EXISTS kafka_records_mv;
 DROP VIEW IF EXISTS kafka_exposures_mv;
 DROP VIEW IF EXISTS kafka_interleaved_mv;
 DROP VIEW IF EXISTS kafka_outcomes_mv;
 DROP VIEW IF EXISTS kafka_item_outcomes_mv;
+DROP VIEW IF EXISTS kafka_rejected_mv;
 DROP TABLE IF EXISTS kafka_records;
 
 CREATE TABLE kafka_events
@@ -71,18 +74,104 @@ SETTINGS
     kafka_num_consumers = 1,
     kafka_handle_error_mode = 'stream';
 
--- The records that decoded ('stream' error mode: an undecodable one has _error set), as kafka_records_mv
--- passes them on; a Null table keeps no rows, its views see each block.
+-- The records as kafka_records_mv passes them on ('stream' error mode: one that does not decode has _error
+-- set, and passes on no events); a Null table keeps no rows, its views see each block. The readers' rule is
+-- written once, here, as two columns that each view reading them computes (ALIAS): per event, its kind (its
+-- payload: Exposure or Outcome; Event when it has none) and its problem: "" when it is read, else the field
+-- at fault as the Python consumer names it (kind "Outcome", problem "metric"). The four views keep the events
+-- without a problem; kafka_rejected_mv counts the others in rejected_events.
+--
+-- The rule is received_event_problem in analytics/events/messages.py, which the Python consumer applies
+-- (tests/deploy checks that both keep the same events and name the same fields), in its order: an event is
+-- read when producers could have sent it. It has a user id, and (outcomes) a metric and a finite value; ids
+-- (user, request, event) are at most 512 bytes and names (experiment, variant, metric, stage, model name and
+-- version, arm keys) at most 256 (proto/limits.py); its schema version is one producers send; an exposure of
+-- version 1 has no teams or arms, one of version 2 (interleaving; or unset, with arms) names two arms, a team
+-- 0/1 per item and its request, and no item twice; and it has an event id, a schema version and an event
+-- time (every producer sets them). A payload that sets none of kafka_events' columns (an empty Exposure, say)
+-- looks like none here: it is counted as Event.payload, where the consumer names its first empty field.
 CREATE TABLE kafka_records AS kafka_events ENGINE = Null;
 
--- An event is read when producers could have sent it: the readers' rule, received_event_problem in
--- analytics/events/messages.py, which the Python consumer applies and these views mirror (tests/deploy
--- checks that both keep the same events). It has an event id, a schema version and an event time (every
--- producer sets them), a user id, and (outcomes) a metric and a finite value; ids (user, request, event)
--- are at most 512 bytes and names (experiment, variant, metric, stage, model name and version, arm keys) at
--- most 256 (proto/limits.py); an exposure of schema version 1 has no teams or arms, one of version 2
--- (interleaving) names its request, two arms and a team 0/1 per item, no item twice. A version 2 exposure
--- goes to exposures as variant "interleaved" and with its lists to interleaved.
+ALTER TABLE kafka_records
+    ADD COLUMN kinds Array(String) ALIAS arrayMap(e -> multiIf(
+        e.exposure != defaultValueOfArgumentType(e.exposure), 'Exposure',
+        -- as text: = on an unset item_id (NULL) is NULL
+        toString(e.outcome) != toString(defaultValueOfArgumentType(e.outcome)), 'Outcome',
+        'Event'), events),
+    -- event_problem: what producers check before they send
+    ADD COLUMN unsendable Array(String) ALIAS arrayMap((kind, x, o) -> multiIf(
+        kind = 'Exposure', multiIf(
+            x.user_id = '', 'user_id',
+            length(x.user_id) > 512, 'user_id',
+            length(x.request_id) > 512, 'request_id',
+            length(x.event_id) > 512, 'event_id',
+            length(x.experiment_key) > 256, 'experiment_key',
+            length(x.variant_key) > 256, 'variant_key',
+            length(x.stage) > 256, 'stage',
+            length(x.model.name) > 256, 'model.name',
+            length(x.model.version) > 256, 'model.version',
+            x.schema_version NOT IN (0, 1, 2), 'schema_version',
+            NOT (x.schema_version = 2 OR (x.schema_version = 0 AND notEmpty(x.arms))),
+                if(empty(x.teams) AND empty(x.arms), '', 'teams'),
+            length(x.arms) != 2, 'arms',
+            length(x.teams) != length(x.item_ids), 'teams',
+            NOT arrayAll(t -> t <= 1, x.teams), 'teams',
+            x.request_id = '', 'request_id',
+            length(arrayDistinct(x.item_ids)) != length(x.item_ids), 'item_ids',
+            arrayFirst(field -> field != '', arrayFlatten(arrayMap((a, i) -> [
+                if(length(a.key) > 256, concat('arms[', toString(i - 1), '].key'), ''),
+                if(length(a.model.name) > 256, concat('arms[', toString(i - 1), '].model.name'), ''),
+                if(length(a.model.version) > 256, concat('arms[', toString(i - 1), '].model.version'), '')],
+                x.arms, arrayEnumerate(x.arms))))),
+        kind = 'Outcome', multiIf(
+            o.user_id = '', 'user_id',
+            o.metric = '', 'metric',
+            NOT isFinite(o.value), 'value',
+            length(o.user_id) > 512, 'user_id',
+            length(o.request_id) > 512, 'request_id',
+            length(o.event_id) > 512, 'event_id',
+            length(o.experiment_key) > 256, 'experiment_key',
+            length(o.variant_key) > 256, 'variant_key',
+            length(o.metric) > 256, 'metric',
+            o.schema_version != 0 AND o.schema_version != 1, 'schema_version',
+            ''),
+        'payload'), kinds, events.exposure, events.outcome),
+    -- then what every producer sets (complete())
+    ADD COLUMN problems Array(String) ALIAS arrayMap((kind, x, o, unsent) -> multiIf(
+        unsent != '', unsent,
+        kind = 'Exposure', multiIf(x.event_id = '', 'event_id', x.schema_version = 0, 'schema_version',
+            x.event_time_ms = 0, 'event_time_ms', ''),
+        kind = 'Outcome', multiIf(o.event_id = '', 'event_id', o.schema_version = 0, 'schema_version',
+            o.event_time_ms = 0, 'event_time_ms', ''),
+        ''), kinds, events.exposure, events.outcome, unsendable);
+
+-- What the ingestion refuses, per day of ingestion: the labels and counts of the Python consumer's
+-- mtrank_analytics_events_rejected_total (reason "invalid": events, under the field at fault;
+-- "undecodable": records that are no EventBatch, or one of no events). Data, like the event tables: created
+-- if missing and never dropped, so its counts outlive every apply of this file. Parts are summed as they
+-- merge: read it with sum(events) (deploy/README.md).
+CREATE TABLE IF NOT EXISTS rejected_events
+(
+    day Date,
+    reason LowCardinality(String),
+    field LowCardinality(String),
+    events UInt64
+)
+ENGINE = SummingMergeTree
+ORDER BY (day, reason, field);
+
+CREATE MATERIALIZED VIEW kafka_rejected_mv TO rejected_events AS
+SELECT
+    today() AS day,
+    if(empty(kinds), 'undecodable', 'invalid') AS reason,
+    if(empty(kinds), '', concat(kind, '.', problem)) AS field,
+    count() AS events
+FROM kafka_records
+LEFT ARRAY JOIN kinds AS kind, problems AS problem
+WHERE empty(kinds) OR problem != ''
+GROUP BY day, reason, field;
+
+-- A version 2 exposure goes to exposures as variant "interleaved" and with its lists to interleaved.
 CREATE MATERIALIZED VIEW kafka_exposures_mv TO exposures AS
 SELECT
     e.exposure.event_id AS event_id,
@@ -91,18 +180,8 @@ SELECT
     e.exposure.user_id AS user_id,
     e.exposure.event_time_ms AS ts
 FROM kafka_records
-ARRAY JOIN events AS e
-WHERE e.exposure.event_id != '' AND e.exposure.user_id != '' AND e.exposure.event_time_ms != 0
-    AND length(e.exposure.event_id) <= 512 AND length(e.exposure.user_id) <= 512
-    AND length(e.exposure.request_id) <= 512 AND length(e.exposure.experiment_key) <= 256
-    AND length(e.exposure.variant_key) <= 256 AND length(e.exposure.stage) <= 256
-    AND length(e.exposure.model.name) <= 256 AND length(e.exposure.model.version) <= 256
-    AND ((e.exposure.schema_version = 1 AND empty(e.exposure.teams) AND empty(e.exposure.arms))
-        OR (e.exposure.schema_version = 2 AND e.exposure.request_id != '' AND length(e.exposure.arms) = 2
-            AND length(e.exposure.teams) = length(e.exposure.item_ids) AND arrayAll(t -> t <= 1, e.exposure.teams)
-            AND length(arrayDistinct(e.exposure.item_ids)) = length(e.exposure.item_ids)
-            AND arrayAll(a -> length(a.key) <= 256 AND length(a.model.name) <= 256
-                AND length(a.model.version) <= 256, e.exposure.arms)));
+ARRAY JOIN events AS e, kinds AS kind, problems AS problem
+WHERE kind = 'Exposure' AND problem = '';
 
 CREATE MATERIALIZED VIEW kafka_interleaved_mv TO interleaved AS
 SELECT
@@ -120,17 +199,8 @@ SELECT
     e.exposure.arms[2].model.name AS arm_b_model,
     e.exposure.arms[2].model.version AS arm_b_version
 FROM kafka_records
-ARRAY JOIN events AS e
-WHERE e.exposure.event_id != '' AND e.exposure.user_id != '' AND e.exposure.event_time_ms != 0
-    AND length(e.exposure.event_id) <= 512 AND length(e.exposure.user_id) <= 512
-    AND length(e.exposure.request_id) <= 512 AND length(e.exposure.experiment_key) <= 256
-    AND length(e.exposure.variant_key) <= 256 AND length(e.exposure.stage) <= 256
-    AND length(e.exposure.model.name) <= 256 AND length(e.exposure.model.version) <= 256
-    AND e.exposure.schema_version = 2 AND e.exposure.request_id != '' AND length(e.exposure.arms) = 2
-    AND length(e.exposure.teams) = length(e.exposure.item_ids) AND arrayAll(t -> t <= 1, e.exposure.teams)
-    AND length(arrayDistinct(e.exposure.item_ids)) = length(e.exposure.item_ids)
-    AND arrayAll(a -> length(a.key) <= 256 AND length(a.model.name) <= 256
-        AND length(a.model.version) <= 256, e.exposure.arms);
+ARRAY JOIN events AS e, kinds AS kind, problems AS problem
+WHERE kind = 'Exposure' AND problem = '' AND e.exposure.schema_version = 2;
 
 CREATE MATERIALIZED VIEW kafka_outcomes_mv TO outcomes AS
 SELECT
@@ -140,12 +210,8 @@ SELECT
     e.outcome.event_time_ms AS ts,
     e.outcome.value AS value
 FROM kafka_records
-ARRAY JOIN events AS e
-WHERE e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != ''
-    AND e.outcome.metric != '' AND isFinite(e.outcome.value) AND e.outcome.event_time_ms != 0
-    AND length(e.outcome.event_id) <= 512 AND length(e.outcome.user_id) <= 512
-    AND length(e.outcome.request_id) <= 512 AND length(e.outcome.experiment_key) <= 256
-    AND length(e.outcome.variant_key) <= 256 AND length(e.outcome.metric) <= 256;
+ARRAY JOIN events AS e, kinds AS kind, problems AS problem
+WHERE kind = 'Outcome' AND problem = '';
 
 -- Outcomes that name a request and an item, again with both (interleaving credits clicks by them); one
 -- without an item credits no arm, as in the Python consumer.
@@ -158,16 +224,11 @@ SELECT
     e.outcome.metric AS metric,
     e.outcome.event_time_ms AS ts
 FROM kafka_records
-ARRAY JOIN events AS e
-WHERE e.outcome.schema_version = 1 AND e.outcome.event_id != '' AND e.outcome.user_id != ''
-    AND e.outcome.metric != '' AND isFinite(e.outcome.value) AND e.outcome.event_time_ms != 0
-    AND length(e.outcome.event_id) <= 512 AND length(e.outcome.user_id) <= 512
-    AND length(e.outcome.request_id) <= 512 AND length(e.outcome.experiment_key) <= 256
-    AND length(e.outcome.variant_key) <= 256 AND length(e.outcome.metric) <= 256
-    AND e.outcome.request_id != '' AND e.outcome.item_id IS NOT NULL;
+ARRAY JOIN events AS e, kinds AS kind, problems AS problem
+WHERE kind = 'Outcome' AND problem = '' AND e.outcome.request_id != '' AND e.outcome.item_id IS NOT NULL;
 
--- Last: the one view on the Kafka table, which starts consumption (see the top of this file).
+-- Last: the one view on the Kafka table, which starts consumption (see the top of this file). A record that
+-- does not decode passes on no events (kafka_rejected_mv counts it).
 CREATE MATERIALIZED VIEW kafka_records_mv TO kafka_records AS
-SELECT events
-FROM kafka_events
-WHERE _error = '';
+SELECT if(_error = '', events, []) AS events
+FROM kafka_events;

@@ -6,6 +6,7 @@ files, broker and credentials, and apply it on every start."""
 
 from __future__ import annotations
 
+import collections
 import re
 import shutil
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from analytics.consumer.processor import decode_into
+from analytics.consumer.processor import EVENTS_REJECTED, decode_into
 from analytics.events.messages import (
     encode_exposure,
     encode_outcome,
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 INGEST = ROOT / "deploy" / "clickhouse" / "ingest.sql"
 EVENT_TABLES = ("exposures", "outcomes", "interleaved", "item_outcomes")
 BEFORE_THE_READERS_RULE = "5cf352b"  # ingest.sql whose views kept events that producers refuse
+NO_BROKER = "127.0.0.1:9"  # the Kafka table of a test that feeds kafka_records itself: nothing listens there
 
 
 def _statements(text: str | None = None) -> list[str]:
@@ -99,27 +101,58 @@ def chdb_store() -> Iterator[ClickHouseEventStore]:
         store.close()
 
 
-def _both_readers(
-    store: ClickHouseEventStore, records: list[bytes], folder: Path
-) -> tuple[dict[str, list], dict[str, list]]:
-    """The rows per table that the materialised views' SELECTs make of ``records`` (run on chDB over a file
-    of each record), and those the Python consumer's decoder makes of them."""
-    columns = {"exposures": ExposureColumns(), "outcomes": OutcomeColumns(),
-               "interleaved": InterleavedColumns(), "item_outcomes": ItemOutcomeColumns()}  # fmt: skip
-    found: dict[str, list[tuple]] = {table: [] for table in columns}
+def _rejected_by_python() -> collections.Counter[tuple[str, str]]:
+    """The Python consumer's ``mtrank_analytics_events_rejected_total`` so far, per (reason, field)."""
+    (metric,) = EVENTS_REJECTED.collect()
+    return collections.Counter(
+        {
+            (s.labels["reason"], s.labels["field"]): int(s.value)
+            for s in metric.samples
+            if s.name.endswith("_total")
+        }
+    )
+
+
+def _rejected_by_clickhouse(store: ClickHouseEventStore) -> collections.Counter[tuple[str, str]]:
+    """What rejected_events holds, per (reason, field): the query deploy/README.md gives operators."""
+    _, rows = store.client.query(
+        f"SELECT reason, field, sum(events) FROM {store.client.database}.rejected_events GROUP BY reason, field"
+    )
+    return collections.Counter({(reason, field): n for reason, field, n in rows})
+
+
+def _feed(store: ClickHouseEventStore, records: list[bytes], folder: Path) -> None:
+    """Pass ``records`` to kafka_records as kafka_records_mv does, from a file of each: decoded by ClickHouse's
+    ProtobufSingle format, or (one it cannot decode, which the Kafka table's 'stream' mode marks) no events.
+    Through the views they reach the event tables and rejected_events."""
+    table = f"{store.client.database}.kafka_records"
     for i, record in enumerate(records):
-        decode_into(record, *columns.values())
         path = folder / f"record{i}.bin"
         path.write_bytes(record)
         source = f"file('{path}', 'ProtobufSingle', '{_kafka_structure()}')"
-        for statement in _statements():
-            match = re.match(r"CREATE MATERIALIZED VIEW \w+ TO (\w+) AS\s+(SELECT\b.*)", statement, re.S)
-            if match and match.group(1) in found:
-                select = match.group(2).replace("FROM kafka_records", f"FROM {source}")
-                _, rows = store.client.query(
-                    f"{select} SETTINGS format_schema = 'proto/events.proto:EventBatch'"
-                )
-                found[match.group(1)] += rows
+        try:
+            store.client.command(
+                f"INSERT INTO {table} (events) SELECT events FROM {source}"
+                " SETTINGS format_schema = 'proto/events.proto:EventBatch'"
+            )
+        except RuntimeError as exc:
+            assert "Protobuf" in str(exc) or "protobuf" in str(exc), exc
+            store.client.command(f"INSERT INTO {table} VALUES ([])")
+
+
+def _both_readers(
+    store: ClickHouseEventStore, records: list[bytes], folder: Path
+) -> tuple[dict[str, list], dict[str, list]]:
+    """The rows per table that the materialised views write of ``records`` (ingest.sql applied on chDB, the
+    records fed to kafka_records), and those the Python consumer's decoder makes of them."""
+    columns = {"exposures": ExposureColumns(), "outcomes": OutcomeColumns(),
+               "interleaved": InterleavedColumns(), "item_outcomes": ItemOutcomeColumns()}  # fmt: skip
+    for record in records:
+        decode_into(record, *columns.values())
+    _apply(store, INGEST.read_text(), NO_BROKER)
+    _feed(store, records, folder)
+    database = store.client.database
+    found = {table: store.client.query(f"SELECT * FROM {database}.{table}")[1] for table in columns}
     return found, {table: list(rows) for table, rows in columns.items()}
 
 
@@ -156,6 +189,47 @@ def test_the_materialised_views_skip_what_producers_would_not_send(
     assert ids == {event.event_id for event in valid.values()}
 
 
+UNDECODABLE = (b"\xff\xff\xff", b"\x10\x01")  # no protobuf; a protobuf of no events (an unknown field)
+
+
+def test_the_views_count_what_they_refuse_as_the_python_consumer_does(
+    chdb_store: ClickHouseEventStore, tmp_path: Path
+) -> None:
+    """Refused events and undecodable records were skipped without a count: rejected_events holds the Python
+    consumer's counts (``mtrank_analytics_events_rejected_total``) of the same records, per field at fault
+    (the readers' rule, written once in ingest.sql), and nothing of the valid events."""
+    invalid = [build() for build, _ in INVALID.values()]
+    valid = [build() for build in AT_THE_LIMITS.values()]
+    events = [*valid[:3], *invalid, *valid[3:]]
+    record = frame_batch(
+        encode_outcome(e) if isinstance(e, events_pb2.Outcome) else encode_exposure(e) for e in events
+    )
+    before = _rejected_by_python()
+    _both_readers(chdb_store, [record, *UNDECODABLE], tmp_path)
+    by_python = _rejected_by_python() - before
+    by_clickhouse = _rejected_by_clickhouse(chdb_store)
+    assert by_clickhouse == by_python
+    fields = collections.Counter(field for _, field in INVALID.values())
+    assert by_clickhouse == {("invalid", field): n for field, n in fields.items()} | {
+        ("undecodable", ""): len(UNDECODABLE)
+    }
+    kinds = collections.Counter(field.split(".")[0] for _, field in by_clickhouse.elements())
+    exposures = sum(isinstance(e, events_pb2.Exposure) for e in invalid)
+    assert kinds == {"Exposure": exposures, "Outcome": len(invalid) - exposures, "": len(UNDECODABLE)}
+
+
+def test_reapplying_ingest_keeps_the_rejected_counts(
+    chdb_store: ClickHouseEventStore, tmp_path: Path
+) -> None:
+    """rejected_events is data, like the event tables: each start applies ingest.sql again, which recreates its
+    view and leaves its rows."""
+    _apply(chdb_store, INGEST.read_text(), NO_BROKER)
+    _feed(chdb_store, [UNDECODABLE[0]], tmp_path)
+    _apply(chdb_store, INGEST.read_text(), NO_BROKER)
+    _feed(chdb_store, [UNDECODABLE[0]], tmp_path)
+    assert _rejected_by_clickhouse(chdb_store) == {("undecodable", ""): 2}
+
+
 def test_the_kafka_table_reads_both_topics_as_event_batches() -> None:
     (create,) = [s for s in _statements() if "ENGINE = Kafka" in s]
     settings = dict(re.findall(r"(kafka_\w+) = '([^']*)'", create))
@@ -164,7 +238,8 @@ def test_the_kafka_table_reads_both_topics_as_event_batches() -> None:
     assert settings["kafka_schema"] == "proto/events.proto:EventBatch"
     assert settings["kafka_handle_error_mode"] == "stream"
     views = [s for s in _statements() if s.startswith("CREATE MATERIALIZED VIEW")]
-    assert {re.search(r" TO (\w+) AS", v).group(1) for v in views} == {*EVENT_TABLES, "kafka_records"}
+    targets = {re.search(r" TO (\w+) AS", v).group(1) for v in views}
+    assert targets == {*EVENT_TABLES, "kafka_records", "rejected_events"}
 
 
 def test_applying_ingest_stops_consumption_first_and_starts_it_last() -> None:
@@ -175,10 +250,11 @@ def test_applying_ingest_stops_consumption_first_and_starts_it_last() -> None:
     readers = [s for s in statements if re.search(r"\bFROM kafka_events\b", s)]
     assert readers == [statements[-1]]
     assert statements[-1].startswith("CREATE MATERIALIZED VIEW kafka_records_mv TO kafka_records")
-    created = [re.match(r"CREATE (?:TABLE|MATERIALIZED VIEW) (\w+)", s) for s in statements]
+    created = [re.match(r"CREATE (?:TABLE|MATERIALIZED VIEW) (IF NOT EXISTS )?(\w+)", s) for s in statements]
     dropped = {m.group(1) for s in statements if (m := re.match(r"DROP (?:TABLE|VIEW) IF EXISTS (\w+)$", s))}
-    assert dropped == {m.group(1) for m in created if m}  # each object it creates, whatever version made it
-    assert not [s for s in statements if "IF NOT EXISTS" in s]
+    # each object it creates, whatever version made it, but the counts it keeps (data, like the event tables)
+    assert dropped == {m.group(2) for m in created if m and not m.group(1)}
+    assert [m.group(2) for m in created if m and m.group(1)] == ["rejected_events"]
 
 
 def _apply(store: ClickHouseEventStore, text: str, bootstrap: str = "kafka:9092") -> None:
@@ -210,10 +286,11 @@ def _exists(store: ClickHouseEventStore, name: str) -> bool:
 
 
 def _kafka_objects(store: ClickHouseEventStore) -> dict[str, str]:
-    """The Kafka table, views and Null table of the store's database: name -> CREATE statement."""
+    """The Kafka table, views, Null table and counts of the store's database: name -> CREATE statement."""
     database = store.client.database
     _, rows = store.client.query(
-        f"SELECT name, create_table_query FROM system.tables WHERE database = '{database}' AND name LIKE 'kafka%'"
+        f"SELECT name, create_table_query FROM system.tables WHERE database = '{database}'"
+        " AND (name LIKE 'kafka%' OR name = 'rejected_events')"
     )
     return {name: create.replace(f"{database}.", "") for name, create in rows}
 
@@ -271,8 +348,8 @@ def test_applying_ingest_twice_gives_what_applying_it_once_does(
     _apply(chdb_store, INGEST.read_text())
     _apply(chdb_store, INGEST.read_text())
     assert _kafka_objects(chdb_store) == fresh_install
-    assert set(fresh_install) == {"kafka_events", "kafka_records", "kafka_records_mv"} | {
-        f"kafka_{table}_mv" for table in EVENT_TABLES
+    assert set(fresh_install) == {"kafka_events", "kafka_records", "kafka_records_mv", "rejected_events"} | {
+        f"kafka_{table}_mv" for table in (*EVENT_TABLES, "rejected")
     }
 
 
@@ -336,7 +413,8 @@ def test_an_install_upgraded_while_it_ingests_kafka_loses_and_repeats_no_event(
 ) -> None:
     """The install of 5cf352b ingests a real broker; the current file is applied over it; what the producers
     write after is read by the new views from the group's committed offsets: every event once, through all four
-    views (Kafka table -> kafka_records_mv -> Null table -> views), the refused outcome only before."""
+    views (Kafka table -> kafka_records_mv -> Null table -> views), the refused outcome only before, and counted
+    with the undecodable records after."""
     with EmbeddedBroker(partitions=1, data_dir=tmp_path) as broker:
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
         try:
@@ -347,12 +425,20 @@ def test_an_install_upgraded_while_it_ingests_kafka_loses_and_repeats_no_event(
             _wait_for(chdb_store, before, timeout_s=240)
 
             _apply(chdb_store, INGEST.read_text(), broker.bootstrap)
+            for record in UNDECODABLE:  # ahead of the traffic, in its partition
+                producer.send(DEFAULT_TOPICS[1], record)
             exposures, outcomes = _traffic()
             _send(producer, exposures, outcomes)
             after = _rows(exposures, outcomes[:-1])
             _wait_for(chdb_store, after, timeout_s=240)
             expected = {table: sorted(before[table] + after[table]) for table in EVENT_TABLES}
             assert _event_ids(chdb_store) == expected  # each event once: none lost, none read twice
+            # the refused outcome and the undecodable records (Kafka's 'stream' mode), counted once
+            rejected = {("invalid", "Outcome.metric"): 1, ("undecodable", ""): len(UNDECODABLE)}
+            deadline = time.monotonic() + 60  # the views of one block write one after the other
+            while _rejected_by_clickhouse(chdb_store) != rejected and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert _rejected_by_clickhouse(chdb_store) == rejected
         finally:
             producer.close()
             chdb_store.client.command(f"DROP TABLE IF EXISTS {chdb_store.client.database}.kafka_events")
