@@ -18,13 +18,19 @@ const state = {
   report: null,
   liftMetric: null,
   timer: null,
+  // Refreshes overlap (auto-refresh, Refresh, a click): each is numbered, and an answer older than what the
+  // page shows is dropped. A refresh waiting for a report (computing one takes a second or two) when the
+  // analyst selected another experiment answered last, and its report replaced the one selected.
+  started: 0,
+  listShown: 0,  // the refresh whose experiment list is shown
+  reportShown: 0,  // the refresh whose report is shown
 };
 
 // ---------------------------------------------------------------- formatting
 // Every number is shown with a fixed, documented precision so the browser test can compare the text with
-// the JSON report: lifts and CIs in % with 2 decimals, p-values with 4 decimals (or "<0.0001"), values
-// with 4 significant digits (in exponent notation below 0.0001), user counts as integers with thousands
-// separators.
+// the JSON report: lifts and CIs in % with 2 decimals (2 significant digits below 0.005%), p-values with 4
+// decimals (or "<0.0001"), values with 4 significant digits (in exponent notation below 0.0001 and from 1e9),
+// user counts as integers with thousands separators.
 
 function fmtInt(n) {
   return Math.round(n).toLocaleString("en-US");
@@ -34,28 +40,51 @@ function fmtValue(v) {
   if (v === null || v === undefined || !Number.isFinite(v)) return "–";
   if (v === 0) return "0";
   const abs = Math.abs(v);
+  // Fixed decimals would print a metric in tiny units (3e-9 per user) as 0.00000000, and a huge one
+  // (1e200) in 200 digits.
+  if (abs < 1e-4 || abs >= 1e9) return v.toExponential(3);
   if (abs >= 1e4) return v.toLocaleString("en-US", { maximumFractionDigits: 0 });
-  // Fixed decimals would print a metric in tiny units (3e-9 per user) as 0.00000000.
-  if (abs < 1e-4) return v.toExponential(3);
   return v.toFixed(Math.max(0, 3 - Math.floor(Math.log10(abs))));
 }
 
-function fmtPct(x, signed = true, decimals = 2) {
+function fmtPct(x) {
   if (x === null || x === undefined || !Number.isFinite(x)) return "–";
-  const s = (100 * x).toFixed(decimals);
-  return (signed && x > 0 ? "+" : "") + s + "%";
+  // Below 0.005% two decimals read "+0.00%" (a CI that excludes 0 shown as reaching it, "-0.00%"): such a
+  // number keeps 2 significant digits (+0.00040%, +4.0e-10% below 1e-6%).
+  const pct = 100 * x;
+  const s = pct !== 0 && Math.abs(pct) < 0.005 ? pct.toPrecision(2) : pct.toFixed(2);
+  return (x > 0 ? "+" : "") + s + "%";
+}
+
+/** The decimals a multiple of `step` needs (steps are 1, 2, 2.5 or 5 times a power of ten). */
+function stepDecimals(step) {
+  let d = 0;
+  while (d < 20 && Math.abs(Math.round(step * 10 ** d) - step * 10 ** d) > 1e-6) d += 1;
+  return d;
+}
+
+/** An axis label of a tick `step` apart from the next, as precise as the step (12.5% is not "+13%", ticks
+ * 2e-9 apart are not all "0"): in % for relative lifts, else "1.5k", "2M", or exponent notation for tiny
+ * steps. */
+function fmtTick(y, step, percent) {
+  const v = percent ? 100 * y : y, s = percent ? 100 * step : step;
+  if (v === 0) return percent ? "0%" : "0";
+  const [div, unit] = percent ? [1, "%"]
+    : Math.abs(v) >= 1e6 ? [1e6, "M"] : Math.abs(v) >= 1e3 ? [1e3, "k"] : [1, ""];
+  let text;
+  if (s < 1e-4) {
+    const exponent = (n) => Math.floor(Math.log10(Math.abs(n)));
+    const digits = Math.max(0, exponent(v) - exponent(s)) + stepDecimals(s / 10 ** exponent(s));
+    text = v.toExponential(Math.min(digits, 20));
+  } else {
+    text = (v / div).toFixed(stepDecimals(s / div));
+  }
+  return (percent && v > 0 ? "+" : "") + text + unit;
 }
 
 function fmtP(p) {
   if (p === null || p === undefined || !Number.isFinite(p)) return "–";
   return p < 0.0001 ? "<0.0001" : p.toFixed(4);
-}
-
-function fmtCompact(y) {
-  const abs = Math.abs(y);
-  if (abs >= 1e6) return `${+(y / 1e6).toFixed(2)}M`;
-  if (abs >= 1e3) return `${+(y / 1e3).toFixed(1)}k`;
-  return String(+y.toFixed(2));
 }
 
 /** "p=0.4312" or "p<0.0001". */
@@ -244,6 +273,27 @@ function svg(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** A name from events (experiment, variant, arm, model) with every non-printable character escaped as the
+ * text reports escape it (analytics.text_format.name: \x1b, \n, \u202e). Raw, ESC showed as a box, a newline
+ * as a space and a right-to-left override reversed the text after it, so two names could look alike. */
+function displayName(value) {
+  return String(value).replace(/[\p{C}\p{Z}]/gu, (c) => {
+    if (c === " ") return c;
+    const named = { "\t": "\\t", "\n": "\\n", "\r": "\\r" }[c];
+    if (named) return named;
+    const code = c.codePointAt(0);
+    const [prefix, width] = code < 0x100 ? ["\\x", 2] : code < 0x10000 ? ["\\u", 4] : ["\\U", 8];
+    return prefix + code.toString(16).padStart(width, "0");
+  });
+}
+
+/** A variant's swatch, name and user count, as the experiment list and the report header show them. */
+function userChip(variants, key, users) {
+  return el("span", { class: "user-chip", "data-variant": key },
+    el("i", { class: `swatch c${variants.indexOf(key) % PALETTE.length}` }), `${displayName(key)} `,
+    el("b", { "data-field": "users", text: fmtInt(users ?? 0) }));
+}
+
 function colourOf(variants, key) {
   const i = variants.indexOf(key);
   return PALETTE[(i < 0 ? variants.length : i) % PALETTE.length];
@@ -272,17 +322,15 @@ function renderExperiments() {
   }
   for (const e of state.experiments) {
     const variants = Object.keys(e.users);
-    const users = el("div", { class: "users" }, ...variants.map((v) => el("span", { class: "user-chip", "data-variant": v },
-      el("i", { class: `swatch c${variants.indexOf(v) % PALETTE.length}` }), `${v} `,
-      el("b", { "data-field": "users", text: fmtInt(e.users[v]) }))));
+    const users = el("div", { class: "users" }, ...variants.map((v) => userChip(variants, v, e.users[v])));
     const row = el("tr", {
       class: "clickable" + (e.key === state.selected ? " selected" : "") + (e.srm.flagged ? " srm-flagged" : ""),
       "data-experiment": e.key,
       onclick: () => select(e.key),
     },
-    el("td", {}, el("div", { class: "exp-name", text: e.key }),
+    el("td", {}, el("div", { class: "exp-name", text: displayName(e.key) }),
       el("div", { class: "exp-key", "data-field": "kind",
-        text: e.kind === "interleaving" ? "interleaving" : e.control ? `control: ${e.control}` : "" }),
+        text: e.kind === "interleaving" ? "interleaving" : e.control ? `control: ${displayName(e.control)}` : "" }),
       ...(e.window
         ? [el("div", { class: "exp-key", "data-field": "window", text: fmtWindow(e.window) })] : [])),
     el("td", { class: "num", "data-field": "total_users", text: e.totalUsers === null ? "–" : fmtInt(e.totalUsers) }),
@@ -351,15 +399,17 @@ function renderMetrics(rep) {
       const cells = [];
       if (i === 0) {
         cells.push(el("td", { rowspan: m.rows.length, class: "metric-name" },
-          el("div", { class: "exp-name", text: m.name }),
+          el("div", { class: "exp-name", text: displayName(m.name) }),
           el("div", { class: "exp-key" }, [m.description, m.type].filter(Boolean).join(" · "),
             m.guardrail ? el("span", { class: "badge guard", text: "guardrail" }) : null,
             m.inverse ? el("span", { class: "badge guard", text: "lower is better" }) : null)));
       }
-      cells.push(el("td", { class: "variant" }, el("i", { class: colour }), r.variant,
+      cells.push(el("td", { class: "variant" }, el("i", { class: colour }), displayName(r.variant),
         r.isControl && r.variant !== "control" ? el("span", { class: "muted", text: " (control)" }) : null));
       cells.push(el("td", { class: "num", "data-field": "users", text: r.users === null ? "–" : fmtInt(r.users) }));
-      cells.push(el("td", { class: "num", "data-field": "value", text: fmtValue(r.value) }));
+      // the mean of no users is no number (the report says 0): not "0", a click-through nobody had
+      cells.push(el("td", { class: "num", "data-field": "value",
+        text: r.users === 0 ? "–" : fmtValue(r.value) }));
       if (r.isControl) {
         cells.push(el("td", { colspan: cols, class: "muted baseline", text: "baseline" }));
       } else if (r.error || !r.lift) {
@@ -392,8 +442,8 @@ const ARM_COLOURS = { A: PALETTE[0], B: PALETTE[1] };
 function armChip(label, arm) {
   return el("span", { class: "arm", "data-arm": label },
     el("i", { class: `swatch c${label === "A" ? 0 : 1}` }), el("b", { text: `${label} ` }),
-    el("span", { "data-field": "arm_key", text: arm.key }), " · ",
-    el("span", { "data-field": "arm_model", text: `${arm.model} v${arm.version}` }));
+    el("span", { "data-field": "arm_key", text: displayName(arm.key) }), " · ",
+    el("span", { "data-field": "arm_model", text: displayName(`${arm.model} v${arm.version}`) }));
 }
 
 /** Users preferring A to the left of the middle, tied users across it, users preferring B to the right. */
@@ -465,12 +515,15 @@ function renderInterleaving(rep) {
   const il = rep.interleaving;
   document.getElementById("arms").replaceChildren(armChip("A", il.armA), armChip("B", il.armB),
     el("span", { class: "badge", "data-field": "il_sequential", text: il.sequential ? "sequential (always-valid)" : "fixed horizon" }),
-    il.preferred ? el("span", { class: `badge win-${il.preferred.toLowerCase()}`, "data-field": "preferred", text: `preferred: ${il.preferred}` }) : null);
+    // no preferred arm: nothing (replaceChildren writes a null as the text "null")
+    ...(il.preferred ? [el("span", { class: `badge win-${il.preferred.toLowerCase()}`, "data-field": "preferred",
+      text: `preferred: ${il.preferred}` })] : []));
   const banner = document.getElementById("arms-banner");
   banner.hidden = il.armSets.length < 2;
   banner.textContent = il.armSets.length < 2 ? ""
     : `⚠ The arms changed while the experiment ran (${il.armSets.length} pairs of models: `
-      + il.armSets.map((s) => `${s.a.model} v${s.a.version} / ${s.b.model} v${s.b.version}: ${fmtInt(s.exposures)} exposures`).join("; ")
+      + il.armSets.map((s) => `${displayName(`${s.a.model} v${s.a.version} / ${s.b.model} v${s.b.version}`)}: `
+        + `${fmtInt(s.exposures)} exposures`).join("; ")
       + "); the comparison mixes them.";
   renderPreferenceCounts(il);
   renderPreferenceTests(il, rep.alpha);
@@ -491,9 +544,22 @@ function niceTicks(lo, hi, target = 5) {
   return ticks;
 }
 
-/** A minimal line chart: series = [{label, colour, points: [{t, y, lo?, hi?}]}]. */
-function lineChart(series, { yFormat, zeroLine = false, empty = "no data yet", width = 560, height = 240 }) {
-  const m = { l: 64, r: 16, t: 12, b: 40 };
+/** Time-axis labels (UTC): the first of these formats that tells the ticks apart. Days alone or hours and
+ * minutes alone repeated a label (a day's span read "14:30 … 14:30", a demo's minute "11:06" five times). */
+function timeLabels(times, span) {
+  const iso = times.map((t) => new Date(t).toISOString());  // 2024-05-01T12:34:56.789Z
+  const day = (d) => d.slice(5, 10), minute = (d) => d.slice(11, 16);
+  const formats = span > 2 * 86400e3 ? [day, (d) => `${day(d)} ${minute(d)}`]
+    : [minute, (d) => `${day(d)} ${minute(d)}`, (d) => d.slice(11, 19), (d) => d.slice(11, 23)];
+  const format = formats.find((f) => new Set(iso.map(f)).size === iso.length) ?? formats[formats.length - 1];
+  return iso.map(format);
+}
+
+/** A minimal line chart: series = [{label, colour, points: [{t, y, lo?, hi?}]}], y in % where `percent`; its
+ * legend below it, one entry per series. */
+function lineChart(series,
+  { percent = false, zeroLine = false, empty = "no data yet", width = 560, height = 220 }) {
+  const m = { l: 64, r: 16, t: 12, b: 24 };
   // An event stamped beyond what a Date holds (±8.64e15 ms: nanoseconds, say; any producer writes events)
   // puts points at no time: they cannot be placed, and their axis labels threw, failing the whole page.
   series = series.map((s) => ({ ...s, points: s.points.filter((p) => Number.isFinite(p.t.getTime())) }));
@@ -506,6 +572,9 @@ function lineChart(series, { yFormat, zeroLine = false, empty = "no data yet", w
   const ts = all.map((p) => p.t.getTime());
   let t0 = Math.min(...ts), t1 = Math.max(...ts);
   if (t0 === t1) { t0 -= 3.6e6; t1 += 3.6e6; }
+  const times = [0, 1, 2, 3, 4].map((i) => t0 + ((t1 - t0) * i) / 4);
+  const timeLabel = timeLabels(times, t1 - t0);
+  m.r = Math.max(m.r, 3.5 * Math.max(...timeLabel.map((l) => l.length)));  // the last label is centred on the end
   const ys = all.flatMap((p) => [p.y, p.lo ?? p.y, p.hi ?? p.y]).filter(Number.isFinite);
   const ticks = niceTicks(Math.min(...ys, zeroLine ? 0 : Infinity), Math.max(...ys, zeroLine ? 0 : -Infinity));
   const y0 = ticks[0], y1 = ticks[ticks.length - 1];
@@ -513,22 +582,20 @@ function lineChart(series, { yFormat, zeroLine = false, empty = "no data yet", w
   const Y = (y) => height - m.b - ((y - y0) / (y1 - y0)) * (height - m.t - m.b);
 
   const grid = svg("g", { class: "grid-lines" });
+  const step = ticks.length > 1 ? ticks[1] - ticks[0] : 1;
   for (const y of ticks) {
     grid.append(svg("line", { x1: m.l, x2: width - m.r, y1: Y(y), y2: Y(y) }));
-    grid.append(svg("text", { x: m.l - 6, y: Y(y) + 4, "text-anchor": "end", class: "axis-label" }, yFormat(y)));
+    grid.append(svg("text", { x: m.l - 6, y: Y(y) + 4, "text-anchor": "end", class: "axis-label" },
+      fmtTick(y, step, percent)));
   }
-  for (let i = 0; i <= 4; i++) {
-    const t = t0 + ((t1 - t0) * i) / 4;
-    const d = new Date(t).toISOString();
-    const label = t1 - t0 > 2 * 86400e3 ? d.slice(5, 10) : d.slice(11, 16);
-    grid.append(svg("text", { x: X(t), y: height - m.b + 16, "text-anchor": "middle", class: "axis-label" }, label));
-  }
+  timeLabel.forEach((label, i) => grid.append(
+    svg("text", { x: X(times[i]), y: height - m.b + 16, "text-anchor": "middle", class: "axis-label" }, label)));
   root.append(grid);
   if (zeroLine && y0 < 0) root.append(svg("line", { x1: m.l, x2: width - m.r, y1: Y(0), y2: Y(0), class: "zero" }));
 
-  const legend = svg("g", { class: "legend" });
-  series.forEach((s, i) => {
+  for (const s of series) {
     const pts = s.points.filter((p) => Number.isFinite(p.y)).sort((a, b) => a.t - b.t);
+    if (pts.length === 0) continue;  // a variant without users yet: no line (its legend entry shows it)
     const band = pts.filter((p) => Number.isFinite(p.lo) && Number.isFinite(p.hi));
     if (band.length > 1) {
       const upper = band.map((p) => `${X(p.t.getTime())},${Y(p.hi)}`);
@@ -538,12 +605,15 @@ function lineChart(series, { yFormat, zeroLine = false, empty = "no data yet", w
     root.append(svg("polyline", { points: pts.map((p) => `${X(p.t.getTime())},${Y(p.y)}`).join(" "),
       fill: "none", stroke: s.colour, "stroke-width": 2, "data-series": s.label }));
     for (const p of pts) root.append(svg("circle", { cx: X(p.t.getTime()), cy: Y(p.y), r: 2.5, fill: s.colour }));
-    const lx = m.l + i * 130;
-    legend.append(svg("rect", { x: lx, y: height - 14, width: 10, height: 10, rx: 2, fill: s.colour }));
-    legend.append(svg("text", { x: lx + 14, y: height - 5, class: "axis-label" }, s.label));
-  });
-  root.append(legend);
-  return root;
+  }
+  // HTML, not SVG text: entries wrap onto more lines however many variants and however long their names (at
+  // fixed offsets in the SVG the fifth fell outside the chart, and a long name ran under the next one).
+  const legend = el("div", { class: "legend" }, ...series.map((s) => el("span", { class: "legend-item" },
+    el("i", { class: `swatch c${PALETTE.indexOf(s.colour)}` }),
+    el("span", { class: "legend-label", text: displayName(s.label) }))));
+  const chart = document.createDocumentFragment();
+  chart.append(root, legend);
+  return chart;
 }
 
 function renderCharts(rep) {
@@ -556,11 +626,12 @@ function renderCharts(rep) {
     const il = rep.interleaving;
     document.getElementById("lift-chart").replaceChildren(lineChart(
       [{ label: "Δ (B − A)", colour: ARM_COLOURS.B, points: il.timeline.filter((p) => p.y !== null) }],
-      { yFormat: (y) => fmtPct(y, true, Math.abs(y) >= 0.1 || y === 0 ? 0 : 1), zeroLine: true,
+      { percent: true, zeroLine: true,
         empty: il.timeline.length ? "no credited clicks yet" : "no preference timeline in this report" }));
   }
   if (!rep.metrics.some((m) => m.name === state.liftMetric)) state.liftMetric = rep.metrics[0]?.name ?? null;
-  select.replaceChildren(...rep.metrics.map((m) => el("option", { value: m.name, selected: m.name === state.liftMetric, text: m.name })));
+  select.replaceChildren(...rep.metrics.map((m) => el("option",
+    { value: m.name, selected: m.name === state.liftMetric, text: displayName(m.name) })));
 
   const colour = (v) => colourOf(rep.variants, v);
   const treatments = rep.variants.filter((v) => v !== rep.control);
@@ -569,11 +640,8 @@ function renderCharts(rep) {
     colour: colour(v),
     points: rep.timeline.filter((p) => p.metric === state.liftMetric && p.variant === v && p.y !== null),
   }));
-  const axis = rep.differenceType === "absolute"
-    ? fmtCompact
-    : (y) => fmtPct(y, true, Math.abs(y) >= 0.1 || y === 0 ? 0 : 1);
   if (!interleaving) document.getElementById("lift-chart").replaceChildren(lineChart(liftSeries, {
-    yFormat: axis,
+    percent: rep.differenceType !== "absolute",
     zeroLine: true,
     // analytics' timeline_points: 0 leaves the timeline out of the report
     empty: rep.timeline.length ? "no data yet for this metric" : "no lift timeline in this report",
@@ -584,7 +652,7 @@ function renderCharts(rep) {
     colour: colour(v),
     points: rep.traffic.filter((p) => p.variant === v),
   }));
-  document.getElementById("traffic-chart").replaceChildren(lineChart(trafficSeries, { yFormat: fmtCompact, zeroLine: true }));
+  document.getElementById("traffic-chart").replaceChildren(lineChart(trafficSeries, { zeroLine: true }));
 }
 
 // ---------------------------------------------------------------- report panel
@@ -595,21 +663,19 @@ function renderReport() {
   if (!rep) { section.hidden = true; return; }
   section.hidden = false;
   section.dataset.experiment = rep.key;
-  document.getElementById("report-title").textContent = rep.key;
+  document.getElementById("report-title").textContent = displayName(rep.key);
   const mode = rep.sequential ? "sequential (always-valid)" : "fixed horizon";
   const interleaving = rep.kind === "interleaving";
   document.getElementById("report-meta").replaceChildren(
     el("span", { text: interleaving ? `interleaving (team draft) · α = ${rep.alpha ?? "–"}`
-      : `control: ${rep.control} · ${rep.differenceType} lift · α = ${rep.alpha ?? "–"}` }),
+      : `control: ${displayName(rep.control)} · ${rep.differenceType} lift · α = ${rep.alpha ?? "–"}` }),
     el("span", { text: interleaving ? "" : ` · correction: ${rep.correction} · ${mode}` }),  // interleaving: a badge by the arms
     ...(rep.window ? [el("span", { "data-field": "window", title: "users first exposed in this window, "
       + "their outcomes before its end", text: ` · ${fmtWindow(rep.window)}` })] : []),
     el("span", { class: "muted", text: rep.generatedAt ? ` · computed ${fmtTime(rep.generatedAt)}` : "" }));
   const variants = rep.variants;
   document.getElementById("report-badges").replaceChildren(statusBadge(rep.status),
-    ...variants.map((v) => el("span", { class: "user-chip", "data-variant": v },
-      el("i", { class: `swatch c${variants.indexOf(v) % PALETTE.length}` }), `${v} `,
-      el("b", { "data-field": "users", text: fmtInt(rep.users[v] ?? 0) }))));
+    ...variants.map((v) => userChip(variants, v, rep.users[v])));
   const banner = document.getElementById("srm-banner");
   banner.hidden = !rep.srm.flagged;
   banner.textContent = rep.srm.flagged
@@ -635,22 +701,28 @@ function showError(err) {
 }
 
 async function refresh() {
+  const run = ++state.started;
   try {
     const list = await getJSON("/experiments");
+    if (run < state.listShown) return;
+    state.listShown = run;
     state.experiments = (Array.isArray(list) ? list : list.experiments || []).map(normaliseSummary);
     const fromHash = hashKey();
     const keys = state.experiments.map((e) => e.key);
     state.selected = keys.includes(fromHash) ? fromHash : keys.includes(state.selected) ? state.selected : keys[0] ?? null;
     renderExperiments();
-    state.report = state.selected
-      ? normaliseReport(await getJSON(`/experiments/${encodeURIComponent(state.selected)}/report`))
-      : null;
+    const selected = state.selected;
+    const report = selected
+      ? normaliseReport(await getJSON(`/experiments/${encodeURIComponent(selected)}/report`)) : null;
+    if (selected !== state.selected || run < state.reportShown) return;  // another is selected, or newer
+    state.reportShown = run;
+    state.report = report;
     renderReport();
     showError(null);
     document.getElementById("last-updated").textContent = `updated ${new Date().toLocaleTimeString("en-GB")}`;
     document.body.dataset.loaded = String(Number(document.body.dataset.loaded || 0) + 1);
   } catch (err) {
-    showError(err);
+    if (run >= state.listShown) showError(err);
   }
 }
 

@@ -23,11 +23,13 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
+from analytics import text_format
 from analytics.metrics import AnalysisConfig, load_analysis_config
 from analytics.server import AnalyticsServer
 from analytics.store import DuckDBEventStore, EventStore, ExposureRow, OutcomeRow
 from analytics.store.base import InterleavedRow
 from tests.analytics.simulated_interleaving import ARMS, simulate_interleaving
+from tests.analytics.stats.simulated_events import simulate_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 ANALYSIS_CONFIG = ROOT / "deploy" / "config" / "analysis.yaml"
@@ -50,6 +52,8 @@ class Shown:
     def matches(self, expected: float) -> bool:
         if self.below is not None:
             return expected < self.below
+        if expected != 0 and (self.value == 0 or (self.value > 0) != (expected > 0)):
+            return False  # "+0.00%" for a CI end of +0.0004% reads as an interval that reaches zero
         return math.isclose(self.value, expected, rel_tol=0, abs_tol=self.tolerance * (1 + 1e-9))
 
 
@@ -87,6 +91,11 @@ def shown_number(text: str) -> Shown:
         ("-2.972e-9", -2.9723e-9, True),
         ("-2.972e-9", -2.9727e-9, False),
         ("+1.500e-5", 1.5e-5, True),
+        ("+0.00%", 0.000004, False),
+        ("-0.00%", -0.00001, False),
+        ("+0.00040%", 0.000004, True),
+        ("-0.0010%", -0.00001, True),
+        ("0", 0.0, True),
     ],
 )
 def test_shown_number_tolerance_is_the_last_digit(text: str, expected: float, ok: bool) -> None:
@@ -283,6 +292,51 @@ def interleaving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(server.url, store)
 
 
+MANY_VARIANTS = ("control", "t1", "t2", "treatment-with-a-rather-long-variant-name")
+NO_USERS = "no-users"  # configured, never exposed
+ESCAPED_KEY = "esc\x1b[31m \u202eline\nbreak"  # a terminal escape, a right-to-left override, a newline
+
+
+@pytest.fixture(scope="module")
+def display_edges(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """What the page must show legibly: five variants (one configured without users, one with a long name), a
+    metric where lower is better (one variant significantly up, one down), a relative lift of 0.0004% whose CI
+    excludes 0, values near 1e200 (their lifts overflow), both over 80 seconds, a key of 250 characters and one
+    with control characters."""
+    store = DuckDBEventStore(str(tmp_path_factory.mktemp("store") / "events"))
+    n = len(MANY_VARIANTS)
+    simulate_experiment(store, "many-variants", users=800, seed=11, variants=MANY_VARIANTS, weights=(1.0,) * n,
+                        click_rate=(0.10,) * n, watch_scale=(10.0, 20.0, 10.0, 5.0))  # fmt: skip
+    simulate_experiment(store, "k" * 250, users=200, seed=12)
+    simulate_experiment(store, ESCAPED_KEY, users=200, seed=13)
+    rng = np.random.default_rng(14)
+    exposures, outcomes = [], []
+    for i in range(800):
+        key, v = ("tiny-relative-lift", "huge-values")[i % 2], i // 2 % 2
+        user, t = f"edge-{i}", START_MS + i * 100  # 80 seconds, as in a short demo run
+        exposures.append(ExposureRow(f"{user}-x", key, ("control", "treatment")[v], user, t))
+        value = (
+            100 * (1 + 4e-6 * v) + rng.normal(0, 1e-4)
+            if key == "tiny-relative-lift"
+            else rng.normal(1e200, 1e199)
+        )
+        outcomes.append(OutcomeRow(f"{user}-m", user, "measure", t + 10, float(value)))
+    store.apply(exposures, outcomes, {})
+    config = AnalysisConfig.model_validate(
+        {
+            "sequential": True,
+            "metrics": [
+                {"name": "click_through", "type": "binomial", "event": "click"},
+                {"name": "watch", "type": "mean", "event": "watch", "inverse": True, "guardrail": True},
+                {"name": "measure", "type": "mean", "event": "measure"},
+            ],
+            "experiments": {"many-variants": {"weights": dict.fromkeys((*MANY_VARIANTS, NO_USERS), 1.0)}},
+        }
+    )
+    with store, AnalyticsServer(store, config, port=0) as server:
+        yield Served(server.url, store)
+
+
 @pytest.fixture(
     params=[
         "real_demo",
@@ -293,6 +347,7 @@ def interleaving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "tiny_units",
         "odd_names",
         "windowed",
+        "display_edges",
     ]
 )
 def dashboard_url(request: pytest.FixtureRequest) -> str:
@@ -333,7 +388,12 @@ def _show_experiment(chromium, key: str) -> None:
     if chromium.execute_script("return location.hash") == target:
         return
     loads = _loads(chromium)
-    chromium.find_element("css selector", f'tr[data-experiment="{key}"]').click()
+    row = chromium.execute_script(  # no CSS selector: a key may hold quotes or newlines
+        "return [...document.querySelectorAll('#experiments tr[data-experiment]')]"
+        ".find((tr) => tr.dataset.experiment === arguments[0])",
+        key,
+    )
+    row.click()
     _wait(
         chromium,
         lambda d: (
@@ -368,21 +428,44 @@ _SNAPSHOT_JS = """
 const fields = (root) => Object.fromEntries(
   [...root.querySelectorAll('[data-field]')].map((el) => [el.dataset.field, el.textContent]));
 const lines = (sel) => [...document.querySelectorAll(sel)].map((l) => ({
-  series: l.dataset.series, points: l.getAttribute('points').trim().split(/\\s+/).length }));
+  series: l.dataset.series, points: l.getAttribute('points').trim().split(/\\s+/).filter(Boolean).length }))
+  .filter((l) => l.points > 0);
 return {
   experiments: Object.fromEntries([...document.querySelectorAll('#experiments tr[data-experiment]')].map((tr) => [
     tr.dataset.experiment,
     { ...fields(tr), srmTitle: tr.querySelector('[data-field="srm"]')?.title ?? null,
+      name: tr.querySelector('.exp-name').textContent,
       users: Object.fromEntries([...tr.querySelectorAll('[data-variant]')].map(
         (c) => [c.dataset.variant, c.querySelector('[data-field="users"]').textContent])) }])),
   report: document.getElementById('report').dataset.experiment || null,
+  title: document.getElementById('report-title').textContent,
+  overflow: Math.max(...[document.documentElement, ...document.querySelectorAll('.panel')].map(
+    (box) => box.scrollWidth - box.clientWidth)),  // wider than the window, or a table wider than its panel
   srmBanner: !document.getElementById('srm-banner').hidden,
   rows: Object.fromEntries([...document.querySelectorAll('#metrics tr[data-metric]')].map((tr) => [
     tr.dataset.metric + '|' + tr.dataset.variant,
     { ...fields(tr),
       significantAttr: tr.querySelector('[data-field="significant"]')?.dataset.significant ?? null,
+      verdict: [...(tr.querySelector('[data-field="significant"]')?.classList ?? [])],
+      variantName: tr.querySelector('td.variant').textContent,
       ciBar: Boolean(tr.querySelector('svg.ci-bar rect.interval')),
       ciLabel: tr.querySelector('svg.ci-bar')?.getAttribute('aria-label') ?? null }])),
+  charts: Object.fromEntries(['lift-chart', 'traffic-chart'].map((id) => {
+    const chart = document.getElementById(id), box = chart.closest('figure').getBoundingClientRect();
+    const legend = [...chart.querySelectorAll('.legend *')].filter((e) => !e.children.length && e.textContent);
+    const yLabels = [...chart.querySelectorAll('text[text-anchor="end"]')].map((t) => t.textContent);
+    const plot = chart.querySelector('svg').getBoundingClientRect();
+    const clipped = [...chart.querySelectorAll('svg text')].filter((t) => { const r = t.getBoundingClientRect();
+      return r.left < plot.left || r.right > plot.right || r.top < plot.top || r.bottom > plot.bottom; });
+    return [id, {
+      yLabels,  // and the time axis (a chart without data has only its "no data" text)
+      xLabels: yLabels.length ? [...chart.querySelectorAll('text[text-anchor="middle"]')].map((t) => t.textContent) : [],
+      clipped: clipped.map((t) => t.textContent),
+      legend: legend.map((e) => { const r = e.getBoundingClientRect();
+        return { text: e.textContent, inside: r.left >= box.left && r.right <= box.right && r.top >= box.top
+          && r.bottom <= box.bottom, left: r.left, right: r.right, top: r.top, bottom: r.bottom }; }),
+    }];
+  })),
   liftMetric: document.getElementById('lift-metric').value,
   liftLines: lines('#lift-chart polyline'),
   trafficLines: lines('#traffic-chart polyline'),
@@ -393,6 +476,8 @@ return {
     sequential: document.querySelector('#arms [data-field="il_sequential"]').textContent,
     preferred: document.querySelector('#arms [data-field="preferred"]')?.textContent ?? null,
     armsBanner: !document.getElementById('arms-banner').hidden,
+    armsLooseText: [...document.getElementById('arms').childNodes].filter((n) => n.nodeType === Node.TEXT_NODE)
+      .map((n) => n.textContent),
     bar: Object.fromEntries([...document.querySelectorAll('svg.diverging-bar rect')].map(
       (r) => [r.getAttribute('class'), Number(r.dataset.users)])),
     tests: Object.fromEntries([...document.querySelectorAll('#preference-tests tr[data-test]')].map((tr) => [
@@ -406,10 +491,37 @@ return {
 """
 
 
+def _tick(text: str) -> float:
+    """An axis label's number: '+12.5%', '0', '1.5k', '2M', '2.5e-9'."""
+    scale = {"k": 1e3, "M": 1e6}.get(text[-1:], 1.0)
+    return shown_number(text[:-1] if scale != 1.0 else text).value * scale
+
+
+def _check_charts(shown: dict, lift_labels: list[str], traffic_labels: list[str]) -> None:
+    """Axis labels tell their ticks apart (times too: five "11:06" under a demo's minute); every series has its
+    legend entry, whole, inside its chart, none on top of another (a chart without any line has none)."""
+    lines = {"lift-chart": shown["liftLines"], "traffic-chart": shown["trafficLines"]}
+    for chart, labels in (("lift-chart", lift_labels), ("traffic-chart", traffic_labels)):
+        page = shown["charts"][chart]
+        ticks = [_tick(text) for text in page["yLabels"]]
+        increasing = all(a < b for a, b in zip(ticks, ticks[1:], strict=False))
+        assert increasing, f"{chart} y axis reads {page['yLabels']}"
+        assert len(set(page["xLabels"])) == len(page["xLabels"]), f"{chart} time axis reads {page['xLabels']}"
+        assert page["clipped"] == [], f"{chart}: labels cut off at the edge of the chart: {page['clipped']}"
+        legend = page["legend"]
+        assert [e["text"] for e in legend] == (labels if lines[chart] else []), chart
+        assert all(e["inside"] for e in legend), f"{chart}: legend entries outside the chart: {legend}"
+        for i, a in enumerate(legend):
+            for b in legend[i + 1 :]:
+                apart = a["right"] <= b["left"] or b["right"] <= a["left"] or a["bottom"] <= b["top"]
+                assert apart or b["bottom"] <= a["top"], f"{chart}: {a['text']!r} overlaps {b['text']!r}"
+
+
 def _check_list(shown: dict, listing: list[dict]) -> None:
     assert sorted(shown) == sorted(e["experiment_key"] for e in listing)
     for exp in listing:
         key, row = exp["experiment_key"], shown[exp["experiment_key"]]
+        assert row["name"] == text_format.name(key), f"{key!r} is shown as {row['name']!r}"
         _assert_shows(row["total_users"], exp["total_users"], f"{key} total users")
         for variant in exp["variants"]:
             _assert_shows(row["users"][variant["key"]], variant["users"], f"{key} users[{variant['key']}]")
@@ -437,6 +549,8 @@ def _check_interleaving(shown: dict, report: dict) -> None:
     assert page["sequential"] == ("sequential (always-valid)" if il["sequential"] else "fixed horizon")
     assert page["preferred"] == (f"preferred: {il['preferred']}" if il["preferred"] else None), key
     assert page["armsBanner"] is (len(il["arm_sets"]) > 1), key
+    loose = page["armsLooseText"]  # a "null" where no arm is preferred
+    assert loose == [], f"{key}: text beside the arm badges: {loose}"
     for name in ("preference", "credit"):
         test, row, where = il[name], page["tests"][name], f"{key}/{name}"
         if test["error"]:
@@ -450,11 +564,13 @@ def _check_interleaving(shown: dict, report: dict) -> None:
     points = [p for p in il["timeline"] if p["estimate"] is not None]
     assert [line["points"] for line in shown["liftLines"]] == ([len(points)] if points else []), key
     assert [line["series"] for line in shown["trafficLines"]] == ["interleaved"], key
+    _check_charts(shown, ["Δ (B − A)"], ["interleaved"])
 
 
 def _check_report(shown: dict, report: dict) -> None:
     key, difference_type = report["experiment_key"], report["difference_type"]
-    assert shown["report"] == key
+    assert shown["report"] == key and shown["title"] == text_format.name(key)
+    assert shown["overflow"] <= 0, f"{key}: {shown['overflow']} px wider than the window or a panel"
     assert shown["srmBanner"] is bool(report["srm"]["flagged"])
     if report["kind"] == "interleaving":
         _check_interleaving(shown, report)
@@ -466,7 +582,12 @@ def _check_report(shown: dict, report: dict) -> None:
             where = f"{key}/{metric['name']}/{value['variant']}"
             row = shown["rows"][f"{metric['name']}|{value['variant']}"]
             _assert_shows(row["users"], value["users"], f"{where} users")
-            _assert_shows(row["value"], value["value"], f"{where} value")
+            if value["users"] and value["value"] is not None:
+                _assert_shows(row["value"], value["value"], f"{where} value")
+            else:  # the mean of no users is no number, whatever the report holds
+                assert row["value"] == "–", f"{where}: value {row['value']!r} of {value['users']} users"
+            variant = text_format.name(value["variant"])
+            assert row["variantName"] in (variant, f"{variant} (control)"), where
             lift = None if value["is_control"] else _lift(value, difference_type)
             if lift is None or value["error"]:
                 assert "lift" not in row, where
@@ -477,6 +598,9 @@ def _check_report(shown: dict, report: dict) -> None:
             _assert_shows(row["p_value"], value["p_value"], f"{where} p-value")
             _assert_shows(row["adjusted_p_value"], value["adjusted_p_value"], f"{where} adjusted p")
             assert row["significantAttr"] == str(bool(value["significant"])).lower(), where
+            if value["significant"]:  # green when the metric moved the good way: down where lower is better
+                good = (lift["estimate"] > 0) != metric["inverse"]
+                assert ("win" if good else "lose") in row["verdict"], f"{where}: {row['verdict']}"
             assert row["ciBar"], f"{where}: no CI bar"
             assert row["ciLabel"] == f"CI {row['ci_low']} to {row['ci_high']}", where  # in the lift's units
             if report["sequential"]:
@@ -485,22 +609,35 @@ def _check_report(shown: dict, report: dict) -> None:
             else:
                 assert "boundary" not in row, where
             compared += 1
-    assert compared > 0, f"{key}: no variant was compared with control"
+    errors = [v["error"] for m in report["metrics"] for v in m["variants"] if not v["is_control"]]
+    assert compared > 0 or all(errors), f"{key}: no variant was compared with control"  # nor said why
 
+    # one line per variant with points (a variant without users has none)
     treatments = [v["key"] for v in report["variants"] if not v["is_control"]]
     assert shown["liftMetric"] in {m["name"] for m in report["metrics"]}
-    assert [line["series"].split(" vs ")[0] for line in shown["liftLines"]] == treatments
-    for line, variant in zip(shown["liftLines"], treatments, strict=True):
-        points = [
+    lift_points = {
+        variant: [
             p
             for p in report["timeline"]
             if p["metric"] == shown["liftMetric"] and p["variant"] == variant and p["estimate"] is not None
         ]
-        assert points and line["points"] == len(points), f"{key}: lift chart of {variant}"
-    assert [line["series"] for line in shown["trafficLines"]] == [v["key"] for v in report["variants"]]
-    for line, variant in zip(shown["trafficLines"], report["variants"], strict=True):
-        points = [p for p in report["traffic"] if p["variant"] == variant["key"]]
-        assert points and line["points"] == len(points), f"{key}: traffic chart of {variant['key']}"
+        for variant in treatments
+    }
+    drawn = [v for v in treatments if lift_points[v]]
+    assert [line["series"].split(" vs ")[0] for line in shown["liftLines"]] == drawn
+    for line, variant in zip(shown["liftLines"], drawn, strict=True):
+        assert line["points"] == len(lift_points[variant]), f"{key}: lift chart of {variant}"
+    traffic_points = {
+        v["key"]: [p for p in report["traffic"] if p["variant"] == v["key"]] for v in report["variants"]
+    }
+    drawn = [v for v, points in traffic_points.items() if points]
+    assert [line["series"] for line in shown["trafficLines"]] == drawn
+    for line, variant in zip(shown["trafficLines"], drawn, strict=True):
+        assert line["points"] == len(traffic_points[variant]), f"{key}: traffic chart of {variant}"
+    name, control = text_format.name, text_format.name(report["control"])
+    _check_charts(
+        shown, [f"{name(v)} vs {control}" for v in treatments], [name(v["key"]) for v in report["variants"]]
+    )
 
 
 @pytest.mark.integration
@@ -661,3 +798,131 @@ def test_dashboard_refreshes_by_itself(chromium, demo: Served) -> None:
         return shown_number(_field(row, "total_users")).value == expected
 
     _wait(chromium, updated)
+
+
+def _leave(chromium) -> None:
+    """Fail on errors in the browser console (reading it empties it), and leave the shared browser on a blank
+    page."""
+    errors = [e for e in chromium.get_log("browser") if e["level"] == "SEVERE"]
+    chromium.get("about:blank")
+    assert not errors, f"browser console errors: {errors}"
+
+
+def _shown_report(chromium, served: Served, key: str) -> tuple[dict, dict]:
+    """The report of ``key`` and what the page shows of it, opened on a fresh page with its link."""
+    report = _get_json(f"{served.url}/api/experiments/{quote(key, safe='')}/report")
+    _open_or_fail(chromium, f"{served.url}/?refresh=0#/{quote(key, safe='')}")
+    shown = chromium.execute_script(_SNAPSHOT_JS)
+    assert shown["report"] == key
+    return report, shown
+
+
+@pytest.mark.integration
+def test_a_lift_near_zero_keeps_its_sign_and_digits(chromium, display_edges: Served) -> None:
+    """A relative lift of +0.0004% whose CI excludes 0 was shown "+0.00% [+0.00%, +0.00%]" beside "significant ▲",
+    as if the interval reached zero: below 0.005% a lift, CI end or boundary shows 2 significant digits."""
+    report, shown = _shown_report(chromium, display_edges, "tiny-relative-lift")
+    metric = next(m for m in report["metrics"] if m["name"] == "measure")
+    treatment = next(v for v in metric["variants"] if not v["is_control"])
+    lift = treatment["relative_lift"]
+    assert treatment["significant"] and 0 < lift["ci"][0] < lift["ci"][1] < 5e-5, lift  # the case at hand
+    row = shown["rows"]["measure|treatment"]
+    half_width = (lift["ci"][1] - lift["ci"][0]) / 2
+    for field, number in (("lift", lift["estimate"]), ("ci_low", lift["ci"][0]), ("ci_high", lift["ci"][1]),
+                          ("boundary", half_width)):  # fmt: skip
+        text = shown_number(row[field])
+        assert text.matches(number) and text.tolerance <= 0.05 * number, f"{field} {row[field]!r}: {number!r}"
+    _leave(chromium)
+
+
+@pytest.mark.integration
+def test_values_near_1e200_fit_the_page(chromium, display_edges: Served) -> None:
+    """A mean of 9.9e199 was written out in 200 digits with thousands separators, 3,500 px wide: values from
+    1e9 up show 4 significant digits in exponent notation (9.917e+199)."""
+    report, shown = _shown_report(chromium, display_edges, "huge-values")
+    for value in report["metrics"][-1]["variants"]:
+        text = shown["rows"][f"measure|{value['variant']}"]["value"]
+        assert len(text) <= 10 and shown_number(text).matches(value["value"]), text
+    assert shown["overflow"] <= 0, f"{shown['overflow']} px wider than the window or a panel"
+    _leave(chromium)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("key", ["k" * 250, ESCAPED_KEY], ids=["long", "control-characters"])
+def test_names_from_events_are_shown_whole_and_escaped(chromium, display_edges: Served, key: str) -> None:
+    """Experiment keys come from events: one of 250 characters pushed the tables past the window (2,000 px); a
+    terminal escape, a right-to-left override or a newline was passed to the page raw (ESC shown as a box, the
+    override reversing the text after it, the newline as a space), so two keys could look alike. They are
+    escaped as the text reports escape them (text_format.name) and long ones wrap."""
+    _, shown = _shown_report(chromium, display_edges, key)
+    assert shown["experiments"][key]["name"] == shown["title"] == text_format.name(key)
+    assert shown["overflow"] <= 0, f"{shown['overflow']} px wider than the window or a panel"
+    _leave(chromium)
+
+
+@pytest.mark.integration
+def test_every_variant_has_its_legend_entry_in_the_charts(chromium, display_edges: Served) -> None:
+    """Legend entries were placed every 130 px of a 560 px chart: from the fifth variant on they fell outside it,
+    and a long variant name ran under the next entry."""
+    report, shown = _shown_report(chromium, display_edges, "many-variants")
+    variants = [v["key"] for v in report["variants"]]
+    assert len(variants) == 5
+    _check_charts(shown, [f"{v} vs control" for v in variants if v != "control"], variants)
+    _leave(chromium)
+
+
+@pytest.mark.integration
+def test_a_variant_without_users_shows_no_value(chromium, display_edges: Served) -> None:
+    """A configured variant nobody was exposed to showed a value of 0 for every metric (a click-through of 0
+    among no users); it shows "–", its users 0 and the stats' NO_UNITS."""
+    report, shown = _shown_report(chromium, display_edges, "many-variants")
+    for metric in report["metrics"]:
+        row = shown["rows"][f"{metric['name']}|{NO_USERS}"]
+        assert (row["users"], row["value"], row["error"]) == ("0", "–", "NO_UNITS"), metric["name"]
+    _leave(chromium)
+
+
+@pytest.mark.integration
+def test_chart_axis_labels_tell_their_ticks_apart(chromium, tiny_units: Served) -> None:
+    """The lift chart of a metric in tiny units labelled every tick of its y axis "0" (steps of 2e-9 printed
+    with 2 decimals), and a relative axis in steps of 2.5% printed 12.5% as "+13%": a label has the decimals its
+    step needs."""
+    _, shown = _shown_report(chromium, tiny_units, "tiny-units")
+    labels = shown["charts"]["lift-chart"]["yLabels"]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    _check_charts(shown, ["treatment vs control"], ["control", "treatment"])
+    _leave(chromium)
+
+
+# Holds the page's requests for one experiment's report until __release() (resolves once the page has drawn
+# what it answers: the answer is in memory, so all that follows it runs before the next task).
+_HOLD_REPORT_JS = """
+const path = `/experiments/${encodeURIComponent(arguments[0])}/report`, real = window.fetch;
+window.__held = [];
+window.fetch = (url, options) => !String(url).endsWith(path) ? real(url, options)
+  : new Promise((resolve) => window.__held.push(async () => {
+      const resp = await real(url, options), body = await resp.text();
+      resolve({ ok: resp.ok, status: resp.status, json: async () => JSON.parse(body) });
+    }));
+window.__release = (done) => Promise.all(window.__held.map((answer) => answer()))
+  .then(() => setTimeout(done, 0));
+"""
+
+
+@pytest.mark.integration
+def test_a_late_report_does_not_replace_the_one_selected_since(chromium, display_edges: Served) -> None:
+    """A refresh still waiting for experiment A's report (a report takes a second or two to compute) when the
+    analyst selects B: B was drawn, then A's late answer replaced it, under B's highlighted row and #/B."""
+    first, second = "huge-values", "tiny-relative-lift"
+    _open_or_fail(chromium, f"{display_edges.url}/?refresh=0#/{first}")
+    chromium.execute_script(_HOLD_REPORT_JS, first)
+    chromium.find_element("id", "refresh-now").click()
+    _wait(chromium, lambda d: d.execute_script("return window.__held.length") == 1)
+    _show_experiment(chromium, second)
+    chromium.execute_async_script("window.__release(arguments[0])")
+    shown = chromium.execute_script(_SNAPSHOT_JS)
+    selected = chromium.find_element("css selector", "#experiments tr.selected").get_attribute(
+        "data-experiment"
+    )
+    assert (shown["report"], shown["title"], selected) == (second, second, second)
+    _leave(chromium)
