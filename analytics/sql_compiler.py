@@ -211,8 +211,9 @@ def _union_all(selects: Sequence[exp.Query]) -> exp.Query:
 
 _EXPOSURE_COLUMNS = ("event_id", "experiment", "variant", "user_id", "ts")
 _OUTCOME_COLUMNS = ("event_id", "user_id", "metric", "ts", "value")
-_TS_EMPTY = 2**62
-"""Stands for "no event" in a rolled-up row's time range (beyond any millisecond timestamp)."""
+_TS_MIN, _TS_MAX = -(2**63), 2**63 - 1
+"""The range of a 64-bit timestamp: where a rolled-up outcome name has no event in a half, it takes no part in
+the half's time range (any time is a time: a sentinel inside the range dropped the events beyond it)."""
 
 
 @dataclass(frozen=True)
@@ -938,12 +939,14 @@ class _UserRows:
             columns: list[exp.Expr] = [
                 exp.alias_(_lit(p), "part"), exp.alias_(_col("user_key"), "k"), exp.alias_(_col("bucket"), "b")
             ]  # fmt: skip
-            for half in ROLLUP_HALVES:
-                lo = [exp.Coalesce(this=_col(rollup_column(half, "lo", i)), expressions=[_bigint(_TS_EMPTY)])
-                      for i in index.values()]  # fmt: skip
-                hi = [exp.Coalesce(this=_col(rollup_column(half, "hi", i)), expressions=[_bigint(-_TS_EMPTY)])
-                      for i in index.values()]  # fmt: skip
-                columns += [exp.alias_(_least(lo), f"{half[0]}lo"), exp.alias_(_greatest(hi), f"{half[0]}hi")]
+            for half in ROLLUP_HALVES:  # NULL: no event in the half
+                lows = [_col(rollup_column(half, "lo", i)) for i in index.values()]
+                highs = [_col(rollup_column(half, "hi", i)) for i in index.values()]
+                some = _or(*(exp.Not(this=exp.Is(this=c.copy(), expression=exp.Null())) for c in lows))
+                lo = _least([exp.Coalesce(this=c, expressions=[_bigint(_TS_MAX)]) for c in lows])
+                hi = _greatest([exp.Coalesce(this=c, expressions=[_bigint(_TS_MIN)]) for c in highs])
+                columns += [exp.alias_(_case(some.copy(), lo, None), f"{half[0]}lo"),
+                            exp.alias_(_case(some, hi, None), f"{half[0]}hi")]  # fmt: skip
             columns += [exp.alias_(_col("check_lo"), "clo"), exp.alias_(_col("check_hi"), "chi")]
             for e, event in enumerate(self.events):
                 for half in ROLLUP_HALVES:
@@ -970,8 +973,7 @@ class _UserRows:
         ]  # fmt: skip
         for half in "ba":
             lo, hi = _col(f"{half}lo", "r"), _col(f"{half}hi", "r")
-            empty = _or(exp.Is(this=lo.copy(), expression=exp.Null()),
-                        exp.GTE(this=lo.copy(), expression=_bigint(_TS_EMPTY)))  # fmt: skip
+            empty = exp.Is(this=lo.copy(), expression=exp.Null())
             inner += [
                 exp.alias_(_case(empty.copy(), _lit(_NO_EVENT), self._classify(lo)), f"c{half}"),
                 exp.alias_(_case(empty, _lit(_NO_EVENT), self._classify(hi)), f"c{half}_hi"),
@@ -1513,11 +1515,17 @@ def experiment_variant_counts_query(relations: Relations, dialect: str) -> str:
 def exposure_timeline_query(
     relations: Relations, experiment_key: str, bucket_ms: int, dialect: str, window: AnalysisWindow = ALL_TIME
 ) -> str:
-    """Newly exposed users per bucket of ``bucket_ms`` and variant: ``bucket_start, variant, users, key_clashes``."""
-    start = exp.Mul(
-        this=exp.IntDiv(this=_col("first_ms"), expression=_lit(bucket_ms)), expression=_lit(bucket_ms)
+    """Newly exposed users per bucket of ``bucket_ms`` and variant: ``bucket, variant, users, key_clashes``.
+
+    ``bucket`` is ``first_ms // bucket_ms`` rounded down, as Python's ``//`` (SQL's rounds towards zero, which
+    put a time before 1970 in the next bucket); its start, ``bucket * bucket_ms``, may lie below the 64-bit
+    range, so the caller multiplies."""
+    first_ms = _col("first_ms")
+    below = exp.LT(this=exp.Mod(this=first_ms.copy(), expression=_lit(bucket_ms)), expression=_lit(0))
+    bucket = exp.Sub(
+        this=exp.IntDiv(this=first_ms, expression=_lit(bucket_ms)), expression=_case(below, _lit(1), _lit(0))
     )
-    return _render(_per_first_exposure(relations, experiment_key, [start, _col("variant")], window), dialect)
+    return _render(_per_first_exposure(relations, experiment_key, [bucket, _col("variant")], window), dialect)
 
 
 def time_range_query(

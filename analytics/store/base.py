@@ -316,7 +316,9 @@ class EventStore(abc.ABC):
     def exposure_timeline(
         self, experiment_key: str, bucket_ms: int, *, window: AnalysisWindow = ALL_TIME
     ) -> list[tuple[int, str, int]]:
-        """Newly exposed users per time bucket and variant: ``(bucket_start_ms, variant, new_users)``."""
+        """Newly exposed users per time bucket and variant: ``(bucket_start_ms, variant, new_users)``; a user
+        counts in the bucket ``[start, start + bucket_ms)`` of their first exposure, ``start`` a multiple of
+        ``bucket_ms`` (``first_ms // bucket_ms * bucket_ms``, rounded down before 1970 too)."""
 
     @abc.abstractmethod
     def time_range(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> tuple[int, int]:

@@ -164,7 +164,7 @@ class WarehouseEventStore(EventStore):
         if bucket_ms <= 0:
             raise ValueError(f"bucket_ms must be positive, got {bucket_ms}")
         rows = self._per_first_exposure(sql.exposure_timeline_query, experiment_key, bucket_ms, window=window)
-        return [(int(b), v, int(n)) for b, v, n in rows]
+        return [(int(b) * bucket_ms, v, int(n)) for b, v, n in rows]
 
     def time_range(self, experiment_key: str, *, window: AnalysisWindow = ALL_TIME) -> tuple[int, int]:
         rows = self._rows(sql.time_range_query, experiment_key, window=window)

@@ -556,3 +556,28 @@ def test_a_compaction_that_fails_while_writing_rollups_leaves_the_store_as_it_wa
     assert part.rollup is not None and store.relations().rollups
     assert_close(store.metric_statistics("exp-a", config.metrics, cuts), expected)
     store.close()
+
+
+def test_outcomes_at_the_ends_of_the_time_range_count_in_compacted_parts(tmp_path: Path) -> None:
+    """Producers may stamp any 64-bit time: a rolled-up half whose events all lay at or after 2**62 (once the
+    rollup's mark for "no event") was taken for empty, so a compaction dropped those outcomes."""
+    metrics = [{"name": "clicks", "type": "count", "event": "click"},
+               {"name": "watch", "type": "mean", "event": "watch", "cuped": True}]  # fmt: skip
+    config = AnalysisConfig.model_validate({"metrics": metrics})
+    exposures = [ExposureRow("x1", "e", "a", "u1", 1000), ExposureRow("x2", "e", "b", "u2", 1000),
+                 ExposureRow("x3", "e", "a", "u3", -(2**62) - 10)]  # fmt: skip
+    outcomes = [
+        OutcomeRow("o1", "u1", "click", 2**62 + 5, 1.0), OutcomeRow("o2", "u2", "click", 2**63 - 1, 1.0),
+        OutcomeRow("o3", "u2", "watch", 2000, 3.0), OutcomeRow("o4", "u2", "watch", 2**62, 4.0),
+        OutcomeRow("o5", "u3", "watch", -(2**63), 5.0), OutcomeRow("o6", "u3", "watch", -(2**62) - 5, 6.0),
+        OutcomeRow("o7", "u3", "click", -(2**62), 1.0),
+    ]  # fmt: skip
+    reference = MemoryEventStore()
+    reference.apply(exposures, outcomes, {})
+    cuts = [2000, None]
+    expected = reference.metric_statistics("e", config.metrics, cuts)
+    assert expected[-1][0] == {"a": SampleMean(2, 2.0, 2.0), "b": SampleMean(1, 1.0, 1.0)}
+    with DuckDBEventStore(tmp_path / "s", compact_parts=0) as duck:
+        duck.apply(exposures, outcomes, {})
+        assert duck.compact(everything=True) and duck.relations().rollups
+        assert_close(duck.metric_statistics("e", config.metrics, cuts), expected)

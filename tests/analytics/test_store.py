@@ -119,6 +119,17 @@ def test_the_attribution_window_ends_beyond_the_largest_time(make_store) -> None
         assert sorted(store.user_metric_values("exp", "click")) == expected
 
 
+def test_the_exposure_timeline_rounds_times_before_1970_down(make_store) -> None:
+    """A bucket holds the first exposures of ``[start, start + bucket_ms)``, before 1970 too (producers stamp
+    any time): SQL's integer division rounds towards zero, so those of -1500 and -500 went to the buckets
+    starting at -1000 and 0; the product for the first bucket of the 64-bit range must not overflow either."""
+    store = make_store()
+    times = {"u1": -1500, "u2": -1000, "u3": -500, "u4": 0, "u5": 999, "u6": -(2**63)}
+    store.apply([ExposureRow(f"e-{u}", "exp", "a", u, ts) for u, ts in times.items()], [], {TP: 1})
+    expected = [(-9223372036854776000, "a", 1), (-2000, "a", 1), (-1000, "a", 2), (0, "a", 2)]
+    assert store.exposure_timeline("exp", 1000) == expected
+
+
 def test_duplicate_events_count_once(make_store) -> None:
     store = make_store()
     exposure = ExposureRow("e1", "exp", "a", "u1", 1)
