@@ -8,6 +8,7 @@ import logging
 import random
 
 import pytest
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from prometheus_client import REGISTRY
 
 from analytics.consumer.processor import decode_into
@@ -23,7 +24,7 @@ from analytics.events.messages import (
 )
 from analytics.store import ExposureColumns, OutcomeColumns
 from analytics.store.base import InterleavedColumns, ItemOutcomeColumns
-from proto import events_pb2
+from proto import events_pb2, limits
 from tests.analytics.invalid_events import AT_THE_LIMITS, INVALID, Event
 
 
@@ -101,3 +102,68 @@ def test_no_event_the_producers_refuse_reaches_the_columns() -> None:
             if event.event_id in kept:
                 assert event_problem(event) is None, f"kept an event producers refuse: {event}"
         assert n == len(events) - len(kept)
+
+
+def _string_fields(descriptor: Descriptor, prefix: str = "") -> list[str]:
+    """The string fields of a message and of its singular submessages (``model.name``), named as readers
+    report them; the repeated ``arms`` are ``teams_problem``'s."""
+    fields = []
+    for field in descriptor.fields:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            fields.append(prefix + field.name)
+        elif field.message_type is not None and not field.is_repeated:
+            fields += _string_fields(field.message_type, f"{prefix}{field.name}.")
+    return fields
+
+
+_ID_FIELDS = {"user_id", "request_id", "event_id"}
+"""The fields ``proto.limits.MAX_ID_BYTES`` is for; every other string of an event: ``MAX_NAME_BYTES``."""
+_STRING_FIELDS = [
+    (kind, field, limits.MAX_ID_BYTES if field in _ID_FIELDS else limits.MAX_NAME_BYTES)
+    for kind in (events_pb2.Exposure, events_pb2.Outcome)
+    for field in _string_fields(kind.DESCRIPTOR)
+]
+
+
+def _set(event: Event, field: str, value: str) -> Event:
+    """Set ``field`` (``model.name``: a submessage's) of ``event``; returns the event."""
+    *path, name = field.split(".")
+    holder = event
+    for part in path:
+        holder = getattr(holder, part)
+    setattr(holder, name, value)
+    return event
+
+
+def _with(kind: type[Event], field: str, value: str) -> Event:
+    """A valid event of ``kind`` with ``field`` set to ``value``."""
+    if kind is events_pb2.Exposure:
+        exposure = make_exposure("u1", "exp", "a", request_id="r1", model_name="mmoe", model_version="1")
+        return _set(exposure, field, value)
+    return _set(make_outcome("u1", "click", request_id="r1", item_id=4), field, value)
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "max_bytes"), _STRING_FIELDS, ids=[f"{k.__name__}.{f}" for k, f, _ in _STRING_FIELDS]
+)
+def test_every_string_field_of_an_event_is_held_to_its_limit(
+    kind: type[Event], field: str, max_bytes: int
+) -> None:
+    """Every string of an event (read from the proto: a field added there is checked too), alone over its
+    limit, is refused under its name by producers and readers; at its limit (in two-byte characters: past the
+    quick length filter, so the exact check runs; or four-byte ones), kept. ``event_problem`` lists the fields
+    twice (its quick filter and ``_limits_problem``): one left out of either lets an oversized event
+    through, which this catches (removing ``stage`` from the filter fails ``Exposure.stage``)."""
+    reason = f"is longer than {max_bytes} bytes (UTF-8)"
+    for value, refused in (
+        ("é" * (max_bytes // 2), False),
+        ("😀" * (max_bytes // 4), False),
+        ("a" * (max_bytes + 1), True),
+        ("é" * (max_bytes // 2) + "a", True),
+        ("😀" * (max_bytes // 4 + 1), True),
+    ):
+        event = _with(kind, field, value)
+        assert event_problem(event) == ((field, reason) if refused else None), (len(value), refused)
+        n, kept = _kept_ids([event])
+        assert (n, kept) == ((1, set()) if refused else (0, {event.event_id})), (len(value), refused)
+
