@@ -101,9 +101,11 @@ class HNSWIndex(FaissIndex):
         """The graph walk's top ``k``; an exact scan when the walk found fewer than remain to be found (many
         excluded items around the query, or a part of the graph it cannot reach)."""
         found, scores = super().search(query, k, exclude)
+        if len(found) >= k:  # the usual case: nothing to count
+            return found, scores
         exclude = np.unique(exclude)
         remaining = self.size - int(np.count_nonzero((exclude >= 0) & (exclude < self.size)))
-        if len(found) < min(k, remaining):
+        if len(found) < remaining:
             return self._exact.search(query, k, exclude)
         return found, scores
 
