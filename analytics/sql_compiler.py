@@ -57,7 +57,7 @@ in ``MEASURES`` (the contribution of one event row, and whether it counts when a
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -161,6 +161,11 @@ def _and(*conditions: exp.Expr) -> exp.Expr:
 
 def _or(*conditions: exp.Expr) -> exp.Expr:
     return exp.or_(*conditions, copy=False)
+
+
+def _any_set(columns: Iterable[exp.Expr]) -> exp.Expr:
+    """True when one of ``columns`` is not NULL (a rolled-up row's name or half that had an event)."""
+    return _or(*(exp.Not(this=exp.Is(this=c, expression=exp.Null())) for c in columns))
 
 
 def _least(values: Sequence[exp.Expr]) -> exp.Expr:
@@ -942,7 +947,7 @@ class _UserRows:
             for half in ROLLUP_HALVES:  # NULL: no event in the half
                 lows = [_col(rollup_column(half, "lo", i)) for i in index.values()]
                 highs = [_col(rollup_column(half, "hi", i)) for i in index.values()]
-                some = _or(*(exp.Not(this=exp.Is(this=c.copy(), expression=exp.Null())) for c in lows))
+                some = _any_set(c.copy() for c in lows)
                 lo = _least([exp.Coalesce(this=c, expressions=[_bigint(_TS_MAX)]) for c in lows])
                 hi = _greatest([exp.Coalesce(this=c, expressions=[_bigint(_TS_MIN)]) for c in highs])
                 columns += [exp.alias_(_case(some.copy(), lo, None), f"{half[0]}lo"),
@@ -956,8 +961,7 @@ class _UserRows:
                             value = exp.Coalesce(this=_col(rollup_column(half, stat, index[event])),
                                                  expressions=[_lit(0)])  # fmt: skip
                         columns.append(exp.alias_(value, f"{half[0]}{stat}{e}"))
-            present = _or(*(exp.Not(this=exp.Is(this=_col(rollup_column(half, "n", i)), expression=exp.Null()))
-                            for i in index.values() for half in ROLLUP_HALVES))  # fmt: skip
+            present = _any_set(_col(rollup_column(half, "n", i)) for i in index.values() for half in ROLLUP_HALVES)
             selects.append(
                 exp.select(*columns, copy=False)
                 .from_(_from(part.outcome_rollup), copy=False)
