@@ -961,7 +961,8 @@ class _UserRows:
                             value = exp.Coalesce(this=_col(rollup_column(half, stat, index[event])),
                                                  expressions=[_lit(0)])  # fmt: skip
                         columns.append(exp.alias_(value, f"{half[0]}{stat}{e}"))
-            present = _any_set(_col(rollup_column(half, "n", i)) for i in index.values() for half in ROLLUP_HALVES)
+            counts = (_col(rollup_column(half, "n", i)) for i in index.values() for half in ROLLUP_HALVES)
+            present = _any_set(counts)
             selects.append(
                 exp.select(*columns, copy=False)
                 .from_(_from(part.outcome_rollup), copy=False)
