@@ -48,14 +48,43 @@ def compose() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
+def kustomization(folder: Path) -> dict:
+    return yaml.safe_load((folder / "kustomization.yaml").read_text())
+
+
+def generated_config_maps(folder: Path) -> list[dict]:
+    """The ConfigMaps of a kustomization's configMapGenerator, under the names the manifests refer to them by
+    (kustomize appends a hash of the content to most of them and rewrites the references)."""
+    docs = []
+    for generator in kustomization(folder).get("configMapGenerator", []):
+        assert generator.keys() <= {"name", "envs", "files", "options"}, f"{folder}: unread {generator}"
+        data = {}
+        for env_file in generator.get("envs", []):
+            for line in (folder / env_file).read_text().splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    key, _, value = line.partition("=")
+                    data[key.strip()] = value
+        for source in generator.get("files", []):
+            key, _, path = source.rpartition("=")
+            data[key or Path(path).name] = (folder / path).read_text()
+        metadata = {"name": generator["name"]}
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data})
+    return docs
+
+
+def load_k8s() -> list[dict]:
+    """The base's resources and generated ConfigMaps as written, and secrets.yaml (applied by hand)."""
+    resources = kustomization(K8S_BASE)["resources"]
+    docs = []
+    for resource in resources:
+        docs += _load_all(K8S_BASE / resource)
+    assert "secrets.yaml" not in resources, "re-applying would overwrite the real Secrets"
+    return docs + generated_config_maps(K8S_BASE) + _load_all(K8S_BASE / "secrets.yaml")
+
+
 @pytest.fixture(scope="module")
 def k8s() -> list[dict]:
-    kustomization = yaml.safe_load((K8S_BASE / "kustomization.yaml").read_text())
-    docs = []
-    for resource in kustomization["resources"]:
-        docs += _load_all(K8S_BASE / resource)
-    assert "secrets.yaml" not in kustomization["resources"], "re-applying would overwrite the real Secrets"
-    return docs + _load_all(K8S_BASE / "secrets.yaml")
+    return load_k8s()
 
 
 def _of_kind(docs: list[dict], kind: str) -> dict[str, dict]:
@@ -899,10 +928,14 @@ def test_k8s_grpc_servers_require_bearer_tokens(deployed: list[dict]) -> None:
 
 
 def test_k8s_config_maps_carry_the_validated_configs(k8s: list[dict]) -> None:
-    data = _of_kind(k8s, "ConfigMap")["mtrank-experiments"]["data"]
-    for key, flag in (("experiments.yaml", "--experiments"), ("analysis.yaml", "--metrics")):
+    config_maps = _of_kind(k8s, "ConfigMap")
+    for name, key, flag in (
+        ("mtrank-experiments", "experiments.yaml", "--experiments"),
+        ("mtrank-analysis", "analysis.yaml", "--metrics"),
+    ):
+        data = config_maps[name]["data"]
         assert data[key] == (DEPLOY / "config" / key).read_text(), (
-            f"ConfigMap {key} differs from deploy/config"
+            f"ConfigMap {name} key {key} (k8s/base/config/{key}) differs from deploy/config/{key}: copy it"
         )
         _validate_config(flag, data[key])
 
@@ -993,17 +1026,38 @@ def overlay_docs(k8s: list[dict], name: str) -> list[dict]:
 OVERLAYS = ("base", "cpu", "tls")
 
 
-@pytest.mark.parametrize("overlay", ["base", "cpu", "tls"])
-def test_kustomize_builds_the_pods_these_tests_check(overlay: str, k8s: list[dict]) -> None:
-    """`kubectl kustomize` builds the base and every overlay (it refuses, for one, an overlay inside its base's
-    folder), and renders the same pod specs as the patches these tests apply themselves."""
+def kustomize(k8s_folder: Path, overlay: str) -> list[dict]:
+    """What `kubectl kustomize` builds of the base or an overlay in ``k8s_folder`` (the test is skipped where
+    kubectl, which embeds kustomize, is not installed)."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl (it embeds kustomize) is not installed")
-    path = K8S_BASE if overlay == "base" else K8S / "overlays" / overlay
+    path = k8s_folder / "base" if overlay == "base" else k8s_folder / "overlays" / overlay
     result = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    built = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d}
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def _unhashed(built: list[dict], generated: list[dict]) -> list[dict]:
+    """``built`` with each generated ConfigMap, and every reference to it, under the name the manifests use
+    (kustomize appends the hash of the content: NAME-0123456789)."""
+    names = {d["metadata"]["name"] for d in generated}
+    text = json.dumps(built)
+    for doc in built:
+        hashed = doc["metadata"]["name"]
+        name = hashed.rpartition("-")[0]
+        if doc["kind"] == "ConfigMap" and name in names:
+            text = text.replace(json.dumps(hashed), json.dumps(name))
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("overlay", ["base", "cpu", "tls"])
+def test_kustomize_builds_the_pods_these_tests_check(overlay: str, k8s: list[dict]) -> None:
+    """`kubectl kustomize` builds the base and every overlay (it refuses, for one, an overlay inside its base's
+    folder), and renders the same pod specs and ConfigMaps as the patches and generators these tests apply
+    themselves."""
+    generated = generated_config_maps(K8S_BASE)
+    built = {(d["kind"], d["metadata"]["name"]): d for d in _unhashed(kustomize(K8S, overlay), generated)}
     ours = k8s if overlay == "base" else overlay_docs(k8s, overlay)
     checked = 0
     for where, template in _pod_specs(ours):
@@ -1011,6 +1065,8 @@ def test_kustomize_builds_the_pods_these_tests_check(overlay: str, k8s: list[dic
         assert built[kind, name]["spec"]["template"]["spec"] == template["spec"], f"{overlay}: {where} differs"
         checked += 1
     assert checked >= 5
+    for name, config_map in _of_kind(ours, "ConfigMap").items():
+        assert built["ConfigMap", name]["data"] == config_map["data"], f"{overlay}: ConfigMap {name} differs"
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
