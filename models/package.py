@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import errno
 import hashlib
 import json
+import os
 import shutil
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from models.errors import PackageError
+from models.publish import model_lock, new_staging, publish
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -112,10 +112,12 @@ def package_dir(repository: Path | str, name: str, version: str) -> Path:
 def staged_package(
     repository: Path | str, name: str, version: str, overwrite: bool = False
 ) -> Iterator[Path]:
-    """A fresh sibling folder to assemble ``<repository>/<name>/<version>/`` in, renamed into place when the
-    block ends without an error and removed when it raises: a failed export never leaves a half-written
-    version that a server could pick up, two publishes of one version at once never mix their files, and
-    without ``overwrite`` an existing version is never replaced (the later of two publishes fails).
+    """A fresh sibling folder to assemble ``<repository>/<name>/<version>/`` in, published when the block
+    ends without an error and removed when it raises (``models.publish``): a failed or killed export never
+    leaves a half-written version that a server could pick up, a version it replaces is swapped out in one
+    step (a server loading it meanwhile gets the old one or the new one, whole), two publishes of one version
+    at once never mix their files, and without ``overwrite`` an existing version is never replaced (the later
+    of two publishes fails). Staging folders left by killed exports are removed here.
 
     Raises:
         PackageError: for a name or version that is not one folder name, a repository that is a file, a
@@ -131,28 +133,53 @@ def staged_package(
     target = package_dir(repository, name, version)
     if target.exists() and not overwrite:
         raise PackageError(f"{target} already exists (--overwrite, or overwrite=True, replaces it)")
-    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.staging")
-    try:
-        staging.mkdir(parents=True)
-    except OSError as exc:  # a file on the way to it, a read-only disk: a traceback from the command line
-        raise PackageError(f"cannot create a package in {target.parent}: {exc.strerror}") from None
-    try:
-        yield staging
-        if overwrite and target.exists():
-            shutil.rmtree(target)
+    with ExitStack() as stack:
         try:
-            staging.rename(target)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-            # a non-empty folder is in the way: another publish of this version finished first
-            raise PackageError(f"{target} already exists: another export of it finished first") from None
-    except OSError as exc:  # a full disk, a file size limit: one line naming the version, not a traceback
-        shutil.rmtree(staging, ignore_errors=True)
+            staging = stack.enter_context(new_staging(target))
+        except OSError as exc:  # a file on the way to it, a read-only disk: a traceback from the command line
+            raise PackageError(f"cannot create a package in {target.parent}: {exc.strerror}") from None
+        try:
+            yield staging
+            with model_lock(target.parent):
+                publish(staging, target, overwrite)
+        except OSError as exc:  # a full disk, a file size limit: one line naming the version, not a traceback
+            raise PackageError(f"{target}: cannot write the package: {exc}") from None
+
+
+@contextmanager
+def restaged_package(directory: Path | str) -> Iterator[Path]:
+    """A copy of the package in ``directory`` to change, published over it in one step when the block ends
+    without an error (``models.publish``): a server loading the version meanwhile reads the old package,
+    whole, and a crash leaves it as it was. The copy's files are hard links to the package's own: replace a
+    file (remove it, then write it), never write into one.
+
+    Raises:
+        PackageError: the version was republished while the block ran (publishing the copy would undo that),
+            or the OS refused a write.
+    """
+    target = Path(directory)
+    try:
+        with new_staging(target) as staging:
+            with model_lock(target.parent):  # no publish swaps the version while it is copied
+                before = (target / MANIFEST).read_bytes()
+                shutil.copytree(target, staging, copy_function=_link_or_copy, dirs_exist_ok=True)
+            yield staging
+            with model_lock(target.parent):
+                if (target / MANIFEST).read_bytes() != before:
+                    raise PackageError(
+                        f"{target}: republished while this ran; run it again on the new version"
+                    )
+                publish(staging, target, overwrite=True)
+    except OSError as exc:
         raise PackageError(f"{target}: cannot write the package: {exc}") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    """A hard link (no second copy of a large index), or a copy where the file system has none."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:

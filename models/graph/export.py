@@ -33,6 +33,7 @@ from models.package import (
     check_golden_parity,
     package_dir,
     read_manifest,
+    restaged_package,
     staged_package,
     write_manifest,
 )
@@ -152,21 +153,32 @@ def _write_into(
     )
     # the index is embedded with this graph: it must answer as the trained encoder does (nothing checked it)
     check_golden_parity(package, manifest)
-    write_manifest(package, manifest)
-    build_index(package)
+    _write_index(package, manifest)
 
 
 def build_index(package: str | Path, chunk: int = 256, progress: bool = False) -> np.ndarray:
     """Batch job: embed every node of ``index/graph.npz`` with the package's ONNX encoder (ONNX Runtime) and
-    write ``index/embeddings.npy``; refreshes the manifest checksums. Returns the embeddings."""
-    import onnxruntime as ort
+    write ``index/embeddings.npy``; refreshes the manifest checksums. Returns the embeddings.
 
+    The new index and manifest are written into a copy of the package that replaces it in one step
+    (``restaged_package``): written in place, a server (re)loading the version meanwhile met a half-written
+    index, and a job killed (or a disk filled) half-way left the served version unloadable.
+    """
     package = Path(package)
     manifest = read_manifest(package)
     if manifest.kind != "retrieval":  # a ranking package ended `index` in KeyError: 'fanouts'
         raise PackageError(
             f"{package / MANIFEST}: kind is {manifest.kind!r}; only retrieval packages have an index"
         )
+    with restaged_package(package) as staging:  # its manifest: the one of the files copied
+        return _write_index(staging, read_manifest(staging), chunk, progress)
+
+
+def _write_index(package: Path, manifest: Manifest, chunk: int = 256, progress: bool = False) -> np.ndarray:
+    """Embed every node into ``package``'s ``index/embeddings.npy`` and write its manifest; returns the
+    embeddings."""
+    import onnxruntime as ort
+
     fanouts = tuple(manifest.training_config["fanouts"])
     store = np.load(package / "index" / "graph.npz")
     features = store["features"]
@@ -179,7 +191,9 @@ def build_index(package: str | Path, chunk: int = 256, progress: bool = False) -
         feeds = onnx_inputs(everyone.rows(start, start + chunk), features)
         parts.append(session.run(["embedding"], feeds)[0])
     embeddings = np.concatenate(parts).astype(np.float32)
-    np.save(package / "index" / "embeddings.npy", embeddings)
+    target = package / "index" / "embeddings.npy"
+    target.unlink(missing_ok=True)  # a hard link to the served package's file (restaged_package)
+    np.save(target, embeddings)
     write_manifest(package, manifest)
     logger.info("indexed %d nodes into %s", len(embeddings), package / "index")
     return embeddings

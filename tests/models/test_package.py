@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,3 +339,74 @@ def test_indexing_a_ranking_package_is_a_one_line_error(package, capsys) -> None
     expected = f"{package / 'manifest.json'}: kind is 'ranking'; only retrieval packages have an index"
     assert err == f"error: {expected}\n"
     verify_package(package)  # nothing rewritten
+
+
+class Crash(BaseException):
+    """The process dies at that point: a BaseException, which no error handling on the way takes for an
+    error to report."""
+
+
+def test_a_crash_half_way_through_an_overwrite_leaves_a_whole_version(tmp_path, monkeypatch) -> None:
+    """``--overwrite`` removed the old version, then renamed the new one in: killed half-way through the
+    removal it left part of the old version, which the ranker refused (a reader meanwhile found the version
+    half removed or missing). Now the old version is swapped out whole, then removed."""
+    import shutil
+
+    from ranker_server.package import read_package
+
+    model = models.create_model("mmoe", features=DATA.features, tasks=DATA.tasks, preset="tiny")
+    target = export_package(model, tmp_path, "ranker", "1", family="mmoe", metrics={"old": 1.0})
+    real_rmtree = shutil.rmtree
+
+    def crash_half_way(path, *args, **kwargs) -> None:
+        monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+        next(p for p in sorted(Path(path).rglob("*")) if p.is_file()).unlink()
+        raise Crash
+
+    monkeypatch.setattr(shutil, "rmtree", crash_half_way)
+    with pytest.raises(Crash):
+        export_package(model, tmp_path, "ranker", "1", family="mmoe", metrics={"new": 1.0}, overwrite=True)
+    assert read_package(target).manifest.version == "1"  # the ranker's own reader: every file, checksummed
+    assert verify_package(target, check_golden=True).metrics in ({"old": 1.0}, {"new": 1.0})
+
+
+# A child process exports a new ranker/1 over the old one and is killed (os._exit) at one point of it.
+KILLED_EXPORT = """
+import os, pathlib, sys
+import models, models.export
+from models.data import SyntheticConfig, SyntheticWorld
+
+data = SyntheticWorld(SyntheticConfig(n_users=20, n_items=10)).sample(64, embedding_dim=4)
+model = models.create_model("mmoe", features=data.features, tasks=data.tasks, preset="tiny")
+rename = pathlib.Path.rename
+def die_at_the_rename_in(self, target):
+    if self.name.endswith(".staging"):
+        os._exit(9)
+    return rename(self, target)
+if sys.argv[2] == "writing":
+    models.export.golden_io = lambda model: os._exit(9)  # model.onnx is written, the golden file is next
+else:  # a file system without renameat2's exchange: the old version aside, then the new one in
+    import models.publish
+    models.publish._exchange = lambda first, second: False
+    pathlib.Path.rename = die_at_the_rename_in
+models.export.export_package(model, sys.argv[1], "ranker", "1", family="mmoe", overwrite=True)
+"""
+
+
+@pytest.mark.parametrize("killed", ["writing", "between the renames"])
+def test_what_a_killed_export_leaves_goes_with_the_next_export(tmp_path, killed) -> None:
+    """An export killed while writing left its staging folder forever (nothing removed it); one killed
+    between moving the old version aside and renaming the new one in would leave the version missing. The
+    next export of the model removes the first and puts the old version back from the second."""
+    import subprocess
+    import sys
+
+    model = models.create_model("mmoe", features=DATA.features, tasks=DATA.tasks, preset="tiny")
+    export_package(model, tmp_path, "ranker", "1", family="mmoe", metrics={"old": 1.0})
+    child = subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(tmp_path), killed], capture_output=True)
+    assert child.returncode == 9, child.stderr.decode()
+    # ranker/1 and the staging folder, or (killed between the renames) the aside and staging folders
+    assert len(list((tmp_path / "ranker").iterdir())) == 2
+    export_package(model, tmp_path, "ranker", "2", family="mmoe")
+    assert sorted(p.name for p in (tmp_path / "ranker").iterdir()) == ["1", "2"]
+    assert verify_package(tmp_path / "ranker" / "1", check_golden=True).metrics == {"old": 1.0}
