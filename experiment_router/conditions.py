@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from experiment_router.errors import RegexError, UnknownOperatorError
@@ -77,8 +77,16 @@ def eval_condition(attributes: Any, condition: Any, saved_groups: SavedGroups | 
     return True
 
 
-def validate_condition(condition: Any, keys: tuple[str | int, ...] = ()) -> None:
-    """Reject malformed conditions, unknown operators and regexes JavaScript reads otherwise.
+def validate_condition(
+    condition: Any, keys: tuple[str | int, ...] = (), *, saved_groups: Collection[str] | None = None
+) -> None:
+    """Reject malformed conditions, unknown operators, operands of the wrong type and regexes JavaScript reads
+    otherwise.
+
+    Args:
+        condition: the targeting condition.
+        keys: where it is inside the config (for the error).
+        saved_groups: the groups `$inGroup` / `$notInGroup` may name; None: any name.
 
     Raises:
         UnknownOperatorError: naming the operator, where it is (`keys`), and what is allowed.
@@ -91,18 +99,20 @@ def validate_condition(condition: Any, keys: tuple[str | int, ...] = ()) -> None
             if not isinstance(value, list):
                 raise UnknownOperatorError("expects a list of conditions", sub)
             for i, item in enumerate(value):
-                validate_condition(item, (*sub, i))
+                validate_condition(item, (*sub, i), saved_groups=saved_groups)
         elif key == "$not":
-            validate_condition(value, sub)
+            validate_condition(value, sub, saved_groups=saved_groups)
         elif key.startswith("$"):
             raise UnknownOperatorError(
                 f"unknown logical operator {key!r}; allowed at this level: {sorted(LOGICAL_OPERATORS)}", sub
             )
         else:
-            _validate_condition_value(value, sub)
+            _validate_condition_value(value, sub, saved_groups)
 
 
-def _validate_condition_value(value: Any, keys: tuple[str | int, ...]) -> None:
+def _validate_condition_value(
+    value: Any, keys: tuple[str | int, ...], saved_groups: Collection[str] | None
+) -> None:
     if not isinstance(value, Mapping) or not value:
         return
     dollar = [k for k in value if isinstance(k, str) and k.startswith("$")]
@@ -114,21 +124,55 @@ def _validate_condition_value(value: Any, keys: tuple[str | int, ...]) -> None:
         sub = (*keys, op)
         if op not in VALUE_OPERATORS:
             raise UnknownOperatorError(f"unknown operator {op!r}; allowed: {sorted(VALUE_OPERATORS)}", sub)
+        problem = _operand_problem(op, arg, saved_groups)
+        if problem is not None:
+            raise UnknownOperatorError(problem, sub)
         if op in ("$not", "$size"):
-            _validate_condition_value(arg, sub)
+            _validate_condition_value(arg, sub, saved_groups)
         elif op == "$elemMatch":
             if _is_operator_object(arg):
-                _validate_condition_value(arg, sub)
+                _validate_condition_value(arg, sub, saved_groups)
             else:
-                validate_condition(arg, sub)
+                validate_condition(arg, sub, saved_groups=saved_groups)
         elif op in ("$all",) and isinstance(arg, list):
             for i, item in enumerate(arg):
-                _validate_condition_value(item, (*sub, i))
+                _validate_condition_value(item, (*sub, i), saved_groups)
         elif op in ("$regex", "$regexi"):
             try:
                 compile_js(arg, op == "$regexi")
             except (RegexError, TypeError) as exc:
                 raise UnknownOperatorError(str(exc), sub) from None
+
+
+_LIST_OPERATORS = frozenset({"$in", "$nin", "$ini", "$nini", "$all", "$alli"})
+_MEMBER_OPERATORS = frozenset({"$in", "$nin", "$ini", "$nini"})
+_VERSION_OPERATORS = frozenset({"$veq", "$vne", "$vlt", "$vlte", "$vgt", "$vgte"})
+JS_TYPES = frozenset({"string", "number", "boolean", "array", "object", "null", "undefined"})
+"""What `$type` can name: the JS SDK's getType of a JSON value (or of a missing one)."""
+
+
+def _operand_problem(op: str, arg: Any, saved_groups: Collection[str] | None) -> str | None:
+    """Why `arg` cannot be `op`'s operand, or None. The SDK does not fail on such an operand: the clause is
+    false for every user (`$nin`, `$ne`, `$notInGroup`: true), so a slip in a config would target nobody or
+    everybody without a word (`$in: NL`, `$eq: [a, b]`, `$exists: "false"`, a misspelt group or type)."""
+    if op in _LIST_OPERATORS and not isinstance(arg, list):
+        return f"expects a list, got {_js_type(arg)} {arg!r}"
+    if op in _MEMBER_OPERATORS and any(isinstance(item, list | Mapping) for item in arg):
+        return "a list or object in the list never matches (=== compares them by identity); list plain values"
+    if op in ("$eq", "$ne") and isinstance(arg, list | Mapping):
+        return f"{op} with a list or object never matches (=== compares them by identity); use $in or $nin"
+    if op in _VERSION_OPERATORS and not isinstance(arg, str):
+        return f"expects a version string, got {_js_type(arg)} {arg!r}: quote it (YAML reads 1.10 as 1.1)"
+    if op == "$exists" and not isinstance(arg, bool):
+        return f"expects true or false, got {_js_type(arg)} {arg!r}"
+    if op == "$type" and arg not in JS_TYPES:
+        return f"unknown type {arg!r}; allowed: {sorted(JS_TYPES)}"
+    if op in ("$inGroup", "$notInGroup"):
+        if not isinstance(arg, str):
+            return f"expects the name of a saved group, got {_js_type(arg)} {arg!r}"
+        if saved_groups is not None and arg not in saved_groups:
+            return f"unknown saved group {arg!r}; defined in saved_groups: {sorted(saved_groups)}"
+    return None
 
 
 def _eval_or(attributes: Any, conditions: list, groups: SavedGroups) -> bool:

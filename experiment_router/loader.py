@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping
+import unicodedata
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -138,10 +139,36 @@ def _invalid_dates(value: Any, path: Path_ = ()) -> Iterator[tuple[Path_, Invali
             yield from _invalid_dates(item, path + (i,))
 
 
-def parse_text(text: str, file: str = "<config>") -> tuple[Any, dict[Path_, int]]:
-    """Parse YAML (or JSON, a YAML subset) keeping the line of every node."""
+def read_config_text(path: str | Path) -> str:
+    """A config file's text; a file that is not UTF-8 is reported with the line and column of its first
+    stray byte (an editor that saved one accented name in Latin-1 left the user to search the whole file)."""
     try:
-        data = json.loads(text) if file.endswith(".json") else yaml.load(text, Loader=_ConfigYamlLoader)
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        before = exc.object[: exc.start]
+        line_start = before.rfind(b"\n") + 1
+        column = len(before[line_start:].decode("utf-8", "replace")) + 1
+        raise ConfigError(
+            f"cannot read config: not UTF-8 text: byte 0x{exc.object[exc.start]:02x} ({exc.reason}) "
+            f"(column {column}); save the file as UTF-8",
+            file=str(path),
+            line=before.count(b"\n") + 1,
+        ) from None
+
+
+def parse_text(text: str, file: str = "<config>") -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML (or JSON, a YAML subset) keeping the line of every node.
+
+    JSON may open with a byte order mark (RFC 8259 lets a parser ignore it; Windows editors write one, and
+    YAML files with one load) and be indented with tabs, which YAML refuses: JSON allows a tab only between
+    tokens, so the line map reads tabs as spaces (it found no line and no duplicate key in such a file)."""
+    is_json = file.endswith(".json")
+    if is_json:
+        text = text.removeprefix("\ufeff")
+    try:
+        data = json.loads(text) if is_json else yaml.load(text, Loader=_ConfigYamlLoader)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"invalid JSON: {exc.msg}", file=file, line=exc.lineno) from None
     except yaml.MarkedYAMLError as exc:  # its text spans lines and names "<unicode string>", not the file
@@ -154,7 +181,7 @@ def parse_text(text: str, file: str = "<config>") -> tuple[Any, dict[Path_, int]
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file=file) from None
     try:
-        lines = _line_map(text)
+        lines = _line_map(text.replace("\t", " ") if is_json else text)
     except ConfigError as exc:  # a duplicate mapping key: add the file name
         raise ConfigError(exc.message, file=file, field=exc.field, line=exc.line) from None
     except yaml.YAMLError:
@@ -186,12 +213,7 @@ def load_config(
     else:
         file = str(source)
         if text is None:
-            try:
-                text = Path(source).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(f"cannot read config: {exc.strerror}", file=file) from None
-            except UnicodeDecodeError as exc:
-                raise ConfigError(f"cannot read config: not UTF-8 text ({exc.reason})", file=file) from None
+            text = read_config_text(source)
         data, lines = parse_text(text, file)
     locate = _Locator(file, data, lines)
     if not isinstance(data, Mapping):
@@ -253,16 +275,10 @@ def _semantic_problems(
     config: RouterConfig, locate: _Locator, model_exists: ModelExists | None
 ) -> Iterator[ConfigError]:
     """Cross-field checks pydantic cannot do field by field."""
-    first_index: dict[str, int] = {}
+    for i, problem in _clashing_keys([exp.key for exp in config.experiments], "experiment"):
+        yield locate.error(problem, ("experiments", i, "key"))
     for i, exp in enumerate(config.experiments):
-        base: Path_ = ("experiments", i)
-        if exp.key in first_index:
-            yield locate.error(
-                f"duplicate experiment key {exp.key!r} (first at experiments[{first_index[exp.key]}])",
-                base + ("key",),
-            )
-        first_index.setdefault(exp.key, i)
-        yield from _experiment_problems(config, exp, base, locate)
+        yield from _experiment_problems(config, exp, ("experiments", i), locate)
     yield from _layer_problems(config, locate)
     yield from _forced_stage_problems(config, locate)
     if model_exists is not None:
@@ -324,6 +340,25 @@ def _task_weight_problems(
             )
 
 
+def _clashing_keys(keys: Sequence[str], kind: str) -> Iterator[tuple[int, str]]:
+    """(index, problem) of every key equal to an earlier one, or differing from it only in case or Unicode
+    form ('Control' and 'control', a composed and a decomposed 'café'): reports, dashboards and analysis
+    configs would show two that read alike, and case-insensitive SQL would merge them."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        folded = unicodedata.normalize("NFKC", key).casefold()
+        j = first.setdefault(folded, i)
+        if j == i:
+            continue
+        where = f"{kind}s[{j}]"
+        if keys[j] == key:
+            yield i, f"duplicate {kind} key {key!r} (first at {where})"
+        else:
+            # ascii(): a composed and a decomposed letter print alike
+            problem = f"differs from {ascii(keys[j])} ({where}) only in case or Unicode form; rename one"
+            yield i, f"{kind} key {ascii(key)} {problem}"
+
+
 def _experiment_problems(
     config: RouterConfig, exp: ExperimentConfig, base: Path_, locate: _Locator
 ) -> Iterator[ConfigError]:
@@ -333,7 +368,7 @@ def _experiment_problems(
             yield locate.error(not_json[1], base + ("condition", *not_json[0]))
         else:
             try:
-                validate_condition(exp.condition)
+                validate_condition(exp.condition, saved_groups=config.saved_groups.keys())
             except UnknownOperatorError as exc:
                 yield locate.error(exc.reason, base + ("condition", *exc.keys))
     if exp.holdout is not None and exp.holdout not in config.holdout_groups:
@@ -342,10 +377,10 @@ def _experiment_problems(
             base + ("holdout",),
         )
     variation_keys = [v.key for v in exp.variations]
-    for j, key in enumerate(variation_keys):
-        if key in variation_keys[:j]:
-            yield locate.error(f"duplicate variation key {key!r}", base + ("variations", j, "key"))
-        if exp.stage == "retrieval" and exp.variations[j].payload.task_weights:
+    for j, problem in _clashing_keys(variation_keys, "variation"):
+        yield locate.error(problem, base + ("variations", j, "key"))
+    for j, variation in enumerate(exp.variations):
+        if exp.stage == "retrieval" and variation.payload.task_weights:
             yield locate.error(
                 "task_weights only apply to the ranking stage",
                 base + ("variations", j, "payload", "task_weights"),

@@ -33,8 +33,8 @@ from pathlib import Path
 from prometheus_client import Counter, Info
 
 from experiment_router.changes import compare, describe
-from experiment_router.errors import ConfigError, ModelCheckUnavailable
-from experiment_router.loader import ModelExists, RankingTasks
+from experiment_router.errors import ConfigError, ConfigErrors, ModelCheckUnavailable
+from experiment_router.loader import ModelExists, RankingTasks, read_config_text
 from experiment_router.router import Router
 from experiment_router.sticky import StickyBucketStore
 
@@ -111,11 +111,9 @@ class ConfigWatcher:
     def _read(self) -> tuple[str, tuple[int, int, int]]:
         try:
             stamp = self._stat()
-            return self.path.read_text(encoding="utf-8"), stamp
         except OSError as exc:
             raise ConfigError(f"cannot read config: {exc.strerror}", file=str(self.path)) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"cannot read config: not UTF-8 text ({exc.reason})", file=str(self.path)) from None
+        return read_config_text(self.path), stamp
 
     def _build(self, text: str) -> Router:
         return Router.from_file(
@@ -209,8 +207,13 @@ class ConfigWatcher:
             self._reject(exc)
 
     def _reject(self, exc: ConfigError) -> None:
+        """Count the rejection once and log each problem as a record of its own: one record with a line per
+        problem left every line after the first without time, level or logger in a line-based log."""
         RELOADS.labels(result="failure").inc()
-        logger.error("experiment config %s rejected, keeping the previous one: %s", self.path, exc.describe())
+        for problem in exc.errors if isinstance(exc, ConfigErrors) else [exc]:
+            logger.error(
+                "experiment config %s rejected, keeping the previous one: %s", self.path, problem.describe()
+            )
         if self._on_error is not None:
             self._on_error(exc)
 

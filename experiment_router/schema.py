@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -35,7 +36,25 @@ def _fits_an_event(value: str) -> str:
     return value
 
 
-EventName = Annotated[str, Field(min_length=1), AfterValidator(_fits_an_event)]
+def _reads_as_written(value: str) -> str:
+    """Keys and model names are matched as written by analysis configs, dashboards, SQL and the model
+    repository: leading or trailing whitespace and invisible characters (controls, zero-width and other format
+    characters) make a key that reads like another one differ from it, so they are refused."""
+    if value != value.strip():
+        raise ValueError(f"{value!r} has leading or trailing whitespace")
+    hidden = next((c for c in value if unicodedata.category(c) in _INVISIBLE), None)
+    if hidden is not None:
+        name = unicodedata.name(hidden, "a control character")
+        raise ValueError(f"{value!r} holds the invisible character U+{ord(hidden):04X} ({name})")
+    return value
+
+
+_INVISIBLE = ("Cc", "Cf", "Zl", "Zp")
+"""Unicode categories of characters that print as nothing: controls, format characters, line separators."""
+
+EventName = Annotated[
+    str, Field(min_length=1), AfterValidator(_fits_an_event), AfterValidator(_reads_as_written)
+]
 """A key or model name that exposures carry."""
 
 # Numbers, flags and counts take their own type only: pydantic's lax mode read `coverage: true` as 1.0 (all

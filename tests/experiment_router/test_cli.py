@@ -66,7 +66,10 @@ def test_unreadable_inputs_exit_2_without_traceback(tmp_path: Path, capsys: pyte
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00 not text")
     assert main(["validate", str(binary)]) == 2  # was a UnicodeDecodeError traceback
-    assert capsys.readouterr().err == f"error: {binary}: cannot read config: not UTF-8 text (invalid start byte)\n"
+    assert capsys.readouterr().err == (
+        f"error: {binary}:1: cannot read config: not UTF-8 text: byte 0xff (invalid start byte) (column 1); "
+        "save the file as UTF-8\n"
+    )
     cases = [
         (tmp_path / "missing.json", None, "cannot read cases: No such file or directory"),
         (tmp_path, None, "cannot read cases: Is a directory"),

@@ -51,9 +51,20 @@ def test_compiled_equals_general_evaluator(condition: dict, country: object, nes
     assert compile_condition(condition)(attributes, {}) == eval_condition(attributes, condition)
 
 
+WELL_TYPED = {
+    **{op: {"$eq": 1} for op in ("$not", "$elemMatch", "$size")},
+    **{op: "x" for op in ("$regex", "$regexi", "$inGroup", "$notInGroup")},
+    **{op: [1] for op in ("$in", "$nin", "$ini", "$nini", "$all", "$alli")},
+    **{op: 1 for op in ("$eq", "$ne", "$lt", "$lte", "$gt", "$gte")},
+    **{op: "1.10.0" for op in ("$veq", "$vne", "$vlt", "$vlte", "$vgt", "$vgte")},
+    "$exists": False,
+    "$type": "string",
+}
+
+
 def test_every_known_operator_validates() -> None:
-    for op in VALUE_OPERATORS:
-        arg = {"$eq": 1} if op in ("$not", "$elemMatch", "$size") else ("x" if "regex" in op else [1])
+    assert set(WELL_TYPED) == VALUE_OPERATORS
+    for op, arg in WELL_TYPED.items():
         validate_condition({"field": {op: arg}})
 
 
@@ -67,6 +78,17 @@ def test_every_known_operator_validates() -> None:
         ({"a": {"$not": {"$gtt": 1}}}, "unknown operator '$gtt'"),
         ({"a": {"$elemMatch": {"b": {"$foo": 1}}}}, "unknown operator '$foo'"),
         ({"a": {"$regex": "("}}, "invalid regular expression"),
+        # operands the SDK reads as false for every user (true for $nin, $ne, $notInGroup): was accepted
+        ({"country": {"$in": "NL"}}, "expects a list, got string 'NL'"),
+        ({"country": {"$nin": 5}}, "expects a list, got number 5"),
+        ({"tags": {"$all": "x"}}, "expects a list, got string"),
+        ({"country": {"$in": [["NL"]]}}, "a list or object in the list never matches"),
+        ({"country": {"$eq": ["NL", "DE"]}}, "use $in or $nin"),
+        ({"app": {"$vgte": 1.1}}, "expects a version string, got number 1.1: quote it"),
+        ({"email": {"$exists": "false"}}, "expects true or false, got string 'false'"),
+        ({"age": {"$type": "integer"}}, "unknown type 'integer'"),
+        ({"id": {"$inGroup": ["a"]}}, "expects the name of a saved group"),
+        ({"$not": {"id": {"$elemMatch": {"$in": "a"}}}}, "expects a list"),
     ],
 )
 def test_invalid_conditions_are_rejected(condition: dict, message: str) -> None:

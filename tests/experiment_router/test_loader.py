@@ -466,3 +466,117 @@ def test_overlapping_variation_ranges_name_the_later_range(tmp_path: Path) -> No
     err = _error(_write(tmp_path, body))
     assert (err.field, err.line) == ("experiments[0].variations[1].range", 12)
     assert "[0.0, 0.5] and [0.4, 1.0] overlap" in err.message
+
+
+@pytest.mark.parametrize(
+    ("condition", "field", "message"),
+    [
+        ("{country: {$in: NL}}", "country.$in", "expects a list, got string 'NL'"),  # nobody targeted
+        ("{country: {$nin: NL}}", "country.$nin", "expects a list"),  # nobody targeted either
+        ("{app: {$vgte: 1.10}}", "app.$vgte", "expects a version string, got number 1.1: quote it"),
+        ("{email: {$exists: 'no'}}", "email.$exists", "expects true or false, got string 'no'"),
+        ("{age: {$type: int}}", "age.$type", "unknown type 'int'"),
+        ("{$not: {user_id: {$inGroup: qa-tem}}}", "$not.user_id.$inGroup", "unknown saved group 'qa-tem'"),
+    ],
+)
+def test_a_condition_operand_of_the_wrong_type_names_file_line_and_key(
+    tmp_path: Path, condition: str, field: str, message: str
+) -> None:
+    """The SDK reads such an operand as false for every user (true for $nin, $ne, $notInGroup): these configs
+    loaded and targeted nobody, or everybody, without a word."""
+    groups = "saved_groups: {qa-team: [u1]}\n"
+    path = _write(tmp_path, GOOD_EXPERIMENT + f"    condition: {condition}\n")
+    path.write_text(path.read_text().replace("experiments:\n", groups + "experiments:\n"))
+    err = _error(path)
+    assert (err.file, err.line, err.field) == (str(path), 14, f"experiments[0].condition.{field}")
+    assert message in err.message and "\n" not in err.describe()
+
+
+def test_tab_indented_json_keeps_its_lines_and_refuses_duplicate_keys(tmp_path: Path) -> None:
+    """YAML refuses tabs, so the line map of a tab-indented JSON file (jq --tab, Go's MarshalIndent) was
+    empty: no line in any error, and a duplicate key went through with the last one winning (status: draft)."""
+    data = base_config()
+    path = tmp_path / "exp.json"
+    text = json.dumps(data, indent="\t")
+    text = text.replace('"status": "running",', '"status": "running",\n\t\t\t"status": "draft",')
+    path.write_text(text)
+    err = _error(path)
+    line = text.splitlines().index('\t\t\t"status": "draft",') + 1
+    assert (err.field, err.line, err.message) == ("experiments[0].status", line, "duplicate key 'status'")
+    data["experiments"][0]["coverage"] = 2
+    text = json.dumps(data, indent="\t")
+    path.write_text(text)
+    err = _error(path)
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if '"coverage": 2' in row)
+    assert (err.field, err.line) == ("experiments[0].coverage", line)
+
+
+def test_json_with_a_byte_order_mark_loads_as_yaml_with_one_does(tmp_path: Path) -> None:
+    """A BOM (Notepad writes one) was refused in JSON only, telling the user to 'decode using utf-8-sig'."""
+    for name, text in (
+        ("exp.json", json.dumps(base_config(), indent=2)),
+        ("exp.yaml", HEADER + GOOD_EXPERIMENT),
+    ):
+        path = tmp_path / name
+        path.write_text("\ufeff" + text, encoding="utf-8")
+        assert Router.from_file(path).experiment_keys == ("exp-a",)
+
+
+def test_a_file_that_is_not_utf8_names_the_line_and_column_of_the_first_stray_byte(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_bytes((HEADER + GOOD_EXPERIMENT).replace("name: ranking", "name: rankinÿ").encode("latin-1"))
+    err = _error(path)
+    assert (err.file, err.line) == (str(path), 9)
+    assert err.message == (
+        "cannot read config: not UTF-8 text: byte 0xff (invalid start byte) (column 25); "
+        "save the file as UTF-8"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "message"),
+    [
+        ("key: treatment", 'key: "control "', "variations[1].key", "'control ' has leading or trailing"),
+        ("key: exp-a", 'key: " exp-a"', "key", "' exp-a' has leading or trailing whitespace"),
+        ("key: treatment", 'key: "treat\\tment"', "variations[1].key", "invisible character U+0009"),
+        ("key: treatment", 'key: "control\\u200b"', "variations[1].key", "U+200B (ZERO WIDTH SPACE)"),
+        ("model_name: mmoe+dml", 'model_name: "mmoe\\0dml"', "variations[1].payload.model_name", "U+0000"),
+    ],
+)
+def test_a_key_with_whitespace_around_or_invisible_characters_is_refused(
+    tmp_path: Path, old: str, new: str, field: str, message: str
+) -> None:
+    """'control ' loaded beside 'control': exposures carried a key that reads like another one."""
+    err = _error(_write(tmp_path, GOOD_EXPERIMENT.replace(old, new, 1)))
+    assert err.field == f"experiments[0].{field}" and err.line is not None and message in err.message
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        (
+            GOOD_EXPERIMENT.replace("key: treatment", "key: Control"),
+            "experiments[0].variations[1].key",
+            "variation key 'Control' differs from 'control' (variations[0]) only in case or Unicode form",
+        ),
+        (
+            GOOD_EXPERIMENT.replace("key: control", 'key: "caf\\u00e9"').replace(
+                "key: treatment", 'key: "cafe\\u0301"'
+            ),
+            "experiments[0].variations[1].key",
+            "variation key 'cafe\\u0301' differs from 'caf\\xe9' (variations[0])",
+        ),
+        (
+            GOOD_EXPERIMENT + GOOD_EXPERIMENT.replace("exp-a", "EXP-A").replace("[0.0, 0.5]", "[0.5, 1.0]"),
+            "experiments[1].key",
+            "experiment key 'EXP-A' differs from 'exp-a' (experiments[0])",
+        ),
+    ],
+)
+def test_keys_differing_only_in_case_or_unicode_form_are_refused(
+    tmp_path: Path, body: str, field: str, message: str
+) -> None:
+    """Two arms 'control' and 'Control' loaded: reports showed two that read alike, case-insensitive SQL
+    merged them."""
+    err = _error(_write(tmp_path, body))
+    assert err.field == field and err.line is not None and message in err.message, err.describe()

@@ -250,3 +250,36 @@ def test_a_deleted_file_is_reported_once_and_its_return_is_applied(
     assert watcher.check_now() is True and watcher.current.experiment_keys == ("exp-a", "exp-b")
     path.unlink()
     assert watcher.check_now() is False and len(errors) == 2  # a new deletion is reported again
+
+
+def test_a_rejected_reload_logs_one_line_per_problem_each_with_file_and_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two problems were logged as one record of two lines: the second had no time, level or logger."""
+    path = tmp_path / "exp.yaml"
+    data = base_config()
+    _write(path, data, 0)
+    watcher = ConfigWatcher(path, settle_s=0)
+    for variation in data["experiments"][0]["variations"]:
+        variation["weight"] = -1
+    _write(path, data, 10)
+    failures = _count("failure")
+    with caplog.at_level(logging.ERROR, logger="experiment_router.reload"):
+        assert watcher.check_now() is False
+    assert _count("failure") == failures + 1
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2 and all("\n" not in m for m in messages)
+    for message, index in zip(messages, (0, 1), strict=True):
+        assert message.startswith(f"experiment config {path} rejected, keeping the previous one: {path}:")
+        assert f"variations[{index}].weight" in message
+
+
+def test_a_reload_of_a_file_that_is_not_utf8_names_the_line_of_the_stray_byte(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    _write(path, base_config(), 0)
+    errors: list[ConfigError] = []
+    watcher = ConfigWatcher(path, on_error=errors.append, settle_s=0)
+    path.write_bytes(yaml.safe_dump(base_config()).replace("exp-a", "exp-\xe9").encode("latin-1"))
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    assert watcher.check_now() is False
+    assert len(errors) == 1 and errors[0].line is not None and "byte 0xe9" in errors[0].message
