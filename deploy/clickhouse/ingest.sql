@@ -78,8 +78,9 @@ SETTINGS
 -- set, and passes on no events); a Null table keeps no rows, its views see each block. The readers' rule is
 -- written once, here, as two columns that each view reading them computes (ALIAS): per event, its kind (its
 -- payload: Exposure or Outcome; Event when it has none) and its problem: "" when it is read, else the field
--- at fault as the Python consumer names it (kind "Outcome", problem "metric"). The four views keep the events
--- without a problem; kafka_rejected_mv counts the others in rejected_events.
+-- at fault as the Python consumer names it (kind "Outcome", problem "metric"); heads and unsendable are its
+-- steps. The four views keep the events without a problem; kafka_rejected_mv counts the others in
+-- rejected_events.
 --
 -- The rule is received_event_problem in analytics/events/messages.py, which the Python consumer applies
 -- (tests/deploy checks that both keep the same events and name the same fields), in its order: an event is
@@ -98,58 +99,56 @@ ALTER TABLE kafka_records
         -- as text: = on an unset item_id (NULL) is NULL
         toString(e.outcome) != toString(defaultValueOfArgumentType(e.outcome)), 'Outcome',
         'Event'), events),
+    -- the fields both kinds have, of the event's own payload, so that the checks on them are written once
+    ADD COLUMN heads Array(Tuple(event_id String, schema_version Int32, request_id String, user_id String,
+        experiment_key String, variant_key String, event_time_ms Int64)) ALIAS arrayMap((kind, x, o) ->
+        if(kind = 'Exposure', (x.event_id, x.schema_version, x.request_id, x.user_id, x.experiment_key,
+            x.variant_key, x.event_time_ms), (o.event_id, o.schema_version, o.request_id, o.user_id,
+            o.experiment_key, o.variant_key, o.event_time_ms)), kinds, events.exposure, events.outcome),
     -- event_problem: what producers check before they send
-    ADD COLUMN unsendable Array(String) ALIAS arrayMap((kind, x, o) -> multiIf(
-        kind = 'Exposure', multiIf(
-            x.user_id = '', 'user_id',
-            length(x.user_id) > 512, 'user_id',
-            length(x.request_id) > 512, 'request_id',
-            length(x.event_id) > 512, 'event_id',
-            length(x.experiment_key) > 256, 'experiment_key',
-            length(x.variant_key) > 256, 'variant_key',
-            length(x.stage) > 256, 'stage',
-            length(x.model.name) > 256, 'model.name',
-            length(x.model.version) > 256, 'model.version',
-            x.schema_version NOT IN (0, 1, 2), 'schema_version',
-            NOT (x.schema_version = 2 OR (x.schema_version = 0 AND notEmpty(x.arms))),
-                if(empty(x.teams) AND empty(x.arms), '', 'teams'),
-            length(x.arms) != 2, 'arms',
-            length(x.teams) != length(x.item_ids), 'teams',
-            NOT arrayAll(t -> t <= 1, x.teams), 'teams',
-            x.request_id = '', 'request_id',
-            length(arrayDistinct(x.item_ids)) != length(x.item_ids), 'item_ids',
-            arrayFirst(field -> field != '', arrayFlatten(arrayMap((a, i) -> [
-                if(length(a.key) > 256, concat('arms[', toString(i - 1), '].key'), ''),
-                if(length(a.model.name) > 256, concat('arms[', toString(i - 1), '].model.name'), ''),
-                if(length(a.model.version) > 256, concat('arms[', toString(i - 1), '].model.version'), '')],
-                x.arms, arrayEnumerate(x.arms))))),
+    ADD COLUMN unsendable Array(String) ALIAS arrayMap((kind, h, x, o) -> multiIf(
+        kind = 'Event', 'payload',
+        h.user_id = '', 'user_id',
+        kind = 'Outcome' AND o.metric = '', 'metric',
+        kind = 'Outcome' AND NOT isFinite(o.value), 'value',
+        length(h.user_id) > 512, 'user_id',
+        length(h.request_id) > 512, 'request_id',
+        length(h.event_id) > 512, 'event_id',
+        length(h.experiment_key) > 256, 'experiment_key',
+        length(h.variant_key) > 256, 'variant_key',
         kind = 'Outcome', multiIf(
-            o.user_id = '', 'user_id',
-            o.metric = '', 'metric',
-            NOT isFinite(o.value), 'value',
-            length(o.user_id) > 512, 'user_id',
-            length(o.request_id) > 512, 'request_id',
-            length(o.event_id) > 512, 'event_id',
-            length(o.experiment_key) > 256, 'experiment_key',
-            length(o.variant_key) > 256, 'variant_key',
             length(o.metric) > 256, 'metric',
-            o.schema_version != 0 AND o.schema_version != 1, 'schema_version',
+            o.schema_version NOT IN (0, 1), 'schema_version',
             ''),
-        'payload'), kinds, events.exposure, events.outcome),
+        length(x.stage) > 256, 'stage',
+        length(x.model.name) > 256, 'model.name',
+        length(x.model.version) > 256, 'model.version',
+        x.schema_version NOT IN (0, 1, 2), 'schema_version',
+        NOT (x.schema_version = 2 OR (x.schema_version = 0 AND notEmpty(x.arms))),
+            if(empty(x.teams) AND empty(x.arms), '', 'teams'),
+        length(x.arms) != 2, 'arms',
+        length(x.teams) != length(x.item_ids), 'teams',
+        NOT arrayAll(t -> t <= 1, x.teams), 'teams',
+        x.request_id = '', 'request_id',
+        length(arrayDistinct(x.item_ids)) != length(x.item_ids), 'item_ids',
+        arrayFirst(field -> field != '', arrayFlatten(arrayMap((a, i) -> [
+            if(length(a.key) > 256, concat('arms[', toString(i - 1), '].key'), ''),
+            if(length(a.model.name) > 256, concat('arms[', toString(i - 1), '].model.name'), ''),
+            if(length(a.model.version) > 256, concat('arms[', toString(i - 1), '].model.version'), '')],
+            x.arms, arrayEnumerate(x.arms))))), kinds, heads, events.exposure, events.outcome),
     -- then what every producer sets (complete())
-    ADD COLUMN problems Array(String) ALIAS arrayMap((kind, x, o, unsent) -> multiIf(
+    ADD COLUMN problems Array(String) ALIAS arrayMap((h, unsent) -> multiIf(
         unsent != '', unsent,
-        kind = 'Exposure', multiIf(x.event_id = '', 'event_id', x.schema_version = 0, 'schema_version',
-            x.event_time_ms = 0, 'event_time_ms', ''),
-        kind = 'Outcome', multiIf(o.event_id = '', 'event_id', o.schema_version = 0, 'schema_version',
-            o.event_time_ms = 0, 'event_time_ms', ''),
-        ''), kinds, events.exposure, events.outcome, unsendable);
+        h.event_id = '', 'event_id',
+        h.schema_version = 0, 'schema_version',
+        h.event_time_ms = 0, 'event_time_ms',
+        ''), heads, unsendable);
 
 -- What the ingestion refuses, per day of ingestion: the labels and counts of the Python consumer's
 -- mtrank_analytics_events_rejected_total (reason "invalid": events, under the field at fault;
--- "undecodable": records that are no EventBatch, or one of no events). Data, like the event tables: created
--- if missing and never dropped, so its counts outlive every apply of this file. Parts are summed as they
--- merge: read it with sum(events) (deploy/README.md).
+-- "undecodable": records that are no EventBatch, one of no events, or one holding a string that is not
+-- UTF-8). Data, like the event tables: created if missing and never dropped, so its counts outlive every
+-- apply of this file. Parts are summed as they merge: read it with sum(events) (deploy/README.md).
 CREATE TABLE IF NOT EXISTS rejected_events
 (
     day Date,
@@ -228,7 +227,10 @@ ARRAY JOIN events AS e, kinds AS kind, problems AS problem
 WHERE kind = 'Outcome' AND problem = '' AND e.outcome.request_id != '' AND e.outcome.item_id IS NOT NULL;
 
 -- Last: the one view on the Kafka table, which starts consumption (see the top of this file). A record that
--- does not decode passes on no events (kafka_rejected_mv counts it).
+-- does not decode passes on no events (kafka_rejected_mv counts it), nor does one holding a string that is
+-- not UTF-8: protobuf parsers refuse a proto3 string that is not (the Python consumer's: the record is
+-- undecodable to it), ProtobufSingle reads its bytes. As text (quoted strings are written byte for byte, all
+-- else is ASCII), the record is UTF-8 when each of its strings is, whatever fields they are.
 CREATE MATERIALIZED VIEW kafka_records_mv TO kafka_records AS
-SELECT if(_error = '', events, []) AS events
+SELECT if(_error = '' AND isValidUTF8(toString(events)), events, []) AS events
 FROM kafka_events;

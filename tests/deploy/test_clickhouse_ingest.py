@@ -13,9 +13,11 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from kafka import KafkaProducer
 
 from analytics.consumer.processor import EVENTS_REJECTED, decode_into
@@ -29,14 +31,15 @@ from analytics.events.messages import (
 from analytics.kafka.broker import DEFAULT_TOPICS, EmbeddedBroker
 from analytics.store import ExposureColumns, OutcomeColumns, open_store
 from analytics.store.base import InterleavedColumns, ItemOutcomeColumns
-from analytics.store.clickhouse_store import ClickHouseEventStore
+from analytics.store.clickhouse_store import ChdbClient, ClickHouseEventStore
 from deploy import clickhouse_configmap
-from proto import events_pb2
-from tests.analytics.invalid_events import AT_THE_LIMITS, INVALID
+from proto import events_pb2, limits
+from tests.analytics.invalid_events import AT_THE_LIMITS, INVALID, Event
 from tests.deploy.test_deploy_files import COMPOSE_FILE, K8S_BASE, _load_all
 
 ROOT = Path(__file__).resolve().parents[2]
 INGEST = ROOT / "deploy" / "clickhouse" / "ingest.sql"
+SCHEMA = ROOT / "analytics" / "store" / "clickhouse_schema.sql"
 EVENT_TABLES = ("exposures", "outcomes", "interleaved", "item_outcomes")
 BEFORE_THE_READERS_RULE = "5cf352b"  # ingest.sql whose views kept events that producers refuse
 NO_BROKER = "127.0.0.1:9"  # the Kafka table of a test that feeds kafka_records itself: nothing listens there
@@ -122,22 +125,31 @@ def _rejected_by_clickhouse(store: ClickHouseEventStore) -> collections.Counter[
 
 
 def _feed(store: ClickHouseEventStore, records: list[bytes], folder: Path) -> None:
-    """Pass ``records`` to kafka_records as kafka_records_mv does, from a file of each: decoded by ClickHouse's
-    ProtobufSingle format, or (one it cannot decode, which the Kafka table's 'stream' mode marks) no events.
-    Through the views they reach the event tables and rejected_events."""
-    table = f"{store.client.database}.kafka_records"
+    """Pass ``records`` to kafka_records through kafka_records_mv's own SELECT, reading in place of the
+    Kafka table what it gives in 'stream' mode: a record decoded by ClickHouse's ProtobufSingle format (from
+    a file of it) and no _error, or (one it cannot decode) no events and an _error. Through the views they
+    reach the event tables and rejected_events."""
     for i, record in enumerate(records):
         path = folder / f"record{i}.bin"
         path.write_bytes(record)
-        source = f"file('{path}', 'ProtobufSingle', '{_kafka_structure()}')"
         try:
-            store.client.command(
-                f"INSERT INTO {table} (events) SELECT events FROM {source}"
-                " SETTINGS format_schema = 'proto/events.proto:EventBatch'"
-            )
+            _insert_records(store, f"SELECT events, '' AS _error FROM file('{path}', 'ProtobufSingle', "
+                                   f"'{_kafka_structure()}')")  # fmt: skip
         except RuntimeError as exc:
             assert "Protobuf" in str(exc) or "protobuf" in str(exc), exc
-            store.client.command(f"INSERT INTO {table} VALUES ([])")
+            _insert_records(store, "SELECT [] AS events, 'undecodable' AS _error")
+
+
+def _insert_records(store: ClickHouseEventStore, kafka_table: str) -> None:
+    """Run kafka_records_mv's SELECT (as ingest.sql writes it) over ``kafka_table`` (a query standing in for
+    the Kafka table), into kafka_records."""
+    (view,) = [s for s in _statements() if s.startswith("CREATE MATERIALIZED VIEW kafka_records_mv ")]
+    select = view[view.index(" AS\n") + len(" AS\n") :]
+    assert select.endswith("\nFROM kafka_events"), select
+    store.client.command(
+        f"INSERT INTO {store.client.database}.kafka_records (events) {select.removesuffix('kafka_events')}"
+        f"({kafka_table}) SETTINGS format_schema = 'proto/events.proto:EventBatch'"
+    )
 
 
 def _both_readers(
@@ -169,6 +181,10 @@ def test_the_materialised_views_decode_event_batches_like_the_python_consumer(
     )
 
 
+def _encode(event: Event) -> bytes:
+    return encode_outcome(event) if isinstance(event, events_pb2.Outcome) else encode_exposure(event)
+
+
 def test_the_materialised_views_skip_what_producers_would_not_send(
     chdb_store: ClickHouseEventStore, tmp_path: Path
 ) -> None:
@@ -178,9 +194,7 @@ def test_the_materialised_views_skip_what_producers_would_not_send(
     invalid = {name: build() for name, (build, _) in INVALID.items()}
     valid = {name: build() for name, build in AT_THE_LIMITS.items()}
     events = [*valid.values(), *invalid.values()]
-    record = frame_batch(
-        encode_outcome(e) if isinstance(e, events_pb2.Outcome) else encode_exposure(e) for e in events
-    )
+    record = frame_batch(_encode(e) for e in events)
     found, decoded = _both_readers(chdb_store, [record], tmp_path)
     for table in found:
         assert sorted(found[table]) == sorted(decoded[table]), table
@@ -201,9 +215,7 @@ def test_the_views_count_what_they_refuse_as_the_python_consumer_does(
     invalid = [build() for build, _ in INVALID.values()]
     valid = [build() for build in AT_THE_LIMITS.values()]
     events = [*valid[:3], *invalid, *valid[3:]]
-    record = frame_batch(
-        encode_outcome(e) if isinstance(e, events_pb2.Outcome) else encode_exposure(e) for e in events
-    )
+    record = frame_batch(_encode(e) for e in events)
     before = _rejected_by_python()
     _both_readers(chdb_store, [record, *UNDECODABLE], tmp_path)
     by_python = _rejected_by_python() - before
@@ -228,6 +240,100 @@ def test_reapplying_ingest_keeps_the_rejected_counts(
     _apply(chdb_store, INGEST.read_text(), NO_BROKER)
     _feed(chdb_store, [UNDECODABLE[0]], tmp_path)
     assert _rejected_by_clickhouse(chdb_store) == {("undecodable", ""): 2}
+
+
+def _string_fields(descriptor: Descriptor, prefix: str = "") -> list[str]:
+    """Every string field of a message and of its submessages, named as readers name them (``model.name``;
+    ``arms[0].key``: the first of the repeated arms): read from the proto, so a field added there is
+    checked."""
+    fields = []
+    for field in descriptor.fields:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            fields.append(prefix + field.name)
+        elif field.message_type is not None:
+            index = "[0]" if field.is_repeated else ""
+            fields += _string_fields(field.message_type, f"{prefix}{field.name}{index}.")
+    return fields
+
+
+def _with_string(kind: type[Event], field: str, value: str) -> Event:
+    """A valid event of ``kind`` (an exposure: an interleaving one, which has arms) with the string ``field``
+    (as ``_string_fields`` names it) set to ``value``."""
+    if kind is events_pb2.Exposure:
+        event: Event = make_exposure("u1", "il", "interleaved", request_id="r1", item_ids=[3, 4],
+                                     teams=[0, 1], arms=ARMS, event_time_ms=5)  # fmt: skip
+    else:
+        event = make_outcome("u1", "click", 1.0, request_id="r1", item_id=4, event_time_ms=7)
+    *path, name = field.split(".")
+    holder: Any = event
+    for part in path:
+        attribute, _, index = part.partition("[")
+        holder = getattr(holder, attribute)
+        holder = holder[int(index.removesuffix("]"))] if index else holder
+    setattr(holder, name, value)
+    return event
+
+
+STRING_FIELDS = [(kind, field) for kind in (events_pb2.Exposure, events_pb2.Outcome)
+                 for field in _string_fields(kind.DESCRIPTOR)]  # fmt: skip
+NOT_UTF8 = (b"\xff", b"\xc3Z", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x80", b"\xf0\x9f\x98")
+"""No UTF-8: a byte no text has, a lead byte without its continuation, an overlong "/", a surrogate, a code
+point past U+10FFFF, a lone continuation byte, a truncated emoji."""
+
+
+def test_both_readers_hold_every_string_field_to_its_limit_under_its_name(
+    chdb_store: ClickHouseEventStore, tmp_path: Path
+) -> None:
+    """Every string field (from the proto) of each kind one byte over its limit (in two-byte characters:
+    bytes, not characters, count) is refused by both readers under its name; at its limit, kept by both. The
+    views check the fields both kinds have once (kafka_records.heads): this holds them to the Python rule for
+    each kind, fields that INVALID leaves out (an exposure's request id, say) included."""
+    over, at = [], []
+    for kind, field in STRING_FIELDS:
+        is_id = field in ("user_id", "request_id", "event_id")
+        limit = limits.MAX_ID_BYTES if is_id else limits.MAX_NAME_BYTES
+        over.append(_with_string(kind, field, "é" * (limit // 2) + "a"))
+        at.append(_with_string(kind, field, "é" * (limit // 2)))
+    before = _rejected_by_python()
+    found, decoded = _both_readers(chdb_store, [frame_batch(_encode(e) for e in [*at, *over])], tmp_path)
+    for table in found:
+        assert sorted(found[table]) == sorted(decoded[table]), table
+    assert {row[0] for table in ("exposures", "outcomes") for row in found[table]} == {e.event_id for e in at}
+    by_python = _rejected_by_python() - before
+    assert _rejected_by_clickhouse(chdb_store) == by_python
+    assert by_python == {("invalid", f"{kind.__name__}.{field}"): 1 for kind, field in STRING_FIELDS}
+
+
+def _not_utf8(kind: type[Event], field: str, bad: bytes) -> bytes:
+    """A record of a valid event of ``kind`` and one whose string ``field`` holds the bytes ``bad``."""
+    placeholder = "~" * len(bad)  # as long as the bytes it stands for: every length prefix stays right
+    event = _encode(_with_string(kind, field, placeholder))
+    assert event.count(placeholder.encode()) == 1, field
+    valid = _encode(_with_string(kind, "user_id", "u2"))
+    return frame_batch([valid, event.replace(placeholder.encode(), bad)])
+
+
+def test_the_views_refuse_a_record_holding_a_string_that_is_not_utf8_as_the_python_consumer_does(
+    chdb_store: ClickHouseEventStore, tmp_path: Path
+) -> None:
+    """Protobuf parsers refuse a string field (proto3) that is not UTF-8, the Python consumer's too: the
+    whole record is undecodable to it. ClickHouse's ProtobufSingle read the bytes, and the views stored the
+    events (16 records through a real broker, each with one string field that is not UTF-8: all their events
+    stored, none counted). Every string field (from the proto) of each kind, in a record beside a valid
+    event: both readers keep neither event, and count the record as undecodable; the valid records around
+    them are read."""
+    bad_records = [
+        _not_utf8(kind, field, NOT_UTF8[i % len(NOT_UTF8)]) for i, (kind, field) in enumerate(STRING_FIELDS)
+    ]
+    before = _rejected_by_python()
+    records = _records()
+    found, decoded = _both_readers(chdb_store, [records[0], *bad_records, *records[1:]], tmp_path)
+    for table in found:
+        assert sorted(found[table]) == sorted(decoded[table]), table
+    assert len(found["exposures"]) == 3 and len(found["outcomes"]) == 5
+    by_python = _rejected_by_python() - before
+    assert _rejected_by_clickhouse(chdb_store) == by_python
+    assert by_python["undecodable", ""] == len(bad_records) == len(STRING_FIELDS) > 15
 
 
 def test_the_kafka_table_reads_both_topics_as_event_batches() -> None:
@@ -285,20 +391,41 @@ def _exists(store: ClickHouseEventStore, name: str) -> bool:
     return bool(rows[0][0])
 
 
-def _kafka_objects(store: ClickHouseEventStore) -> dict[str, str]:
-    """The Kafka table, views, Null table and counts of the store's database: name -> CREATE statement."""
+def _tables(store: ClickHouseEventStore) -> dict[str, str]:
+    """The tables and views of the store's database: name -> CREATE statement."""
     database = store.client.database
     _, rows = store.client.query(
         f"SELECT name, create_table_query FROM system.tables WHERE database = '{database}'"
-        " AND (name LIKE 'kafka%' OR name = 'rejected_events')"
     )
     return {name: create.replace(f"{database}.", "") for name, create in rows}
 
 
-def _git_show(revision: str) -> str:
-    """ingest.sql as of ``revision``: what an install made then holds."""
+def _kafka_objects(store: ClickHouseEventStore) -> dict[str, str]:
+    """The Kafka table, views, Null table and counts of the store's database: name -> CREATE statement."""
+    return {
+        name: create
+        for name, create in _tables(store).items()
+        if name.startswith("kafka") or name == "rejected_events"
+    }
+
+
+def _differing(found: dict[str, str], expected: dict[str, str]) -> list[str]:
+    """The names whose CREATE statements differ, or that one of the two lacks."""
+    return sorted(name for name in {*found, *expected} if found.get(name) != expected.get(name))
+
+
+def _git_log(path: Path) -> list[str]:
+    """The commits that changed ``path``, newest first."""
     return subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{revision}:deploy/clickhouse/ingest.sql"],
+        ["git", "-C", str(ROOT), "log", "--format=%h", "--abbrev=7", "--", str(path.relative_to(ROOT))],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+
+
+def _git_show(revision: str, path: Path = INGEST) -> str:
+    """``path`` (ingest.sql) as of ``revision``: what an install made then holds."""
+    return subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{revision}:{path.relative_to(ROOT)}"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
 
@@ -321,10 +448,7 @@ def test_applying_ingest_over_each_earlier_install_gives_what_a_fresh_install_ha
     """CREATE ... IF NOT EXISTS kept an install's views and Kafka columns: over the install of 5cf352b the
     current file failed on its first view (the old Kafka table has no exposure stage) and left the old ones
     ingesting; over 4090007's, 5cf352b's file kept the Int64 item id and its item outcome view silently."""
-    log = subprocess.run(
-        ["git", "-C", str(ROOT), "log", "--format=%h", "--abbrev=7", "--", "deploy/clickhouse/ingest.sql"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+    log = _git_log(INGEST)
     assert BEFORE_THE_READERS_RULE in log
     differing = {}
     for revision in log:
@@ -336,10 +460,57 @@ def test_applying_ingest_over_each_earlier_install_gives_what_a_fresh_install_ha
             upgraded = _kafka_objects(store)
         finally:
             store.close()
-        differing[revision] = sorted(
-            name for name in {*upgraded, *fresh_install} if upgraded.get(name) != fresh_install.get(name)
-        )
+        differing[revision] = _differing(upgraded, fresh_install)
     assert differing == {revision: [] for revision in log}
+
+
+def _schema_install(schema: str) -> ClickHouseEventStore:
+    """A database whose tables ``schema`` (a clickhouse_schema.sql) created, then started as init.sh starts
+    one: the current clickhouse_schema.sql applied over them (the store applies it once more: IF NOT
+    EXISTS)."""
+    client = ChdbClient()
+    try:
+        client.command(f"USE {client.database}")
+        try:
+            for text in (schema, SCHEMA.read_text()):
+                for statement in _statements(text):
+                    client.command(statement)
+        finally:
+            client.command("USE default")
+        return ClickHouseEventStore(client)
+    except BaseException:
+        client.close()
+        raise
+
+
+def test_a_start_gives_an_install_of_each_earlier_schema_the_tables_a_fresh_one_has(
+    chdb_store: ClickHouseEventStore, tmp_path: Path
+) -> None:
+    """init.sh creates the event tables IF NOT EXISTS: an install keeps the columns its first start gave them,
+    and no start migrates them. None needs to: no table's columns changed in the schema's history (c5ff4b9,
+    4155bec, 5cf352b); 4155bec added two tables, which a start creates. A change to a table's columns (or its
+    engine or order) without a migration fails here. The install of the oldest schema, started on the current
+    files, ingests as the Python consumer reads (``chdb_store`` holds the protos)."""
+    log = _git_log(SCHEMA)
+    assert "CREATE TABLE IF NOT EXISTS interleaved" not in _git_show(log[-1], SCHEMA)
+    fresh = _schema_install("")
+    try:
+        expected = _tables(fresh)
+    finally:
+        fresh.close()
+    differing = {}
+    for revision in log:
+        store = _schema_install(_git_show(revision, SCHEMA))
+        try:
+            differing[revision] = _differing(_tables(store), expected)
+            if revision == log[-1]:
+                found, decoded = _both_readers(store, _records(), tmp_path)
+        finally:
+            store.close()
+    assert differing == {revision: [] for revision in log}
+    assert set(expected) == {*EVENT_TABLES, "offsets"}
+    for table in EVENT_TABLES:
+        assert sorted(found[table]) == sorted(decoded[table]) and found[table], table
 
 
 def test_applying_ingest_twice_gives_what_applying_it_once_does(
@@ -414,7 +585,8 @@ def test_an_install_upgraded_while_it_ingests_kafka_loses_and_repeats_no_event(
     """The install of 5cf352b ingests a real broker; the current file is applied over it; what the producers
     write after is read by the new views from the group's committed offsets: every event once, through all four
     views (Kafka table -> kafka_records_mv -> Null table -> views), the refused outcome only before, and counted
-    with the undecodable records after."""
+    with the undecodable records after (a record with a metric that is not UTF-8 among them: its outcomes were
+    stored)."""
     with EmbeddedBroker(partitions=1, data_dir=tmp_path) as broker:
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
         try:
@@ -425,7 +597,8 @@ def test_an_install_upgraded_while_it_ingests_kafka_loses_and_repeats_no_event(
             _wait_for(chdb_store, before, timeout_s=240)
 
             _apply(chdb_store, INGEST.read_text(), broker.bootstrap)
-            for record in UNDECODABLE:  # ahead of the traffic, in its partition
+            not_utf8 = _not_utf8(events_pb2.Outcome, "metric", NOT_UTF8[0])
+            for record in (*UNDECODABLE, not_utf8):  # ahead of the traffic, in its partition
                 producer.send(DEFAULT_TOPICS[1], record)
             exposures, outcomes = _traffic()
             _send(producer, exposures, outcomes)
@@ -433,8 +606,8 @@ def test_an_install_upgraded_while_it_ingests_kafka_loses_and_repeats_no_event(
             _wait_for(chdb_store, after, timeout_s=240)
             expected = {table: sorted(before[table] + after[table]) for table in EVENT_TABLES}
             assert _event_ids(chdb_store) == expected  # each event once: none lost, none read twice
-            # the refused outcome and the undecodable records (Kafka's 'stream' mode), counted once
-            rejected = {("invalid", "Outcome.metric"): 1, ("undecodable", ""): len(UNDECODABLE)}
+            # the refused outcome and the undecodable records (Kafka's 'stream' mode; not UTF-8), counted once
+            rejected = {("invalid", "Outcome.metric"): 1, ("undecodable", ""): len(UNDECODABLE) + 1}
             deadline = time.monotonic() + 60  # the views of one block write one after the other
             while _rejected_by_clickhouse(chdb_store) != rejected and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -455,7 +628,7 @@ def test_compose_clickhouse_is_wired_to_kafka_the_schema_and_the_protos() -> Non
     mounts = dict(m.rsplit(":", 2)[:2] for m in clickhouse["volumes"] if m.startswith("."))
     sql_dir = env["MTRANK_SQL_DIR"]
     targets = {target: (COMPOSE_FILE.parent / source).resolve() for source, target in mounts.items()}
-    assert targets[f"{sql_dir}/clickhouse_schema.sql"] == ROOT / "analytics/store/clickhouse_schema.sql"
+    assert targets[f"{sql_dir}/clickhouse_schema.sql"] == SCHEMA
     assert targets[f"{sql_dir}/ingest.sql"] == INGEST
     assert targets["/var/lib/clickhouse/format_schemas/proto"] == ROOT / "proto"
     assert targets["/docker-entrypoint-initdb.d/init.sh"] == ROOT / "deploy/clickhouse/init.sh"
@@ -489,7 +662,7 @@ def test_compose_and_k8s_apply_ingest_on_every_start() -> None:
     assert compose["CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS"] and env["CLICKHOUSE_ALWAYS_RUN_INITDB_SCRIPTS"]
 
 
-@pytest.mark.parametrize("path", [INGEST, ROOT / "analytics/store/clickhouse_schema.sql"])
+@pytest.mark.parametrize("path", [INGEST, SCHEMA])
 def test_sql_files_have_no_tabs_and_end_with_a_newline(path: Path) -> None:
     text = path.read_text()
     assert text.endswith("\n") and "\t" not in text  # the ConfigMap embeds them as YAML block scalars
