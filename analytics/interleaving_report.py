@@ -26,18 +26,20 @@ from analytics.stats.messages import INTERLEAVING_MESSAGES
 @dataclass(frozen=True)
 class TestReport:
     """One test: estimate, interval (always-valid when sequential) and two-sided p-value, or an error code
-    (``analytics.stats.messages``) when the data cannot tell yet."""
+    (``analytics.stats.messages``) with its text (``error_message``) when the data cannot tell yet."""
 
     estimate: float | None
     ci: tuple[float, float] | None
     p_value: float | None
     significant: bool
     error: str | None
+    error_message: str | None = None
 
     @classmethod
     def of(cls, test: PreferenceTest, alpha: float) -> TestReport:
         significant = test.p_value is not None and test.p_value < alpha
-        return cls(test.estimate, test.ci, test.p_value, significant, test.error)
+        message = None if test.error is None else INTERLEAVING_MESSAGES.get(test.error, test.error)
+        return cls(test.estimate, test.ci, test.p_value, significant, test.error, message)
 
 
 @dataclass(frozen=True)
@@ -174,14 +176,14 @@ def format_interleaving_table(report: dict[str, Any]) -> str:
         "",
         f"  {text_format.columns(('test', 'estimate', 'ci', 'p'), widths)}  verdict",
     ]
-    errors = set()
+    errors: dict[str, str] = {}
     for name, test, pattern in (
         ("preference delta (sign test)", il["preference"], "+.2%"),
         ("credit B - A per user (t-test)", il["credit"], "+.4f"),
     ):
         verdict = test["error"] or ("significant" if test["significant"] else "not significant")
         if test["error"]:
-            errors.add(test["error"])
+            errors[test["error"]] = test["error_message"]
         cells = (
             name,
             text_format.number(test["estimate"], pattern),
@@ -193,5 +195,5 @@ def format_interleaving_table(report: dict[str, Any]) -> str:
         arm = a if il["preferred"] == "A" else b
         lines.append(f"  users prefer {il['preferred']} ({_arm_text(arm)})")
     if errors:
-        lines += [""] + [f"{code}: {INTERLEAVING_MESSAGES.get(code, code)}" for code in sorted(errors)]
+        lines += [""] + [f"{code}: {message}" for code, message in sorted(errors.items())]
     return "\n".join(lines)

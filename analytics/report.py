@@ -63,15 +63,17 @@ class VariantMetricResult:
     """One variant on one metric. Lift fields are null for the control row.
 
     ``value`` is the variant's metric value (CUPED-adjusted when the metric uses CUPED, see
-    ``unadjusted_value``); ``p_value`` belongs to the report's ``difference_type``; ``significant`` means
-    ``adjusted_p_value < alpha``.
+    ``unadjusted_value``); both are null for a variant without users (a mean over nobody is undefined), whose
+    lifts, p-values and chance to win are null too. ``p_value`` belongs to the report's ``difference_type``;
+    ``significant`` means ``adjusted_p_value < alpha``. ``error`` is a code of ``analytics.stats.messages``
+    (null: none) and ``error_message`` its text.
     """
 
     variant: str
     is_control: bool
     users: int
-    value: float
-    unadjusted_value: float
+    value: float | None
+    unadjusted_value: float | None
     absolute_lift: Lift | None = None
     relative_lift: Lift | None = None
     p_value: float | None = None
@@ -82,6 +84,12 @@ class VariantMetricResult:
     sequential: bool = False
     chance_to_win: float | None = None
     error: str | None = None
+    error_message: str | None = None
+
+
+def _error_message(code: str | None) -> str | None:
+    """The text of an error code, so the JSON says what went wrong, not only which code."""
+    return None if code is None else MESSAGES.get(code, code)
 
 
 @dataclass(frozen=True)
@@ -372,18 +380,8 @@ def _variant_rows(
     rows = []
     for key, stat in stats.items():
         comparison = comparisons.get(key)
-        if key == control or comparison is None:
-            value = control_value if key == control and control_value is not None else stat.mean
-            rows.append(
-                VariantMetricResult(
-                    variant=key,
-                    is_control=key == control,
-                    users=stat.n,
-                    value=value,
-                    unadjusted_value=stat.unadjusted_mean,
-                    sequential=settings.sequential,
-                )
-            )
+        if key == control or comparison is None or stat.n == 0:
+            rows.append(_row_without_lift(key, stat, key == control, control_value, comparison, settings))
             continue
         primary = comparison.primary(settings.difference_type)
         adjusted_p = adjusted.get(key)
@@ -404,9 +402,35 @@ def _variant_rows(
                 sequential=settings.sequential,
                 chance_to_win=comparison.bayesian.chance_to_win,
                 error=primary.error,
+                error_message=_error_message(primary.error),
             )
         )
     return rows
+
+
+def _row_without_lift(
+    key: str,
+    stat: TestStatistic,
+    is_control: bool,
+    control_value: float | None,
+    comparison: Comparison | None,
+    settings: AnalysisSettings,
+) -> VariantMetricResult:
+    """The control's row, or a variant's that has nothing to compare: no users (its value is null, not the
+    0.0 of an empty sum or a CUPED adjustment of nobody) or no control to compare with."""
+    value = control_value if is_control and control_value is not None else stat.mean
+    error = None if is_control or comparison is None else comparison.primary(settings.difference_type).error
+    empty = stat.n == 0
+    return VariantMetricResult(
+        variant=key,
+        is_control=is_control,
+        users=stat.n,
+        value=None if empty else value,
+        unadjusted_value=None if empty else stat.unadjusted_mean,
+        sequential=settings.sequential,
+        error=error,
+        error_message=_error_message(error),
+    )
 
 
 def analyse_metrics(
@@ -594,7 +618,7 @@ def format_report_table(report: dict[str, Any]) -> str:
         ),
         *text_format.window_lines(report),
     ]
-    errors: set[str] = set()
+    errors: dict[str, str] = {}
     widths = (-16, 8, 11, 9, 21, 8, 8)
     titles = ("variant", "users", "value", "lift", "ci", "p", "p adj")
     header = f"  {text_format.columns(titles, widths)}  sig"
@@ -607,7 +631,7 @@ def format_report_table(report: dict[str, Any]) -> str:
             mark = "control" if row["is_control"] else ("yes" if row["significant"] else "no")
             if row["error"]:
                 mark = row["error"]
-                errors.add(row["error"])
+                errors[row["error"]] = row["error_message"]
             cells = (
                 name(row["variant"]),
                 str(row["users"]),
@@ -619,5 +643,5 @@ def format_report_table(report: dict[str, Any]) -> str:
             )
             lines.append(f"  {text_format.columns(cells, widths)}  {mark}")
     if errors:
-        lines += [""] + [f"{code}: {MESSAGES.get(code, code)}" for code in sorted(errors)]
+        lines += [""] + [f"{code}: {message}" for code, message in sorted(errors.items())]
     return "\n".join(lines)

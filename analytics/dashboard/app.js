@@ -30,7 +30,8 @@ const state = {
 // Every number is shown with a fixed, documented precision so the browser test can compare the text with
 // the JSON report: lifts and CIs in % with 2 decimals (2 significant digits below 0.005%), p-values with 4
 // decimals (or "<0.0001"), values with 4 significant digits (in exponent notation below 0.0001 and from 1e9),
-// user counts as integers with thousands separators.
+// chances to win in % with 1 decimal (">99.9%", "<0.1%" at the ends), user counts as integers with thousands
+// separators.
 
 function fmtInt(n) {
   return Math.round(n).toLocaleString("en-US");
@@ -80,6 +81,15 @@ function fmtTick(y, step, percent) {
     text = (v / div).toFixed(stepDecimals(s / div));
   }
   return (percent && v > 0 ? "+" : "") + text + unit;
+}
+
+/** A chance to win: "93.4%"; ">99.9%" and "<0.1%" where one decimal would round to a certainty (100.0%, 0.0%)
+ * that a posterior probability never is. */
+function fmtChance(x) {
+  if (x === null || x === undefined || !Number.isFinite(x)) return "–";
+  if (x >= 0.9995) return ">99.9%";
+  if (x < 0.0005) return "<0.1%";
+  return `${(100 * x).toFixed(1)}%`;
 }
 
 function fmtP(p) {
@@ -170,15 +180,20 @@ function normaliseRow(v, differenceType) {
     },
     pValue: num(v.p_value),
     pAdjusted: num(v.adjusted_p_value),
+    chanceToWin: num(v.chance_to_win),
     significant: Boolean(v.significant),
     error: v.error || null,
+    errorMessage: v.error_message || null,
   };
 }
 
 /** One test of an interleaving report (analytics.interleaving_report.TestReport). */
 function normaliseTest(t = {}) {
   const lo = num(t.ci?.[0]), hi = num(t.ci?.[1]);
-  return { estimate: num(t.estimate), ciLow: lo, ciHigh: hi, pValue: num(t.p_value), significant: Boolean(t.significant), error: t.error || null };
+  return {
+    estimate: num(t.estimate), ciLow: lo, ciHigh: hi, pValue: num(t.p_value),
+    significant: Boolean(t.significant), error: t.error || null, errorMessage: t.error_message || null,
+  };
 }
 
 /** ExperimentReport.interleaving (analytics.interleaving_report.InterleavingReport); null for A/B tests. */
@@ -230,6 +245,7 @@ function normaliseReport(r) {
       type: m.type || "",
       guardrail: Boolean(m.guardrail),
       inverse: Boolean(m.inverse),
+      cuped: Boolean(m.cuped),
       rows: (m.variants || []).map((v) => normaliseRow(v, differenceType)),
     })),
     timeline: (r.timeline || []).map((p) => ({
@@ -360,6 +376,13 @@ function ciBar(cmp, scale, significant, verdictCls, fmt) {
   return node;
 }
 
+/** The cells of a row whose tests could not run: the report's error code and its message, or "no result". */
+function errorCell(colspan, code, message) {
+  return el("td", { colspan, class: "muted baseline" },
+    el("span", { class: "error-code", "data-field": "error", text: code || "no result" }),
+    ...(message ? [": ", el("span", { "data-field": "error_message", text: message })] : []));
+}
+
 function verdict(row, metric) {
   if (!row.significant || !row.lift) return { text: "not significant", cls: "neutral" };
   const up = row.lift.estimate > 0;
@@ -371,9 +394,14 @@ function renderMetrics(rep) {
   const table = document.getElementById("metrics");
   const level = rep.alpha === null ? "" : `${+(100 * (1 - rep.alpha)).toFixed(1)}% `;
   const liftHead = rep.differenceType === "absolute" ? "Lift (abs.)" : "Lift";
-  const head = ["Metric", "Variant", "Users", "Value", liftHead, `${level}CI`, "", "p-value", `p (${rep.correction})`, "Result"];
-  if (rep.sequential) head.splice(9, 0, "Boundary");
-  table.tHead.replaceChildren(el("tr", {}, ...head.map((h) => el("th", { text: h }))));
+  const head = ["Metric", "Variant", "Users", "Value", liftHead, `${level}CI`, "", "p-value",
+    `p (${rep.correction})`, "Chance to win", "Result"];
+  if (rep.sequential) head.splice(10, 0, "Boundary");
+  // its header may wrap: on one line it pushed the table past a 1,440 px window
+  const chance = { class: "wrap", title: "Bayesian, flat prior: the probability that the variant beats "
+    + "control (by a lower value where lower is better)" };
+  table.tHead.replaceChildren(el("tr", {},
+    ...head.map((h) => el("th", { text: h, ...(h === "Chance to win" ? chance : {}) }))));
   const tbody = table.tBodies[0];
   tbody.replaceChildren();
 
@@ -391,7 +419,7 @@ function renderMetrics(rep) {
   const tableScale = extent(rep.metrics);
   const scaleOf = (m) => (rep.differenceType === "absolute" ? extent([m]) : tableScale);
   const fmt = (x) => fmtLift(x, rep.differenceType);
-  const cols = rep.sequential ? 7 : 6;
+  const cols = rep.sequential ? 8 : 7;
 
   for (const m of rep.metrics) {
     m.rows.forEach((r, i) => {
@@ -402,18 +430,22 @@ function renderMetrics(rep) {
           el("div", { class: "exp-name", text: displayName(m.name) }),
           el("div", { class: "exp-key" }, [m.description, m.type].filter(Boolean).join(" · "),
             m.guardrail ? el("span", { class: "badge guard", text: "guardrail" }) : null,
-            m.inverse ? el("span", { class: "badge guard", text: "lower is better" }) : null)));
+            m.inverse ? el("span", { class: "badge guard", text: "lower is better" }) : null,
+            // its values are CUPED-adjusted means, not the raw means an analyst computes elsewhere
+            m.cuped ? el("span", { class: "badge guard", "data-field": "cuped", text: "CUPED-adjusted",
+              title: "values are means adjusted by the pre-exposure covariate (raw: unadjusted_value)" })
+              : null)));
       }
       cells.push(el("td", { class: "variant" }, el("i", { class: colour }), displayName(r.variant),
         r.isControl && r.variant !== "control" ? el("span", { class: "muted", text: " (control)" }) : null));
       cells.push(el("td", { class: "num", "data-field": "users", text: r.users === null ? "–" : fmtInt(r.users) }));
-      // the mean of no users is no number (the report says 0): not "0", a click-through nobody had
-      cells.push(el("td", { class: "num", "data-field": "value",
-        text: r.users === 0 ? "–" : fmtValue(r.value) }));
+      // the mean of no users is no number (the report says null): "–", not a click-through nobody had
+      cells.push(el("td", { class: "num", "data-field": "value", title: r.users === 0 ? "no users" : null,
+        text: fmtValue(r.value) }));
       if (r.isControl) {
         cells.push(el("td", { colspan: cols, class: "muted baseline", text: "baseline" }));
       } else if (r.error || !r.lift) {
-        cells.push(el("td", { colspan: cols, class: "muted baseline", "data-field": "error", text: r.error || "no result" }));
+        cells.push(errorCell(cols, r.error, r.errorMessage));
       } else {
         const v = verdict(r, m);
         cells.push(el("td", { class: `num lift ${r.significant ? v.cls : ""}`, "data-field": "lift", text: fmt(r.lift.estimate) }));
@@ -423,6 +455,7 @@ function renderMetrics(rep) {
         cells.push(el("td", { class: "ci-cell" }, ciBar(r.lift, scaleOf(m), r.significant, v.cls, fmt)));
         cells.push(el("td", { class: "num", "data-field": "p_value", text: fmtP(r.pValue) }));
         cells.push(el("td", { class: "num", "data-field": "adjusted_p_value", text: fmtP(r.pAdjusted) }));
+        cells.push(el("td", { class: "num", "data-field": "chance_to_win", text: fmtChance(r.chanceToWin) }));
         if (rep.sequential) {
           cells.push(el("td", { class: "num", title: "half-width of the always-valid interval" }, "±",
             el("span", { "data-field": "boundary", text: fmtLift(r.lift.boundary, rep.differenceType).replace(/^\+/, "") })));
@@ -494,8 +527,7 @@ function renderPreferenceTests(il, alpha) {
     const t = r.test;
     const name = el("td", { class: "metric-name" }, el("div", { class: "exp-name", text: r.name }), el("div", { class: "exp-key", text: r.note }));
     if (t.error || t.estimate === null) {
-      return el("tr", { "data-test": r.key }, name,
-        el("td", { colspan: 5, class: "muted baseline", "data-field": "error", text: t.error || "no result" }));
+      return el("tr", { "data-test": r.key }, name, errorCell(5, t.error, t.errorMessage));
     }
     const towards = t.estimate > 0 ? "B" : "A";
     const cls = t.significant ? (towards === "B" ? "win-b" : "win-a") : "neutral";

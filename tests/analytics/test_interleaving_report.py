@@ -204,3 +204,18 @@ def test_text_table_prints_arm_names_from_events_as_plain_text() -> None:
     assert lines[0].startswith("experiment il\\x1b[0m (running), interleaving, 300 users")
     assert lines[2:4] == ["  A = control: mmoe\\x1b[2J v1\\r", "  B = treatment\\n: dml v2"]
     assert lines[-1] == "  users prefer B (treatment\\n: dml v2)"
+
+
+def test_test_errors_travel_with_their_interleaving_message(store: MemoryEventStore) -> None:
+    """The JSON carried only the code (NO_CLICKS, ZERO_VARIANCE): each test has the interleaving text of its
+    code, the one the text table prints (none without an error)."""
+    quiet = MemoryEventStore()
+    rows = [InterleavedRow(f"e{i}", "il", f"u{i}", f"r{i}", 10 + i, [1, 2], [0, 1], *ARMS[0], *ARMS[1])
+            for i in range(3)]  # fmt: skip
+    exposures = [ExposureRow(r.event_id, "il", "interleaved", r.user_id, r.event_time_ms) for r in rows]
+    quiet.apply(exposures, [], {}, interleaved=rows)
+    il = build_report(quiet, config(), "il").to_dict()["interleaving"]
+    for name, code in (("preference", messages.NO_CLICKS), ("credit", messages.ZERO_VARIANCE)):
+        assert (il[name]["error"], il[name]["error_message"]) == (code, messages.INTERLEAVING_MESSAGES[code])
+    answered = build_report(store, config(), "il").to_dict()["interleaving"]
+    assert answered["preference"]["error"] is None and answered["preference"]["error_message"] is None

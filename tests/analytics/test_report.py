@@ -204,3 +204,60 @@ def test_text_table_gives_no_srm_verdict_without_a_test() -> None:
     simulate_experiment(store, "solo", users=50, seed=5, variants=("control",), weights=(1.0,))
     header = format_report_table(build_report(store, config(), "solo").to_dict()).splitlines()[0]
     assert header.endswith("50 users, SRM n/a")
+
+
+def _without(report: dict, variant: str) -> list[list[dict]]:
+    """Every metric's rows of ``report`` except ``variant``'s."""
+    return [[row for row in metric["variants"] if row["variant"] != variant] for metric in report["metrics"]]
+
+
+def test_a_variant_without_users_has_no_value_and_leaves_the_others_unchanged(
+    store: MemoryEventStore,
+) -> None:
+    """A configured variant nobody was exposed to had the value 0.0 (a conversion of 0 among no users) and,
+    on a CUPED metric, the pooled adjustment alone (7.3 watch seconds for nobody): a mean over no users is
+    null, and so are its lifts, p-values and chance to win; the other variants' figures are those of the
+    report without it."""
+    weights = {"control": 1.0, "treatment": 1.0, "empty": 1.0}
+    with_empty = build_report(store, config(experiments={"exp": {"weights": weights}}), "exp").to_dict()
+    without = build_report(store, config(), "exp").to_dict()
+    assert [m["cuped"] for m in with_empty["metrics"]] == [False, False, True, False]  # the case at hand
+    for metric in with_empty["metrics"]:
+        (empty,) = [row for row in metric["variants"] if row["variant"] == "empty"]
+        assert (empty["users"], empty["value"], empty["unadjusted_value"]) == (0, None, None), metric["name"]
+        absent = ("absolute_lift", "relative_lift", "p_value", "adjusted_p_value", "chance_to_win")
+        assert all(empty[field] is None for field in absent), (metric["name"], empty)
+        assert empty["error"] == messages.NO_UNITS and not empty["significant"]
+    for ours, reference in zip(_without(with_empty, "empty"), _without(without, "empty"), strict=True):
+        assert ours == reference
+    text = format_report_table(with_empty)
+    empty_lines = [line.split()[:3] for line in text.splitlines() if line.startswith("  empty")]
+    assert empty_lines == [["empty", "0", "-"]] * len(METRICS)
+
+
+def test_a_control_without_users_has_no_value() -> None:
+    """The control nobody was exposed to showed the mean of its comparisons' empty arm, 0.0."""
+    store = MemoryEventStore()
+    simulate_experiment(store, "exp", users=200, seed=2)
+    settings = {"control": "nobody", "weights": {"nobody": 1.0, "control": 1.0, "treatment": 1.0}}
+    report = build_report(store, config(experiments={"exp": settings}), "exp")
+    for metric in report.metrics:
+        rows = {row.variant: row for row in metric.variants}
+        nobody = rows["nobody"]
+        assert nobody.is_control and (nobody.value, nobody.unadjusted_value) == (None, None)
+        assert rows["treatment"].value is not None and rows["treatment"].error == messages.NO_UNITS
+
+
+def test_every_error_code_travels_with_its_message() -> None:
+    """The JSON carried only codes (NO_UNITS, BASELINE_ZERO): each row with one has the message the text table
+    prints, taken from analytics.stats.messages; a row without one has none."""
+    store = MemoryEventStore()
+    simulate_experiment(store, "exp", users=200, seed=1)
+    store.apply([ExposureRow("x1", "exp", "lonely", "lonely-user", START_MS)], [], {})
+    report = build_report(store, config(), "exp").to_dict()
+    rows = [row for metric in report["metrics"] for row in metric["variants"]]
+    assert {row["error"] for row in rows} == {None, messages.NO_UNITS}
+    for row in rows:
+        expected = messages.MESSAGES[row["error"]] if row["error"] else None
+        assert row["error_message"] == expected, row
+    assert f"NO_UNITS: {messages.MESSAGES['NO_UNITS']}" in format_report_table(report)

@@ -337,6 +337,23 @@ def display_edges(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(server.url, store)
 
 
+@pytest.fixture(scope="module")
+def cuped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A metric with CUPED (watch time, adjusted by the week before exposure) beside one without."""
+    store = DuckDBEventStore(str(tmp_path_factory.mktemp("store") / "events"))
+    simulate_experiment(store, "cuped-watch", users=600, seed=15)
+    config = AnalysisConfig.model_validate(
+        {
+            "metrics": [
+                {"name": "watch", "type": "mean", "event": "watch", "cuped": True},
+                {"name": "click_through", "type": "binomial", "event": "click"},
+            ]
+        }
+    )
+    with store, AnalyticsServer(store, config, port=0) as server:
+        yield Served(server.url, store)
+
+
 @pytest.fixture(
     params=[
         "real_demo",
@@ -348,6 +365,7 @@ def display_edges(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "odd_names",
         "windowed",
         "display_edges",
+        "cuped",
     ]
 )
 def dashboard_url(request: pytest.FixtureRequest) -> str:
@@ -410,6 +428,17 @@ def _assert_shows(text: str, expected: float, where: str) -> None:
     assert shown_number(text).matches(expected), (
         f"{where}: dashboard shows {text!r}, report says {expected!r}"
     )
+
+
+def _assert_chance(text: str, expected: float | None, where: str) -> None:
+    """A chance to win as shown: "–" for none, ">99.9%" from 99.95% (one decimal would read 100.0%), else
+    in % with one decimal ("93.4%", "<0.1%")."""
+    if expected is None:
+        assert text == "–", f"{where}: dashboard shows {text!r}, report says null"
+    elif text == ">99.9%":
+        assert expected >= 0.9995, f"{where}: dashboard shows {text!r}, report says {expected!r}"
+    else:
+        _assert_shows(text, expected, where)
 
 
 def _experiments(body: dict | list) -> list[dict]:
@@ -555,6 +584,7 @@ def _check_interleaving(shown: dict, report: dict) -> None:
         test, row, where = il[name], page["tests"][name], f"{key}/{name}"
         if test["error"]:
             assert row["error"] == test["error"] and "estimate" not in row, where
+            assert row["error_message"] == test["error_message"], where
             continue
         for field, value in (("estimate", test["estimate"]), ("ci_low", test["ci"][0]), ("ci_high", test["ci"][1]),
                              ("p_value", test["p_value"])):  # fmt: skip
@@ -590,13 +620,17 @@ def _check_report(shown: dict, report: dict) -> None:
             assert row["variantName"] in (variant, f"{variant} (control)"), where
             lift = None if value["is_control"] else _lift(value, difference_type)
             if lift is None or value["error"]:
-                assert "lift" not in row, where
+                assert "lift" not in row and "chance_to_win" not in row, where
+                if value["error"]:  # the code and what it means
+                    shown_error = (row["error"], row.get("error_message"))
+                    assert shown_error == (value["error"], value["error_message"]), where
                 continue
             _assert_shows(row["lift"], lift["estimate"], f"{where} lift")
             _assert_shows(row["ci_low"], lift["ci"][0], f"{where} CI low")
             _assert_shows(row["ci_high"], lift["ci"][1], f"{where} CI high")
             _assert_shows(row["p_value"], value["p_value"], f"{where} p-value")
             _assert_shows(row["adjusted_p_value"], value["adjusted_p_value"], f"{where} adjusted p")
+            _assert_chance(row["chance_to_win"], value["chance_to_win"], f"{where} chance to win")
             assert row["significantAttr"] == str(bool(value["significant"])).lower(), where
             if value["significant"]:  # green when the metric moved the good way: down where lower is better
                 good = (lift["estimate"] > 0) != metric["inverse"]
@@ -874,11 +908,87 @@ def test_every_variant_has_its_legend_entry_in_the_charts(chromium, display_edge
 @pytest.mark.integration
 def test_a_variant_without_users_shows_no_value(chromium, display_edges: Served) -> None:
     """A configured variant nobody was exposed to showed a value of 0 for every metric (a click-through of 0
-    among no users); it shows "–", its users 0 and the stats' NO_UNITS."""
+    among no users); it shows "–", its users 0 and the stats' NO_UNITS with its message. The report says
+    null for its value and has no lift for it."""
     report, shown = _shown_report(chromium, display_edges, "many-variants")
     for metric in report["metrics"]:
+        (empty,) = [v for v in metric["variants"] if v["variant"] == NO_USERS]
+        assert (empty["value"], empty["relative_lift"], empty["chance_to_win"]) == (None, None, None), empty
         row = shown["rows"][f"{metric['name']}|{NO_USERS}"]
         assert (row["users"], row["value"], row["error"]) == ("0", "–", "NO_UNITS"), metric["name"]
+        assert row["error_message"] == "an arm has fewer than 2 units", metric["name"]
+    _leave(chromium)
+
+
+@pytest.mark.integration
+def test_the_chance_to_win_of_each_treatment_is_shown(chromium, demo: Served) -> None:
+    """The report has every treatment's Bayesian chance to win; the metric table had no column for it."""
+    report, shown = _shown_report(chromium, demo, "ranking-mmoe-dml")
+    for metric in report["metrics"]:
+        for value in metric["variants"]:
+            where = f"{metric['name']}/{value['variant']}"
+            row = shown["rows"][f"{metric['name']}|{value['variant']}"]
+            if value["is_control"]:
+                assert "chance_to_win" not in row, where
+            else:
+                assert value["chance_to_win"] is not None, where  # the case at hand
+                _assert_chance(row["chance_to_win"], value["chance_to_win"], where)
+    _leave(chromium)
+
+
+# What overflows the window, or is cut off: the page wider than its viewport, a panel wider than its box, a
+# table wider than its box that does not scroll (its columns out of reach).
+_WIDTH_JS = """
+const root = document.documentElement;
+const tables = [...document.querySelectorAll('table.grid')].filter((t) => t.offsetParent !== null);
+return {
+  viewport: root.clientWidth, page: root.scrollWidth,
+  panels: [...document.querySelectorAll('.panel')].filter((p) => p.scrollWidth > p.clientWidth)
+    .map((p) => p.id || p.className),
+  unreachable: tables.filter((t) => t.getBoundingClientRect().width > t.parentElement.clientWidth + 0.5
+    && !['auto', 'scroll'].includes(getComputedStyle(t.parentElement).overflowX)).map((t) => t.id),
+  scrolled: tables.filter((t) => t.parentElement.scrollWidth > t.parentElement.clientWidth).map((t) => t.id),
+};
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("width", [800, 1280])
+@pytest.mark.parametrize(
+    ("fixture", "key"), [("display_edges", "many-variants"), ("interleaving", "ranking-interleave")]
+)
+def test_a_narrow_window_scrolls_the_tables_not_the_page(
+    chromium, request: pytest.FixtureRequest, width: int, fixture: str, key: str
+) -> None:
+    """Below about 1,300 px the metric table (eleven columns) widened the page: at 1,280 px it was 1,302 px
+    wide and the whole page scrolled sideways. The page is as wide as the window; a table wider than its panel
+    scrolls inside it."""
+    try:
+        chromium.set_window_size(width, 1000)
+        _shown_report(chromium, request.getfixturevalue(fixture), key)
+        shown = chromium.execute_script(_WIDTH_JS)
+        assert shown["viewport"] <= width and shown["page"] == shown["viewport"], shown
+        assert shown["panels"] == [] and shown["unreachable"] == [], shown
+        if width == 800 and fixture == "display_edges":  # the case at hand: a table wider than the window
+            assert shown["scrolled"] == ["metrics"], shown
+        _leave(chromium)
+    finally:
+        chromium.set_window_size(1440, 1400)  # conftest's --window-size: the browser is shared
+
+
+@pytest.mark.integration
+def test_a_cuped_metric_says_its_values_are_adjusted(chromium, cuped: Served) -> None:
+    """A CUPED metric's values are adjusted means (here 10.05 and 11.27 watch seconds for raw means of 10.12
+    and 11.20), and the page showed them as plain values, unlike the text report ("[mean, cuped]"): its name
+    carries a CUPED badge, other metrics none."""
+    report, _ = _shown_report(chromium, cuped, "cuped-watch")
+    watch = report["metrics"][0]
+    assert watch["cuped"] and any(v["value"] != v["unadjusted_value"] for v in watch["variants"])
+    badges = chromium.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#metrics td.metric-name')].map((td) => "
+        "[td.parentElement.dataset.metric, td.querySelector('[data-field=\"cuped\"]')?.textContent ?? null]))"
+    )
+    assert badges == {"watch": "CUPED-adjusted", "click_through": None}
     _leave(chromium)
 
 
