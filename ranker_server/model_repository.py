@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from grpc_serving.version_folder import load_without_swap
 from ranker_server import metrics
 from ranker_server.batching import MicroBatcher
 from ranker_server.config import BatchingSettings, RuntimeSettings
@@ -97,11 +98,18 @@ class LoadedModel:
 def load_model(
     path: Path, runtime: RuntimeSettings, batching: BatchingSettings, executor: Executor
 ) -> LoadedModel:
-    """Verify, load, check against the golden outputs and warm up the package in ``path`` (blocking).
+    """Verify, load, check against the golden outputs and warm up the package in ``path`` (blocking); again
+    when a publish replaced it meanwhile: the graphs are opened by path after the package is read.
 
     Raises:
         PackageError: when any step fails; nothing is half-loaded.
     """
+    return load_without_swap(path, lambda: _load_model_once(path, runtime, batching, executor), PackageError)
+
+
+def _load_model_once(
+    path: Path, runtime: RuntimeSettings, batching: BatchingSettings, executor: Executor
+) -> LoadedModel:
     package = read_package(path)
     label = f"{package.manifest.name}/{package.manifest.version}"
     runner = OnnxRanker(str(package.onnx_path), runtime, label)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from grpc_serving.version_folder import load_without_swap
 from retrieval_server.errors import ModelNotFound, ModelNotReady, PackageError
 from retrieval_server.graph_store import GraphStore
 from retrieval_server.index import EXACT_MAX_ITEMS, FaissIndex, build_index
@@ -176,12 +177,18 @@ def _fanouts(manifest_path: Path, manifest: dict[str, Any]) -> tuple[int, int]:
 
 def load_package(root: Path, name: str, version: str, exact_max_items: int = EXACT_MAX_ITEMS,
                  ann: str = "pq") -> LoadedModel:
-    """Verify and load ``root/name/version``.
+    """Verify and load ``root/name/version``, again when a publish replaced it meanwhile.
 
     Raises:
         PackageError: missing files, checksum mismatch, wrong kind or inconsistent shapes; the message names the file.
     """
     package = root / name / version
+    return load_without_swap(
+        package, lambda: _load_package_once(package, name, version, exact_max_items, ann), PackageError
+    )
+
+
+def _load_package_once(package: Path, name: str, version: str, exact_max_items: int, ann: str) -> LoadedModel:
     manifest_path = package / "manifest.json"
     if not manifest_path.is_file():
         raise PackageError(f"{manifest_path}: not found")

@@ -6,6 +6,8 @@ import asyncio
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import grpc
 import numpy as np
@@ -13,10 +15,13 @@ import pytest
 from grpc import aio
 from prometheus_client import REGISTRY
 
+import ranker_server.model_repository
+import ranker_server.package
 from models.package import GOLDEN_FILE, MANIFEST, read_manifest, write_manifest
 from proto import ranking_pb2, ranking_pb2_grpc
 from ranker_server.errors import PackageError
 from ranker_server.exposure import MemorySink
+from ranker_server.package import file_sha256, manifest_digest, read_package
 from ranker_server.server import RankerServer
 from tests.ranker_server.conftest import FakePayload, FakeRouter, MutableSource, make_settings
 from tests.ranker_server.rank_packages import build_package
@@ -166,6 +171,52 @@ async def test_republished_version_is_reloaded_when_its_manifest_changes(repo: P
         assert new is not old and new.package.manifest_digest != old.package.manifest_digest
     finally:
         await server.stop(0)
+
+
+def _republishing_first(repo: Path, real: Callable[..., Any], skip: str = "") -> Callable[..., Any]:
+    """``real``, which republishes tiny/1 with other weights the first time it is called (on a path not named
+    ``skip``), before it runs."""
+    republished = []
+
+    def wrapper(first: Any, *args: Any, **kwargs: Any) -> Any:
+        if not republished and Path(first).name != skip:
+            build_package(repo, "tiny", "1", seed=7)
+            republished.append(True)
+        return real(first, *args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize(
+    "module, between, skip",
+    [(ranker_server.package, "file_sha256", MANIFEST), (ranker_server.model_repository, "OnnxRanker", "")],
+    ids=["the manifest and the checksums", "the package read and the graph"],
+)
+async def test_a_server_starting_while_its_version_is_republished_starts_on_it_whole(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, module: ModuleType, between: str, skip: str
+) -> None:
+    """The manifest was read, then the other files opened by path: a republish in between checked the new
+    files against the old manifest (a sha256 error), or ran the new graph against the old golden outputs,
+    and the server did not start."""
+    monkeypatch.setattr(module, between, _republishing_first(repo, getattr(module, between), skip))
+    server, _ = await start(repo, ONLY_V1)
+    try:
+        loaded = server.repository.snapshot.models[("tiny", "1")].package
+        assert loaded.manifest_digest == manifest_digest(repo / "tiny" / "1")
+        assert np.array_equal(loaded.golden["logits"], np.load(repo / "tiny" / "1" / GOLDEN_FILE)["logits"])
+    finally:
+        await server.stop(0)
+
+
+def test_a_corrupt_package_read_fails_with_its_own_error(repo: Path) -> None:
+    """Nothing republished it: the checksum error, as it was, not a retry's."""
+    items = repo / "tiny" / "1" / "item_features.npz"
+    expected = file_sha256(items)
+    items.write_bytes(items.read_bytes() + b"\0")
+    with pytest.raises(PackageError) as raised:
+        read_package(repo / "tiny" / "1")
+    actual = file_sha256(items)
+    assert raised.value.reason == f"{items}: sha256 {actual} does not match the manifest's {expected}"
 
 
 @pytest.mark.integration

@@ -46,6 +46,17 @@ def repository_root(built_repository: Path, tmp_path: Path) -> Path:
     return root
 
 
+def republish(root: Path, name: str, version: str, source: str) -> None:
+    """Publish ``name/source``'s files as ``name/version`` over it (``export --overwrite``: one swap)."""
+    from models.package import read_manifest, staged_package, write_manifest
+
+    with staged_package(root, name, version, overwrite=True) as staging:
+        shutil.copytree(root / name / source, staging, dirs_exist_ok=True)
+        manifest = read_manifest(staging)
+        manifest.version = version
+        write_manifest(staging, manifest)
+
+
 def graph_arrays(root: Path, name: str = "ssmtl", version: str = "1") -> dict[str, np.ndarray]:
     with np.load(root / name / version / "index" / "graph.npz") as data:
         return {k: data[k] for k in data.files}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +9,8 @@ import pytest
 
 from models.errors import PackageError
 from models.graph.export import build_index
-from models.package import read_manifest, staged_package, write_manifest
 from retrieval_server.model_repository import load_package
+from tests.retrieval_server.conftest import republish
 
 
 class Crash(BaseException):
@@ -53,11 +52,7 @@ def test_an_index_job_never_undoes_a_publish_of_its_version(repository_root, mon
     real_save = np.save
 
     def republish_then_save(file, array, *args, **kwargs) -> None:
-        with staged_package(repository_root, "ssmtl", "1", overwrite=True) as staging:
-            shutil.copytree(repository_root / "ssmtl" / "2", staging, dirs_exist_ok=True)
-            manifest = read_manifest(staging)
-            manifest.version = "1"
-            write_manifest(staging, manifest)
+        republish(repository_root, "ssmtl", "1", source="2")
         real_save(file, array, *args, **kwargs)
 
     monkeypatch.setattr(np, "save", republish_then_save)
