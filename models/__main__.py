@@ -1,4 +1,4 @@
-"""``python -m models train|evaluate|export``: train with early stopping over seeds, evaluate a checkpoint on
+"""`python -m models train|evaluate|export`: train with early stopping over seeds, evaluate a checkpoint on
 its test split, export a checkpoint to a model package."""
 
 from __future__ import annotations

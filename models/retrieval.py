@@ -5,8 +5,8 @@
     python -m models.retrieval export   --checkpoint ckpt.pt --repository REPO --name NAME --version V
     python -m models.retrieval index    --package REPO/NAME/V
 
-``export`` writes a complete package (ONNX encoder, golden file, graph store, index, manifest), in place only
-once it is whole and over an existing version only with ``--overwrite``; ``index`` re-embeds every node of an
+`export` writes a complete package (ONNX encoder, golden file, graph store, index, manifest), in place only
+once it is whole and over an existing version only with `--overwrite`; `index` re-embeds every node of an
 existing package with its ONNX encoder (the batch job after a graph refresh).
 """
 

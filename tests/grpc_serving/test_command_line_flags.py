@@ -133,3 +133,14 @@ def test_no_help_says_default_none(module: str) -> None:
     parser = importlib.import_module(module).build_parser()
     said = [sub.prog for sub in _parsers(parser) if "(default: None)" in " ".join(sub.format_help().split())]
     assert not said, said
+
+
+@pytest.mark.parametrize("module", CLI_MODULES)
+def test_no_help_shows_docstring_markup(module: str) -> None:
+    """A docstring used as ``description`` printed its reST quotes: ``python -m models --help`` began with
+    ````python -m models train|evaluate|export````."""
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    said = [sub.prog for sub in _parsers(parser) if "``" in sub.format_help()]
+    assert not said, said
