@@ -531,11 +531,15 @@ def exported_labels(exported: set[str]) -> dict[str, frozenset[str]]:
 # Series from third-party exporters that deploy/ runs beside the servers; each entry names the exporter,
 # and test_external_exporters_are_deployed checks that compose runs and Prometheus scrapes it.
 EXTERNAL_EXPORTERS = {
-    # danielqsj/kafka-exporter (also what Strimzi deploys as its Kafka Exporter): lag per group and partition.
+    # danielqsj/kafka-exporter (also what Strimzi deploys as its Kafka Exporter): lag and committed offset per
+    # group and partition.
     "kafka_consumergroup_lag": "danielqsj/kafka-exporter",
+    "kafka_consumergroup_current_offset": "danielqsj/kafka-exporter",
 }
-EXTERNAL_EXPORTERS_LABELS = {"kafka_consumergroup_lag": frozenset({"consumergroup", "topic", "partition"})}
-EXTERNAL_EXPORTERS_KINDS = {"kafka_consumergroup_lag": "gauge"}
+EXTERNAL_EXPORTERS_LABELS = {
+    name: frozenset({"consumergroup", "topic", "partition"}) for name in EXTERNAL_EXPORTERS
+}
+EXTERNAL_EXPORTERS_KINDS = dict.fromkeys(EXTERNAL_EXPORTERS, "gauge")
 
 
 # ---------------------------------------------------------------- tests
