@@ -228,6 +228,7 @@ class OnnxRanker:
         self._constants = dict(constants or {})
         available = set(ort.get_available_providers())
         wanted = [p for p in settings.providers if p in available] or ["CPUExecutionProvider"]
+        self.requested = wanted[0]  # asked for; ``provider`` (obtained) differs after a fallback
         options = session_options(settings, spin=settings.spinning == "on")
         if settings.spinning == "alone":
             # On CPU this session takes only concurrent runs (lone ones get the spinning session): they share the

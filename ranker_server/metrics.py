@@ -89,8 +89,10 @@ MODEL_LOADS = Counter(
 )
 PROVIDER = Gauge(
     "mtrank_execution_provider",
-    "1 for the execution provider a model version obtained",
-    (*MODEL_LABELS, "provider"),
+    "1 for the execution provider a model version obtained (provider) and the one the ranker asked for "
+    "(requested: the first of its providers that its ONNX Runtime build offers); they differ after a "
+    "fallback",
+    (*MODEL_LABELS, "provider", "requested"),
 )
 ITEM_OOV = Counter("mtrank_item_oov", "Candidate ids missing from the item feature table", MODEL_LABELS)
 EXPOSURES_SENT = Counter("mtrank_exposures_sent", "Exposure events the event producer accepted")
@@ -99,8 +101,32 @@ EXPOSURES_DROPPED = Counter(
     "Exposure events dropped (buffer full, refused by the event producer, sink error)",
 )
 EXPOSURE_BUFFER = Gauge("mtrank_exposure_buffer_events", "Exposure events waiting for the event producer")
-RETRIEVAL_UP = Gauge("mtrank_retrieval_up", "1 while the retrieval service answers the ranker's probes, else 0")
+RETRIEVAL_UP = Gauge(
+    "mtrank_retrieval_up",
+    "1 while the retrieval service at target answers the ranker's probes, else 0; no series without "
+    "--retrieval",
+    ("target",),
+)
 SNAPSHOT_SWAPS = Counter("mtrank_snapshot_swaps", "Router + model set swaps, by outcome", ("outcome",))
+
+
+# (model, version) -> the (provider, requested) labels exported for it
+_PROVIDERS: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def set_provider(model: str, version: str, provider: str, requested: str) -> None:
+    """Export the providers of a version just loaded in place of its previous load's: a reload that got
+    another provider must not leave the old one at 1 (a fallback alert would go on firing)."""
+    clear_provider(model, version)
+    PROVIDER.labels(model, version, provider, requested).set(1)
+    _PROVIDERS[model, version] = (provider, requested)
+
+
+def clear_provider(model: str, version: str) -> None:
+    """Stop exporting the providers of a version that no longer serves."""
+    labels = _PROVIDERS.pop((model, version), None)
+    if labels is not None:
+        PROVIDER.remove(model, version, *labels)
 
 
 @dataclass(frozen=True)

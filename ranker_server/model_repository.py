@@ -226,15 +226,12 @@ class ModelRepository:
                     models[key] = current  # known-bad republish: keep serving the old one
                     continue
                 try:
-                    models[key] = await self._load(key, path)
+                    models[key] = await self._load(key, path, serving=current is not None)
                 except PackageError as exc:
-                    self._failed[key] = digest
-                    metrics.MODEL_LOADS.labels(*key, "failed").inc()
-                    logger.error("model %s/%s not loaded: %s", *key, exc.reason)
+                    self._load_failed(key, digest, exc, serving=current is not None)
                     if strict:
                         raise
                     if current is None:
-                        metrics.MODEL_STATE.labels(*key).state("failed")
                         metrics.SNAPSHOT_SWAPS.labels("rejected").inc()
                         return False
                     models[key] = current
@@ -247,8 +244,11 @@ class ModelRepository:
                     self._retire(model, replaced=key in models)
             return True
 
-    async def _load(self, key: ModelKey, path: Path) -> LoadedModel:
-        metrics.MODEL_STATE.labels(*key).state("loading")
+    async def _load(self, key: ModelKey, path: Path, serving: bool) -> LoadedModel:
+        """Load ``path`` as ``key``; ``serving``: the version's previous files serve meanwhile, so its state
+        stays ``ready`` (``loading`` would say that it does not serve)."""
+        if not serving:
+            metrics.MODEL_STATE.labels(*key).state("loading")
         loop = asyncio.get_running_loop()
         # Loading is blocking and CPU-heavy: a worker thread keeps the event loop answering requests.
         model = await loop.run_in_executor(
@@ -256,10 +256,19 @@ class ModelRepository:
         )
         metrics.MODEL_LOADS.labels(*key, "loaded").inc()
         metrics.MODEL_STATE.labels(*key).state("ready")
-        metrics.PROVIDER.labels(*key, model.runner.provider).set(1)
+        metrics.set_provider(*key, model.runner.provider, model.runner.requested)
         self._failed.pop(key, None)
         logger.info("model %s/%s ready on %s", *key, model.runner.provider)
         return model
+
+    def _load_failed(self, key: ModelKey, digest: str, exc: PackageError, serving: bool) -> None:
+        """Count and log a failed load; a version that never loaded is ``failed``, one still serving its
+        previous files stays ``ready`` (the failure is in ``mtrank_model_load_total{outcome="failed"}``)."""
+        self._failed[key] = digest
+        metrics.MODEL_LOADS.labels(*key, "failed").inc()
+        logger.error("model %s/%s not loaded: %s", *key, exc.reason)
+        if not serving:
+            metrics.MODEL_STATE.labels(*key).state("failed")
 
     def _retire(self, model: LoadedModel, replaced: bool) -> None:
         key = model.key
@@ -268,8 +277,9 @@ class ModelRepository:
 
         async def drain() -> None:
             await model.drain()
-            if not replaced:
+            if key not in self.snapshot.models:  # else named again and loaded meanwhile: it serves
                 metrics.MODEL_STATE.labels(*key).state("unloaded")
+                metrics.clear_provider(*key)
             logger.info("model %s/%s drained (%s)", *key, "replaced" if replaced else "unloaded")
 
         task = asyncio.get_running_loop().create_task(drain())

@@ -13,6 +13,7 @@ from grpc import aio
 from experiment_router.errors import ModelCheckUnavailable
 from grpc_serving import ClientSecurity
 from proto import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+from ranker_server import metrics
 from ranker_server.dataplane import Retrieved
 from ranker_server.errors import DeadlineExceeded, InvalidInput, RankerError, UpstreamError
 
@@ -84,7 +85,14 @@ class RetrievalClient:
         return UpstreamError(f"the retrieval service is unavailable ({code.name}); send candidate_ids or retry")
 
     async def probe(self, timeout_s: float) -> bool:
-        """Ask ``ListModels``; True when retrieval answered (``max_k`` is then up to date)."""
+        """Ask ``ListModels``; True when retrieval answered (``max_k`` is then up to date). The answer sets
+        ``mtrank_retrieval_up{target}``: a ranker without ``--retrieval`` has no client, hence no such series
+        (a constant 0 there read as retrieval down)."""
+        answered = await self._list_models(timeout_s)
+        metrics.RETRIEVAL_UP.labels(self._target).set(int(answered))
+        return answered
+
+    async def _list_models(self, timeout_s: float) -> bool:
         try:
             response = await self._stub.ListModels(
                 retrieval_pb2.ListModelsRequest(), timeout=timeout_s, metadata=self._metadata
@@ -97,7 +105,9 @@ class RetrievalClient:
         return True
 
     async def close(self) -> None:
+        """Close the channel; the probes stop, so does ``mtrank_retrieval_up`` (a stale 0 would alert)."""
         await self._channel.close()
+        metrics.RETRIEVAL_UP.remove(self._target)
 
 
 class RetrievalModelCheck:

@@ -25,7 +25,6 @@ from grpc_reflection.v1alpha import reflection
 
 from grpc_serving import SERVER_OPTIONS, bind
 from proto import inference_pb2, inference_pb2_grpc, ranking_pb2, ranking_pb2_grpc
-from ranker_server import metrics
 from ranker_server.config import ServerSettings
 from ranker_server.dataplane import CandidateSource, RankDataPlane
 from ranker_server.exposure import ExposureLogger, ExposureSink
@@ -144,14 +143,14 @@ reflection over one model repository."""
         return self.port
 
     async def _watch_retrieval(self, retrieval: CandidateSource) -> None:
-        """Keep the health of ``RETRIEVAL_PATH`` (and ``mtrank_retrieval_up``) in line with retrieval's answers."""
+        """Keep the health of ``RETRIEVAL_PATH`` in line with retrieval's answers (each probe also sets
+        ``mtrank_retrieval_up``)."""
         interval = self.settings.retrieval_probe_interval_s
         up: bool | None = None
         while True:
             answered = await retrieval.probe(timeout_s=min(interval, self.settings.retrieval_timeout_s))
             if answered != up:
                 up = answered
-                metrics.RETRIEVAL_UP.set(int(up))
                 status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
                 await self._health.set(RETRIEVAL_PATH, status)
                 if up:

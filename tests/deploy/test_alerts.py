@@ -35,6 +35,7 @@ from tests.deploy.test_observability import (  # noqa: F401 (exported*: fixtures
     ROOT,
     Scrape,
     _label_errors,
+    _selected,
     exported,
     exported_kinds,
     exported_labels,
@@ -76,18 +77,34 @@ def alert(name: str) -> dict:
     return rule
 
 
+def series_of(scrape: Scrape, **labels: str) -> Scrape:
+    """The series of ``scrape`` with these label values: one server's gauges, where the servers run before
+    in this process left theirs."""
+    return {key: value for key, value in scrape.items() if labels.items() <= dict(key[1]).items()}
+
+
 RULES = load_rules()
 
 # ---------------------------------------------------------------- evaluating an alert between two scrapes
 
 _THRESHOLD = re.compile(r"^(?P<lhs>.*?)\s*>\s*(?P<threshold>\d+(?:\.\d+)?)\s*$", re.S)
+_GAUGE_EQUALS = re.compile(
+    r"^(?P<name>[A-Za-z_:][\w:]*)\s*(?:\{(?P<matchers>[^}]*)\})?\s*==\s*(?P<value>\d+(?:\.\d+)?)$"
+)
 
 
 def promql_alert_fires(expr: str, before: Scrape, after: Scrape) -> bool:
     """Whether ``<sums of rate() arithmetic> > threshold`` selects anything between two scrapes of one target
-    (one group). The time between the scrapes is not known, so only what does not depend on it is evaluated:
-    a ratio of rates against any threshold, anything else against 0. An expression that selects no series
-    does not fire."""
+    (one group), or ``gauge{matchers} == value`` anything in ``after`` (what the gauge reads then; ``for`` is
+    not evaluated). The time between the scrapes is not known, so only what does not depend on it is
+    evaluated: a ratio of rates against any threshold, anything else against 0. An expression that selects no
+    series does not fire."""
+    gauge = _GAUGE_EQUALS.match(expr.strip())
+    if gauge is not None:
+        name, matchers, wanted = gauge["name"], gauge["matchers"] or "", float(gauge["value"])
+        return any(
+            key[0] == name and value == wanted and _selected(matchers, key[1]) for key, value in after.items()
+        )
     match = _THRESHOLD.match(expr.strip())
     if match is None:
         raise AssertionError(f"promql_alert_fires cannot evaluate {expr!r}")
@@ -116,6 +133,9 @@ _AFTER = parse_scrape('# TYPE r counter\nr_total{code="OK"} 19\nr_total{code="UN
         ('sum(rate(r_total{code!="OK"}[5m])) by (job) / sum(rate(r_total[5m])) by (job) > 0.2', False),
         ('sum(rate(r_total{code="UNAVAILABLE"}[15m])) by (job, instance) > 0', True),
         ('sum(rate(r_total{code="INTERNAL"}[15m])) by (job, instance) > 0', False),  # no such series
+        ('r_total{code="UNAVAILABLE"} == 1', True),  # what it reads after
+        ('r_total{code!="OK"} == 0', False),
+        ('r_total{code="INTERNAL"} == 0', False),  # no such series
     ],
 )
 def test_promql_alert_fires(expr: str, fires: bool) -> None:
@@ -126,7 +146,8 @@ def test_promql_alert_fires(expr: str, fires: bool) -> None:
     "expr",
     [
         "sum(rate(r_total[5m])) > 0.5",  # a rate per second: needs the scrapes' interval
-        "r_total == 0",
+        'r_total == 0 or r_total{code="OK"} == 0',
+        "r_total != 0",
         'sum(rate(r_total[5m])) by (job) > 0 unless sum(rate(r_total{code="OK"}[5m])) by (job) > 0',
         "histogram_quantile(0.99, sum(rate(h_bucket[5m])) by (le)) > 0.25",
     ],
@@ -291,11 +312,14 @@ def test_target_down_watches_every_compose_scrape_job() -> None:
 
 # ---------------------------------------------------------------- rules driven by real servers
 
-# The rules promql_alert_fires can compute, each driven by a test below; the others (gauges, quantiles,
+# The rules promql_alert_fires can compute, each driven by a test below; the others (`or`, quantiles,
 # `unless`) are checked statically above only.
 DRIVEN = {
+    "MtrankRetrievalUnreachableFromRanker": "test_retrieval_unreachable_fires_only_for_a_ranker_dialling_it",
     "MtrankRankerErrorRatioHigh": "test_ranker_error_ratio_fires_when_retrieval_is_down",
     "MtrankRetrievalErrorRatioHigh": "test_retrieval_error_ratio_fires_while_no_model_is_loaded",
+    "MtrankRankerOnCpuInsteadOfCuda": "test_cpu_instead_of_cuda_fires_where_cuda_was_asked_for",
+    "MtrankModelVersionFailed": "test_model_load_failed_fires_for_a_broken_version",
     "MtrankModelLoadFailed": "test_model_load_failed_fires_for_a_broken_version",
     "MtrankExperimentConfigRejected": "test_experiment_config_alerts_fire_for_a_rejected_or_waiting_config",
     "MtrankExperimentConfigPending": "test_experiment_config_alerts_fire_for_a_rejected_or_waiting_config",
@@ -431,18 +455,22 @@ async def test_model_load_failed_fires_for_a_broken_version(
     tmp_path: Path,
     scrape_default_registry: Callable[[], Scrape],
 ) -> None:
-    """A new version whose golden outputs do not match is refused (the previous snapshot keeps serving);
-    a good new version loads without an alert."""
+    """A broken republish of the version in service is a failed load, but the version serves on (its old
+    files), so it is not failed; a new version whose golden outputs do not match is refused (the previous
+    snapshot keeps serving) and failed; a good new version loads without an alert."""
     from ranker_server.exposure import MemorySink
     from ranker_server.server import RankerServer
     from tests.ranker_server.rank_packages import build_package
 
     shutil.copytree(repository / "tiny", tmp_path / "tiny")
     source = MutableSource(FakeRouter(variants=(("control", FakePayload("tiny", "1")),)))
-    server = RankerServer(make_settings(tmp_path), source, MemorySink())
+    server = RankerServer(make_settings(tmp_path, poll_interval_s=3600), source, MemorySink())
     await server.start()
     try:
         before = scrape_default_registry()
+        build_package(tmp_path, "tiny", "1", seed=5, corrupt_golden=True)
+        assert await server.repository.refresh()
+        republished = scrape_default_registry()
         build_package(tmp_path, "tiny", "7", seed=7, corrupt_golden=True)
         source.current = FakeRouter(variants=(("control", FakePayload("tiny", "7")),))
         assert not await server.repository.refresh()
@@ -453,8 +481,63 @@ async def test_model_load_failed_fires_for_a_broken_version(
         good = scrape_default_registry()
     finally:
         await server.stop(0)
-    assert fires("MtrankModelLoadFailed", before, broken)
+    assert fires("MtrankModelLoadFailed", before, republished)
+    assert fires("MtrankModelLoadFailed", republished, broken)
     assert not fires("MtrankModelLoadFailed", broken, good)
+    v1, v7 = ({"model": "tiny", "version": v} for v in ("1", "7"))
+    ready = {**v1, "mtrank_model_load_state": "ready"}
+    assert republished[("mtrank_model_load_state", frozenset(ready.items()))] == 1  # it read `loading`
+    assert not fires("MtrankModelVersionFailed", {}, series_of(republished, **v1))
+    assert not fires("MtrankModelVersionFailed", {}, series_of(before, **v7))
+    assert fires("MtrankModelVersionFailed", {}, series_of(broken, **v7))
+
+
+@pytest.mark.integration
+async def test_retrieval_unreachable_fires_only_for_a_ranker_dialling_it(
+    repository: Path,  # noqa: F811
+    scrape_default_registry: Callable[[], Scrape],
+) -> None:
+    """A ranker run without --retrieval exported ``mtrank_retrieval_up 0``, as if retrieval were down; one
+    whose retrieval does not answer fires, and no longer once it has stopped (and with it its probes)."""
+    from ranker_server.app import running_server
+
+    async with running_server(make_settings(repository), MutableSource(FakeRouter())):
+        alone = scrape_default_registry()
+    assert not fires("MtrankRetrievalUnreachableFromRanker", {}, alone)
+    down = f"127.0.0.1:{free_port()}"
+    settings = make_settings(repository, retrieval=down, retrieval_probe_interval_s=0.1)
+    async with running_server(settings, MutableSource(FakeRouter())):
+        for _ in range(200):
+            if REGISTRY.get_sample_value("mtrank_retrieval_up", {"target": down}) is not None:
+                break
+            await asyncio.sleep(0.05)
+        failing = scrape_default_registry()
+    assert fires("MtrankRetrievalUnreachableFromRanker", {}, series_of(failing, target=down))
+    assert not fires("MtrankRetrievalUnreachableFromRanker", {}, scrape_default_registry())
+
+
+@pytest.mark.integration
+async def test_cpu_instead_of_cuda_fires_where_cuda_was_asked_for(
+    repository: Path,  # noqa: F811
+    scrape_default_registry: Callable[[], Scrape],
+) -> None:
+    """A ranker asking for the CPU only (the CPU image's onnxruntime offers nothing else) raises no alert;
+    one asking for CUDA (the default providers; onnxruntime-gpu, pyproject.toml, offers it) fires when it
+    got the CPU, as on a machine without a usable GPU, and not where it got CUDA. No job or instance names
+    the ranker."""
+    from ranker_server.app import running_server
+    from ranker_server.config import RuntimeSettings
+
+    cpu_only = RuntimeSettings(providers=("CPUExecutionProvider",))
+    for runtime, asks_cuda in ((cpu_only, False), (RuntimeSettings(), True)):
+        settings = make_settings(repository, runtime=runtime)
+        async with running_server(settings, MutableSource(FakeRouter())) as server:
+            scrape = scrape_default_registry()
+            assert server.repository is not None
+            on_gpu = {key: model.runner.on_gpu for key, model in server.repository.snapshot.models.items()}
+        for (model, version), gpu in on_gpu.items():
+            own = series_of(scrape, model=model, version=version)
+            assert fires("MtrankRankerOnCpuInsteadOfCuda", {}, own) is (asks_cuda and not gpu), own
 
 
 def test_experiment_config_alerts_fire_for_a_rejected_or_waiting_config(

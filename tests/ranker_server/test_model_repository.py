@@ -15,6 +15,7 @@ import pytest
 from grpc import aio
 from prometheus_client import REGISTRY
 
+import ranker_server.inference
 import ranker_server.model_repository
 import ranker_server.package
 from models.package import GOLDEN_FILE, MANIFEST, read_manifest, write_manifest
@@ -36,9 +37,11 @@ def repo(tmp_path: Path, repository: Path) -> Path:
     return tmp_path
 
 
-async def start(repo: Path, router: FakeRouter) -> tuple[RankerServer, MutableSource]:
+async def start(
+    repo: Path, router: FakeRouter, poll_interval_s: float = 0.05
+) -> tuple[RankerServer, MutableSource]:
     source = MutableSource(router)
-    server = RankerServer(make_settings(repo, poll_interval_s=0.05), source, MemorySink())
+    server = RankerServer(make_settings(repo, poll_interval_s=poll_interval_s), source, MemorySink())
     await server.start()
     return server, source
 
@@ -52,6 +55,28 @@ def failed_loads(version: str) -> float:
     )
 
 
+def load_states(version: str) -> list[str]:
+    """The states ``mtrank_model_load_state`` gives tiny/``version`` (one, unless it is broken)."""
+    return [
+        sample.labels["mtrank_model_load_state"]
+        for family in REGISTRY.collect()
+        if family.name == "mtrank_model_load_state"
+        for sample in family.samples
+        if (sample.labels["model"], sample.labels["version"], sample.value) == ("tiny", version, 1)
+    ]
+
+
+def providers(version: str) -> list[tuple[str, str]]:
+    """The (provider, requested) pairs ``mtrank_execution_provider`` exports for tiny/``version``."""
+    return [
+        (sample.labels["provider"], sample.labels["requested"])
+        for family in REGISTRY.collect()
+        if family.name == "mtrank_execution_provider"
+        for sample in family.samples
+        if (sample.labels["model"], sample.labels["version"], sample.value) == ("tiny", version, 1)
+    ]
+
+
 async def test_startup_refuses_a_package_with_a_bad_checksum(repo: Path) -> None:
     onnx = repo / "tiny" / "1" / "model.onnx"
     onnx.write_bytes(onnx.read_bytes() + b"\0")
@@ -59,6 +84,7 @@ async def test_startup_refuses_a_package_with_a_bad_checksum(repo: Path) -> None
     with pytest.raises(PackageError, match="sha256"):
         await server.start()
     await server.stop(0)
+    assert load_states("1") == ["failed"]  # it stayed `loading`
 
 
 def _not_utf8_manifest(package: Path) -> str:
@@ -140,6 +166,7 @@ async def test_a_broken_republish_is_logged_and_the_loaded_version_keeps_serving
             assert await server.repository.refresh()
         assert server.repository.snapshot.models[("tiny", "1")] is old
         assert failed_loads("1") == before + 1  # the same broken files are not retried on every poll
+        assert load_states("1") == ["ready"]  # it serves; it stayed `loading`
         assert any(message in record.getMessage() for record in caplog.records)
     finally:
         await server.stop(0)
@@ -153,6 +180,7 @@ async def test_new_version_with_wrong_golden_outputs_is_rejected_and_old_keeps_s
         source.current = FakeRouter(variants=(("control", FakePayload("tiny", "3")),))
         assert not await server.repository.refresh()
         assert failed_loads("3") == before + 1
+        assert load_states("3") == ["failed"]
         assert server.repository.snapshot.router is ONLY_V1
         assert set(server.repository.snapshot.models) == {("tiny", "1")}
     finally:
@@ -169,6 +197,86 @@ async def test_republished_version_is_reloaded_when_its_manifest_changes(repo: P
         assert await server.repository.refresh()
         new = server.repository.snapshot.models[("tiny", "1")]
         assert new is not old and new.package.manifest_digest != old.package.manifest_digest
+    finally:
+        await server.stop(0)
+
+
+async def test_a_version_is_loading_only_while_it_does_not_serve_yet(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new version is `loading` during its load; a republish of a serving version is loaded while its old
+    files serve, so it stays `ready` (it read `loading` until the load ended, and for good if it failed)."""
+    seen: list[list[str]] = []
+    real = ranker_server.model_repository.load_model
+
+    def observed(path: Path, *args: Any) -> Any:
+        seen.append(load_states(path.name))
+        return real(path, *args)
+
+    monkeypatch.setattr(ranker_server.model_repository, "load_model", observed)
+    build_package(repo, "tiny", "4", seed=4)
+    only_v4 = FakeRouter(variants=(("control", FakePayload("tiny", "4")),), default=FakePayload("tiny", "4"))
+    server, _ = await start(repo, only_v4, poll_interval_s=3600)  # refreshed by the test only
+    try:
+        build_package(repo, "tiny", "4", seed=5)
+        assert await server.repository.refresh()
+        assert seen == [["loading"], ["ready"]]
+        assert load_states("4") == ["ready"]
+    finally:
+        await server.stop(0)
+
+
+async def test_an_unloaded_version_exports_no_provider(repo: Path) -> None:
+    """``mtrank_execution_provider`` is about the versions loaded: an unloaded one kept its series at 1, and
+    a fallback alert on it would fire until the process ended."""
+    server, source = await start(repo, ONLY_V1, poll_interval_s=3600)
+    try:
+        runner = server.repository.snapshot.models[("tiny", "1")].runner
+        assert providers("1") == [(runner.provider, runner.requested)]
+        source.current = ONLY_V2
+        assert await server.repository.refresh()
+        await asyncio.gather(*server.repository._draining)
+        assert load_states("1") == ["unloaded"]
+        assert providers("1") == []
+        assert providers("2") == [(runner.provider, runner.requested)]
+    finally:
+        await server.stop(0)
+
+
+async def test_a_version_named_again_while_it_drains_stays_ready(repo: Path) -> None:
+    """tiny/1 unloaded while a request holds it, named again and loaded before that request ends: the end of
+    its old drain marked the new load `unloaded` and dropped its provider series."""
+    server, source = await start(repo, ONLY_V1, poll_interval_s=3600)
+    try:
+        with server.repository.snapshot.models[("tiny", "1")].use():
+            source.current = ONLY_V2
+            assert await server.repository.refresh()
+            source.current = ONLY_V1
+            assert await server.repository.refresh()
+            assert load_states("1") == ["ready"]
+        await asyncio.gather(*server.repository._draining)
+        runner = server.repository.snapshot.models[("tiny", "1")].runner
+        assert load_states("1") == ["ready"]
+        assert providers("1") == [(runner.provider, runner.requested)]
+    finally:
+        await server.stop(0)
+
+
+async def test_a_reload_that_gets_other_providers_replaces_their_series(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A republish loaded where ONNX Runtime offers the CPU only (as the CPU image's build): the version's
+    series says so, and the previous load's (CUDA asked for here, CUDA or the CPU obtained) is gone."""
+    server, _ = await start(repo, ONLY_V1, poll_interval_s=3600)
+    try:
+        runner = server.repository.snapshot.models[("tiny", "1")].runner
+        assert runner.requested == "CUDAExecutionProvider"  # onnxruntime-gpu (pyproject.toml) offers it
+        assert providers("1") == [(runner.provider, runner.requested)]
+        only_cpu = ["CPUExecutionProvider"]
+        monkeypatch.setattr(ranker_server.inference.ort, "get_available_providers", lambda: only_cpu)
+        build_package(repo, "tiny", "1", seed=7)
+        assert await server.repository.refresh()
+        assert providers("1") == [("CPUExecutionProvider", "CPUExecutionProvider")]
     finally:
         await server.stop(0)
 

@@ -357,9 +357,10 @@ async def test_health_of_the_retrieval_path_follows_retrieval_and_the_ranker_rec
                 if await status(RETRIEVAL_PATH) == not_serving:
                     break
                 await asyncio.sleep(0.05)
+            up = {"target": f"127.0.0.1:{port}"}
             assert (
                 await status(RETRIEVAL_PATH) == not_serving
-                and REGISTRY.get_sample_value("mtrank_retrieval_up") == 0
+                and REGISTRY.get_sample_value("mtrank_retrieval_up", up) == 0
             )
             assert await status("") == serving and await status("mtrank.v1.Ranker") == serving
 
@@ -371,9 +372,24 @@ async def test_health_of_the_retrieval_path_follows_retrieval_and_the_ranker_rec
                 except aio.AioRpcError:
                     await asyncio.sleep(0.05)
             assert len((await stub.Rank(without, timeout=10)).candidate_ids) == 3
-            await _wait_until(lambda: REGISTRY.get_sample_value("mtrank_retrieval_up") == 1)
+            await _wait_until(lambda: REGISTRY.get_sample_value("mtrank_retrieval_up", up) == 1)
             assert await status(RETRIEVAL_PATH) == serving
     finally:
         await server.stop(1)
         await client.close()
         await upstream.stop(0)
+    assert REGISTRY.get_sample_value("mtrank_retrieval_up", up) is None  # no probe, no value
+
+
+async def test_a_ranker_without_retrieval_exports_no_retrieval_up(repository: Path) -> None:
+    """It exported ``mtrank_retrieval_up 0``: retrieval down, to the alert and the dashboard, for a ranker
+    that never dials it."""
+    from prometheus_client import REGISTRY
+
+    server = RankerServer(make_settings(repository), MutableSource(FakeRouter()), None)
+    await server.start()
+    try:
+        exported = [s for f in REGISTRY.collect() if f.name == "mtrank_retrieval_up" for s in f.samples]
+    finally:
+        await server.stop(0)
+    assert exported == []
