@@ -239,6 +239,7 @@ class ModelRepository:
                 return True
             self._snapshot = Snapshot(router, models)
             metrics.SNAPSHOT_SWAPS.labels("swapped").inc()
+            self._forget_failed(models)
             for key, model in old_models.items():
                 if models.get(key) is not model:
                     self._retire(model, replaced=key in models)
@@ -269,6 +270,13 @@ class ModelRepository:
         logger.error("model %s/%s not loaded: %s", *key, exc.reason)
         if not serving:
             metrics.MODEL_STATE.labels(*key).state("failed")
+
+    def _forget_failed(self, named: Mapping[ModelKey, LoadedModel]) -> None:
+        """Versions that failed to load and that the router in force no longer names are ``unloaded``: left
+        ``failed``, a version nobody asks for kept its alert firing until the process ended."""
+        for key in [key for key in self._failed if key not in named]:
+            del self._failed[key]
+            metrics.MODEL_STATE.labels(*key).state("unloaded")
 
     def _retire(self, model: LoadedModel, replaced: bool) -> None:
         key = model.key

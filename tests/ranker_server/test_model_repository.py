@@ -187,6 +187,23 @@ async def test_new_version_with_wrong_golden_outputs_is_rejected_and_old_keeps_s
         await server.stop(0)
 
 
+async def test_a_failed_version_the_config_no_longer_names_is_unloaded(repo: Path) -> None:
+    """tiny/3 fails to load, then the config moves on to tiny/2: tiny/3 stayed `failed` (and its alert firing)
+    until the process ended, though nothing asked for it any more."""
+    server, source = await start(repo, ONLY_V1, poll_interval_s=3600)
+    try:
+        build_package(repo, "tiny", "3", seed=3, corrupt_golden=True)
+        source.current = FakeRouter(variants=(("control", FakePayload("tiny", "3")),))
+        assert not await server.repository.refresh()
+        assert load_states("3") == ["failed"]
+        source.current = ONLY_V2
+        assert await server.repository.refresh()
+        assert load_states("3") == ["unloaded"]
+        assert load_states("2") == ["ready"]
+    finally:
+        await server.stop(0)
+
+
 async def test_republished_version_is_reloaded_when_its_manifest_changes(repo: Path) -> None:
     server, _ = await start(repo, ONLY_V1)
     try:
