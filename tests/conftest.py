@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.demo.quick_drain import quick_demo_drain
+
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -73,7 +75,10 @@ def _run_demo(tmp_path_factory: pytest.TempPathFactory, *extra: str) -> dict[str
             *extra,
         ]
     )  # fmt: skip
-    return {**run(args), "workdir": workdir, "metrics": args.metrics}
+    with pytest.MonkeyPatch.context() as patch:
+        quick_demo_drain(patch)
+        summary = run(args)
+    return {**summary, "workdir": workdir, "metrics": args.metrics}
 
 
 @pytest.fixture(scope="session")

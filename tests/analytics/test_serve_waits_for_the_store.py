@@ -181,7 +181,8 @@ def _unprivileged() -> list[str]:
 
 
 def test_an_unreadable_store_is_one_line_for_serve_and_report(tmp_path: Path) -> None:
-    """Permission denied on the store or a folder above it was a PermissionError traceback (exit 1)."""
+    """Permission denied on the store or a folder above it was a PermissionError traceback (exit 1). The six
+    commands run at once: each is a process of its own, most of whose time is importing the CLI."""
     locked = tmp_path / "locked"
     locked.mkdir()
     unreadable_file = tmp_path / "events.file"
@@ -191,14 +192,23 @@ def test_an_unreadable_store_is_one_line_for_serve_and_report(tmp_path: Path) ->
     for path in (locked, unreadable_file, unreadable_store):
         path.chmod(0)
     try:
-        for store in (locked / "events", unreadable_file, unreadable_store):
-            for command in (["serve", "--port", "0"], ["report", "ranking-dml"]):
-                done = subprocess.run(
-                    [*_unprivileged(), sys.executable, "-m", "analytics", *command, "--store", str(store),
-                     "--metrics", str(EXAMPLE)], capture_output=True, text=True, timeout=120,
-                )  # fmt: skip
-                assert done.returncode == 2, (store, command, done.stderr)
-                assert done.stderr == f"error: cannot read the event store {store}: Permission denied\n"
+        started = [
+            (store, command, subprocess.Popen(
+                [*_unprivileged(), sys.executable, "-m", "analytics", *command, "--store", str(store),
+                 "--metrics", str(EXAMPLE)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ))
+            for store in (locked / "events", unreadable_file, unreadable_store)
+            for command in (["serve", "--port", "0"], ["report", "ranking-dml"])
+        ]  # fmt: skip
+        for store, command, process in started:
+            try:
+                _, stderr = process.communicate(timeout=120)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+            assert process.returncode == 2, (store, command, stderr)
+            assert stderr == f"error: cannot read the event store {store}: Permission denied\n"
     finally:
         for path in (locked, unreadable_file, unreadable_store):
             path.chmod(0o755)

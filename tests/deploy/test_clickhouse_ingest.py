@@ -576,9 +576,40 @@ def _rows(exposures: list[events_pb2.Exposure], outcomes: list[events_pb2.Outcom
     }
 
 
+QUICK_GROUP = "mtrank_test_quick_group"
+"""A named collection of librdkafka settings for the test broker: the group's session times out after 6 s (the
+least a Kafka broker allows by default), not librdkafka's 45 s. The embedded broker answers a JoinGroup after
+about half the session timeout, and a Kafka table dropped by ingest.sql leaves the group only when its session
+times out (chDB sends no LeaveGroup): with the defaults the two installs took 30 s and 88 s to be assigned."""
+
+
+def _on_the_test_broker(text: str) -> str:
+    """``text`` (an ingest.sql) with its Kafka table reading ``QUICK_GROUP``'s librdkafka settings and writing
+    each block after 500 ms (kafka_flush_interval_ms; the default, stream_flush_interval_ms, is 7.5 s); its
+    columns, topics, group, format and error mode unchanged."""
+    engine = "ENGINE = Kafka\nSETTINGS\n"
+    assert text.count(engine) == 1, "the Kafka table's ENGINE clause changed: update _on_the_test_broker"
+    return text.replace(
+        engine, f"ENGINE = Kafka({QUICK_GROUP})\nSETTINGS\n    kafka_flush_interval_ms = 500,\n"
+    )
+
+
+@pytest.fixture()
+def quick_group(chdb_store: ClickHouseEventStore) -> Iterator[None]:
+    """``QUICK_GROUP``, created in the embedded server for one test."""
+    client = chdb_store.client
+    client.command(f"CREATE NAMED COLLECTION {QUICK_GROUP} AS "
+                   "`kafka.session_timeout_ms` = '6000', `kafka.heartbeat_interval_ms` = '1000'")  # fmt: skip
+    try:
+        yield
+    finally:
+        client.command(f"DROP NAMED COLLECTION IF EXISTS {QUICK_GROUP}")
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.usefixtures("quick_group")
 def test_an_install_upgraded_while_it_ingests_kafka_loses_and_repeats_no_event(
     chdb_store: ClickHouseEventStore, tmp_path: Path
 ) -> None:
@@ -590,13 +621,13 @@ def test_an_install_upgraded_while_it_ingests_kafka_loses_and_repeats_no_event(
     with EmbeddedBroker(partitions=1, data_dir=tmp_path) as broker:
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
         try:
-            _apply(chdb_store, _git_show(BEFORE_THE_READERS_RULE), broker.bootstrap)
+            _apply(chdb_store, _on_the_test_broker(_git_show(BEFORE_THE_READERS_RULE)), broker.bootstrap)
             exposures, outcomes = _traffic()
             _send(producer, exposures, outcomes)
             before = _rows(exposures, outcomes)  # the refused outcome too
             _wait_for(chdb_store, before, timeout_s=240)
 
-            _apply(chdb_store, INGEST.read_text(), broker.bootstrap)
+            _apply(chdb_store, _on_the_test_broker(INGEST.read_text()), broker.bootstrap)
             not_utf8 = _not_utf8(events_pb2.Outcome, "metric", NOT_UTF8[0])
             for record in (*UNDECODABLE, not_utf8):  # ahead of the traffic, in its partition
                 producer.send(DEFAULT_TOPICS[1], record)
