@@ -16,7 +16,6 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from grpc_serving.version_folder import load_without_swap
 from ranker_server.errors import PackageError
 
 # models.factored writes these (checksummed in the manifest's ``files`` like every other file).
@@ -131,15 +130,12 @@ def manifest_digest(path: Path) -> str:
 
 
 def read_package(path: Path) -> ModelPackage:
-    """Read and verify the ranking package in ``path``, again when a publish replaced it meanwhile.
+    """Read and verify the ranking package in ``path``. A publish replacing it meanwhile is not handled here:
+    the server's ``model_repository.load_model``, which also opens the graphs after this, loads again then.
 
     Raises:
         PackageError: naming the file and what is wrong (missing file, bad JSON, checksum mismatch, ...).
     """
-    return load_without_swap(path, lambda: _read_package_once(path), PackageError)
-
-
-def _read_package_once(path: Path) -> ModelPackage:
     manifest_path = path / "manifest.json"
     try:
         raw = manifest_path.read_bytes()
