@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, NamedTuple
 
 from analytics.analysis_window import ALL_TIME, AnalysisWindow
+from analytics.store.exceptions import OffsetBackwards
 from proto import limits
 
 if TYPE_CHECKING:
@@ -223,6 +224,23 @@ class EventStore(abc.ABC):
         Raises:
             OffsetBackwards: an offset is lower than the one stored for its partition.
         """
+
+    @staticmethod
+    def _refuse_offsets_behind(
+        offsets: Mapping[TopicPartition, int], applied: Mapping[TopicPartition, int]
+    ) -> None:
+        """What ``apply`` checks before it writes anything: no offset is behind the one ``applied`` (stored)
+        for its partition.
+
+        Raises:
+            OffsetBackwards: the first offset that is.
+        """
+        for tp, offset in offsets.items():
+            stored = applied.get(TopicPartition(*tp))
+            if stored is not None and offset < stored:
+                raise OffsetBackwards(
+                    f"{tp[0]}[{tp[1]}]: offset {offset} is behind the applied offset {stored}"
+                )
 
     @abc.abstractmethod
     def offsets(self) -> dict[TopicPartition, int]:

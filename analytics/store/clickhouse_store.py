@@ -33,26 +33,9 @@ from sqlglot import exp
 
 from analytics import interleaving_sql as isql
 from analytics import sql_compiler as sql
-from analytics.store.base import (
-    ExposureColumns,
-    Exposures,
-    Interleaved,
-    InterleavedColumns,
-    ItemOutcomeColumns,
-    ItemOutcomes,
-    OutcomeColumns,
-    Outcomes,
-    TopicPartition,
-)
-from analytics.store.exceptions import OffsetBackwards, StoreError, StoreUnreachable
-from analytics.store.warehouse import (
-    EXPOSURE_SCHEMA,
-    INTERLEAVED_SCHEMA,
-    ITEM_OUTCOME_SCHEMA,
-    OUTCOME_SCHEMA,
-    WarehouseEventStore,
-    to_arrow,
-)
+from analytics.store.base import Exposures, Interleaved, ItemOutcomes, Outcomes, TopicPartition
+from analytics.store.exceptions import StoreError, StoreUnreachable
+from analytics.store.warehouse import WarehouseEventStore, event_tables
 
 SCHEMA_SQL = Path(__file__).with_name("clickhouse_schema.sql")
 DEFAULT_PORT = 8123
@@ -331,22 +314,10 @@ class ClickHouseEventStore(WarehouseEventStore):
         interleaved: Interleaved = (),
         item_outcomes: ItemOutcomes = (),
     ) -> None:
-        stored = self.offsets()
-        for tp, offset in offsets.items():
-            applied = stored.get(TopicPartition(*tp))
-            if applied is not None and offset < applied:
-                raise OffsetBackwards(
-                    f"{tp[0]}[{tp[1]}]: offset {offset} is behind the applied offset {applied}"
-                )
+        self._refuse_offsets_behind(offsets, self.offsets())
         with self._lock:
-            for table, columns, schema in (
-                ("exposures", ExposureColumns.of(exposures), EXPOSURE_SCHEMA),
-                ("outcomes", OutcomeColumns.of(outcomes), OUTCOME_SCHEMA),
-                ("interleaved", InterleavedColumns.of(interleaved), INTERLEAVED_SCHEMA),
-                ("item_outcomes", ItemOutcomeColumns.of(item_outcomes), ITEM_OUTCOME_SCHEMA),
-            ):
-                if len(columns):
-                    self.client.insert(self._table(table).sql("clickhouse"), to_arrow(columns, schema))
+            for kind, table in event_tables(exposures, outcomes, interleaved, item_outcomes):
+                self.client.insert(self._table(kind).sql("clickhouse"), table)
             if offsets:
                 now = time.time_ns()
                 rows = list(zip(*[(tp[0], tp[1], o, now) for tp, o in offsets.items()], strict=True))

@@ -55,25 +55,14 @@ from sqlglot import exp
 
 from analytics import interleaving_sql as isql
 from analytics import sql_compiler as sql
-from analytics.store.base import (
-    ExposureColumns,
-    Exposures,
-    Interleaved,
-    InterleavedColumns,
-    ItemOutcomeColumns,
-    ItemOutcomes,
-    OutcomeColumns,
-    Outcomes,
-    TopicPartition,
-)
-from analytics.store.exceptions import OffsetBackwards, StoreClosed, StoreError
+from analytics.store.base import Exposures, Interleaved, ItemOutcomes, Outcomes, TopicPartition
+from analytics.store.exceptions import StoreClosed, StoreError
 from analytics.store.warehouse import (
     EXPOSURE_SCHEMA,
-    INTERLEAVED_SCHEMA,
     ITEM_OUTCOME_SCHEMA,
     OUTCOME_SCHEMA,
     WarehouseEventStore,
-    to_arrow,
+    event_tables,
 )
 from proto import limits
 
@@ -385,35 +374,20 @@ class DuckDBEventStore(WarehouseEventStore):
         interleaved: Interleaved = (),
         item_outcomes: ItemOutcomes = (),
     ) -> None:
-        exposure_columns = ExposureColumns.of(exposures)
-        outcome_columns = OutcomeColumns.of(outcomes)
-        interleaved_columns = InterleavedColumns.of(interleaved)
-        item_outcome_columns = ItemOutcomeColumns.of(item_outcomes)
+        tables = dict(event_tables(exposures, outcomes, interleaved, item_outcomes))  # outside the lock
         with self._lock:
             self.db  # noqa: B018 - raises when closed
             self._become_writer()
-            stored = _latest_offsets(self._visible())
-            for tp, offset in offsets.items():
-                applied = stored.get(TopicPartition(*tp))
-                if applied is not None and offset < applied[0]:
-                    raise OffsetBackwards(
-                        f"{tp[0]}[{tp[1]}]: offset {offset} is behind the applied offset {applied[0]}"
-                    )
-            events = (exposure_columns, outcome_columns, interleaved_columns, item_outcome_columns)
-            if not (any(len(columns) for columns in events) or offsets):
+            self._refuse_offsets_behind(offsets, self.offsets())
+            if not (tables or offsets):
                 return
             name = self._new_name()
 
             def write(folder: Path) -> tuple[int, int, None]:
-                for kind, columns, schema in (
-                    ("exposures", exposure_columns, EXPOSURE_SCHEMA),
-                    ("outcomes", outcome_columns, OUTCOME_SCHEMA),
-                    ("interleaved", interleaved_columns, INTERLEAVED_SCHEMA),
-                    ("item_outcomes", item_outcome_columns, ITEM_OUTCOME_SCHEMA),
-                ):
-                    if len(columns):
-                        self._write_keyed(to_arrow(columns, schema), folder / f"{kind}.parquet")
-                return len(exposure_columns), len(outcome_columns), None
+                for kind, table in tables.items():
+                    self._write_keyed(table, folder / f"{kind}.parquet")
+                rows = {kind: table.num_rows for kind, table in tables.items()}
+                return rows.get("exposures", 0), rows.get("outcomes", 0), None
 
             self._commit(
                 name, write, {TopicPartition(*tp): (o, name) for tp, o in offsets.items()}, False, []

@@ -23,7 +23,6 @@ from analytics.interleaving import (
 )
 from analytics.stats.models.statistics import PreferenceCounts
 from analytics.store.base import EventStore, Exposures, Interleaved, ItemOutcomes, Outcomes, TopicPartition
-from analytics.store.exceptions import OffsetBackwards
 
 
 class MemoryEventStore(EventStore):
@@ -54,12 +53,7 @@ class MemoryEventStore(EventStore):
         item_outcomes: ItemOutcomes = (),
     ) -> None:
         with self._lock:
-            for tp, offset in offsets.items():
-                applied = self._offsets.get(TopicPartition(*tp))
-                if applied is not None and offset < applied:
-                    raise OffsetBackwards(
-                        f"{tp[0]}[{tp[1]}]: offset {offset} is behind the applied offset {applied}"
-                    )
+            self._refuse_offsets_behind(offsets, self._offsets)
             for event_id, experiment, variant, user, ts in exposures:
                 state = self._exposures[experiment].get(user)
                 if state is None:

@@ -16,7 +16,18 @@ import pyarrow as pa
 from analytics import interleaving_sql as isql
 from analytics import sql_compiler as sql
 from analytics.analysis_window import ALL_TIME, AnalysisWindow
-from analytics.store.base import EventStore, _Columns
+from analytics.store.base import (
+    EventStore,
+    ExposureColumns,
+    Exposures,
+    Interleaved,
+    InterleavedColumns,
+    ItemOutcomeColumns,
+    ItemOutcomes,
+    OutcomeColumns,
+    Outcomes,
+    _Columns,
+)
 
 if TYPE_CHECKING:
     from analytics.interleaving import ArmsSeen
@@ -50,6 +61,22 @@ def to_arrow(columns: _Columns, schema: pa.Schema) -> pa.Table:
     """A column batch as an Arrow table with the store's column names and types."""
     arrays = [pa.array(values, f.type) for values, f in zip(columns.columns().values(), schema, strict=True)]
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def event_tables(
+    exposures: Exposures, outcomes: Outcomes, interleaved: Interleaved, item_outcomes: ItemOutcomes
+) -> Iterator[tuple[str, pa.Table]]:
+    """The events of one ``apply`` as Arrow tables, by kind: ``exposures``, ``outcomes``, ``interleaved``
+    and ``item_outcomes`` (the stores' table and file names); kinds without events are skipped. Each table
+    is built when it is reached, so a store that writes it at once holds one at a time."""
+    for kind, columns, schema in (
+        ("exposures", ExposureColumns.of(exposures), EXPOSURE_SCHEMA),
+        ("outcomes", OutcomeColumns.of(outcomes), OUTCOME_SCHEMA),
+        ("interleaved", InterleavedColumns.of(interleaved), INTERLEAVED_SCHEMA),
+        ("item_outcomes", ItemOutcomeColumns.of(item_outcomes), ITEM_OUTCOME_SCHEMA),
+    ):
+        if len(columns):
+            yield kind, to_arrow(columns, schema)
 
 
 class WarehouseEventStore(EventStore):
