@@ -265,7 +265,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         try:
             server = AnalyticsServer(
                 store, config, host=args.host, port=args.port, cache_seconds=args.cache_seconds,
-                threads=args.threads, idle_timeout_s=args.idle_timeout,
+                threads=args.threads, idle_timeout_s=args.idle_timeout, srm_interval_s=args.srm_interval,
             )  # fmt: skip
         except OSError as exc:  # the port is taken, or the host is not an address of this machine
             raise CliError(
@@ -390,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=POSITIVE_INT, default=16, help="connections handled at once")
     serve.add_argument(
         "--idle-timeout", type=POSITIVE, default=10.0, help="seconds a silent client may hold a connection"
+    )
+    serve.add_argument(
+        "--srm-interval",
+        metavar="SECONDS",
+        type=POSITIVE,
+        default=60.0,
+        help="seconds between the checks of the running experiments' users per variant and sample ratio, "
+        "exported at /metrics (mtrank_experiment_srm_flagged: the alert MtrankExperimentSampleRatioMismatch)",
     )
     serve.set_defaults(func=_cmd_serve)
 

@@ -107,13 +107,14 @@ class MetricReport:
 
 @dataclass(frozen=True)
 class VariantSummary:
-    """Users of one variant against its configured share."""
+    """Users of one variant against its configured share. ``observed_share`` is null while the experiment has
+    no users at all (a share of nobody is undefined; 0.0 said the variant got none of some traffic)."""
 
     key: str
     is_control: bool
     users: int
     expected_share: float
-    observed_share: float
+    observed_share: float | None
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,9 @@ def _summary_parts(
         window = config.experiment(experiment_key).window
         counts = dict(store.variant_counts(experiment_key, window=window) if users is None else users)
         total = sum(counts.values())
-        variants = [VariantSummary(key, False, n, 1.0, n / total if total else 0.0) for key, n in counts.items()]
+        variants = [
+            VariantSummary(key, False, n, 1.0, n / total if total else None) for key, n in counts.items()
+        ]
         return None, variants, SrmResult(None, False, config.srm_threshold), total
     counts, control, weights = _variants_and_control(store, config, experiment_key, users)
     total = sum(counts.values())
@@ -285,7 +288,7 @@ def _summary_parts(
             is_control=key == control,
             users=users,
             expected_share=weights[key],
-            observed_share=users / total if total else 0.0,
+            observed_share=users / total if total else None,
         )
         for key, users in counts.items()
     ]
@@ -614,7 +617,8 @@ def format_report_table(report: dict[str, Any]) -> str:
         f"{'sequential (always valid)' if report['sequential'] else 'fixed horizon'}",
         "  "
         + ", ".join(
-            f"{name(v['key'])}: {v['users']} ({v['observed_share']:.1%})" for v in report["variants"]
+            f"{name(v['key'])}: {v['users']} ({text_format.number(v['observed_share'], '.1%')})"
+            for v in report["variants"]
         ),
         *text_format.window_lines(report),
     ]

@@ -9,7 +9,8 @@ Routes (GET, and HEAD for the same headers without the body; other methods get 4
 - ``/readyz``: ``ready`` once the store can be read; 503 with the one-line reason while it cannot (the
   consumer has not created it yet), for whoever needs reports, not just the page.
 - ``/metrics``: Prometheus metrics of this server (``DashboardMetrics``: requests by route and status, time to
-  compute a report or the experiment list when the cache misses, connections refused as busy).
+  compute a report or the experiment list when the cache misses, connections refused as busy, and each running
+  experiment's users per variant and sample-ratio-mismatch check, see below).
 - anything else: a file under the dashboard folder (``/`` is ``index.html``).
 
 Given a ``StoreOpener`` instead of a store (``python -m analytics serve`` before the consumer has created
@@ -22,6 +23,12 @@ one analysis per experiment and interval. The store is only read under one lock,
 connection is not safe for concurrent use is fine; answers already cached never wait for it (a report being
 computed held up every page). The experiment list costs a fixed number of store queries, however many
 experiment keys the events name (plus one per experiment the config gives an analysis window).
+
+Every ``srm_interval_s`` (60 s by default, ``serve --srm-interval``) a thread of its own computes the summary
+of every experiment (users per variant and SRM: no metric is read) and exports those whose config status is
+``running`` as gauges (``SrmExporter``): a broken assignment raises MtrankExperimentSampleRatioMismatch
+(deploy/observability/alerts.yml) without anyone opening a report. It reads the store in the same
+one-at-a-time turn as the requests, so answers already cached never wait for it.
 
 Facing untrusted clients: connections are served by a bounded pool of threads with an idle timeout (a client
 that stops sending is dropped), and beyond a bounded queue new connections get 503 at once; odd paths (NUL
@@ -46,11 +53,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from analytics import AnalyticsError
 from analytics.metrics import AnalysisConfig, EventStore
-from analytics.report import build_report, experiment_summaries
+from analytics.report import ExperimentSummary, build_report, experiment_summaries
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +119,31 @@ class DashboardMetrics:
         self.refused = Counter(
             "mtrank_dashboard_refused_connections",
             "connections answered 503 at once: every thread busy and the waiting queue full",
+            registry=self.registry,
+        )
+        # the periodic check (SrmExporter): running experiments only, the series of others removed
+        self.srm_p_value = Gauge(
+            "mtrank_experiment_srm_p_value",
+            "sample-ratio-mismatch p-value of a running A/B experiment (chi-square of its users per variant "
+            "against the configured weights); absent while it cannot be tested (one variant, no users)",
+            ["experiment"],
+            registry=self.registry,
+        )
+        self.srm_flagged = Gauge(
+            "mtrank_experiment_srm_flagged",
+            "1 when a running A/B experiment's SRM p-value is below the analysis config's srm_threshold",
+            ["experiment"],
+            registry=self.registry,
+        )
+        self.experiment_users = Gauge(
+            "mtrank_experiment_users",
+            "users of a running experiment by the variant of their first exposure (in its analysis window)",
+            ["experiment", "variant"],
+            registry=self.registry,
+        )
+        self.summary_failures = Counter(
+            "mtrank_experiment_summary_failures",
+            "periodic experiment summaries that failed to read the store (the gauges keep their last values)",
             registry=self.registry,
         )
 
@@ -195,6 +234,12 @@ class ReportCache:
                 self._entries[key] = (now, value)
             return value
 
+    def summaries(self) -> list[ExperimentSummary]:
+        """Every experiment's summary, read now (not cached) in the store's turn: the periodic SRM check."""
+        store = self.store
+        with self._build_lock, self.metrics.build_seconds.labels("srm_check").time():
+            return experiment_summaries(store, self.config)
+
     def experiments(self) -> list[dict[str, Any]]:
         store = self.store  # not in ``build``: a store not ready yet is no build to time
         return self._cached(
@@ -212,6 +257,78 @@ class ReportCache:
             lambda: build_report(store, self.config, experiment_key).to_dict(),
             lambda: experiment_key in store.experiments(),
         )
+
+
+class SrmExporter:
+    """Exports each running experiment's users per variant and SRM check every ``interval_s`` (the first
+    ``interval_s`` after ``start``), in a thread of its own, into the gauges of ``DashboardMetrics``.
+
+    Only experiments whose config status is ``running`` are exported, and the series of any other (stopped,
+    or gone from the store) are removed after the values of the running ones are set: a scrape never misses
+    the series of an experiment still running, which would reset its alert's ``for``. A store that fails a
+    read is counted and logged, and the gauges keep their last values (an SRM alert firing goes on firing); a
+    store not created yet is waited for, as the requests do.
+    """
+
+    def __init__(self, cache: ReportCache, interval_s: float) -> None:
+        self.cache = cache
+        self.interval_s = interval_s
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._exported: dict[Gauge, set[tuple[str, ...]]] = {}  # the label values each gauge has series for
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="analytics-srm", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop; a check reading the store finishes first (the caller closes the store next)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Read every experiment's summary and export the running ones'."""
+        metrics = self.cache.metrics
+        try:
+            summaries = self.cache.summaries()
+        except StoreNotReady:  # logged by the opener, once per reason
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed read must end neither the checks nor the server
+            metrics.summary_failures.inc()
+            logger.warning(
+                "SRM check failed, the gauges keep their last values: %s: %s", type(exc).__name__, exc
+            )
+            return
+        p_values: dict[tuple[str, ...], float] = {}
+        flagged: dict[tuple[str, ...], float] = {}
+        users: dict[tuple[str, ...], float] = {}
+        for summary in summaries:
+            if summary.status != "running":
+                continue
+            key = summary.experiment_key
+            users |= {(key, variant.key): variant.users for variant in summary.variants}
+            if summary.kind == "ab":  # an interleaving experiment has no split to check
+                flagged[(key,)] = float(summary.srm.flagged)
+                if summary.srm.p_value is not None:
+                    p_values[(key,)] = summary.srm.p_value
+        self._export(metrics.srm_p_value, p_values)
+        self._export(metrics.srm_flagged, flagged)
+        self._export(metrics.experiment_users, users)
+
+    def _export(self, gauge: Gauge, values: dict[tuple[str, ...], float]) -> None:
+        """``gauge`` with exactly these series: set them, then remove the others it had."""
+        for labels, value in values.items():
+            gauge.labels(*labels).set(value)
+        for labels in self._exported.get(gauge, set()) - values.keys():
+            gauge.remove(*labels)
+        self._exported[gauge] = set(values)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -410,6 +527,7 @@ class AnalyticsServer:
         threads: connections handled at once.
         backlog: connections waiting for a thread; more get 503 at once.
         idle_timeout_s: a client silent this long (mid-request or while reading the answer) is dropped.
+        srm_interval_s: seconds between the exports of the running experiments' SRM checks (``SrmExporter``).
     """
 
     def __init__(
@@ -423,9 +541,11 @@ class AnalyticsServer:
         threads: int = 16,
         backlog: int = 64,
         idle_timeout_s: float = 10.0,
+        srm_interval_s: float = 60.0,
     ) -> None:
         self.metrics = DashboardMetrics()
         self._cache = ReportCache(store, config, self.metrics, cache_seconds)
+        self._srm = SrmExporter(self._cache, srm_interval_s)
         handler = type(
             "Handler",
             (_Handler,),
@@ -455,9 +575,11 @@ class AnalyticsServer:
         self._thread.start()
         logger.info("analytics dashboard at %s", self.url)
         self._cache.not_ready()  # opens the store now, or logs why it cannot yet: at start, not on a first visit
+        self._srm.start()
 
     def stop(self) -> None:
-        """Stop serving, close the socket and answer the connections already accepted."""
+        """Stop serving and the SRM checks, close the socket and answer the connections already accepted."""
+        self._srm.stop()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5)

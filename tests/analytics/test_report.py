@@ -235,6 +235,27 @@ def test_a_variant_without_users_has_no_value_and_leaves_the_others_unchanged(
     assert empty_lines == [["empty", "0", "-"]] * len(METRICS)
 
 
+def test_an_experiment_without_users_has_no_observed_shares(store: MemoryEventStore) -> None:
+    """An analysis window in which no user was first exposed: each variant's observed share was 0.0, shares
+    of nobody that summed to 0; they are null (printed "-"), while a variant without users beside others keeps
+    its true share, 0.0."""
+    weights = {"control": 1.0, "treatment": 1.0, "empty": 1.0}
+    later = START_MS + 10 * 24 * 3_600_000  # after every exposure of the simulation
+    nobody = config(experiments={"exp": {"weights": weights, "start": later}})
+    report = build_report(store, nobody, "exp").to_dict()
+    assert report["total_users"] == 0
+    assert [(v["key"], v["users"], v["observed_share"]) for v in report["variants"]] == [
+        ("control", 0, None),
+        ("empty", 0, None),
+        ("treatment", 0, None),
+    ]
+    assert format_report_table(report).splitlines()[2] == "  control: 0 (-), empty: 0 (-), treatment: 0 (-)"
+    assert experiment_summary(store, nobody, "exp").to_dict()["variants"] == report["variants"]
+    some = experiment_summary(store, config(experiments={"exp": {"weights": weights}}), "exp")
+    shares = {v.key: v.observed_share for v in some.variants}
+    assert shares["empty"] == 0.0 and sum(shares.values()) == pytest.approx(1.0)
+
+
 def test_a_control_without_users_has_no_value() -> None:
     """The control nobody was exposed to showed the mean of its comparisons' empty arm, 0.0."""
     store = MemoryEventStore()
