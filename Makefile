@@ -11,7 +11,7 @@ CLIENT_STAMP := $(CLIENT_VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint proto clean browser
+.PHONY: demo test lint proto clean browser promtool
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ $(CLIENT_STAMP):
 demo: $(STAMP)
 	$(PY) -m deploy.demo $(DEMO_ARGS)
 
-test: $(STAMP) $(CLIENT_STAMP) browser
+test: $(STAMP) $(CLIENT_STAMP) browser promtool
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -37,6 +37,15 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  echo "installing Debian chromium + chromium-driver for the dashboard browser test"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
+# The alert rule tests run promtool, taken from Debian's prometheus package: only that binary, as installing
+# the package enables and starts a Prometheus service (on compose's port 9090) and pulls in its web UI.
+promtool:
+	@command -v promtool >/dev/null || { \
+	  echo "installing promtool from Debian's prometheus package for the alert rule tests"; \
+	  tmp=$$(mktemp -d) && cd $$tmp && $(SUDO) apt-get update -qq && apt-get download -qq prometheus \
+	  && dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool \
+	  && $(SUDO) install -m 755 usr/bin/promtool /usr/local/bin/promtool; rc=$$?; rm -rf $$tmp; exit $$rc; }
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

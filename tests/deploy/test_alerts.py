@@ -12,6 +12,7 @@ import asyncio
 import math
 import re
 import shutil
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,6 +92,12 @@ _THRESHOLD = re.compile(r"^(?P<lhs>.*?)\s*>\s*(?P<threshold>\d+(?:\.\d+)?)\s*$",
 _GAUGE_EQUALS = re.compile(
     r"^(?P<name>[A-Za-z_:][\w:]*)\s*(?:\{(?P<matchers>[^}]*)\})?\s*==\s*(?P<value>\d+(?:\.\d+)?)$"
 )
+# ``increase(c[w]) > 0 or c unless c offset w``: any increase, a series that appeared within w counting from 0
+# (alerts.yml's header says why): between two scrapes, what rate() is evaluated as here.
+_INCREASE_OR_NEW = re.compile(
+    r"increase\s*\(\s*(?P<series>(?P<name>[A-Za-z_:][\w:]*)\s*(?:\{[^}]*\})?)\s*\[(?P<window>[^\]]+)\]\s*\)"
+    r"\s*>\s*0\s+or\s+(?P=series)\s+unless\s+(?P=name)\s+offset\s+(?P=window)"
+)
 
 
 def promql_alert_fires(expr: str, before: Scrape, after: Scrape) -> bool:
@@ -99,6 +106,7 @@ def promql_alert_fires(expr: str, before: Scrape, after: Scrape) -> bool:
     not evaluated). The time between the scrapes is not known, so only what does not depend on it is
     evaluated: a ratio of rates against any threshold, anything else against 0. An expression that selects no
     series does not fire."""
+    expr = _INCREASE_OR_NEW.sub(r"rate(\g<series>[\g<window>])", expr)
     gauge = _GAUGE_EQUALS.match(expr.strip())
     if gauge is not None:
         name, matchers, wanted = gauge["name"], gauge["matchers"] or "", float(gauge["value"])
@@ -124,6 +132,9 @@ def promql_alert_fires(expr: str, before: Scrape, after: Scrape) -> bool:
 
 _BEFORE = parse_scrape('# TYPE r counter\nr_total{code="OK"} 10\n')
 _AFTER = parse_scrape('# TYPE r counter\nr_total{code="OK"} 19\nr_total{code="UNAVAILABLE"} 1\n')
+_ANY_INCREASE = (
+    'sum(increase(r_total{{code="{0}"}}[5m]) > 0 or r_total{{code="{0}"}} unless r_total offset 5m) > 0'
+)
 
 
 @pytest.mark.parametrize(
@@ -133,6 +144,9 @@ _AFTER = parse_scrape('# TYPE r counter\nr_total{code="OK"} 19\nr_total{code="UN
         ('sum(rate(r_total{code!="OK"}[5m])) by (job) / sum(rate(r_total[5m])) by (job) > 0.2', False),
         ('sum(rate(r_total{code="UNAVAILABLE"}[15m])) by (job, instance) > 0', True),
         ('sum(rate(r_total{code="INTERNAL"}[15m])) by (job, instance) > 0', False),  # no such series
+        (_ANY_INCREASE.format("UNAVAILABLE"), True),  # new in after: counted from 0
+        (_ANY_INCREASE.format("OK"), True),
+        (_ANY_INCREASE.format("INTERNAL"), False),  # no such series
         ('r_total{code="UNAVAILABLE"} == 1', True),  # what it reads after
         ('r_total{code!="OK"} == 0', False),
         ('r_total{code="INTERNAL"} == 0', False),  # no such series
@@ -327,6 +341,7 @@ DRIVEN = {
     "MtrankEventsDropped": "test_event_alerts_fire_when_kafka_is_away",
     "MtrankEventsJournalled": "test_event_alerts_fire_when_kafka_is_away",
     "MtrankEventsDeadLettered": "test_event_alerts_fire_when_kafka_is_away",
+    "MtrankExperimentSampleRatioMismatch": "test_sample_ratio_mismatch_fires_for_a_broken_split_only",
 }
 # Computable, not driven: each needs what no test here can make in seconds.
 NOT_DRIVEN = {
@@ -655,3 +670,34 @@ async def test_event_alerts_fire_when_kafka_is_away(
         "MtrankEventsDropped",
         "MtrankEventsDeadLettered",
     ]
+
+
+@pytest.mark.integration
+def test_sample_ratio_mismatch_fires_for_a_broken_split_only() -> None:
+    """The dashboard server over a store where one running experiment's users split 55/45 against configured
+    halves (chi-square p about 8e-6, below the config's srm_threshold) and another's as configured: its
+    periodic check makes the alert fire for the first, with its experiment label, and not for the second."""
+    from analytics.metrics import AnalysisConfig, load_analysis_config
+    from analytics.server import AnalyticsServer
+    from analytics.store import MemoryEventStore
+    from tests.analytics.stats.simulated_events import simulate_experiment
+
+    config = load_analysis_config(ROOT / "analytics" / "examples" / "metrics.yaml").model_dump()
+    halves = {"weights": {"control": 0.5, "treatment": 0.5}}
+    config["experiments"] = {"broken": halves, "healthy": halves}
+    store = MemoryEventStore()
+    simulate_experiment(store, "broken", users=2000, seed=1, weights=(0.55, 0.45))
+    simulate_experiment(store, "healthy", users=2000, seed=2)
+    flagged = {
+        key: ("mtrank_experiment_srm_flagged", frozenset({("experiment", key)}))
+        for key in config["experiments"]
+    }
+    with AnalyticsServer(store, AnalysisConfig.model_validate(config), port=0, srm_interval_s=0.05) as server:
+        for _ in range(400):  # until the check, in the server's own thread, has flagged both or not
+            checked = scrape(server.port)
+            if all(series in checked for series in flagged.values()):
+                break
+            time.sleep(0.05)
+    assert fires("MtrankExperimentSampleRatioMismatch", {}, series_of(checked, experiment="broken"))
+    assert not fires("MtrankExperimentSampleRatioMismatch", {}, series_of(checked, experiment="healthy"))
+    assert checked[flagged["healthy"]] == 0  # checked, not absent
