@@ -37,6 +37,8 @@ RankingTasks = Callable[[str, str], Collection[str] | None]
 
 Path_ = tuple[str | int, ...]
 
+_TOP_LEVEL = "a mapping with 'defaults' and 'experiments'"
+
 
 def _line_map(text: str) -> dict[Path_, int]:
     """1-based line of every mapping key / sequence item, by path; flags duplicate mapping keys.
@@ -216,8 +218,11 @@ def load_config(
             text = read_config_text(source)
         data, lines = parse_text(text, file)
     locate = _Locator(file, data, lines)
+    if data is None and () not in lines:  # no document at all: YAML has no node, so no line to point at
+        message = f"the file is empty (or holds only comments): expected {_TOP_LEVEL}"
+        raise ConfigError(message, file=file, line=1)
     if not isinstance(data, Mapping):
-        raise locate.error("the top level must be a mapping with 'defaults' and 'experiments'", ())
+        raise locate.error(f"the top level must be {_TOP_LEVEL}", ())
     bad_dates = [
         locate.error(f"invalid date {bad.text!r}: {bad.reason} (quote it if it is no date)", path)
         for path, bad in _invalid_dates(data)

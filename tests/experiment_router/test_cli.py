@@ -31,6 +31,18 @@ def test_validate_bad_config_exits_2_without_traceback(
     assert "Traceback" not in err
 
 
+def test_validate_an_empty_file_names_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert main(["validate", str(empty)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {empty}:1: the file is empty (or holds only comments): "
+        "expected a mapping with 'defaults' and 'experiments'\n"
+    )
+
+
 def test_validate_against_model_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", TWO_LAYERS, "--model-repository", str(tmp_path)]) == 2
     assert "is not in the model repository" in capsys.readouterr().err

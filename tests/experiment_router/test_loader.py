@@ -300,6 +300,20 @@ def test_missing_file() -> None:
         load_config("/nonexistent/exp.yaml")
 
 
+@pytest.mark.parametrize(
+    "text", ["", "  \n\n", "# experiments go here\n"], ids=["0-bytes", "blank", "comment"]
+)
+def test_an_empty_file_names_file_and_line_1(tmp_path: Path, text: str) -> None:
+    """YAML reads an empty file as no document, so the error had no line where every other one has."""
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    err = _error(path)
+    assert str(err) == (
+        f"{path}:1: the file is empty (or holds only comments): "
+        "expected a mapping with 'defaults' and 'experiments'"
+    )
+
+
 def test_model_version_is_a_string(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, GOOD_EXPERIMENT))
     assert config.experiments[0].variations[1].payload.model_version == "1"

@@ -83,6 +83,25 @@ def test_deleted_file_keeps_router(tmp_path: Path) -> None:
     assert watcher.check_now() is False and watcher.current is router
 
 
+def test_a_file_emptied_keeps_the_previous_router_and_logs_one_line_naming_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "exp.yaml"
+    _write(path, base_config(), 0)
+    watcher = ConfigWatcher(path, settle_s=0)
+    router = watcher.current
+    path.write_text("")  # truncated by an operator, or by a writer that never finished
+    os.utime(path, (time.time() + 10,) * 2)
+    with caplog.at_level(logging.ERROR, logger="experiment_router.reload"):
+        assert watcher.check_now() is False
+        assert watcher.check_now() is False  # the same empty file is not reported again
+    assert watcher.current is router
+    assert [r.getMessage() for r in caplog.records] == [
+        f"experiment config {path} rejected, keeping the previous one: {path}:1: the file is empty "
+        "(or holds only comments): expected a mapping with 'defaults' and 'experiments'"
+    ]
+
+
 def test_invalid_initial_file_raises(tmp_path: Path) -> None:
     path = tmp_path / "exp.yaml"
     path.write_text("defaults: {}\n")
