@@ -10,6 +10,7 @@ tests skip, saying so, where it is missing; in CI (CI=true) that is a failure, a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -98,6 +99,22 @@ def test_every_alert_has_a_case_that_fires_and_one_that_does_not() -> None:
     quiet = {check["alertname"] for check in checks if not check.get("exp_alerts")}
     assert [name for name in RULE_NAMES if name not in fires] == []
     assert [name for name in RULE_NAMES if name not in quiet] == []
+
+
+def test_no_expected_annotation_shows_an_empty_label() -> None:
+    """An annotation that prints a label some series lack renders a hole ("(undecodable )", "invalid ()");
+    promtool only compares, so an expectation copied from such a rendering passed: guard every expectation."""
+    hole = re.compile(r"\(\s*\)|\(\s|\s\)|\s{2}|^\s|\s$")
+    tests = yaml.safe_load(ALERTS_TEST.read_text())
+    holes = [
+        f"{check['alertname']} at {check['eval_time']}: {name}: {text!r}"
+        for group in tests["tests"]
+        for check in group["alert_rule_test"]
+        for alert in check.get("exp_alerts") or []
+        for name, text in (alert.get("exp_annotations") or {}).items()
+        if hole.search(text)
+    ]
+    assert holes == []
 
 
 # Rules changed as a slip would change them, and the alert whose checks must then fail.
