@@ -277,6 +277,10 @@ class AnalysisConfig(_Strict):
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
     difference_type: DifferenceType = "relative"
     correction: Correction = "holm"
+    """Multiple-testing correction (``analytics.stats.multiple_testing``) over one family per report: every goal
+    metric (guardrails are left out) times every treatment. Also in sequential mode: an always-valid p-value is
+    valid at whatever time one stops, so Holm on them keeps the family-wise error rate at any stop; BH keeps
+    the false discovery rate under independence or positive dependence, as at a fixed horizon."""
     sequential: bool = False
     sequential_tuning_parameter: float = Field(default=DEFAULT_SEQUENTIAL_TUNING_PARAMETER, gt=0.0)
     srm_threshold: float = Field(default=0.001, gt=0.0, lt=1.0)

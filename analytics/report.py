@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from analytics import text_format
 from analytics.analysis_window import AnalysisWindow
 from analytics.interleaving_report import InterleavingReport, format_interleaving_table, interleaving_report
 from analytics.metrics import AnalysisConfig, EventStore, MetricDefinition
-from analytics.stats.analysis import AnalysisSettings, Comparison, adjusted_p_values, compare_to_control
+from analytics.stats.analysis import AnalysisSettings, Comparison, Corrected, compare_to_control, correct
 from analytics.stats.messages import MESSAGES
 from analytics.stats.models.results import FrequentistResult
 from analytics.stats.models.statistics import CupedMean, Proportion, Ratio, SampleMean, TestStatistic
@@ -67,6 +67,12 @@ class VariantMetricResult:
     lifts, p-values and chance to win are null too. ``p_value`` belongs to the report's ``difference_type``;
     ``significant`` means ``adjusted_p_value < alpha``. ``error`` is a code of ``analytics.stats.messages``
     (null: none) and ``error_message`` its text.
+
+    ``adjusted_p_value`` is ``p_value`` after the report's ``correction`` where the metric is ``corrected``
+    (a goal metric), else ``p_value`` itself (a guardrail, or correction none). ``adjusted_ci`` is the
+    difference_type lift's interval at the level where it agrees with ``adjusted_p_value`` (it excludes 0
+    exactly when the row is significant): alpha * p / p_adj in place of alpha
+    (``analytics.stats.multiple_testing.interval_levels``); the lift's ``ci`` stays the unadjusted one.
     """
 
     variant: str
@@ -80,6 +86,7 @@ class VariantMetricResult:
     p_value_greater: float | None = None
     p_value_less: float | None = None
     adjusted_p_value: float | None = None
+    adjusted_ci: tuple[float, float] | None = None
     significant: bool = False
     sequential: bool = False
     chance_to_win: float | None = None
@@ -94,7 +101,8 @@ def _error_message(code: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class MetricReport:
-    """All variants of one metric."""
+    """All variants of one metric; ``corrected``: its p-values are in the report's correction family (a goal
+    metric while a correction is on; guardrails never are, see ``analyse_metrics``)."""
 
     name: str
     type: str
@@ -103,6 +111,7 @@ class MetricReport:
     inverse: bool
     cuped: bool
     variants: list[VariantMetricResult]
+    corrected: bool = False
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,8 @@ class ExperimentReport:
     ``kind`` "interleaving": ``interleaving`` holds the analysis, ``metrics`` and ``timeline`` are empty (every user
     saw both arms, so there is nothing to compare per variant), ``control`` is null and ``variants`` is the one
     variant "interleaved" (with ``traffic``). ``analysis_window`` (null: none) is the window the config sets;
-    ``start_ms`` and ``end_ms`` are the exposures the report covers, within it.
+    ``start_ms`` and ``end_ms`` are the exposures the report covers, within it. ``correction_family_size`` is the
+    number of comparisons ``correction`` adjusted together (0 when it is none); the timeline is unadjusted.
     """
 
     experiment_key: str
@@ -215,6 +225,7 @@ class ExperimentReport:
     kind: str = "ab"
     interleaving: InterleavingReport | None = None
     analysis_window: WindowReport | None = None
+    correction_family_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
@@ -374,7 +385,7 @@ def _variant_rows(
     stats: dict[str, TestStatistic],
     control: str | None,
     comparisons: dict[str, Comparison],
-    adjusted: dict[str, float | None],
+    adjusted: dict[str, Corrected | None],
     settings: AnalysisSettings,
 ) -> list[VariantMetricResult]:
     # CUPED means are only adjusted once both arms are pooled, so values are read off the test results.
@@ -387,7 +398,14 @@ def _variant_rows(
             rows.append(_row_without_lift(key, stat, key == control, control_value, comparison, settings))
             continue
         primary = comparison.primary(settings.difference_type)
-        adjusted_p = adjusted.get(key)
+        corrected = adjusted.get(key)
+        adjusted_ci = None
+        if corrected is not None:
+            adjusted_ci = (
+                primary.ci
+                if corrected.interval_alpha == settings.alpha
+                else comparison.primary_interval(settings, corrected.interval_alpha)
+            )
         rows.append(
             VariantMetricResult(
                 variant=key,
@@ -400,8 +418,9 @@ def _variant_rows(
                 p_value=primary.p_value,
                 p_value_greater=primary.p_value_greater,
                 p_value_less=primary.p_value_less,
-                adjusted_p_value=adjusted_p,
-                significant=adjusted_p is not None and adjusted_p < settings.alpha,
+                adjusted_p_value=None if corrected is None else corrected.p_value,
+                adjusted_ci=adjusted_ci,
+                significant=corrected is not None and corrected.p_value < settings.alpha,
                 sequential=settings.sequential,
                 chance_to_win=comparison.bayesian.chance_to_win,
                 error=primary.error,
@@ -444,22 +463,27 @@ def analyse_metrics(
 ) -> list[MetricReport]:
     """Metric tables from per-variant sufficient statistics (one dict per metric, same order as ``metrics``).
 
-    Every variant is compared with ``control``, then all comparisons are corrected together.
+    Every variant is compared with ``control``. The family the correction adjusts together is every goal
+    metric (not a guardrail) times every treatment, as GrowthBook defines it: a guardrail is there to catch
+    harm, and correcting it would make harm harder to see, while adding it would cost the goal metrics power.
+    Guardrails keep their own p-values and intervals.
     """
     settings = analysis_settings(config)
     analysed = []
     for metric, stats in zip(metrics, statistics, strict=True):
         comparisons = compare_to_control(stats, control, settings, metric.inverse) if control else {}
         analysed.append((metric, stats, comparisons))
-    flat = [
-        (i, key, c.primary(settings.difference_type))
-        for i, (_, _, cs) in enumerate(analysed)
-        for key, c in cs.items()
-    ]
-    adjusted_flat = adjusted_p_values([result for _, _, result in flat], settings)
-    adjusted: list[dict[str, float | None]] = [{} for _ in analysed]
-    for (i, key, _), p in zip(flat, adjusted_flat, strict=True):
-        adjusted[i][key] = p
+    adjusted: list[dict[str, Corrected | None]] = [{} for _ in analysed]
+    for guardrails, family_settings in ((False, settings), (True, replace(settings, correction="none"))):
+        flat = [
+            (i, key, c.primary(settings.difference_type))
+            for i, (metric, _, cs) in enumerate(analysed)
+            if metric.guardrail == guardrails
+            for key, c in cs.items()
+        ]
+        corrected = correct([result for _, _, result in flat], family_settings)
+        for (i, key, _), one in zip(flat, corrected, strict=True):
+            adjusted[i][key] = one
     reports = []
     for (metric, stats, comparisons), adjusted_by_variant in zip(analysed, adjusted, strict=True):
         rows = _variant_rows(stats, control, comparisons, adjusted_by_variant, settings)
@@ -472,6 +496,7 @@ def analyse_metrics(
                 inverse=metric.inverse,
                 cuped=metric.cuped,
                 variants=rows,
+                corrected=settings.correction != "none" and not metric.guardrail,
             )
         )
     return reports
@@ -573,6 +598,7 @@ def build_report(
     metrics = analyse_metrics(config, definitions, per_cut[-1], control)
     timeline = _timeline(config, definitions, control, cuts, per_cut) if cuts and control is not None else []
     interleaving = interleaving_report(store, config, experiment_key, arms, cuts) if arms else None
+    family = [r for m in metrics if m.corrected for r in m.variants if r.adjusted_p_value is not None]
     empty = total == 0  # no users: no time range, no traffic buckets
     return ExperimentReport(
         experiment_key=experiment_key,
@@ -596,6 +622,7 @@ def build_report(
         kind="interleaving" if arms else "ab",
         interleaving=interleaving,
         analysis_window=WindowReport.of(window),
+        correction_family_size=len(family),
     )
 
 
@@ -610,10 +637,15 @@ def format_report_table(report: dict[str, Any]) -> str:
     if srm["p_value"] is not None:
         srm_text = f"p={srm['p_value']:.4g} {'MISMATCH' if srm['flagged'] else 'ok'}"
     name = text_format.name
+    correction = report["correction"]
+    family = ""
+    if correction != "none":
+        family = f" over {report['correction_family_size']} goal comparisons"
+        family += ", guardrails uncorrected" if any(m["guardrail"] for m in report["metrics"]) else ""
     lines = [
         f"experiment {name(report['experiment_key'])} ({name(report['status'])}), "
         f"control {name(report['control'])}, {report['total_users']} users, SRM {srm_text}",
-        f"alpha {report['alpha']}, correction {report['correction']}, "
+        f"alpha {report['alpha']}, correction {correction}{family}, "
         f"{'sequential (always valid)' if report['sequential'] else 'fixed horizon'}",
         "  "
         + ", ".join(
@@ -624,7 +656,9 @@ def format_report_table(report: dict[str, Any]) -> str:
     ]
     errors: dict[str, str] = {}
     widths = (-16, 8, 11, 9, 21, 8, 8)
-    titles = ("variant", "users", "value", "lift", "ci", "p", "p adj")
+    # the interval that agrees with the verdict: adjusted where the correction adjusts the p-value
+    ci_title = "ci" if correction == "none" else f"ci {correction}"
+    titles = ("variant", "users", "value", "lift", ci_title, "p", "p adj")
     header = f"  {text_format.columns(titles, widths)}  sig"
     lift_pattern = "+.2%" if relative else "+.4g"
     for metric in report["metrics"]:
@@ -641,7 +675,7 @@ def format_report_table(report: dict[str, Any]) -> str:
                 str(row["users"]),
                 text_format.number(row["value"], ".5g"),
                 text_format.number(lift.get("estimate"), lift_pattern),
-                text_format.interval(lift.get("ci"), lift_pattern),
+                text_format.interval(row["adjusted_ci"] or lift.get("ci"), lift_pattern),
                 text_format.p_value(row["p_value"]),
                 text_format.p_value(row["adjusted_p_value"]),
             )

@@ -162,10 +162,13 @@ function normaliseSummary(e) {
   };
 }
 
-/** The lift a row shows: relative or absolute, as the report's difference_type says. */
+/** The lift a row shows: relative or absolute, as the report's difference_type says. Its interval is the
+ * one the verdict agrees with: adjusted_ci (at the level where it excludes 0 exactly when the corrected p-value
+ * is below alpha), the test's own ci where there is none. */
 function normaliseRow(v, differenceType) {
   const lift = (differenceType === "absolute" ? v.absolute_lift : v.relative_lift) || null;
-  const lo = num(lift?.ci?.[0]), hi = num(lift?.ci?.[1]);
+  const ci = v.adjusted_ci || lift?.ci;
+  const lo = num(ci?.[0]), hi = num(ci?.[1]);
   return {
     variant: v.variant,
     isControl: Boolean(v.is_control),
@@ -175,6 +178,8 @@ function normaliseRow(v, differenceType) {
       estimate: num(lift.estimate),
       ciLow: lo,
       ciHigh: hi,
+      unadjustedLow: num(lift.ci?.[0]),
+      unadjustedHigh: num(lift.ci?.[1]),
       // The sequential boundary: the half-width of the always-valid interval, which the lift must exceed.
       boundary: lo !== null && hi !== null ? (hi - lo) / 2 : null,
     },
@@ -235,6 +240,7 @@ function normaliseReport(r) {
     generatedAt: num(r.generated_at_ms),
     alpha: num(r.alpha),
     correction: r.correction || "none",
+    correctionFamilySize: num(r.correction_family_size),
     differenceType,
     sequential: Boolean(r.sequential),
     srm: normaliseSrm(r.srm),
@@ -246,6 +252,7 @@ function normaliseReport(r) {
       guardrail: Boolean(m.guardrail),
       inverse: Boolean(m.inverse),
       cuped: Boolean(m.cuped),
+      corrected: Boolean(m.corrected),
       rows: (m.variants || []).map((v) => normaliseRow(v, differenceType)),
     })),
     timeline: (r.timeline || []).map((p) => ({
@@ -394,14 +401,20 @@ function renderMetrics(rep) {
   const table = document.getElementById("metrics");
   const level = rep.alpha === null ? "" : `${+(100 * (1 - rep.alpha)).toFixed(1)}% `;
   const liftHead = rep.differenceType === "absolute" ? "Lift (abs.)" : "Lift";
-  const head = ["Metric", "Variant", "Users", "Value", liftHead, `${level}CI`, "", "p-value",
+  const corrected = rep.correction !== "none";
+  const ciHead = corrected ? `CI (${rep.correction})` : `${level}CI`;
+  const head = ["Metric", "Variant", "Users", "Value", liftHead, ciHead, "", "p-value",
     `p (${rep.correction})`, "Chance to win", "Result"];
   if (rep.sequential) head.splice(10, 0, "Boundary");
   // its header may wrap: on one line it pushed the table past a 1,440 px window
-  const chance = { class: "wrap", title: "Bayesian, flat prior: the probability that the variant beats "
-    + "control (by a lower value where lower is better)" };
-  table.tHead.replaceChildren(el("tr", {},
-    ...head.map((h) => el("th", { text: h, ...(h === "Chance to win" ? chance : {}) }))));
+  const titles = {
+    "Chance to win": { class: "wrap", title: "Bayesian, flat prior: the probability that the variant beats "
+      + "control (by a lower value where lower is better)" },
+    [ciHead]: corrected ? { title: `widened with the ${rep.correction} correction to the level where it `
+      + `excludes 0 exactly when p (${rep.correction}) is below α; the unadjusted ${level}CI is in each `
+      + "interval's tooltip" } : {},
+  };
+  table.tHead.replaceChildren(el("tr", {}, ...head.map((h) => el("th", { text: h, ...(titles[h] || {}) }))));
   const tbody = table.tBodies[0];
   tbody.replaceChildren();
 
@@ -434,7 +447,11 @@ function renderMetrics(rep) {
             // its values are CUPED-adjusted means, not the raw means an analyst computes elsewhere
             m.cuped ? el("span", { class: "badge guard", "data-field": "cuped", text: "CUPED-adjusted",
               title: "values are means adjusted by the pre-exposure covariate (raw: unadjusted_value)" })
-              : null)));
+              : null,
+            // a guardrail is left out of the correction's family: its p-value and interval are its own
+            corrected && !m.corrected ? el("span", { class: "badge guard", "data-field": "uncorrected",
+              text: "uncorrected", title: `not in the ${rep.correction} correction: its p-value and interval `
+                + "are the test's own" }) : null)));
       }
       cells.push(el("td", { class: "variant" }, el("i", { class: colour }), displayName(r.variant),
         r.isControl && r.variant !== "control" ? el("span", { class: "muted", text: " (control)" }) : null));
@@ -449,7 +466,9 @@ function renderMetrics(rep) {
       } else {
         const v = verdict(r, m);
         cells.push(el("td", { class: `num lift ${r.significant ? v.cls : ""}`, "data-field": "lift", text: fmt(r.lift.estimate) }));
-        cells.push(el("td", { class: "num ci-text" },
+        const widened = r.lift.ciLow !== r.lift.unadjustedLow || r.lift.ciHigh !== r.lift.unadjustedHigh;
+        cells.push(el("td", { class: "num ci-text", title: widened ? `unadjusted ${level}CI `
+          + `[${fmt(r.lift.unadjustedLow)}, ${fmt(r.lift.unadjustedHigh)}]` : null },
           "[", el("span", { "data-field": "ci_low", text: fmt(r.lift.ciLow) }), ", ",
           el("span", { "data-field": "ci_high", text: fmt(r.lift.ciHigh) }), "]"));
         cells.push(el("td", { class: "ci-cell" }, ciBar(r.lift, scaleOf(m), r.significant, v.cls, fmt)));
@@ -697,11 +716,12 @@ function renderReport() {
   section.dataset.experiment = rep.key;
   document.getElementById("report-title").textContent = displayName(rep.key);
   const mode = rep.sequential ? "sequential (always-valid)" : "fixed horizon";
+  const family = rep.correction === "none" ? "" : ` over ${rep.correctionFamilySize ?? "–"} goal comparisons`;
   const interleaving = rep.kind === "interleaving";
   document.getElementById("report-meta").replaceChildren(
     el("span", { text: interleaving ? `interleaving (team draft) · α = ${rep.alpha ?? "–"}`
       : `control: ${displayName(rep.control)} · ${rep.differenceType} lift · α = ${rep.alpha ?? "–"}` }),
-    el("span", { text: interleaving ? "" : ` · correction: ${rep.correction} · ${mode}` }),  // interleaving: a badge by the arms
+    el("span", { text: interleaving ? "" : ` · correction: ${rep.correction}${family} · ${mode}` }),  // interleaving: a badge by the arms
     ...(rep.window ? [el("span", { "data-field": "window", title: "users first exposed in this window, "
       + "their outcomes before its end", text: ` · ${fmtWindow(rep.window)}` })] : []),
     el("span", { class: "muted", text: rep.generatedAt ? ` · computed ${fmtTime(rep.generatedAt)}` : "" }));

@@ -2,11 +2,12 @@
 
 This is the small orchestrator between the per-variant statistics and the report: it runs the absolute
 and relative tests (fixed-horizon or sequential), a flat-prior chance-to-win, and the multiple-testing
-adjustment over all (metric, variant) comparisons of an experiment.
+adjustment over the (metric, variant) comparisons the report puts in one family.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from analytics.stats.models.settings import (
     FrequentistConfig,
 )
 from analytics.stats.models.statistics import CupedMean, TestStatistic, pooled_theta
-from analytics.stats.multiple_testing import adjust_p_values
+from analytics.stats.multiple_testing import adjust_p_values, interval_levels
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,17 @@ class Comparison:
     absolute: FrequentistResult
     relative: FrequentistResult
     bayesian: BayesianResult
+    control: TestStatistic
+    treatment: TestStatistic
 
     def primary(self, difference_type: DifferenceType) -> FrequentistResult:
         """The result whose p-value decides significance."""
         return self.relative if difference_type == "relative" else self.absolute
+
+    def primary_interval(self, settings: AnalysisSettings, alpha: float) -> tuple[float, float] | None:
+        """The primary result's interval at level ``alpha`` (same test and data, another level)."""
+        config = settings.frequentist(settings.difference_type)
+        return frequentist_test(self.control, self.treatment, config).interval(alpha)
 
 
 def compare_to_control(
@@ -76,6 +84,8 @@ def compare_to_control(
             bayesian=EffectBayesianTest(
                 stat_a, stat_b, BayesianConfig(difference_type=settings.difference_type, inverse=inverse)
             ).compute_result(),
+            control=stat_a,
+            treatment=stat_b,
         )
     return comparisons
 
@@ -89,11 +99,25 @@ def pool_cuped(stats: dict[str, TestStatistic]) -> dict[str, TestStatistic]:
     return {key: stat.with_pooled(theta, pre_mean) for key, stat in zip(stats, cuped, strict=True)}
 
 
-def adjusted_p_values(results: Sequence[FrequentistResult], settings: AnalysisSettings) -> list[float | None]:
-    """Correction over all results that have a p-value; None where the test returned an error."""
-    tested = {i: r.p_value for i, r in enumerate(results) if r.p_value is not None}
-    adjusted = adjust_p_values(list(tested.values()), settings.correction, settings.alpha)
-    out: list[float | None] = [None] * len(results)
-    for i, p in zip(tested, adjusted, strict=True):
-        out[i] = p
+@dataclass(frozen=True)
+class Corrected:
+    """A comparison after the multiple-testing correction: its adjusted p-value, and the level at which its
+    interval agrees with it (excludes 0 exactly when ``p_value < alpha``; see ``interval_levels``)."""
+
+    p_value: float
+    interval_alpha: float
+
+
+def correct(results: Sequence[FrequentistResult], settings: AnalysisSettings) -> list[Corrected | None]:
+    """The correction over one family: all results that have a p-value; None where the test returned an error
+    (it is left out of the family)."""
+    tested = {
+        i: r.p_value for i, r in enumerate(results) if r.p_value is not None and not math.isnan(r.p_value)
+    }
+    p_values = list(tested.values())
+    adjusted = adjust_p_values(p_values, settings.correction)
+    levels = interval_levels(p_values, settings.correction, settings.alpha)
+    out: list[Corrected | None] = [None] * len(results)
+    for i, p, level in zip(tested, adjusted, levels, strict=True):
+        out[i] = Corrected(p, level)
     return out

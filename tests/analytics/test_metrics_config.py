@@ -95,6 +95,11 @@ def test_bad_yaml_and_bad_values(tmp_path: Path) -> None:
     path.write_text("alpha: 2\nmetrics:\n  - {name: a, type: binomial, event: x}\n")
     with pytest.raises(MetricConfigError, match=r":1: alpha: Input should be less than 1"):
         load_analysis_config(path)
+    path.write_text("correction: bonferroni\nmetrics:\n  - {name: a, type: binomial, event: x}\n")
+    with pytest.raises(
+        MetricConfigError, match=r"metrics.yaml:1: correction: Input should be 'holm', 'bh' or"
+    ):
+        load_analysis_config(path)
 
 
 def test_a_yaml_syntax_error_is_one_line_naming_file_line_and_column(tmp_path: Path) -> None:

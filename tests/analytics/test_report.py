@@ -5,15 +5,25 @@ from __future__ import annotations
 import json
 
 import pytest
+from scipy import special
 
+from analytics import text_format
 from analytics.metrics import AnalysisConfig, aggregate
-from analytics.report import build_report, experiment_summary, format_report_table, traffic_bucket_ms
+from analytics.report import (
+    MetricReport,
+    analyse_metrics,
+    build_report,
+    experiment_summary,
+    format_report_table,
+    traffic_bucket_ms,
+)
 from analytics.stats import messages
 from analytics.stats.frequentist.tests import TTest
 from analytics.stats.models.settings import FrequentistConfig
 from analytics.stats.multiple_testing import adjust_p_values
 from analytics.stats.srm import srm_p_value
 from analytics.store import ExposureRow, MemoryEventStore, OutcomeRow
+from tests.analytics.stats.chosen_p_values import arms_with_p_values
 from tests.analytics.stats.simulated_events import START_MS, simulate_experiment
 
 METRICS = [
@@ -68,10 +78,13 @@ def test_report_numbers_come_from_the_engine(store: MemoryEventStore) -> None:
         assert treatment_row.value == pytest.approx(expected.treatment_mean)
         assert control_row.value == pytest.approx(expected.control_mean)
         p_values.append(expected.p_value)
-    adjusted = adjust_p_values(p_values, "holm", 0.05)
+    # Holm over the three goal metrics; the guardrail (impressions) keeps its own p-value
+    adjusted = [*adjust_p_values(p_values[:3], "holm"), p_values[3]]
     rows = [m.variants[1] for m in report.metrics]
     assert [r.adjusted_p_value for r in rows] == pytest.approx(adjusted)
     assert [r.significant for r in rows] == [p < 0.05 for p in adjusted]
+    assert [m.corrected for m in report.metrics] == [True, True, True, False]
+    assert report.correction_family_size == 3
     # The simulated treatment clicks 30 % more per impression and watches 10 % longer; impressions are unchanged.
     assert rows[1].significant and rows[2].significant and not rows[3].significant
     assert report.metrics[3].guardrail and report.metrics[2].cuped
@@ -112,13 +125,16 @@ def test_timeline_can_be_switched_off(store: MemoryEventStore) -> None:
 
 
 def test_three_variants_are_all_corrected_together(store: MemoryEventStore) -> None:
+    """Both treatments of every goal metric in one family (3 metrics x 2 = 6); the guardrail's 2 outside it."""
     report = build_report(store, config(correction="bh"), "three", with_timeline=False)
     assert report.control == "a"
-    rows = [r for m in report.metrics for r in m.variants if not r.is_control]
-    assert len(rows) == 2 * len(METRICS)
+    rows = [r for m in report.metrics if not m.guardrail for r in m.variants if not r.is_control]
+    assert len(rows) == 2 * (len(METRICS) - 1) == report.correction_family_size
     assert [r.adjusted_p_value for r in rows] == pytest.approx(
-        adjust_p_values([r.p_value for r in rows], "bh", 0.05)
+        adjust_p_values([r.p_value for r in rows], "bh")
     )
+    guardrail = [r for r in report.metrics[3].variants if not r.is_control]
+    assert [r.adjusted_p_value for r in guardrail] == [r.p_value for r in guardrail]
 
 
 def test_srm_flag_uses_configured_weights(store: MemoryEventStore) -> None:
@@ -282,3 +298,64 @@ def test_every_error_code_travels_with_its_message() -> None:
         expected = messages.MESSAGES[row["error"]] if row["error"] else None
         assert row["error_message"] == expected, row
     assert f"NO_UNITS: {messages.MESSAGES['NO_UNITS']}" in format_report_table(report)
+
+
+def five_goals_and_a_guardrail(correction: str) -> list[MetricReport]:
+    """Five goal metrics whose treatment p-values are 0.03, 0.2, 0.4, 0.6, 0.8, and a guardrail at p = 0.02."""
+    goals = [{"name": f"goal{i}", "type": "mean", "event": f"goal{i}"} for i in range(5)]
+    guardrail = {"name": "items", "type": "mean", "event": "items", "guardrail": True}
+    cfg = AnalysisConfig.model_validate(
+        {"metrics": [*goals, guardrail], "difference_type": "absolute", "correction": correction}
+    )
+    statistics = [arms_with_p_values({"treatment": p}) for p in (0.03, 0.2, 0.4, 0.6, 0.8, 0.02)]
+    return analyse_metrics(cfg, cfg.metrics, statistics, "control")
+
+
+@pytest.mark.parametrize(("correction", "adjusted"), [("none", 0.03), ("holm", 0.15), ("bh", 0.15)])
+def test_a_correction_decides_significance_and_the_interval_agrees(correction: str, adjusted: float) -> None:
+    """p = 0.03, the smallest of five goal metrics, is significant alone and 0.15 after Holm (0.03 * 5) or BH
+    (0.03 * 5 / 1): not significant. Its adjusted interval is the same t test's at 0.05 * 0.03 / 0.15 = 0.01,
+    which contains 0, while the unadjusted 95 % one (still ``ci``) does not. The guardrail (p = 0.02) is left
+    out of the family: unadjusted, significant."""
+    metrics = five_goals_and_a_guardrail(correction)
+    row = metrics[0].variants[1]
+    lift = row.absolute_lift
+    assert row.p_value == pytest.approx(0.03, rel=1e-9) and lift.ci[0] > 0
+    assert row.adjusted_p_value == pytest.approx(adjusted, rel=1e-9)
+    assert row.significant is (correction == "none")
+    level = 0.05 if correction == "none" else 0.01
+    half_width = special.stdtrit(1998, 1 - level / 2) * lift.se
+    assert row.adjusted_ci == pytest.approx(
+        (lift.estimate - half_width, lift.estimate + half_width), rel=1e-9
+    )
+    assert (row.adjusted_ci[0] > 0) is row.significant
+    guardrail = metrics[5].variants[1]
+    assert guardrail.adjusted_p_value == guardrail.p_value == pytest.approx(0.02, rel=1e-9)
+    assert guardrail.significant and guardrail.adjusted_ci == guardrail.absolute_lift.ci
+    assert [m.corrected for m in metrics] == [correction != "none"] * 5 + [False]
+
+
+def test_text_table_shows_the_correction_and_the_intervals_that_agree_with_it(
+    store: MemoryEventStore,
+) -> None:
+    """The header names the correction, its family and that guardrails stay out of it; the ci column holds each
+    row's adjusted interval (the one the verdict agrees with: wider than ``ci`` where Holm raised the
+    p-value)."""
+    report = build_report(store, config(correction="holm"), "exp", with_timeline=False).to_dict()
+    lines = format_report_table(report).splitlines()
+    assert lines[1] == (
+        "alpha 0.05, correction holm over 3 goal comparisons, guardrails uncorrected, fixed horizon"
+    )
+    titles = [line for line in lines if line.lstrip().startswith("variant")]
+    assert len(titles) == 4 and all(line.split()[4:6] == ["ci", "holm"] for line in titles)
+    blocks = [line.split(" [")[0] for line in lines if line.endswith("]") and not line.startswith(" ")]
+    assert blocks == ["conversion", "ctr", "watch", "impressions"]
+    assert "impressions [count, guardrail]" in lines
+    treatment_lines = [line for line in lines if line.startswith("  treatment")]
+    for metric, line in zip(report["metrics"], treatment_lines, strict=True):
+        row = metric["variants"][1]
+        assert text_format.interval(row["adjusted_ci"], "+.2%") in line, metric["name"]
+        if row["adjusted_p_value"] > row["p_value"]:
+            assert row["adjusted_ci"][0] < row["relative_lift"]["ci"][0], metric["name"]
+    untouched = format_report_table(build_report(store, config(correction="none"), "exp").to_dict())
+    assert "correction none, fixed horizon" in untouched and "uncorrected" not in untouched

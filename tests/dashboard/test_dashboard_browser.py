@@ -354,6 +354,32 @@ def cuped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield Served(server.url, store)
 
 
+@pytest.fixture(scope="module")
+def corrected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Holm over three goal metrics (a binomial, a ratio, a CUPED mean) beside a guardrail left out of it."""
+    store = DuckDBEventStore(str(tmp_path_factory.mktemp("store") / "events"))
+    simulate_experiment(store, "corrected", users=1500, seed=11)
+    config = AnalysisConfig.model_validate(
+        {
+            "correction": "holm",
+            "metrics": [
+                {"name": "conversion", "type": "binomial", "event": "click"},
+                {
+                    "name": "ctr",
+                    "type": "ratio",
+                    "numerator": "click",
+                    "denominator": "impression",
+                    "aggregation": "count",
+                },
+                {"name": "watch", "type": "continuous", "event": "watch", "cuped": True},
+                {"name": "impressions", "type": "count", "event": "impression", "guardrail": True},
+            ],
+        }
+    )
+    with store, AnalyticsServer(store, config, port=0) as server:
+        yield Served(server.url, store)
+
+
 @pytest.fixture(
     params=[
         "real_demo",
@@ -366,6 +392,7 @@ def cuped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "windowed",
         "display_edges",
         "cuped",
+        "corrected",
     ]
 )
 def dashboard_url(request: pytest.FixtureRequest) -> str:
@@ -608,6 +635,10 @@ def _check_report(shown: dict, report: dict) -> None:
     assert not shown["metricsHidden"] and shown["interleaving"] is None, key
     compared = 0
     for metric in report["metrics"]:
+        # the metric's name cell, in its first row, says when the correction leaves it out (a guardrail)
+        first = shown["rows"][f"{metric['name']}|{metric['variants'][0]['variant']}"]
+        uncorrected = report["correction"] != "none" and not metric["corrected"]
+        assert ("uncorrected" in first) is uncorrected, f"{key}/{metric['name']}: {first}"
         for value in metric["variants"]:
             where = f"{key}/{metric['name']}/{value['variant']}"
             row = shown["rows"][f"{metric['name']}|{value['variant']}"]
@@ -626,8 +657,9 @@ def _check_report(shown: dict, report: dict) -> None:
                     assert shown_error == (value["error"], value["error_message"]), where
                 continue
             _assert_shows(row["lift"], lift["estimate"], f"{where} lift")
-            _assert_shows(row["ci_low"], lift["ci"][0], f"{where} CI low")
-            _assert_shows(row["ci_high"], lift["ci"][1], f"{where} CI high")
+            ci = value["adjusted_ci"] or lift["ci"]  # the interval the verdict agrees with
+            _assert_shows(row["ci_low"], ci[0], f"{where} CI low")
+            _assert_shows(row["ci_high"], ci[1], f"{where} CI high")
             _assert_shows(row["p_value"], value["p_value"], f"{where} p-value")
             _assert_shows(row["adjusted_p_value"], value["adjusted_p_value"], f"{where} adjusted p")
             _assert_chance(row["chance_to_win"], value["chance_to_win"], f"{where} chance to win")
@@ -638,7 +670,7 @@ def _check_report(shown: dict, report: dict) -> None:
             assert row["ciBar"], f"{where}: no CI bar"
             assert row["ciLabel"] == f"CI {row['ci_low']} to {row['ci_high']}", where  # in the lift's units
             if report["sequential"]:
-                half_width = (lift["ci"][1] - lift["ci"][0]) / 2
+                half_width = (ci[1] - ci[0]) / 2
                 _assert_shows(row["boundary"], half_width, f"{where} sequential boundary")
             else:
                 assert "boundary" not in row, where
@@ -989,6 +1021,42 @@ def test_a_cuped_metric_says_its_values_are_adjusted(chromium, cuped: Served) ->
         "[td.parentElement.dataset.metric, td.querySelector('[data-field=\"cuped\"]')?.textContent ?? null]))"
     )
     assert badges == {"watch": "CUPED-adjusted", "click_through": None}
+    _leave(chromium)
+
+
+@pytest.mark.integration
+def test_a_corrected_report_shows_the_intervals_its_verdicts_agree_with(chromium, corrected: Served) -> None:
+    """With Holm the page showed each treatment's unadjusted 95% CI beside a verdict decided on the adjusted
+    p-value, so an interval clear of 0 could read "not significant". The CI column is now "CI (holm)": each
+    interval at the level where it excludes 0 exactly when the Holm p-value is below alpha, the unadjusted one
+    in its tooltip where they differ; the header says over how many goal comparisons; the guardrail is marked
+    uncorrected."""
+    report, shown = _shown_report(chromium, corrected, "corrected")
+    assert report["correction"] == "holm" and report["correction_family_size"] == 3
+    page = chromium.execute_script(
+        "return {head: [...document.querySelectorAll('#metrics thead th')].map((th) => th.textContent),"
+        " meta: document.getElementById('report-meta').textContent,"
+        " titles: Object.fromEntries([...document.querySelectorAll('#metrics tr[data-metric]')].map((tr) =>"
+        " [tr.dataset.metric + '|' + tr.dataset.variant, tr.querySelector('td.ci-text')?.title ?? null]))}"
+    )
+    assert "CI (holm)" in page["head"] and "p (holm)" in page["head"], page["head"]
+    assert "correction: holm over 3 goal comparisons" in page["meta"], page["meta"]
+    widened = 0
+    for metric in report["metrics"]:
+        row = metric["variants"][1]
+        lift, where = row["relative_lift"], f"{metric['name']}|{row['variant']}"
+        assert (row["adjusted_ci"][0] > 0 or row["adjusted_ci"][1] < 0) is row["significant"], where
+        title = page["titles"][where]
+        if row["adjusted_ci"] == lift["ci"]:
+            assert not title, where
+            continue
+        widened += 1
+        low, high = re.fullmatch(r"unadjusted 95% CI \[(\S+), (\S+)\]", title).groups()
+        _assert_shows(low, lift["ci"][0], f"{where} unadjusted CI low")
+        _assert_shows(high, lift["ci"][1], f"{where} unadjusted CI high")
+    assert widened >= 1, "Holm raised no p-value: nothing was widened"
+    badges = {key: row["uncorrected"] for key, row in shown["rows"].items() if "uncorrected" in row}
+    assert badges == {"impressions|control": "uncorrected"}  # in the metric's first row
     _leave(chromium)
 
 

@@ -35,18 +35,33 @@ class TTest(BaseABTest[FrequentistConfig, FrequentistResult]):
             error=error,
         )
 
-    def _interval_and_p_values(self, diff: Difference) -> tuple[tuple[float, float], float, float, float]:
-        """Interval at the configured alpha, two-sided p, p for 'greater' and p for 'less'."""
+    def _half_width(self, diff: Difference, alpha: float) -> float:
         # scipy.special's Student-t ufuncs: the same distribution as scipy.stats.t without its per-call
         # overhead (calibration runs thousands of tests). stdtr is the CDF, stdtrit its inverse.
+        return float(special.stdtrit(diff.df, 1.0 - alpha / 2.0)) * diff.se
+
+    def _interval_and_p_values(self, diff: Difference) -> tuple[tuple[float, float], float, float, float]:
+        """Interval at the configured alpha, two-sided p, p for 'greater' and p for 'less'."""
         t_stat = diff.estimate / diff.se
-        half_width = float(special.stdtrit(diff.df, 1.0 - self.config.alpha / 2.0)) * diff.se
+        half_width = self._half_width(diff, self.config.alpha)
         return (
             (diff.estimate - half_width, diff.estimate + half_width),
             float(2.0 * special.stdtr(diff.df, -abs(t_stat))),
             float(special.stdtr(diff.df, -t_stat)),
             float(special.stdtr(diff.df, t_stat)),
         )
+
+    def interval(self, alpha: float) -> tuple[float, float] | None:
+        """The interval at level ``alpha`` instead of the configured one (None where the test has no result).
+
+        It excludes 0 exactly when the test's p-value is below ``alpha``: what a multiple-testing correction
+        needs to draw an interval that agrees with its adjusted p-value (``multiple_testing.interval_levels``).
+        """
+        if self.data_error() is not None:
+            return None
+        diff = self.difference()
+        half_width = self._half_width(diff, alpha)
+        return diff.estimate - half_width, diff.estimate + half_width
 
     def compute_result(self) -> FrequentistResult:
         error = self.data_error()
@@ -93,11 +108,19 @@ def sequential_p_value(estimate: float, se: float, n_total: int, rho_squared: fl
 class SequentialTTest(TTest):
     """Always-valid interval and p-value: safe to look at after every new event."""
 
+    def _rho_squared(self) -> float:
+        return mixture_rho_squared(self.config.alpha, self.config.sequential_tuning_parameter)
+
+    def _half_width(self, diff: Difference, alpha: float) -> float:
+        # The mixture stays the one tuned at the configured alpha, the one the p-value inverts, so that the
+        # sequence at another level still excludes 0 exactly when p < that level.
+        n_total = self.stat_a.n + self.stat_b.n
+        return sequential_half_width(diff.se, n_total, alpha, self._rho_squared())
+
     def _interval_and_p_values(self, diff: Difference) -> tuple[tuple[float, float], float, float, float]:
         n_total = self.stat_a.n + self.stat_b.n
-        rho_squared = mixture_rho_squared(self.config.alpha, self.config.sequential_tuning_parameter)
-        half_width = sequential_half_width(diff.se, n_total, self.config.alpha, rho_squared)
-        p_value = sequential_p_value(diff.estimate, diff.se, n_total, rho_squared)
+        half_width = self._half_width(diff, self.config.alpha)
+        p_value = sequential_p_value(diff.estimate, diff.se, n_total, self._rho_squared())
         # A one-sided rejection implies the two-sided boundary was crossed on that side, so p is a valid
         # (conservative) one-sided p-value in the direction of the estimate and 1 in the other.
         p_greater = p_value if diff.estimate > 0 else 1.0

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from analytics.stats.analysis import AnalysisSettings, adjusted_p_values, compare_to_control, pool_cuped
+from analytics.stats.analysis import AnalysisSettings, compare_to_control, correct, pool_cuped
 from analytics.stats.models.statistics import CupedMean, SampleMean
+from tests.analytics.stats.chosen_p_values import arms_with_p_values
 
 RNG = np.random.default_rng(17)
 PRE = {v: RNG.normal(10, 3, 300 + 50 * i) for i, v in enumerate("abc")}
@@ -37,7 +38,7 @@ def test_non_cuped_statistics_pass_through() -> None:
         assert c.bayesian.chance_to_win is not None
 
 
-def test_adjusted_p_values_skip_errors() -> None:
+def test_correction_skips_errors() -> None:
     stats = {
         "a": SampleMean.from_values(POST["a"]),
         "b": SampleMean(1, 1.0, 1.0),
@@ -45,6 +46,29 @@ def test_adjusted_p_values_skip_errors() -> None:
     }
     comparisons = compare_to_control(stats, "a", AnalysisSettings(correction="holm"))
     results = [comparisons["b"].relative, comparisons["c"].relative]
-    adjusted = adjusted_p_values(results, AnalysisSettings(correction="holm"))
-    assert adjusted[0] is None
-    assert adjusted[1] == pytest.approx(results[1].p_value)
+    corrected = correct(results, AnalysisSettings(correction="holm"))
+    assert corrected[0] is None
+    assert corrected[1] is not None and corrected[1].p_value == pytest.approx(results[1].p_value)
+    assert corrected[1].interval_alpha == 0.05  # a family of one: nothing to adjust
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_primary_interval_at_the_corrected_level_agrees_with_the_adjusted_p_value(sequential: bool) -> None:
+    """Fixed horizon: raw p 0.01, 0.03, 0.2 -> Holm 0.03, 0.06, 0.2 (b is significant raw, not after Holm) at
+    the levels 0.05 * p / p_adj = 0.0167, 0.025, 0.05. Each interval at its level excludes 0 exactly where the
+    adjusted p is below 0.05, in the sequential mode too; at alpha it is the test's own interval."""
+    settings = AnalysisSettings(difference_type="absolute", correction="holm", sequential=sequential)
+    comparisons = compare_to_control(
+        arms_with_p_values({"a": 0.01, "b": 0.03, "c": 0.2}), "control", settings
+    )
+    results = [c.absolute for c in comparisons.values()]
+    corrected = correct(results, settings)
+    if not sequential:
+        assert [r.p_value for r in results] == pytest.approx([0.01, 0.03, 0.2], rel=1e-9)
+        assert [c.p_value for c in corrected] == pytest.approx([0.03, 0.06, 0.2], rel=1e-9)
+        assert [c.interval_alpha for c in corrected] == pytest.approx([0.05 / 3, 0.025, 0.05], rel=1e-9)
+    for comparison, result, one in zip(comparisons.values(), results, corrected, strict=True):
+        low, high = comparison.primary_interval(settings, one.interval_alpha)
+        assert (low > 0 or high < 0) is (one.p_value < 0.05)
+        assert high - low >= result.ci[1] - result.ci[0]
+        assert comparison.primary_interval(settings, 0.05) == pytest.approx(result.ci, rel=1e-12)
