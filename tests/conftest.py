@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-from tests.demo.quick_drain import quick_demo_drain
-
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -75,9 +73,7 @@ def _run_demo(tmp_path_factory: pytest.TempPathFactory, *extra: str) -> dict[str
             *extra,
         ]
     )  # fmt: skip
-    with pytest.MonkeyPatch.context() as patch:
-        quick_demo_drain(patch)
-        summary = run(args)
+    summary = run(args)
     return {**summary, "workdir": workdir, "metrics": args.metrics}
 
 

@@ -42,6 +42,7 @@ from analytics.metrics import load_analysis_config
 from analytics.report import build_report, format_report_table
 from analytics.server import AnalyticsServer
 from analytics.store.duckdb_store import DuckDBEventStore
+from deploy.demo.drain import DrainError, drain_consumer
 from deploy.demo.simulator import SimulationConfig, UserSimulator
 from deploy.demo.stack import Stack, StackError
 from deploy.demo.training import (
@@ -56,6 +57,7 @@ from experiment_router import Router
 from experiment_router.errors import ConfigError
 from experiment_router.loader import repository_tasks
 from grpc_serving import HelpFormatter
+from grpc_serving.flag_types import POSITIVE
 from models.errors import DataError
 from proto import ranking_pb2_grpc
 
@@ -63,6 +65,7 @@ logger = logging.getLogger("deploy.demo")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 EXPOSURES, OUTCOMES = "mtrank.exposures", "mtrank.outcomes"
+CONSUMER_GROUP = "demo-analytics"
 DEFAULT_WORKDIR = ROOT / ".data" / "demo"
 WORKDIR_MARKER = ".mtrank-demo"  # in every workdir the demo fills: the only non-empty folders it empties
 
@@ -72,7 +75,14 @@ class WorkdirError(Exception):
     another run is using."""
 
 
-class Terminated(KeyboardInterrupt):
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, raised by the demo's own SIGINT handler. CPython (3.8 to 3.13 at least) marks a plain
+    KeyboardInterrupt that leaves an exec() or eval() of a string (how dataclasses and namedtuples are
+    built, as in torch's lazy imports during training) as unhandled even when ``main`` catches it, and
+    then ends a ``python -m`` run by SIGINT (-2), not with ``main``'s 130; it marks that exact class only."""
+
+
+class Terminated(Interrupted):
     """SIGTERM: stops the demo like Ctrl-C does, but exits with 143, as the caller (kill, systemd) expects."""
 
 
@@ -120,23 +130,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retrieval-steps", type=_positive_int, default=TrainingBudget.retrieval_steps,
                         help="retrieval training steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, the training and the users")
+    parser.add_argument("--drain-timeout", type=POSITIVE, default=300.0,
+                        help="seconds to wait, after the traffic, for the analytics consumer to store "
+                             "every event (it usually takes a few); past it the report is built from what it "
+                             "stored, and the run says how many records were left")  # fmt: skip
     parser.add_argument("--serve", choices=("auto", "yes", "no"), default="auto",
                         help="keep the dashboard up until Ctrl-C (auto: when run from a terminal)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return parser
 
 
-CONSUMER_IDLE_EXIT_S = 30
-"""The demo's consumer exits after this long without events: the drain step's wait (its only signal that every
-event is in the store, since the embedded broker's end offsets cannot be trusted)."""
-
-
 def _step(number: int, text: str) -> None:
     print(f"\n[{number}/6] {text}", flush=True)
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Terminated if signum == signal.SIGTERM else Interrupted
 
 
 def _clear_workdir(workdir: Path) -> None:
@@ -286,9 +295,8 @@ def _run(args: argparse.Namespace, hold: contextlib.ExitStack) -> dict:
             "--kafka", broker.bootstrap, "--exposure-topic", EXPOSURES,
         ])
         consumer = stack.start("analytics_consumer", "analytics.consumer", [
-            "--bootstrap", broker.bootstrap, "--store", str(store_path), "--group", "demo-analytics",
+            "--bootstrap", broker.bootstrap, "--store", str(store_path), "--group", CONSUMER_GROUP,
             "--exposures-topic", EXPOSURES, "--outcomes-topic", OUTCOMES, "--session-timeout-ms", "6000",
-            "--idle-exit-s", str(CONSUMER_IDLE_EXIT_S),
         ])
         stack.wait_healthy(retrieval, f"127.0.0.1:{retrieval_port}")
         stack.wait_healthy(ranker, f"127.0.0.1:{ranker_port}")
@@ -310,13 +318,14 @@ def _run(args: argparse.Namespace, hold: contextlib.ExitStack) -> dict:
               f"{summary.clicks} clicks")
 
         _step(4, "draining: the ranker flushes its exposures, the consumer persists every event")
-        stack.unwatch(consumer.name)  # it exits by itself from now on, when it has been idle long enough
-        stack.stop_service(ranker)
-        print(f"  waiting for the consumer: it stops {CONSUMER_IDLE_EXIT_S} s after the last event it reads",
-              flush=True)  # fmt: skip
-        consumer_rc = stack.wait_exit(consumer, timeout=180)
-        if consumer_rc != 0:
-            raise StackError(f"analytics consumer exited with {consumer_rc}:\n{consumer.log_tail()}")
+        drain_started = time.perf_counter()
+        stack.stop_service(ranker)  # a graceful stop: its exposures are all in Kafka when it has exited
+        consumer_rc: list[int] = []  # a graceful stop too: it stores what it read, commits, and exits
+        drain = drain_consumer(broker.bootstrap, (EXPOSURES, OUTCOMES), CONSUMER_GROUP, args.drain_timeout,
+                               lambda: consumer_rc.append(stack.stop_service(consumer)))  # fmt: skip
+        if consumer_rc != [0]:  # raised after the drain's figures: they say what a killed consumer stored
+            raise StackError(f"analytics consumer exited with {consumer_rc[0]}:\n{consumer.log_tail()}")
+        drain_seconds = round(time.perf_counter() - drain_started, 1)
     with DuckDBEventStore(store_path) as store:
         persisted = store.counts()
         expected_outcomes = summary.impressions + summary.clicks + summary.top_clicks
@@ -340,6 +349,7 @@ def _run(args: argparse.Namespace, hold: contextlib.ExitStack) -> dict:
         "simulation": summary.__dict__,
         "persisted": persisted,
         "expected_outcomes": expected_outcomes,
+        "drain": {**drain.to_dict(), "seconds": drain_seconds},
         "reports": {k: str(report_dir / f"{k}.json") for k in reports},
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
@@ -364,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # else ignored by the caller, so by us
+        signal.signal(signal.SIGINT, _raise_interrupted)
     torch.set_num_threads(1)  # small models: one thread is fastest, and leaves the other core to the servers
     try:
         with contextlib.ExitStack() as hold:  # the workdir stays ours while the dashboard serves its store
@@ -375,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted; every process the demo started has been stopped; what it wrote is in "
               f"{args.workdir.resolve()} (the next run empties it)", file=sys.stderr)  # fmt: skip
         return 143 if isinstance(interrupt, Terminated) else 130
-    except (StackError, BrokerError, TimeoutError) as error:
+    except (StackError, BrokerError, DrainError) as error:
         # a server or the broker failed to start, or died during the run: its own last lines say why
         print(f"error: {error}", file=sys.stderr)
         return 1

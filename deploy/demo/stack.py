@@ -151,15 +151,6 @@ class Stack:
         assert service.process is not None
         return service.process.wait()
 
-    def wait_exit(self, service: Service, timeout: float) -> int:
-        """Wait for a service to exit by itself; raises TimeoutError if it is still running after ``timeout``."""
-        assert service.process is not None
-        self.unwatch(service.name)
-        try:
-            return service.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"{service.name} still running after {timeout:.0f} s:\n{service.log_tail()}") from None
-
     def stop(self, grace: float = 10.0) -> None:
         """Terminate every service (newest first); kill what has not exited within ``grace`` seconds."""
         for service in reversed(self.services):

@@ -45,10 +45,13 @@ def ego_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def process_state_restored() -> Iterator[None]:
-    """``deploy.demo``'s ``main`` sets torch to one thread and SIGTERM to raise: not for the rest of the suite."""
+    """``deploy.demo``'s ``main`` sets torch to one thread and SIGTERM and SIGINT to raise its own exceptions:
+    not for the rest of the suite."""
     import torch
 
-    threads, handler = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
+    threads = torch.get_num_threads()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     yield
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGTERM, handler)
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)

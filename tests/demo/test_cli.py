@@ -28,6 +28,14 @@ def test_counts_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 2 and "argument --users: expected a positive integer" in capsys.readouterr().err
 
 
+def test_drain_timeout_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--drain-timeout", "0"])
+    assert (
+        info.value.code == 2 and "argument --drain-timeout: must be > 0, got '0'" in capsys.readouterr().err
+    )
+
+
 def test_a_workdir_holding_other_files_is_refused_not_deleted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -15,6 +15,9 @@ def test_demo_end_to_end_loses_no_event(demo_run: dict[str, Any]) -> None:
     assert simulation["failed_requests"] == 0
     # Every outcome the simulated backend sent reached the store exactly once.
     assert demo_run["persisted"]["outcomes"] == demo_run["expected_outcomes"] > 0
+    # The drain ended because the consumer had stored every Kafka record, not after a fixed wait.
+    assert demo_run["drain"]["caught_up"] and demo_run["drain"]["records_left"] == 0
+    assert demo_run["drain"]["records"] > 0
     for key in ("retrieval-ssmtl", "ranking-mmoe-dml"):
         report = json.loads(Path(demo_run["reports"][key]).read_text())
         assert report["experiment_key"] == key
@@ -30,6 +33,7 @@ def test_interleaving_demo_reports_the_preference_next_to_the_ab_test(
     simulation = interleaving_demo_run["simulation"]
     assert simulation["requests"] == 600 and simulation["failed_requests"] == 0
     assert interleaving_demo_run["persisted"]["outcomes"] == interleaving_demo_run["expected_outcomes"] > 0
+    assert interleaving_demo_run["drain"]["caught_up"] and interleaving_demo_run["drain"]["records_left"] == 0
     reports = {
         key: json.loads(Path(path).read_text()) for key, path in interleaving_demo_run["reports"].items()
     }

@@ -13,7 +13,6 @@ import yaml
 
 from deploy.demo.ego_facebook import EgoFacebookWorld
 from models.graph.datasets import GraphDataError, canonical_edges, load_ego_facebook
-from tests.demo.quick_drain import quick_demo_drain
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,6 @@ def test_demo_on_ego_facebook_layout(ego_data: Path, tmp_path: Path, monkeypatch
     from deploy.demo.__main__ import build_parser, run
 
     monkeypatch.setattr(worlds, "EgoFacebookWorld", functools.partial(EgoFacebookWorld, verify=False))
-    quick_demo_drain(monkeypatch)
     args = build_parser().parse_args([
         "--data", str(ego_data.parent), "--workdir", str(tmp_path / "demo"), "--users", "120",
         "--requests-per-user", "1", "--impressions", "3000", "--ranking-epochs", "1", "--retrieval-steps", "10",
