@@ -11,9 +11,11 @@ the pod template: `kubectl apply -k` then rolls ClickHouse whenever the files ch
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,10 +61,33 @@ def render() -> str:
     return "".join(parts)
 
 
-def main() -> None:
-    TARGET.write_text(render())
-    print(f"wrote {TARGET.relative_to(ROOT)}")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.clickhouse_configmap",
+        description="Write deploy/k8s/base/configmap-clickhouse.yaml from ClickHouse's start-up files "
+        "(deploy/clickhouse/init.sh and ingest.sql, analytics/store/clickhouse_schema.sql, "
+        "proto/events.proto and common.proto): run it after changing any of them.",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 when the committed copy is stale"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    wanted = render()
+    shown = TARGET.relative_to(ROOT)
+    if args.check:
+        stale = not TARGET.exists() or TARGET.read_text() != wanted
+        print(
+            f"{shown}: stale, run python -m deploy.clickhouse_configmap" if stale else f"{shown}: up to date"
+        )
+        return 1 if stale else 0
+    TARGET.write_text(wanted)
+    print(f"wrote {shown}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

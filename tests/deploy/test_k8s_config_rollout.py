@@ -227,3 +227,26 @@ def test_the_ranker_reloads_experiments_that_kubelet_updates_in_its_folder_mount
     _kubelet_writes(tmp_path, {"experiments.yaml": text.replace(*EXPERIMENTS_CHANGE)}, 2)
     assert watcher.check_now(), "the ranker kept the experiments kubelet replaced"
     assert {e.coverage for e in watcher.current.config.experiments} == {0.5}
+
+
+def test_configmap_cli_helps_and_checks_without_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--help` ran the generator (it rewrote the ConfigMap); `--check` lets CI see a stale copy."""
+    target = tmp_path / "deploy" / "configmap-clickhouse.yaml"
+    target.parent.mkdir()
+    monkeypatch.setattr(clickhouse_configmap, "ROOT", tmp_path)
+    monkeypatch.setattr(clickhouse_configmap, "TARGET", target)
+    monkeypatch.setattr(
+        clickhouse_configmap, "SOURCES", {"ingest.sql": clickhouse_configmap.SOURCES["ingest.sql"]}
+    )
+    with pytest.raises(SystemExit) as exit_:
+        clickhouse_configmap.main(["--help"])
+    assert exit_.value.code == 0 and "--check" in capsys.readouterr().out
+    assert not target.exists()
+    assert clickhouse_configmap.main(["--check"]) == 1 and not target.exists()
+    assert clickhouse_configmap.main([]) == 0 and target.read_text() == clickhouse_configmap.render()
+    assert clickhouse_configmap.main(["--check"]) == 0
+    target.write_text(target.read_text() + "# edited by hand\n")
+    assert clickhouse_configmap.main(["--check"]) == 1
+    assert "stale" in capsys.readouterr().out
