@@ -45,7 +45,8 @@ INPUT_NAMES = ("node_features", "hop1_features", "hop2_features", "hop1_mask", "
 
 @dataclass(frozen=True)
 class SSMTLConfig:
-    """Hyper-parameters; the defaults are the ones our ego-Facebook benchmark uses."""
+    """Hyper-parameters. The benchmark (benchmarks/bench_ssmtl.py) and the demo's encoders use smaller widths
+    and fan-outs than these defaults: hidden 64, embedding 32, fan-outs (5, 3)."""
 
     num_features: int
     hidden_dim: int = 128
