@@ -96,7 +96,7 @@ class ConfigWatcher:
         self._pending: tuple[str, str, float] | None = None
         self._deferred_digest: str | None = None  # last content whose model check could not run (logged once)
         self._current = self._build(text)
-        self._live(self._digest)
+        self._applied("loaded", self._digest, self._current)
 
     @property
     def current(self) -> Router:
@@ -161,20 +161,23 @@ class ConfigWatcher:
                 return False
             old, self._digest, self._pending, self._current = self._current, digest, None, router
         RELOADS.labels(result="success").inc()
-        self._live(digest)
-        logger.info(
-            "experiment config %s reloaded: sha256 %s, %d experiments",
-            self.path,
-            digest,
-            len(router.experiment_keys),
-        )
+        self._applied("reloaded", digest, router)
         self._warn_switches(old, router)
         if self._on_reload is not None:
             self._on_reload(router)
         return True
 
-    def _live(self, digest: str) -> None:
+    def _applied(self, how: str, digest: str, router: Router) -> None:
+        """Export and log the config now in force (at start too: a server that never reloads would otherwise
+        leave no log line saying which config is live)."""
         LIVE.labels(path=str(self.path)).info({"sha256": digest})
+        logger.info(
+            "experiment config %s %s: sha256 %s, %d experiments",
+            self.path,
+            how,
+            digest,
+            len(router.experiment_keys),
+        )
 
     def _warn_switches(self, old: Router, new: Router) -> None:
         """Warn about running experiments whose users the new config moves to another variant."""

@@ -207,6 +207,21 @@ def test_a_reload_says_which_config_is_live_and_warns_when_users_switch_variant(
     assert 3_500 < switched < 4_500  # hashes in [0.5, 0.9) of 10,000 sampled users move to treatment
 
 
+def test_the_config_in_force_at_start_is_logged_with_its_sha256(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only reloads were logged with their sha256: a server that never reloaded had no log line saying which
+    config was live (the README: each applied config is logged with the sha256 of its text)."""
+    path = tmp_path / "exp.yaml"
+    _write(path, base_config(), 0)
+    with caplog.at_level(logging.INFO, logger="experiment_router.reload"):
+        ConfigWatcher(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"experiment config {path} loaded: sha256 {digest}, 1 experiments"
+    ]
+
+
 def test_a_write_finished_within_the_same_mtime_tick_is_applied(tmp_path: Path) -> None:
     """The kernel's mtime clock ticks every few ms: a writer caught half-way can finish in the same tick with
     the same size. Only the mtime was compared, so the truncated file was applied and the full one never."""
