@@ -266,6 +266,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
             server = AnalyticsServer(
                 store, config, host=args.host, port=args.port, cache_seconds=args.cache_seconds,
                 threads=args.threads, idle_timeout_s=args.idle_timeout, srm_interval_s=args.srm_interval,
+                srm_max_experiments=args.srm_max_experiments,
             )  # fmt: skip
         except OSError as exc:  # the port is taken, or the host is not an address of this machine
             raise CliError(
@@ -398,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds between the checks of the running experiments' users per variant and sample ratio, "
         "exported at /metrics (mtrank_experiment_srm_flagged: the alert MtrankExperimentSampleRatioMismatch)",
+    )
+    serve.add_argument(
+        "--srm-max-experiments",
+        metavar="N",
+        type=POSITIVE_INT,
+        default=200,
+        help="running experiments those checks export at most, the ones with the most users (experiment keys "
+        "come from events: a producer writing junk keys must not add series without bound)",
     )
     serve.set_defaults(func=_cmd_serve)
 

@@ -270,9 +270,11 @@ class SrmExporter:
     store not created yet is waited for, as the requests do.
     """
 
-    def __init__(self, cache: ReportCache, interval_s: float) -> None:
+    def __init__(self, cache: ReportCache, interval_s: float, max_experiments: int = 200) -> None:
         self.cache = cache
         self.interval_s = interval_s
+        self.max_experiments = max_experiments
+        self._capped_at: int | None = None  # the running count last logged as over the cap (logged once)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._exported: dict[Gauge, set[tuple[str, ...]]] = {}  # the label values each gauge has series for
@@ -309,9 +311,7 @@ class SrmExporter:
         p_values: dict[tuple[str, ...], float] = {}
         flagged: dict[tuple[str, ...], float] = {}
         users: dict[tuple[str, ...], float] = {}
-        for summary in summaries:
-            if summary.status != "running":
-                continue
+        for summary in self._largest_running(summaries):
             key = summary.experiment_key
             users |= {(key, variant.key): variant.users for variant in summary.variants}
             if summary.kind == "ab":  # an interleaving experiment has no split to check
@@ -321,6 +321,22 @@ class SrmExporter:
         self._export(metrics.srm_p_value, p_values)
         self._export(metrics.srm_flagged, flagged)
         self._export(metrics.experiment_users, users)
+
+    def _largest_running(self, summaries: list[ExperimentSummary]) -> list[ExperimentSummary]:
+        """The running experiments with the most users, at most ``max_experiments``: experiment keys come from
+        events, so a producer writing junk keys would otherwise add series without bound (logged once per
+        count over the cap)."""
+        running = sorted(
+            (s for s in summaries if s.status == "running"), key=lambda s: (-s.total_users, s.experiment_key)
+        )
+        if len(running) > self.max_experiments and self._capped_at != len(running):
+            logger.warning(
+                "SRM check: %d running experiments, exporting the %d with the most users (--srm-max-experiments)",
+                len(running),
+                self.max_experiments,
+            )
+        self._capped_at = len(running) if len(running) > self.max_experiments else None
+        return running[: self.max_experiments]
 
     def _export(self, gauge: Gauge, values: dict[tuple[str, ...], float]) -> None:
         """``gauge`` with exactly these series: set them, then remove the others it had."""
@@ -528,6 +544,7 @@ class AnalyticsServer:
         backlog: connections waiting for a thread; more get 503 at once.
         idle_timeout_s: a client silent this long (mid-request or while reading the answer) is dropped.
         srm_interval_s: seconds between the exports of the running experiments' SRM checks (``SrmExporter``).
+        srm_max_experiments: the running experiments those exports cover at most (the ones with the most users).
     """
 
     def __init__(
@@ -542,10 +559,11 @@ class AnalyticsServer:
         backlog: int = 64,
         idle_timeout_s: float = 10.0,
         srm_interval_s: float = 60.0,
+        srm_max_experiments: int = 200,
     ) -> None:
         self.metrics = DashboardMetrics()
         self._cache = ReportCache(store, config, self.metrics, cache_seconds)
-        self._srm = SrmExporter(self._cache, srm_interval_s)
+        self._srm = SrmExporter(self._cache, srm_interval_s, srm_max_experiments)
         handler = type(
             "Handler",
             (_Handler,),

@@ -198,3 +198,21 @@ def test_a_check_reading_the_store_holds_up_no_cached_answer() -> None:
         finally:
             store.holding = False
             store.release.set()
+
+
+def test_at_most_the_largest_running_experiments_are_exported(caplog: pytest.LogCaptureFixture) -> None:
+    """Experiment keys come from events: a producer writing junk keys added series without bound. Past the cap
+    the running experiments with the most users are exported, and the cap is logged once, not every check."""
+    store = MemoryEventStore()
+    _simulate(store)  # running: broken and healthy (2,000 users each), ranking-interleave (30), solo (50)
+    metrics = DashboardMetrics()
+    exporter = SrmExporter(ReportCache(store, CONFIG, metrics), interval_s=3600, max_experiments=2)
+    with caplog.at_level(logging.WARNING, logger="analytics.server"):
+        exporter.refresh()
+        exporter.refresh()
+    exported = _series(generate_latest(metrics.registry).decode())
+    assert exported == _expected(store, CONFIG, ["broken", "healthy"])
+    [line] = [r.getMessage() for r in caplog.records if r.name == "analytics.server"]
+    assert line == (
+        "SRM check: 4 running experiments, exporting the 2 with the most users (--srm-max-experiments)"
+    )
