@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         "started at the median of the first 8 runs of each session (014a218 and before)": lambda: LoneRunChooser(
             checks=0
         ),
-        "+ the session not in use at the median of its last 3 samples (default)": LoneRunChooser,
+        "+ the session not in use at the median of its last 3 samples, the least for spinning (default)": (
+            LoneRunChooser
+        ),
     }
     print(f"{args.lifetimes} lifetimes of {len(phases)} x {args.runs} lone runs; per phase: share of lone runs on "
           "the faster session (mean, worst 5% of lifetimes), median lone-run ms (mean)")  # fmt: skip

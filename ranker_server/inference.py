@@ -140,12 +140,17 @@ class LoneRunChooser:
     on the same session is recorded (``OnnxRanker.infer``), so the check is the second. Each check costs three
     slow runs (two on the other session, one cold back), so checks are rare: one block of 64 lone runs each
     (-0.12 and -0.22 ms at concurrency 1 against 16 in mixed traffic); a session that got slower is left within
-    ~15 runs, one that got faster again is taken back within three checks (the session not in use is
-    estimated by the median of its last three samples; replaying logged run times after a busy phase, 0.89 of
-    the lone runs went to the faster session, 0.42 with 5% steps there too). Each estimate starts at the median
-    of its session's first ``warmup`` recorded runs, taken in turns: replaying logged run times
-    (benchmarks/replay_lone_runs.py), estimates started at the first run held 5% of server starts on the slower
-    session for most of their lone runs. Plain bookkeeping: no clock, no I/O.
+    ~15 runs, one that got faster again is taken back within three checks (the sleeping session, when not in
+    use, is estimated by the median of its last three samples; replaying logged run times after a busy phase,
+    0.89 of the lone runs went to the faster session, 0.42 with 5% steps there too). The spinning session, when
+    not in use, is estimated by the least of its last three, so one check that finds it fast takes it back: its
+    checks, after a spell of one-thread runs, came out 6.4-8.6 ms in 4 of 7 and 3.1-3.4 in the others (3.5 in
+    use, the sleeping session 4.6), and a median of three held lone runs on the sleeping session for ~500 lone
+    runs, 60% of a benchmark run's (benchmarks/results/serving_peers.md, runs 63-69); the sleeping session's
+    checks showed no such tail. A switch only adds time, and under load every check is slow. Each estimate
+    starts at the median of its session's first ``warmup`` recorded runs, taken in turns: replaying logged run
+    times (benchmarks/replay_lone_runs.py), estimates started at the first run held 5% of server starts on the
+    slower session for most of their lone runs. Plain bookkeeping: no clock, no I/O.
     """
 
     def __init__(self, explore_every: int = 64, step: float = 0.05, warmup: int = 8, checks: int = 3) -> None:
@@ -188,10 +193,11 @@ class LoneRunChooser:
         recent = self._recent.setdefault(key, deque(maxlen=self._checks))
         recent.append(sample)
         if self._checks and (key[0], not spin) in self._log_seconds and not self._in_use(*key):
-            # A check of the session not in use: the median of its last three samples. Its checks are 64 runs
-            # apart, so 5% steps took ~15 checks (~1,000 lone runs) to take back a session that a slow spell
-            # had pushed 2x up: the rest of a benchmark run (run 48 in benchmarks/results/serving_peers.md).
-            self._log_seconds[key] = statistics.median(recent)
+            # A check of the session not in use: the median of its last three samples, or the least for the
+            # spinning session (see the class). Its checks are 64 runs apart, so 5% steps took ~15 checks
+            # (~1,000 lone runs) to take back a session that a slow spell had pushed 2x up: the rest of a
+            # benchmark run (run 48 in benchmarks/results/serving_peers.md).
+            self._log_seconds[key] = min(recent) if spin else statistics.median(recent)
             return
         # A stochastic median: a fixed step up or down, so a preempted run counts as much as a slightly slow one
         # and a lasting change of load shows within ~15 recorded runs per doubling.
