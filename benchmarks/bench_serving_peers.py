@@ -10,8 +10,9 @@ One ONNX ranking graph (bench_ranker's ~1M-parameter MMoE, 3 tasks), 500 candida
   * our ranker, ``python -m ranker_server`` with its defaults, a running experiment (two variants of the model,
     assignment on every request) and no Kafka: Rank with the 500 candidate ids (features from its item table,
     scored with the package's factored graph: the user's share of the input layers once, the candidates' shares
-    precomputed at load; then scores, merge, top 100), and the same server's ModelInfer with the same tensors as
-    KServe gets (the package graph); ``--ranker-variant "--factored-max-mb 0"`` adds Rank on the package graph;
+    precomputed at load; then scores, merge, top 100), and ModelInfer with the same tensors as KServe gets (the
+    package graph) from a second process of the same server, so that each row has a server of its own;
+    ``--ranker-variant "--factored-max-mb 0"`` adds Rank on the package graph;
   * the bare grpc.aio + ORT floor of bench_ranker (c1: a servicer that only runs the ORT call in an executor
     thread and returns a pre-built response of Rank's size), with ORT threads spinning during runs and not
     spinning: the faster at concurrency 1 is the floor;
@@ -423,11 +424,15 @@ def main(argv: list[str] | None = None) -> int:
         expected = br.ort_session(package / "model.onnx", args.threads, "off").run(["logits"], feeds)[0]
         try:
             metrics_ports = {RANK: br.free_port()}  # Rank rows' servers: where lone_run_shares reads them
-            ranker, ranker_target = br.start_server(
-                Path(tmp), args.threads, metrics_ports[RANK], args.server_args.split(), EXPERIMENTS
-            )
-            processes.append(ranker)
-            targets = {RANK: (ranker_target, "rank"), OIP: (ranker_target, "infer")}
+            targets = {}
+            # A ranker process per row, as every other row has its own server: Rank's process also serving
+            # ModelInfer (until run 73) shared its cores' caches with a second graph's sessions.
+            for label, kind, port in ((RANK, "rank", metrics_ports[RANK]), (OIP, "infer", br.free_port())):
+                ranker, ranker_target = br.start_server(
+                    Path(tmp), args.threads, port, args.server_args.split(), EXPERIMENTS
+                )
+                processes.append(ranker)
+                targets[label] = (ranker_target, kind)
             for spinning in FLOOR_SPINNING:
                 floor, floor_target = br.start_floor(package, args.threads, inline=False, spinning=spinning)
                 floors.append(floor)
