@@ -145,9 +145,10 @@ class LoneRunChooser:
     0.89 of the lone runs went to the faster session, 0.42 with 5% steps there too). The spinning session, when
     not in use, is estimated by the least of its last three, so one check that finds it fast takes it back: its
     checks, after a spell of one-thread runs, came out 6.4-8.6 ms in 4 of 7 and 3.1-3.4 in the others (3.5 in
-    use, the sleeping session 4.6), and a median of three held lone runs on the sleeping session for ~500 lone
-    runs, 60% of a benchmark run's (benchmarks/results/serving_peers.md, runs 63-69); the sleeping session's
-    checks showed no such tail. A switch only adds time, and under load every check is slow. Each estimate
+    use, the sleeping session 4.6), and a median of three held lone runs on the sleeping session for ~450 lone
+    runs, 60% of a benchmark run's; the sleeping session's checks showed no such tail (21-60% of lone runs on
+    the slower session in 5 of 13 benchmark processes before, 7-10% in 4 of 4 after; the typical p50 alike:
+    benchmarks/results/serving_peers.md, runs 63-74). A switch only adds time, and under load every check is slow. Each estimate
     starts at the median of its session's first ``warmup`` recorded runs, taken in turns: replaying logged run
     times (benchmarks/replay_lone_runs.py), estimates started at the first run held 5% of server starts on the
     slower session for most of their lone runs. Plain bookkeeping: no clock, no I/O.
