@@ -331,7 +331,8 @@ class SrmExporter:
         )
         if len(running) > self.max_experiments and self._capped_at != len(running):
             logger.warning(
-                "SRM check: %d running experiments, exporting the %d with the most users (--srm-max-experiments)",
+                "SRM check: %d running experiments, exporting the %d with the most users "
+                "(--srm-max-experiments)",
                 len(running),
                 self.max_experiments,
             )
@@ -544,7 +545,7 @@ class AnalyticsServer:
         backlog: connections waiting for a thread; more get 503 at once.
         idle_timeout_s: a client silent this long (mid-request or while reading the answer) is dropped.
         srm_interval_s: seconds between the exports of the running experiments' SRM checks (``SrmExporter``).
-        srm_max_experiments: the running experiments those exports cover at most (the ones with the most users).
+        srm_max_experiments: the running experiments those exports cover at most (those with the most users).
     """
 
     def __init__(

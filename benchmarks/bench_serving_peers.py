@@ -10,8 +10,8 @@ One ONNX ranking graph (bench_ranker's ~1M-parameter MMoE, 3 tasks), 500 candida
   * our ranker, ``python -m ranker_server`` with its defaults, a running experiment (two variants of the model,
     assignment on every request) and no Kafka: Rank with the 500 candidate ids (features from its item table,
     scored with the package's factored graph: the user's share of the input layers once, the candidates' shares
-    precomputed at load; then scores, merge, top 100), and ModelInfer with the same tensors as KServe gets (the
-    package graph) from a second process of the same server, so that each row has a server of its own;
+    precomputed at load; then scores, merge, top 100), and ModelInfer with the same tensors as KServe gets
+    (the package graph) from a second process of the same server, so that each row has a server of its own;
     ``--ranker-variant "--factored-max-mb 0"`` adds Rank on the package graph;
   * the bare grpc.aio + ORT floor of bench_ranker (c1: a servicer that only runs the ORT call in an executor
     thread and returns a pre-built response of Rank's size), with ORT threads spinning during runs and not

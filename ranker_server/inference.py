@@ -140,18 +140,19 @@ class LoneRunChooser:
     on the same session is recorded (``OnnxRanker.infer``), so the check is the second. Each check costs three
     slow runs (two on the other session, one cold back), so checks are rare: one block of 64 lone runs each
     (-0.12 and -0.22 ms at concurrency 1 against 16 in mixed traffic); a session that got slower is left within
-    ~15 runs, one that got faster again is taken back within three checks (the sleeping session, when not in
-    use, is estimated by the median of its last three samples; replaying logged run times after a busy phase,
-    0.89 of the lone runs went to the faster session, 0.42 with 5% steps there too). The spinning session, when
-    not in use, is estimated by the least of its last three, so one check that finds it fast takes it back: its
-    checks, after a spell of one-thread runs, came out 6.4-8.6 ms in 4 of 7 and 3.1-3.4 in the others (3.5 in
-    use, the sleeping session 4.6), and a median of three held lone runs on the sleeping session for ~450 lone
-    runs, 60% of a benchmark run's; the sleeping session's checks showed no such tail (21-60% of lone runs on
-    the slower session in 5 of 13 benchmark processes before, 7-10% in 4 of 4 after; the typical p50 alike:
-    benchmarks/results/serving_peers.md, runs 63-74). A switch only adds time, and under load every check is slow. Each estimate
-    starts at the median of its session's first ``warmup`` recorded runs, taken in turns: replaying logged run
-    times (benchmarks/replay_lone_runs.py), estimates started at the first run held 5% of server starts on the
-    slower session for most of their lone runs. Plain bookkeeping: no clock, no I/O.
+    ~15 runs, one that got faster again is taken back within three checks (the sleeping session, when not
+    in use, is estimated by the median of its last three samples; replaying logged run times after a busy
+    phase, 0.89 of the lone runs went to the faster session, 0.42 with 5% steps there too). The spinning
+    session, when not in use, is estimated by the least of its last three, so one check that finds it fast
+    takes it back: its checks, after a spell of one-thread runs, came out 6.4-8.6 ms in 4 of 7 and 3.1-3.4 in
+    the others (3.5 in use, the sleeping session 4.6), and a median of three held lone runs on the sleeping
+    session for ~450 lone runs, 60% of a benchmark run's; the sleeping session's checks showed no such tail
+    (21-60% of lone runs on the slower session in 5 of 13 benchmark processes before, 7-10% in 4 of 4 after;
+    the typical p50 alike: benchmarks/results/serving_peers.md, runs 63-74). A switch only adds time, and
+    under load every check is slow. Each estimate starts at the median of its session's first ``warmup``
+    recorded runs, taken in turns: replaying logged run times (benchmarks/replay_lone_runs.py), estimates
+    started at the first run held 5% of server starts on the slower session for most of their lone runs.
+    Plain bookkeeping: no clock, no I/O.
     """
 
     def __init__(self, explore_every: int = 64, step: float = 0.05, warmup: int = 8, checks: int = 3) -> None:

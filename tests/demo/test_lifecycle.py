@@ -124,9 +124,9 @@ def test_a_stopped_demo_stops_every_child_and_exits_with_the_signal_code(
         assert still_running(children) == []
 
 
-# ``python -m deploy.demo`` whose training is a Ctrl-C that lands in code exec() runs from a string, as it does
-# when torch builds dataclasses in its lazy imports (SIGINTs 0 to 3 s into training: 3 runs in 34 exited -2,
-# each hit 1 to 2 s in).
+# ``python -m deploy.demo`` whose training is a Ctrl-C that lands in code exec() runs from a string, as it
+# does when torch builds dataclasses in its lazy imports (SIGINTs 0 to 3 s into training: 3 runs in 34 exited
+# -2, each hit 1 to 2 s in).
 CTRL_C_IN_EXEC = """
 import os, signal, sys
 from deploy.demo import __main__ as demo

@@ -196,9 +196,9 @@ def test_a_session_left_in_a_slow_spell_is_taken_back_within_three_checks() -> N
 
 
 def test_a_spinning_check_slowed_by_the_switch_does_not_hold_lone_runs_on_the_sleeping_session() -> None:
-    """Logged in bench_serving_peers' mixed traffic (runs 63-69): after a slow spell moved lone runs to the
-    sleeping session (4.6 ms), checks of the spinning one came out 6.6, 3.4, 7.8, 6.4, 3.1, 8.6, 3.2 ms where its
-    runs in use took 3.5. A median of three took it back at the seventh check, ~450 lone runs later."""
+    """Logged in bench_serving_peers' mixed traffic (run 63): after a slow spell moved lone runs to the
+    sleeping session (4.6 ms), checks of the spinning one came out 6.6, 3.4, 7.8, 6.4, 3.1, 8.6, 3.2 ms where
+    its runs in use took 3.5. A median of three took it back at the seventh check, ~450 lone runs later."""
     chooser = LoneRunChooser(warmup=1)
     chooser.record(500, True, 0.0035)
     chooser.record(500, False, 0.0046)
