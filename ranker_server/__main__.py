@@ -219,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="concurrent ONNX Runtime calls",
     )
     group.add_argument(
+        "--lone-runs",
+        choices=["loop", "executor"],
+        default=r["lone_runs"].default,
+        help="while calls arrive one at a time, run ONNX Runtime on the event loop's thread (no hand-offs to "
+        "and from an executor thread); under concurrent calls every run goes to the executor either way",
+    )
+    group.add_argument(
         "--factored-max-mb",
         metavar="MB",
         type=int,

@@ -22,6 +22,7 @@ import onnxruntime as ort
 from ranker_server.config import RuntimeSettings
 from ranker_server.errors import PackageError
 from ranker_server.metrics import LONE_RUNS
+from ranker_server.traffic import SequentialTraffic
 
 logger = logging.getLogger(__name__)
 _LONE_RUNS = {spin: LONE_RUNS.labels("spinning" if spin else "sleeping") for spin in (True, False)}
@@ -207,6 +208,26 @@ class LoneRunChooser:
         self._log_seconds[key] = old + (self._step if sample > old else -self._step)
 
 
+LOOP_TURNS_AFTER_A_RUN = 5
+LOOP_MAX_ROWS = 1024
+"""The most rows a run on the loop's thread takes: it saves the same two hand-offs whatever its size, and a
+larger one would keep the loop from health checks and cancellations for longer (~6 ms for 1,024 rows of the
+benchmark's MMoE on these 2 cores)."""
+
+
+async def _let_waiting_calls_begin() -> None:
+    """Let the loop turn a few times after a run that blocked it, while that run still counts as in flight, so
+    that a call that arrived meanwhile begins now, overlaps it, and sends the runs after it to the executor.
+
+    Measured, not derived (benchmarks/results/serving_peers.md, runs 77-79, each beside the server without
+    runs on the loop): with no turn the server lost 21% of its requests/s at concurrency 16 and with one 11%;
+    with three it answered 334 against 336 req/s and 322 against 325, with five 331 against 325. A turn with
+    nothing to do costs microseconds.
+    """
+    for _ in range(LOOP_TURNS_AFTER_A_RUN):
+        await asyncio.sleep(0)
+
+
 class OnnxRanker:
     """A ranking graph -> ``logits`` float32 [B, T]: the package graph (``sparse`` int64 [B, S], ``dense`` float32
     [B, D]; ``GraphRows``) or the factored one (``UserItemRows`` plus the item parts).
@@ -295,13 +316,17 @@ class OnnxRanker:
         except Exception as exc:  # ORT raises its own untyped errors for corrupt graphs
             raise PackageError(f"{path}: ONNX Runtime cannot load the graph: {exc}") from exc
 
-    async def infer(self, inputs: ModelInput, executor: Executor) -> np.ndarray:
-        """Score a batch in ``executor`` so the event loop keeps serving.
+    async def infer(
+        self, inputs: ModelInput, executor: Executor, traffic: SequentialTraffic | None = None
+    ) -> np.ndarray:
+        """Score a batch in ``executor`` so the event loop keeps serving, or, when it is alone in the process
+        and ``traffic`` (the server's calls) arrives one call at a time, on the loop's thread (no hand-offs).
 
         ORT's own ``run_async`` was measured against this: it runs the whole graph on one pool thread,
         which cost 35% of the throughput at concurrency 16 on 2 cores, and gained nothing at concurrency 1.
         """
         alone = OnnxRanker._in_flight == 0
+        on_loop = alone and len(inputs) <= LOOP_MAX_ROWS and traffic is not None and traffic.sequential
         OnnxRanker._in_flight += 1
         OnnxRanker._started += 1
         started = OnnxRanker._started
@@ -309,11 +334,19 @@ class OnnxRanker:
         try:
             if not alone or self._chooser is None:
                 self._last_spin = False  # concurrent runs go to the sleeping session
+                if on_loop:
+                    logits = self.run(inputs, alone)
+                    await _let_waiting_calls_begin()
+                    return logits
                 return await loop.run_in_executor(executor, self.run, inputs, alone)
             spin = self._chooser.spin(len(inputs))
             _LONE_RUNS[spin].inc()
             warm, self._last_spin = spin == self._last_spin, spin
-            logits, seconds = await loop.run_in_executor(executor, self._timed_run, inputs, spin)
+            if on_loop:
+                logits, seconds = self._timed_run(inputs, spin)
+                await _let_waiting_calls_begin()
+            else:
+                logits, seconds = await loop.run_in_executor(executor, self._timed_run, inputs, spin)
             # Only a run that stayed alone and followed one on the same session compares the sessions: one that
             # others joined shared the cores with their requests, and one after a switch measures the switch.
             if warm and OnnxRanker._started == started:

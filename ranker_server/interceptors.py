@@ -4,6 +4,7 @@ from ``grpc_serving``, shared by every server)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from grpc_serving.call_counting import CallCounter
 from proto import inference_pb2, ranking_pb2
 from ranker_server import errors
 from ranker_server.metrics import REQUESTS
+from ranker_server.traffic import SequentialTraffic
 
 __all__ = ["BearerTokenInterceptor", "ExceptionToStatusInterceptor", "status_for"]
 
@@ -64,9 +66,13 @@ def _wrap_unary(
 
 class ExceptionToStatusInterceptor(aio.ServerInterceptor):
     """Maps ``RankerError`` subclasses to status codes (after KServe's interceptor of the same name) and
-    counts each Rank and ModelInfer call once by the code it ends with (``mtrank_requests_total``). It must be
+    counts each Rank and ModelInfer call once by the code it ends with (``mtrank_requests_total``), telling
+    ``traffic`` (the server's, read by its ONNX Runtime runs) when each begins and ends. It must be
     the server's first interceptor: the calls an interceptor before it refuses (the token's UNAUTHENTICATED)
     never reach it."""
+
+    def __init__(self, traffic: SequentialTraffic | None = None) -> None:
+        self._traffic = traffic
 
     async def intercept_service(
         self,
@@ -100,4 +106,18 @@ class ExceptionToStatusInterceptor(aio.ServerInterceptor):
             await context.abort(code, message)
 
         calls = _CALLS.get(method)
-        return _wrap_unary(handler, behavior if calls is None else calls.around(behavior), None)
+        if calls is None:
+            return _wrap_unary(handler, behavior, None)
+        counted = calls.around(behavior)
+        traffic = self._traffic
+        if traffic is None:
+            return _wrap_unary(handler, counted, None)
+
+        async def tracked(request: Any, context: aio.ServicerContext) -> Any:
+            traffic.begin(time.perf_counter())
+            try:
+                return await counted(request, context)
+            finally:
+                traffic.end(time.perf_counter())
+
+        return _wrap_unary(handler, tracked, None)

@@ -28,6 +28,7 @@ from ranker_server.features import ItemTable, user_item_rows
 from ranker_server.inference import GraphRows, ModelInput, OnnxRanker, UserItemRows
 from ranker_server.package import ModelPackage, manifest_digest, read_package
 from ranker_server.routing import Router, RouterSource, ranking_refs
+from ranker_server.traffic import SequentialTraffic
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class LoadedModel:
         workers: int,
         table: ItemTable,
         factored: OnnxRanker | None = None,
+        traffic: SequentialTraffic | None = None,
     ) -> None:
         self.package = package
         self.runner = runner
@@ -59,6 +61,7 @@ class LoadedModel:
         self.binary_tasks = tuple(t.type == "binary" for t in package.manifest.tasks)
         self._batching = batching
         self._executor = executor
+        self._traffic = traffic
         self._workers = workers
         self._batchers: dict[str, MicroBatcher] = {}
         self._active = 0
@@ -86,7 +89,7 @@ class LoadedModel:
 
     async def _score(self, inputs: ModelInput) -> np.ndarray:
         runner = self.factored if isinstance(inputs, UserItemRows) and self.factored else self.runner
-        return await runner.infer(inputs, self._executor)
+        return await runner.infer(inputs, self._executor, self._traffic)
 
     async def drain(self, poll_s: float = 0.01) -> None:
         """Wait for every request holding this version, then stop its batchers."""
@@ -96,7 +99,11 @@ class LoadedModel:
 
 
 def load_model(
-    path: Path, runtime: RuntimeSettings, batching: BatchingSettings, executor: Executor
+    path: Path,
+    runtime: RuntimeSettings,
+    batching: BatchingSettings,
+    executor: Executor,
+    traffic: SequentialTraffic | None = None,
 ) -> LoadedModel:
     """Verify, load, check against the golden outputs and warm up the package in ``path`` (blocking); again
     when a publish replaced it meanwhile: the graphs are opened by path after the package is read.
@@ -104,11 +111,17 @@ def load_model(
     Raises:
         PackageError: when any step fails; nothing is half-loaded.
     """
-    return load_without_swap(path, lambda: _load_model_once(path, runtime, batching, executor), PackageError)
+    return load_without_swap(
+        path, lambda: _load_model_once(path, runtime, batching, executor, traffic), PackageError
+    )
 
 
 def _load_model_once(
-    path: Path, runtime: RuntimeSettings, batching: BatchingSettings, executor: Executor
+    path: Path,
+    runtime: RuntimeSettings,
+    batching: BatchingSettings,
+    executor: Executor,
+    traffic: SequentialTraffic | None,
 ) -> LoadedModel:
     package = read_package(path)
     label = f"{package.manifest.name}/{package.manifest.version}"
@@ -147,7 +160,9 @@ def _load_model_once(
             inputs, _ = user_item_rows(package.layout, table, *sample_request(package, table, rows))
             for alone in factored.alone_values:
                 factored.run(inputs, alone)
-    return LoadedModel(package, runner, batching, executor, runtime.inference_threads, table, factored)
+    return LoadedModel(
+        package, runner, batching, executor, runtime.inference_threads, table, factored, traffic
+    )
 
 
 @dataclass(frozen=True)
@@ -168,12 +183,15 @@ class ModelRepository:
         runtime: RuntimeSettings,
         batching: BatchingSettings,
         executor: Executor,
+        traffic: SequentialTraffic | None = None,
     ) -> None:
+        """``traffic``: the server's calls, by which a lone run may use the loop's thread (``infer``)."""
         self._root = root
         self._source = source
         self._runtime = runtime
         self._batching = batching
         self._executor = executor
+        self._traffic = traffic
         self._snapshot: Snapshot | None = None
         self._failed: dict[ModelKey, str] = {}  # key -> manifest digest that failed; retried when it changes
         self._lock = asyncio.Lock()
@@ -253,7 +271,7 @@ class ModelRepository:
         loop = asyncio.get_running_loop()
         # Loading is blocking and CPU-heavy: a worker thread keeps the event loop answering requests.
         model = await loop.run_in_executor(
-            None, load_model, path, self._runtime, self._batching, self._executor
+            None, load_model, path, self._runtime, self._batching, self._executor, self._traffic
         )
         metrics.MODEL_LOADS.labels(*key, "loaded").inc()
         metrics.MODEL_STATE.labels(*key).state("ready")

@@ -34,6 +34,7 @@ from ranker_server.open_inference import InferenceDataPlane
 from ranker_server.open_inference_servicer import OpenInferenceServicer
 from ranker_server.routing import RouterSource
 from ranker_server.servicer import RankerServicer
+from ranker_server.traffic import SequentialTraffic
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +90,14 @@ reflection over one model repository."""
             PackageError: when a model the router names cannot be loaded.
         """
         settings = self.settings
+        traffic = SequentialTraffic() if settings.runtime.lone_runs == "loop" else None
         self.repository = ModelRepository(
-            settings.repository, self._router_source, settings.runtime, settings.batching, self._executor
+            settings.repository,
+            self._router_source,
+            settings.runtime,
+            settings.batching,
+            self._executor,
+            traffic,
         )
         await self.repository.start()
         if self._exposure_sink is not None:
@@ -106,7 +113,7 @@ reflection over one model repository."""
         )
         # The counting interceptor is the outermost, so that the calls the token interceptor refuses pass
         # through it and count as UNAUTHENTICATED in mtrank_requests_total (they were in no error ratio).
-        interceptors: list[aio.ServerInterceptor] = [ExceptionToStatusInterceptor()]
+        interceptors: list[aio.ServerInterceptor] = [ExceptionToStatusInterceptor(traffic)]
         if self._auth_token:
             interceptors.append(BearerTokenInterceptor(self._auth_token))
         # SO_REUSEPORT lets ``--workers N`` processes bind the same port; the kernel spreads connections.

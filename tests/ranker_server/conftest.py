@@ -105,10 +105,11 @@ class Running:
     source: MutableSource
 
 
-async def serving(repository: Path, source: MutableSource) -> AsyncIterator[Running]:
-    """A server on a free port over ``source`` with a channel to it, exposures kept in memory; stopped after."""
+async def serving(repository: Path, source: MutableSource, **overrides: object) -> AsyncIterator[Running]:
+    """A server on a free port over ``source`` with a channel to it, exposures kept in memory; stopped after.
+    ``overrides``: settings other than ``make_settings``'s."""
     sink = MemorySink()
-    server = RankerServer(make_settings(repository), source, sink)
+    server = RankerServer(make_settings(repository, **overrides), source, sink)
     port = await server.start()
     channel = aio.insecure_channel(f"127.0.0.1:{port}")
     try:

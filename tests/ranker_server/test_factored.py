@@ -77,9 +77,9 @@ async def test_rank_uses_the_factored_graph_unless_candidates_bring_features(run
             assert runner is not None
             infer = runner.infer
 
-            async def spy(inputs: ModelInput, executor: object, infer=infer, graph=graph) -> np.ndarray:
+            async def spy(inputs: ModelInput, *args: object, infer=infer, graph=graph) -> np.ndarray:
                 seen.append((type(inputs).__name__, graph))
-                return await infer(inputs, executor)
+                return await infer(inputs, *args)
 
             runner.infer = spy  # type: ignore[method-assign]
     ids = list(range(1000, 1010))

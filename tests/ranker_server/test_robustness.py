@@ -33,9 +33,9 @@ def slow_down(server: RankerServer, seconds: float) -> None:
         assert runner is not None
         infer = runner.infer
 
-        async def slow(inputs: ModelInput, executor: object, infer=infer) -> np.ndarray:
+        async def slow(inputs: ModelInput, *args: object, infer=infer) -> np.ndarray:
             await asyncio.sleep(seconds)
-            return await infer(inputs, executor)
+            return await infer(inputs, *args)
 
         runner.infer = slow  # type: ignore[method-assign]
 
