@@ -345,23 +345,23 @@ FLOOR_SPINNING = ("during runs", "off")
 
 def lone_run_shares(metrics_ports: dict[str, int]) -> list[str]:
     """Where each ranker's lone runs went over the whole run (``mtrank_inference_lone_runs_total``): a lone-run
-    chooser held on the sleeping session shows here (run 48)."""
+    chooser held on the sleeping session shows here (run 48); and how many runs took the event loop's thread
+    (``mtrank_inference_loop_runs_total``, ``--lone-runs loop``)."""
     lines = ["Lone runs (ONNX Runtime alone in the process) by session, over the whole run:"]
     for label, port in metrics_ports.items():
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
             text = response.read().decode()
-        runs = {
-            sample.labels["session"]: sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "mtrank_inference_lone_runs_total"
-        }
+        samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+        runs = {s.labels["session"]: s.value for s in samples if s.name == "mtrank_inference_lone_runs_total"}
+        on_loop = [s.value for s in samples if s.name == "mtrank_inference_loop_runs_total"]
+        loop_note = f"; {on_loop[0]:.0f} runs on the event loop's thread" if on_loop else ""
         total = sum(runs.values())
         if not total:
             lines.append(f"- {label}: none counted (one session, or a ranker without the counter)")
             continue
         spinning = runs.get("spinning", 0.0)
-        lines.append(f"- {label}: {spinning:.0f} of {total:.0f} on the spinning session ({spinning / total:.0%})")
+        share = f"{spinning:.0f} of {total:.0f} on the spinning session ({spinning / total:.0%})"
+        lines.append(f"- {label}: {share}{loop_note}")
     return lines
 
 

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from ranker_server.config import RuntimeSettings
 from ranker_server.errors import PackageError
-from ranker_server.metrics import LONE_RUNS
+from ranker_server.metrics import LONE_RUNS, LOOP_RUNS
 from ranker_server.traffic import SequentialTraffic
 
 logger = logging.getLogger(__name__)
@@ -327,6 +327,8 @@ class OnnxRanker:
         """
         alone = OnnxRanker._in_flight == 0
         on_loop = alone and len(inputs) <= LOOP_MAX_ROWS and traffic is not None and traffic.sequential
+        if on_loop:
+            LOOP_RUNS.inc()
         OnnxRanker._in_flight += 1
         OnnxRanker._started += 1
         started = OnnxRanker._started

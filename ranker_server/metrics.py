@@ -51,6 +51,10 @@ LONE_RUNS = Counter(
     "ONNX Runtime runs alone in the process (--spinning alone), by the session the lone-run chooser picked",
     ("session",),
 )
+LOOP_RUNS = Counter(
+    "mtrank_inference_loop_runs",
+    "ONNX Runtime runs on the event loop's own thread (--lone-runs loop: alone, calls coming one at a time)",
+)
 REQUEST_DURATION = Histogram(
     "mtrank_inference_request_duration_seconds",
     "Rank and ModelInfer request time in the server",

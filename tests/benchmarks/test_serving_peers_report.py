@@ -92,6 +92,7 @@ def test_the_lone_run_shares_are_read_from_each_rankers_metrics() -> None:
     counted = _metrics_page(
         'mtrank_inference_lone_runs_total{session="spinning"} 30.0\n'
         'mtrank_inference_lone_runs_total{session="sleeping"} 10.0\n'
+        "mtrank_inference_loop_runs_total 25.0\n"
     )
     older = _metrics_page("mtrank_requests_total 1.0\n")  # a checkout without the counter
     try:
@@ -100,6 +101,6 @@ def test_the_lone_run_shares_are_read_from_each_rankers_metrics() -> None:
         counted.shutdown()
         older.shutdown()
     assert lines[1:] == [
-        "- ours: 30 of 40 on the spinning session (75%)",
+        "- ours: 30 of 40 on the spinning session (75%); 25 runs on the event loop's thread",
         "- older: none counted (one session, or a ranker without the counter)",
     ]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from prometheus_client import REGISTRY
 
 from proto import ranking_pb2
 from ranker_server.config import RuntimeSettings
@@ -96,6 +97,9 @@ async def test_a_lone_run_takes_the_loop_thread_only_while_calls_arrive_one_at_a
     np.testing.assert_allclose(results[3], data["logits"][many], rtol=1e-4, atol=1e-5)
 
 
+LOOP_RUNS = "mtrank_inference_loop_runs_total"
+
+
 def _record_threads(running: Running) -> list[str]:
     """The names of the threads the server's ONNX Runtime runs take from now on, in order."""
     threads: list[str] = []
@@ -148,8 +152,10 @@ async def test_the_server_runs_on_its_loop_between_sequential_calls_and_in_its_e
 ) -> None:
     threads = _record_threads(running)
     loop_thread = threading.current_thread().name  # the server shares the test's event loop
+    before = REGISTRY.get_sample_value(LOOP_RUNS) or 0.0
     await _one_at_a_time(running, 4)
     assert [name == loop_thread for name in threads] == [False, True, True, True]  # after a streak of two
+    assert REGISTRY.get_sample_value(LOOP_RUNS) == before + 3  # counted, so that dashboards can tell
     threads.clear()
     await asyncio.gather(*(running.stub.Rank(_REQUEST) for _ in range(16)))
     on_loop = sum(name == loop_thread for name in threads)
