@@ -357,7 +357,7 @@ def lone_run_shares(metrics_ports: dict[str, int]) -> list[str]:
         loop_note = f"; {on_loop[0]:.0f} runs on the event loop's thread" if on_loop else ""
         total = sum(runs.values())
         if not total:
-            lines.append(f"- {label}: none counted (one session, or a ranker without the counter)")
+            lines.append(f"- {label}: none counted (one session, or a ranker without the counter){loop_note}")
             continue
         spinning = runs.get("spinning", 0.0)
         share = f"{spinning:.0f} of {total:.0f} on the spinning session ({spinning / total:.0%})"

@@ -95,12 +95,16 @@ def test_the_lone_run_shares_are_read_from_each_rankers_metrics() -> None:
         "mtrank_inference_loop_runs_total 25.0\n"
     )
     older = _metrics_page("mtrank_requests_total 1.0\n")  # a checkout without the counter
+    one_session = _metrics_page("mtrank_inference_loop_runs_total 7.0\n")  # --spinning off: no chooser
     try:
-        lines = lone_run_shares({"ours": counted.server_port, "older": older.server_port})
+        ports = {"ours": counted.server_port, "older": older.server_port, "off": one_session.server_port}
+        lines = lone_run_shares(ports)
     finally:
-        counted.shutdown()
-        older.shutdown()
+        for page in (counted, older, one_session):
+            page.shutdown()
     assert lines[1:] == [
         "- ours: 30 of 40 on the spinning session (75%); 25 runs on the event loop's thread",
         "- older: none counted (one session, or a ranker without the counter)",
+        "- off: none counted (one session, or a ranker without the counter); 7 runs on the event loop's"
+        " thread",
     ]
