@@ -51,7 +51,7 @@ class RuntimeSettings(BaseModel):
     lone_runs: Literal["loop", "executor"] = Field(
         "loop",
         description="where a run alone in the process goes while calls arrive one at a time "
-        "(ranker_server.traffic): the event loop's own thread (no hand-offs: -0.13 to -0.40 ms p50 at "
+        "(ranker_server.traffic): the event loop's own thread (no hand-offs: -0.03 to -0.40 ms p50 at "
         "concurrency 1) or an executor thread, as every other run",
     )
     factored_max_mb: int = Field(

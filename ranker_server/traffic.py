@@ -1,16 +1,17 @@
 """Whether the server's calls arrive one at a time, so that a lone ONNX Runtime run may block the event loop.
 
 A run in an executor thread costs two hand-offs (to the thread and back onto the loop, ~0.1 ms each on idle
-cores); a run on the loop's own thread costs none: -0.13 to -0.40 ms p50 at concurrency 1 beside the same
-server without it (benchmarks/results/serving_peers.md, runs 76-79). It is how KServe's fastest set-up runs
-its model. But while a run blocks the loop the server cannot see other calls arrive: run on the loop whenever
-nothing else was in flight (run 76), or by the rule below without its loop turns (run 77), it served them one
-after another and lost 19-21% of its requests/s at concurrency 16. So a lone run takes the loop only while
-calls look sequential: each of the last ``streak`` calls began with no other call in flight and at least
-``min_gap_s`` after the previous one ended. After such a run the loop turns a few times before its call ends
-(``inference._let_waiting_calls_begin``), so that a call that arrived meanwhile begins while it is still in
-flight and resets the streak; a client that sends its next call after reading the answer needs a network round
-trip (~0.5 ms for a Python client on loopback) and begins after a gap. A wrong guess costs one blocked run.
+cores); a run on the loop's own thread costs none: -0.03 to -0.40 ms p50 at concurrency 1 (median -0.19)
+beside the same server without it (benchmarks/results/serving_peers.md, runs 76-81). It is how KServe's
+fastest set-up runs its model. But while a run blocks the loop the server cannot see other calls arrive: run
+on the loop whenever nothing else was in flight (run 76), or by the rule below without its loop turns (run
+77), it served them one after another and lost 19-21% of its requests/s at concurrency 16. So a lone run takes
+the loop only while calls look sequential: each of the last ``streak`` calls began with no other call in
+flight and at least ``min_gap_s`` after the previous one ended. After such a run the loop turns a few times
+before its call ends (``inference._let_waiting_calls_begin``), so that a call that arrived meanwhile begins
+while it is still in flight and resets the streak; a client that sends its next call after reading the answer
+needs a network round trip (~0.5 ms for a Python client on loopback) and begins after a gap. A wrong guess
+costs one blocked run.
 """
 
 from __future__ import annotations
