@@ -11,10 +11,10 @@ import os
 import statistics
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, Self
+from typing import ClassVar, Protocol, Self, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -25,6 +25,7 @@ from ranker_server.metrics import LONE_RUNS, LOOP_RUNS
 from ranker_server.traffic import SequentialTraffic
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 _LONE_RUNS = {spin: LONE_RUNS.labels("spinning" if spin else "sleeping") for spin in (True, False)}
 
 _GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
@@ -215,17 +216,22 @@ larger one would keep the loop from health checks and cancellations for longer (
 benchmark's MMoE on these 2 cores)."""
 
 
-async def _let_waiting_calls_begin() -> None:
-    """Let the loop turn a few times after a run that blocked it, while that run still counts as in flight, so
-    that a call that arrived meanwhile begins now, overlaps it, and sends the runs after it to the executor.
+async def _call(on_loop: bool, executor: Executor, fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in ``executor``; or, when ``on_loop``, on the loop's thread, after which the loop turns a
+    few times while that run still counts as in flight, so that a call that arrived meanwhile begins now,
+    overlaps it, and sends the runs after it to the executor.
 
     Measured, not derived (benchmarks/results/serving_peers.md, runs 77-79, each beside the server without
     runs on the loop): with no turn the server lost 21% of its requests/s at concurrency 16 and with one 11%;
     with three it answered 334 against 336 req/s and 322 against 325, with five 331 against 325. A turn with
     nothing to do costs microseconds.
     """
+    if not on_loop:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    result = fn(*args)
     for _ in range(LOOP_TURNS_AFTER_A_RUN):
         await asyncio.sleep(0)
+    return result
 
 
 class OnnxRanker:
@@ -332,23 +338,14 @@ class OnnxRanker:
         OnnxRanker._in_flight += 1
         OnnxRanker._started += 1
         started = OnnxRanker._started
-        loop = asyncio.get_running_loop()
         try:
             if not alone or self._chooser is None:
                 self._last_spin = False  # concurrent runs go to the sleeping session
-                if on_loop:
-                    logits = self.run(inputs, alone)
-                    await _let_waiting_calls_begin()
-                    return logits
-                return await loop.run_in_executor(executor, self.run, inputs, alone)
+                return await _call(on_loop, executor, self.run, inputs, alone)
             spin = self._chooser.spin(len(inputs))
             _LONE_RUNS[spin].inc()
             warm, self._last_spin = spin == self._last_spin, spin
-            if on_loop:
-                logits, seconds = self._timed_run(inputs, spin)
-                await _let_waiting_calls_begin()
-            else:
-                logits, seconds = await loop.run_in_executor(executor, self._timed_run, inputs, spin)
+            logits, seconds = await _call(on_loop, executor, self._timed_run, inputs, spin)
             # Only a run that stayed alone and followed one on the same session compares the sessions: one that
             # others joined shared the cores with their requests, and one after a switch measures the switch.
             if warm and OnnxRanker._started == started:

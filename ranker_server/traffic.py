@@ -8,7 +8,7 @@ on the loop whenever nothing else was in flight (run 76), or by the rule below w
 77), it served them one after another and lost 19-21% of its requests/s at concurrency 16. So a lone run takes
 the loop only while calls look sequential: each of the last ``streak`` calls began with no other call in
 flight and at least ``min_gap_s`` after the previous one ended. After such a run the loop turns a few times
-before its call ends (``inference._let_waiting_calls_begin``), so that a call that arrived meanwhile begins
+before its call ends (``inference._call``), so that a call that arrived meanwhile begins
 while it is still in flight and resets the streak; a client that sends its next call after reading the answer
 needs a network round trip (~0.5 ms for a Python client on loopback) and begins after a gap. A wrong guess
 costs one blocked run.

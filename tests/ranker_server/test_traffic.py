@@ -17,6 +17,7 @@ from ranker_server.config import RuntimeSettings
 from ranker_server.inference import LOOP_MAX_ROWS, GraphRows, OnnxRanker
 from ranker_server.traffic import SequentialTraffic
 from tests.ranker_server.conftest import FakeRouter, MutableSource, Running, serving
+from tests.ranker_server.test_inference import golden
 
 
 def test_calls_that_begin_alone_after_a_gap_become_sequential_after_the_streak() -> None:
@@ -67,6 +68,12 @@ class _Threads:
         return self.session.run(outputs, feeds)
 
 
+def _record(runner: OnnxRanker, threads: list[str]) -> None:
+    """Both sessions of ``runner`` append the name of the thread each run takes to ``threads``."""
+    runner.session = _Threads(runner.session, threads)
+    runner._alone_session = _Threads(runner._alone_session, threads)
+
+
 @pytest.mark.parametrize("spinning", ["alone", "off"])
 async def test_a_lone_run_takes_the_loop_thread_only_while_calls_arrive_one_at_a_time(
     repository: Path, spinning: str
@@ -74,9 +81,8 @@ async def test_a_lone_run_takes_the_loop_thread_only_while_calls_arrive_one_at_a
     graph = str(repository / "tiny" / "1" / "model.onnx")
     runner = OnnxRanker(graph, RuntimeSettings(spinning=spinning), "t")
     threads: list[str] = []
-    runner.session = _Threads(runner.session, threads)
-    runner._alone_session = _Threads(runner._alone_session, threads)
-    data = dict(np.load(repository / "tiny" / "1" / "golden.npz"))
+    _record(runner, threads)
+    data = golden(repository)
     rows = GraphRows(data["sparse"], data["dense"])
     loop_thread = threading.current_thread().name
     traffic = SequentialTraffic(min_gap_s=0.001, streak=1)
@@ -105,8 +111,7 @@ def _record_threads(running: Running) -> list[str]:
     threads: list[str] = []
     for model in running.server.repository.snapshot.models.values():
         for runner in filter(None, (model.runner, model.factored)):
-            runner.session = _Threads(runner.session, threads)
-            runner._alone_session = _Threads(runner._alone_session, threads)
+            _record(runner, threads)
     return threads
 
 
@@ -126,9 +131,8 @@ async def test_a_call_that_arrived_during_a_run_on_the_loop_begins_before_that_c
     send its own run to the executor, even when the clock says it came long after."""
     runner = OnnxRanker(str(repository / "tiny" / "1" / "model.onnx"), RuntimeSettings(), "t")
     threads: list[str] = []
-    runner.session = _Threads(runner.session, threads)
-    runner._alone_session = _Threads(runner._alone_session, threads)
-    data = dict(np.load(repository / "tiny" / "1" / "golden.npz"))
+    _record(runner, threads)
+    data = golden(repository)
     rows = GraphRows(data["sparse"], data["dense"])
     traffic = SequentialTraffic(min_gap_s=0.001, streak=1)
     loop_thread = threading.current_thread().name
