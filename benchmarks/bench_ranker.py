@@ -204,14 +204,18 @@ def ort_session(
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
-async def server_round(calls: Sequence, request, result: Result, concurrency: int, n: int) -> None:
+async def server_round(
+    calls: Sequence, request, result: Result, concurrency: int, n: int, seconds: float | None = None
+) -> None:
     """``n`` unary calls spread over ``concurrency`` concurrent callers, caller i calling ``calls[i % len(calls)]``
-    (grpc.aio stub methods: one per client connection)."""
+    (grpc.aio stub methods: one per client connection); with ``seconds``, the callers keep calling until that
+    long has passed instead (sustained load: no burst's ramp-up and tail in the figure), ``n`` unused."""
     remaining = n
+    stop = time.perf_counter() + seconds if seconds is not None else None
 
     async def caller(call) -> None:
         nonlocal remaining
-        while remaining > 0:
+        while time.perf_counter() < stop if stop is not None else remaining > 0:
             remaining -= 1
             t = time.perf_counter()
             await call(request, timeout=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -33,3 +34,19 @@ def test_callers_spread_over_the_connections_and_every_call_is_timed() -> None:
     assert result.wall_s > 0
     # Callers 0, 3, 6 on "a", 1 and 4 on "b", 2 and 5 on "c": each connection has its callers' calls in flight at once.
     assert most == {"a": 3, "b": 2, "c": 2}
+
+
+def test_a_sustained_round_keeps_every_caller_calling_until_the_time_is_up() -> None:
+    started: list[float] = []
+
+    async def call(request: str, timeout: float) -> str:
+        started.append(time.perf_counter())
+        await asyncio.sleep(0.002)
+        return request
+
+    result = Result("sustained")
+    begin = time.perf_counter()
+    asyncio.run(server_round([call], "request", result, 4, 0, seconds=0.1))
+    assert len(result.latencies_s) == len(started) > 4  # n=0 ignored: each caller called several times
+    assert max(started) - begin >= 0.09  # still calling near the end
+    assert all(t - begin < 0.1 + 0.05 for t in started)  # none begun after the time (slack for a slow loop)
