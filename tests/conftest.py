@@ -58,7 +58,7 @@ def chromium() -> Iterator[object]:
 
 
 def _run_demo(tmp_path_factory: pytest.TempPathFactory, *extra: str) -> dict[str, Any]:
-    from deploy.demo.__main__ import build_parser, run
+    from deploy.demo.cli import build_parser, run
 
     workdir = tmp_path_factory.mktemp("demo") / "demo"
     args = build_parser().parse_args(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.demo.__main__ import WORKDIR_MARKER, main
+from deploy.demo.cli import WORKDIR_MARKER, main
 
 pytestmark = pytest.mark.usefixtures("process_state_restored")
 
@@ -54,7 +54,7 @@ def test_a_workdir_holding_other_files_is_refused_not_deleted(
 
 
 def test_a_workdir_an_earlier_run_marked_is_emptied(tmp_path: Path) -> None:
-    from deploy.demo.__main__ import _clear_workdir
+    from deploy.demo.cli import _clear_workdir
 
     work = tmp_path / "work"
     _clear_workdir(work)  # a new folder: created and marked

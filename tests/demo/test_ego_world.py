@@ -85,7 +85,7 @@ def test_a_missing_or_altered_file_is_named(tmp_path: Path, ego_data: Path) -> N
 def test_demo_on_ego_facebook_layout(ego_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--data``: the whole demo on a data folder in ego-Facebook's layout (checksums off for our fixture)."""
     from deploy.demo import world as worlds
-    from deploy.demo.__main__ import build_parser, run
+    from deploy.demo.cli import build_parser, run
 
     monkeypatch.setattr(worlds, "EgoFacebookWorld", functools.partial(EgoFacebookWorld, verify=False))
     args = build_parser().parse_args([

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.demo.__main__ import main
+from deploy.demo.cli import main
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_state_restored")]
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,7 +129,7 @@ def test_a_stopped_demo_stops_every_child_and_exits_with_the_signal_code(
 # -2, each hit 1 to 2 s in).
 CTRL_C_IN_EXEC = """
 import os, signal, sys
-from deploy.demo import __main__ as demo
+from deploy.demo import cli as demo
 
 def train_retrieval(*args, **kwargs):
     exec("os.kill(os.getpid(), signal.SIGINT)\\nwhile True: pass")

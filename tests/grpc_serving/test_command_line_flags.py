@@ -90,7 +90,7 @@ CLI_MODULES = (
     "analytics.__main__",
     "analytics.consumer.__main__",
     "analytics.events.outcome_server",
-    "deploy.demo.__main__",
+    "deploy.demo.cli",
     "experiment_router.cli",
     "grpc_serving.probe",
     "models.__main__",
