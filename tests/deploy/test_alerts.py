@@ -90,7 +90,9 @@ RULES = load_rules()
 
 _THRESHOLD = re.compile(r"^(?P<lhs>.*?)\s*>\s*(?P<threshold>\d+(?:\.\d+)?)\s*$", re.S)
 _GAUGE_EQUALS = re.compile(
-    r"^(?P<name>[A-Za-z_:][\w:]*)\s*(?:\{(?P<matchers>[^}]*)\})?\s*==\s*(?P<value>\d+(?:\.\d+)?)$"
+    r"^(?:max\s+by\s*\((?P<by>[^)]*)\)\s*\(\s*)?"  # optionally the most of each group
+    r"(?P<name>[A-Za-z_:][\w:]*)\s*(?:\{(?P<matchers>[^}]*)\})?\s*(?(by)\))"
+    r"\s*==\s*(?P<value>\d+(?:\.\d+)?)$"
 )
 # ``increase(c[w]) > 0 or c unless c offset w``: any increase, a series that appeared within w counting from 0
 # (alerts.yml's header says why): between two scrapes, what rate() is evaluated as here.
@@ -102,17 +104,27 @@ _INCREASE_OR_NEW = re.compile(
 
 def promql_alert_fires(expr: str, before: Scrape, after: Scrape) -> bool:
     """Whether ``<sums of rate() arithmetic> > threshold`` selects anything between two scrapes of one target
-    (one group), or ``gauge{matchers} == value`` anything in ``after`` (what the gauge reads then; ``for`` is
-    not evaluated). The time between the scrapes is not known, so only what does not depend on it is
-    evaluated: a ratio of rates against any threshold, anything else against 0. An expression that selects no
-    series does not fire."""
+    (one group), or ``gauge{matchers} == value`` (or ``max by (labels) (gauge{matchers}) == value``) anything
+    in ``after`` (what the gauge reads then; ``for`` is not evaluated). The time between the scrapes is not
+    known, so only what does not depend on it is evaluated: a ratio of rates against any threshold, anything
+    else against 0. An expression that selects no series does not fire."""
     expr = _INCREASE_OR_NEW.sub(r"rate(\g<series>[\g<window>])", expr)
     gauge = _GAUGE_EQUALS.match(expr.strip())
     if gauge is not None:
         name, matchers, wanted = gauge["name"], gauge["matchers"] or "", float(gauge["value"])
-        return any(
-            key[0] == name and value == wanted and _selected(matchers, key[1]) for key, value in after.items()
-        )
+        selected = [
+            (dict(key[1]), value)
+            for key, value in after.items()
+            if key[0] == name and _selected(matchers, key[1])
+        ]
+        if gauge["by"] is None:
+            return any(value == wanted for _, value in selected)
+        by = [label.strip() for label in gauge["by"].split(",") if label.strip()]
+        groups: dict[tuple[str, ...], float] = {}
+        for labels, value in selected:
+            group = tuple(labels.get(label, "") for label in by)
+            groups[group] = max(groups.get(group, value), value)
+        return wanted in groups.values()
     match = _THRESHOLD.match(expr.strip())
     if match is None:
         raise AssertionError(f"promql_alert_fires cannot evaluate {expr!r}")
@@ -150,6 +162,9 @@ _ANY_INCREASE = (
         ('r_total{code="UNAVAILABLE"} == 1', True),  # what it reads after
         ('r_total{code!="OK"} == 0', False),
         ('r_total{code="INTERNAL"} == 0', False),  # no such series
+        ('max by (code) (r_total{code=~"OK|UNAVAILABLE"}) == 1', True),  # UNAVAILABLE's group
+        ("max by () (r_total) == 1", False),  # one group, whose most is OK's 19
+        ("max by (job) (r_total) == 19", True),
     ],
 )
 def test_promql_alert_fires(expr: str, fires: bool) -> None:
