@@ -34,6 +34,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -234,6 +235,28 @@ def run_rows(session: ort.InferenceSession, feeds: dict[str, np.ndarray], rows: 
         session.run(["logits"], {k: v[i : i + step] for k, v in feeds.items()})
 
 
+ROW_INPUTS = ("sparse", "dense", "rows", "segment")  # the package and factored graphs' per-candidate inputs
+
+
+def split_feeds(feeds: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``feeds`` as two halves of their candidates (the user's rows and the item parts go to both)."""
+    n = len(feeds["rows" if "rows" in feeds else "sparse"])
+    cut = (n + 1) // 2
+    first, second = dict(feeds), dict(feeds)
+    for name in ROW_INPUTS:
+        if name in feeds:
+            first[name], second[name] = feeds[name][:cut], feeds[name][cut:]
+    return first, second
+
+
+def run_halves(session: ort.InferenceSession, feeds: dict[str, np.ndarray], executor: Executor) -> np.ndarray:
+    """``feeds``' rows as two halves scored at once, the second in ``executor``: how the ranker scores a run
+    alone in its process (``--split-rows``), in-process."""
+    first, second = split_feeds(feeds)
+    later = executor.submit(session.run, ["logits"], second)
+    return np.concatenate([session.run(["logits"], first)[0], later.result()[0]])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -317,6 +340,7 @@ def serve_floor(
     work: bool = False,
     server: Literal["aio", "threads"] = "aio",
     factored: bool = False,
+    halves: bool = False,
 ) -> None:
     """Rows (c1)/(c2): a bare grpc.aio Ranker that only runs raw ORT, in an executor thread or ``inline``.
 
@@ -330,6 +354,9 @@ def serve_floor(
     user row, each candidate's row of the item parts, which are computed here once at start), so that the work
     floor has what the ranker's Rank has.
 
+    ``halves`` (grpc.aio, not ``inline``): each run as two halves of its rows at once on two executor threads,
+    with half the intra-op threads each and no spinning, as the ranker scores a run alone in its process.
+
     ``server="threads"``: the same servicer on grpc's synchronous server instead (a pool of 16 handler threads,
     ORT called in the handler's thread: no event loop and no hand-off), the other way a Python gRPC server can
     be built, to see whether the event loop is what the floor costs.
@@ -342,7 +369,8 @@ def serve_floor(
 
     from proto import common_pb2, ranking_pb2, ranking_pb2_grpc
 
-    session = ort_session(Path(model_path), threads, spinning)  # default: as the server's lone requests
+    per_run = (max(1, threads // 2), "off") if halves else (threads, spinning)
+    session = ort_session(Path(model_path), *per_run)  # default: as the server's lone requests
     request = np.load(Path(model_path).with_name("floor_request.npz"))
     feeds = {"sparse": request["sparse"], "dense": request["dense"]}
     logits = session.run(["logits"], feeds)[0][:top_k]
@@ -354,7 +382,7 @@ def serve_floor(
         merged_scores=logits.sum(axis=1).tolist(),
         model=common_pb2.ModelRef(name="bench-mmoe", version="1"),
     )
-    executor = concurrent.futures.ThreadPoolExecutor(1)
+    executor = concurrent.futures.ThreadPoolExecutor(2 if halves else 1)
     items = np.load(Path(model_path).with_name("item_features.npz"))
     users = (len(USER_VOCABS), USER_DENSE)  # the user columns come first in both inputs
     table_sparse = np.zeros((len(items["ids"]) + 1, users[0] + len(ITEM_VOCABS)), np.int64)
@@ -371,7 +399,7 @@ def serve_floor(
         part_names = [output.name for output in items_graph.get_outputs()]
         item_inputs = {"item_sparse": table_sparse[:, users[0] :], "item_dense": table_dense[:, users[1] :]}
         parts = dict(zip(part_names, items_graph.run(part_names, item_inputs), strict=True))
-        session = ort_session(factored_dir / "rank.onnx", threads, spinning)
+        session = ort_session(factored_dir / "rank.onnx", *per_run)
 
     def work_feeds(request) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Rank's work before ORT: the candidates' ids and their input rows."""
@@ -405,16 +433,24 @@ def serve_floor(
             model=common_pb2.ModelRef(name="bench-mmoe", version="1"),
         )
 
+    async def score(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """ORT's logits for ``inputs``, from the executor: one run, or two halves at once."""
+        loop = asyncio.get_running_loop()
+        parts = split_feeds(inputs) if halves else (inputs,)
+        runs = await asyncio.gather(
+            *(loop.run_in_executor(executor, session.run, ["logits"], part) for part in parts)
+        )
+        return np.concatenate([run[0] for run in runs]) if halves else runs[0][0]
+
     class Floor(ranking_pb2_grpc.RankerServicer):
         async def Rank(self, request, context):  # noqa: N802 (gRPC method name)
             if work:
                 ids, inputs = work_feeds(request)
-                run = await asyncio.get_running_loop().run_in_executor(executor, session.run, ["logits"], inputs)
-                return work_answer(request, ids, run[0])
+                return work_answer(request, ids, await score(inputs))
             if inline:
                 session.run(["logits"], feeds)
             else:
-                await asyncio.get_running_loop().run_in_executor(executor, session.run, ["logits"], feeds)
+                await score(feeds)
             return response
 
     class ThreadedFloor(ranking_pb2_grpc.RankerServicer):
@@ -451,12 +487,15 @@ def start_floor(
     work: bool = False,
     server: Literal["aio", "threads"] = "aio",
     factored: bool = False,
+    halves: bool = False,
 ) -> tuple[multiprocessing.Process, str]:
     """Start a (c1)/(c2) floor servicer (``work``: Rank's work floor; ``server``: aio or threads; ``factored``:
-    the work floor on the factored graph) in a fresh process; returns it and its target."""
+    the work floor on the factored graph; ``halves``: runs as two halves at once) in a fresh process; returns
+    it and its target."""
     context = multiprocessing.get_context("spawn")  # no torch threads or gRPC state inherited
     ports = context.Queue()
-    args = (str(package / "model.onnx"), threads, 100, inline, ports, spinning, work, server, factored)
+    model = str(package / "model.onnx")
+    args = (model, threads, 100, inline, ports, spinning, work, server, factored, halves)
     proc = context.Process(target=serve_floor, args=args, daemon=True)
     proc.start()
     return proc, f"127.0.0.1:{ports.get(timeout=120)}"

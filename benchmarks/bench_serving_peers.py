@@ -14,14 +14,16 @@ One ONNX ranking graph (bench_ranker's ~1M-parameter MMoE, 3 tasks), 500 candida
     (the package graph) from a second process of the same server, so that each row has a server of its own;
     ``--ranker-variant "--factored-max-mb 0"`` adds Rank on the package graph;
   * the bare grpc.aio + ORT floor of bench_ranker (c1: a servicer that only runs the ORT call in an executor
-    thread and returns a pre-built response of Rank's size), with ORT threads spinning during runs and not
-    spinning: the faster at concurrency 1 is the floor;
+    thread and returns a pre-built response of Rank's size), with ORT threads spinning during runs, not
+    spinning, and each run as two halves of its rows at once on two executor threads with one ORT thread
+    each (as our ranker scores a run alone in its process): the fastest at concurrency 1 is the floor;
   * Rank's work floor: the same bare servicer doing only what a Rank answer needs (item-table rows, ORT, scores,
     merge, top 100, the response) in straight-line numpy, without checks, assignment, metrics or batcher: how
     far below the ranker a Python servicer of Rank's contract can go on this machine; the same servicer on
     grpc's synchronous thread-pool server (ORT in the handler's thread), the other way to build a Python server;
-    and the grpc.aio one scoring with the package's factored graph, as our Rank does;
-  * raw ONNX Runtime in this process (no server; sequential calls, so its req/s is the compute floor).
+    and the grpc.aio one scoring with the package's factored graph in two halves at once, as our Rank does;
+  * raw ONNX Runtime in this process (no server; sequential calls, so its req/s is the compute floor), as one
+    run and as two halves at once.
 Concurrency 1 through synchronous stubs (p50/p99), concurrency 4 and 16 through that many grpc.aio callers on one
 channel, or spread over ``--connections N`` (req/s), in interleaved rounds whose order rotates, so that load from
 other processes hits every row. A round's 32 calls at concurrency 16 are two per caller, so that figure is as
@@ -46,6 +48,8 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -161,17 +165,21 @@ async def measure(
 
     requests = {"rank": rank_request, "infer": oip_request}
     model = package / "model.onnx"
-    sessions = {
-        f"intra_op={args.threads}, spinning {spinning}": (br.ort_session(model, args.threads, spinning), None)
+    runs: dict[str, Callable[[], object]] = {
+        f"intra_op={args.threads}, spinning {spinning}": partial(
+            br.run_rows, br.ort_session(model, args.threads, spinning), feeds
+        )
         for spinning in ("during runs", "off")
     }
     if args.raw_chunk_rows:  # the same rows as sequential runs of at most this many (cache-sized batches)
-        sessions[f"intra_op=1, spinning off, in runs of <= {args.raw_chunk_rows} rows"] = (
-            br.ort_session(model, 1, "off"),
-            args.raw_chunk_rows,
+        runs[f"intra_op=1, spinning off, in runs of <= {args.raw_chunk_rows} rows"] = partial(
+            br.run_rows, br.ort_session(model, 1, "off"), feeds, args.raw_chunk_rows
         )
+    helper = ThreadPoolExecutor(1)  # the second half's thread
+    halves = br.ort_session(model, max(1, args.threads // 2), "off")
+    runs[RAW_HALVES] = partial(br.run_halves, halves, feeds, helper)
 
-    raw = {name: br.Result(f"raw ORT in-process, {name}") for name in sessions}
+    raw = {name: br.Result(f"raw ORT in-process, {name}") for name in runs}
     results = {name: {c: br.Result(f"{name}, concurrency {c}") for c in CONCURRENCY} for name in targets}
     per_round = br.calls_per_round(args.requests, args.rounds)
     sync_channels = {name: grpc.insecure_channel(target) for name, (target, _) in targets.items()}
@@ -192,14 +200,14 @@ async def measure(
         for name, fn in sync_calls.items():  # warm-up: connections, arenas, caches
             br.timed(br.Result("warm-up"), fn, 20)
             await br.server_round(*aio_calls[name], br.Result("warm-up"), 16, 64)
-        for session, chunk in sessions.values():
-            br.timed(br.Result("warm-up"), lambda s=session, c=chunk: br.run_rows(s, feeds, c), 20)
+        for run in runs.values():
+            br.timed(br.Result("warm-up"), run, 20)
         names = list(targets)
         for round_index in tqdm(range(args.rounds), desc="rounds"):
             shift = round_index % len(names)
             order = names[shift:] + names[:shift]
-            for name, (session, chunk) in sessions.items():
-                br.timed(raw[name], lambda s=session, c=chunk: br.run_rows(s, feeds, c), per_round)
+            for name, run in runs.items():
+                br.timed(raw[name], run, per_round)
             for name in order:
                 br.timed(results[name][1], sync_calls[name], per_round)
             for concurrency in CONCURRENCY[1:]:
@@ -212,6 +220,7 @@ async def measure(
                 sustained[name].append(br.Result(f"{name}, sustained"))
                 await br.server_round(*aio_calls[name], sustained[name][-1], 16, 0, args.sustained_s)
     finally:
+        helper.shutdown()
         for channel in sync_channels.values():
             channel.close()
         for channels in aio_channels.values():
@@ -263,7 +272,7 @@ def report(
     sustained: dict[str, list[br.Result]],
 ) -> str:
     ours, oip = results[RANK], results[OIP]
-    floor_name = min((floor_label(s) for s in FLOOR_SPINNING), key=lambda n: results[n][1].p50_ms)
+    floor_name = min(FLOORS, key=lambda n: results[n][1].p50_ms)
     floor, work, threaded = results[floor_name], results[WORK_FLOOR], results[THREADED_WORK_FLOOR]
     factored = results[FACTORED_WORK_FLOOR]
     fastest = min(raw.values(), key=lambda r: r.p50_ms)
@@ -381,18 +390,29 @@ def by_position(results: dict[str, dict[int, br.Result]], per_round: int) -> lis
 RANK, OIP = "ours: ranker Rank (experiment on)", "ours: ranker ModelInfer (OIP)"
 WORK_FLOOR = "bare grpc.aio + ORT + Rank's work in straight numpy (spinning during runs; no checks, assignment, metrics)"
 THREADED_WORK_FLOOR = "the same work on grpc's thread-pool server (16 handler threads, ORT in the handler's thread)"
-FACTORED_WORK_FLOOR = "the same work on grpc.aio with the factored graph (as the ranker's Rank)"
-WORK_FLOORS = {  # row -> serve_floor's server kind, and whether it scores with the factored graph
-    WORK_FLOOR: ("aio", False),
-    THREADED_WORK_FLOOR: ("threads", False),
-    FACTORED_WORK_FLOOR: ("aio", True),
+FACTORED_WORK_FLOOR = (
+    "the same work on grpc.aio with the factored graph, two halves at once (as the ranker's Rank)"
+)
+WORK_FLOORS = {  # row -> serve_floor's server kind, whether it scores with the factored graph, and in halves
+    WORK_FLOOR: ("aio", False, False),
+    THREADED_WORK_FLOOR: ("threads", False, False),
+    FACTORED_WORK_FLOOR: ("aio", True, True),
 }
-FLOOR_SPINNING = ("during runs", "off")
+FLOORS = {  # the bare servicers: row -> start_floor's spinning and halves
+    "bare grpc.aio + ORT floor (executor, spinning during runs)": ("during runs", False),
+    "bare grpc.aio + ORT floor (executor, spinning off)": ("off", False),
+    "bare grpc.aio + ORT floor (two halves at once on two executor threads, one ORT thread each)": (
+        "off",
+        True,
+    ),
+}
+RAW_HALVES = "two halves at once on two threads, intra_op=1 each"
 
 
 def lone_run_shares(metrics_ports: dict[str, int]) -> list[str]:
-    """Where each ranker's lone runs went over the whole run (``mtrank_inference_lone_runs_total``): a lone-run
-    chooser held on the sleeping session shows here (run 48); and how many runs took the event loop's thread
+    """Where each ranker's lone runs went over the whole run (``mtrank_inference_lone_runs_total``): in
+    parts at once (``--split-rows``), or on the session the chooser picked (one held on the sleeping
+    session shows here, run 48); and how many runs took the event loop's thread
     (``mtrank_inference_loop_runs_total``, ``--lone-runs loop``)."""
     lines = ["Lone runs (ONNX Runtime alone in the process) by session, over the whole run:"]
     for label, port in metrics_ports.items():
@@ -402,22 +422,25 @@ def lone_run_shares(metrics_ports: dict[str, int]) -> list[str]:
         runs = {s.labels["session"]: s.value for s in samples if s.name == "mtrank_inference_lone_runs_total"}
         on_loop = [s.value for s in samples if s.name == "mtrank_inference_loop_runs_total"]
         loop_note = f"; {on_loop[0]:.0f} runs on the event loop's thread" if on_loop else ""
+        split = runs.pop("split", 0.0)
         total = sum(runs.values())
-        if not total:
+        if not total + split:
             lines.append(f"- {label}: none counted (one session, or a ranker without the counter){loop_note}")
             continue
-        spinning = runs.get("spinning", 0.0)
-        share = f"{spinning:.0f} of {total:.0f} on the spinning session ({spinning / total:.0%})"
-        lines.append(f"- {label}: {share}{loop_note}")
+        shares, spinning, lone = [], runs.get("spinning", 0.0), split + total
+        if split:
+            shares.append(f"{split:.0f} of {lone:.0f} in parts at once ({split / lone:.0%})")
+        if total:
+            of = "of the others " if split else ""
+            share = f"{spinning / total:.0%}"
+            shares.append(f"{spinning:.0f} of {total:.0f} {of}on the spinning session ({share})")
+        lines.append(f"- {label}: {', '.join(shares)}{loop_note}")
     return lines
 
 
 def connections(n: int) -> str:
     return "one channel" if n == 1 else f"{n} connections, caller i on connection i mod {n}"
 
-
-def floor_label(spinning: str) -> str:
-    return f"bare grpc.aio + ORT floor (executor, spinning {spinning})"
 
 
 def kserve_label(predict: str, spinning: str) -> str:
@@ -484,13 +507,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 processes.append(ranker)
                 targets[label] = (ranker_target, kind)
-            for spinning in FLOOR_SPINNING:
-                floor, floor_target = br.start_floor(package, args.threads, inline=False, spinning=spinning)
-                floors.append(floor)
-                targets[floor_label(spinning)] = (floor_target, "rank")
-            for label, (server, factored) in WORK_FLOORS.items():
+            for label, (spinning, halves) in FLOORS.items():
                 floor, floor_target = br.start_floor(
-                    package, args.threads, inline=False, work=True, server=server, factored=factored
+                    package, args.threads, inline=False, spinning=spinning, halves=halves
+                )
+                floors.append(floor)
+                targets[label] = (floor_target, "rank")
+            for label, (server, factored, halves) in WORK_FLOORS.items():
+                floor, floor_target = br.start_floor(
+                    package, args.threads, False, work=True, server=server, factored=factored, halves=halves
                 )
                 floors.append(floor)
                 targets[label] = (floor_target, "rank")
@@ -510,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                 processes.append(proc)
                 targets[kserve_label(predict, spinning)] = (target, "infer")
             rank_request, oip_request = br.rank_request(ids), infer_request(sparse, dense)
-            floor_names = {floor_label(s) for s in FLOOR_SPINNING} | WORK_FLOORS.keys()
+            floor_names = FLOORS.keys() | WORK_FLOORS.keys()
             check_same_model(
                 {k: v for k, v in targets.items() if k not in floor_names}, rank_request, oip_request, expected
             )

@@ -48,6 +48,13 @@ class RuntimeSettings(BaseModel):
         "counts its picks), 'on' in every run",
     )
     inference_threads: int = Field(2, ge=1, description="executor threads calling session.run concurrently")
+    split_rows: int = Field(
+        128,
+        ge=0,
+        description="with --spinning alone on CPU, a run alone in the process of at least this many rows is "
+        "scored in --inference-threads parts at once, each on its share of the intra-op threads, instead of "
+        "as one run over all of them (inference.OnnxRanker); 0 = never",
+    )
     lone_runs: Literal["loop", "executor"] = Field(
         "loop",
         description="where a run alone in the process goes while calls arrive one at a time "

@@ -27,6 +27,7 @@ from ranker_server.traffic import SequentialTraffic
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _LONE_RUNS = {spin: LONE_RUNS.labels("spinning" if spin else "sleeping") for spin in (True, False)}
+_SPLIT_RUNS = LONE_RUNS.labels("split")
 
 _GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 PACKAGE_INPUTS = ("sparse", "dense")
@@ -245,6 +246,13 @@ class OnnxRanker:
     (-16% requests/s at concurrency 16 when every run spins), and which divides the intra-op threads among the
     ``inference_threads`` executor threads that run it at once, so that they do not oversubscribe the cores
     (+3 to +6% requests/s at concurrency 16 on 2 cores: one thread per run instead of two).
+
+    A lone run of at least ``split_rows`` rows is instead scored as ``inference_threads`` consecutive parts at
+    once on the sleeping session (rows are scored independently): ONNX Runtime's own split of one run over
+    the intra-op threads leaves a core idle much of the time on these small GEMMs. 500 rows of the benchmark
+    MMoE on 2 cores: one run 3.0 ms on two spinning threads, 3.6 on one, two halves at once 1.97 (the
+    factored graph 2.8, 3.2, 1.96); from ~128 rows on the halves win (benchmarks/results/serving_peers.md,
+    "Runs 90 to"); Rank's p50 at concurrency 1 fell by 0.74 ms beside the server without it.
     """
 
     _in_flight: ClassVar[int] = 0  # ONNX Runtime calls in flight in this process, counted on the event loop by ``infer``
@@ -265,6 +273,7 @@ class OnnxRanker:
         wanted = [p for p in settings.providers if p in available] or ["CPUExecutionProvider"]
         self.requested = wanted[0]  # asked for; ``provider`` (obtained) differs after a fallback
         options = session_options(settings, spin=settings.spinning == "on")
+        lone_threads = options.intra_op_num_threads  # what a run alone in the process may use
         if settings.spinning == "alone":
             # On CPU this session takes only concurrent runs (lone ones get the spinning session): they share the
             # cores. Decided before the provider is known (onnxruntime-gpu lists CUDA on machines without one and
@@ -289,6 +298,10 @@ class OnnxRanker:
             else self.session
         )
         self._chooser = LoneRunChooser() if self._alone_session is not self.session else None
+        # Parts only where the sleeping session divides the threads among the executor's (each part its
+        # share), and no more than a lone run's threads (``--workers`` gives each process its share of cores).
+        self._parts = min(settings.inference_threads, lone_threads) if self._chooser is not None else 1
+        self._split_rows = settings.split_rows if self._parts > 1 else 0
         self._last_spin: bool | None = None  # the session of the last run started here (True: the spinning one)
 
     @property
@@ -339,6 +352,10 @@ class OnnxRanker:
         OnnxRanker._started += 1
         started = OnnxRanker._started
         try:
+            if alone and self._split_rows and len(inputs) >= self._split_rows:
+                _SPLIT_RUNS.inc()
+                self._last_spin = False  # the parts run on the sleeping session
+                return await self._run_in_parts(inputs, on_loop, executor)
             if not alone or self._chooser is None:
                 self._last_spin = False  # concurrent runs go to the sleeping session
                 return await _call(on_loop, executor, self.run, inputs, alone)
@@ -353,6 +370,14 @@ class OnnxRanker:
             return logits
         finally:
             OnnxRanker._in_flight -= 1
+
+    async def _run_in_parts(self, inputs: ModelInput, on_loop: bool, executor: Executor) -> np.ndarray:
+        """``inputs`` as consecutive parts scored at once: the first where ``on_loop`` says, the rest in
+        ``executor`` (free: this run is alone in the process)."""
+        first, *rest = inputs.split(-(-len(inputs) // self._parts))
+        loop = asyncio.get_running_loop()
+        others = [loop.run_in_executor(executor, self.run, part) for part in rest]
+        return np.concatenate(await asyncio.gather(_call(on_loop, executor, self.run, first), *others))
 
     def _timed_run(self, inputs: ModelInput, alone: bool) -> tuple[np.ndarray, float]:
         started = time.perf_counter()

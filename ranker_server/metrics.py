@@ -48,7 +48,8 @@ INFERENCE_COUNT = Counter(
 EXEC_COUNT = Counter("mtrank_inference_exec_count", "ONNX Runtime batch executions", MODEL_LABELS)
 LONE_RUNS = Counter(
     "mtrank_inference_lone_runs",
-    "ONNX Runtime runs alone in the process (--spinning alone), by the session the lone-run chooser picked",
+    "ONNX Runtime runs alone in the process (--spinning alone): split, scored in parts at once "
+    "(--split-rows), or spinning/sleeping, the session the lone-run chooser picked",
     ("session",),
 )
 LOOP_RUNS = Counter(

@@ -16,13 +16,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import bench_ranker as br  # noqa: E402
 from bench_serving_peers import (  # noqa: E402
     EXPERIMENTS,
-    FLOOR_SPINNING,
+    FLOORS,
     OIP,
     RANK,
     WORK_FLOORS,
     by_position,
     check_same_model,
-    floor_label,
     infer_request,
     kserve_label,
     lone_run_shares,
@@ -43,7 +42,7 @@ def test_the_report_counts_the_calls_each_row_was_timed_with() -> None:
         requests=100, rounds=60, candidates=500, threads=2, kserve_version="0.0", connections=1
     )
     kserve = kserve_label("sync", "during-runs")
-    names = [RANK, OIP, *(floor_label(s) for s in FLOOR_SPINNING), *WORK_FLOORS, kserve]
+    names = [RANK, OIP, *FLOORS, *WORK_FLOORS, kserve]
     results = {}
     for name in names:
         latencies = [0.001 * (i % 3 + 1) for i in range(60)]
@@ -62,7 +61,7 @@ def test_sustained_rows_report_the_median_repetition_and_the_verdict_on_it() -> 
         sustained_s=4.0, sustained_reps=3,
     )  # fmt: skip
     kserve = kserve_label("executor", "off")
-    names = [RANK, OIP, *(floor_label(s) for s in FLOOR_SPINNING), *WORK_FLOORS, kserve]
+    names = [RANK, OIP, *FLOORS, *WORK_FLOORS, kserve]
     results = {name: {c: br.Result(name, [0.002] * 60, 1.0) for c in (1, 4, 16)} for name in names}
     calls = {RANK: (1000, 1400, 1300), kserve: (1200, 1250, 1350)}  # calls per 4 s repetition
     sustained = {
@@ -120,15 +119,23 @@ def test_the_lone_run_shares_are_read_from_each_rankers_metrics() -> None:
     )
     older = _metrics_page("mtrank_requests_total 1.0\n")  # a checkout without the counter
     one_session = _metrics_page("mtrank_inference_loop_runs_total 7.0\n")  # --spinning off: no chooser
+    split = _metrics_page(
+        'mtrank_inference_lone_runs_total{session="split"} 60.0\n'
+        'mtrank_inference_lone_runs_total{session="spinning"} 15.0\n'
+        'mtrank_inference_lone_runs_total{session="sleeping"} 5.0\n'
+    )
+    pages = (counted, older, one_session, split)
     try:
-        ports = {"ours": counted.server_port, "older": older.server_port, "off": one_session.server_port}
+        names = ("ours", "older", "off", "split")
+        ports = {name: page.server_port for name, page in zip(names, pages, strict=True)}
         lines = lone_run_shares(ports)
     finally:
-        for page in (counted, older, one_session):
+        for page in pages:
             page.shutdown()
     assert lines[1:] == [
         "- ours: 30 of 40 on the spinning session (75%); 25 runs on the event loop's thread",
         "- older: none counted (one session, or a ranker without the counter)",
         "- off: none counted (one session, or a ranker without the counter); 7 runs on the event loop's"
         " thread",
+        "- split: 60 of 80 in parts at once (75%), 15 of 20 of the others on the spinning session (75%)",
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from prometheus_client import REGISTRY
 from ranker_server.config import RuntimeSettings
 from ranker_server.errors import PackageError
 from ranker_server.inference import GraphRows, LoneRunChooser, OnnxRanker, session_options
+from ranker_server.traffic import SequentialTraffic
 
 
 def golden(repository: Path) -> dict[str, np.ndarray]:
@@ -89,6 +91,77 @@ def test_concurrent_runs_share_the_cores_among_the_executor_threads(
 
 
 LONE_RUNS, SESSIONS = "mtrank_inference_lone_runs_total", ("spinning", "sleeping")
+
+
+class _Parts:
+    """Stands in for ``OnnxRanker.run`` and notes each call's rows and thread; while ``barrier`` is set,
+    ``meet`` calls must be in it at once (calls one after another time out)."""
+
+    def __init__(self, run, meet: int) -> None:
+        self._run, self.calls = run, []
+        self.barrier = threading.Barrier(meet, timeout=10) if meet > 1 else None
+
+    def __call__(self, inputs, alone: bool = False):
+        self.calls.append((len(inputs), alone, threading.get_ident()))
+        if self.barrier is not None:
+            self.barrier.wait()
+        return self._run(inputs, alone)
+
+
+def _rows(repository: Path, n: int) -> tuple[GraphRows, np.ndarray]:
+    """``n`` golden rows (repeated) and their logits."""
+    data = golden(repository)
+    index = np.arange(n) % len(data["sparse"])
+    return GraphRows(data["sparse"][index], data["dense"][index]), data["logits"][index]
+
+
+@pytest.mark.parametrize("on_loop", [False, True])
+async def test_a_lone_run_of_many_rows_is_scored_in_parts_at_once(repository: Path, on_loop: bool) -> None:
+    settings = RuntimeSettings(
+        providers=("CPUExecutionProvider",), split_rows=8, inference_threads=2, intra_op_threads=2
+    )
+    runner = OnnxRanker(str(repository / "tiny" / "1" / "model.onnx"), settings, "t")
+    runner.run = parts = _Parts(runner.run, meet=2)
+    rows, expected = _rows(repository, 9)
+    split = REGISTRY.get_sample_value(LONE_RUNS, {"session": "split"}) or 0
+    traffic = SequentialTraffic(min_gap_s=0.0, streak=0) if on_loop else None  # every call "one at a time"
+    with ThreadPoolExecutor(2) as executor:
+        logits = await runner.infer(rows, executor, traffic)
+        np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)  # the parts in order
+        assert sorted((n, alone) for n, alone, _ in parts.calls) == [(4, False), (5, False)]  # not spinning
+        threads = {thread for *_, thread in parts.calls}
+        assert len(threads) == 2 and (threading.get_ident() in threads) == on_loop
+        assert REGISTRY.get_sample_value(LONE_RUNS, {"session": "split"}) - split == 1
+        parts.calls.clear()
+        parts.barrier = None
+        await runner.infer(_rows(repository, 7)[0], executor)  # fewer rows than split_rows: one run
+        assert [n for n, *_ in parts.calls] == [7]
+        parts.calls.clear()
+        await asyncio.gather(*(runner.infer(rows, executor) for _ in range(3)))
+    assert sorted(n for n, *_ in parts.calls) == [4, 5, 9, 9], "only the call that started alone is split"
+
+
+@pytest.mark.parametrize(
+    ("spinning", "split_rows", "threads"), [("alone", 0, 2), ("off", 8, 2), ("on", 8, 2), ("alone", 8, 1)]
+)
+async def test_runs_are_not_split_when_told_not_to_or_without_threads_to_divide(
+    repository: Path, spinning: str, split_rows: int, threads: int
+) -> None:
+    settings = RuntimeSettings(
+        providers=("CPUExecutionProvider",),
+        spinning=spinning,
+        split_rows=split_rows,
+        intra_op_threads=threads,
+    )
+    runner = OnnxRanker(str(repository / "tiny" / "1" / "model.onnx"), settings, "t")
+    runner.run = parts = _Parts(runner.run, meet=1)
+    if runner._chooser is not None:
+        runner._chooser.spin = lambda rows: False
+    runner._timed_run = lambda inputs, alone: (parts(inputs, alone), 0.001)
+    rows, expected = _rows(repository, 9)
+    with ThreadPoolExecutor(2) as executor:
+        np.testing.assert_allclose(await runner.infer(rows, executor), expected, rtol=1e-4, atol=1e-5)
+    assert [n for n, *_ in parts.calls] == [9]
 
 
 async def test_lone_runs_follow_the_chooser_and_only_runs_after_one_on_the_same_session_count(

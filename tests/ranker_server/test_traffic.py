@@ -79,7 +79,7 @@ async def test_a_lone_run_takes_the_loop_thread_only_while_calls_arrive_one_at_a
     repository: Path, spinning: str
 ) -> None:
     graph = str(repository / "tiny" / "1" / "model.onnx")
-    runner = OnnxRanker(graph, RuntimeSettings(spinning=spinning), "t")
+    runner = OnnxRanker(graph, RuntimeSettings(spinning=spinning, split_rows=0), "t")  # one run per call
     threads: list[str] = []
     _record(runner, threads)
     data = golden(repository)
