@@ -231,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--lone-runs",
         choices=["loop", "executor"],
         default=r["lone_runs"].default,
-        help="while calls arrive one at a time, run ONNX Runtime on the event loop's thread (no hand-offs to "
-        "and from an executor thread); under concurrent calls every run goes to the executor either way",
+        help="while calls arrive one at a time, 'loop' runs ONNX Runtime (or a split run's first part) on "
+        "the event loop's thread, without hand-offs to and from an executor thread; under concurrent calls "
+        "every run goes to the executor either way",
     )
     group.add_argument(
         "--factored-max-mb",

@@ -152,28 +152,30 @@ async def test_a_call_that_arrived_during_a_run_on_the_loop_begins_before_that_c
 
 
 async def test_the_server_runs_on_its_loop_between_sequential_calls_and_in_its_executor_under_load(
-    running: Running,
+    repository: Path,
 ) -> None:
-    threads = _record_threads(running)
-    loop_thread = threading.current_thread().name  # the server shares the test's event loop
-    before = REGISTRY.get_sample_value(LOOP_RUNS) or 0.0
-    await _one_at_a_time(running, 4)
-    assert [name == loop_thread for name in threads] == [False, True, True, True]  # after a streak of two
-    assert REGISTRY.get_sample_value(LOOP_RUNS) == before + 3  # counted, so that dashboards can tell
-    threads.clear()
-    await asyncio.gather(*(running.stub.Rank(_REQUEST) for _ in range(16)))
-    on_loop = sum(name == loop_thread for name in threads)
-    # The burst's first call may still take the loop (the streak held when it began); the calls behind it
-    # overlap or begin as it ends, so they go to the executor, as every run did before this rule.
-    assert on_loop <= 2, threads
-    await asyncio.sleep(0.01)
-    await _one_at_a_time(running, 3)  # sequential again: back on the loop once a streak of two has begun
-    assert [name == loop_thread for name in threads[-2:]] == [True, True]
-
-
-async def test_lone_runs_executor_keeps_every_run_off_the_loop(repository: Path) -> None:
     source = MutableSource(FakeRouter())
-    async for running in serving(repository, source, runtime=RuntimeSettings(lone_runs="executor")):
+    async for running in serving(repository, source, runtime=RuntimeSettings(lone_runs="loop")):
         threads = _record_threads(running)
+        loop_thread = threading.current_thread().name  # the server shares the test's event loop
+        before = REGISTRY.get_sample_value(LOOP_RUNS) or 0.0
         await _one_at_a_time(running, 4)
-        assert len(threads) == 4 and all(name.startswith("onnxruntime") for name in threads), threads
+        assert [name == loop_thread for name in threads] == [False, True, True, True]  # after a streak of two
+        assert REGISTRY.get_sample_value(LOOP_RUNS) == before + 3  # counted, so that dashboards can tell
+        threads.clear()
+        await asyncio.gather(*(running.stub.Rank(_REQUEST) for _ in range(16)))
+        on_loop = sum(name == loop_thread for name in threads)
+        # The burst's first call may still take the loop (the streak held when it began); the calls behind it
+        # overlap or begin as it ends, so they go to the executor, as every run did before this rule.
+        assert on_loop <= 2, threads
+        await asyncio.sleep(0.01)
+        await _one_at_a_time(running, 3)  # sequential again: back on the loop once a streak of two has begun
+        assert [name == loop_thread for name in threads[-2:]] == [True, True]
+
+
+async def test_by_default_every_run_stays_off_the_loop(running: Running) -> None:
+    """--lone-runs executor, the default since lone runs are split (serving_peers.md, runs 93-95)."""
+    assert RuntimeSettings().lone_runs == "executor"
+    threads = _record_threads(running)
+    await _one_at_a_time(running, 4)
+    assert len(threads) == 4 and all(name.startswith("onnxruntime") for name in threads), threads
