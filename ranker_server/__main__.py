@@ -223,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ROWS",
         type=int,
         default=r["split_rows"].default,
-        help="with --spinning alone on CPU: score a run alone in the process of at least this many rows as "
-        "--inference-threads parts at once (rows are independent; ONNX Runtime's own split of one run left "
-        "a core idle: 3.0 ms with two threads, 1.97 ms as two halves at once, 500 rows); 0 = never",
+        help="with --spinning alone on CPU: score a run of at least this many rows as --inference-threads "
+        "parts at once (rows are independent; ONNX Runtime's own split of one run left a core idle: 3.0 ms "
+        "with two threads, 1.97 ms as two halves at once, 500 rows); 0 = never",
     )
     group.add_argument(
         "--lone-runs",

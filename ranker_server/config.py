@@ -51,9 +51,9 @@ class RuntimeSettings(BaseModel):
     split_rows: int = Field(
         128,
         ge=0,
-        description="with --spinning alone on CPU, a run alone in the process of at least this many rows is "
-        "scored in --inference-threads parts at once, each on its share of the intra-op threads, instead of "
-        "as one run over all of them (inference.OnnxRanker); 0 = never",
+        description="with --spinning alone on CPU, a run of at least this many rows is scored as "
+        "--inference-threads parts handed to the executor at once, each on its share of the intra-op threads, "
+        "instead of as one run over all of them (inference.OnnxRanker); 0 = never",
     )
     lone_runs: Literal["loop", "executor"] = Field(
         "executor",

@@ -247,12 +247,15 @@ class OnnxRanker:
     ``inference_threads`` executor threads that run it at once, so that they do not oversubscribe the cores
     (+3 to +6% requests/s at concurrency 16 on 2 cores: one thread per run instead of two).
 
-    A lone run of at least ``split_rows`` rows is instead scored as ``inference_threads`` consecutive parts at
-    once on the sleeping session (rows are scored independently): ONNX Runtime's own split of one run over
-    the intra-op threads leaves a core idle much of the time on these small GEMMs. 500 rows of the benchmark
-    MMoE on 2 cores: one run 3.0 ms on two spinning threads, 3.6 on one, two halves at once 1.97 (the
-    factored graph 2.8, 3.2, 1.96); from ~128 rows on the halves win (benchmarks/results/serving_peers.md,
-    "Runs 90 to"); Rank's p50 at concurrency 1 fell by 0.74 ms beside the server without it.
+    A run of at least ``split_rows`` rows, alone or not, is instead scored as ``inference_threads`` consecutive
+    parts on the sleeping session, handed to the executor at once (rows are scored independently). Alone, the
+    parts run at once: ONNX Runtime's own split of one run over the intra-op threads leaves a core idle much of
+    the time on these small GEMMs (500 rows of the benchmark MMoE on 2 cores: one run 3.0 ms on two spinning
+    threads, 3.6 on one, two halves at once 1.97; the factored graph 2.8, 3.2, 1.96; from ~128 rows on the
+    halves win), and Rank's p50 at concurrency 1 fell by 0.52-0.74 ms beside the server without it. Under load
+    each batch's parts queue for the executor's threads, so the last batch of a burst no longer runs on one
+    thread while the other idles (+2-6% requests/s at concurrency 16; benchmarks/results/serving_peers.md,
+    "Runs 90 to 99").
     """
 
     _in_flight: ClassVar[int] = 0  # ONNX Runtime calls in flight in this process, counted on the event loop by ``infer``
@@ -352,8 +355,9 @@ class OnnxRanker:
         OnnxRanker._started += 1
         started = OnnxRanker._started
         try:
-            if alone and self._split_rows and len(inputs) >= self._split_rows:
-                _SPLIT_RUNS.inc()
+            if self._split_rows and len(inputs) >= self._split_rows:
+                if alone:
+                    _SPLIT_RUNS.inc()
                 self._last_spin = False  # the parts run on the sleeping session
                 return await self._run_in_parts(inputs, on_loop, executor)
             if not alone or self._chooser is None:
@@ -372,8 +376,8 @@ class OnnxRanker:
             OnnxRanker._in_flight -= 1
 
     async def _run_in_parts(self, inputs: ModelInput, on_loop: bool, executor: Executor) -> np.ndarray:
-        """``inputs`` as consecutive parts scored at once: the first where ``on_loop`` says, the rest in
-        ``executor`` (free: this run is alone in the process)."""
+        """``inputs`` as consecutive parts handed over at once: the first where ``on_loop`` says, the rest to
+        ``executor`` (a lone run's parts find its threads free; under load they queue there)."""
         first, *rest = inputs.split(-(-len(inputs) // self._parts))
         loop = asyncio.get_running_loop()
         others = [loop.run_in_executor(executor, self.run, part) for part in rest]
