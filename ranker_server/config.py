@@ -52,8 +52,8 @@ class RuntimeSettings(BaseModel):
         128,
         ge=0,
         description="with --spinning alone on CPU, a run of at least this many rows is scored as "
-        "--inference-threads parts handed to the executor at once, each on its share of the intra-op threads, "
-        "instead of as one run over all of them (inference.OnnxRanker); 0 = never",
+        "--inference-threads parts handed to the executor at once, each on its share of the intra-op "
+        "threads, instead of as one run over all of them (inference.OnnxRanker); 0 = never",
     )
     lone_runs: Literal["loop", "executor"] = Field(
         "executor",

@@ -247,15 +247,15 @@ class OnnxRanker:
     ``inference_threads`` executor threads that run it at once, so that they do not oversubscribe the cores
     (+3 to +6% requests/s at concurrency 16 on 2 cores: one thread per run instead of two).
 
-    A run of at least ``split_rows`` rows, alone or not, is instead scored as ``inference_threads`` consecutive
-    parts on the sleeping session, handed to the executor at once (rows are scored independently). Alone, the
-    parts run at once: ONNX Runtime's own split of one run over the intra-op threads leaves a core idle much of
-    the time on these small GEMMs (500 rows of the benchmark MMoE on 2 cores: one run 3.0 ms on two spinning
-    threads, 3.6 on one, two halves at once 1.97; the factored graph 2.8, 3.2, 1.96; from ~128 rows on the
-    halves win), and Rank's p50 at concurrency 1 fell by 0.52-0.74 ms beside the server without it. Under load
-    each batch's parts queue for the executor's threads, so the last batch of a burst no longer runs on one
-    thread while the other idles (+2-6% requests/s at concurrency 16; benchmarks/results/serving_peers.md,
-    "Runs 90 to 99").
+    A run of at least ``split_rows`` rows, alone or not, is instead scored as ``inference_threads``
+    consecutive parts on the sleeping session, handed to the executor at once (rows are scored independently).
+    Alone, the parts run at once: ONNX Runtime's own split of one run over the intra-op threads leaves a core
+    idle much of the time on these small GEMMs (500 rows of the benchmark MMoE on 2 cores: one run 3.0 ms on
+    two spinning threads, 3.6 on one, two halves at once 1.97; the factored graph 2.8, 3.2, 1.96; from ~128
+    rows on the halves win), and Rank's p50 at concurrency 1 fell by 0.52-0.74 ms beside the server without
+    it. Under load each batch's parts queue for the executor's threads, so the last batch of a burst no longer
+    runs on one thread while the other idles (+1-3% requests/s in the bursts at concurrency 16, +0.5-6%
+    sustained; benchmarks/results/serving_peers.md, "Runs 90 to 100").
     """
 
     _in_flight: ClassVar[int] = 0  # ONNX Runtime calls in flight in this process, counted on the event loop by ``infer``

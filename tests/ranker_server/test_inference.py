@@ -138,7 +138,7 @@ async def test_runs_of_many_rows_are_scored_in_parts(repository: Path, on_loop: 
         assert [n for n, *_ in parts.calls] == [7]
         parts.calls.clear()
         await asyncio.gather(*(runner.infer(rows, executor) for _ in range(3)))
-    # Concurrent runs are split too (their parts queue for the executor's threads); only lone ones are counted.
+    # Concurrent runs are split too (their parts queue for the executor's threads); lone ones are counted.
     assert sorted(n for n, *_ in parts.calls) == [4, 4, 4, 5, 5, 5]
     assert REGISTRY.get_sample_value(LONE_RUNS, {"session": "split"}) - split == 2
 
