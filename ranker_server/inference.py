@@ -255,7 +255,7 @@ class OnnxRanker:
     rows on the halves win), and Rank's p50 at concurrency 1 fell by 0.52-0.74 ms beside the server without
     it. Under load each batch's parts queue for the executor's threads, so the last batch of a burst no longer
     runs on one thread while the other idles (+1-3% requests/s in the bursts at concurrency 16, +0.5-6%
-    sustained; benchmarks/results/serving_peers.md, "Runs 90 to 100").
+    sustained; benchmarks/results/serving_peers.md, "Runs 90 to 101").
     """
 
     _in_flight: ClassVar[int] = 0  # ONNX Runtime calls in flight in this process, counted on the event loop by ``infer``
