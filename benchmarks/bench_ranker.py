@@ -434,13 +434,15 @@ def serve_floor(
         )
 
     async def score(inputs: dict[str, np.ndarray]) -> np.ndarray:
-        """ORT's logits for ``inputs``, from the executor: one run, or two halves at once."""
+        """ORT's logits for ``inputs``, from the executor: one run (awaited as before the halves, no gather in
+        the single-run floors' path), or two halves at once."""
         loop = asyncio.get_running_loop()
-        parts = split_feeds(inputs) if halves else (inputs,)
+        if not halves:
+            return (await loop.run_in_executor(executor, session.run, ["logits"], inputs))[0]
         runs = await asyncio.gather(
-            *(loop.run_in_executor(executor, session.run, ["logits"], part) for part in parts)
+            *(loop.run_in_executor(executor, session.run, ["logits"], part) for part in split_feeds(inputs))
         )
-        return np.concatenate([run[0] for run in runs]) if halves else runs[0][0]
+        return np.concatenate([run[0] for run in runs])
 
     class Floor(ranking_pb2_grpc.RankerServicer):
         async def Rank(self, request, context):  # noqa: N802 (gRPC method name)

@@ -40,4 +40,3 @@ def test_the_work_floor_answers_the_control_variants_top_100(
             check_work_floor(target, br.rank_request(ids), ids, -logits)
     finally:
         proc.kill()
-
